@@ -1,0 +1,160 @@
+//! What a re-executed or forked process does before (instead of) `main`.
+
+use std::os::fd::OwnedFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use super::protocol::{Reply, Start};
+use super::{RemotePanic, identity};
+use crate::sys::Deadline;
+use crate::sys::imp::{self, spawn::CHILD_CHANNEL_FD};
+use crate::wire::{self, Channel, Kind};
+
+/// Environment variable that tells a re-executed binary which role it has:
+/// `child:<parent pid>` or `forkserver:<parent pid>`.
+pub(crate) const ROLE_ENV: &str = "MULTIPROC_ROLE";
+
+/// Exit code of a child whose task failed before or after running (bad
+/// arguments, refused build, unserializable result): like a Python exception.
+pub(crate) const EXIT_FAILED: i32 = 1;
+
+/// Called from the `.init_array` hook before `main`.
+pub(crate) fn on_load() {
+    let Some(role) = std::env::var_os(ROLE_ENV) else {
+        return;
+    };
+    // SAFETY: this runs before `main`, while the process is single-threaded, so
+    // no other thread can be reading the environment.
+    unsafe { std::env::remove_var(ROLE_ENV) };
+    let role = role.to_string_lossy().into_owned();
+    let parsed = role
+        .split_once(':')
+        .and_then(|(r, p)| Some((r.to_string(), p.parse::<i32>().ok()?)));
+    match parsed {
+        Some((r, parent)) if r == "child" => {
+            imp::die_with_parent(parent);
+            let channel = adopt_channel();
+            child_main(channel)
+        }
+        Some((r, parent)) if r == "forkserver" => {
+            imp::die_with_parent(parent);
+            let control = adopt_channel();
+            super::forkserver::serve(control)
+        }
+        _ => {
+            eprintln!("multiproc: bad {ROLE_ENV} value {role:?}; exiting");
+            std::process::exit(EXIT_FAILED)
+        }
+    }
+}
+
+fn adopt_channel() -> OwnedFd {
+    match imp::adopt_inherited(CHILD_CHANNEL_FD) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!(
+                "multiproc: started as a child but descriptor {CHILD_CHANNEL_FD} is not usable ({e}); exiting"
+            );
+            std::process::exit(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs the task the parent sends on `fd`, reports the outcome, exits.
+pub(crate) fn child_main(fd: OwnedFd) -> ! {
+    let channel = Channel::unix(fd);
+    let frame = match channel.recv(Deadline::NEVER, None) {
+        Ok(f) if f.kind == Kind::Start => f,
+        // The parent died before sending the task, or sent garbage: nothing to do.
+        _ => std::process::exit(EXIT_FAILED),
+    };
+    let start: Start = match wire::decode(&frame.payload, Vec::new()) {
+        Ok(s) => s,
+        Err(e) => finish(
+            &channel,
+            Reply::Failed(format!("could not decode the start message: {e}")),
+            Vec::new(),
+        ),
+    };
+    let own = imp::build_id::build_id();
+    if start.build_id != own {
+        finish(
+            &channel,
+            Reply::Refused {
+                child_build_id: own.to_string(),
+            },
+            Vec::new(),
+        );
+    }
+    identity::become_child(&start);
+    install_panic_hook();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        super::task::run_entry(start.entry, &start.args, frame.fds)
+    }));
+    let (reply, fds) = match outcome {
+        Ok(Ok(encoded)) => (Reply::Value(encoded.bytes), encoded.fds),
+        Ok(Err(message)) => (Reply::Failed(message), Vec::new()),
+        Err(payload) => (Reply::Panicked(take_panic(payload.as_ref())), Vec::new()),
+    };
+    finish(&channel, reply, fds)
+}
+
+/// Sends the reply, then exits like Python: 0 after a value, 1 otherwise,
+/// after joining non-daemon children and terminating daemon ones.
+fn finish(channel: &Channel, reply: Reply, fds: Vec<OwnedFd>) -> ! {
+    let code = if matches!(reply, Reply::Value(_)) {
+        0
+    } else {
+        EXIT_FAILED
+    };
+    if let Ok(encoded) = wire::encode(&reply) {
+        // The parent may be gone or may have dropped the handle: nothing to do then.
+        let _ = channel.send(Kind::Reply, &encoded.bytes, &fds);
+    }
+    std::process::exit(code)
+}
+
+/// Details of the most recent panic on this process, filled by the hook.
+static LAST_PANIC: Mutex<Option<RemotePanic>> = Mutex::new(None);
+
+/// Records message, location and backtrace of every panic, then prints it as
+/// the default hook does (so the child's stderr shows it, like a traceback).
+pub(crate) fn install_panic_hook() {
+    let default = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let record = RemotePanic {
+            message: panic_message(info.payload()),
+            location: info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            backtrace: std::backtrace::Backtrace::force_capture().to_string(),
+            process: identity::current_name(),
+        };
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        default(info);
+    }));
+}
+
+/// The record of the panic whose payload was caught.
+pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> RemotePanic {
+    LAST_PANIC
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_else(|| RemotePanic {
+            message: panic_message(payload),
+            location: None,
+            backtrace: String::new(),
+            process: identity::current_name(),
+        })
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}

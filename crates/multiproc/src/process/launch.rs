@@ -1,0 +1,229 @@
+//! Starting a child with each start method.
+//!
+//! Children are started from one long-lived launcher thread. The kernel's
+//! parent-death signal fires when the *thread* that started a child exits, not
+//! the process; starting every child from a thread that lives as long as the
+//! process makes "the child dies with its parent" mean the parent process.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use super::StartMethod;
+use super::bootstrap::ROLE_ENV;
+use super::child::ExitWatch;
+use super::forkserver::ForkServerClient;
+use super::protocol::ForkRequest;
+use crate::sys::imp::{self, Pid, spawn::SpawnRequest};
+use crate::wire::WireError;
+
+/// Environment changes for a child: `Some` sets, `None` removes.
+pub(crate) type EnvChanges = Vec<(OsString, Option<OsString>)>;
+
+/// A started child as the parent sees it.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    pub pid: Pid,
+    pub exit: ExitWatch,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the launcher thread and returns its result.
+fn on_launcher_thread<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = LAUNCHER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("multiproc-launcher".into())
+            .spawn(move || rx.into_iter().for_each(|job| job()))
+            .expect("multiproc: cannot start the launcher thread");
+        Mutex::new(tx)
+    });
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let boxed: Job = Box::new(move || {
+        let _ = done_tx.send(job());
+    });
+    sender
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(boxed)
+        .map_err(|_| io::Error::other("the multiproc launcher thread is gone"))?;
+    done_rx
+        .recv()
+        .map_err(|_| io::Error::other("the multiproc launcher thread failed"))
+}
+
+/// Starts a child with `method`; it will find `channel` as its channel.
+pub(crate) fn launch(
+    method: StartMethod,
+    channel: OwnedFd,
+    env: &EnvChanges,
+    cwd: Option<&Path>,
+    exe: Option<&Path>,
+) -> io::Result<Launched> {
+    crate::sys::imp::init::keep_linked();
+    match method {
+        StartMethod::Spawn => {
+            let env = env.clone();
+            let cwd = cwd.map(Path::to_path_buf);
+            let exe = exe.map(Path::to_path_buf);
+            let pid = on_launcher_thread(move || {
+                spawn_exe_at(
+                    channel.as_fd(),
+                    "child",
+                    &env,
+                    cwd.as_deref(),
+                    exe.as_deref(),
+                )
+            })??;
+            Ok(Launched {
+                pid,
+                exit: ExitWatch::child(pid)?,
+            })
+        }
+        StartMethod::ForkServer => fork_via_server(channel, env, cwd),
+        StartMethod::Fork => {
+            let pid = on_launcher_thread(move || fork_here(channel))??;
+            Ok(Launched {
+                pid,
+                exit: ExitWatch::child(pid)?,
+            })
+        }
+    }
+}
+
+/// Re-executes this program in `role` with `channel` as its descriptor 3.
+/// Must run on the launcher thread.
+pub(crate) fn spawn_exe(
+    channel: BorrowedFd<'_>,
+    role: &str,
+    env: &EnvChanges,
+    cwd: Option<&Path>,
+) -> io::Result<Pid> {
+    spawn_exe_at(channel, role, env, cwd, None)
+}
+
+fn spawn_exe_at(
+    channel: BorrowedFd<'_>,
+    role: &str,
+    env: &EnvChanges,
+    cwd: Option<&Path>,
+    exe: Option<&Path>,
+) -> io::Result<Pid> {
+    let exe = match exe {
+        Some(e) => e.to_path_buf(),
+        None => current_exe()?,
+    };
+    let mut full: Vec<OsString> = child_environment(env)
+        .into_iter()
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            kv
+        })
+        .collect();
+    full.push(format!("{ROLE_ENV}={role}:{}", imp::getpid()).into());
+    imp::spawn::spawn(&SpawnRequest {
+        exe: &exe,
+        env: full,
+        cwd,
+        channel,
+    })
+}
+
+fn current_exe() -> io::Result<PathBuf> {
+    // /proc/self/exe names this very binary even if it was moved; fall back to
+    // the path std reports.
+    let proc_path = PathBuf::from("/proc/self/exe");
+    if proc_path.exists() {
+        Ok(proc_path)
+    } else {
+        std::env::current_exe()
+    }
+}
+
+/// This process's environment with `changes` applied (without our role token).
+fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
+    let mut vars: Vec<(OsString, OsString)> =
+        std::env::vars_os().filter(|(k, _)| k != ROLE_ENV).collect();
+    for (key, value) in changes {
+        vars.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            vars.push((key.clone(), v.clone()));
+        }
+    }
+    vars
+}
+
+/// The fork server, started on first use and restarted if it died.
+static FORK_SERVER: Mutex<Option<ForkServerClient>> = Mutex::new(None);
+
+fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Launched> {
+    let cwd = match cwd {
+        Some(c) => Some(c.to_path_buf()),
+        None => std::env::current_dir().ok(),
+    };
+    let req = ForkRequest {
+        env: child_environment(env)
+            .into_iter()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect(),
+        cwd: cwd.map(|c| c.as_os_str().as_bytes().to_vec()),
+    };
+    let mut server = FORK_SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last_error = None;
+    for _attempt in 0..2 {
+        if !server.as_ref().is_some_and(ForkServerClient::is_alive) {
+            if let Some(dead) = server.take() {
+                dead.reap();
+            }
+            *server = Some(on_launcher_thread(ForkServerClient::start)??);
+        }
+        let client = server.as_ref().expect("fork server just started");
+        let attempt_channel = channel.try_clone()?;
+        match client.fork(&req, attempt_channel) {
+            Ok((pid, status)) => {
+                return Ok(Launched {
+                    pid,
+                    exit: ExitWatch::forked_by_server(pid, status),
+                });
+            }
+            Err(WireError::Closed) | Err(WireError::Io(_)) if !client.is_alive() => {
+                tracing::debug!(pid = client.pid(), "fork server died; restarting it");
+                last_error = Some(io::Error::other("the fork server died"));
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("the fork server could not start a child")))
+}
+
+/// Forks the calling (launcher) thread's process. The child runs the task
+/// sent on `channel`.
+fn fork_here(channel: OwnedFd) -> io::Result<Pid> {
+    let parent = imp::getpid();
+    let raw = imp::forkserver_sys::raw(channel.as_fd());
+    // SAFETY: the `fork` start method is documented as unsafe in threaded
+    // parents; the child only rearranges descriptors before running the task.
+    let pid = unsafe {
+        imp::spawn::fork(|| {
+            imp::forkserver_sys::reset_child_signals();
+            imp::forkserver_sys::move_fd(raw, imp::spawn::CHILD_CHANNEL_FD);
+            imp::spawn::close_fds_from_except(imp::spawn::CHILD_CHANNEL_FD + 1, &[]);
+            imp::die_with_parent(parent);
+            let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD)
+                .unwrap_or_else(|_| std::process::exit(1));
+            super::bootstrap::child_main(fd)
+        })
+    }?;
+    drop(channel);
+    Ok(pid)
+}

@@ -1,0 +1,513 @@
+//! Processes that run Rust functions: start methods, the child bootstrap, the
+//! `Process` handle and exit status.
+
+pub(crate) mod bootstrap;
+mod child;
+mod error;
+pub(crate) mod forkserver;
+mod identity;
+pub(crate) mod launch;
+pub(crate) mod protocol;
+mod task;
+
+use std::ffi::OsString;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use error::{ProcessError, RemotePanic};
+pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
+pub use task::Task;
+pub(crate) use task::{EntryRef, run_entry};
+
+use crate::sys::Deadline;
+use crate::sys::imp;
+use crate::wire::{self, Channel, Encoded, Kind, RecvError};
+use child::ChildShared;
+use launch::EnvChanges;
+use protocol::{Reply, Start};
+
+/// How a child process is created.
+///
+/// Measured on a 2-core Linux VM (`cargo run --release -p multiproc-bench --
+/// --only spawn_join`): `ForkServer` starts and joins a child in about a
+/// tenth of the time `Spawn` takes, so it is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// Re-execute the program; the child runs only the function (never `main`).
+    Spawn,
+    /// Ask a fork server — a clean, single-threaded copy of the program started
+    /// once by re-execution — to fork the child. Fast and safe. If the fork
+    /// server dies, the next start restarts it; its running children die with it.
+    #[default]
+    ForkServer,
+    /// Fork the parent itself. **Unsafe in a multi-threaded parent**: a lock
+    /// held by another thread at the moment of the fork (in the allocator, in
+    /// stdout, in any library) stays locked forever in the child. Opt in only
+    /// for single-threaded programs.
+    Fork,
+}
+
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the start method used when a builder does not choose one.
+pub fn set_start_method(method: StartMethod) {
+    DEFAULT_METHOD.store(method as u8 + 1, Ordering::Relaxed);
+}
+
+/// The start method used when a builder does not choose one.
+pub fn get_start_method() -> StartMethod {
+    match DEFAULT_METHOD.load(Ordering::Relaxed) {
+        1 => StartMethod::Spawn,
+        3 => StartMethod::Fork,
+        _ => StartMethod::ForkServer,
+    }
+}
+
+/// A value that can run as a process, like a Python `Process` subclass with
+/// a `run` method: the value is sent to the child and `run` is called there.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Process, Run};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Greeter { name: String }
+///
+/// impl Run for Greeter {
+///     type Output = String;
+///     fn run(self) -> String { format!("hello, {}", self.name) }
+/// }
+///
+/// let mut p = Process::spawn_run(Greeter { name: "world".into() }).unwrap();
+/// assert_eq!(p.join().unwrap(), "hello, world");
+/// ```
+pub trait Run: Serialize + DeserializeOwned + 'static {
+    /// What `run` returns to the parent's `join`.
+    type Output: Serialize + DeserializeOwned;
+    /// The body of the process.
+    fn run(self) -> Self::Output;
+}
+
+fn run_value<T: Run>(value: T) -> T::Output {
+    value.run()
+}
+
+/// Options for a new process. Created by [`Process::builder`].
+#[derive(Debug, Clone, Default)]
+pub struct ProcessBuilder {
+    name: Option<String>,
+    daemon: bool,
+    env: EnvChanges,
+    cwd: Option<PathBuf>,
+    method: Option<StartMethod>,
+    executable: Option<PathBuf>,
+}
+
+impl ProcessBuilder {
+    /// The process name (default `Process-N`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemon child is terminated when the parent exits normally, and may
+    /// not start children of its own. Non-daemon children are waited for.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Sets an environment variable in the child.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable in the child.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// The child's working directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// How to start the child (default: [`get_start_method`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Runs another executable as the child (with the `Spawn` method). It must
+    /// be the same build as this program, or the child refuses the task with
+    /// [`ProcessError::BuildMismatch`].
+    pub fn executable(mut self, path: impl AsRef<Path>) -> Self {
+        self.executable = Some(path.as_ref().to_path_buf());
+        self.method = Some(StartMethod::Spawn);
+        self
+    }
+
+    /// Prepares a process running `f(args…)` without starting it; call
+    /// [`Process::start`].
+    ///
+    /// # Errors
+    ///
+    /// The arguments could not be serialized.
+    pub fn build<F, A, R>(self, f: F, args: A) -> Result<Process<R>, ProcessError>
+    where
+        F: Task<A, R>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        let args = wire::encode(&args)?;
+        Ok(Process::unstarted(self, EntryRef::of::<F, A, R>(), args))
+    }
+
+    /// Starts a process running `f(args…)`; `args` is a tuple of 0 to 8 values.
+    ///
+    /// # Errors
+    ///
+    /// The arguments could not be serialized, this is a daemon process, or
+    /// the OS could not start the child.
+    pub fn spawn<F, A, R>(self, f: F, args: A) -> Result<Process<R>, ProcessError>
+    where
+        F: Task<A, R>,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let mut p = self.build(f, args)?;
+        p.start()?;
+        Ok(p)
+    }
+
+    /// Starts a process that calls [`Run::run`] on `value`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ProcessBuilder::spawn`].
+    pub fn spawn_run<T: Run>(self, value: T) -> Result<Process<T::Output>, ProcessError> {
+        self.spawn(run_value::<T>, (value,))
+    }
+}
+
+/// A handle to a child process running a Rust function that returns `R`.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Process;
+///
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+///
+/// let mut p = Process::builder().name("adder").spawn(add, (2, 3)).unwrap();
+/// assert_eq!(p.join().unwrap(), 5);
+/// assert_eq!(p.exitcode(), Some(0));
+/// ```
+#[derive(Debug)]
+pub struct Process<R = ()> {
+    config: ProcessBuilder,
+    name: String,
+    task: Option<(EntryRef, Encoded)>,
+    running: Option<Running>,
+    _result: PhantomData<fn() -> R>,
+}
+
+#[derive(Debug)]
+struct Running {
+    child: Arc<ChildShared>,
+    channel: Channel,
+    reply: ReplyState,
+}
+
+#[derive(Debug)]
+enum ReplyState {
+    Waiting,
+    Got(Reply, Vec<std::os::fd::OwnedFd>),
+    /// The channel closed without a reply.
+    None,
+    Taken,
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+impl Process<()> {
+    /// Options for a new process.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Process<R> {
+    /// Starts a process running `f(args…)` with default options.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ProcessBuilder::spawn`].
+    pub fn spawn<F, A>(f: F, args: A) -> Result<Process<R>, ProcessError>
+    where
+        F: Task<A, R>,
+        A: Serialize + DeserializeOwned,
+    {
+        ProcessBuilder::default().spawn(f, args)
+    }
+
+    /// Prepares a process running `f(args…)` without starting it (Python's
+    /// `Process(target=f, args=…)`); call [`Process::start`].
+    ///
+    /// # Errors
+    ///
+    /// The arguments could not be serialized.
+    pub fn new<F, A>(f: F, args: A) -> Result<Process<R>, ProcessError>
+    where
+        F: Task<A, R>,
+        A: Serialize + DeserializeOwned,
+    {
+        ProcessBuilder::default().build(f, args)
+    }
+
+    fn unstarted(config: ProcessBuilder, entry: EntryRef, args: Encoded) -> Process<R> {
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        Process {
+            config,
+            name,
+            task: Some((entry, args)),
+            running: None,
+            _result: PhantomData,
+        }
+    }
+
+    /// Starts the child.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::AlreadyStarted`] on a second call,
+    /// [`ProcessError::DaemonCannotSpawn`] inside a daemon process, or the OS
+    /// error that stopped the start.
+    pub fn start(&mut self) -> Result<(), ProcessError> {
+        let (entry, args) = self.task.take().ok_or(ProcessError::AlreadyStarted)?;
+        if identity::is_daemon() {
+            return Err(ProcessError::DaemonCannotSpawn);
+        }
+        let (ours, theirs) = imp::socketpair().map_err(ProcessError::Start)?;
+        let method = self.config.method.unwrap_or_else(get_start_method);
+        let launched = launch::launch(
+            method,
+            theirs,
+            &self.config.env,
+            self.config.cwd.as_deref(),
+            self.config.executable.as_deref(),
+        )
+        .map_err(ProcessError::Start)?;
+        let child = ChildShared::register(
+            launched.pid,
+            self.name.clone(),
+            self.config.daemon,
+            launched.exit,
+        );
+        let channel = Channel::unix(ours);
+        let me = current_process();
+        let start = Start {
+            build_id: imp::build_id::build_id().to_string(),
+            name: self.name.clone(),
+            daemon: self.config.daemon,
+            parent_pid: me.pid,
+            parent_name: me.name,
+            entry,
+            args: args.bytes,
+        };
+        let encoded = wire::encode(&start)?;
+        // A child that died at once closes its end; join reports how it ended.
+        let _ = channel.send(Kind::Start, &encoded.bytes, &args.fds);
+        self.running = Some(Running {
+            child,
+            channel,
+            reply: ReplyState::Waiting,
+        });
+        Ok(())
+    }
+
+    /// The process id, once started.
+    pub fn pid(&self) -> Option<i32> {
+        self.running.as_ref().map(|r| r.child.pid)
+    }
+
+    /// The process name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the process is a daemon.
+    pub fn daemon(&self) -> bool {
+        self.config.daemon
+    }
+
+    /// True from `start` until the child exits.
+    pub fn is_alive(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.child.exit_code().is_none())
+    }
+
+    /// Python's exit code: `None` while running (or before start), 0 after a
+    /// normal return, the code of an explicit `exit`, 1 after a panic, `-N`
+    /// after signal N.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.running.as_ref().and_then(|r| r.child.exit_code())
+    }
+
+    /// Asks the child to stop with SIGTERM (exit code −15). Does not wait.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::NotStarted`] before `start`.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.signal(imp::SIGTERM)
+    }
+
+    /// Kills the child with SIGKILL (exit code −9). Does not wait.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::NotStarted`] before `start`.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.signal(imp::SIGKILL)
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), ProcessError> {
+        let running = self.running.as_ref().ok_or(ProcessError::NotStarted)?;
+        running.child.signal(signal).map_err(ProcessError::Start)
+    }
+
+    /// Waits for the child to finish and returns the function's value.
+    ///
+    /// # Errors
+    ///
+    /// The child panicked, exited early, was killed, or refused the task; see
+    /// [`ProcessError`]. A second `join` returns [`ProcessError::AlreadyJoined`].
+    pub fn join(&mut self) -> Result<R, ProcessError> {
+        self.join_until(Deadline::NEVER, Duration::MAX)
+    }
+
+    /// As [`Process::join`], but gives up after `timeout` with
+    /// [`ProcessError::Timeout`], leaving the child running.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Process::join`], plus [`ProcessError::Timeout`].
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, ProcessError> {
+        self.join_until(Deadline::after(timeout), timeout)
+    }
+
+    fn join_until(&mut self, deadline: Deadline, timeout: Duration) -> Result<R, ProcessError> {
+        let running = self.running.as_mut().ok_or(ProcessError::NotStarted)?;
+        running.collect_reply(deadline, timeout)?;
+        let code = running
+            .child
+            .wait(deadline)
+            .ok_or(ProcessError::Timeout(timeout))?;
+        child::forget(running.child.pid);
+        match std::mem::replace(&mut running.reply, ReplyState::Taken) {
+            ReplyState::Got(reply, fds) => reply_to_result(reply, fds),
+            ReplyState::None | ReplyState::Waiting => Err(ProcessError::from_exit(code)),
+            ReplyState::Taken => Err(ProcessError::AlreadyJoined),
+        }
+    }
+}
+
+impl Running {
+    /// Waits for the child's reply, or its exit, or the deadline.
+    fn collect_reply(&mut self, deadline: Deadline, timeout: Duration) -> Result<(), ProcessError> {
+        if !matches!(self.reply, ReplyState::Waiting) {
+            return Ok(());
+        }
+        let got = match self.channel.recv(deadline, Some(self.child.exit_fd())) {
+            Ok(frame) => Some(frame),
+            // Exited: a reply it sent just before may still be buffered.
+            Err(RecvError::WatchReady) => self
+                .channel
+                .recv(Deadline::after(Duration::ZERO), None)
+                .ok(),
+            Err(RecvError::Timeout) => return Err(ProcessError::Timeout(timeout)),
+            Err(RecvError::Wire(_)) => None,
+        };
+        self.reply = match got {
+            Some(frame) if frame.kind == Kind::Reply => {
+                match wire::decode::<Reply>(&frame.payload, Vec::new()) {
+                    Ok(reply) => ReplyState::Got(reply, frame.fds),
+                    Err(e) => ReplyState::Got(Reply::Failed(e.to_string()), Vec::new()),
+                }
+            }
+            _ => ReplyState::None,
+        };
+        Ok(())
+    }
+}
+
+fn reply_to_result<R: DeserializeOwned>(
+    reply: Reply,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<R, ProcessError> {
+    match reply {
+        Reply::Value(bytes) => Ok(wire::decode(&bytes, fds)?),
+        Reply::Panicked(p) => Err(ProcessError::Panicked(p)),
+        Reply::Failed(message) => Err(ProcessError::Failed(message)),
+        Reply::Refused { child_build_id } => Err(ProcessError::BuildMismatch {
+            parent: imp::build_id::build_id().to_string(),
+            child: child_build_id,
+        }),
+    }
+}
+
+impl Process<()> {
+    /// Starts a process that calls [`Run::run`] on `value`, with default options.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ProcessBuilder::spawn`].
+    pub fn spawn_run<T: Run>(value: T) -> Result<Process<T::Output>, ProcessError> {
+        ProcessBuilder::default().spawn_run(value)
+    }
+}
+
+fn default_name(n: usize) -> String {
+    let me = identity::current_name();
+    if me == "MainProcess" {
+        format!("Process-{n}")
+    } else {
+        format!("{me}:{n}")
+    }
+}
+
+/// The children of this process that are still running. Finished children are
+/// reaped as a side effect, as in Python.
+///
+/// # Examples
+///
+/// ```
+/// assert!(multiproc::active_children().iter().all(|c| c.pid > 0));
+/// ```
+pub fn active_children() -> Vec<ProcessInfo> {
+    child::active()
+        .iter()
+        .map(|c| ProcessInfo {
+            pid: c.pid,
+            name: c.name.clone(),
+            daemon: c.daemon,
+        })
+        .collect()
+}

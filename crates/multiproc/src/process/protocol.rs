@@ -1,0 +1,58 @@
+//! Messages between a parent and its child, and between a parent and the fork
+//! server.
+
+use serde::{Deserialize, Serialize};
+
+use super::RemotePanic;
+use super::task::EntryRef;
+
+/// Parent → child: what to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Start {
+    pub build_id: String,
+    pub name: String,
+    pub daemon: bool,
+    pub parent_pid: i32,
+    pub parent_name: String,
+    pub entry: EntryRef,
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+}
+
+/// Child → parent: how the function ended.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    /// The encoded return value (descriptors travel with the frame).
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The function panicked.
+    Panicked(RemotePanic),
+    /// The function could not run or its result could not be sent.
+    Failed(String),
+    /// The child is another build and refused to run the parent's code.
+    Refused { child_build_id: String },
+}
+
+/// Parent → fork server: start a child (its channel travels as a descriptor).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ForkRequest {
+    /// The child's full environment, as raw bytes.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The child's working directory, as raw bytes.
+    pub cwd: Option<Vec<u8>>,
+}
+
+/// Fork server → parent: the new child's pid (its exit-status pipe travels as
+/// a descriptor), or why it could not start.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ForkReply {
+    Started { pid: i32 },
+    Failed(String),
+}
+
+/// Decodes a payload as every internal message type; for the fuzz target.
+pub(crate) fn fuzz_payload(payload: &[u8]) {
+    let _ = crate::wire::decode::<Start>(payload, Vec::new());
+    let _ = crate::wire::decode::<Reply>(payload, Vec::new());
+    let _ = crate::wire::decode::<ForkRequest>(payload, Vec::new());
+    let _ = crate::wire::decode::<ForkReply>(payload, Vec::new());
+}

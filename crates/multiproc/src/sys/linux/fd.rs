@@ -1,0 +1,91 @@
+//! File-descriptor helpers.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::super::Deadline;
+
+/// Converts a libc return value into an `io::Result`.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Takes ownership of a raw descriptor number inherited from a parent.
+///
+/// Returns an error if `raw` is not an open descriptor.
+pub(crate) fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD has no side effects; it only checks that `raw` is open.
+    cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
+    // SAFETY: the descriptor is open and was handed to this process for it to own
+    // (the parent's protocol guarantees no one else in this process uses it).
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(fd.as_fd())?;
+    Ok(fd)
+}
+
+/// Sets close-on-exec on a descriptor.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(())
+}
+
+/// Readiness interest for [`poll_fds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interest {
+    /// Readable, hung up or in error.
+    Read,
+    /// Writable, hung up or in error.
+    Write,
+}
+
+/// Polls the descriptors until one is ready or the deadline passes; returns a
+/// readiness flag per descriptor (all false on timeout). Retries on EINTR.
+pub(crate) fn poll_fds(
+    fds: &[(BorrowedFd<'_>, Interest)],
+    deadline: Deadline,
+) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, interest)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: match interest {
+                Interest::Read => libc::POLLIN,
+                Interest::Write => libc::POLLOUT,
+            },
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let timeout = deadline.poll_millis();
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs that lives
+        // across the call; every fd in it is borrowed for the duration.
+        let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if ret >= 0 {
+            if ret == 0 && !deadline.expired() && timeout != 0 {
+                continue; // woke a little early: keep the ≈T promise
+            }
+            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits until `fd` is readable (or hung up) or the deadline passes. Returns
+/// true when readable.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Result<bool> {
+    Ok(poll_fds(&[(fd, Interest::Read)], deadline)?[0])
+}
+
+/// Counts the open descriptors of this process (for leak checks).
+pub(crate) fn count_open_fds() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .count()
+        .saturating_sub(1))
+}

@@ -1,0 +1,15 @@
+//! Linux implementation of the OS layer.
+
+pub(crate) mod build_id;
+pub(crate) mod fd;
+pub(crate) mod forkserver_sys;
+pub(crate) mod init;
+pub(crate) mod memfd;
+pub(crate) mod pidfd;
+pub(crate) mod signal;
+pub(crate) mod socket;
+pub(crate) mod spawn;
+
+pub(crate) use fd::*;
+pub(crate) use signal::*;
+pub(crate) use socket::*;

@@ -1,0 +1,102 @@
+//! Signals, parent-death notification and process identity.
+
+use std::io;
+
+use super::fd::cvt;
+
+/// A process id.
+pub(crate) type Pid = i32;
+
+/// This process's id.
+pub(crate) fn getpid() -> Pid {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// The parent's process id (0 if the parent is gone and no reaper adopted us).
+pub(crate) fn getppid() -> Pid {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+}
+
+/// Sends `signal` to `pid`. A process that is already gone is not an error.
+pub(crate) fn send_signal(pid: Pid, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    match cvt(unsafe { libc::kill(pid, signal) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// SIGTERM.
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// SIGKILL.
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+
+/// Arranges for SIGKILL when the parent dies, then checks that the parent is
+/// still `expected_parent`; if it already died, exits at once.
+pub(crate) fn die_with_parent(expected_parent: Pid) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers; no memory is touched.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if getppid() != expected_parent {
+        // SAFETY: _exit is async-signal-safe and ends the process at once.
+        unsafe { libc::_exit(1) };
+    }
+}
+
+/// A short name of a signal, for messages ("SIGKILL").
+pub(crate) fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+/// Number of threads of this process (for leak checks).
+pub(crate) fn count_threads() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Number of zombie children of this process (for leak checks).
+pub(crate) fn count_zombie_children() -> io::Result<usize> {
+    let me = getpid();
+    let mut zombies = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid: Option<Pid> = fields.next().and_then(|p| p.parse().ok());
+        if state == Some("Z") && ppid == Some(me) {
+            zombies += 1;
+        }
+    }
+    Ok(zombies)
+}

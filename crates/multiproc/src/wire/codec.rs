@@ -1,0 +1,177 @@
+//! The serde codec (postcard) with an out-of-band side channel for file
+//! descriptors, so that handles (pipe ends, queues, shared memory) can be
+//! fields of ordinary messages.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::WireError;
+
+thread_local! {
+    /// Descriptors collected while serializing the current message.
+    static FDS_OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// Descriptors that arrived with the message being deserialized.
+    static FDS_IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// An encoded message: bytes plus the descriptors it refers to.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Serializes `value`, collecting the descriptors of any handles inside it.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, WireError> {
+    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
+    let result = postcard::to_allocvec(value);
+    let fds = FDS_OUT
+        .with(|f| std::mem::replace(&mut *f.borrow_mut(), saved))
+        .unwrap_or_default();
+    match result {
+        Ok(bytes) => Ok(Encoded { bytes, fds }),
+        Err(e) => Err(WireError::Encode(e.to_string())),
+    }
+}
+
+/// Deserializes a `T` from `bytes`, handing `fds` to the handles inside it.
+/// Descriptors that no handle claims are closed.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, WireError> {
+    let slots = fds.into_iter().map(Some).collect();
+    let saved = FDS_IN.with(|f| f.borrow_mut().replace(slots));
+    let result = postcard::from_bytes(bytes);
+    FDS_IN.with(|f| *f.borrow_mut() = saved);
+    result.map_err(|e| WireError::Decode {
+        type_name: std::any::type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+/// Serde helpers for types that hold a descriptor: `#[serde(with = "fd_serde")]`.
+pub(crate) mod fd_serde {
+    use super::*;
+
+    /// Duplicates the descriptor into the message's side channel and writes its index.
+    pub(crate) fn serialize<S: Serializer>(fd: &impl AsFd, s: S) -> Result<S::Ok, S::Error> {
+        push_fd(fd.as_fd())
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+
+    /// Reads an index and takes the descriptor that arrived in that slot.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+        let index = u32::deserialize(d)?;
+        take_fd(index).map_err(serde::de::Error::custom)
+    }
+
+    pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
+        FDS_OUT.with(|f| match f.borrow_mut().as_mut() {
+            Some(list) => {
+                list.push(dup);
+                Ok(list.len() as u32 - 1)
+            }
+            None => Err("multiproc handles can only be serialized by multiproc itself (they carry file descriptors)".to_string()),
+        })
+    }
+
+    pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
+        FDS_IN.with(|f| {
+            let mut guard = f.borrow_mut();
+            let list = guard
+                .as_mut()
+                .ok_or("multiproc handles can only be deserialized by multiproc itself")?;
+            list.get_mut(index as usize)
+                .and_then(Option::take)
+                .ok_or_else(|| {
+                    format!("message refers to descriptor #{index}, which did not arrive")
+                })
+        })
+    }
+}
+
+/// A file descriptor that can be sent to another process inside any message.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Pipe, SendFd};
+/// use std::io::{Read, Seek, Write};
+///
+/// let (a, b) = Pipe::<SendFd>::duplex().unwrap();
+/// let mut file = std::fs::File::from(std::os::fd::OwnedFd::from(tempfile_like()));
+/// file.write_all(b"hello").unwrap();
+/// a.send(&SendFd::from(file)).unwrap();
+/// let mut got = std::fs::File::from(b.recv().unwrap().into_inner());
+/// got.rewind().unwrap();
+/// let mut text = String::new();
+/// got.read_to_string(&mut text).unwrap();
+/// assert_eq!(text, "hello");
+/// # fn tempfile_like() -> std::os::fd::OwnedFd {
+/// #     let path = std::env::temp_dir().join(format!("multiproc-doc-{}", std::process::id()));
+/// #     let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+/// #     std::fs::remove_file(&path).unwrap();
+/// #     f.into()
+/// # }
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendFd(#[serde(with = "fd_serde")] OwnedFd);
+
+impl SendFd {
+    /// The descriptor.
+    pub fn into_inner(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl<T: Into<OwnedFd>> From<T> for SendFd {
+    fn from(fd: T) -> SendFd {
+        SendFd(fd.into())
+    }
+}
+
+impl AsFd for SendFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let e = encode(&(1u32, "two".to_string(), vec![3u8; 5])).unwrap();
+        assert!(e.fds.is_empty());
+        let back: (u32, String, Vec<u8>) = decode(&e.bytes, e.fds).unwrap();
+        assert_eq!(back, (1, "two".to_string(), vec![3; 5]));
+    }
+
+    #[test]
+    fn fds_travel_out_of_band() {
+        let (a, _b) = crate::sys::imp::socketpair().unwrap();
+        let e = encode(&SendFd::from(a)).unwrap();
+        assert_eq!(e.fds.len(), 1);
+        let back: SendFd = decode(&e.bytes, e.fds).unwrap();
+        drop(back);
+    }
+
+    #[test]
+    fn missing_fd_is_an_error() {
+        let (a, _b) = crate::sys::imp::socketpair().unwrap();
+        let e = encode(&SendFd::from(a)).unwrap();
+        assert!(decode::<SendFd>(&e.bytes, Vec::new()).is_err());
+    }
+
+    #[test]
+    fn truncated_bytes_are_an_error() {
+        let e = encode(&"a longer string".to_string()).unwrap();
+        assert!(decode::<String>(&e.bytes[..3], Vec::new()).is_err());
+    }
+}

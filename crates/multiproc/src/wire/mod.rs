@@ -1,0 +1,35 @@
+//! The wire: framing, the serde codec, descriptor passing and large-payload
+//! offload. This is the only module that puts bytes on a socket.
+//!
+//! A frame is a 12-byte header — protocol version, kind, flags, descriptor
+//! count, payload length — followed by the payload. Descriptors travel with
+//! `SCM_RIGHTS` attached to the header's first byte. A payload larger than
+//! [`OFFLOAD_THRESHOLD`] travels in a sealed memfd instead of the socket, so
+//! a 1 MiB message is one copy in and one copy out, with no socket wake-ups
+//! per 64 KiB. Every decoder here returns an error on bad input; none panics.
+
+mod channel;
+mod codec;
+mod error;
+mod frame;
+
+pub(crate) use channel::{Channel, RecvError};
+pub use codec::SendFd;
+pub(crate) use codec::{Encoded, decode, encode, fd_serde};
+pub use error::WireError;
+pub(crate) use frame::{Frame, Kind};
+
+/// Payloads above this many bytes travel through a sealed memfd rather than
+/// the socket (when the channel can carry descriptors).
+pub(crate) const OFFLOAD_THRESHOLD: usize = 64 * 1024;
+
+/// Largest payload a frame may announce (1 GiB inline, 16 GiB offloaded).
+pub(crate) const MAX_INLINE_LEN: u64 = 1 << 30;
+pub(crate) const MAX_OFFLOAD_LEN: u64 = 1 << 34;
+
+/// Feeds arbitrary bytes to the frame decoder and the payload codec; used by
+/// the fuzz target and the robustness tests. Never panics.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    frame::fuzz(data);
+}
