@@ -61,8 +61,7 @@ pub mod wire;
 
 pub use connection::{Connection, ConnectionError, Pipe};
 pub use process::{
-    Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task,
-    active_children, cpu_count, current_process, get_start_method, parent_process,
-    set_start_method,
+    Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
+    cpu_count, current_process, get_start_method, parent_process, set_start_method,
 };
 pub use wire::{SendFd, WireError};

@@ -45,10 +45,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     /// The OS could not create the socket pair.
     pub fn duplex() -> Result<(Connection<T>, Connection<T>), ConnectionError> {
         let (a, b) = Channel::pair().map_err(WireError::Io)?;
-        Ok((
-            Connection::from_channel(a, true, true),
-            Connection::from_channel(b, true, true),
-        ))
+        Ok((Connection::from_channel(a, true, true), Connection::from_channel(b, true, true)))
     }
 
     /// A receive-only end and a send-only end, in that order (Python's
@@ -68,10 +65,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     /// The OS could not create the socket pair.
     pub fn one_way() -> Result<(Connection<T>, Connection<T>), ConnectionError> {
         let (a, b) = Channel::pair().map_err(WireError::Io)?;
-        Ok((
-            Connection::from_channel(a, true, false),
-            Connection::from_channel(b, false, true),
-        ))
+        Ok((Connection::from_channel(a, true, false), Connection::from_channel(b, false, true)))
     }
 }
 
@@ -89,12 +83,7 @@ pub struct Connection<T = Vec<u8>> {
 
 impl<T> Clone for Connection<T> {
     fn clone(&self) -> Self {
-        Connection {
-            inner: self.inner.clone(),
-            readable: self.readable,
-            writable: self.writable,
-            _type: PhantomData,
-        }
+        Connection { inner: self.inner.clone(), readable: self.readable, writable: self.writable, _type: PhantomData }
     }
 }
 
@@ -110,12 +99,7 @@ impl<T> fmt::Debug for Connection<T> {
 
 impl<T> Connection<T> {
     pub(crate) fn from_channel(channel: Channel, readable: bool, writable: bool) -> Connection<T> {
-        Connection {
-            inner: Some(Arc::new(channel)),
-            readable,
-            writable,
-            _type: PhantomData,
-        }
+        Connection { inner: Some(Arc::new(channel)), readable, writable, _type: PhantomData }
     }
 
     fn channel(&self) -> Result<&Channel, ConnectionError> {
@@ -124,20 +108,12 @@ impl<T> Connection<T> {
 
     fn reader(&self) -> Result<&Channel, ConnectionError> {
         let ch = self.channel()?;
-        if self.readable {
-            Ok(ch)
-        } else {
-            Err(ConnectionError::NotReadable)
-        }
+        if self.readable { Ok(ch) } else { Err(ConnectionError::NotReadable) }
     }
 
     fn writer(&self) -> Result<&Channel, ConnectionError> {
         let ch = self.channel()?;
-        if self.writable {
-            Ok(ch)
-        } else {
-            Err(ConnectionError::NotWritable)
-        }
+        if self.writable { Ok(ch) } else { Err(ConnectionError::NotWritable) }
     }
 
     /// True if this end can receive.
@@ -191,9 +167,7 @@ impl<T> Connection<T> {
     /// does not fit; or as [`Connection::recv_bytes`].
     pub fn recv_bytes_into(&self, buf: &mut [u8], offset: usize) -> Result<usize, ConnectionError> {
         let message = self.recv_bytes()?;
-        let end = offset
-            .checked_add(message.len())
-            .filter(|end| *end <= buf.len());
+        let end = offset.checked_add(message.len()).filter(|end| *end <= buf.len());
         match end {
             Some(end) => {
                 buf[offset..end].copy_from_slice(&message);
@@ -210,11 +184,7 @@ impl<T> Connection<T> {
     fn recv_frame(&self, deadline: Deadline) -> Result<wire::Frame, ConnectionError> {
         match self.reader()?.recv(deadline, None) {
             Ok(frame) if frame.kind == Kind::Data => Ok(frame),
-            Ok(frame) => Err(WireError::corrupt(format!(
-                "unexpected {:?} frame on a connection",
-                frame.kind
-            ))
-            .into()),
+            Ok(frame) => Err(WireError::corrupt(format!("unexpected {:?} frame on a connection", frame.kind)).into()),
             Err(RecvError::Timeout) => Err(ConnectionError::Timeout),
             Err(RecvError::WatchReady) => Err(ConnectionError::Timeout),
             Err(RecvError::Wire(e)) => Err(e.into()),
@@ -289,10 +259,7 @@ impl<T> AsFd for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let ch = self
-            .inner
-            .as_ref()
-            .ok_or_else(|| serde::ser::Error::custom("cannot send a closed connection"))?;
+        let ch = self.inner.as_ref().ok_or_else(|| serde::ser::Error::custom("cannot send a closed connection"))?;
         let index = fd_serde::push_fd(ch.as_fd()).map_err(serde::ser::Error::custom)?;
         (index, self.readable, self.writable, ch.can_pass_fds()).serialize(s)
     }
@@ -302,11 +269,7 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (index, readable, writable, can_pass_fds) = <(u32, bool, bool, bool)>::deserialize(d)?;
         let fd = fd_serde::take_fd(index).map_err(serde::de::Error::custom)?;
-        let channel = if can_pass_fds {
-            Channel::unix(fd)
-        } else {
-            Channel::stream(fd)
-        };
+        let channel = if can_pass_fds { Channel::unix(fd) } else { Channel::stream(fd) };
         Ok(Connection::from_channel(channel, readable, writable))
     }
 }

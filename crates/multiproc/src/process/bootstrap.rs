@@ -27,9 +27,7 @@ pub(crate) fn on_load() {
     // no other thread can be reading the environment.
     unsafe { std::env::remove_var(ROLE_ENV) };
     let role = role.to_string_lossy().into_owned();
-    let parsed = role
-        .split_once(':')
-        .and_then(|(r, p)| Some((r.to_string(), p.parse::<i32>().ok()?)));
+    let parsed = role.split_once(':').and_then(|(r, p)| Some((r.to_string(), p.parse::<i32>().ok()?)));
     match parsed {
         Some((r, parent)) if r == "child" => {
             imp::die_with_parent(parent);
@@ -52,9 +50,7 @@ fn adopt_channel() -> OwnedFd {
     match imp::adopt_inherited(CHILD_CHANNEL_FD) {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!(
-                "multiproc: started as a child but descriptor {CHILD_CHANNEL_FD} is not usable ({e}); exiting"
-            );
+            eprintln!("multiproc: started as a child but descriptor {CHILD_CHANNEL_FD} is not usable ({e}); exiting");
             std::process::exit(EXIT_FAILED)
         }
     }
@@ -70,27 +66,15 @@ pub(crate) fn child_main(fd: OwnedFd) -> ! {
     };
     let start: Start = match wire::decode(&frame.payload, Vec::new()) {
         Ok(s) => s,
-        Err(e) => finish(
-            &channel,
-            Reply::Failed(format!("could not decode the start message: {e}")),
-            Vec::new(),
-        ),
+        Err(e) => finish(&channel, Reply::Failed(format!("could not decode the start message: {e}")), Vec::new()),
     };
     let own = imp::build_id::build_id();
     if start.build_id != own {
-        finish(
-            &channel,
-            Reply::Refused {
-                child_build_id: own.to_string(),
-            },
-            Vec::new(),
-        );
+        finish(&channel, Reply::Refused { child_build_id: own.to_string() }, Vec::new());
     }
     identity::become_child(&start);
     install_panic_hook();
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        super::task::run_entry(start.entry, &start.args, frame.fds)
-    }));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| super::task::run_entry(start.entry, &start.args, frame.fds)));
     let (reply, fds) = match outcome {
         Ok(Ok(encoded)) => (Reply::Value(encoded.bytes), encoded.fds),
         Ok(Err(message)) => (Reply::Failed(message), Vec::new()),
@@ -102,11 +86,7 @@ pub(crate) fn child_main(fd: OwnedFd) -> ! {
 /// Sends the reply, then exits like Python: 0 after a value, 1 otherwise,
 /// after joining non-daemon children and terminating daemon ones.
 fn finish(channel: &Channel, reply: Reply, fds: Vec<OwnedFd>) -> ! {
-    let code = if matches!(reply, Reply::Value(_)) {
-        0
-    } else {
-        EXIT_FAILED
-    };
+    let code = if matches!(reply, Reply::Value(_)) { 0 } else { EXIT_FAILED };
     if let Ok(encoded) = wire::encode(&reply) {
         // The parent may be gone or may have dropped the handle: nothing to do then.
         let _ = channel.send(Kind::Reply, &encoded.bytes, &fds);
@@ -124,9 +104,7 @@ pub(crate) fn install_panic_hook() {
     panic::set_hook(Box::new(move |info| {
         let record = RemotePanic {
             message: panic_message(info.payload()),
-            location: info
-                .location()
-                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
             backtrace: std::backtrace::Backtrace::force_capture().to_string(),
             process: identity::current_name(),
         };
@@ -137,16 +115,12 @@ pub(crate) fn install_panic_hook() {
 
 /// The record of the panic whose payload was caught.
 pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> RemotePanic {
-    LAST_PANIC
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .unwrap_or_else(|| RemotePanic {
-            message: panic_message(payload),
-            location: None,
-            backtrace: String::new(),
-            process: identity::current_name(),
-        })
+    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| RemotePanic {
+        message: panic_message(payload),
+        location: None,
+        backtrace: String::new(),
+        process: identity::current_name(),
+    })
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

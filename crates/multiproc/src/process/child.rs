@@ -65,24 +65,10 @@ pub(crate) struct ChildShared {
 
 impl ChildShared {
     /// Records a started child and lists it among the active children.
-    pub(crate) fn register(
-        pid: Pid,
-        name: String,
-        daemon: bool,
-        watch: ExitWatch,
-    ) -> Arc<ChildShared> {
-        let child = Arc::new(ChildShared {
-            pid,
-            name,
-            daemon,
-            watch,
-            code: Mutex::new(None),
-        });
+    pub(crate) fn register(pid: Pid, name: String, daemon: bool, watch: ExitWatch) -> Arc<ChildShared> {
+        let child = Arc::new(ChildShared { pid, name, daemon, watch, code: Mutex::new(None) });
         ensure_exit_handler();
-        REGISTRY
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child.clone());
+        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(child.clone());
         child
     }
 
@@ -137,10 +123,7 @@ pub(crate) fn active() -> Vec<Arc<ChildShared>> {
 
 /// Forgets a child whose exit the caller collected.
 pub(crate) fn forget(pid: Pid) {
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|c| c.pid != pid);
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| c.pid != pid);
 }
 
 fn ensure_exit_handler() {

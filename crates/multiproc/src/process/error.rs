@@ -46,9 +46,7 @@ pub enum ProcessError {
     #[error("the process was already joined and its value taken; check exitcode() instead")]
     AlreadyJoined,
     /// The process did not finish in time; it is still running.
-    #[error(
-        "the process did not finish within {0:?}; it is still running (terminate() or join again)"
-    )]
+    #[error("the process did not finish within {0:?}; it is still running (terminate() or join again)")]
     Timeout(Duration),
     /// The function panicked in the child (exit code 1).
     #[error("the child panicked: {0}")]
@@ -105,10 +103,6 @@ impl ProcessError {
 
     /// Error for a child that ended with `code` and sent no value.
     pub(crate) fn from_exit(code: i32) -> ProcessError {
-        if code < 0 {
-            ProcessError::Signaled { signal: -code }
-        } else {
-            ProcessError::Exited { code }
-        }
+        if code < 0 { ProcessError::Signaled { signal: -code } } else { ProcessError::Exited { code } }
     }
 }

@@ -33,14 +33,9 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     let control = Channel::unix(control);
     let mut children: HashMap<Pid, OwnedFd> = HashMap::new();
     loop {
-        let ready = imp::poll_fds(
-            &[
-                (control.as_fd(), Interest::Read),
-                (sigchld.as_fd(), Interest::Read),
-            ],
-            Deadline::NEVER,
-        )
-        .unwrap_or_else(|_| vec![true, true]);
+        let ready =
+            imp::poll_fds(&[(control.as_fd(), Interest::Read), (sigchld.as_fd(), Interest::Read)], Deadline::NEVER)
+                .unwrap_or_else(|_| vec![true, true]);
         if ready[1] {
             sigchld.drain();
             reap(&mut children);
@@ -87,8 +82,7 @@ fn fork_child(
     req: ForkRequest,
     channel: OwnedFd,
 ) -> Result<(Pid, OwnedFd, OwnedFd), String> {
-    let (status_r, status_w) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| e.to_string())?;
+    let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| e.to_string())?;
     let server_pid = imp::getpid();
     let keep = channel.as_raw_fd();
     let _ = (control, sigchld); // closed in the child by close_fds_from_except
@@ -100,8 +94,7 @@ fn fork_child(
             imp::spawn::close_fds_from_except(CHILD_CHANNEL_FD + 1, &[]);
             imp::die_with_parent(server_pid);
             apply_environment(&req);
-            let fd =
-                imp::adopt_inherited(CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
+            let fd = imp::adopt_inherited(CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
             super::bootstrap::child_main(fd)
         })
     }
@@ -158,27 +151,15 @@ impl ForkServerClient {
         let (ours, theirs) = imp::socketpair()?;
         let pid = super::launch::spawn_exe(theirs.as_fd(), "forkserver", &Vec::new(), None)?;
         let pidfd = imp::pidfd::Pidfd::open(pid)?;
-        Ok(ForkServerClient {
-            control: Channel::unix(ours),
-            pid,
-            pidfd,
-        })
+        Ok(ForkServerClient { control: Channel::unix(ours), pid, pidfd })
     }
 
     /// Asks the server for a child running on `channel`; returns its pid and
     /// the pipe on which its exit code will arrive.
-    pub(crate) fn fork(
-        &self,
-        req: &ForkRequest,
-        channel: OwnedFd,
-    ) -> Result<(Pid, OwnedFd), WireError> {
+    pub(crate) fn fork(&self, req: &ForkRequest, channel: OwnedFd) -> Result<(Pid, OwnedFd), WireError> {
         let encoded = wire::encode(req)?;
-        self.control
-            .send(Kind::Control, &encoded.bytes, &[channel])?;
-        let frame = match self
-            .control
-            .recv(Deadline::after(std::time::Duration::from_secs(30)), None)
-        {
+        self.control.send(Kind::Control, &encoded.bytes, &[channel])?;
+        let frame = match self.control.recv(Deadline::after(std::time::Duration::from_secs(30)), None) {
             Ok(f) => f,
             Err(RecvError::Wire(e)) => return Err(e),
             Err(_) => {
@@ -198,19 +179,15 @@ impl ForkServerClient {
                 rustix::io::ioctl_fionbio(&status, true).map_err(io::Error::from)?;
                 Ok((pid, status))
             }
-            ForkReply::Failed(e) => Err(WireError::Io(io::Error::other(format!(
-                "the fork server could not start the child: {e}"
-            )))),
+            ForkReply::Failed(e) => {
+                Err(WireError::Io(io::Error::other(format!("the fork server could not start the child: {e}"))))
+            }
         }
     }
 
     /// True while the server process runs.
     pub(crate) fn is_alive(&self) -> bool {
-        !imp::wait_readable(
-            self.pidfd.as_fd(),
-            Deadline::after(std::time::Duration::ZERO),
-        )
-        .unwrap_or(true)
+        !imp::wait_readable(self.pidfd.as_fd(), Deadline::after(std::time::Duration::ZERO)).unwrap_or(true)
     }
 
     /// Reaps a dead server.

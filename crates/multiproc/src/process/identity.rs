@@ -15,15 +15,11 @@ struct Identity {
 static IDENTITY: RwLock<Option<Identity>> = RwLock::new(None);
 
 fn get() -> Identity {
-    IDENTITY
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .unwrap_or(Identity {
-            name: "MainProcess".to_string(),
-            daemon: false,
-            parent: None,
-        })
+    IDENTITY.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or(Identity {
+        name: "MainProcess".to_string(),
+        daemon: false,
+        parent: None,
+    })
 }
 
 /// Records the identity the parent gave this child.
@@ -67,11 +63,7 @@ pub struct ProcessInfo {
 /// ```
 pub fn current_process() -> ProcessInfo {
     let id = get();
-    ProcessInfo {
-        pid: imp::getpid(),
-        name: id.name,
-        daemon: id.daemon,
-    }
+    ProcessInfo { pid: imp::getpid(), name: id.name, daemon: id.daemon }
 }
 
 /// The process that started this one, or `None` in the original program.
@@ -82,11 +74,7 @@ pub fn current_process() -> ProcessInfo {
 /// assert!(multiproc::parent_process().is_none());
 /// ```
 pub fn parent_process() -> Option<ProcessInfo> {
-    get().parent.map(|(pid, name)| ProcessInfo {
-        pid,
-        name,
-        daemon: false,
-    })
+    get().parent.map(|(pid, name)| ProcessInfo { pid, name, daemon: false })
 }
 
 /// The number of CPUs this process may run on.

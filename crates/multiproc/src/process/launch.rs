@@ -34,9 +34,7 @@ pub(crate) struct Launched {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `job` on the launcher thread and returns its result.
-fn on_launcher_thread<T: Send + 'static>(
-    job: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
+fn on_launcher_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let sender = LAUNCHER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
@@ -55,9 +53,7 @@ fn on_launcher_thread<T: Send + 'static>(
         .unwrap_or_else(|e| e.into_inner())
         .send(boxed)
         .map_err(|_| io::Error::other("the multiproc launcher thread is gone"))?;
-    done_rx
-        .recv()
-        .map_err(|_| io::Error::other("the multiproc launcher thread failed"))
+    done_rx.recv().map_err(|_| io::Error::other("the multiproc launcher thread failed"))
 }
 
 /// Starts a child with `method`; it will find `channel` as its channel.
@@ -75,38 +71,21 @@ pub(crate) fn launch(
             let cwd = cwd.map(Path::to_path_buf);
             let exe = exe.map(Path::to_path_buf);
             let pid = on_launcher_thread(move || {
-                spawn_exe_at(
-                    channel.as_fd(),
-                    "child",
-                    &env,
-                    cwd.as_deref(),
-                    exe.as_deref(),
-                )
+                spawn_exe_at(channel.as_fd(), "child", &env, cwd.as_deref(), exe.as_deref())
             })??;
-            Ok(Launched {
-                pid,
-                exit: ExitWatch::child(pid)?,
-            })
+            Ok(Launched { pid, exit: ExitWatch::child(pid)? })
         }
         StartMethod::ForkServer => fork_via_server(channel, env, cwd),
         StartMethod::Fork => {
             let pid = on_launcher_thread(move || fork_here(channel))??;
-            Ok(Launched {
-                pid,
-                exit: ExitWatch::child(pid)?,
-            })
+            Ok(Launched { pid, exit: ExitWatch::child(pid)? })
         }
     }
 }
 
 /// Re-executes this program in `role` with `channel` as its descriptor 3.
 /// Must run on the launcher thread.
-pub(crate) fn spawn_exe(
-    channel: BorrowedFd<'_>,
-    role: &str,
-    env: &EnvChanges,
-    cwd: Option<&Path>,
-) -> io::Result<Pid> {
+pub(crate) fn spawn_exe(channel: BorrowedFd<'_>, role: &str, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Pid> {
     spawn_exe_at(channel, role, env, cwd, None)
 }
 
@@ -131,29 +110,19 @@ fn spawn_exe_at(
         })
         .collect();
     full.push(format!("{ROLE_ENV}={role}:{}", imp::getpid()).into());
-    imp::spawn::spawn(&SpawnRequest {
-        exe: &exe,
-        env: full,
-        cwd,
-        channel,
-    })
+    imp::spawn::spawn(&SpawnRequest { exe: &exe, env: full, cwd, channel })
 }
 
 fn current_exe() -> io::Result<PathBuf> {
     // /proc/self/exe names this very binary even if it was moved; fall back to
     // the path std reports.
     let proc_path = PathBuf::from("/proc/self/exe");
-    if proc_path.exists() {
-        Ok(proc_path)
-    } else {
-        std::env::current_exe()
-    }
+    if proc_path.exists() { Ok(proc_path) } else { std::env::current_exe() }
 }
 
 /// This process's environment with `changes` applied (without our role token).
 fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
-    let mut vars: Vec<(OsString, OsString)> =
-        std::env::vars_os().filter(|(k, _)| k != ROLE_ENV).collect();
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(k, _)| k != ROLE_ENV).collect();
     for (key, value) in changes {
         vars.retain(|(k, _)| k != key);
         if let Some(v) = value {
@@ -172,10 +141,7 @@ fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io
         None => std::env::current_dir().ok(),
     };
     let req = ForkRequest {
-        env: child_environment(env)
-            .into_iter()
-            .map(|(k, v)| (k.into_vec(), v.into_vec()))
-            .collect(),
+        env: child_environment(env).into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
         cwd: cwd.map(|c| c.as_os_str().as_bytes().to_vec()),
     };
     let mut server = FORK_SERVER.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,10 +157,7 @@ fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io
         let attempt_channel = channel.try_clone()?;
         match client.fork(&req, attempt_channel) {
             Ok((pid, status)) => {
-                return Ok(Launched {
-                    pid,
-                    exit: ExitWatch::forked_by_server(pid, status),
-                });
+                return Ok(Launched { pid, exit: ExitWatch::forked_by_server(pid, status) });
             }
             Err(WireError::Closed) | Err(WireError::Io(_)) if !client.is_alive() => {
                 tracing::debug!(pid = client.pid(), "fork server died; restarting it");
@@ -219,8 +182,7 @@ fn fork_here(channel: OwnedFd) -> io::Result<Pid> {
             imp::forkserver_sys::move_fd(raw, imp::spawn::CHILD_CHANNEL_FD);
             imp::spawn::close_fds_from_except(imp::spawn::CHILD_CHANNEL_FD + 1, &[]);
             imp::die_with_parent(parent);
-            let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD)
-                .unwrap_or_else(|_| std::process::exit(1));
+            let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
             super::bootstrap::child_main(fd)
         })
     }?;

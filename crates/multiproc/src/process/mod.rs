@@ -8,7 +8,7 @@ pub(crate) mod forkserver;
 mod identity;
 pub(crate) mod launch;
 pub(crate) mod protocol;
-mod task;
+pub(crate) mod task;
 
 use std::ffi::OsString;
 use std::marker::PhantomData;
@@ -278,17 +278,8 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     }
 
     fn unstarted(config: ProcessBuilder, entry: EntryRef, args: Encoded) -> Process<R> {
-        let name = config
-            .name
-            .clone()
-            .unwrap_or_else(|| default_name(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
-        Process {
-            config,
-            name,
-            task: Some((entry, args)),
-            running: None,
-            _result: PhantomData,
-        }
+        let name = config.name.clone().unwrap_or_else(|| default_name(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        Process { config, name, task: Some((entry, args)), running: None, _result: PhantomData }
     }
 
     /// Starts the child.
@@ -313,12 +304,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             self.config.executable.as_deref(),
         )
         .map_err(ProcessError::Start)?;
-        let child = ChildShared::register(
-            launched.pid,
-            self.name.clone(),
-            self.config.daemon,
-            launched.exit,
-        );
+        let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
         let channel = Channel::unix(ours);
         let me = current_process();
         let start = Start {
@@ -333,11 +319,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         let encoded = wire::encode(&start)?;
         // A child that died at once closes its end; join reports how it ended.
         let _ = channel.send(Kind::Start, &encoded.bytes, &args.fds);
-        self.running = Some(Running {
-            child,
-            channel,
-            reply: ReplyState::Waiting,
-        });
+        self.running = Some(Running { child, channel, reply: ReplyState::Waiting });
         Ok(())
     }
 
@@ -358,9 +340,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
 
     /// True from `start` until the child exits.
     pub fn is_alive(&self) -> bool {
-        self.running
-            .as_ref()
-            .is_some_and(|r| r.child.exit_code().is_none())
+        self.running.as_ref().is_some_and(|r| r.child.exit_code().is_none())
     }
 
     /// Python's exit code: `None` while running (or before start), 0 after a
@@ -416,10 +396,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     fn join_until(&mut self, deadline: Deadline, timeout: Duration) -> Result<R, ProcessError> {
         let running = self.running.as_mut().ok_or(ProcessError::NotStarted)?;
         running.collect_reply(deadline, timeout)?;
-        let code = running
-            .child
-            .wait(deadline)
-            .ok_or(ProcessError::Timeout(timeout))?;
+        let code = running.child.wait(deadline).ok_or(ProcessError::Timeout(timeout))?;
         child::forget(running.child.pid);
         match std::mem::replace(&mut running.reply, ReplyState::Taken) {
             ReplyState::Got(reply, fds) => reply_to_result(reply, fds),
@@ -438,38 +415,29 @@ impl Running {
         let got = match self.channel.recv(deadline, Some(self.child.exit_fd())) {
             Ok(frame) => Some(frame),
             // Exited: a reply it sent just before may still be buffered.
-            Err(RecvError::WatchReady) => self
-                .channel
-                .recv(Deadline::after(Duration::ZERO), None)
-                .ok(),
+            Err(RecvError::WatchReady) => self.channel.recv(Deadline::after(Duration::ZERO), None).ok(),
             Err(RecvError::Timeout) => return Err(ProcessError::Timeout(timeout)),
             Err(RecvError::Wire(_)) => None,
         };
         self.reply = match got {
-            Some(frame) if frame.kind == Kind::Reply => {
-                match wire::decode::<Reply>(&frame.payload, Vec::new()) {
-                    Ok(reply) => ReplyState::Got(reply, frame.fds),
-                    Err(e) => ReplyState::Got(Reply::Failed(e.to_string()), Vec::new()),
-                }
-            }
+            Some(frame) if frame.kind == Kind::Reply => match wire::decode::<Reply>(&frame.payload, Vec::new()) {
+                Ok(reply) => ReplyState::Got(reply, frame.fds),
+                Err(e) => ReplyState::Got(Reply::Failed(e.to_string()), Vec::new()),
+            },
             _ => ReplyState::None,
         };
         Ok(())
     }
 }
 
-fn reply_to_result<R: DeserializeOwned>(
-    reply: Reply,
-    fds: Vec<std::os::fd::OwnedFd>,
-) -> Result<R, ProcessError> {
+fn reply_to_result<R: DeserializeOwned>(reply: Reply, fds: Vec<std::os::fd::OwnedFd>) -> Result<R, ProcessError> {
     match reply {
         Reply::Value(bytes) => Ok(wire::decode(&bytes, fds)?),
         Reply::Panicked(p) => Err(ProcessError::Panicked(p)),
         Reply::Failed(message) => Err(ProcessError::Failed(message)),
-        Reply::Refused { child_build_id } => Err(ProcessError::BuildMismatch {
-            parent: imp::build_id::build_id().to_string(),
-            child: child_build_id,
-        }),
+        Reply::Refused { child_build_id } => {
+            Err(ProcessError::BuildMismatch { parent: imp::build_id::build_id().to_string(), child: child_build_id })
+        }
     }
 }
 
@@ -486,11 +454,7 @@ impl Process<()> {
 
 fn default_name(n: usize) -> String {
     let me = identity::current_name();
-    if me == "MainProcess" {
-        format!("Process-{n}")
-    } else {
-        format!("{me}:{n}")
-    }
+    if me == "MainProcess" { format!("Process-{n}") } else { format!("{me}:{n}") }
 }
 
 /// The children of this process that are still running. Finished children are
@@ -502,12 +466,5 @@ fn default_name(n: usize) -> String {
 /// assert!(multiproc::active_children().iter().all(|c| c.pid > 0));
 /// ```
 pub fn active_children() -> Vec<ProcessInfo> {
-    child::active()
-        .iter()
-        .map(|c| ProcessInfo {
-            pid: c.pid,
-            name: c.name.clone(),
-            daemon: c.daemon,
-        })
-        .collect()
+    child::active().iter().map(|c| ProcessInfo { pid: c.pid, name: c.name.clone(), daemon: c.daemon }).collect()
 }

@@ -68,6 +68,40 @@ pub(crate) struct EntryRef {
 #[inline(never)]
 fn anchor() {}
 
+/// The offset of a code address from the anchor: the same in every process
+/// running this build, whatever the address-space layout.
+pub(crate) fn code_offset(addr: *const ()) -> i64 {
+    (addr as usize as i64).wrapping_sub(anchor as *const () as usize as i64)
+}
+
+/// The code address for an offset made by [`code_offset`].
+///
+/// # Safety
+///
+/// `offset` must come from [`code_offset`] in a process running the same build
+/// (checked by the build-id handshake), and the caller must transmute the
+/// result to the exact function type whose address was taken.
+pub(crate) unsafe fn code_address(offset: i64) -> *const () {
+    (anchor as *const () as usize as i64).wrapping_add(offset) as usize as *const ()
+}
+
+/// Rejects, at compile time, a function type that carries state.
+pub(crate) const fn assert_stateless<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "multiproc: a function sent to a child must not capture state; pass state as arguments instead"
+    )
+}
+
+/// The function value of a stateless function type.
+pub(crate) fn conjure<F: Copy + 'static>() -> F {
+    const { assert_stateless::<F>() };
+    // SAFETY: `F` is zero-sized (asserted at compile time) and `Copy`, so it has
+    // no state, no drop glue and no invalid bit patterns: the zero-sized value
+    // is the function itself.
+    unsafe { std::mem::zeroed() }
+}
+
 impl EntryRef {
     /// The entry reference for task `F` with arguments `A` returning `R`.
     pub(crate) fn of<F, A, R>() -> EntryRef
@@ -85,8 +119,7 @@ impl EntryRef {
         crate::sys::imp::init::keep_linked();
         let entry: EntryFn = trampoline::<F, A, R>;
         EntryRef {
-            offset: (entry as *const () as usize as i64)
-                .wrapping_sub(anchor as *const () as usize as i64),
+            offset: (entry as *const () as usize as i64).wrapping_sub(anchor as *const () as usize as i64),
             type_hash: type_hash::<F, A, R>(),
         }
     }
@@ -98,21 +131,17 @@ impl EntryRef {
     /// `self` must have been made by [`EntryRef::of`] in a process running the
     /// same build of the same executable (checked by the build-id handshake).
     pub(crate) unsafe fn resolve(self) -> EntryFn {
-        let addr = (anchor as *const () as usize as i64).wrapping_add(self.offset) as usize;
         // SAFETY: in the same build, anchor + offset is the address of the
         // trampoline the parent named, whose type is `EntryFn` (caller's promise).
-        unsafe { std::mem::transmute::<usize, EntryFn>(addr) }
+        unsafe { std::mem::transmute::<*const (), EntryFn>(code_address(self.offset)) }
     }
 }
 
-fn type_hash<F, A, R>() -> u64 {
+/// Hash of three type names, to check that both ends mean the same types.
+pub(crate) fn type_hash<F, A, R>() -> u64 {
     // FNV-1a over the type names: stable within a build, cheap.
     let mut h: u64 = 0xcbf29ce484222325;
-    for name in [
-        std::any::type_name::<F>(),
-        std::any::type_name::<A>(),
-        std::any::type_name::<R>(),
-    ] {
+    for name in [std::any::type_name::<F>(), std::any::type_name::<A>(), std::any::type_name::<R>()] {
         for b in name.bytes().chain([0]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x100000001b3);
@@ -128,17 +157,10 @@ where
     R: Serialize,
 {
     if hash != type_hash::<F, A, R>() {
-        return Err(
-            "the task's type does not match its entry point (parent and child differ)".into(),
-        );
+        return Err("the task's type does not match its entry point (parent and child differ)".into());
     }
-    let args: A = wire::decode(args, fds)
-        .map_err(|e| format!("could not decode the task's arguments: {e}"))?;
-    // SAFETY: `F` is zero-sized (asserted at compile time in `EntryRef::of`) and
-    // `Copy`, so it has no state, no drop glue and no invalid bit patterns: the
-    // zero-sized value is the function itself.
-    let f: F = unsafe { std::mem::zeroed() };
-    let result = f.call(args);
+    let args: A = wire::decode(args, fds).map_err(|e| format!("could not decode the task's arguments: {e}"))?;
+    let result = conjure::<F>().call(args);
     wire::encode(&result).map_err(|e| format!("the task's result could not be serialized: {e}"))
 }
 

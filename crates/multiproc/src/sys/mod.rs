@@ -10,9 +10,7 @@ pub(crate) mod linux;
 pub(crate) use linux as imp;
 
 #[cfg(not(target_os = "linux"))]
-compile_error!(
-    "multiproc currently supports Linux only; see src/sys/mod.rs for the functions a port provides"
-);
+compile_error!("multiproc currently supports Linux only; see src/sys/mod.rs for the functions a port provides");
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +34,7 @@ impl Deadline {
 
     /// Time left, or `None` for a deadline that never expires. Zero once passed.
     pub(crate) fn remaining(self) -> Option<Duration> {
-        self.0
-            .map(|at| at.saturating_duration_since(Instant::now()))
+        self.0.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     /// True once the deadline has passed.

@@ -55,17 +55,8 @@ impl Channel {
     }
 
     fn new(fd: OwnedFd, can_pass_fds: bool) -> Channel {
-        let recv = RecvState {
-            decoder: FrameDecoder::default(),
-            scratch: Vec::new(),
-            closed: false,
-        };
-        Channel {
-            fd,
-            can_pass_fds,
-            send_lock: Mutex::new(()),
-            recv: Mutex::new(recv),
-        }
+        let recv = RecvState { decoder: FrameDecoder::default(), scratch: Vec::new(), closed: false };
+        Channel { fd, can_pass_fds, send_lock: Mutex::new(()), recv: Mutex::new(recv) }
     }
 
     /// A pair of connected Unix channels.
@@ -80,12 +71,7 @@ impl Channel {
     }
 
     /// Sends one frame. Large payloads go through a sealed memfd.
-    pub(crate) fn send(
-        &self,
-        kind: Kind,
-        payload: &[u8],
-        fds: &[OwnedFd],
-    ) -> Result<(), WireError> {
+    pub(crate) fn send(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> Result<(), WireError> {
         if !fds.is_empty() && !self.can_pass_fds {
             return Err(WireError::Encode(
                 "this message carries handles (file descriptors), which cannot travel over a TCP connection".into(),
@@ -94,22 +80,12 @@ impl Channel {
         let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = if self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD {
             let memfd = imp::memfd::sealed_with("multiproc-payload", payload)?;
-            let header = Header {
-                kind,
-                offloaded: true,
-                nfds: fds.len() + 1,
-                len: payload.len() as u64,
-            };
+            let header = Header { kind, offloaded: true, nfds: fds.len() + 1, len: payload.len() as u64 };
             let mut all: Vec<BorrowedFd<'_>> = vec![memfd.as_fd()];
             all.extend(fds.iter().map(AsFd::as_fd));
             imp::send_all(self.fd.as_fd(), &[&header.encode()], &all)
         } else {
-            let header = Header {
-                kind,
-                offloaded: false,
-                nfds: fds.len(),
-                len: payload.len() as u64,
-            };
+            let header = Header { kind, offloaded: false, nfds: fds.len(), len: payload.len() as u64 };
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
             imp::send_all(self.fd.as_fd(), &[&header.encode(), payload], &borrowed)
         };
@@ -121,11 +97,7 @@ impl Channel {
 
     /// Receives one frame, waiting until the deadline. When `watch` becomes
     /// readable before a frame is complete, returns [`RecvError::WatchReady`].
-    pub(crate) fn recv(
-        &self,
-        deadline: Deadline,
-        watch: Option<BorrowedFd<'_>>,
-    ) -> Result<Frame, RecvError> {
+    pub(crate) fn recv(&self, deadline: Deadline, watch: Option<BorrowedFd<'_>>) -> Result<Frame, RecvError> {
         let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some((header, payload, fds)) = state.decoder.next_frame()? {
@@ -142,11 +114,7 @@ impl Channel {
         }
     }
 
-    fn wait_readable(
-        &self,
-        deadline: Deadline,
-        watch: Option<BorrowedFd<'_>>,
-    ) -> Result<(), RecvError> {
+    fn wait_readable(&self, deadline: Deadline, watch: Option<BorrowedFd<'_>>) -> Result<(), RecvError> {
         let mut fds = vec![(self.fd.as_fd(), Interest::Read)];
         fds.extend(watch.map(|w| (w, Interest::Read)));
         let ready = imp::poll_fds(&fds, deadline).map_err(WireError::Io)?;
@@ -164,8 +132,7 @@ impl Channel {
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool, WireError> {
         let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if state.closed || state.decoder.buffered() >= HEADER_LEN && state.has_complete_frame()
-            {
+            if state.closed || state.decoder.buffered() >= HEADER_LEN && state.has_complete_frame() {
                 return Ok(true);
             }
             if !imp::wait_readable(self.fd.as_fd(), deadline)? {
@@ -240,18 +207,10 @@ fn closed_error(decoder: &FrameDecoder) -> WireError {
 /// Turns a decoded frame into its payload, reading offloaded payloads.
 fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Frame, WireError> {
     if !header.offloaded {
-        return Ok(Frame {
-            kind: header.kind,
-            payload,
-            fds,
-        });
+        return Ok(Frame { kind: header.kind, payload, fds });
     }
     let memfd = fds.remove(0);
     let payload = imp::memfd::read_sealed(memfd.as_fd(), header.len as usize)
         .map_err(|e| WireError::corrupt(format!("offloaded payload unreadable: {e}")))?;
-    Ok(Frame {
-        kind: header.kind,
-        payload,
-        fds,
-    })
+    Ok(Frame { kind: header.kind, payload, fds })
 }

@@ -28,9 +28,7 @@ pub(crate) struct Encoded {
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, WireError> {
     let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
     let result = postcard::to_allocvec(value);
-    let fds = FDS_OUT
-        .with(|f| std::mem::replace(&mut *f.borrow_mut(), saved))
-        .unwrap_or_default();
+    let fds = FDS_OUT.with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).unwrap_or_default();
     match result {
         Ok(bytes) => Ok(Encoded { bytes, fds }),
         Err(e) => Err(WireError::Encode(e.to_string())),
@@ -44,10 +42,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
     let saved = FDS_IN.with(|f| f.borrow_mut().replace(slots));
     let result = postcard::from_bytes(bytes);
     FDS_IN.with(|f| *f.borrow_mut() = saved);
-    result.map_err(|e| WireError::Decode {
-        type_name: std::any::type_name::<T>(),
-        reason: e.to_string(),
-    })
+    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
 }
 
 /// Serde helpers for types that hold a descriptor: `#[serde(with = "fd_serde")]`.
@@ -56,9 +51,7 @@ pub(crate) mod fd_serde {
 
     /// Duplicates the descriptor into the message's side channel and writes its index.
     pub(crate) fn serialize<S: Serializer>(fd: &impl AsFd, s: S) -> Result<S::Ok, S::Error> {
-        push_fd(fd.as_fd())
-            .map_err(serde::ser::Error::custom)?
-            .serialize(s)
+        push_fd(fd.as_fd()).map_err(serde::ser::Error::custom)?.serialize(s)
     }
 
     /// Reads an index and takes the descriptor that arrived in that slot.
@@ -68,29 +61,24 @@ pub(crate) mod fd_serde {
     }
 
     pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
-        let dup = fd
-            .try_clone_to_owned()
-            .map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
+        let dup = fd.try_clone_to_owned().map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
         FDS_OUT.with(|f| match f.borrow_mut().as_mut() {
             Some(list) => {
                 list.push(dup);
                 Ok(list.len() as u32 - 1)
             }
-            None => Err("multiproc handles can only be serialized by multiproc itself (they carry file descriptors)".to_string()),
+            None => Err("multiproc handles can only be serialized by multiproc itself (they carry file descriptors)"
+                .to_string()),
         })
     }
 
     pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
         FDS_IN.with(|f| {
             let mut guard = f.borrow_mut();
-            let list = guard
-                .as_mut()
-                .ok_or("multiproc handles can only be deserialized by multiproc itself")?;
+            let list = guard.as_mut().ok_or("multiproc handles can only be deserialized by multiproc itself")?;
             list.get_mut(index as usize)
                 .and_then(Option::take)
-                .ok_or_else(|| {
-                    format!("message refers to descriptor #{index}, which did not arrive")
-                })
+                .ok_or_else(|| format!("message refers to descriptor #{index}, which did not arrive"))
         })
     }
 }

@@ -71,18 +71,12 @@ impl Header {
     /// Parses and validates header bytes.
     pub(crate) fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, WireError> {
         if bytes[0] != PROTOCOL_VERSION {
-            return Err(WireError::Version {
-                got: bytes[0],
-                expected: PROTOCOL_VERSION,
-            });
+            return Err(WireError::Version { got: bytes[0], expected: PROTOCOL_VERSION });
         }
-        let kind = Kind::from_u8(bytes[1])
-            .ok_or_else(|| WireError::corrupt(format!("unknown frame kind {}", bytes[1])))?;
+        let kind =
+            Kind::from_u8(bytes[1]).ok_or_else(|| WireError::corrupt(format!("unknown frame kind {}", bytes[1])))?;
         if bytes[2] & !FLAG_OFFLOADED != 0 {
-            return Err(WireError::corrupt(format!(
-                "unknown frame flags {:#x}",
-                bytes[2]
-            )));
+            return Err(WireError::corrupt(format!("unknown frame flags {:#x}", bytes[2])));
         }
         let offloaded = bytes[2] & FLAG_OFFLOADED != 0;
         let nfds = usize::from(bytes[3]);
@@ -92,27 +86,14 @@ impl Header {
             )));
         }
         if offloaded && nfds == 0 {
-            return Err(WireError::corrupt(
-                "offloaded frame without its memory file",
-            ));
+            return Err(WireError::corrupt("offloaded frame without its memory file"));
         }
         let len = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
-        let max = if offloaded {
-            MAX_OFFLOAD_LEN
-        } else {
-            MAX_INLINE_LEN
-        };
+        let max = if offloaded { MAX_OFFLOAD_LEN } else { MAX_INLINE_LEN };
         if len > max {
-            return Err(WireError::corrupt(format!(
-                "frame announces {len} bytes, more than the {max} allowed"
-            )));
+            return Err(WireError::corrupt(format!("frame announces {len} bytes, more than the {max} allowed")));
         }
-        Ok(Header {
-            kind,
-            offloaded,
-            nfds,
-            len,
-        })
+        Ok(Header { kind, offloaded, nfds, len })
     }
 }
 
@@ -151,9 +132,7 @@ impl FrameDecoder {
         if self.buffered() < HEADER_LEN {
             return false;
         }
-        let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
-            .try_into()
-            .expect("header");
+        let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
         match Header::decode(&bytes) {
             Ok(h) => h.offloaded || (self.buffered() - HEADER_LEN) as u64 >= h.len,
             Err(_) => true,
@@ -162,16 +141,12 @@ impl FrameDecoder {
 
     /// Returns the next complete frame, `None` if more bytes are needed.
     /// After an error the stream is unusable.
-    pub(crate) fn next_frame(
-        &mut self,
-    ) -> Result<Option<(Header, Vec<u8>, Vec<OwnedFd>)>, WireError> {
+    pub(crate) fn next_frame(&mut self) -> Result<Option<(Header, Vec<u8>, Vec<OwnedFd>)>, WireError> {
         if self.pending.is_none() {
             if self.buffered() < HEADER_LEN {
                 return Ok(None);
             }
-            let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
-                .try_into()
-                .expect("header");
+            let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
             let header = Header::decode(&bytes)?;
             if self.fds.len() < header.nfds {
                 return Err(WireError::corrupt(format!(
@@ -224,29 +199,15 @@ mod test {
 
     #[test]
     fn header_round_trips() {
-        let h = Header {
-            kind: Kind::Data,
-            offloaded: false,
-            nfds: 2,
-            len: 77,
-        };
+        let h = Header { kind: Kind::Data, offloaded: false, nfds: 2, len: 77 };
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
     }
 
     #[test]
     fn bad_headers_are_errors() {
-        let mut b = Header {
-            kind: Kind::Data,
-            offloaded: false,
-            nfds: 0,
-            len: 1,
-        }
-        .encode();
+        let mut b = Header { kind: Kind::Data, offloaded: false, nfds: 0, len: 1 }.encode();
         b[0] = 9;
-        assert!(matches!(
-            Header::decode(&b),
-            Err(WireError::Version { got: 9, .. })
-        ));
+        assert!(matches!(Header::decode(&b), Err(WireError::Version { got: 9, .. })));
         b[0] = PROTOCOL_VERSION;
         b[1] = 200;
         assert!(matches!(Header::decode(&b), Err(WireError::Corrupt(_))));
@@ -259,12 +220,7 @@ mod test {
     fn frames_split_at_any_byte_are_reassembled() {
         let mut stream = Vec::new();
         for (i, payload) in [&b""[..], b"abc", &[7u8; 300]].iter().enumerate() {
-            let h = Header {
-                kind: Kind::Data,
-                offloaded: false,
-                nfds: 0,
-                len: payload.len() as u64,
-            };
+            let h = Header { kind: Kind::Data, offloaded: false, nfds: 0, len: payload.len() as u64 };
             stream.extend_from_slice(&h.encode());
             stream.extend_from_slice(payload);
             let _ = i;

@@ -37,8 +37,7 @@ unsafe extern "C" fn first_object_callback(
         let start = (info.dlpi_addr as usize).wrapping_add(phdr.p_vaddr as usize);
         // SAFETY: a PT_NOTE segment of a loaded object is mapped and readable
         // for `p_memsz` bytes at load address + p_vaddr.
-        let notes =
-            unsafe { std::slice::from_raw_parts(start as *const u8, phdr.p_memsz as usize) };
+        let notes = unsafe { std::slice::from_raw_parts(start as *const u8, phdr.p_memsz as usize) };
         if let Some(id) = find_gnu_build_id(notes) {
             *found = Some(id.to_vec());
             break;
@@ -71,13 +70,7 @@ fn find_gnu_build_id(mut notes: &[u8]) -> Option<&[u8]> {
 fn exe_fingerprint() -> String {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata("/proc/self/exe") {
-        Ok(m) => format!(
-            "exe-{:x}-{:x}-{:x}-{:x}",
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime_nsec() ^ m.mtime()
-        ),
+        Ok(m) => format!("exe-{:x}-{:x}-{:x}-{:x}", m.dev(), m.ino(), m.size(), m.mtime_nsec() ^ m.mtime()),
         Err(_) => "exe-unknown".to_string(),
     }
 }

@@ -7,11 +7,7 @@ use super::super::Deadline;
 
 /// Converts a libc return value into an `io::Result`.
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// Takes ownership of a raw descriptor number inherited from a parent.
@@ -44,10 +40,7 @@ pub(crate) enum Interest {
 
 /// Polls the descriptors until one is ready or the deadline passes; returns a
 /// readiness flag per descriptor (all false on timeout). Retries on EINTR.
-pub(crate) fn poll_fds(
-    fds: &[(BorrowedFd<'_>, Interest)],
-    deadline: Deadline,
-) -> io::Result<Vec<bool>> {
+pub(crate) fn poll_fds(fds: &[(BorrowedFd<'_>, Interest)], deadline: Deadline) -> io::Result<Vec<bool>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|(fd, interest)| libc::pollfd {
@@ -85,7 +78,5 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Resul
 
 /// Counts the open descriptors of this process (for leak checks).
 pub(crate) fn count_open_fds() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/fd")?
-        .count()
-        .saturating_sub(1))
+    Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))
 }

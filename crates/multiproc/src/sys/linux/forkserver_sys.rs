@@ -20,16 +20,8 @@ impl SigchldFd {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGCHLD);
-            cvt(libc::sigprocmask(
-                libc::SIG_BLOCK,
-                &set,
-                std::ptr::null_mut(),
-            ))?;
-            let fd = cvt(libc::signalfd(
-                -1,
-                &set,
-                libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
-            ))?;
+            cvt(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
+            let fd = cvt(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
             Ok(SigchldFd(OwnedFd::from_raw_fd(fd)))
         }
     }

@@ -10,10 +10,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 pub(crate) fn sealed_with(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     write_all_at(fd.as_fd(), data)?;
-    rustix::fs::fcntl_add_seals(
-        &fd,
-        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
-    )?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)?;
     Ok(fd)
 }
 
@@ -38,17 +35,11 @@ fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
 pub(crate) fn read_sealed(fd: BorrowedFd<'_>, expected_len: usize) -> io::Result<Vec<u8>> {
     let seals = rustix::fs::fcntl_get_seals(fd)?;
     if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "payload memory file is not sealed",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "payload memory file is not sealed"));
     }
     let size = rustix::fs::fstat(fd)?.st_size as u64;
     if size != expected_len as u64 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "payload memory file has the wrong size",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "payload memory file has the wrong size"));
     }
     let mut out: Vec<u8> = Vec::with_capacity(expected_len);
     let base = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
@@ -57,12 +48,7 @@ pub(crate) fn read_sealed(fd: BorrowedFd<'_>, expected_len: usize) -> io::Result
         // SAFETY: `base` points to `expected_len` bytes of spare capacity; pread
         // writes at most `expected_len - filled` bytes at `base + filled`.
         let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                base.add(filled).cast(),
-                expected_len - filled,
-                filled as libc::off_t,
-            )
+            libc::pread(fd.as_raw_fd(), base.add(filled).cast(), expected_len - filled, filled as libc::off_t)
         };
         match n {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),

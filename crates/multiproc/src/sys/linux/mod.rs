@@ -3,9 +3,11 @@
 pub(crate) mod build_id;
 pub(crate) mod fd;
 pub(crate) mod forkserver_sys;
+pub(crate) mod futex;
 pub(crate) mod init;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
+pub(crate) mod shm;
 pub(crate) mod signal;
 pub(crate) mod socket;
 pub(crate) mod spawn;

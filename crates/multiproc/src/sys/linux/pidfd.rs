@@ -16,25 +16,16 @@ impl Pidfd {
     /// Opens a pidfd for `pid`, which must be our unreaped child (so the pid
     /// cannot have been recycled).
     pub(crate) fn open(pid: Pid) -> io::Result<Pidfd> {
-        let pid =
-            RustixPid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        Ok(Pidfd(rustix::process::pidfd_open(
-            pid,
-            PidfdFlags::empty(),
-        )?))
+        let pid = RustixPid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        Ok(Pidfd(rustix::process::pidfd_open(pid, PidfdFlags::empty())?))
     }
 
     /// Reaps the child if it has exited; returns its Python-style exit code
     /// (the exit status, or `-N` after signal N), or `None` while it runs.
     pub(crate) fn try_reap(&self) -> io::Result<Option<i32>> {
-        let status = rustix::process::waitid(
-            WaitId::PidFd(self.0.as_fd()),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        )?;
-        Ok(status.and_then(|s| {
-            s.exit_status()
-                .or_else(|| s.terminating_signal().map(|sig| -sig))
-        }))
+        let status =
+            rustix::process::waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)?;
+        Ok(status.and_then(|s| s.exit_status().or_else(|| s.terminating_signal().map(|sig| -sig))))
     }
 }
 
@@ -48,10 +39,7 @@ impl AsFd for Pidfd {
 /// already exited is not an error.
 pub(crate) fn send_signal(pidfd: &Pidfd, signal: i32) -> io::Result<()> {
     let Some(sig) = rustix::process::Signal::from_named_raw(signal) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "unknown signal",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "unknown signal"));
     };
     match rustix::process::pidfd_send_signal(pidfd.as_fd(), sig) {
         Err(rustix::io::Errno::SRCH) | Ok(()) => Ok(()),

@@ -35,15 +35,7 @@ pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 /// still `expected_parent`; if it already died, exits at once.
 pub(crate) fn die_with_parent(expected_parent: Pid) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers; no memory is touched.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
     if getppid() != expected_parent {
         // SAFETY: _exit is async-signal-safe and ends the process at once.
         unsafe { libc::_exit(1) };

@@ -19,16 +19,9 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends all of `bufs` on `sock`, with `fds` attached to the first byte.
 /// Blocks until everything is written. Retries on EINTR.
-pub(crate) fn send_all(
-    sock: BorrowedFd<'_>,
-    bufs: &[&[u8]],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
+pub(crate) fn send_all(sock: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if fds.len() > MAX_FDS_PER_MSG {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many file descriptors in one message",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many file descriptors in one message"));
     }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     let mut sent = 0;
@@ -67,11 +60,7 @@ fn sendmsg_plain(sock: BorrowedFd<'_>, slices: &[IoSlice<'_>]) -> io::Result<usi
     sendmsg_retry(sock, &msg)
 }
 
-fn sendmsg_with_fds(
-    sock: BorrowedFd<'_>,
-    slices: &[IoSlice<'_>],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<usize> {
+fn sendmsg_with_fds(sock: BorrowedFd<'_>, slices: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let payload_len = std::mem::size_of_val(raw.as_slice()) as u32;
     // SAFETY: CMSG_SPACE is a pure computation on an integer.
@@ -90,11 +79,7 @@ fn sendmsg_with_fds(
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(payload_len) as _;
-        std::ptr::copy_nonoverlapping(
-            raw.as_ptr(),
-            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
-            raw.len(),
-        );
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), raw.len());
     }
     sendmsg_retry(sock, &msg)
 }
@@ -124,10 +109,7 @@ pub(crate) fn recv_with_fds(
 ) -> io::Result<usize> {
     const CONTROL_WORDS: usize = (MAX_FDS_PER_MSG * 4 + 64) / 8;
     let mut control = [0u64; CONTROL_WORDS];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: a zeroed msghdr is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -148,10 +130,7 @@ pub(crate) fn recv_with_fds(
     };
     collect_fds(&msg, fds);
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "too many file descriptors arrived in one message",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many file descriptors arrived in one message"));
     }
     Ok(n)
 }

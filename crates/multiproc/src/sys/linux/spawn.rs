@@ -29,17 +29,10 @@ pub(crate) struct SpawnRequest<'a> {
 pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<Pid> {
     let exe = cstring(req.exe.as_os_str().as_bytes())?;
     let argv_storage = [exe.clone()];
-    let env_storage: Vec<CString> = req
-        .env
-        .iter()
-        .map(|e| cstring(e.as_bytes()))
-        .collect::<io::Result<_>>()?;
+    let env_storage: Vec<CString> = req.env.iter().map(|e| cstring(e.as_bytes())).collect::<io::Result<_>>()?;
     let argv = null_terminated(&argv_storage);
     let envp = null_terminated(&env_storage);
-    let cwd = req
-        .cwd
-        .map(|c| cstring(c.as_os_str().as_bytes()))
-        .transpose()?;
+    let cwd = req.cwd.map(|c| cstring(c.as_os_str().as_bytes())).transpose()?;
 
     let mut actions = FileActions::new()?;
     actions.dup2(req.channel.as_raw_fd(), CHILD_CHANNEL_FD)?;
@@ -52,16 +45,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<Pid> {
     // SAFETY: every pointer passed is valid for the duration of the call: the
     // file actions and attributes are initialised, argv/envp are null-terminated
     // arrays of pointers into CStrings that outlive the call.
-    let rc = unsafe {
-        libc::posix_spawn(
-            &mut pid,
-            exe.as_ptr(),
-            &actions.0,
-            &attr.0,
-            argv.as_ptr(),
-            envp.as_ptr(),
-        )
-    };
+    let rc = unsafe { libc::posix_spawn(&mut pid, exe.as_ptr(), &actions.0, &attr.0, argv.as_ptr(), envp.as_ptr()) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
@@ -69,20 +53,12 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<Pid> {
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a NUL byte in a path or environment entry",
-        )
-    })
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path or environment entry"))
 }
 
 fn null_terminated(strings: &[CString]) -> Vec<*mut libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr().cast_mut())
-        .chain(std::iter::once(std::ptr::null_mut()))
-        .collect()
+    strings.iter().map(|s| s.as_ptr().cast_mut()).chain(std::iter::once(std::ptr::null_mut())).collect()
 }
 
 struct FileActions(libc::posix_spawn_file_actions_t);
@@ -138,10 +114,7 @@ impl SpawnAttr {
             check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &all))?;
             check(libc::posix_spawnattr_setsigmask(&mut attr.0, &none))?;
             let flags = libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
-            check(libc::posix_spawnattr_setflags(
-                &mut attr.0,
-                flags as libc::c_short,
-            ))?;
+            check(libc::posix_spawnattr_setflags(&mut attr.0, flags as libc::c_short))?;
         }
         Ok(attr)
     }
@@ -155,11 +128,7 @@ impl Drop for SpawnAttr {
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
 /// Forks the calling process. In the child, `child` runs and must not return.
@@ -187,11 +156,7 @@ pub(crate) unsafe fn fork(child: impl FnOnce()) -> io::Result<Pid> {
 /// forked child.
 pub(crate) fn close_fds_from_except(first: i32, keep: &[i32]) {
     let mut start = first as u32;
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .map(|k| *k as u32)
-        .filter(|k| *k >= start)
-        .collect();
+    let mut keep: Vec<u32> = keep.iter().map(|k| *k as u32).filter(|k| *k >= start).collect();
     keep.sort_unstable();
     for k in keep {
         if k > start {

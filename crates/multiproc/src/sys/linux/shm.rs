@@ -1,0 +1,164 @@
+//! Shared memory mappings backed by a memfd (anonymous, freed by the kernel
+//! when the last descriptor and mapping go away) or by a named POSIX segment
+//! in `/dev/shm`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::mm::{MapFlags, ProtFlags};
+
+use super::fd::cvt;
+
+/// A read-write shared mapping of a whole memory file.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain shared memory; it is valid from any thread, and
+// every user synchronises access to its contents with atomics or locks.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out raw pointers.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// A new zeroed anonymous segment of `len` bytes (at least 1).
+    pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Mapping> {
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, len.max(1) as u64)?;
+        Mapping::map(fd, len)
+    }
+
+    /// Maps an existing segment received from another process; its size
+    /// must be at least `len`.
+    pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+        let size = rustix::fs::fstat(&fd)?.st_size as u64;
+        if size < len as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "shared memory segment is smaller than announced"));
+        }
+        Mapping::map(fd, len)
+    }
+
+    /// Creates the named segment `/dev/shm/<name>` of `len` bytes; fails with
+    /// `AlreadyExists` if it exists.
+    pub(crate) fn create_named(name: &str, len: usize) -> io::Result<Mapping> {
+        let fd = shm_open(name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR)?;
+        if let Err(e) = rustix::fs::ftruncate(&fd, len.max(1) as u64) {
+            let _ = unlink_named(name);
+            return Err(e.into());
+        }
+        Mapping::map(fd, len)
+    }
+
+    /// Opens the named segment `/dev/shm/<name>`; fails with `NotFound` if it
+    /// does not exist. Maps the whole segment.
+    pub(crate) fn open_named(name: &str) -> io::Result<Mapping> {
+        let fd = shm_open(name, libc::O_RDWR)?;
+        let len = rustix::fs::fstat(&fd)?.st_size as usize;
+        Mapping::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel aliases no Rust
+        // object; it stays valid until `munmap` in Drop.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping { ptr, len, fd })
+    }
+
+    /// Start of the mapping.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length of the mapping in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl AsFd for Mapping {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region mapped in `map`; no references into
+        // it outlive the Mapping (users borrow through `&self`).
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len.max(1));
+        }
+    }
+}
+
+fn shm_path(name: &str) -> io::Result<CString> {
+    let name = name.trim_start_matches('/');
+    if name.is_empty() || name.contains('/') || name.len() > 250 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a shared memory name is 1-250 characters without '/'",
+        ));
+    }
+    CString::new(format!("/{name}"))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in shared memory name"))
+}
+
+fn shm_open(name: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let path = shm_path(name)?;
+    // SAFETY: `path` is a valid C string; shm_open returns a new descriptor or -1.
+    let fd = cvt(unsafe { libc::shm_open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o600) })?;
+    // SAFETY: shm_open returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Removes the named segment `/dev/shm/<name>`.
+pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
+    let path = shm_path(name)?;
+    // SAFETY: `path` is a valid C string.
+    cvt(unsafe { libc::shm_unlink(path.as_ptr()) }).map(drop)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn anonymous_is_zeroed_and_shared_through_fd() {
+        let a = Mapping::anonymous("t", 4096).unwrap();
+        // SAFETY: the mapping is 4096 bytes long.
+        unsafe {
+            assert_eq!(*a.as_ptr().add(100), 0);
+            *a.as_ptr().add(100) = 7;
+        }
+        let b = Mapping::from_fd(a.as_fd().try_clone_to_owned().unwrap(), 4096).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { *b.as_ptr().add(100) }, 7);
+    }
+
+    #[test]
+    fn named_create_open_unlink() {
+        let name = format!("multiproc-test-{}", std::process::id());
+        let a = Mapping::create_named(&name, 64).unwrap();
+        assert_eq!(Mapping::create_named(&name, 64).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let b = Mapping::open_named(&name).unwrap();
+        assert_eq!(b.len(), 64);
+        unlink_named(&name).unwrap();
+        assert_eq!(Mapping::open_named(&name).unwrap_err().kind(), io::ErrorKind::NotFound);
+        drop((a, b));
+    }
+}
