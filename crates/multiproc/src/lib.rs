@@ -59,7 +59,9 @@ pub mod process;
 pub(crate) mod sys;
 pub mod wire;
 
-pub use connection::{Connection, ConnectionError, Pipe};
+pub use connection::{
+    Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
+};
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
     cpu_count, current_process, get_start_method, parent_process, set_start_method,

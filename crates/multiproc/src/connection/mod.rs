@@ -6,8 +6,18 @@
 //! receives, and an empty message is a message. Connection ends are ordinary
 //! arguments: pass one to [`Process::spawn`](crate::Process::spawn) and the
 //! child gets the same end.
+//!
+//! Processes that do not share a parent meet through a [`Listener`] on an
+//! [`Address`] (a Unix socket file, a Linux abstract name or TCP) and a
+//! [`Client`] that connects to it, optionally proving to each other that
+//! they know an auth key. [`wait`] blocks until one of several connections
+//! or processes is ready.
 
+mod address;
+mod auth;
 mod error;
+mod listener;
+mod wait;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -18,12 +28,27 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use address::{Address, AddressError, IntoAddress};
 pub use error::ConnectionError;
+pub use listener::{Client, HANDSHAKE_TIMEOUT, Listener};
+pub use wait::{Waitable, wait};
 
 use crate::sys::Deadline;
 use crate::wire::{self, Channel, Kind, RecvError, WireError, fd_serde};
 
-/// Makes pairs of connected [`Connection`]s.
+/// Makes pairs of connected [`Connection`]s (Python's `Pipe`). `T` is the
+/// message type of [`Connection::send`] and [`Connection::recv`]; raw byte
+/// messages work with any `T`.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Pipe;
+///
+/// let (a, b) = Pipe::<(u32, String)>::duplex().unwrap();
+/// a.send(&(7, "seven".to_string())).unwrap();
+/// assert_eq!(b.recv().unwrap(), (7, "seven".to_string()));
+/// ```
 #[derive(Debug)]
 pub struct Pipe<T = Vec<u8>>(PhantomData<fn() -> T>);
 
@@ -69,11 +94,37 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     }
 }
 
-/// One end of a pipe or of a [`Listener`](crate::Listener) connection,
-/// carrying messages of type `T` (any `serde` type) and raw byte messages.
+/// One end of a pipe or of a [`Listener`] connection, carrying messages of
+/// type `T` (any `serde` type) and raw byte messages.
 ///
 /// A connection may be shared between threads (`&self` methods). Cloning is
-/// cheap and refers to the same end.
+/// cheap and refers to the same end. A connection is `Serialize`: send it to
+/// a child as a [`Process::spawn`](crate::Process::spawn) argument, or inside
+/// a message over another connection, and the receiver gets the same end.
+///
+/// Messages may hold handles ([`SendFd`](crate::SendFd), other connections…)
+/// when the connection is a Unix socket (a [`Pipe`], or a [`Listener`] on a
+/// Unix address); over TCP, sending one is an error and nothing is sent.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Connection, Pipe, Process};
+/// use std::time::Duration;
+///
+/// fn double(conn: Connection<u64>) {
+///     while let Ok(x) = conn.recv() {
+///         conn.send(&(2 * x)).unwrap();
+///     }
+/// }
+///
+/// let (ours, theirs) = Pipe::<u64>::duplex().unwrap();
+/// let mut child = Process::spawn(double, (theirs,)).unwrap();
+/// ours.send(&21).unwrap();
+/// assert_eq!(ours.recv_timeout(Duration::from_secs(10)).unwrap(), 42);
+/// drop(ours); // end of stream: the child's loop ends
+/// child.join_timeout(Duration::from_secs(10)).unwrap();
+/// ```
 pub struct Connection<T = Vec<u8>> {
     inner: Option<Arc<Channel>>,
     readable: bool,
@@ -117,21 +168,55 @@ impl<T> Connection<T> {
     }
 
     /// True if this end can receive.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::Pipe::<u8>::one_way().unwrap();
+    /// assert!(rx.readable() && !tx.readable());
+    /// ```
     pub fn readable(&self) -> bool {
         self.readable
     }
 
     /// True if this end can send.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::Pipe::<u8>::one_way().unwrap();
+    /// assert!(tx.writable() && !rx.writable());
+    /// ```
     pub fn writable(&self) -> bool {
         self.writable
     }
 
     /// True after [`Connection::close`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (mut a, _b) = multiproc::Pipe::<u8>::duplex().unwrap();
+    /// assert!(!a.closed());
+    /// a.close();
+    /// assert!(a.closed());
+    /// ```
     pub fn closed(&self) -> bool {
         self.inner.is_none()
     }
 
-    /// Sends one raw byte message.
+    /// Sends one raw byte message (any length, including zero). Payloads over
+    /// 64 KiB travel through a sealed memory file on Unix connections.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::Pipe::<()>::duplex().unwrap();
+    /// a.send_bytes(b"raw").unwrap();
+    /// a.send_bytes(b"").unwrap();
+    /// assert_eq!(b.recv_bytes().unwrap(), b"raw");
+    /// assert_eq!(b.recv_bytes().unwrap(), b"");
+    /// ```
     ///
     /// # Errors
     ///
@@ -143,14 +228,37 @@ impl<T> Connection<T> {
 
     /// Receives one raw byte message, waiting as long as it takes.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::Pipe::<()>::duplex().unwrap();
+    /// a.send_bytes(&[1, 2, 3]).unwrap();
+    /// drop(a);
+    /// assert_eq!(b.recv_bytes().unwrap(), [1, 2, 3]);
+    /// assert!(b.recv_bytes().unwrap_err().is_closed());
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`ConnectionError::Closed`] once the peer is gone and nothing is left.
+    /// [`ConnectionError::Closed`] once the peer is gone and nothing is left;
+    /// [`ConnectionError::HandleClosed`] or [`ConnectionError::NotReadable`]
+    /// on a closed or send-only end.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, ConnectionError> {
         self.recv_bytes_until(Deadline::NEVER)
     }
 
     /// Receives one raw byte message, waiting at most `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = multiproc::Pipe::<()>::duplex().unwrap();
+    /// assert!(b.recv_bytes_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// a.send_bytes(b"late").unwrap();
+    /// assert_eq!(b.recv_bytes_timeout(Duration::from_secs(1)).unwrap(), b"late");
+    /// ```
     ///
     /// # Errors
     ///
@@ -159,22 +267,74 @@ impl<T> Connection<T> {
         self.recv_bytes_until(Deadline::after(timeout))
     }
 
-    /// Receives one raw byte message into `buf` at `offset`; returns its length.
+    /// Receives one raw byte message into `buf` at `offset`, waiting as long
+    /// as it takes; returns the message's length.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::ConnectionError;
+    ///
+    /// let (a, b) = multiproc::Pipe::<()>::duplex().unwrap();
+    /// let mut buf = [0u8; 6];
+    /// a.send_bytes(b"abc").unwrap();
+    /// assert_eq!(b.recv_bytes_into(&mut buf, 2).unwrap(), 3);
+    /// assert_eq!(&buf, b"\0\0abc\0");
+    /// a.send_bytes(b"too long").unwrap();
+    /// match b.recv_bytes_into(&mut buf, 0) {
+    ///     Err(ConnectionError::BufferTooShort(message)) => assert_eq!(message, b"too long"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
     /// [`ConnectionError::BufferTooShort`], carrying the whole message, when it
-    /// does not fit; or as [`Connection::recv_bytes`].
+    /// does not fit (the message is consumed); [`ConnectionError::OffsetOutOfBounds`]
+    /// when `offset > buf.len()` (nothing is received); or as
+    /// [`Connection::recv_bytes`].
     pub fn recv_bytes_into(&self, buf: &mut [u8], offset: usize) -> Result<usize, ConnectionError> {
-        let message = self.recv_bytes()?;
-        let end = offset.checked_add(message.len()).filter(|end| *end <= buf.len());
-        match end {
-            Some(end) => {
-                buf[offset..end].copy_from_slice(&message);
-                Ok(message.len())
-            }
-            None => Err(ConnectionError::BufferTooShort(message)),
+        self.recv_bytes_into_until(buf, offset, Deadline::NEVER)
+    }
+
+    /// As [`Connection::recv_bytes_into`], waiting at most `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = multiproc::Pipe::<()>::duplex().unwrap();
+    /// let mut buf = [0u8; 4];
+    /// assert!(b.recv_bytes_into_timeout(&mut buf, 0, Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// a.send_bytes(b"hey").unwrap();
+    /// assert_eq!(b.recv_bytes_into_timeout(&mut buf, 1, Duration::from_secs(1)).unwrap(), 3);
+    /// assert_eq!(&buf, b"\0hey");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Timeout`] after ≈`timeout`, or as
+    /// [`Connection::recv_bytes_into`].
+    pub fn recv_bytes_into_timeout(
+        &self,
+        buf: &mut [u8],
+        offset: usize,
+        timeout: Duration,
+    ) -> Result<usize, ConnectionError> {
+        self.recv_bytes_into_until(buf, offset, Deadline::after(timeout))
+    }
+
+    fn recv_bytes_into_until(&self, buf: &mut [u8], offset: usize, deadline: Deadline) -> Result<usize, ConnectionError> {
+        if offset > buf.len() {
+            return Err(ConnectionError::OffsetOutOfBounds { offset, len: buf.len() });
         }
+        let message = self.recv_bytes_until(deadline)?;
+        if message.len() > buf.len() - offset {
+            return Err(ConnectionError::BufferTooShort(message));
+        }
+        buf[offset..offset + message.len()].copy_from_slice(&message);
+        Ok(message.len())
     }
 
     fn recv_bytes_until(&self, deadline: Deadline) -> Result<Vec<u8>, ConnectionError> {
@@ -194,6 +354,20 @@ impl<T> Connection<T> {
     /// True when a message is waiting (or the peer has closed, so `recv` would
     /// return at once). Waits up to `timeout`; `Duration::ZERO` only checks.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = multiproc::Pipe::<u8>::duplex().unwrap();
+    /// assert!(!b.poll(Duration::from_millis(10)).unwrap());
+    /// a.send(&1).unwrap();
+    /// assert!(b.poll(Duration::ZERO).unwrap());
+    /// b.recv().unwrap();
+    /// drop(a);
+    /// assert!(b.poll(Duration::ZERO).unwrap()); // end of stream is ready too
+    /// ```
+    ///
     /// # Errors
     ///
     /// This end is closed or send-only, or the OS failed.
@@ -202,7 +376,19 @@ impl<T> Connection<T> {
     }
 
     /// Closes this end (and this clone's reference to it). Later calls on it
-    /// are errors; the peer sees end of stream once every copy is closed.
+    /// are errors; the peer sees end of stream once every copy is closed
+    /// (dropping a copy closes it too).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::ConnectionError;
+    ///
+    /// let (mut a, b) = multiproc::Pipe::<u8>::duplex().unwrap();
+    /// a.close();
+    /// assert!(matches!(a.send(&1), Err(ConnectionError::HandleClosed)));
+    /// assert!(b.recv().unwrap_err().is_closed());
+    /// ```
     pub fn close(&mut self) {
         self.inner = None;
     }
@@ -210,6 +396,14 @@ impl<T> Connection<T> {
 
 impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends one message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::Pipe::<Vec<String>>::duplex().unwrap();
+    /// a.send(&vec!["x".to_string(), "y".to_string()]).unwrap();
+    /// assert_eq!(b.recv().unwrap(), ["x", "y"]);
+    /// ```
     ///
     /// # Errors
     ///
@@ -223,6 +417,16 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 
     /// Receives one message, waiting as long as it takes.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::Pipe::<Option<u8>>::duplex().unwrap();
+    /// a.send(&None).unwrap();
+    /// a.send(&Some(3)).unwrap();
+    /// assert_eq!(b.recv().unwrap(), None);
+    /// assert_eq!(b.recv().unwrap(), Some(3));
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ConnectionError::Closed`] once the peer is gone and nothing is left;
@@ -232,6 +436,17 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     }
 
     /// Receives one message, waiting at most `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = multiproc::Pipe::<u8>::duplex().unwrap();
+    /// assert!(b.recv_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// a.send(&5).unwrap();
+    /// assert_eq!(b.recv_timeout(Duration::from_secs(1)).unwrap(), 5);
+    /// ```
     ///
     /// # Errors
     ///

@@ -323,6 +323,11 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         Ok(())
     }
 
+    /// Readable once the started child has exited (for `connection::wait`).
+    pub(crate) fn exit_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.running.as_ref().map(|r| r.child.exit_fd())
+    }
+
     /// The process id, once started.
     pub fn pid(&self) -> Option<i32> {
         self.running.as_ref().map(|r| r.child.pid)

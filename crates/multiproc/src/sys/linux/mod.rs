@@ -5,6 +5,7 @@ pub(crate) mod fd;
 pub(crate) mod forkserver_sys;
 pub(crate) mod futex;
 pub(crate) mod init;
+pub(crate) mod listen;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
 pub(crate) mod shm;

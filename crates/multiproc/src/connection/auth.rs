@@ -1,0 +1,260 @@
+//! The handshake that opens every [`Listener`](super::Listener) connection:
+//! an HMAC-SHA256 challenge in both directions when an auth key is set, and
+//! an agreement that neither side uses one when it is not.
+//!
+//! Messages are `Kind::Control` frames holding a postcard-encoded [`Msg`]:
+//!
+//! ```text
+//! server → client   Challenge { nonce_s }            (None without a key)
+//! client → server   Answer { mac_c(nonce_s), nonce_c } | Plain | Refuse(reason)
+//! server → client   Answer { mac_s(nonce_c) }        | Accepted | Refuse(reason)
+//! ```
+//!
+//! `mac_c(n) = HMAC-SHA256(key, "multiproc-auth-1 client" ‖ n)`, and `mac_s`
+//! the same with "server": the labels keep one side's answers useless as the
+//! other side's. The server speaks last, so it never reads past the
+//! handshake into the client's first messages. Any disagreement (wrong key,
+//! key on one side only) is refused with a message, so both sides fail with
+//! `AuthenticationFailed` at once instead of waiting.
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::ConnectionError;
+use crate::sys::Deadline;
+use crate::wire::{self, Channel, Kind, RecvError};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes of each random challenge.
+const NONCE_LEN: usize = 32;
+type Nonce = [u8; NONCE_LEN];
+type Digest = [u8; 32];
+
+/// Why one side refused the other.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+enum Reason {
+    /// The answer to the challenge was wrong: the keys differ.
+    WrongKey,
+    /// The server asked for a key; the client has none.
+    ClientHasNoKey,
+    /// The client has a key; the server uses none.
+    ServerHasNoKey,
+}
+
+impl Reason {
+    /// The failure as the side that *receives* this refusal should report it.
+    fn as_received(self, by_server: bool) -> String {
+        match (self, by_server) {
+            (Reason::WrongKey, false) => "the server rejected our auth key (the keys differ)",
+            (Reason::WrongKey, true) => "the client rejected our answer (the keys differ)",
+            (Reason::ClientHasNoKey, _) => "the listener requires an auth key, but the client has none",
+            (Reason::ServerHasNoKey, _) => "the client has an auth key, but the listener uses none",
+        }
+        .to_string()
+    }
+
+    /// The failure as the side that *sends* this refusal should report it.
+    fn as_sent(self) -> String {
+        match self {
+            Reason::WrongKey => "the peer does not know the auth key (wrong key)",
+            Reason::ClientHasNoKey => "the listener requires an auth key, but none was given",
+            Reason::ServerHasNoKey => "an auth key was given, but the listener uses none",
+        }
+        .to_string()
+    }
+}
+
+/// One handshake message.
+#[derive(Debug, Serialize, Deserialize)]
+enum Msg {
+    Challenge(Option<Nonce>),
+    Answer { digest: Digest, challenge: Option<Nonce> },
+    Plain,
+    Accepted,
+    Refuse(Reason),
+}
+
+/// The server's side of the handshake, bounded by `deadline`.
+pub(super) fn serve(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+    let nonce = key.map(|_| random_nonce()).transpose()?;
+    send(channel, &Msg::Challenge(nonce))?;
+    let reply = recv(channel, deadline, "client")?;
+    match (key, nonce, reply) {
+        (_, _, Msg::Refuse(reason)) => Err(ConnectionError::AuthenticationFailed(reason.as_received(true))),
+        (None, _, Msg::Plain) => send(channel, &Msg::Accepted),
+        (Some(key), Some(nonce), Msg::Answer { digest, challenge: Some(theirs) }) => {
+            if !verify(key, Role::Client, &nonce, &digest) {
+                return refuse(channel, Reason::WrongKey);
+            }
+            send(channel, &Msg::Answer { digest: sign(key, Role::Server, &theirs), challenge: None })
+        }
+        (_, _, other) => Err(unexpected(&other, "client")),
+    }
+}
+
+/// The client's side of the handshake, bounded by `deadline`.
+pub(super) fn connect(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+    let challenge = match recv(channel, deadline, "server")? {
+        Msg::Challenge(c) => c,
+        other => return Err(unexpected(&other, "server")),
+    };
+    let ours = match (key, challenge) {
+        (None, None) => {
+            send(channel, &Msg::Plain)?;
+            None
+        }
+        (None, Some(_)) => return refuse(channel, Reason::ClientHasNoKey),
+        (Some(_), None) => return refuse(channel, Reason::ServerHasNoKey),
+        (Some(key), Some(theirs)) => {
+            let ours = random_nonce()?;
+            send(channel, &Msg::Answer { digest: sign(key, Role::Client, &theirs), challenge: Some(ours) })?;
+            Some((key, ours))
+        }
+    };
+    match (ours, recv(channel, deadline, "server")?) {
+        (_, Msg::Refuse(reason)) => Err(ConnectionError::AuthenticationFailed(reason.as_received(false))),
+        (None, Msg::Accepted) => Ok(()),
+        (Some((key, nonce)), Msg::Answer { digest, challenge: None }) => {
+            if verify(key, Role::Server, &nonce, &digest) {
+                Ok(())
+            } else {
+                Err(ConnectionError::AuthenticationFailed(
+                    "the server's answer to our challenge is wrong (it does not know the auth key)".into(),
+                ))
+            }
+        }
+        (_, other) => Err(unexpected(&other, "server")),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Role::Client => b"multiproc-auth-1 client",
+            Role::Server => b"multiproc-auth-1 server",
+        }
+    }
+}
+
+fn mac(key: &[u8], role: Role, nonce: &Nonce) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(role.label());
+    mac.update(nonce);
+    mac
+}
+
+fn sign(key: &[u8], role: Role, nonce: &Nonce) -> Digest {
+    mac(key, role, nonce).finalize().into_bytes().into()
+}
+
+/// Checks a digest in constant time.
+fn verify(key: &[u8], role: Role, nonce: &Nonce, digest: &Digest) -> bool {
+    mac(key, role, nonce).verify_slice(digest).is_ok()
+}
+
+fn random_nonce() -> Result<Nonce, ConnectionError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| ConnectionError::HandshakeFailed(format!("no random bytes for the challenge: {e}")))?;
+    Ok(nonce)
+}
+
+/// Tells the peer why it is refused, then fails with the same reason.
+fn refuse(channel: &Channel, reason: Reason) -> Result<(), ConnectionError> {
+    // The peer may already be gone; our own error is what matters.
+    let _ = send(channel, &Msg::Refuse(reason));
+    Err(ConnectionError::AuthenticationFailed(reason.as_sent()))
+}
+
+fn send(channel: &Channel, msg: &Msg) -> Result<(), ConnectionError> {
+    let encoded = wire::encode(msg)?;
+    channel.send(Kind::Control, &encoded.bytes, &[]).map_err(|e| handshake_error(e.into(), "peer"))
+}
+
+fn recv(channel: &Channel, deadline: Deadline, peer: &str) -> Result<Msg, ConnectionError> {
+    let frame = match channel.recv(deadline, None) {
+        Ok(frame) => frame,
+        Err(RecvError::Timeout | RecvError::WatchReady) => return Err(ConnectionError::Timeout),
+        Err(RecvError::Wire(e)) => return Err(handshake_error(e.into(), peer)),
+    };
+    if frame.kind != Kind::Control {
+        return Err(ConnectionError::HandshakeFailed(format!(
+            "the {peer} sent a {:?} frame instead of a handshake message; is it a multiproc Listener/Client?",
+            frame.kind
+        )));
+    }
+    wire::decode(&frame.payload, frame.fds).map_err(|e| {
+        ConnectionError::HandshakeFailed(format!("the {peer} sent an unreadable handshake message: {e}"))
+    })
+}
+
+fn handshake_error(e: ConnectionError, peer: &str) -> ConnectionError {
+    match e {
+        ConnectionError::Closed => {
+            ConnectionError::HandshakeFailed(format!("the {peer} closed the connection during the handshake"))
+        }
+        ConnectionError::Wire(w) => ConnectionError::HandshakeFailed(format!("handshake with the {peer} failed: {w}")),
+        other => other,
+    }
+}
+
+fn unexpected(msg: &Msg, peer: &str) -> ConnectionError {
+    let name = match msg {
+        Msg::Challenge(_) => "a challenge",
+        Msg::Answer { .. } => "an answer",
+        Msg::Plain => "a no-key greeting",
+        Msg::Accepted => "an acceptance",
+        Msg::Refuse(_) => "a refusal",
+    };
+    ConnectionError::HandshakeFailed(format!("the {peer} sent {name} out of turn"))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::time::Duration;
+
+    fn run(server_key: Option<&[u8]>, client_key: Option<&[u8]>) -> (Result<(), String>, Result<(), String>) {
+        let (a, b) = Channel::pair().unwrap();
+        let server_key = server_key.map(<[u8]>::to_vec);
+        let server = std::thread::spawn(move || {
+            serve(&a, server_key.as_deref(), Deadline::after(Duration::from_secs(5))).map_err(|e| e.to_string())
+        });
+        let client = connect(&b, client_key, Deadline::after(Duration::from_secs(5))).map_err(|e| e.to_string());
+        (server.join().unwrap(), client)
+    }
+
+    #[test]
+    fn matching_keys_and_no_keys_pass() {
+        assert_eq!(run(Some(b"k"), Some(b"k")), (Ok(()), Ok(())));
+        assert_eq!(run(Some(b""), Some(b"")), (Ok(()), Ok(())));
+        assert_eq!(run(None, None), (Ok(()), Ok(())));
+    }
+
+    #[test]
+    fn every_mismatch_fails_on_both_sides() {
+        for (s, c) in [(Some(&b"a"[..]), Some(&b"b"[..])), (Some(b""), None), (None, Some(b"")), (Some(b"a"), Some(b""))]
+        {
+            let (server, client) = run(s, c);
+            let (server, client) = (server.unwrap_err(), client.unwrap_err());
+            assert!(server.starts_with("authentication failed"), "{s:?} {c:?}: {server}");
+            assert!(client.starts_with("authentication failed"), "{s:?} {c:?}: {client}");
+        }
+    }
+
+    #[test]
+    fn labels_separate_the_roles() {
+        let nonce = [7u8; NONCE_LEN];
+        assert_ne!(sign(b"k", Role::Client, &nonce), sign(b"k", Role::Server, &nonce));
+        assert!(verify(b"k", Role::Client, &nonce, &sign(b"k", Role::Client, &nonce)));
+        assert!(!verify(b"j", Role::Client, &nonce, &sign(b"k", Role::Client, &nonce)));
+    }
+}
