@@ -295,16 +295,6 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             return Err(ProcessError::DaemonCannotSpawn);
         }
         let (ours, theirs) = imp::socketpair().map_err(ProcessError::Start)?;
-        let method = self.config.method.unwrap_or_else(get_start_method);
-        let launched = launch::launch(
-            method,
-            theirs,
-            &self.config.env,
-            self.config.cwd.as_deref(),
-            self.config.executable.as_deref(),
-        )
-        .map_err(ProcessError::Start)?;
-        let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
         let channel = Channel::unix(ours);
         let me = current_process();
         let start = Start {
@@ -316,9 +306,19 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             entry,
             args: args.bytes,
         };
-        let encoded = wire::encode(&start)?;
-        // A child that died at once closes its end; join reports how it ended.
-        let _ = channel.send(Kind::Start, &encoded.bytes, &args.fds);
+        // The task is written before the child exists, so the child finds it
+        // waiting instead of waking up for it.
+        channel.send(Kind::Start, &wire::encode(&start)?.bytes, &args.fds)?;
+        let method = self.config.method.unwrap_or_else(get_start_method);
+        let launched = launch::launch(
+            method,
+            theirs,
+            &self.config.env,
+            self.config.cwd.as_deref(),
+            self.config.executable.as_deref(),
+        )
+        .map_err(ProcessError::Start)?;
+        let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
         self.running = Some(Running { child, channel, reply: ReplyState::Waiting });
         Ok(())
     }
