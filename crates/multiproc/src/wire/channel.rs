@@ -4,6 +4,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
+use super::arena::{self, OutArena};
 use super::frame::{FrameDecoder, HEADER_LEN, Header};
 use super::{Frame, Kind, OFFLOAD_THRESHOLD, WireError};
 use crate::sys::Deadline;
@@ -33,6 +34,8 @@ pub(crate) struct Channel {
     fd: OwnedFd,
     can_pass_fds: bool,
     send_lock: Mutex<()>,
+    /// Where this process puts this channel's large payloads.
+    out_arena: Mutex<Option<OutArena>>,
     recv: Mutex<RecvState>,
 }
 
@@ -56,7 +59,7 @@ impl Channel {
 
     fn new(fd: OwnedFd, can_pass_fds: bool) -> Channel {
         let recv = RecvState { decoder: FrameDecoder::default(), scratch: Vec::new(), closed: false };
-        Channel { fd, can_pass_fds, send_lock: Mutex::new(()), recv: Mutex::new(recv) }
+        Channel { fd, can_pass_fds, send_lock: Mutex::new(()), out_arena: Mutex::new(None), recv: Mutex::new(recv) }
     }
 
     /// A pair of connected Unix channels.
@@ -79,13 +82,9 @@ impl Channel {
         }
         let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = if self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD {
-            let memfd = imp::memfd::sealed_with("multiproc-payload", payload)?;
-            let header = Header { kind, offloaded: true, nfds: fds.len() + 1, len: payload.len() as u64 };
-            let mut all: Vec<BorrowedFd<'_>> = vec![memfd.as_fd()];
-            all.extend(fds.iter().map(AsFd::as_fd));
-            imp::send_all(self.fd.as_fd(), &[&header.encode()], &all)
+            self.send_out_of_band(kind, payload, fds)
         } else {
-            let header = Header { kind, offloaded: false, nfds: fds.len(), len: payload.len() as u64 };
+            let header = Header::new(kind, fds.len(), payload.len());
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
             imp::send_all(self.fd.as_fd(), &[&header.encode(), payload], &borrowed)
         };
@@ -93,6 +92,34 @@ impl Channel {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => WireError::Closed,
             _ => WireError::Io(e),
         })
+    }
+
+    /// Sends a large payload through this process's arena for the channel, or
+    /// through a one-off sealed memfd when the arena has no room.
+    fn send_out_of_band(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+        let mut arena = self.out_arena.lock().unwrap_or_else(|e| e.into_inner());
+        if !arena.as_ref().is_some_and(|a| a.fits(payload.len()))
+            && let Some(bigger) = OutArena::for_payload(payload.len())?
+        {
+            *arena = Some(bigger);
+        }
+        let mut header = Header::new(kind, fds.len() + 1, payload.len());
+        let offset = arena.as_mut().filter(|a| a.fits(payload.len())).and_then(|a| a.write(payload));
+        let memfd;
+        let (first, inline) = match (offset, arena.as_ref()) {
+            (Some(offset), Some(a)) => {
+                header.arena = true;
+                (a.as_fd(), offset.to_le_bytes().to_vec())
+            }
+            _ => {
+                header.offloaded = true;
+                memfd = imp::memfd::sealed_with("multiproc-payload", payload)?;
+                (memfd.as_fd(), Vec::new())
+            }
+        };
+        let mut all: Vec<BorrowedFd<'_>> = vec![first];
+        all.extend(fds.iter().map(AsFd::as_fd));
+        imp::send_all(self.fd.as_fd(), &[&header.encode(), &inline], &all)
     }
 
     /// Receives one frame, waiting until the deadline. When `watch` becomes
@@ -204,13 +231,18 @@ fn closed_error(decoder: &FrameDecoder) -> WireError {
     }
 }
 
-/// Turns a decoded frame into its payload, reading offloaded payloads.
+/// Turns a decoded frame into its payload, reading out-of-band payloads.
 fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Frame, WireError> {
-    if !header.offloaded {
+    if !header.offloaded && !header.arena {
         return Ok(Frame { kind: header.kind, payload, fds });
     }
-    let memfd = fds.remove(0);
-    let payload = imp::memfd::read_sealed(memfd.as_fd(), header.len as usize)
-        .map_err(|e| WireError::corrupt(format!("offloaded payload unreadable: {e}")))?;
+    let memory = fds.remove(0);
+    let payload = if header.arena {
+        let offset = u64::from_le_bytes(payload.try_into().map_err(|_| WireError::corrupt("bad arena reference"))?);
+        arena::take(memory, offset, header.len)?
+    } else {
+        imp::memfd::read_sealed(memory.as_fd(), header.len as usize)
+            .map_err(|e| WireError::corrupt(format!("offloaded payload unreadable: {e}")))?
+    };
     Ok(Frame { kind: header.kind, payload, fds })
 }

@@ -12,6 +12,11 @@ pub(crate) const PROTOCOL_VERSION: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 12;
 /// Flag: the payload is in the first attached memfd, not inline.
 pub(crate) const FLAG_OFFLOADED: u8 = 1;
+/// Flag: the payload is a record in the sender's arena (the first attached
+/// descriptor); the inline part is the record's 8-byte offset.
+pub(crate) const FLAG_ARENA: u8 = 2;
+/// Inline bytes of an arena frame: the offset.
+pub(crate) const ARENA_REF_LEN: usize = 8;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,17 +57,23 @@ pub(crate) struct Frame {
 pub(crate) struct Header {
     pub kind: Kind,
     pub offloaded: bool,
+    pub arena: bool,
     pub nfds: usize,
     pub len: u64,
 }
 
 impl Header {
+    /// A header for an inline payload of `len` bytes with `nfds` descriptors.
+    pub(crate) fn new(kind: Kind, nfds: usize, len: usize) -> Header {
+        Header { kind, offloaded: false, arena: false, nfds, len: len as u64 }
+    }
+
     /// Writes the header bytes.
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0] = PROTOCOL_VERSION;
         out[1] = self.kind as u8;
-        out[2] = if self.offloaded { FLAG_OFFLOADED } else { 0 };
+        out[2] = if self.offloaded { FLAG_OFFLOADED } else { 0 } | if self.arena { FLAG_ARENA } else { 0 };
         out[3] = self.nfds as u8;
         out[4..12].copy_from_slice(&self.len.to_le_bytes());
         out
@@ -75,27 +86,43 @@ impl Header {
         }
         let kind =
             Kind::from_u8(bytes[1]).ok_or_else(|| WireError::corrupt(format!("unknown frame kind {}", bytes[1])))?;
-        if bytes[2] & !FLAG_OFFLOADED != 0 {
-            return Err(WireError::corrupt(format!("unknown frame flags {:#x}", bytes[2])));
+        let flags = bytes[2];
+        if flags & !(FLAG_OFFLOADED | FLAG_ARENA) != 0 || flags == FLAG_OFFLOADED | FLAG_ARENA {
+            return Err(WireError::corrupt(format!("unknown frame flags {flags:#x}")));
         }
-        let offloaded = bytes[2] & FLAG_OFFLOADED != 0;
+        let (offloaded, arena) = (flags & FLAG_OFFLOADED != 0, flags & FLAG_ARENA != 0);
         let nfds = usize::from(bytes[3]);
         if nfds > MAX_FDS_PER_MSG {
             return Err(WireError::corrupt(format!(
                 "frame announces {nfds} descriptors, at most {MAX_FDS_PER_MSG} allowed"
             )));
         }
-        if offloaded && nfds == 0 {
-            return Err(WireError::corrupt("offloaded frame without its memory file"));
+        if (offloaded || arena) && nfds == 0 {
+            return Err(WireError::corrupt("out-of-band frame without its memory file"));
         }
         let len = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
-        let max = if offloaded { MAX_OFFLOAD_LEN } else { MAX_INLINE_LEN };
+        let max = if offloaded || arena { MAX_OFFLOAD_LEN } else { MAX_INLINE_LEN };
         if len > max {
             return Err(WireError::corrupt(format!("frame announces {len} bytes, more than the {max} allowed")));
         }
-        Ok(Header { kind, offloaded, nfds, len })
+        Ok(Header { kind, offloaded, arena, nfds, len })
+    }
+
+    /// Bytes of this frame that follow the header on the socket.
+    pub(crate) fn inline_len(&self) -> u64 {
+        if self.arena {
+            ARENA_REF_LEN as u64
+        } else if self.offloaded {
+            0
+        } else {
+            self.len
+        }
     }
 }
+
+/// A decoded frame before its out-of-band payload is fetched: header, inline
+/// bytes, descriptors.
+pub(crate) type RawFrame = (Header, Vec<u8>, Vec<OwnedFd>);
 
 /// Incremental decoder: bytes and descriptors go in, complete frames come out.
 #[derive(Debug, Default)]
@@ -127,21 +154,21 @@ impl FrameDecoder {
     /// an error).
     pub(crate) fn peek_complete(&self) -> bool {
         if let Some((h, _)) = &self.pending {
-            return h.offloaded || self.buffered() as u64 >= h.len;
+            return self.buffered() as u64 >= h.inline_len();
         }
         if self.buffered() < HEADER_LEN {
             return false;
         }
         let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
         match Header::decode(&bytes) {
-            Ok(h) => h.offloaded || (self.buffered() - HEADER_LEN) as u64 >= h.len,
+            Ok(h) => (self.buffered() - HEADER_LEN) as u64 >= h.inline_len(),
             Err(_) => true,
         }
     }
 
     /// Returns the next complete frame, `None` if more bytes are needed.
     /// After an error the stream is unusable.
-    pub(crate) fn next_frame(&mut self) -> Result<Option<(Header, Vec<u8>, Vec<OwnedFd>)>, WireError> {
+    pub(crate) fn next_frame(&mut self) -> Result<Option<RawFrame>, WireError> {
         if self.pending.is_none() {
             if self.buffered() < HEADER_LEN {
                 return Ok(None);
@@ -160,8 +187,8 @@ impl FrameDecoder {
             self.pending = Some((header, fds));
         }
         let inline_len = match &self.pending {
-            Some((h, _)) if !h.offloaded => h.len as usize,
-            _ => 0,
+            Some((h, _)) => h.inline_len() as usize,
+            None => 0,
         };
         if self.buffered() < inline_len {
             return Ok(None);
@@ -199,13 +226,13 @@ mod test {
 
     #[test]
     fn header_round_trips() {
-        let h = Header { kind: Kind::Data, offloaded: false, nfds: 2, len: 77 };
+        let h = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 2, len: 77 };
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
     }
 
     #[test]
     fn bad_headers_are_errors() {
-        let mut b = Header { kind: Kind::Data, offloaded: false, nfds: 0, len: 1 }.encode();
+        let mut b = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 0, len: 1 }.encode();
         b[0] = 9;
         assert!(matches!(Header::decode(&b), Err(WireError::Version { got: 9, .. })));
         b[0] = PROTOCOL_VERSION;
@@ -220,7 +247,7 @@ mod test {
     fn frames_split_at_any_byte_are_reassembled() {
         let mut stream = Vec::new();
         for (i, payload) in [&b""[..], b"abc", &[7u8; 300]].iter().enumerate() {
-            let h = Header { kind: Kind::Data, offloaded: false, nfds: 0, len: payload.len() as u64 };
+            let h = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 0, len: payload.len() as u64 };
             stream.extend_from_slice(&h.encode());
             stream.extend_from_slice(payload);
             let _ = i;
@@ -252,7 +279,7 @@ mod test {
                 data.push(state as u8);
             }
             // Bias some inputs toward valid headers so the payload decoders run.
-            if len > 12 && state % 2 == 0 {
+            if len > 12 && state.is_multiple_of(2) {
                 data[0] = PROTOCOL_VERSION;
                 data[1] = (state % 4 + 1) as u8;
                 data[2] = 0;

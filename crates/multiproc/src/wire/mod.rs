@@ -8,6 +8,7 @@
 //! a 1 MiB message is one copy in and one copy out, with no socket wake-ups
 //! per 64 KiB. Every decoder here returns an error on bad input; none panics.
 
+mod arena;
 mod channel;
 mod codec;
 mod error;
