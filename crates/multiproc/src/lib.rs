@@ -51,6 +51,31 @@
 //! drop(parent); // the child sees end of stream and returns
 //! p.join().unwrap();
 //! ```
+//!
+//! ## Listeners, clients and `wait`
+//!
+//! Unrelated processes meet at an [`Address`] (a Unix socket file, a Linux
+//! abstract name, or TCP): a [`Listener`] accepts, a [`Client`] connects, and
+//! with an auth key each proves to the other that it knows it (HMAC-SHA256,
+//! both ways). [`wait`] blocks until any of several connections or processes
+//! is ready.
+//!
+//! ```
+//! use multiproc::{Client, Connection, Listener, Process, wait};
+//! use std::time::Duration;
+//!
+//! fn greet(address: String) {
+//!     let conn: Connection<String> = Client::connect(&address, Some(b"key")).unwrap();
+//!     conn.send(&"hello over TCP".to_string()).unwrap();
+//! }
+//!
+//! let listener = Listener::bind("tcp:127.0.0.1:0", Some(b"key")).unwrap();
+//! let mut p = Process::spawn(greet, (listener.address().to_string(),)).unwrap();
+//! let conn: Connection<String> = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+//! assert_eq!(wait(&[&conn], Some(Duration::from_secs(10))).unwrap(), [0]);
+//! assert_eq!(conn.recv().unwrap(), "hello over TCP");
+//! p.join_timeout(Duration::from_secs(10)).unwrap();
+//! ```
 
 #![warn(missing_docs)]
 

@@ -36,21 +36,21 @@ type Digest = [u8; 32];
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 enum Reason {
     /// The answer to the challenge was wrong: the keys differ.
-    WrongKey,
+    KeysDiffer,
     /// The server asked for a key; the client has none.
-    ClientHasNoKey,
+    ClientWithoutKey,
     /// The client has a key; the server uses none.
-    ServerHasNoKey,
+    ServerWithoutKey,
 }
 
 impl Reason {
     /// The failure as the side that *receives* this refusal should report it.
     fn as_received(self, by_server: bool) -> String {
         match (self, by_server) {
-            (Reason::WrongKey, false) => "the server rejected our auth key (the keys differ)",
-            (Reason::WrongKey, true) => "the client rejected our answer (the keys differ)",
-            (Reason::ClientHasNoKey, _) => "the listener requires an auth key, but the client has none",
-            (Reason::ServerHasNoKey, _) => "the client has an auth key, but the listener uses none",
+            (Reason::KeysDiffer, false) => "the server rejected our auth key (the keys differ)",
+            (Reason::KeysDiffer, true) => "the client rejected our answer (the keys differ)",
+            (Reason::ClientWithoutKey, _) => "the listener requires an auth key, but the client has none",
+            (Reason::ServerWithoutKey, _) => "the client has an auth key, but the listener uses none",
         }
         .to_string()
     }
@@ -58,9 +58,9 @@ impl Reason {
     /// The failure as the side that *sends* this refusal should report it.
     fn as_sent(self) -> String {
         match self {
-            Reason::WrongKey => "the peer does not know the auth key (wrong key)",
-            Reason::ClientHasNoKey => "the listener requires an auth key, but none was given",
-            Reason::ServerHasNoKey => "an auth key was given, but the listener uses none",
+            Reason::KeysDiffer => "the peer does not know the auth key (wrong key)",
+            Reason::ClientWithoutKey => "the listener requires an auth key, but none was given",
+            Reason::ServerWithoutKey => "an auth key was given, but the listener uses none",
         }
         .to_string()
     }
@@ -86,7 +86,7 @@ pub(super) fn serve(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -
         (None, _, Msg::Plain) => send(channel, &Msg::Accepted),
         (Some(key), Some(nonce), Msg::Answer { digest, challenge: Some(theirs) }) => {
             if !verify(key, Role::Client, &nonce, &digest) {
-                return refuse(channel, Reason::WrongKey);
+                return refuse(channel, Reason::KeysDiffer);
             }
             send(channel, &Msg::Answer { digest: sign(key, Role::Server, &theirs), challenge: None })
         }
@@ -105,8 +105,8 @@ pub(super) fn connect(channel: &Channel, key: Option<&[u8]>, deadline: Deadline)
             send(channel, &Msg::Plain)?;
             None
         }
-        (None, Some(_)) => return refuse(channel, Reason::ClientHasNoKey),
-        (Some(_), None) => return refuse(channel, Reason::ServerHasNoKey),
+        (None, Some(_)) => return refuse(channel, Reason::ClientWithoutKey),
+        (Some(_), None) => return refuse(channel, Reason::ServerWithoutKey),
         (Some(key), Some(theirs)) => {
             let ours = random_nonce()?;
             send(channel, &Msg::Answer { digest: sign(key, Role::Client, &theirs), challenge: Some(ours) })?;
@@ -191,9 +191,8 @@ fn recv(channel: &Channel, deadline: Deadline, peer: &str) -> Result<Msg, Connec
             frame.kind
         )));
     }
-    wire::decode(&frame.payload, frame.fds).map_err(|e| {
-        ConnectionError::HandshakeFailed(format!("the {peer} sent an unreadable handshake message: {e}"))
-    })
+    wire::decode(&frame.payload, frame.fds)
+        .map_err(|e| ConnectionError::HandshakeFailed(format!("the {peer} sent an unreadable handshake message: {e}")))
 }
 
 fn handshake_error(e: ConnectionError, peer: &str) -> ConnectionError {
@@ -241,7 +240,8 @@ mod test {
 
     #[test]
     fn every_mismatch_fails_on_both_sides() {
-        for (s, c) in [(Some(&b"a"[..]), Some(&b"b"[..])), (Some(b""), None), (None, Some(b"")), (Some(b"a"), Some(b""))]
+        for (s, c) in
+            [(Some(&b"a"[..]), Some(&b"b"[..])), (Some(b""), None), (None, Some(b"")), (Some(b"a"), Some(b""))]
         {
             let (server, client) = run(s, c);
             let (server, client) = (server.unwrap_err(), client.unwrap_err());

@@ -325,7 +325,12 @@ impl<T> Connection<T> {
         self.recv_bytes_into_until(buf, offset, Deadline::after(timeout))
     }
 
-    fn recv_bytes_into_until(&self, buf: &mut [u8], offset: usize, deadline: Deadline) -> Result<usize, ConnectionError> {
+    fn recv_bytes_into_until(
+        &self,
+        buf: &mut [u8],
+        offset: usize,
+        deadline: Deadline,
+    ) -> Result<usize, ConnectionError> {
         if offset > buf.len() {
             return Err(ConnectionError::OffsetOutOfBounds { offset, len: buf.len() });
         }

@@ -92,4 +92,3 @@ pub(crate) fn connect_tcp(addr: SocketAddr, deadline: Deadline) -> io::Result<Ow
 pub(crate) fn file_id(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
-
