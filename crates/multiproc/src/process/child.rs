@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use crate::sys::Deadline;
@@ -126,9 +127,17 @@ pub(crate) fn forget(pid: Pid) {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| c.pid != pid);
 }
 
+/// The process that installed the exit handler. A child made with the `fork`
+/// start method inherits the handler and a copy of the registry (its parent's
+/// children, whose pidfds it has closed): it must not wait for them.
+static HANDLER_OWNER: AtomicI32 = AtomicI32::new(0);
+
 fn ensure_exit_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // ORDERING: written once before the handler is installed; read at exit
+        // by the same process, so no cross-thread ordering is needed.
+        HANDLER_OWNER.store(imp::getpid(), Ordering::Relaxed);
         // SAFETY: `at_exit` is a plain extern "C" function with no arguments.
         unsafe { libc::atexit(at_exit) };
     });
@@ -137,6 +146,10 @@ fn ensure_exit_handler() {
 /// At normal exit: terminate daemon children, then wait for the others
 /// (Python's rule), so nothing is left running or unreaped.
 extern "C" fn at_exit() {
+    // ORDERING: see HANDLER_OWNER.
+    if HANDLER_OWNER.load(Ordering::Relaxed) != imp::getpid() {
+        return;
+    }
     let children = std::mem::take(&mut *REGISTRY.lock().unwrap_or_else(|e| e.into_inner()));
     for child in children.iter().filter(|c| c.daemon) {
         let _ = child.signal(imp::SIGTERM);
