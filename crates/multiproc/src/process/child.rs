@@ -69,7 +69,11 @@ impl ChildShared {
     pub(crate) fn register(pid: Pid, name: String, daemon: bool, watch: ExitWatch) -> Arc<ChildShared> {
         let child = Arc::new(ChildShared { pid, name, daemon, watch, code: Mutex::new(None) });
         ensure_exit_handler();
-        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(child.clone());
+        let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        // Reap children that finished unobserved (their handles were dropped),
+        // as Python does on every start, so none stays a zombie.
+        list.retain(|c| c.exit_code().is_none());
+        list.push(child.clone());
         child
     }
 
@@ -114,6 +118,12 @@ impl ChildShared {
 }
 
 static REGISTRY: Mutex<Vec<Arc<ChildShared>>> = Mutex::new(Vec::new());
+
+/// Forgets every registered child without dropping it (see
+/// `launch::forget_parent_state`).
+pub(crate) fn forget_all(forget: fn(&Mutex<Vec<Arc<ChildShared>>>)) {
+    forget(&REGISTRY);
+}
 
 /// The children still running; finished ones are reaped and dropped.
 pub(crate) fn active() -> Vec<Arc<ChildShared>> {

@@ -10,8 +10,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 
 use super::StartMethod;
 use super::bootstrap::ROLE_ENV;
@@ -35,25 +35,58 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `job` on the launcher thread and returns its result.
 fn on_launcher_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let sender = LAUNCHER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("multiproc-launcher".into())
-            .spawn(move || rx.into_iter().for_each(|job| job()))
-            .expect("multiproc: cannot start the launcher thread");
-        Mutex::new(tx)
-    });
     let (done_tx, done_rx) = mpsc::sync_channel(1);
     let boxed: Job = Box::new(move || {
         let _ = done_tx.send(job());
     });
-    sender
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(boxed)
-        .map_err(|_| io::Error::other("the multiproc launcher thread is gone"))?;
+    // The lock is released before the job is queued: a `fork` job must not
+    // copy it locked into the child.
+    let sender = {
+        let mut launcher = LAUNCHER.lock().unwrap_or_else(|e| e.into_inner());
+        match launcher.as_ref() {
+            Some(tx) => tx.clone(),
+            None => launcher.insert(start_launcher()?).clone(),
+        }
+    };
+    sender.send(boxed).map_err(|_| io::Error::other("the multiproc launcher thread is gone"))?;
     done_rx.recv().map_err(|_| io::Error::other("the multiproc launcher thread failed"))
+}
+
+/// The queue of the launcher thread, started on first use.
+static LAUNCHER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+
+fn start_launcher() -> io::Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("multiproc-launcher".into())
+        .spawn(move || rx.into_iter().for_each(|job| job()))?;
+    Ok(tx)
+}
+
+/// In a child made with the `fork` start method: forgets the parent's
+/// launcher, fork server, children and arenas, whose threads and descriptors
+/// did not come along (dropping them would close unrelated descriptors).
+/// Exits with a message if another thread of the parent held one of these
+/// locks at the moment of the fork, rather than deadlocking later.
+fn forget_parent_state() {
+    fn forget<T: Default>(lock: &Mutex<T>) {
+        match lock.try_lock() {
+            Ok(mut guard) => std::mem::forget(std::mem::take(&mut *guard)),
+            Err(std::sync::TryLockError::Poisoned(p)) => std::mem::forget(std::mem::take(&mut *p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                eprintln!(
+                    "multiproc: the `fork` start method copied a lock that another thread held; \
+                     use StartMethod::ForkServer or StartMethod::Spawn in multi-threaded programs"
+                );
+                // SAFETY: _exit ends the process at once; nothing is unwound.
+                unsafe { libc::_exit(1) }
+            }
+        }
+    }
+    forget(&LAUNCHER);
+    forget(&FORK_SERVER);
+    super::child::forget_all(forget);
+    crate::wire::forget_received_arenas(forget);
 }
 
 /// Starts a child with `method`; it will find `channel` as its channel.
@@ -182,6 +215,7 @@ fn fork_here(channel: OwnedFd) -> io::Result<Pid> {
             imp::forkserver_sys::move_fd(raw, imp::spawn::CHILD_CHANNEL_FD);
             imp::spawn::close_fds_from_except(imp::spawn::CHILD_CHANNEL_FD + 1, &[]);
             imp::die_with_parent(parent);
+            forget_parent_state();
             let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
             super::bootstrap::child_main(fd)
         })

@@ -181,6 +181,12 @@ pub(crate) struct InArenas {
 /// The arenas this process has received from, shared by all its channels.
 static RECEIVED: Mutex<InArenas> = Mutex::new(InArenas { maps: VecDeque::new() });
 
+/// Forgets the received mappings without unmapping or closing them (in a
+/// child made by `fork`, whose descriptor table was cleared).
+pub(crate) fn forget_received(forget: fn(&Mutex<InArenas>)) {
+    forget(&RECEIVED);
+}
+
 /// Copies a payload out of a sender's arena; see [`InArenas::take`].
 pub(crate) fn take(fd: OwnedFd, offset: u64, len: u64) -> Result<Vec<u8>, WireError> {
     RECEIVED.lock().unwrap_or_else(|e| e.into_inner()).take(fd, offset, len)

@@ -1,0 +1,31 @@
+//! A child made with the `fork` start method starts children of its own with
+//! every start method: the parent's launcher thread, fork server and child
+//! list did not come along, and must not be used (or hang) in the child.
+
+use std::time::Duration;
+
+use multiproc::{Process, StartMethod};
+
+fn leaf(x: u32) -> u32 {
+    x + 1
+}
+
+fn middle(method: u8) -> Vec<u32> {
+    let method = [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork][method as usize];
+    (0..3)
+        .map(|i| {
+            let mut p = Process::builder().start_method(method).spawn(leaf, (i,)).expect("grandchild starts");
+            p.join_timeout(Duration::from_secs(20)).expect("grandchild returns")
+        })
+        .collect()
+}
+
+#[test]
+fn fork_children_start_their_own_children() {
+    // Warm the parent's launcher and fork server first, so the fork copies them.
+    Process::builder().start_method(StartMethod::ForkServer).spawn(leaf, (0,)).unwrap().join().unwrap();
+    for method in 0..3u8 {
+        let mut p = Process::builder().start_method(StartMethod::Fork).spawn(middle, (method,)).unwrap();
+        assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), vec![1, 2, 3], "method #{method}");
+    }
+}
