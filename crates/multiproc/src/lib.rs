@@ -81,6 +81,8 @@
 
 pub mod connection;
 pub mod process;
+pub mod shared;
+pub mod sync;
 pub(crate) mod sys;
 pub mod wire;
 
@@ -90,5 +92,12 @@ pub use connection::{
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
     cpu_count, current_process, get_start_method, parent_process, set_start_method,
+};
+pub use shared::{
+    Array, ArrayGuard, AtomicPlain, Plain, RawArray, RawValue, SharedMemory, SharedMemoryError, Value, ValueGuard,
+};
+pub use sync::{
+    Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockGuard, LockResult, OwnerDied,
+    RLock, RLockGuard, ReleaseError, Semaphore, TryLockError, TryLockResult,
 };
 pub use wire::{SendFd, WireError};

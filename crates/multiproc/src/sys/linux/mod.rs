@@ -9,9 +9,11 @@ pub(crate) mod listen;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
 pub(crate) mod shm;
+pub(crate) mod shm_tracker;
 pub(crate) mod signal;
 pub(crate) mod socket;
 pub(crate) mod spawn;
+pub(crate) mod thread;
 
 pub(crate) use fd::*;
 pub(crate) use signal::*;

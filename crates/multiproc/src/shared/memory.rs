@@ -1,0 +1,414 @@
+//! `SharedMemory`: a block of bytes shared by processes, anonymous by
+//! default, named on request.
+//!
+//! # Lifetime of named segments (maintainer's notes)
+//!
+//! A named segment is `/dev/shm/<name>`, laid out as the user's bytes
+//! followed by a 32-byte trailer: a magic number, the creator's pid and the
+//! creator's start time (clock ticks since boot), and the user's size. The
+//! creator owns the name:
+//! - it removes the name when its last handle is dropped (or on `unlink`);
+//! - if it dies first (even by `kill -9`), its tracker (a detached helper
+//!   process, one per creating process, see `tracker.rs`) removes every name
+//!   it still owns as soon as the creator's end of the tracker socket closes;
+//! - should the tracker be gone as well, the next `create` of the same name
+//!   finds the creator dead (by pid and start time) and reclaims the name.
+//!
+//! Names are only removed when the trailer still names the process that is
+//! removing them (or a dead one), so a segment that someone else created
+//! under the same name later is left alone.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::error::SharedMemoryError;
+use super::plain;
+use super::tracker;
+use crate::sys::imp::shm::{self, Mapping};
+use crate::sys::imp::{self, thread};
+use crate::wire::fd_serde;
+
+const TRAILER_MAGIC: u64 = u64::from_le_bytes(*b"mpshm\x01\0\0");
+const TRAILER_LEN: usize = 32;
+
+/// The trailer of a named segment.
+#[repr(C)]
+struct Trailer {
+    magic: AtomicU64,
+    pid: AtomicU32,
+    _pad: AtomicU32,
+    start: AtomicU64,
+    size: AtomicU64,
+}
+
+/// Where the trailer starts for a segment of `size` user bytes.
+fn trailer_offset(size: usize) -> usize {
+    size.next_multiple_of(8)
+}
+
+/// The trailer of a mapping, if it has ours.
+fn trailer(map: &Mapping) -> Option<&Trailer> {
+    let len = map.len();
+    if len < TRAILER_LEN || !(len - TRAILER_LEN).is_multiple_of(8) {
+        return None;
+    }
+    // SAFETY: the trailer lies within the mapping, at an 8-aligned offset of
+    // a page-aligned mapping; it is made of atomics, so shared references are
+    // sound while other processes access it; the mapping outlives the borrow.
+    let t = unsafe { &*map.as_ptr().add(len - TRAILER_LEN).cast::<Trailer>() };
+    // ORDERING: Relaxed: the creator writes the trailer right after creating
+    // the segment and never changes it; a reader racing with the creation
+    // sees no magic (or a size that does not fit) and treats the segment as
+    // foreign.
+    let size = t.size.load(Ordering::Relaxed);
+    let ok = t.magic.load(Ordering::Relaxed) == TRAILER_MAGIC && trailer_offset(size as usize) == len - TRAILER_LEN;
+    ok.then_some(t)
+}
+
+/// Creator identity in a trailer: (pid, start time).
+fn owner(t: &Trailer) -> (u32, u64) {
+    // ORDERING: Relaxed: see `trailer`.
+    (t.pid.load(Ordering::Relaxed), t.start.load(Ordering::Relaxed))
+}
+
+fn this_process() -> (u32, u64) {
+    let pid = imp::getpid() as u32;
+    let start = match thread::status(pid) {
+        thread::ThreadStatus::Alive { start } => start,
+        thread::ThreadStatus::Dead => 0,
+    };
+    (pid, start)
+}
+
+/// Removes `/dev/shm/<name>` if its trailer names `owner` (pid, start), or
+/// any dead owner when `owner` is `None`. Used by the creator, its tracker
+/// and reclaiming `create`s.
+pub(crate) fn unlink_if_owned(name: &str, expected: Option<(u32, u64)>) -> bool {
+    let Ok(map) = Mapping::open_named(name) else {
+        return false;
+    };
+    let Some(t) = trailer(&map) else {
+        return false;
+    };
+    let (pid, start) = owner(t);
+    let matches = match expected {
+        Some((p, s)) => pid == p && (s == 0 || start == 0 || s == start),
+        None => !thread::process_alive(pid, start),
+    };
+    drop(map);
+    matches && shm::unlink_named(name).is_ok()
+}
+
+fn check_name(name: &str) -> Result<&str, SharedMemoryError> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    if bare.is_empty() || bare.len() > 250 || bare.contains(['/', '\0', '\n']) {
+        return Err(SharedMemoryError::InvalidName { name: name.to_string() });
+    }
+    Ok(bare)
+}
+
+struct Inner {
+    map: Mapping,
+    size: usize,
+    name: Option<String>,
+    /// This handle created the name and removes it when dropped.
+    owns_name: bool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let (true, Some(name)) = (self.owns_name, &self.name) {
+            unlink_if_owned(name, Some(this_process()));
+            tracker::unregister(name);
+        }
+    }
+}
+
+/// A block of bytes shared by processes (Python's
+/// `multiprocessing.shared_memory.SharedMemory`).
+///
+/// [`SharedMemory::new`] makes an **anonymous** segment (a memfd): only
+/// processes it is passed to (as a [`Process::spawn`](crate::Process::spawn)
+/// argument or in a message) can see it, and the kernel frees it when the
+/// last of them lets go, whatever way they end. [`SharedMemory::create`]
+/// makes a **named** one, `/dev/shm/<name>`, that unrelated processes can
+/// [`open`](SharedMemory::open); its name is removed when the creator drops
+/// its last handle, calls [`unlink`](SharedMemory::unlink), or dies (even by
+/// `kill -9`: a tracker process removes it). Mappings already open stay valid
+/// after the name is gone.
+///
+/// New segments are zero-filled. Bytes can be copied in and out with
+/// [`read_at`](SharedMemory::read_at) and [`write_at`](SharedMemory::write_at)
+/// (sound even while other processes write: they may see a mix of old and
+/// new bytes, so coordinate with a [`Lock`](crate::Lock)), or reached
+/// directly through [`as_slice`](SharedMemory::as_slice) and
+/// [`as_mut_ptr`](SharedMemory::as_mut_ptr) (`unsafe`).
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Process, SharedMemory};
+///
+/// fn fill(shm: SharedMemory) { shm.write_at(0, b"hello from a child").unwrap(); }
+///
+/// let shm = SharedMemory::new(64).unwrap();
+/// Process::spawn(fill, (shm.clone(),)).unwrap().join().unwrap();
+/// let mut buf = [0u8; 18];
+/// shm.read_at(0, &mut buf).unwrap();
+/// assert_eq!(&buf, b"hello from a child");
+/// ```
+#[derive(Clone)]
+pub struct SharedMemory {
+    inner: Arc<Inner>,
+}
+
+impl SharedMemory {
+    /// A new zeroed anonymous segment of `size` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedMemoryError::InvalidSize`] for 0 bytes; the OS error if the
+    /// memory could not be had.
+    pub fn new(size: usize) -> Result<SharedMemory, SharedMemoryError> {
+        if size == 0 {
+            return Err(SharedMemoryError::InvalidSize);
+        }
+        let map = Mapping::anonymous("multiproc-shm", size)?;
+        Ok(SharedMemory::wrap(Inner { map, size, name: None, owns_name: false }))
+    }
+
+    /// Creates the named segment `/dev/shm/<name>` of `size` zeroed bytes;
+    /// this process owns the name (see the type's docs).
+    ///
+    /// # Errors
+    ///
+    /// [`SharedMemoryError::FileExists`] if the name is taken (by a live
+    /// owner: a dead owner's segment is reclaimed),
+    /// [`SharedMemoryError::InvalidName`], [`SharedMemoryError::InvalidSize`],
+    /// or the OS error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{SharedMemory, SharedMemoryError};
+    ///
+    /// let name = format!("doc-create-{}", std::process::id());
+    /// let a = SharedMemory::create(&name, 100).unwrap();
+    /// assert!(matches!(SharedMemory::create(&name, 100), Err(SharedMemoryError::FileExists { .. })));
+    /// let b = SharedMemory::open(&name).unwrap();
+    /// assert_eq!(b.size(), 100);
+    /// drop((a, b)); // the creator's last handle removes the name
+    /// assert!(matches!(SharedMemory::open(&name), Err(SharedMemoryError::NotFound { .. })));
+    /// ```
+    pub fn create(name: &str, size: usize) -> Result<SharedMemory, SharedMemoryError> {
+        let bare = check_name(name)?.to_string();
+        if size == 0 {
+            return Err(SharedMemoryError::InvalidSize);
+        }
+        let total = trailer_offset(size)
+            .checked_add(TRAILER_LEN)
+            .ok_or(io::Error::new(io::ErrorKind::InvalidInput, "shared memory size too large"))?;
+        // Register first: if we die right after creating, the tracker knows.
+        tracker::register(&bare)?;
+        let map = match Mapping::create_named(&bare, total) {
+            Ok(map) => map,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // A dead owner's leftover is reclaimed; a live owner's is not.
+                if unlink_if_owned(&bare, None) {
+                    Mapping::create_named(&bare, total).map_err(|e| SharedMemoryError::from_create(e, &bare))?
+                } else {
+                    tracker::unregister(&bare);
+                    return Err(SharedMemoryError::FileExists { name: bare });
+                }
+            }
+            Err(e) => {
+                tracker::unregister(&bare);
+                return Err(SharedMemoryError::from_create(e, &bare));
+            }
+        };
+        let (pid, start) = this_process();
+        // SAFETY: the trailer offset is 8-aligned and within the mapping of
+        // `total` bytes; its fields are atomics.
+        let t = unsafe { &*map.as_ptr().add(trailer_offset(size)).cast::<Trailer>() };
+        // ORDERING: Relaxed: openers check the magic and the size; a reader
+        // racing with this creation is refused (no magic yet) or sees it all
+        // (the mapping is coherent and these stores precede `open`'s fstat in
+        // any useful interleaving).
+        t.pid.store(pid, Ordering::Relaxed);
+        t.start.store(start, Ordering::Relaxed);
+        t.size.store(size as u64, Ordering::Relaxed);
+        t.magic.store(TRAILER_MAGIC, Ordering::Release);
+        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), owns_name: true }))
+    }
+
+    /// Attaches to the named segment `/dev/shm/<name>` (made by
+    /// [`create`](SharedMemory::create) here or by any other program, such
+    /// as Python's `SharedMemory(create=True)`).
+    ///
+    /// # Errors
+    ///
+    /// [`SharedMemoryError::NotFound`] if there is no such segment,
+    /// [`SharedMemoryError::InvalidName`], [`SharedMemoryError::InvalidSize`]
+    /// for an empty segment, or the OS error.
+    pub fn open(name: &str) -> Result<SharedMemory, SharedMemoryError> {
+        let bare = check_name(name)?.to_string();
+        let map = Mapping::open_named(&bare).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SharedMemoryError::NotFound { name: bare.clone() },
+            _ => SharedMemoryError::Io(e),
+        })?;
+        if map.len() == 0 {
+            return Err(SharedMemoryError::InvalidSize);
+        }
+        // ORDERING: Relaxed: see `trailer`.
+        let size = trailer(&map).map_or(map.len(), |t| t.size.load(Ordering::Relaxed) as usize);
+        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), owns_name: false }))
+    }
+
+    fn wrap(inner: Inner) -> SharedMemory {
+        SharedMemory { inner: Arc::new(inner) }
+    }
+
+    /// The segment's name, for a named segment (without the leading `/`).
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// The size in bytes (as asked at creation).
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// Removes the name now (Python's `unlink`): later `open`s fail, while
+    /// existing mappings stay valid. Nothing to do for an anonymous segment.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedMemoryError::NotFound`] if the name is already gone.
+    pub fn unlink(&self) -> Result<(), SharedMemoryError> {
+        let Some(name) = &self.inner.name else {
+            return Ok(());
+        };
+        shm::unlink_named(name).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SharedMemoryError::NotFound { name: name.clone() },
+            _ => SharedMemoryError::Io(e),
+        })?;
+        if self.inner.owns_name {
+            tracker::unregister(name);
+        }
+        Ok(())
+    }
+
+    /// Copies `buf.len()` bytes starting at `offset` into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedMemoryError::OutOfRange`] if the range is not inside the segment.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), SharedMemoryError> {
+        self.check_range(offset, buf.len())?;
+        // SAFETY: the range is inside the mapping (checked); the shared bytes
+        // are only accessed atomically or through `unsafe` views whose users
+        // take responsibility; `buf` is private.
+        unsafe { plain::copy_in(self.inner.map.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` into the segment starting at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedMemoryError::OutOfRange`] if the range is not inside the segment.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), SharedMemoryError> {
+        self.check_range(offset, data.len())?;
+        // SAFETY: as in `read_at`.
+        unsafe { plain::copy_out(data.as_ptr(), self.inner.map.as_ptr().add(offset), data.len()) };
+        Ok(())
+    }
+
+    fn check_range(&self, start: usize, len: usize) -> Result<(), SharedMemoryError> {
+        match start.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(()),
+            end => Err(SharedMemoryError::OutOfRange { start, end: end.unwrap_or(usize::MAX), size: self.size() }),
+        }
+    }
+
+    /// The first byte (valid for [`size`](SharedMemory::size) bytes while
+    /// this handle or a clone lives).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.inner.map.as_ptr()
+    }
+
+    /// The first byte, for writing (other processes see the writes).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.inner.map.as_ptr()
+    }
+
+    /// The bytes as a slice.
+    ///
+    /// # Safety
+    ///
+    /// No thread or process may write to the segment while the slice is
+    /// alive (other than through atomics the caller does not read through
+    /// this slice): Rust assumes a `&[u8]` does not change.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `size` valid bytes that live as long as
+        // `self`; the caller guarantees nobody writes meanwhile.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.size()) }
+    }
+
+    /// The bytes as a mutable slice.
+    ///
+    /// # Safety
+    ///
+    /// For as long as the slice is alive, no other thread or process may
+    /// read or write the segment (for instance: everyone holds one `Lock`
+    /// while touching it), and no other slice of it may exist in this process.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: as above, with exclusivity guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.size()) }
+    }
+}
+
+impl SharedMemoryError {
+    fn from_create(e: io::Error, name: &str) -> SharedMemoryError {
+        match e.kind() {
+            io::ErrorKind::AlreadyExists => SharedMemoryError::FileExists { name: name.to_string() },
+            io::ErrorKind::InvalidInput => SharedMemoryError::InvalidName { name: name.to_string() },
+            _ => SharedMemoryError::Io(e),
+        }
+    }
+}
+
+impl fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedMemory").field("name", &self.name()).field("size", &self.size()).finish()
+    }
+}
+
+impl Serialize for SharedMemory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let index = fd_serde::push_fd(self.inner.map.as_fd()).map_err(serde::ser::Error::custom)?;
+        (index, self.inner.map.len() as u64, self.size() as u64, self.name()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedMemory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let (index, len, size, name) = <(u32, u64, u64, Option<String>)>::deserialize(d)?;
+        let fd = fd_serde::take_fd(index).map_err(D::Error::custom)?;
+        let len = usize::try_from(len).map_err(D::Error::custom)?;
+        let size = usize::try_from(size).map_err(D::Error::custom)?;
+        if size == 0 || size > len {
+            return Err(D::Error::custom("shared memory handle with an impossible size"));
+        }
+        let map = Mapping::from_fd(fd, len).map_err(D::Error::custom)?;
+        // The receiver does not own the name: only its creator removes it.
+        Ok(SharedMemory::wrap(Inner { map, size, name, owns_name: false }))
+    }
+}

@@ -1,0 +1,337 @@
+//! `Barrier`: a meeting point for a fixed number of parties.
+//!
+//! # Algorithm (maintainer's notes)
+//!
+//! One futex word packs the arrivals of the current pass (bits 0–15), the
+//! pass generation (bits 16–30) and a broken flag (bit 31). An arriving
+//! party CASes the count up; the last one sets the count to `parties`
+//! (passing), runs the action, then CASes to the next generation with a
+//! count of 0 and wakes everyone. A pass adds 1 to the generation and
+//! `reset` adds 2, so a waiter that sees the generation move by an odd
+//! amount passed and by an even amount was reset (with exactly `parties`
+//! parties, no further pass can happen before that waiter looks, since it
+//! is one of them). A timeout or `abort` sets the broken flag, which fails
+//! every wait until `reset`.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::BarrierError;
+use crate::process::task::{code_address, code_offset};
+use crate::shared::segment::{Shared, SharedObject};
+use crate::sys::Deadline;
+use crate::sys::imp;
+use crate::sys::imp::futex::{self, FutexWait};
+
+const COUNT_MASK: u32 = 0xFFFF;
+const GEN_SHIFT: u32 = 16;
+const GEN_MASK: u32 = 0x7FFF;
+const BROKEN: u32 = 1 << 31;
+
+fn generation(w: u32) -> u32 {
+    (w >> GEN_SHIFT) & GEN_MASK
+}
+
+/// A word for generation `generation(w) + steps` with no arrivals, not broken.
+fn advanced(w: u32, steps: u32) -> u32 {
+    ((generation(w) + steps) & GEN_MASK) << GEN_SHIFT
+}
+
+/// The shared part of a [`Barrier`].
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct BarrierState {
+    tag: AtomicU64,
+    word: AtomicU32,
+    parties: AtomicU32,
+    /// Code offset of the action (`fn()`), valid in processes of `build`.
+    action: AtomicU64,
+    /// Hash of the build id of the process that set the action; 0 if none.
+    build: AtomicU64,
+}
+
+// SAFETY: repr(C) atomics only; all-zero is a fresh barrier (its parties are
+// set at creation); `tag` is a field.
+unsafe impl SharedObject for BarrierState {
+    const TAG: u64 = u64::from_le_bytes(*b"mp.Barr\0");
+    fn tag(&self) -> &AtomicU64 {
+        &self.tag
+    }
+}
+
+fn build_hash() -> u64 {
+    // Never 0, which means "no action".
+    fnv(imp::build_id::build_id()) | 1
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}
+
+/// A barrier for a fixed number of parties, in any mix of processes and
+/// threads (Python's `multiprocessing.Barrier`).
+///
+/// [`wait`](Barrier::wait) blocks until `parties` parties are waiting, then
+/// releases them all; each gets a distinct index in `0..parties`. An
+/// optional action (a plain `fn`, since it may run in any process) runs once
+/// per pass, in the last party to arrive, before the others are released.
+/// A timeout, [`abort`](Barrier::abort) or a panicking action breaks the
+/// barrier for every party until [`reset`](Barrier::reset).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Barrier, Process};
+///
+/// fn party(b: Barrier) -> usize { b.wait_timeout(Duration::from_secs(10)).unwrap() }
+///
+/// let b = Barrier::new(3).unwrap();
+/// let mut kids: Vec<_> = (0..2).map(|_| Process::spawn(party, (b.clone(),)).unwrap()).collect();
+/// let mine = b.wait_timeout(Duration::from_secs(10)).unwrap();
+/// let mut all: Vec<usize> = kids.iter_mut().map(|k| k.join().unwrap()).collect();
+/// all.push(mine);
+/// all.sort();
+/// assert_eq!(all, [0, 1, 2]);
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Barrier {
+    state: Shared<BarrierState>,
+}
+
+impl Barrier {
+    /// A barrier for `parties` parties (1 to 65535).
+    ///
+    /// # Errors
+    ///
+    /// `parties` out of range, or the OS refused the memory.
+    pub fn new(parties: usize) -> io::Result<Barrier> {
+        Barrier::create(parties, None)
+    }
+
+    /// A barrier whose `action` runs once per pass, in the last party to
+    /// arrive (in whatever process that is), before any party is released.
+    ///
+    /// # Errors
+    ///
+    /// As [`Barrier::new`].
+    pub fn with_action(parties: usize, action: fn()) -> io::Result<Barrier> {
+        Barrier::create(parties, Some(action))
+    }
+
+    fn create(parties: usize, action: Option<fn()>) -> io::Result<Barrier> {
+        if parties == 0 || parties > COUNT_MASK as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a barrier has 1 to 65535 parties"));
+        }
+        let state = Shared::create("multiproc-barrier", |s: &BarrierState| {
+            // ORDERING: Relaxed: published with the tag (see `Shared::place`).
+            s.parties.store(parties as u32, Ordering::Relaxed);
+            if let Some(f) = action {
+                s.action.store(code_offset(f as *const ()) as u64, Ordering::Relaxed);
+                s.build.store(build_hash(), Ordering::Relaxed);
+            }
+        })?;
+        Ok(Barrier { state })
+    }
+
+    /// Waits for the other parties; returns this party's index (the last
+    /// to arrive gets `parties − 1`).
+    ///
+    /// # Errors
+    ///
+    /// [`BarrierError::Broken`] if the barrier is or becomes broken.
+    pub fn wait(&self) -> Result<usize, BarrierError> {
+        self.wait_until(Deadline::NEVER)
+    }
+
+    /// As [`wait`](Barrier::wait), for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`BarrierError::Timeout`] after the timeout (the barrier is then
+    /// broken for every party), [`BarrierError::Broken`] as for `wait`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, BarrierError> {
+        self.wait_until(Deadline::after(timeout))
+    }
+
+    fn wait_until(&self, deadline: Deadline) -> Result<usize, BarrierError> {
+        let s = &*self.state;
+        let parties = self.parties() as u32;
+        loop {
+            // ORDERING: Acquire: pairs with the Release of the word changes
+            // made by other parties (arrivals, passes, breaks).
+            let w = s.word.load(Ordering::Acquire);
+            if w & BROKEN != 0 {
+                return Err(BarrierError::Broken);
+            }
+            let count = w & COUNT_MASK;
+            if count >= parties {
+                // The action of a pass is running; the next pass starts after it.
+                if futex::wait(&s.word, w, deadline) == FutexWait::TimedOut {
+                    // Still passing: break it; passed meanwhile: arrive in the next pass.
+                    self.break_if_still(generation(w))?;
+                }
+                continue;
+            }
+            // ORDERING: AcqRel: an arrival publishes what this party did
+            // before it (Release) and the last arrival sees what all did
+            // (Acquire), so the action and the released parties see it too.
+            if s.word.compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            if count + 1 == parties {
+                self.pass(w + 1)?;
+                return Ok(count as usize);
+            }
+            return self.await_pass(generation(w), deadline).map(|()| count as usize);
+        }
+    }
+
+    /// The last arrival: run the action, open the next generation, wake all.
+    fn pass(&self, full: u32) -> Result<(), BarrierError> {
+        let s = &*self.state;
+        // ORDERING: Relaxed: set at creation, published with the tag.
+        let build = s.build.load(Ordering::Relaxed);
+        if build != 0 {
+            if build != build_hash() {
+                self.abort();
+                panic!("the barrier's action was set by a different build of this program");
+            }
+            // ORDERING: Relaxed: as above.
+            let offset = s.action.load(Ordering::Relaxed) as i64;
+            // SAFETY: the offset was made by `code_offset` of a `fn()` in a
+            // process of this same build (checked just above), so it resolves
+            // to that function here.
+            let action = unsafe { std::mem::transmute::<*const (), fn()>(code_address(offset)) };
+            let breaker = BreakOnUnwind(self);
+            action();
+            std::mem::forget(breaker);
+        }
+        let mut cur = full;
+        loop {
+            if cur & BROKEN != 0 || generation(cur) != generation(full) {
+                return Err(BarrierError::Broken);
+            }
+            // ORDERING: Release: the parties released by this change see the
+            // action's effects.
+            match s.word.compare_exchange(cur, advanced(cur, 1), Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        futex::wake_all(&s.word);
+        Ok(())
+    }
+
+    fn await_pass(&self, generation_at_arrival: u32, deadline: Deadline) -> Result<(), BarrierError> {
+        let s = &*self.state;
+        loop {
+            // ORDERING: Acquire: pairs with the Release of `pass`.
+            let w = s.word.load(Ordering::Acquire);
+            let moved = generation(w).wrapping_sub(generation_at_arrival) & GEN_MASK;
+            if moved != 0 {
+                return if moved % 2 == 1 { Ok(()) } else { Err(BarrierError::Broken) };
+            }
+            if w & BROKEN != 0 {
+                return Err(BarrierError::Broken);
+            }
+            if futex::wait(&s.word, w, deadline) == FutexWait::TimedOut {
+                match self.break_if_still(generation_at_arrival) {
+                    // The pass happened just in time: look again.
+                    Ok(()) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// On a timeout: breaks the barrier unless generation `g` has passed
+    /// (then `Ok`, and the caller looks again).
+    fn break_if_still(&self, g: u32) -> Result<(), BarrierError> {
+        let s = &*self.state;
+        // ORDERING: Relaxed: steers the CAS.
+        let mut w = s.word.load(Ordering::Relaxed);
+        loop {
+            if generation(w) != g {
+                return Ok(());
+            }
+            if w & BROKEN != 0 {
+                return Err(BarrierError::Broken);
+            }
+            // ORDERING: Release: pairs with the waiters' Acquire loads.
+            match s.word.compare_exchange(w, w | BROKEN, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        futex::wake_all(&s.word);
+        Err(BarrierError::Timeout)
+    }
+
+    /// Breaks the barrier: every current and future wait fails with
+    /// [`BarrierError::Broken`] until [`reset`](Barrier::reset).
+    pub fn abort(&self) {
+        // ORDERING: Release: pairs with the waiters' Acquire loads.
+        self.state.word.fetch_or(BROKEN, Ordering::Release);
+        futex::wake_all(&self.state.word);
+    }
+
+    /// Returns the barrier to its empty state; parties waiting now get
+    /// [`BarrierError::Broken`].
+    pub fn reset(&self) {
+        let s = &*self.state;
+        // ORDERING: Relaxed: steers the CAS.
+        let mut w = s.word.load(Ordering::Relaxed);
+        loop {
+            // ORDERING: Release: pairs with the waiters' Acquire loads.
+            match s.word.compare_exchange_weak(w, advanced(w, 2), Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        futex::wake_all(&s.word);
+    }
+
+    /// The number of parties needed to pass.
+    pub fn parties(&self) -> usize {
+        // ORDERING: Relaxed: set once at creation.
+        self.state.parties.load(Ordering::Relaxed) as usize
+    }
+
+    /// How many parties are waiting now (a snapshot).
+    pub fn n_waiting(&self) -> usize {
+        // ORDERING: Relaxed: a snapshot.
+        let w = self.state.word.load(Ordering::Relaxed);
+        ((w & COUNT_MASK) as usize).min(self.parties())
+    }
+
+    /// True if the barrier is broken.
+    pub fn is_broken(&self) -> bool {
+        // ORDERING: Relaxed: a snapshot.
+        self.state.word.load(Ordering::Relaxed) & BROKEN != 0
+    }
+}
+
+/// Breaks the barrier if the action panics, so that no party waits for ever.
+struct BreakOnUnwind<'a>(&'a Barrier);
+
+impl Drop for BreakOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.is_broken())
+            .finish()
+    }
+}

@@ -1,0 +1,300 @@
+//! The robust mutex at the heart of `Lock`, `RLock`, `Condition`, `Value`
+//! and `Array`: one futex word in shared memory, owned by a thread id.
+//!
+//! # Algorithm (maintainer's notes)
+//!
+//! `word` is 0 when free; otherwise the owner's tid, with [`WAITERS`] set
+//! when some thread may be asleep on the futex. `meta` holds the owner's tid
+//! and thread start time (written by the owner right after it takes the
+//! word), which tells a recycled tid from the original owner.
+//!
+//! - **Acquire**: CAS `0 → tid`. Contended: spin briefly, then set
+//!   `WAITERS` and sleep on the futex for at most [`SLICE`]. Waking up from
+//!   a free word, take it as `tid | WAITERS` (other sleepers may remain, so
+//!   the next release must wake one).
+//! - **Release**: swap to 0; wake one sleeper if `WAITERS` was set.
+//! - **Owner death**: a sleeper whose slice ends asks `/proc` whether the
+//!   owner thread still exists (and is the same thread, by start time). If
+//!   not, it CASes the word from the dead owner's value to its own and
+//!   returns [`Acquired::OwnerDied`]. The CAS fails if anything changed
+//!   meanwhile, so a live owner is never robbed: the only inputs are "the
+//!   word still holds that dead thread's id" and the kernel's word that the
+//!   thread is gone (or a zombie, or another thread under a recycled id).
+//!
+//! glibc owns the kernel's robust-futex list, so this does not use it;
+//! detection is by polling, bounded by [`SLICE`] (a waiter notices a dead
+//! owner within about 100 ms).
+//!
+//! All threads that share a lock must be in one pid namespace (true for a
+//! program and the children it starts).
+
+use std::hint;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::sys::Deadline;
+use crate::sys::imp::futex::{self, FutexWait};
+use crate::sys::imp::thread::{self, ThreadIdentity, ThreadStatus};
+
+/// Set in the word when a thread may be asleep waiting for it.
+const WAITERS: u32 = 1 << 31;
+/// The owner's tid (Linux tids are below 2^22).
+const TID_MASK: u32 = (1 << 30) - 1;
+/// Longest futex sleep before a waiter checks that the owner lives.
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
+/// Busy-wait rounds before sleeping (a short critical section in another
+/// process often ends within them).
+const SPINS: u32 = 100;
+/// Bits of `meta` that hold the start time.
+const START_BITS: u32 = 40;
+
+/// How an acquisition went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// Taken from a previous owner that released it.
+    Clean,
+    /// Taken from an owner that died holding it.
+    OwnerDied,
+}
+
+/// The deadline passed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimedOut;
+
+/// Released when not held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotHeld;
+
+/// A robust process-shared mutex (16 bytes; all zero = unlocked).
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct RawMutex {
+    word: AtomicU32,
+    /// Recursion depth, used only by `RLock`, and only by the owner.
+    pub(crate) count: AtomicU32,
+    meta: AtomicU64,
+}
+
+fn pack(id: ThreadIdentity) -> u64 {
+    (u64::from(id.tid) << START_BITS) | (id.start & ((1 << START_BITS) - 1))
+}
+
+impl RawMutex {
+    /// Takes the lock, waiting until `deadline`. Never gives up early while a
+    /// dead owner holds it: that owner is detected and replaced.
+    pub(crate) fn lock(&self, deadline: Deadline) -> Result<Acquired, TimedOut> {
+        let me = thread::current();
+        // ORDERING: Acquire on success: everything the previous owner wrote
+        // before its Release in `unlock` is visible to us.
+        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            self.set_meta(me);
+            return Ok(Acquired::Clean);
+        }
+        self.lock_cold(me, deadline)
+    }
+
+    /// Takes the lock if it is free right now (does not look for a dead owner).
+    pub(crate) fn try_lock(&self) -> bool {
+        let me = thread::current();
+        // ORDERING: Acquire on success, as in `lock`.
+        let ok = self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if ok {
+            self.set_meta(me);
+        }
+        ok
+    }
+
+    fn set_meta(&self, me: ThreadIdentity) {
+        // ORDERING: Relaxed: `meta` is advisory (used to detect recycled
+        // tids); a reader that sees a stale value re-checks the word with a
+        // CAS before acting, and the owner reads back its own store.
+        self.meta.store(pack(me), Ordering::Relaxed);
+    }
+
+    #[cold]
+    fn lock_cold(&self, me: ThreadIdentity, deadline: Deadline) -> Result<Acquired, TimedOut> {
+        for _ in 0..SPINS {
+            // ORDERING: Relaxed: only a hint; the CAS below synchronises.
+            if self.word.load(Ordering::Relaxed) == 0
+                && self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                self.set_meta(me);
+                return Ok(Acquired::Clean);
+            }
+            hint::spin_loop();
+        }
+        loop {
+            // ORDERING: Relaxed: the value only steers the CASes below, which
+            // carry the ordering.
+            let state = self.word.load(Ordering::Relaxed);
+            if state & TID_MASK == 0 {
+                // ORDERING: Acquire on success, as in `lock`.
+                if self.word.compare_exchange(state, me.tid | WAITERS, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    self.set_meta(me);
+                    return Ok(Acquired::Clean);
+                }
+                continue;
+            }
+            if state & WAITERS == 0
+                // ORDERING: Relaxed: setting the flag publishes nothing but
+                // itself; the owner reads it with its swap in `unlock`.
+                && self.word.compare_exchange(state, state | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            {
+                continue;
+            }
+            let slice = Deadline::after(deadline.remaining().map_or(SLICE, |left| left.min(SLICE)));
+            if futex::wait(&self.word, state | WAITERS, slice) == FutexWait::TimedOut {
+                if let Some(acquired) = self.take_from_dead(state | WAITERS, me) {
+                    return Ok(acquired);
+                }
+                if deadline.expired() {
+                    return Err(TimedOut);
+                }
+            }
+        }
+    }
+
+    /// If the owner recorded in `state` is dead, takes the lock from it.
+    #[cold]
+    fn take_from_dead(&self, state: u32, me: ThreadIdentity) -> Option<Acquired> {
+        let owner = state & TID_MASK;
+        // ORDERING: Relaxed: advisory, see `set_meta`.
+        let meta = self.meta.load(Ordering::Relaxed);
+        let dead = match thread::status(owner) {
+            ThreadStatus::Dead => true,
+            ThreadStatus::Alive { start } => {
+                let recorded_start = meta & ((1 << START_BITS) - 1);
+                (meta >> START_BITS) as u32 == owner
+                    && recorded_start != 0
+                    && start != 0
+                    && recorded_start != start & ((1 << START_BITS) - 1)
+            }
+        };
+        // A new owner that just took the word under the same (recycled) tid
+        // rewrites `meta` first thing: if it changed, look again later.
+        // ORDERING: Relaxed: as above.
+        if !dead || self.meta.load(Ordering::Relaxed) != meta {
+            return None;
+        }
+        // ORDERING: Acquire on success: whatever the dead owner wrote is as
+        // visible as it will ever be (its stores before death reached memory
+        // through the kernel's exit path).
+        self.word.compare_exchange(state, me.tid | WAITERS, Ordering::Acquire, Ordering::Relaxed).ok()?;
+        self.set_meta(me);
+        Some(Acquired::OwnerDied)
+    }
+
+    /// Releases a lock the caller holds.
+    pub(crate) fn unlock(&self) {
+        // ORDERING: Release: publishes the critical section to the next
+        // owner's Acquire.
+        let prev = self.word.swap(0, Ordering::Release);
+        if prev & WAITERS != 0 {
+            futex::wake(&self.word, 1);
+        }
+    }
+
+    /// Releases the lock whoever holds it (Python's `Lock.release`, which any
+    /// thread or process may call); an error if it is not held.
+    pub(crate) fn unlock_any(&self) -> Result<(), NotHeld> {
+        // ORDERING: Relaxed load: steers the CAS.
+        let mut state = self.word.load(Ordering::Relaxed);
+        loop {
+            if state & TID_MASK == 0 {
+                return Err(NotHeld);
+            }
+            // ORDERING: Release on success, as in `unlock`.
+            match self.word.compare_exchange_weak(state, 0, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
+        }
+        if state & WAITERS != 0 {
+            futex::wake(&self.word, 1);
+        }
+        Ok(())
+    }
+
+    /// True if held by anyone.
+    pub(crate) fn is_locked(&self) -> bool {
+        // ORDERING: Relaxed: a snapshot for reporting.
+        self.word.load(Ordering::Relaxed) & TID_MASK != 0
+    }
+
+    /// True if the calling thread holds the lock.
+    pub(crate) fn is_owned_by_current(&self) -> bool {
+        let me = thread::current();
+        // ORDERING: Relaxed: only the calling thread ever writes its own tid
+        // and meta, and it reads back its own latest writes; any other value
+        // means "not ours".
+        self.word.load(Ordering::Relaxed) & TID_MASK == me.tid && self.meta.load(Ordering::Relaxed) == pack(me)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::sync::Arc;
+
+    fn fresh() -> RawMutex {
+        RawMutex { word: AtomicU32::new(0), count: AtomicU32::new(0), meta: AtomicU64::new(0) }
+    }
+
+    #[test]
+    fn lock_unlock_and_timeout() {
+        let m = Arc::new(fresh());
+        assert_eq!(m.lock(Deadline::NEVER), Ok(Acquired::Clean));
+        assert!(m.is_owned_by_current());
+        let m2 = m.clone();
+        let t = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let r = m2.lock(Deadline::after(Duration::from_millis(150)));
+            (r, start.elapsed())
+        });
+        let (r, waited) = t.join().unwrap();
+        assert_eq!(r, Err(TimedOut));
+        assert!(waited >= Duration::from_millis(150));
+        m.unlock();
+        assert_eq!(m.unlock_any(), Err(NotHeld));
+    }
+
+    #[test]
+    fn a_thread_that_exits_holding_it_is_detected() {
+        let m = Arc::new(fresh());
+        let m2 = m.clone();
+        std::thread::spawn(move || assert_eq!(m2.lock(Deadline::NEVER), Ok(Acquired::Clean))).join().unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(m.lock(Deadline::after(Duration::from_secs(5))), Ok(Acquired::OwnerDied));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(m.is_owned_by_current());
+        m.unlock();
+        assert_eq!(m.lock(Deadline::NEVER), Ok(Acquired::Clean));
+        m.unlock();
+    }
+
+    #[test]
+    fn threads_count_exactly() {
+        struct Counter(RawMutex, std::cell::UnsafeCell<u64>);
+        // SAFETY: the cell is only touched while the mutex is held.
+        unsafe impl Sync for Counter {}
+        let c = Arc::new(Counter(fresh(), std::cell::UnsafeCell::new(0)));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        c.0.lock(Deadline::NEVER).unwrap();
+                        // SAFETY: guarded by the mutex.
+                        unsafe { *c.1.get() += 1 };
+                        c.0.unlock();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // SAFETY: all threads joined.
+        assert_eq!(unsafe { *c.1.get() }, 80_000);
+    }
+}
