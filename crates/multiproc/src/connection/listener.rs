@@ -2,6 +2,7 @@
 //! on an [`Address`] and [`Client`]s that connect to it, with an optional
 //! HMAC-SHA256 auth key.
 
+use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,7 +62,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// assert_eq!(conn.recv_timeout(Duration::from_secs(10)).unwrap(), "hello");
 /// client.join().unwrap();
 /// ```
-#[derive(Debug)]
 pub struct Listener {
     fd: OwnedFd,
     address: Address,
@@ -73,7 +73,7 @@ pub struct Listener {
 
 impl Listener {
     /// Listens on `address`, with an auth key (`Some`, possibly empty) or
-    /// without (`None`). See [`Address`] for the address forms; a TCP port 0
+    /// without (`None`). `Debug` output never shows the key. See [`Address`] for the address forms; a TCP port 0
     /// picks a free port, which [`Listener::address`] then shows.
     ///
     /// # Examples
@@ -216,6 +216,22 @@ impl Listener {
     }
 }
 
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key itself is never printed.
+        let auth = match &self.authkey {
+            None => "none",
+            Some(k) if k.is_empty() => "empty key",
+            Some(_) => "key",
+        };
+        f.debug_struct("Listener")
+            .field("address", &self.address.to_string())
+            .field("auth", &auth)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
 impl AsFd for Listener {
     /// The listening socket (readable when a client is waiting).
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -300,8 +316,8 @@ impl Client {
         let address = address.into_address()?;
         let deadline = Deadline::after(timeout);
         let connected = match &address {
-            Address::Unix(path) => listen::connect_unix(path).map(Channel::unix),
-            Address::Abstract(name) => listen::connect_abstract(name).map(Channel::unix),
+            Address::Unix(path) => listen::connect_unix(path, deadline).map(Channel::unix),
+            Address::Abstract(name) => listen::connect_abstract(name, deadline).map(Channel::unix),
             Address::Tcp(addr) => listen::connect_tcp(*addr, deadline).map(Channel::stream),
         };
         let channel = match connected {

@@ -7,8 +7,13 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{self as unix, UnixListener, UnixStream};
+use std::os::unix::net::{self as unix, UnixListener};
 use std::path::Path;
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::net::sockopt::{Timeout, set_socket_timeout};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::super::Deadline;
 use super::fd::wait_readable;
@@ -48,7 +53,7 @@ pub(crate) fn listen_tcp(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> 
 /// are framed, and a delayed small frame costs a round trip).
 pub(crate) fn accept(listener: BorrowedFd<'_>, deadline: Deadline, tcp: bool) -> io::Result<Option<OwnedFd>> {
     loop {
-        match rustix::net::accept_with(listener, rustix::net::SocketFlags::CLOEXEC) {
+        match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
             Ok(fd) => {
                 if tcp {
                     rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
@@ -56,8 +61,8 @@ pub(crate) fn accept(listener: BorrowedFd<'_>, deadline: Deadline, tcp: bool) ->
                 return Ok(Some(fd));
             }
             // Another thread took the connection, or it was reset before we got it.
-            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::CONNABORTED => {}
-            Err(e) if e == rustix::io::Errno::INTR => continue,
+            Err(e) if e == Errno::AGAIN || e == Errno::CONNABORTED => {}
+            Err(e) if e == Errno::INTR => continue,
             Err(e) => return Err(e.into()),
         }
         if deadline.expired() || !wait_readable(listener, deadline)? {
@@ -66,15 +71,35 @@ pub(crate) fn accept(listener: BorrowedFd<'_>, deadline: Deadline, tcp: bool) ->
     }
 }
 
-/// Connects to the Unix socket at `path`.
-pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
-    Ok(UnixStream::connect(path)?.into())
+/// Connects to the Unix socket at `path`, giving up at the deadline
+/// (`TimedOut`).
+pub(crate) fn connect_unix(path: &Path, deadline: Deadline) -> io::Result<OwnedFd> {
+    connect_local(&SocketAddrUnix::new(path)?, deadline)
 }
 
-/// Connects to the Linux abstract Unix address `name`.
-pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
-    let addr = unix::SocketAddr::from_abstract_name(name)?;
-    Ok(UnixStream::connect_addr(&addr)?.into())
+/// Connects to the Linux abstract Unix address `name`, giving up at the
+/// deadline (`TimedOut`).
+pub(crate) fn connect_abstract(name: &[u8], deadline: Deadline) -> io::Result<OwnedFd> {
+    connect_local(&SocketAddrUnix::new_abstract_name(name)?, deadline)
+}
+
+fn connect_local(addr: &SocketAddrUnix, deadline: Deadline) -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    // A Unix connect waits while the listener's backlog is full; the send
+    // timeout bounds that wait (the kernel then fails it with EAGAIN).
+    let bounded = deadline.remaining().is_some();
+    if let Some(left) = deadline.remaining() {
+        set_socket_timeout(&fd, Timeout::Send, Some(left.max(Duration::from_millis(1))))?;
+    }
+    match rustix::net::connect(&fd, addr) {
+        Ok(()) => {}
+        Err(e) if e == Errno::AGAIN => return Err(io::ErrorKind::TimedOut.into()),
+        Err(e) => return Err(e.into()),
+    }
+    if bounded {
+        set_socket_timeout(&fd, Timeout::Send, None)?;
+    }
+    Ok(fd)
 }
 
 /// Connects to a TCP address, giving up at the deadline (`TimedOut`).
@@ -91,4 +116,36 @@ pub(crate) fn connect_tcp(addr: SocketAddr, deadline: Deadline) -> io::Result<Ow
 /// Device and inode of the file at `path`, if it exists.
 pub(crate) fn file_id(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_connect_to_a_full_backlog_gives_up_at_the_deadline() {
+        let name = format!("multiproc-unit-backlog-{}", std::process::id());
+        let listener =
+            rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        // Fill the backlog (never accepted).
+        let mut pending = Vec::new();
+        loop {
+            match connect_abstract(name.as_bytes(), Deadline::after(Duration::from_millis(50))) {
+                Ok(fd) => pending.push(fd),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(pending.len() < 64, "the backlog never filled");
+        }
+        let start = Instant::now();
+        let err = connect_abstract(name.as_bytes(), Deadline::after(Duration::from_millis(200))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+        // Once a pending connection is accepted, there is room again.
+        drop(rustix::net::accept(&listener).unwrap());
+        connect_abstract(name.as_bytes(), Deadline::after(Duration::from_secs(5))).unwrap();
+    }
 }
