@@ -110,7 +110,9 @@ pub(crate) fn launch(
         }
         StartMethod::ForkServer => fork_via_server(channel, env, cwd),
         StartMethod::Fork => {
-            let pid = on_launcher_thread(move || fork_here(channel))??;
+            let env = env.clone();
+            let cwd = cwd.map(Path::to_path_buf);
+            let pid = on_launcher_thread(move || fork_here(channel, &env, cwd.as_deref()))??;
             Ok(Launched { pid, exit: ExitWatch::child(pid)? })
         }
     }
@@ -202,9 +204,10 @@ fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io
     Err(last_error.unwrap_or_else(|| io::Error::other("the fork server could not start a child")))
 }
 
-/// Forks the calling (launcher) thread's process. The child runs the task
-/// sent on `channel`.
-fn fork_here(channel: OwnedFd) -> io::Result<Pid> {
+/// Forks the calling (launcher) thread's process. The child applies the
+/// environment changes and working directory, then runs the task sent on
+/// `channel`.
+fn fork_here(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Pid> {
     let parent = imp::getpid();
     let raw = imp::forkserver_sys::raw(channel.as_fd());
     // SAFETY: the `fork` start method is documented as unsafe in threaded
@@ -216,10 +219,30 @@ fn fork_here(channel: OwnedFd) -> io::Result<Pid> {
             imp::spawn::close_fds_from_except(imp::spawn::CHILD_CHANNEL_FD + 1, &[]);
             imp::die_with_parent(parent);
             forget_parent_state();
+            apply_changes(env, cwd);
             let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
             super::bootstrap::child_main(fd)
         })
     }?;
     drop(channel);
     Ok(pid)
+}
+
+/// In a forked child: applies the builder's environment changes and working
+/// directory (a failure to enter the directory ends the child with code 1).
+fn apply_changes(env: &EnvChanges, cwd: Option<&Path>) {
+    for (key, value) in env {
+        match value {
+            // SAFETY: the forked child is single-threaded.
+            Some(v) => unsafe { std::env::set_var(key, v) },
+            // SAFETY: as above.
+            None => unsafe { std::env::remove_var(key) },
+        }
+    }
+    if let Some(dir) = cwd
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        eprintln!("multiproc: cannot enter working directory {dir:?}: {e}");
+        std::process::exit(1);
+    }
 }
