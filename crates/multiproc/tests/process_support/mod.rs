@@ -1,0 +1,111 @@
+//! Helpers shared by the `process_*` integration tests: leak counters read from
+//! `/proc` (the library's own are crate-private) and "is this pid gone" checks.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use multiproc::StartMethod;
+
+/// Upper bound for any join in these tests: far above the real time, so a
+/// slow machine does not fail them, but a hang still ends.
+pub const JOIN: Duration = Duration::from_secs(20);
+
+/// All start methods, for tests that check the basics under each.
+pub const METHODS: [StartMethod; 3] = [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork];
+
+/// Serializes the tests of one test binary. The `Fork` start method is only
+/// safe while no other thread of the parent is inside the library (libtest runs
+/// tests on parallel threads), so every test that forks holds this guard.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Open descriptors of this process (without the one `read_dir` uses).
+pub fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd").count() - 1
+}
+
+/// Threads of this process.
+pub fn count_threads() -> usize {
+    std::fs::read_dir("/proc/self/task").expect("read /proc/self/task").count()
+}
+
+/// State letter and parent pid of `pid` from `/proc/<pid>/stat`; `None` once
+/// the process is gone (reaped).
+pub fn stat(pid: i32) -> Option<(char, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = text.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// The parent pid of a live process.
+pub fn ppid_of(pid: i32) -> i32 {
+    stat(pid).unwrap_or_else(|| panic!("process {pid} is gone")).1
+}
+
+/// True when `pid` no longer runs: reaped, or a zombie waiting for its reaper.
+pub fn is_dead(pid: i32) -> bool {
+    matches!(stat(pid), None | Some(('Z' | 'X', _)))
+}
+
+/// Zombie children of this process.
+pub fn count_zombie_children() -> usize {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| matches!(stat(*pid), Some(('Z', ppid)) if ppid == me))
+        .count()
+}
+
+/// Polls `done` every millisecond until it is true or `limit` passes; returns
+/// the time it took, or `None` if it never became true.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A fresh empty directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/multiproc-test-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("multiproc-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends SIGKILL to `pid` if it still runs (cleanup after a failed assertion).
+pub fn kill_quietly(pid: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
