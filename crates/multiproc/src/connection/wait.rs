@@ -83,17 +83,19 @@ pub trait Waitable {
 /// # Examples
 ///
 /// ```
-/// use multiproc::{Pipe, Process, Waitable, wait};
+/// use multiproc::{Connection, Pipe, Process, wait};
 /// use std::time::Duration;
 ///
-/// fn nap() { std::thread::sleep(Duration::from_millis(50)) }
+/// fn run_until_closed(control: Connection<u8>) { while control.recv().is_ok() {} }
 ///
 /// let (a, b) = Pipe::<String>::duplex().unwrap();
-/// let mut child = Process::spawn(nap, ()).unwrap();
+/// let (stop, control) = Pipe::<u8>::duplex().unwrap();
+/// let mut child = Process::spawn(run_until_closed, (control,)).unwrap();
 /// assert!(wait(&[&b, &child], Some(Duration::ZERO)).unwrap().is_empty());
 /// a.send(&"hi".to_string()).unwrap();
 /// assert_eq!(wait(&[&b, &child], Some(Duration::from_secs(10))).unwrap(), vec![0]);
 /// b.recv().unwrap();
+/// drop(stop); // the child returns
 /// assert_eq!(wait(&[&b, &child], Some(Duration::from_secs(10))).unwrap(), vec![1]);
 /// child.join_timeout(Duration::from_secs(10)).unwrap();
 /// ```
