@@ -80,6 +80,7 @@
 #![warn(missing_docs)]
 
 pub mod connection;
+pub mod pool;
 pub mod process;
 pub mod shared;
 pub mod sync;
@@ -89,6 +90,7 @@ pub mod wire;
 pub use connection::{
     Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
 };
+pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError};
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
     cpu_count, current_process, get_start_method, parent_process, set_start_method,

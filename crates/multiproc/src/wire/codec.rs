@@ -35,6 +35,43 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, WireEr
     }
 }
 
+/// Serializes `value` onto the end of `out` and returns the descriptors of
+/// the handles inside it. On error `out` is left as it was.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<Vec<OwnedFd>, WireError> {
+    let start = out.len();
+    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
+    let result = postcard::serialize_with_flavor(value, Append(out));
+    let fds = FDS_OUT.with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).unwrap_or_default();
+    match result {
+        Ok(()) => Ok(fds),
+        Err(e) => {
+            out.truncate(start);
+            Err(WireError::Encode(e.to_string()))
+        }
+    }
+}
+
+/// A postcard output that appends to a borrowed buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Deserializes a `T` from `bytes`, handing `fds` to the handles inside it.
 /// Descriptors that no handle claims are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, WireError> {

@@ -14,9 +14,9 @@ mod codec;
 mod error;
 mod frame;
 
-pub(crate) use channel::{Channel, RecvError};
+pub(crate) use channel::{Channel, Outbox, RecvError};
 pub use codec::SendFd;
-pub(crate) use codec::{Encoded, decode, encode, fd_serde};
+pub(crate) use codec::{Encoded, decode, encode, encode_into, fd_serde};
 pub use error::WireError;
 pub(crate) use frame::{Frame, Kind};
 

@@ -29,14 +29,29 @@ pub(crate) fn send_all(sock: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'
     while sent < total || first {
         let slices = remaining_slices(bufs, sent);
         let n = if first && !fds.is_empty() {
-            sendmsg_with_fds(sock, &slices, fds)?
+            sendmsg_with_fds(sock, &slices, fds, 0)?
         } else {
-            sendmsg_plain(sock, &slices)?
+            sendmsg_plain(sock, &slices, 0)?
         };
         first = false;
         sent += n;
     }
     Ok(())
+}
+
+/// Sends as much of `buf` as the socket takes without blocking, with `fds`
+/// attached to the first byte; returns the bytes written (`WouldBlock` when
+/// the socket is full). Retries on EINTR.
+pub(crate) fn send_nonblocking(sock: BorrowedFd<'_>, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MSG {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many file descriptors in one message"));
+    }
+    let slices = [IoSlice::new(buf)];
+    if fds.is_empty() {
+        sendmsg_plain(sock, &slices, libc::MSG_DONTWAIT)
+    } else {
+        sendmsg_with_fds(sock, &slices, fds, libc::MSG_DONTWAIT)
+    }
 }
 
 fn remaining_slices<'a>(bufs: &[&'a [u8]], mut skip: usize) -> Vec<IoSlice<'a>> {
@@ -52,15 +67,20 @@ fn remaining_slices<'a>(bufs: &[&'a [u8]], mut skip: usize) -> Vec<IoSlice<'a>> 
     out
 }
 
-fn sendmsg_plain(sock: BorrowedFd<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+fn sendmsg_plain(sock: BorrowedFd<'_>, slices: &[IoSlice<'_>], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = slices.len() as _;
-    sendmsg_retry(sock, &msg)
+    sendmsg_retry(sock, &msg, flags)
 }
 
-fn sendmsg_with_fds(sock: BorrowedFd<'_>, slices: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+fn sendmsg_with_fds(
+    sock: BorrowedFd<'_>,
+    slices: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let payload_len = std::mem::size_of_val(raw.as_slice()) as u32;
     // SAFETY: CMSG_SPACE is a pure computation on an integer.
@@ -81,13 +101,13 @@ fn sendmsg_with_fds(sock: BorrowedFd<'_>, slices: &[IoSlice<'_>], fds: &[Borrowe
         (*cmsg).cmsg_len = libc::CMSG_LEN(payload_len) as _;
         std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), raw.len());
     }
-    sendmsg_retry(sock, &msg)
+    sendmsg_retry(sock, &msg, flags)
 }
 
-fn sendmsg_retry(sock: BorrowedFd<'_>, msg: &libc::msghdr) -> io::Result<usize> {
+fn sendmsg_retry(sock: BorrowedFd<'_>, msg: &libc::msghdr, flags: libc::c_int) -> io::Result<usize> {
     loop {
         // SAFETY: `msg` points to live iovecs and control data for this call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), msg, libc::MSG_NOSIGNAL) };
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), msg, libc::MSG_NOSIGNAL | flags) };
         if n >= 0 {
             return Ok(n as usize);
         }

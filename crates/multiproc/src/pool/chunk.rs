@@ -1,0 +1,481 @@
+//! Typed chunks: how the parent encodes a chunk's arguments and decodes its
+//! results, and the monomorphic runners a worker calls for them.
+//!
+//! A runner is referenced by its code offset (see [`RunnerRef`]); the worker
+//! resolves the offset in its own address space, which is valid because
+//! parent and worker are the same build (checked by the process handshake),
+//! and each runner checks a hash of its type names before touching the bytes.
+
+use std::any::Any;
+use std::os::fd::OwnedFd;
+use std::panic::{self, AssertUnwindSafe};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::TaskError;
+use super::protocol::{Format, Framed, RunnerRef};
+use super::ring::{StatusPage, monotonic_ns};
+use crate::process::Task;
+use crate::process::task::{assert_stateless, code_address, code_offset, conjure, type_hash};
+use crate::wire::{self, encode_into};
+
+/// A task that receives the worker's state: `fn(&mut S, A) -> R`, a plain
+/// function or a closure that captures nothing.
+///
+/// The state is built once per worker by the pool's initializer (see
+/// [`PoolBuilder::initializer`](super::PoolBuilder::initializer)).
+pub trait StateTask<S, A, R>: Copy + Send + Sync + 'static {
+    /// Calls the function.
+    fn call(self, state: &mut S, arg: A) -> R;
+}
+
+impl<F, S, A, R> StateTask<S, A, R> for F
+where
+    F: Fn(&mut S, A) -> R + Copy + Send + Sync + 'static,
+{
+    fn call(self, state: &mut S, arg: A) -> R {
+        self(state, arg)
+    }
+}
+
+/// What a runner works with in the worker.
+pub(crate) struct RunCx<'a> {
+    /// The worker's state (from the initializer, `()` without one).
+    pub state: &'a mut dyn Any,
+    pub status: &'a StatusPage,
+    /// Record each item's start time (the pool has a task timeout).
+    pub timed: bool,
+    pub skip: &'a [(u32, TaskError)],
+    pub items: u32,
+    /// The encoded results go here.
+    pub out: &'a mut Vec<u8>,
+}
+
+/// The monomorphic entry a worker calls for a chunk; returns the results'
+/// format and descriptors (their bytes are in `cx.out`).
+pub(crate) type Runner = fn(&mut RunCx<'_>, &[u8], Vec<OwnedFd>, bool, u64) -> (Format, Vec<OwnedFd>);
+
+/// The entry a worker calls to build its state.
+pub(crate) type InitRunner = fn(&[u8], Vec<OwnedFd>, u64) -> Result<Box<dyn Any>, String>;
+
+impl RunnerRef {
+    /// `f(x)` for each item `x: A` (map, imap).
+    pub(crate) fn map<F, A, R>() -> RunnerRef
+    where
+        F: Task<(A,), R>,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        const { assert_stateless::<F>() };
+        let runner: Runner = run_map::<F, A, R>;
+        RunnerRef { offset: code_offset(runner as *const ()), hash: type_hash::<F, (A,), R>() }
+    }
+
+    /// `f(a, b, …)` for each item `(a, b, …)` (starmap, apply).
+    pub(crate) fn star<F, A, R>() -> RunnerRef
+    where
+        F: Task<A, R>,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        const { assert_stateless::<F>() };
+        let runner: Runner = run_star::<F, A, R>;
+        RunnerRef { offset: code_offset(runner as *const ()), hash: type_hash::<F, A, R>() }
+    }
+
+    /// `f(&mut state, x)` for each item `x: A`.
+    pub(crate) fn with_state<F, S, A, R>() -> RunnerRef
+    where
+        F: StateTask<S, A, R>,
+        S: 'static,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        const { assert_stateless::<F>() };
+        let runner: Runner = run_with_state::<F, S, A, R>;
+        RunnerRef { offset: code_offset(runner as *const ()), hash: type_hash::<F, (S, A), R>() }
+    }
+
+    /// The initializer `f(args…) -> S`.
+    pub(crate) fn init<F, A, S>() -> RunnerRef
+    where
+        F: Task<A, S>,
+        A: DeserializeOwned,
+        S: 'static,
+    {
+        const { assert_stateless::<F>() };
+        let runner: InitRunner = run_init::<F, A, S>;
+        RunnerRef { offset: code_offset(runner as *const ()), hash: type_hash::<F, A, S>() }
+    }
+
+    /// The chunk runner in this process.
+    ///
+    /// # Safety
+    ///
+    /// `self` must come from [`RunnerRef::map`], [`RunnerRef::star`] or
+    /// [`RunnerRef::with_state`] in a process running the same build.
+    pub(crate) unsafe fn resolve(self) -> Runner {
+        // SAFETY: same build (caller's promise), so the offset names a function
+        // of exactly the type `Runner`.
+        unsafe { std::mem::transmute::<*const (), Runner>(code_address(self.offset)) }
+    }
+
+    /// The initializer in this process.
+    ///
+    /// # Safety
+    ///
+    /// `self` must come from [`RunnerRef::init`] in a process running the
+    /// same build.
+    pub(crate) unsafe fn resolve_init(self) -> InitRunner {
+        // SAFETY: as in `resolve`, for `InitRunner`.
+        unsafe { std::mem::transmute::<*const (), InitRunner>(code_address(self.offset)) }
+    }
+}
+
+fn run_map<F, A, R>(
+    cx: &mut RunCx<'_>,
+    input: &[u8],
+    fds: Vec<OwnedFd>,
+    framed: bool,
+    hash: u64,
+) -> (Format, Vec<OwnedFd>)
+where
+    F: Task<(A,), R>,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    if hash != type_hash::<F, (A,), R>() {
+        return mismatch(cx);
+    }
+    let f = conjure::<F>();
+    run_items::<A, R>(cx, input, fds, framed, |_, a| f.call((a,)))
+}
+
+fn run_star<F, A, R>(
+    cx: &mut RunCx<'_>,
+    input: &[u8],
+    fds: Vec<OwnedFd>,
+    framed: bool,
+    hash: u64,
+) -> (Format, Vec<OwnedFd>)
+where
+    F: Task<A, R>,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    if hash != type_hash::<F, A, R>() {
+        return mismatch(cx);
+    }
+    let f = conjure::<F>();
+    run_items::<A, R>(cx, input, fds, framed, |_, a| f.call(a))
+}
+
+fn run_with_state<F, S, A, R>(
+    cx: &mut RunCx<'_>,
+    input: &[u8],
+    fds: Vec<OwnedFd>,
+    framed: bool,
+    hash: u64,
+) -> (Format, Vec<OwnedFd>)
+where
+    F: StateTask<S, A, R>,
+    S: 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    if hash != type_hash::<F, (S, A), R>() {
+        return mismatch(cx);
+    }
+    let f = conjure::<F>();
+    run_items::<A, R>(cx, input, fds, framed, |state, a| {
+        let state = state.downcast_mut::<S>().unwrap_or_else(|| {
+            panic!(
+                "the worker's state is not a {}; build the pool with a matching initializer",
+                std::any::type_name::<S>()
+            )
+        });
+        f.call(state, a)
+    })
+}
+
+fn run_init<F, A, S>(args: &[u8], fds: Vec<OwnedFd>, hash: u64) -> Result<Box<dyn Any>, String>
+where
+    F: Task<A, S>,
+    A: DeserializeOwned,
+    S: 'static,
+{
+    if hash != type_hash::<F, A, S>() {
+        return Err("the initializer's type does not match its entry point (parent and worker differ)".into());
+    }
+    let args: A = wire::decode(args, fds).map_err(|e| format!("could not decode the initializer's arguments: {e}"))?;
+    Ok(Box::new(conjure::<F>().call(args)))
+}
+
+fn mismatch(cx: &mut RunCx<'_>) -> (Format, Vec<OwnedFd>) {
+    let err = TaskError::Unserializable("type does not match its entry point (parent and worker differ)".into());
+    let all: Vec<Result<(), TaskError>> = vec![Err(err); cx.items as usize];
+    cx.out.clear();
+    let fds = encode_into(&all, cx.out).unwrap_or_default();
+    (Format::Mixed, fds)
+}
+
+/// Results of a chunk as they accumulate: a plain vector while every item
+/// succeeds (the common case, and the cheap one to encode).
+enum Outs<R> {
+    Ok(Vec<R>),
+    Mixed(Vec<Result<R, TaskError>>),
+}
+
+impl<R> Outs<R> {
+    fn push(&mut self, result: Result<R, TaskError>) {
+        match (self, result) {
+            (Outs::Ok(v), Ok(r)) => v.push(r),
+            (Outs::Mixed(v), r) => v.push(r),
+            (this @ Outs::Ok(_), Err(e)) => {
+                let Outs::Ok(v) = std::mem::replace(this, Outs::Mixed(Vec::new())) else { unreachable!() };
+                let mut mixed: Vec<Result<R, TaskError>> = v.into_iter().map(Ok).collect();
+                mixed.push(Err(e));
+                *this = Outs::Mixed(mixed);
+            }
+        }
+    }
+
+    fn into_results(self) -> Vec<Result<R, TaskError>> {
+        match self {
+            Outs::Ok(v) => v.into_iter().map(Ok).collect(),
+            Outs::Mixed(v) => v,
+        }
+    }
+}
+
+fn run_items<A, R>(
+    cx: &mut RunCx<'_>,
+    input: &[u8],
+    fds: Vec<OwnedFd>,
+    framed: bool,
+    mut call: impl FnMut(&mut dyn Any, A) -> R,
+) -> (Format, Vec<OwnedFd>)
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let n = cx.items as usize;
+    let args = decode_args::<A>(input, fds, framed, n);
+    let mut outs = Outs::Ok(Vec::with_capacity(n));
+    for (i, arg) in args.enumerate() {
+        if let Some((_, err)) = cx.skip.iter().find(|(k, _)| *k as usize == i) {
+            outs.push(Err(err.clone()));
+            continue;
+        }
+        let a = match arg {
+            Ok(a) => a,
+            Err(e) => {
+                outs.push(Err(e));
+                continue;
+            }
+        };
+        cx.status.begin_item(i as u32, cx.timed.then(monotonic_ns));
+        let state = &mut *cx.state;
+        let result = super::worker::in_task(|| panic::catch_unwind(AssertUnwindSafe(|| call(state, a))));
+        cx.status.end_item();
+        outs.push(result.map_err(|payload| TaskError::Panicked(super::worker::take_panic(payload.as_ref()))));
+    }
+    encode_outs(cx.out, outs)
+}
+
+/// A chunk's arguments, item by item.
+enum Args<A> {
+    Bulk(std::vec::IntoIter<A>),
+    Items(std::vec::IntoIter<Result<A, TaskError>>),
+    Bad(TaskError, usize),
+}
+
+impl<A> Iterator for Args<A> {
+    type Item = Result<A, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Args::Bulk(it) => it.next().map(Ok),
+            Args::Items(it) => it.next(),
+            Args::Bad(_, 0) => None,
+            Args::Bad(e, left) => {
+                *left -= 1;
+                Some(Err(e.clone()))
+            }
+        }
+    }
+}
+
+fn decode_args<A: DeserializeOwned>(input: &[u8], mut fds: Vec<OwnedFd>, framed: bool, n: usize) -> Args<A> {
+    let bad = |e: String| Args::Bad(TaskError::Unserializable(e), n);
+    if !framed {
+        return match wire::decode::<Vec<A>>(input, fds) {
+            Ok(v) if v.len() == n => Args::Bulk(v.into_iter()),
+            Ok(v) => bad(format!("chunk holds {} arguments, {n} announced", v.len())),
+            Err(e) => bad(format!("argument could not be deserialized: {e}")),
+        };
+    }
+    let items: Vec<Framed<'_>> = match postcard::from_bytes(input) {
+        Ok(v) => v,
+        Err(e) => return bad(format!("chunk could not be decoded: {e}")),
+    };
+    let mut out = Vec::with_capacity(n);
+    for item in items {
+        out.push(match item {
+            Framed::Value { bytes, nfds } => {
+                let take = (nfds as usize).min(fds.len());
+                let mine: Vec<OwnedFd> = fds.drain(..take).collect();
+                wire::decode::<A>(bytes, mine)
+                    .map_err(|e| TaskError::Unserializable(format!("argument could not be deserialized: {e}")))
+            }
+            Framed::Unserializable(message) => Err(TaskError::Unserializable(message)),
+        });
+    }
+    if out.len() != n {
+        return bad(format!("chunk holds {} arguments, {n} announced", out.len()));
+    }
+    Args::Items(out.into_iter())
+}
+
+/// Encodes results into `out` (cleared first): bulk if possible, item by item
+/// if some result cannot be serialized.
+fn encode_outs<R: Serialize>(out: &mut Vec<u8>, outs: Outs<R>) -> (Format, Vec<OwnedFd>) {
+    out.clear();
+    let bulk = match &outs {
+        Outs::Ok(v) => encode_into(v, out).map(|fds| (Format::AllOk, fds)),
+        Outs::Mixed(v) => encode_into(v, out).map(|fds| (Format::Mixed, fds)),
+    };
+    if let Ok(done) = bulk {
+        return done;
+    }
+    let results = outs.into_results();
+    let mut bodies: Vec<Result<(Vec<u8>, Vec<OwnedFd>), String>> = Vec::with_capacity(results.len());
+    for r in &results {
+        let mut body = Vec::new();
+        bodies.push(match encode_into(r, &mut body) {
+            Ok(fds) => Ok((body, fds)),
+            Err(e) => Err(format!("result could not be serialized: {e}")),
+        });
+    }
+    let mut all_fds = Vec::new();
+    let mut items = Vec::with_capacity(bodies.len());
+    for b in &mut bodies {
+        items.push(match b {
+            Ok((bytes, fds)) => {
+                let nfds = fds.len() as u32;
+                all_fds.append(fds);
+                Framed::Value { bytes, nfds }
+            }
+            Err(message) => Framed::Unserializable(message.clone()),
+        });
+    }
+    out.clear();
+    match encode_into(&items, out) {
+        Ok(_) => (Format::Framed, all_fds),
+        Err(e) => {
+            // Cannot happen for plain bytes and strings; report it per item anyway.
+            let err = TaskError::Unserializable(format!("results could not be framed: {e}"));
+            let all: Vec<Result<(), TaskError>> = vec![Err(err); results.len()];
+            out.clear();
+            (Format::Mixed, encode_into(&all, out).unwrap_or_default())
+        }
+    }
+}
+
+/// A chunk's arguments encoded in the parent.
+#[derive(Debug)]
+pub(crate) struct EncodedChunk {
+    pub framed: bool,
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Encodes a chunk's arguments: all at once, or item by item when some item
+/// cannot be serialized (that item then fails alone, in the worker).
+pub(crate) fn encode_chunk<A: Serialize>(items: &[A]) -> EncodedChunk {
+    let mut bytes = Vec::new();
+    if let Ok(fds) = encode_into(items, &mut bytes) {
+        return EncodedChunk { framed: false, bytes, fds };
+    }
+    let mut bodies = Vec::with_capacity(items.len());
+    for item in items {
+        let mut body = Vec::new();
+        bodies.push(match encode_into(item, &mut body) {
+            Ok(fds) => Ok((body, fds)),
+            Err(e) => Err(format!("argument could not be serialized: {e}")),
+        });
+    }
+    let mut fds = Vec::new();
+    let mut framed = Vec::with_capacity(bodies.len());
+    for b in &mut bodies {
+        framed.push(match b {
+            Ok((bytes, item_fds)) => {
+                let nfds = item_fds.len() as u32;
+                fds.append(item_fds);
+                Framed::Value { bytes, nfds }
+            }
+            Err(message) => Framed::Unserializable(message.clone()),
+        });
+    }
+    bytes.clear();
+    encode_into(&framed, &mut bytes).expect("bytes and strings always serialize");
+    EncodedChunk { framed: true, bytes, fds }
+}
+
+/// A chunk's results decoded in the parent.
+pub(crate) enum Decoded<R> {
+    /// Every item succeeded.
+    AllOk(Vec<R>),
+    /// Item by item.
+    Items(Vec<Result<R, TaskError>>),
+}
+
+impl<R> Decoded<R> {
+    pub(crate) fn into_results(self) -> Vec<Result<R, TaskError>> {
+        match self {
+            Decoded::AllOk(v) => v.into_iter().map(Ok).collect(),
+            Decoded::Items(v) => v,
+        }
+    }
+}
+
+/// Decodes a chunk's results of `n` items.
+pub(crate) fn decode_results<R: DeserializeOwned>(
+    format: Format,
+    bytes: &[u8],
+    mut fds: Vec<OwnedFd>,
+    n: usize,
+) -> Decoded<R> {
+    let bad = |e: String| Decoded::Items((0..n).map(|_| Err(TaskError::Unserializable(e.clone()))).collect());
+    let decoded = match format {
+        Format::AllOk => wire::decode::<Vec<R>>(bytes, fds).map(Decoded::AllOk),
+        Format::Mixed => wire::decode::<Vec<Result<R, TaskError>>>(bytes, fds).map(Decoded::Items),
+        Format::Framed => {
+            let items: Vec<Framed<'_>> = match postcard::from_bytes(bytes) {
+                Ok(v) => v,
+                Err(e) => return bad(format!("results could not be decoded: {e}")),
+            };
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(match item {
+                    Framed::Value { bytes, nfds } => {
+                        let take = (nfds as usize).min(fds.len());
+                        let mine: Vec<OwnedFd> = fds.drain(..take).collect();
+                        wire::decode::<Result<R, TaskError>>(bytes, mine).unwrap_or_else(|e| {
+                            Err(TaskError::Unserializable(format!("result could not be deserialized: {e}")))
+                        })
+                    }
+                    Framed::Unserializable(message) => Err(TaskError::Unserializable(message)),
+                });
+            }
+            Ok(Decoded::Items(out))
+        }
+    };
+    match decoded {
+        Ok(Decoded::AllOk(v)) if v.len() == n => Decoded::AllOk(v),
+        Ok(Decoded::Items(v)) if v.len() == n => Decoded::Items(v),
+        Ok(_) => bad(format!("the worker returned the wrong number of results (expected {n})")),
+        Err(e) => bad(format!("result could not be deserialized: {e}")),
+    }
+}

@@ -1,0 +1,215 @@
+//! `imap` and `imap_unordered`: results as they finish, input pulled lazily.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::chunk::{EncodedChunk, encode_chunk};
+use super::error::PoolError;
+use super::job::{Chunk, ImapShared, Job};
+use super::progress::Progress;
+use super::protocol::RunnerRef;
+use super::scheduler::Shared;
+
+/// Items in flight (pulled but not yet yielded) at most: the window.
+pub(crate) const MIN_WINDOW: usize = 8192;
+/// Encoded input bytes in flight at most (the window shrinks for big items).
+const WINDOW_BYTES: usize = 64 << 20;
+
+/// What one pull from the input gave.
+pub(crate) struct Pulled {
+    pub chunk: Option<(EncodedChunk, usize)>,
+    pub error: Option<String>,
+    pub exhausted: bool,
+}
+
+/// Pulls up to `n` items from the input and encodes them as one chunk.
+pub(crate) type Puller<'p> = Box<dyn FnMut(usize) -> Pulled + 'p>;
+
+/// Makes the puller for an input of `Result<A, E>` items.
+pub(crate) fn puller<'p, I, A, E>(items: I) -> Puller<'p>
+where
+    I: Iterator<Item = Result<A, E>> + 'p,
+    A: serde::Serialize,
+    E: fmt::Display,
+{
+    let mut items = items;
+    Box::new(move |n| {
+        let mut batch = Vec::with_capacity(n.min(1024));
+        let mut error = None;
+        let mut exhausted = false;
+        while batch.len() < n {
+            match items.next() {
+                Some(Ok(a)) => batch.push(a),
+                Some(Err(e)) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+                None => {
+                    exhausted = true;
+                    break;
+                }
+            }
+        }
+        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch), batch.len()));
+        Pulled { chunk, error, exhausted }
+    })
+}
+
+/// The iterator of [`Pool::imap`](super::Pool::imap) and
+/// [`Pool::imap_unordered`](super::Pool::imap_unordered): one
+/// `Result<R, PoolError>` per input item, in input order (`imap`) or as they
+/// finish (`imap_unordered`).
+///
+/// The input is read only as far as a bounded window ahead of what has been
+/// yielded (an endless input is fine). When the input yields an `Err` (see
+/// [`Pool::try_imap`](super::Pool::try_imap)), the results before it are
+/// yielded, then one [`PoolError::Input`], then the iterator ends.
+pub struct Imap<'p, R> {
+    shared: &'p Shared,
+    job: Arc<ImapShared<R>>,
+    pull: Puller<'p>,
+    runner: RunnerRef,
+    chunksize: usize,
+    window: usize,
+    /// Items handed to the pool / yielded back.
+    submitted: usize,
+    yielded: usize,
+    next_chunk: usize,
+    bytes_per_item: usize,
+    exhausted: bool,
+    input_error: Option<(usize, String)>,
+    refused: Option<PoolError>,
+    progress: Option<Progress>,
+    done: bool,
+}
+
+impl<R> fmt::Debug for Imap<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.job.ordered)
+            .field("chunksize", &self.chunksize)
+            .field("submitted", &self.submitted)
+            .field("yielded", &self.yielded)
+            .finish()
+    }
+}
+
+impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: &'p Shared,
+        pull: Puller<'p>,
+        runner: RunnerRef,
+        ordered: bool,
+        chunksize: usize,
+        processes: usize,
+        progress: Option<Progress>,
+    ) -> Imap<'p, R> {
+        let chunksize = chunksize.max(1);
+        Imap {
+            shared,
+            job: Arc::new(ImapShared::new(ordered, chunksize)),
+            pull,
+            runner,
+            chunksize,
+            window: MIN_WINDOW.max(4 * processes * chunksize),
+            submitted: 0,
+            yielded: 0,
+            next_chunk: 0,
+            bytes_per_item: 0,
+            exhausted: false,
+            input_error: None,
+            refused: None,
+            progress,
+            done: false,
+        }
+    }
+
+    fn window(&self) -> usize {
+        if self.bytes_per_item == 0 {
+            return self.window;
+        }
+        (WINDOW_BYTES / self.bytes_per_item).clamp(self.chunksize, self.window)
+    }
+
+    /// Pulls and submits input until the window is full.
+    fn top_up(&mut self) {
+        let mut chunks = Vec::new();
+        let window = self.window();
+        while !self.exhausted && self.input_error.is_none() && self.submitted - self.yielded < window {
+            let pulled = (self.pull)(self.chunksize);
+            if let Some((input, n)) = pulled.chunk {
+                let per = input.bytes.len() / n;
+                self.bytes_per_item =
+                    if self.bytes_per_item == 0 { per.max(1) } else { (self.bytes_per_item + per) / 2 };
+                let job: Arc<dyn Job> = self.job.clone();
+                chunks.push(Chunk::new(job, self.next_chunk, self.runner, n, input));
+                self.next_chunk += 1;
+                self.submitted += n;
+            }
+            if let Some(message) = pulled.error {
+                self.input_error = Some((self.submitted, message));
+            }
+            self.exhausted |= pulled.exhausted;
+        }
+        if chunks.is_empty() {
+            return;
+        }
+        let n: usize = chunks.iter().map(|c| c.items as usize).sum();
+        if let Err(e) = self.shared.submit(chunks) {
+            self.submitted -= n;
+            self.exhausted = true;
+            self.refused = Some(e);
+        }
+    }
+}
+
+impl<R: serde::de::DeserializeOwned + Send + 'static> Iterator for Imap<'_, R> {
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        loop {
+            self.top_up();
+            let mut st = self.job.lock();
+            let got = if self.job.ordered {
+                if matches!(st.items.front(), Some(Some(_))) {
+                    st.base += 1;
+                    st.items.pop_front().flatten()
+                } else {
+                    None
+                }
+            } else {
+                st.items.pop_front().flatten()
+            };
+            if let Some(item) = got {
+                drop(st);
+                self.yielded += 1;
+                if let Some(p) = &self.progress {
+                    p.inc(1);
+                }
+                return Some(item);
+            }
+            if self.submitted == self.yielded {
+                if !self.exhausted && self.input_error.is_none() && self.refused.is_none() {
+                    continue; // the window is empty: pull more
+                }
+                drop(st);
+                self.done = true;
+                if let Some(p) = &self.progress {
+                    p.finish();
+                }
+                if let Some(e) = self.refused.take() {
+                    return Some(Err(e));
+                }
+                return self.input_error.take().map(|(index, message)| Err(PoolError::Input { index, message }));
+            }
+            st.waiting = true;
+            // The scheduler delivers every submitted chunk (results, or an
+            // error such as `Terminated`), so this wait ends.
+            let _unused = self.job.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Shared memory between the scheduler and one worker: the status page the
+//! worker writes as it runs (which chunk and item, since when), and the byte
+//! rings that carry large payloads without a copy through the socket or a
+//! fresh memory file (whose pages would have to be faulted in every time).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::sys::imp::shm::Mapping;
+
+/// The worker is starting or running its initializer.
+pub(crate) const PHASE_INIT: u32 = 0;
+/// The worker waits for work, reads it, or writes results.
+pub(crate) const PHASE_IDLE: u32 = 1;
+/// The worker decodes a chunk or encodes its results.
+pub(crate) const PHASE_CHUNK: u32 = 2;
+/// The worker runs one item of a chunk (the user's code).
+pub(crate) const PHASE_ITEM: u32 = 3;
+
+#[repr(C)]
+struct StatusWords {
+    phase: AtomicU32,
+    item: AtomicU32,
+    /// Chunks started since the worker started.
+    started: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds when the current item started (only kept
+    /// when the pool has a task timeout).
+    item_started_ns: AtomicU64,
+}
+
+/// What the worker was doing, as the scheduler reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Status {
+    pub phase: u32,
+    pub item: u32,
+    pub started: u64,
+    pub item_started_ns: u64,
+}
+
+/// One page the worker writes and the scheduler reads.
+#[derive(Debug)]
+pub(crate) struct StatusPage {
+    map: Mapping,
+}
+
+impl StatusPage {
+    /// A new page (phase `INIT`), made by the scheduler.
+    pub(crate) fn new() -> io::Result<StatusPage> {
+        Ok(StatusPage { map: Mapping::anonymous("multiproc-pool-status", 4096)? })
+    }
+
+    /// The page received by a worker.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<StatusPage> {
+        Ok(StatusPage { map: Mapping::from_fd(fd, 4096)? })
+    }
+
+    fn words(&self) -> &StatusWords {
+        // SAFETY: the mapping is 4096 bytes, page-aligned and zero-initialised,
+        // which is a valid `StatusWords` (atomics of zero); it lives as long as
+        // `self`, and other processes touch it only through the same atomics.
+        unsafe { &*self.map.as_ptr().cast::<StatusWords>() }
+    }
+
+    /// Worker: a new chunk begins.
+    pub(crate) fn begin_chunk(&self) {
+        let w = self.words();
+        // ORDERING: the scheduler reads `started` after the worker died (no
+        // race with a live writer) or as a hint; Release keeps the phase
+        // store after it for readers that Acquire the phase.
+        w.started.fetch_add(1, Ordering::Release);
+        w.phase.store(PHASE_CHUNK, Ordering::Release);
+    }
+
+    /// Worker: item `item` of the current chunk begins.
+    pub(crate) fn begin_item(&self, item: u32, now_ns: Option<u64>) {
+        let w = self.words();
+        w.item.store(item, Ordering::Relaxed);
+        if let Some(ns) = now_ns {
+            w.item_started_ns.store(ns, Ordering::Relaxed);
+        }
+        // ORDERING: Release publishes `item` and the start time with the phase.
+        w.phase.store(PHASE_ITEM, Ordering::Release);
+    }
+
+    /// Worker: the current item ended; the chunk goes on.
+    pub(crate) fn end_item(&self) {
+        // ORDERING: Release, paired with the scheduler's Acquire of the phase.
+        self.words().phase.store(PHASE_CHUNK, Ordering::Release);
+    }
+
+    /// Worker: between chunks.
+    pub(crate) fn set_idle(&self) {
+        // ORDERING: as in `end_item`.
+        self.words().phase.store(PHASE_IDLE, Ordering::Release);
+    }
+
+    /// Scheduler: what the worker is doing (or was doing when it died).
+    pub(crate) fn read(&self) -> Status {
+        let w = self.words();
+        // ORDERING: Acquire on the phase makes the item and time written
+        // before it visible.
+        let phase = w.phase.load(Ordering::Acquire);
+        Status {
+            phase,
+            item: w.item.load(Ordering::Relaxed),
+            started: w.started.load(Ordering::Relaxed),
+            item_started_ns: w.item_started_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl AsFd for StatusPage {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.map.as_fd()
+    }
+}
+
+/// Offset of the data area in a ring's mapping (the first page holds the
+/// consumer's position).
+const DATA_OFFSET: usize = 4096;
+/// Regions start on this alignment.
+const ALIGN: u64 = 64;
+
+/// A single-producer, single-consumer byte ring in shared memory. The
+/// producer allocates a region, fills it and sends its position in a message;
+/// the consumer reads it and releases it, in the order of allocation.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    map: Mapping,
+    cap: u64,
+    /// Producer only: the end of the last allocation.
+    head: u64,
+}
+
+impl Ring {
+    /// A new ring with `cap` bytes of data (made by the producer).
+    pub(crate) fn new(cap: usize) -> io::Result<Ring> {
+        let map = Mapping::anonymous("multiproc-pool-ring", DATA_OFFSET + cap)?;
+        Ok(Ring { map, cap: cap as u64, head: 0 })
+    }
+
+    /// The consumer's view of a ring received as `fd`.
+    pub(crate) fn from_fd(fd: OwnedFd, cap: usize) -> io::Result<Ring> {
+        Ok(Ring { map: Mapping::from_fd(fd, DATA_OFFSET + cap)?, cap: cap as u64, head: 0 })
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        // SAFETY: the first page of the mapping is zero-initialised, 8-aligned
+        // and only ever accessed through this atomic.
+        unsafe { &*self.map.as_ptr().cast::<AtomicU64>() }
+    }
+
+    /// Producer: reserves `len` contiguous bytes; returns their position, or
+    /// `None` while the consumer has not released enough.
+    pub(crate) fn alloc(&mut self, len: usize) -> Option<u64> {
+        let len = len as u64;
+        if len > self.cap {
+            return None;
+        }
+        let mut start = self.head;
+        let offset = start % self.cap;
+        if offset + len > self.cap {
+            start += self.cap - offset; // skip the end, start again at 0
+        }
+        // ORDERING: Acquire pairs with the consumer's Release in `release`, so
+        // its reads of the region are finished before we overwrite it.
+        let tail = self.tail().load(Ordering::Acquire);
+        if start + len - tail > self.cap {
+            return None;
+        }
+        self.head = (start + len).div_ceil(ALIGN) * ALIGN;
+        Some(start)
+    }
+
+    /// Producer: the writable bytes of a region from `alloc`.
+    pub(crate) fn region_mut(&mut self, at: u64, len: usize) -> &mut [u8] {
+        let offset = (at % self.cap) as usize;
+        assert!(offset + len <= self.cap as usize, "ring region out of bounds");
+        // SAFETY: in bounds (checked above); the region was reserved by `alloc`
+        // and the consumer does not read it before the message naming it
+        // arrives, which is after this borrow ends.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(DATA_OFFSET + offset), len) }
+    }
+
+    /// Consumer: the bytes of the region at `at`, or `None` if the position is
+    /// out of bounds (a corrupt message).
+    pub(crate) fn region(&self, at: u64, len: usize) -> Option<&[u8]> {
+        let offset = (at % self.cap) as usize;
+        if offset.checked_add(len)? > self.cap as usize {
+            return None;
+        }
+        // SAFETY: in bounds; the producer filled the region before sending the
+        // message that named it and leaves it alone until `release`.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(DATA_OFFSET + offset), len) })
+    }
+
+    /// Consumer: every region up to `at + len` may be reused.
+    pub(crate) fn release(&self, at: u64, len: usize) {
+        // ORDERING: Release orders our reads of the region before the
+        // producer's next writes (it Acquires the tail in `alloc`).
+        self.tail().store(at + len as u64, Ordering::Release);
+    }
+}
+
+impl AsFd for Ring {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.map.as_fd()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process.
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn ring_wraps_and_respects_the_consumer() {
+        let mut p = Ring::new(1024).unwrap();
+        let c = Ring::from_fd(p.as_fd().try_clone_to_owned().unwrap(), 1024).unwrap();
+        let a = p.alloc(600).unwrap();
+        p.region_mut(a, 600).fill(1);
+        assert!(p.alloc(600).is_none(), "full until released");
+        assert_eq!(c.region(a, 600).unwrap()[599], 1);
+        c.release(a, 600);
+        let b = p.alloc(600).unwrap();
+        assert_eq!(b % 1024, 0, "wrapped to the start");
+        p.region_mut(b, 600).fill(2);
+        assert_eq!(c.region(b, 600).unwrap()[0], 2);
+        assert!(c.region(1000, 100).is_none());
+    }
+}

@@ -1,0 +1,849 @@
+//! The scheduler: one thread per pool that owns the workers.
+//!
+//! It hands chunks to workers (several per worker, as many as about
+//! [`TARGET_QUEUE`] of work, measured as results come back), batches the
+//! records for one worker into one write, never blocks on a socket (its
+//! writes are non-blocking with an outbox), and waits on every worker's
+//! socket, every worker's exit and the next deadline in one `poll`. So a
+//! worker that dies is noticed at once: the chunk it was running (the status
+//! page says which item) fails with `WorkerLost` or is retried, the chunks
+//! queued behind it are sent elsewhere, and a new worker takes its place.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::error::{PoolError, TaskError};
+use super::job::{Chunk, ChunkResult};
+use super::protocol::{Batch, FromWorker, Payload, RING_CAPACITY, RING_THRESHOLD, RunnerRef, ToWorker, records};
+use super::result::{TASK_CANCELLED, TASK_PENDING, TASK_TAKEN};
+use super::ring::{self, PHASE_CHUNK, PHASE_INIT, PHASE_ITEM, Ring, StatusPage};
+use super::worker::{InitSpec, WorkerConfig, worker_main};
+use crate::process::{Process, StartMethod};
+use crate::sys::Deadline;
+use crate::sys::imp::{self, Interest};
+use crate::wire::{Channel, Frame, Kind, Outbox, SendFd, WireError};
+
+/// Each worker gets about this much queued work (estimated from how fast its
+/// chunks come back): enough that it never waits for the next, little enough
+/// that the end of a call stays balanced.
+const TARGET_QUEUE: Duration = Duration::from_millis(2);
+/// Chunks per worker in flight, at least and at most.
+const MIN_DEPTH: usize = 2;
+const MAX_DEPTH: usize = 4096;
+/// A worker whose socket closed but that did not exit in this time is killed.
+const EOF_GRACE: Duration = Duration::from_secs(1);
+/// After this many workers in a row failed in their initializer, the pool
+/// gives up and fails its tasks instead of starting workers forever.
+const INIT_FAILURE_LIMIT: u32 = 3;
+
+/// How the pool was configured.
+#[derive(Debug)]
+pub(crate) struct PoolConfig {
+    pub processes: usize,
+    pub method: StartMethod,
+    pub max_tasks_per_child: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub init: Option<InitTemplate>,
+}
+
+/// The initializer, kept to start every new worker with it.
+#[derive(Debug)]
+pub(crate) struct InitTemplate {
+    pub runner: RunnerRef,
+    pub args: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// What callers share with the scheduler thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    inbox: Mutex<Inbox>,
+    wake: OwnedFd,
+    sleeping: AtomicBool,
+    /// Set when the scheduler thread ends (its workers are all reaped).
+    finished: Mutex<bool>,
+    finished_cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    chunks: Vec<Chunk>,
+    closed: bool,
+    terminate: bool,
+    cancel_pending: bool,
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunk").field("index", &self.index).field("items", &self.items).finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues chunks.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Closed`] after `close` or `terminate`; the chunks are dropped.
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), PoolError> {
+        {
+            let mut inbox = self.lock();
+            if inbox.closed {
+                return Err(PoolError::Closed);
+            }
+            inbox.chunks.extend(chunks);
+        }
+        self.kick();
+        Ok(())
+    }
+
+    /// No new work; the workers stop once the queued work is done.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.kick();
+    }
+
+    /// Stops the workers now; unfinished tasks fail with `Terminated`.
+    pub(crate) fn terminate(&self) {
+        {
+            let mut inbox = self.lock();
+            inbox.closed = true;
+            inbox.terminate = true;
+        }
+        self.kick();
+    }
+
+    /// Fails every task that no worker has received yet with `Cancelled`.
+    pub(crate) fn cancel_pending(&self) {
+        self.lock().cancel_pending = true;
+        self.kick();
+    }
+
+    /// True after `close` or `terminate`.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Waits until the scheduler thread ended, or the deadline; true if it did.
+    pub(crate) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
+        let mut done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            match deadline {
+                None => done = self.finished_cond.wait(done).unwrap_or_else(|e| e.into_inner()),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    done = self.finished_cond.wait_timeout(done, left).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+        true
+    }
+
+    fn kick(&self) {
+        // ORDERING: SeqCst pairs with the scheduler's store of `sleeping`
+        // before it re-checks the inbox, so one of the two sees the other.
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        }
+    }
+}
+
+/// Starts the pool's workers (on this thread, so start errors are returned)
+/// and its scheduler thread.
+pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>), PoolError> {
+    let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+        .map_err(|e| PoolError::Start(crate::ProcessError::Start(e.into())))?;
+    let shared = Arc::new(Shared {
+        inbox: Mutex::new(Inbox::default()),
+        wake,
+        sleeping: AtomicBool::new(false),
+        finished: Mutex::new(false),
+        finished_cond: Condvar::new(),
+    });
+    let mut sched = Scheduler {
+        workers: Vec::with_capacity(config.processes),
+        pending: VecDeque::new(),
+        next_id: 1,
+        next_number: 1,
+        closed: false,
+        broken: None,
+        init_failures: 0,
+        shared: shared.clone(),
+        config,
+    };
+    for _ in 0..sched.config.processes {
+        let w = sched.spawn_worker()?;
+        sched.workers.push(w);
+    }
+    let thread = std::thread::Builder::new()
+        .name("multiproc-pool".into())
+        .spawn(move || sched.run_guarded())
+        .map_err(|e| PoolError::Start(crate::ProcessError::Start(e)))?;
+    Ok((shared, thread))
+}
+
+struct Scheduler {
+    config: PoolConfig,
+    shared: Arc<Shared>,
+    workers: Vec<Worker>,
+    pending: VecDeque<Chunk>,
+    next_id: u64,
+    next_number: usize,
+    closed: bool,
+    broken: Option<String>,
+    init_failures: u32,
+}
+
+struct Worker {
+    process: Process<()>,
+    pid: i32,
+    channel: Channel,
+    outbox: Outbox,
+    batch: Batch,
+    status: StatusPage,
+    input_ring: Option<Ring>,
+    output_ring: Option<Ring>,
+    fds_in: VecDeque<OwnedFd>,
+    inflight: VecDeque<Inflight>,
+    /// Results received (so `inflight[i]` is the worker's chunk number
+    /// `received + i`, counting from 0).
+    received: u64,
+    assigned: u64,
+    /// Takes no more work (its task allowance is used up).
+    retiring: bool,
+    /// We closed its socket: it exits when it sees that.
+    stopping: bool,
+    /// Its socket closed or failed.
+    eof_at: Option<Instant>,
+    killed: bool,
+    /// Set when we killed it for a task over the timeout: (chunk number, item).
+    timed_out: Option<(u64, u32)>,
+    init_message: Option<String>,
+    /// Estimated time per chunk, nanoseconds.
+    per_chunk_ns: f64,
+    depth: usize,
+    last_arrival: Instant,
+}
+
+struct Inflight {
+    chunk: Chunk,
+    id: u64,
+    sent: Instant,
+}
+
+impl Worker {
+    fn can_take(&self) -> bool {
+        !self.retiring && !self.stopping && !self.killed && self.eof_at.is_none() && self.inflight.len() < self.depth
+    }
+
+    fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.process.exit_fd()
+    }
+
+    /// Sends a chunk (into the batch); gives it back when the input ring is
+    /// full for now.
+    fn send(&mut self, chunk: Chunk, id: u64, now: Instant) -> Result<(), (Chunk, Option<WireError>)> {
+        let len = chunk.input.bytes.len();
+        let mut fds = Vec::with_capacity(chunk.input.fds.len() + 1);
+        for fd in &chunk.input.fds {
+            match fd.try_clone() {
+                Ok(d) => fds.push(d),
+                Err(e) => return Err((chunk, Some(WireError::Io(e)))),
+            }
+        }
+        let nfds = fds.len() as u32;
+        let Worker { batch, outbox, input_ring, .. } = self;
+        let emit = &mut |p: &[u8], f: Vec<OwnedFd>| outbox.push(Kind::Control, p, f);
+        let input = if len <= RING_THRESHOLD {
+            Payload::Inline(&chunk.input.bytes)
+        } else if len <= RING_CAPACITY / 2 {
+            if input_ring.is_none() {
+                let ring = match Ring::new(RING_CAPACITY) {
+                    Ok(r) => r,
+                    Err(e) => return Err((chunk, Some(WireError::Io(e)))),
+                };
+                let fd = match ring.as_fd().try_clone_to_owned() {
+                    Ok(fd) => fd,
+                    Err(e) => return Err((chunk, Some(WireError::Io(e)))),
+                };
+                if let Err(e) = batch.add(&ToWorker::InputRing { cap: RING_CAPACITY as u64 }, vec![fd], emit) {
+                    return Err((chunk, Some(e)));
+                }
+                *input_ring = Some(ring);
+            }
+            let ring = input_ring.as_mut().expect("made above");
+            let Some(at) = ring.alloc(len) else {
+                return Err((chunk, None));
+            };
+            ring.region_mut(at, len).copy_from_slice(&chunk.input.bytes);
+            Payload::Ring { at, len: len as u64 }
+        } else {
+            match imp::memfd::sealed_with("multiproc-pool-task", &chunk.input.bytes) {
+                Ok(memfd) => fds.insert(0, memfd),
+                Err(e) => return Err((chunk, Some(WireError::Io(e)))),
+            }
+            Payload::Memfd { len: len as u64 }
+        };
+        let record = ToWorker::Chunk {
+            id,
+            runner: chunk.runner,
+            items: chunk.items,
+            framed: chunk.input.framed,
+            skip: chunk.skip.clone(),
+            input,
+            nfds,
+        };
+        if let Err(e) = batch.add(&record, fds, emit) {
+            return Err((chunk, Some(e)));
+        }
+        self.inflight.push_back(Inflight { chunk, id, sent: now });
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), WireError> {
+        let Worker { batch, outbox, channel, .. } = self;
+        batch.finish(&mut |p, f| outbox.push(Kind::Control, p, f))?;
+        if !outbox.is_empty() {
+            channel.flush_nonblocking(outbox)?;
+        }
+        Ok(())
+    }
+
+    fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedFd>, WireError> {
+        if self.fds_in.len() < n {
+            return Err(WireError::corrupt("a worker's record claims descriptors that did not arrive"));
+        }
+        Ok(self.fds_in.drain(..n).collect())
+    }
+
+    /// Handles one frame of results.
+    fn handle(&mut self, frame: Frame) -> Result<(), WireError> {
+        self.fds_in.extend(frame.fds);
+        for record in records::<FromWorker<'_>>(&frame.payload) {
+            match record.map_err(WireError::Corrupt)? {
+                FromWorker::Done { id, format, output, nfds } => {
+                    let memfd =
+                        if matches!(output, Payload::Memfd { .. }) { Some(self.take_fds(1)?.remove(0)) } else { None };
+                    let fds = self.take_fds(nfds as usize)?;
+                    let inflight = match self.inflight.front() {
+                        Some(f) if f.id == id => self.inflight.pop_front().expect("front exists"),
+                        _ => return Err(WireError::corrupt("a worker answered a chunk it was not running")),
+                    };
+                    self.received += 1;
+                    let owned;
+                    let mut release = None;
+                    let bytes: &[u8] = match output {
+                        Payload::Inline(b) => b,
+                        Payload::Ring { at, len } => {
+                            let ring =
+                                self.output_ring.as_ref().ok_or_else(|| WireError::corrupt("ring before ring"))?;
+                            release = Some((at, len as usize));
+                            ring.region(at, len as usize)
+                                .ok_or_else(|| WireError::corrupt("ring region out of bounds"))?
+                        }
+                        Payload::Memfd { len } => {
+                            owned = imp::memfd::read_sealed(memfd.as_ref().expect("taken").as_fd(), len as usize)?;
+                            &owned
+                        }
+                    };
+                    let chunk = inflight.chunk;
+                    chunk.job.deliver(chunk.index, chunk.items as usize, ChunkResult::Encoded { format, bytes, fds });
+                    if let (Some((at, len)), Some(ring)) = (release, &self.output_ring) {
+                        ring.release(at, len);
+                    }
+                }
+                FromWorker::OutputRing { cap } => {
+                    let fd = self.take_fds(1)?.remove(0);
+                    self.output_ring = Some(Ring::from_fd(fd, cap as usize)?);
+                }
+                FromWorker::InitFailed(message) => self.init_message = Some(message),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every frame waiting on the socket; notes end of stream.
+    fn read_all(&mut self, now: Instant) {
+        let before = self.received;
+        let first_sent = self.inflight.front().map(|f| f.sent);
+        loop {
+            match self.channel.try_recv() {
+                Ok(Some(frame)) => {
+                    if let Err(e) = self.handle(frame) {
+                        tracing::warn!(pid = self.pid, "pool worker sent a bad message ({e}); killing it");
+                        self.kill();
+                        self.eof_at.get_or_insert(now);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.eof_at.get_or_insert(now);
+                    break;
+                }
+            }
+        }
+        let n = self.received - before;
+        if n > 0 {
+            let since = first_sent.map_or(self.last_arrival, |s| s.max(self.last_arrival));
+            let per = now.saturating_duration_since(since).as_nanos() as f64 / n as f64;
+            self.per_chunk_ns = if self.per_chunk_ns == 0.0 { per } else { 0.7 * self.per_chunk_ns + 0.3 * per };
+            let depth = TARGET_QUEUE.as_nanos() as f64 / self.per_chunk_ns.max(1.0);
+            self.depth = (depth as usize).clamp(MIN_DEPTH, MAX_DEPTH);
+            self.last_arrival = now;
+        }
+    }
+
+    fn kill(&mut self) {
+        if !self.killed {
+            self.killed = true;
+            let _ = self.process.kill();
+        }
+    }
+}
+
+impl Scheduler {
+    fn spawn_worker(&mut self) -> Result<Worker, PoolError> {
+        let number = self.next_number;
+        self.next_number += 1;
+        let io = |e: std::io::Error| PoolError::Start(crate::ProcessError::Start(e));
+        let (ours, theirs) = imp::socketpair().map_err(io)?;
+        let status = StatusPage::new().map_err(io)?;
+        let init = match &self.config.init {
+            None => None,
+            Some(t) => Some(InitSpec {
+                runner: t.runner,
+                args: t.args.clone(),
+                fds: t.fds.iter().map(|f| f.try_clone().map(SendFd::from)).collect::<Result<_, _>>().map_err(io)?,
+            }),
+        };
+        let config = WorkerConfig {
+            socket: SendFd::from(theirs),
+            status: SendFd::from(status.as_fd().try_clone_to_owned().map_err(io)?),
+            init,
+            timed: self.config.timeout.is_some(),
+        };
+        let process = Process::builder()
+            .name(format!("PoolWorker-{number}"))
+            .daemon(true)
+            .start_method(self.config.method)
+            .spawn(worker_main, (config,))
+            .map_err(PoolError::Start)?;
+        let pid = process.pid().unwrap_or(0);
+        Ok(Worker {
+            process,
+            pid,
+            channel: Channel::unix(ours),
+            outbox: Outbox::default(),
+            batch: Batch::default(),
+            status,
+            input_ring: None,
+            output_ring: None,
+            fds_in: VecDeque::new(),
+            inflight: VecDeque::new(),
+            received: 0,
+            assigned: 0,
+            retiring: false,
+            stopping: false,
+            eof_at: None,
+            killed: false,
+            timed_out: None,
+            init_message: None,
+            per_chunk_ns: 0.0,
+            depth: MIN_DEPTH,
+            last_arrival: Instant::now(),
+        })
+    }
+
+    /// Runs the loop; if it panics (a bug), fails every task it holds and
+    /// kills the workers, so that no caller waits forever.
+    fn run_guarded(mut self) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+        if outcome.is_err() {
+            tracing::error!("the pool scheduler panicked; failing its tasks");
+            self.shared.lock().closed = true;
+            self.terminate_all();
+        }
+        // Work submitted after the end cannot run.
+        self.shared.lock().closed = true;
+        self.fail_inbox(TaskError::Terminated);
+        *self.shared.finished.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.finished_cond.notify_all();
+    }
+
+    fn run(&mut self) {
+        loop {
+            if self.take_inbox() {
+                self.terminate_all();
+                return;
+            }
+            self.replenish();
+            self.assign();
+            self.stop_idle();
+            if self.closed && self.pending.is_empty() && self.workers.is_empty() {
+                self.fail_inbox(TaskError::Terminated);
+                return;
+            }
+            self.wait_and_handle();
+        }
+    }
+
+    /// Moves new work to the queue; true when the pool is to terminate.
+    fn take_inbox(&mut self) -> bool {
+        let mut inbox = self.shared.lock();
+        self.pending.extend(inbox.chunks.drain(..));
+        self.closed |= inbox.closed;
+        let cancel = std::mem::take(&mut inbox.cancel_pending);
+        let terminate = inbox.terminate;
+        drop(inbox);
+        if cancel {
+            for chunk in self.pending.drain(..) {
+                if let Some(state) = &chunk.cancel {
+                    // ORDERING: the caller's `cancel` CASes the same word.
+                    if state
+                        .compare_exchange(TASK_PENDING, TASK_CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                        && state.load(Ordering::Acquire) == TASK_CANCELLED
+                    {
+                        continue; // already cancelled and completed by the caller
+                    }
+                }
+                chunk.fail(TaskError::Cancelled);
+            }
+        }
+        terminate
+    }
+
+    fn fail_inbox(&mut self, error: TaskError) {
+        let chunks = std::mem::take(&mut self.shared.lock().chunks);
+        for chunk in chunks {
+            chunk.fail(error.clone());
+        }
+    }
+
+    /// Hands queued chunks to workers with room, then writes the batches.
+    fn assign(&mut self) {
+        if let Some(message) = &self.broken {
+            let error = TaskError::Initializer(message.clone());
+            for chunk in self.pending.drain(..) {
+                chunk.fail(error.clone());
+            }
+            return;
+        }
+        let now = Instant::now();
+        let mut full = vec![false; self.workers.len()];
+        while let Some(chunk) = self.pending.front() {
+            if let Some(state) = &chunk.cancel
+                && state.load(Ordering::Acquire) == TASK_CANCELLED
+            {
+                self.pending.pop_front();
+                continue;
+            }
+            if chunk.all_skipped() {
+                self.pending.pop_front().expect("front exists").fail_skipped();
+                continue;
+            }
+            let pick = (0..self.workers.len())
+                .filter(|&i| !full[i] && self.workers[i].can_take())
+                .min_by_key(|&i| self.workers[i].inflight.len());
+            let Some(i) = pick else { break };
+            let chunk = self.pending.pop_front().expect("front exists");
+            if let Some(state) = &chunk.cancel {
+                // ORDERING: whoever wins the CAS owns the task (see `AsyncResult::cancel`).
+                let taken = state.compare_exchange(TASK_PENDING, TASK_TAKEN, Ordering::AcqRel, Ordering::Acquire);
+                if taken == Err(TASK_CANCELLED) {
+                    continue;
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let w = &mut self.workers[i];
+            match w.send(chunk, id, now) {
+                Ok(()) => {
+                    w.assigned += 1;
+                    if self.config.max_tasks_per_child.is_some_and(|max| w.assigned >= max) {
+                        w.retiring = true;
+                    }
+                }
+                Err((chunk, None)) => {
+                    full[i] = true;
+                    self.pending.push_front(chunk);
+                }
+                Err((chunk, Some(e))) => {
+                    tracing::warn!(pid = w.pid, "could not send a chunk to a pool worker ({e})");
+                    full[i] = true;
+                    self.pending.push_front(chunk);
+                    w.kill();
+                }
+            }
+        }
+        for w in &mut self.workers {
+            if w.flush().is_err() {
+                w.eof_at.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Closes the sockets of workers that are done (they exit on seeing it).
+    fn stop_idle(&mut self) {
+        for w in &mut self.workers {
+            let done = w.retiring || (self.closed && self.pending.is_empty());
+            if done && w.inflight.is_empty() && !w.stopping && w.outbox.is_empty() {
+                w.stopping = true;
+                w.channel.shutdown();
+            }
+        }
+    }
+
+    /// Starts workers in place of the ones that died or retired.
+    fn replenish(&mut self) {
+        let active =
+            self.workers.iter().filter(|w| !w.retiring && !w.stopping && !w.killed && w.eof_at.is_none()).count();
+        let wanted = !self.closed || !self.pending.is_empty();
+        if !wanted || self.broken.is_some() {
+            return;
+        }
+        for _ in active..self.config.processes {
+            match self.spawn_worker() {
+                Ok(w) => self.workers.push(w),
+                Err(e) => {
+                    tracing::warn!("could not start a pool worker: {e}");
+                    self.init_failed(format!("a worker could not be started: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn init_failed(&mut self, message: String) {
+        self.init_failures += 1;
+        if self.init_failures >= INIT_FAILURE_LIMIT {
+            self.broken = Some(message);
+        }
+    }
+
+    /// Waits for the next event (work, results, room to write, an exit, a
+    /// deadline) and handles it.
+    fn wait_and_handle(&mut self) {
+        let mut deadline = self.check_timeouts();
+        let now = Instant::now();
+        for w in &mut self.workers {
+            if let Some(at) = w.eof_at {
+                let kill_at = at + EOF_GRACE;
+                if now >= kill_at {
+                    w.kill();
+                } else {
+                    deadline = Some(deadline.map_or(kill_at, |d: Instant| d.min(kill_at)));
+                }
+            }
+        }
+        // ORDERING: SeqCst store, then re-check the inbox: a submitter either
+        // sees `sleeping` (and kicks) or we see its chunks.
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        let busy = {
+            let inbox = self.shared.lock();
+            !inbox.chunks.is_empty() || inbox.terminate || inbox.cancel_pending || (inbox.closed && !self.closed)
+        };
+        let deadline = if busy {
+            Deadline::after(Duration::ZERO)
+        } else {
+            deadline.map_or(Deadline::NEVER, |d| Deadline::after(d.saturating_duration_since(Instant::now())))
+        };
+        let mut fds: Vec<(BorrowedFd<'_>, Interest)> = vec![(self.shared.wake.as_fd(), Interest::Read)];
+        let mut index = Vec::with_capacity(self.workers.len() * 3);
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.eof_at.is_none() {
+                fds.push((w.channel.as_fd(), Interest::Read));
+                index.push((i, 0));
+                if !w.outbox.is_empty() {
+                    fds.push((w.channel.as_fd(), Interest::Write));
+                    index.push((i, 1));
+                }
+            }
+            if let Some(fd) = w.exit_fd() {
+                fds.push((fd, Interest::Read));
+                index.push((i, 2));
+            }
+        }
+        let ready = imp::poll_fds(&fds, deadline).unwrap_or_else(|_| vec![false; fds.len()]);
+        drop(fds);
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+        if ready[0] {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&self.shared.wake, &mut buf);
+        }
+        let now = Instant::now();
+        let mut exited = Vec::new();
+        for (&(i, what), &is_ready) in index.iter().zip(&ready[1..]) {
+            if !is_ready {
+                continue;
+            }
+            let w = &mut self.workers[i];
+            match what {
+                0 => w.read_all(now),
+                1 => {
+                    if w.channel.flush_nonblocking(&mut w.outbox).is_err() {
+                        w.eof_at.get_or_insert(now);
+                    }
+                }
+                _ => exited.push(i),
+            }
+        }
+        for i in exited.into_iter().rev() {
+            self.on_exit(i);
+        }
+    }
+
+    /// Kills workers whose current item is over the timeout; the next time
+    /// to look again.
+    fn check_timeouts(&mut self) -> Option<Instant> {
+        let limit = self.config.timeout?;
+        let limit_ns = limit.as_nanos() as u64;
+        let now_ns = ring::monotonic_ns();
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for w in &mut self.workers {
+            if w.inflight.is_empty() || w.killed {
+                continue;
+            }
+            let st = w.status.read();
+            let at = if st.phase == PHASE_ITEM {
+                let ran = now_ns.saturating_sub(st.item_started_ns);
+                if ran >= limit_ns {
+                    w.timed_out = Some((st.started.saturating_sub(1), st.item));
+                    w.kill();
+                    continue;
+                }
+                now + Duration::from_nanos(limit_ns - ran)
+            } else {
+                now + limit
+            };
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        next
+    }
+
+    /// A worker exited: collect what it sent, decide the fate of its chunks,
+    /// reap it.
+    fn on_exit(&mut self, i: usize) {
+        let mut w = self.workers.remove(i);
+        let now = Instant::now();
+        if w.eof_at.is_none() {
+            w.read_all(now);
+        }
+        let code = w.process.exitcode();
+        let _ = w.process.join_timeout(Duration::ZERO);
+        let st = w.status.read();
+        if st.phase == PHASE_INIT && w.received == 0 && !w.stopping {
+            let message = w
+                .init_message
+                .take()
+                .unwrap_or_else(|| format!("a worker died while running the initializer ({})", describe(code)));
+            self.init_failed(message);
+        } else if w.received > 0 || st.phase != PHASE_INIT {
+            self.init_failures = 0;
+        }
+        if w.inflight.is_empty() {
+            return;
+        }
+        let (signal, exit_code) = match code {
+            Some(c) if c < 0 => (Some(-c), None),
+            Some(c) => (None, Some(c)),
+            None => (None, None),
+        };
+        let lost = TaskError::WorkerLost { pid: w.pid, signal, code: exit_code };
+        let running = st.started.checked_sub(1);
+        let retries = self.config.retries;
+        let mut requeue = Vec::with_capacity(w.inflight.len());
+        for (k, inflight) in w.inflight.drain(..).enumerate() {
+            let seq = w.received + k as u64;
+            let mut chunk = inflight.chunk;
+            if let Some((tseq, item)) = w.timed_out
+                && tseq == seq
+            {
+                let limit = self.config.timeout.unwrap_or_default();
+                chunk.skip.push((item, TaskError::Timeout(limit)));
+            } else if running == Some(seq) && w.timed_out.is_none() {
+                if st.phase == PHASE_ITEM {
+                    blame(&mut chunk, st.item, retries, &lost);
+                } else if st.phase == PHASE_CHUNK {
+                    blame(&mut chunk, u32::MAX, retries, &lost);
+                }
+            }
+            requeue.push(chunk);
+        }
+        for chunk in requeue.into_iter().rev() {
+            self.pending.push_front(chunk);
+        }
+    }
+
+    /// Kills every worker and fails every task with `Terminated`.
+    fn terminate_all(&mut self) {
+        for w in &mut self.workers {
+            w.kill();
+        }
+        for chunk in self.pending.drain(..) {
+            chunk.fail(TaskError::Terminated);
+        }
+        for w in &mut self.workers {
+            for inflight in w.inflight.drain(..) {
+                inflight.chunk.fail(TaskError::Terminated);
+            }
+        }
+        self.fail_inbox(TaskError::Terminated);
+        let deadline = Deadline::after(Duration::from_secs(5));
+        for mut w in self.workers.drain(..) {
+            if let Some(fd) = w.exit_fd() {
+                let _ = imp::wait_readable(fd, deadline);
+            }
+            let _ = w.process.join_timeout(Duration::ZERO);
+        }
+    }
+}
+
+/// Counts a loss against an item (or, for `u32::MAX`, the whole chunk);
+/// past the retries, the item fails with `error`.
+fn blame(chunk: &mut Chunk, item: u32, retries: u32, error: &TaskError) {
+    let count = match chunk.losses.iter_mut().find(|(k, _)| *k == item) {
+        Some((_, n)) => {
+            *n += 1;
+            *n
+        }
+        None => {
+            chunk.losses.push((item, 1));
+            1
+        }
+    };
+    if count <= retries {
+        return;
+    }
+    if item == u32::MAX {
+        for k in 0..chunk.items {
+            if !chunk.skip.iter().any(|(s, _)| *s == k) {
+                chunk.skip.push((k, error.clone()));
+            }
+        }
+    } else if !chunk.skip.iter().any(|(s, _)| *s == item) {
+        chunk.skip.push((item, error.clone()));
+    }
+}
+
+fn describe(code: Option<i32>) -> String {
+    match code {
+        Some(c) if c < 0 => format!("signal {} ({})", -c, imp::signal_name(-c)),
+        Some(c) => format!("exit code {c}"),
+        None => "unknown status".into(),
+    }
+}

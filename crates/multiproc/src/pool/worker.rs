@@ -1,0 +1,306 @@
+//! The worker process: builds its state, then runs chunks until the
+//! scheduler closes its socket.
+//!
+//! It reads every task that is already waiting before it writes results, and
+//! writes all the results it has in one frame when its input runs dry, so a
+//! burst of small tasks costs one read and one write, not one each. A result
+//! is not held back behind a slow task: when the previous chunk took long,
+//! pending results go out before the next chunk starts.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::chunk::RunCx;
+use super::error::TaskError;
+use super::protocol::{Batch, FromWorker, Payload, RING_CAPACITY, RING_THRESHOLD, RunnerRef, ToWorker, records};
+use super::ring::{Ring, StatusPage};
+use crate::process::{RemotePanic, current_process};
+use crate::sys::Deadline;
+use crate::sys::imp;
+use crate::wire::{Channel, Frame, Kind, SendFd, WireError};
+
+/// Results wait for more while the last chunk took less than this.
+const QUICK_CHUNK: Duration = Duration::from_micros(100);
+/// Results never wait longer than this for company.
+const MAX_HOLD: Duration = Duration::from_millis(1);
+
+/// Everything a worker needs, sent as its process argument.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerConfig {
+    pub socket: SendFd,
+    pub status: SendFd,
+    pub init: Option<InitSpec>,
+    /// The pool has a task timeout: record when each item starts.
+    pub timed: bool,
+}
+
+/// The initializer and its encoded arguments.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InitSpec {
+    pub runner: RunnerRef,
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+    pub fds: Vec<SendFd>,
+}
+
+/// The worker process's function.
+pub(crate) fn worker_main(config: WorkerConfig) {
+    install_panic_hook();
+    let WorkerConfig { socket, status, init, timed } = config;
+    let channel = Channel::unix(socket.into_inner());
+    let status = match StatusPage::from_fd(status.into_inner()) {
+        Ok(s) => s,
+        Err(e) => return init_failed(&channel, format!("could not map the status page: {e}")),
+    };
+    let state: Box<dyn Any> = match init {
+        None => Box::new(()),
+        Some(spec) => {
+            let fds = spec.fds.into_iter().map(SendFd::into_inner).collect();
+            // SAFETY: the runner reference was made by `RunnerRef::init` in the
+            // parent, which runs the same build (checked at process start).
+            let init = unsafe { spec.runner.resolve_init() };
+            let outcome = in_task(|| panic::catch_unwind(AssertUnwindSafe(|| init(&spec.args, fds, spec.runner.hash))));
+            match outcome {
+                Ok(Ok(state)) => state,
+                Ok(Err(message)) => return init_failed(&channel, message),
+                Err(payload) => return init_failed(&channel, format!("it panicked: {}", take_panic(payload.as_ref()))),
+            }
+        }
+    };
+    status.set_idle();
+    let mut worker = Worker {
+        channel,
+        status,
+        state,
+        timed,
+        fds: VecDeque::new(),
+        input_ring: None,
+        output_ring: None,
+        out: Vec::new(),
+        batch: Batch::default(),
+        held_since: None,
+        last_chunk: Duration::ZERO,
+    };
+    // An error here means the parent is gone or sent garbage: exit either way.
+    let _ = worker.serve();
+}
+
+fn init_failed(channel: &Channel, message: String) {
+    let mut batch = Batch::default();
+    let _ = batch.add(&FromWorker::InitFailed(message), Vec::new(), &mut |p, f| channel.send(Kind::Control, p, &f));
+    let _ = batch.finish(&mut |p, f| channel.send(Kind::Control, p, &f));
+}
+
+struct Worker {
+    channel: Channel,
+    status: StatusPage,
+    state: Box<dyn Any>,
+    timed: bool,
+    /// Descriptors received and not yet claimed by a record.
+    fds: VecDeque<OwnedFd>,
+    input_ring: Option<Ring>,
+    output_ring: Option<Ring>,
+    /// The current chunk's encoded results.
+    out: Vec<u8>,
+    batch: Batch,
+    held_since: Option<Instant>,
+    last_chunk: Duration,
+}
+
+impl Worker {
+    fn serve(&mut self) -> Result<(), WireError> {
+        loop {
+            let frame = match self.channel.recv(Deadline::NEVER, None) {
+                Ok(f) => f,
+                Err(_) => return Ok(()), // the scheduler closed our socket: done
+            };
+            self.handle(frame)?;
+            loop {
+                match self.channel.try_recv() {
+                    Ok(Some(f)) => self.handle(f)?,
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.flush()?;
+                        return Ok(());
+                    }
+                }
+            }
+            self.flush()?;
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), WireError> {
+        self.held_since = None;
+        let channel = &self.channel;
+        self.batch.finish(&mut |p, f| channel.send(Kind::Control, p, &f))
+    }
+
+    fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedFd>, WireError> {
+        if self.fds.len() < n {
+            return Err(WireError::corrupt("a pool record claims descriptors that did not arrive"));
+        }
+        Ok(self.fds.drain(..n).collect())
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<(), WireError> {
+        if frame.kind != Kind::Control {
+            return Err(WireError::corrupt(format!("unexpected {:?} frame on a pool socket", frame.kind)));
+        }
+        self.fds.extend(frame.fds);
+        for record in records::<ToWorker<'_>>(&frame.payload) {
+            match record.map_err(WireError::Corrupt)? {
+                ToWorker::InputRing { cap } => {
+                    let fd = self.take_fds(1)?.remove(0);
+                    self.input_ring = Some(Ring::from_fd(fd, cap as usize)?);
+                }
+                ToWorker::Chunk { id, runner, items, framed, skip, input, nfds } => {
+                    self.run_chunk(id, runner, items, framed, &skip, input, nfds as usize)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_chunk(
+        &mut self,
+        id: u64,
+        runner: RunnerRef,
+        items: u32,
+        framed: bool,
+        skip: &[(u32, TaskError)],
+        input: Payload<'_>,
+        nfds: usize,
+    ) -> Result<(), WireError> {
+        if let Some(since) = self.held_since
+            && (self.last_chunk > QUICK_CHUNK || since.elapsed() > MAX_HOLD)
+        {
+            self.flush()?;
+        }
+        let memfd = if matches!(input, Payload::Memfd { .. }) { Some(self.take_fds(1)?.remove(0)) } else { None };
+        let fds = self.take_fds(nfds)?;
+        let owned;
+        let mut ring_region = None;
+        let bytes: &[u8] = match input {
+            Payload::Inline(b) => b,
+            Payload::Ring { at, len } => {
+                let ring =
+                    self.input_ring.as_ref().ok_or_else(|| WireError::corrupt("ring payload before the ring"))?;
+                ring_region = Some((at, len as usize));
+                ring.region(at, len as usize).ok_or_else(|| WireError::corrupt("ring payload out of bounds"))?
+            }
+            Payload::Memfd { len } => {
+                let fd = memfd.as_ref().expect("taken above");
+                owned = imp::memfd::read_sealed(fd.as_fd(), len as usize)?;
+                &owned
+            }
+        };
+        let started = Instant::now();
+        self.status.begin_chunk();
+        // SAFETY: the reference was made by `RunnerRef::{map, star, with_state}`
+        // in the parent, which runs the same build (checked at process start).
+        let run = unsafe { runner.resolve() };
+        let mut cx =
+            RunCx { state: &mut *self.state, status: &self.status, timed: self.timed, skip, items, out: &mut self.out };
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| run(&mut cx, bytes, fds, framed, runner.hash)));
+        if let (Some((at, len)), Some(ring)) = (ring_region, &self.input_ring) {
+            ring.release(at, len);
+        }
+        let (format, mut fds) = match outcome {
+            Ok(done) => done,
+            Err(payload) => {
+                // A panic outside the items (in a Serialize impl): every item fails with it.
+                let err = TaskError::Panicked(take_panic(payload.as_ref()));
+                let all: Vec<Result<(), TaskError>> = vec![Err(err); items as usize];
+                self.out.clear();
+                (super::protocol::Format::Mixed, crate::wire::encode_into(&all, &mut self.out).unwrap_or_default())
+            }
+        };
+        self.status.set_idle();
+        self.last_chunk = started.elapsed();
+        self.held_since.get_or_insert(started);
+        let nfds = fds.len() as u32;
+        let channel = &self.channel;
+        let emit = &mut |p: &[u8], f: Vec<OwnedFd>| channel.send(Kind::Control, p, &f);
+        let out = &self.out;
+        if out.len() <= RING_THRESHOLD {
+            let record = FromWorker::Done { id, format, output: Payload::Inline(out), nfds };
+            return self.batch.add(&record, fds, emit);
+        }
+        if self.output_ring.is_none() && out.len() <= RING_CAPACITY / 2 {
+            let ring = Ring::new(RING_CAPACITY)?;
+            let fd = ring.as_fd().try_clone_to_owned()?;
+            self.batch.add(&FromWorker::OutputRing { cap: RING_CAPACITY as u64 }, vec![fd], emit)?;
+            self.output_ring = Some(ring);
+        }
+        if let Some(ring) = self.output_ring.as_mut()
+            && let Some(at) = ring.alloc(out.len())
+        {
+            ring.region_mut(at, out.len()).copy_from_slice(out);
+            let record = FromWorker::Done { id, format, output: Payload::Ring { at, len: out.len() as u64 }, nfds };
+            return self.batch.add(&record, fds, emit);
+        }
+        let memfd = imp::memfd::sealed_with("multiproc-pool-result", out)?;
+        fds.insert(0, memfd);
+        let record = FromWorker::Done { id, format, output: Payload::Memfd { len: out.len() as u64 }, nfds };
+        self.batch.add(&record, fds, emit)
+    }
+}
+
+thread_local! {
+    /// True while user code of a task runs (its panics are reported, not printed).
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// The last panic on this thread, recorded by the hook.
+    static LAST_PANIC: RefCell<Option<RemotePanic>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` as task code: a panic inside is recorded for the parent rather
+/// than printed.
+pub(crate) fn in_task<T>(f: impl FnOnce() -> T) -> T {
+    IN_TASK.with(|t| t.set(true));
+    let result = f();
+    IN_TASK.with(|t| t.set(false));
+    result
+}
+
+fn install_panic_hook() {
+    let default = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let record = RemotePanic {
+            message: panic_message(info.payload()),
+            location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            backtrace: std::backtrace::Backtrace::force_capture().to_string(),
+            process: current_process().name,
+        };
+        LAST_PANIC.with(|l| *l.borrow_mut() = Some(record));
+        if !IN_TASK.with(Cell::get) {
+            default(info);
+        }
+    }));
+}
+
+/// The record of the panic whose payload was caught.
+pub(crate) fn take_panic(payload: &(dyn Any + Send)) -> RemotePanic {
+    LAST_PANIC.with(|l| l.borrow_mut().take()).unwrap_or_else(|| RemotePanic {
+        message: panic_message(payload),
+        location: None,
+        backtrace: String::new(),
+        process: current_process().name,
+    })
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}

@@ -1,0 +1,90 @@
+//! The Pool API: every call, chunk sizes, empty inputs, close/terminate/join.
+
+mod pool_support;
+
+use std::time::{Duration, Instant};
+
+use multiproc::{Pool, PoolError, TaskError};
+use pool_support::{WAIT, add, square};
+
+#[test]
+fn map_equals_the_sequential_result() {
+    let pool = Pool::new(2).unwrap();
+    let want: Vec<u64> = (0..10_000u64).map(square).collect();
+    assert_eq!(pool.map(square, 0..10_000u64).unwrap(), want);
+    for cs in [1, 7, 10_000, 50_000] {
+        assert_eq!(pool.with_chunksize(cs).map(square, 0..10_000u64).unwrap(), want, "chunksize {cs}");
+    }
+    pool.close();
+    pool.join_timeout(WAIT).unwrap();
+}
+
+#[test]
+fn apply_and_starmap() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(add, (2u64, 3u64)).unwrap(), 5);
+    let pairs: Vec<(u64, u64)> = (0..100).map(|i| (i, 2 * i)).collect();
+    let want: Vec<u64> = pairs.iter().map(|&(a, b)| a + b).collect();
+    assert_eq!(pool.starmap(add, pairs.clone()).unwrap(), want);
+    let mut r = pool.starmap_async(add, pairs);
+    assert_eq!(r.get_timeout(WAIT).unwrap(), want);
+}
+
+#[test]
+fn imap_is_ordered_and_unordered_is_the_same_multiset() {
+    let pool = Pool::new(2).unwrap();
+    let got: Vec<u64> = pool.imap(square, 0..5000u64).map(Result::unwrap).collect();
+    assert_eq!(got, (0..5000u64).map(square).collect::<Vec<_>>());
+    let mut un: Vec<u64> = pool.with_chunksize(13).imap_unordered(square, 0..5000u64).map(Result::unwrap).collect();
+    un.sort_unstable();
+    let mut want: Vec<u64> = (0..5000u64).map(square).collect();
+    want.sort_unstable();
+    assert_eq!(un, want);
+}
+
+#[test]
+fn empty_inputs_give_empty_results_at_once() {
+    let pool = Pool::new(1).unwrap();
+    let t = Instant::now();
+    assert!(pool.map(square, Vec::<u64>::new()).unwrap().is_empty());
+    assert!(pool.imap(square, Vec::<u64>::new()).next().is_none());
+    assert!(pool.imap_unordered(square, Vec::<u64>::new()).next().is_none());
+    assert!(pool.starmap(add, Vec::<(u64, u64)>::new()).unwrap().is_empty());
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn zero_processes_is_an_error() {
+    assert!(matches!(Pool::new(0), Err(PoolError::NoProcesses)));
+}
+
+#[test]
+fn close_refuses_new_work_and_join_needs_close() {
+    let pool = Pool::new(1).unwrap();
+    assert!(matches!(pool.join_timeout(WAIT), Err(PoolError::NotClosed)));
+    let pending = pool.map_async(square, 0..100u64);
+    pool.close();
+    assert!(matches!(pool.apply(add, (1, 2)), Err(PoolError::Closed)));
+    assert!(matches!(pool.map(square, 0..3u64), Err(PoolError::Closed)));
+    pool.join_timeout(WAIT).unwrap();
+    let mut pending = pending;
+    assert_eq!(pending.get_timeout(WAIT).unwrap().len(), 100, "queued work finishes after close");
+}
+
+#[test]
+fn a_panic_is_reported_with_message_and_location_and_the_worker_survives() {
+    fn boom(x: u64) -> u64 {
+        if x == 3 {
+            panic!("bad item {x}");
+        }
+        x
+    }
+    let pool = Pool::new(1).unwrap();
+    let err = pool.with_chunksize(1).map(boom, 0..6u64).unwrap_err();
+    let PoolError::Task { index, error: TaskError::Panicked(p) } = err else { panic!("{err:?}") };
+    assert_eq!(index, 3);
+    assert_eq!(p.message, "bad item 3");
+    assert!(p.location.as_deref().unwrap().contains("pool_api.rs"), "{:?}", p.location);
+    assert!(!p.backtrace.is_empty());
+    assert_eq!(pool.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9], "pool still usable");
+}
