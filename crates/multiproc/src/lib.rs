@@ -82,6 +82,7 @@
 pub mod connection;
 pub mod pool;
 pub mod process;
+pub(crate) mod process_local;
 pub mod shared;
 pub mod sync;
 pub(crate) mod sys;

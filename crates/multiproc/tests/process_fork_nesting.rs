@@ -20,6 +20,31 @@ fn middle(method: u8) -> Vec<u32> {
         .collect()
 }
 
+fn sleepy_leaf(path: String) {
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(path, "done").unwrap();
+}
+
+/// Starts a non-daemon grandchild and returns at once: its exit must wait for it.
+fn middle_that_leaves(path: String) {
+    Process::builder().start_method(StartMethod::ForkServer).spawn(sleepy_leaf, (path,)).unwrap();
+}
+
+#[test]
+fn fork_child_joins_its_own_children_at_exit() {
+    Process::builder().start_method(StartMethod::ForkServer).spawn(leaf, (0,)).unwrap().join().unwrap();
+    let path = std::env::temp_dir().join(format!("multiproc-fork-exit-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut p = Process::builder()
+        .start_method(StartMethod::Fork)
+        .spawn(middle_that_leaves, (path.to_string_lossy().into_owned(),))
+        .unwrap();
+    p.join_timeout(Duration::from_secs(30)).unwrap();
+    let written = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(written.unwrap(), "done", "the grandchild finished before its parent exited");
+}
+
 #[test]
 fn fork_children_start_their_own_children() {
     // Warm the parent's launcher and fork server first, so the fork copies them.

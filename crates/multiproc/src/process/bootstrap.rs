@@ -2,10 +2,10 @@
 
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Mutex;
 
 use super::protocol::{Reply, Start};
 use super::{RemotePanic, identity};
+use crate::process_local::ProcessLocal;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, spawn::CHILD_CHANNEL_FD};
 use crate::wire::{self, Channel, Kind};
@@ -95,7 +95,12 @@ fn finish(channel: &Channel, reply: Reply, fds: Vec<OwnedFd>) -> ! {
 }
 
 /// Details of the most recent panic on this process, filled by the hook.
-static LAST_PANIC: Mutex<Option<RemotePanic>> = Mutex::new(None);
+static LAST_PANIC: ProcessLocal<Option<RemotePanic>> = ProcessLocal::new(|| None);
+
+/// See `launch::forget_parent_state`.
+pub(crate) fn forget_in_child() {
+    LAST_PANIC.forget_in_child();
+}
 
 /// Records message, location and backtrace of every panic, then prints it as
 /// the default hook does (so the child's stderr shows it, like a traceback).
@@ -108,14 +113,14 @@ pub(crate) fn install_panic_hook() {
             backtrace: std::backtrace::Backtrace::force_capture().to_string(),
             process: identity::current_name(),
         };
-        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        *LAST_PANIC.lock() = Some(record);
         default(info);
     }));
 }
 
 /// The record of the panic whose payload was caught.
 pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> RemotePanic {
-    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| RemotePanic {
+    LAST_PANIC.lock().take().unwrap_or_else(|| RemotePanic {
         message: panic_message(payload),
         location: None,
         backtrace: String::new(),

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
+use crate::process_local::ProcessLocal;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Pid, pidfd::Pidfd};
 
@@ -69,7 +70,7 @@ impl ChildShared {
     pub(crate) fn register(pid: Pid, name: String, daemon: bool, watch: ExitWatch) -> Arc<ChildShared> {
         let child = Arc::new(ChildShared { pid, name, daemon, watch, code: Mutex::new(None) });
         ensure_exit_handler();
-        let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = REGISTRY.lock();
         // Reap children that finished unobserved (their handles were dropped),
         // as Python does on every start, so none stays a zombie.
         list.retain(|c| c.exit_code().is_none());
@@ -117,24 +118,29 @@ impl ChildShared {
     }
 }
 
-static REGISTRY: Mutex<Vec<Arc<ChildShared>>> = Mutex::new(Vec::new());
+static REGISTRY: ProcessLocal<Vec<Arc<ChildShared>>> = ProcessLocal::new(Vec::new);
 
-/// Forgets every registered child without dropping it (see
+/// Forgets the parent's children in a child made by `fork` (see
 /// `launch::forget_parent_state`).
-pub(crate) fn forget_all(forget: fn(&Mutex<Vec<Arc<ChildShared>>>)) {
-    forget(&REGISTRY);
+pub(crate) fn forget_in_child() {
+    REGISTRY.forget_in_child();
+    // The inherited exit handler now serves this process and its own children.
+    // ORDERING: see HANDLER_OWNER.
+    if HANDLER_OWNER.load(Ordering::Relaxed) != 0 {
+        HANDLER_OWNER.store(imp::getpid(), Ordering::Relaxed);
+    }
 }
 
 /// The children still running; finished ones are reaped and dropped.
 pub(crate) fn active() -> Vec<Arc<ChildShared>> {
-    let mut list = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut list = REGISTRY.lock();
     list.retain(|c| c.exit_code().is_none());
     list.clone()
 }
 
 /// Forgets a child whose exit the caller collected.
 pub(crate) fn forget(pid: Pid) {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| c.pid != pid);
+    REGISTRY.lock().retain(|c| c.pid != pid);
 }
 
 /// The process that installed the exit handler. A child made with the `fork`
@@ -160,7 +166,7 @@ extern "C" fn at_exit() {
     if HANDLER_OWNER.load(Ordering::Relaxed) != imp::getpid() {
         return;
     }
-    let children = std::mem::take(&mut *REGISTRY.lock().unwrap_or_else(|e| e.into_inner()));
+    let children = std::mem::take(&mut *REGISTRY.lock());
     for child in children.iter().filter(|c| c.daemon) {
         let _ = child.signal(imp::SIGTERM);
     }

@@ -162,7 +162,8 @@ fn spare_main(handoff: Channel) {
         Ok(f) => f,
         Err(_) => std::process::exit(0), // the fork server is gone
     };
-    let (Ok(req), Some(channel)) = (wire::decode::<ForkRequest>(&frame.payload, Vec::new()), frame.fds.into_iter().next())
+    let (Ok(req), Some(channel)) =
+        (wire::decode::<ForkRequest>(&frame.payload, Vec::new()), frame.fds.into_iter().next())
     else {
         std::process::exit(1)
     };

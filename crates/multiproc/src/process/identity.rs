@@ -1,8 +1,7 @@
 //! Who this process is: its name, whether it is a daemon, and its parent.
 
-use std::sync::RwLock;
-
 use super::protocol::Start;
+use crate::process_local::ProcessLocal;
 use crate::sys::imp;
 
 #[derive(Debug, Clone)]
@@ -12,19 +11,20 @@ struct Identity {
     parent: Option<(i32, String)>,
 }
 
-static IDENTITY: RwLock<Option<Identity>> = RwLock::new(None);
+static IDENTITY: ProcessLocal<Option<Identity>> = ProcessLocal::new(|| None);
+
+/// See `launch::forget_parent_state`.
+pub(crate) fn forget_in_child() {
+    IDENTITY.forget_in_child();
+}
 
 fn get() -> Identity {
-    IDENTITY.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or(Identity {
-        name: "MainProcess".to_string(),
-        daemon: false,
-        parent: None,
-    })
+    IDENTITY.lock().clone().unwrap_or(Identity { name: "MainProcess".to_string(), daemon: false, parent: None })
 }
 
 /// Records the identity the parent gave this child.
 pub(crate) fn become_child(start: &Start) {
-    *IDENTITY.write().unwrap_or_else(|e| e.into_inner()) = Some(Identity {
+    *IDENTITY.lock() = Some(Identity {
         name: start.name.clone(),
         daemon: start.daemon,
         parent: Some((start.parent_pid, start.parent_name.clone())),

@@ -10,7 +10,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
 
 use super::StartMethod;
@@ -18,6 +17,7 @@ use super::bootstrap::ROLE_ENV;
 use super::child::ExitWatch;
 use super::forkserver::ForkServerClient;
 use super::protocol::ForkRequest;
+use crate::process_local::ProcessLocal;
 use crate::sys::imp::{self, Pid, spawn::SpawnRequest};
 use crate::wire::WireError;
 
@@ -42,7 +42,7 @@ fn on_launcher_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'stati
     // The lock is released before the job is queued: a `fork` job must not
     // copy it locked into the child.
     let sender = {
-        let mut launcher = LAUNCHER.lock().unwrap_or_else(|e| e.into_inner());
+        let mut launcher = LAUNCHER.lock();
         match launcher.as_ref() {
             Some(tx) => tx.clone(),
             None => launcher.insert(start_launcher()?).clone(),
@@ -53,7 +53,7 @@ fn on_launcher_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'stati
 }
 
 /// The queue of the launcher thread, started on first use.
-static LAUNCHER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+static LAUNCHER: ProcessLocal<Option<mpsc::Sender<Job>>> = ProcessLocal::new(|| None);
 
 fn start_launcher() -> io::Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel::<Job>();
@@ -64,29 +64,15 @@ fn start_launcher() -> io::Result<mpsc::Sender<Job>> {
 }
 
 /// In a child made with the `fork` start method: forgets the parent's
-/// launcher, fork server, children and arenas, whose threads and descriptors
-/// did not come along (dropping them would close unrelated descriptors).
-/// Exits with a message if another thread of the parent held one of these
-/// locks at the moment of the fork, rather than deadlocking later.
+/// launcher, fork server, children, arenas and identity, whose threads and
+/// descriptors did not come along (see [`ProcessLocal`]).
 fn forget_parent_state() {
-    fn forget<T: Default>(lock: &Mutex<T>) {
-        match lock.try_lock() {
-            Ok(mut guard) => std::mem::forget(std::mem::take(&mut *guard)),
-            Err(std::sync::TryLockError::Poisoned(p)) => std::mem::forget(std::mem::take(&mut *p.into_inner())),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                eprintln!(
-                    "multiproc: the `fork` start method copied a lock that another thread held; \
-                     use StartMethod::ForkServer or StartMethod::Spawn in multi-threaded programs"
-                );
-                // SAFETY: _exit ends the process at once; nothing is unwound.
-                unsafe { libc::_exit(1) }
-            }
-        }
-    }
-    forget(&LAUNCHER);
-    forget(&FORK_SERVER);
-    super::child::forget_all(forget);
-    crate::wire::forget_received_arenas(forget);
+    LAUNCHER.forget_in_child();
+    FORK_SERVER.forget_in_child();
+    super::child::forget_in_child();
+    super::identity::forget_in_child();
+    super::bootstrap::forget_in_child();
+    crate::wire::forget_in_child();
 }
 
 /// Starts a child with `method`; it will find `channel` as its channel.
@@ -168,7 +154,7 @@ fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
 }
 
 /// The fork server, started on first use and restarted if it died.
-static FORK_SERVER: Mutex<Option<ForkServerClient>> = Mutex::new(None);
+static FORK_SERVER: ProcessLocal<Option<ForkServerClient>> = ProcessLocal::new(|| None);
 
 fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Launched> {
     let cwd = match cwd {
@@ -179,7 +165,7 @@ fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io
         env: child_environment(env).into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
         cwd: cwd.map(|c| c.as_os_str().as_bytes().to_vec()),
     };
-    let mut server = FORK_SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = FORK_SERVER.lock();
     let mut last_error = None;
     for _attempt in 0..2 {
         if !server.as_ref().is_some_and(ForkServerClient::is_alive) {

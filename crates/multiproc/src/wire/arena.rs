@@ -20,11 +20,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::WireError;
+use crate::process_local::ProcessLocal;
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
 use crate::sys::imp::shm::Mapping;
@@ -179,17 +179,17 @@ pub(crate) struct InArenas {
 }
 
 /// The arenas this process has received from, shared by all its channels.
-static RECEIVED: Mutex<InArenas> = Mutex::new(InArenas { maps: VecDeque::new() });
+static RECEIVED: ProcessLocal<InArenas> = ProcessLocal::new(InArenas::default);
 
 /// Forgets the received mappings without unmapping or closing them (in a
 /// child made by `fork`, whose descriptor table was cleared).
-pub(crate) fn forget_received(forget: fn(&Mutex<InArenas>)) {
-    forget(&RECEIVED);
+pub(crate) fn forget_in_child() {
+    RECEIVED.forget_in_child();
 }
 
 /// Copies a payload out of a sender's arena; see [`InArenas::take`].
 pub(crate) fn take(fd: OwnedFd, offset: u64, len: u64) -> Result<Vec<u8>, WireError> {
-    RECEIVED.lock().unwrap_or_else(|e| e.into_inner()).take(fd, offset, len)
+    RECEIVED.lock().take(fd, offset, len)
 }
 
 impl InArenas {

@@ -29,8 +29,8 @@ pub(crate) const MAX_INLINE_LEN: u64 = 1 << 30;
 pub(crate) const MAX_OFFLOAD_LEN: u64 = 1 << 34;
 
 /// See `process::launch::forget_parent_state`.
-pub(crate) fn forget_received_arenas(forget: fn(&std::sync::Mutex<arena::InArenas>)) {
-    arena::forget_received(forget);
+pub(crate) fn forget_in_child() {
+    arena::forget_in_child();
 }
 
 /// Feeds arbitrary bytes to the frame decoder and the payload codec; used by
