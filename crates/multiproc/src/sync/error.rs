@@ -118,7 +118,7 @@ impl<G> std::error::Error for TryLockError<G> {}
 pub type TryLockResult<G> = Result<G, TryLockError<G>>;
 
 /// A release that is not allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ReleaseError {
     /// The lock is not held by anyone.
@@ -134,7 +134,7 @@ pub enum ReleaseError {
 }
 
 /// Why a [`Barrier`](crate::Barrier) wait failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum BarrierError {
     /// The barrier is broken (aborted, reset while waiting, another party

@@ -1,0 +1,155 @@
+//! `Barrier` across processes: distinct indices, an action once per pass,
+//! abort, reset, timeouts breaking it for every party, and 5 processes ×
+//! 1000 passes in lockstep. SPEC.md, "Locks and friends".
+
+mod sync_support;
+
+use std::time::{Duration, Instant};
+
+use multiproc::{Barrier, BarrierError, RawArray, SharedMemory, current_process, parent_process};
+use sync_support::{Kid, LONG, assert_about, wait_until};
+
+/// The name of the segment where the barrier actions of a test count passes:
+/// per test process (children find it through their parent's pid) and test.
+fn counter_name(test: &str) -> String {
+    let root = parent_process().map_or(current_process().pid, |p| p.pid);
+    format!("multiproc-barrier-{root}-{test}")
+}
+
+fn bump(test: &str) {
+    let shm = SharedMemory::open(&counter_name(test)).expect("the test's counter segment");
+    let mut b = [0u8; 8];
+    shm.read_at(0, &mut b).unwrap();
+    shm.write_at(0, &(u64::from_le_bytes(b) + 1).to_le_bytes()).unwrap();
+}
+
+fn count(shm: &SharedMemory) -> u64 {
+    let mut b = [0u8; 8];
+    shm.read_at(0, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn action_indices() {
+    bump("indices");
+}
+
+fn action_lockstep() {
+    bump("lockstep");
+}
+
+fn action_panics() {
+    panic!("the action fails");
+}
+
+fn party(b: Barrier) -> Result<usize, BarrierError> {
+    b.wait_timeout(LONG)
+}
+
+#[test]
+fn each_party_gets_a_distinct_index_and_the_action_runs_once_per_pass() {
+    let counter = SharedMemory::create(&counter_name("indices"), 8).unwrap();
+    let b = Barrier::with_action(4, action_indices).unwrap();
+    assert_eq!(b.parties(), 4);
+    for pass in 1..=3u64 {
+        let kids: Vec<Kid<Result<usize, BarrierError>>> = (0..3).map(|_| Kid::spawn(party, (b.clone(),))).collect();
+        let mut indices = vec![b.wait_timeout(LONG).unwrap()];
+        indices.extend(kids.into_iter().map(|k| k.join().unwrap()));
+        indices.sort();
+        assert_eq!(indices, [0, 1, 2, 3]);
+        assert_eq!(count(&counter), pass, "one action per pass");
+    }
+    assert_eq!(b.n_waiting(), 0);
+}
+
+fn lockstep(b: Barrier, slots: RawArray<u32>, me: usize, passes: u32) -> u32 {
+    let mut errors = 0;
+    for pass in 1..=passes {
+        slots.set(me, pass);
+        b.wait_timeout(LONG).expect("barrier");
+        // Everyone has written `pass`; the fastest may already be at `pass + 1`.
+        for j in 0..slots.len() {
+            let v = slots.get(j).unwrap();
+            if v != pass && v != pass + 1 {
+                errors += 1;
+            }
+        }
+    }
+    errors
+}
+
+#[test]
+fn five_processes_stay_in_lockstep_for_1000_passes() {
+    let counter = SharedMemory::create(&counter_name("lockstep"), 8).unwrap();
+    let b = Barrier::with_action(5, action_lockstep).unwrap();
+    let slots = RawArray::<u32>::zeroed(5).unwrap();
+    let start = Instant::now();
+    let kids: Vec<Kid<u32>> = (0..5).map(|i| Kid::spawn(lockstep, (b.clone(), slots.clone(), i, 1000u32))).collect();
+    for k in kids {
+        assert_eq!(k.join(), 0, "a process saw another more than one pass away");
+    }
+    assert_eq!(slots.to_vec(), [1000; 5]);
+    assert_eq!(count(&counter), 1000);
+    eprintln!("5 × 1000 passes in {:?}", start.elapsed());
+}
+
+#[test]
+fn abort_breaks_waiting_and_later_parties_until_reset() {
+    let b = Barrier::new(3).unwrap();
+    let kid = Kid::spawn(party, (b.clone(),));
+    wait_until("the child to wait", || b.n_waiting() == 1);
+    b.abort();
+    assert_eq!(kid.join(), Err(BarrierError::Broken));
+    assert!(b.is_broken());
+    assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken));
+    b.reset();
+    assert!(!b.is_broken());
+    let kids: Vec<Kid<Result<usize, BarrierError>>> = (0..2).map(|_| Kid::spawn(party, (b.clone(),))).collect();
+    assert!(b.wait_timeout(LONG).is_ok());
+    for k in kids {
+        assert!(k.join().is_ok());
+    }
+}
+
+#[test]
+fn reset_while_a_party_waits_breaks_that_wait_only() {
+    let b = Barrier::new(2).unwrap();
+    let kid = Kid::spawn(party, (b.clone(),));
+    wait_until("the child to wait", || b.n_waiting() == 1);
+    b.reset();
+    assert_eq!(kid.join(), Err(BarrierError::Broken));
+    assert!(!b.is_broken());
+    let kid = Kid::spawn(party, (b.clone(),));
+    assert!(b.wait_timeout(LONG).is_ok());
+    assert!(kid.join().is_ok());
+}
+
+#[test]
+fn a_timeout_breaks_the_barrier_for_every_party() {
+    let b = Barrier::new(3).unwrap();
+    let kid = Kid::spawn(party, (b.clone(),));
+    wait_until("the child to wait", || b.n_waiting() == 1);
+    let t = Duration::from_millis(300);
+    let start = Instant::now();
+    assert_eq!(b.wait_timeout(t), Err(BarrierError::Timeout));
+    assert_about(start, t);
+    assert_eq!(kid.join(), Err(BarrierError::Broken), "the other party is released with Broken");
+    assert!(b.is_broken());
+}
+
+fn party_catching_panic(b: Barrier) -> String {
+    match std::panic::catch_unwind(|| b.wait_timeout(LONG)) {
+        Ok(r) => format!("{r:?}"),
+        Err(_) => "panicked".into(),
+    }
+}
+
+#[test]
+fn a_panicking_action_breaks_the_barrier() {
+    let b = Barrier::with_action(2, action_panics).unwrap();
+    let kids: Vec<Kid<String>> = (0..2).map(|_| Kid::spawn(party_catching_panic, (b.clone(),))).collect();
+    let mut outcomes: Vec<String> = kids.into_iter().map(Kid::join).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["Err(Broken)", "panicked"]);
+    assert!(b.is_broken());
+    assert!(Barrier::new(0).is_err());
+}

@@ -1,0 +1,88 @@
+//! Helpers shared by the `sync_*` and `shared_*` integration tests.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::time::{Duration, Instant};
+
+use multiproc::{Process, Task};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Upper bound for any wait in these tests: far above the real time, so a
+/// slow machine does not fail them, but a hang still ends.
+pub const LONG: Duration = Duration::from_secs(20);
+
+/// A child that is killed and reaped if the test ends without joining it.
+pub struct Kid<R: Serialize + DeserializeOwned> {
+    process: Option<Process<R>>,
+}
+
+impl<R: Serialize + DeserializeOwned> Kid<R> {
+    /// Spawns `f(args)`.
+    pub fn spawn<F, A>(f: F, args: A) -> Kid<R>
+    where
+        F: Task<A, R>,
+        A: Serialize + DeserializeOwned,
+    {
+        Kid { process: Some(Process::spawn(f, args).expect("spawn")) }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.process.as_ref().and_then(Process::pid).expect("started")
+    }
+
+    /// SIGKILLs the child (does not wait).
+    pub fn kill(&self) {
+        self.process.as_ref().expect("not joined").kill().expect("kill");
+    }
+
+    /// Joins with [`LONG`]; panics if the child failed.
+    pub fn join(mut self) -> R {
+        let mut p = self.process.take().expect("joined once");
+        match p.join_timeout(LONG) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = p.kill();
+                let _ = p.join_timeout(LONG);
+                panic!("child failed: {e}");
+            }
+        }
+    }
+
+    /// Joins a child that is expected to die (killed); returns its exit code.
+    pub fn reap(mut self) -> Option<i32> {
+        let mut p = self.process.take().expect("joined once");
+        let _ = p.join_timeout(LONG);
+        p.exitcode()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Drop for Kid<R> {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.join_timeout(LONG);
+        }
+    }
+}
+
+/// Asserts that `start.elapsed()` is about `t`: at least `t`, less than `t` + 1 s.
+pub fn assert_about(start: Instant, t: Duration) {
+    let took = start.elapsed();
+    assert!(took >= t && took < t + Duration::from_secs(1), "expected ≈{t:?}, took {took:?}");
+}
+
+/// Polls `done` every 2 ms until it is true; panics after [`LONG`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Sleeps "for ever" (a minute), for children that are killed while they hold something.
+pub fn linger() {
+    std::thread::sleep(Duration::from_secs(60));
+}
