@@ -1,0 +1,73 @@
+//! At normal exit a process terminates its daemon children and joins the
+//! others (Python's rule), leaving no zombies. The exiting process is a real
+//! child ("middle") that starts a daemon and a non-daemon grandchild and
+//! returns at once.
+
+mod process_support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use multiproc::{Connection, Pipe, Process, StartMethod};
+use process_support::{JOIN, METHODS, TempDir, count_zombie_children, is_dead, kill_quietly, serial, stat};
+
+/// The daemon: would write its file after 30 s, if it were not terminated.
+fn daemon_work(path: PathBuf) {
+    std::thread::sleep(Duration::from_secs(30));
+    std::fs::write(path, "daemon finished").unwrap();
+}
+
+/// The non-daemon worker: writes its file after a short nap.
+fn worker(path: PathBuf) {
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(path, "worker finished").unwrap();
+}
+
+fn middle(method: u8, dir: PathBuf, report: Connection<(i32, i32)>) {
+    let method = [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork][usize::from(method)];
+    let d = Process::builder()
+        .name("daemon")
+        .daemon(true)
+        .start_method(method)
+        .spawn(daemon_work, (dir.join("daemon"),))
+        .unwrap();
+    let w = Process::builder().name("worker").start_method(method).spawn(worker, (dir.join("worker"),)).unwrap();
+    report.send(&(d.pid().unwrap(), w.pid().unwrap())).unwrap();
+    // Returns without joining either: the exit handler must deal with them.
+}
+
+#[test]
+fn daemons_are_terminated_and_others_joined_at_normal_exit() {
+    let _serial = serial();
+    for (index, method) in METHODS.iter().enumerate() {
+        let dir = TempDir::new("daemon-exit");
+        let (ours, theirs) = Pipe::<(i32, i32)>::duplex().unwrap();
+        let start = Instant::now();
+        let mut mid = Process::builder().name("middle").spawn(middle, (index as u8, dir.0.clone(), theirs)).unwrap();
+        let (daemon, worker) = ours.recv_timeout(JOIN).expect("the middle process reports its children");
+        let result = mid.join_timeout(JOIN);
+        let took = start.elapsed();
+        if result.is_err() {
+            kill_quietly(daemon);
+            kill_quietly(worker);
+        }
+        result.unwrap_or_else(|e| panic!("{method:?}: the middle process failed: {e}"));
+        assert_eq!(mid.exitcode(), Some(0));
+
+        // The worker was joined: its file is there, written before the middle exited.
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("worker")).ok().as_deref(),
+            Some("worker finished"),
+            "{method:?}: the non-daemon child was not joined"
+        );
+        // The daemon was terminated, not waited for (it would take 30 s).
+        assert!(took < Duration::from_secs(10), "{method:?}: exit took {took:?}: the daemon was waited for");
+        assert!(took >= Duration::from_millis(300), "{method:?}: exit took {took:?}: the worker was not waited for");
+        assert!(!dir.0.join("daemon").exists(), "{method:?}: the daemon ran to the end");
+        // Both were reaped by the middle process before it exited: gone, not zombies.
+        assert_eq!(stat(daemon), None, "{method:?}: the daemon is still there");
+        assert_eq!(stat(worker), None, "{method:?}: the worker is still there");
+        assert!(is_dead(daemon) && is_dead(worker));
+        assert_eq!(count_zombie_children(), 0, "{method:?}: zombies of ours");
+    }
+}

@@ -1,0 +1,89 @@
+//! Children die with their parent, also when the parent is SIGKILLed and has
+//! no chance to clean up. The parent here is a real separate process: a
+//! "middle" child that starts three sleeping grandchildren, reports their
+//! pids over a pipe, and is then SIGKILLed by the test.
+
+mod process_support;
+
+use std::time::Duration;
+
+use multiproc::{Connection, Pipe, Process, ProcessError, StartMethod};
+use process_support::{JOIN, is_dead, kill_quietly, serial, stat, wait_until};
+
+fn sleeper() {
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+/// Starts three sleeping grandchildren with `method`, sends their pids (and
+/// their parents' pids), then sleeps until it is killed.
+fn middle(method: u8, report: Connection<Vec<(i32, i32)>>) {
+    let method = [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork][usize::from(method)];
+    let kids: Vec<Process> =
+        (0..3).map(|_| Process::builder().start_method(method).spawn(sleeper, ()).unwrap()).collect();
+    let pids = kids
+        .iter()
+        .map(|k| {
+            let pid = k.pid().unwrap();
+            (pid, stat(pid).map_or(0, |(_, ppid)| ppid))
+        })
+        .collect();
+    report.send(&pids).unwrap();
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+fn sigkill_the_middle_and_watch_everything_below_it_die(method: StartMethod) {
+    let (ours, theirs) = Pipe::<Vec<(i32, i32)>>::duplex().unwrap();
+    let method_index =
+        [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork].iter().position(|m| *m == method).unwrap()
+            as u8;
+    let mut mid = Process::builder().name("middle").start_method(method).spawn(middle, (method_index, theirs)).unwrap();
+    let mid_pid = mid.pid().unwrap();
+    let reported = ours.recv_timeout(JOIN).expect("the middle process reports its children");
+    assert_eq!(reported.len(), 3);
+
+    // Everything below the middle process: the grandchildren and, with the
+    // fork server, the middle's own fork server (their parent).
+    let mut below: Vec<i32> = reported.iter().map(|(pid, _)| *pid).collect();
+    for (pid, ppid) in &reported {
+        assert!(!is_dead(*pid), "{method:?}: grandchild {pid} is not running");
+        if method == StartMethod::ForkServer {
+            assert_ne!(*ppid, mid_pid, "a fork-server child's parent is the server");
+            assert_eq!(stat(*ppid).map(|s| s.1), Some(mid_pid), "the middle's fork server is its child");
+            below.push(*ppid);
+        } else {
+            assert_eq!(*ppid, mid_pid, "{method:?}: grandchild's parent");
+        }
+    }
+    below.sort();
+    below.dedup();
+
+    mid.kill().unwrap();
+    let took = wait_until(Duration::from_secs(1), || below.iter().all(|p| is_dead(*p)));
+    let survivors: Vec<i32> = below.iter().copied().filter(|p| !is_dead(*p)).collect();
+    for p in &survivors {
+        kill_quietly(*p);
+    }
+    assert!(took.is_some(), "{method:?}: still running 1 s after their parent was SIGKILLed: {survivors:?}");
+    eprintln!("{method:?}: {} processes below the killed parent gone after {:?}", below.len(), took.unwrap());
+
+    assert!(matches!(mid.join_timeout(JOIN), Err(ProcessError::Signaled { signal: 9 })));
+    assert!(is_dead(mid_pid));
+}
+
+#[test]
+fn children_die_with_a_sigkilled_parent_spawn() {
+    let _serial = serial();
+    sigkill_the_middle_and_watch_everything_below_it_die(StartMethod::Spawn);
+}
+
+#[test]
+fn children_die_with_a_sigkilled_parent_forkserver() {
+    let _serial = serial();
+    sigkill_the_middle_and_watch_everything_below_it_die(StartMethod::ForkServer);
+}
+
+#[test]
+fn children_die_with_a_sigkilled_parent_fork() {
+    let _serial = serial();
+    sigkill_the_middle_and_watch_everything_below_it_die(StartMethod::Fork);
+}
