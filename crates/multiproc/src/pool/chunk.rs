@@ -355,7 +355,7 @@ fn encode_outs<R: Serialize>(out: &mut Vec<u8>, outs: Outs<R>) -> (Format, Vec<O
         let mut body = Vec::new();
         bodies.push(match encode_into(r, &mut body) {
             Ok(fds) => Ok((body, fds)),
-            Err(e) => Err(format!("result could not be serialized: {e}")),
+            Err(e) => Err(format!("result could not be serialized ({})", reason(&e))),
         });
     }
     let mut all_fds = Vec::new();
@@ -403,7 +403,7 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A]) -> EncodedChunk {
         let mut body = Vec::new();
         bodies.push(match encode_into(item, &mut body) {
             Ok(fds) => Ok((body, fds)),
-            Err(e) => Err(format!("argument could not be serialized: {e}")),
+            Err(e) => Err(format!("argument could not be serialized ({})", reason(&e))),
         });
     }
     let mut fds = Vec::new();
@@ -477,5 +477,13 @@ pub(crate) fn decode_results<R: DeserializeOwned>(
         Ok(Decoded::Items(v)) if v.len() == n => Decoded::Items(v),
         Ok(_) => bad(format!("the worker returned the wrong number of results (expected {n})")),
         Err(e) => bad(format!("result could not be deserialized: {e}")),
+    }
+}
+
+/// The codec's own words for a serialization failure.
+fn reason(e: &wire::WireError) -> String {
+    match e {
+        wire::WireError::Encode(m) => m.clone(),
+        other => other.to_string(),
     }
 }

@@ -47,22 +47,30 @@ pub(crate) struct Chunk {
     pub input: EncodedChunk,
     /// Items not to run again, with the error to report for each.
     pub skip: Vec<(u32, TaskError)>,
-    /// How often an item (or, for `u32::MAX`, the whole chunk) was running
-    /// when its worker died.
-    pub losses: Vec<(u32, u32)>,
+    /// How often its worker died while running it.
+    pub lost: u32,
     /// Set for tasks that can be cancelled while they wait.
     pub cancel: Option<Arc<AtomicU8>>,
 }
 
 impl Chunk {
     pub(crate) fn new(job: Arc<dyn Job>, index: usize, runner: RunnerRef, items: usize, input: EncodedChunk) -> Chunk {
-        Chunk { job, index, runner, items: items as u32, input, skip: Vec::new(), losses: Vec::new(), cancel: None }
+        Chunk { job, index, runner, items: items as u32, input, skip: Vec::new(), lost: 0, cancel: None }
     }
 
     /// Fails every item of the chunk with `error`.
     pub(crate) fn fail(self, error: TaskError) {
         let n = self.items as usize;
         self.job.deliver(self.index, n, ChunkResult::Failed(vec![error; n]));
+    }
+
+    /// Fails the chunk now: items already skipped keep their error, the
+    /// others get `error`.
+    pub(crate) fn fail_with(self, error: &TaskError) {
+        let errors = (0..self.items)
+            .map(|k| self.skip.iter().find(|(s, _)| *s == k).map_or_else(|| error.clone(), |(_, e)| e.clone()))
+            .collect();
+        self.job.deliver(self.index, self.items as usize, ChunkResult::Failed(errors));
     }
 
     /// True when every item already has its error.

@@ -764,23 +764,28 @@ impl Scheduler {
             None => (None, None),
         };
         let lost = TaskError::WorkerLost { pid: w.pid, signal, code: exit_code };
-        let running = st.started.checked_sub(1);
-        let retries = self.config.retries;
+        let running = st.started.checked_sub(1).filter(|_| matches!(st.phase, PHASE_ITEM | PHASE_CHUNK));
         let mut requeue = Vec::with_capacity(w.inflight.len());
         for (k, inflight) in w.inflight.drain(..).enumerate() {
             let seq = w.received + k as u64;
             let mut chunk = inflight.chunk;
-            if let Some((tseq, item)) = w.timed_out
-                && tseq == seq
-            {
-                let limit = self.config.timeout.unwrap_or_default();
-                chunk.skip.push((item, TaskError::Timeout(limit)));
-            } else if running == Some(seq) && w.timed_out.is_none() {
-                if st.phase == PHASE_ITEM {
-                    blame(&mut chunk, st.item, retries, &lost);
-                } else if st.phase == PHASE_CHUNK {
-                    blame(&mut chunk, u32::MAX, retries, &lost);
+            match w.timed_out {
+                // Killed for a task over the timeout: that task fails, the
+                // rest of its chunk runs again elsewhere.
+                Some((tseq, item)) if tseq == seq => {
+                    chunk.skip.push((item, TaskError::Timeout(self.config.timeout.unwrap_or_default())));
                 }
+                // The chunk it was running is the lost one: it fails now (or
+                // runs again while retries are left).
+                None if running == Some(seq) => {
+                    chunk.lost += 1;
+                    if chunk.lost > self.config.retries {
+                        chunk.fail_with(&lost);
+                        continue;
+                    }
+                }
+                // Chunks it finished (results not sent) or had not started.
+                _ => {}
             }
             requeue.push(chunk);
         }
@@ -810,33 +815,6 @@ impl Scheduler {
             }
             let _ = w.process.join_timeout(Duration::ZERO);
         }
-    }
-}
-
-/// Counts a loss against an item (or, for `u32::MAX`, the whole chunk);
-/// past the retries, the item fails with `error`.
-fn blame(chunk: &mut Chunk, item: u32, retries: u32, error: &TaskError) {
-    let count = match chunk.losses.iter_mut().find(|(k, _)| *k == item) {
-        Some((_, n)) => {
-            *n += 1;
-            *n
-        }
-        None => {
-            chunk.losses.push((item, 1));
-            1
-        }
-    };
-    if count <= retries {
-        return;
-    }
-    if item == u32::MAX {
-        for k in 0..chunk.items {
-            if !chunk.skip.iter().any(|(s, _)| *s == k) {
-                chunk.skip.push((k, error.clone()));
-            }
-        }
-    } else if !chunk.skip.iter().any(|(s, _)| *s == item) {
-        chunk.skip.push((item, error.clone()));
     }
 }
 
