@@ -4,9 +4,9 @@
 //! # Lifetime of named segments (maintainer's notes)
 //!
 //! A named segment is `/dev/shm/<name>`, laid out as the user's bytes
-//! followed by a 32-byte trailer: a magic number, the creator's pid and the
-//! creator's start time (clock ticks since boot), and the user's size. The
-//! creator owns the name:
+//! followed by a 40-byte trailer: a magic number, the creator's pid and the
+//! creator's start time (clock ticks since boot), the user's size and a
+//! random nonce for this segment. The creator owns the name:
 //! - it removes the name when its last handle is dropped (or on `unlink`);
 //! - if it dies first (even by `kill -9`), its tracker (a detached helper
 //!   process, one per creating process, see `tracker.rs`) removes every name
@@ -34,7 +34,7 @@ use crate::sys::imp::{self, thread};
 use crate::wire::fd_serde;
 
 const TRAILER_MAGIC: u64 = u64::from_le_bytes(*b"mpshm\x01\0\0");
-const TRAILER_LEN: usize = 32;
+const TRAILER_LEN: usize = 40;
 
 /// The trailer of a named segment.
 #[repr(C)]
@@ -44,6 +44,9 @@ struct Trailer {
     _pad: AtomicU32,
     start: AtomicU64,
     size: AtomicU64,
+    /// Random, per segment: tells this segment from a later one of the same
+    /// name and creator.
+    nonce: AtomicU64,
 }
 
 /// Where the trailer starts for a segment of `size` user bytes.
@@ -85,10 +88,20 @@ fn this_process() -> (u32, u64) {
     (pid, start)
 }
 
-/// Removes `/dev/shm/<name>` if its trailer names `owner` (pid, start), or
-/// any dead owner when `owner` is `None`. Used by the creator, its tracker
-/// and reclaiming `create`s.
-pub(crate) fn unlink_if_owned(name: &str, expected: Option<(u32, u64)>) -> bool {
+/// Whose segment may be removed, by [`unlink_if_owned`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Owner {
+    /// The one segment with this nonce (its creator's drop).
+    Segment(u64),
+    /// Any segment created by this process (pid, start time): its tracker.
+    Process(u32, u64),
+    /// Any segment whose creator is dead: a reclaiming `create`.
+    Dead,
+}
+
+/// Removes `/dev/shm/<name>` if its trailer matches `expected`. Used by the
+/// creator, its tracker and reclaiming `create`s.
+pub(crate) fn unlink_if_owned(name: &str, expected: Owner) -> bool {
     let Ok(map) = Mapping::open_named(name) else {
         return false;
     };
@@ -97,8 +110,10 @@ pub(crate) fn unlink_if_owned(name: &str, expected: Option<(u32, u64)>) -> bool 
     };
     let (pid, start) = owner(t);
     let matches = match expected {
-        Some((p, s)) => pid == p && (s == 0 || start == 0 || s == start),
-        None => !thread::process_alive(pid, start),
+        // ORDERING: Relaxed: see `trailer`.
+        Owner::Segment(nonce) => t.nonce.load(Ordering::Relaxed) == nonce,
+        Owner::Process(p, s) => pid == p && (s == 0 || start == 0 || s == start),
+        Owner::Dead => !thread::process_alive(pid, start),
     };
     drop(map);
     matches && shm::unlink_named(name).is_ok()
@@ -116,17 +131,32 @@ struct Inner {
     map: Mapping,
     size: usize,
     name: Option<String>,
-    /// This handle created the name and removes it when dropped.
-    owns_name: bool,
+    /// The nonce of the segment this handle created (and removes when
+    /// dropped), if it did.
+    created: Option<u64>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let (true, Some(name)) = (self.owns_name, &self.name) {
-            unlink_if_owned(name, Some(this_process()));
+        if let (Some(nonce), Some(name)) = (self.created, &self.name) {
+            unlink_if_owned(name, Owner::Segment(nonce));
             tracker::unregister(name);
         }
     }
+}
+
+/// A fresh segment nonce.
+fn nonce() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // ORDERING: Relaxed: only uniqueness within this process matters here
+        // (the pid and start time tell processes apart).
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes = (n ^ t.as_nanos() as u64).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// A block of bytes shared by processes (Python's
@@ -179,7 +209,7 @@ impl SharedMemory {
             return Err(SharedMemoryError::InvalidSize);
         }
         let map = Mapping::anonymous("multiproc-shm", size)?;
-        Ok(SharedMemory::wrap(Inner { map, size, name: None, owns_name: false }))
+        Ok(SharedMemory::wrap(Inner { map, size, name: None, created: None }))
     }
 
     /// Creates the named segment `/dev/shm/<name>` of `size` zeroed bytes;
@@ -219,7 +249,7 @@ impl SharedMemory {
             Ok(map) => map,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // A dead owner's leftover is reclaimed; a live owner's is not.
-                if unlink_if_owned(&bare, None) {
+                if unlink_if_owned(&bare, Owner::Dead) {
                     Mapping::create_named(&bare, total).map_err(|e| SharedMemoryError::from_create(e, &bare))?
                 } else {
                     tracker::unregister(&bare);
@@ -232,6 +262,7 @@ impl SharedMemory {
             }
         };
         let (pid, start) = this_process();
+        let nonce = nonce();
         // SAFETY: the trailer offset is 8-aligned and within the mapping of
         // `total` bytes; its fields are atomics.
         let t = unsafe { &*map.as_ptr().add(trailer_offset(size)).cast::<Trailer>() };
@@ -242,8 +273,9 @@ impl SharedMemory {
         t.pid.store(pid, Ordering::Relaxed);
         t.start.store(start, Ordering::Relaxed);
         t.size.store(size as u64, Ordering::Relaxed);
+        t.nonce.store(nonce, Ordering::Relaxed);
         t.magic.store(TRAILER_MAGIC, Ordering::Release);
-        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), owns_name: true }))
+        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: Some(nonce) }))
     }
 
     /// Attaches to the named segment `/dev/shm/<name>` (made by
@@ -266,7 +298,7 @@ impl SharedMemory {
         }
         // ORDERING: Relaxed: see `trailer`.
         let size = trailer(&map).map_or(map.len(), |t| t.size.load(Ordering::Relaxed) as usize);
-        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), owns_name: false }))
+        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: None }))
     }
 
     fn wrap(inner: Inner) -> SharedMemory {
@@ -297,7 +329,7 @@ impl SharedMemory {
             io::ErrorKind::NotFound => SharedMemoryError::NotFound { name: name.clone() },
             _ => SharedMemoryError::Io(e),
         })?;
-        if self.inner.owns_name {
+        if self.inner.created.is_some() {
             tracker::unregister(name);
         }
         Ok(())
@@ -409,6 +441,54 @@ impl<'de> Deserialize<'de> for SharedMemory {
         }
         let map = Mapping::from_fd(fd, len).map_err(D::Error::custom)?;
         // The receiver does not own the name: only its creator removes it.
-        Ok(SharedMemory::wrap(Inner { map, size, name, owns_name: false }))
+        Ok(SharedMemory::wrap(Inner { map, size, name, created: None }))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// Makes `/dev/shm/<name>` by hand with a trailer naming `pid`.
+    fn fake_segment(name: &str, pid: u32) {
+        let size = 16;
+        let map = Mapping::create_named(name, trailer_offset(size) + TRAILER_LEN).unwrap();
+        // SAFETY: the trailer lies inside the mapping, 8-aligned.
+        let t = unsafe { &*map.as_ptr().add(trailer_offset(size)).cast::<Trailer>() };
+        t.pid.store(pid, Ordering::Relaxed);
+        t.size.store(size as u64, Ordering::Relaxed);
+        t.nonce.store(1, Ordering::Relaxed);
+        t.magic.store(TRAILER_MAGIC, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_dead_creators_leftover_is_reclaimed_a_live_ones_is_not() {
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+
+        let name = format!("multiproc-unit-reclaim-{}", std::process::id());
+        fake_segment(&name, dead_pid);
+        let shm = SharedMemory::create(&name, 100).expect("reclaimed from a dead creator");
+        assert_eq!(shm.size(), 100);
+        drop(shm);
+        assert!(matches!(SharedMemory::open(&name), Err(SharedMemoryError::NotFound { .. })));
+
+        fake_segment(&name, std::process::id());
+        assert!(matches!(SharedMemory::create(&name, 100), Err(SharedMemoryError::FileExists { .. })));
+        assert_eq!(SharedMemory::open(&name).unwrap().size(), 16);
+        shm::unlink_named(&name).unwrap();
+    }
+
+    #[test]
+    fn foreign_segments_are_opened_whole() {
+        let name = format!("multiproc-unit-foreign-{}", std::process::id());
+        let _raw = Mapping::create_named(&name, 5000).unwrap();
+        let shm = SharedMemory::open(&name).unwrap();
+        assert_eq!(shm.size(), 5000);
+        // Without our trailer there is no owner: a create does not reclaim it.
+        assert!(matches!(SharedMemory::create(&name, 10), Err(SharedMemoryError::FileExists { .. })));
+        shm.unlink().unwrap();
     }
 }

@@ -98,7 +98,7 @@ pub(crate) fn serve(sock: OwnedFd, creator: i32) {
         }
     }
     for name in &names {
-        super::memory::unlink_if_owned(name, Some((creator as u32, creator_start)));
+        super::memory::unlink_if_owned(name, super::memory::Owner::Process(creator as u32, creator_start));
     }
 }
 

@@ -1,0 +1,143 @@
+//! No segment outlives its users: processes holding named and anonymous
+//! segments are SIGKILLed (one, or a whole family), or exit without dropping
+//! their handles, and `/dev/shm` holds nothing new afterwards. SPEC.md,
+//! "Shared state", [better].
+//!
+//! Its own test binary: the named-segment tracker is per-process state.
+
+mod sync_support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use multiproc::{Array, Event, Lock, Process, SharedMemory, Value};
+use sync_support::{Kid, LONG, linger};
+
+/// A prefix for every name a test of this binary creates (tests run in
+/// parallel: each has its own).
+fn prefix(test: &str) -> String {
+    format!("multiproc-cleanup-{}-{test}-", std::process::id())
+}
+
+/// The entries of /dev/shm that start with `prefix`.
+fn ours(prefix: &str) -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+fn exists(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}
+
+/// Waits until none of `names` is in /dev/shm; returns how long it took.
+fn wait_gone(names: &[String]) -> Duration {
+    let start = Instant::now();
+    while names.iter().any(|n| exists(n)) {
+        assert!(start.elapsed() < LONG, "still in /dev/shm: {names:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+/// Creates a named segment, an anonymous one and a Value, Array and Lock
+/// (all memfd-backed), takes the lock, says so, and waits to be killed.
+fn hold_everything(name: String, ready: Event) {
+    let named = SharedMemory::create(&name, 1 << 20).unwrap();
+    let anonymous = SharedMemory::new(1 << 20).unwrap();
+    named.write_at(0, b"alive").unwrap();
+    anonymous.write_at(0, b"alive").unwrap();
+    let value = Value::new(1u64).unwrap();
+    let array = Array::<u8>::zeroed(4096).unwrap();
+    let lock = Lock::new().unwrap();
+    let _held = lock.acquire().unwrap();
+    ready.set();
+    linger();
+    drop((named, anonymous, value, array));
+}
+
+#[test]
+fn sigkilled_holders_of_named_and_anonymous_segments_leave_nothing() {
+    let prefix = prefix("kill");
+    let before = ours(&prefix);
+    let names: Vec<String> = (0..2).map(|i| format!("{prefix}{i}")).collect();
+    let readies: Vec<Event> = names.iter().map(|_| Event::new().unwrap()).collect();
+    let kids: Vec<Kid<()>> =
+        names.iter().zip(&readies).map(|(n, r)| Kid::spawn(hold_everything, (n.clone(), r.clone()))).collect();
+    for r in &readies {
+        assert!(r.wait_timeout(LONG));
+    }
+    assert!(names.iter().all(|n| exists(n)), "the named segments exist while their creators live");
+    for k in &kids {
+        k.kill();
+    }
+    for k in kids {
+        assert_eq!(k.reap(), Some(-9));
+    }
+    let took = wait_gone(&names);
+    assert!(took < Duration::from_secs(2), "names removed {took:?} after the kill");
+    assert_eq!(ours(&prefix), before, "/dev/shm holds nothing new");
+}
+
+fn create_and_forget(name: String) {
+    let shm = SharedMemory::create(&name, 100).unwrap();
+    // Exit without running the handle's destructor.
+    std::mem::forget(shm);
+}
+
+fn create_and_exit(name: String) {
+    let _shm = SharedMemory::create(&name, 100).unwrap();
+    // `exit` skips destructors too.
+    std::process::exit(4);
+}
+
+#[test]
+fn creators_that_exit_without_dropping_leave_nothing() {
+    let prefix = prefix("exit");
+    let before = ours(&prefix);
+    let a = format!("{prefix}forget");
+    let b = format!("{prefix}exit");
+    Kid::spawn(create_and_forget, (a.clone(),)).join();
+    let kid = Kid::<()>::spawn(create_and_exit, (b.clone(),));
+    assert_eq!(kid.reap(), Some(4));
+    wait_gone(&[a, b]);
+    assert_eq!(ours(&prefix), before);
+}
+
+/// A grandchild: attaches to its parent's segment by name, creates its own,
+/// and waits (it dies with its parent).
+fn grandchild(parents: String, own: String, ready: Event) {
+    let theirs = SharedMemory::open(&parents).unwrap();
+    let mine = SharedMemory::create(&own, 4096).unwrap();
+    theirs.write_at(0, b"grandchild was here").unwrap();
+    ready.set();
+    linger();
+    drop((theirs, mine));
+}
+
+/// A child that creates a segment and starts a grandchild using it.
+fn family(name: String, grandchild_name: String, ready: Event) {
+    let _shm = SharedMemory::create(&name, 4096).unwrap();
+    let _gc = Process::spawn(grandchild, (name, grandchild_name, ready)).unwrap();
+    linger();
+}
+
+#[test]
+fn killing_a_whole_family_leaves_nothing() {
+    let prefix = prefix("family");
+    let before = ours(&prefix);
+    let name = format!("{prefix}child");
+    let gc_name = format!("{prefix}grandchild");
+    let ready = Event::new().unwrap();
+    let kid = Kid::<()>::spawn(family, (name.clone(), gc_name.clone(), ready.clone()));
+    assert!(ready.wait_timeout(LONG));
+    assert!(exists(&name) && exists(&gc_name));
+    // SIGKILL the child; the grandchild dies with it (parent-death signal).
+    kid.kill();
+    kid.reap();
+    wait_gone(&[name, gc_name]);
+    assert_eq!(ours(&prefix), before);
+}

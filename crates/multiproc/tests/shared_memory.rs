@@ -1,0 +1,121 @@
+//! `SharedMemory`: anonymous and named segments, create / attach by name /
+//! unlink, size checks and Python's `FileExists`/`NotFound` errors, handles
+//! passed to children. SPEC.md, "Shared state".
+
+mod sync_support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use multiproc::{SharedMemory, SharedMemoryError};
+use sync_support::Kid;
+
+fn unique(what: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("multiproc-test-{}-{what}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn exists(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}
+
+fn write_greeting(shm: SharedMemory, at: usize) {
+    shm.write_at(at, b"written by a child").unwrap();
+}
+
+fn read_back(shm: SharedMemory, at: usize, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    shm.read_at(at, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn anonymous_segments_are_zeroed_and_shared_with_children() {
+    let shm = SharedMemory::new(10_000).unwrap();
+    assert_eq!((shm.size(), shm.name()), (10_000, None));
+    assert_eq!(read_back(shm.clone(), 0, 10_000), vec![0; 10_000]);
+    Kid::spawn(write_greeting, (shm.clone(), 4000usize)).join();
+    assert_eq!(read_back(shm.clone(), 4000, 18), b"written by a child");
+    // SAFETY: no other process or thread touches the segment now.
+    assert_eq!(&unsafe { shm.as_slice() }[4000..4007], b"written");
+    // SAFETY: as above, and no other view of it exists.
+    unsafe { shm.as_mut_slice()[0] = 1 };
+    assert_eq!(unsafe { *shm.as_ptr() }, 1);
+    shm.unlink().expect("nothing to do for an anonymous segment");
+}
+
+#[test]
+fn size_checks() {
+    assert!(matches!(SharedMemory::new(0), Err(SharedMemoryError::InvalidSize)));
+    assert!(matches!(SharedMemory::create(&unique("zero"), 0), Err(SharedMemoryError::InvalidSize)));
+    let shm = SharedMemory::new(16).unwrap();
+    assert!(shm.write_at(10, &[0; 6]).is_ok());
+    let err = shm.write_at(10, &[0; 7]).unwrap_err();
+    assert!(matches!(err, SharedMemoryError::OutOfRange { start: 10, end: 17, size: 16 }));
+    assert_eq!(err.to_string(), "bytes 10..17 are outside the 16-byte shared memory");
+    assert!(shm.read_at(usize::MAX, &mut [0; 2]).is_err());
+}
+
+#[test]
+fn named_create_attach_exists_not_found_unlink() {
+    let name = unique("named");
+    assert!(matches!(SharedMemory::open(&name), Err(SharedMemoryError::NotFound { .. })));
+    let a = SharedMemory::create(&name, 1000).unwrap();
+    assert_eq!(a.name(), Some(name.as_str()));
+    assert!(exists(&name));
+    let err = SharedMemory::create(&name, 1000).unwrap_err();
+    assert!(matches!(&err, SharedMemoryError::FileExists { name: n } if *n == name));
+    assert_eq!(err.to_string(), format!("shared memory {name:?} already exists"));
+    // A leading '/' is accepted, as in Python.
+    let b = SharedMemory::open(&format!("/{name}")).unwrap();
+    assert_eq!(b.size(), 1000, "attach sees the size asked at creation");
+    a.write_at(999, &[7]).unwrap();
+    assert_eq!(read_back(b.clone(), 999, 1), [7]);
+    // Unlink: the name goes, the mappings stay.
+    b.unlink().unwrap();
+    assert!(!exists(&name));
+    assert!(matches!(SharedMemory::open(&name), Err(SharedMemoryError::NotFound { .. })));
+    assert!(matches!(b.unlink(), Err(SharedMemoryError::NotFound { .. })));
+    assert_eq!(read_back(a.clone(), 999, 1), [7]);
+    // The name is free for a new segment, which the old creator's drop leaves alone.
+    let c = SharedMemory::create(&name, 10).unwrap();
+    drop((a, b));
+    assert!(exists(&name));
+    drop(c);
+    assert!(!exists(&name));
+}
+
+#[test]
+fn invalid_names_are_refused() {
+    for bad in ["", "/", "a/b", "nul\0here", "new\nline", &"x".repeat(251)] {
+        assert!(
+            matches!(SharedMemory::create(bad, 8), Err(SharedMemoryError::InvalidName { .. })),
+            "{bad:?} must be refused"
+        );
+        assert!(matches!(SharedMemory::open(bad), Err(SharedMemoryError::InvalidName { .. })));
+    }
+}
+
+fn attach_and_write(name: String) -> usize {
+    let shm = SharedMemory::open(&name).unwrap();
+    shm.write_at(0, b"by name").unwrap();
+    shm.size()
+}
+
+fn keep_handle(shm: SharedMemory) -> Option<String> {
+    shm.write_at(0, b"by handle").unwrap();
+    shm.name().map(str::to_string)
+    // Dropping a received handle must not remove the creator's name.
+}
+
+#[test]
+fn named_segments_reach_children_by_name_and_by_handle() {
+    let name = unique("child");
+    let shm = SharedMemory::create(&name, 64).unwrap();
+    assert_eq!(Kid::spawn(attach_and_write, (name.clone(),)).join(), 64);
+    assert_eq!(read_back(shm.clone(), 0, 7), b"by name");
+    assert_eq!(Kid::spawn(keep_handle, (shm.clone(),)).join(), Some(name.clone()));
+    assert_eq!(read_back(shm.clone(), 0, 9), b"by handle");
+    assert!(exists(&name), "only the creator removes the name");
+    drop(shm);
+    assert!(!exists(&name));
+}
