@@ -77,6 +77,57 @@
 //! p.join_timeout(Duration::from_secs(10)).unwrap();
 //! ```
 
+//!
+//! ## Locks and friends
+//!
+//! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Condition`],
+//! [`Event`] and [`Barrier`] live in shared memory and work the same between
+//! threads and between processes; pass them to a child like any argument.
+//! Every blocking call has a timed form. Locks are robust: if a holder dies,
+//! the next acquirer gets the lock with [`OwnerDied`] instead of a deadlock.
+//!
+//! ```
+//! use std::time::Duration;
+//! use multiproc::{Event, Lock, Process, Value};
+//!
+//! fn work(lock: Lock, done: Event, total: Value<u64>) {
+//!     let _held = lock.acquire().unwrap();
+//!     *total.lock().unwrap() += 10;
+//!     done.set();
+//! }
+//!
+//! let (lock, done, total) = (Lock::new().unwrap(), Event::new().unwrap(), Value::new(0u64).unwrap());
+//! let mut p = Process::spawn(work, (lock.clone(), done.clone(), total.clone())).unwrap();
+//! assert!(done.wait_timeout(Duration::from_secs(10)));
+//! p.join().unwrap();
+//! assert_eq!(total.get(), 10);
+//! ```
+//!
+//! ## Shared state
+//!
+//! [`Value`] and [`Array`] hold plain data ([`Plain`]: numbers, arrays of
+//! them, `#[repr(C)]` structs) in shared memory behind a lock; [`RawValue`]
+//! and [`RawArray`] without one (with atomics for integers); and
+//! [`SharedMemory`] is a block of bytes, anonymous or named. New memory is
+//! zeroed, and no segment outlives its users, even after `kill -9`.
+//!
+//! ```
+//! use multiproc::{Array, Process, SharedMemory};
+//!
+//! fn fill(a: Array<u32>, shm: SharedMemory) {
+//!     a.copy_from_slice(&[1, 2, 3]);
+//!     shm.write_at(0, b"hi").unwrap();
+//! }
+//!
+//! let a = Array::<u32>::zeroed(3).unwrap();
+//! let shm = SharedMemory::new(4096).unwrap();
+//! Process::spawn(fill, (a.clone(), shm.clone())).unwrap().join().unwrap();
+//! assert_eq!(a.to_vec(), [1, 2, 3]);
+//! let mut buf = [0; 2];
+//! shm.read_at(0, &mut buf).unwrap();
+//! assert_eq!(&buf, b"hi");
+//! ```
+//! <!-- end sync tour -->
 #![warn(missing_docs)]
 
 pub mod connection;

@@ -35,6 +35,8 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
             std::process::exit(1)
         }
     };
+    // Computed once here, inherited by every child instead of recomputed.
+    let _ = imp::build_id::build_id();
     let mut server = Server { control: Channel::unix(control), sigchld, children: HashMap::new(), spare: None };
     server.spare = server.fork_spare().ok();
     loop {
@@ -172,15 +174,25 @@ fn spare_main(handoff: Channel) {
     super::bootstrap::child_main(channel)
 }
 
+/// Makes this process's environment equal to the requested one, touching
+/// only the variables that differ (usually none: the spare was forked from a
+/// server that started with the parent's environment).
 fn apply_environment(req: &ForkRequest) {
-    let current: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
-    for key in current {
-        // SAFETY: the forked child is single-threaded.
-        unsafe { std::env::remove_var(key) };
+    let wanted: HashMap<&[u8], &[u8]> = req.env.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    for (key, value) in std::env::vars_os() {
+        match wanted.get(key.as_bytes()) {
+            Some(v) if *v == value.as_bytes() => {}
+            // SAFETY: the forked child is single-threaded.
+            Some(v) => unsafe { std::env::set_var(&key, OsStr::from_bytes(v)) },
+            // SAFETY: as above.
+            None => unsafe { std::env::remove_var(&key) },
+        }
     }
     for (k, v) in &req.env {
-        // SAFETY: as above.
-        unsafe { std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v)) };
+        if std::env::var_os(OsStr::from_bytes(k)).is_none() {
+            // SAFETY: as above.
+            unsafe { std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v)) };
+        }
     }
     if let Some(dir) = req.cwd.as_deref().map(OsStr::from_bytes) {
         if let Err(e) = std::env::set_current_dir(dir) {
