@@ -1,0 +1,75 @@
+//! The `multiproc` binary as a user runs it.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::{Process, ProcessError};
+
+const EXE: &str = env!("CARGO_BIN_EXE_multiproc");
+
+/// Runs the binary with `args`, killing it if it takes longer than `limit`.
+fn run(args: &[&str], limit: Duration) -> Output {
+    let mut child =
+        Command::new(EXE).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start multiproc");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("multiproc {args:?} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn tour_runs_every_example_and_prints_what_it_shows() {
+    let out = run(&["tour"], Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tour failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for e in multiproc_seeds::EXAMPLES {
+        assert!(stdout.contains(&format!("== {} (seed {})", e.name, e.seed)), "no heading for {}:\n{stdout}", e.name);
+    }
+    assert!(stdout.contains("Process close"), "{stdout}");
+    assert!(stdout.contains("terminated.exitcode = Some(-15)"), "{stdout}");
+    let n = multiproc_seeds::EXAMPLES.len();
+    assert!(stdout.contains(&format!("tour: {n} of {n} examples ran")), "{stdout}");
+}
+
+#[test]
+fn tour_runs_chosen_examples_and_lists_them() {
+    let out = run(&["tour", "exit_codes"], Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("== exit_codes") && !stdout.contains("== five_children"), "{stdout}");
+
+    let out = run(&["tour", "--list"], Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), multiproc_seeds::EXAMPLES.len(), "{stdout}");
+
+    let out = run(&["tour", "no_such_example"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no example called"));
+}
+
+#[test]
+fn help_describes_the_commands() {
+    let out = run(&["--help"], Duration::from_secs(30));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("tour") && stdout.contains("Usage: multiproc"), "{stdout}");
+}
+
+fn secret() -> u32 {
+    42
+}
+
+/// A genuinely different program that links multiproc (the `multiproc`
+/// binary) refuses to run this test binary's task.
+#[test]
+fn a_different_program_refuses_the_task_with_build_mismatch() {
+    let mut p = Process::builder().executable(EXE).spawn(secret, ()).unwrap();
+    let err = p.join_timeout(Duration::from_secs(30)).unwrap_err();
+    assert!(matches!(err, ProcessError::BuildMismatch { .. }), "{err:?}");
+    assert_eq!(p.exitcode(), Some(1));
+}

@@ -1,0 +1,109 @@
+//! The seed programs: the Python `multiprocessing` examples from the seed blog
+//! posts (`seeds/000_*.txt` …), rebuilt with multiproc.
+//!
+//! Each example is a library function that runs the program and returns a
+//! [`Report`]: the lines the program prints, and the facts it showed (pids,
+//! exit codes, values) for tests to check. A thin `examples/NAME.rs` runs each
+//! one (`cargo run -p multiproc-seeds --example five_children`), and
+//! `multiproc tour` runs them all from [`EXAMPLES`].
+//!
+//! ```
+//! let report = multiproc_seeds::seed_003::exit_codes().unwrap();
+//! assert_eq!(report.outcome.iter().map(|(_, code)| *code).collect::<Vec<_>>(), [Some(1), Some(0), Some(1), Some(-15)]);
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod seed_000;
+pub mod seed_001;
+pub mod seed_003;
+
+use std::time::Duration;
+
+use multiproc::{ConnectionError, ProcessError};
+
+/// What an example printed, and what it showed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report<T> {
+    /// The lines the program prints, in order.
+    pub lines: Vec<String>,
+    /// The facts the program showed, for tests to check.
+    pub outcome: T,
+}
+
+impl<T> Report<T> {
+    /// The printed lines, dropping the outcome.
+    pub fn into_lines(self) -> Vec<String> {
+        self.lines
+    }
+}
+
+/// Why an example could not run to the end.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Starting or joining a process failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// A pipe failed.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The program saw something it did not expect.
+    #[error("unexpected: {0}")]
+    Unexpected(String),
+}
+
+/// How long an example waits for any one child before giving up: far longer
+/// than any of them takes, so that a broken child is an error, not a hang.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// One runnable example.
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    /// Name of the example (`cargo run --example NAME`).
+    pub name: &'static str,
+    /// The seed file it comes from (`000`, `001`, …).
+    pub seed: &'static str,
+    /// What it shows, in a few words.
+    pub shows: &'static str,
+    /// Runs it and returns the lines it prints.
+    pub run: fn() -> Result<Vec<String>, Error>,
+}
+
+/// Every example, in tour order. Add one line per new example.
+#[rustfmt::skip]
+pub const EXAMPLES: &[Example] = &[
+    Example { name: "five_children", seed: "000", shows: "five children print their pid; the parent joins them", run: || Ok(seed_000::five_children()?.lines) },
+    Example { name: "process_kinds", seed: "001", shows: "a process running a function, and a process type (Run)", run: || Ok(seed_001::process_kinds()?.lines) },
+    Example { name: "pipe_ping_pong", seed: "001", shows: "a duplex Pipe between parent and child", run: || Ok(seed_001::pipe_ping_pong()?.lines) },
+    Example { name: "named_processes", seed: "003", shows: "process names, given and default", run: || Ok(seed_003::named_processes()?.lines) },
+    Example { name: "daemon_join_timeout", seed: "003", shows: "daemon vs non-daemon, join with a timeout", run: || Ok(seed_003::daemon_join_timeout()?.lines) },
+    Example { name: "terminate_join", seed: "003", shows: "terminate, then join to collect the exit status", run: || Ok(seed_003::terminate_join()?.lines) },
+    Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
+];
+
+/// The example called `name`.
+pub fn example(name: &str) -> Option<&'static Example> {
+    EXAMPLES.iter().find(|e| e.name == name)
+}
+
+/// `main` of `examples/NAME.rs`: runs the example, prints its lines, and
+/// exits with 1 if it failed.
+pub fn run_example_main(name: &str) -> std::process::ExitCode {
+    let Some(example) = example(name) else {
+        eprintln!("no example called {name}");
+        return std::process::ExitCode::FAILURE;
+    };
+    match (example.run)() {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name} failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
