@@ -35,6 +35,7 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
             std::process::exit(1)
         }
     };
+    imp::forkserver_sys::ignore_sigpipe();
     // Computed once here, inherited by every child instead of recomputed.
     let _ = imp::build_id::build_id();
     let mut server = Server { control: Channel::unix(control), sigchld, children: HashMap::new(), spare: None };

@@ -57,14 +57,23 @@ pub(crate) fn reap_any() -> Option<(Pid, i32)> {
     Some((pid, code))
 }
 
-/// In a freshly forked child: unblock every signal.
+/// In a freshly forked child: unblock every signal and restore SIGPIPE's
+/// default action (the fork server ignores it).
 pub(crate) fn reset_child_signals() {
-    // SAFETY: as in `SigchldFd::new`.
+    // SAFETY: as in `SigchldFd::new`; signal(2) only changes a disposition.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// In the fork server: a status pipe whose reader already left must not kill
+/// the server (its write just fails).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: signal(2) only changes this process's disposition of SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
 /// Moves descriptor `from` to number `to` (clearing close-on-exec).
