@@ -1,0 +1,132 @@
+//! AsyncResult: get, get_timeout, wait, ready, successful, callbacks (exactly
+//! one per call), cancel, and the Future implementation under tokio.
+
+mod pool_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use multiproc::{Pool, PoolError, TaskError};
+use pool_support::{WAIT, add, sleep_ms, square};
+
+fn fail(x: u64) -> u64 {
+    panic!("no {x}")
+}
+
+#[test]
+fn get_timeout_expires_after_about_t_and_the_task_goes_on() {
+    let pool = Pool::new(1).unwrap();
+    let mut r = pool.apply_async(sleep_ms, (800,));
+    let t = Instant::now();
+    let err = r.get_timeout(Duration::from_millis(200)).unwrap_err();
+    let took = t.elapsed();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(1200), "{took:?}");
+    assert!(!r.ready());
+    assert_eq!(r.get_timeout(WAIT).unwrap(), 800, "the task went on");
+    assert!(matches!(r.get_timeout(WAIT), Err(PoolError::Taken)));
+}
+
+#[test]
+fn wait_ready_and_successful() {
+    let pool = Pool::new(2).unwrap();
+    let slow = pool.apply_async(sleep_ms, (300,));
+    assert!(!slow.ready());
+    assert!(matches!(slow.successful(), Err(PoolError::NotReady)));
+    assert!(!slow.wait_timeout(Duration::from_millis(50)));
+    assert!(slow.wait_timeout(WAIT));
+    assert!(slow.ready());
+    assert!(slow.successful().unwrap());
+    let bad = pool.apply_async(fail, (1,));
+    bad.wait();
+    assert!(!bad.successful().unwrap());
+    assert!(matches!(bad.get(), Err(PoolError::Task { error: TaskError::Panicked(_), .. })));
+    let many: Vec<_> = (0..10u64).map(|x| pool.apply_async(square, (x,))).collect();
+    for (x, r) in (0..10u64).zip(many) {
+        assert!(r.wait_timeout(WAIT));
+        assert!(r.successful().unwrap());
+        assert_eq!(r.get().unwrap(), x * x);
+    }
+}
+
+#[test]
+fn exactly_one_callback_runs_per_call() {
+    let pool = Pool::new(2).unwrap();
+    let oks = Arc::new(AtomicUsize::new(0));
+    let errs = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for x in 0..20u64 {
+        let (o, e, t1, t2) = (oks.clone(), errs.clone(), tx.clone(), tx.clone());
+        let r = if x % 4 == 0 { pool.apply_async(fail, (x,)) } else { pool.apply_async(square, (x,)) };
+        handles.push(
+            r.on_success(move |v| {
+                o.fetch_add(1, Ordering::SeqCst);
+                t1.send(Ok(*v)).unwrap();
+            })
+            .on_error(move |err| {
+                e.fetch_add(1, Ordering::SeqCst);
+                t2.send(Err(err.to_string())).unwrap();
+            }),
+        );
+    }
+    for h in &handles {
+        assert!(h.wait_timeout(WAIT));
+    }
+    let got: Vec<_> = (0..20).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "no extra callback");
+    assert_eq!(oks.load(Ordering::SeqCst), 15);
+    assert_eq!(errs.load(Ordering::SeqCst), 5);
+    assert!(got.iter().filter_map(|r| r.as_ref().err()).all(|m| m.contains("panicked")));
+    // A callback attached after completion runs at once, on this thread.
+    let done = pool.apply_async(add, (1, 1));
+    assert!(done.wait_timeout(WAIT));
+    let (t, r) = mpsc::channel();
+    let done = done.on_success(move |v| t.send(*v).unwrap());
+    assert_eq!(r.try_recv().unwrap(), 2);
+    assert_eq!(done.get().unwrap(), 2, "the value stays for get");
+    // map_async: one callback for the whole call.
+    let (t, r) = mpsc::channel();
+    let m = pool.map_async(square, 0..100u64).on_success(move |v: &Vec<u64>| t.send(v.len()).unwrap());
+    assert_eq!(r.recv_timeout(WAIT).unwrap(), 100);
+    assert_eq!(m.get().unwrap().len(), 100);
+}
+
+#[test]
+fn a_queued_task_can_be_cancelled_a_running_one_cannot() {
+    let pool = Pool::new(1).unwrap();
+    let running = pool.apply_async(sleep_ms, (500,));
+    let queued: Vec<_> = (0..50).map(|_| pool.apply_async(sleep_ms, (1,))).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!running.cancel());
+    let last = queued.last().unwrap();
+    assert!(last.cancel());
+    assert!(last.cancelled());
+    let mut outcomes = queued.into_iter().map(|r| r.get()).collect::<Vec<_>>();
+    let last = outcomes.pop().unwrap();
+    assert!(matches!(last, Err(PoolError::Task { error: TaskError::Cancelled, .. })), "{last:?}");
+    assert!(outcomes.iter().all(|o| o.is_ok()));
+    assert_eq!(running.get().unwrap(), 500);
+}
+
+#[test]
+fn async_results_are_futures() {
+    let pool = Pool::new(2).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let a = pool.apply_async(square, (7,));
+        let b = pool.map_async(square, 0..10u64);
+        let c = pool.apply_async(sleep_ms, (150,));
+        let (a, b, c) = tokio::time::timeout(WAIT, async { (a.await, b.await, c.await) }).await.unwrap();
+        assert_eq!(a.unwrap(), 49);
+        assert_eq!(b.unwrap(), (0..10u64).map(|x| x * x).collect::<Vec<_>>());
+        assert_eq!(c.unwrap(), 150);
+        let bad = tokio::time::timeout(WAIT, pool.apply_async(fail, (3,))).await.unwrap();
+        assert!(bad.is_err());
+        // A slow task and a timer race fairly: the future is woken, not polled in a loop.
+        let slow = pool.apply_async(sleep_ms, (2_000,));
+        assert!(tokio::time::timeout(Duration::from_millis(100), slow).await.is_err());
+    });
+}

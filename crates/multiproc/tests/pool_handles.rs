@@ -1,0 +1,54 @@
+//! Handles as task arguments: a Pipe end and an Event passed to a task work
+//! in the worker.
+
+mod pool_support;
+
+use std::time::Duration;
+
+use multiproc::{Connection, Event, Pipe, Pool};
+use pool_support::WAIT;
+
+fn reply_on(conn: Connection<String>, text: String) -> usize {
+    conn.send(&text.to_uppercase()).unwrap();
+    text.len()
+}
+
+fn wait_then_report(ev: Event, conn: Connection<String>) -> bool {
+    let ok = ev.wait_timeout(Duration::from_secs(20));
+    conn.send(&format!("event seen: {ok}")).unwrap();
+    ok
+}
+
+#[test]
+fn a_pipe_end_passed_to_apply_async_works_in_the_worker() {
+    let pool = Pool::new(2).unwrap();
+    let (ours, theirs) = Pipe::<String>::duplex().unwrap();
+    let mut r = pool.apply_async(reply_on, (theirs, "hello".to_string()));
+    assert_eq!(ours.recv_timeout(WAIT).unwrap(), "HELLO");
+    assert_eq!(r.get_timeout(WAIT).unwrap(), 5);
+    // Many tasks, each with its own pipe end, in one map.
+    let mut ends = Vec::new();
+    let mut args = Vec::new();
+    for i in 0..100 {
+        let (a, b) = Pipe::<String>::duplex().unwrap();
+        ends.push(a);
+        args.push((b, format!("m{i}")));
+    }
+    let lens = pool.with_chunksize(100).starmap(reply_on, args).unwrap();
+    assert_eq!(lens.len(), 100);
+    for (i, end) in ends.iter().enumerate() {
+        assert_eq!(end.recv_timeout(WAIT).unwrap(), format!("M{i}"));
+    }
+}
+
+#[test]
+fn an_event_passed_to_a_task_is_the_same_event() {
+    let pool = Pool::new(1).unwrap();
+    let ev = Event::new().unwrap();
+    let (ours, theirs) = Pipe::<String>::duplex().unwrap();
+    let mut r = pool.apply_async(wait_then_report, (ev.clone(), theirs));
+    std::thread::sleep(Duration::from_millis(100));
+    ev.set();
+    assert_eq!(ours.recv_timeout(WAIT).unwrap(), "event seen: true");
+    assert!(r.get_timeout(WAIT).unwrap());
+}

@@ -1,0 +1,29 @@
+//! Progress bars: map and imap drive an indicatif bar (count, rate, ETA).
+
+mod pool_support;
+
+use multiproc::Pool;
+use multiproc::pool::ProgressBar;
+use pool_support::square;
+
+#[test]
+fn map_and_imap_advance_the_bar_to_the_item_count() {
+    let pool = Pool::new(2).unwrap();
+    let bar = ProgressBar::hidden();
+    let out = pool.with_progress_bar(bar.clone()).chunksize(7).map(square, 0..500u64).unwrap();
+    assert_eq!(out.len(), 500);
+    assert_eq!(bar.position(), 500);
+    assert_eq!(bar.length(), Some(500));
+    assert!(bar.is_finished());
+    let bar = ProgressBar::hidden();
+    let mut seen = 0;
+    for r in pool.with_progress_bar(bar.clone()).imap(square, 0..300u64) {
+        r.unwrap();
+        seen += 1;
+        assert_eq!(bar.position(), seen);
+    }
+    assert_eq!(bar.length(), Some(300));
+    assert!(bar.per_sec() > 0.0);
+    // The default bar (stderr; hidden when stderr is not a terminal) works too.
+    assert_eq!(pool.with_progress().map(square, 0..10u64).unwrap().len(), 10);
+}
