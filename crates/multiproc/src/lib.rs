@@ -76,7 +76,33 @@
 //! assert_eq!(conn.recv().unwrap(), "hello over TCP");
 //! p.join_timeout(Duration::from_secs(10)).unwrap();
 //! ```
-
+//!
+//! ## Queues
+//!
+//! [`Queue`] is a FIFO between any number of producer and consumer processes,
+//! in shared memory: `put` stores the item in the caller (no feeder thread),
+//! so nothing is lost when a producer exits right after it, and a producer
+//! killed mid-`put` never blocks consumers. [`JoinableQueue`] counts tasks
+//! (`task_done`, `join`); [`SimpleQueue`] is the plain subset.
+//!
+//! ```
+//! use multiproc::{GetError, Process, Queue};
+//! use std::time::Duration;
+//!
+//! fn produce(q: Queue<u64>, first: u64) {
+//!     for i in first..first + 3 {
+//!         q.put(i).unwrap();
+//!     }
+//! }
+//!
+//! let q = Queue::bounded(100).unwrap();
+//! let mut p = Process::spawn(produce, (q.clone(), 10u64)).unwrap();
+//! let got: Vec<u64> = (0..3).map(|_| q.get_timeout(Duration::from_secs(10)).unwrap()).collect();
+//! assert_eq!(got, [10, 11, 12]);
+//! p.join_timeout(Duration::from_secs(10)).unwrap();
+//! q.close();
+//! assert!(matches!(q.get(), Err(GetError::Closed)));
+//! ```
 //!
 //! ## Locks and friends
 //!
@@ -128,12 +154,14 @@
 //! assert_eq!(&buf, b"hi");
 //! ```
 //! <!-- end sync tour -->
+
 #![warn(missing_docs)]
 
 pub mod connection;
 pub mod pool;
 pub mod process;
 pub(crate) mod process_local;
+pub mod queue;
 pub mod shared;
 pub mod sync;
 pub(crate) mod sys;
@@ -146,6 +174,9 @@ pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateT
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
     cpu_count, current_process, get_start_method, parent_process, set_start_method,
+};
+pub use queue::{
+    GetError, JoinTimeoutError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryPutError,
 };
 pub use shared::{
     Array, ArrayGuard, AtomicPlain, Plain, RawArray, RawValue, SharedMemory, SharedMemoryError, Value, ValueGuard,

@@ -12,8 +12,10 @@ pub(crate) mod shm;
 pub(crate) mod shm_tracker;
 pub(crate) mod signal;
 pub(crate) mod socket;
+pub(crate) mod sparse;
 pub(crate) mod spawn;
 pub(crate) mod thread;
+pub(crate) mod tid;
 
 pub(crate) use fd::*;
 pub(crate) use signal::*;

@@ -1,0 +1,254 @@
+//! Where everything lives in the queue's memory file.
+//!
+//! ```text
+//! 0            4 KiB                  4 KiB + frame_len          …      2^40
+//! | Header     | frame 0              | frame 1              | …  |  …  | blobs →
+//!              | FrameHeader | slots | arena |
+//! ```
+//!
+//! One anonymous memfd holds it all. The file is sparse: frames cost memory
+//! only where they are touched, and a retired segment's frame is handed back
+//! with a hole punch. Items too large for a slot or the arena (`blobs`) are
+//! written at ever-growing offsets from 2^40 and punched out once read.
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use crate::sys::imp::sparse::PAGE;
+
+/// "mpqueue1", little-endian.
+pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mpqueue1");
+/// Layout version; a mismatch is refused at attach.
+pub(super) const VERSION: u32 = 1;
+/// Bytes of the main header (one page).
+pub(super) const HEADER_LEN: usize = PAGE as usize;
+/// Bytes of a frame's header (one page: every field a claim is validated
+/// against lives on this page, see README.md).
+pub(super) const FRAME_HEADER_LEN: u64 = PAGE;
+/// Bytes per slot: one cache line.
+pub(super) const SLOT_LEN: u64 = 64;
+/// Largest item stored in the slot itself.
+pub(super) const INLINE_MAX: usize = 48;
+/// Largest item stored in a segment's arena; larger ones are blobs.
+pub(super) const ARENA_ITEM_MAX: usize = 64 * 1024;
+/// File offset where blobs start.
+pub(super) const BLOB_BASE: u64 = 1 << 40;
+/// Largest item the queue accepts (a blob), 64 GiB.
+pub(super) const ITEM_MAX: u64 = 1 << 36;
+
+/// Flag: the queue counts unfinished tasks (JoinableQueue).
+pub(super) const FLAG_JOINABLE: u32 = 1;
+/// Flag: `maxsize` limits the number of items.
+pub(super) const FLAG_BOUNDED: u32 = 2;
+
+/// Slot kinds, in the top byte of a slot's `meta` word.
+pub(super) const KIND_INLINE: u64 = 0;
+pub(super) const KIND_ARENA: u64 = 1;
+pub(super) const KIND_BLOB: u64 = 2;
+
+/// Shape of the queue's memory, fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Geometry {
+    /// Slots per segment (a power of two).
+    pub slots: u64,
+    /// Frames (segments that can be alive at once).
+    pub frames: u64,
+    /// Arena bytes per segment (a multiple of the page size).
+    pub arena: u64,
+}
+
+impl Geometry {
+    /// Checks the numbers (they may come from another process's memory).
+    pub(super) fn validate(self) -> io::Result<Geometry> {
+        let ok = self.slots.is_power_of_two()
+            && (2..=1 << 20).contains(&self.slots)
+            && (2..=1 << 16).contains(&self.frames)
+            && self.arena.is_multiple_of(PAGE)
+            && self.arena >= ARENA_ITEM_MAX as u64
+            && self.arena <= 1 << 30
+            && self.file_len() <= BLOB_BASE;
+        if ok { Ok(self) } else { Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid queue geometry")) }
+    }
+
+    /// Bytes of one frame.
+    pub(super) fn frame_len(self) -> u64 {
+        (FRAME_HEADER_LEN + self.slots * SLOT_LEN + self.arena).next_multiple_of(PAGE)
+    }
+
+    /// File offset of the frame that holds segment `seg`.
+    pub(super) fn frame_offset(self, seg: u64) -> u64 {
+        HEADER_LEN as u64 + (seg % self.frames) * self.frame_len()
+    }
+
+    /// Size of the file up to the blobs.
+    pub(super) fn file_len(self) -> u64 {
+        HEADER_LEN as u64 + self.frames * self.frame_len()
+    }
+}
+
+/// Pads a field to its own cache line, so that producers, consumers and
+/// sleepers do not invalidate each other's lines.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub(super) struct Line<T>(pub T);
+
+/// Fixed at creation, before the memory is shared; read-only afterwards.
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct Config {
+    pub magic: u64,
+    pub version: u32,
+    pub flags: u32,
+    pub slots: u64,
+    pub frames: u64,
+    pub arena: u64,
+    /// Most items for a bounded queue (0 when unbounded).
+    pub maxsize: u64,
+    /// Hash of the item type's name, checked at attach.
+    pub type_hash: u64,
+}
+
+/// A futex word and the number of threads sleeping on it.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(super) struct Sleepers {
+    /// Bumped before every wake; sleepers wait while it holds the value they read.
+    pub seq: AtomicU32,
+    /// Threads between registering and leaving a wait; wakers skip the system
+    /// call while it is zero.
+    pub waiting: AtomicU32,
+}
+
+/// The main header at offset 0.
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct Header {
+    pub config: Line<Config>,
+    /// Segment producers put into.
+    pub seg_tail: Line<AtomicU64>,
+    /// Segment consumers take from.
+    pub seg_head: Line<AtomicU64>,
+    /// Non-zero once `close()` was called.
+    pub closed: Line<AtomicU32>,
+    /// Consumers waiting for an item.
+    pub not_empty: Line<Sleepers>,
+    /// Producers waiting for room (bounded queues).
+    pub not_full: Line<Sleepers>,
+    /// Items holding a permit (bounded queues): put, not yet taken.
+    pub count: Line<AtomicU64>,
+    /// Tasks put and not yet marked done (joinable queues); also the futex
+    /// word `join` sleeps on.
+    pub unfinished: Line<AtomicU32>,
+    /// Threads sleeping in `join`.
+    pub joiners: Line<AtomicU32>,
+    /// Next free blob offset, relative to `BLOB_BASE`.
+    pub blob_tail: Line<AtomicU64>,
+    /// Thread id holding the frame lock (0: free). Preparing and retiring
+    /// frames happen under it.
+    pub frame_lock: Line<AtomicU32>,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+
+/// The header of one frame; all fields on the frame's first page.
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct FrameHeader {
+    /// Segment number + 1 of the segment living here; 0 when the frame is free.
+    pub seg: Line<AtomicU64>,
+    /// Next position to fill; [`SEALED`](super::states::SEALED) once closed
+    /// for new items.
+    pub tail: Line<AtomicU64>,
+    /// Next position to take.
+    pub head: Line<AtomicU64>,
+    /// Bytes of the arena handed out (bump allocation).
+    pub arena: Line<AtomicU64>,
+}
+
+const _: () = assert!(std::mem::size_of::<FrameHeader>() as u64 <= FRAME_HEADER_LEN);
+
+/// One ring slot: a stamp, the item's kind and length, and 48 bytes of data
+/// (the item itself, or the offset of its bytes in the arena or blob area).
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub stamp: AtomicU64,
+    /// Kind (top byte) and length (low 56 bits). Written by the owner of the
+    /// slot before it publishes the stamp; read after acquiring the stamp.
+    pub meta: AtomicU64,
+    pub data: UnsafeCell<[u8; INLINE_MAX]>,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() as u64 == SLOT_LEN);
+
+/// A mapped frame, borrowed from the ring that maps it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Frame<'a> {
+    base: *mut u8,
+    slots: u64,
+    arena: u64,
+    _ring: PhantomData<&'a ()>,
+}
+
+impl<'a> Frame<'a> {
+    /// # Safety
+    ///
+    /// `base` must point to a live, page-aligned mapping of at least
+    /// `geometry.frame_len()` bytes that outlives `'a`.
+    pub(super) unsafe fn new(base: *mut u8, geometry: Geometry) -> Frame<'a> {
+        Frame { base, slots: geometry.slots, arena: geometry.arena, _ring: PhantomData }
+    }
+
+    pub(super) fn header(&self) -> &'a FrameHeader {
+        // SAFETY: the mapping is page-aligned and at least FRAME_HEADER_LEN long
+        // (constructor contract); FrameHeader is all atomics, valid for any bits
+        // (all-zero included), and shared access goes through atomics only.
+        unsafe { &*self.base.cast::<FrameHeader>() }
+    }
+
+    /// The slot of position `pos`.
+    pub(super) fn slot(&self, pos: u64) -> &'a Slot {
+        let index = pos & (self.slots - 1);
+        // SAFETY: index < slots, so the slot lies inside the mapping
+        // (FRAME_HEADER_LEN + slots * SLOT_LEN <= frame_len); it is 64-byte
+        // aligned; Slot's fields are atomics or an UnsafeCell of bytes, valid for
+        // any bits.
+        unsafe { &*self.base.add((FRAME_HEADER_LEN + index * SLOT_LEN) as usize).cast::<Slot>() }
+    }
+
+    /// The ring lap of position `pos`.
+    pub(super) fn lap(&self, pos: u64) -> u64 {
+        pos / self.slots
+    }
+
+    /// Slots per segment.
+    pub(super) fn slots(&self) -> u64 {
+        self.slots
+    }
+
+    /// Arena bytes.
+    pub(super) fn arena_len(&self) -> u64 {
+        self.arena
+    }
+
+    /// Pointer to arena byte `offset` (< arena length).
+    pub(super) fn arena_ptr(&self, offset: u64) -> *mut u8 {
+        debug_assert!(offset <= self.arena);
+        // SAFETY: offset <= arena length, so the pointer stays inside the mapping
+        // (or one past its arena, for an empty range).
+        unsafe { self.base.add((FRAME_HEADER_LEN + self.slots * SLOT_LEN + offset) as usize) }
+    }
+}
+
+/// FNV-1a hash of a type's name: a cheap check that both ends of a queue
+/// agree on the item type.
+pub(super) fn type_hash<T: ?Sized>() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::any::type_name::<T>().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,487 @@
+//! Queues between processes: [`Queue`], [`JoinableQueue`] and [`SimpleQueue`].
+//!
+//! A queue is a many-producer, many-consumer FIFO in shared memory. Any
+//! number of processes (and threads) put and get; items are any `serde`
+//! type. A queue is an ordinary argument: pass a clone to
+//! [`Process::spawn`](crate::Process::spawn) (or to a pool task) and the
+//! child uses the same queue.
+//!
+//! What you can rely on:
+//!
+//! - **FIFO**: items put by one producer are got in the order they were put;
+//!   an item whose `put` returned before another `put` began is got first.
+//!   This holds across processes, including items put before a child started.
+//! - **No feeder thread**: `put` serializes and stores the item in the
+//!   caller's thread. When `put` returns, the item is in shared memory: it
+//!   survives the producer exiting (or being killed) right after.
+//! - **Errors at the call**: an item that cannot be serialized fails `put`
+//!   itself and comes back in the error.
+//! - **A dead producer never blocks consumers**: a producer killed in the
+//!   middle of `put` leaves at most a half-written slot, which consumers skip
+//!   as soon as they see its thread is gone (within a few milliseconds), and
+//!   the queue stays usable.
+//! - **Unbounded means unbounded**: [`Queue::new`] never blocks `put`; when
+//!   the ring is full, items spill into further segments of shared memory.
+//!   [`Queue::bounded`] limits the number of items (Python's `maxsize`).
+//! - **Large items** (up to 64 GiB) travel out of the ring, in the queue's
+//!   memory file, so they need no large ring.
+//!
+//! `close()` closes the queue for every handle in every process: later puts
+//! fail with `Closed`, gets return the items still queued and then `Closed`
+//! (rather than waiting). Items that carry file descriptors (a `Connection`,
+//! another queue) cannot go through a queue: `put` reports it; send them
+//! over a [`Pipe`](crate::Pipe).
+//!
+//! # Examples
+//!
+//! ```
+//! use multiproc::{Process, Queue};
+//! use std::time::Duration;
+//!
+//! fn producer(q: Queue<String>, name: String) {
+//!     q.put(format!("hello from {name}")).unwrap();
+//! }
+//!
+//! let q = Queue::new().unwrap();
+//! let mut p = Process::spawn(producer, (q.clone(), "child".to_string())).unwrap();
+//! assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), "hello from child");
+//! p.join_timeout(Duration::from_secs(10)).unwrap();
+//! ```
+//!
+//! The design (segments, slot stamps, wake-ups, the handling of dead
+//! processes) is described in `src/queue/README.md`.
+
+mod error;
+mod joinable;
+mod layout;
+mod ring;
+mod simple;
+mod states;
+mod waits;
+
+#[cfg(test)]
+mod test;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use error::{GetError, JoinTimeoutError, PutError, TaskDoneError, TryPutError};
+pub use joinable::JoinableQueue;
+pub use simple::SimpleQueue;
+
+use crate::connection::{ConnectionError, Waitable};
+use crate::sys::Deadline;
+use crate::wire::{self, WireError, fd_serde};
+use layout::{FLAG_BOUNDED, FLAG_JOINABLE, Geometry, type_hash};
+use ring::Ring;
+use waits::{GetFail, PutFail};
+
+/// Default slots per segment.
+const DEFAULT_SLOTS: u64 = 4096;
+/// Default number of frames (segments alive at once).
+const DEFAULT_FRAMES: u64 = 1024;
+/// Default arena per segment.
+const DEFAULT_ARENA: u64 = 1 << 20;
+/// Per-thread buffers larger than this are not kept between calls.
+const KEEP_BUFFER: usize = 1 << 20;
+
+/// A FIFO queue between processes and threads (Python's
+/// `multiprocessing.Queue`). See the [module docs](self) for the guarantees.
+///
+/// Cloning is cheap and gives another handle to the same queue.
+pub struct Queue<T> {
+    ring: Arc<Ring>,
+    _type: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { ring: self.ring.clone(), _type: PhantomData }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("maxsize", &self.maxsize())
+            .field("qsize", &self.qsize())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Options for a new queue; made by [`Queue::builder`].
+///
+/// The defaults suit most uses; the geometry knobs trade memory for how many
+/// items can wait before the queue reports that it is exhausted.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Queue;
+///
+/// let q = Queue::<u64>::builder().maxsize(10).segment_slots(16).build().unwrap();
+/// assert_eq!(q.maxsize(), Some(10));
+/// ```
+pub struct QueueBuilder<T> {
+    maxsize: Option<u64>,
+    slots: Option<u64>,
+    frames: u64,
+    _type: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for QueueBuilder<T> {
+    fn clone(&self) -> Self {
+        QueueBuilder { maxsize: self.maxsize, slots: self.slots, frames: self.frames, _type: PhantomData }
+    }
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("maxsize", &self.maxsize)
+            .field("slots", &self.slots)
+            .field("frames", &self.frames)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
+    /// Limits the queue to `maxsize` items (Python's `maxsize`).
+    pub fn maxsize(mut self, maxsize: usize) -> Self {
+        self.maxsize = Some(maxsize as u64);
+        self
+    }
+
+    /// Slots per ring segment (rounded up to a power of two, at least 2).
+    /// Each slot is 64 bytes of shared memory; a segment that fills spills
+    /// into a new one. Default: 4096 (or fewer for a small `maxsize`).
+    pub fn segment_slots(mut self, slots: usize) -> Self {
+        self.slots = Some((slots as u64).max(2).next_power_of_two());
+        self
+    }
+
+    /// How many segments may be alive at once (default 1024, at least 2). An
+    /// unbounded queue holds up to `segments × segment_slots` small items.
+    pub fn max_segments(mut self, segments: usize) -> Self {
+        self.frames = (segments as u64).max(2);
+        self
+    }
+
+    fn geometry(&self) -> io::Result<Geometry> {
+        let slots = self.slots.unwrap_or_else(|| match self.maxsize {
+            Some(max) => max.next_power_of_two().clamp(64, DEFAULT_SLOTS),
+            None => DEFAULT_SLOTS,
+        });
+        if let Some(max) = self.maxsize {
+            if max == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "maxsize must be at least 1; use Queue::new for an unbounded queue",
+                ));
+            }
+            if max > (self.frames / 2) * slots {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("maxsize {max} is too large for this geometry (at most {})", (self.frames / 2) * slots),
+                ));
+            }
+        }
+        Geometry { slots, frames: self.frames, arena: DEFAULT_ARENA }.validate()
+    }
+
+    fn ring(&self, joinable: bool) -> io::Result<Ring> {
+        let mut flags = if joinable { FLAG_JOINABLE } else { 0 };
+        if self.maxsize.is_some() {
+            flags |= FLAG_BOUNDED;
+        }
+        Ring::create(self.geometry()?, flags, self.maxsize.unwrap_or(0), type_hash::<T>())
+    }
+
+    /// Creates the queue.
+    ///
+    /// # Errors
+    ///
+    /// `maxsize` is 0 or too large for the geometry, or the OS could not
+    /// create the shared memory.
+    pub fn build(&self) -> io::Result<Queue<T>> {
+        Ok(Queue::from_ring(self.ring(false)?))
+    }
+
+    /// Creates a [`JoinableQueue`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`QueueBuilder::build`].
+    pub fn build_joinable(&self) -> io::Result<JoinableQueue<T>> {
+        Ok(JoinableQueue::from_queue(Queue::from_ring(self.ring(true)?)))
+    }
+}
+
+thread_local! {
+    /// Serialization buffer reused by this thread's puts and gets.
+    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's cleared buffer (or a fresh one if the buffer
+/// is in use further up the stack, e.g. by a `Serialize` impl that puts).
+fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let out = f(&mut buf);
+            if buf.capacity() > KEEP_BUFFER {
+                *buf = Vec::new();
+            }
+            out
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+impl<T> Queue<T> {
+    fn from_ring(ring: Ring) -> Queue<T> {
+        Queue { ring: Arc::new(ring), _type: PhantomData }
+    }
+
+    /// Options for a new queue.
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder { maxsize: None, slots: None, frames: DEFAULT_FRAMES, _type: PhantomData }
+    }
+
+    /// The most items the queue holds, or `None` when unbounded.
+    pub fn maxsize(&self) -> Option<usize> {
+        self.ring.bounded().then(|| self.ring.maxsize() as usize)
+    }
+
+    /// How many items are in the queue. Approximate while others put and get
+    /// (as in Python); items being written count.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// q.put(1).unwrap();
+    /// q.put(2).unwrap();
+    /// assert_eq!(q.qsize(), 2);
+    /// ```
+    pub fn qsize(&self) -> usize {
+        self.ring.len() as usize
+    }
+
+    /// True when the queue holds no items (approximate, as [`Queue::qsize`]).
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// True when a bounded queue holds `maxsize` items; never for an
+    /// unbounded queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+    /// assert!(!q.full());
+    /// q.put(1).unwrap();
+    /// assert!(q.full());
+    /// ```
+    pub fn full(&self) -> bool {
+        self.ring.bounded() && self.ring.len() >= self.ring.maxsize()
+    }
+
+    /// Closes the queue, for every handle in every process. Later puts fail
+    /// with `Closed`; gets return the items already queued, then
+    /// [`GetError::Closed`] instead of waiting. Threads blocked in `put` or
+    /// `get` wake up. There is no background thread to join (Python's
+    /// `join_thread` and `cancel_join_thread` have nothing to do here).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{GetError, Queue};
+    ///
+    /// let q = Queue::<u8>::new().unwrap();
+    /// q.put(1).unwrap();
+    /// q.clone().close();
+    /// assert!(q.put(2).unwrap_err().is_closed());
+    /// assert_eq!(q.get().unwrap(), 1);
+    /// assert!(matches!(q.get(), Err(GetError::Closed)));
+    /// ```
+    pub fn close(&self) {
+        self.ring.close();
+    }
+
+    /// True once [`Queue::close`] was called on any handle.
+    pub fn is_closed(&self) -> bool {
+        self.ring.is_closed()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A new unbounded queue: `put` never blocks.
+    ///
+    /// # Errors
+    ///
+    /// The OS could not create the shared memory.
+    pub fn new() -> io::Result<Queue<T>> {
+        Queue::builder().build()
+    }
+
+    /// A new queue holding at most `maxsize` items (Python's
+    /// `Queue(maxsize)`): `put` waits for room.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let q = multiproc::Queue::<u8>::bounded(2).unwrap();
+    /// q.put(1).unwrap();
+    /// q.put(2).unwrap();
+    /// assert!(q.put_timeout(3, Duration::from_millis(20)).unwrap_err().is_full());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `maxsize` is 0 (use [`Queue::new`] for an unbounded queue) or larger
+    /// than about two million (see [`QueueBuilder`]), or the OS could not
+    /// create the shared memory.
+    pub fn bounded(maxsize: usize) -> io::Result<Queue<T>> {
+        Queue::builder().maxsize(maxsize).build()
+    }
+
+    /// Puts `value` at the back of the queue, waiting for room if the queue
+    /// is bounded and full.
+    ///
+    /// # Errors
+    ///
+    /// The value comes back in the error when the queue is closed, the value
+    /// cannot be serialized (or carries handles), or it cannot be stored.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_until(value, Deadline::NEVER, true).map_err(|e| match e {
+            TryPutError::Full(_) => unreachable!("a put without deadline does not report Full"),
+            TryPutError::Closed(v) => PutError::Closed(v),
+            TryPutError::Unserializable(v, e) => PutError::Unserializable(v, e),
+            TryPutError::Io(v, e) => PutError::Io(v, e),
+        })
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPutError::Full`] after ≈`timeout`, or as [`Queue::put`].
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), TryPutError<T>> {
+        self.put_until(value, Deadline::after(timeout), true)
+    }
+
+    /// Puts `value` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPutError::Full`] at once if the queue is full, or as [`Queue::put`].
+    pub fn put_nowait(&self, value: T) -> Result<(), TryPutError<T>> {
+        self.put_until(value, Deadline::NEVER, false)
+    }
+
+    fn put_until(&self, value: T, deadline: Deadline, block: bool) -> Result<(), TryPutError<T>> {
+        if self.ring.is_closed() {
+            return Err(TryPutError::Closed(value));
+        }
+        with_buffer(|buf| {
+            match wire::encode_into(&value, buf) {
+                Ok(fds) if fds.is_empty() => {}
+                Ok(_) => return Err(TryPutError::Unserializable(value, carries_fds())),
+                Err(e) => return Err(TryPutError::Unserializable(value, e)),
+            }
+            match self.ring.put(buf, deadline, block) {
+                Ok(()) => Ok(()),
+                Err(PutFail::Full) => Err(TryPutError::Full(value)),
+                Err(PutFail::Closed) => Err(TryPutError::Closed(value)),
+                Err(PutFail::Io(e)) => Err(TryPutError::Io(value, e)),
+            }
+        })
+    }
+
+    /// Takes the item at the front, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Closed`] once the queue is closed and empty; a decode
+    /// error if the item is not a `T`.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_until(Deadline::NEVER, true)
+    }
+
+    /// Takes the item at the front, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`] after ≈`timeout`, or as [`Queue::get`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.get_until(Deadline::after(timeout), true)
+    }
+
+    /// Takes the item at the front if there is one now.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Empty`] at once if there is none, or as [`Queue::get`].
+    pub fn get_nowait(&self) -> Result<T, GetError> {
+        self.get_until(Deadline::NEVER, false)
+    }
+
+    fn get_until(&self, deadline: Deadline, block: bool) -> Result<T, GetError> {
+        with_buffer(|buf| {
+            self.ring.get(buf, deadline, block).map_err(|e| match e {
+                GetFail::Empty => GetError::Empty,
+                GetFail::Timeout => GetError::Timeout,
+                GetFail::Closed => GetError::Closed,
+                GetFail::Io(e) => GetError::Io(e),
+            })?;
+            wire::decode(buf, Vec::new()).map_err(GetError::Decode)
+        })
+    }
+}
+
+fn carries_fds() -> WireError {
+    WireError::Encode(
+        "the item carries handles (file descriptors), which cannot travel through a queue; \
+         send them over a Pipe"
+            .into(),
+    )
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fd_serde::push_fd(self.ring.fd()).map_err(serde::ser::Error::custom)?.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = fd_serde::take_fd(u32::deserialize(d)?).map_err(serde::de::Error::custom)?;
+        Ring::attach(fd, false, type_hash::<T>()).map(Queue::from_ring).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<T> Waitable for Queue<T> {
+    /// True when a `get` would not wait: an item is at the front, or the
+    /// queue is closed.
+    fn is_ready(&self) -> Result<bool, ConnectionError> {
+        Ok(self.ring.has_work())
+    }
+
+    /// None: [`wait`](crate::wait) re-checks a queue every millisecond.
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}

@@ -1,0 +1,793 @@
+//! The shared-memory ring: segments of slots in one sparse memfd, claimed and
+//! freed with compare-and-swap on per-slot stamps. This file holds the lock-free
+//! protocol; blocking, wake-ups and accounting are in `waits.rs`. The design,
+//! and why each step is safe, is in `README.md` beside this file.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+use super::layout::{
+    ARENA_ITEM_MAX, BLOB_BASE, Config, FLAG_BOUNDED, FLAG_JOINABLE, Frame, Geometry, HEADER_LEN, Header, INLINE_MAX,
+    ITEM_MAX, KIND_ARENA, KIND_BLOB, KIND_INLINE, Line, MAGIC, Slot, VERSION,
+};
+use super::states::{FREE, LapOrder, READY, SEALED, SKIP, Stamp, TAKING, WRITING};
+use super::waits::Backoff;
+use crate::sys::imp::shm::Mapping;
+use crate::sys::imp::sparse::{self, PAGE, Window};
+use crate::sys::imp::tid::tid_alive;
+
+/// How long an owner may sit on a slot or the frame lock before its thread
+/// is checked for life (and then how often it is re-checked).
+pub(super) const LIVENESS_DELAY: Duration = Duration::from_millis(2);
+/// How long preparing a frame waits for the last readers of its previous
+/// segment before reporting the queue as exhausted.
+const FRAME_WAIT: Duration = Duration::from_millis(200);
+
+/// An item's bytes as they go into a slot.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Payload<'a> {
+    /// Stored in the slot (at most `INLINE_MAX` bytes).
+    Inline(&'a [u8]),
+    /// Stored in the segment's arena (at most `ARENA_ITEM_MAX` bytes).
+    Arena(&'a [u8]),
+    /// Already written to the blob area at `BLOB_BASE + offset`.
+    Blob { offset: u64, len: u64 },
+}
+
+impl<'a> Payload<'a> {
+    /// The place for `bytes`, unless it is a blob (see [`Ring::write_blob`]).
+    pub(super) fn for_bytes(bytes: &'a [u8]) -> Option<Payload<'a>> {
+        if bytes.len() <= INLINE_MAX {
+            Some(Payload::Inline(bytes))
+        } else if bytes.len() <= ARENA_ITEM_MAX {
+            Some(Payload::Arena(bytes))
+        } else {
+            None
+        }
+    }
+}
+
+/// What a consumer got from a slot.
+#[derive(Debug)]
+pub(super) enum Got {
+    /// The item's bytes are in the caller's buffer.
+    Bytes,
+    /// The item is a blob, still to be read (see [`Ring::read_blob`]).
+    Blob { offset: u64, len: u64 },
+}
+
+/// One step of a consumer.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// An item was taken.
+    Item(Got),
+    /// Nothing to take.
+    Empty,
+    /// The head slot is owned by a thread that is writing it, or that has
+    /// claimed it and not yet moved the head: wait, and check the owner.
+    Blocked(Blocked),
+}
+
+/// A slot some thread owns, found where the caller wants to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Blocked {
+    seg: u64,
+    pos: u64,
+    word: u64,
+}
+
+impl Blocked {
+    /// Identifies this wait (slot, lap, owner) for the liveness timer.
+    pub(super) fn key(&self) -> u64 {
+        self.word ^ self.pos.rotate_left(32) ^ self.seg.rotate_left(16)
+    }
+}
+
+/// How a push ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pushed {
+    /// The item is in the queue.
+    Done,
+    /// A consumer took this producer for dead and skipped its slot, giving
+    /// back its permit and task: the caller takes them again and retries.
+    Lost,
+}
+
+/// The queue's shared memory as seen from one process.
+#[derive(Debug)]
+pub(super) struct Ring {
+    header: Mapping,
+    windows: Box<[OnceLock<Window>]>,
+    geometry: Geometry,
+    flags: u32,
+    maxsize: u64,
+}
+
+impl Ring {
+    /// Creates the memory of a new queue.
+    pub(super) fn create(geometry: Geometry, flags: u32, maxsize: u64, type_hash: u64) -> io::Result<Ring> {
+        let geometry = geometry.validate()?;
+        let header = Mapping::anonymous("multiproc-queue", HEADER_LEN)?;
+        sparse::set_len(header.as_fd(), geometry.file_len())?;
+        let config = Config {
+            magic: MAGIC,
+            version: VERSION,
+            flags,
+            slots: geometry.slots,
+            frames: geometry.frames,
+            arena: geometry.arena,
+            maxsize,
+            type_hash,
+        };
+        // SAFETY: the mapping is page-aligned, HEADER_LEN long and zeroed; nobody
+        // else can see it yet, so this plain write races with nothing. The
+        // atomics after the config start at zero, which is their initial state.
+        unsafe { header.as_ptr().cast::<Line<Config>>().write(Line(config)) };
+        let ring = Ring::from_parts(header, geometry, flags, maxsize);
+        // Segment 0 lives in frame 0 from the start.
+        // ORDERING: Release: publishes nothing yet (no other process can see the
+        // queue before it is sent); Release keeps the pattern of every other store.
+        ring.frame(0)?.header().seg.0.store(1, Release);
+        Ok(ring)
+    }
+
+    /// Maps a queue received from another process, checking that it is a
+    /// queue of this layout, flavour and item type.
+    /// A `Queue` handle may refer to a joinable queue (it is one, with task
+    /// counting); a `JoinableQueue` handle requires one.
+    pub(super) fn attach(fd: OwnedFd, require_joinable: bool, type_hash: u64) -> io::Result<Ring> {
+        let header = Mapping::from_fd(fd, HEADER_LEN)?;
+        // SAFETY: the mapping is at least HEADER_LEN long and page-aligned; the
+        // config was written before the descriptor was ever shared and is never
+        // written again, so reading it races with nothing.
+        let config = unsafe { &(*header.as_ptr().cast::<Line<Config>>()).0 };
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a matching queue: {what}"));
+        if config.magic != MAGIC || config.version != VERSION {
+            return Err(bad("unknown layout (another multiproc build?)"));
+        }
+        if require_joinable && config.flags & FLAG_JOINABLE == 0 {
+            return Err(bad("a plain Queue cannot be received as a JoinableQueue"));
+        }
+        if config.type_hash != type_hash {
+            return Err(bad("the queue carries another item type"));
+        }
+        let geometry = Geometry { slots: config.slots, frames: config.frames, arena: config.arena }.validate()?;
+        if sparse::file_len(header.as_fd())? < geometry.file_len() {
+            return Err(bad("memory file too short"));
+        }
+        let (flags, maxsize) = (config.flags, config.maxsize);
+        Ok(Ring::from_parts(header, geometry, flags, maxsize))
+    }
+
+    fn from_parts(header: Mapping, geometry: Geometry, flags: u32, maxsize: u64) -> Ring {
+        let windows = (0..geometry.frames).map(|_| OnceLock::new()).collect();
+        Ring { header, windows, geometry, flags, maxsize }
+    }
+
+    /// The memory file (sent to other processes).
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.header.as_fd()
+    }
+
+    pub(super) fn header(&self) -> &Header {
+        // SAFETY: the mapping is page-aligned and HEADER_LEN >= size_of::<Header>();
+        // every shared field is an atomic, and the config is read-only.
+        unsafe { &*self.header.as_ptr().cast::<Header>() }
+    }
+
+    pub(super) fn bounded(&self) -> bool {
+        self.flags & FLAG_BOUNDED != 0
+    }
+
+    pub(super) fn joinable(&self) -> bool {
+        self.flags & FLAG_JOINABLE != 0
+    }
+
+    pub(super) fn maxsize(&self) -> u64 {
+        self.maxsize
+    }
+
+    /// The frame of segment `seg`, mapped on first use and kept mapped.
+    pub(super) fn frame(&self, seg: u64) -> io::Result<Frame<'_>> {
+        let cell = &self.windows[(seg % self.geometry.frames) as usize];
+        let window = match cell.get() {
+            Some(w) => w,
+            None => self.map_frame(cell, seg)?,
+        };
+        // SAFETY: the window maps frame_len bytes at a page-aligned address and
+        // lives as long as `self` (windows are never unmapped before the ring).
+        Ok(unsafe { Frame::new(window.as_ptr(), self.geometry) })
+    }
+
+    #[cold]
+    fn map_frame<'s>(&'s self, cell: &'s OnceLock<Window>, seg: u64) -> io::Result<&'s Window> {
+        let len = self.geometry.frame_len() as usize;
+        let window = Window::map(self.header.as_fd(), self.geometry.frame_offset(seg), len)?;
+        // If another thread won the race, its window is used and ours unmapped.
+        let _ = cell.set(window);
+        Ok(cell.get().expect("window was just set"))
+    }
+
+    /// Writes a large item to the blob area; returns where it went.
+    pub(super) fn write_blob(&self, bytes: &[u8]) -> io::Result<Payload<'static>> {
+        let len = bytes.len() as u64;
+        if len > ITEM_MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "item larger than 64 GiB"));
+        }
+        // ORDERING: Relaxed: a unique offset is all that is needed; the bytes are
+        // published by the slot's stamp (Release) that refers to them.
+        let offset = self.header().blob_tail.0.fetch_add(len.next_multiple_of(PAGE), Relaxed);
+        sparse::write_all_at(self.fd(), bytes, BLOB_BASE + offset)?;
+        Ok(Payload::Blob { offset, len })
+    }
+
+    /// Reads a blob and frees its memory.
+    pub(super) fn read_blob(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let bytes = sparse::read_exact_at(self.fd(), len as usize, BLOB_BASE + offset);
+        self.discard_blob(offset, len);
+        bytes
+    }
+
+    /// Frees a blob's memory without reading it.
+    pub(super) fn discard_blob(&self, offset: u64, len: u64) {
+        let _ = sparse::punch_hole(self.fd(), BLOB_BASE + offset, len.next_multiple_of(PAGE));
+    }
+
+    // ---------------------------------------------------------------- producers
+
+    /// Puts one item into the tail segment. The caller holds the item's permit
+    /// and task (when the queue counts them).
+    pub(super) fn push(&self, payload: Payload<'_>, me: u32) -> io::Result<Pushed> {
+        let hdr = self.header();
+        let mut backoff = Backoff::new();
+        let mut watch = Watch::default();
+        loop {
+            // ORDERING: Acquire: pairs with the Release CAS that moved seg_tail, so
+            // the frame's segment number stored before it is visible.
+            let n = hdr.seg_tail.0.load(Acquire);
+            let f = self.frame(n)?;
+            let fh = f.header();
+            // ORDERING: Acquire: pairs with the Release store in `prepare`.
+            if fh.seg.0.load(Acquire) != n + 1 {
+                backoff.snooze(); // seg_tail moved on since it was read
+                continue;
+            }
+            // ORDERING: Acquire: a tail value is only a hint to start from; the
+            // stamp CAS below decides. Acquire orders it before the stamp load.
+            let t = fh.tail.0.load(Acquire);
+            if t & SEALED != 0 {
+                self.advance_tail(n, &f)?;
+                continue;
+            }
+            let slot = f.slot(t);
+            let lap = f.lap(t);
+            // ORDERING: Acquire: pairs with the consumer's release of the previous
+            // lap (its reads of the slot happen before we overwrite it).
+            let word = slot.stamp.load(Acquire);
+            let s = Stamp::unpack(word);
+            match s.lap_vs(lap) {
+                LapOrder::Newer => continue, // `t` is stale
+                LapOrder::Older => {
+                    // The slot still holds the previous lap: the segment is full.
+                    // Seal it at `t` and move to a new segment.
+                    // ORDERING: AcqRel: the seal must be ordered with the claims
+                    // that race for `t` (they CAS the same word).
+                    if fh.tail.0.compare_exchange(t, t | SEALED, AcqRel, Relaxed).is_ok() {
+                        self.advance_tail(n, &f)?;
+                    }
+                    continue;
+                }
+                LapOrder::Same if s.state == FREE => {}
+                LapOrder::Same => {
+                    // Another producer claimed `t` and has not moved the tail yet.
+                    if s.state == WRITING && watch.stuck(word) && !tid_alive(s.tid) {
+                        // It died between its claim and its tail move: withdraw
+                        // the claim and give back what it held.
+                        // ORDERING: AcqRel: only one thread may withdraw it.
+                        if slot.stamp.compare_exchange(word, Stamp::new(lap, FREE).pack(), AcqRel, Relaxed).is_ok() {
+                            self.give_back(true);
+                        }
+                    }
+                    backoff.snooze();
+                    continue;
+                }
+            }
+            let mine = Stamp::owned(lap, WRITING, me, true).pack();
+            // ORDERING: AcqRel: claiming the slot acquires the previous lap's
+            // release and makes the claim (our tid) visible to everyone who checks.
+            if slot.stamp.compare_exchange(word, mine, AcqRel, Relaxed).is_err() {
+                continue;
+            }
+            // ORDERING: Acquire: the frame must still be segment `n` now that the
+            // claim is in place (see README, "stale threads").
+            if fh.seg.0.load(Acquire) != n + 1 {
+                Self::withdraw(slot, mine, word);
+                continue;
+            }
+            // Include the claim in the segment: only we (or a sealer) can move the
+            // tail from `t`.
+            // ORDERING: AcqRel: pairs with consumers' Acquire loads of the tail.
+            if fh.tail.0.compare_exchange(t, t + 1, AcqRel, Relaxed).is_err() {
+                Self::withdraw(slot, mine, word); // sealed at `t` meanwhile
+                continue;
+            }
+            if !self.fill(&f, slot, payload) {
+                // The arena is used up: leave an empty slot behind, seal this
+                // segment and go on in the next one.
+                // ORDERING: Release: publishes the (unused) slot to consumers.
+                let _ = slot.stamp.compare_exchange(mine, Stamp::new(lap, SKIP).pack(), Release, Relaxed);
+                self.seal(&f);
+                self.advance_tail(n, &f)?;
+                continue;
+            }
+            // ORDERING: SeqCst: the commit publishes the item (Release part) and is
+            // ordered before the producer's check for sleeping consumers (Dekker
+            // with the consumer's registration, see waits.rs).
+            return Ok(match slot.stamp.compare_exchange(mine, Stamp::new(lap, READY).pack(), SeqCst, Relaxed) {
+                Ok(_) => Pushed::Done,
+                Err(_) => Pushed::Lost,
+            });
+        }
+    }
+
+    /// Undoes a claim that was not included in a segment.
+    fn withdraw(slot: &Slot, mine: u64, before: u64) {
+        // ORDERING: Release: hands the slot back as it was. The CAS fails
+        // harmlessly if the claim landed in a frame that has since been reset.
+        let _ = slot.stamp.compare_exchange(mine, before, Release, Relaxed);
+    }
+
+    /// Writes the item into a claimed slot; false if the arena has no room.
+    fn fill(&self, f: &Frame<'_>, slot: &Slot, payload: Payload<'_>) -> bool {
+        let data = slot.data.get().cast::<u8>();
+        let (kind, len) = match payload {
+            Payload::Inline(bytes) => {
+                // SAFETY: we own the slot (WRITING claim included in the segment):
+                // no one else reads or writes its data until we publish the stamp;
+                // bytes.len() <= INLINE_MAX, the data field's size.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
+                (KIND_INLINE, bytes.len() as u64)
+            }
+            Payload::Arena(bytes) => {
+                let need = (bytes.len() as u64).next_multiple_of(8);
+                // ORDERING: Relaxed: a unique range is all that is needed; the bytes
+                // are published by the stamp (Release) of the slot that refers to them.
+                let offset = f.header().arena.0.fetch_add(need, Relaxed);
+                if offset + need > f.arena_len() {
+                    return false;
+                }
+                // SAFETY: [offset, offset + len) is ours alone (bump allocation) and
+                // inside the arena (checked above); the slot's first 8 data bytes are
+                // ours as above.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), f.arena_ptr(offset), bytes.len());
+                    data.cast::<u64>().write_unaligned(offset);
+                }
+                (KIND_ARENA, bytes.len() as u64)
+            }
+            Payload::Blob { offset, len } => {
+                // SAFETY: the slot is ours as above.
+                unsafe { data.cast::<u64>().write_unaligned(offset) };
+                (KIND_BLOB, len)
+            }
+        };
+        // ORDERING: Relaxed: published by the stamp's Release.
+        slot.meta.store(kind << 56 | len, Relaxed);
+        true
+    }
+
+    /// Seals segment `f` at its current tail.
+    fn seal(&self, f: &Frame<'_>) {
+        let tail = &f.header().tail.0;
+        // ORDERING: AcqRel: as for the seal in `push`.
+        let _ = tail.fetch_update(AcqRel, Acquire, |t| (t & SEALED == 0).then_some(t | SEALED));
+    }
+
+    /// Segment `n` is sealed: make sure segment `n + 1` exists and producers go there.
+    fn advance_tail(&self, n: u64, f: &Frame<'_>) -> io::Result<()> {
+        let hdr = self.header();
+        // ORDERING: Acquire (all three): re-checks that the move is still needed;
+        // the decisive step is the CAS at the end.
+        if hdr.seg_tail.0.load(Acquire) != n
+            || f.header().seg.0.load(Acquire) != n + 1
+            || f.header().tail.0.load(Acquire) & SEALED == 0
+        {
+            return Ok(());
+        }
+        self.prepare(n + 1)?;
+        // ORDERING: AcqRel: Release publishes the prepared frame (its segment
+        // number) to threads that Acquire-load seg_tail.
+        let _ = hdr.seg_tail.0.compare_exchange(n, n + 1, AcqRel, Relaxed);
+        Ok(())
+    }
+
+    /// Makes the frame of segment `next` hold segment `next`, retiring the
+    /// segment that used it before if it is finished.
+    fn prepare(&self, next: u64) -> io::Result<()> {
+        let hdr = self.header();
+        let f = self.frame(next)?;
+        let fh = f.header();
+        let started = Instant::now();
+        loop {
+            {
+                let _lock = self.lock_frames();
+                // ORDERING: Acquire: under the frame lock, which orders all
+                // preparations; these loads only re-check the state.
+                if hdr.seg_tail.0.load(Acquire) != next - 1 || fh.seg.0.load(Acquire) == next + 1 {
+                    return Ok(());
+                }
+                let occupant = fh.seg.0.load(Acquire);
+                if occupant == 0 || self.retire_locked(&f, occupant - 1)? {
+                    // ORDERING: Release: pairs with the Acquire check of `seg` in
+                    // push/take; the frame is all zeros (fresh or punched).
+                    fh.seg.0.store(next + 1, Release);
+                    return Ok(());
+                }
+                // ORDERING: Acquire: a hint whether waiting can help.
+                if occupant > hdr.seg_head.0.load(Acquire) {
+                    return Err(exhausted(&self.geometry));
+                }
+            }
+            // The previous segment has readers still copying items out.
+            if started.elapsed() > FRAME_WAIT {
+                return Err(exhausted(&self.geometry));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Retires segment `seg` if every consumer is done with it.
+    pub(super) fn try_retire(&self, seg: u64) -> io::Result<()> {
+        let f = self.frame(seg)?;
+        // ORDERING: Acquire: a hint; re-checked under the lock.
+        if f.header().seg.0.load(Acquire) != seg + 1 {
+            return Ok(());
+        }
+        let _lock = self.lock_frames();
+        if f.header().seg.0.load(Acquire) == seg + 1 {
+            self.retire_locked(&f, seg)?;
+        }
+        Ok(())
+    }
+
+    /// With the frame lock held: if segment `seg` (in frame `f`) is finished —
+    /// consumers moved past it and every slot is free — punch the frame out
+    /// (it then reads as zeros: a free frame). Slots owned by dead threads are
+    /// freed on the way.
+    fn retire_locked(&self, f: &Frame<'_>, seg: u64) -> io::Result<bool> {
+        let hdr = self.header();
+        let fh = f.header();
+        // ORDERING: Acquire (here and below): these loads decide whether the
+        // segment is finished; the SeqCst release of every slot (take_once) and
+        // the SeqCst load of seg_head there make a consumer that finishes after
+        // this scan retry the retirement itself.
+        if hdr.seg_head.0.load(SeqCst) <= seg {
+            return Ok(false);
+        }
+        let tail = fh.tail.0.load(Acquire);
+        if tail & SEALED == 0 {
+            return Ok(false);
+        }
+        let count = tail & !SEALED;
+        if fh.head.0.load(Acquire) < count {
+            return Ok(false);
+        }
+        let slots = f.slots();
+        for index in 0..slots {
+            // The first position at or after `count` that maps to this slot:
+            // its lap is the lap a finished slot is free for.
+            let pos = count + (index.wrapping_sub(count) & (slots - 1));
+            let expected = Stamp::new(f.lap(pos), FREE).pack();
+            let slot = f.slot(index);
+            loop {
+                let word = slot.stamp.load(SeqCst);
+                if word == expected {
+                    break;
+                }
+                let s = Stamp::unpack(word);
+                let dead_owner = matches!(s.state, TAKING | WRITING) && s.tid != 0 && !tid_alive(s.tid);
+                if !dead_owner {
+                    return Ok(false); // a live reader (or a claim being withdrawn)
+                }
+                // ORDERING: AcqRel: only one thread frees a dead owner's slot.
+                if slot.stamp.compare_exchange(word, expected, AcqRel, Relaxed).is_ok() {
+                    self.give_back(s.owed);
+                }
+            }
+        }
+        let offset = self.geometry.frame_offset(seg);
+        sparse::punch_hole(self.fd(), offset, self.geometry.frame_len())?;
+        Ok(true)
+    }
+
+    // ---------------------------------------------------------------- consumers
+
+    /// Takes the item at the head, if there is one; its bytes go to `buf`.
+    pub(super) fn take_once(&self, me: u32, buf: &mut Vec<u8>) -> io::Result<Step> {
+        let hdr = self.header();
+        loop {
+            // ORDERING: Acquire: pairs with the Release CAS that moved seg_head.
+            let n = hdr.seg_head.0.load(Acquire);
+            let f = self.frame(n)?;
+            let fh = f.header();
+            // ORDERING: Acquire: pairs with the Release store in `prepare`.
+            if fh.seg.0.load(Acquire) != n + 1 {
+                // ORDERING: Acquire: as above.
+                if hdr.seg_head.0.load(Acquire) != n {
+                    continue;
+                }
+                return Ok(Step::Empty);
+            }
+            // ORDERING: Acquire: orders the head before the stamp load; the stamp
+            // CAS decides.
+            let h = fh.head.0.load(Acquire);
+            let slot = f.slot(h);
+            let lap = f.lap(h);
+            // ORDERING: Acquire: pairs with the producer's Release/SeqCst commit,
+            // making the item's bytes visible.
+            let word = slot.stamp.load(Acquire);
+            let s = Stamp::unpack(word);
+            match (s.lap_vs(lap), s.state) {
+                (LapOrder::Newer, _) => continue, // `h` is stale
+                (LapOrder::Same, READY | SKIP) => {
+                    let ready = s.state == READY;
+                    let owed = ready || s.owed;
+                    let mine = Stamp::owned(lap, TAKING, me, owed).pack();
+                    // ORDERING: AcqRel: Acquire re-reads the committed item; Release
+                    // publishes our claim.
+                    if slot.stamp.compare_exchange(word, mine, AcqRel, Relaxed).is_err() {
+                        continue;
+                    }
+                    // ORDERING: Acquire / AcqRel: validate the frame, then move the
+                    // head (only the owner of the head slot moves it).
+                    if fh.seg.0.load(Acquire) != n + 1 || fh.head.0.compare_exchange(h, h + 1, AcqRel, Relaxed).is_err()
+                    {
+                        Self::withdraw(slot, mine, word);
+                        continue;
+                    }
+                    let got = if ready { Some(self.copy_out(&f, slot, buf)) } else { None };
+                    // ORDERING: SeqCst: Release hands the slot to the next lap's
+                    // producer after our reads; SeqCst orders it before the seg_head
+                    // load below (a retirement scan either sees this release or is
+                    // retried by us).
+                    slot.stamp.store(Stamp::new(lap + 1, FREE).pack(), SeqCst);
+                    if ready {
+                        self.release_permit();
+                    } else if owed {
+                        self.give_back(true);
+                    }
+                    // ORDERING: SeqCst: see the release above.
+                    if hdr.seg_head.0.load(SeqCst) != n {
+                        self.try_retire(n)?;
+                    }
+                    match got {
+                        Some(got) => return got.map(Step::Item),
+                        None => continue,
+                    }
+                }
+                (LapOrder::Same, TAKING) => return Ok(Step::Blocked(Blocked { seg: n, pos: h, word })),
+                (LapOrder::Same, WRITING) if fh.tail.0.load(Acquire) & !SEALED > h => {
+                    // ORDERING (tail load): Acquire: the claim is included; its
+                    // producer is writing.
+                    return Ok(Step::Blocked(Blocked { seg: n, pos: h, word }));
+                }
+                _ => {
+                    // Nothing at `h` (free, an unincluded claim, or the slot still
+                    // on the previous lap). Is this segment finished?
+                    // ORDERING: Acquire: pairs with the sealing CAS.
+                    let t = fh.tail.0.load(Acquire);
+                    if t & SEALED == 0 || h < t & !SEALED {
+                        return Ok(Step::Empty);
+                    }
+                    // ORDERING: Acquire: a hint; advance_tail re-checks.
+                    if hdr.seg_tail.0.load(Acquire) == n && self.advance_tail(n, &f).is_err() {
+                        return Ok(Step::Empty); // no frame for the next segment yet
+                    }
+                    // ORDERING: AcqRel: Release publishes the move to consumers.
+                    if hdr.seg_head.0.compare_exchange(n, n + 1, AcqRel, Relaxed).is_ok() {
+                        self.try_retire(n)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies an item out of a slot we own (TAKING).
+    fn copy_out(&self, f: &Frame<'_>, slot: &Slot, buf: &mut Vec<u8>) -> io::Result<Got> {
+        // ORDERING: Relaxed: published by the stamp, acquired by our claim.
+        let meta = slot.meta.load(Relaxed);
+        let (kind, len) = (meta >> 56, meta & ((1 << 56) - 1));
+        let data = slot.data.get().cast::<u8>();
+        let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt queue slot");
+        buf.clear();
+        match kind {
+            KIND_INLINE if len as usize <= INLINE_MAX => {
+                // SAFETY: we own the slot (TAKING); its data was written before the
+                // stamp we acquired; len <= INLINE_MAX.
+                buf.extend_from_slice(unsafe { std::slice::from_raw_parts(data, len as usize) });
+                Ok(Got::Bytes)
+            }
+            KIND_ARENA => {
+                // SAFETY: as above; the offset was written by the producer.
+                let offset = unsafe { data.cast::<u64>().read_unaligned() };
+                if len as usize > ARENA_ITEM_MAX || offset.checked_add(len).is_none_or(|end| end > f.arena_len()) {
+                    return Err(corrupt());
+                }
+                // SAFETY: the range lies in the arena (checked) and was written by
+                // the producer before its commit, which our claim acquired; no one
+                // writes it again before the segment is retired.
+                buf.extend_from_slice(unsafe { std::slice::from_raw_parts(f.arena_ptr(offset), len as usize) });
+                Ok(Got::Bytes)
+            }
+            KIND_BLOB if len <= ITEM_MAX => {
+                // SAFETY: as above.
+                let offset = unsafe { data.cast::<u64>().read_unaligned() };
+                Ok(Got::Blob { offset, len })
+            }
+            _ => Err(corrupt()),
+        }
+    }
+
+    /// Resolves a [`Blocked`] slot whose owner is dead: a producer's slot is
+    /// skipped, a consumer's claim is completed for it (the item it was taking
+    /// is lost with it). Returns true if anything changed.
+    pub(super) fn resolve_dead(&self, blocked: Blocked) -> io::Result<bool> {
+        let f = self.frame(blocked.seg)?;
+        let fh = f.header();
+        let s = Stamp::unpack(blocked.word);
+        let slot = f.slot(blocked.pos);
+        // ORDERING: Acquire: validation as in take_once.
+        if fh.seg.0.load(Acquire) != blocked.seg + 1 || tid_alive(s.tid) {
+            return Ok(false);
+        }
+        match s.state {
+            WRITING => {
+                // ORDERING: AcqRel: only one thread abandons the slot; Release
+                // publishes the SKIP to consumers.
+                let skip = Stamp { state: SKIP, tid: 0, ..s }.pack();
+                Ok(slot.stamp.compare_exchange(blocked.word, skip, AcqRel, Relaxed).is_ok())
+            }
+            TAKING => {
+                // ORDERING: AcqRel: the head moves past the dead claim once.
+                let _ = fh.head.0.compare_exchange(blocked.pos, blocked.pos + 1, AcqRel, Relaxed);
+                let free = Stamp::new(s.lap + 1, FREE).pack();
+                // ORDERING: AcqRel: only one thread frees the slot and gives back
+                // what the dead consumer held.
+                if slot.stamp.compare_exchange(blocked.word, free, AcqRel, Relaxed).is_ok() {
+                    self.give_back(s.owed);
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// True when a consumer would find something to do now (an item, a slot to
+    /// skip, a segment to move past) or the queue is closed. Never blocks.
+    pub(super) fn has_work(&self) -> bool {
+        let hdr = self.header();
+        // ORDERING: SeqCst (closed and stamp loads): part of the sleeper protocol
+        // in waits.rs; the others are Acquire hints.
+        if hdr.closed.0.load(SeqCst) != 0 {
+            return true;
+        }
+        let n = hdr.seg_head.0.load(Acquire);
+        let Ok(f) = self.frame(n) else { return true };
+        let fh = f.header();
+        if fh.seg.0.load(Acquire) != n + 1 {
+            return true;
+        }
+        let h = fh.head.0.load(Acquire);
+        let s = Stamp::unpack(f.slot(h).stamp.load(SeqCst));
+        let t = fh.tail.0.load(SeqCst);
+        match (s.lap_vs(f.lap(h)), s.state) {
+            (LapOrder::Newer, _) | (LapOrder::Same, READY | SKIP | TAKING) => true,
+            // An included claim: its producer's commit will wake us.
+            (LapOrder::Same, WRITING) if t & !SEALED > h => false,
+            // Nothing at the head: only a finished segment is work.
+            _ => t & SEALED != 0 && h >= t & !SEALED,
+        }
+    }
+
+    /// Items in the queue (approximate while others put and get).
+    pub(super) fn len(&self) -> u64 {
+        let hdr = self.header();
+        if self.bounded() {
+            // ORDERING: Relaxed: a snapshot.
+            return hdr.count.0.load(Relaxed);
+        }
+        // ORDERING: Acquire: a snapshot of the segments, each re-validated.
+        let (first, last) = (hdr.seg_head.0.load(Acquire), hdr.seg_tail.0.load(Acquire));
+        let mut total = 0u64;
+        for seg in first..=last.max(first).min(first + self.geometry.frames) {
+            let Ok(f) = self.frame(seg) else { continue };
+            let fh = f.header();
+            if fh.seg.0.load(Acquire) != seg + 1 {
+                continue;
+            }
+            let tail = fh.tail.0.load(Acquire) & !SEALED;
+            total += tail.saturating_sub(fh.head.0.load(Acquire));
+        }
+        total
+    }
+
+    // ------------------------------------------------------------------ locking
+
+    /// Takes the frame lock (robust: a dead holder's lock is taken over).
+    fn lock_frames(&self) -> FrameLock<'_> {
+        let word = &self.header().frame_lock.0;
+        let me = crate::sys::imp::tid::current_tid();
+        let mut backoff = Backoff::new();
+        let mut watch = Watch::default();
+        loop {
+            // ORDERING: Acquire: pairs with the Release unlock; the holder's frame
+            // changes are visible to the next holder.
+            match word.compare_exchange(0, me, Acquire, Relaxed) {
+                Ok(_) => return FrameLock { word },
+                Err(owner) => {
+                    // ORDERING: Acquire: as above, when taking over.
+                    if watch.stuck(u64::from(owner))
+                        && !tid_alive(owner)
+                        && word.compare_exchange(owner, me, Acquire, Relaxed).is_ok()
+                    {
+                        return FrameLock { word };
+                    }
+                    backoff.snooze();
+                }
+            }
+        }
+    }
+}
+
+/// Holds the frame lock; releases it on drop.
+struct FrameLock<'a> {
+    word: &'a std::sync::atomic::AtomicU32,
+}
+
+impl Drop for FrameLock<'_> {
+    fn drop(&mut self) {
+        // ORDERING: Release: publishes the frame changes made under the lock.
+        self.word.store(0, Release);
+    }
+}
+
+/// The error when every frame holds a live segment.
+fn exhausted(g: &Geometry) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        format!("the queue holds too many items (about {} waiting); get some out first", g.frames * g.slots),
+    )
+}
+
+/// Tracks how long the same owner has blocked us, to decide when to check
+/// whether it is alive.
+#[derive(Debug, Default)]
+pub(super) struct Watch {
+    seen: Option<(u64, Instant)>,
+}
+
+impl Watch {
+    /// True once `word` has been seen unchanged for [`LIVENESS_DELAY`] (then
+    /// again every `LIVENESS_DELAY`).
+    pub(super) fn stuck(&mut self, word: u64) -> bool {
+        let now = Instant::now();
+        match self.seen {
+            Some((w, since)) if w == word => {
+                if now.duration_since(since) >= LIVENESS_DELAY {
+                    self.seen = Some((word, now));
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => {
+                self.seen = Some((word, now));
+                false
+            }
+        }
+    }
+}

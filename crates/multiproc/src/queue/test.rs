@@ -1,0 +1,361 @@
+//! In-process tests of the ring: threads as producers and consumers, tiny
+//! geometries to force sealing, retiring and reuse of frames, and stamps
+//! forged with dead thread ids to exercise the dead-owner paths.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::states::{READY, SEALED, Stamp, TAKING, WRITING};
+use super::*;
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A thread id that no longer exists.
+fn dead_tid() -> u32 {
+    let tid = thread::spawn(crate::sys::imp::tid::current_tid).join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::sys::imp::tid::tid_alive(tid) {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(1));
+    }
+    tid
+}
+
+fn item(producer: u64, seq: u64, size: usize) -> (u64, u64, Vec<u8>) {
+    (producer, seq, vec![(producer * 31 + seq) as u8; size])
+}
+
+/// Sizes that hit the three paths: inline, arena, blob.
+fn size_for(seq: u64) -> usize {
+    match seq % 50 {
+        0 => 100_000,
+        1..=9 => 3000,
+        _ => 8,
+    }
+}
+
+fn stress(q: Queue<(u64, u64, Vec<u8>)>, producers: u64, consumers: usize, per_producer: u64) {
+    let mut handles = Vec::new();
+    for p in 0..producers {
+        let q = q.clone();
+        handles.push(thread::spawn(move || {
+            for s in 0..per_producer {
+                q.put_timeout(item(p, s, size_for(s)), LONG).unwrap();
+            }
+        }));
+    }
+    let total = producers * per_producer;
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut eaters = Vec::new();
+    for _ in 0..consumers {
+        let q = q.clone();
+        let taken = taken.clone();
+        eaters.push(thread::spawn(move || {
+            let mut got = Vec::new();
+            while taken.load(SeqCst) < total {
+                match q.get_timeout(Duration::from_millis(50)) {
+                    Ok(it) => {
+                        taken.fetch_add(1, SeqCst);
+                        got.push(it);
+                    }
+                    Err(GetError::Timeout) => {}
+                    Err(e) => panic!("get failed: {e}"),
+                }
+            }
+            got
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut seen: HashMap<(u64, u64), usize> = HashMap::new();
+    for e in eaters {
+        let got = e.join().unwrap();
+        // Per consumer, each producer's items arrive in increasing order.
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        for (p, s, bytes) in got {
+            assert_eq!(bytes, item(p, s, size_for(s)).2, "payload of ({p}, {s})");
+            if let Some(prev) = last.insert(p, s) {
+                assert!(prev < s, "producer {p}: {s} after {prev}");
+            }
+            *seen.entry((p, s)).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len() as u64, total, "items lost");
+    assert!(seen.values().all(|&n| n == 1), "items duplicated");
+    assert!(q.empty());
+    assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+}
+
+#[test]
+fn fifo_single_thread_all_sizes() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let sizes = [0usize, 1, 48, 49, 1000, 65_536, 65_537, 1 << 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        q.put(vec![i as u8; n]).unwrap();
+    }
+    assert_eq!(q.qsize(), sizes.len());
+    for (i, &n) in sizes.iter().enumerate() {
+        assert_eq!(q.get_nowait().unwrap(), vec![i as u8; n]);
+    }
+    assert!(q.empty());
+}
+
+#[test]
+fn tiny_segments_spill_and_recycle_frames() {
+    // 4 slots per segment and 8 frames: every few items a segment fills,
+    // seals, is drained, retired, and its frame reused.
+    let q = Queue::<u64>::builder().segment_slots(4).max_segments(8).build().unwrap();
+    for round in 0..200u64 {
+        for i in 0..20 {
+            q.put(round * 100 + i).unwrap();
+        }
+        for i in 0..20 {
+            assert_eq!(q.get_nowait().unwrap(), round * 100 + i);
+        }
+    }
+    assert!(q.ring.header().seg_tail.0.load(Relaxed) > 100);
+}
+
+#[test]
+fn unbounded_exhaustion_is_an_error_not_a_hang() {
+    let q = Queue::<u64>::builder().segment_slots(2).max_segments(4).build().unwrap();
+    let mut n = 0;
+    let err = loop {
+        match q.put(n) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 1000, "never exhausted");
+    };
+    assert!(matches!(err, PutError::Io(_, _)), "{err:?}");
+    assert_eq!(err.into_inner(), n);
+    for i in 0..n {
+        assert_eq!(q.get_nowait().unwrap(), i);
+    }
+    q.put(7).unwrap(); // usable again
+    assert_eq!(q.get_nowait().unwrap(), 7);
+}
+
+#[test]
+fn threads_unbounded_exact_multiset() {
+    let q = Queue::builder().segment_slots(8).max_segments(4096).build().unwrap();
+    stress(q, 4, 3, 2000);
+}
+
+#[test]
+fn threads_bounded_tiny_geometry_exact_multiset() {
+    let q = Queue::builder().maxsize(6).segment_slots(4).max_segments(16).build().unwrap();
+    stress(q, 3, 3, 1500);
+}
+
+#[test]
+fn threads_default_geometry_exact_multiset() {
+    stress(Queue::new().unwrap(), 2, 2, 5000);
+}
+
+#[test]
+fn bounded_full_waits_and_times_out() {
+    let q = Queue::<u8>::bounded(2).unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(q.full());
+    assert!(q.put_nowait(3).unwrap_err().is_full());
+    let t = Instant::now();
+    assert!(q.put_timeout(3, Duration::from_millis(100)).unwrap_err().is_full());
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    let q2 = q.clone();
+    let getter = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        q2.get_timeout(LONG).unwrap()
+    });
+    q.put_timeout(3, LONG).unwrap();
+    assert_eq!(getter.join().unwrap(), 1);
+    assert_eq!(q.qsize(), 2);
+}
+
+#[test]
+fn close_wakes_blocked_getters_and_putters() {
+    let q = Queue::<u8>::bounded(1).unwrap();
+    q.put(1).unwrap();
+    let (a, b) = (q.clone(), q.clone());
+    let putter = thread::spawn(move || a.put_timeout(2, LONG));
+    let t = Instant::now();
+    thread::sleep(Duration::from_millis(50));
+    q.close();
+    assert!(putter.join().unwrap().unwrap_err().is_closed());
+    assert_eq!(b.get_timeout(LONG).unwrap(), 1);
+    let getter = thread::spawn(move || b.get_timeout(LONG));
+    assert!(matches!(getter.join().unwrap(), Err(GetError::Closed)));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn joinable_counts_tasks() {
+    let q = JoinableQueue::<u32>::new().unwrap();
+    assert!(q.task_done().is_err());
+    for i in 0..5 {
+        q.put(i).unwrap();
+    }
+    assert_eq!(q.unfinished_tasks(), 5);
+    assert_eq!(q.join_timeout(Duration::from_millis(50)), Err(JoinTimeoutError { unfinished: 5 }));
+    let worker = {
+        let q = q.clone();
+        thread::spawn(move || {
+            for _ in 0..5 {
+                q.get_timeout(LONG).unwrap();
+                thread::sleep(Duration::from_millis(5));
+                q.task_done().unwrap();
+            }
+        })
+    };
+    q.join_timeout(LONG).unwrap();
+    assert_eq!(q.unfinished_tasks(), 0);
+    worker.join().unwrap();
+    assert_eq!(q.task_done(), Err(TaskDoneError));
+}
+
+#[test]
+fn unserializable_and_fd_items_fail_put() {
+    struct Bad;
+    impl Serialize for Bad {
+        fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no way"))
+        }
+    }
+    impl<'de> Deserialize<'de> for Bad {
+        fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Ok(Bad)
+        }
+    }
+    let q = Queue::<Bad>::new().unwrap();
+    assert!(matches!(q.put(Bad), Err(PutError::Unserializable(Bad, _))));
+    assert!(q.empty());
+    let qq = Queue::<Queue<u8>>::new().unwrap();
+    let inner = Queue::<u8>::new().unwrap();
+    let err = qq.put(inner).unwrap_err();
+    assert!(matches!(err, PutError::Unserializable(_, _)), "{err:?}");
+}
+
+/// Claims the slot at the tail of the current segment as a producer that
+/// then died. With `include`, the claim is included in the segment (it died
+/// while writing); without, it died before moving the tail.
+fn forge_dead_producer(q: &Queue<u64>, include: bool) {
+    let ring = &q.ring;
+    let n = ring.header().seg_tail.0.load(SeqCst);
+    let f = ring.frame(n).unwrap();
+    let t = f.header().tail.0.load(SeqCst);
+    assert_eq!(t & SEALED, 0);
+    let slot = f.slot(t);
+    let word = slot.stamp.load(SeqCst);
+    let dead = Stamp::owned(f.lap(t), WRITING, dead_tid(), true).pack();
+    slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
+    // The dead producer held a permit and a task.
+    if ring.bounded() {
+        ring.header().count.0.fetch_add(1, SeqCst);
+    }
+    if ring.joinable() {
+        ring.header().unfinished.0.fetch_add(1, SeqCst);
+    }
+    if include {
+        f.header().tail.0.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn consumer_skips_a_dead_producers_slot() {
+    let q = JoinableQueue::<u64>::bounded(3).unwrap();
+    q.put(1).unwrap();
+    forge_dead_producer(&q, true);
+    q.put(2).unwrap();
+    assert_eq!(q.qsize(), 3);
+    assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+    let t = Instant::now();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    // The dead producer's permit and task were given back.
+    assert_eq!(q.qsize(), 0);
+    assert_eq!(q.unfinished_tasks(), 2);
+    for v in 3..6 {
+        q.put_timeout(v, LONG).unwrap();
+    }
+    assert!(q.full());
+}
+
+#[test]
+fn get_timeout_is_kept_while_a_dead_producer_blocks_the_head() {
+    let q = Queue::<u64>::new().unwrap();
+    forge_dead_producer(&q, true);
+    let t = Instant::now();
+    // The dead slot is skipped, then the queue is truly empty: Timeout at ≈T.
+    assert!(matches!(q.get_timeout(Duration::from_millis(200)), Err(GetError::Timeout)));
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(1200), "took {took:?}");
+    q.put(9).unwrap();
+    assert_eq!(q.get_nowait().unwrap(), 9);
+}
+
+#[test]
+fn producer_withdraws_a_dead_unincluded_claim() {
+    let q = Queue::<u64>::bounded(4).unwrap();
+    forge_dead_producer(&q, false);
+    let t = Instant::now();
+    q.put_timeout(5, LONG).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(q.qsize(), 1);
+    assert_eq!(q.get_nowait().unwrap(), 5);
+}
+
+#[test]
+fn consumer_completes_a_dead_consumers_claim() {
+    let q = Queue::<u64>::bounded(4).unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    let ring = &q.ring;
+    let f = ring.frame(ring.header().seg_head.0.load(SeqCst)).unwrap();
+    let h = f.header().head.0.load(SeqCst);
+    let slot = f.slot(h);
+    let word = slot.stamp.load(SeqCst);
+    assert_eq!(Stamp::unpack(word).state, READY);
+    let dead = Stamp::owned(f.lap(h), TAKING, dead_tid(), true).pack();
+    slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
+    // Item 1 is lost with the dead consumer; 2 comes next, and its permit is back.
+    assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+    assert_eq!(q.qsize(), 0);
+}
+
+#[test]
+fn frame_lock_of_a_dead_thread_is_taken_over() {
+    let q = Queue::<u64>::builder().segment_slots(2).build().unwrap();
+    q.ring.header().frame_lock.0.store(dead_tid(), SeqCst);
+    let t = Instant::now();
+    for i in 0..10 {
+        q.put(i).unwrap(); // segments fill every 2 items and need the lock
+    }
+    assert!(t.elapsed() < Duration::from_secs(2));
+    for i in 0..10 {
+        assert_eq!(q.get_nowait().unwrap(), i);
+    }
+}
+
+#[test]
+fn handles_round_trip_through_the_codec() {
+    let q = JoinableQueue::<String>::new().unwrap();
+    let e = wire::encode(&q).unwrap();
+    let back: JoinableQueue<String> = wire::decode(&e.bytes, e.fds).unwrap();
+    back.put("x".into()).unwrap();
+    assert_eq!(q.get_nowait().unwrap(), "x");
+    // A plain Queue view of a joinable queue is fine; the reverse is refused,
+    // and so is another item type.
+    let e = wire::encode(&q).unwrap();
+    let plain: Queue<String> = wire::decode(&e.bytes, e.fds).unwrap();
+    plain.put("y".into()).unwrap();
+    assert_eq!(q.unfinished_tasks(), 2);
+    let e = wire::encode(&plain).unwrap();
+    assert!(wire::decode::<Queue<u64>>(&e.bytes, e.fds).is_err());
+    let p = Queue::<String>::new().unwrap();
+    let e = wire::encode(&p).unwrap();
+    assert!(wire::decode::<JoinableQueue<String>>(&e.bytes, e.fds).is_err());
+}
