@@ -82,6 +82,11 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
 ];
 
+/// The code in the workspace README, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The example called `name`.
 pub fn example(name: &str) -> Option<&'static Example> {
     EXAMPLES.iter().find(|e| e.name == name)
