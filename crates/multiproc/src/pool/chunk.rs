@@ -9,6 +9,7 @@
 use std::any::Any;
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -228,6 +229,7 @@ enum Outs<R> {
 }
 
 impl<R> Outs<R> {
+    #[inline]
     fn push(&mut self, result: Result<R, TaskError>) {
         match (self, result) {
             (Outs::Ok(v), Ok(r)) => v.push(r),
@@ -263,24 +265,29 @@ where
     let n = cx.items as usize;
     let args = decode_args::<A>(input, fds, framed, n);
     let mut outs = Outs::Ok(Vec::with_capacity(n));
-    for (i, arg) in args.enumerate() {
-        if let Some((_, err)) = cx.skip.iter().find(|(k, _)| *k as usize == i) {
-            outs.push(Err(err.clone()));
-            continue;
-        }
-        let a = match arg {
-            Ok(a) => a,
-            Err(e) => {
-                outs.push(Err(e));
+    let skip = cx.skip;
+    let (status, timed, state) = (cx.status, cx.timed, &mut *cx.state);
+    super::worker::in_task(|| {
+        for (i, arg) in args.enumerate() {
+            if !skip.is_empty()
+                && let Some((_, err)) = skip.iter().find(|(k, _)| *k as usize == i)
+            {
+                outs.push(Err(err.clone()));
                 continue;
             }
-        };
-        cx.status.begin_item(i as u32, cx.timed.then(monotonic_ns));
-        let state = &mut *cx.state;
-        let result = super::worker::in_task(|| panic::catch_unwind(AssertUnwindSafe(|| call(state, a))));
-        cx.status.end_item();
-        outs.push(result.map_err(|payload| TaskError::Panicked(super::worker::take_panic(payload.as_ref()))));
-    }
+            let a = match arg {
+                Ok(a) => a,
+                Err(e) => {
+                    outs.push(Err(e));
+                    continue;
+                }
+            };
+            status.begin_item(i as u32, timed.then(monotonic_ns));
+            let result = panic::catch_unwind(AssertUnwindSafe(|| call(&mut *state, a)));
+            status.end_item();
+            outs.push(result.map_err(|payload| TaskError::Panicked(super::worker::take_panic(payload.as_ref()))));
+        }
+    });
     encode_outs(cx.out, outs)
 }
 
@@ -389,14 +396,54 @@ pub(crate) struct EncodedChunk {
     pub framed: bool,
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
+    /// Where the buffer goes back when the chunk is done.
+    recycle: Option<Arc<Buffers>>,
+}
+
+impl Drop for EncodedChunk {
+    fn drop(&mut self) {
+        if let Some(buffers) = &self.recycle {
+            buffers.give(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// Large encoding buffers kept for reuse: a fresh megabyte costs 256 page
+/// faults, far more than the copy into it.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers smaller than this are left to the allocator.
+const RECYCLE_MIN: usize = 64 * 1024;
+/// At most this many bytes of buffers are kept.
+const RECYCLE_MAX: usize = 64 << 20;
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < RECYCLE_MIN {
+            return;
+        }
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.iter().map(Vec::capacity).sum::<usize>() + buf.capacity() <= RECYCLE_MAX {
+            free.push(buf);
+        }
+    }
 }
 
 /// Encodes a chunk's arguments: all at once, or item by item when some item
 /// cannot be serialized (that item then fails alone, in the worker).
-pub(crate) fn encode_chunk<A: Serialize>(items: &[A]) -> EncodedChunk {
-    let mut bytes = Vec::new();
+pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>) -> EncodedChunk {
+    let mut bytes = buffers.take();
+    let recycle = Some(buffers.clone());
     if let Ok(fds) = encode_into(items, &mut bytes) {
-        return EncodedChunk { framed: false, bytes, fds };
+        return EncodedChunk { framed: false, bytes, fds, recycle };
     }
     let mut bodies = Vec::with_capacity(items.len());
     for item in items {
@@ -420,7 +467,7 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A]) -> EncodedChunk {
     }
     bytes.clear();
     encode_into(&framed, &mut bytes).expect("bytes and strings always serialize");
-    EncodedChunk { framed: true, bytes, fds }
+    EncodedChunk { framed: true, bytes, fds, recycle }
 }
 
 /// A chunk's results decoded in the parent.

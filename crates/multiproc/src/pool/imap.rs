@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::chunk::{EncodedChunk, encode_chunk};
+use super::chunk::{Buffers, EncodedChunk, encode_chunk};
 use super::error::PoolError;
 use super::job::{Chunk, ImapShared, Job};
 use super::progress::Progress;
@@ -26,7 +26,7 @@ pub(crate) struct Pulled {
 pub(crate) type Puller<'p> = Box<dyn FnMut(usize) -> Pulled + 'p>;
 
 /// Makes the puller for an input of `Result<A, E>` items.
-pub(crate) fn puller<'p, I, A, E>(items: I) -> Puller<'p>
+pub(crate) fn puller<'p, I, A, E>(items: I, buffers: Arc<Buffers>) -> Puller<'p>
 where
     I: Iterator<Item = Result<A, E>> + 'p,
     A: serde::Serialize,
@@ -50,7 +50,7 @@ where
                 }
             }
         }
-        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch), batch.len()));
+        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch, &buffers), batch.len()));
         Pulled { chunk, error, exhausted }
     })
 }

@@ -255,7 +255,7 @@ impl<S: 'static> PoolBuilder<S> {
             init,
         };
         let (shared, thread) = scheduler::start(config)?;
-        Ok(Pool { shared, thread: Mutex::new(Some(thread)), processes, _state: PhantomData })
+        Ok(Pool { shared, buffers: Arc::default(), thread: Mutex::new(Some(thread)), processes, _state: PhantomData })
     }
 }
 
@@ -282,6 +282,7 @@ impl<S: 'static> PoolBuilder<S> {
 /// ```
 pub struct Pool<S = ()> {
     shared: Arc<Shared>,
+    buffers: Arc<chunk::Buffers>,
     thread: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
     _state: PhantomData<fn() -> S>,
@@ -548,7 +549,7 @@ impl<'p, S: 'static> Call<'p, S> {
         let slot = Slot::new();
         let cancel = Arc::new(AtomicU8::new(TASK_PENDING));
         let job: Arc<dyn Job> = Arc::new(ApplyJob { slot: slot.clone() });
-        let mut chunk = Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args)));
+        let mut chunk = Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args), &self.pool.buffers));
         chunk.cancel = Some(cancel.clone());
         if let Err(e) = self.pool.shared.submit(vec![chunk]) {
             return AsyncResult::failed(e);
@@ -575,7 +576,7 @@ impl<'p, S: 'static> Call<'p, S> {
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         for (index, part) in items.chunks(chunksize).enumerate() {
-            let input = encode_chunk(part);
+            let input = encode_chunk(part, &self.pool.buffers);
             batch_bytes += input.bytes.len();
             batch.push(Chunk::new(job.clone(), index, runner, part.len(), input));
             if index == 0 || batch.len() >= 256 || batch_bytes >= 64 * 1024 || index + 1 == chunks {
@@ -603,7 +604,7 @@ impl<'p, S: 'static> Call<'p, S> {
             _ => None,
         };
         let progress = self.make_progress(len);
-        let pull = imap::puller(items);
+        let pull = imap::puller(items, self.pool.buffers.clone());
         Imap::new(&self.pool.shared, pull, runner, ordered, self.chunksize.unwrap_or(1), self.pool.processes, progress)
     }
 

@@ -55,6 +55,7 @@ impl StatusPage {
         Ok(StatusPage { map: Mapping::from_fd(fd, 4096)? })
     }
 
+    #[inline]
     fn words(&self) -> &StatusWords {
         // SAFETY: the mapping is 4096 bytes, page-aligned and zero-initialised,
         // which is a valid `StatusWords` (atomics of zero); it lives as long as
@@ -73,6 +74,7 @@ impl StatusPage {
     }
 
     /// Worker: item `item` of the current chunk begins.
+    #[inline]
     pub(crate) fn begin_item(&self, item: u32, now_ns: Option<u64>) {
         let w = self.words();
         w.item.store(item, Ordering::Relaxed);
@@ -84,6 +86,7 @@ impl StatusPage {
     }
 
     /// Worker: the current item ended; the chunk goes on.
+    #[inline]
     pub(crate) fn end_item(&self) {
         // ORDERING: Release, paired with the scheduler's Acquire of the phase.
         self.words().phase.store(PHASE_CHUNK, Ordering::Release);

@@ -29,6 +29,9 @@ use crate::wire::{Channel, Frame, Kind, SendFd, WireError};
 const QUICK_CHUNK: Duration = Duration::from_micros(100);
 /// Results never wait longer than this for company.
 const MAX_HOLD: Duration = Duration::from_millis(1);
+/// How long a result waits for room in the output ring before it takes a
+/// memory file of its own.
+const RING_WAIT: Duration = Duration::from_secs(1);
 
 /// Everything a worker needs, sent as its process argument.
 #[derive(Debug, Serialize, Deserialize)]
@@ -226,6 +229,11 @@ impl Worker {
         self.last_chunk = started.elapsed();
         self.held_since.get_or_insert(started);
         let nfds = fds.len() as u32;
+        let len = self.out.len();
+        let mut ring_at = None;
+        if len > RING_THRESHOLD && len <= RING_CAPACITY / 2 {
+            ring_at = self.ring_space(len)?;
+        }
         let channel = &self.channel;
         let emit = &mut |p: &[u8], f: Vec<OwnedFd>| channel.send(Kind::Control, p, &f);
         let out = &self.out;
@@ -233,15 +241,7 @@ impl Worker {
             let record = FromWorker::Done { id, format, output: Payload::Inline(out), nfds };
             return self.batch.add(&record, fds, emit);
         }
-        if self.output_ring.is_none() && out.len() <= RING_CAPACITY / 2 {
-            let ring = Ring::new(RING_CAPACITY)?;
-            let fd = ring.as_fd().try_clone_to_owned()?;
-            self.batch.add(&FromWorker::OutputRing { cap: RING_CAPACITY as u64 }, vec![fd], emit)?;
-            self.output_ring = Some(ring);
-        }
-        if let Some(ring) = self.output_ring.as_mut()
-            && let Some(at) = ring.alloc(out.len())
-        {
+        if let (Some(ring), Some(at)) = (self.output_ring.as_mut(), ring_at) {
             ring.region_mut(at, out.len()).copy_from_slice(out);
             let record = FromWorker::Done { id, format, output: Payload::Ring { at, len: out.len() as u64 }, nfds };
             return self.batch.add(&record, fds, emit);
@@ -250,6 +250,36 @@ impl Worker {
         fds.insert(0, memfd);
         let record = FromWorker::Done { id, format, output: Payload::Memfd { len: out.len() as u64 }, nfds };
         self.batch.add(&record, fds, emit)
+    }
+}
+
+impl Worker {
+    /// A region of `len` bytes in the output ring (made on first use). When
+    /// the ring is full, sends what is pending (so the scheduler can release
+    /// space) and waits a little; `None` if no space came.
+    fn ring_space(&mut self, len: usize) -> Result<Option<u64>, WireError> {
+        if self.output_ring.is_none() {
+            let ring = Ring::new(RING_CAPACITY)?;
+            let fd = ring.as_fd().try_clone_to_owned()?;
+            let channel = &self.channel;
+            let emit = &mut |p: &[u8], f: Vec<OwnedFd>| channel.send(Kind::Control, p, &f);
+            self.batch.add(&FromWorker::OutputRing { cap: RING_CAPACITY as u64 }, vec![fd], emit)?;
+            self.output_ring = Some(ring);
+        }
+        if let Some(at) = self.output_ring.as_mut().and_then(|r| r.alloc(len)) {
+            return Ok(Some(at));
+        }
+        self.flush()?;
+        let give_up = Instant::now() + RING_WAIT;
+        let mut nap = Duration::from_micros(20);
+        while Instant::now() < give_up {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(1));
+            if let Some(at) = self.output_ring.as_mut().and_then(|r| r.alloc(len)) {
+                return Ok(Some(at));
+            }
+        }
+        Ok(None)
     }
 }
 
