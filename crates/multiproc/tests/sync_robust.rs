@@ -152,9 +152,11 @@ fn notify_and_hold(cond: Condition, notified: Event) {
 fn sigkilled_holder_of_a_conditions_lock_wakes_the_waiter_with_owner_died() {
     let cond = Condition::new().unwrap();
     let notified = Event::new().unwrap();
-    let c2 = cond.clone();
+    let waiting = Event::new().unwrap();
+    let (c2, w2) = (cond.clone(), waiting.clone());
     let waiter = std::thread::spawn(move || {
         let g = c2.acquire().unwrap();
+        w2.set(); // still holding the lock: it is released only inside `wait`
         let r = g.wait_timeout(LONG);
         let at = Instant::now();
         match r {
@@ -170,6 +172,7 @@ fn sigkilled_holder_of_a_conditions_lock_wakes_the_waiter_with_owner_died() {
         }
     });
     // The waiter is registered once it released the lock inside `wait`.
+    assert!(waiting.wait_timeout(LONG));
     sync_support::wait_until("the waiter to wait", || !cond.lock().is_locked());
     let holder = Kid::<()>::spawn(notify_and_hold, (cond.clone(), notified.clone()));
     assert!(notified.wait_timeout(LONG));
