@@ -94,23 +94,31 @@ impl Ring {
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
-        if self.bounded() {
-            self.acquire_permit(deadline, block)?;
-        }
-        if self.joinable() && !self.add_task() {
-            self.give_back_permit();
-            return Err(PutFail::Io(io::Error::other("more than 4 billion unfinished tasks")));
-        }
+        // A large item is written first, before the permit and the task are
+        // taken: a producer killed while writing it then holds nothing that
+        // others wait for (only the blob's pages, freed with the queue).
         let payload = match Payload::for_bytes(bytes) {
             Some(payload) => payload,
-            None => match self.write_blob(bytes) {
-                Ok(payload) => payload,
-                Err(e) => {
-                    self.give_back(true);
-                    return Err(PutFail::Io(e));
-                }
-            },
+            None => self.write_blob(bytes).map_err(PutFail::Io)?,
         };
+        let discard = || {
+            if let Payload::Blob { offset, len } = payload {
+                self.discard_blob(offset, len);
+            }
+        };
+        // From here to the slot claim in `push` there are only a few
+        // instructions: the window in which a kill would leak the permit.
+        if self.bounded()
+            && let Err(e) = self.acquire_permit(deadline, block)
+        {
+            discard();
+            return Err(e);
+        }
+        if self.joinable() && !self.add_task() {
+            self.release_permit();
+            discard();
+            return Err(PutFail::Io(io::Error::other("more than 4 billion unfinished tasks")));
+        }
         let me = current_tid();
         loop {
             match self.push(payload, me) {
@@ -118,9 +126,7 @@ impl Ring {
                 Ok(Pushed::Lost) => self.retake(),
                 Err(e) => {
                     self.give_back(true);
-                    if let Payload::Blob { offset, len } = payload {
-                        self.discard_blob(offset, len);
-                    }
+                    discard();
                     return Err(PutFail::Io(e));
                 }
             }
@@ -220,10 +226,6 @@ impl Ring {
             let _ = hdr.count.0.fetch_update(SeqCst, SeqCst, |c| c.checked_sub(1));
             wake(&hdr.not_full.0, 1);
         }
-    }
-
-    fn give_back_permit(&self) {
-        self.release_permit();
     }
 
     /// Gives back what an item that will never be delivered held: its permit

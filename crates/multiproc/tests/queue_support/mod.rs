@@ -1,0 +1,49 @@
+//! Helpers shared by the `queue_*` integration tests.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use multiproc::Process;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Upper bound for any blocking call in these tests: far above the real
+/// time, so a loaded machine does not fail them, but a hang still ends.
+pub const LONG: Duration = Duration::from_secs(30);
+
+/// Slack allowed on top of a timeout ("≈T" means ≥ T and < T + SLACK).
+pub const SLACK: Duration = Duration::from_secs(1);
+
+/// A child that is killed and reaped when dropped (so a failing test leaves
+/// no process behind).
+pub struct Child<R: Serialize + DeserializeOwned>(pub Process<R>);
+
+impl<R: Serialize + DeserializeOwned> Child<R> {
+    /// Joins with the long timeout and returns the child's value.
+    pub fn join(&mut self) -> R {
+        self.0.join_timeout(LONG).expect("child failed")
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Drop for Child<R> {
+    fn drop(&mut self) {
+        if self.0.exitcode().is_none() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.join_timeout(LONG);
+    }
+}
+
+/// Entries of /dev/shm (the queue must never create any).
+pub fn dev_shm() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Threads of this process.
+pub fn count_threads() -> usize {
+    std::fs::read_dir("/proc/self/task").expect("read /proc/self/task").count()
+}
