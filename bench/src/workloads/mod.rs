@@ -16,10 +16,21 @@ use crate::python::{PyScript, Python};
 use crate::report::Row;
 
 pub mod pipe;
+pub mod pool;
 pub mod process;
+pub mod queue;
 
 /// Every workload, in the order they run and appear in the table.
-pub const ALL: &[Workload] = &[process::SPAWN_JOIN, pipe::PIPE_RTT, pipe::PIPE_1MIB];
+pub const ALL: &[Workload] = &[
+    process::SPAWN_JOIN,
+    pipe::PIPE_RTT,
+    pipe::PIPE_1MIB,
+    pool::POOL_MAP_SMALL,
+    pool::POOL_MAP_CHUNK1,
+    pool::POOL_1MIB,
+    queue::QUEUE_1TO1,
+    queue::QUEUE_2TO2,
+];
 
 /// A named benchmark producing one or more table rows.
 #[derive(Debug, Clone, Copy)]

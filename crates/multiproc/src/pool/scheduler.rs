@@ -31,8 +31,10 @@ use crate::wire::{Channel, Frame, Kind, Outbox, SendFd, WireError};
 /// chunks come back): enough that it never waits for the next, little enough
 /// that the end of a call stays balanced.
 const TARGET_QUEUE: Duration = Duration::from_millis(2);
-/// Chunks per worker in flight, at least and at most.
+/// Chunks per worker in flight, at least, at first (before any chunk came
+/// back to measure) and at most.
 const MIN_DEPTH: usize = 2;
+const FIRST_DEPTH: usize = 4;
 const MAX_DEPTH: usize = 4096;
 /// A worker whose socket closed but that did not exit in this time is killed.
 const EOF_GRACE: Duration = Duration::from_secs(1);
@@ -462,7 +464,7 @@ impl Scheduler {
             timed_out: None,
             init_message: None,
             per_chunk_ns: 0.0,
-            depth: MIN_DEPTH,
+            depth: FIRST_DEPTH,
             last_arrival: Instant::now(),
         })
     }

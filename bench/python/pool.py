@@ -1,0 +1,116 @@
+"""CPython side of the pool workloads (bench/src/workloads/pool.rs).
+
+pool_map --items N [--chunksize C]
+    microseconds per item of Pool(2).map(square, range(N)) (chunksize None:
+    Python's default ceil(N / (4 * 2)); 1: one task per message). Every
+    result is compared with i * i.
+pool_1mib --buffers N --full-check-batches K
+    GB/s (10^9 bytes/s) of 1 MiB bytes objects sent to the workers of
+    Pool(2) through imap(identity, buffers, chunksize=1), each coming back
+    whole; the figure counts the bytes sent one way. Each buffer carries its
+    sequence number in its first and last 8 bytes; every returned buffer's
+    stamps and a few bytes are checked, every byte during the first K
+    samples. The buffers are built before the timed part.
+
+The pool (start method: the default, fork on Linux with 3.11) is started once,
+before the first sample, and warmed up by the harness's untimed samples.
+"""
+
+import multiprocessing as mp
+import time
+
+import common
+
+MIB = 1 << 20
+
+
+def square(x):
+    return x * x
+
+
+def identity(b):
+    return b
+
+
+def pattern():
+    # Same bytes as the Rust side: byte i is i % 251.
+    return (bytes(range(251)) * (MIB // 251 + 1))[:MIB]
+
+
+def pool_map(args):
+    pool = mp.Pool(2)
+    n, chunksize = args.items, args.chunksize
+    want = [i * i for i in range(n)]
+    state = {"checked": 0}
+
+    def sample():
+        t0 = time.perf_counter()
+        got = pool.map(square, range(n), chunksize=chunksize)
+        elapsed = time.perf_counter() - t0
+        if got != want:
+            common.fail("map results differ from i * i")
+        state["checked"] += n
+        return elapsed / n * 1e6
+
+    def finish():
+        pool.close()
+        pool.join()
+        return state["checked"]
+
+    common.serve(sample, finish)
+
+
+def pool_1mib(args):
+    pool = mp.Pool(2)
+    n = args.buffers
+    pat = pattern()
+    state = {"seq": 0, "samples": 0, "checked": 0}
+
+    def sample():
+        seq0 = state["seq"]
+        bufs = []
+        for k in range(n):
+            stamp = (seq0 + k).to_bytes(8, "little")
+            bufs.append(stamp + pat[8:-8] + stamp)
+        full = state["samples"] < args.full_check_batches
+        t0 = time.perf_counter()
+        for k, back in enumerate(pool.imap(identity, bufs, chunksize=1)):
+            stamp = (seq0 + k).to_bytes(8, "little")
+            if len(back) != MIB or back[:8] != stamp or back[-8:] != stamp:
+                common.fail(f"buffer {seq0 + k} came back wrong")
+            if full:
+                if back[8:-8] != pat[8:-8]:
+                    common.fail(f"buffer {seq0 + k} content differs")
+            elif any(back[i] != pat[i] for i in (8, 4099, MIB // 2 + 7, MIB - 9)):
+                common.fail(f"buffer {seq0 + k} content differs")
+        elapsed = time.perf_counter() - t0
+        state["seq"] += n
+        state["samples"] += 1
+        state["checked"] += n
+        return n * MIB / elapsed / 1e9
+
+    def finish():
+        pool.close()
+        pool.join()
+        return state["checked"]
+
+    common.serve(sample, finish)
+
+
+def main():
+    p = common.parser(__doc__)
+    p.add_argument("--items", type=int, default=200_000)
+    p.add_argument("--chunksize", type=int, default=None)
+    p.add_argument("--buffers", type=int, default=256)
+    p.add_argument("--full-check-batches", type=int, default=1)
+    args = p.parse_args()
+    if args.workload == "pool_map":
+        pool_map(args)
+    elif args.workload == "pool_1mib":
+        pool_1mib(args)
+    else:
+        p.error(f"unknown workload {args.workload!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+//! Pool workloads: `pool_map_small` (map of `x * x` over 200,000 `u64`,
+//! default chunks), `pool_map_chunk1` (the same with one task per chunk) and
+//! `pool_1mib` (1 MiB byte buffers to the workers and back), each with two
+//! workers, side by side with CPython's `Pool(2)`.
+//!
+//! CPython side: `bench/python/pool.py`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use multiproc::Pool;
+use serde_bytes::ByteBuf;
+use serde_json::json;
+
+use super::{Ctx, Workload};
+use crate::measure::{Plan, Stats, gb_per_s, micros};
+use crate::report::{Row, Unit};
+use crate::{BenchError, ensure};
+
+/// `map(square, 0..200_000)` with Python's default chunk size.
+pub const POOL_MAP_SMALL: Workload = Workload {
+    name: "pool_map_small",
+    about: "µs per item of Pool(2).map(x * x) over 200,000 u64, default chunks",
+    run: pool_map_small,
+};
+
+/// The same with `chunksize = 1`: one task per message.
+pub const POOL_MAP_CHUNK1: Workload = Workload {
+    name: "pool_map_chunk1",
+    about: "µs per task of Pool(2).map(x * x) with chunksize=1",
+    run: pool_map_chunk1,
+};
+
+/// 1 MiB buffers to the workers and back through `imap`.
+pub const POOL_1MIB: Workload = Workload {
+    name: "pool_1mib",
+    about: "GB/s of 1 MiB byte buffers sent to Pool(2) workers and returned (imap, chunksize=1)",
+    run: pool_1mib,
+};
+
+/// Items of `pool_map_small`.
+const SMALL_ITEMS: usize = 200_000;
+/// Tasks of `pool_map_chunk1` per sample (CPython needs seconds for 200,000).
+const CHUNK1_ITEMS: usize = 50_000;
+/// 1 MiB buffers per `pool_1mib` sample.
+const MIB_BUFFERS: usize = 256;
+const MIB: usize = 1 << 20;
+const WORKERS: usize = 2;
+
+const FLOOR_LOOP: &str = "the same squares in a loop in this process (no pool)";
+const FLOOR_MEMCPY: &str = "memcpy of 1 MiB, one core";
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn identity(b: ByteBuf) -> ByteBuf {
+    b
+}
+
+/// Samples `pool.map(square, 0..n)` (µs per item), checking every result.
+fn map_subject(pool: &Pool, n: usize, chunksize: Option<usize>) -> impl FnMut() -> Result<f64, BenchError> + '_ {
+    move || {
+        let t = Instant::now();
+        let got = match chunksize {
+            Some(c) => pool.with_chunksize(c).map(square, 0..n as u64)?,
+            None => pool.map(square, 0..n as u64)?,
+        };
+        let took = t.elapsed();
+        ensure(got.len() == n, || format!("map returned {} results for {n} items", got.len()))?;
+        let bad = got.iter().enumerate().find(|&(i, v)| *v != (i * i) as u64);
+        ensure(bad.is_none(), || format!("map result {bad:?} differs from i * i"))?;
+        Ok(micros(took) / n as f64)
+    }
+}
+
+/// The floor: the same squares in a plain loop in this process.
+fn loop_subject(n: usize) -> impl FnMut() -> Result<f64, BenchError> {
+    move || {
+        let t = Instant::now();
+        let got: Vec<u64> = black_box(0..n as u64).map(square).collect();
+        let took = t.elapsed();
+        ensure(got[n - 1] == ((n - 1) * (n - 1)) as u64, || "loop result differs".into())?;
+        Ok(micros(took) / n as f64)
+    }
+}
+
+fn map_rows(ctx: &Ctx, name: &str, n: usize, chunksize: Option<usize>, plan: Plan) -> Result<Vec<Row>, BenchError> {
+    let pool = Pool::new(WORKERS)?;
+    let items = n.to_string();
+    let mut args = vec!["--items", items.as_str()];
+    if chunksize.is_some() {
+        args.extend(["--chunksize", "1"]);
+    }
+    let mut py = ctx.python("pool.py", "pool_map", &args, &plan)?;
+    let mut ours = map_subject(&pool, n, chunksize);
+    let mut floor = loop_subject(n);
+    let stats = ctx.measure(
+        &plan,
+        &mut [
+            ("floor: squares in a loop, one process", &mut floor),
+            (&format!("multiproc {name}"), &mut ours),
+            (&format!("cpython {name}"), &mut py),
+        ],
+    )?;
+    drop(ours);
+    py.finish()?;
+    pool.close();
+    pool.join()?;
+    let [floor, ours, py] = <[Stats; 3]>::try_from(stats).expect("three subjects");
+    let per_second = |s: &Stats| 1e6 / s.value();
+    Ok(vec![
+        Row::new(name, Unit::Micros, ours.clone(), py.clone())
+            .with_floor(FLOOR_LOOP, floor)
+            .with_extra("api", json!(if chunksize.is_some() { "with_chunksize(1).map" } else { "map" }))
+            .with_extra("params", json!({ "items": n, "workers": WORKERS, "chunksize": chunksize }))
+            .with_extra("items_per_s", json!({ "multiproc": per_second(&ours), "cpython": per_second(&py) })),
+    ])
+}
+
+fn pool_map_small(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(3, 6.0, 15, 1_000_000, 40), Plan::new(2, 1.5, 5, 1_000_000, 40));
+    map_rows(ctx, "pool_map_small", SMALL_ITEMS, None, plan)
+}
+
+fn pool_map_chunk1(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(1, 8.0, 4, 1_000_000, 40), Plan::new(1, 2.0, 2, 1_000_000, 40));
+    map_rows(ctx, "pool_map_chunk1", CHUNK1_ITEMS, Some(1), plan)
+}
+
+/// Byte `i` of every buffer (a prime period, so a shifted copy shows).
+fn pattern() -> Vec<u8> {
+    (0..MIB).map(|i| (i % 251) as u8).collect()
+}
+
+fn stamp_of(buf: &[u8]) -> (u64, u64) {
+    let head = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    let tail = u64::from_le_bytes(buf[MIB - 8..].try_into().expect("8 bytes"));
+    (head, tail)
+}
+
+/// Sends [`MIB_BUFFERS`] stamped buffers through `imap` and checks each one
+/// that comes back; the figure counts the bytes sent one way.
+struct Roundtrip<'p> {
+    pool: &'p Pool,
+    pattern: Vec<u8>,
+    seq: u64,
+    samples: u64,
+    full_checks: u64,
+}
+
+impl Roundtrip<'_> {
+    fn sample(&mut self) -> Result<f64, BenchError> {
+        let seq0 = self.seq;
+        let bufs: Vec<ByteBuf> = (0..MIB_BUFFERS as u64)
+            .map(|k| {
+                let mut b = self.pattern.clone();
+                b[..8].copy_from_slice(&(seq0 + k).to_le_bytes());
+                b[MIB - 8..].copy_from_slice(&(seq0 + k).to_le_bytes());
+                ByteBuf::from(b)
+            })
+            .collect();
+        let full = self.samples < self.full_checks;
+        let t = Instant::now();
+        let mut n = 0u64;
+        for back in self.pool.with_chunksize(1).imap(identity, bufs) {
+            let back = back?;
+            let seq = seq0 + n;
+            ensure(back.len() == MIB && stamp_of(&back) == (seq, seq), || format!("buffer {seq} came back wrong"))?;
+            let body = 8..MIB - 8;
+            let ok = if full {
+                back[body.clone()] == self.pattern[body]
+            } else {
+                [8, 4099, MIB / 2 + 7, MIB - 9].iter().all(|&i| back[i] == self.pattern[i])
+            };
+            ensure(ok, || format!("buffer {seq} content differs from the pattern"))?;
+            n += 1;
+        }
+        let took = t.elapsed();
+        ensure(n == MIB_BUFFERS as u64, || format!("{n} buffers came back, {MIB_BUFFERS} sent"))?;
+        self.seq += n;
+        self.samples += 1;
+        Ok(gb_per_s(MIB_BUFFERS * MIB, took))
+    }
+}
+
+fn memcpy_rate() -> impl FnMut() -> Result<f64, BenchError> {
+    let src = pattern();
+    let mut dst = vec![0u8; MIB];
+    move || {
+        let t = Instant::now();
+        for _ in 0..64 {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&mut dst);
+        }
+        Ok(gb_per_s(64 * MIB, t.elapsed()))
+    }
+}
+
+fn pool_1mib(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(2, 8.0, 5, 1_000_000, 40), Plan::new(1, 2.0, 2, 1_000_000, 40));
+    let full_checks = ctx.full_check_batches(&plan);
+    let pool = Pool::new(WORKERS)?;
+    let mut ours = Roundtrip { pool: &pool, pattern: pattern(), seq: 0, samples: 0, full_checks };
+    let mut ours = || ours.sample();
+    let mut floor = memcpy_rate();
+    let buffers = MIB_BUFFERS.to_string();
+    let full = full_checks.to_string();
+    let args = ["--buffers", buffers.as_str(), "--full-check-batches", full.as_str()];
+    let mut py = ctx.python("pool.py", "pool_1mib", &args, &plan)?;
+    let stats = ctx.measure(
+        &plan,
+        &mut [
+            ("floor: memcpy 1 MiB", &mut floor),
+            ("multiproc pool_1mib imap(identity)", &mut ours),
+            ("cpython pool_1mib imap(identity)", &mut py),
+        ],
+    )?;
+    py.finish()?;
+    pool.close();
+    pool.join()?;
+    let [floor, ours, py] = <[Stats; 3]>::try_from(stats).expect("three subjects");
+    Ok(vec![
+        Row::new("pool_1mib", Unit::GigabytesPerSec, ours, py)
+            .with_floor(FLOOR_MEMCPY, floor)
+            .with_extra("api", json!("with_chunksize(1).imap(identity, Vec<ByteBuf>)"))
+            .with_extra(
+                "params",
+                json!({ "buffer_bytes": MIB, "buffers_per_sample": MIB_BUFFERS, "workers": WORKERS,
+                        "counted": "bytes sent to the workers; each buffer also comes back" }),
+            ),
+    ])
+}
