@@ -43,9 +43,13 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     loop {
         let ready = imp::poll_fds(
             &[(server.control.as_fd(), Interest::Read), (server.sigchld.as_fd(), Interest::Read)],
-            Deadline::NEVER,
+            server.wait_budget(),
         )
         .unwrap_or_else(|_| vec![true, true]);
+        if !ready.contains(&true) {
+            server.replenish();
+            continue;
+        }
         if ready[1] {
             server.sigchld.drain();
             server.reap();
@@ -96,6 +100,17 @@ impl Server {
                 self.shut_down();
             }
         }
+    }
+
+    /// How long to wait for events: forever while a spare is ready; briefly
+    /// when it is not, so the next spare is forked once the child just
+    /// started has had time to finish (a fork takes the server ~140 µs, and
+    /// a child that exits meanwhile would wait that long to be reported).
+    fn wait_budget(&self) -> Deadline {
+        if self.spare.is_some() { Deadline::NEVER } else { Deadline::after(std::time::Duration::from_millis(1)) }
+    }
+
+    fn replenish(&mut self) {
         if self.spare.is_none() {
             self.spare = self.fork_spare().ok();
         }
@@ -140,13 +155,19 @@ impl Server {
 
     /// Reaps every exited child and writes its exit code to its status pipe.
     fn reap(&mut self) {
+        let mut reported = false;
         while let Some((pid, code)) = imp::forkserver_sys::reap_any() {
             if let Some(status_w) = self.children.remove(&pid) {
                 let _ = rustix::io::write(&status_w, &code.to_le_bytes());
+                reported = true;
             }
             if self.spare.as_ref().is_some_and(|s| s.pid == pid) {
                 self.spare = None;
             }
+        }
+        // The parent has its exit code: now is a good moment for the next fork.
+        if reported {
+            self.replenish();
         }
     }
 
