@@ -199,7 +199,7 @@ fn default_names_are_process_n() {
     let p = Process::spawn(zero, ()).unwrap();
     let q = Process::spawn(zero, ()).unwrap();
     for mut p in [p, q] {
-        let n = p.name().strip_prefix("Process-").expect(p.name()).parse::<usize>().unwrap();
+        let n = p.name().strip_prefix("Process-").unwrap_or_else(|| panic!("{}", p.name())).parse::<usize>().unwrap();
         assert!(n >= 1);
         p.join_timeout(JOIN).unwrap();
     }

@@ -175,7 +175,7 @@ fn exit_codes_like_python_seed_003() {
     fn raises() -> u8 {
         panic!("There was an error!")
     }
-    let mut jobs = vec![
+    let mut jobs = [
         Process::builder().name("exit_error").spawn(exit_error, ()).unwrap(),
         Process::builder().name("exit_ok").spawn(returns, ()).unwrap(),
         Process::builder().name("raises").spawn(raises, ()).unwrap(),
