@@ -157,7 +157,10 @@ fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
 static FORK_SERVER: ProcessLocal<Option<ForkServerClient>> = ProcessLocal::new(|| None);
 
 fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Launched> {
+    // The server's own directory is the one we had when it started: resolve
+    // against ours now, as `Spawn` and `Fork` do.
     let cwd = match cwd {
+        Some(c) if c.is_relative() => Some(std::env::current_dir().map_or_else(|_| c.to_path_buf(), |d| d.join(c))),
         Some(c) => Some(c.to_path_buf()),
         None => std::env::current_dir().ok(),
     };
