@@ -418,3 +418,21 @@ fn the_default_start_method_is_forkserver() {
     assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
     assert_eq!(StartMethod::default(), StartMethod::ForkServer);
 }
+
+// ---------- large arguments ----------
+
+fn checksum(data: Vec<u8>, text: String) -> (usize, u64, usize) {
+    (data.len(), data.iter().map(|b| u64::from(*b)).sum(), text.len())
+}
+
+#[test]
+fn large_arguments_reach_the_child_whole() {
+    let _serial = process_support::serial();
+    let data: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let sum: u64 = data.iter().map(|b| u64::from(*b)).sum();
+    let text = "x".repeat(100_000);
+    for method in METHODS {
+        let mut p = Process::builder().start_method(method).spawn(checksum, (data.clone(), text.clone())).unwrap();
+        assert_eq!(p.join_timeout(JOIN).unwrap(), (2 << 20, sum, 100_000), "{method:?}");
+    }
+}
