@@ -95,10 +95,10 @@ impl Server {
             }
             Err(e) => (ForkReply::Failed(e), Vec::new()),
         };
-        if let Ok(encoded) = wire::encode(&msg) {
-            if self.control.send(Kind::Control, &encoded.bytes, &fds).is_err() {
-                self.shut_down();
-            }
+        if let Ok(encoded) = wire::encode(&msg)
+            && self.control.send(Kind::Control, &encoded.bytes, &fds).is_err()
+        {
+            self.shut_down();
         }
     }
 
@@ -216,11 +216,11 @@ fn apply_environment(req: &ForkRequest) {
             unsafe { std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v)) };
         }
     }
-    if let Some(dir) = req.cwd.as_deref().map(OsStr::from_bytes) {
-        if let Err(e) = std::env::set_current_dir(dir) {
-            eprintln!("multiproc: cannot enter working directory {dir:?}: {e}");
-            std::process::exit(1);
-        }
+    if let Some(dir) = req.cwd.as_deref().map(OsStr::from_bytes)
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        eprintln!("multiproc: cannot enter working directory {dir:?}: {e}");
+        std::process::exit(1);
     }
 }
 

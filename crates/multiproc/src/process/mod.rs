@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ProcessError, RemotePanic};
 pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
+pub(crate) use task::EntryRef;
 pub use task::Task;
-pub(crate) use task::{EntryRef, run_entry};
 
 use crate::sys::Deadline;
 use crate::sys::imp;

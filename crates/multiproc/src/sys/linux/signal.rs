@@ -67,11 +67,13 @@ pub(crate) fn signal_name(signal: i32) -> String {
 }
 
 /// Number of threads of this process (for leak checks).
+#[allow(dead_code, reason = "leak-check helper; integration tests read /proc themselves")]
 pub(crate) fn count_threads() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
 /// Number of zombie children of this process (for leak checks).
+#[allow(dead_code, reason = "leak-check helper; integration tests read /proc themselves")]
 pub(crate) fn count_zombie_children() -> io::Result<usize> {
     let me = getpid();
     let mut zombies = 0;
