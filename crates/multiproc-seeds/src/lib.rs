@@ -15,12 +15,16 @@
 #![warn(missing_docs)]
 
 pub mod seed_000;
+pub mod seed_000_predict;
 pub mod seed_001;
+pub mod seed_001_pool;
 pub mod seed_003;
+pub mod seed_003_pool;
+pub mod seed_004_pool;
 
 use std::time::Duration;
 
-use multiproc::{ConnectionError, ProcessError};
+use multiproc::{ConnectionError, PoolError, ProcessError};
 
 /// What an example printed, and what it showed.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +52,12 @@ pub enum Error {
     /// A pipe failed.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// A pool call failed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A file could not be read or written.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     /// The program saw something it did not expect.
     #[error("unexpected: {0}")]
     Unexpected(String),
@@ -80,6 +90,11 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "daemon_join_timeout", seed: "003", shows: "daemon vs non-daemon, join with a timeout", run: || Ok(seed_003::daemon_join_timeout()?.lines) },
     Example { name: "terminate_join", seed: "003", shows: "terminate, then join to collect the exit status", run: || Ok(seed_003::terminate_join()?.lines) },
     Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
+    Example { name: "pool_api", seed: "001", shows: "Pool: apply_async x10 with wait/ready/successful/get, apply, map, map_async", run: || Ok(seed_001_pool::pool_api()?.lines) },
+    Example { name: "thumbnails", seed: "001", shows: "thumbnails of a folder of PNGs with Pool.map and the image crate", run: || Ok(seed_001_pool::thumbnails()?.lines) },
+    Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
+    Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
+    Example { name: "predict_server", seed: "000", shows: "PredictServer: a model process per version behind a pipe, switch, stop, status", run: || Ok(seed_000_predict::predict_server()?.lines) },
 ];
 
 /// The code in the workspace README, compiled and run as doctests.

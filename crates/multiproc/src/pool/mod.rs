@@ -98,7 +98,7 @@ pub use chunk::StateTask;
 pub use error::{PoolError, TaskError};
 pub use executor::{Executor, ExecutorBuilder};
 pub use imap::Imap;
-pub use indicatif::ProgressBar;
+pub use indicatif::{ProgressBar, ProgressStyle};
 pub use result::AsyncResult;
 
 use chunk::encode_chunk;

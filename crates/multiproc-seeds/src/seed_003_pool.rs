@@ -1,0 +1,73 @@
+//! Seed 003 (`Python多进程库multiprocessing`): `apply_async` with `callback`
+//! and `error_callback`.
+//!
+//! ```python
+//! def work(i):
+//!     print('child success')
+//!     1/0
+//! def cb(e):
+//!     print('the child succeeded: the callback runs; a failed child runs no callback without error handling')
+//! pool = multiprocessing.Pool(processes=10)
+//! for i in range(0, 2):
+//!     pool.apply_async(work, (i,), callback=cb)
+//! pool.close(); pool.join(); print('success')
+//! ```
+//!
+//! Here half the tasks divide by zero (a panic in Rust) and half succeed;
+//! each call gets exactly one callback: `on_success` with the value or
+//! `on_error` with the error, which carries the panic's message and location.
+
+use std::sync::{Arc, Mutex};
+
+use multiproc::Pool;
+
+use crate::{Error, PATIENCE, Report};
+
+/// Divides 100 by `i % 2` — zero for even `i`, which panics.
+fn work(i: u64) -> u64 {
+    let divisor = std::hint::black_box(i % 2);
+    if divisor == 0 {
+        panic!("attempt to divide by zero");
+    }
+    100 / divisor + i
+}
+
+/// What [`pool_callbacks`] showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callbacks {
+    /// `(i, value)` for each `callback` call.
+    pub successes: Vec<(u64, u64)>,
+    /// `(i, message)` for each `error_callback` call.
+    pub errors: Vec<(u64, String)>,
+}
+
+/// Submits ten tasks with both callbacks, closes and joins the pool.
+///
+/// # Errors
+///
+/// The pool failed.
+pub fn pool_callbacks() -> Result<Report<Callbacks>, Error> {
+    let seen = Arc::new(Mutex::new(Callbacks { successes: Vec::new(), errors: Vec::new() }));
+    let pool = Pool::new(4)?;
+    for i in 0..10u64 {
+        let (ok, err) = (seen.clone(), seen.clone());
+        let _ = pool
+            .apply_async(work, (i,))
+            .on_success(move |v| ok.lock().unwrap_or_else(|e| e.into_inner()).successes.push((i, *v)))
+            .on_error(move |e| err.lock().unwrap_or_else(|e| e.into_inner()).errors.push((i, e.to_string())));
+    }
+    pool.close();
+    pool.join_timeout(PATIENCE)?;
+    let mut outcome = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    outcome.successes.sort();
+    outcome.errors.sort();
+    let mut lines = Vec::new();
+    for (i, v) in &outcome.successes {
+        lines.push(format!("callback: task {i} returned {v}"));
+    }
+    for (i, e) in &outcome.errors {
+        lines.push(format!("error_callback: task {i}: {e}"));
+    }
+    lines.push("success".into());
+    Ok(Report { lines, outcome })
+}

@@ -1,0 +1,97 @@
+//! The pool seed examples run and show what they should: real results, real
+//! images, real callbacks, a real output file, real model processes.
+
+use std::collections::HashSet;
+
+use multiproc_seeds::{seed_000_predict, seed_001_pool, seed_003_pool, seed_004_pool};
+
+#[test]
+fn pool_api_returns_every_value_through_every_call() {
+    let report = seed_001_pool::pool_api().unwrap();
+    let o = &report.outcome;
+    let want: Vec<String> = (0..10).map(|i| format!("func_return: hello world {i}")).collect();
+    assert_eq!(o.apply_async, want);
+    assert_eq!(o.apply, want);
+    let args = ["1", "2", "4", "5", "7", "8"];
+    let want: Vec<String> = args.iter().map(|a| format!("func_return: {a}")).collect();
+    assert_eq!(o.map, want);
+    assert_eq!(o.map_async, want);
+    assert!(!o.map_async_ready_at_once, "map_async returns before its tasks finish");
+    assert!(o.ready_at_once.iter().filter(|r| !**r).count() >= 5, "apply_async does not block: {:?}", o.ready_at_once);
+}
+
+#[test]
+fn thumbnails_fit_in_75_pixels_and_keep_their_shape() {
+    let report = seed_001_pool::thumbnails().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.sources.len(), 8);
+    assert_eq!(o.thumbs.len(), 8);
+    for ((name, (w, h)), (tname, (tw, th))) in o.sources.iter().zip(&o.thumbs) {
+        assert_eq!(name, tname);
+        let max = seed_001_pool::THUMB_SIZE;
+        if *w <= max && *h <= max {
+            assert_eq!((tw, th), (w, h), "{name}: small images keep their size");
+            continue;
+        }
+        assert_eq!((*tw).max(*th), max, "{name}: {w}x{h} -> {tw}x{th}");
+        let (a, b) = (*w as f64 / *h as f64, *tw as f64 / *th as f64);
+        assert!((a - b).abs() / a < 0.1, "{name}: aspect {a} -> {b}");
+    }
+}
+
+#[test]
+fn each_task_gets_exactly_one_callback() {
+    let report = seed_003_pool::pool_callbacks().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.successes.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 3, 5, 7, 9]);
+    for (i, v) in &o.successes {
+        assert_eq!(*v, 100 + i);
+    }
+    assert_eq!(o.errors.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 2, 4, 6, 8]);
+    for (_, e) in &o.errors {
+        assert!(e.contains("attempt to divide by zero") && e.contains("seed_003_pool.rs"), "{e}");
+    }
+    assert_eq!(report.lines.last().unwrap(), "success");
+}
+
+#[test]
+fn imap_over_files_writes_every_kept_line_in_order() {
+    let report = seed_004_pool::imap_progress().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.files, 24);
+    assert_eq!(o.bar_position, 24, "the bar advanced once per file");
+    assert_eq!(o.output_lines, o.expected, "kept lines, in file order");
+    assert_eq!(o.lines_kept, o.expected.len());
+    assert!(o.lines_kept < o.lines_in && o.lines_kept > o.lines_in / 2);
+    assert!(o.output_lines.iter().all(|l| !seed_004_pool::SYSTEM_NOTICES.iter().any(|n| l.ends_with(n))));
+}
+
+#[test]
+fn predict_server_starts_lazily_drops_the_dead_switches_and_stops() {
+    let report = seed_000_predict::predict_server().unwrap();
+    let o = &report.outcome;
+    // Version 1: one process, the model loaded once and reused.
+    assert_eq!(o.v1.len(), 2);
+    assert_eq!(o.v1[0].pid, o.v1[1].pid);
+    assert_eq!((o.v1[0].served, o.v1[1].served), (1, 2));
+    assert_eq!(o.v1[0].label, "positive");
+    assert_eq!(o.v1[1].label, "negative");
+    assert_ne!(o.v1[0].pid as u32, std::process::id());
+    assert_eq!(o.status_v1.len(), 1);
+    assert!(o.status_v1[0].alive && o.status_v1[0].version == 1);
+    // Killed: dropped, and the next request started a new process.
+    assert_eq!(o.killed_pid, o.v1[0].pid);
+    assert_ne!(o.v1_restarted.pid, o.killed_pid);
+    assert_eq!(o.v1_restarted.served, 1);
+    assert_eq!(o.v1_restarted.score, o.v1[0].score, "same version, same model");
+    assert!(o.log.iter().any(|l| l.starts_with("model 1 is dead")), "{:?}", o.log);
+    // Version 2: a new process with other weights; version 1 stopped.
+    let pids: HashSet<i32> = [o.v1[0].pid, o.v1_restarted.pid, o.v2[0].pid].into_iter().collect();
+    assert_eq!(pids.len(), 3);
+    assert_eq!(o.v2[0].version, 2);
+    assert_ne!(o.v2[0].score, o.v1[0].score, "another version, other weights");
+    assert_eq!(o.status_v2.iter().map(|s| (s.version, s.alive)).collect::<Vec<_>>(), vec![(2, true)]);
+    assert!(o.log.iter().any(|l| l.starts_with("stop process 1")), "{:?}", o.log);
+    assert!(o.status_stopped.is_empty());
+    assert!(o.log.iter().any(|l| l.starts_with("stop process 2 (answered 2 requests)")), "{:?}", o.log);
+}
