@@ -357,7 +357,8 @@ fn encode_outs<R: Serialize>(out: &mut Vec<u8>, outs: Outs<R>) -> (Format, Vec<O
         return done;
     }
     let results = outs.into_results();
-    let mut bodies: Vec<Result<(Vec<u8>, Vec<OwnedFd>), String>> = Vec::with_capacity(results.len());
+    type Body = Result<(Vec<u8>, Vec<OwnedFd>), String>;
+    let mut bodies: Vec<Body> = Vec::with_capacity(results.len());
     for r in &results {
         let mut body = Vec::new();
         bodies.push(match encode_into(r, &mut body) {

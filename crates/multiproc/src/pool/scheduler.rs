@@ -256,6 +256,7 @@ impl Worker {
 
     /// Sends a chunk (into the batch); gives it back when the input ring is
     /// full for now.
+    #[allow(clippy::result_large_err, reason = "the chunk comes back by value to be sent again")]
     fn send(&mut self, chunk: Chunk, id: u64, now: Instant) -> Result<(), (Chunk, Option<WireError>)> {
         let len = chunk.input.bytes.len();
         let mut fds = Vec::with_capacity(chunk.input.fds.len() + 1);
