@@ -8,7 +8,8 @@
 //! thread start time (written by the owner right after it takes the word),
 //! which tells a recycled tid from the original owner.
 //!
-//! - **Acquire**: CAS `0 → tid`. Contended: busy-wait up to [`SPIN_FOR`], then count
+//! - **Acquire**: CAS `0 → tid`. Contended: busy-wait (an adaptive budget
+//!   between [`SPIN_MIN_NS`] and [`SPIN_MAX_NS`]), then count
 //!   ourselves in `sleepers` and sleep on the futex (while the word still
 //!   holds the owner we saw) for at most [`SLICE`].
 //! - **Release**: swap to 0; wake one sleeper if `sleepers` is not 0. The
@@ -41,15 +42,33 @@ use crate::sys::imp::thread::{self, ThreadIdentity, ThreadStatus};
 
 /// Longest futex sleep before a waiter checks that the owner lives.
 pub(crate) const SLICE: Duration = Duration::from_millis(100);
-/// How long a contended acquire busy-waits before it sleeps: a short
-/// critical section, or a hand-over from a process running on another core,
-/// usually ends within it, and a futex sleep plus wake-up costs far more.
+/// Bounds of the busy-wait of a contended acquire, in nanoseconds.
+///
+/// A short critical section, or a hand-over from a process running on
+/// another core, usually ends within a microsecond, while a futex sleep and
+/// wake-up costs several. But when the other party is not running (a loaded
+/// machine), spinning only adds to the wait. So each lock keeps an adaptive
+/// budget (`spin_ns`): doubled when spinning got the lock, halved when it had
+/// to sleep anyway, between these bounds. At the floor, one contended
+/// acquire in [`PROBE_EVERY`] (per thread) spins [`SPIN_PROBE_NS`] to find
+/// out whether spinning pays again.
 ///
 /// The busy-wait uses plain loads, not `spin_loop` (PAUSE): under KVM a PAUSE
 /// loop longer than the pause-loop-exiting window (about 4096 cycles) traps
 /// to the hypervisor, which made a lock hand-over between two processes
 /// 700 times slower here (35 µs instead of 0.05 µs per pass).
-const SPIN_FOR: Duration = Duration::from_micros(4);
+const SPIN_MIN_NS: u32 = 64;
+const SPIN_MAX_NS: u32 = 4000;
+/// The budget of a fresh lock (whose `spin_ns` is still 0).
+const SPIN_START_NS: u32 = 1000;
+/// The budget of a probe, and how often a thread probes a lock at the floor.
+const SPIN_PROBE_NS: u32 = 2000;
+const PROBE_EVERY: u32 = 16;
+
+thread_local! {
+    /// Contended acquires at the floor on this thread, to pace the probes.
+    static FLOOR_HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 /// Bits of `meta` that hold the start time.
 const START_BITS: u32 = 40;
 
@@ -82,7 +101,8 @@ pub(crate) struct RawMutex {
     meta: AtomicU64,
     /// Threads that may be asleep on `word`.
     sleepers: AtomicU32,
-    _pad: AtomicU32,
+    /// Adaptive busy-wait budget in ns (0: not set yet).
+    spin_ns: AtomicU32,
 }
 
 fn pack(id: ThreadIdentity) -> u64 {
@@ -123,19 +143,8 @@ impl RawMutex {
 
     #[cold]
     fn lock_cold(&self, me: ThreadIdentity, deadline: Deadline) -> Result<Acquired, TimedOut> {
-        let spin_start = Instant::now();
-        'spin: while spin_start.elapsed() < SPIN_FOR {
-            for _ in 0..16 {
-                // ORDERING: Relaxed: only a hint; the CAS synchronises.
-                if self.word.load(Ordering::Relaxed) == 0 {
-                    // ORDERING: Acquire on success, as in `lock`.
-                    if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                        self.set_meta(me);
-                        return Ok(Acquired::Clean);
-                    }
-                    continue 'spin;
-                }
-            }
+        if self.spin(me) {
+            return Ok(Acquired::Clean);
         }
         loop {
             // ORDERING: Relaxed: the value only steers the CAS below, which
@@ -164,6 +173,44 @@ impl RawMutex {
                 }
             }
         }
+    }
+
+    /// Busy-waits for the lock within the adaptive budget; adapts it.
+    fn spin(&self, me: ThreadIdentity) -> bool {
+        // ORDERING: Relaxed (here and below): the budget is a tuning hint
+        // with no bearing on correctness.
+        let budget = match self.spin_ns.load(Ordering::Relaxed) {
+            0 => SPIN_START_NS,
+            b => b,
+        };
+        let probing = budget <= SPIN_MIN_NS
+            && FLOOR_HITS.with(|n| {
+                n.set(n.get().wrapping_add(1));
+                n.get() % PROBE_EVERY == 0
+            });
+        let limit = Duration::from_nanos(u64::from(if probing { SPIN_PROBE_NS } else { budget }));
+        let start = Instant::now();
+        'spin: while start.elapsed() < limit {
+            for _ in 0..16 {
+                // ORDERING: Relaxed: only a hint; the CAS synchronises.
+                if self.word.load(Ordering::Relaxed) == 0 {
+                    // ORDERING: Acquire on success, as in `lock`.
+                    if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                        self.set_meta(me);
+                        let grown = if probing { SPIN_PROBE_NS } else { (budget * 2).min(SPIN_MAX_NS) };
+                        if grown != budget {
+                            self.spin_ns.store(grown, Ordering::Relaxed);
+                        }
+                        return true;
+                    }
+                    continue 'spin;
+                }
+            }
+        }
+        if budget > SPIN_MIN_NS || self.spin_ns.load(Ordering::Relaxed) == 0 {
+            self.spin_ns.store((budget / 2).max(SPIN_MIN_NS), Ordering::Relaxed);
+        }
+        false
     }
 
     /// If `owner` is dead and still holds the word, takes the lock from it.
@@ -257,7 +304,7 @@ mod test {
             count: AtomicU32::new(0),
             meta: AtomicU64::new(0),
             sleepers: AtomicU32::new(0),
-            _pad: AtomicU32::new(0),
+            spin_ns: AtomicU32::new(0),
         }
     }
 
