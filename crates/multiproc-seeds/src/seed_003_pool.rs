@@ -49,15 +49,20 @@ pub struct Callbacks {
 pub fn pool_callbacks() -> Result<Report<Callbacks>, Error> {
     let seen = Arc::new(Mutex::new(Callbacks { successes: Vec::new(), errors: Vec::new() }));
     let pool = Pool::new(4)?;
+    let mut results = Vec::new();
     for i in 0..10u64 {
         let (ok, err) = (seen.clone(), seen.clone());
-        let _ = pool
+        let result = pool
             .apply_async(work, (i,))
             .on_success(move |v| ok.lock().unwrap_or_else(|e| e.into_inner()).successes.push((i, *v)))
             .on_error(move |e| err.lock().unwrap_or_else(|e| e.into_inner()).errors.push((i, e.to_string())));
+        results.push(result);
     }
     pool.close();
     pool.join_timeout(PATIENCE)?;
+    if !results.iter().all(|r| r.ready()) {
+        return Err(Error::Unexpected("a task was not done after join".into()));
+    }
     let mut outcome = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     outcome.successes.sort();
     outcome.errors.sort();

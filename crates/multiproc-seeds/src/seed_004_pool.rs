@@ -57,7 +57,7 @@ pub struct ImapProgress {
 
 /// Message `m` of chat log `f`: every seventh is a system notice.
 fn message(f: usize, m: usize) -> String {
-    if (f + m) % 7 == 0 {
+    if (f + m).is_multiple_of(7) {
         format!("system\t{}", SYSTEM_NOTICES[(f * 31 + m) % SYSTEM_NOTICES.len()])
     } else {
         format!("agent-{f}\tcustomer-{}\tmessage {m} of chat {f}", f * 100 + m)
