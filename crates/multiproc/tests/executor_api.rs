@@ -50,7 +50,7 @@ fn shutdown_waits_for_running_work_or_cancels_pending_work() {
     assert_eq!(running.get().unwrap(), 300);
     let cancelled = pending
         .into_iter()
-        .filter(|f| matches!(f.wait_timeout(WAIT), true))
+        .filter(|f| f.wait_timeout(WAIT))
         .map(|f| f.get())
         .filter(|r| matches!(r, Err(PoolError::Task { error: TaskError::Cancelled, .. })))
         .count();

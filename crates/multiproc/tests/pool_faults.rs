@@ -30,9 +30,8 @@ fn map_with_a_kill(retries: u32) -> (Vec<Option<Result<u64, TaskError>>>, Option
     let mut results: Vec<Option<Result<u64, TaskError>>> = vec![None; n];
     let mut killed_at = None;
     let mut lost_after = None;
-    let mut seen = 0;
     let items: Vec<u64> = (0..n as u64).collect();
-    for r in pool.with_chunksize(chunksize).imap_unordered(slow_square_indexed, items) {
+    for (seen, r) in pool.with_chunksize(chunksize).imap_unordered(slow_square_indexed, items).enumerate() {
         let (index, outcome) = match r {
             Ok((i, sq, pid)) => {
                 if killed_at.is_none() && seen >= 2000 {
@@ -51,7 +50,6 @@ fn map_with_a_kill(retries: u32) -> (Vec<Option<Result<u64, TaskError>>>, Option
         };
         assert!(results[index].is_none(), "item {index} twice");
         results[index] = Some(outcome);
-        seen += 1;
     }
     assert!(killed_at.is_some());
     (results, lost_after)

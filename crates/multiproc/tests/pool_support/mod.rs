@@ -28,10 +28,10 @@ pub fn child_pids() -> Vec<i32> {
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
         let mut fields = rest.split_whitespace();
         let _state = fields.next();
-        if fields.next().and_then(|p| p.parse::<i32>().ok()) == Some(me) {
-            if let Ok(pid) = entry.file_name().to_string_lossy().parse() {
-                out.push(pid);
-            }
+        if fields.next().and_then(|p| p.parse::<i32>().ok()) == Some(me)
+            && let Ok(pid) = entry.file_name().to_string_lossy().parse()
+        {
+            out.push(pid);
         }
     }
     out
