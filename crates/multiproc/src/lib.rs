@@ -154,6 +154,30 @@
 //! assert_eq!(&buf, b"hi");
 //! ```
 //! <!-- end sync tour -->
+//!
+//! ## Pools
+//!
+//! [`Pool`] is Python's `Pool`: `map`, `imap`, `apply_async` and the rest,
+//! over worker processes that survive each other: a worker that dies fails
+//! only the chunk it was running ([`TaskError::WorkerLost`]) and is
+//! replaced; a panic is a [`TaskError::Panicked`] and the worker goes on.
+//! Workers can keep state built once by an initializer (a model, a
+//! connection), and [`Executor`] is the `concurrent.futures` flavour.
+//!
+//! ```
+//! use multiproc::{Pool, PoolError, TaskError};
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//! fn picky(x: u64) -> u64 { assert!(x != 3, "no threes"); x }
+//!
+//! let pool = Pool::new(2).unwrap();
+//! assert_eq!(pool.map(square, 0..4u64).unwrap(), [0, 1, 4, 9]);
+//! let r = pool.apply_async(square, (7,));
+//! assert_eq!(r.get().unwrap(), 49);
+//! let each: Vec<_> = pool.imap(picky, 0..5u64).collect();
+//! assert!(matches!(&each[3], Err(PoolError::Task { index: 3, error: TaskError::Panicked(p) }) if p.message == "no threes"));
+//! assert_eq!(*each[4].as_ref().unwrap(), 4);
+//! ```
 
 #![warn(missing_docs)]
 

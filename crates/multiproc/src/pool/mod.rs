@@ -49,19 +49,20 @@
 //! # Faults
 //!
 //! A worker that dies — killed, crashed, aborted, out of memory — fails only
-//! the task it was running, with [`TaskError::WorkerLost`], within
-//! milliseconds (or runs it again, with [`PoolBuilder::retries`]); the tasks
-//! queued behind it go to other workers and a new worker takes its place. A
-//! task over the [`PoolBuilder::task_timeout`] gets [`TaskError::Timeout`] and
-//! its worker is replaced. A panic is [`TaskError::Panicked`] with message,
+//! the chunk it was running, with [`TaskError::WorkerLost`], within
+//! milliseconds (or runs it again, with [`PoolBuilder::retries`]); the chunks
+//! queued behind it go to other workers and a new worker takes its place
+//! (`imap` shows the outcome of every item; `map` fails with the first
+//! failure). A task over the [`PoolBuilder::task_timeout`] gets
+//! [`TaskError::Timeout`] and its worker is replaced; the other items of its
+//! chunk run again. A panic is [`TaskError::Panicked`] with message,
 //! location and backtrace, and the worker goes on. An argument or result that
 //! cannot be serialized fails that task alone. Nothing here waits forever on
 //! a dead worker.
 //!
-//! A task may run more than once only when its worker died or timed out
-//! *after* running it but before its result was sent back: the other tasks
-//! of a lost chunk are run again, the one that was running is not (unless
-//! `retries` allows).
+//! A task may run twice only when its worker died or timed out after running
+//! it but before its result was sent back (the worker had finished it and
+//! was holding its result to send it with the next ones).
 //!
 //! # Scheduling
 //!
