@@ -77,14 +77,36 @@ impl Geometry {
         (FRAME_HEADER_LEN + self.slots * SLOT_LEN + self.arena).next_multiple_of(PAGE)
     }
 
-    /// File offset of the frame that holds segment `seg`.
-    pub(super) fn frame_offset(self, seg: u64) -> u64 {
-        HEADER_LEN as u64 + (seg % self.frames) * self.frame_len()
+    /// Offset in a frame where its arena starts.
+    pub(super) fn arena_offset(self) -> u64 {
+        FRAME_HEADER_LEN + self.slots * SLOT_LEN
+    }
+
+    /// Offset of the table `frame_of` (one u32 per frame: the frame holding
+    /// segment `n`, at `n % frames`).
+    pub(super) fn frame_of_offset(self) -> usize {
+        HEADER_LEN
+    }
+
+    /// Offset of the table `frame_state` (one u64 per frame: segment + 1 of
+    /// its occupant, 0 when free).
+    pub(super) fn frame_state_offset(self) -> usize {
+        HEADER_LEN + (self.frames as usize * 4).next_multiple_of(8)
+    }
+
+    /// Bytes of the header and its tables (mapped by every handle).
+    pub(super) fn meta_len(self) -> usize {
+        (self.frame_state_offset() + self.frames as usize * 8).next_multiple_of(PAGE as usize)
+    }
+
+    /// File offset of frame `index`.
+    pub(super) fn frame_offset(self, index: u32) -> u64 {
+        self.meta_len() as u64 + u64::from(index) * self.frame_len()
     }
 
     /// Size of the file up to the blobs.
     pub(super) fn file_len(self) -> u64 {
-        HEADER_LEN as u64 + self.frames * self.frame_len()
+        self.meta_len() as u64 + self.frames * self.frame_len()
     }
 }
 
@@ -156,8 +178,10 @@ const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
 #[repr(C)]
 #[derive(Debug)]
 pub(super) struct FrameHeader {
-    /// Segment number + 1 of the segment living here; 0 when the frame is free.
-    pub seg: Line<AtomicU64>,
+    /// Segment number + 1 of the segment living here (0 when the frame is
+    /// free), and the sealed hint. Both change rarely: consumers read them
+    /// on every get without disturbing the producers' `tail` line.
+    pub seg: Line<FrameIdentity>,
     /// Next position to fill; [`SEALED`](super::states::SEALED) once closed
     /// for new items.
     pub tail: Line<AtomicU64>,
@@ -168,6 +192,26 @@ pub(super) struct FrameHeader {
 }
 
 const _: () = assert!(std::mem::size_of::<FrameHeader>() as u64 <= FRAME_HEADER_LEN);
+
+/// The read-mostly line of a frame header.
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct FrameIdentity {
+    /// Segment number + 1, or 0.
+    pub number: AtomicU64,
+    /// Non-zero once the segment's tail may be sealed: consumers that find
+    /// nothing at their head only read the producers' `tail` line then.
+    pub sealed_hint: AtomicU64,
+}
+
+impl std::ops::Deref for FrameIdentity {
+    type Target = AtomicU64;
+
+    /// The segment number (+ 1).
+    fn deref(&self) -> &AtomicU64 {
+        &self.number
+    }
+}
 
 /// One ring slot: a stamp, the item's kind and length, and 48 bytes of data
 /// (the item itself, or the offset of its bytes in the arena or blob area).
@@ -189,6 +233,7 @@ pub(super) struct Frame<'a> {
     base: *mut u8,
     slots: u64,
     arena: u64,
+    index: u32,
     _ring: PhantomData<&'a ()>,
 }
 
@@ -197,8 +242,13 @@ impl<'a> Frame<'a> {
     ///
     /// `base` must point to a live, page-aligned mapping of at least
     /// `geometry.frame_len()` bytes that outlives `'a`.
-    pub(super) unsafe fn new(base: *mut u8, geometry: Geometry) -> Frame<'a> {
-        Frame { base, slots: geometry.slots, arena: geometry.arena, _ring: PhantomData }
+    pub(super) unsafe fn new(base: *mut u8, geometry: Geometry, index: u32) -> Frame<'a> {
+        Frame { base, slots: geometry.slots, arena: geometry.arena, index, _ring: PhantomData }
+    }
+
+    /// The frame's index in the file.
+    pub(super) fn index(&self) -> u32 {
+        self.index
     }
 
     pub(super) fn header(&self) -> &'a FrameHeader {

@@ -78,7 +78,6 @@ pub use joinable::JoinableQueue;
 pub use simple::SimpleQueue;
 
 use crate::connection::{ConnectionError, Waitable};
-use crate::sys::Deadline;
 use crate::wire::{self, WireError, fd_serde};
 use layout::{FLAG_BOUNDED, FLAG_JOINABLE, Geometry, type_hash};
 use ring::Ring;
@@ -366,7 +365,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// The value comes back in the error when the queue is closed, the value
     /// cannot be serialized (or carries handles), or it cannot be stored.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
-        self.put_until(value, Deadline::NEVER, true).map_err(|e| match e {
+        self.put_until(value, None, true).map_err(|e| match e {
             TryPutError::Full(_) => unreachable!("a put without deadline does not report Full"),
             TryPutError::Closed(v) => PutError::Closed(v),
             TryPutError::Unserializable(v, e) => PutError::Unserializable(v, e),
@@ -380,7 +379,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`TryPutError::Full`] after ≈`timeout`, or as [`Queue::put`].
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), TryPutError<T>> {
-        self.put_until(value, Deadline::after(timeout), true)
+        self.put_until(value, Some(timeout), true)
     }
 
     /// Puts `value` if there is room now.
@@ -389,20 +388,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`TryPutError::Full`] at once if the queue is full, or as [`Queue::put`].
     pub fn put_nowait(&self, value: T) -> Result<(), TryPutError<T>> {
-        self.put_until(value, Deadline::NEVER, false)
+        self.put_until(value, None, false)
     }
 
-    fn put_until(&self, value: T, deadline: Deadline, block: bool) -> Result<(), TryPutError<T>> {
+    fn put_until(&self, value: T, timeout: Option<Duration>, block: bool) -> Result<(), TryPutError<T>> {
         if self.ring.is_closed() {
             return Err(TryPutError::Closed(value));
         }
         with_buffer(|buf| {
-            match wire::encode_into(&value, buf) {
-                Ok(fds) if fds.is_empty() => {}
-                Ok(_) => return Err(TryPutError::Unserializable(value, carries_fds())),
-                Err(e) => return Err(TryPutError::Unserializable(value, e)),
+            if let Err(e) = encode(&value, buf) {
+                return Err(TryPutError::Unserializable(value, e));
             }
-            match self.ring.put(buf, deadline, block) {
+            match self.ring.put(buf, timeout, block) {
                 Ok(()) => Ok(()),
                 Err(PutFail::Full) => Err(TryPutError::Full(value)),
                 Err(PutFail::Closed) => Err(TryPutError::Closed(value)),
@@ -418,7 +415,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`GetError::Closed`] once the queue is closed and empty; a decode
     /// error if the item is not a `T`.
     pub fn get(&self) -> Result<T, GetError> {
-        self.get_until(Deadline::NEVER, true)
+        self.get_until(None, true)
     }
 
     /// Takes the item at the front, waiting at most `timeout`.
@@ -427,7 +424,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`GetError::Timeout`] after ≈`timeout`, or as [`Queue::get`].
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.get_until(Deadline::after(timeout), true)
+        self.get_until(Some(timeout), true)
     }
 
     /// Takes the item at the front if there is one now.
@@ -436,28 +433,45 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`GetError::Empty`] at once if there is none, or as [`Queue::get`].
     pub fn get_nowait(&self) -> Result<T, GetError> {
-        self.get_until(Deadline::NEVER, false)
+        self.get_until(None, false)
     }
 
-    fn get_until(&self, deadline: Deadline, block: bool) -> Result<T, GetError> {
+    fn get_until(&self, timeout: Option<Duration>, block: bool) -> Result<T, GetError> {
         with_buffer(|buf| {
-            self.ring.get(buf, deadline, block).map_err(|e| match e {
+            self.ring.get(buf, timeout, block).map_err(|e| match e {
                 GetFail::Empty => GetError::Empty,
                 GetFail::Timeout => GetError::Timeout,
                 GetFail::Closed => GetError::Closed,
                 GetFail::Io(e) => GetError::Io(e),
             })?;
-            wire::decode(buf, Vec::new()).map_err(GetError::Decode)
+            postcard::from_bytes(buf).map_err(|e| {
+                GetError::Decode(WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
+            })
         })
     }
 }
 
-fn carries_fds() -> WireError {
-    WireError::Encode(
-        "the item carries handles (file descriptors), which cannot travel through a queue; \
-         send them over a Pipe"
-            .into(),
-    )
+/// Serializes `value` into `buf` (which is empty).
+///
+/// Items are plain postcard, without the descriptor side channel of
+/// `wire::encode`: a handle inside an item fails to serialize, and only then
+/// is the item serialized again through `wire` to say why.
+fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), WireError> {
+    match postcard::to_extend(value, std::mem::take(buf)) {
+        Ok(bytes) => {
+            *buf = bytes;
+            Ok(())
+        }
+        Err(fast) => match wire::encode(value) {
+            Ok(e) if !e.fds.is_empty() => Err(WireError::Encode(
+                "the item carries handles (file descriptors), which cannot travel through a queue; \
+                 send them over a Pipe"
+                    .into(),
+            )),
+            Ok(_) => Err(WireError::Encode(fast.to_string())),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 impl<T> Serialize for Queue<T> {

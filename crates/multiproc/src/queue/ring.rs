@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use super::layout::{
@@ -25,6 +26,8 @@ pub(super) const LIVENESS_DELAY: Duration = Duration::from_millis(2);
 /// How long preparing a frame waits for the last readers of its previous
 /// segment before reporting the queue as exhausted.
 const FRAME_WAIT: Duration = Duration::from_millis(200);
+/// Frames with a lower index are retired warm (see `retire_locked`).
+const WARM_FRAMES: u32 = 4;
 
 /// An item's bytes as they go into a slot.
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +102,11 @@ pub(super) enum Pushed {
 /// The queue's shared memory as seen from one process.
 #[derive(Debug)]
 pub(super) struct Ring {
+    /// The main header page; owns the memfd.
     header: Mapping,
+    /// The frame tables after the header (`frame_of`, `frame_state`).
+    tables: Window,
+    /// Frame windows by frame index, mapped on first use.
     windows: Box<[OnceLock<Window>]>,
     geometry: Geometry,
     flags: u32,
@@ -126,18 +133,19 @@ impl Ring {
         // else can see it yet, so this plain write races with nothing. The
         // atomics after the config start at zero, which is their initial state.
         unsafe { header.as_ptr().cast::<Line<Config>>().write(Line(config)) };
-        let ring = Ring::from_parts(header, geometry, flags, maxsize);
-        // Segment 0 lives in frame 0 from the start.
-        // ORDERING: Release: publishes nothing yet (no other process can see the
-        // queue before it is sent); Release keeps the pattern of every other store.
-        ring.frame(0)?.header().seg.0.store(1, Release);
+        let ring = Ring::from_parts(header, geometry, flags, maxsize)?;
+        // Segment 0 lives in frame 0 from the start (frame_of[0] is already 0).
+        // ORDERING: Relaxed/Release: no other process can see the queue yet;
+        // the pattern of `prepare` is kept.
+        ring.frame_state(0).store(1, Relaxed);
+        ring.frame_at(0)?.header().seg.0.store(1, Release);
         Ok(ring)
     }
 
     /// Maps a queue received from another process, checking that it is a
-    /// queue of this layout, flavour and item type.
-    /// A `Queue` handle may refer to a joinable queue (it is one, with task
-    /// counting); a `JoinableQueue` handle requires one.
+    /// queue of this layout, flavour and item type. A `Queue` handle may refer
+    /// to a joinable queue (it is one, with task counting); a `JoinableQueue`
+    /// handle requires one.
     pub(super) fn attach(fd: OwnedFd, require_joinable: bool, type_hash: u64) -> io::Result<Ring> {
         let header = Mapping::from_fd(fd, HEADER_LEN)?;
         // SAFETY: the mapping is at least HEADER_LEN long and page-aligned; the
@@ -159,12 +167,13 @@ impl Ring {
             return Err(bad("memory file too short"));
         }
         let (flags, maxsize) = (config.flags, config.maxsize);
-        Ok(Ring::from_parts(header, geometry, flags, maxsize))
+        Ring::from_parts(header, geometry, flags, maxsize)
     }
 
-    fn from_parts(header: Mapping, geometry: Geometry, flags: u32, maxsize: u64) -> Ring {
+    fn from_parts(header: Mapping, geometry: Geometry, flags: u32, maxsize: u64) -> io::Result<Ring> {
+        let tables = Window::map(header.as_fd(), HEADER_LEN as u64, geometry.meta_len() - HEADER_LEN)?;
         let windows = (0..geometry.frames).map(|_| OnceLock::new()).collect();
-        Ring { header, windows, geometry, flags, maxsize }
+        Ok(Ring { header, tables, windows, geometry, flags, maxsize })
     }
 
     /// The memory file (sent to other processes).
@@ -190,22 +199,49 @@ impl Ring {
         self.maxsize
     }
 
-    /// The frame of segment `seg`, mapped on first use and kept mapped.
+    /// The entry of `frame_of` for segment `seg`: the index of its frame.
+    fn frame_of(&self, seg: u64) -> &AtomicU32 {
+        let offset = self.geometry.frame_of_offset() - HEADER_LEN + (seg % self.geometry.frames) as usize * 4;
+        // SAFETY: the tables window covers frame_of (frames u32 entries, 4-byte
+        // aligned in a page-aligned mapping); shared access is atomic.
+        unsafe { &*self.tables.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The entry of `frame_state` for frame `index`: segment + 1 of its
+    /// occupant, or 0 when free.
+    fn frame_state(&self, index: u32) -> &AtomicU64 {
+        let offset = self.geometry.frame_state_offset() - HEADER_LEN + index as usize * 8;
+        // SAFETY: index < frames (callers), so the entry lies in the tables
+        // window, 8-byte aligned; shared access is atomic.
+        unsafe { &*self.tables.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// The frame of segment `seg`. The caller validates that the frame still
+    /// holds `seg` (`frame.header().seg == seg + 1`).
     pub(super) fn frame(&self, seg: u64) -> io::Result<Frame<'_>> {
-        let cell = &self.windows[(seg % self.geometry.frames) as usize];
+        // ORDERING: Acquire: pairs with the Release store in `prepare`, which
+        // follows the frame's initialisation.
+        self.frame_at(self.frame_of(seg).load(Acquire))
+    }
+
+    /// Frame `index`, mapped on first use and kept mapped.
+    fn frame_at(&self, index: u32) -> io::Result<Frame<'_>> {
+        let Some(cell) = self.windows.get(index as usize) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt queue frame table"));
+        };
         let window = match cell.get() {
             Some(w) => w,
-            None => self.map_frame(cell, seg)?,
+            None => self.map_frame(cell, index)?,
         };
         // SAFETY: the window maps frame_len bytes at a page-aligned address and
         // lives as long as `self` (windows are never unmapped before the ring).
-        Ok(unsafe { Frame::new(window.as_ptr(), self.geometry) })
+        Ok(unsafe { Frame::new(window.as_ptr(), self.geometry, index) })
     }
 
     #[cold]
-    fn map_frame<'s>(&'s self, cell: &'s OnceLock<Window>, seg: u64) -> io::Result<&'s Window> {
+    fn map_frame<'s>(&'s self, cell: &'s OnceLock<Window>, index: u32) -> io::Result<&'s Window> {
         let len = self.geometry.frame_len() as usize;
-        let window = Window::map(self.header.as_fd(), self.geometry.frame_offset(seg), len)?;
+        let window = Window::map(self.header.as_fd(), self.geometry.frame_offset(index), len)?;
         // If another thread won the race, its window is used and ours unmapped.
         let _ = cell.set(window);
         Ok(cell.get().expect("window was just set"))
@@ -391,10 +427,16 @@ impl Ring {
         let hdr = self.header();
         // ORDERING: Acquire (all three): re-checks that the move is still needed;
         // the decisive step is the CAS at the end.
-        if hdr.seg_tail.0.load(Acquire) != n
-            || f.header().seg.0.load(Acquire) != n + 1
-            || f.header().tail.0.load(Acquire) & SEALED == 0
-        {
+        if f.header().seg.0.load(Acquire) != n + 1 || f.header().tail.0.load(Acquire) & SEALED == 0 {
+            return Ok(());
+        }
+        // Tell consumers to look at the tail (before any item can exist in the
+        // next segment). Set on a stale frame by a slow thread, the hint only
+        // costs readers a load.
+        // ORDERING: Release: pairs with consumers' Acquire load of the hint; the
+        // seal it announces is already visible (we read it above).
+        f.header().seg.0.sealed_hint.store(1, Release);
+        if hdr.seg_tail.0.load(Acquire) != n {
             return Ok(());
         }
         self.prepare(n + 1)?;
@@ -404,39 +446,80 @@ impl Ring {
         Ok(())
     }
 
-    /// Makes the frame of segment `next` hold segment `next`, retiring the
-    /// segment that used it before if it is finished.
+    /// Finds a frame for segment `next` (reusing a free one, lowest index
+    /// first, or retiring a finished segment to free one) and publishes it in
+    /// `frame_of`.
     fn prepare(&self, next: u64) -> io::Result<()> {
         let hdr = self.header();
-        let f = self.frame(next)?;
-        let fh = f.header();
         let started = Instant::now();
         loop {
             {
                 let _lock = self.lock_frames();
-                // ORDERING: Acquire: under the frame lock, which orders all
-                // preparations; these loads only re-check the state.
-                if hdr.seg_tail.0.load(Acquire) != next - 1 || fh.seg.0.load(Acquire) == next + 1 {
+                // ORDERING: Acquire (loads under the lock): the frame lock orders
+                // all preparations and retirements; the loads re-check state.
+                if hdr.seg_tail.0.load(Acquire) != next - 1 {
                     return Ok(());
                 }
-                let occupant = fh.seg.0.load(Acquire);
-                if occupant == 0 || self.retire_locked(&f, occupant - 1)? {
-                    // ORDERING: Release: pairs with the Acquire check of `seg` in
-                    // push/take; the frame is all zeros (fresh or punched).
-                    fh.seg.0.store(next + 1, Release);
-                    return Ok(());
+                let head = hdr.seg_head.0.load(SeqCst);
+                let (mut free, mut waiting) = (None, false);
+                for index in 0..self.geometry.frames as u32 {
+                    let state = self.frame_state(index).load(Acquire);
+                    if state == next + 1 {
+                        // Prepared by a thread that died before moving seg_tail.
+                        // ORDERING: Release: as in `init_frame`.
+                        self.frame_of(next).store(index, Release);
+                        return Ok(());
+                    }
+                    if free.is_some() {
+                        continue;
+                    }
+                    if state == 0 {
+                        free = Some(index);
+                    } else if state - 1 < head {
+                        // A segment consumers have left: retire it if it is done.
+                        if self.retire_locked(index, state - 1)? {
+                            free = Some(index);
+                        } else {
+                            waiting = true;
+                        }
+                    }
                 }
-                // ORDERING: Acquire: a hint whether waiting can help.
-                if occupant > hdr.seg_head.0.load(Acquire) {
+                if let Some(index) = free {
+                    return self.init_frame(index, next);
+                }
+                if !waiting {
                     return Err(exhausted(&self.geometry));
                 }
             }
-            // The previous segment has readers still copying items out.
+            // A segment that consumers have left still has readers copying
+            // items out: wait for them a little.
             if started.elapsed() > FRAME_WAIT {
                 return Err(exhausted(&self.geometry));
             }
             std::thread::sleep(Duration::from_micros(100));
         }
+    }
+
+    /// With the frame lock held: makes free frame `index` hold segment `next`.
+    /// A frame is free when it is all zeros (never used, or punched) or when it
+    /// was retired warm: then its positions go on from where its last segment
+    /// ended (every slot is free for exactly that lap), and only its header is
+    /// reset here.
+    fn init_frame(&self, index: u32, next: u64) -> io::Result<()> {
+        let f = self.frame_at(index)?;
+        let fh = f.header();
+        // ORDERING: Relaxed (resets): published by the Release store of the
+        // segment number below; nobody uses a frame before validating it.
+        fh.arena.0.store(0, Relaxed);
+        fh.seg.0.sealed_hint.store(0, Relaxed);
+        let tail = fh.tail.0.load(Relaxed) & !SEALED;
+        fh.tail.0.store(tail, Relaxed);
+        // ORDERING: Release: pairs with the Acquire validation loads of `seg`.
+        fh.seg.0.number.store(next + 1, Release);
+        // ORDERING: Release (both): table entries are read with Acquire.
+        self.frame_state(index).store(next + 1, Release);
+        self.frame_of(next).store(index, Release);
+        Ok(())
     }
 
     /// Retires segment `seg` if every consumer is done with it.
@@ -447,23 +530,35 @@ impl Ring {
             return Ok(());
         }
         let _lock = self.lock_frames();
-        if f.header().seg.0.load(Acquire) == seg + 1 {
-            self.retire_locked(&f, seg)?;
-        }
+        self.retire_locked(f.index(), seg)?;
         Ok(())
     }
 
-    /// With the frame lock held: if segment `seg` (in frame `f`) is finished —
-    /// consumers moved past it and every slot is free — punch the frame out
-    /// (it then reads as zeros: a free frame). Slots owned by dead threads are
-    /// freed on the way.
-    fn retire_locked(&self, f: &Frame<'_>, seg: u64) -> io::Result<bool> {
+    /// With the frame lock held: if segment `seg` (in frame `index`) is
+    /// finished — consumers moved past it, and every slot is free for the lap
+    /// after its last position — frees the frame and returns true. Frames
+    /// below [`WARM_FRAMES`] keep their slots (no page faults when reused) and
+    /// give back only their arena; the others are punched out whole. Slots
+    /// owned by dead threads are freed on the way.
+    fn retire_locked(&self, index: u32, seg: u64) -> io::Result<bool> {
         let hdr = self.header();
+        let f = self.frame_at(index)?;
         let fh = f.header();
         // ORDERING: Acquire (here and below): these loads decide whether the
         // segment is finished; the SeqCst release of every slot (take_once) and
         // the SeqCst load of seg_head there make a consumer that finishes after
         // this scan retry the retirement itself.
+        let number = fh.seg.0.load(Acquire);
+        if number != seg + 1 {
+            if number == 0 {
+                // Freed already by a holder of the lock that died before
+                // updating the table.
+                // ORDERING: Release: as in `init_frame`.
+                self.frame_state(index).store(0, Release);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
         if hdr.seg_head.0.load(SeqCst) <= seg {
             return Ok(false);
         }
@@ -476,12 +571,12 @@ impl Ring {
             return Ok(false);
         }
         let slots = f.slots();
-        for index in 0..slots {
+        for slot_index in 0..slots {
             // The first position at or after `count` that maps to this slot:
             // its lap is the lap a finished slot is free for.
-            let pos = count + (index.wrapping_sub(count) & (slots - 1));
+            let pos = count + (slot_index.wrapping_sub(count) & (slots - 1));
             let expected = Stamp::new(f.lap(pos), FREE).pack();
-            let slot = f.slot(index);
+            let slot = f.slot(slot_index);
             loop {
                 let word = slot.stamp.load(SeqCst);
                 if word == expected {
@@ -498,8 +593,20 @@ impl Ring {
                 }
             }
         }
-        let offset = self.geometry.frame_offset(seg);
-        sparse::punch_hole(self.fd(), offset, self.geometry.frame_len())?;
+        let offset = self.geometry.frame_offset(index);
+        if index < WARM_FRAMES {
+            // ORDERING: Relaxed: a snapshot of the bump allocator, which no one
+            // moves any more (the segment is sealed and finished).
+            let used = fh.arena.0.load(Relaxed).min(f.arena_len());
+            let arena = offset + self.geometry.arena_offset();
+            sparse::punch_hole(self.fd(), arena, used.next_multiple_of(PAGE))?;
+            // ORDERING: Release: validation loads see the frame is no longer `seg`.
+            fh.seg.0.number.store(0, Release);
+        } else {
+            sparse::punch_hole(self.fd(), offset, self.geometry.frame_len())?;
+        }
+        // ORDERING: Release: as in `init_frame`.
+        self.frame_state(index).store(0, Release);
         Ok(true)
     }
 
@@ -576,7 +683,12 @@ impl Ring {
                 }
                 _ => {
                     // Nothing at `h` (free, an unincluded claim, or the slot still
-                    // on the previous lap). Is this segment finished?
+                    // on the previous lap). Is this segment finished? Only look
+                    // at the producers' tail line once the segment says it may be.
+                    // ORDERING: Acquire: pairs with the Release store in advance_tail.
+                    if fh.seg.0.sealed_hint.load(Acquire) == 0 {
+                        return Ok(Step::Empty);
+                    }
                     // ORDERING: Acquire: pairs with the sealing CAS.
                     let t = fh.tail.0.load(Acquire);
                     if t & SEALED == 0 || h < t & !SEALED {
@@ -683,13 +795,17 @@ impl Ring {
         }
         let h = fh.head.0.load(Acquire);
         let s = Stamp::unpack(f.slot(h).stamp.load(SeqCst));
-        let t = fh.tail.0.load(SeqCst);
         match (s.lap_vs(f.lap(h)), s.state) {
             (LapOrder::Newer, _) | (LapOrder::Same, READY | SKIP | TAKING) => true,
-            // An included claim: its producer's commit will wake us.
-            (LapOrder::Same, WRITING) if t & !SEALED > h => false,
-            // Nothing at the head: only a finished segment is work.
-            _ => t & SEALED != 0 && h >= t & !SEALED,
+            // Writing (its producer's commit will wake us) or nothing at the
+            // head: only a finished segment is work.
+            _ => {
+                if fh.seg.0.sealed_hint.load(Acquire) == 0 {
+                    return false;
+                }
+                let t = fh.tail.0.load(SeqCst);
+                t & SEALED != 0 && h >= t & !SEALED
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::time::Duration;
 
 use super::layout::Sleepers;
 use super::ring::{Got, LIVENESS_DELAY, Payload, Pushed, Ring, Step, Watch};
@@ -90,7 +91,7 @@ fn wake(s: &Sleepers, count: u32) {
 
 impl Ring {
     /// Queues one serialized item.
-    pub(super) fn put(&self, bytes: &[u8], deadline: Deadline, block: bool) -> Result<(), PutFail> {
+    pub(super) fn put(&self, bytes: &[u8], timeout: Option<Duration>, block: bool) -> Result<(), PutFail> {
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
@@ -109,7 +110,7 @@ impl Ring {
         // From here to the slot claim in `push` there are only a few
         // instructions: the window in which a kill would leak the permit.
         if self.bounded()
-            && let Err(e) = self.acquire_permit(deadline, block)
+            && let Err(e) = self.acquire_permit(timeout, block)
         {
             discard();
             return Err(e);
@@ -135,12 +136,15 @@ impl Ring {
         Ok(())
     }
 
-    /// Takes one item; its serialized bytes end up in `buf`.
-    pub(super) fn get(&self, buf: &mut Vec<u8>, deadline: Deadline, block: bool) -> Result<(), GetFail> {
+    /// Takes one item; its serialized bytes end up in `buf`. `timeout` counts
+    /// from the first time the queue is found empty (no clock is read when an
+    /// item is there at once).
+    pub(super) fn get(&self, buf: &mut Vec<u8>, timeout: Option<Duration>, block: bool) -> Result<(), GetFail> {
         let me = current_tid();
         let hdr = self.header();
         let mut backoff = Backoff::new();
         let mut watch = Watch::default();
+        let mut deadline = None;
         loop {
             match self.take_once(me, buf).map_err(GetFail::Io)? {
                 Step::Item(Got::Bytes) => return Ok(()),
@@ -155,12 +159,14 @@ impl Ring {
                     if !block {
                         return Err(GetFail::Empty);
                     }
+                    let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
+                    if backoff.snooze() {
+                        continue;
+                    }
                     if deadline.expired() {
                         return Err(GetFail::Timeout);
                     }
-                    if !backoff.snooze() {
-                        sleep(&hdr.not_empty.0, deadline, || self.has_work());
-                    }
+                    sleep(&hdr.not_empty.0, deadline, || self.has_work());
                 }
                 Step::Blocked(blocked) => {
                     // Another thread owns the head slot. If it stays put, check
@@ -173,26 +179,30 @@ impl Ring {
                     if !block {
                         return Err(GetFail::Empty);
                     }
+                    let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
+                    if backoff.snooze() {
+                        continue;
+                    }
                     if deadline.expired() {
                         return Err(GetFail::Timeout);
                     }
-                    if !backoff.snooze() {
-                        let nap = Deadline::after(LIVENESS_DELAY);
-                        let until = match deadline.remaining() {
-                            Some(left) if left < LIVENESS_DELAY => deadline,
-                            _ => nap,
-                        };
-                        sleep(&hdr.not_empty.0, until, || self.has_work());
-                    }
+                    // Sleep in short slices: the owner's commit wakes us, and
+                    // between slices we check that it is alive.
+                    let until = match deadline.remaining() {
+                        Some(left) if left < LIVENESS_DELAY => deadline,
+                        _ => Deadline::after(LIVENESS_DELAY),
+                    };
+                    sleep(&hdr.not_empty.0, until, || self.has_work());
                 }
             }
         }
     }
 
-    fn acquire_permit(&self, deadline: Deadline, block: bool) -> Result<(), PutFail> {
+    fn acquire_permit(&self, timeout: Option<Duration>, block: bool) -> Result<(), PutFail> {
         let hdr = self.header();
         let max = self.maxsize();
         let mut backoff = Backoff::new();
+        let mut deadline = None;
         loop {
             if self.is_closed() {
                 return Err(PutFail::Closed);
@@ -208,13 +218,18 @@ impl Ring {
                 }
                 continue;
             }
-            if !block || deadline.expired() {
+            if !block {
                 return Err(PutFail::Full);
             }
-            if !backoff.snooze() {
-                // ORDERING: SeqCst: as above.
-                sleep(&hdr.not_full.0, deadline, || hdr.count.0.load(SeqCst) < max || self.is_closed());
+            let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
+            if backoff.snooze() {
+                continue;
             }
+            if deadline.expired() {
+                return Err(PutFail::Full);
+            }
+            // ORDERING: SeqCst: as above.
+            sleep(&hdr.not_full.0, deadline, || hdr.count.0.load(SeqCst) < max || self.is_closed());
         }
     }
 
