@@ -1,11 +1,11 @@
-//! Handles as task arguments: a Pipe end and an Event passed to a task work
-//! in the worker.
+//! Handles as task arguments: a Pipe end, an Event and a Queue passed to a
+//! task work in the worker (Python needs a Manager for the queue).
 
 mod pool_support;
 
 use std::time::Duration;
 
-use multiproc::{Connection, Event, Pipe, Pool};
+use multiproc::{Connection, Event, Pipe, Pool, Queue};
 use pool_support::WAIT;
 
 fn reply_on(conn: Connection<String>, text: String) -> usize {
@@ -51,4 +51,28 @@ fn an_event_passed_to_a_task_is_the_same_event() {
     ev.set();
     assert_eq!(ours.recv_timeout(WAIT).unwrap(), "event seen: true");
     assert!(r.get_timeout(WAIT).unwrap());
+}
+
+fn produce(q: Queue<(u64, u64)>, who: u64) -> u64 {
+    for k in 0..50 {
+        q.put((who, k)).unwrap();
+    }
+    50
+}
+
+#[test]
+fn pool_workers_share_a_plain_queue() {
+    let pool = Pool::new(2).unwrap();
+    let q = Queue::<(u64, u64)>::new().unwrap();
+    let jobs: Vec<_> = (0..4u64).map(|who| pool.apply_async(produce, (q.clone(), who))).collect();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got.push(q.get_timeout(WAIT).unwrap());
+    }
+    for mut j in jobs {
+        assert_eq!(j.get_timeout(WAIT).unwrap(), 50);
+    }
+    got.sort_unstable();
+    let want: Vec<(u64, u64)> = (0..4).flat_map(|w| (0..50).map(move |k| (w, k))).collect();
+    assert_eq!(got, want);
 }

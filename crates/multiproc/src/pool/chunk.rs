@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use super::error::TaskError;
 use super::protocol::{Format, Framed, RunnerRef};
 use super::ring::{StatusPage, monotonic_ns};
+use super::slab::{SLAB_MIN, SlabLoan, Slabs};
 use crate::process::Task;
 use crate::process::task::{assert_stateless, code_address, code_offset, conjure, type_hash};
 use crate::wire::{self, encode_into};
@@ -399,6 +400,23 @@ pub(crate) struct EncodedChunk {
     pub fds: Vec<OwnedFd>,
     /// Where the buffer goes back when the chunk is done.
     recycle: Option<Arc<Buffers>>,
+    /// The encoded bytes are in this shared slab instead of `bytes`.
+    pub slab: Option<SlabLoan>,
+}
+
+impl EncodedChunk {
+    /// The encoded bytes.
+    pub(crate) fn data(&self) -> &[u8] {
+        match &self.slab {
+            Some(loan) => loan.slab.as_ref().expect("loaned").bytes(loan.len),
+            None => &self.bytes,
+        }
+    }
+
+    /// Their length.
+    pub(crate) fn len(&self) -> usize {
+        self.slab.as_ref().map_or(self.bytes.len(), |l| l.len)
+    }
 }
 
 impl Drop for EncodedChunk {
@@ -414,6 +432,8 @@ impl Drop for EncodedChunk {
 #[derive(Debug, Default)]
 pub(crate) struct Buffers {
     free: Mutex<Vec<Vec<u8>>>,
+    /// Shared buffers for inputs large enough to skip every copy.
+    pub slabs: Arc<Slabs>,
 }
 
 /// Buffers smaller than this are left to the allocator.
@@ -440,11 +460,27 @@ impl Buffers {
 
 /// Encodes a chunk's arguments: all at once, or item by item when some item
 /// cannot be serialized (that item then fails alone, in the worker).
-pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>) -> EncodedChunk {
+///
+/// When `large` (the previous chunk of the call was large), the chunk is
+/// measured first and, if large, encoded straight into a shared slab.
+pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>, large: bool) -> EncodedChunk {
+    if large
+        && let Ok(len) = wire::encoded_len(items)
+        && len >= SLAB_MIN
+        && let Some(mut slab) = buffers.slabs.take(len)
+    {
+        match wire::encode_to_slice(items, slab.bytes_mut(len)) {
+            Ok((n, fds)) if n == len => {
+                let loan = SlabLoan { slab: Some(slab), len, home: buffers.slabs.clone() };
+                return EncodedChunk { framed: false, bytes: Vec::new(), fds, recycle: None, slab: Some(loan) };
+            }
+            _ => buffers.slabs.give(slab),
+        }
+    }
     let mut bytes = buffers.take();
     let recycle = Some(buffers.clone());
     if let Ok(fds) = encode_into(items, &mut bytes) {
-        return EncodedChunk { framed: false, bytes, fds, recycle };
+        return EncodedChunk { framed: false, bytes, fds, recycle, slab: None };
     }
     let mut bodies = Vec::with_capacity(items.len());
     for item in items {
@@ -468,7 +504,7 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>) ->
     }
     bytes.clear();
     encode_into(&framed, &mut bytes).expect("bytes and strings always serialize");
-    EncodedChunk { framed: true, bytes, fds, recycle }
+    EncodedChunk { framed: true, bytes, fds, recycle, slab: None }
 }
 
 /// A chunk's results decoded in the parent.

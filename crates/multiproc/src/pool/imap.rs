@@ -9,6 +9,7 @@ use super::job::{Chunk, ImapShared, Job};
 use super::progress::Progress;
 use super::protocol::RunnerRef;
 use super::scheduler::Shared;
+use super::slab::SLAB_MIN;
 
 /// Items in flight (pulled but not yet yielded) at most: the window.
 pub(crate) const MIN_WINDOW: usize = 8192;
@@ -33,6 +34,7 @@ where
     E: fmt::Display,
 {
     let mut items = items;
+    let mut large = false;
     Box::new(move |n| {
         let mut batch = Vec::with_capacity(n.min(1024));
         let mut error = None;
@@ -50,7 +52,8 @@ where
                 }
             }
         }
-        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch, &buffers), batch.len()));
+        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch, &buffers, large), batch.len()));
+        large = chunk.as_ref().is_some_and(|(c, _)| c.len() >= SLAB_MIN);
         Pulled { chunk, error, exhausted }
     })
 }
@@ -139,7 +142,7 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
         while !self.exhausted && self.input_error.is_none() && self.submitted - self.yielded < window {
             let pulled = (self.pull)(self.chunksize);
             if let Some((input, n)) = pulled.chunk {
-                let per = input.bytes.len() / n;
+                let per = input.len() / n;
                 self.bytes_per_item =
                     if self.bytes_per_item == 0 { per.max(1) } else { (self.bytes_per_item + per) / 2 };
                 let job: Arc<dyn Job> = self.job.clone();

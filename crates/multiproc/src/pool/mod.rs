@@ -82,6 +82,7 @@ mod protocol;
 mod result;
 mod ring;
 mod scheduler;
+mod slab;
 mod worker;
 
 use std::convert::Infallible;
@@ -550,7 +551,8 @@ impl<'p, S: 'static> Call<'p, S> {
         let slot = Slot::new();
         let cancel = Arc::new(AtomicU8::new(TASK_PENDING));
         let job: Arc<dyn Job> = Arc::new(ApplyJob { slot: slot.clone() });
-        let mut chunk = Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args), &self.pool.buffers));
+        let mut chunk =
+            Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args), &self.pool.buffers, false));
         chunk.cancel = Some(cancel.clone());
         if let Err(e) = self.pool.shared.submit(vec![chunk]) {
             return AsyncResult::failed(e);
@@ -576,9 +578,11 @@ impl<'p, S: 'static> Call<'p, S> {
         // start while the rest is being encoded.
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
+        let mut large = false;
         for (index, part) in items.chunks(chunksize).enumerate() {
-            let input = encode_chunk(part, &self.pool.buffers);
-            batch_bytes += input.bytes.len();
+            let input = encode_chunk(part, &self.pool.buffers, large);
+            large = input.len() >= slab::SLAB_MIN;
+            batch_bytes += input.len();
             batch.push(Chunk::new(job.clone(), index, runner, part.len(), input));
             if index == 0 || batch.len() >= 256 || batch_bytes >= 64 * 1024 || index + 1 == chunks {
                 if let Err(e) = self.pool.shared.submit(std::mem::take(&mut batch)) {

@@ -45,6 +45,8 @@ pub(crate) enum Payload<'a> {
     Ring { at: u64, len: u64 },
     /// In a sealed memory file: the record's first descriptor.
     Memfd { len: u64 },
+    /// In a shared slab the worker was given earlier.
+    Slab { id: u32, len: u64 },
 }
 
 /// Scheduler → worker.
@@ -65,6 +67,8 @@ pub(crate) enum ToWorker<'a> {
     },
     /// The ring for large inputs: the record's one descriptor.
     InputRing { cap: u64 },
+    /// A slab for large inputs: the record's one descriptor.
+    Slab { id: u32, cap: u64 },
 }
 
 /// How a chunk's results are encoded.

@@ -9,7 +9,7 @@
 //! page says which item) fails with `WorkerLost` or is retried, the chunks
 //! queued behind it are sent elsewhere, and a new worker takes its place.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -217,6 +217,8 @@ struct Worker {
     status: StatusPage,
     input_ring: Option<Ring>,
     output_ring: Option<Ring>,
+    /// Slabs this worker has mapped.
+    known_slabs: HashSet<u32>,
     fds_in: VecDeque<OwnedFd>,
     inflight: VecDeque<Inflight>,
     /// Results received (so `inflight[i]` is the worker's chunk number
@@ -258,7 +260,7 @@ impl Worker {
     /// full for now.
     #[allow(clippy::result_large_err, reason = "the chunk comes back by value to be sent again")]
     fn send(&mut self, chunk: Chunk, id: u64, now: Instant) -> Result<(), (Chunk, Option<WireError>)> {
-        let len = chunk.input.bytes.len();
+        let len = chunk.input.len();
         let mut fds = Vec::with_capacity(chunk.input.fds.len() + 1);
         for fd in &chunk.input.fds {
             match fd.try_clone() {
@@ -267,9 +269,22 @@ impl Worker {
             }
         }
         let nfds = fds.len() as u32;
-        let Worker { batch, outbox, input_ring, .. } = self;
+        let Worker { batch, outbox, input_ring, known_slabs, .. } = self;
         let emit = &mut |p: &[u8], f: Vec<OwnedFd>| outbox.push(Kind::Control, p, f);
-        let input = if len <= RING_THRESHOLD {
+        let input = if let Some(slab) = chunk.input.slab.as_ref().and_then(|l| l.slab.as_ref()) {
+            if !known_slabs.contains(&slab.id) {
+                let fd = match slab.as_fd().try_clone_to_owned() {
+                    Ok(fd) => fd,
+                    Err(e) => return Err((chunk, Some(WireError::Io(e)))),
+                };
+                let announce = ToWorker::Slab { id: slab.id, cap: slab.capacity() as u64 };
+                if let Err(e) = batch.add(&announce, vec![fd], emit) {
+                    return Err((chunk, Some(e)));
+                }
+                known_slabs.insert(slab.id);
+            }
+            Payload::Slab { id: slab.id, len: len as u64 }
+        } else if len <= RING_THRESHOLD {
             Payload::Inline(&chunk.input.bytes)
         } else if len <= RING_CAPACITY / 2 {
             if input_ring.is_none() {
@@ -290,10 +305,10 @@ impl Worker {
             let Some(at) = ring.alloc(len) else {
                 return Err((chunk, None));
             };
-            ring.region_mut(at, len).copy_from_slice(&chunk.input.bytes);
+            ring.region_mut(at, len).copy_from_slice(chunk.input.data());
             Payload::Ring { at, len: len as u64 }
         } else {
-            match imp::memfd::sealed_with("multiproc-pool-task", &chunk.input.bytes) {
+            match imp::memfd::sealed_with("multiproc-pool-task", chunk.input.data()) {
                 Ok(memfd) => fds.insert(0, memfd),
                 Err(e) => return Err((chunk, Some(WireError::Io(e)))),
             }
@@ -356,6 +371,7 @@ impl Worker {
                             ring.region(at, len as usize)
                                 .ok_or_else(|| WireError::corrupt("ring region out of bounds"))?
                         }
+                        Payload::Slab { .. } => return Err(WireError::corrupt("a worker answered in a slab")),
                         Payload::Memfd { len } => {
                             owned = imp::memfd::read_sealed(memfd.as_ref().expect("taken").as_fd(), len as usize)?;
                             &owned
@@ -454,6 +470,7 @@ impl Scheduler {
             status,
             input_ring: None,
             output_ring: None,
+            known_slabs: HashSet::new(),
             fds_in: VecDeque::new(),
             inflight: VecDeque::new(),
             received: 0,

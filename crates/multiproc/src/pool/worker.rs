@@ -9,7 +9,7 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -20,9 +20,11 @@ use super::chunk::RunCx;
 use super::error::TaskError;
 use super::protocol::{Batch, FromWorker, Payload, RING_CAPACITY, RING_THRESHOLD, RunnerRef, ToWorker, records};
 use super::ring::{Ring, StatusPage};
+use super::slab;
 use crate::process::{RemotePanic, current_process};
 use crate::sys::Deadline;
 use crate::sys::imp;
+use crate::sys::imp::shm::Mapping;
 use crate::wire::{Channel, Frame, Kind, SendFd, WireError};
 
 /// Results wait for more while the last chunk took less than this.
@@ -85,6 +87,7 @@ pub(crate) fn worker_main(config: WorkerConfig) {
         fds: VecDeque::new(),
         input_ring: None,
         output_ring: None,
+        slabs: HashMap::new(),
         out: Vec::new(),
         batch: Batch::default(),
         held_since: None,
@@ -109,6 +112,8 @@ struct Worker {
     fds: VecDeque<OwnedFd>,
     input_ring: Option<Ring>,
     output_ring: Option<Ring>,
+    /// The parent's slabs, by id.
+    slabs: HashMap<u32, Mapping>,
     /// The current chunk's encoded results.
     out: Vec<u8>,
     batch: Batch,
@@ -162,6 +167,10 @@ impl Worker {
                     let fd = self.take_fds(1)?.remove(0);
                     self.input_ring = Some(Ring::from_fd(fd, cap as usize)?);
                 }
+                ToWorker::Slab { id, cap } => {
+                    let fd = self.take_fds(1)?.remove(0);
+                    self.slabs.insert(id, Mapping::from_fd(fd, cap as usize)?);
+                }
                 ToWorker::Chunk { id, runner, items, framed, skip, input, nfds } => {
                     self.run_chunk(id, runner, items, framed, &skip, input, nfds as usize)?;
                 }
@@ -197,6 +206,10 @@ impl Worker {
                     self.input_ring.as_ref().ok_or_else(|| WireError::corrupt("ring payload before the ring"))?;
                 ring_region = Some((at, len as usize));
                 ring.region(at, len as usize).ok_or_else(|| WireError::corrupt("ring payload out of bounds"))?
+            }
+            Payload::Slab { id, len } => {
+                let map = self.slabs.get(&id).ok_or_else(|| WireError::corrupt("a chunk names an unknown slab"))?;
+                slab::mapped(map, len as usize).ok_or_else(|| WireError::corrupt("slab payload out of bounds"))?
             }
             Payload::Memfd { len } => {
                 let fd = memfd.as_ref().expect("taken above");

@@ -51,6 +51,27 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -
     }
 }
 
+/// The length of `value` encoded (handles inside are counted; the descriptor
+/// copies made to count them are closed at once).
+pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError> {
+    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
+    let result = postcard::experimental::serialized_size(value);
+    FDS_OUT.with(|f| *f.borrow_mut() = saved);
+    result.map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// Serializes `value` into the front of `buf`; returns the length written
+/// and the descriptors of the handles inside it.
+pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>), WireError> {
+    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
+    let result = postcard::to_slice(value, buf).map(|written| written.len());
+    let fds = FDS_OUT.with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).unwrap_or_default();
+    result.map(|n| (n, fds)).map_err(|e| WireError::Encode(e.to_string()))
+}
+
 /// A postcard output that appends to a borrowed buffer.
 struct Append<'a>(&'a mut Vec<u8>);
 
