@@ -11,6 +11,8 @@ pub enum Unit {
     Micros,
     /// Gigabytes (10^9 bytes) per second (higher is better).
     GigabytesPerSec,
+    /// Millions of operations per second (higher is better).
+    MillionsPerSec,
 }
 
 impl Unit {
@@ -19,12 +21,13 @@ impl Unit {
         match self {
             Unit::Micros => "µs",
             Unit::GigabytesPerSec => "GB/s",
+            Unit::MillionsPerSec => "M/s",
         }
     }
 
     /// True when a larger figure is better.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Unit::GigabytesPerSec)
+        matches!(self, Unit::GigabytesPerSec | Unit::MillionsPerSec)
     }
 }
 

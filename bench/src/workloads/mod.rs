@@ -19,6 +19,7 @@ pub mod pipe;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod sync;
 
 /// Every workload, in the order they run and appear in the table.
 pub const ALL: &[Workload] = &[
@@ -30,6 +31,8 @@ pub const ALL: &[Workload] = &[
     pool::POOL_1MIB,
     queue::QUEUE_1TO1,
     queue::QUEUE_2TO2,
+    sync::LOCK_HANDOFF,
+    sync::VALUE_INCR,
 ];
 
 /// A named benchmark producing one or more table rows.

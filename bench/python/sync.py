@@ -1,0 +1,130 @@
+"""CPython side of the lock and shared-value workloads (bench/src/workloads/sync.rs).
+
+lock_handoff --batch N
+    microseconds per lock pass between two processes. Two
+    multiprocessing.Lock objects, ping and pong, start held by the parent;
+    each round trip the parent releases ping (the child, blocked in
+    ping.acquire(), takes it: one pass) and acquires pong (which the child
+    releases: a second pass). One sample = N round trips = 2N passes. At the
+    end the child reports how many times it took ping, which must equal the
+    round trips.
+value_incr --batch N
+    millions of increments per second of a multiprocessing.Value('q') by two
+    processes, each doing ``with v.get_lock(): v.value += 1`` N times per
+    sample (started and acknowledged over a Pipe). After each sample the
+    value must equal the total number of increments (no lost updates).
+
+Children use the default start method (fork on Linux with 3.11); the start
+method does not enter the timed part.
+"""
+
+import multiprocessing as mp
+import time
+
+import common
+
+
+def handoff_child(ping, pong, stop, taken):
+    while True:
+        ping.acquire()
+        if stop.value:
+            return
+        taken.value += 1
+        pong.release()
+
+
+def lock_handoff(args):
+    batch = args.batch
+    ping, pong = mp.Lock(), mp.Lock()
+    stop = mp.RawValue("b", 0)
+    taken = mp.RawValue("q", 0)
+    ping.acquire()
+    pong.acquire()
+    p = mp.Process(target=handoff_child, args=(ping, pong, stop, taken), daemon=True)
+    p.start()
+    state = {"round_trips": 0}
+
+    def sample():
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            ping.release()
+            pong.acquire()
+        elapsed = time.perf_counter() - t0
+        state["round_trips"] += batch
+        return elapsed / (2 * batch) * 1e6
+
+    def finish():
+        stop.value = 1
+        ping.release()
+        p.join(60)
+        if p.exitcode != 0:
+            common.fail(f"child exited with {p.exitcode}")
+        if taken.value != state["round_trips"]:
+            common.fail(f"the child took the lock {taken.value} times in {state['round_trips']} round trips")
+        return state["round_trips"]
+
+    common.serve(sample, finish)
+
+
+def incr_child(conn, parent_end, counter):
+    parent_end.close()
+    while True:
+        n = conn.recv()
+        if n is None:  # stop (EOF would not come: a later fork inherits our parent end)
+            return
+        for _ in range(n):
+            with counter.get_lock():
+                counter.value += 1
+        conn.send(n)
+
+
+def value_incr(args):
+    batch = args.batch
+    counter = mp.Value("q", 0)
+    ends = []
+    for _ in range(2):
+        ours, theirs = mp.Pipe()
+        p = mp.Process(target=incr_child, args=(theirs, ours, counter), daemon=True)
+        p.start()
+        theirs.close()
+        ends.append((ours, p))
+    state = {"expected": 0}
+
+    def sample():
+        t0 = time.perf_counter()
+        for conn, _ in ends:
+            conn.send(batch)
+        for conn, _ in ends:
+            if conn.recv() != batch:
+                common.fail("a child answered a wrong count")
+        elapsed = time.perf_counter() - t0
+        state["expected"] += 2 * batch
+        if counter.value != state["expected"]:
+            common.fail(f"counter is {counter.value}, expected {state['expected']} (lost updates)")
+        return 2 * batch / elapsed / 1e6
+
+    def finish():
+        for conn, p in ends:
+            conn.send(None)
+            p.join(60)
+            if p.exitcode != 0:
+                common.fail(f"child exited with {p.exitcode}")
+        return state["expected"]
+
+    common.serve(sample, finish)
+
+
+def main():
+    p = common.parser(__doc__)
+    p.add_argument("--batch", type=int, default=500, help="round trips or increments per process per sample")
+    args = p.parse_args()
+    if args.workload == "lock_handoff":
+        lock_handoff(args)
+    elif args.workload == "value_incr":
+        value_incr(args)
+    else:
+        p.error(f"unknown workload {args.workload!r}")
+
+
+if __name__ == "__main__":
+    main()

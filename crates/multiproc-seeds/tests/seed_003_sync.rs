@@ -1,0 +1,44 @@
+//! Seed 003's Event, Value and Array examples run across real processes and
+//! show what the Python programs show.
+
+use std::time::Duration;
+
+use multiproc_seeds::seed_003_sync;
+
+#[test]
+fn event_wait_blocks_one_child_and_times_out_the_other() {
+    let report = seed_003_sync::event_wait().unwrap();
+    let o = &report.outcome;
+    assert!(o.block_saw_set, "the child without a timeout returns once the parent sets the event");
+    assert!(!o.nonblock_saw_set, "the child with a timeout gives up before the event is set");
+    assert!(o.nonblock_waited >= o.timeout, "waited {:?}, less than its timeout", o.nonblock_waited);
+    assert!(o.nonblock_waited < o.timeout + Duration::from_secs(1), "waited {:?}", o.nonblock_waited);
+    assert_eq!(
+        report.lines,
+        [
+            "main: waiting before calling Event.set()",
+            "wait_for_event_timeout: starting",
+            "wait_for_event_timeout: e.is_set()-> false",
+            "main: event is set",
+            "wait_for_event: starting",
+            "wait_for_event: e.is_set()-> true",
+        ]
+    );
+}
+
+#[test]
+fn shared_value_and_array_written_by_a_child_are_seen_by_the_parent() {
+    let report = seed_003_sync::shared_value_array().unwrap();
+    assert_eq!(report.outcome.value, (10.0, 10.78));
+    assert_eq!(report.outcome.array, (vec![1, 2, 3, 4, 5], vec![1, 2, 9999, 4, 5]));
+    assert_eq!(report.lines, ["10.0", "10.78", "[1, 2, 3, 4, 5]", "[1, 2, 9999, 4, 5]"]);
+}
+
+#[test]
+fn the_tour_lists_both_examples() {
+    for name in ["event_wait", "shared_value_array"] {
+        let e = multiproc_seeds::example(name).unwrap_or_else(|| panic!("{name} is in the tour"));
+        assert_eq!(e.seed, "003");
+        assert!(!(e.run)().unwrap().is_empty());
+    }
+}
