@@ -14,6 +14,11 @@ value_incr --batch N
     sample (started and acknowledged over a Pipe). After each sample the
     value must equal the total number of increments (no lost updates).
 
+lock_create --batch N
+    microseconds to create a multiprocessing.Lock (a named POSIX semaphore,
+    created and unlinked), acquire it without blocking and drop it. One
+    sample = N locks.
+
 Children use the default start method (fork on Linux with 3.11); the start
 method does not enter the timed part.
 """
@@ -114,6 +119,24 @@ def value_incr(args):
     common.serve(sample, finish)
 
 
+def lock_create(args):
+    batch = args.batch
+    state = {"created": 0}
+
+    def sample():
+        t0 = time.perf_counter()
+        locks = [mp.Lock() for _ in range(batch)]
+        usable = all(lock.acquire(False) for lock in locks)
+        del locks
+        elapsed = time.perf_counter() - t0
+        if not usable:
+            common.fail("a new lock was not free")
+        state["created"] += batch
+        return elapsed / batch * 1e6
+
+    common.serve(sample, lambda: state["created"])
+
+
 def main():
     p = common.parser(__doc__)
     p.add_argument("--batch", type=int, default=500, help="round trips or increments per process per sample")
@@ -122,6 +145,8 @@ def main():
         lock_handoff(args)
     elif args.workload == "value_incr":
         value_incr(args)
+    elif args.workload == "lock_create":
+        lock_create(args)
     else:
         p.error(f"unknown workload {args.workload!r}")
 

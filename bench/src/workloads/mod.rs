@@ -33,6 +33,7 @@ pub const ALL: &[Workload] = &[
     queue::QUEUE_2TO2,
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
+    sync::LOCK_CREATE,
 ];
 
 /// A named benchmark producing one or more table rows.

@@ -28,6 +28,16 @@ pub const VALUE_INCR: Workload = Workload {
     run: value_incr,
 };
 
+/// Creating (and dropping) a Lock.
+pub const LOCK_CREATE: Workload = Workload {
+    name: "lock_create",
+    about: "µs to create and drop a Lock (each is a small shared-memory segment)",
+    run: lock_create,
+};
+
+/// Locks created per sample.
+const CREATE_BATCH: usize = 200;
+
 /// Round trips (two passes each) per sample.
 const HANDOFF_BATCH: u64 = 500;
 /// Increments per child per sample.
@@ -114,6 +124,34 @@ impl Subject for Handoff {
         self.round_trips += HANDOFF_BATCH;
         Ok(micros(elapsed) / (2 * HANDOFF_BATCH) as f64)
     }
+}
+
+fn lock_create(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(2, 4.0, 20, 1_000_000, 30), Plan::new(1, 1.0, 10, 1_000_000, 30));
+    let batch = CREATE_BATCH.to_string();
+    let mut created = 0u64;
+    let mut ours = || -> Result<f64, BenchError> {
+        let t = Instant::now();
+        let locks: Vec<Lock> = (0..CREATE_BATCH).map(|_| Lock::new()).collect::<Result<_, _>>()?;
+        let usable = locks.iter().all(|l| l.try_acquire().is_ok());
+        drop(locks);
+        let elapsed = t.elapsed();
+        ensure(usable, || "a new lock was not free".into())?;
+        created += CREATE_BATCH as u64;
+        Ok(micros(elapsed) / CREATE_BATCH as f64)
+    };
+    let mut py = ctx.python("sync.py", "lock_create", &["--batch", &batch], &plan)?;
+    let stats = ctx.measure(&plan, &mut [("multiproc lock_create", &mut ours), ("cpython lock_create", &mut py)])?;
+    py.finish()?;
+    let [ours, py] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+    Ok(vec![
+        Row::new("lock_create", Unit::Micros, ours, py)
+            .with_extra(
+                "api",
+                json!("Lock::new() + try_acquire + drop (CPython: multiprocessing.Lock() + acquire(False))"),
+            )
+            .with_extra("params", json!({ "locks_per_sample": CREATE_BATCH })),
+    ])
 }
 
 fn value_incr(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
