@@ -461,20 +461,20 @@ impl Buffers {
 /// Encodes a chunk's arguments: all at once, or item by item when some item
 /// cannot be serialized (that item then fails alone, in the worker).
 ///
-/// When `large` (the previous chunk of the call was large), the chunk is
-/// measured first and, if large, encoded straight into a shared slab.
-pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>, large: bool) -> EncodedChunk {
-    if large
-        && let Ok(len) = wire::encoded_len(items)
-        && len >= SLAB_MIN
-        && let Some(mut slab) = buffers.slabs.take(len)
+/// `hint` is the encoded size of the call's previous chunk: when it is
+/// large, the chunk is encoded straight into a shared slab with some room to
+/// spare (and the ordinary way if it does not fit).
+pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>, hint: usize) -> EncodedChunk {
+    if hint >= SLAB_MIN
+        && let Some(mut slab) = buffers.slabs.take(hint + hint / 4)
     {
-        match wire::encode_to_slice(items, slab.bytes_mut(len)) {
-            Ok((n, fds)) if n == len => {
+        let cap = slab.capacity();
+        match wire::encode_to_slice(items, slab.bytes_mut(cap)) {
+            Ok((len, fds)) => {
                 let loan = SlabLoan { slab: Some(slab), len, home: buffers.slabs.clone() };
                 return EncodedChunk { framed: false, bytes: Vec::new(), fds, recycle: None, slab: Some(loan) };
             }
-            _ => buffers.slabs.give(slab),
+            Err(_) => buffers.slabs.give(slab),
         }
     }
     let mut bytes = buffers.take();

@@ -9,7 +9,6 @@ use super::job::{Chunk, ImapShared, Job};
 use super::progress::Progress;
 use super::protocol::RunnerRef;
 use super::scheduler::Shared;
-use super::slab::SLAB_MIN;
 
 /// Items in flight (pulled but not yet yielded) at most: the window.
 pub(crate) const MIN_WINDOW: usize = 8192;
@@ -34,7 +33,7 @@ where
     E: fmt::Display,
 {
     let mut items = items;
-    let mut large = false;
+    let mut hint = 0;
     Box::new(move |n| {
         let mut batch = Vec::with_capacity(n.min(1024));
         let mut error = None;
@@ -52,8 +51,8 @@ where
                 }
             }
         }
-        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch, &buffers, large), batch.len()));
-        large = chunk.as_ref().is_some_and(|(c, _)| c.len() >= SLAB_MIN);
+        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch, &buffers, hint), batch.len()));
+        hint = chunk.as_ref().map_or(0, |(c, _)| c.len());
         Pulled { chunk, error, exhausted }
     })
 }

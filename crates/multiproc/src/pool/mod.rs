@@ -551,8 +551,7 @@ impl<'p, S: 'static> Call<'p, S> {
         let slot = Slot::new();
         let cancel = Arc::new(AtomicU8::new(TASK_PENDING));
         let job: Arc<dyn Job> = Arc::new(ApplyJob { slot: slot.clone() });
-        let mut chunk =
-            Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args), &self.pool.buffers, false));
+        let mut chunk = Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args), &self.pool.buffers, 0));
         chunk.cancel = Some(cancel.clone());
         if let Err(e) = self.pool.shared.submit(vec![chunk]) {
             return AsyncResult::failed(e);
@@ -578,10 +577,10 @@ impl<'p, S: 'static> Call<'p, S> {
         // start while the rest is being encoded.
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
-        let mut large = false;
+        let mut hint = 0;
         for (index, part) in items.chunks(chunksize).enumerate() {
-            let input = encode_chunk(part, &self.pool.buffers, large);
-            large = input.len() >= slab::SLAB_MIN;
+            let input = encode_chunk(part, &self.pool.buffers, hint);
+            hint = input.len();
             batch_bytes += input.len();
             batch.push(Chunk::new(job.clone(), index, runner, part.len(), input));
             if index == 0 || batch.len() >= 256 || batch_bytes >= 64 * 1024 || index + 1 == chunks {

@@ -51,15 +51,6 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -
     }
 }
 
-/// The length of `value` encoded (handles inside are counted; the descriptor
-/// copies made to count them are closed at once).
-pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError> {
-    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
-    let result = postcard::experimental::serialized_size(value);
-    FDS_OUT.with(|f| *f.borrow_mut() = saved);
-    result.map_err(|e| WireError::Encode(e.to_string()))
-}
-
 /// Serializes `value` into the front of `buf`; returns the length written
 /// and the descriptors of the handles inside it.
 pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
