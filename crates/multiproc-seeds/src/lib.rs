@@ -22,6 +22,7 @@ pub mod seed_003;
 pub mod seed_003_pool;
 pub mod seed_003_sync;
 pub mod seed_004_pool;
+pub mod seed_queue;
 
 use std::time::Duration;
 
@@ -93,8 +94,13 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
     Example { name: "event_wait", seed: "003", shows: "an Event set by the parent, waited with and without a timeout", run: || Ok(seed_003_sync::event_wait()?.lines) },
     Example { name: "shared_value_array", seed: "003", shows: "a shared Value and Array written by a child", run: || Ok(seed_003_sync::shared_value_array()?.lines) },
+    Example { name: "queue_producers", seed: "001", shows: "three producer processes and the parent on a Queue", run: || Ok(seed_queue::queue_producers()?.lines) },
+    Example { name: "queue_writers_readers", seed: "002", shows: "two writers, two readers on a Queue; readers terminated at the end", run: || Ok(seed_queue::queue_writers_readers()?.lines) },
+    Example { name: "joinable_queue", seed: "003", shows: "a JoinableQueue with consumers, task_done and a poison pill each", run: || Ok(seed_queue::joinable_queue()?.lines) },
+    Example { name: "queue_two_files", seed: "004", shows: "two processes write records forward and reversed, linked by a Queue and a sentinel", run: || Ok(seed_queue::queue_two_files()?.lines) },
     Example { name: "pool_api", seed: "001", shows: "Pool: apply_async x10 with wait/ready/successful/get, apply, map, map_async", run: || Ok(seed_001_pool::pool_api()?.lines) },
     Example { name: "thumbnails", seed: "001", shows: "thumbnails of a folder of PNGs with Pool.map and the image crate", run: || Ok(seed_001_pool::thumbnails()?.lines) },
+    Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
     Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
     Example { name: "predict_server", seed: "000", shows: "PredictServer: a model process per version behind a pipe, switch, stop, status", run: || Ok(seed_000_predict::predict_server()?.lines) },
