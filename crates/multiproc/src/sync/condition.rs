@@ -12,6 +12,11 @@
 //! waiter, and a waiter takes at most one, so exactly `k` waits return
 //! "notified". (A waiter that registers after a notify may take a permit
 //! before an older sleeper wakes; the count stays exact.)
+//!
+//! Known limit: a waiter killed while it waits stays counted, so a later
+//! `notify(n)` may hand one of its permits to nobody (and wake one live
+//! waiter fewer). Python's `Condition` has the same limit; the lock itself
+//! stays robust.
 
 use std::fmt;
 use std::io;
