@@ -2,7 +2,7 @@
 
 queue_1to1 --items N --pairs 1
 queue_2to2 --items N --pairs 2
-    microseconds per item moved through one ``multiprocessing.Queue()`` from
+    million items per second moved through one ``multiprocessing.Queue()`` from
     ``pairs`` producer processes to ``pairs`` consumer processes. One sample:
     each producer puts N / pairs ints (producer ``id`` puts id, id + pairs,
     ...; so a sample's items are the next N integers), the consumers get them
@@ -113,7 +113,7 @@ def flow(args):
             common.fail(f"consumers got {count} items, {items} were put")
         if total != sum(range(first, first + items)):
             common.fail("the items got differ from the items put")
-        return elapsed / items * 1e6
+        return items / elapsed / 1e6
 
     def finish():
         got = 0

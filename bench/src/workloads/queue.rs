@@ -11,21 +11,21 @@ use multiproc::{Connection, GetError, Pipe, Process, Queue};
 use serde_json::json;
 
 use super::{Ctx, Workload};
-use crate::measure::{Plan, Stats, Subject, micros};
+use crate::measure::{Plan, Stats, Subject};
 use crate::report::{Row, Unit};
 use crate::{BenchError, ensure};
 
 /// One producer process, one consumer process.
 pub const QUEUE_1TO1: Workload = Workload {
     name: "queue_1to1",
-    about: "µs per item (and items/s) through a Queue, 200,000 u64 from 1 producer process to 1 consumer process",
+    about: "million items/s through a Queue, 200,000 u64 from 1 producer process to 1 consumer process",
     run: queue_1to1,
 };
 
 /// Two producer processes, two consumer processes.
 pub const QUEUE_2TO2: Workload = Workload {
     name: "queue_2to2",
-    about: "µs per item (and items/s) through a Queue, 200,000 u64 from 2 producer processes to 2 consumer processes",
+    about: "million items/s through a Queue, 200,000 u64 from 2 producer processes to 2 consumer processes",
     run: queue_2to2,
 };
 
@@ -41,7 +41,7 @@ fn queue_2to2(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
 }
 
 fn run(ctx: &Ctx, name: &str, pairs: u64) -> Result<Vec<Row>, BenchError> {
-    let plan = ctx.plan(Plan::new(1, 8.0, 5, 1_000_000, 40), Plan::new(1, 2.0, 3, 1_000_000, 40));
+    let plan = ctx.plan(Plan::new(1, 8.0, 5, 1_000_000, 250), Plan::new(1, 2.0, 3, 1_000_000, 100));
     let (items, procs) = (ITEMS.to_string(), pairs.to_string());
     let mut ours = Flow::start(pairs)?;
     let mut py = ctx.python("queue.py", name, &["--items", &items, "--pairs", &procs], &plan)?;
@@ -50,11 +50,9 @@ fn run(ctx: &Ctx, name: &str, pairs: u64) -> Result<Vec<Row>, BenchError> {
     ours.finish()?;
     py.finish()?;
     let [ours, py] = <[Stats; 2]>::try_from(stats).expect("two subjects");
-    let per_second = |s: &Stats| 1e6 / s.value();
     Ok(vec![
-        Row::new(name, Unit::Micros, ours.clone(), py.clone())
+        Row::new(name, Unit::MillionsPerSec, ours, py)
             .with_extra("api", json!("Queue::<u64>::new(): put / get (CPython: multiprocessing.Queue(), put / get)"))
-            .with_extra("items_per_s", json!({ "multiproc": per_second(&ours), "cpython": per_second(&py) }))
             .with_extra("params", json!({ "items_per_sample": ITEMS, "producers": pairs, "consumers": pairs })),
     ])
 }
@@ -186,6 +184,6 @@ impl Subject for Flow {
         self.sent += ITEMS;
         ensure(count == ITEMS, || format!("consumers got {count} items, {ITEMS} were put"))?;
         ensure(sum == expected_sum, || "the items got differ from the items put".to_string())?;
-        Ok(micros(took) / ITEMS as f64)
+        Ok(ITEMS as f64 / took.as_secs_f64() / 1e6)
     }
 }
