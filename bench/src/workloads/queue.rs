@@ -115,11 +115,14 @@ fn consumer(ctl: Connection<(u64, u64)>, q: Queue<u64>, exact: bool) -> u64 {
     total
 }
 
+/// A consumer child and the pipe that reports what it took.
+type Consumer = (Connection<(u64, u64)>, Process<u64>);
+
 /// The producer and consumer children of one workload.
 struct Flow {
     pairs: u64,
     producers: Vec<(Connection<u64>, Process<u64>)>,
-    consumers: Vec<(Connection<(u64, u64)>, Process<u64>)>,
+    consumers: Vec<Consumer>,
     queue: Queue<u64>,
     sent: u64,
 }
