@@ -22,9 +22,8 @@ fn every_start_method_shares_the_queue() {
         let input = Queue::new().unwrap();
         let output = JoinableQueue::new().unwrap();
         input.put("before start".to_string()).unwrap();
-        let mut child = Child(
-            Process::builder().start_method(method).spawn(echo, (input.clone(), output.clone())).unwrap(),
-        );
+        let mut child =
+            Child(Process::builder().start_method(method).spawn(echo, (input.clone(), output.clone())).unwrap());
         input.put("after start".to_string()).unwrap();
         input.put("stop".to_string()).unwrap();
         for expected in ["BEFORE START", "AFTER START"] {
