@@ -88,3 +88,22 @@ fn a_panic_is_reported_with_message_and_location_and_the_worker_survives() {
     assert!(!p.backtrace.is_empty());
     assert_eq!(pool.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9], "pool still usable");
 }
+
+#[test]
+fn map_of_owned_values_survives_a_failure_among_chunks() {
+    fn text(x: u64) -> String {
+        if x == 777 {
+            panic!("seven hundred seventy-seven");
+        }
+        format!("value {x}")
+    }
+    let pool = Pool::new(2).unwrap();
+    let ok = pool.with_chunksize(100).map(text, 0..700u64).unwrap();
+    assert_eq!(ok.len(), 700);
+    assert!(ok.iter().enumerate().all(|(i, s)| *s == format!("value {i}")));
+    for _ in 0..3 {
+        let err = pool.with_chunksize(100).map(text, 0..2000u64).unwrap_err();
+        assert!(matches!(err, PoolError::Task { index: 777, .. }), "{err:?}");
+    }
+    assert_eq!(pool.map(text, 0..3u64).unwrap(), vec!["value 0", "value 1", "value 2"]);
+}

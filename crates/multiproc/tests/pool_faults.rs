@@ -35,6 +35,9 @@ fn map_with_a_kill(retries: u32) -> (Vec<Option<Result<u64, TaskError>>>, Option
         let (index, outcome) = match r {
             Ok((i, sq, pid)) => {
                 if killed_at.is_none() && seen >= 2000 {
+                    // Results come a chunk at a time: let the worker get well
+                    // into its next chunk (375 ms long) before killing it.
+                    std::thread::sleep(Duration::from_millis(50));
                     kill(pid);
                     killed_at = Some(Instant::now());
                 }

@@ -2,6 +2,7 @@
 //! chunks the scheduler moves around without knowing their types.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -112,7 +113,8 @@ impl<R: DeserializeOwned + Send + 'static> Job for ApplyJob<R> {
     }
 }
 
-/// A whole-input call (`map_async`, `starmap_async`, `map`).
+/// A whole-input call (`map_async`, `starmap_async`, `map`). Each chunk's
+/// results are decoded straight into their place in the final vector.
 pub(crate) struct MapJob<R> {
     pub slot: Arc<Slot<Vec<R>>>,
     pub chunksize: usize,
@@ -121,63 +123,139 @@ pub(crate) struct MapJob<R> {
 }
 
 pub(crate) struct MapState<R> {
-    pub chunks: Vec<Option<Vec<R>>>,
-    pub remaining: usize,
-    pub failed: bool,
+    /// `n` slots; those of the chunks marked in `filled` are initialised.
+    out: Vec<MaybeUninit<R>>,
+    filled: Vec<bool>,
+    chunksize: usize,
+    remaining: usize,
+    failed: bool,
+}
+
+impl<R> Drop for MapState<R> {
+    fn drop(&mut self) {
+        let cs = self.chunksize;
+        for (i, done) in self.filled.iter().enumerate() {
+            if *done {
+                let end = ((i + 1) * cs).min(self.out.len());
+                for slot in &mut self.out[i * cs..end] {
+                    // SAFETY: the slots of a filled chunk were all written.
+                    unsafe { slot.assume_init_drop() };
+                }
+            }
+        }
+    }
 }
 
 impl<R> MapJob<R> {
-    pub(crate) fn new(slot: Arc<Slot<Vec<R>>>, chunks: usize, chunksize: usize, progress: Option<Progress>) -> Self {
-        let state = MapState { chunks: (0..chunks).map(|_| None).collect(), remaining: chunks, failed: false };
+    pub(crate) fn new(slot: Arc<Slot<Vec<R>>>, n: usize, chunksize: usize, progress: Option<Progress>) -> Self {
+        let chunks = n.div_ceil(chunksize);
+        let mut out = Vec::with_capacity(n);
+        out.resize_with(n, MaybeUninit::uninit);
+        let state = MapState { out, filled: vec![false; chunks], chunksize, remaining: chunks, failed: false };
         MapJob { slot, chunksize, state: Mutex::new(state), progress }
+    }
+
+    fn fail(&self, st: &mut MapState<R>, index: usize, error: TaskError) {
+        if !std::mem::replace(&mut st.failed, true) {
+            // As Python: the call fails with the first failure to arrive.
+            self.slot.complete(Err(PoolError::Task { index, error }));
+        }
+    }
+}
+
+/// Deserializes a sequence of exactly `slots.len()` values into `slots`;
+/// on error, drops what it wrote.
+struct IntoSlots<'a, R>(&'a mut [MaybeUninit<R>]);
+
+impl<'de, R: serde::Deserialize<'de>> serde::de::DeserializeSeed<'de> for IntoSlots<'_, R> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, R: serde::Deserialize<'de>> serde::de::Visitor<'de> for IntoSlots<'_, R> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a sequence of {} results", self.0.len())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut written = 0;
+        let outcome = loop {
+            if written == self.0.len() {
+                break match seq.next_element::<serde::de::IgnoredAny>() {
+                    Ok(None) => Ok(()),
+                    Ok(Some(_)) => Err(serde::de::Error::custom("more results than items")),
+                    Err(e) => Err(e),
+                };
+            }
+            match seq.next_element::<R>() {
+                Ok(Some(v)) => {
+                    self.0[written].write(v);
+                    written += 1;
+                }
+                Ok(None) => break Err(serde::de::Error::custom("fewer results than items")),
+                Err(e) => break Err(e),
+            }
+        };
+        if outcome.is_err() {
+            for slot in &mut self.0[..written] {
+                // SAFETY: these slots were written above and are dropped once.
+                unsafe { slot.assume_init_drop() };
+            }
+        }
+        outcome
     }
 }
 
 impl<R: DeserializeOwned + Send + 'static> Job for MapJob<R> {
     fn deliver(&self, chunk: usize, items: usize, result: ChunkResult<'_>) {
-        let decoded = result.decode::<R>(items);
         if let Some(p) = &self.progress {
             p.inc(items as u64);
         }
-        let values = match decoded {
-            Decoded::AllOk(v) => v,
-            Decoded::Items(v) => {
-                let mut values = Vec::with_capacity(v.len());
-                for (k, r) in v.into_iter().enumerate() {
-                    match r {
-                        Ok(x) => values.push(x),
-                        Err(error) => {
-                            let first = {
-                                let mut st = lock(&self.state);
-                                !std::mem::replace(&mut st.failed, true)
-                            };
-                            // As Python: the call fails with the first failure to arrive.
-                            if first {
-                                self.slot.complete(Err(PoolError::Task { index: chunk * self.chunksize + k, error }));
-                            }
-                            return;
-                        }
-                    }
-                }
-                values
-            }
-        };
+        let start = chunk * self.chunksize;
         let mut st = lock(&self.state);
-        if st.failed {
+        if st.failed || st.filled[chunk] {
             return;
         }
-        st.chunks[chunk] = Some(values);
+        match result {
+            ChunkResult::Encoded { format: Format::AllOk, bytes, fds } => {
+                let slots = &mut st.out[start..start + items];
+                if let Err(e) = crate::wire::decode_seed(IntoSlots(slots), bytes, fds) {
+                    let error = TaskError::Unserializable(format!("result could not be deserialized: {e}"));
+                    return self.fail(&mut st, start, error);
+                }
+            }
+            other => {
+                let values = match other.decode::<R>(items) {
+                    Decoded::AllOk(v) => v.into_iter().map(Ok).collect(),
+                    Decoded::Items(v) => v,
+                };
+                if let Some(k) = values.iter().position(Result::is_err) {
+                    let error = values.into_iter().nth(k).and_then(Result::err).expect("an error at k");
+                    return self.fail(&mut st, start + k, error);
+                }
+                for (slot, v) in st.out[start..start + items].iter_mut().zip(values) {
+                    slot.write(v.unwrap_or_else(|_| unreachable!("no errors")));
+                }
+            }
+        }
+        st.filled[chunk] = true;
         st.remaining -= 1;
         if st.remaining > 0 {
             return;
         }
-        let parts = std::mem::take(&mut st.chunks);
+        st.filled.iter_mut().for_each(|f| *f = false);
+        let out = std::mem::take(&mut st.out);
         drop(st);
-        let total = parts.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum();
-        let mut all = Vec::with_capacity(total);
-        for part in parts.into_iter().flatten() {
-            all.extend(part);
-        }
+        let mut out = std::mem::ManuallyDrop::new(out);
+        // SAFETY: every chunk was filled, so every slot is initialised;
+        // `MaybeUninit<R>` has the layout of `R`, and the allocation is handed
+        // over whole (pointer, length, capacity).
+        let all = unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<R>(), out.len(), out.capacity()) };
         if let Some(p) = &self.progress {
             p.finish();
         }

@@ -572,7 +572,7 @@ impl<'p, S: 'static> Call<'p, S> {
         let chunksize = self.chunksize.unwrap_or_else(|| n.div_ceil(4 * self.pool.processes));
         let chunks = n.div_ceil(chunksize);
         let progress = self.make_progress(Some(n as u64));
-        let job: Arc<dyn Job> = Arc::new(MapJob::new(slot.clone(), chunks, chunksize, progress));
+        let job: Arc<dyn Job> = Arc::new(MapJob::new(slot.clone(), n, chunksize, progress));
         // Chunks go to the scheduler as they are encoded, so the workers
         // start while the rest is being encoded.
         let mut batch = Vec::new();

@@ -101,6 +101,20 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
     result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
 }
 
+/// As [`decode`], through a seed (to deserialize into existing storage).
+pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    seed: S,
+    bytes: &'de [u8],
+    fds: Vec<OwnedFd>,
+) -> Result<S::Value, WireError> {
+    let slots = fds.into_iter().map(Some).collect();
+    let saved = FDS_IN.with(|f| f.borrow_mut().replace(slots));
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let result = seed.deserialize(&mut de);
+    FDS_IN.with(|f| *f.borrow_mut() = saved);
+    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<S>(), reason: e.to_string() })
+}
+
 /// Serde helpers for types that hold a descriptor: `#[serde(with = "fd_serde")]`.
 pub(crate) mod fd_serde {
     use super::*;
