@@ -328,7 +328,12 @@ fn a_100_mib_item_round_trips_through_small_rings() {
     let small = || Queue::<ByteBuf>::builder().segment_slots(4).build().unwrap();
     let (input, output) = (small(), small());
     let mut child = spawn(echo_big, (input.clone(), output.clone()));
-    let big: Vec<u8> = (0..100 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let pattern: Vec<u8> = (0..251u8).collect();
+    let mut big = Vec::with_capacity(100 << 20);
+    while big.len() < 100 << 20 {
+        let n = pattern.len().min((100 << 20) - big.len());
+        big.extend_from_slice(&pattern[..n]);
+    }
     input.put(ByteBuf::from(big.clone())).unwrap();
     let back = output.get_timeout(LONG).unwrap();
     assert!(back.as_slice() == big.as_slice(), "100 MiB item changed on the way");

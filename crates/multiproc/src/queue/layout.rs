@@ -132,15 +132,28 @@ pub(super) struct Config {
     pub type_hash: u64,
 }
 
-/// A futex word and the number of threads sleeping on it.
+/// Registration entries per [`Sleepers`]; more sleepers than this poll.
+pub(super) const SLEEPER_SLOTS: usize = 64;
+
+/// A futex word and the threads registered to sleep on it.
+///
+/// A sleeper claims an entry of `tids` (its thread id) and sets the entry's
+/// bit in `occupied`; a waker only makes a system call when `occupied` is
+/// non-zero. A sleeper killed while registered leaves its entry behind:
+/// wakes that wake nobody are counted in `futile`, and every so often the
+/// waker frees the entries of dead threads, so a dead sleeper never makes
+/// every later put pay for a system call.
 #[repr(C)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Sleepers {
     /// Bumped before every wake; sleepers wait while it holds the value they read.
     pub seq: AtomicU32,
-    /// Threads between registering and leaving a wait; wakers skip the system
-    /// call while it is zero.
-    pub waiting: AtomicU32,
+    /// Wakes that found no sleeper since the last clean-up.
+    pub futile: AtomicU32,
+    /// Bit `i` set while entry `i` holds a registered sleeper.
+    pub occupied: AtomicU64,
+    /// Thread ids of registered sleepers (0: free).
+    pub tids: [AtomicU32; SLEEPER_SLOTS],
 }
 
 /// The main header at offset 0.
@@ -163,8 +176,8 @@ pub(super) struct Header {
     /// Tasks put and not yet marked done (joinable queues); also the futex
     /// word `join` sleeps on.
     pub unfinished: Line<AtomicU32>,
-    /// Threads sleeping in `join`.
-    pub joiners: Line<AtomicU32>,
+    /// Threads sleeping in `join` (on `unfinished`).
+    pub joiners: Line<Sleepers>,
     /// Next free blob offset, relative to `BLOB_BASE`.
     pub blob_tail: Line<AtomicU64>,
     /// Thread id holding the frame lock (0: free). Preparing and retiring

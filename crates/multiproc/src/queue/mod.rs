@@ -457,11 +457,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 /// `wire::encode`: a handle inside an item fails to serialize, and only then
 /// is the item serialized again through `wire` to say why.
 fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), WireError> {
-    match postcard::to_extend(value, std::mem::take(buf)) {
-        Ok(bytes) => {
-            *buf = bytes;
-            Ok(())
-        }
+    match postcard::serialize_with_flavor(value, Append(buf)) {
+        Ok(()) => Ok(()),
         Err(fast) => match wire::encode(value) {
             Ok(e) if !e.fds.is_empty() => Err(WireError::Encode(
                 "the item carries handles (file descriptors), which cannot travel through a queue; \
@@ -471,6 +468,28 @@ fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), WireError> {
             Ok(_) => Err(WireError::Encode(fast.to_string())),
             Err(e) => Err(e),
         },
+    }
+}
+
+/// A postcard output that appends to a borrowed buffer with
+/// `extend_from_slice` (a `memcpy` for byte strings, also in debug builds).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

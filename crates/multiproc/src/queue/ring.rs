@@ -460,28 +460,26 @@ impl Ring {
                 if hdr.seg_tail.0.load(Acquire) != next - 1 {
                     return Ok(());
                 }
+                // Prepared already by a thread that died before moving seg_tail?
+                let prepared = self.frame_of(next).load(Acquire);
+                if u64::from(prepared) < self.geometry.frames && self.frame_state(prepared).load(Acquire) == next + 1 {
+                    return Ok(());
+                }
                 let head = hdr.seg_head.0.load(SeqCst);
                 let (mut free, mut waiting) = (None, false);
                 for index in 0..self.geometry.frames as u32 {
                     let state = self.frame_state(index).load(Acquire);
-                    if state == next + 1 {
-                        // Prepared by a thread that died before moving seg_tail.
-                        // ORDERING: Release: as in `init_frame`.
-                        self.frame_of(next).store(index, Release);
-                        return Ok(());
-                    }
-                    if free.is_some() {
-                        continue;
-                    }
                     if state == 0 {
                         free = Some(index);
-                    } else if state - 1 < head {
+                        break;
+                    }
+                    if state - 1 < head {
                         // A segment consumers have left: retire it if it is done.
                         if self.retire_locked(index, state - 1)? {
                             free = Some(index);
-                        } else {
-                            waiting = true;
+                            break;
                         }
+                        waiting = true;
                     }
                 }
                 if let Some(index) = free {
@@ -508,6 +506,11 @@ impl Ring {
     fn init_frame(&self, index: u32, next: u64) -> io::Result<()> {
         let f = self.frame_at(index)?;
         let fh = f.header();
+        // The table entry first: if we die before the end, the next holder of
+        // the lock finds this frame through it and initialises it again. (The
+        // entry's previous segment, `next - frames`, is no longer live.)
+        // ORDERING: Release: table entries are read with Acquire.
+        self.frame_of(next).store(index, Release);
         // ORDERING: Relaxed (resets): published by the Release store of the
         // segment number below; nobody uses a frame before validating it.
         fh.arena.0.store(0, Relaxed);
@@ -516,9 +519,8 @@ impl Ring {
         fh.tail.0.store(tail, Relaxed);
         // ORDERING: Release: pairs with the Acquire validation loads of `seg`.
         fh.seg.0.number.store(next + 1, Release);
-        // ORDERING: Release (both): table entries are read with Acquire.
+        // ORDERING: Release: table entries are read with Acquire.
         self.frame_state(index).store(next + 1, Release);
-        self.frame_of(next).store(index, Release);
         Ok(())
     }
 

@@ -2,21 +2,24 @@
 //! bounded-queue permits and joinable-queue task counts.
 //!
 //! Sleeping follows one protocol everywhere (a Dekker handshake through
-//! SeqCst operations): a sleeper registers in `waiting`, reads `seq`, checks
-//! its condition, and sleeps on `seq` only if the condition is false. A waker
-//! first makes the condition true, then reads `waiting`, and only if it is
-//! non-zero bumps `seq` and wakes. Either the sleeper sees the new state, or
-//! the waker sees the sleeper; the fast path never makes a system call.
+//! SeqCst operations): a sleeper registers (an entry with its thread id and
+//! a bit in `occupied`), reads the futex word, checks its condition, and
+//! sleeps only if the condition is false. A waker first makes the condition
+//! true, then reads `occupied`, and only if it is non-zero bumps the word and
+//! wakes. Either the sleeper sees the new state, or the waker sees the
+//! sleeper; the fast path never makes a system call. Entries of sleepers that
+//! were killed are freed by wakers that keep waking nobody (see [`Sleepers`]).
 
 use std::io;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use super::layout::Sleepers;
+use super::layout::{SLEEPER_SLOTS, Sleepers};
 use super::ring::{Got, LIVENESS_DELAY, Payload, Pushed, Ring, Step, Watch};
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
-use crate::sys::imp::tid::current_tid;
+use crate::sys::imp::tid::{current_tid, tid_alive};
 
 /// Spin for 1, 2, 4 … 2^SPIN_STEPS iterations, then yield YIELD_STEPS times,
 /// then sleep.
@@ -67,25 +70,102 @@ pub(super) enum GetFail {
     Io(io::Error),
 }
 
-/// Sleeps on `s` until woken, `ready()` holds, or `deadline` passes.
-fn sleep(s: &Sleepers, deadline: Deadline, ready: impl Fn() -> bool) {
-    // ORDERING: SeqCst (all three): the sleeper half of the handshake described
-    // at the top of this file.
-    s.waiting.fetch_add(1, SeqCst);
-    let seq = s.seq.load(SeqCst);
-    if !ready() {
-        let _: FutexWait = futex::wait(&s.seq, seq, deadline);
-    }
-    s.waiting.fetch_sub(1, SeqCst);
+/// Futile wakes after which a waker looks for dead sleepers.
+const FUTILE_SCAN: u32 = 32;
+/// How often an unregistered sleeper (all entries taken) re-checks.
+const POLL: Duration = Duration::from_millis(1);
+
+/// A sleeper's entry in a [`Sleepers`]; unregisters on drop.
+struct Registration<'a> {
+    sleepers: &'a Sleepers,
+    index: usize,
+    tid: u32,
 }
 
-/// Wakes `count` sleepers of `s`, if any sleep (the waker half of the handshake).
+impl Registration<'_> {
+    fn new(sleepers: &Sleepers, tid: u32) -> Option<Registration<'_>> {
+        let start = tid as usize % SLEEPER_SLOTS;
+        for k in 0..SLEEPER_SLOTS {
+            let index = (start + k) % SLEEPER_SLOTS;
+            let entry = &sleepers.tids[index];
+            // ORDERING: Relaxed load (a hint), AcqRel CAS: claims the entry.
+            if entry.load(Relaxed) == 0 && entry.compare_exchange(0, tid, AcqRel, Relaxed).is_ok() {
+                // ORDERING: SeqCst: the sleeper's announcement in the handshake.
+                sleepers.occupied.fetch_or(1 << index, SeqCst);
+                return Some(Registration { sleepers, index, tid });
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        // Bit first, entry second: an entry is only reused once its bit is clear.
+        // ORDERING: SeqCst: leaves the handshake; Release on the entry hands it on.
+        self.sleepers.occupied.fetch_and(!(1 << self.index), SeqCst);
+        let _ = self.sleepers.tids[self.index].compare_exchange(self.tid, 0, Release, Relaxed);
+    }
+}
+
+/// Sleeps on `word` (expected to hold what it held before `ready()` was
+/// checked) as a registered sleeper of `s`, until woken, `ready()` holds, or
+/// `deadline` passes.
+fn sleep_on(s: &Sleepers, word: &AtomicU32, deadline: Deadline, ready: impl Fn() -> bool) {
+    let registration = Registration::new(s, current_tid());
+    // ORDERING: SeqCst: the sleeper half of the handshake (after registering).
+    let seen = word.load(SeqCst);
+    if ready() {
+        return;
+    }
+    let until = match &registration {
+        Some(_) => deadline,
+        // No entry free: nobody will wake us, so poll.
+        None => match deadline.remaining() {
+            Some(left) if left < POLL => deadline,
+            _ => Deadline::after(POLL),
+        },
+    };
+    let _: FutexWait = futex::wait(word, seen, until);
+    drop(registration);
+}
+
+/// Sleeps on `s.seq`.
+fn sleep(s: &Sleepers, deadline: Deadline, ready: impl Fn() -> bool) {
+    sleep_on(s, &s.seq, deadline, ready);
+}
+
+/// Wakes `count` sleepers of `s`, if any is registered (the waker half of the
+/// handshake).
 fn wake(s: &Sleepers, count: u32) {
     // ORDERING: SeqCst: ordered after the caller's SeqCst change of state.
-    if s.waiting.load(SeqCst) != 0 {
+    if s.occupied.load(SeqCst) != 0 {
         // ORDERING: SeqCst: a sleeper that reads the new value sees the state.
         s.seq.fetch_add(1, SeqCst);
-        futex::wake(&s.seq, count);
+        if futex::wake(&s.seq, count) == 0 {
+            futile(s);
+        }
+    }
+}
+
+/// Counts a wake that woke nobody; every [`FUTILE_SCAN`] of them, frees the
+/// entries of sleepers whose threads are gone.
+fn futile(s: &Sleepers) {
+    // ORDERING: Relaxed: a heuristic counter.
+    if s.futile.fetch_add(1, Relaxed) + 1 < FUTILE_SCAN {
+        return;
+    }
+    s.futile.store(0, Relaxed);
+    for (index, entry) in s.tids.iter().enumerate() {
+        // ORDERING: Acquire: the entry's owner, as registered.
+        let tid = entry.load(Acquire);
+        if tid != 0 && !tid_alive(tid) {
+            // Bit first, entry second (as in Registration::drop). The CAS
+            // frees the entry once, whoever else tries.
+            // ORDERING: SeqCst / AcqRel: as in Registration::drop.
+            s.occupied.fetch_and(!(1 << index), SeqCst);
+            let _ = entry.compare_exchange(tid, 0, AcqRel, Relaxed);
+        }
     }
 }
 
@@ -280,8 +360,8 @@ impl Ring {
         match hdr.unfinished.0.fetch_update(SeqCst, SeqCst, |u| u.checked_sub(1)) {
             Ok(1) => {
                 // ORDERING: SeqCst: see above.
-                if hdr.joiners.0.load(SeqCst) != 0 {
-                    futex::wake_all(&hdr.unfinished.0);
+                if hdr.joiners.0.occupied.load(SeqCst) != 0 && futex::wake_all(&hdr.unfinished.0) == 0 {
+                    futile(&hdr.joiners.0);
                 }
                 true
             }
@@ -300,7 +380,7 @@ impl Ring {
     pub(super) fn join(&self, deadline: Deadline) -> bool {
         let hdr = self.header();
         loop {
-            // ORDERING: SeqCst (all): the sleeper half of the join handshake; the
+            // ORDERING: SeqCst: the sleeper half of the join handshake; the
             // futex word is the count itself.
             if hdr.unfinished.0.load(SeqCst) == 0 {
                 return true;
@@ -308,12 +388,8 @@ impl Ring {
             if deadline.expired() {
                 return false;
             }
-            hdr.joiners.0.fetch_add(1, SeqCst);
-            let left = hdr.unfinished.0.load(SeqCst);
-            if left != 0 {
-                let _: FutexWait = futex::wait(&hdr.unfinished.0, left, deadline);
-            }
-            hdr.joiners.0.fetch_sub(1, SeqCst);
+            // ORDERING: SeqCst: as above.
+            sleep_on(&hdr.joiners.0, &hdr.unfinished.0, deadline, || hdr.unfinished.0.load(SeqCst) == 0);
         }
     }
 
