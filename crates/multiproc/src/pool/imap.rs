@@ -192,7 +192,7 @@ impl<R: serde::de::DeserializeOwned + Send + 'static> Iterator for Imap<'_, R> {
                 if let Some(p) = &self.progress {
                     p.inc(1);
                 }
-                return Some(item);
+                return Some(self.job.open(item));
             }
             if self.submitted == self.yielded {
                 if !self.exhausted && self.input_error.is_none() && self.refused.is_none() {

@@ -271,18 +271,34 @@ pub(crate) struct ImapShared<R> {
     pub chunksize: usize,
 }
 
+/// One arrived item.
+pub(crate) enum Arrived<R> {
+    /// Decoded by the scheduler.
+    Value(Result<R, PoolError>),
+    /// A large single-item result, copied out of the worker's ring and
+    /// decoded by the consumer: its allocations then happen (and are freed)
+    /// on the consumer's thread, where the allocator reuses them instead of
+    /// faulting fresh pages in for every item.
+    Raw { index: usize, format: Format, bytes: Vec<u8>, fds: Vec<OwnedFd> },
+}
+
 pub(crate) struct ImapState<R> {
     /// Ordered: slot `i` holds item `base + i` once it arrived.
     /// Unordered: arrived items in arrival order.
-    pub items: VecDeque<Option<Result<R, PoolError>>>,
+    pub items: VecDeque<Option<Arrived<R>>>,
     pub base: usize,
     pub waiting: bool,
+    /// Buffers of decoded raw results, for reuse.
+    pub spare: Vec<Vec<u8>>,
 }
+
+/// Results at least this large are decoded by the consumer.
+const RAW_MIN: usize = 64 * 1024;
 
 impl<R> ImapShared<R> {
     pub(crate) fn new(ordered: bool, chunksize: usize) -> ImapShared<R> {
         ImapShared {
-            state: Mutex::new(ImapState { items: VecDeque::new(), base: 0, waiting: false }),
+            state: Mutex::new(ImapState { items: VecDeque::new(), base: 0, waiting: false, spare: Vec::new() }),
             cond: Condvar::new(),
             ordered,
             chunksize,
@@ -292,26 +308,73 @@ impl<R> ImapShared<R> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, ImapState<R>> {
         lock(&self.state)
     }
+
+    fn place(&self, st: &mut ImapState<R>, index: usize, item: Arrived<R>) {
+        if self.ordered {
+            let at = index - st.base;
+            if st.items.len() <= at {
+                st.items.resize_with(at + 1, || None);
+            }
+            st.items[at] = Some(item);
+        } else {
+            st.items.push_back(Some(item));
+        }
+    }
+}
+
+impl<R: DeserializeOwned> ImapShared<R> {
+    /// The value of an arrived item (decoding it if it came raw).
+    pub(crate) fn open(&self, item: Arrived<R>) -> Result<R, PoolError> {
+        match item {
+            Arrived::Value(v) => v,
+            Arrived::Raw { index, format, bytes, fds } => {
+                let value = decode_results::<R>(format, &bytes, fds, 1).into_results().into_iter().next();
+                let mut st = self.lock();
+                if st.spare.len() < 4 {
+                    st.spare.push(bytes);
+                }
+                drop(st);
+                match value {
+                    Some(Ok(v)) => Ok(v),
+                    Some(Err(error)) => Err(PoolError::Task { index, error }),
+                    None => Err(PoolError::Task {
+                        index,
+                        error: TaskError::Unserializable("result missing from the worker's reply".into()),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 impl<R: DeserializeOwned + Send + 'static> Job for ImapShared<R> {
     fn deliver(&self, chunk: usize, items: usize, result: ChunkResult<'_>) {
         let start = chunk * self.chunksize;
+        if let ChunkResult::Encoded { format, bytes, .. } = &result
+            && items == 1
+            && bytes.len() >= RAW_MIN
+        {
+            let mut buf = self.lock().spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            let format = *format;
+            let ChunkResult::Encoded { fds, .. } = result else { unreachable!("matched above") };
+            let mut st = self.lock();
+            self.place(&mut st, start, Arrived::Raw { index: start, format, bytes: buf, fds });
+            return self.wake(st);
+        }
         let results = result.decode::<R>(items).into_results();
         let mut st = self.lock();
         for (k, r) in results.into_iter().enumerate() {
             let index = start + k;
-            let r = r.map_err(|error| PoolError::Task { index, error });
-            if self.ordered {
-                let at = index - st.base;
-                if st.items.len() <= at {
-                    st.items.resize_with(at + 1, || None);
-                }
-                st.items[at] = Some(r);
-            } else {
-                st.items.push_back(Some(r));
-            }
+            self.place(&mut st, index, Arrived::Value(r.map_err(|error| PoolError::Task { index, error })));
         }
+        self.wake(st);
+    }
+}
+
+impl<R> ImapShared<R> {
+    fn wake(&self, mut st: MutexGuard<'_, ImapState<R>>) {
         if st.waiting {
             st.waiting = false;
             drop(st);
