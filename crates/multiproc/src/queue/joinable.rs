@@ -103,11 +103,31 @@ impl<T> JoinableQueue<T> {
     }
 
     /// Waits until every item put has been marked done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::JoinableQueue::<u8>::new().unwrap();
+    /// q.join(); // nothing put: returns at once
+    /// ```
     pub fn join(&self) {
         self.queue.ring.join(Deadline::NEVER);
     }
 
     /// Waits at most `timeout` until every item put has been marked done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let q = multiproc::JoinableQueue::<u8>::new().unwrap();
+    /// q.put(1).unwrap();
+    /// assert_eq!(q.join_timeout(Duration::from_millis(10)).unwrap_err().unfinished, 1);
+    /// q.get().unwrap();
+    /// q.task_done().unwrap();
+    /// q.join_timeout(Duration::from_millis(10)).unwrap();
+    /// ```
     ///
     /// # Errors
     ///
@@ -121,6 +141,16 @@ impl<T> JoinableQueue<T> {
     }
 
     /// Tasks put and not yet marked done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::JoinableQueue::<u8>::bounded(4).unwrap();
+    /// q.put(1).unwrap();
+    /// q.put(2).unwrap();
+    /// q.get().unwrap();
+    /// assert_eq!(q.unfinished_tasks(), 2); // got, but not marked done
+    /// ```
     pub fn unfinished_tasks(&self) -> usize {
         self.queue.ring.unfinished() as usize
     }

@@ -257,6 +257,12 @@ impl<T> Queue<T> {
     }
 
     /// The most items the queue holds, or `None` when unbounded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(multiproc::Queue::<u8>::bounded(3).unwrap().maxsize(), Some(3));
+    /// ```
     pub fn maxsize(&self) -> Option<usize> {
         self.ring.bounded().then(|| self.ring.maxsize() as usize)
     }
@@ -277,6 +283,15 @@ impl<T> Queue<T> {
     }
 
     /// True when the queue holds no items (approximate, as [`Queue::qsize`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// assert!(q.empty());
+    /// q.put(1).unwrap();
+    /// assert!(!q.empty());
+    /// ```
     pub fn empty(&self) -> bool {
         self.qsize() == 0
     }
@@ -319,6 +334,15 @@ impl<T> Queue<T> {
     }
 
     /// True once [`Queue::close`] was called on any handle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// let other = q.clone();
+    /// other.close();
+    /// assert!(q.is_closed());
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.ring.is_closed()
     }
@@ -326,6 +350,17 @@ impl<T> Queue<T> {
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// A new unbounded queue: `put` never blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<String>::new().unwrap();
+    /// assert_eq!(q.maxsize(), None);
+    /// for i in 0..10_000 {
+    ///     q.put_nowait(i.to_string()).unwrap(); // never full
+    /// }
+    /// assert_eq!(q.qsize(), 10_000);
+    /// ```
     ///
     /// # Errors
     ///
@@ -360,6 +395,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Puts `value` at the back of the queue, waiting for room if the queue
     /// is bounded and full.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<Vec<u32>>::new().unwrap();
+    /// q.put(vec![1, 2, 3]).unwrap();
+    /// assert_eq!(q.get().unwrap(), [1, 2, 3]);
+    /// ```
+    ///
     /// # Errors
     ///
     /// The value comes back in the error when the queue is closed, the value
@@ -375,6 +418,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Puts `value`, waiting at most `timeout` for room.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let q = multiproc::Queue::<u8>::bounded(1).unwrap();
+    /// q.put_timeout(1, Duration::from_secs(1)).unwrap();
+    /// let start = Instant::now();
+    /// let err = q.put_timeout(2, Duration::from_millis(50)).unwrap_err();
+    /// assert!(err.is_full() && start.elapsed() >= Duration::from_millis(50));
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`TryPutError::Full`] after ≈`timeout`, or as [`Queue::put`].
@@ -383,6 +438,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Puts `value` if there is room now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::TryPutError;
+    ///
+    /// let q = multiproc::Queue::<char>::bounded(1).unwrap();
+    /// q.put_nowait('a').unwrap();
+    /// assert!(matches!(q.put_nowait('b'), Err(TryPutError::Full('b'))));
+    /// ```
     ///
     /// # Errors
     ///
@@ -410,6 +475,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the item at the front, waiting as long as it takes.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<char>::new().unwrap();
+    /// q.put('a').unwrap();
+    /// q.put('b').unwrap();
+    /// assert_eq!((q.get().unwrap(), q.get().unwrap()), ('a', 'b'));
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`GetError::Closed`] once the queue is closed and empty; a decode
@@ -420,6 +494,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the item at the front, waiting at most `timeout`.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// assert!(q.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// q.put(5).unwrap();
+    /// assert_eq!(q.get_timeout(Duration::from_millis(10)).unwrap(), 5);
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`GetError::Timeout`] after ≈`timeout`, or as [`Queue::get`].
@@ -428,6 +513,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Takes the item at the front if there is one now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// assert!(q.get_nowait().unwrap_err().is_empty());
+    /// ```
     ///
     /// # Errors
     ///
