@@ -77,6 +77,7 @@ mod error;
 mod executor;
 mod imap;
 mod job;
+mod link;
 mod progress;
 mod protocol;
 mod result;
