@@ -83,6 +83,12 @@ pub(super) struct Blocked {
 }
 
 impl Blocked {
+    /// True when the owner is a consumer (between its claim and moving the
+    /// head: a few instructions, unless it was descheduled).
+    pub(super) fn by_consumer(&self) -> bool {
+        Stamp::unpack(self.word).state == TAKING
+    }
+
     /// Identifies this wait (slot, lap, owner) for the liveness timer.
     pub(super) fn key(&self) -> u64 {
         self.word ^ self.pos.rotate_left(32) ^ self.seg.rotate_left(16)

@@ -72,6 +72,9 @@ pub(super) enum GetFail {
 
 /// Futile wakes after which a waker looks for dead sleepers.
 const FUTILE_SCAN: u32 = 32;
+/// How long a consumer waits, once done spinning, for another consumer that
+/// holds the head slot (it was descheduled between two instructions).
+const CONSUMER_NAP: Duration = Duration::from_micros(50);
 /// How often an unregistered sleeper (all entries taken) re-checks.
 const POLL: Duration = Duration::from_millis(1);
 
@@ -265,6 +268,11 @@ impl Ring {
                     }
                     if deadline.expired() {
                         return Err(GetFail::Timeout);
+                    }
+                    if blocked.by_consumer() {
+                        // It wakes nobody when it is done: nap briefly.
+                        std::thread::sleep(CONSUMER_NAP);
+                        continue;
                     }
                     // Sleep in short slices: the owner's commit wakes us, and
                     // between slices we check that it is alive.
