@@ -52,7 +52,7 @@ fn run(q: Queue<Item>) {
         p.join();
     }
     for _ in 0..CONSUMERS {
-        q.put(None).unwrap();
+        q.put_timeout(None, LONG).unwrap();
     }
     let mut seen: HashMap<(u32, u32), u32> = HashMap::new();
     for c in &mut consumers {
