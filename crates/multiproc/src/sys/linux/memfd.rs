@@ -1,7 +1,7 @@
 //! Sealed anonymous memory files, used to move large payloads between processes.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 
@@ -41,27 +41,5 @@ pub(crate) fn read_sealed(fd: BorrowedFd<'_>, expected_len: usize) -> io::Result
     if size != expected_len as u64 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "payload memory file has the wrong size"));
     }
-    let mut out: Vec<u8> = Vec::with_capacity(expected_len);
-    let base = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-    let mut filled = 0;
-    while filled < expected_len {
-        // SAFETY: `base` points to `expected_len` bytes of spare capacity; pread
-        // writes at most `expected_len - filled` bytes at `base + filled`.
-        let n = unsafe {
-            libc::pread(fd.as_raw_fd(), base.add(filled).cast(), expected_len - filled, filled as libc::off_t)
-        };
-        match n {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => filled += n as usize,
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    // SAFETY: all `expected_len` bytes were initialised by pread above.
-    unsafe { out.set_len(filled) };
-    Ok(out)
+    super::sparse::read_exact_at(fd, expected_len, 0)
 }
