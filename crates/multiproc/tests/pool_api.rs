@@ -120,3 +120,38 @@ fn every_start_method_runs_a_pool() {
         pool.join_timeout(WAIT).unwrap();
     }
 }
+
+/// An iterator that announces `said` items and yields `has`.
+struct Liar {
+    said: usize,
+    has: u64,
+    next: u64,
+}
+
+impl Iterator for Liar {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        (self.next < self.has).then(|| {
+            self.next += 1;
+            self.next
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.said.saturating_sub(self.next as usize);
+        (left, Some(left))
+    }
+}
+
+#[test]
+fn an_input_that_misstates_its_length_fails_the_map_instead_of_hanging() {
+    let pool = Pool::new(2).unwrap();
+    for (said, has) in [(10, 7), (10, 13), (0, 2)] {
+        let mut r = pool.map_async(square, Liar { said, has, next: 0 });
+        assert!(matches!(r.get_timeout(WAIT), Err(PoolError::Input { .. })), "said {said}, has {has}");
+    }
+    assert_eq!(pool.map(square, Liar { said: 4, has: 4, next: 0 }).unwrap(), vec![1, 4, 9, 16]);
+    // An input without an exact length is read whole first.
+    assert_eq!(pool.map(square, (1..=20u64).filter(|x| x % 5 == 0)).unwrap(), vec![25, 100, 225, 400]);
+}

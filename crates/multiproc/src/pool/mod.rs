@@ -560,14 +560,40 @@ impl<'p, S: 'static> Call<'p, S> {
         AsyncResult::new(slot, Some(cancel))
     }
 
-    fn many<A: Serialize, R>(&self, runner: RunnerRef, items: Vec<A>) -> AsyncResult<Vec<R>>
+    fn many<I, A, R>(&self, runner: RunnerRef, items: I) -> AsyncResult<Vec<R>>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let items = items.into_iter();
+        // The length decides the chunk size. An input that knows its length
+        // is chunked as it is read; any other is read whole first, as Python does.
+        match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => self.many_of(runner, items, lo),
+            _ => {
+                let all: Vec<A> = items.collect();
+                let n = all.len();
+                self.many_of(runner, all.into_iter(), n)
+            }
+        }
+    }
+
+    fn many_of<A: Serialize, R>(
+        &self,
+        runner: RunnerRef,
+        mut items: impl Iterator<Item = A>,
+        n: usize,
+    ) -> AsyncResult<Vec<R>>
     where
         R: DeserializeOwned + Send + 'static,
     {
-        let n = items.len();
         let slot = Slot::new();
         if n == 0 {
-            slot.complete(Ok(Vec::new()));
+            slot.complete(match items.next() {
+                None => Ok(Vec::new()),
+                Some(_) => Err(miscounted(0)),
+            });
             return AsyncResult::new(slot, None);
         }
         let chunksize = self.chunksize.unwrap_or_else(|| n.div_ceil(4 * self.pool.processes));
@@ -579,12 +605,20 @@ impl<'p, S: 'static> Call<'p, S> {
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let mut hint = 0;
-        for (index, part) in items.chunks(chunksize).enumerate() {
-            let input = encode_chunk(part, &self.pool.buffers, hint);
+        let mut part = Vec::with_capacity(chunksize.min(n));
+        for index in 0..chunks {
+            part.clear();
+            part.extend(items.by_ref().take(chunksize.min(n - index * chunksize)));
+            let last = index + 1 == chunks;
+            if part.len() != chunksize.min(n - index * chunksize) || (last && items.next().is_some()) {
+                slot.complete(Err(miscounted(n)));
+                break;
+            }
+            let input = encode_chunk(&part, &self.pool.buffers, hint);
             hint = input.len();
             batch_bytes += input.len();
             batch.push(Chunk::new(job.clone(), index, runner, part.len(), input));
-            if index == 0 || batch.len() >= 256 || batch_bytes >= 64 * 1024 || index + 1 == chunks {
+            if index == 0 || batch.len() >= 256 || batch_bytes >= 64 * 1024 || last {
                 if let Err(e) = self.pool.shared.submit(std::mem::take(&mut batch)) {
                     slot.complete(Err(e));
                     break;
@@ -662,7 +696,7 @@ impl<'p, S: 'static> Call<'p, S> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        self.many(RunnerRef::map::<F, A, R>(), items.into_iter().collect())
+        self.many(RunnerRef::map::<F, A, R>(), items)
     }
 
     /// As [`Pool::starmap`].
@@ -689,7 +723,7 @@ impl<'p, S: 'static> Call<'p, S> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        self.many(RunnerRef::star::<F, A, R>(), items.into_iter().collect())
+        self.many(RunnerRef::star::<F, A, R>(), items)
     }
 
     /// As [`Pool::imap`].
@@ -795,7 +829,7 @@ impl<'p, S: 'static> Call<'p, S> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        self.many(RunnerRef::with_state::<F, S, A, R>(), items.into_iter().collect())
+        self.many(RunnerRef::with_state::<F, S, A, R>(), items)
     }
 
     /// As [`Pool::imap_with_state`].
@@ -837,5 +871,14 @@ impl<I: Iterator> Iterator for Infallibly<I> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.0.size_hint()
+    }
+}
+
+/// The error for an input whose length differs from the exact length it
+/// announced (`size_hint`).
+fn miscounted(announced: usize) -> PoolError {
+    PoolError::Input {
+        index: announced,
+        message: format!("the input announced exactly {announced} items (size_hint) but had another number"),
     }
 }
