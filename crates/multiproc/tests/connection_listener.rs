@@ -7,26 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use multiproc::{Address, Client, Connection, ConnectionError, Listener, Pipe, Process, SendFd};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-const LONG: Duration = Duration::from_secs(20);
+mod process_support;
 
-fn join<R: Serialize + DeserializeOwned>(mut p: Process<R>) -> R {
-    match p.join_timeout(LONG) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = p.kill();
-            let _ = p.join_timeout(LONG);
-            panic!("child failed: {e}");
-        }
-    }
-}
-
-fn assert_about(start: Instant, t: Duration) {
-    let took = start.elapsed();
-    assert!(took >= t && took < t + Duration::from_secs(1), "expected ≈{t:?}, took {took:?}");
-}
+use process_support::{JOIN as LONG, assert_about, join_or_kill as join};
 
 /// A fresh address of each kind, unique to this test process and call.
 fn addresses() -> [String; 3] {

@@ -6,23 +6,11 @@ use std::io::{Read, Seek, Write};
 use std::time::{Duration, Instant};
 
 use multiproc::{Connection, ConnectionError, Pipe, Process, SendFd, StartMethod};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-const LONG: Duration = Duration::from_secs(20);
+mod process_support;
 
-/// Joins a child with a timeout; a child that fails or hangs fails the test
-/// (and is killed, so nothing is left behind).
-fn join<R: Serialize + DeserializeOwned>(mut p: Process<R>) -> R {
-    match p.join_timeout(LONG) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = p.kill();
-            let _ = p.join_timeout(LONG);
-            panic!("child failed: {e}");
-        }
-    }
-}
+use process_support::{JOIN as LONG, join_or_kill as join};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Msg {

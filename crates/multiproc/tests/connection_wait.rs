@@ -6,27 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use multiproc::{Connection, ConnectionError, Pipe, Process, Waitable, wait};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-const LONG: Duration = Duration::from_secs(20);
+mod process_support;
 
-fn join<R: Serialize + DeserializeOwned>(mut p: Process<R>) -> R {
-    match p.join_timeout(LONG) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = p.kill();
-            let _ = p.join_timeout(LONG);
-            panic!("child failed: {e}");
-        }
-    }
-}
-
-/// Asserts that a call took about `t`: at least `t`, less than `t` + 1 s.
-fn assert_about(start: Instant, t: Duration) {
-    let took = start.elapsed();
-    assert!(took >= t && took < t + Duration::from_secs(1), "expected ≈{t:?}, took {took:?}");
-}
+use process_support::{JOIN as LONG, assert_about, join_or_kill as join};
 
 /// On "go" over `control`, sends on the second and third connections, then
 /// waits for `control` to close.

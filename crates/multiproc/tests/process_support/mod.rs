@@ -109,3 +109,22 @@ pub fn kill_quietly(pid: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
+
+/// Joins a child within [`JOIN`] and returns its value; a child that fails or
+/// hangs fails the test, and is killed first so nothing is left behind.
+pub fn join_or_kill<R: serde::Serialize + serde::de::DeserializeOwned>(mut p: multiproc::Process<R>) -> R {
+    match p.join_timeout(JOIN) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = p.kill();
+            let _ = p.join_timeout(JOIN);
+            panic!("child failed: {e}");
+        }
+    }
+}
+
+/// Asserts that a call took about `t`: at least `t`, less than `t` + 1 s.
+pub fn assert_about(start: Instant, t: Duration) {
+    let took = start.elapsed();
+    assert!(took >= t && took < t + Duration::from_secs(1), "expected ≈{t:?}, took {took:?}");
+}
