@@ -325,7 +325,15 @@ impl Ring {
                 LapOrder::Same if s.state == FREE => {}
                 LapOrder::Same => {
                     // Another producer claimed `t` and has not moved the tail yet.
-                    if s.state == WRITING && watch.stuck(word) && !tid_alive(s.tid) {
+                    // ORDERING: Acquire (tail re-load): the claim is only withdrawn
+                    // if it is still not included now that its owner is dead (it
+                    // may have moved the tail just before dying: then consumers
+                    // skip it instead).
+                    if s.state == WRITING
+                        && watch.stuck(word)
+                        && !tid_alive(s.tid)
+                        && fh.tail.0.load(Acquire) & !SEALED == t
+                    {
                         // It died between its claim and its tail move: withdraw
                         // the claim and give back what it held.
                         // ORDERING: AcqRel: only one thread may withdraw it.
@@ -354,6 +362,12 @@ impl Ring {
             // ORDERING: AcqRel: pairs with consumers' Acquire loads of the tail.
             if fh.tail.0.compare_exchange(t, t + 1, AcqRel, Relaxed).is_err() {
                 Self::withdraw(slot, mine, word); // sealed at `t` meanwhile
+                // Our claim may have been all that kept the segment from being
+                // retired (consumers may be done with it already).
+                // ORDERING: Acquire: a hint; try_retire re-checks under the lock.
+                if hdr.seg_head.0.load(Acquire) > n {
+                    self.try_retire(n)?;
+                }
                 continue;
             }
             if !self.fill(&f, slot, payload) {
