@@ -268,7 +268,19 @@ where
     let mut outs = Outs::Ok(Vec::with_capacity(n));
     let skip = cx.skip;
     let (status, timed, state) = (cx.status, cx.timed, &mut *cx.state);
+    let caught = |payload: Box<dyn Any + Send>| TaskError::Panicked(super::worker::take_panic(payload.as_ref()));
     super::worker::in_task(|| {
+        if skip.is_empty() && !timed {
+            // The common case: nothing to skip and no timeout, so the status
+            // page only needs to say "in a chunk" (set by the caller).
+            for arg in args {
+                outs.push(match arg {
+                    Ok(a) => panic::catch_unwind(AssertUnwindSafe(|| call(&mut *state, a))).map_err(caught),
+                    Err(e) => Err(e),
+                });
+            }
+            return;
+        }
         for (i, arg) in args.enumerate() {
             if !skip.is_empty()
                 && let Some((_, err)) = skip.iter().find(|(k, _)| *k as usize == i)
@@ -286,7 +298,7 @@ where
             status.begin_item(i as u32, timed.then(monotonic_ns));
             let result = panic::catch_unwind(AssertUnwindSafe(|| call(&mut *state, a)));
             status.end_item();
-            outs.push(result.map_err(|payload| TaskError::Panicked(super::worker::take_panic(payload.as_ref()))));
+            outs.push(result.map_err(caught));
         }
     });
     encode_outs(cx.out, outs)

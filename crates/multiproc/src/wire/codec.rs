@@ -58,9 +58,46 @@ pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
     buf: &mut [u8],
 ) -> Result<(usize, Vec<OwnedFd>), WireError> {
     let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
-    let result = postcard::to_slice(value, buf).map(|written| written.len());
+    let result = postcard::serialize_with_flavor(value, IntoSlice { buf, pos: 0 });
     let fds = FDS_OUT.with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).unwrap_or_default();
     result.map(|n| (n, fds)).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// A postcard output that fills a borrowed slice (and says how much it used).
+struct IntoSlice<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl postcard::ser_flavors::Flavor for IntoSlice<'_> {
+    type Output = usize;
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.pos + data.len();
+        let dst = self.buf.get_mut(self.pos..end).ok_or(postcard::Error::SerializeBufferFull)?;
+        // Varints and short strings: a byte loop beats a call to memcpy.
+        if data.len() <= 16 {
+            for (d, s) in dst.iter_mut().zip(data) {
+                *d = *s;
+            }
+        } else {
+            dst.copy_from_slice(data);
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        *self.buf.get_mut(self.pos).ok_or(postcard::Error::SerializeBufferFull)? = data;
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.pos)
+    }
 }
 
 /// A postcard output that appends to a borrowed buffer.
