@@ -294,7 +294,7 @@ impl Ring {
             let fh = f.header();
             // ORDERING: Acquire: pairs with the Release store in `prepare`.
             if fh.seg.0.load(Acquire) != n + 1 {
-                backoff.snooze(); // seg_tail moved on since it was read
+                backoff.wait(); // seg_tail moved on since it was read
                 continue;
             }
             // ORDERING: Acquire: a tail value is only a hint to start from; the
@@ -341,7 +341,7 @@ impl Ring {
                             self.give_back(true);
                         }
                     }
-                    backoff.snooze();
+                    backoff.wait();
                     continue;
                 }
             }
@@ -874,7 +874,7 @@ impl Ring {
                     {
                         return FrameLock { word };
                     }
-                    backoff.snooze();
+                    backoff.wait();
                 }
             }
         }

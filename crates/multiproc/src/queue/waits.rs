@@ -26,6 +26,9 @@ use crate::sys::imp::tid::{current_tid, tid_alive};
 const SPIN_STEPS: u32 = 7;
 const YIELD_STEPS: u32 = 12;
 
+/// The nap of [`Backoff::wait`] once spinning and yielding are done.
+const NAP: Duration = Duration::from_micros(50);
+
 /// Exponential backoff before sleeping (as in crossbeam's `Backoff`).
 #[derive(Debug)]
 pub(super) struct Backoff {
@@ -50,6 +53,14 @@ impl Backoff {
         }
         self.step += 1;
         true
+    }
+
+    /// Waits a little: spins and yields first, then naps (for waits on
+    /// another thread that has no wake-up to give).
+    pub(super) fn wait(&mut self) {
+        if !self.snooze() {
+            std::thread::sleep(NAP);
+        }
     }
 }
 
