@@ -18,7 +18,7 @@ use super::states::{FREE, LapOrder, READY, SEALED, SKIP, Stamp, TAKING, WRITING}
 use super::waits::Backoff;
 use crate::sys::imp::shm::Mapping;
 use crate::sys::imp::sparse::{self, PAGE, Window};
-use crate::sys::imp::tid::tid_alive;
+use crate::sys::imp::thread::tid_alive;
 
 /// How long an owner may sit on a slot or the frame lock before its thread
 /// is checked for life (and then how often it is re-checked).
@@ -858,7 +858,7 @@ impl Ring {
     /// Takes the frame lock (robust: a dead holder's lock is taken over).
     fn lock_frames(&self) -> FrameLock<'_> {
         let word = &self.header().frame_lock.0;
-        let me = crate::sys::imp::tid::current_tid();
+        let me = crate::sys::imp::thread::current_tid();
         let mut backoff = Backoff::new();
         let mut watch = Watch::default();
         loop {

@@ -14,9 +14,9 @@ const LONG: Duration = Duration::from_secs(20);
 
 /// A thread id that no longer exists.
 fn dead_tid() -> u32 {
-    let tid = thread::spawn(crate::sys::imp::tid::current_tid).join().unwrap();
+    let tid = thread::spawn(crate::sys::imp::thread::current_tid).join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while crate::sys::imp::tid::tid_alive(tid) {
+    while crate::sys::imp::thread::tid_alive(tid) {
         assert!(Instant::now() < deadline);
         thread::sleep(Duration::from_millis(1));
     }

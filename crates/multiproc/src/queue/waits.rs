@@ -19,7 +19,7 @@ use super::layout::{SLEEPER_SLOTS, Sleepers};
 use super::ring::{Got, LIVENESS_DELAY, Payload, Pushed, Ring, Step, Watch};
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
-use crate::sys::imp::tid::{current_tid, tid_alive};
+use crate::sys::imp::thread::{current_tid, tid_alive};
 
 /// Spin for 1, 2, 4 … 2^SPIN_STEPS iterations, then yield YIELD_STEPS times,
 /// then sleep.

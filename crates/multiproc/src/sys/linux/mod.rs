@@ -15,7 +15,6 @@ pub(crate) mod socket;
 pub(crate) mod sparse;
 pub(crate) mod spawn;
 pub(crate) mod thread;
-pub(crate) mod tid;
 
 pub(crate) use fd::*;
 pub(crate) use signal::*;

@@ -78,6 +78,17 @@ fn compute_current() -> ThreadIdentity {
     ThreadIdentity { tid, start }
 }
 
+/// The calling thread's kernel id; cheap after the first call on a thread.
+pub(crate) fn current_tid() -> u32 {
+    current().tid
+}
+
+/// False once thread `tid` is gone or a zombie (it will never finish what it
+/// started); true if `/proc` cannot tell.
+pub(crate) fn tid_alive(tid: u32) -> bool {
+    status(tid) != ThreadStatus::Dead
+}
+
 /// Reads `/proc/<tid>/stat`. A thread that cannot be found is dead; if
 /// `/proc` itself cannot be read, the thread is assumed alive (never steal a
 /// lock on a guess).
@@ -141,12 +152,15 @@ mod test {
         let me = current();
         let other = std::thread::spawn(current).join().unwrap();
         assert_ne!(other.tid, me.tid);
-        // The thread has been joined: its tid no longer exists (unless
-        // recycled already, which would give another start time or be us).
-        match status(other.tid) {
-            ThreadStatus::Dead => {}
-            ThreadStatus::Alive { start } => assert_ne!((other.tid, start), (other.tid, other.start)),
+        // Joined: the tid disappears once the kernel has finished the exit, a
+        // moment after pthread_join returns (unless recycled already, which
+        // gives another start time).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while status(other.tid) == (ThreadStatus::Alive { start: other.start }) {
+            assert!(std::time::Instant::now() < deadline, "thread {} still alive after join", other.tid);
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        assert!(current_tid() == me.tid && tid_alive(me.tid));
     }
 
     #[test]
