@@ -50,8 +50,12 @@ pub(crate) struct RunCx<'a> {
     pub timed: bool,
     pub skip: &'a [(u32, TaskError)],
     pub items: u32,
-    /// The encoded results go here.
+    /// The encoded results go here...
     pub out: &'a mut Vec<u8>,
+    /// ...or here, a region of the output ring, if they fit.
+    pub direct: Option<&'a mut [u8]>,
+    /// How much of `direct` they took, if they went there.
+    pub placed: Option<usize>,
 }
 
 /// The monomorphic entry a worker calls for a chunk; returns the results'
@@ -301,7 +305,7 @@ where
             outs.push(result.map_err(caught));
         }
     });
-    encode_outs(cx.out, outs)
+    encode_outs(cx, outs)
 }
 
 /// A chunk's arguments, item by item.
@@ -360,7 +364,18 @@ fn decode_args<A: DeserializeOwned>(input: &[u8], mut fds: Vec<OwnedFd>, framed:
 
 /// Encodes results into `out` (cleared first): bulk if possible, item by item
 /// if some result cannot be serialized.
-fn encode_outs<R: Serialize>(out: &mut Vec<u8>, outs: Outs<R>) -> (Format, Vec<OwnedFd>) {
+fn encode_outs<R: Serialize>(cx: &mut RunCx<'_>, outs: Outs<R>) -> (Format, Vec<OwnedFd>) {
+    if let Some(buf) = cx.direct.take() {
+        let direct = match &outs {
+            Outs::Ok(v) => wire::encode_to_slice(v, buf).map(|(n, fds)| (Format::AllOk, n, fds)),
+            Outs::Mixed(v) => wire::encode_to_slice(v, buf).map(|(n, fds)| (Format::Mixed, n, fds)),
+        };
+        if let Ok((format, n, fds)) = direct {
+            cx.placed = Some(n);
+            return (format, fds);
+        }
+    }
+    let out = &mut *cx.out;
     out.clear();
     let bulk = match &outs {
         Outs::Ok(v) => encode_into(v, out).map(|fds| (Format::AllOk, fds)),

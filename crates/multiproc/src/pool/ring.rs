@@ -176,6 +176,13 @@ impl Ring {
         Some(start)
     }
 
+    /// Producer: gives back the end of the most recent allocation, keeping
+    /// its first `len` bytes (0: all of it).
+    pub(crate) fn shrink_last(&mut self, at: u64, len: usize) {
+        debug_assert!(self.head >= at, "not the last allocation");
+        self.head = (at + len as u64).div_ceil(ALIGN) * ALIGN;
+    }
+
     /// Producer: the writable bytes of a region from `alloc`.
     pub(crate) fn region_mut(&mut self, at: u64, len: usize) -> &mut [u8] {
         let offset = (at % self.cap) as usize;

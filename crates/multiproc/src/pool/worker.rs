@@ -31,6 +31,9 @@ use crate::wire::{Channel, Frame, Kind, SendFd, WireError};
 const QUICK_CHUNK: Duration = Duration::from_micros(100);
 /// Results never wait longer than this for company.
 const MAX_HOLD: Duration = Duration::from_millis(1);
+/// Results this large are encoded straight into the output ring (sized from
+/// the previous chunk's).
+const DIRECT_MIN: usize = 64 * 1024;
 /// How long a result waits for room in the output ring before it takes a
 /// memory file of its own.
 const RING_WAIT: Duration = Duration::from_secs(1);
@@ -92,6 +95,7 @@ pub(crate) fn worker_main(config: WorkerConfig) {
         batch: Batch::default(),
         held_since: None,
         last_chunk: Duration::ZERO,
+        last_output: 0,
     };
     // An error here means the parent is gone or sent garbage: exit either way.
     let _ = worker.serve();
@@ -119,6 +123,8 @@ struct Worker {
     batch: Batch,
     held_since: Option<Instant>,
     last_chunk: Duration,
+    /// Size of the last chunk's encoded results.
+    last_output: usize,
 }
 
 impl Worker {
@@ -195,6 +201,14 @@ impl Worker {
         {
             self.flush()?;
         }
+        // Large results last time: reserve room for this chunk's in the
+        // output ring, so they are encoded there directly.
+        let reserved = if self.last_output >= DIRECT_MIN && self.last_output <= RING_CAPACITY / 4 {
+            let want = self.last_output + self.last_output / 4;
+            self.ring_space(want)?.map(|at| (at, want))
+        } else {
+            None
+        };
         let memfd = if matches!(input, Payload::Memfd { .. }) { Some(self.take_fds(1)?.remove(0)) } else { None };
         let fds = self.take_fds(nfds)?;
         let owned;
@@ -222,9 +236,25 @@ impl Worker {
         // SAFETY: the reference was made by `RunnerRef::{map, star, with_state}`
         // in the parent, which runs the same build (checked at process start).
         let run = unsafe { runner.resolve() };
-        let mut cx =
-            RunCx { state: &mut *self.state, status: &self.status, timed: self.timed, skip, items, out: &mut self.out };
+        let direct = match (reserved, self.output_ring.as_mut()) {
+            (Some((at, want)), Some(ring)) => Some(ring.region_mut(at, want)),
+            _ => None,
+        };
+        let mut cx = RunCx {
+            state: &mut *self.state,
+            status: &self.status,
+            timed: self.timed,
+            skip,
+            items,
+            out: &mut self.out,
+            direct,
+            placed: None,
+        };
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| run(&mut cx, bytes, fds, framed, runner.hash)));
+        let placed = if outcome.is_ok() { cx.placed } else { None };
+        if let (Some((at, _)), Some(ring)) = (reserved, self.output_ring.as_mut()) {
+            ring.shrink_last(at, placed.unwrap_or(0));
+        }
         if let (Some((at, len)), Some(ring)) = (ring_region, &self.input_ring) {
             ring.release(at, len);
         }
@@ -242,7 +272,15 @@ impl Worker {
         self.last_chunk = started.elapsed();
         self.held_since.get_or_insert(started);
         let nfds = fds.len() as u32;
+        if let (Some(len), Some((at, _))) = (placed, reserved) {
+            self.last_output = len;
+            let channel = &self.channel;
+            let emit = &mut |p: &[u8], f: Vec<OwnedFd>| channel.send(Kind::Control, p, &f);
+            let record = FromWorker::Done { id, format, output: Payload::Ring { at, len: len as u64 }, nfds };
+            return self.batch.add(&record, fds, emit);
+        }
         let len = self.out.len();
+        self.last_output = len;
         let mut ring_at = None;
         if len > RING_THRESHOLD && len <= RING_CAPACITY / 2 {
             ring_at = self.ring_space(len)?;
