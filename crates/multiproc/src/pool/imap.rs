@@ -13,7 +13,7 @@ use super::scheduler::Shared;
 /// Items in flight (pulled but not yet yielded) at most: the window.
 pub(crate) const MIN_WINDOW: usize = 8192;
 /// Encoded input bytes in flight at most (the window shrinks for big items).
-const WINDOW_BYTES: usize = 16 << 20;
+const WINDOW_BYTES: usize = 8 << 20;
 
 /// What one pull from the input gave.
 pub(crate) struct Pulled {
@@ -64,9 +64,10 @@ where
 ///
 /// The input is read only as far as a bounded window ahead of what has been
 /// yielded — at most 8,192 items (or 4 chunks per worker, if more) and about
-/// 16 MiB of encoded input — so an endless input is fine. When the input yields an `Err` (see
-/// [`Pool::try_imap`](super::Pool::try_imap)), the results before it are
-/// yielded, then one [`PoolError::Input`], then the iterator ends.
+/// 8 MiB of encoded input — so an endless input is fine. When the input
+/// yields an `Err` (see [`Pool::try_imap`](super::Pool::try_imap)), the
+/// results before it are yielded, then one [`PoolError::Input`], then the
+/// iterator ends.
 pub struct Imap<'p, R> {
     shared: &'p Shared,
     job: Arc<ImapShared<R>>,

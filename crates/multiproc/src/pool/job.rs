@@ -14,19 +14,32 @@ use super::error::{PoolError, TaskError};
 use super::progress::Progress;
 use super::protocol::{Format, RunnerRef};
 use super::result::Slot;
+use super::ring::Lease;
 
 /// The results of one chunk, as the scheduler hands them to its job.
 pub(crate) enum ChunkResult<'a> {
     /// Encoded by the worker.
     Encoded { format: Format, bytes: &'a [u8], fds: Vec<OwnedFd> },
+    /// Encoded by the worker, in its output ring until `lease` is dropped.
+    Leased { format: Format, lease: Lease, fds: Vec<OwnedFd> },
     /// Made by the scheduler: one error per item.
     Failed(Vec<TaskError>),
+}
+
+/// Hands a leased result to `deliver` as plain bytes (the lease ends after).
+macro_rules! unlease {
+    ($self:ident, $chunk:ident, $items:ident, $result:ident) => {
+        if let ChunkResult::Leased { format, lease, fds } = $result {
+            return $self.deliver($chunk, $items, ChunkResult::Encoded { format, bytes: lease.bytes(), fds });
+        }
+    };
 }
 
 impl ChunkResult<'_> {
     fn decode<R: DeserializeOwned>(self, items: usize) -> Decoded<R> {
         match self {
             ChunkResult::Encoded { format, bytes, fds } => decode_results(format, bytes, fds, items),
+            ChunkResult::Leased { format, lease, fds } => decode_results(format, lease.bytes(), fds, items),
             ChunkResult::Failed(errors) => Decoded::Items(errors.into_iter().map(Err).collect()),
         }
     }
@@ -213,6 +226,7 @@ impl<'de, R: serde::Deserialize<'de>> serde::de::Visitor<'de> for IntoSlots<'_, 
 
 impl<R: DeserializeOwned + Send + 'static> Job for MapJob<R> {
     fn deliver(&self, chunk: usize, items: usize, result: ChunkResult<'_>) {
+        unlease!(self, chunk, items, result);
         if let Some(p) = &self.progress {
             p.inc(items as u64);
         }
@@ -275,11 +289,11 @@ pub(crate) struct ImapShared<R> {
 pub(crate) enum Arrived<R> {
     /// Decoded by the scheduler.
     Value(Result<R, PoolError>),
-    /// A large single-item result, copied out of the worker's ring and
-    /// decoded by the consumer: its allocations then happen (and are freed)
-    /// on the consumer's thread, where the allocator reuses them instead of
-    /// faulting fresh pages in for every item.
-    Raw { index: usize, format: Format, bytes: Vec<u8>, fds: Vec<OwnedFd> },
+    /// A large single-item result, still in the worker's ring, decoded by
+    /// the consumer: no copy out of the ring, and its allocations happen (and
+    /// are freed) on the consumer's thread, where the allocator reuses them
+    /// instead of faulting fresh pages in for every item.
+    Leased { index: usize, format: Format, lease: Lease, fds: Vec<OwnedFd> },
 }
 
 pub(crate) struct ImapState<R> {
@@ -288,17 +302,12 @@ pub(crate) struct ImapState<R> {
     pub items: VecDeque<Option<Arrived<R>>>,
     pub base: usize,
     pub waiting: bool,
-    /// Buffers of decoded raw results, for reuse.
-    pub spare: Vec<Vec<u8>>,
 }
-
-/// Results at least this large are decoded by the consumer.
-const RAW_MIN: usize = 64 * 1024;
 
 impl<R> ImapShared<R> {
     pub(crate) fn new(ordered: bool, chunksize: usize) -> ImapShared<R> {
         ImapShared {
-            state: Mutex::new(ImapState { items: VecDeque::new(), base: 0, waiting: false, spare: Vec::new() }),
+            state: Mutex::new(ImapState { items: VecDeque::new(), base: 0, waiting: false }),
             cond: Condvar::new(),
             ordered,
             chunksize,
@@ -327,13 +336,9 @@ impl<R: DeserializeOwned> ImapShared<R> {
     pub(crate) fn open(&self, item: Arrived<R>) -> Result<R, PoolError> {
         match item {
             Arrived::Value(v) => v,
-            Arrived::Raw { index, format, bytes, fds } => {
-                let value = decode_results::<R>(format, &bytes, fds, 1).into_results().into_iter().next();
-                let mut st = self.lock();
-                if st.spare.len() < 4 {
-                    st.spare.push(bytes);
-                }
-                drop(st);
+            Arrived::Leased { index, format, lease, fds } => {
+                let value = decode_results::<R>(format, lease.bytes(), fds, 1).into_results().into_iter().next();
+                drop(lease);
                 match value {
                     Some(Ok(v)) => Ok(v),
                     Some(Err(error)) => Err(PoolError::Task { index, error }),
@@ -350,19 +355,14 @@ impl<R: DeserializeOwned> ImapShared<R> {
 impl<R: DeserializeOwned + Send + 'static> Job for ImapShared<R> {
     fn deliver(&self, chunk: usize, items: usize, result: ChunkResult<'_>) {
         let start = chunk * self.chunksize;
-        if let ChunkResult::Encoded { format, bytes, .. } = &result
-            && items == 1
-            && bytes.len() >= RAW_MIN
-        {
-            let mut buf = self.lock().spare.pop().unwrap_or_default();
-            buf.clear();
-            buf.extend_from_slice(bytes);
-            let format = *format;
-            let ChunkResult::Encoded { fds, .. } = result else { unreachable!("matched above") };
-            let mut st = self.lock();
-            self.place(&mut st, start, Arrived::Raw { index: start, format, bytes: buf, fds });
-            return self.wake(st);
-        }
+        let result = match result {
+            ChunkResult::Leased { format, lease, fds } if items == 1 => {
+                let mut st = self.lock();
+                self.place(&mut st, start, Arrived::Leased { index: start, format, lease, fds });
+                return self.wake(st);
+            }
+            other => other,
+        };
         let results = result.decode::<R>(items).into_results();
         let mut st = self.lock();
         for (k, r) in results.into_iter().enumerate() {

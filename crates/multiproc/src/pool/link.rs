@@ -3,11 +3,12 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::job::{Chunk, ChunkResult};
 use super::protocol::{Batch, FromWorker, Payload, RING_CAPACITY, RING_THRESHOLD, ToWorker, records};
-use super::ring::{Ring, StatusPage};
+use super::ring::{Ring, RingReader, StatusPage};
 use super::scheduler::{MAX_DEPTH, MIN_DEPTH, TARGET_QUEUE};
 use crate::process::Process;
 use crate::sys::imp;
@@ -21,7 +22,7 @@ pub(super) struct Worker {
     pub(super) batch: Batch,
     pub(super) status: StatusPage,
     pub(super) input_ring: Option<Ring>,
-    pub(super) output_ring: Option<Ring>,
+    pub(super) output_ring: Option<Arc<RingReader>>,
     /// Slabs this worker has mapped.
     pub(super) known_slabs: HashSet<u32>,
     pub(super) fds_in: VecDeque<OwnedFd>,
@@ -165,16 +166,19 @@ impl Worker {
                         _ => return Err(WireError::corrupt("a worker answered a chunk it was not running")),
                     };
                     self.received += 1;
+                    let chunk = inflight.chunk;
                     let owned;
-                    let mut release = None;
                     let bytes: &[u8] = match output {
                         Payload::Inline(b) => b,
                         Payload::Ring { at, len } => {
                             let ring =
                                 self.output_ring.as_ref().ok_or_else(|| WireError::corrupt("ring before ring"))?;
-                            release = Some((at, len as usize));
-                            ring.region(at, len as usize)
-                                .ok_or_else(|| WireError::corrupt("ring region out of bounds"))?
+                            let lease = ring
+                                .lease(at, len as usize)
+                                .ok_or_else(|| WireError::corrupt("ring region out of bounds"))?;
+                            let result = ChunkResult::Leased { format, lease, fds };
+                            chunk.job.deliver(chunk.index, chunk.items as usize, result);
+                            continue;
                         }
                         Payload::Slab { .. } => return Err(WireError::corrupt("a worker answered in a slab")),
                         Payload::Memfd { len } => {
@@ -182,15 +186,11 @@ impl Worker {
                             &owned
                         }
                     };
-                    let chunk = inflight.chunk;
                     chunk.job.deliver(chunk.index, chunk.items as usize, ChunkResult::Encoded { format, bytes, fds });
-                    if let (Some((at, len)), Some(ring)) = (release, &self.output_ring) {
-                        ring.release(at, len);
-                    }
                 }
                 FromWorker::OutputRing { cap } => {
                     let fd = self.take_fds(1)?.remove(0);
-                    self.output_ring = Some(Ring::from_fd(fd, cap as usize)?);
+                    self.output_ring = Some(RingReader::new(Ring::from_fd(fd, cap as usize)?));
                 }
                 FromWorker::InitFailed(message) => self.init_message = Some(message),
             }

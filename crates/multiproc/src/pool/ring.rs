@@ -3,9 +3,11 @@
 //! rings that carry large payloads without a copy through the socket or a
 //! fresh memory file (whose pages would have to be faulted in every time).
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::sys::imp::shm::Mapping;
 
@@ -219,6 +221,66 @@ impl AsFd for Ring {
     }
 }
 
+/// The scheduler's side of a worker's output ring: regions are lent out as
+/// [`Lease`]s (to the job, or on to the caller that decodes them) and the
+/// ring's tail moves past a region only when it and every region before it
+/// were given back, whatever order the leases end in.
+#[derive(Debug)]
+pub(crate) struct RingReader {
+    ring: Ring,
+    /// Regions lent, in ring order: (position, length, given back).
+    lent: Mutex<VecDeque<(u64, usize, bool)>>,
+}
+
+impl RingReader {
+    pub(crate) fn new(ring: Ring) -> Arc<RingReader> {
+        Arc::new(RingReader { ring, lent: Mutex::new(VecDeque::new()) })
+    }
+
+    /// Lends the region at `at`, or `None` if it is out of bounds.
+    pub(crate) fn lease(self: &Arc<Self>, at: u64, len: usize) -> Option<Lease> {
+        self.ring.region(at, len)?;
+        self.lent.lock().unwrap_or_else(|e| e.into_inner()).push_back((at, len, false));
+        Some(Lease { reader: self.clone(), at, len })
+    }
+
+    fn give_back(&self, at: u64) {
+        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = lent.iter_mut().find(|e| e.0 == at && !e.2) {
+            entry.2 = true;
+        }
+        let mut freed = None;
+        while let Some(&(a, l, true)) = lent.front() {
+            freed = Some((a, l));
+            lent.pop_front();
+        }
+        if let Some((a, l)) = freed {
+            self.ring.release(a, l);
+        }
+    }
+}
+
+/// A region of a worker's output ring, readable until dropped.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    reader: Arc<RingReader>,
+    at: u64,
+    len: usize,
+}
+
+impl Lease {
+    /// The region's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.reader.ring.region(self.at, self.len).expect("checked when lent")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.reader.give_back(self.at);
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process.
 pub(crate) fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -243,5 +305,20 @@ mod test {
         p.region_mut(b, 600).fill(2);
         assert_eq!(c.region(b, 600).unwrap()[0], 2);
         assert!(c.region(1000, 100).is_none());
+    }
+
+    #[test]
+    fn leases_given_back_out_of_order_free_the_ring_in_order() {
+        let mut producer = Ring::new(1024).unwrap();
+        let reader = RingReader::new(Ring::from_fd(producer.as_fd().try_clone_to_owned().unwrap(), 1024).unwrap());
+        let a = producer.alloc(300).unwrap();
+        let b = producer.alloc(300).unwrap();
+        let (la, lb) = (reader.lease(a, 300).unwrap(), reader.lease(b, 300).unwrap());
+        assert!(producer.alloc(500).is_none());
+        drop(lb);
+        assert!(producer.alloc(500).is_none(), "b is free but a is not: nothing can be reused");
+        drop(la);
+        assert!(producer.alloc(500).is_some(), "both free now");
+        assert!(reader.lease(900, 300).is_none(), "out of bounds");
     }
 }
