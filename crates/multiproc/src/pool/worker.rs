@@ -60,6 +60,7 @@ pub(crate) struct InitSpec {
 /// The worker process's function.
 pub(crate) fn worker_main(config: WorkerConfig) {
     install_panic_hook();
+    imp::malloc::keep_freed_memory();
     let WorkerConfig { socket, status, init, timed } = config;
     let channel = Channel::unix(socket.into_inner());
     let status = match StatusPage::from_fd(status.into_inner()) {

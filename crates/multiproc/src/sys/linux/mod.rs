@@ -6,6 +6,7 @@ pub(crate) mod forkserver_sys;
 pub(crate) mod futex;
 pub(crate) mod init;
 pub(crate) mod listen;
+pub(crate) mod malloc;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
 pub(crate) mod shm;
