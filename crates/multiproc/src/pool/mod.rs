@@ -69,8 +69,10 @@
 //! One scheduler thread per pool hands chunks to workers through one socket
 //! each, several chunks ahead (about 2 ms of work per worker, measured as
 //! results come back), many chunks per write; a worker reads everything
-//! waiting and answers in one write. Payloads above a few KiB travel through
-//! a shared-memory ring per worker instead of the socket.
+//! waiting and answers in one write. Large payloads skip the socket: a large
+//! argument is encoded by the caller straight into a shared slab the worker
+//! maps, a large result is encoded by the worker straight into a shared ring
+//! the scheduler maps, and an `imap` caller decodes it from there.
 
 mod chunk;
 mod error;
