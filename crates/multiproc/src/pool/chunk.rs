@@ -272,8 +272,9 @@ where
     let mut outs = Outs::Ok(Vec::with_capacity(n));
     let skip = cx.skip;
     let (status, timed, state) = (cx.status, cx.timed, &mut *cx.state);
-    let caught = |payload: Box<dyn Any + Send>| TaskError::Panicked(super::worker::take_panic(payload.as_ref()));
-    super::worker::in_task(|| {
+    let caught =
+        |payload: Box<dyn Any + Send>| TaskError::Panicked(crate::process::bootstrap::take_panic(payload.as_ref()));
+    crate::process::bootstrap::quiet_panics(|| {
         if skip.is_empty() && !timed {
             // The common case: nothing to skip and no timeout, so the status
             // page only needs to say "in a chunk" (set by the caller).

@@ -8,7 +8,6 @@
 //! pending results go out before the next chunk starts.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
@@ -21,7 +20,7 @@ use super::error::TaskError;
 use super::protocol::{Batch, FromWorker, Payload, RING_CAPACITY, RING_THRESHOLD, RunnerRef, ToWorker, records};
 use super::ring::{Ring, StatusPage};
 use super::slab;
-use crate::process::{RemotePanic, current_process};
+use crate::process::bootstrap::{install_panic_hook, quiet_panics as in_task, take_panic};
 use crate::sys::Deadline;
 use crate::sys::imp;
 use crate::sys::imp::shm::Mapping;
@@ -332,57 +331,5 @@ impl Worker {
             }
         }
         Ok(None)
-    }
-}
-
-thread_local! {
-    /// True while user code of a task runs (its panics are reported, not printed).
-    static IN_TASK: Cell<bool> = const { Cell::new(false) };
-    /// The last panic on this thread, recorded by the hook.
-    static LAST_PANIC: RefCell<Option<RemotePanic>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` as task code: a panic inside is recorded for the parent rather
-/// than printed.
-pub(crate) fn in_task<T>(f: impl FnOnce() -> T) -> T {
-    IN_TASK.with(|t| t.set(true));
-    let result = f();
-    IN_TASK.with(|t| t.set(false));
-    result
-}
-
-fn install_panic_hook() {
-    let default = panic::take_hook();
-    panic::set_hook(Box::new(move |info| {
-        let record = RemotePanic {
-            message: panic_message(info.payload()),
-            location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
-            backtrace: std::backtrace::Backtrace::force_capture().to_string(),
-            process: current_process().name,
-        };
-        LAST_PANIC.with(|l| *l.borrow_mut() = Some(record));
-        if !IN_TASK.with(Cell::get) {
-            default(info);
-        }
-    }));
-}
-
-/// The record of the panic whose payload was caught.
-pub(crate) fn take_panic(payload: &(dyn Any + Send)) -> RemotePanic {
-    LAST_PANIC.with(|l| l.borrow_mut().take()).unwrap_or_else(|| RemotePanic {
-        message: panic_message(payload),
-        location: None,
-        backtrace: String::new(),
-        process: current_process().name,
-    })
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_string()
     }
 }

@@ -1,11 +1,11 @@
 //! What a re-executed or forked process does before (instead of) `main`.
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
 
 use super::protocol::{Reply, Start};
 use super::{RemotePanic, identity};
-use crate::process_local::ProcessLocal;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, spawn::CHILD_CHANNEL_FD};
 use crate::wire::{self, Channel, Kind};
@@ -94,33 +94,49 @@ fn finish(channel: &Channel, reply: Reply, fds: Vec<OwnedFd>) -> ! {
     std::process::exit(code)
 }
 
-/// Details of the most recent panic on this process, filled by the hook.
-static LAST_PANIC: ProcessLocal<Option<RemotePanic>> = ProcessLocal::new(|| None);
-
-/// See `launch::forget_parent_state`.
-pub(crate) fn forget_in_child() {
-    LAST_PANIC.forget_in_child();
+thread_local! {
+    /// The last panic on this thread, recorded by the hook.
+    static LAST_PANIC: RefCell<Option<RemotePanic>> = const { RefCell::new(None) };
+    /// True while `quiet_panics` runs code whose panics are reported to the
+    /// parent rather than printed here.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Records message, location and backtrace of every panic, then prints it as
-/// the default hook does (so the child's stderr shows it, like a traceback).
+/// Records message, location and backtrace of every panic on the thread that
+/// raised it, then prints it as the default hook does (so the child's stderr
+/// shows it, like a traceback) unless it happened inside [`quiet_panics`].
+/// Installed once per process.
 pub(crate) fn install_panic_hook() {
-    let default = panic::take_hook();
-    panic::set_hook(Box::new(move |info| {
-        let record = RemotePanic {
-            message: panic_message(info.payload()),
-            location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
-            backtrace: std::backtrace::Backtrace::force_capture().to_string(),
-            process: identity::current_name(),
-        };
-        *LAST_PANIC.lock() = Some(record);
-        default(info);
-    }));
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let record = RemotePanic {
+                message: panic_message(info.payload()),
+                location: info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+                backtrace: std::backtrace::Backtrace::force_capture().to_string(),
+                process: identity::current_name(),
+            };
+            LAST_PANIC.with(|l| *l.borrow_mut() = Some(record));
+            if !QUIET.with(Cell::get) {
+                default(info);
+            }
+        }));
+    });
 }
 
-/// The record of the panic whose payload was caught.
+/// Runs `f`; a panic inside is recorded for the parent (see [`take_panic`])
+/// without being printed. For task code whose failures the caller reports.
+pub(crate) fn quiet_panics<T>(f: impl FnOnce() -> T) -> T {
+    QUIET.with(|q| q.set(true));
+    let result = f();
+    QUIET.with(|q| q.set(false));
+    result
+}
+
+/// The record of the panic whose payload was caught on this thread.
 pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> RemotePanic {
-    LAST_PANIC.lock().take().unwrap_or_else(|| RemotePanic {
+    LAST_PANIC.with(|l| l.borrow_mut().take()).unwrap_or_else(|| RemotePanic {
         message: panic_message(payload),
         location: None,
         backtrace: String::new(),

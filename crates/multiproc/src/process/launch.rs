@@ -71,7 +71,6 @@ fn forget_parent_state() {
     FORK_SERVER.forget_in_child();
     super::child::forget_in_child();
     super::identity::forget_in_child();
-    super::bootstrap::forget_in_child();
     crate::wire::forget_in_child();
 }
 
