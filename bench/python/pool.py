@@ -16,19 +16,11 @@ The pool (start method: the default, fork on Linux with 3.11) is started once,
 before the first sample, and warmed up by the harness's untimed samples.
 """
 
-import os
-import sys
 import time
 
+import multiprocessing as mp
+
 import common
-
-# The harness runs this file from bench/python, whose queue.py would shadow
-# the standard `queue` module that multiprocessing.Pool imports: drop the
-# directory from the path now that `common` is loaded.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-
-import multiprocessing as mp  # noqa: E402
 
 MIB = 1 << 20
 

@@ -3,7 +3,7 @@
 //! sample through one unbounded `Queue`, side by side with CPython's
 //! `multiprocessing.Queue()`.
 //!
-//! CPython side: `bench/python/queue.py`.
+//! CPython side: `bench/python/mp_queue.py`.
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ fn run(ctx: &Ctx, name: &str, pairs: u64) -> Result<Vec<Row>, BenchError> {
     let plan = ctx.plan(Plan::new(1, 8.0, 5, 1_000_000, 250), Plan::new(1, 2.0, 3, 1_000_000, 100));
     let (items, procs) = (ITEMS.to_string(), pairs.to_string());
     let mut ours = Flow::start(pairs)?;
-    let mut py = ctx.python("queue.py", name, &["--items", &items, "--pairs", &procs], &plan)?;
+    let mut py = ctx.python("mp_queue.py", name, &["--items", &items, "--pairs", &procs], &plan)?;
     let stats =
         ctx.measure(&plan, &mut [(&format!("multiproc {name}"), &mut ours), (&format!("cpython {name}"), &mut py)])?;
     ours.finish()?;

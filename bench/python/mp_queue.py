@@ -15,18 +15,10 @@ Children use the default start method (fork on Linux with 3.11); the start
 method does not enter the timed part.
 """
 
-import sys
+import multiprocessing as mp
+import time
 
-# This script is named queue.py, which would shadow the standard library's
-# `queue` (imported by multiprocessing): take its directory off the path
-# while the standard modules load.
-_HERE = sys.path.pop(0)
-import multiprocessing as mp  # noqa: E402
-import queue  # noqa: E402,F401  (the standard one, now cached)
-import time  # noqa: E402
-
-sys.path.insert(0, _HERE)
-import common  # noqa: E402
+import common
 
 
 def producer(ctl, q, ident, stride, sentinel):
