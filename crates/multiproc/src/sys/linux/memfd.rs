@@ -9,25 +9,9 @@ use rustix::fs::{MemfdFlags, SealFlags};
 /// so the receiver can trust its size and contents.
 pub(crate) fn sealed_with(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    write_all_at(fd.as_fd(), data)?;
+    super::sparse::write_all_at(fd.as_fd(), data, 0)?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)?;
     Ok(fd)
-}
-
-fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
-    let mut offset = 0u64;
-    while !data.is_empty() {
-        match rustix::io::pwrite(fd, data, offset) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                data = &data[n..];
-                offset += n as u64;
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Reads the whole of a sealed memory file, checking that it is sealed and
