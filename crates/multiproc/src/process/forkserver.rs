@@ -216,11 +216,8 @@ fn apply_environment(req: &ForkRequest) {
             unsafe { std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v)) };
         }
     }
-    if let Some(dir) = req.cwd.as_deref().map(OsStr::from_bytes)
-        && let Err(e) = std::env::set_current_dir(dir)
-    {
-        eprintln!("multiproc: cannot enter working directory {dir:?}: {e}");
-        std::process::exit(1);
+    if let Some(dir) = req.cwd.as_deref().map(OsStr::from_bytes) {
+        super::launch::enter_working_dir(std::path::Path::new(dir));
     }
 }
 

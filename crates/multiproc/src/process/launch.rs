@@ -227,9 +227,15 @@ fn apply_changes(env: &EnvChanges, cwd: Option<&Path>) {
             None => unsafe { std::env::remove_var(key) },
         }
     }
-    if let Some(dir) = cwd
-        && let Err(e) = std::env::set_current_dir(dir)
-    {
+    if let Some(dir) = cwd {
+        enter_working_dir(dir);
+    }
+}
+
+/// In a new child: enters `dir`, or ends the child with code 1 and a message
+/// (the parent's join then reports the exit).
+pub(crate) fn enter_working_dir(dir: &Path) {
+    if let Err(e) = std::env::set_current_dir(dir) {
         eprintln!("multiproc: cannot enter working directory {dir:?}: {e}");
         std::process::exit(1);
     }
