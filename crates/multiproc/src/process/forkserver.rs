@@ -16,7 +16,7 @@
 //! ~140 µs on a 2-core VM; this takes it off the start-up path.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -200,7 +200,16 @@ fn spare_main(handoff: Channel) {
 /// only the variables that differ (usually none: the spare was forked from a
 /// server that started with the parent's environment).
 fn apply_environment(req: &ForkRequest) {
-    let wanted: HashMap<&[u8], &[u8]> = req.env.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    if let Some(env) = &req.env {
+        set_environment(env);
+    }
+    if let Some(dir) = req.cwd.as_deref().map(OsStr::from_bytes) {
+        super::launch::enter_working_dir(std::path::Path::new(dir));
+    }
+}
+
+fn set_environment(env: &[(Vec<u8>, Vec<u8>)]) {
+    let wanted: HashMap<&[u8], &[u8]> = env.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
     for (key, value) in std::env::vars_os() {
         match wanted.get(key.as_bytes()) {
             Some(v) if *v == value.as_bytes() => {}
@@ -210,14 +219,11 @@ fn apply_environment(req: &ForkRequest) {
             None => unsafe { std::env::remove_var(&key) },
         }
     }
-    for (k, v) in &req.env {
+    for (k, v) in env {
         if std::env::var_os(OsStr::from_bytes(k)).is_none() {
             // SAFETY: as above.
             unsafe { std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v)) };
         }
-    }
-    if let Some(dir) = req.cwd.as_deref().map(OsStr::from_bytes) {
-        super::launch::enter_working_dir(std::path::Path::new(dir));
     }
 }
 
@@ -227,15 +233,24 @@ pub(crate) struct ForkServerClient {
     control: Channel,
     pid: Pid,
     pidfd: imp::pidfd::Pidfd,
+    /// The environment the server (and so every spare) started with.
+    env: Vec<(OsString, OsString)>,
 }
 
 impl ForkServerClient {
     /// Starts a fork server (from the launcher thread).
     pub(crate) fn start() -> io::Result<ForkServerClient> {
         let (ours, theirs) = imp::socketpair()?;
+        let env = super::launch::child_environment(&Vec::new());
         let pid = super::launch::spawn_exe(theirs.as_fd(), "forkserver", &Vec::new(), None)?;
         let pidfd = imp::pidfd::Pidfd::open(pid)?;
-        Ok(ForkServerClient { control: Channel::unix(ours), pid, pidfd })
+        Ok(ForkServerClient { control: Channel::unix(ours), pid, pidfd, env })
+    }
+
+    /// True if a child with environment `env` needs no changes to the
+    /// server's (so the request can leave it out).
+    pub(crate) fn started_with(&self, env: &[(OsString, OsString)]) -> bool {
+        self.env == env
     }
 
     /// Asks the server for a child running on `channel`; returns its pid and

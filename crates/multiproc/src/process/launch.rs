@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -141,7 +141,7 @@ fn current_exe() -> io::Result<PathBuf> {
 }
 
 /// This process's environment with `changes` applied (without our role token).
-fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
+pub(crate) fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(k, _)| k != ROLE_ENV).collect();
     for (key, value) in changes {
         vars.retain(|(k, _)| k != key);
@@ -163,10 +163,8 @@ fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io
         Some(c) => Some(c.to_path_buf()),
         None => std::env::current_dir().ok(),
     };
-    let req = ForkRequest {
-        env: child_environment(env).into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
-        cwd: cwd.map(|c| c.as_os_str().as_bytes().to_vec()),
-    };
+    let env = child_environment(env);
+    let cwd = cwd.map(|c| c.as_os_str().as_bytes().to_vec());
     let mut server = FORK_SERVER.lock();
     let mut last_error = None;
     for _attempt in 0..2 {
@@ -177,6 +175,12 @@ fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io
             *server = Some(on_launcher_thread(ForkServerClient::start)??);
         }
         let client = server.as_ref().expect("fork server just started");
+        let changed_env = if client.started_with(&env) {
+            None
+        } else {
+            Some(env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect())
+        };
+        let req = ForkRequest { env: changed_env, cwd: cwd.clone() };
         let attempt_channel = channel.try_clone()?;
         match client.fork(&req, attempt_channel) {
             Ok((pid, status)) => {

@@ -35,8 +35,9 @@ pub(crate) enum Reply {
 /// Parent → fork server: start a child (its channel travels as a descriptor).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ForkRequest {
-    /// The child's full environment, as raw bytes.
-    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The child's full environment, as raw bytes; `None` when it is the one
+    /// the server started with (the common case: the spare has it already).
+    pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     /// The child's working directory, as raw bytes.
     pub cwd: Option<Vec<u8>>,
 }

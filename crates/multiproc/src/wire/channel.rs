@@ -25,8 +25,11 @@ pub(crate) enum RecvError {
     Wire(#[from] WireError),
 }
 
-/// Size of each read from the socket.
-const READ_CHUNK: usize = 64 * 1024;
+/// First and largest size of the receive buffer. It starts small (a fresh
+/// child would otherwise fault in 16 zeroed pages for its first message) and
+/// doubles whenever a read fills it.
+const FIRST_READ_CHUNK: usize = 8 * 1024;
+const MAX_READ_CHUNK: usize = 64 * 1024;
 
 /// One end of a framed stream: a Unix socket (which can carry descriptors and
 /// offload large payloads) or a TCP socket (which cannot).
@@ -300,8 +303,8 @@ impl AsFd for Channel {
 impl RecvState {
     /// One read from the socket into the decoder.
     fn read_some(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<(), RecvError> {
-        if self.scratch.len() < READ_CHUNK {
-            self.scratch.resize(READ_CHUNK, 0);
+        if self.scratch.is_empty() {
+            self.scratch.resize(FIRST_READ_CHUNK, 0);
         }
         let mut fds = Vec::new();
         match imp::recv_with_fds(fd, &mut self.scratch, &mut fds, nonblocking) {
@@ -312,6 +315,9 @@ impl RecvState {
             }
             Ok(n) => {
                 self.decoder.push(&self.scratch[..n], fds);
+                if n == self.scratch.len() && n < MAX_READ_CHUNK {
+                    self.scratch.resize(n * 2, 0);
+                }
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(RecvError::Timeout),
