@@ -386,30 +386,8 @@ fn encode_outs<R: Serialize>(cx: &mut RunCx<'_>, outs: Outs<R>) -> (Format, Vec<
         return done;
     }
     let results = outs.into_results();
-    type Body = Result<(Vec<u8>, Vec<OwnedFd>), String>;
-    let mut bodies: Vec<Body> = Vec::with_capacity(results.len());
-    for r in &results {
-        let mut body = Vec::new();
-        bodies.push(match encode_into(r, &mut body) {
-            Ok(fds) => Ok((body, fds)),
-            Err(e) => Err(format!("result could not be serialized ({})", reason(&e))),
-        });
-    }
-    let mut all_fds = Vec::new();
-    let mut items = Vec::with_capacity(bodies.len());
-    for b in &mut bodies {
-        items.push(match b {
-            Ok((bytes, fds)) => {
-                let nfds = fds.len() as u32;
-                all_fds.append(fds);
-                Framed::Value { bytes, nfds }
-            }
-            Err(message) => Framed::Unserializable(message.clone()),
-        });
-    }
-    out.clear();
-    match encode_into(&items, out) {
-        Ok(_) => (Format::Framed, all_fds),
+    match encode_framed(&results, "result", out) {
+        Ok(all_fds) => (Format::Framed, all_fds),
         Err(e) => {
             // Cannot happen for plain bytes and strings; report it per item anyway.
             let err = TaskError::Unserializable(format!("results could not be framed: {e}"));
@@ -510,28 +488,7 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>, hi
     if let Ok(fds) = encode_into(items, &mut bytes) {
         return EncodedChunk { framed: false, bytes, fds, recycle, slab: None };
     }
-    let mut bodies = Vec::with_capacity(items.len());
-    for item in items {
-        let mut body = Vec::new();
-        bodies.push(match encode_into(item, &mut body) {
-            Ok(fds) => Ok((body, fds)),
-            Err(e) => Err(format!("argument could not be serialized ({})", reason(&e))),
-        });
-    }
-    let mut fds = Vec::new();
-    let mut framed = Vec::with_capacity(bodies.len());
-    for b in &mut bodies {
-        framed.push(match b {
-            Ok((bytes, item_fds)) => {
-                let nfds = item_fds.len() as u32;
-                fds.append(item_fds);
-                Framed::Value { bytes, nfds }
-            }
-            Err(message) => Framed::Unserializable(message.clone()),
-        });
-    }
-    bytes.clear();
-    encode_into(&framed, &mut bytes).expect("bytes and strings always serialize");
+    let fds = encode_framed(items, "argument", &mut bytes).expect("bytes and strings always serialize");
     EncodedChunk { framed: true, bytes, fds, recycle, slab: None }
 }
 
@@ -593,6 +550,40 @@ pub(crate) fn decode_results<R: DeserializeOwned>(
 }
 
 /// The codec's own words for a serialization failure.
+/// Encodes each value on its own, so that one that cannot be serialized
+/// becomes a `Framed::Unserializable` message ("{what} could not be
+/// serialized (…)") instead of failing the whole batch, then encodes the
+/// framed list into `out` (cleared first). Returns the descriptors of every
+/// value, in order.
+fn encode_framed<T: Serialize>(values: &[T], what: &str, out: &mut Vec<u8>) -> Result<Vec<OwnedFd>, wire::WireError> {
+    type Body = Result<(Vec<u8>, Vec<OwnedFd>), String>;
+    let mut bodies: Vec<Body> = values
+        .iter()
+        .map(|v| {
+            let mut body = Vec::new();
+            match encode_into(v, &mut body) {
+                Ok(fds) => Ok((body, fds)),
+                Err(e) => Err(format!("{what} could not be serialized ({})", reason(&e))),
+            }
+        })
+        .collect();
+    let mut all_fds = Vec::new();
+    let framed: Vec<Framed<'_>> = bodies
+        .iter_mut()
+        .map(|b| match b {
+            Ok((bytes, fds)) => {
+                let nfds = fds.len() as u32;
+                all_fds.append(fds);
+                Framed::Value { bytes, nfds }
+            }
+            Err(message) => Framed::Unserializable(message.clone()),
+        })
+        .collect();
+    out.clear();
+    encode_into(&framed, out)?;
+    Ok(all_fds)
+}
+
 fn reason(e: &wire::WireError) -> String {
     match e {
         wire::WireError::Encode(m) => m.clone(),
