@@ -64,14 +64,15 @@ fn start_launcher() -> io::Result<mpsc::Sender<Job>> {
 }
 
 /// In a child made with the `fork` start method: forgets the parent's
-/// launcher, fork server, children, arenas and identity, whose threads and
-/// descriptors did not come along (see [`ProcessLocal`]).
+/// launcher, fork server, children, arenas, identity and lock-owner watch,
+/// whose threads and descriptors did not come along (see [`ProcessLocal`]).
 fn forget_parent_state() {
     LAUNCHER.forget_in_child();
     FORK_SERVER.forget_in_child();
     super::child::forget_in_child();
     super::identity::forget_in_child();
     crate::wire::forget_in_child();
+    crate::sync::owner_watch::forget_in_child();
 }
 
 /// Starts a child with `method`; it will find `channel` as its channel.

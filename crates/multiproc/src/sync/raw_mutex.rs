@@ -11,24 +11,34 @@
 //! - **Acquire**: CAS `0 → tid`. Contended: busy-wait (an adaptive budget
 //!   between [`SPIN_MIN_NS`] and [`SPIN_MAX_NS`]), then count
 //!   ourselves in `sleepers` and sleep on the futex (while the word still
-//!   holds the owner we saw) for at most [`SLICE`].
+//!   holds the owner we saw), without a kernel timer unless the caller gave
+//!   a deadline.
 //! - **Release**: swap to 0; wake one sleeper if `sleepers` is not 0. The
 //!   swap and the load of `sleepers` are SeqCst, as are the sleeper's
 //!   increment and (in the kernel) its check of the word: either the
 //!   releaser sees the sleeper, or the sleeper sees the word change and does
 //!   not sleep. A sleeper killed while counted only costs later releases a
 //!   needless wake-up call.
-//! - **Owner death**: a sleeper whose slice ends asks `/proc` whether the
-//!   owner thread still exists (and is the same thread, by start time). If
-//!   not, it CASes the word from the dead owner's value to its own and
-//!   returns [`Acquired::OwnerDied`]. The CAS fails if anything changed
-//!   meanwhile, so a live owner is never robbed: the only inputs are "the
-//!   word still holds that dead thread's id" and the kernel's word that the
-//!   thread is gone (or a zombie, or another thread under a recycled id).
+//! - **Owner death**: a sleeper registers with the process's
+//!   [owner watch](super::owner_watch), which asks `/proc` every [`SLICE`]
+//!   whether the owner thread still exists (and is the same thread, by start
+//!   time), and wakes the sleeper if not. (Without the watch, or before the
+//!   owner has recorded itself, the sleeper sleeps for at most a slice and
+//!   asks itself.) The sleeper then CASes the word from the dead owner's
+//!   value to its own and returns [`Acquired::OwnerDied`]. The CAS fails if
+//!   anything changed meanwhile, so a live owner is never robbed: the only
+//!   inputs are "the word still holds that dead thread's id" and the
+//!   kernel's word that the thread is gone (or a zombie, or another thread
+//!   under a recycled id).
+//! - **Spinning only where it can pay**: a waiter does not busy-wait when
+//!   the holder is another thread on its own CPU, or when the last release
+//!   happened on its CPU (a hand-over partner sharing the CPU cannot run
+//!   while it spins).
 //!
-//! glibc owns the kernel's robust-futex list, so this does not use it;
-//! detection is by polling, bounded by [`SLICE`] (a waiter notices a dead
-//! owner within about 100 ms).
+//! glibc owns the kernel's robust-futex list, so this does not use it (and
+//! a `Lock` may be released by a thread that does not hold it, which that
+//! list cannot express); detection is by polling, bounded by [`SLICE`] (a
+//! waiter notices a dead owner within about 100 ms).
 //!
 //! All threads that share a lock must be in one pid namespace (true for a
 //! program and the children it starts).
@@ -36,6 +46,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::owner_watch;
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
 use crate::sys::imp::thread::{self, ThreadIdentity, ThreadStatus};
@@ -46,8 +57,13 @@ pub(crate) const SLICE: Duration = Duration::from_millis(100);
 ///
 /// A short critical section, or a hand-over from a process running on
 /// another core, usually ends within a microsecond, while a futex sleep and
-/// wake-up costs several. But when the other party is not running (a loaded
-/// machine), spinning only adds to the wait. So each lock keeps an adaptive
+/// a wake-up from another CPU cost far more: 20–30 µs on this project's VMs
+/// (a halted virtual CPU has to be rescheduled by the host), which is why the
+/// ceiling is that high: a waiter that spins that long once gets both sides
+/// of a hand-over back to spinning, where one pass costs 0.05 µs instead of
+/// 25 (measured with `lock_handoff` on two CPUs). But when the other party is
+/// not running (a loaded machine), spinning only adds to the wait. So each
+/// lock keeps an adaptive
 /// budget (`spin_ns`): doubled when spinning got the lock, halved when it had
 /// to sleep anyway, between these bounds. At the floor, one contended
 /// acquire in [`PROBE_EVERY`] (per thread) spins [`SPIN_PROBE_NS`] to find
@@ -58,11 +74,11 @@ pub(crate) const SLICE: Duration = Duration::from_millis(100);
 /// to the hypervisor, which made a lock hand-over between two processes
 /// 700 times slower here (35 µs instead of 0.05 µs per pass).
 const SPIN_MIN_NS: u32 = 64;
-const SPIN_MAX_NS: u32 = 4000;
+const SPIN_MAX_NS: u32 = 50_000;
 /// The budget of a fresh lock (whose `spin_ns` is still 0).
 const SPIN_START_NS: u32 = 1000;
 /// The budget of a probe, and how often a thread probes a lock at the floor.
-const SPIN_PROBE_NS: u32 = 2000;
+const SPIN_PROBE_NS: u32 = 40_000;
 const PROBE_EVERY: u32 = 16;
 
 thread_local! {
@@ -89,7 +105,7 @@ pub(crate) struct TimedOut;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NotHeld;
 
-/// A robust process-shared mutex (24 bytes; all zero = unlocked).
+/// A robust process-shared mutex (32 bytes; all zero = unlocked).
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct RawMutex {
@@ -103,6 +119,10 @@ pub(crate) struct RawMutex {
     sleepers: AtomicU32,
     /// Adaptive busy-wait budget in ns (0: not set yet).
     spin_ns: AtomicU32,
+    /// 1 + the CPU the owner took the lock on (0: unknown).
+    holder_cpu: AtomicU32,
+    /// 1 + the CPU of the last release (0: unknown).
+    releaser_cpu: AtomicU32,
 }
 
 fn pack(id: ThreadIdentity) -> u64 {
@@ -137,13 +157,25 @@ impl RawMutex {
     fn set_meta(&self, me: ThreadIdentity) {
         // ORDERING: Relaxed: `meta` is advisory (used to detect recycled
         // tids); a reader that sees a stale value re-checks the word with a
-        // CAS before acting, and the owner reads back its own store.
+        // CAS before acting, and the owner reads back its own store. The CPU
+        // is a hint for spinning.
         self.meta.store(pack(me), Ordering::Relaxed);
+        self.holder_cpu.store(thread::current_cpu(), Ordering::Relaxed);
+    }
+
+    /// False if busy-waiting cannot end the wait: the holder is another
+    /// thread on this CPU, or the last release came from this CPU.
+    fn worth_spinning(&self, me: ThreadIdentity, owner: u32) -> bool {
+        let cpu = thread::current_cpu();
+        // ORDERING: Relaxed: hints.
+        let holder_here = owner != me.tid && self.holder_cpu.load(Ordering::Relaxed) == cpu;
+        cpu == 0 || !(holder_here || self.releaser_cpu.load(Ordering::Relaxed) == cpu)
     }
 
     #[cold]
     fn lock_cold(&self, me: ThreadIdentity, deadline: Deadline) -> Result<Acquired, TimedOut> {
-        if self.spin(me) {
+        // ORDERING: Relaxed: a hint for spinning.
+        if self.worth_spinning(me, self.word.load(Ordering::Relaxed)) && self.spin(me) {
             return Ok(Acquired::Clean);
         }
         loop {
@@ -158,13 +190,24 @@ impl RawMutex {
                 }
                 continue;
             }
-            let slice = Deadline::after(deadline.remaining().map_or(SLICE, |left| left.min(SLICE)));
+            // ORDERING: Relaxed: advisory, see `set_meta`.
+            let meta = self.meta.load(Ordering::Relaxed);
+            let watched = if (meta >> START_BITS) as u32 == owner {
+                owner_watch::watch(&self.word, owner, meta)
+            } else {
+                None // the owner has not recorded itself yet
+            };
+            let until = match watched {
+                Some(_) => deadline,
+                None => Deadline::after(deadline.remaining().map_or(SLICE, |left| left.min(SLICE))),
+            };
             // ORDERING: SeqCst, paired with `unlock`: see the module notes.
             self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let outcome = futex::wait(&self.word, owner, slice);
+            let outcome = futex::wait(&self.word, owner, until);
             // ORDERING: Relaxed: leaving only makes later wake-ups optional.
             self.sleepers.fetch_sub(1, Ordering::Relaxed);
-            if outcome == FutexWait::TimedOut {
+            let died = watched.is_some_and(|w| w.owner_died());
+            if outcome == FutexWait::TimedOut || died {
                 if let Some(acquired) = self.take_from_dead(owner, me) {
                     return Ok(acquired);
                 }
@@ -218,16 +261,7 @@ impl RawMutex {
     fn take_from_dead(&self, owner: u32, me: ThreadIdentity) -> Option<Acquired> {
         // ORDERING: Relaxed: advisory, see `set_meta`.
         let meta = self.meta.load(Ordering::Relaxed);
-        let dead = match thread::status(owner) {
-            ThreadStatus::Dead => true,
-            ThreadStatus::Alive { start } => {
-                let recorded_start = meta & ((1 << START_BITS) - 1);
-                (meta >> START_BITS) as u32 == owner
-                    && recorded_start != 0
-                    && start != 0
-                    && recorded_start != start & ((1 << START_BITS) - 1)
-            }
-        };
+        let dead = owner_is_dead(owner, meta);
         // A new owner that just took the word under the same (recycled) tid
         // rewrites `meta` first thing: if it changed, look again later.
         // ORDERING: Relaxed: as above.
@@ -242,8 +276,15 @@ impl RawMutex {
         Some(Acquired::OwnerDied)
     }
 
+    /// Records the releasing CPU (a hint for spinning waiters).
+    fn mark_release(&self) {
+        // ORDERING: Relaxed: a hint.
+        self.releaser_cpu.store(thread::current_cpu(), Ordering::Relaxed);
+    }
+
     /// Releases a lock the caller holds.
     pub(crate) fn unlock(&self) {
+        self.mark_release();
         // ORDERING: SeqCst: Release publishes the critical section to the
         // next owner's Acquire; SeqCst orders the swap before the load of
         // `sleepers` (see the module notes).
@@ -261,6 +302,7 @@ impl RawMutex {
     /// Releases the lock whoever holds it (Python's `Lock.release`, which any
     /// thread or process may call); an error if it is not held.
     pub(crate) fn unlock_any(&self) -> Result<(), NotHeld> {
+        self.mark_release();
         // ORDERING: Relaxed load: steers the CAS.
         let mut owner = self.word.load(Ordering::Relaxed);
         loop {
@@ -293,6 +335,21 @@ impl RawMutex {
     }
 }
 
+/// True if thread `owner`, recorded in a lock's `meta` as `meta`, is gone
+/// (or is a zombie, or its tid now names a thread that started later).
+pub(crate) fn owner_is_dead(owner: u32, meta: u64) -> bool {
+    match thread::status(owner) {
+        ThreadStatus::Dead => true,
+        ThreadStatus::Alive { start } => {
+            let recorded_start = meta & ((1 << START_BITS) - 1);
+            (meta >> START_BITS) as u32 == owner
+                && recorded_start != 0
+                && start != 0
+                && recorded_start != start & ((1 << START_BITS) - 1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -305,6 +362,8 @@ mod test {
             meta: AtomicU64::new(0),
             sleepers: AtomicU32::new(0),
             spin_ns: AtomicU32::new(0),
+            holder_cpu: AtomicU32::new(0),
+            releaser_cpu: AtomicU32::new(0),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Process, Task};
+use multiproc::{Process, StartMethod, Task};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -25,6 +25,15 @@ impl<R: Serialize + DeserializeOwned> Kid<R> {
         A: Serialize + DeserializeOwned,
     {
         Kid { process: Some(Process::spawn(f, args).expect("spawn")) }
+    }
+
+    /// Spawns `f(args)` with start method `method`.
+    pub fn spawn_with<F, A>(method: StartMethod, f: F, args: A) -> Kid<R>
+    where
+        F: Task<A, R>,
+        A: Serialize + DeserializeOwned,
+    {
+        Kid { process: Some(Process::builder().start_method(method).spawn(f, args).expect("spawn")) }
     }
 
     /// The child's pid.

@@ -43,3 +43,13 @@ pub(crate) fn wake(word: &AtomicU32, count: u32) -> usize {
 pub(crate) fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
+
+/// Wakes up to `count` waiters on the futex word at address `addr`, which
+/// may no longer be mapped (then nothing happens) or may by now hold another
+/// futex word (whose waiters get a spurious wake-up, which they tolerate).
+pub(crate) fn wake_address(addr: usize, count: u32) {
+    // SAFETY: FUTEX_WAKE does not read or write the word; the kernel only
+    // uses the address to find waiters and answers EFAULT if it is unmapped.
+    // No memory of this process is accessed through the pointer.
+    unsafe { libc::syscall(libc::SYS_futex, addr as *const u32, libc::FUTEX_WAKE, count, 0usize, 0usize, 0u32) };
+}

@@ -78,6 +78,14 @@ fn compute_current() -> ThreadIdentity {
     ThreadIdentity { tid, start }
 }
 
+/// 1 + the CPU the calling thread runs on (0 if unknown); a few
+/// nanoseconds (glibc reads it from the thread's rseq area).
+pub(crate) fn current_cpu() -> u32 {
+    // SAFETY: no arguments; returns -1 on failure.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu + 1).unwrap_or(0)
+}
+
 /// The calling thread's kernel id; cheap after the first call on a thread.
 pub(crate) fn current_tid() -> u32 {
     current().tid
