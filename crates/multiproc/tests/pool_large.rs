@@ -58,3 +58,37 @@ fn many_large_buffers_stream_through_a_reused_ring_and_slabs() {
     }
     assert_eq!(n, 200);
 }
+
+/// `transform`, except that item 0 is slow (so that each worker gets a queue
+/// of chunks) and item 4 aborts its worker the first time it runs (`marker`
+/// is created then, so the retry runs).
+fn transform_slowly_or_die_once((b, k, marker): (ByteBuf, u32, String)) -> ByteBuf {
+    if k == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if k == 4 && std::fs::create_dir(&marker).is_ok() {
+        std::process::abort();
+    }
+    transform(b)
+}
+
+#[test]
+fn a_worker_dying_among_large_chunks_loses_nothing_with_retries() {
+    // Large chunks carry their input in a slab, and their results come back
+    // in the same slab, after the input: a chunk sent again (the one that
+    // was running, and those queued behind it) finds its input intact.
+    let marker = std::env::temp_dir().join(format!("multiproc-die-once-{}", std::process::id()));
+    let _ = std::fs::remove_dir(&marker);
+    let pool = Pool::builder().processes(2).retries(2).build().unwrap();
+    let len = 80 * 1024;
+    let inputs: Vec<(ByteBuf, u32, String)> =
+        (0..40u32).map(|k| (make(len, k as u8), k, marker.display().to_string())).collect();
+    let mut n = 0;
+    for (k, out) in pool.with_chunksize(1).imap(transform_slowly_or_die_once, inputs).enumerate() {
+        check(&make(len, k as u8), &out.unwrap());
+        n += 1;
+    }
+    assert_eq!(n, 40);
+    assert!(marker.exists(), "the worker died once");
+    std::fs::remove_dir(&marker).unwrap();
+}

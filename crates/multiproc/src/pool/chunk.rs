@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use super::error::TaskError;
 use super::protocol::{Format, Framed, RunnerRef};
 use super::ring::{StatusPage, monotonic_ns};
-use super::slab::{SLAB_MIN, SlabLoan, Slabs};
+use super::slab::{self, SLAB_MIN, SlabLoan, Slabs};
 use crate::process::Task;
 use crate::process::task::{assert_stateless, code_address, code_offset, conjure, type_hash};
 use crate::wire::{self, encode_into};
@@ -469,10 +469,10 @@ impl Buffers {
 ///
 /// `hint` is the encoded size of the call's previous chunk: when it is
 /// large, the chunk is encoded straight into a shared slab with some room to
-/// spare (and the ordinary way if it does not fit).
+/// spare and room for the results (and the ordinary way if it does not fit).
 pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>, hint: usize) -> EncodedChunk {
     if hint >= SLAB_MIN
-        && let Some(mut slab) = buffers.slabs.take(hint + hint / 4)
+        && let Some(mut slab) = buffers.slabs.take(slab::capacity_for(hint))
     {
         let cap = slab.capacity();
         match wire::encode_to_slice(items, slab.bytes_mut(cap)) {

@@ -139,8 +139,10 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
     /// Pulls and submits input until the window is full.
     fn top_up(&mut self) {
         let mut chunks = Vec::new();
-        let window = self.window();
-        while !self.exhausted && self.input_error.is_none() && self.submitted - self.yielded < window {
+        // The window is recomputed after every chunk: the first one tells
+        // how large items are (pulling a whole MIN_WINDOW of 1 MiB items
+        // would encode them all before the first is sent).
+        while !self.exhausted && self.input_error.is_none() && self.submitted - self.yielded < self.window() {
             let pulled = (self.pull)(self.chunksize);
             if let Some((input, n)) = pulled.chunk {
                 let per = input.len() / n;

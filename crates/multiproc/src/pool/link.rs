@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use super::job::{Chunk, ChunkResult};
 use super::protocol::{Batch, FromWorker, Payload, RING_CAPACITY, RING_THRESHOLD, ToWorker, records};
-use super::ring::{Ring, RingReader, StatusPage};
+use super::ring::{Lease, Ring, RingReader, StatusPage};
 use super::scheduler::{MAX_DEPTH, MIN_DEPTH, TARGET_QUEUE};
+use super::slab;
 use crate::process::Process;
 use crate::sys::imp;
 use crate::wire::{Channel, Frame, Kind, Outbox, WireError};
@@ -166,7 +167,7 @@ impl Worker {
                         _ => return Err(WireError::corrupt("a worker answered a chunk it was not running")),
                     };
                     self.received += 1;
-                    let chunk = inflight.chunk;
+                    let mut chunk = inflight.chunk;
                     let owned;
                     let bytes: &[u8] = match output {
                         Payload::Inline(b) => b,
@@ -180,7 +181,21 @@ impl Worker {
                             chunk.job.deliver(chunk.index, chunk.items as usize, result);
                             continue;
                         }
-                        Payload::Slab { .. } => return Err(WireError::corrupt("a worker answered in a slab")),
+                        Payload::Slab { id, len } => {
+                            let lease = chunk
+                                .input
+                                .slab
+                                .take()
+                                .filter(|loan| loan.slab.as_ref().is_some_and(|s| s.id == id))
+                                .and_then(|loan| {
+                                    let at = slab::output_at(loan.len);
+                                    Lease::in_slab(loan, at, len as usize)
+                                })
+                                .ok_or_else(|| WireError::corrupt("a worker answered in a slab it was not given"))?;
+                            let result = ChunkResult::Leased { format, lease, fds };
+                            chunk.job.deliver(chunk.index, chunk.items as usize, result);
+                            continue;
+                        }
                         Payload::Memfd { len } => {
                             owned = imp::memfd::read_sealed(memfd.as_ref().expect("taken").as_fd(), len as usize)?;
                             &owned

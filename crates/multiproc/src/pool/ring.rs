@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::slab::SlabLoan;
 use crate::sys::imp::shm::Mapping;
 
 /// The worker is starting or running its initializer.
@@ -241,7 +242,7 @@ impl RingReader {
     pub(crate) fn lease(self: &Arc<Self>, at: u64, len: usize) -> Option<Lease> {
         self.ring.region(at, len)?;
         self.lent.lock().unwrap_or_else(|e| e.into_inner()).push_back((at, len, false));
-        Some(Lease { reader: self.clone(), at, len })
+        Some(Lease(Held::Ring { reader: self.clone(), at, len }))
     }
 
     fn give_back(&self, at: u64) {
@@ -260,24 +261,43 @@ impl RingReader {
     }
 }
 
-/// A region of a worker's output ring, readable until dropped.
+/// Results a worker wrote into shared memory, readable until dropped.
 #[derive(Debug)]
-pub(crate) struct Lease {
-    reader: Arc<RingReader>,
-    at: u64,
-    len: usize,
+pub(crate) struct Lease(Held);
+
+#[derive(Debug)]
+enum Held {
+    /// A region of a worker's output ring.
+    Ring { reader: Arc<RingReader>, at: u64, len: usize },
+    /// Results a worker wrote into its chunk's input slab; the slab goes
+    /// back to the pool when the lease ends.
+    Slab { loan: SlabLoan, at: usize, len: usize },
 }
 
 impl Lease {
+    /// Lends `len` bytes at `at` of the slab on `loan`, or `None` if out of
+    /// bounds (a corrupt message).
+    pub(crate) fn in_slab(loan: SlabLoan, at: usize, len: usize) -> Option<Lease> {
+        loan.slab.as_ref()?.region(at, len)?;
+        Some(Lease(Held::Slab { loan, at, len }))
+    }
+
     /// The region's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.reader.ring.region(self.at, self.len).expect("checked when lent")
+        match &self.0 {
+            Held::Ring { reader, at, len } => reader.ring.region(*at, *len).expect("checked when lent"),
+            Held::Slab { loan, at, len } => {
+                loan.slab.as_ref().and_then(|s| s.region(*at, *len)).expect("checked when lent")
+            }
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.reader.give_back(self.at);
+        if let Held::Ring { reader, at, .. } = &self.0 {
+            reader.give_back(*at);
+        }
     }
 }
 

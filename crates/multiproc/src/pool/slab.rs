@@ -1,9 +1,12 @@
 //! Shared-memory buffers for large chunk inputs, written by the caller's
 //! thread and read in place by the worker: a large argument is encoded once,
 //! straight into memory the worker maps, with no copy through the scheduler
-//! or the socket. A slab goes back to the pool's free list when its chunk is
-//! done (the worker decoded it before it answered) and is reused, so its
-//! pages are faulted in once.
+//! or the socket. The worker may write the chunk's results into the same
+//! slab, after the input (see [`output_at`]), where the caller decodes them.
+//! A slab goes back to the pool's free list when its chunk is done and is
+//! reused, the most recently freed first: its pages are faulted in once and
+//! are likely still in the CPU cache (a copy between cached buffers runs
+//! several times faster than one from memory).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
@@ -13,8 +16,15 @@ use crate::sys::imp::shm::Mapping;
 /// Inputs at least this large go into a slab.
 pub(crate) const SLAB_MIN: usize = 64 * 1024;
 /// At most this many bytes of slabs exist per pool; beyond, inputs take the
-/// ordinary path.
-const SLABS_MAX: usize = 64 << 20;
+/// ordinary path. (A slab's pages take memory only once written: room for
+/// results that never come costs nothing.)
+const SLABS_MAX: usize = 128 << 20;
+
+/// The slab capacity for an input of `len` bytes: the input, room for
+/// results as large, and a quarter more of each.
+pub(crate) fn capacity_for(len: usize) -> usize {
+    2 * len + len / 2
+}
 
 /// One shared buffer.
 #[derive(Debug)]
@@ -35,6 +45,17 @@ impl Slab {
         // SAFETY: in bounds; a slab is written only by the thread that took it
         // from the free list, before the chunk that names it is sent.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), len) }
+    }
+
+    /// `len` bytes at `at`, or `None` if out of bounds: results a worker
+    /// wrote into the slab.
+    pub(crate) fn region(&self, at: usize, len: usize) -> Option<&[u8]> {
+        if at.checked_add(len)? > self.map.len() {
+            return None;
+        }
+        // SAFETY: in bounds; the worker wrote the region before it sent the
+        // message naming it and does not touch the slab afterwards.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at), len) })
     }
 
     /// The first `len` bytes, for the scheduler (a fallback copy).
@@ -69,11 +90,13 @@ impl Slabs {
     /// as it keeps.
     pub(crate) fn take(&self, len: usize) -> Option<Slab> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let best = st.free.iter().enumerate().filter(|(_, s)| s.capacity() >= len).min_by_key(|(_, s)| s.capacity());
+        // The smallest that fits; of those, the one given back last.
+        let best =
+            st.free.iter().enumerate().rev().filter(|(_, s)| s.capacity() >= len).min_by_key(|(_, s)| s.capacity());
         if let Some((i, _)) = best {
-            return Some(st.free.swap_remove(i));
+            return Some(st.free.remove(i));
         }
-        let cap = len.next_power_of_two().max(SLAB_MIN);
+        let cap = len.next_multiple_of(SLAB_MIN);
         if st.total + cap > SLABS_MAX {
             return None;
         }
@@ -105,13 +128,29 @@ impl Drop for SlabLoan {
     }
 }
 
-/// The first `len` bytes of a slab mapped in a worker, or `None` if out of
-/// bounds (a corrupt message).
-pub(crate) fn mapped(map: &Mapping, len: usize) -> Option<&[u8]> {
-    if len > map.len() {
+/// Where in a slab a worker writes the results of the chunk whose input is
+/// the slab's first `input_len` bytes: after them, so that the input stays
+/// whole (a chunk whose worker dies before its results arrive is sent again).
+pub(crate) fn output_at(input_len: usize) -> usize {
+    input_len.next_multiple_of(64)
+}
+
+/// Splits a slab mapped in a worker into the chunk's input (its first
+/// `input_len` bytes) and the room for results after it; `None` if the
+/// input is out of bounds (a corrupt message).
+pub(crate) fn mapped_split(map: &mut Mapping, input_len: usize) -> Option<(&[u8], &mut [u8])> {
+    let at = output_at(input_len);
+    if at > map.len() {
         return None;
     }
-    // SAFETY: in bounds; the parent wrote the slab before sending the chunk
-    // that names it and does not reuse it until the chunk's results arrive.
-    Some(unsafe { std::slice::from_raw_parts(map.as_ptr(), len) })
+    // SAFETY: both ranges are in bounds and disjoint. The parent wrote the
+    // input before sending the chunk that names the slab and does not touch
+    // the slab again until the chunk's results arrive; no other worker has
+    // the chunk meanwhile; `map` is borrowed mutably for as long as the two
+    // slices live.
+    unsafe {
+        let input = std::slice::from_raw_parts(map.as_ptr(), input_len);
+        let room = std::slice::from_raw_parts_mut(map.as_ptr().add(at), map.len() - at);
+        Some((input, room))
+    }
 }

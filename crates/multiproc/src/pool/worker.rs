@@ -201,10 +201,21 @@ impl Worker {
         {
             self.flush()?;
         }
-        // Large results last time: reserve room for this chunk's in the
-        // output ring, so they are encoded there directly.
-        let reserved = if self.last_output >= DIRECT_MIN && self.last_output <= RING_CAPACITY / 4 {
-            let want = self.last_output + self.last_output / 4;
+        // Large results last time: encode this chunk's straight into shared
+        // memory: after the input in its slab if there is room (the parent
+        // reads them there and reuses the slab at once, while it is still in
+        // the cache), else in a region reserved in the output ring.
+        let want = self.last_output + self.last_output / 4;
+        let direct_wanted = self.last_output >= DIRECT_MIN;
+        let in_slab = match input {
+            Payload::Slab { id, len } if direct_wanted => self
+                .slabs
+                .get(&id)
+                .is_some_and(|m| m.len().saturating_sub(slab::output_at(len as usize)) >= want)
+                .then_some(id),
+            _ => None,
+        };
+        let reserved = if in_slab.is_none() && direct_wanted && self.last_output <= RING_CAPACITY / 4 {
             self.ring_space(want)?.map(|at| (at, want))
         } else {
             None
@@ -213,6 +224,7 @@ impl Worker {
         let fds = self.take_fds(nfds)?;
         let owned;
         let mut ring_region = None;
+        let mut slab_room = None;
         let bytes: &[u8] = match input {
             Payload::Inline(b) => b,
             Payload::Ring { at, len } => {
@@ -222,8 +234,11 @@ impl Worker {
                 ring.region(at, len as usize).ok_or_else(|| WireError::corrupt("ring payload out of bounds"))?
             }
             Payload::Slab { id, len } => {
-                let map = self.slabs.get(&id).ok_or_else(|| WireError::corrupt("a chunk names an unknown slab"))?;
-                slab::mapped(map, len as usize).ok_or_else(|| WireError::corrupt("slab payload out of bounds"))?
+                let map = self.slabs.get_mut(&id).ok_or_else(|| WireError::corrupt("a chunk names an unknown slab"))?;
+                let (input, room) = slab::mapped_split(map, len as usize)
+                    .ok_or_else(|| WireError::corrupt("slab payload out of bounds"))?;
+                slab_room = in_slab.map(|_| room);
+                input
             }
             Payload::Memfd { len } => {
                 let fd = memfd.as_ref().expect("taken above");
@@ -236,8 +251,9 @@ impl Worker {
         // SAFETY: the reference was made by `RunnerRef::{map, star, with_state}`
         // in the parent, which runs the same build (checked at process start).
         let run = unsafe { runner.resolve() };
-        let direct = match (reserved, self.output_ring.as_mut()) {
-            (Some((at, want)), Some(ring)) => Some(ring.region_mut(at, want)),
+        let direct = match (slab_room, reserved, self.output_ring.as_mut()) {
+            (Some(room), _, _) => Some(room),
+            (None, Some((at, want)), Some(ring)) => Some(ring.region_mut(at, want)),
             _ => None,
         };
         let mut cx = RunCx {
@@ -272,11 +288,16 @@ impl Worker {
         self.last_chunk = started.elapsed();
         self.held_since.get_or_insert(started);
         let nfds = fds.len() as u32;
-        if let (Some(len), Some((at, _))) = (placed, reserved) {
+        let placed_at = match (placed, in_slab, reserved) {
+            (Some(len), Some(slab), _) => Some(Payload::Slab { id: slab, len: len as u64 }),
+            (Some(len), None, Some((at, _))) => Some(Payload::Ring { at, len: len as u64 }),
+            _ => None,
+        };
+        if let (Some(output), Some(len)) = (placed_at, placed) {
             self.last_output = len;
             let channel = &self.channel;
             let emit = &mut |p: &[u8], f: Vec<OwnedFd>| channel.send(Kind::Control, p, &f);
-            let record = FromWorker::Done { id, format, output: Payload::Ring { at, len: len as u64 }, nfds };
+            let record = FromWorker::Done { id, format, output, nfds };
             return self.batch.add(&record, fds, emit);
         }
         let len = self.out.len();
