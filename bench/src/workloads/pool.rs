@@ -8,7 +8,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use multiproc::Pool;
+use std::time::Duration;
+
+use multiproc::{Connection, Pipe, Pool, Process};
 use serde_bytes::ByteBuf;
 use serde_json::json;
 
@@ -183,6 +185,67 @@ impl Roundtrip<'_> {
     }
 }
 
+/// Between the bench and [`kept_memory_child`].
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Msg {
+    /// Take a sample.
+    Sample,
+    /// Finish.
+    Stop,
+    /// A sample's figure, or what went wrong.
+    Figure(Result<f64, String>),
+}
+
+/// `pool_1mib` in a process whose allocator keeps freed memory
+/// ([`multiproc::keep_freed_memory`]), so that the setting does not reach the
+/// other workloads: one sample per request on `link`.
+fn kept_memory_child(link: Connection<Msg>, full_checks: u64) {
+    multiproc::keep_freed_memory();
+    let pool = Pool::new(WORKERS);
+    let mut subject =
+        pool.as_ref().ok().map(|pool| Roundtrip { pool, pattern: pattern(), seq: 0, samples: 0, full_checks });
+    while let Ok(Msg::Sample) = link.recv() {
+        let figure = match (&mut subject, &pool) {
+            (Some(s), _) => s.sample().map_err(|e| e.to_string()),
+            (None, Err(e)) => Err(format!("no pool: {e}")),
+            (None, Ok(_)) => unreachable!("a pool makes a subject"),
+        };
+        if link.send(&Msg::Figure(figure)).is_err() {
+            break;
+        }
+    }
+}
+
+/// The parent's side of [`kept_memory_child`].
+struct KeptMemory {
+    link: Connection<Msg>,
+    child: Process<()>,
+}
+
+impl KeptMemory {
+    fn start(full_checks: u64) -> Result<KeptMemory, BenchError> {
+        let (ours, theirs) = Pipe::<Msg>::duplex()?;
+        let child = Process::spawn(kept_memory_child, (theirs, full_checks))?;
+        Ok(KeptMemory { link: ours, child })
+    }
+
+    fn finish(mut self) -> Result<(), BenchError> {
+        self.link.send(&Msg::Stop)?;
+        self.child.join_timeout(Duration::from_secs(60))?;
+        Ok(())
+    }
+}
+
+impl crate::measure::Subject for KeptMemory {
+    fn sample(&mut self) -> Result<f64, BenchError> {
+        self.link.send(&Msg::Sample)?;
+        match self.link.recv_timeout(Duration::from_secs(120))? {
+            Msg::Figure(figure) => figure.map_err(BenchError::new),
+            _ => Err(BenchError::new("the kept-memory child answered out of turn")),
+        }
+    }
+}
+
 fn memcpy_rate() -> impl FnMut() -> Result<f64, BenchError> {
     let src = pattern();
     let mut dst = vec![0u8; MIB];
@@ -207,26 +270,31 @@ fn pool_1mib(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let full = full_checks.to_string();
     let args = ["--buffers", buffers.as_str(), "--full-check-batches", full.as_str()];
     let mut py = ctx.python("pool.py", "pool_1mib", &args, &plan)?;
+    let mut kept = KeptMemory::start(full_checks)?;
     let stats = ctx.measure(
         &plan,
         &mut [
             ("floor: memcpy 1 MiB", &mut floor),
             ("multiproc pool_1mib imap(identity)", &mut ours),
+            ("multiproc pool_1mib, keep_freed_memory()", &mut kept),
             ("cpython pool_1mib imap(identity)", &mut py),
         ],
     )?;
     py.finish()?;
+    kept.finish()?;
     pool.close();
     pool.join()?;
-    let [floor, ours, py] = <[Stats; 3]>::try_from(stats).expect("three subjects");
+    let [floor, ours, kept, py] = <[Stats; 4]>::try_from(stats).expect("four subjects");
+    let params = json!({ "buffer_bytes": MIB, "buffers_per_sample": MIB_BUFFERS, "workers": WORKERS,
+                         "counted": "bytes sent to the workers; each buffer also comes back" });
     Ok(vec![
-        Row::new("pool_1mib", Unit::GigabytesPerSec, ours, py)
-            .with_floor(FLOOR_MEMCPY, floor)
+        Row::new("pool_1mib", Unit::GigabytesPerSec, ours, py.clone())
+            .with_floor(FLOOR_MEMCPY, floor.clone())
             .with_extra("api", json!("with_chunksize(1).imap(identity, Vec<ByteBuf>)"))
-            .with_extra(
-                "params",
-                json!({ "buffer_bytes": MIB, "buffers_per_sample": MIB_BUFFERS, "workers": WORKERS,
-                        "counted": "bytes sent to the workers; each buffer also comes back" }),
-            ),
+            .with_extra("params", params.clone()),
+        Row::new("pool_1mib/keep_freed_memory", Unit::GigabytesPerSec, kept, py)
+            .with_floor(FLOOR_MEMCPY, floor)
+            .with_extra("api", json!("the same, in a process that called multiproc::keep_freed_memory()"))
+            .with_extra("params", params),
     ])
 }

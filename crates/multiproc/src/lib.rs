@@ -194,7 +194,7 @@ pub mod wire;
 pub use connection::{
     Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
 };
-pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError};
+pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError, keep_freed_memory};
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
     cpu_count, current_process, get_start_method, parent_process, set_start_method,

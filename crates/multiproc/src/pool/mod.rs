@@ -71,8 +71,17 @@
 //! results come back), many chunks per write; a worker reads everything
 //! waiting and answers in one write. Large payloads skip the socket: a large
 //! argument is encoded by the caller straight into a shared slab the worker
-//! maps, a large result is encoded by the worker straight into a shared ring
-//! the scheduler maps, and an `imap` caller decodes it from there.
+//! maps, a large result is encoded by the worker straight into the same slab
+//! (after the argument) or into a shared ring the scheduler maps, and an
+//! `imap` caller decodes it from there.
+//!
+//! # Large buffers
+//!
+//! Moving megabyte buffers, most of the time goes to the C allocator of the
+//! calling process: glibc gives the pages of freed large buffers back to the
+//! kernel and faults fresh, zeroed ones in for the next. Workers are tuned
+//! not to; call [`keep_freed_memory`] to tune the calling process too (it
+//! doubled `pool_1mib` in the benchmark).
 
 mod chunk;
 mod error;
@@ -105,6 +114,25 @@ pub use executor::{Executor, ExecutorBuilder};
 pub use imap::Imap;
 pub use indicatif::{ProgressBar, ProgressStyle};
 pub use result::AsyncResult;
+
+/// Makes the C allocator of the calling process keep freed memory for reuse
+/// instead of handing it back to the kernel: blocks up to 32 MiB come from
+/// the heap, and up to 64 MiB of free heap is kept (glibc's
+/// `M_MMAP_THRESHOLD` and `M_TRIM_THRESHOLD`). A program that passes large
+/// buffers to a pool or through pipes allocates and frees them over and
+/// over, and each fresh page costs a fault and a zeroing (several µs on a
+/// VM), more than copying it. Pool workers do this themselves.
+///
+/// The setting is process-wide and stays; it turns off glibc's own dynamic
+/// adjustment of those thresholds. No effect with another allocator or C
+/// library.
+///
+/// ```
+/// multiproc::pool::keep_freed_memory();
+/// ```
+pub fn keep_freed_memory() {
+    crate::sys::imp::malloc::keep_freed_memory();
+}
 
 use chunk::encode_chunk;
 use job::{ApplyJob, Chunk, Job, MapJob};

@@ -1,4 +1,5 @@
-//! Allocator tuning for long-lived pool workers.
+//! Allocator tuning for processes that move large buffers (pool workers,
+//! and callers that ask for it with `pool::keep_freed_memory`).
 
 /// Makes the C allocator keep freed memory for reuse instead of returning it
 /// to the kernel: a pool worker allocates buffers of the same sizes chunk
