@@ -7,7 +7,9 @@ lock_handoff --batch N
     ping.acquire(), takes it: one pass) and acquires pong (which the child
     releases: a second pass). One sample = N round trips = 2N passes. At the
     end the child reports how many times it took ping, which must equal the
-    round trips.
+    round trips. With --cpu C, both processes run on CPU C only (the
+    parent only while it samples), as a hand-over between two processes
+    that share a CPU.
 value_incr --batch N
     millions of increments per second of a multiprocessing.Value('q') by two
     processes, each doing ``with v.get_lock(): v.value += 1`` N times per
@@ -24,12 +26,15 @@ method does not enter the timed part.
 """
 
 import multiprocessing as mp
+import os
 import time
 
 import common
 
 
-def handoff_child(ping, pong, stop, taken):
+def handoff_child(ping, pong, stop, taken, cpu):
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     while True:
         ping.acquire()
         if stop.value:
@@ -45,16 +50,20 @@ def lock_handoff(args):
     taken = mp.RawValue("q", 0)
     ping.acquire()
     pong.acquire()
-    p = mp.Process(target=handoff_child, args=(ping, pong, stop, taken), daemon=True)
+    p = mp.Process(target=handoff_child, args=(ping, pong, stop, taken, args.cpu), daemon=True)
     p.start()
     state = {"round_trips": 0}
+    everywhere = os.sched_getaffinity(0)
 
     def sample():
+        if args.cpu is not None:
+            os.sched_setaffinity(0, {args.cpu})
         t0 = time.perf_counter()
         for _ in range(batch):
             ping.release()
             pong.acquire()
         elapsed = time.perf_counter() - t0
+        os.sched_setaffinity(0, everywhere)
         state["round_trips"] += batch
         return elapsed / (2 * batch) * 1e6
 
@@ -140,6 +149,7 @@ def lock_create(args):
 def main():
     p = common.parser(__doc__)
     p.add_argument("--batch", type=int, default=500, help="round trips or increments per process per sample")
+    p.add_argument("--cpu", type=int, default=None, help="lock_handoff: run both processes on this CPU only")
     args = p.parse_args()
     if args.workload == "lock_handoff":
         lock_handoff(args)

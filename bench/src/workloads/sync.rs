@@ -17,7 +17,7 @@ use crate::{BenchError, ensure};
 /// A lock handed from one process to the other and back.
 pub const LOCK_HANDOFF: Workload = Workload {
     name: "lock_handoff",
-    about: "µs per lock pass between two processes (ping-pong ownership of two Locks)",
+    about: "µs per lock pass between two processes (ping-pong ownership of two Locks); /one_cpu: both on CPU 0",
     run: lock_handoff,
 };
 
@@ -43,26 +43,76 @@ const HANDOFF_BATCH: u64 = 500;
 /// Increments per child per sample.
 const INCR_BATCH: u64 = 100_000;
 
+/// The CPU of the `lock_handoff/one_cpu` row.
+const ONE_CPU: usize = 0;
+
+/// Two rows: where the scheduler puts the two processes (on this 2-CPU VM,
+/// usually two CPUs), and both on one CPU.
 fn lock_handoff(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let plan = ctx.plan(Plan::new(2, 6.0, 20, 1_000_000, 30), Plan::new(1, 1.5, 10, 1_000_000, 30));
+    let placed = handoff_row(ctx, &plan, None)?;
+    let one_cpu = handoff_row(ctx, &plan, Some(ONE_CPU))?;
+    Ok(vec![placed, one_cpu])
+}
+
+fn handoff_row(ctx: &Ctx, plan: &Plan, cpu: Option<usize>) -> Result<Row, BenchError> {
     let batch = HANDOFF_BATCH.to_string();
-    let mut ours = Handoff::start()?;
-    let mut py = ctx.python("sync.py", "lock_handoff", &["--batch", &batch], &plan)?;
-    let stats = ctx.measure(&plan, &mut [("multiproc lock_handoff", &mut ours), ("cpython lock_handoff", &mut py)])?;
+    let cpu_arg = cpu.map(|c| c.to_string());
+    let mut args = vec!["--batch", batch.as_str()];
+    if let Some(c) = &cpu_arg {
+        args.extend(["--cpu", c.as_str()]);
+    }
+    let mut ours = Handoff::start(cpu)?;
+    let mut py = ctx.python("sync.py", "lock_handoff", &args, plan)?;
+    let name = if cpu.is_some() { "lock_handoff/one_cpu" } else { "lock_handoff" };
+    let stats =
+        ctx.measure(plan, &mut [(&format!("multiproc {name}"), &mut ours), (&format!("cpython {name}"), &mut py)])?;
     ours.finish()?;
     py.finish()?;
     let [ours, py] = <[Stats; 2]>::try_from(stats).expect("two subjects");
-    Ok(vec![
-        Row::new("lock_handoff", Unit::Micros, ours, py)
-            .with_extra("api", json!("Lock acquire/release (CPython: multiprocessing.Lock)"))
-            .with_extra("params", json!({ "passes_per_sample": 2 * HANDOFF_BATCH })),
-    ])
+    Ok(Row::new(name, Unit::Micros, ours, py)
+        .with_extra("api", json!("Lock acquire/release (CPython: multiprocessing.Lock)"))
+        .with_extra("params", json!({ "passes_per_sample": 2 * HANDOFF_BATCH, "cpu": cpu })))
+}
+
+/// The calling thread's CPU mask.
+fn affinity() -> Result<libc::cpu_set_t, BenchError> {
+    // SAFETY: cpu_set_t is plain data (zeroed is the empty set), filled in by
+    // sched_getaffinity for the calling thread (0).
+    let (rc, set) = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), set)
+    };
+    ensure(rc == 0, || format!("sched_getaffinity failed: {}", std::io::Error::last_os_error()))?;
+    Ok(set)
+}
+
+/// Sets the calling thread's CPU mask.
+fn set_affinity(set: &libc::cpu_set_t) -> Result<(), BenchError> {
+    // SAFETY: reads `set`, a valid cpu_set_t, for the calling thread (0).
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    ensure(rc == 0, || format!("sched_setaffinity failed: {}", std::io::Error::last_os_error()))
+}
+
+/// The mask of CPU `cpu` alone.
+fn only(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: zeroed is the empty set; CPU_SET checks the index.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
 }
 
 /// The child of `lock_handoff`: takes `ping` (which the parent releases),
 /// hands over `pong` (which the parent takes), until `stop` is set. Returns
 /// how many times it took `ping`.
-fn handoff_child(ping: Lock, pong: Lock, stop: RawValue<u8>) -> u64 {
+fn handoff_child(ping: Lock, pong: Lock, stop: RawValue<u8>, cpu: Option<usize>) -> u64 {
+    if let Some(c) = cpu
+        && set_affinity(&only(c)).is_err()
+    {
+        return u64::MAX; // fails the check
+    }
     let mut taken = 0;
     loop {
         match ping.acquire() {
@@ -86,18 +136,25 @@ struct Handoff {
     stop: RawValue<u8>,
     child: Process<u64>,
     round_trips: u64,
+    /// The parent's CPU mask while it samples, and its own (the child pins
+    /// itself).
+    pinned: Option<(libc::cpu_set_t, libc::cpu_set_t)>,
 }
 
 impl Handoff {
-    fn start() -> Result<Handoff, BenchError> {
+    fn start(cpu: Option<usize>) -> Result<Handoff, BenchError> {
         let (ping, pong) = (Lock::new()?, Lock::new()?);
         let stop = RawValue::new(0u8)?;
         // The parent holds both to begin with: each round trip it releases
         // `ping` (pass 1: to the child) and takes `pong` (pass 2: back).
         ping.acquire().map_err(|_| BenchError::new("fresh lock reported a dead owner"))?.leak();
         pong.acquire().map_err(|_| BenchError::new("fresh lock reported a dead owner"))?.leak();
-        let child = Process::spawn(handoff_child, (ping.clone(), pong.clone(), stop.clone()))?;
-        Ok(Handoff { ping, pong, stop, child, round_trips: 0 })
+        let child = Process::spawn(handoff_child, (ping.clone(), pong.clone(), stop.clone(), cpu))?;
+        let pinned = match cpu {
+            Some(c) => Some((only(c), affinity()?)),
+            None => None,
+        };
+        Ok(Handoff { ping, pong, stop, child, round_trips: 0, pinned })
     }
 
     fn finish(mut self) -> Result<(), BenchError> {
@@ -112,6 +169,9 @@ impl Handoff {
 
 impl Subject for Handoff {
     fn sample(&mut self) -> Result<f64, BenchError> {
+        if let Some((during, _)) = &self.pinned {
+            set_affinity(during)?;
+        }
         let t = Instant::now();
         for _ in 0..HANDOFF_BATCH {
             self.ping.release()?;
@@ -121,6 +181,9 @@ impl Subject for Handoff {
             }
         }
         let elapsed = t.elapsed();
+        if let Some((_, after)) = &self.pinned {
+            set_affinity(after)?;
+        }
         self.round_trips += HANDOFF_BATCH;
         Ok(micros(elapsed) / (2 * HANDOFF_BATCH) as f64)
     }
