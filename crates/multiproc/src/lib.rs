@@ -187,6 +187,7 @@ pub mod process;
 pub(crate) mod process_local;
 pub mod queue;
 pub mod shared;
+pub(crate) mod spin;
 pub mod sync;
 pub(crate) mod sys;
 pub mod wire;

@@ -8,8 +8,8 @@
 //! thread start time (written by the owner right after it takes the word),
 //! which tells a recycled tid from the original owner.
 //!
-//! - **Acquire**: CAS `0 → tid`. Contended: busy-wait (an adaptive budget
-//!   between [`SPIN_MIN_NS`] and [`SPIN_MAX_NS`]), then count
+//! - **Acquire**: CAS `0 → tid`. Contended: busy-wait (an adaptive budget,
+//!   see [`SPIN`]), then count
 //!   ourselves in `sleepers` and sleep on the futex (while the word still
 //!   holds the owner we saw), without a kernel timer unless the caller gave
 //!   a deadline.
@@ -44,47 +44,31 @@
 //! program and the children it starts).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::owner_watch;
+use crate::spin::Spin;
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
 use crate::sys::imp::thread::{self, ThreadIdentity, ThreadStatus};
 
 /// Longest futex sleep before a waiter checks that the owner lives.
 pub(crate) const SLICE: Duration = Duration::from_millis(100);
-/// Bounds of the busy-wait of a contended acquire, in nanoseconds.
+/// The busy-wait of a contended acquire (see [`crate::spin`]).
 ///
 /// A short critical section, or a hand-over from a process running on
 /// another core, usually ends within a microsecond, while a futex sleep and
-/// a wake-up from another CPU cost far more: 20–30 µs on this project's VMs
-/// (a halted virtual CPU has to be rescheduled by the host), which is why the
-/// ceiling is that high: a waiter that spins that long once gets both sides
-/// of a hand-over back to spinning, where one pass costs 0.05 µs instead of
-/// 25 (measured with `lock_handoff` on two CPUs). But when the other party is
-/// not running (a loaded machine), spinning only adds to the wait. So each
-/// lock keeps an adaptive
-/// budget (`spin_ns`): doubled when spinning got the lock, halved when it had
-/// to sleep anyway, between these bounds. At the floor, one contended
-/// acquire in [`PROBE_EVERY`] (per thread) spins [`SPIN_PROBE_NS`] to find
-/// out whether spinning pays again.
+/// a wake-up from another CPU cost far more: 20–30 µs on this project's VMs,
+/// which is why the ceiling is that high: a waiter that spins that long once
+/// gets both sides of a hand-over back to spinning, where one pass costs
+/// 0.05 µs instead of 25 (measured with `lock_handoff` on two CPUs).
 ///
 /// The busy-wait uses plain loads, not `spin_loop` (PAUSE): under KVM a PAUSE
 /// loop longer than the pause-loop-exiting window (about 4096 cycles) traps
 /// to the hypervisor, which made a lock hand-over between two processes
 /// 700 times slower here (35 µs instead of 0.05 µs per pass).
-const SPIN_MIN_NS: u32 = 64;
-const SPIN_MAX_NS: u32 = 50_000;
-/// The budget of a fresh lock (whose `spin_ns` is still 0).
-const SPIN_START_NS: u32 = 1000;
-/// The budget of a probe, and how often a thread probes a lock at the floor.
-const SPIN_PROBE_NS: u32 = 40_000;
-const PROBE_EVERY: u32 = 16;
+const SPIN: Spin = Spin { start_ns: 1000, min_ns: 64, max_ns: 50_000, probe_ns: 40_000, probe_every: 16 };
 
-thread_local! {
-    /// Contended acquires at the floor on this thread, to pace the probes.
-    static FLOOR_HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
 /// Bits of `meta` that hold the start time.
 const START_BITS: u32 = 40;
 
@@ -220,40 +204,25 @@ impl RawMutex {
 
     /// Busy-waits for the lock within the adaptive budget; adapts it.
     fn spin(&self, me: ThreadIdentity) -> bool {
-        // ORDERING: Relaxed (here and below): the budget is a tuning hint
-        // with no bearing on correctness.
-        let budget = match self.spin_ns.load(Ordering::Relaxed) {
-            0 => SPIN_START_NS,
-            b => b,
-        };
-        let probing = budget <= SPIN_MIN_NS
-            && FLOOR_HITS.with(|n| {
-                n.set(n.get().wrapping_add(1));
-                n.get() % PROBE_EVERY == 0
-            });
-        let limit = Duration::from_nanos(u64::from(if probing { SPIN_PROBE_NS } else { budget }));
-        let start = Instant::now();
-        'spin: while start.elapsed() < limit {
+        let attempt = SPIN.begin(&self.spin_ns);
+        let won = 'spin: loop {
+            if !attempt.going() {
+                break false;
+            }
             for _ in 0..16 {
                 // ORDERING: Relaxed: only a hint; the CAS synchronises.
                 if self.word.load(Ordering::Relaxed) == 0 {
                     // ORDERING: Acquire on success, as in `lock`.
                     if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                         self.set_meta(me);
-                        let grown = if probing { SPIN_PROBE_NS } else { (budget * 2).min(SPIN_MAX_NS) };
-                        if grown != budget {
-                            self.spin_ns.store(grown, Ordering::Relaxed);
-                        }
-                        return true;
+                        break 'spin true;
                     }
                     continue 'spin;
                 }
             }
-        }
-        if budget > SPIN_MIN_NS || self.spin_ns.load(Ordering::Relaxed) == 0 {
-            self.spin_ns.store((budget / 2).max(SPIN_MIN_NS), Ordering::Relaxed);
-        }
-        false
+        };
+        SPIN.end(&self.spin_ns, &attempt, won);
+        won
     }
 
     /// If `owner` is dead and still holds the word, takes the lock from it.
