@@ -289,11 +289,11 @@ impl Worker {
         self.held_since.get_or_insert(started);
         let nfds = fds.len() as u32;
         let placed_at = match (placed, in_slab, reserved) {
-            (Some(len), Some(slab), _) => Some(Payload::Slab { id: slab, len: len as u64 }),
-            (Some(len), None, Some((at, _))) => Some(Payload::Ring { at, len: len as u64 }),
+            (Some(len), Some(slab), _) => Some((Payload::Slab { id: slab, len: len as u64 }, len)),
+            (Some(len), None, Some((at, _))) => Some((Payload::Ring { at, len: len as u64 }, len)),
             _ => None,
         };
-        if let (Some(output), Some(len)) = (placed_at, placed) {
+        if let Some((output, len)) = placed_at {
             self.last_output = len;
             let channel = &self.channel;
             let emit = &mut |p: &[u8], f: Vec<OwnedFd>| channel.send(Kind::Control, p, &f);
