@@ -4,10 +4,12 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::arena::{self, OutArena};
 use super::frame::{FrameDecoder, HEADER_LEN, Header};
 use super::{Frame, Kind, OFFLOAD_THRESHOLD, WireError};
+use crate::spin::Spin;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
 
@@ -41,7 +43,20 @@ pub(crate) struct Channel {
     /// Where this process puts this channel's large payloads.
     out_arena: Mutex<Option<OutArena>>,
     recv: Mutex<RecvState>,
+    /// 1 + the CPU the last received frame was sent from (0: unknown).
+    peer_cpu: AtomicU32,
+    /// Adaptive polling budget of blocking receives (see [`RECV_SPIN`]).
+    spin_ns: AtomicU32,
 }
+
+/// A blocking receive polls the socket for a while before it sleeps, when
+/// the peer last sent from another CPU: the answer to a message usually
+/// comes within microseconds, while waking a process that sleeps on another
+/// CPU costs 20–50 µs on this project's VMs. (With the peer on the same CPU,
+/// polling only keeps it from running: 14 → 21 µs per round trip, measured.)
+/// The budget adapts per channel (see [`crate::spin`]), so a receiver whose
+/// peer is slow soon stops polling.
+const RECV_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
 
 #[derive(Debug)]
 struct RecvState {
@@ -63,7 +78,15 @@ impl Channel {
 
     fn new(fd: OwnedFd, can_pass_fds: bool) -> Channel {
         let recv = RecvState { decoder: FrameDecoder::default(), scratch: Vec::new(), closed: false };
-        Channel { fd, can_pass_fds, send_lock: Mutex::new(()), out_arena: Mutex::new(None), recv: Mutex::new(recv) }
+        Channel {
+            fd,
+            can_pass_fds,
+            send_lock: Mutex::new(()),
+            out_arena: Mutex::new(None),
+            recv: Mutex::new(recv),
+            peer_cpu: AtomicU32::new(0),
+            spin_ns: AtomicU32::new(0),
+        }
     }
 
     /// A pair of connected Unix channels.
@@ -132,17 +155,51 @@ impl Channel {
         let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some((header, payload, fds)) = state.decoder.next_frame()? {
-                return Ok(resolve(header, payload, fds)?);
+                return Ok(self.resolve(header, payload, fds)?);
             }
             if state.closed {
                 return Err(closed_error(&state.decoder).into());
             }
             let blocking = watch.is_none() && deadline.remaining().is_none();
+            if blocking && self.peer_elsewhere() && self.poll_for_data(&mut state)? {
+                continue;
+            }
             if !blocking {
                 self.wait_readable(deadline, watch)?;
             }
             state.read_some(self.fd.as_fd(), !blocking)?;
         }
+    }
+
+    /// Resolves a received frame, noting the CPU it was sent from.
+    fn resolve(&self, header: Header, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Result<Frame, WireError> {
+        // ORDERING: Relaxed: a hint for polling.
+        self.peer_cpu.store(u32::from(header.cpu), Ordering::Relaxed);
+        resolve(header, payload, fds)
+    }
+
+    /// True if the peer last sent from another CPU than the caller's.
+    fn peer_elsewhere(&self) -> bool {
+        // ORDERING: Relaxed: a hint.
+        let peer = self.peer_cpu.load(Ordering::Relaxed);
+        peer != 0 && peer != imp::thread::current_cpu()
+    }
+
+    /// Polls the socket within the adaptive budget; true if data came.
+    fn poll_for_data(&self, state: &mut RecvState) -> Result<bool, RecvError> {
+        let attempt = RECV_SPIN.begin(&self.spin_ns);
+        let won = loop {
+            if !attempt.going() {
+                break false;
+            }
+            match state.read_some(self.fd.as_fd(), true) {
+                Ok(()) => break true,
+                Err(RecvError::Timeout) => {}
+                Err(e) => return Err(e),
+            }
+        };
+        RECV_SPIN.end(&self.spin_ns, &attempt, won);
+        Ok(won)
     }
 
     fn wait_readable(&self, deadline: Deadline, watch: Option<BorrowedFd<'_>>) -> Result<(), RecvError> {
@@ -188,7 +245,7 @@ impl Channel {
         let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some((header, payload, fds)) = state.decoder.next_frame()? {
-                return Ok(Some(resolve(header, payload, fds)?));
+                return Ok(Some(self.resolve(header, payload, fds)?));
             }
             if state.closed {
                 return Err(closed_error(&state.decoder));

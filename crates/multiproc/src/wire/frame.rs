@@ -4,10 +4,11 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
 use super::{MAX_INLINE_LEN, MAX_OFFLOAD_LEN, WireError};
-use crate::sys::imp::MAX_FDS_PER_MSG;
+use crate::sys::imp::{self, MAX_FDS_PER_MSG};
 
-/// Protocol version written in every frame header.
-pub(crate) const PROTOCOL_VERSION: u8 = 1;
+/// Protocol version written in every frame header (2: the sender's CPU
+/// takes the top two bytes of the length field).
+pub(crate) const PROTOCOL_VERSION: u8 = 2;
 /// Size of the fixed frame header.
 pub(crate) const HEADER_LEN: usize = 12;
 /// Flag: the payload is in the first attached memfd, not inline.
@@ -60,12 +61,17 @@ pub(crate) struct Header {
     pub arena: bool,
     pub nfds: usize,
     pub len: u64,
+    /// 1 + the CPU the sender ran on (0: unknown): tells a receiver whether
+    /// polling for the next frame can pay (see `Channel::recv`).
+    pub cpu: u16,
 }
 
 impl Header {
-    /// A header for an inline payload of `len` bytes with `nfds` descriptors.
+    /// A header for an inline payload of `len` bytes with `nfds` descriptors,
+    /// sent from the calling thread's CPU.
     pub(crate) fn new(kind: Kind, nfds: usize, len: usize) -> Header {
-        Header { kind, offloaded: false, arena: false, nfds, len: len as u64 }
+        let cpu = u16::try_from(imp::thread::current_cpu()).unwrap_or(0);
+        Header { kind, offloaded: false, arena: false, nfds, len: len as u64, cpu }
     }
 
     /// Writes the header bytes.
@@ -75,7 +81,8 @@ impl Header {
         out[1] = self.kind as u8;
         out[2] = if self.offloaded { FLAG_OFFLOADED } else { 0 } | if self.arena { FLAG_ARENA } else { 0 };
         out[3] = self.nfds as u8;
-        out[4..12].copy_from_slice(&self.len.to_le_bytes());
+        out[4..10].copy_from_slice(&self.len.to_le_bytes()[..6]);
+        out[10..12].copy_from_slice(&self.cpu.to_le_bytes());
         out
     }
 
@@ -100,12 +107,15 @@ impl Header {
         if (offloaded || arena) && nfds == 0 {
             return Err(WireError::corrupt("out-of-band frame without its memory file"));
         }
-        let len = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
+        let mut len = [0u8; 8];
+        len[..6].copy_from_slice(&bytes[4..10]);
+        let len = u64::from_le_bytes(len);
         let max = if offloaded || arena { MAX_OFFLOAD_LEN } else { MAX_INLINE_LEN };
         if len > max {
             return Err(WireError::corrupt(format!("frame announces {len} bytes, more than the {max} allowed")));
         }
-        Ok(Header { kind, offloaded, arena, nfds, len })
+        let cpu = u16::from_le_bytes([bytes[10], bytes[11]]);
+        Ok(Header { kind, offloaded, arena, nfds, len, cpu })
     }
 
     /// Bytes of this frame that follow the header on the socket.
@@ -226,20 +236,20 @@ mod test {
 
     #[test]
     fn header_round_trips() {
-        let h = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 2, len: 77 };
+        let h = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 2, len: 77, cpu: 3 };
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
     }
 
     #[test]
     fn bad_headers_are_errors() {
-        let mut b = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 0, len: 1 }.encode();
+        let mut b = Header::new(Kind::Data, 0, 1).encode();
         b[0] = 9;
         assert!(matches!(Header::decode(&b), Err(WireError::Version { got: 9, .. })));
         b[0] = PROTOCOL_VERSION;
         b[1] = 200;
         assert!(matches!(Header::decode(&b), Err(WireError::Corrupt(_))));
         b[1] = 1;
-        b[4..12].copy_from_slice(&u64::MAX.to_le_bytes());
+        b[4..10].copy_from_slice(&[0xff; 6]);
         assert!(matches!(Header::decode(&b), Err(WireError::Corrupt(_))));
     }
 
@@ -247,7 +257,7 @@ mod test {
     fn frames_split_at_any_byte_are_reassembled() {
         let mut stream = Vec::new();
         for (i, payload) in [&b""[..], b"abc", &[7u8; 300]].iter().enumerate() {
-            let h = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 0, len: payload.len() as u64 };
+            let h = Header::new(Kind::Data, 0, payload.len());
             stream.extend_from_slice(&h.encode());
             stream.extend_from_slice(payload);
             let _ = i;
@@ -284,7 +294,7 @@ mod test {
                 data[1] = (state % 4 + 1) as u8;
                 data[2] = 0;
                 data[3] = 0;
-                data[4..12].copy_from_slice(&((len - 12) as u64).to_le_bytes());
+                data[4..12].copy_from_slice(&((len - 12) as u64).to_le_bytes()); // CPU 0: unknown
             }
             fuzz(&data);
         }

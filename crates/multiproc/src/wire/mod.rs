@@ -2,7 +2,8 @@
 //! offload. This is the only module that puts bytes on a socket.
 //!
 //! A frame is a 12-byte header — protocol version, kind, flags, descriptor
-//! count, payload length — followed by the payload. Descriptors travel with
+//! count, payload length (6 bytes), the sender's CPU (2 bytes) — followed by
+//! the payload. Descriptors travel with
 //! `SCM_RIGHTS` attached to the header's first byte. A payload larger than
 //! [`OFFLOAD_THRESHOLD`] travels in a sealed memfd instead of the socket, so
 //! a 1 MiB message is one copy in and one copy out, with no socket wake-ups
