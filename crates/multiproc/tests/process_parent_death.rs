@@ -8,7 +8,7 @@ mod process_support;
 use std::time::Duration;
 
 use multiproc::{Connection, Pipe, Process, ProcessError, StartMethod};
-use process_support::{JOIN, is_dead, kill_quietly, serial, stat, wait_until};
+use process_support::{JOIN, children_of, is_dead, kill_quietly, serial, stat, wait_until};
 
 fn sleeper() {
     std::thread::sleep(Duration::from_secs(30));
@@ -41,21 +41,22 @@ fn sigkill_the_middle_and_watch_everything_below_it_die(method: StartMethod) {
     let reported = ours.recv_timeout(JOIN).expect("the middle process reports its children");
     assert_eq!(reported.len(), 3);
 
-    // Everything below the middle process: the grandchildren and, with the
-    // fork server, the middle's own fork server (their parent).
-    let mut below: Vec<i32> = reported.iter().map(|(pid, _)| *pid).collect();
+    // Everything below the middle process: its children, which with the fork
+    // server are the grandchildren, the server and the spare it forked ahead.
     for (pid, ppid) in &reported {
         assert!(!is_dead(*pid), "{method:?}: grandchild {pid} is not running");
-        if method == StartMethod::ForkServer {
-            assert_ne!(*ppid, mid_pid, "a fork-server child's parent is the server");
-            assert_eq!(stat(*ppid).map(|s| s.1), Some(mid_pid), "the middle's fork server is its child");
-            below.push(*ppid);
-        } else {
-            assert_eq!(*ppid, mid_pid, "{method:?}: grandchild's parent");
-        }
+        assert_eq!(*ppid, mid_pid, "{method:?}: grandchild's parent");
     }
+    let mut below = children_of(mid_pid);
     below.sort();
-    below.dedup();
+    for (pid, _) in &reported {
+        assert!(below.contains(pid), "{method:?}: grandchild {pid} is not listed among {below:?}");
+    }
+    if method == StartMethod::ForkServer {
+        assert!(below.len() >= 4, "the middle's fork server is its child too: {below:?}");
+    } else {
+        assert_eq!(below.len(), 3, "{method:?}: nothing but the grandchildren: {below:?}");
+    }
 
     mid.kill().unwrap();
     let took = wait_until(Duration::from_secs(1), || below.iter().all(|p| is_dead(*p)));

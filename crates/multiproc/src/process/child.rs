@@ -2,7 +2,7 @@
 //! it, and the process-wide list used by `active_children` and at exit.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
@@ -10,48 +10,30 @@ use crate::process_local::ProcessLocal;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Pid, pidfd::Pidfd};
 
-/// How the parent learns that a child exited, and with which code.
+/// How the parent learns that a child exited, and with which code: a pidfd,
+/// reaped with `waitid`.
 #[derive(Debug)]
-pub(crate) enum ExitWatch {
-    /// Our own child: a pidfd, reaped with `waitid`.
-    Child(Pidfd),
-    /// A child of the fork server: the server writes the exit code to a pipe.
-    Server { pid: Pid, status: OwnedFd },
-}
+pub(crate) struct ExitWatch(Pidfd);
 
 impl ExitWatch {
     /// Watches our own child `pid`.
     pub(crate) fn child(pid: Pid) -> io::Result<ExitWatch> {
-        Ok(ExitWatch::Child(Pidfd::open(pid)?))
+        Ok(ExitWatch(Pidfd::open(pid)?))
     }
 
-    /// Watches a child of the fork server through its status pipe.
-    pub(crate) fn forked_by_server(pid: Pid, status: OwnedFd) -> ExitWatch {
-        ExitWatch::Server { pid, status }
+    /// Watches our own child through a pidfd already open.
+    pub(crate) fn child_with(pidfd: Pidfd) -> ExitWatch {
+        ExitWatch(pidfd)
     }
 
     /// Readable once the exit code can be collected.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            ExitWatch::Child(p) => p.as_fd(),
-            ExitWatch::Server { status, .. } => status.as_fd(),
-        }
+        self.0.as_fd()
     }
 
     /// Collects the exit code if the child has exited (once only).
     fn try_collect(&self) -> Option<i32> {
-        match self {
-            ExitWatch::Child(p) => p.try_reap().ok().flatten(),
-            ExitWatch::Server { status, .. } => {
-                let mut buf = [0u8; 4];
-                match rustix::io::read(status, &mut buf) {
-                    Ok(4) => Some(i32::from_le_bytes(buf)),
-                    // The fork server is gone; its children were killed with it.
-                    Ok(_) => Some(-imp::SIGKILL),
-                    Err(_) => None,
-                }
-            }
-        }
+        self.0.try_reap().ok().flatten()
     }
 }
 
@@ -111,10 +93,7 @@ impl ChildShared {
         if code.is_some() {
             return Ok(());
         }
-        match &self.watch {
-            ExitWatch::Child(p) => imp::pidfd::send_signal(p, signal),
-            ExitWatch::Server { pid, .. } => imp::send_signal(*pid, signal),
-        }
+        imp::pidfd::send_signal(&self.watch.0, signal)
     }
 }
 
@@ -159,9 +138,16 @@ fn ensure_exit_handler() {
     });
 }
 
-/// At normal exit: terminate daemon children, then wait for the others
-/// (Python's rule), so nothing is left running or unreaped.
+/// At normal exit: see [`end_children`].
 extern "C" fn at_exit() {
+    end_children();
+}
+
+/// Terminates daemon children, then waits for the others (Python's rule), so
+/// nothing is left running or unreaped. Runs at exit, and in a forked child
+/// that ends without exit handlers; does nothing in a process that never
+/// started a child.
+pub(crate) fn end_children() {
     // ORDERING: see HANDLER_OWNER.
     if HANDLER_OWNER.load(Ordering::Relaxed) != imp::getpid() {
         return;

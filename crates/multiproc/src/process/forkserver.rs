@@ -3,197 +3,117 @@
 //! is fast (it is small) and safe (it has one thread), unlike forking a
 //! multi-threaded parent.
 //!
-//! Protocol on the control socket: the parent sends a `ForkRequest` with the
-//! child's channel attached; the server forks, and replies `Started { pid }`
-//! with the read end of a pipe on which it will write the child's exit code
-//! (4 bytes, little-endian, Python-style) once it reaps it. When the control
-//! socket closes (the parent exited or died), the server kills its children
-//! and exits.
+//! The server forks each child as a *sibling* (`CLONE_PARENT`): the child's
+//! parent is the program, which reaps it through a pidfd like a child it
+//! started itself, so its exit reaches the program directly.
 //!
-//! The server keeps one child forked ahead of time (the spare) waiting on a
-//! hand-over socket: a request sends the spare its environment and channel,
-//! the reply goes out, and only then is the next spare forked. A fork costs
-//! ~140 µs on a 2-core VM; this takes it off the start-up path.
+//! The program keeps one *spare* in hand: a child forked ahead of time that
+//! waits on its channel. Starting a process sends the spare its task (and,
+//! if they differ from the server's, its environment and directory), then asks
+//! the server for the next spare without waiting for the answer, which is
+//! read at the next start. The fork (~100 µs on a 2-core VM) so happens while
+//! the new child runs, off the start-up path.
+//!
+//! Protocol on the control socket: the program sends a `SpareRequest` with
+//! the spare's end of its channel; the server forks and replies
+//! `Ready { pid }`. When the control socket closes (the program exited or
+//! died), the server exits.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::protocol::{ForkReply, ForkRequest};
+use super::launch::Task;
+use super::protocol::{ForkRequest, SpareReply, SpareRequest};
 use crate::sys::Deadline;
-use crate::sys::imp::{self, Interest, Pid, spawn::CHILD_CHANNEL_FD};
+use crate::sys::imp::{self, Pid, forkserver_sys::SiblingFork, pidfd::Pidfd, spawn::CHILD_CHANNEL_FD};
 use crate::wire::{self, Channel, Kind, RecvError, WireError};
 
 /// The fork server's main loop. Never returns.
 pub(crate) fn serve(control: OwnedFd) -> ! {
-    let sigchld = match imp::forkserver_sys::SigchldFd::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("multiproc fork server: cannot watch children ({e}); exiting");
-            std::process::exit(1)
-        }
-    };
-    imp::forkserver_sys::ignore_sigpipe();
     // Computed once here, inherited by every child instead of recomputed.
     let _ = imp::build_id::build_id();
-    let mut server = Server { control: Channel::unix(control), sigchld, children: HashMap::new(), spare: None };
-    server.spare = server.fork_spare().ok();
+    let server = Server { control: Channel::unix(control), sibling: SiblingFork::prepare(), program: imp::getppid() };
     loop {
-        let ready = imp::poll_fds(
-            &[(server.control.as_fd(), Interest::Read), (server.sigchld.as_fd(), Interest::Read)],
-            server.wait_budget(),
-        )
-        .unwrap_or_else(|_| vec![true, true]);
-        if !ready.contains(&true) {
-            server.replenish();
-            continue;
-        }
-        if ready[1] {
-            server.sigchld.drain();
-            server.reap();
-        }
-        if ready[0] {
-            match server.control.recv(Deadline::after(std::time::Duration::ZERO), None) {
-                Ok(frame) => server.handle(frame.payload, frame.fds),
-                Err(RecvError::Timeout) => {}
-                Err(_) => server.shut_down(),
+        // Sleeps until a request comes (a blocking receive could poll).
+        let _ = imp::wait_readable(server.control.as_fd(), Deadline::NEVER);
+        loop {
+            match server.control.recv(Deadline::after(Duration::ZERO), None) {
+                Ok(frame) => server.handle(&frame.payload, frame.fds),
+                Err(RecvError::Timeout) => break,
+                // The program is gone; its children are its own.
+                Err(_) => std::process::exit(0),
             }
         }
     }
-}
-
-/// A child forked ahead of time that waits for its task, so that a request
-/// costs a hand-over instead of a fork (a fork takes ~140 µs on a small VM).
-struct Spare {
-    pid: Pid,
-    handoff: Channel,
-    status_r: OwnedFd,
-    status_w: OwnedFd,
 }
 
 struct Server {
     control: Channel,
-    sigchld: imp::forkserver_sys::SigchldFd,
-    /// Started children and the pipe on which to report each one's exit.
-    children: HashMap<Pid, OwnedFd>,
-    spare: Option<Spare>,
+    /// How to fork siblings, or why this system cannot.
+    sibling: io::Result<SiblingFork>,
+    /// The program that started the server: the parent of every child.
+    program: Pid,
 }
 
 impl Server {
-    fn handle(&mut self, payload: Vec<u8>, mut fds: Vec<OwnedFd>) {
-        let reply = match (wire::decode::<ForkRequest>(&payload, Vec::new()), fds.pop()) {
-            (Ok(_), Some(channel)) => self.start_child(&payload, channel),
-            (Err(e), _) => Err(format!("bad fork request: {e}")),
-            (_, None) => Err("fork request without the child's channel".to_string()),
+    fn handle(&self, payload: &[u8], mut fds: Vec<OwnedFd>) {
+        let reply = match (wire::decode::<SpareRequest>(payload, Vec::new()), fds.pop(), &self.sibling) {
+            (Err(e), _, _) => SpareReply::Failed(format!("bad spare request: {e}")),
+            (_, None, _) => SpareReply::Failed("spare request without the child's channel".to_string()),
+            (_, _, Err(e)) => SpareReply::Unsupported(format!("cannot fork children for the program here: {e}")),
+            (Ok(SpareRequest), Some(channel), Ok(sibling)) => match self.fork_spare(sibling, channel) {
+                Ok(pid) => SpareReply::Ready { pid },
+                Err(e) => SpareReply::Failed(format!("fork failed: {e}")),
+            },
         };
-        let (msg, fds) = match reply {
-            Ok((pid, status_r, status_w)) => {
-                self.children.insert(pid, status_w);
-                (ForkReply::Started { pid }, vec![status_r])
-            }
-            Err(e) => (ForkReply::Failed(e), Vec::new()),
-        };
-        if let Ok(encoded) = wire::encode(&msg)
-            && self.control.send(Kind::Control, &encoded.bytes, &fds).is_err()
+        if let Ok(encoded) = wire::encode(&reply)
+            && self.control.send(Kind::Control, &encoded.bytes, &[]).is_err()
         {
-            self.shut_down();
+            std::process::exit(0);
         }
     }
 
-    /// How long to wait for events: forever while a spare is ready; briefly
-    /// when it is not, so the next spare is forked once the child just
-    /// started has had time to finish (a fork takes the server ~140 µs, and
-    /// a child that exits meanwhile would wait that long to be reported).
-    fn wait_budget(&self) -> Deadline {
-        if self.spare.is_some() { Deadline::NEVER } else { Deadline::after(std::time::Duration::from_millis(1)) }
-    }
-
-    fn replenish(&mut self) {
-        if self.spare.is_none() {
-            self.spare = self.fork_spare().ok();
-        }
-    }
-
-    /// Hands the request to the spare (or, if there is none, forks a spare
-    /// and hands it over at once).
-    fn start_child(&mut self, request: &[u8], channel: OwnedFd) -> Result<(Pid, OwnedFd, OwnedFd), String> {
-        for _ in 0..2 {
-            let spare = match self.spare.take() {
-                Some(s) => s,
-                None => self.fork_spare()?,
-            };
-            if spare.handoff.send(Kind::Control, request, std::slice::from_ref(&channel)).is_ok() {
-                return Ok((spare.pid, spare.status_r, spare.status_w));
-            }
-            // The spare died (someone killed it): reap it later and fork another.
-        }
-        Err("could not hand the task to a forked child".to_string())
-    }
-
-    fn fork_spare(&self) -> Result<Spare, String> {
-        let (status_r, status_w) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| e.to_string())?;
-        let (ours, theirs) = imp::socketpair().map_err(|e| e.to_string())?;
-        let server_pid = imp::getpid();
-        let keep = theirs.as_raw_fd();
-        // SAFETY: the fork server is single-threaded, so the child may do anything.
-        let pid = unsafe {
-            imp::spawn::fork(|| {
-                imp::forkserver_sys::reset_child_signals();
+    /// Forks a spare that will find `channel` as its descriptor 3. The
+    /// server's signal state is the default one (it was started with it), so
+    /// the child inherits nothing to reset.
+    fn fork_spare(&self, sibling: &SiblingFork, channel: OwnedFd) -> io::Result<Pid> {
+        let keep = channel.as_raw_fd();
+        let program = self.program;
+        // SAFETY: the fork server is single-threaded and holds no locks here;
+        // `sibling` was prepared in this process.
+        unsafe {
+            sibling.fork(|| {
                 imp::forkserver_sys::move_fd(keep, CHILD_CHANNEL_FD);
                 imp::spawn::close_fds_from_except(CHILD_CHANNEL_FD + 1, &[]);
-                imp::die_with_parent(server_pid);
-                let handoff = imp::adopt_inherited(CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
-                spare_main(Channel::unix(handoff))
+                imp::die_with_parent(program);
+                let channel = imp::adopt_inherited(CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
+                spare_main(Channel::unix(channel))
             })
         }
-        .map_err(|e| format!("fork failed: {e}"))?;
-        Ok(Spare { pid, handoff: Channel::unix(ours), status_r, status_w })
-    }
-
-    /// Reaps every exited child and writes its exit code to its status pipe.
-    fn reap(&mut self) {
-        let mut reported = false;
-        while let Some((pid, code)) = imp::forkserver_sys::reap_any() {
-            if let Some(status_w) = self.children.remove(&pid) {
-                let _ = rustix::io::write(&status_w, &code.to_le_bytes());
-                reported = true;
-            }
-            if self.spare.as_ref().is_some_and(|s| s.pid == pid) {
-                self.spare = None;
-            }
-        }
-        // The parent has its exit code: now is a good moment for the next fork.
-        if reported {
-            self.replenish();
-        }
-    }
-
-    fn shut_down(&mut self) -> ! {
-        let spare = self.spare.as_ref().map(|s| s.pid);
-        for pid in self.children.keys().copied().chain(spare) {
-            let _ = imp::send_signal(pid, imp::SIGKILL);
-        }
-        std::process::exit(0)
     }
 }
 
-/// A spare child: waits for its task's environment and channel, then runs it.
-fn spare_main(handoff: Channel) {
-    let frame = match handoff.recv(Deadline::NEVER, None) {
+/// A spare child: waits on its channel for the parent's first message, which
+/// is either the environment to take (then the task) or the task itself.
+fn spare_main(channel: Channel) -> ! {
+    super::bootstrap::prepare_forked_child();
+    let first = match channel.recv(Deadline::NEVER, None) {
         Ok(f) => f,
-        Err(_) => std::process::exit(0), // the fork server is gone
+        Err(_) => std::process::exit(0), // the parent dropped the spare unused
     };
-    let (Ok(req), Some(channel)) =
-        (wire::decode::<ForkRequest>(&frame.payload, Vec::new()), frame.fds.into_iter().next())
-    else {
-        std::process::exit(1)
+    let start = if first.kind == Kind::Control {
+        let Ok(req) = wire::decode::<ForkRequest>(&first.payload, Vec::new()) else { std::process::exit(1) };
+        apply_environment(&req);
+        None
+    } else {
+        Some(first)
     };
-    drop(handoff);
-    apply_environment(&req);
-    super::bootstrap::child_main(channel)
+    super::bootstrap::run_child(channel, start, super::bootstrap::Origin::Forked)
 }
 
 /// Makes this process's environment equal to the requested one, touching
@@ -227,38 +147,119 @@ fn set_environment(env: &[(Vec<u8>, Vec<u8>)]) {
     }
 }
 
-/// Parent side: a running fork server.
+/// A spare child in the program's hand: its pid and the channel on which it
+/// waits for its task.
+#[derive(Debug)]
+struct Spare {
+    pid: Pid,
+    channel: Channel,
+}
+
+impl Spare {
+    /// Sends the spare its environment (if it differs from the server's) and
+    /// its task.
+    fn send(&self, setup: Option<&ForkRequest>, task: Task<'_>) -> Result<(), WireError> {
+        if let Some(req) = setup {
+            self.channel.send(Kind::Control, &wire::encode(req)?.bytes, &[])?;
+        }
+        self.channel.send(Kind::Start, task.start, task.fds)
+    }
+}
+
+/// A child forked by the server: ours to reap.
+#[derive(Debug)]
+pub(crate) struct Forked {
+    pub pid: Pid,
+    pub pidfd: Pidfd,
+    pub channel: Channel,
+}
+
+/// Program side: a running fork server.
 #[derive(Debug)]
 pub(crate) struct ForkServerClient {
     control: Channel,
     pid: Pid,
-    pidfd: imp::pidfd::Pidfd,
-    /// The environment the server (and so every spare) started with.
+    pidfd: Pidfd,
+    /// The environment and working directory the server (and so every
+    /// spare) started with.
     env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    /// Our end of the channel of the spare asked for and not yet received.
+    asked: Option<OwnedFd>,
+    /// A socket pair made ahead for the next request (off the start-up path).
+    next_pair: Option<(OwnedFd, OwnedFd)>,
 }
 
 impl ForkServerClient {
-    /// Starts a fork server (from the launcher thread).
+    /// Starts a fork server (from the launcher thread) and asks it for the
+    /// first spare.
     pub(crate) fn start() -> io::Result<ForkServerClient> {
         let (ours, theirs) = imp::socketpair()?;
         let env = super::launch::child_environment(&Vec::new());
+        let cwd = std::env::current_dir().ok();
         let pid = super::launch::spawn_exe(theirs.as_fd(), "forkserver", &Vec::new(), None)?;
-        let pidfd = imp::pidfd::Pidfd::open(pid)?;
-        Ok(ForkServerClient { control: Channel::unix(ours), pid, pidfd, env })
+        let pidfd = Pidfd::open(pid)?;
+        let control = Channel::unix(ours);
+        let mut client = ForkServerClient { control, pid, pidfd, env, cwd, asked: None, next_pair: None };
+        client.ask_for_spare().map_err(io::Error::other)?;
+        Ok(client)
     }
 
-    /// True if a child with environment `env` needs no changes to the
-    /// server's (so the request can leave it out).
-    pub(crate) fn started_with(&self, env: &[(OsString, OsString)]) -> bool {
-        self.env == env
+    /// What a spare must change to become a child with environment `env` in
+    /// directory `cwd`; `None` if nothing (the common case).
+    pub(crate) fn setup_for(&self, env: &[(OsString, OsString)], cwd: Option<&Path>) -> Option<ForkRequest> {
+        let env = (self.env != env)
+            .then(|| env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect());
+        let cwd = cwd.filter(|c| self.cwd.as_deref() != Some(*c)).map(|c| c.as_os_str().as_bytes().to_vec());
+        (env.is_some() || cwd.is_some()).then_some(ForkRequest { env, cwd })
     }
 
-    /// Asks the server for a child running on `channel`; returns its pid and
-    /// the pipe on which its exit code will arrive.
-    pub(crate) fn fork(&self, req: &ForkRequest, channel: OwnedFd) -> Result<(Pid, OwnedFd), WireError> {
-        let encoded = wire::encode(req)?;
-        self.control.send(Kind::Control, &encoded.bytes, &[channel])?;
-        let frame = match self.control.recv(Deadline::after(std::time::Duration::from_secs(30)), None) {
+    /// Hands `setup` and `task` to a spare, which becomes the child. Asks for
+    /// the next spare before returning. An error of kind `Unsupported` means
+    /// this system cannot fork children through the server.
+    pub(crate) fn fork(&mut self, setup: Option<&ForkRequest>, task: Task<'_>) -> Result<Forked, WireError> {
+        // A spare can only fail to take its task if someone killed it: try another.
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            let spare = self.take_spare()?;
+            // The server starts forking the next spare before the child
+            // starts: the request's descriptor is in flight for the shortest
+            // time (while one is, every Unix socket closed anywhere wakes the
+            // kernel's descriptor garbage collector).
+            self.ask_for_spare()?;
+            let sent = spare.send(setup, task);
+            // The rest happens while the child runs.
+            self.next_pair = imp::socketpair().ok();
+            // Our unreaped child: its pid cannot have been reused.
+            match sent.and_then(|()| Ok(Pidfd::open(spare.pid)?)) {
+                Ok(pidfd) => return Ok(Forked { pid: spare.pid, pidfd, channel: spare.channel }),
+                Err(e) => {
+                    imp::kill_and_reap(spare.pid);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(WireError::Closed))
+    }
+
+    /// Asks the server for a spare unless one is already on its way. The
+    /// request carries the spare's end of its channel to us.
+    fn ask_for_spare(&mut self) -> Result<(), WireError> {
+        if self.asked.is_none() {
+            let (ours, theirs) = match self.next_pair.take() {
+                Some(pair) => pair,
+                None => imp::socketpair()?,
+            };
+            self.control.send(Kind::Control, &wire::encode(&SpareRequest)?.bytes, &[theirs])?;
+            self.asked = Some(ours);
+        }
+        Ok(())
+    }
+
+    /// The spare asked for last (waiting for it if the server is still forking).
+    fn take_spare(&mut self) -> Result<Spare, WireError> {
+        self.ask_for_spare()?;
+        let frame = match self.control.recv(Deadline::after(Duration::from_secs(30)), None) {
             Ok(f) => f,
             Err(RecvError::Wire(e)) => return Err(e),
             Err(_) => {
@@ -268,30 +269,31 @@ impl ForkServerClient {
                 )));
             }
         };
-        match wire::decode::<ForkReply>(&frame.payload, Vec::new())? {
-            ForkReply::Started { pid } => {
-                let status = frame
-                    .fds
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| WireError::corrupt("fork reply without a status pipe"))?;
-                rustix::io::ioctl_fionbio(&status, true).map_err(io::Error::from)?;
-                Ok((pid, status))
+        let channel = self.asked.take().expect("a spare was asked for");
+        match wire::decode::<SpareReply>(&frame.payload, Vec::new())? {
+            SpareReply::Ready { pid } => Ok(Spare { pid, channel: Channel::unix(channel) }),
+            SpareReply::Failed(e) => {
+                Err(WireError::Io(io::Error::other(format!("the fork server could not fork a child: {e}"))))
             }
-            ForkReply::Failed(e) => {
-                Err(WireError::Io(io::Error::other(format!("the fork server could not start the child: {e}"))))
-            }
+            SpareReply::Unsupported(e) => Err(WireError::Io(io::Error::new(io::ErrorKind::Unsupported, e))),
         }
     }
 
     /// True while the server process runs.
     pub(crate) fn is_alive(&self) -> bool {
-        !imp::wait_readable(self.pidfd.as_fd(), Deadline::after(std::time::Duration::ZERO)).unwrap_or(true)
+        !imp::wait_readable(self.pidfd.as_fd(), Deadline::after(Duration::ZERO)).unwrap_or(true)
     }
 
-    /// Reaps a dead server.
-    pub(crate) fn reap(&self) {
+    /// After the server died: reaps it, and the spare it may have forked
+    /// for us before dying (its reply can still be buffered).
+    pub(crate) fn retire(mut self) {
         let _ = self.pidfd.try_reap();
+        if self.asked.take().is_some()
+            && let Ok(frame) = self.control.recv(Deadline::after(Duration::ZERO), None)
+            && let Ok(SpareReply::Ready { pid }) = wire::decode::<SpareReply>(&frame.payload, Vec::new())
+        {
+            imp::kill_and_reap(pid);
+        }
     }
 
     /// Process id of the server.

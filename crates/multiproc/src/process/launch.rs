@@ -8,18 +8,16 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use super::StartMethod;
 use super::bootstrap::ROLE_ENV;
 use super::child::ExitWatch;
 use super::forkserver::ForkServerClient;
-use super::protocol::ForkRequest;
+use super::{ProcessError, StartMethod};
 use crate::process_local::ProcessLocal;
 use crate::sys::imp::{self, Pid, spawn::SpawnRequest};
-use crate::wire::WireError;
+use crate::wire::{Channel, Kind, WireError};
 
 /// Environment changes for a child: `Some` sets, `None` removes.
 pub(crate) type EnvChanges = Vec<(OsString, Option<OsString>)>;
@@ -29,6 +27,23 @@ pub(crate) type EnvChanges = Vec<(OsString, Option<OsString>)>;
 pub(crate) struct Launched {
     pub pid: Pid,
     pub exit: ExitWatch,
+    /// The channel to the child, with its task already sent.
+    pub channel: Channel,
+}
+
+/// A child's task: its encoded `Start` message and the descriptors among its
+/// arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Task<'a> {
+    pub start: &'a [u8],
+    pub fds: &'a [OwnedFd],
+}
+
+impl Task<'_> {
+    /// Sends the task to the child on `channel`.
+    fn send(&self, channel: &Channel) -> Result<(), WireError> {
+        channel.send(Kind::Start, self.start, self.fds)
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -75,33 +90,33 @@ fn forget_parent_state() {
     crate::sync::owner_watch::forget_in_child();
 }
 
-/// Starts a child with `method`; it will find `channel` as its channel.
+/// Starts a child with `method` running `task`.
 pub(crate) fn launch(
     method: StartMethod,
-    channel: OwnedFd,
+    task: Task<'_>,
     env: &EnvChanges,
     cwd: Option<&Path>,
     exe: Option<&Path>,
-) -> io::Result<Launched> {
+) -> Result<Launched, ProcessError> {
     crate::sys::imp::init::keep_linked();
-    match method {
-        StartMethod::Spawn => {
-            let env = env.clone();
-            let cwd = cwd.map(Path::to_path_buf);
-            let exe = exe.map(Path::to_path_buf);
-            let pid = on_launcher_thread(move || {
-                spawn_exe_at(channel.as_fd(), "child", &env, cwd.as_deref(), exe.as_deref())
-            })??;
-            Ok(Launched { pid, exit: ExitWatch::child(pid)? })
-        }
-        StartMethod::ForkServer => fork_via_server(channel, env, cwd),
-        StartMethod::Fork => {
-            let env = env.clone();
-            let cwd = cwd.map(Path::to_path_buf);
-            let pid = on_launcher_thread(move || fork_here(channel, &env, cwd.as_deref()))??;
-            Ok(Launched { pid, exit: ExitWatch::child(pid)? })
-        }
+    if method == StartMethod::ForkServer {
+        return fork_via_server(task, env, cwd, exe);
     }
+    let (ours, theirs) = imp::socketpair().map_err(ProcessError::Start)?;
+    let channel = Channel::unix(ours);
+    // The task is written before the child exists, so the child finds it
+    // waiting instead of waking up for it.
+    task.send(&channel)?;
+    let env = env.clone();
+    let cwd = cwd.map(Path::to_path_buf);
+    let pid = if method == StartMethod::Spawn {
+        let exe = exe.map(Path::to_path_buf);
+        on_launcher_thread(move || spawn_exe_at(theirs.as_fd(), "child", &env, cwd.as_deref(), exe.as_deref()))
+    } else {
+        on_launcher_thread(move || fork_here(theirs, &env, cwd.as_deref()))
+    };
+    let pid = pid.and_then(|r| r).map_err(ProcessError::Start)?;
+    Ok(Launched { pid, exit: ExitWatch::child(pid).map_err(ProcessError::Start)?, channel })
 }
 
 /// Re-executes this program in `role` with `channel` as its descriptor 3.
@@ -156,45 +171,54 @@ pub(crate) fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString
 /// The fork server, started on first use and restarted if it died.
 static FORK_SERVER: ProcessLocal<Option<ForkServerClient>> = ProcessLocal::new(|| None);
 
-fn fork_via_server(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Launched> {
-    // The server's own directory is the one we had when it started: resolve
-    // against ours now, as `Spawn` and `Fork` do.
-    let cwd = match cwd {
-        Some(c) if c.is_relative() => Some(std::env::current_dir().map_or_else(|_| c.to_path_buf(), |d| d.join(c))),
-        Some(c) => Some(c.to_path_buf()),
-        None => std::env::current_dir().ok(),
-    };
-    let env = child_environment(env);
-    let cwd = cwd.map(|c| c.as_os_str().as_bytes().to_vec());
+fn fork_via_server(
+    task: Task<'_>,
+    env: &EnvChanges,
+    cwd: Option<&Path>,
+    exe: Option<&Path>,
+) -> Result<Launched, ProcessError> {
     let mut server = FORK_SERVER.lock();
     let mut last_error = None;
     for _attempt in 0..2 {
         if !server.as_ref().is_some_and(ForkServerClient::is_alive) {
             if let Some(dead) = server.take() {
-                dead.reap();
+                dead.retire();
             }
-            *server = Some(on_launcher_thread(ForkServerClient::start)??);
+            let started = on_launcher_thread(ForkServerClient::start).and_then(|r| r);
+            *server = Some(started.map_err(ProcessError::Start)?);
         }
-        let client = server.as_ref().expect("fork server just started");
-        let changed_env = if client.started_with(&env) {
-            None
-        } else {
-            Some(env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect())
-        };
-        let req = ForkRequest { env: changed_env, cwd: cwd.clone() };
-        let attempt_channel = channel.try_clone()?;
-        match client.fork(&req, attempt_channel) {
-            Ok((pid, status)) => {
-                return Ok(Launched { pid, exit: ExitWatch::forked_by_server(pid, status) });
+        let client = server.as_mut().expect("fork server just started");
+        let setup = client.setup_for(&child_environment(env), absolute_dir(cwd).as_deref());
+        match client.fork(setup.as_ref(), task) {
+            Ok(forked) => {
+                let exit = ExitWatch::child_with(forked.pidfd);
+                return Ok(Launched { pid: forked.pid, exit, channel: forked.channel });
+            }
+            Err(WireError::Io(e)) if e.kind() == io::ErrorKind::Unsupported => {
+                drop(server);
+                tracing::debug!("the fork server cannot fork children here ({e}); using spawn");
+                return launch(StartMethod::Spawn, task, env, cwd, exe);
             }
             Err(WireError::Closed) | Err(WireError::Io(_)) if !client.is_alive() => {
                 tracing::debug!(pid = client.pid(), "fork server died; restarting it");
                 last_error = Some(io::Error::other("the fork server died"));
             }
-            Err(e) => return Err(io::Error::other(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(last_error.unwrap_or_else(|| io::Error::other("the fork server could not start a child")))
+    let error = last_error.unwrap_or_else(|| io::Error::other("the fork server could not start a child"));
+    Err(ProcessError::Start(error))
+}
+
+/// The child's working directory as an absolute path (relative ones are
+/// resolved against ours now, as `Spawn` and `Fork` do; the server's own
+/// directory is the one we had when it started).
+fn absolute_dir(cwd: Option<&Path>) -> Option<PathBuf> {
+    match cwd {
+        Some(c) if c.is_relative() => Some(std::env::current_dir().map_or_else(|_| c.to_path_buf(), |d| d.join(c))),
+        Some(c) => Some(c.to_path_buf()),
+        None => std::env::current_dir().ok(),
+    }
 }
 
 /// Forks the calling (launcher) thread's process. The child applies the
@@ -214,7 +238,7 @@ fn fork_here(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Resu
             forget_parent_state();
             apply_changes(env, cwd);
             let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
-            super::bootstrap::child_main(fd)
+            super::bootstrap::child_main(fd, super::bootstrap::Origin::Forked)
         })
     }?;
     drop(channel);

@@ -42,14 +42,18 @@ pub enum StartMethod {
     /// Re-execute the program; the child runs only the function (never `main`).
     Spawn,
     /// Ask a fork server — a clean, single-threaded copy of the program started
-    /// once by re-execution — to fork the child. Fast and safe. If the fork
-    /// server dies, the next start restarts it; its running children die with it.
+    /// once by re-execution — to fork the child. Fast and safe. The child is
+    /// still this program's own (its parent pid is ours, we reap it), and a
+    /// `fork`ed child ends as Python's do: without the exit handlers of the
+    /// image it was forked from. If the fork server dies, the next start
+    /// restarts it; the children it forked run on.
     #[default]
     ForkServer,
     /// Fork the parent itself. **Unsafe in a multi-threaded parent**: a lock
     /// held by another thread at the moment of the fork (in the allocator, in
     /// stdout, in any library) stays locked forever in the child. Opt in only
-    /// for single-threaded programs.
+    /// for single-threaded programs. The child ends without running the
+    /// parent's exit handlers, as Python's forked children do.
     Fork,
 }
 
@@ -294,8 +298,6 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         if identity::is_daemon() {
             return Err(ProcessError::DaemonCannotSpawn);
         }
-        let (ours, theirs) = imp::socketpair().map_err(ProcessError::Start)?;
-        let channel = Channel::unix(ours);
         let me = current_process();
         let start = Start {
             build_id: imp::build_id::build_id().to_string(),
@@ -306,20 +308,16 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             entry,
             args: args.bytes,
         };
-        // The task is written before the child exists, so the child finds it
-        // waiting instead of waking up for it.
-        channel.send(Kind::Start, &wire::encode(&start)?.bytes, &args.fds)?;
         let method = self.config.method.unwrap_or_else(get_start_method);
         let launched = launch::launch(
             method,
-            theirs,
+            launch::Task { start: &wire::encode(&start)?.bytes, fds: &args.fds },
             &self.config.env,
             self.config.cwd.as_deref(),
             self.config.executable.as_deref(),
-        )
-        .map_err(ProcessError::Start)?;
+        )?;
         let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
-        self.running = Some(Running { child, channel, reply: ReplyState::Waiting });
+        self.running = Some(Running { child, channel: launched.channel, reply: ReplyState::Waiting });
         Ok(())
     }
 

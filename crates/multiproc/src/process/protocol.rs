@@ -32,7 +32,8 @@ pub(crate) enum Reply {
     Refused { child_build_id: String },
 }
 
-/// Parent → fork server: start a child (its channel travels as a descriptor).
+/// Parent → spare child of the fork server, before its task when needed: the
+/// environment and working directory to take.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ForkRequest {
     /// The child's full environment, as raw bytes; `None` when it is the one
@@ -42,12 +43,20 @@ pub(crate) struct ForkRequest {
     pub cwd: Option<Vec<u8>>,
 }
 
-/// Fork server → parent: the new child's pid (its exit-status pipe travels as
-/// a descriptor), or why it could not start.
+/// Parent → fork server: fork a spare child for my next start.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ForkReply {
-    Started { pid: i32 },
+pub(crate) struct SpareRequest;
+
+/// Fork server → parent: a spare child's pid, or why there is none.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SpareReply {
+    Ready {
+        pid: i32,
+    },
     Failed(String),
+    /// This system cannot fork children for the program (the program then
+    /// starts them with `spawn`).
+    Unsupported(String),
 }
 
 /// Decodes a payload as every internal message type; for the fuzz target.
@@ -55,5 +64,6 @@ pub(crate) fn fuzz_payload(payload: &[u8]) {
     let _ = crate::wire::decode::<Start>(payload, Vec::new());
     let _ = crate::wire::decode::<Reply>(payload, Vec::new());
     let _ = crate::wire::decode::<ForkRequest>(payload, Vec::new());
-    let _ = crate::wire::decode::<ForkReply>(payload, Vec::new());
+    let _ = crate::wire::decode::<SpareRequest>(payload, Vec::new());
+    let _ = crate::wire::decode::<SpareReply>(payload, Vec::new());
 }

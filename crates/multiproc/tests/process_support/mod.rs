@@ -45,6 +45,36 @@ pub fn stat(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// Live processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| matches!(stat(*p), Some((state, ppid)) if ppid == pid && state != 'Z'))
+        .collect()
+}
+
+/// The pid of the process that loaded this program image (ran its
+/// constructors): a spawned child itself, the fork server for the children
+/// it forks, the parent for children of the `fork` start method. It tells how
+/// a child was started, now that every child's parent is the program.
+pub fn image_loader() -> i32 {
+    IMAGE_LOADER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static IMAGE_LOADER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Runs before the library's own hook (prioritised constructors come first),
+/// which never returns in a child or the fork server.
+#[used]
+#[unsafe(link_section = ".init_array.00100")]
+static RECORD_IMAGE_LOADER: extern "C" fn() = record_image_loader;
+
+extern "C" fn record_image_loader() {
+    IMAGE_LOADER.store(std::process::id() as i32, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The parent pid of a live process.
 pub fn ppid_of(pid: i32) -> i32 {
     stat(pid).unwrap_or_else(|| panic!("process {pid} is gone")).1

@@ -1,64 +1,86 @@
-//! OS pieces of the fork server: SIGCHLD as a descriptor, reaping, and the
-//! signal reset of a freshly forked child.
+//! OS pieces of the fork server: forking a child of the server's parent, and
+//! the descriptor and signal set-up of a freshly forked child.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::fd::cvt;
 use super::signal::Pid;
 
-/// A signalfd that becomes readable when a child exits.
+/// Forks children of this process's *parent* (`clone` with `CLONE_PARENT`), so
+/// the fork server's children are the program's own: it reaps them, gets
+/// their exit status and sees them in its process tree, as with any child.
+///
+/// A raw `clone` skips glibc's `fork` bookkeeping; in a single-threaded
+/// process with no locks held, two things of it matter and are done here: the
+/// child's thread id is written where glibc keeps it (the address the kernel
+/// clears at thread exit, read back with `PR_GET_TID_ADDRESS`), and the
+/// robust-futex list, which the kernel does not copy, is registered again.
 #[derive(Debug)]
-pub(crate) struct SigchldFd(OwnedFd);
+pub(crate) struct SiblingFork {
+    tid_field: usize,
+    robust_head: usize,
+    robust_len: usize,
+}
 
-impl SigchldFd {
-    /// Blocks SIGCHLD for normal delivery and opens a signalfd for it.
-    pub(crate) fn new() -> io::Result<SigchldFd> {
-        // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset;
-        // sigprocmask and signalfd only read it.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGCHLD);
-            cvt(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
-            let fd = cvt(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
-            Ok(SigchldFd(OwnedFd::from_raw_fd(fd)))
+impl SiblingFork {
+    /// Reads the addresses the children need; fails where the kernel cannot
+    /// report them (built without `CONFIG_CHECKPOINT_RESTORE`).
+    pub(crate) fn prepare() -> io::Result<SiblingFork> {
+        let mut tid_field: usize = 0;
+        // SAFETY: PR_GET_TID_ADDRESS writes one pointer-sized value to the
+        // address passed, which is a live local.
+        let rc =
+            unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_field as *mut usize as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if tid_field == 0 {
+            return Err(io::Error::other("glibc registered no thread-id address"));
+        }
+        let mut robust_head: usize = 0;
+        let mut robust_len: usize = 0;
+        // SAFETY: get_robust_list writes the head pointer and length into the
+        // two live locals passed.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_get_robust_list, 0, &mut robust_head as *mut usize, &mut robust_len as *mut usize)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SiblingFork { tid_field, robust_head, robust_len })
+    }
+
+    /// Forks a sibling. In the child, `child` runs and must not return.
+    ///
+    /// # Safety
+    ///
+    /// The calling process must be single-threaded, hold no locks, and have
+    /// made `self` with `prepare` (the addresses are its own).
+    pub(crate) unsafe fn fork(&self, child: impl FnOnce()) -> io::Result<Pid> {
+        let flags = libc::CLONE_PARENT | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+        // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child
+        // continues on a copy of this stack. `tid_field` is glibc's own
+        // thread-id word of this (only) thread, so the kernel's writes there
+        // are what glibc's fork does.
+        let pid =
+            unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, self.tid_field, 0usize) };
+        match pid {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                // SAFETY: the head is this thread's robust list, which the
+                // child has at the same address; the kernel only records it.
+                unsafe { libc::syscall(libc::SYS_set_robust_list, self.robust_head, self.robust_len) };
+                child();
+                // SAFETY: _exit ends the child without running the server's exit handlers.
+                unsafe { libc::_exit(1) }
+            }
+            pid => Ok(pid as Pid),
         }
     }
-
-    /// Consumes pending notifications.
-    pub(crate) fn drain(&self) {
-        let mut buf = [0u8; 128 * 8];
-        while matches!(rustix::io::read(&self.0, &mut buf), Ok(n) if n > 0) {}
-    }
-}
-
-impl AsFd for SigchldFd {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
-/// Reaps one exited child without blocking: its pid and Python-style exit code.
-pub(crate) fn reap_any() -> Option<(Pid, i32)> {
-    let mut status = 0;
-    // SAFETY: waitpid writes the status into our local.
-    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-    if pid <= 0 {
-        return None;
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        -libc::WTERMSIG(status)
-    } else {
-        return Some((pid, 0));
-    };
-    Some((pid, code))
 }
 
 /// In a freshly forked child: unblock every signal and restore SIGPIPE's
-/// default action (the fork server ignores it).
+/// default action.
 pub(crate) fn reset_child_signals() {
     // SAFETY: as in `SigchldFd::new`; signal(2) only changes a disposition.
     unsafe {
@@ -67,13 +89,6 @@ pub(crate) fn reset_child_signals() {
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-}
-
-/// In the fork server: a status pipe whose reader already left must not kill
-/// the server (its write just fails).
-pub(crate) fn ignore_sigpipe() {
-    // SAFETY: signal(2) only changes this process's disposition of SIGPIPE.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
 /// Moves descriptor `from` to number `to` (clearing close-on-exec).

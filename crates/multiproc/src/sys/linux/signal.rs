@@ -2,8 +2,6 @@
 
 use std::io;
 
-use super::fd::cvt;
-
 /// A process id.
 pub(crate) type Pid = i32;
 
@@ -17,13 +15,12 @@ pub(crate) fn getppid() -> Pid {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
 }
 
-/// Sends `signal` to `pid`. A process that is already gone is not an error.
-pub(crate) fn send_signal(pid: Pid, signal: i32) -> io::Result<()> {
+/// Kills our unreaped child `pid` and reaps it. (A child's pid cannot be
+/// reused before it is reaped, so this cannot hit another process.)
+pub(crate) fn kill_and_reap(pid: Pid) {
     // SAFETY: kill(2) has no memory-safety preconditions.
-    match cvt(unsafe { libc::kill(pid, signal) }) {
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        other => other.map(drop),
-    }
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
 }
 
 /// SIGTERM.
@@ -40,6 +37,14 @@ pub(crate) fn die_with_parent(expected_parent: Pid) {
         // SAFETY: _exit is async-signal-safe and ends the process at once.
         unsafe { libc::_exit(1) };
     }
+}
+
+/// Ends the process at once with `code`: no `atexit` handlers, no library
+/// destructors, no flushing of C stdio buffers.
+pub(crate) fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it ends the process without
+    // returning, so no Rust state can be observed half-torn-down.
+    unsafe { libc::_exit(code) }
 }
 
 /// A short name of a signal, for messages ("SIGKILL").
