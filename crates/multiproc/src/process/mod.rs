@@ -409,13 +409,24 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     }
 }
 
+/// How long `join` waits for the child's exit alone before it also wakes for
+/// the reply (see `collect_reply`).
+const EXIT_FIRST: Duration = Duration::from_millis(2);
+
 impl Running {
     /// Waits for the child's reply, or its exit, or the deadline.
     fn collect_reply(&mut self, deadline: Deadline, timeout: Duration) -> Result<(), ProcessError> {
         if !matches!(self.reply, ReplyState::Waiting) {
             return Ok(());
         }
-        let got = match self.channel.recv(deadline, Some(self.child.exit_fd())) {
+        // Wait for the exit alone first: a reply frame fits the socket buffer
+        // (payloads over 64 KiB travel in shared memory), so it is there by
+        // the time the child has exited, and the parent wakes once instead of
+        // twice. A child still running after a moment may be blocked sending
+        // on a small socket buffer, so from then on either wakes us.
+        let exited = imp::wait_readable(self.child.exit_fd(), deadline.at_most(EXIT_FIRST)).unwrap_or(false);
+        let wait = if exited { Deadline::after(Duration::ZERO) } else { deadline };
+        let got = match self.channel.recv(wait, Some(self.child.exit_fd())) {
             Ok(frame) => Some(frame),
             // Exited: a reply it sent just before may still be buffered.
             Err(RecvError::WatchReady) => self.channel.recv(Deadline::after(Duration::ZERO), None).ok(),

@@ -37,6 +37,21 @@ impl Deadline {
         self.0.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
+    /// The earlier of this deadline and one `timeout` from now.
+    pub(crate) fn at_most(self, timeout: Duration) -> Deadline {
+        let soon = Deadline::after(timeout);
+        match (self.0, soon.0) {
+            (Some(a), Some(b)) => Deadline(Some(a.min(b))),
+            _ => {
+                if self.0.is_some() {
+                    self
+                } else {
+                    soon
+                }
+            }
+        }
+    }
+
     /// True once the deadline has passed.
     pub(crate) fn expired(self) -> bool {
         self.remaining() == Some(Duration::ZERO)
