@@ -240,7 +240,11 @@ impl ForkServerClient {
             // starts: the request's descriptor is in flight for the shortest
             // time (while one is, every Unix socket closed anywhere wakes the
             // kernel's descriptor garbage collector).
-            self.ask_for_spare()?;
+            if let Err(e) = self.ask_for_spare() {
+                // The server is gone: the caller restarts it and tries again.
+                imp::kill_and_reap(spare.pid);
+                return Err(e);
+            }
             let sent = spare.send(setup, task);
             // The rest happens while the child runs.
             self.next_pair = imp::socketpair().ok();

@@ -425,13 +425,17 @@ impl Running {
         // twice. A child still running after a moment may be blocked sending
         // on a small socket buffer, so from then on either wakes us.
         let exited = imp::wait_readable(self.child.exit_fd(), deadline.at_most(EXIT_FIRST)).unwrap_or(false);
-        let wait = if exited { Deadline::after(Duration::ZERO) } else { deadline };
-        let got = match self.channel.recv(wait, Some(self.child.exit_fd())) {
-            Ok(frame) => Some(frame),
-            // Exited: a reply it sent just before may still be buffered.
-            Err(RecvError::WatchReady) => self.channel.recv(Deadline::after(Duration::ZERO), None).ok(),
-            Err(RecvError::Timeout) => return Err(ProcessError::Timeout(timeout)),
-            Err(RecvError::Wire(_)) => None,
+        let got = if exited {
+            // Gone: its reply, if it sent one, is buffered.
+            self.channel.try_recv().ok().flatten()
+        } else {
+            match self.channel.recv(deadline, Some(self.child.exit_fd())) {
+                Ok(frame) => Some(frame),
+                // Exited: a reply it sent just before may still be buffered.
+                Err(RecvError::WatchReady) => self.channel.recv(Deadline::after(Duration::ZERO), None).ok(),
+                Err(RecvError::Timeout) => return Err(ProcessError::Timeout(timeout)),
+                Err(RecvError::Wire(_)) => None,
+            }
         };
         self.reply = match got {
             Some(frame) if frame.kind == Kind::Reply => match wire::decode::<Reply>(&frame.payload, Vec::new()) {
