@@ -63,17 +63,20 @@ struct Server {
 
 impl Server {
     fn handle(&self, payload: &[u8], mut fds: Vec<OwnedFd>) {
-        let reply = match (wire::decode::<SpareRequest>(payload, Vec::new()), fds.pop(), &self.sibling) {
-            (Err(e), _, _) => SpareReply::Failed(format!("bad spare request: {e}")),
-            (_, None, _) => SpareReply::Failed("spare request without the child's channel".to_string()),
-            (_, _, Err(e)) => SpareReply::Unsupported(format!("cannot fork children for the program here: {e}")),
+        let (reply, pidfd) = match (wire::decode::<SpareRequest>(payload, Vec::new()), fds.pop(), &self.sibling) {
+            (Err(e), _, _) => (SpareReply::Failed(format!("bad spare request: {e}")), None),
+            (_, None, _) => (SpareReply::Failed("spare request without the child's channel".to_string()), None),
+            (_, _, Err(e)) => {
+                (SpareReply::Unsupported(format!("cannot fork children for the program here: {e}")), None)
+            }
             (Ok(SpareRequest), Some(channel), Ok(sibling)) => match self.fork_spare(sibling, channel) {
-                Ok(pid) => SpareReply::Ready { pid },
-                Err(e) => SpareReply::Failed(format!("fork failed: {e}")),
+                Ok((pid, pidfd)) => (SpareReply::Ready { pid }, Some(pidfd)),
+                Err(e) => (SpareReply::Failed(format!("fork failed: {e}")), None),
             },
         };
+        let fds: Vec<OwnedFd> = pidfd.into_iter().collect();
         if let Ok(encoded) = wire::encode(&reply)
-            && self.control.send(Kind::Control, &encoded.bytes, &[]).is_err()
+            && self.control.send(Kind::Control, &encoded.bytes, &fds).is_err()
         {
             std::process::exit(0);
         }
@@ -82,7 +85,7 @@ impl Server {
     /// Forks a spare that will find `channel` as its descriptor 3. The
     /// server's signal state is the default one (it was started with it), so
     /// the child inherits nothing to reset.
-    fn fork_spare(&self, sibling: &SiblingFork, channel: OwnedFd) -> io::Result<Pid> {
+    fn fork_spare(&self, sibling: &SiblingFork, channel: OwnedFd) -> io::Result<(Pid, OwnedFd)> {
         // The request comes as the program hands a task to an earlier spare,
         // which it wakes right after us; when both wait for the same CPU, the
         // child whose exit the program waits for should run first, and the
@@ -154,11 +157,12 @@ fn set_environment(env: &[(Vec<u8>, Vec<u8>)]) {
     }
 }
 
-/// A spare child in the program's hand: its pid and the channel on which it
-/// waits for its task.
+/// A spare child in the program's hand: its pid, a pidfd (made when it was
+/// forked), and the channel on which it waits for its task.
 #[derive(Debug)]
 struct Spare {
     pid: Pid,
+    pidfd: Pidfd,
     channel: Channel,
 }
 
@@ -242,17 +246,16 @@ impl ForkServerClient {
             // kernel's descriptor garbage collector).
             if let Err(e) = self.ask_for_spare() {
                 // The server is gone: the caller restarts it and tries again.
-                imp::kill_and_reap(spare.pid);
+                spare.pidfd.kill_and_reap();
                 return Err(e);
             }
             let sent = spare.send(setup, task);
             // The rest happens while the child runs.
             self.next_pair = imp::socketpair().ok();
-            // Our unreaped child: its pid cannot have been reused.
-            match sent.and_then(|()| Ok(Pidfd::open(spare.pid)?)) {
-                Ok(pidfd) => return Ok(Forked { pid: spare.pid, pidfd, channel: spare.channel }),
+            match sent {
+                Ok(()) => return Ok(Forked { pid: spare.pid, pidfd: spare.pidfd, channel: spare.channel }),
                 Err(e) => {
-                    imp::kill_and_reap(spare.pid);
+                    spare.pidfd.kill_and_reap();
                     last_error = Some(e);
                 }
             }
@@ -289,7 +292,11 @@ impl ForkServerClient {
         };
         let channel = self.asked.pop_front().expect("a spare was asked for");
         match wire::decode::<SpareReply>(&frame.payload, Vec::new())? {
-            SpareReply::Ready { pid } => Ok(Spare { pid, channel: Channel::unix(channel) }),
+            SpareReply::Ready { pid } => {
+                let pidfd =
+                    frame.fds.into_iter().next().ok_or_else(|| WireError::corrupt("spare reply without a pidfd"))?;
+                Ok(Spare { pid, pidfd: Pidfd::from_fd(pidfd), channel: Channel::unix(channel) })
+            }
             SpareReply::Failed(e) => {
                 Err(WireError::Io(io::Error::other(format!("the fork server could not fork a child: {e}"))))
             }
@@ -309,8 +316,10 @@ impl ForkServerClient {
         while self.asked.pop_front().is_some()
             && let Ok(frame) = self.control.recv(Deadline::after(Duration::ZERO), None)
         {
-            if let Ok(SpareReply::Ready { pid }) = wire::decode::<SpareReply>(&frame.payload, Vec::new()) {
-                imp::kill_and_reap(pid);
+            if let (Ok(SpareReply::Ready { .. }), Some(pidfd)) =
+                (wire::decode::<SpareReply>(&frame.payload, Vec::new()), frame.fds.into_iter().next())
+            {
+                Pidfd::from_fd(pidfd).kill_and_reap();
             }
         }
     }

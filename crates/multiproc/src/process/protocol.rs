@@ -47,7 +47,8 @@ pub(crate) struct ForkRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SpareRequest;
 
-/// Fork server → parent: a spare child's pid, or why there is none.
+/// Fork server → parent: a spare child's pid (a pidfd for it travels as a
+/// descriptor), or why there is none.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum SpareReply {
     Ready {

@@ -20,6 +20,17 @@ impl Pidfd {
         Ok(Pidfd(rustix::process::pidfd_open(pid, PidfdFlags::empty())?))
     }
 
+    /// Takes a pidfd made elsewhere (for our child).
+    pub(crate) fn from_fd(fd: OwnedFd) -> Pidfd {
+        Pidfd(fd)
+    }
+
+    /// Kills the child and reaps it (waiting for it to die).
+    pub(crate) fn kill_and_reap(&self) {
+        let _ = send_signal(self, libc::SIGKILL);
+        let _ = rustix::process::waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED);
+    }
+
     /// Reaps the child if it has exited; returns its Python-style exit code
     /// (the exit status, or `-N` after signal N), or `None` while it runs.
     pub(crate) fn try_reap(&self) -> io::Result<Option<i32>> {
