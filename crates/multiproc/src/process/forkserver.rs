@@ -71,6 +71,10 @@ impl Server {
             }
             (Ok(SpareRequest), Some(channel), Ok(sibling)) => match self.fork_spare(sibling, channel) {
                 Ok((pid, pidfd)) => (SpareReply::Ready { pid }, Some(pidfd)),
+                // A kernel or sandbox (seccomp) that refuses this kind of clone.
+                Err(e) if imp::forkserver_sys::is_refusal(&e) => {
+                    (SpareReply::Unsupported(format!("cannot fork children for the program here: {e}")), None)
+                }
                 Err(e) => (SpareReply::Failed(format!("fork failed: {e}")), None),
             },
         };

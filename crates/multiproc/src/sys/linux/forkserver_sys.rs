@@ -96,6 +96,12 @@ impl SiblingFork {
     }
 }
 
+/// True if a sibling fork failed because the kernel or a sandbox (seccomp)
+/// refuses that kind of clone, not for want of resources.
+pub(crate) fn is_refusal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM | libc::ENOSYS))
+}
+
 /// In a freshly forked child: unblock every signal and restore SIGPIPE's
 /// default action.
 pub(crate) fn reset_child_signals() {
