@@ -7,7 +7,7 @@
 mod process_support;
 
 use multiproc::{Process, StartMethod};
-use process_support::{JOIN, image_loader};
+use process_support::{JOIN, children_of, image_loader};
 
 /// Makes every `clone` with `CLONE_PARENT` fail with `EPERM` in this process
 /// and all it starts from now on.
@@ -40,21 +40,30 @@ fn pid_and_loader() -> (i32, i32) {
     (std::process::id() as i32, image_loader())
 }
 
-/// Under the filter, starts a `ForkServer` child and returns its pid, the
-/// process that loaded its image, and whether it is our child.
-fn start_under_the_filter() -> (i32, i32, bool) {
+/// Under the filter, starts two `ForkServer` children one after the other;
+/// returns, for each, its pid, the process that loaded its image and whether
+/// it is our child, and then how many children of ours are left (the fork
+/// server, no longer of use, should be gone).
+fn start_under_the_filter() -> (Vec<(i32, i32, bool)>, usize) {
     refuse_sibling_clones();
-    let mut p = Process::builder().start_method(StartMethod::ForkServer).spawn(pid_and_loader, ()).unwrap();
-    let (pid, loader) = p.join_timeout(JOIN).unwrap();
-    let ours = p.pid() == Some(pid);
-    (pid, loader, ours)
+    let started = (0..2)
+        .map(|_| {
+            let mut p = Process::builder().start_method(StartMethod::ForkServer).spawn(pid_and_loader, ()).unwrap();
+            let (pid, loader) = p.join_timeout(JOIN).unwrap();
+            (pid, loader, p.pid() == Some(pid))
+        })
+        .collect();
+    (started, children_of(std::process::id() as i32).len())
 }
 
 #[test]
 fn a_sandbox_that_refuses_the_fork_servers_clones_gets_spawned_children() {
     let mut middle = Process::builder().start_method(StartMethod::Spawn).spawn(start_under_the_filter, ()).unwrap();
-    let (pid, loader, ours) = middle.join_timeout(JOIN).unwrap();
-    assert!(ours, "the middle process started and joined the child");
-    assert_eq!(loader, pid, "the child loaded its own image: it was started by spawn");
+    let (started, left) = middle.join_timeout(JOIN).unwrap();
+    for (pid, loader, ours) in started {
+        assert!(ours, "the middle process started and joined the child");
+        assert_eq!(loader, pid, "the child loaded its own image: it was started by spawn");
+    }
+    assert_eq!(left, 0, "the useless fork server was stopped and reaped");
     assert_eq!(middle.exitcode(), Some(0));
 }

@@ -328,6 +328,15 @@ impl ForkServerClient {
         }
     }
 
+    /// Ends a server that is no longer wanted: it exits when its control
+    /// socket closes, and is reaped here.
+    pub(crate) fn stop(self) {
+        let ForkServerClient { control, pidfd, .. } = self;
+        drop(control);
+        let _ = imp::wait_readable(pidfd.as_fd(), Deadline::after(Duration::from_secs(5)));
+        let _ = pidfd.try_reap();
+    }
+
     /// Process id of the server.
     pub(crate) fn pid(&self) -> Pid {
         self.pid

@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use super::bootstrap::ROLE_ENV;
@@ -168,6 +169,10 @@ pub(crate) fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString
     vars
 }
 
+/// Set once the fork server found that this system refuses its clones:
+/// `ForkServer` children are then started with `Spawn`.
+static FORK_SERVER_REFUSED: AtomicBool = AtomicBool::new(false);
+
 /// The fork server, started on first use and restarted if it died.
 static FORK_SERVER: ProcessLocal<Option<ForkServerClient>> = ProcessLocal::new(|| None);
 
@@ -177,6 +182,10 @@ fn fork_via_server(
     cwd: Option<&Path>,
     exe: Option<&Path>,
 ) -> Result<Launched, ProcessError> {
+    // ORDERING: Relaxed: a hint that only ever turns on.
+    if FORK_SERVER_REFUSED.load(Ordering::Relaxed) {
+        return launch(StartMethod::Spawn, task, env, cwd, exe);
+    }
     let mut server = FORK_SERVER.lock();
     let mut last_error = None;
     for _attempt in 0..2 {
@@ -195,8 +204,13 @@ fn fork_via_server(
                 return Ok(Launched { pid: forked.pid, exit, channel: forked.channel });
             }
             Err(WireError::Io(e)) if e.kind() == io::ErrorKind::Unsupported => {
-                drop(server);
                 tracing::debug!("the fork server cannot fork children here ({e}); using spawn");
+                // ORDERING: see the load above.
+                FORK_SERVER_REFUSED.store(true, Ordering::Relaxed);
+                if let Some(useless) = server.take() {
+                    useless.stop();
+                }
+                drop(server);
                 return launch(StartMethod::Spawn, task, env, cwd, exe);
             }
             Err(WireError::Closed) | Err(WireError::Io(_)) if !client.is_alive() => {
