@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::launch::Task;
-use super::protocol::{ForkRequest, SpareReply, SpareRequest};
+use super::protocol::{ForkRequest, SpareHello, SpareReply, SpareRequest};
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Pid, forkserver_sys::SiblingFork, pidfd::Pidfd, spawn::CHILD_CHANNEL_FD};
 use crate::wire::{self, Channel, Kind, RecvError, WireError};
@@ -63,24 +63,21 @@ struct Server {
 
 impl Server {
     fn handle(&self, payload: &[u8], mut fds: Vec<OwnedFd>) {
-        let (reply, pidfd) = match (wire::decode::<SpareRequest>(payload, Vec::new()), fds.pop(), &self.sibling) {
-            (Err(e), _, _) => (SpareReply::Failed(format!("bad spare request: {e}")), None),
-            (_, None, _) => (SpareReply::Failed("spare request without the child's channel".to_string()), None),
-            (_, _, Err(e)) => {
-                (SpareReply::Unsupported(format!("cannot fork children for the program here: {e}")), None)
-            }
+        let reply = match (wire::decode::<SpareRequest>(payload, Vec::new()), fds.pop(), &self.sibling) {
+            (Err(e), _, _) => SpareReply::Failed(format!("bad spare request: {e}")),
+            (_, None, _) => SpareReply::Failed("spare request without the child's channel".to_string()),
+            (_, _, Err(e)) => SpareReply::Unsupported(format!("cannot fork children for the program here: {e}")),
             (Ok(SpareRequest), Some(channel), Ok(sibling)) => match self.fork_spare(sibling, channel) {
-                Ok((pid, pidfd)) => (SpareReply::Ready { pid }, Some(pidfd)),
+                Ok(pid) => SpareReply::Ready { pid },
                 // A kernel or sandbox (seccomp) that refuses this kind of clone.
                 Err(e) if imp::forkserver_sys::is_refusal(&e) => {
-                    (SpareReply::Unsupported(format!("cannot fork children for the program here: {e}")), None)
+                    SpareReply::Unsupported(format!("cannot fork children for the program here: {e}"))
                 }
-                Err(e) => (SpareReply::Failed(format!("fork failed: {e}")), None),
+                Err(e) => SpareReply::Failed(format!("fork failed: {e}")),
             },
         };
-        let fds: Vec<OwnedFd> = pidfd.into_iter().collect();
         if let Ok(encoded) = wire::encode(&reply)
-            && self.control.send(Kind::Control, &encoded.bytes, &fds).is_err()
+            && self.control.send(Kind::Control, &encoded.bytes, &[]).is_err()
         {
             std::process::exit(0);
         }
@@ -89,7 +86,7 @@ impl Server {
     /// Forks a spare that will find `channel` as its descriptor 3. The
     /// server's signal state is the default one (it was started with it), so
     /// the child inherits nothing to reset.
-    fn fork_spare(&self, sibling: &SiblingFork, channel: OwnedFd) -> io::Result<(Pid, OwnedFd)> {
+    fn fork_spare(&self, sibling: &SiblingFork, channel: OwnedFd) -> io::Result<Pid> {
         // The request comes as the program hands a task to an earlier spare,
         // which it wakes right after us; when both wait for the same CPU, the
         // child whose exit the program waits for should run first, and the
@@ -116,6 +113,12 @@ impl Server {
 /// is either the environment to take (then the task) or the task itself.
 fn spare_main(channel: Channel) -> ! {
     super::bootstrap::prepare_forked_child();
+    let greeted = Pidfd::open(imp::getpid())
+        .map_err(WireError::from)
+        .and_then(|me| channel.send(Kind::Control, &wire::encode(&SpareHello)?.bytes, &[me.into_fd()]));
+    if greeted.is_err() {
+        std::process::exit(0); // the parent is gone
+    }
     let first = match channel.recv(Deadline::NEVER, None) {
         Ok(f) => f,
         Err(_) => std::process::exit(0), // the parent dropped the spare unused
@@ -187,6 +190,14 @@ impl Spare {
 /// with one ahead, 204 with two, 195 with three.
 const SPARES_AHEAD: usize = 2;
 
+/// The pidfd a spare sends first on its channel; `None` if the channel ends
+/// (or the deadline passes) first.
+fn greeting(channel: &Channel, deadline: Deadline) -> Option<Pidfd> {
+    let frame = channel.recv(deadline, None).ok()?;
+    wire::decode::<SpareHello>(&frame.payload, Vec::new()).ok()?;
+    frame.fds.into_iter().next().map(Pidfd::from_fd)
+}
+
 /// A child forked by the server: ours to reap.
 #[derive(Debug)]
 pub(crate) struct Forked {
@@ -243,7 +254,10 @@ impl ForkServerClient {
         // A spare can only fail to take its task if someone killed it: try another.
         let mut last_error = None;
         for _attempt in 0..2 {
-            let spare = self.take_spare()?;
+            let Some(spare) = self.take_spare()? else {
+                last_error = Some(WireError::Closed);
+                continue;
+            };
             // The server starts forking the next spare before the child
             // starts: the request's descriptor is in flight for the shortest
             // time (while one is, every Unix socket closed anywhere wakes the
@@ -281,8 +295,9 @@ impl ForkServerClient {
         Ok(())
     }
 
-    /// The oldest spare asked for (waiting for it if the server is still forking).
-    fn take_spare(&mut self) -> Result<Spare, WireError> {
+    /// The oldest spare asked for (waiting for it if the server is still
+    /// forking); `None` if it died before greeting us (it is reaped).
+    fn take_spare(&mut self) -> Result<Option<Spare>, WireError> {
         self.ask_for_spare()?;
         let frame = match self.control.recv(Deadline::after(Duration::from_secs(30)), None) {
             Ok(f) => f,
@@ -294,13 +309,16 @@ impl ForkServerClient {
                 )));
             }
         };
-        let channel = self.asked.pop_front().expect("a spare was asked for");
+        let channel = Channel::unix(self.asked.pop_front().expect("a spare was asked for"));
         match wire::decode::<SpareReply>(&frame.payload, Vec::new())? {
-            SpareReply::Ready { pid } => {
-                let pidfd =
-                    frame.fds.into_iter().next().ok_or_else(|| WireError::corrupt("spare reply without a pidfd"))?;
-                Ok(Spare { pid, pidfd: Pidfd::from_fd(pidfd), channel: Channel::unix(channel) })
-            }
+            SpareReply::Ready { pid } => match greeting(&channel, Deadline::after(Duration::from_secs(30))) {
+                Some(pidfd) => Ok(Some(Spare { pid, pidfd, channel })),
+                None => {
+                    // Our unreaped child: its pid cannot have been reused.
+                    imp::kill_and_reap(pid);
+                    Ok(None)
+                }
+            },
             SpareReply::Failed(e) => {
                 Err(WireError::Io(io::Error::other(format!("the fork server could not fork a child: {e}"))))
             }
@@ -317,13 +335,12 @@ impl ForkServerClient {
     /// for us before dying (its reply can still be buffered).
     pub(crate) fn retire(mut self) {
         let _ = self.pidfd.try_reap();
-        while self.asked.pop_front().is_some()
-            && let Ok(frame) = self.control.recv(Deadline::after(Duration::ZERO), None)
-        {
-            if let (Ok(SpareReply::Ready { .. }), Some(pidfd)) =
-                (wire::decode::<SpareReply>(&frame.payload, Vec::new()), frame.fds.into_iter().next())
-            {
-                Pidfd::from_fd(pidfd).kill_and_reap();
+        // A spare the server forked greets us on its channel whether or not
+        // the server lived to report it; a channel whose request died with
+        // the server ends at once.
+        for channel in self.asked.drain(..) {
+            if let Some(pidfd) = greeting(&Channel::unix(channel), Deadline::after(Duration::from_secs(5))) {
+                pidfd.kill_and_reap();
             }
         }
     }

@@ -47,8 +47,7 @@ pub(crate) struct ForkRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SpareRequest;
 
-/// Fork server → parent: a spare child's pid (a pidfd for it travels as a
-/// descriptor), or why there is none.
+/// Fork server → parent: a spare child's pid, or why there is none.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum SpareReply {
     Ready {
@@ -60,6 +59,13 @@ pub(crate) enum SpareReply {
     Unsupported(String),
 }
 
+/// Spare child → parent, first thing on its channel: here I am (a pidfd the
+/// spare opened for itself travels as a descriptor). Read when the spare is
+/// taken; it also lets a program whose fork server died find the spares the
+/// server forked but could not report.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SpareHello;
+
 /// Decodes a payload as every internal message type; for the fuzz target.
 pub(crate) fn fuzz_payload(payload: &[u8]) {
     let _ = crate::wire::decode::<Start>(payload, Vec::new());
@@ -67,4 +73,5 @@ pub(crate) fn fuzz_payload(payload: &[u8]) {
     let _ = crate::wire::decode::<ForkRequest>(payload, Vec::new());
     let _ = crate::wire::decode::<SpareRequest>(payload, Vec::new());
     let _ = crate::wire::decode::<SpareReply>(payload, Vec::new());
+    let _ = crate::wire::decode::<SpareHello>(payload, Vec::new());
 }

@@ -2,7 +2,7 @@
 //! the descriptor and signal set-up of a freshly forked child.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::signal::Pid;
 
@@ -50,36 +50,20 @@ impl SiblingFork {
         Ok(SiblingFork { tid_field, robust_head, robust_len })
     }
 
-    /// Forks a sibling; returns its pid and a pidfd made by the same call (so
-    /// it names that very process, whoever reaps it). In the child, `child`
-    /// runs and must not return.
+    /// Forks a sibling. In the child, `child` runs and must not return.
     ///
     /// # Safety
     ///
     /// The calling process must be single-threaded, hold no locks, and have
     /// made `self` with `prepare` (the addresses are its own).
-    pub(crate) unsafe fn fork(&self, child: impl FnOnce()) -> io::Result<(Pid, OwnedFd)> {
-        let flags = libc::CLONE_PARENT
-            | libc::CLONE_PIDFD
-            | libc::CLONE_CHILD_SETTID
-            | libc::CLONE_CHILD_CLEARTID
-            | libc::SIGCHLD;
-        let mut pidfd: libc::c_int = -1;
+    pub(crate) unsafe fn fork(&self, child: impl FnOnce()) -> io::Result<Pid> {
+        let flags = libc::CLONE_PARENT | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
         // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child
         // continues on a copy of this stack. `tid_field` is glibc's own
         // thread-id word of this (only) thread, so the kernel's writes there
-        // are what glibc's fork does; with CLONE_PIDFD the kernel writes the
-        // new pidfd into the live local `pidfd`.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                flags as libc::c_ulong,
-                0usize,
-                &mut pidfd as *mut libc::c_int,
-                self.tid_field,
-                0usize,
-            )
-        };
+        // are what glibc's fork does.
+        let pid =
+            unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, self.tid_field, 0usize) };
         match pid {
             -1 => Err(io::Error::last_os_error()),
             0 => {
@@ -90,8 +74,7 @@ impl SiblingFork {
                 // SAFETY: _exit ends the child without running the server's exit handlers.
                 unsafe { libc::_exit(1) }
             }
-            // SAFETY: the kernel returned a new descriptor, owned by no one else.
-            pid => Ok((pid as Pid, unsafe { OwnedFd::from_raw_fd(pidfd) })),
+            pid => Ok(pid as Pid),
         }
     }
 }

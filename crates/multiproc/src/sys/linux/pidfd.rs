@@ -25,6 +25,11 @@ impl Pidfd {
         Pidfd(fd)
     }
 
+    /// The descriptor, to send to another process.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.0
+    }
+
     /// Kills the child and reaps it (waiting for it to die).
     pub(crate) fn kill_and_reap(&self) {
         let _ = send_signal(self, libc::SIGKILL);

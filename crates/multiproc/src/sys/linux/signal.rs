@@ -15,6 +15,14 @@ pub(crate) fn getppid() -> Pid {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
 }
 
+/// Kills our unreaped child `pid` and reaps it. (A child's pid cannot be
+/// reused before it is reaped, so this cannot hit another process.)
+pub(crate) fn kill_and_reap(pid: Pid) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
+}
+
 /// SIGTERM.
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 /// SIGKILL.
