@@ -18,7 +18,9 @@
 //! Protocol on the control socket: the program sends a `SpareRequest` with
 //! the spare's end of its channel; the server forks and replies
 //! `Ready { pid }`. When the control socket closes (the program exited or
-//! died), the server exits.
+//! died), the server exits. On its channel, a spare first sends a
+//! `SpareHello` with a pidfd it opened for itself (so the program can reap it
+//! even if the server died before replying), then waits for its task.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -164,8 +166,8 @@ fn set_environment(env: &[(Vec<u8>, Vec<u8>)]) {
     }
 }
 
-/// A spare child in the program's hand: its pid, a pidfd (made when it was
-/// forked), and the channel on which it waits for its task.
+/// A spare child in the program's hand: its pid, the pidfd it greeted us
+/// with, and the channel on which it waits for its task.
 #[derive(Debug)]
 struct Spare {
     pid: Pid,
