@@ -5,7 +5,7 @@
 //! count, payload length (6 bytes), the sender's CPU (2 bytes) — followed by
 //! the payload. Descriptors travel with
 //! `SCM_RIGHTS` attached to the header's first byte. A payload larger than
-//! [`OFFLOAD_THRESHOLD`] travels in a sealed memfd instead of the socket, so
+//! `OFFLOAD_THRESHOLD` (64 KiB) travels in a sealed memfd instead of the socket, so
 //! a 1 MiB message is one copy in and one copy out, with no socket wake-ups
 //! per 64 KiB. Every decoder here returns an error on bad input; none panics.
 
