@@ -432,7 +432,7 @@ impl Running {
             match self.channel.recv(deadline, Some(self.child.exit_fd())) {
                 Ok(frame) => Some(frame),
                 // Exited: a reply it sent just before may still be buffered.
-                Err(RecvError::WatchReady) => self.channel.recv(Deadline::after(Duration::ZERO), None).ok(),
+                Err(RecvError::WatchReady) => self.channel.try_recv().ok().flatten(),
                 Err(RecvError::Timeout) => return Err(ProcessError::Timeout(timeout)),
                 Err(RecvError::Wire(_)) => None,
             }

@@ -45,14 +45,19 @@ pub fn stat(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
-/// Live processes whose parent is `pid`.
-pub fn children_of(pid: i32) -> Vec<i32> {
+/// Processes whose state letter and parent pid (from [`stat`]) pass `keep`.
+fn processes_where(keep: impl Fn(char, i32) -> bool) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .expect("read /proc")
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| matches!(stat(*p), Some((state, ppid)) if ppid == pid && state != 'Z'))
+        .filter(|pid| stat(*pid).is_some_and(|(state, ppid)| keep(state, ppid)))
         .collect()
+}
+
+/// Live processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    processes_where(|state, ppid| ppid == pid && state != 'Z')
 }
 
 /// The pid of the process that loaded this program image (ran its
@@ -88,12 +93,7 @@ pub fn is_dead(pid: i32) -> bool {
 /// Zombie children of this process.
 pub fn count_zombie_children() -> usize {
     let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| matches!(stat(*pid), Some(('Z', ppid)) if ppid == me))
-        .count()
+    processes_where(|state, ppid| ppid == me && state == 'Z').len()
 }
 
 /// Polls `done` every millisecond until it is true or `limit` passes; returns
