@@ -188,7 +188,7 @@ impl Worker {
                                 .take()
                                 .filter(|loan| loan.slab.as_ref().is_some_and(|s| s.id == id))
                                 .and_then(|loan| {
-                                    let at = slab::output_at(loan.len);
+                                    let at = slab::output_at(loan.len)?;
                                     Lease::in_slab(loan, at, len as usize)
                                 })
                                 .ok_or_else(|| WireError::corrupt("a worker answered in a slab it was not given"))?;

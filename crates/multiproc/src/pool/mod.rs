@@ -113,6 +113,8 @@ pub use error::{PoolError, TaskError};
 pub use executor::{Executor, ExecutorBuilder};
 pub use imap::Imap;
 pub use indicatif::{ProgressBar, ProgressStyle};
+#[doc(hidden)]
+pub use protocol::fuzz_protocol;
 pub use result::AsyncResult;
 
 /// Makes the C allocator of the calling process keep freed memory for reuse

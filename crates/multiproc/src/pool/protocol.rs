@@ -176,3 +176,87 @@ impl Batch {
         result
     }
 }
+
+/// Feeds arbitrary bytes to the pool protocol's decoders, as a frame from a
+/// worker or from the scheduler: every record of both directions is decoded,
+/// and every payload position it names is looked up in a real slab and a
+/// real ring (as the receiver would), which must answer "out of bounds"
+/// rather than wrap or overrun. Used by the fuzz target and the robustness
+/// tests; never panics.
+#[doc(hidden)]
+pub fn fuzz_protocol(data: &[u8]) {
+    use super::{ring, slab};
+    use crate::sys::imp::shm::Mapping;
+    use std::os::fd::AsFd;
+
+    let Ok(mut slab_map) = Mapping::anonymous("fuzz-slab", 4096) else { return };
+    let Ok(producer) = ring::Ring::new(4096) else { return };
+    let check = |payload: &Payload<'_>, slab_map: &mut Mapping| match *payload {
+        Payload::Slab { len, .. } => {
+            if let Some((input, room)) = slab::mapped_split(slab_map, len as usize) {
+                assert!(input.len() + room.len() <= 4096);
+            }
+        }
+        Payload::Ring { at, len } => {
+            let region = producer.region(at, len as usize);
+            assert!(region.is_none_or(|r| r.len() == len as usize));
+        }
+        Payload::Inline(_) | Payload::Memfd { .. } => {}
+    };
+    let capacity = |cap: u64| {
+        if let Ok(fd) = producer.as_fd().try_clone_to_owned() {
+            // A capacity larger than the memory file is refused, not mapped.
+            let _ = ring::Ring::from_fd(fd, cap as usize);
+        }
+    };
+    for record in records::<ToWorker<'_>>(data).flatten() {
+        match record {
+            ToWorker::Chunk { input, .. } => check(&input, &mut slab_map),
+            ToWorker::InputRing { cap } | ToWorker::Slab { cap, .. } => capacity(cap),
+        }
+    }
+    for record in records::<FromWorker<'_>>(data).flatten() {
+        match record {
+            FromWorker::Done { output, .. } => check(&output, &mut slab_map),
+            FromWorker::OutputRing { cap } => capacity(cap),
+            FromWorker::InitFailed(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_test {
+    use super::*;
+
+    #[test]
+    fn protocol_decoders_survive_pseudo_random_bytes() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..2_000 {
+            let mut data = vec![0u8; 64];
+            for b in &mut data {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            // Tags 0..3 make valid enum variants more often.
+            data[0] %= 3;
+            fuzz_protocol(&data);
+        }
+        // The lengths that used to wrap: a slab input near usize::MAX, a ring
+        // capacity that overflows.
+        let mut bytes = Vec::new();
+        let record = ToWorker::Chunk {
+            id: 1,
+            runner: RunnerRef { offset: 0, hash: 0 },
+            items: 1,
+            framed: false,
+            skip: Vec::new(),
+            input: Payload::Slab { id: 1, len: u64::MAX - 3 },
+            nfds: 0,
+        };
+        wire::encode_into(&record, &mut bytes).unwrap();
+        wire::encode_into(&ToWorker::InputRing { cap: u64::MAX }, &mut bytes).unwrap();
+        fuzz_protocol(&bytes);
+    }
+}

@@ -148,7 +148,13 @@ impl Ring {
 
     /// The consumer's view of a ring received as `fd`.
     pub(crate) fn from_fd(fd: OwnedFd, cap: usize) -> io::Result<Ring> {
-        Ok(Ring { map: Mapping::from_fd(fd, DATA_OFFSET + cap)?, cap: cap as u64, head: 0 })
+        // `cap` came in a message: a size that overflows, or no room at all,
+        // is a corrupt message (regions are bounded by `cap`).
+        let len = DATA_OFFSET
+            .checked_add(cap)
+            .filter(|_| cap > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "pool ring of an impossible size"))?;
+        Ok(Ring { map: Mapping::from_fd(fd, len)?, cap: cap as u64, head: 0 })
     }
 
     fn tail(&self) -> &AtomicU64 {

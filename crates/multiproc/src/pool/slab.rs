@@ -21,9 +21,10 @@ pub(crate) const SLAB_MIN: usize = 64 * 1024;
 const SLABS_MAX: usize = 128 << 20;
 
 /// The slab capacity for an input of `len` bytes: the input, room for
-/// results as large, and a quarter more of each.
+/// results as large, and a quarter more of each (saturating: a capacity
+/// beyond the pool's limit is refused by [`Slabs::take`]).
 pub(crate) fn capacity_for(len: usize) -> usize {
-    2 * len + len / 2
+    len.saturating_mul(2).saturating_add(len / 2)
 }
 
 /// One shared buffer.
@@ -96,8 +97,8 @@ impl Slabs {
         if let Some((i, _)) = best {
             return Some(st.free.remove(i));
         }
-        let cap = len.next_multiple_of(SLAB_MIN);
-        if st.total + cap > SLABS_MAX {
+        let cap = len.checked_next_multiple_of(SLAB_MIN)?;
+        if st.total.checked_add(cap)? > SLABS_MAX {
             return None;
         }
         let map = Mapping::anonymous("multiproc-pool-slab", cap).ok()?;
@@ -131,15 +132,18 @@ impl Drop for SlabLoan {
 /// Where in a slab a worker writes the results of the chunk whose input is
 /// the slab's first `input_len` bytes: after them, so that the input stays
 /// whole (a chunk whose worker dies before its results arrive is sent again).
-pub(crate) fn output_at(input_len: usize) -> usize {
-    input_len.next_multiple_of(64)
+/// `None` if the offset overflows (`input_len` came in a message: a corrupt
+/// one must not wrap around to the start of the slab).
+pub(crate) fn output_at(input_len: usize) -> Option<usize> {
+    input_len.checked_next_multiple_of(64)
 }
 
 /// Splits a slab mapped in a worker into the chunk's input (its first
 /// `input_len` bytes) and the room for results after it; `None` if the
 /// input is out of bounds (a corrupt message).
 pub(crate) fn mapped_split(map: &mut Mapping, input_len: usize) -> Option<(&[u8], &mut [u8])> {
-    let at = output_at(input_len);
+    let at = output_at(input_len)?;
+    // `input_len <= at` (rounding up), so this bounds both ranges.
     if at > map.len() {
         return None;
     }
@@ -152,5 +156,22 @@ pub(crate) fn mapped_split(map: &mut Mapping, input_len: usize) -> Option<(&[u8]
         let input = std::slice::from_raw_parts(map.as_ptr(), input_len);
         let room = std::slice::from_raw_parts_mut(map.as_ptr().add(at), map.len() - at);
         Some((input, room))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn lengths_from_a_message_never_wrap() {
+        let mut map = Mapping::anonymous("t", 4096).unwrap();
+        assert!(mapped_split(&mut map, usize::MAX - 10).is_none());
+        assert!(mapped_split(&mut map, 4097).is_none());
+        assert_eq!(output_at(usize::MAX - 10), None);
+        let (input, room) = mapped_split(&mut map, 100).unwrap();
+        assert_eq!((input.len(), room.len()), (100, 4096 - 128));
+        assert_eq!(capacity_for(usize::MAX), usize::MAX);
+        assert!(Slabs::default().take(usize::MAX).is_none());
     }
 }

@@ -211,7 +211,7 @@ impl Worker {
             Payload::Slab { id, len } if direct_wanted => self
                 .slabs
                 .get(&id)
-                .is_some_and(|m| m.len().saturating_sub(slab::output_at(len as usize)) >= want)
+                .is_some_and(|m| slab::output_at(len as usize).is_some_and(|at| m.len().saturating_sub(at) >= want))
                 .then_some(id),
             _ => None,
         };

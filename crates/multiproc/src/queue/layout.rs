@@ -21,7 +21,7 @@ use crate::sys::imp::sparse::PAGE;
 /// "mpqueue1", little-endian.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mpqueue1");
 /// Layout version; a mismatch is refused at attach.
-pub(super) const VERSION: u32 = 1;
+pub(super) const VERSION: u32 = 2;
 /// Bytes of the main header (one page).
 pub(super) const HEADER_LEN: usize = PAGE as usize;
 /// Bytes of a frame's header (one page: every field a claim is validated
@@ -183,7 +183,15 @@ pub(super) struct Header {
     /// Thread id holding the frame lock (0: free). Preparing and retiring
     /// frames happen under it.
     pub frame_lock: Line<AtomicU32>,
+    /// The pid namespace of every process using the queue, or
+    /// [`MIXED_NAMESPACES`] once one from another namespace (or of unknown
+    /// namespace) attached: thread ids recorded as owners can then not be
+    /// checked, and no owner is ever taken for dead.
+    pub pidns: Line<AtomicU32>,
 }
+
+/// `Header::pidns` once processes of different pid namespaces share the queue.
+pub(super) const MIXED_NAMESPACES: u32 = u32::MAX;
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
 

@@ -75,6 +75,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use error::{GetError, JoinTimeoutError, PutError, TaskDoneError, TryPutError};
 pub use joinable::JoinableQueue;
+#[doc(hidden)]
+pub use ring::fuzz_slot_decode;
 pub use simple::SimpleQueue;
 
 use crate::connection::{ConnectionError, Waitable};

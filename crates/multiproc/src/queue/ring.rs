@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use super::layout::{
     ARENA_ITEM_MAX, BLOB_BASE, Config, FLAG_BOUNDED, FLAG_JOINABLE, Frame, Geometry, HEADER_LEN, Header, INLINE_MAX,
-    ITEM_MAX, KIND_ARENA, KIND_BLOB, KIND_INLINE, Line, MAGIC, Slot, VERSION,
+    ITEM_MAX, KIND_ARENA, KIND_BLOB, KIND_INLINE, Line, MAGIC, MIXED_NAMESPACES, Slot, VERSION,
 };
 use super::states::{FREE, LapOrder, READY, SEALED, SKIP, Stamp, TAKING, WRITING};
 use super::waits::Backoff;
 use crate::sys::imp::shm::Mapping;
 use crate::sys::imp::sparse::{self, PAGE, Window};
-use crate::sys::imp::thread::tid_alive;
+use crate::sys::imp::thread::{self, tid_alive};
 
 /// How long an owner may sit on a slot or the frame lock before its thread
 /// is checked for life (and then how often it is re-checked).
@@ -145,6 +145,7 @@ impl Ring {
         // the pattern of `prepare` is kept.
         ring.frame_state(0).store(1, Relaxed);
         ring.frame_at(0)?.header().seg.0.store(1, Release);
+        ring.header().pidns.0.store(thread::current().pidns, Relaxed);
         Ok(ring)
     }
 
@@ -173,7 +174,15 @@ impl Ring {
             return Err(bad("memory file too short"));
         }
         let (flags, maxsize) = (config.flags, config.maxsize);
-        Ring::from_parts(header, geometry, flags, maxsize)
+        let ring = Ring::from_parts(header, geometry, flags, maxsize)?;
+        let mine = thread::current().pidns;
+        // ORDERING: Relaxed: a process from another namespace marks the queue
+        // before it records any owner (its first claim follows with a stronger
+        // ordering).
+        if mine == 0 || ring.header().pidns.0.load(Relaxed) != mine {
+            ring.header().pidns.0.store(MIXED_NAMESPACES, SeqCst);
+        }
+        Ok(ring)
     }
 
     fn from_parts(header: Mapping, geometry: Geometry, flags: u32, maxsize: u64) -> io::Result<Ring> {
@@ -266,16 +275,20 @@ impl Ring {
         Ok(Payload::Blob { offset, len })
     }
 
-    /// Reads a blob and frees its memory.
+    /// Reads a blob and frees its memory. `offset` and `len` come from a
+    /// slot another process wrote: a range outside the blob area is an error.
     pub(super) fn read_blob(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let bytes = sparse::read_exact_at(self.fd(), len as usize, BLOB_BASE + offset);
+        let start = blob_range(offset, len)?.0;
+        let bytes = sparse::read_exact_at(self.fd(), len as usize, start);
         self.discard_blob(offset, len);
         bytes
     }
 
     /// Frees a blob's memory without reading it.
     pub(super) fn discard_blob(&self, offset: u64, len: u64) {
-        let _ = sparse::punch_hole(self.fd(), BLOB_BASE + offset, len.next_multiple_of(PAGE));
+        if let Ok((start, pages)) = blob_range(offset, len) {
+            let _ = sparse::punch_hole(self.fd(), start, pages);
+        }
     }
 
     // ---------------------------------------------------------------- producers
@@ -331,7 +344,7 @@ impl Ring {
                     // skip it instead).
                     if s.state == WRITING
                         && watch.stuck(word)
-                        && !tid_alive(s.tid)
+                        && owner_gone(hdr, s.tid)
                         && fh.tail.0.load(Acquire) & !SEALED == t
                     {
                         // It died between its claim and its tail move: withdraw
@@ -605,7 +618,7 @@ impl Ring {
                     break;
                 }
                 let s = Stamp::unpack(word);
-                let dead_owner = matches!(s.state, TAKING | WRITING) && s.tid != 0 && !tid_alive(s.tid);
+                let dead_owner = matches!(s.state, TAKING | WRITING) && s.tid != 0 && owner_gone(hdr, s.tid);
                 if !dead_owner {
                     return Ok(false); // a live reader (or a claim being withdrawn)
                 }
@@ -733,36 +746,22 @@ impl Ring {
     fn copy_out(&self, f: &Frame<'_>, slot: &Slot, buf: &mut Vec<u8>) -> io::Result<Got> {
         // ORDERING: Relaxed: published by the stamp, acquired by our claim.
         let meta = slot.meta.load(Relaxed);
-        let (kind, len) = (meta >> 56, meta & ((1 << 56) - 1));
-        let data = slot.data.get().cast::<u8>();
-        let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt queue slot");
+        // SAFETY: we own the slot (TAKING); its data was written before the
+        // stamp we acquired, and nobody writes it while we own it.
+        let data = unsafe { &*slot.data.get() };
         buf.clear();
-        match kind {
-            KIND_INLINE if len as usize <= INLINE_MAX => {
-                // SAFETY: we own the slot (TAKING); its data was written before the
-                // stamp we acquired; len <= INLINE_MAX.
-                buf.extend_from_slice(unsafe { std::slice::from_raw_parts(data, len as usize) });
-                Ok(Got::Bytes)
+        match decode_slot(meta, data, f.arena_len())? {
+            SlotItem::Inline(bytes) => buf.extend_from_slice(bytes),
+            SlotItem::Arena { offset, len } => {
+                // SAFETY: the range lies in the arena (checked by decode_slot)
+                // and was written by the producer before its commit, which our
+                // claim acquired; no one writes it again before the segment is
+                // retired.
+                buf.extend_from_slice(unsafe { std::slice::from_raw_parts(f.arena_ptr(offset), len) });
             }
-            KIND_ARENA => {
-                // SAFETY: as above; the offset was written by the producer.
-                let offset = unsafe { data.cast::<u64>().read_unaligned() };
-                if len as usize > ARENA_ITEM_MAX || offset.checked_add(len).is_none_or(|end| end > f.arena_len()) {
-                    return Err(corrupt());
-                }
-                // SAFETY: the range lies in the arena (checked) and was written by
-                // the producer before its commit, which our claim acquired; no one
-                // writes it again before the segment is retired.
-                buf.extend_from_slice(unsafe { std::slice::from_raw_parts(f.arena_ptr(offset), len as usize) });
-                Ok(Got::Bytes)
-            }
-            KIND_BLOB if len <= ITEM_MAX => {
-                // SAFETY: as above.
-                let offset = unsafe { data.cast::<u64>().read_unaligned() };
-                Ok(Got::Blob { offset, len })
-            }
-            _ => Err(corrupt()),
+            SlotItem::Blob { offset, len } => return Ok(Got::Blob { offset, len }),
         }
+        Ok(Got::Bytes)
     }
 
     /// Resolves a [`Blocked`] slot whose owner is dead: a producer's slot is
@@ -774,7 +773,7 @@ impl Ring {
         let s = Stamp::unpack(blocked.word);
         let slot = f.slot(blocked.pos);
         // ORDERING: Acquire: validation as in take_once.
-        if fh.seg.0.load(Acquire) != blocked.seg + 1 || tid_alive(s.tid) {
+        if fh.seg.0.load(Acquire) != blocked.seg + 1 || !owner_gone(self.header(), s.tid) {
             return Ok(false);
         }
         match s.state {
@@ -858,7 +857,7 @@ impl Ring {
     /// Takes the frame lock (robust: a dead holder's lock is taken over).
     fn lock_frames(&self) -> FrameLock<'_> {
         let word = &self.header().frame_lock.0;
-        let me = crate::sys::imp::thread::current_tid();
+        let me = thread::current_tid();
         let mut backoff = Backoff::new();
         let mut watch = Watch::default();
         loop {
@@ -869,7 +868,7 @@ impl Ring {
                 Err(owner) => {
                     // ORDERING: Acquire: as above, when taking over.
                     if watch.stuck(u64::from(owner))
-                        && !tid_alive(owner)
+                        && owner_gone(self.header(), owner)
                         && word.compare_exchange(owner, me, Acquire, Relaxed).is_ok()
                     {
                         return FrameLock { word };
@@ -891,6 +890,63 @@ impl Drop for FrameLock<'_> {
         // ORDERING: Release: publishes the frame changes made under the lock.
         self.word.store(0, Release);
     }
+}
+
+/// Where a slot's item is, as its owner described it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum SlotItem<'a> {
+    /// In the slot itself.
+    Inline(&'a [u8]),
+    /// `len` bytes at `offset` in the segment's arena (in bounds).
+    Arena { offset: u64, len: usize },
+    /// A blob, to be read with [`Ring::read_blob`] (which checks its range).
+    Blob { offset: u64, len: u64 },
+}
+
+/// Decodes a slot's `meta` word and data (written by another process): an
+/// error for a kind or length that does not fit, never an out-of-bounds
+/// range. `arena_len` is the segment's arena size.
+pub(super) fn decode_slot(meta: u64, data: &[u8; INLINE_MAX], arena_len: u64) -> io::Result<SlotItem<'_>> {
+    let (kind, len) = (meta >> 56, meta & ((1 << 56) - 1));
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt queue slot");
+    let offset = || u64::from_ne_bytes(data[..8].try_into().expect("8 bytes"));
+    match kind {
+        KIND_INLINE if len as usize <= INLINE_MAX => Ok(SlotItem::Inline(&data[..len as usize])),
+        KIND_ARENA if len as usize <= ARENA_ITEM_MAX => {
+            let offset = offset();
+            if offset.checked_add(len).is_none_or(|end| end > arena_len) {
+                return Err(corrupt());
+            }
+            Ok(SlotItem::Arena { offset, len: len as usize })
+        }
+        KIND_BLOB if len <= ITEM_MAX => Ok(SlotItem::Blob { offset: offset(), len }),
+        _ => Err(corrupt()),
+    }
+}
+
+/// The file offset and page-rounded length of the blob at `offset` (relative
+/// to `BLOB_BASE`) of `len` bytes; an error if the numbers (read from shared
+/// memory) overflow or exceed the largest item.
+fn blob_range(offset: u64, len: u64) -> io::Result<(u64, u64)> {
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt queue slot: blob out of range");
+    if len > ITEM_MAX {
+        return Err(corrupt());
+    }
+    let pages = len.next_multiple_of(PAGE);
+    let start = BLOB_BASE.checked_add(offset).ok_or_else(corrupt)?;
+    start.checked_add(pages).filter(|&end| end <= i64::MAX as u64).ok_or_else(corrupt)?;
+    Ok((start, pages))
+}
+
+/// True when thread `tid`, recorded in the queue as the owner of a slot, a
+/// sleeper entry or the frame lock, is certainly gone: every user of the
+/// queue is in our pid namespace (so the tid names the same thread here) and
+/// the kernel says the thread no longer exists.
+pub(super) fn owner_gone(hdr: &Header, tid: u32) -> bool {
+    let mine = thread::current().pidns;
+    // ORDERING: Relaxed: the namespace mark is written before the marking
+    // process records any owner.
+    mine != 0 && hdr.pidns.0.load(Relaxed) == mine && !tid_alive(tid)
 }
 
 /// The error when every frame holds a live segment.
@@ -927,5 +983,68 @@ impl Watch {
                 false
             }
         }
+    }
+}
+
+/// Feeds arbitrary bytes to the queue's slot decoder, as if another process
+/// had written them into a slot and its stamp: the first 8 bytes are the
+/// `meta` word, the next 48 the slot's data, the next 8 the stamp, the next
+/// 8 the arena size. Used by the fuzz target and the robustness tests;
+/// never panics and never yields a range outside the arena or blob area.
+#[doc(hidden)]
+pub fn fuzz_slot_decode(data: &[u8]) {
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = data.get(at + i).copied().unwrap_or(0);
+        }
+        u64::from_le_bytes(b)
+    };
+    let mut slot = [0u8; INLINE_MAX];
+    for (i, byte) in slot.iter_mut().enumerate() {
+        *byte = data.get(8 + i).copied().unwrap_or(0);
+    }
+    let stamp = Stamp::unpack(word(8 + INLINE_MAX));
+    assert_eq!(Stamp::unpack(stamp.pack()), stamp, "a stamp survives a round trip");
+    let arena_len = word(16 + INLINE_MAX) % (1 << 31);
+    match decode_slot(word(0), &slot, arena_len) {
+        Ok(SlotItem::Inline(bytes)) => assert!(bytes.len() <= INLINE_MAX),
+        Ok(SlotItem::Arena { offset, len }) => assert!(offset + len as u64 <= arena_len),
+        Ok(SlotItem::Blob { offset, len }) => {
+            if let Ok((start, pages)) = blob_range(offset, len) {
+                assert!(start >= BLOB_BASE && start.checked_add(pages).is_some());
+            }
+        }
+        Err(_) => {}
+    }
+    let geometry = Geometry { slots: word(24 + INLINE_MAX), frames: word(32 + INLINE_MAX), arena: arena_len };
+    if let Ok(g) = geometry.validate() {
+        assert!(g.file_len() <= BLOB_BASE);
+    }
+}
+
+#[cfg(test)]
+mod fuzz_test {
+    use super::*;
+
+    #[test]
+    fn slot_decoder_survives_pseudo_random_bytes() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..20_000 {
+            let mut data = vec![0u8; 16 + INLINE_MAX + 24];
+            for b in &mut data {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            // Bias some rounds toward valid kinds and small lengths.
+            data[7] = (round % 4) as u8;
+            fuzz_slot_decode(&data);
+        }
+        let mut meta = (KIND_ARENA << 56 | 100).to_le_bytes().to_vec();
+        meta.extend_from_slice(&u64::MAX.to_ne_bytes());
+        let slot: [u8; INLINE_MAX] = meta[8..].iter().copied().chain([0; 40]).collect::<Vec<_>>().try_into().unwrap();
+        assert!(decode_slot(KIND_ARENA << 56 | 100, &slot, 1 << 20).is_err(), "an arena offset that wraps");
     }
 }

@@ -15,11 +15,11 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use super::layout::{SLEEPER_SLOTS, Sleepers};
-use super::ring::{Got, LIVENESS_DELAY, Payload, Pushed, Ring, Step, Watch};
+use super::layout::{Header, SLEEPER_SLOTS, Sleepers};
+use super::ring::{Got, LIVENESS_DELAY, Payload, Pushed, Ring, Step, Watch, owner_gone};
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
-use crate::sys::imp::thread::{current_tid, tid_alive};
+use crate::sys::imp::thread::current_tid;
 
 /// Spin for 1, 2, 4 … 2^SPIN_STEPS iterations, then yield YIELD_STEPS times,
 /// then sleep.
@@ -151,20 +151,20 @@ fn sleep(s: &Sleepers, deadline: Deadline, ready: impl Fn() -> bool) {
 
 /// Wakes `count` sleepers of `s`, if any is registered (the waker half of the
 /// handshake).
-fn wake(s: &Sleepers, count: u32) {
+fn wake(hdr: &Header, s: &Sleepers, count: u32) {
     // ORDERING: SeqCst: ordered after the caller's SeqCst change of state.
     if s.occupied.load(SeqCst) != 0 {
         // ORDERING: SeqCst: a sleeper that reads the new value sees the state.
         s.seq.fetch_add(1, SeqCst);
         if futex::wake(&s.seq, count) == 0 {
-            futile(s);
+            futile(hdr, s);
         }
     }
 }
 
 /// Counts a wake that woke nobody; every [`FUTILE_SCAN`] of them, frees the
 /// entries of sleepers whose threads are gone.
-fn futile(s: &Sleepers) {
+fn futile(hdr: &Header, s: &Sleepers) {
     // ORDERING: Relaxed: a heuristic counter.
     if s.futile.fetch_add(1, Relaxed) + 1 < FUTILE_SCAN {
         return;
@@ -173,7 +173,7 @@ fn futile(s: &Sleepers) {
     for (index, entry) in s.tids.iter().enumerate() {
         // ORDERING: Acquire: the entry's owner, as registered.
         let tid = entry.load(Acquire);
-        if tid != 0 && !tid_alive(tid) {
+        if tid != 0 && owner_gone(hdr, tid) {
             // Bit first, entry second (as in Registration::drop). The CAS
             // frees the entry once, whoever else tries.
             // ORDERING: SeqCst / AcqRel: as in Registration::drop.
@@ -226,7 +226,7 @@ impl Ring {
                 }
             }
         }
-        wake(&self.header().not_empty.0, 1);
+        wake(self.header(), &self.header().not_empty.0, 1);
         Ok(())
     }
 
@@ -338,7 +338,7 @@ impl Ring {
             let hdr = self.header();
             // ORDERING: SeqCst: the waker half of the not_full handshake.
             let _ = hdr.count.0.fetch_update(SeqCst, SeqCst, |c| c.checked_sub(1));
-            wake(&hdr.not_full.0, 1);
+            wake(hdr, &hdr.not_full.0, 1);
         }
     }
 
@@ -380,7 +380,7 @@ impl Ring {
             Ok(1) => {
                 // ORDERING: SeqCst: see above.
                 if hdr.joiners.0.occupied.load(SeqCst) != 0 && futex::wake_all(&hdr.unfinished.0) == 0 {
-                    futile(&hdr.joiners.0);
+                    futile(hdr, &hdr.joiners.0);
                 }
                 true
             }
@@ -434,6 +434,6 @@ impl Ring {
     /// Wakes every sleeping consumer (after a slot was skipped, items behind it
     /// may be waiting).
     pub(super) fn wake_all_consumers(&self) {
-        wake(&self.header().not_empty.0, i32::MAX as u32);
+        wake(self.header(), &self.header().not_empty.0, i32::MAX as u32);
     }
 }

@@ -50,8 +50,13 @@ unsafe impl SharedObject for DataHeader {
 }
 
 /// A typed data segment of `len` elements of `T`.
+///
+/// The length is read from the shared header once, checked against the
+/// mapping, and kept here: another process that rewrites the header later
+/// cannot make this process index past the mapping.
 pub(crate) struct Data<T> {
     header: Shared<DataHeader>,
+    len: usize,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -69,7 +74,7 @@ impl<T: Plain> Data<T> {
             h.len.store(len as u64, Ordering::Relaxed);
             h.kind.store(kind as u32, Ordering::Relaxed);
         })?;
-        Ok(Data { header, _type: PhantomData })
+        Ok(Data { header, len, _type: PhantomData })
     }
 
     /// Checks a segment received from another process.
@@ -81,22 +86,24 @@ impl<T: Plain> Data<T> {
         if header.elem.load(Ordering::Relaxed) != type_tag::<T>() {
             return Err("the shared data handle holds another element type");
         }
-        let len = header.len.load(Ordering::Relaxed);
-        let fits = usize::try_from(len)
-            .ok()
-            .and_then(|l| l.checked_mul(size_of::<T>()))
-            .and_then(|b| b.checked_add(DATA_OFFSET))
-            .is_some_and(|end| end <= header.mapping().len());
-        if !fits {
+        let len = usize::try_from(header.len.load(Ordering::Relaxed)).ok().filter(|&l| {
+            l.checked_mul(size_of::<T>())
+                .and_then(|b| b.checked_add(DATA_OFFSET))
+                .is_some_and(|end| end <= header.mapping().len())
+        });
+        let Some(len) = len else {
             return Err("the shared data segment is smaller than its length");
+        };
+        if matches!(kind, Kind::Value | Kind::RawValue) && len != 1 {
+            return Err("a shared value segment does not hold exactly one element");
         }
-        Ok(Data { header, _type: PhantomData })
+        Ok(Data { header, len, _type: PhantomData })
     }
 
-    /// The number of elements.
+    /// The number of elements (checked when the handle was made; never
+    /// re-read from shared memory).
     pub(crate) fn len(&self) -> usize {
-        // ORDERING: Relaxed: set at creation.
-        self.header.len.load(Ordering::Relaxed) as usize
+        self.len
     }
 
     /// The first element (`len` valid elements follow).
@@ -125,7 +132,7 @@ impl<T: Plain> Data<T> {
 
 impl<T> Clone for Data<T> {
     fn clone(&self) -> Self {
-        Data { header: self.header.clone(), _type: PhantomData }
+        Data { header: self.header.clone(), len: self.len, _type: PhantomData }
     }
 }
 

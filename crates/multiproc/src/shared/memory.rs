@@ -439,7 +439,12 @@ impl<'de> Deserialize<'de> for SharedMemory {
         if size == 0 || size > len {
             return Err(D::Error::custom("shared memory handle with an impossible size"));
         }
-        let map = Mapping::from_fd(fd, len).map_err(D::Error::custom)?;
+        let map = match name {
+            // A named segment cannot be sealed (see `Mapping::from_unsealed_fd`).
+            Some(_) => Mapping::from_unsealed_fd(fd, len),
+            None => Mapping::from_fd(fd, len),
+        }
+        .map_err(D::Error::custom)?;
         // The receiver does not own the name: only its creator removes it.
         Ok(SharedMemory::wrap(Inner { map, size, name, created: None }))
     }

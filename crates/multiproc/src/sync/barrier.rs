@@ -12,13 +12,20 @@
 //! parties, no further pass can happen before that waiter looks, since it
 //! is one of them). A timeout or `abort` sets the broken flag, which fails
 //! every wait until `reset`.
+//!
+//! The action is never in shared memory (another process could point it
+//! anywhere): each handle carries it in its own process's memory, and it
+//! travels to another process inside the handle's message, as a code offset
+//! checked against the build, like a task's function.
 
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use serde::de::Error as _;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::BarrierError;
 use crate::process::task::{code_address, code_offset};
@@ -48,10 +55,6 @@ pub(crate) struct BarrierState {
     tag: AtomicU64,
     word: AtomicU32,
     parties: AtomicU32,
-    /// Code offset of the action (`fn()`), valid in processes of `build`.
-    action: AtomicU64,
-    /// Hash of the build id of the process that set the action; 0 if none.
-    build: AtomicU64,
 }
 
 // SAFETY: repr(C) atomics only; all-zero is a fresh barrier (its parties are
@@ -98,10 +101,47 @@ fn fnv(s: &str) -> u64 {
 /// all.sort();
 /// assert_eq!(all, [0, 1, 2]);
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone)]
 pub struct Barrier {
     state: Shared<BarrierState>,
+    /// The action, in this process's memory (see the module notes).
+    action: Option<fn()>,
+}
+
+/// A barrier's action as it travels in a message.
+#[derive(Serialize, Deserialize)]
+struct ActionRef {
+    /// Code offset of the `fn()`.
+    offset: i64,
+    /// Hash of the build id of the process that sent it.
+    build: u64,
+}
+
+impl Serialize for Barrier {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let action = self.action.map(|f| ActionRef { offset: code_offset(f as *const ()), build: build_hash() });
+        (&self.state, action).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Barrier {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (state, action) = <(Shared<BarrierState>, Option<ActionRef>)>::deserialize(d)?;
+        let action = match action {
+            None => None,
+            Some(a) if a.build == build_hash() => {
+                // SAFETY: the offset was made by `code_offset` of a `fn()` in a
+                // process of this same build (checked just above), and it came
+                // in a message, as a task's function does, never from shared
+                // memory; so it resolves to that function here.
+                Some(unsafe { std::mem::transmute::<*const (), fn()>(code_address(a.offset)) })
+            }
+            Some(_) => {
+                return Err(D::Error::custom("the barrier's action was set by a different build of this program"));
+            }
+        };
+        Ok(Barrier { state, action })
+    }
 }
 
 impl Barrier {
@@ -131,12 +171,8 @@ impl Barrier {
         let state = Shared::create("multiproc-barrier", |s: &BarrierState| {
             // ORDERING: Relaxed: published with the tag (see `Shared::place`).
             s.parties.store(parties as u32, Ordering::Relaxed);
-            if let Some(f) = action {
-                s.action.store(code_offset(f as *const ()) as u64, Ordering::Relaxed);
-                s.build.store(build_hash(), Ordering::Relaxed);
-            }
         })?;
-        Ok(Barrier { state })
+        Ok(Barrier { state, action })
     }
 
     /// Waits for the other parties; returns this party's index (the last
@@ -195,19 +231,7 @@ impl Barrier {
     /// The last arrival: run the action, open the next generation, wake all.
     fn pass(&self, full: u32) -> Result<(), BarrierError> {
         let s = &*self.state;
-        // ORDERING: Relaxed: set at creation, published with the tag.
-        let build = s.build.load(Ordering::Relaxed);
-        if build != 0 {
-            if build != build_hash() {
-                self.abort();
-                panic!("the barrier's action was set by a different build of this program");
-            }
-            // ORDERING: Relaxed: as above.
-            let offset = s.action.load(Ordering::Relaxed) as i64;
-            // SAFETY: the offset was made by `code_offset` of a `fn()` in a
-            // process of this same build (checked just above), so it resolves
-            // to that function here.
-            let action = unsafe { std::mem::transmute::<*const (), fn()>(code_address(offset)) };
+        if let Some(action) = self.action {
             let breaker = BreakOnUnwind(self);
             action();
             std::mem::forget(breaker);

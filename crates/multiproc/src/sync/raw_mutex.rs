@@ -40,10 +40,13 @@
 //! list cannot express); detection is by polling, bounded by [`SLICE`] (a
 //! waiter notices a dead owner within about 100 ms).
 //!
-//! All threads that share a lock must be in one pid namespace (true for a
-//! program and the children it starts).
+//! An owner is taken for dead only when that is certain: it recorded
+//! itself (`meta` names it) in our pid namespace (`pidns`), and the kernel
+//! says its thread is gone (a `/proc` that hides it, `hidepid`, or cannot be
+//! read counts as alive). A lock shared across pid namespaces still works; a
+//! dead holder in another namespace is just never replaced (waits time out).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::owner_watch;
@@ -104,9 +107,20 @@ pub(crate) struct RawMutex {
     /// Adaptive busy-wait budget in ns (0: not set yet).
     spin_ns: AtomicU32,
     /// 1 + the CPU the owner took the lock on (0: unknown).
-    holder_cpu: AtomicU32,
+    holder_cpu: AtomicU16,
     /// 1 + the CPU of the last release (0: unknown).
-    releaser_cpu: AtomicU32,
+    releaser_cpu: AtomicU16,
+    /// The owner's pid namespace (0: unknown), written before `meta`: a tid
+    /// means something only in its own namespace, so an owner from another
+    /// one is never declared dead.
+    pidns: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<RawMutex>() == 32, "RawMutex is embedded in 32-byte fields");
+
+/// A CPU hint as stored (saturating; 0 means unknown).
+fn cpu_hint() -> u16 {
+    u16::try_from(thread::current_cpu()).unwrap_or(0)
 }
 
 fn pack(id: ThreadIdentity) -> u64 {
@@ -143,14 +157,17 @@ impl RawMutex {
         // tids); a reader that sees a stale value re-checks the word with a
         // CAS before acting, and the owner reads back its own store. The CPU
         // is a hint for spinning.
-        self.meta.store(pack(me), Ordering::Relaxed);
-        self.holder_cpu.store(thread::current_cpu(), Ordering::Relaxed);
+        self.pidns.store(me.pidns, Ordering::Relaxed);
+        // ORDERING: Release pairs with the Acquire load in `take_from_dead`:
+        // a `meta` naming the owner comes with that owner's namespace.
+        self.meta.store(pack(me), Ordering::Release);
+        self.holder_cpu.store(cpu_hint(), Ordering::Relaxed);
     }
 
     /// False if busy-waiting cannot end the wait: the holder is another
     /// thread on this CPU, or the last release came from this CPU.
     fn worth_spinning(&self, me: ThreadIdentity, owner: u32) -> bool {
-        let cpu = thread::current_cpu();
+        let cpu = cpu_hint();
         // ORDERING: Relaxed: hints.
         let holder_here = owner != me.tid && self.holder_cpu.load(Ordering::Relaxed) == cpu;
         cpu == 0 || !(holder_here || self.releaser_cpu.load(Ordering::Relaxed) == cpu)
@@ -176,7 +193,7 @@ impl RawMutex {
             }
             // ORDERING: Relaxed: advisory, see `set_meta`.
             let meta = self.meta.load(Ordering::Relaxed);
-            let watched = if (meta >> START_BITS) as u32 == owner {
+            let watched = if (meta >> START_BITS) as u32 == owner && self.same_namespace() {
                 owner_watch::watch(&self.word, owner, meta)
             } else {
                 None // the owner has not recorded itself yet
@@ -228,8 +245,14 @@ impl RawMutex {
     /// If `owner` is dead and still holds the word, takes the lock from it.
     #[cold]
     fn take_from_dead(&self, owner: u32, me: ThreadIdentity) -> Option<Acquired> {
-        // ORDERING: Relaxed: advisory, see `set_meta`.
-        let meta = self.meta.load(Ordering::Relaxed);
+        // ORDERING: Acquire pairs with the Release store in `set_meta`: the
+        // namespace read next is the one of the thread `meta` names.
+        let meta = self.meta.load(Ordering::Acquire);
+        // Only an owner that recorded itself, in our pid namespace, can be
+        // known to be dead (its tid names the same thread here).
+        if (meta >> START_BITS) as u32 != owner || !self.same_namespace() {
+            return None;
+        }
         let dead = owner_is_dead(owner, meta);
         // A new owner that just took the word under the same (recycled) tid
         // rewrites `meta` first thing: if it changed, look again later.
@@ -245,10 +268,17 @@ impl RawMutex {
         Some(Acquired::OwnerDied)
     }
 
+    /// True if the recorded owner lives in our pid namespace (both known).
+    fn same_namespace(&self) -> bool {
+        let mine = thread::current().pidns;
+        // ORDERING: Relaxed: ordered by the caller's Acquire load of `meta`.
+        mine != 0 && self.pidns.load(Ordering::Relaxed) == mine
+    }
+
     /// Records the releasing CPU (a hint for spinning waiters).
     fn mark_release(&self) {
         // ORDERING: Relaxed: a hint.
-        self.releaser_cpu.store(thread::current_cpu(), Ordering::Relaxed);
+        self.releaser_cpu.store(cpu_hint(), Ordering::Relaxed);
     }
 
     /// Releases a lock the caller holds.
@@ -331,8 +361,9 @@ mod test {
             meta: AtomicU64::new(0),
             sleepers: AtomicU32::new(0),
             spin_ns: AtomicU32::new(0),
-            holder_cpu: AtomicU32::new(0),
-            releaser_cpu: AtomicU32::new(0),
+            holder_cpu: AtomicU16::new(0),
+            releaser_cpu: AtomicU16::new(0),
+            pidns: AtomicU32::new(0),
         }
     }
 

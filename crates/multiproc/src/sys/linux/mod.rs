@@ -9,6 +9,7 @@ pub(crate) mod listen;
 pub(crate) mod malloc;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
+pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod shm_tracker;
 pub(crate) mod signal;

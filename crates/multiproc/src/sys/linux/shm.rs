@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
 use super::fd::cvt;
@@ -26,16 +27,39 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// A new zeroed anonymous segment of `len` bytes (at least 1).
+    /// A new zeroed anonymous segment of `len` bytes (at least 1), sealed
+    /// against shrinking: no process that holds it can cut the file under
+    /// another's mapping (which would make its next access a SIGBUS). It may
+    /// still grow (the queue grows its sparse file).
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Mapping> {
-        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, len.max(1) as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK)?;
         Mapping::map(fd, len)
     }
 
-    /// Maps an existing segment received from another process; its size
-    /// must be at least `len`.
+    /// Maps an anonymous segment received from another process; its size
+    /// must be at least `len`, and it must be sealed against shrinking (if
+    /// the sender did not seal it, we do; a file that cannot be sealed is
+    /// refused).
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+        if !rustix::fs::fcntl_get_seals(&fd).is_ok_and(|s| s.contains(SealFlags::SHRINK))
+            && rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).is_err()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared memory segment is not sealed against shrinking",
+            ));
+        }
+        Mapping::from_unsealed_fd(fd, len)
+    }
+
+    /// Maps a named segment received from another process (a `/dev/shm`
+    /// file cannot be sealed: whoever can open it can also shrink it, as
+    /// with Python's shared memory); its size must be at least `len`.
+    pub(crate) fn from_unsealed_fd(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+        // Seal it anyway where the file allows it (a memfd sent as "named").
+        let _ = rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK);
         let size = rustix::fs::fstat(&fd)?.st_size as u64;
         if size < len as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "shared memory segment is smaller than announced"));
@@ -148,6 +172,10 @@ mod test {
         let b = Mapping::from_fd(a.as_fd().try_clone_to_owned().unwrap(), 4096).unwrap();
         // SAFETY: as above.
         assert_eq!(unsafe { *b.as_ptr().add(100) }, 7);
+        assert!(rustix::fs::ftruncate(a.as_fd(), 0).is_err(), "a peer must not shrink the segment");
+        let unsealed = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        assert!(Mapping::from_fd(unsealed, 4096).is_err());
     }
 
     #[test]

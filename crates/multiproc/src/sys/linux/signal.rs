@@ -81,21 +81,5 @@ pub(crate) fn count_threads() -> io::Result<usize> {
 #[allow(dead_code, reason = "leak-check helper; integration tests read /proc themselves")]
 pub(crate) fn count_zombie_children() -> io::Result<usize> {
     let me = getpid();
-    let mut zombies = 0;
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces) start after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid: Option<Pid> = fields.next().and_then(|p| p.parse().ok());
-        if state == Some("Z") && ppid == Some(me) {
-            zombies += 1;
-        }
-    }
-    Ok(zombies)
+    Ok(super::proc::all_processes()?.iter().filter(|(_, s)| s.state == b'Z' && s.ppid == me).count())
 }

@@ -107,9 +107,19 @@ pub(crate) fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64)
     Ok(())
 }
 
-/// Reads exactly `len` bytes at `offset` into a new vector.
+/// Reads exactly `len` bytes at `offset` into a new vector. The range must
+/// lie inside the file (checked before anything is allocated: `len` and
+/// `offset` may come from another process), and memory the allocator
+/// refuses is an error, not an abort.
 pub(crate) fn read_exact_at(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-    let mut out: Vec<u8> = Vec::with_capacity(len);
+    let inside = offset
+        .checked_add(len as u64)
+        .is_some_and(|end| end <= i64::MAX as u64 && file_len(fd).is_ok_and(|size| end <= size));
+    if !inside {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "range to read lies outside the memory file"));
+    }
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "no memory for the payload"))?;
     let base = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
     let mut filled = 0;
     while filled < len {

@@ -8,9 +8,10 @@
 //! the same tid and a different start time is somebody else.
 
 use std::cell::Cell;
-use std::io;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::proc::{self, Lookup};
 
 /// The calling thread, as recorded in a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub(crate) struct ThreadIdentity {
     pub tid: u32,
     /// Start time of the thread in clock ticks since boot.
     pub start: u64,
+    /// The process's pid namespace (0: unknown), in which `tid` is valid.
+    pub pidns: u32,
 }
 
 /// What `/proc` says about a thread.
@@ -75,7 +78,7 @@ fn compute_current() -> ThreadIdentity {
         // locks this thread holds, leaving the existence check.
         ThreadStatus::Dead => 0,
     };
-    ThreadIdentity { tid, start }
+    ThreadIdentity { tid, start, pidns: proc::pid_namespace() }
 }
 
 /// 1 + the CPU the calling thread runs on (0 if unknown); a few
@@ -97,14 +100,15 @@ pub(crate) fn tid_alive(tid: u32) -> bool {
     status(tid) != ThreadStatus::Dead
 }
 
-/// Reads `/proc/<tid>/stat`. A thread that cannot be found is dead; if
-/// `/proc` itself cannot be read, the thread is assumed alive (never steal a
-/// lock on a guess).
+/// What `/proc` says about thread `tid`. It is dead only when that is
+/// certain (see [`super::proc`]); if `/proc` cannot tell, it is alive (never
+/// steal a lock on a guess).
 pub(crate) fn status(tid: u32) -> ThreadStatus {
-    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
-        Ok(stat) => parse_stat(&stat).unwrap_or(ThreadStatus::Alive { start: 0 }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => ThreadStatus::Dead,
-        Err(_) => ThreadStatus::Alive { start: 0 },
+    match proc::lookup(tid) {
+        Lookup::Found(stat) if stat.is_zombie() => ThreadStatus::Dead,
+        Lookup::Found(stat) => ThreadStatus::Alive { start: stat.start },
+        Lookup::Gone => ThreadStatus::Dead,
+        Lookup::Unknown => ThreadStatus::Alive { start: 0 },
     }
 }
 
@@ -112,36 +116,16 @@ pub(crate) fn status(tid: u32) -> ThreadStatus {
 /// that started at `start` (not another one under a recycled pid). A
 /// process whose main thread is a zombie is alive while other threads run.
 pub(crate) fn process_alive(pid: u32, start: u64) -> bool {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return false,
-        Err(_) => return true,
-    };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return true;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields from 3: state is [0], num_threads (20) is [17], starttime (22) is [19].
-    let threads: u64 = fields.get(17).and_then(|t| t.parse().ok()).unwrap_or(1);
-    let started: u64 = fields.get(19).and_then(|t| t.parse().ok()).unwrap_or(0);
-    if start != 0 && started != 0 && started != start {
-        return false;
+    match proc::lookup(pid) {
+        Lookup::Found(stat) => {
+            if start != 0 && stat.start != 0 && stat.start != start {
+                return false;
+            }
+            !(stat.is_zombie() && stat.threads <= 1)
+        }
+        Lookup::Gone => false,
+        Lookup::Unknown => true,
     }
-    !(matches!(fields.first(), Some(&("Z" | "X" | "x"))) && threads <= 1)
-}
-
-fn parse_stat(stat: &str) -> Option<ThreadStatus> {
-    // The command name (field 2) may hold spaces and parentheses: fields
-    // after it start after the last ')'. Field 3 is the state, field 22 the
-    // start time.
-    let rest = stat.rsplit_once(')')?.1;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    if matches!(state, "Z" | "X" | "x") {
-        return Some(ThreadStatus::Dead);
-    }
-    let start = fields.nth(18)?.parse().ok()?;
-    Some(ThreadStatus::Alive { start })
 }
 
 #[cfg(test)]
@@ -169,12 +153,5 @@ mod test {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(current_tid() == me.tid && tid_alive(me.tid));
-    }
-
-    #[test]
-    fn parses_names_with_parentheses() {
-        let line = "42 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 12345 0 0";
-        assert_eq!(parse_stat(line), Some(ThreadStatus::Alive { start: 12345 }));
-        assert_eq!(parse_stat("42 (x) Z 1"), Some(ThreadStatus::Dead));
     }
 }
