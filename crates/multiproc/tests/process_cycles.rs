@@ -8,7 +8,7 @@ mod process_support;
 use std::time::{Duration, Instant};
 
 use multiproc::{Process, StartMethod};
-use process_support::{JOIN, count_fds, count_threads, count_zombie_children};
+use process_support::{FORK, JOIN, count_fds, count_threads, count_zombie_children};
 
 fn add(a: u64, b: u64) -> u64 {
     a + b
@@ -38,7 +38,7 @@ fn cycles(method: StartMethod, n: u64) -> Duration {
 #[test]
 fn a_thousand_spawn_join_cycles_leak_nothing() {
     // Warm up: the launcher thread and the fork server start on first use.
-    for method in [StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork] {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn, FORK] {
         cycles(method, 5);
     }
     let before = counts();
@@ -52,7 +52,7 @@ fn a_thousand_spawn_join_cycles_leak_nothing() {
     assert_eq!(after.zombies, 0, "zombies left by ForkServer cycles");
 
     // The other start methods, fewer times (re-execution is slower).
-    for method in [StartMethod::Spawn, StartMethod::Fork] {
+    for method in [StartMethod::Spawn, FORK] {
         let took = cycles(method, 100);
         eprintln!("100 {method:?} spawn/join cycles in {took:?} ({:?} each)", took / 100);
         let now = counts();

@@ -24,7 +24,7 @@ fn worker(path: PathBuf) {
 }
 
 fn middle(method: u8, dir: PathBuf, report: Connection<(i32, i32)>) {
-    let method = [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork][usize::from(method)];
+    let method = [StartMethod::Spawn, StartMethod::ForkServer, process_support::FORK][usize::from(method)];
     let d = Process::builder()
         .name("daemon")
         .daemon(true)

@@ -17,7 +17,7 @@ fn sleeper() {
 /// Starts three sleeping grandchildren with `method`, sends their pids (and
 /// their parents' pids), then sleeps until it is killed.
 fn middle(method: u8, report: Connection<Vec<(i32, i32)>>) {
-    let method = [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork][usize::from(method)];
+    let method = [StartMethod::Spawn, StartMethod::ForkServer, process_support::FORK][usize::from(method)];
     let kids: Vec<Process> =
         (0..3).map(|_| Process::builder().start_method(method).spawn(sleeper, ()).unwrap()).collect();
     let pids = kids
@@ -34,7 +34,7 @@ fn middle(method: u8, report: Connection<Vec<(i32, i32)>>) {
 fn sigkill_the_middle_and_watch_everything_below_it_die(method: StartMethod) {
     let (ours, theirs) = Pipe::<Vec<(i32, i32)>>::duplex().unwrap();
     let method_index =
-        [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork].iter().position(|m| *m == method).unwrap()
+        [StartMethod::Spawn, StartMethod::ForkServer, process_support::FORK].iter().position(|m| *m == method).unwrap()
             as u8;
     let mut mid = Process::builder().name("middle").start_method(method).spawn(middle, (method_index, theirs)).unwrap();
     let mid_pid = mid.pid().unwrap();
@@ -86,5 +86,5 @@ fn children_die_with_a_sigkilled_parent_forkserver() {
 #[test]
 fn children_die_with_a_sigkilled_parent_fork() {
     let _serial = serial();
-    sigkill_the_middle_and_watch_everything_below_it_die(StartMethod::Fork);
+    sigkill_the_middle_and_watch_everything_below_it_die(process_support::FORK);
 }

@@ -7,7 +7,7 @@
 mod process_support;
 
 use multiproc::{Process, StartMethod, get_start_method, set_start_method};
-use process_support::{JOIN, image_loader};
+use process_support::{FORK, JOIN, image_loader};
 
 /// The child's parent and the process that loaded its image.
 fn parent_and_loader() -> (i32, i32, i32) {
@@ -22,7 +22,7 @@ fn started_by(p: &mut Process<(i32, i32, i32)>) -> (StartMethod, i32) {
     let method = if loader == pid {
         StartMethod::Spawn
     } else if loader == me {
-        StartMethod::Fork
+        FORK
     } else {
         assert_eq!(process_support::ppid_of(loader), me, "the fork server is our child");
         StartMethod::ForkServer
@@ -40,7 +40,7 @@ fn set_start_method_changes_the_default() {
     let (method, server) = default_child();
     assert_eq!(method, StartMethod::ForkServer, "by default a child is forked by the fork server");
 
-    for method in [StartMethod::Spawn, StartMethod::Fork] {
+    for method in [StartMethod::Spawn, FORK] {
         set_start_method(method);
         assert_eq!(get_start_method(), method);
         assert_eq!(default_child().0, method);

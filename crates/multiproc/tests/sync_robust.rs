@@ -211,24 +211,6 @@ fn a_thread_that_exits_holding_a_lock_or_value_is_detected() {
     assert_eq!(value.get(), 6);
 }
 
-/// Takes `lock` on a thread that then exits holding it, and waits for it
-/// without a timeout: true if the wait ends with `OwnerDied`.
-fn outlive_a_dead_thread_holder(lock: Lock) -> bool {
-    let l2 = lock.clone();
-    std::thread::spawn(move || l2.acquire().unwrap().leak()).join().unwrap();
-    matches!(lock.acquire(), Err(OwnerDied { .. }))
-}
-
-#[test]
-fn a_forked_child_of_a_process_whose_owner_watch_runs_has_its_own() {
-    // The parent's watch thread is running (it just found a dead holder)
-    // when the child is forked: the child must not rely on that thread,
-    // which did not come along, and still detect a dead holder.
-    assert!(outlive_a_dead_thread_holder(Lock::new().unwrap()));
-    let child = Kid::spawn_with(multiproc::StartMethod::Fork, outlive_a_dead_thread_holder, (Lock::new().unwrap(),));
-    assert!(child.join(), "the forked child saw OwnerDied");
-}
-
 /// A worker of the kill storm: takes the lock over and over; inside, checks
 /// that nobody else is inside, then marks itself and leaves. Counts
 /// violations (must stay 0) and OwnerDied reports.

@@ -91,7 +91,7 @@ pub(crate) fn run_child(channel: Channel, first: Option<Frame>, origin: Origin) 
     let frame = match first.map_or_else(|| channel.recv(Deadline::NEVER, None).ok(), Some) {
         Some(f) if f.kind == Kind::Start => f,
         // The parent died before sending the task, or sent garbage: nothing to do.
-        _ => std::process::exit(EXIT_FAILED),
+        _ => end(origin, EXIT_FAILED),
     };
     let start: Start = match wire::decode(&frame.payload, Vec::new()) {
         Ok(s) => s,
@@ -123,16 +123,27 @@ fn finish(channel: &Channel, reply: Reply, fds: Vec<OwnedFd>, origin: Origin) ->
         // The parent may be gone or may have dropped the handle: nothing to do then.
         let _ = channel.send(Kind::Reply, &encoded.bytes, &fds);
     }
+    end(origin, code)
+}
+
+/// Ends a child as its origin demands: a re-executed child with `exit`, a
+/// forked one only with `_exit` (its exit handlers and library destructors
+/// belong to the image it was forked from), after doing what `exit` would do
+/// that matters to the task's output and children.
+pub(crate) fn end(origin: Origin, code: i32) -> ! {
     match origin {
         Origin::Exec => std::process::exit(code),
-        Origin::Forked => {
-            // What `exit` would do that matters to the task's output and children.
-            let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
-            super::child::end_children();
-            imp::exit_immediately(code)
-        }
+        Origin::Forked => exit_forked(code),
     }
+}
+
+/// Ends a forked child: flushes Rust's standard streams, ends its own
+/// children, then `_exit`s. The only way a forked child ends.
+pub(crate) fn exit_forked(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    super::child::end_children();
+    imp::exit_immediately(code)
 }
 
 thread_local! {

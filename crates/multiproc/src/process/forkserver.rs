@@ -30,6 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::bootstrap;
 use super::launch::Task;
 use super::protocol::{ForkRequest, SpareHello, SpareReply, SpareRequest};
 use crate::sys::Deadline;
@@ -104,7 +105,8 @@ impl Server {
                 imp::forkserver_sys::move_fd(keep, CHILD_CHANNEL_FD);
                 imp::spawn::close_fds_from_except(CHILD_CHANNEL_FD + 1, &[]);
                 imp::die_with_parent(program);
-                let channel = imp::adopt_inherited(CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
+                let channel = imp::adopt_inherited(CHILD_CHANNEL_FD)
+                    .unwrap_or_else(|_| bootstrap::exit_forked(bootstrap::EXIT_FAILED));
                 spare_main(Channel::unix(channel))
             })
         }
@@ -114,25 +116,27 @@ impl Server {
 /// A spare child: waits on its channel for the parent's first message, which
 /// is either the environment to take (then the task) or the task itself.
 fn spare_main(channel: Channel) -> ! {
-    super::bootstrap::prepare_forked_child();
+    bootstrap::prepare_forked_child();
     let greeted = Pidfd::open(imp::getpid())
         .map_err(WireError::from)
         .and_then(|me| channel.send(Kind::Control, &wire::encode(&SpareHello)?.bytes, &[me.into_fd()]));
     if greeted.is_err() {
-        std::process::exit(0); // the parent is gone
+        bootstrap::exit_forked(0); // the parent is gone
     }
     let first = match channel.recv(Deadline::NEVER, None) {
         Ok(f) => f,
-        Err(_) => std::process::exit(0), // the parent dropped the spare unused
+        Err(_) => bootstrap::exit_forked(0), // the parent dropped the spare unused
     };
     let start = if first.kind == Kind::Control {
-        let Ok(req) = wire::decode::<ForkRequest>(&first.payload, Vec::new()) else { std::process::exit(1) };
+        let Ok(req) = wire::decode::<ForkRequest>(&first.payload, Vec::new()) else {
+            bootstrap::exit_forked(bootstrap::EXIT_FAILED)
+        };
         apply_environment(&req);
         None
     } else {
         Some(first)
     };
-    super::bootstrap::run_child(channel, start, super::bootstrap::Origin::Forked)
+    bootstrap::run_child(channel, start, bootstrap::Origin::Forked)
 }
 
 /// Makes this process's environment equal to the requested one, touching

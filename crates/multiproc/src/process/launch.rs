@@ -241,8 +241,10 @@ fn absolute_dir(cwd: Option<&Path>) -> Option<PathBuf> {
 fn fork_here(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Pid> {
     let parent = imp::getpid();
     let raw = imp::forkserver_sys::raw(channel.as_fd());
-    // SAFETY: the `fork` start method is documented as unsafe in threaded
-    // parents; the child only rearranges descriptors before running the task.
+    // SAFETY: choosing the `fork` start method is `unsafe` (`StartMethod::fork`):
+    // the caller promised that no other thread holds state the child needs;
+    // the child rearranges descriptors, forgets the parent's per-process
+    // state, runs the task and ends with `_exit`.
     let pid = unsafe {
         imp::spawn::fork(|| {
             imp::forkserver_sys::reset_child_signals();
@@ -251,7 +253,8 @@ fn fork_here(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Resu
             imp::die_with_parent(parent);
             forget_parent_state();
             apply_changes(env, cwd);
-            let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD).unwrap_or_else(|_| std::process::exit(1));
+            let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD)
+                .unwrap_or_else(|_| super::bootstrap::exit_forked(super::bootstrap::EXIT_FAILED));
             super::bootstrap::child_main(fd, super::bootstrap::Origin::Forked)
         })
     }?;
@@ -275,11 +278,11 @@ fn apply_changes(env: &EnvChanges, cwd: Option<&Path>) {
     }
 }
 
-/// In a new child: enters `dir`, or ends the child with code 1 and a message
-/// (the parent's join then reports the exit).
+/// In a new forked child: enters `dir`, or ends the child (with `_exit`)
+/// with code 1 and a message (the parent's join then reports the exit).
 pub(crate) fn enter_working_dir(dir: &Path) {
     if let Err(e) = std::env::set_current_dir(dir) {
         eprintln!("multiproc: cannot enter working directory {dir:?}: {e}");
-        std::process::exit(1);
+        super::bootstrap::exit_forked(super::bootstrap::EXIT_FAILED);
     }
 }

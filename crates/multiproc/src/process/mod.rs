@@ -37,6 +37,9 @@ use protocol::{Reply, Start};
 /// Measured on a 2-core Linux VM (`cargo run --release -p multiproc-bench --
 /// --only spawn_join`): `ForkServer` starts and joins a child in about a
 /// tenth of the time `Spawn` takes, so it is the default.
+///
+/// `Spawn` and `ForkServer` are safe in any program. `Fork` can only be made
+/// with the `unsafe` [`StartMethod::fork`], whose contract the caller keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartMethod {
     /// Re-execute the program; the child runs only the function (never `main`).
@@ -49,26 +52,75 @@ pub enum StartMethod {
     /// restarts it; the children it forked run on.
     #[default]
     ForkServer,
-    /// Fork the parent itself. **Unsafe in a multi-threaded parent**: a lock
-    /// held by another thread at the moment of the fork (in the allocator, in
-    /// stdout, in any library) stays locked forever in the child. Opt in only
-    /// for single-threaded programs. The child ends without running the
+    /// Fork the parent itself (made only by the `unsafe` [`StartMethod::fork`];
+    /// see its contract). The child ends with `_exit`, without running the
     /// parent's exit handlers, as Python's forked children do.
-    Fork,
+    Fork(ForkContract),
+}
+
+/// The caller's promise that makes [`StartMethod::Fork`] sound; only the
+/// `unsafe` [`StartMethod::fork`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ForkContract(());
+
+impl StartMethod {
+    /// The `fork` start method: the child is a copy of the whole parent,
+    /// made by `fork(2)` from the library's launcher thread, and runs the
+    /// task on that copy.
+    ///
+    /// # Safety
+    ///
+    /// `fork` copies memory but only the forking thread. Every lock that
+    /// another thread of the parent holds at that moment stays locked for
+    /// ever in the child, and data another thread was changing stays half
+    /// changed; the child's task (and the library's code in the child) may
+    /// touch either. So the caller promises that, whenever a child is started
+    /// with this method, **no thread of the program other than the one
+    /// calling `start`/`spawn` (and the library's launcher thread, which does
+    /// the fork) is running code that holds a lock or changes shared state
+    /// the child will use** — in practice: no other thread of yours, and no
+    /// thread of another library (an async runtime, a `tracing` subscriber's
+    /// writer, …) runs while `Fork` children start. The library's own
+    /// threads (the launcher, a `Pool`'s scheduler, the lock owner watch)
+    /// are allowed: a forked child resets their per-process state and never
+    /// touches the rest. When that cannot be promised, use
+    /// [`StartMethod::ForkServer`] (the default), which is as fast and safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Process, StartMethod};
+    ///
+    /// fn double(x: u32) -> u32 { x * 2 }
+    ///
+    /// // SAFETY: this doctest's program runs no other thread while it forks.
+    /// let fork = unsafe { StartMethod::fork() };
+    /// let mut p = Process::builder().start_method(fork).spawn(double, (21,)).unwrap();
+    /// assert_eq!(p.join().unwrap(), 42);
+    /// ```
+    pub const unsafe fn fork() -> StartMethod {
+        StartMethod::Fork(ForkContract(()))
+    }
 }
 
 static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
 
 /// Sets the start method used when a builder does not choose one.
 pub fn set_start_method(method: StartMethod) {
-    DEFAULT_METHOD.store(method as u8 + 1, Ordering::Relaxed);
+    let code = match method {
+        StartMethod::Spawn => 1,
+        StartMethod::ForkServer => 2,
+        StartMethod::Fork(_) => 3,
+    };
+    DEFAULT_METHOD.store(code, Ordering::Relaxed);
 }
 
 /// The start method used when a builder does not choose one.
 pub fn get_start_method() -> StartMethod {
     match DEFAULT_METHOD.load(Ordering::Relaxed) {
         1 => StartMethod::Spawn,
-        3 => StartMethod::Fork,
+        // The contract was promised by whoever set `Fork` (only `fork()` makes one).
+        3 => StartMethod::Fork(ForkContract(())),
         _ => StartMethod::ForkServer,
     }
 }

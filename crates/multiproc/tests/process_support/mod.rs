@@ -12,8 +12,16 @@ use multiproc::StartMethod;
 /// slow machine does not fail them, but a hang still ends.
 pub const JOIN: Duration = Duration::from_secs(20);
 
-/// All start methods, for tests that check the basics under each.
-pub const METHODS: [StartMethod; 3] = [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork];
+/// The `fork` start method, for tests that run alone in their binary or
+/// hold [`serial`] while they fork.
+// SAFETY: every test that forks is the only one of its binary or holds
+// `serial()`, so no other test thread is in the library or holds a lock the
+// child needs when the launcher thread forks.
+pub const FORK: StartMethod = unsafe { StartMethod::fork() };
+
+/// All start methods, for tests that check the basics under each (they hold
+/// [`serial`]).
+pub const METHODS: [StartMethod; 3] = [StartMethod::Spawn, StartMethod::ForkServer, FORK];
 
 /// Serializes the tests of one test binary. The `Fork` start method is only
 /// safe while no other thread of the parent is inside the library (libtest runs

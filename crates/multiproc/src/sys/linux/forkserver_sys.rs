@@ -70,7 +70,8 @@ impl SiblingFork {
                 // SAFETY: the head is this thread's robust list, which the
                 // child has at the same address; the kernel only records it.
                 unsafe { libc::syscall(libc::SYS_set_robust_list, self.robust_head, self.robust_len) };
-                child();
+                // As in `spawn::fork`: a panic ends the child with `_exit`.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
                 // SAFETY: _exit ends the child without running the server's exit handlers.
                 unsafe { libc::_exit(1) }
             }

@@ -144,7 +144,10 @@ pub(crate) unsafe fn fork(child: impl FnOnce()) -> io::Result<Pid> {
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            child();
+            // A panic must not unwind into the copy of the forking thread's
+            // frames (its thread would end, and with it the child, through
+            // `exit` and the parent image's exit handlers).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
             // SAFETY: _exit ends the child without running the parent's exit handlers.
             unsafe { libc::_exit(1) }
         }
