@@ -25,7 +25,7 @@ use super::ring::{self, PHASE_CHUNK, PHASE_INIT, PHASE_ITEM, StatusPage};
 use super::worker::{InitSpec, WorkerConfig, worker_main};
 use crate::process::{Process, StartMethod};
 use crate::sys::Deadline;
-use crate::sys::imp::{self, Interest};
+use crate::sys::imp::{self, Interest, wake::WakeFd};
 use crate::wire::{Channel, Outbox, SendFd};
 
 /// Each worker gets about this much queued work (estimated from how fast its
@@ -66,7 +66,7 @@ pub(crate) struct InitTemplate {
 #[derive(Debug)]
 pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
-    wake: OwnedFd,
+    wake: WakeFd,
     sleeping: AtomicBool,
     /// Set when the scheduler thread ends (its workers are all reaped).
     finished: Mutex<bool>,
@@ -158,7 +158,7 @@ impl Shared {
         // ORDERING: SeqCst pairs with the scheduler's store of `sleeping`
         // before it re-checks the inbox, so one of the two sees the other.
         if self.sleeping.swap(false, Ordering::SeqCst) {
-            let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+            self.wake.signal();
         }
     }
 }
@@ -166,8 +166,7 @@ impl Shared {
 /// Starts the pool's workers (on this thread, so start errors are returned)
 /// and its scheduler thread.
 pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>), PoolError> {
-    let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-        .map_err(|e| PoolError::Start(crate::ProcessError::Start(e.into())))?;
+    let wake = WakeFd::new().map_err(|e| PoolError::Start(crate::ProcessError::Start(e)))?;
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox::default()),
         wake,
@@ -477,8 +476,7 @@ impl Scheduler {
         drop(fds);
         self.shared.sleeping.store(false, Ordering::SeqCst);
         if ready[0] {
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&self.shared.wake, &mut buf);
+            self.shared.wake.drain();
         }
         let now = Instant::now();
         let mut exited = Vec::new();

@@ -1,4 +1,5 @@
-//! What a re-executed or forked process does before (instead of) `main`.
+//! What a re-executed or forked process does before (instead of) `main`:
+//! the one dispatcher that decides a re-executed binary's role.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -12,36 +13,75 @@ use crate::sys::imp::{self, spawn::CHILD_CHANNEL_FD};
 use crate::wire::{self, Channel, Frame, Kind};
 
 /// Environment variable that tells a re-executed binary which role it has:
-/// `child:<parent pid>` or `forkserver:<parent pid>`.
+/// `<role>:<pid of the process that started it>` (see [`Role`]). It is the
+/// only such variable; the binary removes it before anything else runs.
 pub(crate) const ROLE_ENV: &str = "MULTIPROC_ROLE";
+
+/// What a re-executed binary is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A child running one task for its parent.
+    Child,
+    /// The fork server of its parent.
+    ForkServer,
+    /// The shared-memory tracker of its creator (detaches at once).
+    ShmTracker,
+}
+
+impl Role {
+    /// The name in [`ROLE_ENV`].
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Role::Child => "child",
+            Role::ForkServer => "forkserver",
+            Role::ShmTracker => "shm-tracker",
+        }
+    }
+
+    fn parse(value: &str) -> Option<(Role, i32)> {
+        let (name, pid) = value.split_once(':')?;
+        let role = [Role::Child, Role::ForkServer, Role::ShmTracker].into_iter().find(|r| r.name() == name)?;
+        Some((role, pid.parse().ok()?))
+    }
+}
+
+imp::init::before_main!(on_load);
 
 /// Exit code of a child whose task failed before or after running (bad
 /// arguments, refused build, unserializable result): like a Python exception.
 pub(crate) const EXIT_FAILED: i32 = 1;
 
-/// Called from the `.init_array` hook before `main`.
-pub(crate) fn on_load() {
-    let Some(role) = std::env::var_os(ROLE_ENV) else {
+/// Called from the `.init_array` hook before `main`: dispatches a
+/// re-executed binary to its role; returns (and `main` runs) in a program
+/// started normally.
+fn on_load() {
+    let Some(value) = std::env::var_os(ROLE_ENV) else {
         return;
     };
     // SAFETY: this runs before `main`, while the process is single-threaded, so
     // no other thread can be reading the environment.
     unsafe { std::env::remove_var(ROLE_ENV) };
-    let role = role.to_string_lossy().into_owned();
-    let parsed = role.split_once(':').and_then(|(r, p)| Some((r.to_string(), p.parse::<i32>().ok()?)));
-    match parsed {
-        Some((r, parent)) if r == "child" => {
+    let value = value.to_string_lossy().into_owned();
+    match Role::parse(&value) {
+        Some((Role::Child, parent)) => {
             imp::die_with_parent(parent);
             let channel = adopt_channel();
             child_main(channel, Origin::Exec)
         }
-        Some((r, parent)) if r == "forkserver" => {
+        Some((Role::ForkServer, parent)) => {
             imp::die_with_parent(parent);
             let control = adopt_channel();
             super::forkserver::serve(control)
         }
-        _ => {
-            eprintln!("multiproc: bad {ROLE_ENV} value {role:?}; exiting");
+        Some((Role::ShmTracker, creator)) => {
+            // Not tied to its creator: it must outlive it.
+            let channel = adopt_channel();
+            imp::shm_tracker::detach();
+            crate::shared::tracker::serve(channel, creator);
+            imp::exit_immediately(0)
+        }
+        None => {
+            eprintln!("multiproc: bad {ROLE_ENV} value {value:?}; exiting");
             std::process::exit(EXIT_FAILED)
         }
     }

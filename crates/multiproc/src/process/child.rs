@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
-use crate::process_local::ProcessLocal;
+use crate::process_local::{ForkHook, ProcessLocal};
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Pid, pidfd::Pidfd};
 
@@ -99,16 +99,16 @@ impl ChildShared {
 
 static REGISTRY: ProcessLocal<Vec<Arc<ChildShared>>> = ProcessLocal::new(Vec::new);
 
-/// Forgets the parent's children in a child made by `fork` (see
-/// `launch::forget_parent_state`).
-pub(crate) fn forget_in_child() {
-    REGISTRY.forget_in_child();
-    // The inherited exit handler now serves this process and its own children.
+/// In a child made by `fork` (its copy of `REGISTRY` is reset on its own):
+/// the inherited exit handler now serves this process and its own children.
+fn adopt_exit_handler() {
     // ORDERING: see HANDLER_OWNER.
     if HANDLER_OWNER.load(Ordering::Relaxed) != 0 {
         HANDLER_OWNER.store(imp::getpid(), Ordering::Relaxed);
     }
 }
+
+static ADOPT_EXIT_HANDLER: ForkHook = ForkHook::new(adopt_exit_handler);
 
 /// The children still running; finished ones are reaped and dropped.
 pub(crate) fn active() -> Vec<Arc<ChildShared>> {
@@ -133,8 +133,8 @@ fn ensure_exit_handler() {
         // ORDERING: written once before the handler is installed; read at exit
         // by the same process, so no cross-thread ordering is needed.
         HANDLER_OWNER.store(imp::getpid(), Ordering::Relaxed);
-        // SAFETY: `at_exit` is a plain extern "C" function with no arguments.
-        unsafe { libc::atexit(at_exit) };
+        ADOPT_EXIT_HANDLER.arm();
+        imp::at_exit(at_exit);
     });
 }
 

@@ -236,7 +236,7 @@ impl ForkServerClient {
         let (ours, theirs) = imp::socketpair()?;
         let env = super::launch::child_environment(&Vec::new());
         let cwd = std::env::current_dir().ok();
-        let pid = super::launch::spawn_exe(theirs.as_fd(), "forkserver", &Vec::new(), None)?;
+        let pid = super::launch::spawn_exe(theirs.as_fd(), super::bootstrap::Role::ForkServer, &Vec::new(), None)?;
         let pidfd = Pidfd::open(pid)?;
         let control = Channel::unix(ours);
         let mut client = ForkServerClient { control, pid, pidfd, env, cwd, asked: VecDeque::new(), next_pair: None };

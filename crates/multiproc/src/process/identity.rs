@@ -13,11 +13,6 @@ struct Identity {
 
 static IDENTITY: ProcessLocal<Option<Identity>> = ProcessLocal::new(|| None);
 
-/// See `launch::forget_parent_state`.
-pub(crate) fn forget_in_child() {
-    IDENTITY.forget_in_child();
-}
-
 fn get() -> Identity {
     IDENTITY.lock().clone().unwrap_or(Identity { name: "MainProcess".to_string(), daemon: false, parent: None })
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
-use super::bootstrap::ROLE_ENV;
+use super::bootstrap::{ROLE_ENV, Role};
 use super::child::ExitWatch;
 use super::forkserver::ForkServerClient;
 use super::{ProcessError, StartMethod};
@@ -79,18 +79,6 @@ fn start_launcher() -> io::Result<mpsc::Sender<Job>> {
     Ok(tx)
 }
 
-/// In a child made with the `fork` start method: forgets the parent's
-/// launcher, fork server, children, arenas, identity and lock-owner watch,
-/// whose threads and descriptors did not come along (see [`ProcessLocal`]).
-fn forget_parent_state() {
-    LAUNCHER.forget_in_child();
-    FORK_SERVER.forget_in_child();
-    super::child::forget_in_child();
-    super::identity::forget_in_child();
-    crate::wire::forget_in_child();
-    crate::sync::owner_watch::forget_in_child();
-}
-
 /// Starts a child with `method` running `task`.
 pub(crate) fn launch(
     method: StartMethod,
@@ -99,7 +87,7 @@ pub(crate) fn launch(
     cwd: Option<&Path>,
     exe: Option<&Path>,
 ) -> Result<Launched, ProcessError> {
-    crate::sys::imp::init::keep_linked();
+    super::bootstrap::keep_linked();
     if method == StartMethod::ForkServer {
         return fork_via_server(task, env, cwd, exe);
     }
@@ -112,7 +100,7 @@ pub(crate) fn launch(
     let cwd = cwd.map(Path::to_path_buf);
     let pid = if method == StartMethod::Spawn {
         let exe = exe.map(Path::to_path_buf);
-        on_launcher_thread(move || spawn_exe_at(theirs.as_fd(), "child", &env, cwd.as_deref(), exe.as_deref()))
+        on_launcher_thread(move || spawn_exe_at(theirs.as_fd(), Role::Child, &env, cwd.as_deref(), exe.as_deref()))
     } else {
         on_launcher_thread(move || fork_here(theirs, &env, cwd.as_deref()))
     };
@@ -120,15 +108,17 @@ pub(crate) fn launch(
     Ok(Launched { pid, exit: ExitWatch::child(pid).map_err(ProcessError::Start)?, channel })
 }
 
-/// Re-executes this program in `role` with `channel` as its descriptor 3.
-/// Must run on the launcher thread.
-pub(crate) fn spawn_exe(channel: BorrowedFd<'_>, role: &str, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Pid> {
+/// Re-executes this program in `role` with `channel` as its descriptor 3:
+/// the one place that builds a re-executed binary's environment. A `Child`
+/// or `ForkServer` must be started on the launcher thread (its parent-death
+/// signal follows the starting thread).
+pub(crate) fn spawn_exe(channel: BorrowedFd<'_>, role: Role, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Pid> {
     spawn_exe_at(channel, role, env, cwd, None)
 }
 
 fn spawn_exe_at(
     channel: BorrowedFd<'_>,
-    role: &str,
+    role: Role,
     env: &EnvChanges,
     cwd: Option<&Path>,
     exe: Option<&Path>,
@@ -146,7 +136,7 @@ fn spawn_exe_at(
             kv
         })
         .collect();
-    full.push(format!("{ROLE_ENV}={role}:{}", imp::getpid()).into());
+    full.push(format!("{ROLE_ENV}={}:{}", role.name(), imp::getpid()).into());
     imp::spawn::spawn(&SpawnRequest { exe: &exe, env: full, cwd, channel })
 }
 
@@ -251,7 +241,9 @@ fn fork_here(channel: OwnedFd, env: &EnvChanges, cwd: Option<&Path>) -> io::Resu
             imp::forkserver_sys::move_fd(raw, imp::spawn::CHILD_CHANNEL_FD);
             imp::spawn::close_fds_from_except(imp::spawn::CHILD_CHANNEL_FD + 1, &[]);
             imp::die_with_parent(parent);
-            forget_parent_state();
+            // The parent's launcher, fork server, children, arenas, identity,
+            // lock-owner watch and shm tracker did not come along.
+            crate::process_local::reset_all_in_forked_child();
             apply_changes(env, cwd);
             let fd = imp::adopt_inherited(imp::spawn::CHILD_CHANNEL_FD)
                 .unwrap_or_else(|_| super::bootstrap::exit_forked(super::bootstrap::EXIT_FAILED));

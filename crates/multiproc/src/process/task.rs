@@ -116,7 +116,7 @@ impl EntryRef {
                 "multiproc: a function sent to a child must not capture state; pass state as arguments instead"
             )
         };
-        crate::sys::imp::init::keep_linked();
+        crate::process::bootstrap::keep_linked();
         let entry: EntryFn = trampoline::<F, A, R>;
         EntryRef {
             offset: (entry as *const () as usize as i64).wrapping_sub(anchor as *const () as usize as i64),

@@ -11,9 +11,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::os::fd::{AsFd, OwnedFd};
 
+use crate::process::bootstrap::Role;
+use crate::process_local::ProcessLocal;
 use crate::sys::imp::{self, shm_tracker, thread};
 
 struct Connection {
@@ -24,7 +25,20 @@ struct Connection {
     names: HashMap<String, usize>,
 }
 
-static TRACKER: Mutex<Option<Connection>> = Mutex::new(None);
+/// This process's connection (reset in a forked child, see `ProcessLocal`).
+static TRACKER: ProcessLocal<Option<Connection>> = ProcessLocal::new(|| None);
+
+/// Starts a tracker for this process; returns our end of its socket. Closing
+/// it (including by dying) tells the tracker to clean up and exit.
+fn start() -> io::Result<OwnedFd> {
+    let (ours, theirs) = imp::socketpair()?;
+    crate::process::bootstrap::keep_linked();
+    let pid = crate::process::launch::spawn_exe(theirs.as_fd(), Role::ShmTracker, &Vec::new(), None)?;
+    drop(theirs);
+    // The spawned process forks the real tracker and exits at once: reap it.
+    imp::wait_exit(pid);
+    Ok(ours)
+}
 
 fn send(conn: &Connection, op: char, name: &str) -> io::Result<()> {
     shm_tracker::send_line(&conn.sock, format!("{op} {name}\n").as_bytes())
@@ -32,12 +46,12 @@ fn send(conn: &Connection, op: char, name: &str) -> io::Result<()> {
 
 /// Records that this process owns `name`, starting the tracker if needed.
 pub(crate) fn register(name: &str) -> io::Result<()> {
-    let mut guard = TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = TRACKER.lock();
     let me = imp::getpid();
     if guard.as_ref().is_none_or(|c| c.pid != me) {
         // First name in this process (or we are a forked child: the parent's
         // tracker is the parent's business).
-        *guard = Some(Connection { pid: me, sock: shm_tracker::start()?, names: HashMap::new() });
+        *guard = Some(Connection { pid: me, sock: start()?, names: HashMap::new() });
     }
     let Some(conn) = guard.as_mut() else { unreachable!("set just above") };
     let count = conn.names.entry(name.to_string()).or_insert(0);
@@ -47,7 +61,7 @@ pub(crate) fn register(name: &str) -> io::Result<()> {
     }
     if send(conn, 'R', name).is_err() {
         // The tracker died: start another and tell it everything again.
-        conn.sock = shm_tracker::start()?;
+        conn.sock = start()?;
         for owned in conn.names.keys() {
             send(conn, 'R', owned)?;
         }
@@ -58,7 +72,7 @@ pub(crate) fn register(name: &str) -> io::Result<()> {
 /// Records that this process no longer owns `name` (removed, or the create
 /// that claimed it failed).
 pub(crate) fn unregister(name: &str) {
-    let mut guard = TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = TRACKER.lock();
     let Some(conn) = guard.as_mut().filter(|c| c.pid == imp::getpid()) else {
         return;
     };
@@ -84,7 +98,7 @@ pub(crate) fn serve(sock: OwnedFd, creator: i32) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match rustix::io::read(&sock, &mut buf) {
+        match imp::read_some(sock.as_fd(), &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 pending.extend_from_slice(&buf[..n]);
@@ -93,7 +107,6 @@ pub(crate) fn serve(sock: OwnedFd, creator: i32) {
                     apply(&mut names, &line[..line.len() - 1]);
                 }
             }
-            Err(rustix::io::Errno::INTR) => {}
             Err(_) => break,
         }
     }

@@ -112,11 +112,6 @@ pub(crate) fn watch(word: &AtomicU32, owner: u32, meta: u64) -> Option<Watched> 
     Some(Watched { slot })
 }
 
-/// In a child made by `fork`: the watch thread did not come along.
-pub(crate) fn forget_in_child() {
-    REGISTRY.forget_in_child();
-}
-
 /// The watch thread's loop.
 fn run_watch() {
     let mut idle = 0;

@@ -178,14 +178,10 @@ pub(crate) struct InArenas {
     maps: VecDeque<(u64, Mapping)>,
 }
 
-/// The arenas this process has received from, shared by all its channels.
+/// The arenas this process has received from, shared by all its channels (a
+/// child made by `fork`, whose descriptor table was cleared, forgets them
+/// without unmapping or closing them: see `ProcessLocal`).
 static RECEIVED: ProcessLocal<InArenas> = ProcessLocal::new(InArenas::default);
-
-/// Forgets the received mappings without unmapping or closing them (in a
-/// child made by `fork`, whose descriptor table was cleared).
-pub(crate) fn forget_in_child() {
-    RECEIVED.forget_in_child();
-}
 
 /// Copies a payload out of a sender's arena; see [`InArenas::take`].
 pub(crate) fn take(fd: OwnedFd, offset: u64, len: u64) -> Result<Vec<u8>, WireError> {
@@ -228,12 +224,11 @@ impl InArenas {
     }
 
     fn mapping(&mut self, fd: OwnedFd) -> Result<&Mapping, WireError> {
-        let stat = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
-        let key = stat.st_ino;
+        let (key, size) = crate::sys::imp::shm::file_identity(fd.as_fd())?;
         if let Some(i) = self.maps.iter().position(|(ino, _)| *ino == key) {
             return Ok(&self.maps[i].1);
         }
-        let len = usize::try_from(stat.st_size).map_err(|_| WireError::corrupt("arena has a negative size"))?;
+        let len = usize::try_from(size).map_err(|_| WireError::corrupt("arena too large"))?;
         if len > MAX_ARENA {
             return Err(WireError::corrupt("arena larger than allowed"));
         }

@@ -29,11 +29,6 @@ pub(crate) const OFFLOAD_THRESHOLD: usize = 64 * 1024;
 pub(crate) const MAX_INLINE_LEN: u64 = 1 << 30;
 pub(crate) const MAX_OFFLOAD_LEN: u64 = 1 << 34;
 
-/// See `process::launch::forget_parent_state`.
-pub(crate) fn forget_in_child() {
-    arena::forget_in_child();
-}
-
 /// Feeds arbitrary bytes to the frame decoder and the payload codec; used by
 /// the fuzz target and the robustness tests. Never panics.
 #[doc(hidden)]

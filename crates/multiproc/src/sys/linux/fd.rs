@@ -76,6 +76,17 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Resul
     Ok(poll_fds(&[(fd, Interest::Read)], deadline)?[0])
 }
 
+/// Reads what is available from `fd` into `buf` (retrying on EINTR); 0 at
+/// end of stream.
+pub(crate) fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Err(rustix::io::Errno::INTR) => {}
+            result => return Ok(result?),
+        }
+    }
+}
+
 /// Counts the open descriptors of this process (for leak checks).
 #[allow(dead_code, reason = "leak-check helper; integration tests read /proc themselves")]
 pub(crate) fn count_open_fds() -> io::Result<usize> {

@@ -17,6 +17,7 @@ pub(crate) mod socket;
 pub(crate) mod sparse;
 pub(crate) mod spawn;
 pub(crate) mod thread;
+pub(crate) mod wake;
 
 pub(crate) use fd::*;
 pub(crate) use signal::*;

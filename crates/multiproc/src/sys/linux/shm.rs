@@ -130,6 +130,12 @@ impl Drop for Mapping {
     }
 }
 
+/// The identity (inode) and size of a memory file.
+pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let stat = rustix::fs::fstat(fd)?;
+    Ok((stat.st_ino, u64::try_from(stat.st_size).unwrap_or(0)))
+}
+
 fn shm_path(name: &str) -> io::Result<CString> {
     let name = name.trim_start_matches('/');
     if name.is_empty() || name.contains('/') || name.len() > 250 {

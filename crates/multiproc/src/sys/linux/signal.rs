@@ -23,6 +23,13 @@ pub(crate) fn kill_and_reap(pid: Pid) {
     let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
 }
 
+/// Waits for our child `pid` to exit and reaps it (retrying on EINTR).
+pub(crate) fn wait_exit(pid: Pid) {
+    while let Err(rustix::io::Errno::INTR) =
+        rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty())
+    {}
+}
+
 /// SIGTERM.
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 /// SIGKILL.
@@ -37,6 +44,12 @@ pub(crate) fn die_with_parent(expected_parent: Pid) {
         // SAFETY: _exit is async-signal-safe and ends the process at once.
         unsafe { libc::_exit(1) };
     }
+}
+
+/// Registers `handler` to run at normal process exit (`atexit`).
+pub(crate) fn at_exit(handler: extern "C" fn()) {
+    // SAFETY: `handler` is a plain extern "C" function taking no arguments.
+    unsafe { libc::atexit(handler) };
 }
 
 /// Ends the process at once with `code`: no `atexit` handlers, no library
