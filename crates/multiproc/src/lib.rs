@@ -181,7 +181,9 @@
 
 #![warn(missing_docs)]
 
+pub(crate) mod code;
 pub mod connection;
+pub(crate) mod memory;
 pub mod pool;
 pub mod process;
 pub(crate) mod process_local;

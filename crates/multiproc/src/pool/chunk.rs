@@ -18,8 +18,9 @@ use super::error::TaskError;
 use super::protocol::{Format, Framed, RunnerRef};
 use super::ring::{StatusPage, monotonic_ns};
 use super::slab::{self, SLAB_MIN, SlabLoan, Slabs};
+use crate::code::{code_address, code_offset};
 use crate::process::Task;
-use crate::process::task::{assert_stateless, code_address, code_offset, conjure, type_hash};
+use crate::process::task::{assert_stateless, conjure, type_hash};
 use crate::wire::{self, encode_into};
 
 /// A task that receives the worker's state: `fn(&mut S, A) -> R`, a plain

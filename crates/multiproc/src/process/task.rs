@@ -1,5 +1,5 @@
 //! Functions that run in a child: plain `fn` items and non-capturing closures,
-//! shipped as a code offset from an anchor inside the same build.
+//! shipped as a code offset (see [`crate::code`]) inside the same build.
 
 use std::os::fd::OwnedFd;
 
@@ -58,32 +58,13 @@ pub(crate) type EntryFn = fn(args: &[u8], fds: Vec<OwnedFd>, type_hash: u64) -> 
 /// A function reference that can cross to a child of the same build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct EntryRef {
-    /// Address of the trampoline minus the address of [`anchor`].
+    /// Code offset of the trampoline (see [`crate::code`]).
     pub offset: i64,
     /// Hash of the function, argument and result type names.
     pub type_hash: u64,
 }
 
-/// A fixed point in the code that both processes share.
-#[inline(never)]
-fn anchor() {}
-
-/// The offset of a code address from the anchor: the same in every process
-/// running this build, whatever the address-space layout.
-pub(crate) fn code_offset(addr: *const ()) -> i64 {
-    (addr as usize as i64).wrapping_sub(anchor as *const () as usize as i64)
-}
-
-/// The code address for an offset made by [`code_offset`].
-///
-/// # Safety
-///
-/// `offset` must come from [`code_offset`] in a process running the same build
-/// (checked by the build-id handshake), and the caller must transmute the
-/// result to the exact function type whose address was taken.
-pub(crate) unsafe fn code_address(offset: i64) -> *const () {
-    (anchor as *const () as usize as i64).wrapping_add(offset) as usize as *const ()
-}
+use crate::code::{code_address, code_offset};
 
 /// Rejects, at compile time, a function type that carries state.
 pub(crate) const fn assert_stateless<F>() {
@@ -118,10 +99,7 @@ impl EntryRef {
         };
         crate::process::bootstrap::keep_linked();
         let entry: EntryFn = trampoline::<F, A, R>;
-        EntryRef {
-            offset: (entry as *const () as usize as i64).wrapping_sub(anchor as *const () as usize as i64),
-            type_hash: type_hash::<F, A, R>(),
-        }
+        EntryRef { offset: code_offset(entry as *const ()), type_hash: type_hash::<F, A, R>() }
     }
 
     /// Resolves the entry point in this process.
@@ -137,17 +115,10 @@ impl EntryRef {
     }
 }
 
-/// Hash of three type names, to check that both ends mean the same types.
+/// Hash of the function, argument and result type names, to check that
+/// both ends mean the same types.
 pub(crate) fn type_hash<F, A, R>() -> u64 {
-    // FNV-1a over the type names: stable within a build, cheap.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for name in [std::any::type_name::<F>(), std::any::type_name::<A>(), std::any::type_name::<R>()] {
-        for b in name.bytes().chain([0]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
-    h
+    crate::code::fnv1a(&[std::any::type_name::<F>(), std::any::type_name::<A>(), std::any::type_name::<R>()])
 }
 
 fn trampoline<F, A, R>(args: &[u8], fds: Vec<OwnedFd>, hash: u64) -> EntryResult

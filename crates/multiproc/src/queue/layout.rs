@@ -313,13 +313,6 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// FNV-1a hash of a type's name: a cheap check that both ends of a queue
-/// agree on the item type.
-pub(super) fn type_hash<T: ?Sized>() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in std::any::type_name::<T>().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+/// Hash of a type's name: a cheap check that both ends of a queue agree on
+/// the item type.
+pub(super) use crate::code::type_hash;

@@ -9,9 +9,9 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use super::data::{Data, Kind, data_serde};
-use super::plain::{self, Plain};
 use super::value::AtomicPlain;
-use crate::sync::raw_mutex::Acquired;
+use crate::memory::plain::{self, Plain};
+use crate::memory::raw_mutex::Acquired;
 use crate::sync::{LockResult, OwnerDied, TryLockError, TryLockResult};
 use crate::sys::Deadline;
 

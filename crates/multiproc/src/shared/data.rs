@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::plain::{Plain, type_tag};
-use super::segment::{Shared, SharedObject};
-use crate::sync::raw_mutex::RawMutex;
+use crate::memory::plain::{Plain, type_tag};
+use crate::memory::raw_mutex::RawMutex;
+use crate::memory::segment::{Shared, SharedObject};
 
 /// Where the elements start.
 pub(crate) const DATA_OFFSET: usize = 64;

@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::SharedMemoryError;
-use super::plain;
 use super::tracker;
+use crate::memory::plain;
 use crate::sys::imp::shm::{self, Mapping};
 use crate::sys::imp::{self, thread};
 use crate::wire::fd_serde;

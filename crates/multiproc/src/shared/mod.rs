@@ -38,13 +38,11 @@ mod array;
 pub(crate) mod data;
 mod error;
 mod memory;
-pub(crate) mod plain;
-pub(crate) mod segment;
 pub(crate) mod tracker;
 mod value;
 
+pub use crate::memory::plain::Plain;
 pub use array::{Array, ArrayGuard, RawArray};
 pub use error::SharedMemoryError;
 pub use memory::SharedMemory;
-pub use plain::Plain;
 pub use value::{AtomicPlain, RawValue, Value, ValueGuard};

@@ -8,8 +8,8 @@ use std::sync::atomic;
 use std::time::Duration;
 
 use super::data::{Data, Kind, data_serde};
-use super::plain::{self, Plain};
-use crate::sync::raw_mutex::Acquired;
+use crate::memory::plain::{self, Plain};
+use crate::memory::raw_mutex::Acquired;
 use crate::sync::{LockResult, OwnerDied, TryLockError, TryLockResult};
 use crate::sys::Deadline;
 

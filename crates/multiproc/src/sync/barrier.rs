@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::BarrierError;
-use crate::process::task::{code_address, code_offset};
-use crate::shared::segment::{Shared, SharedObject};
+use crate::code::{code_address, code_offset};
+use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
 use crate::sys::imp;
 use crate::sys::imp::futex::{self, FutexWait};
@@ -67,12 +67,7 @@ unsafe impl SharedObject for BarrierState {
 }
 
 fn build_hash() -> u64 {
-    // Never 0, which means "no action".
-    fnv(imp::build_id::build_id()) | 1
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+    crate::code::fnv1a(&[imp::build_id::build_id()])
 }
 
 /// A barrier for a fixed number of parties, in any mix of processes and

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{LockResult, OwnerDied, TryLockError, TryLockResult};
 use super::lock::{Lock, LockGuard, LockState};
-use super::raw_mutex::Acquired;
-use crate::shared::segment::{Shared, SharedObject};
+use crate::memory::raw_mutex::Acquired;
+use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
 use crate::sys::imp::futex;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shared::segment::{Shared, SharedObject};
+use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{LockResult, OwnerDied, ReleaseError, TryLockError, TryLockResult};
-use super::raw_mutex::{Acquired, RawMutex};
-use crate::shared::segment::{Shared, SharedObject};
+use crate::memory::raw_mutex::{Acquired, RawMutex};
+use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
 
 /// The shared part of a [`Lock`].

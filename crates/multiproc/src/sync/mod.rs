@@ -43,8 +43,6 @@ mod condition;
 mod error;
 mod event;
 mod lock;
-pub(crate) mod owner_watch;
-pub(crate) mod raw_mutex;
 mod rlock;
 mod semaphore;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::ReleaseError;
-use crate::shared::segment::{Shared, SharedObject};
+use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
 

@@ -190,14 +190,7 @@ fn exact(at: *const u8, len: usize) -> usize {
 
 /// A stable hash of a type's name, stored in a segment so that a handle
 /// decoded as the wrong element type is refused.
-pub(crate) fn type_tag<T>() -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in std::any::type_name::<T>().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
+pub(crate) use crate::code::type_hash as type_tag;
 
 #[cfg(test)]
 mod test {
