@@ -1,0 +1,164 @@
+//! Consumers: take the item at the head of the queue, and resolve a slot
+//! whose owner (producer or consumer) died holding it.
+
+use std::io;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+
+use super::decode::{SlotItem, decode_slot};
+use super::{Blocked, Got, Ring, Step, owner_gone};
+use crate::queue::layout::{Frame, Slot};
+use crate::queue::states::{FREE, LapOrder, READY, SEALED, SKIP, Stamp, TAKING, WRITING};
+
+impl Ring {
+    /// Takes the item at the head, if there is one; its bytes go to `buf`.
+    pub(in crate::queue) fn take_once(&self, me: u32, buf: &mut Vec<u8>) -> io::Result<Step> {
+        let hdr = self.header();
+        loop {
+            // ORDERING: Acquire: pairs with the Release CAS that moved seg_head.
+            let n = hdr.seg_head.0.load(Acquire);
+            let f = self.frame(n)?;
+            let fh = f.header();
+            // ORDERING: Acquire: pairs with the Release store in `prepare`.
+            if fh.seg.0.load(Acquire) != n + 1 {
+                // ORDERING: Acquire: as above.
+                if hdr.seg_head.0.load(Acquire) != n {
+                    continue;
+                }
+                return Ok(Step::Empty);
+            }
+            // ORDERING: Acquire: orders the head before the stamp load; the stamp
+            // CAS decides.
+            let h = fh.head.0.load(Acquire);
+            let slot = f.slot(h);
+            let lap = f.lap(h);
+            // ORDERING: Acquire: pairs with the producer's Release/SeqCst commit,
+            // making the item's bytes visible.
+            let word = slot.stamp.load(Acquire);
+            let s = Stamp::unpack(word);
+            match (s.lap_vs(lap), s.state) {
+                (LapOrder::Newer, _) => continue, // `h` is stale
+                (LapOrder::Same, READY | SKIP) => {
+                    let ready = s.state == READY;
+                    let owed = ready || s.owed;
+                    let mine = Stamp::owned(lap, TAKING, me, owed).pack();
+                    // ORDERING: AcqRel: Acquire re-reads the committed item; Release
+                    // publishes our claim.
+                    if slot.stamp.compare_exchange(word, mine, AcqRel, Relaxed).is_err() {
+                        continue;
+                    }
+                    // ORDERING: Acquire / AcqRel: validate the frame, then move the
+                    // head (only the owner of the head slot moves it).
+                    if fh.seg.0.load(Acquire) != n + 1 || fh.head.0.compare_exchange(h, h + 1, AcqRel, Relaxed).is_err()
+                    {
+                        Self::withdraw(slot, mine, word);
+                        continue;
+                    }
+                    let got = if ready { Some(self.copy_out(&f, slot, buf)) } else { None };
+                    // ORDERING: SeqCst: Release hands the slot to the next lap's
+                    // producer after our reads; SeqCst orders it before the seg_head
+                    // load below (a retirement scan either sees this release or is
+                    // retried by us).
+                    slot.stamp.store(Stamp::new(lap + 1, FREE).pack(), SeqCst);
+                    if ready {
+                        self.release_permit();
+                    } else if owed {
+                        self.give_back(true);
+                    }
+                    // ORDERING: SeqCst: see the release above.
+                    if hdr.seg_head.0.load(SeqCst) != n {
+                        self.try_retire(n)?;
+                    }
+                    match got {
+                        Some(got) => return got.map(Step::Item),
+                        None => continue,
+                    }
+                }
+                (LapOrder::Same, TAKING) => return Ok(Step::Blocked(Blocked { seg: n, pos: h, word })),
+                (LapOrder::Same, WRITING) if fh.tail.0.load(Acquire) & !SEALED > h => {
+                    // ORDERING (tail load): Acquire: the claim is included; its
+                    // producer is writing.
+                    return Ok(Step::Blocked(Blocked { seg: n, pos: h, word }));
+                }
+                _ => {
+                    // Nothing at `h` (free, an unincluded claim, or the slot still
+                    // on the previous lap). Is this segment finished? Only look
+                    // at the producers' tail line once the segment says it may be.
+                    // ORDERING: Acquire: pairs with the Release store in advance_tail.
+                    if fh.seg.0.sealed_hint.load(Acquire) == 0 {
+                        return Ok(Step::Empty);
+                    }
+                    // ORDERING: Acquire: pairs with the sealing CAS.
+                    let t = fh.tail.0.load(Acquire);
+                    if t & SEALED == 0 || h < t & !SEALED {
+                        return Ok(Step::Empty);
+                    }
+                    // ORDERING: Acquire: a hint; advance_tail re-checks.
+                    if hdr.seg_tail.0.load(Acquire) == n && self.advance_tail(n, &f).is_err() {
+                        return Ok(Step::Empty); // no frame for the next segment yet
+                    }
+                    // ORDERING: AcqRel: Release publishes the move to consumers.
+                    if hdr.seg_head.0.compare_exchange(n, n + 1, AcqRel, Relaxed).is_ok() {
+                        self.try_retire(n)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies an item out of a slot we own (TAKING).
+    fn copy_out(&self, f: &Frame<'_>, slot: &Slot, buf: &mut Vec<u8>) -> io::Result<Got> {
+        // ORDERING: Relaxed: published by the stamp, acquired by our claim.
+        let meta = slot.meta.load(Relaxed);
+        // SAFETY: we own the slot (TAKING); its data was written before the
+        // stamp we acquired, and nobody writes it while we own it.
+        let data = unsafe { &*slot.data.get() };
+        buf.clear();
+        match decode_slot(meta, data, f.arena_len())? {
+            SlotItem::Inline(bytes) => buf.extend_from_slice(bytes),
+            SlotItem::Arena { offset, len } => {
+                // SAFETY: the range lies in the arena (checked by decode_slot)
+                // and was written by the producer before its commit, which our
+                // claim acquired; no one writes it again before the segment is
+                // retired.
+                buf.extend_from_slice(unsafe { std::slice::from_raw_parts(f.arena_ptr(offset), len) });
+            }
+            SlotItem::Blob { offset, len } => return Ok(Got::Blob { offset, len }),
+        }
+        Ok(Got::Bytes)
+    }
+
+    /// Resolves a [`Blocked`] slot whose owner is dead: a producer's slot is
+    /// skipped, a consumer's claim is completed for it (the item it was taking
+    /// is lost with it). Returns true if anything changed.
+    pub(in crate::queue) fn resolve_dead(&self, blocked: Blocked) -> io::Result<bool> {
+        let f = self.frame(blocked.seg)?;
+        let fh = f.header();
+        let s = Stamp::unpack(blocked.word);
+        let slot = f.slot(blocked.pos);
+        // ORDERING: Acquire: validation as in take_once.
+        if fh.seg.0.load(Acquire) != blocked.seg + 1 || !owner_gone(self.header(), s.tid) {
+            return Ok(false);
+        }
+        match s.state {
+            WRITING => {
+                // ORDERING: AcqRel: only one thread abandons the slot; Release
+                // publishes the SKIP to consumers.
+                let skip = Stamp { state: SKIP, tid: 0, ..s }.pack();
+                Ok(slot.stamp.compare_exchange(blocked.word, skip, AcqRel, Relaxed).is_ok())
+            }
+            TAKING => {
+                // ORDERING: AcqRel: the head moves past the dead claim once.
+                let _ = fh.head.0.compare_exchange(blocked.pos, blocked.pos + 1, AcqRel, Relaxed);
+                let free = Stamp::new(s.lap + 1, FREE).pack();
+                // ORDERING: AcqRel: only one thread frees the slot and gives back
+                // what the dead consumer held.
+                if slot.stamp.compare_exchange(blocked.word, free, AcqRel, Relaxed).is_ok() {
+                    self.give_back(s.owed);
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The shared-memory ring: segments of slots in one sparse memfd, claimed and
+//! freed with compare-and-swap on per-slot stamps. The design, and why each
+//! step is safe, is in `README.md` beside `queue/mod.rs`. This module holds
+//! the ring's memory (mapping, frames, blobs) and snapshots of its state;
+//! the lock-free protocol is split by job:
+//!
+//! - [`produce`]: claiming, filling and committing slots, sealing segments;
+//! - [`consume`]: taking items, resolving slots whose owner died;
+//! - [`frames`]: preparing and retiring the frames segments live in, under
+//!   the robust frame lock;
+//! - [`decode`]: reading a slot another process wrote (untrusted bytes);
+//! - [`liveness`]: when an owner that blocks us is certainly dead.
+//!
+//! Blocking, wake-ups and accounting are in `waits.rs`.
+
+mod consume;
+mod decode;
+mod frames;
+mod liveness;
+mod produce;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use super::layout::{
+    ARENA_ITEM_MAX, BLOB_BASE, Config, FLAG_BOUNDED, FLAG_JOINABLE, Frame, Geometry, HEADER_LEN, Header, INLINE_MAX,
+    ITEM_MAX, Line, MAGIC, MIXED_NAMESPACES, VERSION,
+};
+use super::states::{LapOrder, READY, SEALED, SKIP, Stamp, TAKING};
+use crate::sys::imp::shm::Mapping;
+use crate::sys::imp::sparse::{self, PAGE, Window};
+use crate::sys::imp::thread;
+use decode::blob_range;
+pub use decode::fuzz_slot_decode;
+pub(super) use liveness::{LIVENESS_DELAY, Watch, owner_gone};
+
+/// An item's bytes as they go into a slot.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Payload<'a> {
+    /// Stored in the slot (at most `INLINE_MAX` bytes).
+    Inline(&'a [u8]),
+    /// Stored in the segment's arena (at most `ARENA_ITEM_MAX` bytes).
+    Arena(&'a [u8]),
+    /// Already written to the blob area at `BLOB_BASE + offset`.
+    Blob { offset: u64, len: u64 },
+}
+
+impl<'a> Payload<'a> {
+    /// The place for `bytes`, unless it is a blob (see [`Ring::write_blob`]).
+    pub(super) fn for_bytes(bytes: &'a [u8]) -> Option<Payload<'a>> {
+        if bytes.len() <= INLINE_MAX {
+            Some(Payload::Inline(bytes))
+        } else if bytes.len() <= ARENA_ITEM_MAX {
+            Some(Payload::Arena(bytes))
+        } else {
+            None
+        }
+    }
+}
+
+/// What a consumer got from a slot.
+#[derive(Debug)]
+pub(super) enum Got {
+    /// The item's bytes are in the caller's buffer.
+    Bytes,
+    /// The item is a blob, still to be read (see [`Ring::read_blob`]).
+    Blob { offset: u64, len: u64 },
+}
+
+/// One step of a consumer.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// An item was taken.
+    Item(Got),
+    /// Nothing to take.
+    Empty,
+    /// The head slot is owned by a thread that is writing it, or that has
+    /// claimed it and not yet moved the head: wait, and check the owner.
+    Blocked(Blocked),
+}
+
+/// A slot some thread owns, found where the caller wants to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Blocked {
+    seg: u64,
+    pos: u64,
+    word: u64,
+}
+
+impl Blocked {
+    /// True when the owner is a consumer (between its claim and moving the
+    /// head: a few instructions, unless it was descheduled).
+    pub(super) fn by_consumer(&self) -> bool {
+        Stamp::unpack(self.word).state == TAKING
+    }
+
+    /// Identifies this wait (slot, lap, owner) for the liveness timer.
+    pub(super) fn key(&self) -> u64 {
+        self.word ^ self.pos.rotate_left(32) ^ self.seg.rotate_left(16)
+    }
+}
+
+/// How a push ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pushed {
+    /// The item is in the queue.
+    Done,
+    /// A consumer took this producer for dead and skipped its slot, giving
+    /// back its permit and task: the caller takes them again and retries.
+    Lost,
+}
+
+/// The queue's shared memory as seen from one process.
+#[derive(Debug)]
+pub(super) struct Ring {
+    /// The main header page; owns the memfd.
+    header: Mapping,
+    /// The frame tables after the header (`frame_of`, `frame_state`).
+    tables: Window,
+    /// Frame windows by frame index, mapped on first use.
+    windows: Box<[OnceLock<Window>]>,
+    geometry: Geometry,
+    flags: u32,
+    maxsize: u64,
+}
+
+impl Ring {
+    /// Creates the memory of a new queue.
+    pub(super) fn create(geometry: Geometry, flags: u32, maxsize: u64, type_hash: u64) -> io::Result<Ring> {
+        let geometry = geometry.validate()?;
+        let header = Mapping::anonymous("multiproc-queue", HEADER_LEN)?;
+        sparse::set_len(header.as_fd(), geometry.file_len())?;
+        let config = Config {
+            magic: MAGIC,
+            version: VERSION,
+            flags,
+            slots: geometry.slots,
+            frames: geometry.frames,
+            arena: geometry.arena,
+            maxsize,
+            type_hash,
+        };
+        // SAFETY: the mapping is page-aligned, HEADER_LEN long and zeroed; nobody
+        // else can see it yet, so this plain write races with nothing. The
+        // atomics after the config start at zero, which is their initial state.
+        unsafe { header.as_ptr().cast::<Line<Config>>().write(Line(config)) };
+        let ring = Ring::from_parts(header, geometry, flags, maxsize)?;
+        // Segment 0 lives in frame 0 from the start (frame_of[0] is already 0).
+        // ORDERING: Relaxed/Release: no other process can see the queue yet;
+        // the pattern of `prepare` is kept.
+        ring.frame_state(0).store(1, Relaxed);
+        ring.frame_at(0)?.header().seg.0.store(1, Release);
+        ring.header().pidns.0.store(thread::current().pidns, Relaxed);
+        Ok(ring)
+    }
+
+    /// Maps a queue received from another process, checking that it is a
+    /// queue of this layout, flavour and item type. A `Queue` handle may refer
+    /// to a joinable queue (it is one, with task counting); a `JoinableQueue`
+    /// handle requires one.
+    pub(super) fn attach(fd: OwnedFd, require_joinable: bool, type_hash: u64) -> io::Result<Ring> {
+        let header = Mapping::from_fd(fd, HEADER_LEN)?;
+        // SAFETY: the mapping is at least HEADER_LEN long and page-aligned; the
+        // config was written before the descriptor was ever shared and is never
+        // written again, so reading it races with nothing.
+        let config = unsafe { &(*header.as_ptr().cast::<Line<Config>>()).0 };
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a matching queue: {what}"));
+        if config.magic != MAGIC || config.version != VERSION {
+            return Err(bad("unknown layout (another multiproc build?)"));
+        }
+        if require_joinable && config.flags & FLAG_JOINABLE == 0 {
+            return Err(bad("a plain Queue cannot be received as a JoinableQueue"));
+        }
+        if config.type_hash != type_hash {
+            return Err(bad("the queue carries another item type"));
+        }
+        let geometry = Geometry { slots: config.slots, frames: config.frames, arena: config.arena }.validate()?;
+        if sparse::file_len(header.as_fd())? < geometry.file_len() {
+            return Err(bad("memory file too short"));
+        }
+        let (flags, maxsize) = (config.flags, config.maxsize);
+        let ring = Ring::from_parts(header, geometry, flags, maxsize)?;
+        let mine = thread::current().pidns;
+        // ORDERING: Relaxed: a process from another namespace marks the queue
+        // before it records any owner (its first claim follows with a stronger
+        // ordering).
+        if mine == 0 || ring.header().pidns.0.load(Relaxed) != mine {
+            ring.header().pidns.0.store(MIXED_NAMESPACES, SeqCst);
+        }
+        Ok(ring)
+    }
+
+    fn from_parts(header: Mapping, geometry: Geometry, flags: u32, maxsize: u64) -> io::Result<Ring> {
+        let tables = Window::map(header.as_fd(), HEADER_LEN as u64, geometry.meta_len() - HEADER_LEN)?;
+        let windows = (0..geometry.frames).map(|_| OnceLock::new()).collect();
+        Ok(Ring { header, tables, windows, geometry, flags, maxsize })
+    }
+
+    /// The memory file (sent to other processes).
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.header.as_fd()
+    }
+
+    pub(super) fn header(&self) -> &Header {
+        // SAFETY: the mapping is page-aligned and HEADER_LEN >= size_of::<Header>();
+        // every shared field is an atomic, and the config is read-only.
+        unsafe { &*self.header.as_ptr().cast::<Header>() }
+    }
+
+    pub(super) fn bounded(&self) -> bool {
+        self.flags & FLAG_BOUNDED != 0
+    }
+
+    pub(super) fn joinable(&self) -> bool {
+        self.flags & FLAG_JOINABLE != 0
+    }
+
+    pub(super) fn maxsize(&self) -> u64 {
+        self.maxsize
+    }
+
+    /// The entry of `frame_of` for segment `seg`: the index of its frame.
+    fn frame_of(&self, seg: u64) -> &AtomicU32 {
+        let offset = self.geometry.frame_of_offset() - HEADER_LEN + (seg % self.geometry.frames) as usize * 4;
+        // SAFETY: the tables window covers frame_of (frames u32 entries, 4-byte
+        // aligned in a page-aligned mapping); shared access is atomic.
+        unsafe { &*self.tables.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The entry of `frame_state` for frame `index`: segment + 1 of its
+    /// occupant, or 0 when free.
+    fn frame_state(&self, index: u32) -> &AtomicU64 {
+        let offset = self.geometry.frame_state_offset() - HEADER_LEN + index as usize * 8;
+        // SAFETY: index < frames (callers), so the entry lies in the tables
+        // window, 8-byte aligned; shared access is atomic.
+        unsafe { &*self.tables.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// The frame of segment `seg`. The caller validates that the frame still
+    /// holds `seg` (`frame.header().seg == seg + 1`).
+    pub(super) fn frame(&self, seg: u64) -> io::Result<Frame<'_>> {
+        // ORDERING: Acquire: pairs with the Release store in `prepare`, which
+        // follows the frame's initialisation.
+        self.frame_at(self.frame_of(seg).load(Acquire))
+    }
+
+    /// Frame `index`, mapped on first use and kept mapped.
+    fn frame_at(&self, index: u32) -> io::Result<Frame<'_>> {
+        let Some(cell) = self.windows.get(index as usize) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt queue frame table"));
+        };
+        let window = match cell.get() {
+            Some(w) => w,
+            None => self.map_frame(cell, index)?,
+        };
+        // SAFETY: the window maps frame_len bytes at a page-aligned address and
+        // lives as long as `self` (windows are never unmapped before the ring).
+        Ok(unsafe { Frame::new(window.as_ptr(), self.geometry, index) })
+    }
+
+    #[cold]
+    fn map_frame<'s>(&'s self, cell: &'s OnceLock<Window>, index: u32) -> io::Result<&'s Window> {
+        let len = self.geometry.frame_len() as usize;
+        let window = Window::map(self.header.as_fd(), self.geometry.frame_offset(index), len)?;
+        // If another thread won the race, its window is used and ours unmapped.
+        let _ = cell.set(window);
+        Ok(cell.get().expect("window was just set"))
+    }
+
+    /// Writes a large item to the blob area; returns where it went.
+    pub(super) fn write_blob(&self, bytes: &[u8]) -> io::Result<Payload<'static>> {
+        let len = bytes.len() as u64;
+        if len > ITEM_MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "item larger than 64 GiB"));
+        }
+        // ORDERING: Relaxed: a unique offset is all that is needed; the bytes are
+        // published by the slot's stamp (Release) that refers to them.
+        let offset = self.header().blob_tail.0.fetch_add(len.next_multiple_of(PAGE), Relaxed);
+        sparse::write_all_at(self.fd(), bytes, BLOB_BASE + offset)?;
+        Ok(Payload::Blob { offset, len })
+    }
+
+    /// Reads a blob and frees its memory. `offset` and `len` come from a
+    /// slot another process wrote: a range outside the blob area is an error.
+    pub(super) fn read_blob(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let start = blob_range(offset, len)?.0;
+        let bytes = sparse::read_exact_at(self.fd(), len as usize, start);
+        self.discard_blob(offset, len);
+        bytes
+    }
+
+    /// Frees a blob's memory without reading it.
+    pub(super) fn discard_blob(&self, offset: u64, len: u64) {
+        if let Ok((start, pages)) = blob_range(offset, len) {
+            let _ = sparse::punch_hole(self.fd(), start, pages);
+        }
+    }
+
+    /// True when a consumer would find something to do now (an item, a slot to
+    /// skip, a segment to move past) or the queue is closed. Never blocks.
+    pub(super) fn has_work(&self) -> bool {
+        let hdr = self.header();
+        // ORDERING: SeqCst (closed and stamp loads): part of the sleeper protocol
+        // in waits.rs; the others are Acquire hints.
+        if hdr.closed.0.load(SeqCst) != 0 {
+            return true;
+        }
+        let n = hdr.seg_head.0.load(Acquire);
+        let Ok(f) = self.frame(n) else { return true };
+        let fh = f.header();
+        if fh.seg.0.load(Acquire) != n + 1 {
+            return true;
+        }
+        let h = fh.head.0.load(Acquire);
+        let s = Stamp::unpack(f.slot(h).stamp.load(SeqCst));
+        match (s.lap_vs(f.lap(h)), s.state) {
+            (LapOrder::Newer, _) | (LapOrder::Same, READY | SKIP | TAKING) => true,
+            // Writing (its producer's commit will wake us) or nothing at the
+            // head: only a finished segment is work.
+            _ => {
+                if fh.seg.0.sealed_hint.load(Acquire) == 0 {
+                    return false;
+                }
+                let t = fh.tail.0.load(SeqCst);
+                t & SEALED != 0 && h >= t & !SEALED
+            }
+        }
+    }
+
+    /// Items in the queue (approximate while others put and get).
+    pub(super) fn len(&self) -> u64 {
+        let hdr = self.header();
+        if self.bounded() {
+            // ORDERING: Relaxed: a snapshot.
+            return hdr.count.0.load(Relaxed);
+        }
+        // ORDERING: Acquire: a snapshot of the segments, each re-validated.
+        let (first, last) = (hdr.seg_head.0.load(Acquire), hdr.seg_tail.0.load(Acquire));
+        let mut total = 0u64;
+        for seg in first..=last.max(first).min(first + self.geometry.frames) {
+            let Ok(f) = self.frame(seg) else { continue };
+            let fh = f.header();
+            if fh.seg.0.load(Acquire) != seg + 1 {
+                continue;
+            }
+            let tail = fh.tail.0.load(Acquire) & !SEALED;
+            total += tail.saturating_sub(fh.head.0.load(Acquire));
+        }
+        total
+    }
+}

@@ -1,0 +1,198 @@
+//! Producers: claim a slot, fill it, commit it; seal a full segment and
+//! move the producers to the next one.
+
+use std::io;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+
+use super::{Payload, Pushed, Ring, Watch, owner_gone};
+use crate::queue::layout::{Frame, KIND_ARENA, KIND_BLOB, KIND_INLINE, Slot};
+use crate::queue::states::{FREE, LapOrder, READY, SEALED, SKIP, Stamp, WRITING};
+use crate::queue::waits::Backoff;
+
+impl Ring {
+    /// Puts one item into the tail segment. The caller holds the item's permit
+    /// and task (when the queue counts them).
+    pub(in crate::queue) fn push(&self, payload: Payload<'_>, me: u32) -> io::Result<Pushed> {
+        let hdr = self.header();
+        let mut backoff = Backoff::new();
+        let mut watch = Watch::default();
+        loop {
+            // ORDERING: Acquire: pairs with the Release CAS that moved seg_tail, so
+            // the frame's segment number stored before it is visible.
+            let n = hdr.seg_tail.0.load(Acquire);
+            let f = self.frame(n)?;
+            let fh = f.header();
+            // ORDERING: Acquire: pairs with the Release store in `prepare`.
+            if fh.seg.0.load(Acquire) != n + 1 {
+                backoff.wait(); // seg_tail moved on since it was read
+                continue;
+            }
+            // ORDERING: Acquire: a tail value is only a hint to start from; the
+            // stamp CAS below decides. Acquire orders it before the stamp load.
+            let t = fh.tail.0.load(Acquire);
+            if t & SEALED != 0 {
+                self.advance_tail(n, &f)?;
+                continue;
+            }
+            let slot = f.slot(t);
+            let lap = f.lap(t);
+            // ORDERING: Acquire: pairs with the consumer's release of the previous
+            // lap (its reads of the slot happen before we overwrite it).
+            let word = slot.stamp.load(Acquire);
+            let s = Stamp::unpack(word);
+            match s.lap_vs(lap) {
+                LapOrder::Newer => continue, // `t` is stale
+                LapOrder::Older => {
+                    // The slot still holds the previous lap: the segment is full.
+                    // Seal it at `t` and move to a new segment.
+                    // ORDERING: AcqRel: the seal must be ordered with the claims
+                    // that race for `t` (they CAS the same word).
+                    if fh.tail.0.compare_exchange(t, t | SEALED, AcqRel, Relaxed).is_ok() {
+                        self.advance_tail(n, &f)?;
+                    }
+                    continue;
+                }
+                LapOrder::Same if s.state == FREE => {}
+                LapOrder::Same => {
+                    // Another producer claimed `t` and has not moved the tail yet.
+                    // ORDERING: Acquire (tail re-load): the claim is only withdrawn
+                    // if it is still not included now that its owner is dead (it
+                    // may have moved the tail just before dying: then consumers
+                    // skip it instead).
+                    if s.state == WRITING
+                        && watch.stuck(word)
+                        && owner_gone(hdr, s.tid)
+                        && fh.tail.0.load(Acquire) & !SEALED == t
+                    {
+                        // It died between its claim and its tail move: withdraw
+                        // the claim and give back what it held.
+                        // ORDERING: AcqRel: only one thread may withdraw it.
+                        if slot.stamp.compare_exchange(word, Stamp::new(lap, FREE).pack(), AcqRel, Relaxed).is_ok() {
+                            self.give_back(true);
+                        }
+                    }
+                    backoff.wait();
+                    continue;
+                }
+            }
+            let mine = Stamp::owned(lap, WRITING, me, true).pack();
+            // ORDERING: AcqRel: claiming the slot acquires the previous lap's
+            // release and makes the claim (our tid) visible to everyone who checks.
+            if slot.stamp.compare_exchange(word, mine, AcqRel, Relaxed).is_err() {
+                continue;
+            }
+            // ORDERING: Acquire: the frame must still be segment `n` now that the
+            // claim is in place (see README, "stale threads").
+            if fh.seg.0.load(Acquire) != n + 1 {
+                Self::withdraw(slot, mine, word);
+                continue;
+            }
+            // Include the claim in the segment: only we (or a sealer) can move the
+            // tail from `t`.
+            // ORDERING: AcqRel: pairs with consumers' Acquire loads of the tail.
+            if fh.tail.0.compare_exchange(t, t + 1, AcqRel, Relaxed).is_err() {
+                Self::withdraw(slot, mine, word); // sealed at `t` meanwhile
+                // Our claim may have been all that kept the segment from being
+                // retired (consumers may be done with it already).
+                // ORDERING: Acquire: a hint; try_retire re-checks under the lock.
+                if hdr.seg_head.0.load(Acquire) > n {
+                    self.try_retire(n)?;
+                }
+                continue;
+            }
+            if !self.fill(&f, slot, payload) {
+                // The arena is used up: leave an empty slot behind, seal this
+                // segment and go on in the next one.
+                // ORDERING: Release: publishes the (unused) slot to consumers.
+                let _ = slot.stamp.compare_exchange(mine, Stamp::new(lap, SKIP).pack(), Release, Relaxed);
+                self.seal(&f);
+                self.advance_tail(n, &f)?;
+                continue;
+            }
+            // ORDERING: SeqCst: the commit publishes the item (Release part) and is
+            // ordered before the producer's check for sleeping consumers (Dekker
+            // with the consumer's registration, see waits.rs).
+            return Ok(match slot.stamp.compare_exchange(mine, Stamp::new(lap, READY).pack(), SeqCst, Relaxed) {
+                Ok(_) => Pushed::Done,
+                Err(_) => Pushed::Lost,
+            });
+        }
+    }
+
+    /// Undoes a claim that was not included in a segment.
+    pub(super) fn withdraw(slot: &Slot, mine: u64, before: u64) {
+        // ORDERING: Release: hands the slot back as it was. The CAS fails
+        // harmlessly if the claim landed in a frame that has since been reset.
+        let _ = slot.stamp.compare_exchange(mine, before, Release, Relaxed);
+    }
+
+    /// Writes the item into a claimed slot; false if the arena has no room.
+    fn fill(&self, f: &Frame<'_>, slot: &Slot, payload: Payload<'_>) -> bool {
+        let data = slot.data.get().cast::<u8>();
+        let (kind, len) = match payload {
+            Payload::Inline(bytes) => {
+                // SAFETY: we own the slot (WRITING claim included in the segment):
+                // no one else reads or writes its data until we publish the stamp;
+                // bytes.len() <= INLINE_MAX, the data field's size.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
+                (KIND_INLINE, bytes.len() as u64)
+            }
+            Payload::Arena(bytes) => {
+                let need = (bytes.len() as u64).next_multiple_of(8);
+                // ORDERING: Relaxed: a unique range is all that is needed; the bytes
+                // are published by the stamp (Release) of the slot that refers to them.
+                let offset = f.header().arena.0.fetch_add(need, Relaxed);
+                if offset + need > f.arena_len() {
+                    return false;
+                }
+                // SAFETY: [offset, offset + len) is ours alone (bump allocation) and
+                // inside the arena (checked above); the slot's first 8 data bytes are
+                // ours as above.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), f.arena_ptr(offset), bytes.len());
+                    data.cast::<u64>().write_unaligned(offset);
+                }
+                (KIND_ARENA, bytes.len() as u64)
+            }
+            Payload::Blob { offset, len } => {
+                // SAFETY: the slot is ours as above.
+                unsafe { data.cast::<u64>().write_unaligned(offset) };
+                (KIND_BLOB, len)
+            }
+        };
+        // ORDERING: Relaxed: published by the stamp's Release.
+        slot.meta.store(kind << 56 | len, Relaxed);
+        true
+    }
+
+    /// Seals segment `f` at its current tail.
+    fn seal(&self, f: &Frame<'_>) {
+        let tail = &f.header().tail.0;
+        // ORDERING: AcqRel: as for the seal in `push`.
+        let _ = tail.fetch_update(AcqRel, Acquire, |t| (t & SEALED == 0).then_some(t | SEALED));
+    }
+
+    /// Segment `n` is sealed: make sure segment `n + 1` exists and producers go there.
+    pub(super) fn advance_tail(&self, n: u64, f: &Frame<'_>) -> io::Result<()> {
+        let hdr = self.header();
+        // ORDERING: Acquire (all three): re-checks that the move is still needed;
+        // the decisive step is the CAS at the end.
+        if f.header().seg.0.load(Acquire) != n + 1 || f.header().tail.0.load(Acquire) & SEALED == 0 {
+            return Ok(());
+        }
+        // Tell consumers to look at the tail (before any item can exist in the
+        // next segment). Set on a stale frame by a slow thread, the hint only
+        // costs readers a load.
+        // ORDERING: Release: pairs with consumers' Acquire load of the hint; the
+        // seal it announces is already visible (we read it above).
+        f.header().seg.0.sealed_hint.store(1, Release);
+        if hdr.seg_tail.0.load(Acquire) != n {
+            return Ok(());
+        }
+        self.prepare(n + 1)?;
+        // ORDERING: AcqRel: Release publishes the prepared frame (its segment
+        // number) to threads that Acquire-load seg_tail.
+        let _ = hdr.seg_tail.0.compare_exchange(n, n + 1, AcqRel, Relaxed);
+        Ok(())
+    }
+}
