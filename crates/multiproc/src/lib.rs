@@ -192,6 +192,8 @@ pub mod shared;
 pub(crate) mod spin;
 pub mod sync;
 pub(crate) mod sys;
+#[cfg(test)]
+mod test_bytes;
 pub mod wire;
 
 pub use connection::{

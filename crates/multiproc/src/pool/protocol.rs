@@ -233,12 +233,7 @@ mod fuzz_test {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..2_000 {
             let mut data = vec![0u8; 64];
-            for b in &mut data {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
+            crate::test_bytes::fill(&mut x, &mut data);
             // Tags 0..3 make valid enum variants more often.
             data[0] %= 3;
             fuzz_protocol(&data);

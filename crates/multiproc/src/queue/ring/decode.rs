@@ -101,12 +101,7 @@ mod fuzz_test {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for round in 0..20_000 {
             let mut data = vec![0u8; 16 + INLINE_MAX + 24];
-            for b in &mut data {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
+            crate::test_bytes::fill(&mut x, &mut data);
             // Bias some rounds toward valid kinds and small lengths.
             data[7] = (round % 4) as u8;
             fuzz_slot_decode(&data);
