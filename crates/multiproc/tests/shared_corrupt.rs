@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use multiproc::{Array, Barrier, RawArray};
+use multiproc::{Array, Barrier, GetError, Queue, RawArray};
 use sync_support::{Kid, LONG, wait_until};
 
 /// Opens this process's memfd named `name` (from `/proc/self/fd`) for
@@ -101,4 +101,28 @@ fn a_barrier_action_is_never_read_from_shared_memory() {
     assert_eq!((mine, theirs), (1, 0));
     assert_eq!(ACTIONS_RUN.load(Ordering::SeqCst), 1);
     assert!(!b.is_broken());
+}
+
+/// The bytes of the item the child puts (postcard writes a byte array as is).
+const MARKER: [u8; 16] = *b"MULTIPROC-MARKER";
+
+/// Puts an item, then rewrites its slot (found by its bytes) to describe a
+/// blob at an offset that overflows the file's address space.
+fn put_then_point_past_the_end(q: Queue<[u8; 16]>) {
+    q.put(MARKER).unwrap();
+    let f = open_memfd("multiproc-queue");
+    let mut page = vec![0u8; 1 << 20];
+    let n = f.read_at(&mut page, 0).unwrap();
+    let at = page[..n].windows(16).position(|w| w == MARKER).expect("the item's slot") as u64;
+    // The slot: stamp (8 bytes), meta (kind << 56 | length), then the data.
+    f.write_all_at(&((2u64 << 56) | 100).to_le_bytes(), at - 8).unwrap();
+    f.write_all_at(&(u64::MAX - 10).to_ne_bytes(), at).unwrap();
+}
+
+#[test]
+fn a_queue_slot_rewritten_by_a_child_is_an_error_for_the_consumer() {
+    let q = Queue::<[u8; 16]>::new().unwrap();
+    Kid::spawn(put_then_point_past_the_end, (q.clone(),)).join();
+    let got = q.get_timeout(LONG);
+    assert!(matches!(got, Err(GetError::Io(_))), "{got:?}");
 }
