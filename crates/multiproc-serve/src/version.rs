@@ -336,24 +336,24 @@ impl VersionGroup {
     /// Stops now: fails what is queued, kills the workers, waits for the
     /// threads; ends in state `to`.
     pub fn stop_hard(&self, to: VersionState, why: &str) {
-        let left = self.queue.stop();
-        fail_all(left, |_| self.not_ready(why));
+        // The state goes first: supervisors see it and stop restarting.
         let (threads, pids) = {
             let mut s = self.lock();
+            if to == VersionState::Failed {
+                s.last_failure = Some(why.to_string());
+            }
+            self.transition(&mut s, to, why);
             let pids: Vec<i32> = s.workers.iter().filter_map(|w| w.pid).collect();
             (s.threads.drain(..).collect::<Vec<_>>(), pids)
         };
+        let left = self.queue.stop();
+        fail_all(left, |_| self.not_ready(why));
         for pid in pids {
             crate::supervisor::kill_pid(pid);
         }
         for t in threads {
             let _ = t.join();
         }
-        let mut s = self.lock();
-        if let Some(reason) = (to == VersionState::Failed).then(|| why.to_string()) {
-            s.last_failure = Some(reason);
-        }
-        self.transition(&mut s, to, why);
     }
 
     /// True once the version should not restart workers.
