@@ -12,7 +12,7 @@ use std::any::TypeId;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -141,15 +141,15 @@ where
             Pool::new(n).map_err(|e| ServeError::Internal(format!("pipeline {:?}: pool did not start: {e}", self.name)))
         };
         let pre_pool = pool(self.preprocess_processes)?;
-        let post = match self.postprocess {
-            Some((f, n)) => Some((f, pool(n)?, n)),
-            None => None,
+        let (post, post_pool) = match self.postprocess {
+            Some((f, n)) => (Some((f, n)), Some(pool(n)?)),
+            None => (None, None),
         };
         let runtime = Arc::new(Runtime {
             name: self.name,
             model: self.model,
             pre: self.preprocess,
-            pre_pool,
+            pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
             queue: Mutex::new(VecDeque::new()),
@@ -201,9 +201,11 @@ struct Runtime<R, I, O, P> {
     name: String,
     model: String,
     pre: PreFn<R, I>,
-    pre_pool: Pool,
+    /// The preprocessing and postprocessing pools; taken out by `stop`, so
+    /// that no pool is ever dropped inside one of its own callbacks.
+    pools: RwLock<(Option<Pool>, Option<Pool>)>,
     pre_processes: usize,
-    post: Option<(PostFn<O, P>, Pool, usize)>,
+    post: Option<(PostFn<O, P>, usize)>,
     queue: Mutex<VecDeque<Job<R>>>,
     changed: Condvar,
     in_flight: Arc<AtomicUsize>,
@@ -249,8 +251,8 @@ where
             {
                 let (count, cv) = &*self.chunks_out;
                 let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
-                while *c >= max_out {
-                    c = cv.wait(c).unwrap_or_else(|e| e.into_inner());
+                while *c >= max_out && !self.stopped.load(Ordering::Acquire) {
+                    c = cv.wait_timeout(c, std::time::Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 *c += 1;
             }
@@ -266,9 +268,18 @@ where
             rest.push((j.slot, j.deadline, j.guard));
         }
         let shared = Arc::new(Mutex::new(Some(rest)));
-        let (ok_jobs, err_jobs) = (Arc::clone(&shared), shared);
+        let (ok_jobs, err_jobs) = (Arc::clone(&shared), Arc::clone(&shared));
         let (ok_self, err_self) = (Arc::clone(self), Arc::clone(self));
-        let _ = (self.pre)(&self.pre_pool, inputs)
+        let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
+        let Some(pool) = &pools.0 else {
+            drop(pools);
+            self.chunk_done();
+            for (slot, _, _) in shared.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default() {
+                slot.complete(Err(ServeError::ShuttingDown));
+            }
+            return;
+        };
+        let _ = (self.pre)(pool, inputs)
             .on_success(move |outputs: &Vec<Result<I, String>>| {
                 let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
                 ok_self.chunk_done();
@@ -336,8 +347,13 @@ where
         let this = Arc::clone(self);
         Box::new(move |answer: Answer, slot: Arc<Slot>| {
             let _guard = guard;
-            let Some((post, pool, _)) = &this.post else {
+            let Some((post, _)) = &this.post else {
                 slot.complete(Ok(answer));
+                return;
+            };
+            let pools = this.pools.read().unwrap_or_else(|e| e.into_inner());
+            let Some(pool) = &pools.1 else {
+                slot.complete(Err(ServeError::ShuttingDown));
                 return;
             };
             let output: O = match postcard::from_bytes(&answer.bytes) {
@@ -413,7 +429,7 @@ where
         PipelineStatus {
             model: self.model.clone(),
             preprocess_processes: self.pre_processes,
-            postprocess_processes: self.post.as_ref().map_or(0, |p| p.2),
+            postprocess_processes: self.post.as_ref().map_or(0, |p| p.1),
             in_flight: self.in_flight.load(Ordering::Acquire),
             capacity: self.capacity,
         }
@@ -429,8 +445,8 @@ where
         if let Some(t) = thread {
             let _ = t.join();
         }
-        self.pre_pool.terminate();
-        if let Some((_, pool, _)) = &self.post {
+        let (pre, post) = std::mem::take(&mut *self.pools.write().unwrap_or_else(|e| e.into_inner()));
+        for pool in [pre, post].into_iter().flatten() {
             pool.terminate();
         }
     }
