@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use multiproc_seeds::{seed_000_predict, seed_001_pool, seed_003_pool, seed_004_pool};
+use multiproc_seeds::{seed_000_predict, seed_001_pool, seed_003_pool, seed_004_pipeline, seed_004_pool};
 
 #[test]
 fn pool_api_returns_every_value_through_every_call() {
@@ -97,4 +97,23 @@ fn predict_server_starts_lazily_restarts_the_dead_switches_and_stops() {
     assert!(o.log.iter().any(|l| l == "stop process 1 (answered 3 requests)"), "{:?}", o.log);
     assert!(o.status_stopped.is_empty(), "{:?}", o.status_stopped);
     assert!(o.log.iter().any(|l| l == "stop process 2 (answered 2 requests)"), "{:?}", o.log);
+}
+
+#[test]
+fn inference_pipeline_batches_at_128_or_1_s_and_routes_every_result_back() {
+    let report = seed_004_pipeline::inference_pipeline().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.requests, 305);
+    assert_eq!(o.matched, 305, "every result reached the request it answers");
+    // The burst leaves as full batches; the rest when its oldest waited 1 s.
+    assert_eq!(o.batch_sizes.iter().sum::<usize>(), 305);
+    assert!(o.batch_sizes.iter().all(|s| *s <= 128));
+    assert_eq!(o.batch_sizes.iter().filter(|s| **s == 128).count(), 2, "{:?}", o.batch_sizes);
+    assert!(o.reasons.iter().any(|(r, n)| r == "full" && *n == 2), "{:?}", o.reasons);
+    assert!(o.reasons.iter().any(|(r, _)| r == "delay"), "{:?}", o.reasons);
+    // The model ran in one process, not this one.
+    assert_eq!(o.model_pids.len(), 1);
+    assert_ne!(o.model_pids[0], o.parent_pid);
+    // Late requests waited for the delay, not much longer (generous slack).
+    assert!(o.late_waits.iter().all(|w| *w < std::time::Duration::from_secs(3)), "{:?}", o.late_waits);
 }
