@@ -1,0 +1,2 @@
+//! The Open Inference Protocol over HTTP for `multiproc-serve`.
+pub mod protocol;
