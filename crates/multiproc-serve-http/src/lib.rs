@@ -1,2 +1,3 @@
 //! The Open Inference Protocol over HTTP for `multiproc-serve`.
 pub mod protocol;
+pub mod repository;
