@@ -10,6 +10,8 @@ use tract_onnx::prelude::{
     TypedModel, TypedRunnableModel,
 };
 
+use multiproc_serve::{Model, WorkerContext};
+
 use crate::protocol::{DataType, Tensor};
 
 /// An input or output as the worker needs it.
@@ -183,6 +185,22 @@ impl OnnxRunner {
             }
         }
         per_request
+    }
+}
+
+/// The ONNX model type served by multiproc-serve: one request is a set of
+/// named tensors, so is its answer.
+impl Model for OnnxRunner {
+    type Config = OnnxConfig;
+    type Input = Vec<Tensor>;
+    type Output = Vec<Tensor>;
+
+    fn load(config: OnnxConfig, _: &WorkerContext) -> Result<Self, String> {
+        OnnxRunner::load(config)
+    }
+
+    fn predict(&mut self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {
+        OnnxRunner::predict(self, batch)
     }
 }
 
