@@ -1,0 +1,236 @@
+//! A version's bounded request queue and the dynamic batcher that cuts it
+//! into batches for idle workers.
+//!
+//! A worker thread that is free asks for the next batch. The batch leaves
+//! when it is full, when it reaches a preferred size, when its oldest request
+//! has waited `max_queue_delay`, or at once if `dispatch_when_idle` (the
+//! asking worker is idle by definition). Requests whose caller is gone or
+//! whose deadline passed are dropped before they reach a worker.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use crate::error::ServeError;
+use crate::metrics::BatchReason;
+use crate::settings::ModelSettings;
+use crate::slot::{Answer, Slot};
+
+/// What runs after the model answered a pipeline request (postprocessing).
+pub(crate) type Continuation = Box<dyn FnOnce(Answer, Arc<Slot>) + Send>;
+
+/// One queued request.
+pub(crate) struct Pending {
+    /// The encoded input.
+    pub input: ByteBuf,
+    /// Where the answer goes.
+    pub slot: Arc<Slot>,
+    /// When it entered this queue.
+    pub enqueued: Instant,
+    /// When it must be answered by.
+    pub deadline: Option<Instant>,
+    /// For a pipeline request: the next stage.
+    pub then: Option<Continuation>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("bytes", &self.input.len()).field("enqueued", &self.enqueued).finish()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    items: VecDeque<Pending>,
+    /// False once draining: new requests go elsewhere.
+    accepting: bool,
+    /// True when the version stops at once (shutdown): workers quit.
+    stopped: bool,
+    /// Bumped to wake idle workers for a reason other than a new request.
+    generation: u64,
+}
+
+/// Why a push was refused; the request is handed back.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The queue is full.
+    Full(Pending),
+    /// The version no longer accepts requests (draining or stopped).
+    Closed(Pending),
+}
+
+/// A bounded queue of requests with its batching rules.
+#[derive(Debug)]
+pub(crate) struct BatchQueue {
+    state: Mutex<State>,
+    changed: Condvar,
+    capacity: usize,
+}
+
+/// What a worker thread gets from [`BatchQueue::next_batch`].
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// A batch and why it left.
+    Batch(Vec<Pending>, BatchReason),
+    /// Nothing for now (the wait timed out); check your worker and ask again.
+    Idle,
+    /// The queue is closed and empty, or stopped: the worker should quit.
+    Quit,
+}
+
+impl BatchQueue {
+    pub fn new(capacity: usize) -> BatchQueue {
+        BatchQueue {
+            state: Mutex::new(State { items: VecDeque::new(), accepting: true, stopped: false, generation: 0 }),
+            changed: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a request, or hands it back at once if the queue is full or
+    /// closed. `force` skips the capacity check (a pipeline bounds its own).
+    pub fn push(&self, p: Pending, force: bool) -> Result<(), Refused> {
+        let mut s = self.lock();
+        if !s.accepting || s.stopped {
+            return Err(Refused::Closed(p));
+        }
+        if !force && s.items.len() >= self.capacity {
+            return Err(Refused::Full(p));
+        }
+        s.items.push_back(p);
+        drop(s);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Puts a batch that could not be sent back at the front, in order.
+    pub fn push_front(&self, batch: Vec<Pending>) {
+        let mut s = self.lock();
+        for p in batch.into_iter().rev() {
+            s.items.push_front(p);
+        }
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Stops accepting; workers finish what is queued, then quit.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.accepting = false;
+        s.generation += 1;
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Accepts again (a drained version loaded anew).
+    pub fn reopen(&self) {
+        let mut s = self.lock();
+        s.accepting = true;
+        s.stopped = false;
+    }
+
+    /// Stops now: workers quit; returns what was still queued.
+    pub fn stop(&self) -> Vec<Pending> {
+        let mut s = self.lock();
+        s.accepting = false;
+        s.stopped = true;
+        s.generation += 1;
+        let left = s.items.drain(..).collect();
+        drop(s);
+        self.changed.notify_all();
+        left
+    }
+
+    /// Takes every queued request (to fail them: crash-looping).
+    pub fn take_all(&self) -> Vec<Pending> {
+        self.lock().items.drain(..).collect()
+    }
+
+    /// Waits up to `patience` for a batch by the rules of `settings`.
+    /// Expired and cancelled requests found on the way are returned in
+    /// `dropped` for the caller to fail.
+    pub fn next_batch(&self, settings: &ModelSettings, patience: Duration, dropped: &mut Vec<Pending>) -> Next {
+        let give_up = Instant::now() + patience;
+        let mut s = self.lock();
+        let generation = s.generation;
+        loop {
+            if s.stopped {
+                return Next::Quit;
+            }
+            let now = Instant::now();
+            if s.items.iter().any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
+                let (keep, gone): (VecDeque<_>, VecDeque<_>) = s
+                    .items
+                    .drain(..)
+                    .partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
+                s.items = keep;
+                dropped.extend(gone);
+            }
+            let n = s.items.len();
+            if n == 0 && !s.accepting {
+                return Next::Quit;
+            }
+            let max = settings.max_batch_size;
+            let mut wait_until = give_up;
+            if n > 0 {
+                let decision = if n >= max {
+                    Some((max, BatchReason::Full))
+                } else if !s.accepting {
+                    Some((n, BatchReason::Drain))
+                } else if let Some(p) = settings.preferred_batch_sizes.iter().copied().filter(|p| *p <= n).max() {
+                    Some((p, BatchReason::Preferred))
+                } else if settings.dispatch_when_idle {
+                    Some((n, BatchReason::IdleWorker))
+                } else {
+                    let due = s.items[0].enqueued + settings.max_queue_delay;
+                    if due <= now {
+                        Some((n, BatchReason::Delay))
+                    } else {
+                        wait_until = wait_until.min(due);
+                        None
+                    }
+                };
+                if let Some((size, reason)) = decision {
+                    let batch: Vec<Pending> = s.items.drain(..size).collect();
+                    if !s.items.is_empty() {
+                        self.changed.notify_one();
+                    }
+                    return Next::Batch(batch, reason);
+                }
+            }
+            if s.generation != generation {
+                return Next::Idle;
+            }
+            let now = Instant::now();
+            if now >= wait_until && wait_until == give_up {
+                return Next::Idle;
+            }
+            let wait = wait_until.saturating_duration_since(now).max(Duration::from_micros(50));
+            s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// Fails requests that were dropped from a queue.
+pub(crate) fn fail_all(items: impl IntoIterator<Item = Pending>, error: impl Fn(&Pending) -> ServeError) {
+    for p in items {
+        let e = error(&p);
+        p.slot.complete(Err(e));
+    }
+}

@@ -1,0 +1,196 @@
+//! External-command models: any executable (Python with PyTorch, a shell
+//! script, a C++ binary) that speaks the framed stdin/stdout protocol of
+//! [`protocol`]. It runs under a worker process of the server, so it gets
+//! the same supervision, batching and versions as a Rust model: the worker
+//! starts the command when it loads, waits for its `ready` frame, forwards
+//! batches, and dies (and is restarted) if the command dies.
+//!
+//! A reference worker in Python, standard library only, ships as
+//! `crates/multiproc-serve/python/multiproc_worker.py`.
+//!
+//! ```no_run
+//! use multiproc_serve::{CommandConfig, CommandModel, ModelSpec, Server};
+//!
+//! let config = CommandConfig::new("python3").arg("crates/multiproc-serve/python/multiproc_worker.py");
+//! let server = Server::new();
+//! server.add(ModelSpec::<CommandModel>::new("py").version(1, config)).unwrap();
+//! ```
+
+pub mod protocol;
+
+use std::io::{BufRead, BufReader, BufWriter};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Model, WorkerContext};
+use crate::tensor::Tensor;
+use protocol::{Header, RequestRef, get_tensors, put_tensors, read_frame, write_frame};
+
+/// How to start an external-command model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandConfig {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Its working directory (default: the server's).
+    pub cwd: Option<PathBuf>,
+    /// Largest frame accepted from the command (default 1 GiB).
+    pub max_frame_bytes: usize,
+}
+
+impl CommandConfig {
+    /// Runs `program` with no argument.
+    pub fn new(program: impl Into<PathBuf>) -> CommandConfig {
+        CommandConfig { program: program.into(), args: Vec::new(), env: Vec::new(), cwd: None, max_frame_bytes: 1 << 30 }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+}
+
+/// A model served by an external command; inputs and outputs are named tensors.
+#[derive(Debug)]
+pub struct CommandModel {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    max_frame: usize,
+    next_id: u64,
+    label: String,
+}
+
+impl CommandModel {
+    /// The command died or broke the protocol: the worker process exits so
+    /// the server fails the batch (worker lost) and restarts it.
+    fn fatal(&mut self, what: &str) -> ! {
+        let status = self.child.try_wait().ok().flatten().map(|s| s.to_string()).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            "still running; killed".to_string()
+        });
+        crate::worker::log_to_server(&format!("[{}] external command failed: {what} (command {status})", self.label));
+        std::process::exit(3);
+    }
+}
+
+impl Model for CommandModel {
+    type Config = CommandConfig;
+    type Input = Vec<Tensor>;
+    type Output = Vec<Tensor>;
+
+    fn load(config: CommandConfig, ctx: &WorkerContext) -> Result<Self, String> {
+        let mut cmd = Command::new(&config.program);
+        cmd.args(&config.args)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .env("MULTIPROC_MODEL", &ctx.model)
+            .env("MULTIPROC_VERSION", ctx.version.to_string())
+            .env("MULTIPROC_INSTANCE", ctx.instance.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(dir) = &config.cwd {
+            cmd.current_dir(dir);
+        }
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes one async-signal-safe system call (prctl).
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("could not start {}: {e}", config.program.display()))?;
+        let label = format!("{} v{}", ctx.model, ctx.version);
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err("the command's pipes are missing".to_string());
+        };
+        let prefix = label.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                crate::worker::log_to_server(&format!("[{prefix}] {line}"));
+            }
+        });
+        let mut model = CommandModel {
+            child,
+            stdin: BufWriter::new(stdin),
+            stdout: BufReader::new(stdout),
+            max_frame: config.max_frame_bytes,
+            next_id: 0,
+            label,
+        };
+        match read_frame(&mut model.stdout, model.max_frame) {
+            Ok(Some((Header::Ready, _))) => Ok(model),
+            Ok(Some((Header::Error { message }, _))) => {
+                let _ = model.child.wait();
+                Err(format!("the command could not load: {message}"))
+            }
+            Ok(Some((other, _))) => {
+                let _ = model.child.kill();
+                Err(format!("the command sent {other:?} before ready"))
+            }
+            Ok(None) => {
+                let status = model.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                Err(format!("the command exited before it was ready ({status})"))
+            }
+            Err(e) => {
+                let _ = model.child.kill();
+                Err(format!("the command broke the protocol: {e}"))
+            }
+        }
+    }
+
+    fn predict(&mut self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let n = batch.len();
+        let mut blob = Vec::new();
+        let requests = batch.iter().map(|inputs| RequestRef { inputs: put_tensors(inputs, &mut blob) }).collect();
+        if let Err(e) = write_frame(&mut self.stdin, &Header::Batch { id, requests }, &blob) {
+            self.fatal(&format!("writing the batch: {e}"));
+        }
+        let (responses, blob) = match read_frame(&mut self.stdout, self.max_frame) {
+            Ok(Some((Header::Result { id: got, responses }, blob))) if got == id && responses.len() == n => {
+                (responses, blob)
+            }
+            Ok(Some((other, _))) => self.fatal(&format!("expected the result of batch {id} with {n} responses, got {other:?}")),
+            Ok(None) => self.fatal("the command closed its stdout"),
+            Err(e) => self.fatal(&e),
+        };
+        responses
+            .into_iter()
+            .map(|r| match (r.outputs, r.error) {
+                (_, Some(error)) => Err(error),
+                (Some(outputs), None) => get_tensors(&outputs, &blob),
+                (None, None) => Err("the command's response has neither outputs nor error".to_string()),
+            })
+            .collect()
+    }
+}
+
+impl Drop for CommandModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,114 @@
+//! Deadlines of async requests: one timer thread per server (started on
+//! first use) fails a request whose deadline passes before its answer.
+//! Blocking calls time their own wait and need none of this.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::error::ServeError;
+use crate::slot::Slot;
+
+struct Entry {
+    at: Instant,
+    seq: u64,
+    slot: Weak<Slot>,
+    model: String,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+    stopped: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// The timer of one server.
+#[derive(Default)]
+pub(crate) struct Deadlines {
+    shared: Arc<Shared>,
+}
+
+impl Deadlines {
+    pub fn new() -> Deadlines {
+        Deadlines::default()
+    }
+
+    /// Fails `slot` with `DeadlineExceeded` at `at` unless answered first.
+    pub fn watch(&self, at: Instant, slot: &Arc<Slot>, model: String) {
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.stopped {
+            return;
+        }
+        s.seq += 1;
+        let seq = s.seq;
+        s.heap.push(Reverse(Entry { at, seq, slot: Arc::downgrade(slot), model }));
+        if s.thread.is_none() {
+            let shared = Arc::clone(&self.shared);
+            s.thread = std::thread::Builder::new().name("serve-deadlines".into()).spawn(move || run(&shared)).ok();
+        }
+        drop(s);
+        self.shared.changed.notify_one();
+    }
+
+    /// Stops the timer thread.
+    pub fn stop(&self) {
+        let thread = {
+            let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.stopped = true;
+            s.heap.clear();
+            s.thread.take()
+        };
+        self.shared.changed.notify_all();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    while !s.stopped {
+        let now = Instant::now();
+        match s.heap.peek().map(|Reverse(e)| e.at) {
+            Some(at) if at <= now => {
+                let Some(Reverse(e)) = s.heap.pop() else { continue };
+                if let Some(slot) = e.slot.upgrade()
+                    && !slot.is_done()
+                {
+                    slot.cancel();
+                    let waited = slot.arrived.elapsed();
+                    slot.complete(Err(ServeError::DeadlineExceeded { model: e.model, waited, stage: "waiting" }));
+                }
+            }
+            Some(at) => s = shared.changed.wait_timeout(s, at - now).unwrap_or_else(|e| e.into_inner()).0,
+            None => s = shared.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}

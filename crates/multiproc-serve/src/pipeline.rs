@@ -1,0 +1,437 @@
+//! Pipelines (seed 004): requests → a preprocessing pool of N processes →
+//! the batched model → optional postprocessing pool → each result back to
+//! the request it answers.
+//!
+//! The pipeline holds at most `capacity` requests in all its stages; one
+//! more is rejected at once (`Overloaded`). Preprocessing takes whatever is
+//! queued, up to `chunk` requests, as one pool task, with at most two chunks
+//! per process in flight: if a preprocessing process dies, only the requests
+//! of its chunk fail (`WorkerLost`), the pool replaces it, and the others go on.
+
+use std::any::TypeId;
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use multiproc::{AsyncResult, Pool, PoolError, Task};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::batcher::Continuation;
+use crate::error::ServeError;
+use crate::server::{Inner, Server};
+use crate::slot::{Answer, Slot};
+use crate::status::PipelineStatus;
+
+type PreFn<R, I> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Vec<Result<I, String>>> + Send + Sync>;
+type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
+
+/// A pipeline to add with [`Server::add_pipeline`]: `R` requests are
+/// preprocessed into the model's input `I`; the model answers `O`; an
+/// optional postprocessing step turns it into `P` (without one, `P` is `O`).
+///
+/// The steps are plain `fn` items (or non-capturing closures), run in pools
+/// of worker processes of this same binary.
+pub struct PipelineSpec<R, I, O, P> {
+    name: String,
+    model: String,
+    preprocess: PreFn<R, I>,
+    preprocess_processes: usize,
+    postprocess: Option<(PostFn<O, P>, usize)>,
+    capacity: usize,
+    chunk: usize,
+    _types: PhantomData<fn(R, O) -> (I, P)>,
+}
+
+impl<R, I, O, P> std::fmt::Debug for PipelineSpec<R, I, O, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineSpec")
+            .field("name", &self.name)
+            .field("model", &self.model)
+            .field("preprocess_processes", &self.preprocess_processes)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, I, O> PipelineSpec<R, I, O, O>
+where
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// A pipeline called `name`: `preprocess` runs in a pool of `processes`
+    /// processes, its outputs go to the default version of `model`.
+    pub fn new<F>(name: impl Into<String>, model: impl Into<String>, preprocess: F, processes: usize) -> Self
+    where
+        F: Task<(R,), Result<I, String>>,
+    {
+        let pre: PreFn<R, I> = Arc::new(move |pool: &Pool, items: Vec<R>| {
+            let n = items.len().max(1);
+            pool.with_chunksize(n).map_async(preprocess, items)
+        });
+        PipelineSpec {
+            name: name.into(),
+            model: model.into(),
+            preprocess: pre,
+            preprocess_processes: processes.max(1),
+            postprocess: None,
+            capacity: 4096,
+            chunk: 256,
+            _types: PhantomData,
+        }
+    }
+
+    /// Adds a postprocessing step run in a pool of `processes` processes.
+    pub fn postprocess<G, P>(self, postprocess: G, processes: usize) -> PipelineSpec<R, I, O, P>
+    where
+        G: Task<(O,), Result<P, String>>,
+        P: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let post: PostFn<O, P> = Arc::new(move |pool: &Pool, item: O| pool.apply_async(postprocess, (item,)));
+        PipelineSpec {
+            name: self.name,
+            model: self.model,
+            preprocess: self.preprocess,
+            preprocess_processes: self.preprocess_processes,
+            postprocess: Some((post, processes.max(1))),
+            capacity: self.capacity,
+            chunk: self.chunk,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<R, I, O, P> PipelineSpec<R, I, O, P>
+where
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+    P: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// The most requests inside the pipeline at once (default 4096).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// The most requests per preprocessing task (default 256).
+    pub fn chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(1);
+        self
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model it feeds.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Starts the pools and the feeder thread.
+    pub(crate) fn start(self, server: Weak<Inner>) -> Result<Arc<dyn PipelineDyn>, ServeError> {
+        let pool = |n: usize| {
+            Pool::new(n).map_err(|e| ServeError::Internal(format!("pipeline {:?}: pool did not start: {e}", self.name)))
+        };
+        let pre_pool = pool(self.preprocess_processes)?;
+        let post = match self.postprocess {
+            Some((f, n)) => Some((f, pool(n)?, n)),
+            None => None,
+        };
+        let runtime = Arc::new(Runtime {
+            name: self.name,
+            model: self.model,
+            pre: self.preprocess,
+            pre_pool,
+            pre_processes: self.preprocess_processes,
+            post,
+            queue: Mutex::new(VecDeque::new()),
+            changed: Condvar::new(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            chunks_out: Arc::new((Mutex::new(0), Condvar::new())),
+            capacity: self.capacity,
+            chunk: self.chunk,
+            server,
+            stopped: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let feeder = Arc::clone(&runtime);
+        let thread = std::thread::Builder::new()
+            .name(format!("serve-pipeline-{}", runtime.name))
+            .spawn(move || feeder.feed())
+            .map_err(|e| ServeError::Internal(format!("could not start the pipeline thread: {e}")))?;
+        *runtime.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        Ok(runtime)
+    }
+}
+
+/// A pipeline with its types erased, as the server keeps it.
+pub(crate) trait PipelineDyn: Send + Sync {
+    fn name(&self) -> &str;
+    fn check_types(&self, input: TypeId, output: TypeId) -> Result<(), ServeError>;
+    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError>;
+    fn status(&self) -> PipelineStatus;
+    fn stop(&self);
+}
+
+/// Counts a request as inside the pipeline until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Job<R> {
+    input: R,
+    slot: Arc<Slot>,
+    deadline: Option<Instant>,
+    guard: InFlight,
+}
+
+struct Runtime<R, I, O, P> {
+    name: String,
+    model: String,
+    pre: PreFn<R, I>,
+    pre_pool: Pool,
+    pre_processes: usize,
+    post: Option<(PostFn<O, P>, Pool, usize)>,
+    queue: Mutex<VecDeque<Job<R>>>,
+    changed: Condvar,
+    in_flight: Arc<AtomicUsize>,
+    chunks_out: Arc<(Mutex<usize>, Condvar)>,
+    capacity: usize,
+    chunk: usize,
+    server: Weak<Inner>,
+    stopped: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<R, I, O, P> Runtime<R, I, O, P>
+where
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+    P: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn failed(&self, stage: &str, message: impl std::fmt::Display) -> ServeError {
+        ServeError::ModelFailed { model: self.name.clone(), version: 0, message: format!("{stage}: {message}") }
+    }
+
+    /// The feeder: cuts the queue into chunks for the preprocessing pool.
+    fn feed(self: Arc<Self>) {
+        let max_out = 2 * self.pre_processes;
+        loop {
+            let jobs: Vec<Job<R>> = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                while q.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                    q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if self.stopped.load(Ordering::Acquire) {
+                    let left: Vec<Job<R>> = q.drain(..).collect();
+                    drop(q);
+                    for j in left {
+                        j.slot.complete(Err(ServeError::ShuttingDown));
+                    }
+                    return;
+                }
+                let n = q.len().min(self.chunk);
+                q.drain(..n).collect()
+            };
+            {
+                let (count, cv) = &*self.chunks_out;
+                let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
+                while *c >= max_out {
+                    c = cv.wait(c).unwrap_or_else(|e| e.into_inner());
+                }
+                *c += 1;
+            }
+            self.preprocess(jobs);
+        }
+    }
+
+    fn preprocess(self: &Arc<Self>, jobs: Vec<Job<R>>) {
+        let mut inputs = Vec::with_capacity(jobs.len());
+        let mut rest = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            inputs.push(j.input);
+            rest.push((j.slot, j.deadline, j.guard));
+        }
+        let shared = Arc::new(Mutex::new(Some(rest)));
+        let (ok_jobs, err_jobs) = (Arc::clone(&shared), shared);
+        let (ok_self, err_self) = (Arc::clone(self), Arc::clone(self));
+        let _ = (self.pre)(&self.pre_pool, inputs)
+            .on_success(move |outputs: &Vec<Result<I, String>>| {
+                let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                ok_self.chunk_done();
+                ok_self.to_model(jobs, outputs);
+            })
+            .on_error(move |e: &PoolError| {
+                let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                err_self.chunk_done();
+                let error = match e {
+                    PoolError::Task { error, .. } => ServeError::WorkerLost {
+                        model: err_self.name.clone(),
+                        version: 0,
+                        pid: 0,
+                        status: format!("preprocessing worker: {error}"),
+                    },
+                    other => err_self.failed("preprocessing", other),
+                };
+                for (slot, _, _) in jobs {
+                    slot.complete(Err(error.clone()));
+                }
+            });
+    }
+
+    fn chunk_done(&self) {
+        let (count, cv) = &*self.chunks_out;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        cv.notify_one();
+    }
+
+    /// Hands preprocessed inputs to the model's batcher.
+    fn to_model(self: &Arc<Self>, jobs: Vec<(Arc<Slot>, Option<Instant>, InFlight)>, outputs: &[Result<I, String>]) {
+        let Some(inner) = self.server.upgrade() else {
+            for (slot, _, _) in jobs {
+                slot.complete(Err(ServeError::ShuttingDown));
+            }
+            return;
+        };
+        let server = Server::from_inner(inner);
+        let entry = match server.model_entry(&self.model) {
+            Ok(e) => e,
+            Err(e) => {
+                for (slot, _, _) in jobs {
+                    slot.complete(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        for ((slot, deadline, guard), out) in jobs.into_iter().zip(outputs) {
+            let bytes = match out {
+                Ok(i) => postcard::to_allocvec(i).map_err(|e| self.failed("preprocessing output", e)),
+                Err(msg) => Err(self.failed("preprocessing", msg)),
+            };
+            let result = bytes.and_then(|b| {
+                let then = self.continuation(guard);
+                server.submit_bytes(&entry, None, ByteBuf::from(b), Arc::clone(&slot), deadline, Some(then), true)
+            });
+            if let Err(e) = result {
+                slot.complete(Err(e));
+            }
+        }
+    }
+
+    /// What happens to the model's answer: straight back, or postprocessing.
+    fn continuation(self: &Arc<Self>, guard: InFlight) -> Continuation {
+        let this = Arc::clone(self);
+        Box::new(move |answer: Answer, slot: Arc<Slot>| {
+            let _guard = guard;
+            let Some((post, pool, _)) = &this.post else {
+                slot.complete(Ok(answer));
+                return;
+            };
+            let output: O = match postcard::from_bytes(&answer.bytes) {
+                Ok(o) => o,
+                Err(e) => {
+                    slot.complete(Err(this.failed("model output", e)));
+                    return;
+                }
+            };
+            let meta = Answer { bytes: Vec::new(), ..answer };
+            let (ok_slot, err_slot) = (Arc::clone(&slot), slot);
+            let (ok_this, err_this) = (Arc::clone(&this), Arc::clone(&this));
+            let _ = post(pool, output)
+                .on_success(move |r: &Result<P, String>| {
+                    let result = match r {
+                        Ok(p) => postcard::to_allocvec(p)
+                            .map(|bytes| Answer { bytes, ..meta })
+                            .map_err(|e| ok_this.failed("postprocessing output", e)),
+                        Err(msg) => Err(ok_this.failed("postprocessing", msg)),
+                    };
+                    ok_slot.complete(result);
+                })
+                .on_error(move |e: &PoolError| {
+                    err_slot.complete(Err(err_this.failed("postprocessing", e)));
+                });
+        })
+    }
+}
+
+impl<R, I, O, P> PipelineDyn for Runtime<R, I, O, P>
+where
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+    P: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn check_types(&self, input: TypeId, output: TypeId) -> Result<(), ServeError> {
+        if input == TypeId::of::<R>() && output == TypeId::of::<P>() {
+            return Ok(());
+        }
+        Err(ServeError::BadInput {
+            model: self.name.clone(),
+            reason: format!(
+                "the pipeline takes {} and returns {}",
+                std::any::type_name::<R>(),
+                std::any::type_name::<P>()
+            ),
+        })
+    }
+
+    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError> {
+        let input = *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(ServeError::ShuttingDown);
+        }
+        let admitted = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
+        if admitted.is_err() {
+            return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
+        }
+        let job = Job { input, slot, deadline, guard: InFlight(Arc::clone(&self.in_flight)) };
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    fn status(&self) -> PipelineStatus {
+        PipelineStatus {
+            model: self.model.clone(),
+            preprocess_processes: self.pre_processes,
+            postprocess_processes: self.post.as_ref().map_or(0, |p| p.2),
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            capacity: self.capacity,
+        }
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        {
+            let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            self.changed.notify_all();
+        }
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        self.pre_pool.terminate();
+        if let Some((_, pool, _)) = &self.post {
+            pool.terminate();
+        }
+    }
+}

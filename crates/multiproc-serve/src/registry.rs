@@ -1,0 +1,210 @@
+//! One registered model: its declared versions, which of them are served,
+//! and the routing of a request to a version.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::ServeError;
+use crate::metrics::VersionMetrics;
+use crate::model::{ErasedSpec, IoTypes};
+use crate::settings::{ModelSettings, StartMode};
+use crate::status::{EndpointKind, ModelStatus, VersionState};
+use crate::version::VersionGroup;
+
+/// A model and its versions.
+pub(crate) struct ModelEntry {
+    pub name: String,
+    pub settings: Arc<ModelSettings>,
+    pub io: IoTypes,
+    /// Every declared version (started or not).
+    groups: BTreeMap<u64, Arc<VersionGroup>>,
+    /// The versions requests may go to, ascending; swapped atomically.
+    served: RwLock<Vec<u64>>,
+    unloaded: AtomicBool,
+    /// Serializes load, unload and switch.
+    admin: Mutex<()>,
+}
+
+impl ModelEntry {
+    pub fn new(spec: ErasedSpec) -> Arc<ModelEntry> {
+        let settings = Arc::new(spec.settings);
+        let groups: BTreeMap<u64, Arc<VersionGroup>> = spec
+            .versions
+            .into_iter()
+            .map(|(v, spawner)| (v, VersionGroup::new(&spec.name, v, Arc::clone(&settings), spawner)))
+            .collect();
+        let declared: Vec<u64> = groups.keys().copied().collect();
+        let served = settings.version_policy.select(&declared);
+        Arc::new(ModelEntry {
+            name: spec.name,
+            settings,
+            io: spec.io,
+            groups,
+            served: RwLock::new(served),
+            unloaded: AtomicBool::new(false),
+            admin: Mutex::new(()),
+        })
+    }
+
+    pub fn is_eager(&self) -> bool {
+        self.settings.start == StartMode::Eager
+    }
+
+    fn served(&self) -> Vec<u64> {
+        self.served.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn group(&self, version: u64) -> Result<&Arc<VersionGroup>, ServeError> {
+        self.groups.get(&version).ok_or_else(|| ServeError::UnknownVersion { model: self.name.clone(), version })
+    }
+
+    /// The version a request goes to: the one named (if served), or the
+    /// highest ready served version, or the highest served version that is
+    /// still coming up.
+    pub fn resolve(&self, version: Option<u64>) -> Result<Arc<VersionGroup>, ServeError> {
+        if self.unloaded.load(Ordering::Acquire) {
+            return Err(ServeError::NotReady {
+                model: self.name.clone(),
+                version,
+                reason: "the model is unloaded; load it first".into(),
+            });
+        }
+        let served = self.served();
+        if let Some(v) = version {
+            let group = self.group(v)?;
+            if !served.contains(&v) {
+                return Err(ServeError::NotReady {
+                    model: self.name.clone(),
+                    version: Some(v),
+                    reason: format!("version {v} is not loaded (loaded: {served:?})"),
+                });
+            }
+            return Ok(Arc::clone(group));
+        }
+        let groups: Vec<&Arc<VersionGroup>> = served.iter().rev().filter_map(|v| self.groups.get(v)).collect();
+        if let Some(g) = groups.iter().find(|g| g.is_ready()) {
+            return Ok(Arc::clone(g));
+        }
+        let coming = groups.iter().find(|g| {
+            matches!(g.state(), VersionState::NotStarted | VersionState::Loading | VersionState::CrashLooping)
+        });
+        coming.map(|g| Arc::clone(g)).ok_or_else(|| ServeError::NotReady {
+            model: self.name.clone(),
+            version: None,
+            reason: format!("no loaded version is ready (loaded: {served:?})"),
+        })
+    }
+
+    /// Starts the policy's versions if the model starts eagerly, and waits.
+    pub fn load_if_eager(&self) -> Result<(), ServeError> {
+        if self.is_eager() { self.load() } else { Ok(()) }
+    }
+
+    /// Starts the served versions and waits until each is ready.
+    pub fn load(&self) -> Result<(), ServeError> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        self.unloaded.store(false, Ordering::Release);
+        let served = self.served();
+        let served = if served.is_empty() {
+            let declared: Vec<u64> = self.groups.keys().copied().collect();
+            let again = self.settings.version_policy.select(&declared);
+            *self.served.write().unwrap_or_else(|e| e.into_inner()) = again.clone();
+            again
+        } else {
+            served
+        };
+        for v in &served {
+            self.groups[v].start();
+        }
+        let mut first_error = None;
+        for v in &served {
+            if let Err(e) = self.groups[v].wait_ready(self.settings.startup_timeout) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Drains and stops every version; requests fail with `NotReady` until `load`.
+    pub fn unload(&self) {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        self.unloaded.store(true, Ordering::Release);
+        tracing::info!(model = %self.name, "unload");
+        for g in self.groups.values() {
+            g.drain();
+        }
+    }
+
+    pub fn load_version(&self, version: u64) -> Result<(), ServeError> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let group = Arc::clone(self.group(version)?);
+        group.start();
+        if let Err(e) = group.wait_ready(self.settings.startup_timeout) {
+            group.stop_hard(VersionState::Failed, &e.to_string());
+            return Err(e);
+        }
+        let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
+        if !served.contains(&version) {
+            served.push(version);
+            served.sort_unstable();
+        }
+        Ok(())
+    }
+
+    pub fn unload_version(&self, version: u64) -> Result<(), ServeError> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let group = Arc::clone(self.group(version)?);
+        self.served.write().unwrap_or_else(|e| e.into_inner()).retain(|v| *v != version);
+        group.drain();
+        Ok(())
+    }
+
+    /// Loads `to`, swaps all traffic to it, drains the others.
+    pub fn switch(&self, to: u64) -> Result<(), ServeError> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let group = Arc::clone(self.group(to)?);
+        let old = self.served();
+        tracing::info!(model = %self.name, from = ?old, to, "switch: loading the new version");
+        group.start();
+        if let Err(e) = group.wait_ready(self.settings.startup_timeout) {
+            tracing::warn!(model = %self.name, to, "switch failed; the old versions keep serving: {e}");
+            if !old.contains(&to) {
+                group.stop_hard(VersionState::Failed, &e.to_string());
+            }
+            return Err(e);
+        }
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) = vec![to];
+        self.unloaded.store(false, Ordering::Release);
+        tracing::info!(model = %self.name, from = ?old, to, "switch: traffic moved; draining the old versions");
+        for v in old.iter().filter(|v| **v != to) {
+            self.groups[v].drain();
+        }
+        Ok(())
+    }
+
+    pub fn is_ready(&self, version: Option<u64>) -> Result<bool, ServeError> {
+        match version {
+            Some(v) => Ok(self.served().contains(&v) && self.group(v)?.is_ready() && !self.unloaded.load(Ordering::Acquire)),
+            None => Ok(self.resolve(None).map(|g| g.is_ready()).unwrap_or(false)),
+        }
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        let unloaded = self.unloaded.load(Ordering::Acquire);
+        let default = self.resolve(None).ok().filter(|g| g.is_ready()).map(|g| g.version);
+        ModelStatus {
+            name: self.name.clone(),
+            kind: EndpointKind::Model,
+            ready: default.is_some(),
+            default_version: default,
+            unloaded,
+            versions: self.groups.values().map(|g| g.status()).collect(),
+            pipeline: None,
+        }
+    }
+
+    pub fn metrics(&self) -> Vec<VersionMetrics> {
+        self.groups.values().map(|g| g.metrics()).collect()
+    }
+}

@@ -1,0 +1,580 @@
+//! The server handle: models and pipelines by name, requests in, replies out.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::batcher::{Continuation, Pending};
+use crate::deadline::Deadlines;
+use crate::error::ServeError;
+use crate::metrics::MetricsSnapshot;
+use crate::model::{Model, ModelSpec};
+use crate::pipeline::{PipelineDyn, PipelineSpec};
+use crate::registry::ModelEntry;
+use crate::slot::{Answer, Slot};
+use crate::status::{EndpointKind, ModelStatus, ServerStatus};
+use crate::tensor::Tensor;
+
+/// One request: the model, an optional version, the input and an optional
+/// deadline.
+///
+/// ```
+/// use multiproc_serve::Request;
+/// use std::time::Duration;
+///
+/// let r = Request::new("classifier", "good".to_string()).version(2).timeout(Duration::from_secs(1));
+/// assert_eq!(r.model(), "classifier");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Request<I> {
+    model: String,
+    version: Option<u64>,
+    input: I,
+    timeout: Option<Duration>,
+}
+
+impl<I> Request<I> {
+    /// A request for the default version of `model`.
+    pub fn new(model: impl Into<String>, input: I) -> Request<I> {
+        Request { model: model.into(), version: None, input, timeout: None }
+    }
+
+    /// Asks for a specific version.
+    pub fn version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Sets the version, or the default with `None`.
+    pub fn maybe_version(mut self, version: Option<u64>) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Fails the request with `DeadlineExceeded` if it is not answered within
+    /// `timeout` (overrides the model's `request_timeout`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The model named.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+/// A model's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply<O> {
+    /// The model that answered (for a pipeline: its model).
+    pub model: String,
+    /// The version that produced the output.
+    pub version: u64,
+    /// The output.
+    pub output: O,
+    /// Time the request waited for its batch.
+    pub queue_time: Duration,
+    /// Size of the batch it ran in.
+    pub batch_size: usize,
+    /// Time from arrival to answer.
+    pub latency: Duration,
+}
+
+fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant) -> Result<Reply<O>, ServeError> {
+    let output = postcard::from_bytes(&answer.bytes).map_err(|e| {
+        ServeError::Internal(format!("model {:?} returned an output that does not decode: {e}", answer.model))
+    })?;
+    Ok(Reply {
+        model: answer.model,
+        version: answer.version,
+        output,
+        queue_time: answer.queued,
+        batch_size: answer.batch_size,
+        latency: arrived.elapsed(),
+    })
+}
+
+/// A reply still to come; runtime-agnostic (works on tokio or any executor).
+/// Dropping it cancels the request if it has not reached a worker yet.
+#[must_use = "a future does nothing unless polled; dropping it cancels the request"]
+pub struct InferFuture<O> {
+    slot: Result<Arc<Slot>, Option<ServeError>>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> std::fmt::Debug for InferFuture<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferFuture").finish_non_exhaustive()
+    }
+}
+
+impl<O: DeserializeOwned> Future for InferFuture<O> {
+    type Output = Result<Reply<O>, ServeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.slot {
+            Err(e) => Poll::Ready(Err(e.take().unwrap_or_else(|| ServeError::Internal("polled after completion".into())))),
+            Ok(slot) => match slot.poll(cx.waker()) {
+                Some(result) => Poll::Ready(result.and_then(|a| decode_reply(a, slot.arrived))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<O> Drop for InferFuture<O> {
+    fn drop(&mut self) {
+        if let Ok(slot) = &self.slot
+            && !slot.is_done()
+        {
+            slot.cancel();
+        }
+    }
+}
+
+/// A registered endpoint.
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    Model(Arc<ModelEntry>),
+    Pipeline(Arc<dyn PipelineDyn>),
+}
+
+pub(crate) struct Inner {
+    endpoints: RwLock<BTreeMap<String, Endpoint>>,
+    shutting_down: AtomicBool,
+    deadlines: Deadlines,
+}
+
+/// A model server: models and pipelines by name, each version served by
+/// supervised worker processes. Cheap to clone (a handle); everything stops
+/// when [`Server::shutdown`] is called or the last handle is dropped.
+///
+/// See the crate documentation for a tour.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.endpoints().keys().cloned().collect();
+        f.debug_struct("Server").field("models", &names).finish()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server::new()
+    }
+}
+
+impl Server {
+    /// A server with no model.
+    pub fn new() -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                endpoints: RwLock::new(BTreeMap::new()),
+                shutting_down: AtomicBool::new(false),
+                deadlines: Deadlines::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Server {
+        Server { inner }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    fn endpoints(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Endpoint>> {
+        self.inner.endpoints.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn endpoint(&self, name: &str) -> Result<Endpoint, ServeError> {
+        self.endpoints().get(name).cloned().ok_or_else(|| ServeError::UnknownModel { model: name.to_string() })
+    }
+
+    pub(crate) fn model_entry(&self, name: &str) -> Result<Arc<ModelEntry>, ServeError> {
+        match self.endpoint(name)? {
+            Endpoint::Model(m) => Ok(m),
+            Endpoint::Pipeline(_) => Err(ServeError::BadInput {
+                model: name.to_string(),
+                reason: "this is a pipeline; versions and loading apply to its model".to_string(),
+            }),
+        }
+    }
+
+    fn check_running(&self) -> Result<(), ServeError> {
+        if self.inner.shutting_down.load(Ordering::Acquire) { Err(ServeError::ShuttingDown) } else { Ok(()) }
+    }
+
+    /// Adds a model. With [`StartMode::Eager`](crate::StartMode::Eager) its
+    /// versions (by the version policy) start now and this waits until they
+    /// are ready (up to the startup timeout). Adding a name that exists
+    /// reloads it without downtime: the new workers start, traffic moves
+    /// when they are ready, the old ones drain; if the new ones fail, the
+    /// old ones keep serving and the error says why.
+    ///
+    /// # Errors
+    ///
+    /// Invalid settings, no version, or (eager) the model did not become
+    /// ready; it stays registered and `status()` shows why.
+    pub fn add<M: Model>(&self, spec: ModelSpec<M>) -> Result<(), ServeError> {
+        self.check_running()?;
+        let spec = spec.erase()?;
+        let name = spec.name.clone();
+        let entry = ModelEntry::new(spec);
+        let old = self.endpoints().get(&name).cloned();
+        match old {
+            Some(Endpoint::Model(old)) => {
+                entry.load()?;
+                self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Model(entry));
+                tracing::info!(model = %old.name, "switch: reloaded model; draining the old versions");
+                old.unload();
+                Ok(())
+            }
+            Some(Endpoint::Pipeline(_)) => {
+                Err(ServeError::Internal(format!("{name:?} is a pipeline; remove it before adding a model of that name")))
+            }
+            None => {
+                self.inner
+                    .endpoints
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name, Endpoint::Model(Arc::clone(&entry)));
+                entry.load_if_eager()
+            }
+        }
+    }
+
+    /// Adds a pipeline: a preprocessing pool feeding a model already added,
+    /// then optional postprocessing.
+    ///
+    /// # Errors
+    ///
+    /// The name is taken, the model is unknown or has other input/output
+    /// types, or the pools could not start.
+    pub fn add_pipeline<R, I, O, P>(&self, spec: PipelineSpec<R, I, O, P>) -> Result<(), ServeError>
+    where
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + DeserializeOwned + Send + 'static,
+        P: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.check_running()?;
+        if self.endpoints().contains_key(spec.name()) {
+            return Err(ServeError::Internal(format!("{:?} is already registered", spec.name())));
+        }
+        let model = self.model_entry(spec.model())?;
+        model.io.check::<I, O>(spec.model())?;
+        let name = spec.name().to_string();
+        let pipeline = spec.start(self.downgrade())?;
+        self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Pipeline(pipeline));
+        Ok(())
+    }
+
+    /// Removes a model or pipeline: drains its versions and stops them; the
+    /// name becomes unknown.
+    ///
+    /// # Errors
+    ///
+    /// Unknown name.
+    pub fn remove(&self, name: &str) -> Result<(), ServeError> {
+        let endpoint = self
+            .inner
+            .endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| ServeError::UnknownModel { model: name.to_string() })?;
+        match endpoint {
+            Endpoint::Model(m) => m.unload(),
+            Endpoint::Pipeline(p) => p.stop(),
+        }
+        Ok(())
+    }
+
+    /// Loads a model's versions by its policy (again, after `unload`) and
+    /// waits until they are ready.
+    ///
+    /// # Errors
+    ///
+    /// Unknown model, or a version did not become ready.
+    pub fn load(&self, model: &str) -> Result<(), ServeError> {
+        self.check_running()?;
+        self.model_entry(model)?.load()
+    }
+
+    /// Unloads a model: its versions drain and stop; requests then fail
+    /// with `NotReady` until [`Server::load`]. It stays listed.
+    ///
+    /// # Errors
+    ///
+    /// Unknown model.
+    pub fn unload(&self, model: &str) -> Result<(), ServeError> {
+        self.model_entry(model)?.unload();
+        Ok(())
+    }
+
+    /// Starts one more version of a model (beside those served) and waits
+    /// until it is ready.
+    ///
+    /// # Errors
+    ///
+    /// Unknown model or version, or it did not become ready.
+    pub fn load_version(&self, model: &str, version: u64) -> Result<(), ServeError> {
+        self.check_running()?;
+        self.model_entry(model)?.load_version(version)
+    }
+
+    /// Drains and stops one version.
+    ///
+    /// # Errors
+    ///
+    /// Unknown model or version.
+    pub fn unload_version(&self, model: &str, version: u64) -> Result<(), ServeError> {
+        self.model_entry(model)?.unload_version(version)
+    }
+
+    /// Zero-downtime switch: starts `version`, waits until it is ready,
+    /// moves all traffic to it at once, then drains and stops every other
+    /// version. If `version` fails to load, the old versions keep serving.
+    ///
+    /// # Errors
+    ///
+    /// Unknown model or version, or the new version did not become ready
+    /// (the error says why).
+    pub fn switch(&self, model: &str, version: u64) -> Result<(), ServeError> {
+        self.check_running()?;
+        self.model_entry(model)?.switch(version)
+    }
+
+    fn submit<I: Serialize + Send + 'static, O: 'static>(&self, request: Request<I>, slot: &Arc<Slot>) -> Result<Option<Instant>, ServeError> {
+        self.check_running()?;
+        let Request { model, version, input, timeout } = request;
+        match self.endpoint(&model)? {
+            Endpoint::Model(entry) => {
+                entry.io.check::<I, O>(&model)?;
+                let deadline = timeout.or(entry.settings.request_timeout).map(|t| slot.arrived + t);
+                let bytes = postcard::to_allocvec(&input)
+                    .map_err(|e| ServeError::BadInput { model: model.clone(), reason: format!("input does not encode: {e}") })?;
+                self.submit_bytes(&entry, version, ByteBuf::from(bytes), Arc::clone(slot), deadline, None, false)?;
+                Ok(deadline)
+            }
+            Endpoint::Pipeline(p) => {
+                if version.is_some() {
+                    return Err(ServeError::BadInput { model, reason: "a pipeline has no versions".to_string() });
+                }
+                p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
+                let deadline = timeout.map(|t| slot.arrived + t);
+                p.submit(Box::new(input), Arc::clone(slot), deadline)?;
+                Ok(deadline)
+            }
+        }
+    }
+
+    /// Queues encoded input for a model version (also the pipelines' way in).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit_bytes(
+        &self,
+        entry: &Arc<ModelEntry>,
+        version: Option<u64>,
+        input: ByteBuf,
+        slot: Arc<Slot>,
+        deadline: Option<Instant>,
+        then: Option<Continuation>,
+        force: bool,
+    ) -> Result<(), ServeError> {
+        let mut pending = Pending { input, slot, enqueued: Instant::now(), deadline, then };
+        // A default-version request that meets a version being switched away
+        // looks again: the swap is atomic, so the second look finds the new one.
+        for _ in 0..3 {
+            let group = entry.resolve(version)?;
+            match group.admit(pending, force) {
+                Ok(()) => return Ok(()),
+                Err((p, e)) => {
+                    if version.is_some() || e.kind() != crate::ErrorKind::NotReady {
+                        group.counters.failure(e.kind());
+                        return Err(e);
+                    }
+                    pending = p;
+                }
+            }
+        }
+        Err(ServeError::NotReady { model: entry.name.clone(), version, reason: "no version accepts requests".into() })
+    }
+
+    /// Runs one request and waits for its reply (blocking).
+    ///
+    /// # Errors
+    ///
+    /// See [`ServeError`]: unknown model or version, bad input (including a
+    /// call with other types than the model's), not ready, overloaded,
+    /// crash-looping, the model's own error, the worker lost, a call timeout
+    /// or the deadline.
+    pub fn infer<I, O>(&self, request: Request<I>) -> Result<Reply<O>, ServeError>
+    where
+        I: Serialize + Send + 'static,
+        O: DeserializeOwned + 'static,
+    {
+        let model = request.model.clone();
+        let slot = Slot::new();
+        let deadline = self.submit::<I, O>(request, &slot)?;
+        match slot.wait(deadline) {
+            Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
+            None => {
+                slot.cancel();
+                let e = ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" };
+                slot.complete(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one request; the reply comes through a runtime-agnostic future.
+    /// Errors found before queueing (unknown model, overload…) come out of
+    /// the future at its first poll.
+    pub fn infer_async<I, O>(&self, request: Request<I>) -> InferFuture<O>
+    where
+        I: Serialize + Send + 'static,
+        O: DeserializeOwned + 'static,
+    {
+        let model = request.model.clone();
+        let slot = Slot::new();
+        match self.submit::<I, O>(request, &slot) {
+            Ok(deadline) => {
+                if let Some(d) = deadline {
+                    self.inner.deadlines.watch(d, &slot, model);
+                }
+                InferFuture { slot: Ok(slot), _output: PhantomData }
+            }
+            Err(e) => InferFuture { slot: Err(Some(e)), _output: PhantomData },
+        }
+    }
+
+    /// The generic path: named tensors in, named tensors out, for models
+    /// whose `Input` and `Output` are `Vec<Tensor>` (ONNX, external commands).
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::infer`].
+    pub fn infer_tensors(&self, model: &str, version: Option<u64>, inputs: Vec<Tensor>) -> Result<Reply<Vec<Tensor>>, ServeError> {
+        self.infer(Request::new(model, inputs).maybe_version(version))
+    }
+
+    /// Every model, version and worker with its state.
+    pub fn status(&self) -> ServerStatus {
+        let shutting_down = self.inner.shutting_down.load(Ordering::Acquire);
+        let endpoints: Vec<Endpoint> = self.endpoints().values().cloned().collect();
+        let models: Vec<ModelStatus> = endpoints
+            .iter()
+            .map(|e| match e {
+                Endpoint::Model(m) => m.status(),
+                Endpoint::Pipeline(p) => {
+                    let model_ready = self.model_entry(&p.status().model).map(|m| m.status().ready).unwrap_or(false);
+                    ModelStatus {
+                        name: p.name().to_string(),
+                        kind: EndpointKind::Pipeline,
+                        ready: model_ready,
+                        default_version: None,
+                        unloaded: false,
+                        versions: Vec::new(),
+                        pipeline: Some(p.status()),
+                    }
+                }
+            })
+            .collect();
+        let ready = !shutting_down
+            && endpoints.iter().zip(&models).all(|(e, s)| match e {
+                Endpoint::Model(m) => s.ready || s.unloaded || !m.is_eager(),
+                Endpoint::Pipeline(_) => true,
+            });
+        ServerStatus { ready, models }
+    }
+
+    /// True when the server takes requests and every eagerly started,
+    /// loaded model is ready (`/v2/health/ready`).
+    pub fn is_ready(&self) -> bool {
+        self.status().ready
+    }
+
+    /// True until shutdown (`/v2/health/live`).
+    pub fn is_live(&self) -> bool {
+        !self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Whether `model` (at `version`, or its default version) is ready.
+    ///
+    /// # Errors
+    ///
+    /// Unknown model or version (404).
+    pub fn model_ready(&self, model: &str, version: Option<u64>) -> Result<bool, ServeError> {
+        match self.endpoint(model)? {
+            Endpoint::Model(m) => m.is_ready(version),
+            Endpoint::Pipeline(p) => {
+                let inner = p.status().model;
+                self.model_ready(&inner, None)
+            }
+        }
+    }
+
+    /// Every version's counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let endpoints: Vec<Endpoint> = self.endpoints().values().cloned().collect();
+        let mut versions = Vec::new();
+        for e in endpoints {
+            if let Endpoint::Model(m) = e {
+                versions.extend(m.metrics());
+            }
+        }
+        MetricsSnapshot { versions }
+    }
+
+    /// Stops taking requests, drains every model (each up to its drain
+    /// timeout) and stops every worker. Idempotent.
+    pub fn shutdown(&self) {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!("server shutting down");
+        let endpoints: Vec<Endpoint> =
+            std::mem::take(&mut *self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner())).into_values().collect();
+        for e in &endpoints {
+            if let Endpoint::Pipeline(p) = e {
+                p.stop();
+            }
+        }
+        for e in &endpoints {
+            if let Endpoint::Model(m) = e {
+                m.unload();
+            }
+        }
+        self.inner.deadlines.stop();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let endpoints = std::mem::take(self.endpoints.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for e in endpoints.into_values() {
+            match e {
+                Endpoint::Pipeline(p) => p.stop(),
+                Endpoint::Model(m) => m.unload(),
+            }
+        }
+        self.deadlines.stop();
+    }
+}

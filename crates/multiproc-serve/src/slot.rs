@@ -1,0 +1,121 @@
+//! Where one request's answer lands: a slot that a blocking caller waits on
+//! (condvar) or an async caller polls (waker). The first completion wins;
+//! a slot whose caller is gone is marked cancelled, and the batcher drops it
+//! before it reaches a worker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::error::ServeError;
+
+/// A successful answer, still encoded.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The encoded output.
+    pub bytes: Vec<u8>,
+    /// The model that answered (for a pipeline, the pipeline's model).
+    pub model: String,
+    /// The version that answered.
+    pub version: u64,
+    /// Time spent queued for a batch.
+    pub queued: Duration,
+    /// Size of the batch the request ran in.
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    result: Option<Result<Answer, ServeError>>,
+    waker: Option<Waker>,
+    taken: bool,
+}
+
+/// One request's answer, set once.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    state: Mutex<State>,
+    ready: Condvar,
+    cancelled: AtomicBool,
+    /// When the request arrived.
+    pub arrived: Instant,
+}
+
+impl Slot {
+    pub fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            cancelled: AtomicBool::new(false),
+            arrived: Instant::now(),
+        })
+    }
+
+    /// Sets the answer unless one is already set; true if this one was.
+    pub fn complete(&self, result: Result<Answer, ServeError>) -> bool {
+        let waker = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.result.is_some() || s.taken {
+                return false;
+            }
+            s.result = Some(result);
+            s.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// True once answered.
+    pub fn is_done(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.result.is_some() || s.taken
+    }
+
+    /// The caller is gone: nobody will read the answer.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    /// True if the caller is gone.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Waits for the answer until `deadline` (`None`: as long as it takes).
+    pub fn wait(&self, deadline: Option<Instant>) -> Option<Result<Answer, ServeError>> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = s.result.take() {
+                s.taken = true;
+                return Some(r);
+            }
+            match deadline {
+                None => s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    s = self.ready.wait_timeout(s, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+    }
+
+    /// Polls for the answer, registering `waker` if there is none yet.
+    pub fn poll(&self, waker: &Waker) -> Option<Result<Answer, ServeError>> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = s.result.take() {
+            s.taken = true;
+            return Some(r);
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            s.waker = Some(waker.clone());
+        }
+        None
+    }
+}

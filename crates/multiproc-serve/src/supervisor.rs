@@ -1,0 +1,337 @@
+//! The thread that keeps one worker process of a version alive: spawn, wait
+//! for ready, run batches, and on death fail the batch it held at once,
+//! then restart after a capped exponential backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use multiproc::{ConnectionError, Process, ProcessError};
+use serde_bytes::ByteBuf;
+
+use crate::batcher::{Next, Pending, fail_all};
+use crate::error::ServeError;
+use crate::model::WorkerContext;
+use crate::slot::Answer;
+use crate::version::VersionGroup;
+use crate::worker::{FromWorker, ServerEnds, ToWorker, worker_pipes};
+
+/// How often an idle or waiting supervisor looks at its worker and its version.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Sends SIGKILL to a worker process.
+pub(crate) fn kill_pid(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// How a worker process ended, for error messages: "killed by signal 9 (SIGKILL)".
+fn exit_status(process: &mut Process<()>) -> String {
+    match process.join_timeout(Duration::from_secs(2)) {
+        Ok(()) => "exited without an error".to_string(),
+        Err(ProcessError::Panicked(p)) => format!("panicked: {}", p.message),
+        Err(ProcessError::Timeout(_)) => {
+            let _ = process.kill();
+            let _ = process.join_timeout(Duration::from_secs(2));
+            "stopped answering and was killed".to_string()
+        }
+        Err(e) => e.to_string().trim_start_matches("the child was ").to_string(),
+    }
+}
+
+/// A live worker process and its pipes.
+struct Worker {
+    process: Process<()>,
+    ends: ServerEnds,
+    pid: i32,
+}
+
+/// Why a worker is gone.
+enum Gone {
+    /// It crashed or failed to load: restart after backoff.
+    Crashed(String),
+    /// The version is stopping: do not restart.
+    Quit,
+}
+
+/// The supervisor loop of instance `instance` of `group`.
+pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
+    let mut attempt = 0u32;
+    loop {
+        if group.winding_down() && group.queue.len() == 0 {
+            break;
+        }
+        let gone = match start(&group, instance) {
+            Ok(mut worker) => {
+                attempt = 0;
+                let gone = serve(&group, instance, &mut worker);
+                if matches!(gone, Gone::Quit) {
+                    stop_worker(worker);
+                }
+                gone
+            }
+            Err(gone) => gone,
+        };
+        match gone {
+            Gone::Quit => break,
+            Gone::Crashed(reason) => {
+                let backoff = group.worker_crashed(instance, reason, attempt);
+                attempt = attempt.saturating_add(1);
+                if !sleep_unless_stopping(&group, backoff) {
+                    break;
+                }
+                group.worker_restarting(instance);
+            }
+        }
+    }
+    group.worker_stopped(instance);
+}
+
+/// Sleeps `d`, waking early (false) if the version winds down.
+fn sleep_unless_stopping(group: &VersionGroup, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if group.winding_down() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Spawns the worker and waits for its ready message.
+fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
+    let (ends, theirs) = worker_pipes().map_err(|e| Gone::Crashed(format!("could not create pipes: {e}")))?;
+    let ctx = WorkerContext { model: group.model.clone(), version: group.version, instance };
+    let builder = Process::builder().name(format!("{}-v{}-{instance}", group.model, group.version));
+    let mut process = (group.spawner)(builder, theirs, ctx).map_err(|e| Gone::Crashed(format!("spawn failed: {e}")))?;
+    let pid = process.pid().unwrap_or(0);
+    group.worker_starting(instance, Some(pid));
+    let deadline = Instant::now() + group.settings.startup_timeout;
+    loop {
+        if group.winding_down() {
+            let _ = process.kill();
+            let _ = process.join_timeout(Duration::from_secs(2));
+            return Err(Gone::Quit);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let _ = process.kill();
+            let _ = process.join_timeout(Duration::from_secs(2));
+            return Err(Gone::Crashed(format!(
+                "worker {pid} did not load within the startup timeout of {:?}",
+                group.settings.startup_timeout
+            )));
+        }
+        match ends.replies.recv_timeout((deadline - now).min(TICK)) {
+            Ok(FromWorker::Ready) => {
+                group.worker_ready(instance);
+                return Ok(Worker { process, ends, pid });
+            }
+            Ok(FromWorker::Log(line)) => log_line(group, &line),
+            Ok(FromWorker::LoadFailed(reason)) => {
+                let _ = process.join_timeout(Duration::from_secs(2));
+                return Err(Gone::Crashed(format!("load failed: {reason}")));
+            }
+            Ok(FromWorker::Batch { .. }) => {
+                let _ = process.kill();
+                let _ = process.join_timeout(Duration::from_secs(2));
+                return Err(Gone::Crashed("worker answered before it was ready".to_string()));
+            }
+            Err(ConnectionError::Timeout) if process.is_alive() => {}
+            Err(_) => {
+                let status = exit_status(&mut process);
+                return Err(Gone::Crashed(format!("worker {pid} died while loading: {status}")));
+            }
+        }
+    }
+}
+
+fn log_line(group: &VersionGroup, line: &str) {
+    tracing::info!(target: "multiproc_serve::worker", "[{} v{}] {line}", group.model, group.version);
+}
+
+/// Lets a worker finish: closes its request pipe, waits, kills if needed.
+fn stop_worker(worker: Worker) {
+    let Worker { mut process, ends, .. } = worker;
+    drop(ends);
+    if process.join_timeout(Duration::from_secs(5)).is_err() && process.is_alive() {
+        let _ = process.kill();
+        let _ = process.join_timeout(Duration::from_secs(2));
+    }
+}
+
+/// Runs batches on a ready worker until it dies or the version stops.
+fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
+    let mut dropped = Vec::new();
+    let mut next_id = 0u64;
+    loop {
+        let next = group.queue.next_batch(&group.settings, TICK, &mut dropped);
+        fail_dropped(group, &mut dropped);
+        let (batch, reason) = match next {
+            Next::Quit => return Gone::Quit,
+            Next::Idle => {
+                if !worker.process.is_alive() {
+                    let status = exit_status(&mut worker.process);
+                    return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
+                }
+                continue;
+            }
+            Next::Batch(batch, reason) => (batch, reason),
+        };
+        if !worker.process.is_alive() {
+            // Died while idle: the batch never reached it; keep it for the next worker.
+            group.queue.push_front(batch);
+            let status = exit_status(&mut worker.process);
+            return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
+        }
+        group.counters.batch(batch.len(), reason);
+        next_id += 1;
+        if let Err(gone) = run_batch(group, instance, worker, next_id, batch) {
+            return gone;
+        }
+    }
+}
+
+/// Fails requests the batcher dropped (deadline passed or caller gone).
+fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
+    if dropped.is_empty() {
+        return;
+    }
+    for p in dropped.drain(..) {
+        let e = if p.slot.is_cancelled() {
+            ServeError::Cancelled { model: group.model.clone() }
+        } else {
+            ServeError::DeadlineExceeded { model: group.model.clone(), waited: p.slot.arrived.elapsed(), stage: "queued" }
+        };
+        group.counters.failure(e.kind());
+        p.slot.complete(Err(e));
+    }
+}
+
+/// Sends one batch and routes the answers; on the worker's death or a call
+/// timeout fails the whole batch at once.
+fn run_batch(group: &VersionGroup, instance: usize, worker: &mut Worker, id: u64, mut batch: Vec<Pending>) -> Result<(), Gone> {
+    let n = batch.len();
+    group.in_flight.fetch_add(n, Ordering::Relaxed);
+    group.worker_busy(instance, true);
+    let sent_at = Instant::now();
+    let items: Vec<ByteBuf> = batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
+    let outcome = match worker.ends.requests.send(&ToWorker::Batch { id, items }) {
+        Ok(()) => await_reply(group, worker, id),
+        Err(e) => Err(Lost::Died(format!("could not send the batch: {e}"))),
+    };
+    group.in_flight.fetch_sub(n, Ordering::Relaxed);
+    match outcome {
+        Ok((answers, timing)) => {
+            group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
+            group.worker_busy(instance, false);
+            for (p, answer) in batch.into_iter().zip(answers) {
+                deliver(group, p, answer, sent_at, n);
+            }
+            Ok(())
+        }
+        Err(lost) => {
+            let (error, reason) = match lost {
+                Lost::Died(detail) => {
+                    let status = exit_status(&mut worker.process);
+                    let status = if detail.is_empty() { status } else { format!("{status}; {detail}") };
+                    let reason = format!("worker {} died running a batch of {n}: {status}", worker.pid);
+                    let e = ServeError::WorkerLost {
+                        model: group.model.clone(),
+                        version: group.version,
+                        pid: worker.pid,
+                        status,
+                    };
+                    (e, reason)
+                }
+                Lost::Timeout(timeout) => {
+                    let _ = worker.process.kill();
+                    let _ = worker.process.join_timeout(Duration::from_secs(2));
+                    let reason = format!("worker {} exceeded the call timeout of {timeout:?}; killed", worker.pid);
+                    let e = ServeError::CallTimeout {
+                        model: group.model.clone(),
+                        version: group.version,
+                        pid: worker.pid,
+                        timeout,
+                    };
+                    (e, reason)
+                }
+            };
+            group.counters.failure(error.kind());
+            for _ in 1..n {
+                group.counters.failure(error.kind());
+            }
+            fail_all(batch, |_| error.clone());
+            Err(Gone::Crashed(reason))
+        }
+    }
+}
+
+enum Lost {
+    Died(String),
+    Timeout(Duration),
+}
+
+type Answers = (Vec<Result<ByteBuf, String>>, crate::worker::BatchTiming);
+
+/// Waits for the answer to batch `id`, noticing the worker's death at once.
+fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64) -> Result<Answers, Lost> {
+    let deadline = group.settings.call_timeout.map(|t| (Instant::now() + t, t));
+    loop {
+        let slice = match deadline {
+            Some((at, timeout)) => {
+                let now = Instant::now();
+                if now >= at {
+                    return Err(Lost::Timeout(timeout));
+                }
+                (at - now).min(TICK)
+            }
+            None => TICK,
+        };
+        match worker.ends.replies.recv_timeout(slice) {
+            Ok(FromWorker::Batch { id: got, items, timing }) if got == id => return Ok((items, timing)),
+            Ok(FromWorker::Log(line)) => log_line(group, &line),
+            Ok(other) => return Err(Lost::Died(format!("unexpected message from the worker: {other:?}"))),
+            Err(ConnectionError::Timeout) => {
+                if !worker.process.is_alive() {
+                    return Err(Lost::Died(String::new()));
+                }
+            }
+            Err(e) if e.is_closed() => return Err(Lost::Died(String::new())),
+            Err(e) => return Err(Lost::Died(format!("bad reply: {e}"))),
+        }
+    }
+}
+
+/// Hands one answer to its request (or to the pipeline's next stage).
+fn deliver(group: &VersionGroup, p: Pending, answer: Result<ByteBuf, String>, sent_at: Instant, batch_size: usize) {
+    let queued = sent_at.saturating_duration_since(p.enqueued);
+    match answer {
+        Ok(bytes) => {
+            group.counters.success(p.slot.arrived.elapsed(), queued);
+            let answer = Answer {
+                bytes: bytes.into_vec(),
+                model: group.model.clone(),
+                version: group.version,
+                queued,
+                batch_size,
+            };
+            match p.then {
+                Some(then) => then(answer, p.slot),
+                None => {
+                    p.slot.complete(Ok(answer));
+                }
+            }
+        }
+        Err(message) => {
+            let e = ServeError::ModelFailed { model: group.model.clone(), version: group.version, message };
+            group.counters.failure(e.kind());
+            p.slot.complete(Err(e));
+        }
+    }
+}

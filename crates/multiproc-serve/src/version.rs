@@ -1,0 +1,408 @@
+//! One model version: its queue, its worker threads and its state machine.
+//! Every state transition happens in [`VersionGroup::transition`], which
+//! logs it once through `tracing`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::batcher::{BatchQueue, Pending, Refused, fail_all};
+use crate::error::ServeError;
+use crate::metrics::{Counters, VersionMetrics};
+use crate::model::Spawner;
+use crate::settings::ModelSettings;
+use crate::status::{VersionState, VersionStatus, WorkerState, WorkerStatus};
+
+#[derive(Debug)]
+struct Shared {
+    state: VersionState,
+    workers: Vec<WorkerStatus>,
+    backoff_until: Vec<Option<Instant>>,
+    crashes: VecDeque<Instant>,
+    last_failure: Option<String>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// One version of one model.
+pub(crate) struct VersionGroup {
+    pub model: String,
+    pub version: u64,
+    pub settings: Arc<ModelSettings>,
+    pub spawner: Spawner,
+    pub queue: BatchQueue,
+    pub counters: Counters,
+    /// Requests inside a worker now.
+    pub in_flight: AtomicUsize,
+    shared: Mutex<Shared>,
+    changed: Condvar,
+}
+
+impl std::fmt::Debug for VersionGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionGroup").field("model", &self.model).field("version", &self.version).finish()
+    }
+}
+
+impl VersionGroup {
+    pub fn new(model: &str, version: u64, settings: Arc<ModelSettings>, spawner: Spawner) -> Arc<VersionGroup> {
+        let n = settings.instances;
+        let workers = (0..n)
+            .map(|instance| WorkerStatus {
+                instance,
+                pid: None,
+                state: WorkerState::Stopped,
+                restarts: 0,
+                batches: 0,
+                backoff: None,
+                last_failure: None,
+            })
+            .collect();
+        Arc::new(VersionGroup {
+            model: model.to_string(),
+            version,
+            queue: BatchQueue::new(settings.queue_capacity),
+            settings,
+            spawner,
+            counters: Counters::default(),
+            in_flight: AtomicUsize::new(0),
+            shared: Mutex::new(Shared {
+                state: VersionState::NotStarted,
+                workers,
+                backoff_until: vec![None; n],
+                crashes: VecDeque::new(),
+                last_failure: None,
+                threads: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The one place a version changes state.
+    fn transition(&self, s: &mut Shared, to: VersionState, why: &str) {
+        let from = s.state;
+        if from == to {
+            return;
+        }
+        s.state = to;
+        match to {
+            VersionState::CrashLooping | VersionState::Failed => tracing::warn!(
+                model = %self.model, version = self.version, from = from.as_str(), to = to.as_str(), "{why}"
+            ),
+            _ => tracing::info!(
+                model = %self.model, version = self.version, from = from.as_str(), to = to.as_str(), "{why}"
+            ),
+        }
+        self.changed.notify_all();
+    }
+
+    /// The current state.
+    pub fn state(&self) -> VersionState {
+        self.lock().state
+    }
+
+    /// True when a worker is loaded and ready.
+    pub fn is_ready(&self) -> bool {
+        let s = self.lock();
+        matches!(s.state, VersionState::Ready)
+            && s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
+    }
+
+    /// Starts the workers (lazy start, load, or a reload after unload).
+    pub fn start(self: &Arc<Self>) {
+        let mut s = self.lock();
+        if !matches!(s.state, VersionState::NotStarted | VersionState::Stopped | VersionState::Failed) {
+            return;
+        }
+        // Threads of an earlier life have quit; reap them.
+        for t in s.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.queue.reopen();
+        s.crashes.clear();
+        self.transition(&mut s, VersionState::Loading, "load: starting workers");
+        for instance in 0..self.settings.instances {
+            let group = Arc::clone(self);
+            let name = format!("serve-{}-v{}-{instance}", self.model, self.version);
+            match std::thread::Builder::new().name(name).spawn(move || crate::supervisor::run(group, instance)) {
+                Ok(t) => s.threads.push(t),
+                Err(e) => s.last_failure = Some(format!("could not start a supervisor thread: {e}")),
+            }
+        }
+    }
+
+    /// Queues a request, starting the version if it is lazy and not started.
+    pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), (Pending, ServeError)> {
+        let state = self.state();
+        match state {
+            VersionState::NotStarted => self.start(),
+            VersionState::CrashLooping => {
+                let e = self.crash_looping_error();
+                return Err((p, e));
+            }
+            _ => {}
+        }
+        match self.queue.push(p, force) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(p)) => Err((
+                p,
+                ServeError::Overloaded {
+                    model: self.model.clone(),
+                    version: self.version,
+                    capacity: self.queue.capacity(),
+                },
+            )),
+            Err(Refused::Closed(p)) => Err((p, self.not_ready(&format!("version is {}", state.as_str())))),
+        }
+    }
+
+    pub fn not_ready(&self, reason: &str) -> ServeError {
+        ServeError::NotReady { model: self.model.clone(), version: Some(self.version), reason: reason.to_string() }
+    }
+
+    fn crash_looping_error(&self) -> ServeError {
+        let s = self.lock();
+        let now = Instant::now();
+        let retry_in = s.backoff_until.iter().flatten().map(|t| t.saturating_duration_since(now)).min().unwrap_or_default();
+        ServeError::CrashLooping {
+            model: self.model.clone(),
+            version: self.version,
+            crashes: s.crashes.len() as u32,
+            last_failure: s.last_failure.clone().unwrap_or_default(),
+            retry_in,
+        }
+    }
+
+    /// A worker process started (loading).
+    pub fn worker_starting(&self, instance: usize, pid: Option<i32>) {
+        let mut s = self.lock();
+        s.backoff_until[instance] = None;
+        let w = &mut s.workers[instance];
+        w.pid = pid;
+        w.state = WorkerState::Starting;
+        w.backoff = None;
+        tracing::info!(model = %self.model, version = self.version, instance, pid, "worker loading the model");
+    }
+
+    /// A worker loaded its model.
+    pub fn worker_ready(&self, instance: usize) {
+        let mut s = self.lock();
+        s.workers[instance].state = WorkerState::Idle;
+        let pid = s.workers[instance].pid;
+        tracing::info!(model = %self.model, version = self.version, instance, pid, "worker ready");
+        if matches!(s.state, VersionState::Loading | VersionState::CrashLooping) {
+            self.transition(&mut s, VersionState::Ready, "a worker is ready");
+        }
+    }
+
+    /// A worker took or finished a batch.
+    pub fn worker_busy(&self, instance: usize, busy: bool) {
+        let mut s = self.lock();
+        let w = &mut s.workers[instance];
+        if busy {
+            w.state = WorkerState::Busy;
+        } else {
+            w.state = WorkerState::Idle;
+            w.batches += 1;
+        }
+    }
+
+    /// A worker died or failed to load. Records the crash, moves to
+    /// crash-looping after K crashes in the window (failing the queue fast),
+    /// and returns how long to back off before restarting.
+    pub fn worker_crashed(&self, instance: usize, reason: String, attempt: u32) -> Duration {
+        let backoff = self.settings.restart.backoff(attempt);
+        let now = Instant::now();
+        let mut s = self.lock();
+        let window = self.settings.restart.crash_window;
+        s.crashes.push_back(now);
+        while s.crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
+            s.crashes.pop_front();
+        }
+        let pid = s.workers[instance].pid;
+        tracing::warn!(model = %self.model, version = self.version, instance, pid, backoff = ?backoff, "worker crashed: {reason}");
+        s.last_failure = Some(reason.clone());
+        s.backoff_until[instance] = Some(now + backoff);
+        let w = &mut s.workers[instance];
+        w.pid = None;
+        w.state = WorkerState::BackingOff;
+        w.last_failure = Some(reason);
+        w.backoff = Some(backoff);
+        let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
+        let crashes = s.crashes.len() as u32;
+        if crashes >= self.settings.restart.crash_loop_threshold
+            && !live
+            && matches!(s.state, VersionState::Loading | VersionState::Ready)
+        {
+            let why = format!("{crashes} crashes within {window:?}; failing requests fast");
+            self.transition(&mut s, VersionState::CrashLooping, &why);
+            drop(s);
+            let e = self.crash_looping_error();
+            fail_all(self.queue.take_all(), |_| e.clone());
+        }
+        backoff
+    }
+
+    /// A worker is being restarted.
+    pub fn worker_restarting(&self, instance: usize) {
+        let mut s = self.lock();
+        s.workers[instance].restarts += 1;
+        self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(model = %self.model, version = self.version, instance, "restarting worker");
+    }
+
+    /// A worker thread quit.
+    pub fn worker_stopped(&self, instance: usize) {
+        let mut s = self.lock();
+        let w = &mut s.workers[instance];
+        w.state = WorkerState::Stopped;
+        w.pid = None;
+        w.backoff = None;
+        s.backoff_until[instance] = None;
+        if s.workers.iter().all(|w| w.state == WorkerState::Stopped) {
+            if s.state == VersionState::Draining {
+                self.transition(&mut s, VersionState::Stopped, "drained");
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until the version is ready, or fails, up to `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), ServeError> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
+            match s.state {
+                VersionState::Ready if live => return Ok(()),
+                VersionState::CrashLooping | VersionState::Failed => {
+                    let why = s.last_failure.clone().unwrap_or_default();
+                    return Err(self.not_ready(&format!("{}: {why}", s.state.as_str())));
+                }
+                VersionState::Draining | VersionState::Stopped | VersionState::NotStarted => {
+                    return Err(self.not_ready(&format!("version is {}", s.state.as_str())));
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let why = s.last_failure.clone().map(|f| format!("; last failure: {f}")).unwrap_or_default();
+                return Err(self.not_ready(&format!("not ready within {timeout:?}{why}")));
+            }
+            s = self.changed.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Stops taking requests and finishes the queued and running ones, up to
+    /// the drain timeout; then stops hard. Blocks until the workers are gone.
+    pub fn drain(&self) {
+        {
+            let mut s = self.lock();
+            match s.state {
+                VersionState::NotStarted | VersionState::Stopped | VersionState::Failed => {
+                    self.queue.close();
+                    s.state = VersionState::Stopped;
+                    return;
+                }
+                _ => self.transition(&mut s, VersionState::Draining, "draining"),
+            }
+        }
+        self.queue.close();
+        let deadline = Instant::now() + self.settings.drain_timeout;
+        let mut s = self.lock();
+        while !s.workers.iter().all(|w| w.state == WorkerState::Stopped) {
+            let now = Instant::now();
+            if now >= deadline {
+                drop(s);
+                tracing::warn!(model = %self.model, version = self.version, "drain timed out; stopping hard");
+                self.stop_hard(VersionState::Stopped, "drain timed out");
+                return;
+            }
+            s = self.changed.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        let threads: Vec<_> = s.threads.drain(..).collect();
+        self.transition(&mut s, VersionState::Stopped, "drained");
+        drop(s);
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops now: fails what is queued, kills the workers, waits for the
+    /// threads; ends in state `to`.
+    pub fn stop_hard(&self, to: VersionState, why: &str) {
+        let left = self.queue.stop();
+        fail_all(left, |_| self.not_ready(why));
+        let (threads, pids) = {
+            let mut s = self.lock();
+            let pids: Vec<i32> = s.workers.iter().filter_map(|w| w.pid).collect();
+            (s.threads.drain(..).collect::<Vec<_>>(), pids)
+        };
+        for pid in pids {
+            crate::supervisor::kill_pid(pid);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let mut s = self.lock();
+        if let Some(reason) = (to == VersionState::Failed).then(|| why.to_string()) {
+            s.last_failure = Some(reason);
+        }
+        self.transition(&mut s, to, why);
+    }
+
+    /// True once the version should not restart workers.
+    pub fn winding_down(&self) -> bool {
+        matches!(self.lock().state, VersionState::Draining | VersionState::Stopped | VersionState::Failed)
+    }
+
+    /// The version's status.
+    pub fn status(&self) -> VersionStatus {
+        let s = self.lock();
+        let now = Instant::now();
+        let workers: Vec<WorkerStatus> = s
+            .workers
+            .iter()
+            .zip(&s.backoff_until)
+            .map(|(w, until)| WorkerStatus { backoff: until.map(|t| t.saturating_duration_since(now)), ..w.clone() })
+            .collect();
+        let live = workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
+        VersionStatus {
+            version: self.version,
+            state: s.state,
+            ready: s.state == VersionState::Ready && live,
+            queue_depth: self.queue.len(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            restarts: workers.iter().map(|w| w.restarts).sum(),
+            recent_crashes: s
+                .crashes
+                .iter()
+                .filter(|t| now.duration_since(**t) <= self.settings.restart.crash_window)
+                .count() as u32,
+            last_failure: s.last_failure.clone(),
+            workers,
+        }
+    }
+
+    /// The version's counters.
+    pub fn metrics(&self) -> VersionMetrics {
+        let mut workers = BTreeMap::new();
+        for w in &self.lock().workers {
+            let label = match w.state {
+                WorkerState::Starting => "starting",
+                WorkerState::Idle => "idle",
+                WorkerState::Busy => "busy",
+                WorkerState::BackingOff => "backing_off",
+                WorkerState::Stopped => "stopped",
+            };
+            *workers.entry(label.to_string()).or_insert(0u64) += 1;
+        }
+        let pending = (self.queue.len() + self.in_flight.load(Ordering::Relaxed)) as u64;
+        self.counters.snapshot(&self.model, self.version, pending, workers)
+    }
+}

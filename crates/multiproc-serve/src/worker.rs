@@ -1,0 +1,181 @@
+//! The worker process: loads one model version, says it is ready, then
+//! answers batches until its request pipe closes. Also the messages between
+//! the server and a worker.
+//!
+//! Items travel pre-encoded (postcard bytes) so the server never needs the
+//! model's types; a batch is one message each way, and a batch larger than
+//! 64 KiB crosses through a sealed memfd (the core's wire), not the socket.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use multiproc::{Connection, ConnectionError, Pipe};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::model::{Model, WorkerContext};
+
+/// Server → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// A batch of encoded inputs.
+    Batch {
+        /// Batch id, echoed in the reply.
+        id: u64,
+        /// One encoded input per request.
+        items: Vec<ByteBuf>,
+    },
+}
+
+/// Time a worker spent on one batch, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct BatchTiming {
+    /// Decoding the inputs.
+    pub input_us: u64,
+    /// The model's `predict`.
+    pub infer_us: u64,
+    /// Encoding the outputs.
+    pub output_us: u64,
+}
+
+/// Worker → server.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The model loaded; batches may come.
+    Ready,
+    /// The model did not load; the worker exits.
+    LoadFailed(String),
+    /// The answers to a batch, one per item, in order.
+    Batch {
+        /// The batch's id.
+        id: u64,
+        /// One encoded output or error per item.
+        items: Vec<Result<ByteBuf, String>>,
+        /// Where the time went.
+        timing: BatchTiming,
+    },
+    /// A log line from the worker (an external command's stderr).
+    Log(String),
+}
+
+/// The worker's ends of its two pipes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerEnds {
+    pub requests: Connection<ToWorker>,
+    pub replies: Connection<FromWorker>,
+}
+
+/// The server's ends.
+#[derive(Debug)]
+pub(crate) struct ServerEnds {
+    pub requests: Connection<ToWorker>,
+    pub replies: Connection<FromWorker>,
+}
+
+/// Two one-way pipes between the server and a new worker.
+pub(crate) fn worker_pipes() -> Result<(ServerEnds, WorkerEnds), ConnectionError> {
+    let (their_requests, our_requests) = Pipe::<ToWorker>::one_way()?;
+    let (our_replies, their_replies) = Pipe::<FromWorker>::one_way()?;
+    Ok((
+        ServerEnds { requests: our_requests, replies: our_replies },
+        WorkerEnds { requests: their_requests, replies: their_replies },
+    ))
+}
+
+/// The worker's way to the server's log (set once, in the worker).
+static LOG: std::sync::OnceLock<Connection<FromWorker>> = std::sync::OnceLock::new();
+
+/// Sends a line to the server's log (through `tracing` there); in a worker
+/// process only, ignored elsewhere.
+pub(crate) fn log_to_server(line: &str) {
+    match LOG.get() {
+        Some(conn) => {
+            let _ = conn.send(&FromWorker::Log(line.to_string()));
+        }
+        None => eprintln!("{line}"),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The body of a worker process for model `M`.
+///
+/// A panic in `load` ends the process (the server sees the panic message as
+/// the failure); a panic in `predict` fails that batch and the worker goes on.
+pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context: WorkerContext) {
+    let WorkerEnds { requests, replies } = ends;
+    let _ = LOG.set(replies.clone());
+    let mut model = match M::load(config, &context) {
+        Ok(m) => m,
+        Err(reason) => {
+            let _ = replies.send(&FromWorker::LoadFailed(reason));
+            return;
+        }
+    };
+    if replies.send(&FromWorker::Ready).is_err() {
+        return;
+    }
+    while let Ok(ToWorker::Batch { id, items }) = requests.recv() {
+        let reply = run_batch(&mut model, id, items);
+        if replies.send(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Decodes a batch, runs the model, encodes the answers.
+fn run_batch<M: Model>(model: &mut M, id: u64, items: Vec<ByteBuf>) -> FromWorker {
+    let n = items.len();
+    let start = Instant::now();
+    // Items that do not decode answer an error; the rest form the batch.
+    let mut answers: Vec<Option<Result<ByteBuf, String>>> = (0..n).map(|_| None).collect();
+    let mut inputs = Vec::with_capacity(n);
+    let mut positions = Vec::with_capacity(n);
+    for (i, item) in items.iter().enumerate() {
+        match postcard::from_bytes::<M::Input>(item) {
+            Ok(input) => {
+                inputs.push(input);
+                positions.push(i);
+            }
+            Err(e) => answers[i] = Some(Err(format!("input does not decode: {e}"))),
+        }
+    }
+    let input_us = micros(start);
+    let start = Instant::now();
+    let outputs = catch_unwind(AssertUnwindSafe(|| model.predict(inputs)));
+    let infer_us = micros(start);
+    let start = Instant::now();
+    match outputs {
+        Ok(outputs) if outputs.len() == positions.len() => {
+            for (pos, out) in positions.into_iter().zip(outputs) {
+                answers[pos] = Some(out.and_then(|o| {
+                    postcard::to_allocvec(&o).map(ByteBuf::from).map_err(|e| format!("output does not encode: {e}"))
+                }));
+            }
+        }
+        Ok(outputs) => {
+            let msg = format!("predict returned {} results for a batch of {}", outputs.len(), positions.len());
+            for pos in positions {
+                answers[pos] = Some(Err(msg.clone()));
+            }
+        }
+        Err(panic) => {
+            let msg = format!("predict panicked: {}", panic_message(&*panic));
+            for pos in positions {
+                answers[pos] = Some(Err(msg.clone()));
+            }
+        }
+    }
+    let items = answers.into_iter().map(|a| a.unwrap_or_else(|| Err("no answer".to_string()))).collect();
+    FromWorker::Batch { id, items, timing: BatchTiming { input_us, infer_us, output_us: micros(start) } }
+}
