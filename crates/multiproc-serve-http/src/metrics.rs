@@ -120,7 +120,8 @@ impl Collector for Snapshot {
             MetricType::Histogram,
         )?;
         for m in &self.versions {
-            let mut fam = hist.encode_family(&labels(m))?;
+            let l = labels(m);
+            let mut fam = hist.encode_family(&l)?;
             let count: u64 = m.batch_sizes.iter().map(|(_, n)| n).sum();
             let sum: f64 = m.batch_sizes.iter().map(|(s, n)| *s as f64 * *n as f64).sum();
             let mut buckets = Vec::new();

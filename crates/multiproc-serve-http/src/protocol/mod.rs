@@ -12,11 +12,11 @@ pub mod json_data;
 pub mod messages;
 pub mod request;
 pub mod response;
-/// Temporary copy of multiproc-serve's tensor module until that branch is merged.
-pub mod tensor_shim;
-/// The tensor types (multiproc-serve's).
+/// The tensor types: multiproc-serve's, so decoded inputs go to the core
+/// without conversion.
 pub mod tensor {
-    pub use super::tensor_shim::*;
+    pub use multiproc_serve::tensor::{element_count, find};
+    pub use multiproc_serve::{DataType, Tensor};
 }
 
 pub use messages::{
