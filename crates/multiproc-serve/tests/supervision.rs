@@ -1,0 +1,153 @@
+//! Supervision: a killed worker fails its in-flight requests at once and
+//! comes back; a model that panics on load crash-loops with visible backoff;
+//! a worker past its call timeout is killed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
+use multiproc_serve::{
+    ErrorKind, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, VersionState, WorkerState,
+};
+
+#[test]
+fn sigkill_with_50_requests_in_flight_fails_them_at_once_and_the_rest_succeed() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 50,
+        max_queue_delay: Duration::from_secs(2),
+        dispatch_when_idle: false,
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let slow = Behaviour { batch_ms: 20_000, slow_below: Some(100), ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("victim").version(1, slow).settings(settings)).unwrap();
+    let pid = server.status().model("victim").unwrap().versions[0].workers[0].pid.unwrap();
+
+    // 50 requests form one full batch inside the worker; 20 more wait behind it.
+    let in_flight: Vec<_> = (0..50u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("victim", i))).collect();
+    assert!(wait_for(PATIENCE, || server.status().model("victim").unwrap().versions[0].in_flight == 50));
+    let queued: Vec<_> = (100..120u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("victim", i))).collect();
+
+    // SAFETY: kill(2) on the pid of our own worker process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    let mut failed_within = Duration::ZERO;
+    for f in in_flight {
+        let err = block_on(f, PATIENCE).unwrap_err();
+        failed_within = killed.elapsed();
+        let ServeError::WorkerLost { model, version, pid: lost, status } = &err else { panic!("not worker-lost: {err}") };
+        assert_eq!((model.as_str(), *version, *lost), ("victim", 1, pid));
+        assert!(status.contains("signal 9"), "{status}");
+        assert!(err.to_string().contains("victim") && err.to_string().contains("version 1"), "{err}");
+    }
+    // Generous bound for a loaded 2-core machine; the bench has the tight figure.
+    assert!(failed_within < Duration::from_secs(2), "in-flight requests failed only after {failed_within:?}");
+    eprintln!("50 in-flight requests failed {failed_within:?} after the SIGKILL");
+
+    // The queued ones were never sent to the dead worker: the new worker runs them
+    // (they form a batch when the delay runs out).
+    for f in queued {
+        let reply = block_on(f, PATIENCE).unwrap();
+        assert_ne!(reply.output.pid as i32, pid);
+        assert_eq!(reply.output.value % 2, 0);
+    }
+    let v = server.status().model("victim").unwrap().versions[0].clone();
+    assert_eq!(v.state, VersionState::Ready);
+    assert_eq!(v.restarts, 1);
+    assert!(v.workers[0].pid.is_some_and(|p| p != pid));
+    assert!(v.last_failure.as_deref().unwrap().contains("signal 9"));
+    let m = server.metrics();
+    let m = m.get("victim", 1).unwrap();
+    assert_eq!(m.request_failure.get("worker_lost"), Some(&50));
+    assert_eq!(m.restarts, 1);
+    server.shutdown();
+}
+
+#[test]
+fn a_model_that_panics_on_load_crash_loops_fails_fast_and_backs_off() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        restart: RestartPolicy {
+            initial_backoff: Duration::from_millis(40),
+            max_backoff: Duration::from_millis(320),
+            crash_loop_threshold: 3,
+            crash_window: Duration::from_secs(60),
+        },
+        startup_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let broken = Behaviour { panic_on_load: Some("weights file is corrupt".into()), ..Default::default() };
+    let err = server.add(ModelSpec::<Doubler>::new("broken").version(1, broken).settings(settings)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    assert!(err.to_string().contains("weights file is corrupt"), "{err}");
+
+    let status = server.status();
+    let v = &status.model("broken").unwrap().versions[0];
+    assert_eq!(v.state, VersionState::CrashLooping);
+    assert!(!v.ready && !status.ready);
+    assert!(v.recent_crashes >= 3);
+    assert!(v.last_failure.as_deref().unwrap().contains("panicked: weights file is corrupt"));
+
+    // Fail fast, with the reason.
+    let asked = Instant::now();
+    let err = server.infer::<u64, Tagged>(Request::new("broken", 1)).unwrap_err();
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    let ServeError::CrashLooping { crashes, last_failure, .. } = &err else { panic!("{err}") };
+    assert!(*crashes >= 3 && last_failure.contains("corrupt"));
+    assert_eq!(err.http_status(), 503);
+
+    // The backoff grows and is capped, visible in status().
+    let mut seen = Vec::new();
+    assert!(wait_for(PATIENCE, || {
+        let v = server.status().model("broken").unwrap().versions[0].clone();
+        let w = &v.workers[0];
+        if w.state == WorkerState::BackingOff {
+            let b = w.backoff.unwrap();
+            if seen.last() != Some(&(w.restarts, b)) {
+                seen.push((w.restarts, b));
+            }
+        }
+        v.restarts >= 5
+    }));
+    let max = seen.iter().map(|(_, b)| *b).max().unwrap();
+    assert!(max <= Duration::from_millis(320), "{seen:?}");
+    assert!(max > Duration::from_millis(40), "backoff did not grow: {seen:?}");
+    server.shutdown();
+}
+
+#[test]
+fn a_worker_past_its_call_timeout_is_killed_and_restarted() {
+    let server = Server::new();
+    let settings = ModelSettings { call_timeout: Some(Duration::from_millis(300)), ..Default::default() };
+    let slow = Behaviour { batch_ms: 30_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("slow").version(1, slow).settings(settings)).unwrap();
+    let pid = server.status().model("slow").unwrap().versions[0].workers[0].pid.unwrap();
+    let started = Instant::now();
+    let err = server.infer::<u64, Tagged>(Request::new("slow", 1)).unwrap_err();
+    assert!(matches!(err, ServeError::CallTimeout { pid: p, .. } if p == pid), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(wait_for(PATIENCE, || {
+        let v = server.status().model("slow").unwrap().versions[0].clone();
+        v.ready && v.workers[0].pid.is_some_and(|p| p != pid)
+    }));
+    server.shutdown();
+}
+
+#[test]
+fn the_models_own_errors_fail_only_their_request() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 8, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("d").version(1, Behaviour::default()).settings(settings)).unwrap();
+    let futures: Vec<_> = [1, u64::MAX, 3].into_iter().map(|x| server.infer_async::<u64, Tagged>(Request::new("d", x))).collect();
+    let results: Vec<_> = futures.into_iter().map(|f| block_on(f, PATIENCE)).collect();
+    assert_eq!(results[0].as_ref().unwrap().output.value, 2);
+    assert!(matches!(&results[1], Err(ServeError::ModelFailed { message, .. }) if message.contains("u64::MAX")));
+    assert_eq!(results[2].as_ref().unwrap().output.value, 6);
+    // Wrong types and unknown names are caller errors.
+    assert_eq!(server.infer::<String, Tagged>(Request::new("d", "x".to_string())).unwrap_err().http_status(), 400);
+    assert_eq!(server.infer::<u64, Tagged>(Request::new("nope", 1)).unwrap_err().http_status(), 404);
+    assert_eq!(server.infer::<u64, Tagged>(Request::new("d", 1).version(9)).unwrap_err().http_status(), 404);
+    server.shutdown();
+}
