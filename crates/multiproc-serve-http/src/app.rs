@@ -18,7 +18,7 @@ use multiproc_serve::{Server, VersionState};
 use crate::error::ApiError;
 use crate::metrics::{HttpFailures, render};
 use crate::protocol::{EXTENSIONS, ModelMetadata, RepositoryEntry, ServerMetadata};
-use crate::repository::{ModelConfig, ModelDir, add_model, scan_model};
+use crate::repository::{ModelConfig, ModelDir, add_model, scan_model, settings};
 
 /// Limits of the HTTP front end.
 #[derive(Debug, Clone)]
@@ -62,12 +62,18 @@ impl App {
     /// The checked configuration of `name`: 404 if unknown, 503 with the
     /// reason if its configuration is bad.
     pub(crate) fn config(&self, name: &str) -> Result<ModelConfig, ApiError> {
+        self.model(name).map(|(config, _)| config)
+    }
+
+    /// The checked configuration of `name` and the versions its policy
+    /// serves; errors as [`App::config`].
+    pub(crate) fn model(&self, name: &str) -> Result<(ModelConfig, Vec<u64>), ApiError> {
         let models = self.models.read().unwrap_or_else(|e| e.into_inner());
         let model = models
             .get(name)
             .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}': POST /v2/repository/index lists the models")))?;
         match &model.loaded {
-            Ok((config, _)) => Ok(config.clone()),
+            Ok((config, on_disk)) => Ok((config.clone(), settings(config).version_policy.select(on_disk))),
             Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("model '{name}' is unavailable: {e}"))),
         }
     }
@@ -129,8 +135,7 @@ async fn server_metadata() -> Json<ServerMetadata> {
 }
 
 fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMetadata>, ApiError> {
-    let config = app.config(name)?;
-    let served: Vec<u64> = app.core.status().model(name).map(|m| m.versions.iter().map(|v| v.version).collect()).unwrap_or_default();
+    let (config, served) = app.model(name)?;
     if let Some(v) = version
         && !served.contains(&v)
     {

@@ -11,6 +11,7 @@ const FILES: &[(&str, &[u8])] = &[
     ("digits/1/model.onnx", include_bytes!("../demo/repository/digits/1/model.onnx")),
     ("text/config.toml", include_bytes!("../demo/repository/text/config.toml")),
     ("text/1/model.py", include_bytes!("../demo/repository/text/1/model.py")),
+    ("text/1/multiproc_worker.py", include_bytes!("../../multiproc-serve/python/multiproc_worker.py")),
 ];
 
 /// The held-out test set of the digits model (JSON: `inputs`, `labels`,
