@@ -1,7 +1,10 @@
 //! The `multiproc` command.
 //!
 //! `multiproc tour` runs every seed example (see the `multiproc-seeds` crate)
-//! and prints what each one shows.
+//! and prints what each one shows; `multiproc serve` serves models over the
+//! Open Inference Protocol; `multiproc infer` asks such a server.
+
+mod serve;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -27,11 +30,17 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Serve a model repository over HTTP (the Open Inference Protocol / KServe v2, Triton's binary tensors).
+    Serve(serve::ServeArgs),
+    /// Run one inference on a `multiproc serve` (or any Open Inference Protocol) server.
+    Infer(serve::InferArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Tour { names, list } => tour(&names, list),
+        Command::Serve(args) => serve::serve(args),
+        Command::Infer(args) => serve::infer(args),
     }
 }
 

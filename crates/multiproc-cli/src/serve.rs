@@ -1,0 +1,149 @@
+//! `multiproc serve` and `multiproc infer`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use multiproc_serve_http::app::HttpOptions;
+use multiproc_serve_http::demo::DemoRepository;
+use multiproc_serve_http::serve::{ServeOptions, start};
+
+/// Options of `multiproc serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The model repository (`<repo>/<model>/config.toml`, `<repo>/<model>/<N>/`);
+    /// without it, the built-in demo repository (digits, text) is served.
+    #[arg(long, value_name = "DIR")]
+    model_repository: Option<PathBuf>,
+    /// The port of the Open Inference Protocol (0: any free port, printed).
+    #[arg(long, default_value_t = 8000)]
+    http_port: u16,
+    /// A second port serving only /metrics (it is on the HTTP port too).
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Largest request body accepted (413 above it).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body_bytes: usize,
+    /// Longest time a request body may take to arrive, in seconds (408 after it).
+    #[arg(long, default_value_t = 30)]
+    body_timeout_secs: u64,
+}
+
+/// Options of `multiproc infer`.
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// The model.
+    model: String,
+    /// Inputs as JSON, `{"input name": data, …}` or a whole OIP request; `@FILE` reads a file, `-` stdin.
+    inputs: String,
+    /// The server.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// A model version (default: the server's choice).
+    #[arg(long)]
+    model_version: Option<u64>,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs `multiproc serve` until SIGTERM or ctrl-c.
+pub fn serve(args: ServeArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let demo = match &args.model_repository {
+        Some(_) => None,
+        None => match DemoRepository::unpack() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("multiproc serve: cannot unpack the demo repository: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let repository = args.model_repository.clone().unwrap_or_else(|| demo.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default());
+    let options = ServeOptions {
+        repository: repository.clone(),
+        http_addr: SocketAddr::new(args.host, args.http_port),
+        metrics_addr: args.metrics_port.map(|p| SocketAddr::new(args.host, p)),
+        http: HttpOptions { body_limit: args.max_body_bytes, body_timeout: Duration::from_secs(args.body_timeout_secs) },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("multiproc serve: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let is_demo = demo.is_some();
+    let code = runtime.block_on(async move {
+        let running = match start(options).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("multiproc serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let what = if is_demo { "the built-in demo repository".to_string() } else { repository.display().to_string() };
+        println!("multiproc serve: serving {what} on http://{}", running.http_addr);
+        if let Some(m) = running.metrics_addr {
+            println!("multiproc serve: metrics on http://{m}/metrics");
+        }
+        running.run(shutdown_signal()).await;
+        println!("multiproc serve: stopped");
+        ExitCode::SUCCESS
+    });
+    drop(runtime);
+    drop(demo);
+    code
+}
+
+/// Runs `multiproc infer`.
+pub fn infer(args: InferArgs) -> ExitCode {
+    let text = match args.inputs.as_str() {
+        "-" => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}")),
+        s if s.starts_with('@') => std::fs::read_to_string(&s[1..]).map_err(|e| format!("cannot read {}: {e}", &s[1..])),
+        s => Ok(s.to_string()),
+    };
+    let given = text.and_then(|t| serde_json::from_str(&t).map_err(|e| format!("the inputs are not JSON: {e}")));
+    let given = match given {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("multiproc infer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match multiproc_serve_http::client::infer(&args.url, &args.model, args.model_version, given) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("multiproc infer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `multiproc serve` with no repository serves the built-in demo: the digits
+//! classifier's accuracy on its held-out images through the HTTP API, the
+//! text model through the external-command path, `multiproc infer`,
+//! and SIGTERM with requests in flight.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+#[test]
+fn demo_classifier_accuracy_on_held_out_digits_through_http() {
+    let test_set: Value = serde_json::from_str(multiproc_serve_http::demo::DIGITS_TEST_SET).unwrap();
+    let inputs = test_set["inputs"].as_array().unwrap();
+    let labels: Vec<u64> = test_set["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
+    let stated = test_set["accuracy"].as_f64().unwrap();
+    assert_eq!(inputs.len(), 360);
+    let mut s = Served::start(&[]);
+    let url = s.url("/v2/models/digits/infer");
+    let mut correct = 0;
+    // Half as JSON, 45 images per request; half as binary tensors.
+    for (chunk_no, (rows, want)) in inputs.chunks(45).zip(labels.chunks(45)).enumerate() {
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+        let probs: Vec<f32> = if chunk_no % 2 == 0 {
+            let body = json!({"inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32", "data": flat}]});
+            let (st, r) = post_json(&url, &body);
+            assert_eq!(st, 200, "{r}");
+            r["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
+        } else {
+            let head = json!({"inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32",
+                "parameters": {"binary_data_size": flat.len() * 4}}], "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]})
+            .to_string();
+            let mut body = head.clone().into_bytes();
+            body.extend(flat.iter().flat_map(|v| v.to_le_bytes()));
+            let (st, resp, h) = call(agent().post(&url).set("inference-header-content-length", &head.len().to_string()), Some(&body));
+            assert_eq!(st, 200, "{}", String::from_utf8_lossy(&resp));
+            let n: usize = h.unwrap().parse().unwrap();
+            resp[n..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        };
+        assert_eq!(probs.len(), rows.len() * 10);
+        for (p, &label) in probs.chunks(10).zip(want) {
+            let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            correct += usize::from(best as u64 == label);
+        }
+    }
+    let accuracy = correct as f64 / 360.0;
+    println!("digits accuracy through HTTP: {accuracy:.4} ({correct}/360), stated {stated:.4}");
+    assert!((accuracy - stated).abs() < 1.5 / 360.0, "accuracy {accuracy} differs from the stated {stated}");
+    assert!(accuracy > 0.95);
+
+    // The text model and the `multiproc infer` client.
+    let out = Command::new(EXE)
+        .args(["infer", "text", r#"{"text": ["hello big world", "multiproc"]}"#, "--url", &s.base])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(r#"upper BYTES [2] ["HELLO BIG WORLD","MULTIPROC"]"#), "{stdout}");
+    assert!(stdout.contains("words INT32 [2] [3,1]"), "{stdout}");
+    let out = Command::new(EXE).args(["infer", "text", r#"{"txt": ["x"]}"#, "--url", &s.base]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no input 'txt' (inputs: text)"));
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+#[test]
+fn sigterm_with_requests_in_flight_loses_none_and_exits_zero() {
+    let repo = TempDir::new("sigterm");
+    write(&repo.0.join("slow/config.toml"), echo_config_for(0.3, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes());
+    std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let url = s.url("/v2/models/slow/infer");
+    let clients: Vec<_> = (0..8i64)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                post_json(&url, &json!({"id": i.to_string(), "inputs": [{"name": "in_INT64", "shape": [1], "datatype": "INT64", "data": [i]}]}))
+            })
+        })
+        .collect();
+    // 8 requests, 2 workers, 300 ms each: about 1.2 s of work is in flight.
+    std::thread::sleep(Duration::from_millis(250));
+    let status = s.terminate();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (st, r) = c.join().unwrap();
+        assert_eq!(st, 200, "request {i} lost at shutdown: {r}");
+        assert_eq!(r["outputs"][0]["data"], json!([i]));
+    }
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    // New connections are refused once it has stopped.
+    assert!(agent().get(&s.url("/v2/health/live")).call().is_err());
+}

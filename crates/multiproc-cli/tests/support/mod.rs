@@ -1,0 +1,188 @@
+//! Test support: a running `multiproc serve` and a model repository in a
+//! temporary directory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_multiproc");
+
+/// Every datatype of the protocol.
+pub const DATATYPES: [&str; 13] =
+    ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"];
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("multiproc-test-{tag}-{}-{nonce:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The reference Python worker of multiproc-serve.
+pub fn worker_dir() -> PathBuf {
+    manifest().join("../multiproc-serve/python")
+}
+
+pub fn write(path: &Path, text: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// The echo model's config: one `in_X`/`out_X` pair per datatype, variable
+/// length, `max_batch_size` 0 (no batch dimension), `delay` seconds per batch.
+pub fn echo_config(delay: f64) -> String {
+    echo_config_for(delay, &DATATYPES)
+}
+
+/// The echo model's config for these datatypes only.
+pub fn echo_config_for(delay: f64, datatypes: &[&str]) -> String {
+    let echo = manifest().join("tests/support/echo.py");
+    let mut c = format!(
+        "platform = \"command\"\ncommand = [\"python3\", {:?}, \"{delay}\"]\nmax_batch_size = 0\n",
+        echo.display().to_string()
+    );
+    for (kind, prefix) in [("input", "in"), ("output", "out")] {
+        for dt in datatypes {
+            c.push_str(&format!("[[{kind}]]\nname = \"{prefix}_{dt}\"\ndatatype = \"{dt}\"\ndims = [-1]\n"));
+        }
+    }
+    c
+}
+
+/// A repository: `digits` (the demo ONNX model), `echo` (every datatype),
+/// `slow` (echo taking 300 ms per batch) and `broken` (a bad config).
+pub fn test_repository(dir: &Path) {
+    let demo = manifest().join("../multiproc-serve-http/demo/repository/digits");
+    write(&dir.join("digits/config.toml"), &std::fs::read(demo.join("config.toml")).unwrap());
+    write(&dir.join("digits/1/model.onnx"), &std::fs::read(demo.join("1/model.onnx")).unwrap());
+    write(&dir.join("echo/config.toml"), echo_config(0.0).as_bytes());
+    std::fs::create_dir_all(dir.join("echo/1")).unwrap();
+    write(&dir.join("slow/config.toml"), echo_config(0.3).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes());
+    std::fs::create_dir_all(dir.join("slow/1")).unwrap();
+    write(&dir.join("broken/config.toml"), b"platform = \"onnx\"\nmax_batch_size = -4\n");
+    std::fs::create_dir_all(dir.join("broken/1")).unwrap();
+}
+
+/// A running `multiproc serve`, stopped (SIGKILL) on drop if still running.
+pub struct Served {
+    pub child: Child,
+    pub base: String,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// Starts `multiproc serve --http-port 0 <args>` and waits (60 s at
+    /// most) for the line with its address.
+    pub fn start(args: &[&str]) -> Served {
+        let mut child = Command::new(EXE)
+            .args(["serve", "--http-port", "0"])
+            .args(args)
+            .env("MULTIPROC_WORKER_DIR", worker_dir())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start multiproc serve");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            let _ = etx.send(s);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("multiproc serve printed no address in 60 s: {}", erx.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
+        });
+        let addr = line.rsplit("http://").next().unwrap().trim().to_string();
+        Served { child, base: format!("http://{addr}"), stderr: erx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits (30 s at most) for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        // SAFETY: kill(2) on the pid of our own child, which we have not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "multiproc serve did not exit 30 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An HTTP client with timeouts.
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
+}
+
+/// Status and body of a request, whatever the status.
+pub fn call(req: ureq::Request, body: Option<&[u8]>) -> (u16, Vec<u8>, Option<String>) {
+    let res = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let r = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = r.status();
+    let header = r.header("inference-header-content-length").map(str::to_string);
+    let mut bytes = Vec::new();
+    r.into_reader().take(256 << 20).read_to_end(&mut bytes).unwrap();
+    (status, bytes, header)
+}
+
+/// POSTs JSON, returns status and parsed body.
+pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (s, b, _) = call(agent().post(url).set("content-type", "application/json"), Some(body.to_string().as_bytes()));
+    (s, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+}
+
+/// GETs, returns status and parsed body (Null if empty).
+pub fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let (s, b, _) = call(agent().get(url), None);
+    (s, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+}

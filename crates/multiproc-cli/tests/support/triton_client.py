@@ -1,0 +1,55 @@
+"""Drives `multiproc serve` (the demo repository) with Triton's own Python
+HTTP client, with JSON and with binary tensors. argv: host:port, path of the
+digits test set. Prints one line per check; exits non-zero on a failure."""
+
+import json
+import sys
+
+import numpy as np
+import tritonclient.http as httpclient
+
+url, test_set = sys.argv[1], sys.argv[2]
+client = httpclient.InferenceServerClient(url=url, network_timeout=30.0, connection_timeout=30.0)
+assert client.is_server_live() and client.is_server_ready(), "server not live/ready"
+assert client.is_model_ready("digits") and client.is_model_ready("text"), "models not ready"
+meta = client.get_model_metadata("digits")
+assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], meta
+assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+print("metadata ok")
+
+data = json.load(open(test_set))
+x = np.array(data["inputs"][:40], dtype=np.float32)
+labels = np.array(data["labels"][:40])
+probs = {}
+for binary in (False, True):
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    result = client.infer("digits", [inp], outputs=[out], request_id="req-%s" % binary)
+    assert result.get_response()["id"] == "req-%s" % binary, result.get_response()
+    p = result.as_numpy("probabilities")
+    assert p.shape == (40, 10) and p.dtype == np.float32, (p.shape, p.dtype)
+    accuracy = float((p.argmax(axis=1) == labels).mean())
+    assert accuracy >= 0.9, accuracy
+    probs[binary] = p
+    print("digits binary=%s accuracy %.3f" % (binary, accuracy))
+assert np.array_equal(probs[False].view(np.uint32), probs[True].view(np.uint32)), "JSON and binary differ"
+print("digits json == binary bit for bit")
+
+for binary in (False, True):
+    inp = httpclient.InferInput("text", [2], "BYTES")
+    inp.set_data_from_numpy(np.array([b"hello big world", "h\u00e9 x".encode()], dtype=np.object_), binary_data=binary)
+    outs = [httpclient.InferRequestedOutput("upper", binary_data=binary), httpclient.InferRequestedOutput("words", binary_data=binary)]
+    result = client.infer("text", [inp], outputs=outs)
+    upper = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("upper").tolist()]
+    assert upper == [b"HELLO BIG WORLD", "H\u00c9 X".encode()], upper
+    assert result.as_numpy("words").tolist() == [3, 2], result.as_numpy("words")
+    print("text binary=%s ok" % binary)
+
+try:
+    client.infer("nope", [inp])
+    raise AssertionError("unknown model accepted")
+except httpclient.InferenceServerException as e:
+    assert "unknown model 'nope'" in str(e), str(e)
+    print("error surfaced: %s" % e.message())
+print("OK")

@@ -1,0 +1,270 @@
+//! The router and the thin handlers of everything but inference: health,
+//! metadata, readiness, the repository extension and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use multiproc_serve::{Server, VersionState};
+
+use crate::error::ApiError;
+use crate::metrics::{HttpFailures, render};
+use crate::protocol::{EXTENSIONS, ModelMetadata, RepositoryEntry, ServerMetadata};
+use crate::repository::{ModelConfig, ModelDir, add_model, scan_model, settings};
+
+/// Limits of the HTTP front end.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Largest request body accepted (413 above it).
+    pub body_limit: usize,
+    /// Longest time a request body may take to arrive (408 after it). The
+    /// body is read whole before anything is queued, so a slow client holds
+    /// only its own connection, never a worker.
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions { body_limit: 64 << 20, body_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What the handlers share: the core server, the repository and counters.
+#[derive(Debug)]
+pub struct App {
+    pub(crate) core: Server,
+    pub(crate) root: PathBuf,
+    pub(crate) models: RwLock<BTreeMap<String, ModelDir>>,
+    pub(crate) http_failures: HttpFailures,
+    pub(crate) options: HttpOptions,
+}
+
+impl App {
+    /// An app over `core` serving the models of the repository at `root`.
+    pub fn new(core: Server, root: PathBuf, models: Vec<ModelDir>, options: HttpOptions) -> Arc<App> {
+        let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
+        Arc::new(App { core, root, models: RwLock::new(models), http_failures: HttpFailures::default(), options })
+    }
+
+    /// The core server.
+    pub fn core(&self) -> &Server {
+        &self.core
+    }
+
+    /// The checked configuration of `name`: 404 if unknown, 503 with the
+    /// reason if its configuration is bad.
+    pub(crate) fn config(&self, name: &str) -> Result<ModelConfig, ApiError> {
+        self.model(name).map(|(config, _)| config)
+    }
+
+    /// The checked configuration of `name` and the versions its policy
+    /// serves; errors as [`App::config`].
+    pub(crate) fn model(&self, name: &str) -> Result<(ModelConfig, Vec<u64>), ApiError> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let model = models
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}': POST /v2/repository/index lists the models")))?;
+        match &model.loaded {
+            Ok((config, on_disk)) => Ok((config.clone(), settings(config).version_policy.select(on_disk))),
+            Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("model '{name}' is unavailable: {e}"))),
+        }
+    }
+}
+
+/// Parses a `{version}` path segment.
+pub(crate) fn parse_version(v: &str) -> Result<u64, ApiError> {
+    v.parse().map_err(|_| ApiError::bad_request(format!("version '{v}' is not a number")))
+}
+
+/// The whole router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_version_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_version_ready))
+        .route("/v2/models/{name}/infer", post(crate::infer::infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(crate::infer::infer_version))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route("/v2/repository/models/{name}/unload", post(repository_unload))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(app)
+}
+
+/// A router with only `/metrics`, for `--metrics-port`.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new().route("/metrics", get(metrics)).fallback(no_route).with_state(app)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint {}: the Open Inference Protocol's are under /v2", uri.path()))
+}
+
+async fn wrong_method(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method", format!("{} does not take this method", uri.path()))
+}
+
+async fn live(State(app): State<Arc<App>>) -> StatusCode {
+    if app.core.is_live() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+async fn ready(State(app): State<Arc<App>>) -> StatusCode {
+    if app.core.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "multiproc".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMetadata>, ApiError> {
+    let (config, served) = app.model(name)?;
+    if let Some(v) = version
+        && !served.contains(&v)
+    {
+        return Err(ApiError::not_found(format!("model '{name}' has no version {v} (served: {served:?})")));
+    }
+    Ok(Json(ModelMetadata {
+        name: name.to_string(),
+        versions: served.iter().map(u64::to_string).collect(),
+        platform: config.platform_name().to_string(),
+        inputs: config.inputs.iter().map(|t| config.metadata(t)).collect(),
+        outputs: config.outputs.iter().map(|t| config.metadata(t)).collect(),
+    }))
+}
+
+async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<ModelMetadata>, ApiError> {
+    metadata(&app, &name, None)
+}
+
+async fn model_version_metadata(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    metadata(&app, &name, Some(parse_version(&version)?))
+}
+
+fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<StatusCode, ApiError> {
+    app.config(name)?;
+    match app.core.model_ready(name, version)? {
+        true => Ok(StatusCode::OK),
+        false => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("model '{name}' is not ready"))),
+    }
+}
+
+async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    readiness(&app, &name, None)
+}
+
+async fn model_version_ready(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    readiness(&app, &name, Some(parse_version(&version)?))
+}
+
+fn state_name(state: VersionState) -> &'static str {
+    match state {
+        VersionState::Ready => "READY",
+        VersionState::Loading => "LOADING",
+        VersionState::Draining => "UNLOADING",
+        _ => "UNAVAILABLE",
+    }
+}
+
+async fn repository_index(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
+    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed index request JSON: {e}")))?;
+        match v.get("ready") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => return Err(ApiError::bad_request(format!("'ready' is {other}, expected true or false"))),
+        }
+    };
+    let status = app.core.status();
+    let models = app.models.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut rows = Vec::new();
+    for (name, dir) in models {
+        if let Err(e) = &dir.loaded {
+            rows.push(RepositoryEntry { name, version: None, state: "UNAVAILABLE".into(), reason: e.to_string() });
+            continue;
+        }
+        let Some(model) = status.model(&name) else {
+            rows.push(RepositoryEntry { name, version: None, state: "UNAVAILABLE".into(), reason: "not loaded".into() });
+            continue;
+        };
+        for v in &model.versions {
+            let state = if model.unloaded { "UNAVAILABLE" } else { state_name(v.state) };
+            let reason = match (&v.last_failure, model.unloaded, v.state) {
+                (_, true, _) => "unloaded".to_string(),
+                (_, _, VersionState::Ready) => String::new(),
+                (Some(why), _, s) => format!("{}: {why}", s.as_str()),
+                (None, _, s) => s.as_str().to_string(),
+            };
+            rows.push(RepositoryEntry { name: name.clone(), version: Some(v.version.to_string()), state: state.into(), reason });
+        }
+    }
+    if ready_only {
+        rows.retain(|r| r.state == "READY");
+    }
+    Ok(Json(rows))
+}
+
+fn check_model_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
+        return Err(ApiError::bad_request(format!("'{name}' is not a model name")));
+    }
+    Ok(())
+}
+
+async fn repository_load(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    check_model_name(&name)?;
+    if !app.root.join(&name).is_dir() {
+        return Err(ApiError::not_found(format!("no model directory '{name}' in the repository {}", app.root.display())));
+    }
+    let dir = scan_model(&app.root, &name);
+    app.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), dir.clone());
+    if let Err(e) = &dir.loaded {
+        return Err(ApiError::bad_request(format!("cannot load model '{name}': {e}")));
+    }
+    let core = app.core.clone();
+    tokio::task::spawn_blocking(move || add_model(&core, &dir))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("load task failed: {e}")))??;
+    Ok(StatusCode::OK)
+}
+
+async fn repository_unload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    check_model_name(&name)?;
+    app.config(&name)?;
+    let core = app.core.clone();
+    tokio::task::spawn_blocking(move || core.unload(&name))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unload task failed: {e}")))??;
+    Ok(StatusCode::OK)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = render(app.core.metrics(), &app.http_failures);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}

@@ -1,0 +1,177 @@
+//! `POST /v2/models/{name}[/versions/{v}]/infer`: read the body (bounded in
+//! size and time), decode it, check it against the model's configuration,
+//! run it, encode the answer.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use multiproc_serve::Request;
+
+use crate::app::{App, parse_version};
+use crate::error::ApiError;
+use crate::protocol::{DecodedRequest, HEADER_CONTENT_LENGTH, Tensor, decode_request, encode_response};
+use crate::repository::{ModelConfig, TensorConfig};
+
+/// Inference on the model's default version.
+pub(crate) async fn infer(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(&app, name, None, headers, body).await
+}
+
+/// Inference on one version.
+pub(crate) async fn infer_version(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match parse_version(&version) {
+        Ok(v) => run(&app, name, Some(v), headers, body).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(app: &App, name: String, version: Option<u64>, headers: HeaderMap, body: Body) -> Response {
+    match infer_inner(app, &name, version, headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Failures inside the core are counted by the core.
+            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout") {
+                let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
+                app.http_failures.count(&name, &v, e.reason);
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = app.options.body_limit;
+    let too_large = |n: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"),
+        )
+    };
+    if let Some(n) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && n > limit as u64
+    {
+        return Err(too_large(n.to_string()));
+    }
+    match tokio::time::timeout(app.options.body_timeout, to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {:?}", app.options.body_timeout),
+        )),
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over { Err(too_large("more than that".into())) } else { Err(ApiError::bad_request(format!("cannot read the request body: {e}"))) }
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+async fn infer_inner(app: &App, name: &str, version: Option<u64>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let config = app.config(name)?;
+    let body = read_body(app, &headers, body).await?;
+    let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::bad_request(format!("Inference-Header-Content-Length is {v:?}, expected a number of bytes"))
+        })?),
+    };
+    let DecodedRequest { id, inputs, outputs, binary_output_default } = decode_request(&body, header_length)?;
+    drop(body);
+    check_inputs(name, &config, &inputs)?;
+    if let Some(wanted) = &outputs
+        && let Some(w) = wanted.iter().find(|w| !config.outputs.iter().any(|o| o.name == w.name))
+    {
+        return Err(ApiError::bad_request(format!(
+            "model '{name}' has no output '{}' (outputs: {})",
+            w.name,
+            names(&config.outputs)
+        )));
+    }
+    let reply = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version)).await?;
+    let encoded = encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0))?;
+    let mut response = Response::new(Body::from(encoded.body));
+    let h = response.headers_mut();
+    match encoded.header_length {
+        Some(n) => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(response)
+}
+
+fn names(list: &[TensorConfig]) -> String {
+    list.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks the inputs against the configuration: every input present once,
+/// no other, datatype and shape as configured (batch dimension first, at
+/// most `max_batch_size`, when the model batches).
+fn check_inputs(model: &str, config: &ModelConfig, inputs: &[Tensor]) -> Result<(), ApiError> {
+    if let Some(t) = inputs.iter().find(|t| !config.inputs.iter().any(|c| c.name == t.name())) {
+        return Err(ApiError::bad_request(format!(
+            "model '{model}' has no input '{}' (inputs: {})",
+            t.name(),
+            names(&config.inputs)
+        )));
+    }
+    let mut batch: Option<usize> = None;
+    for c in &config.inputs {
+        let t = inputs
+            .iter()
+            .find(|t| t.name() == c.name)
+            .ok_or_else(|| ApiError::bad_request(format!("model '{model}' needs input '{}', which is missing", c.name)))?;
+        if t.datatype() != c.datatype {
+            return Err(ApiError::bad_request(format!(
+                "input '{}' of model '{model}' is {}, expected {}",
+                c.name,
+                t.datatype(),
+                c.datatype
+            )));
+        }
+        let expected = config.metadata(c).shape;
+        let shape = t.shape();
+        let fits = shape.len() == expected.len() && shape.iter().zip(&expected).all(|(&d, &e)| e < 0 || d as i64 == e);
+        if !fits {
+            return Err(ApiError::bad_request(format!(
+                "input '{}' of model '{model}' has shape {shape:?}, expected {expected:?} (-1: any size)",
+                c.name
+            )));
+        }
+        if config.max_batch_size > 0 {
+            let n = shape[0];
+            if n == 0 || n > config.max_batch_size {
+                return Err(ApiError::bad_request(format!(
+                    "input '{}' of model '{model}' has a batch of {n}, expected 1 to max_batch_size {}",
+                    c.name, config.max_batch_size
+                )));
+            }
+            if batch.is_some_and(|b| b != n) {
+                return Err(ApiError::bad_request(format!(
+                    "the inputs of model '{model}' disagree on the batch size ({} and {n})",
+                    batch.unwrap_or(0)
+                )));
+            }
+            batch = Some(n);
+        }
+    }
+    Ok(())
+}

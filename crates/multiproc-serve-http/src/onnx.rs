@@ -1,0 +1,241 @@
+//! ONNX models run by tract inside the worker process. Requests of a batch
+//! are joined along their first dimension into one call (Triton's dynamic
+//! batching), and the outputs split back by each request's row count.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue, TVec, Tensor as TractTensor,
+    TypedModel, TypedRunnableModel,
+};
+
+use multiproc_serve::{Model, WorkerContext};
+
+use crate::protocol::{DataType, Tensor};
+
+/// An input or output as the worker needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnnxTensorSpec {
+    /// The name.
+    pub name: String,
+    /// The datatype.
+    pub datatype: DataType,
+    /// The dimensions after the batch dimension; -1 = any.
+    pub dims: Vec<i64>,
+}
+
+/// What a worker needs to load one ONNX version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnnxConfig {
+    /// The `model.onnx` file.
+    pub path: PathBuf,
+    /// The inputs, in the graph's order.
+    pub inputs: Vec<OnnxTensorSpec>,
+    /// The outputs, in the graph's order.
+    pub outputs: Vec<OnnxTensorSpec>,
+    /// Whether the first dimension is the batch dimension.
+    pub batched: bool,
+}
+
+/// A loaded, optimized ONNX graph.
+#[derive(Debug)]
+pub struct OnnxRunner {
+    config: OnnxConfig,
+    plan: TypedRunnableModel<TypedModel>,
+}
+
+fn datum(dt: DataType) -> Result<DatumType, String> {
+    Ok(match dt {
+        DataType::Bool => DatumType::Bool,
+        DataType::Uint8 => DatumType::U8,
+        DataType::Uint16 => DatumType::U16,
+        DataType::Uint32 => DatumType::U32,
+        DataType::Uint64 => DatumType::U64,
+        DataType::Int8 => DatumType::I8,
+        DataType::Int16 => DatumType::I16,
+        DataType::Int32 => DatumType::I32,
+        DataType::Int64 => DatumType::I64,
+        DataType::Fp16 => DatumType::F16,
+        DataType::Fp32 => DatumType::F32,
+        DataType::Fp64 => DatumType::F64,
+        DataType::Bytes => return Err("BYTES tensors are not supported by the ONNX runner".into()),
+    })
+}
+
+impl OnnxRunner {
+    /// Loads and optimizes the graph, with the input shapes of the
+    /// configuration (a symbolic batch dimension first when batched).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or tract cannot type or optimize the graph.
+    pub fn load(config: OnnxConfig) -> Result<OnnxRunner, String> {
+        let what = config.path.display().to_string();
+        let mut model = tract_onnx::onnx().model_for_path(&config.path).map_err(|e| format!("{what}: {e:#}"))?;
+        let scope = model.symbols.clone();
+        for (i, spec) in config.inputs.iter().enumerate() {
+            let mut shape: Vec<TDim> = Vec::new();
+            if config.batched {
+                shape.push(scope.sym("batch").into());
+            }
+            for (j, &d) in spec.dims.iter().enumerate() {
+                shape.push(if d < 0 { scope.sym(&format!("{}_{j}", spec.name)).into() } else { (d as usize).into() });
+            }
+            let fact = InferenceFact::dt_shape(datum(spec.datatype)?, shape);
+            model.set_input_fact(i, fact).map_err(|e| format!("{what}: input {}: {e:#}", spec.name))?;
+        }
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| format!("{what}: cannot prepare the graph: {e:#}"))?;
+        Ok(OnnxRunner { config, plan })
+    }
+
+    /// Runs a batch of requests (each a set of named input tensors): one
+    /// call for all of them when their shapes allow, else one per request.
+    pub fn predict(&self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {
+        if self.config.batched && batch.len() > 1 {
+            if let Ok(joined) = self.join(&batch) {
+                let rows: Vec<usize> = batch.iter().map(|r| r[0].shape().first().copied().unwrap_or(0)).collect();
+                return match self.run(joined) {
+                    Ok(outputs) => self.split(outputs, &rows),
+                    Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+                };
+            }
+        }
+        batch.into_iter().map(|r| self.order(r).and_then(|inputs| self.run(inputs))).collect()
+    }
+
+    /// The request's tensors in the graph's input order.
+    fn order(&self, mut request: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        self.config
+            .inputs
+            .iter()
+            .map(|spec| {
+                let i = request.iter().position(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name))?;
+                Ok(request.swap_remove(i))
+            })
+            .collect()
+    }
+
+    /// Joins the requests' inputs along the first dimension, if every
+    /// request has the same trailing dimensions.
+    fn join(&self, batch: &[Vec<Tensor>]) -> Result<Vec<Tensor>, String> {
+        let mut joined = Vec::with_capacity(self.config.inputs.len());
+        for spec in &self.config.inputs {
+            let parts: Vec<&Tensor> = batch
+                .iter()
+                .map(|r| r.iter().find(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name)))
+                .collect::<Result<_, _>>()?;
+            let tail = parts[0].shape().get(1..).ok_or("an input has no batch dimension")?;
+            if parts.iter().any(|p| p.shape().get(1..) != Some(tail)) {
+                return Err("shapes differ".into());
+            }
+            let rows: usize = parts.iter().map(|p| p.shape()[0]).sum();
+            let mut shape = vec![rows];
+            shape.extend_from_slice(tail);
+            let data = parts.iter().flat_map(|p| p.data().iter().copied()).collect();
+            joined.push(Tensor::new(&spec.name, spec.datatype, shape, data).map_err(|e| e.to_string())?);
+        }
+        Ok(joined)
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        let mut values: TVec<TValue> = TVec::new();
+        for t in &inputs {
+            let mut tt = TractTensor::zero_dt(datum(t.datatype())?, t.shape()).map_err(|e| format!("{e:#}"))?;
+            tt.as_bytes_mut().copy_from_slice(t.data());
+            values.push(tt.into());
+        }
+        let outputs = self.plan.run(values).map_err(|e| format!("model failed: {e:#}"))?;
+        outputs
+            .iter()
+            .zip(&self.config.outputs)
+            .map(|(v, spec)| {
+                let want = datum(spec.datatype)?;
+                let t = v.cast_to_dt(want).map_err(|e| format!("output '{}': {e:#}", spec.name))?;
+                Tensor::new(&spec.name, spec.datatype, t.shape().to_vec(), t.as_bytes().to_vec()).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// Splits joined outputs back into one set per request.
+    fn split(&self, outputs: Vec<Tensor>, rows: &[usize]) -> Vec<Result<Vec<Tensor>, String>> {
+        let mut per_request: Vec<Result<Vec<Tensor>, String>> = rows.iter().map(|_| Ok(Vec::new())).collect();
+        for out in outputs {
+            let total: usize = rows.iter().sum();
+            if out.shape().first() != Some(&total) {
+                let e = format!("output '{}' has shape {:?}, not {total} rows", out.name(), out.shape());
+                return rows.iter().map(|_| Err(e.clone())).collect();
+            }
+            let row_bytes = out.data().len() / total.max(1);
+            let mut offset = 0;
+            for (slot, &n) in per_request.iter_mut().zip(rows) {
+                let mut shape = out.shape().to_vec();
+                shape[0] = n;
+                let data = out.data()[offset..offset + n * row_bytes].to_vec();
+                offset += n * row_bytes;
+                if let Ok(list) = slot {
+                    match Tensor::new(out.name(), out.datatype(), shape, data) {
+                        Ok(t) => list.push(t),
+                        Err(e) => *slot = Err(e.to_string()),
+                    }
+                }
+            }
+        }
+        per_request
+    }
+}
+
+/// The ONNX model type served by multiproc-serve: one request is a set of
+/// named tensors, so is its answer.
+impl Model for OnnxRunner {
+    type Config = OnnxConfig;
+    type Input = Vec<Tensor>;
+    type Output = Vec<Tensor>;
+
+    fn load(config: OnnxConfig, _: &WorkerContext) -> Result<Self, String> {
+        OnnxRunner::load(config)
+    }
+
+    fn predict(&mut self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {
+        OnnxRunner::predict(self, batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits() -> OnnxRunner {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/repository/digits/1/model.onnx");
+        let spec = |name: &str, n| OnnxTensorSpec { name: name.into(), datatype: DataType::Fp32, dims: vec![n] };
+        OnnxRunner::load(OnnxConfig {
+            path,
+            inputs: vec![spec("input", 64)],
+            outputs: vec![spec("probabilities", 10)],
+            batched: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn joined_batch_equals_one_by_one() {
+        let runner = digits();
+        let req = |rows: usize, seed: f32| {
+            let values: Vec<f32> = (0..rows * 64).map(|i| (i as f32 * 0.37 + seed) % 1.0).collect();
+            vec![Tensor::from_slice("input", vec![rows, 64], &values).unwrap()]
+        };
+        let batch = vec![req(1, 0.1), req(3, 0.5), req(2, 0.9)];
+        let together = runner.predict(batch.clone());
+        let alone: Vec<_> = batch.into_iter().map(|r| runner.predict(vec![r]).remove(0)).collect();
+        assert_eq!(together.len(), 3);
+        for (a, b) in together.iter().zip(&alone) {
+            let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+            assert_eq!(a[0].shape(), b[0].shape());
+            let (a, b) = (a[0].to_vec::<f32>().unwrap(), b[0].to_vec::<f32>().unwrap());
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{a:?} vs {b:?}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Decoding an inference request body: the JSON part and, with Triton's
+//! binary tensor extension, the binary tensors after it.
+
+use serde_json::{Map, Value};
+
+use super::messages::InferRequestBody;
+use super::tensor::{DataType, Tensor, element_count};
+use super::{ProtocolError, json_data};
+
+/// An output the client asked for, and whether it wants it as binary data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputWanted {
+    /// The output's name.
+    pub name: String,
+    /// Send it after the JSON as binary data.
+    pub binary: bool,
+}
+
+/// A checked inference request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedRequest {
+    /// The request `id`, to echo.
+    pub id: Option<String>,
+    /// The inputs, each with data of exactly its shape's size.
+    pub inputs: Vec<Tensor>,
+    /// The outputs asked for; `None` means all of them.
+    pub outputs: Option<Vec<OutputWanted>>,
+    /// The request-level `binary_data_output`: the default for outputs not
+    /// listed individually.
+    pub binary_output_default: bool,
+}
+
+fn bool_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Result<Option<bool>, ProtocolError> {
+    match params.as_ref().and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ProtocolError::new(format!("{whose}: parameter '{key}' is {other}, expected true or false"))),
+    }
+}
+
+/// Decodes `body`. `header_length` is the `Inference-Header-Content-Length`
+/// header: the JSON part's length when binary tensors follow it.
+///
+/// ```
+/// use multiproc_serve_http::protocol::{DataType, decode_request};
+/// let body = br#"{"id":"7","inputs":[{"name":"x","shape":[2],"datatype":"INT32","data":[1,2]}]}"#;
+/// let req = decode_request(body, None).unwrap();
+/// assert_eq!(req.id.as_deref(), Some("7"));
+/// assert_eq!(req.inputs[0].datatype(), DataType::Int32);
+/// assert_eq!(req.inputs[0].data(), [1, 0, 0, 0, 2, 0, 0, 0]);
+/// ```
+///
+/// # Errors
+///
+/// Any way the body disagrees with the protocol, with a message naming the
+/// input or field.
+pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<DecodedRequest, ProtocolError> {
+    let (json, mut binary) = match header_length {
+        None => (body, &[][..]),
+        Some(n) => match usize::try_from(n).ok().filter(|&n| n <= body.len()) {
+            Some(n) => body.split_at(n),
+            None => {
+                return Err(ProtocolError::new(format!(
+                    "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                    body.len()
+                )));
+            }
+        },
+    };
+    let req: InferRequestBody = serde_json::from_slice(json)
+        .map_err(|e| ProtocolError::new(format!("malformed inference request JSON: {e}")))?;
+    if req.inputs.is_empty() {
+        return Err(ProtocolError::new("the request has no inputs"));
+    }
+    let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
+    for input in req.inputs {
+        let name = input.name;
+        if inputs.iter().any(|t| t.name() == name) {
+            return Err(ProtocolError::new(format!("input '{name}' is given twice")));
+        }
+        let datatype: DataType =
+            input.datatype.parse().map_err(|e| ProtocolError::new(format!("input '{name}': {e}")))?;
+        let shape = input
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| ProtocolError::new(format!("input '{name}': shape {:?} has a negative dimension", input.shape)))?;
+        let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ProtocolError::new(format!("input '{name}': binary_data_size is {v}, expected a non-negative integer"))
+            })?),
+        };
+        let data = match (binary_size, &input.data) {
+            (Some(_), Some(_)) => {
+                return Err(ProtocolError::new(format!("input '{name}' has both 'data' and binary_data_size")));
+            }
+            (None, None) => return Err(ProtocolError::new(format!("input '{name}' has no 'data' and no binary_data_size"))),
+            (Some(_), None) if header_length.is_none() => {
+                return Err(ProtocolError::new(format!(
+                    "input '{name}' has binary_data_size but the request has no Inference-Header-Content-Length header"
+                )));
+            }
+            (Some(size), None) => {
+                let taken = usize::try_from(size).ok().filter(|&s| s <= binary.len()).ok_or_else(|| {
+                    ProtocolError::new(format!(
+                        "input '{name}': binary_data_size {size} overruns the body ({} bytes of binary data remain)",
+                        binary.len()
+                    ))
+                })?;
+                let (chunk, rest) = binary.split_at(taken);
+                binary = rest;
+                chunk.to_vec()
+            }
+            (None, Some(value)) => {
+                let count = element_count(&shape).ok_or_else(|| {
+                    ProtocolError::new(format!("input '{name}': shape {shape:?} has too many elements"))
+                })? as u64;
+                let (bytes, got) = json_data::decode(&name, datatype, value)?;
+                if got != count {
+                    return Err(ProtocolError::new(format!(
+                        "input '{name}': shape {shape:?} needs {count} elements but 'data' has {got}"
+                    )));
+                }
+                bytes
+            }
+        };
+        let tensor = Tensor::new(name, datatype, shape, data).map_err(|e| ProtocolError::new(format!("input {e}")))?;
+        inputs.push(tensor);
+    }
+    if !binary.is_empty() {
+        return Err(ProtocolError::new(format!(
+            "{} bytes of binary data after the last binary input are not claimed by any binary_data_size",
+            binary.len()
+        )));
+    }
+    let binary_output_default = bool_param(&req.parameters, "binary_data_output", "request")?.unwrap_or(false);
+    let outputs = match req.outputs {
+        None => None,
+        Some(list) => {
+            let mut wanted: Vec<OutputWanted> = Vec::with_capacity(list.len());
+            for o in list {
+                if wanted.iter().any(|w| w.name == o.name) {
+                    return Err(ProtocolError::new(format!("output '{}' is asked for twice", o.name)));
+                }
+                let binary = bool_param(&o.parameters, "binary_data", &format!("output '{}'", o.name))?;
+                wanted.push(OutputWanted { name: o.name, binary: binary.unwrap_or(binary_output_default) });
+            }
+            Some(wanted)
+        }
+    };
+    Ok(DecodedRequest { id: req.id, inputs, outputs, binary_output_default })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary_body(json: &str, tail: &[u8]) -> (Vec<u8>, Option<u64>) {
+        let mut body = json.as_bytes().to_vec();
+        body.extend_from_slice(tail);
+        (body, Some(json.len() as u64))
+    }
+
+    #[test]
+    fn binary_input_is_sliced_and_checked() {
+        let json = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let (body, len) = binary_body(json, &[0, 0, 128, 63, 0, 0, 0, 64]);
+        let req = decode_request(&body, len).unwrap();
+        assert_eq!(req.inputs[0].data(), [0, 0, 128, 63, 0, 0, 0, 64]);
+    }
+
+    #[test]
+    fn binary_overrun_and_leftover_are_errors() {
+        let json = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let (body, len) = binary_body(json, &[0; 4]);
+        let err = decode_request(&body, len).unwrap_err();
+        assert!(err.0.contains("overruns the body"), "{err}");
+        let (body, len) = binary_body(json, &[0; 9]);
+        assert!(decode_request(&body, len).unwrap_err().0.contains("not claimed"));
+    }
+
+    #[test]
+    fn bytes_elements_must_match_shape() {
+        let json = r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":6}}]}"#;
+        let (body, len) = binary_body(json, &[2, 0, 0, 0, b'h', b'i']);
+        let err = decode_request(&body, len).unwrap_err();
+        assert!(err.0.starts_with("input tensor \"s\""), "{err}");
+    }
+
+    #[test]
+    fn outputs_take_request_default_unless_set() {
+        let body = br#"{"parameters":{"binary_data_output":true},"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[true]}],
+            "outputs":[{"name":"a"},{"name":"b","parameters":{"binary_data":false}}]}"#;
+        let req = decode_request(body, None).unwrap();
+        let outs = req.outputs.unwrap();
+        assert!(outs[0].binary && !outs[1].binary);
+    }
+}
