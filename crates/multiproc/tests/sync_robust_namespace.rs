@@ -14,7 +14,7 @@ mod sync_support;
 use std::time::Duration;
 
 use multiproc::{Event, Lock, TryLockError};
-use sync_support::{Kid, LONG};
+use sync_support::{Kid, LONG, wait_until};
 
 /// How long the owner in the other namespace holds the lock.
 const HOLD: Duration = Duration::from_secs(4);
@@ -26,10 +26,12 @@ fn free_pid_here() -> u32 {
 
 /// In the child: enters a new pid namespace and forks its init, which holds
 /// `lock` on a thread whose id (there) is `target`, free in the parent's
-/// namespace. Returns false if namespaces are not allowed here.
-fn hold_from_another_namespace(lock: Lock, holding: Event, target: u32) -> bool {
+/// namespace. Returns false (and sets `refused`) if namespaces are not
+/// allowed here.
+fn hold_from_another_namespace(lock: Lock, holding: Event, refused: Event, target: u32) -> bool {
     // SAFETY: unshare takes flags only.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        refused.set();
         return false;
     }
     // SAFETY: this child is single-threaded (a fresh multiproc child); the
@@ -77,11 +79,12 @@ fn grandchild(lock: Lock, holding: Event, target: u32) -> ! {
 
 #[test]
 fn an_owner_in_another_pid_namespace_is_never_taken_for_dead() {
-    let (lock, holding) = (Lock::new().unwrap(), Event::new().unwrap());
+    let (lock, holding, refused) = (Lock::new().unwrap(), Event::new().unwrap(), Event::new().unwrap());
     let target = free_pid_here();
-    let kid = Kid::spawn(hold_from_another_namespace, (lock.clone(), holding.clone(), target));
-    if !holding.wait_timeout(LONG) {
-        assert!(!kid.join(), "the owner never took the lock");
+    let kid = Kid::spawn(hold_from_another_namespace, (lock.clone(), holding.clone(), refused.clone(), target));
+    wait_until("the owner to take the lock (or namespaces to be refused)", || holding.is_set() || refused.is_set());
+    if refused.is_set() {
+        assert!(!kid.join());
         eprintln!("skipped: no permission to create a pid namespace here");
         return;
     }
