@@ -15,6 +15,7 @@ use crate::measure::{Plan, Stats, Subject, interleave};
 use crate::python::{PyScript, Python};
 use crate::report::Row;
 
+pub mod http;
 pub mod pipe;
 pub mod pool;
 pub mod process;
@@ -34,6 +35,8 @@ pub const ALL: &[Workload] = &[
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
+    http::HTTP_INFER,
+    http::HTTP_BATCHING,
 ];
 
 /// A named benchmark producing one or more table rows.
