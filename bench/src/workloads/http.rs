@@ -168,7 +168,10 @@ fn kserve_python(ctx: &Ctx) -> Result<PathBuf, BenchError> {
     if !works(&python) {
         eprintln!("  creating {} and installing kserve==0.21.* from PyPI (once)", venv.display());
         run_limited(Command::new(&ctx.python.command).args(["-m", "venv"]).arg(&venv), Duration::from_secs(120))?;
-        run_limited(Command::new(venv.join("bin/pip")).args(["install", "-q", "kserve==0.21.*"]), Duration::from_secs(900))?;
+        run_limited(
+            Command::new(venv.join("bin/pip")).args(["install", "-q", "kserve==0.21.*"]),
+            Duration::from_secs(900),
+        )?;
         ensure(works(&python), || "kserve does not import after installing it".into())?;
     }
     Ok(python)
@@ -256,8 +259,10 @@ impl Conn {
             ensure(n > 0, || "connection closed mid-response".into())?;
             self.buf.extend_from_slice(&chunk[..n]);
         };
-        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| BenchError::new("response head is not UTF-8"))?;
-        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| BenchError::new("bad status line"))?;
+        let head =
+            std::str::from_utf8(&self.buf[..head_end]).map_err(|_| BenchError::new("response head is not UTF-8"))?;
+        let status: u16 =
+            head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| BenchError::new("bad status line"))?;
         let length: usize = head
             .lines()
             .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
@@ -297,12 +302,27 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(addr: SocketAddr, path: &str, body: &str, expect: &'static str, concurrency: usize, requests: usize) -> Result<Driver, BenchError> {
+    fn new(
+        addr: SocketAddr,
+        path: &str,
+        body: &str,
+        expect: &'static str,
+        concurrency: usize,
+        requests: usize,
+    ) -> Result<Driver, BenchError> {
         let raw = format!(
             "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        Ok(Driver { rt: runtime()?, addr, raw: std::sync::Arc::new(raw.into_bytes()), expect, concurrency, requests, bursts: Vec::new() })
+        Ok(Driver {
+            rt: runtime()?,
+            addr,
+            raw: std::sync::Arc::new(raw.into_bytes()),
+            expect,
+            concurrency,
+            requests,
+            bursts: Vec::new(),
+        })
     }
 
     fn burst(&mut self) -> Result<Burst, BenchError> {
@@ -321,7 +341,14 @@ impl Driver {
                     let (left, raw) = (std::sync::Arc::clone(&left), std::sync::Arc::clone(&raw));
                     tokio::spawn(async move {
                         let mut lat = Vec::new();
-                        while left.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                        while left
+                            .fetch_update(
+                                std::sync::atomic::Ordering::Relaxed,
+                                std::sync::atomic::Ordering::Relaxed,
+                                |n| n.checked_sub(1),
+                            )
+                            .is_ok()
+                        {
                             let t = Instant::now();
                             let (status, body) = c.request(&raw).await?;
                             lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -341,7 +368,8 @@ impl Driver {
         ensure(lat.len() == requests, || format!("{} of {requests} requests answered", lat.len()))?;
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-        let b = Burst { per_sec: requests as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p90: pct(0.90), p99: pct(0.99) };
+        let b =
+            Burst { per_sec: requests as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p90: pct(0.90), p99: pct(0.99) };
         self.bursts.push(b);
         Ok(b)
     }
@@ -376,7 +404,8 @@ fn http_infer(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     for (c, ours_n, theirs_n) in [(1usize, 1000usize, 300usize), (16, 4000, 1000), (64, 8000, 1000)] {
         let mut a = Driver::new(ours.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, ours_n)?;
         let mut b = Driver::new(kserve.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, theirs_n)?;
-        let stats = ctx.measure(&plan, &mut [(&format!("multiproc serve c{c}"), &mut a), (&format!("kserve c{c}"), &mut b)])?;
+        let stats =
+            ctx.measure(&plan, &mut [(&format!("multiproc serve c{c}"), &mut a), (&format!("kserve c{c}"), &mut b)])?;
         let [sa, sb] = <[Stats; 2]>::try_from(stats).expect("two subjects");
         let params = json!({"concurrency": c, "requests_per_burst": {"multiproc": ours_n, "kserve": theirs_n},
             "model": "output = input * 2, FP32 [1, 4], JSON", "kserve": "0.21, ModelServer(workers=1)"});
@@ -411,7 +440,9 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let test_set: serde_json::Value = serde_json::from_str(multiproc_serve_http::demo::DIGITS_TEST_SET)?;
     let image = &test_set["inputs"][0];
     let body: &'static str = Box::leak(
-        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": image}]}).to_string().into_boxed_str(),
+        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": image}]})
+            .to_string()
+            .into_boxed_str(),
     );
     let mut a = Driver::new(ours.addr, "/v2/models/digits/infer", body, "\"probabilities\"", 64, 8000)?;
     let mut b = Driver::new(ours.addr, "/v2/models/digits_single/infer", body, "\"probabilities\"", 64, 8000)?;
@@ -422,6 +453,9 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
         Row::new("http_batching/c64", Unit::RequestsPerSec, sa, sb)
             .with_extra("peer", json!("multiproc serve, max_batch_size 1"))
             .with_extra("latency", latency)
-            .with_extra("params", json!({"concurrency": 64, "requests_per_burst": 8000, "model": "demo digits MLP, FP32 [1, 64]"})),
+            .with_extra(
+                "params",
+                json!({"concurrency": 64, "requests_per_burst": 8000, "model": "demo digits MLP, FP32 [1, 64]"}),
+            ),
     ])
 }

@@ -68,7 +68,8 @@ async fn shutdown_signal() {
 pub fn serve(args: ServeArgs) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -82,12 +83,18 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         },
     };
-    let repository = args.model_repository.clone().unwrap_or_else(|| demo.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default());
+    let repository = args
+        .model_repository
+        .clone()
+        .unwrap_or_else(|| demo.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default());
     let options = ServeOptions {
         repository: repository.clone(),
         http_addr: SocketAddr::new(args.host, args.http_port),
         metrics_addr: args.metrics_port.map(|p| SocketAddr::new(args.host, p)),
-        http: HttpOptions { body_limit: args.max_body_bytes, body_timeout: Duration::from_secs(args.body_timeout_secs) },
+        http: HttpOptions {
+            body_limit: args.max_body_bytes,
+            body_timeout: Duration::from_secs(args.body_timeout_secs),
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -123,7 +130,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 pub fn infer(args: InferArgs) -> ExitCode {
     let text = match args.inputs.as_str() {
         "-" => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}")),
-        s if s.starts_with('@') => std::fs::read_to_string(&s[1..]).map_err(|e| format!("cannot read {}: {e}", &s[1..])),
+        s if s.starts_with('@') => {
+            std::fs::read_to_string(&s[1..]).map_err(|e| format!("cannot read {}: {e}", &s[1..]))
+        }
         s => Ok(s.to_string()),
     };
     let given = text.and_then(|t| serde_json::from_str(&t).map_err(|e| format!("the inputs are not JSON: {e}")));

@@ -23,9 +23,11 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
     let mut correct = 0;
     // Half as JSON, 45 images per request; half as binary tensors.
     for (chunk_no, (rows, want)) in inputs.chunks(45).zip(labels.chunks(45)).enumerate() {
-        let flat: Vec<f32> = rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+        let flat: Vec<f32> =
+            rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
         let probs: Vec<f32> = if chunk_no % 2 == 0 {
-            let body = json!({"inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32", "data": flat}]});
+            let body =
+                json!({"inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32", "data": flat}]});
             let (st, r) = post_json(&url, &body);
             assert_eq!(st, 200, "{r}");
             r["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
@@ -35,7 +37,8 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
             .to_string();
             let mut body = head.clone().into_bytes();
             body.extend(flat.iter().flat_map(|v| v.to_le_bytes()));
-            let (st, resp, h) = call(agent().post(&url).set("inference-header-content-length", &head.len().to_string()), Some(&body));
+            let (st, resp, h) =
+                call(agent().post(&url).set("inference-header-content-length", &head.len().to_string()), Some(&body));
             assert_eq!(st, 200, "{}", String::from_utf8_lossy(&resp));
             let n: usize = h.unwrap().parse().unwrap();
             resp[n..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
@@ -69,7 +72,10 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
 #[test]
 fn sigterm_with_requests_in_flight_loses_none_and_exits_zero() {
     let repo = TempDir::new("sigterm");
-    write(&repo.0.join("slow/config.toml"), echo_config_for(0.3, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes());
+    write(
+        &repo.0.join("slow/config.toml"),
+        echo_config_for(0.3, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes(),
+    );
     std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
     let url = s.url("/v2/models/slow/infer");

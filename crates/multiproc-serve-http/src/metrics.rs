@@ -98,7 +98,8 @@ impl Collector for Snapshot {
             )?;
             for m in &self.versions {
                 for (reason, n) in &m.request_failure {
-                    let l = [("model", m.model.clone()), ("version", m.version.to_string()), ("reason", reason.clone())];
+                    let l =
+                        [("model", m.model.clone()), ("version", m.version.to_string()), ("reason", reason.clone())];
                     ConstGauge::new(*n as i64).encode(family.encode_family(&l)?)?;
                 }
             }
@@ -107,12 +108,15 @@ impl Collector for Snapshot {
                 ConstGauge::new(*n as i64).encode(family.encode_family(&l)?)?;
             }
         }
-        let mut pending =
-            encoder.encode_descriptor("nv_inference_pending_request_count", "Requests waiting or running", None, MetricType::Gauge)?;
+        let mut pending = encoder.encode_descriptor(
+            "nv_inference_pending_request_count",
+            "Requests waiting or running",
+            None,
+            MetricType::Gauge,
+        )?;
         for m in &self.versions {
             ConstGauge::new(m.pending_requests as i64).encode(pending.encode_family(&labels(m))?)?;
         }
-        drop(pending);
         let mut hist = encoder.encode_descriptor(
             "multiproc_inference_batch_size",
             "Requests per batch sent to a worker",
@@ -133,7 +137,6 @@ impl Collector for Snapshot {
             buckets.push((f64::INFINITY, count.max(below)));
             fam.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        drop(hist);
         let mut reasons = encoder.encode_descriptor(
             "multiproc_inference_batch_close",
             "Batches sent, by why they were closed (full, preferred, delay, idle_worker, drain)",
@@ -146,9 +149,12 @@ impl Collector for Snapshot {
                 ConstCounter::new(*n).encode(reasons.encode_family(&l)?)?;
             }
         }
-        drop(reasons);
-        let mut states =
-            encoder.encode_descriptor("multiproc_worker_state", "Worker processes in each state", None, MetricType::Gauge)?;
+        let mut states = encoder.encode_descriptor(
+            "multiproc_worker_state",
+            "Worker processes in each state",
+            None,
+            MetricType::Gauge,
+        )?;
         for m in &self.versions {
             for (state, n) in &m.workers {
                 let l = [("model", m.model.clone()), ("version", m.version.to_string()), ("state", state.clone())];

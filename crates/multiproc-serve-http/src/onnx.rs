@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue, TVec, Tensor as TractTensor,
-    TypedModel, TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue, TVec, Tensor as TractTensor, TypedModel,
+    TypedRunnableModel,
 };
 
 use multiproc_serve::{Model, WorkerContext};
@@ -95,14 +95,15 @@ impl OnnxRunner {
     /// Runs a batch of requests (each a set of named input tensors): one
     /// call for all of them when their shapes allow, else one per request.
     pub fn predict(&self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {
-        if self.config.batched && batch.len() > 1 {
-            if let Ok(joined) = self.join(&batch) {
-                let rows: Vec<usize> = batch.iter().map(|r| r[0].shape().first().copied().unwrap_or(0)).collect();
-                return match self.run(joined) {
-                    Ok(outputs) => self.split(outputs, &rows),
-                    Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
-                };
-            }
+        if self.config.batched
+            && batch.len() > 1
+            && let Ok(joined) = self.join(&batch)
+        {
+            let rows: Vec<usize> = batch.iter().map(|r| r[0].shape().first().copied().unwrap_or(0)).collect();
+            return match self.run(joined) {
+                Ok(outputs) => self.split(outputs, &rows),
+                Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            };
         }
         batch.into_iter().map(|r| self.order(r).and_then(|inputs| self.run(inputs))).collect()
     }
@@ -113,7 +114,10 @@ impl OnnxRunner {
             .inputs
             .iter()
             .map(|spec| {
-                let i = request.iter().position(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name))?;
+                let i = request
+                    .iter()
+                    .position(|t| t.name() == spec.name)
+                    .ok_or_else(|| format!("missing input '{}'", spec.name))?;
                 Ok(request.swap_remove(i))
             })
             .collect()
@@ -126,7 +130,9 @@ impl OnnxRunner {
         for spec in &self.config.inputs {
             let parts: Vec<&Tensor> = batch
                 .iter()
-                .map(|r| r.iter().find(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name)))
+                .map(|r| {
+                    r.iter().find(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name))
+                })
                 .collect::<Result<_, _>>()?;
             let tail = parts[0].shape().get(1..).ok_or("an input has no batch dimension")?;
             if parts.iter().any(|p| p.shape().get(1..) != Some(tail)) {
@@ -155,7 +161,8 @@ impl OnnxRunner {
             .map(|(v, spec)| {
                 let want = datum(spec.datatype)?;
                 let t = v.cast_to_dt(want).map_err(|e| format!("output '{}': {e:#}", spec.name))?;
-                Tensor::new(&spec.name, spec.datatype, t.shape().to_vec(), t.as_bytes().to_vec()).map_err(|e| e.to_string())
+                Tensor::new(&spec.name, spec.datatype, t.shape().to_vec(), t.as_bytes().to_vec())
+                    .map_err(|e| e.to_string())
             })
             .collect()
     }

@@ -175,10 +175,8 @@ impl BatchQueue {
             }
             let now = Instant::now();
             if s.items.iter().any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
-                let (keep, gone): (VecDeque<_>, VecDeque<_>) = s
-                    .items
-                    .drain(..)
-                    .partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
+                let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+                    s.items.drain(..).partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
                 s.items = keep;
                 dropped.extend(gone);
             }

@@ -176,7 +176,12 @@ where
 pub(crate) trait PipelineDyn: Send + Sync {
     fn name(&self) -> &str;
     fn check_types(&self, input: TypeId, output: TypeId) -> Result<(), ServeError>;
-    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError>;
+    fn submit(
+        &self,
+        input: Box<dyn std::any::Any + Send>,
+        slot: Arc<Slot>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServeError>;
     fn status(&self) -> PipelineStatus;
     fn stop(&self);
 }
@@ -392,14 +397,19 @@ where
         })
     }
 
-    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError> {
-        let input = *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
+    fn submit(
+        &self,
+        input: Box<dyn std::any::Any + Send>,
+        slot: Arc<Slot>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServeError> {
+        let input =
+            *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServeError::ShuttingDown);
         }
-        let admitted = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
+        let admitted =
+            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
         if admitted.is_err() {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         }

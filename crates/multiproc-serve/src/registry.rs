@@ -185,7 +185,9 @@ impl ModelEntry {
 
     pub fn is_ready(&self, version: Option<u64>) -> Result<bool, ServeError> {
         match version {
-            Some(v) => Ok(self.served().contains(&v) && self.group(v)?.is_ready() && !self.unloaded.load(Ordering::Acquire)),
+            Some(v) => {
+                Ok(self.served().contains(&v) && self.group(v)?.is_ready() && !self.unloaded.load(Ordering::Acquire))
+            }
             None => Ok(self.resolve(None).map(|g| g.is_ready()).unwrap_or(false)),
         }
     }

@@ -168,7 +168,8 @@ impl VersionGroup {
     fn crash_looping_error(&self) -> ServeError {
         let s = self.lock();
         let now = Instant::now();
-        let retry_in = s.backoff_until.iter().flatten().map(|t| t.saturating_duration_since(now)).min().unwrap_or_default();
+        let retry_in =
+            s.backoff_until.iter().flatten().map(|t| t.saturating_duration_since(now)).min().unwrap_or_default();
         ServeError::CrashLooping {
             model: self.model.clone(),
             version: self.version,
