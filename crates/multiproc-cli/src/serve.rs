@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// Longest time a request body may take to arrive, in seconds (408 after it).
     #[arg(long, default_value_t = 30)]
     body_timeout_secs: u64,
+    /// Threads handling HTTP (default: one per CPU).
+    #[arg(long)]
+    http_threads: Option<usize>,
 }
 
 /// Options of `multiproc infer`.
@@ -96,7 +99,11 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             body_timeout: Duration::from_secs(args.body_timeout_secs),
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.http_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("multiproc serve: cannot start the async runtime: {e}");
