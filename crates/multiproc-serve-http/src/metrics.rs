@@ -16,7 +16,6 @@ use multiproc_serve::{MetricsSnapshot, VersionMetrics};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -81,6 +80,32 @@ fn labels(m: &VersionMetrics) -> [(&'static str, String); 2] {
     [("model", m.model.clone()), ("version", m.version.to_string())]
 }
 
+/// Rows of a family labelled model, version and one more key.
+type Keyed = Vec<(String, String, String, u64)>;
+
+impl Snapshot {
+    fn keyed(&self, map: fn(&VersionMetrics) -> &BTreeMap<String, u64>) -> Keyed {
+        let rows = self.versions.iter().flat_map(|m| map(m).iter().map(move |(k, n)| (m, k, n)));
+        rows.map(|(m, k, n)| (m.model.clone(), m.version.to_string(), k.clone(), *n)).collect()
+    }
+}
+
+fn keyed(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    key: &'static str,
+    rows: Keyed,
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (model, version, value, n) in rows {
+        let l = [("model", model), ("version", version), (key, value)];
+        ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(family.encode_family(&l)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for (name, help, field) in CUMULATIVE {
@@ -89,25 +114,10 @@ impl Collector for Snapshot {
                 ConstGauge::new(field(m) as i64).encode(family.encode_family(&labels(m))?)?;
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
-                "nv_inference_request_failure",
-                "Number of failed inference requests, by reason",
-                None,
-                MetricType::Unknown,
-            )?;
-            for m in &self.versions {
-                for (reason, n) in &m.request_failure {
-                    let l =
-                        [("model", m.model.clone()), ("version", m.version.to_string()), ("reason", reason.clone())];
-                    ConstGauge::new(*n as i64).encode(family.encode_family(&l)?)?;
-                }
-            }
-            for ((model, version, reason), n) in &self.http {
-                let l = [("model", model.clone()), ("version", version.clone()), ("reason", reason.clone())];
-                ConstGauge::new(*n as i64).encode(family.encode_family(&l)?)?;
-            }
-        }
+        let mut failures = self.keyed(|m| &m.request_failure);
+        failures.extend(self.http.iter().map(|((m, v, r), n)| (m.clone(), v.clone(), r.clone(), *n)));
+        let failure_help = "Number of failed inference requests, by reason";
+        keyed(&mut encoder, "nv_inference_request_failure", failure_help, MetricType::Unknown, "reason", failures)?;
         let mut pending = encoder.encode_descriptor(
             "nv_inference_pending_request_count",
             "Requests waiting or running",
@@ -137,30 +147,18 @@ impl Collector for Snapshot {
             buckets.push((f64::INFINITY, count.max(below)));
             fam.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let mut reasons = encoder.encode_descriptor(
-            "multiproc_inference_batch_close",
-            "Batches sent, by why they were closed (full, preferred, delay, idle_worker, drain)",
-            None,
-            MetricType::Counter,
-        )?;
-        for m in &self.versions {
-            for (reason, n) in &m.batch_reasons {
-                let l = [("model", m.model.clone()), ("version", m.version.to_string()), ("reason", reason.clone())];
-                ConstCounter::new(*n).encode(reasons.encode_family(&l)?)?;
-            }
-        }
-        let mut states = encoder.encode_descriptor(
+        let close_help = "Batches sent, by why they were closed (full, preferred, delay, idle_worker, drain)";
+        let closes = self.keyed(|m| &m.batch_reasons);
+        keyed(&mut encoder, "multiproc_inference_batch_close", close_help, MetricType::Unknown, "reason", closes)?;
+        let states = self.keyed(|m| &m.workers);
+        keyed(
+            &mut encoder,
             "multiproc_worker_state",
             "Worker processes in each state",
-            None,
             MetricType::Gauge,
+            "state",
+            states,
         )?;
-        for m in &self.versions {
-            for (state, n) in &m.workers {
-                let l = [("model", m.model.clone()), ("version", m.version.to_string()), ("state", state.clone())];
-                ConstGauge::new(*n as i64).encode(states.encode_family(&l)?)?;
-            }
-        }
         Ok(())
     }
 }
