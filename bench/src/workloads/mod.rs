@@ -19,6 +19,7 @@ pub mod pipe;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod serve;
 pub mod sync;
 
 /// Every workload, in the order they run and appear in the table.
@@ -34,6 +35,8 @@ pub const ALL: &[Workload] = &[
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
+    serve::SERVE_PIPELINE,
+    serve::SERVE_OVERHEAD,
 ];
 
 /// A named benchmark producing one or more table rows.

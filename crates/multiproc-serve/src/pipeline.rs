@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use crate::batcher::Continuation;
+use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
@@ -176,7 +176,12 @@ where
 pub(crate) trait PipelineDyn: Send + Sync {
     fn name(&self) -> &str;
     fn check_types(&self, input: TypeId, output: TypeId) -> Result<(), ServeError>;
-    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError>;
+    fn submit(
+        &self,
+        input: Box<dyn std::any::Any + Send>,
+        slot: Arc<Slot>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServeError>;
     fn status(&self) -> PipelineStatus;
     fn stop(&self);
 }
@@ -327,17 +332,29 @@ where
                 return;
             }
         };
+        let now = Instant::now();
+        let mut batch = Vec::with_capacity(jobs.len());
         for ((slot, deadline, guard), out) in jobs.into_iter().zip(outputs) {
             let bytes = match out {
                 Ok(i) => postcard::to_allocvec(i).map_err(|e| self.failed("preprocessing output", e)),
                 Err(msg) => Err(self.failed("preprocessing", msg)),
             };
-            let result = bytes.and_then(|b| {
-                let then = self.continuation(guard);
-                server.submit_bytes(&entry, None, ByteBuf::from(b), Arc::clone(&slot), deadline, Some(then), true)
-            });
-            if let Err(e) = result {
-                slot.complete(Err(e));
+            match bytes {
+                Ok(b) => batch.push(Pending {
+                    input: ByteBuf::from(b),
+                    slot,
+                    enqueued: now,
+                    deadline,
+                    then: Some(self.continuation(guard)),
+                }),
+                Err(e) => {
+                    slot.complete(Err(e));
+                }
+            }
+        }
+        if let Err((batch, e)) = server.submit_many(&entry, batch) {
+            for p in batch {
+                p.slot.complete(Err(e.clone()));
             }
         }
     }
@@ -370,7 +387,7 @@ where
                 .on_success(move |r: &Result<P, String>| {
                     let result = match r {
                         Ok(p) => postcard::to_allocvec(p)
-                            .map(|bytes| Answer { bytes, ..meta })
+                            .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
                             .map_err(|e| ok_this.failed("postprocessing output", e)),
                         Err(msg) => Err(ok_this.failed("postprocessing", msg)),
                     };
@@ -408,14 +425,19 @@ where
         })
     }
 
-    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError> {
-        let input = *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
+    fn submit(
+        &self,
+        input: Box<dyn std::any::Any + Send>,
+        slot: Arc<Slot>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServeError> {
+        let input =
+            *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServeError::ShuttingDown);
         }
-        let admitted = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
+        let admitted =
+            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
         if admitted.is_err() {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         }

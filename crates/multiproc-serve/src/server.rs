@@ -86,7 +86,8 @@ pub struct Reply<O> {
     pub queue_time: Duration,
     /// Size of the batch it ran in.
     pub batch_size: usize,
-    /// Time from arrival to answer.
+    /// Time from the call to the moment its answer was ready (not when the
+    /// caller looked at it).
     pub latency: Duration,
 }
 
@@ -95,12 +96,12 @@ fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant) -> Result
         ServeError::Internal(format!("model {:?} returned an output that does not decode: {e}", answer.model))
     })?;
     Ok(Reply {
-        model: answer.model,
+        model: answer.model.to_string(),
         version: answer.version,
         output,
         queue_time: answer.queued,
         batch_size: answer.batch_size,
-        latency: arrived.elapsed(),
+        latency: answer.answered.saturating_duration_since(arrived),
     })
 }
 
@@ -124,7 +125,9 @@ impl<O: DeserializeOwned> Future for InferFuture<O> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         match &mut this.slot {
-            Err(e) => Poll::Ready(Err(e.take().unwrap_or_else(|| ServeError::Internal("polled after completion".into())))),
+            Err(e) => {
+                Poll::Ready(Err(e.take().unwrap_or_else(|| ServeError::Internal("polled after completion".into()))))
+            }
             Ok(slot) => match slot.poll(cx.waker()) {
                 Some(result) => Poll::Ready(result.and_then(|a| decode_reply(a, slot.arrived))),
                 None => Poll::Pending,
@@ -246,9 +249,9 @@ impl Server {
                 old.unload();
                 Ok(())
             }
-            Some(Endpoint::Pipeline(_)) => {
-                Err(ServeError::Internal(format!("{name:?} is a pipeline; remove it before adding a model of that name")))
-            }
+            Some(Endpoint::Pipeline(_)) => Err(ServeError::Internal(format!(
+                "{name:?} is a pipeline; remove it before adding a model of that name"
+            ))),
             None => {
                 self.inner
                     .endpoints
@@ -362,15 +365,21 @@ impl Server {
         self.model_entry(model)?.switch(version)
     }
 
-    fn submit<I: Serialize + Send + 'static, O: 'static>(&self, request: Request<I>, slot: &Arc<Slot>) -> Result<Option<Instant>, ServeError> {
+    fn submit<I: Serialize + Send + 'static, O: 'static>(
+        &self,
+        request: Request<I>,
+        slot: &Arc<Slot>,
+    ) -> Result<Option<Instant>, ServeError> {
         self.check_running()?;
         let Request { model, version, input, timeout } = request;
         match self.endpoint(&model)? {
             Endpoint::Model(entry) => {
                 entry.io.check::<I, O>(&model)?;
                 let deadline = timeout.or(entry.settings.request_timeout).map(|t| slot.arrived + t);
-                let bytes = postcard::to_allocvec(&input)
-                    .map_err(|e| ServeError::BadInput { model: model.clone(), reason: format!("input does not encode: {e}") })?;
+                let bytes = postcard::to_allocvec(&input).map_err(|e| ServeError::BadInput {
+                    model: model.clone(),
+                    reason: format!("input does not encode: {e}"),
+                })?;
                 self.submit_bytes(&entry, version, ByteBuf::from(bytes), Arc::clone(slot), deadline, None, false)?;
                 Ok(deadline)
             }
@@ -415,6 +424,31 @@ impl Server {
             }
         }
         Err(ServeError::NotReady { model: entry.name.clone(), version, reason: "no version accepts requests".into() })
+    }
+
+    /// Queues a pipeline's chunk of encoded inputs for a model's default version.
+    pub(crate) fn submit_many(
+        &self,
+        entry: &Arc<ModelEntry>,
+        mut batch: Vec<Pending>,
+    ) -> Result<(), (Vec<Pending>, ServeError)> {
+        for _ in 0..3 {
+            let group = match entry.resolve(None) {
+                Ok(g) => g,
+                Err(e) => return Err((batch, e)),
+            };
+            match group.admit_many(batch) {
+                Ok(()) => return Ok(()),
+                Err((b, e)) if e.kind() == crate::ErrorKind::NotReady => batch = b,
+                Err((b, e)) => return Err((b, e)),
+            }
+        }
+        let e = ServeError::NotReady {
+            model: entry.name.clone(),
+            version: None,
+            reason: "no version accepts requests".into(),
+        };
+        Err((batch, e))
     }
 
     /// Runs one request and waits for its reply (blocking).
@@ -471,7 +505,12 @@ impl Server {
     /// # Errors
     ///
     /// As [`Server::infer`].
-    pub fn infer_tensors(&self, model: &str, version: Option<u64>, inputs: Vec<Tensor>) -> Result<Reply<Vec<Tensor>>, ServeError> {
+    pub fn infer_tensors(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        inputs: Vec<Tensor>,
+    ) -> Result<Reply<Vec<Tensor>>, ServeError> {
         self.infer(Request::new(model, inputs).maybe_version(version))
     }
 
@@ -551,7 +590,9 @@ impl Server {
         }
         tracing::info!("server shutting down");
         let endpoints: Vec<Endpoint> =
-            std::mem::take(&mut *self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner())).into_values().collect();
+            std::mem::take(&mut *self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect();
         for e in &endpoints {
             if let Endpoint::Pipeline(p) = e {
                 p.stop();

@@ -206,7 +206,11 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
         let e = if p.slot.is_cancelled() {
             ServeError::Cancelled { model: group.model.clone() }
         } else {
-            ServeError::DeadlineExceeded { model: group.model.clone(), waited: p.slot.arrived.elapsed(), stage: "queued" }
+            ServeError::DeadlineExceeded {
+                model: group.model.clone(),
+                waited: p.slot.arrived.elapsed(),
+                stage: "queued",
+            }
         };
         group.counters.failure(e.kind());
         p.slot.complete(Err(e));
@@ -215,7 +219,13 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
 
 /// Sends one batch and routes the answers; on the worker's death or a call
 /// timeout fails the whole batch at once.
-fn run_batch(group: &VersionGroup, instance: usize, worker: &mut Worker, id: u64, mut batch: Vec<Pending>) -> Result<(), Gone> {
+fn run_batch(
+    group: &VersionGroup,
+    instance: usize,
+    worker: &mut Worker,
+    id: u64,
+    mut batch: Vec<Pending>,
+) -> Result<(), Gone> {
     let n = batch.len();
     group.in_flight.fetch_add(n, Ordering::Relaxed);
     group.worker_busy(instance, true);
@@ -316,7 +326,8 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<ByteBuf, String>, se
             group.counters.success(p.slot.arrived.elapsed(), queued);
             let answer = Answer {
                 bytes: bytes.into_vec(),
-                model: group.model.clone(),
+                model: Arc::clone(&group.model_name),
+                answered: Instant::now(),
                 version: group.version,
                 queued,
                 batch_size,

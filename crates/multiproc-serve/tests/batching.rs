@@ -35,12 +35,8 @@ fn at_high_load_batches_are_full() {
 fn at_low_load_a_lone_request_waits_at_most_max_queue_delay() {
     let server = Server::new();
     let delay = Duration::from_millis(80);
-    let settings = ModelSettings {
-        max_batch_size: 32,
-        max_queue_delay: delay,
-        dispatch_when_idle: false,
-        ..Default::default()
-    };
+    let settings =
+        ModelSettings { max_batch_size: 32, max_queue_delay: delay, dispatch_when_idle: false, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("quiet").version(1, Behaviour::default()).settings(settings)).unwrap();
     for i in 0..3u64 {
         let started = Instant::now();
@@ -73,7 +69,8 @@ fn a_full_queue_rejects_at_once_and_deadlines_fail_waiting_requests() {
         let r = block_on(f, PATIENCE);
         outcomes.push((r, asked.elapsed()));
     }
-    let rejected: Vec<_> = outcomes.iter().filter(|(r, _)| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).collect();
+    let rejected: Vec<_> =
+        outcomes.iter().filter(|(r, _)| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).collect();
     assert!(rejected.len() >= 18, "only {} rejected", rejected.len());
     assert!(rejected.iter().all(|(_, waited)| *waited < Duration::from_millis(50)));
     assert!(submitted < Duration::from_secs(1));

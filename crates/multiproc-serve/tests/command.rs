@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{PATIENCE, block_on, wait_for};
 use multiproc_serve::{
-    CommandConfig, CommandModel, DataType, ErrorKind, ModelSettings, ModelSpec, Request, Server, Tensor,
-    VersionPolicy, VersionState,
+    CommandConfig, CommandModel, DataType, ErrorKind, ModelSettings, ModelSpec, Request, Server, Tensor, VersionPolicy,
+    VersionState,
 };
 
 fn worker_script() -> String {
