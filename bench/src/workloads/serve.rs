@@ -350,10 +350,10 @@ fn overload() -> Result<serde_json::Value, BenchError> {
         while in_flight.len() < 32 {
             in_flight.push_back(server.infer_async::<String, String>(Request::new("timed", "x".to_string())));
         }
-        if let Some(f) = in_flight.pop_front() {
-            if wait(f).is_ok() {
-                done += 1;
-            }
+        if let Some(f) = in_flight.pop_front()
+            && wait(f).is_ok()
+        {
+            done += 1;
         }
     }
     for f in in_flight {

@@ -44,8 +44,11 @@ pub struct PipelineSpec<R, I, O, P> {
     postprocess: Option<(PostFn<O, P>, usize)>,
     capacity: usize,
     chunk: usize,
-    _types: PhantomData<fn(R, O) -> (I, P)>,
+    _types: Types<R, I, O, P>,
 }
+
+/// The stage types, carried by a pipeline spec.
+type Types<R, I, O, P> = PhantomData<fn(R, O) -> (I, P)>;
 
 impl<R, I, O, P> std::fmt::Debug for PipelineSpec<R, I, O, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -284,28 +287,31 @@ where
             }
             return;
         };
-        let _ = (self.pre)(pool, inputs)
-            .on_success(move |outputs: &Vec<Result<I, String>>| {
-                let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-                ok_self.chunk_done();
-                ok_self.to_model(jobs, outputs);
-            })
-            .on_error(move |e: &PoolError| {
-                let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-                err_self.chunk_done();
-                let error = match e {
-                    PoolError::Task { error, .. } => ServeError::WorkerLost {
-                        model: err_self.name.clone(),
-                        version: 0,
-                        pid: 0,
-                        status: format!("preprocessing worker: {error}"),
-                    },
-                    other => err_self.failed("preprocessing", other),
-                };
-                for (slot, _, _) in jobs {
-                    slot.complete(Err(error.clone()));
-                }
-            });
+        // The callbacks do the work; the handle itself is not needed.
+        drop(
+            (self.pre)(pool, inputs)
+                .on_success(move |outputs: &Vec<Result<I, String>>| {
+                    let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                    ok_self.chunk_done();
+                    ok_self.to_model(jobs, outputs);
+                })
+                .on_error(move |e: &PoolError| {
+                    let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                    err_self.chunk_done();
+                    let error = match e {
+                        PoolError::Task { error, .. } => ServeError::WorkerLost {
+                            model: err_self.name.clone(),
+                            version: 0,
+                            pid: 0,
+                            status: format!("preprocessing worker: {error}"),
+                        },
+                        other => err_self.failed("preprocessing", other),
+                    };
+                    for (slot, _, _) in jobs {
+                        slot.complete(Err(error.clone()));
+                    }
+                }),
+        );
     }
 
     fn chunk_done(&self) {
@@ -383,19 +389,21 @@ where
             let meta = Answer { bytes: Vec::new(), ..answer };
             let (ok_slot, err_slot) = (Arc::clone(&slot), slot);
             let (ok_this, err_this) = (Arc::clone(&this), Arc::clone(&this));
-            let _ = post(pool, output)
-                .on_success(move |r: &Result<P, String>| {
-                    let result = match r {
-                        Ok(p) => postcard::to_allocvec(p)
-                            .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
-                            .map_err(|e| ok_this.failed("postprocessing output", e)),
-                        Err(msg) => Err(ok_this.failed("postprocessing", msg)),
-                    };
-                    ok_slot.complete(result);
-                })
-                .on_error(move |e: &PoolError| {
-                    err_slot.complete(Err(err_this.failed("postprocessing", e)));
-                });
+            drop(
+                post(pool, output)
+                    .on_success(move |r: &Result<P, String>| {
+                        let result = match r {
+                            Ok(p) => postcard::to_allocvec(p)
+                                .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
+                                .map_err(|e| ok_this.failed("postprocessing output", e)),
+                            Err(msg) => Err(ok_this.failed("postprocessing", msg)),
+                        };
+                        ok_slot.complete(result);
+                    })
+                    .on_error(move |e: &PoolError| {
+                        err_slot.complete(Err(err_this.failed("postprocessing", e)));
+                    }),
+            );
         })
     }
 }

@@ -414,7 +414,8 @@ impl Server {
             let group = entry.resolve(version)?;
             match group.admit(pending, force) {
                 Ok(()) => return Ok(()),
-                Err((p, e)) => {
+                Err(refused) => {
+                    let (p, e) = *refused;
                     if version.is_some() || e.kind() != crate::ErrorKind::NotReady {
                         group.counters.failure(e.kind());
                         return Err(e);

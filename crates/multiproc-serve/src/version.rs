@@ -140,27 +140,27 @@ impl VersionGroup {
     }
 
     /// Queues a request, starting the version if it is lazy and not started.
-    pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), (Pending, ServeError)> {
+    pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), Box<(Pending, ServeError)>> {
         let state = self.state();
         match state {
             VersionState::NotStarted => self.start(),
             VersionState::CrashLooping => {
                 let e = self.crash_looping_error();
-                return Err((p, e));
+                return Err(Box::new((p, e)));
             }
             _ => {}
         }
         match self.queue.push(p, force) {
             Ok(()) => Ok(()),
-            Err(Refused::Full(p)) => Err((
+            Err(Refused::Full(p)) => Err(Box::new((
                 p,
                 ServeError::Overloaded {
                     model: self.model.clone(),
                     version: self.version,
                     capacity: self.queue.capacity(),
                 },
-            )),
-            Err(Refused::Closed(p)) => Err((p, self.not_ready(&format!("version is {}", state.as_str())))),
+            ))),
+            Err(Refused::Closed(p)) => Err(Box::new((p, self.not_ready(&format!("version is {}", state.as_str()))))),
         }
     }
 
