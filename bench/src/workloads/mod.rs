@@ -20,6 +20,7 @@ pub mod pipe;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod serve;
 pub mod sync;
 
 /// Every workload, in the order they run and appear in the table.
@@ -35,6 +36,8 @@ pub const ALL: &[Workload] = &[
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
+    serve::SERVE_PIPELINE,
+    serve::SERVE_OVERHEAD,
     http::HTTP_INFER,
     http::HTTP_BATCHING,
 ];

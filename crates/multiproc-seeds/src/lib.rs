@@ -21,6 +21,7 @@ pub mod seed_001_pool;
 pub mod seed_003;
 pub mod seed_003_pool;
 pub mod seed_003_sync;
+pub mod seed_004_pipeline;
 pub mod seed_004_pool;
 pub mod seed_queue;
 
@@ -103,7 +104,8 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
     Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
-    Example { name: "predict_server", seed: "000", shows: "PredictServer: a model process per version behind a pipe, switch, stop, status", run: || Ok(seed_000_predict::predict_server()?.lines) },
+    Example { name: "inference_pipeline", seed: "004", shows: "seed 004's async inference: preprocessing pool of 2, batches of 128 or 1 s, a model process, results back", run: || Ok(seed_004_pipeline::inference_pipeline()?.lines) },
+    Example { name: "predict_server", seed: "000", shows: "PredictServer on multiproc-serve: lazy start, a killed model process restarted, version switch, status", run: || Ok(seed_000_predict::predict_server()?.lines) },
 ];
 
 /// The code in the workspace README, compiled and run as doctests.

@@ -16,16 +16,30 @@
 //!         # it and stop every other version
 //! ```
 //!
+//! Rebuilt on `multiproc-serve`: the seed's bookkeeping (a dict of
+//! processes, dropping the dead ones, stopping the others) becomes a
+//! [`Server`] with one model and two versions: lazy start on the first
+//! request, a killed model process restarted by the supervisor (the request
+//! that comes meanwhile waits for it instead of failing), a zero-downtime
+//! version switch, and `status()`.
+//!
 //! The "model" is a small bag-of-words linear classifier whose weights come
 //! from the version number (so versions answer differently), built once in
 //! its process: real work, not a sleep.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use multiproc::{Connection, Pipe, Process};
+use multiproc_serve::{
+    Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode, VersionPolicy,
+    VersionState, WorkerContext, WorkerState,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, PATIENCE, Report};
+
+/// The model's name in the server.
+pub const MODEL: &str = "sentiment";
 
 /// Words the model knows.
 const VOCABULARY: [&str; 16] = [
@@ -47,15 +61,6 @@ const VOCABULARY: [&str; 16] = [
     "late",
 ];
 
-/// A request to a model process.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Request {
-    /// The version the caller wants.
-    pub version: u32,
-    /// The text to classify.
-    pub text: String,
-}
-
 /// A model's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
@@ -72,16 +77,22 @@ pub struct Prediction {
 }
 
 /// The linear model of one version.
-struct Model {
+struct Sentiment {
     version: u32,
     weights: BTreeMap<&'static str, f64>,
     bias: f64,
+    served: u64,
 }
 
-impl Model {
-    /// "Loads" version `version`: weights from a generator seeded by it;
-    /// positive words lean positive, negative words negative.
-    fn load(version: u32) -> Model {
+impl Model for Sentiment {
+    type Config = ();
+    type Input = String;
+    type Output = Prediction;
+
+    /// "Loads" the version: weights from a generator seeded by it; positive
+    /// words lean positive, negative words negative.
+    fn load((): (), ctx: &WorkerContext) -> Result<Self, String> {
+        let version = u32::try_from(ctx.version).map_err(|_| format!("no weights for version {}", ctx.version))?;
         let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(version).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         let mut next = || {
             state ^= state << 13;
@@ -94,57 +105,24 @@ impl Model {
             .enumerate()
             .map(|(i, w)| (*w, if i < 8 { 0.5 + next() } else { -0.5 - next() }))
             .collect();
-        Model { version, weights, bias: next() - 0.5 }
+        Ok(Sentiment { version, weights, bias: next() - 0.5, served: 0 })
     }
 
-    fn predict(&self, text: &str) -> (String, f64) {
-        let score = self.bias
-            + text
-                .split(|c: char| !c.is_alphanumeric())
-                .filter_map(|w| self.weights.get(w.to_lowercase().as_str()))
-                .sum::<f64>();
-        (if score >= 0.0 { "positive" } else { "negative" }.to_string(), score)
-    }
-}
-
-/// The model process: loads the model once, then answers until the pipe closes.
-fn serve_model(conn: Connection<Result<Prediction, String>>, requests: Connection<Request>, version: u32) -> u64 {
-    let model = Model::load(version);
-    let pid = std::process::id() as i32;
-    let mut served = 0;
-    while let Ok(req) = requests.recv() {
-        let reply = if req.version == model.version {
-            served += 1;
-            let (label, score) = model.predict(&req.text);
-            Ok(Prediction { version, label, score, pid, served })
-        } else {
-            Err("sorry, not match".to_string())
-        };
-        if conn.send(&reply).is_err() {
-            break;
-        }
-    }
-    served
-}
-
-/// One running model version.
-struct ModelProcess {
-    requests: Connection<Request>,
-    replies: Connection<Result<Prediction, String>>,
-    process: Process<u64>,
-}
-
-/// Runs one model process per version, as the seed's `PredictServer`.
-#[derive(Default)]
-pub struct PredictServer {
-    models: BTreeMap<u32, ModelProcess>,
-    /// What the server did, in order (the seed's prints).
-    pub log: Vec<String>,
-}
-
-impl std::fmt::Debug for PredictServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PredictServer").field("status", &self.status()).finish()
+    fn predict(&mut self, batch: Vec<String>) -> Vec<Result<Prediction, String>> {
+        let pid = std::process::id() as i32;
+        batch
+            .into_iter()
+            .map(|text| {
+                self.served += 1;
+                let score = self.bias
+                    + text
+                        .split(|c: char| !c.is_alphanumeric())
+                        .filter_map(|w| self.weights.get(w.to_lowercase().as_str()))
+                        .sum::<f64>();
+                let label = if score >= 0.0 { "positive" } else { "negative" }.to_string();
+                Ok(Prediction { version: self.version, label, score, pid, served: self.served })
+            })
+            .collect()
     }
 }
 
@@ -155,106 +133,118 @@ pub struct ModelStatus {
     pub version: u32,
     /// Pid of its process.
     pub pid: Option<i32>,
-    /// Whether the process is alive.
+    /// Whether the process is alive (loaded and serving).
     pub alive: bool,
 }
 
+/// The seed's `PredictServer`, on a [`Server`].
+#[derive(Debug)]
+pub struct PredictServer {
+    server: Server,
+    current: Option<u32>,
+    /// What the server did, in order (the seed's prints).
+    pub log: Vec<String>,
+}
+
+fn serve_error(e: ServeError) -> Error {
+    Error::Unexpected(e.to_string())
+}
+
 impl PredictServer {
-    /// A server with no model running.
-    pub fn new() -> PredictServer {
-        PredictServer::default()
-    }
-
-    /// Classifies `text` with model `version`, starting that version's
-    /// process if needed (and stopping the others).
+    /// A server knowing versions 1 and 2, none started (lazy).
     ///
     /// # Errors
     ///
-    /// The model process could not start or did not answer.
-    pub fn predict(&mut self, text: &str, version: u32) -> Result<Prediction, Error> {
-        self.drop_dead();
-        if !self.models.contains_key(&version) {
-            self.start(version)?;
-        }
-        let model = self.models.get(&version).expect("started above");
-        model.requests.send(&Request { version, text: text.to_string() })?;
-        model.replies.recv_timeout(PATIENCE)?.map_err(Error::Unexpected)
-    }
-
-    /// Forgets every model process that died (reaping it).
-    fn drop_dead(&mut self) {
-        let dead: Vec<u32> = self.models.iter().filter(|(_, m)| !m.process.is_alive()).map(|(v, _)| *v).collect();
-        for v in dead {
-            let mut m = self.models.remove(&v).expect("listed above");
-            let _ = m.process.join_timeout(PATIENCE);
-            self.log.push(format!("model {v} is dead (exit code {:?}); dropped", m.process.exitcode()));
-        }
-    }
-
-    fn start(&mut self, version: u32) -> Result<(), Error> {
-        self.log.push(format!("init model {version}"));
-        let (requests, their_requests) = Pipe::<Request>::duplex()?;
-        let (replies, their_replies) = Pipe::<Result<Prediction, String>>::duplex()?;
-        let process = Process::builder()
-            .name(format!("model-v{version}"))
-            .daemon(true)
-            .spawn(serve_model, (their_replies, their_requests, version))?;
-        self.models.insert(version, ModelProcess { requests, replies, process });
-        // The other versions go offline.
-        let others: Vec<u32> = self.models.keys().copied().filter(|v| *v != version).collect();
-        for v in others {
-            self.stop(v)?;
-        }
-        Ok(())
-    }
-
-    /// Stops one version: closes its pipe (it returns how many requests it
-    /// answered), or terminates it if it does not finish.
-    fn stop(&mut self, version: u32) -> Result<(), Error> {
-        let Some(mut m) = self.models.remove(&version) else { return Ok(()) };
-        drop(m.requests);
-        let served = match m.process.join_timeout(PATIENCE) {
-            Ok(n) => n,
-            Err(_) => {
-                m.process.terminate()?;
-                let _ = m.process.join_timeout(PATIENCE);
-                0
-            }
+    /// The model could not be registered.
+    pub fn new() -> Result<PredictServer, Error> {
+        let server = Server::new();
+        let settings = ModelSettings {
+            start: StartMode::Lazy,
+            version_policy: VersionPolicy::Specific(vec![1]),
+            restart: RestartPolicy { initial_backoff: Duration::from_millis(10), ..Default::default() },
+            request_timeout: Some(PATIENCE),
+            ..Default::default()
         };
-        self.log.push(format!("stop process {version} (answered {served} requests)"));
-        Ok(())
+        server
+            .add(ModelSpec::<Sentiment>::new(MODEL).version(1, ()).version(2, ()).settings(settings))
+            .map_err(serve_error)?;
+        Ok(PredictServer { server, current: None, log: Vec::new() })
     }
 
-    /// Stops every model process.
+    /// Classifies `text` with model `version`: the first request starts it;
+    /// a request for another version switches to it (the old one drains and
+    /// stops).
     ///
     /// # Errors
     ///
-    /// A process could not be signalled.
+    /// The model did not answer.
+    pub fn predict(&mut self, text: &str, version: u32) -> Result<Prediction, Error> {
+        if self.current != Some(version) {
+            if let Some(old) = self.current {
+                self.log.push(format!("switch model {old} -> {version}"));
+                let answered = self.answered(old);
+                self.server.switch(MODEL, u64::from(version)).map_err(serve_error)?;
+                self.log.push(format!("stop process {old} (answered {answered} requests)"));
+            } else if version != 1 {
+                self.server.switch(MODEL, u64::from(version)).map_err(serve_error)?;
+            }
+            self.log.push(format!("init model {version}"));
+            self.current = Some(version);
+        }
+        let reply = self
+            .server
+            .infer::<String, Prediction>(Request::new(MODEL, text.to_string()).version(u64::from(version)))
+            .map_err(serve_error)?;
+        Ok(reply.output)
+    }
+
+    fn answered(&self, version: u32) -> u64 {
+        self.server.metrics().get(MODEL, u64::from(version)).map_or(0, |m| m.request_success)
+    }
+
+    /// Stops every model process (they drain first).
+    ///
+    /// # Errors
+    ///
+    /// The model is unknown (cannot happen here).
     pub fn stop_all(&mut self) -> Result<(), Error> {
-        let versions: Vec<u32> = self.models.keys().copied().collect();
-        for v in versions {
-            self.stop(v)?;
+        if let Some(v) = self.current.take() {
+            let answered = self.answered(v);
+            self.server.unload(MODEL).map_err(serve_error)?;
+            self.log.push(format!("stop process {v} (answered {answered} requests)"));
         }
         Ok(())
     }
 
-    /// The model processes and whether they are alive.
+    /// The versions that run a process, and whether it is alive.
     pub fn status(&self) -> Vec<ModelStatus> {
-        self.models
+        let status = self.server.status();
+        let Some(model) = status.model(MODEL) else { return Vec::new() };
+        model
+            .versions
             .iter()
-            .map(|(v, m)| ModelStatus { version: *v, pid: m.process.pid(), alive: m.process.is_alive() })
+            .filter(|v| !matches!(v.state, VersionState::NotStarted | VersionState::Stopped | VersionState::Failed))
+            .map(|v| ModelStatus {
+                version: v.version as u32,
+                pid: v.workers[0].pid,
+                alive: matches!(v.workers[0].state, WorkerState::Idle | WorkerState::Busy),
+            })
             .collect()
     }
 
     /// Pid of the process serving `version`, if one runs.
     pub fn pid_of(&self, version: u32) -> Option<i32> {
-        self.models.get(&version).and_then(|m| m.process.pid())
+        self.status().into_iter().find(|s| s.version == version).and_then(|s| s.pid)
     }
-}
 
-impl Drop for PredictServer {
-    fn drop(&mut self) {
-        let _ = self.stop_all();
+    /// Restarts of `version`'s process so far.
+    pub fn restarts(&self, version: u32) -> u64 {
+        self.server.status().model(MODEL).and_then(|m| m.version(u64::from(version))).map_or(0, |v| v.restarts)
+    }
+
+    /// The underlying server.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 }
 
@@ -265,6 +255,10 @@ pub struct PredictOutcome {
     pub v1: Vec<Prediction>,
     /// Version 1 again after its process was killed: a new process.
     pub v1_restarted: Prediction,
+    /// Restarts of version 1 after the kill.
+    pub v1_restarts: u64,
+    /// The status before the first request (lazy: nothing runs).
+    pub status_before: Vec<ModelStatus>,
     /// The status while version 1 runs.
     pub status_v1: Vec<ModelStatus>,
     /// Version 2: a new process; version 1 stopped.
@@ -279,27 +273,31 @@ pub struct PredictOutcome {
     pub log: Vec<String>,
 }
 
-/// Runs the seed's scenario: start lazily, reuse, drop a dead process,
-/// switch version, stop all, status.
+/// Runs the seed's scenario: start lazily, reuse, a killed process
+/// restarted, switch version, stop all, status.
 ///
 /// # Errors
 ///
 /// A model process failed.
 pub fn predict_server() -> Result<Report<PredictOutcome>, Error> {
-    let mut server = PredictServer::new();
+    let mut server = PredictServer::new()?;
+    let status_before = server.status();
     let texts = ["great service, thanks", "slow and broken, I want a refund"];
     let v1 = texts.iter().map(|t| server.predict(t, 1)).collect::<Result<Vec<_>, _>>()?;
     let status_v1 = server.status();
     let killed_pid = server.pid_of(1).ok_or_else(|| Error::Unexpected("version 1 is not running".into()))?;
-    // A crash: the next request notices, drops the dead process, starts a new one.
+    // A crash: the supervisor notices at once and starts a new process; the
+    // next request waits for it.
     // SAFETY: kill(2) on the pid of our own model process.
     unsafe { libc::kill(killed_pid, libc::SIGKILL) };
     let mut tries = 0;
-    while server.status().first().is_some_and(|s| s.alive) && tries < 3000 {
-        std::thread::sleep(std::time::Duration::from_millis(1));
+    while server.restarts(1) == 0 && tries < 3000 {
+        std::thread::sleep(Duration::from_millis(1));
         tries += 1;
     }
+    server.log.push(format!("model 1 process {killed_pid} died; the supervisor restarted it"));
     let v1_restarted = server.predict(texts[0], 1)?;
+    let v1_restarts = server.restarts(1);
     let v2 = texts.iter().map(|t| server.predict(t, 2)).collect::<Result<Vec<_>, _>>()?;
     let status_v2 = server.status();
     server.stop_all()?;
@@ -309,6 +307,17 @@ pub fn predict_server() -> Result<Report<PredictOutcome>, Error> {
     for p in v1.iter().chain([&v1_restarted]).chain(&v2) {
         lines.push(format!("v{} pid {}: {} ({:+.3}), request {}", p.version, p.pid, p.label, p.score, p.served));
     }
-    let outcome = PredictOutcome { v1, v1_restarted, status_v1, v2, status_v2, status_stopped, killed_pid, log };
+    let outcome = PredictOutcome {
+        v1,
+        v1_restarted,
+        v1_restarts,
+        status_before,
+        status_v1,
+        v2,
+        status_v2,
+        status_stopped,
+        killed_pid,
+        log,
+    };
     Ok(Report { lines, outcome })
 }

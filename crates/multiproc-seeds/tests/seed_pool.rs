@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use multiproc_seeds::{seed_000_predict, seed_001_pool, seed_003_pool, seed_004_pool};
+use multiproc_seeds::{seed_000_predict, seed_001_pool, seed_003_pool, seed_004_pipeline, seed_004_pool};
 
 #[test]
 fn pool_api_returns_every_value_through_every_call() {
@@ -67,9 +67,11 @@ fn imap_over_files_writes_every_kept_line_in_order() {
 }
 
 #[test]
-fn predict_server_starts_lazily_drops_the_dead_switches_and_stops() {
+fn predict_server_starts_lazily_restarts_the_dead_switches_and_stops() {
     let report = seed_000_predict::predict_server().unwrap();
     let o = &report.outcome;
+    // Lazy: nothing runs before the first request.
+    assert!(o.status_before.is_empty(), "{:?}", o.status_before);
     // Version 1: one process, the model loaded once and reused.
     assert_eq!(o.v1.len(), 2);
     assert_eq!(o.v1[0].pid, o.v1[1].pid);
@@ -79,19 +81,39 @@ fn predict_server_starts_lazily_drops_the_dead_switches_and_stops() {
     assert_ne!(o.v1[0].pid as u32, std::process::id());
     assert_eq!(o.status_v1.len(), 1);
     assert!(o.status_v1[0].alive && o.status_v1[0].version == 1);
-    // Killed: dropped, and the next request started a new process.
+    // Killed: the supervisor restarted it; the next request went to the new process.
     assert_eq!(o.killed_pid, o.v1[0].pid);
+    assert_eq!(o.v1_restarts, 1);
     assert_ne!(o.v1_restarted.pid, o.killed_pid);
     assert_eq!(o.v1_restarted.served, 1);
     assert_eq!(o.v1_restarted.score, o.v1[0].score, "same version, same model");
-    assert!(o.log.iter().any(|l| l.starts_with("model 1 is dead")), "{:?}", o.log);
+    assert!(o.log.iter().any(|l| l.contains("died; the supervisor restarted it")), "{:?}", o.log);
     // Version 2: a new process with other weights; version 1 stopped.
     let pids: HashSet<i32> = [o.v1[0].pid, o.v1_restarted.pid, o.v2[0].pid].into_iter().collect();
     assert_eq!(pids.len(), 3);
     assert_eq!(o.v2[0].version, 2);
     assert_ne!(o.v2[0].score, o.v1[0].score, "another version, other weights");
     assert_eq!(o.status_v2.iter().map(|s| (s.version, s.alive)).collect::<Vec<_>>(), vec![(2, true)]);
-    assert!(o.log.iter().any(|l| l.starts_with("stop process 1")), "{:?}", o.log);
-    assert!(o.status_stopped.is_empty());
-    assert!(o.log.iter().any(|l| l.starts_with("stop process 2 (answered 2 requests)")), "{:?}", o.log);
+    assert!(o.log.iter().any(|l| l == "stop process 1 (answered 3 requests)"), "{:?}", o.log);
+    assert!(o.status_stopped.is_empty(), "{:?}", o.status_stopped);
+    assert!(o.log.iter().any(|l| l == "stop process 2 (answered 2 requests)"), "{:?}", o.log);
+}
+
+#[test]
+fn inference_pipeline_batches_at_128_or_1_s_and_routes_every_result_back() {
+    let report = seed_004_pipeline::inference_pipeline().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.requests, 305);
+    assert_eq!(o.matched, 305, "every result reached the request it answers");
+    // The burst leaves as full batches; the rest when its oldest waited 1 s.
+    assert_eq!(o.batch_sizes.iter().sum::<usize>(), 305);
+    assert!(o.batch_sizes.iter().all(|s| *s <= 128));
+    assert_eq!(o.batch_sizes.iter().filter(|s| **s == 128).count(), 2, "{:?}", o.batch_sizes);
+    assert!(o.reasons.iter().any(|(r, n)| r == "full" && *n == 2), "{:?}", o.reasons);
+    assert!(o.reasons.iter().any(|(r, _)| r == "delay"), "{:?}", o.reasons);
+    // The model ran in one process, not this one.
+    assert_eq!(o.model_pids.len(), 1);
+    assert_ne!(o.model_pids[0], o.parent_pid);
+    // Late requests waited for the delay, not much longer (generous slack).
+    assert!(o.late_waits.iter().all(|w| *w < std::time::Duration::from_secs(3)), "{:?}", o.late_waits);
 }

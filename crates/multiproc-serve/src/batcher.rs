@@ -50,6 +50,8 @@ struct State {
     stopped: bool,
     /// Bumped to wake idle workers for a reason other than a new request.
     generation: u64,
+    /// Worker threads waiting in `next_batch` (a push wakes one only if any).
+    waiting: usize,
 }
 
 /// Why a push was refused; the request is handed back.
@@ -83,7 +85,13 @@ pub(crate) enum Next {
 impl BatchQueue {
     pub fn new(capacity: usize) -> BatchQueue {
         BatchQueue {
-            state: Mutex::new(State { items: VecDeque::new(), accepting: true, stopped: false, generation: 0 }),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                accepting: true,
+                stopped: false,
+                generation: 0,
+                waiting: 0,
+            }),
             changed: Condvar::new(),
             capacity,
         }
@@ -104,8 +112,28 @@ impl BatchQueue {
             return Err(Refused::Full(p));
         }
         s.items.push_back(p);
+        let wake = s.waiting > 0;
         drop(s);
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues several requests under one lock (a pipeline's chunk), or hands
+    /// them all back if the queue is closed. Skips the capacity check: the
+    /// pipeline bounds what it holds.
+    pub fn push_many(&self, batch: Vec<Pending>) -> Result<(), Vec<Pending>> {
+        let mut s = self.lock();
+        if !s.accepting || s.stopped {
+            return Err(batch);
+        }
+        s.items.extend(batch);
+        let wake = s.waiting > 0;
+        drop(s);
+        if wake {
+            self.changed.notify_all();
+        }
         Ok(())
     }
 
@@ -116,7 +144,7 @@ impl BatchQueue {
             s.items.push_front(p);
         }
         drop(s);
-        self.changed.notify_one();
+        self.changed.notify_all();
     }
 
     /// Requests waiting.
@@ -206,7 +234,7 @@ impl BatchQueue {
                 };
                 if let Some((size, reason)) = decision {
                     let batch: Vec<Pending> = s.items.drain(..size).collect();
-                    if !s.items.is_empty() {
+                    if !s.items.is_empty() && s.waiting > 0 {
                         self.changed.notify_one();
                     }
                     return Next::Batch(batch, reason);
@@ -220,7 +248,9 @@ impl BatchQueue {
                 return Next::Idle;
             }
             let wait = wait_until.saturating_duration_since(now).max(Duration::from_micros(50));
+            s.waiting += 1;
             s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
+            s.waiting -= 1;
         }
     }
 }

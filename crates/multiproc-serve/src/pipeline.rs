@@ -12,7 +12,7 @@ use std::any::TypeId;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use crate::batcher::Continuation;
+use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
@@ -44,8 +44,11 @@ pub struct PipelineSpec<R, I, O, P> {
     postprocess: Option<(PostFn<O, P>, usize)>,
     capacity: usize,
     chunk: usize,
-    _types: PhantomData<fn(R, O) -> (I, P)>,
+    _types: Types<R, I, O, P>,
 }
+
+/// The stage types, carried by a pipeline spec.
+type Types<R, I, O, P> = PhantomData<fn(R, O) -> (I, P)>;
 
 impl<R, I, O, P> std::fmt::Debug for PipelineSpec<R, I, O, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,15 +144,15 @@ where
             Pool::new(n).map_err(|e| ServeError::Internal(format!("pipeline {:?}: pool did not start: {e}", self.name)))
         };
         let pre_pool = pool(self.preprocess_processes)?;
-        let post = match self.postprocess {
-            Some((f, n)) => Some((f, pool(n)?, n)),
-            None => None,
+        let (post, post_pool) = match self.postprocess {
+            Some((f, n)) => (Some((f, n)), Some(pool(n)?)),
+            None => (None, None),
         };
         let runtime = Arc::new(Runtime {
             name: self.name,
             model: self.model,
             pre: self.preprocess,
-            pre_pool,
+            pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
             queue: Mutex::new(VecDeque::new()),
@@ -206,9 +209,11 @@ struct Runtime<R, I, O, P> {
     name: String,
     model: String,
     pre: PreFn<R, I>,
-    pre_pool: Pool,
+    /// The preprocessing and postprocessing pools; taken out by `stop`, so
+    /// that no pool is ever dropped inside one of its own callbacks.
+    pools: RwLock<(Option<Pool>, Option<Pool>)>,
     pre_processes: usize,
-    post: Option<(PostFn<O, P>, Pool, usize)>,
+    post: Option<(PostFn<O, P>, usize)>,
     queue: Mutex<VecDeque<Job<R>>>,
     changed: Condvar,
     in_flight: Arc<AtomicUsize>,
@@ -254,8 +259,8 @@ where
             {
                 let (count, cv) = &*self.chunks_out;
                 let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
-                while *c >= max_out {
-                    c = cv.wait(c).unwrap_or_else(|e| e.into_inner());
+                while *c >= max_out && !self.stopped.load(Ordering::Acquire) {
+                    c = cv.wait_timeout(c, std::time::Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 *c += 1;
             }
@@ -271,30 +276,42 @@ where
             rest.push((j.slot, j.deadline, j.guard));
         }
         let shared = Arc::new(Mutex::new(Some(rest)));
-        let (ok_jobs, err_jobs) = (Arc::clone(&shared), shared);
+        let (ok_jobs, err_jobs) = (Arc::clone(&shared), Arc::clone(&shared));
         let (ok_self, err_self) = (Arc::clone(self), Arc::clone(self));
-        let _ = (self.pre)(&self.pre_pool, inputs)
-            .on_success(move |outputs: &Vec<Result<I, String>>| {
-                let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-                ok_self.chunk_done();
-                ok_self.to_model(jobs, outputs);
-            })
-            .on_error(move |e: &PoolError| {
-                let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-                err_self.chunk_done();
-                let error = match e {
-                    PoolError::Task { error, .. } => ServeError::WorkerLost {
-                        model: err_self.name.clone(),
-                        version: 0,
-                        pid: 0,
-                        status: format!("preprocessing worker: {error}"),
-                    },
-                    other => err_self.failed("preprocessing", other),
-                };
-                for (slot, _, _) in jobs {
-                    slot.complete(Err(error.clone()));
-                }
-            });
+        let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
+        let Some(pool) = &pools.0 else {
+            drop(pools);
+            self.chunk_done();
+            for (slot, _, _) in shared.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default() {
+                slot.complete(Err(ServeError::ShuttingDown));
+            }
+            return;
+        };
+        // The callbacks do the work; the handle itself is not needed.
+        drop(
+            (self.pre)(pool, inputs)
+                .on_success(move |outputs: &Vec<Result<I, String>>| {
+                    let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                    ok_self.chunk_done();
+                    ok_self.to_model(jobs, outputs);
+                })
+                .on_error(move |e: &PoolError| {
+                    let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                    err_self.chunk_done();
+                    let error = match e {
+                        PoolError::Task { error, .. } => ServeError::WorkerLost {
+                            model: err_self.name.clone(),
+                            version: 0,
+                            pid: 0,
+                            status: format!("preprocessing worker: {error}"),
+                        },
+                        other => err_self.failed("preprocessing", other),
+                    };
+                    for (slot, _, _) in jobs {
+                        slot.complete(Err(error.clone()));
+                    }
+                }),
+        );
     }
 
     fn chunk_done(&self) {
@@ -321,17 +338,29 @@ where
                 return;
             }
         };
+        let now = Instant::now();
+        let mut batch = Vec::with_capacity(jobs.len());
         for ((slot, deadline, guard), out) in jobs.into_iter().zip(outputs) {
             let bytes = match out {
                 Ok(i) => postcard::to_allocvec(i).map_err(|e| self.failed("preprocessing output", e)),
                 Err(msg) => Err(self.failed("preprocessing", msg)),
             };
-            let result = bytes.and_then(|b| {
-                let then = self.continuation(guard);
-                server.submit_bytes(&entry, None, ByteBuf::from(b), Arc::clone(&slot), deadline, Some(then), true)
-            });
-            if let Err(e) = result {
-                slot.complete(Err(e));
+            match bytes {
+                Ok(b) => batch.push(Pending {
+                    input: ByteBuf::from(b),
+                    slot,
+                    enqueued: now,
+                    deadline,
+                    then: Some(self.continuation(guard)),
+                }),
+                Err(e) => {
+                    slot.complete(Err(e));
+                }
+            }
+        }
+        if let Err((batch, e)) = server.submit_many(&entry, batch) {
+            for p in batch {
+                p.slot.complete(Err(e.clone()));
             }
         }
     }
@@ -341,8 +370,13 @@ where
         let this = Arc::clone(self);
         Box::new(move |answer: Answer, slot: Arc<Slot>| {
             let _guard = guard;
-            let Some((post, pool, _)) = &this.post else {
+            let Some((post, _)) = &this.post else {
                 slot.complete(Ok(answer));
+                return;
+            };
+            let pools = this.pools.read().unwrap_or_else(|e| e.into_inner());
+            let Some(pool) = &pools.1 else {
+                slot.complete(Err(ServeError::ShuttingDown));
                 return;
             };
             let output: O = match postcard::from_bytes(&answer.bytes) {
@@ -355,19 +389,21 @@ where
             let meta = Answer { bytes: Vec::new(), ..answer };
             let (ok_slot, err_slot) = (Arc::clone(&slot), slot);
             let (ok_this, err_this) = (Arc::clone(&this), Arc::clone(&this));
-            let _ = post(pool, output)
-                .on_success(move |r: &Result<P, String>| {
-                    let result = match r {
-                        Ok(p) => postcard::to_allocvec(p)
-                            .map(|bytes| Answer { bytes, ..meta })
-                            .map_err(|e| ok_this.failed("postprocessing output", e)),
-                        Err(msg) => Err(ok_this.failed("postprocessing", msg)),
-                    };
-                    ok_slot.complete(result);
-                })
-                .on_error(move |e: &PoolError| {
-                    err_slot.complete(Err(err_this.failed("postprocessing", e)));
-                });
+            drop(
+                post(pool, output)
+                    .on_success(move |r: &Result<P, String>| {
+                        let result = match r {
+                            Ok(p) => postcard::to_allocvec(p)
+                                .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
+                                .map_err(|e| ok_this.failed("postprocessing output", e)),
+                            Err(msg) => Err(ok_this.failed("postprocessing", msg)),
+                        };
+                        ok_slot.complete(result);
+                    })
+                    .on_error(move |e: &PoolError| {
+                        err_slot.complete(Err(err_this.failed("postprocessing", e)));
+                    }),
+            );
         })
     }
 }
@@ -423,7 +459,7 @@ where
         PipelineStatus {
             model: self.model.clone(),
             preprocess_processes: self.pre_processes,
-            postprocess_processes: self.post.as_ref().map_or(0, |p| p.2),
+            postprocess_processes: self.post.as_ref().map_or(0, |p| p.1),
             in_flight: self.in_flight.load(Ordering::Acquire),
             capacity: self.capacity,
         }
@@ -439,8 +475,8 @@ where
         if let Some(t) = thread {
             let _ = t.join();
         }
-        self.pre_pool.terminate();
-        if let Some((_, pool, _)) = &self.post {
+        let (pre, post) = std::mem::take(&mut *self.pools.write().unwrap_or_else(|e| e.into_inner()));
+        for pool in [pre, post].into_iter().flatten() {
             pool.terminate();
         }
     }

@@ -16,7 +16,9 @@ pub(crate) struct Answer {
     /// The encoded output.
     pub bytes: Vec<u8>,
     /// The model that answered (for a pipeline, the pipeline's model).
-    pub model: String,
+    pub model: Arc<str>,
+    /// When the answer was ready.
+    pub answered: Instant,
     /// The version that answered.
     pub version: u64,
     /// Time spent queued for a batch.

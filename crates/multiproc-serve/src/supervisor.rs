@@ -175,6 +175,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         let (batch, reason) = match next {
             Next::Quit => return Gone::Quit,
             Next::Idle => {
+                forward_logs(group, worker);
                 if !worker.process.is_alive() {
                     let status = exit_status(&mut worker.process);
                     return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
@@ -193,6 +194,19 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         next_id += 1;
         if let Err(gone) = run_batch(group, instance, worker, next_id, batch) {
             return gone;
+        }
+    }
+}
+
+/// Passes on the log lines an idle worker sent (an external command's stderr).
+fn forward_logs(group: &VersionGroup, worker: &Worker) {
+    while worker.ends.replies.poll(Duration::ZERO).unwrap_or(false) {
+        match worker.ends.replies.recv_timeout(Duration::ZERO) {
+            Ok(FromWorker::Log(line)) => log_line(group, &line),
+            Ok(other) => {
+                tracing::warn!(model = %group.model, version = group.version, "unexpected message from an idle worker: {other:?}");
+            }
+            Err(_) => return,
         }
     }
 }
@@ -326,7 +340,8 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<ByteBuf, String>, se
             group.counters.success(p.slot.arrived.elapsed(), queued);
             let answer = Answer {
                 bytes: bytes.into_vec(),
-                model: group.model.clone(),
+                model: Arc::clone(&group.model_name),
+                answered: Instant::now(),
                 version: group.version,
                 queued,
                 batch_size,

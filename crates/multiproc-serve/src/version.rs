@@ -28,6 +28,8 @@ struct Shared {
 /// One version of one model.
 pub(crate) struct VersionGroup {
     pub model: String,
+    /// The model's name, shared by every answer.
+    pub model_name: Arc<str>,
     pub version: u64,
     pub settings: Arc<ModelSettings>,
     pub spawner: Spawner,
@@ -61,6 +63,7 @@ impl VersionGroup {
             .collect();
         Arc::new(VersionGroup {
             model: model.to_string(),
+            model_name: Arc::from(model),
             version,
             queue: BatchQueue::new(settings.queue_capacity),
             settings,
@@ -137,28 +140,39 @@ impl VersionGroup {
     }
 
     /// Queues a request, starting the version if it is lazy and not started.
-    pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), (Pending, ServeError)> {
+    pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), Box<(Pending, ServeError)>> {
         let state = self.state();
         match state {
             VersionState::NotStarted => self.start(),
             VersionState::CrashLooping => {
                 let e = self.crash_looping_error();
-                return Err((p, e));
+                return Err(Box::new((p, e)));
             }
             _ => {}
         }
         match self.queue.push(p, force) {
             Ok(()) => Ok(()),
-            Err(Refused::Full(p)) => Err((
+            Err(Refused::Full(p)) => Err(Box::new((
                 p,
                 ServeError::Overloaded {
                     model: self.model.clone(),
                     version: self.version,
                     capacity: self.queue.capacity(),
                 },
-            )),
-            Err(Refused::Closed(p)) => Err((p, self.not_ready(&format!("version is {}", state.as_str())))),
+            ))),
+            Err(Refused::Closed(p)) => Err(Box::new((p, self.not_ready(&format!("version is {}", state.as_str()))))),
         }
+    }
+
+    /// Queues a pipeline's chunk at once (no capacity check: the pipeline
+    /// bounds what it holds).
+    pub fn admit_many(self: &Arc<Self>, batch: Vec<Pending>) -> Result<(), (Vec<Pending>, ServeError)> {
+        match self.state() {
+            VersionState::NotStarted => self.start(),
+            VersionState::CrashLooping => return Err((batch, self.crash_looping_error())),
+            _ => {}
+        }
+        self.queue.push_many(batch).map_err(|b| (b, self.not_ready("the version no longer takes requests")))
     }
 
     pub fn not_ready(&self, reason: &str) -> ServeError {
@@ -337,24 +351,24 @@ impl VersionGroup {
     /// Stops now: fails what is queued, kills the workers, waits for the
     /// threads; ends in state `to`.
     pub fn stop_hard(&self, to: VersionState, why: &str) {
-        let left = self.queue.stop();
-        fail_all(left, |_| self.not_ready(why));
+        // The state goes first: supervisors see it and stop restarting.
         let (threads, pids) = {
             let mut s = self.lock();
+            if to == VersionState::Failed {
+                s.last_failure = Some(why.to_string());
+            }
+            self.transition(&mut s, to, why);
             let pids: Vec<i32> = s.workers.iter().filter_map(|w| w.pid).collect();
             (s.threads.drain(..).collect::<Vec<_>>(), pids)
         };
+        let left = self.queue.stop();
+        fail_all(left, |_| self.not_ready(why));
         for pid in pids {
             crate::supervisor::kill_pid(pid);
         }
         for t in threads {
             let _ = t.join();
         }
-        let mut s = self.lock();
-        if let Some(reason) = (to == VersionState::Failed).then(|| why.to_string()) {
-            s.last_failure = Some(reason);
-        }
-        self.transition(&mut s, to, why);
     }
 
     /// True once the version should not restart workers.

@@ -1,0 +1,95 @@
+//! Dynamic batching: full batches at high load, a lone request waits at
+//! most `max_queue_delay`, a full queue rejects at once, deadlines.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on};
+use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, Request, Server};
+
+#[test]
+fn at_high_load_batches_are_full() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 16, queue_capacity: 1000, ..Default::default() };
+    let behaviour = Behaviour { batch_ms: 20, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("busy").version(1, behaviour).settings(settings)).unwrap();
+    let futures: Vec<_> = (0..400u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("busy", i))).collect();
+    for (i, f) in futures.into_iter().enumerate() {
+        assert_eq!(block_on(f, PATIENCE).unwrap().output.value, 2 * i as u64);
+    }
+    let metrics = server.metrics();
+    let m = metrics.get("busy", 1).unwrap();
+    let full = m.batch_reasons.get("full").copied().unwrap_or(0);
+    eprintln!("batches: {:?}, reasons {:?}", m.batch_sizes, m.batch_reasons);
+    assert_eq!(m.inference_count, 400);
+    assert_eq!(m.request_success, 400);
+    // The first request goes alone (the worker was idle); after that the
+    // queue refills while the worker runs, so nearly every batch is full.
+    assert!(full >= 22, "only {full} of {} batches were full", m.execution_count);
+    assert!(m.batch_sizes.iter().all(|(size, _)| *size <= 16));
+    server.shutdown();
+}
+
+#[test]
+fn at_low_load_a_lone_request_waits_at_most_max_queue_delay() {
+    let server = Server::new();
+    let delay = Duration::from_millis(80);
+    let settings =
+        ModelSettings { max_batch_size: 32, max_queue_delay: delay, dispatch_when_idle: false, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("quiet").version(1, Behaviour::default()).settings(settings)).unwrap();
+    for i in 0..3u64 {
+        let started = Instant::now();
+        let reply = server.infer::<u64, Tagged>(Request::new("quiet", i)).unwrap();
+        let took = started.elapsed();
+        assert_eq!(reply.batch_size, 1);
+        assert!(reply.queue_time >= delay, "left the queue after {:?}, before the delay", reply.queue_time);
+        // Slack for a loaded 2-core machine; the bench measures it tightly.
+        assert!(reply.queue_time < delay + Duration::from_millis(400), "waited {:?}", reply.queue_time);
+        assert!(took < delay + Duration::from_secs(1), "took {took:?}");
+    }
+    let metrics = server.metrics();
+    assert_eq!(metrics.get("quiet", 1).unwrap().batch_reasons.get("delay"), Some(&3));
+    server.shutdown();
+}
+
+#[test]
+fn a_full_queue_rejects_at_once_and_deadlines_fail_waiting_requests() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, queue_capacity: 10, ..Default::default() };
+    let behaviour = Behaviour { batch_ms: 300, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("small").version(1, behaviour).settings(settings)).unwrap();
+    let started = Instant::now();
+    let futures: Vec<_> = (0..30u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("small", i))).collect();
+    let submitted = started.elapsed();
+    // One request in the worker, ten queued; the rest are rejected before a poll.
+    let mut outcomes = Vec::new();
+    for f in futures {
+        let asked = Instant::now();
+        let r = block_on(f, PATIENCE);
+        outcomes.push((r, asked.elapsed()));
+    }
+    let rejected: Vec<_> =
+        outcomes.iter().filter(|(r, _)| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).collect();
+    assert!(rejected.len() >= 18, "only {} rejected", rejected.len());
+    assert!(rejected.iter().all(|(_, waited)| *waited < Duration::from_millis(50)));
+    assert!(submitted < Duration::from_secs(1));
+    let err = rejected[0].0.as_ref().unwrap_err();
+    assert_eq!((err.http_status(), err.retry_after().is_some()), (503, true));
+    assert_eq!(outcomes.iter().filter(|(r, _)| r.is_ok()).count(), 30 - rejected.len());
+
+    // A request with a deadline shorter than the queue wait fails with it.
+    let blockers: Vec<_> = (0..3u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("small", i))).collect();
+    let err = server.infer::<u64, Tagged>(Request::new("small", 7).timeout(Duration::from_millis(100))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    let err = block_on(
+        server.infer_async::<u64, Tagged>(Request::new("small", 8).timeout(Duration::from_millis(100))),
+        PATIENCE,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    for b in blockers {
+        block_on(b, PATIENCE).unwrap();
+    }
+    server.shutdown();
+}

@@ -1,0 +1,75 @@
+//! Pipelines (seed 004): preprocessing pool → batched model → postprocessing,
+//! every result back to its request; a dead preprocessing worker fails only
+//! its own requests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on};
+use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, PipelineSpec, Request, Server};
+
+fn parse(text: String) -> Result<u64, String> {
+    if text == "die" {
+        std::process::exit(7);
+    }
+    text.trim().parse().map_err(|e| format!("{text:?} is not a number: {e}"))
+}
+
+fn describe(t: Tagged) -> Result<String, String> {
+    Ok(format!("{} (v{})", t.value, t.version))
+}
+
+fn server_with_pipeline(chunk: usize) -> Server {
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 128,
+        max_queue_delay: Duration::from_millis(5),
+        dispatch_when_idle: false,
+        ..Default::default()
+    };
+    server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default()).settings(settings)).unwrap();
+    let spec = PipelineSpec::new("words", "double", parse, 2).postprocess(describe, 1).chunk(chunk).capacity(1000);
+    server.add_pipeline(spec).unwrap();
+    server
+}
+
+#[test]
+fn every_result_reaches_its_request_through_the_stages() {
+    let server = server_with_pipeline(64);
+    let futures: Vec<_> =
+        (0..500u64).map(|i| server.infer_async::<String, String>(Request::new("words", format!(" {i}")))).collect();
+    for (i, f) in futures.into_iter().enumerate() {
+        assert_eq!(block_on(f, PATIENCE).unwrap().output, format!("{} (v1)", 2 * i));
+    }
+    // Batches formed in the model; a bad input fails only itself, in preprocessing.
+    let metrics = server.metrics();
+    assert!(metrics.get("double", 1).unwrap().execution_count < 100);
+    let err = server.infer::<String, String>(Request::new("words", "seven".to_string())).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ModelFailed);
+    assert!(err.to_string().contains("not a number"), "{err}");
+    let status = server.status();
+    let p = status.model("words").unwrap();
+    assert!(p.ready);
+    assert_eq!(p.pipeline.as_ref().unwrap().preprocess_processes, 2);
+    // The caller's types are checked.
+    assert_eq!(server.infer::<u64, String>(Request::new("words", 1)).unwrap_err().kind(), ErrorKind::BadInput);
+    server.shutdown();
+}
+
+#[test]
+fn a_dead_preprocessing_worker_fails_only_its_own_request() {
+    let server = server_with_pipeline(1);
+    let mut futures: Vec<_> =
+        (0..40u64).map(|i| server.infer_async::<String, String>(Request::new("words", i.to_string()))).collect();
+    futures.insert(20, server.infer_async::<String, String>(Request::new("words", "die".to_string())));
+    let results: Vec<_> = futures.into_iter().map(|f| block_on(f, PATIENCE)).collect();
+    let err = results[20].as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WorkerLost, "{err}");
+    assert!(err.to_string().contains("preprocessing"), "{err}");
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 40, "{:?}", results.iter().filter(|r| r.is_err()).collect::<Vec<_>>());
+    // The pool replaced its worker: the pipeline still serves.
+    assert_eq!(server.infer::<String, String>(Request::new("words", "4".to_string())).unwrap().output, "8 (v1)");
+    server.shutdown();
+}

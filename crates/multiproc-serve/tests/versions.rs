@@ -1,0 +1,125 @@
+//! Versions: a zero-downtime switch under load, a failed switch that keeps
+//! the old version serving, lazy start, unload and load.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Behaviour, Doubler, PATIENCE, Tagged, wait_for};
+use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, Request, Server, StartMode, VersionPolicy, VersionState};
+
+#[test]
+fn switch_v1_to_v2_under_load_from_4_threads_loses_nothing() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 8,
+        version_policy: VersionPolicy::Specific(vec![1]),
+        instances: 2,
+        ..Default::default()
+    };
+    let behaviour = Behaviour { batch_ms: 1, load_ms: 200, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("m").version(1, behaviour.clone()).version(2, behaviour).settings(settings);
+    server.add(spec).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let switched_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (server, stop, switched_at) = (server.clone(), Arc::clone(&stop), Arc::clone(&switched_at));
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let x = t * 1_000_000 + i;
+                    let asked = Instant::now();
+                    let reply = server.infer::<u64, Tagged>(Request::new("m", x).timeout(PATIENCE));
+                    let after_switch = switched_at.lock().unwrap().is_some_and(|s| asked > s);
+                    seen.push((reply, x, after_switch));
+                    i += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    server.switch("m", 2).unwrap();
+    *switched_at.lock().unwrap() = Some(Instant::now());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Release);
+    let (mut v1, mut v2) = (0, 0);
+    for t in threads {
+        for (reply, x, after_switch) in t.join().unwrap() {
+            let reply = reply.unwrap_or_else(|e| panic!("request {x} failed during the switch: {e}"));
+            // The reply names the version that produced the output.
+            assert_eq!(reply.version, reply.output.version);
+            assert_eq!(reply.output.value, 2 * x);
+            if after_switch {
+                assert_eq!(reply.version, 2, "a request sent after the switch went to version 1");
+            }
+            if reply.version == 1 { v1 += 1 } else { v2 += 1 }
+        }
+    }
+    eprintln!("answered by v1: {v1}, by v2: {v2}");
+    assert!(v1 > 0 && v2 > 0);
+    let status = server.status();
+    let m = status.model("m").unwrap();
+    assert_eq!(m.default_version, Some(2));
+    assert_eq!(m.version(1).unwrap().state, VersionState::Stopped);
+    assert_eq!(m.version(2).unwrap().state, VersionState::Ready);
+    assert!(server.model_ready("m", Some(2)).unwrap() && !server.model_ready("m", Some(1)).unwrap());
+    server.shutdown();
+}
+
+#[test]
+fn a_switch_to_a_version_that_cannot_load_keeps_the_old_one_serving() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        version_policy: VersionPolicy::Specific(vec![1]),
+        startup_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let broken = Behaviour { panic_on_load: Some("v2 needs a GPU".into()), ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("m").version(1, Behaviour::default()).version(2, broken).settings(settings);
+    server.add(spec).unwrap();
+    let err = server.switch("m", 2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    assert!(err.to_string().contains("v2 needs a GPU"), "{err}");
+    let reply = server.infer::<u64, Tagged>(Request::new("m", 5)).unwrap();
+    assert_eq!((reply.version, reply.output.value), (1, 10));
+    let status = server.status();
+    let m = status.model("m").unwrap();
+    assert_eq!(m.version(2).unwrap().state, VersionState::Failed);
+    assert!(m.version(2).unwrap().last_failure.as_deref().unwrap().contains("v2 needs a GPU"));
+    assert_eq!(m.version(1).unwrap().state, VersionState::Ready);
+    server.shutdown();
+}
+
+#[test]
+fn lazy_start_unload_and_load() {
+    let server = Server::new();
+    let settings = ModelSettings { start: StartMode::Lazy, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("lazy").version(1, Behaviour::default()).settings(settings)).unwrap();
+    let status = server.status();
+    let v = &status.model("lazy").unwrap().versions[0];
+    assert_eq!(v.state, VersionState::NotStarted);
+    assert!(v.workers[0].pid.is_none());
+    assert!(server.is_ready(), "a lazy model does not hold the server's readiness");
+    // The first request starts the worker and waits for it.
+    let reply = server.infer::<u64, Tagged>(Request::new("lazy", 21)).unwrap();
+    assert_eq!(reply.output.value, 42);
+    assert_eq!(server.status().model("lazy").unwrap().versions[0].state, VersionState::Ready);
+
+    server.unload("lazy").unwrap();
+    let m = server.status().model("lazy").unwrap().clone();
+    assert!(m.unloaded && !m.ready);
+    assert_eq!(m.versions[0].state, VersionState::Stopped);
+    assert!(wait_for(PATIENCE, || m.versions[0].workers.iter().all(|w| w.pid.is_none())));
+    let err = server.infer::<u64, Tagged>(Request::new("lazy", 1)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    server.load("lazy").unwrap();
+    assert_eq!(server.infer::<u64, Tagged>(Request::new("lazy", 2)).unwrap().output.value, 4);
+    server.remove("lazy").unwrap();
+    assert_eq!(server.infer::<u64, Tagged>(Request::new("lazy", 2)).unwrap_err().kind(), ErrorKind::UnknownModel);
+    server.shutdown();
+}
