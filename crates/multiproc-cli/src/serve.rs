@@ -69,6 +69,16 @@ async fn shutdown_signal() {
 
 /// Runs `multiproc serve` until SIGTERM or ctrl-c.
 pub fn serve(args: ServeArgs) -> ExitCode {
+    // tract builds (and drops) an error on every call of a graph with a
+    // symbolic batch dimension; with RUST_BACKTRACE=1 each captures a
+    // backtrace, tripling the cost of a small model call. Errors of the
+    // library need none: turn library backtraces off (panics keep theirs)
+    // for this process and the workers it starts.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in `main`'s serve path, before any other
+        // thread (async runtime, fork server, workers) exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
