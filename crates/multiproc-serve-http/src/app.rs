@@ -61,19 +61,19 @@ impl App {
 
     /// The checked configuration of `name`: 404 if unknown, 503 with the
     /// reason if its configuration is bad.
-    pub(crate) fn config(&self, name: &str) -> Result<ModelConfig, ApiError> {
+    pub(crate) fn config(&self, name: &str) -> Result<Arc<ModelConfig>, ApiError> {
         self.model(name).map(|(config, _)| config)
     }
 
     /// The checked configuration of `name` and the versions its policy
     /// serves; errors as [`App::config`].
-    pub(crate) fn model(&self, name: &str) -> Result<(ModelConfig, Vec<u64>), ApiError> {
+    pub(crate) fn model(&self, name: &str) -> Result<(Arc<ModelConfig>, Vec<u64>), ApiError> {
         let models = self.models.read().unwrap_or_else(|e| e.into_inner());
         let model = models.get(name).ok_or_else(|| {
             ApiError::not_found(format!("unknown model '{name}': POST /v2/repository/index lists the models"))
         })?;
         match &model.loaded {
-            Ok((config, on_disk)) => Ok((config.clone(), settings(config).version_policy.select(on_disk))),
+            Ok((config, on_disk)) => Ok((Arc::clone(config), settings(config).version_policy.select(on_disk))),
             Err(e) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

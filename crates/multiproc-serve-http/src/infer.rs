@@ -159,13 +159,15 @@ fn check_inputs(model: &str, config: &ModelConfig, inputs: &[Tensor]) -> Result<
                 c.datatype
             )));
         }
-        let expected = config.metadata(c).shape;
         let shape = t.shape();
-        let fits = shape.len() == expected.len() && shape.iter().zip(&expected).all(|(&d, &e)| e < 0 || d as i64 == e);
+        let dims = if config.max_batch_size > 0 { shape.get(1..) } else { Some(shape) };
+        let fits = dims
+            .is_some_and(|d| d.len() == c.dims.len() && d.iter().zip(&c.dims).all(|(&d, &e)| e < 0 || d as i64 == e));
         if !fits {
             return Err(ApiError::bad_request(format!(
-                "input '{}' of model '{model}' has shape {shape:?}, expected {expected:?} (-1: any size)",
-                c.name
+                "input '{}' of model '{model}' has shape {shape:?}, expected {:?} (-1: any size)",
+                c.name,
+                config.metadata(c).shape
             )));
         }
         if config.max_batch_size > 0 {
