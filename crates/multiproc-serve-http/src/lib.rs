@@ -71,6 +71,8 @@
 //! state. Outputs are written to JSON straight from their bytes, or appended
 //! as binary after the JSON.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod client;
 pub mod demo;
