@@ -279,9 +279,19 @@ fn each_bad_input_gets_its_status_and_message_and_the_server_keeps_serving() {
     expect_error(st, &b, 400, "Inference-Header-Content-Length is \"many\"");
     let (st, b) = raw(&digits, head.as_bytes(), None);
     expect_error(st, &b, 400, "no Inference-Header-Content-Length header");
-    // Over the body limit.
-    let (st, b) = raw(&digits, &vec![b' '; 200_000], None);
-    expect_error(st, &b, 413, "over the limit of 100000 bytes");
+    // Over the body limit: refused from the announced length, before the body is sent.
+    let mut conn = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut conn, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request body of 200000 bytes is over the limit of 100000 bytes"), "{answer}");
     // A model whose configuration is bad.
     let (st, b) = post_json(&s.url("/v2/models/broken/infer"), &good(json!(vec![0.0; 64])));
     expect_error(st, &b, 503, "broken/config.toml");
