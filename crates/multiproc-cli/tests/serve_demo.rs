@@ -18,8 +18,11 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
     let labels: Vec<u64> = test_set["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
     let stated = test_set["accuracy"].as_f64().unwrap();
     assert_eq!(inputs.len(), 360);
-    let mut s = Served::start(&[]);
+    let mut s = Served::start(&["--metrics-port", "0"]);
     let url = s.url("/v2/models/digits/infer");
+    let metrics_line = s.stdout.recv_timeout(Duration::from_secs(10)).expect("the metrics address line");
+    let metrics_url = metrics_line.rsplit(' ').next().unwrap().to_string();
+    assert!(metrics_url.starts_with("http://127.0.0.1:") && metrics_url.ends_with("/metrics"), "{metrics_line}");
     let mut correct = 0;
     // Half as JSON, 45 images per request; half as binary tensors.
     for (chunk_no, (rows, want)) in inputs.chunks(45).zip(labels.chunks(45)).enumerate() {
@@ -53,6 +56,13 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
     println!("digits accuracy through HTTP: {accuracy:.4} ({correct}/360), stated {stated:.4}");
     assert!((accuracy - stated).abs() < 1.5 / 360.0, "accuracy {accuracy} differs from the stated {stated}");
     assert!(accuracy > 0.95);
+    // The metrics port has the same series: 8 requests, 360 inferences.
+    let (st, text, _) = call(agent().get(&metrics_url), None);
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(st, 200);
+    assert!(text.contains("nv_inference_request_success{model=\"digits\",version=\"1\"} 8"), "{text}");
+    assert!(text.contains("nv_inference_count{model=\"digits\",version=\"1\"} 360"), "{text}");
+    assert_eq!(get_json(&metrics_url.replace("/metrics", "/v2")).0, 404, "only /metrics on the metrics port");
 
     // The text model and the `multiproc infer` client.
     let out = Command::new(EXE)

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use multiproc_serve::{Server, VersionState};
 
 use crate::error::ApiError;
-use crate::metrics::{HttpFailures, render};
+use crate::metrics::{HttpCounters, render};
 use crate::protocol::{EXTENSIONS, ModelMetadata, RepositoryEntry, ServerMetadata};
 use crate::repository::{ModelConfig, ModelDir, add_model, scan_model, settings};
 
@@ -43,7 +43,7 @@ pub struct App {
     pub(crate) core: Server,
     pub(crate) root: PathBuf,
     pub(crate) models: RwLock<BTreeMap<String, ModelDir>>,
-    pub(crate) http_failures: HttpFailures,
+    pub(crate) http_counters: HttpCounters,
     pub(crate) options: HttpOptions,
 }
 
@@ -51,7 +51,7 @@ impl App {
     /// An app over `core` serving the models of the repository at `root`.
     pub fn new(core: Server, root: PathBuf, models: Vec<ModelDir>, options: HttpOptions) -> Arc<App> {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
-        Arc::new(App { core, root, models: RwLock::new(models), http_failures: HttpFailures::default(), options })
+        Arc::new(App { core, root, models: RwLock::new(models), http_counters: HttpCounters::default(), options })
     }
 
     /// The core server.
@@ -287,6 +287,6 @@ async fn repository_unload(State(app): State<Arc<App>>, Path(name): Path<String>
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = render(app.core.metrics(), &app.http_failures);
+    let text = render(app.core.metrics(), &app.http_counters);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

@@ -45,7 +45,7 @@ async fn run(app: &App, name: String, version: Option<u64>, headers: HeaderMap, 
             // Failures inside the core are counted by the core.
             if matches!(e.reason, "bad_request" | "too_large" | "body_timeout") {
                 let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
-                app.http_failures.count(&name, &v, e.reason);
+                app.http_counters.failure(&name, &v, e.reason);
             }
             e.into_response()
         }
@@ -112,8 +112,10 @@ async fn infer_inner(
             names(&config.outputs)
         )));
     }
+    let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 } as u64;
     let reply =
         app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version)).await?;
+    app.http_counters.rows(name, reply.version, rows);
     let encoded =
         encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0))?;

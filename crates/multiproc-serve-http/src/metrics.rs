@@ -19,27 +19,45 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-/// Failures the HTTP layer saw before a request reached a model (a body
-/// that is not the protocol, an unknown output…), by model, version, reason.
+/// What the HTTP layer counts itself: failures before a request reached a
+/// model (a body that is not the protocol, an unknown output…), by model,
+/// version and reason; and the rows (batch-dimension entries) of successful
+/// requests, which Triton's `nv_inference_count` counts (the core counts
+/// requests, and one request may carry several rows).
 #[derive(Debug, Default)]
-pub struct HttpFailures(Mutex<BTreeMap<(String, String, String), u64>>);
+pub struct HttpCounters {
+    failures: Mutex<BTreeMap<(String, String, String), u64>>,
+    rows: Mutex<BTreeMap<(String, u64), u64>>,
+}
 
-impl HttpFailures {
+impl HttpCounters {
     /// Counts one failure.
-    pub fn count(&self, model: &str, version: &str, reason: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn failure(&self, model: &str, version: &str, reason: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry((model.to_string(), version.to_string(), reason.to_string())).or_default() += 1;
     }
 
-    fn snapshot(&self) -> BTreeMap<(String, String, String), u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Counts the rows of a successful request.
+    pub fn rows(&self, model: &str, version: u64, rows: u64) {
+        let mut map = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((model.to_string(), version)).or_default() += rows;
     }
 }
 
 /// Renders the metrics as Prometheus/OpenMetrics text.
-pub fn render(snapshot: MetricsSnapshot, http: &HttpFailures) -> String {
+pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters) -> String {
+    let mut versions = snapshot.versions;
+    {
+        let rows = http.rows.lock().unwrap_or_else(|e| e.into_inner());
+        for m in &mut versions {
+            if let Some(n) = rows.get(&(m.model.clone(), m.version)) {
+                m.inference_count = *n;
+            }
+        }
+    }
+    let failures = http.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot { versions: snapshot.versions, http: http.snapshot() }));
+    registry.register_collector(Box::new(Snapshot { versions, http: failures }));
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -56,7 +74,9 @@ type Field = fn(&VersionMetrics) -> u64;
 
 const CUMULATIVE: &[(&str, &str, Field)] = &[
     ("nv_inference_request_success", "Number of successful inference requests", |m| m.request_success),
-    ("nv_inference_count", "Number of inferences performed (a batch of n counts n)", |m| m.inference_count),
+    ("nv_inference_count", "Number of inferences performed (rows: a request of batch n counts n)", |m| {
+        m.inference_count
+    }),
     ("nv_inference_exec_count", "Number of model executions (batches)", |m| m.execution_count),
     ("nv_inference_request_duration_us", "Cumulative end-to-end request duration in microseconds", |m| {
         m.request_duration_us

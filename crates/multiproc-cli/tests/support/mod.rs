@@ -89,6 +89,7 @@ pub struct Served {
     pub child: Child,
     pub base: String,
     pub stderr: mpsc::Receiver<String>,
+    pub stdout: mpsc::Receiver<String>,
 }
 
 impl Served {
@@ -127,7 +128,7 @@ impl Served {
             )
         });
         let addr = line.rsplit("http://").next().unwrap().trim().to_string();
-        Served { child, base: format!("http://{addr}"), stderr: erx }
+        Served { child, base: format!("http://{addr}"), stderr: erx, stdout: rx }
     }
 
     pub fn url(&self, path: &str) -> String {
