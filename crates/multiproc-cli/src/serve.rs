@@ -70,8 +70,9 @@ async fn shutdown_signal() {
 /// Runs `multiproc serve` until SIGTERM or ctrl-c.
 pub fn serve(args: ServeArgs) -> ExitCode {
     // tract builds (and drops) an error on every call of a graph with a
-    // symbolic batch dimension; with RUST_BACKTRACE=1 each captures a
-    // backtrace, tripling the cost of a small model call. Errors of the
+    // symbolic dimension (the ONNX runner makes the batch dimension concrete,
+    // but a model may declare others); with RUST_BACKTRACE=1 each captures
+    // a backtrace, which costs more than a small model call. Errors of the
     // library need none: turn library backtraces off (panics keep theirs)
     // for this process and the workers it starts.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
