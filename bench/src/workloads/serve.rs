@@ -113,36 +113,7 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 }
 
 fn wait<O: serde::de::DeserializeOwned>(f: InferFuture<O>) -> Result<multiproc_serve::Reply<O>, BenchError> {
-    block_on(f, Duration::from_secs(60)).map_err(serve_err)
-}
-
-struct Unpark(std::thread::Thread);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Polls a future on this thread, at most `patience`.
-fn block_on<T>(
-    f: impl std::future::Future<Output = Result<T, multiproc_serve::ServeError>>,
-    patience: Duration,
-) -> Result<T, multiproc_serve::ServeError> {
-    let deadline = Instant::now() + patience;
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(multiproc_serve::ServeError::Internal(format!("no answer within {patience:?}")));
-        }
-        std::thread::park_timeout(deadline - now);
-    }
+    f.wait_timeout(Duration::from_secs(60)).map_err(serve_err)
 }
 
 /// `n` requests through the pipeline with `window` in flight: million

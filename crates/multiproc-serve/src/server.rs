@@ -109,6 +109,7 @@ fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant) -> Result
 /// Dropping it cancels the request if it has not reached a worker yet.
 #[must_use = "a future does nothing unless polled; dropping it cancels the request"]
 pub struct InferFuture<O> {
+    model: String,
     slot: Result<Arc<Slot>, Option<ServeError>>,
     _output: PhantomData<fn() -> O>,
 }
@@ -131,6 +132,29 @@ impl<O: DeserializeOwned> Future for InferFuture<O> {
             Ok(slot) => match slot.poll(cx.waker()) {
                 Some(result) => Poll::Ready(result.and_then(|a| decode_reply(a, slot.arrived))),
                 None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<O: DeserializeOwned> InferFuture<O> {
+    /// Waits for the reply on this thread, without an async runtime, at
+    /// most `timeout`; past it the request is cancelled and the error is
+    /// `DeadlineExceeded`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::infer`].
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Reply<O>, ServeError> {
+        match std::mem::replace(&mut self.slot, Err(None)) {
+            Err(e) => Err(e.unwrap_or_else(|| ServeError::Internal("the reply was already taken".into()))),
+            Ok(slot) => match slot.wait(Instant::now().checked_add(timeout)) {
+                Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
+                None => {
+                    slot.cancel();
+                    let model = std::mem::take(&mut self.model);
+                    Err(ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" })
+                }
             },
         }
     }
@@ -498,11 +522,11 @@ impl Server {
         match self.submit::<I, O>(request, &slot) {
             Ok(deadline) => {
                 if let Some(d) = deadline {
-                    self.inner.deadlines.watch(d, &slot, model);
+                    self.inner.deadlines.watch(d, &slot, model.clone());
                 }
-                InferFuture { slot: Ok(slot), _output: PhantomData }
+                InferFuture { model, slot: Ok(slot), _output: PhantomData }
             }
-            Err(e) => InferFuture { slot: Err(Some(e)), _output: PhantomData },
+            Err(e) => InferFuture { model, slot: Err(Some(e)), _output: PhantomData },
         }
     }
 

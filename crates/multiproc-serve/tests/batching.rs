@@ -88,6 +88,9 @@ fn a_full_queue_rejects_at_once_and_deadlines_fail_waiting_requests() {
     )
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    // Waiting on a future without a runtime, with a patience shorter than the queue.
+    let err = server.infer_async::<u64, Tagged>(Request::new("small", 9)).wait_timeout(Duration::from_millis(50));
+    assert_eq!(err.unwrap_err().kind(), ErrorKind::DeadlineExceeded);
     for b in blockers {
         block_on(b, PATIENCE).unwrap();
     }
