@@ -190,19 +190,6 @@ fn serve_pipeline(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     ])
 }
 
-/// The median time of calling the model directly, in µs.
-fn direct_call() -> f64 {
-    let mut m = Prefix;
-    let times: Vec<f64> = (0..2000)
-        .map(|i| {
-            let t = Instant::now();
-            std::hint::black_box(m.predict(vec![format!("receive_msg{i}")]));
-            micros(t.elapsed())
-        })
-        .collect();
-    percentile(&sorted(times), 0.5)
-}
-
 /// Lone requests, one at a time: per-sample p50 and p99 of the time beyond
 /// the direct call.
 struct LowLoad {
@@ -258,7 +245,8 @@ impl Subject for Direct {
 fn serve_overhead(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let plan = ctx.plan(Plan::new(1, 6.0, 5, 1000, 100), Plan::new(1, 1.5, 3, 1000, 50));
     let server = pipeline_server()?;
-    let direct = direct_call();
+    // The median direct call, subtracted from each request's time.
+    let direct = Direct { p50: Vec::new(), p99: Vec::new() }.sample()?;
     let low = |endpoint| LowLoad { server: server.clone(), endpoint, direct, p50: Vec::new(), p99: Vec::new() };
     let (mut pipeline, mut model_only) = (low("pipeline"), low("model"));
     let mut floor = Direct { p50: Vec::new(), p99: Vec::new() };
