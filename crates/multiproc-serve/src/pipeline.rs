@@ -354,6 +354,7 @@ where
                     then: Some(self.continuation(guard)),
                 }),
                 Err(e) => {
+                    drop(guard);
                     slot.complete(Err(e));
                 }
             }
@@ -369,10 +370,15 @@ where
     fn continuation(self: &Arc<Self>, guard: InFlight) -> Continuation {
         let this = Arc::clone(self);
         Box::new(move |answer: Answer, slot: Arc<Slot>| {
-            let _guard = guard;
             let Some((post, _)) = &this.post else {
+                drop(guard);
                 slot.complete(Ok(answer));
                 return;
+            };
+            // The request stays counted until postprocessing answers.
+            let (ok_guard, err_guard) = {
+                let shared = Arc::new(guard);
+                (Arc::clone(&shared), shared)
             };
             let pools = this.pools.read().unwrap_or_else(|e| e.into_inner());
             let Some(pool) = &pools.1 else {
@@ -392,6 +398,7 @@ where
             drop(
                 post(pool, output)
                     .on_success(move |r: &Result<P, String>| {
+                        drop(ok_guard);
                         let result = match r {
                             Ok(p) => postcard::to_allocvec(p)
                                 .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
@@ -401,6 +408,7 @@ where
                         ok_slot.complete(result);
                     })
                     .on_error(move |e: &PoolError| {
+                        drop(err_guard);
                         err_slot.complete(Err(err_this.failed("postprocessing", e)));
                     }),
             );
