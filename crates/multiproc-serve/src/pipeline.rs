@@ -155,7 +155,7 @@ where
             pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Feed { jobs: VecDeque::new(), feeder_waiting: false }),
             changed: Condvar::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             chunks_out: Arc::new((Mutex::new(0), Condvar::new())),
@@ -205,6 +205,12 @@ struct Job<R> {
     guard: InFlight,
 }
 
+/// Requests waiting for preprocessing, and whether the feeder sleeps.
+struct Feed<R> {
+    jobs: VecDeque<Job<R>>,
+    feeder_waiting: bool,
+}
+
 struct Runtime<R, I, O, P> {
     name: String,
     model: String,
@@ -214,7 +220,7 @@ struct Runtime<R, I, O, P> {
     pools: RwLock<(Option<Pool>, Option<Pool>)>,
     pre_processes: usize,
     post: Option<(PostFn<O, P>, usize)>,
-    queue: Mutex<VecDeque<Job<R>>>,
+    queue: Mutex<Feed<R>>,
     changed: Condvar,
     in_flight: Arc<AtomicUsize>,
     chunks_out: Arc<(Mutex<usize>, Condvar)>,
@@ -242,19 +248,21 @@ where
         loop {
             let jobs: Vec<Job<R>> = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                while q.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                while q.jobs.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                    q.feeder_waiting = true;
                     q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q.feeder_waiting = false;
                 }
                 if self.stopped.load(Ordering::Acquire) {
-                    let left: Vec<Job<R>> = q.drain(..).collect();
+                    let left: Vec<Job<R>> = q.jobs.drain(..).collect();
                     drop(q);
                     for j in left {
                         j.slot.complete(Err(ServeError::ShuttingDown));
                     }
                     return;
                 }
-                let n = q.len().min(self.chunk);
-                q.drain(..n).collect()
+                let n = q.jobs.len().min(self.chunk);
+                q.jobs.drain(..n).collect()
             };
             {
                 let (count, cv) = &*self.chunks_out;
@@ -458,8 +466,13 @@ where
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         }
         let job = Job { input, slot, deadline, guard: InFlight(Arc::clone(&self.in_flight)) };
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
-        self.changed.notify_one();
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.jobs.push_back(job);
+        let wake = q.feeder_waiting;
+        drop(q);
+        if wake {
+            self.changed.notify_one();
+        }
         Ok(())
     }
 
