@@ -125,6 +125,22 @@ pub fn fuzz_decode(data: &[u8]) {
 }
 
 #[cfg(test)]
+mod thread_safety {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    /// What an async HTTP front end needs: a shareable server and `Send` futures.
+    #[test]
+    fn server_is_send_sync_and_futures_are_send() {
+        send_sync::<crate::Server>();
+        send::<crate::InferFuture<Vec<crate::Tensor>>>();
+        send_sync::<crate::ServeError>();
+        send_sync::<crate::ServerStatus>();
+        send_sync::<crate::MetricsSnapshot>();
+    }
+}
+
+#[cfg(test)]
 mod fuzz_tests {
     /// The fuzz entry point on stable, with pseudo-random and mutated inputs.
     #[test]
