@@ -104,7 +104,7 @@ fn a_request_whose_caller_is_gone_never_reaches_a_worker() {
     let behaviour = Behaviour { batch_ms: 300, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
     let busy = server.infer_async::<u64, Tagged>(Request::new("m", 1));
-    common::wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1);
+    assert!(common::wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1));
     drop(server.infer_async::<u64, Tagged>(Request::new("m", 2)));
     let after = server.infer_async::<u64, Tagged>(Request::new("m", 3));
     assert_eq!(busy.wait_timeout(PATIENCE).unwrap().output.value, 2);
