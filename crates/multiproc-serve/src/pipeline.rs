@@ -148,7 +148,8 @@ where
             Some((f, n)) => (Some((f, n)), Some(pool(n)?)),
             None => (None, None),
         };
-        let runtime = Arc::new(Runtime {
+        let runtime = Arc::new_cyclic(|me| Runtime {
+            me: me.clone(),
             name: self.name,
             model: self.model,
             pre: self.preprocess,
@@ -212,6 +213,8 @@ struct Feed<R> {
 }
 
 struct Runtime<R, I, O, P> {
+    /// Itself, for a caller that hands a lone request to the pool directly.
+    me: Weak<Runtime<R, I, O, P>>,
     name: String,
     model: String,
     pre: PreFn<R, I>,
@@ -320,6 +323,18 @@ where
                     }
                 }),
         );
+    }
+
+    /// Takes a pool slot if one is free (at most two chunks per process).
+    fn take_chunk_slot(&self) -> bool {
+        let (count, _) = &*self.chunks_out;
+        let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
+        if *c < 2 * self.pre_processes {
+            *c += 1;
+            true
+        } else {
+            false
+        }
     }
 
     fn chunk_done(&self) {
@@ -467,6 +482,18 @@ where
         }
         let job = Job { input, slot, deadline, guard: InFlight(Arc::clone(&self.in_flight)) };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Low load (the feeder idle with nothing queued or held, a pool slot
+        // free): the caller hands the request to the pool itself, saving the
+        // feeder thread's wake-up.
+        if q.jobs.is_empty()
+            && q.feeder_waiting
+            && let Some(me) = self.me.upgrade()
+            && self.take_chunk_slot()
+        {
+            drop(q);
+            me.preprocess(vec![job]);
+            return Ok(());
+        }
         q.jobs.push_back(job);
         let wake = q.feeder_waiting;
         drop(q);
