@@ -132,7 +132,7 @@ impl<O: DeserializeOwned> InferFuture<O> {
     ///
     /// # Errors
     ///
-    /// As [`Server::infer`].
+    /// As [`Server::infer`](crate::Server::infer).
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Reply<O>, ServeError> {
         match std::mem::replace(&mut self.slot, Err(None)) {
             Err(e) => Err(e.unwrap_or_else(|| ServeError::Internal("the reply was already taken".into()))),
