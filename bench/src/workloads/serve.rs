@@ -113,36 +113,7 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 }
 
 fn wait<O: serde::de::DeserializeOwned>(f: InferFuture<O>) -> Result<multiproc_serve::Reply<O>, BenchError> {
-    block_on(f, Duration::from_secs(60)).map_err(serve_err)
-}
-
-struct Unpark(std::thread::Thread);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Polls a future on this thread, at most `patience`.
-fn block_on<T>(
-    f: impl std::future::Future<Output = Result<T, multiproc_serve::ServeError>>,
-    patience: Duration,
-) -> Result<T, multiproc_serve::ServeError> {
-    let deadline = Instant::now() + patience;
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(multiproc_serve::ServeError::Internal(format!("no answer within {patience:?}")));
-        }
-        std::thread::park_timeout(deadline - now);
-    }
+    f.wait_timeout(Duration::from_secs(60)).map_err(serve_err)
 }
 
 /// `n` requests through the pipeline with `window` in flight: million
@@ -219,19 +190,6 @@ fn serve_pipeline(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     ])
 }
 
-/// The median time of calling the model directly, in µs.
-fn direct_call() -> f64 {
-    let mut m = Prefix;
-    let times: Vec<f64> = (0..2000)
-        .map(|i| {
-            let t = Instant::now();
-            std::hint::black_box(m.predict(vec![format!("receive_msg{i}")]));
-            micros(t.elapsed())
-        })
-        .collect();
-    percentile(&sorted(times), 0.5)
-}
-
 /// Lone requests, one at a time: per-sample p50 and p99 of the time beyond
 /// the direct call.
 struct LowLoad {
@@ -287,7 +245,8 @@ impl Subject for Direct {
 fn serve_overhead(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let plan = ctx.plan(Plan::new(1, 6.0, 5, 1000, 100), Plan::new(1, 1.5, 3, 1000, 50));
     let server = pipeline_server()?;
-    let direct = direct_call();
+    // The median direct call, subtracted from each request's time.
+    let direct = Direct { p50: Vec::new(), p99: Vec::new() }.sample()?;
     let low = |endpoint| LowLoad { server: server.clone(), endpoint, direct, p50: Vec::new(), p99: Vec::new() };
     let (mut pipeline, mut model_only) = (low("pipeline"), low("model"));
     let mut floor = Direct { p50: Vec::new(), p99: Vec::new() };

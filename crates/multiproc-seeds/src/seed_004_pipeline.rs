@@ -80,35 +80,6 @@ fn receive(info: String) -> Result<String, String> {
     Ok(format!("receive_{info}"))
 }
 
-struct Unpark(std::thread::Thread);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Waits for a future on this thread, at most `patience`.
-fn block_on<F: std::future::Future<Output = Result<T, ServeError>>, T>(
-    f: F,
-    patience: Duration,
-) -> Result<T, ServeError> {
-    let deadline = Instant::now() + patience;
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ServeError::Internal(format!("no answer within {patience:?}")));
-        }
-        std::thread::park_timeout(deadline - now);
-    }
-}
-
 /// What [`inference_pipeline`] showed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineOutcome {
@@ -166,7 +137,7 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
     let mut model_pids = Vec::new();
     let mut batches = std::collections::BTreeMap::new();
     for (i, f) in pending.into_iter().enumerate() {
-        let reply = block_on(f, PATIENCE).map_err(serve_error)?;
+        let reply = f.wait_timeout(PATIENCE).map_err(serve_error)?;
         let p = reply.output;
         if p.text == format!("modelpredict_receive_msg{i}") {
             matched += 1;

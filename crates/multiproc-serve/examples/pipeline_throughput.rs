@@ -25,28 +25,9 @@ fn receive(info: String) -> Result<String, String> {
     Ok(format!("receive_{info}"))
 }
 
-struct Unpark(std::thread::Thread);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.unpark();
-    }
+fn wait(f: InferFuture<String>) -> String {
+    f.wait_timeout(Duration::from_secs(60)).expect("request failed").output
 }
-
-fn wait(mut f: InferFuture<String>) -> String {
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut f).poll(&mut cx) {
-            return r.expect("request failed").output;
-        }
-        assert!(Instant::now() < deadline, "no answer within 60 s");
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
-}
-
-use std::future::Future;
 
 fn main() {
     let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);

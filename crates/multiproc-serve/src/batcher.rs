@@ -262,3 +262,55 @@ pub(crate) fn fail_all(items: impl IntoIterator<Item = Pending>, error: impl Fn(
         p.slot.complete(Err(e));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> Pending {
+        Pending { input: ByteBuf::new(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None }
+    }
+
+    fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {
+        match q.next_batch(s, Duration::from_secs(5), &mut Vec::new()) {
+            Next::Batch(b, r) => (b.len(), r),
+            other => panic!("no batch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_by_size_preference_idleness_and_delay() {
+        let q = BatchQueue::new(100);
+        let mut s = ModelSettings { max_batch_size: 8, preferred_batch_sizes: vec![4, 6], ..Default::default() };
+        for _ in 0..13 {
+            q.push(pending(), false).unwrap();
+        }
+        assert_eq!(next(&q, &s), (8, BatchReason::Full));
+        assert_eq!(next(&q, &s), (4, BatchReason::Preferred));
+        assert_eq!(next(&q, &s), (1, BatchReason::IdleWorker));
+        s.dispatch_when_idle = false;
+        s.preferred_batch_sizes.clear();
+        s.max_queue_delay = Duration::from_millis(30);
+        q.push(pending(), false).unwrap();
+        let t = Instant::now();
+        assert_eq!(next(&q, &s), (1, BatchReason::Delay));
+        assert!(t.elapsed() >= Duration::from_millis(29));
+        q.close();
+        assert!(matches!(q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()), Next::Quit));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_cancelled_requests_are_dropped() {
+        let q = BatchQueue::new(2);
+        q.push(pending(), false).unwrap();
+        let gone = pending();
+        gone.slot.cancel();
+        q.push(gone, false).unwrap();
+        assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))));
+        assert!(q.push(pending(), true).is_ok(), "a pipeline's push skips the capacity");
+        let mut dropped = Vec::new();
+        let s = ModelSettings { max_batch_size: 8, ..Default::default() };
+        let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped) else { panic!("no batch") };
+        assert_eq!((b.len(), dropped.len()), (2, 1));
+    }
+}

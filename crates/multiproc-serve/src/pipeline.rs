@@ -148,14 +148,15 @@ where
             Some((f, n)) => (Some((f, n)), Some(pool(n)?)),
             None => (None, None),
         };
-        let runtime = Arc::new(Runtime {
+        let runtime = Arc::new_cyclic(|me| Runtime {
+            me: me.clone(),
             name: self.name,
             model: self.model,
             pre: self.preprocess,
             pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Feed { jobs: VecDeque::new(), feeder_waiting: false }),
             changed: Condvar::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             chunks_out: Arc::new((Mutex::new(0), Condvar::new())),
@@ -205,7 +206,15 @@ struct Job<R> {
     guard: InFlight,
 }
 
+/// Requests waiting for preprocessing, and whether the feeder sleeps.
+struct Feed<R> {
+    jobs: VecDeque<Job<R>>,
+    feeder_waiting: bool,
+}
+
 struct Runtime<R, I, O, P> {
+    /// Itself, for a caller that hands a lone request to the pool directly.
+    me: Weak<Runtime<R, I, O, P>>,
     name: String,
     model: String,
     pre: PreFn<R, I>,
@@ -214,7 +223,7 @@ struct Runtime<R, I, O, P> {
     pools: RwLock<(Option<Pool>, Option<Pool>)>,
     pre_processes: usize,
     post: Option<(PostFn<O, P>, usize)>,
-    queue: Mutex<VecDeque<Job<R>>>,
+    queue: Mutex<Feed<R>>,
     changed: Condvar,
     in_flight: Arc<AtomicUsize>,
     chunks_out: Arc<(Mutex<usize>, Condvar)>,
@@ -242,19 +251,21 @@ where
         loop {
             let jobs: Vec<Job<R>> = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                while q.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                while q.jobs.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                    q.feeder_waiting = true;
                     q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q.feeder_waiting = false;
                 }
                 if self.stopped.load(Ordering::Acquire) {
-                    let left: Vec<Job<R>> = q.drain(..).collect();
+                    let left: Vec<Job<R>> = q.jobs.drain(..).collect();
                     drop(q);
                     for j in left {
                         j.slot.complete(Err(ServeError::ShuttingDown));
                     }
                     return;
                 }
-                let n = q.len().min(self.chunk);
-                q.drain(..n).collect()
+                let n = q.jobs.len().min(self.chunk);
+                q.jobs.drain(..n).collect()
             };
             {
                 let (count, cv) = &*self.chunks_out;
@@ -314,6 +325,18 @@ where
         );
     }
 
+    /// Takes a pool slot if one is free (at most two chunks per process).
+    fn take_chunk_slot(&self) -> bool {
+        let (count, _) = &*self.chunks_out;
+        let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
+        if *c < 2 * self.pre_processes {
+            *c += 1;
+            true
+        } else {
+            false
+        }
+    }
+
     fn chunk_done(&self) {
         let (count, cv) = &*self.chunks_out;
         *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
@@ -354,6 +377,7 @@ where
                     then: Some(self.continuation(guard)),
                 }),
                 Err(e) => {
+                    drop(guard);
                     slot.complete(Err(e));
                 }
             }
@@ -369,10 +393,15 @@ where
     fn continuation(self: &Arc<Self>, guard: InFlight) -> Continuation {
         let this = Arc::clone(self);
         Box::new(move |answer: Answer, slot: Arc<Slot>| {
-            let _guard = guard;
             let Some((post, _)) = &this.post else {
+                drop(guard);
                 slot.complete(Ok(answer));
                 return;
+            };
+            // The request stays counted until postprocessing answers.
+            let (ok_guard, err_guard) = {
+                let shared = Arc::new(guard);
+                (Arc::clone(&shared), shared)
             };
             let pools = this.pools.read().unwrap_or_else(|e| e.into_inner());
             let Some(pool) = &pools.1 else {
@@ -392,6 +421,7 @@ where
             drop(
                 post(pool, output)
                     .on_success(move |r: &Result<P, String>| {
+                        drop(ok_guard);
                         let result = match r {
                             Ok(p) => postcard::to_allocvec(p)
                                 .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
@@ -401,6 +431,7 @@ where
                         ok_slot.complete(result);
                     })
                     .on_error(move |e: &PoolError| {
+                        drop(err_guard);
                         err_slot.complete(Err(err_this.failed("postprocessing", e)));
                     }),
             );
@@ -450,8 +481,25 @@ where
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         }
         let job = Job { input, slot, deadline, guard: InFlight(Arc::clone(&self.in_flight)) };
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
-        self.changed.notify_one();
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Low load (the feeder idle with nothing queued or held, a pool slot
+        // free): the caller hands the request to the pool itself, saving the
+        // feeder thread's wake-up.
+        if q.jobs.is_empty()
+            && q.feeder_waiting
+            && let Some(me) = self.me.upgrade()
+            && self.take_chunk_slot()
+        {
+            drop(q);
+            me.preprocess(vec![job]);
+            return Ok(());
+        }
+        q.jobs.push_back(job);
+        let wake = q.feeder_waiting;
+        drop(q);
+        if wake {
+            self.changed.notify_one();
+        }
         Ok(())
     }
 

@@ -254,8 +254,9 @@ fn run_batch(
         Ok((answers, timing)) => {
             group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
             group.worker_busy(instance, false);
+            let now = Instant::now();
             for (p, answer) in batch.into_iter().zip(answers) {
-                deliver(group, p, answer, sent_at, n);
+                deliver(group, p, answer, (sent_at, now), n);
             }
             Ok(())
         }
@@ -333,15 +334,21 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64) -> Result<Ans
 }
 
 /// Hands one answer to its request (or to the pipeline's next stage).
-fn deliver(group: &VersionGroup, p: Pending, answer: Result<ByteBuf, String>, sent_at: Instant, batch_size: usize) {
+fn deliver(
+    group: &VersionGroup,
+    p: Pending,
+    answer: Result<ByteBuf, String>,
+    (sent_at, now): (Instant, Instant),
+    batch_size: usize,
+) {
     let queued = sent_at.saturating_duration_since(p.enqueued);
     match answer {
         Ok(bytes) => {
-            group.counters.success(p.slot.arrived.elapsed(), queued);
+            group.counters.success(now.saturating_duration_since(p.slot.arrived), queued);
             let answer = Answer {
                 bytes: bytes.into_vec(),
                 model: Arc::clone(&group.model_name),
-                answered: Instant::now(),
+                answered: now,
                 version: group.version,
                 queued,
                 batch_size,
