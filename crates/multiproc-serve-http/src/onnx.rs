@@ -42,8 +42,12 @@ pub struct OnnxConfig {
 
 /// Plans made for a concrete batch size, kept for the sizes seen most
 /// (a graph with a symbolic batch dimension resolves it on every call, which
-/// costs an error value per call inside tract).
+/// costs an error value per call inside tract: 3-10× a small model's call).
 const CONCRETE_PLANS: usize = 32;
+
+/// Only models up to this size get concrete plans: each plan holds its own
+/// packed weights, and for a large model the per-call cost no longer matters.
+const CONCRETE_MAX_FILE: u64 = 16 << 20;
 
 /// A loaded, optimized ONNX graph.
 #[derive(Debug)]
@@ -85,6 +89,7 @@ impl OnnxRunner {
         let mut model = tract_onnx::onnx().model_for_path(&config.path).map_err(|e| format!("{what}: {e:#}"))?;
         let scope = model.symbols.clone();
         let batch = config.batched.then(|| scope.sym("batch"));
+        let small = std::fs::metadata(&config.path).is_ok_and(|m| m.len() <= CONCRETE_MAX_FILE);
         for (i, spec) in config.inputs.iter().enumerate() {
             let mut shape: Vec<TDim> = Vec::new();
             if config.batched {
@@ -99,6 +104,7 @@ impl OnnxRunner {
         let prepare = |e: tract_onnx::prelude::TractError| format!("{what}: cannot prepare the graph: {e:#}");
         let typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(prepare)?;
         let plan = typed.clone().into_optimized().and_then(|m| m.into_runnable()).map_err(prepare)?;
+        let batch = batch.filter(|_| small);
         Ok(OnnxRunner { config, plan, typed, batch, concrete: RefCell::new(Vec::new()) })
     }
 
