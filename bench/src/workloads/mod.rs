@@ -15,10 +15,12 @@ use crate::measure::{Plan, Stats, Subject, interleave};
 use crate::python::{PyScript, Python};
 use crate::report::Row;
 
+pub mod http;
 pub mod pipe;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod serve;
 pub mod sync;
 
 /// Every workload, in the order they run and appear in the table.
@@ -34,6 +36,10 @@ pub const ALL: &[Workload] = &[
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
+    serve::SERVE_PIPELINE,
+    serve::SERVE_OVERHEAD,
+    http::HTTP_INFER,
+    http::HTTP_BATCHING,
 ];
 
 /// A named benchmark producing one or more table rows.

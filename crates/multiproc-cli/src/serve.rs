@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// Longest time a request body may take to arrive, in seconds (408 after it).
     #[arg(long, default_value_t = 30)]
     body_timeout_secs: u64,
+    /// Threads handling HTTP (default: one per CPU).
+    #[arg(long)]
+    http_threads: Option<usize>,
 }
 
 /// Options of `multiproc infer`.
@@ -66,9 +69,21 @@ async fn shutdown_signal() {
 
 /// Runs `multiproc serve` until SIGTERM or ctrl-c.
 pub fn serve(args: ServeArgs) -> ExitCode {
+    // tract builds (and drops) an error on every call of a graph with a
+    // symbolic dimension (the ONNX runner makes the batch dimension concrete,
+    // but a model may declare others); with RUST_BACKTRACE=1 each captures
+    // a backtrace, which costs more than a small model call. Errors of the
+    // library need none: turn library backtraces off (panics keep theirs)
+    // for this process and the workers it starts.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in `main`'s serve path, before any other
+        // thread (async runtime, fork server, workers) exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -82,14 +97,24 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         },
     };
-    let repository = args.model_repository.clone().unwrap_or_else(|| demo.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default());
+    let repository = args
+        .model_repository
+        .clone()
+        .unwrap_or_else(|| demo.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default());
     let options = ServeOptions {
         repository: repository.clone(),
         http_addr: SocketAddr::new(args.host, args.http_port),
         metrics_addr: args.metrics_port.map(|p| SocketAddr::new(args.host, p)),
-        http: HttpOptions { body_limit: args.max_body_bytes, body_timeout: Duration::from_secs(args.body_timeout_secs) },
+        http: HttpOptions {
+            body_limit: args.max_body_bytes,
+            body_timeout: Duration::from_secs(args.body_timeout_secs),
+        },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.http_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("multiproc serve: cannot start the async runtime: {e}");
@@ -123,7 +148,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 pub fn infer(args: InferArgs) -> ExitCode {
     let text = match args.inputs.as_str() {
         "-" => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}")),
-        s if s.starts_with('@') => std::fs::read_to_string(&s[1..]).map_err(|e| format!("cannot read {}: {e}", &s[1..])),
+        s if s.starts_with('@') => {
+            std::fs::read_to_string(&s[1..]).map_err(|e| format!("cannot read {}: {e}", &s[1..]))
+        }
         s => Ok(s.to_string()),
     };
     let given = text.and_then(|t| serde_json::from_str(&t).map_err(|e| format!("the inputs are not JSON: {e}")));

@@ -18,14 +18,19 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
     let labels: Vec<u64> = test_set["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
     let stated = test_set["accuracy"].as_f64().unwrap();
     assert_eq!(inputs.len(), 360);
-    let mut s = Served::start(&[]);
+    let mut s = Served::start(&["--metrics-port", "0"]);
     let url = s.url("/v2/models/digits/infer");
+    let metrics_line = s.stdout.recv_timeout(Duration::from_secs(10)).expect("the metrics address line");
+    let metrics_url = metrics_line.rsplit(' ').next().unwrap().to_string();
+    assert!(metrics_url.starts_with("http://127.0.0.1:") && metrics_url.ends_with("/metrics"), "{metrics_line}");
     let mut correct = 0;
     // Half as JSON, 45 images per request; half as binary tensors.
     for (chunk_no, (rows, want)) in inputs.chunks(45).zip(labels.chunks(45)).enumerate() {
-        let flat: Vec<f32> = rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+        let flat: Vec<f32> =
+            rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
         let probs: Vec<f32> = if chunk_no % 2 == 0 {
-            let body = json!({"inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32", "data": flat}]});
+            let body =
+                json!({"inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32", "data": flat}]});
             let (st, r) = post_json(&url, &body);
             assert_eq!(st, 200, "{r}");
             r["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
@@ -35,7 +40,8 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
             .to_string();
             let mut body = head.clone().into_bytes();
             body.extend(flat.iter().flat_map(|v| v.to_le_bytes()));
-            let (st, resp, h) = call(agent().post(&url).set("inference-header-content-length", &head.len().to_string()), Some(&body));
+            let (st, resp, h) =
+                call(agent().post(&url).set("inference-header-content-length", &head.len().to_string()), Some(&body));
             assert_eq!(st, 200, "{}", String::from_utf8_lossy(&resp));
             let n: usize = h.unwrap().parse().unwrap();
             resp[n..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
@@ -50,6 +56,13 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
     println!("digits accuracy through HTTP: {accuracy:.4} ({correct}/360), stated {stated:.4}");
     assert!((accuracy - stated).abs() < 1.5 / 360.0, "accuracy {accuracy} differs from the stated {stated}");
     assert!(accuracy > 0.95);
+    // The metrics port has the same series: 8 requests, 360 inferences.
+    let (st, text, _) = call(agent().get(&metrics_url), None);
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(st, 200);
+    assert!(text.contains("nv_inference_request_success{model=\"digits\",version=\"1\"} 8"), "{text}");
+    assert!(text.contains("nv_inference_count{model=\"digits\",version=\"1\"} 360"), "{text}");
+    assert_eq!(get_json(&metrics_url.replace("/metrics", "/v2")).0, 404, "only /metrics on the metrics port");
 
     // The text model and the `multiproc infer` client.
     let out = Command::new(EXE)
@@ -69,7 +82,10 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
 #[test]
 fn sigterm_with_requests_in_flight_loses_none_and_exits_zero() {
     let repo = TempDir::new("sigterm");
-    write(&repo.0.join("slow/config.toml"), echo_config_for(0.3, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes());
+    write(
+        &repo.0.join("slow/config.toml"),
+        echo_config_for(0.3, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes(),
+    );
     std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
     let url = s.url("/v2/models/slow/infer");

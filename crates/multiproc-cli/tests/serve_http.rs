@@ -74,7 +74,10 @@ fn endpoints_answer_health_metadata_readiness_index_and_metrics() {
     assert_eq!(m["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]));
     assert_eq!(m["outputs"], json!([{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]));
     assert_eq!(get_json(&s.url("/v2/models/digits/versions/1")).1["versions"], json!(["1"]));
-    assert_eq!(get_json(&s.url("/v2/models/echo")).1["inputs"][12], json!({"name": "in_BYTES", "datatype": "BYTES", "shape": [-1]}));
+    assert_eq!(
+        get_json(&s.url("/v2/models/echo")).1["inputs"][12],
+        json!({"name": "in_BYTES", "datatype": "BYTES", "shape": [-1]})
+    );
     assert_eq!(get_json(&s.url("/v2/models/digits/ready")).0, 200);
     assert_eq!(get_json(&s.url("/v2/models/digits/versions/1/ready")).0, 200);
     let (st, e) = get_json(&s.url("/v2/models/nope"));
@@ -132,8 +135,10 @@ fn every_datatype_round_trips_through_json_and_binary_bit_for_bit() {
     let samples: Vec<(&str, Value, Vec<u8>)> = DATATYPES.iter().map(|dt| (*dt, sample(dt).0, sample(dt).1)).collect();
 
     // JSON in, JSON out.
-    let inputs: Vec<Value> =
-        samples.iter().map(|(dt, v, _)| json!({"name": format!("in_{dt}"), "shape": [3], "datatype": dt, "data": v})).collect();
+    let inputs: Vec<Value> = samples
+        .iter()
+        .map(|(dt, v, _)| json!({"name": format!("in_{dt}"), "shape": [3], "datatype": dt, "data": v}))
+        .collect();
     let (st, r) = post_json(&url, &json!({"id": "json-1", "inputs": inputs}));
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["id"], "json-1");
@@ -144,7 +149,9 @@ fn every_datatype_round_trips_through_json_and_binary_bit_for_bit() {
         assert_eq!((&o["datatype"], &o["shape"]), (&json!(dt), &json!([3])));
         if dt.starts_with("FP") && *dt != "FP64" {
             // Written as the shortest decimal that reads back to the same f32/f16.
-            let as_f32 = |d: &Value| d.as_array().unwrap().iter().map(|x| (x.as_f64().unwrap() as f32).to_bits()).collect::<Vec<_>>();
+            let as_f32 = |d: &Value| {
+                d.as_array().unwrap().iter().map(|x| (x.as_f64().unwrap() as f32).to_bits()).collect::<Vec<_>>()
+            };
             assert_eq!(as_f32(&o["data"]), as_f32(v), "{dt} through JSON");
         } else {
             assert_eq!(&o["data"], v, "{dt} through JSON");
@@ -184,7 +191,8 @@ fn every_datatype_round_trips_through_json_and_binary_bit_for_bit() {
     assert_eq!(outs[1], ("out_FP16".to_string(), sample("FP16").1));
 
     // Nested data decodes as flat data does.
-    let nested = json!({"inputs": [{"name": "in_INT16", "shape": [3], "datatype": "INT16", "data": [[-32768], [32767], [-1]]}]});
+    let nested =
+        json!({"inputs": [{"name": "in_INT16", "shape": [3], "datatype": "INT16", "data": [[-32768], [32767], [-1]]}]});
     let rest: Vec<Value> = inputs.iter().filter(|i| i["name"] != "in_INT16").cloned().collect();
     let mut all = nested["inputs"].as_array().unwrap().clone();
     all.extend(rest);
@@ -221,28 +229,43 @@ fn each_bad_input_gets_its_status_and_message_and_the_server_keeps_serving() {
     expect_error(st, &b, 404, "unknown model 'nope'");
     let (st, b) = post_json(&s.url("/v2/models/digits/versions/9/infer"), &good(json!(vec![0.0; 64])));
     expect_error(st, &b, 404, "no version 9");
-    let (st, b) = post_json(&digits, &json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}));
+    let (st, b) = post_json(
+        &digits,
+        &json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}),
+    );
     expect_error(st, &b, 400, "has shape [1, 3], expected [-1, 64]");
-    let (st, b) = post_json(&digits, &json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP64", "data": vec![0.0; 64]}]}));
+    let (st, b) = post_json(
+        &digits,
+        &json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP64", "data": vec![0.0; 64]}]}),
+    );
     expect_error(st, &b, 400, "is FP64, expected FP32");
     let (st, b) = post_json(&digits, &good(json!([1, 2, 3])));
     expect_error(st, &b, 400, "needs 64 elements but 'data' has 3");
     let (st, b) = post_json(&digits, &good(json!(vec!["x"; 64])));
     expect_error(st, &b, 400, "element 0 is \"x\", expected a number for FP32");
-    let (st, b) = post_json(&digits, &json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP33", "data": []}]}));
+    let (st, b) =
+        post_json(&digits, &json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP33", "data": []}]}));
     expect_error(st, &b, 400, "unknown datatype");
-    let (st, b) = post_json(&digits, &json!({"inputs": [{"name": "input", "shape": [1, -64], "datatype": "FP32", "data": []}]}));
+    let (st, b) =
+        post_json(&digits, &json!({"inputs": [{"name": "input", "shape": [1, -64], "datatype": "FP32", "data": []}]}));
     expect_error(st, &b, 400, "negative dimension");
-    let (st, b) = post_json(&digits, &json!({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": vec![0.0; 64]}]}));
+    let (st, b) = post_json(
+        &digits,
+        &json!({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": vec![0.0; 64]}]}),
+    );
     expect_error(st, &b, 400, "has no input 'pixels'");
     let mut with_output = good(json!(vec![0.0; 64]));
     with_output["outputs"] = json!([{"name": "logits"}]);
     let (st, b) = post_json(&digits, &with_output);
     expect_error(st, &b, 400, "has no output 'logits'");
-    let (st, b) = post_json(&s.url("/v2/models/echo/infer"), &json!({"inputs": [{"name": "in_UINT8", "shape": [1], "datatype": "UINT8", "data": [300]}]}));
+    let (st, b) = post_json(
+        &s.url("/v2/models/echo/infer"),
+        &json!({"inputs": [{"name": "in_UINT8", "shape": [1], "datatype": "UINT8", "data": [300]}]}),
+    );
     expect_error(st, &b, 400, "element 0 is 300, expected an integer in range for UINT8");
     // Binary: sizes that overrun the body, a header length past the body, leftovers.
-    let head = r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}]}"#;
+    let head =
+        r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}]}"#;
     let mut body = head.as_bytes().to_vec();
     body.extend_from_slice(&[0u8; 100]);
     let (st, b) = raw(&digits, &body, Some(&head.len().to_string()));
@@ -256,9 +279,19 @@ fn each_bad_input_gets_its_status_and_message_and_the_server_keeps_serving() {
     expect_error(st, &b, 400, "Inference-Header-Content-Length is \"many\"");
     let (st, b) = raw(&digits, head.as_bytes(), None);
     expect_error(st, &b, 400, "no Inference-Header-Content-Length header");
-    // Over the body limit.
-    let (st, b) = raw(&digits, &vec![b' '; 200_000], None);
-    expect_error(st, &b, 413, "over the limit of 100000 bytes");
+    // Over the body limit: refused from the announced length, before the body is sent.
+    let mut conn = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut conn, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request body of 200000 bytes is over the limit of 100000 bytes"), "{answer}");
     // A model whose configuration is bad.
     let (st, b) = post_json(&s.url("/v2/models/broken/infer"), &good(json!(vec![0.0; 64])));
     expect_error(st, &b, 503, "broken/config.toml");
@@ -268,7 +301,10 @@ fn each_bad_input_gets_its_status_and_message_and_the_server_keeps_serving() {
     assert_eq!(r["outputs"][0]["shape"], json!([1, 10]));
     let (_, text, _) = call(agent().get(&s.url("/metrics")), None);
     let text = String::from_utf8(text).unwrap();
-    assert!(text.contains("nv_inference_request_failure{model=\"digits\",version=\"default\",reason=\"bad_request\"}"), "{text}");
+    assert!(
+        text.contains("nv_inference_request_failure{model=\"digits\",version=\"default\",reason=\"bad_request\"}"),
+        "{text}"
+    );
     assert!(text.contains("reason=\"too_large\"}"), "{text}");
 }
 
@@ -325,7 +361,10 @@ fn repository_load_unload_and_a_new_version_switch_without_failures() {
     // Loading what is not there, or a bad configuration: precise errors.
     let (st, b) = post_json(&s.url("/v2/repository/models/ghost/load"), &json!({}));
     expect_error(st, &b, 404, "no model directory 'ghost'");
-    write(&repo.0.join("bad/config.toml"), b"platform = \"onnx\"\n[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = \"64\"\n");
+    write(
+        &repo.0.join("bad/config.toml"),
+        b"platform = \"onnx\"\n[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = \"64\"\n",
+    );
     let (st, b) = post_json(&s.url("/v2/repository/models/bad/load"), &json!({}));
     expect_error(st, &b, 400, "bad/config.toml");
     assert!(b["error"].as_str().unwrap().contains("dims"), "{b}");

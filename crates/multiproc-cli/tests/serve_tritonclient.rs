@@ -32,7 +32,9 @@ fn run_with_limit(cmd: &mut Command, limit: Duration) -> std::process::Output {
 fn venv() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venvs/tritonclient");
     let python = dir.join("bin/python");
-    let ok = |p: &PathBuf| Command::new(p).args(["-c", "import tritonclient.http, numpy"]).status().is_ok_and(|s| s.success());
+    let ok = |p: &PathBuf| {
+        Command::new(p).args(["-c", "import tritonclient.http, numpy"]).status().is_ok_and(|s| s.success())
+    };
     if !ok(&python) {
         let out = run_with_limit(Command::new("python3").args(["-m", "venv"]).arg(&dir), Duration::from_secs(120));
         assert!(out.status.success(), "python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr));

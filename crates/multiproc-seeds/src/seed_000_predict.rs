@@ -165,7 +165,9 @@ impl PredictServer {
             request_timeout: Some(PATIENCE),
             ..Default::default()
         };
-        server.add(ModelSpec::<Sentiment>::new(MODEL).version(1, ()).version(2, ()).settings(settings)).map_err(serve_error)?;
+        server
+            .add(ModelSpec::<Sentiment>::new(MODEL).version(1, ()).version(2, ()).settings(settings))
+            .map_err(serve_error)?;
         Ok(PredictServer { server, current: None, log: Vec::new() })
     }
 

@@ -30,9 +30,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc_serve::{
-    Model, ModelSettings, ModelSpec, PipelineSpec, Request, ServeError, Server, WorkerContext,
-};
+use multiproc_serve::{Model, ModelSettings, ModelSpec, PipelineSpec, Request, ServeError, Server, WorkerContext};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, PATIENCE, Report};
@@ -70,7 +68,9 @@ impl Model for Prefixer {
         let n = batch.len();
         batch
             .into_iter()
-            .map(|e| Ok(Predicted { text: format!("modelpredict_{e}"), pid: self.pid, batch: self.batches, batch_size: n }))
+            .map(|e| {
+                Ok(Predicted { text: format!("modelpredict_{e}"), pid: self.pid, batch: self.batches, batch_size: n })
+            })
             .collect()
     }
 }
@@ -78,32 +78,6 @@ impl Model for Prefixer {
 /// The seed's `receive`: runs in the preprocessing pool.
 fn receive(info: String) -> Result<String, String> {
     Ok(format!("receive_{info}"))
-}
-
-struct Unpark(std::thread::Thread);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Waits for a future on this thread, at most `patience`.
-fn block_on<F: std::future::Future<Output = Result<T, ServeError>>, T>(f: F, patience: Duration) -> Result<T, ServeError> {
-    let deadline = Instant::now() + patience;
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ServeError::Internal(format!("no answer within {patience:?}")));
-        }
-        std::thread::park_timeout(deadline - now);
-    }
 }
 
 /// What [`inference_pipeline`] showed.
@@ -145,7 +119,9 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
         ..Default::default()
     };
     server.add(ModelSpec::<Prefixer>::new("model").version(1, ()).settings(settings)).map_err(serve_error)?;
-    server.add_pipeline(PipelineSpec::<String, String, Predicted, Predicted>::new("C", "model", receive, 2)).map_err(serve_error)?;
+    server
+        .add_pipeline(PipelineSpec::<String, String, Predicted, Predicted>::new("C", "model", receive, 2))
+        .map_err(serve_error)?;
     let mut lines = vec!["C: preprocessing pool of 2, batches of 128 or 1 s, one model process".to_string()];
 
     // The producer: a burst of 300, then 5 late ones.
@@ -161,7 +137,7 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
     let mut model_pids = Vec::new();
     let mut batches = std::collections::BTreeMap::new();
     for (i, f) in pending.into_iter().enumerate() {
-        let reply = block_on(f, PATIENCE).map_err(serve_error)?;
+        let reply = f.wait_timeout(PATIENCE).map_err(serve_error)?;
         let p = reply.output;
         if p.text == format!("modelpredict_receive_msg{i}") {
             matched += 1;
@@ -180,7 +156,10 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
         .get("model", 1)
         .map(|m| m.batch_reasons.iter().map(|(k, v)| (k.clone(), *v)).collect())
         .unwrap_or_default();
-    lines.push(format!("{requests} requests answered in {:.2} s, {matched} routed back to their own request", started.elapsed().as_secs_f64()));
+    lines.push(format!(
+        "{requests} requests answered in {:.2} s, {matched} routed back to their own request",
+        started.elapsed().as_secs_f64()
+    ));
     lines.push(format!("batches: {batch_sizes:?}, closed by {reasons:?}"));
     lines.push(format!("late requests waited {:?} for their batch", late_waits.first().copied().unwrap_or_default()));
     server.shutdown();

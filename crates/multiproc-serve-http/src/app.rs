@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use multiproc_serve::{Server, VersionState};
 
 use crate::error::ApiError;
-use crate::metrics::{HttpFailures, render};
+use crate::metrics::{HttpCounters, render};
 use crate::protocol::{EXTENSIONS, ModelMetadata, RepositoryEntry, ServerMetadata};
 use crate::repository::{ModelConfig, ModelDir, add_model, scan_model, settings};
 
@@ -43,7 +43,7 @@ pub struct App {
     pub(crate) core: Server,
     pub(crate) root: PathBuf,
     pub(crate) models: RwLock<BTreeMap<String, ModelDir>>,
-    pub(crate) http_failures: HttpFailures,
+    pub(crate) http_counters: HttpCounters,
     pub(crate) options: HttpOptions,
 }
 
@@ -51,7 +51,7 @@ impl App {
     /// An app over `core` serving the models of the repository at `root`.
     pub fn new(core: Server, root: PathBuf, models: Vec<ModelDir>, options: HttpOptions) -> Arc<App> {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
-        Arc::new(App { core, root, models: RwLock::new(models), http_failures: HttpFailures::default(), options })
+        Arc::new(App { core, root, models: RwLock::new(models), http_counters: HttpCounters::default(), options })
     }
 
     /// The core server.
@@ -61,20 +61,24 @@ impl App {
 
     /// The checked configuration of `name`: 404 if unknown, 503 with the
     /// reason if its configuration is bad.
-    pub(crate) fn config(&self, name: &str) -> Result<ModelConfig, ApiError> {
+    pub(crate) fn config(&self, name: &str) -> Result<Arc<ModelConfig>, ApiError> {
         self.model(name).map(|(config, _)| config)
     }
 
     /// The checked configuration of `name` and the versions its policy
     /// serves; errors as [`App::config`].
-    pub(crate) fn model(&self, name: &str) -> Result<(ModelConfig, Vec<u64>), ApiError> {
+    pub(crate) fn model(&self, name: &str) -> Result<(Arc<ModelConfig>, Vec<u64>), ApiError> {
         let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-        let model = models
-            .get(name)
-            .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}': POST /v2/repository/index lists the models")))?;
+        let model = models.get(name).ok_or_else(|| {
+            ApiError::not_found(format!("unknown model '{name}': POST /v2/repository/index lists the models"))
+        })?;
         match &model.loaded {
-            Ok((config, on_disk)) => Ok((config.clone(), settings(config).version_policy.select(on_disk))),
-            Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("model '{name}' is unavailable: {e}"))),
+            Ok((config, on_disk)) => Ok((Arc::clone(config), settings(config).version_policy.select(on_disk))),
+            Err(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("model '{name}' is unavailable: {e}"),
+            )),
         }
     }
 }
@@ -150,7 +154,10 @@ fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMet
     }))
 }
 
-async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<ModelMetadata>, ApiError> {
+async fn model_metadata(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelMetadata>, ApiError> {
     metadata(&app, &name, None)
 }
 
@@ -165,7 +172,9 @@ fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<StatusCode, 
     app.config(name)?;
     match app.core.model_ready(name, version)? {
         true => Ok(StatusCode::OK),
-        false => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("model '{name}' is not ready"))),
+        false => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("model '{name}' is not ready")))
+        }
     }
 }
 
@@ -193,8 +202,8 @@ async fn repository_index(State(app): State<Arc<App>>, body: Bytes) -> Result<Js
     let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
-        let v: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed index request JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed index request JSON: {e}")))?;
         match v.get("ready") {
             None => false,
             Some(serde_json::Value::Bool(b)) => *b,
@@ -210,7 +219,12 @@ async fn repository_index(State(app): State<Arc<App>>, body: Bytes) -> Result<Js
             continue;
         }
         let Some(model) = status.model(&name) else {
-            rows.push(RepositoryEntry { name, version: None, state: "UNAVAILABLE".into(), reason: "not loaded".into() });
+            rows.push(RepositoryEntry {
+                name,
+                version: None,
+                state: "UNAVAILABLE".into(),
+                reason: "not loaded".into(),
+            });
             continue;
         };
         for v in &model.versions {
@@ -221,7 +235,12 @@ async fn repository_index(State(app): State<Arc<App>>, body: Bytes) -> Result<Js
                 (Some(why), _, s) => format!("{}: {why}", s.as_str()),
                 (None, _, s) => s.as_str().to_string(),
             };
-            rows.push(RepositoryEntry { name: name.clone(), version: Some(v.version.to_string()), state: state.into(), reason });
+            rows.push(RepositoryEntry {
+                name: name.clone(),
+                version: Some(v.version.to_string()),
+                state: state.into(),
+                reason,
+            });
         }
     }
     if ready_only {
@@ -240,7 +259,10 @@ fn check_model_name(name: &str) -> Result<(), ApiError> {
 async fn repository_load(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
     if !app.root.join(&name).is_dir() {
-        return Err(ApiError::not_found(format!("no model directory '{name}' in the repository {}", app.root.display())));
+        return Err(ApiError::not_found(format!(
+            "no model directory '{name}' in the repository {}",
+            app.root.display()
+        )));
     }
     let dir = scan_model(&app.root, &name);
     app.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), dir.clone());
@@ -248,9 +270,9 @@ async fn repository_load(State(app): State<Arc<App>>, Path(name): Path<String>) 
         return Err(ApiError::bad_request(format!("cannot load model '{name}': {e}")));
     }
     let core = app.core.clone();
-    tokio::task::spawn_blocking(move || add_model(&core, &dir))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("load task failed: {e}")))??;
+    tokio::task::spawn_blocking(move || add_model(&core, &dir)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("load task failed: {e}"))
+    })??;
     Ok(StatusCode::OK)
 }
 
@@ -258,13 +280,13 @@ async fn repository_unload(State(app): State<Arc<App>>, Path(name): Path<String>
     check_model_name(&name)?;
     app.config(&name)?;
     let core = app.core.clone();
-    tokio::task::spawn_blocking(move || core.unload(&name))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unload task failed: {e}")))??;
+    tokio::task::spawn_blocking(move || core.unload(&name)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unload task failed: {e}"))
+    })??;
     Ok(StatusCode::OK)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = render(app.core.metrics(), &app.http_failures);
+    let text = render(app.core.metrics(), &app.http_counters);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

@@ -41,7 +41,8 @@ fn call(agent: &ureq::Agent, method: &str, url: &str, body: Option<&Value>) -> R
     match res {
         Ok(r) => r.into_json().map_err(|e| ClientError::Transport { url: url.into(), message: e.to_string() }),
         Err(ureq::Error::Status(status, r)) => {
-            let message = r.into_json::<Value>().ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or_default();
+            let message =
+                r.into_json::<Value>().ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or_default();
             Err(ClientError::Server { status, message })
         }
         Err(e) => Err(ClientError::Transport { url: url.into(), message: e.to_string() }),

@@ -39,7 +39,8 @@ impl DemoRepository {
     ///
     /// The temporary directory cannot be written.
     pub fn unpack() -> std::io::Result<DemoRepository> {
-        let nonce: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let nonce: u64 =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let dir = std::env::temp_dir().join(format!("multiproc-demo-{}-{nonce:x}", std::process::id()));
         let demo = DemoRepository { dir };
         for (name, bytes) in FILES {

@@ -45,7 +45,7 @@ async fn run(app: &App, name: String, version: Option<u64>, headers: HeaderMap, 
             // Failures inside the core are counted by the core.
             if matches!(e.reason, "bad_request" | "too_large" | "body_timeout") {
                 let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
-                app.http_failures.count(&name, &v, e.reason);
+                app.http_counters.failure(&name, &v, e.reason);
             }
             e.into_response()
         }
@@ -61,7 +61,8 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<axum::b
             format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"),
         )
     };
-    if let Some(n) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(n) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
         && n > limit as u64
     {
         return Err(too_large(n.to_string()));
@@ -74,13 +75,23 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<axum::b
         )),
         Ok(Err(e)) => {
             let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over { Err(too_large("more than that".into())) } else { Err(ApiError::bad_request(format!("cannot read the request body: {e}"))) }
+            if over {
+                Err(too_large("more than that".into()))
+            } else {
+                Err(ApiError::bad_request(format!("cannot read the request body: {e}")))
+            }
         }
         Ok(Ok(bytes)) => Ok(bytes),
     }
 }
 
-async fn infer_inner(app: &App, name: &str, version: Option<u64>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn infer_inner(
+    app: &App,
+    name: &str,
+    version: Option<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let config = app.config(name)?;
     let body = read_body(app, &headers, body).await?;
     let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
@@ -101,9 +112,13 @@ async fn infer_inner(app: &App, name: &str, version: Option<u64>, headers: Heade
             names(&config.outputs)
         )));
     }
-    let reply = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version)).await?;
-    let encoded = encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0))?;
+    let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 } as u64;
+    let reply =
+        app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version)).await?;
+    app.http_counters.rows(name, reply.version, rows);
+    let encoded =
+        encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0))?;
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();
     match encoded.header_length {
@@ -135,10 +150,9 @@ fn check_inputs(model: &str, config: &ModelConfig, inputs: &[Tensor]) -> Result<
     }
     let mut batch: Option<usize> = None;
     for c in &config.inputs {
-        let t = inputs
-            .iter()
-            .find(|t| t.name() == c.name)
-            .ok_or_else(|| ApiError::bad_request(format!("model '{model}' needs input '{}', which is missing", c.name)))?;
+        let t = inputs.iter().find(|t| t.name() == c.name).ok_or_else(|| {
+            ApiError::bad_request(format!("model '{model}' needs input '{}', which is missing", c.name))
+        })?;
         if t.datatype() != c.datatype {
             return Err(ApiError::bad_request(format!(
                 "input '{}' of model '{model}' is {}, expected {}",
@@ -147,13 +161,15 @@ fn check_inputs(model: &str, config: &ModelConfig, inputs: &[Tensor]) -> Result<
                 c.datatype
             )));
         }
-        let expected = config.metadata(c).shape;
         let shape = t.shape();
-        let fits = shape.len() == expected.len() && shape.iter().zip(&expected).all(|(&d, &e)| e < 0 || d as i64 == e);
+        let dims = if config.max_batch_size > 0 { shape.get(1..) } else { Some(shape) };
+        let fits = dims
+            .is_some_and(|d| d.len() == c.dims.len() && d.iter().zip(&c.dims).all(|(&d, &e)| e < 0 || d as i64 == e));
         if !fits {
             return Err(ApiError::bad_request(format!(
-                "input '{}' of model '{model}' has shape {shape:?}, expected {expected:?} (-1: any size)",
-                c.name
+                "input '{}' of model '{model}' has shape {shape:?}, expected {:?} (-1: any size)",
+                c.name,
+                config.metadata(c).shape
             )));
         }
         if config.max_batch_size > 0 {

@@ -1,4 +1,78 @@
-//! The Open Inference Protocol over HTTP for `multiproc-serve`.
+//! # multiproc-serve-http
+//!
+//! The HTTP front end of [`multiproc_serve`]: the **Open Inference Protocol**
+//! (KServe v2 REST, the protocol Triton, KServe, MLServer and OpenVINO Model
+//! Server share) with Triton's **binary tensor extension**, a **model
+//! repository** on disk in Triton's layout, and **Prometheus metrics** named
+//! after Triton's. The `multiproc serve` command is a thin wrapper over
+//! [`serve::start`].
+//!
+//! | module | what |
+//! |---|---|
+//! | [`protocol`] | request/response bodies, JSON and binary tensors: no HTTP in it (a gRPC front end would reuse it) |
+//! | [`repository`] | `<repo>/<model>/config.toml` + `<repo>/<model>/<N>/`, checked field by field |
+//! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch |
+//! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
+//! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
+//! | [`serve`] | load a repository, listen, drain on shutdown |
+//! | [`demo`] | the built-in demo repository (digits classifier, text model) |
+//! | [`client`] | the small blocking client behind `multiproc infer` |
+//!
+//! ## Endpoints
+//!
+//! `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2`,
+//! `GET /v2/models/{m}[/versions/{v}]`, `GET …/ready`, `POST …/infer`,
+//! `POST /v2/repository/index`, `POST /v2/repository/models/{m}/load` and
+//! `/unload` (a load of a model already served is a zero-downtime reload:
+//! a new version directory is started, traffic moves when it is ready, the
+//! old version drains), `GET /metrics`. Errors are `{"error": "..."}`: 400
+//! bad request, 404 unknown model or version, 413 body over the limit, 503
+//! not ready or overloaded (with `Retry-After`), 500 model failure.
+//!
+//! ## Serving a repository from Rust
+//!
+//! ```
+//! use multiproc_serve_http::{app::HttpOptions, demo::DemoRepository, serve::{ServeOptions, start}};
+//!
+//! let demo = DemoRepository::unpack().unwrap();
+//! let rt = tokio::runtime::Runtime::new().unwrap();
+//! rt.block_on(async {
+//!     let running = start(ServeOptions {
+//!         repository: demo.path().to_path_buf(),
+//!         http_addr: "127.0.0.1:0".parse().unwrap(),
+//!         metrics_addr: None,
+//!         http: HttpOptions::default(),
+//!     })
+//!     .await
+//!     .unwrap();
+//!     let base = format!("http://{}", running.http_addr);
+//!     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//!     let server = tokio::spawn(running.run(async { let _ = stopped.await; }));
+//!     let lines = tokio::task::spawn_blocking(move || {
+//!         let text = serde_json::json!({"text": ["hello world"]});
+//!         multiproc_serve_http::client::infer(&base, "text", None, text).unwrap()
+//!     })
+//!     .await
+//!     .unwrap();
+//!     assert_eq!(lines[1], r#"upper BYTES [1] ["HELLO WORLD"]"#);
+//!     assert_eq!(lines[2], "words INT32 [1] [2]");
+//!     stop.send(()).unwrap();
+//!     server.await.unwrap(); // requests in flight finish, workers stop
+//! });
+//! ```
+//!
+//! ## Cost of a request
+//!
+//! The body is read whole (bounded by [`app::HttpOptions`] in size and
+//! time, so a slow client holds only its own connection, never a worker),
+//! decoded once into [`protocol::Tensor`]s (JSON elements checked one by
+//! one; binary tensors sliced from the body), checked against the model's
+//! configuration, and handed to multiproc-serve, whose costs its own docs
+//! state. Outputs are written to JSON straight from their bytes, or appended
+//! as binary after the JSON.
+
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod client;
 pub mod demo;

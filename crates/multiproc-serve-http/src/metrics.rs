@@ -16,31 +16,48 @@ use multiproc_serve::{MetricsSnapshot, VersionMetrics};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-/// Failures the HTTP layer saw before a request reached a model (a body
-/// that is not the protocol, an unknown output…), by model, version, reason.
+/// What the HTTP layer counts itself: failures before a request reached a
+/// model (a body that is not the protocol, an unknown output…), by model,
+/// version and reason; and the rows (batch-dimension entries) of successful
+/// requests, which Triton's `nv_inference_count` counts (the core counts
+/// requests, and one request may carry several rows).
 #[derive(Debug, Default)]
-pub struct HttpFailures(Mutex<BTreeMap<(String, String, String), u64>>);
+pub struct HttpCounters {
+    failures: Mutex<BTreeMap<(String, String, String), u64>>,
+    rows: Mutex<BTreeMap<(String, u64), u64>>,
+}
 
-impl HttpFailures {
+impl HttpCounters {
     /// Counts one failure.
-    pub fn count(&self, model: &str, version: &str, reason: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn failure(&self, model: &str, version: &str, reason: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry((model.to_string(), version.to_string(), reason.to_string())).or_default() += 1;
     }
 
-    fn snapshot(&self) -> BTreeMap<(String, String, String), u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Counts the rows of a successful request.
+    pub fn rows(&self, model: &str, version: u64, rows: u64) {
+        let mut map = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((model.to_string(), version)).or_default() += rows;
     }
 }
 
 /// Renders the metrics as Prometheus/OpenMetrics text.
-pub fn render(snapshot: MetricsSnapshot, http: &HttpFailures) -> String {
+pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters) -> String {
+    let mut versions = snapshot.versions;
+    {
+        let rows = http.rows.lock().unwrap_or_else(|e| e.into_inner());
+        for m in &mut versions {
+            if let Some(n) = rows.get(&(m.model.clone(), m.version)) {
+                m.inference_count = *n;
+            }
+        }
+    }
+    let failures = http.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot { versions: snapshot.versions, http: http.snapshot() }));
+    registry.register_collector(Box::new(Snapshot { versions, http: failures }));
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -57,7 +74,9 @@ type Field = fn(&VersionMetrics) -> u64;
 
 const CUMULATIVE: &[(&str, &str, Field)] = &[
     ("nv_inference_request_success", "Number of successful inference requests", |m| m.request_success),
-    ("nv_inference_count", "Number of inferences performed (a batch of n counts n)", |m| m.inference_count),
+    ("nv_inference_count", "Number of inferences performed (rows: a request of batch n counts n)", |m| {
+        m.inference_count
+    }),
     ("nv_inference_exec_count", "Number of model executions (batches)", |m| m.execution_count),
     ("nv_inference_request_duration_us", "Cumulative end-to-end request duration in microseconds", |m| {
         m.request_duration_us
@@ -81,6 +100,32 @@ fn labels(m: &VersionMetrics) -> [(&'static str, String); 2] {
     [("model", m.model.clone()), ("version", m.version.to_string())]
 }
 
+/// Rows of a family labelled model, version and one more key.
+type Keyed = Vec<(String, String, String, u64)>;
+
+impl Snapshot {
+    fn keyed(&self, map: fn(&VersionMetrics) -> &BTreeMap<String, u64>) -> Keyed {
+        let rows = self.versions.iter().flat_map(|m| map(m).iter().map(move |(k, n)| (m, k, n)));
+        rows.map(|(m, k, n)| (m.model.clone(), m.version.to_string(), k.clone(), *n)).collect()
+    }
+}
+
+fn keyed(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    key: &'static str,
+    rows: Keyed,
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (model, version, value, n) in rows {
+        let l = [("model", model), ("version", version), (key, value)];
+        ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(family.encode_family(&l)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for (name, help, field) in CUMULATIVE {
@@ -89,30 +134,19 @@ impl Collector for Snapshot {
                 ConstGauge::new(field(m) as i64).encode(family.encode_family(&labels(m))?)?;
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
-                "nv_inference_request_failure",
-                "Number of failed inference requests, by reason",
-                None,
-                MetricType::Unknown,
-            )?;
-            for m in &self.versions {
-                for (reason, n) in &m.request_failure {
-                    let l = [("model", m.model.clone()), ("version", m.version.to_string()), ("reason", reason.clone())];
-                    ConstGauge::new(*n as i64).encode(family.encode_family(&l)?)?;
-                }
-            }
-            for ((model, version, reason), n) in &self.http {
-                let l = [("model", model.clone()), ("version", version.clone()), ("reason", reason.clone())];
-                ConstGauge::new(*n as i64).encode(family.encode_family(&l)?)?;
-            }
-        }
-        let mut pending =
-            encoder.encode_descriptor("nv_inference_pending_request_count", "Requests waiting or running", None, MetricType::Gauge)?;
+        let mut failures = self.keyed(|m| &m.request_failure);
+        failures.extend(self.http.iter().map(|((m, v, r), n)| (m.clone(), v.clone(), r.clone(), *n)));
+        let failure_help = "Number of failed inference requests, by reason";
+        keyed(&mut encoder, "nv_inference_request_failure", failure_help, MetricType::Unknown, "reason", failures)?;
+        let mut pending = encoder.encode_descriptor(
+            "nv_inference_pending_request_count",
+            "Requests waiting or running",
+            None,
+            MetricType::Gauge,
+        )?;
         for m in &self.versions {
             ConstGauge::new(m.pending_requests as i64).encode(pending.encode_family(&labels(m))?)?;
         }
-        drop(pending);
         let mut hist = encoder.encode_descriptor(
             "multiproc_inference_batch_size",
             "Requests per batch sent to a worker",
@@ -133,28 +167,18 @@ impl Collector for Snapshot {
             buckets.push((f64::INFINITY, count.max(below)));
             fam.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        drop(hist);
-        let mut reasons = encoder.encode_descriptor(
-            "multiproc_inference_batch_close",
-            "Batches sent, by why they were closed (full, preferred, delay, idle_worker, drain)",
-            None,
-            MetricType::Counter,
+        let close_help = "Batches sent, by why they were closed (full, preferred, delay, idle_worker, drain)";
+        let closes = self.keyed(|m| &m.batch_reasons);
+        keyed(&mut encoder, "multiproc_inference_batch_close", close_help, MetricType::Unknown, "reason", closes)?;
+        let states = self.keyed(|m| &m.workers);
+        keyed(
+            &mut encoder,
+            "multiproc_worker_state",
+            "Worker processes in each state",
+            MetricType::Gauge,
+            "state",
+            states,
         )?;
-        for m in &self.versions {
-            for (reason, n) in &m.batch_reasons {
-                let l = [("model", m.model.clone()), ("version", m.version.to_string()), ("reason", reason.clone())];
-                ConstCounter::new(*n).encode(reasons.encode_family(&l)?)?;
-            }
-        }
-        drop(reasons);
-        let mut states =
-            encoder.encode_descriptor("multiproc_worker_state", "Worker processes in each state", None, MetricType::Gauge)?;
-        for m in &self.versions {
-            for (state, n) in &m.workers {
-                let l = [("model", m.model.clone()), ("version", m.version.to_string()), ("state", state.clone())];
-                ConstGauge::new(*n as i64).encode(states.encode_family(&l)?)?;
-            }
-        }
         Ok(())
     }
 }

@@ -2,12 +2,14 @@
 //! are joined along their first dimension into one call (Triton's dynamic
 //! batching), and the outputs split back by each request's row count.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue, TVec, Tensor as TractTensor,
-    TypedModel, TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModelExt, Symbol, SymbolValues, TDim, TValue, TVec,
+    Tensor as TractTensor, TypedModel, TypedRunnableModel,
 };
 
 use multiproc_serve::{Model, WorkerContext};
@@ -38,11 +40,23 @@ pub struct OnnxConfig {
     pub batched: bool,
 }
 
+/// Plans made for a concrete batch size, kept for the sizes seen most
+/// (a graph with a symbolic batch dimension resolves it on every call, which
+/// costs an error value per call inside tract: 3-10× a small model's call).
+const CONCRETE_PLANS: usize = 32;
+
+/// Only models up to this size get concrete plans: each plan holds its own
+/// packed weights, and for a large model the per-call cost no longer matters.
+const CONCRETE_MAX_FILE: u64 = 16 << 20;
+
 /// A loaded, optimized ONNX graph.
 #[derive(Debug)]
 pub struct OnnxRunner {
     config: OnnxConfig,
     plan: TypedRunnableModel<TypedModel>,
+    typed: TypedModel,
+    batch: Option<Symbol>,
+    concrete: RefCell<Vec<(usize, Arc<TypedRunnableModel<TypedModel>>)>>,
 }
 
 fn datum(dt: DataType) -> Result<DatumType, String> {
@@ -74,6 +88,8 @@ impl OnnxRunner {
         let what = config.path.display().to_string();
         let mut model = tract_onnx::onnx().model_for_path(&config.path).map_err(|e| format!("{what}: {e:#}"))?;
         let scope = model.symbols.clone();
+        let batch = config.batched.then(|| scope.sym("batch"));
+        let small = std::fs::metadata(&config.path).is_ok_and(|m| m.len() <= CONCRETE_MAX_FILE);
         for (i, spec) in config.inputs.iter().enumerate() {
             let mut shape: Vec<TDim> = Vec::new();
             if config.batched {
@@ -85,24 +101,25 @@ impl OnnxRunner {
             let fact = InferenceFact::dt_shape(datum(spec.datatype)?, shape);
             model.set_input_fact(i, fact).map_err(|e| format!("{what}: input {}: {e:#}", spec.name))?;
         }
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| format!("{what}: cannot prepare the graph: {e:#}"))?;
-        Ok(OnnxRunner { config, plan })
+        let prepare = |e: tract_onnx::prelude::TractError| format!("{what}: cannot prepare the graph: {e:#}");
+        let typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(prepare)?;
+        let plan = typed.clone().into_optimized().and_then(|m| m.into_runnable()).map_err(prepare)?;
+        let batch = batch.filter(|_| small);
+        Ok(OnnxRunner { config, plan, typed, batch, concrete: RefCell::new(Vec::new()) })
     }
 
     /// Runs a batch of requests (each a set of named input tensors): one
     /// call for all of them when their shapes allow, else one per request.
     pub fn predict(&self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {
-        if self.config.batched && batch.len() > 1 {
-            if let Ok(joined) = self.join(&batch) {
-                let rows: Vec<usize> = batch.iter().map(|r| r[0].shape().first().copied().unwrap_or(0)).collect();
-                return match self.run(joined) {
-                    Ok(outputs) => self.split(outputs, &rows),
-                    Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
-                };
-            }
+        if self.config.batched
+            && batch.len() > 1
+            && let Ok(joined) = self.join(&batch)
+        {
+            let rows: Vec<usize> = batch.iter().map(|r| r[0].shape().first().copied().unwrap_or(0)).collect();
+            return match self.run(joined) {
+                Ok(outputs) => self.split(outputs, &rows),
+                Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            };
         }
         batch.into_iter().map(|r| self.order(r).and_then(|inputs| self.run(inputs))).collect()
     }
@@ -113,7 +130,10 @@ impl OnnxRunner {
             .inputs
             .iter()
             .map(|spec| {
-                let i = request.iter().position(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name))?;
+                let i = request
+                    .iter()
+                    .position(|t| t.name() == spec.name)
+                    .ok_or_else(|| format!("missing input '{}'", spec.name))?;
                 Ok(request.swap_remove(i))
             })
             .collect()
@@ -126,7 +146,9 @@ impl OnnxRunner {
         for spec in &self.config.inputs {
             let parts: Vec<&Tensor> = batch
                 .iter()
-                .map(|r| r.iter().find(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name)))
+                .map(|r| {
+                    r.iter().find(|t| t.name() == spec.name).ok_or_else(|| format!("missing input '{}'", spec.name))
+                })
                 .collect::<Result<_, _>>()?;
             let tail = parts[0].shape().get(1..).ok_or("an input has no batch dimension")?;
             if parts.iter().any(|p| p.shape().get(1..) != Some(tail)) {
@@ -148,16 +170,46 @@ impl OnnxRunner {
             tt.as_bytes_mut().copy_from_slice(t.data());
             values.push(tt.into());
         }
-        let outputs = self.plan.run(values).map_err(|e| format!("model failed: {e:#}"))?;
+        let rows = inputs.first().and_then(|t| t.shape().first().copied());
+        let outputs = match rows.and_then(|n| self.concrete_plan(n)) {
+            Some(plan) => plan.run(values),
+            None => self.plan.run(values),
+        }
+        .map_err(|e| format!("model failed: {e:#}"))?;
         outputs
             .iter()
             .zip(&self.config.outputs)
             .map(|(v, spec)| {
                 let want = datum(spec.datatype)?;
                 let t = v.cast_to_dt(want).map_err(|e| format!("output '{}': {e:#}", spec.name))?;
-                Tensor::new(&spec.name, spec.datatype, t.shape().to_vec(), t.as_bytes().to_vec()).map_err(|e| e.to_string())
+                Tensor::new(&spec.name, spec.datatype, t.shape().to_vec(), t.as_bytes().to_vec())
+                    .map_err(|e| e.to_string())
             })
             .collect()
+    }
+
+    /// The plan for batches of exactly `rows`, made on first use (`None`
+    /// if the graph has no batch dimension or cannot be made concrete).
+    fn concrete_plan(&self, rows: usize) -> Option<Arc<TypedRunnableModel<TypedModel>>> {
+        let batch = self.batch.as_ref()?;
+        let mut cache = self.concrete.borrow_mut();
+        if let Some(i) = cache.iter().position(|(n, _)| *n == rows) {
+            let hit = cache.remove(i);
+            let plan = Arc::clone(&hit.1);
+            cache.insert(0, hit);
+            return Some(plan);
+        }
+        let values = SymbolValues::default().with(batch, i64::try_from(rows).ok()?);
+        let plan = self
+            .typed
+            .concretize_dims(&values)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .ok()?;
+        let plan = Arc::new(plan);
+        cache.insert(0, (rows, Arc::clone(&plan)));
+        cache.truncate(CONCRETE_PLANS);
+        Some(plan)
     }
 
     /// Splits joined outputs back into one set per request.

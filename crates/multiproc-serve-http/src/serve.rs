@@ -84,7 +84,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, StartError> {
         }
     })
     .await;
-    let bind = |addr: SocketAddr| async move { TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source }) };
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    };
     let listener = bind(options.http_addr).await?;
     let metrics_listener = match options.metrics_addr {
         Some(a) => Some(bind(a).await?),
@@ -105,7 +107,8 @@ impl Running {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let metrics = self.metrics_listener.map(|l| {
-            let server = axum::serve(l, metrics_router(Arc::clone(&self.app))).with_graceful_shutdown(signal(stop_rx.clone()));
+            let server =
+                axum::serve(l, metrics_router(Arc::clone(&self.app))).with_graceful_shutdown(signal(stop_rx.clone()));
             tokio::spawn(async move { server.await })
         });
         tokio::spawn(async move {
@@ -113,7 +116,8 @@ impl Running {
             tracing::info!("shutting down: no new connections; finishing the requests in flight");
             let _ = stop_tx.send(true);
         });
-        let served = axum::serve(self.listener, router(Arc::clone(&self.app))).with_graceful_shutdown(signal(stop_rx)).await;
+        let served =
+            axum::serve(self.listener, router(Arc::clone(&self.app))).with_graceful_shutdown(signal(stop_rx)).await;
         if let Err(e) = served {
             tracing::error!("http server failed: {e}");
         }

@@ -50,6 +50,8 @@ struct State {
     stopped: bool,
     /// Bumped to wake idle workers for a reason other than a new request.
     generation: u64,
+    /// Worker threads waiting in `next_batch` (a push wakes one only if any).
+    waiting: usize,
 }
 
 /// Why a push was refused; the request is handed back.
@@ -83,7 +85,13 @@ pub(crate) enum Next {
 impl BatchQueue {
     pub fn new(capacity: usize) -> BatchQueue {
         BatchQueue {
-            state: Mutex::new(State { items: VecDeque::new(), accepting: true, stopped: false, generation: 0 }),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                accepting: true,
+                stopped: false,
+                generation: 0,
+                waiting: 0,
+            }),
             changed: Condvar::new(),
             capacity,
         }
@@ -104,8 +112,28 @@ impl BatchQueue {
             return Err(Refused::Full(p));
         }
         s.items.push_back(p);
+        let wake = s.waiting > 0;
         drop(s);
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues several requests under one lock (a pipeline's chunk), or hands
+    /// them all back if the queue is closed. Skips the capacity check: the
+    /// pipeline bounds what it holds.
+    pub fn push_many(&self, batch: Vec<Pending>) -> Result<(), Vec<Pending>> {
+        let mut s = self.lock();
+        if !s.accepting || s.stopped {
+            return Err(batch);
+        }
+        s.items.extend(batch);
+        let wake = s.waiting > 0;
+        drop(s);
+        if wake {
+            self.changed.notify_all();
+        }
         Ok(())
     }
 
@@ -116,7 +144,7 @@ impl BatchQueue {
             s.items.push_front(p);
         }
         drop(s);
-        self.changed.notify_one();
+        self.changed.notify_all();
     }
 
     /// Requests waiting.
@@ -175,10 +203,8 @@ impl BatchQueue {
             }
             let now = Instant::now();
             if s.items.iter().any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
-                let (keep, gone): (VecDeque<_>, VecDeque<_>) = s
-                    .items
-                    .drain(..)
-                    .partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
+                let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+                    s.items.drain(..).partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
                 s.items = keep;
                 dropped.extend(gone);
             }
@@ -208,7 +234,7 @@ impl BatchQueue {
                 };
                 if let Some((size, reason)) = decision {
                     let batch: Vec<Pending> = s.items.drain(..size).collect();
-                    if !s.items.is_empty() {
+                    if !s.items.is_empty() && s.waiting > 0 {
                         self.changed.notify_one();
                     }
                     return Next::Batch(batch, reason);
@@ -222,7 +248,9 @@ impl BatchQueue {
                 return Next::Idle;
             }
             let wait = wait_until.saturating_duration_since(now).max(Duration::from_micros(50));
+            s.waiting += 1;
             s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
+            s.waiting -= 1;
         }
     }
 }
@@ -232,5 +260,57 @@ pub(crate) fn fail_all(items: impl IntoIterator<Item = Pending>, error: impl Fn(
     for p in items {
         let e = error(&p);
         p.slot.complete(Err(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> Pending {
+        Pending { input: ByteBuf::new(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None }
+    }
+
+    fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {
+        match q.next_batch(s, Duration::from_secs(5), &mut Vec::new()) {
+            Next::Batch(b, r) => (b.len(), r),
+            other => panic!("no batch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_by_size_preference_idleness_and_delay() {
+        let q = BatchQueue::new(100);
+        let mut s = ModelSettings { max_batch_size: 8, preferred_batch_sizes: vec![4, 6], ..Default::default() };
+        for _ in 0..13 {
+            q.push(pending(), false).unwrap();
+        }
+        assert_eq!(next(&q, &s), (8, BatchReason::Full));
+        assert_eq!(next(&q, &s), (4, BatchReason::Preferred));
+        assert_eq!(next(&q, &s), (1, BatchReason::IdleWorker));
+        s.dispatch_when_idle = false;
+        s.preferred_batch_sizes.clear();
+        s.max_queue_delay = Duration::from_millis(30);
+        q.push(pending(), false).unwrap();
+        let t = Instant::now();
+        assert_eq!(next(&q, &s), (1, BatchReason::Delay));
+        assert!(t.elapsed() >= Duration::from_millis(29));
+        q.close();
+        assert!(matches!(q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()), Next::Quit));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_cancelled_requests_are_dropped() {
+        let q = BatchQueue::new(2);
+        q.push(pending(), false).unwrap();
+        let gone = pending();
+        gone.slot.cancel();
+        q.push(gone, false).unwrap();
+        assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))));
+        assert!(q.push(pending(), true).is_ok(), "a pipeline's push skips the capacity");
+        let mut dropped = Vec::new();
+        let s = ModelSettings { max_batch_size: 8, ..Default::default() };
+        let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped) else { panic!("no batch") };
+        assert_eq!((b.len(), dropped.len()), (2, 1));
     }
 }

@@ -71,7 +71,8 @@ pub trait Model: Sized + 'static {
 }
 
 /// Starts one worker process of a model version (type-erased).
-pub(crate) type Spawner = Arc<dyn Fn(ProcessBuilder, WorkerEnds, WorkerContext) -> Result<Process<()>, String> + Send + Sync>;
+pub(crate) type Spawner =
+    Arc<dyn Fn(ProcessBuilder, WorkerEnds, WorkerContext) -> Result<Process<()>, String> + Send + Sync>;
 
 /// A model to serve: its name, settings and versions with their configurations.
 ///
@@ -139,9 +140,7 @@ impl<M: Model> ModelSpec<M> {
 
     /// Erases the model type: the spawner of each version and the I/O types.
     pub(crate) fn erase(self) -> Result<ErasedSpec, ServeError> {
-        self.settings
-            .validate()
-            .map_err(|e| ServeError::Internal(format!("model {:?}: {e}", self.name)))?;
+        self.settings.validate().map_err(|e| ServeError::Internal(format!("model {:?}: {e}", self.name)))?;
         if self.versions.is_empty() {
             return Err(ServeError::Internal(format!("model {:?} declares no version", self.name)));
         }
@@ -149,18 +148,14 @@ impl<M: Model> ModelSpec<M> {
             .versions
             .into_iter()
             .map(|(v, config)| {
-                let spawner: Spawner = Arc::new(move |builder: ProcessBuilder, ends: WorkerEnds, ctx: WorkerContext| {
-                    builder.spawn(worker_main::<M>, (ends, config.clone(), ctx)).map_err(|e| e.to_string())
-                });
+                let spawner: Spawner =
+                    Arc::new(move |builder: ProcessBuilder, ends: WorkerEnds, ctx: WorkerContext| {
+                        builder.spawn(worker_main::<M>, (ends, config.clone(), ctx)).map_err(|e| e.to_string())
+                    });
                 (v, spawner)
             })
             .collect();
-        Ok(ErasedSpec {
-            name: self.name,
-            settings: self.settings,
-            versions,
-            io: IoTypes::of::<M::Input, M::Output>(),
-        })
+        Ok(ErasedSpec { name: self.name, settings: self.settings, versions, io: IoTypes::of::<M::Input, M::Output>() })
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use crate::batcher::Continuation;
+use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
@@ -44,8 +44,11 @@ pub struct PipelineSpec<R, I, O, P> {
     postprocess: Option<(PostFn<O, P>, usize)>,
     capacity: usize,
     chunk: usize,
-    _types: PhantomData<fn(R, O) -> (I, P)>,
+    _types: Types<R, I, O, P>,
 }
+
+/// The stage types, carried by a pipeline spec.
+type Types<R, I, O, P> = PhantomData<fn(R, O) -> (I, P)>;
 
 impl<R, I, O, P> std::fmt::Debug for PipelineSpec<R, I, O, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,14 +148,15 @@ where
             Some((f, n)) => (Some((f, n)), Some(pool(n)?)),
             None => (None, None),
         };
-        let runtime = Arc::new(Runtime {
+        let runtime = Arc::new_cyclic(|me| Runtime {
+            me: me.clone(),
             name: self.name,
             model: self.model,
             pre: self.preprocess,
             pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Feed { jobs: VecDeque::new(), feeder_waiting: false }),
             changed: Condvar::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             chunks_out: Arc::new((Mutex::new(0), Condvar::new())),
@@ -176,7 +180,12 @@ where
 pub(crate) trait PipelineDyn: Send + Sync {
     fn name(&self) -> &str;
     fn check_types(&self, input: TypeId, output: TypeId) -> Result<(), ServeError>;
-    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError>;
+    fn submit(
+        &self,
+        input: Box<dyn std::any::Any + Send>,
+        slot: Arc<Slot>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServeError>;
     fn status(&self) -> PipelineStatus;
     fn stop(&self);
 }
@@ -197,7 +206,15 @@ struct Job<R> {
     guard: InFlight,
 }
 
+/// Requests waiting for preprocessing, and whether the feeder sleeps.
+struct Feed<R> {
+    jobs: VecDeque<Job<R>>,
+    feeder_waiting: bool,
+}
+
 struct Runtime<R, I, O, P> {
+    /// Itself, for a caller that hands a lone request to the pool directly.
+    me: Weak<Runtime<R, I, O, P>>,
     name: String,
     model: String,
     pre: PreFn<R, I>,
@@ -206,7 +223,7 @@ struct Runtime<R, I, O, P> {
     pools: RwLock<(Option<Pool>, Option<Pool>)>,
     pre_processes: usize,
     post: Option<(PostFn<O, P>, usize)>,
-    queue: Mutex<VecDeque<Job<R>>>,
+    queue: Mutex<Feed<R>>,
     changed: Condvar,
     in_flight: Arc<AtomicUsize>,
     chunks_out: Arc<(Mutex<usize>, Condvar)>,
@@ -234,19 +251,21 @@ where
         loop {
             let jobs: Vec<Job<R>> = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                while q.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                while q.jobs.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                    q.feeder_waiting = true;
                     q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q.feeder_waiting = false;
                 }
                 if self.stopped.load(Ordering::Acquire) {
-                    let left: Vec<Job<R>> = q.drain(..).collect();
+                    let left: Vec<Job<R>> = q.jobs.drain(..).collect();
                     drop(q);
                     for j in left {
                         j.slot.complete(Err(ServeError::ShuttingDown));
                     }
                     return;
                 }
-                let n = q.len().min(self.chunk);
-                q.drain(..n).collect()
+                let n = q.jobs.len().min(self.chunk);
+                q.jobs.drain(..n).collect()
             };
             {
                 let (count, cv) = &*self.chunks_out;
@@ -279,28 +298,43 @@ where
             }
             return;
         };
-        let _ = (self.pre)(pool, inputs)
-            .on_success(move |outputs: &Vec<Result<I, String>>| {
-                let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-                ok_self.chunk_done();
-                ok_self.to_model(jobs, outputs);
-            })
-            .on_error(move |e: &PoolError| {
-                let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-                err_self.chunk_done();
-                let error = match e {
-                    PoolError::Task { error, .. } => ServeError::WorkerLost {
-                        model: err_self.name.clone(),
-                        version: 0,
-                        pid: 0,
-                        status: format!("preprocessing worker: {error}"),
-                    },
-                    other => err_self.failed("preprocessing", other),
-                };
-                for (slot, _, _) in jobs {
-                    slot.complete(Err(error.clone()));
-                }
-            });
+        // The callbacks do the work; the handle itself is not needed.
+        drop(
+            (self.pre)(pool, inputs)
+                .on_success(move |outputs: &Vec<Result<I, String>>| {
+                    let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                    ok_self.chunk_done();
+                    ok_self.to_model(jobs, outputs);
+                })
+                .on_error(move |e: &PoolError| {
+                    let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+                    err_self.chunk_done();
+                    let error = match e {
+                        PoolError::Task { error, .. } => ServeError::WorkerLost {
+                            model: err_self.name.clone(),
+                            version: 0,
+                            pid: 0,
+                            status: format!("preprocessing worker: {error}"),
+                        },
+                        other => err_self.failed("preprocessing", other),
+                    };
+                    for (slot, _, _) in jobs {
+                        slot.complete(Err(error.clone()));
+                    }
+                }),
+        );
+    }
+
+    /// Takes a pool slot if one is free (at most two chunks per process).
+    fn take_chunk_slot(&self) -> bool {
+        let (count, _) = &*self.chunks_out;
+        let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
+        if *c < 2 * self.pre_processes {
+            *c += 1;
+            true
+        } else {
+            false
+        }
     }
 
     fn chunk_done(&self) {
@@ -327,17 +361,30 @@ where
                 return;
             }
         };
+        let now = Instant::now();
+        let mut batch = Vec::with_capacity(jobs.len());
         for ((slot, deadline, guard), out) in jobs.into_iter().zip(outputs) {
             let bytes = match out {
                 Ok(i) => postcard::to_allocvec(i).map_err(|e| self.failed("preprocessing output", e)),
                 Err(msg) => Err(self.failed("preprocessing", msg)),
             };
-            let result = bytes.and_then(|b| {
-                let then = self.continuation(guard);
-                server.submit_bytes(&entry, None, ByteBuf::from(b), Arc::clone(&slot), deadline, Some(then), true)
-            });
-            if let Err(e) = result {
-                slot.complete(Err(e));
+            match bytes {
+                Ok(b) => batch.push(Pending {
+                    input: ByteBuf::from(b),
+                    slot,
+                    enqueued: now,
+                    deadline,
+                    then: Some(self.continuation(guard)),
+                }),
+                Err(e) => {
+                    drop(guard);
+                    slot.complete(Err(e));
+                }
+            }
+        }
+        if let Err((batch, e)) = server.submit_many(&entry, batch) {
+            for p in batch {
+                p.slot.complete(Err(e.clone()));
             }
         }
     }
@@ -346,10 +393,15 @@ where
     fn continuation(self: &Arc<Self>, guard: InFlight) -> Continuation {
         let this = Arc::clone(self);
         Box::new(move |answer: Answer, slot: Arc<Slot>| {
-            let _guard = guard;
             let Some((post, _)) = &this.post else {
+                drop(guard);
                 slot.complete(Ok(answer));
                 return;
+            };
+            // The request stays counted until postprocessing answers.
+            let (ok_guard, err_guard) = {
+                let shared = Arc::new(guard);
+                (Arc::clone(&shared), shared)
             };
             let pools = this.pools.read().unwrap_or_else(|e| e.into_inner());
             let Some(pool) = &pools.1 else {
@@ -366,19 +418,23 @@ where
             let meta = Answer { bytes: Vec::new(), ..answer };
             let (ok_slot, err_slot) = (Arc::clone(&slot), slot);
             let (ok_this, err_this) = (Arc::clone(&this), Arc::clone(&this));
-            let _ = post(pool, output)
-                .on_success(move |r: &Result<P, String>| {
-                    let result = match r {
-                        Ok(p) => postcard::to_allocvec(p)
-                            .map(|bytes| Answer { bytes, ..meta })
-                            .map_err(|e| ok_this.failed("postprocessing output", e)),
-                        Err(msg) => Err(ok_this.failed("postprocessing", msg)),
-                    };
-                    ok_slot.complete(result);
-                })
-                .on_error(move |e: &PoolError| {
-                    err_slot.complete(Err(err_this.failed("postprocessing", e)));
-                });
+            drop(
+                post(pool, output)
+                    .on_success(move |r: &Result<P, String>| {
+                        drop(ok_guard);
+                        let result = match r {
+                            Ok(p) => postcard::to_allocvec(p)
+                                .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
+                                .map_err(|e| ok_this.failed("postprocessing output", e)),
+                            Err(msg) => Err(ok_this.failed("postprocessing", msg)),
+                        };
+                        ok_slot.complete(result);
+                    })
+                    .on_error(move |e: &PoolError| {
+                        drop(err_guard);
+                        err_slot.complete(Err(err_this.failed("postprocessing", e)));
+                    }),
+            );
         })
     }
 }
@@ -408,20 +464,42 @@ where
         })
     }
 
-    fn submit(&self, input: Box<dyn std::any::Any + Send>, slot: Arc<Slot>, deadline: Option<Instant>) -> Result<(), ServeError> {
-        let input = *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
+    fn submit(
+        &self,
+        input: Box<dyn std::any::Any + Send>,
+        slot: Arc<Slot>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServeError> {
+        let input =
+            *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServeError::ShuttingDown);
         }
-        let admitted = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
+        let admitted =
+            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
         if admitted.is_err() {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         }
         let job = Job { input, slot, deadline, guard: InFlight(Arc::clone(&self.in_flight)) };
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
-        self.changed.notify_one();
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Low load (the feeder idle with nothing queued or held, a pool slot
+        // free): the caller hands the request to the pool itself, saving the
+        // feeder thread's wake-up.
+        if q.jobs.is_empty()
+            && q.feeder_waiting
+            && let Some(me) = self.me.upgrade()
+            && self.take_chunk_slot()
+        {
+            drop(q);
+            me.preprocess(vec![job]);
+            return Ok(());
+        }
+        q.jobs.push_back(job);
+        let wake = q.feeder_waiting;
+        drop(q);
+        if wake {
+            self.changed.notify_one();
+        }
         Ok(())
     }
 

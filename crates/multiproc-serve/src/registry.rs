@@ -70,26 +70,26 @@ impl ModelEntry {
                 reason: "the model is unloaded; load it first".into(),
             });
         }
-        let served = self.served();
+        let served = self.served.read().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = version {
             let group = self.group(v)?;
             if !served.contains(&v) {
                 return Err(ServeError::NotReady {
                     model: self.name.clone(),
                     version: Some(v),
-                    reason: format!("version {v} is not loaded (loaded: {served:?})"),
+                    reason: format!("version {v} is not loaded (loaded: {:?})", *served),
                 });
             }
             return Ok(Arc::clone(group));
         }
-        let groups: Vec<&Arc<VersionGroup>> = served.iter().rev().filter_map(|v| self.groups.get(v)).collect();
-        if let Some(g) = groups.iter().find(|g| g.is_ready()) {
+        let mut groups = served.iter().rev().filter_map(|v| self.groups.get(v));
+        if let Some(g) = groups.clone().find(|g| g.is_ready()) {
             return Ok(Arc::clone(g));
         }
-        let coming = groups.iter().find(|g| {
+        let coming = groups.find(|g| {
             matches!(g.state(), VersionState::NotStarted | VersionState::Loading | VersionState::CrashLooping)
         });
-        coming.map(|g| Arc::clone(g)).ok_or_else(|| ServeError::NotReady {
+        coming.map(Arc::clone).ok_or_else(|| ServeError::NotReady {
             model: self.name.clone(),
             version: None,
             reason: format!("no loaded version is ready (loaded: {served:?})"),
@@ -185,7 +185,9 @@ impl ModelEntry {
 
     pub fn is_ready(&self, version: Option<u64>) -> Result<bool, ServeError> {
         match version {
-            Some(v) => Ok(self.served().contains(&v) && self.group(v)?.is_ready() && !self.unloaded.load(Ordering::Acquire)),
+            Some(v) => {
+                Ok(self.served().contains(&v) && self.group(v)?.is_ready() && !self.unloaded.load(Ordering::Acquire))
+            }
             None => Ok(self.resolve(None).map(|g| g.is_ready()).unwrap_or(false)),
         }
     }

@@ -16,7 +16,9 @@ pub(crate) struct Answer {
     /// The encoded output.
     pub bytes: Vec<u8>,
     /// The model that answered (for a pipeline, the pipeline's model).
-    pub model: String,
+    pub model: Arc<str>,
+    /// When the answer was ready.
+    pub answered: Instant,
     /// The version that answered.
     pub version: u64,
     /// Time spent queued for a batch.
@@ -30,6 +32,8 @@ struct State {
     result: Option<Result<Answer, ServeError>>,
     waker: Option<Waker>,
     taken: bool,
+    /// A thread waits in `wait` (a notify costs a system call: only then).
+    waiting: bool,
 }
 
 /// One request's answer, set once.
@@ -54,15 +58,17 @@ impl Slot {
 
     /// Sets the answer unless one is already set; true if this one was.
     pub fn complete(&self, result: Result<Answer, ServeError>) -> bool {
-        let waker = {
+        let (waker, waiting) = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if s.result.is_some() || s.taken {
                 return false;
             }
             s.result = Some(result);
-            s.waker.take()
+            (s.waker.take(), s.waiting)
         };
-        self.ready.notify_all();
+        if waiting {
+            self.ready.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -93,16 +99,19 @@ impl Slot {
                 s.taken = true;
                 return Some(r);
             }
+            s.waiting = true;
             match deadline {
                 None => s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        s.waiting = false;
                         return None;
                     }
                     s = self.ready.wait_timeout(s, d - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
+            s.waiting = false;
         }
     }
 

@@ -175,6 +175,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         let (batch, reason) = match next {
             Next::Quit => return Gone::Quit,
             Next::Idle => {
+                forward_logs(group, worker);
                 if !worker.process.is_alive() {
                     let status = exit_status(&mut worker.process);
                     return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
@@ -197,6 +198,19 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
     }
 }
 
+/// Passes on the log lines an idle worker sent (an external command's stderr).
+fn forward_logs(group: &VersionGroup, worker: &Worker) {
+    while worker.ends.replies.poll(Duration::ZERO).unwrap_or(false) {
+        match worker.ends.replies.recv_timeout(Duration::ZERO) {
+            Ok(FromWorker::Log(line)) => log_line(group, &line),
+            Ok(other) => {
+                tracing::warn!(model = %group.model, version = group.version, "unexpected message from an idle worker: {other:?}");
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Fails requests the batcher dropped (deadline passed or caller gone).
 fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
     if dropped.is_empty() {
@@ -206,7 +220,11 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
         let e = if p.slot.is_cancelled() {
             ServeError::Cancelled { model: group.model.clone() }
         } else {
-            ServeError::DeadlineExceeded { model: group.model.clone(), waited: p.slot.arrived.elapsed(), stage: "queued" }
+            ServeError::DeadlineExceeded {
+                model: group.model.clone(),
+                waited: p.slot.arrived.elapsed(),
+                stage: "queued",
+            }
         };
         group.counters.failure(e.kind());
         p.slot.complete(Err(e));
@@ -215,7 +233,13 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
 
 /// Sends one batch and routes the answers; on the worker's death or a call
 /// timeout fails the whole batch at once.
-fn run_batch(group: &VersionGroup, instance: usize, worker: &mut Worker, id: u64, mut batch: Vec<Pending>) -> Result<(), Gone> {
+fn run_batch(
+    group: &VersionGroup,
+    instance: usize,
+    worker: &mut Worker,
+    id: u64,
+    mut batch: Vec<Pending>,
+) -> Result<(), Gone> {
     let n = batch.len();
     group.in_flight.fetch_add(n, Ordering::Relaxed);
     group.worker_busy(instance, true);
@@ -230,8 +254,9 @@ fn run_batch(group: &VersionGroup, instance: usize, worker: &mut Worker, id: u64
         Ok((answers, timing)) => {
             group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
             group.worker_busy(instance, false);
+            let now = Instant::now();
             for (p, answer) in batch.into_iter().zip(answers) {
-                deliver(group, p, answer, sent_at, n);
+                deliver(group, p, answer, (sent_at, now), n);
             }
             Ok(())
         }
@@ -309,14 +334,21 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64) -> Result<Ans
 }
 
 /// Hands one answer to its request (or to the pipeline's next stage).
-fn deliver(group: &VersionGroup, p: Pending, answer: Result<ByteBuf, String>, sent_at: Instant, batch_size: usize) {
+fn deliver(
+    group: &VersionGroup,
+    p: Pending,
+    answer: Result<ByteBuf, String>,
+    (sent_at, now): (Instant, Instant),
+    batch_size: usize,
+) {
     let queued = sent_at.saturating_duration_since(p.enqueued);
     match answer {
         Ok(bytes) => {
-            group.counters.success(p.slot.arrived.elapsed(), queued);
+            group.counters.success(now.saturating_duration_since(p.slot.arrived), queued);
             let answer = Answer {
                 bytes: bytes.into_vec(),
-                model: group.model.clone(),
+                model: Arc::clone(&group.model_name),
+                answered: now,
                 version: group.version,
                 queued,
                 batch_size,

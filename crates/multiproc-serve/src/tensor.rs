@@ -309,7 +309,8 @@ impl Tensor {
                 }
             }
             None => {
-                let items = split_items(&data).map_err(|reason| TensorError::BadBytes { name: name.clone(), reason })?;
+                let items =
+                    split_items(&data).map_err(|reason| TensorError::BadBytes { name: name.clone(), reason })?;
                 if items.len() != count {
                     let reason = format!("shape {shape:?} needs {count} items, data holds {}", items.len());
                     return Err(TensorError::BadBytes { name, reason });
@@ -324,7 +325,11 @@ impl Tensor {
     /// # Errors
     ///
     /// The slice's length is not the shape's element count.
-    pub fn from_slice<T: Element>(name: impl Into<String>, shape: Vec<usize>, values: &[T]) -> Result<Tensor, TensorError> {
+    pub fn from_slice<T: Element>(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        values: &[T],
+    ) -> Result<Tensor, TensorError> {
         let mut data = Vec::with_capacity(values.len().saturating_mul(T::SIZE));
         for v in values {
             v.put(&mut data);

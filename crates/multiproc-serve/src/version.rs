@@ -28,6 +28,8 @@ struct Shared {
 /// One version of one model.
 pub(crate) struct VersionGroup {
     pub model: String,
+    /// The model's name, shared by every answer.
+    pub model_name: Arc<str>,
     pub version: u64,
     pub settings: Arc<ModelSettings>,
     pub spawner: Spawner,
@@ -61,6 +63,7 @@ impl VersionGroup {
             .collect();
         Arc::new(VersionGroup {
             model: model.to_string(),
+            model_name: Arc::from(model),
             version,
             queue: BatchQueue::new(settings.queue_capacity),
             settings,
@@ -137,28 +140,39 @@ impl VersionGroup {
     }
 
     /// Queues a request, starting the version if it is lazy and not started.
-    pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), (Pending, ServeError)> {
+    pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), Box<(Pending, ServeError)>> {
         let state = self.state();
         match state {
             VersionState::NotStarted => self.start(),
             VersionState::CrashLooping => {
                 let e = self.crash_looping_error();
-                return Err((p, e));
+                return Err(Box::new((p, e)));
             }
             _ => {}
         }
         match self.queue.push(p, force) {
             Ok(()) => Ok(()),
-            Err(Refused::Full(p)) => Err((
+            Err(Refused::Full(p)) => Err(Box::new((
                 p,
                 ServeError::Overloaded {
                     model: self.model.clone(),
                     version: self.version,
                     capacity: self.queue.capacity(),
                 },
-            )),
-            Err(Refused::Closed(p)) => Err((p, self.not_ready(&format!("version is {}", state.as_str())))),
+            ))),
+            Err(Refused::Closed(p)) => Err(Box::new((p, self.not_ready(&format!("version is {}", state.as_str()))))),
         }
+    }
+
+    /// Queues a pipeline's chunk at once (no capacity check: the pipeline
+    /// bounds what it holds).
+    pub fn admit_many(self: &Arc<Self>, batch: Vec<Pending>) -> Result<(), (Vec<Pending>, ServeError)> {
+        match self.state() {
+            VersionState::NotStarted => self.start(),
+            VersionState::CrashLooping => return Err((batch, self.crash_looping_error())),
+            _ => {}
+        }
+        self.queue.push_many(batch).map_err(|b| (b, self.not_ready("the version no longer takes requests")))
     }
 
     pub fn not_ready(&self, reason: &str) -> ServeError {
@@ -168,7 +182,8 @@ impl VersionGroup {
     fn crash_looping_error(&self) -> ServeError {
         let s = self.lock();
         let now = Instant::now();
-        let retry_in = s.backoff_until.iter().flatten().map(|t| t.saturating_duration_since(now)).min().unwrap_or_default();
+        let retry_in =
+            s.backoff_until.iter().flatten().map(|t| t.saturating_duration_since(now)).min().unwrap_or_default();
         ServeError::CrashLooping {
             model: self.model.clone(),
             version: self.version,

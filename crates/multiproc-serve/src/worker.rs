@@ -115,6 +115,9 @@ fn micros(since: Instant) -> u64 {
 pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context: WorkerContext) {
     let WorkerEnds { requests, replies } = ends;
     let _ = LOG.set(replies.clone());
+    // Batches of large tensors are allocated and freed over and over: keep
+    // freed memory instead of faulting fresh pages in each time.
+    multiproc::keep_freed_memory();
     let mut model = match M::load(config, &context) {
         Ok(m) => m,
         Err(reason) => {

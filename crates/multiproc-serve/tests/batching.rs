@@ -35,12 +35,8 @@ fn at_high_load_batches_are_full() {
 fn at_low_load_a_lone_request_waits_at_most_max_queue_delay() {
     let server = Server::new();
     let delay = Duration::from_millis(80);
-    let settings = ModelSettings {
-        max_batch_size: 32,
-        max_queue_delay: delay,
-        dispatch_when_idle: false,
-        ..Default::default()
-    };
+    let settings =
+        ModelSettings { max_batch_size: 32, max_queue_delay: delay, dispatch_when_idle: false, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("quiet").version(1, Behaviour::default()).settings(settings)).unwrap();
     for i in 0..3u64 {
         let started = Instant::now();
@@ -73,7 +69,8 @@ fn a_full_queue_rejects_at_once_and_deadlines_fail_waiting_requests() {
         let r = block_on(f, PATIENCE);
         outcomes.push((r, asked.elapsed()));
     }
-    let rejected: Vec<_> = outcomes.iter().filter(|(r, _)| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).collect();
+    let rejected: Vec<_> =
+        outcomes.iter().filter(|(r, _)| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).collect();
     assert!(rejected.len() >= 18, "only {} rejected", rejected.len());
     assert!(rejected.iter().all(|(_, waited)| *waited < Duration::from_millis(50)));
     assert!(submitted < Duration::from_secs(1));
@@ -91,8 +88,30 @@ fn a_full_queue_rejects_at_once_and_deadlines_fail_waiting_requests() {
     )
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    // Waiting on a future without a runtime, with a patience shorter than the queue.
+    let err = server.infer_async::<u64, Tagged>(Request::new("small", 9)).wait_timeout(Duration::from_millis(50));
+    assert_eq!(err.unwrap_err().kind(), ErrorKind::DeadlineExceeded);
     for b in blockers {
         block_on(b, PATIENCE).unwrap();
     }
+    server.shutdown();
+}
+
+#[test]
+fn a_request_whose_caller_is_gone_never_reaches_a_worker() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, ..Default::default() };
+    let behaviour = Behaviour { batch_ms: 300, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
+    let busy = server.infer_async::<u64, Tagged>(Request::new("m", 1));
+    assert!(common::wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1));
+    drop(server.infer_async::<u64, Tagged>(Request::new("m", 2)));
+    let after = server.infer_async::<u64, Tagged>(Request::new("m", 3));
+    assert_eq!(busy.wait_timeout(PATIENCE).unwrap().output.value, 2);
+    assert_eq!(after.wait_timeout(PATIENCE).unwrap().output.value, 6);
+    let metrics = server.metrics();
+    let m = metrics.get("m", 1).unwrap();
+    assert_eq!(m.inference_count, 2, "the dropped request ran");
+    assert_eq!(m.request_failure.get("cancelled"), Some(&1));
     server.shutdown();
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{PATIENCE, block_on, wait_for};
 use multiproc_serve::{
-    CommandConfig, CommandModel, DataType, ErrorKind, ModelSettings, ModelSpec, Request, Server, Tensor,
-    VersionPolicy, VersionState,
+    CommandConfig, CommandModel, DataType, ErrorKind, ModelSettings, ModelSpec, Request, Server, Tensor, VersionPolicy,
+    VersionState,
 };
 
 fn worker_script() -> String {
@@ -22,6 +22,7 @@ fn python() -> CommandConfig {
 
 #[test]
 fn the_python_reference_worker_serves_tensors_in_batches() {
+    let log = common::capture_log();
     let server = Server::new();
     let settings = ModelSettings {
         max_batch_size: 8,
@@ -63,11 +64,20 @@ fn the_python_reference_worker_serves_tensors_in_batches() {
     assert_eq!(err.kind(), ErrorKind::ModelFailed);
     assert!(err.to_string().contains("does not take BOOL"), "{err}");
 
+    // The command's stderr reached the log, prefixed with model and version;
+    // load, ready and the version's state changes are logged too.
+    let lines = log.lock().unwrap().clone();
+    assert!(lines.iter().any(|l| l.contains("[py v3] demo model py loaded version 3")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("worker ready") && l.contains("model=py")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("to=ready") && l.contains("version=3")), "{lines:#?}");
+
     // Versions and switch work the same: version 5 multiplies by 5.
     server.switch("py", 5).unwrap();
     let t = Tensor::from_slice("x", vec![1], &[2.0f64]).unwrap();
     let reply = server.infer_tensors("py", None, vec![t]).unwrap();
     assert_eq!((reply.version, reply.output[0].to_vec::<f64>().unwrap()), (5, vec![10.0]));
+    let lines = log.lock().unwrap().clone();
+    assert!(lines.iter().any(|l| l.contains("switch: traffic moved")), "{lines:#?}");
     server.shutdown();
 }
 

@@ -73,3 +73,27 @@ fn a_dead_preprocessing_worker_fails_only_its_own_request() {
     assert_eq!(server.infer::<String, String>(Request::new("words", "4".to_string())).unwrap().output, "8 (v1)");
     server.shutdown();
 }
+
+fn slow_parse(text: String) -> Result<u64, String> {
+    std::thread::sleep(Duration::from_millis(200));
+    parse(text)
+}
+
+#[test]
+fn a_full_pipeline_rejects_at_once_and_recovers() {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default())).unwrap();
+    let spec = PipelineSpec::<String, u64, Tagged, Tagged>::new("slow", "double", slow_parse, 1).capacity(8);
+    server.add_pipeline(spec).unwrap();
+    let futures: Vec<_> =
+        (0..20u64).map(|i| server.infer_async::<String, Tagged>(Request::new("slow", i.to_string()))).collect();
+    let results: Vec<_> = futures.into_iter().map(|f| f.wait_timeout(PATIENCE)).collect();
+    let overloaded = results.iter().filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).count();
+    assert_eq!(overloaded, 12, "the pipeline holds 8 requests; the other 12 are rejected");
+    assert!(results[..8].iter().all(|r| r.is_ok()));
+    let in_flight = || server.status().model("slow").unwrap().pipeline.as_ref().unwrap().in_flight;
+    assert!(common::wait_for(PATIENCE, || in_flight() == 0), "{} requests still counted", in_flight());
+    let reply = server.infer::<String, Tagged>(Request::new("slow", "5".to_string())).unwrap();
+    assert_eq!(reply.output.value, 10);
+    server.shutdown();
+}

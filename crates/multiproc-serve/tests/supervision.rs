@@ -37,7 +37,9 @@ fn sigkill_with_50_requests_in_flight_fails_them_at_once_and_the_rest_succeed() 
     for f in in_flight {
         let err = block_on(f, PATIENCE).unwrap_err();
         failed_within = killed.elapsed();
-        let ServeError::WorkerLost { model, version, pid: lost, status } = &err else { panic!("not worker-lost: {err}") };
+        let ServeError::WorkerLost { model, version, pid: lost, status } = &err else {
+            panic!("not worker-lost: {err}")
+        };
         assert_eq!((model.as_str(), *version, *lost), ("victim", 1, pid));
         assert!(status.contains("signal 9"), "{status}");
         assert!(err.to_string().contains("victim") && err.to_string().contains("version 1"), "{err}");
@@ -140,7 +142,8 @@ fn the_models_own_errors_fail_only_their_request() {
     let server = Server::new();
     let settings = ModelSettings { max_batch_size: 8, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("d").version(1, Behaviour::default()).settings(settings)).unwrap();
-    let futures: Vec<_> = [1, u64::MAX, 3].into_iter().map(|x| server.infer_async::<u64, Tagged>(Request::new("d", x))).collect();
+    let futures: Vec<_> =
+        [1, u64::MAX, 3].into_iter().map(|x| server.infer_async::<u64, Tagged>(Request::new("d", x))).collect();
     let results: Vec<_> = futures.into_iter().map(|f| block_on(f, PATIENCE)).collect();
     assert_eq!(results[0].as_ref().unwrap().output.value, 2);
     assert!(matches!(&results[1], Err(ServeError::ModelFailed { message, .. }) if message.contains("u64::MAX")));

@@ -75,7 +75,10 @@ pub fn test_repository(dir: &Path) {
     write(&dir.join("digits/1/model.onnx"), &std::fs::read(demo.join("1/model.onnx")).unwrap());
     write(&dir.join("echo/config.toml"), echo_config(0.0).as_bytes());
     std::fs::create_dir_all(dir.join("echo/1")).unwrap();
-    write(&dir.join("slow/config.toml"), echo_config(0.3).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes());
+    write(
+        &dir.join("slow/config.toml"),
+        echo_config(0.3).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes(),
+    );
     std::fs::create_dir_all(dir.join("slow/1")).unwrap();
     write(&dir.join("broken/config.toml"), b"platform = \"onnx\"\nmax_batch_size = -4\n");
     std::fs::create_dir_all(dir.join("broken/1")).unwrap();
@@ -86,6 +89,7 @@ pub struct Served {
     pub child: Child,
     pub base: String,
     pub stderr: mpsc::Receiver<String>,
+    pub stdout: mpsc::Receiver<String>,
 }
 
 impl Served {
@@ -118,10 +122,13 @@ impl Served {
         });
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
             let _ = child.kill();
-            panic!("multiproc serve printed no address in 60 s: {}", erx.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
+            panic!(
+                "multiproc serve printed no address in 60 s: {}",
+                erx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+            )
         });
         let addr = line.rsplit("http://").next().unwrap().trim().to_string();
-        Served { child, base: format!("http://{addr}"), stderr: erx }
+        Served { child, base: format!("http://{addr}"), stderr: erx, stdout: rx }
     }
 
     pub fn url(&self, path: &str) -> String {

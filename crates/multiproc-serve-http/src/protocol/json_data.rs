@@ -37,7 +37,7 @@ fn push_all(name: &str, dt: DataType, v: &Value, out: &mut Vec<u8>, count: &mut 
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 40 { format!("{}…", &s[..s.floor_char_boundary(40)]) } else { s }
+    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
 }
 
 fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Value) -> Option<T> {

@@ -8,6 +8,7 @@
 //! arithmetic before anything is allocated or sliced, and every failure is a
 //! [`ProtocolError`] saying which input or output and what was wrong.
 
+pub mod fuzz;
 pub mod json_data;
 pub mod messages;
 pub mod request;

@@ -34,7 +34,9 @@ fn bool_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Re
     match params.as_ref().and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ProtocolError::new(format!("{whose}: parameter '{key}' is {other}, expected true or false"))),
+        Some(other) => {
+            Err(ProtocolError::new(format!("{whose}: parameter '{key}' is {other}, expected true or false")))
+        }
     }
 }
 
@@ -80,12 +82,10 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
         }
         let datatype: DataType =
             input.datatype.parse().map_err(|e| ProtocolError::new(format!("input '{name}': {e}")))?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| ProtocolError::new(format!("input '{name}': shape {:?} has a negative dimension", input.shape)))?;
+        let shape =
+            input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<usize>, _>>().map_err(|_| {
+                ProtocolError::new(format!("input '{name}': shape {:?} has a negative dimension", input.shape))
+            })?;
         let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
             None => None,
             Some(v) => Some(v.as_u64().ok_or_else(|| {
@@ -96,7 +96,9 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
             (Some(_), Some(_)) => {
                 return Err(ProtocolError::new(format!("input '{name}' has both 'data' and binary_data_size")));
             }
-            (None, None) => return Err(ProtocolError::new(format!("input '{name}' has no 'data' and no binary_data_size"))),
+            (None, None) => {
+                return Err(ProtocolError::new(format!("input '{name}' has no 'data' and no binary_data_size")));
+            }
             (Some(_), None) if header_length.is_none() => {
                 return Err(ProtocolError::new(format!(
                     "input '{name}' has binary_data_size but the request has no Inference-Header-Content-Length header"

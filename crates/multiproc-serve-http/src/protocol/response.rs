@@ -51,9 +51,9 @@ pub fn encode_response(
             let mut chosen = Vec::with_capacity(wanted.len());
             for w in wanted {
                 let slot = outputs.iter_mut().find(|t| t.as_ref().is_some_and(|t| t.name() == w.name));
-                let tensor = slot.and_then(Option::take).ok_or_else(|| {
-                    ProtocolError::new(format!("model '{model_name}' has no output '{}'", w.name))
-                })?;
+                let tensor = slot
+                    .and_then(Option::take)
+                    .ok_or_else(|| ProtocolError::new(format!("model '{model_name}' has no output '{}'", w.name)))?;
                 chosen.push((tensor, w.binary));
             }
             chosen
@@ -76,7 +76,8 @@ pub fn encode_response(
             }
         })
         .collect();
-    let head = InferResponseBody { model_name: model_name.to_string(), model_version: model_version.to_string(), id, outputs };
+    let head =
+        InferResponseBody { model_name: model_name.to_string(), model_version: model_version.to_string(), id, outputs };
     let mut body = serde_json::to_vec(&head).map_err(|e| ProtocolError::new(format!("cannot encode response: {e}")))?;
     let header_length = any_binary.then_some(body.len());
     body.extend_from_slice(&tail);

@@ -246,7 +246,9 @@ impl ModelConfig {
         let inputs = tensors("input", raw.input)?;
         let outputs = tensors("output", raw.output)?;
         if inputs.is_empty() || outputs.is_empty() {
-            return Err("fields `input` and `output`: at least one [[input]] and one [[output]] table are needed".into());
+            return Err(
+                "fields `input` and `output`: at least one [[input]] and one [[output]] table are needed".into()
+            );
         }
         let b = raw.batching;
         let limit = raw.max_batch_size.max(1);
@@ -264,7 +266,10 @@ impl ModelConfig {
             (None, Some(true), None) => VersionChoice::All,
             (None, None, Some(list)) if !list.is_empty() => VersionChoice::Specific(list),
             _ => {
-                return Err("table `version_policy`: expected exactly one of latest = N, all = true, specific = [versions]".into());
+                return Err(
+                    "table `version_policy`: expected exactly one of latest = N, all = true, specific = [versions]"
+                        .into(),
+                );
             }
         };
         let t = raw.timeouts;

@@ -13,6 +13,7 @@
 pub mod config;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use multiproc_serve::command::{CommandConfig, CommandModel};
@@ -31,7 +32,7 @@ pub struct ModelDir {
     pub dir: PathBuf,
     /// Its checked configuration and version numbers on disk, or why it
     /// cannot be served.
-    pub loaded: Result<(ModelConfig, Vec<u64>), ConfigError>,
+    pub loaded: Result<(Arc<ModelConfig>, Vec<u64>), ConfigError>,
 }
 
 /// Lists the model directories of `root`, sorted by name.
@@ -58,7 +59,7 @@ pub fn scan_model(root: &Path, name: &str) -> ModelDir {
     ModelDir { name: name.to_string(), dir, loaded }
 }
 
-fn read_model(dir: &Path) -> Result<(ModelConfig, Vec<u64>), ConfigError> {
+fn read_model(dir: &Path) -> Result<(Arc<ModelConfig>, Vec<u64>), ConfigError> {
     let file = dir.join("config.toml");
     let config = ModelConfig::load(&file)?;
     let err = |reason: String| ConfigError { file: dir.to_path_buf(), reason };
@@ -80,7 +81,7 @@ fn read_model(dir: &Path) -> Result<(ModelConfig, Vec<u64>), ConfigError> {
             }
         }
     }
-    Ok((config, versions))
+    Ok((Arc::new(config), versions))
 }
 
 /// The multiproc-serve settings a configuration asks for.

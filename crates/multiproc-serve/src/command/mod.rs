@@ -47,7 +47,13 @@ pub struct CommandConfig {
 impl CommandConfig {
     /// Runs `program` with no argument.
     pub fn new(program: impl Into<PathBuf>) -> CommandConfig {
-        CommandConfig { program: program.into(), args: Vec::new(), env: Vec::new(), cwd: None, max_frame_bytes: 1 << 30 }
+        CommandConfig {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            max_frame_bytes: 1 << 30,
+        }
     }
 
     /// Adds an argument.
@@ -173,7 +179,9 @@ impl Model for CommandModel {
             Ok(Some((Header::Result { id: got, responses }, blob))) if got == id && responses.len() == n => {
                 (responses, blob)
             }
-            Ok(Some((other, _))) => self.fatal(&format!("expected the result of batch {id} with {n} responses, got {other:?}")),
+            Ok(Some((other, _))) => {
+                self.fatal(&format!("expected the result of batch {id} with {n} responses, got {other:?}"))
+            }
             Ok(None) => self.fatal("the command closed its stdout"),
             Err(e) => self.fatal(&e),
         };

@@ -130,7 +130,8 @@ pub fn get_tensors(refs: &[TensorRef], blob: &[u8]) -> Result<Vec<Tensor>, Strin
                 format!("tensor {:?}: bytes {}+{} lie outside the {}-byte blob", r.name, r.offset, r.size, blob.len())
             })?;
             let datatype: DataType = r.datatype.parse().map_err(|e| format!("{e}"))?;
-            Tensor::new(r.name.clone(), datatype, r.shape.clone(), blob[r.offset..end].to_vec()).map_err(|e| e.to_string())
+            Tensor::new(r.name.clone(), datatype, r.shape.clone(), blob[r.offset..end].to_vec())
+                .map_err(|e| e.to_string())
         })
         .collect()
 }

@@ -108,3 +108,49 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A `tracing` subscriber that keeps every event as one line of
+/// `field=value` pairs, for tests to look at the log.
+pub struct CaptureLog(pub Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{}={} ", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for CaptureLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Installs [`CaptureLog`] for the whole test binary (once) and returns its lines.
+pub fn capture_log() -> Arc<std::sync::Mutex<Vec<String>>> {
+    static LINES: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<String>>>> = std::sync::OnceLock::new();
+    Arc::clone(LINES.get_or_init(|| {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let _ = tracing::subscriber::set_global_default(CaptureLog(Arc::clone(&lines)));
+        lines
+    }))
+}

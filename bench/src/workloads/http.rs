@@ -1,0 +1,461 @@
+//! HTTP serving workloads: `multiproc serve` (the same server the command
+//! runs, `multiproc_serve_http::serve`, started in this process on its own
+//! runtime) side by side with KServe's Python model server (`kserve` 0.21,
+//! `ModelServer` with one worker, `bench/python/http_kserve.py`), both
+//! serving the same trivial model (output = input × 2, FP32 [1, 4]) over the
+//! Open Inference Protocol with JSON bodies.
+//!
+//! The load generator keeps a fixed number of keep-alive connections busy
+//! (one request at a time on each) until a bounded number of requests is
+//! done; a sample is one such burst: its requests/s, and the p50/p90/p99 of
+//! its request latencies. Every response is checked (status 200 and the
+//! expected output).
+//!
+//! Rows: `http_infer/c1`, `/c16`, `/c64` (req/s), `http_p99/c1`, `/c64`
+//! (µs), peer "kserve"; `http_batching/c64`: the demo digits classifier
+//! with dynamic batching (`max_batch_size` 64) against the same server with
+//! `max_batch_size` 1 (the peer column).
+//!
+//! KServe is installed by the harness on first use into a virtual
+//! environment under `target/py-venvs/kserve` (`python3 -m venv`, then
+//! `pip install kserve==0.21.*` from PyPI).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc_serve_http::app::HttpOptions;
+use multiproc_serve_http::serve::{ServeOptions, start};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Ctx, Workload};
+use crate::measure::{Plan, Stats, Subject};
+use crate::report::{Row, Unit};
+use crate::{BenchError, ensure};
+
+/// `multiproc serve` against KServe at concurrency 1, 16 and 64.
+pub const HTTP_INFER: Workload = Workload {
+    name: "http_infer",
+    about: "req/s and p99 of OIP v2 JSON inference on a trivial model, multiproc serve vs KServe (1 worker), c1/c16/c64",
+    run: http_infer,
+};
+
+/// Dynamic batching on the demo classifier.
+pub const HTTP_BATCHING: Workload = Workload {
+    name: "http_batching",
+    about: "req/s of the demo digits MLP at c64 over HTTP, dynamic batching (max 64) vs max_batch_size 1",
+    run: http_batching,
+};
+
+const DOUBLE_BODY: &str = r#"{"id":"b","inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+const DOUBLE_EXPECT: &str = "[2.0,4.0,6.0,8.0]";
+
+fn serve_http_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/multiproc-serve-http")
+}
+
+/// A temporary model repository, removed on drop.
+struct Repo(PathBuf);
+
+impl Repo {
+    fn new(models: &[(&str, &Path, &str)]) -> Result<Repo, BenchError> {
+        let nonce = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+        let repo = Repo(std::env::temp_dir().join(format!("multiproc-bench-http-{}-{nonce:x}", std::process::id())));
+        for (name, onnx, config) in models {
+            std::fs::create_dir_all(repo.0.join(name).join("1"))?;
+            std::fs::copy(onnx, repo.0.join(name).join("1/model.onnx"))?;
+            std::fs::write(repo.0.join(name).join("config.toml"), config)?;
+        }
+        Ok(repo)
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `multiproc serve` running on its own runtime in this process.
+struct Multiproc {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _repo: Repo,
+}
+
+impl Multiproc {
+    fn start(repo: Repo) -> Result<Multiproc, BenchError> {
+        let options = ServeOptions {
+            repository: repo.0.clone(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_addr: None,
+            http: HttpOptions::default(),
+        };
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                match start(options).await {
+                    Ok(running) => {
+                        let _ = addr_tx.send(Ok(running.http_addr));
+                        running
+                            .run(async move {
+                                let _ = stop_rx.await;
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| BenchError::new("multiproc serve did not start in 120 s"))?
+            .map_err(BenchError::new)?;
+        Ok(Multiproc { addr, stop: Some(stop), thread: Some(thread), _repo: repo })
+    }
+}
+
+impl Drop for Multiproc {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// KServe's model server in its own process group, stopped on drop.
+struct KServe {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(), BenchError> {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return if status.success() { Ok(()) } else { Err(BenchError::new(format!("{cmd:?} failed: {err}"))) };
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::new(format!("{cmd:?} took more than {limit:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The Python of the bench's kserve virtual environment, created if missing.
+fn kserve_python(ctx: &Ctx) -> Result<PathBuf, BenchError> {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py-venvs/kserve");
+    let python = venv.join("bin/python");
+    let works = |p: &Path| Command::new(p).args(["-c", "import kserve"]).status().is_ok_and(|s| s.success());
+    if !works(&python) {
+        eprintln!("  creating {} and installing kserve==0.21.* from PyPI (once)", venv.display());
+        run_limited(Command::new(&ctx.python.command).args(["-m", "venv"]).arg(&venv), Duration::from_secs(120))?;
+        run_limited(
+            Command::new(venv.join("bin/pip")).args(["install", "-q", "kserve==0.21.*"]),
+            Duration::from_secs(900),
+        )?;
+        ensure(works(&python), || "kserve does not import after installing it".into())?;
+    }
+    Ok(python)
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl KServe {
+    fn start(ctx: &Ctx) -> Result<KServe, BenchError> {
+        let python = kserve_python(ctx)?;
+        let (port, grpc) = (free_port()?, free_port()?);
+        let script = crate::python::script_dir().join("http_kserve.py");
+        let child = std::os::unix::process::CommandExt::process_group(
+            Command::new(python).arg(script).arg(port.to_string()).arg(grpc.to_string()),
+            0,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+        let server = KServe { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+        let start = Instant::now();
+        let rt = runtime()?;
+        loop {
+            let probe = rt.block_on(async {
+                let mut c = Conn::open(server.addr).await?;
+                c.request(b"GET /v2/health/ready HTTP/1.1\r\nHost: bench\r\n\r\n").await
+            });
+            if matches!(probe, Ok((200, _))) {
+                return Ok(server);
+            }
+            ensure(start.elapsed() < Duration::from_secs(90), || format!("kserve not ready in 90 s: {probe:?}"))?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for KServe {
+    fn drop(&mut self) {
+        let pgid = self.child.id() as i32;
+        // SAFETY: kill(2) on the process group of our own child (it leads it).
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                // SAFETY: as above.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// One keep-alive HTTP/1.1 connection of the load generator.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Result<Conn, BenchError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream, buf: Vec::with_capacity(4096) })
+    }
+
+    /// Sends one request and reads its response: status and body.
+    async fn request(&mut self, raw: &[u8]) -> Result<(u16, Vec<u8>), BenchError> {
+        self.stream.write_all(raw).await?;
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            ensure(self.buf.len() < 64 << 10, || "response head over 64 KiB".into())?;
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            ensure(n > 0, || "connection closed mid-response".into())?;
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head =
+            std::str::from_utf8(&self.buf[..head_end]).map_err(|_| BenchError::new("response head is not UTF-8"))?;
+        let status: u16 =
+            head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| BenchError::new("bad status line"))?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .ok_or_else(|| BenchError::new(format!("response without Content-Length: {head}")))?;
+        ensure(length <= 16 << 20, || format!("response body of {length} bytes"))?;
+        let mut body = self.buf[head_end..].to_vec();
+        while body.len() < length {
+            let mut chunk = vec![0u8; length - body.len()];
+            let n = self.stream.read(&mut chunk).await?;
+            ensure(n > 0, || "connection closed mid-body".into())?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+        ensure(body.len() == length, || "more bytes than Content-Length".into())?;
+        Ok((status, body))
+    }
+}
+
+/// A burst's figures.
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    per_sec: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+}
+
+/// Drives one server: `concurrency` connections, `requests` per burst.
+struct Driver {
+    rt: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    raw: std::sync::Arc<Vec<u8>>,
+    expect: &'static str,
+    concurrency: usize,
+    requests: usize,
+    bursts: Vec<Burst>,
+}
+
+impl Driver {
+    fn new(
+        addr: SocketAddr,
+        path: &str,
+        body: &str,
+        expect: &'static str,
+        concurrency: usize,
+        requests: usize,
+    ) -> Result<Driver, BenchError> {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Ok(Driver {
+            rt: runtime()?,
+            addr,
+            raw: std::sync::Arc::new(raw.into_bytes()),
+            expect,
+            concurrency,
+            requests,
+            bursts: Vec::new(),
+        })
+    }
+
+    fn burst(&mut self) -> Result<Burst, BenchError> {
+        let (addr, concurrency, requests, expect) = (self.addr, self.concurrency, self.requests, self.expect);
+        let raw = std::sync::Arc::clone(&self.raw);
+        let (elapsed, mut lat) = self.rt.block_on(async move {
+            let mut conns = Vec::with_capacity(concurrency);
+            for _ in 0..concurrency {
+                conns.push(Conn::open(addr).await?);
+            }
+            let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(requests));
+            let start = Instant::now();
+            let tasks: Vec<_> = conns
+                .into_iter()
+                .map(|mut c| {
+                    let (left, raw) = (std::sync::Arc::clone(&left), std::sync::Arc::clone(&raw));
+                    tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        while left
+                            .fetch_update(
+                                std::sync::atomic::Ordering::Relaxed,
+                                std::sync::atomic::Ordering::Relaxed,
+                                |n| n.checked_sub(1),
+                            )
+                            .is_ok()
+                        {
+                            let t = Instant::now();
+                            let (status, body) = c.request(&raw).await?;
+                            lat.push(t.elapsed().as_secs_f64() * 1e6);
+                            let text = String::from_utf8_lossy(&body);
+                            ensure(status == 200 && text.contains(expect), || format!("answer {status}: {text}"))?;
+                        }
+                        Ok::<_, BenchError>(lat)
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(requests);
+            for t in tasks {
+                all.extend(t.await.map_err(|e| BenchError::new(e.to_string()))??);
+            }
+            Ok::<_, BenchError>((start.elapsed(), all))
+        })?;
+        ensure(lat.len() == requests, || format!("{} of {requests} requests answered", lat.len()))?;
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        let b =
+            Burst { per_sec: requests as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p90: pct(0.90), p99: pct(0.99) };
+        self.bursts.push(b);
+        Ok(b)
+    }
+
+    fn stats(&self, f: fn(&Burst) -> f64) -> Stats {
+        Stats::of(self.bursts.iter().map(f).collect())
+    }
+
+    fn latency_json(&self) -> serde_json::Value {
+        json!({
+            "p50_us": self.stats(|b| b.p50).value(),
+            "p90_us": self.stats(|b| b.p90).value(),
+            "p99_us": self.stats(|b| b.p99).value(),
+        })
+    }
+}
+
+impl Subject for Driver {
+    fn sample(&mut self) -> Result<f64, BenchError> {
+        Ok(self.burst()?.per_sec)
+    }
+}
+
+fn http_infer(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(1, 8.0, 5, 1000, 0), Plan::new(1, 2.0, 2, 1000, 0));
+    let onnx = serve_http_dir().join("demo/bench/double/1/model.onnx");
+    let config = std::fs::read_to_string(serve_http_dir().join("demo/bench/double/config.toml"))?;
+    let ours = Multiproc::start(Repo::new(&[("double", &onnx, &config)])?)?;
+    let kserve = KServe::start(ctx)?;
+    let path = "/v2/models/double/infer";
+    let mut rows = Vec::new();
+    for (c, ours_n, theirs_n) in [(1usize, 1000usize, 300usize), (16, 4000, 1000), (64, 8000, 1000)] {
+        let mut a = Driver::new(ours.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, ours_n)?;
+        let mut b = Driver::new(kserve.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, theirs_n)?;
+        let stats =
+            ctx.measure(&plan, &mut [(&format!("multiproc serve c{c}"), &mut a), (&format!("kserve c{c}"), &mut b)])?;
+        let [sa, sb] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+        let params = json!({"concurrency": c, "requests_per_burst": {"multiproc": ours_n, "kserve": theirs_n},
+            "model": "output = input * 2, FP32 [1, 4], JSON", "kserve": "0.21, ModelServer(workers=1)"});
+        let latency = json!({"multiproc": a.latency_json(), "kserve": b.latency_json()});
+        rows.push(
+            Row::new(format!("http_infer/c{c}"), Unit::RequestsPerSec, sa, sb)
+                .with_extra("peer", json!("kserve"))
+                .with_extra("latency", latency.clone())
+                .with_extra("params", params.clone()),
+        );
+        if c != 16 {
+            rows.push(
+                Row::new(format!("http_p99/c{c}"), Unit::Micros, a.stats(|b| b.p99), b.stats(|b| b.p99))
+                    .with_extra("peer", json!("kserve"))
+                    .with_extra("latency", latency)
+                    .with_extra("params", params),
+            );
+        }
+    }
+    drop(kserve);
+    drop(ours);
+    Ok(rows)
+}
+
+fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(1, 6.0, 5, 1000, 0), Plan::new(1, 2.0, 2, 1000, 0));
+    let onnx = serve_http_dir().join("demo/repository/digits/1/model.onnx");
+    let batched = std::fs::read_to_string(serve_http_dir().join("demo/repository/digits/config.toml"))?;
+    let single = batched.replace("max_batch_size = 64", "max_batch_size = 1");
+    ensure(single != batched, || "the demo digits config no longer says max_batch_size = 64".into())?;
+    let ours = Multiproc::start(Repo::new(&[("digits", &onnx, &batched), ("digits_single", &onnx, &single)])?)?;
+    let test_set: serde_json::Value = serde_json::from_str(multiproc_serve_http::demo::DIGITS_TEST_SET)?;
+    let image = &test_set["inputs"][0];
+    let body: &'static str = Box::leak(
+        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": image}]})
+            .to_string()
+            .into_boxed_str(),
+    );
+    let mut a = Driver::new(ours.addr, "/v2/models/digits/infer", body, "\"probabilities\"", 64, 8000)?;
+    let mut b = Driver::new(ours.addr, "/v2/models/digits_single/infer", body, "\"probabilities\"", 64, 8000)?;
+    let stats = ctx.measure(&plan, &mut [("digits batched c64", &mut a), ("digits max_batch_size 1 c64", &mut b)])?;
+    let [sa, sb] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+    let latency = json!({"batched": a.latency_json(), "max_batch_size_1": b.latency_json()});
+    Ok(vec![
+        Row::new("http_batching/c64", Unit::RequestsPerSec, sa, sb)
+            .with_extra("peer", json!("multiproc serve, max_batch_size 1"))
+            .with_extra("latency", latency)
+            .with_extra(
+                "params",
+                json!({"concurrency": 64, "requests_per_burst": 8000, "model": "demo digits MLP, FP32 [1, 64]"}),
+            ),
+    ])
+}

@@ -1,0 +1,82 @@
+//! Limits of `multiproc serve`: an overloaded model answers 503 with
+//! `Retry-After` at once; a slow client holds only its own connection (not
+//! a worker) and is cut off with 408 after the body timeout.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+fn slow_repo(dir: &std::path::Path) {
+    let config = echo_config_for(0.4, &["INT32"])
+        .replace("max_batch_size = 0", "max_batch_size = 0\n[batching]\nmax_queue_size = 1\n");
+    write(&dir.join("slow/config.toml"), config.as_bytes());
+    std::fs::create_dir_all(dir.join("slow/1")).unwrap();
+}
+
+const BODY: &str = r#"{"inputs":[{"name":"in_INT32","shape":[1],"datatype":"INT32","data":[7]}]}"#;
+
+#[test]
+fn overload_is_refused_at_once_with_503_and_retry_after() {
+    let repo = TempDir::new("overload");
+    slow_repo(&repo.0);
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let url = s.url("/v2/models/slow/infer");
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let res = agent().post(&url).send_string(BODY);
+                let (status, retry) = match res {
+                    Ok(r) => (r.status(), None),
+                    Err(ureq::Error::Status(st, r)) => (st, r.header("retry-after").map(str::to_string)),
+                    Err(e) => panic!("{e}"),
+                };
+                (status, retry, t.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let refused: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert!(ok >= 1, "{results:?}");
+    assert!(!refused.is_empty(), "one worker and a queue of 1 cannot take 6 at once: {results:?}");
+    assert_eq!(ok + refused.len(), 6, "{results:?}");
+    for r in &refused {
+        assert!(r.1.as_deref().is_some_and(|v| v.parse::<u64>().is_ok_and(|n| n >= 1)), "Retry-After: {r:?}");
+        assert!(r.2 < Duration::from_millis(350), "refused at once, not after waiting: {r:?}");
+    }
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_slow_client_holds_no_worker_and_times_out_with_408() {
+    let repo = TempDir::new("slowclient");
+    slow_repo(&repo.0);
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--body-timeout-secs", "2"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // A client that announces a body and sends only half of it.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(slow, "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", BODY.len()).unwrap();
+    slow.write_all(&BODY.as_bytes()[..BODY.len() / 2]).unwrap();
+    // Meanwhile the single worker serves others as usual.
+    let t = Instant::now();
+    for _ in 0..2 {
+        let (st, r) = post_json(&s.url("/v2/models/slow/infer"), &serde_json::from_str(BODY).unwrap());
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(r["outputs"][0]["data"], json!([7]));
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "two 0.4 s requests took {:?}", t.elapsed());
+    // The slow client is answered 408 once its body timeout has passed.
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 2s"), "{answer}");
+    assert_eq!(s.terminate().code(), Some(0));
+}

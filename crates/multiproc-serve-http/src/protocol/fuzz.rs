@@ -1,0 +1,85 @@
+//! Entry points for the fuzz targets in `crates/multiproc-serve-http/fuzz`
+//! (cargo-fuzz, nightly), also run on stable by the unit tests below with
+//! pseudo-random mutations of valid requests.
+
+use super::{decode_request, encode_response};
+
+/// Decodes `data` as a JSON inference request body; if it decodes, encodes
+/// its inputs back as a response (JSON and binary). Must never panic.
+pub fn json_request(data: &[u8]) {
+    check(data, None);
+}
+
+/// Decodes `data` as a binary-extension body: the first 2 bytes (LE) are
+/// the `Inference-Header-Content-Length`, the rest is the body. Must never
+/// panic.
+pub fn binary_request(data: &[u8]) {
+    if let Some((len, body)) = data.split_first_chunk::<2>() {
+        check(body, Some(u64::from(u16::from_le_bytes(*len))));
+    }
+}
+
+fn check(body: &[u8], header_length: Option<u64>) {
+    if let Ok(req) = decode_request(body, header_length) {
+        for binary in [false, true] {
+            let encoded = encode_response("m", "1", req.id.clone(), req.inputs.clone(), None, binary);
+            assert!(encoded.is_ok(), "decoded inputs always encode");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEEDS: &[&str] = &[
+        r#"{"id":"1","inputs":[{"name":"x","shape":[2,2],"datatype":"FP16","data":[[1,2],[3,4]]}],"outputs":[{"name":"x"}]}"#,
+        r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","data":["a","bc"]},{"name":"b","shape":[1],"datatype":"BOOL","data":[true]}]}"#,
+        r#"{"parameters":{"binary_data_output":true},"inputs":[{"name":"u","shape":[3],"datatype":"UINT64","data":[0,1,18446744073709551615]}]}"#,
+    ];
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    fn mutate(seed: &[u8], rng: &mut u64) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..1 + xorshift(rng) % 4 {
+            let i = (xorshift(rng) as usize) % v.len().max(1);
+            match xorshift(rng) % 4 {
+                0 if !v.is_empty() => v[i] = xorshift(rng) as u8,
+                1 if !v.is_empty() => {
+                    v.remove(i);
+                }
+                2 => v.insert(i.min(v.len()), b"[]{}\",:0-9e"[(xorshift(rng) % 11) as usize]),
+                _ => v.truncate(i),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn json_decoder_survives_mutations() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let seed = SEEDS[(xorshift(&mut rng) % SEEDS.len() as u64) as usize];
+            json_request(&mutate(seed.as_bytes(), &mut rng));
+        }
+    }
+
+    #[test]
+    fn binary_decoder_survives_mutations() {
+        let head = r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}},{"name":"f","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        let mut valid = (head.len() as u16).to_le_bytes().to_vec();
+        valid.extend_from_slice(head.as_bytes());
+        valid.extend_from_slice(&[2, 0, 0, 0, b'h', b'i', 1, 0, 0, 0, b'x', 0, 0, 128, 63]);
+        let mut rng = 0x2545_f491_4f6c_dd1d;
+        binary_request(&valid);
+        for _ in 0..20_000 {
+            binary_request(&mutate(&valid, &mut rng));
+        }
+    }
+}

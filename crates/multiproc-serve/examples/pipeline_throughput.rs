@@ -1,0 +1,58 @@
+//! Requests per second through a pipeline (preprocessing pool of 2 →
+//! batches of up to 128 → a trivial model process), 1024 in flight.
+//! `cargo run --release -p multiproc-serve --example pipeline_throughput [SECONDS]`
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use multiproc_serve::{InferFuture, Model, ModelSettings, ModelSpec, PipelineSpec, Request, Server, WorkerContext};
+
+struct Prefix;
+
+impl Model for Prefix {
+    type Config = ();
+    type Input = String;
+    type Output = String;
+    fn load((): (), _: &WorkerContext) -> Result<Self, String> {
+        Ok(Prefix)
+    }
+    fn predict(&mut self, batch: Vec<String>) -> Vec<Result<String, String>> {
+        batch.into_iter().map(|e| Ok(format!("modelpredict_{e}"))).collect()
+    }
+}
+
+fn receive(info: String) -> Result<String, String> {
+    Ok(format!("receive_{info}"))
+}
+
+fn wait(f: InferFuture<String>) -> String {
+    f.wait_timeout(Duration::from_secs(60)).expect("request failed").output
+}
+
+fn main() {
+    let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 128, queue_capacity: 1 << 16, ..Default::default() };
+    server.add(ModelSpec::<Prefix>::new("model").version(1, ()).settings(settings)).unwrap();
+    let spec = PipelineSpec::<String, String, String, String>::new("pipeline", "model", receive, 2)
+        .capacity(1 << 16)
+        .chunk(1024);
+    server.add_pipeline(spec).unwrap();
+    let mut in_flight = VecDeque::new();
+    let (start, mut done, mut next) = (Instant::now(), 0u64, 0u64);
+    while start.elapsed().as_secs_f64() < seconds {
+        while in_flight.len() < 1024 {
+            in_flight.push_back((
+                next,
+                server.infer_async::<String, String>(Request::new("pipeline", format!("msg{next}"))),
+            ));
+            next += 1;
+        }
+        let (id, f) = in_flight.pop_front().unwrap();
+        assert_eq!(wait(f), format!("modelpredict_receive_msg{id}"));
+        done += 1;
+    }
+    println!("{:.0} requests/s", done as f64 / start.elapsed().as_secs_f64());
+    println!("{:?}", server.metrics().get("model", 1).map(|m| (m.execution_count, m.inference_count)));
+    server.shutdown();
+}

@@ -1,0 +1,159 @@
+//! A request, its reply, and the future that brings the reply.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::ServeError;
+use crate::slot::{Answer, Slot};
+
+/// One request: the model, an optional version, the input and an optional
+/// deadline.
+///
+/// ```
+/// use multiproc_serve::Request;
+/// use std::time::Duration;
+///
+/// let r = Request::new("classifier", "good".to_string()).version(2).timeout(Duration::from_secs(1));
+/// assert_eq!(r.model(), "classifier");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Request<I> {
+    pub(crate) model: String,
+    pub(crate) version: Option<u64>,
+    pub(crate) input: I,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl<I> Request<I> {
+    /// A request for the default version of `model`.
+    pub fn new(model: impl Into<String>, input: I) -> Request<I> {
+        Request { model: model.into(), version: None, input, timeout: None }
+    }
+
+    /// Asks for a specific version.
+    pub fn version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Sets the version, or the default with `None`.
+    pub fn maybe_version(mut self, version: Option<u64>) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Fails the request with `DeadlineExceeded` if it is not answered within
+    /// `timeout` (overrides the model's `request_timeout`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The model named.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+/// A model's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply<O> {
+    /// The model that answered (for a pipeline: its model).
+    pub model: String,
+    /// The version that produced the output.
+    pub version: u64,
+    /// The output.
+    pub output: O,
+    /// Time the request waited for its batch.
+    pub queue_time: Duration,
+    /// Size of the batch it ran in.
+    pub batch_size: usize,
+    /// Time from the call to the moment its answer was ready (not when the
+    /// caller looked at it).
+    pub latency: Duration,
+}
+
+pub(crate) fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant) -> Result<Reply<O>, ServeError> {
+    let output = postcard::from_bytes(&answer.bytes).map_err(|e| {
+        ServeError::Internal(format!("model {:?} returned an output that does not decode: {e}", answer.model))
+    })?;
+    Ok(Reply {
+        model: answer.model.to_string(),
+        version: answer.version,
+        output,
+        queue_time: answer.queued,
+        batch_size: answer.batch_size,
+        latency: answer.answered.saturating_duration_since(arrived),
+    })
+}
+
+/// A reply still to come; runtime-agnostic (works on tokio or any executor).
+/// Dropping it cancels the request if it has not reached a worker yet.
+#[must_use = "a future does nothing unless polled; dropping it cancels the request"]
+pub struct InferFuture<O> {
+    pub(crate) model: String,
+    pub(crate) slot: Result<Arc<Slot>, Option<ServeError>>,
+    pub(crate) _output: PhantomData<fn() -> O>,
+}
+
+impl<O> std::fmt::Debug for InferFuture<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferFuture").finish_non_exhaustive()
+    }
+}
+
+impl<O: DeserializeOwned> Future for InferFuture<O> {
+    type Output = Result<Reply<O>, ServeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.slot {
+            Err(e) => {
+                Poll::Ready(Err(e.take().unwrap_or_else(|| ServeError::Internal("polled after completion".into()))))
+            }
+            Ok(slot) => match slot.poll(cx.waker()) {
+                Some(result) => Poll::Ready(result.and_then(|a| decode_reply(a, slot.arrived))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<O: DeserializeOwned> InferFuture<O> {
+    /// Waits for the reply on this thread, without an async runtime, at
+    /// most `timeout`; past it the request is cancelled and the error is
+    /// `DeadlineExceeded`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::infer`](crate::Server::infer).
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Reply<O>, ServeError> {
+        match std::mem::replace(&mut self.slot, Err(None)) {
+            Err(e) => Err(e.unwrap_or_else(|| ServeError::Internal("the reply was already taken".into()))),
+            Ok(slot) => match slot.wait(Instant::now().checked_add(timeout)) {
+                Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
+                None => {
+                    slot.cancel();
+                    let model = std::mem::take(&mut self.model);
+                    Err(ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" })
+                }
+            },
+        }
+    }
+}
+
+impl<O> Drop for InferFuture<O> {
+    fn drop(&mut self) {
+        if let Ok(slot) = &self.slot
+            && !slot.is_done()
+        {
+            slot.cancel();
+        }
+    }
+}
