@@ -1,8 +1,9 @@
 //! # multiproc
 //!
 //! Python's `multiprocessing`, rebuilt for Rust and without its sharp edges:
-//! processes that run Rust functions, pipes, and (soon) queues, locks, shared
-//! memory and pools. Typed, fast, and a dead child is an error, never a hang.
+//! processes that run Rust functions, pipes and listeners, queues, locks and
+//! their friends, shared memory, pools and an executor. Typed, fast, and a
+//! dead child is an error, never a hang.
 //!
 //! ## Hello, child
 //!
