@@ -62,11 +62,11 @@ fn exactly_one_callback_runs_per_call() {
         let (o, e, t1, t2) = (oks.clone(), errs.clone(), tx.clone(), tx.clone());
         let r = if x % 4 == 0 { pool.apply_async(fail, (x,)) } else { pool.apply_async(square, (x,)) };
         handles.push(
-            r.on_success(move |v| {
+            r.callback(move |v| {
                 o.fetch_add(1, Ordering::SeqCst);
                 t1.send(Ok(*v)).unwrap();
             })
-            .on_error(move |err| {
+            .error_callback(move |err| {
                 e.fetch_add(1, Ordering::SeqCst);
                 t2.send(Err(err.to_string())).unwrap();
             }),
@@ -84,12 +84,12 @@ fn exactly_one_callback_runs_per_call() {
     let done = pool.apply_async(add, (1, 1));
     assert!(done.wait_timeout(WAIT));
     let (t, r) = mpsc::channel();
-    let done = done.on_success(move |v| t.send(*v).unwrap());
+    let done = done.callback(move |v| t.send(*v).unwrap());
     assert_eq!(r.try_recv().unwrap(), 2);
     assert_eq!(done.get().unwrap(), 2, "the value stays for get");
     // map_async: one callback for the whole call.
     let (t, r) = mpsc::channel();
-    let m = pool.map_async(square, 0..100u64).on_success(move |v: &Vec<u64>| t.send(v.len()).unwrap());
+    let m = pool.map_async(square, 0..100u64).callback(move |v: &Vec<u64>| t.send(v.len()).unwrap());
     assert_eq!(r.recv_timeout(WAIT).unwrap(), 100);
     assert_eq!(m.get().unwrap().len(), 100);
 }

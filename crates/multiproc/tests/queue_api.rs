@@ -149,21 +149,21 @@ fn put_timeout_is_full_after_about_t_and_put_nowait_at_once() {
     assert_eq!((q.get_nowait().unwrap(), q.get_nowait().unwrap()), (2, 5));
 }
 
-// ---------- close ----------
+// ---------- shutdown ----------
 
-fn put_three_and_close(q: Queue<String>) {
+fn put_three_and_shut_down(q: Queue<String>) {
     for s in ["a", "b", "c"] {
         q.put(s.to_string()).unwrap();
     }
-    q.close();
+    q.shutdown(false);
     assert!(q.put("d".to_string()).unwrap_err().is_closed());
 }
 
 #[test]
-fn close_in_a_child_drains_then_reports_closed_everywhere() {
+fn shutdown_in_a_child_drains_then_reports_closed_everywhere() {
     let q = Queue::new().unwrap();
-    spawn(put_three_and_close, (q.clone(),)).join();
-    assert!(q.is_closed());
+    spawn(put_three_and_shut_down, (q.clone(),)).join();
+    assert!(q.is_shutdown() && q.is_closed());
     match q.put("late".to_string()) {
         Err(PutError::Closed(v)) => assert_eq!(v, "late"),
         other => panic!("{other:?}"),
@@ -184,12 +184,12 @@ fn blocked_get(q: Queue<u8>, ready: Queue<u8>) -> (bool, u64) {
 }
 
 #[test]
-fn close_wakes_a_child_blocked_in_get() {
+fn shutdown_wakes_a_child_blocked_in_get() {
     let (q, ready) = (Queue::new().unwrap(), Queue::new().unwrap());
     let mut child = spawn(blocked_get, (q.clone(), ready.clone()));
     ready.get_timeout(LONG).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    q.close();
+    q.shutdown(false);
     let (closed, millis) = child.join();
     assert!(closed);
     assert!(millis < 100 + SLACK.as_millis() as u64, "woke after {millis} ms");

@@ -16,7 +16,7 @@
 //! | Python | here | returns |
 //! |---|---|---|
 //! | `apply(f, args)` | [`Pool::apply`] | `Result<R, PoolError>` |
-//! | `apply_async(f, args, callback, error_callback)` | [`Pool::apply_async`], then [`AsyncResult::on_success`] / [`AsyncResult::on_error`] | [`AsyncResult<R>`] |
+//! | `apply_async(f, args, callback, error_callback)` | [`Pool::apply_async`], then [`AsyncResult::callback`] / [`AsyncResult::error_callback`] | [`AsyncResult<R>`] |
 //! | `map(f, xs, chunksize)` | [`Pool::map`], [`Pool::with_chunksize`] | `Result<Vec<R>, PoolError>` (the first failure) |
 //! | `map_async` | [`Pool::map_async`] | [`AsyncResult<Vec<R>>`] |
 //! | `starmap`, `starmap_async` | [`Pool::starmap`], [`Pool::starmap_async`] | as `map` |

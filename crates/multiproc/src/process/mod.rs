@@ -11,6 +11,7 @@ pub(crate) mod protocol;
 pub(crate) mod task;
 
 use std::ffi::OsString;
+use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -153,13 +154,29 @@ impl ProcessBuilder {
         self
     }
 
-    /// Runs another executable as the child (with the `Spawn` method). It must
-    /// be the same build as this program, or the child refuses the task with
-    /// [`ProcessError::BuildMismatch`].
+    /// Runs another executable as the child (Python's `set_executable`). It
+    /// must be the same build as this program, or the child refuses the task
+    /// with [`ProcessError::BuildMismatch`].
+    ///
+    /// Only [`StartMethod::Spawn`] runs an executable: without a
+    /// [`start_method`](ProcessBuilder::start_method) the child is spawned
+    /// (whatever [`set_start_method`] chose); with another method chosen
+    /// explicitly, `start` fails rather than quietly using one of the two.
     pub fn executable(mut self, path: impl AsRef<Path>) -> Self {
         self.executable = Some(path.as_ref().to_path_buf());
-        self.method = Some(StartMethod::Spawn);
         self
+    }
+
+    /// The start method this builder asks for.
+    fn method_to_use(&self) -> Result<StartMethod, ProcessError> {
+        match (&self.executable, self.method) {
+            (None, method) => Ok(method.unwrap_or_else(get_start_method)),
+            (Some(_), None | Some(StartMethod::Spawn)) => Ok(StartMethod::Spawn),
+            (Some(_), Some(method)) => Err(ProcessError::Start(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an executable runs only with StartMethod::Spawn, not {method:?}; drop one of the two options"),
+            ))),
+        }
     }
 
     /// Prepares a process running `f(args…)` without starting it; call
@@ -294,6 +311,10 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     /// [`ProcessError::DaemonCannotSpawn`] inside a daemon process, or the OS
     /// error that stopped the start.
     pub fn start(&mut self) -> Result<(), ProcessError> {
+        if self.task.is_none() {
+            return Err(ProcessError::AlreadyStarted);
+        }
+        let method = self.config.method_to_use()?;
         let (entry, args) = self.task.take().ok_or(ProcessError::AlreadyStarted)?;
         if identity::is_daemon() {
             return Err(ProcessError::DaemonCannotSpawn);
@@ -308,7 +329,6 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             entry,
             args: args.bytes,
         };
-        let method = self.config.method.unwrap_or_else(get_start_method);
         let launched = launch::launch(
             method,
             launch::Task { start: &wire::encode(&start)?.bytes, fds: &args.fds },
@@ -353,27 +373,32 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         self.running.as_ref().and_then(|r| r.child.exit_code())
     }
 
-    /// Asks the child to stop with SIGTERM (exit code −15). Does not wait.
+    /// Asks the child to stop with SIGTERM (exit code −15). Does not wait. A
+    /// child that has already exited is left alone (`Ok`).
     ///
     /// # Errors
     ///
-    /// [`ProcessError::NotStarted`] before `start`.
+    /// [`ProcessError::NotStarted`] before `start`; [`ProcessError::Signal`]
+    /// if the OS refused the signal.
     pub fn terminate(&self) -> Result<(), ProcessError> {
         self.signal(imp::SIGTERM)
     }
 
-    /// Kills the child with SIGKILL (exit code −9). Does not wait.
+    /// Kills the child with SIGKILL (exit code −9). Does not wait. A child
+    /// that has already exited is left alone (`Ok`).
     ///
     /// # Errors
     ///
-    /// [`ProcessError::NotStarted`] before `start`.
+    /// [`ProcessError::NotStarted`] before `start`; [`ProcessError::Signal`]
+    /// if the OS refused the signal.
     pub fn kill(&self) -> Result<(), ProcessError> {
         self.signal(imp::SIGKILL)
     }
 
     fn signal(&self, signal: i32) -> Result<(), ProcessError> {
         let running = self.running.as_ref().ok_or(ProcessError::NotStarted)?;
-        running.child.signal(signal).map_err(ProcessError::Start)
+        // A child that is already gone is not an error (the OS layer says Ok).
+        running.child.signal(signal).map_err(|source| ProcessError::Signal { signal, source })
     }
 
     /// Waits for the child to finish and returns the function's value.

@@ -26,11 +26,14 @@
 //! - **Large items** (up to 64 GiB) travel out of the ring, in the queue's
 //!   memory file, so they need no large ring.
 //!
-//! `close()` closes the queue for every handle in every process: later puts
-//! fail with `Closed`, gets return the items still queued and then `Closed`
-//! (rather than waiting). Items that carry file descriptors (a `Connection`,
-//! another queue) cannot go through a queue: `put` reports it; send them
-//! over a [`Pipe`](crate::Pipe).
+//! Ending a queue follows Python 3.13: [`Queue::close`] closes one handle
+//! (its later puts and gets fail with `Closed`; other handles go on), and
+//! [`Queue::shutdown`] ends the queue for every handle in every process:
+//! later puts fail with `Closed`, gets return the items still queued and
+//! then `Closed` (rather than waiting), or, with `immediate`, fail at once
+//! and the items left are discarded. Items that carry file descriptors (a
+//! `Connection`, another queue) cannot go through a queue: `put` reports
+//! it; send them over a [`Pipe`](crate::Pipe).
 //!
 //! # Examples
 //!
@@ -68,6 +71,8 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -98,12 +103,17 @@ const KEEP_BUFFER: usize = 1 << 20;
 /// Cloning is cheap and gives another handle to the same queue.
 pub struct Queue<T> {
     ring: Arc<Ring>,
+    /// Set by [`Queue::close`]: this handle only.
+    closed: AtomicBool,
     _type: PhantomData<fn(T) -> T>,
 }
 
 impl<T> Clone for Queue<T> {
+    /// Another handle to the same queue; a clone of a closed handle is
+    /// closed too.
     fn clone(&self) -> Self {
-        Queue { ring: self.ring.clone(), _type: PhantomData }
+        // ORDERING: Relaxed: a per-handle flag, no data hangs on it.
+        Queue { ring: self.ring.clone(), closed: AtomicBool::new(self.closed.load(Relaxed)), _type: PhantomData }
     }
 }
 
@@ -113,6 +123,7 @@ impl<T> fmt::Debug for Queue<T> {
             .field("maxsize", &self.maxsize())
             .field("qsize", &self.qsize())
             .field("closed", &self.is_closed())
+            .field("shutdown", &self.is_shutdown())
             .finish()
     }
 }
@@ -248,7 +259,7 @@ fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 
 impl<T> Queue<T> {
     fn from_ring(ring: Ring) -> Queue<T> {
-        Queue { ring: Arc::new(ring), _type: PhantomData }
+        Queue { ring: Arc::new(ring), closed: AtomicBool::new(false), _type: PhantomData }
     }
 
     /// Options for a new queue.
@@ -311,11 +322,55 @@ impl<T> Queue<T> {
         self.ring.bounded() && self.ring.len() >= self.ring.maxsize()
     }
 
-    /// Closes the queue, for every handle in every process. Later puts fail
-    /// with `Closed`; gets return the items already queued, then
-    /// [`GetError::Closed`] instead of waiting. Threads blocked in `put` or
-    /// `get` wake up. There is no background thread to join (Python's
-    /// `join_thread` and `cancel_join_thread` have nothing to do here).
+    /// Closes this handle (Python's `close`): its later puts and gets fail
+    /// with `Closed`. Other handles — clones made before, copies in other
+    /// processes — go on; items already put stay in the queue. To end the
+    /// queue for everyone, use [`Queue::shutdown`]. There is no background
+    /// thread to join (Python's `join_thread` and `cancel_join_thread` have
+    /// nothing to do here).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{GetError, Queue};
+    ///
+    /// let q = Queue::<u8>::new().unwrap();
+    /// let other = q.clone();
+    /// q.put(1).unwrap();
+    /// q.close();
+    /// assert!(q.put(2).unwrap_err().is_closed());
+    /// assert!(matches!(q.get(), Err(GetError::Closed)));
+    /// assert_eq!(other.get().unwrap(), 1); // the queue itself goes on
+    /// ```
+    pub fn close(&self) {
+        // ORDERING: Relaxed: a per-handle flag.
+        self.closed.store(true, Relaxed);
+    }
+
+    /// True once [`Queue::close`] was called on this handle (or the handle
+    /// it was cloned from), or the queue was shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// let other = q.clone();
+    /// other.close();
+    /// assert!(other.is_closed() && !q.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        // ORDERING: Relaxed: a per-handle flag.
+        self.closed.load(Relaxed) || self.ring.is_closed()
+    }
+
+    /// Shuts the queue down for every handle in every process (Python
+    /// 3.13's `shutdown`). Later puts fail with `Closed`. Without
+    /// `immediate`, gets return the items already queued, then
+    /// [`GetError::Closed`] instead of waiting; with `immediate`, gets fail
+    /// at once and the items left are discarded (for a [`JoinableQueue`],
+    /// each discarded item counts as a finished task, so `join` returns once
+    /// the items already taken are done). Threads blocked in `put` or `get`
+    /// wake up.
     ///
     /// # Examples
     ///
@@ -324,26 +379,27 @@ impl<T> Queue<T> {
     ///
     /// let q = Queue::<u8>::new().unwrap();
     /// q.put(1).unwrap();
-    /// q.clone().close();
+    /// q.clone().shutdown(false);
+    /// assert!(q.is_shutdown());
     /// assert!(q.put(2).unwrap_err().is_closed());
     /// assert_eq!(q.get().unwrap(), 1);
     /// assert!(matches!(q.get(), Err(GetError::Closed)));
+    ///
+    /// let now = Queue::<u8>::new().unwrap();
+    /// now.put(1).unwrap();
+    /// now.shutdown(true);
+    /// assert!(matches!(now.get(), Err(GetError::Closed)));
     /// ```
-    pub fn close(&self) {
-        self.ring.close();
+    pub fn shutdown(&self, immediate: bool) {
+        self.ring.shutdown(immediate);
+        if immediate {
+            self.ring.drain();
+        }
     }
 
-    /// True once [`Queue::close`] was called on any handle.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let q = multiproc::Queue::<u8>::new().unwrap();
-    /// let other = q.clone();
-    /// other.close();
-    /// assert!(q.is_closed());
-    /// ```
-    pub fn is_closed(&self) -> bool {
+    /// True once the queue was shut down, by any handle in any process
+    /// (Python's `is_shutdown`).
+    pub fn is_shutdown(&self) -> bool {
         self.ring.is_closed()
     }
 }
@@ -405,7 +461,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// The value comes back in the error when the queue is closed, the value
+    /// The value comes back in the error when this handle is closed or the
+    /// queue shut down, the value
     /// cannot be serialized (or carries handles), or it cannot be stored.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
         self.put_until(value, None, true).map_err(|e| match e {
@@ -457,7 +514,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_until(&self, value: T, timeout: Option<Duration>, block: bool) -> Result<(), TryPutError<T>> {
-        if self.ring.is_closed() {
+        if self.is_closed() {
             return Err(TryPutError::Closed(value));
         }
         with_buffer(|buf| {
@@ -486,7 +543,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`GetError::Closed`] once the queue is closed and empty; a decode
+    /// [`GetError::Closed`] if this handle is closed, or once the queue is
+    /// shut down and empty (at once after an immediate shutdown); a decode
     /// error if the item is not a `T`.
     pub fn get(&self) -> Result<T, GetError> {
         self.get_until(None, true)
@@ -529,6 +587,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_until(&self, timeout: Option<Duration>, block: bool) -> Result<T, GetError> {
+        // ORDERING: Relaxed: a per-handle flag.
+        if self.closed.load(Relaxed) {
+            return Err(GetError::Closed);
+        }
         with_buffer(|buf| {
             self.ring.get(buf, timeout, block).map_err(|e| match e {
                 GetFail::Empty => GetError::Empty,
