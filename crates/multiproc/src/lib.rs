@@ -156,6 +156,25 @@
 //! ```
 //! <!-- end sync tour -->
 //!
+//! ## Logging and child output
+//!
+//! [`log_to_stderr`] prints the library's lifecycle records (a child
+//! started, exiting with code N, a pool worker replaced, …) and your own
+//! [`logger`] records as `[LEVEL/process name] message`, from every process:
+//! children take the parent's level. The records are also `tracing` events
+//! (target `multiproc`, field `process`). A child's standard output and error
+//! are inherited, captured, or prefixed with its name ([`ChildOutput`]).
+//!
+//! ```
+//! use multiproc::{ChildOutput, Process};
+//!
+//! fn hello() { println!("hello"); }
+//!
+//! let mut p = Process::builder().name("greeter").stdout(ChildOutput::Capture).spawn(hello, ()).unwrap();
+//! p.join().unwrap();
+//! assert_eq!(p.captured_stdout().unwrap(), b"hello\n");
+//! ```
+//!
 //! ## Pools
 //!
 //! [`Pool`] is Python's `Pool`: `map`, `imap`, `apply_async` and the rest,
@@ -183,6 +202,7 @@
 #![warn(missing_docs)]
 
 pub mod connection;
+pub mod log;
 pub mod pool;
 pub mod process;
 pub(crate) mod process_local;
@@ -196,10 +216,11 @@ pub mod wire;
 pub use connection::{
     Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
 };
+pub use log::{Level, Logger, log_to_stderr, logger};
 pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError, keep_freed_memory};
 pub use process::{
-    Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
-    cpu_count, current_process, get_start_method, parent_process, set_start_method,
+    ChildOutput, Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task,
+    active_children, cpu_count, current_process, get_start_method, parent_process, set_start_method,
 };
 pub use queue::{
     GetError, JoinTimeoutError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryPutError,

@@ -9,6 +9,7 @@
 //! page says which item) fails with `WorkerLost` or is retried, the chunks
 //! queued behind it are sent elsewhere, and a new worker takes its place.
 
+use crate::log::lifecycle;
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,6 +189,7 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
     };
     for _ in 0..sched.config.processes {
         let w = sched.spawn_worker()?;
+        lifecycle!(DEBUG, "pool started {} (pid {})", w.process.name(), w.pid);
         sched.workers.push(w);
     }
     let thread = std::thread::Builder::new()
@@ -413,7 +415,10 @@ impl Scheduler {
         }
         for _ in active..self.config.processes {
             match self.spawn_worker() {
-                Ok(w) => self.workers.push(w),
+                Ok(w) => {
+                    lifecycle!(INFO, "pool worker replaced: started {} (pid {})", w.process.name(), w.pid);
+                    self.workers.push(w);
+                }
                 Err(e) => {
                     tracing::warn!("could not start a pool worker: {e}");
                     self.init_failed(format!("a worker could not be started: {e}"));
@@ -541,6 +546,18 @@ impl Scheduler {
         }
         let code = w.process.exitcode();
         let _ = w.process.join_timeout(Duration::ZERO);
+        if w.stopping || (w.retiring && w.inflight.is_empty()) {
+            lifecycle!(DEBUG, "pool worker {} (pid {}) ended ({})", w.process.name(), w.pid, describe(code));
+        } else {
+            lifecycle!(
+                WARN,
+                "pool worker {} (pid {}) died ({}) with {} chunk(s) in flight; replacing it",
+                w.process.name(),
+                w.pid,
+                describe(code),
+                w.inflight.len()
+            );
+        }
         let st = w.status.read();
         if st.phase == PHASE_INIT && w.received == 0 && !w.stopping {
             let message = w

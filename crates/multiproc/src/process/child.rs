@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
+use crate::log::lifecycle;
 use crate::process_local::ProcessLocal;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Pid, pidfd::Pidfd};
@@ -65,6 +66,9 @@ impl ChildShared {
         let mut code = self.code.lock().unwrap_or_else(|e| e.into_inner());
         if code.is_none() {
             *code = self.watch.try_collect();
+            if let Some(c) = *code {
+                lifecycle!(DEBUG, "child {} (pid {}) exited with exitcode {c}", self.name, self.pid);
+            }
         }
         *code
     }
@@ -153,10 +157,16 @@ pub(crate) fn end_children() {
         return;
     }
     let children = std::mem::take(&mut *REGISTRY.lock());
+    if children.is_empty() {
+        return;
+    }
+    lifecycle!(INFO, "process shutting down");
     for child in children.iter().filter(|c| c.daemon) {
+        lifecycle!(DEBUG, "calling terminate() for daemon {}", child.name);
         let _ = child.signal(imp::SIGTERM);
     }
     for child in &children {
+        lifecycle!(DEBUG, "calling join() for process {}", child.name);
         child.wait(Deadline::NEVER);
     }
 }

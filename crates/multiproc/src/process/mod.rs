@@ -5,8 +5,9 @@ pub(crate) mod bootstrap;
 mod child;
 mod error;
 pub(crate) mod forkserver;
-mod identity;
+pub(crate) mod identity;
 pub(crate) mod launch;
+mod output;
 pub(crate) mod protocol;
 pub(crate) mod task;
 
@@ -23,9 +24,11 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ProcessError, RemotePanic};
 pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
+pub use output::ChildOutput;
 pub(crate) use task::EntryRef;
 pub use task::Task;
 
+use crate::log::lifecycle;
 use crate::sys::Deadline;
 use crate::sys::imp;
 use crate::wire::{self, Channel, Encoded, Kind, RecvError};
@@ -114,6 +117,8 @@ pub struct ProcessBuilder {
     cwd: Option<PathBuf>,
     method: Option<StartMethod>,
     executable: Option<PathBuf>,
+    stdout: ChildOutput,
+    stderr: ChildOutput,
 }
 
 impl ProcessBuilder {
@@ -145,6 +150,22 @@ impl ProcessBuilder {
     /// The child's working directory.
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Where the child's standard output goes: inherited from this process
+    /// (the default), captured into the handle
+    /// ([`Process::captured_stdout`]), or copied here with the process name
+    /// in front of each line.
+    pub fn stdout(mut self, how: ChildOutput) -> Self {
+        self.stdout = how;
+        self
+    }
+
+    /// Where the child's standard error goes; as [`ProcessBuilder::stdout`]
+    /// ([`Process::captured_stderr`] for a captured one).
+    pub fn stderr(mut self, how: ChildOutput) -> Self {
+        self.stderr = how;
         self
     }
 
@@ -250,6 +271,8 @@ struct Running {
     child: Arc<ChildShared>,
     channel: Channel,
     reply: ReplyState,
+    /// The child's redirected standard streams, if any.
+    outputs: output::Outputs,
 }
 
 #[derive(Debug)]
@@ -315,10 +338,15 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             return Err(ProcessError::AlreadyStarted);
         }
         let method = self.config.method_to_use()?;
-        let (entry, args) = self.task.take().ok_or(ProcessError::AlreadyStarted)?;
+        let (entry, mut args) = self.task.take().ok_or(ProcessError::AlreadyStarted)?;
         if identity::is_daemon() {
             return Err(ProcessError::DaemonCannotSpawn);
         }
+        let (outputs, ends) =
+            output::Outputs::open(&self.name, self.config.stdout, self.config.stderr).map_err(ProcessError::Start)?;
+        // The write ends travel after the task's own descriptors; ours close
+        // when `args` goes at the end of this call.
+        args.fds.extend(ends.fds);
         let me = current_process();
         let start = Start {
             build_id: imp::build_id::build_id().to_string(),
@@ -328,6 +356,8 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             parent_name: me.name,
             entry,
             args: args.bytes,
+            log: crate::log::state_for_child(),
+            stdio: ends.bits,
         };
         let launched = launch::launch(
             method,
@@ -337,13 +367,40 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             self.config.executable.as_deref(),
         )?;
         let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
-        self.running = Some(Running { child, channel: launched.channel, reply: ReplyState::Waiting });
+        lifecycle!(DEBUG, "started child {} (pid {}) with {method:?}", self.name, launched.pid);
+        self.running = Some(Running { child, channel: launched.channel, reply: ReplyState::Waiting, outputs });
         Ok(())
     }
 
     /// Readable once the started child has exited (for `connection::wait`).
     pub(crate) fn exit_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.running.as_ref().map(|r| r.child.exit_fd())
+    }
+
+    /// What the child wrote to its standard output, when the builder asked
+    /// for [`ChildOutput::Capture`]: all of it once `join` returned, what
+    /// arrived so far before. `None` for an inherited or prefixed stream, or
+    /// before `start`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{ChildOutput, Process};
+    ///
+    /// fn hello() { println!("hello from the child"); }
+    ///
+    /// let mut p = Process::builder().stdout(ChildOutput::Capture).spawn(hello, ()).unwrap();
+    /// p.join().unwrap();
+    /// assert_eq!(p.captured_stdout().unwrap(), b"hello from the child\n");
+    /// ```
+    pub fn captured_stdout(&self) -> Option<Vec<u8>> {
+        self.running.as_ref().and_then(|r| r.outputs.stdout())
+    }
+
+    /// What the child wrote to its standard error, when captured; see
+    /// [`Process::captured_stdout`].
+    pub fn captured_stderr(&self) -> Option<Vec<u8>> {
+        self.running.as_ref().and_then(|r| r.outputs.stderr())
     }
 
     /// The process id, once started.
@@ -425,6 +482,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         let running = self.running.as_mut().ok_or(ProcessError::NotStarted)?;
         running.collect_reply(deadline, timeout)?;
         let code = running.child.wait(deadline).ok_or(ProcessError::Timeout(timeout))?;
+        running.outputs.drain(deadline);
         child::forget(running.child.pid);
         match std::mem::replace(&mut running.reply, ReplyState::Taken) {
             ReplyState::Got(reply, fds) => reply_to_result(reply, fds),
