@@ -17,6 +17,7 @@
 pub mod seed_000;
 pub mod seed_000_predict;
 pub mod seed_001;
+pub mod seed_001_pipe_pools;
 pub mod seed_001_pool;
 pub mod seed_003;
 pub mod seed_003_logging;
@@ -102,6 +103,7 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "queue_two_files", seed: "004", shows: "two processes write records forward and reversed, linked by a Queue and a sentinel", run: || Ok(seed_queue::queue_two_files()?.lines) },
     Example { name: "pool_api", seed: "001", shows: "Pool: apply_async x10 with wait/ready/successful/get, apply, map, map_async", run: || Ok(seed_001_pool::pool_api()?.lines) },
     Example { name: "thumbnails", seed: "001", shows: "thumbnails of a folder of PNGs with Pool.map and the image crate", run: || Ok(seed_001_pool::thumbnails()?.lines) },
+    Example { name: "pipe_pools", seed: "001", shows: "producers and consumers in two Pools over one Pipe, stopped by a None poison pill", run: || Ok(seed_001_pipe_pools::pipe_pools()?.lines) },
     Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
     Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },

@@ -95,3 +95,25 @@ fn predict_server_starts_lazily_drops_the_dead_switches_and_stops() {
     assert!(o.status_stopped.is_empty());
     assert!(o.log.iter().any(|l| l.starts_with("stop process 2 (answered 2 requests)")), "{:?}", o.log);
 }
+
+#[test]
+fn pipe_pools_each_consumer_eats_its_producers_items_then_the_pill() {
+    use multiproc_seeds::seed_001_pipe_pools::{ITEMS, pipe_pools};
+    let report = pipe_pools().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.produced.len(), 2);
+    for (name, made) in &o.produced {
+        assert_eq!(made.len(), ITEMS, "{name}");
+    }
+    // mengmeng reads what fioman wrote, xiaoxiao what jingjing wrote: all of
+    // it, in order, and each stopped at its producer's None.
+    let expect = [("mengmeng", &o.produced[0].1), ("xiaoxiao", &o.produced[1].1)];
+    assert_eq!(o.consumed.len(), 2);
+    for ((name, eaten, pill), (want_name, want)) in o.consumed.iter().zip(expect) {
+        assert_eq!(name, want_name);
+        assert_eq!(eaten, want);
+        assert!(pill, "{name} stopped without the poison pill");
+    }
+    assert!(o.produced[0].1[0].starts_with("fioman made baozi0"));
+    assert_eq!(report.lines.last().unwrap(), "main program done");
+}
