@@ -10,6 +10,7 @@ use pool_support::{WAIT, sleep_ms};
 
 #[test]
 fn next_timeout_times_out_then_yields_every_result_in_order() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let mut it = pool.imap(sleep_ms, [600u64, 0, 0]);
     let start = Instant::now();
@@ -25,6 +26,7 @@ fn next_timeout_times_out_then_yields_every_result_in_order() {
 
 #[test]
 fn next_timeout_on_imap_unordered_and_an_empty_input() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let mut it = pool.imap_unordered(sleep_ms, [0u64, 400]);
     assert_eq!(it.next_timeout(WAIT).unwrap().unwrap(), 0);
