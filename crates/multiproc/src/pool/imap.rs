@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::chunk::{Buffers, EncodedChunk, encode_chunk};
+use super::buffers::Buffers;
+use super::chunk::{EncodedChunk, encode_chunk};
 use super::error::PoolError;
 use super::job::{Chunk, ImapShared, Job};
 use super::progress::Progress;

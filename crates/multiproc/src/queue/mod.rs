@@ -54,7 +54,9 @@
 //! The design (segments, slot stamps, wake-ups, the handling of dead
 //! processes) is described in `src/queue/README.md`.
 
+mod builder;
 mod error;
+mod item;
 mod joinable;
 mod layout;
 mod ring;
@@ -65,7 +67,6 @@ mod waits;
 #[cfg(test)]
 mod test;
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -78,13 +79,15 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use builder::QueueBuilder;
 pub use error::{GetError, JoinTimeoutError, PutError, TaskDoneError, TryPutError};
 pub use joinable::JoinableQueue;
 pub use simple::SimpleQueue;
 
 use crate::connection::{ConnectionError, Waitable};
-use crate::wire::{self, WireError, fd_serde};
-use layout::{FLAG_BOUNDED, FLAG_JOINABLE, Geometry, type_hash};
+use crate::wire::{WireError, fd_serde};
+use item::{encode, with_buffer};
+use layout::type_hash;
 use ring::Ring;
 use waits::{GetFail, PutFail};
 
@@ -94,8 +97,6 @@ const DEFAULT_SLOTS: u64 = 4096;
 const DEFAULT_FRAMES: u64 = 1024;
 /// Default arena per segment.
 const DEFAULT_ARENA: u64 = 1 << 20;
-/// Per-thread buffers larger than this are not kept between calls.
-const KEEP_BUFFER: usize = 1 << 20;
 
 /// A FIFO queue between processes and threads (Python's
 /// `multiprocessing.Queue`). See the [module docs](self) for the guarantees.
@@ -128,135 +129,6 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
-/// Options for a new queue; made by [`Queue::builder`].
-///
-/// The defaults suit most uses; the geometry knobs trade memory for how many
-/// items can wait before the queue reports that it is exhausted.
-///
-/// # Examples
-///
-/// ```
-/// use multiproc::Queue;
-///
-/// let q = Queue::<u64>::builder().maxsize(10).segment_slots(16).build().unwrap();
-/// assert_eq!(q.maxsize(), Some(10));
-/// ```
-pub struct QueueBuilder<T> {
-    maxsize: Option<u64>,
-    slots: Option<u64>,
-    frames: u64,
-    _type: PhantomData<fn(T) -> T>,
-}
-
-impl<T> Clone for QueueBuilder<T> {
-    fn clone(&self) -> Self {
-        QueueBuilder { maxsize: self.maxsize, slots: self.slots, frames: self.frames, _type: PhantomData }
-    }
-}
-
-impl<T> fmt::Debug for QueueBuilder<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueBuilder")
-            .field("maxsize", &self.maxsize)
-            .field("slots", &self.slots)
-            .field("frames", &self.frames)
-            .finish()
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
-    /// Limits the queue to `maxsize` items (Python's `maxsize`).
-    pub fn maxsize(mut self, maxsize: usize) -> Self {
-        self.maxsize = Some(maxsize as u64);
-        self
-    }
-
-    /// Slots per ring segment (rounded up to a power of two, at least 2).
-    /// Each slot is 64 bytes of shared memory; a segment that fills spills
-    /// into a new one. Default: 4096 (or fewer for a small `maxsize`).
-    pub fn segment_slots(mut self, slots: usize) -> Self {
-        self.slots = Some((slots as u64).max(2).next_power_of_two());
-        self
-    }
-
-    /// How many segments may be alive at once (default 1024, at least 2). An
-    /// unbounded queue holds up to `segments × segment_slots` small items.
-    pub fn max_segments(mut self, segments: usize) -> Self {
-        self.frames = (segments as u64).max(2);
-        self
-    }
-
-    fn geometry(&self) -> io::Result<Geometry> {
-        let slots = self.slots.unwrap_or_else(|| match self.maxsize {
-            Some(max) => max.next_power_of_two().clamp(64, DEFAULT_SLOTS),
-            None => DEFAULT_SLOTS,
-        });
-        if let Some(max) = self.maxsize {
-            if max == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "maxsize must be at least 1; use Queue::new for an unbounded queue",
-                ));
-            }
-            if max > (self.frames / 2) * slots {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("maxsize {max} is too large for this geometry (at most {})", (self.frames / 2) * slots),
-                ));
-            }
-        }
-        Geometry { slots, frames: self.frames, arena: DEFAULT_ARENA }.validate()
-    }
-
-    fn ring(&self, joinable: bool) -> io::Result<Ring> {
-        let mut flags = if joinable { FLAG_JOINABLE } else { 0 };
-        if self.maxsize.is_some() {
-            flags |= FLAG_BOUNDED;
-        }
-        Ring::create(self.geometry()?, flags, self.maxsize.unwrap_or(0), type_hash::<T>())
-    }
-
-    /// Creates the queue.
-    ///
-    /// # Errors
-    ///
-    /// `maxsize` is 0 or too large for the geometry, or the OS could not
-    /// create the shared memory.
-    pub fn build(&self) -> io::Result<Queue<T>> {
-        Ok(Queue::from_ring(self.ring(false)?))
-    }
-
-    /// Creates a [`JoinableQueue`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`QueueBuilder::build`].
-    pub fn build_joinable(&self) -> io::Result<JoinableQueue<T>> {
-        Ok(JoinableQueue::from_queue(Queue::from_ring(self.ring(true)?)))
-    }
-}
-
-thread_local! {
-    /// Serialization buffer reused by this thread's puts and gets.
-    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's cleared buffer (or a fresh one if the buffer
-/// is in use further up the stack, e.g. by a `Serialize` impl that puts).
-fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    BUFFER.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let out = f(&mut buf);
-            if buf.capacity() > KEEP_BUFFER {
-                *buf = Vec::new();
-            }
-            out
-        }
-        Err(_) => f(&mut Vec::new()),
-    })
-}
-
 impl<T> Queue<T> {
     fn from_ring(ring: Ring) -> Queue<T> {
         Queue { ring: Arc::new(ring), closed: AtomicBool::new(false), _type: PhantomData }
@@ -264,7 +136,7 @@ impl<T> Queue<T> {
 
     /// Options for a new queue.
     pub fn builder() -> QueueBuilder<T> {
-        QueueBuilder { maxsize: None, slots: None, frames: DEFAULT_FRAMES, _type: PhantomData }
+        QueueBuilder::new()
     }
 
     /// The most items the queue holds, or `None` when unbounded.
@@ -602,48 +474,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 GetError::Decode(WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
             })
         })
-    }
-}
-
-/// Serializes `value` into `buf` (which is empty).
-///
-/// Items are plain postcard, without the descriptor side channel of
-/// `wire::encode`: a handle inside an item fails to serialize, and only then
-/// is the item serialized again through `wire` to say why.
-fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), WireError> {
-    match postcard::serialize_with_flavor(value, Append(buf)) {
-        Ok(()) => Ok(()),
-        Err(fast) => match wire::encode(value) {
-            Ok(e) if !e.fds.is_empty() => Err(WireError::Encode(
-                "the item carries handles (file descriptors), which cannot travel through a queue; \
-                 send them over a Pipe"
-                    .into(),
-            )),
-            Ok(_) => Err(WireError::Encode(fast.to_string())),
-            Err(e) => Err(e),
-        },
-    }
-}
-
-/// A postcard output that appends to a borrowed buffer with
-/// `extend_from_slice` (a `memcpy` for byte strings, also in debug builds).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::states::{READY, SEALED, Stamp, TAKING, WRITING};
 use super::*;
+use crate::wire;
 
 const LONG: Duration = Duration::from_secs(20);
 
