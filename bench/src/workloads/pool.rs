@@ -1,7 +1,8 @@
 //! Pool workloads: `pool_map_small` (map of `x * x` over 200,000 `u64`,
 //! default chunks), `pool_map_chunk1` (the same with one task per chunk) and
-//! `pool_1mib` (1 MiB byte buffers to the workers and back), each with two
-//! workers, side by side with CPython's `Pool(2)`.
+//! `pool_1mib` (1 MiB byte buffers to the workers and back, each subject in
+//! a fresh process of its own), each with two workers, side by side with
+//! CPython's `Pool(2)`.
 //!
 //! CPython side: `bench/python/pool.py`.
 
@@ -196,12 +197,26 @@ enum Msg {
     Figure(Result<f64, String>),
 }
 
-/// `pool_1mib` in a process whose allocator keeps freed memory
-/// ([`multiproc::keep_freed_memory`]), so that the setting does not reach the
-/// other workloads: one sample per request on `link`.
-fn kept_memory_child(link: Connection<Msg>, full_checks: u64) {
-    multiproc::keep_freed_memory();
-    let pool = Pool::new(WORKERS);
+/// How the process of a `pool_1mib` subject treats its allocator.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+enum Allocator {
+    /// As the library leaves it: the pool tunes it on its first large input.
+    Defaults,
+    /// The program called [`multiproc::keep_freed_memory`] first.
+    KeepFreedMemory,
+    /// The pool was told not to touch it (`PoolBuilder::keep_freed_memory(false)`).
+    Untouched,
+}
+
+/// `pool_1mib` in a fresh process of its own, so that allocator settings
+/// neither come from nor reach the other workloads: one sample per request
+/// on `link`.
+fn fresh_process_child(link: Connection<Msg>, full_checks: u64, allocator: Allocator) {
+    if let Allocator::KeepFreedMemory = allocator {
+        multiproc::keep_freed_memory();
+    }
+    let tune = !matches!(allocator, Allocator::Untouched);
+    let pool = Pool::builder().processes(WORKERS).keep_freed_memory(tune).build();
     let mut subject =
         pool.as_ref().ok().map(|pool| Roundtrip { pool, pattern: pattern(), seq: 0, samples: 0, full_checks });
     while let Ok(Msg::Sample) = link.recv() {
@@ -216,17 +231,17 @@ fn kept_memory_child(link: Connection<Msg>, full_checks: u64) {
     }
 }
 
-/// The parent's side of [`kept_memory_child`].
-struct KeptMemory {
+/// The parent's side of [`fresh_process_child`].
+struct FreshProcess {
     link: Connection<Msg>,
     child: Process<()>,
 }
 
-impl KeptMemory {
-    fn start(full_checks: u64) -> Result<KeptMemory, BenchError> {
+impl FreshProcess {
+    fn start(full_checks: u64, allocator: Allocator) -> Result<FreshProcess, BenchError> {
         let (ours, theirs) = Pipe::<Msg>::duplex()?;
-        let child = Process::spawn(kept_memory_child, (theirs, full_checks))?;
-        Ok(KeptMemory { link: ours, child })
+        let child = Process::spawn(fresh_process_child, (theirs, full_checks, allocator))?;
+        Ok(FreshProcess { link: ours, child })
     }
 
     fn finish(mut self) -> Result<(), BenchError> {
@@ -236,12 +251,12 @@ impl KeptMemory {
     }
 }
 
-impl crate::measure::Subject for KeptMemory {
+impl crate::measure::Subject for FreshProcess {
     fn sample(&mut self) -> Result<f64, BenchError> {
         self.link.send(&Msg::Sample)?;
         match self.link.recv_timeout(Duration::from_secs(120))? {
             Msg::Figure(figure) => figure.map_err(BenchError::new),
-            _ => Err(BenchError::new("the kept-memory child answered out of turn")),
+            _ => Err(BenchError::new("the pool_1mib child answered out of turn")),
         }
     }
 }
@@ -262,35 +277,39 @@ fn memcpy_rate() -> impl FnMut() -> Result<f64, BenchError> {
 fn pool_1mib(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let plan = ctx.plan(Plan::new(2, 8.0, 5, 1_000_000, 40), Plan::new(1, 2.0, 2, 1_000_000, 40));
     let full_checks = ctx.full_check_batches(&plan);
-    let pool = Pool::new(WORKERS)?;
-    let mut ours = Roundtrip { pool: &pool, pattern: pattern(), seq: 0, samples: 0, full_checks };
-    let mut ours = || ours.sample();
+    let mut ours = FreshProcess::start(full_checks, Allocator::Defaults)?;
     let mut floor = memcpy_rate();
     let buffers = MIB_BUFFERS.to_string();
     let full = full_checks.to_string();
     let args = ["--buffers", buffers.as_str(), "--full-check-batches", full.as_str()];
     let mut py = ctx.python("pool.py", "pool_1mib", &args, &plan)?;
-    let mut kept = KeptMemory::start(full_checks)?;
+    let mut kept = FreshProcess::start(full_checks, Allocator::KeepFreedMemory)?;
+    let mut untouched = FreshProcess::start(full_checks, Allocator::Untouched)?;
     let stats = ctx.measure(
         &plan,
         &mut [
             ("floor: memcpy 1 MiB", &mut floor),
             ("multiproc pool_1mib imap(identity)", &mut ours),
             ("multiproc pool_1mib, keep_freed_memory()", &mut kept),
+            ("multiproc pool_1mib, allocator untouched", &mut untouched),
             ("cpython pool_1mib imap(identity)", &mut py),
         ],
     )?;
     py.finish()?;
+    ours.finish()?;
     kept.finish()?;
-    pool.close();
-    pool.join()?;
-    let [floor, ours, kept, py] = <[Stats; 4]>::try_from(stats).expect("four subjects");
+    untouched.finish()?;
+    let [floor, ours, kept, untouched, py] = <[Stats; 5]>::try_from(stats).expect("five subjects");
     let params = json!({ "buffer_bytes": MIB, "buffers_per_sample": MIB_BUFFERS, "workers": WORKERS,
                          "counted": "bytes sent to the workers; each buffer also comes back" });
     Ok(vec![
         Row::new("pool_1mib", Unit::GigabytesPerSec, ours, py.clone())
             .with_floor(FLOOR_MEMCPY, floor.clone())
-            .with_extra("api", json!("with_chunksize(1).imap(identity, Vec<ByteBuf>)"))
+            .with_extra("api", json!("with_chunksize(1).imap(identity, Vec<ByteBuf>), in a fresh process"))
+            .with_extra("params", params.clone()),
+        Row::new("pool_1mib/allocator_untouched", Unit::GigabytesPerSec, untouched, py.clone())
+            .with_floor(FLOOR_MEMCPY, floor.clone())
+            .with_extra("api", json!("the same, with PoolBuilder::keep_freed_memory(false): glibc's defaults"))
             .with_extra("params", params.clone()),
         Row::new("pool_1mib/keep_freed_memory", Unit::GigabytesPerSec, kept, py)
             .with_floor(FLOOR_MEMCPY, floor)

@@ -127,7 +127,10 @@ pub use result::AsyncResult;
 /// `M_MMAP_THRESHOLD` and `M_TRIM_THRESHOLD`). A program that passes large
 /// buffers to a pool or through pipes allocates and frees them over and
 /// over, and each fresh page costs a fault and a zeroing (several µs on a
-/// VM), more than copying it. Pool workers do this themselves.
+/// VM), more than copying it. Pool workers do this themselves, and a pool
+/// does a variant of it in the calling process the first time it moves a
+/// large input (unless built with
+/// [`PoolBuilder::keep_freed_memory(false)`](PoolBuilder::keep_freed_memory)).
 ///
 /// The setting is process-wide and stays; it turns off glibc's own dynamic
 /// adjustment of those thresholds. No effect with another allocator or C
