@@ -9,7 +9,7 @@ mod shm_support;
 use std::time::{Duration, Instant};
 
 use multiproc::{GetError, JoinableQueue, Process, PutError, Queue, SimpleQueue, TryPutError, wait};
-use queue_support::{Child, LONG, SLACK, count_threads};
+use queue_support::{Child, LONG, SLACK, blocked_get, count_threads};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use shm_support::own_dev_shm_handles;
@@ -175,14 +175,6 @@ fn shutdown_in_a_child_drains_then_reports_closed_everywhere() {
     let start = Instant::now();
     assert!(q.get_timeout(LONG).unwrap_err().is_closed());
     assert!(start.elapsed() < SLACK, "a get on a closed, empty queue must not wait");
-}
-
-/// Blocks in `get` (with a long timeout) and reports how it ended and when.
-fn blocked_get(q: Queue<u8>, ready: Queue<u8>) -> (bool, u64) {
-    ready.put(0).unwrap();
-    let t = Instant::now();
-    let closed = matches!(q.get_timeout(LONG), Err(GetError::Closed));
-    (closed, t.elapsed().as_millis() as u64)
 }
 
 #[test]

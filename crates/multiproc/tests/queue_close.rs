@@ -4,10 +4,10 @@
 
 mod queue_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multiproc::{GetError, JoinableQueue, Process, Queue, SimpleQueue};
-use queue_support::{Child, LONG, SLACK};
+use queue_support::{Child, LONG, SLACK, blocked_get};
 
 /// Closes its own handle, then reports whether its put and get failed.
 fn close_mine(q: Queue<u32>) -> (bool, bool) {
@@ -44,14 +44,6 @@ fn close_ends_this_handle_and_its_later_clones_only() {
     s.close();
     other.put(5).unwrap();
     assert_eq!(other.get().unwrap(), 5);
-}
-
-/// Blocks in `get` and reports how long it waited and how it ended.
-fn blocked_get(q: Queue<u8>, ready: Queue<u8>) -> (bool, u64) {
-    ready.put(0).unwrap();
-    let t = Instant::now();
-    let closed = matches!(q.get_timeout(LONG), Err(GetError::Closed));
-    (closed, t.elapsed().as_millis() as u64)
 }
 
 #[test]

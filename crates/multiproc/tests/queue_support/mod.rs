@@ -42,3 +42,13 @@ impl<R: Serialize + DeserializeOwned> Drop for Child<R> {
 pub fn count_threads() -> usize {
     std::fs::read_dir("/proc/self/task").expect("read /proc/self/task").count()
 }
+
+/// In a child: says it is ready on `ready`, then blocks in `get` (with the
+/// long timeout); reports whether it ended with `Closed`, and after how many
+/// milliseconds.
+pub fn blocked_get(q: multiproc::Queue<u8>, ready: multiproc::Queue<u8>) -> (bool, u64) {
+    ready.put(0).unwrap();
+    let t = std::time::Instant::now();
+    let closed = matches!(q.get_timeout(LONG), Err(multiproc::GetError::Closed));
+    (closed, t.elapsed().as_millis() as u64)
+}
