@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use multiproc::{Connection, Pipe, Pool, Process};
+use multiproc::{Connection, Pipe, Pool, PoolError, Process, Queue, TaskError};
 use serde_bytes::ByteBuf;
 use serde_json::json;
 
@@ -39,6 +39,14 @@ pub const POOL_1MIB: Workload = Workload {
     name: "pool_1mib",
     about: "GB/s of 1 MiB byte buffers sent to Pool(2) workers and returned (imap, chunksize=1)",
     run: pool_1mib,
+};
+
+/// The time from SIGKILL of a busy worker to the error on its task.
+pub const POOL_WORKER_LOST: Workload = Workload {
+    name: "pool_worker_lost",
+    about: "µs from SIGKILL of the Pool(2) worker running a task to that task's WorkerLost error \
+            (peer: concurrent.futures' BrokenProcessPool)",
+    run: pool_worker_lost,
 };
 
 /// Items of `pool_map_small`.
@@ -315,5 +323,52 @@ fn pool_1mib(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
             .with_floor(FLOOR_MEMCPY, floor)
             .with_extra("api", json!("the same, in a process that called multiproc::keep_freed_memory()"))
             .with_extra("params", params),
+    ])
+}
+
+/// A task that says which worker runs it, then runs until killed.
+fn report_and_sleep(q: Queue<i32>) {
+    let _ = q.put(std::process::id() as i32);
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// One sample of `pool_worker_lost`: a task tells its worker's pid, the
+/// worker is killed, and the time until the task fails with `WorkerLost` is
+/// the figure (µs). The pool replaces the worker, so it serves every sample.
+fn worker_lost_sample(pool: &Pool, q: &Queue<i32>) -> Result<f64, BenchError> {
+    let mut task = pool.apply_async(report_and_sleep, (q.clone(),));
+    let pid = q.get_timeout(Duration::from_secs(60)).map_err(|e| BenchError::new(format!("no pid: {e}")))?;
+    let t = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is a live worker
+    // of our pool (it just told us so and sleeps for a minute).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let outcome = task.get_timeout(Duration::from_secs(60));
+    let took = t.elapsed();
+    match outcome {
+        Err(PoolError::Task { error: TaskError::WorkerLost { signal: Some(9), .. }, .. }) => Ok(micros(took)),
+        other => Err(BenchError::new(format!("expected WorkerLost after SIGKILL, got {other:?}"))),
+    }
+}
+
+fn pool_worker_lost(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(1, 8.0, 5, 200, 1), Plan::new(1, 2.0, 3, 50, 1));
+    let pool = Pool::new(WORKERS)?;
+    let q = Queue::new()?;
+    let mut ours = || worker_lost_sample(&pool, &q);
+    let mut py = ctx.python("pool.py", "pool_worker_lost", &[], &plan)?;
+    let stats =
+        ctx.measure(&plan, &mut [("multiproc pool_worker_lost", &mut ours), ("python ProcessPoolExecutor", &mut py)])?;
+    py.finish()?;
+    pool.close();
+    pool.join_timeout(Duration::from_secs(60))?;
+    let [ours, py] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+    Ok(vec![
+        Row::new("pool_worker_lost", Unit::Micros, ours, py)
+            .with_extra("peer", json!("concurrent.futures.ProcessPoolExecutor (BrokenProcessPool)"))
+            .with_extra(
+                "api",
+                json!("apply_async, SIGKILL the worker running it, get_timeout -> TaskError::WorkerLost"),
+            )
+            .with_extra("params", json!({ "workers": WORKERS, "promise": "within 100 ms" })),
     ])
 }
