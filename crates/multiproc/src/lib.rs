@@ -198,6 +198,16 @@
 //! assert!(matches!(&each[3], Err(PoolError::Task { index: 3, error: TaskError::Panicked(p) }) if p.message == "no threes"));
 //! assert_eq!(*each[4].as_ref().unwrap(), 4);
 //! ```
+//!
+//! ## Names
+//!
+//! Calls have Python's names where Python has them, with a `_timeout` (or
+//! `_nowait`) variant where Python takes a `timeout` (or `block=False`). A
+//! yes/no question about state is spelled as Python spells it when Python
+//! has it (`empty`, `full`, `closed`, `readable`, `writable`, `locked`,
+//! `broken`, `daemon`, `is_alive`, `is_set`, `is_shutdown`, `ready`,
+//! `successful`, `cancelled`), and `is_<state>` otherwise (`is_closed` of a
+//! queue handle, `is_owned`, and the errors' `is_timeout`, `is_closed`, …).
 
 #![warn(missing_docs)]
 
