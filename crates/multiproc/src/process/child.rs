@@ -63,14 +63,19 @@ impl ChildShared {
 
     /// The exit code, reaping the child if it just exited; `None` while it runs.
     pub(crate) fn exit_code(&self) -> Option<i32> {
-        let mut code = self.code.lock().unwrap_or_else(|e| e.into_inner());
-        if code.is_none() {
-            *code = self.watch.try_collect();
-            if let Some(c) = *code {
-                lifecycle!(DEBUG, "child {} (pid {}) exited with exitcode {c}", self.name, self.pid);
-            }
+        let (code, just_now) = {
+            let mut code = self.code.lock().unwrap_or_else(|e| e.into_inner());
+            let just_now = code.is_none() && {
+                *code = self.watch.try_collect();
+                code.is_some()
+            };
+            (*code, just_now)
+        };
+        // Logged outside the lock: a subscriber may call back into the library.
+        if let (true, Some(c)) = (just_now, code) {
+            lifecycle!(DEBUG, "child {} (pid {}) exited with exitcode {c}", self.name, self.pid);
         }
-        *code
+        code
     }
 
     /// Waits for the exit until the deadline; the exit code, or `None` on timeout.
