@@ -12,11 +12,23 @@ pool_1mib --buffers N --full-check-batches K
     stamps and a few bytes are checked, every byte during the first K
     samples. The buffers are built before the timed part.
 
+pool_worker_lost
+    microseconds from SIGKILL of the worker running a task to the error on
+    that task's future, with concurrent.futures.ProcessPoolExecutor(2)
+    (multiprocessing.Pool never reports a lost worker: its result waits for
+    ever). A killed worker breaks the whole executor, so each sample starts a
+    new one (untimed) and waits until its task runs; the figure is checked
+    to be a BrokenProcessPool.
+
 The pool (start method: the default, fork on Linux with 3.11) is started once,
 before the first sample, and warmed up by the harness's untimed samples.
 """
 
+import os
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import multiprocessing as mp
 
@@ -98,6 +110,39 @@ def pool_1mib(args):
     common.serve(sample, finish)
 
 
+def report_and_sleep(q):
+    q.put(os.getpid())
+    time.sleep(60)
+
+
+def pool_worker_lost(args):
+    manager = mp.Manager()
+    state = {"checked": 0}
+
+    def sample():
+        q = manager.Queue()
+        ex = ProcessPoolExecutor(2)
+        fut = ex.submit(report_and_sleep, q)
+        pid = q.get(timeout=60)
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        try:
+            fut.result(timeout=60)
+            common.fail("the task of a killed worker returned")
+        except BrokenProcessPool:
+            pass
+        elapsed = time.perf_counter() - t0
+        ex.shutdown(wait=True, cancel_futures=True)
+        state["checked"] += 1
+        return elapsed * 1e6
+
+    def finish():
+        manager.shutdown()
+        return state["checked"]
+
+    common.serve(sample, finish)
+
+
 def main():
     p = common.parser(__doc__)
     p.add_argument("--items", type=int, default=200_000)
@@ -109,6 +154,8 @@ def main():
         pool_map(args)
     elif args.workload == "pool_1mib":
         pool_1mib(args)
+    elif args.workload == "pool_worker_lost":
+        pool_worker_lost(args)
     else:
         p.error(f"unknown workload {args.workload!r}")
 

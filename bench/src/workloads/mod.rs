@@ -31,6 +31,7 @@ pub const ALL: &[Workload] = &[
     pool::POOL_MAP_SMALL,
     pool::POOL_MAP_CHUNK1,
     pool::POOL_1MIB,
+    pool::POOL_WORKER_LOST,
     queue::QUEUE_1TO1,
     queue::QUEUE_2TO2,
     sync::LOCK_HANDOFF,

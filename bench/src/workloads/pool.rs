@@ -1,7 +1,8 @@
 //! Pool workloads: `pool_map_small` (map of `x * x` over 200,000 `u64`,
 //! default chunks), `pool_map_chunk1` (the same with one task per chunk) and
-//! `pool_1mib` (1 MiB byte buffers to the workers and back), each with two
-//! workers, side by side with CPython's `Pool(2)`.
+//! `pool_1mib` (1 MiB byte buffers to the workers and back, each subject in
+//! a fresh process of its own), each with two workers, side by side with
+//! CPython's `Pool(2)`.
 //!
 //! CPython side: `bench/python/pool.py`.
 
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use multiproc::{Connection, Pipe, Pool, Process};
+use multiproc::{Connection, Pipe, Pool, PoolError, Process, Queue, TaskError};
 use serde_bytes::ByteBuf;
 use serde_json::json;
 
@@ -38,6 +39,14 @@ pub const POOL_1MIB: Workload = Workload {
     name: "pool_1mib",
     about: "GB/s of 1 MiB byte buffers sent to Pool(2) workers and returned (imap, chunksize=1)",
     run: pool_1mib,
+};
+
+/// The time from SIGKILL of a busy worker to the error on its task.
+pub const POOL_WORKER_LOST: Workload = Workload {
+    name: "pool_worker_lost",
+    about: "µs from SIGKILL of the Pool(2) worker running a task to that task's WorkerLost error \
+            (peer: concurrent.futures' BrokenProcessPool)",
+    run: pool_worker_lost,
 };
 
 /// Items of `pool_map_small`.
@@ -196,12 +205,26 @@ enum Msg {
     Figure(Result<f64, String>),
 }
 
-/// `pool_1mib` in a process whose allocator keeps freed memory
-/// ([`multiproc::keep_freed_memory`]), so that the setting does not reach the
-/// other workloads: one sample per request on `link`.
-fn kept_memory_child(link: Connection<Msg>, full_checks: u64) {
-    multiproc::keep_freed_memory();
-    let pool = Pool::new(WORKERS);
+/// How the process of a `pool_1mib` subject treats its allocator.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+enum Allocator {
+    /// As the library leaves it: the pool tunes it on its first large input.
+    Defaults,
+    /// The program called [`multiproc::keep_freed_memory`] first.
+    KeepFreedMemory,
+    /// The pool was told not to touch it (`PoolBuilder::keep_freed_memory(false)`).
+    Untouched,
+}
+
+/// `pool_1mib` in a fresh process of its own, so that allocator settings
+/// neither come from nor reach the other workloads: one sample per request
+/// on `link`.
+fn fresh_process_child(link: Connection<Msg>, full_checks: u64, allocator: Allocator) {
+    if let Allocator::KeepFreedMemory = allocator {
+        multiproc::keep_freed_memory();
+    }
+    let tune = !matches!(allocator, Allocator::Untouched);
+    let pool = Pool::builder().processes(WORKERS).keep_freed_memory(tune).build();
     let mut subject =
         pool.as_ref().ok().map(|pool| Roundtrip { pool, pattern: pattern(), seq: 0, samples: 0, full_checks });
     while let Ok(Msg::Sample) = link.recv() {
@@ -216,17 +239,17 @@ fn kept_memory_child(link: Connection<Msg>, full_checks: u64) {
     }
 }
 
-/// The parent's side of [`kept_memory_child`].
-struct KeptMemory {
+/// The parent's side of [`fresh_process_child`].
+struct FreshProcess {
     link: Connection<Msg>,
     child: Process<()>,
 }
 
-impl KeptMemory {
-    fn start(full_checks: u64) -> Result<KeptMemory, BenchError> {
+impl FreshProcess {
+    fn start(full_checks: u64, allocator: Allocator) -> Result<FreshProcess, BenchError> {
         let (ours, theirs) = Pipe::<Msg>::duplex()?;
-        let child = Process::spawn(kept_memory_child, (theirs, full_checks))?;
-        Ok(KeptMemory { link: ours, child })
+        let child = Process::spawn(fresh_process_child, (theirs, full_checks, allocator))?;
+        Ok(FreshProcess { link: ours, child })
     }
 
     fn finish(mut self) -> Result<(), BenchError> {
@@ -236,12 +259,12 @@ impl KeptMemory {
     }
 }
 
-impl crate::measure::Subject for KeptMemory {
+impl crate::measure::Subject for FreshProcess {
     fn sample(&mut self) -> Result<f64, BenchError> {
         self.link.send(&Msg::Sample)?;
         match self.link.recv_timeout(Duration::from_secs(120))? {
             Msg::Figure(figure) => figure.map_err(BenchError::new),
-            _ => Err(BenchError::new("the kept-memory child answered out of turn")),
+            _ => Err(BenchError::new("the pool_1mib child answered out of turn")),
         }
     }
 }
@@ -262,39 +285,90 @@ fn memcpy_rate() -> impl FnMut() -> Result<f64, BenchError> {
 fn pool_1mib(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let plan = ctx.plan(Plan::new(2, 8.0, 5, 1_000_000, 40), Plan::new(1, 2.0, 2, 1_000_000, 40));
     let full_checks = ctx.full_check_batches(&plan);
-    let pool = Pool::new(WORKERS)?;
-    let mut ours = Roundtrip { pool: &pool, pattern: pattern(), seq: 0, samples: 0, full_checks };
-    let mut ours = || ours.sample();
+    let mut ours = FreshProcess::start(full_checks, Allocator::Defaults)?;
     let mut floor = memcpy_rate();
     let buffers = MIB_BUFFERS.to_string();
     let full = full_checks.to_string();
     let args = ["--buffers", buffers.as_str(), "--full-check-batches", full.as_str()];
     let mut py = ctx.python("pool.py", "pool_1mib", &args, &plan)?;
-    let mut kept = KeptMemory::start(full_checks)?;
+    let mut kept = FreshProcess::start(full_checks, Allocator::KeepFreedMemory)?;
+    let mut untouched = FreshProcess::start(full_checks, Allocator::Untouched)?;
     let stats = ctx.measure(
         &plan,
         &mut [
             ("floor: memcpy 1 MiB", &mut floor),
             ("multiproc pool_1mib imap(identity)", &mut ours),
             ("multiproc pool_1mib, keep_freed_memory()", &mut kept),
+            ("multiproc pool_1mib, allocator untouched", &mut untouched),
             ("cpython pool_1mib imap(identity)", &mut py),
         ],
     )?;
     py.finish()?;
+    ours.finish()?;
     kept.finish()?;
-    pool.close();
-    pool.join()?;
-    let [floor, ours, kept, py] = <[Stats; 4]>::try_from(stats).expect("four subjects");
+    untouched.finish()?;
+    let [floor, ours, kept, untouched, py] = <[Stats; 5]>::try_from(stats).expect("five subjects");
     let params = json!({ "buffer_bytes": MIB, "buffers_per_sample": MIB_BUFFERS, "workers": WORKERS,
                          "counted": "bytes sent to the workers; each buffer also comes back" });
     Ok(vec![
         Row::new("pool_1mib", Unit::GigabytesPerSec, ours, py.clone())
             .with_floor(FLOOR_MEMCPY, floor.clone())
-            .with_extra("api", json!("with_chunksize(1).imap(identity, Vec<ByteBuf>)"))
+            .with_extra("api", json!("with_chunksize(1).imap(identity, Vec<ByteBuf>), in a fresh process"))
+            .with_extra("params", params.clone()),
+        Row::new("pool_1mib/allocator_untouched", Unit::GigabytesPerSec, untouched, py.clone())
+            .with_floor(FLOOR_MEMCPY, floor.clone())
+            .with_extra("api", json!("the same, with PoolBuilder::keep_freed_memory(false): glibc's defaults"))
             .with_extra("params", params.clone()),
         Row::new("pool_1mib/keep_freed_memory", Unit::GigabytesPerSec, kept, py)
             .with_floor(FLOOR_MEMCPY, floor)
             .with_extra("api", json!("the same, in a process that called multiproc::keep_freed_memory()"))
             .with_extra("params", params),
+    ])
+}
+
+/// A task that says which worker runs it, then runs until killed.
+fn report_and_sleep(q: Queue<i32>) {
+    let _ = q.put(std::process::id() as i32);
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// One sample of `pool_worker_lost`: a task tells its worker's pid, the
+/// worker is killed, and the time until the task fails with `WorkerLost` is
+/// the figure (µs). The pool replaces the worker, so it serves every sample.
+fn worker_lost_sample(pool: &Pool, q: &Queue<i32>) -> Result<f64, BenchError> {
+    let mut task = pool.apply_async(report_and_sleep, (q.clone(),));
+    let pid = q.get_timeout(Duration::from_secs(60)).map_err(|e| BenchError::new(format!("no pid: {e}")))?;
+    let t = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is a live worker
+    // of our pool (it just told us so and sleeps for a minute).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let outcome = task.get_timeout(Duration::from_secs(60));
+    let took = t.elapsed();
+    match outcome {
+        Err(PoolError::Task { error: TaskError::WorkerLost { signal: Some(9), .. }, .. }) => Ok(micros(took)),
+        other => Err(BenchError::new(format!("expected WorkerLost after SIGKILL, got {other:?}"))),
+    }
+}
+
+fn pool_worker_lost(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
+    let plan = ctx.plan(Plan::new(1, 8.0, 5, 200, 1), Plan::new(1, 2.0, 3, 50, 1));
+    let pool = Pool::new(WORKERS)?;
+    let q = Queue::new()?;
+    let mut ours = || worker_lost_sample(&pool, &q);
+    let mut py = ctx.python("pool.py", "pool_worker_lost", &[], &plan)?;
+    let stats =
+        ctx.measure(&plan, &mut [("multiproc pool_worker_lost", &mut ours), ("python ProcessPoolExecutor", &mut py)])?;
+    py.finish()?;
+    pool.close();
+    pool.join_timeout(Duration::from_secs(60))?;
+    let [ours, py] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+    Ok(vec![
+        Row::new("pool_worker_lost", Unit::Micros, ours, py)
+            .with_extra("peer", json!("concurrent.futures.ProcessPoolExecutor (BrokenProcessPool)"))
+            .with_extra(
+                "api",
+                json!("apply_async, SIGKILL the worker running it, get_timeout -> TaskError::WorkerLost"),
+            )
+            .with_extra("params", json!({ "workers": WORKERS, "promise": "within 100 ms" })),
     ])
 }

@@ -148,7 +148,7 @@ impl Flow {
             let n = p.join()?;
             ensure(n == per_producer, || format!("a producer put {n} items, expected {per_producer}"))?;
         }
-        self.queue.close();
+        self.queue.shutdown(false);
         let mut got = 0;
         for (conn, mut p) in self.consumers.drain(..) {
             drop(conn);

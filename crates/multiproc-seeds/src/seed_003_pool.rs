@@ -14,8 +14,8 @@
 //! ```
 //!
 //! Here half the tasks divide by zero (a panic in Rust) and half succeed;
-//! each call gets exactly one callback: `on_success` with the value or
-//! `on_error` with the error, which carries the panic's message and location.
+//! each call gets exactly one callback: `callback` with the value or
+//! `error_callback` with the error, which carries the panic's message and location.
 
 use std::sync::{Arc, Mutex};
 
@@ -54,8 +54,8 @@ pub fn pool_callbacks() -> Result<Report<Callbacks>, Error> {
         let (ok, err) = (seen.clone(), seen.clone());
         let result = pool
             .apply_async(work, (i,))
-            .on_success(move |v| ok.lock().unwrap_or_else(|e| e.into_inner()).successes.push((i, *v)))
-            .on_error(move |e| err.lock().unwrap_or_else(|e| e.into_inner()).errors.push((i, e.to_string())));
+            .callback(move |v| ok.lock().unwrap_or_else(|e| e.into_inner()).successes.push((i, *v)))
+            .error_callback(move |e| err.lock().unwrap_or_else(|e| e.into_inner()).errors.push((i, e.to_string())));
         results.push(result);
     }
     pool.close();

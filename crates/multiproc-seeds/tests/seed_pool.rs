@@ -117,3 +117,25 @@ fn inference_pipeline_batches_at_128_or_1_s_and_routes_every_result_back() {
     // Late requests waited for the delay, not much longer (generous slack).
     assert!(o.late_waits.iter().all(|w| *w < std::time::Duration::from_secs(3)), "{:?}", o.late_waits);
 }
+
+#[test]
+fn pipe_pools_each_consumer_eats_its_producers_items_then_the_pill() {
+    use multiproc_seeds::seed_001_pipe_pools::{ITEMS, pipe_pools};
+    let report = pipe_pools().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.produced.len(), 2);
+    for (name, made) in &o.produced {
+        assert_eq!(made.len(), ITEMS, "{name}");
+    }
+    // mengmeng reads what fioman wrote, xiaoxiao what jingjing wrote: all of
+    // it, in order, and each stopped at its producer's None.
+    let expect = [("mengmeng", &o.produced[0].1), ("xiaoxiao", &o.produced[1].1)];
+    assert_eq!(o.consumed.len(), 2);
+    for ((name, eaten, pill), (want_name, want)) in o.consumed.iter().zip(expect) {
+        assert_eq!(name, want_name);
+        assert_eq!(eaten, want);
+        assert!(pill, "{name} stopped without the poison pill");
+    }
+    assert!(o.produced[0].1[0].starts_with("fioman made baozi0"));
+    assert_eq!(report.lines.last().unwrap(), "main program done");
+}

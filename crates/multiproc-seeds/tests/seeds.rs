@@ -111,3 +111,18 @@ fn every_example_in_the_tour_runs() {
     assert!(multiproc_seeds::example("five_children").is_some());
     assert!(multiproc_seeds::example("no_such_example").is_none());
 }
+
+#[test]
+fn logging_shows_the_childs_life_with_its_name() {
+    let report = multiproc_seeds::seed_003_logging::logging().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.stdout, ["Doing some work"]);
+    assert_eq!(
+        o.stderr,
+        [
+            "[INFO/Process-1] child process started, running its task",
+            "[INFO/Process-1] process exiting with exitcode 0",
+            "[INFO/MainProcess] process exiting with exitcode 0",
+        ]
+    );
+}

@@ -301,12 +301,12 @@ where
         // The callbacks do the work; the handle itself is not needed.
         drop(
             (self.pre)(pool, inputs)
-                .on_success(move |outputs: &Vec<Result<I, String>>| {
+                .callback(move |outputs: &Vec<Result<I, String>>| {
                     let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
                     ok_self.chunk_done();
                     ok_self.to_model(jobs, outputs);
                 })
-                .on_error(move |e: &PoolError| {
+                .error_callback(move |e: &PoolError| {
                     let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
                     err_self.chunk_done();
                     let error = match e {
@@ -420,7 +420,7 @@ where
             let (ok_this, err_this) = (Arc::clone(&this), Arc::clone(&this));
             drop(
                 post(pool, output)
-                    .on_success(move |r: &Result<P, String>| {
+                    .callback(move |r: &Result<P, String>| {
                         drop(ok_guard);
                         let result = match r {
                             Ok(p) => postcard::to_allocvec(p)
@@ -430,7 +430,7 @@ where
                         };
                         ok_slot.complete(result);
                     })
-                    .on_error(move |e: &PoolError| {
+                    .error_callback(move |e: &PoolError| {
                         drop(err_guard);
                         err_slot.complete(Err(err_this.failed("postprocessing", e)));
                     }),

@@ -1,8 +1,9 @@
 //! # multiproc
 //!
 //! Python's `multiprocessing`, rebuilt for Rust and without its sharp edges:
-//! processes that run Rust functions, pipes, and (soon) queues, locks, shared
-//! memory and pools. Typed, fast, and a dead child is an error, never a hang.
+//! processes that run Rust functions, pipes and listeners, queues, locks and
+//! their friends, shared memory, pools and an executor. Typed, fast, and a
+//! dead child is an error, never a hang.
 //!
 //! ## Hello, child
 //!
@@ -155,6 +156,25 @@
 //! ```
 //! <!-- end sync tour -->
 //!
+//! ## Logging and child output
+//!
+//! [`log_to_stderr`] prints the library's lifecycle records (a child
+//! started, exiting with code N, a pool worker replaced, …) and your own
+//! [`logger`] records as `[LEVEL/process name] message`, from every process:
+//! children take the parent's level. The records are also `tracing` events
+//! (target `multiproc`, field `process`). A child's standard output and error
+//! are inherited, captured, or prefixed with its name ([`ChildOutput`]).
+//!
+//! ```
+//! use multiproc::{ChildOutput, Process};
+//!
+//! fn hello() { println!("hello"); }
+//!
+//! let mut p = Process::builder().name("greeter").stdout(ChildOutput::Capture).spawn(hello, ()).unwrap();
+//! p.join().unwrap();
+//! assert_eq!(p.captured_stdout().unwrap(), b"hello\n");
+//! ```
+//!
 //! ## Pools
 //!
 //! [`Pool`] is Python's `Pool`: `map`, `imap`, `apply_async` and the rest,
@@ -178,11 +198,22 @@
 //! assert!(matches!(&each[3], Err(PoolError::Task { index: 3, error: TaskError::Panicked(p) }) if p.message == "no threes"));
 //! assert_eq!(*each[4].as_ref().unwrap(), 4);
 //! ```
+//!
+//! ## Names
+//!
+//! Calls have Python's names where Python has them, with a `_timeout` (or
+//! `_nowait`) variant where Python takes a `timeout` (or `block=False`). A
+//! yes/no question about state is spelled as Python spells it when Python
+//! has it (`empty`, `full`, `closed`, `readable`, `writable`, `locked`,
+//! `broken`, `daemon`, `is_alive`, `is_set`, `is_shutdown`, `ready`,
+//! `successful`, `cancelled`), and `is_<state>` otherwise (`is_closed` of a
+//! queue handle, `is_owned`, and the errors' `is_timeout`, `is_closed`, …).
 
 #![warn(missing_docs)]
 
 pub(crate) mod code;
 pub mod connection;
+pub mod log;
 pub(crate) mod memory;
 pub mod pool;
 pub mod process;
@@ -199,9 +230,10 @@ pub mod wire;
 pub use connection::{
     Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
 };
+pub use log::{Level, Logger, log_to_stderr, logger};
 pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError, keep_freed_memory};
 pub use process::{
-    ForkContract, Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task,
+    ChildOutput, ForkContract, Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task,
     active_children, cpu_count, current_process, get_start_method, parent_process, set_start_method,
 };
 pub use queue::{

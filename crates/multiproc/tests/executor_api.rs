@@ -14,6 +14,7 @@ fn pid(_: u64) -> u32 {
 
 #[test]
 fn submit_and_map() {
+    let _watchdog = pool_support::watchdog();
     let ex = Executor::new(2).unwrap();
     let futs: Vec<_> = (0..20u64).map(|x| ex.submit(square, (x,)).unwrap()).collect();
     for (x, mut f) in (0..20u64).zip(futs) {
@@ -25,6 +26,7 @@ fn submit_and_map() {
 
 #[test]
 fn submit_after_shutdown_is_an_error() {
+    let _watchdog = pool_support::watchdog();
     let ex = Executor::new(1).unwrap();
     ex.shutdown(true, false);
     assert!(matches!(ex.submit(square, (1,)), Err(PoolError::ShutDown)));
@@ -33,12 +35,13 @@ fn submit_after_shutdown_is_an_error() {
 
 #[test]
 fn shutdown_waits_for_running_work_or_cancels_pending_work() {
+    let _watchdog = pool_support::watchdog();
     let ex = Executor::new(1).unwrap();
     let futs: Vec<_> = (0..5).map(|_| ex.submit(sleep_ms, (50,)).unwrap()).collect();
     let t = Instant::now();
     ex.shutdown(true, false);
     assert!(t.elapsed() >= Duration::from_millis(150), "waited for the work");
-    assert!(futs.into_iter().all(|f| f.ready() && f.get().is_ok()));
+    assert!(futs.into_iter().all(|f| f.ready() && pool_support::get(f).is_ok()));
 
     let ex = Executor::new(1).unwrap();
     let running = ex.submit(sleep_ms, (300,)).unwrap();
@@ -47,11 +50,11 @@ fn shutdown_waits_for_running_work_or_cancels_pending_work() {
     let t = Instant::now();
     ex.shutdown(true, true);
     assert!(t.elapsed() < Duration::from_secs(5), "cancelled work does not run");
-    assert_eq!(running.get().unwrap(), 300);
+    assert_eq!(pool_support::get(running).unwrap(), 300);
     let cancelled = pending
         .into_iter()
         .filter(|f| f.wait_timeout(WAIT))
-        .map(|f| f.get())
+        .map(pool_support::get)
         .filter(|r| matches!(r, Err(PoolError::Task { error: TaskError::Cancelled, .. })))
         .count();
     assert!(cancelled >= 190, "{cancelled} cancelled");
@@ -59,8 +62,9 @@ fn shutdown_waits_for_running_work_or_cancels_pending_work() {
 
 #[test]
 fn max_tasks_per_child_recycles_workers() {
+    let _watchdog = pool_support::watchdog();
     let ex = Executor::builder().max_workers(1).max_tasks_per_child(3).build().unwrap();
-    let pids: Vec<u32> = (0..9u64).map(|x| ex.submit(pid, (x,)).unwrap().get().unwrap()).collect();
+    let pids: Vec<u32> = (0..9u64).map(|x| pool_support::get(ex.submit(pid, (x,)).unwrap()).unwrap()).collect();
     let mut distinct = pids.clone();
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "{pids:?}");
@@ -68,9 +72,10 @@ fn max_tasks_per_child_recycles_workers() {
 
 #[test]
 fn dropping_an_executor_waits_for_its_work() {
+    let _watchdog = pool_support::watchdog();
     let ex = Executor::new(2).unwrap();
     let f = ex.submit(sleep_ms, (100,)).unwrap();
     drop(ex);
     assert!(f.ready());
-    assert_eq!(f.get().unwrap(), 100);
+    assert_eq!(pool_support::get(f).unwrap(), 100);
 }

@@ -1,16 +1,24 @@
 //! 1,000 pool create/terminate cycles leave file descriptors, threads,
-//! processes and /dev/shm entries unchanged. Alone in its file: it counts
+//! processes and /dev/shm handles unchanged. Alone in its file: it counts
 //! process-wide resources, which other tests running alongside would change.
+//! (The machine-wide /dev/shm listing is not counted: other programs change
+//! it; what this process holds there is.)
 
 mod pool_support;
+mod shm_support;
 
 use std::time::Instant;
 
 use multiproc::{Pool, StartMethod};
-use pool_support::{WAIT, child_pids, dev_shm_entries, open_fds, square, threads};
+use pool_support::{WAIT, child_pids, open_fds, square, threads};
+use shm_support::own_dev_shm_handles;
+
+/// The fork server and at most two spares it forked for us.
+const FORK_SERVER_AND_SPARES: usize = 3;
 
 #[test]
 fn a_thousand_pools_leave_no_trace() {
+    let _watchdog = pool_support::watchdog();
     let cycle = || {
         let pool = Pool::builder().processes(1).start_method(StartMethod::ForkServer).build().unwrap();
         pool.terminate();
@@ -23,7 +31,7 @@ fn a_thousand_pools_leave_no_trace() {
     let pool = Pool::new(1).unwrap();
     assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
     drop(pool);
-    let (fds, thr, kids, shm) = (open_fds(), threads(), child_pids().len(), dev_shm_entries());
+    let (fds, thr, kids, shm) = (open_fds(), threads(), child_pids().len(), own_dev_shm_handles());
     let t = Instant::now();
     for _ in 0..1000 {
         cycle();
@@ -31,6 +39,15 @@ fn a_thousand_pools_leave_no_trace() {
     eprintln!("1000 pool cycles took {:?}", t.elapsed());
     assert_eq!(open_fds(), fds, "file descriptors");
     assert_eq!(threads(), thr, "threads");
-    assert_eq!(child_pids().len(), kids, "processes");
-    assert_eq!(dev_shm_entries(), shm, "/dev/shm entries");
+    // The fork server keeps spare children coming (siblings of the workers,
+    // so children of this process), forked asynchronously: their number at
+    // any instant is 0 to 2. A leak of even one worker in a hundred cycles
+    // would leave ten.
+    let settled = Instant::now();
+    let bound = kids.max(FORK_SERVER_AND_SPARES);
+    while child_pids().len() > bound && settled.elapsed() < WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(child_pids().len() <= bound, "processes: {:?}, at most {bound} expected", child_pids());
+    assert_eq!(own_dev_shm_handles(), shm, "/dev/shm handles");
 }

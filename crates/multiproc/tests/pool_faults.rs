@@ -65,6 +65,7 @@ fn slow_square_indexed(x: u64) -> (u64, u64, i32) {
 
 #[test]
 fn a_killed_worker_fails_only_its_chunk_at_once_and_the_rest_completes() {
+    let _watchdog = pool_support::watchdog();
     let (results, lost_after) = map_with_a_kill(0);
     let mut lost = 0;
     for (i, r) in results.iter().enumerate() {
@@ -79,11 +80,14 @@ fn a_killed_worker_fails_only_its_chunk_at_once_and_the_rest_completes() {
     }
     assert!(lost > 0 && lost <= 1250, "one chunk lost, not {lost} items");
     let after = lost_after.expect("a WorkerLost arrived");
-    assert!(after < Duration::from_millis(100), "WorkerLost came {after:?} after the kill");
+    // The promise is "within 100 ms": the benchmark's `pool_worker_lost` row
+    // measures it; the test bound is generous for a loaded machine.
+    assert!(after < Duration::from_millis(100) + pool_support::SLACK, "WorkerLost came {after:?} after the kill");
 }
 
 #[test]
 fn with_retries_a_killed_worker_loses_nothing() {
+    let _watchdog = pool_support::watchdog();
     let (results, _) = map_with_a_kill(1);
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.clone().unwrap().unwrap(), (i * i) as u64, "item {i}");
@@ -92,6 +96,7 @@ fn with_retries_a_killed_worker_loses_nothing() {
 
 #[test]
 fn map_with_retries_returns_every_result_after_a_kill() {
+    let _watchdog = pool_support::watchdog();
     fn pid_or_square(x: u64) -> u64 {
         if x == u64::MAX {
             return std::process::id() as u64;
@@ -136,13 +141,14 @@ fn die(how: String) -> u64 {
 
 #[test]
 fn each_kind_of_death_fails_only_its_task() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     for (how, signal) in [("kill", 9), ("abort", 6), ("segfault", 11), ("oom", 6)] {
         let others: Vec<_> = (0..20u64).map(|x| pool.apply_async(square, (x,))).collect();
         let doomed = pool.apply_async(die, (how.to_string(),));
         let more: Vec<_> = (20..40u64).map(|x| pool.apply_async(square, (x,))).collect();
         let t = Instant::now();
-        match doomed.get() {
+        match pool_support::get(doomed) {
             Err(PoolError::Task { error: TaskError::WorkerLost { signal: s, pid, .. }, .. }) => {
                 assert_eq!(s, Some(signal), "{how}");
                 assert!(pid > 0);
@@ -159,6 +165,7 @@ fn each_kind_of_death_fails_only_its_task() {
 
 #[test]
 fn a_task_over_the_timeout_fails_and_its_worker_is_replaced() {
+    let _watchdog = pool_support::watchdog();
     fn nap(ms: u64) -> i32 {
         std::thread::sleep(Duration::from_millis(ms));
         std::process::id() as i32
@@ -170,7 +177,7 @@ fn a_task_over_the_timeout_fails_and_its_worker_is_replaced() {
     let err = pool.apply(nap, (20_000,)).unwrap_err();
     let took = t.elapsed();
     assert!(matches!(err.task_error(), Some(TaskError::Timeout(d)) if *d == limit), "{err:?}");
-    assert!(took >= limit && took < limit + Duration::from_secs(1), "timeout after {took:?}");
+    assert!(took >= limit && took < limit + pool_support::SLACK, "timeout after {took:?}");
     for mut q in quick {
         q.get_timeout(WAIT).unwrap();
     }
@@ -196,6 +203,7 @@ impl Serialize for Unsendable {
 
 #[test]
 fn an_unserializable_argument_or_result_fails_only_that_task() {
+    let _watchdog = pool_support::watchdog();
     fn echo(x: Unsendable) -> u64 {
         x.0
     }
@@ -228,6 +236,7 @@ fn an_unserializable_argument_or_result_fails_only_that_task() {
 
 #[test]
 fn a_failing_input_stops_the_call_after_the_earlier_results() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let input = vec![Ok(1u64), Ok(2), Err("disk on fire"), Ok(4)];
     let got: Vec<_> = pool.try_imap(square, input.clone()).collect();
@@ -243,6 +252,7 @@ fn a_failing_input_stops_the_call_after_the_earlier_results() {
 
 #[test]
 fn a_failing_initializer_fails_the_tasks_instead_of_hanging() {
+    let _watchdog = pool_support::watchdog();
     fn bad_init() {
         panic!("no model file");
     }
@@ -257,6 +267,7 @@ fn a_failing_initializer_fails_the_tasks_instead_of_hanging() {
 
 #[test]
 fn max_tasks_per_child_replaces_workers() {
+    let _watchdog = pool_support::watchdog();
     fn pid(_: u64) -> i32 {
         std::process::id() as i32
     }

@@ -21,6 +21,7 @@ fn wait_then_report(ev: Event, conn: Connection<String>) -> bool {
 
 #[test]
 fn a_pipe_end_passed_to_apply_async_works_in_the_worker() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let (ours, theirs) = Pipe::<String>::duplex().unwrap();
     let mut r = pool.apply_async(reply_on, (theirs, "hello".to_string()));
@@ -43,6 +44,7 @@ fn a_pipe_end_passed_to_apply_async_works_in_the_worker() {
 
 #[test]
 fn an_event_passed_to_a_task_is_the_same_event() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(1).unwrap();
     let ev = Event::new().unwrap();
     let (ours, theirs) = Pipe::<String>::duplex().unwrap();
@@ -62,6 +64,7 @@ fn produce(q: Queue<(u64, u64)>, who: u64) -> u64 {
 
 #[test]
 fn pool_workers_share_a_plain_queue() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let q = Queue::<(u64, u64)>::new().unwrap();
     let jobs: Vec<_> = (0..4u64).map(|who| pool.apply_async(produce, (q.clone(), who))).collect();

@@ -29,6 +29,7 @@ fn check(input: &ByteBuf, output: &ByteBuf) {
 
 #[test]
 fn buffers_of_every_size_arrive_intact_both_ways() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     // Socket (small), ring (tens of KiB), slabs (after the first large one), memfd (over the ring's half).
     let sizes = [0usize, 10, 5_000, 9_000, 60_000, 300_000, 1 << 20, 9 << 20];
@@ -48,6 +49,7 @@ fn buffers_of_every_size_arrive_intact_both_ways() {
 
 #[test]
 fn many_large_buffers_stream_through_a_reused_ring_and_slabs() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let inputs = (0..200u32).map(|k| make(256 * 1024, k as u8));
     let mut n = 0;
@@ -74,6 +76,7 @@ fn transform_slowly_or_die_once((b, k, marker): (ByteBuf, u32, String)) -> ByteB
 
 #[test]
 fn a_worker_dying_among_large_chunks_loses_nothing_with_retries() {
+    let _watchdog = pool_support::watchdog();
     // Large chunks carry their input in a slab, and their results come back
     // in the same slab, after the input: a chunk sent again (the one that
     // was running, and those queued behind it) finds its input intact.

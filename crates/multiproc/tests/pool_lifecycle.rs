@@ -12,6 +12,7 @@ use pool_support::{WAIT, sleep_ms, square};
 
 #[test]
 fn terminate_with_10000_queued_tasks_is_prompt() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let results: Vec<_> = (0..10_000).map(|_| pool.apply_async(sleep_ms, (10,))).collect();
     std::thread::sleep(Duration::from_millis(50));
@@ -19,7 +20,7 @@ fn terminate_with_10000_queued_tasks_is_prompt() {
     pool.terminate();
     pool.join_timeout(WAIT).unwrap();
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(1), "terminate + join took {took:?}");
+    assert!(took < pool_support::SLACK, "terminate + join took {took:?}");
     let mut terminated = 0;
     for mut r in results {
         match r.get_timeout(WAIT) {
@@ -34,6 +35,7 @@ fn terminate_with_10000_queued_tasks_is_prompt() {
 
 #[test]
 fn dropping_a_running_pool_terminates_it() {
+    let _watchdog = pool_support::watchdog();
     fn pid() -> i32 {
         std::process::id() as i32
     }
@@ -44,13 +46,14 @@ fn dropping_a_running_pool_terminates_it() {
     let mut slow = pool.apply_async(sleep_ms, (60_000,));
     let t = Instant::now();
     drop(pool);
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < pool_support::SLACK);
     assert!(matches!(slow.get_timeout(WAIT), Err(PoolError::Task { error: TaskError::Terminated, .. })));
     assert!(!alive(worker), "the worker was killed and reaped");
 }
 
 #[test]
 fn imap_reads_an_endless_input_lazily() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let pulled = Cell::new(0u64);
     let endless = std::iter::repeat_with(|| {
@@ -66,10 +69,11 @@ fn imap_reads_an_endless_input_lazily() {
 
 #[test]
 fn close_then_join_lets_queued_work_finish() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let r = pool.map_async(sleep_ms, vec![20u64; 20]);
     pool.close();
     pool.join_timeout(WAIT).unwrap();
     assert!(r.ready());
-    assert_eq!(r.get().unwrap(), vec![20; 20]);
+    assert_eq!(pool_support::get(r).unwrap(), vec![20; 20]);
 }

@@ -8,6 +8,7 @@ use pool_support::square;
 
 #[test]
 fn map_and_imap_advance_the_bar_to_the_item_count() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
     let bar = ProgressBar::hidden();
     let out = pool.with_progress_bar(bar.clone()).chunksize(7).map(square, 0..500u64).unwrap();

@@ -25,6 +25,7 @@ fn predict(m: &mut Model, x: u64) -> (u64, u64, u32) {
 
 #[test]
 fn each_worker_builds_its_state_once_and_keeps_it() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::builder().processes(2).initializer(load, (3u64,)).build().unwrap();
     let out = pool.with_chunksize(10).map_with_state(predict, 0..200u64).unwrap();
     for (x, (y, _, _)) in out.iter().enumerate() {
@@ -51,6 +52,7 @@ fn each_worker_builds_its_state_once_and_keeps_it() {
 
 #[test]
 fn a_replaced_worker_builds_its_state_again() {
+    let _watchdog = pool_support::watchdog();
     let pool = Pool::builder().processes(1).max_tasks_per_child(1).initializer(load, (2u64,)).build().unwrap();
     let out = pool.with_chunksize(1).map_with_state(predict, 0..4u64).unwrap();
     assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), vec![0, 2, 4, 6]);
@@ -59,6 +61,7 @@ fn a_replaced_worker_builds_its_state_again() {
 
 #[test]
 fn an_initializer_with_unit_state_prepares_the_process() {
+    let _watchdog = pool_support::watchdog();
     fn set_env(key: String, value: String) {
         // SAFETY: the worker is single-threaded while its initializer runs.
         unsafe { std::env::set_var(key, value) };

@@ -4,13 +4,15 @@
 //! exit right after `put`, large items), each blocking call with a timeout.
 
 mod queue_support;
+mod shm_support;
 
 use std::time::{Duration, Instant};
 
 use multiproc::{GetError, JoinableQueue, Process, PutError, Queue, SimpleQueue, TryPutError, wait};
-use queue_support::{Child, LONG, SLACK, count_threads, dev_shm};
+use queue_support::{Child, LONG, SLACK, blocked_get, count_threads};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use shm_support::own_dev_shm_handles;
 
 fn spawn<F, A, R>(f: F, args: A) -> Child<R>
 where
@@ -106,7 +108,7 @@ fn time_empty(q: Queue<u8>, millis: u64) -> (u64, bool, bool) {
     let timed_out = matches!(q.get_timeout(Duration::from_millis(millis)), Err(GetError::Timeout));
     let waited = t.elapsed().as_micros() as u64;
     let t = Instant::now();
-    let empty_at_once = matches!(q.get_nowait(), Err(GetError::Empty)) && t.elapsed() < Duration::from_millis(50);
+    let empty_at_once = matches!(q.get_nowait(), Err(GetError::Empty)) && t.elapsed() < SLACK;
     (waited, timed_out, empty_at_once)
 }
 
@@ -131,7 +133,7 @@ fn fill_and_time(q: Queue<u8>, millis: u64) -> (u64, bool, bool) {
     let full = matches!(q.put_timeout(3, Duration::from_millis(millis)), Err(TryPutError::Full(3)));
     let waited = t.elapsed().as_micros() as u64;
     let t = Instant::now();
-    let full_at_once = matches!(q.put_nowait(4), Err(TryPutError::Full(4))) && t.elapsed() < Duration::from_millis(50);
+    let full_at_once = matches!(q.put_nowait(4), Err(TryPutError::Full(4))) && t.elapsed() < SLACK;
     (waited, full, full_at_once)
 }
 
@@ -149,21 +151,21 @@ fn put_timeout_is_full_after_about_t_and_put_nowait_at_once() {
     assert_eq!((q.get_nowait().unwrap(), q.get_nowait().unwrap()), (2, 5));
 }
 
-// ---------- close ----------
+// ---------- shutdown ----------
 
-fn put_three_and_close(q: Queue<String>) {
+fn put_three_and_shut_down(q: Queue<String>) {
     for s in ["a", "b", "c"] {
         q.put(s.to_string()).unwrap();
     }
-    q.close();
+    q.shutdown(false);
     assert!(q.put("d".to_string()).unwrap_err().is_closed());
 }
 
 #[test]
-fn close_in_a_child_drains_then_reports_closed_everywhere() {
+fn shutdown_in_a_child_drains_then_reports_closed_everywhere() {
     let q = Queue::new().unwrap();
-    spawn(put_three_and_close, (q.clone(),)).join();
-    assert!(q.is_closed());
+    spawn(put_three_and_shut_down, (q.clone(),)).join();
+    assert!(q.is_shutdown() && q.is_closed());
     match q.put("late".to_string()) {
         Err(PutError::Closed(v)) => assert_eq!(v, "late"),
         other => panic!("{other:?}"),
@@ -175,21 +177,13 @@ fn close_in_a_child_drains_then_reports_closed_everywhere() {
     assert!(start.elapsed() < SLACK, "a get on a closed, empty queue must not wait");
 }
 
-/// Blocks in `get` (with a long timeout) and reports how it ended and when.
-fn blocked_get(q: Queue<u8>, ready: Queue<u8>) -> (bool, u64) {
-    ready.put(0).unwrap();
-    let t = Instant::now();
-    let closed = matches!(q.get_timeout(LONG), Err(GetError::Closed));
-    (closed, t.elapsed().as_millis() as u64)
-}
-
 #[test]
-fn close_wakes_a_child_blocked_in_get() {
+fn shutdown_wakes_a_child_blocked_in_get() {
     let (q, ready) = (Queue::new().unwrap(), Queue::new().unwrap());
     let mut child = spawn(blocked_get, (q.clone(), ready.clone()));
     ready.get_timeout(LONG).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    q.close();
+    q.shutdown(false);
     let (closed, millis) = child.join();
     assert!(closed);
     assert!(millis < 100 + SLACK.as_millis() as u64, "woke after {millis} ms");
@@ -377,18 +371,19 @@ fn wait_reports_a_queue_ready_when_an_item_arrives() {
 }
 
 #[test]
-fn puts_and_gets_start_no_thread_and_leave_nothing_in_dev_shm() {
-    let shm = dev_shm();
+fn puts_and_gets_start_no_thread_and_use_nothing_in_dev_shm() {
     let threads = count_threads();
     let q = JoinableQueue::<ByteBuf>::bounded(8).unwrap();
     for size in [1usize, 100, 10_000, 1 << 20] {
         q.put(ByteBuf::from(vec![0; size])).unwrap();
     }
     assert_eq!(count_threads(), threads, "put must not start a feeder thread");
+    // The queue lives in memfds: nothing this process holds is in /dev/shm.
+    assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
     for _ in 0..4 {
         q.get_nowait().unwrap();
         q.task_done().unwrap();
     }
     drop(q);
-    assert!(dev_shm().difference(&shm).next().is_none(), "new entries in /dev/shm");
+    assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
 }

@@ -100,7 +100,7 @@ fn a_barrier_action_is_never_read_from_shared_memory() {
     let theirs = kid.join();
     assert_eq!((mine, theirs), (1, 0));
     assert_eq!(ACTIONS_RUN.load(Ordering::SeqCst), 1);
-    assert!(!b.is_broken());
+    assert!(!b.broken());
 }
 
 /// The bytes of the item the child puts (postcard writes a byte array as is).

@@ -99,10 +99,10 @@ fn abort_breaks_waiting_and_later_parties_until_reset() {
     wait_until("the child to wait", || b.n_waiting() == 1);
     b.abort();
     assert_eq!(kid.join(), Err(BarrierError::Broken));
-    assert!(b.is_broken());
+    assert!(b.broken());
     assert_eq!(b.wait_timeout(LONG), Err(BarrierError::Broken));
     b.reset();
-    assert!(!b.is_broken());
+    assert!(!b.broken());
     let kids: Vec<Kid<Result<usize, BarrierError>>> = (0..2).map(|_| Kid::spawn(party, (b.clone(),))).collect();
     assert!(b.wait_timeout(LONG).is_ok());
     for k in kids {
@@ -117,7 +117,7 @@ fn reset_while_a_party_waits_breaks_that_wait_only() {
     wait_until("the child to wait", || b.n_waiting() == 1);
     b.reset();
     assert_eq!(kid.join(), Err(BarrierError::Broken));
-    assert!(!b.is_broken());
+    assert!(!b.broken());
     let kid = Kid::spawn(party, (b.clone(),));
     assert!(b.wait_timeout(LONG).is_ok());
     assert!(kid.join().is_ok());
@@ -133,7 +133,7 @@ fn a_timeout_breaks_the_barrier_for_every_party() {
     assert_eq!(b.wait_timeout(t), Err(BarrierError::Timeout));
     assert_about(start, t);
     assert_eq!(kid.join(), Err(BarrierError::Broken), "the other party is released with Broken");
-    assert!(b.is_broken());
+    assert!(b.broken());
 }
 
 fn party_catching_panic(b: Barrier) -> String {
@@ -151,6 +151,6 @@ fn a_panicking_action_breaks_the_barrier() {
     let mut outcomes: Vec<String> = kids.into_iter().map(Kid::join).collect();
     outcomes.sort();
     assert_eq!(outcomes, ["Err(Broken)", "panicked"]);
-    assert!(b.is_broken());
+    assert!(b.broken());
     assert!(Barrier::new(0).is_err());
 }

@@ -90,7 +90,7 @@ fn wait_timeout_takes_about_t_and_reports_no_notify() {
     let (g, notified) = g.wait_timeout(t).unwrap();
     assert_about(start, t);
     assert!(!notified);
-    assert!(cond.lock().is_locked(), "the lock is held again after the wait");
+    assert!(cond.lock().locked(), "the lock is held again after the wait");
     assert_eq!(g.notify(1), 0, "a timed-out waiter is no longer counted");
 }
 
@@ -135,7 +135,7 @@ fn a_condition_can_share_an_existing_lock() {
     let cond = Condition::with_lock(lock.clone()).unwrap();
     let n = RawValue::new(0u64).unwrap();
     let g = cond.acquire().unwrap();
-    assert!(lock.is_locked(), "holding the condition holds the lock");
+    assert!(lock.locked(), "holding the condition holds the lock");
     drop(g);
     let kid = Kid::spawn(add_under, (cond.lock().clone(), n.clone()));
     add_under(lock.clone(), n.clone());

@@ -19,17 +19,17 @@ fn the_owner_nests_and_the_last_release_frees_it() {
     assert!(r.is_owned());
     drop(c);
     drop(b);
-    assert!(r.is_locked());
+    assert!(r.locked());
     assert_eq!(r.depth(), 1);
     drop(a);
-    assert!(!r.is_locked());
+    assert!(!r.locked());
     assert_eq!(r.depth(), 0);
 
     // Python style: acquire/acquire/release/release.
     r.acquire().unwrap().leak();
     r.acquire().unwrap().leak();
     assert_eq!(r.release(), Ok(()));
-    assert!(r.is_locked());
+    assert!(r.locked());
     assert_eq!(r.release(), Ok(()));
     assert_eq!(r.release(), Err(ReleaseError::NotHeld));
 }

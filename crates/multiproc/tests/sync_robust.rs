@@ -39,7 +39,7 @@ fn next_acquirer(lock: Lock, waiting: Event) -> (bool, bool) {
             drop(guard);
             (true, true)
         }
-        Err(TryLockError::Timeout) => (false, false),
+        Err(TryLockError::Timeout | TryLockError::WouldBlock) => (false, false),
     }
 }
 
@@ -69,7 +69,7 @@ fn sigkilled_lock_holder_next_acquirer_thread_gets_owner_died_within_1s() {
 
     // The lock is ordinary again afterwards.
     drop(lock.acquire().expect("no second OwnerDied"));
-    assert!(!lock.is_locked());
+    assert!(!lock.locked());
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn sigkilled_lock_holder_next_acquirer_process_gets_owner_died_within_1s() {
     let took = killed_at.elapsed();
     assert!(took < WITHIN, "the next acquirer finished {took:?} after the kill");
     holder.reap();
-    assert!(!lock.is_locked());
+    assert!(!lock.locked());
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn sigkilled_rlock_holder_next_acquirer_gets_owner_died_at_depth_1() {
     assert!(died, "OwnerDied expected");
     assert_eq!(depth, 1, "the new owner holds one level");
     assert!(at.duration_since(killed_at) < WITHIN);
-    assert!(!lock.is_locked(), "one release frees it");
+    assert!(!lock.locked(), "one release frees it");
     holder.reap();
 }
 
@@ -173,7 +173,7 @@ fn sigkilled_holder_of_a_conditions_lock_wakes_the_waiter_with_owner_died() {
     });
     // The waiter is registered once it released the lock inside `wait`.
     assert!(waiting.wait_timeout(LONG));
-    sync_support::wait_until("the waiter to wait", || !cond.lock().is_locked());
+    sync_support::wait_until("the waiter to wait", || !cond.lock().locked());
     let holder = Kid::<()>::spawn(notify_and_hold, (cond.clone(), notified.clone()));
     assert!(notified.wait_timeout(LONG));
     std::thread::sleep(Duration::from_millis(50));
@@ -231,7 +231,7 @@ fn storm_worker(
                 inside.set(0);
                 g.into_inner()
             }
-            Err(TryLockError::Timeout) => {
+            Err(TryLockError::Timeout | TryLockError::WouldBlock) => {
                 violations.as_atomic().fetch_add(1000, Ordering::Relaxed);
                 return;
             }
@@ -288,7 +288,7 @@ fn stress_random_kills_never_break_mutual_exclusion() {
     let g = match lock.acquire_timeout(LONG) {
         Ok(g) => g,
         Err(TryLockError::OwnerDied(g)) => g.into_inner(),
-        Err(TryLockError::Timeout) => panic!("the lock is stuck"),
+        Err(TryLockError::Timeout | TryLockError::WouldBlock) => panic!("the lock is stuck"),
     };
     drop(g);
     eprintln!("storm: {kills} kills, {} OwnerDied, {} passes", died.get(), passes.get());

@@ -55,6 +55,7 @@ fn wait_behind_a_hidden_proc(lock: Lock, owner_tid: u32) -> Outcome {
     match lock.acquire_timeout(Duration::from_secs(2)) {
         Err(TryLockError::Timeout) => Outcome::TimedOut,
         Err(TryLockError::OwnerDied(_)) | Ok(_) => Outcome::TookOver,
+        Err(TryLockError::WouldBlock) => panic!("a timed acquisition reported WouldBlock"),
     }
 }
 

@@ -93,6 +93,7 @@ fn an_owner_in_another_pid_namespace_is_never_taken_for_dead() {
     match lock.acquire_timeout(Duration::from_secs(2)) {
         Err(TryLockError::Timeout) => {}
         Err(TryLockError::OwnerDied(_)) => panic!("took the lock from a live owner in another pid namespace"),
+        Err(TryLockError::WouldBlock) => panic!("a timed acquisition reported WouldBlock"),
         Ok(_) => panic!("acquired a lock that a live owner holds"),
     }
     assert!(kid.join());

@@ -15,6 +15,7 @@
 
 mod address;
 mod auth;
+mod closed_fd;
 mod error;
 mod listener;
 mod wait;
@@ -126,15 +127,24 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 /// child.join_timeout(Duration::from_secs(10)).unwrap();
 /// ```
 pub struct Connection<T = Vec<u8>> {
+    /// The socket; `None` once closed.
     inner: Option<Arc<Channel>>,
     readable: bool,
     writable: bool,
+    /// Set by `close` (the socket may outlive it, see `close`).
+    closed: bool,
     _type: PhantomData<fn(T) -> T>,
 }
 
 impl<T> Clone for Connection<T> {
     fn clone(&self) -> Self {
-        Connection { inner: self.inner.clone(), readable: self.readable, writable: self.writable, _type: PhantomData }
+        Connection {
+            inner: self.inner.clone(),
+            readable: self.readable,
+            writable: self.writable,
+            closed: self.closed,
+            _type: PhantomData,
+        }
     }
 }
 
@@ -150,11 +160,11 @@ impl<T> fmt::Debug for Connection<T> {
 
 impl<T> Connection<T> {
     pub(crate) fn from_channel(channel: Channel, readable: bool, writable: bool) -> Connection<T> {
-        Connection { inner: Some(Arc::new(channel)), readable, writable, _type: PhantomData }
+        Connection { inner: Some(Arc::new(channel)), readable, writable, closed: false, _type: PhantomData }
     }
 
     fn channel(&self) -> Result<&Channel, ConnectionError> {
-        self.inner.as_deref().ok_or(ConnectionError::HandleClosed)
+        self.inner.as_deref().filter(|_| !self.closed).ok_or(ConnectionError::HandleClosed)
     }
 
     fn reader(&self) -> Result<&Channel, ConnectionError> {
@@ -202,11 +212,11 @@ impl<T> Connection<T> {
     /// assert!(a.closed());
     /// ```
     pub fn closed(&self) -> bool {
-        self.inner.is_none()
+        self.closed
     }
 
     /// Sends one raw byte message (any length, including zero). Payloads over
-    /// 64 KiB travel through a sealed memory file on Unix connections.
+    /// 64 KiB travel through shared memory on Unix connections.
     ///
     /// # Examples
     ///
@@ -395,7 +405,13 @@ impl<T> Connection<T> {
     /// assert!(b.recv().unwrap_err().is_closed());
     /// ```
     pub fn close(&mut self) {
-        self.inner = None;
+        self.closed = true;
+        // The socket goes now, unless `AsFd` has nothing to lend instead
+        // (no descriptor left for the placeholder): then it stays open,
+        // unused, until the connection is dropped.
+        if closed_fd::placeholder().is_some() {
+            self.inner = None;
+        }
     }
 }
 
@@ -467,19 +483,21 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 }
 
 impl<T> AsFd for Connection<T> {
-    /// The underlying socket.
-    ///
-    /// # Panics
-    ///
-    /// If the connection was closed.
+    /// The underlying socket; after [`Connection::close`], a placeholder
+    /// that always reads as end of stream (so waiting on it returns at once,
+    /// and the call that follows reports
+    /// [`ConnectionError::HandleClosed`]).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_ref().expect("connection is closed").as_fd()
+        match &self.inner {
+            Some(channel) => channel.as_fd(),
+            None => closed_fd::placeholder().unwrap_or_else(closed_fd::last_resort),
+        }
     }
 }
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let ch = self.inner.as_ref().ok_or_else(|| serde::ser::Error::custom("cannot send a closed connection"))?;
+        let ch = self.channel().map_err(|_| serde::ser::Error::custom("cannot send a closed connection"))?;
         let index = fd_serde::push_fd(ch.as_fd()).map_err(serde::ser::Error::custom)?;
         (index, self.readable, self.writable, ch.can_pass_fds()).serialize(s)
     }

@@ -291,6 +291,22 @@ impl RawMutex {
         self.wake_one_sleeper();
     }
 
+    /// Releases the lock if the calling thread holds it; false (and nothing
+    /// changes) if it does not: it was released meanwhile (by
+    /// `unlock_any`), and perhaps taken by another thread since.
+    pub(crate) fn unlock_if_owned(&self) -> bool {
+        let me = thread::current();
+        self.mark_release();
+        // ORDERING: SeqCst on success, as the swap in `unlock`. The CAS only
+        // succeeds while the word holds this thread's id: another owner's
+        // lock is never released.
+        if self.word.compare_exchange(me.tid, 0, Ordering::SeqCst, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        self.wake_one_sleeper();
+        true
+    }
+
     fn wake_one_sleeper(&self) {
         // ORDERING: SeqCst: see `unlock`.
         if self.sleepers.load(Ordering::SeqCst) > 0 {

@@ -9,15 +9,16 @@
 use std::any::Any;
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::buffers::Buffers;
 use super::error::TaskError;
 use super::protocol::{Format, Framed, RunnerRef};
 use super::ring::{StatusPage, monotonic_ns};
-use super::slab::{self, SLAB_MIN, SlabLoan, Slabs};
+use super::slab::{self, SLAB_MIN, SlabLoan};
 use crate::code::{code_address, code_offset};
 use crate::process::Task;
 use crate::process::task::{assert_stateless, conjure, type_hash};
@@ -434,37 +435,6 @@ impl Drop for EncodedChunk {
     }
 }
 
-/// Large encoding buffers kept for reuse: a fresh megabyte costs 256 page
-/// faults, far more than the copy into it.
-#[derive(Debug, Default)]
-pub(crate) struct Buffers {
-    free: Mutex<Vec<Vec<u8>>>,
-    /// Shared buffers for inputs large enough to skip every copy.
-    pub slabs: Arc<Slabs>,
-}
-
-/// Buffers smaller than this are left to the allocator.
-const RECYCLE_MIN: usize = 64 * 1024;
-/// At most this many bytes of buffers are kept.
-const RECYCLE_MAX: usize = 64 << 20;
-
-impl Buffers {
-    fn take(&self) -> Vec<u8> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
-    }
-
-    fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() < RECYCLE_MIN {
-            return;
-        }
-        buf.clear();
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.iter().map(Vec::capacity).sum::<usize>() + buf.capacity() <= RECYCLE_MAX {
-            free.push(buf);
-        }
-    }
-}
-
 /// Encodes a chunk's arguments: all at once, or item by item when some item
 /// cannot be serialized (that item then fails alone, in the worker).
 ///
@@ -478,6 +448,7 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>, hi
         let cap = slab.capacity();
         match wire::encode_to_slice(items, slab.bytes_mut(cap)) {
             Ok((len, fds)) => {
+                buffers.saw_encoded(len);
                 let loan = SlabLoan { slab: Some(slab), len, home: buffers.slabs.clone() };
                 return EncodedChunk { framed: false, bytes: Vec::new(), fds, recycle: None, slab: Some(loan) };
             }
@@ -487,6 +458,7 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A], buffers: &Arc<Buffers>, hi
     let mut bytes = buffers.take();
     let recycle = Some(buffers.clone());
     if let Ok(fds) = encode_into(items, &mut bytes) {
+        buffers.saw_encoded(bytes.len());
         return EncodedChunk { framed: false, bytes, fds, recycle, slab: None };
     }
     let fds = encode_framed(items, "argument", &mut bytes).expect("bytes and strings always serialize");

@@ -90,7 +90,8 @@ pub enum PoolError {
         /// The iterator's error, as text.
         message: String,
     },
-    /// `get_timeout` or `join_timeout` gave up; the work goes on.
+    /// `get_timeout`, `join_timeout` or `Imap::next_timeout` gave up; the
+    /// work goes on.
     #[error("not finished within {0:?}; the work goes on, ask again later")]
     Timeout(Duration),
     /// The pool was closed or terminated: it takes no new work.

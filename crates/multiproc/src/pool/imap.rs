@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::chunk::{Buffers, EncodedChunk, encode_chunk};
+use super::buffers::Buffers;
+use super::chunk::{EncodedChunk, encode_chunk};
 use super::error::PoolError;
 use super::job::{Chunk, ImapShared, Job};
 use super::progress::Progress;
@@ -170,10 +172,38 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
     }
 }
 
-impl<R: serde::de::DeserializeOwned + Send + 'static> Iterator for Imap<'_, R> {
-    type Item = Result<R, PoolError>;
+impl<R: serde::de::DeserializeOwned + Send + 'static> Imap<'_, R> {
+    /// The next result, waiting at most `timeout` for it (Python's
+    /// `IMapIterator.next(timeout)`). On a timeout it returns
+    /// `Some(Err(PoolError::Timeout))` and the iteration goes on: the result
+    /// comes with a later call. `None` at the end, as [`Iterator::next`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::Pool;
+    ///
+    /// fn slow(x: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(if x == 0 { 500 } else { 0 }));
+    ///     x
+    /// }
+    ///
+    /// let pool = Pool::new(1).unwrap();
+    /// let mut results = pool.imap(slow, 0..2u64);
+    /// assert!(results.next_timeout(Duration::from_millis(10)).unwrap().unwrap_err().is_timeout());
+    /// assert_eq!(results.next_timeout(Duration::from_secs(20)).unwrap().unwrap(), 0);
+    /// assert_eq!(results.next_timeout(Duration::from_secs(20)).unwrap().unwrap(), 1);
+    /// assert!(results.next_timeout(Duration::from_secs(20)).is_none());
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, PoolError>> {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.next_until(Some((deadline, timeout))),
+            None => self.next_until(None),
+        }
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn next_until(&mut self, deadline: Option<(Instant, Duration)>) -> Option<Result<R, PoolError>> {
         if self.done {
             return None;
         }
@@ -215,7 +245,24 @@ impl<R: serde::de::DeserializeOwned + Send + 'static> Iterator for Imap<'_, R> {
             st.waiting = true;
             // The scheduler delivers every submitted chunk (results, or an
             // error such as `Terminated`), so this wait ends.
-            let _unused = self.job.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+            match deadline {
+                None => drop(self.job.cond.wait(st).unwrap_or_else(|e| e.into_inner())),
+                Some((at, timeout)) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Some(Err(PoolError::Timeout(timeout)));
+                    }
+                    drop(self.job.cond.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()));
+                }
+            }
         }
+    }
+}
+
+impl<R: serde::de::DeserializeOwned + Send + 'static> Iterator for Imap<'_, R> {
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_until(None)
     }
 }

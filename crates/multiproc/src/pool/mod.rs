@@ -16,7 +16,7 @@
 //! | Python | here | returns |
 //! |---|---|---|
 //! | `apply(f, args)` | [`Pool::apply`] | `Result<R, PoolError>` |
-//! | `apply_async(f, args, callback, error_callback)` | [`Pool::apply_async`], then [`AsyncResult::on_success`] / [`AsyncResult::on_error`] | [`AsyncResult<R>`] |
+//! | `apply_async(f, args, callback, error_callback)` | [`Pool::apply_async`], then [`AsyncResult::callback`] / [`AsyncResult::error_callback`] | [`AsyncResult<R>`] |
 //! | `map(f, xs, chunksize)` | [`Pool::map`], [`Pool::with_chunksize`] | `Result<Vec<R>, PoolError>` (the first failure) |
 //! | `map_async` | [`Pool::map_async`] | [`AsyncResult<Vec<R>>`] |
 //! | `starmap`, `starmap_async` | [`Pool::starmap`], [`Pool::starmap_async`] | as `map` |
@@ -80,9 +80,15 @@
 //! Moving megabyte buffers, most of the time goes to the C allocator of the
 //! calling process: glibc gives the pages of freed large buffers back to the
 //! kernel and faults fresh, zeroed ones in for the next. Workers are tuned
-//! not to; call [`keep_freed_memory`] to tune the calling process too (it
-//! doubled `pool_1mib` in the benchmark).
+//! not to, and so is the calling process, the first time a pool moves a
+//! large input (see [`keep_freed_memory`]; it lifts `pool_1mib` from about
+//! 4 to about 7 GB/s in the benchmark). A program that must keep glibc's
+//! defaults builds its pools with
+//! [`PoolBuilder::keep_freed_memory(false)`](PoolBuilder::keep_freed_memory).
 
+mod buffers;
+mod builder;
+mod call;
 mod chunk;
 mod error;
 mod executor;
@@ -97,10 +103,8 @@ mod scheduler;
 mod slab;
 mod worker;
 
-use std::convert::Infallible;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -108,6 +112,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use builder::PoolBuilder;
+pub use call::Call;
 pub use chunk::StateTask;
 pub use error::{PoolError, TaskError};
 pub use executor::{Executor, ExecutorBuilder};
@@ -123,7 +129,10 @@ pub use result::AsyncResult;
 /// `M_MMAP_THRESHOLD` and `M_TRIM_THRESHOLD`). A program that passes large
 /// buffers to a pool or through pipes allocates and frees them over and
 /// over, and each fresh page costs a fault and a zeroing (several µs on a
-/// VM), more than copying it. Pool workers do this themselves.
+/// VM), more than copying it. Pool workers do this themselves, and a pool
+/// does a variant of it in the calling process the first time it moves a
+/// large input (unless built with
+/// [`PoolBuilder::keep_freed_memory(false)`](PoolBuilder::keep_freed_memory)).
 ///
 /// The setting is process-wide and stays; it turns off glibc's own dynamic
 /// adjustment of those thresholds. No effect with another allocator or C
@@ -136,163 +145,9 @@ pub fn keep_freed_memory() {
     crate::sys::imp::malloc::keep_freed_memory();
 }
 
-use chunk::encode_chunk;
-use job::{ApplyJob, Chunk, Job, MapJob};
-use progress::Progress;
-use protocol::RunnerRef;
-use result::{Slot, TASK_PENDING};
-use scheduler::{InitTemplate, PoolConfig, Shared};
+use scheduler::Shared;
 
-use crate::process::{ProcessError, StartMethod, Task, cpu_count};
-
-/// Options for a new [`Pool`]. Created by [`Pool::builder`].
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use multiproc::{Pool, StartMethod};
-///
-/// let pool = Pool::builder()
-///     .processes(2)
-///     .max_tasks_per_child(1000)
-///     .start_method(StartMethod::ForkServer)
-///     .task_timeout(Duration::from_secs(60))
-///     .retries(1)
-///     .build()
-///     .unwrap();
-/// assert_eq!(pool.processes(), 2);
-/// ```
-pub struct PoolBuilder<S = ()> {
-    processes: Option<usize>,
-    method: Option<StartMethod>,
-    max_tasks_per_child: Option<u64>,
-    timeout: Option<Duration>,
-    retries: u32,
-    init: Option<Result<InitTemplate, crate::WireError>>,
-    _state: PhantomData<fn() -> S>,
-}
-
-impl<S> fmt::Debug for PoolBuilder<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolBuilder")
-            .field("processes", &self.processes)
-            .field("method", &self.method)
-            .field("max_tasks_per_child", &self.max_tasks_per_child)
-            .field("timeout", &self.timeout)
-            .field("retries", &self.retries)
-            .field("initializer", &self.init.is_some())
-            .finish()
-    }
-}
-
-impl Default for PoolBuilder<()> {
-    fn default() -> Self {
-        PoolBuilder {
-            processes: None,
-            method: None,
-            max_tasks_per_child: None,
-            timeout: None,
-            retries: 0,
-            init: None,
-            _state: PhantomData,
-        }
-    }
-}
-
-impl PoolBuilder<()> {
-    /// Runs `f(args…)` once in each worker before any task (Python's
-    /// `initializer` and `initargs`); its return value is the worker's state,
-    /// which the `*_with_state` calls receive as `&mut S`. An initializer
-    /// that returns `()` just prepares the process.
-    ///
-    /// If the initializer fails (panics or kills the worker) three times in a
-    /// row, the pool stops starting workers and every task fails with
-    /// [`TaskError::Initializer`].
-    pub fn initializer<F, A, S>(self, f: F, args: A) -> PoolBuilder<S>
-    where
-        F: Task<A, S>,
-        A: Serialize + DeserializeOwned,
-        S: 'static,
-    {
-        let _ = f;
-        let init = crate::wire::encode(&args).map(|e| InitTemplate {
-            runner: RunnerRef::init::<F, A, S>(),
-            args: e.bytes,
-            fds: e.fds,
-        });
-        PoolBuilder {
-            processes: self.processes,
-            method: self.method,
-            max_tasks_per_child: self.max_tasks_per_child,
-            timeout: self.timeout,
-            retries: self.retries,
-            init: Some(init),
-            _state: PhantomData,
-        }
-    }
-}
-
-impl<S: 'static> PoolBuilder<S> {
-    /// The number of worker processes (default [`cpu_count`]); 0 is an error.
-    pub fn processes(mut self, n: usize) -> Self {
-        self.processes = Some(n);
-        self
-    }
-
-    /// How workers are started (default: [`crate::get_start_method`]).
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.method = Some(method);
-        self
-    }
-
-    /// A worker is replaced after this many chunks (Python counts a chunk of
-    /// a `map` as one task), to contain leaks. Default: never.
-    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        self.max_tasks_per_child = Some(n.max(1));
-        self
-    }
-
-    /// The longest one task may run. A task over it fails with
-    /// [`TaskError::Timeout`]; its worker is killed and replaced. Default:
-    /// no limit.
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// How many times a task whose worker died while running it is run again
-    /// before it fails with [`TaskError::WorkerLost`]. Default 0.
-    pub fn retries(mut self, n: u32) -> Self {
-        self.retries = n;
-        self
-    }
-
-    /// Starts the workers.
-    ///
-    /// # Errors
-    ///
-    /// [`PoolError::NoProcesses`] for `processes(0)`, [`PoolError::Start`]
-    /// when a worker cannot start or the initializer's arguments cannot be
-    /// serialized.
-    pub fn build(self) -> Result<Pool<S>, PoolError> {
-        let processes = self.processes.unwrap_or_else(cpu_count);
-        if processes == 0 {
-            return Err(PoolError::NoProcesses);
-        }
-        let init = self.init.transpose().map_err(|e| PoolError::Start(ProcessError::Wire(e)))?;
-        let config = PoolConfig {
-            processes,
-            method: self.method.unwrap_or_else(crate::get_start_method),
-            max_tasks_per_child: self.max_tasks_per_child,
-            timeout: self.timeout,
-            retries: self.retries,
-            init,
-        };
-        let (shared, thread) = scheduler::start(config)?;
-        Ok(Pool { shared, buffers: Arc::default(), thread: Mutex::new(Some(thread)), processes, _state: PhantomData })
-    }
-}
+use crate::process::Task;
 
 /// A pool of worker processes. `S` is the workers' state, built by the
 /// initializer (`()` without one).
@@ -317,7 +172,7 @@ impl<S: 'static> PoolBuilder<S> {
 /// ```
 pub struct Pool<S = ()> {
     shared: Arc<Shared>,
-    buffers: Arc<chunk::Buffers>,
+    buffers: Arc<buffers::Buffers>,
     thread: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
     _state: PhantomData<fn() -> S>,
@@ -536,381 +391,5 @@ impl<S> Drop for Pool<S> {
             self.shared.terminate();
             let _ = thread.join();
         }
-    }
-}
-
-/// A pool call with options: [`Pool::with_chunksize`],
-/// [`Pool::with_progress`], [`Pool::with_progress_bar`]. It has every call
-/// method of [`Pool`].
-pub struct Call<'p, S = ()> {
-    pool: &'p Pool<S>,
-    chunksize: Option<usize>,
-    progress: Option<Option<ProgressBar>>,
-}
-
-impl<S> fmt::Debug for Call<'_, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Call").field("chunksize", &self.chunksize).field("progress", &self.progress.is_some()).finish()
-    }
-}
-
-impl<'p, S: 'static> Call<'p, S> {
-    /// Items per chunk (at least 1).
-    pub fn chunksize(mut self, chunksize: usize) -> Self {
-        self.chunksize = Some(chunksize.max(1));
-        self
-    }
-
-    /// Shows a progress bar on stderr.
-    pub fn progress(mut self) -> Self {
-        self.progress = Some(None);
-        self
-    }
-
-    /// Drives `bar`.
-    pub fn progress_bar(mut self, bar: ProgressBar) -> Self {
-        self.progress = Some(Some(bar));
-        self
-    }
-
-    fn make_progress(&self, len: Option<u64>) -> Option<Progress> {
-        self.progress.clone().map(|bar| Progress::new(bar, len))
-    }
-
-    fn single<A: Serialize, R>(&self, runner: RunnerRef, args: &A) -> AsyncResult<R>
-    where
-        R: DeserializeOwned + Send + 'static,
-    {
-        let slot = Slot::new();
-        let cancel = Arc::new(AtomicU8::new(TASK_PENDING));
-        let job: Arc<dyn Job> = Arc::new(ApplyJob { slot: slot.clone() });
-        let mut chunk = Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args), &self.pool.buffers, 0));
-        chunk.cancel = Some(cancel.clone());
-        if let Err(e) = self.pool.shared.submit(vec![chunk]) {
-            return AsyncResult::failed(e);
-        }
-        AsyncResult::new(slot, Some(cancel))
-    }
-
-    fn many<I, A, R>(&self, runner: RunnerRef, items: I) -> AsyncResult<Vec<R>>
-    where
-        I: IntoIterator<Item = A>,
-        A: Serialize,
-        R: DeserializeOwned + Send + 'static,
-    {
-        let items = items.into_iter();
-        // The length decides the chunk size. An input that knows its length
-        // is chunked as it is read; any other is read whole first, as Python does.
-        match items.size_hint() {
-            (lo, Some(hi)) if lo == hi => self.many_of(runner, items, lo),
-            _ => {
-                let all: Vec<A> = items.collect();
-                let n = all.len();
-                self.many_of(runner, all.into_iter(), n)
-            }
-        }
-    }
-
-    fn many_of<A: Serialize, R>(
-        &self,
-        runner: RunnerRef,
-        mut items: impl Iterator<Item = A>,
-        n: usize,
-    ) -> AsyncResult<Vec<R>>
-    where
-        R: DeserializeOwned + Send + 'static,
-    {
-        let slot = Slot::new();
-        if n == 0 {
-            slot.complete(match items.next() {
-                None => Ok(Vec::new()),
-                Some(_) => Err(miscounted(0)),
-            });
-            return AsyncResult::new(slot, None);
-        }
-        let chunksize = self.chunksize.unwrap_or_else(|| n.div_ceil(4 * self.pool.processes));
-        let chunks = n.div_ceil(chunksize);
-        let progress = self.make_progress(Some(n as u64));
-        let job: Arc<dyn Job> = Arc::new(MapJob::new(slot.clone(), n, chunksize, progress));
-        // Chunks go to the scheduler as they are encoded, so the workers
-        // start while the rest is being encoded.
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        let mut hint = 0;
-        let mut part = Vec::with_capacity(chunksize.min(n));
-        for index in 0..chunks {
-            part.clear();
-            part.extend(items.by_ref().take(chunksize.min(n - index * chunksize)));
-            let last = index + 1 == chunks;
-            if part.len() != chunksize.min(n - index * chunksize) || (last && items.next().is_some()) {
-                slot.complete(Err(miscounted(n)));
-                break;
-            }
-            let input = encode_chunk(&part, &self.pool.buffers, hint);
-            hint = input.len();
-            batch_bytes += input.len();
-            batch.push(Chunk::new(job.clone(), index, runner, part.len(), input));
-            if index == 0 || batch.len() >= 256 || batch_bytes >= 64 * 1024 || last {
-                if let Err(e) = self.pool.shared.submit(std::mem::take(&mut batch)) {
-                    slot.complete(Err(e));
-                    break;
-                }
-                batch_bytes = 0;
-            }
-        }
-        AsyncResult::new(slot, None)
-    }
-
-    fn lazy<I, A, E, R>(&self, runner: RunnerRef, items: I, ordered: bool) -> Imap<'p, R>
-    where
-        I: IntoIterator<Item = Result<A, E>>,
-        I::IntoIter: 'p,
-        A: Serialize,
-        E: fmt::Display,
-        R: DeserializeOwned + Send + 'static,
-    {
-        let items = items.into_iter();
-        let len = match items.size_hint() {
-            (lo, Some(hi)) if lo == hi => Some(lo as u64),
-            _ => None,
-        };
-        let progress = self.make_progress(len);
-        let pull = imap::puller(items, self.pool.buffers.clone());
-        Imap::new(&self.pool.shared, pull, runner, ordered, self.chunksize.unwrap_or(1), self.pool.processes, progress)
-    }
-
-    /// As [`Pool::apply`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`Pool::apply`].
-    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, PoolError>
-    where
-        F: Task<A, R>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.apply_async(f, args).get()
-    }
-
-    /// As [`Pool::apply_async`].
-    pub fn apply_async<F, A, R>(&self, f: F, args: A) -> AsyncResult<R>
-    where
-        F: Task<A, R>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.single(RunnerRef::star::<F, A, R>(), &args)
-    }
-
-    /// As [`Pool::map`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`Pool::map`].
-    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, PoolError>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.map_async(f, items).get()
-    }
-
-    /// As [`Pool::map_async`].
-    pub fn map_async<F, A, R, I>(&self, f: F, items: I) -> AsyncResult<Vec<R>>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.many(RunnerRef::map::<F, A, R>(), items)
-    }
-
-    /// As [`Pool::starmap`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`Pool::map`].
-    pub fn starmap<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, PoolError>
-    where
-        F: Task<A, R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.starmap_async(f, items).get()
-    }
-
-    /// As [`Pool::starmap_async`].
-    pub fn starmap_async<F, A, R, I>(&self, f: F, items: I) -> AsyncResult<Vec<R>>
-    where
-        F: Task<A, R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.many(RunnerRef::star::<F, A, R>(), items)
-    }
-
-    /// As [`Pool::imap`].
-    pub fn imap<F, A, R, I>(&self, f: F, items: I) -> Imap<'p, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: 'p,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.lazy(RunnerRef::map::<F, A, R>(), Infallibly(items.into_iter()), true)
-    }
-
-    /// As [`Pool::imap_unordered`].
-    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> Imap<'p, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: 'p,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.lazy(RunnerRef::map::<F, A, R>(), Infallibly(items.into_iter()), false)
-    }
-
-    /// As [`Pool::try_imap`].
-    pub fn try_imap<F, A, R, I, E>(&self, f: F, items: I) -> Imap<'p, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = Result<A, E>>,
-        I::IntoIter: 'p,
-        E: fmt::Display,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.lazy(RunnerRef::map::<F, A, R>(), items, true)
-    }
-
-    /// As [`Pool::try_imap_unordered`].
-    pub fn try_imap_unordered<F, A, R, I, E>(&self, f: F, items: I) -> Imap<'p, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = Result<A, E>>,
-        I::IntoIter: 'p,
-        E: fmt::Display,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.lazy(RunnerRef::map::<F, A, R>(), items, false)
-    }
-
-    /// As [`Pool::apply_with_state`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`Pool::apply`].
-    pub fn apply_with_state<F, A, R>(&self, f: F, arg: A) -> Result<R, PoolError>
-    where
-        F: StateTask<S, A, R>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.apply_async_with_state(f, arg).get()
-    }
-
-    /// As [`Pool::apply_async_with_state`].
-    pub fn apply_async_with_state<F, A, R>(&self, f: F, arg: A) -> AsyncResult<R>
-    where
-        F: StateTask<S, A, R>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.single(RunnerRef::with_state::<F, S, A, R>(), &arg)
-    }
-
-    /// As [`Pool::map_with_state`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`Pool::map`].
-    pub fn map_with_state<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, PoolError>
-    where
-        F: StateTask<S, A, R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.map_async_with_state(f, items).get()
-    }
-
-    /// As [`Pool::map_async_with_state`].
-    pub fn map_async_with_state<F, A, R, I>(&self, f: F, items: I) -> AsyncResult<Vec<R>>
-    where
-        F: StateTask<S, A, R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.many(RunnerRef::with_state::<F, S, A, R>(), items)
-    }
-
-    /// As [`Pool::imap_with_state`].
-    pub fn imap_with_state<F, A, R, I>(&self, f: F, items: I) -> Imap<'p, R>
-    where
-        F: StateTask<S, A, R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: 'p,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.lazy(RunnerRef::with_state::<F, S, A, R>(), Infallibly(items.into_iter()), true)
-    }
-
-    /// As [`Pool::imap_unordered_with_state`].
-    pub fn imap_unordered_with_state<F, A, R, I>(&self, f: F, items: I) -> Imap<'p, R>
-    where
-        F: StateTask<S, A, R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: 'p,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let _ = f;
-        self.lazy(RunnerRef::with_state::<F, S, A, R>(), Infallibly(items.into_iter()), false)
-    }
-}
-
-/// An input that cannot fail, as one that can (for the shared `imap` code).
-struct Infallibly<I>(I);
-
-impl<I: Iterator> Iterator for Infallibly<I> {
-    type Item = Result<I::Item, Infallible>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(Ok)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
-    }
-}
-
-/// The error for an input whose length differs from the exact length it
-/// announced (`size_hint`).
-fn miscounted(announced: usize) -> PoolError {
-    PoolError::Input {
-        index: announced,
-        message: format!("the input announced exactly {announced} items (size_hint) but had another number"),
     }
 }

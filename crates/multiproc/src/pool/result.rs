@@ -99,8 +99,8 @@ pub(crate) const TASK_CANCELLED: u8 = 2;
 /// The outcome of a call that runs in the background: Python's
 /// `AsyncResult`, also a [`Future`].
 ///
-/// Exactly one of the callbacks runs per call: [`AsyncResult::on_success`]
-/// with the value, or [`AsyncResult::on_error`] with the error. Callbacks run
+/// Exactly one of the callbacks runs per call: [`AsyncResult::callback`]
+/// with the value, or [`AsyncResult::error_callback`] with the error. Callbacks run
 /// on the pool's scheduler thread (or at once, on the caller's thread, if the
 /// result is already there) and should be quick.
 ///
@@ -221,14 +221,26 @@ impl<T> AsyncResult<T> {
 
     /// Runs `callback` with the value if the call succeeds (Python's
     /// `callback=`).
-    pub fn on_success(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
+    pub fn callback(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
         self.attach(Some(Box::new(callback)), None)
     }
 
     /// Runs `callback` with the error if the call fails (Python's
     /// `error_callback=`).
-    pub fn on_error(self, callback: impl FnOnce(&PoolError) + Send + 'static) -> Self {
+    pub fn error_callback(self, callback: impl FnOnce(&PoolError) + Send + 'static) -> Self {
         self.attach(None, Some(Box::new(callback)))
+    }
+
+    /// Old name of [`AsyncResult::callback`].
+    #[deprecated(since = "0.1.0", note = "use `callback`, Python's name")]
+    pub fn on_success(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
+        self.callback(callback)
+    }
+
+    /// Old name of [`AsyncResult::error_callback`].
+    #[deprecated(since = "0.1.0", note = "use `error_callback`, Python's name")]
+    pub fn on_error(self, callback: impl FnOnce(&PoolError) + Send + 'static) -> Self {
+        self.error_callback(callback)
     }
 
     fn attach(self, on_ok: Option<OkCallback<T>>, on_err: Option<ErrCallback>) -> Self {

@@ -8,6 +8,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use super::protocol::{Reply, Start};
 use super::{RemotePanic, identity};
+use crate::log::lifecycle;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, spawn::CHILD_CHANNEL_FD};
 use crate::wire::{self, Channel, Frame, Kind};
@@ -145,8 +146,11 @@ pub(crate) fn run_child(channel: Channel, first: Option<Frame>, origin: Origin) 
         finish(&channel, Reply::Refused { child_build_id: own.to_string() }, Vec::new(), origin);
     }
     identity::become_child(&start);
+    crate::log::adopt_state(start.log);
+    let fds = super::output::take_child_ends(frame.fds, start.stdio);
     install_panic_hook();
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| super::task::run_entry(start.entry, &start.args, frame.fds)));
+    lifecycle!(INFO, "child process started, running its task");
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| super::task::run_entry(start.entry, &start.args, fds)));
     let (reply, fds) = match outcome {
         Ok(Ok(encoded)) => (Reply::Value(encoded.bytes), encoded.fds),
         Ok(Err(message)) => (Reply::Failed(message), Vec::new()),
@@ -159,6 +163,10 @@ pub(crate) fn run_child(channel: Channel, first: Option<Frame>, origin: Origin) 
 /// after joining non-daemon children and terminating daemon ones.
 fn finish(channel: &Channel, reply: Reply, fds: Vec<OwnedFd>, origin: Origin) -> ! {
     let code = if matches!(reply, Reply::Value(_)) { 0 } else { EXIT_FAILED };
+    if let Reply::Panicked(p) = &reply {
+        lifecycle!(DEBUG, "the task panicked: {}", p.message);
+    }
+    lifecycle!(INFO, "process exiting with exitcode {code}");
     if let Ok(encoded) = wire::encode(&reply) {
         // The parent may be gone or may have dropped the handle: nothing to do then.
         let _ = channel.send(Kind::Reply, &encoded.bytes, &fds);

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
+use crate::log::lifecycle;
 use crate::process_local::{ForkHook, ProcessLocal};
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Pid, pidfd::Pidfd};
@@ -62,11 +63,19 @@ impl ChildShared {
 
     /// The exit code, reaping the child if it just exited; `None` while it runs.
     pub(crate) fn exit_code(&self) -> Option<i32> {
-        let mut code = self.code.lock().unwrap_or_else(|e| e.into_inner());
-        if code.is_none() {
-            *code = self.watch.try_collect();
+        let (code, just_now) = {
+            let mut code = self.code.lock().unwrap_or_else(|e| e.into_inner());
+            let just_now = code.is_none() && {
+                *code = self.watch.try_collect();
+                code.is_some()
+            };
+            (*code, just_now)
+        };
+        // Logged outside the lock: a subscriber may call back into the library.
+        if let (true, Some(c)) = (just_now, code) {
+            lifecycle!(DEBUG, "child {} (pid {}) exited with exitcode {c}", self.name, self.pid);
         }
-        *code
+        code
     }
 
     /// Waits for the exit until the deadline; the exit code, or `None` on timeout.
@@ -153,10 +162,16 @@ pub(crate) fn end_children() {
         return;
     }
     let children = std::mem::take(&mut *REGISTRY.lock());
+    if children.is_empty() {
+        return;
+    }
+    lifecycle!(INFO, "process shutting down");
     for child in children.iter().filter(|c| c.daemon) {
+        lifecycle!(DEBUG, "calling terminate() for daemon {}", child.name);
         let _ = child.signal(imp::SIGTERM);
     }
     for child in &children {
+        lifecycle!(DEBUG, "calling join() for process {}", child.name);
         child.wait(Deadline::NEVER);
     }
 }

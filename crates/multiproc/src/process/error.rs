@@ -82,6 +82,16 @@ pub enum ProcessError {
     /// The operating system refused to start the process.
     #[error("could not start the child process: {0}")]
     Start(#[source] io::Error),
+    /// `terminate` or `kill` could not signal the child (it was not gone:
+    /// a child that already exited is not an error).
+    #[error("could not send signal {signal} ({name}) to the child: {source}", name = crate::sys::imp::signal_name(*signal))]
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
     /// Sending the task or receiving the result failed.
     #[error(transparent)]
     Wire(#[from] WireError),

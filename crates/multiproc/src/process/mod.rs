@@ -5,12 +5,14 @@ pub(crate) mod bootstrap;
 mod child;
 mod error;
 pub(crate) mod forkserver;
-mod identity;
+pub(crate) mod identity;
 pub(crate) mod launch;
+mod output;
 pub(crate) mod protocol;
 pub(crate) mod task;
 
 use std::ffi::OsString;
+use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,9 +24,11 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ProcessError, RemotePanic};
 pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
+pub use output::ChildOutput;
 pub(crate) use task::EntryRef;
 pub use task::Task;
 
+use crate::log::lifecycle;
 use crate::sys::Deadline;
 use crate::sys::imp;
 use crate::wire::{self, Channel, Encoded, Kind, RecvError};
@@ -165,6 +169,8 @@ pub struct ProcessBuilder {
     cwd: Option<PathBuf>,
     method: Option<StartMethod>,
     executable: Option<PathBuf>,
+    stdout: ChildOutput,
+    stderr: ChildOutput,
 }
 
 impl ProcessBuilder {
@@ -199,19 +205,51 @@ impl ProcessBuilder {
         self
     }
 
+    /// Where the child's standard output goes: inherited from this process
+    /// (the default), captured into the handle
+    /// ([`Process::captured_stdout`]), or copied here with the process name
+    /// in front of each line.
+    pub fn stdout(mut self, how: ChildOutput) -> Self {
+        self.stdout = how;
+        self
+    }
+
+    /// Where the child's standard error goes; as [`ProcessBuilder::stdout`]
+    /// ([`Process::captured_stderr`] for a captured one).
+    pub fn stderr(mut self, how: ChildOutput) -> Self {
+        self.stderr = how;
+        self
+    }
+
     /// How to start the child (default: [`get_start_method`]).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
         self
     }
 
-    /// Runs another executable as the child (with the `Spawn` method). It must
-    /// be the same build as this program, or the child refuses the task with
-    /// [`ProcessError::BuildMismatch`].
+    /// Runs another executable as the child (Python's `set_executable`). It
+    /// must be the same build as this program, or the child refuses the task
+    /// with [`ProcessError::BuildMismatch`].
+    ///
+    /// Only [`StartMethod::Spawn`] runs an executable: without a
+    /// [`start_method`](ProcessBuilder::start_method) the child is spawned
+    /// (whatever [`set_start_method`] chose); with another method chosen
+    /// explicitly, `start` fails rather than quietly using one of the two.
     pub fn executable(mut self, path: impl AsRef<Path>) -> Self {
         self.executable = Some(path.as_ref().to_path_buf());
-        self.method = Some(StartMethod::Spawn);
         self
+    }
+
+    /// The start method this builder asks for.
+    fn method_to_use(&self) -> Result<StartMethod, ProcessError> {
+        match (&self.executable, self.method) {
+            (None, method) => Ok(method.unwrap_or_else(get_start_method)),
+            (Some(_), None | Some(StartMethod::Spawn)) => Ok(StartMethod::Spawn),
+            (Some(_), Some(method)) => Err(ProcessError::Start(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an executable runs only with StartMethod::Spawn, not {method:?}; drop one of the two options"),
+            ))),
+        }
     }
 
     /// Prepares a process running `f(args…)` without starting it; call
@@ -285,6 +323,8 @@ struct Running {
     child: Arc<ChildShared>,
     channel: Channel,
     reply: ReplyState,
+    /// The child's redirected standard streams, if any.
+    outputs: output::Outputs,
 }
 
 #[derive(Debug)]
@@ -346,10 +386,19 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     /// [`ProcessError::DaemonCannotSpawn`] inside a daemon process, or the OS
     /// error that stopped the start.
     pub fn start(&mut self) -> Result<(), ProcessError> {
-        let (entry, args) = self.task.take().ok_or(ProcessError::AlreadyStarted)?;
+        if self.task.is_none() {
+            return Err(ProcessError::AlreadyStarted);
+        }
+        let method = self.config.method_to_use()?;
+        let (entry, mut args) = self.task.take().ok_or(ProcessError::AlreadyStarted)?;
         if identity::is_daemon() {
             return Err(ProcessError::DaemonCannotSpawn);
         }
+        let (outputs, ends) =
+            output::Outputs::open(&self.name, self.config.stdout, self.config.stderr).map_err(ProcessError::Start)?;
+        // The write ends travel after the task's own descriptors; ours close
+        // when `args` goes at the end of this call.
+        args.fds.extend(ends.fds);
         let me = current_process();
         let start = Start {
             build_id: imp::build_id::build_id().to_string(),
@@ -359,8 +408,9 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             parent_name: me.name,
             entry,
             args: args.bytes,
+            log: crate::log::state_for_child(),
+            stdio: ends.bits,
         };
-        let method = self.config.method.unwrap_or_else(get_start_method);
         let launched = launch::launch(
             method,
             launch::Task { start: &wire::encode(&start)?.bytes, fds: &args.fds },
@@ -369,13 +419,40 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
             self.config.executable.as_deref(),
         )?;
         let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
-        self.running = Some(Running { child, channel: launched.channel, reply: ReplyState::Waiting });
+        lifecycle!(DEBUG, "started child {} (pid {}) with {method:?}", self.name, launched.pid);
+        self.running = Some(Running { child, channel: launched.channel, reply: ReplyState::Waiting, outputs });
         Ok(())
     }
 
     /// Readable once the started child has exited (for `connection::wait`).
     pub(crate) fn exit_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.running.as_ref().map(|r| r.child.exit_fd())
+    }
+
+    /// What the child wrote to its standard output, when the builder asked
+    /// for [`ChildOutput::Capture`]: all of it once `join` returned, what
+    /// arrived so far before. `None` for an inherited or prefixed stream, or
+    /// before `start`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{ChildOutput, Process};
+    ///
+    /// fn hello() { println!("hello from the child"); }
+    ///
+    /// let mut p = Process::builder().stdout(ChildOutput::Capture).spawn(hello, ()).unwrap();
+    /// p.join().unwrap();
+    /// assert_eq!(p.captured_stdout().unwrap(), b"hello from the child\n");
+    /// ```
+    pub fn captured_stdout(&self) -> Option<Vec<u8>> {
+        self.running.as_ref().and_then(|r| r.outputs.stdout())
+    }
+
+    /// What the child wrote to its standard error, when captured; see
+    /// [`Process::captured_stdout`].
+    pub fn captured_stderr(&self) -> Option<Vec<u8>> {
+        self.running.as_ref().and_then(|r| r.outputs.stderr())
     }
 
     /// The process id, once started.
@@ -405,27 +482,32 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         self.running.as_ref().and_then(|r| r.child.exit_code())
     }
 
-    /// Asks the child to stop with SIGTERM (exit code −15). Does not wait.
+    /// Asks the child to stop with SIGTERM (exit code −15). Does not wait. A
+    /// child that has already exited is left alone (`Ok`).
     ///
     /// # Errors
     ///
-    /// [`ProcessError::NotStarted`] before `start`.
+    /// [`ProcessError::NotStarted`] before `start`; [`ProcessError::Signal`]
+    /// if the OS refused the signal.
     pub fn terminate(&self) -> Result<(), ProcessError> {
         self.signal(imp::SIGTERM)
     }
 
-    /// Kills the child with SIGKILL (exit code −9). Does not wait.
+    /// Kills the child with SIGKILL (exit code −9). Does not wait. A child
+    /// that has already exited is left alone (`Ok`).
     ///
     /// # Errors
     ///
-    /// [`ProcessError::NotStarted`] before `start`.
+    /// [`ProcessError::NotStarted`] before `start`; [`ProcessError::Signal`]
+    /// if the OS refused the signal.
     pub fn kill(&self) -> Result<(), ProcessError> {
         self.signal(imp::SIGKILL)
     }
 
     fn signal(&self, signal: i32) -> Result<(), ProcessError> {
         let running = self.running.as_ref().ok_or(ProcessError::NotStarted)?;
-        running.child.signal(signal).map_err(ProcessError::Start)
+        // A child that is already gone is not an error (the OS layer says Ok).
+        running.child.signal(signal).map_err(|source| ProcessError::Signal { signal, source })
     }
 
     /// Waits for the child to finish and returns the function's value.
@@ -452,6 +534,7 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         let running = self.running.as_mut().ok_or(ProcessError::NotStarted)?;
         running.collect_reply(deadline, timeout)?;
         let code = running.child.wait(deadline).ok_or(ProcessError::Timeout(timeout))?;
+        running.outputs.drain(deadline);
         child::forget(running.child.pid);
         match std::mem::replace(&mut running.reply, ReplyState::Taken) {
             ReplyState::Got(reply, fds) => reply_to_result(reply, fds),

@@ -17,6 +17,11 @@ pub(crate) struct Start {
     pub entry: EntryRef,
     #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
+    /// The parent's logging state (see `log::state_for_child`).
+    pub log: u8,
+    /// Which standard streams the child must redirect (`output::STDOUT_SENT`,
+    /// `STDERR_SENT`); their pipes are the frame's last descriptors.
+    pub stdio: u8,
 }
 
 /// Child → parent: how the function ended.

@@ -21,7 +21,8 @@ use crate::wire::WireError;
 /// assert_eq!(err.into_inner(), "late");
 /// ```
 pub enum PutError<T> {
-    /// The queue was closed (by any handle, in any process).
+    /// This handle was closed, or the queue was shut down (by any handle,
+    /// in any process).
     Closed(T),
     /// The value cannot be serialized, or carries handles (file descriptors),
     /// which cannot travel through a queue. Nothing was queued.
@@ -49,7 +50,7 @@ pub enum PutError<T> {
 pub enum TryPutError<T> {
     /// The queue is full (after ≈T for `put_timeout`).
     Full(T),
-    /// The queue was closed.
+    /// This handle was closed, or the queue was shut down.
     Closed(T),
     /// The value cannot be serialized (see [`PutError::Unserializable`]).
     Unserializable(T, WireError),
@@ -65,7 +66,7 @@ impl<T> PutError<T> {
         }
     }
 
-    /// True if the queue was closed.
+    /// True if this handle was closed or the queue shut down.
     pub fn is_closed(&self) -> bool {
         matches!(self, PutError::Closed(_))
     }
@@ -128,7 +129,7 @@ impl<T> fmt::Debug for TryPutError<T> {
 impl<T> fmt::Display for PutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PutError::Closed(_) => f.write_str("the queue is closed"),
+            PutError::Closed(_) => f.write_str("the queue is closed (this handle closed, or the queue shut down)"),
             PutError::Unserializable(_, e) => write!(f, "the item cannot be queued: {e}"),
             PutError::Io(_, e) => write!(f, "the queue could not store the item: {e}"),
         }
@@ -139,7 +140,7 @@ impl<T> fmt::Display for TryPutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TryPutError::Full(_) => f.write_str("the queue is full"),
-            TryPutError::Closed(_) => f.write_str("the queue is closed"),
+            TryPutError::Closed(_) => f.write_str("the queue is closed (this handle closed, or the queue shut down)"),
             TryPutError::Unserializable(_, e) => write!(f, "the item cannot be queued: {e}"),
             TryPutError::Io(_, e) => write!(f, "the queue could not store the item: {e}"),
         }
@@ -188,8 +189,9 @@ pub enum GetError {
     /// Nothing arrived within the timeout (`get_timeout`; Python's `Empty`).
     #[error("timed out waiting for an item")]
     Timeout,
-    /// The queue was closed and every item put before has been taken.
-    #[error("the queue is closed and empty")]
+    /// This handle was closed; or the queue was shut down and every item
+    /// put before has been taken (or discarded, after an immediate shutdown).
+    #[error("the queue is closed (this handle closed, or the queue shut down and empty)")]
     Closed,
     /// An item was taken but could not be deserialized as the expected type;
     /// it is lost.

@@ -165,7 +165,8 @@ pub(super) struct Header {
     pub seg_tail: Line<AtomicU64>,
     /// Segment consumers take from.
     pub seg_head: Line<AtomicU64>,
-    /// Non-zero once `close()` was called.
+    /// Non-zero once the queue was shut down (1; 2 for an immediate
+    /// shutdown, see `waits.rs`).
     pub closed: Line<AtomicU32>,
     /// Consumers waiting for an item.
     pub not_empty: Line<Sleepers>,

@@ -26,11 +26,14 @@
 //! - **Large items** (up to 64 GiB) travel out of the ring, in the queue's
 //!   memory file, so they need no large ring.
 //!
-//! `close()` closes the queue for every handle in every process: later puts
-//! fail with `Closed`, gets return the items still queued and then `Closed`
-//! (rather than waiting). Items that carry file descriptors (a `Connection`,
-//! another queue) cannot go through a queue: `put` reports it; send them
-//! over a [`Pipe`](crate::Pipe).
+//! Ending a queue follows Python 3.13: [`Queue::close`] closes one handle
+//! (its later puts and gets fail with `Closed`; other handles go on), and
+//! [`Queue::shutdown`] ends the queue for every handle in every process:
+//! later puts fail with `Closed`, gets return the items still queued and
+//! then `Closed` (rather than waiting), or, with `immediate`, fail at once
+//! and the items left are discarded. Items that carry file descriptors (a
+//! `Connection`, another queue) cannot go through a queue: `put` reports
+//! it; send them over a [`Pipe`](crate::Pipe).
 //!
 //! # Examples
 //!
@@ -51,7 +54,9 @@
 //! The design (segments, slot stamps, wake-ups, the handling of dead
 //! processes) is described in `src/queue/README.md`.
 
+mod builder;
 mod error;
+mod item;
 mod joinable;
 mod layout;
 mod ring;
@@ -62,17 +67,19 @@ mod waits;
 #[cfg(test)]
 mod test;
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use builder::QueueBuilder;
 pub use error::{GetError, JoinTimeoutError, PutError, TaskDoneError, TryPutError};
 pub use joinable::JoinableQueue;
 #[doc(hidden)]
@@ -80,8 +87,9 @@ pub use ring::fuzz_slot_decode;
 pub use simple::SimpleQueue;
 
 use crate::connection::{ConnectionError, Waitable};
-use crate::wire::{self, WireError, fd_serde};
-use layout::{FLAG_BOUNDED, FLAG_JOINABLE, Geometry, type_hash};
+use crate::wire::{WireError, fd_serde};
+use item::{encode, with_buffer};
+use layout::type_hash;
 use ring::Ring;
 use waits::{GetFail, PutFail};
 
@@ -91,8 +99,6 @@ const DEFAULT_SLOTS: u64 = 4096;
 const DEFAULT_FRAMES: u64 = 1024;
 /// Default arena per segment.
 const DEFAULT_ARENA: u64 = 1 << 20;
-/// Per-thread buffers larger than this are not kept between calls.
-const KEEP_BUFFER: usize = 1 << 20;
 
 /// A FIFO queue between processes and threads (Python's
 /// `multiprocessing.Queue`). See the [module docs](self) for the guarantees.
@@ -100,12 +106,17 @@ const KEEP_BUFFER: usize = 1 << 20;
 /// Cloning is cheap and gives another handle to the same queue.
 pub struct Queue<T> {
     ring: Arc<Ring>,
+    /// Set by [`Queue::close`]: this handle only.
+    closed: AtomicBool,
     _type: PhantomData<fn(T) -> T>,
 }
 
 impl<T> Clone for Queue<T> {
+    /// Another handle to the same queue; a clone of a closed handle is
+    /// closed too.
     fn clone(&self) -> Self {
-        Queue { ring: self.ring.clone(), _type: PhantomData }
+        // ORDERING: Relaxed: a per-handle flag, no data hangs on it.
+        Queue { ring: self.ring.clone(), closed: AtomicBool::new(self.closed.load(Relaxed)), _type: PhantomData }
     }
 }
 
@@ -115,147 +126,19 @@ impl<T> fmt::Debug for Queue<T> {
             .field("maxsize", &self.maxsize())
             .field("qsize", &self.qsize())
             .field("closed", &self.is_closed())
+            .field("shutdown", &self.is_shutdown())
             .finish()
     }
-}
-
-/// Options for a new queue; made by [`Queue::builder`].
-///
-/// The defaults suit most uses; the geometry knobs trade memory for how many
-/// items can wait before the queue reports that it is exhausted.
-///
-/// # Examples
-///
-/// ```
-/// use multiproc::Queue;
-///
-/// let q = Queue::<u64>::builder().maxsize(10).segment_slots(16).build().unwrap();
-/// assert_eq!(q.maxsize(), Some(10));
-/// ```
-pub struct QueueBuilder<T> {
-    maxsize: Option<u64>,
-    slots: Option<u64>,
-    frames: u64,
-    _type: PhantomData<fn(T) -> T>,
-}
-
-impl<T> Clone for QueueBuilder<T> {
-    fn clone(&self) -> Self {
-        QueueBuilder { maxsize: self.maxsize, slots: self.slots, frames: self.frames, _type: PhantomData }
-    }
-}
-
-impl<T> fmt::Debug for QueueBuilder<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueBuilder")
-            .field("maxsize", &self.maxsize)
-            .field("slots", &self.slots)
-            .field("frames", &self.frames)
-            .finish()
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
-    /// Limits the queue to `maxsize` items (Python's `maxsize`).
-    pub fn maxsize(mut self, maxsize: usize) -> Self {
-        self.maxsize = Some(maxsize as u64);
-        self
-    }
-
-    /// Slots per ring segment (rounded up to a power of two, at least 2).
-    /// Each slot is 64 bytes of shared memory; a segment that fills spills
-    /// into a new one. Default: 4096 (or fewer for a small `maxsize`).
-    pub fn segment_slots(mut self, slots: usize) -> Self {
-        self.slots = Some((slots as u64).max(2).next_power_of_two());
-        self
-    }
-
-    /// How many segments may be alive at once (default 1024, at least 2). An
-    /// unbounded queue holds up to `segments × segment_slots` small items.
-    pub fn max_segments(mut self, segments: usize) -> Self {
-        self.frames = (segments as u64).max(2);
-        self
-    }
-
-    fn geometry(&self) -> io::Result<Geometry> {
-        let slots = self.slots.unwrap_or_else(|| match self.maxsize {
-            Some(max) => max.next_power_of_two().clamp(64, DEFAULT_SLOTS),
-            None => DEFAULT_SLOTS,
-        });
-        if let Some(max) = self.maxsize {
-            if max == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "maxsize must be at least 1; use Queue::new for an unbounded queue",
-                ));
-            }
-            if max > (self.frames / 2) * slots {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("maxsize {max} is too large for this geometry (at most {})", (self.frames / 2) * slots),
-                ));
-            }
-        }
-        Geometry { slots, frames: self.frames, arena: DEFAULT_ARENA }.validate()
-    }
-
-    fn ring(&self, joinable: bool) -> io::Result<Ring> {
-        let mut flags = if joinable { FLAG_JOINABLE } else { 0 };
-        if self.maxsize.is_some() {
-            flags |= FLAG_BOUNDED;
-        }
-        Ring::create(self.geometry()?, flags, self.maxsize.unwrap_or(0), type_hash::<T>())
-    }
-
-    /// Creates the queue.
-    ///
-    /// # Errors
-    ///
-    /// `maxsize` is 0 or too large for the geometry, or the OS could not
-    /// create the shared memory.
-    pub fn build(&self) -> io::Result<Queue<T>> {
-        Ok(Queue::from_ring(self.ring(false)?))
-    }
-
-    /// Creates a [`JoinableQueue`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`QueueBuilder::build`].
-    pub fn build_joinable(&self) -> io::Result<JoinableQueue<T>> {
-        Ok(JoinableQueue::from_queue(Queue::from_ring(self.ring(true)?)))
-    }
-}
-
-thread_local! {
-    /// Serialization buffer reused by this thread's puts and gets.
-    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's cleared buffer (or a fresh one if the buffer
-/// is in use further up the stack, e.g. by a `Serialize` impl that puts).
-fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    BUFFER.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let out = f(&mut buf);
-            if buf.capacity() > KEEP_BUFFER {
-                *buf = Vec::new();
-            }
-            out
-        }
-        Err(_) => f(&mut Vec::new()),
-    })
 }
 
 impl<T> Queue<T> {
     fn from_ring(ring: Ring) -> Queue<T> {
-        Queue { ring: Arc::new(ring), _type: PhantomData }
+        Queue { ring: Arc::new(ring), closed: AtomicBool::new(false), _type: PhantomData }
     }
 
     /// Options for a new queue.
     pub fn builder() -> QueueBuilder<T> {
-        QueueBuilder { maxsize: None, slots: None, frames: DEFAULT_FRAMES, _type: PhantomData }
+        QueueBuilder::new()
     }
 
     /// The most items the queue holds, or `None` when unbounded.
@@ -313,11 +196,55 @@ impl<T> Queue<T> {
         self.ring.bounded() && self.ring.len() >= self.ring.maxsize()
     }
 
-    /// Closes the queue, for every handle in every process. Later puts fail
-    /// with `Closed`; gets return the items already queued, then
-    /// [`GetError::Closed`] instead of waiting. Threads blocked in `put` or
-    /// `get` wake up. There is no background thread to join (Python's
-    /// `join_thread` and `cancel_join_thread` have nothing to do here).
+    /// Closes this handle (Python's `close`): its later puts and gets fail
+    /// with `Closed`. Other handles — clones made before, copies in other
+    /// processes — go on; items already put stay in the queue. To end the
+    /// queue for everyone, use [`Queue::shutdown`]. There is no background
+    /// thread to join (Python's `join_thread` and `cancel_join_thread` have
+    /// nothing to do here).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{GetError, Queue};
+    ///
+    /// let q = Queue::<u8>::new().unwrap();
+    /// let other = q.clone();
+    /// q.put(1).unwrap();
+    /// q.close();
+    /// assert!(q.put(2).unwrap_err().is_closed());
+    /// assert!(matches!(q.get(), Err(GetError::Closed)));
+    /// assert_eq!(other.get().unwrap(), 1); // the queue itself goes on
+    /// ```
+    pub fn close(&self) {
+        // ORDERING: Relaxed: a per-handle flag.
+        self.closed.store(true, Relaxed);
+    }
+
+    /// True once [`Queue::close`] was called on this handle (or the handle
+    /// it was cloned from), or the queue was shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::new().unwrap();
+    /// let other = q.clone();
+    /// other.close();
+    /// assert!(other.is_closed() && !q.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        // ORDERING: Relaxed: a per-handle flag.
+        self.closed.load(Relaxed) || self.ring.is_closed()
+    }
+
+    /// Shuts the queue down for every handle in every process (Python
+    /// 3.13's `shutdown`). Later puts fail with `Closed`. Without
+    /// `immediate`, gets return the items already queued, then
+    /// [`GetError::Closed`] instead of waiting; with `immediate`, gets fail
+    /// at once and the items left are discarded (for a [`JoinableQueue`],
+    /// each discarded item counts as a finished task, so `join` returns once
+    /// the items already taken are done). Threads blocked in `put` or `get`
+    /// wake up.
     ///
     /// # Examples
     ///
@@ -326,26 +253,27 @@ impl<T> Queue<T> {
     ///
     /// let q = Queue::<u8>::new().unwrap();
     /// q.put(1).unwrap();
-    /// q.clone().close();
+    /// q.clone().shutdown(false);
+    /// assert!(q.is_shutdown());
     /// assert!(q.put(2).unwrap_err().is_closed());
     /// assert_eq!(q.get().unwrap(), 1);
     /// assert!(matches!(q.get(), Err(GetError::Closed)));
+    ///
+    /// let now = Queue::<u8>::new().unwrap();
+    /// now.put(1).unwrap();
+    /// now.shutdown(true);
+    /// assert!(matches!(now.get(), Err(GetError::Closed)));
     /// ```
-    pub fn close(&self) {
-        self.ring.close();
+    pub fn shutdown(&self, immediate: bool) {
+        self.ring.shutdown(immediate);
+        if immediate {
+            self.ring.drain();
+        }
     }
 
-    /// True once [`Queue::close`] was called on any handle.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let q = multiproc::Queue::<u8>::new().unwrap();
-    /// let other = q.clone();
-    /// other.close();
-    /// assert!(q.is_closed());
-    /// ```
-    pub fn is_closed(&self) -> bool {
+    /// True once the queue was shut down, by any handle in any process
+    /// (Python's `is_shutdown`).
+    pub fn is_shutdown(&self) -> bool {
         self.ring.is_closed()
     }
 }
@@ -407,7 +335,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// The value comes back in the error when the queue is closed, the value
+    /// The value comes back in the error when this handle is closed or the
+    /// queue shut down, the value
     /// cannot be serialized (or carries handles), or it cannot be stored.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
         self.put_until(value, None, true).map_err(|e| match e {
@@ -459,7 +388,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_until(&self, value: T, timeout: Option<Duration>, block: bool) -> Result<(), TryPutError<T>> {
-        if self.ring.is_closed() {
+        if self.is_closed() {
             return Err(TryPutError::Closed(value));
         }
         with_buffer(|buf| {
@@ -488,7 +417,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`GetError::Closed`] once the queue is closed and empty; a decode
+    /// [`GetError::Closed`] if this handle is closed, or once the queue is
+    /// shut down and empty (at once after an immediate shutdown); a decode
     /// error if the item is not a `T`.
     pub fn get(&self) -> Result<T, GetError> {
         self.get_until(None, true)
@@ -531,6 +461,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_until(&self, timeout: Option<Duration>, block: bool) -> Result<T, GetError> {
+        // ORDERING: Relaxed: a per-handle flag.
+        if self.closed.load(Relaxed) {
+            return Err(GetError::Closed);
+        }
         with_buffer(|buf| {
             self.ring.get(buf, timeout, block).map_err(|e| match e {
                 GetFail::Empty => GetError::Empty,
@@ -542,48 +476,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 GetError::Decode(WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
             })
         })
-    }
-}
-
-/// Serializes `value` into `buf` (which is empty).
-///
-/// Items are plain postcard, without the descriptor side channel of
-/// `wire::encode`: a handle inside an item fails to serialize, and only then
-/// is the item serialized again through `wire` to say why.
-fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), WireError> {
-    match postcard::serialize_with_flavor(value, Append(buf)) {
-        Ok(()) => Ok(()),
-        Err(fast) => match wire::encode(value) {
-            Ok(e) if !e.fds.is_empty() => Err(WireError::Encode(
-                "the item carries handles (file descriptors), which cannot travel through a queue; \
-                 send them over a Pipe"
-                    .into(),
-            )),
-            Ok(_) => Err(WireError::Encode(fast.to_string())),
-            Err(e) => Err(e),
-        },
-    }
-}
-
-/// A postcard output that appends to a borrowed buffer with
-/// `extend_from_slice` (a `memcpy` for byte strings, also in debug builds).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
     }
 }
 

@@ -54,9 +54,14 @@ impl<T> SimpleQueue<T> {
         self.queue.empty()
     }
 
-    /// Closes the queue for every handle (see [`Queue::close`]).
+    /// Closes this handle (see [`Queue::close`]).
     pub fn close(&self) {
         self.queue.close();
+    }
+
+    /// Shuts the queue down for every handle (see [`Queue::shutdown`]).
+    pub fn shutdown(&self, immediate: bool) {
+        self.queue.shutdown(immediate);
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::states::{READY, SEALED, Stamp, TAKING, WRITING};
 use super::*;
+use crate::wire;
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -179,14 +180,14 @@ fn bounded_full_waits_and_times_out() {
 }
 
 #[test]
-fn close_wakes_blocked_getters_and_putters() {
+fn shutdown_wakes_blocked_getters_and_putters() {
     let q = Queue::<u8>::bounded(1).unwrap();
     q.put(1).unwrap();
     let (a, b) = (q.clone(), q.clone());
     let putter = thread::spawn(move || a.put_timeout(2, LONG));
     let t = Instant::now();
     thread::sleep(Duration::from_millis(50));
-    q.close();
+    q.shutdown(false);
     assert!(putter.join().unwrap().unwrap_err().is_closed());
     assert_eq!(b.get_timeout(LONG).unwrap(), 1);
     let getter = thread::spawn(move || b.get_timeout(LONG));

@@ -26,6 +26,11 @@ use crate::sys::imp::thread::current_tid;
 const SPIN_STEPS: u32 = 7;
 const YIELD_STEPS: u32 = 12;
 
+/// Values of the header's `closed` word: shut down (puts fail, gets drain
+/// what is left), and shut down immediately (gets fail too).
+const SHUT_DOWN: u32 = 1;
+const SHUT_DOWN_NOW: u32 = 2;
+
 /// The nap of [`Backoff::wait`] once spinning and yielding are done.
 const NAP: Duration = Duration::from_micros(50);
 
@@ -232,14 +237,36 @@ impl Ring {
 
     /// Takes one item; its serialized bytes end up in `buf`. `timeout` counts
     /// from the first time the queue is found empty (no clock is read when an
-    /// item is there at once).
+    /// item is there at once). After an immediate shutdown: `Closed` at once.
     pub(super) fn get(&self, buf: &mut Vec<u8>, timeout: Option<Duration>, block: bool) -> Result<(), GetFail> {
+        self.take(buf, timeout, block, false)
+    }
+
+    /// Takes the items left after an immediate shutdown and discards them,
+    /// marking each one's task done (as Python's `shutdown(immediate=True)`
+    /// does); returns how many.
+    pub(super) fn drain(&self) -> usize {
+        let mut buf = Vec::new();
+        let mut n = 0;
+        while self.take(&mut buf, None, false, true).is_ok() {
+            if self.joinable() {
+                let _ = self.task_done();
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn take(&self, buf: &mut Vec<u8>, timeout: Option<Duration>, block: bool, drain: bool) -> Result<(), GetFail> {
         let me = current_tid();
         let hdr = self.header();
         let mut backoff = Backoff::new();
         let mut watch = Watch::default();
         let mut deadline = None;
         loop {
+            if !drain && self.is_shut_down_now() {
+                return Err(GetFail::Closed);
+            }
             match self.take_once(me, buf).map_err(GetFail::Io)? {
                 Step::Item(Got::Bytes) => return Ok(()),
                 Step::Item(Got::Blob { offset, len }) => {
@@ -412,18 +439,27 @@ impl Ring {
         }
     }
 
-    /// True once `close()` was called on any handle.
+    /// True once the queue was shut down (by any handle).
     pub(super) fn is_closed(&self) -> bool {
-        // ORDERING: SeqCst: close() stores with SeqCst before waking; sleepers
-        // check it as part of their condition.
+        // ORDERING: SeqCst: shutdown() stores with SeqCst before waking;
+        // sleepers check it as part of their condition.
         self.header().closed.0.load(SeqCst) != 0
     }
 
-    /// Closes the queue for every handle and wakes everyone who waits.
-    pub(super) fn close(&self) {
+    /// True once the queue was shut down with `immediate`: gets fail at once.
+    fn is_shut_down_now(&self) -> bool {
+        // ORDERING: SeqCst: as in `is_closed`.
+        self.header().closed.0.load(SeqCst) >= SHUT_DOWN_NOW
+    }
+
+    /// Shuts the queue down for every handle and wakes everyone who waits;
+    /// with `immediate`, gets fail from now on even while items remain.
+    pub(super) fn shutdown(&self, immediate: bool) {
         let hdr = self.header();
-        // ORDERING: SeqCst: the state change of the handshake, before the wakes.
-        hdr.closed.0.store(1, SeqCst);
+        // ORDERING: SeqCst: the state change of the handshake, before the
+        // wakes. `fetch_max`: an immediate shutdown is never undone by a
+        // later plain one.
+        hdr.closed.0.fetch_max(if immediate { SHUT_DOWN_NOW } else { SHUT_DOWN }, SeqCst);
         for s in [&hdr.not_empty.0, &hdr.not_full.0] {
             // ORDERING: SeqCst: as in `wake`.
             s.seq.fetch_add(1, SeqCst);

@@ -329,10 +329,16 @@ impl Barrier {
         ((w & COUNT_MASK) as usize).min(self.parties())
     }
 
-    /// True if the barrier is broken.
-    pub fn is_broken(&self) -> bool {
+    /// True if the barrier is broken (Python's `broken`).
+    pub fn broken(&self) -> bool {
         // ORDERING: Relaxed: a snapshot.
         self.state.word.load(Ordering::Relaxed) & BROKEN != 0
+    }
+
+    /// Old name of [`Barrier::broken`].
+    #[deprecated(since = "0.1.0", note = "use `broken`, Python's name")]
+    pub fn is_broken(&self) -> bool {
+        self.broken()
     }
 }
 
@@ -350,7 +356,7 @@ impl fmt::Debug for Barrier {
         f.debug_struct("Barrier")
             .field("parties", &self.parties())
             .field("n_waiting", &self.n_waiting())
-            .field("broken", &self.is_broken())
+            .field("broken", &self.broken())
             .finish()
     }
 }

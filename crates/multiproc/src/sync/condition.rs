@@ -146,6 +146,7 @@ impl Condition {
             Ok(g) => Ok(self.wrap(g)),
             Err(TryLockError::OwnerDied(e)) => Err(TryLockError::OwnerDied(e.map(|g| self.wrap(g)))),
             Err(TryLockError::Timeout) => Err(TryLockError::Timeout),
+            Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
         }
     }
 

@@ -73,17 +73,27 @@ impl<G> std::error::Error for OwnerDied<G> {}
 pub type LockResult<G> = Result<G, OwnerDied<G>>;
 
 /// Why an acquisition with a timeout (or a try) did not simply succeed.
+///
+/// A timed acquisition fails with [`TryLockError::Timeout`], a try (which
+/// does not wait) with [`TryLockError::WouldBlock`].
 pub enum TryLockError<G> {
     /// Acquired, but the previous owner died holding the lock (the guard is inside).
     OwnerDied(OwnerDied<G>),
-    /// Not acquired: the lock was still held when the timeout passed (at once for a try).
+    /// Not acquired: the lock was still held when the timeout passed.
     Timeout,
+    /// Not acquired: a `try_acquire` found the lock held (it did not wait).
+    WouldBlock,
 }
 
 impl<G> TryLockError<G> {
     /// True for [`TryLockError::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, TryLockError::Timeout)
+    }
+
+    /// True for [`TryLockError::WouldBlock`].
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, TryLockError::WouldBlock)
     }
 }
 
@@ -98,6 +108,7 @@ impl<G> fmt::Debug for TryLockError<G> {
         match self {
             TryLockError::OwnerDied(_) => f.write_str("OwnerDied(..)"),
             TryLockError::Timeout => f.write_str("Timeout"),
+            TryLockError::WouldBlock => f.write_str("WouldBlock"),
         }
     }
 }
@@ -107,6 +118,7 @@ impl<G> fmt::Display for TryLockError<G> {
         match self {
             TryLockError::OwnerDied(e) => e.fmt(f),
             TryLockError::Timeout => f.write_str("timed out waiting for the lock"),
+            TryLockError::WouldBlock => f.write_str("the lock is held (try_acquire does not wait)"),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -96,9 +96,9 @@ impl Lock {
     ///
     /// # Errors
     ///
-    /// [`TryLockError::Timeout`] if the lock is held.
+    /// [`TryLockError::WouldBlock`] if the lock is held.
     pub fn try_acquire(&self) -> TryLockResult<LockGuard<'_>> {
-        if self.state.raw.try_lock() { Ok(self.new_guard()) } else { Err(TryLockError::Timeout) }
+        if self.state.raw.try_lock() { Ok(self.new_guard()) } else { Err(TryLockError::WouldBlock) }
     }
 
     /// Waits at most `timeout` for the lock.
@@ -128,17 +128,33 @@ impl Lock {
     /// let lock = multiproc::Lock::new().unwrap();
     /// assert_eq!(lock.release(), Err(multiproc::ReleaseError::NotHeld));
     /// lock.acquire().unwrap().leak();
-    /// assert!(lock.is_locked());
+    /// assert!(lock.locked());
     /// lock.release().unwrap();
-    /// assert!(!lock.is_locked());
+    /// assert!(!lock.locked());
     /// ```
     pub fn release(&self) -> Result<(), ReleaseError> {
         self.state.raw.unlock_any().map_err(|_| ReleaseError::NotHeld)
     }
 
-    /// True if someone holds the lock (a snapshot).
-    pub fn is_locked(&self) -> bool {
+    /// True if someone holds the lock (a snapshot; Python's `locked()`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new().unwrap();
+    /// let held = lock.acquire().unwrap();
+    /// assert!(lock.locked());
+    /// drop(held);
+    /// assert!(!lock.locked());
+    /// ```
+    pub fn locked(&self) -> bool {
         self.state.raw.is_locked()
+    }
+
+    /// Old name of [`Lock::locked`].
+    #[deprecated(since = "0.1.0", note = "use `locked`, Python's name")]
+    pub fn is_locked(&self) -> bool {
+        self.locked()
     }
 
     pub(crate) fn raw(&self) -> &RawMutex {
@@ -165,14 +181,20 @@ impl Lock {
         }
     }
 
+    /// A guard for the hold the calling thread just took. Each hold gets a
+    /// new ticket in the lock's `count` (unused by a plain lock otherwise),
+    /// so a guard can tell its own hold from a later one.
     fn new_guard(&self) -> LockGuard<'_> {
-        LockGuard { lock: self, _not_send: PhantomData }
+        // ORDERING: Relaxed: only the holder writes `count`, and the guard's
+        // drop reads it on the same thread; see `LockGuard::drop`.
+        let ticket = self.state.raw.count.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        LockGuard { lock: self, ticket, _not_send: PhantomData }
     }
 }
 
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lock").field("locked", &self.is_locked()).finish()
+        f.debug_struct("Lock").field("locked", &self.locked()).finish()
     }
 }
 
@@ -184,6 +206,8 @@ impl fmt::Debug for Lock {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,
+    /// The lock's `count` when this hold began.
+    ticket: u32,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -201,8 +225,19 @@ impl LockGuard<'_> {
 }
 
 impl Drop for LockGuard<'_> {
+    /// Releases the lock, unless [`Lock::release`] already released this
+    /// hold: then the lock is left alone, even if another thread (or this
+    /// one, through another guard) holds it now.
     fn drop(&mut self) {
-        self.lock.raw().unlock();
+        let raw = self.lock.raw();
+        // ORDERING: Relaxed: if the ticket still matches, this thread wrote
+        // it (and holds the lock unless it was released by someone else);
+        // a stale read can only be of another holder's ticket, and then the
+        // CAS in `unlock_if_owned` fails because the word holds that
+        // holder's id, not ours.
+        if raw.count.load(Ordering::Relaxed) == self.ticket {
+            raw.unlock_if_owned();
+        }
     }
 }
 

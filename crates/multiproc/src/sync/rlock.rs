@@ -45,7 +45,7 @@ unsafe impl SharedObject for RLockState {
 /// assert_eq!(r.depth(), 2);
 /// drop(inner);
 /// drop(outer);
-/// assert!(!r.is_locked());
+/// assert!(!r.locked());
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -73,7 +73,9 @@ impl RLock {
         match self.acquire_until(Deadline::NEVER) {
             Ok(g) => Ok(g),
             Err(TryLockError::OwnerDied(e)) => Err(e),
-            Err(TryLockError::Timeout) => unreachable!("a wait without a deadline does not time out"),
+            Err(TryLockError::Timeout | TryLockError::WouldBlock) => {
+                unreachable!("a wait without a deadline does not time out")
+            }
         }
     }
 
@@ -82,7 +84,7 @@ impl RLock {
     ///
     /// # Errors
     ///
-    /// [`TryLockError::Timeout`] if another thread holds it.
+    /// [`TryLockError::WouldBlock`] if another thread holds it.
     pub fn try_acquire(&self) -> TryLockResult<RLockGuard<'_>> {
         if let Some(g) = self.reenter() {
             return Ok(g);
@@ -91,7 +93,7 @@ impl RLock {
             self.set_depth(1);
             Ok(self.new_guard())
         } else {
-            Err(TryLockError::Timeout)
+            Err(TryLockError::WouldBlock)
         }
     }
 
@@ -149,9 +151,15 @@ impl RLock {
         Ok(())
     }
 
-    /// True if some thread holds the lock.
-    pub fn is_locked(&self) -> bool {
+    /// True if some thread holds the lock (Python's `locked()`).
+    pub fn locked(&self) -> bool {
         self.raw().is_locked()
+    }
+
+    /// Old name of [`RLock::locked`].
+    #[deprecated(since = "0.1.0", note = "use `locked`, Python's name")]
+    pub fn is_locked(&self) -> bool {
+        self.locked()
     }
 
     /// True if the calling thread holds the lock.
@@ -182,7 +190,7 @@ impl RLock {
 
 impl fmt::Debug for RLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RLock").field("locked", &self.is_locked()).field("owned", &self.is_owned()).finish()
+        f.debug_struct("RLock").field("locked", &self.locked()).field("owned", &self.is_owned()).finish()
     }
 }
 

@@ -101,7 +101,7 @@ impl Channel {
         self.can_pass_fds
     }
 
-    /// Sends one frame. Large payloads go through a sealed memfd.
+    /// Sends one frame. Large payloads go through the arena (or a sealed memfd).
     pub(crate) fn send(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> Result<(), WireError> {
         if !fds.is_empty() && !self.can_pass_fds {
             return Err(WireError::Encode(

@@ -5,9 +5,15 @@
 //! count, payload length (6 bytes), the sender's CPU (2 bytes) — followed by
 //! the payload. Descriptors travel with
 //! `SCM_RIGHTS` attached to the header's first byte. A payload larger than
-//! `OFFLOAD_THRESHOLD` (64 KiB) travels in a sealed memfd instead of the socket, so
-//! a 1 MiB message is one copy in and one copy out, with no socket wake-ups
-//! per 64 KiB. Every decoder here returns an error on bad input; none panics.
+//! `OFFLOAD_THRESHOLD` (64 KiB) does not go through the socket: the sender
+//! copies it into its reusable shared-memory arena for the channel (a memfd
+//! mapped once by both sides, see `arena.rs`) and sends a small frame with the
+//! arena's descriptor and the record's offset; the receiver copies it out and
+//! frees the record. Only when no room frees up within a short wait, or when
+//! the payload is too large for any arena (about 16 MiB and up), does it go in a
+//! one-off sealed memfd. Either way a
+//! 1 MiB message is one copy in and one copy out, with no socket wake-ups per
+//! 64 KiB. Every decoder here returns an error on bad input; none panics.
 
 mod arena;
 mod channel;
@@ -21,8 +27,9 @@ pub(crate) use codec::{Encoded, decode, decode_seed, encode, encode_into, encode
 pub use error::WireError;
 pub(crate) use frame::{Frame, Kind};
 
-/// Payloads above this many bytes travel through a sealed memfd rather than
-/// the socket (when the channel can carry descriptors).
+/// Payloads above this many bytes travel through shared memory (the
+/// channel's arena, or a one-off sealed memfd) rather than the socket, when
+/// the channel can carry descriptors.
 pub(crate) const OFFLOAD_THRESHOLD: usize = 64 * 1024;
 
 /// Largest payload a frame may announce (1 GiB inline, 16 GiB offloaded).

@@ -6,6 +6,54 @@ use std::time::Duration;
 /// Generous bound for waits that should finish quickly (loaded 2-core machine).
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Slack on top of a promised time ("within 100 ms", "≈T"): generous, so a
+/// loaded 2-core machine does not fail the tests. The tight figures belong
+/// in the benchmark.
+pub const SLACK: Duration = Duration::from_secs(5);
+
+/// How long any one pool or executor test may run before the watchdog ends
+/// the test binary (the pool calls without a timed form — `map`, `apply`,
+/// iterating `imap` — are bounded this way).
+pub const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+/// Ends the test binary with a message if the test that made it is still
+/// running after [`TEST_LIMIT`]; dropping it (at the end of the test) calls
+/// it off. No test can hang.
+#[must_use = "the watchdog is called off when dropped"]
+pub struct Watchdog {
+    done: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+/// Starts a [`Watchdog`] for the calling test.
+pub fn watchdog() -> Watchdog {
+    let done = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let shared = done.clone();
+    let test = std::thread::current().name().unwrap_or("a pool test").to_string();
+    std::thread::spawn(move || {
+        let (lock, cond) = &*shared;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = cond.wait_timeout_while(guard, TEST_LIMIT, |done| !*done).unwrap_or_else(|e| e.into_inner());
+        if !*guard {
+            eprintln!("{test} still runs after {TEST_LIMIT:?}: a wait that never ends; stopping the test binary");
+            std::process::exit(101);
+        }
+    });
+    Watchdog { done }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, cond) = &*self.done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cond.notify_all();
+    }
+}
+
+/// `get` with the generous bound: the result, or a timeout error.
+pub fn get<T>(mut r: multiproc::AsyncResult<T>) -> Result<T, multiproc::PoolError> {
+    r.get_timeout(WAIT)
+}
+
 pub fn square(x: u64) -> u64 {
     x * x
 }
@@ -43,8 +91,4 @@ pub fn open_fds() -> usize {
 
 pub fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
-pub fn dev_shm_entries() -> usize {
-    std::fs::read_dir("/dev/shm").map(|d| d.count()).unwrap_or(0)
 }

@@ -16,6 +16,7 @@ pub(crate) mod signal;
 pub(crate) mod socket;
 pub(crate) mod sparse;
 pub(crate) mod spawn;
+pub(crate) mod stdio;
 pub(crate) mod thread;
 pub(crate) mod wake;
 

@@ -1,0 +1,224 @@
+//! The scheduler's workers: starting them, replacing the ones that died or
+//! retired, killing the ones over the task timeout, and deciding, when one
+//! exits, the fate of the chunks it held.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+impl Scheduler {
+    pub(super) fn spawn_worker(&mut self) -> Result<Worker, PoolError> {
+        let number = self.next_number;
+        self.next_number += 1;
+        let io = |e: std::io::Error| PoolError::Start(crate::ProcessError::Start(e));
+        let (ours, theirs) = imp::socketpair().map_err(io)?;
+        let status = StatusPage::new().map_err(io)?;
+        let init = match &self.config.init {
+            None => None,
+            Some(t) => Some(InitSpec {
+                runner: t.runner,
+                args: t.args.clone(),
+                fds: t.fds.iter().map(|f| f.try_clone().map(SendFd::from)).collect::<Result<_, _>>().map_err(io)?,
+            }),
+        };
+        let config = WorkerConfig {
+            socket: SendFd::from(theirs),
+            status: SendFd::from(status.as_fd().try_clone_to_owned().map_err(io)?),
+            init,
+            timed: self.config.timeout.is_some(),
+        };
+        let process = Process::builder()
+            .name(format!("PoolWorker-{number}"))
+            .daemon(true)
+            .start_method(self.config.method)
+            .spawn(worker_main, (config,))
+            .map_err(PoolError::Start)?;
+        let pid = process.pid().unwrap_or(0);
+        Ok(Worker {
+            process,
+            pid,
+            channel: Channel::unix(ours),
+            outbox: Outbox::default(),
+            batch: Batch::default(),
+            status,
+            input_ring: None,
+            output_ring: None,
+            known_slabs: HashSet::new(),
+            fds_in: VecDeque::new(),
+            inflight: VecDeque::new(),
+            received: 0,
+            assigned: 0,
+            retiring: false,
+            stopping: false,
+            eof_at: None,
+            killed: false,
+            timed_out: None,
+            init_message: None,
+            per_chunk_ns: 0.0,
+            depth: FIRST_DEPTH,
+            last_arrival: Instant::now(),
+        })
+    }
+
+    /// Starts workers in place of the ones that died or retired.
+    pub(super) fn replenish(&mut self) {
+        let active =
+            self.workers.iter().filter(|w| !w.retiring && !w.stopping && !w.killed && w.eof_at.is_none()).count();
+        let wanted = !self.closed || !self.pending.is_empty();
+        if !wanted || self.broken.is_some() {
+            return;
+        }
+        for _ in active..self.config.processes {
+            match self.spawn_worker() {
+                Ok(w) => {
+                    lifecycle!(INFO, "pool worker replaced: started {} (pid {})", w.process.name(), w.pid);
+                    self.workers.push(w);
+                }
+                Err(e) => {
+                    tracing::warn!("could not start a pool worker: {e}");
+                    self.init_failed(format!("a worker could not be started: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn init_failed(&mut self, message: String) {
+        self.init_failures += 1;
+        if self.init_failures >= INIT_FAILURE_LIMIT {
+            self.broken = Some(message);
+        }
+    }
+
+    /// Kills workers whose current item is over the timeout; the next time
+    /// to look again.
+    pub(super) fn check_timeouts(&mut self) -> Option<Instant> {
+        let limit = self.config.timeout?;
+        let limit_ns = limit.as_nanos() as u64;
+        let now_ns = ring::monotonic_ns();
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for w in &mut self.workers {
+            if w.inflight.is_empty() || w.killed {
+                continue;
+            }
+            let st = w.status.read();
+            let at = if st.phase == PHASE_ITEM {
+                let ran = now_ns.saturating_sub(st.item_started_ns);
+                if ran >= limit_ns {
+                    w.timed_out = Some((st.started.saturating_sub(1), st.item));
+                    w.kill();
+                    continue;
+                }
+                now + Duration::from_nanos(limit_ns - ran)
+            } else {
+                now + limit
+            };
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        next
+    }
+
+    /// A worker exited: collect what it sent, decide the fate of its chunks,
+    /// reap it.
+    pub(super) fn on_exit(&mut self, i: usize) {
+        let mut w = self.workers.remove(i);
+        let now = Instant::now();
+        if w.eof_at.is_none() {
+            w.read_all(now);
+        }
+        let code = w.process.exitcode();
+        let _ = w.process.join_timeout(Duration::ZERO);
+        if w.stopping || (w.retiring && w.inflight.is_empty()) {
+            lifecycle!(DEBUG, "pool worker {} (pid {}) ended ({})", w.process.name(), w.pid, describe(code));
+        } else {
+            lifecycle!(
+                WARN,
+                "pool worker {} (pid {}) died ({}) with {} chunk(s) in flight; replacing it",
+                w.process.name(),
+                w.pid,
+                describe(code),
+                w.inflight.len()
+            );
+        }
+        let st = w.status.read();
+        if st.phase == PHASE_INIT && w.received == 0 && !w.stopping {
+            let message = w
+                .init_message
+                .take()
+                .unwrap_or_else(|| format!("a worker died while running the initializer ({})", describe(code)));
+            self.init_failed(message);
+        } else if w.received > 0 || st.phase != PHASE_INIT {
+            self.init_failures = 0;
+        }
+        if w.inflight.is_empty() {
+            return;
+        }
+        let (signal, exit_code) = match code {
+            Some(c) if c < 0 => (Some(-c), None),
+            Some(c) => (None, Some(c)),
+            None => (None, None),
+        };
+        let lost = TaskError::WorkerLost { pid: w.pid, signal, code: exit_code };
+        let running = st.started.checked_sub(1).filter(|_| matches!(st.phase, PHASE_ITEM | PHASE_CHUNK));
+        let mut requeue = Vec::with_capacity(w.inflight.len());
+        for (k, inflight) in w.inflight.drain(..).enumerate() {
+            let seq = w.received + k as u64;
+            let mut chunk = inflight.chunk;
+            match w.timed_out {
+                // Killed for a task over the timeout: that task fails, the
+                // rest of its chunk runs again elsewhere.
+                Some((tseq, item)) if tseq == seq => {
+                    chunk.skip.push((item, TaskError::Timeout(self.config.timeout.unwrap_or_default())));
+                }
+                // The chunk it was running is the lost one: it fails now (or
+                // runs again while retries are left).
+                None if running == Some(seq) => {
+                    chunk.lost += 1;
+                    if chunk.lost > self.config.retries {
+                        chunk.fail_with(&lost);
+                        continue;
+                    }
+                }
+                // Chunks it finished (results not sent) or had not started.
+                _ => {}
+            }
+            requeue.push(chunk);
+        }
+        for chunk in requeue.into_iter().rev() {
+            self.pending.push_front(chunk);
+        }
+    }
+
+    /// Kills every worker and fails every task with `Terminated`.
+    pub(super) fn terminate_all(&mut self) {
+        for w in &mut self.workers {
+            w.kill();
+        }
+        for chunk in self.pending.drain(..) {
+            chunk.fail(TaskError::Terminated);
+        }
+        for w in &mut self.workers {
+            for inflight in w.inflight.drain(..) {
+                inflight.chunk.fail(TaskError::Terminated);
+            }
+        }
+        self.fail_inbox(TaskError::Terminated);
+        let deadline = Deadline::after(Duration::from_secs(5));
+        for mut w in self.workers.drain(..) {
+            if let Some(fd) = w.exit_fd() {
+                let _ = imp::wait_readable(fd, deadline);
+            }
+            let _ = w.process.join_timeout(Duration::ZERO);
+        }
+    }
+}
+
+fn describe(code: Option<i32>) -> String {
+    match code {
+        Some(c) if c < 0 => format!("signal {} ({})", -c, imp::signal_name(-c)),
+        Some(c) => format!("exit code {c}"),
+        None => "unknown status".into(),
+    }
+}

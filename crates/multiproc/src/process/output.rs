@@ -1,0 +1,204 @@
+//! Where a child's standard output and error go: inherited (the default),
+//! captured into the handle, or copied line by line with the process name in
+//! front.
+//!
+//! A captured or prefixed stream is a pipe: its write end travels to the
+//! child with the start message (so every start method treats it alike) and
+//! the child puts it in place of descriptor 1 or 2 before its task runs; the
+//! parent reads the other end on a thread of its own, so a child that writes
+//! a lot never blocks on a full pipe.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::sys::Deadline;
+use crate::sys::imp::stdio::{self, StdStream};
+
+/// Where a child's standard output (or error) goes; see
+/// [`ProcessBuilder::stdout`](crate::ProcessBuilder::stdout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChildOutput {
+    /// The child writes to the parent's own stream (Python's behaviour).
+    #[default]
+    Inherit,
+    /// Kept in the handle: read it with
+    /// [`Process::captured_stdout`](crate::Process::captured_stdout) (or
+    /// `captured_stderr`).
+    Capture,
+    /// Copied to the parent's stream line by line, each line starting with
+    /// `[process name] `.
+    Prefix,
+}
+
+/// Bits of the start message's `stdio` field: which redirections follow the
+/// task's own descriptors, in this order.
+pub(crate) const STDOUT_SENT: u8 = 1;
+pub(crate) const STDERR_SENT: u8 = 2;
+
+/// How long `join` waits, after the child's exit, for the rest of its output
+/// (a grandchild that kept the pipe open could make it wait for ever).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// The parent's side of one redirected stream.
+#[derive(Debug)]
+struct Reader {
+    state: Arc<(Mutex<ReadState>, Condvar)>,
+    /// Kept (`Capture`) rather than copied out (`Prefix`).
+    capture: bool,
+}
+
+#[derive(Debug, Default)]
+struct ReadState {
+    captured: Vec<u8>,
+    done: bool,
+}
+
+/// The parent's side of a child's redirected streams.
+#[derive(Debug, Default)]
+pub(crate) struct Outputs {
+    stdout: Option<Reader>,
+    stderr: Option<Reader>,
+}
+
+/// The write ends a child gets, and the start message's `stdio` bits.
+#[derive(Debug, Default)]
+pub(crate) struct ChildEnds {
+    pub fds: Vec<OwnedFd>,
+    pub bits: u8,
+}
+
+/// In the child: puts the redirected streams (the frame's last descriptors,
+/// as `bits` says) in place, and returns the task's own descriptors.
+pub(crate) fn take_child_ends(mut fds: Vec<OwnedFd>, bits: u8) -> Vec<OwnedFd> {
+    for (bit, stream) in [(STDERR_SENT, StdStream::Stderr), (STDOUT_SENT, StdStream::Stdout)] {
+        if bits & bit != 0
+            && let Some(fd) = fds.pop()
+        {
+            // A failure leaves the stream inherited: the output still shows.
+            let _ = stdio::redirect(fd, stream);
+        }
+    }
+    fds
+}
+
+impl Outputs {
+    /// Makes the pipes the two settings ask for, and starts their readers.
+    pub(crate) fn open(name: &str, stdout: ChildOutput, stderr: ChildOutput) -> io::Result<(Outputs, ChildEnds)> {
+        let mut outputs = Outputs::default();
+        let mut ends = ChildEnds::default();
+        if stdout != ChildOutput::Inherit {
+            let (read, write) = stdio::pipe()?;
+            outputs.stdout = Some(Reader::start(read, stdout, StdStream::Stdout, name)?);
+            ends.fds.push(write);
+            ends.bits |= STDOUT_SENT;
+        }
+        if stderr != ChildOutput::Inherit {
+            let (read, write) = stdio::pipe()?;
+            outputs.stderr = Some(Reader::start(read, stderr, StdStream::Stderr, name)?);
+            ends.fds.push(write);
+            ends.bits |= STDERR_SENT;
+        }
+        Ok((outputs, ends))
+    }
+
+    /// After the child exited: waits (a little) for the readers to reach the
+    /// end of its output.
+    pub(crate) fn drain(&self, deadline: Deadline) {
+        let until = deadline.at_most(DRAIN);
+        for reader in [&self.stdout, &self.stderr].into_iter().flatten() {
+            reader.wait_done(until);
+        }
+    }
+
+    /// What the child wrote to its standard output so far, if captured.
+    pub(crate) fn stdout(&self) -> Option<Vec<u8>> {
+        self.stdout.as_ref().and_then(Reader::captured)
+    }
+
+    /// What the child wrote to its standard error so far, if captured.
+    pub(crate) fn stderr(&self) -> Option<Vec<u8>> {
+        self.stderr.as_ref().and_then(Reader::captured)
+    }
+}
+
+impl Reader {
+    fn start(read: OwnedFd, how: ChildOutput, stream: StdStream, name: &str) -> io::Result<Reader> {
+        let state = Arc::new((Mutex::new(ReadState::default()), Condvar::new()));
+        let shared = state.clone();
+        let prefix = format!("[{name}] ");
+        let capture = how == ChildOutput::Capture;
+        std::thread::Builder::new().name("multiproc-output".into()).spawn(move || {
+            let file = File::from(read);
+            if capture {
+                copy_into(file, &shared.0);
+            } else {
+                copy_prefixed(file, &prefix, stream);
+            }
+            let (lock, cond) = &*shared;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).done = true;
+            cond.notify_all();
+        })?;
+        Ok(Reader { state, capture })
+    }
+
+    /// The text read so far, if this stream is captured.
+    fn captured(&self) -> Option<Vec<u8>> {
+        self.capture.then(|| self.state.0.lock().unwrap_or_else(|e| e.into_inner()).captured.clone())
+    }
+
+    fn wait_done(&self, until: Deadline) {
+        let (lock, cond) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.done {
+            let Some(left) = until.remaining() else {
+                st = cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            if left.is_zero() {
+                return;
+            }
+            st = cond.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// Appends everything read from `file` to the shared buffer, as it comes.
+fn copy_into(mut file: File, state: &Mutex<ReadState>) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => state.lock().unwrap_or_else(|e| e.into_inner()).captured.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Copies `file` to the parent's stream, each line behind `prefix`.
+fn copy_prefixed(file: File, prefix: &str, stream: StdStream) {
+    let mut lines = BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
+                }
+                let mut out = Vec::with_capacity(prefix.len() + line.len());
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(&line);
+                // One write per line, so lines of several children do not mix.
+                let _ = match stream {
+                    StdStream::Stdout => io::stdout().lock().write_all(&out),
+                    StdStream::Stderr => io::stderr().lock().write_all(&out),
+                };
+            }
+        }
+    }
+}

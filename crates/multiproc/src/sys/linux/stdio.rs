@@ -1,0 +1,35 @@
+//! A child's standard output and error: pipes to the parent, put in place of
+//! descriptors 1 and 2.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::fd::cvt;
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Which standard stream to replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StdStream {
+    /// Descriptor 1.
+    Stdout,
+    /// Descriptor 2.
+    Stderr,
+}
+
+/// Makes `fd` the process's standard output or error (the descriptor itself
+/// is closed; the copy at 1 or 2 stays open across `exec`).
+pub(crate) fn redirect(fd: OwnedFd, stream: StdStream) -> io::Result<()> {
+    let target = match stream {
+        StdStream::Stdout => 1,
+        StdStream::Stderr => 2,
+    };
+    // SAFETY: dup2 only replaces descriptor 1 or 2, which the standard
+    // streams own for the life of the process; `fd` stays owned by us and is
+    // closed when dropped.
+    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
+    Ok(())
+}

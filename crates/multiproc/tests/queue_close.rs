@@ -1,0 +1,97 @@
+//! Ending a queue the Python 3.13 way (issue 13, item 5): `close` ends one
+//! handle, `shutdown(immediate)` ends the queue for every handle in every
+//! process.
+
+mod queue_support;
+
+use std::time::Duration;
+
+use multiproc::{GetError, JoinableQueue, Process, Queue, SimpleQueue};
+use queue_support::{Child, LONG, SLACK, blocked_get};
+
+/// Closes its own handle, then reports whether its put and get failed.
+fn close_mine(q: Queue<u32>) -> (bool, bool) {
+    q.put(1).unwrap();
+    q.close();
+    (q.put(2).unwrap_err().is_closed(), matches!(q.get_timeout(LONG), Err(GetError::Closed)))
+}
+
+#[test]
+fn close_in_a_child_ends_only_the_childs_handle() {
+    let q = Queue::new().unwrap();
+    let mut child = Child(Process::spawn(close_mine, (q.clone(),)).unwrap());
+    assert_eq!(child.join(), (true, true));
+    // The parent's handle goes on: the item is there, and more can be put.
+    assert!(!q.is_closed() && !q.is_shutdown());
+    assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+    q.put(3).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 3);
+}
+
+#[test]
+fn close_ends_this_handle_and_its_later_clones_only() {
+    let q = Queue::<u8>::new().unwrap();
+    let earlier = q.clone();
+    q.close();
+    let later = q.clone();
+    assert!(q.is_closed() && later.is_closed() && !earlier.is_closed());
+    assert!(later.put(1).unwrap_err().is_closed());
+    earlier.put(1).unwrap();
+    assert!(matches!(q.get_nowait(), Err(GetError::Closed)));
+    assert_eq!(earlier.get_nowait().unwrap(), 1);
+    let s = SimpleQueue::<u8>::new().unwrap();
+    let other = s.clone();
+    s.close();
+    other.put(5).unwrap();
+    assert_eq!(other.get().unwrap(), 5);
+}
+
+#[test]
+fn immediate_shutdown_discards_items_and_fails_gets_everywhere() {
+    let (q, ready) = (Queue::<u8>::new().unwrap(), Queue::new().unwrap());
+    let mut child = Child(Process::spawn(blocked_get, (q.clone(), ready.clone())).unwrap());
+    ready.get_timeout(LONG).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let other = q.clone();
+    q.shutdown(true);
+    let (closed, millis) = child.join();
+    assert!(closed);
+    assert!(millis < 100 + SLACK.as_millis() as u64 * 5, "woke after {millis} ms");
+    // Items put before are gone for every handle; puts fail.
+    assert!(other.is_shutdown());
+    assert!(matches!(other.get_nowait(), Err(GetError::Closed)));
+    assert!(other.put(1).unwrap_err().is_closed());
+}
+
+#[test]
+fn immediate_shutdown_fails_gets_even_with_items_left() {
+    let q = Queue::<u32>::bounded(8).unwrap();
+    for i in 0..5 {
+        q.put(i).unwrap();
+    }
+    let plain = Queue::<u32>::new().unwrap();
+    plain.put(7).unwrap();
+    plain.shutdown(false);
+    assert_eq!(plain.get_nowait().unwrap(), 7, "a plain shutdown keeps the items");
+    q.shutdown(true);
+    assert!(matches!(q.get_timeout(Duration::from_millis(10)), Err(GetError::Closed)));
+    assert_eq!(q.qsize(), 0, "the items left were discarded");
+    q.shutdown(false); // a later plain shutdown does not undo `immediate`
+    assert!(matches!(q.get_nowait(), Err(GetError::Closed)));
+}
+
+#[test]
+fn immediate_shutdown_lets_join_return() {
+    let q = JoinableQueue::<u32>::new().unwrap();
+    for i in 0..10 {
+        q.put(i).unwrap();
+    }
+    let taken = q.get_timeout(LONG).unwrap();
+    assert_eq!(taken, 0);
+    q.shutdown(true);
+    // The nine left were discarded as done; the one taken still counts.
+    assert_eq!(q.unfinished_tasks(), 1);
+    assert!(q.join_timeout(Duration::from_millis(20)).is_err());
+    q.task_done().unwrap();
+    q.join_timeout(LONG).unwrap();
+}
