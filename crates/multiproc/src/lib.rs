@@ -182,6 +182,7 @@
 #![warn(missing_docs)]
 
 pub mod connection;
+pub mod manager;
 pub mod pool;
 pub mod process;
 pub(crate) mod process_local;
@@ -195,6 +196,7 @@ pub mod wire;
 pub use connection::{
     Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
 };
+pub use manager::Manager;
 pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError, keep_freed_memory};
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,

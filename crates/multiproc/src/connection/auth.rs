@@ -76,8 +76,33 @@ enum Msg {
     Refuse(Reason),
 }
 
-/// The server's side of the handshake, bounded by `deadline`.
+/// Largest handshake message accepted (the biggest, an answer, is about 70
+/// bytes): until the peer has proved it knows the key, a frame announcing
+/// more is refused from its header, before its payload is buffered.
+pub(crate) const MAX_HANDSHAKE_MESSAGE: u64 = 256;
+
+/// The server's side of the handshake, bounded by `deadline`; only small
+/// messages are read until it succeeds.
 pub(super) fn serve(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+    bounded(channel, || serve_unbounded(channel, key, deadline))
+}
+
+/// The client's side of the handshake, bounded by `deadline`; only small
+/// messages are read until it succeeds.
+pub(super) fn connect(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+    bounded(channel, || connect_unbounded(channel, key, deadline))
+}
+
+/// Runs a handshake with the channel's receive limit lowered to
+/// [`MAX_HANDSHAKE_MESSAGE`], lifted again after success.
+fn bounded(channel: &Channel, handshake: impl FnOnce() -> Result<(), ConnectionError>) -> Result<(), ConnectionError> {
+    channel.set_recv_limit(Some(MAX_HANDSHAKE_MESSAGE));
+    handshake()?;
+    channel.set_recv_limit(None);
+    Ok(())
+}
+
+fn serve_unbounded(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
     let nonce = key.map(|_| random_nonce()).transpose()?;
     send(channel, &Msg::Challenge(nonce))?;
     let reply = recv(channel, deadline, "client")?;
@@ -94,8 +119,7 @@ pub(super) fn serve(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -
     }
 }
 
-/// The client's side of the handshake, bounded by `deadline`.
-pub(super) fn connect(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+fn connect_unbounded(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
     let challenge = match recv(channel, deadline, "server")? {
         Msg::Challenge(c) => c,
         other => return Err(unexpected(&other, "server")),

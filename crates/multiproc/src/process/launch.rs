@@ -89,6 +89,7 @@ fn forget_parent_state() {
     super::identity::forget_in_child();
     crate::wire::forget_in_child();
     crate::sync::owner_watch::forget_in_child();
+    crate::manager::forget_in_child();
 }
 
 /// Starts a child with `method` running `task`.
