@@ -42,7 +42,7 @@ pub(crate) enum UserCall<'a> {
 }
 
 /// The reference to `update_trampoline::<F, V, A, R>`.
-pub(crate) fn update_ref<F, V, A, R>() -> CodeRef
+pub(crate) fn update_ref<F, V, A, R>(_f: F) -> CodeRef
 where
     F: Fn(&mut Option<V>, A) -> R + Copy + Send + Sync + 'static,
     V: Serialize + DeserializeOwned,
@@ -110,6 +110,56 @@ where
 {
     let value = slot.as_mut().expect("the manager passes a filled slot");
     conjure::<F>()(value)
+}
+
+/// A namespace field: its value's type name and encoded bytes, so that
+/// reading it as another type is a clear error rather than garbage.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Tagged {
+    type_name: String,
+    bytes: serde_bytes::ByteBuf,
+}
+
+impl Tagged {
+    /// Tags `value` with its type.
+    pub(crate) fn new<V: Serialize + ?Sized>(value: &V) -> Result<Tagged, super::ManagerError> {
+        let bytes = super::value_bytes(value)?;
+        Ok(Tagged { type_name: comparable_name::<V>(), bytes: bytes.into() })
+    }
+
+    /// The value, if it is a `V`; `field` names it in the error.
+    pub(crate) fn open<V: DeserializeOwned>(&self, field: &str) -> Result<V, super::ManagerError> {
+        let wanted = comparable_name::<V>();
+        if self.type_name != wanted {
+            return Err(super::ManagerError::FieldType {
+                field: field.to_string(),
+                stored: self.type_name.clone(),
+                asked: wanted,
+            });
+        }
+        Ok(wire::decode(&self.bytes, Vec::new())?)
+    }
+}
+
+/// A type's name, with a `str` (written) counted as the `String` it is
+/// read as, which encodes the same.
+fn comparable_name<V: ?Sized>() -> String {
+    let name = std::any::type_name::<V>().replace("&str", "alloc::string::String");
+    if name == "str" { "alloc::string::String".to_string() } else { name }
+}
+
+/// Calls `f(value, a)` on a namespace field: decodes the tagged slot as a
+/// `V` (a field of another type panics, which the caller gets as an error,
+/// and leaves the field alone), and tags the result.
+pub(crate) fn tagged<F, V, A, R>(slot: &mut Option<Tagged>, a: A) -> R
+where
+    F: Fn(&mut Option<V>, A) -> R + Copy + 'static,
+    V: Serialize + DeserializeOwned,
+{
+    let mut value: Option<V> = slot.as_ref().map(|t| t.open("").unwrap_or_else(|e| panic!("{e}")));
+    let result = conjure::<F>()(&mut value, a);
+    *slot = value.map(|v| Tagged::new(&v).unwrap_or_else(|e| panic!("{e}")));
+    result
 }
 
 fn update_trampoline<F, V, A, R>(slot: &mut Option<Vec<u8>>, args: &[u8], hash: u64) -> Result<Vec<u8>, RemoteError>

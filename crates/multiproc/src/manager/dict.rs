@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::code::{self, update_ref};
+use super::code::{self, Tagged, update_ref};
 use super::proxy::{ObjectRef, encode, proxy};
 use super::protocol::{Kind, Op};
 use super::ManagerError;
@@ -227,8 +227,7 @@ where
         F: Fn(&mut Option<V>, A) -> R + Copy + Send + Sync + 'static,
         R: Serialize + DeserializeOwned,
     {
-        let _ = f;
-        let code = update_ref::<F, V, A, R>();
+        let code = update_ref::<F, V, A, R>(f);
         self.object.value(Op::Update { key: Some(encode(key)?), index: None, code, args: encode(&arg)? })
     }
 }
@@ -265,7 +264,7 @@ impl Namespace {
     ///
     /// The manager cannot be reached, or the field is not a `T`.
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ManagerError> {
-        self.object.maybe(Op::Get(encode(name)?))
+        self.object.maybe::<Tagged>(Op::Get(encode(name)?))?.map(|t| t.open(name)).transpose()
     }
 
     /// Sets the field `name`.
@@ -274,7 +273,7 @@ impl Namespace {
     ///
     /// The manager cannot be reached, or the value cannot be encoded.
     pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), ManagerError> {
-        self.object.call(Op::Insert(encode(name)?, encode(value)?)).map(drop)
+        self.object.call(Op::Insert(encode(name)?, encode(&Tagged::new(value)?)?)).map(drop)
     }
 
     /// Removes the field `name`; true if it was set.
@@ -283,7 +282,7 @@ impl Namespace {
     ///
     /// The manager cannot be reached.
     pub fn remove(&self, name: &str) -> Result<bool, ManagerError> {
-        Ok(self.object.maybe::<serde::de::IgnoredAny>(Op::Remove(encode(name)?))?.is_some())
+        Ok(self.object.maybe::<Tagged>(Op::Remove(encode(name)?))?.is_some())
     }
 
     /// True if the field `name` is set.
@@ -327,13 +326,13 @@ impl Namespace {
     /// As [`Dict::update`].
     pub fn update_with<V, A, F, R>(&self, name: &str, arg: A, f: F) -> Result<R, ManagerError>
     where
-        V: Serialize + DeserializeOwned,
-        A: Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned + 'static,
+        A: Serialize + DeserializeOwned + 'static,
         F: Fn(&mut Option<V>, A) -> R + Copy + Send + Sync + 'static,
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
     {
         let _ = f;
-        let code = update_ref::<F, V, A, R>();
+        let code = update_ref::<_, Tagged, A, R>(code::tagged::<F, V, A, R>);
         self.object.value(Op::Update { key: Some(encode(name)?), index: None, code, args: encode(&arg)? })
     }
 }

@@ -48,6 +48,16 @@ pub enum ManagerError {
         /// The object's type.
         found: String,
     },
+    /// A namespace field read (or updated) as another type than it holds.
+    #[error("namespace field {field:?} holds a {stored}, not a {asked}")]
+    FieldType {
+        /// The field.
+        field: String,
+        /// The type it holds.
+        stored: String,
+        /// The type asked for.
+        asked: String,
+    },
     /// The manager process could not start, or did not exit cleanly.
     #[error("manager process: {0}")]
     Process(#[from] ProcessError),

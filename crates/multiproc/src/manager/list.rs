@@ -179,8 +179,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         G: Fn(&mut Option<T>, A) -> R + Copy + Send + Sync + 'static,
         R: Serialize + DeserializeOwned,
     {
-        let _ = g;
-        let code = update_ref::<G, T, A, R>();
+        let code = update_ref::<G, T, A, R>(g);
         self.object.value(Op::Update { key: None, index: Some(index as u64), code, args: encode(&arg)? })
     }
 }
@@ -261,8 +260,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
         G: Fn(&mut Option<T>, A) -> R + Copy + Send + Sync + 'static,
         R: Serialize + DeserializeOwned,
     {
-        let _ = g;
-        let code = update_ref::<G, T, A, R>();
+        let code = update_ref::<G, T, A, R>(g);
         self.object.value(Op::Update { key: None, index: None, code, args: encode(&arg)? })
     }
 }
