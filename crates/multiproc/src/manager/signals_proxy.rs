@@ -150,6 +150,11 @@ impl Condition {
 }
 
 impl ConditionGuard<'_> {
+    /// Keeps the lock held after the guard is gone.
+    pub fn leak(self) {
+        std::mem::forget(self);
+    }
+
     fn wait_inner(&mut self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
         self.object.bool(Op::CondWait { owner: client::owner(), timeout })
     }
