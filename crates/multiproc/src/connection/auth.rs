@@ -275,6 +275,24 @@ mod test {
     }
 
     #[test]
+    fn an_unauthenticated_peer_cannot_announce_a_large_message() {
+        use std::os::fd::AsFd;
+        let (a, b) = Channel::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let r = serve(&a, Some(b"k"), Deadline::after(Duration::from_secs(5)));
+            (r, a)
+        });
+        // The header of a 1 GiB "handshake message" (version 2, kind
+        // Control, 6-byte length), and a little of it.
+        let len = (1u64 << 30).to_le_bytes();
+        let header = [2, 4, 0, 0, len[0], len[1], len[2], len[3], len[4], len[5], 0, 0];
+        crate::sys::imp::send_all(b.as_fd(), &[&header, &[0u8; 4096]], &[]).unwrap();
+        let (r, _a) = server.join().unwrap();
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("more than the 256 allowed"), "{err}");
+    }
+
+    #[test]
     fn labels_separate_the_roles() {
         let nonce = [7u8; NONCE_LEN];
         assert_ne!(sign(b"k", Role::Client, &nonce), sign(b"k", Role::Server, &nonce));
