@@ -15,6 +15,7 @@ use crate::measure::{Plan, Stats, Subject, interleave};
 use crate::python::{PyScript, Python};
 use crate::report::Row;
 
+pub mod manager;
 pub mod pipe;
 pub mod pool;
 pub mod process;
@@ -34,6 +35,9 @@ pub const ALL: &[Workload] = &[
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
+    manager::MANAGER_DICT,
+    manager::MANAGER_QUEUE_TCP,
+    manager::MANAGER_UPDATE,
 ];
 
 /// A named benchmark producing one or more table rows.

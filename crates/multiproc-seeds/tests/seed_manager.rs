@@ -26,10 +26,7 @@ fn a_child_writes_the_dict_and_list_the_parent_reads() {
     let report = seed_manager::manager_written_by_child().unwrap();
     let o = &report.outcome;
     assert_eq!(o.list, [0, 1, 2, 3, 4, 11, 22, 33]);
-    assert_eq!(
-        o.dict,
-        [("index1".to_string(), "aaaaaa".to_string()), ("index2".to_string(), "bbbbbb".to_string())]
-    );
+    assert_eq!(o.dict, [("index1".to_string(), "aaaaaa".to_string()), ("index2".to_string(), "bbbbbb".to_string())]);
 }
 
 #[test]

@@ -6,9 +6,7 @@ mod sync_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::manager::{
-    Dict, List, Manager, ManagerError, Namespace, Queue, RemoteError, Shared, SharedObject,
-};
+use multiproc::manager::{Dict, List, Manager, ManagerError, Namespace, Queue, RemoteError, Shared, SharedObject};
 use multiproc::{Pool, Process};
 use serde::{Deserialize, Serialize};
 use sync_support::{Kid, LONG};
@@ -268,7 +266,8 @@ fn lock_and_rlock_semantics() {
     r.acquire().unwrap().leak();
     let r2 = r.clone();
     // Another thread may neither take nor release it.
-    let other = std::thread::spawn(move || (r2.try_acquire().map(drop).unwrap_err().is_timeout(), r2.release().is_err()));
+    let other =
+        std::thread::spawn(move || (r2.try_acquire().map(drop).unwrap_err().is_timeout(), r2.release().is_err()));
     assert_eq!(other.join().unwrap(), (true, true));
     r.release().unwrap();
     assert!(r.is_locked().unwrap());

@@ -20,7 +20,14 @@ fn sigkill(pid: i32) {
 
 /// A client blocked in one call; returns (was it a connection error, when it
 /// returned, as seconds since the epoch).
-fn blocked_client(which: u8, q: Queue<u8>, lock: Lock, cond: Condition, barrier: Barrier, ready: Queue<u8>) -> (bool, f64) {
+fn blocked_client(
+    which: u8,
+    q: Queue<u8>,
+    lock: Lock,
+    cond: Condition,
+    barrier: Barrier,
+    ready: Queue<u8>,
+) -> (bool, f64) {
     let result = match which {
         0 => {
             ready.put(0).unwrap();
@@ -98,7 +105,8 @@ fn owner_died<G>(r: Result<G, AcquireError<G>>) -> bool {
 #[test]
 fn sigkilled_lock_holder_next_acquirer_gets_owner_died() {
     let m = Manager::start().unwrap();
-    let (lock, rlock, cond, holding) = (m.lock().unwrap(), m.rlock().unwrap(), m.condition().unwrap(), m.event().unwrap());
+    let (lock, rlock, cond, holding) =
+        (m.lock().unwrap(), m.rlock().unwrap(), m.condition().unwrap(), m.event().unwrap());
     let holder = Kid::<()>::spawn(hold_and_linger, (lock.clone(), rlock.clone(), cond.clone(), holding.clone()));
     assert!(holding.wait_timeout(LONG).unwrap());
     // One acquirer is already waiting when the holder dies.

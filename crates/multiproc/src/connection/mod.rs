@@ -30,8 +30,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use address::{Address, AddressError, IntoAddress};
 pub use error::ConnectionError;
-pub use listener::{Client, HANDSHAKE_TIMEOUT, Listener};
 pub(crate) use listener::Unauthenticated;
+pub use listener::{Client, HANDSHAKE_TIMEOUT, Listener};
 pub use wait::{Waitable, wait};
 
 use crate::sys::Deadline;

@@ -105,7 +105,7 @@ pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, Mana
         },
         None => fresh_exchange(endpoint, request)?,
     };
-    with_clients(|c| c.idle.entry(endpoint.clone()).or_default().push(conn));
+    give_back(endpoint, conn);
     Ok(response?)
 }
 
@@ -119,9 +119,19 @@ fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Connection<
 /// Opens a connection to the manager at `endpoint` (checking the address
 /// and the key) and keeps it for later calls.
 pub(crate) fn connect(endpoint: &Endpoint) -> Result<(), ManagerError> {
-    let conn = open(endpoint)?;
-    with_clients(|c| c.idle.entry(endpoint.clone()).or_default().push(conn));
+    give_back(endpoint, open(endpoint)?);
     Ok(())
+}
+
+/// Keeps an idle connection for the next call (without cloning the
+/// endpoint when it has an entry already: this is every call's path).
+fn give_back(endpoint: &Endpoint, conn: Connection<()>) {
+    with_clients(|c| match c.idle.get_mut(endpoint) {
+        Some(idle) => idle.push(conn),
+        None => {
+            c.idle.insert(endpoint.clone(), vec![conn]);
+        }
+    });
 }
 
 /// Closes this process's idle connections to a manager that was shut down.

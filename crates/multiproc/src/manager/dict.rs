@@ -6,10 +6,10 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::code::{self, Tagged, update_ref};
-use super::proxy::{ObjectRef, encode, proxy};
-use super::protocol::{Kind, Op};
 use super::ManagerError;
+use super::code::{self, Tagged, update_ref};
+use super::protocol::{Kind, Op};
+use super::proxy::{ObjectRef, encode, proxy};
 
 /// A dict in a manager (Python's `manager.dict()`): keys `K`, values `V`,
 /// any serde types.
@@ -150,7 +150,8 @@ where
     ///
     /// As [`Dict::insert`]; nothing is inserted when one entry cannot be encoded.
     pub fn extend(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<(), ManagerError> {
-        let pairs = entries.into_iter().map(|(k, v)| Ok((encode(&k)?, encode(&v)?))).collect::<Result<_, ManagerError>>()?;
+        let pairs =
+            entries.into_iter().map(|(k, v)| Ok((encode(&k)?, encode(&v)?))).collect::<Result<_, ManagerError>>()?;
         self.object.unit(Op::Extend(pairs))
     }
 

@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 
 use super::ManagerError;
 use super::code::{self, update_ref};
-use super::proxy::{ObjectRef, encode, proxy};
 use super::protocol::{Kind, Op};
+use super::proxy::{ObjectRef, encode, proxy};
 
 /// A list in a manager (Python's `manager.list()`), of any serde type `T`.
 /// Items read are copies (see [`Dict`](super::Dict)); [`List::update`]

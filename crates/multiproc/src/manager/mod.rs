@@ -94,8 +94,8 @@ pub use user::{Shared, SharedObject};
 
 use client::Endpoint;
 use protocol::{Init, Reply, Request};
-use proxy::{create, encode, unexpected};
 pub(crate) use proxy::value_bytes;
+use proxy::{create, encode, unexpected};
 
 use crate::{Address, Connection, IntoAddress, Pipe, Process, StartMethod};
 

@@ -131,7 +131,12 @@ pub(crate) enum Op {
     Extend(Vec<(Bytes, Bytes)>),
     /// Run a shipped function on one entry (`key`), one list item (`index`)
     /// or a value (neither), atomically.
-    Update { key: Option<Bytes>, index: Option<u64>, code: CodeRef, args: Bytes },
+    Update {
+        key: Option<Bytes>,
+        index: Option<u64>,
+        code: CodeRef,
+        args: Bytes,
+    },
     // Dict, List, Namespace, Queue.
     Len,
     Clear,
@@ -145,31 +150,50 @@ pub(crate) enum Op {
     Pop,
     ToVec,
     // Queue and JoinableQueue.
-    Put { item: Bytes, timeout: Option<Duration> },
-    Take { timeout: Option<Duration> },
+    Put {
+        item: Bytes,
+        timeout: Option<Duration>,
+    },
+    Take {
+        timeout: Option<Duration>,
+    },
     Full,
     Close,
     TaskDone,
-    Join { timeout: Option<Duration> },
+    Join {
+        timeout: Option<Duration>,
+    },
     // Value.
     Load,
     Store(Bytes),
     // Lock, RLock, Condition, Semaphore.
-    Acquire { owner: Owner, timeout: Option<Duration> },
-    Release { owner: Owner },
+    Acquire {
+        owner: Owner,
+        timeout: Option<Duration>,
+    },
+    Release {
+        owner: Owner,
+    },
     IsLocked,
     SemaphoreValue,
     // Event.
     Set,
     ClearEvent,
     IsSet,
-    Wait { timeout: Option<Duration> },
+    Wait {
+        timeout: Option<Duration>,
+    },
     // Condition.
-    CondWait { owner: Owner, timeout: Option<Duration> },
+    CondWait {
+        owner: Owner,
+        timeout: Option<Duration>,
+    },
     Notify(u64),
     NotifyAll,
     // Barrier.
-    BarrierWait { timeout: Option<Duration> },
+    BarrierWait {
+        timeout: Option<Duration>,
+    },
     Abort,
     Reset,
     Parties,
@@ -193,9 +217,16 @@ pub(crate) enum Reply {
     Many(Vec<Bytes>),
     Pairs(Vec<(Bytes, Bytes)>),
     Created(u64),
-    Found { object: u64, kind: Kind, type_name: String, type_hash: u64 },
+    Found {
+        object: u64,
+        kind: Kind,
+        type_name: String,
+        type_hash: u64,
+    },
     /// A lock was acquired; `owner_died`: its previous holder died holding it.
-    Acquired { owner_died: bool },
+    Acquired {
+        owner_died: bool,
+    },
 }
 
 /// A failed call, as the manager reports it.

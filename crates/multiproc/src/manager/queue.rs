@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{ManagerError, Proxy};
-use super::proxy::{ObjectRef, encode, proxy};
 use super::protocol::{Kind, Op};
+use super::proxy::{ObjectRef, encode, proxy};
+use super::{ManagerError, Proxy};
 
 /// A FIFO queue in a manager, of any serde type `T`: the same names and
 /// timed forms as [`crate::Queue`]. A `get` waiting on an empty queue blocks

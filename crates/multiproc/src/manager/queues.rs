@@ -58,7 +58,8 @@ impl QueueState {
                 Reply::Unit
             }
             Op::Take { timeout } => {
-                let (mut g, waited) = wait_while(&self.changed, g, timeout, caller, |q| !q.closed && q.items.is_empty());
+                let (mut g, waited) =
+                    wait_while(&self.changed, g, timeout, caller, |q| !q.closed && q.items.is_empty());
                 match waited {
                     Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => {
                         return Err(RemoteError::Empty);

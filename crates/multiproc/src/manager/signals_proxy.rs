@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::ManagerError;
 use super::client;
-use super::proxy::{ObjectRef, proxy};
 use super::protocol::{Kind, Op};
+use super::proxy::{ObjectRef, proxy};
 use super::sync::{AcquireResult, acquire};
 
 /// An event in a manager (Python's `manager.Event()`): a flag that

@@ -141,7 +141,8 @@ impl Store {
 
     /// A client process is gone: free the locks it held (see `locks`).
     pub(crate) fn session_gone(&self, session: u64) {
-        let objects: Vec<Arc<Object>> = self.objects.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let objects: Vec<Arc<Object>> =
+            self.objects.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for o in objects {
             match &o.state {
                 State::Lock(l) => l.session_gone(session),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::ManagerError;
 use super::client;
-use super::proxy::{ObjectRef, proxy};
 use super::protocol::{Kind, Op};
+use super::proxy::{ObjectRef, proxy};
 use crate::OwnerDied;
 
 /// Why an acquisition did not simply succeed.

@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ManagerError;
-use super::proxy::{ObjectRef, encode, proxy};
 use super::protocol::{Kind, Op};
+use super::proxy::{ObjectRef, encode, proxy};
 
 /// A type whose one instance lives in a manager and is called through a
 /// [`SharedObject`] proxy (Python's `BaseManager.register(typeid, callable,
