@@ -72,6 +72,8 @@ mod signals;
 mod signals_proxy;
 mod store;
 mod sync;
+#[cfg(test)]
+mod test;
 mod user;
 mod waiting;
 
