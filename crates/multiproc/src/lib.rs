@@ -1,8 +1,8 @@
 //! # multiproc
 //!
 //! Python's `multiprocessing`, rebuilt for Rust and without its sharp edges:
-//! processes that run Rust functions, pipes, and (soon) queues, locks, shared
-//! memory and pools. Typed, fast, and a dead child is an error, never a hang.
+//! processes that run Rust functions, pipes, queues, locks, shared memory,
+//! pools and managers. Typed, fast, and a dead child is an error, never a hang.
 //!
 //! ## Hello, child
 //!
@@ -177,6 +177,36 @@
 //! let each: Vec<_> = pool.imap(picky, 0..5u64).collect();
 //! assert!(matches!(&each[3], Err(PoolError::Task { index: 3, error: TaskError::Panicked(p) }) if p.message == "no threes"));
 //! assert_eq!(*each[4].as_ref().unwrap(), 4);
+//! ```
+//!
+//! ## Managers
+//!
+//! A [`Manager`] is a server process that owns shared dicts, lists,
+//! namespaces, queues, locks and objects of your own types; proxies to them
+//! ([`manager::Dict`], [`manager::List`], …) pass to children, pool tasks
+//! and other machines, and `update` runs a plain `fn` on an entry inside the
+//! manager, atomically (Python's `d[k] += 1` through a proxy loses updates).
+//! [`manager::serve`] serves one over TCP with an auth key, and
+//! [`Manager::connect`] reaches it by address.
+//!
+//! ```
+//! use multiproc::manager::{Dict, Manager};
+//! use multiproc::Process;
+//!
+//! fn count(d: Dict<String, u64>) {
+//!     for _ in 0..50 {
+//!         d.update("n", |n: &mut Option<u64>| *n.get_or_insert(0) += 1).unwrap();
+//!     }
+//! }
+//!
+//! let manager = Manager::start().unwrap();
+//! let d = manager.dict().unwrap();
+//! let mut kids: Vec<_> = (0..4).map(|_| Process::spawn(count, (d.clone(),)).unwrap()).collect();
+//! for k in &mut kids {
+//!     k.join().unwrap();
+//! }
+//! assert_eq!(d.get("n").unwrap(), Some(200));
+//! manager.shutdown().unwrap();
 //! ```
 
 #![warn(missing_docs)]

@@ -44,7 +44,7 @@ use super::proxy::{ObjectRef, encode, proxy};
 /// ```
 pub struct Dict<K, V> {
     object: ObjectRef,
-    _type: PhantomData<fn(K, V) -> (K, V)>,
+    _type: PhantomData<fn(K) -> V>,
 }
 
 proxy!(Dict<K, V>, Kind::Dict);
@@ -244,7 +244,7 @@ where
 /// let manager = multiproc::manager::Manager::start().unwrap();
 /// let ns = manager.namespace().unwrap();
 /// ns.set("name", "model-a").unwrap();
-/// ns.set("version", 3u32).unwrap();
+/// ns.set("version", &3u32).unwrap();
 /// assert_eq!(ns.get::<String>("name").unwrap().as_deref(), Some("model-a"));
 /// assert_eq!(ns.update("version", |v: &mut Option<u32>| { *v.as_mut().unwrap() += 1; *v }).unwrap(), Some(4));
 /// let mut names = ns.names().unwrap();

@@ -141,7 +141,7 @@ pub struct Manager {
 #[derive(Debug)]
 enum Owned {
     /// A manager process this handle started.
-    Process(Option<Process<()>>),
+    Process(Option<Box<Process<()>>>),
     /// A server this handle runs on a thread of this process.
     Thread { stopper: Arc<server::Shared>, thread: Option<JoinHandle<()>> },
     /// A manager reached with `connect`.
@@ -236,7 +236,7 @@ impl ManagerBuilder {
         };
         let address: Address = bound.parse().map_err(|e| ManagerError::Start(format!("{e}")))?;
         let endpoint = Arc::new(Endpoint { address: bound, authkey: authkey.map(ByteBuf::from) });
-        Ok(Manager { endpoint, address, owned: Owned::Process(Some(process)) })
+        Ok(Manager { endpoint, address, owned: Owned::Process(Some(Box::new(process))) })
     }
 
     /// Runs the manager on a thread of this process (see [`serve`]).

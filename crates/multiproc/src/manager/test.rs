@@ -80,7 +80,10 @@ fn random_and_mutated_requests_never_panic_the_decoders() {
         Request::Hello { session: 1, pid: 2, build_id: "b".into() },
         Request::Create { init: Init::Queue { maxsize: Some(3), joinable: true }, type_name: "q".into(), type_hash: 9 },
         Request::Call { object: 4, op: Op::Insert(Bytes::from(vec![1, 2]), Bytes::from(vec![3])) },
-        Request::Call { object: 4, op: Op::Put { item: Bytes::from(vec![1]), timeout: Some(Duration::from_millis(5)) } },
+        Request::Call {
+            object: 4,
+            op: Op::Put { item: Bytes::from(vec![1]), timeout: Some(Duration::from_millis(5)) },
+        },
         Request::Lookup { name: "tasks".into() },
     ]
     .iter()
@@ -94,11 +97,8 @@ fn random_and_mutated_requests_never_panic_the_decoders() {
         state
     };
     for i in 0..20_000 {
-        let mut data = if i % 2 == 0 {
-            seeds[i % seeds.len()].clone()
-        } else {
-            (0..next() % 64).map(|_| next() as u8).collect()
-        };
+        let mut data =
+            if i % 2 == 0 { seeds[i % seeds.len()].clone() } else { (0..next() % 64).map(|_| next() as u8).collect() };
         for _ in 0..(next() % 4) {
             if !data.is_empty() {
                 let at = (next() as usize) % data.len();
