@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ManagerError;
-use super::code::{self, Tagged, update_ref};
+use super::code::{self, Tagged};
 use super::protocol::{Kind, Op};
 use super::proxy::{ObjectRef, encode, proxy};
 
@@ -228,8 +228,7 @@ where
         F: Fn(&mut Option<V>, A) -> R + Copy + Send + Sync + 'static,
         R: Serialize + DeserializeOwned,
     {
-        let code = update_ref::<F, V, A, R>(f);
-        self.object.value(Op::Update { key: Some(encode(key)?), index: None, code, args: encode(&arg)? })
+        self.object.update(Some(encode(key)?), None, &arg, f)
     }
 }
 
@@ -333,7 +332,6 @@ impl Namespace {
         R: Serialize + DeserializeOwned + 'static,
     {
         let _ = f;
-        let code = update_ref::<_, Tagged, A, R>(code::tagged::<F, V, A, R>);
-        self.object.value(Op::Update { key: Some(encode(name)?), index: None, code, args: encode(&arg)? })
+        self.object.update(Some(encode(name)?), None, &arg, code::tagged::<F, V, A, R>)
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ManagerError;
-use super::code::{self, update_ref};
+use super::code;
 use super::protocol::{Kind, Op};
 use super::proxy::{ObjectRef, encode, proxy};
 
@@ -154,7 +154,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         R: Serialize + DeserializeOwned + 'static,
     {
         let _ = f;
-        self.update_slot(index, (), code::filled_without_arg::<F, T, R>)
+        self.object.update(None, Some(index as u64), &(), code::filled_without_arg::<F, T, R>)
     }
 
     /// As [`List::update`] for an `f` of two arguments, the item and `arg`.
@@ -170,17 +170,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         R: Serialize + DeserializeOwned + 'static,
     {
         let _ = f;
-        self.update_slot(index, arg, code::filled::<F, T, A, R>)
-    }
-
-    fn update_slot<A, G, R>(&self, index: usize, arg: A, g: G) -> Result<R, ManagerError>
-    where
-        A: Serialize + DeserializeOwned,
-        G: Fn(&mut Option<T>, A) -> R + Copy + Send + Sync + 'static,
-        R: Serialize + DeserializeOwned,
-    {
-        let code = update_ref::<G, T, A, R>(g);
-        self.object.value(Op::Update { key: None, index: Some(index as u64), code, args: encode(&arg)? })
+        self.object.update(None, Some(index as u64), &arg, code::filled::<F, T, A, R>)
     }
 }
 
@@ -235,7 +225,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
         R: Serialize + DeserializeOwned + 'static,
     {
         let _ = f;
-        self.update_slot((), code::filled_without_arg::<F, T, R>)
+        self.object.update(None, None, &(), code::filled_without_arg::<F, T, R>)
     }
 
     /// As [`Value::update`] for an `f` of two arguments, the value and `arg`.
@@ -251,16 +241,6 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
         R: Serialize + DeserializeOwned + 'static,
     {
         let _ = f;
-        self.update_slot(arg, code::filled::<F, T, A, R>)
-    }
-
-    fn update_slot<A, G, R>(&self, arg: A, g: G) -> Result<R, ManagerError>
-    where
-        A: Serialize + DeserializeOwned,
-        G: Fn(&mut Option<T>, A) -> R + Copy + Send + Sync + 'static,
-        R: Serialize + DeserializeOwned,
-    {
-        let code = update_ref::<G, T, A, R>(g);
-        self.object.value(Op::Update { key: None, index: None, code, args: encode(&arg)? })
+        self.object.update(None, None, &arg, code::filled::<F, T, A, R>)
     }
 }

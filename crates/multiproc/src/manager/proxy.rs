@@ -119,6 +119,25 @@ impl ObjectRef {
         }
     }
 
+    /// Runs the shipped function `g` on one entry (`key`), one list item
+    /// (`index`) or the value (neither), in the manager; returns its result.
+    pub(crate) fn update<G, V, A, R>(
+        &self,
+        key: Option<Bytes>,
+        index: Option<u64>,
+        arg: &A,
+        g: G,
+    ) -> Result<R, ManagerError>
+    where
+        G: Fn(&mut Option<V>, A) -> R + Copy + Send + Sync + 'static,
+        V: Serialize + DeserializeOwned,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let code = super::code::update_ref::<G, V, A, R>(g);
+        self.value(Op::Update { key, index, code, args: encode(arg)? })
+    }
+
     /// True when the lock was acquired with its previous holder dead.
     pub(crate) fn acquired(&self, op: Op) -> Result<bool, ManagerError> {
         match self.call(op)? {
