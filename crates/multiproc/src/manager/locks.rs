@@ -86,7 +86,8 @@ impl LockState {
             }
             Op::Release { owner } => {
                 if h.release(owner, self.reentrant)? {
-                    self.freed.notify_one();
+                    // All: a waiter whose client is gone leaves without the lock.
+                    self.freed.notify_all();
                 }
                 Reply::Unit
             }
@@ -102,7 +103,7 @@ impl LockState {
     /// See the module docs.
     pub(crate) fn session_gone(&self, session: u64) {
         if lock(&self.holder).session_gone(session) {
-            self.freed.notify_one();
+            self.freed.notify_all();
         }
     }
 }
@@ -220,7 +221,7 @@ impl SemaphoreState {
                     return Err(ReleaseError::TooManyReleases.into());
                 }
                 *v = v.saturating_add(1);
-                self.released.notify_one();
+                self.released.notify_all();
                 Reply::Unit
             }
             Op::SemaphoreValue => Reply::Count((*v).into()),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +43,13 @@ pub(crate) struct Shared {
     /// Every authenticated connection, to cut them when the server stops.
     live: Mutex<HashMap<u64, Connection<()>>>,
     next_conn: AtomicU64,
+    /// Connections accepted and not yet authenticated.
+    handshaking: AtomicUsize,
 }
+
+/// Most connections that may be in their handshake at once; more are
+/// closed at once (each costs a thread for up to the handshake timeout).
+const MAX_HANDSHAKING: usize = 256;
 
 /// The client a request comes from, as the objects see it.
 #[derive(Debug)]
@@ -86,6 +92,7 @@ impl Server {
             wake_tx,
             live: Mutex::default(),
             next_conn: AtomicU64::new(0),
+            handshaking: AtomicUsize::new(0),
         });
         Ok(Server { listener, shared, wake_rx })
     }
@@ -113,12 +120,20 @@ impl Server {
                 continue;
             }
             match self.listener.accept_unauthenticated(Deadline::after(Duration::ZERO)) {
+                // ORDERING: Relaxed: a counter bounding threads, nothing more.
+                Ok(_) if self.shared.handshaking.load(Ordering::Relaxed) >= MAX_HANDSHAKING => {
+                    tracing::warn!("manager: {MAX_HANDSHAKING} connections in their handshake; refusing another");
+                }
                 Ok(pending) => {
+                    // ORDERING: Relaxed: see above.
+                    self.shared.handshaking.fetch_add(1, Ordering::Relaxed);
                     let shared = self.shared.clone();
                     let spawned = std::thread::Builder::new()
                         .name("multiproc-manager-conn".into())
                         .spawn(move || serve_connection(&shared, pending));
                     if let Err(e) = spawned {
+                        // ORDERING: Relaxed: see above.
+                        self.shared.handshaking.fetch_sub(1, Ordering::Relaxed);
                         tracing::warn!("manager: cannot start a thread for a client: {e}");
                     }
                 }
@@ -148,7 +163,10 @@ impl Shared {
 
 /// Serves one client from its handshake to its last request.
 fn serve_connection(shared: &Shared, pending: Unauthenticated) {
-    let conn: Connection<()> = match pending.authenticate() {
+    let authenticated = pending.authenticate();
+    // ORDERING: Relaxed: see `Server::run`.
+    shared.handshaking.fetch_sub(1, Ordering::Relaxed);
+    let conn: Connection<()> = match authenticated {
         Ok(conn) => conn,
         Err(e) => {
             tracing::info!("manager: refused a client: {e}");
