@@ -225,7 +225,6 @@ impl SemaphoreState {
                 Reply::Unit
             }
             Op::SemaphoreValue => Reply::Count((*v).into()),
-            Op::Parties => Reply::Count(self.max.map_or(u64::MAX, u64::from)),
             other => return Err(wrong(&other, Kind::Semaphore)),
         })
     }
