@@ -524,3 +524,13 @@ fn a_proxy_works_in_a_child_started_with_every_method() {
         assert_eq!(ns.get::<String>("from").unwrap().as_deref(), Some("child"), "{method:?}");
     }
 }
+
+#[test]
+fn a_manager_starts_with_each_start_method() {
+    for method in [multiproc::StartMethod::ForkServer, multiproc::StartMethod::Spawn, multiproc::StartMethod::Fork] {
+        let m = Manager::builder().start_method(method).start().unwrap();
+        let l = m.list_from([1u8, 2]).unwrap();
+        assert_eq!(l.to_vec().unwrap(), [1, 2], "{method:?}");
+        m.shutdown().unwrap();
+    }
+}

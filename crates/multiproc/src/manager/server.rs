@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::code;
 use super::protocol::{self, MAX_REQUEST, RemoteError, Reply, Request, Response};
 use super::store::Store;
 use super::waiting::lock;
@@ -221,7 +222,9 @@ fn serve_requests(shared: &Shared, conn: &Connection<()>, session: u64, build: &
         let (response, stop) = match protocol::decode_request(&bytes) {
             Err(e) => (Err(RemoteError::BadRequest(e)), false),
             Ok(Request::Shutdown) => (Ok(Reply::Unit), true),
-            Ok(request) => (handle(&shared.store, request, &caller), false),
+            // A panic anywhere in a call (a user type's Deserialize, say) is
+            // that call's error; the connection and the manager go on.
+            Ok(request) => (code::guarded(|| handle(&shared.store, request, &caller)).and_then(|r| r), false),
         };
         if answer(conn, &response).is_err() {
             break;
