@@ -534,3 +534,33 @@ fn a_manager_starts_with_each_start_method() {
         m.shutdown().unwrap();
     }
 }
+
+/// A shared type whose decoding panics on 13, in the manager.
+#[derive(Serialize)]
+struct Fragile(u8);
+
+impl<'de> Deserialize<'de> for Fragile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fragile, D::Error> {
+        let v = u8::deserialize(d)?;
+        assert!(v != 13, "unlucky number");
+        Ok(Fragile(v))
+    }
+}
+
+impl Shared for Fragile {
+    type Request = ();
+    type Response = u8;
+    fn call(&mut self, _: ()) -> u8 {
+        self.0
+    }
+}
+
+#[test]
+fn a_panic_while_creating_a_user_object_is_that_calls_error() {
+    let m = Manager::start().unwrap();
+    match m.create(Fragile(13)) {
+        Err(ManagerError::Remote(RemoteError::Panicked(msg))) => assert!(msg.contains("unlucky"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.create(Fragile(7)).unwrap().call(()).unwrap(), 7);
+}
