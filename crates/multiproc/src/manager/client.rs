@@ -21,7 +21,7 @@ use serde_bytes::ByteBuf;
 use super::ManagerError;
 use super::protocol::{Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
-use crate::{Client, Connection, ConnectionError, wire};
+use crate::{Client, Connection, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,16 +163,7 @@ fn exchange(conn: &Connection<()>, request: &Request) -> Result<Response, Manage
 }
 
 fn send(conn: &Connection<()>, request: &Request) -> Result<(), ManagerError> {
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.clear();
-        wire::encode_into(request, &mut buf).map_err(ConnectionError::from)?;
-        conn.send_bytes(&buf)
-    })?;
-    Ok(())
+    Ok(super::protocol::send(conn, request)?)
 }
 
 fn receive(conn: &Connection<()>) -> Result<Response, ManagerError> {

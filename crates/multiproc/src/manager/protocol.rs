@@ -302,6 +302,20 @@ pub enum RemoteError {
 /// connection that sent them.
 pub(crate) const MAX_REQUEST: u64 = 64 << 20;
 
+/// Encodes `message` (a request or a response) into this thread's buffer
+/// and sends it as one frame.
+pub(crate) fn send<T: Serialize>(conn: &crate::Connection<()>, message: &T) -> Result<(), crate::ConnectionError> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        crate::wire::encode_into(message, &mut buf)?;
+        conn.send_bytes(&buf)
+    })
+}
+
 /// Decodes a request frame; an error for bytes that are not one.
 pub(crate) fn decode_request(bytes: &[u8]) -> Result<Request, String> {
     crate::wire::decode::<Request>(bytes, Vec::new()).map_err(|e| e.to_string())

@@ -23,7 +23,7 @@ use super::waiting::lock;
 use crate::connection::Unauthenticated;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
-use crate::{Address, Connection, ConnectionError, IntoAddress, Listener, Pipe, wire};
+use crate::{Address, Connection, ConnectionError, IntoAddress, Listener, Pipe};
 
 /// A bound manager server, ready to [`run`](Server::run).
 #[derive(Debug)]
@@ -247,13 +247,5 @@ fn handle(store: &Store, request: Request, caller: &Caller<'_>) -> Response {
 }
 
 fn answer(conn: &Connection<()>, response: &Response) -> Result<(), ConnectionError> {
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.clear();
-        wire::encode_into(response, &mut buf)?;
-        conn.send_bytes(&buf)
-    })
+    protocol::send(conn, response)
 }
