@@ -21,7 +21,7 @@ use serde_bytes::ByteBuf;
 use super::ManagerError;
 use super::protocol::{Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
-use crate::{Client, Connection, wire};
+use crate::{Client, Connection, ConnectionError, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,7 +92,21 @@ pub(crate) fn owner() -> Owner {
 /// connection breaks (the connection is then dropped, not reused);
 /// [`ManagerError::Remote`] with the manager's own error.
 pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, ManagerError> {
-    let (conn, response) = match with_clients(|c| c.idle.get_mut(endpoint).and_then(Vec::pop)) {
+    let exchanged = exchange_pooled(endpoint, request);
+    if let Err(ManagerError::Connection(ConnectionError::Closed | ConnectionError::Connect { .. })) = &exchanged {
+        // The manager is gone (or was replaced at its address): its other
+        // idle connections are as stale as this one. (Not on other errors:
+        // while the manager lives, closing this process's last connection
+        // to it would release the locks the process holds.)
+        forget_endpoint(endpoint);
+    }
+    let (conn, response) = exchanged?;
+    give_back(endpoint, conn);
+    Ok(response?)
+}
+
+fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Connection<()>, Response), ManagerError> {
+    Ok(match with_clients(|c| c.idle.get_mut(endpoint).and_then(Vec::pop)) {
         Some(idle) => match send(&idle, request) {
             Ok(()) => {
                 let response = receive(&idle)?;
@@ -104,9 +118,7 @@ pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, Mana
             Err(_) => fresh_exchange(endpoint, request)?,
         },
         None => fresh_exchange(endpoint, request)?,
-    };
-    give_back(endpoint, conn);
-    Ok(response?)
+    })
 }
 
 fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Connection<()>, Response), ManagerError> {

@@ -87,7 +87,7 @@ impl Server {
         let listener = Listener::bind(address, authkey)?;
         let (wake_rx, wake_tx) = Pipe::<()>::one_way()?;
         let shared = Arc::new(Shared {
-            store: Store::default(),
+            store: Store::new(),
             sessions: Mutex::default(),
             stopping: AtomicBool::new(false),
             wake_tx,

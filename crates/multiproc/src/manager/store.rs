@@ -76,7 +76,7 @@ impl Object {
 }
 
 /// Every object of one manager.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Store {
     objects: RwLock<HashMap<u64, Arc<Object>>>,
     names: Mutex<HashMap<String, u64>>,
@@ -84,6 +84,19 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// An empty store. Ids start at a random point, so that a proxy of an
+    /// earlier manager at the same address finds no object here rather
+    /// than another one.
+    pub(crate) fn new() -> Store {
+        let mut start = [0u8; 8];
+        let _ = getrandom::fill(&mut start);
+        Store {
+            objects: RwLock::default(),
+            names: Mutex::default(),
+            next_id: AtomicU64::new(u64::from_le_bytes(start) >> 2),
+        }
+    }
+
     /// Makes a new object; answers its id.
     pub(crate) fn create(&self, init: Init, type_name: String, type_hash: u64, caller: &Caller<'_>) -> Response {
         let kind = init.kind();
