@@ -264,6 +264,8 @@ fn lock_and_rlock_semantics() {
     let r = m.rlock().unwrap();
     r.acquire().unwrap().leak();
     r.acquire().unwrap().leak();
+    assert_eq!(r.depth().unwrap(), 2);
+    assert!(r.is_owned().unwrap());
     let r2 = r.clone();
     // Another thread may neither take nor release it.
     let other =

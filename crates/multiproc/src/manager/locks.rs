@@ -92,9 +92,8 @@ impl LockState {
                 Reply::Unit
             }
             Op::IsLocked => Reply::Bool(h.owner.is_some()),
-            // Owned by the caller (RLock's `is_owned`) and its depth.
-            Op::Load => {
-                Reply::Count(if h.owner.is_some_and(|o| o.session == caller.session) { h.depth.into() } else { 0 })
+            Op::Depth { owner } if self.reentrant => {
+                Reply::Count(if h.owner == Some(owner) { h.depth.into() } else { 0 })
             }
             other => return Err(wrong(&other, kind)),
         })

@@ -175,6 +175,10 @@ pub(crate) enum Op {
         owner: Owner,
     },
     IsLocked,
+    /// How many times `owner` holds an `RLock` (0: not its owner).
+    Depth {
+        owner: Owner,
+    },
     SemaphoreValue,
     // Event.
     Set,

@@ -193,6 +193,26 @@ macro_rules! lock_methods {
 lock_methods!(Lock);
 lock_methods!(RLock);
 
+impl RLock {
+    /// How many times the calling thread holds the lock (0: it does not).
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn depth(&self) -> Result<u32, ManagerError> {
+        Ok(self.object.count(Op::Depth { owner: client::owner() })? as u32)
+    }
+
+    /// True when the calling thread holds the lock.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn is_owned(&self) -> Result<bool, ManagerError> {
+        Ok(self.depth()? > 0)
+    }
+}
+
 /// A semaphore in a manager (Python's `manager.Semaphore()` and
 /// `BoundedSemaphore()`): a counter that `acquire` decrements, waiting
 /// while it is zero, and `release` increments. A bounded one refuses to go
