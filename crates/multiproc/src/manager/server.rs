@@ -57,8 +57,6 @@ const MAX_HANDSHAKING: usize = 256;
 pub(crate) struct Caller<'a> {
     conn: &'a Connection<()>,
     shared: &'a Shared,
-    /// The client process's session.
-    pub session: u64,
     client_build: &'a str,
 }
 
@@ -183,7 +181,7 @@ fn serve_connection(shared: &Shared, pending: Unauthenticated) {
     }
     if let Some((session, build)) = hello(&conn) {
         *lock(&shared.sessions).entry(session).or_default() += 1;
-        serve_requests(shared, &conn, session, &build);
+        serve_requests(shared, &conn, &build);
         let last = {
             let mut sessions = lock(&shared.sessions);
             let count = sessions.entry(session).or_default();
@@ -216,8 +214,8 @@ fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
     }
 }
 
-fn serve_requests(shared: &Shared, conn: &Connection<()>, session: u64, build: &str) {
-    let caller = Caller { conn, shared, session, client_build: build };
+fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
+    let caller = Caller { conn, shared, client_build: build };
     while let Ok(bytes) = conn.recv_bytes() {
         let (response, stop) = match protocol::decode_request(&bytes) {
             Err(e) => (Err(RemoteError::BadRequest(e)), false),
