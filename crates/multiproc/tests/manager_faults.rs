@@ -180,3 +180,27 @@ fn a_client_killed_mid_updates_leaves_entries_whole() {
     d.update(&0, |v: &mut Option<Vec<u64>>| v.take()).unwrap();
     assert_eq!(d.len().unwrap(), 0);
 }
+
+fn wait_for_lock(lock: Lock, waiting: Event) {
+    waiting.set().unwrap();
+    let _ = lock.acquire_timeout(LONG);
+}
+
+#[test]
+fn a_waiter_killed_before_its_turn_never_takes_the_lock() {
+    let m = Manager::start().unwrap();
+    let (lock, waiting) = (m.lock().unwrap(), m.event().unwrap());
+    let guard = lock.acquire().unwrap();
+    let waiter = Kid::<()>::spawn(wait_for_lock, (lock.clone(), waiting.clone()));
+    assert!(waiting.wait_timeout(LONG).unwrap());
+    std::thread::sleep(Duration::from_millis(100)); // it waits in the manager now
+    waiter.kill();
+    waiter.reap();
+    drop(guard); // release right away: the dead waiter must not take it
+    // A plain acquisition: nobody died holding it.
+    match lock.acquire_timeout(LONG) {
+        Ok(g) => drop(g),
+        Err(AcquireError::OwnerDied(_)) => panic!("the dead waiter took the lock"),
+        Err(e) => panic!("{e}"),
+    }
+}
