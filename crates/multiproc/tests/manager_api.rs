@@ -566,3 +566,46 @@ fn a_panic_while_creating_a_user_object_is_that_calls_error() {
     }
     assert_eq!(m.create(Fragile(7)).unwrap().call(()).unwrap(), 7);
 }
+
+/// Where the barrier action of the test below leaves its marks: a file
+/// named after the test process (the manager's parent).
+fn action_log(test_pid: i32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("multiproc-manager-barrier-action-{test_pid}"))
+}
+
+fn mark_pass() {
+    use std::io::Write;
+    let parent = multiproc::parent_process().expect("runs in the manager process").pid;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(action_log(parent)).unwrap();
+    f.write_all(b"pass\n").unwrap();
+}
+
+fn explode() {
+    panic!("barrier action boom");
+}
+
+#[test]
+fn a_barrier_action_runs_once_per_pass_in_the_manager() {
+    let log = action_log(std::process::id() as i32);
+    let _ = std::fs::remove_file(&log);
+    let m = Manager::start().unwrap();
+    let b = m.barrier_with_action(3, mark_pass).unwrap();
+    let kids: Vec<Kid<Vec<usize>>> = (0..3).map(|_| Kid::spawn(barrier_party, (b.clone(), 5))).collect();
+    for k in kids {
+        k.join();
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "pass\n".repeat(5));
+    std::fs::remove_file(&log).unwrap();
+
+    let b = m.barrier_with_action(2, explode).unwrap();
+    let b2 = b.clone();
+    let first = std::thread::spawn(move || b2.wait_timeout(LONG));
+    while b.n_waiting().unwrap() == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    match b.wait_timeout(LONG) {
+        Err(ManagerError::Remote(RemoteError::Panicked(msg))) => assert!(msg.contains("boom"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(first.join().unwrap(), Err(ManagerError::Remote(RemoteError::BarrierBroken))));
+}

@@ -61,6 +61,26 @@ pub(crate) fn dispatch_ref<S: super::Shared>() -> CodeRef {
     CodeRef { offset: code_offset(entry as *const ()), type_hash: type_hash::<S, S::Request, S::Response>() }
 }
 
+/// The reference to a barrier's action.
+pub(crate) fn action_ref(action: fn()) -> CodeRef {
+    crate::sys::imp::init::keep_linked();
+    CodeRef { offset: code_offset(action as *const ()), type_hash: type_hash::<fn(), (), ()>() }
+}
+
+/// Resolves a barrier's action sent by a client of this build.
+///
+/// # Safety
+///
+/// As [`resolve_update`], for [`action_ref`].
+pub(crate) unsafe fn resolve_action(code: CodeRef) -> Result<fn(), RemoteError> {
+    if code.type_hash != type_hash::<fn(), (), ()>() {
+        return Err(RemoteError::BadRequest("a barrier action must be a fn()".into()));
+    }
+    // SAFETY: same build (caller's promise): the offset is the address of a
+    // `fn()` taken by `action_ref`.
+    Ok(unsafe { std::mem::transmute::<*const (), fn()>(code_address(code.offset)) })
+}
+
 /// Resolves an update function sent by a client of this build.
 ///
 /// # Safety

@@ -335,7 +335,20 @@ impl Manager {
     /// The manager cannot be reached.
     pub fn barrier(&self, parties: usize) -> Result<Barrier, ManagerError> {
         let parties = u32::try_from(parties.max(1)).unwrap_or(u32::MAX);
-        create(&self.endpoint, Init::Barrier { parties })
+        create(&self.endpoint, Init::Barrier { parties, action: None })
+    }
+
+    /// A new [`Barrier`] whose `action` runs once per pass, **in the
+    /// manager**, when the last party arrives and before any is released. An
+    /// action that panics breaks the barrier: the last party gets
+    /// [`RemoteError::Panicked`], the others [`RemoteError::BarrierBroken`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached, or is another build of the program.
+    pub fn barrier_with_action(&self, parties: usize, action: fn()) -> Result<Barrier, ManagerError> {
+        let parties = u32::try_from(parties.max(1)).unwrap_or(u32::MAX);
+        create(&self.endpoint, Init::Barrier { parties, action: Some(code::action_ref(action)) })
     }
 
     /// Moves `state` into the manager as the one instance of a [`Shared`]

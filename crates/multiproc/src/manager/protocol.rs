@@ -53,7 +53,7 @@ pub(crate) enum Init {
     Semaphore { value: u32, bounded: bool },
     Event,
     Condition,
-    Barrier { parties: u32 },
+    Barrier { parties: u32, action: Option<CodeRef> },
     User { state: Bytes, dispatch: CodeRef },
 }
 

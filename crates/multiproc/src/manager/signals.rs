@@ -2,6 +2,7 @@
 
 use std::sync::{Condvar, Mutex};
 
+use super::code;
 use super::collections::wrong;
 use super::protocol::{Kind, Op, RemoteError, Reply, Response};
 use super::server::Caller;
@@ -46,6 +47,8 @@ pub(crate) struct BarrierState {
     inner: Mutex<BarrierInner>,
     changed: Condvar,
     parties: u32,
+    /// Runs once per pass, in the manager, when the last party arrives.
+    action: Option<fn()>,
 }
 
 #[derive(Debug, Default)]
@@ -60,8 +63,8 @@ struct BarrierInner {
 }
 
 impl BarrierState {
-    pub(crate) fn new(parties: u32) -> BarrierState {
-        BarrierState { inner: Mutex::new(BarrierInner::default()), changed: Condvar::new(), parties }
+    pub(crate) fn new(parties: u32, action: Option<fn()>) -> BarrierState {
+        BarrierState { inner: Mutex::new(BarrierInner::default()), changed: Condvar::new(), parties, action }
     }
 
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {
@@ -74,6 +77,15 @@ impl BarrierState {
                 let (pass, index) = (b.generation, b.count);
                 b.count += 1;
                 if b.count >= self.parties {
+                    if let Some(action) = self.action
+                        && let Err(e) = code::guarded(action)
+                    {
+                        // A failed action breaks the barrier for every party.
+                        b.broken = true;
+                        b.count = 0;
+                        self.changed.notify_all();
+                        return Err(e);
+                    }
                     b.count = 0;
                     b.generation += 1;
                     self.changed.notify_all();

@@ -110,7 +110,18 @@ impl Store {
             Init::Semaphore { value, bounded } => State::Semaphore(SemaphoreState::new(value, bounded)),
             Init::Event => State::Event(EventState::default()),
             Init::Condition => State::Condition(ConditionState::default()),
-            Init::Barrier { parties } => State::Barrier(BarrierState::new(parties.max(1))),
+            Init::Barrier { parties, action } => {
+                let action = match action {
+                    Some(code) => {
+                        caller.check_build()?;
+                        // SAFETY: the caller is the same build as this manager
+                        // (checked above); the reference comes from `code::action_ref`.
+                        Some(unsafe { code::resolve_action(code) }?)
+                    }
+                    None => None,
+                };
+                State::Barrier(BarrierState::new(parties.max(1), action))
+            }
             Init::User { state, dispatch: code } => {
                 caller.check_build()?;
                 // SAFETY: the caller is the same build as this manager (checked
