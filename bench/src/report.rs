@@ -15,6 +15,8 @@ pub enum Unit {
     MillionsPerSec,
     /// Requests per second (higher is better).
     RequestsPerSec,
+    /// Thousands of operations per second (higher is better).
+    ThousandsPerSec,
 }
 
 impl Unit {
@@ -25,12 +27,13 @@ impl Unit {
             Unit::GigabytesPerSec => "GB/s",
             Unit::MillionsPerSec => "M/s",
             Unit::RequestsPerSec => "req/s",
+            Unit::ThousandsPerSec => "k/s",
         }
     }
 
     /// True when a larger figure is better.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Unit::GigabytesPerSec | Unit::MillionsPerSec | Unit::RequestsPerSec)
+        matches!(self, Unit::GigabytesPerSec | Unit::MillionsPerSec | Unit::RequestsPerSec | Unit::ThousandsPerSec)
     }
 }
 

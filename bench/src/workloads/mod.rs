@@ -16,6 +16,7 @@ use crate::python::{PyScript, Python};
 use crate::report::Row;
 
 pub mod http;
+pub mod manager;
 pub mod pipe;
 pub mod pool;
 pub mod process;
@@ -41,6 +42,9 @@ pub const ALL: &[Workload] = &[
     serve::SERVE_OVERHEAD,
     http::HTTP_INFER,
     http::HTTP_BATCHING,
+    manager::MANAGER_DICT,
+    manager::MANAGER_QUEUE_TCP,
+    manager::MANAGER_UPDATE,
 ];
 
 /// A named benchmark producing one or more table rows.

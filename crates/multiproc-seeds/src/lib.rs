@@ -25,10 +25,12 @@ pub mod seed_003_pool;
 pub mod seed_003_sync;
 pub mod seed_004_pipeline;
 pub mod seed_004_pool;
+pub mod seed_manager;
 pub mod seed_queue;
 
 use std::time::Duration;
 
+use multiproc::manager::ManagerError;
 use multiproc::{ConnectionError, PoolError, ProcessError};
 
 /// What an example printed, and what it showed.
@@ -60,6 +62,9 @@ pub enum Error {
     /// A pool call failed.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A manager call failed.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -108,6 +113,9 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
     Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
+    Example { name: "manager_dict_list", seed: "001", shows: "a Manager dict and list mutated by ten processes; exact counts with update", run: || Ok(seed_manager::manager_dict_list()?.lines) },
+    Example { name: "manager_written_by_child", seed: "003", shows: "a Manager dict and list written by a child", run: || Ok(seed_manager::manager_written_by_child()?.lines) },
+    Example { name: "distributed_master_worker", seed: "002", shows: "a master serves task and result queues over TCP with an auth key; two workers connect", run: || Ok(seed_manager::distributed_master_worker()?.lines) },
     Example { name: "inference_pipeline", seed: "004", shows: "seed 004's async inference: preprocessing pool of 2, batches of 128 or 1 s, a model process, results back", run: || Ok(seed_004_pipeline::inference_pipeline()?.lines) },
     Example { name: "predict_server", seed: "000", shows: "PredictServer on multiproc-serve: lazy start, a killed model process restarted, version switch, status", run: || Ok(seed_000_predict::predict_server()?.lines) },
 ];

@@ -2,8 +2,8 @@
 //!
 //! Python's `multiprocessing`, rebuilt for Rust and without its sharp edges:
 //! processes that run Rust functions, pipes and listeners, queues, locks and
-//! their friends, shared memory, pools and an executor. Typed, fast, and a
-//! dead child is an error, never a hang.
+//! their friends, shared memory, pools, an executor and managers. Typed, fast,
+//! and a dead child is an error, never a hang.
 //!
 //! ## Hello, child
 //!
@@ -199,6 +199,36 @@
 //! assert_eq!(*each[4].as_ref().unwrap(), 4);
 //! ```
 //!
+//! ## Managers
+//!
+//! A [`Manager`] is a server process that owns shared dicts, lists,
+//! namespaces, queues, locks and objects of your own types; proxies to them
+//! ([`manager::Dict`], [`manager::List`], …) pass to children, pool tasks
+//! and other machines, and `update` runs a plain `fn` on an entry inside the
+//! manager, atomically (Python's `d[k] += 1` through a proxy loses updates).
+//! [`manager::serve`] serves one over TCP with an auth key, and
+//! [`Manager::connect`] reaches it by address.
+//!
+//! ```
+//! use multiproc::manager::{Dict, Manager};
+//! use multiproc::Process;
+//!
+//! fn count(d: Dict<String, u64>) {
+//!     for _ in 0..50 {
+//!         d.update("n", |n: &mut Option<u64>| *n.get_or_insert(0) += 1).unwrap();
+//!     }
+//! }
+//!
+//! let manager = Manager::start().unwrap();
+//! let d = manager.dict().unwrap();
+//! let mut kids: Vec<_> = (0..4).map(|_| Process::spawn(count, (d.clone(),)).unwrap()).collect();
+//! for k in &mut kids {
+//!     k.join().unwrap();
+//! }
+//! assert_eq!(d.get("n").unwrap(), Some(200));
+//! manager.shutdown().unwrap();
+//! ```
+//!
 //! ## Names
 //!
 //! Calls have Python's names where Python has them, with a `_timeout` (or
@@ -214,6 +244,7 @@
 pub(crate) mod code;
 pub mod connection;
 pub mod log;
+pub mod manager;
 pub(crate) mod memory;
 pub mod pool;
 pub mod process;
@@ -231,6 +262,7 @@ pub use connection::{
     Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
 };
 pub use log::{Level, Logger, log_to_stderr, logger};
+pub use manager::Manager;
 pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError, keep_freed_memory};
 pub use process::{
     ChildOutput, ForkContract, Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task,

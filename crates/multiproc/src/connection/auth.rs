@@ -76,8 +76,33 @@ enum Msg {
     Refuse(Reason),
 }
 
-/// The server's side of the handshake, bounded by `deadline`.
+/// Largest handshake message accepted (the biggest, an answer, is about 70
+/// bytes): until the peer has proved it knows the key, a frame announcing
+/// more is refused from its header, before its payload is buffered.
+pub(crate) const MAX_HANDSHAKE_MESSAGE: u64 = 256;
+
+/// The server's side of the handshake, bounded by `deadline`; only small
+/// messages are read until it succeeds.
 pub(super) fn serve(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+    bounded(channel, || serve_unbounded(channel, key, deadline))
+}
+
+/// The client's side of the handshake, bounded by `deadline`; only small
+/// messages are read until it succeeds.
+pub(super) fn connect(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+    bounded(channel, || connect_unbounded(channel, key, deadline))
+}
+
+/// Runs a handshake with the channel's receive limit lowered to
+/// [`MAX_HANDSHAKE_MESSAGE`], lifted again after success.
+fn bounded(channel: &Channel, handshake: impl FnOnce() -> Result<(), ConnectionError>) -> Result<(), ConnectionError> {
+    channel.set_recv_limit(Some(MAX_HANDSHAKE_MESSAGE));
+    handshake()?;
+    channel.set_recv_limit(None);
+    Ok(())
+}
+
+fn serve_unbounded(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
     let nonce = key.map(|_| random_nonce()).transpose()?;
     send(channel, &Msg::Challenge(nonce))?;
     let reply = recv(channel, deadline, "client")?;
@@ -94,8 +119,7 @@ pub(super) fn serve(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -
     }
 }
 
-/// The client's side of the handshake, bounded by `deadline`.
-pub(super) fn connect(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
+fn connect_unbounded(channel: &Channel, key: Option<&[u8]>, deadline: Deadline) -> Result<(), ConnectionError> {
     let challenge = match recv(channel, deadline, "server")? {
         Msg::Challenge(c) => c,
         other => return Err(unexpected(&other, "server")),
@@ -248,6 +272,24 @@ mod test {
             assert!(server.starts_with("authentication failed"), "{s:?} {c:?}: {server}");
             assert!(client.starts_with("authentication failed"), "{s:?} {c:?}: {client}");
         }
+    }
+
+    #[test]
+    fn an_unauthenticated_peer_cannot_announce_a_large_message() {
+        use std::os::fd::AsFd;
+        let (a, b) = Channel::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let r = serve(&a, Some(b"k"), Deadline::after(Duration::from_secs(5)));
+            (r, a)
+        });
+        // The header of a 1 GiB "handshake message" (version 2, kind
+        // Control, 6-byte length), and a little of it.
+        let len = (1u64 << 30).to_le_bytes();
+        let header = [2, 4, 0, 0, len[0], len[1], len[2], len[3], len[4], len[5], 0, 0];
+        crate::sys::imp::send_all(b.as_fd(), &[&header, &[0u8; 4096]], &[]).unwrap();
+        let (r, _a) = server.join().unwrap();
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("more than the 256 allowed"), "{err}");
     }
 
     #[test]

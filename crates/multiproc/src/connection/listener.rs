@@ -200,13 +200,36 @@ impl Listener {
     }
 
     fn accept_until<T>(&self, deadline: Deadline) -> Result<Connection<T>, ConnectionError> {
+        self.accept_unauthenticated(deadline)?.authenticate()
+    }
+
+    /// Accepts a connection without running the handshake, so a server can
+    /// run each handshake on its own thread (a peer that stalls then delays
+    /// nobody else).
+    pub(crate) fn accept_unauthenticated(&self, deadline: Deadline) -> Result<Unauthenticated, ConnectionError> {
         let tcp = self.address.is_tcp();
         let fd = listen::accept(self.fd.as_fd(), deadline, tcp)
             .map_err(|e| ConnectionError::Wire(e.into()))?
             .ok_or(ConnectionError::Timeout)?;
         let channel = if tcp { Channel::stream(fd) } else { Channel::unix(fd) };
-        match auth::serve(&channel, self.authkey.as_deref(), Deadline::after(self.handshake_timeout)) {
-            Ok(()) => Ok(Connection::from_channel(channel, true, true)),
+        Ok(Unauthenticated { channel, authkey: self.authkey.clone(), handshake_timeout: self.handshake_timeout })
+    }
+}
+
+/// An accepted connection whose handshake has not run yet.
+#[derive(Debug)]
+pub(crate) struct Unauthenticated {
+    channel: Channel,
+    authkey: Option<Vec<u8>>,
+    handshake_timeout: Duration,
+}
+
+impl Unauthenticated {
+    /// Runs the listener's side of the handshake (within the listener's
+    /// handshake timeout, reading only small messages until it succeeds).
+    pub(crate) fn authenticate<T>(self) -> Result<Connection<T>, ConnectionError> {
+        match auth::serve(&self.channel, self.authkey.as_deref(), Deadline::after(self.handshake_timeout)) {
+            Ok(()) => Ok(Connection::from_channel(self.channel, true, true)),
             Err(ConnectionError::Timeout) => Err(ConnectionError::HandshakeFailed(format!(
                 "the client did not complete the handshake within {:?}",
                 self.handshake_timeout

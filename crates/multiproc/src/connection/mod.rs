@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use address::{Address, AddressError, IntoAddress};
 pub use error::ConnectionError;
+pub(crate) use listener::Unauthenticated;
 pub use listener::{Client, HANDSHAKE_TIMEOUT, Listener};
 pub use wait::{Waitable, wait};
 
@@ -161,6 +162,23 @@ impl<T> fmt::Debug for Connection<T> {
 impl<T> Connection<T> {
     pub(crate) fn from_channel(channel: Channel, readable: bool, writable: bool) -> Connection<T> {
         Connection { inner: Some(Arc::new(channel)), readable, writable, closed: false, _type: PhantomData }
+    }
+
+    /// Refuses received frames announcing more than `limit` payload bytes
+    /// (`None`: the wire's own limits); a larger one ends the stream with an
+    /// error instead of being buffered.
+    pub(crate) fn set_recv_limit(&self, limit: Option<u64>) {
+        if let Some(ch) = &self.inner {
+            ch.set_recv_limit(limit);
+        }
+    }
+
+    /// Shuts the socket down in both directions: the peer sees end of
+    /// stream, and a receive blocked on this end (in any thread) returns.
+    pub(crate) fn shutdown(&self) {
+        if let Some(ch) = &self.inner {
+            ch.shutdown();
+        }
     }
 
     fn channel(&self) -> Result<&Channel, ConnectionError> {

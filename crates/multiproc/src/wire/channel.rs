@@ -96,6 +96,13 @@ impl Channel {
         Ok((Channel::unix(a), Channel::unix(b)))
     }
 
+    /// Refuses received frames announcing more than `limit` payload bytes
+    /// (`None`: the protocol's limits): a peer that has not authenticated
+    /// yet cannot make this process buffer more than that.
+    pub(crate) fn set_recv_limit(&self, limit: Option<u64>) {
+        self.recv.lock().unwrap_or_else(|e| e.into_inner()).decoder.set_limit(limit);
+    }
+
     /// True when this channel can carry descriptors.
     pub(crate) fn can_pass_fds(&self) -> bool {
         self.can_pass_fds

@@ -142,6 +142,9 @@ pub(crate) struct FrameDecoder {
     fds: VecDeque<OwnedFd>,
     /// Header of the frame whose payload is being collected.
     pending: Option<(Header, Vec<OwnedFd>)>,
+    /// Largest payload accepted (inline or out of band), when stricter than
+    /// the protocol's: set while a peer is not yet authenticated.
+    limit: Option<u64>,
 }
 
 impl FrameDecoder {
@@ -153,6 +156,13 @@ impl FrameDecoder {
         }
         self.buf.extend_from_slice(bytes);
         self.fds.extend(fds);
+    }
+
+    /// Refuses frames announcing more than `limit` payload bytes (`None`: the
+    /// protocol's own limits). The check runs on the header, before the
+    /// payload is buffered.
+    pub(crate) fn set_limit(&mut self, limit: Option<u64>) {
+        self.limit = limit;
     }
 
     /// Bytes buffered but not yet consumed.
@@ -185,6 +195,14 @@ impl FrameDecoder {
             }
             let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
             let header = Header::decode(&bytes)?;
+            if let Some(limit) = self.limit
+                && header.len > limit
+            {
+                return Err(WireError::corrupt(format!(
+                    "frame announces {} bytes, more than the {limit} allowed here",
+                    header.len
+                )));
+            }
             if self.fds.len() < header.nfds {
                 return Err(WireError::corrupt(format!(
                     "frame announces {} descriptors but {} arrived",
@@ -274,6 +292,19 @@ mod test {
         assert_eq!(got[0], b"");
         assert_eq!(got[1], b"abc");
         assert_eq!(got[2], vec![7u8; 300]);
+    }
+
+    #[test]
+    fn a_limit_refuses_a_large_frame_from_its_header() {
+        let mut dec = FrameDecoder::default();
+        dec.set_limit(Some(100));
+        dec.push(&Header::new(Kind::Control, 0, 1 << 30).encode(), Vec::new());
+        assert!(matches!(dec.next_frame(), Err(WireError::Corrupt(_))));
+        let mut dec = FrameDecoder::default();
+        dec.set_limit(Some(100));
+        dec.push(&Header::new(Kind::Control, 0, 3).encode(), Vec::new());
+        dec.push(b"abc", Vec::new());
+        assert_eq!(dec.next_frame().unwrap().unwrap().1, b"abc");
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! The client side of the protocol: where a manager is ([`Endpoint`]), and a
+//! per-process set of idle connections to it.
+//!
+//! A call takes an idle connection (or opens one: connect, authenticate,
+//! say hello), sends one request, waits for the answer and puts the
+//! connection back. Threads calling at the same time use different
+//! connections, so a call that blocks in the manager (a `get` on an empty
+//! queue, a held lock) blocks only its own thread. Connections stay open
+//! while the process lives: the manager counts a client process as alive
+//! while it has one, and releases the locks of a process that has none
+//! left (the next acquirer is told `OwnerDied`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::ManagerError;
+use super::protocol::{Owner, Reply, Request, Response};
+use crate::process_local::ProcessLocal;
+use crate::{Client, Connection, ConnectionError, wire};
+
+/// How long connecting and authenticating to a manager may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest answer a client reads (256 MiB).
+const MAX_RESPONSE: u64 = 256 << 20;
+
+/// Where a manager listens and the key it wants. Travels inside every proxy
+/// (the key too, as Python's proxies carry theirs: whoever holds a proxy may
+/// use the manager).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct Endpoint {
+    /// The address in its `Display` form (`unix:…`, `abstract:…`, `tcp:…`).
+    pub address: String,
+    pub authkey: Option<ByteBuf>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("Endpoint").field("address", &self.address).field("authkey", &self.authkey.is_some()).finish()
+    }
+}
+
+/// This process's connections, by manager.
+struct Clients {
+    /// Identifies this process to managers (fresh in every process).
+    session: u64,
+    idle: HashMap<Endpoint, Vec<Connection<()>>>,
+}
+
+static CLIENTS: ProcessLocal<Option<Clients>> = ProcessLocal::new(|| None);
+
+fn with_clients<T>(f: impl FnOnce(&mut Clients) -> T) -> T {
+    let mut guard = CLIENTS.lock();
+    let clients = guard.get_or_insert_with(|| {
+        let mut bytes = [0u8; 8];
+        // Without random bytes, the pid and the time still tell processes apart.
+        if getrandom::fill(&mut bytes).is_err() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            bytes = (now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(40)).to_le_bytes();
+        }
+        Clients { session: u64::from_le_bytes(bytes), idle: HashMap::new() }
+    });
+    f(clients)
+}
+
+/// The caller's identity as a lock owner: this process and this thread.
+pub(crate) fn owner() -> Owner {
+    static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        // ORDERING: Relaxed: only uniqueness matters.
+        static THREAD: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    }
+    Owner { session: with_clients(|c| c.session), thread: THREAD.with(|t| *t) }
+}
+
+/// Sends one request to the manager at `endpoint` and returns its answer.
+///
+/// # Errors
+///
+/// [`ManagerError::Connection`] when the manager cannot be reached or the
+/// connection breaks (the connection is then dropped, not reused);
+/// [`ManagerError::Remote`] with the manager's own error.
+pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, ManagerError> {
+    let exchanged = exchange_pooled(endpoint, request);
+    if let Err(ManagerError::Connection(ConnectionError::Closed | ConnectionError::Connect { .. })) = &exchanged {
+        // The manager is gone (or was replaced at its address): its other
+        // idle connections are as stale as this one. (Not on other errors:
+        // while the manager lives, closing this process's last connection
+        // to it would release the locks the process holds.)
+        forget_endpoint(endpoint);
+    }
+    let (conn, response) = exchanged?;
+    give_back(endpoint, conn);
+    Ok(response?)
+}
+
+fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Connection<()>, Response), ManagerError> {
+    Ok(match with_clients(|c| c.idle.get_mut(endpoint).and_then(Vec::pop)) {
+        Some(idle) => match send(&idle, request) {
+            Ok(()) => {
+                let response = receive(&idle)?;
+                (idle, response)
+            }
+            // The request did not leave: this idle connection went stale (the
+            // manager stopped, or was replaced at the same address). Try once
+            // with a fresh one.
+            Err(_) => fresh_exchange(endpoint, request)?,
+        },
+        None => fresh_exchange(endpoint, request)?,
+    })
+}
+
+fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Connection<()>, Response), ManagerError> {
+    let conn = open(endpoint)?;
+    send(&conn, request)?;
+    let response = receive(&conn)?;
+    Ok((conn, response))
+}
+
+/// Opens a connection to the manager at `endpoint` (checking the address
+/// and the key) and keeps it for later calls.
+pub(crate) fn connect(endpoint: &Endpoint) -> Result<(), ManagerError> {
+    give_back(endpoint, open(endpoint)?);
+    Ok(())
+}
+
+/// Keeps an idle connection for the next call (without cloning the
+/// endpoint when it has an entry already: this is every call's path).
+fn give_back(endpoint: &Endpoint, conn: Connection<()>) {
+    with_clients(|c| match c.idle.get_mut(endpoint) {
+        Some(idle) => idle.push(conn),
+        None => {
+            c.idle.insert(endpoint.clone(), vec![conn]);
+        }
+    });
+}
+
+/// Closes this process's idle connections to a manager that was shut down.
+pub(crate) fn forget_endpoint(endpoint: &Endpoint) {
+    with_clients(|c| c.idle.remove(endpoint));
+}
+
+/// Connects, authenticates and says hello.
+fn open(endpoint: &Endpoint) -> Result<Connection<()>, ManagerError> {
+    let conn: Connection<()> =
+        Client::connect_timeout(&endpoint.address, endpoint.authkey.as_deref().map(|k| &k[..]), CONNECT_TIMEOUT)?;
+    conn.set_recv_limit(Some(MAX_RESPONSE));
+    let hello = Request::Hello {
+        session: with_clients(|c| c.session),
+        pid: std::process::id() as i32,
+        build_id: crate::sys::imp::build_id::build_id().to_string(),
+    };
+    match exchange(&conn, &hello)? {
+        Ok(Reply::Unit) => Ok(conn),
+        Ok(other) => Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One request out, one response in.
+fn exchange(conn: &Connection<()>, request: &Request) -> Result<Response, ManagerError> {
+    send(conn, request)?;
+    receive(conn)
+}
+
+fn send(conn: &Connection<()>, request: &Request) -> Result<(), ManagerError> {
+    Ok(super::protocol::send(conn, request)?)
+}
+
+fn receive(conn: &Connection<()>) -> Result<Response, ManagerError> {
+    let bytes = conn.recv_bytes()?;
+    Ok(wire::decode::<Response>(&bytes, Vec::new())?)
+}

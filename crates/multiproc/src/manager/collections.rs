@@ -1,0 +1,143 @@
+//! The manager's side of dicts, namespaces, lists and values: encoded bytes
+//! behind a mutex, and `update` running a shipped function on them while
+//! the mutex is held (so it is atomic with respect to every other call).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::code;
+use super::protocol::{Bytes, CodeRef, Kind, Op, RemoteError, Reply, Response};
+use super::server::Caller;
+
+/// A dict's or a namespace's entries: encoded key → encoded value.
+pub(crate) type Map = Mutex<HashMap<Vec<u8>, Vec<u8>>>;
+/// A list's items, encoded.
+pub(crate) type List = Mutex<Vec<Vec<u8>>>;
+/// A value, encoded.
+pub(crate) type Value = Mutex<Vec<u8>>;
+
+fn bytes(v: &[u8]) -> Bytes {
+    Bytes::from(v.to_vec())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic never happens while these are held (shipped code runs under
+    // catch_unwind), but a poisoned lock must not take the manager down.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs a shipped update function on `slot`.
+fn run_update(caller: &Caller<'_>, code: CodeRef, slot: &mut Option<Vec<u8>>, args: &[u8]) -> Response {
+    caller.check_build()?;
+    // SAFETY: the caller is the same build as this manager (checked above),
+    // and `CodeRef`s in `Op::Update` are made by `code::update_ref`.
+    let f = unsafe { code::resolve_update(code) };
+    Ok(Reply::Bytes(Bytes::from(f(slot, args, code.type_hash)?)))
+}
+
+/// A dict or namespace operation.
+pub(crate) fn map_call(map: &Map, kind: Kind, op: Op, caller: &Caller<'_>) -> Response {
+    let mut m = lock(map);
+    Ok(match op {
+        Op::Get(k) => Reply::MaybeBytes(m.get(k.as_slice()).map(|v| bytes(v))),
+        Op::Insert(k, v) => Reply::MaybeBytes(m.insert(k.into_vec(), v.into_vec()).map(Bytes::from)),
+        Op::Remove(k) => Reply::MaybeBytes(m.remove(k.as_slice()).map(Bytes::from)),
+        Op::ContainsKey(k) => Reply::Bool(m.contains_key(k.as_slice())),
+        Op::Len => Reply::Count(m.len() as u64),
+        Op::Keys => Reply::Many(m.keys().map(|k| bytes(k)).collect()),
+        Op::Values => Reply::Many(m.values().map(|v| bytes(v)).collect()),
+        Op::Items => Reply::Pairs(m.iter().map(|(k, v)| (bytes(k), bytes(v))).collect()),
+        Op::Extend(pairs) => {
+            m.extend(pairs.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+            Reply::Unit
+        }
+        Op::Clear => {
+            m.clear();
+            Reply::Unit
+        }
+        Op::Update { key: Some(k), index: None, code, args } => {
+            let mut slot = m.get(k.as_slice()).cloned();
+            let reply = run_update(caller, code, &mut slot, &args)?;
+            match slot {
+                Some(v) => m.insert(k.into_vec(), v),
+                None => m.remove(k.as_slice()),
+            };
+            reply
+        }
+        other => return Err(wrong(&other, kind)),
+    })
+}
+
+/// A list operation.
+pub(crate) fn list_call(list: &List, op: Op, caller: &Caller<'_>) -> Response {
+    let mut l = lock(list);
+    let len = l.len() as u64;
+    let check = |i: u64, limit: u64| {
+        if i < limit { Ok(i as usize) } else { Err(RemoteError::IndexOutOfRange { index: i, len }) }
+    };
+    Ok(match op {
+        Op::Push(v) => {
+            l.push(v.into_vec());
+            Reply::Unit
+        }
+        Op::ExtendList(items) => {
+            l.extend(items.into_iter().map(Bytes::into_vec));
+            Reply::Unit
+        }
+        Op::GetIndex(i) => Reply::Bytes(bytes(&l[check(i, len)?])),
+        Op::SetIndex(i, v) => {
+            let i = check(i, len)?;
+            l[i] = v.into_vec();
+            Reply::Unit
+        }
+        Op::InsertAt(i, v) => {
+            l.insert(check(i, len + 1)?, v.into_vec());
+            Reply::Unit
+        }
+        Op::RemoveAt(i) => Reply::Bytes(Bytes::from(l.remove(check(i, len)?))),
+        Op::Pop => Reply::MaybeBytes(l.pop().map(Bytes::from)),
+        Op::Len => Reply::Count(len),
+        Op::ToVec => Reply::Many(l.iter().map(|v| bytes(v)).collect()),
+        Op::Clear => {
+            l.clear();
+            Reply::Unit
+        }
+        Op::Update { key: None, index: Some(i), code, args } => {
+            let i = check(i, len)?;
+            let mut slot = Some(std::mem::take(&mut l[i]));
+            let result = run_update(caller, code, &mut slot, &args);
+            // The trampoline leaves the slot as it was on failure; a function
+            // that emptied the slot of a list item is refused by the proxy's
+            // types (it only sees `&mut T`).
+            l[i] = slot.unwrap_or_default();
+            result?
+        }
+        other => return Err(wrong(&other, Kind::List)),
+    })
+}
+
+/// A value operation.
+pub(crate) fn value_call(value: &Value, op: Op, caller: &Caller<'_>) -> Response {
+    let mut v = lock(value);
+    Ok(match op {
+        Op::Load => Reply::Bytes(bytes(&v)),
+        Op::Store(new) => {
+            *v = new.into_vec();
+            Reply::Unit
+        }
+        Op::Update { key: None, index: None, code, args } => {
+            let mut slot = Some(std::mem::take(&mut *v));
+            let result = run_update(caller, code, &mut slot, &args);
+            *v = slot.unwrap_or_default();
+            result?
+        }
+        other => return Err(wrong(&other, Kind::Value)),
+    })
+}
+
+/// The error for an operation that does not apply to `kind`.
+pub(crate) fn wrong(op: &Op, kind: Kind) -> RemoteError {
+    let name = format!("{op:?}");
+    let name = name.split(['(', ' ', '{']).next().unwrap_or("?").to_string();
+    RemoteError::WrongOperation { op: name, kind }
+}

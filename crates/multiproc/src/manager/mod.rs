@@ -1,0 +1,453 @@
+//! Managers: shared dicts, lists, queues, locks and your own objects, served
+//! by a process and used through proxies, on one machine or over TCP
+//! (Python's `multiprocessing.Manager()` and `BaseManager`).
+//!
+//! A [`Manager`] is a server that owns objects; a proxy ([`Dict`], [`List`],
+//! [`Namespace`], [`Queue`], [`JoinableQueue`], [`Value`], [`Lock`],
+//! [`RLock`], [`Semaphore`], [`Event`], [`Condition`], [`Barrier`], or
+//! [`SharedObject`] for a [`Shared`] type of yours) is a cheap handle that
+//! sends each call to the manager and waits for its answer. A proxy is
+//! `Serialize`: pass it to a child, a pool task or a process on another
+//! machine, and it reaches the same object (it carries the manager's
+//! address, its auth key and the object's id, and connects on first use).
+//!
+//! - [`Manager::start`] starts the server in a child process (it dies with
+//!   its parent; [`Manager::shutdown`] stops it with exit code 0).
+//! - [`serve`] runs it on a thread of this process, on a TCP or Unix address
+//!   with an auth key, and [`Manager::connect`] reaches it from anywhere;
+//!   objects are found by name ([`Manager::publish`], [`Manager::get`], with
+//!   a type check).
+//!
+//! Values read through a proxy are **copies** ([`Dict::get`] returns the
+//! value, not a reference into the manager); change an entry in place with
+//! `update`, which runs a plain `fn` inside the manager, atomically. A proxy
+//! stored inside another object stays a proxy: nested proxies share.
+//!
+//! Objects live as long as their manager: dropping every proxy of one does
+//! not free it (Python counts references across processes; here a proxy is
+//! plain data that can be copied anywhere, even to another machine). A
+//! long-lived manager should hold a fixed set of objects, not make new ones
+//! without end.
+//!
+//! Every client connection is served on its own thread, so a call that
+//! blocks (a `get` on an empty queue, a held lock, a condition wait) blocks
+//! only its caller. A killed manager fails every pending and later call
+//! with a connection error; a client killed while holding a manager lock
+//! leaves it to the next acquirer with [`AcquireError::OwnerDied`].
+//! Connections are authenticated both ways (HMAC-SHA256, as
+//! [`Listener`](crate::Listener)); before that, a peer can make the manager
+//! read only a few hundred bytes.
+//!
+//! # Examples
+//!
+//! ```
+//! use multiproc::manager::{Dict, List, Manager};
+//! use multiproc::Process;
+//!
+//! fn work(d: Dict<u32, String>, l: List<u32>, i: u32) {
+//!     d.insert(i, format!("child {i}")).unwrap();
+//!     l.push(i).unwrap();
+//! }
+//!
+//! let manager = Manager::start().unwrap();
+//! let (d, l) = (manager.dict().unwrap(), manager.list().unwrap());
+//! let mut children: Vec<_> = (0..3).map(|i| Process::spawn(work, (d.clone(), l.clone(), i)).unwrap()).collect();
+//! for c in &mut children {
+//!     c.join().unwrap();
+//! }
+//! assert_eq!(d.len().unwrap(), 3);
+//! let mut items = l.to_vec().unwrap();
+//! items.sort();
+//! assert_eq!(items, [0, 1, 2]);
+//! manager.shutdown().unwrap();
+//! ```
+
+mod client;
+mod code;
+mod collections;
+mod dict;
+mod error;
+mod list;
+mod locks;
+mod protocol;
+mod proxy;
+mod queue;
+mod queues;
+mod server;
+mod signals;
+mod signals_proxy;
+mod start;
+mod store;
+mod sync;
+#[cfg(test)]
+mod test;
+mod user;
+mod waiting;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+
+pub use dict::{Dict, Namespace};
+pub use error::ManagerError;
+pub use list::{List, Value};
+pub use protocol::{Kind, RemoteError, fuzz_request};
+pub use proxy::{ObjectRef, Proxy};
+pub use queue::{JoinableQueue, Queue};
+pub use signals_proxy::{Barrier, Condition, ConditionGuard, Event};
+pub use start::{ManagerBuilder, serve};
+pub use sync::{AcquireError, AcquireResult, Lock, LockGuard, RLock, Semaphore};
+pub use user::{Shared, SharedObject};
+
+use client::Endpoint;
+use protocol::{Init, Reply, Request};
+pub(crate) use proxy::value_bytes;
+use proxy::{create, encode, unexpected};
+
+use crate::{Address, IntoAddress, Process};
+
+/// How long [`Manager::shutdown`] waits for the manager process to exit.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A handle on a manager: makes objects, publishes and finds them by name,
+/// and (for a manager it started or serves) shuts it down.
+///
+/// Dropping a handle that started or serves the manager shuts it down.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::manager::{Manager, Queue};
+///
+/// let manager = Manager::builder().address("tcp:127.0.0.1:0").authkey(b"secret").start().unwrap();
+/// let jobs = manager.queue::<String>().unwrap();
+/// manager.publish("jobs", &jobs).unwrap();
+///
+/// // Anywhere else, knowing only the address and the key:
+/// let remote = Manager::connect(manager.address(), Some(b"secret")).unwrap();
+/// let q: Queue<String> = remote.get("jobs").unwrap();
+/// q.put("resize".into()).unwrap();
+/// assert_eq!(jobs.get().unwrap(), "resize");
+/// assert!(remote.get::<Queue<u64>>("jobs").unwrap_err().to_string().contains("not a"));
+/// manager.shutdown().unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Manager {
+    endpoint: Arc<Endpoint>,
+    address: Address,
+    owned: Owned,
+}
+
+#[derive(Debug)]
+enum Owned {
+    /// A manager process this handle started.
+    Process(Option<Box<Process<()>>>),
+    /// A server this handle runs on a thread of this process.
+    Thread { stopper: Arc<server::Shared>, thread: Option<JoinHandle<()>> },
+    /// A manager reached with `connect`.
+    Remote,
+}
+
+impl Manager {
+    /// Starts a manager process with the defaults (a fresh abstract Unix
+    /// address, a random auth key); see [`Manager::builder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagerBuilder::start`].
+    pub fn start() -> Result<Manager, ManagerError> {
+        ManagerBuilder::default().start()
+    }
+
+    /// A builder for a manager process or server.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// Connects to a manager served elsewhere (a [`serve`]d one, or one
+    /// started with a known address and key). Proxies are then fetched with
+    /// [`Manager::get`].
+    ///
+    /// # Errors
+    ///
+    /// Nothing listens there; the auth key is wrong
+    /// ([`ManagerError::is_authentication_failed`]).
+    pub fn connect(address: impl IntoAddress, authkey: Option<&[u8]>) -> Result<Manager, ManagerError> {
+        let address = address.into_address().map_err(crate::ConnectionError::from)?;
+        let endpoint =
+            Arc::new(Endpoint { address: address.to_string(), authkey: authkey.map(|k| ByteBuf::from(k.to_vec())) });
+        client::connect(&endpoint)?;
+        Ok(Manager { endpoint, address, owned: Owned::Remote })
+    }
+
+    /// The address the manager listens on.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The manager process's pid, for a manager this handle started.
+    pub fn pid(&self) -> Option<i32> {
+        match &self.owned {
+            Owned::Process(Some(p)) => p.pid(),
+            _ => None,
+        }
+    }
+
+    /// A new, empty [`Dict`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn dict<K, V>(&self) -> Result<Dict<K, V>, ManagerError> {
+        create(&self.endpoint, Init::Dict)
+    }
+
+    /// A new, empty [`List`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn list<T>(&self) -> Result<List<T>, ManagerError> {
+        create(&self.endpoint, Init::List(Vec::new()))
+    }
+
+    /// A new [`List`] holding `items`.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached, or an item cannot be encoded.
+    pub fn list_from<T: Serialize>(&self, items: impl IntoIterator<Item = T>) -> Result<List<T>, ManagerError> {
+        let items = items.into_iter().map(|i| encode(&i)).collect::<Result<_, _>>()?;
+        create(&self.endpoint, Init::List(items))
+    }
+
+    /// A new, empty [`Namespace`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn namespace(&self) -> Result<Namespace, ManagerError> {
+        create(&self.endpoint, Init::Namespace)
+    }
+
+    /// A new unbounded [`Queue`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn queue<T>(&self) -> Result<Queue<T>, ManagerError> {
+        create(&self.endpoint, Init::Queue { maxsize: None, joinable: false })
+    }
+
+    /// A new [`Queue`] holding at most `maxsize` items.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn bounded_queue<T>(&self, maxsize: usize) -> Result<Queue<T>, ManagerError> {
+        create(&self.endpoint, Init::Queue { maxsize: Some(maxsize as u64), joinable: false })
+    }
+
+    /// A new unbounded [`JoinableQueue`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn joinable_queue<T>(&self) -> Result<JoinableQueue<T>, ManagerError> {
+        create(&self.endpoint, Init::Queue { maxsize: None, joinable: true })
+    }
+
+    /// A new [`Value`] holding `value`.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached, or the value cannot be encoded.
+    pub fn value<T: Serialize>(&self, value: T) -> Result<Value<T>, ManagerError> {
+        create(&self.endpoint, Init::Value(encode(&value)?))
+    }
+
+    /// A new [`Lock`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn lock(&self) -> Result<Lock, ManagerError> {
+        create(&self.endpoint, Init::Lock)
+    }
+
+    /// A new [`RLock`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn rlock(&self) -> Result<RLock, ManagerError> {
+        create(&self.endpoint, Init::RLock)
+    }
+
+    /// A new [`Semaphore`] with counter `value`.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn semaphore(&self, value: u32) -> Result<Semaphore, ManagerError> {
+        create(&self.endpoint, Init::Semaphore { value, bounded: false })
+    }
+
+    /// A new bounded [`Semaphore`]: releasing it above `value` is an error.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn bounded_semaphore(&self, value: u32) -> Result<Semaphore, ManagerError> {
+        create(&self.endpoint, Init::Semaphore { value, bounded: true })
+    }
+
+    /// A new [`Event`], not set.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn event(&self) -> Result<Event, ManagerError> {
+        create(&self.endpoint, Init::Event)
+    }
+
+    /// A new [`Condition`] with its own lock.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn condition(&self) -> Result<Condition, ManagerError> {
+        create(&self.endpoint, Init::Condition)
+    }
+
+    /// A new [`Barrier`] for `parties` callers (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn barrier(&self, parties: usize) -> Result<Barrier, ManagerError> {
+        let parties = u32::try_from(parties.max(1)).unwrap_or(u32::MAX);
+        create(&self.endpoint, Init::Barrier { parties, action: None })
+    }
+
+    /// A new [`Barrier`] whose `action` runs once per pass, **in the
+    /// manager**, when the last party arrives and before any is released. An
+    /// action that panics breaks the barrier: the last party gets
+    /// [`RemoteError::Panicked`], the others [`RemoteError::BarrierBroken`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached, or is another build of the program.
+    pub fn barrier_with_action(&self, parties: usize, action: fn()) -> Result<Barrier, ManagerError> {
+        let parties = u32::try_from(parties.max(1)).unwrap_or(u32::MAX);
+        create(&self.endpoint, Init::Barrier { parties, action: Some(code::action_ref(action)) })
+    }
+
+    /// Moves `state` into the manager as the one instance of a [`Shared`]
+    /// type; returns its proxy.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached, the state cannot be encoded, or the
+    /// manager is another build of the program.
+    pub fn create<S: Shared>(&self, state: S) -> Result<SharedObject<S>, ManagerError> {
+        let init = Init::User { state: encode(&state)?, dispatch: code::dispatch_ref::<S>() };
+        create(&self.endpoint, init)
+    }
+
+    /// Publishes an object of this manager under `name`, for
+    /// [`Manager::get`] (here or in any process that connects).
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteError::NameTaken`]; the proxy belongs to another manager; the
+    /// manager cannot be reached.
+    pub fn publish<P: Proxy>(&self, name: &str, proxy: &P) -> Result<(), ManagerError> {
+        let object = proxy.object_ref();
+        if object.endpoint.address != self.endpoint.address {
+            return Err(ManagerError::Protocol(format!(
+                "the proxy belongs to the manager at {}, not to this one at {}",
+                object.endpoint.address, self.endpoint.address
+            )));
+        }
+        match client::call(&self.endpoint, &Request::Publish { name: name.to_string(), object: object.id })? {
+            Reply::Unit => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The object published under `name`, as proxy type `P`.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteError::NoSuchName`]; [`ManagerError::TypeMismatch`] when the
+    /// object is not a `P` (another kind, or other element types); the
+    /// manager cannot be reached.
+    pub fn get<P: Proxy>(&self, name: &str) -> Result<P, ManagerError> {
+        match client::call(&self.endpoint, &Request::Lookup { name: name.to_string() })? {
+            Reply::Found { object, kind, type_name, type_hash } => {
+                if kind != P::KIND || type_hash != proxy::type_hash::<P>() {
+                    return Err(ManagerError::TypeMismatch {
+                        name: name.to_string(),
+                        expected_kind: P::KIND,
+                        expected: P::type_name().to_string(),
+                        found_kind: kind,
+                        found: type_name,
+                    });
+                }
+                Ok(P::from_object_ref(ObjectRef { endpoint: self.endpoint.clone(), id: object }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops the manager this handle started or serves (its process exits
+    /// with code 0); every proxy of it then fails with a connection error.
+    /// For a handle made by [`Manager::connect`], only drops the handle.
+    ///
+    /// # Errors
+    ///
+    /// The manager could not be reached, or its process did not exit with 0.
+    pub fn shutdown(mut self) -> Result<(), ManagerError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), ManagerError> {
+        let result = match &mut self.owned {
+            Owned::Remote => Ok(()),
+            Owned::Thread { stopper, thread } => {
+                stopper.stop();
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+                Ok(())
+            }
+            Owned::Process(process) => match process.take() {
+                None => Ok(()),
+                Some(mut p) => {
+                    let asked = client::call(&self.endpoint, &Request::Shutdown).map(drop);
+                    if asked.is_err() {
+                        let _ = p.kill();
+                    }
+                    let joined = p.join_timeout(SHUTDOWN_TIMEOUT);
+                    if joined.is_err() && p.exitcode().is_none() {
+                        let _ = p.kill();
+                        let _ = p.join_timeout(SHUTDOWN_TIMEOUT);
+                    }
+                    asked.and(joined.map_err(ManagerError::from))
+                }
+            },
+        };
+        client::forget_endpoint(&self.endpoint);
+        result
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,334 @@
+//! The manager's request/response protocol: one [`Request`] frame from a
+//! client, one [`Response`] frame back, on an authenticated
+//! [`Connection`](crate::Connection).
+//!
+//! Keys, values and items travel as their own encoded bytes (postcard), so
+//! the server stores and compares bytes and never needs the user's types;
+//! only shipped functions ([`CodeRef`]) decode them, inside the manager.
+//! Every decoder here returns an error on bad bytes (see [`fuzz_request`]).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Bytes of one encoded key, value or item.
+pub(crate) type Bytes = ByteBuf;
+
+/// A function shipped to the manager (same build): a code offset and a
+/// hash of its types (see `code.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CodeRef {
+    pub offset: i64,
+    pub type_hash: u64,
+}
+
+/// What a client asks.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// First request of every connection: who is calling.
+    Hello { session: u64, pid: i32, build_id: String },
+    /// Make a new object.
+    Create { init: Init, type_name: String, type_hash: u64 },
+    /// Give an object a name that other clients can look up.
+    Publish { name: String, object: u64 },
+    /// Find an object by name.
+    Lookup { name: String },
+    /// Work on an object.
+    Call { object: u64, op: Op },
+    /// Stop the manager.
+    Shutdown,
+}
+
+/// The kind and initial state of a new object.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Init {
+    Dict,
+    List(Vec<Bytes>),
+    Namespace,
+    Queue { maxsize: Option<u64>, joinable: bool },
+    Value(Bytes),
+    Lock,
+    RLock,
+    Semaphore { value: u32, bounded: bool },
+    Event,
+    Condition,
+    Barrier { parties: u32, action: Option<CodeRef> },
+    User { state: Bytes, dispatch: CodeRef },
+}
+
+/// The kinds of objects a manager holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A [`Dict`](super::Dict).
+    Dict,
+    /// A [`List`](super::List).
+    List,
+    /// A [`Namespace`](super::Namespace).
+    Namespace,
+    /// A [`Queue`](super::Queue).
+    Queue,
+    /// A [`JoinableQueue`](super::JoinableQueue).
+    JoinableQueue,
+    /// A [`Value`](super::Value).
+    Value,
+    /// A [`Lock`](super::Lock).
+    Lock,
+    /// An [`RLock`](super::RLock).
+    RLock,
+    /// A [`Semaphore`](super::Semaphore) (bounded or not).
+    Semaphore,
+    /// An [`Event`](super::Event).
+    Event,
+    /// A [`Condition`](super::Condition).
+    Condition,
+    /// A [`Barrier`](super::Barrier).
+    Barrier,
+    /// A user type (a [`Shared`](super::Shared) implementation).
+    User,
+}
+
+impl Init {
+    /// The kind of object this makes.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Init::Dict => Kind::Dict,
+            Init::List(_) => Kind::List,
+            Init::Namespace => Kind::Namespace,
+            Init::Queue { joinable: false, .. } => Kind::Queue,
+            Init::Queue { joinable: true, .. } => Kind::JoinableQueue,
+            Init::Value(_) => Kind::Value,
+            Init::Lock => Kind::Lock,
+            Init::RLock => Kind::RLock,
+            Init::Semaphore { .. } => Kind::Semaphore,
+            Init::Event => Kind::Event,
+            Init::Condition => Kind::Condition,
+            Init::Barrier { .. } => Kind::Barrier,
+            Init::User { .. } => Kind::User,
+        }
+    }
+}
+
+/// Who holds a lock: a client process (its session) and its thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct Owner {
+    pub session: u64,
+    pub thread: u64,
+}
+
+/// An operation on one object. `timeout`: `None` waits as long as it takes,
+/// `Some(ZERO)` does not wait.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Op {
+    // Dict and Namespace (keys are encoded keys; a namespace's are names).
+    Get(Bytes),
+    Insert(Bytes, Bytes),
+    Remove(Bytes),
+    ContainsKey(Bytes),
+    Keys,
+    Values,
+    Items,
+    Extend(Vec<(Bytes, Bytes)>),
+    /// Run a shipped function on one entry (`key`), one list item (`index`)
+    /// or a value (neither), atomically.
+    Update {
+        key: Option<Bytes>,
+        index: Option<u64>,
+        code: CodeRef,
+        args: Bytes,
+    },
+    // Dict, List, Namespace, Queue.
+    Len,
+    Clear,
+    // List.
+    Push(Bytes),
+    ExtendList(Vec<Bytes>),
+    GetIndex(u64),
+    SetIndex(u64, Bytes),
+    InsertAt(u64, Bytes),
+    RemoveAt(u64),
+    Pop,
+    ToVec,
+    // Queue and JoinableQueue.
+    Put {
+        item: Bytes,
+        timeout: Option<Duration>,
+    },
+    Take {
+        timeout: Option<Duration>,
+    },
+    Full,
+    Close,
+    TaskDone,
+    Join {
+        timeout: Option<Duration>,
+    },
+    // Value.
+    Load,
+    Store(Bytes),
+    // Lock, RLock, Condition, Semaphore.
+    Acquire {
+        owner: Owner,
+        timeout: Option<Duration>,
+    },
+    Release {
+        owner: Owner,
+    },
+    IsLocked,
+    /// How many times `owner` holds an `RLock` (0: not its owner).
+    Depth {
+        owner: Owner,
+    },
+    SemaphoreValue,
+    // Event.
+    Set,
+    ClearEvent,
+    IsSet,
+    Wait {
+        timeout: Option<Duration>,
+    },
+    // Condition.
+    CondWait {
+        owner: Owner,
+        timeout: Option<Duration>,
+    },
+    Notify(u64),
+    NotifyAll,
+    // Barrier.
+    BarrierWait {
+        timeout: Option<Duration>,
+    },
+    Abort,
+    Reset,
+    Parties,
+    NWaiting,
+    IsBroken,
+    // User types.
+    UserCall(Bytes),
+}
+
+/// What the manager answers.
+pub(crate) type Response = Result<Reply, RemoteError>;
+
+/// A successful answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    Unit,
+    Bool(bool),
+    Count(u64),
+    Bytes(Bytes),
+    MaybeBytes(Option<Bytes>),
+    Many(Vec<Bytes>),
+    Pairs(Vec<(Bytes, Bytes)>),
+    Created(u64),
+    Found {
+        object: u64,
+        kind: Kind,
+        type_name: String,
+        type_hash: u64,
+    },
+    /// A lock was acquired; `owner_died`: its previous holder died holding it.
+    Acquired {
+        owner_died: bool,
+    },
+}
+
+/// A failed call, as the manager reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// The call's timeout passed.
+    #[error("timed out")]
+    Timeout,
+    /// `get` on an empty queue without waiting.
+    #[error("the queue is empty")]
+    Empty,
+    /// `put` on a full queue without waiting.
+    #[error("the queue is full")]
+    Full,
+    /// The queue was closed.
+    #[error("the queue is closed")]
+    Closed,
+    /// A list index past the end.
+    #[error("list index {index} out of range (length {len})")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: u64,
+        /// The list's length.
+        len: u64,
+    },
+    /// A release that is not allowed (unheld lock, another owner's RLock,
+    /// a bounded semaphore released too often).
+    #[error(transparent)]
+    Release(#[from] crate::ReleaseError),
+    /// `task_done` called more times than items were put.
+    #[error("task_done() called more times than there were items")]
+    TooManyTaskDone,
+    /// The barrier is broken (aborted, reset, or another party timed out).
+    #[error("the barrier is broken")]
+    BarrierBroken,
+    /// No object with this id (the manager restarted, or a forged proxy).
+    #[error("the manager has no object {0}")]
+    NoSuchObject(u64),
+    /// No object published under this name.
+    #[error("the manager has no object named {0:?}")]
+    NoSuchName(String),
+    /// The name is already taken.
+    #[error("the name {0:?} is already taken")]
+    NameTaken(String),
+    /// The operation does not apply to this kind of object.
+    #[error("{op} is not an operation of a {kind:?}")]
+    WrongOperation {
+        /// The operation.
+        op: String,
+        /// The object's kind.
+        kind: Kind,
+    },
+    /// A shipped function or a user object's `call` panicked; the object is
+    /// unchanged (for `update`) and the manager goes on.
+    #[error("panicked in the manager: {0}")]
+    Panicked(String),
+    /// The client is another build of the program, so the manager cannot
+    /// run its functions.
+    #[error("the manager runs another build ({manager}) than this client ({client}); functions cannot be shipped")]
+    BuildMismatch {
+        /// The manager's build id.
+        manager: String,
+        /// The client's build id.
+        client: String,
+    },
+    /// A request the manager could not read or run (malformed, undecodable
+    /// bytes for the object's types, …).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// Largest request frame the manager reads (64 MiB): larger ones end the
+/// connection that sent them.
+pub(crate) const MAX_REQUEST: u64 = 64 << 20;
+
+/// Encodes `message` (a request or a response) into this thread's buffer
+/// and sends it as one frame.
+pub(crate) fn send<T: Serialize>(conn: &crate::Connection<()>, message: &T) -> Result<(), crate::ConnectionError> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        crate::wire::encode_into(message, &mut buf)?;
+        conn.send_bytes(&buf)
+    })
+}
+
+/// Decodes a request frame; an error for bytes that are not one.
+pub(crate) fn decode_request(bytes: &[u8]) -> Result<Request, String> {
+    crate::wire::decode::<Request>(bytes, Vec::new()).map_err(|e| e.to_string())
+}
+
+/// Feeds arbitrary bytes to the request and response decoders; for the
+/// fuzz target and the robustness tests. Never panics.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    let _ = decode_request(data);
+    let _ = crate::wire::decode::<Response>(data, Vec::new());
+}

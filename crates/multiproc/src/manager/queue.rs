@@ -1,0 +1,266 @@
+//! [`Queue`] and [`JoinableQueue`] proxies: Python's `manager.Queue()`, and
+//! the queues a remote manager serves over TCP.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::protocol::{Kind, Op};
+use super::proxy::{ObjectRef, encode, proxy};
+use super::{ManagerError, Proxy};
+
+/// A FIFO queue in a manager, of any serde type `T`: the same names and
+/// timed forms as [`crate::Queue`]. A `get` waiting on an empty queue blocks
+/// only its caller. Prefer [`crate::Queue`] between processes of one machine
+/// (shared memory, much faster); a manager queue is for processes that find
+/// each other by address, on other machines too.
+///
+/// Errors are [`ManagerError::Remote`] with
+/// [`RemoteError::Empty`](super::RemoteError::Empty) or
+/// [`Full`](super::RemoteError::Full) (no wait),
+/// [`Timeout`](super::RemoteError::Timeout) (timed forms) or
+/// [`Closed`](super::RemoteError::Closed).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::manager::{Manager, ManagerError, RemoteError};
+///
+/// let manager = Manager::start().unwrap();
+/// let q = manager.bounded_queue::<String>(1).unwrap();
+/// q.put("a".into()).unwrap();
+/// assert!(matches!(q.put_nowait("b".into()), Err(ManagerError::Remote(RemoteError::Full))));
+/// assert_eq!(q.qsize().unwrap(), 1);
+/// assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), "a");
+/// assert!(matches!(q.get_nowait(), Err(ManagerError::Remote(RemoteError::Empty))));
+/// ```
+pub struct Queue<T> {
+    object: ObjectRef,
+    _type: PhantomData<fn(T) -> T>,
+}
+
+proxy!(Queue<T>, Kind::Queue);
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    fn put_inner(&self, value: &T, timeout: Option<Duration>) -> Result<(), ManagerError> {
+        self.object.unit(Op::Put { item: encode(value)?, timeout })
+    }
+
+    fn get_inner(&self, timeout: Option<Duration>) -> Result<T, ManagerError> {
+        self.object.value(Op::Take { timeout })
+    }
+
+    /// Puts `value`, waiting as long as it takes for room.
+    ///
+    /// # Errors
+    ///
+    /// `Closed`, or the manager cannot be reached, or the value cannot be encoded.
+    pub fn put(&self, value: T) -> Result<(), ManagerError> {
+        self.put_inner(&value, None)
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout`, or as [`Queue::put`].
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), ManagerError> {
+        self.put_inner(&value, Some(timeout))
+    }
+
+    /// Puts `value` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// `Full`, or as [`Queue::put`].
+    pub fn put_nowait(&self, value: T) -> Result<(), ManagerError> {
+        self.put_inner(&value, Some(Duration::ZERO))
+    }
+
+    /// Takes the oldest item, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` once the queue is closed and empty, or the manager cannot be
+    /// reached (a killed manager fails a waiting `get` at once).
+    pub fn get(&self) -> Result<T, ManagerError> {
+        self.get_inner(None)
+    }
+
+    /// Takes the oldest item, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout`, or as [`Queue::get`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, ManagerError> {
+        self.get_inner(Some(timeout))
+    }
+
+    /// Takes the oldest item if there is one now.
+    ///
+    /// # Errors
+    ///
+    /// `Empty`, or as [`Queue::get`].
+    pub fn get_nowait(&self) -> Result<T, ManagerError> {
+        self.get_inner(Some(Duration::ZERO))
+    }
+
+    /// The number of items in the queue.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn qsize(&self) -> Result<usize, ManagerError> {
+        Ok(self.object.count(Op::Len)? as usize)
+    }
+
+    /// True when the queue holds no item.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn empty(&self) -> Result<bool, ManagerError> {
+        Ok(self.qsize()? == 0)
+    }
+
+    /// True when a bounded queue is full.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn full(&self) -> Result<bool, ManagerError> {
+        self.object.bool(Op::Full)
+    }
+
+    /// Closes the queue: later puts fail with `Closed`; gets take what is
+    /// left, then fail with `Closed`; waiting calls return.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn close(&self) -> Result<(), ManagerError> {
+        self.object.unit(Op::Close)
+    }
+
+    /// True after [`Queue::close`].
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn is_closed(&self) -> Result<bool, ManagerError> {
+        self.object.bool(Op::IsSet)
+    }
+}
+
+/// A [`Queue`] that counts unfinished tasks (Python's
+/// `manager.JoinableQueue()`): every `put` adds one, [`task_done`](JoinableQueue::task_done)
+/// removes one, and [`join`](JoinableQueue::join) waits until none is left.
+/// It derefs to [`Queue`] for `put`, `get` and the rest.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let manager = multiproc::manager::Manager::start().unwrap();
+/// let q = manager.joinable_queue::<u32>().unwrap();
+/// q.put(1).unwrap();
+/// assert!(q.join_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+/// q.get().unwrap();
+/// q.task_done().unwrap();
+/// q.join_timeout(Duration::from_secs(5)).unwrap();
+/// assert!(q.task_done().is_err()); // one too many
+/// ```
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> super::proxy::sealed::Sealed for JoinableQueue<T> {}
+
+impl<T> Proxy for JoinableQueue<T> {
+    const KIND: Kind = Kind::JoinableQueue;
+
+    fn object_ref(&self) -> &ObjectRef {
+        &self.queue.object
+    }
+
+    fn from_object_ref(object: ObjectRef) -> Self {
+        JoinableQueue { queue: Queue::from_object_ref(object) }
+    }
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue { queue: self.queue.clone() }
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.queue.object).finish()
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(JoinableQueue { queue: Queue::deserialize(d)? })
+    }
+}
+
+impl<T> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// Marks one item as processed.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteError::TooManyTaskDone`](super::RemoteError::TooManyTaskDone)
+    /// when called more times than items were put, or the manager cannot be reached.
+    pub fn task_done(&self) -> Result<(), ManagerError> {
+        self.queue.object.unit(Op::TaskDone)
+    }
+
+    /// Waits until every item put has been marked done.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn join(&self) -> Result<(), ManagerError> {
+        self.queue.object.unit(Op::Join { timeout: None })
+    }
+
+    /// As [`JoinableQueue::join`], waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout`, or the manager cannot be reached.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
+        self.queue.object.unit(Op::Join { timeout: Some(timeout) })
+    }
+
+    /// The number of items put and not yet marked done.
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn unfinished_tasks(&self) -> Result<usize, ManagerError> {
+        Ok(self.queue.object.count(Op::NWaiting)? as usize)
+    }
+}

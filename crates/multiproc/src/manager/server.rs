@@ -1,0 +1,249 @@
+//! The manager server: a [`Listener`] whose connections are each served on
+//! a thread of their own, against one [`Store`] of objects.
+//!
+//! A connection starts with the listener's handshake (on the connection's
+//! thread, so a peer that stalls delays nobody; until it succeeds only
+//! small messages are read), then a `Hello` naming the client process's
+//! session and build, then any number of request/answer exchanges. A
+//! request that cannot be decoded is answered with an error and the
+//! connection goes on; a broken stream ends that connection only. When a
+//! session's last connection ends, the locks it held are freed (see
+//! `locks`).
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::code;
+use super::protocol::{self, MAX_REQUEST, RemoteError, Reply, Request, Response};
+use super::store::Store;
+use super::waiting::lock;
+use crate::connection::Unauthenticated;
+use crate::sys::Deadline;
+use crate::sys::imp::{self, Interest};
+use crate::{Address, Connection, ConnectionError, IntoAddress, Listener, Pipe};
+
+/// A bound manager server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub(crate) struct Server {
+    listener: Listener,
+    shared: Arc<Shared>,
+    wake_rx: Connection<()>,
+}
+
+/// What every connection thread of one server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    store: Store,
+    /// Live connections per client session.
+    sessions: Mutex<HashMap<u64, usize>>,
+    stopping: AtomicBool,
+    wake_tx: Connection<()>,
+    /// Every authenticated connection, to cut them when the server stops.
+    live: Mutex<HashMap<u64, Connection<()>>>,
+    next_conn: AtomicU64,
+    /// Connections accepted and not yet authenticated.
+    handshaking: AtomicUsize,
+}
+
+/// Most connections that may be in their handshake at once; more are
+/// closed at once (each costs a thread for up to the handshake timeout).
+const MAX_HANDSHAKING: usize = 256;
+
+/// The client a request comes from, as the objects see it.
+#[derive(Debug)]
+pub(crate) struct Caller<'a> {
+    conn: &'a Connection<()>,
+    shared: &'a Shared,
+    client_build: &'a str,
+}
+
+impl Caller<'_> {
+    /// True when the client hung up (or sent something mid-call, which a
+    /// client waiting for its answer never does) or the server is stopping.
+    pub(crate) fn gone(&self) -> bool {
+        // ORDERING: Relaxed: a flag polled by waits.
+        self.shared.stopping.load(Ordering::Relaxed) || self.conn.poll(Duration::ZERO).unwrap_or(true)
+    }
+
+    /// Functions may be shipped only by a client of this very build.
+    pub(crate) fn check_build(&self) -> Result<(), RemoteError> {
+        let ours = crate::sys::imp::build_id::build_id();
+        if self.client_build == ours {
+            Ok(())
+        } else {
+            Err(RemoteError::BuildMismatch { manager: ours.to_string(), client: self.client_build.to_string() })
+        }
+    }
+}
+
+impl Server {
+    /// Listens on `address` with `authkey`.
+    pub(crate) fn bind(address: impl IntoAddress, authkey: Option<&[u8]>) -> Result<Server, ConnectionError> {
+        let listener = Listener::bind(address, authkey)?;
+        let (wake_rx, wake_tx) = Pipe::<()>::one_way()?;
+        let shared = Arc::new(Shared {
+            store: Store::new(),
+            sessions: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            wake_tx,
+            live: Mutex::default(),
+            next_conn: AtomicU64::new(0),
+            handshaking: AtomicUsize::new(0),
+        });
+        Ok(Server { listener, shared, wake_rx })
+    }
+
+    /// The address clients connect to.
+    pub(crate) fn address(&self) -> &Address {
+        self.listener.address()
+    }
+
+    /// A handle that stops the server from another thread.
+    pub(crate) fn stopper(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Accepts and serves clients until the server is stopped (a `Shutdown`
+    /// request or [`Shared::stop`]); then cuts every connection.
+    pub(crate) fn run(self) {
+        loop {
+            let fds = [(self.listener.as_fd(), Interest::Read), (self.wake_rx.as_fd(), Interest::Read)];
+            let ready = imp::poll_fds(&fds, Deadline::NEVER).unwrap_or_else(|_| vec![false, true]);
+            if self.shared.stopping() {
+                break;
+            }
+            if !ready[0] {
+                continue;
+            }
+            match self.listener.accept_unauthenticated(Deadline::after(Duration::ZERO)) {
+                // ORDERING: Relaxed: a counter bounding threads, nothing more.
+                Ok(_) if self.shared.handshaking.load(Ordering::Relaxed) >= MAX_HANDSHAKING => {
+                    tracing::warn!("manager: {MAX_HANDSHAKING} connections in their handshake; refusing another");
+                }
+                Ok(pending) => {
+                    // ORDERING: Relaxed: see above.
+                    self.shared.handshaking.fetch_add(1, Ordering::Relaxed);
+                    let shared = self.shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("multiproc-manager-conn".into())
+                        .spawn(move || serve_connection(&shared, pending));
+                    if let Err(e) = spawned {
+                        // ORDERING: Relaxed: see above.
+                        self.shared.handshaking.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!("manager: cannot start a thread for a client: {e}");
+                    }
+                }
+                Err(ConnectionError::Timeout) => {}
+                Err(e) => tracing::debug!("manager: accept failed: {e}"),
+            }
+        }
+        for conn in lock(&self.shared.live).values() {
+            conn.shutdown();
+        }
+    }
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        // ORDERING: Relaxed: the wake-up message orders the rest.
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Stops the server: its accept loop ends and every connection is cut.
+    pub(crate) fn stop(&self) {
+        // ORDERING: Relaxed: see `stopping`.
+        self.stopping.store(true, Ordering::Relaxed);
+        let _ = self.wake_tx.send_bytes(b"");
+    }
+}
+
+/// Serves one client from its handshake to its last request.
+fn serve_connection(shared: &Shared, pending: Unauthenticated) {
+    let authenticated = pending.authenticate();
+    // ORDERING: Relaxed: see `Server::run`.
+    shared.handshaking.fetch_sub(1, Ordering::Relaxed);
+    let conn: Connection<()> = match authenticated {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::info!("manager: refused a client: {e}");
+            return;
+        }
+    };
+    conn.set_recv_limit(Some(MAX_REQUEST));
+    // ORDERING: Relaxed: ids only need to be unique.
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.live).insert(id, conn.clone());
+    if shared.stopping() {
+        conn.shutdown();
+    }
+    if let Some((session, build)) = hello(&conn) {
+        *lock(&shared.sessions).entry(session).or_default() += 1;
+        serve_requests(shared, &conn, &build);
+        let last = {
+            let mut sessions = lock(&shared.sessions);
+            let count = sessions.entry(session).or_default();
+            *count -= 1;
+            *count == 0 && sessions.remove(&session).is_some()
+        };
+        if last {
+            shared.store.session_gone(session);
+        }
+    }
+    lock(&shared.live).remove(&id);
+}
+
+/// Reads the client's `Hello`: its session and build id.
+fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
+    let bytes = conn.recv_bytes().ok()?;
+    match protocol::decode_request(&bytes) {
+        Ok(Request::Hello { session, build_id, .. }) => {
+            answer(conn, &Ok(Reply::Unit)).ok()?;
+            Some((session, build_id))
+        }
+        Ok(_) => {
+            let _ = answer(conn, &Err(RemoteError::BadRequest("the first request must be a hello".into())));
+            None
+        }
+        Err(e) => {
+            let _ = answer(conn, &Err(RemoteError::BadRequest(e)));
+            None
+        }
+    }
+}
+
+fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
+    let caller = Caller { conn, shared, client_build: build };
+    while let Ok(bytes) = conn.recv_bytes() {
+        let (response, stop) = match protocol::decode_request(&bytes) {
+            Err(e) => (Err(RemoteError::BadRequest(e)), false),
+            Ok(Request::Shutdown) => (Ok(Reply::Unit), true),
+            // A panic anywhere in a call (a user type's Deserialize, say) is
+            // that call's error; the connection and the manager go on.
+            Ok(request) => (code::guarded(|| handle(&shared.store, request, &caller)).and_then(|r| r), false),
+        };
+        if answer(conn, &response).is_err() {
+            break;
+        }
+        if stop {
+            shared.stop();
+        }
+    }
+}
+
+fn handle(store: &Store, request: Request, caller: &Caller<'_>) -> Response {
+    match request {
+        Request::Call { object, op } => store.get(object)?.call(op, caller),
+        Request::Create { init, type_name, type_hash } => store.create(init, type_name, type_hash, caller),
+        Request::Publish { name, object } => store.publish(name, object),
+        Request::Lookup { name } => store.lookup(&name),
+        Request::Hello { .. } => Err(RemoteError::BadRequest("hello twice".into())),
+        Request::Shutdown => unreachable!("handled by the caller"),
+    }
+}
+
+fn answer(conn: &Connection<()>, response: &Response) -> Result<(), ConnectionError> {
+    protocol::send(conn, response)
+}

@@ -1,0 +1,190 @@
+//! How a manager starts: a [`ManagerBuilder`] starts the server in a child
+//! process ([`ManagerBuilder::start`]) or on a thread of this process
+//! ([`ManagerBuilder::serve`], [`serve`]).
+
+use std::sync::Arc;
+
+use serde_bytes::ByteBuf;
+
+use super::client::{self, Endpoint};
+use super::{Manager, ManagerError, Owned, SHUTDOWN_TIMEOUT, server};
+use crate::{Address, Connection, IntoAddress, Pipe, Process, StartMethod};
+
+/// Builds a [`Manager`]: its address, auth key, process name and start
+/// method.
+///
+/// # Examples
+///
+/// ```
+/// let manager = multiproc::manager::Manager::builder().name("state-server").start().unwrap();
+/// assert!(manager.pid().is_some());
+/// manager.shutdown().unwrap();
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct ManagerBuilder {
+    address: Option<String>,
+    authkey: Option<Option<Vec<u8>>>,
+    name: Option<String>,
+    start_method: Option<StartMethod>,
+}
+
+impl ManagerBuilder {
+    /// The address to listen on (see [`Address`]): `tcp:HOST:PORT` (port 0
+    /// picks a free one), `unix:/path` or `abstract:name`. Default: a fresh
+    /// Linux abstract name.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// The auth key clients must know. Default: 32 random bytes (proxies
+    /// carry the key, so children and pool tasks can use them).
+    pub fn authkey(mut self, key: &[u8]) -> Self {
+        self.authkey = Some(Some(key.to_vec()));
+        self
+    }
+
+    /// No auth key: any client that can reach the address may connect.
+    pub fn no_authkey(mut self) -> Self {
+        self.authkey = Some(None);
+        self
+    }
+
+    /// The manager process's name (default `Manager`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How the manager process starts (default: the program's).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
+    fn endpoint_parts(&self) -> Result<(String, Option<Vec<u8>>), ManagerError> {
+        let address = self.address.clone().unwrap_or_else(fresh_address);
+        let authkey = match &self.authkey {
+            Some(key) => key.clone(),
+            None => Some(random_key()?),
+        };
+        Ok((address, authkey))
+    }
+
+    /// Starts the manager process and waits until it listens.
+    ///
+    /// # Errors
+    ///
+    /// The process could not start, or could not listen on the address.
+    pub fn start(self) -> Result<Manager, ManagerError> {
+        let (address, authkey) = self.endpoint_parts()?;
+        let (ours, theirs) = Pipe::<Result<String, String>>::duplex()?;
+        let mut builder = Process::builder().name(self.name.as_deref().unwrap_or("Manager")).daemon(true);
+        if let Some(method) = self.start_method {
+            builder = builder.start_method(method);
+        }
+        let mut process = builder.spawn(manager_main, (address, authkey.clone().map(ByteBuf::from), theirs))?;
+        let bound = match ours.recv_timeout(client::CONNECT_TIMEOUT) {
+            Ok(Ok(bound)) => bound,
+            Ok(Err(e)) => {
+                let _ = process.join_timeout(SHUTDOWN_TIMEOUT);
+                return Err(ManagerError::Start(e));
+            }
+            Err(e) => {
+                let _ = process.kill();
+                let _ = process.join_timeout(SHUTDOWN_TIMEOUT);
+                return Err(ManagerError::Start(format!("no word from the manager process: {e}")));
+            }
+        };
+        let address: Address = bound.parse().map_err(|e| ManagerError::Start(format!("{e}")))?;
+        let endpoint = Arc::new(Endpoint { address: bound, authkey: authkey.map(ByteBuf::from) });
+        Ok(Manager { endpoint, address, owned: Owned::Process(Some(Box::new(process))) })
+    }
+
+    /// Runs the manager on a thread of this process (see [`serve`]).
+    ///
+    /// # Errors
+    ///
+    /// The address cannot be listened on.
+    pub fn serve(self) -> Result<Manager, ManagerError> {
+        let (address, authkey) = self.endpoint_parts()?;
+        let server = server::Server::bind(address, authkey.as_deref())?;
+        let address = server.address().clone();
+        let stopper = server.stopper();
+        let thread = std::thread::Builder::new()
+            .name("multiproc-manager".into())
+            .spawn(move || server.run())
+            .map_err(|e| ManagerError::Start(format!("cannot start the server thread: {e}")))?;
+        let endpoint = Arc::new(Endpoint { address: address.to_string(), authkey: authkey.map(ByteBuf::from) });
+        Ok(Manager { endpoint, address, owned: Owned::Thread { stopper, thread: Some(thread) } })
+    }
+}
+
+/// Serves a manager on `address` with `authkey`, on a thread of this
+/// process (Python's `BaseManager(address, authkey).get_server()`): other
+/// processes, here or on other machines, reach it with
+/// [`Manager::connect`] and find the objects [`Manager::publish`]ed by name.
+/// The returned handle makes objects like any other; dropping it (or
+/// [`Manager::shutdown`]) stops the server and cuts its connections.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::manager::{self, Dict, Manager};
+///
+/// let server = manager::serve("tcp:127.0.0.1:0", Some(b"key")).unwrap();
+/// let config = server.dict::<String, u32>().unwrap();
+/// config.insert("workers".into(), 4).unwrap();
+/// server.publish("config", &config).unwrap();
+///
+/// let client = Manager::connect(server.address(), Some(b"key")).unwrap();
+/// let seen: Dict<String, u32> = client.get("config").unwrap();
+/// assert_eq!(seen.get("workers").unwrap(), Some(4));
+/// assert!(Manager::connect(server.address(), Some(b"nope")).unwrap_err().is_authentication_failed());
+/// server.shutdown().unwrap();
+/// ```
+///
+/// # Errors
+///
+/// The address is not valid or cannot be listened on.
+pub fn serve(address: impl IntoAddress, authkey: Option<&[u8]>) -> Result<Manager, ManagerError> {
+    let address = address.into_address().map_err(crate::ConnectionError::from)?;
+    let builder = ManagerBuilder { address: Some(address.to_string()), ..ManagerBuilder::default() };
+    match authkey {
+        Some(key) => builder.authkey(key),
+        None => builder.no_authkey(),
+    }
+    .serve()
+}
+
+/// The manager process: listen, report the address, serve until shut down.
+fn manager_main(address: String, authkey: Option<ByteBuf>, ready: Connection<Result<String, String>>) {
+    let server = match server::Server::bind(address, authkey.as_deref().map(|k| &k[..])) {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = ready.send(&Err(e.to_string()));
+            return;
+        }
+    };
+    if ready.send(&Ok(server.address().to_string())).is_err() {
+        return;
+    }
+    drop(ready);
+    server.run();
+}
+
+fn fresh_address() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut salt = [0u8; 4];
+    let _ = getrandom::fill(&mut salt);
+    // ORDERING: Relaxed: only uniqueness matters.
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("abstract:multiproc-manager-{}-{n}-{:08x}", std::process::id(), u32::from_le_bytes(salt))
+}
+
+fn random_key() -> Result<Vec<u8>, ManagerError> {
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| ManagerError::Start(format!("no random bytes for the auth key: {e}")))?;
+    Ok(key)
+}

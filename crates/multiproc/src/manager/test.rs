@@ -1,0 +1,115 @@
+//! Protocol-level tests: what a broken or hostile authenticated client can
+//! send, and the decoders under random bytes.
+
+use std::time::Duration;
+
+use super::protocol::{Bytes, CodeRef, Init, Op, Request, Response, fuzz_request};
+use super::{Manager, Proxy, serve};
+use crate::{Client, Connection, wire};
+
+const KEY: &[u8] = b"test key";
+const LONG: Duration = Duration::from_secs(20);
+
+fn raw_client(server: &Manager) -> Connection<()> {
+    Client::connect(server.address(), Some(KEY)).unwrap()
+}
+
+fn ask(conn: &Connection<()>, request: &Request) -> Response {
+    conn.send_bytes(&wire::encode(request).unwrap().bytes).unwrap();
+    wire::decode(&conn.recv_bytes_timeout(LONG).unwrap(), Vec::new()).unwrap()
+}
+
+fn hello(conn: &Connection<()>, build_id: &str) {
+    let r = ask(conn, &Request::Hello { session: 77, pid: 1, build_id: build_id.into() });
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn a_malformed_request_is_an_error_and_the_connection_goes_on() {
+    let server = serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let conn = raw_client(&server);
+    hello(&conn, crate::sys::imp::build_id::build_id());
+    conn.send_bytes(b"\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01").unwrap();
+    let r: Response = wire::decode(&conn.recv_bytes_timeout(LONG).unwrap(), Vec::new()).unwrap();
+    assert!(matches!(r, Err(super::RemoteError::BadRequest(_))), "{r:?}");
+    // The same connection still works.
+    let id = match ask(&conn, &Request::Create { init: Init::Dict, type_name: "d".into(), type_hash: 1 }) {
+        Ok(super::protocol::Reply::Created(id)) => id,
+        other => panic!("{other:?}"),
+    };
+    // An object that does not exist, an operation of another kind: errors.
+    let r = ask(&conn, &Request::Call { object: id.wrapping_add(1000), op: Op::Len });
+    assert!(matches!(r, Err(super::RemoteError::NoSuchObject(_))), "{r:?}");
+    let r = ask(&conn, &Request::Call { object: id, op: Op::Pop });
+    assert!(matches!(r, Err(super::RemoteError::WrongOperation { .. })), "{r:?}");
+}
+
+#[test]
+fn another_build_cannot_ship_functions() {
+    let server = serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let d = server.dict::<u8, u8>().unwrap();
+    let conn = raw_client(&server);
+    hello(&conn, "another-build");
+    // Plain operations are fine across builds…
+    let r = ask(&conn, &Request::Call { object: d.object_ref().id(), op: Op::Len });
+    assert!(r.is_ok(), "{r:?}");
+    // …shipped code is refused before it is resolved.
+    let code = CodeRef { offset: 0x1234, type_hash: 5 };
+    let update = Op::Update { key: Some(Bytes::from(vec![1])), index: None, code, args: Bytes::from(vec![]) };
+    let r = ask(&conn, &Request::Call { object: d.object_ref().id(), op: update });
+    assert!(matches!(r, Err(super::RemoteError::BuildMismatch { .. })), "{r:?}");
+    let init = Init::User { state: Bytes::from(vec![]), dispatch: code };
+    let r = ask(&conn, &Request::Create { init, type_name: "u".into(), type_hash: 5 });
+    assert!(matches!(r, Err(super::RemoteError::BuildMismatch { .. })), "{r:?}");
+}
+
+#[test]
+fn an_oversized_request_ends_that_connection_only() {
+    let server = serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let d = server.dict::<u8, u8>().unwrap();
+    let conn = raw_client(&server);
+    hello(&conn, crate::sys::imp::build_id::build_id());
+    let big = vec![0u8; (super::protocol::MAX_REQUEST + 1) as usize];
+    let _ = conn.send_bytes(&big);
+    assert!(conn.recv_bytes_timeout(LONG).is_err());
+    d.insert(1, 2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(2));
+}
+
+#[test]
+fn random_and_mutated_requests_never_panic_the_decoders() {
+    let mut seeds: Vec<Vec<u8>> = [
+        Request::Hello { session: 1, pid: 2, build_id: "b".into() },
+        Request::Create { init: Init::Queue { maxsize: Some(3), joinable: true }, type_name: "q".into(), type_hash: 9 },
+        Request::Call { object: 4, op: Op::Insert(Bytes::from(vec![1, 2]), Bytes::from(vec![3])) },
+        Request::Call {
+            object: 4,
+            op: Op::Put { item: Bytes::from(vec![1]), timeout: Some(Duration::from_millis(5)) },
+        },
+        Request::Lookup { name: "tasks".into() },
+    ]
+    .iter()
+    .map(|r| wire::encode(r).unwrap().bytes)
+    .collect();
+    let mut state = 0x9E3779B97F4A7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..20_000 {
+        let mut data =
+            if i % 2 == 0 { seeds[i % seeds.len()].clone() } else { (0..next() % 64).map(|_| next() as u8).collect() };
+        for _ in 0..(next() % 4) {
+            if !data.is_empty() {
+                let at = (next() as usize) % data.len();
+                data[at] = next() as u8;
+            }
+        }
+        fuzz_request(&data);
+        if i % 1000 == 0 {
+            seeds.push(data);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! How a manager call waits: on a condition variable, until its object is
+//! ready, its timeout passes, or its caller goes away.
+//!
+//! Each call runs on its connection's thread, so a wait blocks only that
+//! client. The wait wakes at least every [`SLICE`] to check that the client
+//! is still connected (a client waits for its answer without sending, so a
+//! readable socket means it hung up) and that the manager is not stopping;
+//! a client that is gone gets nothing, and its wait takes nothing from the
+//! object (a queue item stays for the next taker).
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::protocol::RemoteError;
+use super::server::Caller;
+
+/// How often a waiting call checks that its client is still there.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// Locks an object's state, recovering it if a thread panicked holding it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits while `blocked(state)` is true, for at most `timeout` (`None`:
+/// as long as it takes). Returns the guard with `Ok` when the state is ready
+/// (and the caller still there), or with `Err(Timeout)` when time ran out or
+/// the caller went away (nobody reads that answer).
+pub(crate) fn wait_while<'a, S>(
+    cv: &Condvar,
+    mut guard: MutexGuard<'a, S>,
+    timeout: Option<Duration>,
+    caller: &Caller<'_>,
+    mut blocked: impl FnMut(&mut S) -> bool,
+) -> (MutexGuard<'a, S>, Result<(), RemoteError>) {
+    if !blocked(&mut guard) {
+        return (guard, Ok(()));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let slice = match deadline {
+            None => SLICE,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left.min(SLICE),
+                _ => return (guard, Err(RemoteError::Timeout)),
+            },
+        };
+        guard = cv.wait_timeout(guard, slice).unwrap_or_else(|e| e.into_inner()).0;
+        let ready = !blocked(&mut guard);
+        // The slow path only: a wait that ends checks its caller once more,
+        // so what it takes goes to a client that is there to receive it.
+        if caller.gone() {
+            return (guard, Err(RemoteError::Timeout));
+        }
+        if ready {
+            return (guard, Ok(()));
+        }
+    }
+}

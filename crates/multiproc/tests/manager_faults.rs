@@ -1,0 +1,206 @@
+//! Manager faults (issue 9, item 6): a killed manager fails every pending
+//! and later call promptly; a client killed holding a manager lock leaves it
+//! to the next acquirer with `OwnerDied`; a client killed mid-call leaves
+//! the objects consistent. Every wait is bounded.
+
+#[path = "sync_support/mod.rs"]
+mod sync_support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use multiproc::manager::{AcquireError, Barrier, Condition, Event, Lock, Manager, Queue, RLock};
+use sync_support::{Kid, LONG};
+
+const WITHIN: Duration = Duration::from_secs(1);
+
+fn sigkill(pid: i32) {
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// A client blocked in one call; returns (was it a connection error, when it
+/// returned, as seconds since the epoch).
+fn blocked_client(
+    which: u8,
+    q: Queue<u8>,
+    lock: Lock,
+    cond: Condition,
+    barrier: Barrier,
+    ready: Queue<u8>,
+) -> (bool, f64) {
+    let result = match which {
+        0 => {
+            ready.put(0).unwrap();
+            q.get().map(drop)
+        }
+        1 => {
+            ready.put(1).unwrap();
+            match lock.acquire() {
+                Ok(_) | Err(AcquireError::OwnerDied(_)) => Ok(()),
+                Err(AcquireError::Manager(e)) => Err(e),
+                Err(AcquireError::Timeout) => panic!("timeout without one"),
+            }
+        }
+        2 => {
+            let mut guard = cond.acquire().unwrap();
+            ready.put(2).unwrap();
+            guard.wait()
+        }
+        _ => {
+            ready.put(3).unwrap();
+            barrier.wait().map(drop)
+        }
+    };
+    let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+    (result.is_err_and(|e| e.is_connection()), at)
+}
+
+#[test]
+fn sigkilled_manager_fails_four_blocked_clients_within_1s() {
+    let m = Manager::start().unwrap();
+    let (q, lock, cond, barrier, ready) =
+        (m.queue().unwrap(), m.lock().unwrap(), m.condition().unwrap(), m.barrier(2).unwrap(), m.queue().unwrap());
+    lock.acquire().unwrap().leak(); // the lock client blocks
+    let kids: Vec<Kid<(bool, f64)>> = (0..4u8)
+        .map(|i| Kid::spawn(blocked_client, (i, q.clone(), lock.clone(), cond.clone(), barrier.clone(), ready.clone())))
+        .collect();
+    for _ in 0..4 {
+        ready.get_timeout(LONG).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200)); // each is now waiting in the manager
+    let killed_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+    sigkill(m.pid().unwrap());
+    for kid in kids {
+        let (connection_error, at) = kid.join();
+        assert!(connection_error, "a blocked call did not fail with a connection error");
+        assert!(at - killed_at < WITHIN.as_secs_f64(), "a blocked call failed {:.3}s after the kill", at - killed_at);
+    }
+    // Later calls fail at once too.
+    let t = Instant::now();
+    assert!(q.put(1).unwrap_err().is_connection());
+    assert!(Manager::connect(m.address(), None).is_err());
+    assert!(t.elapsed() < WITHIN);
+}
+
+fn hold_and_linger(lock: Lock, rlock: RLock, cond: Condition, holding: Event) {
+    lock.acquire().unwrap().leak();
+    rlock.acquire().unwrap().leak();
+    rlock.acquire().unwrap().leak();
+    cond.acquire().unwrap().leak();
+    holding.set().unwrap();
+    std::thread::sleep(LONG);
+}
+
+fn owner_died<G>(r: Result<G, AcquireError<G>>) -> bool {
+    match r {
+        Err(AcquireError::OwnerDied(g)) => {
+            drop(g.into_inner());
+            true
+        }
+        Ok(_) => false,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn sigkilled_lock_holder_next_acquirer_gets_owner_died() {
+    let m = Manager::start().unwrap();
+    let (lock, rlock, cond, holding) =
+        (m.lock().unwrap(), m.rlock().unwrap(), m.condition().unwrap(), m.event().unwrap());
+    let holder = Kid::<()>::spawn(hold_and_linger, (lock.clone(), rlock.clone(), cond.clone(), holding.clone()));
+    assert!(holding.wait_timeout(LONG).unwrap());
+    // One acquirer is already waiting when the holder dies.
+    let l2 = lock.clone();
+    let waiter = std::thread::spawn(move || {
+        let died = owner_died(l2.acquire_timeout(LONG));
+        (died, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(lock.is_locked().unwrap());
+    holder.kill();
+    let killed = Instant::now();
+    let (died, at) = waiter.join().unwrap();
+    assert!(died, "the waiting acquirer was not told OwnerDied");
+    assert!(at.duration_since(killed) < WITHIN, "{:?}", at.duration_since(killed));
+    assert!(owner_died(rlock.acquire_timeout(LONG)));
+    assert!(owner_died(cond.acquire_timeout(LONG)));
+    // Only the first acquirer after the death is told.
+    assert!(!owner_died(lock.acquire_timeout(LONG)));
+    holder.reap();
+}
+
+fn take_one(q: Queue<u32>, started: Event) -> u32 {
+    started.set().unwrap();
+    q.get().unwrap()
+}
+
+#[test]
+fn a_client_killed_mid_get_takes_nothing() {
+    let m = Manager::start().unwrap();
+    let q = m.queue::<u32>().unwrap();
+    let started = m.event().unwrap();
+    let taker = Kid::spawn(take_one, (q.clone(), started.clone()));
+    assert!(started.wait_timeout(LONG).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    taker.kill();
+    assert_eq!(taker.reap(), Some(-9));
+    // Put right away: the dead client's wait must not take it.
+    q.put(42).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 42);
+    assert_eq!(q.qsize().unwrap(), 0);
+}
+
+fn update_forever(d: multiproc::manager::Dict<u8, Vec<u64>>, started: Event) {
+    started.set().unwrap();
+    for i in 0.. {
+        d.update_with(&0, i, |v: &mut Option<Vec<u64>>, i: u64| {
+            let v = v.get_or_insert_with(Vec::new);
+            v.push(i);
+            v.push(i);
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_client_killed_mid_updates_leaves_entries_whole() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u8, Vec<u64>>().unwrap();
+    let started = m.event().unwrap();
+    let writer = Kid::<()>::spawn(update_forever, (d.clone(), started.clone()));
+    assert!(started.wait_timeout(LONG).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    writer.kill();
+    writer.reap();
+    let v = d.get(&0).unwrap().unwrap();
+    assert!(!v.is_empty());
+    // Each update pushes a pair: no half-done update is visible.
+    assert_eq!(v.len() % 2, 0);
+    assert!(v.chunks(2).all(|p| p[0] == p[1]));
+    d.update(&0, |v: &mut Option<Vec<u64>>| v.take()).unwrap();
+    assert_eq!(d.len().unwrap(), 0);
+}
+
+fn wait_for_lock(lock: Lock, waiting: Event) {
+    waiting.set().unwrap();
+    let _ = lock.acquire_timeout(LONG);
+}
+
+#[test]
+fn a_waiter_killed_before_its_turn_never_takes_the_lock() {
+    let m = Manager::start().unwrap();
+    let (lock, waiting) = (m.lock().unwrap(), m.event().unwrap());
+    let guard = lock.acquire().unwrap();
+    let waiter = Kid::<()>::spawn(wait_for_lock, (lock.clone(), waiting.clone()));
+    assert!(waiting.wait_timeout(LONG).unwrap());
+    std::thread::sleep(Duration::from_millis(100)); // it waits in the manager now
+    waiter.kill();
+    waiter.reap();
+    drop(guard); // release right away: the dead waiter must not take it
+    // A plain acquisition: nobody died holding it.
+    match lock.acquire_timeout(LONG) {
+        Ok(g) => drop(g),
+        Err(AcquireError::OwnerDied(_)) => panic!("the dead waiter took the lock"),
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -1,0 +1,250 @@
+//! Remote managers (issue 9, items 5 and 6): serving on TCP and Unix
+//! addresses with an auth key, connecting by address and key, fetching
+//! objects by name and type; wrong keys, garbage before authentication and
+//! stalled peers are refused while good clients keep working.
+
+#[path = "sync_support/mod.rs"]
+mod sync_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use multiproc::manager::{self, Dict, Manager, ManagerError, Queue, RemoteError};
+use multiproc::{Address, Client, Connection};
+use sync_support::{Kid, LONG};
+
+const KEY: &[u8] = b"remote manager key";
+
+fn worker(address: String, key: Vec<u8>) -> u32 {
+    let remote = Manager::connect(&address, Some(&key)).unwrap();
+    let tasks: Queue<u32> = remote.get("tasks").unwrap();
+    let results: Queue<(u32, u32)> = remote.get("results").unwrap();
+    let mut done = 0;
+    loop {
+        match tasks.get_timeout(LONG).unwrap() {
+            0 => return done,
+            n => {
+                results.put((n, n * n)).unwrap();
+                done += 1;
+            }
+        }
+    }
+}
+
+fn master_and_workers(address: &str) {
+    let server = manager::serve(address, Some(KEY)).unwrap();
+    let tasks = server.queue::<u32>().unwrap();
+    let results = server.queue::<(u32, u32)>().unwrap();
+    server.publish("tasks", &tasks).unwrap();
+    server.publish("results", &results).unwrap();
+    let addr = server.address().to_string();
+    let workers: Vec<Kid<u32>> = (0..2).map(|_| Kid::spawn(worker, (addr.clone(), KEY.to_vec()))).collect();
+    for n in 1..=50 {
+        tasks.put(n).unwrap();
+    }
+    let mut got: Vec<(u32, u32)> = (0..50).map(|_| results.get_timeout(LONG).unwrap()).collect();
+    tasks.put(0).unwrap();
+    tasks.put(0).unwrap();
+    let done: u32 = workers.into_iter().map(Kid::join).sum();
+    assert_eq!(done, 50);
+    got.sort();
+    assert_eq!(got, (1..=50).map(|n| (n, n * n)).collect::<Vec<_>>());
+    assert!(results.get_nowait().is_err());
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn workers_knowing_only_address_and_key_serve_a_tcp_master() {
+    master_and_workers("tcp:127.0.0.1:0");
+}
+
+#[test]
+fn workers_knowing_only_address_and_key_serve_a_unix_master() {
+    let path = std::env::temp_dir().join(format!("multiproc-manager-test-{}.sock", std::process::id()));
+    master_and_workers(&format!("unix:{}", path.display()));
+    assert!(!path.exists(), "the socket file outlived the server");
+}
+
+#[test]
+fn a_started_manager_is_reachable_by_address_and_key() {
+    let m = Manager::builder().address("tcp:127.0.0.1:0").authkey(KEY).start().unwrap();
+    let d = m.dict::<String, u32>().unwrap();
+    m.publish("d", &d).unwrap();
+    let remote = Manager::connect(m.address(), Some(KEY)).unwrap();
+    let d2: Dict<String, u32> = remote.get("d").unwrap();
+    d2.insert("x".into(), 1).unwrap();
+    assert_eq!(d.get("x").unwrap(), Some(1));
+    remote.shutdown().unwrap(); // a connected handle does not stop the manager
+    assert_eq!(d.get("x").unwrap(), Some(1));
+    m.shutdown().unwrap();
+    assert!(d2.get("x").unwrap_err().is_connection());
+}
+
+#[test]
+fn names_and_types_are_checked() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let q = server.queue::<String>().unwrap();
+    server.publish("q", &q).unwrap();
+    assert!(matches!(server.publish("q", &q), Err(ManagerError::Remote(RemoteError::NameTaken(_)))));
+    let remote = Manager::connect(server.address(), Some(KEY)).unwrap();
+    match remote.get::<Queue<u64>>("q") {
+        Err(e @ ManagerError::TypeMismatch { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("String") && msg.contains("u64"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(remote.get::<Dict<String, String>>("q"), Err(ManagerError::TypeMismatch { .. })));
+    assert!(matches!(remote.get::<Queue<String>>("nope"), Err(ManagerError::Remote(RemoteError::NoSuchName(_)))));
+    let q2: Queue<String> = remote.get("q").unwrap();
+    q2.put("ok".into()).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), "ok");
+    // A proxy of another manager cannot be published here.
+    let other = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let foreign = other.event().unwrap();
+    assert!(server.publish("foreign", &foreign).is_err());
+}
+
+/// A good client doing round trips while the test attacks the server.
+fn keep_working(d: Dict<u32, u32>, rounds: u32) -> u32 {
+    for i in 0..rounds {
+        d.insert(i, i).unwrap();
+        assert_eq!(d.get(&i).unwrap(), Some(i));
+    }
+    rounds
+}
+
+#[test]
+fn a_wrong_key_is_refused_on_both_sides_and_good_clients_go_on() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let d = server.dict::<u32, u32>().unwrap();
+    let good = Kid::spawn(keep_working, (d.clone(), 200));
+    let err = Manager::connect(server.address(), Some(b"wrong key")).unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.to_string().contains("rejected our auth key"), "the server's refusal reached us: {err}");
+    assert!(Manager::connect(server.address(), None).unwrap_err().is_authentication_failed());
+    // A manager client meeting a listener with another key fails too, on both sides.
+    let impostor = multiproc::Listener::bind("tcp:127.0.0.1:0", Some(b"other")).unwrap();
+    let address = impostor.address().clone();
+    let client = std::thread::spawn(move || Manager::connect(address, Some(KEY)).map(drop));
+    let server_side = impostor.accept_timeout::<()>(LONG).unwrap_err();
+    assert!(server_side.is_authentication_failed(), "{server_side}");
+    assert!(client.join().unwrap().unwrap_err().is_authentication_failed());
+    assert_eq!(good.join(), 200);
+    assert_eq!(d.len().unwrap(), 200);
+}
+
+/// Streams up to `total` bytes to `address` after a frame header announcing
+/// them as one handshake message; returns how many bytes the server took
+/// before it cut the connection.
+fn stream_garbage(address: &Address, header: bool, total: usize) -> usize {
+    let Address::Tcp(addr) = address else { panic!("not TCP") };
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = 0;
+    if header {
+        let len = (total as u64).to_le_bytes();
+        // version 2, kind Control, no flags, no descriptors, 6-byte length, CPU 0.
+        let h = [2, 4, 0, 0, len[0], len[1], len[2], len[3], len[4], len[5], 0, 0];
+        if s.write_all(&h).is_err() {
+            return 0;
+        }
+    }
+    let chunk = vec![0xA5u8; 1 << 20];
+    while sent < total {
+        match s.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sent += n,
+        }
+    }
+    // The server hung up (our reads see the end, after its challenge).
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+    sent
+}
+
+#[test]
+fn a_gibibyte_of_garbage_before_auth_is_cut_off_early() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let d = server.dict::<u32, u32>().unwrap();
+    let good = Kid::spawn(keep_working, (d.clone(), 300));
+    const GIB: usize = 1 << 30;
+    let t = Instant::now();
+    let sent = stream_garbage(server.address(), true, GIB);
+    assert!(sent < 64 << 20, "the server took {sent} bytes of an unauthenticated frame");
+    let sent = stream_garbage(server.address(), false, GIB);
+    assert!(sent < 64 << 20, "the server took {sent} bytes of garbage");
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_eq!(good.join(), 300);
+    // And the server still accepts honest clients.
+    let remote = Manager::connect(server.address(), Some(KEY)).unwrap();
+    assert!(remote.get::<Dict<u32, u32>>("missing").is_err());
+}
+
+#[test]
+fn a_stalled_peer_does_not_delay_other_clients() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let Address::Tcp(addr) = server.address() else { panic!() };
+    let _stalled: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let t = Instant::now();
+    let remote = Manager::connect(server.address(), Some(KEY)).unwrap();
+    assert!(remote.get::<Queue<u8>>("none").is_err());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_served_manager_shut_down_cuts_its_clients() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let q = server.queue::<u8>().unwrap();
+    let q2 = q.clone();
+    let blocked = std::thread::spawn(move || q2.get_timeout(LONG));
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    server.shutdown().unwrap();
+    let r = blocked.join().unwrap();
+    assert!(r.is_err());
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(q.put(1).unwrap_err().is_connection());
+}
+
+#[test]
+fn a_client_that_speaks_no_hello_is_dropped_alone() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let d = server.dict::<u8, u8>().unwrap();
+    let conn: Connection<()> = Client::connect(server.address(), Some(KEY)).unwrap();
+    conn.send_bytes(b"\xff\xff\xff not a request").unwrap();
+    // An error answer, then the end of the stream.
+    assert!(conn.recv_bytes_timeout(LONG).is_ok());
+    assert!(conn.recv_bytes_timeout(LONG).unwrap_err().is_closed());
+    d.insert(1, 1).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}
+
+#[test]
+fn proxies_of_a_replaced_manager_find_nothing_and_recover() {
+    let first = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let address = first.address().clone();
+    let old = first.dict::<u8, u8>().unwrap();
+    old.insert(1, 1).unwrap();
+    // A second process's view of it: its idle connection stays in its pool.
+    let remote = Manager::connect(&address, Some(KEY)).unwrap();
+    first.publish("d", &old).unwrap();
+    let seen: Dict<u8, u8> = remote.get("d").unwrap();
+    assert_eq!(seen.get(&1).unwrap(), Some(1));
+    drop(first);
+    let second = manager::serve(address.clone(), Some(KEY)).unwrap();
+    let fresh = second.dict::<u8, u8>().unwrap();
+    fresh.insert(1, 99).unwrap();
+    // A stale idle connection fails at most once; then the old proxy reaches
+    // the new manager, which has no such object (ids start at a random
+    // point in each manager: it does not read the new dict by accident).
+    let first_try = seen.get(&1);
+    assert!(first_try.is_err(), "{first_try:?}");
+    match seen.get(&1) {
+        Err(ManagerError::Remote(RemoteError::NoSuchObject(_))) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fresh.get(&1).unwrap(), Some(99));
+}
