@@ -197,8 +197,8 @@ pub use connection::{
 };
 pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError, keep_freed_memory};
 pub use process::{
-    Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task, active_children,
-    cpu_count, current_process, get_start_method, parent_process, set_start_method,
+    Process, ProcessBuilder, ProcessError, ProcessInfo, RemoteFn, RemotePanic, Run, StartMethod, Task, active_children,
+    build_id, cpu_count, current_process, get_start_method, parent_process, set_start_method,
 };
 pub use queue::{
     GetError, JoinTimeoutError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryPutError,

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ProcessError, RemotePanic};
 pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
 pub(crate) use task::EntryRef;
-pub use task::Task;
+pub use task::{RemoteFn, Task, build_id};
 
 use crate::sys::Deadline;
 use crate::sys::imp;

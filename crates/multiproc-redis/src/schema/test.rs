@@ -1,0 +1,34 @@
+use redis::Value;
+
+use super::*;
+
+fn fields(pairs: &[(&str, &[u8])]) -> Vec<(String, Value)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), Value::BulkString(v.to_vec()))).collect()
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for len in 0..400usize {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let f = fields(&[("v", b"1"), ("m", &bytes), ("mac", &bytes)]);
+        let _ = decode_task(&f);
+        let _ = decode_result(&f);
+        let _ = decode_blob(&bytes);
+        assert!(verify_mac(&f, b"k").is_err());
+    }
+}
+
+#[test]
+fn wrong_version_and_missing_fields_are_errors() {
+    assert_eq!(decode_task(&fields(&[("v", b"9"), ("m", b"")])), Err(EntryError::Version { found: "9".into() }));
+    assert_eq!(decode_task(&fields(&[("m", b"")])), Err(EntryError::MissingField("v")));
+    assert_eq!(decode_result(&fields(&[("v", b"1")])), Err(EntryError::MissingField("m")));
+}
