@@ -1,0 +1,77 @@
+//! A worker host SIGKILLed mid-task: its entries stay pending, a live host
+//! reclaims them after the visibility timeout, and every result reaches the
+//! caller exactly once.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use support::{host_process, pool, server};
+
+/// Sleeps, then names the item and the host (the pool worker's parent).
+fn slow(i: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(150));
+    (i, std::os::unix::process::parent_id())
+}
+
+fn pending_of(con: &mut redis::Connection, host_pid: i32) -> i64 {
+    let r: redis::Value =
+        redis::cmd("XPENDING").arg("kill:default:tasks").arg(multiproc_redis::schema::GROUP).query(con).unwrap();
+    let redis::Value::Array(parts) = r else { return 0 };
+    let Some(redis::Value::Array(consumers)) = parts.get(3) else { return 0 };
+    consumers
+        .iter()
+        .filter_map(|c| match c {
+            redis::Value::Array(pair) => match (&pair[0], &pair[1]) {
+                (redis::Value::BulkString(name), redis::Value::BulkString(n)) => {
+                    let name = String::from_utf8_lossy(name);
+                    name.contains(&format!("-{host_pid}-")).then(|| String::from_utf8_lossy(n).parse().unwrap_or(0))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .sum()
+}
+
+#[test]
+fn a_killed_host_loses_nothing_and_nothing_arrives_twice() {
+    let server = server();
+    let visibility = Duration::from_millis(1500);
+    let mut a = host_process(&server, "kill", 2, visibility);
+    let b = host_process(&server, "kill", 2, visibility);
+    let pool = pool(&server, "kill").connect().unwrap();
+    let mut con = support::raw(&server);
+
+    let n = 60u64;
+    let mut results = pool.imap_unordered(slow, 0..n);
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    // Let both hosts get going, then kill host A while it holds entries.
+    let started = Instant::now();
+    while seen.len() < 6 {
+        let (i, host) = results.next().unwrap().unwrap();
+        assert!(seen.insert(i, host).is_none(), "item {i} arrived twice");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    let a_pid = a.pid();
+    assert!(support::eventually(Duration::from_secs(10), || pending_of(&mut con, a_pid) > 0), "host A holds nothing");
+    a.kill();
+    let killed_at = Instant::now();
+
+    for r in results {
+        let (i, host) = r.unwrap();
+        assert!(seen.insert(i, host).is_none(), "item {i} arrived twice");
+    }
+    assert_eq!(seen.len() as u64, n);
+    assert!((0..n).all(|i| seen.contains_key(&i)));
+    let b_pid = b.pid() as u32;
+    assert!(seen.values().any(|h| *h == b_pid), "host B ran nothing");
+    assert!(killed_at.elapsed() < Duration::from_secs(60));
+    // Nothing left behind in the task stream.
+    assert!(support::eventually(Duration::from_secs(10), || {
+        redis::cmd("XLEN").arg("kill:default:tasks").query::<i64>(&mut con).unwrap() == 0
+    }));
+    let dead: i64 = redis::cmd("XLEN").arg("kill:default:dead").query(&mut con).unwrap();
+    assert_eq!(dead, 0);
+}
