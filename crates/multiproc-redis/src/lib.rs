@@ -67,12 +67,14 @@ mod call;
 mod conn;
 mod dispatch;
 mod error;
+mod inspect;
 mod pool;
 pub mod schema;
 mod server;
 mod worker;
 
 pub use error::{RedisPoolError, TaskFailure};
+pub use inspect::{HostInfo, QueueInfo, queue_info};
 pub use pool::{Call, DEFAULT_PREFIX, DEFAULT_QUEUE, RedisAsync, RedisImap, RedisPool, RedisPoolBuilder};
 pub use server::{INSTALL_HINT, RedisServer};
 pub use worker::{Worker, WorkerBuilder};

@@ -15,24 +15,9 @@ fn slow(i: u64) -> (u64, u32) {
     (i, std::os::unix::process::parent_id())
 }
 
-fn pending_of(con: &mut redis::Connection, host_pid: i32) -> i64 {
-    let r: redis::Value =
-        redis::cmd("XPENDING").arg("kill:default:tasks").arg(multiproc_redis::schema::GROUP).query(con).unwrap();
-    let redis::Value::Array(parts) = r else { return 0 };
-    let Some(redis::Value::Array(consumers)) = parts.get(3) else { return 0 };
-    consumers
-        .iter()
-        .filter_map(|c| match c {
-            redis::Value::Array(pair) => match (&pair[0], &pair[1]) {
-                (redis::Value::BulkString(name), redis::Value::BulkString(n)) => {
-                    let name = String::from_utf8_lossy(name);
-                    name.contains(&format!("-{host_pid}-")).then(|| String::from_utf8_lossy(n).parse().unwrap_or(0))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .sum()
+fn pending_of(server: &multiproc_redis::RedisServer, host_pid: i32) -> u64 {
+    let info = multiproc_redis::queue_info(&server.url(), "kill", "default").unwrap();
+    info.hosts.iter().filter(|h| h.is_pid(host_pid as u32)).map(|h| h.pending).sum()
 }
 
 #[test]
@@ -42,6 +27,10 @@ fn a_killed_host_loses_nothing_and_nothing_arrives_twice() {
     let mut a = host_process(&server, "kill", 2, visibility);
     let b = host_process(&server, "kill", 2, visibility);
     let pool = pool(&server, "kill").connect().unwrap();
+    let both = support::eventually(Duration::from_secs(30), || {
+        multiproc_redis::queue_info(&server.url(), "kill", "default").unwrap().hosts.len() == 2
+    });
+    assert!(both, "the two hosts did not start");
     let mut con = support::raw(&server);
 
     let n = 60u64;
@@ -55,7 +44,7 @@ fn a_killed_host_loses_nothing_and_nothing_arrives_twice() {
         assert!(started.elapsed() < Duration::from_secs(60));
     }
     let a_pid = a.pid();
-    assert!(support::eventually(Duration::from_secs(10), || pending_of(&mut con, a_pid) > 0), "host A holds nothing");
+    assert!(support::eventually(Duration::from_secs(10), || pending_of(&server, a_pid) > 0), "host A holds nothing");
     a.kill();
     let killed_at = Instant::now();
 

@@ -18,6 +18,7 @@ pub mod seed_000;
 pub mod seed_000_predict;
 pub mod seed_001;
 pub mod seed_001_pool;
+pub mod seed_002_distributed;
 pub mod seed_003;
 pub mod seed_003_pool;
 pub mod seed_003_sync;
@@ -27,6 +28,7 @@ pub mod seed_queue;
 use std::time::Duration;
 
 use multiproc::{ConnectionError, PoolError, ProcessError};
+use multiproc_redis::RedisPoolError;
 
 /// What an example printed, and what it showed.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +59,9 @@ pub enum Error {
     /// A pool call failed.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A distributed pool call failed.
+    #[error(transparent)]
+    Redis(#[from] RedisPoolError),
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -101,6 +106,7 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "pool_api", seed: "001", shows: "Pool: apply_async x10 with wait/ready/successful/get, apply, map, map_async", run: || Ok(seed_001_pool::pool_api()?.lines) },
     Example { name: "thumbnails", seed: "001", shows: "thumbnails of a folder of PNGs with Pool.map and the image crate", run: || Ok(seed_001_pool::thumbnails()?.lines) },
     Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
+    Example { name: "distributed_master_worker", seed: "002", shows: "master and two worker hosts on Redis Streams; one host SIGKILLed, every result exactly once", run: || Ok(seed_002_distributed::distributed_master_worker()?.lines) },
     Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
     Example { name: "predict_server", seed: "000", shows: "PredictServer: a model process per version behind a pipe, switch, stop, status", run: || Ok(seed_000_predict::predict_server()?.lines) },

@@ -27,21 +27,28 @@ const MAX_IN_FLIGHT: usize = 16_384;
 /// How long a stopping host waits for its items in flight.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Creates the consumer group (and the stream) if they do not exist.
-pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str) -> Result<(), RedisPoolError> {
+/// Creates the consumer group (and the stream) if they do not exist, and
+/// this host's consumer in it, so the host is visible before its first
+/// entry.
+pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str, consumer: &str) -> Result<(), RedisPoolError> {
     let r = conn.retry(Duration::from_secs(10), |c| {
         redis::cmd("XGROUP").arg("CREATE").arg(tasks).arg(GROUP).arg("0").arg("MKSTREAM").exec(c)
     });
-    match r {
-        Err(e) if e.code() != Some("BUSYGROUP") => {
-            Err(RedisPoolError::Redis(format!("could not create consumer group {GROUP} on {tasks}: {e}")))
-        }
-        _ => Ok(()),
+    if let Err(e) = r
+        && e.code() != Some("BUSYGROUP")
+    {
+        return Err(RedisPoolError::Redis(format!("could not create consumer group {GROUP} on {tasks}: {e}")));
     }
+    conn.retry(Duration::from_secs(10), |c| {
+        redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c)
+    })
+    .map_err(|e| RedisPoolError::Redis(format!("could not join consumer group {GROUP} on {tasks}: {e}")))
 }
 
 /// How many items the host may have in flight now: enough for about
-/// [`AHEAD`] of work at the rate measured over the last half second.
+/// [`AHEAD`] of work at the rate measured over the last 200 ms, and at
+/// least two per process — so a host takes no more than it can start soon,
+/// and the other hosts get the rest.
 struct Pacer {
     since: Instant,
     done_then: u64,
@@ -52,15 +59,12 @@ impl Pacer {
     fn limit(&mut self, host: &HostShared) -> usize {
         let floor = 2 * host.processes;
         let elapsed = self.since.elapsed();
-        if elapsed >= Duration::from_millis(500) {
+        if elapsed >= Duration::from_millis(200) {
             let done = host.done_items.load(Ordering::Relaxed);
             let rate = (done - self.done_then) as f64 / elapsed.as_secs_f64();
             self.limit = ((rate * AHEAD.as_secs_f64()) as usize).clamp(floor, MAX_IN_FLIGHT);
             self.since = Instant::now();
             self.done_then = done;
-        } else if host.in_flight.load(Ordering::Acquire) == 0 {
-            // Idle: let the next burst in quickly.
-            self.limit = self.limit.max(floor * 8).min(MAX_IN_FLIGHT);
         }
         self.limit.max(floor)
     }
@@ -87,7 +91,7 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
             Ok(None) => continue,
             Err(e) if e.code() == Some("NOGROUP") => {
                 tracing::warn!("consumer group gone from {tasks} (redis lost its data?); creating it again");
-                let _ = ensure_group(&mut conn, &tasks);
+                let _ = ensure_group(&mut conn, &tasks, &host.consumer);
                 continue;
             }
             Err(e) => {

@@ -90,14 +90,15 @@ impl WorkerBuilder {
     pub fn start(self) -> Result<Worker, RedisPoolError> {
         let conn = Conn::open(&self.url)?;
         let keys = Keys::new(&self.prefix, &self.queue);
-        let mut intake_conn = conn.another()?;
-        intake::ensure_group(&mut intake_conn, &keys.tasks())?;
-        let executors = exec::Executors::new(self.processes)
-            .map_err(|e| RedisPoolError::Redis(format!("could not start the local pool: {e}")))?;
         let mut id = [0u8; 4];
         let _ = getrandom::fill(&mut id);
+        let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
+        let mut intake_conn = conn.another()?;
+        intake::ensure_group(&mut intake_conn, &keys.tasks(), &consumer)?;
+        let executors = exec::Executors::new(self.processes)
+            .map_err(|e| RedisPoolError::Redis(format!("could not start the local pool: {e}")))?;
         let host = Arc::new(HostShared {
-            consumer: format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id)),
+            consumer,
             keys,
             key: self.key,
             processes: self.processes,
