@@ -4,7 +4,7 @@
 //! and prints what each one shows.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use multiproc_seeds::{EXAMPLES, Example};
@@ -27,11 +27,60 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Serve a distributed pool's queue on Redis: run its tasks on this host.
+    ///
+    /// Tasks run in a local pool of worker processes; a task that crashes its
+    /// process fails alone. The tasks must come from this same build of
+    /// `multiproc` (others are refused). The key that signs tasks is read
+    /// from MULTIPROC_REDIS_KEY if set.
+    Worker {
+        /// The Redis server, e.g. redis://127.0.0.1:6379/0.
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// Worker processes (default: the CPU count).
+        #[arg(long, value_name = "N")]
+        processes: Option<usize>,
+        /// The queue to serve.
+        #[arg(long, value_name = "NAME", default_value = multiproc_redis::DEFAULT_QUEUE)]
+        queue: String,
+        /// The key prefix shared with the callers.
+        #[arg(long, value_name = "PREFIX", default_value = multiproc_redis::DEFAULT_PREFIX)]
+        prefix: String,
+        /// Seconds a host may go without a heartbeat before its tasks are taken over.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        visibility_timeout: f64,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Tour { names, list } => tour(&names, list),
+        Command::Worker { redis, processes, queue, prefix, visibility_timeout } => {
+            worker(&redis, processes, &queue, &prefix, visibility_timeout)
+        }
+    }
+}
+
+fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibility: f64) -> ExitCode {
+    let Ok(visibility) = Duration::try_from_secs_f64(visibility) else {
+        eprintln!("multiproc worker: --visibility-timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    };
+    let mut b = multiproc_redis::Worker::builder(url).queue(queue).prefix(prefix).visibility_timeout(visibility);
+    if let Some(n) = processes {
+        b = b.processes(n);
+    }
+    if let Some(key) = std::env::var_os("MULTIPROC_REDIS_KEY") {
+        b = b.auth_key(key.as_encoded_bytes());
+    }
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
+    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
+    match b.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("multiproc worker: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
