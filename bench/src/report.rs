@@ -13,6 +13,8 @@ pub enum Unit {
     GigabytesPerSec,
     /// Millions of operations per second (higher is better).
     MillionsPerSec,
+    /// Operations per second (higher is better).
+    PerSec,
 }
 
 impl Unit {
@@ -22,12 +24,13 @@ impl Unit {
             Unit::Micros => "µs",
             Unit::GigabytesPerSec => "GB/s",
             Unit::MillionsPerSec => "M/s",
+            Unit::PerSec => "/s",
         }
     }
 
     /// True when a larger figure is better.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Unit::GigabytesPerSec | Unit::MillionsPerSec)
+        matches!(self, Unit::GigabytesPerSec | Unit::MillionsPerSec | Unit::PerSec)
     }
 }
 

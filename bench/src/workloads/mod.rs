@@ -19,6 +19,7 @@ pub mod pipe;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod redis_pool;
 pub mod sync;
 
 /// Every workload, in the order they run and appear in the table.
@@ -34,6 +35,7 @@ pub const ALL: &[Workload] = &[
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
+    redis_pool::REDIS_POOL,
 ];
 
 /// A named benchmark producing one or more table rows.

@@ -27,6 +27,7 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     port: u16,
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -48,13 +49,26 @@ impl RedisServer {
     /// `redis-server` is missing (the message says how to install it), or
     /// it did not start.
     pub fn start() -> io::Result<RedisServer> {
+        RedisServer::start_with(true)
+    }
+
+    /// As [`RedisServer::start`], without persistence: for benchmarks.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisServer::start`].
+    pub fn start_in_memory() -> io::Result<RedisServer> {
+        RedisServer::start_with(false)
+    }
+
+    fn start_with(persistent: bool) -> io::Result<RedisServer> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut id = [0u8; 6];
         getrandom::fill(&mut id).map_err(|e| io::Error::other(e.to_string()))?;
         let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("multiproc-redis-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut server = RedisServer { child: None, dir, port };
+        let mut server = RedisServer { child: None, dir, port, persistent };
         server.launch()?;
         Ok(server)
     }
@@ -62,7 +76,7 @@ impl RedisServer {
     fn launch(&mut self) -> io::Result<()> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }, "--appendfsync", "always", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
