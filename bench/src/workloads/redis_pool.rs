@@ -75,10 +75,10 @@ struct Host(Process<()>);
 
 impl Host {
     fn start(server: &RedisServer, prefix: &str, processes: usize) -> Result<Host, BenchError> {
-        let p = Process::builder().start_method(StartMethod::Spawn).name("redis-worker-host").spawn(
-            worker_host,
-            (server.url(), prefix.to_string(), processes),
-        )?;
+        let p = Process::builder()
+            .start_method(StartMethod::Spawn)
+            .name("redis-worker-host")
+            .spawn(worker_host, (server.url(), prefix.to_string(), processes))?;
         let host = Host(p);
         let deadline = Instant::now() + Duration::from_secs(60);
         while queue_info(&server.url(), prefix, multiproc_redis::DEFAULT_QUEUE)?.hosts.is_empty() {
@@ -146,7 +146,13 @@ fn redis_pool(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     Ok(rows)
 }
 
-fn measure_row(ctx: &Ctx, celery: &Python, server: &RedisServer, spec: &RowSpec, plan: &Plan) -> Result<Row, BenchError> {
+fn measure_row(
+    ctx: &Ctx,
+    celery: &Python,
+    server: &RedisServer,
+    spec: &RowSpec,
+    plan: &Plan,
+) -> Result<Row, BenchError> {
     let prefix = spec.name.replace('/', "-");
     let _host = Host::start(server, &prefix, spec.processes)?;
     let pool = RedisPool::builder(&server.url()).prefix(&prefix).wait_timeout(Duration::from_secs(300)).connect()?;

@@ -53,7 +53,10 @@ pub(crate) struct Engine<'a> {
 
 impl std::fmt::Debug for Engine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("function", &self.plan.function).field("in_flight", &self.in_flight.len()).finish()
+        f.debug_struct("Engine")
+            .field("function", &self.plan.function)
+            .field("in_flight", &self.in_flight.len())
+            .finish()
     }
 }
 
@@ -227,10 +230,12 @@ impl<'a> Engine<'a> {
             }
             Ok(Outcome::Items(items)) => {
                 let error = TaskFailure::Unserializable(format!("result holds {} outcomes for {n} items", items.len()));
-                (first..first + n).for_each(|index| push(index, Err(RedisPoolError::Task { index, error: error.clone() })));
+                (first..first + n)
+                    .for_each(|index| push(index, Err(RedisPoolError::Task { index, error: error.clone() })));
             }
             Ok(Outcome::Failed(error)) => {
-                (first..first + n).for_each(|index| push(index, Err(RedisPoolError::Task { index, error: error.clone() })));
+                (first..first + n)
+                    .for_each(|index| push(index, Err(RedisPoolError::Task { index, error: error.clone() })));
             }
             Err(reason) => {
                 (first..first + n).for_each(|index| push(index, Err(RedisPoolError::Redis(reason.clone()))));

@@ -49,15 +49,21 @@ pub fn queue_info(url: &str, prefix: &str, queue: &str) -> Result<QueueInfo, Red
     let (tasks, dead_letters): (u64, u64) = conn.retry(Duration::from_secs(5), |c| {
         redis::pipe().cmd("XLEN").arg(keys.tasks()).cmd("XLEN").arg(keys.dead_letters()).query(c)
     })?;
-    let raw: Result<Vec<Value>, _> =
-        conn.run(|c| redis::cmd("XINFO").arg("CONSUMERS").arg(keys.tasks()).arg(GROUP).query(c));
-    let hosts = raw.unwrap_or_default().iter().filter_map(host_info).collect();
+    let hosts = hosts(&mut conn, &keys.tasks()).unwrap_or_default();
     Ok(QueueInfo { tasks, dead_letters, hosts })
+}
+
+/// The consumers of the group on `tasks`.
+pub(crate) fn hosts(conn: &mut Conn, tasks: &str) -> redis::RedisResult<Vec<HostInfo>> {
+    let raw: Vec<Value> = conn.run(|c| redis::cmd("XINFO").arg("CONSUMERS").arg(tasks).arg(GROUP).query(c))?;
+    Ok(raw.iter().filter_map(host_info).collect())
 }
 
 fn host_info(v: &Value) -> Option<HostInfo> {
     let pairs: Vec<(String, Value)> = match v {
-        Value::Map(m) => m.iter().filter_map(|(k, v)| Some((redis::from_redis_value_ref(k).ok()?, v.clone()))).collect(),
+        Value::Map(m) => {
+            m.iter().filter_map(|(k, v)| Some((redis::from_redis_value_ref(k).ok()?, v.clone()))).collect()
+        }
         Value::Array(a) => a
             .chunks(2)
             .filter_map(|kv| Some((redis::from_redis_value_ref(kv.first()?).ok()?, kv.get(1)?.clone())))

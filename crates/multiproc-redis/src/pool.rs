@@ -509,7 +509,10 @@ impl<'a, R: DeserializeOwned> RedisImap<'a, R> {
         let bytes = r?;
         postcard::from_bytes(&bytes).map_err(|e| RedisPoolError::Task {
             index,
-            error: TaskFailure::Unserializable(format!("result does not decode as {}: {e}", std::any::type_name::<R>())),
+            error: TaskFailure::Unserializable(format!(
+                "result does not decode as {}: {e}",
+                std::any::type_name::<R>()
+            )),
         })
     }
 }

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use multiproc_redis::schema::{self, Args, Keys, Outcome, TaskMsg};
 use multiproc_redis::TaskFailure;
+use multiproc_redis::schema::{self, Args, Keys, Outcome, TaskMsg};
 use support::{entries, local_worker, pool, raw, server};
 
 fn poison(_: u64) -> u64 {

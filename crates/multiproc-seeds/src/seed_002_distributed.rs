@@ -49,10 +49,10 @@ fn worker_host(url: String, prefix: String) {
 }
 
 fn start_host(url: &str, prefix: &str, name: &str) -> Result<Process<()>, Error> {
-    let p = Process::builder().name(name).start_method(StartMethod::Spawn).spawn(
-        worker_host,
-        (url.to_string(), prefix.to_string()),
-    )?;
+    let p = Process::builder()
+        .name(name)
+        .start_method(StartMethod::Spawn)
+        .spawn(worker_host, (url.to_string(), prefix.to_string()))?;
     Ok(p)
 }
 

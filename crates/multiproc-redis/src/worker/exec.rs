@@ -77,13 +77,15 @@ impl Executors {
         };
         let done = Arc::new(Mutex::new(Some(done)));
         let on_err = done.clone();
-        let _ = pool
-            .apply_async(run_remote, (remote, args))
-            .on_success(move |r: &Result<ByteBuf, String>| {
-                let r = r.clone().map_err(TaskFailure::Unserializable);
-                finish(&done, (r, false))
-            })
-            .on_error(move |e| finish(&on_err, failure(e)));
+        // The callbacks report the outcome; the handle itself is not needed.
+        drop(
+            pool.apply_async(run_remote, (remote, args))
+                .on_success(move |r: &Result<ByteBuf, String>| {
+                    let r = r.clone().map_err(TaskFailure::Unserializable);
+                    finish(&done, (r, false))
+                })
+                .on_error(move |e| finish(&on_err, failure(e))),
+        );
     }
 }
 

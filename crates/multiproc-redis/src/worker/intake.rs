@@ -82,7 +82,8 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
             continue;
         }
         let count = (limit - in_flight).clamp(1, 1024);
-        let opts = StreamReadOptions::default().group(GROUP, &host.consumer).count(count).block(BLOCK.as_millis() as usize);
+        let opts =
+            StreamReadOptions::default().group(GROUP, &host.consumer).count(count).block(BLOCK.as_millis() as usize);
         let reply = conn.run(|c| {
             redis::cmd("XREADGROUP").arg(&opts).arg("STREAMS").arg(&tasks).arg(">").query::<Option<StreamReadReply>>(c)
         });
@@ -118,7 +119,14 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
 }
 
 /// Hands the items of an admitted chunk to the pools.
-fn start(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event>, conn: &mut Conn, id: String, msg: TaskMsg) {
+fn start(
+    host: &HostShared,
+    executors: &Executors,
+    events: &mpsc::Sender<Event>,
+    conn: &mut Conn,
+    id: String,
+    msg: TaskMsg,
+) {
     let items = match load_args(conn, &msg.args) {
         Ok(items) => items,
         Err(failure) => {

@@ -16,7 +16,13 @@ use super::exec::ItemResult;
 use super::{HostShared, admit};
 use crate::conn::{self, Conn};
 use crate::error::TaskFailure;
-use crate::schema::{self, ChunkResult, Outcome, ResultMsg, TaskMsg};
+use crate::schema::{self, ChunkResult, GROUP, Outcome, ResultMsg, TaskMsg};
+
+/// How often a host removes the group's long-gone consumers.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A consumer holding nothing and idle this long is removed from the group
+/// (a host that comes back joins again).
+const GONE_AFTER: Duration = Duration::from_secs(3600);
 
 /// What the intake and the pools tell the outlet.
 #[derive(Debug)]
@@ -150,6 +156,7 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
     let heartbeat_every = host.visibility / 4;
     let mut next_heartbeat = Instant::now() + heartbeat_every;
     let mut next_reclaim = Instant::now();
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
     let mut batch = Batch::default();
     loop {
         let first = match events.recv_timeout(Duration::from_millis(20)) {
@@ -174,6 +181,10 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
         if now >= next_reclaim && !host.stopping() {
             reclaim(host, &mut conn, &running, &mut batch);
             next_reclaim = now + heartbeat_every;
+        }
+        if now >= next_sweep && !host.stopping() {
+            sweep_consumers(host, &mut conn);
+            next_sweep = now + SWEEP_EVERY;
         }
     }
 }
@@ -285,5 +296,26 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
     if !reply.deleted_ids.is_empty() {
         let ids: Vec<String> = reply.deleted_ids.iter().map(|i| i.to_string()).collect();
         let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(&ids).exec(c));
+    }
+}
+
+/// Removes consumers that hold nothing and have been idle for longer than
+/// [`GONE_AFTER`] (hosts that died or left), so the group does not grow with
+/// every host that ever ran.
+fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
+    let tasks = host.keys.tasks();
+    let Ok(hosts) = crate::inspect::hosts(conn, &tasks) else { return };
+    let gone_ms = GONE_AFTER.max(host.visibility * 100).as_millis() as u64;
+    for h in hosts.iter().filter(|h| h.name != host.consumer && h.pending == 0 && h.idle_ms > gone_ms) {
+        // DELCONSUMER drops whatever the consumer holds: a delivery between
+        // the look above and here would be lost with it. A live host reads
+        // every 100 ms, which resets its idle time, so only a host silent
+        // for an hour that comes back at this very moment could lose one.
+        let r =
+            conn.run(|c| redis::cmd("XGROUP").arg("DELCONSUMER").arg(&tasks).arg(GROUP).arg(&h.name).query::<i64>(c));
+        match r {
+            Ok(_) => tracing::info!("removed consumer {} (idle {} s, nothing pending)", h.name, h.idle_ms / 1000),
+            Err(e) => tracing::warn!("could not remove consumer {}: {e}", h.name),
+        }
     }
 }
