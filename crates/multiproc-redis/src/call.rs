@@ -129,6 +129,7 @@ impl<'a> Engine<'a> {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             for (first, items) in chunks {
                 let task = shared.next_task.fetch_add(1, Ordering::Relaxed);
+                let n = items.len();
                 let size: usize = items.iter().map(|a| a.len() + 8).sum();
                 let args = if size > schema::BLOB_THRESHOLD {
                     let key = shared.keys.blob(&shared.caller, task);
@@ -137,7 +138,7 @@ impl<'a> Engine<'a> {
                     pipe.cmd("SET").arg(&key).arg(blob).arg("PX").arg(ttl_ms).ignore();
                     Args::Blob { key, len }
                 } else {
-                    Args::Inline(items.clone())
+                    Args::Inline(items)
                 };
                 let blob = match &args {
                     Args::Blob { key, .. } => Some(key.clone()),
@@ -159,7 +160,7 @@ impl<'a> Engine<'a> {
                 let fields = schema::task_fields(&msg, &shared.key);
                 pipe.cmd("XADD").arg(&tasks_key).arg("*").arg(&fields[..]).ignore();
                 pending.insert(task, Pending { sink: self.tx.clone(), blob });
-                self.in_flight.insert(task, (first, items.len()));
+                self.in_flight.insert(task, (first, n));
                 ids.push(task);
             }
         }

@@ -295,9 +295,15 @@ pub fn encode_task(msg: &TaskMsg) -> Vec<u8> {
     postcard::to_allocvec(msg).unwrap_or_else(|e| unreachable!("a TaskMsg always encodes: {e}"))
 }
 
-/// The fields of a result entry for `msg`.
-pub fn result_fields(msg: &ResultMsg) -> [(&'static str, Vec<u8>); 2] {
-    let m = postcard::to_allocvec(msg).unwrap_or_else(|e| unreachable!("a ResultMsg always encodes: {e}"));
+/// The fields of a result entry holding `results` (a [`ResultMsg`]).
+pub fn result_fields(results: &[ChunkResult]) -> [(&'static str, Vec<u8>); 2] {
+    // Encodes exactly as a `ResultMsg`, without copying the results into one.
+    #[derive(Serialize)]
+    struct ResultRef<'a> {
+        results: &'a [ChunkResult],
+    }
+    let m =
+        postcard::to_allocvec(&ResultRef { results }).unwrap_or_else(|e| unreachable!("results always encode: {e}"));
     [(field::VERSION, SCHEMA_VERSION.as_bytes().to_vec()), (field::MESSAGE, m)]
 }
 

@@ -32,3 +32,20 @@ fn wrong_version_and_missing_fields_are_errors() {
     assert_eq!(decode_task(&fields(&[("m", b"")])), Err(EntryError::MissingField("v")));
     assert_eq!(decode_result(&fields(&[("v", b"1")])), Err(EntryError::MissingField("m")));
 }
+
+#[test]
+fn a_result_entry_decodes_as_a_result_message() {
+    let results = vec![
+        ChunkResult {
+            task: 3,
+            outcome: Outcome::Items(vec![
+                Ok(ByteBuf::from(vec![1, 2])),
+                Err(TaskFailure::Timeout(std::time::Duration::from_millis(5))),
+            ]),
+        },
+        ChunkResult { task: 4, outcome: Outcome::Failed(TaskFailure::ArgumentsLost("k".into())) },
+    ];
+    let fields: Vec<(String, Value)> =
+        result_fields(&results).into_iter().map(|(k, v)| (k.to_string(), Value::BulkString(v))).collect();
+    assert_eq!(decode_result(&fields).unwrap(), ResultMsg { results });
+}

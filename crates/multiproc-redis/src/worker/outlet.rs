@@ -16,13 +16,20 @@ use super::exec::ItemResult;
 use super::{HostShared, admit};
 use crate::conn::{self, Conn};
 use crate::error::TaskFailure;
-use crate::schema::{self, ChunkResult, GROUP, Outcome, ResultMsg, TaskMsg};
+use crate::schema::{self, ChunkResult, GROUP, Outcome, TaskMsg};
 
 /// How often a host removes the group's long-gone consumers.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// A consumer holding nothing and idle this long is removed from the group
 /// (a host that comes back joins again).
 const GONE_AFTER: Duration = Duration::from_secs(3600);
+
+/// A result entry holds about this many bytes of results at most.
+const RESULT_ENTRY_BYTES: usize = 4 << 20;
+/// A batch is written once it holds this many bytes of results...
+const BATCH_BYTES: usize = 16 << 20;
+/// ...or finishes this many entries.
+const BATCH_ENTRIES: usize = 4096;
 
 /// What the intake and the pools tell the outlet.
 #[derive(Debug)]
@@ -53,7 +60,13 @@ struct Running {
 
 #[derive(Default)]
 struct Batch {
-    results: HashMap<String, (u64, Vec<ChunkResult>)>,
+    /// Per caller: the results stream's time to live, and result messages
+    /// (each at most about [`RESULT_ENTRY_BYTES`]).
+    results: HashMap<String, (u64, Vec<Vec<ChunkResult>>)>,
+    /// Bytes of results in the batch (roughly).
+    bytes: usize,
+    /// Bytes of the last message of each caller.
+    last_bytes: HashMap<String, usize>,
     done: Vec<String>,
     requeue: Vec<TaskMsg>,
     dead: Vec<(String, String, Option<Vec<u8>>)>,
@@ -65,8 +78,24 @@ impl Batch {
     }
 
     fn result(&mut self, msg: &TaskMsg, outcome: Outcome) {
+        let size = match &outcome {
+            Outcome::Items(items) => items.iter().map(|r| r.as_ref().map_or(64, |b| b.len() + 8)).sum(),
+            Outcome::Failed(_) => 64,
+        };
         let slot = self.results.entry(msg.caller.clone()).or_insert_with(|| (msg.result_ttl_ms, Vec::new()));
-        slot.1.push(ChunkResult { task: msg.task, outcome });
+        let last = self.last_bytes.entry(msg.caller.clone()).or_default();
+        if slot.1.is_empty() || *last + size > RESULT_ENTRY_BYTES {
+            slot.1.push(Vec::new());
+            *last = 0;
+        }
+        *last += size;
+        self.bytes += size;
+        slot.1.last_mut().unwrap_or_else(|| unreachable!("pushed above")).push(ChunkResult { task: msg.task, outcome });
+    }
+
+    /// True when the batch should be written before taking more events.
+    fn is_full(&self) -> bool {
+        self.bytes >= BATCH_BYTES || self.done.len() >= BATCH_ENTRIES
     }
 
     fn dead_letter(&mut self, id: &str, reason: String, msg: Option<&TaskMsg>) {
@@ -123,10 +152,12 @@ impl Batch {
         let tasks = keys.tasks();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (caller, (ttl, results)) in &self.results {
+        for (caller, (ttl, messages)) in &self.results {
             let key = keys.results(caller);
-            let fields = schema::result_fields(&ResultMsg { results: results.clone() });
-            pipe.cmd("XADD").arg(&key).arg("*").arg(&fields[..]).ignore();
+            for results in messages {
+                let fields = schema::result_fields(results);
+                pipe.cmd("XADD").arg(&key).arg("*").arg(&fields[..]).ignore();
+            }
             pipe.cmd("PEXPIRE").arg(&key).arg(*ttl).ignore();
         }
         for msg in &self.requeue {
@@ -164,8 +195,12 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        for event in first.into_iter().chain(std::iter::from_fn(|| events.try_recv().ok()).take(4096)) {
+        if let Some(event) = first {
             handle(host, event, &mut running, &mut batch);
+            while !batch.is_full() {
+                let Ok(event) = events.try_recv() else { break };
+                handle(host, event, &mut running, &mut batch);
+            }
         }
         if host.stopping() && running.is_empty() && batch.is_empty() {
             return;
