@@ -66,15 +66,19 @@
 mod call;
 mod conn;
 mod dispatch;
+mod endpoint;
 mod error;
 mod inspect;
 mod pool;
+mod results;
 pub mod schema;
 mod server;
 mod worker;
 
+pub use endpoint::{DEFAULT_PREFIX, DEFAULT_QUEUE};
 pub use error::{RedisPoolError, TaskFailure};
 pub use inspect::{HostInfo, QueueInfo, queue_info};
-pub use pool::{Call, DEFAULT_PREFIX, DEFAULT_QUEUE, RedisAsync, RedisImap, RedisPool, RedisPoolBuilder};
+pub use pool::{Call, RedisPool, RedisPoolBuilder};
+pub use results::{RedisAsync, RedisImap};
 pub use server::{INSTALL_HINT, RedisServer};
 pub use worker::{Worker, WorkerBuilder};

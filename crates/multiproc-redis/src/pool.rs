@@ -1,10 +1,8 @@
 //! The caller's side: [`RedisPool`] and its calls.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use multiproc::{RemoteFn, Task};
@@ -14,55 +12,25 @@ use serde::de::DeserializeOwned;
 use crate::call::{EncodedItem, Engine, Plan};
 use crate::conn::Conn;
 use crate::dispatch::{Dispatcher, Options, Shared};
-use crate::error::{RedisPoolError, TaskFailure};
-use crate::schema::{self, Keys};
-
-/// The default key prefix.
-pub const DEFAULT_PREFIX: &str = "multiproc";
-/// The default queue name.
-pub const DEFAULT_QUEUE: &str = "default";
+use crate::endpoint::{Endpoint, endpoint_setters};
+use crate::error::RedisPoolError;
+use crate::results::{RedisAsync, RedisImap};
 
 /// Options for a new [`RedisPool`]. Created by [`RedisPool::builder`].
 #[derive(Clone)]
 pub struct RedisPoolBuilder {
-    url: String,
-    prefix: String,
-    queue: String,
-    key: Vec<u8>,
+    endpoint: Endpoint,
     options: Options,
 }
 
 impl fmt::Debug for RedisPoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisPoolBuilder")
-            .field("prefix", &self.prefix)
-            .field("queue", &self.queue)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisPoolBuilder").field("endpoint", &self.endpoint).field("options", &self.options).finish()
     }
 }
 
 impl RedisPoolBuilder {
-    /// The key prefix (default [`DEFAULT_PREFIX`]): pools and workers with
-    /// different prefixes share nothing.
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_string();
-        self
-    }
-
-    /// The queue (default [`DEFAULT_QUEUE`]); workers serve one queue each.
-    pub fn queue(mut self, queue: &str) -> Self {
-        self.queue = queue.to_string();
-        self
-    }
-
-    /// The key that signs tasks; workers must have the same one. Default:
-    /// [`schema::default_key`], derived from the build id (not a secret: set
-    /// one when others can write to the Redis server).
-    pub fn auth_key(mut self, key: &[u8]) -> Self {
-        self.key = key.to_vec();
-        self
-    }
+    endpoint_setters!();
 
     /// How many more times a chunk whose worker died (or whose host died) is
     /// delivered before it goes to the dead-letter stream. Default 2.
@@ -115,17 +83,17 @@ impl RedisPoolBuilder {
     /// [`RedisPoolError::Redis`] if the URL is bad or the server cannot be
     /// reached.
     pub fn connect(self) -> Result<RedisPool, RedisPoolError> {
-        let submit = Conn::open(&self.url)?;
+        let submit = Conn::open(&self.endpoint.url)?;
         let reader = submit.another()?;
         let mut id = [0u8; 12];
         getrandom::fill(&mut id).map_err(|e| RedisPoolError::Redis(format!("no randomness for a caller id: {e}")))?;
         let caller: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let keys = Keys::new(&self.prefix, &self.queue);
+        let keys = self.endpoint.keys();
         let shared = Arc::new(Shared {
             results_key: keys.results(&caller),
             keys,
             caller,
-            key: self.key,
+            key: self.endpoint.key,
             options: self.options,
             submit: Mutex::new(submit),
             pending: Mutex::default(),
@@ -155,6 +123,22 @@ impl fmt::Debug for RedisPool {
     }
 }
 
+/// Generates the `RedisPool` method that forwards to `Call` with default
+/// options. Arguments and results are `serde` types that can cross threads.
+macro_rules! forward {
+    ($(#[$doc:meta])* $name:ident $(<$lt:lifetime>)? ($($arg:ident : $ty:ty),*) -> $ret:ty where [$($g:ident),*] [$($wc:tt)*]) => {
+        $(#[$doc])*
+        pub fn $name<$($lt,)? $($g),*>(&$($lt)? self, $($arg: $ty),*) -> $ret
+        where
+            A: Serialize + DeserializeOwned + Send + 'static,
+            R: Serialize + DeserializeOwned + Send + 'static,
+            $($wc)*
+        {
+            self.call().$name($($arg),*)
+        }
+    };
+}
+
 impl RedisPool {
     /// A pool on the Redis server at `url` (`redis://host:port/db`), with
     /// default options.
@@ -169,10 +153,7 @@ impl RedisPool {
     /// Options for a pool on the Redis server at `url`.
     pub fn builder(url: &str) -> RedisPoolBuilder {
         RedisPoolBuilder {
-            url: url.to_string(),
-            prefix: DEFAULT_PREFIX.to_string(),
-            queue: DEFAULT_QUEUE.to_string(),
-            key: schema::default_key(),
+            endpoint: Endpoint::new(url),
             options: Options {
                 retries: 2,
                 task_timeout: None,
@@ -213,96 +194,48 @@ impl RedisPool {
         self.call().wait_timeout(timeout)
     }
 
-    /// Runs `f(args…)` on a worker and waits for it.
-    ///
-    /// # Errors
-    ///
-    /// [`RedisPoolError::Task`] when the task failed, or as for
-    /// [`RedisPool::map`].
-    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, RedisPoolError>
-    where
-        F: Task<A, R>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.call().apply(f, args)
+    forward! {
+        /// Runs `f(args…)` on a worker and waits for it.
+        ///
+        /// # Errors
+        ///
+        /// [`RedisPoolError::Task`] when the task failed, or as for
+        /// [`RedisPool::map`].
+        apply(f: F, args: A) -> Result<R, RedisPoolError> where [F, A, R] [F: Task<A, R>]
     }
-
-    /// Runs `f(args…)` on a worker in the background.
-    pub fn apply_async<F, A, R>(&self, f: F, args: A) -> RedisAsync<R>
-    where
-        F: Task<A, R>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.call().apply_async(f, args)
+    forward! {
+        /// Runs `f(args…)` on a worker in the background.
+        apply_async(f: F, args: A) -> RedisAsync<R> where [F, A, R] [F: Task<A, R>]
     }
-
-    /// `f(x)` for every item, in order.
-    ///
-    /// # Errors
-    ///
-    /// The first failed task ([`RedisPoolError::Task`] with its index),
-    /// [`RedisPoolError::Redis`] when Redis stayed away longer than the
-    /// reconnect timeout, [`RedisPoolError::Timeout`] past the wait timeout.
-    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.call().map(f, items)
+    forward! {
+        /// `f(x)` for every item, in order.
+        ///
+        /// # Errors
+        ///
+        /// The first failed task ([`RedisPoolError::Task`] with its index),
+        /// [`RedisPoolError::Redis`] when Redis stayed away longer than the
+        /// reconnect timeout, [`RedisPoolError::Timeout`] past the wait timeout.
+        map(f: F, items: I) -> Result<Vec<R>, RedisPoolError> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>]
     }
-
-    /// [`RedisPool::map`] in the background.
-    pub fn map_async<F, A, R, I>(&self, f: F, items: I) -> RedisAsync<Vec<R>>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.call().map_async(f, items)
+    forward! {
+        /// [`RedisPool::map`] in the background.
+        map_async(f: F, items: I) -> RedisAsync<Vec<R>> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>]
     }
-
-    /// `f(a, b, …)` for every tuple, in order.
-    ///
-    /// # Errors
-    ///
-    /// As for [`RedisPool::map`].
-    pub fn starmap<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
-    where
-        F: Task<A, R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.call().starmap(f, items)
+    forward! {
+        /// `f(a, b, …)` for every tuple, in order.
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::map`].
+        starmap(f: F, items: I) -> Result<Vec<R>, RedisPoolError> where [F, A, R, I] [F: Task<A, R>, I: IntoIterator<Item = A>]
     }
-
-    /// `f(x)` for every item, yielded in order; the input is read lazily.
-    pub fn imap<'a, F, A, R, I>(&'a self, f: F, items: I) -> RedisImap<'a, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: Send + 'a,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.call().imap(f, items)
+    forward! {
+        /// `f(x)` for every item, yielded in order; the input is read lazily.
+        imap<'a>(f: F, items: I) -> RedisImap<'a, R> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a]
     }
-
-    /// As [`RedisPool::imap`], yielded in the order they finish.
-    pub fn imap_unordered<'a, F, A, R, I>(&'a self, f: F, items: I) -> RedisImap<'a, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: Send + 'a,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.call().imap_unordered(f, items)
+    forward! {
+        /// As [`RedisPool::imap`], yielded in the order they finish.
+        imap_unordered<'a>(f: F, items: I) -> RedisImap<'a, R> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a]
     }
 }
 
@@ -419,10 +352,7 @@ impl<'p> Call<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<A> = items.into_iter().collect();
-        let chunksize = items.len().div_ceil(32).clamp(1, 1024);
-        let encoded: Vec<EncodedItem> = items.iter().map(|x| encode_one(&(x,))).collect();
-        RedisImap::new(self.engine::<F, (A,), R>(f, chunksize, encoded.into_iter()), true).collect()
+        self.starmap(f, items.into_iter().map(|x| (x,)))
     }
 
     /// As [`RedisPool::map_async`].
@@ -433,10 +363,7 @@ impl<'p> Call<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<A> = items.into_iter().collect();
-        let chunksize = items.len().div_ceil(32).clamp(1, 1024);
-        let encoded: Vec<EncodedItem> = items.iter().map(|x| encode_one(&(x,))).collect();
-        let engine = self.engine::<F, (A,), R>(f, chunksize, encoded.into_iter());
+        let engine = self.whole::<F, (A,), R>(f, items.into_iter().map(|x| encode_one(&(x,))).collect());
         RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
     }
 
@@ -452,9 +379,20 @@ impl<'p> Call<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let encoded: Vec<EncodedItem> = items.into_iter().map(|a| encode_one(&a)).collect();
+        let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
+        RedisImap::new(engine, true).collect()
+    }
+
+    /// The engine of a call whose input is read whole first (`map`,
+    /// `starmap`): default chunk size `ceil(n / 32)`, at most 1024.
+    fn whole<F, A, R>(&self, f: F, encoded: Vec<EncodedItem>) -> Engine<'static>
+    where
+        F: Task<A, R>,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
         let chunksize = encoded.len().div_ceil(32).clamp(1, 1024);
-        RedisImap::new(self.engine::<F, A, R>(f, chunksize, encoded.into_iter()), true).collect()
+        self.engine::<F, A, R>(f, chunksize, encoded.into_iter())
     }
 
     /// As [`RedisPool::imap`].
@@ -466,8 +404,7 @@ impl<'p> Call<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let encoded = items.into_iter().map(|x| encode_one(&(x,)));
-        RedisImap::new(self.engine::<F, (A,), R>(f, 1, encoded), true)
+        self.lazy(f, items, true)
     }
 
     /// As [`RedisPool::imap_unordered`].
@@ -479,144 +416,20 @@ impl<'p> Call<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.lazy(f, items, false)
+    }
+
+    /// `imap` in input order or not; the input read lazily, one item per
+    /// entry unless a chunk size was given.
+    fn lazy<'a, F, A, R, I>(self, f: F, items: I, ordered: bool) -> RedisImap<'a, R>
+    where
+        F: Task<(A,), R>,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'a,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
         let encoded = items.into_iter().map(|x| encode_one(&(x,)));
-        RedisImap::new(self.engine::<F, (A,), R>(f, 1, encoded), false)
+        RedisImap::new(self.engine::<F, (A,), R>(f, 1, encoded), ordered)
     }
-}
-
-/// The results of an `imap` call, one `Result` per item: in input order
-/// ([`RedisPool::imap`]) or as they finish ([`RedisPool::imap_unordered`]).
-pub struct RedisImap<'a, R> {
-    engine: Engine<'a>,
-    ordered: bool,
-    early: BTreeMap<usize, Result<Vec<u8>, RedisPoolError>>,
-    next: usize,
-    _result: PhantomData<fn() -> R>,
-}
-
-impl<R> fmt::Debug for RedisImap<'_, R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisImap").field("engine", &self.engine).field("ordered", &self.ordered).finish()
-    }
-}
-
-impl<'a, R: DeserializeOwned> RedisImap<'a, R> {
-    fn new(engine: Engine<'a>, ordered: bool) -> Self {
-        RedisImap { engine, ordered, early: BTreeMap::new(), next: 0, _result: PhantomData }
-    }
-
-    fn decode(index: usize, r: Result<Vec<u8>, RedisPoolError>) -> Result<R, RedisPoolError> {
-        let bytes = r?;
-        postcard::from_bytes(&bytes).map_err(|e| RedisPoolError::Task {
-            index,
-            error: TaskFailure::Unserializable(format!(
-                "result does not decode as {}: {e}",
-                std::any::type_name::<R>()
-            )),
-        })
-    }
-}
-
-impl<R: DeserializeOwned> Iterator for RedisImap<'_, R> {
-    type Item = Result<R, RedisPoolError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if !self.ordered {
-            let (index, r) = self.engine.next_outcome()?;
-            return Some(Self::decode(index, r));
-        }
-        loop {
-            if let Some(r) = self.early.remove(&self.next) {
-                self.next += 1;
-                return Some(Self::decode(self.next - 1, r));
-            }
-            match self.engine.next_outcome() {
-                Some((index, r)) => {
-                    self.early.insert(index, r);
-                }
-                None => {
-                    // Only after a failure of the whole call: the rest in order.
-                    let (index, r) = self.early.pop_first()?;
-                    self.next = index + 1;
-                    return Some(Self::decode(index, r));
-                }
-            }
-        }
-    }
-}
-
-/// A result that arrives in the background ([`RedisPool::apply_async`],
-/// [`RedisPool::map_async`]).
-pub struct RedisAsync<T> {
-    rx: mpsc::Receiver<Result<T, RedisPoolError>>,
-    value: Option<Result<T, RedisPoolError>>,
-    taken: bool,
-}
-
-impl<T> fmt::Debug for RedisAsync<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisAsync").field("arrived", &self.value.is_some()).field("taken", &self.taken).finish()
-    }
-}
-
-impl<T: Send + 'static> RedisAsync<T> {
-    fn spawn(work: impl FnOnce() -> Result<T, RedisPoolError> + Send + 'static) -> RedisAsync<T> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let started = std::thread::Builder::new().name("multiproc-redis call".into()).spawn(move || {
-            let _ = tx.send(work());
-        });
-        let value = started.err().map(|e| Err(RedisPoolError::Redis(format!("could not start a call thread: {e}"))));
-        RedisAsync { rx: mpsc_receiver(rx), value, taken: false }
-    }
-
-    /// True once the result has arrived.
-    pub fn ready(&mut self) -> bool {
-        if self.value.is_none()
-            && let Ok(v) = self.rx.try_recv()
-        {
-            self.value = Some(v);
-        }
-        self.value.is_some()
-    }
-
-    /// Waits for the result.
-    ///
-    /// # Errors
-    ///
-    /// As for the call that made it.
-    pub fn get(self) -> Result<T, RedisPoolError> {
-        if self.taken {
-            return Err(RedisPoolError::Taken);
-        }
-        match self.value {
-            Some(v) => v,
-            None => self.rx.recv().unwrap_or_else(|_| Err(RedisPoolError::Redis("the call thread died".into()))),
-        }
-    }
-
-    /// Waits at most `timeout` for the result.
-    ///
-    /// # Errors
-    ///
-    /// [`RedisPoolError::Timeout`] (ask again later), [`RedisPoolError::Taken`]
-    /// after an earlier successful wait, or as for the call.
-    pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, RedisPoolError> {
-        if self.taken {
-            return Err(RedisPoolError::Taken);
-        }
-        let v = match self.value.take() {
-            Some(v) => v,
-            None => match self.rx.recv_timeout(timeout) {
-                Ok(v) => v,
-                Err(mpsc::RecvTimeoutError::Timeout) => return Err(RedisPoolError::Timeout(timeout)),
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(RedisPoolError::Redis("the call thread died".into())),
-            },
-        };
-        self.taken = true;
-        v
-    }
-}
-
-fn mpsc_receiver<T>(rx: mpsc::Receiver<T>) -> mpsc::Receiver<T> {
-    rx
 }

@@ -19,18 +19,15 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::conn::Conn;
+use crate::endpoint::{Endpoint, endpoint_setters};
 use crate::error::{RedisPoolError, TaskFailure};
-use crate::pool::{DEFAULT_PREFIX, DEFAULT_QUEUE};
 use crate::schema::{self, Keys, TaskMsg};
 use outlet::Disposal;
 
 /// Options for a worker host. Created by [`Worker::builder`].
 #[derive(Clone)]
 pub struct WorkerBuilder {
-    url: String,
-    prefix: String,
-    queue: String,
-    key: Vec<u8>,
+    endpoint: Endpoint,
     processes: usize,
     visibility: Duration,
 }
@@ -38,8 +35,7 @@ pub struct WorkerBuilder {
 impl fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerBuilder")
-            .field("prefix", &self.prefix)
-            .field("queue", &self.queue)
+            .field("endpoint", &self.endpoint)
             .field("processes", &self.processes)
             .field("visibility", &self.visibility)
             .finish_non_exhaustive()
@@ -47,25 +43,7 @@ impl fmt::Debug for WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// The key prefix; must match the callers' (default
-    /// [`DEFAULT_PREFIX`](crate::DEFAULT_PREFIX)).
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_string();
-        self
-    }
-
-    /// The queue served (default [`DEFAULT_QUEUE`](crate::DEFAULT_QUEUE)).
-    pub fn queue(mut self, queue: &str) -> Self {
-        self.queue = queue.to_string();
-        self
-    }
-
-    /// The key tasks must be signed with (as
-    /// [`RedisPoolBuilder::auth_key`](crate::RedisPoolBuilder::auth_key)).
-    pub fn auth_key(mut self, key: &[u8]) -> Self {
-        self.key = key.to_vec();
-        self
-    }
+    endpoint_setters!();
 
     /// Worker processes on this host (default: the CPU count).
     pub fn processes(mut self, n: usize) -> Self {
@@ -88,8 +66,8 @@ impl WorkerBuilder {
     /// [`RedisPoolError::Redis`] if Redis cannot be reached or the consumer
     /// group cannot be created; a local pool that cannot start.
     pub fn start(self) -> Result<Worker, RedisPoolError> {
-        let conn = Conn::open(&self.url)?;
-        let keys = Keys::new(&self.prefix, &self.queue);
+        let conn = Conn::open(&self.endpoint.url)?;
+        let keys = self.endpoint.keys();
         let mut id = [0u8; 4];
         let _ = getrandom::fill(&mut id);
         let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
@@ -100,7 +78,7 @@ impl WorkerBuilder {
         let host = Arc::new(HostShared {
             consumer,
             keys,
-            key: self.key,
+            key: self.endpoint.key,
             processes: self.processes,
             visibility: self.visibility,
             stop: AtomicBool::new(false),
@@ -178,10 +156,7 @@ impl Worker {
     /// Options for a worker host on the Redis server at `url`.
     pub fn builder(url: &str) -> WorkerBuilder {
         WorkerBuilder {
-            url: url.to_string(),
-            prefix: DEFAULT_PREFIX.to_string(),
-            queue: DEFAULT_QUEUE.to_string(),
-            key: schema::default_key(),
+            endpoint: Endpoint::new(url),
             processes: multiproc::cpu_count(),
             visibility: Duration::from_secs(30),
         }
