@@ -254,7 +254,11 @@ impl<'a> Engine<'a> {
         lost.sort_by_key(|(_, (first, _))| *first);
         for (task, (first, n)) in lost {
             self.shared.forget(task);
-            (first..first + n).for_each(|index| self.ready.push_back((index, Err(error()))));
+            for index in first..first + n {
+                if !self.skip.remove(&index) {
+                    self.ready.push_back((index, Err(error())));
+                }
+            }
         }
     }
 }

@@ -13,7 +13,6 @@
 //!
 //! fn square(x: u64) -> u64 { x * x }
 //!
-//! # if !RedisServer::available() { return; }
 //! let server = RedisServer::start().unwrap();        // a private redis-server
 //! let worker = Worker::builder(&server.url()).processes(2).start().unwrap();
 //! let pool = RedisPool::builder(&server.url()).wait_timeout(Duration::from_secs(60)).connect().unwrap();
