@@ -64,3 +64,34 @@ fn a_killed_host_loses_nothing_and_nothing_arrives_twice() {
     let dead: i64 = redis::cmd("XLEN").arg("kill:default:dead").query(&mut con).unwrap();
     assert_eq!(dead, 0);
 }
+
+/// Runs for `ms`, appending a line to `log` when it starts (so the test can
+/// count how many times it ran).
+fn long(log: String, ms: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
+    writeln!(f, "started").unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_long_task_on_a_live_host_is_not_taken_over() {
+    let server = server();
+    // Tasks run 4× the visibility timeout; heartbeats keep them with their host.
+    let visibility = Duration::from_millis(500);
+    let _a = host_process(&server, "long", 1, visibility);
+    let _b = host_process(&server, "long", 1, visibility);
+    let pool = pool(&server, "long").connect().unwrap();
+    let log = std::env::temp_dir().join(format!("multiproc-redis-long-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let path = log.to_str().unwrap().to_string();
+    let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 2000u64), (path.clone(), 2000)]).unwrap();
+    assert_eq!(got, [2000, 2000]);
+    let runs = std::fs::read_to_string(&log).unwrap().lines().count();
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(runs, 2, "a task ran again on another host while its own was alive");
+    let info = multiproc_redis::queue_info(&server.url(), "long", "default").unwrap();
+    assert_eq!((info.tasks, info.dead_letters), (0, 0));
+}
