@@ -190,6 +190,9 @@ pub(crate) fn run_entry(entry: EntryRef, args: &[u8], fds: Vec<OwnedFd>) -> Entr
 /// // SAFETY: `f` was made by this process, which is the same build.
 /// let out = unsafe { f.call(&args) }.unwrap();
 /// assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 5);
+/// // Bytes that are not the arguments: an error, not a call.
+/// // SAFETY: as above.
+/// assert!(unsafe { f.call(&[0xff]) }.unwrap_err().contains("could not decode"));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct RemoteFn(EntryRef);
