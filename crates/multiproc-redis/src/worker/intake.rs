@@ -58,11 +58,20 @@ struct Pacer {
 impl Pacer {
     fn limit(&mut self, host: &HostShared) -> usize {
         let floor = 2 * host.processes;
+        let done = host.done_items.load(Ordering::Relaxed);
+        if done == self.done_then && host.in_flight.load(Ordering::Acquire) == 0 {
+            // Idle: the next measurement starts with the next work.
+            self.since = Instant::now();
+        }
         let elapsed = self.since.elapsed();
         if elapsed >= Duration::from_millis(200) {
-            let done = host.done_items.load(Ordering::Relaxed);
-            let rate = (done - self.done_then) as f64 / elapsed.as_secs_f64();
-            self.limit = ((rate * AHEAD.as_secs_f64()) as usize).clamp(floor, MAX_IN_FLIGHT);
+            // Too few items to measure (the host was idle, or its tasks are
+            // long): keep the last limit, so an idle spell does not make
+            // the next burst start slowly.
+            if done - self.done_then >= floor as u64 {
+                let rate = (done - self.done_then) as f64 / elapsed.as_secs_f64();
+                self.limit = ((rate * AHEAD.as_secs_f64()) as usize).clamp(floor, MAX_IN_FLIGHT);
+            }
             self.since = Instant::now();
             self.done_then = done;
         }
