@@ -8,7 +8,7 @@
 //! - `redis_pool/chunk100`: the same, 100 tasks per entry (Celery:
 //!   `tiny.chunks(…, 100)`);
 //! - `redis_pool/cpu_w1`, `cpu_w2`, `cpu_w4`: CPU-bound tasks (each spins
-//!   for 5 ms of its process's CPU time, on both sides) per second with 1,
+//!   for 5 ms of its thread's CPU time, on both sides) per second with 1,
 //!   2, 4 worker processes.
 //!
 //! The Celery side runs `bench/python/celery_pool.py` in a virtual
@@ -44,19 +44,19 @@ fn tiny(x: u64) -> u64 {
     x + 1
 }
 
-/// This process's CPU time in nanoseconds.
-fn process_cpu_ns() -> u64 {
+/// This thread's CPU time in nanoseconds.
+fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into the valid `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Spins until this process has used `cpu_us` µs of CPU time; returns `x`.
+/// Spins until this thread has used `cpu_us` µs of CPU time; returns `x`.
 fn burn(x: u64, cpu_us: u64) -> u64 {
-    let end = process_cpu_ns() + cpu_us * 1000;
+    let end = thread_cpu_ns() + cpu_us * 1000;
     let mut spins = 0u64;
-    while process_cpu_ns() < end {
+    while thread_cpu_ns() < end {
         spins = std::hint::black_box(spins.wrapping_add(1));
     }
     x

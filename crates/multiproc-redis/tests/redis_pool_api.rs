@@ -105,3 +105,43 @@ fn a_wait_is_bounded_when_no_worker_runs() {
     let err = pool.map(square, 0..3u64).unwrap_err();
     assert!(err.is_timeout(), "{err}");
 }
+
+fn slow_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(30));
+    x * x
+}
+
+#[test]
+fn a_result_delivered_twice_reaches_the_caller_once() {
+    use multiproc_redis::schema::{self, ChunkResult, Keys, Outcome};
+    let server = server();
+    let _w = local_worker(&server, "dupes", 1);
+    let pool = pool(&server, "dupes").connect().unwrap();
+    let results_key = Keys::new("dupes", "default").results(pool.caller_id());
+    let mut con = support::raw(&server);
+    // Chunk ids start at 1: chunk k holds item k - 1.
+    let result_of = |task: u64| {
+        let bytes = postcard::to_allocvec(&((task - 1) * (task - 1))).unwrap();
+        ChunkResult { task, outcome: Outcome::Items(vec![Ok(serde_bytes::ByteBuf::from(bytes))]) }
+    };
+    let n = 20u64;
+    let mut got = Vec::new();
+    let mut results = pool.with_chunksize(1).imap_unordered(slow_square, 0..n);
+    for r in results.by_ref().take(5) {
+        got.push(r.unwrap());
+    }
+    // Every chunk's result again, twice: the first five are duplicates of
+    // delivered results, the rest arrive before the worker's own (which
+    // then are the duplicates).
+    for _ in 0..2 {
+        let fields = schema::result_fields(&(1..=n).map(result_of).collect::<Vec<_>>());
+        let _: String = redis::cmd("XADD").arg(&results_key).arg("*").arg(&fields[..]).query(&mut con).unwrap();
+    }
+    got.extend(results.map(Result::unwrap));
+    assert_eq!(got.len() as u64, n);
+    assert_eq!(got.iter().copied().collect::<HashSet<_>>(), (0..n).map(|i| i * i).collect::<HashSet<_>>());
+    // The worker's late results for the same chunks are dropped too: the
+    // next call gets only its own.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
+}
