@@ -83,6 +83,8 @@ impl Pacer {
 pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender<Event>, mut conn: Conn) {
     let tasks = host.keys.tasks();
     let mut pacer = Pacer { since: Instant::now(), done_then: 0, limit: 2 * host.processes };
+    // Items per entry in the last read: entries are read, items counted.
+    let mut per_entry = 1usize;
     while !host.stopping() {
         let limit = pacer.limit(host);
         let in_flight = host.in_flight.load(Ordering::Acquire);
@@ -90,7 +92,7 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
             std::thread::sleep(Duration::from_micros(500));
             continue;
         }
-        let count = (limit - in_flight).clamp(1, 1024);
+        let count = ((limit - in_flight) / per_entry).clamp(1, 1024);
         let opts =
             StreamReadOptions::default().group(GROUP, &host.consumer).count(count).block(BLOCK.as_millis() as usize);
         let reply = conn.run(|c| {
@@ -111,14 +113,21 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
                 continue;
             }
         };
+        let (mut entries, mut items) = (0usize, 0usize);
         for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
             let fields = schema::entry_fields(entry.map);
             match admit(host, &fields) {
-                Ok(msg) => start(host, executors, &events, &mut conn, entry.id, msg),
+                Ok(msg) => {
+                    entries += 1;
+                    items += start(host, executors, &events, &mut conn, entry.id, msg);
+                }
                 Err(disposal) => {
                     let _ = events.send(Event::Dispose { id: entry.id, disposal });
                 }
             }
+        }
+        if entries > 0 {
+            per_entry = items.div_ceil(entries).max(1);
         }
     }
     let deadline = Instant::now() + DRAIN;
@@ -127,7 +136,7 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
     }
 }
 
-/// Hands the items of an admitted chunk to the pools.
+/// Hands the items of an admitted chunk to the pools; returns how many.
 fn start(
     host: &HostShared,
     executors: &Executors,
@@ -135,12 +144,12 @@ fn start(
     conn: &mut Conn,
     id: String,
     msg: TaskMsg,
-) {
+) -> usize {
     let items = match load_args(conn, &msg.args) {
         Ok(items) => items,
         Err(failure) => {
             let _ = events.send(Event::Dispose { id, disposal: Disposal::Fail { msg: Box::new(msg), failure } });
-            return;
+            return 0;
         }
     };
     let id: Arc<str> = id.into();
@@ -153,6 +162,7 @@ fn start(
             let _ = tx.send(Event::Item { id, index, result });
         });
     }
+    n
 }
 
 /// The items of a chunk, from the entry or its blob key.
