@@ -89,7 +89,7 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
         let limit = pacer.limit(host);
         let in_flight = host.in_flight.load(Ordering::Acquire);
         if in_flight >= limit {
-            std::thread::sleep(Duration::from_micros(500));
+            host.wait_for_room(limit, Duration::from_millis(50));
             continue;
         }
         let count = ((limit - in_flight) / per_entry).clamp(1, 1024);

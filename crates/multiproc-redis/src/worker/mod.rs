@@ -12,7 +12,7 @@ mod outlet;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -83,6 +83,7 @@ impl WorkerBuilder {
             visibility: self.visibility,
             stop: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            room: (Mutex::new(()), Condvar::new()),
             done_items: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
@@ -128,6 +129,8 @@ pub(crate) struct HostShared {
     stop: AtomicBool,
     /// Items handed to the pools and not finished.
     pub in_flight: AtomicUsize,
+    /// Notified when items finish, for an intake waiting for room.
+    pub room: (Mutex<()>, Condvar),
     /// Items finished since the start.
     pub done_items: AtomicU64,
 }
@@ -135,6 +138,24 @@ pub(crate) struct HostShared {
 impl HostShared {
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Marks `n` items finished and wakes the intake.
+    pub(crate) fn finished(&self, n: usize) {
+        // ORDERING: AcqRel pairs with the intake's Acquire load of the count.
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        let _guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.room.1.notify_all();
+    }
+
+    /// Waits until fewer than `limit` items are in flight, at most `timeout`.
+    pub(crate) fn wait_for_room(&self, limit: usize, timeout: Duration) {
+        let guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+        // ORDERING: Acquire pairs with `finished`; the count is read under
+        // the lock `finished` notifies under, so no wake-up is missed.
+        if self.in_flight.load(Ordering::Acquire) >= limit {
+            let _ = self.room.1.wait_timeout(guard, timeout);
+        }
     }
 }
 

@@ -235,7 +235,7 @@ fn handle(host: &HostShared, event: Event, running: &mut HashMap<Arc<str>, Runni
         }
         Event::Item { id, index, result } => {
             host.done_items.fetch_add(1, Ordering::Relaxed);
-            host.in_flight.fetch_sub(1, Ordering::AcqRel);
+            host.finished(1);
             let Some(r) = running.get_mut(&id) else { return };
             if let Some(slot) = r.outcomes.get_mut(index)
                 && slot.is_none()
