@@ -35,6 +35,11 @@ fn len(v: Vec<u8>) -> usize {
     v.len()
 }
 
+fn reversed(mut v: Vec<u8>) -> Vec<u8> {
+    v.reverse();
+    v
+}
+
 #[test]
 fn every_call_of_the_pool() {
     let server = server();
@@ -90,6 +95,11 @@ fn large_arguments_travel_in_their_own_keys() {
     let big = vec![7u8; 3 << 20];
     assert_eq!(pool.apply(len, (big.clone(),)).unwrap(), 3 << 20);
     assert_eq!(pool.with_chunksize(4).map(len, vec![big.clone(); 8]).unwrap(), vec![3 << 20; 8]);
+    // Large results too: several 2 MiB results, over more than one result entry.
+    let half: Vec<u8> = (0..2 << 20).map(|i| i as u8).collect();
+    let back = pool.with_chunksize(3).map(reversed, vec![half.clone(); 6]).unwrap();
+    let want: Vec<u8> = half.iter().rev().copied().collect();
+    assert!(back.len() == 6 && back.iter().all(|b| *b == want));
     // Read results and used argument keys are gone.
     let mut con = support::raw(&server);
     assert!(support::eventually(Duration::from_secs(10), || {
