@@ -16,6 +16,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Conn {
     client: Client,
     con: Option<Connection>,
+    /// Connections made so far: a change means the last one was lost.
+    connects: u64,
 }
 
 impl fmt::Debug for Conn {
@@ -38,14 +40,14 @@ impl Conn {
     /// A connection to `url`, made now.
     pub(crate) fn open(url: &str) -> RedisResult<Conn> {
         let client = Client::open(url)?;
-        let mut conn = Conn { client, con: None };
+        let mut conn = Conn { client, con: None, connects: 0 };
         conn.connection()?;
         Ok(conn)
     }
 
     /// A second connection to the same server.
     pub(crate) fn another(&self) -> RedisResult<Conn> {
-        let mut conn = Conn { client: self.client.clone(), con: None };
+        let mut conn = Conn { client: self.client.clone(), con: None, connects: 0 };
         conn.connection()?;
         Ok(conn)
     }
@@ -56,8 +58,24 @@ impl Conn {
             con.set_read_timeout(Some(REPLY_TIMEOUT))?;
             con.set_write_timeout(Some(REPLY_TIMEOUT))?;
             self.con = Some(con);
+            self.connects += 1;
         }
         Ok(self.con.as_mut().unwrap_or_else(|| unreachable!("set above")))
+    }
+
+    /// How many connections were made so far (a new one after each loss).
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects
+    }
+
+    /// The server's run id (new at each start) and whether it keeps an
+    /// append-only file.
+    pub(crate) fn server_identity(&mut self) -> RedisResult<(String, bool)> {
+        let info: String = self.run(|c| redis::cmd("INFO").arg("server").arg("persistence").query(c))?;
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(str::trim)
+        };
+        Ok((field("run_id").unwrap_or_default().to_string(), field("aof_enabled") == Some("1")))
     }
 
     /// Runs `f` once on the connection; a transient error drops the

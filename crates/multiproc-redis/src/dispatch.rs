@@ -106,8 +106,29 @@ impl Drop for Dispatcher {
     }
 }
 
+/// Fails the calls in flight if Redis came back from a restart without
+/// its data (no append-only file): their tasks are gone.
+fn check_restart(shared: &Shared, conn: &mut Conn, run_id: &mut String) {
+    let Ok((now, aof)) = conn.server_identity() else { return };
+    if now == *run_id || run_id.is_empty() {
+        *run_id = now;
+        return;
+    }
+    *run_id = now;
+    if aof {
+        tracing::info!("redis restarted with its append-only file; the calls go on");
+    } else {
+        let reason = "redis restarted without append-only persistence (appendonly no), so the queued tasks and \
+                      their results are gone; run redis with appendonly yes, and start the call again";
+        tracing::error!("{reason}");
+        shared.fail_all(reason);
+    }
+}
+
 fn run(shared: &Shared, mut conn: Conn) {
     let mut last_id = "0-0".to_string();
+    let mut run_id = conn.server_identity().map(|(id, _)| id).unwrap_or_default();
+    let mut connects = conn.connects();
     let opts = StreamReadOptions::default().count(READ_COUNT).block(BLOCK.as_millis() as usize);
     while !shared.stop.load(Ordering::Acquire) {
         let key = &shared.results_key;
@@ -127,6 +148,10 @@ fn run(shared: &Shared, mut conn: Conn) {
                 continue;
             }
         };
+        if conn.connects() != connects {
+            connects = conn.connects();
+            check_restart(shared, &mut conn, &mut run_id);
+        }
         let Some(reply) = reply else { continue };
         let mut read = Vec::new();
         let mut blobs = Vec::new();

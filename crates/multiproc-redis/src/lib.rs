@@ -47,9 +47,10 @@
 //!
 //! - a task that panics, crashes its process or runs over its timeout fails
 //!   alone ([`TaskFailure`]); the host goes on;
-//! - a Redis restart: calls and workers reconnect and go on; a Redis gone
-//!   longer than [`RedisPoolBuilder::reconnect_timeout`] fails the waiting
-//!   calls with [`RedisPoolError::Redis`];
+//! - a Redis restart: calls and workers reconnect and go on (with Redis's
+//!   append-only file, nothing is lost); a restart that lost the data, or a
+//!   Redis gone longer than [`RedisPoolBuilder::reconnect_timeout`], fails
+//!   the waiting calls with [`RedisPoolError::Redis`] saying so;
 //! - garbage in the task stream is logged, acknowledged and moved to the
 //!   dead-letter stream.
 //!

@@ -50,3 +50,21 @@ fn a_call_fails_clearly_when_redis_stays_away() {
     drop(pool);
     drop(worker);
 }
+
+#[test]
+fn a_restart_that_lost_the_data_fails_the_call_clearly() {
+    let mut server = multiproc_redis::RedisServer::start_in_memory().unwrap();
+    let worker = local_worker(&server, "lost", 1);
+    let pool = pool(&server, "lost").connect().unwrap();
+    assert_eq!(pool.apply(nap, (1,)).unwrap(), 1);
+
+    let mut call = pool.with_chunksize(1).map_async(nap, 0..500u64);
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart().unwrap();
+    let t = Instant::now();
+    let err = call.get_timeout(Duration::from_secs(60)).unwrap_err();
+    assert!(err.to_string().contains("without append-only persistence"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+    drop(pool);
+    drop(worker);
+}
