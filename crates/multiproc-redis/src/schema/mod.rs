@@ -13,6 +13,12 @@
 //! | `P:Q:blob:C:T` | string, with expiry | the arguments of chunk `T` of caller `C` when they are too large for an entry ([`BLOB_THRESHOLD`]) |
 //! | `P:results:C` | stream, with expiry | the results for caller `C`; the caller deletes what it has read, and the key expires [`TaskMsg::result_ttl_ms`] after the last write if the caller is gone |
 //!
+//! Each worker host is a consumer of [`GROUP`] named `hostname-pid-random`;
+//! it joins at start (`XGROUP CREATECONSUMER`), keeps the entries it holds
+//! with heartbeats (`XCLAIM … JUSTID` every quarter of the visibility
+//! timeout), and removes consumers that hold nothing and have been idle for
+//! an hour (hosts that are gone).
+//!
 //! # Entries
 //!
 //! A task entry has the fields `v` ([`SCHEMA_VERSION`]), `m` (a [`TaskMsg`]
