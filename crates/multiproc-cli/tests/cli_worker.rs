@@ -61,13 +61,23 @@ fn the_worker_command_serves_a_queue_and_refuses_another_build() {
     assert_ne!(worker_build, task_build);
     assert!(err.to_string().contains("another build"), "{err}");
     assert_eq!(queue_info(&server.url(), "cli", "q").unwrap().dead_letters, 1);
-    // It logged the refusal and goes on serving.
+    // A garbage entry: skipped, dead-lettered, logged.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+    let _: String = redis::cmd("XADD").arg("cli:q:tasks").arg("*").arg("junk").arg("!").query(&mut con).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queue_info(&server.url(), "cli", "q").unwrap().dead_letters < 2 {
+        assert!(std::time::Instant::now() < deadline, "the garbage entry was not dead-lettered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It logged both and goes on serving.
     assert!(worker.0.try_wait().unwrap().is_none());
     let _ = worker.0.kill();
     let _ = worker.0.wait();
     let mut log = String::new();
     std::io::Read::read_to_string(worker.0.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(log.contains("serving queue \"q\"") && log.contains("another build"), "{log}");
+    assert!(log.contains("skipping entry") && log.contains("no byte field"), "{log}");
 }
 
 #[test]
