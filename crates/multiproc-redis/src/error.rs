@@ -36,6 +36,12 @@ pub enum TaskFailure {
         /// The caller's build id.
         task_build: String,
     },
+    /// A worker refused the task because it was not signed with the
+    /// worker's key (or was forged).
+    #[error(
+        "refused: the task is not signed with the worker's key (entry MAC does not match); give the pool and its workers the same auth key"
+    )]
+    WrongKey,
     /// The task failed on every one of its deliveries and is now in the
     /// dead-letter stream.
     #[error("the task failed {attempts} deliveries and went to the dead-letter stream; last error: {last_error}")]

@@ -52,7 +52,9 @@
 //!   Redis gone longer than [`RedisPoolBuilder::reconnect_timeout`], fails
 //!   the waiting calls with [`RedisPoolError::Redis`] saying so;
 //! - garbage in the task stream is logged, acknowledged and moved to the
-//!   dead-letter stream.
+//!   dead-letter stream; a task signed with another key
+//!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its
+//!   caller gets [`TaskFailure::WrongKey`].
 //!
 //! ## Layout
 //!

@@ -155,3 +155,15 @@ fn a_result_delivered_twice_reaches_the_caller_once() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
 }
+
+#[test]
+fn a_pool_and_a_worker_with_different_keys_say_so() {
+    let server = server();
+    let _w =
+        multiproc_redis::Worker::builder(&server.url()).prefix("keys").auth_key(b"one").processes(1).start().unwrap();
+    let pool = pool(&server, "keys").auth_key(b"two").connect().unwrap();
+    let err = pool.apply(square, (3,)).unwrap_err();
+    assert_eq!(err.task_failure(), Some(&TaskFailure::WrongKey), "{err}");
+    let pool = support::pool(&server, "keys").auth_key(b"one").connect().unwrap();
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
+}

@@ -220,7 +220,10 @@ pub(crate) fn admit(host: &HostShared, fields: &[(String, Value)]) -> Result<Tas
         let failure = TaskFailure::Refused { worker_build: own.to_string(), task_build: msg.build_id.clone() };
         return Err(Disposal::Fail { msg: Box::new(msg), failure });
     }
-    schema::verify_mac(fields, &host.key).map_err(|e| garbage(e.to_string()))?;
+    if schema::verify_mac(fields, &host.key).is_err() {
+        // Well-formed but not ours: tell its caller, who would wait otherwise.
+        return Err(Disposal::Fail { msg: Box::new(msg), failure: TaskFailure::WrongKey });
+    }
     Ok(msg)
 }
 
