@@ -230,6 +230,10 @@ impl RedisPool {
         starmap(f: F, items: I) -> Result<Vec<R>, RedisPoolError> where [F, A, R, I] [F: Task<A, R>, I: IntoIterator<Item = A>]
     }
     forward! {
+        /// [`RedisPool::starmap`] in the background.
+        starmap_async(f: F, items: I) -> RedisAsync<Vec<R>> where [F, A, R, I] [F: Task<A, R>, I: IntoIterator<Item = A>]
+    }
+    forward! {
         /// `f(x)` for every item, yielded in order; the input is read lazily.
         imap<'a>(f: F, items: I) -> RedisImap<'a, R> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a]
     }
@@ -381,6 +385,18 @@ impl<'p> Call<'p> {
     {
         let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
         RedisImap::new(engine, true).collect()
+    }
+
+    /// As [`RedisPool::starmap_async`].
+    pub fn starmap_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
+    where
+        F: Task<A, R>,
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
+        RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
     }
 
     /// The engine of a call whose input is read whole first (`map`,

@@ -55,6 +55,8 @@ fn every_call_of_the_pool() {
     assert!(matches!(r.get_timeout(Duration::from_secs(1)), Err(RedisPoolError::Taken)));
     let m = pool.map_async(square, vec![1u64, 2, 3]);
     assert_eq!(m.get().unwrap(), [1, 4, 9]);
+    let mut s = pool.starmap_async(add, vec![(1u64, 1u64), (2, 2)]);
+    assert_eq!(s.get_timeout(Duration::from_secs(60)).unwrap(), [2, 4]);
 
     let ordered: Vec<u64> = pool.imap(square, 0..300u64).map(Result::unwrap).collect();
     assert_eq!(ordered, (0..300u64).map(square).collect::<Vec<_>>());
