@@ -123,19 +123,17 @@ impl fmt::Debug for RedisPool {
     }
 }
 
-/// Generates the `RedisPool` method that forwards to `Call` with default
-/// options. Arguments and results are `serde` types that can cross threads.
-macro_rules! forward {
-    ($(#[$doc:meta])* $name:ident $(<$lt:lifetime>)? ($($arg:ident : $ty:ty),*) -> $ret:ty where [$($g:ident),*] [$($wc:tt)*]) => {
+/// A call method: `A` (the arguments) and `R` (the result) are `serde`
+/// types that can cross threads; the second bracket adds its own bounds.
+macro_rules! serde_call {
+    ($(#[$doc:meta])* fn $name:ident<$($lt:lifetime,)? $($g:ident),*>($($params:tt)*) -> $ret:ty where [$($wc:tt)*] $body:block) => {
         $(#[$doc])*
-        pub fn $name<$($lt,)? $($g),*>(&$($lt)? self, $($arg: $ty),*) -> $ret
+        pub fn $name<$($lt,)? $($g),*>($($params)*) -> $ret
         where
             A: Serialize + DeserializeOwned + Send + 'static,
             R: Serialize + DeserializeOwned + Send + 'static,
             $($wc)*
-        {
-            self.call().$name($($arg),*)
-        }
+        $body
     };
 }
 
@@ -194,20 +192,24 @@ impl RedisPool {
         self.call().wait_timeout(timeout)
     }
 
-    forward! {
+    serde_call! {
         /// Runs `f(args…)` on a worker and waits for it.
         ///
         /// # Errors
         ///
         /// [`RedisPoolError::Task`] when the task failed, or as for
         /// [`RedisPool::map`].
-        apply(f: F, args: A) -> Result<R, RedisPoolError> where [F, A, R] [F: Task<A, R>]
+        fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, RedisPoolError> where [F: Task<A, R>] {
+            self.call().apply(f, args)
+        }
     }
-    forward! {
+    serde_call! {
         /// Runs `f(args…)` on a worker in the background.
-        apply_async(f: F, args: A) -> RedisAsync<R> where [F, A, R] [F: Task<A, R>]
+        fn apply_async<F, A, R>(&self, f: F, args: A) -> RedisAsync<R> where [F: Task<A, R>] {
+            self.call().apply_async(f, args)
+        }
     }
-    forward! {
+    serde_call! {
         /// `f(x)` for every item, in order.
         ///
         /// # Errors
@@ -215,31 +217,49 @@ impl RedisPool {
         /// The first failed task ([`RedisPoolError::Task`] with its index),
         /// [`RedisPoolError::Redis`] when Redis stayed away longer than the
         /// reconnect timeout, [`RedisPoolError::Timeout`] past the wait timeout.
-        map(f: F, items: I) -> Result<Vec<R>, RedisPoolError> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>]
+        fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            self.call().map(f, items)
+        }
     }
-    forward! {
+    serde_call! {
         /// [`RedisPool::map`] in the background.
-        map_async(f: F, items: I) -> RedisAsync<Vec<R>> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>]
+        fn map_async<F, A, R, I>(&self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            self.call().map_async(f, items)
+        }
     }
-    forward! {
+    serde_call! {
         /// `f(a, b, …)` for every tuple, in order.
         ///
         /// # Errors
         ///
         /// As for [`RedisPool::map`].
-        starmap(f: F, items: I) -> Result<Vec<R>, RedisPoolError> where [F, A, R, I] [F: Task<A, R>, I: IntoIterator<Item = A>]
+        fn starmap<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            self.call().starmap(f, items)
+        }
     }
-    forward! {
+    serde_call! {
         /// [`RedisPool::starmap`] in the background.
-        starmap_async(f: F, items: I) -> RedisAsync<Vec<R>> where [F, A, R, I] [F: Task<A, R>, I: IntoIterator<Item = A>]
+        fn starmap_async<F, A, R, I>(&self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            self.call().starmap_async(f, items)
+        }
     }
-    forward! {
+    serde_call! {
         /// `f(x)` for every item, yielded in order; the input is read lazily.
-        imap<'a>(f: F, items: I) -> RedisImap<'a, R> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a]
+        fn imap<'a, F, A, R, I>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.call().imap(f, items)
+        }
     }
-    forward! {
+    serde_call! {
         /// As [`RedisPool::imap`], yielded in the order they finish.
-        imap_unordered<'a>(f: F, items: I) -> RedisImap<'a, R> where [F, A, R, I] [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a]
+        fn imap_unordered<'a, F, A, R, I>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.call().imap_unordered(f, items)
+        }
     }
 }
 
@@ -315,88 +335,70 @@ impl<'p> Call<'p> {
         Engine::new(self.pool.shared.clone(), self.plan(f, default_chunksize), items)
     }
 
-    /// As [`RedisPool::apply`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`RedisPool::apply`].
-    pub fn apply<F, A, R>(self, f: F, args: A) -> Result<R, RedisPoolError>
-    where
-        F: Task<A, R>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let mut all = self.starmap(f, [args])?;
-        Ok(all.pop().unwrap_or_else(|| unreachable!("one item in, one result out")))
+    serde_call! {
+        /// As [`RedisPool::apply`].
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::apply`].
+        fn apply<F, A, R>(self, f: F, args: A) -> Result<R, RedisPoolError> where [F: Task<A, R>] {
+            let mut all = self.starmap(f, [args])?;
+            Ok(all.pop().unwrap_or_else(|| unreachable!("one item in, one result out")))
+        }
     }
 
-    /// As [`RedisPool::apply_async`].
-    pub fn apply_async<F, A, R>(self, f: F, args: A) -> RedisAsync<R>
-    where
-        F: Task<A, R>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let engine = self.engine::<F, A, R>(f, 1, std::iter::once(encode_one(&args)));
-        RedisAsync::spawn(move || {
-            let mut it = RedisImap::<R>::new(engine, true);
-            it.next().unwrap_or_else(|| unreachable!("one item in, one result out"))
-        })
+    serde_call! {
+        /// As [`RedisPool::apply_async`].
+        fn apply_async<F, A, R>(self, f: F, args: A) -> RedisAsync<R> where [F: Task<A, R>] {
+            let engine = self.engine::<F, A, R>(f, 1, std::iter::once(encode_one(&args)));
+            RedisAsync::spawn(move || {
+                let mut it = RedisImap::<R>::new(engine, true);
+                it.next().unwrap_or_else(|| unreachable!("one item in, one result out"))
+            })
+        }
     }
 
-    /// As [`RedisPool::map`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`RedisPool::map`].
-    pub fn map<F, A, R, I>(self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.starmap(f, items.into_iter().map(|x| (x,)))
+    serde_call! {
+        /// As [`RedisPool::map`].
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::map`].
+        fn map<F, A, R, I>(self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            self.starmap(f, items.into_iter().map(|x| (x,)))
+        }
     }
 
-    /// As [`RedisPool::map_async`].
-    pub fn map_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let engine = self.whole::<F, (A,), R>(f, items.into_iter().map(|x| encode_one(&(x,))).collect());
-        RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+    serde_call! {
+        /// As [`RedisPool::map_async`].
+        fn map_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            let engine = self.whole::<F, (A,), R>(f, items.into_iter().map(|x| encode_one(&(x,))).collect());
+            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+        }
     }
 
-    /// As [`RedisPool::starmap`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`RedisPool::map`].
-    pub fn starmap<F, A, R, I>(self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
-    where
-        F: Task<A, R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
-        RedisImap::new(engine, true).collect()
+    serde_call! {
+        /// As [`RedisPool::starmap`].
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::map`].
+        fn starmap<F, A, R, I>(self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
+            RedisImap::new(engine, true).collect()
+        }
     }
 
-    /// As [`RedisPool::starmap_async`].
-    pub fn starmap_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
-    where
-        F: Task<A, R>,
-        I: IntoIterator<Item = A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
-        RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+    serde_call! {
+        /// As [`RedisPool::starmap_async`].
+        fn starmap_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
+            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+        }
     }
 
     /// The engine of a call whose input is read whole first (`map`,
@@ -411,28 +413,20 @@ impl<'p> Call<'p> {
         self.engine::<F, A, R>(f, chunksize, encoded.into_iter())
     }
 
-    /// As [`RedisPool::imap`].
-    pub fn imap<'a, F, A, R, I>(self, f: F, items: I) -> RedisImap<'a, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: Send + 'a,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.lazy(f, items, true)
+    serde_call! {
+        /// As [`RedisPool::imap`].
+        fn imap<'a, F, A, R, I>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.lazy(f, items, true)
+        }
     }
 
-    /// As [`RedisPool::imap_unordered`].
-    pub fn imap_unordered<'a, F, A, R, I>(self, f: F, items: I) -> RedisImap<'a, R>
-    where
-        F: Task<(A,), R>,
-        I: IntoIterator<Item = A>,
-        I::IntoIter: Send + 'a,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        self.lazy(f, items, false)
+    serde_call! {
+        /// As [`RedisPool::imap_unordered`].
+        fn imap_unordered<'a, F, A, R, I>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.lazy(f, items, false)
+        }
     }
 
     /// `imap` in input order or not; the input read lazily, one item per
