@@ -169,3 +169,13 @@ fn a_pool_and_a_worker_with_different_keys_say_so() {
     let pool = support::pool(&server, "keys").auth_key(b"one").connect().unwrap();
     assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
 }
+
+#[test]
+fn handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<multiproc_redis::RedisPool>();
+    send_sync::<multiproc_redis::Worker>();
+    send::<multiproc_redis::RedisAsync<u64>>();
+    send::<multiproc_redis::RedisImap<'static, u64>>();
+}
