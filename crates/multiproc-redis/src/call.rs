@@ -45,6 +45,8 @@ pub(crate) struct Engine<'a> {
     rx: mpsc::Receiver<Delivery>,
     /// chunk id → (first index, item count)
     in_flight: HashMap<u64, (usize, usize)>,
+    /// chunk id → its entry in the task stream (to cancel it on drop)
+    entries: HashMap<u64, String>,
     ready: VecDeque<ItemOutcome>,
     /// Items that failed to encode (their outcome is already in `ready`).
     skip: HashSet<usize>,
@@ -77,6 +79,7 @@ impl<'a> Engine<'a> {
             tx,
             rx,
             in_flight: HashMap::new(),
+            entries: HashMap::new(),
             ready: VecDeque::new(),
             skip: HashSet::new(),
             deadline,
@@ -158,22 +161,28 @@ impl<'a> Engine<'a> {
                     args,
                 };
                 let fields = schema::task_fields(&msg, &shared.key);
-                pipe.cmd("XADD").arg(&tasks_key).arg("*").arg(&fields[..]).ignore();
+                pipe.cmd("XADD").arg(&tasks_key).arg("*").arg(&fields[..]);
                 pending.insert(task, Pending { sink: self.tx.clone(), blob });
                 self.in_flight.insert(task, (first, n));
                 ids.push(task);
             }
         }
         let patience = shared.options.reconnect_timeout;
-        let sent = shared.submit.lock().unwrap_or_else(|e| e.into_inner()).retry(patience, |c| pipe.exec(c));
-        if let Err(e) = sent {
-            for task in ids {
-                shared.forget(task);
-                self.in_flight.remove(&task);
+        let sent =
+            shared.submit.lock().unwrap_or_else(|e| e.into_inner()).retry(patience, |c| pipe.query::<Vec<String>>(c));
+        match sent {
+            Ok(entries) => {
+                self.entries.extend(ids.into_iter().zip(entries));
+                Ok(())
             }
-            return Err(RedisPoolError::Redis(format!("could not queue tasks on {tasks_key}: {e}")));
+            Err(e) => {
+                for task in ids {
+                    shared.forget(task);
+                    self.in_flight.remove(&task);
+                }
+                Err(RedisPoolError::Redis(format!("could not queue tasks on {tasks_key}: {e}")))
+            }
         }
-        Ok(())
     }
 
     /// The next item outcome in the order they arrive, `None` when the call
@@ -217,6 +226,7 @@ impl<'a> Engine<'a> {
             Delivery::Lost { task, reason } => (task, Err(reason)),
         };
         let Some((first, n)) = self.in_flight.remove(&task) else { return };
+        self.entries.remove(&task);
         let mut push = |index: usize, r: Result<Vec<u8>, RedisPoolError>| {
             if !self.skip.remove(&index) {
                 self.ready.push_back((index, r));
@@ -250,6 +260,7 @@ impl<'a> Engine<'a> {
 
     fn fail_in_flight_with(&mut self, error: impl Fn() -> RedisPoolError) {
         self.exhausted = true;
+        self.entries.clear(); // they go on in the workers
         let mut lost: Vec<(u64, (usize, usize))> = self.in_flight.drain().collect();
         lost.sort_by_key(|(_, (first, _))| *first);
         for (task, (first, n)) in lost {
@@ -263,10 +274,29 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// A call dropped before it finished (an `imap` abandoned, a `map` that
+/// stopped at its first failure) cancels its chunks still in the task
+/// stream: their entries and argument keys are deleted. A chunk already
+/// running finishes, and its result is dropped.
 impl Drop for Engine<'_> {
     fn drop(&mut self) {
+        let mut blobs = Vec::new();
+        let mut entries = Vec::new();
         for task in self.in_flight.keys() {
-            self.shared.forget(*task);
+            blobs.extend(self.shared.forget(*task).and_then(|p| p.blob));
+            entries.extend(self.entries.remove(task));
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("XDEL").arg(self.shared.keys.tasks()).arg(&entries).ignore();
+        if !blobs.is_empty() {
+            pipe.cmd("DEL").arg(&blobs).ignore();
+        }
+        let mut conn = self.shared.submit.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = conn.run(|c| pipe.exec(c)) {
+            tracing::warn!("could not cancel {} queued chunks: {e}", entries.len());
         }
     }
 }

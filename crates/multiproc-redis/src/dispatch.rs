@@ -64,8 +64,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Forgets chunk `task` (its call no longer waits for it).
-    pub(crate) fn forget(&self, task: u64) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&task);
+    pub(crate) fn forget(&self, task: u64) -> Option<Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&task)
     }
 
     /// Fails every chunk in flight with `reason`.

@@ -179,3 +179,24 @@ fn handles_cross_threads() {
     send::<multiproc_redis::RedisAsync<u64>>();
     send::<multiproc_redis::RedisImap<'static, u64>>();
 }
+
+#[test]
+fn an_abandoned_call_cancels_its_queued_tasks() {
+    let server = server();
+    let _w = local_worker(&server, "cancel", 1);
+    let pool = pool(&server, "cancel").connect().unwrap();
+    let mut it = pool.with_chunksize(1).imap(slow_square, 0..300u64);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    let queued = multiproc_redis::queue_info(&server.url(), "cancel", "default").unwrap().tasks;
+    assert!(queued > 100, "only {queued} entries queued");
+    drop(it);
+    // Only what the worker already holds is left, and it drains.
+    let info = || multiproc_redis::queue_info(&server.url(), "cancel", "default").unwrap();
+    assert!(info().tasks < 20, "{:?}", info());
+    assert!(support::eventually(Duration::from_secs(30), || info().tasks == 0), "{:?}", info());
+    // A map that stops at its first failure cancels the rest the same way.
+    let err = pool.with_chunksize(1).map(picky, (3..200u64).chain(0..3)).unwrap_err();
+    assert!(err.task_failure().is_some(), "{err}");
+    assert!(support::eventually(Duration::from_secs(30), || info().tasks == 0), "{:?}", info());
+    assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
+}
