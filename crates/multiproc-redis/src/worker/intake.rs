@@ -42,7 +42,11 @@ pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str, consumer: &str) -> Resu
     conn.retry(Duration::from_secs(10), |c| {
         redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c)
     })
-    .map_err(|e| RedisPoolError::Redis(format!("could not join consumer group {GROUP} on {tasks}: {e}")))
+    .map_err(|e| {
+        RedisPoolError::Redis(format!(
+            "could not join consumer group {GROUP} on {tasks}: {e} (this needs Redis 6.2 or newer)"
+        ))
+    })
 }
 
 /// How many items the host may have in flight now: enough for about
