@@ -60,6 +60,9 @@
 //!
 //! ## Layout
 //!
+//! Needs Redis 6.2 or newer (`XAUTOCLAIM`, `XGROUP CREATECONSUMER`); tested
+//! with Debian's 7.0.
+//!
 //! The keys, streams, group and message schema are in [`schema`],
 //! versioned ([`schema::SCHEMA_VERSION`]). Nothing grows without bound:
 //! finished task entries are deleted, read results are deleted, result
