@@ -200,3 +200,21 @@ fn an_abandoned_call_cancels_its_queued_tasks() {
     assert!(support::eventually(Duration::from_secs(30), || info().tasks == 0), "{:?}", info());
     assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
 }
+
+#[test]
+fn a_stopped_worker_finishes_what_it_holds() {
+    let server = server();
+    let first = local_worker(&server, "stop", 2);
+    let pool = pool(&server, "stop").connect().unwrap();
+    let mut call = pool.with_chunksize(1).map_async(nap, vec![300u64; 8]);
+    std::thread::sleep(Duration::from_millis(150));
+    let t = std::time::Instant::now();
+    first.stop(); // finishes and writes the tasks it took
+    let held = t.elapsed();
+    assert!(held >= Duration::from_millis(100), "stop returned at once ({held:?}): nothing was in hand");
+    // The rest is still queued, not held by a stopped host: a new host runs it
+    // at once (the visibility timeout is 30 s).
+    let _second = local_worker(&server, "stop", 2);
+    assert_eq!(call.get_timeout(Duration::from_secs(20)).unwrap(), vec![300u64; 8]);
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
