@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use multiproc_seeds::{EXAMPLES, Example};
 
+mod stop_signal;
+
 /// Python's multiprocessing, rebuilt for Rust.
 #[derive(Debug, Parser)]
 #[command(name = "multiproc", version, about, long_about = None)]
@@ -32,7 +34,8 @@ enum Command {
     /// Tasks run in a local pool of worker processes; a task that crashes its
     /// process fails alone. The tasks must come from this same build of
     /// `multiproc` (others are refused). The key that signs tasks is read
-    /// from MULTIPROC_REDIS_KEY if set.
+    /// from MULTIPROC_REDIS_KEY if set. SIGTERM or SIGINT stops it once the
+    /// tasks it holds are done and their results written.
     Worker {
         /// The Redis server, e.g. redis://127.0.0.1:6379/0.
         #[arg(long, value_name = "URL")]
@@ -75,13 +78,25 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
     }
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
     eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
-    match b.run() {
-        Ok(()) => ExitCode::SUCCESS,
+    if let Err(e) = stop_signal::install() {
+        eprintln!(
+            "multiproc worker: cannot catch SIGTERM ({e}); stopping will rely on other hosts reclaiming its tasks"
+        );
+    }
+    let worker = match b.start() {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("multiproc worker: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    while !stop_signal::requested() {
+        std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!("multiproc worker: stopping: finishing the tasks in hand");
+    worker.stop();
+    eprintln!("multiproc worker: stopped");
+    ExitCode::SUCCESS
 }
 
 fn tour(names: &[String], list: bool) -> ExitCode {

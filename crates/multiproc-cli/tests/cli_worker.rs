@@ -70,14 +70,16 @@ fn the_worker_command_serves_a_queue_and_refuses_another_build() {
         assert!(std::time::Instant::now() < deadline, "the garbage entry was not dead-lettered");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // It logged both and goes on serving.
+    // It logged both and goes on serving; SIGTERM stops it cleanly.
     assert!(worker.0.try_wait().unwrap().is_none());
-    let _ = worker.0.kill();
-    let _ = worker.0.wait();
+    let term = Command::new("kill").args(["-TERM", &worker.0.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    assert_eq!(wait_exit(&mut worker.0, Duration::from_secs(60)).code(), Some(0));
     let mut log = String::new();
     std::io::Read::read_to_string(worker.0.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(log.contains("serving queue \"q\"") && log.contains("another build"), "{log}");
     assert!(log.contains("skipping entry") && log.contains("no byte field"), "{log}");
+    assert!(log.contains("stopping: finishing the tasks in hand") && log.contains("stopped"), "{log}");
 }
 
 #[test]
