@@ -17,6 +17,8 @@ pub enum Unit {
     RequestsPerSec,
     /// Thousands of operations per second (higher is better).
     ThousandsPerSec,
+    /// Operations per second (higher is better).
+    PerSec,
 }
 
 impl Unit {
@@ -28,12 +30,16 @@ impl Unit {
             Unit::MillionsPerSec => "M/s",
             Unit::RequestsPerSec => "req/s",
             Unit::ThousandsPerSec => "k/s",
+            Unit::PerSec => "/s",
         }
     }
 
     /// True when a larger figure is better.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Unit::GigabytesPerSec | Unit::MillionsPerSec | Unit::RequestsPerSec | Unit::ThousandsPerSec)
+        matches!(
+            self,
+            Unit::GigabytesPerSec | Unit::MillionsPerSec | Unit::RequestsPerSec | Unit::ThousandsPerSec | Unit::PerSec
+        )
     }
 }
 

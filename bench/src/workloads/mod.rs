@@ -21,6 +21,7 @@ pub mod pipe;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod redis_pool;
 pub mod serve;
 pub mod sync;
 
@@ -45,6 +46,7 @@ pub const ALL: &[Workload] = &[
     manager::MANAGER_DICT,
     manager::MANAGER_QUEUE_TCP,
     manager::MANAGER_UPDATE,
+    redis_pool::REDIS_POOL,
 ];
 
 /// A named benchmark producing one or more table rows.

@@ -7,10 +7,12 @@
 mod serve;
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use multiproc_seeds::{EXAMPLES, Example};
+
+mod stop_signal;
 
 /// Python's multiprocessing, rebuilt for Rust.
 #[derive(Debug, Parser)]
@@ -34,6 +36,30 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run one inference on a `multiproc serve` (or any Open Inference Protocol) server.
     Infer(serve::InferArgs),
+    /// Serve a distributed pool's queue on Redis: run its tasks on this host.
+    ///
+    /// Tasks run in a local pool of worker processes; a task that crashes its
+    /// process fails alone. The tasks must come from this same build of
+    /// `multiproc` (others are refused). The key that signs tasks is read
+    /// from MULTIPROC_REDIS_KEY if set. SIGTERM or SIGINT stops it once the
+    /// tasks it holds are done and their results written.
+    Worker {
+        /// The Redis server, e.g. redis://127.0.0.1:6379/0.
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// Worker processes (default: the CPU count).
+        #[arg(long, value_name = "N")]
+        processes: Option<usize>,
+        /// The queue to serve.
+        #[arg(long, value_name = "NAME", default_value = multiproc_redis::DEFAULT_QUEUE)]
+        queue: String,
+        /// The key prefix shared with the callers.
+        #[arg(long, value_name = "PREFIX", default_value = multiproc_redis::DEFAULT_PREFIX)]
+        prefix: String,
+        /// Seconds a host may go without a heartbeat before its tasks are taken over.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        visibility_timeout: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,7 +67,45 @@ fn main() -> ExitCode {
         Command::Tour { names, list } => tour(&names, list),
         Command::Serve(args) => serve::serve(args),
         Command::Infer(args) => serve::infer(args),
+        Command::Worker { redis, processes, queue, prefix, visibility_timeout } => {
+            worker(&redis, processes, &queue, &prefix, visibility_timeout)
+        }
     }
+}
+
+fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibility: f64) -> ExitCode {
+    let Ok(visibility) = Duration::try_from_secs_f64(visibility) else {
+        eprintln!("multiproc worker: --visibility-timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    };
+    let mut b = multiproc_redis::Worker::builder(url).queue(queue).prefix(prefix).visibility_timeout(visibility);
+    if let Some(n) = processes {
+        b = b.processes(n);
+    }
+    if let Some(key) = std::env::var_os("MULTIPROC_REDIS_KEY") {
+        b = b.auth_key(key.as_encoded_bytes());
+    }
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
+    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
+    if let Err(e) = stop_signal::install() {
+        eprintln!(
+            "multiproc worker: cannot catch SIGTERM ({e}); stopping will rely on other hosts reclaiming its tasks"
+        );
+    }
+    let worker = match b.start() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("multiproc worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    while !stop_signal::requested() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("multiproc worker: stopping: finishing the tasks in hand");
+    worker.stop();
+    eprintln!("multiproc worker: stopped");
+    ExitCode::SUCCESS
 }
 
 fn tour(names: &[String], list: bool) -> ExitCode {

@@ -19,6 +19,7 @@ pub mod seed_000_predict;
 pub mod seed_001;
 pub mod seed_001_pipe_pools;
 pub mod seed_001_pool;
+pub mod seed_002_distributed;
 pub mod seed_003;
 pub mod seed_003_logging;
 pub mod seed_003_pool;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use multiproc::manager::ManagerError;
 use multiproc::{ConnectionError, PoolError, ProcessError};
+use multiproc_redis::RedisPoolError;
 
 /// What an example printed, and what it showed.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +67,9 @@ pub enum Error {
     /// A manager call failed.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// A distributed pool call failed.
+    #[error(transparent)]
+    Redis(#[from] RedisPoolError),
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -111,11 +116,12 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "thumbnails", seed: "001", shows: "thumbnails of a folder of PNGs with Pool.map and the image crate", run: || Ok(seed_001_pool::thumbnails()?.lines) },
     Example { name: "pipe_pools", seed: "001", shows: "producers and consumers in two Pools over one Pipe, stopped by a None poison pill", run: || Ok(seed_001_pipe_pools::pipe_pools()?.lines) },
     Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
-    Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
+        Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
     Example { name: "manager_dict_list", seed: "001", shows: "a Manager dict and list mutated by ten processes; exact counts with update", run: || Ok(seed_manager::manager_dict_list()?.lines) },
     Example { name: "manager_written_by_child", seed: "003", shows: "a Manager dict and list written by a child", run: || Ok(seed_manager::manager_written_by_child()?.lines) },
     Example { name: "distributed_master_worker", seed: "002", shows: "a master serves task and result queues over TCP with an auth key; two workers connect", run: || Ok(seed_manager::distributed_master_worker()?.lines) },
+    Example { name: "redis_master_worker", seed: "002", shows: "seed 002 on Redis Streams: master and two worker hosts, one SIGKILLed, every result exactly once", run: || Ok(seed_002_distributed::redis_master_worker()?.lines) },
     Example { name: "inference_pipeline", seed: "004", shows: "seed 004's async inference: preprocessing pool of 2, batches of 128 or 1 s, a model process, results back", run: || Ok(seed_004_pipeline::inference_pipeline()?.lines) },
     Example { name: "predict_server", seed: "000", shows: "PredictServer on multiproc-serve: lazy start, a killed model process restarted, version switch, status", run: || Ok(seed_000_predict::predict_server()?.lines) },
 ];

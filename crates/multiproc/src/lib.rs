@@ -265,8 +265,9 @@ pub use log::{Level, Logger, log_to_stderr, logger};
 pub use manager::Manager;
 pub use pool::{AsyncResult, Executor, Imap, Pool, PoolBuilder, PoolError, StateTask, TaskError, keep_freed_memory};
 pub use process::{
-    ChildOutput, ForkContract, Process, ProcessBuilder, ProcessError, ProcessInfo, RemotePanic, Run, StartMethod, Task,
-    active_children, cpu_count, current_process, get_start_method, parent_process, set_start_method,
+    ChildOutput, ForkContract, Process, ProcessBuilder, ProcessError, ProcessInfo, RemoteFn, RemotePanic, Run,
+    StartMethod, Task, active_children, build_id, cpu_count, current_process, get_start_method, parent_process,
+    set_start_method,
 };
 pub use queue::{
     GetError, JoinTimeoutError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue, TaskDoneError, TryPutError,

@@ -26,7 +26,7 @@ pub use error::{ProcessError, RemotePanic};
 pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
 pub use output::ChildOutput;
 pub(crate) use task::EntryRef;
-pub use task::Task;
+pub use task::{RemoteFn, Task, build_id};
 
 use crate::log::lifecycle;
 use crate::sys::Deadline;

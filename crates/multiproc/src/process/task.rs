@@ -56,7 +56,7 @@ pub(crate) type EntryResult = Result<Encoded, String>;
 pub(crate) type EntryFn = fn(args: &[u8], fds: Vec<OwnedFd>, type_hash: u64) -> EntryResult;
 
 /// A function reference that can cross to a child of the same build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct EntryRef {
     /// Code offset of the trampoline (see [`crate::code`]).
     pub offset: i64,
@@ -140,4 +140,78 @@ pub(crate) fn run_entry(entry: EntryRef, args: &[u8], fds: Vec<OwnedFd>) -> Entr
     // SAFETY: the build-id handshake happened before any entry is resolved.
     let f = unsafe { entry.resolve() };
     f(args, fds, entry.type_hash)
+}
+
+/// A task as a value that crosses to another process of the same build as
+/// bytes: the hook for brokers (such as `multiproc-redis`) that carry tasks
+/// between hosts.
+///
+/// Arguments and results travel as plain `postcard` bytes; handles (pipes,
+/// queues, shared memory) cannot travel this way and fail to encode.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::RemoteFn;
+///
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+///
+/// let f = RemoteFn::of::<_, (u64, u64), u64>(add);
+/// let args = postcard::to_allocvec(&(2u64, 3u64)).unwrap();
+/// // SAFETY: `f` was made by this process, which is the same build.
+/// let out = unsafe { f.call(&args) }.unwrap();
+/// assert_eq!(postcard::from_bytes::<u64>(&out).unwrap(), 5);
+/// // Bytes that are not the arguments: an error, not a call.
+/// // SAFETY: as above.
+/// assert!(unsafe { f.call(&[0xff]) }.unwrap_err().contains("could not decode"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RemoteFn(EntryRef);
+
+impl RemoteFn {
+    /// The reference to task `f` with arguments `A` (a tuple) returning `R`.
+    pub fn of<F, A, R>(f: F) -> RemoteFn
+    where
+        F: Task<A, R>,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        let _ = f;
+        RemoteFn(EntryRef::of::<F, A, R>())
+    }
+
+    /// Runs the task in this process on `args` (the postcard encoding of the
+    /// argument tuple) and returns the postcard encoding of its result. A
+    /// panic in the task unwinds out of this call.
+    ///
+    /// # Errors
+    ///
+    /// The arguments do not decode, the result does not encode, or the
+    /// types do not match the reference (a message text).
+    ///
+    /// # Safety
+    ///
+    /// `self` must have been made by [`RemoteFn::of`] in a process running
+    /// the same build as this one (compare [`build_id`](crate::build_id)), and
+    /// must come from a trusted source: the reference is a code address.
+    pub unsafe fn call(self, args: &[u8]) -> Result<Vec<u8>, String> {
+        // SAFETY: same build, trusted source (caller's promise).
+        let f = unsafe { self.0.resolve() };
+        let encoded = f(args, Vec::new(), self.0.type_hash)?;
+        if !encoded.fds.is_empty() {
+            return Err("the task's result holds a handle (fd), which cannot leave this host".into());
+        }
+        Ok(encoded.bytes)
+    }
+}
+
+/// The id of this build of the program (the GNU build id, or a fingerprint
+/// of the executable): two processes can exchange [`RemoteFn`]s only when
+/// their ids are equal.
+///
+/// ```
+/// assert!(!multiproc::build_id().is_empty());
+/// ```
+pub fn build_id() -> &'static str {
+    crate::sys::imp::build_id::build_id()
 }

@@ -1,0 +1,302 @@
+//! One call's engine: encodes the input into chunks, `XADD`s them in
+//! pipelined batches through a bounded window, and yields each item's
+//! outcome as its chunk's result arrives.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use multiproc::RemoteFn;
+use serde_bytes::ByteBuf;
+
+use crate::dispatch::{Delivery, Pending, Shared};
+use crate::error::{RedisPoolError, TaskFailure};
+use crate::schema::{self, Args, Outcome, TaskMsg};
+
+/// Chunks per pipeline.
+const PIPELINE: usize = 512;
+
+/// The function of a call and how to run it.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub remote: RemoteFn,
+    pub function: &'static str,
+    pub chunksize: usize,
+    pub retries: u32,
+    pub task_timeout: Option<Duration>,
+    pub wait_timeout: Option<Duration>,
+}
+
+/// An item's encoded argument tuple, or why it could not be encoded.
+pub(crate) type EncodedItem = Result<Vec<u8>, String>;
+
+/// One item's outcome: its index and the encoded result.
+pub(crate) type ItemOutcome = (usize, Result<Vec<u8>, RedisPoolError>);
+
+/// A call in progress.
+pub(crate) struct Engine<'a> {
+    shared: Arc<Shared>,
+    plan: Plan,
+    items: Box<dyn Iterator<Item = EncodedItem> + Send + 'a>,
+    next_index: usize,
+    exhausted: bool,
+    tx: mpsc::Sender<Delivery>,
+    rx: mpsc::Receiver<Delivery>,
+    /// chunk id → (first index, item count)
+    in_flight: HashMap<u64, (usize, usize)>,
+    /// chunk id → its entry in the task stream (to cancel it on drop)
+    entries: HashMap<u64, String>,
+    ready: VecDeque<ItemOutcome>,
+    /// Items that failed to encode (their outcome is already in `ready`).
+    skip: HashSet<usize>,
+    deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for Engine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("function", &self.plan.function)
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+impl<'a> Engine<'a> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        plan: Plan,
+        items: impl Iterator<Item = EncodedItem> + Send + 'a,
+    ) -> Engine<'a> {
+        let (tx, rx) = mpsc::channel();
+        let deadline = plan.wait_timeout.and_then(|t| Instant::now().checked_add(t));
+        Engine {
+            shared,
+            plan,
+            items: Box::new(items),
+            next_index: 0,
+            exhausted: false,
+            tx,
+            rx,
+            in_flight: HashMap::new(),
+            entries: HashMap::new(),
+            ready: VecDeque::new(),
+            skip: HashSet::new(),
+            deadline,
+        }
+    }
+
+    /// Submits chunks until the window is full or the input ends.
+    pub(crate) fn top_up(&mut self) -> Result<(), RedisPoolError> {
+        while !self.exhausted && self.in_flight.len() < self.shared.options.window {
+            let room = (self.shared.options.window - self.in_flight.len()).min(PIPELINE);
+            let mut chunks = Vec::new();
+            while chunks.len() < room && !self.exhausted {
+                let first = self.next_index;
+                let mut args = Vec::new();
+                while args.len() < self.plan.chunksize {
+                    match self.items.next() {
+                        None => {
+                            self.exhausted = true;
+                            break;
+                        }
+                        Some(Ok(a)) => args.push(ByteBuf::from(a)),
+                        Some(Err(reason)) => {
+                            let index = first + args.len();
+                            self.ready.push_back((index, Err(RedisPoolError::Encode { index, reason })));
+                            self.skip.insert(index);
+                            args.push(ByteBuf::new()); // keeps indices aligned; its outcome is ignored
+                        }
+                    }
+                }
+                self.next_index += args.len();
+                if !args.is_empty() {
+                    chunks.push((first, args));
+                }
+            }
+            self.submit(chunks)?;
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, chunks: Vec<(usize, Vec<ByteBuf>)>) -> Result<(), RedisPoolError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let tasks_key = shared.keys.tasks();
+        let ttl_ms = shared.options.result_ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        let mut ids = Vec::with_capacity(chunks.len());
+        {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (first, items) in chunks {
+                let task = shared.next_task.fetch_add(1, Ordering::Relaxed);
+                let n = items.len();
+                let size: usize = items.iter().map(|a| a.len() + 8).sum();
+                let args = if size > schema::BLOB_THRESHOLD {
+                    let key = shared.keys.blob(&shared.caller, task);
+                    let blob = schema::encode_blob(&items);
+                    let len = blob.len() as u64;
+                    pipe.cmd("SET").arg(&key).arg(blob).arg("PX").arg(ttl_ms).ignore();
+                    Args::Blob { key, len }
+                } else {
+                    Args::Inline(items)
+                };
+                let blob = match &args {
+                    Args::Blob { key, .. } => Some(key.clone()),
+                    Args::Inline(_) => None,
+                };
+                let msg = TaskMsg {
+                    build_id: multiproc::build_id().to_string(),
+                    function: self.plan.function.to_string(),
+                    remote: self.plan.remote,
+                    caller: shared.caller.clone(),
+                    task,
+                    attempt: 1,
+                    max_attempts: self.plan.retries.saturating_add(1),
+                    timeout_ms: self.plan.task_timeout.map(|t| t.as_millis() as u64),
+                    result_ttl_ms: ttl_ms,
+                    last_error: None,
+                    args,
+                };
+                let fields = schema::task_fields(&msg, &shared.key);
+                pipe.cmd("XADD").arg(&tasks_key).arg("*").arg(&fields[..]);
+                pending.insert(task, Pending { sink: self.tx.clone(), blob });
+                self.in_flight.insert(task, (first, n));
+                ids.push(task);
+            }
+        }
+        let patience = shared.options.reconnect_timeout;
+        let sent =
+            shared.submit.lock().unwrap_or_else(|e| e.into_inner()).retry(patience, |c| pipe.query::<Vec<String>>(c));
+        match sent {
+            Ok(entries) => {
+                self.entries.extend(ids.into_iter().zip(entries));
+                Ok(())
+            }
+            Err(e) => {
+                for task in ids {
+                    shared.forget(task);
+                    self.in_flight.remove(&task);
+                }
+                Err(RedisPoolError::Redis(format!("could not queue tasks on {tasks_key}: {e}")))
+            }
+        }
+    }
+
+    /// The next item outcome in the order they arrive, `None` when the call
+    /// is done.
+    pub(crate) fn next_outcome(&mut self) -> Option<ItemOutcome> {
+        loop {
+            if let Some(o) = self.ready.pop_front() {
+                return Some(o);
+            }
+            if let Err(e) = self.top_up() {
+                self.exhausted = true;
+                let index = self.next_index;
+                self.fail_in_flight(&e.to_string());
+                return Some((index, Err(e)));
+            }
+            if self.in_flight.is_empty() {
+                return None;
+            }
+            let wait = match self.deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) => left.min(Duration::from_secs(1)),
+                    None => {
+                        let timeout = self.plan.wait_timeout.unwrap_or_default();
+                        self.fail_in_flight_with(|| RedisPoolError::Timeout(timeout));
+                        continue;
+                    }
+                },
+                None => Duration::from_secs(1),
+            };
+            match self.rx.recv_timeout(wait) {
+                Ok(d) => self.accept(d),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
+            }
+        }
+    }
+
+    fn accept(&mut self, delivery: Delivery) {
+        let (task, outcome) = match delivery {
+            Delivery::Done { task, outcome } => (task, Ok(outcome)),
+            Delivery::Lost { task, reason } => (task, Err(reason)),
+        };
+        let Some((first, n)) = self.in_flight.remove(&task) else { return };
+        self.entries.remove(&task);
+        let mut push = |index: usize, r: Result<Vec<u8>, RedisPoolError>| {
+            if !self.skip.remove(&index) {
+                self.ready.push_back((index, r));
+            }
+        };
+        match outcome {
+            Ok(Outcome::Items(items)) if items.len() == n => {
+                for (k, item) in items.into_iter().enumerate() {
+                    let index = first + k;
+                    push(index, item.map(ByteBuf::into_vec).map_err(|error| RedisPoolError::Task { index, error }));
+                }
+            }
+            Ok(Outcome::Items(items)) => {
+                let error = TaskFailure::Unserializable(format!("result holds {} outcomes for {n} items", items.len()));
+                (first..first + n)
+                    .for_each(|index| push(index, Err(RedisPoolError::Task { index, error: error.clone() })));
+            }
+            Ok(Outcome::Failed(error)) => {
+                (first..first + n)
+                    .for_each(|index| push(index, Err(RedisPoolError::Task { index, error: error.clone() })));
+            }
+            Err(reason) => {
+                (first..first + n).for_each(|index| push(index, Err(RedisPoolError::Redis(reason.clone()))));
+            }
+        }
+    }
+
+    fn fail_in_flight(&mut self, reason: &str) {
+        self.fail_in_flight_with(|| RedisPoolError::Redis(reason.to_string()));
+    }
+
+    fn fail_in_flight_with(&mut self, error: impl Fn() -> RedisPoolError) {
+        self.exhausted = true;
+        self.entries.clear(); // they go on in the workers
+        let mut lost: Vec<(u64, (usize, usize))> = self.in_flight.drain().collect();
+        lost.sort_by_key(|(_, (first, _))| *first);
+        for (task, (first, n)) in lost {
+            self.shared.forget(task);
+            for index in first..first + n {
+                if !self.skip.remove(&index) {
+                    self.ready.push_back((index, Err(error())));
+                }
+            }
+        }
+    }
+}
+
+/// A call dropped before it finished (an `imap` abandoned, a `map` that
+/// stopped at its first failure) cancels its chunks still in the task
+/// stream: their entries and argument keys are deleted. A chunk already
+/// running finishes, and its result is dropped.
+impl Drop for Engine<'_> {
+    fn drop(&mut self) {
+        let mut blobs = Vec::new();
+        let mut entries = Vec::new();
+        for task in self.in_flight.keys() {
+            blobs.extend(self.shared.forget(*task).and_then(|p| p.blob));
+            entries.extend(self.entries.remove(task));
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("XDEL").arg(self.shared.keys.tasks()).arg(&entries).ignore();
+        if !blobs.is_empty() {
+            pipe.cmd("DEL").arg(&blobs).ignore();
+        }
+        let mut conn = self.shared.submit.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = conn.run(|c| pipe.exec(c)) {
+            tracing::warn!("could not cancel {} queued chunks: {e}", entries.len());
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The caller's side of the result stream: one thread per pool reads
+//! `P:results:<caller>`, hands each chunk's outcome to the call waiting for
+//! it, drops duplicates (a chunk delivered twice has one outcome), deletes
+//! what it read, and fails the waiting calls with a clear error when Redis
+//! stays away longer than the reconnect timeout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redis::streams::{StreamReadOptions, StreamReadReply};
+
+use crate::conn::Conn;
+use crate::schema::{self, Keys, Outcome};
+
+/// How long one `XREAD` blocks: also how long a dropped pool's thread may
+/// take to notice.
+const BLOCK: Duration = Duration::from_millis(200);
+/// Entries read per `XREAD`.
+const READ_COUNT: usize = 1024;
+
+/// What a waiting call receives for one chunk.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// The chunk's outcome.
+    Done { task: u64, outcome: Outcome },
+    /// Redis stayed away; no outcome will come.
+    Lost { task: u64, reason: String },
+}
+
+/// A chunk in flight.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub sink: mpsc::Sender<Delivery>,
+    pub blob: Option<String>,
+}
+
+/// Options fixed when the pool is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub retries: u32,
+    pub task_timeout: Option<Duration>,
+    pub wait_timeout: Option<Duration>,
+    pub result_ttl: Duration,
+    pub reconnect_timeout: Duration,
+    pub window: usize,
+}
+
+/// The state a pool's calls and its result thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub keys: Keys,
+    pub caller: String,
+    pub results_key: String,
+    pub key: Vec<u8>,
+    pub options: Options,
+    pub submit: Mutex<Conn>,
+    pub pending: Mutex<HashMap<u64, Pending>>,
+    pub next_task: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+impl Shared {
+    /// Forgets chunk `task` (its call no longer waits for it).
+    pub(crate) fn forget(&self, task: u64) -> Option<Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&task)
+    }
+
+    /// Fails every chunk in flight with `reason`.
+    fn fail_all(&self, reason: &str) {
+        let lost: Vec<(u64, Pending)> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for (task, p) in lost {
+            let _ = p.sink.send(Delivery::Lost { task, reason: reason.to_string() });
+        }
+    }
+}
+
+/// The result thread; stopped and joined on drop, which also deletes the
+/// caller's result stream.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    pub(crate) fn start(shared: Arc<Shared>, conn: Conn) -> std::io::Result<Dispatcher> {
+        let s = shared.clone();
+        let thread = std::thread::Builder::new().name("multiproc-redis results".into()).spawn(move || run(&s, conn))?;
+        Ok(Dispatcher { shared, thread: Some(thread) })
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.shared.fail_all("the pool was dropped");
+        let key = self.shared.results_key.clone();
+        let mut conn = self.shared.submit.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = conn.run(|c| redis::cmd("DEL").arg(&key).exec(c));
+    }
+}
+
+/// Fails the calls in flight if Redis came back from a restart without
+/// its data (no append-only file): their tasks are gone.
+fn check_restart(shared: &Shared, conn: &mut Conn, run_id: &mut String) {
+    let Ok((now, aof)) = conn.server_identity() else { return };
+    if now == *run_id || run_id.is_empty() {
+        *run_id = now;
+        return;
+    }
+    *run_id = now;
+    if aof {
+        tracing::info!("redis restarted with its append-only file; the calls go on");
+    } else {
+        let reason = "redis restarted without append-only persistence (appendonly no), so the queued tasks and \
+                      their results are gone; run redis with appendonly yes, and start the call again";
+        tracing::error!("{reason}");
+        shared.fail_all(reason);
+    }
+}
+
+fn run(shared: &Shared, mut conn: Conn) {
+    let mut last_id = "0-0".to_string();
+    let mut run_id = conn.server_identity().map(|(id, _)| id).unwrap_or_default();
+    let mut connects = conn.connects();
+    let opts = StreamReadOptions::default().count(READ_COUNT).block(BLOCK.as_millis() as usize);
+    while !shared.stop.load(Ordering::Acquire) {
+        let key = &shared.results_key;
+        let reply = conn.retry(shared.options.reconnect_timeout, |c| {
+            redis::cmd("XREAD").arg(&opts).arg("STREAMS").arg(key).arg(&last_id).query::<Option<StreamReadReply>>(c)
+        });
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!(
+                    "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
+                    shared.options.reconnect_timeout
+                );
+                tracing::error!("{reason}");
+                shared.fail_all(&reason);
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        if conn.connects() != connects {
+            connects = conn.connects();
+            check_restart(shared, &mut conn, &mut run_id);
+        }
+        let Some(reply) = reply else { continue };
+        let mut read = Vec::new();
+        let mut blobs = Vec::new();
+        for stream in reply.keys {
+            for entry in stream.ids {
+                last_id.clone_from(&entry.id);
+                read.push(entry.id.clone());
+                match schema::decode_result(&schema::entry_fields(entry.map)) {
+                    Ok(msg) => deliver(shared, msg, &mut blobs),
+                    Err(e) => tracing::error!("skipping result entry {} of {key}: {e}", entry.id),
+                }
+            }
+        }
+        if !read.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.cmd("XDEL").arg(key).arg(&read).ignore();
+            if !blobs.is_empty() {
+                pipe.cmd("DEL").arg(&blobs).ignore();
+            }
+            if let Err(e) = conn.run(|c| pipe.exec(c)) {
+                tracing::warn!("could not delete read results from {key}: {e} (they expire)");
+            }
+        }
+    }
+}
+
+fn deliver(shared: &Shared, msg: schema::ResultMsg, blobs: &mut Vec<String>) {
+    let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+    for r in msg.results {
+        match pending.remove(&r.task) {
+            Some(p) => {
+                blobs.extend(p.blob);
+                let _ = p.sink.send(Delivery::Done { task: r.task, outcome: r.outcome });
+            }
+            None => tracing::debug!("dropping a duplicate (or unwanted) result of chunk {}", r.task),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Errors of distributed tasks and of pool calls.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why one task produced no value. It travels from the worker host to the
+/// caller in the result stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskFailure {
+    /// The task panicked; the worker process survived.
+    #[error("the task panicked: {message}{}", location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    Panicked {
+        /// The panic message.
+        message: String,
+        /// Where it panicked, if known.
+        location: Option<String>,
+    },
+    /// The worker process running the task died (crash, kill, out of memory).
+    #[error("{0}")]
+    WorkerLost(String),
+    /// The task ran longer than its timeout and its process was killed.
+    #[error("the task ran longer than its {0:?} timeout; its worker process was killed")]
+    Timeout(Duration),
+    /// The argument or result could not be (de)serialized.
+    #[error("the task's {0}")]
+    Unserializable(String),
+    /// A worker of another build refused the task: it would run other code.
+    #[error(
+        "refused by a worker of another build (worker {worker_build}, task {task_build}): run workers from the caller's binary"
+    )]
+    Refused {
+        /// The worker's build id.
+        worker_build: String,
+        /// The caller's build id.
+        task_build: String,
+    },
+    /// A worker refused the task because it was not signed with the
+    /// worker's key (or was forged).
+    #[error(
+        "refused: the task is not signed with the worker's key (entry MAC does not match); give the pool and its workers the same auth key"
+    )]
+    WrongKey,
+    /// The task failed on every one of its deliveries and is now in the
+    /// dead-letter stream.
+    #[error("the task failed {attempts} deliveries and went to the dead-letter stream; last error: {last_error}")]
+    DeadLettered {
+        /// Deliveries made.
+        attempts: u32,
+        /// The last delivery's error.
+        last_error: String,
+    },
+    /// The task's arguments were no longer in Redis (their key expired or
+    /// Redis lost them).
+    #[error("the task's arguments are gone from redis ({0}); submit it again")]
+    ArgumentsLost(String),
+}
+
+/// Why a pool call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisPoolError {
+    /// A task failed; `index` is its position in the call's input.
+    #[error("task {index} failed: {error}")]
+    Task {
+        /// Position in the input (0 for `apply`).
+        index: usize,
+        /// What happened to it.
+        error: TaskFailure,
+    },
+    /// Redis could not be reached or refused a command, for longer than
+    /// the pool's reconnect timeout.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// An argument could not be serialized (handles such as pipes and
+    /// queues cannot leave the host).
+    #[error("task {index}'s argument could not be serialized: {reason}")]
+    Encode {
+        /// Position in the input.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// No result within the wait's timeout; the tasks go on.
+    #[error("not finished within {0:?}; the tasks go on in the workers")]
+    Timeout(Duration),
+    /// The value was already taken by an earlier `get`.
+    #[error("the result was already taken by an earlier get")]
+    Taken,
+}
+
+impl RedisPoolError {
+    /// The task failure, when a task failed.
+    pub fn task_failure(&self) -> Option<&TaskFailure> {
+        match self {
+            RedisPoolError::Task { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// True for [`RedisPoolError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RedisPoolError::Timeout(_))
+    }
+}
+
+impl From<redis::RedisError> for RedisPoolError {
+    fn from(e: redis::RedisError) -> Self {
+        RedisPoolError::Redis(e.to_string())
+    }
+}

@@ -1,0 +1,91 @@
+//! # multiproc-redis
+//!
+//! multiproc's [`Pool`](multiproc::Pool) across machines: the same `map`,
+//! `imap`, `apply_async` calls for the same plain `fn` items, with the tasks
+//! carried by Redis Streams to worker hosts — any number of them, each
+//! running the tasks in a local multiproc pool.
+//!
+//! ## Hello, cluster
+//!
+//! ```
+//! use std::time::Duration;
+//! use multiproc_redis::{RedisPool, RedisServer, Worker};
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! let server = RedisServer::start().unwrap();        // a private redis-server
+//! let worker = Worker::builder(&server.url()).processes(2).start().unwrap();
+//! let pool = RedisPool::builder(&server.url()).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+//! assert_eq!(pool.map(square, 0..10u64).unwrap(), (0..10u64).map(square).collect::<Vec<_>>());
+//! assert_eq!(pool.apply(square, (12,)).unwrap(), 144);
+//! let mut r = pool.apply_async(square, (3,));
+//! assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap(), 9);
+//! worker.stop();
+//! ```
+//!
+//! A worker host is the caller's own program, started in worker mode:
+//! [`Worker::builder`]`(url).start()` (or `.run()`) in your binary, or the
+//! `multiproc worker --redis URL` command for the functions built into it.
+//! A task names its function by a stable name and the build id: a worker
+//! of another build refuses it with [`TaskFailure::Refused`] rather than run
+//! other code.
+//!
+//! ## Delivery
+//!
+//! Each chunk of tasks is one entry of a stream read by a consumer group;
+//! a host acknowledges and deletes the entry in the same transaction that
+//! writes its result to the caller's result stream. A host that dies leaves
+//! its entries pending: after the visibility timeout another host claims
+//! them (`XAUTOCLAIM`) and runs them again, while a live host's heartbeats
+//! keep its long tasks its own. A chunk whose worker process died is
+//! delivered again up to [`RedisPoolBuilder::retries`] times, then goes to
+//! the dead-letter stream with its last error ([`TaskFailure::DeadLettered`]).
+//! A task may run more than once; its result reaches the caller exactly
+//! once (the caller drops duplicates by chunk id).
+//! A call dropped before it finishes (an `imap` left unread, a `map`
+//! stopped by its first failure) deletes its chunks still queued.
+//!
+//! ## Faults
+//!
+//! - a task that panics, crashes its process or runs over its timeout fails
+//!   alone ([`TaskFailure`]); the host goes on;
+//! - a Redis restart: calls and workers reconnect and go on (with Redis's
+//!   append-only file, nothing is lost); a restart that lost the data, or a
+//!   Redis gone longer than [`RedisPoolBuilder::reconnect_timeout`], fails
+//!   the waiting calls with [`RedisPoolError::Redis`] saying so;
+//! - garbage in the task stream is logged, acknowledged and moved to the
+//!   dead-letter stream; a task signed with another key
+//!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its
+//!   caller gets [`TaskFailure::WrongKey`].
+//!
+//! ## Layout
+//!
+//! Needs Redis 6.2 or newer (`XAUTOCLAIM`, `XGROUP CREATECONSUMER`); tested
+//! with Debian's 7.0.
+//!
+//! The keys, streams, group and message schema are in [`schema`],
+//! versioned ([`schema::SCHEMA_VERSION`]). Nothing grows without bound:
+//! finished task entries are deleted, read results are deleted, result
+//! streams and large-argument keys expire, the dead-letter stream is capped.
+
+#![warn(missing_docs)]
+
+mod call;
+mod conn;
+mod dispatch;
+mod endpoint;
+mod error;
+mod inspect;
+mod pool;
+mod results;
+pub mod schema;
+mod server;
+mod worker;
+
+pub use endpoint::{DEFAULT_PREFIX, DEFAULT_QUEUE};
+pub use error::{RedisPoolError, TaskFailure};
+pub use inspect::{HostInfo, QueueInfo, queue_info};
+pub use pool::{Call, RedisPool, RedisPoolBuilder};
+pub use results::{RedisAsync, RedisImap};
+pub use server::{INSTALL_HINT, RedisServer};
+pub use worker::{Worker, WorkerBuilder};

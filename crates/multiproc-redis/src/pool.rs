@@ -1,0 +1,445 @@
+//! The caller's side: [`RedisPool`] and its calls.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use multiproc::{RemoteFn, Task};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::call::{EncodedItem, Engine, Plan};
+use crate::conn::Conn;
+use crate::dispatch::{Dispatcher, Options, Shared};
+use crate::endpoint::{Endpoint, endpoint_setters};
+use crate::error::RedisPoolError;
+use crate::results::{RedisAsync, RedisImap};
+
+/// Options for a new [`RedisPool`]. Created by [`RedisPool::builder`].
+#[derive(Clone)]
+pub struct RedisPoolBuilder {
+    endpoint: Endpoint,
+    options: Options,
+}
+
+impl fmt::Debug for RedisPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPoolBuilder").field("endpoint", &self.endpoint).field("options", &self.options).finish()
+    }
+}
+
+impl RedisPoolBuilder {
+    endpoint_setters!();
+
+    /// How many more times a chunk whose worker died (or whose host died) is
+    /// delivered before it goes to the dead-letter stream. Default 2.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.options.retries = n;
+        self
+    }
+
+    /// The longest one task may run on a worker; its process is killed after
+    /// it. Default: no limit.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.options.task_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest a blocking call waits for its results before it fails with
+    /// [`RedisPoolError::Timeout`] (with no worker running, a call would
+    /// otherwise wait for one). Default: no limit.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.options.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// How long Redis may be unreachable (a restart, a network cut) before
+    /// the calls waiting on it fail with [`RedisPoolError::Redis`]. Default
+    /// 30 s.
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.reconnect_timeout = timeout;
+        self
+    }
+
+    /// How long unread results (and large arguments) stay in Redis. Default
+    /// one hour.
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.options.result_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// At most this many chunks of one call are queued at a time (default
+    /// 4096): a long `imap` input is read lazily.
+    pub fn window(mut self, chunks: usize) -> Self {
+        self.options.window = chunks.max(1);
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisPoolError::Redis`] if the URL is bad or the server cannot be
+    /// reached.
+    pub fn connect(self) -> Result<RedisPool, RedisPoolError> {
+        let submit = Conn::open(&self.endpoint.url)?;
+        let reader = submit.another()?;
+        let mut id = [0u8; 12];
+        getrandom::fill(&mut id).map_err(|e| RedisPoolError::Redis(format!("no randomness for a caller id: {e}")))?;
+        let caller: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let keys = self.endpoint.keys();
+        let shared = Arc::new(Shared {
+            results_key: keys.results(&caller),
+            keys,
+            caller,
+            key: self.endpoint.key,
+            options: self.options,
+            submit: Mutex::new(submit),
+            pending: Mutex::default(),
+            next_task: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+        });
+        let dispatcher = Dispatcher::start(shared.clone(), reader)
+            .map_err(|e| RedisPoolError::Redis(format!("could not start the result thread: {e}")))?;
+        Ok(RedisPool { shared, _dispatcher: dispatcher })
+    }
+}
+
+/// A pool whose tasks run on worker hosts, carried by Redis Streams.
+///
+/// The calls are those of [`multiproc::Pool`], for the same plain `fn`
+/// items and `serde` arguments; the workers must run this same build of
+/// the program (see [`crate::Worker`]). Every result arrives exactly once.
+/// Dropping the pool stops its result thread and deletes its result stream.
+pub struct RedisPool {
+    shared: Arc<Shared>,
+    _dispatcher: Dispatcher,
+}
+
+impl fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPool").field("caller", &self.shared.caller).field("queue", &self.shared.keys).finish()
+    }
+}
+
+/// A call method: `A` (the arguments) and `R` (the result) are `serde`
+/// types that can cross threads; the second bracket adds its own bounds.
+macro_rules! serde_call {
+    ($(#[$doc:meta])* fn $name:ident<$($lt:lifetime,)? $($g:ident),*>($($params:tt)*) -> $ret:ty where [$($wc:tt)*] $body:block) => {
+        $(#[$doc])*
+        pub fn $name<$($lt,)? $($g),*>($($params)*) -> $ret
+        where
+            A: Serialize + DeserializeOwned + Send + 'static,
+            R: Serialize + DeserializeOwned + Send + 'static,
+            $($wc)*
+        $body
+    };
+}
+
+impl RedisPool {
+    /// A pool on the Redis server at `url` (`redis://host:port/db`), with
+    /// default options.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisPoolBuilder::connect`].
+    pub fn connect(url: &str) -> Result<RedisPool, RedisPoolError> {
+        RedisPool::builder(url).connect()
+    }
+
+    /// Options for a pool on the Redis server at `url`.
+    pub fn builder(url: &str) -> RedisPoolBuilder {
+        RedisPoolBuilder {
+            endpoint: Endpoint::new(url),
+            options: Options {
+                retries: 2,
+                task_timeout: None,
+                wait_timeout: None,
+                result_ttl: Duration::from_secs(3600),
+                reconnect_timeout: Duration::from_secs(30),
+                window: 4096,
+            },
+        }
+    }
+
+    /// This pool's caller id (its results arrive on `P:results:<id>`).
+    pub fn caller_id(&self) -> &str {
+        &self.shared.caller
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call { pool: self, chunksize: None, retries: None, task_timeout: None, wait_timeout: None }
+    }
+
+    /// Calls with `chunksize` items per task entry.
+    pub fn with_chunksize(&self, chunksize: usize) -> Call<'_> {
+        self.call().chunksize(chunksize)
+    }
+
+    /// Calls whose tasks may each run at most `timeout`.
+    pub fn with_task_timeout(&self, timeout: Duration) -> Call<'_> {
+        self.call().task_timeout(timeout)
+    }
+
+    /// Calls whose chunks are delivered at most `retries + 1` times.
+    pub fn with_retries(&self, retries: u32) -> Call<'_> {
+        self.call().retries(retries)
+    }
+
+    /// Calls that wait at most `timeout` for their results.
+    pub fn with_wait_timeout(&self, timeout: Duration) -> Call<'_> {
+        self.call().wait_timeout(timeout)
+    }
+
+    serde_call! {
+        /// Runs `f(args…)` on a worker and waits for it.
+        ///
+        /// # Errors
+        ///
+        /// [`RedisPoolError::Task`] when the task failed, or as for
+        /// [`RedisPool::map`].
+        fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, RedisPoolError> where [F: Task<A, R>] {
+            self.call().apply(f, args)
+        }
+    }
+    serde_call! {
+        /// Runs `f(args…)` on a worker in the background.
+        fn apply_async<F, A, R>(&self, f: F, args: A) -> RedisAsync<R> where [F: Task<A, R>] {
+            self.call().apply_async(f, args)
+        }
+    }
+    serde_call! {
+        /// `f(x)` for every item, in order.
+        ///
+        /// # Errors
+        ///
+        /// The first failed task ([`RedisPoolError::Task`] with its index),
+        /// [`RedisPoolError::Redis`] when Redis stayed away longer than the
+        /// reconnect timeout, [`RedisPoolError::Timeout`] past the wait timeout.
+        fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            self.call().map(f, items)
+        }
+    }
+    serde_call! {
+        /// [`RedisPool::map`] in the background.
+        fn map_async<F, A, R, I>(&self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            self.call().map_async(f, items)
+        }
+    }
+    serde_call! {
+        /// `f(a, b, …)` for every tuple, in order.
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::map`].
+        fn starmap<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            self.call().starmap(f, items)
+        }
+    }
+    serde_call! {
+        /// [`RedisPool::starmap`] in the background.
+        fn starmap_async<F, A, R, I>(&self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            self.call().starmap_async(f, items)
+        }
+    }
+    serde_call! {
+        /// `f(x)` for every item, yielded in order; the input is read lazily.
+        fn imap<'a, F, A, R, I>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.call().imap(f, items)
+        }
+    }
+    serde_call! {
+        /// As [`RedisPool::imap`], yielded in the order they finish.
+        fn imap_unordered<'a, F, A, R, I>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.call().imap_unordered(f, items)
+        }
+    }
+}
+
+/// A call with options ([`RedisPool::with_chunksize`] and friends); it has
+/// the call methods of [`RedisPool`].
+#[derive(Debug, Clone)]
+pub struct Call<'p> {
+    pool: &'p RedisPool,
+    chunksize: Option<usize>,
+    retries: Option<u32>,
+    task_timeout: Option<Duration>,
+    wait_timeout: Option<Duration>,
+}
+
+fn encode_one<A: Serialize>(args: &A) -> EncodedItem {
+    postcard::to_allocvec(args).map_err(|e| e.to_string())
+}
+
+impl<'p> Call<'p> {
+    /// Items per task entry (at least 1). Default: 1 for `imap`; for `map`,
+    /// the item count / 32, rounded up, at most 1024.
+    pub fn chunksize(mut self, chunksize: usize) -> Self {
+        self.chunksize = Some(chunksize.max(1));
+        self
+    }
+
+    /// The longest one task may run.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Deliveries after the first one for a chunk whose worker died.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The longest the call waits for its results.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = Some(timeout);
+        self
+    }
+
+    fn plan<F, A, R>(&self, f: F, default_chunksize: usize) -> Plan
+    where
+        F: Task<A, R>,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        let o = &self.pool.shared.options;
+        Plan {
+            remote: RemoteFn::of::<F, A, R>(f),
+            function: std::any::type_name::<F>(),
+            chunksize: self.chunksize.unwrap_or(default_chunksize).max(1),
+            retries: self.retries.unwrap_or(o.retries),
+            task_timeout: self.task_timeout.or(o.task_timeout),
+            wait_timeout: self.wait_timeout.or(o.wait_timeout),
+        }
+    }
+
+    fn engine<'a, F, A, R>(
+        &self,
+        f: F,
+        default_chunksize: usize,
+        items: impl Iterator<Item = EncodedItem> + Send + 'a,
+    ) -> Engine<'a>
+    where
+        F: Task<A, R>,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        Engine::new(self.pool.shared.clone(), self.plan(f, default_chunksize), items)
+    }
+
+    serde_call! {
+        /// As [`RedisPool::apply`].
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::apply`].
+        fn apply<F, A, R>(self, f: F, args: A) -> Result<R, RedisPoolError> where [F: Task<A, R>] {
+            let mut all = self.starmap(f, [args])?;
+            Ok(all.pop().unwrap_or_else(|| unreachable!("one item in, one result out")))
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::apply_async`].
+        fn apply_async<F, A, R>(self, f: F, args: A) -> RedisAsync<R> where [F: Task<A, R>] {
+            let engine = self.engine::<F, A, R>(f, 1, std::iter::once(encode_one(&args)));
+            RedisAsync::spawn(move || {
+                let mut it = RedisImap::<R>::new(engine, true);
+                it.next().unwrap_or_else(|| unreachable!("one item in, one result out"))
+            })
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::map`].
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::map`].
+        fn map<F, A, R, I>(self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            self.starmap(f, items.into_iter().map(|x| (x,)))
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::map_async`].
+        fn map_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
+            let engine = self.whole::<F, (A,), R>(f, items.into_iter().map(|x| encode_one(&(x,))).collect());
+            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::starmap`].
+        ///
+        /// # Errors
+        ///
+        /// As for [`RedisPool::map`].
+        fn starmap<F, A, R, I>(self, f: F, items: I) -> Result<Vec<R>, RedisPoolError>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
+            RedisImap::new(engine, true).collect()
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::starmap_async`].
+        fn starmap_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
+        where [F: Task<A, R>, I: IntoIterator<Item = A>] {
+            let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
+            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+        }
+    }
+
+    /// The engine of a call whose input is read whole first (`map`,
+    /// `starmap`): default chunk size `ceil(n / 32)`, at most 1024.
+    fn whole<F, A, R>(&self, f: F, encoded: Vec<EncodedItem>) -> Engine<'static>
+    where
+        F: Task<A, R>,
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        let chunksize = encoded.len().div_ceil(32).clamp(1, 1024);
+        self.engine::<F, A, R>(f, chunksize, encoded.into_iter())
+    }
+
+    serde_call! {
+        /// As [`RedisPool::imap`].
+        fn imap<'a, F, A, R, I>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.lazy(f, items, true)
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::imap_unordered`].
+        fn imap_unordered<'a, F, A, R, I>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
+            self.lazy(f, items, false)
+        }
+    }
+
+    /// `imap` in input order or not; the input read lazily, one item per
+    /// entry unless a chunk size was given.
+    fn lazy<'a, F, A, R, I>(self, f: F, items: I, ordered: bool) -> RedisImap<'a, R>
+    where
+        F: Task<(A,), R>,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'a,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let encoded = items.into_iter().map(|x| encode_one(&(x,)));
+        RedisImap::new(self.engine::<F, (A,), R>(f, 1, encoded), ordered)
+    }
+}

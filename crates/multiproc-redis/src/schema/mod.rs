@@ -1,0 +1,334 @@
+//! The Redis layout and message schema, version [`SCHEMA_VERSION`]: every
+//! key, stream, group and field name this crate uses is here, and so is every
+//! decoder of bytes read from Redis.
+//!
+//! # Keys
+//!
+//! With prefix `P` (default `multiproc`) and queue `Q` (default `default`):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:Q:tasks` | stream, group [`GROUP`] | one entry per chunk of tasks; workers read it with `XREADGROUP`, and `XACK` + `XDEL` an entry once its result is written, so it holds only unfinished work |
+//! | `P:Q:dead` | stream, capped at [`DEAD_LETTER_MAXLEN`] (approximately) | dead letters: tasks that failed [`TaskMsg::max_attempts`] deliveries, tasks of another build, garbage entries; each with a `reason` |
+//! | `P:Q:blob:C:T` | string, with expiry | the arguments of chunk `T` of caller `C` when they are too large for an entry ([`BLOB_THRESHOLD`]) |
+//! | `P:results:C` | stream, with expiry | the results for caller `C`; the caller deletes what it has read, and the key expires [`TaskMsg::result_ttl_ms`] after the last write if the caller is gone |
+//!
+//! Each worker host is a consumer of [`GROUP`] named `hostname-pid-random`;
+//! it joins at start (`XGROUP CREATECONSUMER`), keeps the entries it holds
+//! with heartbeats (`XCLAIM … JUSTID` every quarter of the visibility
+//! timeout), and removes consumers that hold nothing and have been idle for
+//! an hour (hosts that are gone).
+//!
+//! # Entries
+//!
+//! A task entry has the fields `v` ([`SCHEMA_VERSION`]), `m` (a [`TaskMsg`]
+//! in postcard) and `mac` (HMAC-SHA256 of `m` under the pool's key). A result
+//! entry has `v` and `m` (a [`ResultMsg`]). A dead letter has `reason`,
+//! `id` (the task entry's id) and, when there was one, `m`.
+//!
+//! Everything read from Redis is untrusted: a decoder here returns an error
+//! on any input, sizes are checked before allocation, and a task's function
+//! reference is used only after its build id and its MAC are checked.
+
+use hmac::{Hmac, Mac};
+use multiproc::RemoteFn;
+use redis::Value;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use sha2::Sha256;
+
+use crate::error::TaskFailure;
+
+/// The version of this layout and schema, in the `v` field of every entry.
+pub const SCHEMA_VERSION: &str = "1";
+/// The consumer group of the workers on a task stream.
+pub const GROUP: &str = "workers";
+/// The approximate length cap of a dead-letter stream.
+pub const DEAD_LETTER_MAXLEN: usize = 10_000;
+/// Chunks whose encoded arguments are larger than this travel in a separate
+/// key (`P:Q:blob:C:T`) rather than in the entry.
+pub const BLOB_THRESHOLD: usize = 256 * 1024;
+/// The largest entry body or blob a worker or caller accepts.
+pub const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
+/// The field names of entries.
+pub mod field {
+    /// Schema version.
+    pub const VERSION: &str = "v";
+    /// The postcard message.
+    pub const MESSAGE: &str = "m";
+    /// HMAC-SHA256 of the message.
+    pub const MAC: &str = "mac";
+    /// Why an entry is a dead letter.
+    pub const REASON: &str = "reason";
+    /// The id of the task entry a dead letter was.
+    pub const ID: &str = "id";
+}
+
+/// The key names of one queue under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+    queue: String,
+}
+
+impl Keys {
+    /// Keys for `queue` under `prefix`.
+    ///
+    /// ```
+    /// let k = multiproc_redis::schema::Keys::new("mp", "q");
+    /// assert_eq!(k.tasks(), "mp:q:tasks");
+    /// assert_eq!(k.dead_letters(), "mp:q:dead");
+    /// assert_eq!(k.results("c1"), "mp:results:c1");
+    /// assert_eq!(k.blob("c1", 7), "mp:q:blob:c1:7");
+    /// ```
+    pub fn new(prefix: &str, queue: &str) -> Keys {
+        Keys { prefix: prefix.to_string(), queue: queue.to_string() }
+    }
+
+    /// The task stream.
+    pub fn tasks(&self) -> String {
+        format!("{}:{}:tasks", self.prefix, self.queue)
+    }
+
+    /// The dead-letter stream.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:{}:dead", self.prefix, self.queue)
+    }
+
+    /// The results stream of caller `caller`.
+    pub fn results(&self, caller: &str) -> String {
+        format!("{}:results:{caller}", self.prefix)
+    }
+
+    /// The key holding the arguments of chunk `task` of caller `caller`.
+    pub fn blob(&self, caller: &str, task: u64) -> String {
+        format!("{}:{}:blob:{caller}:{task}", self.prefix, self.queue)
+    }
+}
+
+/// The arguments of a chunk: one postcard argument tuple per item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Args {
+    /// In the entry.
+    Inline(Vec<ByteBuf>),
+    /// In a separate key: the postcard encoding of `Vec<ByteBuf>`, `len`
+    /// bytes long.
+    Blob {
+        /// The key.
+        key: String,
+        /// Its length in bytes.
+        len: u64,
+    },
+}
+
+/// A chunk of tasks: the `m` field of a task entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMsg {
+    /// The build id of the caller ([`multiproc::build_id`]); a worker of
+    /// another build refuses the task.
+    pub build_id: String,
+    /// The function's stable name (its type name), for errors and logs.
+    pub function: String,
+    /// The function, valid only in a process of `build_id`.
+    pub remote: RemoteFn,
+    /// The caller's id: results go to `P:results:<caller>`.
+    pub caller: String,
+    /// The chunk's id, unique for the caller; results are deduplicated by it.
+    pub task: u64,
+    /// This delivery's number, from 1.
+    pub attempt: u32,
+    /// After this many deliveries the chunk becomes a dead letter.
+    pub max_attempts: u32,
+    /// The longest one item may run, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// How long the results stream lives after the last result is written.
+    pub result_ttl_ms: u64,
+    /// Why the previous delivery failed, if it did.
+    pub last_error: Option<String>,
+    /// The arguments.
+    pub args: Args,
+}
+
+/// What became of a chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// One outcome per item: the postcard encoding of the result, or why it
+    /// failed.
+    Items(Vec<Result<ByteBuf, TaskFailure>>),
+    /// The whole chunk failed.
+    Failed(TaskFailure),
+}
+
+/// One chunk's outcome in a [`ResultMsg`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkResult {
+    /// The chunk's id ([`TaskMsg::task`]).
+    pub task: u64,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// The `m` field of a result entry: outcomes of one or more chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultMsg {
+    /// The outcomes.
+    pub results: Vec<ChunkResult>,
+}
+
+/// Why an entry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// A field is missing or not bytes.
+    #[error("entry has no byte field {0:?}")]
+    MissingField(&'static str),
+    /// The schema version is not ours.
+    #[error("entry has schema version {found:?}, this build reads {SCHEMA_VERSION:?}; upgrade the older side")]
+    Version {
+        /// What the entry says.
+        found: String,
+    },
+    /// The message does not decode.
+    #[error("entry message does not decode: {0}")]
+    Decode(String),
+    /// Larger than [`MAX_MESSAGE`].
+    #[error("entry message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    /// The MAC does not match: garbage, or written without the pool's key.
+    #[error("entry MAC does not match: not written by a pool with this key")]
+    BadMac,
+}
+
+/// The bytes of field `name` of an entry's fields.
+pub fn bytes_field<'a>(fields: &'a [(String, Value)], name: &'static str) -> Result<&'a [u8], EntryError> {
+    match fields.iter().find(|(k, _)| k == name).map(|(_, v)| v) {
+        Some(Value::BulkString(b)) => Ok(b),
+        Some(Value::SimpleString(s)) => Ok(s.as_bytes()),
+        _ => Err(EntryError::MissingField(name)),
+    }
+}
+
+fn check_version(fields: &[(String, Value)]) -> Result<(), EntryError> {
+    let v = bytes_field(fields, field::VERSION)?;
+    if v != SCHEMA_VERSION.as_bytes() {
+        return Err(EntryError::Version { found: String::from_utf8_lossy(&v[..v.len().min(32)]).into_owned() });
+    }
+    Ok(())
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, EntryError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(EntryError::TooLarge(bytes.len()));
+    }
+    postcard::from_bytes(bytes).map_err(|e| EntryError::Decode(e.to_string()))
+}
+
+/// Decodes a task entry's fields, without checking its MAC (see
+/// [`verify_mac`]): the build id is read first, so a task of another build
+/// can be refused with a clear error.
+///
+/// # Errors
+///
+/// [`EntryError`] for any entry that is not a task of this schema.
+pub fn decode_task(fields: &[(String, Value)]) -> Result<TaskMsg, EntryError> {
+    check_version(fields)?;
+    decode(bytes_field(fields, field::MESSAGE)?)
+}
+
+/// Checks the `mac` field against the `m` field under `key`.
+///
+/// # Errors
+///
+/// [`EntryError::BadMac`] or a missing field.
+pub fn verify_mac(fields: &[(String, Value)], key: &[u8]) -> Result<(), EntryError> {
+    let m = bytes_field(fields, field::MESSAGE)?;
+    let tag = bytes_field(fields, field::MAC)?;
+    mac(key).chain_update(m).verify_slice(tag).map_err(|_| EntryError::BadMac)
+}
+
+/// Decodes a result entry's fields.
+///
+/// # Errors
+///
+/// [`EntryError`] for any entry that is not a result of this schema.
+pub fn decode_result(fields: &[(String, Value)]) -> Result<ResultMsg, EntryError> {
+    check_version(fields)?;
+    decode(bytes_field(fields, field::MESSAGE)?)
+}
+
+/// Decodes the arguments stored in a blob key.
+///
+/// # Errors
+///
+/// [`EntryError::TooLarge`] or [`EntryError::Decode`].
+pub fn decode_blob(bytes: &[u8]) -> Result<Vec<ByteBuf>, EntryError> {
+    decode(bytes)
+}
+
+fn mac(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes a key of any length.
+    Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
+/// The fields of a task entry for `msg`, signed with `key`.
+///
+/// ```
+/// use multiproc_redis::schema::{self, Args, TaskMsg};
+///
+/// fn double(x: u64) -> u64 { 2 * x }
+///
+/// let msg = TaskMsg {
+///     build_id: multiproc::build_id().to_string(),
+///     function: "double".into(),
+///     remote: multiproc::RemoteFn::of::<_, (u64,), u64>(double),
+///     caller: "c".into(), task: 1, attempt: 1, max_attempts: 3, timeout_ms: None,
+///     result_ttl_ms: 60_000, last_error: None, args: Args::Inline(vec![]),
+/// };
+/// let fields: Vec<(String, redis::Value)> = schema::task_fields(&msg, b"key")
+///     .into_iter().map(|(k, v)| (k.to_string(), redis::Value::BulkString(v))).collect();
+/// assert_eq!(schema::decode_task(&fields).unwrap(), msg);
+/// assert!(schema::verify_mac(&fields, b"key").is_ok());
+/// assert!(schema::verify_mac(&fields, b"other key").is_err());
+/// ```
+pub fn task_fields(msg: &TaskMsg, key: &[u8]) -> [(&'static str, Vec<u8>); 3] {
+    let m = encode_task(msg);
+    let tag = mac(key).chain_update(&m).finalize().into_bytes().to_vec();
+    [(field::VERSION, SCHEMA_VERSION.as_bytes().to_vec()), (field::MESSAGE, m), (field::MAC, tag)]
+}
+
+/// The postcard encoding of a task message (the `m` field).
+pub fn encode_task(msg: &TaskMsg) -> Vec<u8> {
+    postcard::to_allocvec(msg).unwrap_or_else(|e| unreachable!("a TaskMsg always encodes: {e}"))
+}
+
+/// The fields of a result entry holding `results` (a [`ResultMsg`]).
+pub fn result_fields(results: &[ChunkResult]) -> [(&'static str, Vec<u8>); 2] {
+    // Encodes exactly as a `ResultMsg`, without copying the results into one.
+    #[derive(Serialize)]
+    struct ResultRef<'a> {
+        results: &'a [ChunkResult],
+    }
+    let m =
+        postcard::to_allocvec(&ResultRef { results }).unwrap_or_else(|e| unreachable!("results always encode: {e}"));
+    [(field::VERSION, SCHEMA_VERSION.as_bytes().to_vec()), (field::MESSAGE, m)]
+}
+
+/// The postcard encoding of a chunk's arguments, for a blob key.
+pub fn encode_blob(items: &[ByteBuf]) -> Vec<u8> {
+    postcard::to_allocvec(items).unwrap_or_else(|e| unreachable!("bytes always encode: {e}"))
+}
+
+/// The default key of a pool and its workers: derived from the build id,
+/// so it keeps out garbage and other builds but is no secret. Set your own
+/// key when others can write to the Redis server.
+pub fn default_key() -> Vec<u8> {
+    format!("multiproc-redis/{}", multiproc::build_id()).into_bytes()
+}
+
+/// Fields of a stream entry as pairs (the form Redis returns them in).
+pub fn entry_fields(map: std::collections::HashMap<String, Value>) -> Vec<(String, Value)> {
+    map.into_iter().collect()
+}
+
+#[cfg(test)]
+mod test;

@@ -1,0 +1,51 @@
+use redis::Value;
+
+use super::*;
+
+fn fields(pairs: &[(&str, &[u8])]) -> Vec<(String, Value)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), Value::BulkString(v.to_vec()))).collect()
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for len in 0..400usize {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let f = fields(&[("v", b"1"), ("m", &bytes), ("mac", &bytes)]);
+        let _ = decode_task(&f);
+        let _ = decode_result(&f);
+        let _ = decode_blob(&bytes);
+        assert!(verify_mac(&f, b"k").is_err());
+    }
+}
+
+#[test]
+fn wrong_version_and_missing_fields_are_errors() {
+    assert_eq!(decode_task(&fields(&[("v", b"9"), ("m", b"")])), Err(EntryError::Version { found: "9".into() }));
+    assert_eq!(decode_task(&fields(&[("m", b"")])), Err(EntryError::MissingField("v")));
+    assert_eq!(decode_result(&fields(&[("v", b"1")])), Err(EntryError::MissingField("m")));
+}
+
+#[test]
+fn a_result_entry_decodes_as_a_result_message() {
+    let results = vec![
+        ChunkResult {
+            task: 3,
+            outcome: Outcome::Items(vec![
+                Ok(ByteBuf::from(vec![1, 2])),
+                Err(TaskFailure::Timeout(std::time::Duration::from_millis(5))),
+            ]),
+        },
+        ChunkResult { task: 4, outcome: Outcome::Failed(TaskFailure::ArgumentsLost("k".into())) },
+    ];
+    let fields: Vec<(String, Value)> =
+        result_fields(&results).into_iter().map(|(k, v)| (k.to_string(), Value::BulkString(v))).collect();
+    assert_eq!(decode_result(&fields).unwrap(), ResultMsg { results });
+}

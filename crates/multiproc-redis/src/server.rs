@@ -1,0 +1,172 @@
+//! A private `redis-server` for tests, examples and benchmarks: started on
+//! a free loopback port in a temporary directory, with append-only
+//! persistence, and killed, reaped and removed on drop (and killed with its
+//! parent, should the parent die first).
+
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to install the server when it is missing.
+pub const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server` (Debian, Ubuntu)";
+
+/// A running `redis-server` owned by this process.
+///
+/// ```no_run
+/// use multiproc_redis::RedisServer;
+///
+/// let server = RedisServer::start().unwrap();
+/// let pool = multiproc_redis::RedisPool::connect(&server.url()).unwrap();
+/// # drop(pool);
+/// ```
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    persistent: bool,
+}
+
+impl RedisServer {
+    /// True when `redis-server` is on the `PATH`.
+    pub fn available() -> bool {
+        Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Starts a server on a free port of 127.0.0.1 and waits (at most 10 s)
+    /// until it answers.
+    ///
+    /// # Errors
+    ///
+    /// `redis-server` is missing (the message says how to install it), or
+    /// it did not start.
+    pub fn start() -> io::Result<RedisServer> {
+        RedisServer::start_with(true)
+    }
+
+    /// As [`RedisServer::start`], without persistence: for benchmarks.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisServer::start`].
+    pub fn start_in_memory() -> io::Result<RedisServer> {
+        RedisServer::start_with(false)
+    }
+
+    fn start_with(persistent: bool) -> io::Result<RedisServer> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut id = [0u8; 6];
+        getrandom::fill(&mut id).map_err(|e| io::Error::other(e.to_string()))?;
+        let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("multiproc-redis-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = RedisServer { child: None, dir, port, persistent };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> io::Result<()> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }, "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: between fork and exec the closure calls only prctl, which is
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                io::Error::new(e.kind(), format!("redis-server is not installed: {INSTALL_HINT}"))
+            } else {
+                e
+            }
+        })?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(10))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(io::Error::other(format!("redis-server exited ({status}): {}", tail.join(" | "))));
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "redis-server did not answer within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's directory (its append-only file and log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and directory:
+    /// it reloads its data from the append-only file.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisServer::start`].
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.launch()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,187 @@
+//! The worker host's reader: `XREADGROUP` from the task stream, as much
+//! as the host can keep busy, checks each entry and hands its items to the
+//! local pools.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde_bytes::ByteBuf;
+
+use super::exec::Executors;
+use super::outlet::{Disposal, Event};
+use super::{HostShared, admit};
+use crate::conn::{self, Conn};
+use crate::error::{RedisPoolError, TaskFailure};
+use crate::schema::{self, Args, GROUP, TaskMsg};
+
+/// How long one `XREADGROUP` blocks (also how soon a stop is noticed).
+const BLOCK: Duration = Duration::from_millis(100);
+/// How much finished work the host keeps queued in its pools: items in
+/// flight ≈ throughput × this (at least two per process).
+const AHEAD: Duration = Duration::from_millis(20);
+/// The most items in flight on one host.
+const MAX_IN_FLIGHT: usize = 16_384;
+/// How long a stopping host waits for its items in flight.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Creates the consumer group (and the stream) if they do not exist, and
+/// this host's consumer in it, so the host is visible before its first
+/// entry.
+pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str, consumer: &str) -> Result<(), RedisPoolError> {
+    let r = conn.retry(Duration::from_secs(10), |c| {
+        redis::cmd("XGROUP").arg("CREATE").arg(tasks).arg(GROUP).arg("0").arg("MKSTREAM").exec(c)
+    });
+    if let Err(e) = r
+        && e.code() != Some("BUSYGROUP")
+    {
+        return Err(RedisPoolError::Redis(format!("could not create consumer group {GROUP} on {tasks}: {e}")));
+    }
+    conn.retry(Duration::from_secs(10), |c| {
+        redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c)
+    })
+    .map_err(|e| {
+        RedisPoolError::Redis(format!(
+            "could not join consumer group {GROUP} on {tasks}: {e} (this needs Redis 6.2 or newer)"
+        ))
+    })
+}
+
+/// How many items the host may have in flight now: enough for about
+/// [`AHEAD`] of work at the rate measured over the last 200 ms, and at
+/// least two per process — so a host takes no more than it can start soon,
+/// and the other hosts get the rest.
+struct Pacer {
+    since: Instant,
+    done_then: u64,
+    limit: usize,
+}
+
+impl Pacer {
+    fn limit(&mut self, host: &HostShared) -> usize {
+        let floor = 2 * host.processes;
+        let done = host.done_items.load(Ordering::Relaxed);
+        if done == self.done_then && host.in_flight.load(Ordering::Acquire) == 0 {
+            // Idle: the next measurement starts with the next work.
+            self.since = Instant::now();
+        }
+        let elapsed = self.since.elapsed();
+        if elapsed >= Duration::from_millis(200) {
+            // Too few items to measure (the host was idle, or its tasks are
+            // long): keep the last limit, so an idle spell does not make
+            // the next burst start slowly.
+            if done - self.done_then >= floor as u64 {
+                let rate = (done - self.done_then) as f64 / elapsed.as_secs_f64();
+                self.limit = ((rate * AHEAD.as_secs_f64()) as usize).clamp(floor, MAX_IN_FLIGHT);
+            }
+            self.since = Instant::now();
+            self.done_then = done;
+        }
+        self.limit.max(floor)
+    }
+}
+
+/// The intake's loop, until the host stops.
+pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender<Event>, mut conn: Conn) {
+    let tasks = host.keys.tasks();
+    let mut pacer = Pacer { since: Instant::now(), done_then: 0, limit: 2 * host.processes };
+    // Items per entry in the last read: entries are read, items counted.
+    let mut per_entry = 1usize;
+    while !host.stopping() {
+        let limit = pacer.limit(host);
+        let in_flight = host.in_flight.load(Ordering::Acquire);
+        if in_flight >= limit {
+            host.wait_for_room(limit, Duration::from_millis(50));
+            continue;
+        }
+        let count = ((limit - in_flight) / per_entry).clamp(1, 1024);
+        let opts =
+            StreamReadOptions::default().group(GROUP, &host.consumer).count(count).block(BLOCK.as_millis() as usize);
+        let reply = conn.run(|c| {
+            redis::cmd("XREADGROUP").arg(&opts).arg("STREAMS").arg(&tasks).arg(">").query::<Option<StreamReadReply>>(c)
+        });
+        let reply = match reply {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::warn!("consumer group gone from {tasks} (redis lost its data?); creating it again");
+                let _ = ensure_group(&mut conn, &tasks, &host.consumer);
+                continue;
+            }
+            Err(e) => {
+                let level = if conn::is_transient(&e) { "unavailable" } else { "failed" };
+                tracing::warn!("reading {tasks}: redis {level} ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let (mut entries, mut items) = (0usize, 0usize);
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            let fields = schema::entry_fields(entry.map);
+            match admit(host, &fields) {
+                Ok(msg) => {
+                    entries += 1;
+                    items += start(host, executors, &events, &mut conn, entry.id, msg);
+                }
+                Err(disposal) => {
+                    let _ = events.send(Event::Dispose { id: entry.id, disposal });
+                }
+            }
+        }
+        if entries > 0 {
+            per_entry = items.div_ceil(entries).max(1);
+        }
+    }
+    let deadline = Instant::now() + DRAIN;
+    while host.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Hands the items of an admitted chunk to the pools; returns how many.
+fn start(
+    host: &HostShared,
+    executors: &Executors,
+    events: &mpsc::Sender<Event>,
+    conn: &mut Conn,
+    id: String,
+    msg: TaskMsg,
+) -> usize {
+    let items = match load_args(conn, &msg.args) {
+        Ok(items) => items,
+        Err(failure) => {
+            let _ = events.send(Event::Dispose { id, disposal: Disposal::Fail { msg: Box::new(msg), failure } });
+            return 0;
+        }
+    };
+    let id: Arc<str> = id.into();
+    let (remote, timeout_ms, n) = (msg.remote, msg.timeout_ms, items.len());
+    host.in_flight.fetch_add(n, Ordering::AcqRel);
+    let _ = events.send(Event::Started { id: id.clone(), msg, items: n });
+    for (index, args) in items.into_iter().enumerate() {
+        let (tx, id) = (events.clone(), id.clone());
+        executors.submit(remote, timeout_ms, args, move |result| {
+            let _ = tx.send(Event::Item { id, index, result });
+        });
+    }
+    n
+}
+
+/// The items of a chunk, from the entry or its blob key.
+fn load_args(conn: &mut Conn, args: &Args) -> Result<Vec<ByteBuf>, TaskFailure> {
+    match args {
+        Args::Inline(items) => Ok(items.clone()),
+        Args::Blob { key, len } => {
+            if *len > schema::MAX_MESSAGE as u64 {
+                return Err(TaskFailure::Unserializable(format!("arguments of {len} bytes are over the limit")));
+            }
+            let bytes: Option<Vec<u8>> = conn
+                .retry(Duration::from_secs(10), |c| redis::cmd("GET").arg(key).query(c))
+                .map_err(|e| TaskFailure::ArgumentsLost(format!("reading {key}: {e}")))?;
+            let bytes = bytes.ok_or_else(|| TaskFailure::ArgumentsLost(format!("{key} does not exist")))?;
+            schema::decode_blob(&bytes).map_err(|e| TaskFailure::Unserializable(format!("arguments in {key}: {e}")))
+        }
+    }
+}

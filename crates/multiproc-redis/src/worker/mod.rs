@@ -1,0 +1,232 @@
+//! The worker host: reads chunks from the task stream with a consumer
+//! group, runs their tasks in local multiproc pools, writes the results.
+//!
+//! Three parts: the intake (a thread: `XREADGROUP`, checks, hands items to
+//! the pools), the executors (local pools, see `exec`), and the outlet (a
+//! thread: results, acknowledgements, heartbeats, reclaiming dead hosts'
+//! entries).
+
+mod exec;
+mod intake;
+mod outlet;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::conn::Conn;
+use crate::endpoint::{Endpoint, endpoint_setters};
+use crate::error::{RedisPoolError, TaskFailure};
+use crate::schema::{self, Keys, TaskMsg};
+use outlet::Disposal;
+
+/// Options for a worker host. Created by [`Worker::builder`].
+#[derive(Clone)]
+pub struct WorkerBuilder {
+    endpoint: Endpoint,
+    processes: usize,
+    visibility: Duration,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("endpoint", &self.endpoint)
+            .field("processes", &self.processes)
+            .field("visibility", &self.visibility)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    endpoint_setters!();
+
+    /// Worker processes on this host (default: the CPU count).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n.max(1);
+        self
+    }
+
+    /// How long an entry delivered to a host may go without a heartbeat
+    /// before another host takes it over (default 30 s). Heartbeats go out
+    /// every quarter of it, so a long task is never taken from a live host.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility = timeout.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Starts the host in the background: its local pool and two threads.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisPoolError::Redis`] if Redis cannot be reached or the consumer
+    /// group cannot be created; a local pool that cannot start.
+    pub fn start(self) -> Result<Worker, RedisPoolError> {
+        let conn = Conn::open(&self.endpoint.url)?;
+        let keys = self.endpoint.keys();
+        let mut id = [0u8; 4];
+        let _ = getrandom::fill(&mut id);
+        let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
+        let mut intake_conn = conn.another()?;
+        intake::ensure_group(&mut intake_conn, &keys.tasks(), &consumer)?;
+        let executors = exec::Executors::new(self.processes)
+            .map_err(|e| RedisPoolError::Redis(format!("could not start the local pool: {e}")))?;
+        let host = Arc::new(HostShared {
+            consumer,
+            keys,
+            key: self.endpoint.key,
+            processes: self.processes,
+            visibility: self.visibility,
+            stop: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            room: (Mutex::new(()), Condvar::new()),
+            done_items: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| RedisPoolError::Redis(format!("could not start a worker thread: {e}")))
+        };
+        let h = host.clone();
+        let outlet = spawn("multiproc-redis outlet", Box::new(move || outlet::run(&h, rx, conn)))?;
+        let h = host.clone();
+        let intake = spawn("multiproc-redis intake", Box::new(move || intake::run(&h, &executors, tx, intake_conn)))?;
+        tracing::info!("worker host {} serving {} with {} processes", host.consumer, host.keys.tasks(), host.processes);
+        Ok(Worker { host, threads: vec![intake, outlet] })
+    }
+
+    /// Runs the host on this thread until the process ends: what the
+    /// `multiproc worker` command does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WorkerBuilder::start`].
+    pub fn run(self) -> Result<(), RedisPoolError> {
+        let worker = self.start()?;
+        loop {
+            std::thread::park();
+            if worker.host.stopping() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What the intake and the outlet of a host share.
+#[derive(Debug)]
+pub(crate) struct HostShared {
+    pub consumer: String,
+    pub keys: Keys,
+    pub key: Vec<u8>,
+    pub processes: usize,
+    pub visibility: Duration,
+    stop: AtomicBool,
+    /// Items handed to the pools and not finished.
+    pub in_flight: AtomicUsize,
+    /// Notified when items finish, for an intake waiting for room.
+    pub room: (Mutex<()>, Condvar),
+    /// Items finished since the start.
+    pub done_items: AtomicU64,
+}
+
+impl HostShared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Marks `n` items finished and wakes the intake.
+    pub(crate) fn finished(&self, n: usize) {
+        // ORDERING: AcqRel pairs with the intake's Acquire load of the count.
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        let _guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.room.1.notify_all();
+    }
+
+    /// Waits until fewer than `limit` items are in flight, at most `timeout`.
+    pub(crate) fn wait_for_room(&self, limit: usize, timeout: Duration) {
+        let guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+        // ORDERING: Acquire pairs with `finished`; the count is read under
+        // the lock `finished` notifies under, so no wake-up is missed.
+        if self.in_flight.load(Ordering::Acquire) >= limit {
+            let _ = self.room.1.wait_timeout(guard, timeout);
+        }
+    }
+}
+
+/// A running worker host. Dropping it (or [`Worker::stop`]) stops taking
+/// new entries, finishes and writes the ones in flight, and stops the
+/// local pool.
+pub struct Worker {
+    host: Arc<HostShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").field("consumer", &self.host.consumer).field("queue", &self.host.keys).finish()
+    }
+}
+
+impl Worker {
+    /// Options for a worker host on the Redis server at `url`.
+    pub fn builder(url: &str) -> WorkerBuilder {
+        WorkerBuilder {
+            endpoint: Endpoint::new(url),
+            processes: multiproc::cpu_count(),
+            visibility: Duration::from_secs(30),
+        }
+    }
+
+    /// This host's consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.host.consumer
+    }
+
+    /// Stops the host and waits for its threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.host.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Checks a task entry: schema, build, MAC. A task that fails a check
+/// becomes a [`Disposal`].
+pub(crate) fn admit(host: &HostShared, fields: &[(String, Value)]) -> Result<TaskMsg, Disposal> {
+    let garbage = |reason: String| Disposal::Garbage {
+        reason,
+        message: schema::bytes_field(fields, schema::field::MESSAGE).ok().map(|m| m[..m.len().min(4096)].to_vec()),
+    };
+    let msg = schema::decode_task(fields).map_err(|e| garbage(e.to_string()))?;
+    let own = multiproc::build_id();
+    if msg.build_id != own {
+        let failure = TaskFailure::Refused { worker_build: own.to_string(), task_build: msg.build_id.clone() };
+        return Err(Disposal::Fail { msg: Box::new(msg), failure });
+    }
+    if schema::verify_mac(fields, &host.key).is_err() {
+        // Well-formed but not ours: tell its caller, who would wait otherwise.
+        return Err(Disposal::Fail { msg: Box::new(msg), failure: TaskFailure::WrongKey });
+    }
+    Ok(msg)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "host".into())
+}

@@ -1,0 +1,356 @@
+//! The worker host's writer: gathers item outcomes into chunk results,
+//! and writes them in one transaction per batch — results to each caller's
+//! stream, `XACK` + `XDEL` of the finished entries, chunks queued again,
+//! dead letters. It also sends the heartbeats of the entries in flight and
+//! reclaims the entries of hosts that stopped sending theirs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use redis::streams::StreamAutoClaimReply;
+
+use super::exec::ItemResult;
+use super::{HostShared, admit};
+use crate::conn::{self, Conn};
+use crate::error::TaskFailure;
+use crate::schema::{self, ChunkResult, GROUP, Outcome, TaskMsg};
+
+/// How often a host removes the group's long-gone consumers.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A consumer holding nothing and idle this long is removed from the group
+/// (a host that comes back joins again).
+const GONE_AFTER: Duration = Duration::from_secs(3600);
+
+/// A result entry holds about this many bytes of results at most.
+const RESULT_ENTRY_BYTES: usize = 4 << 20;
+/// A batch is written once it holds this many bytes of results...
+const BATCH_BYTES: usize = 16 << 20;
+/// ...or finishes this many entries.
+const BATCH_ENTRIES: usize = 4096;
+
+/// What the intake and the pools tell the outlet.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A chunk was handed to the pools.
+    Started { id: Arc<str>, msg: TaskMsg, items: usize },
+    /// One item of a chunk finished.
+    Item { id: Arc<str>, index: usize, result: ItemResult },
+    /// A chunk that will not run: garbage, another build, lost arguments.
+    Dispose { id: String, disposal: Disposal },
+}
+
+/// Why an entry will not run, and what to do about it.
+#[derive(Debug)]
+pub(crate) enum Disposal {
+    /// Not a task of ours: acknowledged, deleted, dead-lettered.
+    Garbage { reason: String, message: Option<Vec<u8>> },
+    /// A task that fails as a whole: the caller is told, and it is
+    /// dead-lettered.
+    Fail { msg: Box<TaskMsg>, failure: TaskFailure },
+}
+
+struct Running {
+    msg: TaskMsg,
+    outcomes: Vec<Option<ItemResult>>,
+    left: usize,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Per caller: the results stream's time to live, and result messages
+    /// (each at most about [`RESULT_ENTRY_BYTES`]).
+    results: HashMap<String, (u64, Vec<Vec<ChunkResult>>)>,
+    /// Bytes of results in the batch (roughly).
+    bytes: usize,
+    /// Bytes of the last message of each caller.
+    last_bytes: HashMap<String, usize>,
+    done: Vec<String>,
+    requeue: Vec<TaskMsg>,
+    dead: Vec<(String, String, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.done.is_empty() && self.results.is_empty()
+    }
+
+    fn result(&mut self, msg: &TaskMsg, outcome: Outcome) {
+        let size = match &outcome {
+            Outcome::Items(items) => items.iter().map(|r| r.as_ref().map_or(64, |b| b.len() + 8)).sum(),
+            Outcome::Failed(_) => 64,
+        };
+        let slot = self.results.entry(msg.caller.clone()).or_insert_with(|| (msg.result_ttl_ms, Vec::new()));
+        let last = self.last_bytes.entry(msg.caller.clone()).or_default();
+        if slot.1.is_empty() || *last + size > RESULT_ENTRY_BYTES {
+            slot.1.push(Vec::new());
+            *last = 0;
+        }
+        *last += size;
+        self.bytes += size;
+        slot.1.last_mut().unwrap_or_else(|| unreachable!("pushed above")).push(ChunkResult { task: msg.task, outcome });
+    }
+
+    /// True when the batch should be written before taking more events.
+    fn is_full(&self) -> bool {
+        self.bytes >= BATCH_BYTES || self.done.len() >= BATCH_ENTRIES
+    }
+
+    fn dead_letter(&mut self, id: &str, reason: String, msg: Option<&TaskMsg>) {
+        self.dead.push((id.to_string(), reason, msg.map(schema::encode_task)));
+    }
+
+    /// A finished chunk: its result, or another delivery.
+    fn finish(&mut self, id: &str, msg: TaskMsg, outcomes: Vec<ItemResult>) {
+        self.done.push(id.to_string());
+        let retry = outcomes.iter().find(|(r, again)| *again && r.is_err()).map(|(r, _)| r.clone().unwrap_err());
+        match retry {
+            Some(err) if msg.attempt < msg.max_attempts => {
+                tracing::warn!("chunk {} of {}: {err}; delivering it again", msg.task, msg.caller);
+                self.requeue.push(TaskMsg { attempt: msg.attempt + 1, last_error: Some(err.to_string()), ..msg });
+            }
+            Some(err) => {
+                let dead = TaskFailure::DeadLettered { attempts: msg.attempt, last_error: err.to_string() };
+                tracing::error!("chunk {} of {}: {dead}", msg.task, msg.caller);
+                self.dead_letter(id, dead.to_string(), Some(&msg));
+                let items = outcomes
+                    .into_iter()
+                    .map(|(r, again)| if again && r.is_err() { Err(dead.clone()) } else { r })
+                    .collect();
+                self.result(&msg, Outcome::Items(items));
+            }
+            None => self.result(&msg, Outcome::Items(outcomes.into_iter().map(|(r, _)| r).collect())),
+        }
+    }
+
+    /// A chunk that was delivered to a host that stopped heartbeating.
+    fn reclaimed(&mut self, id: &str, msg: TaskMsg, silence: Duration) {
+        let err = TaskFailure::WorkerLost(format!("the worker host that had it sent no heartbeat for {silence:?}"));
+        self.finish(id, msg, vec![(Err(err), true)]);
+    }
+
+    fn dispose(&mut self, id: String, disposal: Disposal) {
+        match disposal {
+            Disposal::Garbage { reason, message } => {
+                tracing::error!("skipping entry {id}: {reason}");
+                self.dead.push((id.clone(), reason, message));
+            }
+            Disposal::Fail { msg, failure } => {
+                tracing::error!("chunk {} of {} ({}): {failure}", msg.task, msg.caller, msg.function);
+                self.dead_letter(&id, failure.to_string(), Some(&msg));
+                self.result(&msg, Outcome::Failed(failure));
+            }
+        }
+        self.done.push(id);
+    }
+
+    /// Writes the batch in one transaction.
+    fn pipeline(&self, host: &HostShared) -> redis::Pipeline {
+        let keys = &host.keys;
+        let tasks = keys.tasks();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (caller, (ttl, messages)) in &self.results {
+            let key = keys.results(caller);
+            for results in messages {
+                let fields = schema::result_fields(results);
+                pipe.cmd("XADD").arg(&key).arg("*").arg(&fields[..]).ignore();
+            }
+            pipe.cmd("PEXPIRE").arg(&key).arg(*ttl).ignore();
+        }
+        for msg in &self.requeue {
+            pipe.cmd("XADD").arg(&tasks).arg("*").arg(&schema::task_fields(msg, &host.key)[..]).ignore();
+        }
+        for (id, reason, m) in &self.dead {
+            let dead = keys.dead_letters();
+            let cap = schema::DEAD_LETTER_MAXLEN;
+            let c = pipe.cmd("XADD").arg(&dead).arg("MAXLEN").arg("~").arg(cap).arg("*");
+            c.arg(schema::field::ID).arg(id).arg(schema::field::REASON).arg(reason);
+            if let Some(m) = m {
+                c.arg(schema::field::MESSAGE).arg(m);
+            }
+            c.ignore();
+        }
+        if !self.done.is_empty() {
+            pipe.cmd("XACK").arg(&tasks).arg(schema::GROUP).arg(&self.done).ignore();
+            pipe.cmd("XDEL").arg(&tasks).arg(&self.done).ignore();
+        }
+        pipe
+    }
+}
+
+/// The outlet's loop, until the host stops.
+pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Conn) {
+    let mut running: HashMap<Arc<str>, Running> = HashMap::new();
+    let heartbeat_every = host.visibility / 4;
+    let mut next_heartbeat = Instant::now() + heartbeat_every;
+    let mut next_reclaim = Instant::now();
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    let mut batch = Batch::default();
+    loop {
+        let first = match events.recv_timeout(Duration::from_millis(20)) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Some(event) = first {
+            handle(host, event, &mut running, &mut batch);
+            while !batch.is_full() {
+                let Ok(event) = events.try_recv() else { break };
+                handle(host, event, &mut running, &mut batch);
+            }
+        }
+        if host.stopping() && running.is_empty() && batch.is_empty() {
+            return;
+        }
+        if !batch.is_empty() {
+            flush(host, &mut conn, &mut batch);
+        }
+        let now = Instant::now();
+        if now >= next_heartbeat && !running.is_empty() {
+            heartbeat(host, &mut conn, running.keys());
+            next_heartbeat = now + heartbeat_every;
+        }
+        if now >= next_reclaim && !host.stopping() {
+            reclaim(host, &mut conn, &running, &mut batch);
+            next_reclaim = now + heartbeat_every;
+        }
+        if now >= next_sweep && !host.stopping() {
+            sweep_consumers(host, &mut conn);
+            next_sweep = now + SWEEP_EVERY;
+        }
+    }
+}
+
+fn handle(host: &HostShared, event: Event, running: &mut HashMap<Arc<str>, Running>, batch: &mut Batch) {
+    match event {
+        Event::Started { id, msg, items } => {
+            if items == 0 {
+                batch.finish(&id, msg, Vec::new());
+            } else {
+                running.insert(id, Running { msg, outcomes: (0..items).map(|_| None).collect(), left: items });
+            }
+        }
+        Event::Item { id, index, result } => {
+            host.done_items.fetch_add(1, Ordering::Relaxed);
+            host.finished(1);
+            let Some(r) = running.get_mut(&id) else { return };
+            if let Some(slot) = r.outcomes.get_mut(index)
+                && slot.is_none()
+            {
+                *slot = Some(result);
+                r.left -= 1;
+            }
+            if r.left == 0
+                && let Some(r) = running.remove(&id)
+            {
+                let outcomes = r.outcomes.into_iter().map(|o| o.unwrap_or_else(|| unreachable!("all set"))).collect();
+                batch.finish(&id, r.msg, outcomes);
+            }
+        }
+        Event::Dispose { id, disposal } => batch.dispose(id, disposal),
+    }
+}
+
+/// Writes the batch; after a transient failure (Redis restarting) tries
+/// again until it is written or the host stops, so no result is lost.
+fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
+    let pipe = batch.pipeline(host);
+    loop {
+        match conn.retry(Duration::from_secs(5), |c| pipe.exec(c)) {
+            Ok(()) => break,
+            Err(e) if conn::is_transient(&e) && !host.stopping() => {
+                tracing::warn!("could not write results yet ({e}); trying again");
+            }
+            Err(e) => {
+                tracing::error!("could not write {} results: {e}", batch.done.len());
+                break;
+            }
+        }
+    }
+    *batch = Batch::default();
+}
+
+/// Resets the idle time of the entries in flight (`XCLAIM … JUSTID`), so
+/// no live host reclaims them however long they run.
+fn heartbeat<'a>(host: &HostShared, conn: &mut Conn, ids: impl Iterator<Item = &'a Arc<str>>) {
+    let ids: Vec<&str> = ids.map(|s| &**s).collect();
+    for part in ids.chunks(1000) {
+        let r = conn.run(|c| {
+            redis::cmd("XCLAIM")
+                .arg(host.keys.tasks())
+                .arg(schema::GROUP)
+                .arg(&host.consumer)
+                .arg(0)
+                .arg(part)
+                .arg("JUSTID")
+                .exec(c)
+        });
+        if let Err(e) = r {
+            tracing::warn!("heartbeat failed: {e}");
+        }
+    }
+}
+
+/// Claims entries idle longer than the visibility timeout (their host died
+/// or lost Redis) and delivers them again (or dead-letters them).
+fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Running>, batch: &mut Batch) {
+    let min_idle = host.visibility.as_millis() as u64;
+    let reply = conn.run(|c| {
+        redis::cmd("XAUTOCLAIM")
+            .arg(host.keys.tasks())
+            .arg(schema::GROUP)
+            .arg(&host.consumer)
+            .arg(min_idle)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(64)
+            .query::<StreamAutoClaimReply>(c)
+    });
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            if !conn::is_transient(&e) {
+                tracing::warn!("reclaim failed: {e}");
+            }
+            return;
+        }
+    };
+    for entry in reply.claimed {
+        if running.contains_key(entry.id.as_str()) {
+            continue; // ours, still running
+        }
+        let fields = schema::entry_fields(entry.map);
+        match admit(host, &fields) {
+            Ok(msg) => batch.reclaimed(&entry.id, msg, host.visibility),
+            Err(disposal) => batch.dispose(entry.id, disposal),
+        }
+    }
+    if !reply.deleted_ids.is_empty() {
+        let ids: Vec<String> = reply.deleted_ids.iter().map(|i| i.to_string()).collect();
+        let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(&ids).exec(c));
+    }
+}
+
+/// Removes consumers that hold nothing and have been idle for longer than
+/// [`GONE_AFTER`] (hosts that died or left), so the group does not grow with
+/// every host that ever ran.
+fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
+    let tasks = host.keys.tasks();
+    let Ok(hosts) = crate::inspect::hosts(conn, &tasks) else { return };
+    let gone_ms = GONE_AFTER.max(host.visibility * 100).as_millis() as u64;
+    for h in hosts.iter().filter(|h| h.name != host.consumer && h.pending == 0 && h.idle_ms > gone_ms) {
+        // DELCONSUMER drops whatever the consumer holds: a delivery between
+        // the look above and here would be lost with it. A live host reads
+        // every 100 ms, which resets its idle time, so only a host silent
+        // for an hour that comes back at this very moment could lose one.
+        let r =
+            conn.run(|c| redis::cmd("XGROUP").arg("DELCONSUMER").arg(&tasks).arg(GROUP).arg(&h.name).query::<i64>(c));
+        match r {
+            Ok(_) => tracing::info!("removed consumer {} (idle {} s, nothing pending)", h.name, h.idle_ms / 1000),
+            Err(e) => tracing::warn!("could not remove consumer {}: {e}", h.name),
+        }
+    }
+}

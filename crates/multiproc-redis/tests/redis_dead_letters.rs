@@ -1,0 +1,143 @@
+//! The dead-letter stream: a poisoned task after N deliveries, a task of
+//! another build (refused, and the caller told), garbage entries (skipped,
+//! logged, kept for inspection).
+
+mod support;
+
+use std::time::Duration;
+
+use multiproc_redis::TaskFailure;
+use multiproc_redis::schema::{self, Args, Keys, Outcome, TaskMsg};
+use support::{entries, local_worker, pool, raw, server};
+
+fn poison(_: u64) -> u64 {
+    std::process::abort()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn reason(fields: &[(String, redis::Value)]) -> String {
+    String::from_utf8_lossy(schema::bytes_field(fields, schema::field::REASON).unwrap()).into_owned()
+}
+
+#[test]
+fn a_poisoned_task_is_dead_lettered_after_n_deliveries() {
+    let server = server();
+    let _w = local_worker(&server, "poison", 2);
+    let pool = pool(&server, "poison").retries(2).connect().unwrap();
+    let err = pool.apply(poison, (1,)).unwrap_err();
+    assert!(matches!(err.task_failure(), Some(TaskFailure::DeadLettered { attempts: 3, .. })), "{err}");
+    assert!(err.to_string().contains("SIGABRT"), "{err}");
+
+    let mut con = raw(&server);
+    let dead = entries(&mut con, &Keys::new("poison", "default").dead_letters());
+    assert_eq!(dead.len(), 1);
+    assert!(reason(&dead[0].1).contains("3 deliveries"), "{}", reason(&dead[0].1));
+    let m = schema::bytes_field(&dead[0].1, schema::field::MESSAGE).unwrap();
+    let msg: TaskMsg = postcard::from_bytes(m).unwrap();
+    assert!(msg.function.ends_with("poison"), "{}", msg.function);
+    assert_eq!(msg.attempt, 3);
+    // The other work goes on, and the task stream is empty.
+    assert_eq!(pool.map(square, 0..4u64).unwrap(), [0, 1, 4, 9]);
+    let len: i64 = redis::cmd("XLEN").arg("poison:default:tasks").query(&mut con).unwrap();
+    assert_eq!(len, 0);
+}
+
+#[test]
+fn a_task_of_another_build_is_refused() {
+    let server = server();
+    let _w = local_worker(&server, "build", 1);
+    let keys = Keys::new("build", "default");
+    let mut con = raw(&server);
+    let msg = TaskMsg {
+        build_id: "0123456789abcdef-another-build".into(),
+        function: "their_crate::square".into(),
+        remote: multiproc::RemoteFn::of::<_, (u64,), u64>(square),
+        caller: "them".into(),
+        task: 7,
+        attempt: 1,
+        max_attempts: 3,
+        timeout_ms: None,
+        result_ttl_ms: 60_000,
+        last_error: None,
+        args: Args::Inline(vec![serde_bytes::ByteBuf::from(postcard::to_allocvec(&(3u64,)).unwrap())]),
+    };
+    let fields = schema::task_fields(&msg, &schema::default_key());
+    let _: String = redis::cmd("XADD").arg(keys.tasks()).arg("*").arg(&fields[..]).query(&mut con).unwrap();
+
+    let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(30_000)
+        .arg("STREAMS")
+        .arg(keys.results("them"))
+        .arg("0-0")
+        .query(&mut con)
+        .unwrap();
+    let entry = reply.expect("no result within 30 s").keys.remove(0).ids.remove(0);
+    let result = schema::decode_result(&schema::entry_fields(entry.map)).unwrap();
+    assert_eq!(result.results.len(), 1);
+    assert_eq!(result.results[0].task, 7);
+    let Outcome::Failed(TaskFailure::Refused { worker_build, task_build }) = &result.results[0].outcome else {
+        panic!("not refused: {:?}", result.results[0].outcome)
+    };
+    assert_eq!(worker_build, multiproc::build_id());
+    assert_eq!(task_build, "0123456789abcdef-another-build");
+    let text = TaskFailure::Refused { worker_build: worker_build.clone(), task_build: task_build.clone() }.to_string();
+    assert!(text.contains("another build"), "{text}");
+
+    assert!(support::eventually(Duration::from_secs(10), || entries(&mut con, &keys.dead_letters()).len() == 1));
+    assert!(reason(&entries(&mut con, &keys.dead_letters())[0].1).contains("another build"));
+}
+
+#[test]
+fn garbage_entries_are_skipped_and_logged() {
+    let server = server();
+    let keys = Keys::new("junk", "default");
+    let mut con = raw(&server);
+    let _w = local_worker(&server, "junk", 1);
+    let xadd = |con: &mut redis::Connection, fields: &[(&str, &[u8])]| {
+        let _: String = redis::cmd("XADD").arg(keys.tasks()).arg("*").arg(fields).query(con).unwrap();
+    };
+    xadd(&mut con, &[("hello", b"world")]);
+    xadd(&mut con, &[("v", b"1"), ("m", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage"), ("mac", b"x")]);
+    xadd(&mut con, &[("v", b"999"), ("m", b"")]);
+    // A well-formed task signed with the wrong key.
+    let msg = TaskMsg {
+        build_id: multiproc::build_id().into(),
+        function: "square".into(),
+        remote: multiproc::RemoteFn::of::<_, (u64,), u64>(square),
+        caller: "c".into(),
+        task: 1,
+        attempt: 1,
+        max_attempts: 1,
+        timeout_ms: None,
+        result_ttl_ms: 60_000,
+        last_error: None,
+        args: Args::Inline(vec![]),
+    };
+    let forged = schema::task_fields(&msg, b"not the key");
+    let forged: Vec<(&str, &[u8])> = forged.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    xadd(&mut con, &forged);
+
+    // Real work still runs.
+    let pool = pool(&server, "junk").connect().unwrap();
+    assert_eq!(pool.map(square, 0..20u64).unwrap(), (0..20u64).map(square).collect::<Vec<_>>());
+
+    assert!(support::eventually(Duration::from_secs(10), || entries(&mut con, &keys.dead_letters()).len() == 4));
+    let reasons: Vec<String> = entries(&mut con, &keys.dead_letters()).iter().map(|(_, f)| reason(f)).collect();
+    assert!(reasons[0].contains("no byte field \"v\""), "{reasons:?}");
+    assert!(reasons[1].contains("does not decode"), "{reasons:?}");
+    assert!(reasons[2].contains("schema version"), "{reasons:?}");
+    assert!(reasons[3].contains("MAC does not match") && reasons[3].contains("same auth key"), "{reasons:?}");
+    // None of them ran or stayed: the task stream is empty, nothing pending.
+    let len: i64 = redis::cmd("XLEN").arg(keys.tasks()).query(&mut con).unwrap();
+    assert_eq!(len, 0);
+    // The caller of the task with the wrong key is told (it would wait
+    // otherwise); the garbage has no caller to tell.
+    let told = entries(&mut con, &keys.results("c"));
+    assert_eq!(told.len(), 1);
+    let result = schema::decode_result(&told[0].1).unwrap();
+    assert_eq!(result.results[0].outcome, Outcome::Failed(TaskFailure::WrongKey));
+}

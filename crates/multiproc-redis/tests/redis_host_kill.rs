@@ -1,0 +1,97 @@
+//! A worker host SIGKILLed mid-task: its entries stay pending, a live host
+//! reclaims them after the visibility timeout, and every result reaches the
+//! caller exactly once.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use support::{host_process, pool, server};
+
+/// Sleeps, then names the item and the host (the pool worker's parent).
+fn slow(i: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(150));
+    (i, std::os::unix::process::parent_id())
+}
+
+fn pending_of(server: &multiproc_redis::RedisServer, host_pid: i32) -> u64 {
+    let info = multiproc_redis::queue_info(&server.url(), "kill", "default").unwrap();
+    info.hosts.iter().filter(|h| h.is_pid(host_pid as u32)).map(|h| h.pending).sum()
+}
+
+#[test]
+fn a_killed_host_loses_nothing_and_nothing_arrives_twice() {
+    let server = server();
+    let visibility = Duration::from_millis(1500);
+    let mut a = host_process(&server, "kill", 2, visibility);
+    let b = host_process(&server, "kill", 2, visibility);
+    let pool = pool(&server, "kill").connect().unwrap();
+    let both = support::eventually(Duration::from_secs(30), || {
+        multiproc_redis::queue_info(&server.url(), "kill", "default").unwrap().hosts.len() == 2
+    });
+    assert!(both, "the two hosts did not start");
+    let mut con = support::raw(&server);
+
+    let n = 60u64;
+    let mut results = pool.imap_unordered(slow, 0..n);
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    // Let both hosts get going, then kill host A while it holds entries.
+    let started = Instant::now();
+    while seen.len() < 6 {
+        let (i, host) = results.next().unwrap().unwrap();
+        assert!(seen.insert(i, host).is_none(), "item {i} arrived twice");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    let a_pid = a.pid();
+    assert!(support::eventually(Duration::from_secs(10), || pending_of(&server, a_pid) > 0), "host A holds nothing");
+    a.kill();
+    let killed_at = Instant::now();
+
+    for r in results {
+        let (i, host) = r.unwrap();
+        assert!(seen.insert(i, host).is_none(), "item {i} arrived twice");
+    }
+    assert_eq!(seen.len() as u64, n);
+    assert!((0..n).all(|i| seen.contains_key(&i)));
+    let b_pid = b.pid() as u32;
+    assert!(seen.values().any(|h| *h == b_pid), "host B ran nothing");
+    assert!(killed_at.elapsed() < Duration::from_secs(60));
+    // Nothing left behind in the task stream.
+    assert!(support::eventually(Duration::from_secs(10), || {
+        redis::cmd("XLEN").arg("kill:default:tasks").query::<i64>(&mut con).unwrap() == 0
+    }));
+    let dead: i64 = redis::cmd("XLEN").arg("kill:default:dead").query(&mut con).unwrap();
+    assert_eq!(dead, 0);
+}
+
+/// Runs for `ms`, appending a line to `log` when it starts (so the test can
+/// count how many times it ran).
+fn long(log: String, ms: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
+    writeln!(f, "started").unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_long_task_on_a_live_host_is_not_taken_over() {
+    let server = server();
+    // Tasks run 4× the visibility timeout; heartbeats keep them with their host.
+    let visibility = Duration::from_millis(500);
+    let _a = host_process(&server, "long", 1, visibility);
+    let _b = host_process(&server, "long", 1, visibility);
+    let pool = pool(&server, "long").connect().unwrap();
+    let log = std::env::temp_dir().join(format!("multiproc-redis-long-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let path = log.to_str().unwrap().to_string();
+    let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 2000u64), (path.clone(), 2000)]).unwrap();
+    assert_eq!(got, [2000, 2000]);
+    let runs = std::fs::read_to_string(&log).unwrap().lines().count();
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(runs, 2, "a task ran again on another host while its own was alive");
+    let info = multiproc_redis::queue_info(&server.url(), "long", "default").unwrap();
+    assert_eq!((info.tasks, info.dead_letters), (0, 0));
+}

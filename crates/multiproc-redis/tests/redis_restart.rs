@@ -1,0 +1,70 @@
+//! Redis restarted (append-only persistence) in the middle of a call: the
+//! call resumes; Redis gone for good: the call fails with a clear error
+//! within the reconnect timeout. Never a hang.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use multiproc_redis::RedisPoolError;
+use support::{local_worker, pool, server};
+
+fn nap(i: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(20));
+    i
+}
+
+#[test]
+fn a_call_resumes_after_a_redis_restart() {
+    let mut server = server();
+    let worker = local_worker(&server, "restart", 2);
+    let pool = pool(&server, "restart").reconnect_timeout(Duration::from_secs(30)).connect().unwrap();
+
+    let mut call = pool.with_chunksize(1).map_async(nap, 0..150u64);
+    std::thread::sleep(Duration::from_millis(600));
+    server.restart().unwrap();
+    let t = Instant::now();
+    let got = call.get_timeout(Duration::from_secs(90)).unwrap();
+    assert_eq!(got, (0..150u64).collect::<Vec<_>>());
+    assert!(t.elapsed() < Duration::from_secs(90));
+    // The pool and the worker go on after it.
+    assert_eq!(pool.map(nap, 0..5u64).unwrap(), [0, 1, 2, 3, 4]);
+    worker.stop();
+}
+
+#[test]
+fn a_call_fails_clearly_when_redis_stays_away() {
+    let mut server = server();
+    let worker = local_worker(&server, "gone", 1);
+    let pool = pool(&server, "gone").reconnect_timeout(Duration::from_secs(2)).connect().unwrap();
+    assert_eq!(pool.apply(nap, (1,)).unwrap(), 1);
+
+    let mut call = pool.with_chunksize(1).map_async(nap, 0..500u64);
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    let t = Instant::now();
+    let err = call.get_timeout(Duration::from_secs(60)).unwrap_err();
+    assert!(matches!(err, RedisPoolError::Redis(_)), "{err}");
+    assert!(err.to_string().contains("redis"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+    drop(pool);
+    drop(worker);
+}
+
+#[test]
+fn a_restart_that_lost_the_data_fails_the_call_clearly() {
+    let mut server = multiproc_redis::RedisServer::start_in_memory().unwrap();
+    let worker = local_worker(&server, "lost", 1);
+    let pool = pool(&server, "lost").connect().unwrap();
+    assert_eq!(pool.apply(nap, (1,)).unwrap(), 1);
+
+    let mut call = pool.with_chunksize(1).map_async(nap, 0..500u64);
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart().unwrap();
+    let t = Instant::now();
+    let err = call.get_timeout(Duration::from_secs(60)).unwrap_err();
+    assert!(err.to_string().contains("without append-only persistence"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+    drop(pool);
+    drop(worker);
+}

@@ -1,0 +1,93 @@
+//! Shared by the integration tests: a private redis-server, a prefix per
+//! test, worker hosts in their own processes, and raw stream reads.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use multiproc::{Process, StartMethod};
+use multiproc_redis::{RedisPool, RedisPoolBuilder, RedisServer, Worker};
+
+/// A private server; fails with the install hint when there is none.
+pub fn server() -> RedisServer {
+    RedisServer::start().unwrap_or_else(|e| panic!("these tests need redis-server: {e}"))
+}
+
+/// A pool on `server` under `prefix`, whose calls give up after 60 s.
+pub fn pool(server: &RedisServer, prefix: &str) -> RedisPoolBuilder {
+    RedisPool::builder(&server.url()).prefix(prefix).wait_timeout(Duration::from_secs(60))
+}
+
+/// A worker host in this process.
+pub fn local_worker(server: &RedisServer, prefix: &str, processes: usize) -> Worker {
+    Worker::builder(&server.url()).prefix(prefix).processes(processes).start().unwrap()
+}
+
+/// Runs a worker host until killed: the body of a host process.
+pub fn host_main(url: String, prefix: String, processes: usize, visibility_ms: u64) {
+    Worker::builder(&url)
+        .prefix(&prefix)
+        .processes(processes)
+        .visibility_timeout(Duration::from_millis(visibility_ms))
+        .run()
+        .unwrap();
+}
+
+/// A worker host in a process of its own (a fresh copy of this program,
+/// with its own pool processes under it), owned by a guard.
+pub fn host_process(server: &RedisServer, prefix: &str, processes: usize, visibility: Duration) -> HostGuard {
+    let p = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .name("worker-host")
+        .spawn(host_main, (server.url(), prefix.to_string(), processes, visibility.as_millis() as u64))
+        .unwrap();
+    HostGuard(Some(p))
+}
+
+/// Kills and reaps its host process on drop.
+pub struct HostGuard(pub Option<Process<()>>);
+
+impl HostGuard {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().unwrap().pid().unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.0.take() {
+            p.kill().unwrap();
+            let _ = p.join_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A raw connection to `server`.
+pub fn raw(server: &RedisServer) -> redis::Connection {
+    let c = redis::Client::open(server.url()).unwrap();
+    let con = c.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    con
+}
+
+/// The entries of a stream, as (id, field map).
+pub fn entries(con: &mut redis::Connection, key: &str) -> Vec<(String, Vec<(String, redis::Value)>)> {
+    let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(con).unwrap();
+    r.ids.into_iter().map(|e| (e.id, multiproc_redis::schema::entry_fields(e.map))).collect()
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
