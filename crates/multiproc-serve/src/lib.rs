@@ -95,7 +95,7 @@ pub use command::{CommandConfig, CommandModel};
 pub use error::{ErrorKind, ServeError};
 pub use metrics::{BatchReason, MetricsSnapshot, VersionMetrics};
 pub use model::{Model, ModelSpec, WorkerContext};
-pub use pipeline::PipelineSpec;
+pub use pipeline::{PipelineItem, PipelineSpec};
 pub use request::{InferFuture, Reply, Request};
 pub use server::Server;
 pub use settings::{ModelSettings, RestartPolicy, SettingsError, StartMode, VersionPolicy};

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ServeError;
+use crate::pipeline::PipelineItem;
 use crate::settings::ModelSettings;
 use crate::worker::{WorkerEnds, worker_main};
 
@@ -55,9 +56,9 @@ pub trait Model: Sized + 'static {
     /// known at run time, sent to the worker.
     type Config: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
     /// One request's input.
-    type Input: Serialize + DeserializeOwned + Send + 'static;
+    type Input: PipelineItem;
     /// One request's output.
-    type Output: Serialize + DeserializeOwned + Send + 'static;
+    type Output: PipelineItem;
 
     /// Loads the model; runs once, in the worker process.
     ///

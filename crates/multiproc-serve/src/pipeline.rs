@@ -30,6 +30,13 @@ use crate::status::PipelineStatus;
 type PreFn<R, I> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Vec<Result<I, String>>> + Send + Sync>;
 type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
 
+/// A value that travels between a pipeline's stages (and so between
+/// processes): encoded with serde, owned and sendable. Every such type is
+/// one; nothing to implement.
+pub trait PipelineItem: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> PipelineItem for T {}
+
 /// A pipeline to add with [`Server::add_pipeline`]: `R` requests are
 /// preprocessed into the model's input `I`; the model answers `O`; an
 /// optional postprocessing step turns it into `P` (without one, `P` is `O`).
@@ -63,9 +70,9 @@ impl<R, I, O, P> std::fmt::Debug for PipelineSpec<R, I, O, P> {
 
 impl<R, I, O> PipelineSpec<R, I, O, O>
 where
-    R: Serialize + DeserializeOwned + Send + 'static,
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
+    R: PipelineItem,
+    I: PipelineItem,
+    O: PipelineItem,
 {
     /// A pipeline called `name`: `preprocess` runs in a pool of `processes`
     /// processes, its outputs go to the default version of `model`.
@@ -93,7 +100,7 @@ where
     pub fn postprocess<G, P>(self, postprocess: G, processes: usize) -> PipelineSpec<R, I, O, P>
     where
         G: Task<(O,), Result<P, String>>,
-        P: Serialize + DeserializeOwned + Send + 'static,
+        P: PipelineItem,
     {
         let post: PostFn<O, P> = Arc::new(move |pool: &Pool, item: O| pool.apply_async(postprocess, (item,)));
         PipelineSpec {
@@ -111,10 +118,10 @@ where
 
 impl<R, I, O, P> PipelineSpec<R, I, O, P>
 where
-    R: Serialize + DeserializeOwned + Send + 'static,
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-    P: Serialize + DeserializeOwned + Send + 'static,
+    R: PipelineItem,
+    I: PipelineItem,
+    O: PipelineItem,
+    P: PipelineItem,
 {
     /// The most requests inside the pipeline at once (default 4096).
     pub fn capacity(mut self, capacity: usize) -> Self {
@@ -236,10 +243,10 @@ struct Runtime<R, I, O, P> {
 
 impl<R, I, O, P> Runtime<R, I, O, P>
 where
-    R: Serialize + DeserializeOwned + Send + 'static,
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-    P: Serialize + DeserializeOwned + Send + 'static,
+    R: PipelineItem,
+    I: PipelineItem,
+    O: PipelineItem,
+    P: PipelineItem,
 {
     fn failed(&self, stage: &str, message: impl std::fmt::Display) -> ServeError {
         ServeError::ModelFailed { model: self.name.clone(), version: 0, message: format!("{stage}: {message}") }
@@ -441,10 +448,10 @@ where
 
 impl<R, I, O, P> PipelineDyn for Runtime<R, I, O, P>
 where
-    R: Serialize + DeserializeOwned + Send + 'static,
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-    P: Serialize + DeserializeOwned + Send + 'static,
+    R: PipelineItem,
+    I: PipelineItem,
+    O: PipelineItem,
+    P: PipelineItem,
 {
     fn name(&self) -> &str {
         &self.name

@@ -15,7 +15,7 @@ use crate::deadline::Deadlines;
 use crate::error::ServeError;
 use crate::metrics::MetricsSnapshot;
 use crate::model::{Model, ModelSpec};
-use crate::pipeline::{PipelineDyn, PipelineSpec};
+use crate::pipeline::{PipelineDyn, PipelineItem, PipelineSpec};
 use crate::registry::ModelEntry;
 use crate::request::decode_reply;
 use crate::request::{InferFuture, Reply, Request};
@@ -155,10 +155,10 @@ impl Server {
     /// types, or the pools could not start.
     pub fn add_pipeline<R, I, O, P>(&self, spec: PipelineSpec<R, I, O, P>) -> Result<(), ServeError>
     where
-        R: Serialize + DeserializeOwned + Send + 'static,
-        I: Serialize + DeserializeOwned + Send + 'static,
-        O: Serialize + DeserializeOwned + Send + 'static,
-        P: Serialize + DeserializeOwned + Send + 'static,
+        R: PipelineItem,
+        I: PipelineItem,
+        O: PipelineItem,
+        P: PipelineItem,
     {
         self.check_running()?;
         if self.endpoints().contains_key(spec.name()) {
