@@ -15,11 +15,31 @@ use serde_bytes::ByteBuf;
 
 use crate::error::ServeError;
 use crate::metrics::BatchReason;
+use crate::pipeline::InFlight;
 use crate::settings::ModelSettings;
 use crate::slot::{Answer, Slot};
 
-/// What runs after the model answered a pipeline request (postprocessing).
-pub(crate) type Continuation = Box<dyn FnOnce(Answer, Arc<Slot>) + Send>;
+/// What happens after the model answered a pipeline request.
+pub(crate) enum Continuation {
+    /// The answer goes back to the caller; the pipeline's hold on the
+    /// request ends with it (no allocation per request).
+    Answer(InFlight),
+    /// The answer goes on to postprocessing.
+    Post(Box<dyn FnOnce(Answer, Arc<Slot>) + Send>),
+}
+
+impl Continuation {
+    /// Hands the model's answer on.
+    pub fn run(self, answer: Answer, slot: Arc<Slot>) {
+        match self {
+            Continuation::Answer(guard) => {
+                drop(guard);
+                slot.complete(Ok(answer));
+            }
+            Continuation::Post(then) => then(answer, slot),
+        }
+    }
+}
 
 /// One queued request.
 pub(crate) struct Pending {
