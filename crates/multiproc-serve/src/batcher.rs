@@ -222,7 +222,12 @@ impl BatchQueue {
                 return Next::Quit;
             }
             let now = Instant::now();
-            if s.items.iter().any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
+            // Only the requests that could leave now are looked at (a deep
+            // queue is not walked for every batch); if one of them is gone,
+            // the whole queue is swept once. Callers past their deadline get
+            // their error from the slot's own deadline meanwhile.
+            let front = s.items.len().min(settings.max_batch_size);
+            if s.items.range(..front).any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
                 let (keep, gone): (VecDeque<_>, VecDeque<_>) =
                     s.items.drain(..).partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
                 s.items = keep;
