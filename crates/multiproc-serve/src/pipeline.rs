@@ -387,6 +387,12 @@ where
     fn chunk_done(&self) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.chunks_out = q.chunks_out.saturating_sub(1);
+        self.wake_feeder(q);
+    }
+
+    /// Wakes the feeder if it sleeps and a chunk may leave; once per sleep
+    /// (the flag is cleared by whoever wakes it).
+    fn wake_feeder(&self, mut q: std::sync::MutexGuard<'_, Feed<R>>) {
         let wake = q.feeder_waiting && self.chunk_ready(&q);
         if wake {
             q.feeder_waiting = false;
@@ -556,16 +562,7 @@ where
             return Ok(());
         }
         q.jobs.push_back(job);
-        // One wake-up per sleep (the flag is cleared by whoever wakes it),
-        // and only when a chunk may leave.
-        let wake = q.feeder_waiting && self.chunk_ready(&q);
-        if wake {
-            q.feeder_waiting = false;
-        }
-        drop(q);
-        if wake {
-            self.changed.notify_one();
-        }
+        self.wake_feeder(q);
         Ok(())
     }
 
