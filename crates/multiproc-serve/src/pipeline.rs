@@ -4,9 +4,13 @@
 //!
 //! The pipeline holds at most `capacity` requests in all its stages; one
 //! more is rejected at once (`Overloaded`). Preprocessing takes whatever is
-//! queued, up to `chunk` requests, as one pool task, with at most two chunks
-//! per process in flight: if a preprocessing process dies, only the requests
-//! of its chunk fail (`WorkerLost`), the pool replaces it, and the others go on.
+//! queued, up to `chunk` requests, as one pool task when the pool holds no
+//! chunk (or a full chunk, up to two per process), so chunks grow with the
+//! load; a lone request at low load goes to the pool at once from the
+//! caller's thread. The pool process encodes each output for the model, so
+//! an item crosses to the model as the bytes it came back as. If a
+//! preprocessing process dies, only the requests of its chunk fail
+//! (`WorkerLost`), the pool replaces it, and the others go on.
 
 use std::any::TypeId;
 use std::collections::VecDeque;
