@@ -15,11 +15,31 @@ use serde_bytes::ByteBuf;
 
 use crate::error::ServeError;
 use crate::metrics::BatchReason;
+use crate::pipeline::InFlight;
 use crate::settings::ModelSettings;
 use crate::slot::{Answer, Slot};
 
-/// What runs after the model answered a pipeline request (postprocessing).
-pub(crate) type Continuation = Box<dyn FnOnce(Answer, Arc<Slot>) + Send>;
+/// What happens after the model answered a pipeline request.
+pub(crate) enum Continuation {
+    /// The answer goes back to the caller; the pipeline's hold on the
+    /// request ends with it (no allocation per request).
+    Answer(InFlight),
+    /// The answer goes on to postprocessing.
+    Post(Box<dyn FnOnce(Answer, Arc<Slot>) + Send>),
+}
+
+impl Continuation {
+    /// Hands the model's answer on.
+    pub fn run(self, answer: Answer, slot: Arc<Slot>) {
+        match self {
+            Continuation::Answer(guard) => {
+                drop(guard);
+                slot.complete(Ok(answer));
+            }
+            Continuation::Post(then) => then(answer, slot),
+        }
+    }
+}
 
 /// One queued request.
 pub(crate) struct Pending {
@@ -202,7 +222,12 @@ impl BatchQueue {
                 return Next::Quit;
             }
             let now = Instant::now();
-            if s.items.iter().any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
+            // Only the requests that could leave now are looked at (a deep
+            // queue is not walked for every batch); if one of them is gone,
+            // the whole queue is swept once. Callers past their deadline get
+            // their error from the slot's own deadline meanwhile.
+            let front = s.items.len().min(settings.max_batch_size);
+            if s.items.range(..front).any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
                 let (keep, gone): (VecDeque<_>, VecDeque<_>) =
                     s.items.drain(..).partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
                 s.items = keep;

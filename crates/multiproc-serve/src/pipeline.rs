@@ -4,9 +4,13 @@
 //!
 //! The pipeline holds at most `capacity` requests in all its stages; one
 //! more is rejected at once (`Overloaded`). Preprocessing takes whatever is
-//! queued, up to `chunk` requests, as one pool task, with at most two chunks
-//! per process in flight: if a preprocessing process dies, only the requests
-//! of its chunk fail (`WorkerLost`), the pool replaces it, and the others go on.
+//! queued, up to `chunk` requests, as one pool task when the pool holds no
+//! chunk (or a full chunk, up to two per process), so chunks grow with the
+//! load; a lone request at low load goes to the pool at once from the
+//! caller's thread. The pool process encodes each output for the model, so
+//! an item crosses to the model as the bytes it came back as. If a
+//! preprocessing process dies, only the requests of its chunk fail
+//! (`WorkerLost`), the pool replaces it, and the others go on.
 
 use std::any::TypeId;
 use std::collections::VecDeque;
@@ -27,7 +31,7 @@ use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
 
-type PreFn<R, I> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Vec<Result<I, String>>> + Send + Sync>;
+type PreFn<R> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Vec<Preprocessed>> + Send + Sync>;
 type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
 
 /// A value that travels between a pipeline's stages (and so between
@@ -36,6 +40,56 @@ type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Sen
 pub trait PipelineItem: Serialize + DeserializeOwned + Send + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> PipelineItem for T {}
+
+/// One preprocessed input, already encoded for the model by the
+/// preprocessing process (or its error), so that it reaches the model's
+/// batch as it came: never decoded and encoded again here. The pool lends a
+/// chunk's results to its callback; the lock lets the callback take each
+/// one out instead of copying it.
+struct Preprocessed(Mutex<Option<Result<ByteBuf, String>>>);
+
+impl Preprocessed {
+    fn take(&self) -> Option<Result<ByteBuf, String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Serialize for Preprocessed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Preprocessed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::deserialize(d).map(|v| Preprocessed(Mutex::new(v)))
+    }
+}
+
+/// The preprocessing step `F` followed by the encoding of its output for
+/// the model, as one pool task (zero-sized, like `F`).
+struct EncodeOutput<F, I>(F, PhantomData<fn() -> I>);
+
+impl<F: Copy, I> Clone for EncodeOutput<F, I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Copy, I> Copy for EncodeOutput<F, I> {}
+
+impl<F, R, I> Task<(R,), Preprocessed> for EncodeOutput<F, I>
+where
+    F: Task<(R,), Result<I, String>>,
+    I: Serialize + 'static,
+{
+    fn call(self, (r,): (R,)) -> Preprocessed {
+        let out = self.0.call((r,)).and_then(|i| {
+            postcard::to_allocvec(&i).map(ByteBuf::from).map_err(|e| format!("output does not encode: {e}"))
+        });
+        Preprocessed(Mutex::new(Some(out)))
+    }
+}
 
 /// A pipeline to add with [`Server::add_pipeline`]: `R` requests are
 /// preprocessed into the model's input `I`; the model answers `O`; an
@@ -46,7 +100,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> PipelineItem for T {}
 pub struct PipelineSpec<R, I, O, P> {
     name: String,
     model: String,
-    preprocess: PreFn<R, I>,
+    preprocess: PreFn<R>,
     preprocess_processes: usize,
     postprocess: Option<(PostFn<O, P>, usize)>,
     capacity: usize,
@@ -80,9 +134,9 @@ where
     where
         F: Task<(R,), Result<I, String>>,
     {
-        let pre: PreFn<R, I> = Arc::new(move |pool: &Pool, items: Vec<R>| {
+        let pre: PreFn<R> = Arc::new(move |pool: &Pool, items: Vec<R>| {
             let n = items.len().max(1);
-            pool.with_chunksize(n).map_async(preprocess, items)
+            pool.with_chunksize(n).map_async(EncodeOutput(preprocess, PhantomData::<fn() -> I>), items)
         });
         PipelineSpec {
             name: name.into(),
@@ -163,10 +217,9 @@ where
             pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
-            queue: Mutex::new(Feed { jobs: VecDeque::new(), feeder_waiting: false }),
+            queue: Mutex::new(Feed { jobs: VecDeque::new(), feeder_waiting: false, chunks_out: 0 }),
             changed: Condvar::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
-            chunks_out: Arc::new((Mutex::new(0), Condvar::new())),
             capacity: self.capacity,
             chunk: self.chunk,
             server,
@@ -198,7 +251,7 @@ pub(crate) trait PipelineDyn: Send + Sync {
 }
 
 /// Counts a request as inside the pipeline until dropped.
-struct InFlight(Arc<AtomicUsize>);
+pub(crate) struct InFlight(Arc<AtomicUsize>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -213,18 +266,20 @@ struct Job<R> {
     guard: InFlight,
 }
 
-/// Requests waiting for preprocessing, and whether the feeder sleeps.
+/// Requests waiting for preprocessing, whether the feeder sleeps, and the
+/// chunks in the pool now.
 struct Feed<R> {
     jobs: VecDeque<Job<R>>,
     feeder_waiting: bool,
+    chunks_out: usize,
 }
 
-struct Runtime<R, I, O, P> {
+struct Runtime<R, O, P> {
     /// Itself, for a caller that hands a lone request to the pool directly.
-    me: Weak<Runtime<R, I, O, P>>,
+    me: Weak<Runtime<R, O, P>>,
     name: String,
     model: String,
-    pre: PreFn<R, I>,
+    pre: PreFn<R>,
     /// The preprocessing and postprocessing pools; taken out by `stop`, so
     /// that no pool is ever dropped inside one of its own callbacks.
     pools: RwLock<(Option<Pool>, Option<Pool>)>,
@@ -233,7 +288,6 @@ struct Runtime<R, I, O, P> {
     queue: Mutex<Feed<R>>,
     changed: Condvar,
     in_flight: Arc<AtomicUsize>,
-    chunks_out: Arc<(Mutex<usize>, Condvar)>,
     capacity: usize,
     chunk: usize,
     server: Weak<Inner>,
@@ -241,10 +295,9 @@ struct Runtime<R, I, O, P> {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl<R, I, O, P> Runtime<R, I, O, P>
+impl<R, O, P> Runtime<R, O, P>
 where
     R: PipelineItem,
-    I: PipelineItem,
     O: PipelineItem,
     P: PipelineItem,
 {
@@ -253,12 +306,15 @@ where
     }
 
     /// The feeder: cuts the queue into chunks for the preprocessing pool.
+    /// A chunk leaves when a process has nothing to do (fewer chunks out
+    /// than processes), or when it is full and the pool holds less than two
+    /// per process; meanwhile requests gather, so that chunks grow with the
+    /// load instead of a round trip through the pool for each few requests.
     fn feed(self: Arc<Self>) {
-        let max_out = 2 * self.pre_processes;
         loop {
             let jobs: Vec<Job<R>> = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                while q.jobs.is_empty() && !self.stopped.load(Ordering::Acquire) {
+                while !self.stopped.load(Ordering::Acquire) && !self.chunk_ready(&q) {
                     q.feeder_waiting = true;
                     q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
                     q.feeder_waiting = false;
@@ -271,19 +327,18 @@ where
                     }
                     return;
                 }
+                q.chunks_out += 1;
                 let n = q.jobs.len().min(self.chunk);
                 q.jobs.drain(..n).collect()
             };
-            {
-                let (count, cv) = &*self.chunks_out;
-                let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
-                while *c >= max_out && !self.stopped.load(Ordering::Acquire) {
-                    c = cv.wait_timeout(c, std::time::Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
-                }
-                *c += 1;
-            }
             self.preprocess(jobs);
         }
+    }
+
+    /// Whether the queue should leave as a chunk now (see [`Runtime::feed`]).
+    fn chunk_ready(&self, q: &Feed<R>) -> bool {
+        let n = q.jobs.len();
+        n > 0 && (q.chunks_out == 0 || (n >= self.chunk && q.chunks_out < 2 * self.pre_processes))
     }
 
     fn preprocess(self: &Arc<Self>, jobs: Vec<Job<R>>) {
@@ -308,7 +363,7 @@ where
         // The callbacks do the work; the handle itself is not needed.
         drop(
             (self.pre)(pool, inputs)
-                .callback(move |outputs: &Vec<Result<I, String>>| {
+                .callback(move |outputs: &Vec<Preprocessed>| {
                     let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
                     ok_self.chunk_done();
                     ok_self.to_model(jobs, outputs);
@@ -332,26 +387,28 @@ where
         );
     }
 
-    /// Takes a pool slot if one is free (at most two chunks per process).
-    fn take_chunk_slot(&self) -> bool {
-        let (count, _) = &*self.chunks_out;
-        let mut c = count.lock().unwrap_or_else(|e| e.into_inner());
-        if *c < 2 * self.pre_processes {
-            *c += 1;
-            true
-        } else {
-            false
+    /// A chunk left the pool: the feeder may send the next one.
+    fn chunk_done(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.chunks_out = q.chunks_out.saturating_sub(1);
+        self.wake_feeder(q);
+    }
+
+    /// Wakes the feeder if it sleeps and a chunk may leave; once per sleep
+    /// (the flag is cleared by whoever wakes it).
+    fn wake_feeder(&self, mut q: std::sync::MutexGuard<'_, Feed<R>>) {
+        let wake = q.feeder_waiting && self.chunk_ready(&q);
+        if wake {
+            q.feeder_waiting = false;
+        }
+        drop(q);
+        if wake {
+            self.changed.notify_one();
         }
     }
 
-    fn chunk_done(&self) {
-        let (count, cv) = &*self.chunks_out;
-        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        cv.notify_one();
-    }
-
     /// Hands preprocessed inputs to the model's batcher.
-    fn to_model(self: &Arc<Self>, jobs: Vec<(Arc<Slot>, Option<Instant>, InFlight)>, outputs: &[Result<I, String>]) {
+    fn to_model(self: &Arc<Self>, jobs: Vec<(Arc<Slot>, Option<Instant>, InFlight)>, outputs: &[Preprocessed]) {
         let Some(inner) = self.server.upgrade() else {
             for (slot, _, _) in jobs {
                 slot.complete(Err(ServeError::ShuttingDown));
@@ -371,13 +428,14 @@ where
         let now = Instant::now();
         let mut batch = Vec::with_capacity(jobs.len());
         for ((slot, deadline, guard), out) in jobs.into_iter().zip(outputs) {
-            let bytes = match out {
-                Ok(i) => postcard::to_allocvec(i).map_err(|e| self.failed("preprocessing output", e)),
-                Err(msg) => Err(self.failed("preprocessing", msg)),
+            let bytes = match out.take() {
+                Some(Ok(b)) => Ok(b),
+                Some(Err(msg)) => Err(self.failed("preprocessing", msg)),
+                None => Err(self.failed("preprocessing", "no output for this request")),
             };
             match bytes {
                 Ok(b) => batch.push(Pending {
-                    input: ByteBuf::from(b),
+                    input: b,
                     slot,
                     enqueued: now,
                     deadline,
@@ -398,8 +456,11 @@ where
 
     /// What happens to the model's answer: straight back, or postprocessing.
     fn continuation(self: &Arc<Self>, guard: InFlight) -> Continuation {
+        if self.post.is_none() {
+            return Continuation::Answer(guard);
+        }
         let this = Arc::clone(self);
-        Box::new(move |answer: Answer, slot: Arc<Slot>| {
+        Continuation::Post(Box::new(move |answer: Answer, slot: Arc<Slot>| {
             let Some((post, _)) = &this.post else {
                 drop(guard);
                 slot.complete(Ok(answer));
@@ -442,14 +503,13 @@ where
                         err_slot.complete(Err(err_this.failed("postprocessing", e)));
                     }),
             );
-        })
+        }))
     }
 }
 
-impl<R, I, O, P> PipelineDyn for Runtime<R, I, O, P>
+impl<R, O, P> PipelineDyn for Runtime<R, O, P>
 where
     R: PipelineItem,
-    I: PipelineItem,
     O: PipelineItem,
     P: PipelineItem,
 {
@@ -484,29 +544,29 @@ where
         }
         let admitted =
             self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
-        if admitted.is_err() {
+        let Ok(held) = admitted else {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
-        }
+        };
         let job = Job { input, slot, deadline, guard: InFlight(Arc::clone(&self.in_flight)) };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        // Low load (the feeder idle with nothing queued or held, a pool slot
-        // free): the caller hands the request to the pool itself, saving the
-        // feeder thread's wake-up.
-        if q.jobs.is_empty()
+        // Low load (nothing else in the pipeline, the feeder idle, a pool
+        // slot free): the caller hands the request to the pool itself, saving
+        // the feeder thread's wake-up. Under load requests go to the feeder,
+        // which cuts them into large chunks (a chunk of one costs a whole
+        // round trip through the pool).
+        if held == 0
+            && q.jobs.is_empty()
             && q.feeder_waiting
+            && q.chunks_out < 2 * self.pre_processes
             && let Some(me) = self.me.upgrade()
-            && self.take_chunk_slot()
         {
+            q.chunks_out += 1;
             drop(q);
             me.preprocess(vec![job]);
             return Ok(());
         }
         q.jobs.push_back(job);
-        let wake = q.feeder_waiting;
-        drop(q);
-        if wake {
-            self.changed.notify_one();
-        }
+        self.wake_feeder(q);
         Ok(())
     }
 

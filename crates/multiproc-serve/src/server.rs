@@ -248,11 +248,13 @@ impl Server {
         self.model_entry(model)?.switch(version)
     }
 
+    /// Queues a request; gives back its deadline and the model's name (the
+    /// caller keeps it for errors, without a copy per request).
     fn submit<I: Serialize + Send + 'static, O: 'static>(
         &self,
         request: Request<I>,
         slot: &Arc<Slot>,
-    ) -> Result<Option<Instant>, ServeError> {
+    ) -> Result<(Option<Instant>, String), ServeError> {
         self.check_running()?;
         let Request { model, version, input, timeout } = request;
         match self.endpoint(&model)? {
@@ -264,7 +266,7 @@ impl Server {
                     reason: format!("input does not encode: {e}"),
                 })?;
                 self.submit_bytes(&entry, version, ByteBuf::from(bytes), Arc::clone(slot), deadline, None, false)?;
-                Ok(deadline)
+                Ok((deadline, model))
             }
             Endpoint::Pipeline(p) => {
                 if version.is_some() {
@@ -273,7 +275,7 @@ impl Server {
                 p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
                 let deadline = timeout.map(|t| slot.arrived + t);
                 p.submit(Box::new(input), Arc::clone(slot), deadline)?;
-                Ok(deadline)
+                Ok((deadline, model))
             }
         }
     }
@@ -348,9 +350,8 @@ impl Server {
         I: Serialize + Send + 'static,
         O: DeserializeOwned + 'static,
     {
-        let model = request.model.clone();
         let slot = Slot::new();
-        let deadline = self.submit::<I, O>(request, &slot)?;
+        let (deadline, model) = self.submit::<I, O>(request, &slot)?;
         match slot.wait(deadline) {
             Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
             None => {
@@ -370,16 +371,16 @@ impl Server {
         I: Serialize + Send + 'static,
         O: DeserializeOwned + 'static,
     {
-        let model = request.model.clone();
         let slot = Slot::new();
         match self.submit::<I, O>(request, &slot) {
-            Ok(deadline) => {
+            Ok((deadline, model)) => {
                 if let Some(d) = deadline {
                     self.inner.deadlines.watch(d, &slot, model.clone());
                 }
                 InferFuture { model, slot: Ok(slot), _output: PhantomData }
             }
-            Err(e) => InferFuture { model, slot: Err(Some(e)), _output: PhantomData },
+            // The error names the model; the future's name is for deadlines.
+            Err(e) => InferFuture { model: String::new(), slot: Err(Some(e)), _output: PhantomData },
         }
     }
 

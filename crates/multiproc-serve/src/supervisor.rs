@@ -354,7 +354,7 @@ fn deliver(
                 batch_size,
             };
             match p.then {
-                Some(then) => then(answer, p.slot),
+                Some(then) => then.run(answer, p.slot),
                 None => {
                     p.slot.complete(Ok(answer));
                 }
