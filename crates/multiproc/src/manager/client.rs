@@ -10,7 +10,6 @@
 //! while it has one, and releases the locks of a process that has none
 //! left (the next acquirer is told `OwnerDied`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -50,7 +49,16 @@ impl fmt::Debug for Endpoint {
 struct Clients {
     /// Identifies this process to managers (fresh in every process).
     session: u64,
-    idle: HashMap<Endpoint, Vec<Connection<()>>>,
+    /// Idle connections by manager. A short list searched by equality: a
+    /// process talks to one or two managers, and this is every call's path
+    /// (twice), where hashing the address and key cost more than comparing.
+    idle: Vec<(Endpoint, Vec<Connection<()>>)>,
+}
+
+impl Clients {
+    fn idle_for(&mut self, endpoint: &Endpoint) -> Option<&mut Vec<Connection<()>>> {
+        self.idle.iter_mut().find(|(e, _)| e == endpoint).map(|(_, conns)| conns)
+    }
 }
 
 static CLIENTS: ProcessLocal<Option<Clients>> = ProcessLocal::new(|| None);
@@ -64,7 +72,7 @@ fn with_clients<T>(f: impl FnOnce(&mut Clients) -> T) -> T {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             bytes = (now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(40)).to_le_bytes();
         }
-        Clients { session: u64::from_le_bytes(bytes), idle: HashMap::new() }
+        Clients { session: u64::from_le_bytes(bytes), idle: Vec::new() }
     });
     f(clients)
 }
@@ -101,7 +109,7 @@ pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, Mana
 }
 
 fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Connection<()>, Response), ManagerError> {
-    Ok(match with_clients(|c| c.idle.get_mut(endpoint).and_then(Vec::pop)) {
+    Ok(match with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) {
         Some(idle) => match send(&idle, request) {
             Ok(()) => {
                 let response = receive(&idle)?;
@@ -133,17 +141,15 @@ pub(crate) fn connect(endpoint: &Endpoint) -> Result<(), ManagerError> {
 /// Keeps an idle connection for the next call (without cloning the
 /// endpoint when it has an entry already: this is every call's path).
 fn give_back(endpoint: &Endpoint, conn: Connection<()>) {
-    with_clients(|c| match c.idle.get_mut(endpoint) {
+    with_clients(|c| match c.idle_for(endpoint) {
         Some(idle) => idle.push(conn),
-        None => {
-            c.idle.insert(endpoint.clone(), vec![conn]);
-        }
+        None => c.idle.push((endpoint.clone(), vec![conn])),
     });
 }
 
 /// Closes this process's idle connections to a manager that was shut down.
 pub(crate) fn forget_endpoint(endpoint: &Endpoint) {
-    with_clients(|c| c.idle.remove(endpoint));
+    with_clients(|c| c.idle.retain(|(e, _)| e != endpoint));
 }
 
 /// Connects, authenticates and says hello.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::code;
 use super::protocol::{self, MAX_REQUEST, RemoteError, Reply, Request, Response};
-use super::store::Store;
+use super::store::{Object, Store};
 use super::waiting::lock;
 use crate::connection::Unauthenticated;
 use crate::sys::Deadline;
@@ -216,13 +216,19 @@ fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
 
 fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
     let caller = Caller { conn, shared, client_build: build };
+    // The object of the last call: a client usually works on one object
+    // call after call, and objects are never removed from the store, so
+    // this skips the store's lock and map on most calls.
+    let mut last: Option<(u64, Arc<Object>)> = None;
     while let Ok(bytes) = conn.recv_bytes() {
         let (response, stop) = match protocol::decode_request(&bytes) {
             Err(e) => (Err(RemoteError::BadRequest(e)), false),
             Ok(Request::Shutdown) => (Ok(Reply::Unit), true),
             // A panic anywhere in a call (a user type's Deserialize, say) is
             // that call's error; the connection and the manager go on.
-            Ok(request) => (code::guarded(|| handle(&shared.store, request, &caller)).and_then(|r| r), false),
+            Ok(request) => {
+                (code::guarded(|| handle(&shared.store, &mut last, request, &caller)).and_then(|r| r), false)
+            }
         };
         if answer(conn, &response).is_err() {
             break;
@@ -233,9 +239,15 @@ fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
     }
 }
 
-fn handle(store: &Store, request: Request, caller: &Caller<'_>) -> Response {
+fn handle(store: &Store, last: &mut Option<(u64, Arc<Object>)>, request: Request, caller: &Caller<'_>) -> Response {
     match request {
-        Request::Call { object, op } => store.get(object)?.call(op, caller),
+        Request::Call { object: id, op } => {
+            let object = match last {
+                Some((cached, object)) if *cached == id => object,
+                _ => &last.insert((id, store.get(id)?)).1,
+            };
+            object.call(op, caller)
+        }
         Request::Create { init, type_name, type_hash } => store.create(init, type_name, type_hash, caller),
         Request::Publish { name, object } => store.publish(name, object),
         Request::Lookup { name } => store.lookup(&name),

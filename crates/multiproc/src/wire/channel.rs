@@ -174,9 +174,29 @@ impl Channel {
             }
             if !blocking {
                 self.wait_readable(deadline, watch)?;
+            } else if self.can_pass_fds {
+                // A Unix socket: sleep in poll, not in a blocking read (see
+                // `wait_for_data`), then read what came without blocking.
+                self.wait_for_data()?;
+                match state.read_some(self.fd.as_fd(), true) {
+                    Ok(()) | Err(RecvError::Timeout) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             state.read_some(self.fd.as_fd(), !blocking)?;
         }
+    }
+
+    /// Sleeps until the Unix socket is readable. A read blocked in the
+    /// kernel on a Unix stream socket is also woken each time the peer
+    /// takes a message this end sent (the kernel signals "writable" on the
+    /// same wait queue, and a blocked read does not filter that out), so in
+    /// a request/answer exchange every receive slept twice, two wake-ups
+    /// and context switches for one message. A `poll` for readable
+    /// ignores those signals.
+    fn wait_for_data(&self) -> Result<(), RecvError> {
+        imp::wait_readable(self.fd.as_fd(), Deadline::NEVER).map_err(WireError::Io)?;
+        Ok(())
     }
 
     /// Resolves a received frame, noting the CPU it was sent from.

@@ -73,7 +73,25 @@ pub(crate) fn poll_fds(fds: &[(BorrowedFd<'_>, Interest)], deadline: Deadline) -
 /// Waits until `fd` is readable (or hung up) or the deadline passes. Returns
 /// true when readable.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Result<bool> {
-    Ok(poll_fds(&[(fd, Interest::Read)], deadline)?[0])
+    // As `poll_fds` on one descriptor, without its two allocations: this is
+    // the sleep of every blocking receive on a Unix socket.
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        let timeout = deadline.poll_millis();
+        // SAFETY: `pfd` is one valid pollfd that lives across the call; its fd
+        // is borrowed for the duration.
+        let ret = unsafe { libc::poll(&mut pfd, 1, timeout) };
+        if ret >= 0 {
+            if ret == 0 && !deadline.expired() && timeout != 0 {
+                continue; // woke a little early: keep the ≈T promise
+            }
+            return Ok(pfd.revents != 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// Reads what is available from `fd` into `buf` (retrying on EINTR); 0 at
