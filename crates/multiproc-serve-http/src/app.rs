@@ -45,13 +45,21 @@ pub struct App {
     pub(crate) models: RwLock<BTreeMap<String, ModelDir>>,
     pub(crate) http_counters: HttpCounters,
     pub(crate) options: HttpOptions,
+    pub(crate) lone: crate::lone::LoneWait,
 }
 
 impl App {
     /// An app over `core` serving the models of the repository at `root`.
     pub fn new(core: Server, root: PathBuf, models: Vec<ModelDir>, options: HttpOptions) -> Arc<App> {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
-        Arc::new(App { core, root, models: RwLock::new(models), http_counters: HttpCounters::default(), options })
+        Arc::new(App {
+            core,
+            root,
+            models: RwLock::new(models),
+            http_counters: HttpCounters::default(),
+            options,
+            lone: crate::lone::LoneWait::default(),
+        })
     }
 
     /// The core server.

@@ -113,8 +113,8 @@ async fn infer_inner(
         )));
     }
     let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 } as u64;
-    let reply =
-        app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version)).await?;
+    let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version));
+    let reply = app.lone.wait(answer).await?;
     app.http_counters.rows(name, reply.version, rows);
     let encoded =
         encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
