@@ -282,7 +282,11 @@ fn run_batch(
     let items: Vec<ByteBuf> = batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
     let outcome = match worker.ends.requests.send(&ToWorker::Batch { id, items }) {
         Ok(()) => {
-            worker.poll_for_reply(&group.queue);
+            // A lone request polls; a batch's wait leaves the CPU to the
+            // threads bringing the next requests.
+            if n == 1 {
+                worker.poll_for_reply(&group.queue);
+            }
             await_reply(group, worker, id)
         }
         Err(e) => Err(Lost::Died(format!("could not send the batch: {e}"))),
