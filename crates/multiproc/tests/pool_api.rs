@@ -116,23 +116,6 @@ fn map_of_owned_values_survives_a_failure_among_chunks() {
     assert_eq!(pool.map(text, 0..3u64).unwrap(), vec!["value 0", "value 1", "value 2"]);
 }
 
-#[test]
-fn every_start_method_runs_a_pool() {
-    let _watchdog = pool_support::watchdog();
-    use multiproc::StartMethod;
-    // SAFETY: a forked worker runs only the pool's worker loop and `square`
-    // / `add`, which take no lock another thread of this test binary holds.
-    let fork = unsafe { StartMethod::fork() };
-    for method in [StartMethod::Spawn, StartMethod::ForkServer, fork] {
-        let pool = Pool::builder().processes(2).start_method(method).build().unwrap();
-        assert_eq!(pool.map(square, 0..100u64).unwrap(), (0..100u64).map(square).collect::<Vec<_>>(), "{method:?}");
-        let mut r = pool.apply_async(add, (20, 22));
-        assert_eq!(r.get_timeout(WAIT).unwrap(), 42, "{method:?}");
-        pool.close();
-        pool.join_timeout(WAIT).unwrap();
-    }
-}
-
 /// An iterator that announces `said` items and yields `has`.
 struct Liar {
     said: usize,

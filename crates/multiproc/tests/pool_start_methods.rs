@@ -14,6 +14,7 @@ const FORK: StartMethod = unsafe { StartMethod::fork() };
 
 #[test]
 fn every_start_method_runs_a_pool() {
+    let _watchdog = pool_support::watchdog();
     for method in [StartMethod::Spawn, StartMethod::ForkServer, FORK] {
         let pool = Pool::builder().processes(2).start_method(method).build().unwrap();
         assert_eq!(pool.map(square, 0..100u64).unwrap(), (0..100u64).map(square).collect::<Vec<_>>(), "{method:?}");
