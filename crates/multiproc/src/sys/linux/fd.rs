@@ -52,22 +52,8 @@ pub(crate) fn poll_fds(fds: &[(BorrowedFd<'_>, Interest)], deadline: Deadline) -
             revents: 0,
         })
         .collect();
-    loop {
-        let timeout = deadline.poll_millis();
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs that lives
-        // across the call; every fd in it is borrowed for the duration.
-        let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
-        if ret >= 0 {
-            if ret == 0 && !deadline.expired() && timeout != 0 {
-                continue; // woke a little early: keep the ≈T promise
-            }
-            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    poll_until(&mut pfds, deadline)?;
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
 /// Waits until `fd` is readable (or hung up) or the deadline passes. Returns
@@ -75,17 +61,25 @@ pub(crate) fn poll_fds(fds: &[(BorrowedFd<'_>, Interest)], deadline: Deadline) -
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Result<bool> {
     // As `poll_fds` on one descriptor, without its two allocations: this is
     // the sleep of every blocking receive on a Unix socket.
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    poll_until(&mut pfd, deadline)?;
+    Ok(pfd[0].revents != 0)
+}
+
+/// Polls `pfds` until one is ready or the deadline passes (their `revents`
+/// say which). Retries on EINTR, and after an early wake-up before the
+/// deadline (the ≈T promise of the timed calls).
+fn poll_until(pfds: &mut [libc::pollfd], deadline: Deadline) -> io::Result<()> {
     loop {
         let timeout = deadline.poll_millis();
-        // SAFETY: `pfd` is one valid pollfd that lives across the call; its fd
-        // is borrowed for the duration.
-        let ret = unsafe { libc::poll(&mut pfd, 1, timeout) };
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs that lives
+        // across the call; every fd in it is borrowed by the caller for the duration.
+        let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
         if ret >= 0 {
             if ret == 0 && !deadline.expired() && timeout != 0 {
                 continue; // woke a little early: keep the ≈T promise
             }
-            return Ok(pfd.revents != 0);
+            return Ok(());
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
