@@ -30,6 +30,7 @@ use crate::error::ServeError;
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
+use crate::worker::encode_output;
 
 type PreFn<R> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Vec<Preprocessed>> + Send + Sync>;
 type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
@@ -84,9 +85,7 @@ where
     I: Serialize + 'static,
 {
     fn call(self, (r,): (R,)) -> Preprocessed {
-        let out = self.0.call((r,)).and_then(|i| {
-            postcard::to_allocvec(&i).map(ByteBuf::from).map_err(|e| format!("output does not encode: {e}"))
-        });
+        let out = self.0.call((r,)).and_then(|i| encode_output(&i));
         Preprocessed(Mutex::new(Some(out)))
     }
 }

@@ -161,9 +161,7 @@ fn run_batch<M: Model>(model: &mut M, id: u64, items: Vec<ByteBuf>) -> FromWorke
     match outputs {
         Ok(outputs) if outputs.len() == positions.len() => {
             for (pos, out) in positions.into_iter().zip(outputs) {
-                answers[pos] = Some(out.and_then(|o| {
-                    postcard::to_allocvec(&o).map(ByteBuf::from).map_err(|e| format!("output does not encode: {e}"))
-                }));
+                answers[pos] = Some(out.and_then(|o| encode_output(&o)));
             }
         }
         Ok(outputs) => {
@@ -181,4 +179,11 @@ fn run_batch<M: Model>(model: &mut M, id: u64, items: Vec<ByteBuf>) -> FromWorke
     }
     let items = answers.into_iter().map(|a| a.unwrap_or_else(|| Err("no answer".to_string()))).collect();
     FromWorker::Batch { id, items, timing: BatchTiming { input_us, infer_us, output_us: micros(start) } }
+}
+
+/// Encodes one output of a stage (a model's or a preprocessing step's) as
+/// the bytes the next stage decodes; a value that does not encode is that
+/// item's error.
+pub(crate) fn encode_output<T: serde::Serialize>(output: &T) -> Result<ByteBuf, String> {
+    postcard::to_allocvec(output).map(ByteBuf::from).map_err(|e| format!("output does not encode: {e}"))
 }
