@@ -210,6 +210,20 @@ impl BatchQueue {
         self.lock().items.drain(..).collect()
     }
 
+    /// A full batch at once, if one is queued and no worker thread waits for
+    /// work (an idle worker should have it): lets a busy worker keep its next
+    /// batch in its pipe, so the model starts it as soon as it is done with
+    /// the current one. Dropped requests go to `dropped` as in `next_batch`.
+    pub fn take_full(&self, settings: &ModelSettings, dropped: &mut Vec<Pending>) -> Option<Vec<Pending>> {
+        let max = settings.max_batch_size;
+        let mut s = self.lock();
+        if s.stopped || s.waiting > 0 || s.items.len() < max {
+            return None;
+        }
+        sweep(&mut s, max, Instant::now(), dropped);
+        (s.items.len() >= max).then(|| s.items.drain(..max).collect())
+    }
+
     /// Waits up to `patience` for a batch by the rules of `settings`.
     /// Expired and cancelled requests found on the way are returned in
     /// `dropped` for the caller to fail.
@@ -222,17 +236,7 @@ impl BatchQueue {
                 return Next::Quit;
             }
             let now = Instant::now();
-            // Only the requests that could leave now are looked at (a deep
-            // queue is not walked for every batch); if one of them is gone,
-            // the whole queue is swept once. Callers past their deadline get
-            // their error from the slot's own deadline meanwhile.
-            let front = s.items.len().min(settings.max_batch_size);
-            if s.items.range(..front).any(|p| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now)) {
-                let (keep, gone): (VecDeque<_>, VecDeque<_>) =
-                    s.items.drain(..).partition(|p| !p.slot.is_cancelled() && p.deadline.is_none_or(|d| d > now));
-                s.items = keep;
-                dropped.extend(gone);
-            }
+            sweep(&mut s, settings.max_batch_size, now, dropped);
             let n = s.items.len();
             if n == 0 && !s.accepting {
                 return Next::Quit;
@@ -277,6 +281,21 @@ impl BatchQueue {
             s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
             s.waiting -= 1;
         }
+    }
+}
+
+/// Drops the requests whose caller is gone or whose deadline passed into
+/// `dropped`. Only the requests that could leave now (the first `front`) are
+/// looked at, so a deep queue is not walked for every batch; if one of them
+/// is gone, the whole queue is swept once. Callers past their deadline get
+/// their error from the slot's own deadline meanwhile.
+fn sweep(s: &mut State, front: usize, now: Instant, dropped: &mut Vec<Pending>) {
+    let gone = |p: &Pending| p.slot.is_cancelled() || p.deadline.is_some_and(|d| d <= now);
+    let front = s.items.len().min(front);
+    if s.items.range(..front).any(gone) {
+        let (gone, keep): (VecDeque<_>, VecDeque<_>) = s.items.drain(..).partition(gone);
+        s.items = keep;
+        dropped.extend(gone);
     }
 }
 

@@ -2,6 +2,7 @@
 //! for ready, run batches, and on death fail the batch it held at once,
 //! then restart after a capped exponential backoff.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use serde_bytes::ByteBuf;
 
 use crate::batcher::{BatchQueue, Next, Pending, fail_all};
 use crate::error::ServeError;
+use crate::metrics::BatchReason;
 use crate::model::WorkerContext;
 use crate::slot::Answer;
 use crate::version::VersionGroup;
@@ -200,36 +202,70 @@ fn stop_worker(worker: Worker) {
     }
 }
 
+/// Most batches a worker holds at once: the one it runs and, under load,
+/// the next one waiting in its pipe.
+const BATCHES_PER_WORKER: usize = 2;
+
+/// A batch sent to the worker and not answered yet.
+struct Sent {
+    id: u64,
+    batch: Vec<Pending>,
+    sent_at: Instant,
+    /// When the worker could start it (its predecessor's answer came).
+    started: Instant,
+}
+
 /// Runs batches on a ready worker until it dies or the version stops.
+///
+/// Under load the worker holds a second full batch in its pipe while it
+/// runs one: it starts the next as soon as it has answered, and this thread
+/// routes the answers meanwhile instead of sleeping until each answer.
 fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
     let mut dropped = Vec::new();
     let mut next_id = 0u64;
+    let mut sent: VecDeque<Sent> = VecDeque::with_capacity(BATCHES_PER_WORKER);
     loop {
-        let next = group.queue.next_batch(&group.settings, TICK, &mut dropped);
-        fail_dropped(group, &mut dropped);
-        let (batch, reason) = match next {
-            Next::Quit => return Gone::Quit,
-            Next::Idle => {
-                forward_logs(group, worker);
-                if !worker.process.is_alive() {
-                    let status = exit_status(&mut worker.process);
-                    return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
+        if sent.is_empty() {
+            let next = group.queue.next_batch(&group.settings, TICK, &mut dropped);
+            fail_dropped(group, &mut dropped);
+            let (batch, reason) = match next {
+                Next::Quit => return Gone::Quit,
+                Next::Idle => {
+                    forward_logs(group, worker);
+                    if !worker.process.is_alive() {
+                        let status = exit_status(&mut worker.process);
+                        return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
+                    }
+                    continue;
                 }
-                continue;
+                Next::Batch(batch, reason) => (batch, reason),
+            };
+            if !worker.process.is_alive() {
+                // Died while idle: the batch never reached it; keep it for the next worker.
+                group.queue.push_front(batch);
+                let status = exit_status(&mut worker.process);
+                return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
             }
-            Next::Batch(batch, reason) => (batch, reason),
-        };
-        if !worker.process.is_alive() {
-            // Died while idle: the batch never reached it; keep it for the next worker.
-            group.queue.push_front(batch);
-            let status = exit_status(&mut worker.process);
-            return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
+            next_id += 1;
+            send_batch(group, instance, worker, Sent::new(next_id, batch), reason, &mut sent);
         }
-        group.counters.batch(batch.len(), reason);
-        next_id += 1;
-        if let Err(gone) = run_batch(group, instance, worker, next_id, batch) {
+        if sent.len() < BATCHES_PER_WORKER
+            && let Some(batch) = group.queue.take_full(&group.settings, &mut dropped)
+        {
+            fail_dropped(group, &mut dropped);
+            next_id += 1;
+            send_batch(group, instance, worker, Sent::new(next_id, batch), BatchReason::Full, &mut sent);
+        }
+        if let Err(gone) = answer_oldest(group, instance, worker, &mut sent) {
             return gone;
         }
+    }
+}
+
+impl Sent {
+    fn new(id: u64, batch: Vec<Pending>) -> Sent {
+        let now = Instant::now();
+        Sent { id, batch, sent_at: now, started: now }
     }
 }
 
@@ -266,78 +302,100 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
     }
 }
 
-/// Sends one batch and routes the answers; on the worker's death or a call
-/// timeout fails the whole batch at once.
-fn run_batch(
+/// Sends a batch to the worker and adds it to `sent`. A batch that could
+/// not be sent is added all the same: the worker is gone, and waiting for
+/// the answer finds that out.
+fn send_batch(
+    group: &VersionGroup,
+    instance: usize,
+    worker: &Worker,
+    mut batch: Sent,
+    reason: BatchReason,
+    sent: &mut VecDeque<Sent>,
+) {
+    let n = batch.batch.len();
+    group.counters.batch(n, reason);
+    group.in_flight.fetch_add(n, Ordering::Relaxed);
+    group.worker_busy(instance, true);
+    let items: Vec<ByteBuf> = batch.batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
+    if let Err(e) = worker.ends.requests.send(&ToWorker::Batch { id: batch.id, items }) {
+        tracing::debug!(model = %group.model, version = group.version, "could not send a batch: {e}");
+    }
+    sent.push_back(batch);
+}
+
+/// Waits for the answer to the oldest batch sent and routes it; on the
+/// worker's death or a call timeout fails that batch at once and puts the
+/// batches queued behind it (which the worker never started) back in the
+/// queue for the next worker.
+fn answer_oldest(
     group: &VersionGroup,
     instance: usize,
     worker: &mut Worker,
-    id: u64,
-    mut batch: Vec<Pending>,
+    sent: &mut VecDeque<Sent>,
 ) -> Result<(), Gone> {
-    let n = batch.len();
-    group.in_flight.fetch_add(n, Ordering::Relaxed);
-    group.worker_busy(instance, true);
-    let sent_at = Instant::now();
-    let items: Vec<ByteBuf> = batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
-    let outcome = match worker.ends.requests.send(&ToWorker::Batch { id, items }) {
-        Ok(()) => {
-            // A lone request polls; a batch's wait leaves the CPU to the
-            // threads bringing the next requests.
-            if n == 1 {
-                worker.poll_for_reply(&group.queue);
-            }
-            await_reply(group, worker, id)
-        }
-        Err(e) => Err(Lost::Died(format!("could not send the batch: {e}"))),
-    };
+    let Some(oldest) = sent.front() else { return Ok(()) };
+    let n = oldest.batch.len();
+    // A lone request polls; a batch's wait leaves the CPU to the threads
+    // bringing the next requests.
+    if n == 1 && sent.len() == 1 {
+        worker.poll_for_reply(&group.queue);
+    }
+    let outcome = await_reply(group, worker, oldest.id, oldest.started);
+    let Some(Sent { batch, sent_at, started, .. }) = sent.pop_front() else { return Ok(()) };
     group.in_flight.fetch_sub(n, Ordering::Relaxed);
     match outcome {
         Ok((answers, timing)) => {
-            worker.answered_after(sent_at.elapsed());
+            let now = Instant::now();
+            if let Some(next) = sent.front_mut() {
+                next.started = now;
+            }
+            worker.answered_after(now.saturating_duration_since(started));
             group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
             group.worker_busy(instance, false);
-            let now = Instant::now();
+            if !sent.is_empty() {
+                group.worker_busy(instance, true);
+            }
             for (p, answer) in batch.into_iter().zip(answers) {
                 deliver(group, p, answer, (sent_at, now), n);
             }
             Ok(())
         }
         Err(lost) => {
-            let (error, reason) = match lost {
-                Lost::Died(detail) => {
-                    let status = exit_status(&mut worker.process);
-                    let status = if detail.is_empty() { status } else { format!("{status}; {detail}") };
-                    let reason = format!("worker {} died running a batch of {n}: {status}", worker.pid);
-                    let e = ServeError::WorkerLost {
-                        model: group.model.clone(),
-                        version: group.version,
-                        pid: worker.pid,
-                        status,
-                    };
-                    (e, reason)
-                }
-                Lost::Timeout(timeout) => {
-                    let _ = worker.process.kill();
-                    let _ = worker.process.join_timeout(Duration::from_secs(2));
-                    let reason = format!("worker {} exceeded the call timeout of {timeout:?}; killed", worker.pid);
-                    let e = ServeError::CallTimeout {
-                        model: group.model.clone(),
-                        version: group.version,
-                        pid: worker.pid,
-                        timeout,
-                    };
-                    (e, reason)
-                }
-            };
-            group.counters.failure(error.kind());
-            for _ in 1..n {
-                group.counters.failure(error.kind());
+            for unstarted in sent.drain(..).rev() {
+                group.in_flight.fetch_sub(unstarted.batch.len(), Ordering::Relaxed);
+                group.queue.push_front(unstarted.batch);
             }
-            fail_all(batch, |_| error.clone());
-            Err(Gone::Crashed(reason))
+            Err(fail_batch(group, worker, batch, lost))
         }
     }
+}
+
+/// Fails the batch a worker held when it died or overran the call timeout.
+fn fail_batch(group: &VersionGroup, worker: &mut Worker, batch: Vec<Pending>, lost: Lost) -> Gone {
+    let n = batch.len();
+    let (error, reason) = match lost {
+        Lost::Died(detail) => {
+            let status = exit_status(&mut worker.process);
+            let status = if detail.is_empty() { status } else { format!("{status}; {detail}") };
+            let reason = format!("worker {} died running a batch of {n}: {status}", worker.pid);
+            let e = ServeError::WorkerLost { model: group.model.clone(), version: group.version, pid: worker.pid, status };
+            (e, reason)
+        }
+        Lost::Timeout(timeout) => {
+            let _ = worker.process.kill();
+            let _ = worker.process.join_timeout(Duration::from_secs(2));
+            let reason = format!("worker {} exceeded the call timeout of {timeout:?}; killed", worker.pid);
+            let e =
+                ServeError::CallTimeout { model: group.model.clone(), version: group.version, pid: worker.pid, timeout };
+            (e, reason)
+        }
+    };
+    for _ in 0..n {
+        group.counters.failure(error.kind());
+    }
+    fail_all(batch, |_| error.clone());
+    Gone::Crashed(reason)
 }
 
 enum Lost {
@@ -347,9 +405,10 @@ enum Lost {
 
 type Answers = (Vec<Result<ByteBuf, String>>, crate::worker::BatchTiming);
 
-/// Waits for the answer to batch `id`, noticing the worker's death at once.
-fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64) -> Result<Answers, Lost> {
-    let deadline = group.settings.call_timeout.map(|t| (Instant::now() + t, t));
+/// Waits for the answer to batch `id` (which the worker could start at
+/// `started`), noticing the worker's death at once.
+fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Instant) -> Result<Answers, Lost> {
+    let deadline = group.settings.call_timeout.map(|t| (started + t, t));
     loop {
         let slice = match deadline {
             Some((at, timeout)) => {
