@@ -11,9 +11,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
-
 use crate::error::ServeError;
+use crate::items::Encoded;
 use crate::metrics::BatchReason;
 use crate::pipeline::InFlight;
 use crate::settings::ModelSettings;
@@ -44,7 +43,7 @@ impl Continuation {
 /// One queued request.
 pub(crate) struct Pending {
     /// The encoded input.
-    pub input: ByteBuf,
+    pub input: Encoded,
     /// Where the answer goes.
     pub slot: Arc<Slot>,
     /// When it entered this queue.
@@ -57,7 +56,7 @@ pub(crate) struct Pending {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("bytes", &self.input.len()).field("enqueued", &self.enqueued).finish()
+        f.debug_struct("Pending").field("bytes", &self.input.as_bytes().len()).field("enqueued", &self.enqueued).finish()
     }
 }
 
@@ -312,7 +311,7 @@ mod tests {
     use super::*;
 
     fn pending() -> Pending {
-        Pending { input: ByteBuf::new(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None }
+        Pending { input: Encoded::default(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None }
     }
 
     fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {

@@ -77,6 +77,7 @@ mod batcher;
 pub mod command;
 mod deadline;
 mod error;
+mod items;
 mod metrics;
 mod model;
 mod pipeline;
@@ -106,7 +107,7 @@ pub use tensor::{DataType, Element, Tensor, TensorError};
 
 /// Feeds arbitrary bytes to every decoder of untrusted input in this crate:
 /// the external-command frame reader (and the tensors a frame describes),
-/// and tensors as the workers' wire carries them. Used by the fuzz target
+/// and tensors and batches' items as the workers' wire carries them. Used by the fuzz target
 /// (`crates/multiproc-serve/fuzz`) and by a unit test. Never panics.
 #[doc(hidden)]
 pub fn fuzz_decode(data: &[u8]) {
@@ -119,6 +120,9 @@ pub fn fuzz_decode(data: &[u8]) {
             }
             _ => {}
         }
+    }
+    if let Ok(items) = postcard::from_bytes::<items::Items>(data) {
+        (0..=items.len()).for_each(|i| _ = items.get(i));
     }
     let _ = postcard::from_bytes::<Vec<Tensor>>(data);
     let _ = postcard::from_bytes::<Tensor>(data);

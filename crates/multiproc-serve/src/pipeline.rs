@@ -7,8 +7,9 @@
 //! queued, up to `chunk` requests, as one pool task when the pool holds no
 //! chunk (or a full chunk, up to two per process), so chunks grow with the
 //! load; a lone request at low load goes to the pool at once from the
-//! caller's thread. The pool process encodes each output for the model, so
-//! an item crosses to the model as the bytes it came back as. If a
+//! caller's thread. The pool process encodes the chunk's outputs for the
+//! model into one buffer, so an item crosses to the model as the bytes it
+//! came back as, with no allocation per request on the way. If a
 //! preprocessing process dies, only the requests of its chunk fail
 //! (`WorkerLost`), the pool replaces it, and the others go on.
 
@@ -23,16 +24,15 @@ use std::time::Instant;
 use multiproc::{AsyncResult, Pool, PoolError, Task};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_bytes::ByteBuf;
 
 use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
+use crate::items::{Encoded, Items};
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
-use crate::worker::encode_output;
 
-type PreFn<R> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Vec<Preprocessed>> + Send + Sync>;
+type PreFn<R> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Preprocessed> + Send + Sync>;
 type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
 
 /// A value that travels between a pipeline's stages (and so between
@@ -42,16 +42,16 @@ pub trait PipelineItem: Serialize + DeserializeOwned + Send + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> PipelineItem for T {}
 
-/// One preprocessed input, already encoded for the model by the
+/// A preprocessed chunk: each input already encoded for the model by the
 /// preprocessing process (or its error), so that it reaches the model's
-/// batch as it came: never decoded and encoded again here. The pool lends a
-/// chunk's results to its callback; the lock lets the callback take each
-/// one out instead of copying it.
-struct Preprocessed(Mutex<Option<Result<ByteBuf, String>>>);
+/// batch as it came: never decoded and encoded again here. The pool lends
+/// the result to its callback; the lock lets the callback take it out
+/// instead of copying it.
+struct Preprocessed(Mutex<Option<Items>>);
 
 impl Preprocessed {
-    fn take(&self) -> Option<Result<ByteBuf, String>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn take(&self) -> Items {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
     }
 }
 
@@ -67,26 +67,29 @@ impl<'de> serde::Deserialize<'de> for Preprocessed {
     }
 }
 
-/// The preprocessing step `F` followed by the encoding of its output for
-/// the model, as one pool task (zero-sized, like `F`).
-struct EncodeOutput<F, I>(F, PhantomData<fn() -> I>);
+/// The preprocessing step `F` over a chunk, each output encoded for the
+/// model, as one pool task (zero-sized, like `F`).
+struct PreprocessChunk<F, I>(F, PhantomData<fn() -> I>);
 
-impl<F: Copy, I> Clone for EncodeOutput<F, I> {
+impl<F: Copy, I> Clone for PreprocessChunk<F, I> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<F: Copy, I> Copy for EncodeOutput<F, I> {}
+impl<F: Copy, I> Copy for PreprocessChunk<F, I> {}
 
-impl<F, R, I> Task<(R,), Preprocessed> for EncodeOutput<F, I>
+impl<F, R, I> Task<(Vec<R>,), Preprocessed> for PreprocessChunk<F, I>
 where
     F: Task<(R,), Result<I, String>>,
     I: Serialize + 'static,
 {
-    fn call(self, (r,): (R,)) -> Preprocessed {
-        let out = self.0.call((r,)).and_then(|i| encode_output(&i));
-        Preprocessed(Mutex::new(Some(out)))
+    fn call(self, (chunk,): (Vec<R>,)) -> Preprocessed {
+        let mut items = Items::with_capacity(chunk.len());
+        for r in chunk {
+            items.push_output(self.0.call((r,)));
+        }
+        Preprocessed(Mutex::new(Some(items)))
     }
 }
 
@@ -134,8 +137,7 @@ where
         F: Task<(R,), Result<I, String>>,
     {
         let pre: PreFn<R> = Arc::new(move |pool: &Pool, items: Vec<R>| {
-            let n = items.len().max(1);
-            pool.with_chunksize(n).map_async(EncodeOutput(preprocess, PhantomData::<fn() -> I>), items)
+            pool.apply_async(PreprocessChunk(preprocess, PhantomData::<fn() -> I>), (items,))
         });
         PipelineSpec {
             name: name.into(),
@@ -362,10 +364,10 @@ where
         // The callbacks do the work; the handle itself is not needed.
         drop(
             (self.pre)(pool, inputs)
-                .callback(move |outputs: &Vec<Preprocessed>| {
+                .callback(move |outputs: &Preprocessed| {
                     let jobs = ok_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
                     ok_self.chunk_done();
-                    ok_self.to_model(jobs, outputs);
+                    ok_self.to_model(jobs, outputs.take());
                 })
                 .error_callback(move |e: &PoolError| {
                     let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
@@ -407,7 +409,7 @@ where
     }
 
     /// Hands preprocessed inputs to the model's batcher.
-    fn to_model(self: &Arc<Self>, jobs: Vec<(Arc<Slot>, Option<Instant>, InFlight)>, outputs: &[Preprocessed]) {
+    fn to_model(self: &Arc<Self>, jobs: Vec<(Arc<Slot>, Option<Instant>, InFlight)>, outputs: Items) {
         let Some(inner) = self.server.upgrade() else {
             for (slot, _, _) in jobs {
                 slot.complete(Err(ServeError::ShuttingDown));
@@ -426,13 +428,9 @@ where
         };
         let now = Instant::now();
         let mut batch = Vec::with_capacity(jobs.len());
-        for ((slot, deadline, guard), out) in jobs.into_iter().zip(outputs) {
-            let bytes = match out.take() {
-                Some(Ok(b)) => Ok(b),
-                Some(Err(msg)) => Err(self.failed("preprocessing", msg)),
-                None => Err(self.failed("preprocessing", "no output for this request")),
-            };
-            match bytes {
+        let outputs = Arc::new(outputs);
+        for (i, (slot, deadline, guard)) in jobs.into_iter().enumerate() {
+            match Encoded::item(&outputs, i).map_err(|msg| self.failed("preprocessing", msg)) {
                 Ok(b) => batch.push(Pending {
                     input: b,
                     slot,
@@ -475,14 +473,14 @@ where
                 slot.complete(Err(ServeError::ShuttingDown));
                 return;
             };
-            let output: O = match postcard::from_bytes(&answer.bytes) {
+            let output: O = match postcard::from_bytes(answer.bytes.as_bytes()) {
                 Ok(o) => o,
                 Err(e) => {
                     slot.complete(Err(this.failed("model output", e)));
                     return;
                 }
             };
-            let meta = Answer { bytes: Vec::new(), ..answer };
+            let meta = Answer { bytes: Encoded::default(), ..answer };
             let (ok_slot, err_slot) = (Arc::clone(&slot), slot);
             let (ok_this, err_this) = (Arc::clone(&this), Arc::clone(&this));
             drop(
@@ -491,7 +489,7 @@ where
                         drop(ok_guard);
                         let result = match r {
                             Ok(p) => postcard::to_allocvec(p)
-                                .map(|bytes| Answer { bytes, answered: Instant::now(), ..meta })
+                                .map(|bytes| Answer { bytes: Encoded::Own(bytes), answered: Instant::now(), ..meta })
                                 .map_err(|e| ok_this.failed("postprocessing output", e)),
                             Err(msg) => Err(ok_this.failed("postprocessing", msg)),
                         };

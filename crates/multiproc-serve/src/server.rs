@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_bytes::ByteBuf;
 
 use crate::batcher::{Continuation, Pending};
 use crate::deadline::Deadlines;
 use crate::error::ServeError;
+use crate::items::Encoded;
 use crate::metrics::MetricsSnapshot;
 use crate::model::{Model, ModelSpec};
 use crate::pipeline::{PipelineDyn, PipelineItem, PipelineSpec};
@@ -265,7 +265,7 @@ impl Server {
                     model: model.clone(),
                     reason: format!("input does not encode: {e}"),
                 })?;
-                self.submit_bytes(&entry, version, ByteBuf::from(bytes), Arc::clone(slot), deadline, None, false)?;
+                self.submit_bytes(&entry, version, Encoded::Own(bytes), Arc::clone(slot), deadline, None, false)?;
                 Ok((deadline, model))
             }
             Endpoint::Pipeline(p) => {
@@ -286,7 +286,7 @@ impl Server {
         &self,
         entry: &Arc<ModelEntry>,
         version: Option<u64>,
-        input: ByteBuf,
+        input: Encoded,
         slot: Arc<Slot>,
         deadline: Option<Instant>,
         then: Option<Continuation>,

@@ -9,12 +9,13 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
+use crate::items::Encoded;
 
 /// A successful answer, still encoded.
 #[derive(Debug)]
 pub(crate) struct Answer {
     /// The encoded output.
-    pub bytes: Vec<u8>,
+    pub bytes: Encoded,
     /// The model that answered (for a pipeline, the pipeline's model).
     pub model: Arc<str>,
     /// When the answer was ready.

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use multiproc::{ConnectionError, Process, ProcessError};
-use serde_bytes::ByteBuf;
 
 use crate::batcher::{BatchQueue, Next, Pending, fail_all};
 use crate::error::ServeError;
+use crate::items::{Encoded, Items};
 use crate::metrics::BatchReason;
 use crate::model::WorkerContext;
 use crate::slot::Answer;
@@ -309,7 +309,7 @@ fn send_batch(
     group: &VersionGroup,
     instance: usize,
     worker: &Worker,
-    mut batch: Sent,
+    batch: Sent,
     reason: BatchReason,
     sent: &mut VecDeque<Sent>,
 ) {
@@ -317,7 +317,10 @@ fn send_batch(
     group.counters.batch(n, reason);
     group.in_flight.fetch_add(n, Ordering::Relaxed);
     group.worker_busy(instance, true);
-    let items: Vec<ByteBuf> = batch.batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
+    // The inputs stay with their requests: a batch the worker never started
+    // goes back to the queue whole.
+    let mut items = Items::with_capacity(n);
+    batch.batch.iter().for_each(|p| items.push_bytes(p.input.as_bytes()));
     if let Err(e) = worker.ends.requests.send(&ToWorker::Batch { id: batch.id, items }) {
         tracing::debug!(model = %group.model, version = group.version, "could not send a batch: {e}");
     }
@@ -356,8 +359,9 @@ fn answer_oldest(
             if !sent.is_empty() {
                 group.worker_busy(instance, true);
             }
-            for (p, answer) in batch.into_iter().zip(answers) {
-                deliver(group, p, answer, (sent_at, now), n);
+            let answers = Arc::new(answers);
+            for (i, p) in batch.into_iter().enumerate() {
+                deliver(group, p, Encoded::item(&answers, i), (sent_at, now), n);
             }
             Ok(())
         }
@@ -403,7 +407,7 @@ enum Lost {
     Timeout(Duration),
 }
 
-type Answers = (Vec<Result<ByteBuf, String>>, crate::worker::BatchTiming);
+type Answers = (Items, crate::worker::BatchTiming);
 
 /// Waits for the answer to batch `id` (which the worker could start at
 /// `started`), noticing the worker's death at once.
@@ -439,7 +443,7 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
 fn deliver(
     group: &VersionGroup,
     p: Pending,
-    answer: Result<ByteBuf, String>,
+    answer: Result<Encoded, String>,
     (sent_at, now): (Instant, Instant),
     batch_size: usize,
 ) {
@@ -448,7 +452,7 @@ fn deliver(
         Ok(bytes) => {
             group.counters.success(now.saturating_duration_since(p.slot.arrived), queued);
             let answer = Answer {
-                bytes: bytes.into_vec(),
+                bytes,
                 model: Arc::clone(&group.model_name),
                 answered: now,
                 version: group.version,

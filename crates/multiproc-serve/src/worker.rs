@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use multiproc::{Connection, ConnectionError, Pipe};
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
+use crate::items::Items;
 use crate::model::{Model, WorkerContext};
 
 /// Server → worker.
@@ -23,7 +23,7 @@ pub(crate) enum ToWorker {
         /// Batch id, echoed in the reply.
         id: u64,
         /// One encoded input per request.
-        items: Vec<ByteBuf>,
+        items: Items,
     },
 }
 
@@ -50,7 +50,7 @@ pub(crate) enum FromWorker {
         /// The batch's id.
         id: u64,
         /// One encoded output or error per item.
-        items: Vec<Result<ByteBuf, String>>,
+        items: Items,
         /// Where the time went.
         timing: BatchTiming,
     },
@@ -137,53 +137,46 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
 }
 
 /// Decodes a batch, runs the model, encodes the answers.
-fn run_batch<M: Model>(model: &mut M, id: u64, items: Vec<ByteBuf>) -> FromWorker {
+fn run_batch<M: Model>(model: &mut M, id: u64, items: Items) -> FromWorker {
     let n = items.len();
     let start = Instant::now();
     // Items that do not decode answer an error; the rest form the batch.
-    let mut answers: Vec<Option<Result<ByteBuf, String>>> = (0..n).map(|_| None).collect();
     let mut inputs = Vec::with_capacity(n);
-    let mut positions = Vec::with_capacity(n);
-    for (i, item) in items.iter().enumerate() {
-        match postcard::from_bytes::<M::Input>(item) {
-            Ok(input) => {
-                inputs.push(input);
-                positions.push(i);
-            }
-            Err(e) => answers[i] = Some(Err(format!("input does not decode: {e}"))),
+    let mut undecoded = Vec::new();
+    for i in 0..n {
+        let decoded = match items.get(i) {
+            Some(Ok(bytes)) => postcard::from_bytes::<M::Input>(bytes).map_err(|e| format!("input does not decode: {e}")),
+            Some(Err(message)) => Err(message.to_string()),
+            None => Err("no input".to_string()),
+        };
+        match decoded {
+            Ok(input) => inputs.push(input),
+            Err(e) => undecoded.push((i, e)),
         }
     }
+    drop(items);
     let input_us = micros(start);
     let start = Instant::now();
+    let predicted = inputs.len();
     let outputs = catch_unwind(AssertUnwindSafe(|| model.predict(inputs)));
     let infer_us = micros(start);
     let start = Instant::now();
-    match outputs {
-        Ok(outputs) if outputs.len() == positions.len() => {
-            for (pos, out) in positions.into_iter().zip(outputs) {
-                answers[pos] = Some(out.and_then(|o| encode_output(&o)));
-            }
-        }
-        Ok(outputs) => {
-            let msg = format!("predict returned {} results for a batch of {}", outputs.len(), positions.len());
-            for pos in positions {
-                answers[pos] = Some(Err(msg.clone()));
-            }
-        }
-        Err(panic) => {
-            let msg = format!("predict panicked: {}", panic_message(&*panic));
-            for pos in positions {
-                answers[pos] = Some(Err(msg.clone()));
-            }
+    let failed = match &outputs {
+        Ok(outputs) if outputs.len() == predicted => None,
+        Ok(outputs) => Some(format!("predict returned {} results for a batch of {predicted}", outputs.len())),
+        Err(panic) => Some(format!("predict panicked: {}", panic_message(&**panic))),
+    };
+    let mut outputs = outputs.unwrap_or_default().into_iter();
+    let mut undecoded = undecoded.into_iter().peekable();
+    let mut answers = Items::with_capacity(n);
+    for i in 0..n {
+        if let Some((_, e)) = undecoded.next_if(|(at, _)| *at == i) {
+            answers.push_error(&e);
+        } else if let Some(msg) = &failed {
+            answers.push_error(msg);
+        } else {
+            answers.push_output(outputs.next().unwrap_or_else(|| Err("no answer".to_string())));
         }
     }
-    let items = answers.into_iter().map(|a| a.unwrap_or_else(|| Err("no answer".to_string()))).collect();
-    FromWorker::Batch { id, items, timing: BatchTiming { input_us, infer_us, output_us: micros(start) } }
-}
-
-/// Encodes one output of a stage (a model's or a preprocessing step's) as
-/// the bytes the next stage decodes; a value that does not encode is that
-/// item's error.
-pub(crate) fn encode_output<T: serde::Serialize>(output: &T) -> Result<ByteBuf, String> {
-    postcard::to_allocvec(output).map(ByteBuf::from).map_err(|e| format!("output does not encode: {e}"))
+    FromWorker::Batch { id, items: answers, timing: BatchTiming { input_us, infer_us, output_us: micros(start) } }
 }

@@ -1,0 +1,190 @@
+//! A batch's (or a preprocessing chunk's) items, encoded in one buffer.
+//!
+//! Every item is the postcard encoding of one value, or an error message.
+//! A batch of 128 travels, and is decoded, as one buffer and one list of
+//! item ends instead of 128 separate allocations, and the answers stay in
+//! that buffer ([`Encoded::Shared`]) until the last of them is read.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Items in one buffer: item `i` is `buf[ends[i-1].0 .. ends[i].0]`, an
+/// encoded value if its flag is true, else an error message (UTF-8).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(try_from = "Wire")]
+pub(crate) struct Items {
+    buf: ByteBuf,
+    ends: Vec<(u64, bool)>,
+}
+
+/// [`Items`] as they arrive, before they are checked.
+#[derive(Deserialize)]
+struct Wire {
+    buf: ByteBuf,
+    ends: Vec<(u64, bool)>,
+}
+
+impl TryFrom<Wire> for Items {
+    type Error = String;
+
+    /// Bytes from another process are untrusted: the ends must rise within
+    /// the buffer, and every error message must be UTF-8.
+    fn try_from(w: Wire) -> Result<Items, String> {
+        let mut start = 0u64;
+        for &(end, ok) in &w.ends {
+            if end < start || end > w.buf.len() as u64 {
+                return Err(format!("item end {end} out of order or past the buffer of {}", w.buf.len()));
+            }
+            // In range: `end` is at most the buffer's length.
+            if !ok && std::str::from_utf8(&w.buf[start as usize..end as usize]).is_err() {
+                return Err("an item's error message is not UTF-8".to_string());
+            }
+            start = end;
+        }
+        Ok(Items { buf: w.buf, ends: w.ends })
+    }
+}
+
+/// A postcard output that appends to a vector.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+impl Items {
+    /// Room for `n` items.
+    pub fn with_capacity(n: usize) -> Items {
+        Items { buf: ByteBuf::new(), ends: Vec::with_capacity(n) }
+    }
+
+    fn close_item(&mut self, ok: bool) {
+        self.ends.push((self.buf.len() as u64, ok));
+    }
+
+    /// Adds an item already encoded.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.close_item(true);
+    }
+
+    /// Adds an error.
+    pub fn push_error(&mut self, message: &str) {
+        self.buf.extend_from_slice(message.as_bytes());
+        self.close_item(false);
+    }
+
+    /// Adds one output of a stage (a model's or a preprocessing step's),
+    /// encoded for the next; a value that does not encode is that item's
+    /// error.
+    pub fn push_output<T: Serialize>(&mut self, output: Result<T, String>) {
+        let value = match output {
+            Ok(v) => v,
+            Err(message) => return self.push_error(&message),
+        };
+        let start = self.buf.len();
+        match postcard::serialize_with_flavor(&value, Append(&mut self.buf)) {
+            Ok(()) => self.close_item(true),
+            Err(e) => {
+                self.buf.truncate(start);
+                self.push_error(&format!("output does not encode: {e}"));
+            }
+        }
+    }
+
+    /// The number of items.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Item `i`: its encoded bytes or its error; `None` past the end.
+    pub fn get(&self, i: usize) -> Option<Result<&[u8], &str>> {
+        let &(end, ok) = self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1].0 };
+        // Checked when built or received: ends rise within the buffer.
+        let bytes = &self.buf[start as usize..end as usize];
+        Some(if ok { Ok(bytes) } else { Err(std::str::from_utf8(bytes).unwrap_or("(not UTF-8)")) })
+    }
+}
+
+/// One encoded value: bytes of its own, or an item of shared [`Items`].
+#[derive(Debug, Clone)]
+pub(crate) enum Encoded {
+    /// Its own bytes.
+    Own(Vec<u8>),
+    /// Item `.1` of shared items (an encoded value, not an error).
+    Shared(Arc<Items>, usize),
+}
+
+impl Default for Encoded {
+    fn default() -> Self {
+        Encoded::Own(Vec::new())
+    }
+}
+
+impl Encoded {
+    /// Item `i` of `items` if it is a value, else its error.
+    pub fn item(items: &Arc<Items>, i: usize) -> Result<Encoded, String> {
+        match items.get(i) {
+            Some(Ok(_)) => Ok(Encoded::Shared(Arc::clone(items), i)),
+            Some(Err(message)) => Err(message.to_string()),
+            None => Err(format!("no answer for item {i} of {}", items.len())),
+        }
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Encoded::Own(v) => v,
+            Encoded::Shared(items, i) => match items.get(*i) {
+                Some(Ok(bytes)) => bytes,
+                _ => &[],
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_keep_values_and_errors_in_order_and_survive_the_wire() {
+        let mut items = Items::with_capacity(3);
+        items.push_output(Ok("a".to_string()));
+        items.push_output::<String>(Err("bad".to_string()));
+        items.push_bytes(&postcard::to_allocvec(&7u32).unwrap());
+        let back: Items = postcard::from_bytes(&postcard::to_allocvec(&items).unwrap()).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(postcard::from_bytes::<String>(back.get(0).unwrap().unwrap()).unwrap(), "a");
+        assert_eq!(back.get(1).unwrap(), Err("bad"));
+        let shared = Arc::new(back);
+        assert_eq!(postcard::from_bytes::<u32>(Encoded::item(&shared, 2).unwrap().as_bytes()).unwrap(), 7);
+        assert_eq!(Encoded::item(&shared, 1).unwrap_err(), "bad");
+        assert!(Encoded::item(&shared, 3).is_err());
+    }
+
+    #[test]
+    fn items_with_ends_past_the_buffer_are_refused() {
+        let wire = (ByteBuf::from(vec![1u8, 2]), vec![(1u64, true), (5u64, true)]);
+        assert!(postcard::from_bytes::<Items>(&postcard::to_allocvec(&wire).unwrap()).is_err());
+        let wire = (ByteBuf::from(vec![0xffu8]), vec![(1u64, false)]);
+        assert!(postcard::from_bytes::<Items>(&postcard::to_allocvec(&wire).unwrap()).is_err());
+    }
+}
