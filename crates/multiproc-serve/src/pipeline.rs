@@ -328,9 +328,7 @@ where
                     }
                     return;
                 }
-                q.chunks_out += 1;
-                let n = q.jobs.len().min(self.chunk);
-                q.jobs.drain(..n).collect()
+                self.take_chunk(&mut q)
             };
             self.preprocess(jobs);
         }
@@ -388,11 +386,25 @@ where
         );
     }
 
-    /// A chunk left the pool: the feeder may send the next one.
-    fn chunk_done(&self) {
+    /// A chunk left the pool: the next one, if ready, goes to the pool at
+    /// once from this thread (the pool's own, in its callback), saving the
+    /// feeder's wake-up and the pool's on every chunk under load.
+    fn chunk_done(self: &Arc<Self>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.chunks_out = q.chunks_out.saturating_sub(1);
-        self.wake_feeder(q);
+        if self.stopped.load(Ordering::Acquire) || !self.chunk_ready(&q) {
+            return;
+        }
+        let jobs = self.take_chunk(&mut q);
+        drop(q);
+        self.preprocess(jobs);
+    }
+
+    /// Takes the next chunk off the queue and counts it as in the pool.
+    fn take_chunk(&self, q: &mut Feed<R>) -> Vec<Job<R>> {
+        q.chunks_out += 1;
+        let n = q.jobs.len().min(self.chunk);
+        q.jobs.drain(..n).collect()
     }
 
     /// Wakes the feeder if it sleeps and a chunk may leave; once per sleep
