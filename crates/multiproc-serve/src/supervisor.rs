@@ -217,9 +217,10 @@ struct Sent {
 
 /// Runs batches on a ready worker until it dies or the version stops.
 ///
-/// Under load the worker holds a second full batch in its pipe while it
-/// runs one: it starts the next as soon as it has answered, and this thread
-/// routes the answers meanwhile instead of sleeping until each answer.
+/// The worker is never left idle while this thread routes answers: under
+/// load it holds a second full batch in its pipe while it runs one, and
+/// when an answer comes with nothing else in its pipe, the next batch (by
+/// the batching rules) is sent before the answers are routed.
 fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
     let mut dropped = Vec::new();
     let mut next_id = 0u64;
@@ -256,7 +257,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
             next_id += 1;
             send_batch(group, instance, worker, Sent::new(next_id, batch), BatchReason::Full, &mut sent);
         }
-        if let Err(gone) = answer_oldest(group, instance, worker, &mut sent) {
+        if let Err(gone) = answer_oldest(group, instance, worker, &mut sent, &mut next_id, &mut dropped) {
             return gone;
         }
     }
@@ -327,15 +328,18 @@ fn send_batch(
     sent.push_back(batch);
 }
 
-/// Waits for the answer to the oldest batch sent and routes it; on the
-/// worker's death or a call timeout fails that batch at once and puts the
-/// batches queued behind it (which the worker never started) back in the
-/// queue for the next worker.
+/// Waits for the answer to the oldest batch sent and routes it, after
+/// sending the worker its next batch if it has none; on the worker's death
+/// or a call timeout fails that batch at once and puts the batches queued
+/// behind it (which the worker never started) back in the queue for the
+/// next worker.
 fn answer_oldest(
     group: &VersionGroup,
     instance: usize,
     worker: &mut Worker,
     sent: &mut VecDeque<Sent>,
+    next_id: &mut u64,
+    dropped: &mut Vec<Pending>,
 ) -> Result<(), Gone> {
     let Some(oldest) = sent.front() else { return Ok(()) };
     let n = oldest.batch.len();
@@ -358,7 +362,11 @@ fn answer_oldest(
             group.worker_busy(instance, false);
             if !sent.is_empty() {
                 group.worker_busy(instance, true);
+            } else if let Next::Batch(batch, reason) = group.queue.next_batch(&group.settings, Duration::ZERO, dropped) {
+                *next_id += 1;
+                send_batch(group, instance, worker, Sent::new(*next_id, batch), reason, sent);
             }
+            fail_dropped(group, dropped);
             let answers = Arc::new(answers);
             for (i, p) in batch.into_iter().enumerate() {
                 deliver(group, p, Encoded::item(&answers, i), (sent_at, now), n);
