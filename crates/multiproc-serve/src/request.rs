@@ -136,7 +136,7 @@ impl<O: DeserializeOwned> InferFuture<O> {
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Reply<O>, ServeError> {
         match std::mem::replace(&mut self.slot, Err(None)) {
             Err(e) => Err(e.unwrap_or_else(|| ServeError::Internal("the reply was already taken".into()))),
-            Ok(slot) => match slot.wait(Instant::now().checked_add(timeout)) {
+            Ok(slot) => match slot.wait_for(timeout) {
                 Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
                 None => {
                     slot.cancel();

@@ -92,6 +92,18 @@ impl Slot {
         self.cancelled.load(Ordering::Acquire)
     }
 
+    /// Waits for the answer at most `timeout`; the clock is read only if
+    /// the answer is not there yet (under load it usually is).
+    pub fn wait_for(&self, timeout: Duration) -> Option<Result<Answer, ServeError>> {
+        let ready = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let r = s.result.take();
+            s.taken |= r.is_some();
+            r
+        };
+        ready.or_else(|| self.wait(Instant::now().checked_add(timeout)))
+    }
+
     /// Waits for the answer until `deadline` (`None`: as long as it takes).
     pub fn wait(&self, deadline: Option<Instant>) -> Option<Result<Answer, ServeError>> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
