@@ -7,8 +7,13 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
+
+/// Bytes per item to reserve when the items' sizes are not known yet (a
+/// small output; larger ones grow the buffer).
+pub(crate) const ITEM_BYTES_GUESS: usize = 32;
 
 /// Items in one buffer: item `i` is `buf[ends[i-1].0 .. ends[i].0]`, an
 /// encoded value if its flag is true, else an error message (UTF-8).
@@ -69,9 +74,16 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 }
 
 impl Items {
-    /// Room for `n` items.
-    pub fn with_capacity(n: usize) -> Items {
-        Items { buf: ByteBuf::new(), ends: Vec::with_capacity(n) }
+    /// Room for `n` items of `bytes` bytes in all (an estimate: the buffer
+    /// grows past it if needed), so that a batch's buffer is allocated once
+    /// instead of growing by doubling.
+    pub fn with_capacity(n: usize, bytes: usize) -> Items {
+        Items { buf: ByteBuf::with_capacity(bytes), ends: Vec::with_capacity(n) }
+    }
+
+    /// The bytes of all items together.
+    pub fn byte_len(&self) -> usize {
+        self.buf.len()
     }
 
     fn close_item(&mut self, ok: bool) {
@@ -160,13 +172,101 @@ impl Encoded {
     }
 }
 
+/// A batch's inputs on their way to a worker: the requests' own encoded
+/// inputs on the sending side (written into the message as they are, not
+/// copied into one buffer first), [`Items`] on the receiving side (one
+/// buffer, not one allocation per input). Both travel as a sequence of byte
+/// strings.
+#[derive(Debug)]
+pub(crate) enum Inputs {
+    /// The requests' inputs, to send.
+    Outgoing(Vec<Encoded>),
+    /// The inputs as received.
+    Received(Items),
+}
+
+impl Inputs {
+    /// The inputs as items.
+    pub fn into_items(self) -> Items {
+        match self {
+            Inputs::Received(items) => items,
+            Inputs::Outgoing(inputs) => {
+                let bytes = inputs.iter().map(|e| e.as_bytes().len()).sum();
+                let mut items = Items::with_capacity(inputs.len(), bytes);
+                inputs.iter().for_each(|e| items.push_bytes(e.as_bytes()));
+                items
+            }
+        }
+    }
+}
+
+impl Serialize for Inputs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Inputs::Outgoing(inputs) => s.collect_seq(inputs.iter().map(|e| serde_bytes::Bytes::new(e.as_bytes()))),
+            Inputs::Received(items) => s.collect_seq(
+                (0..items.len()).map(|i| serde_bytes::Bytes::new(items.get(i).and_then(Result::ok).unwrap_or(&[]))),
+            ),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Inputs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(InputsVisitor).map(Inputs::Received)
+    }
+}
+
+/// Reads a sequence of byte strings into one [`Items`].
+struct InputsVisitor;
+
+impl<'de> Visitor<'de> for InputsVisitor {
+    type Value = Items;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence of byte strings")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
+        // The length comes from another process: reserve a bounded amount;
+        // the items themselves are bounded by the message.
+        let mut items = Items::with_capacity(seq.size_hint().unwrap_or(0).min(4096), 0);
+        while seq.next_element_seed(AppendItem(&mut items))?.is_some() {}
+        Ok(items)
+    }
+}
+
+/// Appends one byte string to [`Items`].
+struct AppendItem<'a>(&'a mut Items);
+
+impl<'de> DeserializeSeed<'de> for AppendItem<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_bytes(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AppendItem<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a byte string")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<(), E> {
+        self.0.push_bytes(v);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn items_keep_values_and_errors_in_order_and_survive_the_wire() {
-        let mut items = Items::with_capacity(3);
+        let mut items = Items::with_capacity(3, 0);
         items.push_output(Ok("a".to_string()));
         items.push_output::<String>(Err("bad".to_string()));
         items.push_bytes(&postcard::to_allocvec(&7u32).unwrap());
@@ -178,6 +278,18 @@ mod tests {
         assert_eq!(postcard::from_bytes::<u32>(Encoded::item(&shared, 2).unwrap().as_bytes()).unwrap(), 7);
         assert_eq!(Encoded::item(&shared, 1).unwrap_err(), "bad");
         assert!(Encoded::item(&shared, 3).is_err());
+    }
+
+    #[test]
+    fn inputs_sent_from_requests_arrive_as_items() {
+        let inputs = vec![Encoded::Own(vec![1, 2, 3]), Encoded::Own(Vec::new()), Encoded::Own(vec![4])];
+        let wire = postcard::to_allocvec(&Inputs::Outgoing(inputs)).unwrap();
+        let Inputs::Received(items) = postcard::from_bytes::<Inputs>(&wire).unwrap() else { panic!("not received") };
+        assert_eq!(items.len(), 3);
+        assert_eq!(items.get(0).unwrap().unwrap(), [1, 2, 3]);
+        assert_eq!(items.get(1).unwrap().unwrap(), [0u8; 0]);
+        assert_eq!(items.get(2).unwrap().unwrap(), [4]);
+        assert_eq!(postcard::to_allocvec(&Inputs::Received(items)).unwrap(), wire, "the same bytes either way");
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub fn fuzz_decode(data: &[u8]) {
     if let Ok(items) = postcard::from_bytes::<items::Items>(data) {
         (0..=items.len()).for_each(|i| _ = items.get(i));
     }
+    if let Ok(inputs) = postcard::from_bytes::<items::Inputs>(data) {
+        let items = inputs.into_items();
+        (0..=items.len()).for_each(|i| _ = items.get(i));
+    }
     let _ = postcard::from_bytes::<Vec<Tensor>>(data);
     let _ = postcard::from_bytes::<Tensor>(data);
 }

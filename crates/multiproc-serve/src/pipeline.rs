@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
-use crate::items::{Encoded, Items};
+use crate::items::{Encoded, ITEM_BYTES_GUESS, Items};
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
@@ -85,7 +85,7 @@ where
     I: Serialize + 'static,
 {
     fn call(self, (chunk,): (Vec<R>,)) -> Preprocessed {
-        let mut items = Items::with_capacity(chunk.len());
+        let mut items = Items::with_capacity(chunk.len(), chunk.len().saturating_mul(ITEM_BYTES_GUESS));
         for r in chunk {
             items.push_output(self.0.call((r,)));
         }
@@ -241,9 +241,11 @@ where
 pub(crate) trait PipelineDyn: Send + Sync {
     fn name(&self) -> &str;
     fn check_types(&self, input: TypeId, output: TypeId) -> Result<(), ServeError>;
+    /// Takes the request's input out of `input`, an `Option<R>` (borrowed,
+    /// so that erasing its type costs no allocation per request).
     fn submit(
         &self,
-        input: Box<dyn std::any::Any + Send>,
+        input: &mut dyn std::any::Any,
         slot: Arc<Slot>,
         deadline: Option<Instant>,
     ) -> Result<(), ServeError>;
@@ -542,12 +544,14 @@ where
 
     fn submit(
         &self,
-        input: Box<dyn std::any::Any + Send>,
+        input: &mut dyn std::any::Any,
         slot: Arc<Slot>,
         deadline: Option<Instant>,
     ) -> Result<(), ServeError> {
-        let input =
-            *input.downcast::<R>().map_err(|_| ServeError::Internal("pipeline input of the wrong type".into()))?;
+        let input = input
+            .downcast_mut::<Option<R>>()
+            .and_then(Option::take)
+            .ok_or_else(|| ServeError::Internal("pipeline input of the wrong type".into()))?;
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServeError::ShuttingDown);
         }

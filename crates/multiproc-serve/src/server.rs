@@ -274,7 +274,7 @@ impl Server {
                 }
                 p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
                 let deadline = timeout.map(|t| slot.arrived + t);
-                p.submit(Box::new(input), Arc::clone(slot), deadline)?;
+                p.submit(&mut Some(input), Arc::clone(slot), deadline)?;
                 Ok((deadline, model))
             }
         }

@@ -11,7 +11,7 @@ use multiproc::{ConnectionError, Process, ProcessError};
 
 use crate::batcher::{BatchQueue, Next, Pending, fail_all};
 use crate::error::ServeError;
-use crate::items::{Encoded, Items};
+use crate::items::{Encoded, Inputs, Items};
 use crate::metrics::BatchReason;
 use crate::model::WorkerContext;
 use crate::slot::Answer;
@@ -310,7 +310,7 @@ fn send_batch(
     group: &VersionGroup,
     instance: usize,
     worker: &Worker,
-    batch: Sent,
+    mut batch: Sent,
     reason: BatchReason,
     sent: &mut VecDeque<Sent>,
 ) {
@@ -318,12 +318,15 @@ fn send_batch(
     group.counters.batch(n, reason);
     group.in_flight.fetch_add(n, Ordering::Relaxed);
     group.worker_busy(instance, true);
-    // The inputs stay with their requests: a batch the worker never started
-    // goes back to the queue whole.
-    let mut items = Items::with_capacity(n);
-    batch.batch.iter().for_each(|p| items.push_bytes(p.input.as_bytes()));
-    if let Err(e) = worker.ends.requests.send(&ToWorker::Batch { id: batch.id, items }) {
+    let inputs = batch.batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
+    let message = ToWorker::Batch { id: batch.id, items: Inputs::Outgoing(inputs) };
+    if let Err(e) = worker.ends.requests.send(&message) {
         tracing::debug!(model = %group.model, version = group.version, "could not send a batch: {e}");
+    }
+    // The inputs go back to their requests: a batch the worker never
+    // started goes back to the queue whole.
+    if let ToWorker::Batch { items: Inputs::Outgoing(inputs), .. } = message {
+        batch.batch.iter_mut().zip(inputs).for_each(|(p, input)| p.input = input);
     }
     sent.push_back(batch);
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use multiproc::{Connection, ConnectionError, Pipe};
 use serde::{Deserialize, Serialize};
 
-use crate::items::Items;
+use crate::items::{ITEM_BYTES_GUESS, Inputs, Items};
 use crate::model::{Model, WorkerContext};
 
 /// Server → worker.
@@ -23,7 +23,7 @@ pub(crate) enum ToWorker {
         /// Batch id, echoed in the reply.
         id: u64,
         /// One encoded input per request.
-        items: Items,
+        items: Inputs,
     },
 }
 
@@ -129,7 +129,7 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
         return;
     }
     while let Ok(ToWorker::Batch { id, items }) = requests.recv() {
-        let reply = run_batch(&mut model, id, items);
+        let reply = run_batch(&mut model, id, items.into_items());
         if replies.send(&reply).is_err() {
             return;
         }
@@ -138,7 +138,7 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
 
 /// Decodes a batch, runs the model, encodes the answers.
 fn run_batch<M: Model>(model: &mut M, id: u64, items: Items) -> FromWorker {
-    let n = items.len();
+    let (n, input_bytes) = (items.len(), items.byte_len());
     let start = Instant::now();
     // Items that do not decode answer an error; the rest form the batch.
     let mut inputs = Vec::with_capacity(n);
@@ -168,7 +168,7 @@ fn run_batch<M: Model>(model: &mut M, id: u64, items: Items) -> FromWorker {
     };
     let mut outputs = outputs.unwrap_or_default().into_iter();
     let mut undecoded = undecoded.into_iter().peekable();
-    let mut answers = Items::with_capacity(n);
+    let mut answers = Items::with_capacity(n, input_bytes.saturating_add(n.saturating_mul(ITEM_BYTES_GUESS)));
     for i in 0..n {
         if let Some((_, e)) = undecoded.next_if(|(at, _)| *at == i) {
             answers.push_error(&e);
