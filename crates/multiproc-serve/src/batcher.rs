@@ -71,6 +71,10 @@ struct State {
     generation: u64,
     /// Worker threads waiting in `next_batch` (a push wakes one only if any).
     waiting: usize,
+    /// Requests taken ahead by [`BatchQueue::take_full`] that their worker
+    /// has not started: they still count against the capacity, so taking
+    /// ahead never lets more requests wait than the queue holds.
+    held: usize,
 }
 
 /// Why a push was refused; the request is handed back.
@@ -110,6 +114,7 @@ impl BatchQueue {
                 stopped: false,
                 generation: 0,
                 waiting: 0,
+                held: 0,
             }),
             changed: Condvar::new(),
             capacity,
@@ -127,7 +132,7 @@ impl BatchQueue {
         if !s.accepting || s.stopped {
             return Err(Refused::Closed(p));
         }
-        if !force && s.items.len() >= self.capacity {
+        if !force && s.items.len() + s.held >= self.capacity {
             return Err(Refused::Full(p));
         }
         s.items.push_back(p);
@@ -220,7 +225,18 @@ impl BatchQueue {
             return None;
         }
         sweep(&mut s, max, Instant::now(), dropped);
-        (s.items.len() >= max).then(|| s.items.drain(..max).collect())
+        if s.items.len() < max {
+            return None;
+        }
+        s.held += max;
+        Some(s.items.drain(..max).collect())
+    }
+
+    /// `n` requests taken ahead by [`BatchQueue::take_full`] started (or
+    /// went back to the queue): they no longer count as held.
+    pub fn release(&self, n: usize) {
+        let mut s = self.lock();
+        s.held = s.held.saturating_sub(n);
     }
 
     /// Waits up to `patience` for a batch by the rules of `settings`.
@@ -355,5 +371,20 @@ mod tests {
         let s = ModelSettings { max_batch_size: 8, ..Default::default() };
         let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped) else { panic!("no batch") };
         assert_eq!((b.len(), dropped.len()), (2, 1));
+    }
+
+    #[test]
+    fn a_batch_taken_ahead_counts_against_the_capacity_until_it_starts() {
+        let q = BatchQueue::new(4);
+        let s = ModelSettings { max_batch_size: 2, ..Default::default() };
+        for _ in 0..3 {
+            q.push(pending(), false).unwrap();
+        }
+        assert_eq!(q.take_full(&s, &mut Vec::new()).map(|b| b.len()), Some(2));
+        assert!(q.take_full(&s, &mut Vec::new()).is_none(), "one request left: no full batch");
+        q.push(pending(), false).unwrap();
+        assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))), "2 queued + 2 held = capacity");
+        q.release(2);
+        assert!(q.push(pending(), false).is_ok());
     }
 }

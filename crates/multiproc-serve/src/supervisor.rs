@@ -359,6 +359,7 @@ fn answer_oldest(
             let now = Instant::now();
             if let Some(next) = sent.front_mut() {
                 next.started = now;
+                group.queue.release(next.batch.len());
             }
             worker.answered_after(now.saturating_duration_since(started));
             group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
@@ -379,6 +380,7 @@ fn answer_oldest(
         Err(lost) => {
             for unstarted in sent.drain(..).rev() {
                 group.in_flight.fetch_sub(unstarted.batch.len(), Ordering::Relaxed);
+                group.queue.release(unstarted.batch.len());
                 group.queue.push_front(unstarted.batch);
             }
             Err(fail_batch(group, worker, batch, lost))
