@@ -60,7 +60,11 @@
 //! decodes, predicts and encodes, and one message brings the batch's answers
 //! back. Each tensor byte is copied about six times in all (encode, into the
 //! memfd, decode in the worker, and the same on the way back), never pushed
-//! through a socket twice.
+//! through a socket twice. A batch's inputs arrive in the worker as one
+//! buffer and its answers come back as one buffer that the requests share
+//! (an allocation per batch, not per request); under load a worker holds its
+//! next full batch in its pipe while it runs one, so it never waits for the
+//! server between batches.
 //!
 //! Measured with `cargo run --release -p multiproc-serve --example request_cost`
 //! (a lone request to a model returning its input tensor; 2-core VM shared
@@ -81,6 +85,7 @@ mod items;
 mod metrics;
 mod model;
 mod pipeline;
+mod preprocess;
 mod registry;
 mod request;
 mod server;

@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 
 use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
-use crate::items::{Encoded, ITEM_BYTES_GUESS, Items};
+use crate::items::{Encoded, Items};
+use crate::preprocess::{PreprocessChunk, Preprocessed};
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
@@ -41,57 +42,6 @@ type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Sen
 pub trait PipelineItem: Serialize + DeserializeOwned + Send + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> PipelineItem for T {}
-
-/// A preprocessed chunk: each input already encoded for the model by the
-/// preprocessing process (or its error), so that it reaches the model's
-/// batch as it came: never decoded and encoded again here. The pool lends
-/// the result to its callback; the lock lets the callback take it out
-/// instead of copying it.
-struct Preprocessed(Mutex<Option<Items>>);
-
-impl Preprocessed {
-    fn take(&self) -> Items {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
-    }
-}
-
-impl Serialize for Preprocessed {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Preprocessed {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Option::deserialize(d).map(|v| Preprocessed(Mutex::new(v)))
-    }
-}
-
-/// The preprocessing step `F` over a chunk, each output encoded for the
-/// model, as one pool task (zero-sized, like `F`).
-struct PreprocessChunk<F, I>(F, PhantomData<fn() -> I>);
-
-impl<F: Copy, I> Clone for PreprocessChunk<F, I> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<F: Copy, I> Copy for PreprocessChunk<F, I> {}
-
-impl<F, R, I> Task<(Vec<R>,), Preprocessed> for PreprocessChunk<F, I>
-where
-    F: Task<(R,), Result<I, String>>,
-    I: Serialize + 'static,
-{
-    fn call(self, (chunk,): (Vec<R>,)) -> Preprocessed {
-        let mut items = Items::with_capacity(chunk.len(), chunk.len().saturating_mul(ITEM_BYTES_GUESS));
-        for r in chunk {
-            items.push_output(self.0.call((r,)));
-        }
-        Preprocessed(Mutex::new(Some(items)))
-    }
-}
 
 /// A pipeline to add with [`Server::add_pipeline`]: `R` requests are
 /// preprocessed into the model's input `I`; the model answers `O`; an
