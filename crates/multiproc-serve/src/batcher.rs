@@ -56,7 +56,10 @@ pub(crate) struct Pending {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("bytes", &self.input.as_bytes().len()).field("enqueued", &self.enqueued).finish()
+        f.debug_struct("Pending")
+            .field("bytes", &self.input.as_bytes().len())
+            .field("enqueued", &self.enqueued)
+            .finish()
     }
 }
 

@@ -366,7 +366,8 @@ fn answer_oldest(
             group.worker_busy(instance, false);
             if !sent.is_empty() {
                 group.worker_busy(instance, true);
-            } else if let Next::Batch(batch, reason) = group.queue.next_batch(&group.settings, Duration::ZERO, dropped) {
+            } else if let Next::Batch(batch, reason) = group.queue.next_batch(&group.settings, Duration::ZERO, dropped)
+            {
                 *next_id += 1;
                 send_batch(group, instance, worker, Sent::new(*next_id, batch), reason, sent);
             }
@@ -396,15 +397,20 @@ fn fail_batch(group: &VersionGroup, worker: &mut Worker, batch: Vec<Pending>, lo
             let status = exit_status(&mut worker.process);
             let status = if detail.is_empty() { status } else { format!("{status}; {detail}") };
             let reason = format!("worker {} died running a batch of {n}: {status}", worker.pid);
-            let e = ServeError::WorkerLost { model: group.model.clone(), version: group.version, pid: worker.pid, status };
+            let e =
+                ServeError::WorkerLost { model: group.model.clone(), version: group.version, pid: worker.pid, status };
             (e, reason)
         }
         Lost::Timeout(timeout) => {
             let _ = worker.process.kill();
             let _ = worker.process.join_timeout(Duration::from_secs(2));
             let reason = format!("worker {} exceeded the call timeout of {timeout:?}; killed", worker.pid);
-            let e =
-                ServeError::CallTimeout { model: group.model.clone(), version: group.version, pid: worker.pid, timeout };
+            let e = ServeError::CallTimeout {
+                model: group.model.clone(),
+                version: group.version,
+                pid: worker.pid,
+                timeout,
+            };
             (e, reason)
         }
     };

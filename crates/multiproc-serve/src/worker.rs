@@ -145,7 +145,9 @@ fn run_batch<M: Model>(model: &mut M, id: u64, items: Items) -> FromWorker {
     let mut undecoded = Vec::new();
     for i in 0..n {
         let decoded = match items.get(i) {
-            Some(Ok(bytes)) => postcard::from_bytes::<M::Input>(bytes).map_err(|e| format!("input does not decode: {e}")),
+            Some(Ok(bytes)) => {
+                postcard::from_bytes::<M::Input>(bytes).map_err(|e| format!("input does not decode: {e}"))
+            }
             Some(Err(message)) => Err(message.to_string()),
             None => Err("no input".to_string()),
         };
