@@ -52,27 +52,6 @@ impl TryFrom<Wire> for Items {
     }
 }
 
-/// A postcard output that appends to a vector.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
 impl Items {
     /// Room for `n` items of `bytes` bytes in all (an estimate: the buffer
     /// grows past it if needed), so that a batch's buffer is allocated once
@@ -111,8 +90,9 @@ impl Items {
             Err(message) => return self.push_error(&message),
         };
         let start = self.buf.len();
-        match postcard::serialize_with_flavor(&value, Append(&mut self.buf)) {
-            Ok(()) => self.close_item(true),
+        // Encoded straight onto the end of the buffer (a `Vec` is a writer).
+        match postcard::to_io(&value, &mut *self.buf) {
+            Ok(_) => self.close_item(true),
             Err(e) => {
                 self.buf.truncate(start);
                 self.push_error(&format!("output does not encode: {e}"));
