@@ -14,6 +14,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sys::Deadline;
+use crate::sys::imp::futex::{self, FutexWait};
+
 /// The bounds of one kind of adaptive wait, in nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spin {
@@ -78,6 +81,80 @@ impl Spin {
         if next != attempt.budget || budget_ns.load(Ordering::Relaxed) == 0 {
             budget_ns.store(next, Ordering::Relaxed);
         }
+    }
+}
+
+/// Spins between clock reads in [`Spin::wait_word`] (a read costs more
+/// than a load of the word).
+const LOADS_PER_CLOCK_READ: u32 = 32;
+
+impl Spin {
+    /// Waits until `ready(word)`: polls the word within the adaptive budget
+    /// kept in `budget_ns`, then sleeps on it as a futex. Before sleeping it
+    /// sets `sleeping` (a bit `ready` ignores) in the word, so the other
+    /// side, which makes the word ready with [`wake_word`], knows to wake it.
+    /// The sleep is cut into slices, from `slices.0` doubling up to
+    /// `slices.1`; after each one, `between` may end the wait with an error
+    /// (the other side died, say) — unless the word became ready meanwhile.
+    /// Returns the word's ready value.
+    pub(crate) fn wait_word<E>(
+        &self,
+        budget_ns: &AtomicU32,
+        word: &AtomicU32,
+        ready: impl Fn(u32) -> bool,
+        sleeping: u32,
+        slices: (Duration, Duration),
+        mut between: impl FnMut() -> Result<(), E>,
+    ) -> Result<u32, E> {
+        let attempt = self.begin(budget_ns);
+        let mut loads = 0u32;
+        loop {
+            // ORDERING: Acquire pairs with the waker's release in
+            // `wake_word`: what it wrote before is visible after.
+            let value = word.load(Ordering::Acquire);
+            if ready(value) {
+                self.end(budget_ns, &attempt, true);
+                return Ok(value);
+            }
+            loads = loads.wrapping_add(1);
+            if loads % LOADS_PER_CLOCK_READ == 0 && !attempt.going() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.end(budget_ns, &attempt, false);
+        let mut slice = slices.0;
+        loop {
+            // ORDERING: as above.
+            let value = word.load(Ordering::Acquire);
+            if ready(value) {
+                return Ok(value);
+            }
+            // ORDERING: Acquire on failure to re-read the word; AcqRel on
+            // success so the waker's swap sees the bit (one order on the word).
+            let flagged = value | sleeping;
+            if value != flagged && word.compare_exchange(value, flagged, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                continue;
+            }
+            if futex::wait(word, flagged, Deadline::after(slice)) == FutexWait::TimedOut {
+                slice = (slice * 2).min(slices.1);
+                if let Err(e) = between() {
+                    // ORDERING: as above.
+                    let value = word.load(Ordering::Acquire);
+                    return if ready(value) { Ok(value) } else { Err(e) };
+                }
+            }
+        }
+    }
+}
+
+/// Sets `word` to `value` (publishing what was written before) and wakes
+/// the other side if it sleeps in [`Spin::wait_word`] with `sleeping` set.
+pub(crate) fn wake_word(word: &AtomicU32, value: u32, sleeping: u32) {
+    // ORDERING: AcqRel: Release publishes our writes to the waiter's
+    // Acquire load; Acquire orders us after its setting of the bit.
+    if word.swap(value, Ordering::AcqRel) & sleeping != 0 {
+        futex::wake(word, 1);
     }
 }
 

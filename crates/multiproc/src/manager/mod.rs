@@ -67,6 +67,7 @@ mod code;
 mod collections;
 mod dict;
 mod error;
+mod lane;
 mod list;
 mod locks;
 mod protocol;

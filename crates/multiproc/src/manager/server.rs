@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::code;
+use super::lane::Lane;
 use super::protocol::{self, MAX_REQUEST, RemoteError, Reply, Request, Response};
 use super::store::{Object, Store};
 use super::waiting::lock;
@@ -220,23 +221,55 @@ fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
     // call after call, and objects are never removed from the store, so
     // this skips the store's lock and map on most calls.
     let mut last: Option<(u64, Arc<Object>)> = None;
-    while let Ok(bytes) = conn.recv_bytes() {
+    let mut lane: Option<Lane> = None;
+    let mut bytes = Vec::new();
+    loop {
+        let received = match &lane {
+            Some(lane) => lane.next_request(conn, || shared.stopping(), &mut bytes),
+            None => conn.recv_bytes().map(|b| bytes = b),
+        };
+        if received.is_err() {
+            break;
+        }
         let (response, stop) = match protocol::decode_request(&bytes) {
             Err(e) => (Err(RemoteError::BadRequest(e)), false),
             Ok(Request::Shutdown) => (Ok(Reply::Unit), true),
+            Ok(Request::OpenLane) if lane.is_none() => match open_lane(conn) {
+                Ok(opened) => {
+                    lane = Some(opened);
+                    continue;
+                }
+                Err(e) => (Err(e), false),
+            },
             // A panic anywhere in a call (a user type's Deserialize, say) is
             // that call's error; the connection and the manager go on.
             Ok(request) => {
                 (code::guarded(|| handle(&shared.store, &mut last, request, &caller)).and_then(|r| r), false)
             }
         };
-        if answer(conn, &response).is_err() {
+        let answered = match &lane {
+            Some(lane) => protocol::with_encoded(&response, |b| lane.answer(conn, b)),
+            None => answer(conn, &response),
+        };
+        if answered.is_err() {
             break;
         }
         if stop {
             shared.stop();
         }
     }
+}
+
+/// Makes a lane for this connection and sends it; from the next request
+/// on, the connection's calls go through it.
+fn open_lane(conn: &Connection<()>) -> Result<Lane, RemoteError> {
+    let cannot = |e: &dyn std::fmt::Display| RemoteError::BadRequest(format!("no lane: {e}"));
+    let lane = Lane::create().map_err(|e| cannot(&e))?;
+    let memory = lane.memory().try_clone_to_owned().map_err(|e| cannot(&e))?;
+    // Over TCP the handle cannot travel: nothing is sent, the error is the answer.
+    protocol::with_encoded(&Ok::<_, RemoteError>(Reply::Lane), |b| conn.send_bytes_with_fds(b, &[memory]))
+        .map_err(|e| cannot(&e))?;
+    Ok(lane)
 }
 
 fn handle(store: &Store, last: &mut Option<(u64, Arc<Object>)>, request: Request, caller: &Caller<'_>) -> Response {
@@ -252,6 +285,7 @@ fn handle(store: &Store, last: &mut Option<(u64, Arc<Object>)>, request: Request
         Request::Publish { name, object } => store.publish(name, object),
         Request::Lookup { name } => store.lookup(&name),
         Request::Hello { .. } => Err(RemoteError::BadRequest("hello twice".into())),
+        Request::OpenLane => Err(RemoteError::BadRequest("this connection has a lane already".into())),
         Request::Shutdown => unreachable!("handled by the caller"),
     }
 }

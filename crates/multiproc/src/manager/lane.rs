@@ -1,0 +1,249 @@
+//! A shared-memory lane beside a local connection: the request and the
+//! answer of each call travel through memory both processes map, and the
+//! socket is only the lifeline (its end of stream tells either side that
+//! the other died) and the path of messages too large for the lane.
+//!
+//! Over a socket, every call costs each side a send, a wait and a receive
+//! in the kernel (5–6 system calls), and a wake-up whenever the other side
+//! sleeps. Through the lane, a side that finds the other still polling
+//! (see [`crate::spin`]) makes no system call at all; one that finds it
+//! asleep makes one futex wake.
+//!
+//! Layout: a 64-byte header — the state word, the request's length, the
+//! answer's length — then the request area and the answer area. The state
+//! alternates: the client writes a request and sets `REQUEST`; the server
+//! reads it, writes the answer and sets `ANSWER`. Whoever sleeps waiting
+//! sets the `SLEEPING` bit first. A message too large for its area is
+//! announced with the length `ON_SOCKET` and sent as a frame on the
+//! socket right after the state changes; so a side that finds the socket
+//! readable (or closed) while the state has not changed knows the other
+//! side is gone (nothing else is ever sent on it).
+//!
+//! The server makes the lane (its own memory, sealed against shrinking)
+//! and sends it to the client. It trusts nothing in it: lengths are
+//! checked before any copy, and the request is copied out before it is
+//! decoded.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::connection::ConnectionError;
+use crate::spin::{self, Spin};
+use crate::sys::imp::shm::Mapping;
+use crate::wire::WireError;
+use crate::{Address, Connection};
+
+/// State: a request is in the lane (the server's turn).
+const REQUEST: u32 = 1;
+/// State: an answer is in the lane (the client's turn).
+const ANSWER: u32 = 2;
+/// Bit of the state word: the waiting side sleeps on it.
+const SLEEPING: u32 = 1 << 31;
+/// A length meaning "the message is the next frame on the socket".
+const ON_SOCKET: u32 = u32::MAX;
+
+/// Bytes before the request area.
+const HEADER: usize = 64;
+/// Bytes of the request area and of the answer area (larger messages go
+/// on the socket). Pages are only touched as far as messages reach.
+const AREA: usize = 64 << 10;
+/// The lane's whole size.
+pub(crate) const LANE_LEN: usize = HEADER + 2 * AREA;
+
+/// How long a side sleeps before it first checks that the other is still
+/// there, and then at most between checks (the interval doubles): a stale
+/// connection (its manager gone) fails a call within a millisecond or two,
+/// a killed manager fails a pending call within 100 ms.
+const CHECKS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+
+/// Waits for the other side: a call's answer usually comes within
+/// microseconds, and a client's next request often does too, while waking
+/// a sleeper on another CPU costs 20–50 µs on this project's VMs. The
+/// budget adapts per lane and side, so a side whose peer is slow (or runs
+/// on the same, oversubscribed CPU) soon stops polling.
+const LANE_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
+
+/// One end's view of a lane.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    map: Mapping,
+    /// This side's adaptive polling budget.
+    spin_ns: AtomicU32,
+}
+
+/// Which way a message goes, and so which area and length word it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Request,
+    Answer,
+}
+
+impl Way {
+    fn area(self) -> usize {
+        match self {
+            Way::Request => HEADER,
+            Way::Answer => HEADER + AREA,
+        }
+    }
+
+    fn len_word(self) -> usize {
+        match self {
+            Way::Request => 4,
+            Way::Answer => 8,
+        }
+    }
+
+    fn state(self) -> u32 {
+        match self {
+            Way::Request => REQUEST,
+            Way::Answer => ANSWER,
+        }
+    }
+}
+
+/// True when lanes can be used with a manager at `address` (one on this
+/// machine, reached through a Unix socket, which carries the lane).
+pub(crate) fn possible(address: &str) -> bool {
+    address.parse::<Address>().is_ok_and(|a| !matches!(a, Address::Tcp(_)))
+}
+
+impl Lane {
+    /// A new lane (the server's side).
+    pub(crate) fn create() -> io::Result<Lane> {
+        Ok(Lane::with(Mapping::anonymous("multiproc-manager-lane", LANE_LEN)?))
+    }
+
+    /// The client's side of the lane the server sent.
+    pub(crate) fn open(fd: OwnedFd) -> io::Result<Lane> {
+        Ok(Lane::with(Mapping::from_fd(fd, LANE_LEN)?))
+    }
+
+    fn with(map: Mapping) -> Lane {
+        Lane { map, spin_ns: AtomicU32::new(0) }
+    }
+
+    /// The lane's memory, to send to the client.
+    pub(crate) fn memory(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.map)
+    }
+
+    fn word(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: `at` is 0, 4 or 8: a 4-byte aligned word inside the
+        // mapping's header (the mapping is page aligned and LANE_LEN long),
+        // and the header's words are only accessed atomically.
+        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    fn state(&self) -> &AtomicU32 {
+        self.word(0)
+    }
+
+    /// Client: sends `request` and waits for the answer, put in `answer`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Closed`] when the manager is gone (found within
+    /// 100 ms of its death), or a socket error.
+    pub(crate) fn call(
+        &self,
+        conn: &Connection<()>,
+        request: &[u8],
+        answer: &mut Vec<u8>,
+    ) -> Result<(), ConnectionError> {
+        self.put(conn, Way::Request, request)?;
+        self.wait_for(conn, Way::Answer, || Ok(()))?;
+        self.take(conn, Way::Answer, answer)
+    }
+
+    /// Server: waits for the next request and puts it in `request`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Closed`] when the client is gone, or `stop()`
+    /// turned true (checked at least every 100 ms while idle); a request
+    /// announced with a bad length is [`WireError::Corrupt`].
+    pub(crate) fn next_request(
+        &self,
+        conn: &Connection<()>,
+        stop: impl Fn() -> bool,
+        request: &mut Vec<u8>,
+    ) -> Result<(), ConnectionError> {
+        self.wait_for(conn, Way::Request, || if stop() { Err(ConnectionError::Closed) } else { Ok(()) })?;
+        self.take(conn, Way::Request, request)
+    }
+
+    /// Server: sends the answer to the request last taken.
+    ///
+    /// # Errors
+    ///
+    /// The socket failed (for an answer too large for the lane).
+    pub(crate) fn answer(&self, conn: &Connection<()>, answer: &[u8]) -> Result<(), ConnectionError> {
+        self.put(conn, Way::Answer, answer)
+    }
+
+    /// Writes a message (or announces it on the socket), hands the turn over
+    /// and wakes the other side if it sleeps.
+    fn put(&self, conn: &Connection<()>, way: Way, message: &[u8]) -> Result<(), ConnectionError> {
+        let fits = message.len() <= AREA;
+        if fits {
+            // SAFETY: [area, area + len) lies inside the mapping (len ≤ AREA);
+            // it is ours until the state changes below (the other side reads
+            // it only after that, and a misbehaving peer writing meanwhile
+            // only garbles bytes that are decoded as untrusted anyway).
+            unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), self.map.as_ptr().add(way.area()), message.len()) };
+        }
+        let len = if fits { message.len() as u32 } else { ON_SOCKET };
+        // ORDERING: Relaxed: published by the state's release in `wake_word`.
+        self.word(way.len_word()).store(len, Ordering::Relaxed);
+        spin::wake_word(self.state(), way.state(), SLEEPING);
+        if !fits {
+            conn.send_bytes(message)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until it is `way`'s turn to be read; `between` is checked
+    /// whenever the wait slept a while, with the other side's liveness.
+    fn wait_for(
+        &self,
+        conn: &Connection<()>,
+        way: Way,
+        between: impl Fn() -> Result<(), ConnectionError>,
+    ) -> Result<(), ConnectionError> {
+        let ready = |state: u32| state & !SLEEPING == way.state();
+        LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, CHECKS, || {
+            between()?;
+            // Nothing is sent on the socket before the turn changes, so a
+            // readable socket here is its end (`wait_word` re-checks the turn).
+            if conn.poll(Duration::ZERO)? { Err(ConnectionError::Closed) } else { Ok(()) }
+        })?;
+        Ok(())
+    }
+
+    /// Copies the message of `way` out (from the lane or the socket).
+    fn take(&self, conn: &Connection<()>, way: Way, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        // ORDERING: Relaxed: ordered by the state's acquire in `wait_for`.
+        let len = self.word(way.len_word()).load(Ordering::Relaxed);
+        if len == ON_SOCKET {
+            *out = conn.recv_bytes()?;
+            return Ok(());
+        }
+        let len = len as usize;
+        if len > AREA {
+            return Err(WireError::corrupt(format!("a lane message of {len} bytes (at most {AREA})")).into());
+        }
+        out.clear();
+        out.reserve(len);
+        // SAFETY: [area, area + len) lies inside the mapping (len ≤ AREA) and
+        // `out` has room for len bytes, all initialised by the copy. The
+        // other side does not write the area until we hand the turn back (a
+        // misbehaving one only garbles its own message, decoded as untrusted).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(way.area()), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+        Ok(())
+    }
+}
