@@ -184,8 +184,9 @@ fn open_lane(conn: &Connection<()>) -> Result<Option<Lane>, ManagerError> {
     send(conn, &Request::OpenLane)?;
     let (bytes, mut fds) = conn.recv_bytes_with_fds()?;
     match wire::decode::<Response>(&bytes, Vec::new())? {
-        Ok(Reply::Lane) if fds.len() == 1 => {
-            let lane = Lane::open(fds.remove(0)).map_err(|e| ConnectionError::from(WireError::Io(e)))?;
+        Ok(Reply::Lane) if fds.len() == 2 => {
+            let (lane, bell) = (fds.remove(0), fds.remove(0));
+            let lane = Lane::open(lane, bell).map_err(|e| ConnectionError::from(WireError::Io(e)))?;
             Ok(Some(lane))
         }
         Ok(other) => Err(ManagerError::Protocol(format!("{other:?} with {} handles in answer to a lane", fds.len()))),

@@ -65,10 +65,15 @@ const CHECKS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_m
 /// on the same, oversubscribed CPU) soon stops polling.
 const LANE_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
 
+/// State: the manager took the request (it runs or waits for its turn).
+const TAKEN: u32 = 3;
+
 /// One end's view of a lane.
 #[derive(Debug)]
 pub(crate) struct Lane {
     map: Mapping,
+    /// The client's view of its manager's [`Bell`].
+    bell: Option<Bell>,
     /// This side's adaptive polling budget.
     spin_ns: AtomicU32,
 }
@@ -112,16 +117,14 @@ pub(crate) fn possible(address: &str) -> bool {
 impl Lane {
     /// A new lane (the server's side).
     pub(crate) fn create() -> io::Result<Lane> {
-        Ok(Lane::with(Mapping::anonymous("multiproc-manager-lane", LANE_LEN)?))
+        let map = Mapping::anonymous("multiproc-manager-lane", LANE_LEN)?;
+        Ok(Lane { map, bell: None, spin_ns: AtomicU32::new(0) })
     }
 
-    /// The client's side of the lane the server sent.
-    pub(crate) fn open(fd: OwnedFd) -> io::Result<Lane> {
-        Ok(Lane::with(Mapping::from_fd(fd, LANE_LEN)?))
-    }
-
-    fn with(map: Mapping) -> Lane {
-        Lane { map, spin_ns: AtomicU32::new(0) }
+    /// The client's side of the lane the server sent, and of its bell.
+    pub(crate) fn open(lane: OwnedFd, bell: OwnedFd) -> io::Result<Lane> {
+        let map = Mapping::from_fd(lane, LANE_LEN)?;
+        Ok(Lane { map, bell: Some(Bell(Mapping::from_fd(bell, BELL_LEN)?)), spin_ns: AtomicU32::new(0) })
     }
 
     /// The lane's memory, to send to the client.
@@ -153,25 +156,60 @@ impl Lane {
         answer: &mut Vec<u8>,
     ) -> Result<(), ConnectionError> {
         self.put(conn, Way::Request, request)?;
-        self.wait_for(conn, Way::Answer, || Ok(()))?;
+        if let Some(bell) = &self.bell {
+            bell.ring();
+        }
+        self.wait_for(conn, Way::Answer)?;
         self.take(conn, Way::Answer, answer)
     }
 
-    /// Server: waits for the next request and puts it in `request`.
+    /// True when a message of `len` bytes travels in the lane (larger ones
+    /// go on the socket).
+    pub(crate) fn fits(len: usize) -> bool {
+        len <= AREA
+    }
+
+    /// Server: true when a request waits to be taken.
+    pub(crate) fn has_request(&self) -> bool {
+        // ORDERING: Relaxed: a hint; `take_request` acquires.
+        self.state().load(Ordering::Relaxed) & !SLEEPING == REQUEST
+    }
+
+    /// Server: true from the moment a request is announced until it is
+    /// answered (its bytes may be on the socket meanwhile).
+    pub(crate) fn request_pending(&self) -> bool {
+        // ORDERING: Acquire: after seeing the socket readable, the state the
+        // client set before sending is seen.
+        matches!(self.state().load(Ordering::Acquire) & !SLEEPING, REQUEST | TAKEN)
+    }
+
+    /// Server: takes the waiting request, if any, so no one else does: its
+    /// bytes go in `request` (`Ok(true)`), or they are the next frame on
+    /// the socket (`Ok(false)`, still taken). `None`: no request.
     ///
     /// # Errors
     ///
-    /// [`ConnectionError::Closed`] when the client is gone, or `stop()`
-    /// turned true (checked at least every 100 ms while idle); a request
-    /// announced with a bad length is [`WireError::Corrupt`].
-    pub(crate) fn next_request(
-        &self,
-        conn: &Connection<()>,
-        stop: impl Fn() -> bool,
-        request: &mut Vec<u8>,
-    ) -> Result<(), ConnectionError> {
-        self.wait_for(conn, Way::Request, || if stop() { Err(ConnectionError::Closed) } else { Ok(()) })?;
-        self.take(conn, Way::Request, request)
+    /// A request announced with a bad length ([`WireError::Corrupt`]);
+    /// it is taken, and must be answered.
+    pub(crate) fn take_request(&self, request: &mut Vec<u8>) -> Option<Result<bool, ConnectionError>> {
+        let state = self.state();
+        // ORDERING: Acquire pairs with the client's release of REQUEST.
+        let mut seen = state.load(Ordering::Acquire);
+        loop {
+            if seen & !SLEEPING != REQUEST {
+                return None;
+            }
+            // ORDERING: AcqRel: the client may set SLEEPING meanwhile (kept).
+            match state.compare_exchange(seen, TAKEN | (seen & SLEEPING), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => seen = now,
+            }
+        }
+        // ORDERING: Relaxed: ordered by the state's acquire above.
+        if self.word(Way::Request.len_word()).load(Ordering::Relaxed) == ON_SOCKET {
+            return Some(Ok(false));
+        }
+        Some(self.copy_out(Way::Request, request).map(|()| true))
     }
 
     /// Server: sends the answer to the request last taken.
@@ -186,7 +224,7 @@ impl Lane {
     /// Writes a message (or announces it on the socket), hands the turn over
     /// and wakes the other side if it sleeps.
     fn put(&self, conn: &Connection<()>, way: Way, message: &[u8]) -> Result<(), ConnectionError> {
-        let fits = message.len() <= AREA;
+        let fits = Lane::fits(message.len());
         if fits {
             // SAFETY: [area, area + len) lies inside the mapping (len ≤ AREA);
             // it is ours until the state changes below (the other side reads
@@ -204,17 +242,11 @@ impl Lane {
         Ok(())
     }
 
-    /// Waits until it is `way`'s turn to be read; `between` is checked
-    /// whenever the wait slept a while, with the other side's liveness.
-    fn wait_for(
-        &self,
-        conn: &Connection<()>,
-        way: Way,
-        between: impl Fn() -> Result<(), ConnectionError>,
-    ) -> Result<(), ConnectionError> {
+    /// Waits until it is `way`'s turn to be read, checking the other side's
+    /// liveness whenever the wait slept a while.
+    fn wait_for(&self, conn: &Connection<()>, way: Way) -> Result<(), ConnectionError> {
         let ready = |state: u32| state & !SLEEPING == way.state();
         LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, CHECKS, || {
-            between()?;
             // Nothing is sent on the socket before the turn changes, so a
             // readable socket here is its end (`wait_word` re-checks the turn).
             if conn.poll(Duration::ZERO)? { Err(ConnectionError::Closed) } else { Ok(()) }
@@ -225,12 +257,17 @@ impl Lane {
     /// Copies the message of `way` out (from the lane or the socket).
     fn take(&self, conn: &Connection<()>, way: Way, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
         // ORDERING: Relaxed: ordered by the state's acquire in `wait_for`.
-        let len = self.word(way.len_word()).load(Ordering::Relaxed);
-        if len == ON_SOCKET {
+        if self.word(way.len_word()).load(Ordering::Relaxed) == ON_SOCKET {
             *out = conn.recv_bytes()?;
             return Ok(());
         }
-        let len = len as usize;
+        self.copy_out(way, out)
+    }
+
+    /// Copies the message of `way` out of the lane.
+    fn copy_out(&self, way: Way, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        // ORDERING: Relaxed: ordered by the state's acquire of the caller.
+        let len = self.word(way.len_word()).load(Ordering::Relaxed) as usize;
         if len > AREA {
             return Err(WireError::corrupt(format!("a lane message of {len} bytes (at most {AREA})")).into());
         }
@@ -245,5 +282,59 @@ impl Lane {
             out.set_len(len);
         }
         Ok(())
+    }
+}
+
+/// Bytes of a bell's memory.
+const BELL_LEN: usize = 64;
+
+/// The manager's doorbell, shared by every lane's client: the manager's
+/// dispatcher sleeps on it when no lane has a request, and a client that
+/// posts a request rings it if (and only if) the dispatcher sleeps.
+#[derive(Debug)]
+pub(crate) struct Bell(Mapping);
+
+impl Bell {
+    /// A new bell (the server's side).
+    pub(crate) fn create() -> io::Result<Bell> {
+        Ok(Bell(Mapping::anonymous("multiproc-manager-bell", BELL_LEN)?))
+    }
+
+    /// The bell's memory, to send to clients.
+    pub(crate) fn memory(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        // SAFETY: the first word of the mapping (page aligned, BELL_LEN
+        // long), only ever accessed atomically.
+        unsafe { &*self.0.as_ptr().cast::<AtomicU32>() }
+    }
+
+    /// Wakes the dispatcher if it sleeps. Called after a request is posted.
+    pub(crate) fn ring(&self) {
+        // ORDERING: SeqCst fence: either the dispatcher's check of the
+        // lanes (after its own fence) sees our request, or we see its
+        // SLEEPING here (a store-load pair on both sides).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let word = self.word();
+        // ORDERING: Relaxed then AcqRel: only one ringer wakes it.
+        if word.load(Ordering::Relaxed) & SLEEPING != 0 && word.swap(0, Ordering::AcqRel) & SLEEPING != 0 {
+            crate::sys::imp::futex::wake(word, 1);
+        }
+    }
+
+    /// Dispatcher: sleeps until rung or `timeout` passes, unless `work()`
+    /// finds something to do once the bell is armed.
+    pub(crate) fn sleep(&self, timeout: Duration, work: impl Fn() -> bool) {
+        let word = self.word();
+        // ORDERING: SeqCst store and fence: see `ring`.
+        word.store(SLEEPING, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !work() {
+            crate::sys::imp::futex::wait(word, SLEEPING, crate::sys::Deadline::after(timeout));
+        }
+        // ORDERING: Relaxed: the next ring needs the bit set anew.
+        word.store(0, Ordering::Relaxed);
     }
 }

@@ -65,6 +65,7 @@
 mod client;
 mod code;
 mod collections;
+mod dispatch;
 mod dict;
 mod error;
 mod lane;

@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::code;
-use super::lane::Lane;
+use super::dispatch::Dispatcher;
 use super::protocol::{self, MAX_REQUEST, RemoteError, Reply, Request, Response};
 use super::store::{Object, Store};
 use super::waiting::lock;
 use crate::connection::Unauthenticated;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
-use crate::{Address, Connection, ConnectionError, IntoAddress, Listener, Pipe};
+use crate::{Address, Connection, ConnectionError, IntoAddress, Listener, Pipe, WireError};
 
 /// A bound manager server, ready to [`run`](Server::run).
 #[derive(Debug)]
@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Connections accepted and not yet authenticated.
     handshaking: AtomicUsize,
+    /// Serves the connections that have a lane.
+    pub(crate) dispatcher: Dispatcher,
 }
 
 /// Most connections that may be in their handshake at once; more are
@@ -61,7 +63,12 @@ pub(crate) struct Caller<'a> {
     client_build: &'a str,
 }
 
-impl Caller<'_> {
+impl<'a> Caller<'a> {
+    /// The caller on `conn`, a client of build `client_build`.
+    pub(crate) fn new(conn: &'a Connection<()>, shared: &'a Shared, client_build: &'a str) -> Caller<'a> {
+        Caller { conn, shared, client_build }
+    }
+
     /// True when the client hung up (or sent something mid-call, which a
     /// client waiting for its answer never does) or the server is stopping.
     pub(crate) fn gone(&self) -> bool {
@@ -93,6 +100,7 @@ impl Server {
             live: Mutex::default(),
             next_conn: AtomicU64::new(0),
             handshaking: AtomicUsize::new(0),
+            dispatcher: Dispatcher::new().map_err(|e| ConnectionError::from(WireError::Io(e)))?,
         });
         Ok(Server { listener, shared, wake_rx })
     }
@@ -148,7 +156,8 @@ impl Server {
 }
 
 impl Shared {
-    fn stopping(&self) -> bool {
+    /// True once the server is stopping.
+    pub(crate) fn stopping(&self) -> bool {
         // ORDERING: Relaxed: the wake-up message orders the rest.
         self.stopping.load(Ordering::Relaxed)
     }
@@ -158,11 +167,12 @@ impl Shared {
         // ORDERING: Relaxed: see `stopping`.
         self.stopping.store(true, Ordering::Relaxed);
         let _ = self.wake_tx.send_bytes(b"");
+        self.dispatcher.wake();
     }
 }
 
 /// Serves one client from its handshake to its last request.
-fn serve_connection(shared: &Shared, pending: Unauthenticated) {
+fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
     let authenticated = pending.authenticate();
     // ORDERING: Relaxed: see `Server::run`.
     shared.handshaking.fetch_sub(1, Ordering::Relaxed);
@@ -182,7 +192,7 @@ fn serve_connection(shared: &Shared, pending: Unauthenticated) {
     }
     if let Some((session, build)) = hello(&conn) {
         *lock(&shared.sessions).entry(session).or_default() += 1;
-        serve_requests(shared, &conn, &build);
+        serve_requests(shared, &conn, id, &build);
         let last = {
             let mut sessions = lock(&shared.sessions);
             let count = sessions.entry(session).or_default();
@@ -215,43 +225,31 @@ fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
     }
 }
 
-fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
+/// The object of a connection's last call: a client usually works on one
+/// object call after call, and objects are never removed from the store, so
+/// this skips the store's lock and map on most calls.
+pub(crate) type Last = Option<(u64, Arc<Object>)>;
+
+fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &str) {
     let caller = Caller { conn, shared, client_build: build };
-    // The object of the last call: a client usually works on one object
-    // call after call, and objects are never removed from the store, so
-    // this skips the store's lock and map on most calls.
-    let mut last: Option<(u64, Arc<Object>)> = None;
-    let mut lane: Option<Lane> = None;
-    let mut bytes = Vec::new();
-    loop {
-        let received = match &lane {
-            Some(lane) => lane.next_request(conn, || shared.stopping(), &mut bytes),
-            None => conn.recv_bytes().map(|b| bytes = b),
-        };
-        if received.is_err() {
-            break;
-        }
+    let mut last: Last = None;
+    while let Ok(bytes) = conn.recv_bytes() {
         let (response, stop) = match protocol::decode_request(&bytes) {
             Err(e) => (Err(RemoteError::BadRequest(e)), false),
             Ok(Request::Shutdown) => (Ok(Reply::Unit), true),
-            Ok(Request::OpenLane) if lane.is_none() => match open_lane(conn) {
-                Ok(opened) => {
-                    lane = Some(opened);
-                    continue;
+            Ok(Request::OpenLane) => match shared.dispatcher.open(shared, id, conn, build) {
+                Ok(lane) => {
+                    // From now on the dispatcher serves this client; this
+                    // thread runs what may wait and watches the socket.
+                    lane.serve_hand_offs(shared);
+                    shared.dispatcher.close(id);
+                    return;
                 }
                 Err(e) => (Err(e), false),
             },
-            // A panic anywhere in a call (a user type's Deserialize, say) is
-            // that call's error; the connection and the manager go on.
-            Ok(request) => {
-                (code::guarded(|| handle(&shared.store, &mut last, request, &caller)).and_then(|r| r), false)
-            }
+            Ok(request) => (respond(shared, &mut last, request, &caller), false),
         };
-        let answered = match &lane {
-            Some(lane) => protocol::with_encoded(&response, |b| lane.answer(conn, b)),
-            None => answer(conn, &response),
-        };
-        if answered.is_err() {
+        if answer(conn, &response).is_err() {
             break;
         }
         if stop {
@@ -260,19 +258,14 @@ fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
     }
 }
 
-/// Makes a lane for this connection and sends it; from the next request
-/// on, the connection's calls go through it.
-fn open_lane(conn: &Connection<()>) -> Result<Lane, RemoteError> {
-    let cannot = |e: &dyn std::fmt::Display| RemoteError::BadRequest(format!("no lane: {e}"));
-    let lane = Lane::create().map_err(|e| cannot(&e))?;
-    let memory = lane.memory().try_clone_to_owned().map_err(|e| cannot(&e))?;
-    // Over TCP the handle cannot travel: nothing is sent, the error is the answer.
-    protocol::with_encoded(&Ok::<_, RemoteError>(Reply::Lane), |b| conn.send_bytes_with_fds(b, &[memory]))
-        .map_err(|e| cannot(&e))?;
-    Ok(lane)
+/// Runs one request (not `Shutdown`, which stops the server after its
+/// answer). A panic anywhere in a call (a user type's `Deserialize`, say)
+/// is that call's error; the connection and the manager go on.
+pub(crate) fn respond(shared: &Shared, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {
+    code::guarded(|| handle(&shared.store, last, request, caller)).and_then(|r| r)
 }
 
-fn handle(store: &Store, last: &mut Option<(u64, Arc<Object>)>, request: Request, caller: &Caller<'_>) -> Response {
+fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {
     match request {
         Request::Call { object: id, op } => {
             let object = match last {
@@ -286,7 +279,7 @@ fn handle(store: &Store, last: &mut Option<(u64, Arc<Object>)>, request: Request
         Request::Lookup { name } => store.lookup(&name),
         Request::Hello { .. } => Err(RemoteError::BadRequest("hello twice".into())),
         Request::OpenLane => Err(RemoteError::BadRequest("this connection has a lane already".into())),
-        Request::Shutdown => unreachable!("handled by the caller"),
+        Request::Shutdown => Err(RemoteError::BadRequest("shutdown is not a call".into())),
     }
 }
 
