@@ -51,7 +51,26 @@ impl Attempt {
     pub(crate) fn going(&self) -> bool {
         self.start.elapsed() < self.limit
     }
+
+    /// Checks the allowance (call it every few dozen polls): false once it
+    /// is spent. Past [`YIELD_AFTER`], it also yields the CPU: when the
+    /// thread we wait for is runnable on this very CPU (a machine with more
+    /// runnable threads than CPUs), it runs now instead of after our
+    /// budget; when nothing else is runnable, the yield returns at once.
+    pub(crate) fn keep_polling(&self) -> bool {
+        let elapsed = self.start.elapsed();
+        if elapsed >= self.limit {
+            return false;
+        }
+        if elapsed >= YIELD_AFTER {
+            std::thread::yield_now();
+        }
+        true
+    }
 }
+
+/// How long a poll spins on the CPU before it yields between polls.
+pub(crate) const YIELD_AFTER: Duration = Duration::from_micros(2);
 
 impl Spin {
     /// Starts a wait on the object whose budget is `budget_ns` (0: new).
@@ -90,7 +109,9 @@ const LOADS_PER_CLOCK_READ: u32 = 32;
 
 impl Spin {
     /// Waits until `ready(word)`: polls the word within the adaptive budget
-    /// kept in `budget_ns`, then sleeps on it as a futex. Before sleeping it
+    /// kept in `budget_ns` (yielding the CPU between polls after the first
+    /// microseconds, see [`Attempt::keep_polling`]), then sleeps on it as a
+    /// futex. Before sleeping it
     /// sets `sleeping` (a bit `ready` ignores) in the word, so the other
     /// side, which makes the word ready with [`wake_word`], knows to wake it.
     /// The sleep is cut into slices, from `slices.0` doubling up to
@@ -117,7 +138,7 @@ impl Spin {
                 return Ok(value);
             }
             loads = loads.wrapping_add(1);
-            if loads % LOADS_PER_CLOCK_READ == 0 && !attempt.going() {
+            if loads % LOADS_PER_CLOCK_READ == 0 && !attempt.keep_polling() {
                 break;
             }
             std::hint::spin_loop();

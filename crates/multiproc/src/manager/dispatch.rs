@@ -170,7 +170,7 @@ fn run(shared: &Shared) {
                 break true;
             }
             scans = scans.wrapping_add(1);
-            if scans % SCANS_PER_CLOCK_READ == 0 && (!attempt.going() || generation() != seen) {
+            if scans % SCANS_PER_CLOCK_READ == 0 && (!attempt.keep_polling() || generation() != seen) {
                 break false;
             }
             std::hint::spin_loop();
