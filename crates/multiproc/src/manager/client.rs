@@ -2,7 +2,8 @@
 //! per-process set of idle connections to it.
 //!
 //! A call takes an idle connection (or opens one: connect, authenticate,
-//! say hello), sends one request, waits for the answer and puts the
+//! say hello and, to a manager on this machine, open a shared-memory lane:
+//! see `lane`), sends one request, waits for the answer and puts the
 //! connection back. Threads calling at the same time use different
 //! connections, so a call that blocks in the manager (a `get` on an empty
 //! queue, a held lock) blocks only its own thread. Connections stay open
