@@ -4,7 +4,10 @@
 //! A connection starts with the listener's handshake (on the connection's
 //! thread, so a peer that stalls delays nobody; until it succeeds only
 //! small messages are read), then a `Hello` naming the client process's
-//! session and build, then any number of request/answer exchanges. A
+//! session and build, then any number of request/answer exchanges (on the
+//! socket or, once the client asked for a lane, through it, served by the
+//! dispatcher: the connection's thread then runs only the calls that may
+//! wait, see `dispatch`). A
 //! request that cannot be decoded is answered with an error and the
 //! connection goes on; a broken stream ends that connection only. When a
 //! session's last connection ends, the locks it held are freed (see
