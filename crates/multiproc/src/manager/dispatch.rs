@@ -37,8 +37,10 @@ use crate::sys::imp::{self, Interest};
 /// Adapts like every other poll (see [`crate::spin`]).
 const IDLE_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
 
-/// Longest sleep of an idle dispatcher (it re-checks the server's state).
-const IDLE_SLEEP: Duration = Duration::from_millis(100);
+/// Longest sleep of an idle dispatcher. Nothing needs the timeout (a
+/// request rings the bell, and so does the server's stop); it only bounds
+/// the harm of a wake-up lost to a bug.
+const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
 /// Lanes checked between clock reads while polling.
 const SCANS_PER_CLOCK_READ: u32 = 8;
@@ -281,7 +283,8 @@ impl LaneConn {
             if shared.stopping() {
                 break;
             }
-            if *ready.last().expect("polled the wake-up") {
+            let (socket, woken) = (fds.len() == 2 && ready[0], *ready.last().expect("polled the wake-up"));
+            if woken {
                 self.wake.drain();
                 fds = &both;
                 let job = lock(&self.job).take();
@@ -290,6 +293,8 @@ impl LaneConn {
                 {
                     break;
                 }
+            } else if !socket {
+                // Nothing ready after all (an interrupted poll).
             } else if self.lane.request_pending() {
                 // The socket holds a request's bytes: the dispatcher hands
                 // it over in a moment.
