@@ -138,7 +138,7 @@ impl Spin {
                 return Ok(value);
             }
             loads = loads.wrapping_add(1);
-            if loads % LOADS_PER_CLOCK_READ == 0 && !attempt.keep_polling() {
+            if loads.is_multiple_of(LOADS_PER_CLOCK_READ) && !attempt.keep_polling() {
                 break;
             }
             std::hint::spin_loop();

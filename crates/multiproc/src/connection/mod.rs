@@ -386,7 +386,11 @@ impl<T> Connection<T> {
 
     /// Sends one raw byte message with descriptors attached (a Unix
     /// connection only; see [`Connection::recv_bytes_with_fds`]).
-    pub(crate) fn send_bytes_with_fds(&self, bytes: &[u8], fds: &[std::os::fd::OwnedFd]) -> Result<(), ConnectionError> {
+    pub(crate) fn send_bytes_with_fds(
+        &self,
+        bytes: &[u8],
+        fds: &[std::os::fd::OwnedFd],
+    ) -> Result<(), ConnectionError> {
         Ok(self.writer()?.send(Kind::Data, bytes, fds)?)
     }
 

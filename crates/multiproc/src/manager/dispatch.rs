@@ -108,14 +108,8 @@ impl Dispatcher {
         // Over TCP the handles cannot travel: nothing is sent, the error is the answer.
         protocol::with_encoded(&Ok::<_, RemoteError>(Reply::Lane), |b| conn.send_bytes_with_fds(b, &[memory, bell]))
             .map_err(|e| cannot(&e))?;
-        let entry = Arc::new(LaneConn {
-            id,
-            lane,
-            conn: conn.clone(),
-            build: build.to_string(),
-            job: Mutex::new(None),
-            wake,
-        });
+        let entry =
+            Arc::new(LaneConn { id, lane, conn: conn.clone(), build: build.to_string(), job: Mutex::new(None), wake });
         lock(&self.lanes).push(entry.clone());
         // ORDERING: SeqCst: a sleeping dispatcher's last check sees the new
         // lane or its first request rings the bell (see `Bell`).
@@ -172,7 +166,7 @@ fn run(shared: &Shared) {
                 break true;
             }
             scans = scans.wrapping_add(1);
-            if scans % SCANS_PER_CLOCK_READ == 0 && (!attempt.keep_polling() || generation() != seen) {
+            if scans.is_multiple_of(SCANS_PER_CLOCK_READ) && (!attempt.keep_polling() || generation() != seen) {
                 break false;
             }
             std::hint::spin_loop();
@@ -278,8 +272,7 @@ impl LaneConn {
         let wake_only = [(self.wake.as_fd(), Interest::Read)];
         let both = [(self.conn.as_fd(), Interest::Read), (self.wake.as_fd(), Interest::Read)];
         let mut fds: &[(BorrowedFd<'_>, Interest)] = &both;
-        loop {
-            let Ok(ready) = imp::poll_fds(fds, Deadline::NEVER) else { break };
+        while let Ok(ready) = imp::poll_fds(fds, Deadline::NEVER) {
             if shared.stopping() {
                 break;
             }

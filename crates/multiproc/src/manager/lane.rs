@@ -230,7 +230,9 @@ impl Lane {
             // it is ours until the state changes below (the other side reads
             // it only after that, and a misbehaving peer writing meanwhile
             // only garbles bytes that are decoded as untrusted anyway).
-            unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), self.map.as_ptr().add(way.area()), message.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(message.as_ptr(), self.map.as_ptr().add(way.area()), message.len())
+            };
         }
         let len = if fits { message.len() as u32 } else { ON_SOCKET };
         // ORDERING: Relaxed: published by the state's release in `wake_word`.

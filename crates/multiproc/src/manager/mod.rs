@@ -70,8 +70,8 @@
 mod client;
 mod code;
 mod collections;
-mod dispatch;
 mod dict;
+mod dispatch;
 mod error;
 mod lane;
 mod list;

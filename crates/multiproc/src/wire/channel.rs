@@ -223,7 +223,9 @@ impl Channel {
             if !attempt.going() {
                 break false;
             }
-            if !imp::wait_readable(self.fd.as_fd(), Deadline::after(std::time::Duration::ZERO)).map_err(WireError::Io)? {
+            if !imp::wait_readable(self.fd.as_fd(), Deadline::after(std::time::Duration::ZERO))
+                .map_err(WireError::Io)?
+            {
                 continue;
             }
             match state.read_some(self.fd.as_fd(), true) {
