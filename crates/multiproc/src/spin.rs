@@ -53,16 +53,19 @@ impl Attempt {
     }
 
     /// Checks the allowance (call it every few dozen polls): false once it
-    /// is spent. Past [`YIELD_AFTER`], it also yields the CPU: when the
-    /// thread we wait for is runnable on this very CPU (a machine with more
-    /// runnable threads than CPUs), it runs now instead of after our
-    /// budget; when nothing else is runnable, the yield returns at once.
-    pub(crate) fn keep_polling(&self) -> bool {
+    /// is spent. Past [`YIELD_AFTER`], and if `may_yield`, it also yields
+    /// the CPU: when the thread we wait for is runnable on this very CPU (a
+    /// machine with more runnable threads than CPUs), it runs now instead
+    /// of after our budget; when nothing else is runnable, the yield
+    /// returns at once. (When the thread waited for is known to run on
+    /// another CPU, a yield would only hand ours to a stranger for a whole
+    /// time slice: pass false.)
+    pub(crate) fn keep_polling(&self, may_yield: bool) -> bool {
         let elapsed = self.start.elapsed();
         if elapsed >= self.limit {
             return false;
         }
-        if elapsed >= YIELD_AFTER {
+        if may_yield && elapsed >= YIELD_AFTER {
             std::thread::yield_now();
         }
         true
@@ -110,10 +113,10 @@ const LOADS_PER_CLOCK_READ: u32 = 32;
 impl Spin {
     /// Waits until `ready(word)`: polls the word within the adaptive budget
     /// kept in `budget_ns` (yielding the CPU between polls after the first
-    /// microseconds, see [`Attempt::keep_polling`]), then sleeps on it as a
-    /// futex. Before sleeping it
-    /// sets `sleeping` (a bit `ready` ignores) in the word, so the other
-    /// side, which makes the word ready with [`wake_word`], knows to wake it.
+    /// microseconds if `may_yield`, see [`Attempt::keep_polling`]), then
+    /// sleeps on it as a futex. Before sleeping it sets `sleeping` (a bit
+    /// `ready` ignores) in the word, so the other side, which makes the word
+    /// ready with [`wake_word`], knows to wake it.
     /// The sleep is cut into slices, from `slices.0` doubling up to
     /// `slices.1`; after each one, `between` may end the wait with an error
     /// (the other side died, say) — unless the word became ready meanwhile.
@@ -124,6 +127,7 @@ impl Spin {
         word: &AtomicU32,
         ready: impl Fn(u32) -> bool,
         sleeping: u32,
+        may_yield: bool,
         slices: (Duration, Duration),
         mut between: impl FnMut() -> Result<(), E>,
     ) -> Result<u32, E> {
@@ -138,7 +142,7 @@ impl Spin {
                 return Ok(value);
             }
             loads = loads.wrapping_add(1);
-            if loads.is_multiple_of(LOADS_PER_CLOCK_READ) && !attempt.keep_polling() {
+            if loads.is_multiple_of(LOADS_PER_CLOCK_READ) && !attempt.keep_polling(may_yield) {
                 break;
             }
             std::hint::spin_loop();

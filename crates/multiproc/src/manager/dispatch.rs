@@ -166,7 +166,7 @@ fn run(shared: &Shared) {
                 break true;
             }
             scans = scans.wrapping_add(1);
-            if scans.is_multiple_of(SCANS_PER_CLOCK_READ) && (!attempt.keep_polling() || generation() != seen) {
+            if scans.is_multiple_of(SCANS_PER_CLOCK_READ) && (!attempt.keep_polling(true) || generation() != seen) {
                 break false;
             }
             std::hint::spin_loop();

@@ -10,7 +10,8 @@
 //! asleep makes one futex wake.
 //!
 //! Layout: a 64-byte header — the state word, the request's length, the
-//! answer's length — then the request area and the answer area. The state
+//! answer's length, 1 + the CPU the last message was written from — then
+//! the request area and the answer area. The state
 //! alternates: the client writes a request and sets `REQUEST`; the server
 //! reads it, writes the answer and sets `ANSWER`. Whoever sleeps waiting
 //! sets the `SLEEPING` bit first. A message too large for its area is
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use crate::connection::ConnectionError;
 use crate::spin::{self, Spin};
+use crate::sys::imp;
 use crate::sys::imp::shm::Mapping;
 use crate::wire::WireError;
 use crate::{Address, Connection};
@@ -43,6 +45,10 @@ const ANSWER: u32 = 2;
 const SLEEPING: u32 = 1 << 31;
 /// A length meaning "the message is the next frame on the socket".
 const ON_SOCKET: u32 = u32::MAX;
+
+/// Offset of the header word holding 1 + the CPU the last message was
+/// written from (0: unknown).
+const WRITER_CPU: usize = 12;
 
 /// Bytes before the request area.
 const HEADER: usize = 64;
@@ -133,7 +139,7 @@ impl Lane {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is 0, 4 or 8: a 4-byte aligned word inside the
+        // SAFETY: `at` is 0, 4, 8 or 12: a 4-byte aligned word inside the
         // mapping's header (the mapping is page aligned and LANE_LEN long),
         // and the header's words are only accessed atomically.
         unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
@@ -235,8 +241,10 @@ impl Lane {
             };
         }
         let len = if fits { message.len() as u32 } else { ON_SOCKET };
-        // ORDERING: Relaxed: published by the state's release in `wake_word`.
+        // ORDERING: Relaxed: published by the state's release in `wake_word`
+        // (the CPU is a hint).
         self.word(way.len_word()).store(len, Ordering::Relaxed);
+        self.word(WRITER_CPU).store(imp::thread::current_cpu(), Ordering::Relaxed);
         spin::wake_word(self.state(), way.state(), SLEEPING);
         if !fits {
             conn.send_bytes(message)?;
@@ -248,7 +256,13 @@ impl Lane {
     /// liveness whenever the wait slept a while.
     fn wait_for(&self, conn: &Connection<()>, way: Way) -> Result<(), ConnectionError> {
         let ready = |state: u32| state & !SLEEPING == way.state();
-        LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, CHECKS, || {
+        // Yield while polling only if the other side last wrote from this
+        // CPU (it may be waiting for it); if it runs elsewhere, yielding would
+        // give the CPU to another program for a whole time slice.
+        // ORDERING: Relaxed: a hint.
+        let writer = self.word(WRITER_CPU).load(Ordering::Relaxed);
+        let may_yield = writer == 0 || writer == imp::thread::current_cpu();
+        LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, may_yield, CHECKS, || {
             // Nothing is sent on the socket before the turn changes, so a
             // readable socket here is its end (`wait_word` re-checks the turn).
             if conn.poll(Duration::ZERO)? { Err(ConnectionError::Closed) } else { Ok(()) }
