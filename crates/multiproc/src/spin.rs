@@ -72,6 +72,15 @@ impl Attempt {
     }
 }
 
+/// How [`Spin::wait_word`] polls and sleeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WaitPlan {
+    /// Yield the CPU between polls (see [`Attempt::keep_polling`]).
+    pub may_yield: bool,
+    /// The first and the longest sleep between checks of the other side.
+    pub slices: (Duration, Duration),
+}
+
 /// How long a poll spins on the CPU before it yields between polls.
 pub(crate) const YIELD_AFTER: Duration = Duration::from_micros(2);
 
@@ -113,12 +122,12 @@ const LOADS_PER_CLOCK_READ: u32 = 32;
 impl Spin {
     /// Waits until `ready(word)`: polls the word within the adaptive budget
     /// kept in `budget_ns` (yielding the CPU between polls after the first
-    /// microseconds if `may_yield`, see [`Attempt::keep_polling`]), then
+    /// microseconds if `how.may_yield`, see [`Attempt::keep_polling`]), then
     /// sleeps on it as a futex. Before sleeping it sets `sleeping` (a bit
     /// `ready` ignores) in the word, so the other side, which makes the word
     /// ready with [`wake_word`], knows to wake it.
-    /// The sleep is cut into slices, from `slices.0` doubling up to
-    /// `slices.1`; after each one, `between` may end the wait with an error
+    /// The sleep is cut into slices, from `how.slices.0` doubling up to
+    /// `how.slices.1`; after each one, `between` may end the wait with an error
     /// (the other side died, say) — unless the word became ready meanwhile.
     /// Returns the word's ready value.
     pub(crate) fn wait_word<E>(
@@ -127,8 +136,7 @@ impl Spin {
         word: &AtomicU32,
         ready: impl Fn(u32) -> bool,
         sleeping: u32,
-        may_yield: bool,
-        slices: (Duration, Duration),
+        how: WaitPlan,
         mut between: impl FnMut() -> Result<(), E>,
     ) -> Result<u32, E> {
         let attempt = self.begin(budget_ns);
@@ -142,13 +150,13 @@ impl Spin {
                 return Ok(value);
             }
             loads = loads.wrapping_add(1);
-            if loads.is_multiple_of(LOADS_PER_CLOCK_READ) && !attempt.keep_polling(may_yield) {
+            if loads.is_multiple_of(LOADS_PER_CLOCK_READ) && !attempt.keep_polling(how.may_yield) {
                 break;
             }
             std::hint::spin_loop();
         }
         self.end(budget_ns, &attempt, false);
-        let mut slice = slices.0;
+        let mut slice = how.slices.0;
         loop {
             // ORDERING: as above.
             let value = word.load(Ordering::Acquire);
@@ -162,7 +170,7 @@ impl Spin {
                 continue;
             }
             if futex::wait(word, flagged, Deadline::after(slice)) == FutexWait::TimedOut {
-                slice = (slice * 2).min(slices.1);
+                slice = (slice * 2).min(how.slices.1);
                 if let Err(e) = between() {
                     // ORDERING: as above.
                     let value = word.load(Ordering::Acquire);

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::connection::ConnectionError;
-use crate::spin::{self, Spin};
+use crate::spin::{self, Spin, WaitPlan};
 use crate::sys::imp;
 use crate::sys::imp::shm::Mapping;
 use crate::wire::WireError;
@@ -262,7 +262,8 @@ impl Lane {
         // ORDERING: Relaxed: a hint.
         let writer = self.word(WRITER_CPU).load(Ordering::Relaxed);
         let may_yield = writer == 0 || writer == imp::thread::current_cpu();
-        LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, may_yield, CHECKS, || {
+        let how = WaitPlan { may_yield, slices: CHECKS };
+        LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, how, || {
             // Nothing is sent on the socket before the turn changes, so a
             // readable socket here is its end (`wait_word` re-checks the turn).
             if conn.poll(Duration::ZERO)? { Err(ConnectionError::Closed) } else { Ok(()) }
