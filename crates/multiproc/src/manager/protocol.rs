@@ -39,8 +39,9 @@ pub(crate) enum Request {
     /// Stop the manager.
     Shutdown,
     /// Carry this connection's later calls through a shared-memory lane
-    /// (see `lane`); answered by [`Reply::Lane`] with the lane's memory
-    /// attached, or an error (then the socket goes on carrying the calls).
+    /// (see `lane`); answered by [`Reply::Lane`] with the lane's memory and
+    /// the dispatcher's bell attached, or an error (then the socket goes on
+    /// carrying the calls).
     OpenLane,
 }
 
