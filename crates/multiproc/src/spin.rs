@@ -14,6 +14,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sys::Deadline;
+use crate::sys::imp::futex::{self, FutexWait};
+
 /// The bounds of one kind of adaptive wait, in nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spin {
@@ -48,7 +51,38 @@ impl Attempt {
     pub(crate) fn going(&self) -> bool {
         self.start.elapsed() < self.limit
     }
+
+    /// Checks the allowance (call it every few dozen polls): false once it
+    /// is spent. Past [`YIELD_AFTER`], and if `may_yield`, it also yields
+    /// the CPU: when the thread we wait for is runnable on this very CPU (a
+    /// machine with more runnable threads than CPUs), it runs now instead
+    /// of after our budget; when nothing else is runnable, the yield
+    /// returns at once. (When the thread waited for is known to run on
+    /// another CPU, a yield would only hand ours to a stranger for a whole
+    /// time slice: pass false.)
+    pub(crate) fn keep_polling(&self, may_yield: bool) -> bool {
+        let elapsed = self.start.elapsed();
+        if elapsed >= self.limit {
+            return false;
+        }
+        if may_yield && elapsed >= YIELD_AFTER {
+            std::thread::yield_now();
+        }
+        true
+    }
 }
+
+/// How [`Spin::wait_word`] polls and sleeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WaitPlan {
+    /// Yield the CPU between polls (see [`Attempt::keep_polling`]).
+    pub may_yield: bool,
+    /// The first and the longest sleep between checks of the other side.
+    pub slices: (Duration, Duration),
+}
+
+/// How long a poll spins on the CPU before it yields between polls.
+pub(crate) const YIELD_AFTER: Duration = Duration::from_micros(2);
 
 impl Spin {
     /// Starts a wait on the object whose budget is `budget_ns` (0: new).
@@ -78,6 +112,82 @@ impl Spin {
         if next != attempt.budget || budget_ns.load(Ordering::Relaxed) == 0 {
             budget_ns.store(next, Ordering::Relaxed);
         }
+    }
+}
+
+/// Spins between clock reads in [`Spin::wait_word`] (a read costs more
+/// than a load of the word).
+const LOADS_PER_CLOCK_READ: u32 = 32;
+
+impl Spin {
+    /// Waits until `ready(word)`: polls the word within the adaptive budget
+    /// kept in `budget_ns` (yielding the CPU between polls after the first
+    /// microseconds if `how.may_yield`, see [`Attempt::keep_polling`]), then
+    /// sleeps on it as a futex. Before sleeping it sets `sleeping` (a bit
+    /// `ready` ignores) in the word, so the other side, which makes the word
+    /// ready with [`wake_word`], knows to wake it.
+    /// The sleep is cut into slices, from `how.slices.0` doubling up to
+    /// `how.slices.1`; after each one, `between` may end the wait with an error
+    /// (the other side died, say) — unless the word became ready meanwhile.
+    /// Returns the word's ready value.
+    pub(crate) fn wait_word<E>(
+        &self,
+        budget_ns: &AtomicU32,
+        word: &AtomicU32,
+        ready: impl Fn(u32) -> bool,
+        sleeping: u32,
+        how: WaitPlan,
+        mut between: impl FnMut() -> Result<(), E>,
+    ) -> Result<u32, E> {
+        let attempt = self.begin(budget_ns);
+        let mut loads = 0u32;
+        loop {
+            // ORDERING: Acquire pairs with the waker's release in
+            // `wake_word`: what it wrote before is visible after.
+            let value = word.load(Ordering::Acquire);
+            if ready(value) {
+                self.end(budget_ns, &attempt, true);
+                return Ok(value);
+            }
+            loads = loads.wrapping_add(1);
+            if loads.is_multiple_of(LOADS_PER_CLOCK_READ) && !attempt.keep_polling(how.may_yield) {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.end(budget_ns, &attempt, false);
+        let mut slice = how.slices.0;
+        loop {
+            // ORDERING: as above.
+            let value = word.load(Ordering::Acquire);
+            if ready(value) {
+                return Ok(value);
+            }
+            // ORDERING: Acquire on failure to re-read the word; AcqRel on
+            // success so the waker's swap sees the bit (one order on the word).
+            let flagged = value | sleeping;
+            if value != flagged && word.compare_exchange(value, flagged, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                continue;
+            }
+            if futex::wait(word, flagged, Deadline::after(slice)) == FutexWait::TimedOut {
+                slice = (slice * 2).min(how.slices.1);
+                if let Err(e) = between() {
+                    // ORDERING: as above.
+                    let value = word.load(Ordering::Acquire);
+                    return if ready(value) { Ok(value) } else { Err(e) };
+                }
+            }
+        }
+    }
+}
+
+/// Sets `word` to `value` (publishing what was written before) and wakes
+/// the other side if it sleeps in [`Spin::wait_word`] with `sleeping` set.
+pub(crate) fn wake_word(word: &AtomicU32, value: u32, sleeping: u32) {
+    // ORDERING: AcqRel: Release publishes our writes to the waiter's
+    // Acquire load; Acquire orders us after its setting of the bit.
+    if word.swap(value, Ordering::AcqRel) & sleeping != 0 {
+        futex::wake(word, 1);
     }
 }
 

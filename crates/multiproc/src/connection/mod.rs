@@ -384,6 +384,22 @@ impl<T> Connection<T> {
         }
     }
 
+    /// Sends one raw byte message with descriptors attached (a Unix
+    /// connection only; see [`Connection::recv_bytes_with_fds`]).
+    pub(crate) fn send_bytes_with_fds(
+        &self,
+        bytes: &[u8],
+        fds: &[std::os::fd::OwnedFd],
+    ) -> Result<(), ConnectionError> {
+        Ok(self.writer()?.send(Kind::Data, bytes, fds)?)
+    }
+
+    /// Receives one raw byte message and the descriptors that came with it.
+    pub(crate) fn recv_bytes_with_fds(&self) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), ConnectionError> {
+        let frame = self.recv_frame(Deadline::NEVER)?;
+        Ok((frame.payload, frame.fds))
+    }
+
     /// True when a message is waiting (or the peer has closed, so `recv` would
     /// return at once). Waits up to `timeout`; `Duration::ZERO` only checks.
     ///

@@ -2,7 +2,8 @@
 //! per-process set of idle connections to it.
 //!
 //! A call takes an idle connection (or opens one: connect, authenticate,
-//! say hello), sends one request, waits for the answer and puts the
+//! say hello and, to a manager on this machine, open a shared-memory lane:
+//! see `lane`), sends one request, waits for the answer and puts the
 //! connection back. Threads calling at the same time use different
 //! connections, so a call that blocks in the manager (a `get` on an empty
 //! queue, a held lock) blocks only its own thread. Connections stay open
@@ -10,6 +11,7 @@
 //! while it has one, and releases the locks of a process that has none
 //! left (the next acquirer is told `OwnerDied`).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::ManagerError;
-use super::protocol::{Owner, Reply, Request, Response};
+use super::lane::{self, Lane};
+use super::protocol::{self, Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
-use crate::{Client, Connection, ConnectionError, wire};
+use crate::{Client, Connection, ConnectionError, WireError, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,11 +55,11 @@ struct Clients {
     /// Idle connections by manager. A short list searched by equality: a
     /// process talks to one or two managers, and this is every call's path
     /// (twice), where hashing the address and key cost more than comparing.
-    idle: Vec<(Endpoint, Vec<Connection<()>>)>,
+    idle: Vec<(Endpoint, Vec<Link>)>,
 }
 
 impl Clients {
-    fn idle_for(&mut self, endpoint: &Endpoint) -> Option<&mut Vec<Connection<()>>> {
+    fn idle_for(&mut self, endpoint: &Endpoint) -> Option<&mut Vec<Link>> {
         self.idle.iter_mut().find(|(e, _)| e == endpoint).map(|(_, conns)| conns)
     }
 }
@@ -103,32 +106,33 @@ pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, Mana
         // to it would release the locks the process holds.)
         forget_endpoint(endpoint);
     }
-    let (conn, response) = exchanged?;
-    give_back(endpoint, conn);
+    let (link, response) = exchanged?;
+    give_back(endpoint, link);
     Ok(response?)
 }
 
-fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Connection<()>, Response), ManagerError> {
-    Ok(match with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) {
-        Some(idle) => match send(&idle, request) {
-            Ok(()) => {
-                let response = receive(&idle)?;
-                (idle, response)
-            }
-            // The request did not leave: this idle connection went stale (the
-            // manager stopped, or was replaced at the same address). Try once
-            // with a fresh one.
-            Err(_) => fresh_exchange(endpoint, request)?,
-        },
-        None => fresh_exchange(endpoint, request)?,
-    })
+fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Response), ManagerError> {
+    let Some(idle) = with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) else {
+        return fresh_exchange(endpoint, request);
+    };
+    if idle.lane.is_none() && send(&idle.conn, request).is_err() {
+        // The request did not leave: this idle connection went stale (the
+        // manager stopped, or was replaced at the same address). Try once
+        // with a fresh one. (Through a lane, a stale connection shows as a
+        // failed call, found within a millisecond or two.)
+        return fresh_exchange(endpoint, request);
+    }
+    let response = match &idle.lane {
+        None => receive(&idle.conn)?,
+        Some(lane) => through_lane(&idle.conn, lane, request)?,
+    };
+    Ok((idle, response))
 }
 
-fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Connection<()>, Response), ManagerError> {
-    let conn = open(endpoint)?;
-    send(&conn, request)?;
-    let response = receive(&conn)?;
-    Ok((conn, response))
+fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Link, Response), ManagerError> {
+    let link = open(endpoint)?;
+    let response = link.exchange(request)?;
+    Ok((link, response))
 }
 
 /// Opens a connection to the manager at `endpoint` (checking the address
@@ -140,10 +144,10 @@ pub(crate) fn connect(endpoint: &Endpoint) -> Result<(), ManagerError> {
 
 /// Keeps an idle connection for the next call (without cloning the
 /// endpoint when it has an entry already: this is every call's path).
-fn give_back(endpoint: &Endpoint, conn: Connection<()>) {
+fn give_back(endpoint: &Endpoint, link: Link) {
     with_clients(|c| match c.idle_for(endpoint) {
-        Some(idle) => idle.push(conn),
-        None => c.idle.push((endpoint.clone(), vec![conn])),
+        Some(idle) => idle.push(link),
+        None => c.idle.push((endpoint.clone(), vec![link])),
     });
 }
 
@@ -152,31 +156,86 @@ pub(crate) fn forget_endpoint(endpoint: &Endpoint) {
     with_clients(|c| c.idle.retain(|(e, _)| e != endpoint));
 }
 
-/// Connects, authenticates and says hello.
-fn open(endpoint: &Endpoint) -> Result<Connection<()>, ManagerError> {
+/// Connects, authenticates, says hello and, with a manager on this
+/// machine, opens a lane.
+fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
     let conn: Connection<()> =
         Client::connect_timeout(&endpoint.address, endpoint.authkey.as_deref().map(|k| &k[..]), CONNECT_TIMEOUT)?;
     conn.set_recv_limit(Some(MAX_RESPONSE));
+    let mut link = Link { conn, lane: None };
     let hello = Request::Hello {
         session: with_clients(|c| c.session),
         pid: std::process::id() as i32,
         build_id: crate::sys::imp::build_id::build_id().to_string(),
     };
-    match exchange(&conn, &hello)? {
-        Ok(Reply::Unit) => Ok(conn),
-        Ok(other) => Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
-        Err(e) => Err(e.into()),
+    match link.exchange(&hello)? {
+        Ok(Reply::Unit) => {}
+        Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
+        Err(e) => return Err(e.into()),
+    }
+    if lane::possible(&endpoint.address) {
+        link.lane = open_lane(&link.conn)?;
+    }
+    Ok(link)
+}
+
+/// Asks the manager for a lane; `None` when it cannot make one (the socket
+/// then carries the calls).
+fn open_lane(conn: &Connection<()>) -> Result<Option<Lane>, ManagerError> {
+    send(conn, &Request::OpenLane)?;
+    let (bytes, mut fds) = conn.recv_bytes_with_fds()?;
+    match wire::decode::<Response>(&bytes, Vec::new())? {
+        Ok(Reply::Lane) if fds.len() == 2 => {
+            let (lane, bell) = (fds.remove(0), fds.remove(0));
+            let lane = Lane::open(lane, bell).map_err(|e| ConnectionError::from(WireError::Io(e)))?;
+            Ok(Some(lane))
+        }
+        Ok(other) => Err(ManagerError::Protocol(format!("{other:?} with {} handles in answer to a lane", fds.len()))),
+        Err(e) => {
+            tracing::debug!("manager: no lane ({e}); calls go through the socket");
+            Ok(None)
+        }
     }
 }
 
-/// One request out, one response in.
-fn exchange(conn: &Connection<()>, request: &Request) -> Result<Response, ManagerError> {
-    send(conn, request)?;
-    receive(conn)
+/// One connection to a manager, with its lane when it has one.
+struct Link {
+    conn: Connection<()>,
+    lane: Option<Lane>,
+}
+
+impl Link {
+    /// One request out, one response in.
+    fn exchange(&self, request: &Request) -> Result<Response, ManagerError> {
+        match &self.lane {
+            Some(lane) => through_lane(&self.conn, lane, request),
+            None => {
+                send(&self.conn, request)?;
+                receive(&self.conn)
+            }
+        }
+    }
+}
+
+/// One call through a lane.
+fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result<Response, ManagerError> {
+    thread_local! {
+        static ANSWER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    ANSWER.with(|answer| {
+        let mut answer = answer.borrow_mut();
+        protocol::with_encoded(request, |bytes| lane.call(conn, bytes, &mut answer))?;
+        let response = wire::decode::<Response>(&answer, Vec::new());
+        if answer.capacity() > lane::LANE_LEN {
+            // An answer that came on the socket: do not keep its buffer.
+            *answer = Vec::new();
+        }
+        Ok(response?)
+    })
 }
 
 fn send(conn: &Connection<()>, request: &Request) -> Result<(), ManagerError> {
-    Ok(super::protocol::send(conn, request)?)
+    Ok(protocol::send(conn, request)?)
 }
 
 fn receive(conn: &Connection<()>) -> Result<Response, ManagerError> {

@@ -29,9 +29,14 @@
 //! long-lived manager should hold a fixed set of objects, not make new ones
 //! without end.
 //!
-//! Every client connection is served on its own thread, so a call that
-//! blocks (a `get` on an empty queue, a held lock, a condition wait) blocks
-//! only its caller. A killed manager fails every pending and later call
+//! Every client connection has a thread of its own, so a call that blocks
+//! (a `get` on an empty queue, a held lock, a condition wait) blocks only
+//! its caller. A client on the same machine (a Unix address, as
+//! [`Manager::start`] uses) calls through a shared-memory lane beside its
+//! socket, and one dispatcher thread serves every lane's calls that cannot
+//! wait: a call then costs no system call while both sides are busy (see
+//! `lane.rs` and `dispatch.rs`). Functions given to `update` run on that
+//! thread: keep them short, as they hold the object anyway. A killed manager fails every pending and later call
 //! with a connection error; a client killed while holding a manager lock
 //! leaves it to the next acquirer with [`AcquireError::OwnerDied`].
 //! Connections are authenticated both ways (HMAC-SHA256, as
@@ -66,7 +71,9 @@ mod client;
 mod code;
 mod collections;
 mod dict;
+mod dispatch;
 mod error;
+mod lane;
 mod list;
 mod locks;
 mod protocol;

@@ -38,6 +38,11 @@ pub(crate) enum Request {
     Call { object: u64, op: Op },
     /// Stop the manager.
     Shutdown,
+    /// Carry this connection's later calls through a shared-memory lane
+    /// (see `lane`); answered by [`Reply::Lane`] with the lane's memory and
+    /// the dispatcher's bell attached, or an error (then the socket goes on
+    /// carrying the calls).
+    OpenLane,
 }
 
 /// The kind and initial state of a new object.
@@ -231,6 +236,9 @@ pub(crate) enum Reply {
     Acquired {
         owner_died: bool,
     },
+    /// The lane asked for with `OpenLane` is attached; from the next
+    /// request on, calls go through it.
+    Lane,
 }
 
 /// A failed call, as the manager reports it.
@@ -309,6 +317,14 @@ pub(crate) const MAX_REQUEST: u64 = 64 << 20;
 /// Encodes `message` (a request or a response) into this thread's buffer
 /// and sends it as one frame.
 pub(crate) fn send<T: Serialize>(conn: &crate::Connection<()>, message: &T) -> Result<(), crate::ConnectionError> {
+    with_encoded(message, |bytes| conn.send_bytes(bytes))
+}
+
+/// Encodes `message` into this thread's buffer and runs `f` on the bytes.
+pub(crate) fn with_encoded<T: Serialize, R>(
+    message: &T,
+    f: impl FnOnce(&[u8]) -> Result<R, crate::ConnectionError>,
+) -> Result<R, crate::ConnectionError> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -316,7 +332,7 @@ pub(crate) fn send<T: Serialize>(conn: &crate::Connection<()>, message: &T) -> R
         let mut buf = buf.borrow_mut();
         buf.clear();
         crate::wire::encode_into(message, &mut buf)?;
-        conn.send_bytes(&buf)
+        f(&buf)
     })
 }
 

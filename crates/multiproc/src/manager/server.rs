@@ -4,7 +4,10 @@
 //! A connection starts with the listener's handshake (on the connection's
 //! thread, so a peer that stalls delays nobody; until it succeeds only
 //! small messages are read), then a `Hello` naming the client process's
-//! session and build, then any number of request/answer exchanges. A
+//! session and build, then any number of request/answer exchanges (on the
+//! socket or, once the client asked for a lane, through it, served by the
+//! dispatcher: the connection's thread then runs only the calls that may
+//! wait, see `dispatch`). A
 //! request that cannot be decoded is answered with an error and the
 //! connection goes on; a broken stream ends that connection only. When a
 //! session's last connection ends, the locks it held are freed (see
@@ -17,13 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::code;
+use super::dispatch::Dispatcher;
 use super::protocol::{self, MAX_REQUEST, RemoteError, Reply, Request, Response};
 use super::store::{Object, Store};
 use super::waiting::lock;
 use crate::connection::Unauthenticated;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
-use crate::{Address, Connection, ConnectionError, IntoAddress, Listener, Pipe};
+use crate::{Address, Connection, ConnectionError, IntoAddress, Listener, Pipe, WireError};
 
 /// A bound manager server, ready to [`run`](Server::run).
 #[derive(Debug)]
@@ -46,6 +50,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Connections accepted and not yet authenticated.
     handshaking: AtomicUsize,
+    /// Serves the connections that have a lane.
+    pub(crate) dispatcher: Dispatcher,
 }
 
 /// Most connections that may be in their handshake at once; more are
@@ -60,7 +66,12 @@ pub(crate) struct Caller<'a> {
     client_build: &'a str,
 }
 
-impl Caller<'_> {
+impl<'a> Caller<'a> {
+    /// The caller on `conn`, a client of build `client_build`.
+    pub(crate) fn new(conn: &'a Connection<()>, shared: &'a Shared, client_build: &'a str) -> Caller<'a> {
+        Caller { conn, shared, client_build }
+    }
+
     /// True when the client hung up (or sent something mid-call, which a
     /// client waiting for its answer never does) or the server is stopping.
     pub(crate) fn gone(&self) -> bool {
@@ -92,6 +103,7 @@ impl Server {
             live: Mutex::default(),
             next_conn: AtomicU64::new(0),
             handshaking: AtomicUsize::new(0),
+            dispatcher: Dispatcher::new().map_err(|e| ConnectionError::from(WireError::Io(e)))?,
         });
         Ok(Server { listener, shared, wake_rx })
     }
@@ -147,7 +159,8 @@ impl Server {
 }
 
 impl Shared {
-    fn stopping(&self) -> bool {
+    /// True once the server is stopping.
+    pub(crate) fn stopping(&self) -> bool {
         // ORDERING: Relaxed: the wake-up message orders the rest.
         self.stopping.load(Ordering::Relaxed)
     }
@@ -157,11 +170,12 @@ impl Shared {
         // ORDERING: Relaxed: see `stopping`.
         self.stopping.store(true, Ordering::Relaxed);
         let _ = self.wake_tx.send_bytes(b"");
+        self.dispatcher.wake();
     }
 }
 
 /// Serves one client from its handshake to its last request.
-fn serve_connection(shared: &Shared, pending: Unauthenticated) {
+fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
     let authenticated = pending.authenticate();
     // ORDERING: Relaxed: see `Server::run`.
     shared.handshaking.fetch_sub(1, Ordering::Relaxed);
@@ -181,7 +195,7 @@ fn serve_connection(shared: &Shared, pending: Unauthenticated) {
     }
     if let Some((session, build)) = hello(&conn) {
         *lock(&shared.sessions).entry(session).or_default() += 1;
-        serve_requests(shared, &conn, &build);
+        serve_requests(shared, &conn, id, &build);
         let last = {
             let mut sessions = lock(&shared.sessions);
             let count = sessions.entry(session).or_default();
@@ -214,21 +228,29 @@ fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
     }
 }
 
-fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
+/// The object of a connection's last call: a client usually works on one
+/// object call after call, and objects are never removed from the store, so
+/// this skips the store's lock and map on most calls.
+pub(crate) type Last = Option<(u64, Arc<Object>)>;
+
+fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &str) {
     let caller = Caller { conn, shared, client_build: build };
-    // The object of the last call: a client usually works on one object
-    // call after call, and objects are never removed from the store, so
-    // this skips the store's lock and map on most calls.
-    let mut last: Option<(u64, Arc<Object>)> = None;
+    let mut last: Last = None;
     while let Ok(bytes) = conn.recv_bytes() {
         let (response, stop) = match protocol::decode_request(&bytes) {
             Err(e) => (Err(RemoteError::BadRequest(e)), false),
             Ok(Request::Shutdown) => (Ok(Reply::Unit), true),
-            // A panic anywhere in a call (a user type's Deserialize, say) is
-            // that call's error; the connection and the manager go on.
-            Ok(request) => {
-                (code::guarded(|| handle(&shared.store, &mut last, request, &caller)).and_then(|r| r), false)
-            }
+            Ok(Request::OpenLane) => match shared.dispatcher.open(shared, id, conn, build) {
+                Ok(lane) => {
+                    // From now on the dispatcher serves this client; this
+                    // thread runs what may wait and watches the socket.
+                    lane.serve_hand_offs(shared);
+                    shared.dispatcher.close(id);
+                    return;
+                }
+                Err(e) => (Err(e), false),
+            },
+            Ok(request) => (respond(shared, &mut last, request, &caller), false),
         };
         if answer(conn, &response).is_err() {
             break;
@@ -239,7 +261,14 @@ fn serve_requests(shared: &Shared, conn: &Connection<()>, build: &str) {
     }
 }
 
-fn handle(store: &Store, last: &mut Option<(u64, Arc<Object>)>, request: Request, caller: &Caller<'_>) -> Response {
+/// Runs one request (not `Shutdown`, which stops the server after its
+/// answer). A panic anywhere in a call (a user type's `Deserialize`, say)
+/// is that call's error; the connection and the manager go on.
+pub(crate) fn respond(shared: &Shared, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {
+    code::guarded(|| handle(&shared.store, last, request, caller)).and_then(|r| r)
+}
+
+fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {
     match request {
         Request::Call { object: id, op } => {
             let object = match last {
@@ -252,7 +281,8 @@ fn handle(store: &Store, last: &mut Option<(u64, Arc<Object>)>, request: Request
         Request::Publish { name, object } => store.publish(name, object),
         Request::Lookup { name } => store.lookup(&name),
         Request::Hello { .. } => Err(RemoteError::BadRequest("hello twice".into())),
-        Request::Shutdown => unreachable!("handled by the caller"),
+        Request::OpenLane => Err(RemoteError::BadRequest("this connection has a lane already".into())),
+        Request::Shutdown => Err(RemoteError::BadRequest("shutdown is not a call".into())),
     }
 }
 

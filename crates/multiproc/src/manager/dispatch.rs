@@ -1,0 +1,327 @@
+//! The manager's dispatcher: one thread that serves the requests of every
+//! lane (see `lane`), so that many local clients are served without a
+//! thread switch per call.
+//!
+//! With a thread per connection, each call wakes that connection's thread:
+//! on a machine with fewer CPUs than clients, a context switch per call and
+//! side. The dispatcher instead polls every lane and runs what it finds;
+//! while clients keep calling it never sleeps, and a client that finds its
+//! answer ready (or polls for it, see [`crate::spin`]) never sleeps either.
+//!
+//! Only calls that cannot block run on the dispatcher. A call that may wait
+//! (a `get` on an empty queue, a held lock, a condition, a user type's
+//! method) is first tried without waiting when it has a non-waiting form,
+//! and otherwise handed to its connection's own thread, which runs it and
+//! answers through the lane: it blocks only its caller, as over a socket.
+//! That thread also watches the socket, so a client that dies is noticed at
+//! once (and its locks are freed), and it carries the rare message too
+//! large for the lane.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use super::lane::{Bell, Lane};
+use super::protocol::{self, Op, RemoteError, Reply, Request, Response};
+use super::server::{Caller, Last, Shared, respond};
+use super::waiting::lock;
+use crate::Connection;
+use crate::spin::Spin;
+use crate::sys::Deadline;
+use crate::sys::imp::wake::WakeFd;
+use crate::sys::imp::{self, Interest};
+
+/// How long the dispatcher polls the lanes before sleeping on its bell.
+/// Adapts like every other poll (see [`crate::spin`]).
+const IDLE_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
+
+/// Longest sleep of an idle dispatcher. Nothing needs the timeout (a
+/// request rings the bell, and so does the server's stop); it only bounds
+/// the harm of a wake-up lost to a bug.
+const IDLE_SLEEP: Duration = Duration::from_secs(1);
+
+/// Lanes checked between clock reads while polling.
+const SCANS_PER_CLOCK_READ: u32 = 8;
+
+/// The dispatcher of one server: its bell and the lanes it serves.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    bell: Bell,
+    lanes: Mutex<Vec<Arc<LaneConn>>>,
+    /// Bumped whenever `lanes` changes.
+    generation: AtomicU64,
+    started: Once,
+}
+
+/// A connection with a lane, shared by the dispatcher and the
+/// connection's own thread.
+#[derive(Debug)]
+pub(crate) struct LaneConn {
+    id: u64,
+    lane: Lane,
+    conn: Connection<()>,
+    build: String,
+    /// Work handed to the connection's thread.
+    job: Mutex<Option<Job>>,
+    wake: WakeFd,
+}
+
+/// What the dispatcher hands to a connection's thread.
+#[derive(Debug)]
+enum Job {
+    /// Run this request (it may wait) and answer it.
+    Run(Request),
+    /// The request taken is the next frame on the socket: read and run it.
+    OnSocket,
+    /// Send this encoded answer (too large for the lane: it goes on the
+    /// socket, which could block).
+    Send(Vec<u8>),
+}
+
+impl Dispatcher {
+    /// A dispatcher whose thread starts with the first lane.
+    pub(crate) fn new() -> io::Result<Dispatcher> {
+        Ok(Dispatcher {
+            bell: Bell::create()?,
+            lanes: Mutex::default(),
+            generation: AtomicU64::new(0),
+            started: Once::new(),
+        })
+    }
+
+    /// Makes a lane for the connection `id` and sends it, with the bell;
+    /// returns it, served by the dispatcher from now on.
+    pub(crate) fn open(
+        &self,
+        shared: &Arc<Shared>,
+        id: u64,
+        conn: &Connection<()>,
+        build: &str,
+    ) -> Result<Arc<LaneConn>, RemoteError> {
+        let cannot = |e: &dyn std::fmt::Display| RemoteError::BadRequest(format!("no lane: {e}"));
+        let lane = Lane::create().map_err(|e| cannot(&e))?;
+        let wake = WakeFd::new().map_err(|e| cannot(&e))?;
+        let memory = [lane.memory(), self.bell.memory()].map(|fd| fd.try_clone_to_owned());
+        let [Ok(memory), Ok(bell)] = memory else { return Err(cannot(&"cannot duplicate its memory")) };
+        // Over TCP the handles cannot travel: nothing is sent, the error is the answer.
+        protocol::with_encoded(&Ok::<_, RemoteError>(Reply::Lane), |b| conn.send_bytes_with_fds(b, &[memory, bell]))
+            .map_err(|e| cannot(&e))?;
+        let entry =
+            Arc::new(LaneConn { id, lane, conn: conn.clone(), build: build.to_string(), job: Mutex::new(None), wake });
+        lock(&self.lanes).push(entry.clone());
+        // ORDERING: SeqCst: a sleeping dispatcher's last check sees the new
+        // lane or its first request rings the bell (see `Bell`).
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.started.call_once(|| {
+            let shared = shared.clone();
+            let spawned =
+                std::thread::Builder::new().name("multiproc-manager-dispatch".into()).spawn(move || run(&shared));
+            if let Err(e) = spawned {
+                tracing::error!("manager: cannot start the dispatcher: {e}");
+            }
+        });
+        Ok(entry)
+    }
+
+    /// Stops serving the lane of connection `id`.
+    pub(crate) fn close(&self, id: u64) {
+        lock(&self.lanes).retain(|l| l.id != id);
+        // ORDERING: SeqCst: as in `open`.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Wakes the dispatcher (to see that the server stops).
+    pub(crate) fn wake(&self) {
+        self.bell.ring();
+    }
+}
+
+/// The dispatcher's thread: serves lanes until the server stops.
+fn run(shared: &Shared) {
+    let dispatcher = &shared.dispatcher;
+    let mut lanes: Vec<Arc<LaneConn>> = Vec::new();
+    let mut seen = u64::MAX;
+    let mut last: Last = None;
+    let mut buf = Vec::new();
+    let budget = AtomicU32::new(0);
+    let generation = || dispatcher.generation.load(Ordering::SeqCst);
+    while !shared.stopping() {
+        if generation() != seen {
+            seen = generation();
+            lanes = lock(&dispatcher.lanes).clone();
+        }
+        let mut served = false;
+        for entry in &lanes {
+            served |= serve(shared, entry, &mut buf, &mut last);
+        }
+        if served {
+            continue;
+        }
+        let attempt = IDLE_SPIN.begin(&budget);
+        let mut scans = 0u32;
+        let found = loop {
+            if lanes.iter().any(|l| l.lane.has_request()) {
+                break true;
+            }
+            scans = scans.wrapping_add(1);
+            if scans.is_multiple_of(SCANS_PER_CLOCK_READ) && (!attempt.keep_polling(true) || generation() != seen) {
+                break false;
+            }
+            std::hint::spin_loop();
+        };
+        IDLE_SPIN.end(&budget, &attempt, found);
+        if !found {
+            dispatcher.bell.sleep(IDLE_SLEEP, || {
+                shared.stopping() || generation() != seen || lanes.iter().any(|l| l.lane.has_request())
+            });
+        }
+    }
+}
+
+/// Serves the request waiting in `entry`'s lane, if any: runs it, tries it
+/// without waiting, or hands it to the connection's thread. True if there
+/// was one.
+fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) -> bool {
+    let request = match entry.lane.take_request(buf) {
+        None => return false,
+        Some(Ok(false)) => {
+            entry.hand_off(Job::OnSocket);
+            return true;
+        }
+        Some(Ok(true)) => protocol::decode_request(buf).map_err(RemoteError::BadRequest),
+        Some(Err(e)) => Err(RemoteError::BadRequest(e.to_string())),
+    };
+    let caller = Caller::new(&entry.conn, shared, &entry.build);
+    let response = match request.map(plan) {
+        Err(e) => Err(e),
+        Ok(Plan::Now(request)) => respond(shared, last, request, &caller),
+        Ok(Plan::HandOff(request)) => {
+            entry.hand_off(Job::Run(request));
+            return true;
+        }
+        Ok(Plan::TryFirst { now, later }) => match respond(shared, last, now, &caller) {
+            Err(RemoteError::Full | RemoteError::Empty | RemoteError::Timeout) => {
+                entry.hand_off(Job::Run(later));
+                return true;
+            }
+            done => done,
+        },
+    };
+    let _ = protocol::with_encoded(&response, |bytes| {
+        if Lane::fits(bytes.len()) {
+            entry.lane.answer(&entry.conn, bytes)
+        } else {
+            entry.hand_off(Job::Send(bytes.to_vec()));
+            Ok(())
+        }
+    });
+    true
+}
+
+/// Where a request runs.
+enum Plan {
+    /// On the dispatcher: it cannot wait.
+    Now(Request),
+    /// On the connection's thread: it may wait.
+    HandOff(Request),
+    /// `now` (the non-waiting form of `later`) on the dispatcher; `later`
+    /// on the connection's thread if `now` found it would have to wait.
+    TryFirst { now: Request, later: Request },
+}
+
+fn plan(request: Request) -> Plan {
+    let Request::Call { object, op } = &request else {
+        // Shutdown stops the server after its answer: the connection's
+        // thread does that, as over a socket.
+        return if matches!(request, Request::Shutdown) { Plan::HandOff(request) } else { Plan::Now(request) };
+    };
+    let object = *object;
+    let waits = |timeout: &Option<Duration>| *timeout != Some(Duration::ZERO);
+    let now = |op| Request::Call { object, op };
+    match op {
+        Op::Put { item, timeout } if waits(timeout) => {
+            let first = now(Op::Put { item: item.clone(), timeout: Some(Duration::ZERO) });
+            Plan::TryFirst { now: first, later: request }
+        }
+        Op::Take { timeout } if waits(timeout) => {
+            Plan::TryFirst { now: now(Op::Take { timeout: Some(Duration::ZERO) }), later: request }
+        }
+        Op::Acquire { owner, timeout } if waits(timeout) => {
+            let first = now(Op::Acquire { owner: *owner, timeout: Some(Duration::ZERO) });
+            Plan::TryFirst { now: first, later: request }
+        }
+        Op::Join { .. } | Op::Wait { .. } | Op::CondWait { .. } | Op::BarrierWait { .. } | Op::UserCall(_) => {
+            Plan::HandOff(request)
+        }
+        _ => Plan::Now(request),
+    }
+}
+
+impl LaneConn {
+    fn hand_off(&self, job: Job) {
+        *lock(&self.job) = Some(job);
+        self.wake.signal();
+    }
+
+    /// The connection's thread: runs what the dispatcher hands it, until
+    /// the client hangs up or the server stops.
+    pub(crate) fn serve_hand_offs(&self, shared: &Shared) {
+        let mut last: Last = None;
+        let wake_only = [(self.wake.as_fd(), Interest::Read)];
+        let both = [(self.conn.as_fd(), Interest::Read), (self.wake.as_fd(), Interest::Read)];
+        let mut fds: &[(BorrowedFd<'_>, Interest)] = &both;
+        while let Ok(ready) = imp::poll_fds(fds, Deadline::NEVER) {
+            if shared.stopping() {
+                break;
+            }
+            let (socket, woken) = (fds.len() == 2 && ready[0], *ready.last().expect("polled the wake-up"));
+            if woken {
+                self.wake.drain();
+                fds = &both;
+                let job = lock(&self.job).take();
+                if let Some(job) = job
+                    && !self.run(shared, job, &mut last)
+                {
+                    break;
+                }
+            } else if !socket {
+                // Nothing ready after all (an interrupted poll).
+            } else if self.lane.request_pending() {
+                // The socket holds a request's bytes: the dispatcher hands
+                // it over in a moment.
+                fds = &wake_only;
+            } else {
+                // Nothing else is ever sent on the socket: its end.
+                break;
+            }
+        }
+    }
+
+    /// Runs one job; false when the connection broke.
+    fn run(&self, shared: &Shared, job: Job, last: &mut Last) -> bool {
+        let request = match job {
+            Job::Send(answer) => return self.lane.answer(&self.conn, &answer).is_ok(),
+            Job::Run(request) => request,
+            Job::OnSocket => match self.conn.recv_bytes() {
+                Ok(bytes) => match protocol::decode_request(&bytes) {
+                    Ok(request) => request,
+                    Err(e) => return self.answer(&Err(RemoteError::BadRequest(e))),
+                },
+                Err(_) => return false,
+            },
+        };
+        if let Request::Shutdown = request {
+            let answered = self.answer(&Ok(Reply::Unit));
+            shared.stop();
+            return answered;
+        }
+        let response = respond(shared, last, request, &Caller::new(&self.conn, shared, &self.build));
+        self.answer(&response)
+    }
+
+    fn answer(&self, response: &Response) -> bool {
+        protocol::with_encoded(response, |bytes| self.lane.answer(&self.conn, bytes)).is_ok()
+    }
+}

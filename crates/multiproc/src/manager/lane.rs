@@ -1,0 +1,357 @@
+//! A shared-memory lane beside a local connection: the request and the
+//! answer of each call travel through memory both processes map, and the
+//! socket is only the lifeline (its end of stream tells either side that
+//! the other died) and the path of messages too large for the lane.
+//!
+//! Over a socket, every call costs each side a send, a wait and a receive
+//! in the kernel (5–6 system calls), and a wake-up whenever the other side
+//! sleeps. Through the lane, a side that finds the other still polling
+//! (see [`crate::spin`]) makes no system call at all; one that finds it
+//! asleep makes one futex wake.
+//!
+//! Layout: a 64-byte header — the state word, the request's length, the
+//! answer's length, 1 + the CPU the last message was written from — then
+//! the request area and the answer area. The state
+//! alternates: the client writes a request and sets `REQUEST`; the server
+//! reads it, writes the answer and sets `ANSWER`. Whoever sleeps waiting
+//! sets the `SLEEPING` bit first. A message too large for its area is
+//! announced with the length `ON_SOCKET` and sent as a frame on the
+//! socket right after the state changes; so a side that finds the socket
+//! readable (or closed) while the state has not changed knows the other
+//! side is gone (nothing else is ever sent on it).
+//!
+//! The server makes the lane (its own memory, sealed against shrinking)
+//! and sends it to the client. It trusts nothing in it: lengths are
+//! checked before any copy, and the request is copied out before it is
+//! decoded.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::connection::ConnectionError;
+use crate::spin::{self, Spin, WaitPlan};
+use crate::sys::imp;
+use crate::sys::imp::shm::Mapping;
+use crate::wire::WireError;
+use crate::{Address, Connection};
+
+/// State: a request is in the lane (the server's turn).
+const REQUEST: u32 = 1;
+/// State: an answer is in the lane (the client's turn).
+const ANSWER: u32 = 2;
+/// Bit of the state word: the waiting side sleeps on it.
+const SLEEPING: u32 = 1 << 31;
+/// A length meaning "the message is the next frame on the socket".
+const ON_SOCKET: u32 = u32::MAX;
+
+/// Offset of the header word holding 1 + the CPU the last message was
+/// written from (0: unknown).
+const WRITER_CPU: usize = 12;
+
+/// Bytes before the request area.
+const HEADER: usize = 64;
+/// Bytes of the request area and of the answer area (larger messages go
+/// on the socket). Pages are only touched as far as messages reach.
+const AREA: usize = 64 << 10;
+/// The lane's whole size.
+pub(crate) const LANE_LEN: usize = HEADER + 2 * AREA;
+
+/// How long a side sleeps before it first checks that the other is still
+/// there, and then at most between checks (the interval doubles): a stale
+/// connection (its manager gone) fails a call within a millisecond or two,
+/// a killed manager fails a pending call within 100 ms.
+const CHECKS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+
+/// Waits for the other side: a call's answer usually comes within
+/// microseconds, and a client's next request often does too, while waking
+/// a sleeper on another CPU costs 20–50 µs on this project's VMs. The
+/// budget adapts per lane and side, so a side whose peer is slow (or runs
+/// on the same, oversubscribed CPU) soon stops polling.
+const LANE_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
+
+/// State: the manager took the request (it runs or waits for its turn).
+const TAKEN: u32 = 3;
+
+/// One end's view of a lane.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    map: Mapping,
+    /// The client's view of its manager's [`Bell`].
+    bell: Option<Bell>,
+    /// This side's adaptive polling budget.
+    spin_ns: AtomicU32,
+}
+
+/// Which way a message goes, and so which area and length word it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Request,
+    Answer,
+}
+
+impl Way {
+    fn area(self) -> usize {
+        match self {
+            Way::Request => HEADER,
+            Way::Answer => HEADER + AREA,
+        }
+    }
+
+    fn len_word(self) -> usize {
+        match self {
+            Way::Request => 4,
+            Way::Answer => 8,
+        }
+    }
+
+    fn state(self) -> u32 {
+        match self {
+            Way::Request => REQUEST,
+            Way::Answer => ANSWER,
+        }
+    }
+}
+
+/// True when lanes can be used with a manager at `address` (one on this
+/// machine, reached through a Unix socket, which carries the lane).
+pub(crate) fn possible(address: &str) -> bool {
+    address.parse::<Address>().is_ok_and(|a| !matches!(a, Address::Tcp(_)))
+}
+
+impl Lane {
+    /// A new lane (the server's side).
+    pub(crate) fn create() -> io::Result<Lane> {
+        let map = Mapping::anonymous("multiproc-manager-lane", LANE_LEN)?;
+        Ok(Lane { map, bell: None, spin_ns: AtomicU32::new(0) })
+    }
+
+    /// The client's side of the lane the server sent, and of its bell.
+    pub(crate) fn open(lane: OwnedFd, bell: OwnedFd) -> io::Result<Lane> {
+        let map = Mapping::from_fd(lane, LANE_LEN)?;
+        Ok(Lane { map, bell: Some(Bell(Mapping::from_fd(bell, BELL_LEN)?)), spin_ns: AtomicU32::new(0) })
+    }
+
+    /// The lane's memory, to send to the client.
+    pub(crate) fn memory(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.map)
+    }
+
+    fn word(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: `at` is 0, 4, 8 or 12: a 4-byte aligned word inside the
+        // mapping's header (the mapping is page aligned and LANE_LEN long),
+        // and the header's words are only accessed atomically.
+        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    fn state(&self) -> &AtomicU32 {
+        self.word(0)
+    }
+
+    /// Client: sends `request` and waits for the answer, put in `answer`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Closed`] when the manager is gone (found within
+    /// 100 ms of its death), or a socket error.
+    pub(crate) fn call(
+        &self,
+        conn: &Connection<()>,
+        request: &[u8],
+        answer: &mut Vec<u8>,
+    ) -> Result<(), ConnectionError> {
+        self.put(conn, Way::Request, request)?;
+        if let Some(bell) = &self.bell {
+            bell.ring();
+        }
+        self.wait_for(conn, Way::Answer)?;
+        self.take(conn, Way::Answer, answer)
+    }
+
+    /// True when a message of `len` bytes travels in the lane (larger ones
+    /// go on the socket).
+    pub(crate) fn fits(len: usize) -> bool {
+        len <= AREA
+    }
+
+    /// Server: true when a request waits to be taken.
+    pub(crate) fn has_request(&self) -> bool {
+        // ORDERING: Relaxed: a hint; `take_request` acquires.
+        self.state().load(Ordering::Relaxed) & !SLEEPING == REQUEST
+    }
+
+    /// Server: true from the moment a request is announced until it is
+    /// answered (its bytes may be on the socket meanwhile).
+    pub(crate) fn request_pending(&self) -> bool {
+        // ORDERING: Acquire: after seeing the socket readable, the state the
+        // client set before sending is seen.
+        matches!(self.state().load(Ordering::Acquire) & !SLEEPING, REQUEST | TAKEN)
+    }
+
+    /// Server: takes the waiting request, if any, so no one else does: its
+    /// bytes go in `request` (`Ok(true)`), or they are the next frame on
+    /// the socket (`Ok(false)`, still taken). `None`: no request.
+    ///
+    /// # Errors
+    ///
+    /// A request announced with a bad length ([`WireError::Corrupt`]);
+    /// it is taken, and must be answered.
+    pub(crate) fn take_request(&self, request: &mut Vec<u8>) -> Option<Result<bool, ConnectionError>> {
+        let state = self.state();
+        // ORDERING: Acquire pairs with the client's release of REQUEST.
+        let mut seen = state.load(Ordering::Acquire);
+        loop {
+            if seen & !SLEEPING != REQUEST {
+                return None;
+            }
+            // ORDERING: AcqRel: the client may set SLEEPING meanwhile (kept).
+            match state.compare_exchange(seen, TAKEN | (seen & SLEEPING), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => seen = now,
+            }
+        }
+        // ORDERING: Relaxed: ordered by the state's acquire above.
+        if self.word(Way::Request.len_word()).load(Ordering::Relaxed) == ON_SOCKET {
+            return Some(Ok(false));
+        }
+        Some(self.copy_out(Way::Request, request).map(|()| true))
+    }
+
+    /// Server: sends the answer to the request last taken.
+    ///
+    /// # Errors
+    ///
+    /// The socket failed (for an answer too large for the lane).
+    pub(crate) fn answer(&self, conn: &Connection<()>, answer: &[u8]) -> Result<(), ConnectionError> {
+        self.put(conn, Way::Answer, answer)
+    }
+
+    /// Writes a message (or announces it on the socket), hands the turn over
+    /// and wakes the other side if it sleeps.
+    fn put(&self, conn: &Connection<()>, way: Way, message: &[u8]) -> Result<(), ConnectionError> {
+        let fits = Lane::fits(message.len());
+        if fits {
+            // SAFETY: [area, area + len) lies inside the mapping (len ≤ AREA);
+            // it is ours until the state changes below (the other side reads
+            // it only after that, and a misbehaving peer writing meanwhile
+            // only garbles bytes that are decoded as untrusted anyway).
+            unsafe {
+                std::ptr::copy_nonoverlapping(message.as_ptr(), self.map.as_ptr().add(way.area()), message.len())
+            };
+        }
+        let len = if fits { message.len() as u32 } else { ON_SOCKET };
+        // ORDERING: Relaxed: published by the state's release in `wake_word`
+        // (the CPU is a hint).
+        self.word(way.len_word()).store(len, Ordering::Relaxed);
+        self.word(WRITER_CPU).store(imp::thread::current_cpu(), Ordering::Relaxed);
+        spin::wake_word(self.state(), way.state(), SLEEPING);
+        if !fits {
+            conn.send_bytes(message)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until it is `way`'s turn to be read, checking the other side's
+    /// liveness whenever the wait slept a while.
+    fn wait_for(&self, conn: &Connection<()>, way: Way) -> Result<(), ConnectionError> {
+        let ready = |state: u32| state & !SLEEPING == way.state();
+        // Yield while polling only if the other side last wrote from this
+        // CPU (it may be waiting for it); if it runs elsewhere, yielding would
+        // give the CPU to another program for a whole time slice.
+        // ORDERING: Relaxed: a hint.
+        let writer = self.word(WRITER_CPU).load(Ordering::Relaxed);
+        let may_yield = writer == 0 || writer == imp::thread::current_cpu();
+        let how = WaitPlan { may_yield, slices: CHECKS };
+        LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, how, || {
+            // Nothing is sent on the socket before the turn changes, so a
+            // readable socket here is its end (`wait_word` re-checks the turn).
+            if conn.poll(Duration::ZERO)? { Err(ConnectionError::Closed) } else { Ok(()) }
+        })?;
+        Ok(())
+    }
+
+    /// Copies the message of `way` out (from the lane or the socket).
+    fn take(&self, conn: &Connection<()>, way: Way, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        // ORDERING: Relaxed: ordered by the state's acquire in `wait_for`.
+        if self.word(way.len_word()).load(Ordering::Relaxed) == ON_SOCKET {
+            *out = conn.recv_bytes()?;
+            return Ok(());
+        }
+        self.copy_out(way, out)
+    }
+
+    /// Copies the message of `way` out of the lane.
+    fn copy_out(&self, way: Way, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        // ORDERING: Relaxed: ordered by the state's acquire of the caller.
+        let len = self.word(way.len_word()).load(Ordering::Relaxed) as usize;
+        if len > AREA {
+            return Err(WireError::corrupt(format!("a lane message of {len} bytes (at most {AREA})")).into());
+        }
+        out.clear();
+        out.reserve(len);
+        // SAFETY: [area, area + len) lies inside the mapping (len ≤ AREA) and
+        // `out` has room for len bytes, all initialised by the copy. The
+        // other side does not write the area until we hand the turn back (a
+        // misbehaving one only garbles its own message, decoded as untrusted).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(way.area()), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a bell's memory.
+const BELL_LEN: usize = 64;
+
+/// The manager's doorbell, shared by every lane's client: the manager's
+/// dispatcher sleeps on it when no lane has a request, and a client that
+/// posts a request rings it if (and only if) the dispatcher sleeps.
+#[derive(Debug)]
+pub(crate) struct Bell(Mapping);
+
+impl Bell {
+    /// A new bell (the server's side).
+    pub(crate) fn create() -> io::Result<Bell> {
+        Ok(Bell(Mapping::anonymous("multiproc-manager-bell", BELL_LEN)?))
+    }
+
+    /// The bell's memory, to send to clients.
+    pub(crate) fn memory(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        // SAFETY: the first word of the mapping (page aligned, BELL_LEN
+        // long), only ever accessed atomically.
+        unsafe { &*self.0.as_ptr().cast::<AtomicU32>() }
+    }
+
+    /// Wakes the dispatcher if it sleeps. Called after a request is posted.
+    pub(crate) fn ring(&self) {
+        // ORDERING: SeqCst fence: either the dispatcher's check of the
+        // lanes (after its own fence) sees our request, or we see its
+        // SLEEPING here (a store-load pair on both sides).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let word = self.word();
+        // ORDERING: Relaxed then AcqRel: only one ringer wakes it.
+        if word.load(Ordering::Relaxed) & SLEEPING != 0 && word.swap(0, Ordering::AcqRel) & SLEEPING != 0 {
+            crate::sys::imp::futex::wake(word, 1);
+        }
+    }
+
+    /// Dispatcher: sleeps until rung or `timeout` passes, unless `work()`
+    /// finds something to do once the bell is armed.
+    pub(crate) fn sleep(&self, timeout: Duration, work: impl Fn() -> bool) {
+        let word = self.word();
+        // ORDERING: SeqCst store and fence: see `ring`.
+        word.store(SLEEPING, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !work() {
+            crate::sys::imp::futex::wait(word, SLEEPING, crate::sys::Deadline::after(timeout));
+        }
+        // ORDERING: Relaxed: the next ring needs the bit set anew.
+        word.store(0, Ordering::Relaxed);
+    }
+}
