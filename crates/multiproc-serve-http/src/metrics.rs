@@ -27,7 +27,9 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Default)]
 pub struct HttpCounters {
     failures: Mutex<BTreeMap<(String, String, String), u64>>,
-    rows: Mutex<BTreeMap<(String, u64), u64>>,
+    /// Rows by model, then version (looked up by `&str`: no allocation
+    /// per request once a model has been counted).
+    rows: Mutex<BTreeMap<String, BTreeMap<u64, u64>>>,
 }
 
 impl HttpCounters {
@@ -40,7 +42,11 @@ impl HttpCounters {
     /// Counts the rows of a successful request.
     pub fn rows(&self, model: &str, version: u64, rows: u64) {
         let mut map = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((model.to_string(), version)).or_default() += rows;
+        let versions = match map.get_mut(model) {
+            Some(v) => v,
+            None => map.entry(model.to_string()).or_default(),
+        };
+        *versions.entry(version).or_default() += rows;
     }
 }
 
@@ -50,7 +56,7 @@ pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters) -> String {
     {
         let rows = http.rows.lock().unwrap_or_else(|e| e.into_inner());
         for m in &mut versions {
-            if let Some(n) = rows.get(&(m.model.clone(), m.version)) {
+            if let Some(n) = rows.get(&m.model).and_then(|v| v.get(&m.version)) {
                 m.inference_count = *n;
             }
         }

@@ -184,7 +184,10 @@ impl OnnxRunner {
             let rows: usize = parts.iter().map(|p| p.shape()[0]).sum();
             let mut shape = vec![rows];
             shape.extend_from_slice(tail);
-            let data = parts.iter().flat_map(|p| p.data().iter().copied()).collect();
+            let mut data = Vec::with_capacity(parts.iter().map(|p| p.data().len()).sum());
+            for p in &parts {
+                data.extend_from_slice(p.data());
+            }
             joined.push(Tensor::new(&spec.name, spec.datatype, shape, data).map_err(|e| e.to_string())?);
         }
         Ok(joined)
