@@ -70,18 +70,24 @@ impl App {
     /// The checked configuration of `name`: 404 if unknown, 503 with the
     /// reason if its configuration is bad.
     pub(crate) fn config(&self, name: &str) -> Result<Arc<ModelConfig>, ApiError> {
-        self.model(name).map(|(config, _)| config)
+        self.with_model(name, |config, _| Arc::clone(config))
     }
 
     /// The checked configuration of `name` and the versions its policy
     /// serves; errors as [`App::config`].
     pub(crate) fn model(&self, name: &str) -> Result<(Arc<ModelConfig>, Vec<u64>), ApiError> {
+        self.with_model(name, |config, on_disk| (Arc::clone(config), settings(config).version_policy.select(on_disk)))
+    }
+
+    /// Applies `f` to the configuration of `name` and its versions on disk,
+    /// under the repository's read lock; errors as [`App::config`].
+    fn with_model<T>(&self, name: &str, f: impl FnOnce(&Arc<ModelConfig>, &[u64]) -> T) -> Result<T, ApiError> {
         let models = self.models.read().unwrap_or_else(|e| e.into_inner());
         let model = models.get(name).ok_or_else(|| {
             ApiError::not_found(format!("unknown model '{name}': POST /v2/repository/index lists the models"))
         })?;
         match &model.loaded {
-            Ok((config, on_disk)) => Ok((Arc::clone(config), settings(config).version_policy.select(on_disk))),
+            Ok((config, on_disk)) => Ok(f(config, on_disk)),
             Err(e) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, State};
+use axum::extract::{self, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use multiproc_serve::Request;
@@ -15,31 +15,33 @@ use crate::error::ApiError;
 use crate::protocol::{DecodedRequest, HEADER_CONTENT_LENGTH, Tensor, decode_request, encode_response};
 use crate::repository::{ModelConfig, TensorConfig};
 
+// The handlers take the whole request and read its headers in place
+// (a `HeaderMap` extractor would clone them for every request).
+
 /// Inference on the model's default version.
 pub(crate) async fn infer(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: extract::Request,
 ) -> Response {
-    run(&app, name, None, headers, body).await
+    run(&app, name, None, request).await
 }
 
 /// Inference on one version.
 pub(crate) async fn infer_version(
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: extract::Request,
 ) -> Response {
     match parse_version(&version) {
-        Ok(v) => run(&app, name, Some(v), headers, body).await,
+        Ok(v) => run(&app, name, Some(v), request).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(app: &App, name: String, version: Option<u64>, headers: HeaderMap, body: Body) -> Response {
-    match infer_inner(app, &name, version, headers, body).await {
+async fn run(app: &App, name: String, version: Option<u64>, request: extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match infer_inner(app, &name, version, &parts.headers, body).await {
         Ok(r) => r,
         Err(e) => {
             // Failures inside the core are counted by the core.
@@ -89,11 +91,11 @@ async fn infer_inner(
     app: &App,
     name: &str,
     version: Option<u64>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let config = app.config(name)?;
-    let body = read_body(app, &headers, body).await?;
+    let body = read_body(app, headers, body).await?;
     let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {

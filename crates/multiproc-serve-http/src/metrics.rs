@@ -27,7 +27,9 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Default)]
 pub struct HttpCounters {
     failures: Mutex<BTreeMap<(String, String, String), u64>>,
-    rows: Mutex<BTreeMap<(String, u64), u64>>,
+    /// Rows by model, then version (looked up by `&str`: no allocation
+    /// per request once a model has been counted).
+    rows: Mutex<BTreeMap<String, BTreeMap<u64, u64>>>,
 }
 
 impl HttpCounters {
@@ -40,7 +42,11 @@ impl HttpCounters {
     /// Counts the rows of a successful request.
     pub fn rows(&self, model: &str, version: u64, rows: u64) {
         let mut map = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((model.to_string(), version)).or_default() += rows;
+        let versions = match map.get_mut(model) {
+            Some(v) => v,
+            None => map.entry(model.to_string()).or_default(),
+        };
+        *versions.entry(version).or_default() += rows;
     }
 }
 
@@ -50,7 +56,7 @@ pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters) -> String {
     {
         let rows = http.rows.lock().unwrap_or_else(|e| e.into_inner());
         for m in &mut versions {
-            if let Some(n) = rows.get(&(m.model.clone(), m.version)) {
+            if let Some(n) = rows.get(&m.model).and_then(|v| v.get(&m.version)) {
                 m.inference_count = *n;
             }
         }
@@ -126,6 +132,22 @@ fn keyed(
     Ok(())
 }
 
+/// Upper bounds of the batch-size histogram's buckets.
+const BATCH_BOUNDS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// The batch-size histogram's buckets as `prometheus-client` takes them:
+/// each bucket's own count (it adds them up into the cumulative `le`
+/// series), the last one unbounded (`f64::MAX` is written `+Inf`).
+fn batch_buckets(sizes: &[(usize, u64)]) -> Vec<(f64, u64)> {
+    let mut buckets: Vec<(f64, u64)> = BATCH_BOUNDS.iter().map(|&b| (b as f64, 0)).collect();
+    buckets.push((f64::MAX, 0));
+    for &(size, n) in sizes {
+        let i = BATCH_BOUNDS.iter().position(|&b| size <= b).unwrap_or(BATCH_BOUNDS.len());
+        buckets[i].1 += n;
+    }
+    buckets
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for (name, help, field) in CUMULATIVE {
@@ -158,14 +180,7 @@ impl Collector for Snapshot {
             let mut fam = hist.encode_family(&l)?;
             let count: u64 = m.batch_sizes.iter().map(|(_, n)| n).sum();
             let sum: f64 = m.batch_sizes.iter().map(|(s, n)| *s as f64 * *n as f64).sum();
-            let mut buckets = Vec::new();
-            let mut below = 0u64;
-            for bound in [1usize, 2, 4, 8, 16, 32, 64, 128, 256] {
-                below = m.batch_sizes.iter().filter(|(s, _)| *s <= bound).map(|(_, n)| n).sum();
-                buckets.push((bound as f64, below));
-            }
-            buckets.push((f64::INFINITY, count.max(below)));
-            fam.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            fam.encode_histogram::<NoLabelSet>(sum, count, &batch_buckets(&m.batch_sizes), None)?;
         }
         let close_help = "Batches sent, by why they were closed (full, preferred, delay, idle_worker, drain)";
         let closes = self.keyed(|m| &m.batch_reasons);
@@ -180,5 +195,29 @@ impl Collector for Snapshot {
             states,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_size_histogram_is_cumulative_once() {
+        let m = VersionMetrics {
+            model: "m".into(),
+            version: 1,
+            batch_sizes: vec![(1, 5), (3, 2), (64, 7), (300, 1)],
+            ..VersionMetrics::default()
+        };
+        let text = render(MetricsSnapshot { versions: vec![m] }, &HttpCounters::default());
+        let bucket = |le: &str| {
+            let key = format!("multiproc_inference_batch_size_bucket{{le=\"{le}\",model=\"m\",version=\"1\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("no {key} in {text}"));
+            line[key.len()..].parse::<u64>().unwrap()
+        };
+        assert_eq!([bucket("1.0"), bucket("2.0"), bucket("4.0"), bucket("32.0")], [5, 5, 7, 7]);
+        assert_eq!([bucket("64.0"), bucket("256.0"), bucket("+Inf")], [14, 14, 15]);
+        assert!(text.contains("multiproc_inference_batch_size_count{model=\"m\",version=\"1\"} 15"), "{text}");
     }
 }

@@ -36,18 +36,41 @@ pub struct OnnxConfig {
     pub inputs: Vec<OnnxTensorSpec>,
     /// The outputs, in the graph's order.
     pub outputs: Vec<OnnxTensorSpec>,
-    /// Whether the first dimension is the batch dimension.
-    pub batched: bool,
+    /// 0: the graph has no batch dimension; n > 0: the first dimension is
+    /// the batch dimension and the server sends batches of up to n requests.
+    pub max_batch_size: usize,
 }
 
-/// Plans made for a concrete batch size, kept for the sizes seen most
-/// (a graph with a symbolic batch dimension resolves it on every call, which
+impl OnnxConfig {
+    /// Whether the first dimension is the batch dimension.
+    pub fn batched(&self) -> bool {
+        self.max_batch_size > 0
+    }
+}
+
+/// Plans made for a concrete batch size are kept for the sizes seen most (a
+/// graph with a symbolic batch dimension resolves it on every call, which
 /// costs an error value per call inside tract: 3-10× a small model's call).
+/// At least this many are kept...
 const CONCRETE_PLANS: usize = 32;
+
+/// ...and up to one per batch size (1 to `max_batch_size`: under load every
+/// size comes up, and a plan evicted and made again costs milliseconds of
+/// the worker's time, hundreds of small batches' worth), as long as the
+/// plans' weights stay within this many bytes (counted as the file's size
+/// per plan).
+const CONCRETE_BYTES: u64 = 512 << 20;
 
 /// Only models up to this size get concrete plans: each plan holds its own
 /// packed weights, and for a large model the per-call cost no longer matters.
 const CONCRETE_MAX_FILE: u64 = 16 << 20;
+
+/// How many concrete plans a model of `file_bytes` batched up to
+/// `max_batch_size` keeps.
+fn plan_capacity(file_bytes: u64, max_batch_size: usize) -> usize {
+    let fit = usize::try_from(CONCRETE_BYTES / file_bytes.max(1)).unwrap_or(usize::MAX);
+    max_batch_size.min(fit).max(CONCRETE_PLANS)
+}
 
 /// A loaded, optimized ONNX graph.
 #[derive(Debug)]
@@ -57,6 +80,8 @@ pub struct OnnxRunner {
     typed: TypedModel,
     batch: Option<Symbol>,
     concrete: RefCell<Vec<(usize, Arc<TypedRunnableModel<TypedModel>>)>>,
+    /// How many plans `concrete` keeps.
+    concrete_capacity: usize,
 }
 
 fn datum(dt: DataType) -> Result<DatumType, String> {
@@ -88,11 +113,13 @@ impl OnnxRunner {
         let what = config.path.display().to_string();
         let mut model = tract_onnx::onnx().model_for_path(&config.path).map_err(|e| format!("{what}: {e:#}"))?;
         let scope = model.symbols.clone();
-        let batch = config.batched.then(|| scope.sym("batch"));
-        let small = std::fs::metadata(&config.path).is_ok_and(|m| m.len() <= CONCRETE_MAX_FILE);
+        let batch = config.batched().then(|| scope.sym("batch"));
+        let file_bytes = std::fs::metadata(&config.path).map_or(u64::MAX, |m| m.len());
+        let small = file_bytes <= CONCRETE_MAX_FILE;
+        let concrete_capacity = plan_capacity(file_bytes, config.max_batch_size);
         for (i, spec) in config.inputs.iter().enumerate() {
             let mut shape: Vec<TDim> = Vec::new();
-            if config.batched {
+            if config.batched() {
                 shape.push(scope.sym("batch").into());
             }
             for (j, &d) in spec.dims.iter().enumerate() {
@@ -105,13 +132,13 @@ impl OnnxRunner {
         let typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(prepare)?;
         let plan = typed.clone().into_optimized().and_then(|m| m.into_runnable()).map_err(prepare)?;
         let batch = batch.filter(|_| small);
-        Ok(OnnxRunner { config, plan, typed, batch, concrete: RefCell::new(Vec::new()) })
+        Ok(OnnxRunner { config, plan, typed, batch, concrete: RefCell::new(Vec::new()), concrete_capacity })
     }
 
     /// Runs a batch of requests (each a set of named input tensors): one
     /// call for all of them when their shapes allow, else one per request.
     pub fn predict(&self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {
-        if self.config.batched
+        if self.config.batched()
             && batch.len() > 1
             && let Ok(joined) = self.join(&batch)
         {
@@ -157,7 +184,10 @@ impl OnnxRunner {
             let rows: usize = parts.iter().map(|p| p.shape()[0]).sum();
             let mut shape = vec![rows];
             shape.extend_from_slice(tail);
-            let data = parts.iter().flat_map(|p| p.data().iter().copied()).collect();
+            let mut data = Vec::with_capacity(parts.iter().map(|p| p.data().len()).sum());
+            for p in &parts {
+                data.extend_from_slice(p.data());
+            }
             joined.push(Tensor::new(&spec.name, spec.datatype, shape, data).map_err(|e| e.to_string())?);
         }
         Ok(joined)
@@ -208,7 +238,7 @@ impl OnnxRunner {
             .ok()?;
         let plan = Arc::new(plan);
         cache.insert(0, (rows, Arc::clone(&plan)));
-        cache.truncate(CONCRETE_PLANS);
+        cache.truncate(self.concrete_capacity);
         Some(plan)
     }
 
@@ -267,7 +297,7 @@ mod tests {
             path,
             inputs: vec![spec("input", 64)],
             outputs: vec![spec("probabilities", 10)],
-            batched: true,
+            max_batch_size: 64,
         })
         .unwrap()
     }
@@ -289,5 +319,13 @@ mod tests {
             let (a, b) = (a[0].to_vec::<f32>().unwrap(), b[0].to_vec::<f32>().unwrap());
             assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{a:?} vs {b:?}");
         }
+    }
+
+    #[test]
+    fn a_small_model_keeps_a_plan_for_every_batch_size() {
+        assert_eq!(digits().concrete_capacity, 64, "the digits model is 20 KB, max_batch_size 64");
+        assert_eq!(plan_capacity(20_000, 256), 256);
+        assert_eq!(plan_capacity(20_000, 4), CONCRETE_PLANS, "never fewer than the default");
+        assert_eq!(plan_capacity(CONCRETE_MAX_FILE, 256), CONCRETE_PLANS, "large models keep to the budget");
     }
 }

@@ -1,12 +1,17 @@
 //! The JSON bodies of the Open Inference Protocol, field for field.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// `POST /v2/models/{name}/infer`: the JSON part of the request.
+/// `POST /v2/models/{name}/infer`: the JSON part of the request. It borrows
+/// from the body: the inputs' `data` stays JSON text until it is decoded
+/// straight into tensor bytes (no `Value` per element).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InferRequestBody {
+pub struct InferRequestBody<'a> {
     /// An identifier echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
@@ -14,7 +19,8 @@ pub struct InferRequestBody {
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
     /// The input tensors.
-    pub inputs: Vec<RequestInput>,
+    #[serde(borrow)]
+    pub inputs: Vec<RequestInput<'a>>,
     /// The outputs wanted (all of them when absent).
     #[serde(default)]
     pub outputs: Option<Vec<RequestOutput>>,
@@ -23,19 +29,20 @@ pub struct InferRequestBody {
 /// One input tensor of a request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RequestInput {
+pub struct RequestInput<'a> {
     /// The input's name.
     pub name: String,
     /// Its dimensions.
     pub shape: Vec<i64>,
     /// Its datatype (`"FP32"`, …).
-    pub datatype: String,
+    #[serde(borrow)]
+    pub datatype: Cow<'a, str>,
     /// Parameters (`binary_data_size`).
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
-    /// The elements, flat or nested, when not sent as binary.
-    #[serde(default)]
-    pub data: Option<Value>,
+    /// The elements, flat or nested, as JSON text, when not sent as binary.
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
 }
 
 /// One output a request asks for.

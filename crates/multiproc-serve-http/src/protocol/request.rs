@@ -92,7 +92,7 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
                 ProtocolError::new(format!("input '{name}': binary_data_size is {v}, expected a non-negative integer"))
             })?),
         };
-        let data = match (binary_size, &input.data) {
+        let data = match (binary_size, input.data) {
             (Some(_), Some(_)) => {
                 return Err(ProtocolError::new(format!("input '{name}' has both 'data' and binary_data_size")));
             }
@@ -118,9 +118,9 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
             (None, Some(value)) => {
                 let count = element_count(&shape).ok_or_else(|| {
                     ProtocolError::new(format!("input '{name}': shape {shape:?} has too many elements"))
-                })? as u64;
-                let (bytes, got) = json_data::decode(&name, datatype, value)?;
-                if got != count {
+                })?;
+                let (bytes, got) = json_data::decode(&name, datatype, value.get(), count)?;
+                if got != count as u64 {
                     return Err(ProtocolError::new(format!(
                         "input '{name}': shape {shape:?} needs {count} elements but 'data' has {got}"
                     )));

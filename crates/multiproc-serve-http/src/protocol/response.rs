@@ -59,6 +59,11 @@ pub fn encode_response(
             chosen
         }
     };
+    // Room for the whole body at once: JSON elements take about 3 characters
+    // per byte of data (an FP32 is 4 bytes, up to ~12 characters).
+    let size: usize =
+        chosen.iter().map(|(t, binary)| 64 + t.name().len() + t.data().len() * if *binary { 1 } else { 3 }).sum();
+    let mut body = Vec::with_capacity(128 + model_name.len() + size);
     let mut tail = Vec::new();
     let mut any_binary = false;
     let outputs = chosen
@@ -78,7 +83,7 @@ pub fn encode_response(
         .collect();
     let head =
         InferResponseBody { model_name: model_name.to_string(), model_version: model_version.to_string(), id, outputs };
-    let mut body = serde_json::to_vec(&head).map_err(|e| ProtocolError::new(format!("cannot encode response: {e}")))?;
+    serde_json::to_writer(&mut body, &head).map_err(|e| ProtocolError::new(format!("cannot encode response: {e}")))?;
     let header_length = any_binary.then_some(body.len());
     body.extend_from_slice(&tail);
     Ok(EncodedResponse { body, header_length })

@@ -134,7 +134,7 @@ pub fn add_model(server: &Server, model: &ModelDir) -> Result<(), ServeError> {
                         path: model.dir.join(v.to_string()).join("model.onnx"),
                         inputs: specs(&config.inputs),
                         outputs: specs(&config.outputs),
-                        batched: config.max_batch_size > 0,
+                        max_batch_size: config.max_batch_size,
                     },
                 )
             });
