@@ -214,19 +214,11 @@ impl Channel {
     }
 
     /// Polls the socket within the adaptive budget; true if data came.
-    /// It asks the socket whether it is readable before reading: the check
-    /// takes no lock, while a read locks the socket, which makes an arriving
-    /// message wait (on TCP, in the socket's backlog until the read ends).
     fn poll_for_data(&self, state: &mut RecvState) -> Result<bool, RecvError> {
         let attempt = RECV_SPIN.begin(&self.spin_ns);
         let won = loop {
             if !attempt.going() {
                 break false;
-            }
-            if !imp::wait_readable(self.fd.as_fd(), Deadline::after(std::time::Duration::ZERO))
-                .map_err(WireError::Io)?
-            {
-                continue;
             }
             match state.read_some(self.fd.as_fd(), true) {
                 Ok(()) => break true,
