@@ -10,18 +10,11 @@ use std::time::{Duration, Instant};
 use common::{Behaviour, Doubler, PATIENCE, Tagged, wait_for};
 use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, Request, Server, StartMode, VersionPolicy, VersionState};
 
-#[test]
-fn switch_v1_to_v2_under_load_from_4_threads_loses_nothing() {
-    let server = Server::new();
-    let settings = ModelSettings {
-        max_batch_size: 8,
-        version_policy: VersionPolicy::Specific(vec![1]),
-        instances: 2,
-        ..Default::default()
-    };
-    let behaviour = Behaviour { batch_ms: 1, load_ms: 200, ..Default::default() };
-    let spec = ModelSpec::<Doubler>::new("m").version(1, behaviour.clone()).version(2, behaviour).settings(settings);
-    server.add(spec).unwrap();
+/// Requests to "m" from 4 threads while `change` moves the model from
+/// version 1 to version 2: every request succeeds, each reply names the
+/// version that produced it, and every request sent after `change` returned
+/// went to version 2. Returns how many each version answered.
+fn under_load_from_4_threads(server: &Server, change: impl FnOnce()) -> (usize, usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let switched_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
     let threads: Vec<_> = (0..4u64)
@@ -43,7 +36,7 @@ fn switch_v1_to_v2_under_load_from_4_threads_loses_nothing() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    server.switch("m", 2).unwrap();
+    change();
     *switched_at.lock().unwrap() = Some(Instant::now());
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Release);
@@ -61,6 +54,22 @@ fn switch_v1_to_v2_under_load_from_4_threads_loses_nothing() {
         }
     }
     eprintln!("answered by v1: {v1}, by v2: {v2}");
+    (v1, v2)
+}
+
+#[test]
+fn switch_v1_to_v2_under_load_from_4_threads_loses_nothing() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 8,
+        version_policy: VersionPolicy::Specific(vec![1]),
+        instances: 2,
+        ..Default::default()
+    };
+    let behaviour = Behaviour { batch_ms: 1, load_ms: 200, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("m").version(1, behaviour.clone()).version(2, behaviour).settings(settings);
+    server.add(spec).unwrap();
+    let (v1, v2) = under_load_from_4_threads(&server, || server.switch("m", 2).unwrap());
     assert!(v1 > 0 && v2 > 0);
     let status = server.status();
     let m = status.model("m").unwrap();
@@ -68,6 +77,34 @@ fn switch_v1_to_v2_under_load_from_4_threads_loses_nothing() {
     assert_eq!(m.version(1).unwrap().state, VersionState::Stopped);
     assert_eq!(m.version(2).unwrap().state, VersionState::Ready);
     assert!(server.model_ready("m", Some(2)).unwrap() && !server.model_ready("m", Some(1)).unwrap());
+    server.shutdown();
+}
+
+/// What a model repository does when a new version appears on disk: the
+/// model is added again under its name with both versions, and the new
+/// entry replaces the old one. Requests that looked up the old entry just
+/// before the swap go to the new one instead of failing as "unloaded".
+#[test]
+fn re_adding_a_model_with_a_new_version_under_load_loses_nothing() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 8,
+        version_policy: VersionPolicy::Latest(1),
+        instances: 2,
+        start: StartMode::Eager,
+        ..Default::default()
+    };
+    let behaviour = Behaviour { batch_ms: 1, load_ms: 200, ..Default::default() };
+    let v1 = ModelSpec::<Doubler>::new("m").version(1, behaviour.clone()).settings(settings.clone());
+    server.add(v1).unwrap();
+    let (v1, v2) = under_load_from_4_threads(&server, || {
+        let both =
+            ModelSpec::<Doubler>::new("m").version(1, behaviour.clone()).version(2, behaviour).settings(settings);
+        server.add(both).unwrap();
+    });
+    assert!(v1 > 0 && v2 > 0);
+    let status = server.status();
+    assert_eq!(status.model("m").unwrap().default_version, Some(2));
     server.shutdown();
 }
 

@@ -1,0 +1,49 @@
+//! The server's own tests of paths the public API cannot time: a request
+//! caught between looking a model up and queueing on it.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::items::Encoded;
+use crate::request::InferFuture;
+use crate::slot::Slot;
+use crate::{Model, ModelSettings, ModelSpec, Server, StartMode, WorkerContext};
+
+/// Answers `x + 1000 × version`.
+struct Versioned(u64);
+
+impl Model for Versioned {
+    type Config = u64;
+    type Input = u64;
+    type Output = u64;
+
+    fn load(_: u64, ctx: &WorkerContext) -> Result<Self, String> {
+        Ok(Versioned(ctx.version))
+    }
+
+    fn predict(&mut self, batch: Vec<u64>) -> Vec<Result<u64, String>> {
+        batch.into_iter().map(|x| Ok(x + 1000 * self.0)).collect()
+    }
+}
+
+/// A model repository adds a model again, with a new version, under its
+/// name; a request that had looked up the entry it replaces (the old one is
+/// unloaded by then) is queued on the new entry instead of failing as
+/// "unloaded" (seen under load in the HTTP repository test).
+#[test]
+fn a_request_that_looked_up_a_replaced_model_goes_to_its_successor() {
+    let server = Server::new();
+    let eager = ModelSettings { start: StartMode::Eager, ..Default::default() };
+    server.add(ModelSpec::<Versioned>::new("m").version(1, 0).settings(eager.clone())).unwrap();
+    let looked_up = server.model_entry("m").unwrap();
+    server.add(ModelSpec::<Versioned>::new("m").version(1, 0).version(2, 0).settings(eager)).unwrap();
+
+    let slot = Slot::new();
+    let input = Encoded::Own(postcard::to_allocvec(&7u64).unwrap());
+    server.submit_bytes(&looked_up, None, input, Arc::clone(&slot), None, None, false).unwrap();
+    let future = InferFuture::<u64> { model: "m".into(), slot: Ok(slot), _output: PhantomData };
+    let reply = future.wait_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((reply.version, reply.output), (2, 2007));
+    server.shutdown();
+}
