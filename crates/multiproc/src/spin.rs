@@ -84,6 +84,14 @@ pub(crate) struct WaitPlan {
 /// How long a poll spins on the CPU before it yields between polls.
 pub(crate) const YIELD_AFTER: Duration = Duration::from_micros(2);
 
+/// The bounds of a wait for another process's next message (a socket's
+/// frame, a manager lane's turn, a request on any lane): it usually comes
+/// within microseconds, while waking a sleeper on another CPU costs
+/// 20–50 µs on this project's VMs; the budget adapts per object, so a
+/// waiter whose peer is slow (or shares its CPU) soon stops polling.
+pub(crate) const PEER_SPIN: Spin =
+    Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
+
 impl Spin {
     /// Starts a wait on the object whose budget is `budget_ns` (0: new).
     pub(crate) fn begin(&self, budget_ns: &AtomicU32) -> Attempt {
@@ -120,6 +128,34 @@ impl Spin {
 const LOADS_PER_CLOCK_READ: u32 = 32;
 
 impl Spin {
+    /// Polls until `found()` within the adaptive budget kept in `budget_ns`,
+    /// reading the clock once every `per_clock_read` polls (yielding the CPU
+    /// between polls after the first microseconds if `may_yield`, see
+    /// [`Attempt::keep_polling`]), and adapts the budget. True if `found()`
+    /// came true.
+    pub(crate) fn poll(
+        &self,
+        budget_ns: &AtomicU32,
+        may_yield: bool,
+        per_clock_read: u32,
+        mut found: impl FnMut() -> bool,
+    ) -> bool {
+        let attempt = self.begin(budget_ns);
+        let mut polls = 0u32;
+        let won = loop {
+            if found() {
+                break true;
+            }
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(per_clock_read) && !attempt.keep_polling(may_yield) {
+                break false;
+            }
+            std::hint::spin_loop();
+        };
+        self.end(budget_ns, &attempt, won);
+        won
+    }
+
     /// Waits until `ready(word)`: polls the word within the adaptive budget
     /// kept in `budget_ns` (yielding the CPU between polls after the first
     /// microseconds if `how.may_yield`, see [`Attempt::keep_polling`]), then
@@ -139,23 +175,16 @@ impl Spin {
         how: WaitPlan,
         mut between: impl FnMut() -> Result<(), E>,
     ) -> Result<u32, E> {
-        let attempt = self.begin(budget_ns);
-        let mut loads = 0u32;
-        loop {
+        let mut value = 0;
+        let polled = self.poll(budget_ns, how.may_yield, LOADS_PER_CLOCK_READ, || {
             // ORDERING: Acquire pairs with the waker's release in
             // `wake_word`: what it wrote before is visible after.
-            let value = word.load(Ordering::Acquire);
-            if ready(value) {
-                self.end(budget_ns, &attempt, true);
-                return Ok(value);
-            }
-            loads = loads.wrapping_add(1);
-            if loads.is_multiple_of(LOADS_PER_CLOCK_READ) && !attempt.keep_polling(how.may_yield) {
-                break;
-            }
-            std::hint::spin_loop();
+            value = word.load(Ordering::Acquire);
+            ready(value)
+        });
+        if polled {
+            return Ok(value);
         }
-        self.end(budget_ns, &attempt, false);
         let mut slice = how.slices.0;
         loop {
             // ORDERING: as above.

@@ -35,7 +35,7 @@ use crate::sys::imp::{self, Interest};
 
 /// How long the dispatcher polls the lanes before sleeping on its bell.
 /// Adapts like every other poll (see [`crate::spin`]).
-const IDLE_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
+const IDLE_SPIN: Spin = crate::spin::PEER_SPIN;
 
 /// Longest sleep of an idle dispatcher. Nothing needs the timeout (a
 /// request rings the bell, and so does the server's stop); it only bounds
@@ -159,19 +159,9 @@ fn run(shared: &Shared) {
         if served {
             continue;
         }
-        let attempt = IDLE_SPIN.begin(&budget);
-        let mut scans = 0u32;
-        let found = loop {
-            if lanes.iter().any(|l| l.lane.has_request()) {
-                break true;
-            }
-            scans = scans.wrapping_add(1);
-            if scans.is_multiple_of(SCANS_PER_CLOCK_READ) && (!attempt.keep_polling(true) || generation() != seen) {
-                break false;
-            }
-            std::hint::spin_loop();
-        };
-        IDLE_SPIN.end(&budget, &attempt, found);
+        let found = IDLE_SPIN.poll(&budget, true, SCANS_PER_CLOCK_READ, || {
+            lanes.iter().any(|l| l.lane.has_request()) || generation() != seen
+        });
         if !found {
             dispatcher.bell.sleep(IDLE_SLEEP, || {
                 shared.stopping() || generation() != seen || lanes.iter().any(|l| l.lane.has_request())

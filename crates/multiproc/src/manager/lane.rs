@@ -41,6 +41,8 @@ use crate::{Address, Connection};
 const REQUEST: u32 = 1;
 /// State: an answer is in the lane (the client's turn).
 const ANSWER: u32 = 2;
+/// State: the manager took the request (it runs or waits for its turn).
+const TAKEN: u32 = 3;
 /// Bit of the state word: the waiting side sleeps on it.
 const SLEEPING: u32 = 1 << 31;
 /// A length meaning "the message is the next frame on the socket".
@@ -64,15 +66,9 @@ pub(crate) const LANE_LEN: usize = HEADER + 2 * AREA;
 /// a killed manager fails a pending call within 100 ms.
 const CHECKS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
 
-/// Waits for the other side: a call's answer usually comes within
-/// microseconds, and a client's next request often does too, while waking
-/// a sleeper on another CPU costs 20–50 µs on this project's VMs. The
-/// budget adapts per lane and side, so a side whose peer is slow (or runs
-/// on the same, oversubscribed CPU) soon stops polling.
-const LANE_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
-
-/// State: the manager took the request (it runs or waits for its turn).
-const TAKEN: u32 = 3;
+/// Waits for the other side (a call's answer, a client's next request);
+/// the budget adapts per lane and side.
+const LANE_SPIN: Spin = spin::PEER_SPIN;
 
 /// One end's view of a lane.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::arena::{self, OutArena};
 use super::frame::{FrameDecoder, HEADER_LEN, Header};
 use super::{Frame, Kind, OFFLOAD_THRESHOLD, WireError};
-use crate::spin::Spin;
+use crate::spin::{PEER_SPIN, Spin};
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
 
@@ -51,13 +51,10 @@ pub(crate) struct Channel {
 }
 
 /// A blocking receive polls the socket for a while before it sleeps, when
-/// the peer last sent from another CPU: the answer to a message usually
-/// comes within microseconds, while waking a process that sleeps on another
-/// CPU costs 20–50 µs on this project's VMs. (With the peer on the same CPU,
-/// polling only keeps it from running: 14 → 21 µs per round trip, measured.)
-/// The budget adapts per channel (see [`crate::spin`]), so a receiver whose
-/// peer is slow soon stops polling.
-const RECV_SPIN: Spin = Spin { start_ns: 10_000, min_ns: 500, max_ns: 50_000, probe_ns: 30_000, probe_every: 64 };
+/// the peer last sent from another CPU (see [`PEER_SPIN`]; with the peer on
+/// the same CPU, polling only keeps it from running: 14 → 21 µs per round
+/// trip, measured). The budget adapts per channel.
+const RECV_SPIN: Spin = PEER_SPIN;
 
 #[derive(Debug)]
 struct RecvState {
