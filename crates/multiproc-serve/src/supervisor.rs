@@ -215,6 +215,13 @@ struct Sent {
     started: Instant,
 }
 
+impl Sent {
+    fn new(id: u64, batch: Vec<Pending>) -> Sent {
+        let now = Instant::now();
+        Sent { id, batch, sent_at: now, started: now }
+    }
+}
+
 /// Runs batches on a ready worker until it dies or the version stops.
 ///
 /// The worker is never left idle while this thread routes answers: under
@@ -260,13 +267,6 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         if let Err(gone) = answer_oldest(group, instance, worker, &mut sent, &mut next_id, &mut dropped) {
             return gone;
         }
-    }
-}
-
-impl Sent {
-    fn new(id: u64, batch: Vec<Pending>) -> Sent {
-        let now = Instant::now();
-        Sent { id, batch, sent_at: now, started: now }
     }
 }
 

@@ -115,16 +115,19 @@ fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Resp
     let Some(idle) = with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) else {
         return fresh_exchange(endpoint, request);
     };
-    if idle.lane.is_none() && send(&idle.conn, request).is_err() {
-        // The request did not leave: this idle connection went stale (the
-        // manager stopped, or was replaced at the same address). Try once
-        // with a fresh one. (Through a lane, a stale connection shows as a
-        // failed call, found within a millisecond or two.)
-        return fresh_exchange(endpoint, request);
-    }
     let response = match &idle.lane {
-        None => receive(&idle.conn)?,
+        // Through a lane, a stale connection shows as a failed call, found
+        // within a millisecond or two.
         Some(lane) => through_lane(&idle.conn, lane, request)?,
+        None => {
+            if send(&idle.conn, request).is_err() {
+                // The request did not leave: this idle connection went stale
+                // (the manager stopped, or was replaced at the same address).
+                // Try once with a fresh one.
+                return fresh_exchange(endpoint, request);
+            }
+            receive(&idle.conn)?
+        }
     };
     Ok((idle, response))
 }
