@@ -37,6 +37,15 @@ struct State {
     waiting: bool,
 }
 
+impl State {
+    /// Takes the answer if it is there (once: it is marked taken).
+    fn take(&mut self) -> Option<Result<Answer, ServeError>> {
+        let r = self.result.take();
+        self.taken |= r.is_some();
+        r
+    }
+}
+
 /// One request's answer, set once.
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -95,23 +104,23 @@ impl Slot {
     /// Waits for the answer at most `timeout`; the clock is read only if
     /// the answer is not there yet (under load it usually is).
     pub fn wait_for(&self, timeout: Duration) -> Option<Result<Answer, ServeError>> {
-        let ready = {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let r = s.result.take();
-            s.taken |= r.is_some();
-            r
-        };
-        ready.or_else(|| self.wait(Instant::now().checked_add(timeout)))
+        self.wait_until(|| Instant::now().checked_add(timeout))
     }
 
     /// Waits for the answer until `deadline` (`None`: as long as it takes).
     pub fn wait(&self, deadline: Option<Instant>) -> Option<Result<Answer, ServeError>> {
+        self.wait_until(|| deadline)
+    }
+
+    /// Waits for the answer until the deadline `deadline()` gives, asked
+    /// only if the answer is not there yet.
+    fn wait_until(&self, deadline: impl FnOnce() -> Option<Instant>) -> Option<Result<Answer, ServeError>> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = s.take() {
+            return Some(r);
+        }
+        let deadline = deadline();
         loop {
-            if let Some(r) = s.result.take() {
-                s.taken = true;
-                return Some(r);
-            }
             s.waiting = true;
             match deadline {
                 None => s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner()),
@@ -125,14 +134,16 @@ impl Slot {
                 }
             }
             s.waiting = false;
+            if let Some(r) = s.take() {
+                return Some(r);
+            }
         }
     }
 
     /// Polls for the answer, registering `waker` if there is none yet.
     pub fn poll(&self, waker: &Waker) -> Option<Result<Answer, ServeError>> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = s.result.take() {
-            s.taken = true;
+        if let Some(r) = s.take() {
             return Some(r);
         }
         if !s.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
