@@ -7,12 +7,12 @@
 //! told `OwnerDied`, as with the shared-memory locks.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use super::collections::wrong;
 use super::protocol::{Kind, Op, Owner, RemoteError, Reply, Response};
 use super::server::Caller;
-use super::waiting::{lock, wait_while};
+use super::waiting::{Waiters, lock, wait_while};
 use crate::ReleaseError;
 
 /// Who holds a lock, how many times (RLock), and whether a holder died.
@@ -62,7 +62,7 @@ impl Holder {
 #[derive(Debug, Default)]
 pub(crate) struct LockState {
     holder: Mutex<Holder>,
-    freed: Condvar,
+    freed: Waiters,
     reentrant: bool,
 }
 
@@ -111,7 +111,7 @@ impl LockState {
 #[derive(Debug, Default)]
 pub(crate) struct ConditionState {
     inner: Mutex<CondInner>,
-    changed: Condvar,
+    changed: Waiters,
 }
 
 #[derive(Debug, Default)]
@@ -196,13 +196,13 @@ impl ConditionState {
 #[derive(Debug)]
 pub(crate) struct SemaphoreState {
     value: Mutex<u32>,
-    released: Condvar,
+    released: Waiters,
     max: Option<u32>,
 }
 
 impl SemaphoreState {
     pub(crate) fn new(value: u32, bounded: bool) -> SemaphoreState {
-        SemaphoreState { value: Mutex::new(value), released: Condvar::new(), max: bounded.then_some(value) }
+        SemaphoreState { value: Mutex::new(value), released: Waiters::default(), max: bounded.then_some(value) }
     }
 
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {

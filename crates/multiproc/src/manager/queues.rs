@@ -3,19 +3,19 @@
 //! tasks.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use super::collections::wrong;
 use super::protocol::{Bytes, Kind, Op, RemoteError, Reply, Response};
 use super::server::Caller;
-use super::waiting::{lock, wait_while};
+use super::waiting::{Waiters, lock, wait_while};
 
 /// A queue in the manager.
 #[derive(Debug)]
 pub(crate) struct QueueState {
     inner: Mutex<Inner>,
     /// Signalled on every change (put, take, close, task done).
-    changed: Condvar,
+    changed: Waiters,
     maxsize: Option<u64>,
     joinable: bool,
 }
@@ -29,7 +29,7 @@ struct Inner {
 
 impl QueueState {
     pub(crate) fn new(maxsize: Option<u64>, joinable: bool) -> QueueState {
-        QueueState { inner: Mutex::new(Inner::default()), changed: Condvar::new(), maxsize, joinable }
+        QueueState { inner: Mutex::new(Inner::default()), changed: Waiters::default(), maxsize, joinable }
     }
 
     fn kind(&self) -> Kind {

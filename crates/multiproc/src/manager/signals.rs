@@ -1,18 +1,18 @@
 //! The manager's side of `Event` and `Barrier`.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use super::code;
 use super::collections::wrong;
 use super::protocol::{Kind, Op, RemoteError, Reply, Response};
 use super::server::Caller;
-use super::waiting::{lock, wait_while};
+use super::waiting::{Waiters, lock, wait_while};
 
 /// An `Event`: a flag that waiters wait to see set.
 #[derive(Debug, Default)]
 pub(crate) struct EventState {
     set: Mutex<bool>,
-    changed: Condvar,
+    changed: Waiters,
 }
 
 impl EventState {
@@ -45,7 +45,7 @@ impl EventState {
 #[derive(Debug)]
 pub(crate) struct BarrierState {
     inner: Mutex<BarrierInner>,
-    changed: Condvar,
+    changed: Waiters,
     parties: u32,
     /// Runs once per pass, in the manager, when the last party arrives.
     action: Option<fn()>,
@@ -64,7 +64,7 @@ struct BarrierInner {
 
 impl BarrierState {
     pub(crate) fn new(parties: u32, action: Option<fn()>) -> BarrierState {
-        BarrierState { inner: Mutex::new(BarrierInner::default()), changed: Condvar::new(), parties, action }
+        BarrierState { inner: Mutex::new(BarrierInner::default()), changed: Waiters::default(), parties, action }
     }
 
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {

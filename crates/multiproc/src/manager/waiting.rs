@@ -8,6 +8,7 @@
 //! a client that is gone gets nothing, and its wait takes nothing from the
 //! object (a queue item stays for the next taker).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,12 +23,39 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a call waiting on an object's state waits on: a condition variable
+/// that knows whether anyone waits. `Condvar::notify_all` makes a system
+/// call even with no waiter (one `futex` wake per queue `put` and `get`,
+/// seen with `strace`), and most changes have no waiter: a notify skips the
+/// call then.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    cv: Condvar,
+    /// Calls inside [`wait_while`] on this. Changed and read only with the
+    /// object's mutex held (waiters count themselves before they sleep, and
+    /// every notify comes with the state change it announces, under that
+    /// mutex), so the mutex orders it.
+    count: AtomicUsize,
+}
+
+impl Waiters {
+    /// Wakes every waiting call, if there is one. Call it with the object's
+    /// mutex held (see [`Waiters::count`]).
+    pub(crate) fn notify_all(&self) {
+        // ORDERING: Relaxed: the object's mutex, held here and by every
+        // waiter while it counts itself, orders the count.
+        if self.count.load(Ordering::Relaxed) > 0 {
+            self.cv.notify_all();
+        }
+    }
+}
+
 /// Waits while `blocked(state)` is true, for at most `timeout` (`None`:
 /// as long as it takes). Returns the guard with `Ok` when the state is ready
 /// (and the caller still there), or with `Err(Timeout)` when time ran out or
 /// the caller went away (nobody reads that answer).
 pub(crate) fn wait_while<'a, S>(
-    cv: &Condvar,
+    waiters: &Waiters,
     mut guard: MutexGuard<'a, S>,
     timeout: Option<Duration>,
     caller: &Caller<'_>,
@@ -37,23 +65,28 @@ pub(crate) fn wait_while<'a, S>(
         return (guard, Ok(()));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
+    // ORDERING: Relaxed: counted with the mutex held (see `Waiters::count`).
+    waiters.count.fetch_add(1, Ordering::Relaxed);
+    let outcome = loop {
         let slice = match deadline {
             None => SLICE,
             Some(d) => match d.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => left.min(SLICE),
-                _ => return (guard, Err(RemoteError::Timeout)),
+                _ => break Err(RemoteError::Timeout),
             },
         };
-        guard = cv.wait_timeout(guard, slice).unwrap_or_else(|e| e.into_inner()).0;
+        guard = waiters.cv.wait_timeout(guard, slice).unwrap_or_else(|e| e.into_inner()).0;
         let ready = !blocked(&mut guard);
         // The slow path only: a wait that ends checks its caller once more,
         // so what it takes goes to a client that is there to receive it.
         if caller.gone() {
-            return (guard, Err(RemoteError::Timeout));
+            break Err(RemoteError::Timeout);
         }
         if ready {
-            return (guard, Ok(()));
+            break Ok(());
         }
-    }
+    };
+    // ORDERING: Relaxed: the mutex is held again here.
+    waiters.count.fetch_sub(1, Ordering::Relaxed);
+    (guard, outcome)
 }
