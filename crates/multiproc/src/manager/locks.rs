@@ -99,6 +99,11 @@ impl LockState {
         })
     }
 
+    /// Ends the calls waiting on this removed object.
+    pub(crate) fn retire(&self) {
+        self.freed.retire(&self.holder);
+    }
+
     /// See the module docs.
     pub(crate) fn session_gone(&self, session: u64) {
         if lock(&self.holder).session_gone(session) {
@@ -184,6 +189,11 @@ impl ConditionState {
         woken
     }
 
+    /// Ends the calls waiting on this removed object.
+    pub(crate) fn retire(&self) {
+        self.changed.retire(&self.inner);
+    }
+
     /// See the module docs.
     pub(crate) fn session_gone(&self, session: u64) {
         if lock(&self.inner).holder.session_gone(session) {
@@ -203,6 +213,11 @@ pub(crate) struct SemaphoreState {
 impl SemaphoreState {
     pub(crate) fn new(value: u32, bounded: bool) -> SemaphoreState {
         SemaphoreState { value: Mutex::new(value), released: Waiters::default(), max: bounded.then_some(value) }
+    }
+
+    /// Ends the calls waiting on this removed object.
+    pub(crate) fn retire(&self) {
+        self.released.retire(&self.value);
     }
 
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {

@@ -23,11 +23,11 @@
 //! `update`, which runs a plain `fn` inside the manager, atomically. A proxy
 //! stored inside another object stays a proxy: nested proxies share.
 //!
-//! Objects live as long as their manager: dropping every proxy of one does
-//! not free it (Python counts references across processes; here a proxy is
-//! plain data that can be copied anywhere, even to another machine). A
-//! long-lived manager should hold a fixed set of objects, not make new ones
-//! without end.
+//! Objects live until [`Manager::remove`] or the manager's end: dropping
+//! every proxy of one does not free it (Python counts references across
+//! processes; here a proxy is plain data that can be copied anywhere, even
+//! to another machine, so no count could be trusted). A long-lived manager
+//! that makes objects as it goes removes them when it is done with them.
 //!
 //! Every client connection has a thread of its own, so a call that blocks
 //! (a `get` on an empty queue, a held lock, a condition wait) blocks only
@@ -373,6 +373,47 @@ impl Manager {
     /// [`RemoteError::NameTaken`]; the proxy belongs to another manager; the
     /// manager cannot be reached.
     pub fn publish<P: Proxy>(&self, name: &str, proxy: &P) -> Result<(), ManagerError> {
+        let object = self.own(proxy)?;
+        match client::call(&self.endpoint, &Request::Publish { name: name.to_string(), object })? {
+            Reply::Unit => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes an object from the manager, with the names it was published
+    /// under, and answers whether it was there. Its memory is freed once
+    /// the calls running on it finish; calls waiting on it (a `get` on an
+    /// empty queue, a held lock) end with [`RemoteError::Removed`], and
+    /// later calls through any proxy of it with [`RemoteError::NoSuchObject`].
+    /// A manager frees nothing by itself (see the module docs): remove what
+    /// a long-lived manager no longer needs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::manager::{Manager, ManagerError, RemoteError};
+    ///
+    /// let manager = Manager::start().unwrap();
+    /// let d = manager.dict::<String, u32>().unwrap();
+    /// d.insert("a".into(), 1).unwrap();
+    /// assert!(manager.remove(&d).unwrap());
+    /// assert!(matches!(d.len(), Err(ManagerError::Remote(RemoteError::NoSuchObject(_)))));
+    /// assert!(!manager.remove(&d).unwrap());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The proxy belongs to another manager; the manager cannot be reached.
+    pub fn remove<P: Proxy>(&self, proxy: &P) -> Result<bool, ManagerError> {
+        let object = self.own(proxy)?;
+        match client::call(&self.endpoint, &Request::Remove { object })? {
+            Reply::Bool(was_there) => Ok(was_there),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The id of a proxy's object, if it is one of this manager's.
+    fn own<P: Proxy>(&self, proxy: &P) -> Result<u64, ManagerError> {
         let object = proxy.object_ref();
         if object.endpoint.address != self.endpoint.address {
             return Err(ManagerError::Protocol(format!(
@@ -380,10 +421,7 @@ impl Manager {
                 object.endpoint.address, self.endpoint.address
             )));
         }
-        match client::call(&self.endpoint, &Request::Publish { name: name.to_string(), object: object.id })? {
-            Reply::Unit => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        Ok(object.id)
     }
 
     /// The object published under `name`, as proxy type `P`.

@@ -43,6 +43,8 @@ pub(crate) enum Request {
     /// the dispatcher's bell attached, or an error (then the socket goes on
     /// carrying the calls).
     OpenLane,
+    /// Forget an object (and the names it was published under).
+    Remove { object: u64 },
 }
 
 /// The kind and initial state of a new object.
@@ -274,8 +276,9 @@ pub enum RemoteError {
     /// The barrier is broken (aborted, reset, or another party timed out).
     #[error("the barrier is broken")]
     BarrierBroken,
-    /// No object with this id (the manager restarted, or a forged proxy).
-    #[error("the manager has no object {0}")]
+    /// No object with this id: it was removed ([`Manager::remove`](super::Manager::remove)),
+    /// the manager restarted, or the proxy is forged.
+    #[error("the manager has no object {0} (it was removed, or the manager was restarted)")]
     NoSuchObject(u64),
     /// No object published under this name.
     #[error("the manager has no object named {0:?}")]
@@ -308,6 +311,10 @@ pub enum RemoteError {
     /// bytes for the object's types, …).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The object was removed ([`Manager::remove`](super::Manager::remove))
+    /// while this call waited on it.
+    #[error("the object was removed from the manager while this call waited on it")]
+    Removed,
 }
 
 /// Largest request frame the manager reads (64 MiB): larger ones end the

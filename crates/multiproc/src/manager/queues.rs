@@ -32,6 +32,11 @@ impl QueueState {
         QueueState { inner: Mutex::new(Inner::default()), changed: Waiters::default(), maxsize, joinable }
     }
 
+    /// Ends the calls waiting on this removed object.
+    pub(crate) fn retire(&self) {
+        self.changed.retire(&self.inner);
+    }
+
     fn kind(&self) -> Kind {
         if self.joinable { Kind::JoinableQueue } else { Kind::Queue }
     }

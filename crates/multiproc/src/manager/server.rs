@@ -272,7 +272,7 @@ fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>)
     match request {
         Request::Call { object: id, op } => {
             let object = match last {
-                Some((cached, object)) if *cached == id => object,
+                Some((cached, object)) if *cached == id && !object.is_removed() => object,
                 _ => &last.insert((id, store.get(id)?)).1,
             };
             object.call(op, caller)
@@ -280,6 +280,7 @@ fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>)
         Request::Create { init, type_name, type_hash } => store.create(init, type_name, type_hash, caller),
         Request::Publish { name, object } => store.publish(name, object),
         Request::Lookup { name } => store.lookup(&name),
+        Request::Remove { object } => store.remove(object),
         Request::Hello { .. } => Err(RemoteError::BadRequest("hello twice".into())),
         Request::OpenLane => Err(RemoteError::BadRequest("this connection has a lane already".into())),
         Request::Shutdown => Err(RemoteError::BadRequest("shutdown is not a call".into())),

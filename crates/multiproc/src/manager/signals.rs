@@ -16,6 +16,11 @@ pub(crate) struct EventState {
 }
 
 impl EventState {
+    /// Ends the calls waiting on this removed object.
+    pub(crate) fn retire(&self) {
+        self.changed.retire(&self.set);
+    }
+
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {
         let mut set = lock(&self.set);
         Ok(match op {
@@ -65,6 +70,11 @@ struct BarrierInner {
 impl BarrierState {
     pub(crate) fn new(parties: u32, action: Option<fn()>) -> BarrierState {
         BarrierState { inner: Mutex::new(BarrierInner::default()), changed: Waiters::default(), parties, action }
+    }
+
+    /// Ends the calls waiting on this removed object.
+    pub(crate) fn retire(&self) {
+        self.changed.retire(&self.inner);
     }
 
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {

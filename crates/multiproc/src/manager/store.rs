@@ -2,7 +2,7 @@
 //! registry of user types' entry points that came with them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::code::{self, DispatchFn, UserCall, UserState};
@@ -21,6 +21,8 @@ pub(crate) struct Object {
     pub type_name: String,
     pub type_hash: u64,
     state: State,
+    /// Removed from the store (a connection's cached handle on it is stale).
+    removed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -51,6 +53,28 @@ impl std::fmt::Debug for UserObject {
 }
 
 impl Object {
+    /// True once the object was removed from its store.
+    pub(crate) fn is_removed(&self) -> bool {
+        // ORDERING: Relaxed: a call that raced with the removal may still
+        // run on the object, as if it had come just before.
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    /// Marks the object removed and ends the calls waiting on it.
+    fn retire(&self) {
+        // ORDERING: Relaxed: see `is_removed`.
+        self.removed.store(true, Ordering::Relaxed);
+        match &self.state {
+            State::Queue(q) => q.retire(),
+            State::Lock(l) => l.retire(),
+            State::Semaphore(s) => s.retire(),
+            State::Event(e) => e.retire(),
+            State::Condition(c) => c.retire(),
+            State::Barrier(b) => b.retire(),
+            State::Map(_) | State::List(_) | State::Value(_) | State::User(_) => {}
+        }
+    }
+
     /// Runs one operation on this object.
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {
         match &self.state {
@@ -135,7 +159,7 @@ impl Store {
         };
         // ORDERING: Relaxed: ids only need to be unique.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let object = Arc::new(Object { kind, type_name, type_hash, state });
+        let object = Arc::new(Object { kind, type_name, type_hash, state, removed: AtomicBool::new(false) });
         self.objects.write().unwrap_or_else(|e| e.into_inner()).insert(id, object);
         Ok(Reply::Created(id))
     }
@@ -161,6 +185,18 @@ impl Store {
         let id = *lock(&self.names).get(name).ok_or_else(|| RemoteError::NoSuchName(name.to_string()))?;
         let o = self.get(id)?;
         Ok(Reply::Found { object: id, kind: o.kind, type_name: o.type_name.clone(), type_hash: o.type_hash })
+    }
+
+    /// Removes an object and the names it was published under; answers
+    /// whether it was there. Calls waiting on it end with `Removed`; its
+    /// memory is freed when the calls running on it finish.
+    pub(crate) fn remove(&self, id: u64) -> Response {
+        let Some(object) = self.objects.write().unwrap_or_else(|e| e.into_inner()).remove(&id) else {
+            return Ok(Reply::Bool(false));
+        };
+        lock(&self.names).retain(|_, named| *named != id);
+        object.retire();
+        Ok(Reply::Bool(true))
     }
 
     /// A client process is gone: free the locks it held (see `locks`).

@@ -8,7 +8,7 @@
 //! a client that is gone gets nothing, and its wait takes nothing from the
 //! object (a queue item stays for the next taker).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub(crate) struct Waiters {
     /// every notify comes with the state change it announces, under that
     /// mutex), so the mutex orders it.
     count: AtomicUsize,
+    /// The object was removed: waiting calls end with `Removed`.
+    removed: AtomicBool,
 }
 
 impl Waiters {
@@ -47,6 +49,15 @@ impl Waiters {
         if self.count.load(Ordering::Relaxed) > 0 {
             self.cv.notify_all();
         }
+    }
+
+    /// The object whose state `state` guards was removed: ends every call
+    /// waiting on it (now or later) with `Removed`.
+    pub(crate) fn retire<S>(&self, state: &Mutex<S>) {
+        let _guard = lock(state);
+        // ORDERING: Relaxed: set and read with the object's mutex held.
+        self.removed.store(true, Ordering::Relaxed);
+        self.cv.notify_all();
     }
 }
 
@@ -68,6 +79,10 @@ pub(crate) fn wait_while<'a, S>(
     // ORDERING: Relaxed: counted with the mutex held (see `Waiters::count`).
     waiters.count.fetch_add(1, Ordering::Relaxed);
     let outcome = loop {
+        // ORDERING: Relaxed: the mutex is held (see `Waiters::retire`).
+        if waiters.removed.load(Ordering::Relaxed) {
+            break Err(RemoteError::Removed);
+        }
         let slice = match deadline {
             None => SLICE,
             Some(d) => match d.checked_duration_since(Instant::now()) {

@@ -1,0 +1,123 @@
+//! Removing objects from a manager: the object and its names are gone,
+//! later calls through any proxy (any connection, over a lane or TCP) say
+//! so, and calls waiting on it end instead of waiting for ever.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use multiproc::manager::{self, AcquireError, Dict, Manager, ManagerError, Queue, RemoteError};
+
+/// Bounds every wait of these tests.
+const LONG: Duration = Duration::from_secs(10);
+
+fn no_such_object<T: std::fmt::Debug>(result: Result<T, ManagerError>) -> bool {
+    matches!(result, Err(ManagerError::Remote(RemoteError::NoSuchObject(_))))
+}
+
+#[test]
+fn a_removed_object_and_its_names_are_gone_and_the_others_stay() {
+    let manager = Manager::start().unwrap();
+    let gone = manager.dict::<String, u32>().unwrap();
+    let kept = manager.dict::<String, u32>().unwrap();
+    gone.insert("a".into(), 1).unwrap();
+    kept.insert("b".into(), 2).unwrap();
+    manager.publish("gone", &gone).unwrap();
+    manager.publish("also gone", &gone).unwrap();
+    manager.publish("kept", &kept).unwrap();
+    assert!(manager.remove(&gone).unwrap());
+
+    assert!(no_such_object(gone.len()));
+    assert!(no_such_object(gone.clone().insert("c".into(), 3)));
+    for name in ["gone", "also gone"] {
+        let found = manager.get::<Dict<String, u32>>(name);
+        assert!(matches!(found, Err(ManagerError::Remote(RemoteError::NoSuchName(ref n))) if n == name), "{found:?}");
+    }
+    assert!(!manager.remove(&gone).unwrap(), "a second removal finds nothing");
+    // The name is free again, and the other object is untouched.
+    let again = manager.dict::<String, u32>().unwrap();
+    manager.publish("gone", &again).unwrap();
+    assert_eq!(manager.get::<Dict<String, u32>>("kept").unwrap().get("b").unwrap(), Some(2));
+    manager.shutdown().unwrap();
+}
+
+/// Runs `call` on a thread; its result, or a failure after [`LONG`].
+fn on_a_thread<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(call());
+    });
+    rx
+}
+
+#[test]
+fn calls_waiting_on_a_removed_object_end_with_removed() {
+    let manager = Manager::start().unwrap();
+    let queue = manager.queue::<u32>().unwrap();
+    let lock = manager.lock().unwrap();
+    let event = manager.event().unwrap();
+    let semaphore = manager.semaphore(0).unwrap();
+    let barrier = manager.barrier(2).unwrap();
+    let held = lock.acquire().map_err(|_| "acquire").unwrap();
+
+    let waits = [
+        ("queue get", {
+            let q = queue.clone();
+            on_a_thread(move || format!("{:?}", q.get()))
+        }),
+        ("lock acquire", {
+            let l = lock.clone();
+            on_a_thread(move || match l.acquire() {
+                Err(AcquireError::Manager(e)) => format!("{:?}", Err::<(), _>(e)),
+                other => format!("acquired: {}", other.is_ok()),
+            })
+        }),
+        ("event wait", {
+            let e = event.clone();
+            on_a_thread(move || format!("{:?}", e.wait()))
+        }),
+        ("semaphore acquire", {
+            let s = semaphore.clone();
+            on_a_thread(move || format!("{:?}", s.acquire()))
+        }),
+        ("barrier wait", {
+            let b = barrier.clone();
+            on_a_thread(move || format!("{:?}", b.wait()))
+        }),
+    ];
+    // Let every call reach the manager and wait there.
+    thread::sleep(Duration::from_millis(300));
+    assert!(manager.remove(&queue).unwrap());
+    assert!(manager.remove(&lock).unwrap());
+    assert!(manager.remove(&event).unwrap());
+    assert!(manager.remove(&semaphore).unwrap());
+    assert!(manager.remove(&barrier).unwrap());
+    for (what, rx) in waits {
+        let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what} still waits {LONG:?} after the removal"));
+        assert_eq!(result, "Err(Remote(Removed))", "{what}");
+    }
+    held.leak();
+    manager.shutdown().unwrap();
+}
+
+#[test]
+fn over_tcp_a_removal_reaches_every_connection() {
+    const KEY: &[u8] = b"removal key";
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let q = server.queue::<u64>().unwrap();
+    server.publish("q", &q).unwrap();
+
+    let remote = Manager::connect(server.address(), Some(KEY)).unwrap();
+    let theirs: Queue<u64> = remote.get("q").unwrap();
+    // These calls leave the object cached on the connection's thread in the
+    // manager: the calls after the removal must not find it there.
+    theirs.put(1).unwrap();
+    assert_eq!(theirs.get().unwrap(), 1);
+    // A connected client may remove too; the owner's proxy sees it.
+    assert!(remote.remove(&theirs).unwrap());
+    assert!(no_such_object(theirs.put(2)));
+    assert!(no_such_object(q.qsize()));
+    let found = remote.get::<Queue<u64>>("q");
+    assert!(matches!(found, Err(ManagerError::Remote(RemoteError::NoSuchName(_)))), "{found:?}");
+    server.shutdown().unwrap();
+}
