@@ -58,6 +58,7 @@ fn calls_waiting_on_a_removed_object_end_with_removed() {
     let event = manager.event().unwrap();
     let semaphore = manager.semaphore(0).unwrap();
     let barrier = manager.barrier(2).unwrap();
+    let condition = manager.condition().unwrap();
     let held = lock.acquire().map_err(|_| "acquire").unwrap();
 
     let waits = [
@@ -92,6 +93,7 @@ fn calls_waiting_on_a_removed_object_end_with_removed() {
     assert!(manager.remove(&event).unwrap());
     assert!(manager.remove(&semaphore).unwrap());
     assert!(manager.remove(&barrier).unwrap());
+    assert!(manager.remove(&condition).unwrap());
     for (what, rx) in waits {
         let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what} still waits {LONG:?} after the removal"));
         assert_eq!(result, "Err(Remote(Removed))", "{what}");
