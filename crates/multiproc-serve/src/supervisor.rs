@@ -14,7 +14,7 @@ use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
 use crate::metrics::BatchReason;
 use crate::model::WorkerContext;
-use crate::slot::Answer;
+use crate::slot::{Answer, Wakes};
 use crate::version::VersionGroup;
 use crate::worker::{FromWorker, ServerEnds, ToWorker, worker_pipes};
 
@@ -373,9 +373,11 @@ fn answer_oldest(
             }
             fail_dropped(group, dropped);
             let answers = Arc::new(answers);
+            let mut wakes = Wakes::default();
             for (i, p) in batch.into_iter().enumerate() {
-                deliver(group, p, Encoded::item(&answers, i), (sent_at, now), n);
+                deliver(group, p, Encoded::item(&answers, i), (sent_at, now), n, &mut wakes);
             }
+            wakes.wake();
             Ok(())
         }
         Err(lost) => {
@@ -465,6 +467,7 @@ fn deliver(
     answer: Result<Encoded, String>,
     (sent_at, now): (Instant, Instant),
     batch_size: usize,
+    wakes: &mut Wakes,
 ) {
     let queued = sent_at.saturating_duration_since(p.enqueued);
     match answer {
@@ -479,16 +482,16 @@ fn deliver(
                 batch_size,
             };
             match p.then {
-                Some(then) => then.run(answer, p.slot),
+                Some(then) => then.run(answer, p.slot, wakes),
                 None => {
-                    p.slot.complete(Ok(answer));
+                    p.slot.complete_later(Ok(answer), wakes);
                 }
             }
         }
         Err(message) => {
             let e = ServeError::ModelFailed { model: group.model.clone(), version: group.version, message };
             group.counters.failure(e.kind());
-            p.slot.complete(Err(e));
+            p.slot.complete_later(Err(e), wakes);
         }
     }
 }
