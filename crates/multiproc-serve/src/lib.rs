@@ -81,6 +81,7 @@ mod batcher;
 pub mod command;
 mod deadline;
 mod error;
+mod gauge;
 mod items;
 mod metrics;
 mod model;

@@ -1,0 +1,139 @@
+//! What a pipeline holds: its requests in flight (bounded by its capacity)
+//! and how many of them still wait for preprocessing, so that its feeder
+//! can cut the queue into chunks of a useful size (see
+//! [`Gauge::worth_a_chunk`]) and be told when answers leaving the pipeline
+//! make the waiting ones worth a chunk.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// The part of a pipeline that a gauge can wake: its feeder.
+pub(crate) trait Feeder: Send + Sync {
+    /// Wakes the feeder if it sleeps and a chunk may leave now.
+    fn nudge(&self);
+}
+
+/// A pipeline's counts. Every count is read and written with sequentially
+/// consistent atomics: the feeder announces that it sleeps, then reads the
+/// counts; a thread releasing a request writes the count, then reads
+/// whether the feeder sleeps; so one of the two always sees the other.
+pub(crate) struct Gauge {
+    in_flight: AtomicUsize,
+    /// Requests waiting for preprocessing (the feeder's queue length,
+    /// written under the queue's lock).
+    queued: AtomicUsize,
+    /// The feeder sleeps (written under the queue's lock).
+    feeder_sleeps: AtomicBool,
+    feeder: OnceLock<Weak<dyn Feeder>>,
+}
+
+/// Waiting requests leave as a chunk once they are this share (1/N) of all
+/// the requests in the pipeline.
+const SHARE: usize = 4;
+
+impl Gauge {
+    pub fn new() -> Arc<Gauge> {
+        Arc::new(Gauge {
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            feeder_sleeps: AtomicBool::new(false),
+            feeder: OnceLock::new(),
+        })
+    }
+
+    /// Sets the feeder that releases nudge.
+    pub fn set_feeder(&self, feeder: Weak<dyn Feeder>) {
+        let _ = self.feeder.set(feeder);
+    }
+
+    /// Requests in the pipeline.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts one more request in, unless `capacity` are in already;
+    /// gives the count before it (0: the pipeline was empty).
+    pub fn admit(self: &Arc<Self>, capacity: usize) -> Option<(usize, InFlight)> {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < capacity).then_some(n + 1))
+            .ok()?;
+        Some((before, InFlight(Arc::clone(self))))
+    }
+
+    /// Notes the queue's length (under the queue's lock).
+    pub fn set_queued(&self, n: usize) {
+        self.queued.store(n, Ordering::SeqCst);
+    }
+
+    /// Notes whether the feeder sleeps (under the queue's lock).
+    pub fn set_feeder_sleeps(&self, sleeps: bool) {
+        self.feeder_sleeps.store(sleeps, Ordering::SeqCst);
+    }
+
+    /// Whether `queued` waiting requests are worth a chunk of their own
+    /// while no chunk is being preprocessed: when they are a good share of
+    /// everything in the pipeline (at least a quarter; all of it when the
+    /// rest is done). Under load, answers come back a model batch at a
+    /// time and their callers send the next requests a batch at a time: a
+    /// chunk per such group would cost a round trip through the pool, and
+    /// a model batch cut short, per group; a quarter of what is in flight
+    /// keeps the pool and the model busy side by side, in few, full steps.
+    pub fn worth_a_chunk(&self, queued: usize) -> bool {
+        queued > 0 && queued.saturating_mul(SHARE) >= self.in_flight()
+    }
+
+    /// One request left the pipeline: nudges the feeder if the waiting
+    /// requests just became worth a chunk.
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.feeder_sleeps.load(Ordering::SeqCst)
+            && self.worth_a_chunk(self.queued.load(Ordering::SeqCst))
+            && let Some(feeder) = self.feeder.get().and_then(Weak::upgrade)
+        {
+            feeder.nudge();
+        }
+    }
+}
+
+/// Counts a request as inside its pipeline until dropped.
+pub(crate) struct InFlight(Arc<Gauge>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Bell(Mutex<usize>);
+
+    impl Feeder for Bell {
+        fn nudge(&self) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    #[test]
+    fn answers_leaving_nudge_a_sleeping_feeder_once_the_queue_is_worth_a_chunk() {
+        let gauge = Gauge::new();
+        let bell = Arc::new(Bell(Mutex::new(0)));
+        let weak: Weak<dyn Feeder> = Arc::downgrade(&(Arc::clone(&bell) as Arc<dyn Feeder>));
+        gauge.set_feeder(weak);
+        let mut held: Vec<InFlight> = (0..9).map(|_| gauge.admit(100).unwrap().1).collect();
+        assert!(gauge.admit(9).is_none(), "a full pipeline admits no more");
+        gauge.set_queued(2);
+        assert!(!gauge.worth_a_chunk(2), "2 waiting of 9 is less than a quarter");
+        gauge.set_feeder_sleeps(true);
+        held.truncate(8);
+        assert_eq!(*bell.0.lock().unwrap(), 1, "2 of 8: worth a chunk, the feeder is nudged");
+        gauge.set_feeder_sleeps(false);
+        held.clear();
+        assert_eq!(*bell.0.lock().unwrap(), 1, "an awake feeder is not nudged");
+        assert_eq!(gauge.in_flight(), 0);
+    }
+}
