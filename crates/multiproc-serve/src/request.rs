@@ -64,8 +64,9 @@ impl<I> Request<I> {
 /// A model's answer to one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply<O> {
-    /// The model that answered (for a pipeline: its model).
-    pub model: String,
+    /// The model that answered (for a pipeline: its model); shared with
+    /// the model's other replies, not copied for each.
+    pub model: Arc<str>,
     /// The version that produced the output.
     pub version: u64,
     /// The output.
@@ -84,7 +85,7 @@ pub(crate) fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant
         ServeError::Internal(format!("model {:?} returned an output that does not decode: {e}", answer.model))
     })?;
     Ok(Reply {
-        model: answer.model.to_string(),
+        model: answer.model,
         version: answer.version,
         output,
         queue_time: answer.queued,
