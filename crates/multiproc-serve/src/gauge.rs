@@ -25,6 +25,8 @@ pub(crate) struct Gauge {
     /// The feeder sleeps (written under the queue's lock).
     feeder_sleeps: AtomicBool,
     feeder: OnceLock<Weak<dyn Feeder>>,
+    /// The model's largest batch (0 until the first chunk reached it).
+    model_batch: AtomicUsize,
 }
 
 /// Waiting requests leave as a chunk once they are this share (1/N) of all
@@ -38,6 +40,7 @@ impl Gauge {
             queued: AtomicUsize::new(0),
             feeder_sleeps: AtomicBool::new(false),
             feeder: OnceLock::new(),
+            model_batch: AtomicUsize::new(0),
         })
     }
 
@@ -81,6 +84,27 @@ impl Gauge {
     /// keeps the pool and the model busy side by side, in few, full steps.
     pub fn worth_a_chunk(&self, queued: usize) -> bool {
         queued > 0 && queued.saturating_mul(SHARE) >= self.in_flight()
+    }
+
+    /// Notes the model's largest batch.
+    pub fn set_model_batch(&self, n: usize) {
+        // ORDERING: Relaxed: a size hint with no bearing on correctness.
+        self.model_batch.store(n, Ordering::Relaxed);
+    }
+
+    /// How many of `queued` waiting requests go in the next chunk, at most
+    /// `max`: a whole number of model batches when there is more than one
+    /// batch's worth, so that the chunk reaches the model as full batches
+    /// (a chunk of 300 for batches of 128 made two full batches and one of
+    /// 44, which cost the model's worker as much as a full one); the rest
+    /// waits for the next chunk.
+    pub fn chunk_len(&self, queued: usize, max: usize) -> usize {
+        let n = queued.min(max);
+        // ORDERING: as in `set_model_batch`.
+        match self.model_batch.load(Ordering::Relaxed) {
+            batch if batch > 0 && n > batch => n - n % batch,
+            _ => n,
+        }
     }
 
     /// One request left the pipeline: nudges the feeder if the waiting
@@ -135,5 +159,16 @@ mod tests {
         held.clear();
         assert_eq!(*bell.0.lock().unwrap(), 1, "an awake feeder is not nudged");
         assert_eq!(gauge.in_flight(), 0);
+    }
+
+    #[test]
+    fn chunks_are_whole_model_batches_when_more_than_one_is_waiting() {
+        let gauge = Gauge::new();
+        assert_eq!(gauge.chunk_len(300, 1024), 300, "the model's batch is not known yet");
+        gauge.set_model_batch(128);
+        assert_eq!(gauge.chunk_len(300, 1024), 256);
+        assert_eq!(gauge.chunk_len(100, 1024), 100, "less than a batch goes whole");
+        assert_eq!(gauge.chunk_len(300, 200), 128, "at most the chunk size");
+        assert_eq!(gauge.chunk_len(300, 100), 100);
     }
 }

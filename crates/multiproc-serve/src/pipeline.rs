@@ -365,7 +365,7 @@ where
     /// Takes the next chunk off the queue and counts it as in the pool.
     fn take_chunk(&self, q: &mut Feed<R>) -> Vec<Job<R>> {
         q.chunks_out += 1;
-        let n = q.jobs.len().min(self.chunk);
+        let n = self.gauge.chunk_len(q.jobs.len(), self.chunk);
         let chunk = q.jobs.drain(..n).collect();
         self.gauge.set_queued(q.jobs.len());
         chunk
@@ -402,6 +402,7 @@ where
                 return;
             }
         };
+        self.gauge.set_model_batch(entry.settings.max_batch_size);
         let now = Instant::now();
         let mut batch = Vec::with_capacity(jobs.len());
         let outputs = Arc::new(outputs);
