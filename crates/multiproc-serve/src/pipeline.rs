@@ -88,7 +88,9 @@ where
         F: Task<(R,), Result<I, String>>,
     {
         let pre: PreFn<R> = Arc::new(move |pool: &Pool, items: Vec<R>| {
-            pool.apply_async(PreprocessChunk(preprocess, PhantomData::<fn() -> I>), (items,))
+            let chunk = PreprocessChunk::<F, R, I>::encode(&items);
+            drop(items);
+            pool.apply_async(PreprocessChunk(preprocess, PhantomData::<fn(R) -> I>), (chunk,))
         });
         PipelineSpec {
             name: name.into(),
