@@ -12,9 +12,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
+use crate::gauge::InFlight;
 use crate::items::Encoded;
 use crate::metrics::BatchReason;
-use crate::gauge::InFlight;
 use crate::settings::ModelSettings;
 use crate::slot::{Answer, Slot, Wakes};
 

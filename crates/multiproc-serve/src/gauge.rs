@@ -30,8 +30,9 @@ pub(crate) struct Gauge {
 }
 
 /// Waiting requests leave as a chunk once they are this share (1/N) of all
-/// the requests in the pipeline.
-const SHARE: usize = 4;
+/// the requests in the pipeline: half, so that under a steady load the pool
+/// prepares one half while the model answers the other.
+const SHARE: usize = 2;
 
 impl Gauge {
     pub fn new() -> Arc<Gauge> {
@@ -76,12 +77,12 @@ impl Gauge {
 
     /// Whether `queued` waiting requests are worth a chunk of their own
     /// while no chunk is being preprocessed: when they are a good share of
-    /// everything in the pipeline (at least a quarter; all of it when the
-    /// rest is done). Under load, answers come back a model batch at a
-    /// time and their callers send the next requests a batch at a time: a
-    /// chunk per such group would cost a round trip through the pool, and
-    /// a model batch cut short, per group; a quarter of what is in flight
-    /// keeps the pool and the model busy side by side, in few, full steps.
+    /// everything in the pipeline (at least half; all of it when the rest
+    /// is done). Under load, answers come back a model batch at a time and
+    /// their callers send the next requests a batch at a time: a chunk per
+    /// such group would cost a round trip through the pool, and a model
+    /// batch cut short, per group; half of what is in flight keeps the pool
+    /// and the model busy side by side, in few, full steps.
     pub fn worth_a_chunk(&self, queued: usize) -> bool {
         queued > 0 && queued.saturating_mul(SHARE) >= self.in_flight()
     }
@@ -150,11 +151,11 @@ mod tests {
         gauge.set_feeder(weak);
         let mut held: Vec<InFlight> = (0..9).map(|_| gauge.admit(100).unwrap().1).collect();
         assert!(gauge.admit(9).is_none(), "a full pipeline admits no more");
-        gauge.set_queued(2);
-        assert!(!gauge.worth_a_chunk(2), "2 waiting of 9 is less than a quarter");
+        gauge.set_queued(4);
+        assert!(!gauge.worth_a_chunk(4), "4 waiting of 9 is less than half");
         gauge.set_feeder_sleeps(true);
         held.truncate(8);
-        assert_eq!(*bell.0.lock().unwrap(), 1, "2 of 8: worth a chunk, the feeder is nudged");
+        assert_eq!(*bell.0.lock().unwrap(), 1, "4 of 8: worth a chunk, the feeder is nudged");
         gauge.set_feeder_sleeps(false);
         held.clear();
         assert_eq!(*bell.0.lock().unwrap(), 1, "an awake feeder is not nudged");

@@ -3,11 +3,12 @@
 //! the request it answers.
 //!
 //! The pipeline holds at most `capacity` requests in all its stages; one
-//! more is rejected at once (`Overloaded`). Preprocessing takes whatever is
-//! queued, up to `chunk` requests, as one pool task when the pool holds no
-//! chunk (or a full chunk, up to two per process), so chunks grow with the
-//! load; a lone request at low load goes to the pool at once from the
-//! caller's thread. The pool process encodes the chunk's outputs for the
+//! more is rejected at once (`Overloaded`). Preprocessing takes what is
+//! queued, up to `chunk` requests (whole model batches when more than one),
+//! as one pool task when the pool holds no chunk and the queue holds half of
+//! the pipeline's requests (or a full chunk, up to two per process), so
+//! chunks grow with the load; a lone request at low load goes to the pool at
+//! once from the caller's thread. The pool process encodes the chunk's outputs for the
 //! model into one buffer, so an item crosses to the model as the bytes it
 //! came back as, with no allocation per request on the way. If a
 //! preprocessing process dies, only the requests of its chunk fail
@@ -255,10 +256,11 @@ where
     }
 
     /// The feeder: cuts the queue into chunks for the preprocessing pool.
-    /// A chunk leaves when a process has nothing to do (fewer chunks out
-    /// than processes), or when it is full and the pool holds less than two
-    /// per process; meanwhile requests gather, so that chunks grow with the
-    /// load instead of a round trip through the pool for each few requests.
+    /// A chunk leaves when the pool holds none and the queue is worth one
+    /// ([`Gauge::worth_a_chunk`]), or when it is full and the pool holds less
+    /// than two per process; meanwhile requests gather, so that chunks grow
+    /// with the load instead of a round trip through the pool for each few
+    /// requests.
     fn feed(self: Arc<Self>) {
         loop {
             let jobs: Vec<Job<R>> = {
