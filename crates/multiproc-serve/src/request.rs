@@ -65,9 +65,8 @@ impl<I> Request<I> {
 /// A model's answer to one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply<O> {
-    /// The model that answered (for a pipeline: its model); shared with
-    /// the model's other replies, not copied for each.
-    pub model: Arc<str>,
+    /// The model that answered (for a pipeline: its model).
+    pub model: ModelName,
     /// The version that produced the output.
     pub version: u64,
     /// The output.

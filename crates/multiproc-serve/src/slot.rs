@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
 use crate::items::Encoded;
+use crate::name::ModelName;
 
 /// A successful answer, still encoded.
 #[derive(Debug)]
@@ -17,7 +18,7 @@ pub(crate) struct Answer {
     /// The encoded output.
     pub bytes: Encoded,
     /// The model that answered (for a pipeline, the pipeline's model).
-    pub model: Arc<str>,
+    pub model: ModelName,
     /// When the answer was ready.
     pub answered: Instant,
     /// The version that answered.
