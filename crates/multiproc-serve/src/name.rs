@@ -8,15 +8,16 @@ use std::fmt;
 const INLINE: usize = 30;
 
 /// A model's (or pipeline's) name as a [`Request`](crate::Request) holds
-/// it: made from a `&str`, a `&String` or a `String`; a short name is kept
-/// inline instead of allocated.
+/// it: made from whatever makes a `String` (`&str`, `&String`, `String`,
+/// `Box<str>`, `Cow<str>`); a short name is kept inline instead of
+/// allocated.
 ///
 /// ```
 /// use multiproc_serve::ModelName;
 ///
 /// let short = ModelName::from("classifier");
 /// let long = ModelName::from("a-model-name-longer-than-thirty-bytes".to_string());
-/// assert_eq!(short.as_str(), "classifier");
+/// assert_eq!(short, "classifier");
 /// assert_eq!(&*long, "a-model-name-longer-than-thirty-bytes");
 /// assert_eq!(String::from(short), "classifier");
 /// ```
@@ -70,12 +71,45 @@ impl From<String> for ModelName {
     }
 }
 
+impl From<&mut str> for ModelName {
+    fn from(name: &mut str) -> Self {
+        ModelName::from(&*name)
+    }
+}
+
+impl From<Box<str>> for ModelName {
+    fn from(name: Box<str>) -> Self {
+        ModelName::from(String::from(name))
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for ModelName {
+    fn from(name: std::borrow::Cow<'_, str>) -> Self {
+        match name {
+            std::borrow::Cow::Borrowed(s) => ModelName::from(s),
+            std::borrow::Cow::Owned(s) => ModelName::from(s),
+        }
+    }
+}
+
 impl From<ModelName> for String {
     fn from(name: ModelName) -> Self {
         match name.0 {
             Repr::Heap(s) => s,
             Repr::Inline { .. } => name.as_str().to_string(),
         }
+    }
+}
+
+impl PartialEq<str> for ModelName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ModelName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -110,6 +144,8 @@ mod tests {
             assert_eq!(ModelName::from(name.as_str()).as_str(), name);
             assert_eq!(ModelName::from(name.clone()).as_str(), name);
             assert_eq!(String::from(ModelName::from(&name)), name);
+            assert_eq!(ModelName::from(std::borrow::Cow::Borrowed(name.as_str())).as_str(), name);
+            assert_eq!(ModelName::from(name.clone().into_boxed_str()).as_str(), name);
         }
         assert_eq!(format!("{:?} {}", ModelName::from("m"), ModelName::from("m")), "\"m\" m");
     }
