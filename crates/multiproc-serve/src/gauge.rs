@@ -58,10 +58,16 @@ impl Gauge {
     /// Counts one more request in, unless `capacity` are in already;
     /// gives the count before it (0: the pipeline was empty).
     pub fn admit(self: &Arc<Self>, capacity: usize) -> Option<(usize, InFlight)> {
-        let before = self
-            .in_flight
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < capacity).then_some(n + 1))
-            .ok()?;
+        // One add, taken back if it went past the capacity (a compare-and-
+        // swap loop retried under the answers' releases): concurrent callers
+        // each see their own count before, so no more than `capacity` are
+        // ever admitted. Taking it back is a release like an answer's, so
+        // a feeder that saw the passing count is still nudged.
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if before >= capacity {
+            self.release();
+            return None;
+        }
         Some((before, InFlight(Arc::clone(self))))
     }
 
