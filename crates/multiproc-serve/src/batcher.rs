@@ -12,11 +12,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
+use crate::gauge::InFlight;
 use crate::items::Encoded;
 use crate::metrics::BatchReason;
-use crate::pipeline::InFlight;
 use crate::settings::ModelSettings;
-use crate::slot::{Answer, Slot};
+use crate::slot::{Answer, Slot, Wakes};
 
 /// What happens after the model answered a pipeline request.
 pub(crate) enum Continuation {
@@ -28,12 +28,12 @@ pub(crate) enum Continuation {
 }
 
 impl Continuation {
-    /// Hands the model's answer on.
-    pub fn run(self, answer: Answer, slot: Arc<Slot>) {
+    /// Hands the model's answer on (a caller's wake-up goes to `wakes`).
+    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes) {
         match self {
             Continuation::Answer(guard) => {
                 drop(guard);
-                slot.complete(Ok(answer));
+                slot.complete_later(Ok(answer), wakes);
             }
             Continuation::Post(then) => then(answer, slot),
         }

@@ -208,9 +208,11 @@ impl<'de> Visitor<'de> for InputsVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
-        // The length comes from another process: reserve a bounded amount;
-        // the items themselves are bounded by the message.
-        let mut items = Items::with_capacity(seq.size_hint().unwrap_or(0).min(4096), 0);
+        // The length comes from another process: reserve a bounded amount
+        // (items and bytes, so that the buffer does not grow from empty by
+        // doubling); the items themselves are bounded by the message.
+        let n = seq.size_hint().unwrap_or(0).min(4096);
+        let mut items = Items::with_capacity(n, n * ITEM_BYTES_GUESS);
         while seq.next_element_seed(AppendItem(&mut items))?.is_some() {}
         Ok(items)
     }

@@ -3,11 +3,12 @@
 //! the request it answers.
 //!
 //! The pipeline holds at most `capacity` requests in all its stages; one
-//! more is rejected at once (`Overloaded`). Preprocessing takes whatever is
-//! queued, up to `chunk` requests, as one pool task when the pool holds no
-//! chunk (or a full chunk, up to two per process), so chunks grow with the
-//! load; a lone request at low load goes to the pool at once from the
-//! caller's thread. The pool process encodes the chunk's outputs for the
+//! more is rejected at once (`Overloaded`). Preprocessing takes what is
+//! queued, up to `chunk` requests (whole model batches when more than one),
+//! as one pool task when the pool holds no chunk and the queue holds half of
+//! the pipeline's requests (or a full chunk, up to two per process), so
+//! chunks grow with the load; a lone request at low load goes to the pool at
+//! once from the caller's thread. The pool process encodes the chunk's outputs for the
 //! model into one buffer, so an item crosses to the model as the bytes it
 //! came back as, with no allocation per request on the way. If a
 //! preprocessing process dies, only the requests of its chunk fail
@@ -16,7 +17,7 @@
 use std::any::TypeId;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 
 use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
+use crate::gauge::{Feeder, Gauge, InFlight};
 use crate::items::{Encoded, Items};
 use crate::preprocess::{PreprocessChunk, Preprocessed};
 use crate::server::{Inner, Server};
@@ -87,7 +89,9 @@ where
         F: Task<(R,), Result<I, String>>,
     {
         let pre: PreFn<R> = Arc::new(move |pool: &Pool, items: Vec<R>| {
-            pool.apply_async(PreprocessChunk(preprocess, PhantomData::<fn() -> I>), (items,))
+            let chunk = PreprocessChunk::<F, R, I>::encode(&items);
+            drop(items);
+            pool.apply_async(PreprocessChunk(preprocess, PhantomData::<fn(R) -> I>), (chunk,))
         });
         PipelineSpec {
             name: name.into(),
@@ -170,13 +174,15 @@ where
             post,
             queue: Mutex::new(Feed { jobs: VecDeque::new(), feeder_waiting: false, chunks_out: 0 }),
             changed: Condvar::new(),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            gauge: Gauge::new(),
             capacity: self.capacity,
             chunk: self.chunk,
             server,
             stopped: AtomicBool::new(false),
             thread: Mutex::new(None),
         });
+        let weak: Weak<dyn Feeder> = runtime.me.clone();
+        runtime.gauge.set_feeder(weak);
         let feeder = Arc::clone(&runtime);
         let thread = std::thread::Builder::new()
             .name(format!("serve-pipeline-{}", runtime.name))
@@ -201,15 +207,6 @@ pub(crate) trait PipelineDyn: Send + Sync {
     ) -> Result<(), ServeError>;
     fn status(&self) -> PipelineStatus;
     fn stop(&self);
-}
-
-/// Counts a request as inside the pipeline until dropped.
-pub(crate) struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 struct Job<R> {
@@ -240,7 +237,7 @@ struct Runtime<R, O, P> {
     post: Option<(PostFn<O, P>, usize)>,
     queue: Mutex<Feed<R>>,
     changed: Condvar,
-    in_flight: Arc<AtomicUsize>,
+    gauge: Arc<Gauge>,
     capacity: usize,
     chunk: usize,
     server: Weak<Inner>,
@@ -259,21 +256,28 @@ where
     }
 
     /// The feeder: cuts the queue into chunks for the preprocessing pool.
-    /// A chunk leaves when a process has nothing to do (fewer chunks out
-    /// than processes), or when it is full and the pool holds less than two
-    /// per process; meanwhile requests gather, so that chunks grow with the
-    /// load instead of a round trip through the pool for each few requests.
+    /// A chunk leaves when the pool holds none and the queue is worth one
+    /// ([`Gauge::worth_a_chunk`]), or when it is full and the pool holds less
+    /// than two per process; meanwhile requests gather, so that chunks grow
+    /// with the load instead of a round trip through the pool for each few
+    /// requests.
     fn feed(self: Arc<Self>) {
         loop {
             let jobs: Vec<Job<R>> = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                while !self.stopped.load(Ordering::Acquire) && !self.chunk_ready(&q) {
-                    q.feeder_waiting = true;
+                // Says it sleeps before it looks (see `Gauge`): a request
+                // leaving meanwhile nudges it.
+                while !self.stopped.load(Ordering::Acquire) {
+                    self.set_feeder_waiting(&mut q, true);
+                    if self.chunk_ready(&q) {
+                        break;
+                    }
                     q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
-                    q.feeder_waiting = false;
                 }
+                self.set_feeder_waiting(&mut q, false);
                 if self.stopped.load(Ordering::Acquire) {
                     let left: Vec<Job<R>> = q.jobs.drain(..).collect();
+                    self.gauge.set_queued(0);
                     drop(q);
                     for j in left {
                         j.slot.complete(Err(ServeError::ShuttingDown));
@@ -286,10 +290,20 @@ where
         }
     }
 
-    /// Whether the queue should leave as a chunk now (see [`Runtime::feed`]).
+    /// Whether the queue should leave as a chunk now (see [`Runtime::feed`]
+    /// and [`Gauge::worth_a_chunk`]).
     fn chunk_ready(&self, q: &Feed<R>) -> bool {
         let n = q.jobs.len();
-        n > 0 && (q.chunks_out == 0 || (n >= self.chunk && q.chunks_out < 2 * self.pre_processes))
+        if n >= self.chunk {
+            return q.chunks_out < 2 * self.pre_processes;
+        }
+        q.chunks_out == 0 && self.gauge.worth_a_chunk(n)
+    }
+
+    /// Notes whether the feeder sleeps, in the queue and in the gauge.
+    fn set_feeder_waiting(&self, q: &mut Feed<R>, waiting: bool) {
+        q.feeder_waiting = waiting;
+        self.gauge.set_feeder_sleeps(waiting);
     }
 
     fn preprocess(self: &Arc<Self>, jobs: Vec<Job<R>>) {
@@ -355,8 +369,10 @@ where
     /// Takes the next chunk off the queue and counts it as in the pool.
     fn take_chunk(&self, q: &mut Feed<R>) -> Vec<Job<R>> {
         q.chunks_out += 1;
-        let n = q.jobs.len().min(self.chunk);
-        q.jobs.drain(..n).collect()
+        let n = self.gauge.chunk_len(q.jobs.len(), self.chunk);
+        let chunk = q.jobs.drain(..n).collect();
+        self.gauge.set_queued(q.jobs.len());
+        chunk
     }
 
     /// Wakes the feeder if it sleeps and a chunk may leave; once per sleep
@@ -364,7 +380,7 @@ where
     fn wake_feeder(&self, mut q: std::sync::MutexGuard<'_, Feed<R>>) {
         let wake = q.feeder_waiting && self.chunk_ready(&q);
         if wake {
-            q.feeder_waiting = false;
+            self.set_feeder_waiting(&mut q, false);
         }
         drop(q);
         if wake {
@@ -390,6 +406,7 @@ where
                 return;
             }
         };
+        self.gauge.set_model_batch(entry.settings.max_batch_size);
         let now = Instant::now();
         let mut batch = Vec::with_capacity(jobs.len());
         let outputs = Arc::new(outputs);
@@ -468,6 +485,17 @@ where
     }
 }
 
+impl<R, O, P> Feeder for Runtime<R, O, P>
+where
+    R: PipelineItem,
+    O: PipelineItem,
+    P: PipelineItem,
+{
+    fn nudge(&self) {
+        self.wake_feeder(self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
 impl<R, O, P> PipelineDyn for Runtime<R, O, P>
 where
     R: PipelineItem,
@@ -505,12 +533,10 @@ where
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServeError::ShuttingDown);
         }
-        let admitted =
-            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
-        let Ok(held) = admitted else {
+        let Some((held, guard)) = self.gauge.admit(self.capacity) else {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         };
-        let job = Job { input, slot, deadline, guard: InFlight(Arc::clone(&self.in_flight)) };
+        let job = Job { input, slot, deadline, guard };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         // Low load (nothing else in the pipeline, the feeder idle, a pool
         // slot free): the caller hands the request to the pool itself, saving
@@ -529,6 +555,7 @@ where
             return Ok(());
         }
         q.jobs.push_back(job);
+        self.gauge.set_queued(q.jobs.len());
         self.wake_feeder(q);
         Ok(())
     }
@@ -538,7 +565,7 @@ where
             model: self.model.clone(),
             preprocess_processes: self.pre_processes,
             postprocess_processes: self.post.as_ref().map_or(0, |p| p.1),
-            in_flight: self.in_flight.load(Ordering::Acquire),
+            in_flight: self.gauge.in_flight(),
             capacity: self.capacity,
         }
     }

@@ -1,12 +1,20 @@
 //! The preprocessing task of a pipeline, run in its pool's processes: a
 //! chunk of requests in, the step's outputs out, each encoded for the model
 //! into one buffer ([`Items`]).
+//!
+//! The requests travel encoded in one buffer too, and the process decodes
+//! them one at a time, each just before its step runs: decoding the whole
+//! chunk first made a few hundred allocations at once and freed them at
+//! once, which the C allocator serves from its slow paths (and consolidates
+//! on the next large allocation); one at a time, each input and output
+//! reuses the memory the previous one freed.
 
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use multiproc::Task;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::items::{ITEM_BYTES_GUESS, Items};
 
@@ -36,27 +44,55 @@ impl<'de> serde::Deserialize<'de> for Preprocessed {
     }
 }
 
-/// The preprocessing step `F` over a chunk, each output encoded for the
-/// model, as one pool task (zero-sized, like `F`).
-pub(crate) struct PreprocessChunk<F, I>(pub F, pub PhantomData<fn() -> I>);
+/// The preprocessing step `F` from `R` to `I` over a chunk of encoded
+/// requests, each output encoded for the model, as one pool task
+/// (zero-sized, like `F`).
+pub(crate) struct PreprocessChunk<F, R, I>(pub F, pub PhantomData<fn(R) -> I>);
 
-impl<F: Copy, I> Clone for PreprocessChunk<F, I> {
+impl<F: Copy, R, I> Clone for PreprocessChunk<F, R, I> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<F: Copy, I> Copy for PreprocessChunk<F, I> {}
+impl<F: Copy, R, I> Copy for PreprocessChunk<F, R, I> {}
 
-impl<F, R, I> Task<(Vec<R>,), Preprocessed> for PreprocessChunk<F, I>
+impl<F, R, I> PreprocessChunk<F, R, I>
+where
+    R: Serialize,
+{
+    /// A chunk of requests encoded for the pool process (a request that
+    /// does not encode is that item's error).
+    pub fn encode(requests: &[R]) -> Items {
+        let mut items = Items::with_capacity(requests.len(), requests.len().saturating_mul(ITEM_BYTES_GUESS));
+        for r in requests {
+            items.push_output(Ok(r));
+        }
+        items
+    }
+}
+
+impl<F, R, I> Task<(Items,), Preprocessed> for PreprocessChunk<F, R, I>
 where
     F: Task<(R,), Result<I, String>>,
+    R: DeserializeOwned + 'static,
     I: Serialize + 'static,
 {
-    fn call(self, (chunk,): (Vec<R>,)) -> Preprocessed {
-        let mut items = Items::with_capacity(chunk.len(), chunk.len().saturating_mul(ITEM_BYTES_GUESS));
-        for r in chunk {
-            items.push_output(self.0.call((r,)));
+    fn call(self, (chunk,): (Items,)) -> Preprocessed {
+        let n = chunk.len();
+        let mut items = Items::with_capacity(n, chunk.byte_len().saturating_add(n.saturating_mul(ITEM_BYTES_GUESS)));
+        for i in 0..n {
+            let request = match chunk.get(i) {
+                Some(Ok(bytes)) => {
+                    postcard::from_bytes::<R>(bytes).map_err(|e| format!("request does not decode: {e}"))
+                }
+                Some(Err(message)) => Err(message.to_string()),
+                None => Err("no request".to_string()),
+            };
+            match request {
+                Ok(r) => items.push_output(self.0.call((r,))),
+                Err(message) => items.push_error(&message),
+            }
         }
         Preprocessed(Mutex::new(Some(items)))
     }

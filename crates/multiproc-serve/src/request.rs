@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::ServeError;
+use crate::name::ModelName;
 use crate::slot::{Answer, Slot};
 
 /// One request: the model, an optional version, the input and an optional
@@ -24,7 +25,7 @@ use crate::slot::{Answer, Slot};
 /// ```
 #[derive(Debug, Clone)]
 pub struct Request<I> {
-    pub(crate) model: String,
+    pub(crate) model: ModelName,
     pub(crate) version: Option<u64>,
     pub(crate) input: I,
     pub(crate) timeout: Option<Duration>,
@@ -32,7 +33,7 @@ pub struct Request<I> {
 
 impl<I> Request<I> {
     /// A request for the default version of `model`.
-    pub fn new(model: impl Into<String>, input: I) -> Request<I> {
+    pub fn new(model: impl Into<ModelName>, input: I) -> Request<I> {
         Request { model: model.into(), version: None, input, timeout: None }
     }
 
@@ -57,7 +58,7 @@ impl<I> Request<I> {
 
     /// The model named.
     pub fn model(&self) -> &str {
-        &self.model
+        self.model.as_str()
     }
 }
 
@@ -65,7 +66,7 @@ impl<I> Request<I> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply<O> {
     /// The model that answered (for a pipeline: its model).
-    pub model: String,
+    pub model: ModelName,
     /// The version that produced the output.
     pub version: u64,
     /// The output.
@@ -84,7 +85,7 @@ pub(crate) fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant
         ServeError::Internal(format!("model {:?} returned an output that does not decode: {e}", answer.model))
     })?;
     Ok(Reply {
-        model: answer.model.to_string(),
+        model: answer.model,
         version: answer.version,
         output,
         queue_time: answer.queued,
@@ -97,7 +98,7 @@ pub(crate) fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant
 /// Dropping it cancels the request if it has not reached a worker yet.
 #[must_use = "a future does nothing unless polled; dropping it cancels the request"]
 pub struct InferFuture<O> {
-    pub(crate) model: String,
+    pub(crate) model: ModelName,
     pub(crate) slot: Result<Arc<Slot>, Option<ServeError>>,
     pub(crate) _output: PhantomData<fn() -> O>,
 }
@@ -140,7 +141,7 @@ impl<O: DeserializeOwned> InferFuture<O> {
                 Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
                 None => {
                     slot.cancel();
-                    let model = std::mem::take(&mut self.model);
+                    let model = std::mem::take(&mut self.model).into();
                     Err(ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" })
                 }
             },

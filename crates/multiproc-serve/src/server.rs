@@ -15,6 +15,7 @@ use crate::error::ServeError;
 use crate::items::Encoded;
 use crate::metrics::MetricsSnapshot;
 use crate::model::{Model, ModelSpec};
+use crate::name::ModelName;
 use crate::pipeline::{PipelineDyn, PipelineItem, PipelineSpec};
 use crate::registry::ModelEntry;
 use crate::request::decode_reply;
@@ -254,7 +255,7 @@ impl Server {
         &self,
         request: Request<I>,
         slot: &Arc<Slot>,
-    ) -> Result<(Option<Instant>, String), ServeError> {
+    ) -> Result<(Option<Instant>, ModelName), ServeError> {
         self.check_running()?;
         let Request { model, version, input, timeout } = request;
         match self.endpoint(&model)? {
@@ -262,7 +263,7 @@ impl Server {
                 entry.io.check::<I, O>(&model)?;
                 let deadline = timeout.or(entry.settings.request_timeout).map(|t| slot.arrived + t);
                 let bytes = postcard::to_allocvec(&input).map_err(|e| ServeError::BadInput {
-                    model: model.clone(),
+                    model: model.to_string(),
                     reason: format!("input does not encode: {e}"),
                 })?;
                 self.submit_bytes(&entry, version, Encoded::Own(bytes), Arc::clone(slot), deadline, None, false)?;
@@ -270,6 +271,7 @@ impl Server {
             }
             Endpoint::Pipeline(p) => {
                 if version.is_some() {
+                    let model = model.into();
                     return Err(ServeError::BadInput { model, reason: "a pipeline has no versions".to_string() });
                 }
                 p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
@@ -417,6 +419,7 @@ impl Server {
             Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
             None => {
                 slot.cancel();
+                let model = model.into();
                 let e = ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" };
                 slot.complete(Err(e.clone()));
                 Err(e)
@@ -436,12 +439,12 @@ impl Server {
         match self.submit::<I, O>(request, &slot) {
             Ok((deadline, model)) => {
                 if let Some(d) = deadline {
-                    self.inner.deadlines.watch(d, &slot, model.clone());
+                    self.inner.deadlines.watch(d, &slot, model.to_string());
                 }
                 InferFuture { model, slot: Ok(slot), _output: PhantomData }
             }
             // The error names the model; the future's name is for deadlines.
-            Err(e) => InferFuture { model: String::new(), slot: Err(Some(e)), _output: PhantomData },
+            Err(e) => InferFuture { model: ModelName::default(), slot: Err(Some(e)), _output: PhantomData },
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
 use crate::items::Encoded;
+use crate::name::ModelName;
 
 /// A successful answer, still encoded.
 #[derive(Debug)]
@@ -17,7 +18,7 @@ pub(crate) struct Answer {
     /// The encoded output.
     pub bytes: Encoded,
     /// The model that answered (for a pipeline, the pipeline's model).
-    pub model: Arc<str>,
+    pub model: ModelName,
     /// When the answer was ready.
     pub answered: Instant,
     /// The version that answered.
@@ -46,6 +47,32 @@ impl State {
     }
 }
 
+/// Wake-ups owed to callers whose answers were set with
+/// [`Slot::complete_later`]; given by [`Wakes::wake`] (or when dropped).
+#[derive(Default)]
+pub(crate) struct Wakes {
+    threads: Vec<Arc<Slot>>,
+    tasks: Vec<Waker>,
+}
+
+impl Wakes {
+    /// Wakes every caller owed a wake-up.
+    pub fn wake(&mut self) {
+        for slot in self.threads.drain(..) {
+            slot.ready.notify_all();
+        }
+        for w in self.tasks.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake();
+    }
+}
+
 /// One request's answer, set once.
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -67,7 +94,19 @@ impl Slot {
     }
 
     /// Sets the answer unless one is already set; true if this one was.
-    pub fn complete(&self, result: Result<Answer, ServeError>) -> bool {
+    pub fn complete(self: &Arc<Self>, result: Result<Answer, ServeError>) -> bool {
+        let mut wakes = Wakes::default();
+        let done = self.complete_later(result, &mut wakes);
+        wakes.wake();
+        done
+    }
+
+    /// Sets the answer like [`Slot::complete`], but leaves the wake-up of
+    /// its caller in `wakes`: a batch's answers are all set before any
+    /// caller wakes, so a caller that reads them in order finds the next
+    /// one there instead of sleeping again (and being woken again) per
+    /// answer.
+    pub fn complete_later(self: &Arc<Self>, result: Result<Answer, ServeError>, wakes: &mut Wakes) -> bool {
         let (waker, waiting) = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if s.result.is_some() || s.taken {
@@ -77,10 +116,10 @@ impl Slot {
             (s.waker.take(), s.waiting)
         };
         if waiting {
-            self.ready.notify_all();
+            wakes.threads.push(Arc::clone(self));
         }
         if let Some(w) = waker {
-            w.wake();
+            wakes.tasks.push(w);
         }
         true
     }

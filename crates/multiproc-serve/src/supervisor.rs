@@ -12,9 +12,9 @@ use multiproc::{ConnectionError, Process, ProcessError};
 use crate::batcher::{BatchQueue, Next, Pending, fail_all};
 use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
-use crate::metrics::BatchReason;
+use crate::metrics::{BatchReason, Tally};
 use crate::model::WorkerContext;
-use crate::slot::Answer;
+use crate::slot::{Answer, Wakes};
 use crate::version::VersionGroup;
 use crate::worker::{FromWorker, ServerEnds, ToWorker, worker_pipes};
 
@@ -373,9 +373,13 @@ fn answer_oldest(
             }
             fail_dropped(group, dropped);
             let answers = Arc::new(answers);
+            let mut delivery =
+                Delivery { sent_at, now, batch_size: n, wakes: Wakes::default(), tally: Tally::default() };
             for (i, p) in batch.into_iter().enumerate() {
-                deliver(group, p, Encoded::item(&answers, i), (sent_at, now), n);
+                deliver(group, p, Encoded::item(&answers, i), &mut delivery);
             }
+            group.counters.success(&delivery.tally);
+            delivery.wakes.wake();
             Ok(())
         }
         Err(lost) => {
@@ -458,37 +462,41 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
     }
 }
 
-/// Hands one answer to its request (or to the pipeline's next stage).
-fn deliver(
-    group: &VersionGroup,
-    p: Pending,
-    answer: Result<Encoded, String>,
-    (sent_at, now): (Instant, Instant),
+/// A batch's answers on their way to their requests: what they share, and
+/// what is done once for the whole batch when they all are delivered.
+struct Delivery {
+    sent_at: Instant,
+    now: Instant,
     batch_size: usize,
-) {
-    let queued = sent_at.saturating_duration_since(p.enqueued);
+    wakes: Wakes,
+    tally: Tally,
+}
+
+/// Hands one answer to its request (or to the pipeline's next stage).
+fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d: &mut Delivery) {
+    let queued = d.sent_at.saturating_duration_since(p.enqueued);
     match answer {
         Ok(bytes) => {
-            group.counters.success(now.saturating_duration_since(p.slot.arrived), queued);
+            d.tally.add(d.now.saturating_duration_since(p.slot.arrived), queued);
             let answer = Answer {
                 bytes,
-                model: Arc::clone(&group.model_name),
-                answered: now,
+                model: group.model_name.clone(),
+                answered: d.now,
                 version: group.version,
                 queued,
-                batch_size,
+                batch_size: d.batch_size,
             };
             match p.then {
-                Some(then) => then.run(answer, p.slot),
+                Some(then) => then.run(answer, p.slot, &mut d.wakes),
                 None => {
-                    p.slot.complete(Ok(answer));
+                    p.slot.complete_later(Ok(answer), &mut d.wakes);
                 }
             }
         }
         Err(message) => {
             let e = ServeError::ModelFailed { model: group.model.clone(), version: group.version, message };
             group.counters.failure(e.kind());
-            p.slot.complete(Err(e));
+            p.slot.complete_later(Err(e), &mut d.wakes);
         }
     }
 }

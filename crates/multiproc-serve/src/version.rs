@@ -12,6 +12,7 @@ use crate::batcher::{BatchQueue, Pending, Refused, fail_all};
 use crate::error::ServeError;
 use crate::metrics::{Counters, VersionMetrics};
 use crate::model::Spawner;
+use crate::name::ModelName;
 use crate::settings::ModelSettings;
 use crate::status::{VersionState, VersionStatus, WorkerState, WorkerStatus};
 
@@ -28,8 +29,9 @@ struct Shared {
 /// One version of one model.
 pub(crate) struct VersionGroup {
     pub model: String,
-    /// The model's name, shared by every answer.
-    pub model_name: Arc<str>,
+    /// The model's name as every answer carries it (copied inline: no
+    /// reference count shared between the threads answering and reading).
+    pub model_name: ModelName,
     pub version: u64,
     pub settings: Arc<ModelSettings>,
     pub spawner: Spawner,
@@ -63,7 +65,7 @@ impl VersionGroup {
             .collect();
         Arc::new(VersionGroup {
             model: model.to_string(),
-            model_name: Arc::from(model),
+            model_name: ModelName::from(model),
             version,
             queue: BatchQueue::new(settings.queue_capacity),
             settings,

@@ -466,8 +466,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// this end is closed or receive-only.
     pub fn send(&self, value: &T) -> Result<(), ConnectionError> {
         let writer = self.writer()?;
-        let encoded = wire::encode(value)?;
-        Ok(writer.send(Kind::Data, &encoded.bytes, &encoded.fds)?)
+        Ok(wire::encode_with(value, |bytes, fds| writer.send(Kind::Data, bytes, &fds))?)
     }
 
     /// Receives one message, waiting as long as it takes.

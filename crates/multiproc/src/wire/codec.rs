@@ -15,6 +15,8 @@ thread_local! {
     static FDS_OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     /// Descriptors that arrived with the message being deserialized.
     static FDS_IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// The buffer of [`encode_with`], kept between messages.
+    static SEND_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An encoded message: bytes plus the descriptors it refers to.
@@ -34,6 +36,30 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, WireEr
         Err(e) => Err(WireError::Encode(e.to_string())),
     }
 }
+
+/// Serializes `value` into a buffer this thread keeps from one message to
+/// the next, and passes the bytes and descriptors to `send`: sending a
+/// message then costs no allocation, and the buffer no regrowth by doubling
+/// for each message (a batch of a few KiB grew from empty every time). A
+/// buffer grown past [`KEPT_BUFFER`] is not kept.
+pub(crate) fn encode_with<T: Serialize + ?Sized, R>(
+    value: &T,
+    send: impl FnOnce(&[u8], Vec<OwnedFd>) -> Result<R, WireError>,
+) -> Result<R, WireError> {
+    // Taken out while in use: a message serialized while another one is
+    // (a `Serialize` impl that sends) gets a fresh buffer instead of a
+    // borrow conflict.
+    let mut buf = SEND_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buf.clear();
+    let result = encode_into(value, &mut buf).and_then(|fds| send(&buf, fds));
+    if buf.capacity() <= KEPT_BUFFER {
+        SEND_BUF.with(|b| *b.borrow_mut() = buf);
+    }
+    result
+}
+
+/// The largest send buffer a thread keeps for its next message.
+const KEPT_BUFFER: usize = 1 << 20;
 
 /// Serializes `value` onto the end of `out` and returns the descriptors of
 /// the handles inside it. On error `out` is left as it was.

@@ -1,0 +1,181 @@
+//! What a pipeline holds: its requests in flight (bounded by its capacity)
+//! and how many of them still wait for preprocessing, so that its feeder
+//! can cut the queue into chunks of a useful size (see
+//! [`Gauge::worth_a_chunk`]) and be told when answers leaving the pipeline
+//! make the waiting ones worth a chunk.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// The part of a pipeline that a gauge can wake: its feeder.
+pub(crate) trait Feeder: Send + Sync {
+    /// Wakes the feeder if it sleeps and a chunk may leave now.
+    fn nudge(&self);
+}
+
+/// A pipeline's counts. Every count is read and written with sequentially
+/// consistent atomics: the feeder announces that it sleeps, then reads the
+/// counts; a thread releasing a request writes the count, then reads
+/// whether the feeder sleeps; so one of the two always sees the other.
+pub(crate) struct Gauge {
+    in_flight: AtomicUsize,
+    /// Requests waiting for preprocessing (the feeder's queue length,
+    /// written under the queue's lock).
+    queued: AtomicUsize,
+    /// The feeder sleeps (written under the queue's lock).
+    feeder_sleeps: AtomicBool,
+    feeder: OnceLock<Weak<dyn Feeder>>,
+    /// The model's largest batch (0 until the first chunk reached it).
+    model_batch: AtomicUsize,
+}
+
+/// Waiting requests leave as a chunk once they are this share (1/N) of all
+/// the requests in the pipeline: half, so that under a steady load the pool
+/// prepares one half while the model answers the other.
+const SHARE: usize = 2;
+
+impl Gauge {
+    pub fn new() -> Arc<Gauge> {
+        Arc::new(Gauge {
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            feeder_sleeps: AtomicBool::new(false),
+            feeder: OnceLock::new(),
+            model_batch: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sets the feeder that releases nudge.
+    pub fn set_feeder(&self, feeder: Weak<dyn Feeder>) {
+        let _ = self.feeder.set(feeder);
+    }
+
+    /// Requests in the pipeline.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts one more request in, unless `capacity` are in already;
+    /// gives the count before it (0: the pipeline was empty).
+    pub fn admit(self: &Arc<Self>, capacity: usize) -> Option<(usize, InFlight)> {
+        // One add, taken back if it went past the capacity (a compare-and-
+        // swap loop retried under the answers' releases): concurrent callers
+        // each see their own count before, so no more than `capacity` are
+        // ever admitted. Taking it back is a release like an answer's, so
+        // a feeder that saw the passing count is still nudged.
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if before >= capacity {
+            self.release();
+            return None;
+        }
+        Some((before, InFlight(Arc::clone(self))))
+    }
+
+    /// Notes the queue's length (under the queue's lock).
+    pub fn set_queued(&self, n: usize) {
+        self.queued.store(n, Ordering::SeqCst);
+    }
+
+    /// Notes whether the feeder sleeps (under the queue's lock).
+    pub fn set_feeder_sleeps(&self, sleeps: bool) {
+        self.feeder_sleeps.store(sleeps, Ordering::SeqCst);
+    }
+
+    /// Whether `queued` waiting requests are worth a chunk of their own
+    /// while no chunk is being preprocessed: when they are a good share of
+    /// everything in the pipeline (at least half; all of it when the rest
+    /// is done). Under load, answers come back a model batch at a time and
+    /// their callers send the next requests a batch at a time: a chunk per
+    /// such group would cost a round trip through the pool, and a model
+    /// batch cut short, per group; half of what is in flight keeps the pool
+    /// and the model busy side by side, in few, full steps.
+    pub fn worth_a_chunk(&self, queued: usize) -> bool {
+        queued > 0 && queued.saturating_mul(SHARE) >= self.in_flight()
+    }
+
+    /// Notes the model's largest batch.
+    pub fn set_model_batch(&self, n: usize) {
+        // ORDERING: Relaxed: a size hint with no bearing on correctness.
+        self.model_batch.store(n, Ordering::Relaxed);
+    }
+
+    /// How many of `queued` waiting requests go in the next chunk, at most
+    /// `max`: a whole number of model batches when there is more than one
+    /// batch's worth, so that the chunk reaches the model as full batches
+    /// (a chunk of 300 for batches of 128 made two full batches and one of
+    /// 44, which cost the model's worker as much as a full one); the rest
+    /// waits for the next chunk.
+    pub fn chunk_len(&self, queued: usize, max: usize) -> usize {
+        let n = queued.min(max);
+        // ORDERING: as in `set_model_batch`.
+        match self.model_batch.load(Ordering::Relaxed) {
+            batch if batch > 0 && n > batch => n - n % batch,
+            _ => n,
+        }
+    }
+
+    /// One request left the pipeline: nudges the feeder if the waiting
+    /// requests just became worth a chunk.
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.feeder_sleeps.load(Ordering::SeqCst)
+            && self.worth_a_chunk(self.queued.load(Ordering::SeqCst))
+            && let Some(feeder) = self.feeder.get().and_then(Weak::upgrade)
+        {
+            feeder.nudge();
+        }
+    }
+}
+
+/// Counts a request as inside its pipeline until dropped.
+pub(crate) struct InFlight(Arc<Gauge>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Bell(Mutex<usize>);
+
+    impl Feeder for Bell {
+        fn nudge(&self) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    #[test]
+    fn answers_leaving_nudge_a_sleeping_feeder_once_the_queue_is_worth_a_chunk() {
+        let gauge = Gauge::new();
+        let bell = Arc::new(Bell(Mutex::new(0)));
+        let weak: Weak<dyn Feeder> = Arc::downgrade(&(Arc::clone(&bell) as Arc<dyn Feeder>));
+        gauge.set_feeder(weak);
+        let mut held: Vec<InFlight> = (0..9).map(|_| gauge.admit(100).unwrap().1).collect();
+        assert!(gauge.admit(9).is_none(), "a full pipeline admits no more");
+        gauge.set_queued(4);
+        assert!(!gauge.worth_a_chunk(4), "4 waiting of 9 is less than half");
+        gauge.set_feeder_sleeps(true);
+        held.truncate(8);
+        assert_eq!(*bell.0.lock().unwrap(), 1, "4 of 8: worth a chunk, the feeder is nudged");
+        gauge.set_feeder_sleeps(false);
+        held.clear();
+        assert_eq!(*bell.0.lock().unwrap(), 1, "an awake feeder is not nudged");
+        assert_eq!(gauge.in_flight(), 0);
+    }
+
+    #[test]
+    fn chunks_are_whole_model_batches_when_more_than_one_is_waiting() {
+        let gauge = Gauge::new();
+        assert_eq!(gauge.chunk_len(300, 1024), 300, "the model's batch is not known yet");
+        gauge.set_model_batch(128);
+        assert_eq!(gauge.chunk_len(300, 1024), 256);
+        assert_eq!(gauge.chunk_len(100, 1024), 100, "less than a batch goes whole");
+        assert_eq!(gauge.chunk_len(300, 200), 128, "at most the chunk size");
+        assert_eq!(gauge.chunk_len(300, 100), 100);
+    }
+}
