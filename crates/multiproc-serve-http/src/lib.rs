@@ -78,6 +78,7 @@ pub mod client;
 pub mod demo;
 pub mod error;
 mod infer;
+mod listen;
 mod lone;
 pub mod metrics;
 pub mod onnx;
