@@ -14,7 +14,9 @@
 //! Rows: `http_infer/c1`, `/c16`, `/c64` (req/s), `http_p99/c1`, `/c64`
 //! (µs), peer "kserve"; `http_batching/c64`: the demo digits classifier
 //! with dynamic batching (`max_batch_size` 64) against the same server with
-//! `max_batch_size` 1 (the peer column).
+//! `max_batch_size` 1 (the peer column), and as its floor the same client
+//! against a bare tokio server replaying a recorded answer (what loopback
+//! TCP, the runtime and the client cost: the most any server could reach).
 //!
 //! KServe is installed by the harness on first use into a virtual
 //! environment under `target/py-venvs/kserve` (`python3 -m venv`, then
@@ -268,11 +270,8 @@ impl Conn {
             std::str::from_utf8(&self.buf[..head_end]).map_err(|_| BenchError::new("response head is not UTF-8"))?;
         let status: u16 =
             head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| BenchError::new("bad status line"))?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .ok_or_else(|| BenchError::new(format!("response without Content-Length: {head}")))?;
+        let length =
+            content_length(head).ok_or_else(|| BenchError::new(format!("response without Content-Length: {head}")))?;
         ensure(length <= 16 << 20, || format!("response body of {length} bytes"))?;
         let end = head_end + length;
         while self.buf.len() < end {
@@ -282,6 +281,103 @@ impl Conn {
         }
         ensure(self.buf.len() == end, || "more bytes than Content-Length".into())?;
         Ok((status, &self.buf[head_end..]))
+    }
+}
+
+/// The `Content-Length` of an HTTP/1.1 message head.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// The floor of `http_batching`: a server on a tokio runtime like the one
+/// multiproc serve runs on here, which reads each HTTP/1.1 request (head,
+/// then `Content-Length` bytes of body) and answers with a response that
+/// multiproc serve gave, recorded byte for byte. What is left is the
+/// loopback TCP, the async runtime and the load generator: the most any
+/// HTTP server could do here with this client, before HTTP parsing, JSON
+/// or a model.
+struct Canned {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const FLOOR_CANNED: &str =
+    "recorded answer replayed by a bare tokio TCP server (no HTTP library, JSON or model), same client";
+
+impl Canned {
+    fn start(answer: Vec<u8>) -> Result<Canned, BenchError> {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let answer = std::sync::Arc::new(answer);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+                    Ok(l) => l,
+                    Err(e) => return drop(addr_tx.send(Err(e.to_string()))),
+                };
+                let _ = addr_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                let serve = async {
+                    loop {
+                        if let Ok((stream, _)) = listener.accept().await {
+                            tokio::spawn(canned_connection(stream, std::sync::Arc::clone(&answer)));
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| BenchError::new("the canned-answer server did not start in 10 s"))?
+            .map_err(BenchError::new)?;
+        Ok(Canned { addr, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Canned {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers every request on `stream` with `answer` until the client closes.
+async fn canned_connection(mut stream: TcpStream, answer: std::sync::Arc<Vec<u8>>) -> Result<(), BenchError> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let mut searched = 0;
+        let end = loop {
+            if let Some(i) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&buf[..searched + i]).map_err(|_| BenchError::new("head not UTF-8"))?;
+                break searched + i + 4 + content_length(head).ok_or_else(|| BenchError::new("no Content-Length"))?;
+            }
+            searched = buf.len().saturating_sub(3);
+            ensure(buf.len() < 64 << 10, || "request head over 64 KiB".into())?;
+            buf.reserve(4096);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        while buf.len() < end {
+            buf.reserve(end - buf.len());
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+        buf.drain(..end);
+        stream.write_all(&answer).await?;
     }
 }
 
@@ -331,6 +427,17 @@ impl Driver {
             concurrency,
             requests,
             bursts: Vec::new(),
+        })
+    }
+
+    /// One request on a fresh connection; the whole response as it came
+    /// (head and body), checked like every answer.
+    fn record(&self) -> Result<Vec<u8>, BenchError> {
+        self.rt.block_on(async {
+            let mut c = Conn::open(self.addr).await?;
+            let (status, body) = c.request(&self.raw).await?;
+            ensure(status == 200 && answer_holds(body, self.expect), || format!("answer {status}"))?;
+            Ok(c.buf)
         })
     }
 
@@ -454,13 +561,24 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
             .to_string()
             .into_boxed_str(),
     );
-    let mut a = Driver::new(ours.addr, "/v2/models/digits/infer", body, "\"probabilities\"", 64, 8000)?;
+    let path = "/v2/models/digits/infer";
+    let mut a = Driver::new(ours.addr, path, body, "\"probabilities\"", 64, 8000)?;
     let mut b = Driver::new(ours.addr, "/v2/models/digits_single/infer", body, "\"probabilities\"", 64, 8000)?;
-    let stats = ctx.measure(&plan, &mut [("digits batched c64", &mut a), ("digits max_batch_size 1 c64", &mut b)])?;
-    let [sa, sb] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+    let canned = Canned::start(a.record()?)?;
+    let mut f = Driver::new(canned.addr, path, body, "\"probabilities\"", 64, 8000)?;
+    let stats = ctx.measure(
+        &plan,
+        &mut [
+            ("digits batched c64", &mut a),
+            ("digits max_batch_size 1 c64", &mut b),
+            ("floor: canned answers c64", &mut f),
+        ],
+    )?;
+    let [sa, sb, sf] = <[Stats; 3]>::try_from(stats).expect("three subjects");
     let latency = json!({"batched": a.latency_json(), "max_batch_size_1": b.latency_json()});
     Ok(vec![
         Row::new("http_batching/c64", Unit::RequestsPerSec, sa, sb)
+            .with_floor(FLOOR_CANNED, sf)
             .with_extra("peer", json!("multiproc serve, max_batch_size 1"))
             .with_extra("latency", latency)
             .with_extra(
