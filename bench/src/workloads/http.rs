@@ -81,11 +81,56 @@ impl Drop for Repo {
     }
 }
 
-/// `multiproc serve` running on its own runtime in this process.
-struct Multiproc {
+/// A server on its own multi-thread tokio runtime (a thread of this
+/// process), stopped and joined on drop.
+struct Hosted {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where a hosted server reports the address it listens on, or why it could
+/// not start.
+type AddrSender = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
+
+impl Hosted {
+    /// Runs `serve` on a new runtime: it reports its address (or why it
+    /// failed) and serves until the stop receiver completes. `what` names it
+    /// if it does not start within `limit`.
+    fn start<F, Fut>(what: &str, limit: Duration, serve: F) -> Result<Hosted, BenchError>
+    where
+        F: FnOnce(AddrSender, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            rt.block_on(serve(addr_tx, stop_rx));
+        });
+        let addr = addr_rx
+            .recv_timeout(limit)
+            .map_err(|_| BenchError::new(format!("{what} did not start in {limit:?}")))?
+            .map_err(BenchError::new)?;
+        Ok(Hosted { addr, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `multiproc serve` running on its own runtime in this process (the
+/// repository is removed after the server stops).
+struct Multiproc {
+    server: Hosted,
     _repo: Repo,
 }
 
@@ -97,42 +142,22 @@ impl Multiproc {
             metrics_addr: None,
             http: HttpOptions::default(),
         };
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                match start(options).await {
-                    Ok(running) => {
-                        let _ = addr_tx.send(Ok(running.http_addr));
-                        running
-                            .run(async move {
-                                let _ = stop_rx.await;
-                            })
-                            .await;
-                    }
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(e.to_string()));
-                    }
+        let server = Hosted::start("multiproc serve", Duration::from_secs(120), |addr, stop| async move {
+            match start(options).await {
+                Ok(running) => {
+                    let _ = addr.send(Ok(running.http_addr));
+                    running
+                        .run(async move {
+                            let _ = stop.await;
+                        })
+                        .await;
                 }
-            });
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(120))
-            .map_err(|_| BenchError::new("multiproc serve did not start in 120 s"))?
-            .map_err(BenchError::new)?;
-        Ok(Multiproc { addr, stop: Some(stop), thread: Some(thread), _repo: repo })
-    }
-}
-
-impl Drop for Multiproc {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+                Err(e) => {
+                    let _ = addr.send(Err(e.to_string()));
+                }
+            }
+        })?;
+        Ok(Multiproc { server, _repo: repo })
     }
 }
 
@@ -298,58 +323,30 @@ fn content_length(head: &str) -> Option<usize> {
 /// loopback TCP, the async runtime and the load generator: the most any
 /// HTTP server could do here with this client, before HTTP parsing, JSON
 /// or a model.
-struct Canned {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
 const FLOOR_CANNED: &str =
     "recorded answer replayed by a bare tokio TCP server (no HTTP library, JSON or model), same client";
 
-impl Canned {
-    fn start(answer: Vec<u8>) -> Result<Canned, BenchError> {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let answer = std::sync::Arc::new(answer);
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-                    Ok(l) => l,
-                    Err(e) => return drop(addr_tx.send(Err(e.to_string()))),
-                };
-                let _ = addr_tx.send(listener.local_addr().map_err(|e| e.to_string()));
-                let serve = async {
-                    loop {
-                        if let Ok((stream, _)) = listener.accept().await {
-                            tokio::spawn(canned_connection(stream, std::sync::Arc::clone(&answer)));
-                        }
-                    }
-                };
-                tokio::select! {
-                    () = serve => {}
-                    _ = stop_rx => {}
+/// Starts the floor's server, answering with `answer`.
+fn start_canned(answer: Vec<u8>) -> Result<Hosted, BenchError> {
+    let answer = std::sync::Arc::new(answer);
+    Hosted::start("the canned-answer server", Duration::from_secs(10), |addr, stop| async move {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(l) => l,
+            Err(e) => return drop(addr.send(Err(e.to_string()))),
+        };
+        let _ = addr.send(listener.local_addr().map_err(|e| e.to_string()));
+        let serve = async {
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(canned_connection(stream, std::sync::Arc::clone(&answer)));
                 }
-            });
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| BenchError::new("the canned-answer server did not start in 10 s"))?
-            .map_err(BenchError::new)?;
-        Ok(Canned { addr, stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for Canned {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            _ = stop => {}
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    })
 }
 
 /// Answers every request on `stream` with `answer` until the client closes.
@@ -519,7 +516,7 @@ fn http_infer(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let path = "/v2/models/double/infer";
     let mut rows = Vec::new();
     for (c, ours_n, theirs_n) in [(1usize, 1000usize, 300usize), (16, 4000, 1000), (64, 8000, 1000)] {
-        let mut a = Driver::new(ours.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, ours_n)?;
+        let mut a = Driver::new(ours.server.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, ours_n)?;
         let mut b = Driver::new(kserve.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, theirs_n)?;
         let stats =
             ctx.measure(&plan, &mut [(&format!("multiproc serve c{c}"), &mut a), (&format!("kserve c{c}"), &mut b)])?;
@@ -562,9 +559,9 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
             .into_boxed_str(),
     );
     let path = "/v2/models/digits/infer";
-    let mut a = Driver::new(ours.addr, path, body, "\"probabilities\"", 64, 8000)?;
-    let mut b = Driver::new(ours.addr, "/v2/models/digits_single/infer", body, "\"probabilities\"", 64, 8000)?;
-    let canned = Canned::start(a.record()?)?;
+    let mut a = Driver::new(ours.server.addr, path, body, "\"probabilities\"", 64, 8000)?;
+    let mut b = Driver::new(ours.server.addr, "/v2/models/digits_single/infer", body, "\"probabilities\"", 64, 8000)?;
+    let canned = start_canned(a.record()?)?;
     let mut f = Driver::new(canned.addr, path, body, "\"probabilities\"", 64, 8000)?;
     let stats = ctx.measure(
         &plan,
