@@ -14,7 +14,9 @@
 //! Rows: `http_infer/c1`, `/c16`, `/c64` (req/s), `http_p99/c1`, `/c64`
 //! (µs), peer "kserve"; `http_batching/c64`: the demo digits classifier
 //! with dynamic batching (`max_batch_size` 64) against the same server with
-//! `max_batch_size` 1 (the peer column).
+//! `max_batch_size` 1 (the peer column), and as its floor the same client
+//! against a bare tokio server replaying a recorded answer (what loopback
+//! TCP, the runtime and the client cost: the most any server could reach).
 //!
 //! KServe is installed by the harness on first use into a virtual
 //! environment under `target/py-venvs/kserve` (`python3 -m venv`, then
@@ -79,11 +81,56 @@ impl Drop for Repo {
     }
 }
 
-/// `multiproc serve` running on its own runtime in this process.
-struct Multiproc {
+/// A server on its own multi-thread tokio runtime (a thread of this
+/// process), stopped and joined on drop.
+struct Hosted {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where a hosted server reports the address it listens on, or why it could
+/// not start.
+type AddrSender = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
+
+impl Hosted {
+    /// Runs `serve` on a new runtime: it reports its address (or why it
+    /// failed) and serves until the stop receiver completes. `what` names it
+    /// if it does not start within `limit`.
+    fn start<F, Fut>(what: &str, limit: Duration, serve: F) -> Result<Hosted, BenchError>
+    where
+        F: FnOnce(AddrSender, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            rt.block_on(serve(addr_tx, stop_rx));
+        });
+        let addr = addr_rx
+            .recv_timeout(limit)
+            .map_err(|_| BenchError::new(format!("{what} did not start in {limit:?}")))?
+            .map_err(BenchError::new)?;
+        Ok(Hosted { addr, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `multiproc serve` running on its own runtime in this process (the
+/// repository is removed after the server stops).
+struct Multiproc {
+    server: Hosted,
     _repo: Repo,
 }
 
@@ -95,42 +142,22 @@ impl Multiproc {
             metrics_addr: None,
             http: HttpOptions::default(),
         };
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                match start(options).await {
-                    Ok(running) => {
-                        let _ = addr_tx.send(Ok(running.http_addr));
-                        running
-                            .run(async move {
-                                let _ = stop_rx.await;
-                            })
-                            .await;
-                    }
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(e.to_string()));
-                    }
+        let server = Hosted::start("multiproc serve", Duration::from_secs(120), |addr, stop| async move {
+            match start(options).await {
+                Ok(running) => {
+                    let _ = addr.send(Ok(running.http_addr));
+                    running
+                        .run(async move {
+                            let _ = stop.await;
+                        })
+                        .await;
                 }
-            });
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(120))
-            .map_err(|_| BenchError::new("multiproc serve did not start in 120 s"))?
-            .map_err(BenchError::new)?;
-        Ok(Multiproc { addr, stop: Some(stop), thread: Some(thread), _repo: repo })
-    }
-}
-
-impl Drop for Multiproc {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+                Err(e) => {
+                    let _ = addr.send(Err(e.to_string()));
+                }
+            }
+        })?;
+        Ok(Multiproc { server, _repo: repo })
     }
 }
 
@@ -268,11 +295,8 @@ impl Conn {
             std::str::from_utf8(&self.buf[..head_end]).map_err(|_| BenchError::new("response head is not UTF-8"))?;
         let status: u16 =
             head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| BenchError::new("bad status line"))?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .ok_or_else(|| BenchError::new(format!("response without Content-Length: {head}")))?;
+        let length =
+            content_length(head).ok_or_else(|| BenchError::new(format!("response without Content-Length: {head}")))?;
         ensure(length <= 16 << 20, || format!("response body of {length} bytes"))?;
         let end = head_end + length;
         while self.buf.len() < end {
@@ -282,6 +306,75 @@ impl Conn {
         }
         ensure(self.buf.len() == end, || "more bytes than Content-Length".into())?;
         Ok((status, &self.buf[head_end..]))
+    }
+}
+
+/// The `Content-Length` of an HTTP/1.1 message head.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// The floor of `http_batching`: a server on a tokio runtime like the one
+/// multiproc serve runs on here, which reads each HTTP/1.1 request (head,
+/// then `Content-Length` bytes of body) and answers with a response that
+/// multiproc serve gave, recorded byte for byte. What is left is the
+/// loopback TCP, the async runtime and the load generator: the most any
+/// HTTP server could do here with this client, before HTTP parsing, JSON
+/// or a model.
+const FLOOR_CANNED: &str =
+    "recorded answer replayed by a bare tokio TCP server (no HTTP library, JSON or model), same client";
+
+/// Starts the floor's server, answering with `answer`.
+fn start_canned(answer: Vec<u8>) -> Result<Hosted, BenchError> {
+    let answer = std::sync::Arc::new(answer);
+    Hosted::start("the canned-answer server", Duration::from_secs(10), |addr, stop| async move {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(l) => l,
+            Err(e) => return drop(addr.send(Err(e.to_string()))),
+        };
+        let _ = addr.send(listener.local_addr().map_err(|e| e.to_string()));
+        let serve = async {
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(canned_connection(stream, std::sync::Arc::clone(&answer)));
+                }
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            _ = stop => {}
+        }
+    })
+}
+
+/// Answers every request on `stream` with `answer` until the client closes.
+async fn canned_connection(mut stream: TcpStream, answer: std::sync::Arc<Vec<u8>>) -> Result<(), BenchError> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let mut searched = 0;
+        let end = loop {
+            if let Some(i) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&buf[..searched + i]).map_err(|_| BenchError::new("head not UTF-8"))?;
+                break searched + i + 4 + content_length(head).ok_or_else(|| BenchError::new("no Content-Length"))?;
+            }
+            searched = buf.len().saturating_sub(3);
+            ensure(buf.len() < 64 << 10, || "request head over 64 KiB".into())?;
+            buf.reserve(4096);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        while buf.len() < end {
+            buf.reserve(end - buf.len());
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+        buf.drain(..end);
+        stream.write_all(&answer).await?;
     }
 }
 
@@ -331,6 +424,17 @@ impl Driver {
             concurrency,
             requests,
             bursts: Vec::new(),
+        })
+    }
+
+    /// One request on a fresh connection; the whole response as it came
+    /// (head and body), checked like every answer.
+    fn record(&self) -> Result<Vec<u8>, BenchError> {
+        self.rt.block_on(async {
+            let mut c = Conn::open(self.addr).await?;
+            let (status, body) = c.request(&self.raw).await?;
+            ensure(status == 200 && answer_holds(body, self.expect), || format!("answer {status}"))?;
+            Ok(c.buf)
         })
     }
 
@@ -412,7 +516,7 @@ fn http_infer(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     let path = "/v2/models/double/infer";
     let mut rows = Vec::new();
     for (c, ours_n, theirs_n) in [(1usize, 1000usize, 300usize), (16, 4000, 1000), (64, 8000, 1000)] {
-        let mut a = Driver::new(ours.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, ours_n)?;
+        let mut a = Driver::new(ours.server.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, ours_n)?;
         let mut b = Driver::new(kserve.addr, path, DOUBLE_BODY, DOUBLE_EXPECT, c, theirs_n)?;
         let stats =
             ctx.measure(&plan, &mut [(&format!("multiproc serve c{c}"), &mut a), (&format!("kserve c{c}"), &mut b)])?;
@@ -454,13 +558,24 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
             .to_string()
             .into_boxed_str(),
     );
-    let mut a = Driver::new(ours.addr, "/v2/models/digits/infer", body, "\"probabilities\"", 64, 8000)?;
-    let mut b = Driver::new(ours.addr, "/v2/models/digits_single/infer", body, "\"probabilities\"", 64, 8000)?;
-    let stats = ctx.measure(&plan, &mut [("digits batched c64", &mut a), ("digits max_batch_size 1 c64", &mut b)])?;
-    let [sa, sb] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+    let path = "/v2/models/digits/infer";
+    let mut a = Driver::new(ours.server.addr, path, body, "\"probabilities\"", 64, 8000)?;
+    let mut b = Driver::new(ours.server.addr, "/v2/models/digits_single/infer", body, "\"probabilities\"", 64, 8000)?;
+    let canned = start_canned(a.record()?)?;
+    let mut f = Driver::new(canned.addr, path, body, "\"probabilities\"", 64, 8000)?;
+    let stats = ctx.measure(
+        &plan,
+        &mut [
+            ("digits batched c64", &mut a),
+            ("digits max_batch_size 1 c64", &mut b),
+            ("floor: canned answers c64", &mut f),
+        ],
+    )?;
+    let [sa, sb, sf] = <[Stats; 3]>::try_from(stats).expect("three subjects");
     let latency = json!({"batched": a.latency_json(), "max_batch_size_1": b.latency_json()});
     Ok(vec![
         Row::new("http_batching/c64", Unit::RequestsPerSec, sa, sb)
+            .with_floor(FLOOR_CANNED, sf)
             .with_extra("peer", json!("multiproc serve, max_batch_size 1"))
             .with_extra("latency", latency)
             .with_extra(

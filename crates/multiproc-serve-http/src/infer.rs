@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, to_bytes};
+use axum::body::{Body, Bytes};
 use axum::extract::{self, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use multiproc_serve::Request;
 
 use crate::app::{App, parse_version};
@@ -18,30 +19,48 @@ use crate::repository::{ModelConfig, TensorConfig};
 // The handlers take the whole request and read its headers in place
 // (a `HeaderMap` extractor would clone them for every request).
 
-/// Inference on the model's default version.
+/// Inference on the model's default version (the router's way in).
 pub(crate) async fn infer(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     request: extract::Request,
 ) -> Response {
-    run(&app, name, None, request).await
+    answer(&app, name, None, request).await
 }
 
-/// Inference on one version.
+/// Inference on one version (the router's way in).
 pub(crate) async fn infer_version(
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
     request: extract::Request,
 ) -> Response {
-    match parse_version(&version) {
-        Ok(v) => run(&app, name, Some(v), request).await,
-        Err(e) => e.into_response(),
-    }
+    answer(&app, name, Some(&version), request).await
 }
 
-async fn run(app: &App, name: String, version: Option<u64>, request: extract::Request) -> Response {
+/// Answers an inference request on `name` (and the version `version`, a
+/// path segment, if given), whichever way it came in: the router's or the
+/// listener's fast path.
+pub(crate) async fn answer<B>(
+    app: &App,
+    name: String,
+    version: Option<&str>,
+    request: axum::http::Request<B>,
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    let version = match version.map(parse_version).transpose() {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    // What the headers say is read now and the headers dropped: they share
+    // the connection's read buffer, which hyper can then reuse for the next
+    // request instead of allocating a new one while this one is answered.
     let (parts, body) = request.into_parts();
-    match infer_inner(app, &name, version, &parts.headers, body).await {
+    let lengths = Lengths::of(&parts.headers);
+    drop(parts);
+    match infer_inner(app, &name, version, lengths, body).await {
         Ok(r) => r,
         Err(e) => {
             // Failures inside the core are counted by the core.
@@ -54,7 +73,34 @@ async fn run(app: &App, name: String, version: Option<u64>, request: extract::Re
     }
 }
 
-async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+/// The request headers inference needs.
+struct Lengths {
+    /// `Content-Length`, if present and a number.
+    body: Option<u64>,
+    /// `Inference-Header-Content-Length`: absent, a number, or the error
+    /// for a value that is not one (answered after the body is read).
+    json_header: Result<Option<u64>, ApiError>,
+}
+
+impl Lengths {
+    fn of(headers: &HeaderMap) -> Lengths {
+        let body =
+            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let json_header = match headers.get(HEADER_CONTENT_LENGTH) {
+            None => Ok(None),
+            Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!("Inference-Header-Content-Length is {v:?}, expected a number of bytes"))
+            }),
+        };
+        Lengths { body, json_header }
+    }
+}
+
+async fn read_body<B>(app: &App, declared: Option<u64>, body: B) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let limit = app.options.body_limit;
     let too_large = |n: String| {
         ApiError::new(
@@ -63,45 +109,37 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<axum::b
             format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"),
         )
     };
-    if let Some(n) =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(n) = declared
         && n > limit as u64
     {
         return Err(too_large(n.to_string()));
     }
-    match tokio::time::timeout(app.options.body_timeout, to_bytes(body, limit)).await {
+    match tokio::time::timeout(app.options.body_timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
             format!("the request body did not arrive within {:?}", app.options.body_timeout),
         )),
-        Ok(Err(e)) => {
-            let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over {
-                Err(too_large("more than that".into()))
-            } else {
-                Err(ApiError::bad_request(format!("cannot read the request body: {e}")))
-            }
-        }
-        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large("more than that".into())),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 
-async fn infer_inner(
+async fn infer_inner<B>(
     app: &App,
     name: &str,
     version: Option<u64>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+    lengths: Lengths,
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let config = app.config(name)?;
-    let body = read_body(app, headers, body).await?;
-    let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-            ApiError::bad_request(format!("Inference-Header-Content-Length is {v:?}, expected a number of bytes"))
-        })?),
-    };
+    let body = read_body(app, lengths.body, body).await?;
+    let header_length = lengths.json_header?;
     let DecodedRequest { id, inputs, outputs, binary_output_default } = decode_request(&body, header_length)?;
     drop(body);
     check_inputs(name, &config, &inputs)?;

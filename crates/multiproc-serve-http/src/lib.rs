@@ -63,7 +63,9 @@
 //!
 //! ## Cost of a request
 //!
-//! The body is read whole (bounded by [`app::HttpOptions`] in size and
+//! Connections are served by hyper directly; an inference request goes
+//! straight to its handler, every other request through the axum router. The
+//! body is read whole (bounded by [`app::HttpOptions`] in size and
 //! time, so a slow client holds only its own connection, never a worker),
 //! decoded once into [`protocol::Tensor`]s (JSON elements checked one by
 //! one; binary tensors sliced from the body), checked against the model's
@@ -78,6 +80,7 @@ pub mod client;
 pub mod demo;
 pub mod error;
 mod infer;
+mod listen;
 mod lone;
 pub mod metrics;
 pub mod onnx;

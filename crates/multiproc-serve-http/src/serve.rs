@@ -103,24 +103,17 @@ impl Running {
     /// requests in flight finish, and stops every worker.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let signal = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
         let metrics = self.metrics_listener.map(|l| {
-            let server =
-                axum::serve(l, metrics_router(Arc::clone(&self.app))).with_graceful_shutdown(signal(stop_rx.clone()));
-            tokio::spawn(async move { server.await })
+            let router = metrics_router(Arc::clone(&self.app));
+            tokio::spawn(crate::listen::serve(l, router, None, stop_rx.clone()))
         });
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing the requests in flight");
             let _ = stop_tx.send(true);
         });
-        let served =
-            axum::serve(self.listener, router(Arc::clone(&self.app))).with_graceful_shutdown(signal(stop_rx)).await;
-        if let Err(e) = served {
-            tracing::error!("http server failed: {e}");
-        }
+        let router = router(Arc::clone(&self.app));
+        crate::listen::serve(self.listener, router, Some(Arc::clone(&self.app)), stop_rx).await;
         if let Some(m) = metrics {
             let _ = m.await;
         }

@@ -22,13 +22,18 @@ use super::tensor::{DataType, Tensor};
 pub fn decode(name: &str, datatype: DataType, data: &str, expected: usize) -> Result<(Vec<u8>, u64), ProtocolError> {
     // Every element takes at least one byte of text.
     let elements = expected.min(data.len());
-    let mut sink = Sink {
-        name,
-        datatype,
-        out: Vec::with_capacity(elements.saturating_mul(datatype.size().unwrap_or(8))),
-        count: 0,
-        failure: None,
-    };
+    let mut out = Vec::with_capacity(elements.saturating_mul(datatype.size().unwrap_or(8)));
+    if let Some(count) = decode_flat_numbers(datatype, data, &mut out) {
+        return Ok((out, count));
+    }
+    out.clear();
+    decode_general(name, datatype, data, out)
+}
+
+/// [`decode`] by serde_json's parser: any nesting, any number, and the
+/// message for whatever is wrong.
+fn decode_general(name: &str, datatype: DataType, data: &str, out: Vec<u8>) -> Result<(Vec<u8>, u64), ProtocolError> {
+    let mut sink = Sink { name, datatype, out, count: 0, failure: None };
     let mut de = serde_json::Deserializer::from_str(data);
     let parsed = (&mut sink).deserialize(&mut de).and_then(|()| de.end());
     match (parsed, sink.failure) {
@@ -190,6 +195,116 @@ fn push_one(dt: DataType, v: &Scalar<'_>, out: &mut Vec<u8>) -> Result<(), &'sta
     Ok(())
 }
 
+/// The common case without the general parser: a flat array of plain
+/// numbers (`-?(0|[1-9][0-9]*)(\.[0-9]+)?`, at most 18 digits) for a numeric
+/// datatype. Each element becomes exactly the [`Scalar`] serde_json would
+/// hand over (an integer as serde_json reads it; a decimal only when its
+/// digits fit in 53 bits, where dividing by an exact power of ten is the
+/// one correctly rounded result any conforming parser gives) and is
+/// converted by the same [`push_one`]. `None` for anything else (nesting,
+/// exponents, long numbers, a bad element, malformed text): the general
+/// path then decodes it or says what is wrong.
+fn decode_flat_numbers(dt: DataType, text: &str, out: &mut Vec<u8>) -> Option<u64> {
+    if matches!(dt, DataType::Bool | DataType::Bytes) {
+        return None;
+    }
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut count = 0u64;
+    if b.get(i) == Some(&b']') {
+        return (skip_ws(b, i + 1) == b.len()).then_some(0);
+    }
+    loop {
+        let (scalar, next) = plain_number(b, i)?;
+        push_one(dt, &scalar, out).ok()?;
+        count += 1;
+        i = skip_ws(b, next);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b']' => return (skip_ws(b, i + 1) == b.len()).then_some(count),
+            _ => return None,
+        }
+    }
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Exact powers of ten as `f64` (10^22 is the largest one exactly held).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+/// A plain number at `b[i..]` and the index after it; see
+/// [`decode_flat_numbers`].
+fn plain_number(b: &[u8], mut i: usize) -> Option<(Scalar<'static>, usize)> {
+    const MAX_DIGITS: usize = 18;
+    let negative = b.get(i) == Some(&b'-');
+    i += usize::from(negative);
+    let (mut significand, mut digits, mut fraction) = (0u64, 0usize, 0usize);
+    let mut digit = |i: usize, significand: &mut u64| -> Option<bool> {
+        match b.get(i) {
+            Some(&c @ b'0'..=b'9') => {
+                digits += 1;
+                *significand = *significand * 10 + u64::from(c - b'0');
+                (digits <= MAX_DIGITS).then_some(true)
+            }
+            _ => Some(false),
+        }
+    };
+    match b.get(i)? {
+        b'0' => {
+            i += 1;
+            if b.get(i).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+        }
+        b'1'..=b'9' => {
+            while digit(i, &mut significand)? {
+                i += 1;
+            }
+        }
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while digit(i, &mut significand)? {
+            i += 1;
+            fraction += 1;
+        }
+        if fraction == 0 {
+            return None;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        return None;
+    }
+    let scalar = if fraction > 0 {
+        if significand >= 1 << 53 {
+            return None;
+        }
+        let f = significand as f64 / POW10[fraction];
+        Scalar::Float(if negative { -f } else { f })
+    } else if !negative {
+        Scalar::Unsigned(significand)
+    } else {
+        // As serde_json: `-0` is a float, the rest a signed integer.
+        let n = (significand as i64).wrapping_neg();
+        if n >= 0 { Scalar::Float(-(significand as f64)) } else { Scalar::Signed(n) }
+    };
+    Some((scalar, i))
+}
+
 /// Output elements written as a flat JSON array straight from their bytes.
 /// Floats are written in the shortest form that reads back to the same value
 /// (NaN and infinities, which JSON cannot hold, become `null`: ask for binary
@@ -257,6 +372,93 @@ impl Serialize for JsonData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flat_number_path_agrees_with_the_general_parser() {
+        use DataType::*;
+        let mut forms: Vec<String> = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "0.0",
+            "-0.0",
+            "1.0",
+            "0.1",
+            "0.0625",
+            "0.3125",
+            "-2.5",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e3",
+            "1E-2",
+            "2.5e0",
+            "255",
+            "256",
+            "-128",
+            "-129",
+            "65535",
+            "65536",
+            "4294967296",
+            "9007199254740993",
+            "9007199254740992.5",
+            "123456789012345678",
+            "1234567890123456789",
+            "0.000000000000000001",
+            "99999999999999999.9",
+            "3.4028235677973366e38",
+            "1.7976931348623157",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "true",
+            "null",
+            "\"1\"",
+            "[1]",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Pseudo-random numbers of every length up to past the fast path's.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..4000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let all = format!("{x:020}");
+            let n = (x % 20) as usize + 1;
+            let point = (x >> 40) as usize % n + 1;
+            let int = all[..point].trim_start_matches('0');
+            let int = if int.is_empty() { "0" } else { int };
+            let sign = if x & 1 == 0 { "-" } else { "" };
+            forms.push(if point == n { format!("{sign}{int}") } else { format!("{sign}{int}.{}", &all[point..n]) });
+        }
+        let types = [Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64];
+        let mut fast = 0;
+        for dt in types {
+            for pair in forms.chunks(2) {
+                for text in
+                    [format!("[{}]", pair.join(", ")), format!(" [ {} ] ", pair.join(",\n")), format!("[{}]", pair[0])]
+                {
+                    let mut out = Vec::new();
+                    let general = decode_general("x", dt, &text, Vec::new());
+                    if let Some(n) = decode_flat_numbers(dt, &text, &mut out) {
+                        fast += 1;
+                        assert_eq!(general.as_ref().ok(), Some(&(out, n)), "{dt} {text}");
+                    }
+                }
+            }
+        }
+        assert!(fast > 10_000, "the fast path took only {fast} texts");
+        let mut out = Vec::new();
+        assert_eq!(decode_flat_numbers(Fp32, "[0.0625, 1.0, -0.5]", &mut out), Some(3));
+        assert_eq!(out, [0.0625f32, 1.0, -0.5].iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<_>>());
+        assert_eq!(decode_flat_numbers(Fp32, "[]", &mut Vec::new()), Some(0));
+        for refused in ["[[1]]", "[1,]", "[1 2]", "[1] x", "1", "[1e2]", "[true]"] {
+            assert_eq!(decode_flat_numbers(Int32, refused, &mut Vec::new()), None, "{refused}");
+        }
+    }
 
     #[test]
     fn nested_and_flat_decode_alike() {

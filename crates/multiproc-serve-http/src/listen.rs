@@ -1,0 +1,172 @@
+//! Accepting connections and serving HTTP/1.1 on them with hyper, with
+//! graceful shutdown: stop accepting, let every connection finish the
+//! request it is on, then return.
+//!
+//! Inference requests go straight to their handler; everything else goes
+//! through the axum router. The router costs an allocation or three per
+//! request (its parameter map, a boxed body, boxed futures), which on a
+//! small model is a noticeable share of the whole request. The fast path
+//! takes exactly the requests the router's infer routes would take (`POST`,
+//! the same path shape, segments that need no percent-decoding) and leaves
+//! every other request, including every error case, to the router.
+
+use std::convert::Infallible;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{Method, Request};
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::app::App;
+
+/// Serves `router` (and, if `app` is given, its inference fast path) on
+/// `listener` until `stop` turns true; then stops accepting, lets every
+/// connection finish its request in flight, and returns once all are closed.
+pub(crate) async fn serve(listener: TcpListener, router: Router, app: Option<Arc<App>>, stop: watch::Receiver<bool>) {
+    // Every connection holds a receiver; `closed` resolves when all are gone.
+    let (open_tx, open_rx) = watch::channel(());
+    let router = TowerToHyperService::new(router);
+    let mut stopping = pin!(stopped(stop.clone()));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = &mut stopping => break,
+        };
+        let front = Front { router: router.clone(), app: app.clone() };
+        tokio::spawn(connection(stream, front, stop.clone(), open_rx.clone()));
+    }
+    drop(open_rx);
+    drop(listener);
+    open_tx.closed().await;
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// An accept error: too many open files and the like are passing
+/// conditions, so wait a little and go on (as axum and hyper do).
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+        tracing::warn!("accept failed: {e}; retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Serves one connection until it closes; on `stop`, finishes the request
+/// in flight and closes it.
+async fn connection(stream: TcpStream, front: Front, stop: watch::Receiver<bool>, _open: watch::Receiver<()>) {
+    // One write per response, so Nagle never holds anything back; without
+    // delay is what an answer should have anyway.
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |request| {
+        let front = front.clone();
+        async move { Ok::<_, Infallible>(front.answer(request).await) }
+    });
+    let mut conn = pin!(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+    let mut stopping = pin!(stopped(stop));
+    tokio::select! {
+        biased;
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                tracing::trace!("connection ended: {e}");
+            }
+            return;
+        }
+        _ = &mut stopping => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::trace!("connection ended while shutting down: {e}");
+    }
+}
+
+/// What a connection serves requests with.
+#[derive(Clone)]
+struct Front {
+    router: TowerToHyperService<Router>,
+    app: Option<Arc<App>>,
+}
+
+impl Front {
+    async fn answer(self, request: Request<Incoming>) -> Response {
+        if let Some(app) = &self.app
+            && let Some((name, version)) = infer_route(request.method(), request.uri().path())
+        {
+            let (name, version) = (name.to_string(), version.map(str::to_string));
+            return crate::infer::answer(app, name, version.as_deref(), request).await;
+        }
+        match hyper::service::Service::call(&self.router, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// The model name and version string if this is a request the router's
+/// infer routes would take: `POST /v2/models/{name}/infer` or
+/// `POST /v2/models/{name}/versions/{version}/infer`, each segment
+/// non-empty and free of `%` (the router percent-decodes those; they go
+/// to it).
+fn infer_route<'a>(method: &Method, path: &'a str) -> Option<(&'a str, Option<&'a str>)> {
+    if method != Method::POST {
+        return None;
+    }
+    let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    match rest.split_once('/') {
+        None => plain(rest).then_some((rest, None)),
+        Some((name, tail)) => {
+            let version = tail.strip_prefix("versions/")?;
+            (plain(name) && plain(version)).then_some((name, Some(version)))
+        }
+    }
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front").field("fast_path", &self.app.is_some()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_path_takes_exactly_the_router_s_infer_routes() {
+        let post = Method::POST;
+        assert_eq!(infer_route(&post, "/v2/models/digits/infer"), Some(("digits", None)));
+        assert_eq!(infer_route(&post, "/v2/models/digits/versions/2/infer"), Some(("digits", Some("2"))));
+        // The version is checked by the handler, as with the router.
+        assert_eq!(infer_route(&post, "/v2/models/d/versions/x/infer"), Some(("d", Some("x"))));
+        for (method, path) in [
+            (Method::GET, "/v2/models/digits/infer"),
+            (post.clone(), "/v2/models//infer"),
+            (post.clone(), "/v2/models/digits/infer/"),
+            (post.clone(), "/v2/models/a%20b/infer"),
+            (post.clone(), "/v2/models/a/b/infer"),
+            (post.clone(), "/v2/models/a/versions//infer"),
+            (post.clone(), "/v2/models/a/versions/1/2/infer"),
+            (post.clone(), "/v2/models/a/ready"),
+            (post.clone(), "/v2/models/infer"),
+        ] {
+            assert_eq!(infer_route(&method, path), None, "{method} {path}");
+        }
+    }
+}
