@@ -63,8 +63,9 @@ impl Waiters {
 
 /// Waits while `blocked(state)` is true, for at most `timeout` (`None`:
 /// as long as it takes). Returns the guard with `Ok` when the state is ready
-/// (and the caller still there), or with `Err(Timeout)` when time ran out or
-/// the caller went away (nobody reads that answer).
+/// (and the caller still there), with `Err(Timeout)` when time ran out or
+/// the caller went away (nobody reads that answer), or with `Err(Removed)`
+/// when the object was removed (see [`Waiters::retire`]).
 pub(crate) fn wait_while<'a, S>(
     waiters: &Waiters,
     mut guard: MutexGuard<'a, S>,
