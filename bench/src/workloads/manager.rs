@@ -22,6 +22,7 @@ use multiproc::manager::{Dict, Manager, Queue};
 use multiproc::{Connection, Pipe, Process};
 use serde_json::json;
 
+use super::tcp_echo::TcpEcho;
 use super::{Ctx, Workload};
 use crate::measure::{Plan, Stats, Subject};
 use crate::report::{Row, Unit};
@@ -56,6 +57,8 @@ const QUEUE_BATCH: u64 = 1000;
 const UPDATE_BATCH: u64 = 500;
 /// Client processes of the multi-client rows.
 const CLIENTS: u64 = 4;
+/// The floor of `manager_queue_tcp` (see [`TcpEcho`]).
+const FLOOR_TCP_ECHO: &str = "raw TCP echo between two processes, both polling, same message sizes";
 /// The auth key of `manager_queue_tcp`.
 const AUTHKEY: &[u8] = b"multiproc-bench";
 
@@ -218,14 +221,24 @@ fn manager_queue_tcp(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
         Ok(QUEUE_BATCH as f64 / elapsed.as_secs_f64() / 1e3)
     };
     let mut py = ctx.python("managers.py", "manager_queue_tcp", &["--batch", &batch], &plan)?;
-    let stats =
-        ctx.measure(&plan, &mut [("multiproc manager_queue_tcp", &mut ours), ("cpython manager_queue_tcp", &mut py)])?;
+    let mut echo = TcpEcho::start()?;
+    let mut floor = || echo.pairs(QUEUE_BATCH);
+    let stats = ctx.measure(
+        &plan,
+        &mut [
+            ("floor: raw TCP echo, polling", &mut floor),
+            ("multiproc manager_queue_tcp", &mut ours),
+            ("cpython manager_queue_tcp", &mut py),
+        ],
+    )?;
     py.finish()?;
+    echo.finish()?;
     ensure(q.qsize()? == 0, || "items left in the queue".into())?;
     manager.shutdown()?;
-    let [ours, py] = <[Stats; 2]>::try_from(stats).expect("two subjects");
+    let [floor, ours, py] = <[Stats; 3]>::try_from(stats).expect("three subjects");
     Ok(vec![
         Row::new("manager_queue_tcp", Unit::ThousandsPerSec, ours, py)
+            .with_floor(FLOOR_TCP_ECHO, floor)
             .with_extra(
                 "api",
                 json!(

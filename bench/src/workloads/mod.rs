@@ -24,6 +24,7 @@ pub mod queue;
 pub mod redis_pool;
 pub mod serve;
 pub mod sync;
+pub mod tcp_echo;
 
 /// Every workload, in the order they run and appear in the table.
 pub const ALL: &[Workload] = &[
