@@ -392,6 +392,8 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
         ],
     )?;
     let [sa, sb, sf] = <[Stats; 3]>::try_from(stats).expect("three subjects");
+    let batch = mean_batch_size(ours.server.addr, "digits")?;
+    eprintln!("  digits batched: {batch:.1} requests per model call on average");
     let latency = json!({"batched": a.latency_json(), "max_batch_size_1": b.latency_json()});
     let cpu = json!({"batched": a.cpu_json(), "max_batch_size_1": b.cpu_json(), "floor": f.cpu_json()});
     eprintln!("  CPU µs per request (client, server, model workers) and CPUs busy, medians: {cpu}");
@@ -403,7 +405,27 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
             .with_extra("cpu_per_request", cpu)
             .with_extra(
                 "params",
-                json!({"concurrency": 64, "requests_per_burst": 8000, "model": "demo digits MLP, FP32 [1, 64]"}),
+                json!({"concurrency": 64, "requests_per_burst": 8000, "model": "demo digits MLP, FP32 [1, 64]",
+                    "batched_mean_batch_size": (batch * 10.0).round() / 10.0}),
             ),
     ])
+}
+
+/// Requests per model call of `model` over the server's life so far, from
+/// its `/metrics` (`nv_inference_count` ÷ `nv_inference_exec_count`).
+fn mean_batch_size(addr: SocketAddr, model: &str) -> Result<f64, BenchError> {
+    let text = runtime()?.block_on(async {
+        let mut c = Conn::open(addr).await?;
+        let (status, body) = c.request(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").await?;
+        ensure(status == 200, || format!("/metrics answered {status}"))?;
+        Ok::<_, BenchError>(String::from_utf8_lossy(body).into_owned())
+    })?;
+    let counter = |name: &str| {
+        let key = format!("{name}{{model=\"{model}\",");
+        text.lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .ok_or_else(|| BenchError::new(format!("/metrics has no {name} for {model}")))
+    };
+    Ok(counter("nv_inference_count")? / counter("nv_inference_exec_count")?.max(1.0))
 }
