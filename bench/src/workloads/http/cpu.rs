@@ -1,7 +1,9 @@
 //! Where a burst's CPU time goes: the load generator's thread, the rest of
 //! this process (the server under test runs here, on its own runtime), and
 //! the processes this one started (a model's worker processes), from the
-//! scheduler's run time of every thread (`/proc/…/schedstat`, in ns).
+//! scheduler's run time of every thread (`/proc/…/schedstat`, in ns; a
+//! running thread's figure is brought up to date at least every scheduler
+//! tick, a few ms, small against a burst of 100 ms or more).
 //!
 //! With the wall time of the burst this says whether a subject is bound by
 //! CPU (the CPUs were busy all along: cores busy ≈ the machine's CPUs) or by
@@ -118,4 +120,78 @@ pub(super) fn cpu_json(bursts: &[CpuBurst]) -> serde_json::Value {
         "total_us": round(median(|b| b.client + b.server + b.workers)),
         "cores_busy": round(median(|b| b.cores_busy)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps the calling thread busy until it has run for `d` (CPU time,
+    /// not wall time: on a loaded machine the thread may wait between).
+    fn spin(d: Duration) {
+        let me = Path::new("/proc/thread-self/schedstat");
+        let start = run_ns(me);
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        let mut x = 0u64;
+        while run_ns(me).saturating_sub(start) < d.as_nanos() as u64 && std::time::Instant::now() < give_up {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_busy_thread_and_a_busy_child_are_counted_on_their_sides() {
+        let before = CpuSnapshot::now();
+        // This thread (the "client") spins; another thread of this process
+        // (the "server") spins; a child process (a "worker") spins.
+        spin(Duration::from_millis(60));
+        std::thread::spawn(|| spin(Duration::from_millis(60))).join().unwrap();
+        // A shell loop (no external commands: all its time is its own),
+        // read while it still runs.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 100000000 ]; do i=$((i+1)); done"])
+            .spawn()
+            .unwrap();
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        let after = loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = CpuSnapshot::now();
+            if now.descendants_ns.saturating_sub(before.descendants_ns) >= 40_000_000
+                || std::time::Instant::now() > give_up
+            {
+                break now;
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let b = CpuBurst::between(before, after, 1000, Duration::from_millis(500));
+        // µs per request over 1000 requests: 60 ms of spinning is 60 µs.
+        assert!(b.client >= 50.0, "{b:?}");
+        // The spawned thread ended before `after`: its time is lost, so
+        // the server side is at least zero (saturated), never negative.
+        assert!(b.server >= 0.0, "{b:?}");
+        assert!(b.workers >= 40.0, "the child's spinning counts as the workers' side: {b:?}");
+        assert!(b.cores_busy > 0.0, "{b:?}");
+    }
+
+    #[test]
+    fn a_live_server_thread_is_counted_as_server() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            spin(Duration::from_millis(80));
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        });
+        let before = CpuSnapshot::now();
+        std::thread::sleep(Duration::from_millis(150));
+        let after = CpuSnapshot::now();
+        tx.send(()).unwrap();
+        server.join().unwrap();
+        let b = CpuBurst::between(before, after, 1000, Duration::from_millis(150));
+        assert!(b.client < 20.0, "the sleeping client used little: {b:?}");
+        assert!(b.server >= 20.0, "the spinning thread is the server side: {b:?}");
+        let json = cpu_json(&[b]);
+        assert!(json["server_us"].as_f64().unwrap() >= 20.0, "{json}");
+        assert!(cpu_json(&[]).is_null());
+    }
 }
