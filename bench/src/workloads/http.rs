@@ -17,6 +17,11 @@
 //! `max_batch_size` 1 (the peer column), and as its floor the same client
 //! against a bare tokio server replaying a recorded answer (what loopback
 //! TCP, the runtime and the client cost: the most any server could reach).
+//! The `http_batching` row also says, for each of the three, where a
+//! request's CPU time went (the client's thread, the server's threads, the
+//! model's worker processes) and how many CPUs were busy on average
+//! (`cpu_per_request`, medians over the bursts): fewer than the machine has
+//! means the subject waited on latency, not on CPU.
 //!
 //! KServe is installed by the harness on first use into a virtual
 //! environment under `target/py-venvs/kserve` (`python3 -m venv`, then
@@ -33,8 +38,13 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod cpu;
+mod load;
+
+use load::{Conn, Driver, content_length, runtime};
+
 use super::{Ctx, Workload};
-use crate::measure::{Plan, Stats, Subject};
+use crate::measure::{Plan, Stats};
 use crate::report::{Row, Unit};
 use crate::{BenchError, ensure};
 
@@ -255,67 +265,6 @@ impl Drop for KServe {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
-}
-
-/// One keep-alive HTTP/1.1 connection of the load generator.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn, BenchError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::with_capacity(4096) })
-    }
-
-    /// Sends one request and reads its response: status and body (a view
-    /// of the connection's buffer, valid until the next request). Bytes are
-    /// read straight into that buffer and the head's end is looked for only
-    /// in what just arrived: the generator shares the CPUs with the server it
-    /// drives, so its own cost per request is kept small.
-    async fn request(&mut self, raw: &[u8]) -> Result<(u16, &[u8]), BenchError> {
-        self.stream.write_all(raw).await?;
-        self.buf.clear();
-        let mut searched = 0;
-        let head_end = loop {
-            self.buf.reserve(4096);
-            let n = self.stream.read_buf(&mut self.buf).await?;
-            ensure(n > 0, || "connection closed mid-response".into())?;
-            if let Some(i) = self.buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-                break searched + i + 4;
-            }
-            searched = self.buf.len().saturating_sub(3);
-            ensure(self.buf.len() < 64 << 10, || "response head over 64 KiB".into())?;
-        };
-        let head =
-            std::str::from_utf8(&self.buf[..head_end]).map_err(|_| BenchError::new("response head is not UTF-8"))?;
-        let status: u16 =
-            head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| BenchError::new("bad status line"))?;
-        let length =
-            content_length(head).ok_or_else(|| BenchError::new(format!("response without Content-Length: {head}")))?;
-        ensure(length <= 16 << 20, || format!("response body of {length} bytes"))?;
-        let end = head_end + length;
-        while self.buf.len() < end {
-            self.buf.reserve(end - self.buf.len());
-            let n = self.stream.read_buf(&mut self.buf).await?;
-            ensure(n > 0, || "connection closed mid-body".into())?;
-        }
-        ensure(self.buf.len() == end, || "more bytes than Content-Length".into())?;
-        Ok((status, &self.buf[head_end..]))
-    }
-}
-
-/// The `Content-Length` of an HTTP/1.1 message head.
-fn content_length(head: &str) -> Option<usize> {
-    head.lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-        .and_then(|(_, v)| v.trim().parse().ok())
-}
-
 /// The floor of `http_batching`: a server on a tokio runtime like the one
 /// multiproc serve runs on here, which reads each HTTP/1.1 request (head,
 /// then `Content-Length` bytes of body) and answers with a response that
@@ -375,135 +324,6 @@ async fn canned_connection(mut stream: TcpStream, answer: std::sync::Arc<Vec<u8>
         }
         buf.drain(..end);
         stream.write_all(&answer).await?;
-    }
-}
-
-/// True if `body` is UTF-8 text containing `expect`.
-fn answer_holds(body: &[u8], expect: &str) -> bool {
-    std::str::from_utf8(body).is_ok_and(|text| text.contains(expect))
-}
-
-/// A burst's figures.
-#[derive(Debug, Clone, Copy)]
-struct Burst {
-    per_sec: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-}
-
-/// Drives one server: `concurrency` connections, `requests` per burst.
-struct Driver {
-    rt: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    raw: std::sync::Arc<Vec<u8>>,
-    expect: &'static str,
-    concurrency: usize,
-    requests: usize,
-    bursts: Vec<Burst>,
-}
-
-impl Driver {
-    fn new(
-        addr: SocketAddr,
-        path: &str,
-        body: &str,
-        expect: &'static str,
-        concurrency: usize,
-        requests: usize,
-    ) -> Result<Driver, BenchError> {
-        let raw = format!(
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        Ok(Driver {
-            rt: runtime()?,
-            addr,
-            raw: std::sync::Arc::new(raw.into_bytes()),
-            expect,
-            concurrency,
-            requests,
-            bursts: Vec::new(),
-        })
-    }
-
-    /// One request on a fresh connection; the whole response as it came
-    /// (head and body), checked like every answer.
-    fn record(&self) -> Result<Vec<u8>, BenchError> {
-        self.rt.block_on(async {
-            let mut c = Conn::open(self.addr).await?;
-            let (status, body) = c.request(&self.raw).await?;
-            ensure(status == 200 && answer_holds(body, self.expect), || format!("answer {status}"))?;
-            Ok(c.buf)
-        })
-    }
-
-    fn burst(&mut self) -> Result<Burst, BenchError> {
-        let (addr, concurrency, requests, expect) = (self.addr, self.concurrency, self.requests, self.expect);
-        let raw = std::sync::Arc::clone(&self.raw);
-        let (elapsed, mut lat) = self.rt.block_on(async move {
-            let mut conns = Vec::with_capacity(concurrency);
-            for _ in 0..concurrency {
-                conns.push(Conn::open(addr).await?);
-            }
-            let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(requests));
-            let start = Instant::now();
-            let tasks: Vec<_> = conns
-                .into_iter()
-                .map(|mut c| {
-                    let (left, raw) = (std::sync::Arc::clone(&left), std::sync::Arc::clone(&raw));
-                    tokio::spawn(async move {
-                        let mut lat = Vec::new();
-                        while left
-                            .fetch_update(
-                                std::sync::atomic::Ordering::Relaxed,
-                                std::sync::atomic::Ordering::Relaxed,
-                                |n| n.checked_sub(1),
-                            )
-                            .is_ok()
-                        {
-                            let t = Instant::now();
-                            let (status, body) = c.request(&raw).await?;
-                            lat.push(t.elapsed().as_secs_f64() * 1e6);
-                            ensure(status == 200 && answer_holds(body, expect), || {
-                                format!("answer {status}: {}", String::from_utf8_lossy(body))
-                            })?;
-                        }
-                        Ok::<_, BenchError>(lat)
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(requests);
-            for t in tasks {
-                all.extend(t.await.map_err(|e| BenchError::new(e.to_string()))??);
-            }
-            Ok::<_, BenchError>((start.elapsed(), all))
-        })?;
-        ensure(lat.len() == requests, || format!("{} of {requests} requests answered", lat.len()))?;
-        lat.sort_by(f64::total_cmp);
-        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-        let b =
-            Burst { per_sec: requests as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p90: pct(0.90), p99: pct(0.99) };
-        self.bursts.push(b);
-        Ok(b)
-    }
-
-    fn stats(&self, f: fn(&Burst) -> f64) -> Stats {
-        Stats::of(self.bursts.iter().map(f).collect())
-    }
-
-    fn latency_json(&self) -> serde_json::Value {
-        json!({
-            "p50_us": self.stats(|b| b.p50).value(),
-            "p90_us": self.stats(|b| b.p90).value(),
-            "p99_us": self.stats(|b| b.p99).value(),
-        })
-    }
-}
-
-impl Subject for Driver {
-    fn sample(&mut self) -> Result<f64, BenchError> {
-        Ok(self.burst()?.per_sec)
     }
 }
 
@@ -572,15 +392,40 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
         ],
     )?;
     let [sa, sb, sf] = <[Stats; 3]>::try_from(stats).expect("three subjects");
+    let batch = mean_batch_size(ours.server.addr, "digits")?;
+    eprintln!("  digits batched: {batch:.1} requests per model call on average");
     let latency = json!({"batched": a.latency_json(), "max_batch_size_1": b.latency_json()});
+    let cpu = json!({"batched": a.cpu_json(), "max_batch_size_1": b.cpu_json(), "floor": f.cpu_json()});
+    eprintln!("  CPU µs per request (client, server, model workers) and CPUs busy, medians: {cpu}");
     Ok(vec![
         Row::new("http_batching/c64", Unit::RequestsPerSec, sa, sb)
             .with_floor(FLOOR_CANNED, sf)
             .with_extra("peer", json!("multiproc serve, max_batch_size 1"))
             .with_extra("latency", latency)
+            .with_extra("cpu_per_request", cpu)
             .with_extra(
                 "params",
-                json!({"concurrency": 64, "requests_per_burst": 8000, "model": "demo digits MLP, FP32 [1, 64]"}),
+                json!({"concurrency": 64, "requests_per_burst": 8000, "model": "demo digits MLP, FP32 [1, 64]",
+                    "batched_mean_batch_size": (batch * 10.0).round() / 10.0}),
             ),
     ])
+}
+
+/// Requests per model call of `model` over the server's life so far, from
+/// its `/metrics` (`nv_inference_count` ÷ `nv_inference_exec_count`).
+fn mean_batch_size(addr: SocketAddr, model: &str) -> Result<f64, BenchError> {
+    let text = runtime()?.block_on(async {
+        let mut c = Conn::open(addr).await?;
+        let (status, body) = c.request(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").await?;
+        ensure(status == 200, || format!("/metrics answered {status}"))?;
+        Ok::<_, BenchError>(String::from_utf8_lossy(body).into_owned())
+    })?;
+    let counter = |name: &str| {
+        let key = format!("{name}{{model=\"{model}\",");
+        text.lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .ok_or_else(|| BenchError::new(format!("/metrics has no {name} for {model}")))
+    };
+    Ok(counter("nv_inference_count")? / counter("nv_inference_exec_count")?.max(1.0))
 }
