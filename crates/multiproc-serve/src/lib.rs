@@ -88,6 +88,7 @@ mod deadline;
 mod error;
 mod gauge;
 mod items;
+mod lone;
 mod metrics;
 mod model;
 mod name;
@@ -106,6 +107,7 @@ mod worker;
 
 pub use command::{CommandConfig, CommandModel};
 pub use error::{ErrorKind, ServeError};
+pub use lone::LoneWait;
 pub use metrics::{BatchReason, MetricsSnapshot, VersionMetrics};
 pub use model::{Model, ModelSpec, WorkerContext};
 pub use name::ModelName;
