@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
-use crate::gauge::{InFlight, Releases};
+use crate::gauge::InFlight;
 use crate::items::Encoded;
 use crate::metrics::BatchReason;
 use crate::settings::ModelSettings;
@@ -28,12 +28,11 @@ pub(crate) enum Continuation {
 }
 
 impl Continuation {
-    /// Hands the model's answer on (a caller's wake-up goes to `wakes`, the
-    /// end of the pipeline's hold to `releases`).
-    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes, releases: &mut Releases) {
+    /// Hands the model's answer on (a caller's wake-up goes to `wakes`).
+    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes) {
         match self {
             Continuation::Answer(guard) => {
-                releases.add(guard);
+                drop(guard);
                 slot.complete_later(Ok(answer), wakes);
             }
             Continuation::Post(then) => then(answer, slot),

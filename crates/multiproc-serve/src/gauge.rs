@@ -56,13 +56,8 @@ impl Gauge {
     }
 
     /// Counts one more request in, unless `capacity` are in already;
-    /// gives the count before it (0: the pipeline was empty). The count
-    /// is the caller's to hand over: to an [`InFlight`] with
-    /// [`Gauge::hold`], or back with [`Gauge::leave`]. (No guard here: a
-    /// guard holds the gauge, and taking that hold once per request on the
-    /// callers' thread, to be let go on the model's, moved the gauge's
-    /// cache line between the two for every request.)
-    pub fn admit(&self, capacity: usize) -> Option<usize> {
+    /// gives the count before it (0: the pipeline was empty).
+    pub fn admit(self: &Arc<Self>, capacity: usize) -> Option<(usize, InFlight)> {
         // One add, taken back if it went past the capacity (a compare-and-
         // swap loop retried under the answers' releases): concurrent callers
         // each see their own count before, so no more than `capacity` are
@@ -70,24 +65,10 @@ impl Gauge {
         // a feeder that saw the passing count is still nudged.
         let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
         if before >= capacity {
-            self.release(1);
+            self.release();
             return None;
         }
-        Some(before)
-    }
-
-    /// Takes over the count of one admitted request: it ends when the
-    /// guard is dropped (or released with others, [`Releases`]).
-    pub fn hold(self: &Arc<Self>) -> InFlight {
-        InFlight(Some(Arc::clone(self)))
-    }
-
-    /// `n` admitted requests leave without a guard (failed before
-    /// preprocessing).
-    pub fn leave(&self, n: usize) {
-        if n > 0 {
-            self.release(n);
-        }
+        Some((before, InFlight(Arc::clone(self))))
     }
 
     /// Notes the queue's length (under the queue's lock).
@@ -133,10 +114,10 @@ impl Gauge {
         }
     }
 
-    /// `n` requests left the pipeline: nudges the feeder if the waiting
+    /// One request left the pipeline: nudges the feeder if the waiting
     /// requests just became worth a chunk.
-    fn release(&self, n: usize) {
-        self.in_flight.fetch_sub(n, Ordering::SeqCst);
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.feeder_sleeps.load(Ordering::SeqCst)
             && self.worth_a_chunk(self.queued.load(Ordering::SeqCst))
             && let Some(feeder) = self.feeder.get().and_then(Weak::upgrade)
@@ -147,49 +128,11 @@ impl Gauge {
 }
 
 /// Counts a request as inside its pipeline until dropped.
-pub(crate) struct InFlight(Option<Arc<Gauge>>);
+pub(crate) struct InFlight(Arc<Gauge>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(gauge) = self.0.take() {
-            gauge.release(1);
-        }
-    }
-}
-
-/// Guards ended together: a batch's answers leave their pipeline with one
-/// update of its count (and one look at whether its feeder should wake),
-/// made when this is flushed or dropped.
-#[derive(Default)]
-pub(crate) struct Releases {
-    gauge: Option<Arc<Gauge>>,
-    n: usize,
-}
-
-impl Releases {
-    /// Ends `guard` with the others.
-    pub fn add(&mut self, mut guard: InFlight) {
-        let Some(gauge) = guard.0.take() else { return };
-        match &self.gauge {
-            Some(g) if Arc::ptr_eq(g, &gauge) => self.n += 1,
-            _ => {
-                self.flush();
-                (self.gauge, self.n) = (Some(gauge), 1);
-            }
-        }
-    }
-
-    /// Releases the guards added so far.
-    pub fn flush(&mut self) {
-        if let Some(gauge) = self.gauge.take() {
-            gauge.release(std::mem::take(&mut self.n));
-        }
-    }
-}
-
-impl Drop for Releases {
-    fn drop(&mut self) {
-        self.flush();
+        self.0.release();
     }
 }
 
@@ -212,7 +155,7 @@ mod tests {
         let bell = Arc::new(Bell(Mutex::new(0)));
         let weak: Weak<dyn Feeder> = Arc::downgrade(&(Arc::clone(&bell) as Arc<dyn Feeder>));
         gauge.set_feeder(weak);
-        let mut held: Vec<InFlight> = (0..9).map(|_| gauge.admit(100).map(|_| gauge.hold()).unwrap()).collect();
+        let mut held: Vec<InFlight> = (0..9).map(|_| gauge.admit(100).unwrap().1).collect();
         assert!(gauge.admit(9).is_none(), "a full pipeline admits no more");
         gauge.set_queued(4);
         assert!(!gauge.worth_a_chunk(4), "4 waiting of 9 is less than half");
@@ -223,23 +166,6 @@ mod tests {
         held.clear();
         assert_eq!(*bell.0.lock().unwrap(), 1, "an awake feeder is not nudged");
         assert_eq!(gauge.in_flight(), 0);
-    }
-
-    #[test]
-    fn guards_released_together_count_once_per_gauge() {
-        let (a, b) = (Gauge::new(), Gauge::new());
-        let mut releases = Releases::default();
-        for g in [&a, &a, &b, &a] {
-            g.admit(10).unwrap();
-            releases.add(g.hold());
-        }
-        // Each switch of gauge released the run before it: only the last is left.
-        assert_eq!((a.in_flight(), b.in_flight()), (1, 0));
-        drop(releases);
-        assert_eq!(a.in_flight(), 0);
-        a.admit(10).unwrap();
-        a.leave(1);
-        assert_eq!(a.in_flight(), 0);
     }
 
     #[test]

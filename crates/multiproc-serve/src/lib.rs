@@ -69,12 +69,11 @@
 //! kept inline); a batch's answers are all set before any caller is woken,
 //! so a caller reading its replies in order sleeps at most once per batch.
 //! A pipeline sends its preprocessing pool chunks of about half the requests
-//! it holds, cut to whole model batches, and a batch's answers leave it with
-//! one update of its count. At low load a lone request does not sleep at
-//! each hand-off: its blocking caller polls for the answer ([`LoneWait`]),
-//! and after a lone answer the model's supervisor and worker poll for the
-//! next request for about twice the recent gap before they sleep (a thread
-//! woken on an idle CPU costs 20–50 µs on a 2-CPU VM).
+//! it holds, cut to whole model batches. At low load a lone request does
+//! not sleep at each hand-off: its blocking caller polls for the answer
+//! ([`LoneWait`]), and after a lone answer the model's supervisor and worker
+//! poll for the next request for about twice the recent gap before they
+//! sleep (a thread woken on an idle CPU costs 20–50 µs on a 2-CPU VM).
 //!
 //! Measured with `cargo run --release -p multiproc-serve --example request_cost`
 //! (a lone request to a model returning its input tensor; 2-core VM shared

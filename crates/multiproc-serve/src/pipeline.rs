@@ -209,13 +209,11 @@ pub(crate) trait PipelineDyn: Send + Sync {
     fn stop(&self);
 }
 
-/// A request waiting for preprocessing. It counts in the gauge (admitted)
-/// without a guard of its own: a job leaving the queue gets one in
-/// [`Runtime::preprocess`], or is let go with [`Gauge::leave`].
 struct Job<R> {
     input: R,
     slot: Arc<Slot>,
     deadline: Option<Instant>,
+    guard: InFlight,
 }
 
 /// Requests waiting for preprocessing, whether the feeder sleeps, and the
@@ -280,7 +278,6 @@ where
                 if self.stopped.load(Ordering::Acquire) {
                     let left: Vec<Job<R>> = q.jobs.drain(..).collect();
                     self.gauge.set_queued(0);
-                    self.gauge.leave(left.len());
                     drop(q);
                     for j in left {
                         j.slot.complete(Err(ServeError::ShuttingDown));
@@ -314,7 +311,7 @@ where
         let mut rest = Vec::with_capacity(jobs.len());
         for j in jobs {
             inputs.push(j.input);
-            rest.push((j.slot, j.deadline, self.gauge.hold()));
+            rest.push((j.slot, j.deadline, j.guard));
         }
         let shared = Arc::new(Mutex::new(Some(rest)));
         let (ok_jobs, err_jobs) = (Arc::clone(&shared), Arc::clone(&shared));
@@ -536,12 +533,10 @@ where
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServeError::ShuttingDown);
         }
-        // Admitted, the request counts in the pipeline; it is held (an
-        // `InFlight`) once it leaves the queue for preprocessing.
-        let Some(held) = self.gauge.admit(self.capacity) else {
+        let Some((held, guard)) = self.gauge.admit(self.capacity) else {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         };
-        let job = Job { input, slot, deadline };
+        let job = Job { input, slot, deadline, guard };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         // Low load (nothing else in the pipeline, the feeder idle, a pool
         // slot free): the caller hands the request to the pool itself, saving

@@ -11,7 +11,6 @@ use multiproc::{ConnectionError, Process, ProcessError};
 
 use crate::batcher::{BatchQueue, Next, Pending, fail_all};
 use crate::error::ServeError;
-use crate::gauge::Releases;
 use crate::items::{Encoded, Inputs, Items};
 use crate::lone::{AnswerTimes, NextLone, poll_for};
 use crate::metrics::{BatchReason, Tally};
@@ -374,20 +373,12 @@ fn answer_oldest(
             }
             fail_dropped(group, dropped);
             let answers = Arc::new(answers);
-            let mut delivery = Delivery {
-                sent_at,
-                now,
-                batch_size: n,
-                wakes: Wakes::default(),
-                releases: Releases::default(),
-                tally: Tally::default(),
-            };
+            let mut delivery =
+                Delivery { sent_at, now, batch_size: n, wakes: Wakes::default(), tally: Tally::default() };
             for (i, p) in batch.into_iter().enumerate() {
                 deliver(group, p, Encoded::item(&answers, i), &mut delivery);
             }
             group.counters.success(&delivery.tally);
-            // Room in the pipelines first, then the callers that may fill it.
-            delivery.releases.flush();
             delivery.wakes.wake();
             Ok(())
         }
@@ -478,7 +469,6 @@ struct Delivery {
     now: Instant,
     batch_size: usize,
     wakes: Wakes,
-    releases: Releases,
     tally: Tally,
 }
 
@@ -497,7 +487,7 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
                 batch_size: d.batch_size,
             };
             match p.then {
-                Some(then) => then.run(answer, p.slot, &mut d.wakes, &mut d.releases),
+                Some(then) => then.run(answer, p.slot, &mut d.wakes),
                 None => {
                     p.slot.complete_later(Ok(answer), &mut d.wakes);
                 }
