@@ -45,7 +45,7 @@ pub struct App {
     pub(crate) models: RwLock<BTreeMap<String, ModelDir>>,
     pub(crate) http_counters: HttpCounters,
     pub(crate) options: HttpOptions,
-    pub(crate) lone: crate::lone::LoneWait,
+    pub(crate) lone: multiproc_serve::LoneWait,
 }
 
 impl App {
@@ -58,7 +58,7 @@ impl App {
             models: RwLock::new(models),
             http_counters: HttpCounters::default(),
             options,
-            lone: crate::lone::LoneWait::default(),
+            lone: multiproc_serve::LoneWait::default(),
         })
     }
 

@@ -81,7 +81,6 @@ pub mod demo;
 pub mod error;
 mod infer;
 mod listen;
-mod lone;
 pub mod metrics;
 pub mod onnx;
 pub mod protocol;

@@ -13,6 +13,7 @@ use crate::batcher::{Continuation, Pending};
 use crate::deadline::Deadlines;
 use crate::error::ServeError;
 use crate::items::Encoded;
+use crate::lone::LoneWait;
 use crate::metrics::MetricsSnapshot;
 use crate::model::{Model, ModelSpec};
 use crate::name::ModelName;
@@ -35,6 +36,8 @@ pub(crate) struct Inner {
     endpoints: RwLock<BTreeMap<String, Endpoint>>,
     shutting_down: AtomicBool,
     deadlines: Deadlines,
+    /// Blocking callers that are alone poll for their answer.
+    lone: LoneWait,
 }
 
 /// A model server: models and pipelines by name, each version served by
@@ -74,6 +77,7 @@ impl Server {
                 endpoints: RwLock::new(BTreeMap::new()),
                 shutting_down: AtomicBool::new(false),
                 deadlines: Deadlines::new(),
+                lone: LoneWait::default(),
             }),
         }
     }
@@ -415,7 +419,8 @@ impl Server {
     {
         let slot = Slot::new();
         let (deadline, model) = self.submit::<I, O>(request, &slot)?;
-        match slot.wait(deadline) {
+        // A lone request polls for its answer a short while before it sleeps.
+        match self.inner.lone.wait_blocking(|| slot.try_take().map(Some), || slot.wait(deadline)) {
             Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
             None => {
                 slot.cancel();

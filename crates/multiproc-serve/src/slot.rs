@@ -140,6 +140,11 @@ impl Slot {
         self.cancelled.load(Ordering::Acquire)
     }
 
+    /// The answer if it is there, without waiting.
+    pub fn try_take(&self) -> Option<Result<Answer, ServeError>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// Waits for the answer at most `timeout`; the clock is read only if
     /// the answer is not there yet (under load it usually is).
     pub fn wait_for(&self, timeout: Duration) -> Option<Result<Answer, ServeError>> {

@@ -12,6 +12,7 @@ use multiproc::{ConnectionError, Process, ProcessError};
 use crate::batcher::{BatchQueue, Next, Pending, fail_all};
 use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
+use crate::lone::{AnswerTimes, NextLone, poll_for};
 use crate::metrics::{BatchReason, Tally};
 use crate::model::WorkerContext;
 use crate::slot::{Answer, Wakes};
@@ -42,22 +43,21 @@ fn exit_status(process: &mut Process<()>) -> String {
     }
 }
 
-/// Longest a supervisor polls for a batch's answer before it sleeps.
-///
-/// Waking a thread that sleeps on another CPU costs 20–50 µs on this
-/// project's 2-CPU VMs, about ten times a small model's call: when answers
-/// usually come sooner than this, polling (with a yield between polls, so a
-/// worker on the same CPU still runs) saves that wake-up on every batch.
+/// Longest a supervisor polls for a batch's answer before it sleeps (see
+/// [`crate::lone`]: waking a thread that sleeps on an idle CPU costs about
+/// ten times a small model's call).
 const REPLY_POLL_LIMIT: Duration = Duration::from_micros(200);
+/// Shortest polling for a batch's answer.
+const REPLY_POLL_LEAST: Duration = Duration::from_micros(20);
 
 /// A live worker process and its pipes.
 struct Worker {
     process: Process<()>,
     ends: ServerEnds,
     pid: i32,
-    /// Recent time from sending a batch to its answer (moving average):
-    /// how long polling for the next answer may pay.
-    reply_time: Duration,
+    /// Recent time from sending a batch to its answer: how long polling
+    /// for the next answer may pay.
+    reply_times: AnswerTimes,
 }
 
 impl Worker {
@@ -65,22 +65,10 @@ impl Worker {
     /// recent answer time, when that is short and while no other request
     /// waits (under load the CPU belongs to the threads bringing requests).
     fn poll_for_reply(&self, queue: &BatchQueue) {
-        if self.reply_time > REPLY_POLL_LIMIT / 2 {
-            return;
+        if let Some(budget) = self.reply_times.budget() {
+            let readable = || self.ends.replies.poll(Duration::ZERO).unwrap_or(true).then_some(());
+            poll_for(budget, readable, || queue.len() == 0);
         }
-        let budget = (self.reply_time * 2).max(Duration::from_micros(20));
-        let start = Instant::now();
-        while start.elapsed() < budget && queue.len() == 0 {
-            if self.ends.replies.poll(Duration::ZERO).unwrap_or(true) {
-                return;
-            }
-            std::thread::yield_now();
-        }
-    }
-
-    /// Notes how long a batch took to come back.
-    fn answered_after(&mut self, took: Duration) {
-        self.reply_time = (self.reply_time * 7 + took) / 8;
     }
 }
 
@@ -167,7 +155,12 @@ fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
         match ends.replies.recv_timeout((deadline - now).min(TICK)) {
             Ok(FromWorker::Ready) => {
                 group.worker_ready(instance);
-                return Ok(Worker { process, ends, pid, reply_time: Duration::ZERO });
+                return Ok(Worker {
+                    process,
+                    ends,
+                    pid,
+                    reply_times: AnswerTimes::new(REPLY_POLL_LIMIT, REPLY_POLL_LEAST),
+                });
             }
             Ok(FromWorker::Log(line)) => log_line(group, &line),
             Ok(FromWorker::LoadFailed(reason)) => {
@@ -232,9 +225,12 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
     let mut dropped = Vec::new();
     let mut next_id = 0u64;
     let mut sent: VecDeque<Sent> = VecDeque::with_capacity(BATCHES_PER_WORKER);
+    // After a lone request, the next one is polled for a short while (see `crate::lone`).
+    let mut lone = NextLone::new();
     loop {
         if sent.is_empty() {
-            let next = group.queue.next_batch(&group.settings, TICK, &mut dropped);
+            let next = lone
+                .wait_next(|| group.queue.len() > 0, || group.queue.next_batch(&group.settings, TICK, &mut dropped));
             fail_dropped(group, &mut dropped);
             let (batch, reason) = match next {
                 Next::Quit => return Gone::Quit,
@@ -264,8 +260,12 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
             next_id += 1;
             send_batch(group, instance, worker, Sent::new(next_id, batch), BatchReason::Full, &mut sent);
         }
+        let alone = sent.len() == 1 && sent.front().is_some_and(|s| s.batch.len() == 1);
         if let Err(gone) = answer_oldest(group, instance, worker, &mut sent, &mut next_id, &mut dropped) {
             return gone;
+        }
+        if alone && sent.is_empty() {
+            lone.answered_lone();
         }
     }
 }
@@ -361,7 +361,7 @@ fn answer_oldest(
                 next.started = now;
                 group.queue.release(next.batch.len());
             }
-            worker.answered_after(now.saturating_duration_since(started));
+            worker.reply_times.note(now.saturating_duration_since(started));
             group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
             group.worker_busy(instance, false);
             if !sent.is_empty() {

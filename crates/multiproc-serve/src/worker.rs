@@ -7,12 +7,13 @@
 //! 64 KiB crosses through a sealed memfd (the core's wire), not the socket.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc::{Connection, ConnectionError, Pipe};
 use serde::{Deserialize, Serialize};
 
 use crate::items::{ITEM_BYTES_GUESS, Inputs, Items};
+use crate::lone::NextLone;
 use crate::model::{Model, WorkerContext};
 
 /// Server → worker.
@@ -128,10 +129,19 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     if replies.send(&FromWorker::Ready).is_err() {
         return;
     }
-    while let Ok(ToWorker::Batch { id, items }) = requests.recv() {
-        let reply = run_batch(&mut model, id, items.into_items());
+    // After answering a lone request, the next one is polled for a short
+    // while instead of sleeping until it comes (see `crate::lone`).
+    let mut next = NextLone::new();
+    let arrived = || requests.poll(Duration::ZERO).unwrap_or(true);
+    while let Ok(ToWorker::Batch { id, items }) = next.wait_next(arrived, || requests.recv()) {
+        let items = items.into_items();
+        let lone = items.len() == 1;
+        let reply = run_batch(&mut model, id, items);
         if replies.send(&reply).is_err() {
             return;
+        }
+        if lone {
+            next.answered_lone();
         }
     }
 }
