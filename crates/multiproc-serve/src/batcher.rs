@@ -8,6 +8,7 @@
 //! whose deadline passed are dropped before they reach a worker.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,10 @@ pub(crate) struct BatchQueue {
     state: Mutex<State>,
     changed: Condvar,
     capacity: usize,
+    /// Requests queued so far, a count that only grows: a worker thread
+    /// compares it across a call to tell a lone request from one among
+    /// others (see `crate::lone`).
+    arrivals: AtomicU64,
 }
 
 /// What a worker thread gets from [`BatchQueue::next_batch`].
@@ -121,6 +126,7 @@ impl BatchQueue {
             }),
             changed: Condvar::new(),
             capacity,
+            arrivals: AtomicU64::new(0),
         }
     }
 
@@ -141,6 +147,7 @@ impl BatchQueue {
         s.items.push_back(p);
         let wake = s.waiting > 0;
         drop(s);
+        self.arrived(1);
         if wake {
             self.changed.notify_one();
         }
@@ -155,9 +162,11 @@ impl BatchQueue {
         if !s.accepting || s.stopped {
             return Err(batch);
         }
+        let n = batch.len();
         s.items.extend(batch);
         let wake = s.waiting > 0;
         drop(s);
+        self.arrived(n);
         if wake {
             self.changed.notify_all();
         }
@@ -172,6 +181,17 @@ impl BatchQueue {
         }
         drop(s);
         self.changed.notify_all();
+    }
+
+    fn arrived(&self, n: usize) {
+        // ORDERING: Relaxed: a hint for polling, nothing is published through it.
+        self.arrivals.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Requests queued so far (never decreases).
+    pub fn arrivals(&self) -> u64 {
+        // ORDERING: Relaxed: see `arrived`.
+        self.arrivals.load(Ordering::Relaxed)
     }
 
     /// Requests waiting.
@@ -389,5 +409,21 @@ mod tests {
         assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))), "2 queued + 2 held = capacity");
         q.release(2);
         assert!(q.push(pending(), false).is_ok());
+    }
+
+    #[test]
+    fn arrivals_count_what_was_queued_not_what_came_back() {
+        let q = BatchQueue::new(4);
+        let s = ModelSettings { max_batch_size: 2, ..Default::default() };
+        assert_eq!(q.arrivals(), 0);
+        q.push(pending(), false).unwrap();
+        q.push_many(vec![pending(), pending()]).unwrap();
+        assert_eq!(q.arrivals(), 3);
+        assert!(matches!(q.push(pending(), false), Ok(())));
+        assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))), "a refused request did not arrive");
+        assert_eq!(q.arrivals(), 4);
+        let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()) else { panic!("no batch") };
+        q.push_front(b);
+        assert_eq!((q.arrivals(), q.len()), (4, 4), "a batch put back is not a new arrival");
     }
 }

@@ -64,10 +64,10 @@ impl Worker {
     /// Polls for the answer to the batch just sent, for about twice the
     /// recent answer time, when that is short and while no other request
     /// waits (under load the CPU belongs to the threads bringing requests).
-    fn poll_for_reply(&self, queue: &BatchQueue) {
+    fn poll_for_reply(&self, queue: &BatchQueue, arrivals: u64) {
         if let Some(budget) = self.reply_times.budget() {
             let readable = || self.ends.replies.poll(Duration::ZERO).unwrap_or(true).then_some(());
-            poll_for(budget, readable, || queue.len() == 0);
+            poll_for(budget, readable, || queue.arrivals() == arrivals);
         }
     }
 }
@@ -206,12 +206,23 @@ struct Sent {
     sent_at: Instant,
     /// When the worker could start it (its predecessor's answer came).
     started: Instant,
+    /// The queue's arrivals when it was sent.
+    arrivals: u64,
 }
 
 impl Sent {
-    fn new(id: u64, batch: Vec<Pending>) -> Sent {
+    fn new(id: u64, batch: Vec<Pending>, queue: &BatchQueue) -> Sent {
         let now = Instant::now();
-        Sent { id, batch, sent_at: now, started: now }
+        Sent { id, batch, sent_at: now, started: now, arrivals: queue.arrivals() }
+    }
+
+    /// A single request with no other batch in flight and none arrived
+    /// since it was sent: a request alone, for which polling pays. (Among
+    /// concurrent callers — max_batch_size 1 under load, say — a batch of
+    /// one is common, but others arrive while it runs: there the CPU
+    /// belongs to the threads bringing them, and nothing polls.)
+    fn alone(&self, in_flight: usize, queue: &BatchQueue) -> bool {
+        in_flight == 1 && self.batch.len() == 1 && queue.arrivals() == self.arrivals
     }
 }
 
@@ -227,6 +238,9 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
     let mut sent: VecDeque<Sent> = VecDeque::with_capacity(BATCHES_PER_WORKER);
     // After a lone request, the next one is polled for a short while (see `crate::lone`).
     let mut lone = NextLone::new();
+    // Whether the last batch answered was a request alone: the worker then
+    // polls for the next one too.
+    let mut last_alone = false;
     loop {
         if sent.is_empty() {
             let next = lone
@@ -251,20 +265,23 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
                 return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
             }
             next_id += 1;
-            send_batch(group, instance, worker, Sent::new(next_id, batch), reason, &mut sent);
+            let batch = Sent::new(next_id, batch, &group.queue);
+            send_batch(group, instance, worker, batch, reason, last_alone, &mut sent);
         }
         if sent.len() < BATCHES_PER_WORKER
             && let Some(batch) = group.queue.take_full(&group.settings, &mut dropped)
         {
             fail_dropped(group, &mut dropped);
             next_id += 1;
-            send_batch(group, instance, worker, Sent::new(next_id, batch), BatchReason::Full, &mut sent);
+            let batch = Sent::new(next_id, batch, &group.queue);
+            send_batch(group, instance, worker, batch, BatchReason::Full, false, &mut sent);
         }
-        let alone = sent.len() == 1 && sent.front().is_some_and(|s| s.batch.len() == 1);
+        let arrivals = sent.front().filter(|s| s.alone(sent.len(), &group.queue)).map(|s| s.arrivals);
         if let Err(gone) = answer_oldest(group, instance, worker, &mut sent, &mut next_id, &mut dropped) {
             return gone;
         }
-        if alone && sent.is_empty() {
+        last_alone = sent.is_empty() && arrivals.is_some_and(|a| group.queue.arrivals() == a);
+        if last_alone {
             lone.answered_lone();
         }
     }
@@ -312,6 +329,7 @@ fn send_batch(
     worker: &Worker,
     mut batch: Sent,
     reason: BatchReason,
+    poll_after: bool,
     sent: &mut VecDeque<Sent>,
 ) {
     let n = batch.batch.len();
@@ -319,7 +337,7 @@ fn send_batch(
     group.in_flight.fetch_add(n, Ordering::Relaxed);
     group.worker_busy(instance, true);
     let inputs = batch.batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
-    let message = ToWorker::Batch { id: batch.id, items: Inputs::Outgoing(inputs) };
+    let message = ToWorker::Batch { id: batch.id, items: Inputs::Outgoing(inputs), poll_after: poll_after && n == 1 };
     if let Err(e) = worker.ends.requests.send(&message) {
         tracing::debug!(model = %group.model, version = group.version, "could not send a batch: {e}");
     }
@@ -348,8 +366,8 @@ fn answer_oldest(
     let n = oldest.batch.len();
     // A lone request polls; a batch's wait leaves the CPU to the threads
     // bringing the next requests.
-    if n == 1 && sent.len() == 1 {
-        worker.poll_for_reply(&group.queue);
+    if oldest.alone(sent.len(), &group.queue) {
+        worker.poll_for_reply(&group.queue, oldest.arrivals);
     }
     let outcome = await_reply(group, worker, oldest.id, oldest.started);
     let Some(Sent { batch, sent_at, started, .. }) = sent.pop_front() else { return Ok(()) };
@@ -369,7 +387,7 @@ fn answer_oldest(
             } else if let Next::Batch(batch, reason) = group.queue.next_batch(&group.settings, Duration::ZERO, dropped)
             {
                 *next_id += 1;
-                send_batch(group, instance, worker, Sent::new(*next_id, batch), reason, sent);
+                send_batch(group, instance, worker, Sent::new(*next_id, batch, &group.queue), reason, false, sent);
             }
             fail_dropped(group, dropped);
             let answers = Arc::new(answers);

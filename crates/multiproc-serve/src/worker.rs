@@ -25,6 +25,10 @@ pub(crate) enum ToWorker {
         id: u64,
         /// One encoded input per request.
         items: Inputs,
+        /// Poll for the next batch a short while after answering this one
+        /// (the supervisor saw its requests come one at a time, see
+        /// `crate::lone`).
+        poll_after: bool,
     },
 }
 
@@ -133,14 +137,13 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     // while instead of sleeping until it comes (see `crate::lone`).
     let mut next = NextLone::new();
     let arrived = || requests.poll(Duration::ZERO).unwrap_or(true);
-    while let Ok(ToWorker::Batch { id, items }) = next.wait_next(arrived, || requests.recv()) {
+    while let Ok(ToWorker::Batch { id, items, poll_after }) = next.wait_next(arrived, || requests.recv()) {
         let items = items.into_items();
-        let lone = items.len() == 1;
         let reply = run_batch(&mut model, id, items);
         if replies.send(&reply).is_err() {
             return;
         }
-        if lone {
+        if poll_after {
             next.answered_lone();
         }
     }
