@@ -276,11 +276,10 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
             let batch = Sent::new(next_id, batch, &group.queue);
             send_batch(group, instance, worker, batch, BatchReason::Full, false, &mut sent);
         }
-        let arrivals = sent.front().filter(|s| s.alone(sent.len(), &group.queue)).map(|s| s.arrivals);
-        if let Err(gone) = answer_oldest(group, instance, worker, &mut sent, &mut next_id, &mut dropped) {
-            return gone;
-        }
-        last_alone = sent.is_empty() && arrivals.is_some_and(|a| group.queue.arrivals() == a);
+        last_alone = match answer_oldest(group, instance, worker, &mut sent, &mut next_id, &mut dropped) {
+            Ok(alone) => alone,
+            Err(gone) => return gone,
+        };
         if last_alone {
             lone.answered_lone();
         }
@@ -353,7 +352,9 @@ fn send_batch(
 /// sending the worker its next batch if it has none; on the worker's death
 /// or a call timeout fails that batch at once and puts the batches queued
 /// behind it (which the worker never started) back in the queue for the
-/// next worker.
+/// next worker. True if the batch answered was a request alone (see
+/// [`Sent::alone`]) and still is: nothing arrived since, and no other
+/// batch is in flight.
 fn answer_oldest(
     group: &VersionGroup,
     instance: usize,
@@ -361,16 +362,17 @@ fn answer_oldest(
     sent: &mut VecDeque<Sent>,
     next_id: &mut u64,
     dropped: &mut Vec<Pending>,
-) -> Result<(), Gone> {
-    let Some(oldest) = sent.front() else { return Ok(()) };
+) -> Result<bool, Gone> {
+    let Some(oldest) = sent.front() else { return Ok(false) };
     let n = oldest.batch.len();
     // A lone request polls; a batch's wait leaves the CPU to the threads
     // bringing the next requests.
-    if oldest.alone(sent.len(), &group.queue) {
-        worker.poll_for_reply(&group.queue, oldest.arrivals);
+    let alone = oldest.alone(sent.len(), &group.queue).then_some(oldest.arrivals);
+    if let Some(arrivals) = alone {
+        worker.poll_for_reply(&group.queue, arrivals);
     }
     let outcome = await_reply(group, worker, oldest.id, oldest.started);
-    let Some(Sent { batch, sent_at, started, .. }) = sent.pop_front() else { return Ok(()) };
+    let Some(Sent { batch, sent_at, started, .. }) = sent.pop_front() else { return Ok(false) };
     group.in_flight.fetch_sub(n, Ordering::Relaxed);
     match outcome {
         Ok((answers, timing)) => {
@@ -398,7 +400,7 @@ fn answer_oldest(
             }
             group.counters.success(&delivery.tally);
             delivery.wakes.wake();
-            Ok(())
+            Ok(sent.is_empty() && alone.is_some_and(|a| group.queue.arrivals() == a))
         }
         Err(lost) => {
             for unstarted in sent.drain(..).rev() {

@@ -138,8 +138,7 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     let mut next = NextLone::new();
     let arrived = || requests.poll(Duration::ZERO).unwrap_or(true);
     while let Ok(ToWorker::Batch { id, items, poll_after }) = next.wait_next(arrived, || requests.recv()) {
-        let items = items.into_items();
-        let reply = run_batch(&mut model, id, items);
+        let reply = run_batch(&mut model, id, items.into_items());
         if replies.send(&reply).is_err() {
             return;
         }
