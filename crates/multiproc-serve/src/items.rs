@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
@@ -112,6 +112,16 @@ impl Items {
         // Checked when built or received: ends rise within the buffer.
         let bytes = &self.buf[start as usize..end as usize];
         Some(if ok { Ok(bytes) } else { Err(std::str::from_utf8(bytes).unwrap_or("(not UTF-8)")) })
+    }
+
+    /// Item `i` decoded as a `T`, or why not, as the error that item answers
+    /// (`what` names the item in the message: "input", "request").
+    pub fn decode<T: DeserializeOwned>(&self, i: usize, what: &str) -> Result<T, String> {
+        match self.get(i) {
+            Some(Ok(bytes)) => postcard::from_bytes(bytes).map_err(|e| format!("{what} does not decode: {e}")),
+            Some(Err(message)) => Err(message.to_string()),
+            None => Err(format!("no {what}")),
+        }
     }
 }
 

@@ -82,14 +82,7 @@ where
         let n = chunk.len();
         let mut items = Items::with_capacity(n, chunk.byte_len().saturating_add(n.saturating_mul(ITEM_BYTES_GUESS)));
         for i in 0..n {
-            let request = match chunk.get(i) {
-                Some(Ok(bytes)) => {
-                    postcard::from_bytes::<R>(bytes).map_err(|e| format!("request does not decode: {e}"))
-                }
-                Some(Err(message)) => Err(message.to_string()),
-                None => Err("no request".to_string()),
-            };
-            match request {
+            match chunk.decode::<R>(i, "request") {
                 Ok(r) => items.push_output(self.0.call((r,))),
                 Err(message) => items.push_error(&message),
             }

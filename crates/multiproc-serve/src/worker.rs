@@ -156,14 +156,7 @@ fn run_batch<M: Model>(model: &mut M, id: u64, items: Items) -> FromWorker {
     let mut inputs = Vec::with_capacity(n);
     let mut undecoded = Vec::new();
     for i in 0..n {
-        let decoded = match items.get(i) {
-            Some(Ok(bytes)) => {
-                postcard::from_bytes::<M::Input>(bytes).map_err(|e| format!("input does not decode: {e}"))
-            }
-            Some(Err(message)) => Err(message.to_string()),
-            None => Err("no input".to_string()),
-        };
-        match decoded {
+        match items.decode::<M::Input>(i, "input") {
             Ok(input) => inputs.push(input),
             Err(e) => undecoded.push((i, e)),
         }
