@@ -81,6 +81,11 @@ impl Gauge {
         self.feeder_sleeps.store(sleeps, Ordering::SeqCst);
     }
 
+    /// Whether the feeder sleeps.
+    pub fn feeder_sleeps(&self) -> bool {
+        self.feeder_sleeps.load(Ordering::SeqCst)
+    }
+
     /// Whether `queued` waiting requests are worth a chunk of their own
     /// while no chunk is being preprocessed: when they are a good share of
     /// everything in the pipeline (at least half; all of it when the rest
@@ -118,7 +123,7 @@ impl Gauge {
     /// requests just became worth a chunk.
     fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.feeder_sleeps.load(Ordering::SeqCst)
+        if self.feeder_sleeps()
             && self.worth_a_chunk(self.queued.load(Ordering::SeqCst))
             && let Some(feeder) = self.feeder.get().and_then(Weak::upgrade)
         {

@@ -172,7 +172,7 @@ where
             pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
-            queue: Mutex::new(Feed { jobs: VecDeque::new(), feeder_waiting: false, chunks_out: 0 }),
+            queue: Mutex::new(Feed { jobs: VecDeque::new(), chunks_out: 0 }),
             changed: Condvar::new(),
             gauge: Gauge::new(),
             capacity: self.capacity,
@@ -216,11 +216,10 @@ struct Job<R> {
     guard: InFlight,
 }
 
-/// Requests waiting for preprocessing, whether the feeder sleeps, and the
-/// chunks in the pool now.
+/// Requests waiting for preprocessing and the chunks in the pool now
+/// (whether the feeder sleeps is in the gauge, written under this lock).
 struct Feed<R> {
     jobs: VecDeque<Job<R>>,
-    feeder_waiting: bool,
     chunks_out: usize,
 }
 
@@ -268,13 +267,13 @@ where
                 // Says it sleeps before it looks (see `Gauge`): a request
                 // leaving meanwhile nudges it.
                 while !self.stopped.load(Ordering::Acquire) {
-                    self.set_feeder_waiting(&mut q, true);
+                    self.gauge.set_feeder_sleeps(true);
                     if self.chunk_ready(&q) {
                         break;
                     }
                     q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
-                self.set_feeder_waiting(&mut q, false);
+                self.gauge.set_feeder_sleeps(false);
                 if self.stopped.load(Ordering::Acquire) {
                     let left: Vec<Job<R>> = q.jobs.drain(..).collect();
                     self.gauge.set_queued(0);
@@ -298,12 +297,6 @@ where
             return q.chunks_out < 2 * self.pre_processes;
         }
         q.chunks_out == 0 && self.gauge.worth_a_chunk(n)
-    }
-
-    /// Notes whether the feeder sleeps, in the queue and in the gauge.
-    fn set_feeder_waiting(&self, q: &mut Feed<R>, waiting: bool) {
-        q.feeder_waiting = waiting;
-        self.gauge.set_feeder_sleeps(waiting);
     }
 
     fn preprocess(self: &Arc<Self>, jobs: Vec<Job<R>>) {
@@ -377,10 +370,10 @@ where
 
     /// Wakes the feeder if it sleeps and a chunk may leave; once per sleep
     /// (the flag is cleared by whoever wakes it).
-    fn wake_feeder(&self, mut q: std::sync::MutexGuard<'_, Feed<R>>) {
-        let wake = q.feeder_waiting && self.chunk_ready(&q);
+    fn wake_feeder(&self, q: std::sync::MutexGuard<'_, Feed<R>>) {
+        let wake = self.gauge.feeder_sleeps() && self.chunk_ready(&q);
         if wake {
-            self.set_feeder_waiting(&mut q, false);
+            self.gauge.set_feeder_sleeps(false);
         }
         drop(q);
         if wake {
@@ -545,7 +538,7 @@ where
         // round trip through the pool).
         if held == 0
             && q.jobs.is_empty()
-            && q.feeder_waiting
+            && self.gauge.feeder_sleeps()
             && q.chunks_out < 2 * self.pre_processes
             && let Some(me) = self.me.upgrade()
         {
