@@ -83,33 +83,33 @@ fn prepare(stream: &TcpStream) -> std::io::Result<()> {
 }
 
 /// Reads exactly `buf.len()` bytes, polling; false if the stream ended
-/// before the first byte. After [`POLL_LIMIT`] without data it sleeps in a
-/// blocking read instead (the child between samples: it must not take a
-/// CPU from the other subjects' turns).
+/// before the first byte. After [`POLL_LIMIT`] without data the socket is
+/// made blocking until the message is in (the child between samples: it
+/// must not take a CPU from the other subjects' turns).
 fn read_polling(stream: &mut TcpStream, buf: &mut [u8]) -> Result<bool, BenchError> {
     let mut got = 0;
     let mut since = None;
+    let mut blocking = false;
     while got < buf.len() {
         match stream.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
             Ok(0) => return Err(BenchError::new("the TCP echo stream ended mid-message")),
             Ok(n) => got += n,
+            Err(e)
+                if e.kind() == ErrorKind::WouldBlock
+                    && since.get_or_insert_with(Instant::now).elapsed() < POLL_LIMIT =>
+            {
+                std::thread::yield_now()
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if since.get_or_insert_with(Instant::now).elapsed() < POLL_LIMIT {
-                    std::thread::yield_now();
-                } else {
-                    stream.set_nonblocking(false)?;
-                    let read = stream.read(&mut buf[got..]);
-                    stream.set_nonblocking(true)?;
-                    match read? {
-                        0 if got == 0 => return Ok(false),
-                        0 => return Err(BenchError::new("the TCP echo stream ended mid-message")),
-                        n => got += n,
-                    }
-                }
+                stream.set_nonblocking(false)?;
+                blocking = true;
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if blocking {
+        stream.set_nonblocking(true)?;
     }
     Ok(true)
 }
