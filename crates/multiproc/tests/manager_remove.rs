@@ -85,6 +85,18 @@ fn calls_waiting_on_a_removed_object_end_with_removed() {
             let b = barrier.clone();
             on_a_thread(move || format!("{:?}", b.wait()))
         }),
+        ("condition wait", {
+            let c = condition.clone();
+            on_a_thread(move || match c.acquire() {
+                Ok(mut guard) => {
+                    let waited = format!("{:?}", guard.wait());
+                    // The object is gone: nothing to release.
+                    guard.leak();
+                    waited
+                }
+                Err(_) => "the condition's lock was not acquired".to_string(),
+            })
+        }),
     ];
     // Let every call reach the manager and wait there.
     thread::sleep(Duration::from_millis(300));

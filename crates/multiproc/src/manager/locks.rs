@@ -159,8 +159,11 @@ impl ConditionState {
                 let (mut c, waited) = wait_while(&self.changed, c, timeout, caller, |c| !c.notified.contains(&ticket));
                 let notified = c.notified.remove(&ticket);
                 c.waiting.retain(|t| *t != ticket);
-                if waited.is_err() && !notified && caller.gone() {
-                    return Err(RemoteError::Timeout);
+                match waited {
+                    // The condition was removed: there is no lock to take back.
+                    Err(RemoteError::Removed) => return Err(RemoteError::Removed),
+                    Err(_) if !notified && caller.gone() => return Err(RemoteError::Timeout),
+                    _ => {}
                 }
                 // Take the lock back, as long as it takes (as Python does).
                 let (mut c, back) = wait_while(&self.changed, c, None, caller, |c| c.holder.owner.is_some());
