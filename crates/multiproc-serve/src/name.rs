@@ -1,16 +1,15 @@
-//! The model name a request carries: kept inline when short, so that a
-//! request costs no allocation for it (a model's name is usually a word,
-//! and a request is sent a million times a second).
+//! The model name a request carries: kept inline when short (by
+//! `compact_str`), so that a request costs no allocation for it (a model's
+//! name is usually a word, and a request is sent a million times a second).
 
 use std::fmt;
 
-/// The longest name kept inline.
-const INLINE: usize = 30;
+use compact_str::CompactString;
 
 /// A model's (or pipeline's) name as a [`Request`](crate::Request) holds
 /// it: made from whatever makes a `String` (`&str`, `&String`, `String`,
-/// `Box<str>`, `Cow<str>`); a short name is kept inline instead of
-/// allocated.
+/// `Box<str>`, `Cow<str>`); a name of up to 24 bytes is kept inline
+/// instead of allocated.
 ///
 /// ```
 /// use multiproc_serve::ModelName;
@@ -21,41 +20,19 @@ const INLINE: usize = 30;
 /// assert_eq!(&*long, "a-model-name-longer-than-thirty-bytes");
 /// assert_eq!(String::from(short), "classifier");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct ModelName(Repr);
-
-#[derive(Clone, PartialEq, Eq)]
-enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE] },
-    Heap(String),
-}
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ModelName(CompactString);
 
 impl ModelName {
     /// The name.
     pub fn as_str(&self) -> &str {
-        match &self.0 {
-            // Copied from a `str` whole (see `From<&str>`): valid UTF-8.
-            Repr::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
-            Repr::Heap(s) => s,
-        }
-    }
-}
-
-impl Default for ModelName {
-    fn default() -> Self {
-        ModelName::from("")
+        self.0.as_str()
     }
 }
 
 impl From<&str> for ModelName {
     fn from(name: &str) -> Self {
-        if name.len() > INLINE {
-            return ModelName(Repr::Heap(name.to_string()));
-        }
-        let mut bytes = [0u8; INLINE];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        // At most INLINE (30) bytes: fits a u8.
-        ModelName(Repr::Inline { len: name.len() as u8, bytes })
+        ModelName(CompactString::from(name))
     }
 }
 
@@ -67,7 +44,7 @@ impl From<&String> for ModelName {
 
 impl From<String> for ModelName {
     fn from(name: String) -> Self {
-        if name.len() > INLINE { ModelName(Repr::Heap(name)) } else { ModelName::from(name.as_str()) }
+        ModelName(CompactString::from(name))
     }
 }
 
@@ -79,25 +56,19 @@ impl From<&mut str> for ModelName {
 
 impl From<Box<str>> for ModelName {
     fn from(name: Box<str>) -> Self {
-        ModelName::from(String::from(name))
+        ModelName(CompactString::from(name))
     }
 }
 
 impl From<std::borrow::Cow<'_, str>> for ModelName {
     fn from(name: std::borrow::Cow<'_, str>) -> Self {
-        match name {
-            std::borrow::Cow::Borrowed(s) => ModelName::from(s),
-            std::borrow::Cow::Owned(s) => ModelName::from(s),
-        }
+        ModelName(CompactString::from(name))
     }
 }
 
 impl From<ModelName> for String {
     fn from(name: ModelName) -> Self {
-        match name.0 {
-            Repr::Heap(s) => s,
-            Repr::Inline { .. } => name.as_str().to_string(),
-        }
+        name.0.into_string()
     }
 }
 
@@ -139,7 +110,7 @@ mod tests {
 
     #[test]
     fn names_of_every_length_read_back_as_given() {
-        for len in [0, 1, INLINE - 1, INLINE, INLINE + 1, 100] {
+        for len in [0, 1, 23, 24, 25, 100] {
             let name: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
             assert_eq!(ModelName::from(name.as_str()).as_str(), name);
             assert_eq!(ModelName::from(name.clone()).as_str(), name);
