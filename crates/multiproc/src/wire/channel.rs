@@ -211,11 +211,21 @@ impl Channel {
     }
 
     /// Polls the socket within the adaptive budget; true if data came.
+    /// On TCP it asks whether the socket is readable before it reads: a TCP
+    /// read attempt takes the socket's lock, which the peer's delivery then
+    /// waits on (on loopback, 4 % of both sides' time went to spinning on
+    /// it; asking first made a manager's round trips 4 % faster). A Unix
+    /// socket's read is lighter, and there the extra call cost more than
+    /// it saved (an 8-byte pipe round trip went from 3.7 to 4.4 µs).
     fn poll_for_data(&self, state: &mut RecvState) -> Result<bool, RecvError> {
         let attempt = RECV_SPIN.begin(&self.spin_ns);
+        let ask_first = !self.can_pass_fds;
         let won = loop {
             if !attempt.going() {
                 break false;
+            }
+            if ask_first && !imp::is_readable(self.fd.as_fd()).map_err(WireError::Io)? {
+                continue;
             }
             match state.read_some(self.fd.as_fd(), true) {
                 Ok(()) => break true,

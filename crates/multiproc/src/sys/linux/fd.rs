@@ -66,6 +66,27 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Resul
     Ok(pfd[0].revents != 0)
 }
 
+/// Whether `fd` is readable (or hung up) now, without waiting. Unlike a
+/// non-blocking read, this takes no lock on the socket: a thread polling
+/// for the peer's answer does not contend with the kernel delivering it
+/// (on loopback TCP, each read attempt took the socket's lock, and the
+/// sender's delivery spun on it).
+pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: `pfd` is one valid pollfd that lives across the call; its fd
+        // is borrowed by the caller for the duration.
+        let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if ret >= 0 {
+            return Ok(pfd.revents != 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Polls `pfds` until one is ready or the deadline passes (their `revents`
 /// say which). Retries on EINTR, and after an early wake-up before the
 /// deadline (the ≈T promise of the timed calls).
