@@ -2,13 +2,17 @@
 //! same messages over loopback TCP with nothing else in the way — no
 //! framing code, no codec, no manager — each polling its socket (yielding
 //! the CPU between polls, so a peer on the same CPU still runs) instead of
-//! sleeping, which is the fastest way a reply can be seen. One put + get
+//! sleeping, which is the fastest way a reply can be seen. A poll asks
+//! `poll(2)` whether the socket is readable before it reads (a read
+//! attempt takes the socket's lock, which the peer's delivery waits on: the
+//! manager's own receive does the same). One put + get
 //! pair is two round trips of the sizes the manager's frames have: a put of
 //! a `u64` is 26 bytes answered by 14, a get 24 answered by 16 (header and
 //! payload, counted with `strace`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use multiproc::Process;
@@ -91,6 +95,10 @@ fn read_polling(stream: &mut TcpStream, buf: &mut [u8]) -> Result<bool, BenchErr
     let mut since = None;
     let mut blocking = false;
     while got < buf.len() {
+        if !blocking && !readable(stream)? && since.get_or_insert_with(Instant::now).elapsed() < POLL_LIMIT {
+            std::thread::yield_now();
+            continue;
+        }
         match stream.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
             Ok(0) => return Err(BenchError::new("the TCP echo stream ended mid-message")),
@@ -112,6 +120,19 @@ fn read_polling(stream: &mut TcpStream, buf: &mut [u8]) -> Result<bool, BenchErr
         stream.set_nonblocking(true)?;
     }
     Ok(true)
+}
+
+/// Whether the stream has data (or an end) to read now, without taking the
+/// socket's lock as a read attempt does.
+fn readable(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: `pfd` is one valid pollfd living across the call; its fd is
+    // the stream's, open for the call's duration.
+    match unsafe { libc::poll(&mut pfd, 1, 0) } {
+        -1 if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted => Ok(false),
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Ok(pfd.revents != 0),
+    }
 }
 
 /// The child: connects to the parent and answers until it hangs up;
