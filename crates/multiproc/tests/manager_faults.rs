@@ -204,3 +204,31 @@ fn a_waiter_killed_before_its_turn_never_takes_the_lock() {
         Err(e) => panic!("{e}"),
     }
 }
+
+fn hold_then_slow_update(lock: Lock, d: multiproc::manager::Dict<u8, u8>, marker: String) {
+    lock.acquire().unwrap().leak();
+    // The update runs on the manager's dispatcher; the test kills this
+    // client while it runs (the marker file says it started).
+    let _ = d.update_with(&0, marker, |_: &mut Option<u8>, marker: String| {
+        std::fs::write(&marker, b"running").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    sync_support::linger();
+}
+
+#[test]
+fn a_client_killed_while_its_call_runs_still_releases_its_lock() {
+    let m = Manager::start().unwrap();
+    let (lock, d) = (m.lock().unwrap(), m.dict::<u8, u8>().unwrap());
+    let marker = std::env::temp_dir().join(format!("multiproc-slow-update-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let holder =
+        Kid::<()>::spawn(hold_then_slow_update, (lock.clone(), d.clone(), marker.to_string_lossy().into_owned()));
+    sync_support::wait_until("the slow update to start", || marker.exists());
+    holder.kill();
+    holder.reap();
+    std::fs::remove_file(&marker).unwrap();
+    // The dead client's connection ends once its call is answered, and its
+    // lock goes to the next acquirer with OwnerDied.
+    assert!(owner_died(lock.acquire_timeout(Duration::from_secs(10))), "the dead client's lock was not released");
+}
