@@ -1,13 +1,14 @@
 //! [`Event`], [`Condition`] and [`Barrier`] proxies.
 
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::ManagerError;
 use super::client;
 use super::protocol::{Kind, Op};
 use super::proxy::{ObjectRef, proxy};
 use super::sync::{AcquireResult, acquire};
+use crate::sys::Deadline;
 
 /// An event in a manager (Python's `manager.Event()`): a flag that
 /// processes wait to see set.
@@ -202,16 +203,17 @@ impl ConditionGuard<'_> {
         timeout: Duration,
         mut condition: impl FnMut() -> bool,
     ) -> Result<bool, ManagerError> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past the clock's end (`Duration::MAX`) never expires.
+        let deadline = Deadline::after(timeout);
         loop {
             if condition() {
                 return Ok(true);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            self.wait_timeout(left)?;
+            match deadline.remaining() {
+                Some(left) if left.is_zero() => return Ok(false),
+                Some(left) => self.wait_timeout(left)?,
+                None => self.wait_timeout(timeout)?,
+            };
         }
     }
 }
