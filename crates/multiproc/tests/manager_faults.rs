@@ -232,3 +232,41 @@ fn a_client_killed_while_its_call_runs_still_releases_its_lock() {
     // lock goes to the next acquirer with OwnerDied.
     assert!(owner_died(lock.acquire_timeout(Duration::from_secs(10))), "the dead client's lock was not released");
 }
+
+fn wait_on_condition(cond: Condition, holding: Event) {
+    let mut guard = cond.acquire().unwrap();
+    holding.set().unwrap();
+    let _ = guard.wait_timeout(LONG);
+    guard.leak();
+    sync_support::linger();
+}
+
+#[test]
+fn a_notify_that_reaches_a_killed_waiter_goes_to_a_live_one() {
+    let m = Manager::start().unwrap();
+    let (cond, holding) = (m.condition().unwrap(), m.event().unwrap());
+    let doomed = Kid::<()>::spawn(wait_on_condition, (cond.clone(), holding.clone()));
+    assert!(holding.wait_timeout(LONG).unwrap());
+    // The condition's lock is free once the doomed client waits in it.
+    drop(cond.acquire_timeout(LONG).unwrap());
+    // A live waiter, after it in line.
+    let (c2, (tx, rx)) = (cond.clone(), std::sync::mpsc::channel());
+    let live = std::thread::spawn(move || {
+        let mut guard = c2.acquire_timeout(LONG).unwrap();
+        tx.send(()).unwrap();
+        let notified = guard.wait_timeout(Duration::from_secs(10)).unwrap();
+        drop(guard);
+        notified
+    });
+    rx.recv_timeout(LONG).unwrap();
+    let guard = cond.acquire_timeout(LONG).unwrap(); // the live one waits now
+    doomed.kill();
+    doomed.reap();
+    // Notified at once, before the manager noticed the death: the notify
+    // must not be lost on the dead waiter.
+    assert_eq!(cond.notify(1).unwrap(), 1);
+    drop(guard);
+    assert!(live.join().unwrap(), "the live waiter was not notified");
+    // Nobody holds the lock: the dead waiter did not take it back.
+    assert!(!owner_died(cond.acquire_timeout(LONG)));
+}

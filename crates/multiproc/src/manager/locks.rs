@@ -162,7 +162,16 @@ impl ConditionState {
                 match waited {
                     // The condition was removed: there is no lock to take back.
                     Err(RemoteError::Removed) => return Err(RemoteError::Removed),
-                    Err(_) if !notified && caller.gone() => return Err(RemoteError::Timeout),
+                    Err(_) if caller.gone() => {
+                        // Nobody reads this answer, and a dead waiter takes
+                        // no lock back: a notify it took goes to the next
+                        // waiter, so that the notifier's count stays true.
+                        if notified && let Some(next) = c.waiting.pop_front() {
+                            c.notified.insert(next);
+                            self.changed.notify_all();
+                        }
+                        return Err(RemoteError::Timeout);
+                    }
                     _ => {}
                 }
                 // Take the lock back, as long as it takes (as Python does).
