@@ -248,3 +248,51 @@ fn proxies_of_a_replaced_manager_find_nothing_and_recover() {
     }
     assert_eq!(fresh.get(&1).unwrap(), Some(99));
 }
+
+/// Serves on `address`, blocks eight calls in it (queue gets and lock
+/// acquisitions, timed far beyond the test), shuts it down: each call must
+/// fail with a connection error, promptly; none may say it timed out.
+fn shutdown_fails_blocked_calls_as_connection_errors(address: &str) {
+    let server = manager::serve(address, Some(KEY)).unwrap();
+    let (q, lock) = (server.queue::<u8>().unwrap(), server.lock().unwrap());
+    lock.acquire().unwrap().leak();
+    let calls: Vec<std::thread::JoinHandle<String>> = (0..8)
+        .map(|i| {
+            let (q, lock) = (q.clone(), lock.clone());
+            std::thread::spawn(move || {
+                let connection_error = if i % 2 == 0 {
+                    match q.get_timeout(LONG) {
+                        Err(e) if e.is_connection() => return "connection error".to_string(),
+                        other => format!("get: {other:?}"),
+                    }
+                } else {
+                    match lock.acquire_timeout(LONG) {
+                        Err(multiproc::manager::AcquireError::Manager(e)) if e.is_connection() => {
+                            return "connection error".to_string();
+                        }
+                        other => format!("acquire: {other:?}"),
+                    }
+                };
+                connection_error
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // each waits in the manager now
+    let t = Instant::now();
+    server.shutdown().unwrap();
+    for call in calls {
+        assert_eq!(call.join().unwrap(), "connection error");
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_served_manager_shut_down_fails_blocked_tcp_calls_as_connection_errors() {
+    shutdown_fails_blocked_calls_as_connection_errors("tcp:127.0.0.1:0");
+}
+
+#[test]
+fn a_served_manager_shut_down_fails_blocked_lane_calls_as_connection_errors() {
+    let address = format!("abstract:multiproc-test-shutdown-{}", std::process::id());
+    shutdown_fails_blocked_calls_as_connection_errors(&address);
+}

@@ -322,6 +322,11 @@ impl LaneConn {
             return answered;
         }
         let response = respond(shared, last, request, &Caller::new(&self.conn, shared, &self.build));
+        if shared.stopping() {
+            // A wait the stop ended says "timeout": the client must see the
+            // connection end instead, as the server cuts it.
+            return false;
+        }
         self.answer(&response)
     }
 

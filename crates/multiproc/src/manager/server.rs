@@ -252,6 +252,10 @@ fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &
             },
             Ok(request) => (respond(shared, &mut last, request, &caller), false),
         };
+        if !stop && shared.stopping() {
+            // As in `LaneConn::run`: no answer once the server stops.
+            break;
+        }
         if answer(conn, &response).is_err() {
             break;
         }
