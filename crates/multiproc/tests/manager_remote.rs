@@ -296,3 +296,33 @@ fn a_served_manager_shut_down_fails_blocked_lane_calls_as_connection_errors() {
     let address = format!("abstract:multiproc-test-shutdown-{}", std::process::id());
     shutdown_fails_blocked_calls_as_connection_errors(&address);
 }
+
+fn hold_after_dropping_the_handle(address: String, key: Vec<u8>) {
+    let remote = Manager::connect(&address, Some(&key)).unwrap();
+    let lock: multiproc::manager::Lock = remote.get("lock").unwrap();
+    let holding: multiproc::manager::Event = remote.get("holding").unwrap();
+    lock.acquire().unwrap().leak();
+    // The handle is done with; the proxies (and the lock) are not.
+    drop(remote);
+    holding.set().unwrap();
+    sync_support::linger();
+}
+
+#[test]
+fn dropping_a_connected_handle_keeps_the_locks_of_its_process() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let (lock, holding) = (server.lock().unwrap(), server.event().unwrap());
+    server.publish("lock", &lock).unwrap();
+    server.publish("holding", &holding).unwrap();
+    let holder = Kid::<()>::spawn(hold_after_dropping_the_handle, (server.address().to_string(), KEY.to_vec()));
+    assert!(holding.wait_timeout(LONG).unwrap());
+    // The holder lives: its lock stays held.
+    match lock.acquire_timeout(Duration::from_millis(500)) {
+        Err(e) if e.is_timeout() => {}
+        Ok(_) => panic!("the lock of a live holder was free"),
+        Err(e) => panic!("the lock of a live holder was free: {e}"),
+    }
+    holder.kill();
+    holder.reap();
+    assert!(matches!(lock.acquire_timeout(LONG), Err(multiproc::manager::AcquireError::OwnerDied(_))));
+}

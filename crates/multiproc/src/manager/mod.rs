@@ -462,7 +462,9 @@ impl Manager {
 
     fn stop(&mut self) -> Result<(), ManagerError> {
         let result = match &mut self.owned {
-            Owned::Remote => Ok(()),
+            // The process's connections stay: its proxies use them, and
+            // closing its last one would free the locks it holds.
+            Owned::Remote => return Ok(()),
             Owned::Thread { stopper, thread } => {
                 stopper.stop();
                 if let Some(t) = thread.take() {
