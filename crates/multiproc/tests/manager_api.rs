@@ -178,6 +178,12 @@ fn a_panicking_update_is_an_error_and_leaves_the_entry_unchanged() {
 #[test]
 fn queue_fifo_bounds_timeouts_and_close() {
     let m = Manager::start().unwrap();
+    // Room for no item: every put would wait for ever. Refused, as
+    // `multiproc::Queue` refuses it.
+    match m.bounded_queue::<u32>(0) {
+        Err(ManagerError::Remote(RemoteError::BadRequest(why))) => assert!(why.contains("at least 1"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     let q = m.bounded_queue::<u32>(2).unwrap();
     q.put(1).unwrap();
     q.put_timeout(2, SHORT).unwrap();
