@@ -8,7 +8,9 @@ mod sync_support;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use multiproc::manager::{AcquireError, Barrier, Condition, Event, Lock, Manager, Queue, RLock};
+use multiproc::manager::{
+    AcquireError, Barrier, Condition, Event, JoinableQueue, Lock, Manager, Queue, RLock, Semaphore,
+};
 use sync_support::{Kid, LONG};
 
 const WITHIN: Duration = Duration::from_secs(1);
@@ -269,4 +271,50 @@ fn a_notify_that_reaches_a_killed_waiter_goes_to_a_live_one() {
     assert!(live.join().unwrap(), "the live waiter was not notified");
     // Nobody holds the lock: the dead waiter did not take it back.
     assert!(!owner_died(cond.acquire_timeout(LONG)));
+}
+
+/// Blocks in one call of kind `which` (after saying so on `ready`); true if
+/// it ended with a connection error.
+fn blocked_in_any_call(
+    which: u8,
+    m: (Queue<u8>, Queue<u8>, Event, Semaphore, JoinableQueue<u8>),
+    ready: Queue<u8>,
+) -> bool {
+    let (q, full, event, sem, jq) = m;
+    ready.put(which).unwrap();
+    let result = match which {
+        0 => q.get().map(drop),
+        1 => full.put(2),
+        2 => event.wait(),
+        3 => sem.acquire(),
+        _ => jq.join(),
+    };
+    result.is_err_and(|e| e.is_connection())
+}
+
+#[test]
+fn shutdown_fails_every_blocked_call_promptly_and_exits_zero() {
+    let m = Manager::start().unwrap();
+    let objects = (
+        m.queue().unwrap(),
+        m.bounded_queue(1).unwrap(),
+        m.event().unwrap(),
+        m.semaphore(0).unwrap(),
+        m.joinable_queue().unwrap(),
+    );
+    objects.1.put(1).unwrap();
+    objects.4.put(1).unwrap();
+    let ready = m.queue().unwrap();
+    let kids: Vec<Kid<bool>> =
+        (0..5u8).map(|i| Kid::spawn(blocked_in_any_call, (i, objects.clone(), ready.clone()))).collect();
+    for _ in 0..5 {
+        ready.get_timeout(LONG).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200)); // each is now waiting in the manager
+    let t = Instant::now();
+    m.shutdown().unwrap(); // exit code 0, or an error
+    for kid in kids {
+        assert!(kid.join(), "a blocked call did not end with a connection error");
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }

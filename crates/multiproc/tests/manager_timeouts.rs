@@ -40,17 +40,21 @@ fn a_huge_timeout_waits_like_no_timeout() {
 
     let q = m.queue::<u32>().unwrap();
     let q2 = q.clone();
-    let got = waits_until_released("get_timeout", move || q2.get_timeout(HUGE).map_err(|e| e.to_string()), || {
-        q.put(7).unwrap()
-    });
+    let got = waits_until_released(
+        "get_timeout",
+        move || q2.get_timeout(HUGE).map_err(|e| e.to_string()),
+        || q.put(7).unwrap(),
+    );
     assert_eq!(got, Ok(7));
 
     let bounded = m.bounded_queue::<u32>(1).unwrap();
     bounded.put(1).unwrap();
     let b2 = bounded.clone();
-    let put = waits_until_released("put_timeout", move || b2.put_timeout(2, HUGE).map_err(|e| e.to_string()), || {
-        assert_eq!(bounded.get().unwrap(), 1)
-    });
+    let put = waits_until_released(
+        "put_timeout",
+        move || b2.put_timeout(2, HUGE).map_err(|e| e.to_string()),
+        || assert_eq!(bounded.get().unwrap(), 1),
+    );
     assert_eq!(put, Ok(()));
 
     let lock = m.lock().unwrap();
@@ -74,9 +78,11 @@ fn a_huge_timeout_waits_like_no_timeout() {
 
     let event = m.event().unwrap();
     let e2 = event.clone();
-    let set = waits_until_released("event wait_timeout", move || e2.wait_timeout(HUGE).map_err(|e| e.to_string()), || {
-        event.set().unwrap()
-    });
+    let set = waits_until_released(
+        "event wait_timeout",
+        move || e2.wait_timeout(HUGE).map_err(|e| e.to_string()),
+        || event.set().unwrap(),
+    );
     assert_eq!(set, Ok(true));
 
     let cond = m.condition().unwrap();
@@ -115,19 +121,26 @@ fn a_huge_timeout_waits_like_no_timeout() {
 
     let barrier = m.barrier(2).unwrap();
     let b2 = barrier.clone();
-    let passed =
-        waits_until_released("barrier wait_timeout", move || b2.wait_timeout(HUGE).map_err(|e| e.to_string()), || {
+    let passed = waits_until_released(
+        "barrier wait_timeout",
+        move || b2.wait_timeout(HUGE).map_err(|e| e.to_string()),
+        || {
             barrier.wait_timeout(LONG).unwrap();
-        });
+        },
+    );
     assert!(passed.is_ok(), "{passed:?}");
 
     let jq = m.joinable_queue::<u32>().unwrap();
     jq.put(1).unwrap();
     let j2 = jq.clone();
-    let joined = waits_until_released("join_timeout", move || j2.join_timeout(HUGE).map_err(|e| e.to_string()), || {
-        jq.get().unwrap();
-        jq.task_done().unwrap();
-    });
+    let joined = waits_until_released(
+        "join_timeout",
+        move || j2.join_timeout(HUGE).map_err(|e| e.to_string()),
+        || {
+            jq.get().unwrap();
+            jq.task_done().unwrap();
+        },
+    );
     assert_eq!(joined, Ok(()));
 
     m.shutdown().unwrap();
