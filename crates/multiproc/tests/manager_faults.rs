@@ -318,3 +318,37 @@ fn shutdown_fails_every_blocked_call_promptly_and_exits_zero() {
     }
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+fn notify_and_hold(cond: Condition, holding: Event) {
+    let guard = cond.acquire().unwrap();
+    assert_eq!(cond.notify(1).unwrap(), 1);
+    guard.leak();
+    holding.set().unwrap();
+    sync_support::linger();
+}
+
+#[test]
+fn a_waiter_taking_back_a_lock_whose_holder_died_is_told_owner_died() {
+    let m = Manager::start().unwrap();
+    let (cond, holding) = (m.condition().unwrap(), m.event().unwrap());
+    let (c2, (tx, rx)) = (cond.clone(), std::sync::mpsc::channel());
+    let waiter = std::thread::spawn(move || {
+        let mut guard = c2.acquire_timeout(LONG).unwrap();
+        tx.send(()).unwrap();
+        let waited = guard.wait_timeout(LONG).map_err(|e| e.to_string());
+        // Held again either way; released here.
+        drop(guard);
+        waited
+    });
+    rx.recv_timeout(LONG).unwrap();
+    // The notifier takes the lock once the waiter waits, notifies, and
+    // dies holding it: the waiter takes it back from a dead holder.
+    let notifier = Kid::<()>::spawn(notify_and_hold, (cond.clone(), holding.clone()));
+    assert!(holding.wait_timeout(LONG).unwrap());
+    notifier.kill();
+    notifier.reap();
+    let waited = waiter.join().unwrap();
+    assert!(waited.as_ref().is_err_and(|e| e.contains("died")), "the waiter was not told: {waited:?}");
+    // Told once: the next acquirer finds it clean.
+    assert!(!owner_died(cond.acquire_timeout(LONG)));
+}

@@ -177,7 +177,10 @@ impl ConditionState {
                 // Take the lock back, as long as it takes (as Python does).
                 let (mut c, back) = wait_while(&self.changed, c, None, caller, |c| c.holder.owner.is_some());
                 back?;
-                c.holder.take(owner, depth);
+                if c.holder.take(owner, depth) {
+                    // Held again, from a holder that died: the waiter is told.
+                    return Err(RemoteError::OwnerDied);
+                }
                 Reply::Bool(notified)
             }
             Op::Notify(n) => Reply::Count(self.notify(&mut c, n)),

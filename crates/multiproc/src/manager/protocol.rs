@@ -315,6 +315,11 @@ pub enum RemoteError {
     /// while this call waited on it.
     #[error("the object was removed from the manager while this call waited on it")]
     Removed,
+    /// A condition wait took its lock back from a holder that died holding
+    /// it: the lock is held again (by the waiter), and the data it protects
+    /// may be inconsistent.
+    #[error("the previous owner of the condition's lock died while holding it; the lock is held again")]
+    OwnerDied,
 }
 
 /// Largest request frame the manager reads (64 MiB): larger ones end the

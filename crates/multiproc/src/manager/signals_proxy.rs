@@ -164,7 +164,9 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// [`RemoteError::OwnerDied`](super::RemoteError::OwnerDied) when the
+    /// lock was taken back from a holder that died holding it (it is held
+    /// again: the guard stays valid); the manager cannot be reached.
     pub fn wait(&mut self) -> Result<(), ManagerError> {
         self.wait_inner(None).map(drop)
     }
@@ -174,7 +176,7 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// As [`ConditionGuard::wait`].
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool, ManagerError> {
         self.wait_inner(Some(timeout))
     }
@@ -184,7 +186,7 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// As [`ConditionGuard::wait`].
     pub fn wait_for(&mut self, mut condition: impl FnMut() -> bool) -> Result<(), ManagerError> {
         while !condition() {
             self.wait()?;
@@ -197,7 +199,7 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// As [`ConditionGuard::wait`].
     pub fn wait_for_timeout(
         &mut self,
         timeout: Duration,
