@@ -1,10 +1,11 @@
-//! Requests larger than a manager reads (64 MiB): refused with a clear
-//! error in the caller, and nothing else of the caller's changes (its
-//! connections and the locks it holds stay). Every wait is bounded.
+//! Requests larger than a manager reads (64 MiB) and answers larger than a
+//! client reads (256 MiB): refused with a clear error in the caller, and
+//! nothing else of the caller's changes (its connections and the locks it
+//! holds stay). Every wait is bounded.
 
 use std::time::Duration;
 
-use multiproc::manager::{AcquireError, Manager, ManagerError};
+use multiproc::manager::{AcquireError, Lock, Manager, ManagerError, RemoteError};
 
 /// More than the manager reads in one request.
 const TOO_BIG: usize = 65 << 20;
@@ -18,16 +19,7 @@ fn a_request_too_large_is_refused_and_the_callers_locks_stay_held() {
         assert!(!err.is_connection(), "a request too large broke the connection: {err}");
         assert!(err.to_string().contains("too large"), "{err}");
         // The caller is still the holder: nobody else may take the lock.
-        assert!(lock.is_locked().unwrap(), "the caller's lock was freed");
-        let other = std::thread::spawn({
-            let lock = lock.clone();
-            move || match lock.acquire_timeout(Duration::from_millis(300)) {
-                Err(AcquireError::Timeout) => "held".to_string(),
-                Ok(_) => "free".to_string(),
-                Err(e) => e.to_string(),
-            }
-        });
-        assert_eq!(other.join().unwrap(), "held");
+        assert!(held_by_someone(&lock), "the caller's lock was freed");
         // And the manager goes on.
         d.insert(2, vec![1; 1 << 20]).unwrap();
         assert_eq!(d.len().unwrap(), 1);
@@ -35,4 +27,39 @@ fn a_request_too_large_is_refused_and_the_callers_locks_stay_held() {
         let _: Result<(), ManagerError> = lock.release();
         m.shutdown().unwrap();
     }
+}
+
+/// True if another thread (on a connection of its own) cannot take `lock`
+/// within a moment.
+fn held_by_someone(lock: &Lock) -> bool {
+    let lock = lock.clone();
+    let other = std::thread::spawn(move || match lock.acquire_timeout(Duration::from_millis(300)) {
+        Err(AcquireError::Timeout) => true,
+        Ok(g) => {
+            g.leak();
+            false
+        }
+        Err(_) => false,
+    });
+    other.join().unwrap()
+}
+
+#[test]
+fn an_answer_too_large_is_an_error_and_the_callers_locks_stay_held() {
+    let m = Manager::start().unwrap();
+    let (l, lock) = (m.list::<Vec<u8>>().unwrap(), m.lock().unwrap());
+    // Five items of 55 MiB: each fits a request, all together do not fit an answer.
+    for i in 0..5 {
+        l.push(vec![i; 55 << 20]).unwrap();
+    }
+    lock.acquire().unwrap().leak();
+    match l.to_vec() {
+        Err(ManagerError::Remote(RemoteError::AnswerTooLarge { size, limit })) => assert!(size as u64 > limit),
+        Err(e) => panic!("{e}"),
+        Ok(v) => panic!("{} items read", v.len()),
+    }
+    assert!(held_by_someone(&lock), "the caller's lock was freed");
+    // The items are there, one at a time.
+    assert_eq!(l.get(4).unwrap()[0], 4);
+    m.shutdown().unwrap();
 }

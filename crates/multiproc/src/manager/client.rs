@@ -21,15 +21,12 @@ use serde_bytes::ByteBuf;
 
 use super::ManagerError;
 use super::lane::{self, Lane};
-use super::protocol::{self, MAX_REQUEST, Owner, Reply, Request, Response};
+use super::protocol::{self, MAX_REQUEST, MAX_RESPONSE, Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
 use crate::{Client, Connection, ConnectionError, WireError, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest answer a client reads (256 MiB).
-const MAX_RESPONSE: u64 = 256 << 20;
 
 /// Where a manager listens and the key it wants. Travels inside every proxy
 /// (the key too, as Python's proxies carry theirs: whoever holds a proxy may

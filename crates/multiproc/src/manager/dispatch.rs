@@ -204,7 +204,7 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
             done => done,
         },
     };
-    let _ = protocol::with_encoded(&response, |bytes| {
+    let _ = protocol::with_encoded_answer(&response, |bytes| {
         if Lane::fits(bytes.len()) {
             entry.lane.answer(&entry.conn, bytes)
         } else {
@@ -331,6 +331,6 @@ impl LaneConn {
     }
 
     fn answer(&self, response: &Response) -> bool {
-        protocol::with_encoded(response, |bytes| self.lane.answer(&self.conn, bytes)).is_ok()
+        protocol::with_encoded_answer(response, |bytes| self.lane.answer(&self.conn, bytes)).is_ok()
     }
 }

@@ -292,5 +292,5 @@ fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>)
 }
 
 fn answer(conn: &Connection<()>, response: &Response) -> Result<(), ConnectionError> {
-    protocol::send(conn, response)
+    protocol::with_encoded_answer(response, |bytes| conn.send_bytes(bytes))
 }
