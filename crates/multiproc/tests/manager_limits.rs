@@ -54,7 +54,7 @@ fn an_answer_too_large_is_an_error_and_the_callers_locks_stay_held() {
     }
     lock.acquire().unwrap().leak();
     match l.to_vec() {
-        Err(ManagerError::Remote(RemoteError::AnswerTooLarge { size, limit })) => assert!(size as u64 > limit),
+        Err(ManagerError::Remote(RemoteError::AnswerTooLarge { size, limit })) => assert!(size > limit),
         Err(e) => panic!("{e}"),
         Ok(v) => panic!("{} items read", v.len()),
     }

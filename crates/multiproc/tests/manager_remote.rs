@@ -260,20 +260,19 @@ fn shutdown_fails_blocked_calls_as_connection_errors(address: &str) {
         .map(|i| {
             let (q, lock) = (q.clone(), lock.clone());
             std::thread::spawn(move || {
-                let connection_error = if i % 2 == 0 {
+                if i % 2 == 0 {
                     match q.get_timeout(LONG) {
-                        Err(e) if e.is_connection() => return "connection error".to_string(),
+                        Err(e) if e.is_connection() => "connection error".to_string(),
                         other => format!("get: {other:?}"),
                     }
                 } else {
                     match lock.acquire_timeout(LONG) {
                         Err(multiproc::manager::AcquireError::Manager(e)) if e.is_connection() => {
-                            return "connection error".to_string();
+                            "connection error".to_string()
                         }
                         other => format!("acquire: {other:?}"),
                     }
-                };
-                connection_error
+                }
             })
         })
         .collect();
