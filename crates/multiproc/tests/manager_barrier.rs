@@ -50,3 +50,32 @@ fn an_abort_mended_at_once_still_breaks_its_waiters() {
         p.join().unwrap().unwrap();
     }
 }
+
+fn wait_at(b: Barrier) {
+    let _ = b.wait_timeout(LONG);
+}
+
+#[test]
+fn a_party_killed_while_waiting_breaks_the_pass_for_the_others() {
+    let m = Manager::start().unwrap();
+    let b = m.barrier(3).unwrap();
+    let doomed = sync_support::Kid::<()>::spawn(wait_at, (b.clone(),));
+    wait_until("the doomed party to wait", || b.n_waiting().unwrap() == 1);
+    let b2 = b.clone();
+    let live = thread::spawn(move || b2.wait_timeout(LONG));
+    wait_until("the live party to wait", || b.n_waiting().unwrap() == 2);
+    doomed.kill();
+    doomed.reap();
+    // The pass cannot complete with a dead party: the live one is told.
+    let r = live.join().unwrap();
+    assert!(broken(&r), "{r:?}");
+    assert!(b.is_broken().unwrap());
+    assert_eq!(b.n_waiting().unwrap(), 0);
+    // Mended, it serves a full pass.
+    b.reset().unwrap();
+    let parties = waiting_parties(&b, 2);
+    b.wait_timeout(LONG).unwrap();
+    for p in parties {
+        p.join().unwrap().unwrap();
+    }
+}
