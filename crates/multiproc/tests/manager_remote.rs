@@ -223,6 +223,22 @@ fn a_client_that_speaks_no_hello_is_dropped_alone() {
 }
 
 #[test]
+fn a_frame_too_large_after_auth_ends_that_connection_only() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let d = server.dict::<u32, u32>().unwrap();
+    let good = Kid::spawn(keep_working, (d.clone(), 300));
+    let conn: Connection<()> = Client::connect(server.address(), Some(KEY)).unwrap();
+    // More than a manager reads: refused from its header, never buffered
+    // (the send itself may fail once the manager hangs up).
+    let _ = conn.send_bytes(&vec![0xA5; 100 << 20]);
+    let end = conn.recv_bytes_timeout(LONG).unwrap_err();
+    assert!(!end.is_timeout(), "the manager kept the connection: {end}");
+    assert_eq!(good.join(), 300);
+    d.insert(1, 1).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}
+
+#[test]
 fn proxies_of_a_replaced_manager_find_nothing_and_recover() {
     let first = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
     let address = first.address().clone();
