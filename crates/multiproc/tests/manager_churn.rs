@@ -82,3 +82,23 @@ fn clients_that_come_and_go_leave_no_threads_or_descriptors_behind() {
     m.shutdown().unwrap();
     local.shutdown().unwrap();
 }
+
+#[test]
+fn connecting_again_and_again_does_not_gather_connections() {
+    let key = b"again".to_vec();
+    let m = Manager::builder().address("tcp:127.0.0.1:0").authkey(&key).start().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    m.publish("d", &d).unwrap();
+    let pid = m.pid().unwrap();
+    let before = threads_and_fds(pid);
+    for i in 0..30 {
+        let remote = Manager::connect(m.address(), Some(&key)).unwrap();
+        let seen: Dict<u32, u32> = remote.get("d").unwrap();
+        seen.insert(i, i).unwrap();
+    }
+    assert_eq!(d.len().unwrap(), 30);
+    // At most one more connection (so one more thread in the manager) than
+    // before, however many times this process connected.
+    wait_until("the manager to serve at most one more connection", || threads_and_fds(pid).0 <= before.0 + 1);
+    m.shutdown().unwrap();
+}

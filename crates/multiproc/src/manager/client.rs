@@ -153,9 +153,15 @@ fn keep_unless_broken(
 }
 
 /// Opens a connection to the manager at `endpoint` (checking the address
-/// and the key) and keeps it for later calls.
+/// and the key) and keeps it for later calls, unless the process has an
+/// idle one already: a process that connects again and again must not
+/// gather connections (and closing this one leaves the others, so the
+/// manager does not count the process gone).
 pub(crate) fn connect(endpoint: &Endpoint) -> Result<(), ManagerError> {
-    give_back(endpoint, open(endpoint)?);
+    let link = open(endpoint)?;
+    if !with_clients(|c| c.idle_for(endpoint).is_some_and(|idle| !idle.is_empty())) {
+        give_back(endpoint, link);
+    }
     Ok(())
 }
 
