@@ -145,3 +145,33 @@ fn a_huge_timeout_waits_like_no_timeout() {
 
     m.shutdown().unwrap();
 }
+
+#[test]
+fn a_zero_timeout_is_a_timeout_like_any_other() {
+    let m = Manager::start().unwrap();
+    let q = m.bounded_queue::<u32>(1).unwrap();
+    // A deadline loop's last `left` is zero: its error must say "timeout"
+    // as for any other timeout (only the _nowait forms say Empty / Full).
+    let err = q.get_timeout(Duration::ZERO).unwrap_err();
+    assert!(err.is_timeout(), "get_timeout(0) on an empty queue: {err:?}");
+    assert!(q.get_timeout(Duration::from_nanos(1)).unwrap_err().is_timeout());
+    q.put(1).unwrap();
+    let err = q.put_timeout(2, Duration::ZERO).unwrap_err();
+    assert!(err.is_timeout(), "put_timeout(0) on a full queue: {err:?}");
+    assert!(q.put_timeout(2, Duration::from_nanos(1)).unwrap_err().is_timeout());
+    assert!(!q.put_nowait(2).unwrap_err().is_timeout());
+    assert_eq!(q.get_timeout(Duration::ZERO).unwrap(), 1);
+    assert!(!q.get_nowait().unwrap_err().is_timeout());
+    let jq = m.joinable_queue::<u32>().unwrap();
+    jq.put(1).unwrap();
+    assert!(jq.join_timeout(Duration::ZERO).unwrap_err().is_timeout());
+    let lock = m.lock().unwrap();
+    let held = lock.acquire().unwrap();
+    assert!(lock.acquire_timeout(Duration::ZERO).unwrap_err().is_timeout());
+    drop(held);
+    let e = m.event().unwrap();
+    assert!(!e.wait_timeout(Duration::ZERO).unwrap());
+    let s = m.semaphore(0).unwrap();
+    assert!(!s.acquire_timeout(Duration::ZERO).unwrap());
+    m.shutdown().unwrap();
+}
