@@ -102,3 +102,43 @@ fn connecting_again_and_again_does_not_gather_connections() {
     wait_until("the manager to serve at most one more connection", || threads_and_fds(pid).0 <= before.0 + 1);
     m.shutdown().unwrap();
 }
+
+fn lock_and_count_forever(lock: Lock, d: Dict<u32, u32>) {
+    loop {
+        let guard = match lock.acquire() {
+            Ok(g) => g,
+            Err(multiproc::manager::AcquireError::OwnerDied(g)) => g.into_inner(),
+            Err(e) => panic!("{e}"),
+        };
+        d.update(&0, |n: &mut Option<u32>| *n.get_or_insert(0) += 1).unwrap();
+        drop(guard);
+    }
+}
+
+#[test]
+fn clients_killed_at_any_point_of_their_calls_never_keep_a_lock() {
+    let m = Manager::start().unwrap();
+    let pid = m.pid().unwrap();
+    let (lock, d) = (m.lock().unwrap(), m.dict::<u32, u32>().unwrap());
+    d.insert(0, 0).unwrap();
+    let threads = 3; // accept loop, dispatcher, this process's connection
+    for round in 0..15u32 {
+        let kids: Vec<Kid<()>> =
+            (0..2).map(|_| Kid::spawn(lock_and_count_forever, (lock.clone(), d.clone()))).collect();
+        let start = d.get(&0).unwrap().unwrap();
+        wait_until("the clients to get going", || d.get(&0).unwrap().unwrap() > start + 20 + round * 7);
+        for k in kids {
+            k.kill();
+            k.reap();
+        }
+        // Killed anywhere (holding the lock, waiting for it, mid-update):
+        // the lock is free again, at once or for an OwnerDied acquirer.
+        match lock.acquire_timeout(Duration::from_secs(5)) {
+            Ok(g) => drop(g),
+            Err(multiproc::manager::AcquireError::OwnerDied(g)) => drop(g.into_inner()),
+            Err(e) => panic!("round {round}: the lock stayed held by a dead client: {e}"),
+        }
+    }
+    wait_until("the dead clients' connections to end", || threads_and_fds(pid).0 == threads);
+    m.shutdown().unwrap();
+}
