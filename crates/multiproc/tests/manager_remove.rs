@@ -50,6 +50,15 @@ fn on_a_thread<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> 
     rx
 }
 
+/// Asserts that each call (named, with its result to come) ended with
+/// `Removed`, within [`LONG`].
+fn all_ended_with_removed(waits: impl IntoIterator<Item = (&'static str, mpsc::Receiver<String>)>) {
+    for (what, rx) in waits {
+        let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what} still waits {LONG:?} after the removal"));
+        assert_eq!(result, "Err(Remote(Removed))", "{what}");
+    }
+}
+
 #[test]
 fn calls_waiting_on_a_removed_object_end_with_removed() {
     let manager = Manager::start().unwrap();
@@ -106,10 +115,7 @@ fn calls_waiting_on_a_removed_object_end_with_removed() {
     assert!(manager.remove(&semaphore).unwrap());
     assert!(manager.remove(&barrier).unwrap());
     assert!(manager.remove(&condition).unwrap());
-    for (what, rx) in waits {
-        let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what} still waits {LONG:?} after the removal"));
-        assert_eq!(result, "Err(Remote(Removed))", "{what}");
-    }
+    all_ended_with_removed(waits);
     held.leak();
     manager.shutdown().unwrap();
 }
@@ -170,11 +176,7 @@ fn puts_joins_and_condition_retakes_waiting_on_a_removed_object_end_with_removed
     assert!(manager.remove(&full).unwrap());
     assert!(manager.remove(&joinable).unwrap());
     assert!(manager.remove(&condition).unwrap());
-    for (what, rx) in waits {
-        let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what} still waits {LONG:?} after the removal"));
-        assert_eq!(result, "Err(Remote(Removed))", "{what}");
-    }
-    assert_eq!(retake.recv_timeout(LONG).unwrap(), "Err(Remote(Removed))", "condition retake");
+    all_ended_with_removed(waits.into_iter().chain([("condition retake", retake)]));
     held.leak();
     manager.shutdown().unwrap();
 }
