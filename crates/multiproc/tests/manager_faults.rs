@@ -152,6 +152,29 @@ fn a_client_killed_mid_get_takes_nothing() {
     assert_eq!(q.qsize().unwrap(), 0);
 }
 
+fn put_one(q: Queue<u32>, started: Event) {
+    started.set().unwrap();
+    q.put(99).unwrap();
+}
+
+#[test]
+fn a_client_killed_mid_put_on_a_full_queue_puts_nothing() {
+    let m = Manager::start().unwrap();
+    let q = m.bounded_queue::<u32>(1).unwrap();
+    q.put(1).unwrap();
+    let started = m.event().unwrap();
+    let putter = Kid::<()>::spawn(put_one, (q.clone(), started.clone()));
+    assert!(started.wait_timeout(LONG).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    putter.kill();
+    assert_eq!(putter.reap(), Some(-9));
+    // Make room right away: the dead client's wait must not fill it.
+    assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+    q.put_timeout(2, LONG).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+    assert_eq!(q.qsize().unwrap(), 0);
+}
+
 fn update_forever(d: multiproc::manager::Dict<u8, Vec<u64>>, started: Event) {
     started.set().unwrap();
     for i in 0.. {
