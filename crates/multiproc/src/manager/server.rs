@@ -58,6 +58,10 @@ pub(crate) struct Shared {
 /// closed at once (each costs a thread for up to the handshake timeout).
 const MAX_HANDSHAKING: usize = 256;
 
+/// How long the accept loop waits after a failed accept before it tries
+/// again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// The client a request comes from, as the objects see it.
 #[derive(Debug)]
 pub(crate) struct Caller<'a> {
@@ -149,7 +153,13 @@ impl Server {
                     }
                 }
                 Err(ConnectionError::Timeout) => {}
-                Err(e) => tracing::debug!("manager: accept failed: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: the client stays in the
+                    // backlog and the listener readable. Wait a moment (or
+                    // for the stop) rather than spin on it.
+                    tracing::debug!("manager: accept failed: {e}");
+                    let _ = imp::poll_fds(&fds[1..], Deadline::after(ACCEPT_BACKOFF));
+                }
             }
         }
         for conn in lock(&self.shared.live).values() {
