@@ -332,7 +332,8 @@ pub enum RemoteError {
 }
 
 /// Largest request frame the manager reads (64 MiB): larger ones end the
-/// connection that sent them.
+/// connection that sent them (a client of this crate does not send them:
+/// [`ManagerError::TooLarge`](super::ManagerError::TooLarge)).
 pub(crate) const MAX_REQUEST: u64 = 64 << 20;
 
 /// Largest answer frame a client reads (256 MiB): the manager answers
