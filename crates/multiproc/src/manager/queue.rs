@@ -172,6 +172,10 @@ fn timed_out(e: ManagerError) -> ManagerError {
 /// removes one, and [`join`](JoinableQueue::join) waits until none is left.
 /// It derefs to [`Queue`] for `put`, `get` and the rest.
 ///
+/// A consumer killed between its `get` and its `task_done` leaves that task
+/// unfinished (its item is lost with it): `join` waits for it, as in
+/// Python; bound it with [`join_timeout`](JoinableQueue::join_timeout).
+///
 /// # Examples
 ///
 /// ```
