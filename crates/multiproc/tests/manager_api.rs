@@ -157,11 +157,33 @@ fn a_panicking_update_is_an_error_and_leaves_the_entry_unchanged() {
     let v = m.value(3u8).unwrap();
     assert!(v.update(|x: &mut u8| *x = x.checked_sub(4).expect("below zero")).is_err());
     assert_eq!(v.get().unwrap(), 3);
+    // A list item and a namespace field too, changed before the panic.
+    let l = m.list_from([vec![1u8], vec![2]]).unwrap();
+    let pushed_then_panicked = l.update(1, |x: &mut Vec<u8>| -> usize {
+        x.push(3);
+        panic!("list boom")
+    });
+    assert!(matches!(pushed_then_panicked, Err(ManagerError::Remote(RemoteError::Panicked(_)))));
+    assert_eq!(l.to_vec().unwrap(), [vec![1], vec![2]]);
+    let ns = m.namespace().unwrap();
+    ns.set("n", &5u64).unwrap();
+    let replaced_then_panicked = ns.update("n", |n: &mut Option<u64>| -> u64 {
+        *n = Some(6);
+        panic!("namespace boom")
+    });
+    assert!(matches!(replaced_then_panicked, Err(ManagerError::Remote(RemoteError::Panicked(_)))));
+    assert_eq!(ns.get::<u64>("n").unwrap(), Some(5));
 }
 
 #[test]
 fn queue_fifo_bounds_timeouts_and_close() {
     let m = Manager::start().unwrap();
+    // Room for no item: every put would wait for ever. Refused, as
+    // `multiproc::Queue` refuses it.
+    match m.bounded_queue::<u32>(0) {
+        Err(ManagerError::Remote(RemoteError::BadRequest(why))) => assert!(why.contains("at least 1"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     let q = m.bounded_queue::<u32>(2).unwrap();
     q.put(1).unwrap();
     q.put_timeout(2, SHORT).unwrap();

@@ -8,7 +8,9 @@ mod sync_support;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use multiproc::manager::{AcquireError, Barrier, Condition, Event, Lock, Manager, Queue, RLock};
+use multiproc::manager::{
+    AcquireError, Barrier, Condition, Event, JoinableQueue, Lock, Manager, Queue, RLock, Semaphore,
+};
 use sync_support::{Kid, LONG};
 
 const WITHIN: Duration = Duration::from_secs(1);
@@ -150,6 +152,29 @@ fn a_client_killed_mid_get_takes_nothing() {
     assert_eq!(q.qsize().unwrap(), 0);
 }
 
+fn put_one(q: Queue<u32>, started: Event) {
+    started.set().unwrap();
+    q.put(99).unwrap();
+}
+
+#[test]
+fn a_client_killed_mid_put_on_a_full_queue_puts_nothing() {
+    let m = Manager::start().unwrap();
+    let q = m.bounded_queue::<u32>(1).unwrap();
+    q.put(1).unwrap();
+    let started = m.event().unwrap();
+    let putter = Kid::<()>::spawn(put_one, (q.clone(), started.clone()));
+    assert!(started.wait_timeout(LONG).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    putter.kill();
+    assert_eq!(putter.reap(), Some(-9));
+    // Make room right away: the dead client's wait must not fill it.
+    assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+    q.put_timeout(2, LONG).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+    assert_eq!(q.qsize().unwrap(), 0);
+}
+
 fn update_forever(d: multiproc::manager::Dict<u8, Vec<u64>>, started: Event) {
     started.set().unwrap();
     for i in 0.. {
@@ -203,4 +228,150 @@ fn a_waiter_killed_before_its_turn_never_takes_the_lock() {
         Err(AcquireError::OwnerDied(_)) => panic!("the dead waiter took the lock"),
         Err(e) => panic!("{e}"),
     }
+}
+
+fn hold_then_slow_update(lock: Lock, d: multiproc::manager::Dict<u8, u8>, marker: String) {
+    lock.acquire().unwrap().leak();
+    // The update runs on the manager's dispatcher; the test kills this
+    // client while it runs (the marker file says it started).
+    let _ = d.update_with(&0, marker, |_: &mut Option<u8>, marker: String| {
+        std::fs::write(&marker, b"running").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    sync_support::linger();
+}
+
+#[test]
+fn a_client_killed_while_its_call_runs_still_releases_its_lock() {
+    let m = Manager::start().unwrap();
+    let (lock, d) = (m.lock().unwrap(), m.dict::<u8, u8>().unwrap());
+    let marker = std::env::temp_dir().join(format!("multiproc-slow-update-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let holder =
+        Kid::<()>::spawn(hold_then_slow_update, (lock.clone(), d.clone(), marker.to_string_lossy().into_owned()));
+    sync_support::wait_until("the slow update to start", || marker.exists());
+    holder.kill();
+    holder.reap();
+    std::fs::remove_file(&marker).unwrap();
+    // The dead client's connection ends once its call is answered, and its
+    // lock goes to the next acquirer with OwnerDied.
+    assert!(owner_died(lock.acquire_timeout(Duration::from_secs(10))), "the dead client's lock was not released");
+}
+
+fn wait_on_condition(cond: Condition, holding: Event) {
+    let mut guard = cond.acquire().unwrap();
+    holding.set().unwrap();
+    let _ = guard.wait_timeout(LONG);
+    guard.leak();
+    sync_support::linger();
+}
+
+#[test]
+fn a_notify_that_reaches_a_killed_waiter_goes_to_a_live_one() {
+    let m = Manager::start().unwrap();
+    let (cond, holding) = (m.condition().unwrap(), m.event().unwrap());
+    let doomed = Kid::<()>::spawn(wait_on_condition, (cond.clone(), holding.clone()));
+    assert!(holding.wait_timeout(LONG).unwrap());
+    // The condition's lock is free once the doomed client waits in it.
+    drop(cond.acquire_timeout(LONG).unwrap());
+    // A live waiter, after it in line.
+    let (c2, (tx, rx)) = (cond.clone(), std::sync::mpsc::channel());
+    let live = std::thread::spawn(move || {
+        let mut guard = c2.acquire_timeout(LONG).unwrap();
+        tx.send(()).unwrap();
+        let notified = guard.wait_timeout(Duration::from_secs(10)).unwrap();
+        drop(guard);
+        notified
+    });
+    rx.recv_timeout(LONG).unwrap();
+    let guard = cond.acquire_timeout(LONG).unwrap(); // the live one waits now
+    doomed.kill();
+    doomed.reap();
+    // Notified at once, before the manager noticed the death: the notify
+    // must not be lost on the dead waiter.
+    assert_eq!(cond.notify(1).unwrap(), 1);
+    drop(guard);
+    assert!(live.join().unwrap(), "the live waiter was not notified");
+    // Nobody holds the lock: the dead waiter did not take it back.
+    assert!(!owner_died(cond.acquire_timeout(LONG)));
+}
+
+/// Blocks in one call of kind `which` (after saying so on `ready`); true if
+/// it ended with a connection error.
+fn blocked_in_any_call(
+    which: u8,
+    m: (Queue<u8>, Queue<u8>, Event, Semaphore, JoinableQueue<u8>),
+    ready: Queue<u8>,
+) -> bool {
+    let (q, full, event, sem, jq) = m;
+    ready.put(which).unwrap();
+    let result = match which {
+        0 => q.get().map(drop),
+        1 => full.put(2),
+        2 => event.wait(),
+        3 => sem.acquire(),
+        _ => jq.join(),
+    };
+    result.is_err_and(|e| e.is_connection())
+}
+
+#[test]
+fn shutdown_fails_every_blocked_call_promptly_and_exits_zero() {
+    let m = Manager::start().unwrap();
+    let objects = (
+        m.queue().unwrap(),
+        m.bounded_queue(1).unwrap(),
+        m.event().unwrap(),
+        m.semaphore(0).unwrap(),
+        m.joinable_queue().unwrap(),
+    );
+    objects.1.put(1).unwrap();
+    objects.4.put(1).unwrap();
+    let ready = m.queue().unwrap();
+    let kids: Vec<Kid<bool>> =
+        (0..5u8).map(|i| Kid::spawn(blocked_in_any_call, (i, objects.clone(), ready.clone()))).collect();
+    for _ in 0..5 {
+        ready.get_timeout(LONG).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200)); // each is now waiting in the manager
+    let t = Instant::now();
+    m.shutdown().unwrap(); // exit code 0, or an error
+    for kid in kids {
+        assert!(kid.join(), "a blocked call did not end with a connection error");
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+fn notify_and_hold(cond: Condition, holding: Event) {
+    let guard = cond.acquire().unwrap();
+    assert_eq!(cond.notify(1).unwrap(), 1);
+    guard.leak();
+    holding.set().unwrap();
+    sync_support::linger();
+}
+
+#[test]
+fn a_waiter_taking_back_a_lock_whose_holder_died_is_told_owner_died() {
+    let m = Manager::start().unwrap();
+    let (cond, holding) = (m.condition().unwrap(), m.event().unwrap());
+    let (c2, (tx, rx)) = (cond.clone(), std::sync::mpsc::channel());
+    let waiter = std::thread::spawn(move || {
+        let mut guard = c2.acquire_timeout(LONG).unwrap();
+        tx.send(()).unwrap();
+        let waited = guard.wait_timeout(LONG).map_err(|e| e.to_string());
+        // Held again either way; released here.
+        drop(guard);
+        waited
+    });
+    rx.recv_timeout(LONG).unwrap();
+    // The notifier takes the lock once the waiter waits, notifies, and
+    // dies holding it: the waiter takes it back from a dead holder.
+    let notifier = Kid::<()>::spawn(notify_and_hold, (cond.clone(), holding.clone()));
+    assert!(holding.wait_timeout(LONG).unwrap());
+    notifier.kill();
+    notifier.reap();
+    let waited = waiter.join().unwrap();
+    assert!(waited.as_ref().is_err_and(|e| e.contains("died")), "the waiter was not told: {waited:?}");
+    // Told once: the next acquirer finds it clean.
+    assert!(!owner_died(cond.acquire_timeout(LONG)));
 }

@@ -8,7 +8,7 @@ mod sync_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::manager::{Dict, List, Manager, Queue};
+use multiproc::manager::{Dict, List, Lock, Manager, Queue};
 use sync_support::{Kid, LONG};
 
 /// Larger than a lane's message area (64 KiB): these travel on the socket.
@@ -100,5 +100,34 @@ fn a_client_killed_mid_stream_leaves_the_others_served() {
         assert_eq!(mine.get(&i).unwrap(), Some(i));
     }
     assert_eq!(d.len().unwrap(), 100);
+    m.shutdown().unwrap();
+}
+
+/// Increments entry 0 of `d` `n` times, each a read and a write (two calls,
+/// not atomic) under `lock`, from two threads of this process.
+fn count_under_lock(lock: Lock, d: Dict<u32, u32>, n: u32) {
+    let work = move || {
+        for _ in 0..n {
+            let guard = lock.acquire().unwrap();
+            let v = d.get(&0).unwrap().unwrap();
+            d.insert(0, v + 1).unwrap();
+            drop(guard);
+        }
+    };
+    let other = std::thread::spawn(work.clone());
+    work();
+    other.join().unwrap();
+}
+
+#[test]
+fn a_manager_lock_makes_read_modify_write_exact_across_processes_and_threads() {
+    let m = Manager::start().unwrap();
+    let (lock, d) = (m.lock().unwrap(), m.dict::<u32, u32>().unwrap());
+    d.insert(0, 0).unwrap();
+    let kids: Vec<Kid<()>> = (0..4).map(|_| Kid::spawn(count_under_lock, (lock.clone(), d.clone(), 150))).collect();
+    for k in kids {
+        k.join();
+    }
+    assert_eq!(d.get(&0).unwrap(), Some(4 * 2 * 150));
     m.shutdown().unwrap();
 }

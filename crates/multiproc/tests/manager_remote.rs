@@ -223,6 +223,22 @@ fn a_client_that_speaks_no_hello_is_dropped_alone() {
 }
 
 #[test]
+fn a_frame_too_large_after_auth_ends_that_connection_only() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let d = server.dict::<u32, u32>().unwrap();
+    let good = Kid::spawn(keep_working, (d.clone(), 300));
+    let conn: Connection<()> = Client::connect(server.address(), Some(KEY)).unwrap();
+    // More than a manager reads: refused from its header, never buffered
+    // (the send itself may fail once the manager hangs up).
+    let _ = conn.send_bytes(&vec![0xA5; 100 << 20]);
+    let end = conn.recv_bytes_timeout(LONG).unwrap_err();
+    assert!(!end.is_timeout(), "the manager kept the connection: {end}");
+    assert_eq!(good.join(), 300);
+    d.insert(1, 1).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}
+
+#[test]
 fn proxies_of_a_replaced_manager_find_nothing_and_recover() {
     let first = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
     let address = first.address().clone();
@@ -247,4 +263,81 @@ fn proxies_of_a_replaced_manager_find_nothing_and_recover() {
         other => panic!("{other:?}"),
     }
     assert_eq!(fresh.get(&1).unwrap(), Some(99));
+}
+
+/// Serves on `address`, blocks eight calls in it (queue gets and lock
+/// acquisitions, timed far beyond the test), shuts it down: each call must
+/// fail with a connection error, promptly; none may say it timed out.
+fn shutdown_fails_blocked_calls_as_connection_errors(address: &str) {
+    let server = manager::serve(address, Some(KEY)).unwrap();
+    let (q, lock) = (server.queue::<u8>().unwrap(), server.lock().unwrap());
+    lock.acquire().unwrap().leak();
+    let calls: Vec<std::thread::JoinHandle<String>> = (0..8)
+        .map(|i| {
+            let (q, lock) = (q.clone(), lock.clone());
+            std::thread::spawn(move || {
+                if i % 2 == 0 {
+                    match q.get_timeout(LONG) {
+                        Err(e) if e.is_connection() => "connection error".to_string(),
+                        other => format!("get: {other:?}"),
+                    }
+                } else {
+                    match lock.acquire_timeout(LONG) {
+                        Err(multiproc::manager::AcquireError::Manager(e)) if e.is_connection() => {
+                            "connection error".to_string()
+                        }
+                        other => format!("acquire: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // each waits in the manager now
+    let t = Instant::now();
+    server.shutdown().unwrap();
+    for call in calls {
+        assert_eq!(call.join().unwrap(), "connection error");
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_served_manager_shut_down_fails_blocked_tcp_calls_as_connection_errors() {
+    shutdown_fails_blocked_calls_as_connection_errors("tcp:127.0.0.1:0");
+}
+
+#[test]
+fn a_served_manager_shut_down_fails_blocked_lane_calls_as_connection_errors() {
+    let address = format!("abstract:multiproc-test-shutdown-{}", std::process::id());
+    shutdown_fails_blocked_calls_as_connection_errors(&address);
+}
+
+fn hold_after_dropping_the_handle(address: String, key: Vec<u8>) {
+    let remote = Manager::connect(&address, Some(&key)).unwrap();
+    let lock: multiproc::manager::Lock = remote.get("lock").unwrap();
+    let holding: multiproc::manager::Event = remote.get("holding").unwrap();
+    lock.acquire().unwrap().leak();
+    // The handle is done with; the proxies (and the lock) are not.
+    drop(remote);
+    holding.set().unwrap();
+    sync_support::linger();
+}
+
+#[test]
+fn dropping_a_connected_handle_keeps_the_locks_of_its_process() {
+    let server = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let (lock, holding) = (server.lock().unwrap(), server.event().unwrap());
+    server.publish("lock", &lock).unwrap();
+    server.publish("holding", &holding).unwrap();
+    let holder = Kid::<()>::spawn(hold_after_dropping_the_handle, (server.address().to_string(), KEY.to_vec()));
+    assert!(holding.wait_timeout(LONG).unwrap());
+    // The holder lives: its lock stays held.
+    match lock.acquire_timeout(Duration::from_millis(500)) {
+        Err(e) if e.is_timeout() => {}
+        Ok(_) => panic!("the lock of a live holder was free"),
+        Err(e) => panic!("the lock of a live holder was free: {e}"),
+    }
+    holder.kill();
+    holder.reap();
+    assert!(matches!(lock.acquire_timeout(LONG), Err(multiproc::manager::AcquireError::OwnerDied(_))));
 }

@@ -50,6 +50,15 @@ fn on_a_thread<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> 
     rx
 }
 
+/// Asserts that each call (named, with its result to come) ended with
+/// `Removed`, within [`LONG`].
+fn all_ended_with_removed(waits: impl IntoIterator<Item = (&'static str, mpsc::Receiver<String>)>) {
+    for (what, rx) in waits {
+        let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what} still waits {LONG:?} after the removal"));
+        assert_eq!(result, "Err(Remote(Removed))", "{what}");
+    }
+}
+
 #[test]
 fn calls_waiting_on_a_removed_object_end_with_removed() {
     let manager = Manager::start().unwrap();
@@ -106,10 +115,7 @@ fn calls_waiting_on_a_removed_object_end_with_removed() {
     assert!(manager.remove(&semaphore).unwrap());
     assert!(manager.remove(&barrier).unwrap());
     assert!(manager.remove(&condition).unwrap());
-    for (what, rx) in waits {
-        let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what} still waits {LONG:?} after the removal"));
-        assert_eq!(result, "Err(Remote(Removed))", "{what}");
-    }
+    all_ended_with_removed(waits);
     held.leak();
     manager.shutdown().unwrap();
 }
@@ -134,4 +140,43 @@ fn over_tcp_a_removal_reaches_every_connection() {
     let found = remote.get::<Queue<u64>>("q");
     assert!(matches!(found, Err(ManagerError::Remote(RemoteError::NoSuchName(_)))), "{found:?}");
     server.shutdown().unwrap();
+}
+
+#[test]
+fn puts_joins_and_condition_retakes_waiting_on_a_removed_object_end_with_removed() {
+    let manager = Manager::start().unwrap();
+    let full = manager.bounded_queue::<u32>(1).unwrap();
+    full.put(1).unwrap();
+    let joinable = manager.joinable_queue::<u32>().unwrap();
+    joinable.put(1).unwrap();
+    let condition = manager.condition().unwrap();
+    // A waiter notified while the lock is held: it waits to take it back.
+    let (c, (tx, rx)) = (condition.clone(), mpsc::channel());
+    let retake = on_a_thread(move || {
+        let mut guard = c.acquire().map_err(|_| "acquire").unwrap();
+        tx.send(()).unwrap();
+        let waited = format!("{:?}", guard.wait());
+        guard.leak();
+        waited
+    });
+    rx.recv_timeout(LONG).unwrap();
+    let held = condition.acquire_timeout(LONG).map_err(|_| "acquire").unwrap(); // the waiter waits
+    assert_eq!(condition.notify(1).unwrap(), 1);
+    let waits = [
+        ("bounded put", {
+            let q = full.clone();
+            on_a_thread(move || format!("{:?}", q.put(2)))
+        }),
+        ("join", {
+            let q = joinable.clone();
+            on_a_thread(move || format!("{:?}", q.join()))
+        }),
+    ];
+    thread::sleep(Duration::from_millis(300)); // each waits in the manager now
+    assert!(manager.remove(&full).unwrap());
+    assert!(manager.remove(&joinable).unwrap());
+    assert!(manager.remove(&condition).unwrap());
+    all_ended_with_removed(waits.into_iter().chain([("condition retake", retake)]));
+    held.leak();
+    manager.shutdown().unwrap();
 }

@@ -21,15 +21,12 @@ use serde_bytes::ByteBuf;
 
 use super::ManagerError;
 use super::lane::{self, Lane};
-use super::protocol::{self, Owner, Reply, Request, Response};
+use super::protocol::{self, MAX_REQUEST, MAX_RESPONSE, Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
 use crate::{Client, Connection, ConnectionError, WireError, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest answer a client reads (256 MiB).
-const MAX_RESPONSE: u64 = 256 << 20;
 
 /// Where a manager listens and the key it wants. Travels inside every proxy
 /// (the key too, as Python's proxies carry theirs: whoever holds a proxy may
@@ -118,30 +115,53 @@ fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Resp
     let response = match &idle.lane {
         // Through a lane, a stale connection shows as a failed call, found
         // within a millisecond or two.
-        Some(lane) => through_lane(&idle.conn, lane, request)?,
-        None => {
-            if send(&idle.conn, request).is_err() {
-                // The request did not leave: this idle connection went stale
-                // (the manager stopped, or was replaced at the same address).
-                // Try once with a fresh one.
-                return fresh_exchange(endpoint, request);
-            }
-            receive(&idle.conn)?
-        }
+        Some(lane) => through_lane(&idle.conn, lane, request),
+        None => match send(&idle.conn, request) {
+            // The request did not leave: this idle connection went stale
+            // (the manager stopped, or was replaced at the same address).
+            // Try once with a fresh one.
+            Err(e) if !matches!(e, ManagerError::TooLarge { .. }) => return fresh_exchange(endpoint, request),
+            sent => sent.and_then(|()| receive(&idle.conn)),
+        },
     };
-    Ok((idle, response))
+    keep_unless_broken(endpoint, idle, response)
 }
 
 fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Link, Response), ManagerError> {
     let link = open(endpoint)?;
-    let response = link.exchange(request)?;
-    Ok((link, response))
+    let response = link.exchange(request);
+    keep_unless_broken(endpoint, link, response)
+}
+
+/// The link with its answer. A link whose request was refused before it
+/// left is still good, and goes back to the pool: dropping it could close
+/// the process's last connection, which frees the locks it holds.
+fn keep_unless_broken(
+    endpoint: &Endpoint,
+    link: Link,
+    response: Result<Response, ManagerError>,
+) -> Result<(Link, Response), ManagerError> {
+    match response {
+        Ok(response) => Ok((link, response)),
+        Err(e) => {
+            if matches!(e, ManagerError::TooLarge { .. }) {
+                give_back(endpoint, link);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Opens a connection to the manager at `endpoint` (checking the address
-/// and the key) and keeps it for later calls.
+/// and the key) and keeps it for later calls, unless the process has an
+/// idle one already: a process that connects again and again must not
+/// gather connections (and closing this one leaves the others, so the
+/// manager does not count the process gone).
 pub(crate) fn connect(endpoint: &Endpoint) -> Result<(), ManagerError> {
-    give_back(endpoint, open(endpoint)?);
+    let link = open(endpoint)?;
+    if !with_clients(|c| c.idle_for(endpoint).is_some_and(|idle| !idle.is_empty())) {
+        give_back(endpoint, link);
+    }
     Ok(())
 }
 
@@ -227,7 +247,7 @@ fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result
     }
     ANSWER.with(|answer| {
         let mut answer = answer.borrow_mut();
-        protocol::with_encoded(request, |bytes| lane.call(conn, bytes, &mut answer))?;
+        with_request(request, |bytes| lane.call(conn, bytes, &mut answer))?;
         let response = wire::decode::<Response>(&answer, Vec::new());
         if answer.capacity() > lane::LANE_LEN {
             // An answer that came on the socket: do not keep its buffer.
@@ -238,7 +258,19 @@ fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result
 }
 
 fn send(conn: &Connection<()>, request: &Request) -> Result<(), ManagerError> {
-    Ok(protocol::send(conn, request)?)
+    with_request(request, |bytes| conn.send_bytes(bytes))
+}
+
+/// Encodes `request` and runs `f` on its bytes, unless it is larger than
+/// the manager reads ([`ManagerError::TooLarge`]: it would end the
+/// connection; nothing is sent).
+fn with_request<R>(request: &Request, f: impl FnOnce(&[u8]) -> Result<R, ConnectionError>) -> Result<R, ManagerError> {
+    let mut size = 0;
+    let done = protocol::with_encoded(request, |bytes| {
+        size = bytes.len();
+        if size as u64 > MAX_REQUEST { Ok(None) } else { f(bytes).map(Some) }
+    })?;
+    done.ok_or(ManagerError::TooLarge { size, limit: MAX_REQUEST })
 }
 
 fn receive(conn: &Connection<()>) -> Result<Response, ManagerError> {

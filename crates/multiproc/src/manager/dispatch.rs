@@ -42,6 +42,11 @@ const IDLE_SPIN: Spin = crate::spin::PEER_SPIN;
 /// the harm of a wake-up lost to a bug.
 const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
+/// How long a connection's thread waits for a hand-off without watching
+/// its socket (see [`LaneConn::serve_hand_offs`]): bounds how late the end
+/// of a client that died mid-call is seen.
+const SOCKET_RECHECK: Duration = Duration::from_millis(100);
+
 /// Lanes checked between clock reads while polling.
 const SCANS_PER_CLOCK_READ: u32 = 8;
 
@@ -199,7 +204,7 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
             done => done,
         },
     };
-    let _ = protocol::with_encoded(&response, |bytes| {
+    let _ = protocol::with_encoded_answer(&response, |bytes| {
         if Lane::fits(bytes.len()) {
             entry.lane.answer(&entry.conn, bytes)
         } else {
@@ -262,7 +267,10 @@ impl LaneConn {
         let wake_only = [(self.wake.as_fd(), Interest::Read)];
         let both = [(self.conn.as_fd(), Interest::Read), (self.wake.as_fd(), Interest::Read)];
         let mut fds: &[(BorrowedFd<'_>, Interest)] = &both;
-        while let Ok(ready) = imp::poll_fds(fds, Deadline::NEVER) {
+        loop {
+            // Without the socket, only for a while: see below.
+            let deadline = if fds.len() == 1 { Deadline::after(SOCKET_RECHECK) } else { Deadline::NEVER };
+            let Ok(ready) = imp::poll_fds(fds, deadline) else { break };
             if shared.stopping() {
                 break;
             }
@@ -276,11 +284,17 @@ impl LaneConn {
                 {
                     break;
                 }
+            } else if fds.len() == 1 {
+                // No hand-off came: look at the socket again.
+                fds = &both;
             } else if !socket {
                 // Nothing ready after all (an interrupted poll).
             } else if self.lane.request_pending() {
-                // The socket holds a request's bytes: the dispatcher hands
-                // it over in a moment.
+                // The socket holds a request's bytes, and the dispatcher
+                // hands it over in a moment; or the client died during a
+                // call the dispatcher runs, which it answers in the lane
+                // without a word to this thread: so the socket is looked
+                // at again soon, and its end is seen once the call is done.
                 fds = &wake_only;
             } else {
                 // Nothing else is ever sent on the socket: its end.
@@ -308,10 +322,15 @@ impl LaneConn {
             return answered;
         }
         let response = respond(shared, last, request, &Caller::new(&self.conn, shared, &self.build));
+        if shared.stopping() {
+            // A wait the stop ended says "timeout": the client must see the
+            // connection end instead, as the server cuts it.
+            return false;
+        }
         self.answer(&response)
     }
 
     fn answer(&self, response: &Response) -> bool {
-        protocol::with_encoded(response, |bytes| self.lane.answer(&self.conn, bytes)).is_ok()
+        protocol::with_encoded_answer(response, |bytes| self.lane.answer(&self.conn, bytes)).is_ok()
     }
 }

@@ -58,6 +58,15 @@ pub enum ManagerError {
         /// The type asked for.
         asked: String,
     },
+    /// The request is larger than a manager reads in one message; nothing
+    /// was sent (store the value in smaller parts).
+    #[error("the request is too large for a manager: {size} bytes, at most {limit}; nothing was sent")]
+    TooLarge {
+        /// The encoded request's size.
+        size: usize,
+        /// The most a manager reads.
+        limit: u64,
+    },
     /// The manager process could not start, or did not exit cleanly.
     #[error("manager process: {0}")]
     Process(#[from] ProcessError),

@@ -6,7 +6,7 @@
 //! lock that process held is released and marked, and the next acquirer is
 //! told `OwnerDied`, as with the shared-memory locks.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::collections::wrong;
@@ -123,7 +123,9 @@ pub(crate) struct ConditionState {
 struct CondInner {
     holder: Holder,
     waiting: VecDeque<u64>,
-    notified: HashSet<u64>,
+    /// Notified tickets, each with the first ticket handed out after its
+    /// notify (a notify passed on goes only to a waiter that was waiting).
+    notified: HashMap<u64, u64>,
     next_ticket: u64,
 }
 
@@ -156,20 +158,38 @@ impl ConditionState {
                 c.next_ticket += 1;
                 c.waiting.push_back(ticket);
                 self.changed.notify_all();
-                let (mut c, waited) = wait_while(&self.changed, c, timeout, caller, |c| !c.notified.contains(&ticket));
+                let (mut c, waited) =
+                    wait_while(&self.changed, c, timeout, caller, |c| !c.notified.contains_key(&ticket));
                 let notified = c.notified.remove(&ticket);
                 c.waiting.retain(|t| *t != ticket);
                 match waited {
                     // The condition was removed: there is no lock to take back.
                     Err(RemoteError::Removed) => return Err(RemoteError::Removed),
-                    Err(_) if !notified && caller.gone() => return Err(RemoteError::Timeout),
+                    Err(_) if caller.gone() => {
+                        // Nobody reads this answer, and a dead waiter takes
+                        // no lock back: a notify it took goes to the next
+                        // waiter (one already waiting at the notify), so
+                        // that the notifier's count stays true.
+                        if let Some(bound) = notified
+                            && let Some(&next) = c.waiting.front()
+                            && next < bound
+                        {
+                            c.waiting.pop_front();
+                            c.notified.insert(next, bound);
+                            self.changed.notify_all();
+                        }
+                        return Err(RemoteError::Timeout);
+                    }
                     _ => {}
                 }
                 // Take the lock back, as long as it takes (as Python does).
                 let (mut c, back) = wait_while(&self.changed, c, None, caller, |c| c.holder.owner.is_some());
                 back?;
-                c.holder.take(owner, depth);
-                Reply::Bool(notified)
+                if c.holder.take(owner, depth) {
+                    // Held again, from a holder that died: the waiter is told.
+                    return Err(RemoteError::OwnerDied);
+                }
+                Reply::Bool(notified.is_some())
             }
             Op::Notify(n) => Reply::Count(self.notify(&mut c, n)),
             Op::NotifyAll => Reply::Count(self.notify(&mut c, u64::MAX)),
@@ -183,7 +203,8 @@ impl ConditionState {
         while woken < n
             && let Some(ticket) = c.waiting.pop_front()
         {
-            c.notified.insert(ticket);
+            let bound = c.next_ticket;
+            c.notified.insert(ticket, bound);
             woken += 1;
         }
         if woken > 0 {

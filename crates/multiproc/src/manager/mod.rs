@@ -253,7 +253,9 @@ impl Manager {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// `maxsize` is 0 ([`RemoteError::BadRequest`]: a queue with room for
+    /// nothing; Python's `maxsize=0` means unbounded, [`Manager::queue`]);
+    /// the manager cannot be reached.
     pub fn bounded_queue<T>(&self, maxsize: usize) -> Result<Queue<T>, ManagerError> {
         create(&self.endpoint, Init::Queue { maxsize: Some(maxsize as u64), joinable: false })
     }
@@ -462,7 +464,9 @@ impl Manager {
 
     fn stop(&mut self) -> Result<(), ManagerError> {
         let result = match &mut self.owned {
-            Owned::Remote => Ok(()),
+            // The process's connections stay: its proxies use them, and
+            // closing its last one would free the locks it holds.
+            Owned::Remote => return Ok(()),
             Owned::Thread { stopper, thread } => {
                 stopper.stop();
                 if let Some(t) = thread.take() {

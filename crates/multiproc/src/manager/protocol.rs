@@ -315,16 +315,48 @@ pub enum RemoteError {
     /// while this call waited on it.
     #[error("the object was removed from the manager while this call waited on it")]
     Removed,
+    /// A condition wait took its lock back from a holder that died holding
+    /// it: the lock is held again (by the waiter), and the data it protects
+    /// may be inconsistent.
+    #[error("the previous owner of the condition's lock died while holding it; the lock is held again")]
+    OwnerDied,
+    /// The answer is larger than a client reads in one message (read the
+    /// object in parts: items one at a time, say).
+    #[error("the answer is too large for a client: {size} bytes, at most {limit}")]
+    AnswerTooLarge {
+        /// The encoded answer's size.
+        size: u64,
+        /// The most a client reads.
+        limit: u64,
+    },
 }
 
 /// Largest request frame the manager reads (64 MiB): larger ones end the
-/// connection that sent them.
+/// connection that sent them (a client of this crate does not send them:
+/// [`ManagerError::TooLarge`](super::ManagerError::TooLarge)).
 pub(crate) const MAX_REQUEST: u64 = 64 << 20;
 
-/// Encodes `message` (a request or a response) into this thread's buffer
-/// and sends it as one frame.
-pub(crate) fn send<T: Serialize>(conn: &crate::Connection<()>, message: &T) -> Result<(), crate::ConnectionError> {
-    with_encoded(message, |bytes| conn.send_bytes(bytes))
+/// Largest answer frame a client reads (256 MiB): the manager answers
+/// [`RemoteError::AnswerTooLarge`] instead of a larger one.
+pub(crate) const MAX_RESPONSE: u64 = 256 << 20;
+
+/// Encodes `response` into this thread's buffer and runs `f` on the bytes;
+/// a response larger than a client reads is replaced by the error saying
+/// so (sending it would end the connection, and with the client's last
+/// one, the locks it holds).
+pub(crate) fn with_encoded_answer<R>(
+    response: &Response,
+    mut f: impl FnMut(&[u8]) -> Result<R, crate::ConnectionError>,
+) -> Result<R, crate::ConnectionError> {
+    let mut size = 0;
+    let sent = with_encoded(response, |bytes| {
+        size = bytes.len() as u64;
+        if size > MAX_RESPONSE { Ok(None) } else { f(bytes).map(Some) }
+    })?;
+    match sent {
+        Some(done) => Ok(done),
+        None => with_encoded(&Err::<Reply, _>(RemoteError::AnswerTooLarge { size, limit: MAX_RESPONSE }), f),
+    }
 }
 
 /// Encodes `message` into this thread's buffer and runs `f` on the bytes.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::protocol::{Kind, Op};
+use super::protocol::{Kind, Op, RemoteError};
 use super::proxy::{ObjectRef, encode, proxy};
 use super::{ManagerError, Proxy};
 
@@ -70,7 +70,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// `Timeout`, or as [`Queue::put`].
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), ManagerError> {
-        self.put_inner(&value, Some(timeout))
+        self.put_inner(&value, Some(timeout)).map_err(timed_out)
     }
 
     /// Puts `value` if there is room now.
@@ -98,7 +98,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// `Timeout`, or as [`Queue::get`].
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, ManagerError> {
-        self.get_inner(Some(timeout))
+        self.get_inner(Some(timeout)).map_err(timed_out)
     }
 
     /// Takes the oldest item if there is one now.
@@ -157,10 +157,24 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 }
 
+/// The error of a timed `get` or `put`: the manager answers a zero
+/// timeout as the `_nowait` forms (`Empty`, `Full`); a timed form says
+/// `Timeout` for every timeout, zero too (a deadline loop's last wait).
+fn timed_out(e: ManagerError) -> ManagerError {
+    match e {
+        ManagerError::Remote(RemoteError::Empty | RemoteError::Full) => ManagerError::Remote(RemoteError::Timeout),
+        other => other,
+    }
+}
+
 /// A [`Queue`] that counts unfinished tasks (Python's
 /// `manager.JoinableQueue()`): every `put` adds one, [`task_done`](JoinableQueue::task_done)
 /// removes one, and [`join`](JoinableQueue::join) waits until none is left.
 /// It derefs to [`Queue`] for `put`, `get` and the rest.
+///
+/// A consumer killed between its `get` and its `task_done` leaves that task
+/// unfinished (its item is lost with it): `join` waits for it, as in
+/// Python; bound it with [`join_timeout`](JoinableQueue::join_timeout).
 ///
 /// # Examples
 ///

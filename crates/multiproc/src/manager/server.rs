@@ -58,6 +58,10 @@ pub(crate) struct Shared {
 /// closed at once (each costs a thread for up to the handshake timeout).
 const MAX_HANDSHAKING: usize = 256;
 
+/// How long the accept loop waits after a failed accept before it tries
+/// again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// The client a request comes from, as the objects see it.
 #[derive(Debug)]
 pub(crate) struct Caller<'a> {
@@ -149,7 +153,13 @@ impl Server {
                     }
                 }
                 Err(ConnectionError::Timeout) => {}
-                Err(e) => tracing::debug!("manager: accept failed: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: the client stays in the
+                    // backlog and the listener readable. Wait a moment (or
+                    // for the stop) rather than spin on it.
+                    tracing::debug!("manager: accept failed: {e}");
+                    let _ = imp::poll_fds(&fds[1..], Deadline::after(ACCEPT_BACKOFF));
+                }
             }
         }
         for conn in lock(&self.shared.live).values() {
@@ -252,6 +262,10 @@ fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &
             },
             Ok(request) => (respond(shared, &mut last, request, &caller), false),
         };
+        if !stop && shared.stopping() {
+            // As in `LaneConn::run`: no answer once the server stops.
+            break;
+        }
         if answer(conn, &response).is_err() {
             break;
         }
@@ -288,5 +302,5 @@ fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>)
 }
 
 fn answer(conn: &Connection<()>, response: &Response) -> Result<(), ConnectionError> {
-    protocol::send(conn, response)
+    protocol::with_encoded_answer(response, |bytes| conn.send_bytes(bytes))
 }

@@ -1,5 +1,6 @@
 //! The manager's side of `Event` and `Barrier`.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::code;
@@ -60,11 +61,36 @@ pub(crate) struct BarrierState {
 struct BarrierInner {
     /// Parties waiting in the current pass.
     count: u32,
-    /// Number of the current pass.
+    /// Number of the current pass; every pass ends with a new one, passed
+    /// or broken.
     generation: u64,
+    /// New waits fail until a reset (after an abort, a timeout, a failed action).
     broken: bool,
-    /// The pass whose waiters a `reset` broke.
-    reset: Option<u64>,
+    /// Passes that ended broken, with how many of their waiters have not
+    /// yet woken to see it. A waiter learns its pass's end from here, not
+    /// from `broken`, which a reset may have cleared before it woke.
+    broken_passes: HashMap<u64, u32>,
+}
+
+impl BarrierInner {
+    /// Ends the current pass as broken, for its `waiting` parties.
+    fn break_pass(&mut self, waiting: u32) {
+        if waiting > 0 {
+            self.broken_passes.insert(self.generation, waiting);
+        }
+        self.generation += 1;
+        self.count = 0;
+    }
+
+    /// True if pass `pass` ended broken; counts its waiter as told.
+    fn told_broken(&mut self, pass: u64) -> bool {
+        let Some(left) = self.broken_passes.get_mut(&pass) else { return false };
+        *left -= 1;
+        if *left == 0 {
+            self.broken_passes.remove(&pass);
+        }
+        true
+    }
 }
 
 impl BarrierState {
@@ -91,8 +117,9 @@ impl BarrierState {
                         && let Err(e) = code::guarded(action)
                     {
                         // A failed action breaks the barrier for every party.
+                        let others = b.count - 1;
+                        b.break_pass(others);
                         b.broken = true;
-                        b.count = 0;
                         self.changed.notify_all();
                         return Err(e);
                     }
@@ -101,34 +128,35 @@ impl BarrierState {
                     self.changed.notify_all();
                     return Ok(Reply::Count(index.into()));
                 }
-                let (mut b, waited) =
-                    wait_while(&self.changed, b, timeout, caller, |b| b.generation == pass && !b.broken);
-                if b.reset == Some(pass) || (b.broken && b.generation == pass && waited.is_ok()) {
+                let (mut b, waited) = wait_while(&self.changed, b, timeout, caller, |b| b.generation == pass);
+                if let Err(RemoteError::Removed) = waited {
+                    return Err(RemoteError::Removed);
+                }
+                if b.generation == pass {
+                    // Still in its pass: this wait timed out (or its party
+                    // is gone), which breaks the barrier for everyone.
+                    let others = b.count - 1;
+                    b.break_pass(others);
+                    b.broken = true;
+                    self.changed.notify_all();
+                    return Err(waited.err().unwrap_or(RemoteError::Timeout));
+                }
+                if b.told_broken(pass) {
                     return Err(RemoteError::BarrierBroken);
                 }
-                if let Err(e) = waited {
-                    // A timeout (or a party gone) breaks the barrier for everyone.
-                    if b.generation == pass {
-                        b.broken = true;
-                        b.count = 0;
-                        self.changed.notify_all();
-                    }
-                    return Err(e);
-                }
+                waited?;
                 Reply::Count(index.into())
             }
             Op::Abort => {
+                let waiting = b.count;
+                b.break_pass(waiting);
                 b.broken = true;
-                b.count = 0;
                 self.changed.notify_all();
                 Reply::Unit
             }
             Op::Reset => {
-                if b.count > 0 {
-                    b.reset = Some(b.generation);
-                }
-                b.generation += 1;
-                b.count = 0;
+                let waiting = b.count;
+                b.break_pass(waiting);
                 b.broken = false;
                 self.changed.notify_all();
                 Reply::Unit

@@ -1,13 +1,14 @@
 //! [`Event`], [`Condition`] and [`Barrier`] proxies.
 
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::ManagerError;
 use super::client;
 use super::protocol::{Kind, Op};
 use super::proxy::{ObjectRef, proxy};
 use super::sync::{AcquireResult, acquire};
+use crate::sys::Deadline;
 
 /// An event in a manager (Python's `manager.Event()`): a flag that
 /// processes wait to see set.
@@ -163,7 +164,9 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// [`RemoteError::OwnerDied`](super::RemoteError::OwnerDied) when the
+    /// lock was taken back from a holder that died holding it (it is held
+    /// again: the guard stays valid); the manager cannot be reached.
     pub fn wait(&mut self) -> Result<(), ManagerError> {
         self.wait_inner(None).map(drop)
     }
@@ -173,7 +176,7 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// As [`ConditionGuard::wait`].
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool, ManagerError> {
         self.wait_inner(Some(timeout))
     }
@@ -183,7 +186,7 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// As [`ConditionGuard::wait`].
     pub fn wait_for(&mut self, mut condition: impl FnMut() -> bool) -> Result<(), ManagerError> {
         while !condition() {
             self.wait()?;
@@ -196,22 +199,23 @@ impl ConditionGuard<'_> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// As [`ConditionGuard::wait`].
     pub fn wait_for_timeout(
         &mut self,
         timeout: Duration,
         mut condition: impl FnMut() -> bool,
     ) -> Result<bool, ManagerError> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past the clock's end (`Duration::MAX`) never expires.
+        let deadline = Deadline::after(timeout);
         loop {
             if condition() {
                 return Ok(true);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            self.wait_timeout(left)?;
+            match deadline.remaining() {
+                Some(left) if left.is_zero() => return Ok(false),
+                Some(left) => self.wait_timeout(left)?,
+                None => self.wait_timeout(timeout)?,
+            };
         }
     }
 }

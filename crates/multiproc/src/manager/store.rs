@@ -128,6 +128,11 @@ impl Store {
             Init::Dict | Init::Namespace => State::Map(Mutex::default()),
             Init::List(items) => State::List(Mutex::new(items.into_iter().map(|b| b.into_vec()).collect())),
             Init::Value(v) => State::Value(Mutex::new(v.into_vec())),
+            Init::Queue { maxsize: Some(0), .. } => {
+                return Err(RemoteError::BadRequest(
+                    "a bounded queue holds at least 1 item (use Manager::queue for an unbounded one)".into(),
+                ));
+            }
             Init::Queue { maxsize, joinable } => State::Queue(QueueState::new(maxsize, joinable)),
             Init::Lock => State::Lock(LockState::new(false)),
             Init::RLock => State::Lock(LockState::new(true)),

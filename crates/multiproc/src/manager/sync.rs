@@ -216,7 +216,8 @@ impl RLock {
 /// A semaphore in a manager (Python's `manager.Semaphore()` and
 /// `BoundedSemaphore()`): a counter that `acquire` decrements, waiting
 /// while it is zero, and `release` increments. A bounded one refuses to go
-/// above its initial value.
+/// above its initial value. A semaphore has no owner: a process killed
+/// after its `acquire` does not give the unit back (as in Python).
 ///
 /// # Examples
 ///

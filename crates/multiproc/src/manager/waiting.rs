@@ -10,10 +10,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::protocol::RemoteError;
 use super::server::Caller;
+use crate::sys::Deadline;
 
 /// How often a waiting call checks that its client is still there.
 const SLICE: Duration = Duration::from_millis(100);
@@ -76,7 +77,8 @@ pub(crate) fn wait_while<'a, S>(
     if !blocked(&mut guard) {
         return (guard, Ok(()));
     }
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout past the clock's end (`Duration::MAX`) never expires.
+    let deadline = Deadline::from_timeout(timeout);
     // ORDERING: Relaxed: counted with the mutex held (see `Waiters::count`).
     waiters.count.fetch_add(1, Ordering::Relaxed);
     let outcome = loop {
@@ -84,12 +86,10 @@ pub(crate) fn wait_while<'a, S>(
         if waiters.removed.load(Ordering::Relaxed) {
             break Err(RemoteError::Removed);
         }
-        let slice = match deadline {
+        let slice = match deadline.remaining() {
             None => SLICE,
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => left.min(SLICE),
-                _ => break Err(RemoteError::Timeout),
-            },
+            Some(left) if !left.is_zero() => left.min(SLICE),
+            Some(_) => break Err(RemoteError::Timeout),
         };
         guard = waiters.cv.wait_timeout(guard, slice).unwrap_or_else(|e| e.into_inner()).0;
         let ready = !blocked(&mut guard);
