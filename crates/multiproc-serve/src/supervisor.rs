@@ -84,7 +84,7 @@ enum Gone {
 pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
     let mut attempt = 0u32;
     loop {
-        if group.winding_down() && group.queue.len() == 0 {
+        if group.winding_down() {
             break;
         }
         let gone = match start(&group, instance) {

@@ -373,9 +373,16 @@ impl VersionGroup {
         }
     }
 
-    /// True once the version should not restart workers.
+    /// True once the version should not (re)start workers: it stopped, or
+    /// it drains and nothing is left queued (a worker lost while its version
+    /// drains is replaced, to finish the requests it never started).
     pub fn winding_down(&self) -> bool {
-        matches!(self.lock().state, VersionState::Draining | VersionState::Stopped | VersionState::Failed)
+        let state = self.lock().state;
+        match state {
+            VersionState::Stopped | VersionState::Failed => true,
+            VersionState::Draining => self.queue.len() == 0,
+            _ => false,
+        }
     }
 
     /// The version's status.
