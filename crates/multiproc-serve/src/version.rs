@@ -286,6 +286,13 @@ impl VersionGroup {
                 self.transition(&mut s, VersionState::Stopped, "drained");
             }
             self.changed.notify_all();
+            // Batches a worker held but never started go back to the queue
+            // when it dies, also after the queue stopped: with no worker
+            // left, nothing else would answer them.
+            let state = s.state;
+            drop(s);
+            let why = format!("the version is {} and no worker is left to run the request", state.as_str());
+            fail_all(self.queue.take_all(), |_| self.not_ready(&why));
         }
     }
 

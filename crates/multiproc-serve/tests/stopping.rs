@@ -83,3 +83,25 @@ fn a_worker_killed_while_its_version_drains_fails_its_batch_and_the_rest_are_sti
     assert!(pids.iter().all(|p| !process_exists(*p)), "a worker outlived its drained version");
     server.shutdown();
 }
+
+#[test]
+fn a_drain_that_times_out_answers_every_request_held_or_queued() {
+    let server = Server::new();
+    let (futures, pid) = two_batches_held_and_four_queued(&server, 20_000, Duration::from_millis(300));
+    server.unload("m").unwrap();
+    for (i, f) in futures.into_iter().enumerate() {
+        let err = block_on(f, PATIENCE).unwrap_err();
+        if i < 2 {
+            // The batch the worker was running when the drain timed out.
+            assert!(matches!(&err, ServeError::WorkerLost { pid: p, .. } if *p == pid), "{err}");
+        } else {
+            assert_eq!(err.kind(), multiproc_serve::ErrorKind::NotReady, "request {i}: {err}");
+            let message = err.to_string();
+            assert!(message.contains("drain timed out") || message.contains("stopped"), "{err}");
+        }
+    }
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.in_flight, v.queue_depth), (VersionState::Stopped, 0, 0), "{v:?}");
+    assert!(!process_exists(pid));
+    server.shutdown();
+}
