@@ -18,7 +18,7 @@
 
 pub mod protocol;
 
-use std::io::{BufRead, BufReader, BufWriter};
+use std::io::{BufRead, BufReader, BufWriter, Read};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -132,11 +132,7 @@ impl Model for CommandModel {
             return Err("the command's pipes are missing".to_string());
         };
         let prefix = label.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                crate::worker::log_to_server(&format!("[{prefix}] {line}"));
-            }
-        });
+        std::thread::spawn(move || forward_stderr(stderr, &prefix));
         let mut model = CommandModel {
             child,
             stdin: BufWriter::new(stdin),
@@ -193,6 +189,38 @@ impl Model for CommandModel {
                 (None, None) => Err("the command's response has neither outputs nor error".to_string()),
             })
             .collect()
+    }
+}
+
+/// Longest piece of a stderr line passed to the log at once: a longer line
+/// goes in pieces, so a command that never writes a newline cannot make
+/// the worker hold its whole output.
+const MAX_LOG_LINE: usize = 8 << 10;
+
+/// Passes the command's stderr to the server's log, line by line, until it
+/// closes. Bytes that are not UTF-8 are shown as U+FFFD and reading goes
+/// on: a command whose stderr nobody reads blocks once the pipe is full.
+fn forward_stderr(stderr: impl Read, prefix: &str) {
+    let mut stderr = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        let room = (MAX_LOG_LINE - line.len()) as u64;
+        let n = match stderr.by_ref().take(room).read_until(b'\n', &mut line) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        if n == 0 || line.ends_with(b"\n") || line.len() >= MAX_LOG_LINE {
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if !line.is_empty() {
+                crate::worker::log_to_server(&format!("[{prefix}] {}", String::from_utf8_lossy(text)));
+            }
+            line.clear();
+        }
+        if n == 0 {
+            return;
+        }
     }
 }
 
