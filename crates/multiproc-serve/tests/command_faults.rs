@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{PATIENCE, block_on};
-use multiproc_serve::{CommandConfig, CommandModel, ModelSpec, Request, ServeError, Server, Tensor};
+use multiproc_serve::{CommandConfig, CommandModel, ModelSettings, ModelSpec, Request, ServeError, Server, Tensor};
 
 /// A Python command: the reference worker's `serve` with the given `load`
 /// and `predict` (Python source defining both; `mw` is the module).
@@ -70,5 +70,18 @@ fn a_command_writing_an_endless_line_to_stderr_keeps_its_worker_small() {
     assert_eq!(ask(&server, "flood", 8).unwrap(), 8);
     let peak = peak_rss_kib(pid);
     assert!(peak < 32 << 10, "the worker held {peak} KiB for the command's stderr");
+    server.shutdown();
+}
+
+#[test]
+fn a_command_printing_to_stdout_before_ready_fails_its_load_with_a_protocol_error() {
+    let server = Server::new();
+    let settings = ModelSettings { startup_timeout: PATIENCE, ..Default::default() };
+    // A version string printed to stdout, then a good ready frame, then waiting for batches.
+    let chatty = python(
+        "def load(model, version):\n    print('0.5'); sys.stdout.flush()\n\ndef predict(model, batch):\n    return []\n",
+    );
+    let err = server.add(ModelSpec::<CommandModel>::new("chatty").version(1, chatty).settings(settings)).unwrap_err();
+    assert!(err.to_string().contains("broke the protocol"), "{err}");
     server.shutdown();
 }
