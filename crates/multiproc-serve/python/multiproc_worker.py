@@ -12,6 +12,8 @@ with {"type": "result", "id": N, "responses": [{"outputs": [T, ...]} | {"error":
 one response per request, in order. T = {"name", "datatype", "shape", "offset", "size"} locates a
 tensor's little-endian bytes in the blob; BYTES elements are u32 LE length-prefixed items.
 End of stdin means stop. Logs go to stderr (the server prefixes them with model and version).
+An exception raised by predict, or a wrong number of results, fails that batch's requests with
+the reason; the model stays loaded.
 
 Use it as a library:
 
@@ -148,7 +150,14 @@ def serve(load, predict, stdin=None, stdout=None):
                 errors[i] = str(e)
                 batch.append(None)
         good = [b for b in batch if b is not None]
-        results = iter(predict(model, good) if good else [])
+        # predict's own failure fails its batch, not the worker (the model stays loaded).
+        try:
+            results = list(predict(model, good)) if good else []
+            if len(results) != len(good):
+                raise ValueError("predict returned %d results for a batch of %d" % (len(results), len(good)))
+        except Exception as e:
+            results = [RuntimeError("predict failed: %s: %s" % (type(e).__name__, e))] * len(good)
+        results = iter(results)
         responses, out = [], bytearray()
         for i, inputs in enumerate(batch):
             if inputs is None:

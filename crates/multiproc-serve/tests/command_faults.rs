@@ -85,3 +85,36 @@ fn a_command_printing_to_stdout_before_ready_fails_its_load_with_a_protocol_erro
     assert!(err.to_string().contains("broke the protocol"), "{err}");
     server.shutdown();
 }
+
+#[test]
+fn a_python_predict_that_raises_fails_its_batch_and_keeps_its_model() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, ..Default::default() };
+    let raising = echo(
+        "if any(t.values()[0] < 0 for inputs in batch for t in inputs.values()): raise ValueError('negative input')",
+    );
+    server.add(ModelSpec::<CommandModel>::new("raising").version(1, raising).settings(settings)).unwrap();
+    let pid = server.status().model("raising").unwrap().versions[0].workers[0].pid.unwrap();
+    let err = ask(&server, "raising", -1).unwrap_err();
+    assert!(matches!(&err, ServeError::ModelFailed { message, .. } if message.contains("negative input")), "{err}");
+    assert_eq!(ask(&server, "raising", 3).unwrap(), 3);
+    let v = server.status().model("raising").unwrap().versions[0].clone();
+    assert_eq!((v.restarts, v.workers[0].pid), (0, Some(pid)), "the command was restarted: {v:?}");
+    server.shutdown();
+}
+
+#[test]
+fn a_python_predict_returning_too_few_results_fails_its_batch_and_keeps_its_model() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, ..Default::default() };
+    let short = python(
+        "def load(model, version):\n    return None\n\
+         def predict(model, batch):\n    return [] if list(batch[0].values())[0].values()[0] < 0 else [list(i.values()) for i in batch]\n",
+    );
+    server.add(ModelSpec::<CommandModel>::new("short").version(1, short).settings(settings)).unwrap();
+    let err = ask(&server, "short", -1).unwrap_err();
+    assert!(err.to_string().contains("0 results for a batch of 1"), "{err}");
+    assert_eq!(ask(&server, "short", 3).unwrap(), 3);
+    assert_eq!(server.status().model("short").unwrap().versions[0].restarts, 0);
+    server.shutdown();
+}
