@@ -154,3 +154,27 @@ fn the_models_own_errors_fail_only_their_request() {
     assert_eq!(server.infer::<u64, Tagged>(Request::new("d", 1).version(9)).unwrap_err().http_status(), 404);
     server.shutdown();
 }
+
+#[test]
+fn a_request_sent_while_the_only_worker_restarts_waits_for_it() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(300), ..Default::default() },
+        ..Default::default()
+    };
+    let loads_slowly = Behaviour { load_ms: 300, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, loads_slowly).settings(settings)).unwrap();
+    let pid = server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap();
+    // SAFETY: kill(2) on the pid of our own worker process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert!(wait_for(PATIENCE, || !server.status().model("m").unwrap().versions[0].ready));
+    // Without a version and with one: both wait in the queue for the new worker.
+    let default = server.infer_async::<u64, Tagged>(Request::new("m", 1));
+    let named = server.infer_async::<u64, Tagged>(Request::new("m", 2).version(1));
+    for (f, x) in [(default, 1), (named, 2)] {
+        let reply = block_on(f, PATIENCE).unwrap_or_else(|e| panic!("request {x} while the worker restarted: {e}"));
+        assert_eq!(reply.output.value, 2 * x);
+        assert_ne!(reply.output.pid as i32, pid);
+    }
+    server.shutdown();
+}
