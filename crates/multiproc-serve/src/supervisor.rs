@@ -456,6 +456,13 @@ type Answers = (Items, crate::worker::BatchTiming);
 /// `started`), noticing the worker's death at once.
 fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Instant) -> Result<Answers, Lost> {
     let deadline = group.settings.call_timeout.map(|t| (started + t, t));
+    // The last line the worker logged while running this batch: a worker
+    // that gives up (an external command that broke the protocol) says why
+    // there, and the error of the requests it fails repeats it.
+    let mut last_line = None;
+    let died = |last_line: Option<String>| {
+        Lost::Died(last_line.map(|l| format!("its last log line: {l}")).unwrap_or_default())
+    };
     loop {
         let slice = match deadline {
             Some((at, timeout)) => {
@@ -469,14 +476,17 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
         };
         match worker.ends.replies.recv_timeout(slice) {
             Ok(FromWorker::Batch { id: got, items, timing }) if got == id => return Ok((items, timing)),
-            Ok(FromWorker::Log(line)) => log_line(group, &line),
+            Ok(FromWorker::Log(line)) => {
+                log_line(group, &line);
+                last_line = Some(line);
+            }
             Ok(other) => return Err(Lost::Died(format!("unexpected message from the worker: {other:?}"))),
             Err(ConnectionError::Timeout) => {
                 if !worker.process.is_alive() {
-                    return Err(Lost::Died(String::new()));
+                    return Err(died(last_line));
                 }
             }
-            Err(e) if e.is_closed() => return Err(Lost::Died(String::new())),
+            Err(e) if e.is_closed() => return Err(died(last_line)),
             Err(e) => return Err(Lost::Died(format!("bad reply: {e}"))),
         }
     }

@@ -118,3 +118,45 @@ fn a_python_predict_returning_too_few_results_fails_its_batch_and_keeps_its_mode
     assert_eq!(server.status().model("short").unwrap().versions[0].restarts, 0);
     server.shutdown();
 }
+
+/// A command that speaks the protocol itself: it echoes, except that an
+/// input of -1 gets a result with no response and -2 gets text on stdout.
+fn unruly() -> CommandConfig {
+    python(
+        "out = sys.stdout.buffer\n\
+         mw.write_frame(out, {'type': 'ready'})\n\
+         while True:\n    \
+             frame = mw.read_frame(sys.stdin.buffer)\n    \
+             if frame is None: break\n    \
+             header, blob = frame\n    \
+             x = mw._tensors(header['requests'][0]['inputs'], blob)['x'].values()[0]\n    \
+             if x == -2:\n        out.write(b'oops, a print\\n'); out.flush(); continue\n    \
+             refs = [] if x == -1 else [{'outputs': header['requests'][0]['inputs']}]\n    \
+             mw.write_frame(out, {'type': 'result', 'id': header['id'], 'responses': refs}, blob)\n\
+         def load(m, v): pass\n\
+         def predict(m, b): pass\n",
+    )
+}
+
+#[test]
+fn a_command_breaking_the_protocol_fails_its_batch_with_the_reason_and_is_replaced() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, ..Default::default() };
+    server.add(ModelSpec::<CommandModel>::new("unruly").version(1, unruly()).settings(settings)).unwrap();
+    assert_eq!(ask(&server, "unruly", 5).unwrap(), 5);
+    // A whole frame with the wrong number of responses: the batch fails, the command stays.
+    let err = ask(&server, "unruly", -1).unwrap_err();
+    assert!(
+        matches!(&err, ServeError::ModelFailed { message, .. } if message.contains("0 responses for a batch of 1")),
+        "{err}"
+    );
+    assert_eq!(ask(&server, "unruly", 6).unwrap(), 6);
+    assert_eq!(server.status().model("unruly").unwrap().versions[0].restarts, 0);
+    // Bytes that are not a frame: the stream is lost, the worker goes and says why.
+    let err = ask(&server, "unruly", -2).unwrap_err();
+    assert!(matches!(&err, ServeError::WorkerLost { .. }), "{err}");
+    assert!(err.to_string().contains("frame of"), "the error does not say why: {err}");
+    assert_eq!(ask(&server, "unruly", 7).unwrap(), 7);
+    assert_eq!(server.status().model("unruly").unwrap().versions[0].restarts, 1);
+    server.shutdown();
+}

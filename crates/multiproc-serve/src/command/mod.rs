@@ -172,15 +172,18 @@ impl Model for CommandModel {
             self.fatal(&format!("writing the batch: {e}"));
         }
         let (responses, blob) = match read_frame(&mut self.stdout, self.max_frame) {
-            Ok(Some((Header::Result { id: got, responses }, blob))) if got == id && responses.len() == n => {
-                (responses, blob)
-            }
+            Ok(Some((Header::Result { id: got, responses }, blob))) if got == id => (responses, blob),
             Ok(Some((other, _))) => {
                 self.fatal(&format!("expected the result of batch {id} with {n} responses, got {other:?}"))
             }
             Ok(None) => self.fatal("the command closed its stdout"),
             Err(e) => self.fatal(&e),
         };
+        // A whole frame, in step with the stream: only this batch is wrong.
+        if responses.len() != n {
+            let e = format!("the command answered {} responses for a batch of {n}", responses.len());
+            return vec![Err(e); n];
+        }
         responses
             .into_iter()
             .map(|r| match (r.outputs, r.error) {
