@@ -160,3 +160,20 @@ fn a_command_breaking_the_protocol_fails_its_batch_with_the_reason_and_is_replac
     assert_eq!(server.status().model("unruly").unwrap().versions[0].restarts, 1);
     server.shutdown();
 }
+
+#[test]
+fn a_command_that_reports_a_load_error_and_stays_alive_fails_its_load_with_that_error() {
+    let server = Server::new();
+    let settings = ModelSettings { startup_timeout: PATIENCE, ..Default::default() };
+    // The error frame, then a thread that keeps the command running.
+    let lingering = python(
+        "import threading, time\n\
+         threading.Thread(target=time.sleep, args=(3600,)).start()\n\
+         def load(model, version):\n    raise RuntimeError('no GPU found')\n\
+         def predict(model, batch):\n    return []\n",
+    );
+    let spec = ModelSpec::<CommandModel>::new("lingering").version(1, lingering).settings(settings);
+    let err = server.add(spec).unwrap_err();
+    assert!(err.to_string().contains("no GPU found"), "{err}");
+    server.shutdown();
+}

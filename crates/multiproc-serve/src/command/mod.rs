@@ -144,7 +144,8 @@ impl Model for CommandModel {
         match read_frame(&mut model.stdout, model.max_frame) {
             Ok(Some((Header::Ready, _))) => Ok(model),
             Ok(Some((Header::Error { message }, _))) => {
-                let _ = model.child.wait();
+                // It should exit now; one that lingers must not hold the load up.
+                let _ = model.child.kill();
                 Err(format!("the command could not load: {message}"))
             }
             Ok(Some((other, _))) => {
