@@ -29,14 +29,18 @@ pub(crate) enum Continuation {
 }
 
 impl Continuation {
-    /// Hands the model's answer on (a caller's wake-up goes to `wakes`).
-    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes) {
+    /// Hands the model's answer on (a caller's wake-up goes to `wakes`);
+    /// false if the caller already had its answer (its deadline passed).
+    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes) -> bool {
         match self {
             Continuation::Answer(guard) => {
                 drop(guard);
-                slot.complete_later(Ok(answer), wakes);
+                slot.complete_later(Ok(answer), wakes)
             }
-            Continuation::Post(then) => then(answer, slot),
+            Continuation::Post(then) => {
+                then(answer, slot);
+                true
+            }
         }
     }
 }

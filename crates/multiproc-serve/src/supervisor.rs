@@ -304,15 +304,18 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
     if dropped.is_empty() {
         return;
     }
+    let now = Instant::now();
     for p in dropped.drain(..) {
-        let e = if p.slot.is_cancelled() {
-            ServeError::Cancelled { model: group.model.clone() }
-        } else {
+        // A caller whose deadline passed gave up (cancelled) as it got its
+        // error: it counts as a deadline, not as a cancel.
+        let e = if p.deadline.is_some_and(|d| d <= now) || !p.slot.is_cancelled() {
             ServeError::DeadlineExceeded {
                 model: group.model.clone(),
                 waited: p.slot.arrived.elapsed(),
                 stage: "queued",
             }
+        } else {
+            ServeError::Cancelled { model: group.model.clone() }
         };
         group.counters.failure(e.kind());
         p.slot.complete(Err(e));
@@ -507,7 +510,7 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
     let queued = d.sent_at.saturating_duration_since(p.enqueued);
     match answer {
         Ok(bytes) => {
-            d.tally.add(d.now.saturating_duration_since(p.slot.arrived), queued);
+            let total = d.now.saturating_duration_since(p.slot.arrived);
             let answer = Answer {
                 bytes,
                 model: group.model_name.clone(),
@@ -516,11 +519,16 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
                 queued,
                 batch_size: d.batch_size,
             };
-            match p.then {
+            let delivered = match p.then {
                 Some(then) => then.run(answer, p.slot, &mut d.wakes),
-                None => {
-                    p.slot.complete_later(Ok(answer), &mut d.wakes);
-                }
+                None => p.slot.complete_later(Ok(answer), &mut d.wakes),
+            };
+            // An answer that comes after its request's deadline answered
+            // the caller goes nowhere: the caller saw a failure.
+            if delivered {
+                d.tally.add(total, queued);
+            } else {
+                group.counters.failure(crate::ErrorKind::DeadlineExceeded);
             }
         }
         Err(message) => {
