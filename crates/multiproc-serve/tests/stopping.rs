@@ -7,55 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
-use multiproc_serve::{InferFuture, ModelSettings, ModelSpec, Request, ServeError, Server, StartMode, VersionState};
-
-/// True while a process with this pid exists (a zombie counts: it was not reaped).
-fn process_exists(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Model "m", version 1: one worker, batches of 2; a batch holding an input
-/// below 2 sleeps `slow_ms`. Started lazily by 8 requests sent while it
-/// loads, so that when it is ready it takes batch {0, 1} (slow) and holds
-/// batch {2, 3} in its pipe, while {4..8} wait in the queue. Returns the
-/// futures and the worker's pid.
-fn two_batches_held_and_four_queued(
-    server: &Server,
-    slow_ms: u64,
-    drain_timeout: Duration,
-) -> (Vec<InferFuture<Tagged>>, i32) {
-    let settings = ModelSettings {
-        max_batch_size: 2,
-        start: StartMode::Lazy,
-        drain_timeout,
-        restart: multiproc_serve::RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
-        ..Default::default()
-    };
-    let behaviour = Behaviour { batch_ms: slow_ms, slow_below: Some(2), load_ms: 500, ..Default::default() };
-    server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
-    let futures: Vec<_> = (0..8u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).collect();
-    assert!(
-        wait_for(PATIENCE, || {
-            let v = server.status().model("m").unwrap().versions[0].clone();
-            v.in_flight == 4 && v.queue_depth == 4
-        }),
-        "{:?}",
-        server.status().model("m").unwrap().versions[0]
-    );
-    let pid = server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap();
-    (futures, pid)
-}
-
-fn kill(pid: i32) {
-    // SAFETY: kill(2) on the pid of our own worker process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-}
+use common::{PATIENCE, block_on, kill, process_exists, two_batches_held_and_four_queued, wait_for};
+use multiproc_serve::{ModelSettings, ServeError, Server, VersionState};
 
 #[test]
 fn a_worker_killed_while_its_version_drains_fails_its_batch_and_the_rest_are_still_answered() {
     let server = Server::new();
-    let (futures, pid) = two_batches_held_and_four_queued(&server, 20_000, Duration::from_secs(60));
+    let (futures, pid) = two_batches_held_and_four_queued(&server, 20_000, ModelSettings::default());
     let unloading = {
         let server = server.clone();
         std::thread::spawn(move || server.unload("m"))
@@ -87,7 +45,11 @@ fn a_worker_killed_while_its_version_drains_fails_its_batch_and_the_rest_are_sti
 #[test]
 fn a_drain_that_times_out_answers_every_request_held_or_queued() {
     let server = Server::new();
-    let (futures, pid) = two_batches_held_and_four_queued(&server, 20_000, Duration::from_millis(300));
+    let (futures, pid) = two_batches_held_and_four_queued(
+        &server,
+        20_000,
+        ModelSettings { drain_timeout: Duration::from_millis(300), ..Default::default() },
+    );
     server.unload("m").unwrap();
     for (i, f) in futures.into_iter().enumerate() {
         let err = block_on(f, PATIENCE).unwrap_err();

@@ -178,3 +178,53 @@ fn a_request_sent_while_the_only_worker_restarts_waits_for_it() {
     }
     server.shutdown();
 }
+
+#[test]
+fn a_call_timeout_fails_the_batch_that_ran_and_the_batch_held_behind_it_runs_on_the_new_worker() {
+    let server = Server::new();
+    let settings = ModelSettings { call_timeout: Some(Duration::from_millis(500)), ..Default::default() };
+    let (futures, pid) = common::two_batches_held_and_four_queued(&server, 20_000, settings);
+    for (i, f) in futures.into_iter().enumerate() {
+        let result = block_on(f, PATIENCE);
+        if i < 2 {
+            assert!(matches!(&result, Err(ServeError::CallTimeout { pid: p, .. }) if *p == pid), "{result:?}");
+        } else {
+            let reply = result.unwrap_or_else(|e| panic!("request {i} never started but failed: {e}"));
+            assert_eq!((reply.output.value, reply.version), (2 * i as u64, 1));
+            assert_ne!(reply.output.pid as i32, pid);
+        }
+    }
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.in_flight, v.queue_depth, v.restarts), (0, 0, 1), "{v:?}");
+    let m = server.metrics();
+    let m = m.get("m", 1).unwrap();
+    assert_eq!((m.request_success, m.request_failure.get("call_timeout")), (6, Some(&2)), "{m:?}");
+    assert!(!common::process_exists(pid));
+    server.shutdown();
+}
+
+#[test]
+fn a_worker_killed_while_it_loads_leaves_the_queued_requests_to_the_next_one() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let loads_slowly = Behaviour { load_ms: 1_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, loads_slowly).settings(settings)).unwrap();
+    let futures: Vec<_> = (0..5u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).collect();
+    let loading = || server.status().model("m").unwrap().versions[0].workers[0].pid;
+    assert!(wait_for(PATIENCE, || loading().is_some()));
+    let pid = loading().unwrap();
+    common::kill(pid);
+    for (i, f) in futures.into_iter().enumerate() {
+        let reply = block_on(f, PATIENCE).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(reply.output.value, 2 * i as u64);
+        assert_ne!(reply.output.pid as i32, pid);
+    }
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.in_flight, v.queue_depth, v.restarts), (VersionState::Ready, 0, 0, 1), "{v:?}");
+    assert!(v.last_failure.as_deref().is_some_and(|f| f.contains("while loading")), "{v:?}");
+    server.shutdown();
+}
