@@ -120,7 +120,8 @@ fn a_python_predict_returning_too_few_results_fails_its_batch_and_keeps_its_mode
 }
 
 /// A command that speaks the protocol itself: it echoes, except that an
-/// input of -1 gets a result with no response and -2 gets text on stdout.
+/// input of -1 gets a result with no response, -2 gets text on stdout and
+/// -3 ends it with a traceback.
 fn unruly() -> CommandConfig {
     python(
         "out = sys.stdout.buffer\n\
@@ -131,6 +132,7 @@ fn unruly() -> CommandConfig {
              header, blob = frame\n    \
              x = mw._tensors(header['requests'][0]['inputs'], blob)['x'].values()[0]\n    \
              if x == -2:\n        out.write(b'oops, a print\\n'); out.flush(); continue\n    \
+             if x == -3: 1 / 0\n    \
              refs = [] if x == -1 else [{'outputs': header['requests'][0]['inputs']}]\n    \
              mw.write_frame(out, {'type': 'result', 'id': header['id'], 'responses': refs}, blob)\n\
          def load(m, v): pass\n\
@@ -175,5 +177,23 @@ fn a_command_that_reports_a_load_error_and_stays_alive_fails_its_load_with_that_
     let spec = ModelSpec::<CommandModel>::new("lingering").version(1, lingering).settings(settings);
     let err = server.add(spec).unwrap_err();
     assert!(err.to_string().contains("no GPU found"), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn a_command_that_dies_says_why_in_the_error() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, ..Default::default() };
+    server.add(ModelSpec::<CommandModel>::new("unruly").version(1, unruly()).settings(settings.clone())).unwrap();
+    // A traceback in the middle of a batch.
+    let err = ask(&server, "unruly", -3).unwrap_err();
+    assert!(matches!(&err, ServeError::WorkerLost { .. }), "{err}");
+    assert!(err.to_string().contains("ZeroDivisionError"), "the error does not say why: {err}");
+    assert_eq!(ask(&server, "unruly", 7).unwrap(), 7);
+    // A traceback before ready.
+    let missing = CommandConfig::new("python3").arg("-c").arg("import no_such_module_for_multiproc_tests");
+    let settings = ModelSettings { startup_timeout: PATIENCE, ..settings };
+    let err = server.add(ModelSpec::<CommandModel>::new("missing").version(1, missing).settings(settings)).unwrap_err();
+    assert!(err.to_string().contains("ModuleNotFoundError"), "the error does not say why: {err}");
     server.shutdown();
 }

@@ -17,17 +17,21 @@
 //! ```
 
 pub mod protocol;
+mod stderr;
 
-use std::io::{BufRead, BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Model, WorkerContext};
 use crate::tensor::Tensor;
 use protocol::{Header, RequestRef, get_tensors, put_tensors, read_frame, write_frame};
+use stderr::StderrTail;
 
 /// How to start an external-command model version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +88,12 @@ pub struct CommandModel {
     max_frame: usize,
     next_id: u64,
     label: String,
+    /// The last line of its stderr, for the errors that say why it failed.
+    stderr: Arc<StderrTail>,
 }
+
+/// How long a failed command's stderr is waited for, to tell why it failed.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
 
 impl CommandModel {
     /// The command died or broke the protocol: the worker process exits so
@@ -94,7 +103,11 @@ impl CommandModel {
             let _ = self.child.kill();
             "still running; killed".to_string()
         });
-        crate::worker::log_to_server(&format!("[{}] external command failed: {what} (command {status})", self.label));
+        let why = self.stderr.explain(STDERR_GRACE);
+        crate::worker::log_to_server(&format!(
+            "[{}] external command failed: {what} (command {status}){why}",
+            self.label
+        ));
         std::process::exit(3);
     }
 }
@@ -131,8 +144,7 @@ impl Model for CommandModel {
         else {
             return Err("the command's pipes are missing".to_string());
         };
-        let prefix = label.clone();
-        std::thread::spawn(move || forward_stderr(stderr, &prefix));
+        let tail = StderrTail::forward(stderr, label.clone());
         let mut model = CommandModel {
             child,
             stdin: BufWriter::new(stdin),
@@ -140,6 +152,7 @@ impl Model for CommandModel {
             max_frame: config.max_frame_bytes,
             next_id: 0,
             label,
+            stderr: tail,
         };
         match read_frame(&mut model.stdout, model.max_frame) {
             Ok(Some((Header::Ready, _))) => Ok(model),
@@ -154,11 +167,13 @@ impl Model for CommandModel {
             }
             Ok(None) => {
                 let status = model.child.wait().map(|s| s.to_string()).unwrap_or_default();
-                Err(format!("the command exited before it was ready ({status})"))
+                let why = model.stderr.explain(STDERR_GRACE);
+                Err(format!("the command exited before it was ready ({status}){why}"))
             }
             Err(e) => {
                 let _ = model.child.kill();
-                Err(format!("the command broke the protocol: {e}"))
+                let why = model.stderr.explain(STDERR_GRACE);
+                Err(format!("the command broke the protocol: {e}{why}"))
             }
         }
     }
@@ -193,38 +208,6 @@ impl Model for CommandModel {
                 (None, None) => Err("the command's response has neither outputs nor error".to_string()),
             })
             .collect()
-    }
-}
-
-/// Longest piece of a stderr line passed to the log at once: a longer line
-/// goes in pieces, so a command that never writes a newline cannot make
-/// the worker hold its whole output.
-const MAX_LOG_LINE: usize = 8 << 10;
-
-/// Passes the command's stderr to the server's log, line by line, until it
-/// closes. Bytes that are not UTF-8 are shown as U+FFFD and reading goes
-/// on: a command whose stderr nobody reads blocks once the pipe is full.
-fn forward_stderr(stderr: impl Read, prefix: &str) {
-    let mut stderr = BufReader::new(stderr);
-    let mut line = Vec::new();
-    loop {
-        let room = (MAX_LOG_LINE - line.len()) as u64;
-        let n = match stderr.by_ref().take(room).read_until(b'\n', &mut line) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => 0,
-        };
-        if n == 0 || line.ends_with(b"\n") || line.len() >= MAX_LOG_LINE {
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            if !line.is_empty() {
-                crate::worker::log_to_server(&format!("[{prefix}] {}", String::from_utf8_lossy(text)));
-            }
-            line.clear();
-        }
-        if n == 0 {
-            return;
-        }
     }
 }
 
