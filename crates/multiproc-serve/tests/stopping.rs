@@ -67,3 +67,18 @@ fn a_drain_that_times_out_answers_every_request_held_or_queued() {
     assert!(!process_exists(pid));
     server.shutdown();
 }
+
+#[test]
+fn shutdown_with_batches_held_and_queued_answers_them_all_and_leaves_no_worker() {
+    let server = Server::new();
+    let (futures, pid) = two_batches_held_and_four_queued(&server, 1_000, ModelSettings::default());
+    server.shutdown();
+    // The drain finished every request before shutdown returned.
+    for (i, f) in futures.into_iter().enumerate() {
+        let reply = block_on(f, Duration::from_secs(1)).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(reply.output.value, 2 * i as u64);
+    }
+    assert!(!process_exists(pid), "the worker outlived the server");
+    let err = server.infer::<u64, common::Tagged>(multiproc_serve::Request::new("m", 1)).unwrap_err();
+    assert_eq!(err.kind(), multiproc_serve::ErrorKind::ShuttingDown, "{err}");
+}

@@ -228,3 +228,30 @@ fn a_worker_killed_while_it_loads_leaves_the_queued_requests_to_the_next_one() {
     assert!(v.last_failure.as_deref().is_some_and(|f| f.contains("while loading")), "{v:?}");
     server.shutdown();
 }
+
+#[test]
+fn a_worker_killed_mid_batch_with_a_second_batch_in_its_pipe_fails_only_the_batch_it_ran() {
+    let server = Server::new();
+    let (futures, pid) = common::two_batches_held_and_four_queued(&server, 20_000, ModelSettings::default());
+    common::kill(pid);
+    let killed = Instant::now();
+    for (i, f) in futures.into_iter().enumerate() {
+        let result = block_on(f, PATIENCE);
+        if i < 2 {
+            let Err(ServeError::WorkerLost { pid: p, status, .. }) = &result else { panic!("{result:?}") };
+            assert!(*p == pid && status.contains("signal 9"), "{result:?}");
+            assert!(killed.elapsed() < Duration::from_secs(2), "worker lost only after {:?}", killed.elapsed());
+        } else {
+            let reply = result.unwrap_or_else(|e| panic!("request {i} never started but failed: {e}"));
+            assert_eq!(reply.output.value, 2 * i as u64);
+            assert_ne!(reply.output.pid as i32, pid);
+        }
+    }
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.in_flight, v.queue_depth, v.restarts), (VersionState::Ready, 0, 0, 1), "{v:?}");
+    let m = server.metrics();
+    let m = m.get("m", 1).unwrap();
+    assert_eq!((m.request_success, m.request_failure.get("worker_lost")), (6, Some(&2)), "{m:?}");
+    assert_eq!(m.pending_requests, 0);
+    server.shutdown();
+}
