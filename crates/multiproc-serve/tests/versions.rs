@@ -160,3 +160,32 @@ fn lazy_start_unload_and_load() {
     assert_eq!(server.infer::<u64, Tagged>(Request::new("lazy", 2)).unwrap_err().kind(), ErrorKind::UnknownModel);
     server.shutdown();
 }
+
+#[test]
+fn a_new_version_killed_while_it_loads_for_a_switch_comes_back_and_the_switch_loses_nothing() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 8,
+        version_policy: VersionPolicy::Specific(vec![1]),
+        restart: multiproc_serve::RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let quick = Behaviour { batch_ms: 1, ..Default::default() };
+    let slow_load = Behaviour { batch_ms: 1, load_ms: 600, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("m").version(1, quick).version(2, slow_load).settings(settings);
+    server.add(spec).unwrap();
+    let (v1, v2) = under_load_from_4_threads(&server, || {
+        let switching = {
+            let server = server.clone();
+            std::thread::spawn(move || server.switch("m", 2))
+        };
+        let loading = || server.status().model("m").unwrap().version(2).unwrap().workers[0].pid;
+        assert!(wait_for(PATIENCE, || loading().is_some()));
+        common::kill(loading().unwrap());
+        switching.join().unwrap().unwrap();
+    });
+    assert!(v1 > 0 && v2 > 0);
+    let v = server.status().model("m").unwrap().version(2).unwrap().clone();
+    assert_eq!((v.state, v.restarts), (VersionState::Ready, 1), "{v:?}");
+    server.shutdown();
+}
