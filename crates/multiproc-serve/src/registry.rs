@@ -139,6 +139,15 @@ impl ModelEntry {
         }
     }
 
+    /// Stops every version at once, ending in `Failed` with `why` (a new
+    /// entry that failed to load and was never routed to).
+    pub fn stop(&self, why: &str) {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        for g in self.groups.values() {
+            g.stop_hard(VersionState::Failed, why);
+        }
+    }
+
     pub fn load_version(&self, version: u64) -> Result<(), ServeError> {
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let group = Arc::clone(self.group(version)?);

@@ -131,7 +131,12 @@ impl Server {
         let old = self.endpoints().get(&name).cloned();
         match old {
             Some(Endpoint::Model(old)) => {
-                entry.load()?;
+                // No request reached the new versions: stop them all, or
+                // their workers would go on restarting unseen.
+                if let Err(e) = entry.load() {
+                    entry.stop(&e.to_string());
+                    return Err(e);
+                }
                 self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Model(entry));
                 tracing::info!(model = %old.name, "switch: reloaded model; draining the old versions");
                 old.unload();
