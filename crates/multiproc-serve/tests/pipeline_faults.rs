@@ -99,3 +99,27 @@ fn a_model_reloaded_under_a_pipeline_loses_no_request() {
     );
     server.shutdown();
 }
+
+/// Preprocessing with a bug: it panics on "boom".
+fn parse_or_panic(text: String) -> Result<u64, String> {
+    assert_ne!(text, "boom", "cannot parse {text:?}");
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+#[test]
+fn a_preprocessing_step_that_panics_fails_only_its_own_request() {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default())).unwrap();
+    let spec = PipelineSpec::<String, u64, Tagged, Tagged>::new("p", "double", parse_or_panic, 1).chunk(64);
+    server.add_pipeline(spec).unwrap();
+    let mut futures: Vec<_> =
+        (0..200u64).map(|i| server.infer_async::<String, Tagged>(Request::new("p", i.to_string()))).collect();
+    futures.insert(100, server.infer_async::<String, Tagged>(Request::new("p", "boom".to_string())));
+    let results: Vec<_> = futures.into_iter().map(|f| block_on(f, PATIENCE)).collect();
+    let failed: Vec<_> = results.iter().enumerate().filter(|(i, r)| *i != 100 && r.is_err()).collect();
+    assert!(failed.is_empty(), "{} other requests failed, as {:?}", failed.len(), failed[0]);
+    let err = results[100].as_ref().unwrap_err();
+    assert_eq!(err.kind(), multiproc_serve::ErrorKind::ModelFailed, "{err}");
+    assert!(err.to_string().contains("cannot parse \"boom\""), "{err}");
+    server.shutdown();
+}
