@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::{ConnectionError, Process, ProcessError};
 
-use crate::batcher::{BatchQueue, Next, Pending, fail_all};
+use crate::batcher::{BatchQueue, Next, Pending};
 use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
 use crate::lone::{AnswerTimes, NextLone, poll_for};
@@ -441,10 +441,11 @@ fn fail_batch(group: &VersionGroup, worker: &mut Worker, batch: Vec<Pending>, lo
             (e, reason)
         }
     };
-    for _ in 0..n {
-        group.counters.failure(error.kind());
+    for p in batch {
+        // A request whose deadline already answered its caller counts as that.
+        let seen = if p.slot.complete(Err(error.clone())) { error.kind() } else { crate::ErrorKind::DeadlineExceeded };
+        group.counters.failure(seen);
     }
-    fail_all(batch, |_| error.clone());
     Gone::Crashed(reason)
 }
 

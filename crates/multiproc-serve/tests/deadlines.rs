@@ -38,3 +38,24 @@ fn a_deadline_that_passes_while_the_batch_runs_fails_the_request_and_counts_as_a
     assert_eq!(m.request_failure.get("deadline_exceeded"), Some(&2), "{m:?}");
     server.shutdown();
 }
+
+#[test]
+fn a_request_past_its_deadline_in_a_worker_that_dies_counts_once_as_a_deadline() {
+    let server = Server::new();
+    let slow = Behaviour { batch_ms: 20_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, slow)).unwrap();
+    let pid = server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap();
+    let f = server.infer_async::<u64, Tagged>(Request::new("m", 1).timeout(Duration::from_millis(200)));
+    assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1));
+    assert_eq!(block_on(f, PATIENCE).unwrap_err().kind(), ErrorKind::DeadlineExceeded);
+    common::kill(pid);
+    assert!(wait_for(PATIENCE, || {
+        let v = server.status().model("m").unwrap().versions[0].clone();
+        v.in_flight == 0 && v.restarts == 1
+    }));
+    let metrics = server.metrics();
+    let m = metrics.get("m", 1).unwrap();
+    let failures: Vec<_> = m.request_failure.iter().collect();
+    assert_eq!(failures, [(&"deadline_exceeded".to_string(), &1)], "{m:?}");
+    server.shutdown();
+}
