@@ -20,20 +20,12 @@ fn a_worker_killed_while_its_version_drains_fails_its_batch_and_the_rest_are_sti
     };
     assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].state == VersionState::Draining));
     kill(pid);
-    let mut pids = Vec::new();
-    for (i, f) in futures.into_iter().enumerate() {
-        let result = block_on(f, PATIENCE);
-        if i < 2 {
-            // The batch the worker was running.
-            assert!(matches!(&result, Err(ServeError::WorkerLost { pid: p, .. }) if *p == pid), "{result:?}");
-        } else {
-            // Never started: the drain finishes them on a new worker.
-            let reply = result.unwrap_or_else(|e| panic!("request {i}: {e}"));
-            assert_eq!(reply.output.value, 2 * i as u64);
-            assert_ne!(reply.output.pid as i32, pid);
-            pids.push(reply.output.pid as i32);
-        }
-    }
+    // The batch held and the queued ones never started: the drain finishes them on a new worker.
+    let pids = common::only_the_batch_that_ran_fails(
+        futures,
+        pid,
+        |e| matches!(e, ServeError::WorkerLost { pid: p, .. } if *p == pid),
+    );
     unloading.join().unwrap().unwrap();
     let v = server.status().model("m").unwrap().versions[0].clone();
     assert_eq!((v.state, v.in_flight, v.queue_depth), (VersionState::Stopped, 0, 0), "{v:?}");

@@ -184,16 +184,11 @@ fn a_call_timeout_fails_the_batch_that_ran_and_the_batch_held_behind_it_runs_on_
     let server = Server::new();
     let settings = ModelSettings { call_timeout: Some(Duration::from_millis(500)), ..Default::default() };
     let (futures, pid) = common::two_batches_held_and_four_queued(&server, 20_000, settings);
-    for (i, f) in futures.into_iter().enumerate() {
-        let result = block_on(f, PATIENCE);
-        if i < 2 {
-            assert!(matches!(&result, Err(ServeError::CallTimeout { pid: p, .. }) if *p == pid), "{result:?}");
-        } else {
-            let reply = result.unwrap_or_else(|e| panic!("request {i} never started but failed: {e}"));
-            assert_eq!((reply.output.value, reply.version), (2 * i as u64, 1));
-            assert_ne!(reply.output.pid as i32, pid);
-        }
-    }
+    common::only_the_batch_that_ran_fails(
+        futures,
+        pid,
+        |e| matches!(e, ServeError::CallTimeout { pid: p, .. } if *p == pid),
+    );
     let v = server.status().model("m").unwrap().versions[0].clone();
     assert_eq!((v.in_flight, v.queue_depth, v.restarts), (0, 0, 1), "{v:?}");
     let m = server.metrics();
@@ -235,18 +230,10 @@ fn a_worker_killed_mid_batch_with_a_second_batch_in_its_pipe_fails_only_the_batc
     let (futures, pid) = common::two_batches_held_and_four_queued(&server, 20_000, ModelSettings::default());
     common::kill(pid);
     let killed = Instant::now();
-    for (i, f) in futures.into_iter().enumerate() {
-        let result = block_on(f, PATIENCE);
-        if i < 2 {
-            let Err(ServeError::WorkerLost { pid: p, status, .. }) = &result else { panic!("{result:?}") };
-            assert!(*p == pid && status.contains("signal 9"), "{result:?}");
-            assert!(killed.elapsed() < Duration::from_secs(2), "worker lost only after {:?}", killed.elapsed());
-        } else {
-            let reply = result.unwrap_or_else(|e| panic!("request {i} never started but failed: {e}"));
-            assert_eq!(reply.output.value, 2 * i as u64);
-            assert_ne!(reply.output.pid as i32, pid);
-        }
-    }
+    common::only_the_batch_that_ran_fails(futures, pid, |e| {
+        assert!(killed.elapsed() < Duration::from_secs(2), "worker lost only after {:?}", killed.elapsed());
+        matches!(e, ServeError::WorkerLost { pid: p, status, .. } if *p == pid && status.contains("signal 9"))
+    });
     let v = server.status().model("m").unwrap().versions[0].clone();
     assert_eq!((v.state, v.in_flight, v.queue_depth, v.restarts), (VersionState::Ready, 0, 0, 1), "{v:?}");
     let m = server.metrics();

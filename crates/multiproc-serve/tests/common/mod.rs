@@ -9,7 +9,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use multiproc_serve::{
-    InferFuture, Model, ModelSettings, ModelSpec, Request, RestartPolicy, Server, StartMode, WorkerContext,
+    InferFuture, Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode, WorkerContext,
 };
 use serde::{Deserialize, Serialize};
 
@@ -196,4 +196,27 @@ pub fn two_batches_held_and_four_queued(
 pub fn kill(pid: i32) {
     // SAFETY: kill(2) on the pid of our own worker process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+}
+
+/// Waits for the futures of [`two_batches_held_and_four_queued`]: the
+/// batch the worker `pid` ran fails as `lost` says; the six requests it
+/// never started are answered by another worker. Returns their pids.
+pub fn only_the_batch_that_ran_fails(
+    futures: Vec<InferFuture<Tagged>>,
+    pid: i32,
+    lost: impl Fn(&ServeError) -> bool,
+) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for (i, f) in futures.into_iter().enumerate() {
+        let result = block_on(f, PATIENCE);
+        if i < 2 {
+            assert!(result.as_ref().is_err_and(&lost), "request {i} of the batch that ran: {result:?}");
+        } else {
+            let reply = result.unwrap_or_else(|e| panic!("request {i} never started but failed: {e}"));
+            assert_eq!(reply.output.value, 2 * i as u64);
+            assert_ne!(reply.output.pid as i32, pid);
+            pids.push(reply.output.pid as i32);
+        }
+    }
+    pids
 }
