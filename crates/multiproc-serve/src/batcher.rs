@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::deadline::after;
 use crate::error::ServeError;
 use crate::gauge::InFlight;
 use crate::items::Encoded;
@@ -270,7 +271,7 @@ impl BatchQueue {
     /// Expired and cancelled requests found on the way are returned in
     /// `dropped` for the caller to fail.
     pub fn next_batch(&self, settings: &ModelSettings, patience: Duration, dropped: &mut Vec<Pending>) -> Next {
-        let give_up = Instant::now() + patience;
+        let give_up = after(Instant::now(), patience);
         let mut s = self.lock();
         let generation = s.generation;
         loop {
@@ -295,7 +296,7 @@ impl BatchQueue {
                 } else if settings.dispatch_when_idle {
                     Some((n, BatchReason::IdleWorker))
                 } else {
-                    let due = s.items[0].enqueued + settings.max_queue_delay;
+                    let due = after(s.items[0].enqueued, settings.max_queue_delay);
                     if due <= now {
                         Some((n, BatchReason::Delay))
                     } else {

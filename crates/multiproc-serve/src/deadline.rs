@@ -6,10 +6,18 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
 use crate::slot::Slot;
+
+/// The instant `d` after `from`. A duration past what an `Instant` can
+/// hold (`Duration::MAX`, meant as "no limit") gives an instant a century
+/// away instead of a panic.
+pub(crate) fn after(from: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(d).or_else(|| from.checked_add(CENTURY)).unwrap_or(from)
+}
 
 struct Entry {
     at: Instant,

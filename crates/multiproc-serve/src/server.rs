@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batcher::{Continuation, Pending};
-use crate::deadline::Deadlines;
+use crate::deadline::{Deadlines, after};
 use crate::error::ServeError;
 use crate::items::Encoded;
 use crate::lone::LoneWait;
@@ -270,7 +270,7 @@ impl Server {
         match self.endpoint(&model)? {
             Endpoint::Model(entry) => {
                 entry.io.check::<I, O>(&model)?;
-                let deadline = timeout.or(entry.settings.request_timeout).map(|t| slot.arrived + t);
+                let deadline = timeout.or(entry.settings.request_timeout).map(|t| after(slot.arrived, t));
                 let bytes = postcard::to_allocvec(&input).map_err(|e| ServeError::BadInput {
                     model: model.to_string(),
                     reason: format!("input does not encode: {e}"),
@@ -284,7 +284,7 @@ impl Server {
                     return Err(ServeError::BadInput { model, reason: "a pipeline has no versions".to_string() });
                 }
                 p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
-                let deadline = timeout.map(|t| slot.arrived + t);
+                let deadline = timeout.map(|t| after(slot.arrived, t));
                 p.submit(&mut Some(input), Arc::clone(slot), deadline)?;
                 Ok((deadline, model))
             }

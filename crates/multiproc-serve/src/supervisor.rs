@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use multiproc::{ConnectionError, Process, ProcessError};
 
 use crate::batcher::{BatchQueue, Next, Pending};
+use crate::deadline::after;
 use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
 use crate::lone::{AnswerTimes, NextLone, poll_for};
@@ -115,7 +116,7 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
 
 /// Sleeps `d`, waking early (false) if the version winds down.
 fn sleep_unless_stopping(group: &VersionGroup, d: Duration) -> bool {
-    let until = Instant::now() + d;
+    let until = after(Instant::now(), d);
     loop {
         if group.winding_down() {
             return false;
@@ -136,7 +137,7 @@ fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
     let mut process = (group.spawner)(builder, theirs, ctx).map_err(|e| Gone::Crashed(format!("spawn failed: {e}")))?;
     let pid = process.pid().unwrap_or(0);
     group.worker_starting(instance, Some(pid));
-    let deadline = Instant::now() + group.settings.startup_timeout;
+    let deadline = after(Instant::now(), group.settings.startup_timeout);
     loop {
         if group.winding_down() {
             let _ = process.kill();
@@ -459,7 +460,7 @@ type Answers = (Items, crate::worker::BatchTiming);
 /// Waits for the answer to batch `id` (which the worker could start at
 /// `started`), noticing the worker's death at once.
 fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Instant) -> Result<Answers, Lost> {
-    let deadline = group.settings.call_timeout.map(|t| (started + t, t));
+    let deadline = group.settings.call_timeout.map(|t| (after(started, t), t));
     // The last line the worker logged while running this batch: a worker
     // that gives up (an external command that broke the protocol) says why
     // there, and the error of the requests it fails repeats it.

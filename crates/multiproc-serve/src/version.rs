@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::batcher::{BatchQueue, Pending, Refused, fail_all};
+use crate::deadline::after;
 use crate::error::ServeError;
 use crate::metrics::{Counters, VersionMetrics};
 use crate::model::Spawner;
@@ -298,7 +299,7 @@ impl VersionGroup {
 
     /// Waits until the version is ready, or fails, up to `timeout`.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), ServeError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(Instant::now(), timeout);
         let mut s = self.lock();
         loop {
             let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
@@ -337,7 +338,7 @@ impl VersionGroup {
             }
         }
         self.queue.close();
-        let deadline = Instant::now() + self.settings.drain_timeout;
+        let deadline = after(Instant::now(), self.settings.drain_timeout);
         let mut s = self.lock();
         while !s.workers.iter().all(|w| w.state == WorkerState::Stopped) {
             let now = Instant::now();
