@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::{PATIENCE, block_on};
 use multiproc_serve::{CommandConfig, CommandModel, ModelSettings, ModelSpec, Request, ServeError, Server, Tensor};
@@ -195,5 +196,24 @@ fn a_command_that_dies_says_why_in_the_error() {
     let settings = ModelSettings { startup_timeout: PATIENCE, ..settings };
     let err = server.add(ModelSpec::<CommandModel>::new("missing").version(1, missing).settings(settings)).unwrap_err();
     assert!(err.to_string().contains("ModuleNotFoundError"), "the error does not say why: {err}");
+    server.shutdown();
+}
+
+#[test]
+fn a_command_logging_without_pause_while_idle_still_serves() {
+    let server = Server::new();
+    // After loading, a thread writes stderr lines as fast as it can, for ever.
+    let chatty = python(
+        "import threading\n\
+         def spam():\n    while True: sys.stderr.write('still here\\n')\n\
+         def load(model, version):\n    threading.Thread(target=spam, daemon=True).start()\n\
+         def predict(model, batch):\n    return [list(inputs.values()) for inputs in batch]\n",
+    );
+    server.add(ModelSpec::<CommandModel>::new("chatty").version(1, chatty)).unwrap();
+    // Idle long enough for the supervisor to look at the worker's log.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3 {
+        assert_eq!(ask(&server, "chatty", i).unwrap(), i);
+    }
     server.shutdown();
 }
