@@ -457,6 +457,10 @@ enum Lost {
 
 type Answers = (Items, crate::worker::BatchTiming);
 
+/// Most messages read from a worker past its call timeout, looking for an
+/// answer that came in time.
+const LATE_READS: usize = 1024;
+
 /// Waits for the answer to batch `id` (which the worker could start at
 /// `started`), noticing the worker's death at once.
 fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Instant) -> Result<Answers, Lost> {
@@ -468,14 +472,24 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
     let died = |last_line: Option<String>| {
         Lost::Died(last_line.map(|l| format!("its last log line: {l}")).unwrap_or_default())
     };
+    let mut late_reads = 0;
     loop {
         let slice = match deadline {
             Some((at, timeout)) => {
                 let now = Instant::now();
                 if now >= at {
-                    return Err(Lost::Timeout(timeout));
+                    // This thread may read late (descheduled, a slow log):
+                    // what the worker sent meanwhile is read before the
+                    // timeout is declared, a bounded number of messages
+                    // (a stuck worker that keeps logging still times out).
+                    late_reads += 1;
+                    if late_reads > LATE_READS || !worker.ends.replies.poll(Duration::ZERO).unwrap_or(false) {
+                        return Err(Lost::Timeout(timeout));
+                    }
+                    Duration::ZERO
+                } else {
+                    (at - now).min(TICK)
                 }
-                (at - now).min(TICK)
             }
             None => TICK,
         };
