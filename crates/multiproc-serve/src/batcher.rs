@@ -13,7 +13,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::deadline::after;
-use crate::error::ServeError;
 use crate::gauge::InFlight;
 use crate::items::Encoded;
 use crate::metrics::BatchReason;
@@ -339,14 +338,6 @@ fn sweep(s: &mut State, front: usize, now: Instant, dropped: &mut Vec<Pending>) 
         let (gone, keep): (VecDeque<_>, VecDeque<_>) = s.items.drain(..).partition(gone);
         s.items = keep;
         dropped.extend(gone);
-    }
-}
-
-/// Fails requests that were dropped from a queue.
-pub(crate) fn fail_all(items: impl IntoIterator<Item = Pending>, error: impl Fn(&Pending) -> ServeError) {
-    for p in items {
-        let e = error(&p);
-        p.slot.complete(Err(e));
     }
 }
 

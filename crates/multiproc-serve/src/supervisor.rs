@@ -442,11 +442,7 @@ fn fail_batch(group: &VersionGroup, worker: &mut Worker, batch: Vec<Pending>, lo
             (e, reason)
         }
     };
-    for p in batch {
-        // A request whose deadline already answered its caller counts as that.
-        let seen = if p.slot.complete(Err(error.clone())) { error.kind() } else { crate::ErrorKind::DeadlineExceeded };
-        group.counters.failure(seen);
-    }
+    group.fail_requests(batch, &error);
     Gone::Crashed(reason)
 }
 

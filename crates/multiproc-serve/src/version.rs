@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::batcher::{BatchQueue, Pending, Refused, fail_all};
+use crate::batcher::{BatchQueue, Pending, Refused};
 use crate::deadline::after;
 use crate::error::ServeError;
 use crate::metrics::{Counters, VersionMetrics};
@@ -261,7 +261,7 @@ impl VersionGroup {
             self.transition(&mut s, VersionState::CrashLooping, &why);
             drop(s);
             let e = self.crash_looping_error();
-            fail_all(self.queue.take_all(), |_| e.clone());
+            self.fail_requests(self.queue.take_all(), &e);
         }
         backoff
     }
@@ -293,7 +293,7 @@ impl VersionGroup {
             let state = s.state;
             drop(s);
             let why = format!("the version is {} and no worker is left to run the request", state.as_str());
-            fail_all(self.queue.take_all(), |_| self.not_ready(&why));
+            self.fail_requests(self.queue.take_all(), &self.not_ready(&why));
         }
     }
 
@@ -372,12 +372,22 @@ impl VersionGroup {
             (s.threads.drain(..).collect::<Vec<_>>(), pids)
         };
         let left = self.queue.stop();
-        fail_all(left, |_| self.not_ready(why));
+        self.fail_requests(left, &self.not_ready(why));
         for pid in pids {
             crate::supervisor::kill_pid(pid);
         }
         for t in threads {
             let _ = t.join();
+        }
+    }
+
+    /// Fails requests (taken off the queue, or a lost worker's batch) with
+    /// `e`, counting each as what its caller saw (a request whose deadline
+    /// already answered it counts as a deadline).
+    pub fn fail_requests(&self, items: Vec<Pending>, e: &ServeError) {
+        for p in items {
+            let seen = if p.slot.complete(Err(e.clone())) { e.kind() } else { crate::ErrorKind::DeadlineExceeded };
+            self.counters.failure(seen);
         }
     }
 

@@ -242,3 +242,33 @@ fn a_worker_killed_mid_batch_with_a_second_batch_in_its_pipe_fails_only_the_batc
     assert_eq!(m.pending_requests, 0);
     server.shutdown();
 }
+
+#[test]
+fn requests_failed_because_their_version_crash_loops_or_stops_are_counted() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let broken = Behaviour { panic_on_load: Some("no weights".into()), ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("broken").version(1, broken).settings(settings)).unwrap();
+    // Queued while the version loads, failed when it turns crash-looping.
+    let futures: Vec<_> = (0..5u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("broken", i))).collect();
+    for f in futures {
+        assert_eq!(block_on(f, PATIENCE).unwrap_err().kind(), ErrorKind::CrashLooping);
+    }
+    // Queued when a drain times out.
+    let (futures, _) = common::two_batches_held_and_four_queued(
+        &server,
+        20_000,
+        ModelSettings { drain_timeout: Duration::from_millis(200), ..Default::default() },
+    );
+    server.unload("m").unwrap();
+    futures.into_iter().for_each(|f| assert!(block_on(f, PATIENCE).is_err()));
+    let metrics = server.metrics();
+    let failed = |model: &str| -> u64 { metrics.get(model, 1).unwrap().request_failure.values().sum() };
+    assert_eq!(failed("broken"), 5, "{:?}", metrics.get("broken", 1));
+    assert_eq!(failed("m"), 8, "{:?}", metrics.get("m", 1));
+    server.shutdown();
+}
