@@ -253,12 +253,18 @@ impl VersionGroup {
         w.backoff = Some(backoff);
         let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
         let crashes = s.crashes.len() as u32;
-        if crashes >= self.settings.restart.crash_loop_threshold
-            && !live
-            && matches!(s.state, VersionState::Loading | VersionState::Ready)
-        {
-            let why = format!("{crashes} crashes within {window:?}; failing requests fast");
-            self.transition(&mut s, VersionState::CrashLooping, &why);
+        if crashes >= self.settings.restart.crash_loop_threshold && !live {
+            match s.state {
+                VersionState::Loading | VersionState::Ready => {
+                    let why = format!("{crashes} crashes within {window:?}; failing requests fast");
+                    self.transition(&mut s, VersionState::CrashLooping, &why);
+                }
+                // A draining version whose workers do not come back cannot
+                // finish its queue: it fails now, not at the drain timeout
+                // (and the workers, with nothing queued, stop).
+                VersionState::Draining => {}
+                _ => return backoff,
+            }
             drop(s);
             let e = self.crash_looping_error();
             self.fail_requests(self.queue.take_all(), &e);

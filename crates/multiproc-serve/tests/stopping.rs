@@ -74,3 +74,65 @@ fn shutdown_with_batches_held_and_queued_answers_them_all_and_leaves_no_worker()
     let err = server.infer::<u64, common::Tagged>(multiproc_serve::Request::new("m", 1)).unwrap_err();
     assert_eq!(err.kind(), multiproc_serve::ErrorKind::ShuttingDown, "{err}");
 }
+
+/// Doubles its inputs; its load fails once the file named by its config exists.
+struct LoadsUntilMarked;
+
+impl multiproc_serve::Model for LoadsUntilMarked {
+    type Config = String;
+    type Input = u64;
+    type Output = u64;
+
+    fn load(marker: String, _: &multiproc_serve::WorkerContext) -> Result<Self, String> {
+        if std::path::Path::new(&marker).exists() {
+            return Err("the weights are gone".to_string());
+        }
+        Ok(LoadsUntilMarked)
+    }
+
+    fn predict(&mut self, batch: Vec<u64>) -> Vec<Result<u64, String>> {
+        if batch.contains(&0) {
+            std::thread::sleep(Duration::from_secs(20));
+        }
+        batch.into_iter().map(|x| Ok(2 * x)).collect()
+    }
+}
+
+#[test]
+fn a_draining_version_that_cannot_reload_fails_its_queue_without_waiting_for_the_drain_timeout() {
+    let marker = std::env::temp_dir().join(format!("multiproc-serve-marker-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 1,
+        drain_timeout: Duration::from_secs(120),
+        restart: multiproc_serve::RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let spec = multiproc_serve::ModelSpec::<LoadsUntilMarked>::new("m").version(1, marker.display().to_string());
+    server.add(spec.settings(settings)).unwrap();
+    let pid = server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap();
+    let running = server.infer_async::<u64, u64>(multiproc_serve::Request::new("m", 0));
+    assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1));
+    let queued: Vec<_> =
+        (1..4u64).map(|i| server.infer_async::<u64, u64>(multiproc_serve::Request::new("m", i))).collect();
+    let unloading = {
+        let server = server.clone();
+        std::thread::spawn(move || server.unload("m"))
+    };
+    assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].state == VersionState::Draining));
+    std::fs::write(&marker, b"").unwrap();
+    kill(pid);
+    let started = std::time::Instant::now();
+    assert_eq!(block_on(running, PATIENCE).unwrap_err().kind(), multiproc_serve::ErrorKind::WorkerLost);
+    for f in queued {
+        let err = block_on(f, PATIENCE).unwrap_err();
+        assert!(err.to_string().contains("the weights are gone"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "the queue failed only after {:?}", started.elapsed());
+    unloading.join().unwrap().unwrap();
+    let _ = std::fs::remove_file(&marker);
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.in_flight, v.queue_depth), (VersionState::Stopped, 0, 0), "{v:?}");
+    server.shutdown();
+}
