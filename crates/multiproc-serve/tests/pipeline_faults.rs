@@ -9,12 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
-use multiproc_serve::{ModelSpec, PipelineSpec, Request, Server};
+use multiproc_serve::{ModelSpec, PipelineSpec, Request, ServeError, Server};
 
-/// Preprocessing that answers the pid of its process; "slow" takes 1.5 s.
+/// Preprocessing that answers the pid of its process; "slow" takes 1.5 s,
+/// "die" ends the process.
 fn pid_of_preprocessing(text: String) -> Result<u64, String> {
     if text == "slow" {
         std::thread::sleep(Duration::from_millis(1_500));
+    }
+    if text == "die" {
+        std::process::exit(7);
     }
     Ok(u64::from(std::process::id()))
 }
@@ -121,5 +125,16 @@ fn a_preprocessing_step_that_panics_fails_only_its_own_request() {
     let err = results[100].as_ref().unwrap_err();
     assert_eq!(err.kind(), multiproc_serve::ErrorKind::ModelFailed, "{err}");
     assert!(err.to_string().contains("cannot parse \"boom\""), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn a_dead_preprocessing_worker_is_named_in_the_error() {
+    let server = server_with_pipeline();
+    let pre_pid =
+        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let err = server.infer::<String, Tagged>(Request::new("p", "die".to_string())).unwrap_err();
+    assert!(matches!(&err, ServeError::WorkerLost { pid, .. } if *pid == pre_pid), "{err}");
+    assert!(err.to_string().contains("exit code 7") || err.to_string().contains("code 7"), "{err}");
     server.shutdown();
 }
