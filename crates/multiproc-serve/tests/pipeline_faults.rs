@@ -138,3 +138,24 @@ fn a_dead_preprocessing_worker_is_named_in_the_error() {
     assert!(err.to_string().contains("exit code 7") || err.to_string().contains("code 7"), "{err}");
     server.shutdown();
 }
+
+#[test]
+fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
+    let server = server_with_pipeline();
+    let pre_pid =
+        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let mut futures: Vec<_> =
+        (0..50).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "fast".to_string()))).collect();
+    futures.extend((0..2).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string()))));
+    // The last handle goes without a shutdown, from another thread, while requests are in every stage.
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(server);
+        let _ = done.send(());
+    });
+    dropped.recv_timeout(PATIENCE).expect("dropping the server hung");
+    for f in futures {
+        let _ = block_on(f, PATIENCE);
+    }
+    assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived the server");
+}
