@@ -8,6 +8,15 @@
 //! A reference worker in Python, standard library only, ships as
 //! `crates/multiproc-serve/python/multiproc_worker.py`.
 //!
+//! A command that dies or breaks the protocol (bytes that are not a frame,
+//! a frame cut short, the answer to another batch) is killed and its worker
+//! restarted; the requests of its batch fail with `WorkerLost`, whose
+//! message ends with the last line the command wrote to stderr (a Python
+//! traceback's exception). A whole result with the wrong number of
+//! responses fails only that batch (`ModelFailed`). Its stderr reaches the
+//! log line by line (long lines in 8 KiB pieces, bytes that are not UTF-8
+//! shown as U+FFFD).
+//!
 //! ```no_run
 //! use multiproc_serve::{CommandConfig, CommandModel, ModelSpec, Server};
 //!
