@@ -217,3 +217,23 @@ fn a_command_logging_without_pause_while_idle_still_serves() {
     }
     server.shutdown();
 }
+
+#[test]
+fn a_python_predict_returning_something_else_than_tensors_fails_only_that_request() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, ..Default::default() };
+    // For a negative input, predict answers None instead of a list of tensors.
+    let sloppy = python(
+        "def load(model, version):\n    return None\n\
+         def predict(model, batch):\n    return [None if list(i.values())[0].values()[0] < 0 else list(i.values()) for i in batch]\n",
+    );
+    server.add(ModelSpec::<CommandModel>::new("sloppy").version(1, sloppy).settings(settings)).unwrap();
+    let err = ask(&server, "sloppy", -1).unwrap_err();
+    assert!(
+        matches!(&err, ServeError::ModelFailed { message, .. } if message.contains("not a list of tensors")),
+        "{err}"
+    );
+    assert_eq!(ask(&server, "sloppy", 3).unwrap(), 3);
+    assert_eq!(server.status().model("sloppy").unwrap().versions[0].restarts, 0);
+    server.shutdown();
+}
