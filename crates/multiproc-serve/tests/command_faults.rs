@@ -237,3 +237,20 @@ fn a_python_predict_returning_something_else_than_tensors_fails_only_that_reques
     assert_eq!(server.status().model("sloppy").unwrap().versions[0].restarts, 0);
     server.shutdown();
 }
+
+#[test]
+fn shutdown_with_a_batch_in_a_command_leaves_no_process() {
+    let server = Server::new();
+    let slow = echo("import time; time.sleep(0.5)");
+    server.add(ModelSpec::<CommandModel>::new("slow").version(1, slow)).unwrap();
+    let pid = server.status().model("slow").unwrap().versions[0].workers[0].pid.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let command: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let running = server.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new("slow", one(4)));
+    assert!(common::wait_for(PATIENCE, || server.status().model("slow").unwrap().versions[0].in_flight == 1));
+    server.shutdown();
+    // The drain let the batch finish, then the worker and its command went.
+    assert_eq!(block_on(running, PATIENCE).unwrap().output[0].to_vec::<i64>().unwrap(), [4]);
+    let gone = |p: i32| std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z "));
+    assert!(common::wait_for(PATIENCE, || gone(pid) && gone(command)), "a process outlived the server");
+}
