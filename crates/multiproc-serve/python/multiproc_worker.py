@@ -12,6 +12,8 @@ with {"type": "result", "id": N, "responses": [{"outputs": [T, ...]} | {"error":
 one response per request, in order. T = {"name", "datatype", "shape", "offset", "size"} locates a
 tensor's little-endian bytes in the blob; BYTES elements are u32 LE length-prefixed items.
 End of stdin means stop. Logs go to stderr (the server prefixes them with model and version).
+An exception raised by predict, or a wrong number of results, fails that batch's requests with
+the reason, and a result that is not a list of tensors fails its request; the model stays loaded.
 
 Use it as a library:
 
@@ -148,7 +150,14 @@ def serve(load, predict, stdin=None, stdout=None):
                 errors[i] = str(e)
                 batch.append(None)
         good = [b for b in batch if b is not None]
-        results = iter(predict(model, good) if good else [])
+        # predict's own failure fails its batch, not the worker (the model stays loaded).
+        try:
+            results = list(predict(model, good)) if good else []
+            if len(results) != len(good):
+                raise ValueError("predict returned %d results for a batch of %d" % (len(results), len(good)))
+        except Exception as e:
+            results = [RuntimeError("predict failed: %s: %s" % (type(e).__name__, e))] * len(good)
+        results = iter(results)
         responses, out = [], bytearray()
         for i, inputs in enumerate(batch):
             if inputs is None:
@@ -158,11 +167,17 @@ def serve(load, predict, stdin=None, stdout=None):
             if isinstance(result, Exception):
                 responses.append({"error": str(result)})
                 continue
-            refs = []
-            for t in result:
-                refs.append({"name": t.name, "datatype": t.datatype, "shape": t.shape,
-                             "offset": len(out), "size": len(t.data)})
-                out += t.data
+            refs, start = [], len(out)
+            try:
+                for t in result:
+                    refs.append({"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+                                 "offset": len(out), "size": len(t.data)})
+                    out += t.data
+            except Exception as e:  # that request's answer only
+                del out[start:]
+                responses.append({"error": "predict's result is not a list of tensors: %s: %s"
+                                  % (type(e).__name__, e)})
+                continue
             responses.append({"outputs": refs})
         write_frame(stdout, {"type": "result", "id": header["id"], "responses": responses}, bytes(out))
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::error::ServeError;
+use crate::deadline::after;
 use crate::gauge::InFlight;
 use crate::items::Encoded;
 use crate::metrics::BatchReason;
@@ -29,14 +29,18 @@ pub(crate) enum Continuation {
 }
 
 impl Continuation {
-    /// Hands the model's answer on (a caller's wake-up goes to `wakes`).
-    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes) {
+    /// Hands the model's answer on (a caller's wake-up goes to `wakes`);
+    /// false if the caller already had its answer (its deadline passed).
+    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes) -> bool {
         match self {
             Continuation::Answer(guard) => {
                 drop(guard);
-                slot.complete_later(Ok(answer), wakes);
+                slot.complete_later(Ok(answer), wakes)
             }
-            Continuation::Post(then) => then(answer, slot),
+            Continuation::Post(then) => {
+                then(answer, slot);
+                true
+            }
         }
     }
 }
@@ -266,7 +270,7 @@ impl BatchQueue {
     /// Expired and cancelled requests found on the way are returned in
     /// `dropped` for the caller to fail.
     pub fn next_batch(&self, settings: &ModelSettings, patience: Duration, dropped: &mut Vec<Pending>) -> Next {
-        let give_up = Instant::now() + patience;
+        let give_up = after(Instant::now(), patience);
         let mut s = self.lock();
         let generation = s.generation;
         loop {
@@ -291,7 +295,7 @@ impl BatchQueue {
                 } else if settings.dispatch_when_idle {
                     Some((n, BatchReason::IdleWorker))
                 } else {
-                    let due = s.items[0].enqueued + settings.max_queue_delay;
+                    let due = after(s.items[0].enqueued, settings.max_queue_delay);
                     if due <= now {
                         Some((n, BatchReason::Delay))
                     } else {
@@ -334,14 +338,6 @@ fn sweep(s: &mut State, front: usize, now: Instant, dropped: &mut Vec<Pending>) 
         let (gone, keep): (VecDeque<_>, VecDeque<_>) = s.items.drain(..).partition(gone);
         s.items = keep;
         dropped.extend(gone);
-    }
-}
-
-/// Fails requests that were dropped from a queue.
-pub(crate) fn fail_all(items: impl IntoIterator<Item = Pending>, error: impl Fn(&Pending) -> ServeError) {
-    for p in items {
-        let e = error(&p);
-        p.slot.complete(Err(e));
     }
 }
 

@@ -6,10 +6,18 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::ServeError;
 use crate::slot::Slot;
+
+/// The instant `d` after `from`. A duration past what an `Instant` can
+/// hold (`Duration::MAX`, meant as "no limit") gives an instant a century
+/// away instead of a panic.
+pub(crate) fn after(from: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(d).or_else(|| from.checked_add(CENTURY)).unwrap_or(from)
+}
 
 struct Entry {
     at: Instant,
@@ -41,7 +49,14 @@ struct State {
     seq: u64,
     stopped: bool,
     thread: Option<JoinHandle<()>>,
+    /// The heap's size at which the entries of requests already answered
+    /// are swept out (they leave the heap only when their time comes, and
+    /// a busy server answers most requests long before their deadline).
+    sweep_at: usize,
 }
+
+/// The smallest heap that is swept.
+const SWEEP_LEAST: usize = 1024;
 
 #[derive(Default)]
 struct Shared {
@@ -68,6 +83,11 @@ impl Deadlines {
         }
         s.seq += 1;
         let seq = s.seq;
+        if s.heap.len() >= s.sweep_at.max(SWEEP_LEAST) {
+            // Amortized: the next sweep waits until the heap doubles.
+            s.heap.retain(|Reverse(e)| e.slot.upgrade().is_some_and(|slot| !slot.is_done()));
+            s.sweep_at = s.heap.len().saturating_mul(2);
+        }
         s.heap.push(Reverse(Entry { at, seq, slot: Arc::downgrade(slot), model }));
         if s.thread.is_none() {
             let shared = Arc::clone(&self.shared);
@@ -110,5 +130,33 @@ fn run(shared: &Shared) {
             Some(at) => s = shared.changed.wait_timeout(s, at - now).unwrap_or_else(|e| e.into_inner()).0,
             None => s = shared.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadlines_of_answered_requests_do_not_pile_up() {
+        let deadlines = Deadlines::new();
+        let later = after(Instant::now(), Duration::from_secs(3600));
+        let waiting: Vec<Arc<Slot>> = (0..10).map(|_| Slot::new()).collect();
+        waiting.iter().for_each(|slot| deadlines.watch(later, slot, "m".into()));
+        for _ in 0..100_000 {
+            // A request answered (and its slot gone) long before its deadline.
+            deadlines.watch(later, &Slot::new(), "m".into());
+        }
+        let len = deadlines.shared.state.lock().unwrap().heap.len();
+        assert!(len <= 2 * SWEEP_LEAST, "{len} deadlines kept for 10 waiting requests");
+        // The requests still waiting keep theirs.
+        let soon = after(Instant::now(), Duration::from_millis(50));
+        let late = Slot::new();
+        deadlines.watch(soon, &late, "m".into());
+        assert!(late.wait_for(Duration::from_secs(30)).is_some_and(|r| r.is_err()));
+        let s = deadlines.shared.state.lock().unwrap();
+        assert!(s.heap.iter().filter(|Reverse(e)| e.slot.upgrade().is_some()).count() == 10);
+        drop(s);
+        deadlines.stop();
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use multiproc::{AsyncResult, Pool, PoolError, Task};
+use multiproc::{AsyncResult, Pool, PoolError, Task, TaskError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -330,12 +330,17 @@ where
                     let jobs = err_jobs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
                     err_self.chunk_done();
                     let error = match e {
-                        PoolError::Task { error, .. } => ServeError::WorkerLost {
-                            model: err_self.name.clone(),
-                            version: 0,
-                            pid: 0,
-                            status: format!("preprocessing worker: {error}"),
-                        },
+                        // The process that died, by its pid; a task that
+                        // failed otherwise is not a lost worker.
+                        PoolError::Task { error: error @ TaskError::WorkerLost { pid, .. }, .. } => {
+                            ServeError::WorkerLost {
+                                model: err_self.name.clone(),
+                                version: 0,
+                                pid: *pid,
+                                status: format!("preprocessing worker: {error}"),
+                            }
+                        }
+                        PoolError::Task { error: TaskError::Terminated, .. } => ServeError::ShuttingDown,
                         other => err_self.failed("preprocessing", other),
                     };
                     for (slot, _, _) in jobs {

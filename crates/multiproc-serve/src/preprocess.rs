@@ -10,6 +10,7 @@
 //! reuses the memory the previous one freed.
 
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
 use multiproc::Task;
@@ -17,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::items::{ITEM_BYTES_GUESS, Items};
+use crate::worker::panic_message;
 
 /// A preprocessed chunk: each input already encoded for the model by the
 /// preprocessing process (or its error), so that it reaches the model's
@@ -83,7 +85,12 @@ where
         let mut items = Items::with_capacity(n, chunk.byte_len().saturating_add(n.saturating_mul(ITEM_BYTES_GUESS)));
         for i in 0..n {
             match chunk.decode::<R>(i, "request") {
-                Ok(r) => items.push_output(self.0.call((r,))),
+                // A panic is that request's error: the chunk's other
+                // requests (up to `chunk` of them) are not its.
+                Ok(r) => match catch_unwind(AssertUnwindSafe(|| self.0.call((r,)))) {
+                    Ok(output) => items.push_output(output),
+                    Err(panic) => items.push_error(&format!("preprocessing panicked: {}", panic_message(&*panic))),
+                },
                 Err(message) => items.push_error(&message),
             }
         }

@@ -61,7 +61,7 @@ impl ModelEntry {
 
     /// The version a request goes to: the one named (if served), or the
     /// highest ready served version, or the highest served version that is
-    /// still coming up.
+    /// still coming up (starting, or ready with its workers restarting).
     pub fn resolve(&self, version: Option<u64>) -> Result<Arc<VersionGroup>, ServeError> {
         if self.unloaded.load(Ordering::Acquire) {
             return Err(ServeError::NotReady {
@@ -87,7 +87,10 @@ impl ModelEntry {
             return Ok(Arc::clone(g));
         }
         let coming = groups.find(|g| {
-            matches!(g.state(), VersionState::NotStarted | VersionState::Loading | VersionState::CrashLooping)
+            matches!(
+                g.state(),
+                VersionState::NotStarted | VersionState::Loading | VersionState::Ready | VersionState::CrashLooping
+            )
         });
         coming.map(Arc::clone).ok_or_else(|| ServeError::NotReady {
             model: self.name.clone(),
@@ -133,6 +136,15 @@ impl ModelEntry {
         tracing::info!(model = %self.name, "unload");
         for g in self.groups.values() {
             g.drain();
+        }
+    }
+
+    /// Stops every version at once, ending in `Failed` with `why` (a new
+    /// entry that failed to load and was never routed to).
+    pub fn stop(&self, why: &str) {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        for g in self.groups.values() {
+            g.stop_hard(VersionState::Failed, why);
         }
     }
 

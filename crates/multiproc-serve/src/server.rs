@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batcher::{Continuation, Pending};
-use crate::deadline::Deadlines;
+use crate::deadline::{Deadlines, after};
 use crate::error::ServeError;
 use crate::items::Encoded;
 use crate::lone::LoneWait;
@@ -131,7 +131,12 @@ impl Server {
         let old = self.endpoints().get(&name).cloned();
         match old {
             Some(Endpoint::Model(old)) => {
-                entry.load()?;
+                // No request reached the new versions: stop them all, or
+                // their workers would go on restarting unseen.
+                if let Err(e) = entry.load() {
+                    entry.stop(&e.to_string());
+                    return Err(e);
+                }
                 self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Model(entry));
                 tracing::info!(model = %old.name, "switch: reloaded model; draining the old versions");
                 old.unload();
@@ -265,7 +270,7 @@ impl Server {
         match self.endpoint(&model)? {
             Endpoint::Model(entry) => {
                 entry.io.check::<I, O>(&model)?;
-                let deadline = timeout.or(entry.settings.request_timeout).map(|t| slot.arrived + t);
+                let deadline = timeout.or(entry.settings.request_timeout).map(|t| after(slot.arrived, t));
                 let bytes = postcard::to_allocvec(&input).map_err(|e| ServeError::BadInput {
                     model: model.to_string(),
                     reason: format!("input does not encode: {e}"),
@@ -279,7 +284,7 @@ impl Server {
                     return Err(ServeError::BadInput { model, reason: "a pipeline has no versions".to_string() });
                 }
                 p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
-                let deadline = timeout.map(|t| slot.arrived + t);
+                let deadline = timeout.map(|t| after(slot.arrived, t));
                 p.submit(&mut Some(input), Arc::clone(slot), deadline)?;
                 Ok((deadline, model))
             }

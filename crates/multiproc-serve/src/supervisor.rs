@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use multiproc::{ConnectionError, Process, ProcessError};
 
-use crate::batcher::{BatchQueue, Next, Pending, fail_all};
+use crate::batcher::{BatchQueue, Next, Pending};
+use crate::deadline::after;
 use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
 use crate::lone::{AnswerTimes, NextLone, poll_for};
@@ -84,7 +85,7 @@ enum Gone {
 pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
     let mut attempt = 0u32;
     loop {
-        if group.winding_down() && group.queue.len() == 0 {
+        if group.winding_down() {
             break;
         }
         let gone = match start(&group, instance) {
@@ -115,7 +116,7 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
 
 /// Sleeps `d`, waking early (false) if the version winds down.
 fn sleep_unless_stopping(group: &VersionGroup, d: Duration) -> bool {
-    let until = Instant::now() + d;
+    let until = after(Instant::now(), d);
     loop {
         if group.winding_down() {
             return false;
@@ -136,7 +137,7 @@ fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
     let mut process = (group.spawner)(builder, theirs, ctx).map_err(|e| Gone::Crashed(format!("spawn failed: {e}")))?;
     let pid = process.pid().unwrap_or(0);
     group.worker_starting(instance, Some(pid));
-    let deadline = Instant::now() + group.settings.startup_timeout;
+    let deadline = after(Instant::now(), group.settings.startup_timeout);
     loop {
         if group.winding_down() {
             let _ = process.kill();
@@ -304,15 +305,18 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
     if dropped.is_empty() {
         return;
     }
+    let now = Instant::now();
     for p in dropped.drain(..) {
-        let e = if p.slot.is_cancelled() {
-            ServeError::Cancelled { model: group.model.clone() }
-        } else {
+        // A caller whose deadline passed gave up (cancelled) as it got its
+        // error: it counts as a deadline, not as a cancel.
+        let e = if p.deadline.is_some_and(|d| d <= now) || !p.slot.is_cancelled() {
             ServeError::DeadlineExceeded {
                 model: group.model.clone(),
                 waited: p.slot.arrived.elapsed(),
                 stage: "queued",
             }
+        } else {
+            ServeError::Cancelled { model: group.model.clone() }
         };
         group.counters.failure(e.kind());
         p.slot.complete(Err(e));
@@ -438,10 +442,7 @@ fn fail_batch(group: &VersionGroup, worker: &mut Worker, batch: Vec<Pending>, lo
             (e, reason)
         }
     };
-    for _ in 0..n {
-        group.counters.failure(error.kind());
-    }
-    fail_all(batch, |_| error.clone());
+    group.fail_requests(batch, &error);
     Gone::Crashed(reason)
 }
 
@@ -452,31 +453,55 @@ enum Lost {
 
 type Answers = (Items, crate::worker::BatchTiming);
 
+/// Most messages read from a worker past its call timeout, looking for an
+/// answer that came in time.
+const LATE_READS: usize = 1024;
+
 /// Waits for the answer to batch `id` (which the worker could start at
 /// `started`), noticing the worker's death at once.
 fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Instant) -> Result<Answers, Lost> {
-    let deadline = group.settings.call_timeout.map(|t| (started + t, t));
+    let deadline = group.settings.call_timeout.map(|t| (after(started, t), t));
+    // The last line the worker logged while running this batch: a worker
+    // that gives up (an external command that broke the protocol) says why
+    // there, and the error of the requests it fails repeats it.
+    let mut last_line = None;
+    let died = |last_line: Option<String>| {
+        Lost::Died(last_line.map(|l| format!("its last log line: {l}")).unwrap_or_default())
+    };
+    let mut late_reads = 0;
     loop {
         let slice = match deadline {
             Some((at, timeout)) => {
                 let now = Instant::now();
                 if now >= at {
-                    return Err(Lost::Timeout(timeout));
+                    // This thread may read late (descheduled, a slow log):
+                    // what the worker sent meanwhile is read before the
+                    // timeout is declared, a bounded number of messages
+                    // (a stuck worker that keeps logging still times out).
+                    late_reads += 1;
+                    if late_reads > LATE_READS || !worker.ends.replies.poll(Duration::ZERO).unwrap_or(false) {
+                        return Err(Lost::Timeout(timeout));
+                    }
+                    Duration::ZERO
+                } else {
+                    (at - now).min(TICK)
                 }
-                (at - now).min(TICK)
             }
             None => TICK,
         };
         match worker.ends.replies.recv_timeout(slice) {
             Ok(FromWorker::Batch { id: got, items, timing }) if got == id => return Ok((items, timing)),
-            Ok(FromWorker::Log(line)) => log_line(group, &line),
+            Ok(FromWorker::Log(line)) => {
+                log_line(group, &line);
+                last_line = Some(line);
+            }
             Ok(other) => return Err(Lost::Died(format!("unexpected message from the worker: {other:?}"))),
             Err(ConnectionError::Timeout) => {
                 if !worker.process.is_alive() {
-                    return Err(Lost::Died(String::new()));
+                    return Err(died(last_line));
                 }
             }
-            Err(e) if e.is_closed() => return Err(Lost::Died(String::new())),
+            Err(e) if e.is_closed() => return Err(died(last_line)),
             Err(e) => return Err(Lost::Died(format!("bad reply: {e}"))),
         }
     }
@@ -497,7 +522,7 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
     let queued = d.sent_at.saturating_duration_since(p.enqueued);
     match answer {
         Ok(bytes) => {
-            d.tally.add(d.now.saturating_duration_since(p.slot.arrived), queued);
+            let total = d.now.saturating_duration_since(p.slot.arrived);
             let answer = Answer {
                 bytes,
                 model: group.model_name.clone(),
@@ -506,11 +531,16 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
                 queued,
                 batch_size: d.batch_size,
             };
-            match p.then {
+            let delivered = match p.then {
                 Some(then) => then.run(answer, p.slot, &mut d.wakes),
-                None => {
-                    p.slot.complete_later(Ok(answer), &mut d.wakes);
-                }
+                None => p.slot.complete_later(Ok(answer), &mut d.wakes),
+            };
+            // An answer that comes after its request's deadline answered
+            // the caller goes nowhere: the caller saw a failure.
+            if delivered {
+                d.tally.add(total, queued);
+            } else {
+                group.counters.failure(crate::ErrorKind::DeadlineExceeded);
             }
         }
         Err(message) => {

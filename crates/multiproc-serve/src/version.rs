@@ -8,7 +8,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::batcher::{BatchQueue, Pending, Refused, fail_all};
+use crate::batcher::{BatchQueue, Pending, Refused};
+use crate::deadline::after;
 use crate::error::ServeError;
 use crate::metrics::{Counters, VersionMetrics};
 use crate::model::Spawner;
@@ -252,15 +253,21 @@ impl VersionGroup {
         w.backoff = Some(backoff);
         let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
         let crashes = s.crashes.len() as u32;
-        if crashes >= self.settings.restart.crash_loop_threshold
-            && !live
-            && matches!(s.state, VersionState::Loading | VersionState::Ready)
-        {
-            let why = format!("{crashes} crashes within {window:?}; failing requests fast");
-            self.transition(&mut s, VersionState::CrashLooping, &why);
+        if crashes >= self.settings.restart.crash_loop_threshold && !live {
+            match s.state {
+                VersionState::Loading | VersionState::Ready => {
+                    let why = format!("{crashes} crashes within {window:?}; failing requests fast");
+                    self.transition(&mut s, VersionState::CrashLooping, &why);
+                }
+                // A draining version whose workers do not come back cannot
+                // finish its queue: it fails now, not at the drain timeout
+                // (and the workers, with nothing queued, stop).
+                VersionState::Draining => {}
+                _ => return backoff,
+            }
             drop(s);
             let e = self.crash_looping_error();
-            fail_all(self.queue.take_all(), |_| e.clone());
+            self.fail_requests(self.queue.take_all(), &e);
         }
         backoff
     }
@@ -286,12 +293,19 @@ impl VersionGroup {
                 self.transition(&mut s, VersionState::Stopped, "drained");
             }
             self.changed.notify_all();
+            // Batches a worker held but never started go back to the queue
+            // when it dies, also after the queue stopped: with no worker
+            // left, nothing else would answer them.
+            let state = s.state;
+            drop(s);
+            let why = format!("the version is {} and no worker is left to run the request", state.as_str());
+            self.fail_requests(self.queue.take_all(), &self.not_ready(&why));
         }
     }
 
     /// Waits until the version is ready, or fails, up to `timeout`.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), ServeError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(Instant::now(), timeout);
         let mut s = self.lock();
         loop {
             let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
@@ -330,7 +344,7 @@ impl VersionGroup {
             }
         }
         self.queue.close();
-        let deadline = Instant::now() + self.settings.drain_timeout;
+        let deadline = after(Instant::now(), self.settings.drain_timeout);
         let mut s = self.lock();
         while !s.workers.iter().all(|w| w.state == WorkerState::Stopped) {
             let now = Instant::now();
@@ -364,7 +378,7 @@ impl VersionGroup {
             (s.threads.drain(..).collect::<Vec<_>>(), pids)
         };
         let left = self.queue.stop();
-        fail_all(left, |_| self.not_ready(why));
+        self.fail_requests(left, &self.not_ready(why));
         for pid in pids {
             crate::supervisor::kill_pid(pid);
         }
@@ -373,9 +387,26 @@ impl VersionGroup {
         }
     }
 
-    /// True once the version should not restart workers.
+    /// Fails requests (taken off the queue, or a lost worker's batch) with
+    /// `e`, counting each as what its caller saw (a request whose deadline
+    /// already answered it counts as a deadline).
+    pub fn fail_requests(&self, items: Vec<Pending>, e: &ServeError) {
+        for p in items {
+            let seen = if p.slot.complete(Err(e.clone())) { e.kind() } else { crate::ErrorKind::DeadlineExceeded };
+            self.counters.failure(seen);
+        }
+    }
+
+    /// True once the version should not (re)start workers: it stopped, or
+    /// it drains and nothing is left queued (a worker lost while its version
+    /// drains is replaced, to finish the requests it never started).
     pub fn winding_down(&self) -> bool {
-        matches!(self.lock().state, VersionState::Draining | VersionState::Stopped | VersionState::Failed)
+        let state = self.lock().state;
+        match state {
+            VersionState::Stopped | VersionState::Failed => true,
+            VersionState::Draining => self.queue.len() == 0,
+            _ => false,
+        }
     }
 
     /// The version's status.

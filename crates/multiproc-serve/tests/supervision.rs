@@ -154,3 +154,121 @@ fn the_models_own_errors_fail_only_their_request() {
     assert_eq!(server.infer::<u64, Tagged>(Request::new("d", 1).version(9)).unwrap_err().http_status(), 404);
     server.shutdown();
 }
+
+#[test]
+fn a_request_sent_while_the_only_worker_restarts_waits_for_it() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(300), ..Default::default() },
+        ..Default::default()
+    };
+    let loads_slowly = Behaviour { load_ms: 300, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, loads_slowly).settings(settings)).unwrap();
+    let pid = server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap();
+    // SAFETY: kill(2) on the pid of our own worker process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert!(wait_for(PATIENCE, || !server.status().model("m").unwrap().versions[0].ready));
+    // Without a version and with one: both wait in the queue for the new worker.
+    let default = server.infer_async::<u64, Tagged>(Request::new("m", 1));
+    let named = server.infer_async::<u64, Tagged>(Request::new("m", 2).version(1));
+    for (f, x) in [(default, 1), (named, 2)] {
+        let reply = block_on(f, PATIENCE).unwrap_or_else(|e| panic!("request {x} while the worker restarted: {e}"));
+        assert_eq!(reply.output.value, 2 * x);
+        assert_ne!(reply.output.pid as i32, pid);
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_call_timeout_fails_the_batch_that_ran_and_the_batch_held_behind_it_runs_on_the_new_worker() {
+    let server = Server::new();
+    let settings = ModelSettings { call_timeout: Some(Duration::from_millis(500)), ..Default::default() };
+    let (futures, pid) = common::two_batches_held_and_four_queued(&server, 20_000, settings);
+    common::only_the_batch_that_ran_fails(
+        futures,
+        pid,
+        |e| matches!(e, ServeError::CallTimeout { pid: p, .. } if *p == pid),
+    );
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.in_flight, v.queue_depth, v.restarts), (0, 0, 1), "{v:?}");
+    let m = server.metrics();
+    let m = m.get("m", 1).unwrap();
+    assert_eq!((m.request_success, m.request_failure.get("call_timeout")), (6, Some(&2)), "{m:?}");
+    assert!(!common::process_exists(pid));
+    server.shutdown();
+}
+
+#[test]
+fn a_worker_killed_while_it_loads_leaves_the_queued_requests_to_the_next_one() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let loads_slowly = Behaviour { load_ms: 1_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, loads_slowly).settings(settings)).unwrap();
+    let futures: Vec<_> = (0..5u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).collect();
+    let loading = || server.status().model("m").unwrap().versions[0].workers[0].pid;
+    assert!(wait_for(PATIENCE, || loading().is_some()));
+    let pid = loading().unwrap();
+    common::kill(pid);
+    for (i, f) in futures.into_iter().enumerate() {
+        let reply = block_on(f, PATIENCE).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(reply.output.value, 2 * i as u64);
+        assert_ne!(reply.output.pid as i32, pid);
+    }
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.in_flight, v.queue_depth, v.restarts), (VersionState::Ready, 0, 0, 1), "{v:?}");
+    assert!(v.last_failure.as_deref().is_some_and(|f| f.contains("while loading")), "{v:?}");
+    server.shutdown();
+}
+
+#[test]
+fn a_worker_killed_mid_batch_with_a_second_batch_in_its_pipe_fails_only_the_batch_it_ran() {
+    let server = Server::new();
+    let (futures, pid) = common::two_batches_held_and_four_queued(&server, 20_000, ModelSettings::default());
+    common::kill(pid);
+    let killed = Instant::now();
+    common::only_the_batch_that_ran_fails(futures, pid, |e| {
+        assert!(killed.elapsed() < Duration::from_secs(2), "worker lost only after {:?}", killed.elapsed());
+        matches!(e, ServeError::WorkerLost { pid: p, status, .. } if *p == pid && status.contains("signal 9"))
+    });
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.in_flight, v.queue_depth, v.restarts), (VersionState::Ready, 0, 0, 1), "{v:?}");
+    let m = server.metrics();
+    let m = m.get("m", 1).unwrap();
+    assert_eq!((m.request_success, m.request_failure.get("worker_lost")), (6, Some(&2)), "{m:?}");
+    assert_eq!(m.pending_requests, 0);
+    server.shutdown();
+}
+
+#[test]
+fn requests_failed_because_their_version_crash_loops_or_stops_are_counted() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let broken = Behaviour { panic_on_load: Some("no weights".into()), ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("broken").version(1, broken).settings(settings)).unwrap();
+    // Queued while the version loads, failed when it turns crash-looping.
+    let futures: Vec<_> = (0..5u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("broken", i))).collect();
+    for f in futures {
+        assert_eq!(block_on(f, PATIENCE).unwrap_err().kind(), ErrorKind::CrashLooping);
+    }
+    // Queued when a drain times out.
+    let (futures, _) = common::two_batches_held_and_four_queued(
+        &server,
+        20_000,
+        ModelSettings { drain_timeout: Duration::from_millis(200), ..Default::default() },
+    );
+    server.unload("m").unwrap();
+    futures.into_iter().for_each(|f| assert!(block_on(f, PATIENCE).is_err()));
+    let metrics = server.metrics();
+    let failed = |model: &str| -> u64 { metrics.get(model, 1).unwrap().request_failure.values().sum() };
+    assert_eq!(failed("broken"), 5, "{:?}", metrics.get("broken", 1));
+    assert_eq!(failed("m"), 8, "{:?}", metrics.get("m", 1));
+    server.shutdown();
+}

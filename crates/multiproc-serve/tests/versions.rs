@@ -160,3 +160,77 @@ fn lazy_start_unload_and_load() {
     assert_eq!(server.infer::<u64, Tagged>(Request::new("lazy", 2)).unwrap_err().kind(), ErrorKind::UnknownModel);
     server.shutdown();
 }
+
+#[test]
+fn a_new_version_killed_while_it_loads_for_a_switch_comes_back_and_the_switch_loses_nothing() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        max_batch_size: 8,
+        version_policy: VersionPolicy::Specific(vec![1]),
+        restart: multiproc_serve::RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let quick = Behaviour { batch_ms: 1, ..Default::default() };
+    let slow_load = Behaviour { batch_ms: 1, load_ms: 600, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("m").version(1, quick).version(2, slow_load).settings(settings);
+    server.add(spec).unwrap();
+    let (v1, v2) = under_load_from_4_threads(&server, || {
+        let switching = {
+            let server = server.clone();
+            std::thread::spawn(move || server.switch("m", 2))
+        };
+        let loading = || server.status().model("m").unwrap().version(2).unwrap().workers[0].pid;
+        assert!(wait_for(PATIENCE, || loading().is_some()));
+        common::kill(loading().unwrap());
+        switching.join().unwrap().unwrap();
+    });
+    assert!(v1 > 0 && v2 > 0);
+    let v = server.status().model("m").unwrap().version(2).unwrap().clone();
+    assert_eq!((v.state, v.restarts), (VersionState::Ready, 1), "{v:?}");
+    server.shutdown();
+}
+
+/// A model whose load fails, after noting its attempt in a file.
+struct NeverLoads;
+
+impl multiproc_serve::Model for NeverLoads {
+    type Config = String;
+    type Input = u64;
+    type Output = Tagged;
+
+    fn load(attempts: String, _: &multiproc_serve::WorkerContext) -> Result<Self, String> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(attempts).unwrap();
+        writeln!(file, "{}", std::process::id()).unwrap();
+        Err("the weights are missing".to_string())
+    }
+
+    fn predict(&mut self, _: Vec<u64>) -> Vec<Result<Tagged, String>> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_reload_that_fails_stops_the_new_workers_and_keeps_the_old_ones_serving() {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("m").version(1, Behaviour::default())).unwrap();
+    let attempts = std::env::temp_dir().join(format!("multiproc-serve-reload-{}", std::process::id()));
+    let _ = std::fs::remove_file(&attempts);
+    let settings = ModelSettings {
+        restart: multiproc_serve::RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    let broken = ModelSpec::<NeverLoads>::new("m").version(2, attempts.display().to_string()).settings(settings);
+    let err = server.add(broken).unwrap_err();
+    assert!(err.to_string().contains("the weights are missing"), "{err}");
+    let reply = server.infer::<u64, Tagged>(Request::new("m", 4)).unwrap();
+    assert_eq!((reply.version, reply.output.value), (1, 8));
+    // The failed version does not go on loading behind the server's back.
+    let count = || std::fs::read_to_string(&attempts).map_or(0, |s| s.lines().count());
+    let after_the_error = count();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let later = count();
+    let _ = std::fs::remove_file(&attempts);
+    assert_eq!(later, after_the_error, "the failed reload kept restarting its workers");
+    server.shutdown();
+}

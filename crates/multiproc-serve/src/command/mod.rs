@@ -8,6 +8,15 @@
 //! A reference worker in Python, standard library only, ships as
 //! `crates/multiproc-serve/python/multiproc_worker.py`.
 //!
+//! A command that dies or breaks the protocol (bytes that are not a frame,
+//! a frame cut short, the answer to another batch) is killed and its worker
+//! restarted; the requests of its batch fail with `WorkerLost`, whose
+//! message ends with the last line the command wrote to stderr (a Python
+//! traceback's exception). A whole result with the wrong number of
+//! responses fails only that batch (`ModelFailed`). Its stderr reaches the
+//! log line by line (long lines in 8 KiB pieces, bytes that are not UTF-8
+//! shown as U+FFFD).
+//!
 //! ```no_run
 //! use multiproc_serve::{CommandConfig, CommandModel, ModelSpec, Server};
 //!
@@ -17,17 +26,21 @@
 //! ```
 
 pub mod protocol;
+mod stderr;
 
-use std::io::{BufRead, BufReader, BufWriter};
+use std::io::{BufReader, BufWriter};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Model, WorkerContext};
 use crate::tensor::Tensor;
 use protocol::{Header, RequestRef, get_tensors, put_tensors, read_frame, write_frame};
+use stderr::StderrTail;
 
 /// How to start an external-command model version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +97,12 @@ pub struct CommandModel {
     max_frame: usize,
     next_id: u64,
     label: String,
+    /// The last line of its stderr, for the errors that say why it failed.
+    stderr: Arc<StderrTail>,
 }
+
+/// How long a failed command's stderr is waited for, to tell why it failed.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
 
 impl CommandModel {
     /// The command died or broke the protocol: the worker process exits so
@@ -94,7 +112,11 @@ impl CommandModel {
             let _ = self.child.kill();
             "still running; killed".to_string()
         });
-        crate::worker::log_to_server(&format!("[{}] external command failed: {what} (command {status})", self.label));
+        let why = self.stderr.explain(STDERR_GRACE);
+        crate::worker::log_to_server(&format!(
+            "[{}] external command failed: {what} (command {status}){why}",
+            self.label
+        ));
         std::process::exit(3);
     }
 }
@@ -131,12 +153,7 @@ impl Model for CommandModel {
         else {
             return Err("the command's pipes are missing".to_string());
         };
-        let prefix = label.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                crate::worker::log_to_server(&format!("[{prefix}] {line}"));
-            }
-        });
+        let tail = StderrTail::forward(stderr, label.clone());
         let mut model = CommandModel {
             child,
             stdin: BufWriter::new(stdin),
@@ -144,11 +161,13 @@ impl Model for CommandModel {
             max_frame: config.max_frame_bytes,
             next_id: 0,
             label,
+            stderr: tail,
         };
         match read_frame(&mut model.stdout, model.max_frame) {
             Ok(Some((Header::Ready, _))) => Ok(model),
             Ok(Some((Header::Error { message }, _))) => {
-                let _ = model.child.wait();
+                // It should exit now; one that lingers must not hold the load up.
+                let _ = model.child.kill();
                 Err(format!("the command could not load: {message}"))
             }
             Ok(Some((other, _))) => {
@@ -157,11 +176,13 @@ impl Model for CommandModel {
             }
             Ok(None) => {
                 let status = model.child.wait().map(|s| s.to_string()).unwrap_or_default();
-                Err(format!("the command exited before it was ready ({status})"))
+                let why = model.stderr.explain(STDERR_GRACE);
+                Err(format!("the command exited before it was ready ({status}){why}"))
             }
             Err(e) => {
                 let _ = model.child.kill();
-                Err(format!("the command broke the protocol: {e}"))
+                let why = model.stderr.explain(STDERR_GRACE);
+                Err(format!("the command broke the protocol: {e}{why}"))
             }
         }
     }
@@ -176,15 +197,18 @@ impl Model for CommandModel {
             self.fatal(&format!("writing the batch: {e}"));
         }
         let (responses, blob) = match read_frame(&mut self.stdout, self.max_frame) {
-            Ok(Some((Header::Result { id: got, responses }, blob))) if got == id && responses.len() == n => {
-                (responses, blob)
-            }
+            Ok(Some((Header::Result { id: got, responses }, blob))) if got == id => (responses, blob),
             Ok(Some((other, _))) => {
                 self.fatal(&format!("expected the result of batch {id} with {n} responses, got {other:?}"))
             }
             Ok(None) => self.fatal("the command closed its stdout"),
             Err(e) => self.fatal(&e),
         };
+        // A whole frame, in step with the stream: only this batch is wrong.
+        if responses.len() != n {
+            let e = format!("the command answered {} responses for a batch of {n}", responses.len());
+            return vec![Err(e); n];
+        }
         responses
             .into_iter()
             .map(|r| match (r.outputs, r.error) {

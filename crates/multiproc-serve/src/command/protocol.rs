@@ -156,6 +156,11 @@ pub fn write_frame(out: &mut impl Write, header: &Header, blob: &[u8]) -> std::i
 
 /// Reads one frame: its header and blob. `Ok(None)` at a clean end of stream.
 ///
+/// The header is read and checked before the blob: bytes that are not a
+/// frame (a `print` to stdout) fail at once instead of waiting for the
+/// hundreds of megabytes their first four bytes announce, and the blob's
+/// memory grows with the bytes that come, not with the length announced.
+///
 /// # Errors
 ///
 /// A frame longer than `max_frame`, a header that is not valid JSON of a
@@ -171,17 +176,25 @@ pub fn read_frame(input: &mut impl Read, max_frame: usize) -> Result<Option<(Hea
     if f < 4 || f > max_frame {
         return Err(format!("frame of {f} bytes is outside 4..={max_frame}"));
     }
-    let mut body = vec![0u8; f];
-    input.read_exact(&mut body).map_err(|e| format!("frame cut short: {e}"))?;
-    let (h, rest) = body.split_at(4);
-    let h = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    if h > rest.len() || h > MAX_HEADER {
+    input.read_exact(&mut len).map_err(|e| format!("frame cut short: {e}"))?;
+    let h = u32::from_le_bytes(len) as usize;
+    if h > f - 4 || h > MAX_HEADER {
         return Err(format!("header of {h} bytes does not fit the {f}-byte frame"));
     }
-    let header: Header = serde_json::from_slice(&rest[..h]).map_err(|e| format!("bad header: {e}"))?;
-    let blob = rest[h..].to_vec();
+    let mut json = vec![0u8; h];
+    input.read_exact(&mut json).map_err(|e| format!("frame cut short: {e}"))?;
+    let header: Header = serde_json::from_slice(&json).map_err(|e| format!("bad header: {e}"))?;
+    let n = f - 4 - h;
+    let mut blob = Vec::with_capacity(n.min(BLOB_RESERVE));
+    let got = input.take(n as u64).read_to_end(&mut blob).map_err(|e| format!("frame cut short: {e}"))?;
+    if got < n {
+        return Err(format!("frame cut short: {got} of {n} blob bytes"));
+    }
     Ok(Some((header, blob)))
 }
+
+/// Most memory reserved for a blob before its bytes come.
+const BLOB_RESERVE: usize = 64 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -208,5 +221,10 @@ mod tests {
         junk.extend_from_slice(b"{]");
         assert!(read_frame(&mut junk.as_slice(), 1 << 20).is_err());
         assert!(read_frame(&mut [].as_slice(), 1 << 20).unwrap().is_none());
+        // A good header whose blob is cut short.
+        let mut cut = Vec::new();
+        write_frame(&mut cut, &Header::Ready, b"0123456789").unwrap();
+        cut.truncate(cut.len() - 3);
+        assert!(read_frame(&mut cut.as_slice(), 1 << 20).unwrap_err().contains("7 of 10 blob bytes"));
     }
 }

@@ -8,7 +8,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use multiproc_serve::{Model, WorkerContext};
+use multiproc_serve::{
+    InferFuture, Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode, WorkerContext,
+};
 use serde::{Deserialize, Serialize};
 
 /// How the test model behaves.
@@ -153,4 +155,68 @@ pub fn capture_log() -> Arc<std::sync::Mutex<Vec<String>>> {
         let _ = tracing::subscriber::set_global_default(CaptureLog(Arc::clone(&lines)));
         lines
     }))
+}
+
+/// True while a process with this pid exists (a zombie counts: it was not reaped).
+pub fn process_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Model "m", version 1: one worker, batches of 2; a batch holding an input
+/// below 2 sleeps `slow_ms`. Started lazily by 8 requests sent while it
+/// loads, so that when it is ready it takes batch {0, 1} (slow) and holds
+/// batch {2, 3} in its pipe, while {4..8} wait in the queue. Returns the
+/// futures and the worker's pid. `settings` gives the rest of the settings.
+pub fn two_batches_held_and_four_queued(
+    server: &Server,
+    slow_ms: u64,
+    settings: ModelSettings,
+) -> (Vec<InferFuture<Tagged>>, i32) {
+    let settings = ModelSettings {
+        max_batch_size: 2,
+        start: StartMode::Lazy,
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..settings
+    };
+    let behaviour = Behaviour { batch_ms: slow_ms, slow_below: Some(2), load_ms: 500, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
+    let futures: Vec<_> = (0..8u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).collect();
+    assert!(
+        wait_for(PATIENCE, || {
+            let v = server.status().model("m").unwrap().versions[0].clone();
+            v.in_flight == 4 && v.queue_depth == 4
+        }),
+        "{:?}",
+        server.status().model("m").unwrap().versions[0]
+    );
+    let pid = server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap();
+    (futures, pid)
+}
+
+pub fn kill(pid: i32) {
+    // SAFETY: kill(2) on the pid of our own worker process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+}
+
+/// Waits for the futures of [`two_batches_held_and_four_queued`]: the
+/// batch the worker `pid` ran fails as `lost` says; the six requests it
+/// never started are answered by another worker. Returns their pids.
+pub fn only_the_batch_that_ran_fails(
+    futures: Vec<InferFuture<Tagged>>,
+    pid: i32,
+    lost: impl Fn(&ServeError) -> bool,
+) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for (i, f) in futures.into_iter().enumerate() {
+        let result = block_on(f, PATIENCE);
+        if i < 2 {
+            assert!(result.as_ref().is_err_and(&lost), "request {i} of the batch that ran: {result:?}");
+        } else {
+            let reply = result.unwrap_or_else(|e| panic!("request {i} never started but failed: {e}"));
+            assert_eq!(reply.output.value, 2 * i as u64);
+            assert_ne!(reply.output.pid as i32, pid);
+            pids.push(reply.output.pid as i32);
+        }
+    }
+    pids
 }

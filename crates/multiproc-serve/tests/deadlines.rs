@@ -1,0 +1,61 @@
+//! Deadlines racing answers: a request whose deadline passes while its
+//! batch runs gets its error at the deadline, the late answer goes nowhere,
+//! and the metrics count what the callers saw.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
+use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, Request, Server};
+
+#[test]
+fn a_deadline_that_passes_while_the_batch_runs_fails_the_request_and_counts_as_a_failure() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 4, ..Default::default() };
+    // Batches with an input below 100 take 1.5 s.
+    let slow = Behaviour { batch_ms: 1_500, slow_below: Some(100), ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, slow).settings(settings)).unwrap();
+    let short = Duration::from_millis(300);
+    let asked = Instant::now();
+    let late_async = server.infer_async::<u64, Tagged>(Request::new("m", 1).timeout(short));
+    let late_blocking = {
+        let server = server.clone();
+        std::thread::spawn(move || server.infer::<u64, Tagged>(Request::new("m", 2).timeout(short)))
+    };
+    let err = block_on(late_async, PATIENCE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(asked.elapsed() < Duration::from_millis(1_400), "the deadline error came with the answer");
+    let err = late_blocking.join().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    // A request in time after them is answered.
+    let reply = server.infer::<u64, Tagged>(Request::new("m", 200).timeout(PATIENCE)).unwrap();
+    assert_eq!(reply.output.value, 400);
+    assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 0));
+    let metrics = server.metrics();
+    let m = metrics.get("m", 1).unwrap();
+    assert_eq!(m.request_success, 1, "answers that came after their deadline counted as successes: {m:?}");
+    assert_eq!(m.request_failure.get("deadline_exceeded"), Some(&2), "{m:?}");
+    server.shutdown();
+}
+
+#[test]
+fn a_request_past_its_deadline_in_a_worker_that_dies_counts_once_as_a_deadline() {
+    let server = Server::new();
+    let slow = Behaviour { batch_ms: 20_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, slow)).unwrap();
+    let pid = server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap();
+    let f = server.infer_async::<u64, Tagged>(Request::new("m", 1).timeout(Duration::from_millis(200)));
+    assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1));
+    assert_eq!(block_on(f, PATIENCE).unwrap_err().kind(), ErrorKind::DeadlineExceeded);
+    common::kill(pid);
+    assert!(wait_for(PATIENCE, || {
+        let v = server.status().model("m").unwrap().versions[0].clone();
+        v.in_flight == 0 && v.restarts == 1
+    }));
+    let metrics = server.metrics();
+    let m = metrics.get("m", 1).unwrap();
+    let failures: Vec<_> = m.request_failure.iter().collect();
+    assert_eq!(failures, [(&"deadline_exceeded".to_string(), &1)], "{m:?}");
+    server.shutdown();
+}

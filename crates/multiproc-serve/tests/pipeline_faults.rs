@@ -1,0 +1,161 @@
+//! Pipelines under stress: removed while requests are in preprocessing,
+//! requests dropped by their callers mid-way, and the model reloaded under
+//! a pipeline that keeps serving.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
+use multiproc_serve::{ModelSpec, PipelineSpec, Request, ServeError, Server};
+
+/// Preprocessing that answers the pid of its process; "slow" takes 1.5 s,
+/// "die" ends the process.
+fn pid_of_preprocessing(text: String) -> Result<u64, String> {
+    if text == "slow" {
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+    if text == "die" {
+        std::process::exit(7);
+    }
+    Ok(u64::from(std::process::id()))
+}
+
+fn process_exists(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn server_with_pipeline() -> Server {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default())).unwrap();
+    let spec = PipelineSpec::<String, u64, Tagged, Tagged>::new("p", "double", pid_of_preprocessing, 1).chunk(1);
+    server.add_pipeline(spec).unwrap();
+    server
+}
+
+fn in_flight(server: &Server) -> usize {
+    server.status().model("p").unwrap().pipeline.as_ref().unwrap().in_flight
+}
+
+#[test]
+fn a_pipeline_removed_with_requests_in_preprocessing_answers_them_all_and_stops_its_pool() {
+    let server = server_with_pipeline();
+    let pre_pid =
+        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    assert!(process_exists(pre_pid));
+    let futures: Vec<_> =
+        (0..4).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string()))).collect();
+    assert!(wait_for(PATIENCE, || in_flight(&server) == 4));
+    std::thread::sleep(Duration::from_millis(200));
+    server.remove("p").unwrap();
+    for f in futures {
+        let result = block_on(f, PATIENCE);
+        assert!(result.is_err(), "answered by a removed pipeline: {result:?}");
+    }
+    assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived its pipeline");
+    server.shutdown();
+}
+
+#[test]
+fn requests_dropped_by_their_callers_in_preprocessing_leave_the_pipeline_empty() {
+    let server = server_with_pipeline();
+    let futures: Vec<_> =
+        (0..3).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string()))).collect();
+    assert!(wait_for(PATIENCE, || in_flight(&server) == 3));
+    drop(futures);
+    assert!(wait_for(PATIENCE, || in_flight(&server) == 0), "{} requests still counted", in_flight(&server));
+    let m = server.metrics();
+    let m = m.get("double", 1).unwrap();
+    assert_eq!(m.request_failure.get("cancelled"), Some(&3), "{m:?}");
+    assert_eq!(m.inference_count, 0, "a dropped request reached the model");
+    assert!(server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).is_ok());
+    server.shutdown();
+}
+
+#[test]
+fn a_model_reloaded_under_a_pipeline_loses_no_request() {
+    let server = server_with_pipeline();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (server, stop) = (server.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut versions = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let request = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+                let reply = server.infer::<String, Tagged>(request).unwrap_or_else(|e| panic!("lost: {e}"));
+                versions.push(reply.output.version);
+            }
+            versions
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // The same name with a new version: a reload without downtime.
+    server.add(ModelSpec::<Doubler>::new("double").version(2, Behaviour::default())).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Release);
+    let versions = load.join().unwrap();
+    assert!(
+        versions.contains(&1) && versions.last() == Some(&2),
+        "{:?}",
+        versions.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+    server.shutdown();
+}
+
+/// Preprocessing with a bug: it panics on "boom".
+fn parse_or_panic(text: String) -> Result<u64, String> {
+    assert_ne!(text, "boom", "cannot parse {text:?}");
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+#[test]
+fn a_preprocessing_step_that_panics_fails_only_its_own_request() {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default())).unwrap();
+    let spec = PipelineSpec::<String, u64, Tagged, Tagged>::new("p", "double", parse_or_panic, 1).chunk(64);
+    server.add_pipeline(spec).unwrap();
+    let mut futures: Vec<_> =
+        (0..200u64).map(|i| server.infer_async::<String, Tagged>(Request::new("p", i.to_string()))).collect();
+    futures.insert(100, server.infer_async::<String, Tagged>(Request::new("p", "boom".to_string())));
+    let results: Vec<_> = futures.into_iter().map(|f| block_on(f, PATIENCE)).collect();
+    let failed: Vec<_> = results.iter().enumerate().filter(|(i, r)| *i != 100 && r.is_err()).collect();
+    assert!(failed.is_empty(), "{} other requests failed, as {:?}", failed.len(), failed[0]);
+    let err = results[100].as_ref().unwrap_err();
+    assert_eq!(err.kind(), multiproc_serve::ErrorKind::ModelFailed, "{err}");
+    assert!(err.to_string().contains("cannot parse \"boom\""), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn a_dead_preprocessing_worker_is_named_in_the_error() {
+    let server = server_with_pipeline();
+    let pre_pid =
+        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let err = server.infer::<String, Tagged>(Request::new("p", "die".to_string())).unwrap_err();
+    assert!(matches!(&err, ServeError::WorkerLost { pid, .. } if *pid == pre_pid), "{err}");
+    assert!(err.to_string().contains("exit code 7") || err.to_string().contains("code 7"), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
+    let server = server_with_pipeline();
+    let pre_pid =
+        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let mut futures: Vec<_> =
+        (0..50).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "fast".to_string()))).collect();
+    futures.extend((0..2).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string()))));
+    // The last handle goes without a shutdown, from another thread, while requests are in every stage.
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(server);
+        let _ = done.send(());
+    });
+    dropped.recv_timeout(PATIENCE).expect("dropping the server hung");
+    for f in futures {
+        let _ = block_on(f, PATIENCE);
+    }
+    assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived the server");
+}
