@@ -46,3 +46,41 @@ fn a_request_naming_its_model_in_the_body_is_accepted_as_kserve_s_client_sends_i
     assert_eq!(st, 400, "{r}");
     assert!(r["error"].as_str().unwrap().contains("unknown field `output`"), "{r}");
 }
+
+/// GET `path`: status, `Content-Type` and the body as JSON (Null if it is not).
+fn get_typed(url: &str) -> (u16, Option<String>, serde_json::Value) {
+    let r = match agent().get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    let (status, kind) = (r.status(), r.header("content-type").map(str::to_string));
+    let body = r.into_string().unwrap_or_default();
+    (status, kind, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn health_and_readiness_answer_with_the_json_objects_of_the_protocol() {
+    let repo = TempDir::new("health");
+    small_repository(&repo.0);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    // The OIP's $live_server_response, $ready_server_response and
+    // $ready_model_response: KServe's client reads `live` and `ready` from
+    // them (an empty body fails its JSON decoding); Triton's reads only the status.
+    let json = Some("application/json".to_string());
+    assert_eq!(get_typed(&s.url("/v2/health/live")), (200, json.clone(), json!({"live": true})));
+    assert_eq!(get_typed(&s.url("/v2/health/ready")), (200, json.clone(), json!({"ready": true})));
+    assert_eq!(
+        get_typed(&s.url("/v2/models/digits/ready")),
+        (200, json.clone(), json!({"name": "digits", "ready": true}))
+    );
+    assert_eq!(
+        get_typed(&s.url("/v2/models/digits/versions/1/ready")),
+        (200, json.clone(), json!({"name": "digits", "ready": true}))
+    );
+    // Not ready: 503 and the error object, as every other failure.
+    assert_eq!(post_json(&s.url("/v2/repository/models/digits/unload"), &json!({})).0, 200);
+    let (st, kind, body) = get_typed(&s.url("/v2/models/digits/ready"));
+    assert_eq!((st, kind), (503, json.clone()));
+    assert!(body["error"].as_str().unwrap().contains("'digits' is not ready"), "{body}");
+}

@@ -136,12 +136,22 @@ async fn wrong_method(uri: Uri) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method", format!("{} does not take this method", uri.path()))
 }
 
-async fn live(State(app): State<Arc<App>>) -> StatusCode {
-    if app.core.is_live() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+// Health answers carry the OIP's JSON objects (`{"live": true}`,
+// `{"ready": true}`, `{"name": …, "ready": true}`): KServe's client reads
+// them; Triton's reads only the status, which is 200 or 503.
+
+async fn live(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    match app.core.is_live() {
+        true => Ok(Json(serde_json::json!({ "live": true }))),
+        false => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_live", "the server is shutting down")),
+    }
 }
 
-async fn ready(State(app): State<Arc<App>>) -> StatusCode {
-    if app.core.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+async fn ready(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    match app.core.is_ready() {
+        true => Ok(Json(serde_json::json!({ "ready": true }))),
+        false => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the server is not ready")),
+    }
 }
 
 async fn server_metadata() -> Json<ServerMetadata> {
@@ -182,24 +192,27 @@ async fn model_version_metadata(
     metadata(&app, &name, Some(parse_version(&version)?))
 }
 
-fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<StatusCode, ApiError> {
+fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<Json<serde_json::Value>, ApiError> {
     app.config(name)?;
     match app.core.model_ready(name, version)? {
-        true => Ok(StatusCode::OK),
+        true => Ok(Json(serde_json::json!({ "name": name, "ready": true }))),
         false => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("model '{name}' is not ready")))
         }
     }
 }
 
-async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn model_ready(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     readiness(&app, &name, None)
 }
 
 async fn model_version_ready(
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     readiness(&app, &name, Some(parse_version(&version)?))
 }
 

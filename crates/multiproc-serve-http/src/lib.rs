@@ -25,7 +25,9 @@
 //! `POST /v2/repository/index`, `POST /v2/repository/models/{m}/load` and
 //! `/unload` (a load of a model already served is a zero-downtime reload:
 //! a new version directory is started, traffic moves when it is ready, the
-//! old version drains), `GET /metrics`. Errors are `{"error": "..."}`: 400
+//! old version drains), `GET /metrics`. Health and readiness answer the
+//! protocol's `{"live": true}`, `{"ready": true}` and
+//! `{"name": …, "ready": true}`. Errors are `{"error": "..."}`: 400
 //! bad request, 404 unknown model or version, 413 body over the limit, 503
 //! not ready or overloaded (with `Retry-After`), 500 model failure.
 //!
