@@ -84,3 +84,15 @@ fn health_and_readiness_answer_with_the_json_objects_of_the_protocol() {
     assert_eq!((st, kind), (503, json.clone()));
     assert!(body["error"].as_str().unwrap().contains("'digits' is not ready"), "{body}");
 }
+
+#[test]
+fn readiness_of_a_version_the_model_does_not_have_is_404_as_its_metadata_is() {
+    let repo = TempDir::new("ready-version");
+    small_repository(&repo.0);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (st, _, meta) = get_typed(&s.url("/v2/models/digits/versions/7"));
+    assert_eq!(st, 404, "{meta}");
+    let (st, _, ready) = get_typed(&s.url("/v2/models/digits/versions/7/ready"));
+    assert_eq!(st, 404, "an unknown version is not a version that is loading: {ready}");
+    assert!(ready["error"].as_str().unwrap().contains("has no version 7"), "{ready}");
+}

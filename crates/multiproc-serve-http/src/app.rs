@@ -162,13 +162,20 @@ async fn server_metadata() -> Json<ServerMetadata> {
     })
 }
 
-fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMetadata>, ApiError> {
+/// The configuration of `name` and the versions it serves; 404 if
+/// `version` is given and not one of them.
+fn model_at(app: &App, name: &str, version: Option<u64>) -> Result<(Arc<ModelConfig>, Vec<u64>), ApiError> {
     let (config, served) = app.model(name)?;
     if let Some(v) = version
         && !served.contains(&v)
     {
         return Err(ApiError::not_found(format!("model '{name}' has no version {v} (served: {served:?})")));
     }
+    Ok((config, served))
+}
+
+fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMetadata>, ApiError> {
+    let (config, served) = model_at(app, name, version)?;
     Ok(Json(ModelMetadata {
         name: name.to_string(),
         versions: served.iter().map(u64::to_string).collect(),
@@ -193,7 +200,7 @@ async fn model_version_metadata(
 }
 
 fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<Json<serde_json::Value>, ApiError> {
-    app.config(name)?;
+    model_at(app, name, version)?;
     match app.core.model_ready(name, version)? {
         true => Ok(Json(serde_json::json!({ "name": name, "ready": true }))),
         false => {
