@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Longest time a request body may take to arrive, in seconds (408 after it).
     #[arg(long, default_value_t = 30)]
     body_timeout_secs: u64,
+    /// Longest time a request's headers may take to arrive, in seconds, also
+    /// the longest a kept-alive connection may stay idle (closed after it).
+    #[arg(long, default_value_t = 30)]
+    header_timeout_secs: u64,
     /// Threads handling HTTP (default: one per CPU).
     #[arg(long)]
     http_threads: Option<usize>,
@@ -108,6 +112,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         http: HttpOptions {
             body_limit: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.body_timeout_secs),
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         },
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -1,6 +1,7 @@
 //! Limits of `multiproc serve`: an overloaded model answers 503 with
 //! `Retry-After` at once; a slow client holds only its own connection (not
-//! a worker) and is cut off with 408 after the body timeout.
+//! a worker) and is cut off with 408 after the body timeout, or closed after
+//! the header timeout if it trickles its headers.
 
 mod support;
 
@@ -78,5 +79,43 @@ fn a_slow_client_holds_no_worker_and_times_out_with_408() {
     let _ = slow.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 2s"), "{answer}");
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_client_trickling_its_headers_is_cut_off_after_the_header_timeout() {
+    let repo = TempDir::new("slowheaders");
+    slow_repo(&repo.0);
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--header-timeout-secs", "2"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // Slowloris: a request line, then one header byte every 200 ms, never
+    // the blank line; and a connection that sends nothing at all.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    let t = Instant::now();
+    let mut cut_after = None;
+    while t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+        if slow.write_all(b"a").is_err() {
+            cut_after = Some(t.elapsed());
+            break;
+        }
+    }
+    let cut_after = cut_after.expect("the server kept a connection trickling its headers open for 15 s");
+    assert!(cut_after >= Duration::from_millis(1500), "cut off before the timeout: {cut_after:?}");
+    // The silent connection is closed too (EOF or reset, not the read timeout).
+    let mut buf = [0u8; 64];
+    let t = Instant::now();
+    let closed = match silent.read(&mut buf) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    assert!(closed && t.elapsed() < Duration::from_secs(14), "a silent connection stayed open");
+    // Others were served all along.
+    let (st, r) = post_json(&s.url("/v2/models/slow/infer"), &serde_json::from_str(BODY).unwrap());
+    assert_eq!(st, 200, "{r}");
     assert_eq!(s.terminate().code(), Some(0));
 }

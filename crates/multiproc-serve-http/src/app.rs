@@ -29,11 +29,21 @@ pub struct HttpOptions {
     /// body is read whole before anything is queued, so a slow client holds
     /// only its own connection, never a worker.
     pub body_timeout: Duration,
+    /// Longest time a request's headers may take to arrive, counted from
+    /// the end of the previous response on a kept-alive connection (the
+    /// connection is closed after it). A client trickling its headers
+    /// (slowloris), or one connected and silent, holds its connection no
+    /// longer than this.
+    pub header_timeout: Duration,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { body_limit: 64 << 20, body_timeout: Duration::from_secs(30) }
+        HttpOptions {
+            body_limit: 64 << 20,
+            body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use axum::http::{Method, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -30,7 +30,15 @@ use crate::app::App;
 /// Serves `router` (and, if `app` is given, its inference fast path) on
 /// `listener` until `stop` turns true; then stops accepting, lets every
 /// connection finish its request in flight, and returns once all are closed.
-pub(crate) async fn serve(listener: TcpListener, router: Router, app: Option<Arc<App>>, stop: watch::Receiver<bool>) {
+/// A connection whose next request's headers have not all arrived within
+/// `header_timeout` is closed.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    app: Option<Arc<App>>,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
     // Every connection holds a receiver; `closed` resolves when all are gone.
     let (open_tx, open_rx) = watch::channel(());
     let router = TowerToHyperService::new(router);
@@ -47,7 +55,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, app: Option<Arc
             _ = &mut stopping => break,
         };
         let front = Front { router: router.clone(), app: app.clone() };
-        tokio::spawn(connection(stream, front, stop.clone(), open_rx.clone()));
+        tokio::spawn(connection(stream, front, header_timeout, stop.clone(), open_rx.clone()));
     }
     drop(open_rx);
     drop(listener);
@@ -69,9 +77,16 @@ async fn accept_failed(e: std::io::Error) {
     }
 }
 
-/// Serves one connection until it closes; on `stop`, finishes the request
-/// in flight and closes it.
-async fn connection(stream: TcpStream, front: Front, stop: watch::Receiver<bool>, _open: watch::Receiver<()>) {
+/// Serves one connection until it closes (or a request's headers take
+/// longer than `header_timeout`); on `stop`, finishes the request in flight
+/// and closes it.
+async fn connection(
+    stream: TcpStream,
+    front: Front,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+    _open: watch::Receiver<()>,
+) {
     // One write per response, so Nagle never holds anything back; without
     // delay is what an answer should have anyway.
     let _ = stream.set_nodelay(true);
@@ -79,7 +94,10 @@ async fn connection(stream: TcpStream, front: Front, stop: watch::Receiver<bool>
         let front = front.clone();
         async move { Ok::<_, Infallible>(front.answer(request).await) }
     });
-    let mut conn = pin!(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+    // hyper's header read timeout needs a timer; without one it is off.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
     let mut stopping = pin!(stopped(stop));
     tokio::select! {
         biased;
