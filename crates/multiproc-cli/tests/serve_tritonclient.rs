@@ -9,43 +9,14 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
-fn run_with_limit(cmd: &mut Command, limit: Duration) -> std::process::Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} took more than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// The virtual environment with tritonclient, created if missing.
 fn venv() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venvs/tritonclient");
-    let python = dir.join("bin/python");
-    let ok = |p: &PathBuf| {
-        Command::new(p).args(["-c", "import tritonclient.http, numpy"]).status().is_ok_and(|s| s.success())
-    };
-    if !ok(&python) {
-        let out = run_with_limit(Command::new("python3").args(["-m", "venv"]).arg(&dir), Duration::from_secs(120));
-        assert!(out.status.success(), "python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr));
-        let out = run_with_limit(
-            Command::new(dir.join("bin/pip")).args(["install", "-q", "tritonclient[http]", "numpy"]),
-            Duration::from_secs(600),
-        );
-        assert!(out.status.success(), "pip install tritonclient failed: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(ok(&python), "tritonclient does not import after installing");
-    }
-    python
+    python_venv("tritonclient", &["tritonclient[http]", "numpy"], "import tritonclient.http, numpy")
 }
 
 #[test]
