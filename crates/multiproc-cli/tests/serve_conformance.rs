@@ -96,3 +96,58 @@ fn readiness_of_a_version_the_model_does_not_have_is_404_as_its_metadata_is() {
     assert_eq!(st, 404, "an unknown version is not a version that is loading: {ready}");
     assert!(ready["error"].as_str().unwrap().contains("has no version 7"), "{ready}");
 }
+
+/// POSTs raw bytes with these headers: status, body and
+/// `Inference-Header-Content-Length`.
+fn post_raw(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>, Option<String>) {
+    let req = headers.iter().fold(agent().post(url), |r, (k, v)| r.set(k, v));
+    call(req, Some(body))
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut e, bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn zlib(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut e, bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn a_gzip_or_deflate_request_body_is_decompressed_as_tritonclient_sends_it() {
+    let repo = TempDir::new("encoding");
+    small_repository(&repo.0);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--max-body-bytes", "100000"]);
+    let url = s.url("/v2/models/echo_int8/infer");
+    // tritonclient's request_compression_algorithm="gzip" / "deflate" (zlib):
+    // the whole body compressed, Inference-Header-Content-Length counting
+    // the JSON before compression.
+    let json = br#"{"id":"z","inputs":[{"name":"in_INT8","shape":[3],"datatype":"INT8","data":[1,-2,3]}]}"#;
+    let (st, body, _) = post_raw(&url, &[("content-encoding", "gzip")], &gzip(json));
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((&r["id"], &r["outputs"][0]["data"]), (&json!("z"), &json!([1, -2, 3])), "{r}");
+    let head = r#"{"inputs":[{"name":"in_INT8","shape":[2],"datatype":"INT8","parameters":{"binary_data_size":2}}],"parameters":{"binary_data_output":true}}"#;
+    let mut plain = head.as_bytes().to_vec();
+    plain.extend_from_slice(&[7, 0xf9]);
+    let length = head.len().to_string();
+    let (st, body, h) =
+        post_raw(&url, &[("content-encoding", "deflate"), ("inference-header-content-length", &length)], &zlib(&plain));
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let n: usize = h.unwrap().parse().unwrap();
+    assert_eq!(&body[n..], &[7, 0xf9]);
+    // An encoding the server cannot read: 415, said plainly.
+    let (st, body, _) = post_raw(&url, &[("content-encoding", "br")], json);
+    assert_eq!(st, 415, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("Content-Encoding 'br'"), "{}", String::from_utf8_lossy(&body));
+    // A body that inflates past the limit: 413 (a 1 MB run of zeros is ~1 kB gzipped).
+    let (st, body, _) = post_raw(&url, &[("content-encoding", "gzip")], &gzip(&vec![b' '; 1 << 20]));
+    assert_eq!(st, 413, "{}", String::from_utf8_lossy(&body));
+    // A body that is not what it claims: 400.
+    let (st, body, _) = post_raw(&url, &[("content-encoding", "gzip")], json);
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("gzip"), "{}", String::from_utf8_lossy(&body));
+}

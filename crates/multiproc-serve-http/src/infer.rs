@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use multiproc_serve::Request;
 
 use crate::app::{App, parse_version};
+use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{DecodedRequest, HEADER_CONTENT_LENGTH, Tensor, decode_request, encode_response};
 use crate::repository::{ModelConfig, TensorConfig};
@@ -64,7 +65,7 @@ where
         Ok(r) => r,
         Err(e) => {
             // Failures inside the core are counted by the core.
-            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout") {
+            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding") {
                 let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
                 app.http_counters.failure(&name, &v, e.reason);
             }
@@ -80,6 +81,8 @@ struct Lengths {
     /// `Inference-Header-Content-Length`: absent, a number, or the error
     /// for a value that is not one (answered after the body is read).
     json_header: Result<Option<u64>, ApiError>,
+    /// `Content-Encoding`, or the error for one not read here.
+    encoding: Result<ContentEncoding, ApiError>,
 }
 
 impl Lengths {
@@ -92,7 +95,7 @@ impl Lengths {
                 ApiError::bad_request(format!("Inference-Header-Content-Length is {v:?}, expected a number of bytes"))
             }),
         };
-        Lengths { body, json_header }
+        Lengths { body, json_header, encoding: ContentEncoding::of(headers) }
     }
 }
 
@@ -138,7 +141,8 @@ where
     B::Error: Into<axum::BoxError>,
 {
     let config = app.config(name)?;
-    let body = read_body(app, lengths.body, body).await?;
+    let encoding = lengths.encoding?;
+    let body = encoding.decode(read_body(app, lengths.body, body).await?, app.options.body_limit)?;
     let header_length = lengths.json_header?;
     let DecodedRequest { id, inputs, outputs, binary_output_default } = decode_request(&body, header_length)?;
     drop(body);

@@ -28,8 +28,10 @@
 //! old version drains), `GET /metrics`. Health and readiness answer the
 //! protocol's `{"live": true}`, `{"ready": true}` and
 //! `{"name": …, "ready": true}`. Errors are `{"error": "..."}`: 400
-//! bad request, 404 unknown model or version, 413 body over the limit, 503
-//! not ready or overloaded (with `Retry-After`), 500 model failure.
+//! bad request, 404 unknown model or version, 413 body over the limit, 415
+//! a `Content-Encoding` other than gzip or deflate (the two tritonclient
+//! compresses requests with, read here), 503 not ready or overloaded (with
+//! `Retry-After`), 500 model failure.
 //!
 //! ## Serving a repository from Rust
 //!
@@ -80,6 +82,7 @@
 pub mod app;
 pub mod client;
 pub mod demo;
+mod encoding;
 pub mod error;
 mod infer;
 mod listen;

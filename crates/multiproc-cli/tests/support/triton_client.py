@@ -36,6 +36,15 @@ for binary in (False, True):
 assert np.array_equal(probs[False].view(np.uint32), probs[True].view(np.uint32)), "JSON and binary differ"
 print("digits json == binary bit for bit")
 
+for algorithm in ("gzip", "deflate"):
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    out = httpclient.InferRequestedOutput("probabilities", binary_data=True)
+    result = client.infer("digits", [inp], outputs=[out], request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)
+    assert np.array_equal(result.as_numpy("probabilities").view(np.uint32), probs[True].view(np.uint32)), algorithm
+    print("digits %s request ok" % algorithm)
+
 for binary in (False, True):
     inp = httpclient.InferInput("text", [2], "BYTES")
     inp.set_data_from_numpy(np.array([b"hello big world", "h\u00e9 x".encode()], dtype=np.object_), binary_data=binary)
