@@ -119,3 +119,54 @@ fn a_client_trickling_its_headers_is_cut_off_after_the_header_timeout() {
     assert_eq!(st, 200, "{r}");
     assert_eq!(s.terminate().code(), Some(0));
 }
+
+/// How many file descriptors process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn connections_dropped_mid_request_leave_the_server_serving_and_nothing_open() {
+    let repo = TempDir::new("dropped");
+    slow_repo(&repo.0);
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let url = s.url("/v2/models/slow/infer");
+    assert_eq!(post_json(&url, &serde_json::from_str(BODY).unwrap()).0, 200);
+    let pid = s.child.id();
+    let baseline = open_fds(pid);
+    let head = format!("POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", BODY.len());
+    let whole = format!("{head}{BODY}");
+    // Cut at every kind of place: in the request line, in the headers, in
+    // the body, and after the whole request (the model is working on it, or
+    // it is queued, or refused): the client is gone before the answer.
+    let cuts = [5, head.len() - 10, head.len(), head.len() + BODY.len() / 2, whole.len()];
+    for round in 0..8 {
+        let conns: Vec<TcpStream> = cuts
+            .iter()
+            .map(|&cut| {
+                let mut c = TcpStream::connect(&addr).unwrap();
+                c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.write_all(&whole.as_bytes()[..cut]).unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(if round % 2 == 0 { 0 } else { 150 }));
+        drop(conns);
+    }
+    // Still serving, answering right.
+    let (st, r) = post_json(&url, &serde_json::from_str(BODY).unwrap());
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["outputs"][0]["data"], json!([7]));
+    // Every dropped connection is closed on the server's side, and no
+    // request is left pending.
+    let t = Instant::now();
+    while open_fds(pid) > baseline {
+        assert!(t.elapsed() < Duration::from_secs(20), "{} fds open, {baseline} before", open_fds(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, text, _) = call(agent().get(&s.url("/metrics")), None);
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("nv_inference_pending_request_count{model=\"slow\",version=\"1\"} 0"), "{text}");
+    assert_eq!(s.terminate().code(), Some(0));
+}
