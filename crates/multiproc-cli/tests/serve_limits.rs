@@ -170,3 +170,20 @@ fn connections_dropped_mid_request_leave_the_server_serving_and_nothing_open() {
     assert!(text.contains("nv_inference_pending_request_count{model=\"slow\",version=\"1\"} 0"), "{text}");
     assert_eq!(s.terminate().code(), Some(0));
 }
+
+#[test]
+fn a_slow_body_on_the_repository_api_is_cut_off_with_408_as_on_infer() {
+    let repo = TempDir::new("slowindex");
+    slow_repo(&repo.0);
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--body-timeout-secs", "2"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    slow.write_all(b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"rea").unwrap();
+    let t = Instant::now();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "after {:?}: {answer:?}", t.elapsed());
+    assert!(answer.contains("did not arrive within 2s"), "{answer}");
+    assert_eq!(s.terminate().code(), Some(0));
+}

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -242,7 +241,12 @@ fn state_name(state: VersionState) -> &'static str {
     }
 }
 
-async fn repository_index(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
+async fn repository_index(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
+    let declared = crate::infer::content_length(request.headers());
+    let body = crate::infer::read_body(&app, declared, request.into_body()).await?;
     let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {

@@ -87,8 +87,7 @@ struct Lengths {
 
 impl Lengths {
     fn of(headers: &HeaderMap) -> Lengths {
-        let body =
-            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let body = content_length(headers);
         let json_header = match headers.get(HEADER_CONTENT_LENGTH) {
             None => Ok(None),
             Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
@@ -99,7 +98,15 @@ impl Lengths {
     }
 }
 
-async fn read_body<B>(app: &App, declared: Option<u64>, body: B) -> Result<Bytes, ApiError>
+/// `Content-Length`, if present and a number.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a request body whole, bounded by the app's size limit (413; at
+/// once if `declared`, the `Content-Length`, is over it) and time limit
+/// (408): a slow client holds only its own connection.
+pub(crate) async fn read_body<B>(app: &App, declared: Option<u64>, body: B) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<axum::BoxError>,
