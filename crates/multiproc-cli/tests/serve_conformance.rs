@@ -151,3 +151,29 @@ fn a_gzip_or_deflate_request_body_is_decompressed_as_tritonclient_sends_it() {
     assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("gzip"), "{}", String::from_utf8_lossy(&body));
 }
+
+#[test]
+fn a_load_asking_for_a_config_override_is_refused_not_silently_ignored() {
+    let repo = TempDir::new("load-config");
+    small_repository(&repo.0);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let load = s.url("/v2/repository/models/echo_int8/load");
+    // Triton's load takes {"parameters": {"config": "<JSON>", "file:<path>": …}}
+    // (tritonclient's load_model(name, config=…, files=…)) and loads with
+    // that configuration instead of the directory's; this server cannot, so
+    // it must say so rather than answer 200 having loaded something else.
+    let (st, b) = post_json(&load, &json!({"parameters": {"config": "{\"max_batch_size\": 8}"}}));
+    assert_eq!(st, 400, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("'config'"), "{b}");
+    let (st, b) = post_json(&load, &json!({"parameters": {"file:1/model.onnx": "AAAA"}}));
+    assert_eq!(st, 400, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("'file:1/model.onnx'"), "{b}");
+    let (st, body, _) = call(agent().post(&load), Some(b"{\"parameters\": "));
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+    // An empty body, an empty object, and the parameters Triton's unload
+    // takes, are fine.
+    assert_eq!(call(agent().post(&load), Some(b"")).0, 200);
+    assert_eq!(post_json(&load, &json!({})).0, 200);
+    let unload = s.url("/v2/repository/models/echo_int8/unload");
+    assert_eq!(post_json(&unload, &json!({"parameters": {"unload_dependents": true}})).0, 200);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -241,22 +241,25 @@ fn state_name(state: VersionState) -> &'static str {
     }
 }
 
+/// The JSON body of a repository request (`what` names the request in
+/// errors), read within the body limits; an empty body is `{}`.
+async fn repository_request(app: &App, request: Request, what: &str) -> Result<serde_json::Value, ApiError> {
+    let declared = crate::infer::content_length(request.headers());
+    let body = crate::infer::read_body(app, declared, request.into_body()).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed {what} request JSON: {e}")))
+}
+
 async fn repository_index(
     State(app): State<Arc<App>>,
-    request: axum::extract::Request,
+    request: Request,
 ) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
-    let declared = crate::infer::content_length(request.headers());
-    let body = crate::infer::read_body(&app, declared, request.into_body()).await?;
-    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
-        false
-    } else {
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("malformed index request JSON: {e}")))?;
-        match v.get("ready") {
-            None => false,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(other) => return Err(ApiError::bad_request(format!("'ready' is {other}, expected true or false"))),
-        }
+    let ready_only = match repository_request(&app, request, "index").await?.get("ready") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(other) => return Err(ApiError::bad_request(format!("'ready' is {other}, expected true or false"))),
     };
     let status = app.core.status();
     let models = app.models.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -304,8 +307,25 @@ fn check_model_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn repository_load(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn repository_load(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
+    // Triton's load may carry a configuration (and files) to use instead of
+    // the directory's; this server loads only what is on disk, so it says
+    // so rather than load something else than asked.
+    let load = repository_request(&app, request, "load").await?;
+    if let Some(params) = load.get("parameters").and_then(serde_json::Value::as_object)
+        && let Some(key) = params.keys().find(|k| *k == "config" || k.starts_with("file:"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "load parameter '{key}' is not supported: a model loads from {}, its config.toml and version \
+             directories; change them there and load again",
+            app.root.join(&name).display()
+        )));
+    }
     if !app.root.join(&name).is_dir() {
         return Err(ApiError::not_found(format!(
             "no model directory '{name}' in the repository {}",
