@@ -177,3 +177,52 @@ fn a_load_asking_for_a_config_override_is_refused_not_silently_ignored() {
     let unload = s.url("/v2/repository/models/echo_int8/unload");
     assert_eq!(post_json(&unload, &json!({"parameters": {"unload_dependents": true}})).0, 200);
 }
+
+#[test]
+fn a_raw_binary_request_with_header_length_0_is_one_input_deduced_from_its_size() {
+    let repo = TempDir::new("raw");
+    small_repository(&repo.0);
+    for (name, types) in [("echo_two", &["INT8", "INT16"][..]), ("echo_bytes", &["BYTES"][..])] {
+        write(&repo.0.join(format!("{name}/config.toml")), echo_config_for(0.0, types).as_bytes());
+        std::fs::create_dir_all(repo.0.join(format!("{name}/1"))).unwrap();
+    }
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    // Triton's binary tensor extension, "Raw Binary Request": the body is
+    // the one input's bytes alone, Inference-Header-Content-Length is 0, the
+    // shape follows from the size (batch 1 for a batching model), and every
+    // output comes back binary.
+    let pixels: Vec<f32> = (0..64).map(|i| (i % 17) as f32 / 16.0).collect();
+    let raw: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let zero = [("inference-header-content-length", "0"), ("content-type", "application/octet-stream")];
+    let (st, body, h) = post_raw(&s.url("/v2/models/digits/infer"), &zero, &raw);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let n: usize = h.expect("outputs are binary").parse().unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&body[..n]).unwrap();
+    assert_eq!(head["outputs"][0]["shape"], json!([1, 10]), "{head}");
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], json!(40), "{head}");
+    // The same pixels through JSON give the same bits.
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": pixels}],
+        "parameters": {"binary_data_output": true}});
+    let (st, again, h) = post_raw(&s.url("/v2/models/digits/infer"), &[], request.to_string().as_bytes());
+    assert_eq!(st, 200);
+    assert_eq!(&again[h.unwrap().parse::<usize>().unwrap()..], &body[n..]);
+    // A variable dimension takes the size: 5 INT8 bytes are shape [5].
+    let (st, body, h) = post_raw(&s.url("/v2/models/echo_int8/infer"), &zero, &[1, 2, 3, 4, 0xff]);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let n: usize = h.unwrap().parse().unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&body[..n]).unwrap();
+    assert_eq!((&head["outputs"][0]["shape"], &body[n..]), (&json!([5]), &[1u8, 2, 3, 4, 0xff][..]), "{head}");
+    // A BYTES input is one element: the whole body.
+    let (st, body, h) = post_raw(&s.url("/v2/models/echo_bytes/infer"), &zero, b"h\xc3\xa9llo");
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let n: usize = h.unwrap().parse().unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&body[..n]).unwrap();
+    assert_eq!((&head["outputs"][0]["shape"], &body[n..]), (&json!([1]), &b"\x06\0\0\0h\xc3\xa9llo"[..]), "{head}");
+    // What cannot be deduced is a 400 that says why.
+    let (st, body, _) = post_raw(&s.url("/v2/models/digits/infer"), &zero, &raw[..100]);
+    assert_eq!(st, 400);
+    assert!(String::from_utf8_lossy(&body).contains("100 bytes"), "{}", String::from_utf8_lossy(&body));
+    let (st, body, _) = post_raw(&s.url("/v2/models/echo_two/infer"), &zero, &[1, 2]);
+    assert_eq!(st, 400);
+    assert!(String::from_utf8_lossy(&body).contains("one input"), "{}", String::from_utf8_lossy(&body));
+}

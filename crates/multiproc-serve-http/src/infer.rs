@@ -15,6 +15,7 @@ use crate::app::{App, parse_version};
 use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{DecodedRequest, HEADER_CONTENT_LENGTH, Tensor, decode_request, encode_response};
+use crate::raw::raw_request;
 use crate::repository::{ModelConfig, TensorConfig};
 
 // The handlers take the whole request and read its headers in place
@@ -151,8 +152,15 @@ where
     let encoding = lengths.encoding?;
     let body = encoding.decode(read_body(app, lengths.body, body).await?, app.options.body_limit)?;
     let header_length = lengths.json_header?;
-    let DecodedRequest { id, inputs, outputs, binary_output_default } = decode_request(&body, header_length)?;
-    drop(body);
+    // The body is gone (moved or dropped) before the model runs.
+    let DecodedRequest { id, inputs, outputs, binary_output_default } = match header_length {
+        Some(0) => raw_request(name, &config, Vec::from(body))?,
+        _ => {
+            let decoded = decode_request(&body, header_length)?;
+            drop(body);
+            decoded
+        }
+    };
     check_inputs(name, &config, &inputs)?;
     if let Some(wanted) = &outputs
         && let Some(w) = wanted.iter().find(|w| !config.outputs.iter().any(|o| o.name == w.name))
