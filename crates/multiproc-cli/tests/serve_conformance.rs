@@ -226,3 +226,34 @@ fn a_raw_binary_request_with_header_length_0_is_one_input_deduced_from_its_size(
     assert_eq!(st, 400);
     assert!(String::from_utf8_lossy(&body).contains("one input"), "{}", String::from_utf8_lossy(&body));
 }
+
+#[test]
+fn the_request_timeout_parameter_of_tritonclient_bounds_the_wait() {
+    let repo = TempDir::new("timeout");
+    write(&repo.0.join("slow/config.toml"), echo_config_for(0.6, &["INT8"]).as_bytes());
+    std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let url = s.url("/v2/models/slow/infer");
+    let body = |timeout_us: u64| {
+        json!({"parameters": {"timeout": timeout_us},
+            "inputs": [{"name": "in_INT8", "shape": [1], "datatype": "INT8", "data": [1]}]})
+    };
+    // tritonclient's infer(..., timeout=µs) sends {"parameters": {"timeout": µs}}:
+    // the request is not to wait longer. The one worker is busy for 0.6 s.
+    let busy = {
+        let (url, b) = (url.clone(), body(0));
+        std::thread::spawn(move || post_json(&url, &b))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let t = std::time::Instant::now();
+    let (st, r) = post_json(&url, &body(100_000));
+    let waited = t.elapsed();
+    assert_eq!(st, 504, "{r}");
+    assert!(waited < std::time::Duration::from_millis(450), "a 100 ms timeout waited {waited:?}");
+    assert_eq!(busy.join().unwrap().0, 200, "timeout 0 is no timeout");
+    let mut bad = body(0);
+    bad["parameters"]["timeout"] = json!("soon");
+    let (st, r) = post_json(&url, &bad);
+    assert_eq!(st, 400, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("'timeout'"), "{r}");
+}

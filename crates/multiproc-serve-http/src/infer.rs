@@ -153,7 +153,7 @@ where
     let body = encoding.decode(read_body(app, lengths.body, body).await?, app.options.body_limit)?;
     let header_length = lengths.json_header?;
     // The body is gone (moved or dropped) before the model runs.
-    let DecodedRequest { id, inputs, outputs, binary_output_default } = match header_length {
+    let DecodedRequest { id, inputs, outputs, binary_output_default, timeout } = match header_length {
         Some(0) => raw_request(name, &config, Vec::from(body))?,
         _ => {
             let decoded = decode_request(&body, header_length)?;
@@ -172,7 +172,11 @@ where
         )));
     }
     let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 } as u64;
-    let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version));
+    let mut request = Request::new(name, inputs).maybe_version(version);
+    if let Some(t) = timeout {
+        request = request.timeout(t);
+    }
+    let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(request);
     let reply = app.lone.wait(answer).await?;
     app.http_counters.rows(name, reply.version, rows);
     let encoded =

@@ -64,5 +64,5 @@ pub(crate) fn raw_request(model: &str, config: &ModelConfig, body: Vec<u8>) -> R
     };
     let tensor = Tensor::new(input.name.clone(), input.datatype, shape, data)
         .map_err(|e| ProtocolError::new(format!("{raw}: input {e}")))?;
-    Ok(DecodedRequest { id: None, inputs: vec![tensor], outputs: None, binary_output_default: true })
+    Ok(DecodedRequest { id: None, inputs: vec![tensor], outputs: None, binary_output_default: true, timeout: None })
 }

@@ -1,6 +1,8 @@
 //! Decoding an inference request body: the JSON part and, with Triton's
 //! binary tensor extension, the binary tensors after it.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 use super::messages::InferRequestBody;
@@ -28,6 +30,9 @@ pub struct DecodedRequest {
     /// The request-level `binary_data_output`: the default for outputs not
     /// listed individually.
     pub binary_output_default: bool,
+    /// The request-level `timeout` (Triton's parameter, in µs; 0 is none,
+    /// as there): the longest the request may wait for its answer.
+    pub timeout: Option<Duration>,
 }
 
 fn bool_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Result<Option<bool>, ProtocolError> {
@@ -138,6 +143,18 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
         )));
     }
     let binary_output_default = bool_param(&req.parameters, "binary_data_output", "request")?.unwrap_or(false);
+    let timeout = match req.parameters.as_ref().and_then(|p| p.get("timeout")) {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(0) => None,
+            Some(us) => Some(Duration::from_micros(us)),
+            None => {
+                return Err(ProtocolError::new(format!(
+                    "request: parameter 'timeout' is {v}, expected a whole number of microseconds"
+                )));
+            }
+        },
+    };
     let outputs = match req.outputs {
         None => None,
         Some(list) => {
@@ -152,7 +169,7 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
             Some(wanted)
         }
     };
-    Ok(DecodedRequest { id: req.id, inputs, outputs, binary_output_default })
+    Ok(DecodedRequest { id: req.id, inputs, outputs, binary_output_default, timeout })
 }
 
 #[cfg(test)]
