@@ -257,3 +257,53 @@ fn the_request_timeout_parameter_of_tritonclient_bounds_the_wait() {
     assert_eq!(st, 400, "{r}");
     assert!(r["error"].as_str().unwrap().contains("'timeout'"), "{r}");
 }
+
+#[test]
+fn parameters_of_triton_extensions_not_offered_are_refused_not_silently_ignored() {
+    let repo = TempDir::new("extensions");
+    small_repository(&repo.0);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let url = s.url("/v2/models/echo_int8/infer");
+    let input = json!({"name": "in_INT8", "shape": [2], "datatype": "INT8", "data": [1, 2]});
+    let (_, meta) = get_json(&s.url("/v2"));
+    let offered = meta["extensions"].as_array().unwrap();
+    // What tritonclient sends for Triton extensions GET /v2 does not list:
+    // InferRequestedOutput(class_count=3) (classification), set_shared_memory
+    // on an input or output (system/CUDA shared memory), infer(sequence_id=…)
+    // (sequence). Ignoring them answers something else than asked.
+    for (extension, body, names) in [
+        (
+            "classification",
+            json!({"inputs": [input], "outputs": [{"name": "out_INT8", "parameters": {"classification": 3}}]}),
+            "'classification'",
+        ),
+        (
+            "system_shared_memory",
+            json!({"inputs": [input], "outputs": [{"name": "out_INT8",
+                "parameters": {"shared_memory_region": "out0", "shared_memory_byte_size": 2}}]}),
+            "'shared_memory_region'",
+        ),
+        (
+            "system_shared_memory",
+            json!({"inputs": [{"name": "in_INT8", "shape": [2], "datatype": "INT8",
+                "parameters": {"shared_memory_region": "in0", "shared_memory_byte_size": 2}}]}),
+            "'shared_memory_region'",
+        ),
+        (
+            "sequence",
+            json!({"parameters": {"sequence_id": 42, "sequence_start": true, "sequence_end": false}, "inputs": [input]}),
+            "'sequence_id'",
+        ),
+    ] {
+        assert!(!offered.contains(&json!(extension)), "{meta}");
+        let (st, r) = post_json(&url, &body);
+        assert_eq!(st, 400, "{extension}: {r}");
+        let message = r["error"].as_str().unwrap();
+        assert!(message.contains(names) && message.contains("not supported"), "{extension}: {message}");
+    }
+    // Their neutral values, as tritonclient sends them by default, are fine.
+    let body = json!({"parameters": {"sequence_id": 0, "priority": 0}, "inputs": [input],
+        "outputs": [{"name": "out_INT8", "parameters": {"classification": 0, "binary_data": false}}]});
+    let (st, r) = post_json(&url, &body);
+    assert_eq!((st, &r["outputs"][0]["data"]), (200, &json!([1, 2])), "{r}");
+}

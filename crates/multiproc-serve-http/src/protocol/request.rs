@@ -45,6 +45,36 @@ fn bool_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Re
     }
 }
 
+/// Refuses the parameters among `params` that belong to a Triton extension
+/// this server does not offer (`keys`: each parameter and its extension),
+/// unless given their neutral value (0, "", false, null), as tritonclient
+/// sends some by default: answering as if they were not there would answer
+/// something else than asked.
+fn refuse_unoffered(
+    params: &Option<Map<String, Value>>,
+    keys: &[(&str, &str)],
+    whose: impl Fn() -> String,
+) -> Result<(), ProtocolError> {
+    let Some(params) = params else { return Ok(()) };
+    for (key, extension) in keys {
+        let neutral = |v: &Value| match v {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::String(s) => s.is_empty(),
+            _ => false,
+        };
+        if params.get(*key).is_some_and(|v| !neutral(v)) {
+            return Err(ProtocolError::new(format!(
+                "{}: parameter '{key}' (Triton's {extension} extension) is not supported by this server; \
+                 GET /v2 lists the extensions it has",
+                whose()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Decodes `body`. `header_length` is the `Inference-Header-Content-Length`
 /// header: the JSON part's length when binary tensors follow it.
 ///
@@ -80,8 +110,12 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
         return Err(ProtocolError::new("the request has no inputs"));
     }
     let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
+    refuse_unoffered(&req.parameters, &[("sequence_id", "sequence")], || "request".into())?;
     for input in req.inputs {
         let name = input.name;
+        refuse_unoffered(&input.parameters, &[("shared_memory_region", "shared memory")], || {
+            format!("input '{name}'")
+        })?;
         if inputs.iter().any(|t| t.name() == name) {
             return Err(ProtocolError::new(format!("input '{name}' is given twice")));
         }
@@ -163,7 +197,10 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
                 if wanted.iter().any(|w| w.name == o.name) {
                     return Err(ProtocolError::new(format!("output '{}' is asked for twice", o.name)));
                 }
-                let binary = bool_param(&o.parameters, "binary_data", &format!("output '{}'", o.name))?;
+                let whose = format!("output '{}'", o.name);
+                let unoffered = [("classification", "classification"), ("shared_memory_region", "shared memory")];
+                refuse_unoffered(&o.parameters, &unoffered, || whose.clone())?;
+                let binary = bool_param(&o.parameters, "binary_data", &whose)?;
                 wanted.push(OutputWanted { name: o.name, binary: binary.unwrap_or(binary_output_default) });
             }
             Some(wanted)
