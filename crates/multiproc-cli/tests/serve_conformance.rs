@@ -307,3 +307,43 @@ fn parameters_of_triton_extensions_not_offered_are_refused_not_silently_ignored(
     let (st, r) = post_json(&url, &body);
     assert_eq!((st, &r["outputs"][0]["data"]), (200, &json!([1, 2])), "{r}");
 }
+
+#[test]
+fn nan_and_infinity_in_json_data_are_read_as_tritonclient_writes_them() {
+    let repo = TempDir::new("nan");
+    write(&repo.0.join("echo_fp/config.toml"), echo_config_for(0.0, &["FP16", "FP32", "FP64"]).as_bytes());
+    std::fs::create_dir_all(repo.0.join("echo_fp/1")).unwrap();
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    // tritonclient writes its JSON with python-rapidjson, which spells
+    // non-finite floats NaN, Infinity and -Infinity (and Triton reads them):
+    // InferInput.set_data_from_numpy(np.array([nan, inf, -inf, 1]), binary_data=False).
+    let body = r#"{"inputs":[
+        {"name":"in_FP16","shape":[4],"datatype":"FP16","data":[NaN,Infinity,-Infinity,1.0]},
+        {"name":"in_FP32","shape":[4],"datatype":"FP32","data":[NaN,Infinity,-Infinity,1.0]},
+        {"name":"in_FP64","shape":[4],"datatype":"FP64","data":[[NaN,Infinity],[-Infinity,1.0]]}],
+        "parameters":{"binary_data_output":true}}"#;
+    let (st, out, h) = post_raw(&s.url("/v2/models/echo_fp/infer"), &[], body.as_bytes());
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&out));
+    let n: usize = h.unwrap().parse().unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&out[..n]).unwrap();
+    let mut at = n;
+    for o in head["outputs"].as_array().unwrap() {
+        let size = o["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+        let bytes = &out[at..at + size];
+        at += size;
+        let values: Vec<f64> = match o["datatype"].as_str().unwrap() {
+            "FP16" => bytes.chunks(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+            "FP32" => bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            _ => bytes.chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        };
+        assert!(values[0].is_nan(), "{o}: {values:?}");
+        assert_eq!(&values[1..], &[f64::INFINITY, f64::NEG_INFINITY, 1.0], "{o}");
+    }
+    // Outside 'data', or misspelt, they are what they were: errors.
+    let bad = r#"{"inputs":[{"name":"in_FP32","shape":[NaN],"datatype":"FP32","data":[1.0]}]}"#;
+    let (st, out, _) = post_raw(&s.url("/v2/models/echo_fp/infer"), &[], bad.as_bytes());
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&out));
+    let bad = r#"{"inputs":[{"name":"in_FP32","shape":[2],"datatype":"FP32","data":[1.0, Nan]}]}"#;
+    let (st, out, _) = post_raw(&s.url("/v2/models/echo_fp/infer"), &[], bad.as_bytes());
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&out));
+}

@@ -104,8 +104,16 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
             }
         },
     };
-    let req: InferRequestBody = serde_json::from_slice(json)
-        .map_err(|e| ProtocolError::new(format!("malformed inference request JSON: {e}")))?;
+    let malformed = |e: serde_json::Error| ProtocolError::new(format!("malformed inference request JSON: {e}"));
+    // A second chance for NaN and infinities as tritonclient writes them.
+    let rewritten;
+    let req: InferRequestBody = match serde_json::from_slice(json) {
+        Ok(req) => req,
+        Err(e) => {
+            rewritten = super::non_finite::as_strings(json).ok_or_else(|| malformed(e))?;
+            serde_json::from_slice(&rewritten).map_err(malformed)?
+        }
+    };
     if req.inputs.is_empty() {
         return Err(ProtocolError::new("the request has no inputs"));
     }
