@@ -347,3 +347,27 @@ fn nan_and_infinity_in_json_data_are_read_as_tritonclient_writes_them() {
     let (st, out, _) = post_raw(&s.url("/v2/models/echo_fp/infer"), &[], bad.as_bytes());
     assert_eq!(st, 400, "{}", String::from_utf8_lossy(&out));
 }
+
+#[test]
+fn a_path_that_cannot_be_decoded_is_answered_with_the_error_object_too() {
+    let repo = TempDir::new("bad-path");
+    small_repository(&repo.0);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    // %FF is no UTF-8: the path cannot name a model. Every failed request
+    // carries the OIP's {"error": ...} (tritonclient decodes it as JSON).
+    for (method, path) in [
+        ("GET", "/v2/models/%FF"),
+        ("GET", "/v2/models/%FF/ready"),
+        ("GET", "/v2/models/%FF/versions/1"),
+        ("POST", "/v2/models/%FF/infer"),
+        ("POST", "/v2/models/%FF/versions/1/infer"),
+        ("POST", "/v2/repository/models/%FF/load"),
+        ("POST", "/v2/repository/models/%FF/unload"),
+    ] {
+        let (st, body, _) = call(agent().request(method, &s.url(path)), Some(b"{}"));
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(st, 400, "{method} {path}: {text}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("UTF-8")), "{method} {path}: {text}");
+    }
+}

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -106,6 +107,24 @@ impl App {
     }
 }
 
+/// The parameters of a route's path, as axum's [`Path`] extracts them, but
+/// failing (a segment that is not UTF-8 once percent-decoded) with an
+/// [`ApiError`], so the answer is the protocol's `{"error": ...}` rather
+/// than axum's plain text.
+#[derive(Debug)]
+pub(crate) struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(PathParams(t)),
+            Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
+        }
+    }
+}
+
 /// Parses a `{version}` path segment.
 pub(crate) fn parse_version(v: &str) -> Result<u64, ApiError> {
     v.parse().map_err(|_| ApiError::bad_request(format!("version '{v}' is not a number")))
@@ -196,14 +215,14 @@ fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMet
 
 async fn model_metadata(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     metadata(&app, &name, None)
 }
 
 async fn model_version_metadata(
     State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     metadata(&app, &name, Some(parse_version(&version)?))
 }
@@ -220,14 +239,14 @@ fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<Json<serde_j
 
 async fn model_ready(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     readiness(&app, &name, None)
 }
 
 async fn model_version_ready(
     State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     readiness(&app, &name, Some(parse_version(&version)?))
 }
@@ -309,7 +328,7 @@ fn check_model_name(name: &str) -> Result<(), ApiError> {
 
 async fn repository_load(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
@@ -344,7 +363,10 @@ async fn repository_load(
     Ok(StatusCode::OK)
 }
 
-async fn repository_unload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn repository_unload(
+    State(app): State<Arc<App>>,
+    PathParams(name): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
     app.config(&name)?;
     let core = app.core.clone();

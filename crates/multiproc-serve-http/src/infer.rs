@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{self, Path, State};
+use axum::extract::{self, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use multiproc_serve::Request;
 
-use crate::app::{App, parse_version};
+use crate::app::{App, PathParams, parse_version};
 use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{DecodedRequest, HEADER_CONTENT_LENGTH, Tensor, decode_request, encode_response};
@@ -24,7 +24,7 @@ use crate::repository::{ModelConfig, TensorConfig};
 /// Inference on the model's default version (the router's way in).
 pub(crate) async fn infer(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     request: extract::Request,
 ) -> Response {
     answer(&app, name, None, request).await
@@ -33,7 +33,7 @@ pub(crate) async fn infer(
 /// Inference on one version (the router's way in).
 pub(crate) async fn infer_version(
     State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
     request: extract::Request,
 ) -> Response {
     answer(&app, name, Some(&version), request).await
