@@ -187,3 +187,26 @@ fn a_slow_body_on_the_repository_api_is_cut_off_with_408_as_on_infer() {
     assert!(answer.contains("did not arrive within 2s"), "{answer}");
     assert_eq!(s.terminate().code(), Some(0));
 }
+
+#[test]
+fn a_chunked_body_over_the_limit_is_413_with_a_message_that_reads() {
+    let repo = TempDir::new("chunked");
+    slow_repo(&repo.0);
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--max-body-bytes", "1000"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // No Content-Length: the limit is found while reading.
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.write_all(
+        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    let chunk = [b' '; 1500];
+    let _ = write!(conn, "{:x}\r\n", chunk.len()).and_then(|()| conn.write_all(&chunk));
+    let _ = conn.write_all(b"\r\n0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"the request body is over the limit of 1000 bytes (--max-body-bytes)\""), "{answer}");
+    assert_eq!(s.terminate().code(), Some(0));
+}

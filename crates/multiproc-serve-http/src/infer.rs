@@ -113,17 +113,18 @@ where
     B::Error: Into<axum::BoxError>,
 {
     let limit = app.options.body_limit;
-    let too_large = |n: String| {
+    // `what`: the body, with its size when it was announced.
+    let too_large = |what: String| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"),
+            format!("{what} is over the limit of {limit} bytes (--max-body-bytes)"),
         )
     };
     if let Some(n) = declared
         && n > limit as u64
     {
-        return Err(too_large(n.to_string()));
+        return Err(too_large(format!("request body of {n} bytes")));
     }
     match tokio::time::timeout(app.options.body_timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(ApiError::new(
@@ -131,7 +132,7 @@ where
             "body_timeout",
             format!("the request body did not arrive within {:?}", app.options.body_timeout),
         )),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large("more than that".into())),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large("the request body".into())),
         Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
