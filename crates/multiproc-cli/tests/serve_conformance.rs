@@ -16,15 +16,30 @@ fn small_repository(dir: &std::path::Path) {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../multiproc-serve-http/demo/repository/digits");
     write(&dir.join("digits/config.toml"), &std::fs::read(demo.join("config.toml")).unwrap());
     write(&dir.join("digits/1/model.onnx"), &std::fs::read(demo.join("1/model.onnx")).unwrap());
-    write(&dir.join("echo_int8/config.toml"), echo_config_for(0.0, &["INT8"]).as_bytes());
-    std::fs::create_dir_all(dir.join("echo_int8/1")).unwrap();
+    echo_model(dir, "echo_int8", 0.0, &["INT8"]);
+}
+
+/// An echo model `name` in `repo` (one variable-length input and output
+/// per datatype, `delay` seconds per batch), version 1.
+fn echo_model(repo: &std::path::Path, name: &str, delay: f64, datatypes: &[&str]) {
+    write(&repo.join(name).join("config.toml"), echo_config_for(delay, datatypes).as_bytes());
+    std::fs::create_dir_all(repo.join(name).join("1")).unwrap();
+}
+
+/// `multiproc serve` on a [`small_repository`] with `args` more; the
+/// repository lives as long as what is returned (the server drops first).
+fn serve_small(tag: &str, args: &[&str]) -> (Served, TempDir) {
+    let repo = TempDir::new(tag);
+    small_repository(&repo.0);
+    let mut all = vec!["--model-repository", repo.0.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let served = Served::start(&all);
+    (served, repo)
 }
 
 #[test]
 fn a_request_naming_its_model_in_the_body_is_accepted_as_kserve_s_client_sends_it() {
-    let repo = TempDir::new("model-name");
-    small_repository(&repo.0);
-    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (s, _repo) = serve_small("model-name", &[]);
     // KServe's InferRequest.to_rest() always writes "model_name"; Triton's
     // binary-data example request carries it too. The path names the model.
     let body = json!({
@@ -61,9 +76,7 @@ fn get_typed(url: &str) -> (u16, Option<String>, serde_json::Value) {
 
 #[test]
 fn health_and_readiness_answer_with_the_json_objects_of_the_protocol() {
-    let repo = TempDir::new("health");
-    small_repository(&repo.0);
-    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (s, _repo) = serve_small("health", &[]);
     // The OIP's $live_server_response, $ready_server_response and
     // $ready_model_response: KServe's client reads `live` and `ready` from
     // them (an empty body fails its JSON decoding); Triton's reads only the status.
@@ -87,9 +100,7 @@ fn health_and_readiness_answer_with_the_json_objects_of_the_protocol() {
 
 #[test]
 fn readiness_of_a_version_the_model_does_not_have_is_404_as_its_metadata_is() {
-    let repo = TempDir::new("ready-version");
-    small_repository(&repo.0);
-    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (s, _repo) = serve_small("ready-version", &[]);
     let (st, _, meta) = get_typed(&s.url("/v2/models/digits/versions/7"));
     assert_eq!(st, 404, "{meta}");
     let (st, _, ready) = get_typed(&s.url("/v2/models/digits/versions/7/ready"));
@@ -118,9 +129,7 @@ fn zlib(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_gzip_or_deflate_request_body_is_decompressed_as_tritonclient_sends_it() {
-    let repo = TempDir::new("encoding");
-    small_repository(&repo.0);
-    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--max-body-bytes", "100000"]);
+    let (s, _repo) = serve_small("encoding", &["--max-body-bytes", "100000"]);
     let url = s.url("/v2/models/echo_int8/infer");
     // tritonclient's request_compression_algorithm="gzip" / "deflate" (zlib):
     // the whole body compressed, Inference-Header-Content-Length counting
@@ -154,9 +163,7 @@ fn a_gzip_or_deflate_request_body_is_decompressed_as_tritonclient_sends_it() {
 
 #[test]
 fn a_load_asking_for_a_config_override_is_refused_not_silently_ignored() {
-    let repo = TempDir::new("load-config");
-    small_repository(&repo.0);
-    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (s, _repo) = serve_small("load-config", &[]);
     let load = s.url("/v2/repository/models/echo_int8/load");
     // Triton's load takes {"parameters": {"config": "<JSON>", "file:<path>": …}}
     // (tritonclient's load_model(name, config=…, files=…)) and loads with
@@ -182,10 +189,8 @@ fn a_load_asking_for_a_config_override_is_refused_not_silently_ignored() {
 fn a_raw_binary_request_with_header_length_0_is_one_input_deduced_from_its_size() {
     let repo = TempDir::new("raw");
     small_repository(&repo.0);
-    for (name, types) in [("echo_two", &["INT8", "INT16"][..]), ("echo_bytes", &["BYTES"][..])] {
-        write(&repo.0.join(format!("{name}/config.toml")), echo_config_for(0.0, types).as_bytes());
-        std::fs::create_dir_all(repo.0.join(format!("{name}/1"))).unwrap();
-    }
+    echo_model(&repo.0, "echo_two", 0.0, &["INT8", "INT16"]);
+    echo_model(&repo.0, "echo_bytes", 0.0, &["BYTES"]);
     let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
     // Triton's binary tensor extension, "Raw Binary Request": the body is
     // the one input's bytes alone, Inference-Header-Content-Length is 0, the
@@ -230,8 +235,7 @@ fn a_raw_binary_request_with_header_length_0_is_one_input_deduced_from_its_size(
 #[test]
 fn the_request_timeout_parameter_of_tritonclient_bounds_the_wait() {
     let repo = TempDir::new("timeout");
-    write(&repo.0.join("slow/config.toml"), echo_config_for(0.6, &["INT8"]).as_bytes());
-    std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
+    echo_model(&repo.0, "slow", 0.6, &["INT8"]);
     let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
     let url = s.url("/v2/models/slow/infer");
     let body = |timeout_us: u64| {
@@ -260,9 +264,7 @@ fn the_request_timeout_parameter_of_tritonclient_bounds_the_wait() {
 
 #[test]
 fn parameters_of_triton_extensions_not_offered_are_refused_not_silently_ignored() {
-    let repo = TempDir::new("extensions");
-    small_repository(&repo.0);
-    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (s, _repo) = serve_small("extensions", &[]);
     let url = s.url("/v2/models/echo_int8/infer");
     let input = json!({"name": "in_INT8", "shape": [2], "datatype": "INT8", "data": [1, 2]});
     let (_, meta) = get_json(&s.url("/v2"));
@@ -311,8 +313,7 @@ fn parameters_of_triton_extensions_not_offered_are_refused_not_silently_ignored(
 #[test]
 fn nan_and_infinity_in_json_data_are_read_as_tritonclient_writes_them() {
     let repo = TempDir::new("nan");
-    write(&repo.0.join("echo_fp/config.toml"), echo_config_for(0.0, &["FP16", "FP32", "FP64"]).as_bytes());
-    std::fs::create_dir_all(repo.0.join("echo_fp/1")).unwrap();
+    echo_model(&repo.0, "echo_fp", 0.0, &["FP16", "FP32", "FP64"]);
     let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
     // tritonclient writes its JSON with python-rapidjson, which spells
     // non-finite floats NaN, Infinity and -Infinity (and Triton reads them):
@@ -350,9 +351,7 @@ fn nan_and_infinity_in_json_data_are_read_as_tritonclient_writes_them() {
 
 #[test]
 fn a_path_that_cannot_be_decoded_is_answered_with_the_error_object_too() {
-    let repo = TempDir::new("bad-path");
-    small_repository(&repo.0);
-    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (s, _repo) = serve_small("bad-path", &[]);
     // %FF is no UTF-8: the path cannot name a model. Every failed request
     // carries the OIP's {"error": ...} (tritonclient decodes it as JSON).
     for (method, path) in [

@@ -176,13 +176,9 @@ fn a_slow_body_on_the_repository_api_is_cut_off_with_408_as_on_infer() {
     let repo = TempDir::new("slowindex");
     slow_repo(&repo.0);
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--body-timeout-secs", "2"]);
-    let addr = s.base.trim_start_matches("http://").to_string();
-    let mut slow = TcpStream::connect(&addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    slow.write_all(b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"rea").unwrap();
     let t = Instant::now();
-    let mut answer = String::new();
-    let _ = slow.read_to_string(&mut answer);
+    let answer =
+        raw_exchange(&s.base, b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"rea");
     assert!(answer.starts_with("HTTP/1.1 408"), "after {:?}: {answer:?}", t.elapsed());
     assert!(answer.contains("did not arrive within 2s"), "{answer}");
     assert_eq!(s.terminate().code(), Some(0));
@@ -193,19 +189,14 @@ fn a_chunked_body_over_the_limit_is_413_with_a_message_that_reads() {
     let repo = TempDir::new("chunked");
     slow_repo(&repo.0);
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--max-body-bytes", "1000"]);
-    let addr = s.base.trim_start_matches("http://").to_string();
     // No Content-Length: the limit is found while reading.
-    let mut conn = TcpStream::connect(&addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    conn.write_all(
-        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )
-    .unwrap();
-    let chunk = [b' '; 1500];
-    let _ = write!(conn, "{:x}\r\n", chunk.len()).and_then(|()| conn.write_all(&chunk));
-    let _ = conn.write_all(b"\r\n0\r\n\r\n");
-    let mut answer = String::new();
-    let _ = conn.read_to_string(&mut answer);
+    let mut request =
+        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    request.extend_from_slice(format!("{:x}\r\n", 1500).as_bytes());
+    request.extend_from_slice(&[b' '; 1500]);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw_exchange(&s.base, &request);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"the request body is over the limit of 1000 bytes (--max-body-bytes)\""), "{answer}");
     assert_eq!(s.terminate().code(), Some(0));

@@ -228,3 +228,16 @@ pub fn python_venv(name: &str, packages: &[&str], check: &str) -> PathBuf {
     }
     python
 }
+
+/// Sends `request` as it is on a new connection to `base` and reads the
+/// answer until the server closes the connection (20 s at most).
+pub fn raw_exchange(base: &str, request: &[u8]) -> String {
+    let mut conn = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server may answer (and close) before it has read all of it.
+    let _ = std::io::Write::write_all(&mut conn, request);
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
