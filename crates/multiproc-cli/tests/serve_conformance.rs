@@ -370,3 +370,40 @@ fn a_path_that_cannot_be_decoded_is_answered_with_the_error_object_too() {
         assert!(v["error"].as_str().is_some_and(|e| e.contains("UTF-8")), "{method} {path}: {text}");
     }
 }
+
+#[test]
+fn a_failed_reload_keeps_the_old_version_serving_over_http() {
+    let (s, repo) = serve_small("failed-reload", &[]);
+    let infer = s.url("/v2/models/echo_int8/infer");
+    let load = s.url("/v2/repository/models/echo_int8/load");
+    let request = json!({"inputs": [{"name": "in_INT8", "shape": [1], "datatype": "INT8", "data": [5]}]});
+    let serving = |when: &str| {
+        let (st, r) = post_json(&infer, &request);
+        assert_eq!((st, &r["outputs"][0]["data"]), (200, &json!([5])), "{when}: {r}");
+        assert_eq!(get_json(&s.url("/v2/models/echo_int8/ready")).0, 200, "{when}");
+        let (_, index) = post_json(&s.url("/v2/repository/index"), &json!({}));
+        let row = index.as_array().unwrap().iter().find(|r| r["name"] == "echo_int8").cloned();
+        assert_eq!(row.map(|r| r["state"].clone()), Some(json!("READY")), "{when}: {index}");
+    };
+    // SPEC (Serving): "A failed load keeps the old version serving." A
+    // configuration that does not parse...
+    let config = repo.0.join("echo_int8/config.toml");
+    let good = std::fs::read(&config).unwrap();
+    write(&config, b"platform = \"command\"\nmax_batch_size = \"many\"\n");
+    let (st, b) = post_json(&load, &json!({}));
+    assert_eq!(st, 400, "{b}");
+    serving("after a reload with a bad configuration");
+    // ...and one that parses but whose version cannot start (other inputs,
+    // a command that exits): requests are still checked against, and
+    // served by, what was serving.
+    let failing = String::from_utf8(good.clone()).unwrap().replace("in_INT8", "in_other");
+    let failing = failing.lines().map(|l| if l.starts_with("command") { "command = [\"false\"]" } else { l });
+    write(&config, (failing.collect::<Vec<_>>().join("\n") + "\n[timeouts]\nstartup_ms = 3000\n").as_bytes());
+    let (st, b) = post_json(&load, &json!({}));
+    assert!(st >= 400, "{st} {b}");
+    serving("after a reload whose version did not start");
+    // A good configuration loads again.
+    write(&config, &good);
+    assert_eq!(post_json(&load, &json!({})).0, 200);
+    serving("after a good reload");
+}

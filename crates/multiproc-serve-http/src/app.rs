@@ -352,14 +352,25 @@ async fn repository_load(
         )));
     }
     let dir = scan_model(&app.root, &name);
-    app.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), dir.clone());
+    let put = |dir: ModelDir| app.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), dir);
+    // A failed load keeps what was serving: while the new configuration is
+    // not serving, requests are checked against the old one (which the old
+    // versions still serve). A model new to the server is listed at once.
+    let serving = app.models.read().unwrap_or_else(|e| e.into_inner()).get(&name).is_some_and(|m| m.loaded.is_ok());
+    if !serving {
+        put(dir.clone());
+    }
     if let Err(e) = &dir.loaded {
         return Err(ApiError::bad_request(format!("cannot load model '{name}': {e}")));
     }
     let core = app.core.clone();
-    tokio::task::spawn_blocking(move || add_model(&core, &dir)).await.map_err(|e| {
+    let loading = dir.clone();
+    tokio::task::spawn_blocking(move || add_model(&core, &loading)).await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("load task failed: {e}"))
     })??;
+    if serving {
+        put(dir);
+    }
     Ok(StatusCode::OK)
 }
 
