@@ -407,3 +407,16 @@ fn a_failed_reload_keeps_the_old_version_serving_over_http() {
     assert_eq!(post_json(&load, &json!({})).0, 200);
     serving("after a good reload");
 }
+
+#[test]
+fn an_empty_outputs_list_asks_for_every_output_as_triton_reads_it() {
+    let (s, _repo) = serve_small("empty-outputs", &[]);
+    // Triton reads "outputs": [] as no selection: every output, with the
+    // request's binary_data_output default.
+    let body =
+        json!({"inputs": [{"name": "in_INT8", "shape": [2], "datatype": "INT8", "data": [1, 2]}], "outputs": []});
+    let (st, r) = post_json(&s.url("/v2/models/echo_int8/infer"), &body);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["outputs"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(r["outputs"][0]["data"], json!([1, 2]), "{r}");
+}

@@ -25,7 +25,7 @@ pub struct DecodedRequest {
     pub id: Option<String>,
     /// The inputs, each with data of exactly its shape's size.
     pub inputs: Vec<Tensor>,
-    /// The outputs asked for; `None` means all of them.
+    /// The outputs asked for; `None` (no list, or an empty one) means all of them.
     pub outputs: Option<Vec<OutputWanted>>,
     /// The request-level `binary_data_output`: the default for outputs not
     /// listed individually.
@@ -198,7 +198,9 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
         },
     };
     let outputs = match req.outputs {
+        // An empty list selects nothing, so every output, as Triton reads it.
         None => None,
+        Some(list) if list.is_empty() => None,
         Some(list) => {
             let mut wanted: Vec<OutputWanted> = Vec::with_capacity(list.len());
             for o in list {
