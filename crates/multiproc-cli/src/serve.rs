@@ -31,8 +31,9 @@ pub struct ServeArgs {
     /// Longest time a request body may take to arrive, in seconds (408 after it).
     #[arg(long, default_value_t = 30)]
     body_timeout_secs: u64,
-    /// Longest time a request's headers may take to arrive, in seconds, also
-    /// the longest a kept-alive connection may stay idle (closed after it).
+    /// Longest time, in seconds, a connection may go without a request
+    /// starting while none is in flight: a request's headers must arrive
+    /// within it, and a kept-alive connection idle that long is closed.
     #[arg(long, default_value_t = 30)]
     header_timeout_secs: u64,
     /// Threads handling HTTP (default: one per CPU).

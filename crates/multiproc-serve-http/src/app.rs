@@ -29,11 +29,11 @@ pub struct HttpOptions {
     /// body is read whole before anything is queued, so a slow client holds
     /// only its own connection, never a worker.
     pub body_timeout: Duration,
-    /// Longest time a request's headers may take to arrive, counted from
-    /// the end of the previous response on a kept-alive connection (the
-    /// connection is closed after it). A client trickling its headers
-    /// (slowloris), or one connected and silent, holds its connection no
-    /// longer than this.
+    /// Longest time a connection may go without a request starting (its
+    /// headers read) while none is in flight; it is closed after that (and
+    /// at most half as long again). A client trickling its headers
+    /// (slowloris), connected and silent, idle on a kept-alive connection,
+    /// or not reading its answer, holds its connection no longer than this.
     pub header_timeout: Duration,
 }
 

@@ -87,6 +87,7 @@ pub mod client;
 pub mod demo;
 mod encoding;
 pub mod error;
+mod idle;
 mod infer;
 mod listen;
 pub mod metrics;

@@ -20,18 +20,19 @@ use axum::http::{Method, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::app::App;
+use crate::idle::{Activity, InFlight, idle_for};
 
 /// Serves `router` (and, if `app` is given, its inference fast path) on
 /// `listener` until `stop` turns true; then stops accepting, lets every
 /// connection finish its request in flight, and returns once all are closed.
-/// A connection whose next request's headers have not all arrived within
-/// `header_timeout` is closed.
+/// A connection on which no request has started and none has been in
+/// flight for `header_timeout` is closed.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
@@ -77,9 +78,9 @@ async fn accept_failed(e: std::io::Error) {
     }
 }
 
-/// Serves one connection until it closes (or a request's headers take
-/// longer than `header_timeout`); on `stop`, finishes the request in flight
-/// and closes it.
+/// Serves one connection until it closes, or until no request has started
+/// and none has been in flight for `header_timeout` (see [`idle_for`]); on
+/// `stop`, finishes the request in flight and closes it.
 async fn connection(
     stream: TcpStream,
     front: Front,
@@ -90,15 +91,21 @@ async fn connection(
     // One write per response, so Nagle never holds anything back; without
     // delay is what an answer should have anyway.
     let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let requests = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |request| {
         let front = front.clone();
-        async move { Ok::<_, Infallible>(front.answer(request).await) }
+        let in_flight = InFlight::enter(&requests);
+        async move {
+            let response = front.answer(request).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
-    // hyper's header read timeout needs a timer; without one it is off.
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let mut conn = pin!(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
     let mut stopping = pin!(stopped(stop));
+    // Dropping the connection closes it.
+    let mut idle = pin!(idle_for(&activity, header_timeout));
     tokio::select! {
         biased;
         done = conn.as_mut() => {
@@ -108,9 +115,16 @@ async fn connection(
             return;
         }
         _ = &mut stopping => conn.as_mut().graceful_shutdown(),
+        _ = &mut idle => {
+            tracing::debug!("closing a connection on which no request started for {header_timeout:?}");
+            return;
+        }
     }
-    if let Err(e) = conn.await {
-        tracing::trace!("connection ended while shutting down: {e}");
+    tokio::select! {
+        done = conn => if let Err(e) = done {
+            tracing::trace!("connection ended while shutting down: {e}");
+        },
+        _ = idle => tracing::debug!("closing an idle connection while shutting down"),
     }
 }
 
