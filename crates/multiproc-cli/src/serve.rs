@@ -31,6 +31,11 @@ pub struct ServeArgs {
     /// Longest time a request body may take to arrive, in seconds (408 after it).
     #[arg(long, default_value_t = 30)]
     body_timeout_secs: u64,
+    /// Longest time, in seconds, a connection may go without a request
+    /// starting while none is in flight: a request's headers must arrive
+    /// within it, and a kept-alive connection idle that long is closed.
+    #[arg(long, default_value_t = 30)]
+    header_timeout_secs: u64,
     /// Threads handling HTTP (default: one per CPU).
     #[arg(long)]
     http_threads: Option<usize>,
@@ -108,6 +113,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         http: HttpOptions {
             body_limit: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.body_timeout_secs),
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         },
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,11 +29,21 @@ pub struct HttpOptions {
     /// body is read whole before anything is queued, so a slow client holds
     /// only its own connection, never a worker.
     pub body_timeout: Duration,
+    /// Longest time a connection may go without a request starting (its
+    /// headers read) while none is in flight; it is closed after that (and
+    /// at most half as long again). A client trickling its headers
+    /// (slowloris), connected and silent, idle on a kept-alive connection,
+    /// or not reading its answer, holds its connection no longer than this.
+    pub header_timeout: Duration,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { body_limit: 64 << 20, body_timeout: Duration::from_secs(30) }
+        HttpOptions {
+            body_limit: 64 << 20,
+            body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -97,6 +107,24 @@ impl App {
     }
 }
 
+/// The parameters of a route's path, as axum's [`Path`] extracts them, but
+/// failing (a segment that is not UTF-8 once percent-decoded) with an
+/// [`ApiError`], so the answer is the protocol's `{"error": ...}` rather
+/// than axum's plain text.
+#[derive(Debug)]
+pub(crate) struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(PathParams(t)),
+            Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
+        }
+    }
+}
+
 /// Parses a `{version}` path segment.
 pub(crate) fn parse_version(v: &str) -> Result<u64, ApiError> {
     v.parse().map_err(|_| ApiError::bad_request(format!("version '{v}' is not a number")))
@@ -136,12 +164,22 @@ async fn wrong_method(uri: Uri) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method", format!("{} does not take this method", uri.path()))
 }
 
-async fn live(State(app): State<Arc<App>>) -> StatusCode {
-    if app.core.is_live() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+// Health answers carry the OIP's JSON objects (`{"live": true}`,
+// `{"ready": true}`, `{"name": …, "ready": true}`): KServe's client reads
+// them; Triton's reads only the status, which is 200 or 503.
+
+async fn live(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    match app.core.is_live() {
+        true => Ok(Json(serde_json::json!({ "live": true }))),
+        false => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_live", "the server is shutting down")),
+    }
 }
 
-async fn ready(State(app): State<Arc<App>>) -> StatusCode {
-    if app.core.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+async fn ready(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    match app.core.is_ready() {
+        true => Ok(Json(serde_json::json!({ "ready": true }))),
+        false => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the server is not ready")),
+    }
 }
 
 async fn server_metadata() -> Json<ServerMetadata> {
@@ -152,13 +190,20 @@ async fn server_metadata() -> Json<ServerMetadata> {
     })
 }
 
-fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMetadata>, ApiError> {
+/// The configuration of `name` and the versions it serves; 404 if
+/// `version` is given and not one of them.
+fn model_at(app: &App, name: &str, version: Option<u64>) -> Result<(Arc<ModelConfig>, Vec<u64>), ApiError> {
     let (config, served) = app.model(name)?;
     if let Some(v) = version
         && !served.contains(&v)
     {
         return Err(ApiError::not_found(format!("model '{name}' has no version {v} (served: {served:?})")));
     }
+    Ok((config, served))
+}
+
+fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMetadata>, ApiError> {
+    let (config, served) = model_at(app, name, version)?;
     Ok(Json(ModelMetadata {
         name: name.to_string(),
         versions: served.iter().map(u64::to_string).collect(),
@@ -170,36 +215,39 @@ fn metadata(app: &App, name: &str, version: Option<u64>) -> Result<Json<ModelMet
 
 async fn model_metadata(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     metadata(&app, &name, None)
 }
 
 async fn model_version_metadata(
     State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     metadata(&app, &name, Some(parse_version(&version)?))
 }
 
-fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<StatusCode, ApiError> {
-    app.config(name)?;
+fn readiness(app: &App, name: &str, version: Option<u64>) -> Result<Json<serde_json::Value>, ApiError> {
+    model_at(app, name, version)?;
     match app.core.model_ready(name, version)? {
-        true => Ok(StatusCode::OK),
+        true => Ok(Json(serde_json::json!({ "name": name, "ready": true }))),
         false => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("model '{name}' is not ready")))
         }
     }
 }
 
-async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn model_ready(
+    State(app): State<Arc<App>>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     readiness(&app, &name, None)
 }
 
 async fn model_version_ready(
     State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+    PathParams((name, version)): PathParams<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     readiness(&app, &name, Some(parse_version(&version)?))
 }
 
@@ -212,17 +260,25 @@ fn state_name(state: VersionState) -> &'static str {
     }
 }
 
-async fn repository_index(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
-    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
-        false
-    } else {
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("malformed index request JSON: {e}")))?;
-        match v.get("ready") {
-            None => false,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(other) => return Err(ApiError::bad_request(format!("'ready' is {other}, expected true or false"))),
-        }
+/// The JSON body of a repository request (`what` names the request in
+/// errors), read within the body limits; an empty body is `{}`.
+async fn repository_request(app: &App, request: Request, what: &str) -> Result<serde_json::Value, ApiError> {
+    let declared = crate::infer::content_length(request.headers());
+    let body = crate::infer::read_body(app, declared, request.into_body()).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed {what} request JSON: {e}")))
+}
+
+async fn repository_index(
+    State(app): State<Arc<App>>,
+    request: Request,
+) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
+    let ready_only = match repository_request(&app, request, "index").await?.get("ready") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(other) => return Err(ApiError::bad_request(format!("'ready' is {other}, expected true or false"))),
     };
     let status = app.core.status();
     let models = app.models.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -270,8 +326,25 @@ fn check_model_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn repository_load(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn repository_load(
+    State(app): State<Arc<App>>,
+    PathParams(name): PathParams<String>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
+    // Triton's load may carry a configuration (and files) to use instead of
+    // the directory's; this server loads only what is on disk, so it says
+    // so rather than load something else than asked.
+    let load = repository_request(&app, request, "load").await?;
+    if let Some(params) = load.get("parameters").and_then(serde_json::Value::as_object)
+        && let Some(key) = params.keys().find(|k| *k == "config" || k.starts_with("file:"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "load parameter '{key}' is not supported: a model loads from {}, its config.toml and version \
+             directories; change them there and load again",
+            app.root.join(&name).display()
+        )));
+    }
     if !app.root.join(&name).is_dir() {
         return Err(ApiError::not_found(format!(
             "no model directory '{name}' in the repository {}",
@@ -279,18 +352,32 @@ async fn repository_load(State(app): State<Arc<App>>, Path(name): Path<String>) 
         )));
     }
     let dir = scan_model(&app.root, &name);
-    app.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), dir.clone());
+    let put = |dir: ModelDir| app.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), dir);
+    // A failed load keeps what was serving: while the new configuration is
+    // not serving, requests are checked against the old one (which the old
+    // versions still serve). A model new to the server is listed at once.
+    let serving = app.models.read().unwrap_or_else(|e| e.into_inner()).get(&name).is_some_and(|m| m.loaded.is_ok());
+    if !serving {
+        put(dir.clone());
+    }
     if let Err(e) = &dir.loaded {
         return Err(ApiError::bad_request(format!("cannot load model '{name}': {e}")));
     }
     let core = app.core.clone();
-    tokio::task::spawn_blocking(move || add_model(&core, &dir)).await.map_err(|e| {
+    let loading = dir.clone();
+    tokio::task::spawn_blocking(move || add_model(&core, &loading)).await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("load task failed: {e}"))
     })??;
+    if serving {
+        put(dir);
+    }
     Ok(StatusCode::OK)
 }
 
-async fn repository_unload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn repository_unload(
+    State(app): State<Arc<App>>,
+    PathParams(name): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
     app.config(&name)?;
     let core = app.core.clone();

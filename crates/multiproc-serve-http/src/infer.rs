@@ -5,15 +5,17 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{self, Path, State};
+use axum::extract::{self, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use multiproc_serve::Request;
 
-use crate::app::{App, parse_version};
+use crate::app::{App, PathParams, parse_version};
+use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{DecodedRequest, HEADER_CONTENT_LENGTH, Tensor, decode_request, encode_response};
+use crate::raw::raw_request;
 use crate::repository::{ModelConfig, TensorConfig};
 
 // The handlers take the whole request and read its headers in place
@@ -22,7 +24,7 @@ use crate::repository::{ModelConfig, TensorConfig};
 /// Inference on the model's default version (the router's way in).
 pub(crate) async fn infer(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     request: extract::Request,
 ) -> Response {
     answer(&app, name, None, request).await
@@ -31,7 +33,7 @@ pub(crate) async fn infer(
 /// Inference on one version (the router's way in).
 pub(crate) async fn infer_version(
     State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
     request: extract::Request,
 ) -> Response {
     answer(&app, name, Some(&version), request).await
@@ -64,7 +66,7 @@ where
         Ok(r) => r,
         Err(e) => {
             // Failures inside the core are counted by the core.
-            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout") {
+            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding") {
                 let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
                 app.http_counters.failure(&name, &v, e.reason);
             }
@@ -80,39 +82,49 @@ struct Lengths {
     /// `Inference-Header-Content-Length`: absent, a number, or the error
     /// for a value that is not one (answered after the body is read).
     json_header: Result<Option<u64>, ApiError>,
+    /// `Content-Encoding`, or the error for one not read here.
+    encoding: Result<ContentEncoding, ApiError>,
 }
 
 impl Lengths {
     fn of(headers: &HeaderMap) -> Lengths {
-        let body =
-            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let body = content_length(headers);
         let json_header = match headers.get(HEADER_CONTENT_LENGTH) {
             None => Ok(None),
             Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
                 ApiError::bad_request(format!("Inference-Header-Content-Length is {v:?}, expected a number of bytes"))
             }),
         };
-        Lengths { body, json_header }
+        Lengths { body, json_header, encoding: ContentEncoding::of(headers) }
     }
 }
 
-async fn read_body<B>(app: &App, declared: Option<u64>, body: B) -> Result<Bytes, ApiError>
+/// `Content-Length`, if present and a number.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a request body whole, bounded by the app's size limit (413; at
+/// once if `declared`, the `Content-Length`, is over it) and time limit
+/// (408): a slow client holds only its own connection.
+pub(crate) async fn read_body<B>(app: &App, declared: Option<u64>, body: B) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<axum::BoxError>,
 {
     let limit = app.options.body_limit;
-    let too_large = |n: String| {
+    // `what`: the body, with its size when it was announced.
+    let too_large = |what: String| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"),
+            format!("{what} is over the limit of {limit} bytes (--max-body-bytes)"),
         )
     };
     if let Some(n) = declared
         && n > limit as u64
     {
-        return Err(too_large(n.to_string()));
+        return Err(too_large(format!("request body of {n} bytes")));
     }
     match tokio::time::timeout(app.options.body_timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(ApiError::new(
@@ -120,7 +132,7 @@ where
             "body_timeout",
             format!("the request body did not arrive within {:?}", app.options.body_timeout),
         )),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large("more than that".into())),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large("the request body".into())),
         Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
@@ -138,10 +150,18 @@ where
     B::Error: Into<axum::BoxError>,
 {
     let config = app.config(name)?;
-    let body = read_body(app, lengths.body, body).await?;
+    let encoding = lengths.encoding?;
+    let body = encoding.decode(read_body(app, lengths.body, body).await?, app.options.body_limit)?;
     let header_length = lengths.json_header?;
-    let DecodedRequest { id, inputs, outputs, binary_output_default } = decode_request(&body, header_length)?;
-    drop(body);
+    // The body is gone (moved or dropped) before the model runs.
+    let DecodedRequest { id, inputs, outputs, binary_output_default, timeout } = match header_length {
+        Some(0) => raw_request(name, &config, Vec::from(body))?,
+        _ => {
+            let decoded = decode_request(&body, header_length)?;
+            drop(body);
+            decoded
+        }
+    };
     check_inputs(name, &config, &inputs)?;
     if let Some(wanted) = &outputs
         && let Some(w) = wanted.iter().find(|w| !config.outputs.iter().any(|o| o.name == w.name))
@@ -153,7 +173,11 @@ where
         )));
     }
     let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 } as u64;
-    let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(Request::new(name, inputs).maybe_version(version));
+    let mut request = Request::new(name, inputs).maybe_version(version);
+    if let Some(t) = timeout {
+        request = request.timeout(t);
+    }
+    let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(request);
     let reply = app.lone.wait(answer).await?;
     app.http_counters.rows(name, reply.version, rows);
     let encoded =

@@ -25,9 +25,16 @@
 //! `POST /v2/repository/index`, `POST /v2/repository/models/{m}/load` and
 //! `/unload` (a load of a model already served is a zero-downtime reload:
 //! a new version directory is started, traffic moves when it is ready, the
-//! old version drains), `GET /metrics`. Errors are `{"error": "..."}`: 400
-//! bad request, 404 unknown model or version, 413 body over the limit, 503
-//! not ready or overloaded (with `Retry-After`), 500 model failure.
+//! old version drains), `GET /metrics`. An inference body may also be
+//! Triton's raw binary request (`Inference-Header-Content-Length: 0`: the one
+//! input's bytes alone, its shape deduced from their size, every output
+//! binary). Health and readiness answer the
+//! protocol's `{"live": true}`, `{"ready": true}` and
+//! `{"name": …, "ready": true}`. Errors are `{"error": "..."}`: 400
+//! bad request, 404 unknown model or version, 413 body over the limit, 415
+//! a `Content-Encoding` other than gzip or deflate (the two tritonclient
+//! compresses requests with, read here), 503 not ready or overloaded (with
+//! `Retry-After`), 500 model failure.
 //!
 //! ## Serving a repository from Rust
 //!
@@ -78,11 +85,14 @@
 pub mod app;
 pub mod client;
 pub mod demo;
+mod encoding;
 pub mod error;
+mod idle;
 mod infer;
 mod listen;
 pub mod metrics;
 pub mod onnx;
 pub mod protocol;
+mod raw;
 pub mod repository;
 pub mod serve;

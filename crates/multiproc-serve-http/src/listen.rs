@@ -26,11 +26,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::app::App;
+use crate::idle::{Activity, InFlight, idle_for};
 
 /// Serves `router` (and, if `app` is given, its inference fast path) on
 /// `listener` until `stop` turns true; then stops accepting, lets every
 /// connection finish its request in flight, and returns once all are closed.
-pub(crate) async fn serve(listener: TcpListener, router: Router, app: Option<Arc<App>>, stop: watch::Receiver<bool>) {
+/// A connection on which no request has started and none has been in
+/// flight for `header_timeout` is closed.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    app: Option<Arc<App>>,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
     // Every connection holds a receiver; `closed` resolves when all are gone.
     let (open_tx, open_rx) = watch::channel(());
     let router = TowerToHyperService::new(router);
@@ -47,7 +56,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, app: Option<Arc
             _ = &mut stopping => break,
         };
         let front = Front { router: router.clone(), app: app.clone() };
-        tokio::spawn(connection(stream, front, stop.clone(), open_rx.clone()));
+        tokio::spawn(connection(stream, front, header_timeout, stop.clone(), open_rx.clone()));
     }
     drop(open_rx);
     drop(listener);
@@ -69,18 +78,34 @@ async fn accept_failed(e: std::io::Error) {
     }
 }
 
-/// Serves one connection until it closes; on `stop`, finishes the request
-/// in flight and closes it.
-async fn connection(stream: TcpStream, front: Front, stop: watch::Receiver<bool>, _open: watch::Receiver<()>) {
+/// Serves one connection until it closes, or until no request has started
+/// and none has been in flight for `header_timeout` (see [`idle_for`]); on
+/// `stop`, finishes the request in flight and closes it.
+async fn connection(
+    stream: TcpStream,
+    front: Front,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+    _open: watch::Receiver<()>,
+) {
     // One write per response, so Nagle never holds anything back; without
     // delay is what an answer should have anyway.
     let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let requests = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |request| {
         let front = front.clone();
-        async move { Ok::<_, Infallible>(front.answer(request).await) }
+        let in_flight = InFlight::enter(&requests);
+        async move {
+            let response = front.answer(request).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut conn = pin!(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
     let mut stopping = pin!(stopped(stop));
+    // Dropping the connection closes it.
+    let mut idle = pin!(idle_for(&activity, header_timeout));
     tokio::select! {
         biased;
         done = conn.as_mut() => {
@@ -90,9 +115,16 @@ async fn connection(stream: TcpStream, front: Front, stop: watch::Receiver<bool>
             return;
         }
         _ = &mut stopping => conn.as_mut().graceful_shutdown(),
+        _ = &mut idle => {
+            tracing::debug!("closing a connection on which no request started for {header_timeout:?}");
+            return;
+        }
     }
-    if let Err(e) = conn.await {
-        tracing::trace!("connection ended while shutting down: {e}");
+    tokio::select! {
+        done = conn => if let Err(e) = done {
+            tracing::trace!("connection ended while shutting down: {e}");
+        },
+        _ = idle => tracing::debug!("closing an idle connection while shutting down"),
     }
 }
 

@@ -103,9 +103,10 @@ impl Running {
     /// requests in flight finish, and stops every worker.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let header_timeout = self.app.options.header_timeout;
         let metrics = self.metrics_listener.map(|l| {
             let router = metrics_router(Arc::clone(&self.app));
-            tokio::spawn(crate::listen::serve(l, router, None, stop_rx.clone()))
+            tokio::spawn(crate::listen::serve(l, router, None, header_timeout, stop_rx.clone()))
         });
         tokio::spawn(async move {
             shutdown.await;
@@ -113,7 +114,7 @@ impl Running {
             let _ = stop_tx.send(true);
         });
         let router = router(Arc::clone(&self.app));
-        crate::listen::serve(self.listener, router, Some(Arc::clone(&self.app)), stop_rx).await;
+        crate::listen::serve(self.listener, router, Some(Arc::clone(&self.app)), header_timeout, stop_rx).await;
         if let Some(m) = metrics {
             let _ = m.await;
         }

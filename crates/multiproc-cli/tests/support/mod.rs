@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -192,4 +192,52 @@ pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value
 pub fn get_json(url: &str) -> (u16, serde_json::Value) {
     let (s, b, _) = call(agent().get(url), None);
     (s, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+}
+
+/// Runs `cmd` to its end, killing it (and failing) after `limit`.
+pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} took more than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The Python of the virtual environment `target/py-venvs/<name>`, created
+/// (`python3 -m venv`, then `pip install <packages>` from PyPI) unless
+/// `check` already runs in it; later runs reuse it.
+pub fn python_venv(name: &str, packages: &[&str], check: &str) -> PathBuf {
+    let dir = manifest().join("../../target/py-venvs").join(name);
+    let python = dir.join("bin/python");
+    let ok = |p: &PathBuf| Command::new(p).args(["-c", check]).status().is_ok_and(|s| s.success());
+    if !ok(&python) {
+        let out = run_with_limit(Command::new("python3").args(["-m", "venv"]).arg(&dir), Duration::from_secs(120));
+        assert!(out.status.success(), "python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run_with_limit(
+            Command::new(dir.join("bin/pip")).args(["install", "-q"]).args(packages),
+            Duration::from_secs(600),
+        );
+        assert!(out.status.success(), "pip install {packages:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(ok(&python), "{check:?} fails after installing {packages:?}");
+    }
+    python
+}
+
+/// Sends `request` as it is on a new connection to `base` and reads the
+/// answer until the server closes the connection (20 s at most).
+pub fn raw_exchange(base: &str, request: &[u8]) -> String {
+    let mut conn = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server may answer (and close) before it has read all of it.
+    let _ = std::io::Write::write_all(&mut conn, request);
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
 }

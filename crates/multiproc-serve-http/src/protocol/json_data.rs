@@ -70,6 +70,8 @@ impl Scalar<'_> {
             Scalar::Unsigned(u) => Some(u as f64),
             Scalar::Signed(i) => Some(i as f64),
             Scalar::Float(f) => Some(f),
+            // NaN and infinities, as tritonclient writes them (see non_finite).
+            Scalar::Str(s) => super::non_finite::parse(s),
             _ => None,
         }
     }

@@ -15,6 +15,14 @@ pub struct InferRequestBody<'a> {
     /// An identifier echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
+    /// The model's name, which KServe's client writes into every request
+    /// (and Triton's examples show). Not the protocol's: accepted and
+    /// ignored, as Triton does; the path names the model.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// The model's version, likewise accepted and ignored.
+    #[serde(default)]
+    pub model_version: Option<String>,
     /// Request parameters (`binary_data_output`, …).
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,

@@ -11,6 +11,7 @@
 pub mod fuzz;
 pub mod json_data;
 pub mod messages;
+pub mod non_finite;
 pub mod request;
 pub mod response;
 /// The tensor types: multiproc-serve's, so decoded inputs go to the core

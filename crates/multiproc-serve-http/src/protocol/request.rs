@@ -1,6 +1,8 @@
 //! Decoding an inference request body: the JSON part and, with Triton's
 //! binary tensor extension, the binary tensors after it.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 use super::messages::InferRequestBody;
@@ -23,11 +25,14 @@ pub struct DecodedRequest {
     pub id: Option<String>,
     /// The inputs, each with data of exactly its shape's size.
     pub inputs: Vec<Tensor>,
-    /// The outputs asked for; `None` means all of them.
+    /// The outputs asked for; `None` (no list, or an empty one) means all of them.
     pub outputs: Option<Vec<OutputWanted>>,
     /// The request-level `binary_data_output`: the default for outputs not
     /// listed individually.
     pub binary_output_default: bool,
+    /// The request-level `timeout` (Triton's parameter, in µs; 0 is none,
+    /// as there): the longest the request may wait for its answer.
+    pub timeout: Option<Duration>,
 }
 
 fn bool_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Result<Option<bool>, ProtocolError> {
@@ -38,6 +43,36 @@ fn bool_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Re
             Err(ProtocolError::new(format!("{whose}: parameter '{key}' is {other}, expected true or false")))
         }
     }
+}
+
+/// Refuses the parameters among `params` that belong to a Triton extension
+/// this server does not offer (`keys`: each parameter and its extension),
+/// unless given their neutral value (0, "", false, null), as tritonclient
+/// sends some by default: answering as if they were not there would answer
+/// something else than asked.
+fn refuse_unoffered(
+    params: &Option<Map<String, Value>>,
+    keys: &[(&str, &str)],
+    whose: impl Fn() -> String,
+) -> Result<(), ProtocolError> {
+    let Some(params) = params else { return Ok(()) };
+    for (key, extension) in keys {
+        let neutral = |v: &Value| match v {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::String(s) => s.is_empty(),
+            _ => false,
+        };
+        if params.get(*key).is_some_and(|v| !neutral(v)) {
+            return Err(ProtocolError::new(format!(
+                "{}: parameter '{key}' (Triton's {extension} extension) is not supported by this server; \
+                 GET /v2 lists the extensions it has",
+                whose()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes `body`. `header_length` is the `Inference-Header-Content-Length`
@@ -69,14 +104,26 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
             }
         },
     };
-    let req: InferRequestBody = serde_json::from_slice(json)
-        .map_err(|e| ProtocolError::new(format!("malformed inference request JSON: {e}")))?;
+    let malformed = |e: serde_json::Error| ProtocolError::new(format!("malformed inference request JSON: {e}"));
+    // A second chance for NaN and infinities as tritonclient writes them.
+    let rewritten;
+    let req: InferRequestBody = match serde_json::from_slice(json) {
+        Ok(req) => req,
+        Err(e) => {
+            rewritten = super::non_finite::as_strings(json).ok_or_else(|| malformed(e))?;
+            serde_json::from_slice(&rewritten).map_err(malformed)?
+        }
+    };
     if req.inputs.is_empty() {
         return Err(ProtocolError::new("the request has no inputs"));
     }
     let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
+    refuse_unoffered(&req.parameters, &[("sequence_id", "sequence")], || "request".into())?;
     for input in req.inputs {
         let name = input.name;
+        refuse_unoffered(&input.parameters, &[("shared_memory_region", "shared memory")], || {
+            format!("input '{name}'")
+        })?;
         if inputs.iter().any(|t| t.name() == name) {
             return Err(ProtocolError::new(format!("input '{name}' is given twice")));
         }
@@ -138,21 +185,38 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
         )));
     }
     let binary_output_default = bool_param(&req.parameters, "binary_data_output", "request")?.unwrap_or(false);
-    let outputs = match req.outputs {
+    let timeout = match req.parameters.as_ref().and_then(|p| p.get("timeout")) {
         None => None,
+        Some(v) => match v.as_u64() {
+            Some(0) => None,
+            Some(us) => Some(Duration::from_micros(us)),
+            None => {
+                return Err(ProtocolError::new(format!(
+                    "request: parameter 'timeout' is {v}, expected a whole number of microseconds"
+                )));
+            }
+        },
+    };
+    let outputs = match req.outputs {
+        // An empty list selects nothing, so every output, as Triton reads it.
+        None => None,
+        Some(list) if list.is_empty() => None,
         Some(list) => {
             let mut wanted: Vec<OutputWanted> = Vec::with_capacity(list.len());
             for o in list {
                 if wanted.iter().any(|w| w.name == o.name) {
                     return Err(ProtocolError::new(format!("output '{}' is asked for twice", o.name)));
                 }
-                let binary = bool_param(&o.parameters, "binary_data", &format!("output '{}'", o.name))?;
+                let whose = format!("output '{}'", o.name);
+                let unoffered = [("classification", "classification"), ("shared_memory_region", "shared memory")];
+                refuse_unoffered(&o.parameters, &unoffered, || whose.clone())?;
+                let binary = bool_param(&o.parameters, "binary_data", &whose)?;
                 wanted.push(OutputWanted { name: o.name, binary: binary.unwrap_or(binary_output_default) });
             }
             Some(wanted)
         }
     };
-    Ok(DecodedRequest { id: req.id, inputs, outputs, binary_output_default })
+    Ok(DecodedRequest { id: req.id, inputs, outputs, binary_output_default, timeout })
 }
 
 #[cfg(test)]
