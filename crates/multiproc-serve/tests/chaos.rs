@@ -11,6 +11,17 @@ use std::time::Duration;
 use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
 use multiproc_serve::{ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server};
 
+/// Restarts that come fast and never count as a crash loop: the tests kill
+/// workers on purpose, again and again.
+fn quick_restarts() -> RestartPolicy {
+    RestartPolicy {
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        crash_loop_threshold: 1_000,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn workers_killed_at_random_under_load_lose_no_request_and_the_counts_add_up() {
     let server = Server::new();
@@ -18,12 +29,7 @@ fn workers_killed_at_random_under_load_lose_no_request_and_the_counts_add_up() {
         max_batch_size: 4,
         instances: 2,
         queue_capacity: 100_000,
-        restart: RestartPolicy {
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-            crash_loop_threshold: 1_000,
-            ..Default::default()
-        },
+        restart: quick_restarts(),
         ..Default::default()
     };
     let behaviour = Behaviour { batch_ms: 2, ..Default::default() };
@@ -92,15 +98,7 @@ fn workers_killed_at_random_under_load_lose_no_request_and_the_counts_add_up() {
 #[test]
 fn a_worker_killed_at_random_under_lone_requests_loses_at_most_the_request_it_ran() {
     let server = Server::new();
-    let settings = ModelSettings {
-        restart: RestartPolicy {
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-            crash_loop_threshold: 1_000,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let settings = ModelSettings { restart: quick_restarts(), ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("m").version(1, Behaviour::default()).settings(settings)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     // One caller, one request at a time: the polling paths of a lone request.

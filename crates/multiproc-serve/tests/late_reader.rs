@@ -10,40 +10,15 @@ use std::time::Duration;
 
 use multiproc_serve::{CommandConfig, CommandModel, ModelSettings, ModelSpec, Server, Tensor};
 
-/// A `tracing` subscriber that takes 1.5 s over any event mentioning "stall".
-struct SlowOnStall;
-
-struct Text(String);
-
-impl tracing::field::Visit for Text {
-    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!("{value:?}"));
-    }
-}
-
-impl tracing::Subscriber for SlowOnStall {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut text = Text(String::new());
-        event.record(&mut text);
-        if text.0.contains("stall") {
-            std::thread::sleep(Duration::from_millis(1_500));
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn an_answer_that_came_in_time_is_not_taken_for_a_call_timeout() {
-    tracing::subscriber::set_global_default(SlowOnStall).unwrap();
+    // A log subscriber that takes 1.5 s over any event mentioning "stall".
+    let slow_on_stall = common::OnEvent(|line: String| {
+        if line.contains("stall") {
+            std::thread::sleep(Duration::from_millis(1_500));
+        }
+    });
+    tracing::subscriber::set_global_default(slow_on_stall).unwrap();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").display().to_string();
     // Each batch logs "stall" on stderr, then answers 100 ms later (well
     // within the call timeout; the log line is surely read first).

@@ -111,9 +111,9 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A `tracing` subscriber that keeps every event as one line of
-/// `field=value` pairs, for tests to look at the log.
-pub struct CaptureLog(pub Arc<std::sync::Mutex<Vec<String>>>);
+/// A `tracing` subscriber that hands every event, as one line of
+/// `field=value` pairs, to its function.
+pub struct OnEvent<F>(pub F);
 
 struct Line(String);
 
@@ -129,7 +129,7 @@ impl tracing::field::Visit for Line {
     }
 }
 
-impl tracing::Subscriber for CaptureLog {
+impl<F: Fn(String) + Send + Sync + 'static> tracing::Subscriber for OnEvent<F> {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
         true
     }
@@ -141,18 +141,21 @@ impl tracing::Subscriber for CaptureLog {
     fn event(&self, event: &tracing::Event<'_>) {
         let mut line = Line(String::new());
         event.record(&mut line);
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line.0);
+        (self.0)(line.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-/// Installs [`CaptureLog`] for the whole test binary (once) and returns its lines.
+/// Installs a subscriber keeping every event's line, for the whole test
+/// binary (once), and returns the lines.
 pub fn capture_log() -> Arc<std::sync::Mutex<Vec<String>>> {
     static LINES: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<String>>>> = std::sync::OnceLock::new();
     Arc::clone(LINES.get_or_init(|| {
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let _ = tracing::subscriber::set_global_default(CaptureLog(Arc::clone(&lines)));
+        let sink = Arc::clone(&lines);
+        let keep = OnEvent(move |line| sink.lock().unwrap_or_else(|e| e.into_inner()).push(line));
+        let _ = tracing::subscriber::set_global_default(keep);
         lines
     }))
 }
