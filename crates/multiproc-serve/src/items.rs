@@ -100,6 +100,21 @@ impl Items {
         }
     }
 
+    /// Takes the first `n` items out (all of them if fewer), leaving the
+    /// rest: the items taken keep the buffer; the rest are copied into a
+    /// new one as large (so that items added next do not regrow it).
+    pub fn split_front(&mut self, n: usize) -> Items {
+        let n = n.min(self.len());
+        // In range: ends rise within the buffer.
+        let cut = n.checked_sub(1).map_or(0, |last| self.ends[last].0);
+        let mut rest = Items::with_capacity(self.ends.capacity(), self.buf.capacity());
+        rest.buf.extend_from_slice(&self.buf[cut as usize..]);
+        rest.ends.extend(self.ends[n..].iter().map(|&(end, ok)| (end - cut, ok)));
+        self.buf.truncate(cut as usize);
+        self.ends.truncate(n);
+        std::mem::replace(self, rest)
+    }
+
     /// The number of items.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -282,6 +297,24 @@ mod tests {
         assert_eq!(items.get(1).unwrap().unwrap(), [0u8; 0]);
         assert_eq!(items.get(2).unwrap().unwrap(), [4]);
         assert_eq!(postcard::to_allocvec(&Inputs::Received(items)).unwrap(), wire, "the same bytes either way");
+    }
+
+    #[test]
+    fn split_front_takes_the_first_items_and_keeps_the_rest_in_order() {
+        let mut items = Items::with_capacity(4, 0);
+        for s in ["a", "bb", "ccc"] {
+            items.push_output(Ok(s.to_string()));
+        }
+        items.push_error("bad");
+        let front = items.split_front(2);
+        let decoded = |items: &Items, i| items.decode::<String>(i, "item");
+        assert_eq!((front.len(), items.len()), (2, 2));
+        assert_eq!((decoded(&front, 0).unwrap(), decoded(&front, 1).unwrap()), ("a".into(), "bb".into()));
+        assert_eq!(decoded(&items, 0).unwrap(), "ccc");
+        assert_eq!(items.get(1).unwrap(), Err("bad"));
+        let all = items.split_front(10);
+        assert_eq!((all.len(), items.len(), items.byte_len()), (2, 0, 0));
+        assert_eq!(items.split_front(1).len(), 0, "nothing left to take");
     }
 
     #[test]
