@@ -17,39 +17,84 @@ pub(crate) const ITEM_BYTES_GUESS: usize = 32;
 
 /// Items in one buffer: item `i` is `buf[ends[i-1].0 .. ends[i].0]`, an
 /// encoded value if its flag is true, else an error message (UTF-8).
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-#[serde(try_from = "Wire")]
+///
+/// On the wire the ends travel packed ([`pack_ends`]): one varint per item
+/// of its length and flag, read back in one tight loop (a list of
+/// `(u64, bool)` pairs cost serde's per-element calls at each of the four
+/// hops a pipeline request makes).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Items {
     buf: ByteBuf,
     ends: Vec<(u64, bool)>,
 }
 
-/// [`Items`] as they arrive, before they are checked.
-#[derive(Deserialize)]
-struct Wire {
-    buf: ByteBuf,
-    ends: Vec<(u64, bool)>,
+impl Serialize for Items {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let packed = pack_ends(&self.ends);
+        (serde_bytes::Bytes::new(&self.buf), serde_bytes::Bytes::new(&packed)).serialize(s)
+    }
 }
 
-impl TryFrom<Wire> for Items {
-    type Error = String;
-
-    /// Bytes from another process are untrusted: the ends must rise within
-    /// the buffer, and every error message must be UTF-8.
-    fn try_from(w: Wire) -> Result<Items, String> {
-        let mut start = 0u64;
-        for &(end, ok) in &w.ends {
-            if end < start || end > w.buf.len() as u64 {
-                return Err(format!("item end {end} out of order or past the buffer of {}", w.buf.len()));
-            }
-            // In range: `end` is at most the buffer's length.
-            if !ok && std::str::from_utf8(&w.buf[start as usize..end as usize]).is_err() {
-                return Err("an item's error message is not UTF-8".to_string());
-            }
-            start = end;
-        }
-        Ok(Items { buf: w.buf, ends: w.ends })
+impl<'de> Deserialize<'de> for Items {
+    /// Bytes from another process are untrusted: the ends must fit the
+    /// buffer, and every error message must be UTF-8.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (buf, packed) = <(ByteBuf, serde_bytes::ByteBuf)>::deserialize(d)?;
+        let ends = unpack_ends(&packed, &buf).map_err(serde::de::Error::custom)?;
+        Ok(Items { buf, ends })
     }
+}
+
+/// The ends as sent: for each item, `len << 1 | ok` as a LEB128 varint.
+fn pack_ends(ends: &[(u64, bool)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ends.len() + ends.len() / 2);
+    let mut start = 0;
+    for &(end, ok) in ends {
+        // Ends rise (built here, or checked when received).
+        let mut v = (end - start) << 1 | u64::from(ok);
+        start = end;
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    out
+}
+
+/// Reads packed ends back, checking that every item fits in `buf` and
+/// that every error message is UTF-8.
+fn unpack_ends(packed: &[u8], buf: &[u8]) -> Result<Vec<(u64, bool)>, String> {
+    // At most one item per byte: the reservation is bounded by the message.
+    let mut ends = Vec::with_capacity(packed.len());
+    let (mut start, mut at) = (0u64, 0);
+    while at < packed.len() {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let Some(&b) = packed.get(at) else { return Err("an item end is cut short".to_string()) };
+            at += 1;
+            if (shift == 63 && b > 1) || shift > 63 {
+                return Err("an item end overflows".to_string());
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                break;
+            }
+            shift += 7;
+        }
+        let (len, ok) = (v >> 1, v & 1 == 1);
+        let end = start.checked_add(len).filter(|&e| e <= buf.len() as u64);
+        let Some(end) = end else {
+            return Err(format!("an item of {len} bytes at {start} is past the buffer of {}", buf.len()));
+        };
+        // In range: `end` is at most the buffer's length.
+        if !ok && std::str::from_utf8(&buf[start as usize..end as usize]).is_err() {
+            return Err("an item's error message is not UTF-8".to_string());
+        }
+        ends.push((end, ok));
+        start = end;
+    }
+    Ok(ends)
 }
 
 impl Items {
@@ -98,6 +143,21 @@ impl Items {
                 self.push_error(&format!("output does not encode: {e}"));
             }
         }
+    }
+
+    /// Takes the first `n` items out (all of them if fewer), leaving the
+    /// rest: the items taken keep the buffer; the rest are copied into a
+    /// new one as large (so that items added next do not regrow it).
+    pub fn split_front(&mut self, n: usize) -> Items {
+        let n = n.min(self.len());
+        // In range: ends rise within the buffer.
+        let cut = n.checked_sub(1).map_or(0, |last| self.ends[last].0);
+        let mut rest = Items::with_capacity(self.ends.capacity(), self.buf.capacity());
+        rest.buf.extend_from_slice(&self.buf[cut as usize..]);
+        rest.ends.extend(self.ends[n..].iter().map(|&(end, ok)| (end - cut, ok)));
+        self.buf.truncate(cut as usize);
+        self.ends.truncate(n);
+        std::mem::replace(self, rest)
     }
 
     /// The number of items.
@@ -285,10 +345,47 @@ mod tests {
     }
 
     #[test]
+    fn split_front_takes_the_first_items_and_keeps_the_rest_in_order() {
+        let mut items = Items::with_capacity(4, 0);
+        for s in ["a", "bb", "ccc"] {
+            items.push_output(Ok(s.to_string()));
+        }
+        items.push_error("bad");
+        let front = items.split_front(2);
+        let decoded = |items: &Items, i| items.decode::<String>(i, "item");
+        assert_eq!((front.len(), items.len()), (2, 2));
+        assert_eq!((decoded(&front, 0).unwrap(), decoded(&front, 1).unwrap()), ("a".into(), "bb".into()));
+        assert_eq!(decoded(&items, 0).unwrap(), "ccc");
+        assert_eq!(items.get(1).unwrap(), Err("bad"));
+        let all = items.split_front(10);
+        assert_eq!((all.len(), items.len(), items.byte_len()), (2, 0, 0));
+        assert_eq!(items.split_front(1).len(), 0, "nothing left to take");
+    }
+
+    #[test]
     fn items_with_ends_past_the_buffer_are_refused() {
-        let wire = (ByteBuf::from(vec![1u8, 2]), vec![(1u64, true), (5u64, true)]);
-        assert!(postcard::from_bytes::<Items>(&postcard::to_allocvec(&wire).unwrap()).is_err());
-        let wire = (ByteBuf::from(vec![0xffu8]), vec![(1u64, false)]);
-        assert!(postcard::from_bytes::<Items>(&postcard::to_allocvec(&wire).unwrap()).is_err());
+        let wire = |buf: Vec<u8>, ends: &[(u64, bool)]| {
+            postcard::to_allocvec(&(ByteBuf::from(buf), ByteBuf::from(pack_ends(ends)))).unwrap()
+        };
+        assert!(postcard::from_bytes::<Items>(&wire(vec![1, 2], &[(1, true), (5, true)])).is_err());
+        assert!(postcard::from_bytes::<Items>(&wire(vec![0xff], &[(1, false)])).is_err());
+        let back = postcard::from_bytes::<Items>(&wire(vec![1, 2], &[(1, true), (2, true)])).unwrap();
+        assert_eq!((back.get(0).unwrap(), back.get(1).unwrap()), (Ok(&[1u8][..]), Ok(&[2u8][..])));
+        // Varints cut short or past 64 bits.
+        let raw =
+            |packed: Vec<u8>| postcard::to_allocvec(&(ByteBuf::from(vec![0u8; 4]), ByteBuf::from(packed))).unwrap();
+        assert!(postcard::from_bytes::<Items>(&raw(vec![0x80])).is_err());
+        assert!(postcard::from_bytes::<Items>(&raw(vec![0xff; 10].into_iter().chain([0x01]).collect())).is_err());
+        assert!(
+            postcard::from_bytes::<Items>(&raw(vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn packed_ends_read_back_for_long_items_too() {
+        let ends = [(0u64, true), (300, false), (70_000, true), (70_001, true)];
+        let buf = vec![b'x'; 70_001];
+        assert_eq!(unpack_ends(&pack_ends(&ends), &buf).unwrap(), ends);
     }
 }

@@ -29,13 +29,13 @@ use serde::de::DeserializeOwned;
 use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
 use crate::gauge::{Feeder, Gauge, InFlight};
-use crate::items::{Encoded, Items};
+use crate::items::{Encoded, ITEM_BYTES_GUESS, Items};
 use crate::preprocess::{PreprocessChunk, Preprocessed};
 use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
 
-type PreFn<R> = Arc<dyn Fn(&Pool, Vec<R>) -> AsyncResult<Preprocessed> + Send + Sync>;
+type PreFn = Arc<dyn Fn(&Pool, Items) -> AsyncResult<Preprocessed> + Send + Sync>;
 type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
 
 /// A value that travels between a pipeline's stages (and so between
@@ -54,7 +54,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> PipelineItem for T {}
 pub struct PipelineSpec<R, I, O, P> {
     name: String,
     model: String,
-    preprocess: PreFn<R>,
+    preprocess: PreFn,
     preprocess_processes: usize,
     postprocess: Option<(PostFn<O, P>, usize)>,
     capacity: usize,
@@ -88,9 +88,7 @@ where
     where
         F: Task<(R,), Result<I, String>>,
     {
-        let pre: PreFn<R> = Arc::new(move |pool: &Pool, items: Vec<R>| {
-            let chunk = PreprocessChunk::<F, R, I>::encode(&items);
-            drop(items);
+        let pre: PreFn = Arc::new(move |pool: &Pool, chunk: Items| {
             pool.apply_async(PreprocessChunk(preprocess, PhantomData::<fn(R) -> I>), (chunk,))
         });
         PipelineSpec {
@@ -164,7 +162,7 @@ where
             Some((f, n)) => (Some((f, n)), Some(pool(n)?)),
             None => (None, None),
         };
-        let runtime = Arc::new_cyclic(|me| Runtime {
+        let runtime = Arc::new_cyclic(|me: &Weak<Runtime<R, O, P>>| Runtime {
             me: me.clone(),
             name: self.name,
             model: self.model,
@@ -172,7 +170,7 @@ where
             pools: RwLock::new((Some(pre_pool), post_pool)),
             pre_processes: self.preprocess_processes,
             post,
-            queue: Mutex::new(Feed { jobs: VecDeque::new(), chunks_out: 0 }),
+            queue: Mutex::new(Feed { jobs: VecDeque::new(), inputs: Items::default(), chunks_out: 0 }),
             changed: Condvar::new(),
             gauge: Gauge::new(),
             capacity: self.capacity,
@@ -180,6 +178,7 @@ where
             server,
             stopped: AtomicBool::new(false),
             thread: Mutex::new(None),
+            _request: PhantomData,
         });
         let weak: Weak<dyn Feeder> = runtime.me.clone();
         runtime.gauge.set_feeder(weak);
@@ -209,8 +208,8 @@ pub(crate) trait PipelineDyn: Send + Sync {
     fn stop(&self);
 }
 
-struct Job<R> {
-    input: R,
+/// A request waiting for preprocessing (its input is in [`Feed::inputs`]).
+struct Job {
     slot: Arc<Slot>,
     deadline: Option<Instant>,
     guard: InFlight,
@@ -218,8 +217,12 @@ struct Job<R> {
 
 /// Requests waiting for preprocessing and the chunks in the pool now
 /// (whether the feeder sleeps is in the gauge, written under this lock).
-struct Feed<R> {
-    jobs: VecDeque<Job<R>>,
+/// Each request's input is encoded by its caller into `inputs` (item `i`
+/// is the input of `jobs[i]`), so that a chunk leaves as the buffer it
+/// will cross in, and each input is freed by the thread that made it.
+struct Feed {
+    jobs: VecDeque<Job>,
+    inputs: Items,
     chunks_out: usize,
 }
 
@@ -228,13 +231,13 @@ struct Runtime<R, O, P> {
     me: Weak<Runtime<R, O, P>>,
     name: String,
     model: String,
-    pre: PreFn<R>,
+    pre: PreFn,
     /// The preprocessing and postprocessing pools; taken out by `stop`, so
     /// that no pool is ever dropped inside one of its own callbacks.
     pools: RwLock<(Option<Pool>, Option<Pool>)>,
     pre_processes: usize,
     post: Option<(PostFn<O, P>, usize)>,
-    queue: Mutex<Feed<R>>,
+    queue: Mutex<Feed>,
     changed: Condvar,
     gauge: Arc<Gauge>,
     capacity: usize,
@@ -242,6 +245,8 @@ struct Runtime<R, O, P> {
     server: Weak<Inner>,
     stopped: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The requests' type (they are queued encoded).
+    _request: PhantomData<fn(R)>,
 }
 
 impl<R, O, P> Runtime<R, O, P>
@@ -262,7 +267,7 @@ where
     /// requests.
     fn feed(self: Arc<Self>) {
         loop {
-            let jobs: Vec<Job<R>> = {
+            let (jobs, inputs) = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 // Says it sleeps before it looks (see `Gauge`): a request
                 // leaving meanwhile nudges it.
@@ -275,7 +280,8 @@ where
                 }
                 self.gauge.set_feeder_sleeps(false);
                 if self.stopped.load(Ordering::Acquire) {
-                    let left: Vec<Job<R>> = q.jobs.drain(..).collect();
+                    let left: Vec<Job> = q.jobs.drain(..).collect();
+                    q.inputs = Items::default();
                     self.gauge.set_queued(0);
                     drop(q);
                     for j in left {
@@ -285,13 +291,13 @@ where
                 }
                 self.take_chunk(&mut q)
             };
-            self.preprocess(jobs);
+            self.preprocess(jobs, inputs);
         }
     }
 
     /// Whether the queue should leave as a chunk now (see [`Runtime::feed`]
     /// and [`Gauge::worth_a_chunk`]).
-    fn chunk_ready(&self, q: &Feed<R>) -> bool {
+    fn chunk_ready(&self, q: &Feed) -> bool {
         let n = q.jobs.len();
         if n >= self.chunk {
             return q.chunks_out < 2 * self.pre_processes;
@@ -299,22 +305,18 @@ where
         q.chunks_out == 0 && self.gauge.worth_a_chunk(n)
     }
 
-    fn preprocess(self: &Arc<Self>, jobs: Vec<Job<R>>) {
-        let mut inputs = Vec::with_capacity(jobs.len());
-        let mut rest = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            inputs.push(j.input);
-            rest.push((j.slot, j.deadline, j.guard));
-        }
-        let shared = Arc::new(Mutex::new(Some(rest)));
+    /// Sends a chunk to the pool: `inputs` holds the encoded input of each
+    /// of `jobs`, in order.
+    fn preprocess(self: &Arc<Self>, jobs: Vec<Job>, inputs: Items) {
+        let shared = Arc::new(Mutex::new(Some(jobs)));
         let (ok_jobs, err_jobs) = (Arc::clone(&shared), Arc::clone(&shared));
         let (ok_self, err_self) = (Arc::clone(self), Arc::clone(self));
         let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
         let Some(pool) = &pools.0 else {
             drop(pools);
             self.chunk_done();
-            for (slot, _, _) in shared.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default() {
-                slot.complete(Err(ServeError::ShuttingDown));
+            for job in shared.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default() {
+                job.slot.complete(Err(ServeError::ShuttingDown));
             }
             return;
         };
@@ -343,8 +345,8 @@ where
                         PoolError::Task { error: TaskError::Terminated, .. } => ServeError::ShuttingDown,
                         other => err_self.failed("preprocessing", other),
                     };
-                    for (slot, _, _) in jobs {
-                        slot.complete(Err(error.clone()));
+                    for job in jobs {
+                        job.slot.complete(Err(error.clone()));
                     }
                 }),
         );
@@ -359,23 +361,25 @@ where
         if self.stopped.load(Ordering::Acquire) || !self.chunk_ready(&q) {
             return;
         }
-        let jobs = self.take_chunk(&mut q);
+        let (jobs, inputs) = self.take_chunk(&mut q);
         drop(q);
-        self.preprocess(jobs);
+        self.preprocess(jobs, inputs);
     }
 
-    /// Takes the next chunk off the queue and counts it as in the pool.
-    fn take_chunk(&self, q: &mut Feed<R>) -> Vec<Job<R>> {
+    /// Takes the next chunk off the queue, with its inputs, and counts it
+    /// as in the pool.
+    fn take_chunk(&self, q: &mut Feed) -> (Vec<Job>, Items) {
         q.chunks_out += 1;
         let n = self.gauge.chunk_len(q.jobs.len(), self.chunk);
         let chunk = q.jobs.drain(..n).collect();
+        let inputs = q.inputs.split_front(n);
         self.gauge.set_queued(q.jobs.len());
-        chunk
+        (chunk, inputs)
     }
 
     /// Wakes the feeder if it sleeps and a chunk may leave; once per sleep
     /// (the flag is cleared by whoever wakes it).
-    fn wake_feeder(&self, q: std::sync::MutexGuard<'_, Feed<R>>) {
+    fn wake_feeder(&self, q: std::sync::MutexGuard<'_, Feed>) {
         let wake = self.gauge.feeder_sleeps() && self.chunk_ready(&q);
         if wake {
             self.gauge.set_feeder_sleeps(false);
@@ -387,10 +391,10 @@ where
     }
 
     /// Hands preprocessed inputs to the model's batcher.
-    fn to_model(self: &Arc<Self>, jobs: Vec<(Arc<Slot>, Option<Instant>, InFlight)>, outputs: Items) {
+    fn to_model(self: &Arc<Self>, jobs: Vec<Job>, outputs: Items) {
         let Some(inner) = self.server.upgrade() else {
-            for (slot, _, _) in jobs {
-                slot.complete(Err(ServeError::ShuttingDown));
+            for job in jobs {
+                job.slot.complete(Err(ServeError::ShuttingDown));
             }
             return;
         };
@@ -398,8 +402,8 @@ where
         let entry = match server.model_entry(&self.model) {
             Ok(e) => e,
             Err(e) => {
-                for (slot, _, _) in jobs {
-                    slot.complete(Err(e.clone()));
+                for job in jobs {
+                    job.slot.complete(Err(e.clone()));
                 }
                 return;
             }
@@ -408,7 +412,7 @@ where
         let now = Instant::now();
         let mut batch = Vec::with_capacity(jobs.len());
         let outputs = Arc::new(outputs);
-        for (i, (slot, deadline, guard)) in jobs.into_iter().enumerate() {
+        for (i, Job { slot, deadline, guard }) in jobs.into_iter().enumerate() {
             match Encoded::item(&outputs, i).map_err(|msg| self.failed("preprocessing", msg)) {
                 Ok(b) => batch.push(Pending {
                     input: b,
@@ -534,7 +538,7 @@ where
         let Some((held, guard)) = self.gauge.admit(self.capacity) else {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
         };
-        let job = Job { input, slot, deadline, guard };
+        let job = Job { slot, deadline, guard };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         // Low load (nothing else in the pipeline, the feeder idle, a pool
         // slot free): the caller hands the request to the pool itself, saving
@@ -549,9 +553,14 @@ where
         {
             q.chunks_out += 1;
             drop(q);
-            me.preprocess(vec![job]);
+            let mut one = Items::with_capacity(1, ITEM_BYTES_GUESS);
+            one.push_output(Ok(&input));
+            me.preprocess(vec![job], one);
             return Ok(());
         }
+        // Encoded here, by the thread that made the input (which frees it
+        // too); an input that does not encode is its request's error.
+        q.inputs.push_output(Ok(&input));
         q.jobs.push_back(job);
         self.gauge.set_queued(q.jobs.len());
         self.wake_feeder(q);

@@ -2,7 +2,8 @@
 //! chunk of requests in, the step's outputs out, each encoded for the model
 //! into one buffer ([`Items`]).
 //!
-//! The requests travel encoded in one buffer too, and the process decodes
+//! The requests travel encoded in one buffer too (each encoded by its
+//! caller as it was queued), and the process decodes
 //! them one at a time, each just before its step runs: decoding the whole
 //! chunk first made a few hundred allocations at once and freed them at
 //! once, which the C allocator serves from its slow paths (and consolidates
@@ -58,21 +59,6 @@ impl<F: Copy, R, I> Clone for PreprocessChunk<F, R, I> {
 }
 
 impl<F: Copy, R, I> Copy for PreprocessChunk<F, R, I> {}
-
-impl<F, R, I> PreprocessChunk<F, R, I>
-where
-    R: Serialize,
-{
-    /// A chunk of requests encoded for the pool process (a request that
-    /// does not encode is that item's error).
-    pub fn encode(requests: &[R]) -> Items {
-        let mut items = Items::with_capacity(requests.len(), requests.len().saturating_mul(ITEM_BYTES_GUESS));
-        for r in requests {
-            items.push_output(Ok(r));
-        }
-        items
-    }
-}
 
 impl<F, R, I> Task<(Items,), Preprocessed> for PreprocessChunk<F, R, I>
 where
