@@ -540,6 +540,12 @@ where
         };
         let job = Job { slot, deadline, guard };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Again under the lock: a stop between the check above and here has
+        // let the feeder empty the queue and end, so nobody would answer a
+        // request queued now.
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(ServeError::ShuttingDown);
+        }
         // Low load (nothing else in the pipeline, the feeder idle, a pool
         // slot free): the caller hands the request to the pool itself, saving
         // the feeder thread's wake-up. Under load requests go to the feeder,

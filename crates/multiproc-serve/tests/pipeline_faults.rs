@@ -159,3 +159,38 @@ fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
     }
     assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived the server");
 }
+
+/// A request that passed the pipeline's stopped check just before a stop,
+/// and queued just after it, was never answered: the feeder had emptied the
+/// queue and ended. The window is nanoseconds wide; this test did not catch
+/// it before the fix (found by reading), but it shows every request racing
+/// a removal answered, each way.
+#[test]
+fn requests_racing_the_removal_of_their_pipeline_are_all_answered() {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default())).unwrap();
+    for _ in 0..20 {
+        let spec = PipelineSpec::<String, u64, Tagged, Tagged>::new("p", "double", pid_of_preprocessing, 1);
+        server.add_pipeline(spec).unwrap();
+        let removed = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    // Until the pipeline is gone, and a little after.
+                    let mut after = 0;
+                    while after < 50 {
+                        let request = Request::new("p", "fast".to_string()).timeout(Duration::from_secs(5));
+                        let reply = server.infer::<String, Tagged>(request);
+                        let kind = reply.as_ref().err().map(ServeError::kind);
+                        assert_ne!(kind, Some(multiproc_serve::ErrorKind::DeadlineExceeded), "never answered");
+                        after += usize::from(removed.load(Ordering::Acquire));
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            server.remove("p").unwrap();
+            removed.store(true, Ordering::Release);
+        });
+    }
+    server.shutdown();
+}
