@@ -47,7 +47,11 @@ impl Drop for InFlight {
 /// connection.
 pub(crate) async fn idle_for(activity: &Activity, limit: Duration) {
     let tick = (limit / 2).max(Duration::from_millis(1));
-    let mut interval = tokio::time::interval_at(Instant::now() + tick, tick);
+    let Some(first) = Instant::now().checked_add(tick) else {
+        // A limit past the clock's end (`Duration::MAX`) is no limit.
+        return std::future::pending().await;
+    };
+    let mut interval = tokio::time::interval_at(first, tick);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut seen, mut quiet_ticks) = (activity.started.load(Relaxed), 0);
     loop {
@@ -61,5 +65,37 @@ pub(crate) async fn idle_for(activity: &Activity, limit: Duration) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn a_quiet_connection_is_idle_after_its_limit_and_a_busy_one_is_not() {
+        let quiet = Activity::default();
+        let t = std::time::Instant::now();
+        run(idle_for(&quiet, Duration::from_millis(40)));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(40) && took < Duration::from_secs(5), "{took:?}");
+        let busy = Arc::new(Activity::default());
+        let _request = InFlight::enter(&busy);
+        let waited = run(async {
+            tokio::time::timeout(Duration::from_millis(150), idle_for(&busy, Duration::from_millis(40))).await
+        });
+        assert!(waited.is_err(), "a connection with a request in flight was called idle");
+    }
+
+    #[test]
+    fn a_limit_past_the_clock_s_end_never_expires_and_does_not_panic() {
+        let quiet = Activity::default();
+        let waited =
+            run(async { tokio::time::timeout(Duration::from_millis(100), idle_for(&quiet, Duration::MAX)).await });
+        assert!(waited.is_err(), "Duration::MAX expired");
     }
 }
