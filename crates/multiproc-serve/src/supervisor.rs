@@ -129,6 +129,18 @@ fn sleep_unless_stopping(group: &VersionGroup, d: Duration) -> bool {
     }
 }
 
+/// The load error a worker seen dead sent before it died, if any (its log
+/// lines on the way go to the log).
+fn last_load_error(group: &VersionGroup, ends: &ServerEnds) -> Option<String> {
+    loop {
+        match ends.replies.recv_timeout(Duration::ZERO) {
+            Ok(FromWorker::LoadFailed(reason)) => return Some(reason),
+            Ok(FromWorker::Log(line)) => log_line(group, &line),
+            Ok(_) | Err(_) => return None,
+        }
+    }
+}
+
 /// Spawns the worker and waits for its ready message.
 fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
     let (ends, theirs) = worker_pipes().map_err(|e| Gone::Crashed(format!("could not create pipes: {e}")))?;
@@ -175,6 +187,13 @@ fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
             }
             Err(ConnectionError::Timeout) if process.is_alive() => {}
             Err(_) => {
+                // Seen dead: all it sent is in the pipe now. A load error
+                // sent just after this wait timed out, and the worker's exit
+                // right after it, are its reason, not a silent death.
+                if let Some(reason) = last_load_error(group, &ends) {
+                    let _ = process.join_timeout(Duration::from_secs(2));
+                    return Err(Gone::Crashed(format!("load failed: {reason}")));
+                }
                 let status = exit_status(&mut process);
                 return Err(Gone::Crashed(format!("worker {pid} died while loading: {status}")));
             }
@@ -469,8 +488,10 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
         Lost::Died(last_line.map(|l| format!("its last log line: {l}")).unwrap_or_default())
     };
     let mut late_reads = 0;
+    let mut seen_dead = false;
     loop {
         let slice = match deadline {
+            _ if seen_dead => Duration::ZERO,
             Some((at, timeout)) => {
                 let now = Instant::now();
                 if now >= at {
@@ -497,9 +518,13 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
             }
             Ok(other) => return Err(Lost::Died(format!("unexpected message from the worker: {other:?}"))),
             Err(ConnectionError::Timeout) => {
-                if !worker.process.is_alive() {
+                // Seen dead: what it sent before dying is in the pipe now
+                // (an answer sent just after this wait timed out); one
+                // more read without waiting takes it before the verdict.
+                if seen_dead {
                     return Err(died(last_line));
                 }
+                seen_dead = !worker.process.is_alive();
             }
             Err(e) if e.is_closed() => return Err(died(last_line)),
             Err(e) => return Err(Lost::Died(format!("bad reply: {e}"))),
