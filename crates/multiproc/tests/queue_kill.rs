@@ -4,7 +4,8 @@
 //! producer. Repeated at random moments, with 1 MiB items (the must-show case:
 //! the kill lands while the item is being written) and with 60 KiB items
 //! (copied inside the slot-claim window, so kills land between claim and
-//! commit), on unbounded and bounded queues.
+//! commit), on unbounded and bounded queues; and a consumer that only
+//! polls with `get_nowait` gets past the killed producer's slot.
 
 mod queue_support;
 mod shm_support;
@@ -173,4 +174,62 @@ fn sigkill_mid_put_uses_nothing_in_dev_shm() {
         assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
     }
     assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
+}
+
+/// Polls `q` with `get_nowait` only, checking every item, until it got the
+/// item numbered `last`; the sequence numbers it got from `first` on.
+fn poll_until(q: &Queue<ByteBuf>, size: usize, first: u64, last: u64, stop: &AtomicU64) -> Vec<u64> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    loop {
+        match q.get_nowait() {
+            Ok(item) => {
+                let seq = check(&item, size);
+                if seq >= first {
+                    got.push(seq);
+                }
+                if seq == last {
+                    return got;
+                }
+            }
+            Err(GetError::Empty) => {
+                if stop.load(Ordering::SeqCst) == 1 {
+                    return got;
+                }
+                assert!(started.elapsed() < LONG, "get_nowait never got past the killed producer's slot");
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn sigkill_mid_put_leaves_the_queue_usable_by_get_nowait() {
+    // A consumer that only polls (Python's `get_nowait` loop) must get past a
+    // slot left by a producer killed between claim and commit (60 KiB items
+    // are copied there), each of its calls being far shorter than the
+    // liveness delay.
+    let size = 60 * 1024;
+    let q = Queue::bounded(2).unwrap();
+    for round in 0..2 * ROUNDS {
+        let base = u64::from(round) * 1_000_000;
+        let mut producer = Child(Process::spawn(flood, (q.clone(), size, base)).unwrap());
+        let stop = Arc::new(AtomicU64::new(0));
+        let consumer = {
+            let (q, stop) = (q.clone(), stop.clone());
+            std::thread::spawn(move || poll_until(&q, size, base, u64::MAX, &stop).len())
+        };
+        std::thread::sleep(Duration::from_millis(20) + jitter(round, 3000));
+        producer.0.kill().unwrap();
+        let _ = producer.0.join_timeout(LONG);
+        stop.store(1, Ordering::SeqCst);
+        assert!(consumer.join().unwrap() >= 1, "round {round}: the producer never started");
+        // Another producer's items all come through to the poller, in order.
+        let first = base + 500_000;
+        let mut later = Child(Process::spawn(put_some, (q.clone(), size, first, 5u64)).unwrap());
+        let got = poll_until(&q, size, first, first + 4, &AtomicU64::new(0));
+        assert_eq!(got, (first..first + 5).collect::<Vec<_>>(), "round {round}");
+        later.join();
+    }
 }

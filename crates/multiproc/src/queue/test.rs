@@ -301,6 +301,33 @@ fn get_timeout_is_kept_while_a_dead_producer_blocks_the_head() {
 }
 
 #[test]
+fn get_nowait_and_short_timeouts_skip_a_dead_producers_slot() {
+    // Each call is shorter than the liveness delay: it must still see that
+    // the owner of the head slot is dead, or the items behind it stay out of
+    // reach of every consumer that does not block.
+    for short in [None, Some(Duration::ZERO), Some(Duration::from_micros(500))] {
+        let q = Queue::<u64>::new().unwrap();
+        forge_dead_producer(&q, true);
+        q.put(7).unwrap();
+        let t = Instant::now();
+        let got = loop {
+            let r = match short {
+                None => q.get_nowait(),
+                Some(timeout) => q.get_timeout(timeout),
+            };
+            match r {
+                Ok(v) => break v,
+                Err(e) => assert!(e.is_empty(), "{e}"),
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "{short:?}: the dead producer's slot was never skipped");
+            thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(got, 7);
+        assert!(q.get_nowait().unwrap_err().is_empty());
+    }
+}
+
+#[test]
 fn producer_withdraws_a_dead_unincluded_claim() {
     let q = Queue::<u64>::bounded(4).unwrap();
     forge_dead_producer(&q, false);

@@ -297,15 +297,22 @@ impl Ring {
                         self.wake_all_consumers();
                         continue;
                     }
-                    if !block {
-                        return Err(GetFail::Empty);
-                    }
                     let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
+                    // A live owner is done in a few instructions: even a
+                    // non-blocking get waits that long for its item.
                     if backoff.snooze() {
                         continue;
                     }
-                    if deadline.expired() {
-                        return Err(GetFail::Timeout);
+                    if !block || deadline.expired() {
+                        // Giving up: first make sure the owner is alive. The
+                        // watch above needs LIVENESS_DELAY within one call, so
+                        // without this a dead owner would block `get_nowait`
+                        // (and timeouts under that delay) for ever.
+                        if self.resolve_dead(blocked).map_err(GetFail::Io)? {
+                            self.wake_all_consumers();
+                            continue;
+                        }
+                        return Err(if block { GetFail::Timeout } else { GetFail::Empty });
                     }
                     if blocked.by_consumer() {
                         // It wakes nobody when it is done: nap briefly.
