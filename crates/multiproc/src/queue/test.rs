@@ -356,6 +356,35 @@ fn consumer_completes_a_dead_consumers_claim() {
     assert_eq!(q.qsize(), 0);
 }
 
+/// Takes the item at the head as a consumer that moved the head and died
+/// before releasing the slot (while copying the item out).
+fn forge_dead_taker<T>(q: &Queue<T>) {
+    let ring = &q.ring;
+    let f = ring.frame(ring.header().seg_head.0.load(SeqCst)).unwrap();
+    let h = f.header().head.0.load(SeqCst);
+    let slot = f.slot(h);
+    let word = slot.stamp.load(SeqCst);
+    assert_eq!(Stamp::unpack(word).state, READY);
+    let dead = Stamp::owned(f.lap(h), TAKING, dead_tid(), true).pack();
+    slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
+    f.header().head.0.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn a_consumer_that_died_mid_copy_gives_back_its_permit_and_task() {
+    // Its item is lost with it; what the item held must come back, or a
+    // bounded(1) queue stays full for ever and `join` never returns.
+    let q = Queue::<u64>::bounded(1).unwrap();
+    q.put(1).unwrap();
+    forge_dead_taker(&q);
+    q.put_timeout(2, Duration::from_secs(5)).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+    let q = JoinableQueue::<u64>::new().unwrap();
+    q.put(1).unwrap();
+    forge_dead_taker(&q);
+    q.join_timeout(Duration::from_secs(5)).unwrap();
+}
+
 #[test]
 fn frame_lock_of_a_dead_thread_is_taken_over() {
     let q = Queue::<u64>::builder().segment_slots(2).build().unwrap();
