@@ -78,6 +78,21 @@ fn close_refuses_new_work_and_join_needs_close() {
 }
 
 #[test]
+fn close_refuses_new_work_even_with_an_empty_input() {
+    let _watchdog = pool_support::watchdog();
+    let pool = Pool::new(1).unwrap();
+    pool.close();
+    assert!(matches!(pool.map(square, Vec::<u64>::new()), Err(PoolError::Closed)));
+    assert!(matches!(pool.starmap(add, Vec::<(u64, u64)>::new()), Err(PoolError::Closed)));
+    assert!(matches!(pool_support::get(pool.map_async(square, Vec::<u64>::new())), Err(PoolError::Closed)));
+    for mut results in [pool.imap(square, Vec::<u64>::new()), pool.imap_unordered(square, Vec::<u64>::new())] {
+        assert!(matches!(results.next(), Some(Err(PoolError::Closed))));
+        assert!(results.next().is_none());
+    }
+    pool.join_timeout(WAIT).unwrap();
+}
+
+#[test]
 fn a_panic_is_reported_with_message_and_location_and_the_worker_survives() {
     let _watchdog = pool_support::watchdog();
     fn boom(x: u64) -> u64 {

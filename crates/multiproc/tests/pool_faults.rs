@@ -1,5 +1,6 @@
-//! Faults: workers that die (SIGKILL, abort, segfault, out of memory), task
-//! timeouts, panics, unserializable values, failing inputs and initializers.
+//! Faults: workers that die (SIGKILL, abort, segfault, out of memory, or
+//! unable to map their input), task timeouts, panics, unserializable values,
+//! failing inputs and initializers.
 //! Each fails only its own tasks, quickly, and the pool stays usable.
 
 mod pool_support;
@@ -280,4 +281,34 @@ fn max_tasks_per_child_replaces_workers() {
     for p in &distinct {
         assert_eq!(pids.iter().filter(|q| *q == p).count(), 2, "{pids:?}");
     }
+}
+
+/// Initializer: this worker's address space may grow by `headroom` bytes only.
+fn limit_address_space(headroom: u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let limit = libc::rlimit { rlim_cur: (kib << 10) + headroom, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+}
+
+fn byte_len(b: serde_bytes::ByteBuf) -> usize {
+    b.len()
+}
+
+#[test]
+fn a_worker_that_cannot_take_in_its_input_fails_that_task_instead_of_looping() {
+    // The worker cannot map the 96 MiB argument and exits on its own, before
+    // starting the task: the task fails (it used to be handed to a new
+    // worker, that failed the same way, for ever).
+    let _watchdog = pool_support::watchdog();
+    let pool = Pool::builder().processes(1).initializer(limit_address_space, (32u64 << 20,)).build().unwrap();
+    let mut r = pool.apply_async(byte_len, (serde_bytes::ByteBuf::from(vec![1u8; 96 << 20]),));
+    match r.get_timeout(WAIT) {
+        Err(PoolError::Task { error, .. }) => assert!(error.is_worker_lost(), "{error}"),
+        other => panic!("expected a lost worker, got {:?}", other.map_err(|e| e.to_string())),
+    }
+    // The pool goes on.
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
 }

@@ -4,7 +4,9 @@
 //! producer. Repeated at random moments, with 1 MiB items (the must-show case:
 //! the kill lands while the item is being written) and with 60 KiB items
 //! (copied inside the slot-claim window, so kills land between claim and
-//! commit), on unbounded and bounded queues.
+//! commit), on unbounded and bounded queues; and a consumer that only
+//! polls with `get_nowait` gets past the killed producer's slot. A consumer
+//! SIGKILLed mid-get leaves a bounded(1) queue with room.
 
 mod queue_support;
 mod shm_support;
@@ -173,4 +175,108 @@ fn sigkill_mid_put_uses_nothing_in_dev_shm() {
         assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
     }
     assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
+}
+
+/// Polls `q` with `get_nowait` only, checking every item, until it got the
+/// item numbered `last`; the sequence numbers it got from `first` on.
+fn poll_until(q: &Queue<ByteBuf>, size: usize, first: u64, last: u64, stop: &AtomicU64) -> Vec<u64> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    loop {
+        match q.get_nowait() {
+            Ok(item) => {
+                let seq = check(&item, size);
+                if seq >= first {
+                    got.push(seq);
+                }
+                if seq == last {
+                    return got;
+                }
+            }
+            Err(GetError::Empty) => {
+                if stop.load(Ordering::SeqCst) == 1 {
+                    return got;
+                }
+                assert!(started.elapsed() < LONG, "get_nowait never got past the killed producer's slot");
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn sigkill_mid_put_leaves_the_queue_usable_by_get_nowait() {
+    // A consumer that only polls (Python's `get_nowait` loop) must get past a
+    // slot left by a producer killed between claim and commit (60 KiB items
+    // are copied there), each of its calls being far shorter than the
+    // liveness delay.
+    let size = 60 * 1024;
+    let q = Queue::bounded(2).unwrap();
+    for round in 0..2 * ROUNDS {
+        let base = u64::from(round) * 1_000_000;
+        let mut producer = Child(Process::spawn(flood, (q.clone(), size, base)).unwrap());
+        let stop = Arc::new(AtomicU64::new(0));
+        let consumer = {
+            let (q, stop) = (q.clone(), stop.clone());
+            std::thread::spawn(move || poll_until(&q, size, base, u64::MAX, &stop).len())
+        };
+        std::thread::sleep(Duration::from_millis(20) + jitter(round, 3000));
+        producer.0.kill().unwrap();
+        let _ = producer.0.join_timeout(LONG);
+        stop.store(1, Ordering::SeqCst);
+        assert!(consumer.join().unwrap() >= 1, "round {round}: the producer never started");
+        // Another producer's items all come through to the poller, in order.
+        let first = base + 500_000;
+        let mut later = Child(Process::spawn(put_some, (q.clone(), size, first, 5u64)).unwrap());
+        let got = poll_until(&q, size, first, first + 4, &AtomicU64::new(0));
+        assert_eq!(got, (first..first + 5).collect::<Vec<_>>(), "round {round}");
+        later.join();
+    }
+}
+
+/// Gets items for ever (until killed), as fast as it can: most of its time
+/// goes to copying them out of their slots.
+fn drink(q: Queue<ByteBuf>) {
+    loop {
+        let _ = q.get_timeout(LONG);
+    }
+}
+
+#[test]
+fn sigkill_mid_get_leaves_a_bounded_queue_room() {
+    // A consumer killed while copying a 60 KiB item out of its slot loses
+    // that item; the room the item held must come back, or a bounded(1)
+    // queue stays full for ever.
+    let size = 60 * 1024;
+    let q = Queue::bounded(1).unwrap();
+    for round in 0..4 * ROUNDS {
+        let mut consumer = Child(Process::spawn(drink, (q.clone(),)).unwrap());
+        let stop = Arc::new(AtomicU64::new(0));
+        // Two producers keep the queue full: the consumer never waits.
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, stop) = (q.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let (item, mut n) = (make(1, size), 0);
+                    while stop.load(Ordering::SeqCst) == 0 {
+                        if q.put_timeout(item.clone(), Duration::from_millis(50)).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20) + jitter(round, 3000));
+        consumer.0.kill().unwrap();
+        let _ = consumer.0.join_timeout(LONG);
+        stop.store(1, Ordering::SeqCst);
+        let put: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+        assert!(put >= 2, "round {round}: the consumer never started");
+        while q.get_timeout(Duration::from_millis(50)).is_ok() {}
+        let room = q.put_timeout(make(7, size), SLACK);
+        assert!(room.is_ok(), "round {round}: the killed consumer kept the queue full");
+        assert_eq!(check(&q.get_timeout(LONG).unwrap(), size), 7);
+    }
 }

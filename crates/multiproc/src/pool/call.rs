@@ -100,7 +100,9 @@ impl<'p, S: 'static> Call<'p, S> {
     {
         let slot = Slot::new();
         if n == 0 {
+            // Nothing to submit: a closed pool refuses it all the same.
             slot.complete(match items.next() {
+                _ if self.pool.shared.is_closed() => Err(PoolError::Closed),
                 None => Ok(Vec::new()),
                 Some(_) => Err(miscounted(0)),
             });
@@ -154,7 +156,17 @@ impl<'p, S: 'static> Call<'p, S> {
         };
         let progress = self.make_progress(len);
         let pull = imap::puller(items, self.pool.buffers.clone());
-        Imap::new(&self.pool.shared, pull, runner, ordered, self.chunksize.unwrap_or(1), self.pool.processes, progress)
+        let imap = Imap::new(
+            &self.pool.shared,
+            pull,
+            runner,
+            ordered,
+            self.chunksize.unwrap_or(1),
+            self.pool.processes,
+            progress,
+        );
+        // Refused now, not at the first submit: an empty input submits nothing.
+        if self.pool.shared.is_closed() { imap.refuse(PoolError::Closed) } else { imap }
     }
 
     /// As [`Pool::apply`].

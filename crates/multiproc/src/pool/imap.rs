@@ -131,6 +131,13 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
         }
     }
 
+    /// An iteration that yields `error` and ends, reading no input.
+    pub(crate) fn refuse(mut self, error: PoolError) -> Self {
+        self.exhausted = true;
+        self.refused = Some(error);
+        self
+    }
+
     fn window(&self) -> usize {
         if self.bytes_per_item == 0 {
             return self.window;

@@ -45,6 +45,8 @@ const EOF_GRACE: Duration = Duration::from_secs(1);
 /// After this many workers in a row failed in their initializer, the pool
 /// gives up and fails its tasks instead of starting workers forever.
 const INIT_FAILURE_LIMIT: u32 = 3;
+/// After a worker could not be started, the next attempt comes this much later.
+const RESPAWN_DELAY: Duration = Duration::from_millis(100);
 
 /// How the pool was configured.
 #[derive(Debug)]
@@ -185,6 +187,7 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
         closed: false,
         broken: None,
         init_failures: 0,
+        respawn_at: None,
         shared: shared.clone(),
         config,
     };
@@ -210,6 +213,9 @@ struct Scheduler {
     closed: bool,
     broken: Option<String>,
     init_failures: u32,
+    /// A worker could not be started: when to try again (nothing else may
+    /// wake the scheduler if no worker is left).
+    respawn_at: Option<Instant>,
 }
 
 impl Scheduler {
@@ -357,6 +363,9 @@ impl Scheduler {
     /// deadline) and handles it.
     fn wait_and_handle(&mut self) {
         let mut deadline = self.check_timeouts();
+        if let Some(at) = self.respawn_at {
+            deadline = Some(deadline.map_or(at, |d: Instant| d.min(at)));
+        }
         let now = Instant::now();
         for w in &mut self.workers {
             if let Some(at) = w.eof_at {

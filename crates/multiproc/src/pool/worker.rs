@@ -96,6 +96,7 @@ pub(crate) fn worker_main(config: WorkerConfig) {
         held_since: None,
         last_chunk: Duration::ZERO,
         last_output: 0,
+        unanswered: false,
     };
     // An error here means the parent is gone or sent garbage: exit either way.
     let _ = worker.serve();
@@ -125,6 +126,8 @@ struct Worker {
     last_chunk: Duration,
     /// Size of the last chunk's encoded results.
     last_output: usize,
+    /// The current chunk began and its answer is not in the batch yet.
+    unanswered: bool,
 }
 
 impl Worker {
@@ -134,10 +137,10 @@ impl Worker {
                 Ok(f) => f,
                 Err(_) => return Ok(()), // the scheduler closed our socket: done
             };
-            self.handle(frame)?;
+            self.handle(frame).map_err(|e| self.cannot_go_on(e))?;
             loop {
                 match self.channel.try_recv() {
-                    Ok(Some(f)) => self.handle(f)?,
+                    Ok(Some(f)) => self.handle(f).map_err(|e| self.cannot_go_on(e))?,
                     Ok(None) => break,
                     Err(_) => {
                         self.flush()?;
@@ -147,6 +150,23 @@ impl Worker {
             }
             self.flush()?;
         }
+    }
+
+    /// The worker could not take in (or answer) its next chunk — its input
+    /// could not be mapped or read, say — and exits. The results it holds go
+    /// out first, and the status page names that chunk as the one it was
+    /// running, so that the scheduler fails it (or retries it) instead of
+    /// handing it to a new worker that fails the same way, for ever.
+    fn cannot_go_on(&mut self, e: WireError) -> WireError {
+        let _ = self.flush();
+        if self.unanswered {
+            // It ran and could not be answered: it is the one (phase CHUNK,
+            // its number already counted).
+            self.status.end_item();
+        } else {
+            self.status.begin_chunk();
+        }
+        e
     }
 
     fn flush(&mut self) -> Result<(), WireError> {
@@ -179,6 +199,7 @@ impl Worker {
                 }
                 ToWorker::Chunk { id, runner, items, framed, skip, input, nfds } => {
                     self.run_chunk(id, runner, items, framed, &skip, input, nfds as usize)?;
+                    self.unanswered = false;
                 }
             }
         }
@@ -248,6 +269,7 @@ impl Worker {
         };
         let started = Instant::now();
         self.status.begin_chunk();
+        self.unanswered = true;
         // SAFETY: the reference was made by `RunnerRef::{map, star, with_state}`
         // in the parent, which runs the same build (checked at process start).
         let run = unsafe { runner.resolve() };

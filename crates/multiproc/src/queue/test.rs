@@ -301,6 +301,33 @@ fn get_timeout_is_kept_while_a_dead_producer_blocks_the_head() {
 }
 
 #[test]
+fn get_nowait_and_short_timeouts_skip_a_dead_producers_slot() {
+    // Each call is shorter than the liveness delay: it must still see that
+    // the owner of the head slot is dead, or the items behind it stay out of
+    // reach of every consumer that does not block.
+    for short in [None, Some(Duration::ZERO), Some(Duration::from_micros(500))] {
+        let q = Queue::<u64>::new().unwrap();
+        forge_dead_producer(&q, true);
+        q.put(7).unwrap();
+        let t = Instant::now();
+        let got = loop {
+            let r = match short {
+                None => q.get_nowait(),
+                Some(timeout) => q.get_timeout(timeout),
+            };
+            match r {
+                Ok(v) => break v,
+                Err(e) => assert!(e.is_empty(), "{e}"),
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "{short:?}: the dead producer's slot was never skipped");
+            thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(got, 7);
+        assert!(q.get_nowait().unwrap_err().is_empty());
+    }
+}
+
+#[test]
 fn producer_withdraws_a_dead_unincluded_claim() {
     let q = Queue::<u64>::bounded(4).unwrap();
     forge_dead_producer(&q, false);
@@ -327,6 +354,35 @@ fn consumer_completes_a_dead_consumers_claim() {
     // Item 1 is lost with the dead consumer; 2 comes next, and its permit is back.
     assert_eq!(q.get_timeout(LONG).unwrap(), 2);
     assert_eq!(q.qsize(), 0);
+}
+
+/// Takes the item at the head as a consumer that moved the head and died
+/// before releasing the slot (while copying the item out).
+fn forge_dead_taker<T>(q: &Queue<T>) {
+    let ring = &q.ring;
+    let f = ring.frame(ring.header().seg_head.0.load(SeqCst)).unwrap();
+    let h = f.header().head.0.load(SeqCst);
+    let slot = f.slot(h);
+    let word = slot.stamp.load(SeqCst);
+    assert_eq!(Stamp::unpack(word).state, READY);
+    let dead = Stamp::owned(f.lap(h), TAKING, dead_tid(), true).pack();
+    slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
+    f.header().head.0.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn a_consumer_that_died_mid_copy_gives_back_its_permit_and_task() {
+    // Its item is lost with it; what the item held must come back, or a
+    // bounded(1) queue stays full for ever and `join` never returns.
+    let q = Queue::<u64>::bounded(1).unwrap();
+    q.put(1).unwrap();
+    forge_dead_taker(&q);
+    q.put_timeout(2, Duration::from_secs(5)).unwrap();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+    let q = JoinableQueue::<u64>::new().unwrap();
+    q.put(1).unwrap();
+    forge_dead_taker(&q);
+    q.join_timeout(Duration::from_secs(5)).unwrap();
 }
 
 #[test]

@@ -13,7 +13,7 @@
 use std::io;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::layout::{Header, SLEEPER_SLOTS, Sleepers};
 use super::ring::{Got, LIVENESS_DELAY, Payload, Pushed, Ring, Step, Watch, owner_gone};
@@ -84,6 +84,26 @@ pub(super) enum GetFail {
     Timeout,
     Closed,
     Io(io::Error),
+}
+
+/// How often a thread waiting for room or in `join` looks for slots of
+/// consumers that died holding them (see [`Ring::reclaim_dead_takers`]).
+const RECLAIM_EVERY: Duration = Duration::from_millis(20);
+
+/// Paces [`Ring::reclaim_dead_takers`] in a wait: due every [`RECLAIM_EVERY`],
+/// counted from the first time it is asked.
+#[derive(Default)]
+struct Reclaim(Option<Instant>);
+
+impl Reclaim {
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self.0.is_some_and(|at| now >= at);
+        if due || self.0.is_none() {
+            self.0 = Some(now + RECLAIM_EVERY);
+        }
+        due
+    }
 }
 
 /// Futile wakes after which a waker looks for dead sleepers.
@@ -297,15 +317,22 @@ impl Ring {
                         self.wake_all_consumers();
                         continue;
                     }
-                    if !block {
-                        return Err(GetFail::Empty);
-                    }
                     let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
+                    // A live owner is done in a few instructions: even a
+                    // non-blocking get waits that long for its item.
                     if backoff.snooze() {
                         continue;
                     }
-                    if deadline.expired() {
-                        return Err(GetFail::Timeout);
+                    if !block || deadline.expired() {
+                        // Giving up: first make sure the owner is alive. The
+                        // watch above needs LIVENESS_DELAY within one call, so
+                        // without this a dead owner would block `get_nowait`
+                        // (and timeouts under that delay) for ever.
+                        if self.resolve_dead(blocked).map_err(GetFail::Io)? {
+                            self.wake_all_consumers();
+                            continue;
+                        }
+                        return Err(if block { GetFail::Timeout } else { GetFail::Empty });
                     }
                     if blocked.by_consumer() {
                         // It wakes nobody when it is done: nap briefly.
@@ -329,6 +356,7 @@ impl Ring {
         let max = self.maxsize();
         let mut backoff = Backoff::new();
         let mut deadline = None;
+        let mut reclaim = Reclaim::default();
         loop {
             if self.is_closed() {
                 return Err(PutFail::Closed);
@@ -344,18 +372,21 @@ impl Ring {
                 }
                 continue;
             }
-            if !block {
-                return Err(PutFail::Full);
-            }
             let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
-            if backoff.snooze() {
+            if block && backoff.snooze() {
                 continue;
             }
-            if deadline.expired() {
+            // Giving up, or now and then while waiting: is the room held by
+            // consumers that died?
+            if (!block || deadline.expired() || reclaim.due()) && self.reclaim_dead_takers().map_err(PutFail::Io)? {
+                continue;
+            }
+            if !block || deadline.expired() {
                 return Err(PutFail::Full);
             }
             // ORDERING: SeqCst: as above.
-            sleep(&hdr.not_full.0, deadline, || hdr.count.0.load(SeqCst) < max || self.is_closed());
+            let until = deadline.at_most(RECLAIM_EVERY);
+            sleep(&hdr.not_full.0, until, || hdr.count.0.load(SeqCst) < max || self.is_closed());
         }
     }
 
@@ -425,17 +456,25 @@ impl Ring {
     /// Waits until every task is done; false if `deadline` passed first.
     pub(super) fn join(&self, deadline: Deadline) -> bool {
         let hdr = self.header();
+        let mut reclaim = Reclaim::default();
         loop {
             // ORDERING: SeqCst: the sleeper half of the join handshake; the
             // futex word is the count itself.
             if hdr.unfinished.0.load(SeqCst) == 0 {
                 return true;
             }
-            if deadline.expired() {
+            // Now and then, and before giving up: tasks held by consumers
+            // that died mid-get are given back.
+            let expired = deadline.expired();
+            if (expired || reclaim.due()) && self.reclaim_dead_takers().unwrap_or(false) {
+                continue;
+            }
+            if expired {
                 return false;
             }
             // ORDERING: SeqCst: as above.
-            sleep_on(&hdr.joiners.0, &hdr.unfinished.0, deadline, || hdr.unfinished.0.load(SeqCst) == 0);
+            let until = deadline.at_most(RECLAIM_EVERY);
+            sleep_on(&hdr.joiners.0, &hdr.unfinished.0, until, || hdr.unfinished.0.load(SeqCst) == 0);
         }
     }
 

@@ -67,8 +67,13 @@ impl Scheduler {
             self.workers.iter().filter(|w| !w.retiring && !w.stopping && !w.killed && w.eof_at.is_none()).count();
         let wanted = !self.closed || !self.pending.is_empty();
         if !wanted || self.broken.is_some() {
+            self.respawn_at = None;
             return;
         }
+        if self.respawn_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.respawn_at = None;
         for _ in active..self.config.processes {
             match self.spawn_worker() {
                 Ok(w) => {
@@ -78,6 +83,7 @@ impl Scheduler {
                 Err(e) => {
                     tracing::warn!("could not start a pool worker: {e}");
                     self.init_failed(format!("a worker could not be started: {e}"));
+                    self.respawn_at = Some(Instant::now() + RESPAWN_DELAY);
                     break;
                 }
             }

@@ -127,6 +127,50 @@ impl Ring {
         Ok(Got::Bytes)
     }
 
+    /// Frees the slots behind the head of the head segment that consumers
+    /// claimed and died holding: they had moved the head but not released
+    /// the slot (they were copying the item out). Their items are lost with
+    /// them; what the items held (a permit, a task) is given back. Otherwise
+    /// only the segment's retirement frees them, which may never come (a
+    /// bounded(1) queue cannot take the items that would fill the segment).
+    /// For threads that wait for room or in `join`; true if it freed any.
+    pub(in crate::queue) fn reclaim_dead_takers(&self) -> io::Result<bool> {
+        let hdr = self.header();
+        // ORDERING: Acquire: as in take_once.
+        let n = hdr.seg_head.0.load(Acquire);
+        let f = self.frame(n)?;
+        let fh = f.header();
+        // ORDERING: Acquire (both): validation as in take_once; every position
+        // before the head was claimed by the consumer that moved past it.
+        if fh.seg.0.load(Acquire) != n + 1 {
+            return Ok(false);
+        }
+        let head = fh.head.0.load(Acquire);
+        let (lap, at) = (f.lap(head), head & (f.slots() - 1));
+        let mut freed = false;
+        for index in 0..f.slots() {
+            let slot = f.slot(index);
+            // ORDERING: Acquire: the claim as its owner published it; the CAS decides.
+            let word = slot.stamp.load(Acquire);
+            let s = Stamp::unpack(word);
+            let behind = match s.lap_vs(lap) {
+                LapOrder::Older => true,
+                LapOrder::Same => index < at,
+                LapOrder::Newer => false,
+            };
+            if s.state != TAKING || s.tid == 0 || !behind || !owner_gone(hdr, s.tid) {
+                continue;
+            }
+            // ORDERING: AcqRel: only one thread frees the slot (as in
+            // retire_locked); Release hands it to the next lap's producer.
+            if slot.stamp.compare_exchange(word, Stamp::new(s.lap + 1, FREE).pack(), AcqRel, Relaxed).is_ok() {
+                self.give_back(s.owed);
+                freed = true;
+            }
+        }
+        Ok(freed)
+    }
+
     /// Resolves a [`Blocked`] slot whose owner is dead: a producer's slot is
     /// skipped, a consumer's claim is completed for it (the item it was taking
     /// is lost with it). Returns true if anything changed.
