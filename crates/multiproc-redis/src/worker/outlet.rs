@@ -10,8 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use redis::streams::StreamAutoClaimReply;
-
 use super::exec::ItemResult;
 use super::{HostShared, admit};
 use crate::conn::{self, Conn};
@@ -307,10 +305,16 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
             .arg("0-0")
             .arg("COUNT")
             .arg(64)
-            .query::<StreamAutoClaimReply>(c)
+            .query::<redis::Value>(c)
     });
-    let reply = match reply {
-        Ok(r) => r,
+    let (claimed, deleted) = match reply {
+        Ok(r) => match schema::autoclaim_reply(r) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("reclaim failed: {e}");
+                return;
+            }
+        },
         Err(e) => {
             if !conn::is_transient(&e) {
                 tracing::warn!("reclaim failed: {e}");
@@ -318,19 +322,17 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
             return;
         }
     };
-    for entry in reply.claimed {
+    for entry in claimed {
         if running.contains_key(entry.id.as_str()) {
             continue; // ours, still running
         }
-        let fields = schema::entry_fields(entry.map);
-        match admit(host, &fields) {
+        match admit(host, &entry.fields) {
             Ok(msg) => batch.reclaimed(&entry.id, msg, host.visibility),
             Err(disposal) => batch.dispose(entry.id, disposal),
         }
     }
-    if !reply.deleted_ids.is_empty() {
-        let ids: Vec<String> = reply.deleted_ids.iter().map(|i| i.to_string()).collect();
-        let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(&ids).exec(c));
+    if !deleted.is_empty() {
+        let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(&deleted).exec(c));
     }
 }
 
