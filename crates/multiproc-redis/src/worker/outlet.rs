@@ -110,9 +110,7 @@ impl Batch {
                 self.requeue.push(TaskMsg { attempt: msg.attempt + 1, last_error: Some(err.to_string()), ..msg });
             }
             Some(err) => {
-                let dead = TaskFailure::DeadLettered { attempts: msg.attempt, last_error: err.to_string() };
-                tracing::error!("chunk {} of {}: {dead}", msg.task, msg.caller);
-                self.dead_letter(id, dead.to_string(), Some(&msg));
+                let dead = self.bury(id, &msg, &err);
                 let items = outcomes
                     .into_iter()
                     .map(|(r, again)| if again && r.is_err() { Err(dead.clone()) } else { r })
@@ -123,10 +121,27 @@ impl Batch {
         }
     }
 
-    /// A chunk that was delivered to a host that stopped heartbeating.
+    /// Dead-letters a chunk that failed its last delivery with `err`; the
+    /// failure its items get.
+    fn bury(&mut self, id: &str, msg: &TaskMsg, err: &TaskFailure) -> TaskFailure {
+        let dead = TaskFailure::DeadLettered { attempts: msg.attempt, last_error: err.to_string() };
+        tracing::error!("chunk {} of {}: {dead}", msg.task, msg.caller);
+        self.dead_letter(id, dead.to_string(), Some(msg));
+        dead
+    }
+
+    /// A chunk that was delivered to a host that stopped heartbeating. Its
+    /// item count is unknown here (its arguments may be in a blob), so on
+    /// its last delivery the whole chunk fails.
     fn reclaimed(&mut self, id: &str, msg: TaskMsg, silence: Duration) {
         let err = TaskFailure::WorkerLost(format!("the worker host that had it sent no heartbeat for {silence:?}"));
-        self.finish(id, msg, vec![(Err(err), true)]);
+        if msg.attempt < msg.max_attempts {
+            self.finish(id, msg, vec![(Err(err), true)]);
+        } else {
+            let dead = self.bury(id, &msg, &err);
+            self.result(&msg, Outcome::Failed(dead));
+            self.done.push(id.to_string());
+        }
     }
 
     fn dispose(&mut self, id: String, disposal: Disposal) {
