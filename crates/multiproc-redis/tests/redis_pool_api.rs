@@ -218,3 +218,14 @@ fn a_stopped_worker_finishes_what_it_holds() {
     assert_eq!(call.get_timeout(Duration::from_secs(20)).unwrap(), vec![300u64; 8]);
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_host_serves_any_number_of_distinct_task_timeouts_one_after_another() {
+    let server = server();
+    let _w = local_worker(&server, "timeouts", 1);
+    let pool = pool(&server, "timeouts").connect().unwrap();
+    for k in 0..12u64 {
+        let r = pool.with_task_timeout(Duration::from_secs(60 + k)).apply(square, (k,));
+        assert_eq!(r.unwrap(), k * k, "call {k}");
+    }
+}
