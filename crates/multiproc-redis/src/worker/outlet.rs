@@ -357,7 +357,7 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
 fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
     let tasks = host.keys.tasks();
     let Ok(hosts) = crate::inspect::hosts(conn, &tasks) else { return };
-    let gone_ms = GONE_AFTER.max(host.visibility * 100).as_millis() as u64;
+    let gone_ms = GONE_AFTER.max(host.visibility.saturating_mul(100)).as_millis() as u64;
     for h in hosts.iter().filter(|h| h.name != host.consumer && h.pending == 0 && h.idle_ms > gone_ms) {
         // DELCONSUMER drops whatever the consumer holds: a delivery between
         // the look above and here would be lost with it. A live host reads
