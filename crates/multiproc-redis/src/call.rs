@@ -155,7 +155,7 @@ impl<'a> Engine<'a> {
                     task,
                     attempt: 1,
                     max_attempts: self.plan.retries.saturating_add(1),
-                    timeout_ms: self.plan.task_timeout.map(|t| t.as_millis() as u64),
+                    timeout_ms: self.plan.task_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                     result_ttl_ms: ttl_ms,
                     last_error: None,
                     args,
