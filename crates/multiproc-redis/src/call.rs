@@ -176,11 +176,18 @@ impl<'a> Engine<'a> {
                 Ok(())
             }
             Err(e) => {
+                // Each item of the chunks not queued fails (one outcome per item).
+                let reason = format!("could not queue tasks on {tasks_key}: {e}");
                 for task in ids {
                     shared.forget(task);
-                    self.in_flight.remove(&task);
+                    let Some((first, n)) = self.in_flight.remove(&task) else { continue };
+                    for index in first..first + n {
+                        if !self.skip.remove(&index) {
+                            self.ready.push_back((index, Err(RedisPoolError::Redis(reason.clone()))));
+                        }
+                    }
                 }
-                Err(RedisPoolError::Redis(format!("could not queue tasks on {tasks_key}: {e}")))
+                Err(RedisPoolError::Redis(reason))
             }
         }
     }
@@ -193,10 +200,13 @@ impl<'a> Engine<'a> {
                 return Some(o);
             }
             if let Err(e) = self.top_up() {
-                self.exhausted = true;
-                let index = self.next_index;
+                // Input left unread fails as one more outcome, after the rest.
+                let unread = !self.exhausted;
                 self.fail_in_flight(&e.to_string());
-                return Some((index, Err(e)));
+                if unread {
+                    self.ready.push_back((self.next_index, Err(e)));
+                }
+                continue;
             }
             if self.in_flight.is_empty() {
                 return None;

@@ -68,3 +68,13 @@ fn a_restart_that_lost_the_data_fails_the_call_clearly() {
     drop(pool);
     drop(worker);
 }
+
+#[test]
+fn an_imap_that_cannot_queue_its_tasks_yields_one_error_per_item() {
+    let mut server = server();
+    let pool = pool(&server, "queue").reconnect_timeout(Duration::from_millis(300)).connect().unwrap();
+    server.kill();
+    let got: Vec<_> = pool.with_chunksize(2).imap(nap, 0..5u64).collect();
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(got.iter().all(|r| matches!(r, Err(RedisPoolError::Redis(m)) if m.contains("could not queue"))), "{got:?}");
+}
