@@ -78,3 +78,19 @@ fn an_imap_that_cannot_queue_its_tasks_yields_one_error_per_item() {
     assert_eq!(got.len(), 5, "{got:?}");
     assert!(got.iter().all(|r| matches!(r, Err(RedisPoolError::Redis(m)) if m.contains("could not queue"))), "{got:?}");
 }
+
+#[test]
+fn a_server_outlives_the_thread_that_started_or_restarted_it() {
+    let mut server = std::thread::spawn(server).join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pool(&server, "thread").connect().is_ok(), "the server died with the thread that started it");
+    server = std::thread::spawn(move || {
+        server.restart().unwrap();
+        server
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _w = local_worker(&server, "thread", 1);
+    assert_eq!(pool(&server, "thread").connect().unwrap().apply(nap, (7,)).unwrap(), 7);
+}
