@@ -167,7 +167,9 @@ impl<'a> Engine<'a> {
                 ids.push(task);
             }
         }
-        let patience = shared.options.reconnect_timeout;
+        // Redis away: wait for it no longer than the call may wait.
+        let left = self.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let patience = shared.options.reconnect_timeout.min(left.unwrap_or(Duration::MAX));
         let sent =
             shared.submit.lock().unwrap_or_else(|e| e.into_inner()).retry(patience, |c| pipe.query::<Vec<String>>(c));
         match sent {
@@ -178,16 +180,21 @@ impl<'a> Engine<'a> {
             Err(e) => {
                 // Each item of the chunks not queued fails (one outcome per item).
                 let reason = format!("could not queue tasks on {tasks_key}: {e}");
+                let timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
+                let error = || match self.plan.wait_timeout {
+                    Some(t) if timed_out => RedisPoolError::Timeout(t),
+                    _ => RedisPoolError::Redis(reason.clone()),
+                };
                 for task in ids {
                     shared.forget(task);
                     let Some((first, n)) = self.in_flight.remove(&task) else { continue };
                     for index in first..first + n {
                         if !self.skip.remove(&index) {
-                            self.ready.push_back((index, Err(RedisPoolError::Redis(reason.clone()))));
+                            self.ready.push_back((index, Err(error())));
                         }
                     }
                 }
-                Err(RedisPoolError::Redis(reason))
+                Err(error())
             }
         }
     }

@@ -94,3 +94,18 @@ fn a_server_outlives_the_thread_that_started_or_restarted_it() {
     let _w = local_worker(&server, "thread", 1);
     assert_eq!(pool(&server, "thread").connect().unwrap().apply(nap, (7,)).unwrap(), 7);
 }
+
+#[test]
+fn the_wait_timeout_bounds_a_call_that_cannot_queue_its_tasks() {
+    let mut server = server();
+    let pool = pool(&server, "bounded")
+        .wait_timeout(Duration::from_secs(1))
+        .reconnect_timeout(Duration::from_secs(20))
+        .connect()
+        .unwrap();
+    server.kill();
+    let t = Instant::now();
+    let err = pool.map(nap, 0..3u64).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: {err}", t.elapsed());
+    assert!(err.is_timeout(), "{err}");
+}
