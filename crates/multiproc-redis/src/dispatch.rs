@@ -132,9 +132,12 @@ fn run(shared: &Shared, mut conn: Conn) {
     let opts = StreamReadOptions::default().count(READ_COUNT).block(BLOCK.as_millis() as usize);
     while !shared.stop.load(Ordering::Acquire) {
         let key = &shared.results_key;
-        let reply = conn.retry(shared.options.reconnect_timeout, |c| {
-            redis::cmd("XREAD").arg(&opts).arg("STREAMS").arg(key).arg(&last_id).query::<redis::Value>(c)
-        });
+        let stopping = || shared.stop.load(Ordering::Acquire);
+        let reply = conn.retry_while(
+            shared.options.reconnect_timeout,
+            || !stopping(),
+            |c| redis::cmd("XREAD").arg(&opts).arg("STREAMS").arg(key).arg(&last_id).query::<redis::Value>(c),
+        );
         let reply = match reply.map(schema::read_reply) {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -142,6 +145,7 @@ fn run(shared: &Shared, mut conn: Conn) {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
+            Err(_) if stopping() => break, // the pool was dropped
             Err(e) => {
                 let reason = format!(
                     "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",

@@ -109,3 +109,14 @@ fn the_wait_timeout_bounds_a_call_that_cannot_queue_its_tasks() {
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: {err}", t.elapsed());
     assert!(err.is_timeout(), "{err}");
 }
+
+#[test]
+fn a_pool_dropped_while_redis_is_away_goes_at_once() {
+    let mut server = server();
+    let pool = pool(&server, "dropped").reconnect_timeout(Duration::from_secs(20)).connect().unwrap();
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500)); // its result thread is waiting for redis
+    let t = Instant::now();
+    drop(pool);
+    assert!(t.elapsed() < Duration::from_secs(5), "drop took {:?}", t.elapsed());
+}
