@@ -155,7 +155,7 @@ impl<'a> Engine<'a> {
                     task,
                     attempt: 1,
                     max_attempts: self.plan.retries.saturating_add(1),
-                    timeout_ms: self.plan.task_timeout.map(|t| t.as_millis() as u64),
+                    timeout_ms: self.plan.task_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                     result_ttl_ms: ttl_ms,
                     last_error: None,
                     args,
@@ -167,7 +167,9 @@ impl<'a> Engine<'a> {
                 ids.push(task);
             }
         }
-        let patience = shared.options.reconnect_timeout;
+        // Redis away: wait for it no longer than the call may wait.
+        let left = self.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let patience = shared.options.reconnect_timeout.min(left.unwrap_or(Duration::MAX));
         let sent =
             shared.submit.lock().unwrap_or_else(|e| e.into_inner()).retry(patience, |c| pipe.query::<Vec<String>>(c));
         match sent {
@@ -176,11 +178,23 @@ impl<'a> Engine<'a> {
                 Ok(())
             }
             Err(e) => {
+                // Each item of the chunks not queued fails (one outcome per item).
+                let reason = format!("could not queue tasks on {tasks_key}: {e}");
+                let timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
+                let error = || match self.plan.wait_timeout {
+                    Some(t) if timed_out => RedisPoolError::Timeout(t),
+                    _ => RedisPoolError::Redis(reason.clone()),
+                };
                 for task in ids {
                     shared.forget(task);
-                    self.in_flight.remove(&task);
+                    let Some((first, n)) = self.in_flight.remove(&task) else { continue };
+                    for index in first..first + n {
+                        if !self.skip.remove(&index) {
+                            self.ready.push_back((index, Err(error())));
+                        }
+                    }
                 }
-                Err(RedisPoolError::Redis(format!("could not queue tasks on {tasks_key}: {e}")))
+                Err(error())
             }
         }
     }
@@ -193,10 +207,13 @@ impl<'a> Engine<'a> {
                 return Some(o);
             }
             if let Err(e) = self.top_up() {
-                self.exhausted = true;
-                let index = self.next_index;
+                // Input left unread fails as one more outcome, after the rest.
+                let unread = !self.exhausted;
                 self.fail_in_flight(&e.to_string());
-                return Some((index, Err(e)));
+                if unread {
+                    self.ready.push_back((self.next_index, Err(e)));
+                }
+                continue;
             }
             if self.in_flight.is_empty() {
                 return None;

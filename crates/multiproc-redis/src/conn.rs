@@ -96,6 +96,17 @@ impl Conn {
     pub(crate) fn retry<T>(
         &mut self,
         patience: Duration,
+        f: impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        self.retry_while(patience, || true, f)
+    }
+
+    /// As [`Conn::retry`], giving up early (with the last error) once
+    /// `keep_trying` says no.
+    pub(crate) fn retry_while<T>(
+        &mut self,
+        patience: Duration,
+        keep_trying: impl Fn() -> bool,
         mut f: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let mut first_failure: Option<Instant> = None;
@@ -104,7 +115,7 @@ impl Conn {
             match self.run(&mut f) {
                 Err(e) if is_transient(&e) => {
                     let since = *first_failure.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= patience {
+                    if since.elapsed() >= patience || !keep_trying() {
                         return Err(e);
                     }
                     tracing::warn!("redis unavailable ({e}); trying again in {pause:?}");

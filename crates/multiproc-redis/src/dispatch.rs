@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::StreamReadOptions;
 
 use crate::conn::Conn;
 use crate::schema::{self, Keys, Outcome};
@@ -132,11 +132,20 @@ fn run(shared: &Shared, mut conn: Conn) {
     let opts = StreamReadOptions::default().count(READ_COUNT).block(BLOCK.as_millis() as usize);
     while !shared.stop.load(Ordering::Acquire) {
         let key = &shared.results_key;
-        let reply = conn.retry(shared.options.reconnect_timeout, |c| {
-            redis::cmd("XREAD").arg(&opts).arg("STREAMS").arg(key).arg(&last_id).query::<Option<StreamReadReply>>(c)
-        });
-        let reply = match reply {
-            Ok(r) => r,
+        let stopping = || shared.stop.load(Ordering::Acquire);
+        let reply = conn.retry_while(
+            shared.options.reconnect_timeout,
+            || !stopping(),
+            |c| redis::cmd("XREAD").arg(&opts).arg("STREAMS").arg(key).arg(&last_id).query::<redis::Value>(c),
+        );
+        let reply = match reply.map(schema::read_reply) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!("reading {key}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Err(_) if stopping() => break, // the pool was dropped
             Err(e) => {
                 let reason = format!(
                     "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
@@ -152,18 +161,15 @@ fn run(shared: &Shared, mut conn: Conn) {
             connects = conn.connects();
             check_restart(shared, &mut conn, &mut run_id);
         }
-        let Some(reply) = reply else { continue };
         let mut read = Vec::new();
         let mut blobs = Vec::new();
-        for stream in reply.keys {
-            for entry in stream.ids {
-                last_id.clone_from(&entry.id);
-                read.push(entry.id.clone());
-                match schema::decode_result(&schema::entry_fields(entry.map)) {
-                    Ok(msg) => deliver(shared, msg, &mut blobs),
-                    Err(e) => tracing::error!("skipping result entry {} of {key}: {e}", entry.id),
-                }
+        for entry in reply {
+            last_id.clone_from(&entry.id);
+            match schema::decode_result(&entry.fields) {
+                Ok(msg) => deliver(shared, msg, &mut blobs),
+                Err(e) => tracing::error!("skipping result entry {} of {key}: {e}", entry.id),
             }
+            read.push(entry.id);
         }
         if !read.is_empty() {
             let mut pipe = redis::pipe();

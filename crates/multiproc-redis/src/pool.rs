@@ -16,6 +16,9 @@ use crate::endpoint::{Endpoint, endpoint_setters};
 use crate::error::RedisPoolError;
 use crate::results::{RedisAsync, RedisImap};
 
+/// The longest result time to live: its milliseconds fit an expiry.
+const MAX_RESULT_TTL: Duration = Duration::from_secs(u32::MAX as u64);
+
 /// Options for a new [`RedisPool`]. Created by [`RedisPool::builder`].
 #[derive(Clone)]
 pub struct RedisPoolBuilder {
@@ -63,9 +66,10 @@ impl RedisPoolBuilder {
     }
 
     /// How long unread results (and large arguments) stay in Redis. Default
-    /// one hour.
+    /// one hour; at least 1 s, at most about 136 years (what Redis takes as
+    /// an expiry).
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
-        self.options.result_ttl = ttl.max(Duration::from_secs(1));
+        self.options.result_ttl = ttl.clamp(Duration::from_secs(1), MAX_RESULT_TTL);
         self
     }
 

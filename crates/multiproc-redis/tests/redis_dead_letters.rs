@@ -141,3 +141,37 @@ fn garbage_entries_are_skipped_and_logged() {
     let result = schema::decode_result(&told[0].1).unwrap();
     assert_eq!(result.results[0].outcome, Outcome::Failed(TaskFailure::WrongKey));
 }
+
+/// An entry with a field name that is not UTF-8 (any client may write one).
+fn xadd_non_utf8(con: &mut redis::Connection, key: &str) {
+    let _: String = redis::cmd("XADD").arg(key).arg("*").arg(&b"\xff\xfe"[..]).arg("x").query(con).unwrap();
+}
+
+#[test]
+fn a_task_entry_with_a_non_utf8_field_name_is_dead_lettered_and_blocks_nothing() {
+    let server = server();
+    let keys = Keys::new("bytes", "default");
+    let mut con = raw(&server);
+    xadd_non_utf8(&mut con, &keys.tasks());
+    let pool = pool(&server, "bytes").wait_timeout(Duration::from_secs(20)).connect().unwrap();
+    let call = pool.with_chunksize(1).map_async(square, 0..8u64);
+    let xlen = |con: &mut redis::Connection, key: &str| redis::cmd("XLEN").arg(key).query::<i64>(con).unwrap();
+    assert!(support::eventually(Duration::from_secs(10), || xlen(&mut con, &keys.tasks()) == 9));
+    // The host's first read holds the garbage and real tasks together.
+    let _w = local_worker(&server, "bytes", 1);
+    assert_eq!(call.get().unwrap(), (0..8u64).map(square).collect::<Vec<_>>());
+    assert!(support::eventually(Duration::from_secs(10), || entries(&mut con, &keys.dead_letters()).len() == 1));
+    assert!(reason(&entries(&mut con, &keys.dead_letters())[0].1).contains("no byte field"));
+    assert!(support::eventually(Duration::from_secs(10), || xlen(&mut con, &keys.tasks()) == 0));
+}
+
+#[test]
+fn a_result_entry_with_a_non_utf8_field_name_is_skipped() {
+    let server = server();
+    let _w = local_worker(&server, "rbytes", 1);
+    let pool = pool(&server, "rbytes").wait_timeout(Duration::from_secs(20)).connect().unwrap();
+    let mut con = raw(&server);
+    xadd_non_utf8(&mut con, &Keys::new("rbytes", "default").results(pool.caller_id()));
+    assert_eq!(pool.map(square, 0..8u64).unwrap(), (0..8u64).map(square).collect::<Vec<_>>());
+    assert_eq!(pool.apply(square, (5,)).unwrap(), 25);
+}

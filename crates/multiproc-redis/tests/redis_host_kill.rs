@@ -95,3 +95,37 @@ fn a_long_task_on_a_live_host_is_not_taken_over() {
     let info = multiproc_redis::queue_info(&server.url(), "long", "default").unwrap();
     assert_eq!((info.tasks, info.dead_letters), (0, 0));
 }
+
+fn sleepy(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_chunk_whose_host_died_on_its_last_delivery_is_dead_lettered_whole() {
+    let server = server();
+    let visibility = Duration::from_millis(800);
+    let mut a = host_process(&server, "last", 1, visibility);
+    let pool = pool(&server, "last").wait_timeout(Duration::from_secs(30)).connect().unwrap();
+    let call = pool.with_chunksize(3).retries(0).map_async(sleepy, vec![20_000u64; 3]);
+    let a_pid = a.pid();
+    let held = support::eventually(Duration::from_secs(20), || {
+        multiproc_redis::queue_info(&server.url(), "last", "default")
+            .unwrap()
+            .hosts
+            .iter()
+            .any(|h| h.is_pid(a_pid as u32) && h.pending > 0)
+    });
+    assert!(held, "host A took nothing");
+    a.kill();
+    let _b = host_process(&server, "last", 1, visibility);
+    let err = call.get().unwrap_err();
+    let Some(multiproc_redis::TaskFailure::DeadLettered { attempts: 1, last_error }) = err.task_failure() else {
+        panic!("not dead-lettered: {err}")
+    };
+    assert!(last_error.contains("no heartbeat"), "{err}");
+    assert!(support::eventually(Duration::from_secs(10), || {
+        let info = multiproc_redis::queue_info(&server.url(), "last", "default").unwrap();
+        (info.tasks, info.dead_letters) == (0, 1)
+    }));
+}

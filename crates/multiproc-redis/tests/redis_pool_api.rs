@@ -218,3 +218,44 @@ fn a_stopped_worker_finishes_what_it_holds() {
     assert_eq!(call.get_timeout(Duration::from_secs(20)).unwrap(), vec![300u64; 8]);
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_host_serves_any_number_of_distinct_task_timeouts_one_after_another() {
+    let server = server();
+    let _w = local_worker(&server, "timeouts", 1);
+    let pool = pool(&server, "timeouts").connect().unwrap();
+    for k in 0..12u64 {
+        let r = pool.with_task_timeout(Duration::from_secs(60 + k)).apply(square, (k,));
+        assert_eq!(r.unwrap(), k * k, "call {k}");
+    }
+}
+
+#[test]
+fn a_host_with_an_endless_visibility_timeout_keeps_serving() {
+    let server = server();
+    let _w = multiproc_redis::Worker::builder(&server.url())
+        .prefix("endless")
+        .processes(1)
+        .visibility_timeout(Duration::MAX)
+        .start()
+        .unwrap();
+    let pool = pool(&server, "endless").wait_timeout(Duration::from_secs(20)).connect().unwrap();
+    assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
+    // Past the host's first sweep of gone consumers (a minute after its start).
+    std::thread::sleep(Duration::from_secs(62));
+    assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
+}
+
+#[test]
+fn durations_past_u64_milliseconds_do_not_wrap() {
+    // 2^64 ms + 384 ms: as u64 milliseconds, 384 ms.
+    let huge = Duration::from_secs(18_446_744_073_709_552);
+    let server = server();
+    let pool = pool(&server, "huge").result_ttl(huge).connect().unwrap();
+    let mut call = pool.apply_async(len, (vec![7u8; 1 << 20],));
+    // Queued with no host for a second: its argument key outlives that.
+    std::thread::sleep(Duration::from_secs(1));
+    let _w = local_worker(&server, "huge", 1);
+    assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 1 << 20);
+    assert_eq!(pool.with_task_timeout(huge).apply(nap, (1000,)).unwrap(), 1000);
+}

@@ -39,6 +39,9 @@ use sha2::Sha256;
 
 use crate::error::TaskFailure;
 
+mod reply;
+pub use reply::{StreamEntry, autoclaim_reply, read_reply};
+
 /// The version of this layout and schema, in the `v` field of every entry.
 pub const SCHEMA_VERSION: &str = "1";
 /// The consumer group of the workers on a task stream.

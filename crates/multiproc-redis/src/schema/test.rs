@@ -49,3 +49,20 @@ fn a_result_entry_decodes_as_a_result_message() {
         result_fields(&results).into_iter().map(|(k, v)| (k.to_string(), Value::BulkString(v))).collect();
     assert_eq!(decode_result(&fields).unwrap(), ResultMsg { results });
 }
+
+#[test]
+fn stream_replies_of_both_protocols_read_with_any_field_names() {
+    let bulk = |b: &[u8]| Value::BulkString(b.to_vec());
+    let entry = Value::Array(vec![bulk(b"1-0"), Value::Array(vec![bulk(b"\xff"), bulk(b"x"), bulk(b"v"), bulk(b"1")])]);
+    let want =
+        vec![StreamEntry { id: "1-0".into(), fields: vec![("\u{fffd}".into(), bulk(b"x")), ("v".into(), bulk(b"1"))] }];
+    let resp2 = Value::Array(vec![Value::Array(vec![bulk(b"s"), Value::Array(vec![entry.clone()])])]);
+    assert_eq!(read_reply(resp2).unwrap(), want);
+    let resp3 = Value::Map(vec![(bulk(b"s"), Value::Array(vec![entry.clone()]))]);
+    assert_eq!(read_reply(resp3).unwrap(), want);
+    assert_eq!(read_reply(Value::Nil).unwrap(), vec![]);
+    let claimed = Value::Array(vec![bulk(b"0-0"), Value::Array(vec![entry]), Value::Array(vec![bulk(b"2-0")])]);
+    assert_eq!(autoclaim_reply(claimed).unwrap(), (want, vec!["2-0".to_string()]));
+    assert!(read_reply(Value::Int(3)).is_err());
+    assert!(autoclaim_reply(Value::Array(vec![bulk(b"0-0"), Value::Int(1)])).is_err());
+}

@@ -4,6 +4,7 @@
 //! timeout, created when first needed).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,38 +29,60 @@ fn run_remote(remote: RemoteFn, args: ByteBuf) -> Result<ByteBuf, String> {
 /// on another delivery (its process died).
 pub(crate) type ItemResult = (Result<ByteBuf, TaskFailure>, bool);
 
+/// A local pool and how many of its tasks are unfinished.
+#[derive(Debug)]
+struct Slot {
+    pool: Arc<Pool>,
+    busy: Arc<AtomicUsize>,
+}
+
 /// The local pools of a worker host.
 #[derive(Debug)]
 pub(crate) struct Executors {
     processes: usize,
-    pools: Mutex<HashMap<Option<u64>, Arc<Pool>>>,
+    pools: Mutex<HashMap<Option<u64>, Slot>>,
 }
 
 impl Executors {
     pub(crate) fn new(processes: usize) -> Result<Executors, PoolError> {
         let ex = Executors { processes, pools: Mutex::default() };
-        ex.pool(None)?;
+        ex.pool(None)?.1.fetch_sub(1, Ordering::AcqRel);
         Ok(ex)
     }
 
-    fn pool(&self, timeout_ms: Option<u64>) -> Result<Arc<Pool>, PoolError> {
+    /// The pool for `timeout_ms`, with one more task counted as busy in it.
+    /// With [`MAX_POOLS`] pools already, an idle one (not the default) makes
+    /// room: the cap is on timeouts in use at once, not over the host's life.
+    fn pool(&self, timeout_ms: Option<u64>) -> Result<(Arc<Pool>, Arc<AtomicUsize>), PoolError> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = pools.get(&timeout_ms) {
-            return Ok(p.clone());
+        if let Some(s) = pools.get(&timeout_ms) {
+            s.busy.fetch_add(1, Ordering::AcqRel);
+            return Ok((s.pool.clone(), s.busy.clone()));
         }
+        let mut evicted = None;
         if pools.len() >= MAX_POOLS {
-            return Err(PoolError::Input {
-                index: 0,
-                message: format!("a worker host runs at most {MAX_POOLS} distinct task timeouts at once"),
-            });
+            // ORDERING: Acquire pairs with the release of the last task's count.
+            let idle = pools.iter().find(|(t, s)| t.is_some() && s.busy.load(Ordering::Acquire) == 0).map(|(t, _)| *t);
+            match idle {
+                Some(t) => evicted = pools.remove(&t),
+                None => {
+                    return Err(PoolError::Input {
+                        index: 0,
+                        message: format!("a worker host runs at most {MAX_POOLS} distinct task timeouts at once"),
+                    });
+                }
+            }
         }
         let mut b = Pool::builder().processes(self.processes);
         if let Some(ms) = timeout_ms {
             b = b.task_timeout(Duration::from_millis(ms.max(1)));
         }
-        let pool = Arc::new(b.build()?);
-        pools.insert(timeout_ms, pool.clone());
-        Ok(pool)
+        let slot = Slot { pool: Arc::new(b.build()?), busy: Arc::new(AtomicUsize::new(1)) };
+        let got = (slot.pool.clone(), slot.busy.clone());
+        pools.insert(timeout_ms, slot);
+        drop(pools);
+        drop(evicted); // stops its idle processes, outside the lock
+        Ok(got)
     }
 
     /// Runs `args` through `remote`; `done` gets the outcome on the pool's
@@ -71,9 +94,14 @@ impl Executors {
         args: ByteBuf,
         done: impl FnOnce(ItemResult) + Send + 'static,
     ) {
-        let pool = match self.pool(timeout_ms) {
+        let (pool, busy) = match self.pool(timeout_ms) {
             Ok(p) => p,
             Err(e) => return done((Err(TaskFailure::WorkerLost(format!("no local pool: {e}"))), true)),
+        };
+        let done = move |r: ItemResult| {
+            // ORDERING: Release pairs with the Acquire of an eviction.
+            busy.fetch_sub(1, Ordering::AcqRel);
+            done(r)
         };
         let done = Arc::new(Mutex::new(Some(done)));
         let on_err = done.clone();

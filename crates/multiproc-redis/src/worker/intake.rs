@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::StreamReadOptions;
 use serde_bytes::ByteBuf;
 
 use super::exec::Executors;
@@ -99,12 +99,14 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
         let count = ((limit - in_flight) / per_entry).clamp(1, 1024);
         let opts =
             StreamReadOptions::default().group(GROUP, &host.consumer).count(count).block(BLOCK.as_millis() as usize);
-        let reply = conn.run(|c| {
-            redis::cmd("XREADGROUP").arg(&opts).arg("STREAMS").arg(&tasks).arg(">").query::<Option<StreamReadReply>>(c)
-        });
-        let reply = match reply {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
+        let reply = conn
+            .run(|c| redis::cmd("XREADGROUP").arg(&opts).arg("STREAMS").arg(&tasks).arg(">").query::<redis::Value>(c));
+        let reply = match reply.map(schema::read_reply) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!("reading {tasks}: {e}");
+                continue;
+            }
             Err(e) if e.code() == Some("NOGROUP") => {
                 tracing::warn!("consumer group gone from {tasks} (redis lost its data?); creating it again");
                 let _ = ensure_group(&mut conn, &tasks, &host.consumer);
@@ -118,8 +120,8 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
             }
         };
         let (mut entries, mut items) = (0usize, 0usize);
-        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
-            let fields = schema::entry_fields(entry.map);
+        for entry in reply {
+            let fields = entry.fields;
             match admit(host, &fields) {
                 Ok(msg) => {
                     entries += 1;

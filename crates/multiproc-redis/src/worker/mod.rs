@@ -24,6 +24,11 @@ use crate::error::{RedisPoolError, TaskFailure};
 use crate::schema::{self, Keys, TaskMsg};
 use outlet::Disposal;
 
+/// The longest visibility timeout: the host's arithmetic on it (its
+/// milliseconds for `XAUTOCLAIM`, the idle time of gone consumers) stays in
+/// range.
+const MAX_VISIBILITY: Duration = Duration::from_secs(u32::MAX as u64);
+
 /// Options for a worker host. Created by [`Worker::builder`].
 #[derive(Clone)]
 pub struct WorkerBuilder {
@@ -54,8 +59,10 @@ impl WorkerBuilder {
     /// How long an entry delivered to a host may go without a heartbeat
     /// before another host takes it over (default 30 s). Heartbeats go out
     /// every quarter of it, so a long task is never taken from a live host.
+    /// At least 100 ms; anything over about 136 years (`Duration::MAX`
+    /// too) means never.
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
-        self.visibility = timeout.max(Duration::from_millis(100));
+        self.visibility = timeout.clamp(Duration::from_millis(100), MAX_VISIBILITY);
         self
     }
 

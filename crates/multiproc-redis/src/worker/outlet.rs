@@ -10,8 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use redis::streams::StreamAutoClaimReply;
-
 use super::exec::ItemResult;
 use super::{HostShared, admit};
 use crate::conn::{self, Conn};
@@ -112,9 +110,7 @@ impl Batch {
                 self.requeue.push(TaskMsg { attempt: msg.attempt + 1, last_error: Some(err.to_string()), ..msg });
             }
             Some(err) => {
-                let dead = TaskFailure::DeadLettered { attempts: msg.attempt, last_error: err.to_string() };
-                tracing::error!("chunk {} of {}: {dead}", msg.task, msg.caller);
-                self.dead_letter(id, dead.to_string(), Some(&msg));
+                let dead = self.bury(id, &msg, &err);
                 let items = outcomes
                     .into_iter()
                     .map(|(r, again)| if again && r.is_err() { Err(dead.clone()) } else { r })
@@ -125,10 +121,27 @@ impl Batch {
         }
     }
 
-    /// A chunk that was delivered to a host that stopped heartbeating.
+    /// Dead-letters a chunk that failed its last delivery with `err`; the
+    /// failure its items get.
+    fn bury(&mut self, id: &str, msg: &TaskMsg, err: &TaskFailure) -> TaskFailure {
+        let dead = TaskFailure::DeadLettered { attempts: msg.attempt, last_error: err.to_string() };
+        tracing::error!("chunk {} of {}: {dead}", msg.task, msg.caller);
+        self.dead_letter(id, dead.to_string(), Some(msg));
+        dead
+    }
+
+    /// A chunk that was delivered to a host that stopped heartbeating. Its
+    /// item count is unknown here (its arguments may be in a blob), so on
+    /// its last delivery the whole chunk fails.
     fn reclaimed(&mut self, id: &str, msg: TaskMsg, silence: Duration) {
         let err = TaskFailure::WorkerLost(format!("the worker host that had it sent no heartbeat for {silence:?}"));
-        self.finish(id, msg, vec![(Err(err), true)]);
+        if msg.attempt < msg.max_attempts {
+            self.finish(id, msg, vec![(Err(err), true)]);
+        } else {
+            let dead = self.bury(id, &msg, &err);
+            self.result(&msg, Outcome::Failed(dead));
+            self.done.push(id.to_string());
+        }
     }
 
     fn dispose(&mut self, id: String, disposal: Disposal) {
@@ -307,10 +320,16 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
             .arg("0-0")
             .arg("COUNT")
             .arg(64)
-            .query::<StreamAutoClaimReply>(c)
+            .query::<redis::Value>(c)
     });
-    let reply = match reply {
-        Ok(r) => r,
+    let (claimed, deleted) = match reply {
+        Ok(r) => match schema::autoclaim_reply(r) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("reclaim failed: {e}");
+                return;
+            }
+        },
         Err(e) => {
             if !conn::is_transient(&e) {
                 tracing::warn!("reclaim failed: {e}");
@@ -318,19 +337,17 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
             return;
         }
     };
-    for entry in reply.claimed {
+    for entry in claimed {
         if running.contains_key(entry.id.as_str()) {
             continue; // ours, still running
         }
-        let fields = schema::entry_fields(entry.map);
-        match admit(host, &fields) {
+        match admit(host, &entry.fields) {
             Ok(msg) => batch.reclaimed(&entry.id, msg, host.visibility),
             Err(disposal) => batch.dispose(entry.id, disposal),
         }
     }
-    if !reply.deleted_ids.is_empty() {
-        let ids: Vec<String> = reply.deleted_ids.iter().map(|i| i.to_string()).collect();
-        let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(&ids).exec(c));
+    if !deleted.is_empty() {
+        let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(&deleted).exec(c));
     }
 }
 
@@ -340,7 +357,7 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
 fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
     let tasks = host.keys.tasks();
     let Ok(hosts) = crate::inspect::hosts(conn, &tasks) else { return };
-    let gone_ms = GONE_AFTER.max(host.visibility * 100).as_millis() as u64;
+    let gone_ms = GONE_AFTER.max(host.visibility.saturating_mul(100)).as_millis() as u64;
     for h in hosts.iter().filter(|h| h.name != host.consumer && h.pending == 0 && h.idle_ms > gone_ms) {
         // DELCONSUMER drops whatever the consumer holds: a delivery between
         // the look above and here would be lost with it. A live host reads
