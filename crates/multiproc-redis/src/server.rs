@@ -5,7 +5,6 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{OnceLock, mpsc};
@@ -85,16 +84,7 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: between fork and exec the closure calls only prctl, which is
-        // async-signal-safe, and allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        multiproc::process::kill_command_with_parent(&mut cmd);
         let child = spawn_from_a_lasting_thread(cmd).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 io::Error::new(e.kind(), format!("redis-server is not installed: {INSTALL_HINT}"))

@@ -610,6 +610,22 @@ fn default_name(n: usize) -> String {
     if me == "MainProcess" { format!("Process-{n}") } else { format!("{me}:{n}") }
 }
 
+/// Makes the external program `cmd` will start die (SIGKILL) with the
+/// thread that spawns it, as multiproc's own children die with their
+/// parent: a helper server (a `redis-server`, say) is not left running when
+/// its owner is killed. Linux ties this to the spawning *thread*: spawn
+/// from a thread that lives as long as the program should.
+///
+/// ```no_run
+/// let mut cmd = std::process::Command::new("sleep");
+/// cmd.arg("60");
+/// multiproc::process::kill_command_with_parent(&mut cmd);
+/// let _child = cmd.spawn().unwrap();
+/// ```
+pub fn kill_command_with_parent(cmd: &mut std::process::Command) {
+    crate::sys::imp::signal::kill_command_with_parent(cmd);
+}
+
 /// The children of this process that are still running. Finished children are
 /// reaped as a side effect, as in Python.
 ///

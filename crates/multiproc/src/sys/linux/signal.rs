@@ -46,6 +46,22 @@ pub(crate) fn die_with_parent(expected_parent: Pid) {
     }
 }
 
+/// Makes the program that `cmd` starts receive SIGKILL when the thread that
+/// spawns it ends (`PR_SET_PDEATHSIG`, set between fork and exec).
+pub(crate) fn kill_command_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only prctl, which is
+    // async-signal-safe, takes plain integers and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Registers `handler` to run at normal process exit (`atexit`).
 pub(crate) fn at_exit(handler: extern "C" fn()) {
     // SAFETY: `handler` is a plain extern "C" function taking no arguments.
