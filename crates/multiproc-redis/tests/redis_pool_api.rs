@@ -231,22 +231,6 @@ fn a_host_serves_any_number_of_distinct_task_timeouts_one_after_another() {
 }
 
 #[test]
-fn a_host_with_an_endless_visibility_timeout_keeps_serving() {
-    let server = server();
-    let _w = multiproc_redis::Worker::builder(&server.url())
-        .prefix("endless")
-        .processes(1)
-        .visibility_timeout(Duration::MAX)
-        .start()
-        .unwrap();
-    let pool = pool(&server, "endless").wait_timeout(Duration::from_secs(20)).connect().unwrap();
-    assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
-    // Past the host's first sweep of gone consumers (a minute after its start).
-    std::thread::sleep(Duration::from_secs(62));
-    assert_eq!(pool.map(square, 0..3u64).unwrap(), [0, 1, 4]);
-}
-
-#[test]
 fn durations_past_u64_milliseconds_do_not_wrap() {
     // 2^64 ms + 384 ms: as u64 milliseconds, 384 ms.
     let huge = Duration::from_secs(18_446_744_073_709_552);

@@ -357,7 +357,7 @@ fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Runni
 fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
     let tasks = host.keys.tasks();
     let Ok(hosts) = crate::inspect::hosts(conn, &tasks) else { return };
-    let gone_ms = GONE_AFTER.max(host.visibility.saturating_mul(100)).as_millis() as u64;
+    let gone_ms = gone_after_ms(host.visibility);
     for h in hosts.iter().filter(|h| h.name != host.consumer && h.pending == 0 && h.idle_ms > gone_ms) {
         // DELCONSUMER drops whatever the consumer holds: a delivery between
         // the look above and here would be lost with it. A live host reads
@@ -369,5 +369,25 @@ fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
             Ok(_) => tracing::info!("removed consumer {} (idle {} s, nothing pending)", h.name, h.idle_ms / 1000),
             Err(e) => tracing::warn!("could not remove consumer {}: {e}", h.name),
         }
+    }
+}
+
+/// How long (ms) a consumer with nothing pending must have been idle to be
+/// taken for gone, for a host whose visibility timeout is `visibility`.
+fn gone_after_ms(visibility: Duration) -> u64 {
+    u64::try_from(GONE_AFTER.max(visibility.saturating_mul(100)).as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gone_consumers_limit_holds_for_any_visibility_timeout() {
+        assert_eq!(gone_after_ms(Duration::from_secs(30)), 3_600_000);
+        assert_eq!(gone_after_ms(Duration::from_secs(60)), 6_000_000);
+        // `visibility * 100` overflowed here and ended the host's outlet.
+        assert_eq!(gone_after_ms(Duration::MAX), u64::MAX);
+        assert!(gone_after_ms(super::super::MAX_VISIBILITY) > 0);
     }
 }
