@@ -343,22 +343,16 @@ fn consumer_completes_a_dead_consumers_claim() {
     let q = Queue::<u64>::bounded(4).unwrap();
     q.put(1).unwrap();
     q.put(2).unwrap();
-    let ring = &q.ring;
-    let f = ring.frame(ring.header().seg_head.0.load(SeqCst)).unwrap();
-    let h = f.header().head.0.load(SeqCst);
-    let slot = f.slot(h);
-    let word = slot.stamp.load(SeqCst);
-    assert_eq!(Stamp::unpack(word).state, READY);
-    let dead = Stamp::owned(f.lap(h), TAKING, dead_tid(), true).pack();
-    slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
+    forge_dead_taker(&q, false);
     // Item 1 is lost with the dead consumer; 2 comes next, and its permit is back.
     assert_eq!(q.get_timeout(LONG).unwrap(), 2);
     assert_eq!(q.qsize(), 0);
 }
 
-/// Takes the item at the head as a consumer that moved the head and died
-/// before releasing the slot (while copying the item out).
-fn forge_dead_taker<T>(q: &Queue<T>) {
+/// Takes the item at the head as a consumer that died before releasing the
+/// slot: after it moved the head (while copying the item out) if
+/// `moved_head`, else just after its claim.
+fn forge_dead_taker<T>(q: &Queue<T>, moved_head: bool) {
     let ring = &q.ring;
     let f = ring.frame(ring.header().seg_head.0.load(SeqCst)).unwrap();
     let h = f.header().head.0.load(SeqCst);
@@ -367,7 +361,9 @@ fn forge_dead_taker<T>(q: &Queue<T>) {
     assert_eq!(Stamp::unpack(word).state, READY);
     let dead = Stamp::owned(f.lap(h), TAKING, dead_tid(), true).pack();
     slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
-    f.header().head.0.fetch_add(1, SeqCst);
+    if moved_head {
+        f.header().head.0.fetch_add(1, SeqCst);
+    }
 }
 
 #[test]
@@ -376,12 +372,12 @@ fn a_consumer_that_died_mid_copy_gives_back_its_permit_and_task() {
     // bounded(1) queue stays full for ever and `join` never returns.
     let q = Queue::<u64>::bounded(1).unwrap();
     q.put(1).unwrap();
-    forge_dead_taker(&q);
+    forge_dead_taker(&q, true);
     q.put_timeout(2, Duration::from_secs(5)).unwrap();
     assert_eq!(q.get_timeout(LONG).unwrap(), 2);
     let q = JoinableQueue::<u64>::new().unwrap();
     q.put(1).unwrap();
-    forge_dead_taker(&q);
+    forge_dead_taker(&q, true);
     q.join_timeout(Duration::from_secs(5)).unwrap();
 }
 
