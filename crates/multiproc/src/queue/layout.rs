@@ -174,10 +174,10 @@ pub(super) struct Header {
     pub not_full: Line<Sleepers>,
     /// Items holding a permit (bounded queues): put, not yet taken.
     pub count: Line<AtomicU64>,
-    /// Tasks put and not yet marked done (joinable queues); also the futex
-    /// word `join` sleeps on.
+    /// Tasks put and not yet marked done (joinable queues).
     pub unfinished: Line<AtomicU32>,
-    /// Threads sleeping in `join` (on `unfinished`).
+    /// Threads sleeping in `join`; their `seq` is bumped each time
+    /// `unfinished` reaches zero, and is the futex word they sleep on.
     pub joiners: Line<Sleepers>,
     /// Next free blob offset, relative to `BLOB_BASE`.
     pub blob_tail: Line<AtomicU64>,

@@ -220,6 +220,31 @@ fn joinable_counts_tasks() {
     assert_eq!(q.task_done(), Err(TaskDoneError));
 }
 
+/// Python's `join` returns once the count reaches zero after it began, even
+/// if a put raises it again before the joiner runs: a joiner must not miss
+/// the moment under a steady stream of tasks.
+#[test]
+fn join_returns_when_the_count_touched_zero_though_a_put_followed() {
+    let q = JoinableQueue::<u32>::new().unwrap();
+    q.put(0).unwrap();
+    let joiner = {
+        let q = q.clone();
+        thread::spawn(move || q.join_timeout(Duration::from_secs(3)))
+    };
+    // Let the joiner go to sleep on the count of 1.
+    let deadline = Instant::now() + LONG;
+    while q.ring.header().joiners.0.occupied.load(SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the joiner never slept");
+        thread::sleep(Duration::from_millis(1));
+    }
+    // Zero, then at once one again: the joiner wakes after the put.
+    q.get_timeout(LONG).unwrap();
+    q.task_done().unwrap();
+    q.put(1).unwrap();
+    assert_eq!(joiner.join().unwrap(), Ok(()));
+    assert_eq!(q.unfinished_tasks(), 1);
+}
+
 #[test]
 fn unserializable_and_fd_items_fail_put() {
     struct Bad;

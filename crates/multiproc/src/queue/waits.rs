@@ -436,9 +436,15 @@ impl Ring {
         // ORDERING: SeqCst: the waker half of the join handshake.
         match hdr.unfinished.0.fetch_update(SeqCst, SeqCst, |u| u.checked_sub(1)) {
             Ok(1) => {
-                // ORDERING: SeqCst: see above.
-                if hdr.joiners.0.occupied.load(SeqCst) != 0 && futex::wake_all(&hdr.unfinished.0) == 0 {
-                    futile(hdr, &hdr.joiners.0);
+                // The count reached zero: a new epoch for the joiners, always
+                // (one that has read the old epoch and not yet registered
+                // returns when it sees the new one, even if a put raised
+                // the count again meanwhile, as Python's `join` does).
+                let joiners = &hdr.joiners.0;
+                // ORDERING: SeqCst: the waker half of the join handshake.
+                joiners.seq.fetch_add(1, SeqCst);
+                if joiners.occupied.load(SeqCst) != 0 && futex::wake_all(&joiners.seq) == 0 {
+                    futile(hdr, joiners);
                 }
                 true
             }
@@ -453,14 +459,19 @@ impl Ring {
         self.header().unfinished.0.load(Acquire)
     }
 
-    /// Waits until every task is done; false if `deadline` passed first.
+    /// Waits until every task is done, or the count reached zero once since
+    /// the call began; false if `deadline` passed first.
     pub(super) fn join(&self, deadline: Deadline) -> bool {
         let hdr = self.header();
+        let joiners = &hdr.joiners.0;
+        // ORDERING: SeqCst: the sleeper half of the join handshake: the
+        // epoch (bumped by each task_done that reaches zero) is read before
+        // the count, and is the futex word.
+        let epoch = joiners.seq.load(SeqCst);
+        let done = || hdr.unfinished.0.load(SeqCst) == 0 || joiners.seq.load(SeqCst) != epoch;
         let mut reclaim = Reclaim::default();
         loop {
-            // ORDERING: SeqCst: the sleeper half of the join handshake; the
-            // futex word is the count itself.
-            if hdr.unfinished.0.load(SeqCst) == 0 {
+            if done() {
                 return true;
             }
             // Now and then, and before giving up: tasks held by consumers
@@ -472,9 +483,8 @@ impl Ring {
             if expired {
                 return false;
             }
-            // ORDERING: SeqCst: as above.
             let until = deadline.at_most(RECLAIM_EVERY);
-            sleep_on(&hdr.joiners.0, &hdr.unfinished.0, until, || hdr.unfinished.0.load(SeqCst) == 0);
+            sleep_on(joiners, &joiners.seq, until, done);
         }
     }
 
