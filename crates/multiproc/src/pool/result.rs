@@ -102,7 +102,9 @@ pub(crate) const TASK_CANCELLED: u8 = 2;
 /// Exactly one of the callbacks runs per call: [`AsyncResult::callback`]
 /// with the value, or [`AsyncResult::error_callback`] with the error. Callbacks run
 /// on the pool's scheduler thread (or at once, on the caller's thread, if the
-/// result is already there) and should be quick.
+/// result is already there) and should be quick. A callback attached after
+/// the outcome was taken out (by [`AsyncResult::get_timeout`] or by polling
+/// the future) does not run: there is nothing left to give it.
 ///
 /// # Examples
 ///

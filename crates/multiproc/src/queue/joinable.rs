@@ -102,7 +102,9 @@ impl<T> JoinableQueue<T> {
         if self.queue.ring.task_done() { Ok(()) } else { Err(TaskDoneError) }
     }
 
-    /// Waits until every item put has been marked done.
+    /// Waits until every item put has been marked done: it returns once the
+    /// count of unfinished tasks reached zero after the call began, even if
+    /// later puts raised it again (as Python's `join` does).
     ///
     /// # Examples
     ///
