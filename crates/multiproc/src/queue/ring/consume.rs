@@ -161,14 +161,22 @@ impl Ring {
             if s.state != TAKING || s.tid == 0 || !behind || !owner_gone(hdr, s.tid) {
                 continue;
             }
-            // ORDERING: AcqRel: only one thread frees the slot (as in
-            // retire_locked); Release hands it to the next lap's producer.
-            if slot.stamp.compare_exchange(word, Stamp::new(s.lap + 1, FREE).pack(), AcqRel, Relaxed).is_ok() {
-                self.give_back(s.owed);
-                freed = true;
-            }
+            freed |= self.free_dead_claim(slot, word, Stamp::new(s.lap + 1, FREE).pack());
         }
         Ok(freed)
+    }
+
+    /// Frees a slot whose owner died holding it (its stamp read as `word`)
+    /// by stamping it `free`, and gives back the permit and task its claim
+    /// held; true if this thread did it (another may have first).
+    pub(in crate::queue) fn free_dead_claim(&self, slot: &Slot, word: u64, free: u64) -> bool {
+        // ORDERING: AcqRel: only one thread frees the slot and gives back what
+        // the dead owner held; Release hands the slot to the next lap's producer.
+        let won = slot.stamp.compare_exchange(word, free, AcqRel, Relaxed).is_ok();
+        if won {
+            self.give_back(Stamp::unpack(word).owed);
+        }
+        won
     }
 
     /// Resolves a [`Blocked`] slot whose owner is dead: a producer's slot is
@@ -193,14 +201,7 @@ impl Ring {
             TAKING => {
                 // ORDERING: AcqRel: the head moves past the dead claim once.
                 let _ = fh.head.0.compare_exchange(blocked.pos, blocked.pos + 1, AcqRel, Relaxed);
-                let free = Stamp::new(s.lap + 1, FREE).pack();
-                // ORDERING: AcqRel: only one thread frees the slot and gives back
-                // what the dead consumer held.
-                if slot.stamp.compare_exchange(blocked.word, free, AcqRel, Relaxed).is_ok() {
-                    self.give_back(s.owed);
-                    return Ok(true);
-                }
-                Ok(false)
+                Ok(self.free_dead_claim(slot, blocked.word, Stamp::new(s.lap + 1, FREE).pack()))
             }
             _ => Ok(false),
         }

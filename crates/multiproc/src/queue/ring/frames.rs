@@ -3,7 +3,7 @@
 //! under the robust frame lock.
 
 use std::io;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::{Ring, Watch, owner_gone};
@@ -163,10 +163,7 @@ impl Ring {
                 if !dead_owner {
                     return Ok(false); // a live reader (or a claim being withdrawn)
                 }
-                // ORDERING: AcqRel: only one thread frees a dead owner's slot.
-                if slot.stamp.compare_exchange(word, expected, AcqRel, Relaxed).is_ok() {
-                    self.give_back(s.owed);
-                }
+                self.free_dead_claim(slot, word, expected);
             }
         }
         let offset = self.geometry.frame_offset(index);
