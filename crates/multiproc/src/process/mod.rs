@@ -9,6 +9,7 @@ pub(crate) mod identity;
 pub(crate) mod launch;
 mod output;
 pub(crate) mod protocol;
+mod signals;
 pub(crate) mod task;
 
 use std::ffi::OsString;
@@ -25,6 +26,10 @@ use serde::de::DeserializeOwned;
 pub use error::{ProcessError, RemotePanic};
 pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
 pub use output::ChildOutput;
+pub use signals::{
+    catch_stop_signals, command_ignores_stop_signals, ignore_stop_signals, kill_command_with_parent, kill_pid,
+    stop_requested,
+};
 pub(crate) use task::EntryRef;
 pub use task::{RemoteFn, Task, build_id};
 
@@ -608,22 +613,6 @@ impl Process<()> {
 fn default_name(n: usize) -> String {
     let me = identity::current_name();
     if me == "MainProcess" { format!("Process-{n}") } else { format!("{me}:{n}") }
-}
-
-/// Makes the external program `cmd` will start die (SIGKILL) with the
-/// thread that spawns it, as multiproc's own children die with their
-/// parent: a helper server (a `redis-server`, say) is not left running when
-/// its owner is killed. Linux ties this to the spawning *thread*: spawn
-/// from a thread that lives as long as the program should.
-///
-/// ```no_run
-/// let mut cmd = std::process::Command::new("sleep");
-/// cmd.arg("60");
-/// multiproc::process::kill_command_with_parent(&mut cmd);
-/// let _child = cmd.spawn().unwrap();
-/// ```
-pub fn kill_command_with_parent(cmd: &mut std::process::Command) {
-    crate::sys::imp::signal::kill_command_with_parent(cmd);
 }
 
 /// The children of this process that are still running. Finished children are

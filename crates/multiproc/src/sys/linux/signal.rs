@@ -62,6 +62,76 @@ pub(crate) fn kill_command_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Ignores SIGINT, and SIGTERM too if `term`, in this process from now on
+/// (the dispositions are inherited by children and survive `exec`).
+pub(crate) fn ignore_stop_signals(term: bool) -> io::Result<()> {
+    let signals: &[libc::c_int] = if term { &[libc::SIGINT, libc::SIGTERM] } else { &[libc::SIGINT] };
+    for &sig in signals {
+        // SAFETY: installing SIG_IGN touches no memory of ours.
+        if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes the program that `cmd` starts ignore SIGINT and SIGTERM (set
+/// between fork and exec; an ignored signal stays ignored across `exec`).
+pub(crate) fn command_ignores_stop_signals(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only signal(2), which
+    // is async-signal-safe, takes plain integers and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM] {
+                if libc::signal(sig, libc::SIG_IGN) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Set by [`on_stop_signal`].
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The handler of SIGINT and SIGTERM once caught: it only stores to an
+/// atomic, which is async-signal-safe.
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // ORDERING: Relaxed: the flag is polled; nothing else is published with it.
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Catches SIGINT and SIGTERM from now on: they set the flag that
+/// [`stop_requested`] reads instead of ending the process.
+pub(crate) fn catch_stop_signals() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `on_stop_signal` is an `extern "C" fn(c_int)` that only
+        // stores to an atomic; installing it with signal(2) is sound.
+        let old = unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+        if old == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// True once a caught SIGINT or SIGTERM arrived.
+pub(crate) fn stop_requested() -> bool {
+    // ORDERING: see `on_stop_signal`.
+    STOP_REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sends SIGKILL to the one process `pid` (not a group: `pid` must be > 0).
+pub(crate) fn kill(pid: Pid) -> io::Result<()> {
+    let Some(target) = rustix::process::Pid::from_raw(pid.max(0)) else {
+        let message = format!("{pid} is not the id of one process");
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+    };
+    Ok(rustix::process::kill_process(target, rustix::process::Signal::KILL)?)
+}
+
 /// Registers `handler` to run at normal process exit (`atexit`).
 pub(crate) fn at_exit(handler: extern "C" fn()) {
     // SAFETY: `handler` is a plain extern "C" function taking no arguments.
