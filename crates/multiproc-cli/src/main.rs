@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use multiproc_seeds::{EXAMPLES, Example};
 
-mod stop_signal;
-
 /// Python's multiprocessing, rebuilt for Rust.
 #[derive(Debug, Parser)]
 #[command(name = "multiproc", version, about, long_about = None)]
@@ -78,6 +76,10 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
         eprintln!("multiproc worker: --visibility-timeout must be a positive number of seconds");
         return ExitCode::from(2);
     };
+    if processes == Some(0) {
+        eprintln!("multiproc worker: --processes must be at least 1");
+        return ExitCode::from(2);
+    }
     let mut b = multiproc_redis::Worker::builder(url).queue(queue).prefix(prefix).visibility_timeout(visibility);
     if let Some(n) = processes {
         b = b.processes(n);
@@ -87,7 +89,7 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
     }
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
     eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
-    if let Err(e) = stop_signal::install() {
+    if let Err(e) = multiproc::process::catch_stop_signals() {
         eprintln!(
             "multiproc worker: cannot catch SIGTERM ({e}); stopping will rely on other hosts reclaiming its tasks"
         );
@@ -99,7 +101,7 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
             return ExitCode::FAILURE;
         }
     };
-    while !stop_signal::requested() {
+    while !multiproc::process::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("multiproc worker: stopping: finishing the tasks in hand");

@@ -96,3 +96,61 @@ fn the_worker_command_says_when_redis_is_unreachable() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("redis"), "{err}");
 }
+
+/// The signals a process ignores (its `SigIgn` mask in `/proc`).
+fn ignored_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).map_or("0", str::trim);
+    u64::from_str_radix(mask, 16).unwrap()
+}
+
+/// The pids of `parent`'s children (started by any of its threads).
+fn children(parent: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).into_iter().flatten().flatten();
+    let lists = tasks.map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default());
+    lists.flat_map(|l| l.split_whitespace().map(|p| p.parse().unwrap()).collect::<Vec<u32>>()).collect()
+}
+
+#[test]
+fn ctrl_c_to_the_whole_group_stops_the_worker_without_killing_its_pool() {
+    use std::os::unix::process::CommandExt;
+    let server = RedisServer::start().expect("this test needs redis-server");
+    let child = Command::new(EXE)
+        .args(["worker", "--redis", &server.url(), "--processes", "2", "--queue", "g", "--prefix", "cli"])
+        .process_group(0) // as a shell runs a foreground job
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut worker = Guard(child);
+    let pid = worker.0.id();
+    let (sigint, sigterm) = (1u64 << (libc::SIGINT - 1), 1u64 << (libc::SIGTERM - 1));
+    // Both pool workers up, each ignoring SIGINT and SIGTERM.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ignoring =
+            children(pid).into_iter().filter(|&c| ignored_signals(c) & (sigint | sigterm) == sigint | sigterm);
+        if ignoring.count() >= 2 && !queue_info(&server.url(), "cli", "g").unwrap().hosts.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no two pool workers ignoring SIGINT and SIGTERM");
+        assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A terminal's Ctrl-C: SIGINT to every process of the group.
+    // SAFETY: kill(2) on the process group our child leads.
+    assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
+    assert_eq!(wait_exit(&mut worker.0, Duration::from_secs(60)).code(), Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(worker.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("stopping: finishing the tasks in hand") && log.contains("stopped"), "{log}");
+    assert!(!log.contains("died"), "a pool worker died of the group's SIGINT: {log}");
+}
+
+#[test]
+fn the_worker_command_refuses_zero_processes() {
+    let out =
+        Command::new(EXE).args(["worker", "--redis", "redis://127.0.0.1:1/", "--processes", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--processes must be at least 1"));
+}
