@@ -89,11 +89,7 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
     }
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
     eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
-    if let Err(e) = multiproc::process::catch_stop_signals() {
-        eprintln!(
-            "multiproc worker: cannot catch SIGTERM ({e}); stopping will rely on other hosts reclaiming its tasks"
-        );
-    }
+    multiproc::process::catch_stop_signals();
     let worker = match b.start() {
         Ok(w) => w,
         Err(e) => {

@@ -81,13 +81,31 @@ fn demo_classifier_accuracy_on_held_out_digits_through_http() {
 
 #[test]
 fn sigterm_with_requests_in_flight_loses_none_and_exits_zero() {
-    let repo = TempDir::new("sigterm");
+    stop_with_requests_in_flight("sigterm", Served::start, Served::terminate);
+}
+
+/// A terminal's Ctrl-C reaches the model workers too (they are in the
+/// server's process group): they must keep working until the server has
+/// drained.
+#[test]
+fn ctrl_c_to_the_whole_group_with_requests_in_flight_loses_none_and_exits_zero() {
+    stop_with_requests_in_flight("ctrl-c", Served::start_in_own_group, Served::interrupt_group);
+}
+
+/// Starts a server with 8 requests of 300 ms for 2 workers, stops it with
+/// `stop` 250 ms later, and checks every request was answered.
+fn stop_with_requests_in_flight(
+    tag: &str,
+    start: impl FnOnce(&[&str]) -> Served,
+    stop: impl FnOnce(&mut Served) -> std::process::ExitStatus,
+) {
+    let repo = TempDir::new(tag);
     write(
         &repo.0.join("slow/config.toml"),
         echo_config_for(0.3, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes(),
     );
     std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
-    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let mut s = start(&["--model-repository", repo.0.to_str().unwrap()]);
     let url = s.url("/v2/models/slow/infer");
     let clients: Vec<_> = (0..8i64)
         .map(|i| {
@@ -99,13 +117,13 @@ fn sigterm_with_requests_in_flight_loses_none_and_exits_zero() {
         .collect();
     // 8 requests, 2 workers, 300 ms each: about 1.2 s of work is in flight.
     std::thread::sleep(Duration::from_millis(250));
-    let status = s.terminate();
+    let status = stop(&mut s);
     for (i, c) in clients.into_iter().enumerate() {
         let (st, r) = c.join().unwrap();
         assert_eq!(st, 200, "request {i} lost at shutdown: {r}");
         assert_eq!(r["outputs"][0]["data"], json!([i]));
     }
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status after {tag}");
     // New connections are refused once it has stopped.
     assert!(agent().get(&s.url("/v2/health/live")).call().is_err());
 }

@@ -288,8 +288,7 @@ pub fn predict_server() -> Result<Report<PredictOutcome>, Error> {
     let killed_pid = server.pid_of(1).ok_or_else(|| Error::Unexpected("version 1 is not running".into()))?;
     // A crash: the supervisor notices at once and starts a new process; the
     // next request waits for it.
-    // SAFETY: kill(2) on the pid of our own model process.
-    unsafe { libc::kill(killed_pid, libc::SIGKILL) };
+    multiproc::process::kill_pid(killed_pid).map_err(|e| Error::Unexpected(format!("kill {killed_pid}: {e}")))?;
     let mut tries = 0;
     while server.restarts(1) == 0 && tries < 3000 {
         std::thread::sleep(Duration::from_millis(1));

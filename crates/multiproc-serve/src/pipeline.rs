@@ -155,7 +155,12 @@ where
     /// Starts the pools and the feeder thread.
     pub(crate) fn start(self, server: Weak<Inner>) -> Result<Arc<dyn PipelineDyn>, ServeError> {
         let pool = |n: usize| {
-            Pool::new(n).map_err(|e| ServeError::Internal(format!("pipeline {:?}: pool did not start: {e}", self.name)))
+            // Its workers leave stopping to the server, as model workers do.
+            let ignoring = Pool::builder().initializer(multiproc::process::ignore_stop_signals, ());
+            ignoring
+                .processes(n)
+                .build()
+                .map_err(|e| ServeError::Internal(format!("pipeline {:?}: pool did not start: {e}", self.name)))
         };
         let pre_pool = pool(self.preprocess_processes)?;
         let (post, post_pool) = match self.postprocess {

@@ -23,13 +23,6 @@ use crate::worker::{FromWorker, ServerEnds, ToWorker, worker_pipes};
 /// How often an idle or waiting supervisor looks at its worker and its version.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Sends SIGKILL to a worker process.
-pub(crate) fn kill_pid(pid: i32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
-}
-
 /// How a worker process ended, for error messages: "killed by signal 9 (SIGKILL)".
 fn exit_status(process: &mut Process<()>) -> String {
     match process.join_timeout(Duration::from_secs(2)) {

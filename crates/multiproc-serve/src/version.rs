@@ -380,7 +380,7 @@ impl VersionGroup {
         let left = self.queue.stop();
         self.fail_requests(left, &self.not_ready(why));
         for pid in pids {
-            crate::supervisor::kill_pid(pid);
+            let _ = multiproc::process::kill_pid(pid);
         }
         for t in threads {
             let _ = t.join();

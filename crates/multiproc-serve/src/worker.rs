@@ -119,6 +119,10 @@ fn micros(since: Instant) -> u64 {
 /// A panic in `load` ends the process (the server sees the panic message as
 /// the failure); a panic in `predict` fails that batch and the worker goes on.
 pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context: WorkerContext) {
+    // A terminal's Ctrl-C or a service manager's SIGTERM reaches every
+    // process of the group; it is for the server, which answers what is in
+    // flight and then stops its workers (which still die with it).
+    multiproc::process::ignore_stop_signals();
     let WorkerEnds { requests, replies } = ends;
     let _ = LOG.set(replies.clone());
     // Batches of large tensors are allocated and freed over and over: keep

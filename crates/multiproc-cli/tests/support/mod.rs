@@ -96,7 +96,22 @@ impl Served {
     /// Starts `multiproc serve --http-port 0 <args>` and waits (60 s at
     /// most) for the line with its address.
     pub fn start(args: &[&str]) -> Served {
-        let mut child = Command::new(EXE)
+        Served::start_with(args, false)
+    }
+
+    /// As [`Served::start`], as the leader of its own process group (as a
+    /// shell runs a job), for signals sent to the whole group.
+    pub fn start_in_own_group(args: &[&str]) -> Served {
+        Served::start_with(args, true)
+    }
+
+    fn start_with(args: &[&str], own_group: bool) -> Served {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(EXE);
+        if own_group {
+            command.process_group(0);
+        }
+        let mut child = command
             .args(["serve", "--http-port", "0"])
             .args(args)
             .env("MULTIPROC_WORKER_DIR", worker_dir())
@@ -137,14 +152,28 @@ impl Served {
 
     /// Sends SIGTERM and waits (30 s at most) for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        // SAFETY: kill(2) on the pid of our own child, which we have not reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        self.signal_and_wait(self.child.id() as i32, libc::SIGTERM)
+    }
+
+    /// Sends SIGINT to its whole process group, as a terminal's Ctrl-C
+    /// does (see [`Served::start_in_own_group`]), and waits (30 s at most)
+    /// for the exit.
+    pub fn interrupt_group(&mut self) -> ExitStatus {
+        self.signal_and_wait(-(self.child.id() as i32), libc::SIGINT)
+    }
+
+    fn signal_and_wait(&mut self, target: i32, signal: libc::c_int) -> ExitStatus {
+        // SAFETY: kill(2) on our own unreaped child, or the group it leads.
+        assert_eq!(unsafe { libc::kill(target, signal) }, 0);
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "multiproc serve did not exit 30 s after SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "multiproc serve did not exit 30 s after signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -25,16 +25,6 @@ fn run_remote(remote: RemoteFn, args: ByteBuf) -> Result<ByteBuf, String> {
     unsafe { remote.call(&args) }.map(ByteBuf::from)
 }
 
-/// Prepares each pool worker: it ignores SIGINT and SIGTERM. A terminal's
-/// Ctrl-C or a service manager's SIGTERM reaches every process of the
-/// group, and is for the host, which stops its workers itself once the
-/// tasks in hand are done (a worker still dies with the host).
-fn leave_stopping_to_the_host() {
-    if let Err(e) = multiproc::process::ignore_stop_signals() {
-        tracing::warn!("a pool worker could not ignore SIGINT and SIGTERM ({e}); a group signal may kill its task");
-    }
-}
-
 /// What became of one item: `true` in the second place when it may succeed
 /// on another delivery (its process died).
 pub(crate) type ItemResult = (Result<ByteBuf, TaskFailure>, bool);
@@ -83,7 +73,12 @@ impl Executors {
                 }
             }
         }
-        let mut b = Pool::builder().initializer(leave_stopping_to_the_host, ()).processes(self.processes);
+        // Pool workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C or a
+        // service manager's SIGTERM reaches every process of the group, and
+        // is for the host, which stops its workers once the tasks in hand
+        // are done (a worker still dies with the host).
+        let ignoring = Pool::builder().initializer(multiproc::process::ignore_stop_signals, ());
+        let mut b = ignoring.processes(self.processes);
         if let Some(ms) = timeout_ms {
             b = b.task_timeout(Duration::from_millis(ms.max(1)));
         }

@@ -29,7 +29,6 @@ pub mod protocol;
 mod stderr;
 
 use std::io::{BufReader, BufWriter};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -139,14 +138,10 @@ impl Model for CommandModel {
         if let Some(dir) = &config.cwd {
             cmd.current_dir(dir);
         }
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes one async-signal-safe system call (prctl).
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                    .map_err(std::io::Error::from)
-            });
-        }
+        // It dies with this worker, and leaves stopping to the server (as
+        // the worker does: see `worker_main`).
+        multiproc::process::kill_command_with_parent(&mut cmd);
+        multiproc::process::command_ignores_stop_signals(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| format!("could not start {}: {e}", config.program.display()))?;
         let label = format!("{} v{}", ctx.model, ctx.version);
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())

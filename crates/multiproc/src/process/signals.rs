@@ -17,8 +17,8 @@ use crate::sys::imp::signal;
 /// Makes this process ignore SIGINT and SIGTERM from now on, so a Ctrl-C or
 /// a service manager's SIGTERM meant for the whole group leaves it running
 /// until its parent stops it. Call it first thing in a worker whose parent
-/// handles those signals (SIGKILL still ends it, and it still dies with its
-/// parent).
+/// handles those signals, or make it a pool's initializer (SIGKILL still
+/// ends the process, and it still dies with its parent).
 ///
 /// # Examples
 ///
@@ -27,20 +27,24 @@ use crate::sys::imp::signal;
 /// use std::time::Duration;
 ///
 /// fn worker() {
-///     multiproc::process::ignore_stop_signals().unwrap();
+///     multiproc::process::ignore_stop_signals();
 ///     // ... serve until the parent says stop ...
 /// }
 ///
 /// let mut p = Process::spawn(worker, ()).unwrap();
 /// p.join_timeout(Duration::from_secs(30)).unwrap();
 /// assert_eq!(p.exitcode(), Some(0));
+///
+/// // Every worker of this pool ignores them.
+/// let pool = multiproc::Pool::builder()
+///     .initializer(multiproc::process::ignore_stop_signals, ())
+///     .processes(1)
+///     .build()
+///     .unwrap();
+/// # drop(pool);
 /// ```
-///
-/// # Errors
-///
-/// The OS refused to change a signal's disposition (it does not for these).
-pub fn ignore_stop_signals() -> io::Result<()> {
-    signal::ignore_stop_signals(true)
+pub fn ignore_stop_signals() {
+    signal::ignore_stop_signals(true);
 }
 
 /// Makes the external program `cmd` will start ignore SIGINT and SIGTERM,
@@ -61,12 +65,8 @@ pub fn command_ignores_stop_signals(cmd: &mut Command) {
 /// ending it, they make [`stop_requested`] true, for a main loop that polls
 /// it and stops gracefully. Processes started afterwards with `exec` get the
 /// default dispositions back.
-///
-/// # Errors
-///
-/// The OS refused to install the handler (it does not for these signals).
-pub fn catch_stop_signals() -> io::Result<()> {
-    signal::catch_stop_signals()
+pub fn catch_stop_signals() {
+    signal::catch_stop_signals();
 }
 
 /// True once SIGINT or SIGTERM arrived after [`catch_stop_signals`].
@@ -74,7 +74,7 @@ pub fn catch_stop_signals() -> io::Result<()> {
 /// # Examples
 ///
 /// ```
-/// multiproc::process::catch_stop_signals().unwrap();
+/// multiproc::process::catch_stop_signals();
 /// assert!(!multiproc::process::stop_requested());
 /// ```
 pub fn stop_requested() -> bool {

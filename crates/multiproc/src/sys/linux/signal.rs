@@ -64,15 +64,15 @@ pub(crate) fn kill_command_with_parent(cmd: &mut std::process::Command) {
 
 /// Ignores SIGINT, and SIGTERM too if `term`, in this process from now on
 /// (the dispositions are inherited by children and survive `exec`).
-pub(crate) fn ignore_stop_signals(term: bool) -> io::Result<()> {
+/// signal(2) only fails for a signal that cannot be ignored (SIGKILL,
+/// SIGSTOP) or does not exist, so this cannot fail.
+pub(crate) fn ignore_stop_signals(term: bool) {
     let signals: &[libc::c_int] = if term { &[libc::SIGINT, libc::SIGTERM] } else { &[libc::SIGINT] };
     for &sig in signals {
         // SAFETY: installing SIG_IGN touches no memory of ours.
-        if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
-            return Err(io::Error::last_os_error());
-        }
+        let old = unsafe { libc::signal(sig, libc::SIG_IGN) };
+        debug_assert_ne!(old, libc::SIG_ERR);
     }
-    Ok(())
 }
 
 /// Makes the program that `cmd` starts ignore SIGINT and SIGTERM (set
@@ -104,17 +104,15 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 }
 
 /// Catches SIGINT and SIGTERM from now on: they set the flag that
-/// [`stop_requested`] reads instead of ending the process.
-pub(crate) fn catch_stop_signals() -> io::Result<()> {
+/// [`stop_requested`] reads instead of ending the process (cannot fail, as
+/// for [`ignore_stop_signals`]).
+pub(crate) fn catch_stop_signals() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: `on_stop_signal` is an `extern "C" fn(c_int)` that only
         // stores to an atomic; installing it with signal(2) is sound.
         let old = unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
-        if old == libc::SIG_ERR {
-            return Err(io::Error::last_os_error());
-        }
+        debug_assert_ne!(old, libc::SIG_ERR);
     }
-    Ok(())
 }
 
 /// True once a caught SIGINT or SIGTERM arrived.
