@@ -410,6 +410,22 @@ fn shutdown_exits_zero_and_later_calls_are_connection_errors() {
     assert!(err.is_connection(), "{err}");
 }
 
+/// As Python's (since 3.8): a terminal's Ctrl-C reaches the manager process
+/// too (it is in the program's process group), and the program that catches
+/// it may still need its shared objects while it winds down.
+#[test]
+fn the_manager_process_ignores_sigint() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let sent = std::process::Command::new("kill").args(["-INT", &m.pid().unwrap().to_string()]).status().unwrap();
+    assert!(sent.success());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    d.insert(2, 2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    m.shutdown().unwrap(); // exit code 0: it was not killed
+}
+
 fn is_zombie_free(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| !s.contains(") Z"))
 }

@@ -160,7 +160,10 @@ enum Owned {
 
 impl Manager {
     /// Starts a manager process with the defaults (a fresh abstract Unix
-    /// address, a random auth key); see [`Manager::builder`].
+    /// address, a random auth key); see [`Manager::builder`]. Like Python's,
+    /// the process ignores SIGINT (a terminal's Ctrl-C is for the program,
+    /// which may still use the shared objects while it winds down); it dies
+    /// with the program and stops on [`Manager::shutdown`].
     ///
     /// # Errors
     ///

@@ -159,6 +159,11 @@ pub fn serve(address: impl IntoAddress, authkey: Option<&[u8]>) -> Result<Manage
 
 /// The manager process: listen, report the address, serve until shut down.
 fn manager_main(address: String, authkey: Option<ByteBuf>, ready: Connection<Result<String, String>>) {
+    // As Python's manager process (bpo-36368): a terminal's Ctrl-C reaches
+    // every process of the group, and the program that catches it may still
+    // use its shared objects while it winds down. It still dies with the
+    // program, and stops on `shutdown`.
+    crate::sys::imp::signal::ignore_stop_signals(false);
     let server = match server::Server::bind(address, authkey.as_deref().map(|k| &k[..])) {
         Ok(server) => server,
         Err(e) => {
