@@ -22,7 +22,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -134,14 +134,29 @@ struct Inner {
     /// The nonce of the segment this handle created (and removes when
     /// dropped), if it did.
     created: Option<u64>,
+    /// True while this segment's name is registered with the tracker (from
+    /// `create` until `unlink` or drop): the name is unregistered once, so
+    /// that a later segment this process creates under the same name keeps
+    /// its own registration.
+    registered: AtomicBool,
+}
+
+impl Inner {
+    /// Tells the tracker this segment no longer needs its name removed (once).
+    fn unregister(&self) {
+        // ORDERING: Relaxed: only the swap's atomicity matters.
+        if let Some(name) = self.name.as_deref().filter(|_| self.registered.swap(false, Ordering::Relaxed)) {
+            tracker::unregister(name);
+        }
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let (Some(nonce), Some(name)) = (self.created, &self.name) {
             unlink_if_owned(name, Owner::Segment(nonce));
-            tracker::unregister(name);
         }
+        self.unregister();
     }
 }
 
@@ -209,7 +224,7 @@ impl SharedMemory {
             return Err(SharedMemoryError::InvalidSize);
         }
         let map = Mapping::anonymous("multiproc-shm", size)?;
-        Ok(SharedMemory::wrap(Inner { map, size, name: None, created: None }))
+        Ok(SharedMemory::wrap(Inner { map, size, name: None, created: None, registered: AtomicBool::new(false) }))
     }
 
     /// Creates the named segment `/dev/shm/<name>` of `size` zeroed bytes;
@@ -275,7 +290,13 @@ impl SharedMemory {
         t.size.store(size as u64, Ordering::Relaxed);
         t.nonce.store(nonce, Ordering::Relaxed);
         t.magic.store(TRAILER_MAGIC, Ordering::Release);
-        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: Some(nonce) }))
+        Ok(SharedMemory::wrap(Inner {
+            map,
+            size,
+            name: Some(bare),
+            created: Some(nonce),
+            registered: AtomicBool::new(true),
+        }))
     }
 
     /// Attaches to the named segment `/dev/shm/<name>` (made by
@@ -298,7 +319,7 @@ impl SharedMemory {
         }
         // ORDERING: Relaxed: see `trailer`.
         let size = trailer(&map).map_or(map.len(), |t| t.size.load(Ordering::Relaxed) as usize);
-        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: None }))
+        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: None, registered: AtomicBool::new(false) }))
     }
 
     fn wrap(inner: Inner) -> SharedMemory {
@@ -329,9 +350,7 @@ impl SharedMemory {
             io::ErrorKind::NotFound => SharedMemoryError::NotFound { name: name.clone() },
             _ => SharedMemoryError::Io(e),
         })?;
-        if self.inner.created.is_some() {
-            tracker::unregister(name);
-        }
+        self.inner.unregister();
         Ok(())
     }
 
@@ -446,7 +465,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
         }
         .map_err(D::Error::custom)?;
         // The receiver does not own the name: only its creator removes it.
-        Ok(SharedMemory::wrap(Inner { map, size, name, created: None }))
+        Ok(SharedMemory::wrap(Inner { map, size, name, created: None, registered: AtomicBool::new(false) }))
     }
 }
 
