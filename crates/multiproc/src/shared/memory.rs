@@ -49,9 +49,10 @@ struct Trailer {
     nonce: AtomicU64,
 }
 
-/// Where the trailer starts for a segment of `size` user bytes.
-fn trailer_offset(size: usize) -> usize {
-    size.next_multiple_of(8)
+/// Where the trailer starts for a segment of `size` user bytes (`None` if
+/// that is past `usize::MAX`: a size no segment has).
+fn trailer_offset(size: u64) -> Option<usize> {
+    usize::try_from(size).ok()?.checked_next_multiple_of(8)
 }
 
 /// The trailer of a mapping, if it has ours.
@@ -69,7 +70,7 @@ fn trailer(map: &Mapping) -> Option<&Trailer> {
     // sees no magic (or a size that does not fit) and treats the segment as
     // foreign.
     let size = t.size.load(Ordering::Relaxed);
-    let ok = t.magic.load(Ordering::Relaxed) == TRAILER_MAGIC && trailer_offset(size as usize) == len - TRAILER_LEN;
+    let ok = t.magic.load(Ordering::Relaxed) == TRAILER_MAGIC && trailer_offset(size) == Some(len - TRAILER_LEN);
     ok.then_some(t)
 }
 
@@ -255,8 +256,8 @@ impl SharedMemory {
         if size == 0 {
             return Err(SharedMemoryError::InvalidSize);
         }
-        let total = trailer_offset(size)
-            .checked_add(TRAILER_LEN)
+        let (at, total) = trailer_offset(size as u64)
+            .and_then(|at| Some((at, at.checked_add(TRAILER_LEN)?)))
             .ok_or(io::Error::new(io::ErrorKind::InvalidInput, "shared memory size too large"))?;
         // Register first: if we die right after creating, the tracker knows.
         tracker::register(&bare)?;
@@ -280,7 +281,7 @@ impl SharedMemory {
         let nonce = nonce();
         // SAFETY: the trailer offset is 8-aligned and within the mapping of
         // `total` bytes; its fields are atomics.
-        let t = unsafe { &*map.as_ptr().add(trailer_offset(size)).cast::<Trailer>() };
+        let t = unsafe { &*map.as_ptr().add(at).cast::<Trailer>() };
         // ORDERING: Relaxed: openers check the magic and the size; a reader
         // racing with this creation is refused (no magic yet) or sees it all
         // (the mapping is coherent and these stores precede `open`'s fstat in
@@ -476,9 +477,10 @@ mod test {
     /// Makes `/dev/shm/<name>` by hand with a trailer naming `pid`.
     fn fake_segment(name: &str, pid: u32) {
         let size = 16;
-        let map = Mapping::create_named(name, trailer_offset(size) + TRAILER_LEN).unwrap();
+        let at = trailer_offset(size as u64).unwrap();
+        let map = Mapping::create_named(name, at + TRAILER_LEN).unwrap();
         // SAFETY: the trailer lies inside the mapping, 8-aligned.
-        let t = unsafe { &*map.as_ptr().add(trailer_offset(size)).cast::<Trailer>() };
+        let t = unsafe { &*map.as_ptr().add(at).cast::<Trailer>() };
         t.pid.store(pid, Ordering::Relaxed);
         t.size.store(size as u64, Ordering::Relaxed);
         t.nonce.store(1, Ordering::Relaxed);
