@@ -145,3 +145,33 @@ fn a_condition_can_share_an_existing_lock() {
     let g = cond.guard(guard);
     assert_eq!(g.notify_all(), 0);
 }
+
+/// Waits (registered under the lock, then asleep, with no timeout) until
+/// `flag` is 1.
+fn wait_for_flag(cond: Condition, flag: RawValue<u32>) -> bool {
+    let g = cond.acquire().unwrap();
+    flag.set(2); // "registered": the notifier waits for this under the lock
+    let _g = g.wait_for(|| flag.get() == 1).unwrap();
+    true
+}
+
+#[test]
+fn a_wait_begun_after_notify_all_does_not_take_an_earlier_waiters_wake_up() {
+    // notify_all is for the waiters waiting when it runs. A thread that
+    // starts waiting right after it must not take one of their wake-ups:
+    // the waiter left asleep would miss the change it waits for.
+    let cond = Condition::new().unwrap();
+    let flag = RawValue::new(0u32).unwrap();
+    let kid = Kid::spawn(wait_for_flag, (cond.clone(), flag.clone()));
+    wait_until("the child to register", || registered_under_lock(&cond, &flag) == 2);
+    sync_support::wait_asleep(kid.pid());
+    let g = cond.acquire().unwrap();
+    flag.set(1);
+    assert_eq!(g.notify_all(), 1);
+    // The notifier waits itself at once, before the child can wake up.
+    let (g, notified) = g.wait_timeout(Duration::from_millis(100)).unwrap();
+    drop(g);
+    // Before: the child slept on, for ever (the join gives up after LONG).
+    assert!(kid.join(), "the child waiting for the flag was never woken");
+    assert!(!notified, "a wait begun after notify_all reported a notify");
+}
