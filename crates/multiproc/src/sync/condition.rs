@@ -73,6 +73,13 @@ fn permits(c: u64) -> u64 {
     c >> 32
 }
 
+/// Waiters not yet given a permit. The counters are shared memory another
+/// process could scribble over, so arithmetic on them never panics: bogus
+/// counts only make notifies wake too few or too many.
+fn unserved(c: u64) -> u64 {
+    waiters(c).saturating_sub(permits(c))
+}
+
 /// A condition variable shared by processes and threads (Python's
 /// `multiprocessing.Condition`), with its own [`Lock`] or one you give it.
 ///
@@ -189,7 +196,7 @@ impl Condition {
                 // ORDERING: AcqRel: takes a permit atomically with leaving.
                 if state
                     .counts
-                    .compare_exchange(c, c - ONE_PERMIT - ONE_WAITER, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(c, c.wrapping_sub(ONE_PERMIT + ONE_WAITER), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
                     return true;
@@ -200,7 +207,11 @@ impl Condition {
                 // ORDERING: AcqRel: leaves only if no permit arrived meanwhile
                 // (a permit makes the CAS fail, and the loop takes it if it
                 // is ours to take).
-                if state.counts.compare_exchange(c, c - ONE_WAITER, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if state
+                    .counts
+                    .compare_exchange(c, c.wrapping_sub(ONE_WAITER), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
                     return false;
                 }
                 continue;
@@ -213,7 +224,7 @@ impl Condition {
         let state = &*self.state;
         // ORDERING: Relaxed: steers the CAS.
         let mut c = state.counts.load(Ordering::Relaxed);
-        if n == 0 || waiters(c) == permits(c) {
+        if n == 0 || unserved(c) == 0 {
             return 0;
         }
         // Bump first: whoever takes one of the permits below must see that a
@@ -221,13 +232,18 @@ impl Condition {
         // ORDERING: Relaxed: published by the Release of the CAS below.
         state.seq.fetch_add(1, Ordering::Relaxed);
         let given = loop {
-            let k = n.min(waiters(c) - permits(c));
+            let k = n.min(unserved(c));
             if k == 0 {
                 return 0;
             }
             // ORDERING: AcqRel: publishes the permits to the waiters that
             // take them.
-            match state.counts.compare_exchange_weak(c, c + k * ONE_PERMIT, Ordering::AcqRel, Ordering::Relaxed) {
+            match state.counts.compare_exchange_weak(
+                c,
+                c.wrapping_add(k * ONE_PERMIT),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break k,
                 Err(now) => c = now,
             }
@@ -241,7 +257,7 @@ impl fmt::Debug for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // ORDERING: Relaxed: a snapshot.
         let c = self.state.counts.load(Ordering::Relaxed);
-        f.debug_struct("Condition").field("lock", &self.lock).field("waiting", &(waiters(c) - permits(c))).finish()
+        f.debug_struct("Condition").field("lock", &self.lock).field("waiting", &unserved(c)).finish()
     }
 }
 
