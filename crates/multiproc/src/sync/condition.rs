@@ -346,8 +346,9 @@ impl<'a> ConditionGuard<'a> {
         cond.state.counts.fetch_add(ONE_WAITER, Ordering::AcqRel);
         // ORDERING: Acquire: see `wait_released`.
         let seen = cond.state.seq.load(Ordering::Acquire);
-        self.guard.leak();
-        cond.lock.raw().unlock();
+        // Released as the guard would be: not at all if `Lock::release`
+        // already ended this hold (the lock may be another thread's now).
+        drop(self.guard);
         let notified = cond.wait_released(seen, deadline);
         let how = cond.lock.raw().lock(Deadline::NEVER).expect("a wait without a deadline does not time out");
         let guard = cond.wrap(cond.lock.assume_held());
