@@ -141,3 +141,30 @@ fn killing_a_whole_family_leaves_nothing() {
     wait_gone(&[name, gc_name]);
     assert_eq!(ours(&prefix), before);
 }
+
+/// Creates `name`, unlinks it, creates it again, drops the first handle,
+/// says so, and waits to be killed holding the second.
+fn unlink_recreate_and_linger(name: String, ready: Event) {
+    let first = SharedMemory::create(&name, 100).unwrap();
+    first.unlink().unwrap();
+    let second = SharedMemory::create(&name, 100).unwrap();
+    drop(first);
+    assert!(exists(&name), "dropping the unlinked first segment left the second alone");
+    ready.set();
+    linger();
+    drop(second);
+}
+
+#[test]
+fn a_name_recreated_after_unlink_is_still_removed_when_its_creator_is_killed() {
+    let prefix = prefix("recreate");
+    let before = ours(&prefix);
+    let name = format!("{prefix}again");
+    let ready = Event::new().unwrap();
+    let kid = Kid::<()>::spawn(unlink_recreate_and_linger, (name.clone(), ready.clone()));
+    assert!(ready.wait_timeout(LONG));
+    kid.kill();
+    assert_eq!(kid.reap(), Some(-9));
+    wait_gone(&[name]);
+    assert_eq!(ours(&prefix), before);
+}

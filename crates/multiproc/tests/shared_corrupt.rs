@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use multiproc::{Array, Barrier, GetError, Queue, RawArray};
+use multiproc::{Array, Barrier, Condition, GetError, Queue, RawArray};
 use sync_support::{Kid, LONG, wait_until};
 
 /// Opens this process's memfd named `name` (from `/proc/self/fd`) for
@@ -125,4 +125,29 @@ fn a_queue_slot_rewritten_by_a_child_is_an_error_for_the_consumer() {
     Kid::spawn(put_then_point_past_the_end, (q.clone(),)).join();
     let got = q.get_timeout(LONG);
     assert!(matches!(got, Err(GetError::Io(_))), "{got:?}");
+}
+
+/// Offset of a `Condition::new`'s counters (waiters, permits) in its
+/// segment: its lock's 64 bytes, then the tag and the futex word.
+const COND_COUNTS_AT: u64 = 80;
+
+/// Writes `bogus` over the condition's counters.
+fn scribble_condition_counts(_c: Condition, bogus: u64) {
+    open_memfd("multiproc-condition").write_all_at(&bogus.to_le_bytes(), COND_COUNTS_AT).unwrap();
+}
+
+#[test]
+fn condition_counters_rewritten_by_a_child_are_not_a_panic() {
+    for bogus in [5u64 << 32, 0xFFFF_FFFF << 32, 0xFFFF_FFFF] {
+        let cond = Condition::new().unwrap();
+        Kid::spawn(scribble_condition_counts, (cond.clone(), bogus)).join();
+        let outcome = std::panic::catch_unwind(|| {
+            let g = cond.acquire().unwrap();
+            g.notify_all();
+            let (g, _) = g.wait_timeout(std::time::Duration::from_millis(10)).unwrap();
+            g.notify(1);
+            format!("{cond:?}")
+        });
+        assert!(outcome.is_ok(), "counters {bogus:#x} made the condition panic");
+    }
 }

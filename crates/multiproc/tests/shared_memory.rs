@@ -121,3 +121,23 @@ fn named_segments_reach_children_by_name_and_by_handle() {
     drop(shm);
     assert!(!exists(&name));
 }
+
+#[test]
+fn a_foreign_segment_with_a_corrupt_trailer_is_not_a_panic() {
+    // Any program may write /dev/shm/<name>: here one whose last 40 bytes
+    // look like our trailer (the magic) but claim an absurd size.
+    let name = unique("bad-trailer");
+    let mut bytes = vec![0u8; 48];
+    bytes[8..16].copy_from_slice(b"mpshm\x01\0\0");
+    bytes[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(std::path::Path::new("/dev/shm").join(&name), &bytes).unwrap();
+    let opened = std::panic::catch_unwind(|| SharedMemory::open(&name).map(|s| s.size()));
+    let created = std::panic::catch_unwind(|| SharedMemory::create(&name, 10).map(|s| s.size()));
+    std::fs::remove_file(std::path::Path::new("/dev/shm").join(&name)).unwrap();
+    // Without a valid trailer the segment is foreign: opened whole, not reclaimed.
+    assert_eq!(opened.expect("open panicked").unwrap(), 48);
+    assert!(matches!(created.expect("create panicked"), Err(SharedMemoryError::FileExists { .. })));
+    // A size whose trailer would lie past the end of the address space.
+    let huge = std::panic::catch_unwind(|| SharedMemory::create(&unique("huge"), usize::MAX).map(|s| s.size()));
+    assert!(huge.expect("create of usize::MAX bytes panicked").is_err());
+}

@@ -145,3 +145,61 @@ fn a_condition_can_share_an_existing_lock() {
     let g = cond.guard(guard);
     assert_eq!(g.notify_all(), 0);
 }
+
+/// Waits (registered under the lock, then asleep, with no timeout) until
+/// `flag` is 1.
+fn wait_for_flag(cond: Condition, flag: RawValue<u32>) -> bool {
+    let g = cond.acquire().unwrap();
+    flag.set(2); // "registered": the notifier waits for this under the lock
+    let _g = g.wait_for(|| flag.get() == 1).unwrap();
+    true
+}
+
+#[test]
+fn a_wait_begun_after_notify_all_does_not_take_an_earlier_waiters_wake_up() {
+    // notify_all is for the waiters waiting when it runs. A thread that
+    // starts waiting right after it must not take one of their wake-ups:
+    // the waiter left asleep would miss the change it waits for.
+    let cond = Condition::new().unwrap();
+    let flag = RawValue::new(0u32).unwrap();
+    let kid = Kid::spawn(wait_for_flag, (cond.clone(), flag.clone()));
+    wait_until("the child to register", || registered_under_lock(&cond, &flag) == 2);
+    sync_support::wait_asleep(kid.pid());
+    let g = cond.acquire().unwrap();
+    flag.set(1);
+    assert_eq!(g.notify_all(), 1);
+    // The notifier waits itself at once, before the child can wake up.
+    let (g, notified) = g.wait_timeout(Duration::from_millis(100)).unwrap();
+    drop(g);
+    // Before: the child slept on, for ever (the join gives up after LONG).
+    assert!(kid.join(), "the child waiting for the flag was never woken");
+    assert!(!notified, "a wait begun after notify_all reported a notify");
+}
+
+#[test]
+fn a_wait_on_a_guard_whose_hold_was_released_leaves_the_next_owner_alone() {
+    // As a `LockGuard` whose hold `Lock::release` ended: waiting on such a
+    // condition guard must not free the lock that another thread now holds.
+    let cond = Condition::new().unwrap();
+    let (released_tx, released_rx) = std::sync::mpsc::channel();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (back_tx, back_rx) = std::sync::mpsc::channel();
+    let c = cond.clone();
+    let stale_waiter = std::thread::spawn(move || {
+        let g = c.acquire().unwrap();
+        c.lock().release().unwrap(); // Python-style release of our own hold
+        released_tx.send(()).unwrap();
+        held_rx.recv_timeout(LONG).unwrap(); // another thread holds it now
+        let (g, _) = g.wait_timeout(Duration::from_millis(50)).unwrap();
+        back_tx.send(()).unwrap();
+        drop(g);
+    });
+    released_rx.recv_timeout(LONG).unwrap();
+    let mine = cond.lock().acquire_timeout(LONG).expect("the lock is free");
+    held_tx.send(()).unwrap();
+    // The wait takes the lock back before it returns: not while we hold it.
+    let returned_meanwhile = back_rx.recv_timeout(Duration::from_millis(500)).is_ok();
+    drop(mine);
+    stale_waiter.join().unwrap();
+    assert!(!returned_meanwhile, "the stale wait freed and took the lock another thread held");
+}

@@ -6,7 +6,7 @@ mod sync_support;
 use std::time::{Duration, Instant};
 
 use multiproc::Event;
-use sync_support::{Kid, LONG, assert_about};
+use sync_support::{Kid, LONG, assert_about, wait_asleep};
 
 fn wait_forever(e: Event) -> bool {
     e.wait();
@@ -71,4 +71,36 @@ fn a_set_event_does_not_block_a_new_child() {
     let (set, waited) = Kid::spawn(wait_with_timeout, (e.clone(), 10_000u64)).join();
     assert!(set);
     assert!(waited < 1000);
+}
+
+/// Says it is about to wait, then waits for `e` (without, then with a timeout).
+fn announce_and_wait(e: Event, waiting: Event, timed: bool) -> bool {
+    waiting.set();
+    if timed {
+        e.wait_timeout(LONG)
+    } else {
+        e.wait(); // returns: that is the point (the flag may be clear again)
+        true
+    }
+}
+
+#[test]
+fn a_set_followed_at_once_by_clear_still_releases_every_waiter() {
+    // Python's Event wakes everyone who was waiting when `set` ran, even if
+    // `clear` follows at once; a waiter must not sleep through the pulse.
+    let e = Event::new().unwrap();
+    let mut kids = Vec::new();
+    for timed in [false, true] {
+        let waiting = Event::new().unwrap();
+        let kid = Kid::spawn(announce_and_wait, (e.clone(), waiting.clone(), timed));
+        assert!(waiting.wait_timeout(LONG));
+        wait_asleep(kid.pid());
+        kids.push(kid);
+    }
+    e.set();
+    e.clear();
+    for k in kids {
+        assert!(k.join(), "a waiter missed the set");
+    }
+    assert!(!e.is_set());
 }

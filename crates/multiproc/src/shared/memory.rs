@@ -22,7 +22,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -49,9 +49,10 @@ struct Trailer {
     nonce: AtomicU64,
 }
 
-/// Where the trailer starts for a segment of `size` user bytes.
-fn trailer_offset(size: usize) -> usize {
-    size.next_multiple_of(8)
+/// Where the trailer starts for a segment of `size` user bytes (`None` if
+/// that is past `usize::MAX`: a size no segment has).
+fn trailer_offset(size: u64) -> Option<usize> {
+    usize::try_from(size).ok()?.checked_next_multiple_of(8)
 }
 
 /// The trailer of a mapping, if it has ours.
@@ -69,7 +70,7 @@ fn trailer(map: &Mapping) -> Option<&Trailer> {
     // sees no magic (or a size that does not fit) and treats the segment as
     // foreign.
     let size = t.size.load(Ordering::Relaxed);
-    let ok = t.magic.load(Ordering::Relaxed) == TRAILER_MAGIC && trailer_offset(size as usize) == len - TRAILER_LEN;
+    let ok = t.magic.load(Ordering::Relaxed) == TRAILER_MAGIC && trailer_offset(size) == Some(len - TRAILER_LEN);
     ok.then_some(t)
 }
 
@@ -134,14 +135,29 @@ struct Inner {
     /// The nonce of the segment this handle created (and removes when
     /// dropped), if it did.
     created: Option<u64>,
+    /// True while this segment's name is registered with the tracker (from
+    /// `create` until `unlink` or drop): the name is unregistered once, so
+    /// that a later segment this process creates under the same name keeps
+    /// its own registration.
+    registered: AtomicBool,
+}
+
+impl Inner {
+    /// Tells the tracker this segment no longer needs its name removed (once).
+    fn unregister(&self) {
+        // ORDERING: Relaxed: only the swap's atomicity matters.
+        if let Some(name) = self.name.as_deref().filter(|_| self.registered.swap(false, Ordering::Relaxed)) {
+            tracker::unregister(name);
+        }
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let (Some(nonce), Some(name)) = (self.created, &self.name) {
             unlink_if_owned(name, Owner::Segment(nonce));
-            tracker::unregister(name);
         }
+        self.unregister();
     }
 }
 
@@ -209,7 +225,7 @@ impl SharedMemory {
             return Err(SharedMemoryError::InvalidSize);
         }
         let map = Mapping::anonymous("multiproc-shm", size)?;
-        Ok(SharedMemory::wrap(Inner { map, size, name: None, created: None }))
+        Ok(SharedMemory::wrap(Inner { map, size, name: None, created: None, registered: AtomicBool::new(false) }))
     }
 
     /// Creates the named segment `/dev/shm/<name>` of `size` zeroed bytes;
@@ -240,8 +256,8 @@ impl SharedMemory {
         if size == 0 {
             return Err(SharedMemoryError::InvalidSize);
         }
-        let total = trailer_offset(size)
-            .checked_add(TRAILER_LEN)
+        let (at, total) = trailer_offset(size as u64)
+            .and_then(|at| Some((at, at.checked_add(TRAILER_LEN)?)))
             .ok_or(io::Error::new(io::ErrorKind::InvalidInput, "shared memory size too large"))?;
         // Register first: if we die right after creating, the tracker knows.
         tracker::register(&bare)?;
@@ -265,7 +281,7 @@ impl SharedMemory {
         let nonce = nonce();
         // SAFETY: the trailer offset is 8-aligned and within the mapping of
         // `total` bytes; its fields are atomics.
-        let t = unsafe { &*map.as_ptr().add(trailer_offset(size)).cast::<Trailer>() };
+        let t = unsafe { &*map.as_ptr().add(at).cast::<Trailer>() };
         // ORDERING: Relaxed: openers check the magic and the size; a reader
         // racing with this creation is refused (no magic yet) or sees it all
         // (the mapping is coherent and these stores precede `open`'s fstat in
@@ -275,7 +291,13 @@ impl SharedMemory {
         t.size.store(size as u64, Ordering::Relaxed);
         t.nonce.store(nonce, Ordering::Relaxed);
         t.magic.store(TRAILER_MAGIC, Ordering::Release);
-        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: Some(nonce) }))
+        Ok(SharedMemory::wrap(Inner {
+            map,
+            size,
+            name: Some(bare),
+            created: Some(nonce),
+            registered: AtomicBool::new(true),
+        }))
     }
 
     /// Attaches to the named segment `/dev/shm/<name>` (made by
@@ -298,7 +320,7 @@ impl SharedMemory {
         }
         // ORDERING: Relaxed: see `trailer`.
         let size = trailer(&map).map_or(map.len(), |t| t.size.load(Ordering::Relaxed) as usize);
-        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: None }))
+        Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: None, registered: AtomicBool::new(false) }))
     }
 
     fn wrap(inner: Inner) -> SharedMemory {
@@ -329,9 +351,7 @@ impl SharedMemory {
             io::ErrorKind::NotFound => SharedMemoryError::NotFound { name: name.clone() },
             _ => SharedMemoryError::Io(e),
         })?;
-        if self.inner.created.is_some() {
-            tracker::unregister(name);
-        }
+        self.inner.unregister();
         Ok(())
     }
 
@@ -446,7 +466,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
         }
         .map_err(D::Error::custom)?;
         // The receiver does not own the name: only its creator removes it.
-        Ok(SharedMemory::wrap(Inner { map, size, name, created: None }))
+        Ok(SharedMemory::wrap(Inner { map, size, name, created: None, registered: AtomicBool::new(false) }))
     }
 }
 
@@ -457,9 +477,10 @@ mod test {
     /// Makes `/dev/shm/<name>` by hand with a trailer naming `pid`.
     fn fake_segment(name: &str, pid: u32) {
         let size = 16;
-        let map = Mapping::create_named(name, trailer_offset(size) + TRAILER_LEN).unwrap();
+        let at = trailer_offset(size as u64).unwrap();
+        let map = Mapping::create_named(name, at + TRAILER_LEN).unwrap();
         // SAFETY: the trailer lies inside the mapping, 8-aligned.
-        let t = unsafe { &*map.as_ptr().add(trailer_offset(size)).cast::<Trailer>() };
+        let t = unsafe { &*map.as_ptr().add(at).cast::<Trailer>() };
         t.pid.store(pid, Ordering::Relaxed);
         t.size.store(size as u64, Ordering::Relaxed);
         t.nonce.store(1, Ordering::Relaxed);

@@ -4,14 +4,24 @@
 //!
 //! `counts` packs the number of registered waiters (low 32 bits) and of
 //! wake permits not yet taken (high 32 bits), with permits ≤ waiters.
-//! A waiter registers while holding the lock, releases it, and sleeps on
-//! the `seq` futex until it can take a permit (then it was notified) or its
-//! deadline passes with no permit left (then it unregisters). `notify(n)`,
-//! called with the lock held, adds `k = min(n, waiters − permits)` permits,
-//! bumps `seq` and wakes `k` sleepers. Every permit is taken by exactly one
-//! waiter, and a waiter takes at most one, so exactly `k` waits return
-//! "notified". (A waiter that registers after a notify may take a permit
-//! before an older sleeper wakes; the count stays exact.)
+//! A waiter registers while holding the lock (noting `seq`), releases it,
+//! and sleeps on the `seq` futex until it can take a permit (then it was
+//! notified) or its deadline passes (then it unregisters). `notify(n)`,
+//! called with the lock held, bumps `seq`, adds `k = min(n, waiters −
+//! permits)` permits and wakes `k` sleepers. Every permit is taken by
+//! exactly one waiter, and a waiter takes at most one, so exactly `k` waits
+//! return "notified".
+//!
+//! Only a waiter that has seen `seq` move since it registered may take a
+//! permit: a notify is for the waiters that were waiting when it ran. (A
+//! waiter that registered after it could otherwise take the permit of an
+//! older one and leave that one asleep: with `notify_all` and `wait_for`,
+//! for ever.) Permits left by earlier notifies are at most the waiters
+//! registered before the last one, so a newer waiter that times out leaves
+//! them to those. `seq` is bumped before the permits are added: a waiter
+//! that sees a permit also sees the bump (its Acquire load of `counts`
+//! follows notify's Release), so it never leaves behind a permit that was
+//! counted for it.
 //!
 //! Known limit: a waiter killed while it waits stays counted, so a later
 //! `notify(n)` may hand one of its permits to nobody (and wake one live
@@ -61,6 +71,13 @@ fn waiters(c: u64) -> u64 {
 
 fn permits(c: u64) -> u64 {
     c >> 32
+}
+
+/// Waiters not yet given a permit. The counters are shared memory another
+/// process could scribble over, so arithmetic on them never panics: bogus
+/// counts only make notifies wake too few or too many.
+fn unserved(c: u64) -> u64 {
+    waiters(c).saturating_sub(permits(c))
 }
 
 /// A condition variable shared by processes and threads (Python's
@@ -166,17 +183,20 @@ impl Condition {
     }
 
     /// Waits for a permit or the deadline, with the lock released; returns
-    /// whether a notify woke us.
-    fn wait_released(&self, mut seen: u32, deadline: Deadline) -> bool {
+    /// whether a notify woke us. `registered_at` is `seq` when we registered.
+    fn wait_released(&self, registered_at: u32, deadline: Deadline) -> bool {
         let state = &*self.state;
         loop {
-            // ORDERING: Acquire: pairs with the AcqRel of notify's permit CAS.
+            // ORDERING: Acquire: pairs with the AcqRel of notify's permit CAS,
+            // so the `seq` bump made before it is visible to the next load.
             let c = state.counts.load(Ordering::Acquire);
-            if permits(c) > 0 {
+            // ORDERING: Acquire, as above (see the module notes).
+            let seen = state.seq.load(Ordering::Acquire);
+            if seen != registered_at && permits(c) > 0 {
                 // ORDERING: AcqRel: takes a permit atomically with leaving.
                 if state
                     .counts
-                    .compare_exchange(c, c - ONE_PERMIT - ONE_WAITER, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(c, c.wrapping_sub(ONE_PERMIT + ONE_WAITER), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
                     return true;
@@ -185,16 +205,18 @@ impl Condition {
             }
             if deadline.expired() {
                 // ORDERING: AcqRel: leaves only if no permit arrived meanwhile
-                // (a permit makes the CAS fail, and the loop takes it).
-                if state.counts.compare_exchange(c, c - ONE_WAITER, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                // (a permit makes the CAS fail, and the loop takes it if it
+                // is ours to take).
+                if state
+                    .counts
+                    .compare_exchange(c, c.wrapping_sub(ONE_WAITER), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
                     return false;
                 }
                 continue;
             }
             futex::wait(&state.seq, seen, deadline);
-            // ORDERING: Acquire: a notify that bumped `seq` added its permits
-            // first (Release side in `notify`), so the next look sees them.
-            seen = state.seq.load(Ordering::Acquire);
         }
     }
 
@@ -202,21 +224,30 @@ impl Condition {
         let state = &*self.state;
         // ORDERING: Relaxed: steers the CAS.
         let mut c = state.counts.load(Ordering::Relaxed);
+        if n == 0 || unserved(c) == 0 {
+            return 0;
+        }
+        // Bump first: whoever takes one of the permits below must see that a
+        // notify happened since it registered (see the module notes).
+        // ORDERING: Relaxed: published by the Release of the CAS below.
+        state.seq.fetch_add(1, Ordering::Relaxed);
         let given = loop {
-            let k = n.min(waiters(c) - permits(c));
+            let k = n.min(unserved(c));
             if k == 0 {
                 return 0;
             }
             // ORDERING: AcqRel: publishes the permits to the waiters that
             // take them.
-            match state.counts.compare_exchange_weak(c, c + k * ONE_PERMIT, Ordering::AcqRel, Ordering::Relaxed) {
+            match state.counts.compare_exchange_weak(
+                c,
+                c.wrapping_add(k * ONE_PERMIT),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break k,
                 Err(now) => c = now,
             }
         };
-        // ORDERING: Release: a waiter that Acquire-loads the new `seq` sees
-        // the permits added above.
-        state.seq.fetch_add(1, Ordering::Release);
         futex::wake(&state.seq, given.min(u64::from(u32::MAX)) as u32);
         given as usize
     }
@@ -226,7 +257,7 @@ impl fmt::Debug for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // ORDERING: Relaxed: a snapshot.
         let c = self.state.counts.load(Ordering::Relaxed);
-        f.debug_struct("Condition").field("lock", &self.lock).field("waiting", &(waiters(c) - permits(c))).finish()
+        f.debug_struct("Condition").field("lock", &self.lock).field("waiting", &unserved(c)).finish()
     }
 }
 
@@ -315,8 +346,9 @@ impl<'a> ConditionGuard<'a> {
         cond.state.counts.fetch_add(ONE_WAITER, Ordering::AcqRel);
         // ORDERING: Acquire: see `wait_released`.
         let seen = cond.state.seq.load(Ordering::Acquire);
-        self.guard.leak();
-        cond.lock.raw().unlock();
+        // Released as the guard would be: not at all if `Lock::release`
+        // already ended this hold (the lock may be another thread's now).
+        drop(self.guard);
         let notified = cond.wait_released(seen, deadline);
         let how = cond.lock.raw().lock(Deadline::NEVER).expect("a wait without a deadline does not time out");
         let guard = cond.wrap(cond.lock.assume_held());

@@ -16,8 +16,17 @@ use crate::sys::imp::futex::{self, FutexWait};
 #[repr(C)]
 pub(crate) struct EventState {
     tag: AtomicU64,
-    /// 1 when set; the futex word.
+    /// Bit 0: set; bits 1–31: how many times it was set (wrapping), so a
+    /// waiter woken by a `set` that a `clear` already undid still knows it
+    /// was set. The futex word.
     flag: AtomicU32,
+}
+
+const SET: u32 = 1;
+
+/// The number of sets a flag word has seen (wrapping).
+fn sets(w: u32) -> u32 {
+    w >> 1
 }
 
 // SAFETY: repr(C) atomics only; all-zero is a clear event; `tag` is a field.
@@ -68,7 +77,10 @@ impl Event {
     pub fn set(&self) {
         // ORDERING: Release: what the setter did before is visible to a
         // waiter that Acquire-loads the flag.
-        if self.state.flag.swap(1, Ordering::Release) == 0 {
+        let was = self.state.flag.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+            (w & SET == 0).then(|| (w & !SET).wrapping_add(2) | SET)
+        });
+        if was.is_ok() {
             futex::wake_all(&self.state.flag);
         }
     }
@@ -76,34 +88,46 @@ impl Event {
     /// Clears the flag; later waits block until the next `set`.
     pub fn clear(&self) {
         // ORDERING: Relaxed: clearing publishes nothing.
-        self.state.flag.store(0, Ordering::Relaxed);
+        self.state.flag.fetch_and(!SET, Ordering::Relaxed);
     }
 
     /// True if the flag is set.
     pub fn is_set(&self) -> bool {
         // ORDERING: Acquire: pairs with `set`.
-        self.state.flag.load(Ordering::Acquire) == 1
+        self.state.flag.load(Ordering::Acquire) & SET != 0
     }
 
-    /// Waits until the flag is set.
+    /// Waits until the flag is set (also returns if a `set` during the wait
+    /// was undone by a `clear` before this waiter woke).
     pub fn wait(&self) {
         self.wait_until(Deadline::NEVER);
     }
 
-    /// Waits at most `timeout` for the flag; returns whether it is set
-    /// (Python's `wait(timeout)`).
+    /// Waits at most `timeout` for the flag; returns whether it was set
+    /// (Python's `wait(timeout)`): true also when a `set` that happened
+    /// during the wait was undone by a `clear` before this waiter woke.
     #[must_use = "false means the timeout passed with the event not set"]
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(Deadline::after(timeout))
     }
 
+    /// True once the event is set, or was set at some moment since the
+    /// wait began (even if cleared again before this waiter woke, as with
+    /// Python's `threading.Event`); false at the deadline.
     fn wait_until(&self, deadline: Deadline) -> bool {
+        // ORDERING: Acquire: pairs with `set`.
+        let start = self.state.flag.load(Ordering::Acquire);
+        let was_set = |w: u32| w & SET != 0 || sets(w) != sets(start);
+        let mut w = start;
         loop {
-            if self.is_set() {
+            if was_set(w) {
                 return true;
             }
-            if futex::wait(&self.state.flag, 0, deadline) == FutexWait::TimedOut {
-                return self.is_set();
+            let timed_out = futex::wait(&self.state.flag, w, deadline) == FutexWait::TimedOut;
+            // ORDERING: Acquire: pairs with `set`.
+            w = self.state.flag.load(Ordering::Acquire);
+            if timed_out {
+                return was_set(w);
             }
         }
     }

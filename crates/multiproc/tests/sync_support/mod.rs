@@ -91,6 +91,18 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the main thread of process `pid` sleeps on a futex (where
+/// the kernel names the wait channel; elsewhere, until it sleeps at all).
+pub fn wait_asleep(pid: i32) {
+    let task = format!("/proc/{pid}/task/{pid}");
+    wait_until("the child to fall asleep", || {
+        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+        let sleeping = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S'));
+        let wchan = std::fs::read_to_string(format!("{task}/wchan")).unwrap_or_default();
+        sleeping && (wchan.contains("futex") || wchan.trim() == "0")
+    });
+}
+
 /// Sleeps "for ever" (a minute), for children that are killed while they hold something.
 pub fn linger() {
     std::thread::sleep(Duration::from_secs(60));
