@@ -142,3 +142,37 @@ fn handles_in_threads_share_the_value() {
     assert_eq!(v.get(), 4000);
     assert_eq!(format!("{v:?}"), "Value(4000)");
 }
+
+fn get_while_holding(v: Value<u32>) -> u32 {
+    let _held = v.lock().unwrap();
+    v.get()
+}
+
+fn read_while_holding(a: Array<u32>) -> Option<u32> {
+    let _held = a.lock().unwrap();
+    a.get(0)
+}
+
+/// Taking the lock again on the thread that holds it (Python's `Value` has
+/// an RLock, so `get` under `get_lock()` works there) can only wait for
+/// ever: it is a panic that says what to do instead.
+#[test]
+fn taking_the_lock_again_on_the_holding_thread_is_a_panic_not_a_hang() {
+    let value = multiproc::Process::spawn(get_while_holding, (Value::new(1u32).unwrap(),)).unwrap();
+    expect_reentry_panic(value);
+    let array = multiproc::Process::spawn(read_while_holding, (Array::<u32>::zeroed(2).unwrap(),)).unwrap();
+    expect_reentry_panic(array);
+}
+
+fn expect_reentry_panic<R: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(
+    mut kid: multiproc::Process<R>,
+) {
+    let err = kid.join_timeout(Duration::from_secs(10)).unwrap_err();
+    if err.is_timeout() {
+        let _ = kid.kill();
+        let _ = kid.join_timeout(LONG);
+        panic!("the child hung taking the lock it held");
+    }
+    let panic = err.panic().unwrap_or_else(|| panic!("{err:?}"));
+    assert!(panic.message.contains("already holds"), "{panic}");
+}

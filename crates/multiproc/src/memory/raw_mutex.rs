@@ -141,6 +141,21 @@ impl RawMutex {
         self.lock_cold(me, deadline)
     }
 
+    /// As [`RawMutex::lock`], for a lock that only its holder's guard can
+    /// release (a `Value`'s or an `Array`'s): taking it again on the thread
+    /// that holds it could only wait for ever, so it panics with `what` to
+    /// do instead. The check costs nothing unless the lock is taken.
+    pub(crate) fn lock_once(&self, deadline: Deadline, what: &str) -> Result<Acquired, TimedOut> {
+        let me = thread::current();
+        // ORDERING: Acquire on success, as in `lock`.
+        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            self.set_meta(me);
+            return Ok(Acquired::Clean);
+        }
+        assert!(!self.is_owned_by(me), "this thread already holds this lock; {what}");
+        self.lock_cold(me, deadline)
+    }
+
     /// Takes the lock if it is free right now (does not look for a dead owner).
     pub(crate) fn try_lock(&self) -> bool {
         let me = thread::current();
@@ -342,7 +357,11 @@ impl RawMutex {
 
     /// True if the calling thread holds the lock.
     pub(crate) fn is_owned_by_current(&self) -> bool {
-        let me = thread::current();
+        self.is_owned_by(thread::current())
+    }
+
+    /// True if the calling thread, `me`, holds the lock.
+    fn is_owned_by(&self, me: ThreadIdentity) -> bool {
         // ORDERING: Relaxed: only the calling thread ever writes its own tid
         // and meta, and it reads back its own latest writes; any other value
         // means "not ours".

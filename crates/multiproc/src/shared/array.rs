@@ -15,6 +15,10 @@ use crate::memory::raw_mutex::Acquired;
 use crate::sync::{LockResult, OwnerDied, TryLockError, TryLockResult};
 use crate::sys::Deadline;
 
+/// What to do instead of taking a Array's lock again on the thread that
+/// holds it.
+const REENTRY: &str = "read and write the elements through the guard you hold (get, set and to_vec take the lock)";
+
 /// Copies all of `src` into the shared elements at `dst`.
 ///
 /// # Safety
@@ -138,8 +142,15 @@ impl<T: Plain> Array<T> {
     /// # Errors
     ///
     /// [`OwnerDied`] (with the guard; the lock is held) if a holder died.
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (a guard of it is alive; `get`
+    /// and `set` take it too): the call could only wait for ever. Unlike
+    /// Python's, whose lock is an RLock, this lock is not re-entrant: the
+    /// guard is the way to the data while it is held.
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        match self.data.lock().lock(Deadline::NEVER) {
+        match self.data.lock().lock_once(Deadline::NEVER, REENTRY) {
             Ok(Acquired::Clean) => Ok(self.guard()),
             Ok(Acquired::OwnerDied) => Err(OwnerDied::new(self.guard())),
             Err(_) => unreachable!("a wait without a deadline does not time out"),
