@@ -17,6 +17,13 @@
 //! log line by line (long lines in 8 KiB pieces, bytes that are not UTF-8
 //! shown as U+FFFD).
 //!
+//! The command starts with SIGINT and SIGTERM ignored, as the server's own
+//! workers run: a terminal's Ctrl-C or a service manager's SIGTERM reaches
+//! every process of the group and is for the server, which answers what is
+//! in flight before it stops its workers. The command dies with its worker
+//! (SIGKILL), so it needs no handler of its own; one it installs anyway
+//! takes those signals back.
+//!
 //! ```no_run
 //! use multiproc_serve::{CommandConfig, CommandModel, ModelSpec, Server};
 //!
