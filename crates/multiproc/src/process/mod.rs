@@ -475,11 +475,11 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         self.running.as_ref().is_some_and(|r| r.child.exit_code().is_none())
     }
 
-    /// Python's exit code: `None` while running (or before start), 0 after a
-    /// normal return, the code of an explicit `exit`, 1 after a panic, `-N`
-    /// after signal N.
+    /// Python's exit code: `None` while running (or before start, or if the
+    /// status was lost: SIGCHLD ignored), 0 after a normal return, the code
+    /// of an explicit `exit`, 1 after a panic, `-N` after signal N.
     pub fn exitcode(&self) -> Option<i32> {
-        self.running.as_ref().and_then(|r| r.child.exit_code())
+        self.running.as_ref().and_then(|r| r.child.exitcode())
     }
 
     /// Asks the child to stop with SIGTERM (exit code −15). Does not wait. A
