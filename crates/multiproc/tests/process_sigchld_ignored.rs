@@ -3,19 +3,16 @@
 //! program reaps with `waitpid(-1)`). `join` must still return — with the
 //! child's value when it sent one — the child must no longer count as alive,
 //! and the program must still be able to exit (its exit handler joins its
-//! children). The SIGCHLD disposition is changed only inside a child of the
-//! test.
+//! children). Starting a child that ends at once must not fail either. The
+//! SIGCHLD disposition is changed only inside a child of the test, under
+//! each start method.
 
 mod process_support;
 
 use std::time::Duration;
 
 use multiproc::Process;
-use multiproc::StartMethod;
-use process_support::JOIN;
-
-/// The start methods tested.
-const METHODS: [StartMethod; 1] = [StartMethod::ForkServer];
+use process_support::{JOIN, METHODS};
 
 /// The inner children's joins: far longer than they take, shorter than the outer join.
 const INNER: Duration = Duration::from_secs(5);
@@ -42,6 +39,34 @@ fn with_sigchld_ignored(method: usize) -> (Result<u32, String>, Option<i32>, boo
     let mut q = Process::builder().start_method(method).spawn(exits_with_3, ()).unwrap();
     let exited = q.join_timeout(INNER).map_err(|e| e.to_string());
     (value, code, alive, exited)
+}
+
+/// Runs in a child of the test: ignores SIGCHLD, then starts and joins
+/// children that end at once with `METHODS[method]`; the start errors.
+fn start_quick_children_with_sigchld_ignored(method: usize) -> Vec<String> {
+    // SAFETY: as in `with_sigchld_ignored`.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let mut errors = Vec::new();
+    for _ in 0..20 {
+        match Process::builder().start_method(METHODS[method]).spawn(seven, ()) {
+            Ok(mut p) => assert_eq!(p.join_timeout(INNER).unwrap(), 7),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    errors
+}
+
+#[test]
+fn children_that_end_at_once_start_when_sigchld_is_ignored() {
+    for (index, method) in METHODS.iter().enumerate() {
+        let mut outer = Process::spawn(start_quick_children_with_sigchld_ignored, (index,)).unwrap();
+        let result = outer.join_timeout(JOIN);
+        if result.is_err() {
+            let _ = outer.kill();
+            let _ = outer.join_timeout(JOIN);
+        }
+        assert_eq!(result.unwrap_or_else(|e| panic!("{method:?}: {e}")), Vec::<String>::new(), "{method:?}");
+    }
 }
 
 #[test]

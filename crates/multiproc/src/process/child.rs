@@ -28,6 +28,11 @@ impl ExitWatch {
         ExitWatch(pidfd)
     }
 
+    /// Kills the child and reaps it (for a child that never got its task).
+    pub(crate) fn kill_and_reap(&self) {
+        self.0.kill_and_reap();
+    }
+
     /// Readable once the exit code can be collected.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
