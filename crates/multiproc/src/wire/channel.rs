@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::arena::{self, OutArena};
-use super::frame::{FrameDecoder, HEADER_LEN, Header};
+use super::frame::{FrameDecoder, Header};
 use super::{Frame, Kind, OFFLOAD_THRESHOLD, WireError};
 use crate::spin::{PEER_SPIN, Spin};
 use crate::sys::Deadline;
@@ -255,7 +255,9 @@ impl Channel {
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool, WireError> {
         let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if state.closed || state.decoder.buffered() >= HEADER_LEN && state.has_complete_frame() {
+            // Not "a header's worth is buffered": a frame whose header a
+            // timed-out receive already took may be complete with less.
+            if state.closed || state.has_complete_frame() {
                 return Ok(true);
             }
             if !imp::wait_readable(self.fd.as_fd(), deadline)? {
@@ -449,4 +451,27 @@ fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Fr
             .map_err(|e| WireError::corrupt(format!("offloaded payload unreadable: {e}")))?
     };
     Ok(Frame { kind: header.kind, payload, fds })
+}
+
+#[cfg(test)]
+mod test {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn poll_sees_a_frame_completed_after_a_receive_timed_out_in_its_middle() {
+        let (a, b) = Channel::pair().unwrap();
+        // The header of a 3-byte message, its payload still missing: a
+        // receive with a deadline takes the header and gives up.
+        imp::send_all(b.as_fd(), &[&Header::new(Kind::Data, 0, 3).encode()], &[]).unwrap();
+        let short = Deadline::after(Duration::from_millis(20));
+        assert!(matches!(a.recv(short, None), Err(RecvError::Timeout)));
+        // The payload arrives: the frame is complete, with fewer bytes
+        // buffered than a header.
+        imp::send_all(b.as_fd(), &[b"abc"], &[]).unwrap();
+        assert!(a.poll(Deadline::after(Duration::from_secs(10))).unwrap());
+        assert!(a.poll(Deadline::after(Duration::ZERO)).unwrap());
+        assert_eq!(a.recv(Deadline::after(Duration::ZERO), None).unwrap().payload, b"abc");
+    }
 }
