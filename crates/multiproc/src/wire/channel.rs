@@ -112,8 +112,10 @@ impl Channel {
                 "this message carries handles (file descriptors), which cannot travel over a TCP connection".into(),
             ));
         }
+        let out_of_band = self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD;
+        Header::check_len(payload.len(), out_of_band)?;
         let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = if self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD {
+        let result = if out_of_band {
             self.send_out_of_band(kind, payload, fds)
         } else {
             let header = Header::new(kind, fds.len(), payload.len());
@@ -360,6 +362,7 @@ impl Outbox {
                 fds.len()
             )));
         }
+        Header::check_len(payload.len(), false)?;
         let header = Header::new(kind, fds.len(), payload.len());
         if !fds.is_empty() {
             self.marks.push_back((self.bytes.len(), fds));

@@ -74,6 +74,20 @@ impl Header {
         Header { kind, offloaded: false, arena: false, nfds, len: len as u64, cpu }
     }
 
+    /// Refuses, before anything is sent, a payload longer than a frame may
+    /// announce (the receiver would refuse the frame and with it the rest of
+    /// the stream). `out_of_band`: the payload travels in shared memory.
+    pub(crate) fn check_len(len: usize, out_of_band: bool) -> Result<(), WireError> {
+        let max = if out_of_band { MAX_OFFLOAD_LEN } else { MAX_INLINE_LEN };
+        if len as u64 > max {
+            let how = if out_of_band { "through shared memory" } else { "inline (over TCP, or queued)" };
+            return Err(WireError::Encode(format!(
+                "a message of {len} bytes is too large: at most {max} bytes travel {how} in one message"
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes the header bytes.
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
@@ -269,6 +283,14 @@ mod test {
         b[1] = 1;
         b[4..10].copy_from_slice(&[0xff; 6]);
         assert!(matches!(Header::decode(&b), Err(WireError::Corrupt(_))));
+    }
+
+    #[test]
+    fn payloads_longer_than_a_frame_announces_are_refused_before_sending() {
+        assert!(Header::check_len(MAX_INLINE_LEN as usize, false).is_ok());
+        assert!(matches!(Header::check_len(MAX_INLINE_LEN as usize + 1, false), Err(WireError::Encode(_))));
+        assert!(Header::check_len(MAX_OFFLOAD_LEN as usize, true).is_ok());
+        assert!(matches!(Header::check_len(MAX_OFFLOAD_LEN as usize + 1, true), Err(WireError::Encode(_))));
     }
 
     #[test]
