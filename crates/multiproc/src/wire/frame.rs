@@ -167,6 +167,13 @@ impl FrameDecoder {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+        } else if self.start > 0 && self.start >= self.buffered() {
+            // Drop the consumed bytes when no more are left than were
+            // consumed (each byte is moved at most once on average): a
+            // receiver whose reads all end inside a frame, as when it lags
+            // behind a full socket, kept every byte it ever read.
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
         self.fds.extend(fds);
@@ -291,6 +298,26 @@ mod test {
         assert!(matches!(Header::check_len(MAX_INLINE_LEN as usize + 1, false), Err(WireError::Encode(_))));
         assert!(Header::check_len(MAX_OFFLOAD_LEN as usize, true).is_ok());
         assert!(matches!(Header::check_len(MAX_OFFLOAD_LEN as usize + 1, true), Err(WireError::Encode(_))));
+    }
+
+    #[test]
+    fn consumed_bytes_do_not_pile_up_while_every_read_ends_inside_a_frame() {
+        // 64 KiB messages read 64 KiB at a time, as a receiver that lags
+        // behind reads a full socket: no read ends on a frame boundary.
+        let payload = vec![7u8; 64 * 1024];
+        let mut frame = Header::new(Kind::Data, 0, payload.len()).encode().to_vec();
+        frame.extend_from_slice(&payload);
+        let stream = frame.repeat(200);
+        let mut dec = FrameDecoder::default();
+        let mut got = 0;
+        for chunk in stream.chunks(64 * 1024) {
+            dec.push(chunk, Vec::new());
+            while dec.next_frame().unwrap().is_some() {
+                got += 1;
+            }
+            assert!(dec.buf.len() <= 4 * frame.len(), "{} bytes kept after {got} frames", dec.buf.len());
+        }
+        assert_eq!(got, 200);
     }
 
     #[test]
