@@ -3,8 +3,9 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, TryLockError};
+use std::time::Duration;
 
 use super::arena::{self, OutArena};
 use super::frame::{FrameDecoder, Header};
@@ -33,6 +34,10 @@ pub(crate) enum RecvError {
 /// fault or two per fork-server child — and doubles whenever a read fills it.
 const FIRST_READ_CHUNK: usize = 2 * 1024;
 const MAX_READ_CHUNK: usize = 64 * 1024;
+
+/// How often [`Channel::poll`] tries again for the receive state while
+/// another thread holds it.
+const CONTENDED_RECHECK: Duration = Duration::from_millis(1);
 
 /// One end of a framed stream: a Unix socket (which can carry descriptors and
 /// offload large payloads) or a TCP socket (which cannot).
@@ -255,7 +260,25 @@ impl Channel {
     /// True when a frame can be received without blocking (or the peer has
     /// closed, so a receive would fail at once). Waits up to the deadline.
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool, WireError> {
-        let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = loop {
+            match self.recv.try_lock() {
+                Ok(state) => break state,
+                Err(TryLockError::Poisoned(e)) => break e.into_inner(),
+                // Another thread is receiving, perhaps blocked until a
+                // message comes (it takes what arrives): waiting for its
+                // lock would ignore the deadline. A readable socket is the
+                // answer meanwhile (as Python's `wait` sees it); the lock is
+                // tried again every millisecond.
+                Err(TryLockError::WouldBlock) => {
+                    if imp::wait_readable(self.fd.as_fd(), deadline.at_most(CONTENDED_RECHECK))? {
+                        return Ok(true);
+                    }
+                    if deadline.expired() {
+                        return Ok(false);
+                    }
+                }
+            }
+        };
         loop {
             // Not "a header's worth is buffered": a frame whose header a
             // timed-out receive already took may be complete with less.
@@ -458,8 +481,6 @@ fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Fr
 
 #[cfg(test)]
 mod test {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
