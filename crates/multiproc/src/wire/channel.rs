@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use super::arena::{self, OutArena};
@@ -35,8 +35,8 @@ pub(crate) enum RecvError {
 const FIRST_READ_CHUNK: usize = 2 * 1024;
 const MAX_READ_CHUNK: usize = 64 * 1024;
 
-/// How often [`Channel::poll`] tries again for the receive state while
-/// another thread holds it.
+/// How often a receive or [`Channel::poll`] with a deadline tries again for
+/// the receive state while another thread holds it.
 const CONTENDED_RECHECK: Duration = Duration::from_millis(1);
 
 /// One end of a framed stream: a Unix socket (which can carry descriptors and
@@ -164,7 +164,7 @@ impl Channel {
     /// Receives one frame, waiting until the deadline. When `watch` becomes
     /// readable before a frame is complete, returns [`RecvError::WatchReady`].
     pub(crate) fn recv(&self, deadline: Deadline, watch: Option<BorrowedFd<'_>>) -> Result<Frame, RecvError> {
-        let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.recv_state_until(deadline)?;
         loop {
             if let Some((header, payload, fds)) = state.decoder.next_frame()? {
                 return Ok(self.resolve(header, payload, fds)?);
@@ -188,6 +188,32 @@ impl Channel {
                 }
             }
             state.read_some(self.fd.as_fd(), !blocking)?;
+        }
+    }
+
+    /// The receive state, if no other thread holds it.
+    fn try_recv_state(&self) -> Option<MutexGuard<'_, RecvState>> {
+        match self.recv.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The receive state, waiting for another thread's receive (which may
+    /// sleep until a message comes) only until `deadline`.
+    fn recv_state_until(&self, deadline: Deadline) -> Result<MutexGuard<'_, RecvState>, RecvError> {
+        if deadline.remaining().is_none() {
+            return Ok(self.recv.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        loop {
+            if let Some(state) = self.try_recv_state() {
+                return Ok(state);
+            }
+            match deadline.remaining() {
+                Some(left) if !left.is_zero() => std::thread::sleep(left.min(CONTENDED_RECHECK)),
+                _ => return Err(RecvError::Timeout),
+            }
         }
     }
 
@@ -261,22 +287,19 @@ impl Channel {
     /// closed, so a receive would fail at once). Waits up to the deadline.
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool, WireError> {
         let mut state = loop {
-            match self.recv.try_lock() {
-                Ok(state) => break state,
-                Err(TryLockError::Poisoned(e)) => break e.into_inner(),
-                // Another thread is receiving, perhaps blocked until a
-                // message comes (it takes what arrives): waiting for its
-                // lock would ignore the deadline. A readable socket is the
-                // answer meanwhile (as Python's `wait` sees it); the lock is
-                // tried again every millisecond.
-                Err(TryLockError::WouldBlock) => {
-                    if imp::wait_readable(self.fd.as_fd(), deadline.at_most(CONTENDED_RECHECK))? {
-                        return Ok(true);
-                    }
-                    if deadline.expired() {
-                        return Ok(false);
-                    }
-                }
+            if let Some(state) = self.try_recv_state() {
+                break state;
+            }
+            // Another thread is receiving, perhaps blocked until a message
+            // comes (it takes what arrives): waiting for its lock would
+            // ignore the deadline. A readable socket is the answer meanwhile
+            // (as Python's `wait` sees it); the lock is tried again every
+            // millisecond.
+            if imp::wait_readable(self.fd.as_fd(), deadline.at_most(CONTENDED_RECHECK))? {
+                return Ok(true);
+            }
+            if deadline.expired() {
+                return Ok(false);
             }
         };
         loop {
