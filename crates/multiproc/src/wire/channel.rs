@@ -479,7 +479,7 @@ impl RecvState {
 }
 
 fn closed_error(decoder: &FrameDecoder) -> WireError {
-    if decoder.buffered() > 0 {
+    if decoder.mid_frame() {
         WireError::corrupt("the peer closed the connection in the middle of a frame")
     } else {
         WireError::Closed
@@ -520,5 +520,20 @@ mod test {
         assert!(a.poll(Deadline::after(Duration::from_secs(10))).unwrap());
         assert!(a.poll(Deadline::after(Duration::ZERO)).unwrap());
         assert_eq!(a.recv(Deadline::after(Duration::ZERO), None).unwrap().payload, b"abc");
+    }
+
+    #[test]
+    fn a_peer_gone_right_after_a_header_cut_a_message_short_not_the_stream() {
+        let (a, b) = Channel::pair().unwrap();
+        // A whole message, then the header of a 3-byte one, and the peer dies.
+        b.send(Kind::Data, b"whole", &[]).unwrap();
+        imp::send_all(b.as_fd(), &[&Header::new(Kind::Data, 0, 3).encode()], &[]).unwrap();
+        drop(b);
+        let long = || Deadline::after(Duration::from_secs(10));
+        assert_eq!(a.recv(long(), None).unwrap().payload, b"whole");
+        match a.recv(long(), None) {
+            Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("middle of a frame"), "{what}"),
+            other => panic!("a cut message is not a clean end of stream: {other:?}"),
+        }
     }
 }

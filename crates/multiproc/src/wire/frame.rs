@@ -191,6 +191,12 @@ impl FrameDecoder {
         self.buf.len() - self.start
     }
 
+    /// True when part of a frame has arrived (perhaps only its header,
+    /// already taken): a stream that ends now ends inside a frame.
+    pub(crate) fn mid_frame(&self) -> bool {
+        self.pending.is_some() || self.buffered() > 0
+    }
+
     /// True when a whole frame is buffered (so `next_frame` would return it or
     /// an error).
     pub(crate) fn peek_complete(&self) -> bool {
