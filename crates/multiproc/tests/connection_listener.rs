@@ -188,6 +188,31 @@ fn tcp_refuses_handles_but_carries_large_messages() {
 }
 
 #[test]
+fn a_message_too_large_for_a_tcp_frame_is_refused_before_it_is_sent() {
+    let listener = Listener::bind("tcp:127.0.0.1:0", None).unwrap();
+    let bound = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        let conn: Connection<()> = Client::connect_timeout(&bound, None, LONG).unwrap();
+        // One byte over what a TCP frame carries (1 GiB): zeroed pages, so
+        // the allocation costs no memory unless it is really sent.
+        let huge = vec![0u8; (1 << 30) + 1];
+        let refused = conn.send_bytes(&huge).map_err(|e| e.to_string());
+        drop(huge);
+        // Nothing was sent: the connection still carries messages.
+        let after = conn.send_bytes(b"after").map_err(|e| e.to_string());
+        (refused, after)
+    });
+    let conn: Connection<()> = listener.accept_timeout(LONG).unwrap();
+    let received = conn.recv_bytes_timeout(LONG).map_err(|e| e.to_string());
+    drop(conn);
+    let (refused, after) = client.join().unwrap();
+    let err = refused.unwrap_err();
+    assert!(err.contains("too large"), "{err}");
+    assert_eq!(after, Ok(()));
+    assert_eq!(received.as_deref(), Ok(&b"after"[..]));
+}
+
+#[test]
 fn unix_handles_travel_over_a_listener_connection() {
     let [path, name, _] = addresses();
     for address in [path, name] {

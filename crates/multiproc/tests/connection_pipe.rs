@@ -381,3 +381,29 @@ fn connections_travel_inside_messages_both_ways() {
     join(child);
     assert!(made_by_child.recv_timeout(LONG).unwrap_err().is_closed());
 }
+
+#[test]
+fn recv_timeout_keeps_its_timeout_while_another_thread_is_blocked_receiving() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    let receiver = {
+        let b = b.clone();
+        std::thread::spawn(move || b.recv_timeout(LONG * 3))
+    };
+    // Give the receiver time to block in its receive.
+    std::thread::sleep(Duration::from_millis(100));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let second = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(b.recv_timeout(Duration::from_millis(50)).map_err(|e| e.is_timeout()));
+        })
+    };
+    let got = rx.recv_timeout(LONG);
+    // Whatever happened, release the receiver (and with it a stuck second one).
+    a.send(&7).unwrap();
+    a.send(&8).unwrap();
+    let first = receiver.join().unwrap().unwrap();
+    second.join().unwrap();
+    assert_eq!(got.expect("the second receive returned within its timeout"), Err(true));
+    assert_eq!(first, 7);
+}

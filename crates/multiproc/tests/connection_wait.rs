@@ -188,3 +188,31 @@ fn waitables_without_a_descriptor_are_rechecked() {
     assert_about(start, Duration::from_millis(200));
     setter.join().unwrap();
 }
+
+#[test]
+fn wait_and_poll_keep_their_timeout_while_another_thread_is_blocked_receiving() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    let receiver = {
+        let b = b.clone();
+        std::thread::spawn(move || b.recv_timeout(LONG * 3))
+    };
+    // Give the receiver time to block in its receive.
+    std::thread::sleep(Duration::from_millis(100));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let checker = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            let polled = b.poll(Duration::from_millis(50)).map_err(|e| e.to_string());
+            let waited = wait(&[&b], Some(Duration::from_millis(50))).map_err(|e| e.to_string());
+            let _ = tx.send((polled, waited));
+        })
+    };
+    let got = rx.recv_timeout(LONG);
+    // Whatever happened, release the receiver (and with it a stuck checker).
+    a.send(&7).unwrap();
+    assert_eq!(receiver.join().unwrap().unwrap(), 7);
+    checker.join().unwrap();
+    let (polled, waited) = got.expect("poll and wait returned within their timeouts");
+    assert_eq!(polled, Ok(false));
+    assert_eq!(waited, Ok(vec![]));
+}

@@ -327,6 +327,20 @@ fn builder_build_then_start() {
     }
 }
 
+#[test]
+fn a_start_that_failed_can_be_tried_again() {
+    // As in Python, where a failed start() leaves the process unstarted.
+    let dir = TempDir::new("late-cwd");
+    let missing = dir.0.join("not-yet");
+    let mut p = Process::builder().start_method(StartMethod::Spawn).current_dir(&missing).build(one, (6u64,)).unwrap();
+    let failed = p.start().unwrap_err();
+    assert!(matches!(failed, ProcessError::Start(_)), "{failed:?}");
+    assert_eq!(p.pid(), None);
+    std::fs::create_dir(&missing).unwrap();
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(JOIN).unwrap(), 36);
+}
+
 // ---------- daemon children ----------
 
 fn try_to_spawn() -> String {

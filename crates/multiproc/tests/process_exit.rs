@@ -199,3 +199,27 @@ fn the_default_method_reports_exits_like_the_others() {
     let mut p = Process::spawn(exits_with_3, ()).unwrap();
     assert!(matches!(p.join_timeout(JOIN), Err(ProcessError::Exited { code: 3 })));
 }
+
+/// Writes to a pipe whose reader is gone; what the write said.
+fn writes_to_a_closed_pipe() -> String {
+    use std::io::Write;
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    drop(reader);
+    match writer.write_all(b"anyone?") {
+        Ok(()) => "written".into(),
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+#[test]
+fn a_write_to_a_closed_pipe_is_an_error_in_the_child_as_in_the_parent() {
+    // A Rust program (and a Python child) ignores SIGPIPE: the write fails
+    // with BrokenPipe instead of killing the process with signal 13.
+    let _serial = serial();
+    assert_eq!(writes_to_a_closed_pipe(), "BrokenPipe");
+    for method in METHODS {
+        let mut p = Process::builder().start_method(method).spawn(writes_to_a_closed_pipe, ()).unwrap();
+        let got = p.join_timeout(JOIN).map_err(|e| e.to_string());
+        assert_eq!(got.as_deref(), Ok("BrokenPipe"), "{method:?}");
+    }
+}

@@ -143,7 +143,7 @@ impl<R: Serialize + DeserializeOwned> Waitable for Process<R> {
         if self.pid().is_none() {
             return Err(ConnectionError::NotWaitable("the process was not started"));
         }
-        Ok(self.exitcode().is_some())
+        Ok(!self.is_alive())
     }
 
     fn wait_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -148,6 +148,9 @@ pub(crate) fn run_child(channel: Channel, first: Option<Frame>, origin: Origin) 
     identity::become_child(&start);
     crate::log::adopt_state(start.log);
     let fds = super::output::take_child_ends(frame.fds, start.stdio);
+    // As in any Rust program's `main` (and a Python child): a write to a
+    // pipe whose reader left fails with BrokenPipe instead of killing us.
+    imp::ignore_sigpipe();
     install_panic_hook();
     lifecycle!(INFO, "child process started, running its task");
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| super::task::run_entry(start.entry, &start.args, fds)));

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Once};
 use crate::log::lifecycle;
 use crate::process_local::{ForkHook, ProcessLocal};
 use crate::sys::Deadline;
+pub(crate) use crate::sys::imp::pidfd::STATUS_LOST;
 use crate::sys::imp::{self, Pid, pidfd::Pidfd};
 
 /// How the parent learns that a child exited, and with which code: a pidfd,
@@ -25,6 +26,11 @@ impl ExitWatch {
     /// Watches our own child through a pidfd already open.
     pub(crate) fn child_with(pidfd: Pidfd) -> ExitWatch {
         ExitWatch(pidfd)
+    }
+
+    /// Kills the child and reaps it (for a child that never got its task).
+    pub(crate) fn kill_and_reap(&self) {
+        self.0.kill_and_reap();
     }
 
     /// Readable once the exit code can be collected.
@@ -61,7 +67,8 @@ impl ChildShared {
         child
     }
 
-    /// The exit code, reaping the child if it just exited; `None` while it runs.
+    /// The exit code, reaping the child if it just exited; `None` while it
+    /// runs, [`STATUS_LOST`] once it ended if someone else reaped it.
     pub(crate) fn exit_code(&self) -> Option<i32> {
         let (code, just_now) = {
             let mut code = self.code.lock().unwrap_or_else(|e| e.into_inner());
@@ -78,7 +85,14 @@ impl ChildShared {
         code
     }
 
-    /// Waits for the exit until the deadline; the exit code, or `None` on timeout.
+    /// The exit code as Python reports it: `None` while the child runs, and
+    /// also once it ended if its status was lost (reaped by someone else).
+    pub(crate) fn exitcode(&self) -> Option<i32> {
+        self.exit_code().filter(|&code| code != STATUS_LOST)
+    }
+
+    /// Waits for the exit until the deadline; the exit code (perhaps
+    /// [`STATUS_LOST`]), or `None` on timeout.
     pub(crate) fn wait(&self, deadline: Deadline) -> Option<i32> {
         loop {
             if let Some(code) = self.exit_code() {

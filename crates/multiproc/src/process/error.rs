@@ -113,6 +113,14 @@ impl ProcessError {
 
     /// Error for a child that ended with `code` and sent no value.
     pub(crate) fn from_exit(code: i32) -> ProcessError {
-        if code < 0 { ProcessError::Signaled { signal: -code } } else { ProcessError::Exited { code } }
+        match code {
+            super::child::STATUS_LOST => ProcessError::Failed(
+                "the child ended without returning a value, and its exit status was lost: another part of the \
+                 program reaped it (is SIGCHLD ignored?)"
+                    .into(),
+            ),
+            code if code < 0 => ProcessError::Signaled { signal: -code },
+            code => ProcessError::Exited { code },
+        }
     }
 }

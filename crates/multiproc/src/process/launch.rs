@@ -93,9 +93,6 @@ pub(crate) fn launch(
     }
     let (ours, theirs) = imp::socketpair().map_err(ProcessError::Start)?;
     let channel = Channel::unix(ours);
-    // The task is written before the child exists, so the child finds it
-    // waiting instead of waking up for it.
-    task.send(&channel)?;
     let env = env.clone();
     let cwd = cwd.map(Path::to_path_buf);
     let pid = if method == StartMethod::Spawn {
@@ -105,7 +102,18 @@ pub(crate) fn launch(
         on_launcher_thread(move || fork_here(theirs, &env, cwd.as_deref()))
     };
     let pid = pid.and_then(|r| r).map_err(ProcessError::Start)?;
-    Ok(Launched { pid, exit: ExitWatch::child(pid).map_err(ProcessError::Start)?, channel })
+    // The pidfd is opened before the task is sent: until then the child
+    // cannot finish, so it cannot be gone already (a program that ignores
+    // SIGCHLD has its children reaped the moment they exit).
+    let exit = ExitWatch::child(pid).map_err(ProcessError::Start)?;
+    match task.send(&channel) {
+        // A child that died before reading its task: `join` reports how.
+        Ok(()) | Err(WireError::Closed) => Ok(Launched { pid, exit, channel }),
+        Err(e) => {
+            exit.kill_and_reap();
+            Err(e.into())
+        }
+    }
 }
 
 /// Re-executes this program in `role` with `channel` as its descriptor 3:

@@ -391,38 +391,37 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     /// [`ProcessError::DaemonCannotSpawn`] inside a daemon process, or the OS
     /// error that stopped the start.
     pub fn start(&mut self) -> Result<(), ProcessError> {
-        if self.task.is_none() {
-            return Err(ProcessError::AlreadyStarted);
-        }
+        let (entry, args) = self.task.as_mut().ok_or(ProcessError::AlreadyStarted)?;
         let method = self.config.method_to_use()?;
-        let (entry, mut args) = self.task.take().ok_or(ProcessError::AlreadyStarted)?;
         if identity::is_daemon() {
             return Err(ProcessError::DaemonCannotSpawn);
         }
         let (outputs, ends) =
             output::Outputs::open(&self.name, self.config.stdout, self.config.stderr).map_err(ProcessError::Start)?;
         // The write ends travel after the task's own descriptors; ours close
-        // when `args` goes at the end of this call.
+        // below. A start that fails keeps the task, to be tried again (Python).
+        let own = args.fds.len();
         args.fds.extend(ends.fds);
         let me = current_process();
-        let start = Start {
+        let mut start = Start {
             build_id: imp::build_id::build_id().to_string(),
             name: self.name.clone(),
             daemon: self.config.daemon,
             parent_pid: me.pid,
             parent_name: me.name,
-            entry,
-            args: args.bytes,
+            entry: *entry,
+            args: std::mem::take(&mut args.bytes),
             log: crate::log::state_for_child(),
             stdio: ends.bits,
         };
-        let launched = launch::launch(
-            method,
-            launch::Task { start: &wire::encode(&start)?.bytes, fds: &args.fds },
-            &self.config.env,
-            self.config.cwd.as_deref(),
-            self.config.executable.as_deref(),
-        )?;
+        let (env, cwd, exe) = (&self.config.env, self.config.cwd.as_deref(), self.config.executable.as_deref());
+        let launched = wire::encode(&start).map_err(ProcessError::from).and_then(|encoded| {
+            launch::launch(method, launch::Task { start: &encoded.bytes, fds: &args.fds }, env, cwd, exe)
+        });
+        args.fds.truncate(own);
+        args.bytes = std::mem::take(&mut start.args);
+        let launched = launched?;
+        self.task = None;
         let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
         lifecycle!(DEBUG, "started child {} (pid {}) with {method:?}", self.name, launched.pid);
         self.running = Some(Running { child, channel: launched.channel, reply: ReplyState::Waiting, outputs });
@@ -480,11 +479,11 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         self.running.as_ref().is_some_and(|r| r.child.exit_code().is_none())
     }
 
-    /// Python's exit code: `None` while running (or before start), 0 after a
-    /// normal return, the code of an explicit `exit`, 1 after a panic, `-N`
-    /// after signal N.
+    /// Python's exit code: `None` while running (or before start, or if the
+    /// status was lost: SIGCHLD ignored), 0 after a normal return, the code
+    /// of an explicit `exit`, 1 after a panic, `-N` after signal N.
     pub fn exitcode(&self) -> Option<i32> {
-        self.running.as_ref().and_then(|r| r.child.exit_code())
+        self.running.as_ref().and_then(|r| r.child.exitcode())
     }
 
     /// Asks the child to stop with SIGTERM (exit code −15). Does not wait. A

@@ -3,11 +3,12 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use super::arena::{self, OutArena};
-use super::frame::{FrameDecoder, HEADER_LEN, Header};
+use super::frame::{FrameDecoder, Header};
 use super::{Frame, Kind, OFFLOAD_THRESHOLD, WireError};
 use crate::spin::{PEER_SPIN, Spin};
 use crate::sys::Deadline;
@@ -33,6 +34,10 @@ pub(crate) enum RecvError {
 /// fault or two per fork-server child — and doubles whenever a read fills it.
 const FIRST_READ_CHUNK: usize = 2 * 1024;
 const MAX_READ_CHUNK: usize = 64 * 1024;
+
+/// How often a receive or [`Channel::poll`] with a deadline tries again for
+/// the receive state while another thread holds it.
+const CONTENDED_RECHECK: Duration = Duration::from_millis(1);
 
 /// One end of a framed stream: a Unix socket (which can carry descriptors and
 /// offload large payloads) or a TCP socket (which cannot).
@@ -112,8 +117,10 @@ impl Channel {
                 "this message carries handles (file descriptors), which cannot travel over a TCP connection".into(),
             ));
         }
+        let out_of_band = self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD;
+        Header::check_len(payload.len(), out_of_band)?;
         let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = if self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD {
+        let result = if out_of_band {
             self.send_out_of_band(kind, payload, fds)
         } else {
             let header = Header::new(kind, fds.len(), payload.len());
@@ -157,7 +164,7 @@ impl Channel {
     /// Receives one frame, waiting until the deadline. When `watch` becomes
     /// readable before a frame is complete, returns [`RecvError::WatchReady`].
     pub(crate) fn recv(&self, deadline: Deadline, watch: Option<BorrowedFd<'_>>) -> Result<Frame, RecvError> {
-        let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.recv_state_until(deadline)?;
         loop {
             if let Some((header, payload, fds)) = state.decoder.next_frame()? {
                 return Ok(self.resolve(header, payload, fds)?);
@@ -181,6 +188,32 @@ impl Channel {
                 }
             }
             state.read_some(self.fd.as_fd(), !blocking)?;
+        }
+    }
+
+    /// The receive state, if no other thread holds it.
+    fn try_recv_state(&self) -> Option<MutexGuard<'_, RecvState>> {
+        match self.recv.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The receive state, waiting for another thread's receive (which may
+    /// sleep until a message comes) only until `deadline`.
+    fn recv_state_until(&self, deadline: Deadline) -> Result<MutexGuard<'_, RecvState>, RecvError> {
+        if deadline.remaining().is_none() {
+            return Ok(self.recv.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        loop {
+            if let Some(state) = self.try_recv_state() {
+                return Ok(state);
+            }
+            match deadline.remaining() {
+                Some(left) if !left.is_zero() => std::thread::sleep(left.min(CONTENDED_RECHECK)),
+                _ => return Err(RecvError::Timeout),
+            }
         }
     }
 
@@ -253,9 +286,26 @@ impl Channel {
     /// True when a frame can be received without blocking (or the peer has
     /// closed, so a receive would fail at once). Waits up to the deadline.
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool, WireError> {
-        let mut state = self.recv.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = loop {
+            if let Some(state) = self.try_recv_state() {
+                break state;
+            }
+            // Another thread is receiving, perhaps blocked until a message
+            // comes (it takes what arrives): waiting for its lock would
+            // ignore the deadline. A readable socket is the answer meanwhile
+            // (as Python's `wait` sees it); the lock is tried again every
+            // millisecond.
+            if imp::wait_readable(self.fd.as_fd(), deadline.at_most(CONTENDED_RECHECK))? {
+                return Ok(true);
+            }
+            if deadline.expired() {
+                return Ok(false);
+            }
+        };
         loop {
-            if state.closed || state.decoder.buffered() >= HEADER_LEN && state.has_complete_frame() {
+            // Not "a header's worth is buffered": a frame whose header a
+            // timed-out receive already took may be complete with less.
+            if state.closed || state.has_complete_frame() {
                 return Ok(true);
             }
             if !imp::wait_readable(self.fd.as_fd(), deadline)? {
@@ -358,6 +408,7 @@ impl Outbox {
                 fds.len()
             )));
         }
+        Header::check_len(payload.len(), false)?;
         let header = Header::new(kind, fds.len(), payload.len());
         if !fds.is_empty() {
             self.marks.push_back((self.bytes.len(), fds));
@@ -428,7 +479,7 @@ impl RecvState {
 }
 
 fn closed_error(decoder: &FrameDecoder) -> WireError {
-    if decoder.buffered() > 0 {
+    if decoder.mid_frame() {
         WireError::corrupt("the peer closed the connection in the middle of a frame")
     } else {
         WireError::Closed
@@ -449,4 +500,40 @@ fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Fr
             .map_err(|e| WireError::corrupt(format!("offloaded payload unreadable: {e}")))?
     };
     Ok(Frame { kind: header.kind, payload, fds })
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn poll_sees_a_frame_completed_after_a_receive_timed_out_in_its_middle() {
+        let (a, b) = Channel::pair().unwrap();
+        // The header of a 3-byte message, its payload still missing: a
+        // receive with a deadline takes the header and gives up.
+        imp::send_all(b.as_fd(), &[&Header::new(Kind::Data, 0, 3).encode()], &[]).unwrap();
+        let short = Deadline::after(Duration::from_millis(20));
+        assert!(matches!(a.recv(short, None), Err(RecvError::Timeout)));
+        // The payload arrives: the frame is complete, with fewer bytes
+        // buffered than a header.
+        imp::send_all(b.as_fd(), &[b"abc"], &[]).unwrap();
+        assert!(a.poll(Deadline::after(Duration::from_secs(10))).unwrap());
+        assert!(a.poll(Deadline::after(Duration::ZERO)).unwrap());
+        assert_eq!(a.recv(Deadline::after(Duration::ZERO), None).unwrap().payload, b"abc");
+    }
+
+    #[test]
+    fn a_peer_gone_right_after_a_header_cut_a_message_short_not_the_stream() {
+        let (a, b) = Channel::pair().unwrap();
+        // A whole message, then the header of a 3-byte one, and the peer dies.
+        b.send(Kind::Data, b"whole", &[]).unwrap();
+        imp::send_all(b.as_fd(), &[&Header::new(Kind::Data, 0, 3).encode()], &[]).unwrap();
+        drop(b);
+        let long = || Deadline::after(Duration::from_secs(10));
+        assert_eq!(a.recv(long(), None).unwrap().payload, b"whole");
+        match a.recv(long(), None) {
+            Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("middle of a frame"), "{what}"),
+            other => panic!("a cut message is not a clean end of stream: {other:?}"),
+        }
+    }
 }

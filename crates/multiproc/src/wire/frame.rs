@@ -74,6 +74,20 @@ impl Header {
         Header { kind, offloaded: false, arena: false, nfds, len: len as u64, cpu }
     }
 
+    /// Refuses, before anything is sent, a payload longer than a frame may
+    /// announce (the receiver would refuse the frame and with it the rest of
+    /// the stream). `out_of_band`: the payload travels in shared memory.
+    pub(crate) fn check_len(len: usize, out_of_band: bool) -> Result<(), WireError> {
+        let max = if out_of_band { MAX_OFFLOAD_LEN } else { MAX_INLINE_LEN };
+        if len as u64 > max {
+            let how = if out_of_band { "through shared memory" } else { "inline (over TCP, or queued)" };
+            return Err(WireError::Encode(format!(
+                "a message of {len} bytes is too large: at most {max} bytes travel {how} in one message"
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes the header bytes.
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
@@ -153,6 +167,13 @@ impl FrameDecoder {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+        } else if self.start > 0 && self.start >= self.buffered() {
+            // Drop the consumed bytes when no more are left than were
+            // consumed (each byte is moved at most once on average): a
+            // receiver whose reads all end inside a frame, as when it lags
+            // behind a full socket, kept every byte it ever read.
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
         self.fds.extend(fds);
@@ -168,6 +189,12 @@ impl FrameDecoder {
     /// Bytes buffered but not yet consumed.
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// True when part of a frame has arrived (perhaps only its header,
+    /// already taken): a stream that ends now ends inside a frame.
+    pub(crate) fn mid_frame(&self) -> bool {
+        self.pending.is_some() || self.buffered() > 0
     }
 
     /// True when a whole frame is buffered (so `next_frame` would return it or
@@ -269,6 +296,34 @@ mod test {
         b[1] = 1;
         b[4..10].copy_from_slice(&[0xff; 6]);
         assert!(matches!(Header::decode(&b), Err(WireError::Corrupt(_))));
+    }
+
+    #[test]
+    fn payloads_longer_than_a_frame_announces_are_refused_before_sending() {
+        assert!(Header::check_len(MAX_INLINE_LEN as usize, false).is_ok());
+        assert!(matches!(Header::check_len(MAX_INLINE_LEN as usize + 1, false), Err(WireError::Encode(_))));
+        assert!(Header::check_len(MAX_OFFLOAD_LEN as usize, true).is_ok());
+        assert!(matches!(Header::check_len(MAX_OFFLOAD_LEN as usize + 1, true), Err(WireError::Encode(_))));
+    }
+
+    #[test]
+    fn consumed_bytes_do_not_pile_up_while_every_read_ends_inside_a_frame() {
+        // 64 KiB messages read 64 KiB at a time, as a receiver that lags
+        // behind reads a full socket: no read ends on a frame boundary.
+        let payload = vec![7u8; 64 * 1024];
+        let mut frame = Header::new(Kind::Data, 0, payload.len()).encode().to_vec();
+        frame.extend_from_slice(&payload);
+        let stream = frame.repeat(200);
+        let mut dec = FrameDecoder::default();
+        let mut got = 0;
+        for chunk in stream.chunks(64 * 1024) {
+            dec.push(chunk, Vec::new());
+            while dec.next_frame().unwrap().is_some() {
+                got += 1;
+            }
+            assert!(dec.buf.len() <= 4 * frame.len(), "{} bytes kept after {got} frames", dec.buf.len());
+        }
+        assert_eq!(got, 200);
     }
 
     #[test]

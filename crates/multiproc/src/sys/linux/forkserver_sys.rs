@@ -86,15 +86,14 @@ pub(crate) fn is_refusal(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM | libc::ENOSYS))
 }
 
-/// In a freshly forked child: unblock every signal and restore SIGPIPE's
-/// default action.
+/// In a freshly forked child: unblock every signal (the child's bootstrap
+/// then ignores SIGPIPE, as every child's task runs with it ignored).
 pub(crate) fn reset_child_signals() {
-    // SAFETY: as in `SigchldFd::new`; signal(2) only changes a disposition.
+    // SAFETY: as in `SigchldFd::new`.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

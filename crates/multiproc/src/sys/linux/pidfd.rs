@@ -8,6 +8,10 @@ use rustix::process::{Pid as RustixPid, PidfdFlags, WaitId, WaitIdOptions};
 
 use super::signal::Pid;
 
+/// What [`Pidfd::try_reap`] returns for a child that ended but whose exit
+/// status someone else collected: no real exit code or `-signal` is this.
+pub(crate) const STATUS_LOST: i32 = i32::MIN;
+
 /// An owned pidfd for one of our children.
 #[derive(Debug)]
 pub(crate) struct Pidfd(OwnedFd);
@@ -38,10 +42,16 @@ impl Pidfd {
 
     /// Reaps the child if it has exited; returns its Python-style exit code
     /// (the exit status, or `-N` after signal N), or `None` while it runs.
+    /// [`STATUS_LOST`] when it ended but was reaped by someone else.
     pub(crate) fn try_reap(&self) -> io::Result<Option<i32>> {
-        let status =
-            rustix::process::waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)?;
-        Ok(status.and_then(|s| s.exit_status().or_else(|| s.terminating_signal().map(|sig| -sig))))
+        match rustix::process::waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+            Ok(status) => Ok(status.and_then(|s| s.exit_status().or_else(|| s.terminating_signal().map(|sig| -sig)))),
+            // Our own child can be waited for until it is reaped: it ended,
+            // and the kernel (SIGCHLD ignored) or another `waitpid` took its
+            // status.
+            Err(rustix::io::Errno::CHILD) => Ok(Some(STATUS_LOST)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

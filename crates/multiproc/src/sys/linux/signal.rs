@@ -130,6 +130,14 @@ pub(crate) fn kill(pid: Pid) -> io::Result<()> {
     Ok(rustix::process::kill_process(target, rustix::process::Signal::KILL)?)
 }
 
+/// Ignores SIGPIPE, as Rust's runtime does before `main`: a write to a pipe
+/// or socket whose reader left then fails with `BrokenPipe` instead of
+/// killing the process.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: signal(2) only changes this process's disposition of SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// Registers `handler` to run at normal process exit (`atexit`).
 pub(crate) fn at_exit(handler: extern "C" fn()) {
     // SAFETY: `handler` is a plain extern "C" function taking no arguments.
