@@ -5,23 +5,11 @@
 mod process_support;
 
 use multiproc::{Connection, Pipe, Process, StartMethod};
-use process_support::{JOIN, count_zombie_children, image_loader, is_dead, ppid_of, stat, wait_until};
-
-fn pid_and_loader() -> (i32, i32) {
-    (std::process::id() as i32, image_loader())
-}
+use process_support::{JOIN, count_zombie_children, fork_server_pid, is_dead, ppid_of, stat, wait_until};
 
 /// Waits for a number and returns it doubled.
 fn double_what_comes(numbers: Connection<u32>) -> u32 {
     numbers.recv_timeout(JOIN).expect("the test sends a number") * 2
-}
-
-/// The fork server that forks our children (it loaded their program image).
-fn fork_server_pid() -> i32 {
-    let mut p = Process::builder().start_method(StartMethod::ForkServer).spawn(pid_and_loader, ()).unwrap();
-    let (pid, loader) = p.join_timeout(JOIN).unwrap();
-    assert_eq!(Some(pid), p.pid());
-    loader
 }
 
 #[test]

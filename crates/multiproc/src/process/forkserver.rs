@@ -41,7 +41,16 @@ use crate::wire::{self, Channel, Kind, RecvError, WireError};
 pub(crate) fn serve(control: OwnedFd) -> ! {
     // Computed once here, inherited by every child instead of recomputed.
     let _ = imp::build_id::build_id();
-    let server = Server { control: Channel::unix(control), sibling: SiblingFork::prepare(), program: imp::getppid() };
+    // As Python's fork server: a terminal's Ctrl-C reaches every process of
+    // the program's group and is for the program. Its children get the
+    // program's handling of SIGINT back (see `fork_spare`).
+    let sigint_ignored = imp::signal::ignore_sigint_was_ignored();
+    let server = Server {
+        control: Channel::unix(control),
+        sibling: SiblingFork::prepare(),
+        program: imp::getppid(),
+        sigint_ignored,
+    };
     loop {
         // Sleeps until a request comes (a blocking receive could poll).
         let _ = imp::wait_readable(server.control.as_fd(), Deadline::NEVER);
@@ -62,6 +71,8 @@ struct Server {
     sibling: io::Result<SiblingFork>,
     /// The program that started the server: the parent of every child.
     program: Pid,
+    /// The program ignores SIGINT (then so do its children).
+    sigint_ignored: bool,
 }
 
 impl Server {
@@ -87,8 +98,8 @@ impl Server {
     }
 
     /// Forks a spare that will find `channel` as its descriptor 3. The
-    /// server's signal state is the default one (it was started with it), so
-    /// the child inherits nothing to reset.
+    /// server's signal state is the one it was started with, the program's,
+    /// but for SIGINT, which the child gets back as the program had it.
     fn fork_spare(&self, sibling: &SiblingFork, channel: OwnedFd) -> io::Result<Pid> {
         // The request comes as the program hands a task to an earlier spare,
         // which it wakes right after us; when both wait for the same CPU, the
@@ -97,11 +108,14 @@ impl Server {
         // 2 vCPUs: 245 -> 218 µs per start + join.
         std::thread::yield_now();
         let keep = channel.as_raw_fd();
-        let program = self.program;
+        let (program, sigint_ignored) = (self.program, self.sigint_ignored);
         // SAFETY: the fork server is single-threaded and holds no locks here;
         // `sibling` was prepared in this process.
         unsafe {
             sibling.fork(|| {
+                if !sigint_ignored {
+                    imp::signal::default_sigint();
+                }
                 imp::forkserver_sys::move_fd(keep, CHILD_CHANNEL_FD);
                 imp::spawn::close_fds_from_except(CHILD_CHANNEL_FD + 1, &[]);
                 imp::die_with_parent(program);

@@ -89,6 +89,18 @@ extern "C" fn record_image_loader() {
 }
 
 /// The parent pid of a live process.
+fn pid_and_loader() -> (i32, i32) {
+    (std::process::id() as i32, image_loader())
+}
+
+/// The fork server that forks our children (it loaded their program image).
+pub fn fork_server_pid() -> i32 {
+    let mut p = multiproc::Process::builder().start_method(StartMethod::ForkServer).spawn(pid_and_loader, ()).unwrap();
+    let (pid, loader) = p.join_timeout(JOIN).unwrap();
+    assert_eq!(Some(pid), p.pid());
+    loader
+}
+
 pub fn ppid_of(pid: i32) -> i32 {
     stat(pid).unwrap_or_else(|| panic!("process {pid} is gone")).1
 }

@@ -75,6 +75,20 @@ pub(crate) fn ignore_stop_signals(term: bool) {
     }
 }
 
+/// Ignores SIGINT in this process from now on; true if it was ignored
+/// already (as in a program started in the background by a shell).
+pub(crate) fn ignore_sigint_was_ignored() -> bool {
+    // SAFETY: installing SIG_IGN touches no memory of ours.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_IGN }
+}
+
+/// Gives SIGINT its default action back (async-signal-safe: for a freshly
+/// forked child).
+pub(crate) fn default_sigint() {
+    // SAFETY: signal(2) only changes a disposition, and is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+}
+
 /// Makes the program that `cmd` starts ignore SIGINT and SIGTERM (set
 /// between fork and exec; an ignored signal stays ignored across `exec`).
 pub(crate) fn command_ignores_stop_signals(cmd: &mut std::process::Command) {

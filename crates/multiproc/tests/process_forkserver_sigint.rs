@@ -1,0 +1,32 @@
+//! As Python's: the fork server ignores SIGINT (a terminal's Ctrl-C reaches
+//! every process of the program's group, and is for the program), and the
+//! children it forks do not inherit that. (Its own binary: the test signals
+//! this process's one fork server.)
+
+mod process_support;
+
+use std::time::Duration;
+
+use multiproc::{Process, StartMethod};
+use process_support::{JOIN, fork_server_pid, is_dead};
+
+/// True if this process ignores SIGINT (its `SigIgn` mask in `/proc`).
+fn ignores_sigint() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).unwrap().trim();
+    u64::from_str_radix(mask, 16).unwrap() & (1 << (libc::SIGINT - 1)) != 0
+}
+
+#[test]
+fn the_fork_server_outlives_ctrl_c_and_its_children_keep_the_programs_sigint() {
+    let server = fork_server_pid();
+    // SAFETY: kill(2) has no memory-safety preconditions; `server` is our child.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGINT) }, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!is_dead(server), "the fork server died of SIGINT");
+    assert_eq!(fork_server_pid(), server, "the same server goes on serving");
+    // A forked child handles SIGINT as this program does (by default: it
+    // dies of it), not as the server.
+    let mut child = Process::builder().start_method(StartMethod::ForkServer).spawn(ignores_sigint, ()).unwrap();
+    assert_eq!(child.join_timeout(JOIN).unwrap(), ignores_sigint());
+}
