@@ -29,4 +29,28 @@ fn the_fork_server_outlives_ctrl_c_and_its_children_keep_the_programs_sigint() {
     // dies of it), not as the server.
     let mut child = Process::builder().start_method(StartMethod::ForkServer).spawn(ignores_sigint, ()).unwrap();
     assert_eq!(child.join_timeout(JOIN).unwrap(), ignores_sigint());
+    // The spares forked ahead for the next starts ignore a Ctrl-C too
+    // (they are not the program's children yet)...
+    let ours = std::process::id();
+    let tasks = std::fs::read_dir(format!("/proc/{ours}/task")).unwrap().flatten();
+    let children = tasks.flat_map(|t| {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        list.split_whitespace().map(|p| p.parse().unwrap()).collect::<Vec<i32>>()
+    });
+    let spares: Vec<i32> = children.filter(|&pid| pid != server).collect();
+    assert!(!spares.is_empty());
+    let signal_all = |signal| {
+        for &pid in &spares {
+            // SAFETY: as above; `pid` is our child.
+            assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        }
+    };
+    signal_all(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(spares.iter().all(|&pid| !is_dead(pid)), "a spare died of SIGINT");
+    // ... and when all of them are killed anyway, the next start still works.
+    signal_all(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut next = Process::builder().start_method(StartMethod::ForkServer).spawn(ignores_sigint, ()).unwrap();
+    assert_eq!(next.join_timeout(JOIN).unwrap(), ignores_sigint());
 }

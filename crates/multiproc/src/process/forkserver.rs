@@ -99,7 +99,8 @@ impl Server {
 
     /// Forks a spare that will find `channel` as its descriptor 3. The
     /// server's signal state is the one it was started with, the program's,
-    /// but for SIGINT, which the child gets back as the program had it.
+    /// but for SIGINT: the spare ignores it too until it is handed its task
+    /// (a Ctrl-C is not for spares), then has it as the program has.
     fn fork_spare(&self, sibling: &SiblingFork, channel: OwnedFd) -> io::Result<Pid> {
         // The request comes as the program hands a task to an earlier spare,
         // which it wakes right after us; when both wait for the same CPU, the
@@ -113,15 +114,12 @@ impl Server {
         // `sibling` was prepared in this process.
         unsafe {
             sibling.fork(|| {
-                if !sigint_ignored {
-                    imp::signal::default_sigint();
-                }
                 imp::forkserver_sys::move_fd(keep, CHILD_CHANNEL_FD);
                 imp::spawn::close_fds_from_except(CHILD_CHANNEL_FD + 1, &[]);
                 imp::die_with_parent(program);
                 let channel = imp::adopt_inherited(CHILD_CHANNEL_FD)
                     .unwrap_or_else(|_| bootstrap::exit_forked(bootstrap::EXIT_FAILED));
-                spare_main(Channel::unix(channel))
+                spare_main(Channel::unix(channel), sigint_ignored)
             })
         }
     }
@@ -129,7 +127,9 @@ impl Server {
 
 /// A spare child: waits on its channel for the parent's first message, which
 /// is either the environment to take (then the task) or the task itself.
-fn spare_main(channel: Channel) -> ! {
+/// Once that comes, SIGINT is given back its default action unless the
+/// program ignores it (`sigint_ignored`).
+fn spare_main(channel: Channel, sigint_ignored: bool) -> ! {
     bootstrap::prepare_forked_child();
     let greeted = Pidfd::open(imp::getpid())
         .map_err(WireError::from)
@@ -141,6 +141,9 @@ fn spare_main(channel: Channel) -> ! {
         Ok(f) => f,
         Err(_) => bootstrap::exit_forked(0), // the parent dropped the spare unused
     };
+    if !sigint_ignored {
+        imp::signal::default_sigint();
+    }
     let start = if first.kind == Kind::Control {
         let Ok(req) = wire::decode::<ForkRequest>(&first.payload, Vec::new()) else {
             bootstrap::exit_forked(bootstrap::EXIT_FAILED)
@@ -271,9 +274,11 @@ impl ForkServerClient {
     /// the next spare before returning. An error of kind `Unsupported` means
     /// this system cannot fork children through the server.
     pub(crate) fn fork(&mut self, setup: Option<&ForkRequest>, task: Task<'_>) -> Result<Forked, WireError> {
-        // A spare can only fail to take its task if someone killed it: try another.
+        // A spare can only fail to take its task if someone killed it: try
+        // another. All those asked for ahead may be dead (a kill of the whole
+        // group): the one asked for meanwhile is new.
         let mut last_error = None;
-        for _attempt in 0..2 {
+        for _attempt in 0..=SPARES_AHEAD {
             let Some(spare) = self.take_spare()? else {
                 last_error = Some(WireError::Closed);
                 continue;
