@@ -2,7 +2,8 @@
 //!
 //! `multiproc tour` runs every seed example (see the `multiproc-seeds` crate)
 //! and prints what each one shows; `multiproc serve` serves models over the
-//! Open Inference Protocol; `multiproc infer` asks such a server.
+//! Open Inference Protocol; `multiproc infer` asks such a server;
+//! `multiproc worker` runs a distributed pool's tasks from Redis.
 
 mod serve;
 
@@ -107,9 +108,10 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
 }
 
 fn tour(names: &[String], list: bool) -> ExitCode {
-    let unknown: Vec<&String> = names.iter().filter(|n| multiproc_seeds::example(n).is_none()).collect();
+    let unknown: Vec<&str> =
+        names.iter().map(String::as_str).filter(|n| multiproc_seeds::example(n).is_none()).collect();
     if !unknown.is_empty() {
-        eprintln!("multiproc tour: no example called {unknown:?}; `multiproc tour --list` shows them");
+        eprintln!("multiproc tour: no example called {}; `multiproc tour --list` shows them", unknown.join(", "));
         return ExitCode::from(2);
     }
     let chosen: Vec<&Example> =

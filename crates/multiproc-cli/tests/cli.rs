@@ -49,7 +49,18 @@ fn tour_runs_chosen_examples_and_lists_them() {
 
     let out = run(&["tour", "no_such_example"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no example called"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no example called no_such_example;"), "{stderr}");
+}
+
+#[test]
+fn infer_with_a_malformed_url_says_so_and_not_that_the_server_is_down() {
+    for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://"] {
+        let out = run(&["infer", "--url", url, "digits", "{}"], Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is not a server URL") && !stderr.contains("running there"), "{url}: {stderr}");
+    }
 }
 
 #[test]
