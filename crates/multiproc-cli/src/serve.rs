@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// A second port serving only /metrics (it is on the HTTP port too).
     #[arg(long)]
     metrics_port: Option<u16>,
-    /// The address to listen on.
+    /// The IP address to listen on (0.0.0.0: every IPv4 interface; a host name is not accepted).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Largest request body accepted (413 above it).
@@ -80,6 +80,13 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     // a backtrace, which costs more than a small model call. Errors of the
     // library need none: turn library backtraces off (panics keep theirs)
     // for this process and the workers it starts.
+    if args.metrics_port.is_some_and(|p| p != 0 && p == args.http_port) {
+        eprintln!(
+            "multiproc serve: --metrics-port {} is the HTTP port too; leave it out (/metrics is on the HTTP port) or pick another",
+            args.http_port
+        );
+        return ExitCode::from(2);
+    }
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // SAFETY: called first thing in `main`'s serve path, before any other
         // thread (async runtime, fork server, workers) exists.

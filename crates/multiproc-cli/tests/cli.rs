@@ -54,6 +54,14 @@ fn tour_runs_chosen_examples_and_lists_them() {
 }
 
 #[test]
+fn serve_refuses_a_metrics_port_that_is_the_http_port() {
+    let out = run(&["serve", "--http-port", "18999", "--metrics-port", "18999"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--metrics-port 18999 is the HTTP port too"), "{stderr}");
+}
+
+#[test]
 fn infer_with_a_malformed_url_says_so_and_not_that_the_server_is_down() {
     for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://"] {
         let out = run(&["infer", "--url", url, "digits", "{}"], Duration::from_secs(30));
