@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use multiproc_seeds::{EXAMPLES, Example};
 
-/// Python's multiprocessing, rebuilt for Rust.
+// `about` with no value: the help's first line is the package description.
 #[derive(Debug, Parser)]
 #[command(name = "multiproc", version, about, long_about = None)]
 struct Cli {
@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run the seed examples and print what each one shows.
     Tour {
-        /// Run only these examples (default: all of them, in order).
+        /// Run only these examples, in the tour's order (default: all of them).
         names: Vec<String>,
         /// List the examples instead of running them.
         #[arg(long)]
