@@ -73,10 +73,14 @@ fn main() -> ExitCode {
 }
 
 fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibility: f64) -> ExitCode {
-    let Ok(visibility) = Duration::try_from_secs_f64(visibility) else {
+    let Some(visibility) = Duration::try_from_secs_f64(visibility).ok().filter(|v| !v.is_zero()) else {
         eprintln!("multiproc worker: --visibility-timeout must be a positive number of seconds");
         return ExitCode::from(2);
     };
+    if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s)) {
+        eprintln!("multiproc worker: --redis {url} is not a Redis URL; give one like redis://127.0.0.1:6379/0");
+        return ExitCode::from(2);
+    }
     if processes == Some(0) {
         eprintln!("multiproc worker: --processes must be at least 1");
         return ExitCode::from(2);
@@ -89,15 +93,15 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
         b = b.auth_key(key.as_encoded_bytes());
     }
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
-    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
     multiproc::process::catch_stop_signals();
     let worker = match b.start() {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("multiproc worker: {e}");
+            eprintln!("multiproc worker: cannot serve queue {queue:?} on {url}: {e}");
             return ExitCode::FAILURE;
         }
     };
+    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
     while !multiproc::process::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -62,6 +62,19 @@ fn serve_refuses_a_metrics_port_that_is_the_http_port() {
 }
 
 #[test]
+fn worker_refuses_a_zero_visibility_timeout_and_a_url_that_is_not_redis() {
+    let out = run(&["worker", "--redis", "redis://127.0.0.1:1", "--visibility-timeout", "0"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--visibility-timeout must be a positive number"), "{stderr}");
+
+    let out = run(&["worker", "--redis", "127.0.0.1:6379"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a Redis URL; give one like redis://"), "{stderr}");
+}
+
+#[test]
 fn infer_with_a_malformed_url_says_so_and_not_that_the_server_is_down() {
     for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://"] {
         let out = run(&["infer", "--url", url, "digits", "{}"], Duration::from_secs(30));
