@@ -38,8 +38,10 @@ enum Command {
     /// Serve a distributed pool's queue on Redis: run its tasks on this host.
     ///
     /// Tasks run in a local pool of worker processes; a task that crashes its
-    /// process fails alone. The tasks must come from this same build of
-    /// `multiproc` (others are refused). The key that signs tasks is read
+    /// process fails alone. A task names its function by name and build, so
+    /// this command runs only tasks sent from this same build of `multiproc`
+    /// and refuses others: to run your own program's functions, start your
+    /// program as the worker (`multiproc_redis::Worker`). The key that signs tasks is read
     /// from MULTIPROC_REDIS_KEY if set. SIGTERM or SIGINT stops it once the
     /// tasks it holds are done and their results written.
     Worker {
