@@ -29,12 +29,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
     /// Longest time a request body may take to arrive, in seconds (408 after it).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     body_timeout_secs: u64,
     /// Longest time, in seconds, a connection may go without a request
     /// starting while none is in flight: a request's headers must arrive
     /// within it, and a kept-alive connection idle that long is closed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     header_timeout_secs: u64,
     /// Threads handling HTTP (default: one per CPU).
     #[arg(long)]
@@ -120,7 +120,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         http: HttpOptions {
             body_limit: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.body_timeout_secs),
-            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
         },
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();

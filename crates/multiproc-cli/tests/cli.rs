@@ -75,6 +75,16 @@ fn worker_refuses_a_zero_visibility_timeout_and_a_url_that_is_not_redis() {
 }
 
 #[test]
+fn serve_refuses_zero_timeouts() {
+    for flag in ["--body-timeout-secs", "--header-timeout-secs"] {
+        let out = run(&["serve", flag, "0"], Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("0 is not in 1..=86400"), "{stderr}");
+    }
+}
+
+#[test]
 fn infer_with_a_malformed_url_says_so_and_not_that_the_server_is_down() {
     for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://"] {
         let out = run(&["infer", "--url", url, "digits", "{}"], Duration::from_secs(30));
