@@ -123,8 +123,9 @@ fn tour(names: &[String], list: bool) -> ExitCode {
     let chosen: Vec<&Example> =
         EXAMPLES.iter().filter(|e| names.is_empty() || names.contains(&e.name.to_string())).collect();
     if list {
+        let width = chosen.iter().map(|e| e.name.len()).max().unwrap_or(0);
         for e in &chosen {
-            println!("{:<20} seed {}  {}", e.name, e.seed, e.shows);
+            println!("{:<width$}  seed {}  {}", e.name, e.seed, e.shows);
         }
         return ExitCode::SUCCESS;
     }
