@@ -130,7 +130,8 @@ fn tour(names: &[String], list: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    println!("multiproc tour: {} examples from the seed programs", chosen.len());
+    let examples = if chosen.len() == 1 { "example" } else { "examples" };
+    println!("multiproc tour: {} {examples} from the seed programs", chosen.len());
     let started = Instant::now();
     let mut failed = Vec::new();
     for e in &chosen {
@@ -152,7 +153,7 @@ fn tour(names: &[String], list: bool) -> ExitCode {
     }
     println!();
     let ran = chosen.len() - failed.len();
-    println!("tour: {ran} of {} examples ran in {:.2?}", chosen.len(), started.elapsed());
+    println!("tour: {ran} of {} {examples} ran in {:.2?}", chosen.len(), started.elapsed());
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
