@@ -86,7 +86,7 @@ fn serve_refuses_zero_timeouts() {
 
 #[test]
 fn infer_with_a_malformed_url_says_so_and_not_that_the_server_is_down() {
-    for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://"] {
+    for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://", "http://bad host:8000"] {
         let out = run(&["infer", "--url", url, "digits", "{}"], Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -73,8 +73,11 @@ fn check_base_url(base: &str) -> Result<(), ClientError> {
         return bad("the scheme must be http or https");
     }
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    if host.is_empty() {
         return bad("no host");
+    }
+    if host.contains(char::is_whitespace) {
+        return bad("a space in the host");
     }
     Ok(())
 }
