@@ -145,6 +145,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         };
         let what = if is_demo { "the built-in demo repository".to_string() } else { repository.display().to_string() };
         println!("multiproc serve: serving {what} on http://{}", running.http_addr);
+        if multiproc_serve_http::repository::scan(&repository).is_ok_and(|models| models.is_empty()) {
+            eprintln!(
+                "multiproc serve: {} holds no model directories (<repo>/<model>/config.toml); no model is served",
+                repository.display()
+            );
+        }
         if let Some(m) = running.metrics_addr {
             println!("multiproc serve: metrics on http://{m}/metrics");
         }

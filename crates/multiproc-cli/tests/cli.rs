@@ -85,6 +85,32 @@ fn serve_refuses_zero_timeouts() {
 }
 
 #[test]
+fn serve_says_when_the_repository_holds_no_model() {
+    let dir = std::env::temp_dir().join(format!("multiproc-cli-empty-repo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(EXE)
+        .args(["serve", "--http-port", "0", "--model-repository", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let found =
+        std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok()).any(|l| l.contains("holds no model"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
+    assert!(found, "no warning about the empty repository");
+}
+
+#[test]
 fn infer_with_a_malformed_url_says_so_and_not_that_the_server_is_down() {
     for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://", "http://bad host:8000"] {
         let out = run(&["infer", "--url", url, "digits", "{}"], Duration::from_secs(30));
