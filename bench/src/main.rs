@@ -119,8 +119,9 @@ fn main() {
 
 fn run(args: Args) -> Result<(), BenchError> {
     if args.list {
+        let width = workloads::ALL.iter().map(|w| w.name.len()).max().unwrap_or(0);
         for w in workloads::ALL {
-            println!("{:<12} {}", w.name, w.about);
+            println!("{:<width$}  {}", w.name, w.about);
         }
         return Ok(());
     }

@@ -194,7 +194,7 @@ impl Roundtrip<'_> {
     }
 }
 
-/// Between the bench and [`kept_memory_child`].
+/// Between the bench and [`fresh_process_child`].
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Msg {
     /// Take a sample.

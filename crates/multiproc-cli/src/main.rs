@@ -2,7 +2,8 @@
 //!
 //! `multiproc tour` runs every seed example (see the `multiproc-seeds` crate)
 //! and prints what each one shows; `multiproc serve` serves models over the
-//! Open Inference Protocol; `multiproc infer` asks such a server.
+//! Open Inference Protocol; `multiproc infer` asks such a server;
+//! `multiproc worker` runs a distributed pool's tasks from Redis.
 
 mod serve;
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use multiproc_seeds::{EXAMPLES, Example};
 
-/// Python's multiprocessing, rebuilt for Rust.
+// `about` with no value: the help's first line is the package description.
 #[derive(Debug, Parser)]
 #[command(name = "multiproc", version, about, long_about = None)]
 struct Cli {
@@ -24,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run the seed examples and print what each one shows.
     Tour {
-        /// Run only these examples (default: all of them, in order).
+        /// Run only these examples, in the tour's order (default: all of them).
         names: Vec<String>,
         /// List the examples instead of running them.
         #[arg(long)]
@@ -37,8 +38,10 @@ enum Command {
     /// Serve a distributed pool's queue on Redis: run its tasks on this host.
     ///
     /// Tasks run in a local pool of worker processes; a task that crashes its
-    /// process fails alone. The tasks must come from this same build of
-    /// `multiproc` (others are refused). The key that signs tasks is read
+    /// process fails alone. A task names its function by name and build, so
+    /// this command runs only tasks sent from this same build of `multiproc`
+    /// and refuses others: to run your own program's functions, start your
+    /// program as the worker (`multiproc_redis::Worker`). The key that signs tasks is read
     /// from MULTIPROC_REDIS_KEY if set. SIGTERM or SIGINT stops it once the
     /// tasks it holds are done and their results written.
     Worker {
@@ -72,10 +75,14 @@ fn main() -> ExitCode {
 }
 
 fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibility: f64) -> ExitCode {
-    let Ok(visibility) = Duration::try_from_secs_f64(visibility) else {
+    let Some(visibility) = Duration::try_from_secs_f64(visibility).ok().filter(|v| !v.is_zero()) else {
         eprintln!("multiproc worker: --visibility-timeout must be a positive number of seconds");
         return ExitCode::from(2);
     };
+    if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s)) {
+        eprintln!("multiproc worker: --redis {url} is not a Redis URL; give one like redis://127.0.0.1:6379/0");
+        return ExitCode::from(2);
+    }
     if processes == Some(0) {
         eprintln!("multiproc worker: --processes must be at least 1");
         return ExitCode::from(2);
@@ -88,15 +95,15 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
         b = b.auth_key(key.as_encoded_bytes());
     }
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
-    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
     multiproc::process::catch_stop_signals();
     let worker = match b.start() {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("multiproc worker: {e}");
+            eprintln!("multiproc worker: cannot serve queue {queue:?} on {url}: {e}");
             return ExitCode::FAILURE;
         }
     };
+    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
     while !multiproc::process::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -107,21 +114,24 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
 }
 
 fn tour(names: &[String], list: bool) -> ExitCode {
-    let unknown: Vec<&String> = names.iter().filter(|n| multiproc_seeds::example(n).is_none()).collect();
+    let unknown: Vec<&str> =
+        names.iter().map(String::as_str).filter(|n| multiproc_seeds::example(n).is_none()).collect();
     if !unknown.is_empty() {
-        eprintln!("multiproc tour: no example called {unknown:?}; `multiproc tour --list` shows them");
+        eprintln!("multiproc tour: no example called {}; `multiproc tour --list` shows them", unknown.join(", "));
         return ExitCode::from(2);
     }
     let chosen: Vec<&Example> =
         EXAMPLES.iter().filter(|e| names.is_empty() || names.contains(&e.name.to_string())).collect();
     if list {
+        let width = chosen.iter().map(|e| e.name.len()).max().unwrap_or(0);
         for e in &chosen {
-            println!("{:<20} seed {}  {}", e.name, e.seed, e.shows);
+            println!("{:<width$}  seed {}  {}", e.name, e.seed, e.shows);
         }
         return ExitCode::SUCCESS;
     }
 
-    println!("multiproc tour: {} examples from the seed programs", chosen.len());
+    let examples = if chosen.len() == 1 { "example" } else { "examples" };
+    println!("multiproc tour: {} {examples} from the seed programs", chosen.len());
     let started = Instant::now();
     let mut failed = Vec::new();
     for e in &chosen {
@@ -143,7 +153,7 @@ fn tour(names: &[String], list: bool) -> ExitCode {
     }
     println!();
     let ran = chosen.len() - failed.len();
-    println!("tour: {ran} of {} examples ran in {:.2?}", chosen.len(), started.elapsed());
+    println!("tour: {ran} of {} {examples} ran in {:.2?}", chosen.len(), started.elapsed());
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -22,19 +22,19 @@ pub struct ServeArgs {
     /// A second port serving only /metrics (it is on the HTTP port too).
     #[arg(long)]
     metrics_port: Option<u16>,
-    /// The address to listen on.
+    /// The IP address to listen on (0.0.0.0: every IPv4 interface; a host name is not accepted).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Largest request body accepted (413 above it).
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
     /// Longest time a request body may take to arrive, in seconds (408 after it).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     body_timeout_secs: u64,
     /// Longest time, in seconds, a connection may go without a request
     /// starting while none is in flight: a request's headers must arrive
     /// within it, and a kept-alive connection idle that long is closed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     header_timeout_secs: u64,
     /// Threads handling HTTP (default: one per CPU).
     #[arg(long)]
@@ -80,6 +80,13 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     // a backtrace, which costs more than a small model call. Errors of the
     // library need none: turn library backtraces off (panics keep theirs)
     // for this process and the workers it starts.
+    if args.metrics_port.is_some_and(|p| p != 0 && p == args.http_port) {
+        eprintln!(
+            "multiproc serve: --metrics-port {} is the HTTP port too; leave it out (/metrics is on the HTTP port) or pick another",
+            args.http_port
+        );
+        return ExitCode::from(2);
+    }
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // SAFETY: called first thing in `main`'s serve path, before any other
         // thread (async runtime, fork server, workers) exists.
@@ -113,7 +120,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         http: HttpOptions {
             body_limit: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.body_timeout_secs),
-            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
         },
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -138,6 +145,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         };
         let what = if is_demo { "the built-in demo repository".to_string() } else { repository.display().to_string() };
         println!("multiproc serve: serving {what} on http://{}", running.http_addr);
+        if multiproc_serve_http::repository::scan(&repository).is_ok_and(|models| models.is_empty()) {
+            eprintln!(
+                "multiproc serve: {} holds no model directories (<repo>/<model>/config.toml); no model is served",
+                repository.display()
+            );
+        }
         if let Some(m) = running.metrics_addr {
             println!("multiproc serve: metrics on http://{m}/metrics");
         }

@@ -49,7 +49,75 @@ fn tour_runs_chosen_examples_and_lists_them() {
 
     let out = run(&["tour", "no_such_example"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no example called"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no example called no_such_example;"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_metrics_port_that_is_the_http_port() {
+    let out = run(&["serve", "--http-port", "18999", "--metrics-port", "18999"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--metrics-port 18999 is the HTTP port too"), "{stderr}");
+}
+
+#[test]
+fn worker_refuses_a_zero_visibility_timeout_and_a_url_that_is_not_redis() {
+    let out = run(&["worker", "--redis", "redis://127.0.0.1:1", "--visibility-timeout", "0"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--visibility-timeout must be a positive number"), "{stderr}");
+
+    let out = run(&["worker", "--redis", "127.0.0.1:6379"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a Redis URL; give one like redis://"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_zero_timeouts() {
+    for flag in ["--body-timeout-secs", "--header-timeout-secs"] {
+        let out = run(&["serve", flag, "0"], Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("0 is not in 1..=86400"), "{stderr}");
+    }
+}
+
+#[test]
+fn serve_says_when_the_repository_holds_no_model() {
+    let dir = std::env::temp_dir().join(format!("multiproc-cli-empty-repo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(EXE)
+        .args(["serve", "--http-port", "0", "--model-repository", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let found =
+        std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok()).any(|l| l.contains("holds no model"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
+    assert!(found, "no warning about the empty repository");
+}
+
+#[test]
+fn infer_with_a_malformed_url_says_so_and_not_that_the_server_is_down() {
+    for url in ["127.0.0.1:8000", "htp://127.0.0.1:8000", "http://", "http://bad host:8000"] {
+        let out = run(&["infer", "--url", url, "digits", "{}"], Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is not a server URL") && !stderr.contains("running there"), "{url}: {stderr}");
+    }
 }
 
 #[test]

@@ -15,10 +15,11 @@ pub const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server
 
 /// A running `redis-server` owned by this process.
 ///
-/// ```no_run
+/// ```
 /// use multiproc_redis::RedisServer;
 ///
 /// let server = RedisServer::start().unwrap();
+/// assert!(server.url().starts_with("redis://127.0.0.1:"));
 /// let pool = multiproc_redis::RedisPool::connect(&server.url()).unwrap();
 /// # drop(pool);
 /// ```

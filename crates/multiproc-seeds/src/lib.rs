@@ -1,5 +1,6 @@
-//! The seed programs: the Python `multiprocessing` examples from the seed blog
-//! posts (`seeds/000_*.txt` …), rebuilt with multiproc.
+//! The seed programs: the Python `multiprocessing` examples from the blog
+//! posts this project started from (seeds 000 to 004, not part of this
+//! repository), rebuilt with multiproc.
 //!
 //! Each example is a library function that runs the program and returns a
 //! [`Report`]: the lines the program prints, and the facts it showed (pids,

@@ -117,7 +117,7 @@ pub fn redis_master_worker() -> Result<Report<Option<Distributed>>, Error> {
             hosts.0[0].kill()?;
             let _ = hosts.0[0].join_timeout(PATIENCE); // Err(Signaled { signal: 9 }), as it should
             killed = true;
-            lines.push(format!("host-a SIGKILLed after {} results, with {held} task(s) in hand", k + 1));
+            lines.push(format!("host-a SIGKILLed when the master had {} results, with {held} task(s) in hand", k + 1));
         }
     }
     if !killed {
@@ -125,6 +125,7 @@ pub fn redis_master_worker() -> Result<Report<Option<Distributed>>, Error> {
     }
     let survivor = pids[1] as u32;
     let from_survivor = by_host.get(&survivor).copied().unwrap_or(0);
+    let from_killed = by_host.get(&(pids[0] as u32)).copied().unwrap_or(0);
     for (line, times) in results.values() {
         lines.push(format!("result: {line} (arrived {times}x)"));
     }
@@ -133,8 +134,8 @@ pub fn redis_master_worker() -> Result<Report<Option<Distributed>>, Error> {
         return Err(Error::Unexpected(format!("results not exactly once: {results:?}")));
     }
     lines.push(format!(
-        "all {TASKS} results arrived exactly once in {:.1?}; host-b ran {from_survivor} of them, \
-         including host-a's, reclaimed after the {VISIBILITY:?} visibility timeout",
+        "all {TASKS} results arrived exactly once in {:.1?}; host-a ran {from_killed} before it died, host-b \
+         {from_survivor}, including host-a's in hand, reclaimed after the {VISIBILITY:?} visibility timeout",
         started.elapsed()
     ));
     Ok(Report {

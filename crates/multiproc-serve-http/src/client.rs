@@ -27,6 +27,14 @@ pub enum ClientError {
         /// Why.
         message: String,
     },
+    /// The server's URL is not an `http://` or `https://` URL.
+    #[error("{url} is not a server URL ({message}); give one like http://127.0.0.1:8000")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is not one.
+        message: String,
+    },
     /// The inputs given are not usable.
     #[error("{0}")]
     Input(String),
@@ -45,8 +53,33 @@ fn call(agent: &ureq::Agent, method: &str, url: &str, body: Option<&Value>) -> R
                 r.into_json::<Value>().ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or_default();
             Err(ClientError::Server { status, message })
         }
-        Err(e) => Err(ClientError::Transport { url: url.into(), message: e.to_string() }),
+        Err(ureq::Error::Transport(t)) => {
+            // ureq's message starts with the URL, which ours already names.
+            let text = t.to_string();
+            let message = text.strip_prefix(&format!("{url}: ")).unwrap_or(&text).to_string();
+            Err(ClientError::Transport { url: url.into(), message })
+        }
     }
+}
+
+/// Checks that `base` is an absolute `http://` or `https://` URL with a host,
+/// so that a typo is reported as such and not as a server that is down.
+fn check_base_url(base: &str) -> Result<(), ClientError> {
+    let bad = |message: &str| Err(ClientError::BadUrl { url: base.into(), message: message.into() });
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return bad("no http:// or https:// in front");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return bad("the scheme must be http or https");
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if host.contains(char::is_whitespace) {
+        return bad("a space in the host");
+    }
+    Ok(())
 }
 
 fn nested_shape(v: &Value) -> Vec<usize> {
@@ -109,11 +142,12 @@ pub fn build_request(meta: &ModelMetadata, given: Value) -> Result<Value, Client
 ///
 /// # Errors
 ///
-/// The server cannot be reached or answers with an error, or the inputs do
-/// not fit the model.
+/// `base_url` is not an `http://` or `https://` URL, the server cannot be
+/// reached or answers with an error, or the inputs do not fit the model.
 pub fn infer(base_url: &str, model: &str, version: Option<u64>, given: Value) -> Result<Vec<String>, ClientError> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     let base = base_url.trim_end_matches('/');
+    check_base_url(base)?;
     let model_url = match version {
         Some(v) => format!("{base}/v2/models/{model}/versions/{v}"),
         None => format!("{base}/v2/models/{model}"),

@@ -51,11 +51,12 @@ pub fn ignore_stop_signals() {
 /// as [`ignore_stop_signals`] does for a process of ours. Most programs keep
 /// an ignored signal ignored (Python does for SIGINT).
 ///
-/// ```no_run
-/// let mut cmd = std::process::Command::new("sleep");
-/// cmd.arg("60");
+/// ```
+/// // A shell that sends itself SIGTERM lives on to print.
+/// let mut cmd = std::process::Command::new("sh");
+/// cmd.args(["-c", "kill -TERM $$; echo still here"]);
 /// multiproc::process::command_ignores_stop_signals(&mut cmd);
-/// let _child = cmd.spawn().unwrap();
+/// assert_eq!(cmd.output().unwrap().stdout, b"still here\n");
 /// ```
 pub fn command_ignores_stop_signals(cmd: &mut Command) {
     signal::command_ignores_stop_signals(cmd);

@@ -111,6 +111,11 @@ impl<T> JoinableQueue<T> {
     /// ```
     /// let q = multiproc::JoinableQueue::<u8>::new().unwrap();
     /// q.join(); // nothing put: returns at once
+    /// q.put(7).unwrap();
+    /// assert_eq!(q.get().unwrap(), 7);
+    /// q.task_done().unwrap();
+    /// q.join(); // the one item is done: returns at once
+    /// assert!(q.task_done().is_err()); // more task_done calls than items
     /// ```
     pub fn join(&self) {
         self.queue.ring.join(Deadline::NEVER);
