@@ -192,12 +192,7 @@ fn waitables_without_a_descriptor_are_rechecked() {
 #[test]
 fn wait_and_poll_keep_their_timeout_while_another_thread_is_blocked_receiving() {
     let (a, b) = Pipe::<u32>::duplex().unwrap();
-    let receiver = {
-        let b = b.clone();
-        std::thread::spawn(move || b.recv_timeout(LONG * 3))
-    };
-    // Give the receiver time to block in its receive.
-    std::thread::sleep(Duration::from_millis(100));
+    let receiver = process_support::blocked_receiver(&b, LONG * 3);
     let (tx, rx) = std::sync::mpsc::channel();
     let checker = {
         let b = b.clone();

@@ -178,3 +178,15 @@ pub fn assert_about(start: Instant, t: Duration) {
     let took = start.elapsed();
     assert!(took >= t && took < t + Duration::from_secs(1), "expected ≈{t:?}, took {took:?}");
 }
+
+/// A thread receiving on a clone of `conn` for at most `limit`, given
+/// 100 ms to block in its receive before this returns.
+pub fn blocked_receiver(
+    conn: &multiproc::Connection<u32>,
+    limit: Duration,
+) -> std::thread::JoinHandle<Result<u32, multiproc::ConnectionError>> {
+    let conn = conn.clone();
+    let receiver = std::thread::spawn(move || conn.recv_timeout(limit));
+    std::thread::sleep(Duration::from_millis(100));
+    receiver
+}
