@@ -37,8 +37,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     header_timeout_secs: u64,
     /// Threads handling HTTP (default: one per CPU).
-    #[arg(long)]
-    http_threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    http_threads: Option<u16>,
 }
 
 /// Options of `multiproc infer`.
@@ -74,12 +74,6 @@ async fn shutdown_signal() {
 
 /// Runs `multiproc serve` until SIGTERM or ctrl-c.
 pub fn serve(args: ServeArgs) -> ExitCode {
-    // tract builds (and drops) an error on every call of a graph with a
-    // symbolic dimension (the ONNX runner makes the batch dimension concrete,
-    // but a model may declare others); with RUST_BACKTRACE=1 each captures
-    // a backtrace, which costs more than a small model call. Errors of the
-    // library need none: turn library backtraces off (panics keep theirs)
-    // for this process and the workers it starts.
     if args.metrics_port.is_some_and(|p| p != 0 && p == args.http_port) {
         eprintln!(
             "multiproc serve: --metrics-port {} is the HTTP port too; leave it out (/metrics is on the HTTP port) or pick another",
@@ -87,6 +81,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // tract builds (and drops) an error on every call of a graph with a
+    // symbolic dimension (the ONNX runner makes the batch dimension concrete,
+    // but a model may declare others); with RUST_BACKTRACE=1 each captures
+    // a backtrace, which costs more than a small model call. Errors of the
+    // library need none: turn library backtraces off (panics keep theirs)
+    // for this process and the workers it starts.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // SAFETY: called first thing in `main`'s serve path, before any other
         // thread (async runtime, fork server, workers) exists.
@@ -125,7 +125,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.http_threads {
-        builder.worker_threads(n.max(1));
+        builder.worker_threads(usize::from(n));
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,

@@ -75,12 +75,16 @@ fn worker_refuses_a_zero_visibility_timeout_and_a_url_that_is_not_redis() {
 }
 
 #[test]
-fn serve_refuses_zero_timeouts() {
-    for flag in ["--body-timeout-secs", "--header-timeout-secs"] {
+fn serve_refuses_zero_timeouts_and_zero_threads() {
+    for (flag, says) in [
+        ("--body-timeout-secs", "0 is not in 1..=86400"),
+        ("--header-timeout-secs", "0 is not in 1..=86400"),
+        ("--http-threads", "0 is not in 1..=65535"),
+    ] {
         let out = run(&["serve", flag, "0"], Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(2), "{flag}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("0 is not in 1..=86400"), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
     }
 }
 
