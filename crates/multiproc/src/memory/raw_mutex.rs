@@ -132,13 +132,22 @@ impl RawMutex {
     /// dead owner holds it: that owner is detected and replaced.
     pub(crate) fn lock(&self, deadline: Deadline) -> Result<Acquired, TimedOut> {
         let me = thread::current();
-        // ORDERING: Acquire on success: everything the previous owner wrote
-        // before its Release in `unlock` is visible to us.
-        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            self.set_meta(me);
+        if self.take_free(me) {
             return Ok(Acquired::Clean);
         }
         self.lock_cold(me, deadline)
+    }
+
+    /// Takes the lock for `me` if it is free right now: the fast path.
+    #[inline]
+    fn take_free(&self, me: ThreadIdentity) -> bool {
+        // ORDERING: Acquire on success: everything the previous owner wrote
+        // before its Release in `unlock` is visible to us.
+        let ok = self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if ok {
+            self.set_meta(me);
+        }
+        ok
     }
 
     /// As [`RawMutex::lock`], for a lock that only its holder's guard can
@@ -147,9 +156,7 @@ impl RawMutex {
     /// do instead. The check costs nothing unless the lock is taken.
     pub(crate) fn lock_once(&self, deadline: Deadline, what: &str) -> Result<Acquired, TimedOut> {
         let me = thread::current();
-        // ORDERING: Acquire on success, as in `lock`.
-        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            self.set_meta(me);
+        if self.take_free(me) {
             return Ok(Acquired::Clean);
         }
         assert!(!self.is_owned_by(me), "this thread already holds this lock; {what}");
@@ -158,13 +165,7 @@ impl RawMutex {
 
     /// Takes the lock if it is free right now (does not look for a dead owner).
     pub(crate) fn try_lock(&self) -> bool {
-        let me = thread::current();
-        // ORDERING: Acquire on success, as in `lock`.
-        let ok = self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok();
-        if ok {
-            self.set_meta(me);
-        }
-        ok
+        self.take_free(thread::current())
     }
 
     fn set_meta(&self, me: ThreadIdentity) {
@@ -199,9 +200,7 @@ impl RawMutex {
             // carries the ordering.
             let owner = self.word.load(Ordering::Relaxed);
             if owner == 0 {
-                // ORDERING: Acquire on success, as in `lock`.
-                if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    self.set_meta(me);
+                if self.take_free(me) {
                     return Ok(Acquired::Clean);
                 }
                 continue;
@@ -244,9 +243,7 @@ impl RawMutex {
             for _ in 0..16 {
                 // ORDERING: Relaxed: only a hint; the CAS synchronises.
                 if self.word.load(Ordering::Relaxed) == 0 {
-                    // ORDERING: Acquire on success, as in `lock`.
-                    if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                        self.set_meta(me);
+                    if self.take_free(me) {
                         break 'spin true;
                     }
                     continue 'spin;
