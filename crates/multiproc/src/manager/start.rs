@@ -163,7 +163,7 @@ fn manager_main(address: String, authkey: Option<ByteBuf>, ready: Connection<Res
     // every process of the group, and the program that catches it may still
     // use its shared objects while it winds down. It still dies with the
     // program, and stops on `shutdown`.
-    crate::sys::imp::signal::ignore_stop_signals(false);
+    crate::sys::imp::signal::ignore_sigint();
     let server = match server::Server::bind(address, authkey.as_deref().map(|k| &k[..])) {
         Ok(server) => server,
         Err(e) => {

@@ -44,7 +44,7 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     // As Python's fork server: a terminal's Ctrl-C reaches every process of
     // the program's group and is for the program. Its children get the
     // program's handling of SIGINT back (see `fork_spare`).
-    let sigint_ignored = imp::signal::ignore_sigint_was_ignored();
+    let sigint_ignored = imp::signal::ignore_sigint();
     let server = Server {
         control: Channel::unix(control),
         sibling: SiblingFork::prepare(),

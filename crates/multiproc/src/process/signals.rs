@@ -44,7 +44,7 @@ use crate::sys::imp::signal;
 /// # drop(pool);
 /// ```
 pub fn ignore_stop_signals() {
-    signal::ignore_stop_signals(true);
+    signal::ignore_stop_signals();
 }
 
 /// Makes the external program `cmd` will start ignore SIGINT and SIGTERM,

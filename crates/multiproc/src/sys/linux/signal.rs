@@ -62,24 +62,24 @@ pub(crate) fn kill_command_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
-/// Ignores SIGINT, and SIGTERM too if `term`, in this process from now on
-/// (the dispositions are inherited by children and survive `exec`).
-/// signal(2) only fails for a signal that cannot be ignored (SIGKILL,
-/// SIGSTOP) or does not exist, so this cannot fail.
-pub(crate) fn ignore_stop_signals(term: bool) {
-    let signals: &[libc::c_int] = if term { &[libc::SIGINT, libc::SIGTERM] } else { &[libc::SIGINT] };
-    for &sig in signals {
-        // SAFETY: installing SIG_IGN touches no memory of ours.
-        let old = unsafe { libc::signal(sig, libc::SIG_IGN) };
-        debug_assert_ne!(old, libc::SIG_ERR);
-    }
+/// Ignores SIGINT and SIGTERM in this process from now on (the
+/// dispositions are inherited by children and survive `exec`). signal(2)
+/// only fails for a signal that cannot be ignored (SIGKILL, SIGSTOP) or
+/// does not exist, so this cannot fail.
+pub(crate) fn ignore_stop_signals() {
+    ignore_sigint();
+    // SAFETY: installing SIG_IGN touches no memory of ours.
+    let old = unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    debug_assert_ne!(old, libc::SIG_ERR);
 }
 
 /// Ignores SIGINT in this process from now on; true if it was ignored
 /// already (as in a program started in the background by a shell).
-pub(crate) fn ignore_sigint_was_ignored() -> bool {
+pub(crate) fn ignore_sigint() -> bool {
     // SAFETY: installing SIG_IGN touches no memory of ours.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_IGN }
+    let old = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    debug_assert_ne!(old, libc::SIG_ERR);
+    old == libc::SIG_IGN
 }
 
 /// Gives SIGINT its default action back (async-signal-safe: for a freshly
