@@ -7,7 +7,6 @@ use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 /// How to install the server when it is missing.
@@ -85,8 +84,8 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        multiproc::process::kill_command_with_parent(&mut cmd);
-        let child = spawn_from_a_lasting_thread(cmd).map_err(|e| {
+        // It dies with us, even when started from a thread that ends.
+        let child = multiproc::process::spawn_command_with_parent(cmd).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 io::Error::new(e.kind(), format!("redis-server is not installed: {INSTALL_HINT}"))
             } else {
@@ -154,34 +153,6 @@ impl RedisServer {
         self.kill();
         self.launch()
     }
-}
-
-/// A spawn request: the command, and where its child goes.
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// Spawns `cmd` from a thread that lives as long as the process: the
-/// parent-death signal fires when the *thread* that forked the child ends,
-/// so a server started (or restarted) on a short-lived thread would die
-/// with that thread.
-fn spawn_from_a_lasting_thread(cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let started = std::thread::Builder::new().name("multiproc-redis spawner".into()).spawn(move || {
-            for (mut cmd, reply) in rx {
-                let _ = reply.send(cmd.spawn());
-            }
-        });
-        if let Err(e) = started {
-            tracing::error!("could not start the redis-server spawner thread: {e}");
-        }
-        tx
-    });
-    let (reply, child) = mpsc::channel();
-    spawner.send((cmd, reply)).map_err(|_| io::Error::other("the redis-server spawner thread is gone"))?;
-    child
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| io::Error::other("the redis-server spawner did not answer"))?
 }
 
 impl Drop for RedisServer {

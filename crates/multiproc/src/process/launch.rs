@@ -50,7 +50,7 @@ impl Task<'_> {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `job` on the launcher thread and returns its result.
-fn on_launcher_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+pub(crate) fn on_launcher_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     let (done_tx, done_rx) = mpsc::sync_channel(1);
     let boxed: Job = Box::new(move || {
         let _ = done_tx.send(job());

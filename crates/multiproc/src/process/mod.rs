@@ -28,7 +28,7 @@ pub use identity::{ProcessInfo, cpu_count, current_process, parent_process};
 pub use output::ChildOutput;
 pub use signals::{
     catch_stop_signals, command_ignores_stop_signals, ignore_stop_signals, kill_command_with_parent, kill_pid,
-    stop_requested,
+    spawn_command_with_parent, stop_requested,
 };
 pub(crate) use task::EntryRef;
 pub use task::{RemoteFn, Task, build_id};

@@ -10,7 +10,7 @@
 //! if it is killed).
 
 use std::io;
-use std::process::Command;
+use std::process::{Child, Command};
 
 use crate::sys::imp::signal;
 
@@ -107,4 +107,24 @@ pub fn kill_pid(pid: i32) -> io::Result<()> {
 /// ```
 pub fn kill_command_with_parent(cmd: &mut Command) {
     signal::kill_command_with_parent(cmd);
+}
+
+/// Starts the external program `cmd` so that it dies (SIGKILL) with this
+/// program, from any thread: [`kill_command_with_parent`], with the spawn
+/// made on multiproc's launcher thread, which lives as long as the program
+/// (a child spawned from a short-lived thread would die with that thread).
+///
+/// ```no_run
+/// let mut cmd = std::process::Command::new("sleep");
+/// cmd.arg("60");
+/// let _child = multiproc::process::spawn_command_with_parent(cmd).unwrap();
+/// ```
+///
+/// # Errors
+///
+/// The program could not be started (as [`Command::spawn`]), or the
+/// launcher thread could not be started.
+pub fn spawn_command_with_parent(mut cmd: Command) -> io::Result<Child> {
+    kill_command_with_parent(&mut cmd);
+    super::launch::on_launcher_thread(move || cmd.spawn())?
 }
