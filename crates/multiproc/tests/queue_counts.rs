@@ -1,0 +1,33 @@
+//! What a queue says about itself when nobody is putting or getting —
+//! `qsize`, `empty`, `wait` readiness — must be exact, whatever the items'
+//! sizes and whichever process put them. Every blocking call has a timeout.
+
+mod queue_support;
+
+use multiproc::{Process, Queue};
+use queue_support::{Child, LONG};
+use serde_bytes::ByteBuf;
+
+/// Puts `n` items of `size` bytes each.
+fn put_sized(q: Queue<ByteBuf>, n: usize, size: usize) {
+    for i in 0..n {
+        q.put(ByteBuf::from(vec![i as u8; size])).unwrap();
+    }
+}
+
+#[test]
+fn qsize_counts_medium_items_exactly_across_full_arenas() {
+    // 10 KiB items go to a segment's 1 MiB arena, which fills after about a
+    // hundred of them: 300 items span several segments.
+    let (n, size) = (300, 10_000);
+    let q = Queue::new().unwrap();
+    let mut child = Child(Process::spawn(put_sized, (q.clone(), n, size)).unwrap());
+    child.join();
+    assert_eq!(q.qsize(), n, "after {n} puts");
+    for left in (0..n).rev() {
+        let item = q.get_timeout(LONG).unwrap();
+        assert_eq!(item.len(), size);
+        assert_eq!(q.qsize(), left, "after {} gets", n - left);
+        assert_eq!(q.empty(), left == 0);
+    }
+}
