@@ -4,8 +4,10 @@
 
 mod queue_support;
 
+use std::time::{Duration, Instant};
+
 use multiproc::{Process, Queue};
-use queue_support::{Child, LONG};
+use queue_support::{Child, LONG, SLACK};
 use serde_bytes::ByteBuf;
 
 /// Puts `n` items of `size` bytes each.
@@ -30,4 +32,23 @@ fn qsize_counts_medium_items_exactly_across_full_arenas() {
         assert_eq!(q.qsize(), left, "after {} gets", n - left);
         assert_eq!(q.empty(), left == 0);
     }
+}
+
+/// In a child: closes its handle, then asks `wait` about it.
+fn wait_on_closed(q: Queue<u8>) -> Vec<usize> {
+    q.close();
+    multiproc::wait(&[&q], Some(Duration::from_secs(3))).unwrap()
+}
+
+#[test]
+fn wait_reports_a_closed_handle_ready_at_once() {
+    // A get on a closed handle does not wait (it fails with Closed), so
+    // `wait` must not wait for it either.
+    let q = Queue::new().unwrap();
+    let mut child = Child(Process::spawn(wait_on_closed, (q.clone(),)).unwrap());
+    assert_eq!(child.join(), [0]);
+    q.close();
+    let start = Instant::now();
+    assert_eq!(multiproc::wait(&[&q], Some(LONG)).unwrap(), [0]);
+    assert!(start.elapsed() < SLACK);
 }

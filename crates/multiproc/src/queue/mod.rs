@@ -493,10 +493,11 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 }
 
 impl<T> Waitable for Queue<T> {
-    /// True when a `get` would not wait: an item is at the front, or the
-    /// queue is closed.
+    /// True when a `get` would not wait: an item is at the front, or this
+    /// handle is closed, or the queue shut down.
     fn is_ready(&self) -> Result<bool, ConnectionError> {
-        Ok(self.ring.has_work())
+        // ORDERING: Relaxed: a per-handle flag.
+        Ok(self.closed.load(Relaxed) || self.ring.has_work())
     }
 
     /// None: [`wait`](crate::wait) re-checks a queue every millisecond.
