@@ -52,3 +52,25 @@ fn wait_reports_a_closed_handle_ready_at_once() {
     assert_eq!(multiproc::wait(&[&q], Some(LONG)).unwrap(), [0]);
     assert!(start.elapsed() < SLACK);
 }
+
+/// In a child: puts items of `size` bytes until the queue refuses one;
+/// returns how many went in and the error's message.
+fn put_until_refused(q: Queue<ByteBuf>, size: usize) -> (usize, String) {
+    for n in 0..100_000 {
+        if let Err(e) = q.put(ByteBuf::from(vec![0; size])) {
+            return (n, e.to_string());
+        }
+    }
+    panic!("never refused");
+}
+
+#[test]
+fn a_queue_out_of_room_says_how_many_items_wait() {
+    // 60 KB items: a segment's arena takes 17 of them, far fewer than its
+    // 4096 slots, so the queue is out of room after 2 × 17 items.
+    let q = Queue::<ByteBuf>::builder().max_segments(2).build().unwrap();
+    let mut child = Child(Process::spawn(put_until_refused, (q.clone(), 60_000)).unwrap());
+    let (n, message) = child.join();
+    assert_eq!(q.qsize(), n);
+    assert!(message.contains(&format!("about {n} waiting")), "{n} items waiting, but: {message}");
+}
