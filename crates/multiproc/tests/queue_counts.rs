@@ -74,3 +74,13 @@ fn a_queue_out_of_room_says_how_many_items_wait() {
     assert_eq!(q.qsize(), n);
     assert!(message.contains(&format!("about {n} waiting")), "{n} items waiting, but: {message}");
 }
+
+#[test]
+fn sizes_too_large_for_a_queue_are_errors_that_say_what_is_wrong() {
+    let err = Queue::<u8>::bounded(usize::MAX).unwrap_err();
+    assert!(err.to_string().contains("maxsize"), "{err}");
+    let err = Queue::<u8>::builder().segment_slots(usize::MAX).build().unwrap_err();
+    assert!(err.to_string().contains("segment_slots"), "{err}");
+    let err = Queue::<u8>::builder().max_segments(100_000).build().unwrap_err();
+    assert!(err.to_string().contains("max_segments"), "{err}");
+}
