@@ -7,7 +7,7 @@ mod queue_support;
 use std::time::{Duration, Instant};
 
 use multiproc::{GetError, JoinableQueue, Process, Queue, SimpleQueue};
-use queue_support::{Child, LONG, SLACK, blocked_get};
+use queue_support::{Child, LONG, SLACK, blocked_get, queue_blocks};
 use serde_bytes::ByteBuf;
 
 /// Closes its own handle, then reports whether its put and get failed.
@@ -95,19 +95,6 @@ fn immediate_shutdown_lets_join_return() {
     assert!(q.join_timeout(Duration::from_millis(20)).is_err());
     q.task_done().unwrap();
     q.join_timeout(LONG).unwrap();
-}
-
-/// Blocks (bytes) of this process's queue memory file, found by name among
-/// its descriptors (the child that calls it holds one queue).
-fn queue_blocks() -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let fds = std::fs::read_dir("/proc/self/fd").unwrap();
-    fds.filter_map(Result::ok)
-        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("multiproc-queue")))
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .map(|m| m.blocks() * 512)
-        .max()
-        .unwrap_or(0)
 }
 
 /// In a child: a thread puts a 256 MiB item; while the item is being
