@@ -124,3 +124,30 @@ fn a_put_under_way_during_an_immediate_shutdown_leaves_nothing_for_join() {
     assert_eq!(unfinished, 0, "put failed with Closed: {closed}");
     assert_eq!(q.qsize(), 0);
 }
+
+/// In a child: queues a 64 MiB item and a small one, then limits its
+/// address space so that it could not hold the large item again (as under
+/// memory pressure), and shuts the queue down immediately. Returns the
+/// tasks left once `join` gave up or returned.
+fn shut_down_under_memory_pressure(q: JoinableQueue<ByteBuf>) -> u32 {
+    q.put(ByteBuf::from(vec![7u8; 64 << 20])).unwrap();
+    q.put(ByteBuf::from(vec![1u8; 8])).unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmSize:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    // SAFETY: setrlimit reads a valid rlimit; it limits only this process.
+    unsafe {
+        let limit = libc::rlimit { rlim_cur: (kib << 10) + (32 << 20), rlim_max: libc::RLIM_INFINITY };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+    }
+    q.shutdown(true);
+    q.join_timeout(Duration::from_secs(2)).map_or_else(|e| e.unfinished, |()| 0)
+}
+
+#[test]
+fn an_immediate_shutdown_discards_large_items_without_reading_them() {
+    let q = JoinableQueue::<ByteBuf>::new().unwrap();
+    let mut child = Child(Process::spawn(shut_down_under_memory_pressure, (q.clone(),)).unwrap());
+    assert_eq!(child.join(), 0, "tasks left after the immediate shutdown");
+    assert_eq!(q.qsize(), 0);
+}

@@ -301,6 +301,12 @@ impl Ring {
             }
             match self.take_once(me, buf).map_err(GetFail::Io)? {
                 Step::Item(Got::Bytes) => return Ok(()),
+                // Drained items are thrown away: a large one is not read
+                // (which could fail for want of memory and end the drain).
+                Step::Item(Got::Blob { offset, len }) if drain => {
+                    self.discard_blob(offset, len);
+                    return Ok(());
+                }
                 Step::Item(Got::Blob { offset, len }) => {
                     *buf = self.read_blob(offset, len).map_err(GetFail::Io)?;
                     return Ok(());
