@@ -334,6 +334,42 @@ fn a_100_mib_item_round_trips_through_small_rings() {
     child.join();
 }
 
+// ---------- puts from a thread-local destructor ----------
+
+thread_local! {
+    /// A queue to put a last item into when the thread ends.
+    static ON_EXIT: std::cell::RefCell<Option<PutOnExit>> = const { std::cell::RefCell::new(None) };
+}
+
+struct PutOnExit(Queue<u8>);
+
+impl Drop for PutOnExit {
+    fn drop(&mut self) {
+        self.0.put(2).unwrap();
+    }
+}
+
+/// In a child: a thread that puts once, and once more from a thread-local
+/// destructor as it ends (one registered before the queue was first used,
+/// so it runs after the queue's own thread-locals are gone).
+fn put_from_a_thread_local_destructor(q: Queue<u8>) {
+    std::thread::spawn(move || {
+        ON_EXIT.with(|g| *g.borrow_mut() = Some(PutOnExit(q.clone())));
+        q.put(1).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_put_from_a_thread_local_destructor_works() {
+    let q = Queue::new().unwrap();
+    let mut child = Child(Process::spawn(put_from_a_thread_local_destructor, (q.clone(),)).unwrap());
+    child.join();
+    assert_eq!(q.get_timeout(LONG).unwrap(), 1);
+    assert_eq!(q.get_timeout(LONG).unwrap(), 2);
+}
+
 // ---------- SimpleQueue, wait(), no feeder thread, /dev/shm ----------
 
 fn simple_echo(q: SimpleQueue<String>, back: SimpleQueue<String>) {

@@ -4,10 +4,11 @@
 
 mod queue_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc::{GetError, JoinableQueue, Process, Queue, SimpleQueue};
-use queue_support::{Child, LONG, SLACK, blocked_get};
+use queue_support::{Child, LONG, SLACK, blocked_get, queue_blocks};
+use serde_bytes::ByteBuf;
 
 /// Closes its own handle, then reports whether its put and get failed.
 fn close_mine(q: Queue<u32>) -> (bool, bool) {
@@ -94,4 +95,59 @@ fn immediate_shutdown_lets_join_return() {
     assert!(q.join_timeout(Duration::from_millis(20)).is_err());
     q.task_done().unwrap();
     q.join_timeout(LONG).unwrap();
+}
+
+/// In a child: a thread puts a 256 MiB item; while the item is being
+/// written, the child shuts the queue down immediately. Returns whether the
+/// put failed with Closed, and the tasks left once `join` gave up or returned.
+fn shut_down_during_a_large_put(q: JoinableQueue<ByteBuf>) -> (bool, u32) {
+    let putter = q.clone();
+    let before = queue_blocks();
+    let t = std::thread::spawn(move || putter.put(ByteBuf::from(vec![7u8; 256 << 20])).is_err());
+    let start = Instant::now();
+    while queue_blocks() < before + (16 << 20) && start.elapsed() < LONG {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    q.shutdown(true);
+    let closed = t.join().unwrap();
+    let unfinished = q.join_timeout(Duration::from_secs(2)).map_or_else(|e| e.unfinished, |()| 0);
+    (closed, unfinished)
+}
+
+#[test]
+fn a_put_under_way_during_an_immediate_shutdown_leaves_nothing_for_join() {
+    let q = JoinableQueue::<ByteBuf>::new().unwrap();
+    let mut child = Child(Process::spawn(shut_down_during_a_large_put, (q.clone(),)).unwrap());
+    let (closed, unfinished) = child.join();
+    // Either the put failed, or its item was discarded as done: no task that
+    // no get can ever take (gets fail after an immediate shutdown).
+    assert_eq!(unfinished, 0, "put failed with Closed: {closed}");
+    assert_eq!(q.qsize(), 0);
+}
+
+/// In a child: queues a 64 MiB item and a small one, then limits its
+/// address space so that it could not hold the large item again (as under
+/// memory pressure), and shuts the queue down immediately. Returns the
+/// tasks left once `join` gave up or returned.
+fn shut_down_under_memory_pressure(q: JoinableQueue<ByteBuf>) -> u32 {
+    q.put(ByteBuf::from(vec![7u8; 64 << 20])).unwrap();
+    q.put(ByteBuf::from(vec![1u8; 8])).unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmSize:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    // SAFETY: setrlimit reads a valid rlimit; it limits only this process.
+    unsafe {
+        let limit = libc::rlimit { rlim_cur: (kib << 10) + (32 << 20), rlim_max: libc::RLIM_INFINITY };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+    }
+    q.shutdown(true);
+    q.join_timeout(Duration::from_secs(2)).map_or_else(|e| e.unfinished, |()| 0)
+}
+
+#[test]
+fn an_immediate_shutdown_discards_large_items_without_reading_them() {
+    let q = JoinableQueue::<ByteBuf>::new().unwrap();
+    let mut child = Child(Process::spawn(shut_down_under_memory_pressure, (q.clone(),)).unwrap());
+    assert_eq!(child.join(), 0, "tasks left after the immediate shutdown");
+    assert_eq!(q.qsize(), 0);
 }

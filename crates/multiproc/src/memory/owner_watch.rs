@@ -82,10 +82,11 @@ impl Drop for Watched {
 }
 
 /// Registers the calling thread as about to sleep on `word` while `owner`
-/// (recorded as `meta`) holds it. `None` if the watch thread cannot run:
-/// sleep with a timeout instead.
+/// (recorded as `meta`) holds it. `None` if the watch thread cannot run, or
+/// this thread's slot is gone (a wait from a thread-local destructor as the
+/// thread ends): sleep with a timeout instead.
 pub(crate) fn watch(word: &AtomicU32, owner: u32, meta: u64) -> Option<Watched> {
-    let slot = SLOT.with(|(slot, registered_in)| {
+    let slot = SLOT.try_with(|(slot, registered_in)| {
         let mut registry = REGISTRY.lock();
         if registered_in.get() != registry.id {
             registry.slots.retain(|s| s.strong_count() > 0);
@@ -108,8 +109,8 @@ pub(crate) fn watch(word: &AtomicU32, owner: u32, meta: u64) -> Option<Watched> 
             registry.running = true;
         }
         Some(slot.clone())
-    })?;
-    Some(Watched { slot })
+    });
+    Some(Watched { slot: slot.ok().flatten()? })
 }
 
 /// The watch thread's loop.

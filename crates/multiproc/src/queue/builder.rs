@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::layout::{FLAG_BOUNDED, FLAG_JOINABLE, Geometry, type_hash};
+use super::layout::{FLAG_BOUNDED, FLAG_JOINABLE, Geometry, MAX_FRAMES, MAX_SLOTS, type_hash};
 use super::ring::Ring;
 use super::{DEFAULT_ARENA, DEFAULT_FRAMES, DEFAULT_SLOTS, JoinableQueue, Queue};
 
@@ -61,26 +61,39 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         self
     }
 
-    /// Slots per ring segment (rounded up to a power of two, at least 2).
-    /// Each slot is 64 bytes of shared memory; a segment that fills spills
-    /// into a new one. Default: 4096 (or fewer for a small `maxsize`).
+    /// Slots per ring segment (rounded up to a power of two, at least 2, at
+    /// most 2^20). Each slot is 64 bytes of shared memory; a segment that
+    /// fills spills into a new one. Default: 4096 (or fewer for a small
+    /// `maxsize`).
     pub fn segment_slots(mut self, slots: usize) -> Self {
-        self.slots = Some((slots as u64).max(2).next_power_of_two());
+        self.slots = Some(slots as u64);
         self
     }
 
-    /// How many segments may be alive at once (default 1024, at least 2). An
-    /// unbounded queue holds up to `segments × segment_slots` small items.
+    /// How many segments may be alive at once (default 1024, at least 2, at
+    /// most 65536). An unbounded queue holds up to `segments × segment_slots`
+    /// small items.
     pub fn max_segments(mut self, segments: usize) -> Self {
         self.frames = (segments as u64).max(2);
         self
     }
 
     fn geometry(&self) -> io::Result<Geometry> {
-        let slots = self.slots.unwrap_or_else(|| match self.maxsize {
-            Some(max) => max.next_power_of_two().clamp(64, DEFAULT_SLOTS),
-            None => DEFAULT_SLOTS,
-        });
+        let too_large = |what: &str, n: u64, most: u64| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{what} {n} is too large (at most {most})"))
+        };
+        if self.frames > MAX_FRAMES {
+            return Err(too_large("max_segments", self.frames, MAX_FRAMES));
+        }
+        // Rounded up to a power of two; a number past the largest one stays
+        // too large.
+        let round = |n: u64| n.max(2).checked_next_power_of_two().unwrap_or(u64::MAX);
+        let slots = match (self.slots, self.maxsize) {
+            (Some(n), _) if round(n) > MAX_SLOTS => return Err(too_large("segment_slots", n, MAX_SLOTS)),
+            (Some(n), _) => round(n),
+            (None, Some(max)) => round(max).clamp(64, DEFAULT_SLOTS),
+            (None, None) => DEFAULT_SLOTS,
+        };
         if let Some(max) = self.maxsize {
             if max == 0 {
                 return Err(io::Error::new(

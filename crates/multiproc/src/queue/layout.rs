@@ -48,6 +48,11 @@ pub(super) const KIND_INLINE: u64 = 0;
 pub(super) const KIND_ARENA: u64 = 1;
 pub(super) const KIND_BLOB: u64 = 2;
 
+/// Most slots per segment.
+pub(super) const MAX_SLOTS: u64 = 1 << 20;
+/// Most frames (segments alive at once).
+pub(super) const MAX_FRAMES: u64 = 1 << 16;
+
 /// Shape of the queue's memory, fixed at creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Geometry {
@@ -63,8 +68,8 @@ impl Geometry {
     /// Checks the numbers (they may come from another process's memory).
     pub(super) fn validate(self) -> io::Result<Geometry> {
         let ok = self.slots.is_power_of_two()
-            && (2..=1 << 20).contains(&self.slots)
-            && (2..=1 << 16).contains(&self.frames)
+            && (2..=MAX_SLOTS).contains(&self.slots)
+            && (2..=MAX_FRAMES).contains(&self.frames)
             && self.arena.is_multiple_of(PAGE)
             && self.arena >= ARENA_ITEM_MAX as u64
             && self.arena <= 1 << 30

@@ -493,10 +493,12 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 }
 
 impl<T> Waitable for Queue<T> {
-    /// True when a `get` would not wait: an item is at the front, or the
-    /// queue is closed.
+    /// True when a `get` would not wait: an item is at the front (or a slot
+    /// a dead producer left there, which a get skips), or this handle is
+    /// closed, or the queue shut down.
     fn is_ready(&self) -> Result<bool, ConnectionError> {
-        Ok(self.ring.has_work())
+        // ORDERING: Relaxed: a per-handle flag.
+        Ok(self.closed.load(Relaxed) || self.ring.has_work() || self.ring.head_writer_dead())
     }
 
     /// None: [`wait`](crate::wait) re-checks a queue every millisecond.

@@ -353,6 +353,19 @@ fn get_nowait_and_short_timeouts_skip_a_dead_producers_slot() {
 }
 
 #[test]
+fn wait_reports_ready_when_a_dead_producer_blocks_the_head() {
+    // A get would skip the dead producer's slot and take the item behind it:
+    // `wait` must not wait for ever (or for its whole timeout) meanwhile.
+    let q = Queue::<u64>::new().unwrap();
+    forge_dead_producer(&q, true);
+    q.put(7).unwrap();
+    let t = Instant::now();
+    assert_eq!(crate::connection::wait(&[&q], Some(Duration::from_secs(3))).unwrap(), [0]);
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert_eq!(q.get_nowait().unwrap(), 7);
+}
+
+#[test]
 fn producer_withdraws_a_dead_unincluded_claim() {
     let q = Queue::<u64>::bounded(4).unwrap();
     forge_dead_producer(&q, false);

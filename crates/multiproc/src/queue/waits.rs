@@ -239,6 +239,13 @@ impl Ring {
             discard();
             return Err(PutFail::Io(io::Error::other("more than 4 billion unfinished tasks")));
         }
+        // A shutdown while the blob was written ends this put too: after an
+        // immediate one, nobody could take the item (or finish its task).
+        if self.is_closed() {
+            self.give_back(true);
+            discard();
+            return Err(PutFail::Closed);
+        }
         let me = current_tid();
         loop {
             match self.push(payload, me) {
@@ -252,6 +259,11 @@ impl Ring {
             }
         }
         wake(self.header(), &self.header().not_empty.0, 1);
+        // An immediate shutdown since the check above may have drained the
+        // queue before the item was in: discard it as the shutdown would have.
+        if self.is_shut_down_now() {
+            self.drain();
+        }
         Ok(())
     }
 
@@ -289,6 +301,12 @@ impl Ring {
             }
             match self.take_once(me, buf).map_err(GetFail::Io)? {
                 Step::Item(Got::Bytes) => return Ok(()),
+                // Drained items are thrown away: a large one is not read
+                // (which could fail for want of memory and end the drain).
+                Step::Item(Got::Blob { offset, len }) if drain => {
+                    self.discard_blob(offset, len);
+                    return Ok(());
+                }
                 Step::Item(Got::Blob { offset, len }) => {
                     *buf = self.read_blob(offset, len).map_err(GetFail::Io)?;
                     return Ok(());

@@ -52,3 +52,16 @@ pub fn blocked_get(q: multiproc::Queue<u8>, ready: multiproc::Queue<u8>) -> (boo
     let closed = matches!(q.get_timeout(LONG), Err(multiproc::GetError::Closed));
     (closed, t.elapsed().as_millis() as u64)
 }
+
+/// Bytes in memory of this process's queue memory file, found by name among
+/// its descriptors (for a child that holds one queue; the largest if more).
+pub fn queue_blocks() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap();
+    fds.filter_map(Result::ok)
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("multiproc-queue")))
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.blocks() * 512)
+        .max()
+        .unwrap_or(0)
+}

@@ -179,6 +179,28 @@ impl Ring {
         won
     }
 
+    /// True when the head slot is an item whose producer died writing it: a
+    /// `get` would skip it and go on, so the queue is ready for `wait`
+    /// ([`Ring::has_work`] leaves writing slots to their producer's wake-up,
+    /// which a dead producer never gives).
+    pub(in crate::queue) fn head_writer_dead(&self) -> bool {
+        let hdr = self.header();
+        // ORDERING: Acquire (all): a snapshot, validated as in take_once; the
+        // get that follows decides.
+        let n = hdr.seg_head.0.load(Acquire);
+        let Ok(f) = self.frame(n) else { return false };
+        let fh = f.header();
+        if fh.seg.0.load(Acquire) != n + 1 {
+            return false;
+        }
+        let h = fh.head.0.load(Acquire);
+        let s = Stamp::unpack(f.slot(h).stamp.load(Acquire));
+        s.lap_vs(f.lap(h)) == LapOrder::Same
+            && s.state == WRITING
+            && fh.tail.0.load(Acquire) & !SEALED > h
+            && owner_gone(hdr, s.tid)
+    }
+
     /// Resolves a [`Blocked`] slot whose owner is dead: a producer's slot is
     /// skipped, a consumer's claim is completed for it (the item it was taking
     /// is lost with it). Returns true if anything changed.

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::{Ring, Watch, owner_gone};
-use crate::queue::layout::Geometry;
 use crate::queue::states::{FREE, SEALED, Stamp, TAKING, WRITING};
 use crate::queue::waits::Backoff;
 use crate::sys::imp::sparse::{self, PAGE};
@@ -60,13 +59,13 @@ impl Ring {
                     return self.init_frame(index, next);
                 }
                 if !waiting {
-                    return Err(exhausted(&self.geometry));
+                    return Err(self.exhausted());
                 }
             }
             // A segment that consumers have left still has readers copying
             // items out: wait for them a little.
             if started.elapsed() > FRAME_WAIT {
-                return Err(exhausted(&self.geometry));
+                return Err(self.exhausted());
             }
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -183,6 +182,16 @@ impl Ring {
         Ok(true)
     }
 
+    /// The error when every frame holds a live segment.
+    fn exhausted(&self) -> io::Error {
+        // How many items that is depends on their sizes (an arena fills up
+        // long before the slots do for larger items): say what is there.
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("the queue holds too many items (about {} waiting); get some out first", self.len()),
+        )
+    }
+
     /// Takes the frame lock (robust: a dead holder's lock is taken over).
     fn lock_frames(&self) -> FrameLock<'_> {
         let word = &self.header().frame_lock.0;
@@ -219,12 +228,4 @@ impl Drop for FrameLock<'_> {
         // ORDERING: Release: publishes the frame changes made under the lock.
         self.word.store(0, Release);
     }
-}
-
-/// The error when every frame holds a live segment.
-fn exhausted(g: &Geometry) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::OutOfMemory,
-        format!("the queue holds too many items (about {} waiting); get some out first", g.frames * g.slots),
-    )
 }

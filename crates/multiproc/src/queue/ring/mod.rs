@@ -279,7 +279,12 @@ impl Ring {
         // ORDERING: Relaxed: a unique offset is all that is needed; the bytes are
         // published by the slot's stamp (Release) that refers to them.
         let offset = self.header().blob_tail.0.fetch_add(len.next_multiple_of(PAGE), Relaxed);
-        sparse::write_all_at(self.fd(), bytes, BLOB_BASE + offset)?;
+        if let Err(e) = sparse::write_all_at(self.fd(), bytes, BLOB_BASE + offset) {
+            // Whatever was written before the failure (memory running out
+            // mid-write) would stay until the queue is dropped.
+            self.discard_blob(offset, len);
+            return Err(e);
+        }
         Ok(Payload::Blob { offset, len })
     }
 

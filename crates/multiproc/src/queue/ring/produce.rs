@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 
 use super::{Payload, Pushed, Ring, Watch, owner_gone};
 use crate::queue::layout::{Frame, KIND_ARENA, KIND_BLOB, KIND_INLINE, Slot};
-use crate::queue::states::{FREE, LapOrder, READY, SEALED, SKIP, Stamp, WRITING};
+use crate::queue::states::{FREE, LapOrder, READY, SEALED, Stamp, WRITING};
 use crate::queue::waits::Backoff;
 
 impl Ring {
@@ -87,6 +87,28 @@ impl Ring {
                 Self::withdraw(slot, mine, word);
                 continue;
             }
+            // An arena item reserves its bytes before its claim is included: if
+            // the arena is used up, the claim is withdrawn and the segment sealed
+            // at `t`, so that no empty slot is left among the items (`qsize`
+            // counts the positions between head and tail).
+            let arena = match payload {
+                Payload::Arena(bytes) => match Self::reserve_arena(&f, bytes.len()) {
+                    Some(offset) => offset,
+                    None => {
+                        Self::withdraw(slot, mine, word);
+                        // ORDERING: AcqRel: as for the seal above.
+                        let _ = fh.tail.0.compare_exchange(t, t | SEALED, AcqRel, Relaxed);
+                        self.advance_tail(n, &f)?;
+                        // As below: our claim may have kept the segment from retiring.
+                        // ORDERING: Acquire: a hint; try_retire re-checks under the lock.
+                        if hdr.seg_head.0.load(Acquire) > n {
+                            self.try_retire(n)?;
+                        }
+                        continue;
+                    }
+                },
+                Payload::Inline(_) | Payload::Blob { .. } => 0,
+            };
             // Include the claim in the segment: only we (or a sealer) can move the
             // tail from `t`.
             // ORDERING: AcqRel: pairs with consumers' Acquire loads of the tail.
@@ -100,15 +122,7 @@ impl Ring {
                 }
                 continue;
             }
-            if !self.fill(&f, slot, payload) {
-                // The arena is used up: leave an empty slot behind, seal this
-                // segment and go on in the next one.
-                // ORDERING: Release: publishes the (unused) slot to consumers.
-                let _ = slot.stamp.compare_exchange(mine, Stamp::new(lap, SKIP).pack(), Release, Relaxed);
-                self.seal(&f);
-                self.advance_tail(n, &f)?;
-                continue;
-            }
+            Self::fill(&f, slot, payload, arena);
             // ORDERING: SeqCst: the commit publishes the item (Release part) and is
             // ordered before the producer's check for sleeping consumers (Dekker
             // with the consumer's registration, see waits.rs).
@@ -126,8 +140,19 @@ impl Ring {
         let _ = slot.stamp.compare_exchange(mine, before, Release, Relaxed);
     }
 
-    /// Writes the item into a claimed slot; false if the arena has no room.
-    fn fill(&self, f: &Frame<'_>, slot: &Slot, payload: Payload<'_>) -> bool {
+    /// Reserves `len` bytes of the segment's arena; their offset, or `None`
+    /// when the arena has no room left.
+    fn reserve_arena(f: &Frame<'_>, len: usize) -> Option<u64> {
+        let need = (len as u64).next_multiple_of(8);
+        // ORDERING: Relaxed: a unique range is all that is needed; the bytes are
+        // published by the stamp (Release) of the slot that refers to them.
+        let offset = f.header().arena.0.fetch_add(need, Relaxed);
+        (offset + need <= f.arena_len()).then_some(offset)
+    }
+
+    /// Writes the item into a claimed slot; an arena item goes to `arena`,
+    /// the range [`Ring::reserve_arena`] gave it.
+    fn fill(f: &Frame<'_>, slot: &Slot, payload: Payload<'_>, arena: u64) {
         let data = slot.data.get().cast::<u8>();
         let (kind, len) = match payload {
             Payload::Inline(bytes) => {
@@ -138,19 +163,12 @@ impl Ring {
                 (KIND_INLINE, bytes.len() as u64)
             }
             Payload::Arena(bytes) => {
-                let need = (bytes.len() as u64).next_multiple_of(8);
-                // ORDERING: Relaxed: a unique range is all that is needed; the bytes
-                // are published by the stamp (Release) of the slot that refers to them.
-                let offset = f.header().arena.0.fetch_add(need, Relaxed);
-                if offset + need > f.arena_len() {
-                    return false;
-                }
-                // SAFETY: [offset, offset + len) is ours alone (bump allocation) and
-                // inside the arena (checked above); the slot's first 8 data bytes are
-                // ours as above.
+                // SAFETY: [arena, arena + len) is ours alone (reserved by bump
+                // allocation) and inside the arena (checked by reserve_arena); the
+                // slot's first 8 data bytes are ours as above.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), f.arena_ptr(offset), bytes.len());
-                    data.cast::<u64>().write_unaligned(offset);
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), f.arena_ptr(arena), bytes.len());
+                    data.cast::<u64>().write_unaligned(arena);
                 }
                 (KIND_ARENA, bytes.len() as u64)
             }
@@ -162,14 +180,6 @@ impl Ring {
         };
         // ORDERING: Relaxed: published by the stamp's Release.
         slot.meta.store(kind << 56 | len, Relaxed);
-        true
-    }
-
-    /// Seals segment `f` at its current tail.
-    fn seal(&self, f: &Frame<'_>) {
-        let tail = &f.header().tail.0;
-        // ORDERING: AcqRel: as for the seal in `push`.
-        let _ = tail.fetch_update(AcqRel, Acquire, |t| (t & SEALED == 0).then_some(t | SEALED));
     }
 
     /// Segment `n` is sealed: make sure segment `n + 1` exists and producers go there.
