@@ -406,20 +406,31 @@ fn wait_reports_a_queue_ready_when_an_item_arrives() {
     child.join();
 }
 
-#[test]
-fn puts_and_gets_start_no_thread_and_use_nothing_in_dev_shm() {
+/// In a fresh child (the test binary's other tests start threads of their
+/// own, and the first spawn starts multiproc's launcher thread): the thread
+/// count before and after the puts, and this process's `/dev/shm` handles
+/// after the puts and after the queue is dropped.
+fn threads_and_dev_shm_around_puts() -> (usize, usize, Vec<String>, Vec<String>) {
     let threads = count_threads();
     let q = JoinableQueue::<ByteBuf>::bounded(8).unwrap();
     for size in [1usize, 100, 10_000, 1 << 20] {
         q.put(ByteBuf::from(vec![0; size])).unwrap();
     }
-    assert_eq!(count_threads(), threads, "put must not start a feeder thread");
+    let after_puts = count_threads();
     // The queue lives in memfds: nothing this process holds is in /dev/shm.
-    assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
+    let shm_while_open = own_dev_shm_handles();
     for _ in 0..4 {
         q.get_nowait().unwrap();
         q.task_done().unwrap();
     }
     drop(q);
-    assert_eq!(own_dev_shm_handles(), Vec::<String>::new());
+    (threads, after_puts, shm_while_open, own_dev_shm_handles())
+}
+
+#[test]
+fn puts_and_gets_start_no_thread_and_use_nothing_in_dev_shm() {
+    let (before, after, shm_open, shm_dropped) = spawn(threads_and_dev_shm_around_puts, ()).join();
+    assert_eq!(after, before, "put must not start a feeder thread");
+    assert_eq!(shm_open, Vec::<String>::new());
+    assert_eq!(shm_dropped, Vec::<String>::new());
 }
