@@ -402,3 +402,47 @@ fn recv_timeout_keeps_its_timeout_while_another_thread_is_blocked_receiving() {
     assert_eq!(got.expect("the second receive returned within its timeout"), Err(true));
     assert_eq!(first, 7);
 }
+
+// ---------- sends from a thread-local destructor ----------
+
+thread_local! {
+    /// A connection to send a last message on when the thread ends.
+    static ON_EXIT: std::cell::RefCell<Option<SendOnExit>> = const { std::cell::RefCell::new(None) };
+}
+
+struct SendOnExit(Connection<String>, Connection<Connection<String>>);
+
+impl Drop for SendOnExit {
+    fn drop(&mut self) {
+        // By now the thread's other thread-locals (those first used after
+        // this one was set) are gone.
+        self.0.send(&"from the destructor".to_string()).unwrap();
+        let handle_sent = self.1.send(&self.0).is_ok();
+        self.0.send(&format!("handle sent: {handle_sent}")).unwrap();
+    }
+}
+
+/// In a child: a thread that sends once, and more from a thread-local
+/// destructor as it ends: a plain message, then a handle.
+fn send_from_a_thread_local_destructor(conn: Connection<String>, handles: Connection<Connection<String>>) {
+    std::thread::spawn(move || {
+        ON_EXIT.with(|g| *g.borrow_mut() = Some(SendOnExit(conn.clone(), handles.clone())));
+        conn.send(&"from the thread".to_string()).unwrap();
+        handles.send(&conn).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_send_from_a_thread_local_destructor_works_or_fails_cleanly() {
+    let (rx, tx) = Pipe::<String>::one_way().unwrap();
+    let (handles_rx, handles_tx) = Pipe::<Connection<String>>::one_way().unwrap();
+    let child = Process::spawn(send_from_a_thread_local_destructor, (tx, handles_tx)).unwrap();
+    join(child); // panics if the child aborted
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), "from the thread");
+    let _first_handle = handles_rx.recv_timeout(LONG).unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), "from the destructor");
+    let last = rx.recv_timeout(LONG).unwrap();
+    assert!(last.starts_with("handle sent: "), "{last}");
+}

@@ -19,6 +19,31 @@ thread_local! {
     static SEND_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Why a handle cannot travel from a thread-local's destructor.
+const THREAD_ENDING: &str = "a multiproc handle cannot be sent or received from a thread-local's destructor (the \
+     thread's own state for descriptors is gone); send it before the thread ends";
+
+/// Runs `serialize` with a fresh list for the descriptors of the handles it
+/// meets (the outer message's list is put back after), and returns them.
+/// Once the thread's locals are gone there is no list: plain data still
+/// encodes, and a handle is an error.
+fn collecting_fds<R>(serialize: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let saved = FDS_OUT.try_with(|f| f.borrow_mut().replace(Vec::new())).ok().flatten();
+    let result = serialize();
+    let fds = FDS_OUT.try_with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).ok().flatten();
+    (result, fds.unwrap_or_default())
+}
+
+/// Runs `deserialize` with `fds` available to the handles it builds (the
+/// outer message's are put back after); unclaimed descriptors are closed.
+fn handing_out_fds<R>(fds: Vec<OwnedFd>, deserialize: impl FnOnce() -> R) -> R {
+    let slots = fds.into_iter().map(Some).collect();
+    let saved = FDS_IN.try_with(|f| f.borrow_mut().replace(slots)).ok().flatten();
+    let result = deserialize();
+    let _ = FDS_IN.try_with(|f| *f.borrow_mut() = saved);
+    result
+}
+
 /// An encoded message: bytes plus the descriptors it refers to.
 #[derive(Debug, Default)]
 pub(crate) struct Encoded {
@@ -28,9 +53,7 @@ pub(crate) struct Encoded {
 
 /// Serializes `value`, collecting the descriptors of any handles inside it.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, WireError> {
-    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
-    let result = postcard::to_allocvec(value);
-    let fds = FDS_OUT.with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).unwrap_or_default();
+    let (result, fds) = collecting_fds(|| postcard::to_allocvec(value));
     match result {
         Ok(bytes) => Ok(Encoded { bytes, fds }),
         Err(e) => Err(WireError::Encode(e.to_string())),
@@ -49,11 +72,13 @@ pub(crate) fn encode_with<T: Serialize + ?Sized, R>(
     // Taken out while in use: a message serialized while another one is
     // (a `Serialize` impl that sends) gets a fresh buffer instead of a
     // borrow conflict.
-    let mut buf = SEND_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    // The buffer is also fresh once the thread's locals are gone (a send
+    // from another thread-local's destructor).
+    let mut buf = SEND_BUF.try_with(|b| std::mem::take(&mut *b.borrow_mut())).unwrap_or_default();
     buf.clear();
     let result = encode_into(value, &mut buf).and_then(|fds| send(&buf, fds));
     if buf.capacity() <= KEPT_BUFFER {
-        SEND_BUF.with(|b| *b.borrow_mut() = buf);
+        let _ = SEND_BUF.try_with(|b| *b.borrow_mut() = buf);
     }
     result
 }
@@ -65,9 +90,7 @@ const KEPT_BUFFER: usize = 1 << 20;
 /// the handles inside it. On error `out` is left as it was.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<Vec<OwnedFd>, WireError> {
     let start = out.len();
-    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
-    let result = postcard::serialize_with_flavor(value, Append(out));
-    let fds = FDS_OUT.with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).unwrap_or_default();
+    let (result, fds) = collecting_fds(|| postcard::serialize_with_flavor(value, Append(&mut *out)));
     match result {
         Ok(()) => Ok(fds),
         Err(e) => {
@@ -83,9 +106,7 @@ pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut [u8],
 ) -> Result<(usize, Vec<OwnedFd>), WireError> {
-    let saved = FDS_OUT.with(|f| f.borrow_mut().replace(Vec::new()));
-    let result = postcard::serialize_with_flavor(value, IntoSlice { buf, pos: 0 });
-    let fds = FDS_OUT.with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).unwrap_or_default();
+    let (result, fds) = collecting_fds(|| postcard::serialize_with_flavor(value, IntoSlice { buf, pos: 0 }));
     result.map(|n| (n, fds)).map_err(|e| WireError::Encode(e.to_string()))
 }
 
@@ -157,10 +178,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 /// Deserializes a `T` from `bytes`, handing `fds` to the handles inside it.
 /// Descriptors that no handle claims are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, WireError> {
-    let slots = fds.into_iter().map(Some).collect();
-    let saved = FDS_IN.with(|f| f.borrow_mut().replace(slots));
-    let result = postcard::from_bytes(bytes);
-    FDS_IN.with(|f| *f.borrow_mut() = saved);
+    let result = handing_out_fds(fds, || postcard::from_bytes(bytes));
     result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
 }
 
@@ -170,11 +188,7 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
     bytes: &'de [u8],
     fds: Vec<OwnedFd>,
 ) -> Result<S::Value, WireError> {
-    let slots = fds.into_iter().map(Some).collect();
-    let saved = FDS_IN.with(|f| f.borrow_mut().replace(slots));
-    let mut de = postcard::Deserializer::from_bytes(bytes);
-    let result = seed.deserialize(&mut de);
-    FDS_IN.with(|f| *f.borrow_mut() = saved);
+    let result = handing_out_fds(fds, || seed.deserialize(&mut postcard::Deserializer::from_bytes(bytes)));
     result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<S>(), reason: e.to_string() })
 }
 
@@ -195,24 +209,30 @@ pub(crate) mod fd_serde {
 
     pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
         let dup = fd.try_clone_to_owned().map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
-        FDS_OUT.with(|f| match f.borrow_mut().as_mut() {
-            Some(list) => {
-                list.push(dup);
-                Ok(list.len() as u32 - 1)
-            }
-            None => Err("multiproc handles can only be serialized by multiproc itself (they carry file descriptors)"
-                .to_string()),
-        })
+        FDS_OUT
+            .try_with(|f| match f.borrow_mut().as_mut() {
+                Some(list) => {
+                    list.push(dup);
+                    Ok(list.len() as u32 - 1)
+                }
+                None => {
+                    Err("multiproc handles can only be serialized by multiproc itself (they carry file descriptors)"
+                        .to_string())
+                }
+            })
+            .unwrap_or_else(|_| Err(THREAD_ENDING.to_string()))
     }
 
     pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
-        FDS_IN.with(|f| {
-            let mut guard = f.borrow_mut();
-            let list = guard.as_mut().ok_or("multiproc handles can only be deserialized by multiproc itself")?;
-            list.get_mut(index as usize)
-                .and_then(Option::take)
-                .ok_or_else(|| format!("message refers to descriptor #{index}, which did not arrive"))
-        })
+        FDS_IN
+            .try_with(|f| {
+                let mut guard = f.borrow_mut();
+                let list = guard.as_mut().ok_or("multiproc handles can only be deserialized by multiproc itself")?;
+                list.get_mut(index as usize)
+                    .and_then(Option::take)
+                    .ok_or_else(|| format!("message refers to descriptor #{index}, which did not arrive"))
+            })
+            .unwrap_or_else(|_| Err(THREAD_ENDING.to_string()))
     }
 }
 
