@@ -4,8 +4,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use super::ManagerError;
-use super::client;
-use super::protocol::{Kind, Op};
+use super::protocol::{Kind, Op, Owner};
 use super::proxy::{ObjectRef, proxy};
 use super::sync::{AcquireResult, acquire};
 use crate::sys::Deadline;
@@ -110,6 +109,9 @@ proxy!(Condition, Kind::Condition);
 #[derive(Debug)]
 pub struct ConditionGuard<'a> {
     object: &'a ObjectRef,
+    /// Who acquired it: the condition's lock is reentrant, released (and
+    /// waited on) by its owner only.
+    owner: Owner,
 }
 
 impl Condition {
@@ -119,7 +121,7 @@ impl Condition {
     ///
     /// As [`Lock::acquire`](super::Lock::acquire).
     pub fn acquire(&self) -> AcquireResult<ConditionGuard<'_>> {
-        acquire(&self.object, None, || ConditionGuard { object: &self.object })
+        acquire(&self.object, None, |owner| ConditionGuard { object: &self.object, owner })
     }
 
     /// Acquires the condition's lock, waiting at most `timeout`.
@@ -128,7 +130,7 @@ impl Condition {
     ///
     /// As [`Lock::acquire_timeout`](super::Lock::acquire_timeout).
     pub fn acquire_timeout(&self, timeout: Duration) -> AcquireResult<ConditionGuard<'_>> {
-        acquire(&self.object, Some(timeout), || ConditionGuard { object: &self.object })
+        acquire(&self.object, Some(timeout), |owner| ConditionGuard { object: &self.object, owner })
     }
 
     /// Wakes up to `n` waiters; returns how many it woke.
@@ -157,7 +159,7 @@ impl ConditionGuard<'_> {
     }
 
     fn wait_inner(&mut self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-        self.object.bool(Op::CondWait { owner: client::owner(), timeout })
+        self.object.bool(Op::CondWait { owner: self.owner, timeout })
     }
 
     /// Releases the lock, waits for a notify, and takes the lock back.
@@ -222,7 +224,7 @@ impl ConditionGuard<'_> {
 
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.object.unit(Op::Release { owner: client::owner() });
+        let _ = self.object.unit(Op::Release { owner: self.owner });
     }
 }
 
