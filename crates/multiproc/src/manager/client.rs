@@ -7,9 +7,10 @@
 //! connection back. Threads calling at the same time use different
 //! connections, so a call that blocks in the manager (a `get` on an empty
 //! queue, a held lock) blocks only its own thread. Connections stay open
-//! while the process lives: the manager counts a client process as alive
-//! while it has one, and releases the locks of a process that has none
-//! left (the next acquirer is told `OwnerDied`).
+//! while the process lives (or until their manager hangs up): the manager
+//! counts a client process as alive while it has one, and releases the
+//! locks of a process that has none left (the next acquirer is told
+//! `OwnerDied`).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -179,9 +180,31 @@ pub(crate) fn forget_endpoint(endpoint: &Endpoint) {
     with_clients(|c| c.idle.retain(|(e, _)| e != endpoint));
 }
 
+/// Closes the idle connections (to any manager) whose manager hung up: it
+/// was shut down or killed. A process that meets many managers over its
+/// life (a pool worker given the proxies of one manager per batch) would
+/// otherwise keep a connection (a socket, and a lane's memory) to each for
+/// ever. A manager never writes on an idle connection, so one that reads
+/// as ready has ended. Runs when a connection is opened, not on every call.
+fn close_hung_up() {
+    let closed: Vec<Link> = with_clients(|c| {
+        let mut closed = Vec::new();
+        for (_, links) in &mut c.idle {
+            let (gone, live) = std::mem::take(links).into_iter().partition(|l: &Link| l.hung_up());
+            *links = live;
+            closed.extend(gone);
+        }
+        c.idle.retain(|(_, links)| !links.is_empty());
+        closed
+    });
+    // Closed outside the process's lock.
+    drop(closed);
+}
+
 /// Connects, authenticates, says hello and, with a manager on this
 /// machine, opens a lane.
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
+    close_hung_up();
     let conn: Connection<()> =
         Client::connect_timeout(&endpoint.address, endpoint.authkey.as_deref().map(|k| &k[..]), CONNECT_TIMEOUT)?;
     conn.set_recv_limit(Some(MAX_RESPONSE));
@@ -228,6 +251,11 @@ struct Link {
 }
 
 impl Link {
+    /// True when the manager ended this (idle) connection.
+    fn hung_up(&self) -> bool {
+        self.conn.poll(Duration::ZERO).unwrap_or(true)
+    }
+
     /// One request out, one response in.
     fn exchange(&self, request: &Request) -> Result<Response, ManagerError> {
         match &self.lane {
