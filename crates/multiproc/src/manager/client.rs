@@ -205,16 +205,8 @@ fn close_hung_up() {
 /// machine, opens a lane.
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
     close_hung_up();
-    let conn: Connection<()> =
-        Client::connect_timeout(&endpoint.address, endpoint.authkey.as_deref().map(|k| &k[..]), CONNECT_TIMEOUT)?;
-    conn.set_recv_limit(Some(MAX_RESPONSE));
-    let mut link = Link { conn, lane: None };
-    let hello = Request::Hello {
-        session: with_clients(|c| c.session),
-        pid: std::process::id() as i32,
-        build_id: crate::sys::imp::build_id::build_id().to_string(),
-    };
-    match link.exchange(&hello)? {
+    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None };
+    match link.exchange(&hello())? {
         Ok(Reply::Unit) => {}
         Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
         Err(e) => return Err(e.into()),
@@ -223,6 +215,40 @@ fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
         link.lane = open_lane(&link.conn)?;
     }
     Ok(link)
+}
+
+/// Connects and authenticates, within `timeout`.
+fn connect_socket(endpoint: &Endpoint, timeout: Duration) -> Result<Connection<()>, ManagerError> {
+    let key = endpoint.authkey.as_deref().map(|k| &k[..]);
+    let conn: Connection<()> = Client::connect_timeout(&endpoint.address, key, timeout)?;
+    conn.set_recv_limit(Some(MAX_RESPONSE));
+    Ok(conn)
+}
+
+/// The first request of every connection: this process's session and build.
+fn hello() -> Request {
+    Request::Hello {
+        session: with_clients(|c| c.session),
+        pid: std::process::id() as i32,
+        build_id: crate::sys::imp::build_id::build_id().to_string(),
+    }
+}
+
+/// Asks the manager at `endpoint` to stop, waiting at most about `timeout`
+/// for each step. It goes on a connection of its own, without a lane: its
+/// connection's thread serves it, not the dispatcher, which may be stuck in
+/// a user's function (an `update` that never returns).
+pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
+    let conn = connect_socket(endpoint, timeout)?;
+    for request in [hello(), Request::Shutdown] {
+        send(&conn, &request)?;
+        match wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())? {
+            Ok(Reply::Unit) => {}
+            Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Asks the manager for a lane; `None` when it cannot make one (the socket

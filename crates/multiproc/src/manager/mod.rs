@@ -456,7 +456,9 @@ impl Manager {
     }
 
     /// Stops the manager this handle started or serves (its process exits
-    /// with code 0); every proxy of it then fails with a connection error.
+    /// with code 0, even while a function of yours is stuck in it; one that
+    /// does not answer within 10 s is killed); every proxy of it then fails
+    /// with a connection error.
     /// For a handle made by [`Manager::connect`], only drops the handle.
     ///
     /// # Errors
@@ -481,7 +483,7 @@ impl Manager {
             Owned::Process(process) => match process.take() {
                 None => Ok(()),
                 Some(mut p) => {
-                    let asked = client::call(&self.endpoint, &Request::Shutdown).map(drop);
+                    let asked = client::shutdown(&self.endpoint, SHUTDOWN_TIMEOUT);
                     if asked.is_err() {
                         let _ = p.kill();
                     }
