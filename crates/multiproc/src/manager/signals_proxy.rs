@@ -61,7 +61,8 @@ impl Event {
         self.object.bool(Op::IsSet)
     }
 
-    /// Waits until the flag is set.
+    /// Waits until the flag is set (a `set` undone at once by a `clear`
+    /// still wakes every waiter, as in Python).
     ///
     /// # Errors
     ///
@@ -70,7 +71,8 @@ impl Event {
         self.object.bool(Op::Wait { timeout: None }).map(drop)
     }
 
-    /// Waits at most `timeout` for the flag; true if it is set.
+    /// Waits at most `timeout` for the flag; true if it is set, or was set
+    /// while this call waited.
     ///
     /// # Errors
     ///
