@@ -90,6 +90,22 @@ fn namespace_fields_have_their_own_types() {
 }
 
 #[test]
+fn updating_a_namespace_field_as_another_type_is_a_field_type_error() {
+    let m = Manager::start().unwrap();
+    let ns = m.namespace().unwrap();
+    ns.set("x", &1.5f64).unwrap();
+    // As reading it as another type says (not a panic of the manager's).
+    match ns.update("x", |v: &mut Option<String>| v.take()) {
+        Err(ManagerError::FieldType { field, stored, asked }) => {
+            assert_eq!(field, "x");
+            assert!(stored.contains("f64") && asked.contains("String"), "{stored} / {asked}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ns.get::<f64>("x").unwrap(), Some(1.5));
+}
+
+#[test]
 fn values_read_are_copies_and_nested_proxies_share() {
     let m = Manager::start().unwrap();
     let d = m.dict::<String, Vec<u32>>().unwrap();

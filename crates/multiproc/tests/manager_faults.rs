@@ -266,15 +266,14 @@ fn wait_on_condition(cond: Condition, holding: Event) {
     sync_support::linger();
 }
 
-#[test]
-fn a_notify_that_reaches_a_killed_waiter_goes_to_a_live_one() {
-    let m = Manager::start().unwrap();
-    let (cond, holding) = (m.condition().unwrap(), m.event().unwrap());
+/// A client process waiting on `cond` (to be killed), then a live waiter
+/// (a thread here) after it in line; returns once both wait, with the
+/// condition's lock free.
+fn doomed_then_live_waiter(cond: &Condition, holding: &Event) -> (Kid<()>, std::thread::JoinHandle<bool>) {
     let doomed = Kid::<()>::spawn(wait_on_condition, (cond.clone(), holding.clone()));
     assert!(holding.wait_timeout(LONG).unwrap());
     // The condition's lock is free once the doomed client waits in it.
     drop(cond.acquire_timeout(LONG).unwrap());
-    // A live waiter, after it in line.
     let (c2, (tx, rx)) = (cond.clone(), std::sync::mpsc::channel());
     let live = std::thread::spawn(move || {
         let mut guard = c2.acquire_timeout(LONG).unwrap();
@@ -284,7 +283,16 @@ fn a_notify_that_reaches_a_killed_waiter_goes_to_a_live_one() {
         notified
     });
     rx.recv_timeout(LONG).unwrap();
-    let guard = cond.acquire_timeout(LONG).unwrap(); // the live one waits now
+    drop(cond.acquire_timeout(LONG).unwrap()); // the live one waits now
+    (doomed, live)
+}
+
+#[test]
+fn a_notify_that_reaches_a_killed_waiter_goes_to_a_live_one() {
+    let m = Manager::start().unwrap();
+    let (cond, holding) = (m.condition().unwrap(), m.event().unwrap());
+    let (doomed, live) = doomed_then_live_waiter(&cond, &holding);
+    let guard = cond.acquire_timeout(LONG).unwrap();
     doomed.kill();
     doomed.reap();
     // Notified at once, before the manager noticed the death: the notify
@@ -293,6 +301,23 @@ fn a_notify_that_reaches_a_killed_waiter_goes_to_a_live_one() {
     drop(guard);
     assert!(live.join().unwrap(), "the live waiter was not notified");
     // Nobody holds the lock: the dead waiter did not take it back.
+    assert!(!owner_died(cond.acquire_timeout(LONG)));
+}
+
+#[test]
+fn a_notified_waiter_killed_before_it_takes_the_lock_back_passes_the_notify_on() {
+    let m = Manager::start().unwrap();
+    let (cond, holding) = (m.condition().unwrap(), m.event().unwrap());
+    let (doomed, live) = doomed_then_live_waiter(&cond, &holding);
+    let guard = cond.acquire_timeout(LONG).unwrap();
+    assert_eq!(cond.notify(1).unwrap(), 1); // to the doomed one, first in line
+    // It waits to take the lock back (held here) when it is killed.
+    std::thread::sleep(Duration::from_millis(200));
+    doomed.kill();
+    doomed.reap();
+    std::thread::sleep(Duration::from_millis(300)); // the manager notices
+    drop(guard);
+    assert!(live.join().unwrap(), "the notify was lost with the killed waiter");
     assert!(!owner_died(cond.acquire_timeout(LONG)));
 }
 

@@ -100,10 +100,14 @@ fn names_and_types_are_checked() {
     let q2: Queue<String> = remote.get("q").unwrap();
     q2.put("ok".into()).unwrap();
     assert_eq!(q.get_timeout(LONG).unwrap(), "ok");
-    // A proxy of another manager cannot be published here.
+    // A proxy of another manager can be neither published nor removed
+    // here, and the error says so (no answer was involved).
     let other = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
     let foreign = other.event().unwrap();
-    assert!(server.publish("foreign", &foreign).is_err());
+    for e in [server.publish("foreign", &foreign).unwrap_err(), server.remove(&foreign).unwrap_err()] {
+        let msg = e.to_string();
+        assert!(msg.starts_with("the proxy belongs to the manager at"), "{msg}");
+    }
 }
 
 /// A good client doing round trips while the test attacks the server.

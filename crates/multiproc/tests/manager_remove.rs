@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use multiproc::manager::{self, AcquireError, Dict, Manager, ManagerError, Queue, RemoteError};
+use multiproc::manager::{self, AcquireError, Dict, Manager, ManagerError, Queue, RemoteError, Shared};
+use serde::{Deserialize, Serialize};
 
 /// Bounds every wait of these tests.
 const LONG: Duration = Duration::from_secs(10);
@@ -179,4 +180,50 @@ fn puts_joins_and_condition_retakes_waiting_on_a_removed_object_end_with_removed
     all_ended_with_removed(waits.into_iter().chain([("condition retake", retake)]));
     held.leak();
     manager.shutdown().unwrap();
+}
+
+/// A user object that leaves a file when the manager process drops it.
+#[derive(Serialize, Deserialize)]
+struct Tracked {
+    dropped_at: std::path::PathBuf,
+    manager_pid: i32,
+}
+
+impl Shared for Tracked {
+    type Request = ();
+    type Response = u8;
+
+    fn call(&mut self, (): ()) -> u8 {
+        1
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Not the client's copy, which `create` drops once it is sent.
+        if std::process::id() as i32 == self.manager_pid {
+            let _ = std::fs::write(&self.dropped_at, b"dropped");
+        }
+    }
+}
+
+#[test]
+fn a_removed_object_is_dropped_even_when_its_connection_called_it_last() {
+    for (how, manager) in [("tcp", Manager::builder().address("tcp:127.0.0.1:0").start()), ("lane", Manager::start())] {
+        let manager = manager.unwrap();
+        let dropped_at = std::env::temp_dir().join(format!("multiproc-removed-{}-{how}", std::process::id()));
+        let _ = std::fs::remove_file(&dropped_at);
+        let tracked = Tracked { dropped_at: dropped_at.clone(), manager_pid: manager.pid().unwrap() };
+        let object = manager.create(tracked).unwrap();
+        assert_eq!(object.call(()).unwrap(), 1);
+        assert!(manager.remove(&object).unwrap());
+        let t = std::time::Instant::now();
+        while !dropped_at.exists() && t.elapsed() < Duration::from_secs(3) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let dropped = dropped_at.exists();
+        manager.shutdown().unwrap(); // drops it if nothing did
+        let _ = std::fs::remove_file(&dropped_at);
+        assert!(dropped, "{how}: the removed object is still in the manager's memory");
+    }
 }

@@ -7,9 +7,10 @@
 //! connection back. Threads calling at the same time use different
 //! connections, so a call that blocks in the manager (a `get` on an empty
 //! queue, a held lock) blocks only its own thread. Connections stay open
-//! while the process lives: the manager counts a client process as alive
-//! while it has one, and releases the locks of a process that has none
-//! left (the next acquirer is told `OwnerDied`).
+//! while the process lives (or until their manager hangs up): the manager
+//! counts a client process as alive while it has one, and releases the
+//! locks of a process that has none left (the next acquirer is told
+//! `OwnerDied`).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -179,19 +180,33 @@ pub(crate) fn forget_endpoint(endpoint: &Endpoint) {
     with_clients(|c| c.idle.retain(|(e, _)| e != endpoint));
 }
 
+/// Closes the idle connections (to any manager) whose manager hung up: it
+/// was shut down or killed. A process that meets many managers over its
+/// life (a pool worker given the proxies of one manager per batch) would
+/// otherwise keep a connection (a socket, and a lane's memory) to each for
+/// ever. A manager never writes on an idle connection, so one that reads
+/// as ready has ended. Runs when a connection is opened, not on every call.
+fn close_hung_up() {
+    let closed: Vec<Link> = with_clients(|c| {
+        let mut closed = Vec::new();
+        for (_, links) in &mut c.idle {
+            let (gone, live) = std::mem::take(links).into_iter().partition(|l: &Link| l.hung_up());
+            *links = live;
+            closed.extend(gone);
+        }
+        c.idle.retain(|(_, links)| !links.is_empty());
+        closed
+    });
+    // Closed outside the process's lock.
+    drop(closed);
+}
+
 /// Connects, authenticates, says hello and, with a manager on this
 /// machine, opens a lane.
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
-    let conn: Connection<()> =
-        Client::connect_timeout(&endpoint.address, endpoint.authkey.as_deref().map(|k| &k[..]), CONNECT_TIMEOUT)?;
-    conn.set_recv_limit(Some(MAX_RESPONSE));
-    let mut link = Link { conn, lane: None };
-    let hello = Request::Hello {
-        session: with_clients(|c| c.session),
-        pid: std::process::id() as i32,
-        build_id: crate::sys::imp::build_id::build_id().to_string(),
-    };
-    match link.exchange(&hello)? {
+    close_hung_up();
+    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None };
+    match link.exchange(&hello())? {
         Ok(Reply::Unit) => {}
         Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
         Err(e) => return Err(e.into()),
@@ -200,6 +215,40 @@ fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
         link.lane = open_lane(&link.conn)?;
     }
     Ok(link)
+}
+
+/// Connects and authenticates, within `timeout`.
+fn connect_socket(endpoint: &Endpoint, timeout: Duration) -> Result<Connection<()>, ManagerError> {
+    let key = endpoint.authkey.as_deref().map(|k| &k[..]);
+    let conn: Connection<()> = Client::connect_timeout(&endpoint.address, key, timeout)?;
+    conn.set_recv_limit(Some(MAX_RESPONSE));
+    Ok(conn)
+}
+
+/// The first request of every connection: this process's session and build.
+fn hello() -> Request {
+    Request::Hello {
+        session: with_clients(|c| c.session),
+        pid: std::process::id() as i32,
+        build_id: crate::sys::imp::build_id::build_id().to_string(),
+    }
+}
+
+/// Asks the manager at `endpoint` to stop, waiting at most about `timeout`
+/// for each step. It goes on a connection of its own, without a lane: its
+/// connection's thread serves it, not the dispatcher, which may be stuck in
+/// a user's function (an `update` that never returns).
+pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
+    let conn = connect_socket(endpoint, timeout)?;
+    for request in [hello(), Request::Shutdown] {
+        send(&conn, &request)?;
+        match wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())? {
+            Ok(Reply::Unit) => {}
+            Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Asks the manager for a lane; `None` when it cannot make one (the socket
@@ -228,6 +277,11 @@ struct Link {
 }
 
 impl Link {
+    /// True when the manager ended this (idle) connection.
+    fn hung_up(&self) -> bool {
+        self.conn.poll(Duration::ZERO).unwrap_or(true)
+    }
+
     /// One request out, one response in.
     fn exchange(&self, request: &Request) -> Result<Response, ManagerError> {
         match &self.lane {

@@ -169,18 +169,28 @@ fn comparable_name<V: ?Sized>() -> String {
     if name == "str" { "alloc::string::String".to_string() } else { name }
 }
 
+/// A namespace field's stored type and the type an update asked for.
+pub(crate) type FieldMismatch = (String, String);
+
 /// Calls `f(value, a)` on a namespace field: decodes the tagged slot as a
-/// `V` (a field of another type panics, which the caller gets as an error,
-/// and leaves the field alone), and tags the result.
-pub(crate) fn tagged<F, V, A, R>(slot: &mut Option<Tagged>, a: A) -> R
+/// `V`, and tags the result. A field of another type is left alone, and
+/// `f` does not run: the caller turns the mismatch into
+/// [`ManagerError::FieldType`](super::ManagerError::FieldType).
+pub(crate) fn tagged<F, V, A, R>(slot: &mut Option<Tagged>, a: A) -> Result<R, FieldMismatch>
 where
     F: Fn(&mut Option<V>, A) -> R + Copy + 'static,
     V: Serialize + DeserializeOwned,
 {
+    let asked = comparable_name::<V>();
+    if let Some(t) = slot.as_ref()
+        && t.type_name != asked
+    {
+        return Err((t.type_name.clone(), asked));
+    }
     let mut value: Option<V> = slot.as_ref().map(|t| t.open("").unwrap_or_else(|e| panic!("{e}")));
     let result = conjure::<F>()(&mut value, a);
     *slot = value.map(|v| Tagged::new(&v).unwrap_or_else(|e| panic!("{e}")));
-    result
+    Ok(result)
 }
 
 fn update_trampoline<F, V, A, R>(slot: &mut Option<Vec<u8>>, args: &[u8], hash: u64) -> Result<Vec<u8>, RemoteError>

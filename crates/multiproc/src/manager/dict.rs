@@ -308,7 +308,8 @@ impl Namespace {
     ///
     /// # Errors
     ///
-    /// As [`Dict::update`].
+    /// [`ManagerError::FieldType`] when the field holds another type than
+    /// `V` (it is left alone, and `f` does not run); as [`Dict::update`].
     pub fn update<V, F, R>(&self, name: &str, f: F) -> Result<R, ManagerError>
     where
         V: Serialize + DeserializeOwned + 'static,
@@ -332,6 +333,9 @@ impl Namespace {
         R: Serialize + DeserializeOwned + 'static,
     {
         let _ = f;
-        self.object.update(Some(encode(name)?), None, &arg, code::tagged::<F, V, A, R>)
+        match self.object.update(Some(encode(name)?), None, &arg, code::tagged::<F, V, A, R>)? {
+            Ok(result) => Ok(result),
+            Err((stored, asked)) => Err(ManagerError::FieldType { field: name.to_string(), stored, asked }),
+        }
     }
 }

@@ -168,6 +168,10 @@ fn run(shared: &Shared) {
             lanes.iter().any(|l| l.lane.has_request()) || generation() != seen
         });
         if !found {
+            // An object removed through another connection goes now.
+            if last.as_ref().is_some_and(|(_, object)| object.is_removed()) {
+                last = None;
+            }
             dispatcher.bell.sleep(IDLE_SLEEP, || {
                 shared.stopping() || generation() != seen || lanes.iter().any(|l| l.lane.has_request())
             });
@@ -263,7 +267,6 @@ impl LaneConn {
     /// The connection's thread: runs what the dispatcher hands it, until
     /// the client hangs up or the server stops.
     pub(crate) fn serve_hand_offs(&self, shared: &Shared) {
-        let mut last: Last = None;
         let wake_only = [(self.wake.as_fd(), Interest::Read)];
         let both = [(self.conn.as_fd(), Interest::Read), (self.wake.as_fd(), Interest::Read)];
         let mut fds: &[(BorrowedFd<'_>, Interest)] = &both;
@@ -280,7 +283,7 @@ impl LaneConn {
                 fds = &both;
                 let job = lock(&self.job).take();
                 if let Some(job) = job
-                    && !self.run(shared, job, &mut last)
+                    && !self.run(shared, job)
                 {
                     break;
                 }
@@ -303,8 +306,10 @@ impl LaneConn {
         }
     }
 
-    /// Runs one job; false when the connection broke.
-    fn run(&self, shared: &Shared, job: Job, last: &mut Last) -> bool {
+    /// Runs one job; false when the connection broke. Handed-off calls are
+    /// rare and slow beside a lookup: no object is cached between them (an
+    /// idle connection would keep a removed one's memory).
+    fn run(&self, shared: &Shared, job: Job) -> bool {
         let request = match job {
             Job::Send(answer) => return self.lane.answer(&self.conn, &answer).is_ok(),
             Job::Run(request) => request,
@@ -321,7 +326,7 @@ impl LaneConn {
             shared.stop();
             return answered;
         }
-        let response = respond(shared, last, request, &Caller::new(&self.conn, shared, &self.build));
+        let response = respond(shared, &mut None, request, &Caller::new(&self.conn, shared, &self.build));
         if shared.stopping() {
             // A wait the stop ended says "timeout": the client must see the
             // connection end instead, as the server cuts it.

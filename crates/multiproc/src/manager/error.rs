@@ -67,6 +67,16 @@ pub enum ManagerError {
         /// The most a manager reads.
         limit: u64,
     },
+    /// The proxy given to [`Manager::publish`](super::Manager::publish) or
+    /// [`Manager::remove`](super::Manager::remove) belongs to another
+    /// manager than the handle's (nothing was sent).
+    #[error("the proxy belongs to the manager at {proxy}, not to this one at {manager}")]
+    ForeignProxy {
+        /// The address of the proxy's manager.
+        proxy: String,
+        /// The address of the handle's manager.
+        manager: String,
+    },
     /// The manager process could not start, or did not exit cleanly.
     #[error("manager process: {0}")]
     Process(#[from] ProcessError),

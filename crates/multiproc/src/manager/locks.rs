@@ -167,24 +167,23 @@ impl ConditionState {
                     Err(RemoteError::Removed) => return Err(RemoteError::Removed),
                     Err(_) if caller.gone() => {
                         // Nobody reads this answer, and a dead waiter takes
-                        // no lock back: a notify it took goes to the next
-                        // waiter (one already waiting at the notify), so
-                        // that the notifier's count stays true.
-                        if let Some(bound) = notified
-                            && let Some(&next) = c.waiting.front()
-                            && next < bound
-                        {
-                            c.waiting.pop_front();
-                            c.notified.insert(next, bound);
-                            self.changed.notify_all();
-                        }
+                        // no lock back.
+                        self.pass_on(&mut c, notified);
                         return Err(RemoteError::Timeout);
                     }
                     _ => {}
                 }
                 // Take the lock back, as long as it takes (as Python does).
                 let (mut c, back) = wait_while(&self.changed, c, None, caller, |c| c.holder.owner.is_some());
-                back?;
+                match back {
+                    Err(RemoteError::Removed) => return Err(RemoteError::Removed),
+                    Err(e) => {
+                        // Its client died while it waited for the lock.
+                        self.pass_on(&mut c, notified);
+                        return Err(e);
+                    }
+                    Ok(()) => {}
+                }
                 if c.holder.take(owner, depth) {
                     // Held again, from a holder that died: the waiter is told.
                     return Err(RemoteError::OwnerDied);
@@ -196,6 +195,21 @@ impl ConditionState {
             Op::IsLocked => Reply::Bool(c.holder.owner.is_some()),
             other => return Err(wrong(&other, Kind::Condition)),
         })
+    }
+
+    /// A notify taken by a waiter whose client is gone (`bound`: the first
+    /// ticket handed out after it) goes to the next waiter, if that one was
+    /// already waiting at the notify, so that the notifier's count stays
+    /// true.
+    fn pass_on(&self, c: &mut CondInner, notified: Option<u64>) {
+        if let Some(bound) = notified
+            && let Some(&next) = c.waiting.front()
+            && next < bound
+        {
+            c.waiting.pop_front();
+            c.notified.insert(next, bound);
+            self.changed.notify_all();
+        }
     }
 
     fn notify(&self, c: &mut CondInner, n: u64) -> u64 {

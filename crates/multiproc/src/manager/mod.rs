@@ -375,8 +375,8 @@ impl Manager {
     ///
     /// # Errors
     ///
-    /// [`RemoteError::NameTaken`]; the proxy belongs to another manager; the
-    /// manager cannot be reached.
+    /// [`RemoteError::NameTaken`]; the proxy belongs to another manager
+    /// ([`ManagerError::ForeignProxy`]); the manager cannot be reached.
     pub fn publish<P: Proxy>(&self, name: &str, proxy: &P) -> Result<(), ManagerError> {
         let object = self.own(proxy)?;
         match client::call(&self.endpoint, &Request::Publish { name: name.to_string(), object })? {
@@ -408,7 +408,8 @@ impl Manager {
     ///
     /// # Errors
     ///
-    /// The proxy belongs to another manager; the manager cannot be reached.
+    /// The proxy belongs to another manager ([`ManagerError::ForeignProxy`]);
+    /// the manager cannot be reached.
     pub fn remove<P: Proxy>(&self, proxy: &P) -> Result<bool, ManagerError> {
         let object = self.own(proxy)?;
         match client::call(&self.endpoint, &Request::Remove { object })? {
@@ -421,10 +422,10 @@ impl Manager {
     fn own<P: Proxy>(&self, proxy: &P) -> Result<u64, ManagerError> {
         let object = proxy.object_ref();
         if object.endpoint.address != self.endpoint.address {
-            return Err(ManagerError::Protocol(format!(
-                "the proxy belongs to the manager at {}, not to this one at {}",
-                object.endpoint.address, self.endpoint.address
-            )));
+            return Err(ManagerError::ForeignProxy {
+                proxy: object.endpoint.address.clone(),
+                manager: self.endpoint.address.clone(),
+            });
         }
         Ok(object.id)
     }
@@ -455,7 +456,9 @@ impl Manager {
     }
 
     /// Stops the manager this handle started or serves (its process exits
-    /// with code 0); every proxy of it then fails with a connection error.
+    /// with code 0, even while a function of yours is stuck in it; one that
+    /// does not answer within 10 s is killed); every proxy of it then fails
+    /// with a connection error.
     /// For a handle made by [`Manager::connect`], only drops the handle.
     ///
     /// # Errors
@@ -480,7 +483,7 @@ impl Manager {
             Owned::Process(process) => match process.take() {
                 None => Ok(()),
                 Some(mut p) => {
-                    let asked = client::call(&self.endpoint, &Request::Shutdown).map(drop);
+                    let asked = client::shutdown(&self.endpoint, SHUTDOWN_TIMEOUT);
                     if asked.is_err() {
                         let _ = p.kill();
                     }

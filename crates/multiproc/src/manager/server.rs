@@ -239,8 +239,9 @@ fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
 }
 
 /// The object of a connection's last call: a client usually works on one
-/// object call after call, and objects are never removed from the store, so
-/// this skips the store's lock and map on most calls.
+/// object call after call, so this skips the store's lock and map on most
+/// calls. It is dropped as soon as it is seen removed, so that it does not
+/// keep a removed object's memory.
 pub(crate) type Last = Option<(u64, Arc<Object>)>;
 
 fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &str) {
@@ -287,14 +288,22 @@ fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>)
         Request::Call { object: id, op } => {
             let object = match last {
                 Some((cached, object)) if *cached == id && !object.is_removed() => object,
-                _ => &last.insert((id, store.get(id)?)).1,
+                _ => {
+                    *last = None;
+                    &last.insert((id, store.get(id)?)).1
+                }
             };
             object.call(op, caller)
         }
         Request::Create { init, type_name, type_hash } => store.create(init, type_name, type_hash, caller),
         Request::Publish { name, object } => store.publish(name, object),
         Request::Lookup { name } => store.lookup(&name),
-        Request::Remove { object } => store.remove(object),
+        Request::Remove { object } => {
+            if last.as_ref().is_some_and(|(cached, _)| *cached == object) {
+                *last = None;
+            }
+            store.remove(object)
+        }
         Request::Hello { .. } => Err(RemoteError::BadRequest("hello twice".into())),
         Request::OpenLane => Err(RemoteError::BadRequest("this connection has a lane already".into())),
         Request::Shutdown => Err(RemoteError::BadRequest("shutdown is not a call".into())),

@@ -12,33 +12,44 @@ use super::waiting::{Waiters, lock, wait_while};
 /// An `Event`: a flag that waiters wait to see set.
 #[derive(Debug, Default)]
 pub(crate) struct EventState {
-    set: Mutex<bool>,
+    flag: Mutex<Flag>,
     changed: Waiters,
+}
+
+/// An event's flag, with how many times it was set: a waiter woken by a
+/// `set` that a `clear` undid before it ran still knows it was set (as
+/// Python's `threading.Event` wakes every waiter of a `set`).
+#[derive(Debug, Default)]
+struct Flag {
+    set: bool,
+    sets: u64,
 }
 
 impl EventState {
     /// Ends the calls waiting on this removed object.
     pub(crate) fn retire(&self) {
-        self.changed.retire(&self.set);
+        self.changed.retire(&self.flag);
     }
 
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {
-        let mut set = lock(&self.set);
+        let mut flag = lock(&self.flag);
         Ok(match op {
             Op::Set => {
-                *set = true;
+                flag.set = true;
+                flag.sets = flag.sets.wrapping_add(1);
                 self.changed.notify_all();
                 Reply::Unit
             }
             Op::ClearEvent => {
-                *set = false;
+                flag.set = false;
                 Reply::Unit
             }
-            Op::IsSet => Reply::Bool(*set),
+            Op::IsSet => Reply::Bool(flag.set),
             Op::Wait { timeout } => {
-                let (set, waited) = wait_while(&self.changed, set, timeout, caller, |s| !*s);
+                let seen = flag.sets;
+                let (flag, waited) = wait_while(&self.changed, flag, timeout, caller, |f| !f.set && f.sets == seen);
                 match waited {
-                    Ok(()) | Err(RemoteError::Timeout) => Reply::Bool(*set),
+                    Ok(()) | Err(RemoteError::Timeout) => Reply::Bool(flag.set || flag.sets != seen),
                     Err(e) => return Err(e),
                 }
             }

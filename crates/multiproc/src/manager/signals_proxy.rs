@@ -4,8 +4,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use super::ManagerError;
-use super::client;
-use super::protocol::{Kind, Op};
+use super::protocol::{Kind, Op, Owner};
 use super::proxy::{ObjectRef, proxy};
 use super::sync::{AcquireResult, acquire};
 use crate::sys::Deadline;
@@ -62,7 +61,8 @@ impl Event {
         self.object.bool(Op::IsSet)
     }
 
-    /// Waits until the flag is set.
+    /// Waits until the flag is set (a `set` undone at once by a `clear`
+    /// still wakes every waiter, as in Python).
     ///
     /// # Errors
     ///
@@ -71,7 +71,8 @@ impl Event {
         self.object.bool(Op::Wait { timeout: None }).map(drop)
     }
 
-    /// Waits at most `timeout` for the flag; true if it is set.
+    /// Waits at most `timeout` for the flag; true if it is set, or was set
+    /// while this call waited.
     ///
     /// # Errors
     ///
@@ -110,6 +111,9 @@ proxy!(Condition, Kind::Condition);
 #[derive(Debug)]
 pub struct ConditionGuard<'a> {
     object: &'a ObjectRef,
+    /// Who acquired it: the condition's lock is reentrant, released (and
+    /// waited on) by its owner only.
+    owner: Owner,
 }
 
 impl Condition {
@@ -119,7 +123,7 @@ impl Condition {
     ///
     /// As [`Lock::acquire`](super::Lock::acquire).
     pub fn acquire(&self) -> AcquireResult<ConditionGuard<'_>> {
-        acquire(&self.object, None, || ConditionGuard { object: &self.object })
+        acquire(&self.object, None, |owner| ConditionGuard { object: &self.object, owner })
     }
 
     /// Acquires the condition's lock, waiting at most `timeout`.
@@ -128,7 +132,7 @@ impl Condition {
     ///
     /// As [`Lock::acquire_timeout`](super::Lock::acquire_timeout).
     pub fn acquire_timeout(&self, timeout: Duration) -> AcquireResult<ConditionGuard<'_>> {
-        acquire(&self.object, Some(timeout), || ConditionGuard { object: &self.object })
+        acquire(&self.object, Some(timeout), |owner| ConditionGuard { object: &self.object, owner })
     }
 
     /// Wakes up to `n` waiters; returns how many it woke.
@@ -157,7 +161,7 @@ impl ConditionGuard<'_> {
     }
 
     fn wait_inner(&mut self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-        self.object.bool(Op::CondWait { owner: client::owner(), timeout })
+        self.object.bool(Op::CondWait { owner: self.owner, timeout })
     }
 
     /// Releases the lock, waits for a notify, and takes the lock back.
@@ -222,7 +226,7 @@ impl ConditionGuard<'_> {
 
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.object.unit(Op::Release { owner: client::owner() });
+        let _ = self.object.unit(Op::Release { owner: self.owner });
     }
 }
 

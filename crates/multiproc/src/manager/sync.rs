@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::ManagerError;
 use super::client;
-use super::protocol::{Kind, Op};
+use super::protocol::{Kind, Op, Owner};
 use super::proxy::{ObjectRef, proxy};
 use crate::OwnerDied;
 
@@ -61,18 +61,28 @@ impl<G> std::error::Error for AcquireError<G> {}
 /// The result of acquiring a manager lock.
 pub type AcquireResult<G> = Result<G, AcquireError<G>>;
 
-/// Acquires the lock of `object` for this thread; `guard` makes the guard.
-pub(crate) fn acquire<G>(object: &ObjectRef, timeout: Option<Duration>, guard: impl FnOnce() -> G) -> AcquireResult<G> {
-    let owner_died = object.acquired(Op::Acquire { owner: client::owner(), timeout })?;
-    let guard = guard();
+/// Acquires the lock of `object` for this thread; `guard` makes the guard,
+/// which keeps the owner it acquired as (a guard is `Send`: wherever it
+/// ends, it releases what this thread took).
+pub(crate) fn acquire<G>(
+    object: &ObjectRef,
+    timeout: Option<Duration>,
+    guard: impl FnOnce(Owner) -> G,
+) -> AcquireResult<G> {
+    let owner = client::owner();
+    let owner_died = object.acquired(Op::Acquire { owner, timeout })?;
+    let guard = guard(owner);
     if owner_died { Err(AcquireError::OwnerDied(OwnerDied::new(guard))) } else { Ok(guard) }
 }
 
-/// Holds a manager [`Lock`] or [`RLock`]; releases it when dropped.
+/// Holds a manager [`Lock`] or [`RLock`]; releases it when dropped, on
+/// whichever thread that happens (it releases the level its thread took).
 #[must_use = "the lock is released when the guard is dropped"]
 #[derive(Debug)]
 pub struct LockGuard<'a> {
     object: &'a ObjectRef,
+    /// Who acquired it: an `RLock` is released by its owner only.
+    owner: Owner,
 }
 
 impl LockGuard<'_> {
@@ -85,7 +95,7 @@ impl LockGuard<'_> {
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         // A manager that is gone has released it already.
-        let _ = self.object.unit(Op::Release { owner: client::owner() });
+        let _ = self.object.unit(Op::Release { owner: self.owner });
     }
 }
 
@@ -146,7 +156,7 @@ macro_rules! lock_methods {
             /// died holding it; [`AcquireError::Manager`] when the manager
             /// cannot be reached.
             pub fn acquire(&self) -> AcquireResult<LockGuard<'_>> {
-                acquire(&self.object, None, || LockGuard { object: &self.object })
+                acquire(&self.object, None, |owner| LockGuard { object: &self.object, owner })
             }
 
             /// Acquires the lock if it is free now.
@@ -164,7 +174,7 @@ macro_rules! lock_methods {
             ///
             /// [`AcquireError::Timeout`], or as [`Self::acquire`].
             pub fn acquire_timeout(&self, timeout: Duration) -> AcquireResult<LockGuard<'_>> {
-                acquire(&self.object, Some(timeout), || LockGuard { object: &self.object })
+                acquire(&self.object, Some(timeout), |owner| LockGuard { object: &self.object, owner })
             }
 
             /// Releases the lock (for a lock acquired with a guard that was
