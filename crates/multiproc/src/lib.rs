@@ -256,6 +256,7 @@ pub mod sync;
 pub(crate) mod sys;
 #[cfg(test)]
 mod test_bytes;
+pub(crate) mod thread_buffer;
 pub mod wire;
 
 pub use connection::{

@@ -24,7 +24,7 @@ use super::ManagerError;
 use super::lane::{self, Lane};
 use super::protocol::{self, MAX_REQUEST, MAX_RESPONSE, Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
-use crate::{Client, Connection, ConnectionError, WireError, wire};
+use crate::{Client, Connection, ConnectionError, WireError, thread_buffer, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,15 +299,11 @@ fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result
     thread_local! {
         static ANSWER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    ANSWER.with(|answer| {
-        let mut answer = answer.borrow_mut();
-        with_request(request, |bytes| lane.call(conn, bytes, &mut answer))?;
-        let response = wire::decode::<Response>(&answer, Vec::new());
-        if answer.capacity() > lane::LANE_LEN {
-            // An answer that came on the socket: do not keep its buffer.
-            *answer = Vec::new();
-        }
-        Ok(response?)
+    // A buffer grown past the lane's size held an answer that came on the
+    // socket: it is not kept.
+    thread_buffer::with_kept(&ANSWER, lane::LANE_LEN, |answer| {
+        with_request(request, |bytes| lane.call(conn, bytes, answer))?;
+        Ok(wire::decode::<Response>(answer, Vec::new())?)
     })
 }
 

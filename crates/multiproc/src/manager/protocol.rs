@@ -359,6 +359,9 @@ pub(crate) fn with_encoded_answer<R>(
     }
 }
 
+/// The largest encoding buffer a thread keeps for its next message.
+const KEPT_REQUEST: usize = 1 << 20;
+
 /// Encodes `message` into this thread's buffer and runs `f` on the bytes.
 pub(crate) fn with_encoded<T: Serialize, R>(
     message: &T,
@@ -367,11 +370,9 @@ pub(crate) fn with_encoded<T: Serialize, R>(
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.clear();
-        crate::wire::encode_into(message, &mut buf)?;
-        f(&buf)
+    crate::thread_buffer::with_kept(&BUF, KEPT_REQUEST, |buf| {
+        crate::wire::encode_into(message, buf)?;
+        f(buf)
     })
 }
 

@@ -15,25 +15,10 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's cleared buffer, or with a fresh one if the
-/// buffer is in use further up the stack (e.g. by a `Serialize` impl that
-/// puts) or already gone (a put from another thread-local's destructor, as
-/// the thread ends).
+/// Runs `f` with this thread's cleared buffer, or with a fresh one (see
+/// [`crate::thread_buffer`]).
 pub(super) fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    let mut f = Some(f);
-    let kept = BUFFER.try_with(|cell| {
-        let mut buf = cell.try_borrow_mut().ok()?;
-        buf.clear();
-        let out = f.take().expect("f runs once")(&mut buf);
-        if buf.capacity() > KEEP_BUFFER {
-            *buf = Vec::new();
-        }
-        Some(out)
-    });
-    match kept {
-        Ok(Some(out)) => out,
-        _ => f.take().expect("f has not run")(&mut Vec::new()),
-    }
+    crate::thread_buffer::with_kept(&BUFFER, KEEP_BUFFER, f)
 }
 
 /// Serializes `value` into `buf` (which is empty).

@@ -69,18 +69,12 @@ pub(crate) fn encode_with<T: Serialize + ?Sized, R>(
     value: &T,
     send: impl FnOnce(&[u8], Vec<OwnedFd>) -> Result<R, WireError>,
 ) -> Result<R, WireError> {
-    // Taken out while in use: a message serialized while another one is
-    // (a `Serialize` impl that sends) gets a fresh buffer instead of a
-    // borrow conflict.
-    // The buffer is also fresh once the thread's locals are gone (a send
-    // from another thread-local's destructor).
-    let mut buf = SEND_BUF.try_with(|b| std::mem::take(&mut *b.borrow_mut())).unwrap_or_default();
-    buf.clear();
-    let result = encode_into(value, &mut buf).and_then(|fds| send(&buf, fds));
-    if buf.capacity() <= KEPT_BUFFER {
-        let _ = SEND_BUF.try_with(|b| *b.borrow_mut() = buf);
-    }
-    result
+    // A message serialized while another one is (a `Serialize` impl that
+    // sends), or once the thread's locals are gone (a send from another
+    // thread-local's destructor), gets a fresh buffer.
+    crate::thread_buffer::with_kept(&SEND_BUF, KEPT_BUFFER, |buf| {
+        encode_into(value, buf).and_then(|fds| send(buf, fds))
+    })
 }
 
 /// The largest send buffer a thread keeps for its next message.
