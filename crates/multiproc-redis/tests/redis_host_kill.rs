@@ -79,16 +79,19 @@ fn long(log: String, ms: u64) -> u64 {
 #[test]
 fn a_long_task_on_a_live_host_is_not_taken_over() {
     let server = server();
-    // Tasks run 4× the visibility timeout; heartbeats keep them with their host.
-    let visibility = Duration::from_millis(500);
+    // Tasks run 3× the visibility timeout; heartbeats (every quarter of it)
+    // keep them with their host. A second of visibility leaves a host's
+    // heartbeat thread 750 ms of slack on a loaded machine (with 500 ms,
+    // a full test run beside other work once saw a takeover).
+    let visibility = Duration::from_millis(1000);
     let _a = host_process(&server, "long", 1, visibility);
     let _b = host_process(&server, "long", 1, visibility);
     let pool = pool(&server, "long").connect().unwrap();
     let log = std::env::temp_dir().join(format!("multiproc-redis-long-{}", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let path = log.to_str().unwrap().to_string();
-    let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 2000u64), (path.clone(), 2000)]).unwrap();
-    assert_eq!(got, [2000, 2000]);
+    let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 3000u64), (path.clone(), 3000)]).unwrap();
+    assert_eq!(got, [3000, 3000]);
     let runs = std::fs::read_to_string(&log).unwrap().lines().count();
     std::fs::remove_file(&log).unwrap();
     assert_eq!(runs, 2, "a task ran again on another host while its own was alive");
