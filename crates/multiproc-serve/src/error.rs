@@ -87,19 +87,19 @@ impl ErrorKind {
 /// let e = ServeError::WorkerLost { model: "m".into(), version: 2, pid: 41, status: "killed by signal 9".into() };
 /// assert_eq!(e.kind(), ErrorKind::WorkerLost);
 /// assert_eq!(e.http_status(), 500);
-/// assert!(e.to_string().contains("\"m\" version 2"));
+/// assert!(e.to_string().contains("'m' version 2"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
     /// No model of that name is registered.
-    #[error("unknown model {model:?}: register it first (status() lists the models)")]
+    #[error("unknown model '{model}': register it first (status() lists the models)")]
     UnknownModel {
         /// The name asked for.
         model: String,
     },
     /// The model has no such version.
-    #[error("model {model:?} has no version {version}")]
+    #[error("model '{model}' has no version {version}")]
     UnknownVersion {
         /// The model.
         model: String,
@@ -107,7 +107,7 @@ pub enum ServeError {
         version: u64,
     },
     /// The input is malformed or of the wrong type.
-    #[error("bad input for model {model:?}: {reason}")]
+    #[error("bad input for model '{model}': {reason}")]
     BadInput {
         /// The model.
         model: String,
@@ -115,7 +115,7 @@ pub enum ServeError {
         reason: String,
     },
     /// Not loaded, still loading past the request's patience, or failed to load.
-    #[error("model {model:?}{} is not ready: {reason}", version_suffix(*.version))]
+    #[error("model '{model}'{} is not ready: {reason}", version_suffix(*.version))]
     NotReady {
         /// The model.
         model: String,
@@ -125,7 +125,7 @@ pub enum ServeError {
         reason: String,
     },
     /// The queue is full.
-    #[error("model {model:?} version {version} is overloaded: its queue holds {capacity} requests; retry later")]
+    #[error("model '{model}' version {version} is overloaded: its queue holds {capacity} requests; retry later")]
     Overloaded {
         /// The model.
         model: String,
@@ -136,7 +136,7 @@ pub enum ServeError {
     },
     /// The version crashes again and again.
     #[error(
-        "model {model:?} version {version} is crash-looping ({crashes} crashes); last failure: {last_failure}; next restart in {retry_in:?}"
+        "model '{model}' version {version} is crash-looping ({crashes} crashes); last failure: {last_failure}; next restart in {retry_in:?}"
     )]
     CrashLooping {
         /// The model.
@@ -154,7 +154,7 @@ pub enum ServeError {
     #[error("the server is shutting down")]
     ShuttingDown,
     /// The model returned an error (or panicked) for this input.
-    #[error("model {model:?} version {version} failed: {message}")]
+    #[error("model '{model}' version {version} failed: {message}")]
     ModelFailed {
         /// The model.
         model: String,
@@ -164,7 +164,7 @@ pub enum ServeError {
         message: String,
     },
     /// The worker process died while it held this request.
-    #[error("model {model:?} version {version}: worker process {pid} died ({status}) while running this request")]
+    #[error("model '{model}' version {version}: worker process {pid} died ({status}) while running this request")]
     WorkerLost {
         /// The model.
         model: String,
@@ -176,7 +176,7 @@ pub enum ServeError {
         status: String,
     },
     /// The worker exceeded the call timeout and was killed.
-    #[error("model {model:?} version {version}: worker {pid} exceeded the call timeout of {timeout:?} and was killed")]
+    #[error("model '{model}' version {version}: worker {pid} exceeded the call timeout of {timeout:?} and was killed")]
     CallTimeout {
         /// The model.
         model: String,
@@ -188,7 +188,7 @@ pub enum ServeError {
         timeout: Duration,
     },
     /// The request's deadline passed.
-    #[error("model {model:?}: the request's deadline passed after {waited:?} ({stage})")]
+    #[error("model '{model}': the request's deadline passed after {waited:?} ({stage})")]
     DeadlineExceeded {
         /// The model.
         model: String,
@@ -198,7 +198,7 @@ pub enum ServeError {
         stage: &'static str,
     },
     /// The caller gave up (dropped the future).
-    #[error("model {model:?}: the request was cancelled by its caller")]
+    #[error("model '{model}': the request was cancelled by its caller")]
     Cancelled {
         /// The model.
         model: String,

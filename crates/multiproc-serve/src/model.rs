@@ -141,9 +141,9 @@ impl<M: Model> ModelSpec<M> {
 
     /// Erases the model type: the spawner of each version and the I/O types.
     pub(crate) fn erase(self) -> Result<ErasedSpec, ServeError> {
-        self.settings.validate().map_err(|e| ServeError::Internal(format!("model {:?}: {e}", self.name)))?;
+        self.settings.validate().map_err(|e| ServeError::Internal(format!("model '{}': {e}", self.name)))?;
         if self.versions.is_empty() {
-            return Err(ServeError::Internal(format!("model {:?} declares no version", self.name)));
+            return Err(ServeError::Internal(format!("model '{}' declares no version", self.name)));
         }
         let versions = self
             .versions

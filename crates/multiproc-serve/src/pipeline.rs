@@ -160,7 +160,7 @@ where
             ignoring
                 .processes(n)
                 .build()
-                .map_err(|e| ServeError::Internal(format!("pipeline {:?}: pool did not start: {e}", self.name)))
+                .map_err(|e| ServeError::Internal(format!("pipeline '{}': pool did not start: {e}", self.name)))
         };
         let pre_pool = pool(self.preprocess_processes)?;
         let (post, post_pool) = match self.postprocess {

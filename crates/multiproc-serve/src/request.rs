@@ -82,7 +82,7 @@ pub struct Reply<O> {
 
 pub(crate) fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant) -> Result<Reply<O>, ServeError> {
     let output = postcard::from_bytes(answer.bytes.as_bytes()).map_err(|e| {
-        ServeError::Internal(format!("model {:?} returned an output that does not decode: {e}", answer.model))
+        ServeError::Internal(format!("model '{}' returned an output that does not decode: {e}", answer.model))
     })?;
     Ok(Reply {
         model: answer.model,

@@ -143,7 +143,7 @@ impl Server {
                 Ok(())
             }
             Some(Endpoint::Pipeline(_)) => Err(ServeError::Internal(format!(
-                "{name:?} is a pipeline; remove it before adding a model of that name"
+                "'{name}' is a pipeline; remove it before adding a model of that name"
             ))),
             None => {
                 self.inner
@@ -172,7 +172,7 @@ impl Server {
     {
         self.check_running()?;
         if self.endpoints().contains_key(spec.name()) {
-            return Err(ServeError::Internal(format!("{:?} is already registered", spec.name())));
+            return Err(ServeError::Internal(format!("'{}' is already registered", spec.name())));
         }
         let model = self.model_entry(spec.model())?;
         model.io.check::<I, O>(spec.model())?;

@@ -127,7 +127,7 @@ pub enum TensorError {
     #[error("unknown datatype {0:?}; expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES")]
     UnknownDataType(String),
     /// The shape's element count overflows.
-    #[error("tensor {name:?}: shape {shape:?} has too many elements")]
+    #[error("tensor '{name}': shape {shape:?} has too many elements")]
     ShapeOverflow {
         /// The tensor.
         name: String,
@@ -135,7 +135,7 @@ pub enum TensorError {
         shape: Vec<usize>,
     },
     /// The data length disagrees with shape × element size.
-    #[error("tensor {name:?}: shape {shape:?} of {datatype} needs {expected} bytes, got {actual}")]
+    #[error("tensor '{name}': shape {shape:?} of {datatype} needs {expected} bytes, got {actual}")]
     SizeMismatch {
         /// The tensor.
         name: String,
@@ -149,7 +149,7 @@ pub enum TensorError {
         actual: usize,
     },
     /// `BYTES` data that is not a sequence of length-prefixed items, one per element.
-    #[error("tensor {name:?}: BYTES data is malformed: {reason}")]
+    #[error("tensor '{name}': BYTES data is malformed: {reason}")]
     BadBytes {
         /// The tensor.
         name: String,
@@ -157,7 +157,7 @@ pub enum TensorError {
         reason: String,
     },
     /// A typed accessor used on a tensor of another datatype.
-    #[error("tensor {name:?} is {actual}, not {wanted}")]
+    #[error("tensor '{name}' is {actual}, not {wanted}")]
     WrongType {
         /// The tensor.
         name: String,
@@ -167,7 +167,7 @@ pub enum TensorError {
         wanted: DataType,
     },
     /// A `BOOL` element other than 0 or 1.
-    #[error("tensor {name:?}: BOOL element {index} is {value}, not 0 or 1")]
+    #[error("tensor '{name}': BOOL element {index} is {value}, not 0 or 1")]
     BadBool {
         /// The tensor.
         name: String,
