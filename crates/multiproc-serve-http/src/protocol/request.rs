@@ -252,7 +252,7 @@ mod tests {
         let json = r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":6}}]}"#;
         let (body, len) = binary_body(json, &[2, 0, 0, 0, b'h', b'i']);
         let err = decode_request(&body, len).unwrap_err();
-        assert!(err.0.starts_with("input tensor \"s\""), "{err}");
+        assert!(err.0.starts_with("input tensor 's'"), "{err}");
     }
 
     #[test]
