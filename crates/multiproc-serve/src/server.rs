@@ -32,6 +32,16 @@ pub(crate) enum Endpoint {
     Pipeline(Arc<dyn PipelineDyn>),
 }
 
+impl Endpoint {
+    /// Stops an endpoint no longer registered: a model drains, a pipeline stops.
+    fn retire(self) {
+        match self {
+            Endpoint::Model(m) => m.unload(),
+            Endpoint::Pipeline(p) => p.stop(),
+        }
+    }
+}
+
 pub(crate) struct Inner {
     endpoints: RwLock<BTreeMap<String, Endpoint>>,
     shutting_down: AtomicBool,
@@ -137,23 +147,43 @@ impl Server {
                     entry.stop(&e.to_string());
                     return Err(e);
                 }
-                self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Model(entry));
+                // What is replaced is what is registered now: `old`, or
+                // the entry of another add that swapped in meanwhile.
+                let replaced = self.register(name, Endpoint::Model(entry), true)?;
                 tracing::info!(model = %old.name, "switch: reloaded model; draining the old versions");
-                old.unload();
+                replaced.into_iter().for_each(Endpoint::retire);
                 Ok(())
             }
             Some(Endpoint::Pipeline(_)) => Err(ServeError::Internal(format!(
                 "{name:?} is a pipeline; remove it before adding a model of that name"
             ))),
             None => {
-                self.inner
-                    .endpoints
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name, Endpoint::Model(Arc::clone(&entry)));
+                // Another add of the name may have come first: this one
+                // replaces it, as a reload.
+                self.register(name, Endpoint::Model(Arc::clone(&entry)), true)?.into_iter().for_each(Endpoint::retire);
                 entry.load_if_eager()
             }
         }
+    }
+
+    /// Registers `endpoint` under `name` and gives back the endpoint it
+    /// replaced (only with `replace`; otherwise a name taken is an error).
+    /// Refused once shutdown began: the check is made under the lock that
+    /// `shutdown` takes to empty the endpoints, so an endpoint registered
+    /// after that, which nothing would stop, cannot be. A refused endpoint
+    /// is stopped.
+    fn register(&self, name: String, endpoint: Endpoint, replace: bool) -> Result<Option<Endpoint>, ServeError> {
+        let mut endpoints = self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
+        let refused = if self.inner.shutting_down.load(Ordering::Acquire) {
+            ServeError::ShuttingDown
+        } else if replace || !endpoints.contains_key(&name) {
+            return Ok(endpoints.insert(name, endpoint));
+        } else {
+            ServeError::Internal(format!("{name:?} is already registered"))
+        };
+        drop(endpoints);
+        endpoint.retire();
+        Err(refused)
     }
 
     /// Adds a pipeline: a preprocessing pool feeding a model already added,
@@ -178,7 +208,7 @@ impl Server {
         model.io.check::<I, O>(spec.model())?;
         let name = spec.name().to_string();
         let pipeline = spec.start(self.downgrade())?;
-        self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Pipeline(pipeline));
+        self.register(name, Endpoint::Pipeline(pipeline), false)?;
         Ok(())
     }
 
@@ -196,10 +226,7 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .remove(name)
             .ok_or_else(|| ServeError::UnknownModel { model: name.to_string() })?;
-        match endpoint {
-            Endpoint::Model(m) => m.unload(),
-            Endpoint::Pipeline(p) => p.stop(),
-        }
+        endpoint.retire();
         Ok(())
     }
 
@@ -569,12 +596,7 @@ impl Server {
 impl Drop for Inner {
     fn drop(&mut self) {
         let endpoints = std::mem::take(self.endpoints.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for e in endpoints.into_values() {
-            match e {
-                Endpoint::Pipeline(p) => p.stop(),
-                Endpoint::Model(m) => m.unload(),
-            }
-        }
+        endpoints.into_values().for_each(Endpoint::retire);
         self.deadlines.stop();
     }
 }
