@@ -330,8 +330,10 @@ fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
         } else {
             ServeError::Cancelled { model: group.model.clone() }
         };
-        group.counters.failure(e.kind());
-        p.slot.complete(Err(e));
+        // A caller that already had its error (its wait timed out) saw a deadline.
+        let kind = e.kind();
+        let seen = if p.slot.complete(Err(e)) { kind } else { crate::ErrorKind::DeadlineExceeded };
+        group.counters.failure(seen);
     }
 }
 
