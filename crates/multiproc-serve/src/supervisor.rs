@@ -258,7 +258,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         if sent.is_empty() {
             let next = lone
                 .wait_next(|| group.queue.len() > 0, || group.queue.next_batch(&group.settings, TICK, &mut dropped));
-            fail_dropped(group, &mut dropped);
+            group.fail_dropped(&mut dropped);
             let (batch, reason) = match next {
                 Next::Quit => return Gone::Quit,
                 Next::Idle => {
@@ -284,7 +284,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         if sent.len() < BATCHES_PER_WORKER
             && let Some(batch) = group.queue.take_full(&group.settings, &mut dropped)
         {
-            fail_dropped(group, &mut dropped);
+            group.fail_dropped(&mut dropped);
             next_id += 1;
             let batch = Sent::new(next_id, batch, &group.queue);
             send_batch(group, instance, worker, batch, BatchReason::Full, false, &mut sent);
@@ -309,31 +309,6 @@ fn forward_logs(group: &VersionGroup, worker: &Worker) {
             }
             Err(_) => return,
         }
-    }
-}
-
-/// Fails requests the batcher dropped (deadline passed or caller gone).
-fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
-    if dropped.is_empty() {
-        return;
-    }
-    let now = Instant::now();
-    for p in dropped.drain(..) {
-        // A caller whose deadline passed gave up (cancelled) as it got its
-        // error: it counts as a deadline, not as a cancel.
-        let e = if p.deadline.is_some_and(|d| d <= now) || !p.slot.is_cancelled() {
-            ServeError::DeadlineExceeded {
-                model: group.model.clone(),
-                waited: p.slot.arrived.elapsed(),
-                stage: "queued",
-            }
-        } else {
-            ServeError::Cancelled { model: group.model.clone() }
-        };
-        // A caller that already had its error (its wait timed out) saw a deadline.
-        let kind = e.kind();
-        let seen = if p.slot.complete(Err(e)) { kind } else { crate::ErrorKind::DeadlineExceeded };
-        group.counters.failure(seen);
     }
 }
 
@@ -409,7 +384,7 @@ fn answer_oldest(
                 *next_id += 1;
                 send_batch(group, instance, worker, Sent::new(*next_id, batch, &group.queue), reason, false, sent);
             }
-            fail_dropped(group, dropped);
+            group.fail_dropped(dropped);
             let answers = Arc::new(answers);
             let mut delivery =
                 Delivery { sent_at, now, batch_size: n, wakes: Wakes::default(), tally: Tally::default() };
