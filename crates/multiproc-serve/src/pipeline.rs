@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc::{AsyncResult, Pool, PoolError, Task, TaskError};
 use serde::Serialize;
@@ -210,6 +210,9 @@ pub(crate) trait PipelineDyn: Send + Sync {
         deadline: Option<Instant>,
     ) -> Result<(), ServeError>;
     fn status(&self) -> PipelineStatus;
+    /// Waits until the requests inside are answered, up to `timeout`, then
+    /// stops (new requests are kept out by the caller).
+    fn drain(&self, timeout: Duration);
     fn stop(&self);
 }
 
@@ -586,6 +589,14 @@ where
             in_flight: self.gauge.in_flight(),
             capacity: self.capacity,
         }
+    }
+
+    fn drain(&self, timeout: Duration) {
+        let until = crate::deadline::after(Instant::now(), timeout);
+        while self.gauge.in_flight() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop();
     }
 
     fn stop(&self) {

@@ -21,6 +21,7 @@ use crate::pipeline::{PipelineDyn, PipelineItem, PipelineSpec};
 use crate::registry::ModelEntry;
 use crate::request::decode_reply;
 use crate::request::{InferFuture, Reply, Request};
+use crate::settings::ModelSettings;
 use crate::slot::Slot;
 use crate::status::{EndpointKind, ModelStatus, ServerStatus};
 use crate::tensor::Tensor;
@@ -568,13 +569,28 @@ impl Server {
         MetricsSnapshot { versions }
     }
 
-    /// Stops taking requests, drains every model (each up to its drain
-    /// timeout) and stops every worker. Idempotent.
+    /// Stops taking requests, drains every pipeline and then every model
+    /// (each up to its model's drain timeout) and stops every worker.
+    /// Idempotent.
     pub fn shutdown(&self) {
         if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
         tracing::info!("server shutting down");
+        // Pipelines first, while their models still serve: the requests
+        // they hold are answered (each up to its model's drain timeout).
+        let pipelines: Vec<Arc<dyn PipelineDyn>> = self
+            .endpoints()
+            .values()
+            .filter_map(|e| match e {
+                Endpoint::Pipeline(p) => Some(Arc::clone(p)),
+                Endpoint::Model(_) => None,
+            })
+            .collect();
+        for p in pipelines {
+            let model = self.model_entry(&p.status().model);
+            p.drain(model.map_or(ModelSettings::default().drain_timeout, |m| m.settings.drain_timeout));
+        }
         let endpoints: Vec<Endpoint> =
             std::mem::take(&mut *self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()))
                 .into_values()

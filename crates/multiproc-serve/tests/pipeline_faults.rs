@@ -194,3 +194,22 @@ fn requests_racing_the_removal_of_their_pipeline_are_all_answered() {
     }
     server.shutdown();
 }
+
+#[test]
+fn shutdown_answers_the_requests_inside_a_pipeline() {
+    let server = server_with_pipeline();
+    let pre_pid =
+        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    // One request in preprocessing, two waiting for it.
+    let futures: Vec<_> = ["slow", "fast", "fast"]
+        .map(|text| server.infer_async::<String, Tagged>(Request::new("p", text.to_string())))
+        .into_iter()
+        .collect();
+    assert!(wait_for(PATIENCE, || in_flight(&server) == 3));
+    server.shutdown();
+    for (i, f) in futures.into_iter().enumerate() {
+        let reply = block_on(f, PATIENCE).unwrap_or_else(|e| panic!("request {i}, accepted before shutdown: {e}"));
+        assert_eq!(reply.output.value, 2 * pre_pid as u64);
+    }
+    assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived the server");
+}
