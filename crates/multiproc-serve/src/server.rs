@@ -243,7 +243,8 @@ impl Server {
     }
 
     /// Unloads a model: its versions drain and stop; requests then fail
-    /// with `NotReady` until [`Server::load`]. It stays listed.
+    /// with `NotReady` until [`Server::load`] (or a version is loaded with
+    /// [`Server::load_version`] or [`Server::switch`]). It stays listed.
     ///
     /// # Errors
     ///
@@ -254,7 +255,8 @@ impl Server {
     }
 
     /// Starts one more version of a model (beside those served) and waits
-    /// until it is ready.
+    /// until it is ready. On a model [unloaded](Server::unload), it is the
+    /// one version served.
     ///
     /// # Errors
     ///
