@@ -276,3 +276,20 @@ fn shutdown_with_a_batch_in_a_command_leaves_no_process() {
     let gone = |p: i32| std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z "));
     assert!(common::wait_for(PATIENCE, || gone(pid) && gone(command)), "a process outlived the server");
 }
+
+#[test]
+fn a_command_that_closes_its_stdout_before_ready_and_lives_on_fails_its_load_at_once() {
+    let server = Server::new();
+    let startup_timeout = Duration::from_secs(10);
+    let settings = ModelSettings { startup_timeout, ..Default::default() };
+    // A wrapper that sends the model's output elsewhere: no ready frame ever comes.
+    let elsewhere =
+        CommandConfig::new("sh").arg("-c").arg("exec >/dev/null; echo 'writing to a file' >&2; exec sleep 3600");
+    let started = std::time::Instant::now();
+    let err = server.add(ModelSpec::<CommandModel>::new("elsewhere").version(1, elsewhere).settings(settings));
+    let err = err.unwrap_err();
+    assert!(started.elapsed() < startup_timeout / 2, "the load failed only after {:?}: {err}", started.elapsed());
+    assert!(err.to_string().contains("closed its stdout before it was ready"), "{err}");
+    assert!(err.to_string().contains("writing to a file"), "the error does not say why: {err}");
+    server.shutdown();
+}

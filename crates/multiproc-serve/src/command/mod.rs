@@ -39,7 +39,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +111,23 @@ pub struct CommandModel {
 const STDERR_GRACE: Duration = Duration::from_millis(500);
 
 impl CommandModel {
+    /// How the command ended, waiting up to `grace` for it to exit; one
+    /// still running then is killed.
+    fn exit_status(&mut self, grace: Duration) -> String {
+        let until = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) | Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return "still running; killed".to_string();
+                }
+            }
+        }
+    }
+
     /// The command died or broke the protocol: the worker process exits so
     /// the server fails the batch (worker lost) and restarts it.
     fn fatal(&mut self, what: &str) -> ! {
@@ -177,9 +194,11 @@ impl Model for CommandModel {
                 Err(format!("the command sent {other:?} before ready"))
             }
             Ok(None) => {
-                let status = model.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                // It should be exiting; one that lives on (its stdout sent
+                // elsewhere) must not hold the load up.
+                let status = model.exit_status(STDERR_GRACE);
                 let why = model.stderr.explain(STDERR_GRACE);
-                Err(format!("the command exited before it was ready ({status}){why}"))
+                Err(format!("the command closed its stdout before it was ready ({status}){why}"))
             }
             Err(e) => {
                 let _ = model.child.kill();
