@@ -12,7 +12,9 @@
 //! a frame cut short, the answer to another batch) is killed and its worker
 //! restarted; the requests of its batch fail with `WorkerLost`, whose
 //! message ends with the last line the command wrote to stderr (a Python
-//! traceback's exception). A whole result with the wrong number of
+//! traceback's exception); one that dies while idle ends its worker within
+//! about 100 ms, and the server replaces it before a request is written to
+//! the dead command. A whole result with the wrong number of
 //! responses fails only that batch (`ModelFailed`). Its stderr reaches the
 //! log line by line (long lines in 8 KiB pieces, bytes that are not UTF-8
 //! shown as U+FFFD).
@@ -238,6 +240,19 @@ impl Model for CommandModel {
                 (None, None) => Err("the command's response has neither outputs nor error".to_string()),
             })
             .collect()
+    }
+
+    /// A command that exited while idle (killed, out of memory) ends its
+    /// worker before a batch is written to it and fails.
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!(
+                "[{}] the external command exited while idle ({status}){}",
+                self.label,
+                self.stderr.explain(STDERR_GRACE)
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
