@@ -316,6 +316,15 @@ where
     /// Sends a chunk to the pool: `inputs` holds the encoded input of each
     /// of `jobs`, in order.
     fn preprocess(self: &Arc<Self>, jobs: Vec<Job>, inputs: Items) {
+        let (jobs, inputs) = self.without_abandoned(jobs, inputs);
+        if jobs.is_empty() {
+            // Nothing left for the pool: the chunk is done (a sleeping
+            // feeder is woken if the next one is ready).
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.chunks_out = q.chunks_out.saturating_sub(1);
+            self.wake_feeder(q);
+            return;
+        }
         let shared = Arc::new(Mutex::new(Some(jobs)));
         let (ok_jobs, err_jobs) = (Arc::clone(&shared), Arc::clone(&shared));
         let (ok_self, err_self) = (Arc::clone(self), Arc::clone(self));
@@ -358,6 +367,40 @@ where
                     }
                 }),
         );
+    }
+
+    /// Answers the requests of a chunk whose callers gave up (gone, or past
+    /// their deadline) instead of preprocessing them; gives back the others
+    /// with their inputs. Costs a clock read per chunk and a look at each
+    /// request; the inputs are copied only when one was given up.
+    fn without_abandoned(&self, jobs: Vec<Job>, inputs: Items) -> (Vec<Job>, Items) {
+        let now = Instant::now();
+        let expired = |j: &Job| j.deadline.is_some_and(|d| d <= now);
+        if !jobs.iter().any(|j| j.slot.is_cancelled() || expired(j)) {
+            return (jobs, inputs);
+        }
+        let mut kept = Vec::with_capacity(jobs.len());
+        let mut kept_inputs = Items::with_capacity(jobs.len(), inputs.byte_len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            if expired(&job) {
+                let waited = job.slot.arrived.elapsed();
+                job.slot.complete(Err(ServeError::DeadlineExceeded {
+                    model: self.name.clone(),
+                    waited,
+                    stage: "queued",
+                }));
+            } else if job.slot.is_cancelled() {
+                job.slot.complete(Err(ServeError::Cancelled { model: self.name.clone() }));
+            } else {
+                match inputs.get(i) {
+                    Some(Ok(bytes)) => kept_inputs.push_bytes(bytes),
+                    Some(Err(message)) => kept_inputs.push_error(message),
+                    None => kept_inputs.push_error("the request's input is missing"),
+                }
+                kept.push(job);
+            }
+        }
+        (kept, kept_inputs)
     }
 
     /// A chunk left the pool: the next one, if ready, goes to the pool at
