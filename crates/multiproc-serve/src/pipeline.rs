@@ -18,7 +18,7 @@ use std::any::TypeId;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -182,6 +182,7 @@ where
             chunk: self.chunk,
             server,
             stopped: AtomicBool::new(false),
+            stopped_why: OnceLock::new(),
             thread: Mutex::new(None),
             _request: PhantomData,
         });
@@ -213,7 +214,8 @@ pub(crate) trait PipelineDyn: Send + Sync {
     /// Waits until the requests inside are answered, up to `timeout`, then
     /// stops (new requests are kept out by the caller).
     fn drain(&self, timeout: Duration);
-    fn stop(&self);
+    /// Stops now; the requests inside fail with `why`.
+    fn stop(&self, why: ServeError);
 }
 
 /// A request waiting for preprocessing (its input is in [`Feed::inputs`]).
@@ -252,6 +254,8 @@ struct Runtime<R, O, P> {
     chunk: usize,
     server: Weak<Inner>,
     stopped: AtomicBool,
+    /// Why it stopped: the error of the requests it will not answer.
+    stopped_why: OnceLock<ServeError>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The requests' type (they are queued encoded).
     _request: PhantomData<fn(R)>,
@@ -265,6 +269,11 @@ where
 {
     fn failed(&self, stage: &str, message: impl std::fmt::Display) -> ServeError {
         ServeError::ModelFailed { model: self.name.clone(), version: 0, message: format!("{stage}: {message}") }
+    }
+
+    /// The error of a request the stopped pipeline will not answer (why it stopped).
+    fn stopped_error(&self) -> ServeError {
+        self.stopped_why.get().cloned().unwrap_or(ServeError::ShuttingDown)
     }
 
     /// The feeder: cuts the queue into chunks for the preprocessing pool.
@@ -293,7 +302,7 @@ where
                     self.gauge.set_queued(0);
                     drop(q);
                     for j in left {
-                        j.slot.complete(Err(ServeError::ShuttingDown));
+                        j.slot.complete(Err(self.stopped_error()));
                     }
                     return;
                 }
@@ -333,7 +342,7 @@ where
             drop(pools);
             self.chunk_done();
             for job in shared.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default() {
-                job.slot.complete(Err(ServeError::ShuttingDown));
+                job.slot.complete(Err(self.stopped_error()));
             }
             return;
         };
@@ -359,7 +368,7 @@ where
                                 status: format!("preprocessing worker: {error}"),
                             }
                         }
-                        PoolError::Task { error: TaskError::Terminated, .. } => ServeError::ShuttingDown,
+                        PoolError::Task { error: TaskError::Terminated, .. } => err_self.stopped_error(),
                         other => err_self.failed("preprocessing", other),
                     };
                     for job in jobs {
@@ -504,7 +513,7 @@ where
             };
             let pools = this.pools.read().unwrap_or_else(|e| e.into_inner());
             let Some(pool) = &pools.1 else {
-                slot.complete(Err(ServeError::ShuttingDown));
+                slot.complete(Err(this.stopped_error()));
                 return;
             };
             let output: O = match postcard::from_bytes(answer.bytes.as_bytes()) {
@@ -584,7 +593,7 @@ where
             .and_then(Option::take)
             .ok_or_else(|| ServeError::Internal("pipeline input of the wrong type".into()))?;
         if self.stopped.load(Ordering::Acquire) {
-            return Err(ServeError::ShuttingDown);
+            return Err(self.stopped_error());
         }
         let Some((held, guard)) = self.gauge.admit(self.capacity) else {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
@@ -595,7 +604,7 @@ where
         // let the feeder empty the queue and end, so nobody would answer a
         // request queued now.
         if self.stopped.load(Ordering::Acquire) {
-            return Err(ServeError::ShuttingDown);
+            return Err(self.stopped_error());
         }
         // Low load (nothing else in the pipeline, the feeder idle, a pool
         // slot free): the caller hands the request to the pool itself, saving
@@ -639,10 +648,12 @@ where
         while self.gauge.in_flight() > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.stop();
+        self.stop(ServeError::ShuttingDown);
     }
 
-    fn stop(&self) {
+    fn stop(&self, why: ServeError) {
+        // Set before the flag: whoever sees the pipeline stopped finds why.
+        let _ = self.stopped_why.set(why);
         self.stopped.store(true, Ordering::Release);
         {
             let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());

@@ -38,7 +38,7 @@ impl Endpoint {
     fn retire(self) {
         match self {
             Endpoint::Model(m) => m.unload(),
-            Endpoint::Pipeline(p) => p.stop(),
+            Endpoint::Pipeline(p) => p.stop(ServeError::ShuttingDown),
         }
     }
 }
@@ -227,7 +227,13 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .remove(name)
             .ok_or_else(|| ServeError::UnknownModel { model: name.to_string() })?;
-        endpoint.retire();
+        match endpoint {
+            Endpoint::Pipeline(p) => {
+                let reason = "the pipeline was removed".to_string();
+                p.stop(ServeError::NotReady { model: name.to_string(), version: None, reason });
+            }
+            model => model.retire(),
+        }
         Ok(())
     }
 
@@ -599,7 +605,7 @@ impl Server {
                 .collect();
         for e in &endpoints {
             if let Endpoint::Pipeline(p) = e {
-                p.stop();
+                p.stop(ServeError::ShuttingDown);
             }
         }
         for e in &endpoints {
