@@ -37,6 +37,9 @@ impl Continuation {
                 drop(guard);
                 slot.complete_later(Ok(answer), wakes)
             }
+            // A caller already answered (its deadline passed) gets no
+            // postprocessing: nobody would read it.
+            Continuation::Post(_) if slot.is_done() => false,
             Continuation::Post(then) => {
                 then(answer, slot);
                 true

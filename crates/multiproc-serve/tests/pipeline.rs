@@ -97,3 +97,25 @@ fn a_full_pipeline_rejects_at_once_and_recovers() {
     assert_eq!(reply.output.value, 10);
     server.shutdown();
 }
+
+#[test]
+fn a_deadline_that_passes_in_the_model_counts_as_what_the_caller_saw_with_postprocessing() {
+    let server = Server::new();
+    let slow = Behaviour { batch_ms: 1_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("double").version(1, slow)).unwrap();
+    server.add_pipeline(PipelineSpec::new("words", "double", parse, 1).postprocess(describe, 1)).unwrap();
+    let late =
+        server.infer::<String, String>(Request::new("words", "3".to_string()).timeout(Duration::from_millis(300)));
+    assert_eq!(late.unwrap_err().kind(), ErrorKind::DeadlineExceeded);
+    // The model answers after the deadline; nobody gets that answer.
+    let counted = || {
+        let m = server.metrics().get("double", 1).cloned().unwrap();
+        m.request_success + m.request_failure.values().sum::<u64>() == 1
+    };
+    assert!(common::wait_for(PATIENCE, counted));
+    let metrics = server.metrics();
+    let m = metrics.get("double", 1).unwrap();
+    assert_eq!(m.request_success, 0, "an answer nobody got counted as a success: {m:?}");
+    assert_eq!(m.request_failure.get("deadline_exceeded"), Some(&1), "{m:?}");
+    server.shutdown();
+}
