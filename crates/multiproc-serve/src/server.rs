@@ -434,7 +434,11 @@ impl Server {
             match group.admit_many(batch) {
                 Ok(()) => return Ok(()),
                 Err((b, e)) if e.kind() == crate::ErrorKind::NotReady => batch = b,
-                Err((b, e)) => return Err((b, e)),
+                Err((b, e)) => {
+                    // Counted as a request sent to the version itself is (see `admit`).
+                    b.iter().for_each(|_| group.counters.failure(e.kind()));
+                    return Err((b, e));
+                }
             }
         }
         let e = ServeError::NotReady {
