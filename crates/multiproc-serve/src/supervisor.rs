@@ -52,6 +52,10 @@ struct Worker {
     /// Recent time from sending a batch to its answer: how long polling
     /// for the next answer may pay.
     reply_times: AnswerTimes,
+    /// It answered a batch: it was healthy, whatever ends it.
+    answered: bool,
+    /// When it was ready.
+    ready_at: Instant,
 }
 
 impl Worker {
@@ -83,8 +87,14 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
         }
         let gone = match start(&group, instance) {
             Ok(mut worker) => {
-                attempt = 0;
                 let gone = serve(&group, instance, &mut worker);
+                // The backoff starts over after a healthy worker (it
+                // answered a batch, or lived past the crash window); one
+                // that loads and then dies at its first batch, again and
+                // again, backs off more each time.
+                if worker.answered || worker.ready_at.elapsed() >= group.settings.restart.crash_window {
+                    attempt = 0;
+                }
                 if matches!(gone, Gone::Quit) {
                     stop_worker(worker);
                 }
@@ -166,6 +176,8 @@ fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
                     ends,
                     pid,
                     reply_times: AnswerTimes::new(REPLY_POLL_LIMIT, REPLY_POLL_LEAST),
+                    answered: false,
+                    ready_at: Instant::now(),
                 });
             }
             Ok(FromWorker::Log(line)) => log_line(group, &line),
@@ -375,6 +387,7 @@ fn answer_oldest(
                 group.queue.release(next.batch.len());
             }
             worker.reply_times.note(now.saturating_duration_since(started));
+            worker.answered = true;
             group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
             group.worker_busy(instance, false);
             if !sent.is_empty() {
