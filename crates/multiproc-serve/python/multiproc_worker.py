@@ -11,7 +11,9 @@ and exits), then answers each {"type": "batch", "id": N, "requests": [{"inputs":
 with {"type": "result", "id": N, "responses": [{"outputs": [T, ...]} | {"error": "..."}, ...]},
 one response per request, in order. T = {"name", "datatype", "shape", "offset", "size"} locates a
 tensor's little-endian bytes in the blob; BYTES elements are u32 LE length-prefixed items.
-End of stdin means stop. Logs go to stderr (the server prefixes them with model and version).
+End of stdin means stop. Logs go to stderr (the server prefixes them with model and version);
+serve() moves the protocol off descriptor 1, so what the model prints to stdout (print(), or a
+native library's printf) goes to stderr too instead of breaking the stream of frames.
 An exception raised by predict, or a wrong number of results, fails that batch's requests with
 the reason, and a result that is not a list of tensors fails its request; the model stays loaded.
 
@@ -123,10 +125,20 @@ def _tensors(refs, blob):
     return out
 
 
+def _protocol_stdout():
+    """The process's stdout, moved to a descriptor of its own for the frames; descriptor 1 (and
+    sys.stdout) then go to stderr, so that what the model prints reaches the log."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
 def serve(load, predict, stdin=None, stdout=None):
     """Loads the model, says ready, answers batches until stdin closes."""
     stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout.buffer
+    stdout = stdout or _protocol_stdout()
     model_name = os.environ.get("MULTIPROC_MODEL", "model")
     version = int(os.environ.get("MULTIPROC_VERSION", "1"))
     try:

@@ -37,6 +37,9 @@ impl Continuation {
                 drop(guard);
                 slot.complete_later(Ok(answer), wakes)
             }
+            // A caller already answered (its deadline passed) gets no
+            // postprocessing: nobody would read it.
+            Continuation::Post(_) if slot.is_done() => false,
             Continuation::Post(then) => {
                 then(answer, slot);
                 true
@@ -140,13 +143,21 @@ impl BatchQueue {
 
     /// Queues a request, or hands it back at once if the queue is full or
     /// closed. `force` skips the capacity check (a pipeline bounds its own).
-    pub fn push(&self, p: Pending, force: bool) -> Result<(), Refused> {
+    /// A full queue first drops the requests whose caller is gone or whose
+    /// deadline passed into `dropped` (for the caller to fail): they hold
+    /// no room a live request is refused for (only then: a queue with room
+    /// is swept as its batches leave).
+    pub fn push(&self, p: Pending, force: bool, dropped: &mut Vec<Pending>) -> Result<(), Refused> {
         let mut s = self.lock();
         if !s.accepting || s.stopped {
             return Err(Refused::Closed(p));
         }
         if !force && s.items.len() + s.held >= self.capacity {
-            return Err(Refused::Full(p));
+            let all = s.items.len();
+            sweep(&mut s, all, Instant::now(), dropped);
+            if s.items.len() + s.held >= self.capacity {
+                return Err(Refused::Full(p));
+            }
         }
         s.items.push_back(p);
         let wake = s.waiting > 0;
@@ -361,7 +372,7 @@ mod tests {
         let q = BatchQueue::new(100);
         let mut s = ModelSettings { max_batch_size: 8, preferred_batch_sizes: vec![4, 6], ..Default::default() };
         for _ in 0..13 {
-            q.push(pending(), false).unwrap();
+            q.push(pending(), false, &mut Vec::new()).unwrap();
         }
         assert_eq!(next(&q, &s), (8, BatchReason::Full));
         assert_eq!(next(&q, &s), (4, BatchReason::Preferred));
@@ -369,7 +380,7 @@ mod tests {
         s.dispatch_when_idle = false;
         s.preferred_batch_sizes.clear();
         s.max_queue_delay = Duration::from_millis(30);
-        q.push(pending(), false).unwrap();
+        q.push(pending(), false, &mut Vec::new()).unwrap();
         let t = Instant::now();
         assert_eq!(next(&q, &s), (1, BatchReason::Delay));
         assert!(t.elapsed() >= Duration::from_millis(29));
@@ -380,16 +391,22 @@ mod tests {
     #[test]
     fn a_full_queue_refuses_and_cancelled_requests_are_dropped() {
         let q = BatchQueue::new(2);
-        q.push(pending(), false).unwrap();
+        q.push(pending(), false, &mut Vec::new()).unwrap();
         let gone = pending();
         gone.slot.cancel();
-        q.push(gone, false).unwrap();
-        assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))));
-        assert!(q.push(pending(), true).is_ok(), "a pipeline's push skips the capacity");
+        q.push(gone, false, &mut Vec::new()).unwrap();
+        // Full: the cancelled request makes room for a live one.
         let mut dropped = Vec::new();
+        q.push(pending(), false, &mut dropped).unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert!(matches!(q.push(pending(), false, &mut dropped), Err(Refused::Full(_))));
+        assert!(q.push(pending(), true, &mut dropped).is_ok(), "a pipeline's push skips the capacity");
+        let gone = pending();
+        gone.slot.cancel();
+        q.push(gone, true, &mut dropped).unwrap();
         let s = ModelSettings { max_batch_size: 8, ..Default::default() };
         let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped) else { panic!("no batch") };
-        assert_eq!((b.len(), dropped.len()), (2, 1));
+        assert_eq!((b.len(), dropped.len()), (3, 2));
     }
 
     #[test]
@@ -397,14 +414,17 @@ mod tests {
         let q = BatchQueue::new(4);
         let s = ModelSettings { max_batch_size: 2, ..Default::default() };
         for _ in 0..3 {
-            q.push(pending(), false).unwrap();
+            q.push(pending(), false, &mut Vec::new()).unwrap();
         }
         assert_eq!(q.take_full(&s, &mut Vec::new()).map(|b| b.len()), Some(2));
         assert!(q.take_full(&s, &mut Vec::new()).is_none(), "one request left: no full batch");
-        q.push(pending(), false).unwrap();
-        assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))), "2 queued + 2 held = capacity");
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+        assert!(
+            matches!(q.push(pending(), false, &mut Vec::new()), Err(Refused::Full(_))),
+            "2 queued + 2 held = capacity"
+        );
         q.release(2);
-        assert!(q.push(pending(), false).is_ok());
+        assert!(q.push(pending(), false, &mut Vec::new()).is_ok());
     }
 
     #[test]
@@ -412,11 +432,14 @@ mod tests {
         let q = BatchQueue::new(4);
         let s = ModelSettings { max_batch_size: 2, ..Default::default() };
         assert_eq!(q.arrivals(), 0);
-        q.push(pending(), false).unwrap();
+        q.push(pending(), false, &mut Vec::new()).unwrap();
         q.push_many(vec![pending(), pending()]).unwrap();
         assert_eq!(q.arrivals(), 3);
-        assert!(matches!(q.push(pending(), false), Ok(())));
-        assert!(matches!(q.push(pending(), false), Err(Refused::Full(_))), "a refused request did not arrive");
+        assert!(matches!(q.push(pending(), false, &mut Vec::new()), Ok(())));
+        assert!(
+            matches!(q.push(pending(), false, &mut Vec::new()), Err(Refused::Full(_))),
+            "a refused request did not arrive"
+        );
         assert_eq!(q.arrivals(), 4);
         let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()) else { panic!("no batch") };
         q.push_front(b);

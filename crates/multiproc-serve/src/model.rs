@@ -69,6 +69,19 @@ pub trait Model: Sized + 'static {
 
     /// Runs one batch: one result per input, in order.
     fn predict(&mut self, batch: Vec<Self::Input>) -> Vec<Result<Self::Output, String>>;
+
+    /// Whether the model can still answer, asked while its worker waits for
+    /// a batch (every 100 ms or so). `Err(why)` ends the worker process,
+    /// which the server restarts (logging `why`) before a request reaches
+    /// it. For a model that needs something outside its process that can
+    /// fail while idle, such as an external command. The default: `Ok(())`.
+    ///
+    /// # Errors
+    ///
+    /// Why the model can no longer answer.
+    fn check_alive(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Starts one worker process of a model version (type-erased).

@@ -18,9 +18,9 @@ use std::any::TypeId;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc::{AsyncResult, Pool, PoolError, Task, TaskError};
 use serde::Serialize;
@@ -182,6 +182,7 @@ where
             chunk: self.chunk,
             server,
             stopped: AtomicBool::new(false),
+            stopped_why: OnceLock::new(),
             thread: Mutex::new(None),
             _request: PhantomData,
         });
@@ -210,7 +211,11 @@ pub(crate) trait PipelineDyn: Send + Sync {
         deadline: Option<Instant>,
     ) -> Result<(), ServeError>;
     fn status(&self) -> PipelineStatus;
-    fn stop(&self);
+    /// Waits until the requests inside are answered, up to `timeout`, then
+    /// stops (new requests are kept out by the caller).
+    fn drain(&self, timeout: Duration);
+    /// Stops now; the requests inside fail with `why`.
+    fn stop(&self, why: ServeError);
 }
 
 /// A request waiting for preprocessing (its input is in [`Feed::inputs`]).
@@ -249,6 +254,8 @@ struct Runtime<R, O, P> {
     chunk: usize,
     server: Weak<Inner>,
     stopped: AtomicBool,
+    /// Why it stopped: the error of the requests it will not answer.
+    stopped_why: OnceLock<ServeError>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The requests' type (they are queued encoded).
     _request: PhantomData<fn(R)>,
@@ -262,6 +269,11 @@ where
 {
     fn failed(&self, stage: &str, message: impl std::fmt::Display) -> ServeError {
         ServeError::ModelFailed { model: self.name.clone(), version: 0, message: format!("{stage}: {message}") }
+    }
+
+    /// The error of a request the stopped pipeline will not answer (why it stopped).
+    fn stopped_error(&self) -> ServeError {
+        self.stopped_why.get().cloned().unwrap_or(ServeError::ShuttingDown)
     }
 
     /// The feeder: cuts the queue into chunks for the preprocessing pool.
@@ -290,7 +302,7 @@ where
                     self.gauge.set_queued(0);
                     drop(q);
                     for j in left {
-                        j.slot.complete(Err(ServeError::ShuttingDown));
+                        j.slot.complete(Err(self.stopped_error()));
                     }
                     return;
                 }
@@ -313,6 +325,15 @@ where
     /// Sends a chunk to the pool: `inputs` holds the encoded input of each
     /// of `jobs`, in order.
     fn preprocess(self: &Arc<Self>, jobs: Vec<Job>, inputs: Items) {
+        let (jobs, inputs) = self.without_abandoned(jobs, inputs);
+        if jobs.is_empty() {
+            // Nothing left for the pool: the chunk is done (a sleeping
+            // feeder is woken if the next one is ready).
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.chunks_out = q.chunks_out.saturating_sub(1);
+            self.wake_feeder(q);
+            return;
+        }
         let shared = Arc::new(Mutex::new(Some(jobs)));
         let (ok_jobs, err_jobs) = (Arc::clone(&shared), Arc::clone(&shared));
         let (ok_self, err_self) = (Arc::clone(self), Arc::clone(self));
@@ -321,7 +342,7 @@ where
             drop(pools);
             self.chunk_done();
             for job in shared.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default() {
-                job.slot.complete(Err(ServeError::ShuttingDown));
+                job.slot.complete(Err(self.stopped_error()));
             }
             return;
         };
@@ -347,7 +368,7 @@ where
                                 status: format!("preprocessing worker: {error}"),
                             }
                         }
-                        PoolError::Task { error: TaskError::Terminated, .. } => ServeError::ShuttingDown,
+                        PoolError::Task { error: TaskError::Terminated, .. } => err_self.stopped_error(),
                         other => err_self.failed("preprocessing", other),
                     };
                     for job in jobs {
@@ -355,6 +376,40 @@ where
                     }
                 }),
         );
+    }
+
+    /// Answers the requests of a chunk whose callers gave up (gone, or past
+    /// their deadline) instead of preprocessing them; gives back the others
+    /// with their inputs. Costs a clock read per chunk and a look at each
+    /// request; the inputs are copied only when one was given up.
+    fn without_abandoned(&self, jobs: Vec<Job>, inputs: Items) -> (Vec<Job>, Items) {
+        let now = Instant::now();
+        let expired = |j: &Job| j.deadline.is_some_and(|d| d <= now);
+        if !jobs.iter().any(|j| j.slot.is_cancelled() || expired(j)) {
+            return (jobs, inputs);
+        }
+        let mut kept = Vec::with_capacity(jobs.len());
+        let mut kept_inputs = Items::with_capacity(jobs.len(), inputs.byte_len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            if expired(&job) {
+                let waited = job.slot.arrived.elapsed();
+                job.slot.complete(Err(ServeError::DeadlineExceeded {
+                    model: self.name.clone(),
+                    waited,
+                    stage: "queued",
+                }));
+            } else if job.slot.is_cancelled() {
+                job.slot.complete(Err(ServeError::Cancelled { model: self.name.clone() }));
+            } else {
+                match inputs.get(i) {
+                    Some(Ok(bytes)) => kept_inputs.push_bytes(bytes),
+                    Some(Err(message)) => kept_inputs.push_error(message),
+                    None => kept_inputs.push_error("the request's input is missing"),
+                }
+                kept.push(job);
+            }
+        }
+        (kept, kept_inputs)
     }
 
     /// A chunk left the pool: the next one, if ready, goes to the pool at
@@ -458,7 +513,7 @@ where
             };
             let pools = this.pools.read().unwrap_or_else(|e| e.into_inner());
             let Some(pool) = &pools.1 else {
-                slot.complete(Err(ServeError::ShuttingDown));
+                slot.complete(Err(this.stopped_error()));
                 return;
             };
             let output: O = match postcard::from_bytes(answer.bytes.as_bytes()) {
@@ -538,7 +593,7 @@ where
             .and_then(Option::take)
             .ok_or_else(|| ServeError::Internal("pipeline input of the wrong type".into()))?;
         if self.stopped.load(Ordering::Acquire) {
-            return Err(ServeError::ShuttingDown);
+            return Err(self.stopped_error());
         }
         let Some((held, guard)) = self.gauge.admit(self.capacity) else {
             return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
@@ -549,7 +604,7 @@ where
         // let the feeder empty the queue and end, so nobody would answer a
         // request queued now.
         if self.stopped.load(Ordering::Acquire) {
-            return Err(ServeError::ShuttingDown);
+            return Err(self.stopped_error());
         }
         // Low load (nothing else in the pipeline, the feeder idle, a pool
         // slot free): the caller hands the request to the pool itself, saving
@@ -588,7 +643,17 @@ where
         }
     }
 
-    fn stop(&self) {
+    fn drain(&self, timeout: Duration) {
+        let until = crate::deadline::after(Instant::now(), timeout);
+        while self.gauge.in_flight() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop(ServeError::ShuttingDown);
+    }
+
+    fn stop(&self, why: ServeError) {
+        // Set before the flag: whoever sees the pipeline stopped finds why.
+        let _ = self.stopped_why.set(why);
         self.stopped.store(true, Ordering::Release);
         {
             let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());

@@ -157,6 +157,11 @@ impl ModelEntry {
             return Err(e);
         }
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
+        // An unloaded model serves again, this version alone (the ones it
+        // served before the unload stay stopped).
+        if self.unloaded.swap(false, Ordering::AcqRel) {
+            served.clear();
+        }
         if !served.contains(&version) {
             served.push(version);
             served.sort_unstable();

@@ -140,9 +140,14 @@ impl<O: DeserializeOwned> InferFuture<O> {
             Ok(slot) => match slot.wait_for(timeout) {
                 Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
                 None => {
+                    // The caller's error is set in the slot too (as a
+                    // blocking infer does): an answer that comes later goes
+                    // nowhere and counts as the deadline its caller saw.
                     slot.cancel();
                     let model = std::mem::take(&mut self.model).into();
-                    Err(ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" })
+                    let e = ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" };
+                    slot.complete(Err(e.clone()));
+                    Err(e)
                 }
             },
         }

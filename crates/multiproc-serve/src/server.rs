@@ -21,6 +21,7 @@ use crate::pipeline::{PipelineDyn, PipelineItem, PipelineSpec};
 use crate::registry::ModelEntry;
 use crate::request::decode_reply;
 use crate::request::{InferFuture, Reply, Request};
+use crate::settings::ModelSettings;
 use crate::slot::Slot;
 use crate::status::{EndpointKind, ModelStatus, ServerStatus};
 use crate::tensor::Tensor;
@@ -30,6 +31,16 @@ use crate::tensor::Tensor;
 pub(crate) enum Endpoint {
     Model(Arc<ModelEntry>),
     Pipeline(Arc<dyn PipelineDyn>),
+}
+
+impl Endpoint {
+    /// Stops an endpoint no longer registered: a model drains, a pipeline stops.
+    fn retire(self) {
+        match self {
+            Endpoint::Model(m) => m.unload(),
+            Endpoint::Pipeline(p) => p.stop(ServeError::ShuttingDown),
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -137,23 +148,43 @@ impl Server {
                     entry.stop(&e.to_string());
                     return Err(e);
                 }
-                self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Model(entry));
+                // What is replaced is what is registered now: `old`, or
+                // the entry of another add that swapped in meanwhile.
+                let replaced = self.register(name, Endpoint::Model(entry), true)?;
                 tracing::info!(model = %old.name, "switch: reloaded model; draining the old versions");
-                old.unload();
+                replaced.into_iter().for_each(Endpoint::retire);
                 Ok(())
             }
             Some(Endpoint::Pipeline(_)) => Err(ServeError::Internal(format!(
                 "'{name}' is a pipeline; remove it before adding a model of that name"
             ))),
             None => {
-                self.inner
-                    .endpoints
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name, Endpoint::Model(Arc::clone(&entry)));
+                // Another add of the name may have come first: this one
+                // replaces it, as a reload.
+                self.register(name, Endpoint::Model(Arc::clone(&entry)), true)?.into_iter().for_each(Endpoint::retire);
                 entry.load_if_eager()
             }
         }
+    }
+
+    /// Registers `endpoint` under `name` and gives back the endpoint it
+    /// replaced (only with `replace`; otherwise a name taken is an error).
+    /// Refused once shutdown began: the check is made under the lock that
+    /// `shutdown` takes to empty the endpoints, so an endpoint registered
+    /// after that, which nothing would stop, cannot be. A refused endpoint
+    /// is stopped.
+    fn register(&self, name: String, endpoint: Endpoint, replace: bool) -> Result<Option<Endpoint>, ServeError> {
+        let mut endpoints = self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
+        let refused = if self.inner.shutting_down.load(Ordering::Acquire) {
+            ServeError::ShuttingDown
+        } else if replace || !endpoints.contains_key(&name) {
+            return Ok(endpoints.insert(name, endpoint));
+        } else {
+            ServeError::Internal(format!("{name:?} is already registered"))
+        };
+        drop(endpoints);
+        endpoint.retire();
+        Err(refused)
     }
 
     /// Adds a pipeline: a preprocessing pool feeding a model already added,
@@ -178,7 +209,7 @@ impl Server {
         model.io.check::<I, O>(spec.model())?;
         let name = spec.name().to_string();
         let pipeline = spec.start(self.downgrade())?;
-        self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()).insert(name, Endpoint::Pipeline(pipeline));
+        self.register(name, Endpoint::Pipeline(pipeline), false)?;
         Ok(())
     }
 
@@ -197,8 +228,11 @@ impl Server {
             .remove(name)
             .ok_or_else(|| ServeError::UnknownModel { model: name.to_string() })?;
         match endpoint {
-            Endpoint::Model(m) => m.unload(),
-            Endpoint::Pipeline(p) => p.stop(),
+            Endpoint::Pipeline(p) => {
+                let reason = "the pipeline was removed".to_string();
+                p.stop(ServeError::NotReady { model: name.to_string(), version: None, reason });
+            }
+            model => model.retire(),
         }
         Ok(())
     }
@@ -215,7 +249,8 @@ impl Server {
     }
 
     /// Unloads a model: its versions drain and stop; requests then fail
-    /// with `NotReady` until [`Server::load`]. It stays listed.
+    /// with `NotReady` until [`Server::load`] (or a version is loaded with
+    /// [`Server::load_version`] or [`Server::switch`]). It stays listed.
     ///
     /// # Errors
     ///
@@ -226,7 +261,8 @@ impl Server {
     }
 
     /// Starts one more version of a model (beside those served) and waits
-    /// until it is ready.
+    /// until it is ready. On a model [unloaded](Server::unload), it is the
+    /// one version served.
     ///
     /// # Errors
     ///
@@ -398,7 +434,11 @@ impl Server {
             match group.admit_many(batch) {
                 Ok(()) => return Ok(()),
                 Err((b, e)) if e.kind() == crate::ErrorKind::NotReady => batch = b,
-                Err((b, e)) => return Err((b, e)),
+                Err((b, e)) => {
+                    // Counted as a request sent to the version itself is (see `admit`).
+                    b.iter().for_each(|_| group.counters.failure(e.kind()));
+                    return Err((b, e));
+                }
             }
         }
         let e = ServeError::NotReady {
@@ -541,20 +581,35 @@ impl Server {
         MetricsSnapshot { versions }
     }
 
-    /// Stops taking requests, drains every model (each up to its drain
-    /// timeout) and stops every worker. Idempotent.
+    /// Stops taking requests, drains every pipeline and then every model
+    /// (each up to its model's drain timeout) and stops every worker.
+    /// Idempotent.
     pub fn shutdown(&self) {
         if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
         tracing::info!("server shutting down");
+        // Pipelines first, while their models still serve: the requests
+        // they hold are answered (each up to its model's drain timeout).
+        let pipelines: Vec<Arc<dyn PipelineDyn>> = self
+            .endpoints()
+            .values()
+            .filter_map(|e| match e {
+                Endpoint::Pipeline(p) => Some(Arc::clone(p)),
+                Endpoint::Model(_) => None,
+            })
+            .collect();
+        for p in pipelines {
+            let model = self.model_entry(&p.status().model);
+            p.drain(model.map_or(ModelSettings::default().drain_timeout, |m| m.settings.drain_timeout));
+        }
         let endpoints: Vec<Endpoint> =
             std::mem::take(&mut *self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()))
                 .into_values()
                 .collect();
         for e in &endpoints {
             if let Endpoint::Pipeline(p) = e {
-                p.stop();
+                p.stop(ServeError::ShuttingDown);
             }
         }
         for e in &endpoints {
@@ -569,12 +624,7 @@ impl Server {
 impl Drop for Inner {
     fn drop(&mut self) {
         let endpoints = std::mem::take(self.endpoints.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for e in endpoints.into_values() {
-            match e {
-                Endpoint::Pipeline(p) => p.stop(),
-                Endpoint::Model(m) => m.unload(),
-            }
-        }
+        endpoints.into_values().for_each(Endpoint::retire);
         self.deadlines.stop();
     }
 }

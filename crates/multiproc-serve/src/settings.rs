@@ -200,6 +200,9 @@ impl ModelSettings {
         if self.call_timeout.is_some_and(|t| t.is_zero()) {
             return err("call_timeout", "must be positive");
         }
+        if self.request_timeout.is_some_and(|t| t.is_zero()) {
+            return err("request_timeout", "must be positive (None: no deadline)");
+        }
         if self.restart.crash_loop_threshold == 0 {
             return err("restart.crash_loop_threshold", "must be at least 1");
         }

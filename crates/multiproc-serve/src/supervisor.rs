@@ -52,6 +52,10 @@ struct Worker {
     /// Recent time from sending a batch to its answer: how long polling
     /// for the next answer may pay.
     reply_times: AnswerTimes,
+    /// It answered a batch: it was healthy, whatever ends it.
+    answered: bool,
+    /// When it was ready.
+    ready_at: Instant,
 }
 
 impl Worker {
@@ -83,8 +87,14 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
         }
         let gone = match start(&group, instance) {
             Ok(mut worker) => {
-                attempt = 0;
                 let gone = serve(&group, instance, &mut worker);
+                // The backoff starts over after a healthy worker (it
+                // answered a batch, or lived past the crash window); one
+                // that loads and then dies at its first batch, again and
+                // again, backs off more each time.
+                if worker.answered || worker.ready_at.elapsed() >= group.settings.restart.crash_window {
+                    attempt = 0;
+                }
                 if matches!(gone, Gone::Quit) {
                     stop_worker(worker);
                 }
@@ -166,6 +176,8 @@ fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
                     ends,
                     pid,
                     reply_times: AnswerTimes::new(REPLY_POLL_LIMIT, REPLY_POLL_LEAST),
+                    answered: false,
+                    ready_at: Instant::now(),
                 });
             }
             Ok(FromWorker::Log(line)) => log_line(group, &line),
@@ -258,7 +270,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         if sent.is_empty() {
             let next = lone
                 .wait_next(|| group.queue.len() > 0, || group.queue.next_batch(&group.settings, TICK, &mut dropped));
-            fail_dropped(group, &mut dropped);
+            group.fail_dropped(&mut dropped);
             let (batch, reason) = match next {
                 Next::Quit => return Gone::Quit,
                 Next::Idle => {
@@ -284,7 +296,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
         if sent.len() < BATCHES_PER_WORKER
             && let Some(batch) = group.queue.take_full(&group.settings, &mut dropped)
         {
-            fail_dropped(group, &mut dropped);
+            group.fail_dropped(&mut dropped);
             next_id += 1;
             let batch = Sent::new(next_id, batch, &group.queue);
             send_batch(group, instance, worker, batch, BatchReason::Full, false, &mut sent);
@@ -309,29 +321,6 @@ fn forward_logs(group: &VersionGroup, worker: &Worker) {
             }
             Err(_) => return,
         }
-    }
-}
-
-/// Fails requests the batcher dropped (deadline passed or caller gone).
-fn fail_dropped(group: &VersionGroup, dropped: &mut Vec<Pending>) {
-    if dropped.is_empty() {
-        return;
-    }
-    let now = Instant::now();
-    for p in dropped.drain(..) {
-        // A caller whose deadline passed gave up (cancelled) as it got its
-        // error: it counts as a deadline, not as a cancel.
-        let e = if p.deadline.is_some_and(|d| d <= now) || !p.slot.is_cancelled() {
-            ServeError::DeadlineExceeded {
-                model: group.model.clone(),
-                waited: p.slot.arrived.elapsed(),
-                stage: "queued",
-            }
-        } else {
-            ServeError::Cancelled { model: group.model.clone() }
-        };
-        group.counters.failure(e.kind());
-        p.slot.complete(Err(e));
     }
 }
 
@@ -398,6 +387,7 @@ fn answer_oldest(
                 group.queue.release(next.batch.len());
             }
             worker.reply_times.note(now.saturating_duration_since(started));
+            worker.answered = true;
             group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
             group.worker_busy(instance, false);
             if !sent.is_empty() {
@@ -407,7 +397,7 @@ fn answer_oldest(
                 *next_id += 1;
                 send_batch(group, instance, worker, Sent::new(*next_id, batch, &group.queue), reason, false, sent);
             }
-            fail_dropped(group, dropped);
+            group.fail_dropped(dropped);
             let answers = Arc::new(answers);
             let mut delivery =
                 Delivery { sent_at, now, batch_size: n, wakes: Wakes::default(), tally: Tally::default() };

@@ -153,7 +153,10 @@ impl VersionGroup {
             }
             _ => {}
         }
-        match self.queue.push(p, force) {
+        let mut dropped = Vec::new();
+        let pushed = self.queue.push(p, force, &mut dropped);
+        self.fail_dropped(&mut dropped);
+        match pushed {
             Ok(()) => Ok(()),
             Err(Refused::Full(p)) => Err(Box::new((
                 p,
@@ -393,6 +396,31 @@ impl VersionGroup {
     pub fn fail_requests(&self, items: Vec<Pending>, e: &ServeError) {
         for p in items {
             let seen = if p.slot.complete(Err(e.clone())) { e.kind() } else { crate::ErrorKind::DeadlineExceeded };
+            self.counters.failure(seen);
+        }
+    }
+
+    /// Fails requests the batcher dropped (deadline passed or caller gone).
+    pub fn fail_dropped(&self, dropped: &mut Vec<Pending>) {
+        if dropped.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for p in dropped.drain(..) {
+            // A caller whose deadline passed gave up (cancelled) as it got its
+            // error: it counts as a deadline, not as a cancel.
+            let e = if p.deadline.is_some_and(|d| d <= now) || !p.slot.is_cancelled() {
+                ServeError::DeadlineExceeded {
+                    model: self.model.clone(),
+                    waited: p.slot.arrived.elapsed(),
+                    stage: "queued",
+                }
+            } else {
+                ServeError::Cancelled { model: self.model.clone() }
+            };
+            // A caller that already had its error (its wait timed out) saw a deadline.
+            let kind = e.kind();
+            let seen = if p.slot.complete(Err(e)) { kind } else { crate::ErrorKind::DeadlineExceeded };
             self.counters.failure(seen);
         }
     }

@@ -142,13 +142,35 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     // while instead of sleeping until it comes (see `crate::lone`).
     let mut next = NextLone::new();
     let arrived = || requests.poll(Duration::ZERO).unwrap_or(true);
-    while let Ok(ToWorker::Batch { id, items, poll_after }) = next.wait_next(arrived, || requests.recv()) {
+    while let Ok(ToWorker::Batch { id, items, poll_after }) =
+        next.wait_next(arrived, || next_batch(&requests, &mut model))
+    {
         let reply = run_batch(&mut model, id, items.into_items());
         if replies.send(&reply).is_err() {
             return;
         }
         if poll_after {
             next.answered_lone();
+        }
+    }
+}
+
+/// How often an idle worker asks its model whether it can still answer.
+const ALIVE_CHECK: Duration = Duration::from_millis(100);
+
+/// Waits for the next batch, checking meanwhile that the model can still
+/// answer; a model that cannot ends the worker while it is idle (the server
+/// then restarts it before a request is lost with it).
+fn next_batch<M: Model>(requests: &Connection<ToWorker>, model: &mut M) -> Result<ToWorker, ConnectionError> {
+    loop {
+        match requests.recv_timeout(ALIVE_CHECK) {
+            Err(ConnectionError::Timeout) => {
+                if let Err(why) = model.check_alive() {
+                    log_to_server(&format!("the model can no longer answer: {why}"));
+                    std::process::exit(3);
+                }
+            }
+            other => return other,
         }
     }
 }

@@ -115,3 +115,36 @@ fn a_request_whose_caller_is_gone_never_reaches_a_worker() {
     assert_eq!(m.request_failure.get("cancelled"), Some(&1));
     server.shutdown();
 }
+
+#[test]
+fn requests_whose_callers_gave_up_do_not_hold_a_full_queue() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 1, queue_capacity: 4, ..Default::default() };
+    // Input 0 takes 2 s; the others are quick.
+    let behaviour = Behaviour { batch_ms: 2_000, slow_below: Some(1), ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
+    let status = || server.status().model("m").unwrap().versions[0].clone();
+    let busy = server.infer_async::<u64, Tagged>(Request::new("m", 0));
+    assert!(common::wait_for(PATIENCE, || status().in_flight == 1), "{:?}", status());
+    // The queue fills with requests whose callers then give up: two time
+    // out, two are dropped.
+    let short = Duration::from_millis(100);
+    let timing_out: Vec<_> =
+        (1..3u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i).timeout(short))).collect();
+    let dropped: Vec<_> = (3..5u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).collect();
+    assert_eq!(status().queue_depth, 4);
+    drop(dropped);
+    for f in timing_out {
+        assert_eq!(block_on(f, PATIENCE).unwrap_err().kind(), ErrorKind::DeadlineExceeded);
+    }
+    // Nobody waits for what is queued: a new request is taken, not rejected.
+    let reply = server.infer::<u64, Tagged>(Request::new("m", 5).timeout(PATIENCE));
+    assert_eq!(reply.map(|r| r.output.value), Ok(10), "a queue of abandoned requests refused a live one");
+    assert_eq!(block_on(busy, PATIENCE).unwrap().output.value, 0);
+    let metrics = server.metrics();
+    let m = metrics.get("m", 1).unwrap();
+    assert_eq!((m.request_success, m.inference_count), (2, 2), "{m:?}");
+    let failures: Vec<_> = m.request_failure.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(failures, [("cancelled", 2), ("deadline_exceeded", 2)], "{m:?}");
+    server.shutdown();
+}

@@ -87,10 +87,7 @@ fn workers_killed_at_random_under_load_lose_no_request_and_the_counts_add_up() {
         let v = server.status().model("m").unwrap().versions[0].clone();
         v.in_flight == 0 && v.queue_depth == 0
     }));
-    let metrics = server.metrics();
-    let m = metrics.get("m", 1).unwrap();
-    let failed: u64 = m.request_failure.values().sum();
-    assert_eq!((m.request_success, failed), (ok, lost), "{m:?}");
+    let m = counted(&server, ok, lost);
     assert_eq!(m.pending_requests, 0);
     server.shutdown();
 }
@@ -135,9 +132,19 @@ fn a_worker_killed_at_random_under_lone_requests_loses_at_most_the_request_it_ra
     eprintln!("{ok} answered, {lost} lost with their worker, {kills} kills");
     assert!(ok > 0 && lost <= kills);
     assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 0));
-    let metrics = server.metrics();
-    let m = metrics.get("m", 1).unwrap();
-    let failed: u64 = m.request_failure.values().sum();
-    assert_eq!((m.request_success, failed), (ok, lost), "{m:?}");
+    counted(&server, ok, lost);
     server.shutdown();
+}
+
+/// The counters of "m" v1 once they show `ok` successes and `lost`
+/// failures, as the callers saw, or a failure after `PATIENCE`. A batch's
+/// successes are added once its answers are set: a caller polling for its
+/// answer may have it a moment before it is counted.
+fn counted(server: &Server, ok: u64, lost: u64) -> multiproc_serve::VersionMetrics {
+    let now = || server.metrics().get("m", 1).cloned().unwrap();
+    let seen = |m: &multiproc_serve::VersionMetrics| (m.request_success, m.request_failure.values().sum::<u64>());
+    wait_for(PATIENCE, || seen(&now()) == (ok, lost));
+    let m = now();
+    assert_eq!(seen(&m), (ok, lost), "{m:?}");
+    m
 }

@@ -111,3 +111,29 @@ fn a_python_worker_that_cannot_load_or_dies_is_supervised() {
     assert_eq!(server.infer_tensors("py", None, vec![t]).unwrap().output[0].to_vec::<f32>().unwrap(), [1.0]);
     server.shutdown();
 }
+
+#[test]
+fn a_command_that_dies_while_idle_is_replaced_before_the_next_request() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        restart: multiproc_serve::RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    server.add(ModelSpec::<CommandModel>::new("py").version(1, python()).settings(settings)).unwrap();
+    let pid = server.status().model("py").unwrap().versions[0].workers[0].pid.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let command: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // The command alone dies (out of memory, say) while no request runs.
+    common::kill(command);
+    let back = || {
+        let v = server.status().model("py").unwrap().versions[0].clone();
+        v.ready && v.restarts == 1
+    };
+    let replaced = wait_for(Duration::from_secs(5), back);
+    // No request was running: none fails.
+    let t = Tensor::from_slice("x", vec![1], &[2.0f32]).unwrap();
+    let reply = server.infer_tensors("py", None, vec![t]);
+    assert_eq!(reply.map(|r| r.output[0].to_vec::<f32>().unwrap()), Ok(vec![2.0]));
+    assert!(replaced, "the worker of a dead command was not replaced while idle");
+    server.shutdown();
+}

@@ -78,12 +78,34 @@ fn a_command_writing_an_endless_line_to_stderr_keeps_its_worker_small() {
 fn a_command_printing_to_stdout_before_ready_fails_its_load_with_a_protocol_error() {
     let server = Server::new();
     let settings = ModelSettings { startup_timeout: PATIENCE, ..Default::default() };
-    // A version string printed to stdout, then a good ready frame, then waiting for batches.
+    // A version string printed to stdout, then a good ready frame, then
+    // waiting for batches (a command of its own: the reference worker's
+    // serve sends what the model prints to stderr).
     let chatty = python(
-        "def load(model, version):\n    print('0.5'); sys.stdout.flush()\n\ndef predict(model, batch):\n    return []\n",
+        "print('0.5'); sys.stdout.flush()\nmw.write_frame(sys.stdout.buffer, {'type': 'ready'})\n\
+         import time; time.sleep(3600)\ndef load(m, v): pass\ndef predict(m, b): pass\n",
     );
     let err = server.add(ModelSpec::<CommandModel>::new("chatty").version(1, chatty).settings(settings)).unwrap_err();
     assert!(err.to_string().contains("broke the protocol"), "{err}");
+    server.shutdown();
+}
+
+#[test]
+fn a_python_model_that_prints_to_stdout_keeps_serving() {
+    let server = Server::new();
+    // print() in load and predict, and a write to descriptor 1 as a native
+    // library's printf does: none of it is a frame.
+    let printing = python(
+        "import os\n\
+         def load(model, version):\n    print('loading', model); sys.stdout.flush()\n\
+         def predict(model, batch):\n    print('batch of', len(batch), flush=True); os.write(1, b'from C\\n')\n    \
+         return [list(inputs.values()) for inputs in batch]\n",
+    );
+    server.add(ModelSpec::<CommandModel>::new("printing").version(1, printing)).unwrap();
+    for i in 0..3 {
+        assert_eq!(ask(&server, "printing", i).unwrap(), i);
+    }
+    assert_eq!(server.status().model("printing").unwrap().versions[0].restarts, 0);
     server.shutdown();
 }
 
@@ -253,4 +275,21 @@ fn shutdown_with_a_batch_in_a_command_leaves_no_process() {
     assert_eq!(block_on(running, PATIENCE).unwrap().output[0].to_vec::<i64>().unwrap(), [4]);
     let gone = |p: i32| std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z "));
     assert!(common::wait_for(PATIENCE, || gone(pid) && gone(command)), "a process outlived the server");
+}
+
+#[test]
+fn a_command_that_closes_its_stdout_before_ready_and_lives_on_fails_its_load_at_once() {
+    let server = Server::new();
+    let startup_timeout = Duration::from_secs(10);
+    let settings = ModelSettings { startup_timeout, ..Default::default() };
+    // A wrapper that sends the model's output elsewhere: no ready frame ever comes.
+    let elsewhere =
+        CommandConfig::new("sh").arg("-c").arg("exec >/dev/null; echo 'writing to a file' >&2; exec sleep 3600");
+    let started = std::time::Instant::now();
+    let err = server.add(ModelSpec::<CommandModel>::new("elsewhere").version(1, elsewhere).settings(settings));
+    let err = err.unwrap_err();
+    assert!(started.elapsed() < startup_timeout / 2, "the load failed only after {:?}: {err}", started.elapsed());
+    assert!(err.to_string().contains("closed its stdout before it was ready"), "{err}");
+    assert!(err.to_string().contains("writing to a file"), "the error does not say why: {err}");
+    server.shutdown();
 }

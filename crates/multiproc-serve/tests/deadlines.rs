@@ -59,3 +59,25 @@ fn a_request_past_its_deadline_in_a_worker_that_dies_counts_once_as_a_deadline()
     assert_eq!(failures, [(&"deadline_exceeded".to_string(), &1)], "{m:?}");
     server.shutdown();
 }
+
+#[test]
+fn futures_waited_past_their_timeout_count_as_the_deadlines_their_callers_saw() {
+    let server = Server::new();
+    let slow = Behaviour { batch_ms: 600, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, slow)).unwrap();
+    let status = || server.status().model("m").unwrap().versions[0].clone();
+    // One request running, one held in the worker's pipe, one queued.
+    let futures: Vec<_> = (0..3u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).collect();
+    assert!(wait_for(PATIENCE, || { status().in_flight + status().queue_depth == 3 }), "{:?}", status());
+    for f in futures {
+        let err = f.wait_timeout(Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    }
+    assert!(wait_for(PATIENCE, || status().in_flight + status().queue_depth == 0), "{:?}", status());
+    let metrics = server.metrics();
+    let m = metrics.get("m", 1).unwrap();
+    assert_eq!(m.request_success, 0, "answers nobody got counted as successes: {m:?}");
+    let failures: Vec<_> = m.request_failure.iter().collect();
+    assert_eq!(failures, [(&"deadline_exceeded".to_string(), &3)], "{m:?}");
+    server.shutdown();
+}

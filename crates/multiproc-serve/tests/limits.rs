@@ -1,6 +1,7 @@
 //! Durations at their limit: `Duration::MAX` as a timeout, a delay or a
 //! backoff means "no limit", never a panic in the caller or in a thread of
-//! the server (which would leave requests unanswered).
+//! the server (which would leave requests unanswered); a zero timeout is
+//! refused, naming its field.
 
 mod common;
 
@@ -38,5 +39,17 @@ fn duration_max_everywhere_means_no_limit() {
     }
     server.unload("m").unwrap();
     assert_eq!(server.status().model("m").unwrap().versions[0].state, VersionState::Stopped);
+    server.shutdown();
+}
+
+#[test]
+fn a_zero_request_timeout_is_refused_as_a_zero_call_timeout_is() {
+    // Every request would fail with DeadlineExceeded before it was queued.
+    let settings = ModelSettings { request_timeout: Some(Duration::ZERO), ..Default::default() };
+    assert_eq!(settings.validate().map_err(|e| e.field), Err("request_timeout"));
+    let server = Server::new();
+    let spec = ModelSpec::<Doubler>::new("m").version(1, Behaviour::default()).settings(settings);
+    let err = server.add(spec).unwrap_err();
+    assert!(err.to_string().contains("request_timeout"), "{err}");
     server.shutdown();
 }

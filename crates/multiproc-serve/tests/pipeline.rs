@@ -97,3 +97,44 @@ fn a_full_pipeline_rejects_at_once_and_recovers() {
     assert_eq!(reply.output.value, 10);
     server.shutdown();
 }
+
+#[test]
+fn a_deadline_that_passes_in_the_model_counts_as_what_the_caller_saw_with_postprocessing() {
+    let server = Server::new();
+    let slow = Behaviour { batch_ms: 1_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("double").version(1, slow)).unwrap();
+    server.add_pipeline(PipelineSpec::new("words", "double", parse, 1).postprocess(describe, 1)).unwrap();
+    let late =
+        server.infer::<String, String>(Request::new("words", "3".to_string()).timeout(Duration::from_millis(300)));
+    assert_eq!(late.unwrap_err().kind(), ErrorKind::DeadlineExceeded);
+    // The model answers after the deadline; nobody gets that answer.
+    let counted = || {
+        let m = server.metrics().get("double", 1).cloned().unwrap();
+        m.request_success + m.request_failure.values().sum::<u64>() == 1
+    };
+    assert!(common::wait_for(PATIENCE, counted));
+    let metrics = server.metrics();
+    let m = metrics.get("double", 1).unwrap();
+    assert_eq!(m.request_success, 0, "an answer nobody got counted as a success: {m:?}");
+    assert_eq!(m.request_failure.get("deadline_exceeded"), Some(&1), "{m:?}");
+    server.shutdown();
+}
+
+#[test]
+fn requests_a_crash_looping_model_refuses_from_a_pipeline_are_counted() {
+    let server = Server::new();
+    let broken = Behaviour { panic_on_load: Some("no weights".into()), ..Default::default() };
+    let settings = ModelSettings { startup_timeout: PATIENCE, ..Default::default() };
+    let err = server.add(ModelSpec::<Doubler>::new("double").version(1, broken).settings(settings)).unwrap_err();
+    assert!(err.to_string().contains("no weights"), "{err}");
+    server.add_pipeline(PipelineSpec::<String, u64, Tagged, Tagged>::new("words", "double", parse, 1)).unwrap();
+    let err = server.infer::<String, Tagged>(Request::new("words", "3".to_string()).timeout(PATIENCE)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CrashLooping, "{err}");
+    // As a request sent to the model itself is.
+    let err = server.infer::<u64, Tagged>(Request::new("double", 3).timeout(PATIENCE)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CrashLooping, "{err}");
+    let metrics = server.metrics();
+    let m = metrics.get("double", 1).unwrap();
+    assert_eq!(m.request_failure.get("crash_looping"), Some(&2), "a refused request went uncounted: {m:?}");
+    server.shutdown();
+}

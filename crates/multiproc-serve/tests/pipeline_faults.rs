@@ -12,8 +12,13 @@ use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
 use multiproc_serve::{ModelSpec, PipelineSpec, Request, ServeError, Server};
 
 /// Preprocessing that answers the pid of its process; "slow" takes 1.5 s,
-/// "die" ends the process.
+/// "die" ends the process, "mark:PATH" appends a line to the file PATH.
 fn pid_of_preprocessing(text: String) -> Result<u64, String> {
+    if let Some(path) = text.strip_prefix("mark:") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(|e| e.to_string())?;
+        writeln!(file, "preprocessed").map_err(|e| e.to_string())?;
+    }
     if text == "slow" {
         std::thread::sleep(Duration::from_millis(1_500));
     }
@@ -51,8 +56,10 @@ fn a_pipeline_removed_with_requests_in_preprocessing_answers_them_all_and_stops_
     std::thread::sleep(Duration::from_millis(200));
     server.remove("p").unwrap();
     for f in futures {
-        let result = block_on(f, PATIENCE);
-        assert!(result.is_err(), "answered by a removed pipeline: {result:?}");
+        let err = block_on(f, PATIENCE).expect_err("answered by a removed pipeline");
+        // The server goes on: the error says what happened to the pipeline.
+        assert_eq!(err.kind(), multiproc_serve::ErrorKind::NotReady, "{err}");
+        assert!(err.to_string().contains("\"p\"") && err.to_string().contains("removed"), "{err}");
     }
     assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived its pipeline");
     server.shutdown();
@@ -68,7 +75,12 @@ fn requests_dropped_by_their_callers_in_preprocessing_leave_the_pipeline_empty()
     assert!(wait_for(PATIENCE, || in_flight(&server) == 0), "{} requests still counted", in_flight(&server));
     let m = server.metrics();
     let m = m.get("double", 1).unwrap();
-    assert_eq!(m.request_failure.get("cancelled"), Some(&3), "{m:?}");
+    // Those already in the pool when their callers left reach the model's
+    // queue and are dropped there (counted as cancelled); the others are
+    // not preprocessed at all.
+    let failures: Vec<_> = m.request_failure.keys().collect();
+    assert!(failures.iter().all(|k| *k == "cancelled"), "{m:?}");
+    assert!(m.request_failure.get("cancelled").is_none_or(|n| *n <= 3), "{m:?}");
     assert_eq!(m.inference_count, 0, "a dropped request reached the model");
     assert!(server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).is_ok());
     server.shutdown();
@@ -192,5 +204,59 @@ fn requests_racing_the_removal_of_their_pipeline_are_all_answered() {
             removed.store(true, Ordering::Release);
         });
     }
+    server.shutdown();
+}
+
+#[test]
+fn shutdown_answers_the_requests_inside_a_pipeline() {
+    let server = server_with_pipeline();
+    let pre_pid =
+        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    // One request in preprocessing, two waiting for it.
+    let futures: Vec<_> = ["slow", "fast", "fast"]
+        .map(|text| server.infer_async::<String, Tagged>(Request::new("p", text.to_string())))
+        .into_iter()
+        .collect();
+    assert!(wait_for(PATIENCE, || in_flight(&server) == 3));
+    server.shutdown();
+    for (i, f) in futures.into_iter().enumerate() {
+        let reply = block_on(f, PATIENCE).unwrap_or_else(|e| panic!("request {i}, accepted before shutdown: {e}"));
+        assert_eq!(reply.output.value, 2 * pre_pid as u64);
+    }
+    assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived the server");
+}
+
+#[test]
+fn requests_abandoned_before_preprocessing_are_not_preprocessed() {
+    let server = server_with_pipeline();
+    let marks = std::env::temp_dir().join(format!("multiproc-serve-marks-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marks);
+    let preprocessed = || std::fs::read_to_string(&marks).map_or(0, |s| s.lines().count());
+    // Two slow chunks fill the pool (two per process); the next requests wait for it.
+    let slow: Vec<_> =
+        (0..2).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string()))).collect();
+    assert!(wait_for(PATIENCE, || in_flight(&server) == 2));
+    let mark = format!("mark:{}", marks.display());
+    // Two callers go away, two time out.
+    let dropped: Vec<_> =
+        (0..2).map(|_| server.infer_async::<String, Tagged>(Request::new("p", mark.clone()))).collect();
+    let short = Duration::from_millis(100);
+    let timing_out: Vec<_> =
+        (0..2).map(|_| server.infer_async::<String, Tagged>(Request::new("p", mark.clone()).timeout(short))).collect();
+    drop(dropped);
+    for f in timing_out {
+        assert_eq!(block_on(f, PATIENCE).unwrap_err().kind(), multiproc_serve::ErrorKind::DeadlineExceeded);
+    }
+    for f in slow {
+        block_on(f, PATIENCE).unwrap();
+    }
+    assert!(wait_for(PATIENCE, || in_flight(&server) == 0), "{} requests still counted", in_flight(&server));
+    let abandoned = preprocessed();
+    // A request nobody gave up on still is preprocessed.
+    let live = server.infer::<String, Tagged>(Request::new("p", mark).timeout(PATIENCE));
+    let after = preprocessed();
+    let _ = std::fs::remove_file(&marks);
+    assert_eq!(abandoned, 0, "requests whose callers had gone were preprocessed");
+    assert!(live.is_ok() && after == 1, "{live:?}, {after} preprocessed");
     server.shutdown();
 }

@@ -272,3 +272,49 @@ fn requests_failed_because_their_version_crash_loops_or_stops_are_counted() {
     assert_eq!(failed("m"), 8, "{:?}", metrics.get("m", 1));
     server.shutdown();
 }
+
+/// Loads, then dies on every batch it is given.
+struct DiesOnEveryBatch;
+
+impl multiproc_serve::Model for DiesOnEveryBatch {
+    type Config = ();
+    type Input = u64;
+    type Output = u64;
+
+    fn load(_: (), _: &multiproc_serve::WorkerContext) -> Result<Self, String> {
+        Ok(DiesOnEveryBatch)
+    }
+
+    fn predict(&mut self, _: Vec<u64>) -> Vec<Result<u64, String>> {
+        std::process::exit(9)
+    }
+}
+
+#[test]
+fn a_worker_that_loads_but_dies_on_every_batch_backs_off_more_each_time() {
+    let log = common::capture_log();
+    let server = Server::new();
+    let restart = RestartPolicy {
+        initial_backoff: Duration::from_millis(40),
+        max_backoff: Duration::from_secs(10),
+        crash_loop_threshold: 100,
+        ..Default::default()
+    };
+    let settings = ModelSettings { restart, ..Default::default() };
+    server.add(ModelSpec::<DiesOnEveryBatch>::new("dies-on-batch").version(1, ()).settings(settings)).unwrap();
+    for x in 0..4u64 {
+        let err = server.infer::<u64, u64>(Request::new("dies-on-batch", x).timeout(PATIENCE)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WorkerLost, "{err}");
+    }
+    let backoffs = || -> Vec<String> {
+        let lines = log.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .filter(|l| l.contains("model=dies-on-batch") && l.contains("worker crashed"))
+            .filter_map(|l| l.split("backoff=").nth(1)?.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    assert!(wait_for(PATIENCE, || backoffs().len() == 4), "{:?}", backoffs());
+    assert_eq!(backoffs(), ["40ms", "80ms", "160ms", "320ms"], "the restarts did not back off");
+    server.shutdown();
+}

@@ -234,3 +234,23 @@ fn a_reload_that_fails_stops_the_new_workers_and_keeps_the_old_ones_serving() {
     assert_eq!(later, after_the_error, "the failed reload kept restarting its workers");
     server.shutdown();
 }
+
+#[test]
+fn a_version_loaded_after_an_unload_serves() {
+    let server = Server::new();
+    let settings = ModelSettings { version_policy: VersionPolicy::Specific(vec![1]), ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("m")
+        .version(1, Behaviour::default())
+        .version(2, Behaviour::default())
+        .settings(settings);
+    server.add(spec).unwrap();
+    server.unload("m").unwrap();
+    server.load_version("m", 2).unwrap();
+    let reply = server.infer::<u64, Tagged>(Request::new("m", 3).timeout(PATIENCE));
+    assert_eq!(reply.map(|r| (r.version, r.output.value)), Ok((2, 6)), "the version just loaded refused requests");
+    assert!(server.model_ready("m", Some(2)).unwrap());
+    let m = server.status().model("m").unwrap().clone();
+    assert_eq!((m.unloaded, m.default_version), (false, Some(2)), "{m:?}");
+    assert_eq!(m.version(1).unwrap().state, VersionState::Stopped);
+    server.shutdown();
+}

@@ -12,7 +12,9 @@
 //! a frame cut short, the answer to another batch) is killed and its worker
 //! restarted; the requests of its batch fail with `WorkerLost`, whose
 //! message ends with the last line the command wrote to stderr (a Python
-//! traceback's exception). A whole result with the wrong number of
+//! traceback's exception); one that dies while idle ends its worker within
+//! about 100 ms, and the server replaces it before a request is written to
+//! the dead command. A whole result with the wrong number of
 //! responses fails only that batch (`ModelFailed`). Its stderr reaches the
 //! log line by line (long lines in 8 KiB pieces, bytes that are not UTF-8
 //! shown as U+FFFD).
@@ -39,7 +41,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +113,23 @@ pub struct CommandModel {
 const STDERR_GRACE: Duration = Duration::from_millis(500);
 
 impl CommandModel {
+    /// How the command ended, waiting up to `grace` for it to exit; one
+    /// still running then is killed.
+    fn exit_status(&mut self, grace: Duration) -> String {
+        let until = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) | Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return "still running; killed".to_string();
+                }
+            }
+        }
+    }
+
     /// The command died or broke the protocol: the worker process exits so
     /// the server fails the batch (worker lost) and restarts it.
     fn fatal(&mut self, what: &str) -> ! {
@@ -177,9 +196,11 @@ impl Model for CommandModel {
                 Err(format!("the command sent {other:?} before ready"))
             }
             Ok(None) => {
-                let status = model.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                // It should be exiting; one that lives on (its stdout sent
+                // elsewhere) must not hold the load up.
+                let status = model.exit_status(STDERR_GRACE);
                 let why = model.stderr.explain(STDERR_GRACE);
-                Err(format!("the command exited before it was ready ({status}){why}"))
+                Err(format!("the command closed its stdout before it was ready ({status}){why}"))
             }
             Err(e) => {
                 let _ = model.child.kill();
@@ -219,6 +240,19 @@ impl Model for CommandModel {
                 (None, None) => Err("the command's response has neither outputs nor error".to_string()),
             })
             .collect()
+    }
+
+    /// A command that exited while idle (killed, out of memory) ends its
+    /// worker before a batch is written to it and fails.
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!(
+                "[{}] the external command exited while idle ({status}){}",
+                self.label,
+                self.stderr.explain(STDERR_GRACE)
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -1,0 +1,109 @@
+//! Reloads (`add` under a taken name) racing other management calls: every
+//! entry that loaded is either serving or stopped, and no worker process
+//! outlives the server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{PATIENCE, process_exists, wait_for};
+use multiproc_serve::{Model, ModelSpec, Request, Server, WorkerContext};
+
+/// Doubles its inputs; its load notes the worker's pid in the file of its
+/// config, then takes the config's milliseconds.
+struct NotesItsPid;
+
+impl Model for NotesItsPid {
+    type Config = (String, u64);
+    type Input = u64;
+    type Output = u64;
+
+    fn load((pids, load_ms): (String, u64), _: &WorkerContext) -> Result<Self, String> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(pids).map_err(|e| e.to_string())?;
+        writeln!(file, "{}", std::process::id()).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(load_ms));
+        Ok(NotesItsPid)
+    }
+
+    fn predict(&mut self, batch: Vec<u64>) -> Vec<Result<u64, String>> {
+        batch.into_iter().map(|x| Ok(2 * x)).collect()
+    }
+}
+
+/// A file for the pids of one test's workers, removed when dropped.
+struct Pids(PathBuf);
+
+impl Pids {
+    fn new(test: &str) -> Pids {
+        let path = std::env::temp_dir().join(format!("multiproc-serve-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Pids(path)
+    }
+
+    fn spec(&self, name: &str, version: u64, load_ms: u64) -> ModelSpec<NotesItsPid> {
+        ModelSpec::<NotesItsPid>::new(name).version(version, (self.0.display().to_string(), load_ms))
+    }
+
+    /// Every pid noted so far.
+    fn all(&self) -> Vec<i32> {
+        read_pids(&self.0)
+    }
+}
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn read_pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path).map_or(Vec::new(), |s| s.lines().filter_map(|l| l.parse().ok()).collect())
+}
+
+/// Waits (bounded) for every noted worker to be gone; the ones left.
+fn left_behind(pids: &Pids) -> Vec<i32> {
+    wait_for(Duration::from_secs(10), || pids.all().iter().all(|p| !process_exists(*p)));
+    pids.all().into_iter().filter(|p| process_exists(*p)).collect()
+}
+
+#[test]
+fn two_reloads_at_once_leave_no_worker_behind() {
+    let pids = Pids::new("two-reloads");
+    let server = Server::new();
+    server.add(pids.spec("m", 1, 0)).unwrap();
+    // Two repository loads of the same model at once: both load while the
+    // other does, then each swaps its entry in.
+    let reloads: Vec<_> = [2, 3]
+        .map(|v| {
+            let (server, spec) = (server.clone(), pids.spec("m", v, 500));
+            std::thread::spawn(move || server.add(spec))
+        })
+        .into_iter()
+        .collect();
+    for r in reloads {
+        r.join().unwrap().unwrap();
+    }
+    let reply = server.infer::<u64, u64>(Request::new("m", 4).timeout(PATIENCE)).unwrap();
+    assert!(reply.version == 2 || reply.version == 3, "{reply:?}");
+    assert_eq!(pids.all().len(), 3, "one worker per version");
+    server.shutdown();
+    assert_eq!(left_behind(&pids), Vec::<i32>::new(), "workers outlived the server's shutdown");
+}
+
+#[test]
+fn a_reload_that_ends_after_shutdown_leaves_no_worker_behind() {
+    let pids = Pids::new("reload-shutdown");
+    let server = Server::new();
+    server.add(pids.spec("m", 1, 0)).unwrap();
+    let reload = {
+        let (server, spec) = (server.clone(), pids.spec("m", 2, 1_000));
+        std::thread::spawn(move || server.add(spec))
+    };
+    assert!(wait_for(PATIENCE, || pids.all().len() == 2), "the new version's worker never started");
+    server.shutdown();
+    let _ = reload.join().unwrap();
+    assert_eq!(left_behind(&pids), Vec::<i32>::new(), "the reloaded entry's worker outlived the shutdown");
+    assert!(server.status().models.is_empty(), "{:?}", server.status());
+}
