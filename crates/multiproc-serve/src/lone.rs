@@ -308,7 +308,10 @@ mod tests {
             },
             || 2,
         );
-        assert_eq!((got, looks), (2, 3), "polled until it arrived, then waited as usual");
+        // Polled until it arrived (or, on a loaded machine, until the 50 µs
+        // budget ran out), never after; then waited as usual.
+        assert_eq!(got, 2);
+        assert!((1..=3).contains(&looks), "looked {looks} times");
         // Long pauses count as the limit: after quick gaps, polling goes on
         // after one...
         for _ in 0..8 {

@@ -180,7 +180,7 @@ impl Server {
         } else if replace || !endpoints.contains_key(&name) {
             return Ok(endpoints.insert(name, endpoint));
         } else {
-            ServeError::Internal(format!("{name:?} is already registered"))
+            ServeError::Internal(format!("'{name}' is already registered"))
         };
         drop(endpoints);
         endpoint.retire();
