@@ -59,7 +59,7 @@ fn a_pipeline_removed_with_requests_in_preprocessing_answers_them_all_and_stops_
         let err = block_on(f, PATIENCE).expect_err("answered by a removed pipeline");
         // The server goes on: the error says what happened to the pipeline.
         assert_eq!(err.kind(), multiproc_serve::ErrorKind::NotReady, "{err}");
-        assert!(err.to_string().contains("\"p\"") && err.to_string().contains("removed"), "{err}");
+        assert!(err.to_string().contains("'p'") && err.to_string().contains("removed"), "{err}");
     }
     assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the preprocessing process outlived its pipeline");
     server.shutdown();
