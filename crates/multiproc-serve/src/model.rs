@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ServeError;
-use crate::pipeline::PipelineItem;
+use crate::pipeline_spec::PipelineItem;
 use crate::settings::ModelSettings;
 use crate::worker::{WorkerEnds, worker_main};
 
