@@ -194,7 +194,10 @@ pub enum ServeError {
         model: String,
         /// How long the request waited.
         waited: Duration,
-        /// Where it was: "queued" or "running".
+        /// Where it was: "queued" (still in the model's or the pipeline's
+        /// queue: it never reached a worker) or "waiting" (the deadline
+        /// passed, or the caller's own `wait_timeout`/`infer` timeout ran
+        /// out, while its answer was awaited; it may have been in a worker).
         stage: &'static str,
     },
     /// The caller gave up (dropped the future).
