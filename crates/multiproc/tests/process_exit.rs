@@ -223,3 +223,39 @@ fn a_write_to_a_closed_pipe_is_an_error_in_the_child_as_in_the_parent() {
         assert_eq!(got.as_deref(), Ok("BrokenPipe"), "{method:?}");
     }
 }
+
+thread_local! {
+    /// Catches a panic in its destructor, as cleanup code may.
+    static CATCHES_ON_EXIT: std::cell::RefCell<Option<CatchesOnExit>> = const { std::cell::RefCell::new(None) };
+}
+
+struct CatchesOnExit;
+
+impl Drop for CatchesOnExit {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| panic!("caught as the thread ends"));
+    }
+}
+
+/// A thread whose thread-local destructor panics and catches it, after
+/// multiproc's own thread-locals are gone (it panicked once before, so they
+/// were in use).
+fn panic_caught_in_a_thread_local_destructor() -> u8 {
+    std::thread::spawn(|| {
+        CATCHES_ON_EXIT.with(|c| *c.borrow_mut() = Some(CatchesOnExit));
+        let _ = std::panic::catch_unwind(|| panic!("caught while the thread runs"));
+    })
+    .join()
+    .unwrap();
+    7
+}
+
+#[test]
+fn a_panic_caught_in_a_thread_local_destructor_does_not_abort_the_child() {
+    let mut p = Process::spawn(panic_caught_in_a_thread_local_destructor, ()).unwrap();
+    let got = p.join_timeout(JOIN);
+    if got.is_err() {
+        let _ = p.kill();
+    }
+    assert_eq!(got.unwrap(), 7);
+}

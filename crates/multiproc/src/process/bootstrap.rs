@@ -220,8 +220,12 @@ pub(crate) fn install_panic_hook() {
                 backtrace: std::backtrace::Backtrace::force_capture().to_string(),
                 process: identity::current_name(),
             };
-            LAST_PANIC.with(|l| *l.borrow_mut() = Some(record));
-            if !QUIET.with(Cell::get) {
+            // Either thread-local may be gone already (a panic in another
+            // thread-local's destructor, caught there): the record is then
+            // dropped and the panic printed, not a panic in the hook (which
+            // aborts).
+            let _ = LAST_PANIC.try_with(|l| *l.borrow_mut() = Some(record));
+            if !QUIET.try_with(Cell::get).unwrap_or(false) {
                 default(info);
             }
         }));
@@ -239,7 +243,7 @@ pub(crate) fn quiet_panics<T>(f: impl FnOnce() -> T) -> T {
 
 /// The record of the panic whose payload was caught on this thread.
 pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> RemotePanic {
-    LAST_PANIC.with(|l| l.borrow_mut().take()).unwrap_or_else(|| RemotePanic {
+    LAST_PANIC.try_with(|l| l.borrow_mut().take()).ok().flatten().unwrap_or_else(|| RemotePanic {
         message: panic_message(payload),
         location: None,
         backtrace: String::new(),
