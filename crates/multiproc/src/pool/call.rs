@@ -166,7 +166,7 @@ impl<'p, S: 'static> Call<'p, S> {
             progress,
         );
         // Refused now, not at the first submit: an empty input submits nothing.
-        if self.pool.shared.is_closed() { imap.refuse(PoolError::Closed) } else { imap }
+        if self.pool.shared.open_call() { imap.opened() } else { imap.refuse(PoolError::Closed) }
     }
 
     /// As [`Pool::apply`].
