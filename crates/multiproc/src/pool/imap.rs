@@ -121,7 +121,7 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
             pull,
             runner,
             chunksize,
-            window: MIN_WINDOW.max(4 * processes * chunksize),
+            window: MIN_WINDOW.max(processes.saturating_mul(4).saturating_mul(chunksize)),
             submitted: 0,
             yielded: 0,
             next_chunk: 0,
