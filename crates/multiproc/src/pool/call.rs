@@ -100,7 +100,11 @@ impl<'p, S: 'static> Call<'p, S> {
     {
         let slot = Slot::new();
         if n == 0 {
-            // Nothing to submit: a closed pool refuses it all the same.
+            // Nothing to submit: a closed pool refuses it all the same. The
+            // bar shows 0 of 0 done, as imap's does.
+            if let Some(p) = self.make_progress(Some(0)) {
+                p.finish();
+            }
             slot.complete(match items.next() {
                 _ if self.pool.shared.is_closed() => Err(PoolError::Closed),
                 None => Ok(Vec::new()),
