@@ -46,6 +46,22 @@ fn imap_is_ordered_and_unordered_is_the_same_multiset() {
 }
 
 #[test]
+fn a_chunksize_larger_than_any_input_makes_one_chunk() {
+    let _watchdog = pool_support::watchdog();
+    let pool = Pool::new(2).unwrap();
+    let want: Vec<u64> = (0..10u64).map(square).collect();
+    for chunksize in [usize::MAX, 1 << 62] {
+        let got: Vec<u64> = pool.with_chunksize(chunksize).imap(square, 0..10u64).map(Result::unwrap).collect();
+        assert_eq!(got, want, "imap, chunksize {chunksize}");
+        let mut un: Vec<u64> =
+            pool.with_chunksize(chunksize).imap_unordered(square, 0..10u64).map(Result::unwrap).collect();
+        un.sort_unstable();
+        assert_eq!(un, want, "imap_unordered, chunksize {chunksize}");
+        assert_eq!(pool.with_chunksize(chunksize).map(square, 0..10u64).unwrap(), want);
+    }
+}
+
+#[test]
 fn empty_inputs_give_empty_results_at_once() {
     let _watchdog = pool_support::watchdog();
     let pool = Pool::new(1).unwrap();

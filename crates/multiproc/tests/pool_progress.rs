@@ -28,3 +28,15 @@ fn map_and_imap_advance_the_bar_to_the_item_count() {
     // The default bar (stderr; hidden when stderr is not a terminal) works too.
     assert_eq!(pool.with_progress().map(square, 0..10u64).unwrap().len(), 10);
 }
+
+#[test]
+fn an_empty_map_finishes_its_bar_at_zero_as_imap_does() {
+    let _watchdog = pool_support::watchdog();
+    let pool = Pool::new(1).unwrap();
+    let bar = ProgressBar::hidden();
+    assert!(pool.with_progress_bar(bar.clone()).imap(square, Vec::<u64>::new()).next().is_none());
+    assert_eq!((bar.length(), bar.position(), bar.is_finished()), (Some(0), 0, true), "imap");
+    let bar = ProgressBar::hidden();
+    assert!(pool.with_progress_bar(bar.clone()).map(square, Vec::<u64>::new()).unwrap().is_empty());
+    assert_eq!((bar.length(), bar.position(), bar.is_finished()), (Some(0), 0, true), "map");
+}

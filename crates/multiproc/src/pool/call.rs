@@ -100,7 +100,11 @@ impl<'p, S: 'static> Call<'p, S> {
     {
         let slot = Slot::new();
         if n == 0 {
-            // Nothing to submit: a closed pool refuses it all the same.
+            // Nothing to submit: a closed pool refuses it all the same. The
+            // bar shows 0 of 0 done, as imap's does.
+            if let Some(p) = self.make_progress(Some(0)) {
+                p.finish();
+            }
             slot.complete(match items.next() {
                 _ if self.pool.shared.is_closed() => Err(PoolError::Closed),
                 None => Ok(Vec::new()),
@@ -166,7 +170,7 @@ impl<'p, S: 'static> Call<'p, S> {
             progress,
         );
         // Refused now, not at the first submit: an empty input submits nothing.
-        if self.pool.shared.is_closed() { imap.refuse(PoolError::Closed) } else { imap }
+        if self.pool.shared.open_call() { imap.opened() } else { imap.refuse(PoolError::Closed) }
     }
 
     /// As [`Pool::apply`].

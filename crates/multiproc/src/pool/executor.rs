@@ -144,8 +144,10 @@ impl Executor {
         Ok(self.pool.imap(f, items))
     }
 
-    /// Takes no more work. With `cancel_futures`, tasks that no worker has
-    /// received yet fail with [`TaskError::Cancelled`](super::TaskError::Cancelled);
+    /// Takes no more work; a [`Executor::map`] begun before goes on reading
+    /// its input. With `cancel_futures`, tasks that no worker has received
+    /// yet fail with [`TaskError::Cancelled`](super::TaskError::Cancelled),
+    /// and such a map reads no more (it ends with [`PoolError::Closed`]);
     /// with `wait`, returns once the running ones finished and the workers
     /// exited.
     pub fn shutdown(&self, wait: bool, cancel_futures: bool) {

@@ -87,6 +87,9 @@ pub struct Imap<'p, R> {
     refused: Option<PoolError>,
     progress: Option<Progress>,
     done: bool,
+    /// Registered with the pool (`Shared::open_call`): its chunks are
+    /// accepted after `close` until it read its input to the end.
+    open: bool,
 }
 
 impl<R> fmt::Debug for Imap<'_, R> {
@@ -118,7 +121,7 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
             pull,
             runner,
             chunksize,
-            window: MIN_WINDOW.max(4 * processes * chunksize),
+            window: MIN_WINDOW.max(processes.saturating_mul(4).saturating_mul(chunksize)),
             submitted: 0,
             yielded: 0,
             next_chunk: 0,
@@ -128,7 +131,14 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
             refused: None,
             progress,
             done: false,
+            open: false,
         }
+    }
+
+    /// An iteration registered with the pool (see `Shared::open_call`).
+    pub(crate) fn opened(mut self) -> Self {
+        self.open = true;
+        self
     }
 
     /// An iteration that yields `error` and ends, reading no input.
@@ -167,15 +177,32 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
             }
             self.exhausted |= pulled.exhausted;
         }
-        if chunks.is_empty() {
-            return;
+        if !chunks.is_empty() {
+            let n: usize = chunks.iter().map(|c| c.items as usize).sum();
+            if let Err(e) = self.shared.submit_open(chunks) {
+                self.submitted -= n;
+                self.exhausted = true;
+                self.refused = Some(e);
+            }
         }
-        let n: usize = chunks.iter().map(|c| c.items as usize).sum();
-        if let Err(e) = self.shared.submit(chunks) {
-            self.submitted -= n;
-            self.exhausted = true;
-            self.refused = Some(e);
+        if self.exhausted || self.input_error.is_some() {
+            self.release();
         }
+    }
+}
+
+impl<R> Imap<'_, R> {
+    /// Tells the pool this iteration submits nothing more.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.open) {
+            self.shared.close_call();
+        }
+    }
+}
+
+impl<R> Drop for Imap<'_, R> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

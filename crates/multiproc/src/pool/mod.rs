@@ -340,7 +340,8 @@ impl<S: 'static> Pool<S> {
     }
 
     /// No new work: later calls fail with [`PoolError::Closed`]; the workers
-    /// exit once the queued work is done.
+    /// exit once the queued work is done. An `imap` begun before goes on
+    /// reading its input and yields all its results, as Python's does.
     pub fn close(&self) {
         self.shared.close();
     }
@@ -352,7 +353,10 @@ impl<S: 'static> Pool<S> {
     }
 
     /// Waits until every worker has exited (after [`Pool::close`] or
-    /// [`Pool::terminate`]).
+    /// [`Pool::terminate`]). While an `imap` begun before `close` has input
+    /// left to read, it returns once the work submitted so far is done (the
+    /// workers stay for that `imap` and exit when it ends or is dropped), so
+    /// joining before reading it does not wait for ever.
     ///
     /// # Errors
     ///
@@ -376,6 +380,9 @@ impl<S: 'static> Pool<S> {
         }
         if !self.shared.wait_finished(deadline) {
             return Err(PoolError::Timeout(timeout));
+        }
+        if !self.shared.ended() {
+            return Ok(()); // an open imap keeps the workers for its input
         }
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();

@@ -73,9 +73,21 @@ pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
     wake: WakeFd,
     sleeping: AtomicBool,
-    /// Set when the scheduler thread ends (its workers are all reaped).
-    finished: Mutex<bool>,
+    /// What `join` waits for.
+    finished: Mutex<Finish>,
     finished_cond: Condvar,
+}
+
+/// What `join` waits for: the end of the scheduler thread, or, while an
+/// `imap` begun before `close` may still submit, the end of the work
+/// submitted so far.
+#[derive(Debug, Default)]
+struct Finish {
+    /// The scheduler thread ended (its workers are all reaped).
+    ended: bool,
+    /// Closed, and nothing submitted is left to run, but an open `imap`
+    /// keeps the workers for the input it has yet to read.
+    drained: bool,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +96,13 @@ struct Inbox {
     closed: bool,
     terminate: bool,
     cancel_pending: bool,
+    /// `imap` iterations begun before `close` that may submit more.
+    open_calls: usize,
+    /// The scheduler thread ended: nothing submitted can run.
+    ended: bool,
+    /// `cancel_pending` was called (`Executor::shutdown(_, true)`): open
+    /// calls submit nothing more either.
+    cancelled: bool,
 }
 
 impl std::fmt::Debug for Chunk {
@@ -103,9 +122,49 @@ impl Shared {
     ///
     /// [`PoolError::Closed`] after `close` or `terminate`; the chunks are dropped.
     pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), PoolError> {
+        self.submit_unless(chunks, |inbox| inbox.closed)
+    }
+
+    /// Registers an `imap` that will submit as it is read; false after
+    /// `close` (the call is refused). Its chunks are accepted after `close`
+    /// until it calls [`Shared::close_call`], as Python's `imap` begun before
+    /// `close` yields all its results.
+    pub(crate) fn open_call(&self) -> bool {
+        let mut inbox = self.lock();
+        if inbox.closed {
+            return false;
+        }
+        inbox.open_calls += 1;
+        true
+    }
+
+    /// An open call will submit nothing more.
+    pub(crate) fn close_call(&self) {
         {
             let mut inbox = self.lock();
-            if inbox.closed {
+            inbox.open_calls -= 1;
+            if inbox.open_calls == 0 {
+                // `join` waits for the end of the thread again.
+                self.finished.lock().unwrap_or_else(|e| e.into_inner()).drained = false;
+            }
+        }
+        self.kick();
+    }
+
+    /// Queues chunks of an open call (see [`Shared::open_call`]).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Closed`] after `terminate` or `cancel_pending`; the
+    /// chunks are dropped.
+    pub(crate) fn submit_open(&self, chunks: Vec<Chunk>) -> Result<(), PoolError> {
+        self.submit_unless(chunks, |inbox| inbox.terminate || inbox.ended || inbox.cancelled)
+    }
+
+    fn submit_unless(&self, chunks: Vec<Chunk>, refused: impl FnOnce(&Inbox) -> bool) -> Result<(), PoolError> {
+        {
+            let mut inbox = self.lock();
+            if refused(&inbox) {
                 return Err(PoolError::Closed);
             }
             inbox.chunks.extend(chunks);
@@ -132,7 +191,11 @@ impl Shared {
 
     /// Fails every task that no worker has received yet with `Cancelled`.
     pub(crate) fn cancel_pending(&self) {
-        self.lock().cancel_pending = true;
+        {
+            let mut inbox = self.lock();
+            inbox.cancel_pending = true;
+            inbox.cancelled = true;
+        }
         self.kick();
     }
 
@@ -141,10 +204,12 @@ impl Shared {
         self.lock().closed
     }
 
-    /// Waits until the scheduler thread ended, or the deadline; true if it did.
+    /// Waits until the scheduler thread ended (or, with an open call, the
+    /// work submitted so far is done: see [`Finish`]), or the deadline; true
+    /// if it did.
     pub(crate) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
         let mut done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        while !*done {
+        while !done.ended && !done.drained {
             match deadline {
                 None => done = self.finished_cond.wait(done).unwrap_or_else(|e| e.into_inner()),
                 Some(at) => {
@@ -157,6 +222,11 @@ impl Shared {
             }
         }
         true
+    }
+
+    /// True once the scheduler thread ended.
+    pub(crate) fn ended(&self) -> bool {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner()).ended
     }
 
     fn kick(&self) {
@@ -176,7 +246,7 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
         inbox: Mutex::new(Inbox::default()),
         wake,
         sleeping: AtomicBool::new(false),
-        finished: Mutex::new(false),
+        finished: Mutex::new(Finish::default()),
         finished_cond: Condvar::new(),
     });
     let mut sched = Scheduler {
@@ -185,6 +255,8 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
         next_id: 1,
         next_number: 1,
         closed: false,
+        closing: false,
+        drained: false,
         broken: None,
         init_failures: 0,
         respawn_at: None,
@@ -210,7 +282,12 @@ struct Scheduler {
     pending: VecDeque<Chunk>,
     next_id: u64,
     next_number: usize,
+    /// Closed, and no open call can submit more: the workers stop when idle.
     closed: bool,
+    /// `close` was called (open calls may still submit).
+    closing: bool,
+    /// What `Finish::drained` was last set to.
+    drained: bool,
     broken: Option<String>,
     init_failures: u32,
     /// A worker could not be started: when to try again (nothing else may
@@ -229,9 +306,13 @@ impl Scheduler {
             self.terminate_all();
         }
         // Work submitted after the end cannot run.
-        self.shared.lock().closed = true;
+        {
+            let mut inbox = self.shared.lock();
+            inbox.closed = true;
+            inbox.ended = true;
+        }
         self.fail_inbox(TaskError::Terminated);
-        *self.shared.finished.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.finished.lock().unwrap_or_else(|e| e.into_inner()).ended = true;
         self.shared.finished_cond.notify_all();
     }
 
@@ -244,6 +325,7 @@ impl Scheduler {
             self.replenish();
             self.assign();
             self.stop_idle();
+            self.tell_drained();
             if self.closed && self.pending.is_empty() && self.workers.is_empty() {
                 self.fail_inbox(TaskError::Terminated);
                 return;
@@ -256,7 +338,8 @@ impl Scheduler {
     fn take_inbox(&mut self) -> bool {
         let mut inbox = self.shared.lock();
         self.pending.extend(inbox.chunks.drain(..));
-        self.closed |= inbox.closed;
+        self.closing |= inbox.closed;
+        self.closed |= inbox.closed && inbox.open_calls == 0;
         let cancel = std::mem::take(&mut inbox.cancel_pending);
         let terminate = inbox.terminate;
         drop(inbox);
@@ -348,6 +431,24 @@ impl Scheduler {
         }
     }
 
+    /// Closed with open calls: lets `join` return while nothing submitted
+    /// is left to run (the workers stay for what the open calls submit).
+    fn tell_drained(&mut self) {
+        if !self.closing || self.closed {
+            return;
+        }
+        let drained = self.pending.is_empty() && self.workers.iter().all(|w| w.inflight.is_empty());
+        if drained != self.drained {
+            self.drained = drained;
+            // Under the inbox lock: once the last open call is gone (it
+            // cleared the flag), `join` waits for the end of the thread.
+            let inbox = self.shared.lock();
+            self.shared.finished.lock().unwrap_or_else(|e| e.into_inner()).drained = drained && inbox.open_calls > 0;
+            drop(inbox);
+            self.shared.finished_cond.notify_all();
+        }
+    }
+
     /// Closes the sockets of workers that are done (they exit on seeing it).
     fn stop_idle(&mut self) {
         for w in &mut self.workers {
@@ -382,7 +483,10 @@ impl Scheduler {
         self.shared.sleeping.store(true, Ordering::SeqCst);
         let busy = {
             let inbox = self.shared.lock();
-            !inbox.chunks.is_empty() || inbox.terminate || inbox.cancel_pending || (inbox.closed && !self.closed)
+            !inbox.chunks.is_empty()
+                || inbox.terminate
+                || inbox.cancel_pending
+                || (inbox.closed && !self.closed && (!self.closing || inbox.open_calls == 0))
         };
         let deadline = if busy {
             Deadline::after(Duration::ZERO)
