@@ -17,9 +17,15 @@ pub enum TaskError {
     /// The task panicked; the worker survived.
     #[error("the task panicked: {0}")]
     Panicked(RemotePanic),
-    /// The worker running the task died (killed, crashed, out of memory). The
-    /// worker was replaced and the pool's other tasks were not affected.
-    #[error("the worker running the task (pid {pid}) died{}; the task did not finish", death(*signal, *code))]
+    /// The worker running the task died (killed, crashed, out of memory)
+    /// before the task's result came back. The task may have run, in part or
+    /// in full (a chunk's results travel together, so a finished item of a
+    /// chunk whose worker died later is lost too). The worker was replaced
+    /// and the pool's other tasks were not affected.
+    #[error(
+        "the worker running the task (pid {pid}) died{} before the task's result came back (the task may have run, in part or in full)",
+        death(*signal, *code)
+    )]
     WorkerLost {
         /// The dead worker's pid.
         pid: i32,
