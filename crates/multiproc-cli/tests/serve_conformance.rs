@@ -420,3 +420,26 @@ fn an_empty_outputs_list_asks_for_every_output_as_triton_reads_it() {
     assert_eq!(r["outputs"].as_array().map(Vec::len), Some(1), "{r}");
     assert_eq!(r["outputs"][0]["data"], json!([1, 2]), "{r}");
 }
+
+#[test]
+fn failures_on_versions_the_model_does_not_have_add_no_metrics_series() {
+    let (s, _repo) = serve_small("unknown-versions", &[]);
+    // Bad bodies sent to versions that do not exist, as a scanner would.
+    for v in 1000..1020 {
+        let url = s.url(&format!("/v2/models/echo_int8/versions/{v}/infer"));
+        let (status, _, _) = call(agent().post(&url), Some(b"not json"));
+        assert!(matches!(status, 400 | 404), "version {v}: {status}");
+    }
+    let (status, _, _) = call(agent().post(&s.url("/v2/models/echo_int8/versions/1/infer")), Some(b"not json"));
+    assert_eq!(status, 400);
+    let (status, body, _) = call(agent().get(&s.url("/metrics")), None);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| l.contains("version=\"10")).collect();
+    assert!(series.is_empty(), "series for versions the model does not have: {series:?}");
+    assert!(
+        text.lines()
+            .any(|l| l == r#"nv_inference_request_failure{model="echo_int8",version="1",reason="bad_request"} 1"#),
+        "the failure on version 1 is counted: {text}"
+    );
+}

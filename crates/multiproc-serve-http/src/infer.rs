@@ -65,8 +65,12 @@ where
     match infer_inner(app, &name, version, lengths, body).await {
         Ok(r) => r,
         Err(e) => {
-            // Failures inside the core are counted by the core.
-            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding") {
+            // Failures inside the core are counted by the core. A version
+            // the model does not serve gets no series: any number in the
+            // path would otherwise add one to /metrics, for ever.
+            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding")
+                && version.is_none_or(|v| app.model(&name).is_ok_and(|(_, served)| served.contains(&v)))
+            {
                 let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
                 app.http_counters.failure(&name, &v, e.reason);
             }
