@@ -443,3 +443,17 @@ fn failures_on_versions_the_model_does_not_have_add_no_metrics_series() {
         "the failure on version 1 is counted: {text}"
     );
 }
+
+#[test]
+fn a_model_name_with_a_quote_or_backslash_is_escaped_in_the_metrics_labels() {
+    let repo = TempDir::new("label-escape");
+    echo_model(&repo.0, r#"say"hi\there"#, 0.0, &["INT8"]);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (status, body, _) = call(agent().get(&s.url("/metrics")), None);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    // The exposition format escapes \ and " in label values; unescaped,
+    // the line does not parse and Prometheus drops the whole scrape.
+    let want = r#"nv_inference_request_success{model="say\"hi\\there",version="1"} 0"#;
+    assert!(text.lines().any(|l| l == want), "no line {want} in {text}");
+}
