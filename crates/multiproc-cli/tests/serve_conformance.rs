@@ -457,3 +457,21 @@ fn a_model_name_with_a_quote_or_backslash_is_escaped_in_the_metrics_labels() {
     let want = r#"nv_inference_request_success{model="say\"hi\\there",version="1"} 0"#;
     assert!(text.lines().any(|l| l == want), "no line {want} in {text}");
 }
+
+#[test]
+fn a_version_policy_naming_no_version_on_disk_is_a_config_error_naming_the_field() {
+    let repo = TempDir::new("policy-none");
+    let config = echo_config_for(0.0, &["INT8"]) + "[version_policy]\nspecific = [3]\n";
+    write(&repo.0.join("pinned/config.toml"), config.as_bytes());
+    std::fs::create_dir_all(repo.0.join("pinned/1")).unwrap();
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (status, index) = post_json(&s.url("/v2/repository/index"), &json!({}));
+    assert_eq!(status, 200);
+    let row = &index[0];
+    assert_eq!(row["state"], "UNAVAILABLE", "{index}");
+    let reason = row["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("config.toml") && reason.contains("version_policy.specific"), "{index}");
+    let (status, body) = post_json(&s.url("/v2/repository/models/pinned/load"), &json!({}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("version_policy.specific"), "{body}");
+}
