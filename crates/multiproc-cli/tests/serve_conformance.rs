@@ -475,3 +475,22 @@ fn a_version_policy_naming_no_version_on_disk_is_a_config_error_naming_the_field
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("version_policy.specific"), "{body}");
 }
+
+#[test]
+fn inference_on_a_version_the_policy_does_not_serve_is_404_as_its_metadata_is() {
+    let repo = TempDir::new("unserved-version");
+    echo_model(&repo.0, "two", 0.0, &["INT8"]);
+    std::fs::create_dir_all(repo.0.join("two/2")).unwrap();
+    // The default policy, latest 1: version 2 serves, version 1 is on disk only.
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let request = json!({"inputs": [{"name": "in_INT8", "shape": [1], "datatype": "INT8", "data": [1]}]});
+    let (status, body) = post_json(&s.url("/v2/models/two/versions/2/infer"), &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get_json(&s.url("/v2/models/two/versions/1")).0, 404);
+    let r = match agent().post(&s.url("/v2/models/two/versions/1/infer")).send_string(&request.to_string()) {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let (status, retry) = (r.status(), r.header("retry-after").map(str::to_string));
+    assert_eq!((status, retry), (404, None), "a client would retry a 503 with Retry-After for ever");
+}

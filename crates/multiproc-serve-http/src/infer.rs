@@ -64,7 +64,17 @@ where
     drop(parts);
     match infer_inner(app, &name, version, lengths, body).await {
         Ok(r) => r,
-        Err(e) => {
+        Err(mut e) => {
+            // A version on disk that the policy does not serve is 404, as
+            // its metadata and readiness are (the core says 503, not
+            // loaded, and a client would retry it for ever).
+            if e.status == StatusCode::SERVICE_UNAVAILABLE
+                && let Some(v) = version
+                && let Err(not_served) = crate::app::model_at(app, &name, Some(v))
+                && not_served.status == StatusCode::NOT_FOUND
+            {
+                e = not_served;
+            }
             // Failures inside the core are counted by the core. A version
             // the model does not serve gets no series: any number in the
             // path would otherwise add one to /metrics, for ever.
