@@ -420,3 +420,77 @@ fn an_empty_outputs_list_asks_for_every_output_as_triton_reads_it() {
     assert_eq!(r["outputs"].as_array().map(Vec::len), Some(1), "{r}");
     assert_eq!(r["outputs"][0]["data"], json!([1, 2]), "{r}");
 }
+
+#[test]
+fn failures_on_versions_the_model_does_not_have_add_no_metrics_series() {
+    let (s, _repo) = serve_small("unknown-versions", &[]);
+    // Bad bodies sent to versions that do not exist, as a scanner would.
+    for v in 1000..1020 {
+        let url = s.url(&format!("/v2/models/echo_int8/versions/{v}/infer"));
+        let (status, _, _) = call(agent().post(&url), Some(b"not json"));
+        assert!(matches!(status, 400 | 404), "version {v}: {status}");
+    }
+    let (status, _, _) = call(agent().post(&s.url("/v2/models/echo_int8/versions/1/infer")), Some(b"not json"));
+    assert_eq!(status, 400);
+    let (status, body, _) = call(agent().get(&s.url("/metrics")), None);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| l.contains("version=\"10")).collect();
+    assert!(series.is_empty(), "series for versions the model does not have: {series:?}");
+    assert!(
+        text.lines()
+            .any(|l| l == r#"nv_inference_request_failure{model="echo_int8",version="1",reason="bad_request"} 1"#),
+        "the failure on version 1 is counted: {text}"
+    );
+}
+
+#[test]
+fn a_model_name_with_a_quote_or_backslash_is_escaped_in_the_metrics_labels() {
+    let repo = TempDir::new("label-escape");
+    echo_model(&repo.0, r#"say"hi\there"#, 0.0, &["INT8"]);
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (status, body, _) = call(agent().get(&s.url("/metrics")), None);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    // The exposition format escapes \ and " in label values; unescaped,
+    // the line does not parse and Prometheus drops the whole scrape.
+    let want = r#"nv_inference_request_success{model="say\"hi\\there",version="1"} 0"#;
+    assert!(text.lines().any(|l| l == want), "no line {want} in {text}");
+}
+
+#[test]
+fn a_version_policy_naming_no_version_on_disk_is_a_config_error_naming_the_field() {
+    let repo = TempDir::new("policy-none");
+    let config = echo_config_for(0.0, &["INT8"]) + "[version_policy]\nspecific = [3]\n";
+    write(&repo.0.join("pinned/config.toml"), config.as_bytes());
+    std::fs::create_dir_all(repo.0.join("pinned/1")).unwrap();
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (status, index) = post_json(&s.url("/v2/repository/index"), &json!({}));
+    assert_eq!(status, 200);
+    let row = &index[0];
+    assert_eq!(row["state"], "UNAVAILABLE", "{index}");
+    let reason = row["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("config.toml") && reason.contains("version_policy.specific"), "{index}");
+    let (status, body) = post_json(&s.url("/v2/repository/models/pinned/load"), &json!({}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("version_policy.specific"), "{body}");
+}
+
+#[test]
+fn inference_on_a_version_the_policy_does_not_serve_is_404_as_its_metadata_is() {
+    let repo = TempDir::new("unserved-version");
+    echo_model(&repo.0, "two", 0.0, &["INT8"]);
+    std::fs::create_dir_all(repo.0.join("two/2")).unwrap();
+    // The default policy, latest 1: version 2 serves, version 1 is on disk only.
+    let s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let request = json!({"inputs": [{"name": "in_INT8", "shape": [1], "datatype": "INT8", "data": [1]}]});
+    let (status, body) = post_json(&s.url("/v2/models/two/versions/2/infer"), &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get_json(&s.url("/v2/models/two/versions/1")).0, 404);
+    let r = match agent().post(&s.url("/v2/models/two/versions/1/infer")).send_string(&request.to_string()) {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let (status, retry) = (r.status(), r.header("retry-after").map(str::to_string));
+    assert_eq!((status, retry), (404, None), "a client would retry a 503 with Retry-After for ever");
+}

@@ -192,7 +192,7 @@ async fn server_metadata() -> Json<ServerMetadata> {
 
 /// The configuration of `name` and the versions it serves; 404 if
 /// `version` is given and not one of them.
-fn model_at(app: &App, name: &str, version: Option<u64>) -> Result<(Arc<ModelConfig>, Vec<u64>), ApiError> {
+pub(crate) fn model_at(app: &App, name: &str, version: Option<u64>) -> Result<(Arc<ModelConfig>, Vec<u64>), ApiError> {
     let (config, served) = app.model(name)?;
     if let Some(v) = version
         && !served.contains(&v)

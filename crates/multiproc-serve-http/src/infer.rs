@@ -64,9 +64,23 @@ where
     drop(parts);
     match infer_inner(app, &name, version, lengths, body).await {
         Ok(r) => r,
-        Err(e) => {
-            // Failures inside the core are counted by the core.
-            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding") {
+        Err(mut e) => {
+            // A version on disk that the policy does not serve is 404, as
+            // its metadata and readiness are (the core says 503, not
+            // loaded, and a client would retry it for ever).
+            if e.status == StatusCode::SERVICE_UNAVAILABLE
+                && let Some(v) = version
+                && let Err(not_served) = crate::app::model_at(app, &name, Some(v))
+                && not_served.status == StatusCode::NOT_FOUND
+            {
+                e = not_served;
+            }
+            // Failures inside the core are counted by the core. A version
+            // the model does not serve gets no series: any number in the
+            // path would otherwise add one to /metrics, for ever.
+            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding")
+                && version.is_none_or(|v| app.model(&name).is_ok_and(|(_, served)| served.contains(&v)))
+            {
                 let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
                 app.http_counters.failure(&name, &v, e.reason);
             }

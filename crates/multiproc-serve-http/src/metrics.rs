@@ -103,7 +103,17 @@ const CUMULATIVE: &[(&str, &str, Field)] = &[
 ];
 
 fn labels(m: &VersionMetrics) -> [(&'static str, String); 2] {
-    [("model", m.model.clone()), ("version", m.version.to_string())]
+    [("model", label_value(&m.model)), ("version", m.version.to_string())]
+}
+
+/// A label value as the exposition format needs it: `\`, `"` and newlines
+/// escaped (`prometheus-client` writes values as they are). A model is named
+/// by its directory, which may hold any of them.
+fn label_value(s: &str) -> String {
+    if !s.contains(['\\', '"', '\n']) {
+        return s.to_string();
+    }
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Rows of a family labelled model, version and one more key.
@@ -126,7 +136,7 @@ fn keyed(
 ) -> Result<(), fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
     for (model, version, value, n) in rows {
-        let l = [("model", model), ("version", version), (key, value)];
+        let l = [("model", label_value(&model)), ("version", version), (key, value)];
         ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(family.encode_family(&l)?)?;
     }
     Ok(())

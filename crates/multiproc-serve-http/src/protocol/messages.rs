@@ -122,7 +122,9 @@ pub struct TensorMetadata {
 pub struct ModelMetadata {
     /// The model's name.
     pub name: String,
-    /// Its available versions.
+    /// Its available versions (optional in the protocol: absent reads as
+    /// none).
+    #[serde(default)]
     pub versions: Vec<String>,
     /// What runs it: `"onnx"` or `"command"`.
     pub platform: String,

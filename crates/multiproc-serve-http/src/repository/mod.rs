@@ -73,6 +73,17 @@ fn read_model(dir: &Path) -> Result<(Arc<ModelConfig>, Vec<u64>), ConfigError> {
     if versions.is_empty() {
         return Err(err("no version directory (a directory named by a number, such as 1/)".into()));
     }
+    // Only a list of specific versions can select none of those on disk.
+    if let VersionChoice::Specific(list) = &config.version_policy
+        && !versions.iter().any(|v| list.contains(v))
+    {
+        return Err(ConfigError {
+            file,
+            reason: format!(
+                "field `version_policy.specific`: {list:?} names no version on disk (versions found: {versions:?})"
+            ),
+        });
+    }
     if config.platform == Platform::Onnx {
         for v in &versions {
             let onnx = dir.join(v.to_string()).join("model.onnx");
