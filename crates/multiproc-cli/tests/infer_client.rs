@@ -102,3 +102,31 @@ fn model_metadata_without_the_optional_versions_field_is_read() {
     let infer = requests.iter().find(|(line, _)| line.starts_with("POST")).expect("an inference request");
     assert_eq!(infer.1["inputs"][0]["shape"], serde_json::json!([2]), "{:?}", infer.1);
 }
+
+#[test]
+fn a_model_name_with_url_characters_is_percent_encoded_in_the_path() {
+    // A repository's model is named after its directory: any character a
+    // file name may hold, '#', '?', '%' and spaces included.
+    let metadata = serde_json::json!({
+        "name": "a#b?c d%",
+        "platform": "",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+    });
+    let response = serde_json::json!({
+        "model_name": "a#b?c d%",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+    });
+    let (base, seen) = stand_in(
+        vec![("GET /v2/models/a%23b%3Fc%20d%25 ", metadata), ("POST /v2/models/a%23b%3Fc%20d%25/infer ", response)],
+        2,
+    );
+    let out = run_with_limit(
+        Command::new(EXE).args(["infer", "a#b?c d%", r#"{"x": [1]}"#, "--url", &base]),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = seen.try_iter().map(|(line, _)| line).collect();
+    assert!(out.status.success(), "{stdout} {} {lines:?}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("y FP32 [1] [1.0]"), "{stdout}");
+}

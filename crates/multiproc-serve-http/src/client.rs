@@ -137,6 +137,11 @@ pub fn build_request(meta: &ModelMetadata, given: Value) -> Result<Value, Client
     Ok(json!({ "inputs": inputs }))
 }
 
+/// What is percent-encoded in a path segment: all but RFC 3986's unreserved
+/// characters.
+const PATH_SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Runs one inference and returns the response's outputs, one line each:
 /// `name DATATYPE [shape] data`.
 ///
@@ -148,6 +153,8 @@ pub fn infer(base_url: &str, model: &str, version: Option<u64>, given: Value) ->
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     let base = base_url.trim_end_matches('/');
     check_base_url(base)?;
+    // A model is named after its directory, which may hold '#', '?', '%'…
+    let model = percent_encoding::utf8_percent_encode(model, PATH_SEGMENT);
     let model_url = match version {
         Some(v) => format!("{base}/v2/models/{model}/versions/{v}"),
         None => format!("{base}/v2/models/{model}"),
