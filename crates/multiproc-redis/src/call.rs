@@ -222,6 +222,8 @@ impl<'a> Engine<'a> {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) => left.min(Duration::from_secs(1)),
                     None => {
+                        // Nobody waits for them now: a worker must not run them later.
+                        self.cancel_queued();
                         let timeout = self.plan.wait_timeout.unwrap_or_default();
                         self.fail_in_flight_with(|| RedisPoolError::Timeout(timeout));
                         continue;
@@ -297,6 +299,14 @@ impl<'a> Engine<'a> {
 /// running finishes, and its result is dropped.
 impl Drop for Engine<'_> {
     fn drop(&mut self) {
+        self.cancel_queued();
+    }
+}
+
+impl Engine<'_> {
+    /// Forgets the chunks in flight and deletes those still in the task
+    /// stream, with their argument keys.
+    fn cancel_queued(&mut self) {
         let mut blobs = Vec::new();
         let mut entries = Vec::new();
         for task in self.in_flight.keys() {
