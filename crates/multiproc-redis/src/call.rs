@@ -209,7 +209,7 @@ impl<'a> Engine<'a> {
             if let Err(e) = self.top_up() {
                 // Input left unread fails as one more outcome, after the rest.
                 let unread = !self.exhausted;
-                self.fail_in_flight(&e.to_string());
+                self.fail_in_flight_with(|| same_error(&e));
                 if unread {
                     self.ready.push_back((self.next_index, Err(e)));
                 }
@@ -273,10 +273,6 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn fail_in_flight(&mut self, reason: &str) {
-        self.fail_in_flight_with(|| RedisPoolError::Redis(reason.to_string()));
-    }
-
     fn fail_in_flight_with(&mut self, error: impl Fn() -> RedisPoolError) {
         self.exhausted = true;
         self.entries.clear(); // they go on in the workers
@@ -290,6 +286,16 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+    }
+}
+
+/// Another error like `e` (a call's failure that its items in flight
+/// share): the same variant and message.
+fn same_error(e: &RedisPoolError) -> RedisPoolError {
+    match e {
+        RedisPoolError::Timeout(t) => RedisPoolError::Timeout(*t),
+        RedisPoolError::Redis(reason) => RedisPoolError::Redis(reason.clone()),
+        other => RedisPoolError::Redis(other.to_string()),
     }
 }
 
