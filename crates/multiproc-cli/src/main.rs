@@ -74,13 +74,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// `url` as it may be printed: its user and password (`redis://user:pw@host`)
+/// replaced by `***`, so they stay out of the logs.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibility: f64) -> ExitCode {
+    let shown = without_password(url);
     let Some(visibility) = Duration::try_from_secs_f64(visibility).ok().filter(|v| !v.is_zero()) else {
         eprintln!("multiproc worker: --visibility-timeout must be a positive number of seconds");
         return ExitCode::from(2);
     };
     if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s)) {
-        eprintln!("multiproc worker: --redis {url} is not a Redis URL; give one like redis://127.0.0.1:6379/0");
+        eprintln!("multiproc worker: --redis {shown} is not a Redis URL; give one like redis://127.0.0.1:6379/0");
         return ExitCode::from(2);
     }
     if processes == Some(0) {
@@ -99,11 +111,11 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
     let worker = match b.start() {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("multiproc worker: cannot serve queue {queue:?} on {url}: {e}");
+            eprintln!("multiproc worker: cannot serve queue {queue:?} on {shown}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {url}");
+    eprintln!("multiproc worker: serving queue {queue:?} (prefix {prefix:?}) on {shown}");
     while !multiproc::process::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -97,6 +97,21 @@ fn the_worker_command_says_when_redis_is_unreachable() {
     assert!(err.contains("redis"), "{err}");
 }
 
+#[test]
+fn the_worker_command_does_not_print_the_redis_password() {
+    let mut child = Command::new(EXE)
+        .args(["worker", "--redis", "redis://user:s3cret@127.0.0.1:1/0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("127.0.0.1:1/0") && !err.contains("s3cret"), "{err}");
+}
+
 /// The signals a process ignores (its `SigIgn` mask in `/proc`).
 fn ignored_signals(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -209,7 +209,7 @@ impl<'a> Engine<'a> {
             if let Err(e) = self.top_up() {
                 // Input left unread fails as one more outcome, after the rest.
                 let unread = !self.exhausted;
-                self.fail_in_flight(&e.to_string());
+                self.fail_in_flight_with(|| same_error(&e));
                 if unread {
                     self.ready.push_back((self.next_index, Err(e)));
                 }
@@ -222,6 +222,8 @@ impl<'a> Engine<'a> {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) => left.min(Duration::from_secs(1)),
                     None => {
+                        // Nobody waits for them now: a worker must not run them later.
+                        self.cancel_queued();
                         let timeout = self.plan.wait_timeout.unwrap_or_default();
                         self.fail_in_flight_with(|| RedisPoolError::Timeout(timeout));
                         continue;
@@ -271,10 +273,6 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn fail_in_flight(&mut self, reason: &str) {
-        self.fail_in_flight_with(|| RedisPoolError::Redis(reason.to_string()));
-    }
-
     fn fail_in_flight_with(&mut self, error: impl Fn() -> RedisPoolError) {
         self.exhausted = true;
         self.entries.clear(); // they go on in the workers
@@ -291,12 +289,30 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// Another error like `e` (a call's failure that its items in flight
+/// share): the same variant and message.
+fn same_error(e: &RedisPoolError) -> RedisPoolError {
+    match e {
+        RedisPoolError::Timeout(t) => RedisPoolError::Timeout(*t),
+        RedisPoolError::Redis(reason) => RedisPoolError::Redis(reason.clone()),
+        other => RedisPoolError::Redis(other.to_string()),
+    }
+}
+
 /// A call dropped before it finished (an `imap` abandoned, a `map` that
 /// stopped at its first failure) cancels its chunks still in the task
 /// stream: their entries and argument keys are deleted. A chunk already
 /// running finishes, and its result is dropped.
 impl Drop for Engine<'_> {
     fn drop(&mut self) {
+        self.cancel_queued();
+    }
+}
+
+impl Engine<'_> {
+    /// Forgets the chunks in flight and deletes those still in the task
+    /// stream, with their argument keys.
+    fn cancel_queued(&mut self) {
         let mut blobs = Vec::new();
         let mut entries = Vec::new();
         for task in self.in_flight.keys() {

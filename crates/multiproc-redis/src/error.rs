@@ -82,8 +82,12 @@ pub enum RedisPoolError {
         /// Why.
         reason: String,
     },
-    /// No result within the wait's timeout; the tasks go on.
-    #[error("not finished within {0:?}; the tasks go on in the workers")]
+    /// No result within the wait's timeout. A call out of wait time
+    /// ([`RedisPoolBuilder::wait_timeout`](crate::RedisPoolBuilder::wait_timeout))
+    /// deletes its tasks still queued (those running finish);
+    /// [`RedisAsync::get_timeout`](crate::RedisAsync::get_timeout) stops
+    /// nothing (ask again later).
+    #[error("not finished within {0:?}")]
     Timeout(Duration),
     /// The value was already taken by an earlier `get`.
     #[error("the result was already taken by an earlier get")]

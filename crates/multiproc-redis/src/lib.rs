@@ -43,7 +43,8 @@
 //! A task may run more than once; its result reaches the caller exactly
 //! once (the caller drops duplicates by chunk id).
 //! A call dropped before it finishes (an `imap` left unread, a `map`
-//! stopped by its first failure) deletes its chunks still queued.
+//! stopped by its first failure) or out of wait time deletes its chunks
+//! still queued.
 //!
 //! ## Faults
 //!

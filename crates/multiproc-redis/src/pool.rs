@@ -51,7 +51,8 @@ impl RedisPoolBuilder {
 
     /// The longest a blocking call waits for its results before it fails with
     /// [`RedisPoolError::Timeout`] (with no worker running, a call would
-    /// otherwise wait for one). Default: no limit.
+    /// otherwise wait for one); its tasks still queued are then deleted, as
+    /// for a dropped call. Default: no limit.
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.options.wait_timeout = Some(timeout);
         self

@@ -136,6 +136,7 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
             per_entry = items.div_ceil(entries).max(1);
         }
     }
+    host.set_intake_done();
     let deadline = Instant::now() + DRAIN;
     while host.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

@@ -89,6 +89,7 @@ impl WorkerBuilder {
             processes: self.processes,
             visibility: self.visibility,
             stop: AtomicBool::new(false),
+            intake_done: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             room: (Mutex::new(()), Condvar::new()),
             done_items: AtomicU64::new(0),
@@ -134,6 +135,9 @@ pub(crate) struct HostShared {
     pub processes: usize,
     pub visibility: Duration,
     stop: AtomicBool,
+    /// Set by the intake once it has stopped reading and handed over its
+    /// last chunks: the outlet may end after that, not before.
+    intake_done: AtomicBool,
     /// Items handed to the pools and not finished.
     pub in_flight: AtomicUsize,
     /// Notified when items finish, for an intake waiting for room.
@@ -145,6 +149,16 @@ pub(crate) struct HostShared {
 impl HostShared {
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_intake_done(&self) {
+        // ORDERING: Release pairs with the outlet's Acquire: the events the
+        // intake sent before are in the channel by then.
+        self.intake_done.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn intake_done(&self) -> bool {
+        self.intake_done.load(Ordering::Acquire)
     }
 
     /// Marks `n` items finished and wakes the intake.

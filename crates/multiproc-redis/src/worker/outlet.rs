@@ -215,8 +215,13 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
                 handle(host, event, &mut running, &mut batch);
             }
         }
-        if host.stopping() && running.is_empty() && batch.is_empty() {
-            return;
+        // A stopping host's intake may still hand over the chunks of its
+        // last read: the outlet ends once it has seen them all done.
+        if host.intake_done() && running.is_empty() && batch.is_empty() {
+            match events.try_recv() {
+                Ok(event) => handle(host, event, &mut running, &mut batch),
+                Err(_) => return,
+            }
         }
         if !batch.is_empty() {
             flush(host, &mut conn, &mut batch);
