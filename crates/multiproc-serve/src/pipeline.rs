@@ -34,13 +34,8 @@ use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
 
-impl<R, I, O, P> PipelineSpec<R, I, O, P>
-where
-    R: PipelineItem,
-    I: PipelineItem,
-    O: PipelineItem,
-    P: PipelineItem,
-{
+// Starting is the runtime's part of a spec (it builds a `Runtime`).
+impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> PipelineSpec<R, I, O, P> {
     /// Starts the pools and the feeder thread.
     pub(crate) fn start(self, server: Weak<Inner>) -> Result<Arc<dyn PipelineDyn>, ServeError> {
         let pool = |n: usize| {
