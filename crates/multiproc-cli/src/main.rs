@@ -43,7 +43,9 @@ enum Command {
     /// and refuses others: to run your own program's functions, start your
     /// program as the worker (`multiproc_redis::Worker`). The key that signs tasks is read
     /// from MULTIPROC_REDIS_KEY if set. SIGTERM or SIGINT stops it once the
-    /// tasks it holds are done and their results written.
+    /// tasks it holds are done and their results written, waiting at most 30 s:
+    /// a task still running then is killed and goes back to the queue for
+    /// another host (which counts as one of its deliveries).
     Worker {
         /// The Redis server, e.g. redis://127.0.0.1:6379/0.
         #[arg(long, value_name = "URL")]

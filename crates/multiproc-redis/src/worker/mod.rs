@@ -209,7 +209,10 @@ impl Worker {
         &self.host.consumer
     }
 
-    /// Stops the host and waits for its threads.
+    /// Stops the host and waits for its threads: it reads no more tasks and
+    /// waits up to 30 s for those it holds to finish and their results to be
+    /// written. A task still running then is killed, and its entry goes back
+    /// to the queue for another host (one more of its deliveries).
     pub fn stop(mut self) {
         self.shutdown();
     }
