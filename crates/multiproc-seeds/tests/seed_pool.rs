@@ -107,10 +107,13 @@ fn inference_pipeline_batches_at_128_or_1_s_and_routes_every_result_back() {
     assert_eq!(o.requests, 305);
     assert_eq!(o.matched, 305, "every result reached the request it answers");
     // The burst leaves as full batches; the rest when its oldest waited 1 s.
+    // (Two full batches when the machine keeps up; a CI run with other tests
+    // loading both CPUs once preprocessed the burst slower than the 1 s
+    // delay, and its second batch left at 107 for that reason.)
     assert_eq!(o.batch_sizes.iter().sum::<usize>(), 305);
     assert!(o.batch_sizes.iter().all(|s| *s <= 128));
-    assert_eq!(o.batch_sizes.iter().filter(|s| **s == 128).count(), 2, "{:?}", o.batch_sizes);
-    assert!(o.reasons.iter().any(|(r, n)| r == "full" && *n == 2), "{:?}", o.reasons);
+    assert!((1..=2).contains(&o.batch_sizes.iter().filter(|s| **s == 128).count()), "{:?}", o.batch_sizes);
+    assert!(o.reasons.iter().any(|(r, n)| r == "full" && (1..=2).contains(n)), "{:?}", o.reasons);
     assert!(o.reasons.iter().any(|(r, _)| r == "delay"), "{:?}", o.reasons);
     // The model ran in one process, not this one.
     assert_eq!(o.model_pids.len(), 1);
