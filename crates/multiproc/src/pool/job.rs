@@ -115,9 +115,9 @@ impl<R: DeserializeOwned + Send + 'static> Job for ApplyJob<R> {
             Decoded::AllOk(mut v) if v.len() == 1 => Ok(v.remove(0)),
             d => match d.into_results().into_iter().next() {
                 Some(Ok(v)) => Ok(v),
-                Some(Err(error)) => Err(PoolError::Task { index: 0, error }),
+                Some(Err(error)) => Err(PoolError::Task { index: None, error }),
                 None => Err(PoolError::Task {
-                    index: 0,
+                    index: None,
                     error: TaskError::Unserializable("result missing from the worker's reply".into()),
                 }),
             },
@@ -171,7 +171,7 @@ impl<R> MapJob<R> {
     fn fail(&self, st: &mut MapState<R>, index: usize, error: TaskError) {
         if !std::mem::replace(&mut st.failed, true) {
             // As Python: the call fails with the first failure to arrive.
-            self.slot.complete(Err(PoolError::Task { index, error }));
+            self.slot.complete(Err(PoolError::Task { index: Some(index), error }));
         }
     }
 }
@@ -341,9 +341,9 @@ impl<R: DeserializeOwned> ImapShared<R> {
                 drop(lease);
                 match value {
                     Some(Ok(v)) => Ok(v),
-                    Some(Err(error)) => Err(PoolError::Task { index, error }),
+                    Some(Err(error)) => Err(PoolError::Task { index: Some(index), error }),
                     None => Err(PoolError::Task {
-                        index,
+                        index: Some(index),
                         error: TaskError::Unserializable("result missing from the worker's reply".into()),
                     }),
                 }
@@ -367,7 +367,11 @@ impl<R: DeserializeOwned + Send + 'static> Job for ImapShared<R> {
         let mut st = self.lock();
         for (k, r) in results.into_iter().enumerate() {
             let index = start + k;
-            self.place(&mut st, index, Arrived::Value(r.map_err(|error| PoolError::Task { index, error })));
+            self.place(
+                &mut st,
+                index,
+                Arrived::Value(r.map_err(|error| PoolError::Task { index: Some(index), error })),
+            );
         }
         self.wake(st);
     }
