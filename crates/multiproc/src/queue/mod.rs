@@ -384,7 +384,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`TryPutError::Full`] at once if the queue is full, or as [`Queue::put`].
+    /// [`TryPutError::Full`] at once if the queue is full (found before the
+    /// value is serialized, so retrying on a full queue is cheap), or as
+    /// [`Queue::put`].
     pub fn put_nowait(&self, value: T) -> Result<(), TryPutError<T>> {
         self.put_until(value, None, false)
     }
@@ -392,6 +394,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_until(&self, value: T, timeout: Option<Duration>, block: bool) -> Result<(), TryPutError<T>> {
         if self.is_closed() {
             return Err(TryPutError::Closed(value));
+        }
+        // A put that does not wait fails on a full queue before serializing
+        // its item (and writing a large one): a caller may retry it often.
+        if !block {
+            match self.ring.room_now() {
+                Ok(true) => {}
+                Ok(false) => return Err(TryPutError::Full(value)),
+                Err(e) => return Err(TryPutError::Io(value, e)),
+            }
         }
         with_buffer(|buf| {
             if let Err(e) = encode(&value, buf) {
