@@ -203,6 +203,12 @@ impl<R> Imap<'_, R> {
 impl<R> Drop for Imap<'_, R> {
     fn drop(&mut self) {
         self.release();
+        // Dropped before its end: the bar ends where it is.
+        if !self.done
+            && let Some(p) = &self.progress
+        {
+            p.abandon();
+        }
     }
 }
 
@@ -269,7 +275,8 @@ impl<R: serde::de::DeserializeOwned + Send + 'static> Imap<'_, R> {
                 drop(st);
                 self.done = true;
                 if let Some(p) = &self.progress {
-                    p.finish();
+                    // A call that ends with an error ends its bar where it is.
+                    if self.refused.is_some() || self.input_error.is_some() { p.abandon() } else { p.finish() }
                 }
                 if let Some(e) = self.refused.take() {
                     return Some(Err(e));

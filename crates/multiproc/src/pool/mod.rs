@@ -243,7 +243,10 @@ impl<S: 'static> Pool<S> {
         self.call().progress()
     }
 
-    /// Calls that drive `bar` (position = items done).
+    /// Calls that drive `bar` (position = items done). The bar is finished
+    /// when the call ends with all its results; when it fails (a task's
+    /// error ends a `map`, an `imap` ends with an error or is dropped before
+    /// its end), it is abandoned where it is and no longer moves.
     pub fn with_progress_bar(&self, bar: ProgressBar) -> Call<'_, S> {
         self.call().progress_bar(bar)
     }
