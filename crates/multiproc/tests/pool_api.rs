@@ -209,3 +209,34 @@ fn an_input_that_misstates_its_length_fails_the_map_instead_of_hanging() {
     // An input without an exact length is read whole first.
     assert_eq!(pool.map(square, (1..=20u64).filter(|x| x % 5 == 0)).unwrap(), vec![25, 100, 225, 400]);
 }
+
+/// Yields 0, 1, … and panics when asked for item `at`.
+fn panics_at(at: u64) -> impl Iterator<Item = u64> {
+    (0..).map(move |i| if i == at { panic!("input broke at {i}") } else { i })
+}
+
+#[test]
+fn a_panic_of_the_imap_input_surfaces_where_its_item_would_be() {
+    let _watchdog = pool_support::watchdog();
+    let pool = Pool::new(2).unwrap();
+    for chunksize in [1, 3] {
+        for ordered in [true, false] {
+            let call = pool.with_chunksize(chunksize);
+            let mut results: Box<dyn Iterator<Item = Result<u64, PoolError>>> = if ordered {
+                Box::new(call.imap(square, panics_at(5)))
+            } else {
+                Box::new(call.imap_unordered(square, panics_at(5)))
+            };
+            // The items before the panic come back first ...
+            let mut got: Vec<u64> = (0..5).map(|_| results.next().unwrap().unwrap()).collect();
+            got.sort_unstable();
+            assert_eq!(got, [0, 1, 4, 9, 16], "chunksize {chunksize}, ordered {ordered}");
+            // ... then the panic, with its own message, where item 5 would be.
+            let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| results.next())).unwrap_err();
+            let message = panic.downcast_ref::<String>().map(String::as_str).unwrap_or("?");
+            assert_eq!(message, "input broke at 5");
+            assert!(results.next().is_none(), "the iteration ends after the panic");
+        }
+    }
+    assert_eq!(pool.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9], "pool still usable");
+}
