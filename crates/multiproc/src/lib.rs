@@ -195,7 +195,7 @@
 //! let r = pool.apply_async(square, (7,));
 //! assert_eq!(r.get().unwrap(), 49);
 //! let each: Vec<_> = pool.imap(picky, 0..5u64).collect();
-//! assert!(matches!(&each[3], Err(PoolError::Task { index: 3, error: TaskError::Panicked(p) }) if p.message == "no threes"));
+//! assert!(matches!(&each[3], Err(PoolError::Task { index: Some(3), error: TaskError::Panicked(p) }) if p.message == "no threes"));
 //! assert_eq!(*each[4].as_ref().unwrap(), 4);
 //! ```
 //!

@@ -5,7 +5,7 @@ mod pool_support;
 use std::time::Instant;
 
 use multiproc::{Pool, PoolError, TaskError};
-use pool_support::{WAIT, add, square};
+use pool_support::{WAIT, add, get, square};
 
 #[test]
 fn map_equals_the_sequential_result() {
@@ -120,11 +120,38 @@ fn a_panic_is_reported_with_message_and_location_and_the_worker_survives() {
     let pool = Pool::new(1).unwrap();
     let err = pool.with_chunksize(1).map(boom, 0..6u64).unwrap_err();
     let PoolError::Task { index, error: TaskError::Panicked(p) } = err else { panic!("{err:?}") };
-    assert_eq!(index, 3);
+    assert_eq!(index, Some(3));
     assert_eq!(p.message, "bad item 3");
     assert!(p.location.as_deref().unwrap().contains("pool_api.rs"), "{:?}", p.location);
     assert!(!p.backtrace.is_empty());
     assert_eq!(pool.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9], "pool still usable");
+}
+
+#[test]
+fn a_single_task_failure_names_no_index_and_a_map_item_names_its_own() {
+    let _watchdog = pool_support::watchdog();
+    fn boom(x: u64) -> u64 {
+        if x == 3 {
+            panic!("bad item {x}");
+        }
+        x
+    }
+    let pool = Pool::new(1).unwrap();
+    // A single task has no position in an input: its error is the task's.
+    let applied = pool.apply(boom, (3u64,)).unwrap_err();
+    assert!(matches!(applied, PoolError::Task { index: None, .. }), "{applied:?}");
+    let applied = applied.to_string();
+    assert!(applied.starts_with("the task panicked: 'bad item 3'"), "{applied}");
+    let applied_async = pool.apply_async(boom, (3u64,)).get_timeout(WAIT).unwrap_err().to_string();
+    assert!(applied_async.starts_with("the task panicked: 'bad item 3'"), "{applied_async}");
+    let cancelled = pool.apply_async(pool_support::sleep_ms, (0,));
+    if cancelled.cancel() {
+        let text = get(cancelled).unwrap_err().to_string();
+        assert_eq!(text, "the task was cancelled before it started");
+    }
+    // A map item's error says which item it was.
+    let mapped = pool.with_chunksize(1).map(boom, 0..6u64).unwrap_err().to_string();
+    assert!(mapped.starts_with("task 3 failed: the task panicked: 'bad item 3'"), "{mapped}");
 }
 
 #[test]
@@ -142,7 +169,7 @@ fn map_of_owned_values_survives_a_failure_among_chunks() {
     assert!(ok.iter().enumerate().all(|(i, s)| *s == format!("value {i}")));
     for _ in 0..3 {
         let err = pool.with_chunksize(100).map(text, 0..2000u64).unwrap_err();
-        assert!(matches!(err, PoolError::Task { index: 777, .. }), "{err:?}");
+        assert!(matches!(err, PoolError::Task { index: Some(777), .. }), "{err:?}");
     }
     assert_eq!(pool.map(text, 0..3u64).unwrap(), vec!["value 0", "value 1", "value 2"]);
 }
@@ -181,4 +208,35 @@ fn an_input_that_misstates_its_length_fails_the_map_instead_of_hanging() {
     assert_eq!(pool.map(square, Liar { said: 4, has: 4, next: 0 }).unwrap(), vec![1, 4, 9, 16]);
     // An input without an exact length is read whole first.
     assert_eq!(pool.map(square, (1..=20u64).filter(|x| x % 5 == 0)).unwrap(), vec![25, 100, 225, 400]);
+}
+
+/// Yields 0, 1, … and panics when asked for item `at`.
+fn panics_at(at: u64) -> impl Iterator<Item = u64> {
+    (0..).map(move |i| if i == at { panic!("input broke at {i}") } else { i })
+}
+
+#[test]
+fn a_panic_of_the_imap_input_surfaces_where_its_item_would_be() {
+    let _watchdog = pool_support::watchdog();
+    let pool = Pool::new(2).unwrap();
+    for chunksize in [1, 3] {
+        for ordered in [true, false] {
+            let call = pool.with_chunksize(chunksize);
+            let mut results: Box<dyn Iterator<Item = Result<u64, PoolError>>> = if ordered {
+                Box::new(call.imap(square, panics_at(5)))
+            } else {
+                Box::new(call.imap_unordered(square, panics_at(5)))
+            };
+            // The items before the panic come back first ...
+            let mut got: Vec<u64> = (0..5).map(|_| results.next().unwrap().unwrap()).collect();
+            got.sort_unstable();
+            assert_eq!(got, [0, 1, 4, 9, 16], "chunksize {chunksize}, ordered {ordered}");
+            // ... then the panic, with its own message, where item 5 would be.
+            let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| results.next())).unwrap_err();
+            let message = panic.downcast_ref::<String>().map(String::as_str).unwrap_or("?");
+            assert_eq!(message, "input broke at 5");
+            assert!(results.next().is_none(), "the iteration ends after the panic");
+        }
+    }
+    assert_eq!(pool.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9], "pool still usable");
 }

@@ -48,7 +48,7 @@ fn map_with_a_kill(retries: u32) -> (Vec<Option<Result<u64, TaskError>>>, Option
                 if error.is_worker_lost() && lost_after.is_none() {
                     lost_after = killed_at.map(|t| t.elapsed());
                 }
-                (index, Err(error))
+                (index.expect("an imap item has an index"), Err(error))
             }
             Err(e) => panic!("unexpected {e}"),
         };
@@ -184,7 +184,7 @@ fn a_task_over_the_timeout_fails_and_its_worker_is_replaced() {
     }
     // In a chunk, only the item over the limit fails; the others run.
     let got: Vec<_> = pool.with_chunksize(5).imap(nap, vec![1, 1, 20_000, 1, 1]).collect();
-    assert!(matches!(got[2], Err(PoolError::Task { index: 2, error: TaskError::Timeout(_) })), "{:?}", got[2]);
+    assert!(matches!(got[2], Err(PoolError::Task { index: Some(2), error: TaskError::Timeout(_) })), "{:?}", got[2]);
     assert!(got.iter().enumerate().all(|(i, r)| i == 2 || r.is_ok()), "{got:?}");
     assert!(pool.apply(nap, (1,)).is_ok(), "pool still usable");
 }

@@ -151,6 +151,45 @@ fn put_timeout_is_full_after_about_t_and_put_nowait_at_once() {
     assert_eq!((q.get_nowait().unwrap(), q.get_nowait().unwrap()), (2, 5));
 }
 
+thread_local! {
+    /// How many `Counted` values this thread serialized.
+    static SERIALIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// An item that counts its serializations (in the thread that puts it).
+#[derive(Debug, PartialEq, Deserialize)]
+struct Counted(u32);
+
+impl Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SERIALIZED.with(|n| n.set(n.get() + 1));
+        self.0.serialize(s)
+    }
+}
+
+fn fill_with_counted(q: Queue<Counted>, n: u32) {
+    for i in 0..n {
+        q.put(Counted(i)).unwrap();
+    }
+}
+
+#[test]
+fn put_nowait_on_a_full_queue_fails_before_serializing_the_item() {
+    // A caller retrying put_nowait while the queue is full must not pay for
+    // serializing its item (or writing a large one) at every try.
+    let q = Queue::<Counted>::bounded(2).unwrap();
+    spawn(fill_with_counted, (q.clone(), 2u32)).join();
+    let before = SERIALIZED.with(|n| n.get());
+    for _ in 0..100 {
+        assert!(matches!(q.put_nowait(Counted(9)), Err(TryPutError::Full(Counted(9)))));
+    }
+    assert_eq!(SERIALIZED.with(|n| n.get()), before, "a put_nowait that found the queue full serialized its item");
+    assert_eq!(q.get_nowait().unwrap(), Counted(0));
+    q.put_nowait(Counted(9)).unwrap();
+    assert_eq!(SERIALIZED.with(|n| n.get()), before + 1);
+    assert_eq!((q.get_nowait().unwrap(), q.get_nowait().unwrap()), (Counted(1), Counted(9)));
+}
+
 // ---------- shutdown ----------
 
 fn put_three_and_shut_down(q: Queue<String>) {

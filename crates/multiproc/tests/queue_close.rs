@@ -47,6 +47,32 @@ fn close_ends_this_handle_and_its_later_clones_only() {
     assert_eq!(other.get().unwrap(), 5);
 }
 
+/// Reports whether the handles it was sent arrived closed, and whether a
+/// put through them failed as closed.
+fn use_sent_handles(q: Queue<u32>, j: JoinableQueue<u32>, s: SimpleQueue<u32>) -> [bool; 5] {
+    [q.is_closed(), q.put(1).is_err_and(|e| e.is_closed()), j.is_closed(), j.put(2).is_err(), s.put(3).is_err()]
+}
+
+#[test]
+fn a_closed_handle_sent_to_a_child_arrives_closed() {
+    // As a clone of a closed handle is closed, so is the copy a child gets:
+    // close() ends a handle wherever it goes.
+    let (q, j, s) = (Queue::<u32>::new().unwrap(), JoinableQueue::<u32>::new().unwrap(), SimpleQueue::new().unwrap());
+    let (open_q, open_j, open_s) = (q.clone(), j.clone(), s.clone());
+    q.close();
+    j.close();
+    s.close();
+    let mut child = Child(Process::spawn(use_sent_handles, (q.clone(), j.clone(), s.clone())).unwrap());
+    assert_eq!(child.join(), [true; 5]);
+    assert!(open_q.empty() && open_j.empty() && open_s.empty(), "no put went through");
+    // An open handle still arrives open.
+    let mut child = Child(Process::spawn(use_sent_handles, (open_q.clone(), open_j.clone(), open_s.clone())).unwrap());
+    assert_eq!(child.join(), [false; 5]);
+    assert_eq!(open_q.get_timeout(LONG).unwrap(), 1);
+    assert_eq!(open_j.get_timeout(LONG).unwrap(), 2);
+    assert_eq!(open_s.get_timeout(LONG).unwrap(), 3);
+}
+
 #[test]
 fn immediate_shutdown_discards_items_and_fails_gets_everywhere() {
     let (q, ready) = (Queue::<u8>::new().unwrap(), Queue::new().unwrap());

@@ -39,13 +39,14 @@ impl<'p, S: 'static> Call<'p, S> {
         self
     }
 
-    /// Shows a progress bar on stderr.
+    /// Shows a progress bar on stderr (see [`Pool::with_progress_bar`] for
+    /// how it ends).
     pub fn progress(mut self) -> Self {
         self.progress = Some(None);
         self
     }
 
-    /// Drives `bar`.
+    /// Drives `bar` (see [`Pool::with_progress_bar`]).
     pub fn progress_bar(mut self, bar: ProgressBar) -> Self {
         self.progress = Some(Some(bar));
         self
@@ -115,7 +116,7 @@ impl<'p, S: 'static> Call<'p, S> {
         let chunksize = self.chunksize.unwrap_or_else(|| n.div_ceil(4 * self.pool.processes));
         let chunks = n.div_ceil(chunksize);
         let progress = self.make_progress(Some(n as u64));
-        let job: Arc<dyn Job> = Arc::new(MapJob::new(slot.clone(), n, chunksize, progress));
+        let job = Arc::new(MapJob::new(slot.clone(), n, chunksize, progress));
         // Chunks go to the scheduler as they are encoded, so the workers
         // start while the rest is being encoded.
         let mut batch = Vec::new();
@@ -127,7 +128,7 @@ impl<'p, S: 'static> Call<'p, S> {
             part.extend(items.by_ref().take(chunksize.min(n - index * chunksize)));
             let last = index + 1 == chunks;
             if part.len() != chunksize.min(n - index * chunksize) || (last && items.next().is_some()) {
-                slot.complete(Err(miscounted(n)));
+                job.fail_call(miscounted(n));
                 break;
             }
             let input = encode_chunk(&part, &self.pool.buffers, hint);
@@ -136,7 +137,7 @@ impl<'p, S: 'static> Call<'p, S> {
             batch.push(Chunk::new(job.clone(), index, runner, part.len(), input));
             if index == 0 || batch.len() >= 256 || batch_bytes >= 64 * 1024 || last {
                 if let Err(e) = self.pool.shared.submit(std::mem::take(&mut batch)) {
-                    slot.complete(Err(e));
+                    job.fail_call(e);
                     break;
                 }
                 batch_bytes = 0;

@@ -60,6 +60,11 @@ fn death(signal: Option<i32>, code: Option<i32>) -> String {
     }
 }
 
+/// The prefix of an item's failure; none for a single task.
+fn failed_item(index: Option<usize>) -> String {
+    index.map(|i| format!("task {i} failed: ")).unwrap_or_default()
+}
+
 impl TaskError {
     /// True for [`TaskError::WorkerLost`].
     pub fn is_worker_lost(&self) -> bool {
@@ -79,12 +84,14 @@ impl TaskError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// A task failed; `index` is its position in the call's input (0 for
-    /// `apply`).
-    #[error("task {index} failed: {error}")]
+    /// A task failed; `index` is its position in the call's input, `None`
+    /// for a single task (`apply`, `apply_async`, `Executor::submit`). The
+    /// message of a single task's failure is its [`TaskError`]'s; an item's
+    /// says which item it was ("task 3 failed: ...").
+    #[error("{}{error}", failed_item(*index))]
     Task {
-        /// Position of the task in the input.
-        index: usize,
+        /// Position of the task in the call's input; `None` for a single task.
+        index: Option<usize>,
         /// What happened to it.
         error: TaskError,
     },

@@ -1,6 +1,8 @@
 //! `imap` and `imap_unordered`: results as they finish, input pulled lazily.
 
+use std::any::Any;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +22,17 @@ const WINDOW_BYTES: usize = 8 << 20;
 /// What one pull from the input gave.
 pub(crate) struct Pulled {
     pub chunk: Option<(EncodedChunk, usize)>,
-    pub error: Option<String>,
+    pub fault: Option<InputFault>,
     pub exhausted: bool,
+}
+
+/// Why the input stopped before its end. The input is not read again.
+pub(crate) enum InputFault {
+    /// It yielded an `Err` (its text), reported as [`PoolError::Input`].
+    Error(String),
+    /// Reading it (or serializing an item) panicked: the panic is raised
+    /// again where its item would have come.
+    Panic(Box<dyn Any + Send>),
 }
 
 /// Pulls up to `n` items from the input and encodes them as one chunk.
@@ -38,24 +49,36 @@ where
     let mut hint = 0;
     Box::new(move |n| {
         let mut batch = Vec::with_capacity(n.min(1024));
-        let mut error = None;
         let mut exhausted = false;
-        while batch.len() < n {
-            match items.next() {
-                Some(Ok(a)) => batch.push(a),
-                Some(Err(e)) => {
-                    error = Some(e.to_string());
-                    break;
-                }
-                None => {
-                    exhausted = true;
-                    break;
+        // The input runs on the caller's thread, ahead of what it consumed: a
+        // panic is caught here (the items before it are kept) and raised
+        // again where its item would come. AssertUnwindSafe: after a panic
+        // the input is never called again, only dropped.
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            while batch.len() < n {
+                match items.next() {
+                    Some(Ok(a)) => batch.push(a),
+                    Some(Err(e)) => return Some(InputFault::Error(e.to_string())),
+                    None => {
+                        exhausted = true;
+                        return None;
+                    }
                 }
             }
+            None
+        }));
+        let mut fault = read.unwrap_or_else(|panic| Some(InputFault::Panic(panic)));
+        let mut chunk = None;
+        if !batch.is_empty() {
+            // An item whose Serialize panics loses its batch: the panic comes
+            // where the batch's first item would.
+            match catch_unwind(AssertUnwindSafe(|| encode_chunk(&batch, &buffers, hint))) {
+                Ok(input) => chunk = Some((input, batch.len())),
+                Err(panic) => fault = Some(InputFault::Panic(panic)),
+            }
         }
-        let chunk = (!batch.is_empty()).then(|| (encode_chunk(&batch, &buffers, hint), batch.len()));
         hint = chunk.as_ref().map_or(0, |(c, _)| c.len());
-        Pulled { chunk, error, exhausted }
+        Pulled { chunk, fault, exhausted }
     })
 }
 
@@ -69,7 +92,11 @@ where
 /// 8 MiB of encoded input — so an endless input is fine. When the input
 /// yields an `Err` (see [`Pool::try_imap`](super::Pool::try_imap)), the
 /// results before it are yielded, then one [`PoolError::Input`], then the
-/// iterator ends.
+/// iterator ends. When the input panics, the results before the panic are
+/// yielded, then the `next` call that would have returned the item's
+/// result panics with the input's panic, and the iterator ends (the input
+/// is read on the caller's thread a window ahead, so the panic's message is
+/// printed when it happens, before that call).
 pub struct Imap<'p, R> {
     shared: &'p Shared,
     job: Arc<ImapShared<R>>,
@@ -83,7 +110,8 @@ pub struct Imap<'p, R> {
     next_chunk: usize,
     bytes_per_item: usize,
     exhausted: bool,
-    input_error: Option<(usize, String)>,
+    /// Where the input stopped early, and why.
+    input_fault: Option<(usize, InputFault)>,
     refused: Option<PoolError>,
     progress: Option<Progress>,
     done: bool,
@@ -127,7 +155,7 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
             next_chunk: 0,
             bytes_per_item: 0,
             exhausted: false,
-            input_error: None,
+            input_fault: None,
             refused: None,
             progress,
             done: false,
@@ -161,7 +189,7 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
         // The window is recomputed after every chunk: the first one tells
         // how large items are (pulling a whole MIN_WINDOW of 1 MiB items
         // would encode them all before the first is sent).
-        while !self.exhausted && self.input_error.is_none() && self.submitted - self.yielded < self.window() {
+        while !self.exhausted && self.input_fault.is_none() && self.submitted - self.yielded < self.window() {
             let pulled = (self.pull)(self.chunksize);
             if let Some((input, n)) = pulled.chunk {
                 let per = input.len() / n;
@@ -172,8 +200,8 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
                 self.next_chunk += 1;
                 self.submitted += n;
             }
-            if let Some(message) = pulled.error {
-                self.input_error = Some((self.submitted, message));
+            if let Some(fault) = pulled.fault {
+                self.input_fault = Some((self.submitted, fault));
             }
             self.exhausted |= pulled.exhausted;
         }
@@ -185,7 +213,7 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
                 self.refused = Some(e);
             }
         }
-        if self.exhausted || self.input_error.is_some() {
+        if self.exhausted || self.input_fault.is_some() {
             self.release();
         }
     }
@@ -203,6 +231,12 @@ impl<R> Imap<'_, R> {
 impl<R> Drop for Imap<'_, R> {
     fn drop(&mut self) {
         self.release();
+        // Dropped before its end: the bar ends where it is.
+        if !self.done
+            && let Some(p) = &self.progress
+        {
+            p.abandon();
+        }
     }
 }
 
@@ -263,18 +297,23 @@ impl<R: serde::de::DeserializeOwned + Send + 'static> Imap<'_, R> {
                 return Some(self.job.open(item));
             }
             if self.submitted == self.yielded {
-                if !self.exhausted && self.input_error.is_none() && self.refused.is_none() {
+                if !self.exhausted && self.input_fault.is_none() && self.refused.is_none() {
                     continue; // the window is empty: pull more
                 }
                 drop(st);
                 self.done = true;
                 if let Some(p) = &self.progress {
-                    p.finish();
+                    // A call that ends with an error ends its bar where it is.
+                    if self.refused.is_some() || self.input_fault.is_some() { p.abandon() } else { p.finish() }
                 }
                 if let Some(e) = self.refused.take() {
                     return Some(Err(e));
                 }
-                return self.input_error.take().map(|(index, message)| Err(PoolError::Input { index, message }));
+                return match self.input_fault.take() {
+                    Some((index, InputFault::Error(message))) => Some(Err(PoolError::Input { index, message })),
+                    Some((_, InputFault::Panic(panic))) => std::panic::resume_unwind(panic),
+                    None => None,
+                };
             }
             st.waiting = true;
             // The scheduler delivers every submitted chunk (results, or an

@@ -115,9 +115,9 @@ impl<R: DeserializeOwned + Send + 'static> Job for ApplyJob<R> {
             Decoded::AllOk(mut v) if v.len() == 1 => Ok(v.remove(0)),
             d => match d.into_results().into_iter().next() {
                 Some(Ok(v)) => Ok(v),
-                Some(Err(error)) => Err(PoolError::Task { index: 0, error }),
+                Some(Err(error)) => Err(PoolError::Task { index: None, error }),
                 None => Err(PoolError::Task {
-                    index: 0,
+                    index: None,
                     error: TaskError::Unserializable("result missing from the worker's reply".into()),
                 }),
             },
@@ -168,11 +168,27 @@ impl<R> MapJob<R> {
         MapJob { slot, chunksize, state: Mutex::new(state), progress }
     }
 
-    fn fail(&self, st: &mut MapState<R>, index: usize, error: TaskError) {
+    /// Fails the call with `error`, unless it failed already (as Python:
+    /// with the first failure to arrive). Its bar ends where it is; the
+    /// chunks still out neither fill the result nor move the bar.
+    fn fail(&self, st: &mut MapState<R>, error: PoolError) {
         if !std::mem::replace(&mut st.failed, true) {
-            // As Python: the call fails with the first failure to arrive.
-            self.slot.complete(Err(PoolError::Task { index, error }));
+            if let Some(p) = &self.progress {
+                p.abandon();
+            }
+            self.slot.complete(Err(error));
         }
+    }
+
+    /// Fails the call for a reason of its own (its input, the pool refusing
+    /// its chunks), not one of a task.
+    pub(crate) fn fail_call(&self, error: PoolError) {
+        self.fail(&mut lock(&self.state), error);
+    }
+
+    /// Fails the call with the error of the task at `index`.
+    fn fail_task(&self, st: &mut MapState<R>, index: usize, error: TaskError) {
+        self.fail(st, PoolError::Task { index: Some(index), error });
     }
 }
 
@@ -227,20 +243,20 @@ impl<'de, R: serde::Deserialize<'de>> serde::de::Visitor<'de> for IntoSlots<'_, 
 impl<R: DeserializeOwned + Send + 'static> Job for MapJob<R> {
     fn deliver(&self, chunk: usize, items: usize, result: ChunkResult<'_>) {
         unlease!(self, chunk, items, result);
-        if let Some(p) = &self.progress {
-            p.inc(items as u64);
-        }
         let start = chunk * self.chunksize;
         let mut st = lock(&self.state);
         if st.failed || st.filled[chunk] {
             return;
+        }
+        if let Some(p) = &self.progress {
+            p.inc(items as u64);
         }
         match result {
             ChunkResult::Encoded { format: Format::AllOk, bytes, fds } => {
                 let slots = &mut st.out[start..start + items];
                 if let Err(e) = crate::wire::decode_seed(IntoSlots(slots), bytes, fds) {
                     let error = TaskError::Unserializable(format!("result could not be deserialized: {e}"));
-                    return self.fail(&mut st, start, error);
+                    return self.fail_task(&mut st, start, error);
                 }
             }
             other => {
@@ -250,7 +266,7 @@ impl<R: DeserializeOwned + Send + 'static> Job for MapJob<R> {
                 };
                 if let Some(k) = values.iter().position(Result::is_err) {
                     let error = values.into_iter().nth(k).and_then(Result::err).expect("an error at k");
-                    return self.fail(&mut st, start + k, error);
+                    return self.fail_task(&mut st, start + k, error);
                 }
                 for (slot, v) in st.out[start..start + items].iter_mut().zip(values) {
                     slot.write(v.unwrap_or_else(|_| unreachable!("no errors")));
@@ -341,9 +357,9 @@ impl<R: DeserializeOwned> ImapShared<R> {
                 drop(lease);
                 match value {
                     Some(Ok(v)) => Ok(v),
-                    Some(Err(error)) => Err(PoolError::Task { index, error }),
+                    Some(Err(error)) => Err(PoolError::Task { index: Some(index), error }),
                     None => Err(PoolError::Task {
-                        index,
+                        index: Some(index),
                         error: TaskError::Unserializable("result missing from the worker's reply".into()),
                     }),
                 }
@@ -367,7 +383,11 @@ impl<R: DeserializeOwned + Send + 'static> Job for ImapShared<R> {
         let mut st = self.lock();
         for (k, r) in results.into_iter().enumerate() {
             let index = start + k;
-            self.place(&mut st, index, Arrived::Value(r.map_err(|error| PoolError::Task { index, error })));
+            self.place(
+                &mut st,
+                index,
+                Arrived::Value(r.map_err(|error| PoolError::Task { index: Some(index), error })),
+            );
         }
         self.wake(st);
     }

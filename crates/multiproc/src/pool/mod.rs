@@ -243,7 +243,10 @@ impl<S: 'static> Pool<S> {
         self.call().progress()
     }
 
-    /// Calls that drive `bar` (position = items done).
+    /// Calls that drive `bar` (position = items done). The bar is finished
+    /// when the call ends with all its results; when it fails (a task's
+    /// error ends a `map`, an `imap` ends with an error or is dropped before
+    /// its end), it is abandoned where it is and no longer moves.
     pub fn with_progress_bar(&self, bar: ProgressBar) -> Call<'_, S> {
         self.call().progress_bar(bar)
     }
@@ -290,7 +293,9 @@ impl<S: 'static> Pool<S> {
     }
     forward! {
         /// `f(x)` for every item, yielded in order as they finish; the input is
-        /// read lazily, a bounded window ahead.
+        /// read lazily, a bounded window ahead. If the input panics, the
+        /// results before it are yielded, then the `next` call at the panic's
+        /// position panics with it (see [`Imap`]).
         imap<'a>(f: F, items: I) -> Imap<'a, R> where [F: Task<(A,), R>, I: IntoIterator<Item = A>, A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned + Send + 'static] [I::IntoIter: 'a]
     }
     forward! {

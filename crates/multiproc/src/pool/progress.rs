@@ -39,4 +39,10 @@ impl Progress {
     pub(crate) fn finish(&self) {
         self.0.finish();
     }
+
+    /// Ends the bar where it is, for a call that failed or was dropped: it
+    /// stops ticking and stays as it was (indicatif's `abandon`).
+    pub(crate) fn abandon(&self) {
+        self.0.abandon();
+    }
 }

@@ -286,7 +286,7 @@ impl<T> AsyncResult<T> {
         // ORDERING: the scheduler CASes the same word; whoever wins owns the task.
         let won = state.compare_exchange(TASK_PENDING, TASK_CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok();
         if won {
-            self.slot.complete(Err(PoolError::Task { index: 0, error: TaskError::Cancelled }));
+            self.slot.complete(Err(PoolError::Task { index: None, error: TaskError::Cancelled }));
         }
         won
     }

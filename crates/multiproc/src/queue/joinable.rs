@@ -9,12 +9,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::layout::type_hash;
-use super::ring::Ring;
 use super::{JoinTimeoutError, Queue, TaskDoneError};
 use crate::connection::{ConnectionError, Waitable};
 use crate::sys::Deadline;
-use crate::wire::fd_serde;
 
 /// A [`Queue`] that counts unfinished tasks (Python's
 /// `multiprocessing.JoinableQueue`): every `put` adds a task, every
@@ -196,9 +193,7 @@ impl<T> Serialize for JoinableQueue<T> {
 
 impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let fd = fd_serde::take_fd(u32::deserialize(d)?).map_err(serde::de::Error::custom)?;
-        let ring = Ring::attach(fd, true, type_hash::<T>()).map_err(serde::de::Error::custom)?;
-        Ok(JoinableQueue::from_queue(Queue::from_ring(ring)))
+        Ok(JoinableQueue::from_queue(Queue::receive(d, true)?))
     }
 }
 

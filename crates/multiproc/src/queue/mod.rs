@@ -197,8 +197,10 @@ impl<T> Queue<T> {
     }
 
     /// Closes this handle (Python's `close`): its later puts and gets fail
-    /// with `Closed`. Other handles — clones made before, copies in other
-    /// processes — go on; items already put stay in the queue. To end the
+    /// with `Closed`. Other handles — clones made before, copies sent to
+    /// other processes before — go on; items already put stay in the queue.
+    /// Clones made after, and copies sent to other processes after, are
+    /// closed too (a closed handle stays closed wherever it goes). To end the
     /// queue for everyone, use [`Queue::shutdown`]. There is no background
     /// thread to join (Python's `join_thread` and `cancel_join_thread` have
     /// nothing to do here).
@@ -222,7 +224,7 @@ impl<T> Queue<T> {
     }
 
     /// True once [`Queue::close`] was called on this handle (or the handle
-    /// it was cloned from), or the queue was shut down.
+    /// it was cloned or sent from), or the queue was shut down.
     ///
     /// # Examples
     ///
@@ -382,7 +384,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`TryPutError::Full`] at once if the queue is full, or as [`Queue::put`].
+    /// [`TryPutError::Full`] at once if the queue is full (found before the
+    /// value is serialized, so retrying on a full queue is cheap), or as
+    /// [`Queue::put`].
     pub fn put_nowait(&self, value: T) -> Result<(), TryPutError<T>> {
         self.put_until(value, None, false)
     }
@@ -390,6 +394,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_until(&self, value: T, timeout: Option<Duration>, block: bool) -> Result<(), TryPutError<T>> {
         if self.is_closed() {
             return Err(TryPutError::Closed(value));
+        }
+        // A put that does not wait fails on a full queue before serializing
+        // its item (and writing a large one): a caller may retry it often.
+        if !block {
+            match self.ring.room_now() {
+                Ok(true) => {}
+                Ok(false) => return Err(TryPutError::Full(value)),
+                Err(e) => return Err(TryPutError::Io(value, e)),
+            }
         }
         with_buffer(|buf| {
             if let Err(e) = encode(&value, buf) {
@@ -479,16 +492,35 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 }
 
+/// A handle travels with its closed flag: as a clone of a closed handle is
+/// closed, so is the copy another process receives (Python's closed queue
+/// cannot be used to put wherever it goes). Shared by every queue type.
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        fd_serde::push_fd(self.ring.fd()).map_err(serde::ser::Error::custom)?.serialize(s)
+        let fd = fd_serde::push_fd(self.ring.fd()).map_err(serde::ser::Error::custom)?;
+        // ORDERING: Relaxed: a per-handle flag.
+        (fd, self.closed.load(Relaxed)).serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let fd = fd_serde::take_fd(u32::deserialize(d)?).map_err(serde::de::Error::custom)?;
-        Ring::attach(fd, false, type_hash::<T>()).map(Queue::from_ring).map_err(serde::de::Error::custom)
+        Queue::receive(d, false)
+    }
+}
+
+impl<T> Queue<T> {
+    /// A handle sent by another process (see `Serialize`); `require_joinable`
+    /// as for [`Ring::attach`].
+    fn receive<'de, D: Deserializer<'de>>(d: D, require_joinable: bool) -> Result<Queue<T>, D::Error> {
+        let (fd, closed) = <(u32, bool)>::deserialize(d)?;
+        let fd = fd_serde::take_fd(fd).map_err(serde::de::Error::custom)?;
+        let ring = Ring::attach(fd, require_joinable, type_hash::<T>()).map_err(serde::de::Error::custom)?;
+        let queue = Queue::from_ring(ring);
+        if closed {
+            queue.close();
+        }
+        Ok(queue)
     }
 }
 

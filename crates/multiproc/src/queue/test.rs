@@ -420,6 +420,24 @@ fn a_consumer_that_died_mid_copy_gives_back_its_permit_and_task() {
 }
 
 #[test]
+fn put_nowait_finds_room_held_by_dead_consumers() {
+    // The first put_nowait that finds the queue full looks for such room
+    // (later ones at most every RECLAIM_EVERY): a caller that retries gets
+    // in, and none is ever told Full for good.
+    let q = Queue::<u64>::bounded(1).unwrap();
+    q.put(1).unwrap();
+    forge_dead_taker(&q, true);
+    q.put_nowait(2).unwrap();
+    forge_dead_taker(&q, true);
+    let deadline = Instant::now() + LONG;
+    while q.put_nowait(3).is_err() {
+        assert!(Instant::now() < deadline, "put_nowait never found the room of the dead consumer");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(q.get_timeout(LONG).unwrap(), 3);
+}
+
+#[test]
 fn frame_lock_of_a_dead_thread_is_taken_over() {
     let q = Queue::<u64>::builder().segment_slots(2).build().unwrap();
     q.ring.header().frame_lock.0.store(dead_tid(), SeqCst);

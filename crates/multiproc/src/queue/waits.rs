@@ -11,8 +11,8 @@
 //! were killed are freed by wakers that keep waking nobody (see [`Sleepers`]).
 
 use std::io;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use super::layout::{Header, SLEEPER_SLOTS, Sleepers};
@@ -89,6 +89,34 @@ pub(super) enum GetFail {
 /// How often a thread waiting for room or in `join` looks for slots of
 /// consumers that died holding them (see [`Ring::reclaim_dead_takers`]).
 const RECLAIM_EVERY: Duration = Duration::from_millis(20);
+
+/// Paces [`Ring::reclaim_dead_takers`] in puts that do not wait, for all the
+/// threads of this process that use one queue: due at the first call, then
+/// at most every [`RECLAIM_EVERY`]. The look reads every slot of the head
+/// segment (up to thousands of cache lines that consumers are writing): a
+/// caller retrying `put_nowait` on a full queue would otherwise pay for it
+/// at every try, and slow down the consumers that make room.
+#[derive(Debug)]
+pub(super) struct NowaitReclaim {
+    since: Instant,
+    /// Nanoseconds after `since` when the next look is due.
+    next: AtomicU64,
+}
+
+impl NowaitReclaim {
+    pub(super) fn new() -> NowaitReclaim {
+        NowaitReclaim { since: Instant::now(), next: AtomicU64::new(0) }
+    }
+
+    /// True when this caller should look now (one caller per period).
+    fn due(&self) -> bool {
+        let now = self.since.elapsed().as_nanos() as u64;
+        // ORDERING: Relaxed: a rate limit, no data hangs on it; the CAS picks
+        // one caller per period.
+        let next = self.next.load(Relaxed);
+        now >= next && self.next.compare_exchange(next, now + RECLAIM_EVERY.as_nanos() as u64, Relaxed, Relaxed).is_ok()
+    }
+}
 
 /// Paces [`Ring::reclaim_dead_takers`] in a wait: due every [`RECLAIM_EVERY`],
 /// counted from the first time it is asked.
@@ -369,6 +397,17 @@ impl Ring {
         }
     }
 
+    /// For a put that does not wait, before its item is serialized (or a
+    /// large one written): false when a bounded queue is full now and no
+    /// room held by dead consumers was found (looked for as paced by
+    /// [`NowaitReclaim`]). A hint: the permit taken in `put` decides.
+    pub(super) fn room_now(&self) -> io::Result<bool> {
+        // ORDERING: Relaxed: a hint, as said.
+        Ok(!self.bounded()
+            || self.header().count.0.load(Relaxed) < self.maxsize()
+            || (self.nowait_reclaim().due() && self.reclaim_dead_takers()?))
+    }
+
     fn acquire_permit(&self, timeout: Option<Duration>, block: bool) -> Result<(), PutFail> {
         let hdr = self.header();
         let max = self.maxsize();
@@ -396,7 +435,8 @@ impl Ring {
             }
             // Giving up, or now and then while waiting: is the room held by
             // consumers that died?
-            if (!block || deadline.expired() || reclaim.due()) && self.reclaim_dead_takers().map_err(PutFail::Io)? {
+            let look = if block { deadline.expired() || reclaim.due() } else { self.nowait_reclaim().due() };
+            if look && self.reclaim_dead_takers().map_err(PutFail::Io)? {
                 continue;
             }
             if !block || deadline.expired() {

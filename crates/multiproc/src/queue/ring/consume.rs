@@ -5,7 +5,7 @@ use std::io;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 
 use super::decode::{SlotItem, decode_slot};
-use super::{Blocked, Got, Ring, Step, owner_gone};
+use super::{Blocked, Got, HeadSlot, Ring, Step, owner_gone};
 use crate::queue::layout::{Frame, Slot};
 use crate::queue::states::{FREE, LapOrder, READY, SEALED, SKIP, Stamp, TAKING, WRITING};
 
@@ -184,21 +184,15 @@ impl Ring {
     /// ([`Ring::has_work`] leaves writing slots to their producer's wake-up,
     /// which a dead producer never gives).
     pub(in crate::queue) fn head_writer_dead(&self) -> bool {
-        let hdr = self.header();
-        // ORDERING: Acquire (all): a snapshot, validated as in take_once; the
-        // get that follows decides.
-        let n = hdr.seg_head.0.load(Acquire);
-        let Ok(f) = self.frame(n) else { return false };
-        let fh = f.header();
-        if fh.seg.0.load(Acquire) != n + 1 {
-            return false;
-        }
-        let h = fh.head.0.load(Acquire);
-        let s = Stamp::unpack(f.slot(h).stamp.load(Acquire));
-        s.lap_vs(f.lap(h)) == LapOrder::Same
+        // ORDERING: Acquire (stamp and tail): a snapshot, not part of any
+        // handshake (has_work carries the sleeper protocol); the get that
+        // follows decides. A head that cannot be read is not this case (false):
+        // the caller asks has_work too, which reports it as work.
+        let Some(HeadSlot { frame: fh, pos: h, lap, stamp: s }) = self.head_slot(Acquire) else { return false };
+        lap == LapOrder::Same
             && s.state == WRITING
             && fh.tail.0.load(Acquire) & !SEALED > h
-            && owner_gone(hdr, s.tid)
+            && owner_gone(self.header(), s.tid)
     }
 
     /// Resolves a [`Blocked`] slot whose owner is dead: a producer's slot is

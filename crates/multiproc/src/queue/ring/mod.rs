@@ -22,14 +22,15 @@ mod produce;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{self, Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use super::layout::{
-    ARENA_ITEM_MAX, BLOB_BASE, Config, FLAG_BOUNDED, FLAG_JOINABLE, Frame, Geometry, HEADER_LEN, Header, INLINE_MAX,
-    ITEM_MAX, Line, MAGIC, MIXED_NAMESPACES, VERSION,
+    ARENA_ITEM_MAX, BLOB_BASE, Config, FLAG_BOUNDED, FLAG_JOINABLE, Frame, FrameHeader, Geometry, HEADER_LEN, Header,
+    INLINE_MAX, ITEM_MAX, Line, MAGIC, MIXED_NAMESPACES, VERSION,
 };
 use super::states::{LapOrder, READY, SEALED, SKIP, Stamp, TAKING};
+use super::waits::NowaitReclaim;
 use crate::sys::imp::shm::Mapping;
 use crate::sys::imp::sparse::{self, PAGE, Window};
 use crate::sys::imp::thread;
@@ -103,6 +104,19 @@ impl Blocked {
     }
 }
 
+/// The head slot as [`Ring::head_slot`] read it.
+#[derive(Debug, Clone, Copy)]
+struct HeadSlot<'a> {
+    /// The head segment's frame header.
+    frame: &'a FrameHeader,
+    /// The head position.
+    pos: u64,
+    /// The slot's lap compared with the lap of `pos`.
+    lap: LapOrder,
+    /// The slot's stamp.
+    stamp: Stamp,
+}
+
 /// How a push ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Pushed {
@@ -125,6 +139,9 @@ pub(super) struct Ring {
     geometry: Geometry,
     flags: u32,
     maxsize: u64,
+    /// Paces this process's looks for room held by dead consumers in puts
+    /// that do not wait.
+    nowait_reclaim: NowaitReclaim,
 }
 
 impl Ring {
@@ -196,7 +213,7 @@ impl Ring {
     fn from_parts(header: Mapping, geometry: Geometry, flags: u32, maxsize: u64) -> io::Result<Ring> {
         let tables = Window::map(header.as_fd(), HEADER_LEN as u64, geometry.meta_len() - HEADER_LEN)?;
         let windows = (0..geometry.frames).map(|_| OnceLock::new()).collect();
-        Ok(Ring { header, tables, windows, geometry, flags, maxsize })
+        Ok(Ring { header, tables, windows, geometry, flags, maxsize, nowait_reclaim: NowaitReclaim::new() })
     }
 
     /// The memory file (sent to other processes).
@@ -220,6 +237,10 @@ impl Ring {
 
     pub(super) fn maxsize(&self) -> u64 {
         self.maxsize
+    }
+
+    pub(super) fn nowait_reclaim(&self) -> &NowaitReclaim {
+        &self.nowait_reclaim
     }
 
     /// The entry of `frame_of` for segment `seg`: the index of its frame.
@@ -308,20 +329,19 @@ impl Ring {
     /// skip, a segment to move past) or the queue is closed. Never blocks.
     pub(super) fn has_work(&self) -> bool {
         let hdr = self.header();
-        // ORDERING: SeqCst (closed and stamp loads): part of the sleeper protocol
-        // in waits.rs; the others are Acquire hints.
+        // ORDERING: SeqCst (closed and stamp loads): this is the sleeper's
+        // re-check in the handshake of waits.rs, after it registered; the
+        // producer's SeqCst commit and its check for sleepers are the other
+        // half, so either we see the item or the producer sees us. The others
+        // are Acquire hints.
         if hdr.closed.0.load(SeqCst) != 0 {
             return true;
         }
-        let n = hdr.seg_head.0.load(Acquire);
-        let Ok(f) = self.frame(n) else { return true };
-        let fh = f.header();
-        if fh.seg.0.load(Acquire) != n + 1 {
-            return true;
-        }
-        let h = fh.head.0.load(Acquire);
-        let s = Stamp::unpack(f.slot(h).stamp.load(SeqCst));
-        match (s.lap_vs(f.lap(h)), s.state) {
+        // A head we cannot read is work (true): the get that follows finds out
+        // what it is (an error, or a head that moved on), where a sleep could
+        // wait for a wake-up that never comes.
+        let Some(HeadSlot { frame: fh, pos: h, lap, stamp: s }) = self.head_slot(SeqCst) else { return true };
+        match (lap, s.state) {
             (LapOrder::Newer, _) | (LapOrder::Same, READY | SKIP | TAKING) => true,
             // Writing (its producer's commit will wake us) or nothing at the
             // head: only a finished segment is work.
@@ -333,6 +353,28 @@ impl Ring {
                 t & SEALED != 0 && h >= t & !SEALED
             }
         }
+    }
+
+    /// A snapshot of the head slot: the head segment's frame (validated to
+    /// still hold the segment `seg_head` named), the head position, how the
+    /// slot's lap compares with that position's lap, and its stamp, loaded
+    /// with `stamp_order`; `None` when the head segment could not be read
+    /// (its frame not mappable, or reused since `seg_head` was read). Callers
+    /// decide what that means for them. The get that follows a snapshot
+    /// decides; the snapshot is only a hint.
+    #[inline(always)]
+    fn head_slot(&self, stamp_order: Ordering) -> Option<HeadSlot<'_>> {
+        // ORDERING: Acquire (all but the stamp): validated as in take_once.
+        let n = self.header().seg_head.0.load(Acquire);
+        let f = self.frame(n).ok()?;
+        let frame = f.header();
+        if frame.seg.0.load(Acquire) != n + 1 {
+            return None;
+        }
+        let pos = frame.head.0.load(Acquire);
+        // ORDERING: the caller's (see each caller).
+        let stamp = Stamp::unpack(f.slot(pos).stamp.load(stamp_order));
+        Some(HeadSlot { frame, pos, lap: stamp.lap_vs(f.lap(pos)), stamp })
     }
 
     /// Items in the queue (approximate while others put and get).
