@@ -10,7 +10,7 @@
 //!
 //! ```
 //! let report = multiproc_seeds::seed_003::exit_codes().unwrap();
-//! assert_eq!(report.outcome.iter().map(|(_, code)| *code).collect::<Vec<_>>(), [Some(1), Some(0), Some(1), Some(-15)]);
+//! assert_eq!(report.outcome.iter().map(|(_, code)| *code).collect::<Vec<_>>(), [Some(1), Some(0), Some(0), Some(1), Some(-15)]);
 //! ```
 
 #![warn(missing_docs)]
@@ -105,7 +105,7 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "named_processes", seed: "003", shows: "process names, given and default", run: || Ok(seed_003::named_processes()?.lines) },
     Example { name: "daemon_join_timeout", seed: "003", shows: "daemon vs non-daemon, join with a timeout", run: || Ok(seed_003::daemon_join_timeout()?.lines) },
     Example { name: "terminate_join", seed: "003", shows: "terminate, then join to collect the exit status", run: || Ok(seed_003::terminate_join()?.lines) },
-    Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
+    Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a returned value, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
     Example { name: "logging", seed: "003", shows: "log_to_stderr: a child's life in records with its name; the level carries over", run: || Ok(seed_003_logging::logging()?.lines) },
     Example { name: "event_wait", seed: "003", shows: "an Event set by the parent, waited with and without a timeout", run: || Ok(seed_003_sync::event_wait()?.lines) },
     Example { name: "shared_value_array", seed: "003", shows: "a shared Value and Array written by a child", run: || Ok(seed_003_sync::shared_value_array()?.lines) },
