@@ -173,17 +173,19 @@ pub fn queue_writers_readers() -> Result<Report<WritersReaders>, Error> {
     Ok(Report { lines, outcome: WritersReaders { got, per_reader, reader_exit_codes } })
 }
 
-/// Writes `data` to a queue it got as a pool task argument.
-fn pool_write(q: Queue<u32>, data: Vec<u32>) -> Vec<u32> {
+/// Writes `data` to a queue it got as a pool task argument; returns it and
+/// the pid of the worker that ran it.
+fn pool_write(q: Queue<u32>, data: Vec<u32>) -> (Vec<u32>, u32) {
     for &value in &data {
         q.put(value).expect("put");
     }
-    data
+    (data, pid())
 }
 
-/// Reads one value from a queue it got as a pool task argument.
-fn pool_read(q: Queue<u32>) -> Option<u32> {
-    q.get_timeout(PATIENCE).ok()
+/// Reads one value from a queue it got as a pool task argument; returns it
+/// (`None` if nothing came) and the pid of the worker that ran it.
+fn pool_read(q: Queue<u32>) -> (Option<u32>, u32) {
+    (q.get_timeout(PATIENCE).ok(), pid())
 }
 
 /// What [`pool_shared_queue`] showed.
@@ -193,8 +195,10 @@ pub struct PoolSharedQueue {
     pub written: Vec<u32>,
     /// What the reader tasks read, sorted.
     pub read: Vec<u32>,
-    /// Worker pids that ran the tasks (at most the pool's size).
-    pub workers: usize,
+    /// Pids of the pool workers that ran the writer and reader tasks.
+    pub worker_pids: BTreeSet<u32>,
+    /// Pid of the parent (the tasks ran elsewhere).
+    pub parent_pid: u32,
 }
 
 /// Seed 002: pool workers sharing a queue. Python cannot pass a
@@ -209,13 +213,13 @@ pub struct PoolSharedQueue {
 /// p.close(); p.join()
 /// ```
 ///
+/// The seed's readers loop for ever, so its `p.join()` never returns; here
+/// each reader task takes one value.
+///
 /// # Errors
 ///
 /// The pool could not start or a task failed.
 pub fn pool_shared_queue() -> Result<Report<PoolSharedQueue>, Error> {
-    fn worker_pid(_: u32) -> u32 {
-        std::process::id()
-    }
     let pool = Pool::new(2)?;
     let q = Queue::<u32>::new()?;
     let mut lines = vec![format!("Parent process {}.", pid())];
@@ -223,24 +227,27 @@ pub fn pool_shared_queue() -> Result<Report<PoolSharedQueue>, Error> {
     let readers: Vec<_> = (0..5).map(|_| pool.apply_async(pool_read, (q.clone(),))).collect();
     lines.push("Waiting for all subprocesses done...".to_string());
     let mut written = Vec::new();
-    for w in writers {
-        let data = w.get()?;
-        lines.push(format!("wrote {data:?}"));
+    let mut worker_pids = BTreeSet::new();
+    for mut w in writers {
+        let (data, worker) = w.get_timeout(PATIENCE)?;
+        lines.push(format!("{worker} :Put {data:?} to queue..."));
         written.extend(data);
+        worker_pids.insert(worker);
     }
     let mut read = Vec::new();
-    for r in readers {
-        let value = r.get()?.ok_or_else(|| Error::Unexpected("a reader task got nothing".into()))?;
-        lines.push(format!("read {value}"));
+    for mut r in readers {
+        let (value, worker) = r.get_timeout(PATIENCE)?;
+        let value = value.ok_or_else(|| Error::Unexpected("a reader task got nothing".into()))?;
+        lines.push(format!("{worker} :Get {value} from queue."));
         read.push(value);
+        worker_pids.insert(worker);
     }
-    let workers: BTreeSet<u32> = pool.map(worker_pid, 0..8u32)?.into_iter().collect();
     pool.close();
     pool.join_timeout(PATIENCE)?;
     lines.push("All subprocesses done.".to_string());
     written.sort();
     read.sort();
-    Ok(Report { lines, outcome: PoolSharedQueue { written, read, workers: workers.len() } })
+    Ok(Report { lines, outcome: PoolSharedQueue { written, read, worker_pids, parent_pid: pid() } })
 }
 
 // ------------------------------------------------------------------ seed 003

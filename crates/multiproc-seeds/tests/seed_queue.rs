@@ -31,7 +31,9 @@ fn pool_workers_share_a_plain_queue() {
     let o = &report.outcome;
     assert_eq!(o.written, [0, 1, 2, 3, 4]);
     assert_eq!(o.read, [0, 1, 2, 3, 4], "the reader tasks got what the writer tasks put");
-    assert!((1..=2).contains(&o.workers));
+    assert!((1..=2).contains(&o.worker_pids.len()), "a pool of 2 ran the tasks: {:?}", o.worker_pids);
+    assert!(!o.worker_pids.contains(&o.parent_pid), "the tasks ran in the pool's workers, not the parent");
+    assert_eq!(o.parent_pid, std::process::id());
 }
 
 #[test]
