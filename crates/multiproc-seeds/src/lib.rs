@@ -27,6 +27,7 @@ pub mod seed_003_pool;
 pub mod seed_003_sync;
 pub mod seed_004_pipeline;
 pub mod seed_004_pool;
+pub mod seed_globals;
 pub mod seed_manager;
 pub mod seed_queue;
 
@@ -108,6 +109,7 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a returned value, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
     Example { name: "logging", seed: "003", shows: "log_to_stderr: a child's life in records with its name; the level carries over", run: || Ok(seed_003_logging::logging()?.lines) },
     Example { name: "event_wait", seed: "003", shows: "an Event set by the parent, waited with and without a timeout", run: || Ok(seed_003_sync::event_wait()?.lines) },
+    Example { name: "globals_not_shared", seed: "003", shows: "a child's changes to a global list and ten children's count += 1 stay in each child", run: || Ok(seed_globals::globals_not_shared()?.lines) },
     Example { name: "shared_value_array", seed: "003", shows: "a shared Value and Array written by a child", run: || Ok(seed_003_sync::shared_value_array()?.lines) },
     Example { name: "queue_producers", seed: "001", shows: "three producer processes and the parent on a Queue", run: || Ok(seed_queue::queue_producers()?.lines) },
     Example { name: "queue_writers_readers", seed: "002", shows: "two writers, two readers on a Queue; readers terminated at the end", run: || Ok(seed_queue::queue_writers_readers()?.lines) },
@@ -117,7 +119,7 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "thumbnails", seed: "001", shows: "thumbnails of a folder of PNGs with Pool.map and the image crate", run: || Ok(seed_001_pool::thumbnails()?.lines) },
     Example { name: "pipe_pools", seed: "001", shows: "producers and consumers in two Pools over one Pipe, stopped by a None poison pill", run: || Ok(seed_001_pipe_pools::pipe_pools()?.lines) },
     Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
-        Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
+    Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
     Example { name: "manager_dict_list", seed: "001", shows: "a Manager dict and list mutated by ten processes; exact counts with update", run: || Ok(seed_manager::manager_dict_list()?.lines) },
     Example { name: "manager_written_by_child", seed: "003", shows: "a Manager dict and list written by a child", run: || Ok(seed_manager::manager_written_by_child()?.lines) },
