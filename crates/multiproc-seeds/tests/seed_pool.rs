@@ -56,6 +56,23 @@ fn each_task_gets_exactly_one_callback() {
 }
 
 #[test]
+fn pool_results_name_their_worker_and_come_in_submission_order() {
+    let report = seed_003_pool::pool_worker_names().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.len(), 10);
+    let mut workers = HashSet::new();
+    for (i, said) in o.iter().enumerate() {
+        let worker = said.strip_suffix(&format!("-hello {i}")).unwrap_or_else(|| panic!("result {i} is {said:?}"));
+        let number = worker.strip_prefix("PoolWorker-").unwrap_or_else(|| panic!("{said:?}: not a pool worker"));
+        assert!(number.parse::<u32>().is_ok(), "{said:?}");
+        workers.insert(worker.to_string());
+    }
+    assert!((1..=4).contains(&workers.len()), "a pool of 4 ran them: {workers:?}");
+    assert_eq!(report.lines[0], "Sub-process(es) done.");
+    assert_eq!(&report.lines[1..], &o[..]);
+}
+
+#[test]
 fn imap_over_files_writes_every_kept_line_in_order() {
     let report = seed_004_pool::imap_progress().unwrap();
     let o = &report.outcome;
