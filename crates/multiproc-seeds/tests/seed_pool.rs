@@ -99,6 +99,7 @@ fn predict_server_starts_lazily_restarts_the_dead_switches_and_stops() {
     assert_ne!(o.v1[0].pid as u32, std::process::id());
     assert_eq!(o.status_v1.len(), 1);
     assert!(o.status_v1[0].alive && o.status_v1[0].version == 1);
+    assert_eq!(o.status_v1[0].pid, Some(o.v1[0].pid), "the status names the process that answered");
     // Killed: the supervisor restarted it; the next request went to the new process.
     assert_eq!(o.killed_pid, o.v1[0].pid);
     assert_eq!(o.v1_restarts, 1);
@@ -109,7 +110,10 @@ fn predict_server_starts_lazily_restarts_the_dead_switches_and_stops() {
     // Version 2: a new process with other weights; version 1 stopped.
     let pids: HashSet<i32> = [o.v1[0].pid, o.v1_restarted.pid, o.v2[0].pid].into_iter().collect();
     assert_eq!(pids.len(), 3);
+    assert_eq!(o.v2.len(), 2);
     assert_eq!(o.v2[0].version, 2);
+    assert_eq!((o.v2[0].pid, o.v2[0].served, o.v2[1].pid, o.v2[1].served), (o.v2[0].pid, 1, o.v2[0].pid, 2));
+    assert_eq!(o.status_v2[0].pid, Some(o.v2[0].pid));
     assert_ne!(o.v2[0].score, o.v1[0].score, "another version, other weights");
     assert_eq!(o.status_v2.iter().map(|s| (s.version, s.alive)).collect::<Vec<_>>(), vec![(2, true)]);
     assert!(o.log.iter().any(|l| l == "stop process 1 (answered 3 requests)"), "{:?}", o.log);
