@@ -113,6 +113,7 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "shared_value_array", seed: "003", shows: "a shared Value and Array written by a child", run: || Ok(seed_003_sync::shared_value_array()?.lines) },
     Example { name: "queue_producers", seed: "001", shows: "three producer processes and the parent on a Queue", run: || Ok(seed_queue::queue_producers()?.lines) },
     Example { name: "queue_writers_readers", seed: "002", shows: "two writers, two readers on a Queue; readers terminated at the end", run: || Ok(seed_queue::queue_writers_readers()?.lines) },
+    Example { name: "queue_object", seed: "003", shows: "an object sent through a Queue; its method runs in the child that got it", run: || Ok(seed_queue::queue_object()?.lines) },
     Example { name: "joinable_queue", seed: "003", shows: "a JoinableQueue with consumers, task_done and a poison pill each", run: || Ok(seed_queue::joinable_queue()?.lines) },
     Example { name: "queue_two_files", seed: "004", shows: "two processes write records forward and reversed, linked by a Queue and a sentinel", run: || Ok(seed_queue::queue_two_files()?.lines) },
     Example { name: "pool_api", seed: "001", shows: "Pool: apply_async x10 with wait/ready/successful/get, apply, map, map_async", run: || Ok(seed_001_pool::pool_api()?.lines) },

@@ -7,8 +7,9 @@
 //!   terminated at the end ([`queue_writers_readers`]), and pool workers
 //!   sharing a plain `Queue`, which Python can only do through a `Manager`
 //!   ([`pool_shared_queue`]);
-//! - seed 003: a `JoinableQueue` with consumers, `task_done` and a poison pill
-//!   per consumer ([`joinable_queue`]);
+//! - seed 003: an object sent through a `Queue` whose method runs in the
+//!   child ([`queue_object`]), and a `JoinableQueue` with consumers,
+//!   `task_done` and a poison pill per consumer ([`joinable_queue`]);
 //! - seed 004: two processes writing the same records to two files, forward
 //!   and reversed, linked by a `Queue` closed with a sentinel
 //!   ([`queue_two_files`]).
@@ -251,6 +252,57 @@ pub fn pool_shared_queue() -> Result<Report<PoolSharedQueue>, Error> {
 }
 
 // ------------------------------------------------------------------ seed 003
+
+/// Seed 003's `MyFancyClass`: an object sent through a queue, whose method
+/// runs in the process that got it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MyFancyClass {
+    /// Who the fancy thing is done for.
+    pub name: String,
+}
+
+impl MyFancyClass {
+    /// Says which process does it, for whom.
+    pub fn do_something(&self) -> String {
+        format!("Doing something fancy in {} for {}!", current_process().name, self.name)
+    }
+}
+
+/// Gets one object from the queue and calls its method.
+fn fancy_worker(q: Queue<MyFancyClass>) -> Result<String, String> {
+    let obj = q.get_timeout(PATIENCE).map_err(|e| e.to_string())?;
+    Ok(obj.do_something())
+}
+
+/// Seed 003: an object put on a queue by the parent, got by a child, whose
+/// method then runs in the child.
+///
+/// ```python
+/// class MyFancyClass(object):
+///     def __init__(self, name): self.name = name
+///     def do_something(self):
+///         proc_name = multiprocessing.current_process().name
+///         print('Doing something fancy in %s for %s!' % (proc_name, self.name))
+/// def worker(q):
+///     obj = q.get(); obj.do_something()
+/// queue = multiprocessing.Queue()
+/// p = multiprocessing.Process(target=worker, args=(queue,)); p.start()
+/// queue.put(MyFancyClass('Fancy Dan'))
+/// queue.close(); queue.join_thread(); p.join()
+/// ```
+///
+/// The outcome is the child's line and its process name.
+///
+/// # Errors
+///
+/// The child could not start, or did not get the object.
+pub fn queue_object() -> Result<Report<(String, String)>, Error> {
+    let queue = Queue::new()?;
+    let mut p = Process::spawn(fancy_worker, (queue.clone(),))?;
+    queue.put(MyFancyClass { name: "Fancy Dan".into() }).map_err(queue_error)?;
+    let said = p.join_timeout(PATIENCE)?.map_err(Error::Unexpected)?;
+    Ok(Report { lines: vec![said.clone()], outcome: (said, p.name().to_string()) })
+}
 
 /// A unit of work: multiply two numbers (Python's `Task.__call__`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

@@ -37,6 +37,15 @@ fn pool_workers_share_a_plain_queue() {
 }
 
 #[test]
+fn an_object_through_a_queue_runs_its_method_in_the_child() {
+    let report = seed_queue::queue_object().unwrap();
+    let (said, child_name) = &report.outcome;
+    assert!(child_name.starts_with("Process-"), "{child_name}");
+    assert_eq!(said, &format!("Doing something fancy in {child_name} for Fancy Dan!"));
+    assert_eq!(report.lines, std::slice::from_ref(said));
+}
+
+#[test]
 fn joinable_queue_join_returns_after_every_task_and_pill_is_done() {
     let report = seed_queue::joinable_queue().unwrap();
     let o = &report.outcome;
@@ -71,6 +80,7 @@ fn the_tour_lists_the_queue_examples() {
         ("queue_producers", "001"),
         ("queue_writers_readers", "002"),
         ("pool_shared_queue", "002"),
+        ("queue_object", "003"),
         ("joinable_queue", "003"),
         ("queue_two_files", "004"),
     ] {
