@@ -139,6 +139,9 @@ fn inference_pipeline_batches_at_128_or_1_s_and_routes_every_result_back() {
     // The model ran in one process, not this one.
     assert_eq!(o.model_pids.len(), 1);
     assert_ne!(o.model_pids[0], o.parent_pid);
+    // Preprocessing ran in the pool of 2, apart from this process and the model's.
+    assert!((1..=2).contains(&o.preprocess_pids.len()), "{:?}", o.preprocess_pids);
+    assert!(o.preprocess_pids.iter().all(|p| *p != o.parent_pid && *p != o.model_pids[0]), "{:?}", o.preprocess_pids);
     // Late requests waited for the delay, not much longer (generous slack).
     assert!(o.late_waits.iter().all(|w| *w < std::time::Duration::from_secs(3)), "{:?}", o.late_waits);
 }
