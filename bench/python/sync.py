@@ -35,11 +35,13 @@ import common
 def handoff_child(ping, pong, stop, taken, cpu):
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
+    count = 0  # a local, as the Rust child's: a shared ctypes write would sit inside every pass
     while True:
         ping.acquire()
         if stop.value:
+            taken.value = count
             return
-        taken.value += 1
+        count += 1
         pong.release()
 
 

@@ -1,7 +1,8 @@
 //! HTTP serving workloads: `multiproc serve` (the same server the command
 //! runs, `multiproc_serve_http::serve`, started in this process on its own
 //! runtime) side by side with KServe's Python model server (`kserve` 0.21,
-//! `ModelServer` with one worker, `bench/python/http_kserve.py`), both
+//! `ModelServer` with one worker and its per-request log lines off, as ours
+//! writes none, `bench/python/http_kserve.py`), both
 //! serving the same trivial model (output = input × 2, FP32 [1, 4]) over the
 //! Open Inference Protocol with JSON bodies.
 //!
@@ -342,7 +343,7 @@ fn http_infer(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
             ctx.measure(&plan, &mut [(&format!("multiproc serve c{c}"), &mut a), (&format!("kserve c{c}"), &mut b)])?;
         let [sa, sb] = <[Stats; 2]>::try_from(stats).expect("two subjects");
         let params = json!({"concurrency": c, "requests_per_burst": {"multiproc": ours_n, "kserve": theirs_n},
-            "model": "output = input * 2, FP32 [1, 4], JSON", "kserve": "0.21, ModelServer(workers=1)"});
+            "model": "output = input * 2, FP32 [1, 4], JSON", "kserve": "0.21, ModelServer(workers=1), per-request logs off"});
         let latency = json!({"multiproc": a.latency_json(), "kserve": b.latency_json()});
         rows.push(
             Row::new(format!("http_infer/c{c}"), Unit::RequestsPerSec, sa, sb)

@@ -10,7 +10,7 @@
 //!
 //! ```
 //! let report = multiproc_seeds::seed_003::exit_codes().unwrap();
-//! assert_eq!(report.outcome.iter().map(|(_, code)| *code).collect::<Vec<_>>(), [Some(1), Some(0), Some(1), Some(-15)]);
+//! assert_eq!(report.outcome.iter().map(|(_, code)| *code).collect::<Vec<_>>(), [Some(1), Some(0), Some(0), Some(1), Some(-15)]);
 //! ```
 
 #![warn(missing_docs)]
@@ -27,6 +27,7 @@ pub mod seed_003_pool;
 pub mod seed_003_sync;
 pub mod seed_004_pipeline;
 pub mod seed_004_pool;
+pub mod seed_globals;
 pub mod seed_manager;
 pub mod seed_queue;
 
@@ -105,19 +106,22 @@ pub const EXAMPLES: &[Example] = &[
     Example { name: "named_processes", seed: "003", shows: "process names, given and default", run: || Ok(seed_003::named_processes()?.lines) },
     Example { name: "daemon_join_timeout", seed: "003", shows: "daemon vs non-daemon, join with a timeout", run: || Ok(seed_003::daemon_join_timeout()?.lines) },
     Example { name: "terminate_join", seed: "003", shows: "terminate, then join to collect the exit status", run: || Ok(seed_003::terminate_join()?.lines) },
-    Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
+    Example { name: "exit_codes", seed: "003", shows: "exit codes of exit(1), a return, a returned value, a panic, a terminated process", run: || Ok(seed_003::exit_codes()?.lines) },
     Example { name: "logging", seed: "003", shows: "log_to_stderr: a child's life in records with its name; the level carries over", run: || Ok(seed_003_logging::logging()?.lines) },
     Example { name: "event_wait", seed: "003", shows: "an Event set by the parent, waited with and without a timeout", run: || Ok(seed_003_sync::event_wait()?.lines) },
+    Example { name: "globals_not_shared", seed: "003", shows: "a child's changes to a global list and ten children's count += 1 stay in each child", run: || Ok(seed_globals::globals_not_shared()?.lines) },
     Example { name: "shared_value_array", seed: "003", shows: "a shared Value and Array written by a child", run: || Ok(seed_003_sync::shared_value_array()?.lines) },
     Example { name: "queue_producers", seed: "001", shows: "three producer processes and the parent on a Queue", run: || Ok(seed_queue::queue_producers()?.lines) },
     Example { name: "queue_writers_readers", seed: "002", shows: "two writers, two readers on a Queue; readers terminated at the end", run: || Ok(seed_queue::queue_writers_readers()?.lines) },
+    Example { name: "queue_object", seed: "003", shows: "an object sent through a Queue; its method runs in the child that got it", run: || Ok(seed_queue::queue_object()?.lines) },
     Example { name: "joinable_queue", seed: "003", shows: "a JoinableQueue with consumers, task_done and a poison pill each", run: || Ok(seed_queue::joinable_queue()?.lines) },
     Example { name: "queue_two_files", seed: "004", shows: "two processes write records forward and reversed, linked by a Queue and a sentinel", run: || Ok(seed_queue::queue_two_files()?.lines) },
     Example { name: "pool_api", seed: "001", shows: "Pool: apply_async x10 with wait/ready/successful/get, apply, map, map_async", run: || Ok(seed_001_pool::pool_api()?.lines) },
     Example { name: "thumbnails", seed: "001", shows: "thumbnails of a folder of PNGs with Pool.map and the image crate", run: || Ok(seed_001_pool::thumbnails()?.lines) },
     Example { name: "pipe_pools", seed: "001", shows: "producers and consumers in two Pools over one Pipe, stopped by a None poison pill", run: || Ok(seed_001_pipe_pools::pipe_pools()?.lines) },
     Example { name: "pool_shared_queue", seed: "002", shows: "pool workers sharing a plain Queue (Python needs a Manager)", run: || Ok(seed_queue::pool_shared_queue()?.lines) },
-        Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
+    Example { name: "pool_worker_names", seed: "003", shows: "a Pool of 4: each result names the worker that made it, got in submission order", run: || Ok(seed_003_pool::pool_worker_names()?.lines) },
+    Example { name: "pool_callbacks", seed: "003", shows: "apply_async with callback and error_callback, exactly one per task", run: || Ok(seed_003_pool::pool_callbacks()?.lines) },
     Example { name: "imap_progress", seed: "004", shows: "imap over a folder of files with a progress bar, results in one file", run: || Ok(seed_004_pool::imap_progress()?.lines) },
     Example { name: "manager_dict_list", seed: "001", shows: "a Manager dict and list mutated by ten processes; exact counts with update", run: || Ok(seed_manager::manager_dict_list()?.lines) },
     Example { name: "manager_written_by_child", seed: "003", shows: "a Manager dict and list written by a child", run: || Ok(seed_manager::manager_written_by_child()?.lines) },

@@ -20,7 +20,7 @@
 //! print('TERMINATED:', p, p.is_alive()); p.join()
 //! print('JOINED:', p, p.is_alive())
 //!
-//! for f in [exit_error, exit_ok, raises, terminated]:  # sys.exit(1), return, raise, sleep
+//! for f in [exit_error, exit_ok, return_value, raises, terminated]:  # sys.exit(1), return, return 1, raise, sleep
 //!     j = Process(target=f, name=f.__name__); jobs.append(j); j.start()
 //! jobs[-1].terminate()
 //! for j in jobs: j.join(); print('%15s.exitcode = %s' % (j.name, j.exitcode))
@@ -206,6 +206,11 @@ fn exit_error() {
 
 fn exit_ok() {}
 
+/// Returns 1: the value goes back to the parent's `join`, the exit code is 0.
+fn return_value() -> i32 {
+    1
+}
+
 fn raises() {
     panic!("There was an error!")
 }
@@ -217,31 +222,37 @@ fn terminated() {
 /// What [`exit_codes`] showed: `(name, exitcode)` per process, in start order.
 pub type ExitCodes = Vec<(String, Option<i32>)>;
 
-/// Python's exit codes: `exit(1)` → 1, a return → 0, a panic (an exception)
-/// → 1, terminated → −15.
+/// Joins `p` (its error is the point here: the exit code tells the story)
+/// and returns its name and exit code.
+fn join_for_exit_code<T: serde::Serialize + serde::de::DeserializeOwned>(p: &mut Process<T>) -> (String, Option<i32>) {
+    let _ = p.join_timeout(PATIENCE);
+    (p.name().to_string(), p.exitcode())
+}
+
+/// Python's exit codes: `exit(1)` → 1, a return → 0, a returned value → 0
+/// (the value is not the exit code), a panic (an exception) → 1,
+/// terminated → −15.
 ///
 /// # Errors
 ///
 /// A child could not start.
 pub fn exit_codes() -> Result<Report<ExitCodes>, Error> {
-    // One line each: every function is its own type (a `fn()` pointer would
-    // carry state and is refused at compile time).
-    let mut jobs = vec![
-        Process::builder().name("exit_error").spawn(exit_error, ())?,
-        Process::builder().name("exit_ok").spawn(exit_ok, ())?,
-        Process::builder().name("raises").spawn(raises, ())?,
-        Process::builder().name("terminated").spawn(terminated, ())?,
+    // Every function is its own type (a `fn()` pointer would carry state and
+    // is refused at compile time), and `return_value` returns an `i32`, so
+    // the five handles are started one by one, in the seed's order.
+    let mut exit_error = Process::builder().name("exit_error").spawn(exit_error, ())?;
+    let mut exit_ok = Process::builder().name("exit_ok").spawn(exit_ok, ())?;
+    let mut return_value = Process::builder().name("return_value").spawn(return_value, ())?;
+    let mut raises = Process::builder().name("raises").spawn(raises, ())?;
+    let mut terminated = Process::builder().name("terminated").spawn(terminated, ())?;
+    terminated.terminate()?;
+    let outcome: ExitCodes = vec![
+        join_for_exit_code(&mut exit_error),
+        join_for_exit_code(&mut exit_ok),
+        join_for_exit_code(&mut return_value),
+        join_for_exit_code(&mut raises),
+        join_for_exit_code(&mut terminated),
     ];
-    if let Some(last) = jobs.last() {
-        last.terminate()?;
-    }
-    let mut lines = Vec::new();
-    let mut outcome = Vec::new();
-    for j in &mut jobs {
-        // The errors are the point here: the exit code tells the story.
-        let _ = j.join_timeout(PATIENCE);
-        lines.push(format!("{:>15}.exitcode = {:?}", j.name(), j.exitcode()));
-        outcome.push((j.name().to_string(), j.exitcode()));
-    }
+    let lines = outcome.iter().map(|(name, code)| format!("{name:>15}.exitcode = {code:?}")).collect();
     Ok(Report { lines, outcome })
 }

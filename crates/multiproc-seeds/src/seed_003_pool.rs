@@ -1,5 +1,5 @@
 //! Seed 003 (`Python多进程库multiprocessing`): `apply_async` with `callback`
-//! and `error_callback`.
+//! and `error_callback`, and pool workers' names with results in order.
 //!
 //! ```python
 //! def work(i):
@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use multiproc::{Pool, PoolError};
+use multiproc::{Pool, PoolError, current_process};
 
 use crate::{Error, PATIENCE, Report};
 
@@ -83,5 +83,42 @@ pub fn pool_callbacks() -> Result<Report<Callbacks>, Error> {
         lines.push(format!("error_callback: task {i}: {e}"));
     }
     lines.push("success".into());
+    Ok(Report { lines, outcome })
+}
+
+/// The task of [`pool_worker_names`]: the worker's name and the message.
+fn hello(msg: String) -> String {
+    format!("{}-{msg}", current_process().name)
+}
+
+/// Seed 003's pool of four: ten `apply_async` calls, `close`, `join`, then
+/// each result's `get`, in the order submitted (whichever worker ran it).
+///
+/// ```python
+/// def func(msg):
+///     return multiprocessing.current_process().name + '-' + msg
+/// pool = multiprocessing.Pool(processes=4)
+/// results = [pool.apply_async(func, ("hello %d" % i,)) for i in range(10)]
+/// pool.close(); pool.join(); print("Sub-process(es) done.")
+/// for res in results: print(res.get())         # PoolWorker-37-hello 0, ...
+/// ```
+///
+/// The outcome is the ten results, in submission order.
+///
+/// # Errors
+///
+/// The pool or a task failed.
+pub fn pool_worker_names() -> Result<Report<Vec<String>>, Error> {
+    let pool = Pool::new(4)?;
+    let results: Vec<_> = (0..10).map(|i| pool.apply_async(hello, (format!("hello {i}"),))).collect();
+    pool.close();
+    pool.join_timeout(PATIENCE)?;
+    let mut lines = vec!["Sub-process(es) done.".to_string()];
+    let mut outcome = Vec::new();
+    for mut r in results {
+        let said = r.get_timeout(PATIENCE)?;
+        lines.push(said.clone());
+        outcome.push(said);
+    }
     Ok(Report { lines, outcome })
 }

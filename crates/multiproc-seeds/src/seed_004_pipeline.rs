@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, PATIENCE, Report};
 
-/// The seed's model: prefixes each item, and says which process and batch did it.
+/// The seed's model: prefixes each item, and says which processes (its own
+/// and the preprocessing one) and which batch did it.
 struct Prefixer {
     pid: u32,
     batches: u64,
@@ -52,32 +53,41 @@ pub struct Predicted {
     pub batch: u64,
     /// Size of that batch.
     pub batch_size: usize,
+    /// Pid of the preprocessing process that made the item.
+    pub preprocessed_by: u32,
 }
 
 impl Model for Prefixer {
     type Config = ();
-    type Input = String;
+    type Input = (String, u32);
     type Output = Predicted;
 
     fn load((): (), _: &WorkerContext) -> Result<Self, String> {
         Ok(Prefixer { pid: std::process::id(), batches: 0 })
     }
 
-    fn predict(&mut self, batch: Vec<String>) -> Vec<Result<Predicted, String>> {
+    fn predict(&mut self, batch: Vec<(String, u32)>) -> Vec<Result<Predicted, String>> {
         self.batches += 1;
         let n = batch.len();
         batch
             .into_iter()
-            .map(|e| {
-                Ok(Predicted { text: format!("modelpredict_{e}"), pid: self.pid, batch: self.batches, batch_size: n })
+            .map(|(e, preprocessed_by)| {
+                Ok(Predicted {
+                    text: format!("modelpredict_{e}"),
+                    pid: self.pid,
+                    batch: self.batches,
+                    batch_size: n,
+                    preprocessed_by,
+                })
             })
             .collect()
     }
 }
 
-/// The seed's `receive`: runs in the preprocessing pool.
-fn receive(info: String) -> Result<String, String> {
-    Ok(format!("receive_{info}"))
+/// The seed's `receive`: runs in the preprocessing pool (and says which
+/// process it ran in).
+fn receive(info: String) -> Result<(String, u32), String> {
+    Ok((format!("receive_{info}"), std::process::id()))
 }
 
 /// What [`inference_pipeline`] showed.
@@ -93,6 +103,8 @@ pub struct PipelineOutcome {
     pub reasons: Vec<(String, u64)>,
     /// Pid of the model process (one for all).
     pub model_pids: Vec<u32>,
+    /// Pids of the preprocessing processes that made the items.
+    pub preprocess_pids: Vec<u32>,
     /// Pid of this process.
     pub parent_pid: u32,
     /// How long the late requests waited in the queue.
@@ -120,7 +132,7 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
     };
     server.add(ModelSpec::<Prefixer>::new("model").version(1, ()).settings(settings)).map_err(serve_error)?;
     server
-        .add_pipeline(PipelineSpec::<String, String, Predicted, Predicted>::new("C", "model", receive, 2))
+        .add_pipeline(PipelineSpec::<String, (String, u32), Predicted, Predicted>::new("C", "model", receive, 2))
         .map_err(serve_error)?;
     let mut lines = vec!["C: preprocessing pool of 2, batches of 128 or 1 s, one model process".to_string()];
 
@@ -135,6 +147,7 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
     let mut matched = 0;
     let mut late_waits = Vec::new();
     let mut model_pids = Vec::new();
+    let mut preprocess_pids = Vec::new();
     let mut batches = std::collections::BTreeMap::new();
     for (i, f) in pending.into_iter().enumerate() {
         let reply = f.wait_timeout(PATIENCE).map_err(serve_error)?;
@@ -147,6 +160,9 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
         }
         if !model_pids.contains(&p.pid) {
             model_pids.push(p.pid);
+        }
+        if !preprocess_pids.contains(&p.preprocessed_by) {
+            preprocess_pids.push(p.preprocessed_by);
         }
         batches.insert(p.batch, p.batch_size);
     }
@@ -161,6 +177,7 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
         started.elapsed().as_secs_f64()
     ));
     lines.push(format!("batches: {batch_sizes:?}, closed by {reasons:?}"));
+    lines.push(format!("preprocessed in processes {preprocess_pids:?}, predicted in {model_pids:?}"));
     lines.push(format!("late requests waited {:?} for their batch", late_waits.first().copied().unwrap_or_default()));
     server.shutdown();
     let outcome = PipelineOutcome {
@@ -169,6 +186,7 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
         batch_sizes,
         reasons,
         model_pids,
+        preprocess_pids,
         parent_pid: std::process::id(),
         late_waits,
     };

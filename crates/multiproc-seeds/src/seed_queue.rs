@@ -7,8 +7,9 @@
 //!   terminated at the end ([`queue_writers_readers`]), and pool workers
 //!   sharing a plain `Queue`, which Python can only do through a `Manager`
 //!   ([`pool_shared_queue`]);
-//! - seed 003: a `JoinableQueue` with consumers, `task_done` and a poison pill
-//!   per consumer ([`joinable_queue`]);
+//! - seed 003: an object sent through a `Queue` whose method runs in the
+//!   child ([`queue_object`]), and a `JoinableQueue` with consumers,
+//!   `task_done` and a poison pill per consumer ([`joinable_queue`]);
 //! - seed 004: two processes writing the same records to two files, forward
 //!   and reversed, linked by a `Queue` closed with a sentinel
 //!   ([`queue_two_files`]).
@@ -173,17 +174,19 @@ pub fn queue_writers_readers() -> Result<Report<WritersReaders>, Error> {
     Ok(Report { lines, outcome: WritersReaders { got, per_reader, reader_exit_codes } })
 }
 
-/// Writes `data` to a queue it got as a pool task argument.
-fn pool_write(q: Queue<u32>, data: Vec<u32>) -> Vec<u32> {
+/// Writes `data` to a queue it got as a pool task argument; returns it and
+/// the pid of the worker that ran it.
+fn pool_write(q: Queue<u32>, data: Vec<u32>) -> (Vec<u32>, u32) {
     for &value in &data {
         q.put(value).expect("put");
     }
-    data
+    (data, pid())
 }
 
-/// Reads one value from a queue it got as a pool task argument.
-fn pool_read(q: Queue<u32>) -> Option<u32> {
-    q.get_timeout(PATIENCE).ok()
+/// Reads one value from a queue it got as a pool task argument; returns it
+/// (`None` if nothing came) and the pid of the worker that ran it.
+fn pool_read(q: Queue<u32>) -> (Option<u32>, u32) {
+    (q.get_timeout(PATIENCE).ok(), pid())
 }
 
 /// What [`pool_shared_queue`] showed.
@@ -193,8 +196,10 @@ pub struct PoolSharedQueue {
     pub written: Vec<u32>,
     /// What the reader tasks read, sorted.
     pub read: Vec<u32>,
-    /// Worker pids that ran the tasks (at most the pool's size).
-    pub workers: usize,
+    /// Pids of the pool workers that ran the writer and reader tasks.
+    pub worker_pids: BTreeSet<u32>,
+    /// Pid of the parent (the tasks ran elsewhere).
+    pub parent_pid: u32,
 }
 
 /// Seed 002: pool workers sharing a queue. Python cannot pass a
@@ -209,13 +214,13 @@ pub struct PoolSharedQueue {
 /// p.close(); p.join()
 /// ```
 ///
+/// The seed's readers loop for ever, so its `p.join()` never returns; here
+/// each reader task takes one value.
+///
 /// # Errors
 ///
 /// The pool could not start or a task failed.
 pub fn pool_shared_queue() -> Result<Report<PoolSharedQueue>, Error> {
-    fn worker_pid(_: u32) -> u32 {
-        std::process::id()
-    }
     let pool = Pool::new(2)?;
     let q = Queue::<u32>::new()?;
     let mut lines = vec![format!("Parent process {}.", pid())];
@@ -223,27 +228,81 @@ pub fn pool_shared_queue() -> Result<Report<PoolSharedQueue>, Error> {
     let readers: Vec<_> = (0..5).map(|_| pool.apply_async(pool_read, (q.clone(),))).collect();
     lines.push("Waiting for all subprocesses done...".to_string());
     let mut written = Vec::new();
-    for w in writers {
-        let data = w.get()?;
-        lines.push(format!("wrote {data:?}"));
+    let mut worker_pids = BTreeSet::new();
+    for mut w in writers {
+        let (data, worker) = w.get_timeout(PATIENCE)?;
+        lines.push(format!("{worker} :Put {data:?} to queue..."));
         written.extend(data);
+        worker_pids.insert(worker);
     }
     let mut read = Vec::new();
-    for r in readers {
-        let value = r.get()?.ok_or_else(|| Error::Unexpected("a reader task got nothing".into()))?;
-        lines.push(format!("read {value}"));
+    for mut r in readers {
+        let (value, worker) = r.get_timeout(PATIENCE)?;
+        let value = value.ok_or_else(|| Error::Unexpected("a reader task got nothing".into()))?;
+        lines.push(format!("{worker} :Get {value} from queue."));
         read.push(value);
+        worker_pids.insert(worker);
     }
-    let workers: BTreeSet<u32> = pool.map(worker_pid, 0..8u32)?.into_iter().collect();
     pool.close();
     pool.join_timeout(PATIENCE)?;
     lines.push("All subprocesses done.".to_string());
     written.sort();
     read.sort();
-    Ok(Report { lines, outcome: PoolSharedQueue { written, read, workers: workers.len() } })
+    Ok(Report { lines, outcome: PoolSharedQueue { written, read, worker_pids, parent_pid: pid() } })
 }
 
 // ------------------------------------------------------------------ seed 003
+
+/// Seed 003's `MyFancyClass`: an object sent through a queue, whose method
+/// runs in the process that got it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MyFancyClass {
+    /// Who the fancy thing is done for.
+    pub name: String,
+}
+
+impl MyFancyClass {
+    /// Says which process does it, for whom.
+    pub fn do_something(&self) -> String {
+        format!("Doing something fancy in {} for {}!", current_process().name, self.name)
+    }
+}
+
+/// Gets one object from the queue and calls its method.
+fn fancy_worker(q: Queue<MyFancyClass>) -> Result<String, String> {
+    let obj = q.get_timeout(PATIENCE).map_err(|e| e.to_string())?;
+    Ok(obj.do_something())
+}
+
+/// Seed 003: an object put on a queue by the parent, got by a child, whose
+/// method then runs in the child.
+///
+/// ```python
+/// class MyFancyClass(object):
+///     def __init__(self, name): self.name = name
+///     def do_something(self):
+///         proc_name = multiprocessing.current_process().name
+///         print('Doing something fancy in %s for %s!' % (proc_name, self.name))
+/// def worker(q):
+///     obj = q.get(); obj.do_something()
+/// queue = multiprocessing.Queue()
+/// p = multiprocessing.Process(target=worker, args=(queue,)); p.start()
+/// queue.put(MyFancyClass('Fancy Dan'))
+/// queue.close(); queue.join_thread(); p.join()
+/// ```
+///
+/// The outcome is the child's line and its process name.
+///
+/// # Errors
+///
+/// The child could not start, or did not get the object.
+pub fn queue_object() -> Result<Report<(String, String)>, Error> {
+    let queue = Queue::new()?;
+    let mut p = Process::spawn(fancy_worker, (queue.clone(),))?;
+    queue.put(MyFancyClass { name: "Fancy Dan".into() }).map_err(queue_error)?;
+    let said = p.join_timeout(PATIENCE)?.map_err(Error::Unexpected)?;
+    Ok(Report { lines: vec![said.clone()], outcome: (said, p.name().to_string()) })
+}
 
 /// A unit of work: multiply two numbers (Python's `Task.__call__`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

@@ -42,3 +42,23 @@ fn the_tour_lists_both_examples() {
         assert!(!(e.run)().unwrap().is_empty());
     }
 }
+
+#[test]
+fn globals_changed_by_children_stay_in_each_child() {
+    use multiproc_seeds::seed_globals::globals_not_shared;
+    // Twice: the second run must show the same (the parent's globals start
+    // over, and the children never saw them).
+    for _ in 0..2 {
+        let report = globals_not_shared().unwrap();
+        let o = &report.outcome;
+        assert_eq!(o.child_list, ["+++", "1", "2", "3"], "the child changed its own list");
+        assert_ne!(o.child_pid, std::process::id(), "adddata ran in a child");
+        assert_eq!(o.parent_list, ["+++", "a", "b", "c"], "the child's appends did not reach the parent");
+        let names: Vec<String> = (0..10).map(|i| format!("process_{i}")).collect();
+        assert_eq!(o.counts.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), names);
+        assert!(o.counts.iter().all(|(_, c)| *c == 1), "each child counted from its own 0: {:?}", o.counts);
+        assert_eq!(o.parent_count, 0, "the children's count += 1 did not reach the parent");
+        assert_eq!(report.lines.last().unwrap(), "this main process: count:0");
+    }
+    assert_eq!(multiproc_seeds::example("globals_not_shared").unwrap().seed, "003");
+}

@@ -56,6 +56,23 @@ fn each_task_gets_exactly_one_callback() {
 }
 
 #[test]
+fn pool_results_name_their_worker_and_come_in_submission_order() {
+    let report = seed_003_pool::pool_worker_names().unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.len(), 10);
+    let mut workers = HashSet::new();
+    for (i, said) in o.iter().enumerate() {
+        let worker = said.strip_suffix(&format!("-hello {i}")).unwrap_or_else(|| panic!("result {i} is {said:?}"));
+        let number = worker.strip_prefix("PoolWorker-").unwrap_or_else(|| panic!("{said:?}: not a pool worker"));
+        assert!(number.parse::<u32>().is_ok(), "{said:?}");
+        workers.insert(worker.to_string());
+    }
+    assert!((1..=4).contains(&workers.len()), "a pool of 4 ran them: {workers:?}");
+    assert_eq!(report.lines[0], "Sub-process(es) done.");
+    assert_eq!(&report.lines[1..], &o[..]);
+}
+
+#[test]
 fn imap_over_files_writes_every_kept_line_in_order() {
     let report = seed_004_pool::imap_progress().unwrap();
     let o = &report.outcome;
@@ -82,6 +99,7 @@ fn predict_server_starts_lazily_restarts_the_dead_switches_and_stops() {
     assert_ne!(o.v1[0].pid as u32, std::process::id());
     assert_eq!(o.status_v1.len(), 1);
     assert!(o.status_v1[0].alive && o.status_v1[0].version == 1);
+    assert_eq!(o.status_v1[0].pid, Some(o.v1[0].pid), "the status names the process that answered");
     // Killed: the supervisor restarted it; the next request went to the new process.
     assert_eq!(o.killed_pid, o.v1[0].pid);
     assert_eq!(o.v1_restarts, 1);
@@ -92,7 +110,10 @@ fn predict_server_starts_lazily_restarts_the_dead_switches_and_stops() {
     // Version 2: a new process with other weights; version 1 stopped.
     let pids: HashSet<i32> = [o.v1[0].pid, o.v1_restarted.pid, o.v2[0].pid].into_iter().collect();
     assert_eq!(pids.len(), 3);
+    assert_eq!(o.v2.len(), 2);
     assert_eq!(o.v2[0].version, 2);
+    assert_eq!((o.v2[0].pid, o.v2[0].served, o.v2[1].pid, o.v2[1].served), (o.v2[0].pid, 1, o.v2[0].pid, 2));
+    assert_eq!(o.status_v2[0].pid, Some(o.v2[0].pid));
     assert_ne!(o.v2[0].score, o.v1[0].score, "another version, other weights");
     assert_eq!(o.status_v2.iter().map(|s| (s.version, s.alive)).collect::<Vec<_>>(), vec![(2, true)]);
     assert!(o.log.iter().any(|l| l == "stop process 1 (answered 3 requests)"), "{:?}", o.log);
@@ -118,6 +139,9 @@ fn inference_pipeline_batches_at_128_or_1_s_and_routes_every_result_back() {
     // The model ran in one process, not this one.
     assert_eq!(o.model_pids.len(), 1);
     assert_ne!(o.model_pids[0], o.parent_pid);
+    // Preprocessing ran in the pool of 2, apart from this process and the model's.
+    assert!((1..=2).contains(&o.preprocess_pids.len()), "{:?}", o.preprocess_pids);
+    assert!(o.preprocess_pids.iter().all(|p| *p != o.parent_pid && *p != o.model_pids[0]), "{:?}", o.preprocess_pids);
     // Late requests waited for the delay, not much longer (generous slack).
     assert!(o.late_waits.iter().all(|w| *w < std::time::Duration::from_secs(3)), "{:?}", o.late_waits);
 }

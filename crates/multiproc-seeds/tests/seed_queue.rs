@@ -31,7 +31,18 @@ fn pool_workers_share_a_plain_queue() {
     let o = &report.outcome;
     assert_eq!(o.written, [0, 1, 2, 3, 4]);
     assert_eq!(o.read, [0, 1, 2, 3, 4], "the reader tasks got what the writer tasks put");
-    assert!((1..=2).contains(&o.workers));
+    assert!((1..=2).contains(&o.worker_pids.len()), "a pool of 2 ran the tasks: {:?}", o.worker_pids);
+    assert!(!o.worker_pids.contains(&o.parent_pid), "the tasks ran in the pool's workers, not the parent");
+    assert_eq!(o.parent_pid, std::process::id());
+}
+
+#[test]
+fn an_object_through_a_queue_runs_its_method_in_the_child() {
+    let report = seed_queue::queue_object().unwrap();
+    let (said, child_name) = &report.outcome;
+    assert!(child_name.starts_with("Process-"), "{child_name}");
+    assert_eq!(said, &format!("Doing something fancy in {child_name} for Fancy Dan!"));
+    assert_eq!(report.lines, std::slice::from_ref(said));
 }
 
 #[test]
@@ -69,6 +80,7 @@ fn the_tour_lists_the_queue_examples() {
         ("queue_producers", "001"),
         ("queue_writers_readers", "002"),
         ("pool_shared_queue", "002"),
+        ("queue_object", "003"),
         ("joinable_queue", "003"),
         ("queue_two_files", "004"),
     ] {

@@ -92,8 +92,18 @@ fn terminate_then_join_collects_minus_15() {
 fn exit_codes_are_pythons() {
     let report = seed_003::exit_codes().unwrap();
     let codes: Vec<(&str, Option<i32>)> = report.outcome.iter().map(|(n, c)| (n.as_str(), *c)).collect();
-    assert_eq!(codes, [("exit_error", Some(1)), ("exit_ok", Some(0)), ("raises", Some(1)), ("terminated", Some(-15))]);
-    assert_eq!(report.lines[3], "     terminated.exitcode = Some(-15)");
+    assert_eq!(
+        codes,
+        [
+            ("exit_error", Some(1)),
+            ("exit_ok", Some(0)),
+            ("return_value", Some(0)), // a function's return value is not its exit code
+            ("raises", Some(1)),
+            ("terminated", Some(-15)),
+        ]
+    );
+    assert_eq!(report.lines[2], "   return_value.exitcode = Some(0)");
+    assert_eq!(report.lines[4], "     terminated.exitcode = Some(-15)");
 }
 
 #[test]
