@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use multiproc::{Pool, PoolError, current_process};
+use multiproc::{Pool, current_process};
 
 use crate::{Error, PATIENCE, Report};
 
@@ -30,15 +30,6 @@ fn work(i: u64) -> u64 {
         panic!("attempt to divide by zero");
     }
     100 / divisor + i
-}
-
-/// What happened to the task: an `apply_async` call holds one task, so the
-/// error's "task 0 failed" (its index in the call) would only confuse.
-fn why(e: &PoolError) -> String {
-    match e {
-        PoolError::Task { error, .. } => error.to_string(),
-        other => other.to_string(),
-    }
 }
 
 /// What [`pool_callbacks`] showed.
@@ -64,7 +55,7 @@ pub fn pool_callbacks() -> Result<Report<Callbacks>, Error> {
         let result = pool
             .apply_async(work, (i,))
             .callback(move |v| ok.lock().unwrap_or_else(|e| e.into_inner()).successes.push((i, *v)))
-            .error_callback(move |e| err.lock().unwrap_or_else(|e| e.into_inner()).errors.push((i, why(e))));
+            .error_callback(move |e| err.lock().unwrap_or_else(|e| e.into_inner()).errors.push((i, e.to_string())));
         results.push(result);
     }
     pool.close();
