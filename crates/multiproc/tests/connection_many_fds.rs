@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use multiproc::{Connection, ConnectionError, Pipe, Process, RawValue, SendFd};
+use multiproc::{Connection, ConnectionError, Pipe, Process, ProcessError, RawValue, SendFd};
 
 mod process_support;
 
@@ -98,4 +98,20 @@ fn too_many_descriptors_is_a_clear_error_and_the_connection_goes_on() {
     assert_eq!(count_fds(), before, "descriptors left open");
     a.send(&open_many(3)).unwrap();
     assert_eq!(b.recv_timeout(Duration::from_secs(10)).unwrap().len(), 3);
+}
+
+#[test]
+fn a_result_that_cannot_be_sent_back_is_a_failure_that_says_why() {
+    if !allow_open_files(4096) {
+        eprintln!("skipped: the open-files limit is below 4096");
+        return;
+    }
+    let _serial = serial();
+    let child = Process::builder().start_method(multiproc::StartMethod::Spawn).spawn(open_many, (1000,)).unwrap();
+    let mut child = child;
+    match child.join_timeout(JOIN) {
+        Err(ProcessError::Failed(why)) => assert!(why.contains("result") && why.contains("1000 handles"), "{why}"),
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
+    assert_eq!(child.exitcode(), Some(1));
 }
