@@ -58,6 +58,19 @@ fn size_checks() {
 }
 
 #[test]
+fn a_segment_too_large_to_map_is_an_error_naming_its_size_and_leaves_no_name() {
+    // The file can be that long (sparse), but no address space holds it.
+    const HUGE: usize = 1 << 60;
+    let name = unique("huge");
+    let err = SharedMemory::create(&name, HUGE).map(|_| ()).unwrap_err().to_string();
+    // The file holds a small trailer after the bytes asked for.
+    assert!(err.contains("cannot make a shared memory segment of 11529215046068") && err.contains("bytes"), "{err}");
+    assert!(!exists(&name), "the name stayed in /dev/shm after the failed create");
+    let err = SharedMemory::new(HUGE).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains(&format!("{HUGE} bytes")), "{err}");
+}
+
+#[test]
 fn named_create_attach_exists_not_found_unlink() {
     let name = unique("named");
     assert!(matches!(SharedMemory::open(&name), Err(SharedMemoryError::NotFound { .. })));
