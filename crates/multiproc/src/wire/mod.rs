@@ -5,7 +5,7 @@
 //! count, payload length (6 bytes), the sender's CPU (2 bytes) — followed by
 //! the payload. Descriptors travel with `SCM_RIGHTS` attached to the
 //! header's first bytes, 64 to a byte (as many as one `sendmsg` carries), so
-//! a frame carries up to [`MAX_FDS_PER_FRAME`] (768); the count's two high
+//! a frame carries up to `MAX_FDS_PER_FRAME` (768); the count's two high
 //! bits are flag bits 2–3. A payload larger than `OFFLOAD_THRESHOLD` (64 KiB) does not go through the socket: the sender
 //! copies it into its reusable shared-memory arena for the channel (a memfd
 //! mapped once by both sides, see `arena.rs`) and sends a small frame with the
