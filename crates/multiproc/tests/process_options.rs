@@ -51,6 +51,14 @@ fn a_missing_executable_is_refused_naming_it() {
 }
 
 #[test]
+fn a_relative_executable_is_found_from_the_childs_working_directory() {
+    let exe = std::env::current_exe().unwrap();
+    let (dir, file) = (exe.parent().unwrap(), exe.file_name().unwrap());
+    let mut child = Process::builder().current_dir(dir).executable(file).spawn(seven, ()).unwrap();
+    assert_eq!(child.join_timeout(JOIN).unwrap(), 7);
+}
+
+#[test]
 fn valid_options_still_run() {
     let _serial = serial();
     for method in METHODS {

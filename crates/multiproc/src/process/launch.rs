@@ -147,8 +147,11 @@ fn check_options(env: &EnvChanges, cwd: Option<&Path>, exe: Option<&Path>) -> io
             }
         }
     }
-    if let Some(exe) = exe
-        && let Err(e) = std::fs::metadata(exe)
+    // The child enters its directory before it runs the executable, so a
+    // relative path is found from there.
+    let exe_from_child = exe.map(|exe| cwd.map_or_else(|| exe.to_path_buf(), |dir| dir.join(exe)));
+    if let (Some(exe), Some(found)) = (exe, exe_from_child)
+        && let Err(e) = std::fs::metadata(found)
     {
         return Err(io::Error::new(e.kind(), format!("cannot run the executable {exe:?}: {e}")));
     }
