@@ -144,6 +144,12 @@ pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((stat.st_ino, u64::try_from(stat.st_size).unwrap_or(0)))
 }
 
+/// The inode of the file named `/dev/shm/<name>` now.
+pub(crate) fn named_inode(name: &str) -> io::Result<u64> {
+    let fd = shm_open(name, libc::O_RDONLY)?;
+    Ok(file_identity(fd.as_fd())?.0)
+}
+
 fn shm_path(name: &str) -> io::Result<CString> {
     let name = name.trim_start_matches('/');
     if name.is_empty() || name.contains('/') || name.len() > 250 {
