@@ -58,6 +58,42 @@ fn size_checks() {
 }
 
 #[test]
+fn a_segment_too_large_to_map_is_an_error_naming_its_size_and_leaves_no_name() {
+    // The file can be that long (sparse), but no address space holds it.
+    const HUGE: usize = 1 << 60;
+    let name = unique("huge");
+    let err = SharedMemory::create(&name, HUGE).map(|_| ()).unwrap_err().to_string();
+    // The file holds a small trailer after the bytes asked for.
+    assert!(err.contains("cannot make a shared memory segment of 11529215046068") && err.contains("bytes"), "{err}");
+    assert!(!exists(&name), "the name stayed in /dev/shm after the failed create");
+    let err = SharedMemory::new(HUGE).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains(&format!("{HUGE} bytes")), "{err}");
+}
+
+/// Cuts the named segment's file to nothing (as any process that can open
+/// the name may), then reads and writes past the new end.
+fn cut_then_touch(name: String) -> (String, String) {
+    let shm = SharedMemory::open(&name).unwrap();
+    std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/{name}")).unwrap().set_len(0).unwrap();
+    let read = shm.read_at(4096, &mut [0u8; 8]).map_err(|e| e.to_string());
+    let write = shm.write_at(0, b"x").map_err(|e| e.to_string());
+    (format!("{read:?}"), format!("{write:?}"))
+}
+
+#[test]
+fn a_named_segment_cut_short_by_another_process_is_an_error_not_a_sigbus() {
+    let name = unique("cut");
+    let shm = SharedMemory::create(&name, 3 * 4096).unwrap();
+    // The child plays the peer and the victim (a SIGBUS kills it, not the test).
+    let (read, write) = Kid::spawn(cut_then_touch, (name.clone(),)).join();
+    for what in [read, write] {
+        assert!(what.contains("cut to 0 bytes by another process"), "{what}");
+    }
+    drop(shm);
+    assert!(!exists(&name));
+}
+
+#[test]
 fn named_create_attach_exists_not_found_unlink() {
     let name = unique("named");
     assert!(matches!(SharedMemory::open(&name), Err(SharedMemoryError::NotFound { .. })));

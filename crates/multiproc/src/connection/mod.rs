@@ -462,7 +462,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     ///
     /// # Errors
     ///
-    /// The value cannot be serialized (nothing is sent), the peer is gone, or
+    /// The value cannot be serialized or holds more handles than one message
+    /// carries (767, see [`SendFd`](crate::SendFd); nothing is sent), the peer is gone, or
     /// this end is closed or receive-only.
     pub fn send(&self, value: &T) -> Result<(), ConnectionError> {
         let writer = self.writer()?;

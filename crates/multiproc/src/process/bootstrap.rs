@@ -11,7 +11,7 @@ use super::{RemotePanic, identity};
 use crate::log::lifecycle;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, spawn::CHILD_CHANNEL_FD};
-use crate::wire::{self, Channel, Frame, Kind};
+use crate::wire::{self, Channel, Frame, Kind, WireError};
 
 /// Environment variable that tells a re-executed binary which role it has:
 /// `<role>:<pid of the process that started it>` (see [`Role`]). It is the
@@ -164,16 +164,33 @@ pub(crate) fn run_child(channel: Channel, first: Option<Frame>, origin: Origin) 
 
 /// Sends the reply, then exits like Python: 0 after a value, 1 otherwise,
 /// after joining non-daemon children and terminating daemon ones.
+/// A value that cannot be sent (too many descriptors, no memory for it) is
+/// reported as a failure that says why, with exit code 1.
 fn finish(channel: &Channel, reply: Reply, fds: Vec<OwnedFd>, origin: Origin) -> ! {
-    let code = if matches!(reply, Reply::Value(_)) { 0 } else { EXIT_FAILED };
     if let Reply::Panicked(p) = &reply {
         lifecycle!(DEBUG, "the task panicked: {}", p.message);
     }
+    let is_value = matches!(reply, Reply::Value(_));
+    let sent = wire::encode(&reply).and_then(|encoded| channel.send(Kind::Reply, &encoded.bytes, &fds));
+    let code = match sent {
+        // Closed: the parent is gone or dropped the handle; nothing to tell then.
+        Ok(()) | Err(WireError::Closed) => {
+            if is_value {
+                0
+            } else {
+                EXIT_FAILED
+            }
+        }
+        Err(e) if is_value => {
+            let why = Reply::Failed(format!("the task's result could not be sent back to the parent: {e}"));
+            if let Ok(encoded) = wire::encode(&why) {
+                let _ = channel.send(Kind::Reply, &encoded.bytes, &[]);
+            }
+            EXIT_FAILED
+        }
+        Err(_) => EXIT_FAILED,
+    };
     lifecycle!(INFO, "process exiting with exitcode {code}");
-    if let Ok(encoded) = wire::encode(&reply) {
-        // The parent may be gone or may have dropped the handle: nothing to do then.
-        let _ = channel.send(Kind::Reply, &encoded.bytes, &fds);
-    }
     end(origin, code)
 }
 

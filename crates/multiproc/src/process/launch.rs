@@ -88,6 +88,7 @@ pub(crate) fn launch(
     exe: Option<&Path>,
 ) -> Result<Launched, ProcessError> {
     super::bootstrap::keep_linked();
+    check_options(env, cwd, exe).map_err(ProcessError::Start)?;
     if method == StartMethod::ForkServer {
         return fork_via_server(task, env, cwd, exe);
     }
@@ -114,6 +115,47 @@ pub(crate) fn launch(
             Err(e.into())
         }
     }
+}
+
+/// Refuses, in the parent and naming the option, what the child could not
+/// use: an environment variable name that is empty or holds `=` or NUL (or
+/// a value holding NUL), a working directory that is not a directory, an
+/// executable that is not there. A forked child would die of them with exit
+/// code 1, and a spawned one failed with an OS error naming no path.
+fn check_options(env: &EnvChanges, cwd: Option<&Path>, exe: Option<&Path>) -> io::Result<()> {
+    let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+    for (key, value) in env {
+        let bytes = key.as_encoded_bytes();
+        if bytes.is_empty() || bytes.contains(&b'=') || bytes.contains(&0) {
+            return invalid(format!(
+                "environment variable name {key:?} cannot be set: a name is not empty and holds no '=' or NUL byte"
+            ));
+        }
+        if value.as_ref().is_some_and(|v| v.as_encoded_bytes().contains(&0)) {
+            return invalid(format!("environment variable {key:?} cannot be set: its value holds a NUL byte"));
+        }
+    }
+    if let Some(dir) = cwd {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return invalid(format!("cannot use {dir:?} as the child's working directory: not a directory")),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot use {dir:?} as the child's working directory: {e}"),
+                ));
+            }
+        }
+    }
+    // The child enters its directory before it runs the executable, so a
+    // relative path is found from there.
+    let exe_from_child = exe.map(|exe| cwd.map_or_else(|| exe.to_path_buf(), |dir| dir.join(exe)));
+    if let (Some(exe), Some(found)) = (exe, exe_from_child)
+        && let Err(e) = std::fs::metadata(found)
+    {
+        return Err(io::Error::new(e.kind(), format!("cannot run the executable {exe:?}: {e}")));
+    }
+    Ok(())
 }
 
 /// Re-executes this program in `role` with `channel` as its descriptor 3:

@@ -39,6 +39,23 @@ pub enum SharedMemoryError {
         /// Size of the segment.
         size: usize,
     },
+    /// The file of a named segment was cut short by another process (any
+    /// process that can open the name can): the bytes asked for lie past
+    /// its end, where a read or write would kill this process with SIGBUS.
+    #[error(
+        "shared memory {name:?} was cut to {file_size} bytes by another process; bytes {start}..{end} lie past its \
+         end (touching them would crash this process with SIGBUS)"
+    )]
+    Truncated {
+        /// The segment's name.
+        name: String,
+        /// The file's size now.
+        file_size: u64,
+        /// First byte asked for.
+        start: usize,
+        /// One past the last byte asked for.
+        end: usize,
+    },
     /// The OS refused (out of memory, too many descriptors, permissions…).
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -120,6 +120,13 @@ pub(crate) fn unlink_if_owned(name: &str, expected: Owner) -> bool {
     matches && shm::unlink_named(name).is_ok()
 }
 
+/// True if `/dev/shm/<name>` is the file `map` maps (same inode on the same
+/// file system).
+fn is_our_file(name: &str, map: &Mapping) -> bool {
+    let ours = shm::file_identity(map.as_fd()).map(|(inode, _)| inode);
+    matches!((shm::named_inode(name), ours), (Ok(a), Ok(b)) if a == b)
+}
+
 fn check_name(name: &str) -> Result<&str, SharedMemoryError> {
     let bare = name.strip_prefix('/').unwrap_or(name);
     if bare.is_empty() || bare.len() > 250 || bare.contains(['/', '\0', '\n']) {
@@ -154,8 +161,13 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let (Some(nonce), Some(name)) = (self.created, &self.name) {
-            unlink_if_owned(name, Owner::Segment(nonce));
+        if let (Some(nonce), Some(name)) = (self.created, &self.name)
+            && !unlink_if_owned(name, Owner::Segment(nonce))
+            && is_our_file(name, &self.map)
+        {
+            // Cut short by another process, the file lost its trailer, but
+            // the name still names the very file we created.
+            let _ = shm::unlink_named(name);
         }
         self.unregister();
     }
@@ -359,7 +371,9 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// [`SharedMemoryError::OutOfRange`] if the range is not inside the segment.
+    /// [`SharedMemoryError::OutOfRange`] if the range is not inside the
+    /// segment; [`SharedMemoryError::Truncated`] if another process cut a
+    /// named segment's file short of it.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), SharedMemoryError> {
         self.check_range(offset, buf.len())?;
         // SAFETY: the range is inside the mapping (checked); the shared bytes
@@ -373,7 +387,7 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// [`SharedMemoryError::OutOfRange`] if the range is not inside the segment.
+    /// As for [`read_at`](SharedMemory::read_at).
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), SharedMemoryError> {
         self.check_range(offset, data.len())?;
         // SAFETY: as in `read_at`.
@@ -382,10 +396,21 @@ impl SharedMemory {
     }
 
     fn check_range(&self, start: usize, len: usize) -> Result<(), SharedMemoryError> {
-        match start.checked_add(len) {
-            Some(end) if end <= self.size() => Ok(()),
-            end => Err(SharedMemoryError::OutOfRange { start, end: end.unwrap_or(usize::MAX), size: self.size() }),
+        let end = match start.checked_add(len) {
+            Some(end) if end <= self.size() => end,
+            end => {
+                return Err(SharedMemoryError::OutOfRange { start, end: end.unwrap_or(usize::MAX), size: self.size() });
+            }
+        };
+        // A named segment's file cannot be sealed: another process may have
+        // cut it short (an anonymous one is sealed against that).
+        if let Some(name) = &self.inner.name {
+            let (_, file_size) = shm::file_identity(self.inner.map.as_fd())?;
+            if end as u64 > file_size {
+                return Err(SharedMemoryError::Truncated { name: name.clone(), file_size, start, end });
+            }
         }
+        Ok(())
     }
 
     /// The first byte (valid for [`size`](SharedMemory::size) bytes while

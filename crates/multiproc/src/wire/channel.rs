@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::arena::{self, OutArena};
 use super::frame::{FrameDecoder, Header};
-use super::{Frame, Kind, OFFLOAD_THRESHOLD, WireError};
+use super::{Frame, Kind, MAX_FDS_PER_FRAME, OFFLOAD_THRESHOLD, WireError};
 use crate::spin::{PEER_SPIN, Spin};
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
@@ -119,6 +119,15 @@ impl Channel {
         }
         let out_of_band = self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD;
         Header::check_len(payload.len(), out_of_band)?;
+        // An out-of-band payload takes one descriptor of its own.
+        let max_fds = MAX_FDS_PER_FRAME - usize::from(out_of_band);
+        if fds.len() > max_fds {
+            return Err(WireError::Encode(format!(
+                "this message carries {} handles (file descriptors: shared objects, connections, SendFds), \
+                 more than the {max_fds} one message can carry; send them in several messages",
+                fds.len()
+            )));
+        }
         let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = if out_of_band {
             self.send_out_of_band(kind, payload, fds)

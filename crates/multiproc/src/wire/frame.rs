@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
-use super::{MAX_INLINE_LEN, MAX_OFFLOAD_LEN, WireError};
-use crate::sys::imp::{self, MAX_FDS_PER_MSG};
+use super::{MAX_FDS_PER_FRAME, MAX_INLINE_LEN, MAX_OFFLOAD_LEN, WireError};
+use crate::sys::imp;
 
 /// Protocol version written in every frame header (2: the sender's CPU
 /// takes the top two bytes of the length field).
@@ -16,6 +16,10 @@ pub(crate) const FLAG_OFFLOADED: u8 = 1;
 /// Flag: the payload is a record in the sender's arena (the first attached
 /// descriptor); the inline part is the record's 8-byte offset.
 pub(crate) const FLAG_ARENA: u8 = 2;
+/// Flag bits holding bits 8–9 of the descriptor count.
+const NFDS_HIGH: u8 = 0b1100;
+/// Where [`NFDS_HIGH`] starts in the flags byte.
+const NFDS_HIGH_SHIFT: u32 = 2;
 /// Inline bytes of an arena frame: the offset.
 pub(crate) const ARENA_REF_LEN: usize = 8;
 
@@ -93,7 +97,8 @@ impl Header {
         let mut out = [0u8; HEADER_LEN];
         out[0] = PROTOCOL_VERSION;
         out[1] = self.kind as u8;
-        out[2] = if self.offloaded { FLAG_OFFLOADED } else { 0 } | if self.arena { FLAG_ARENA } else { 0 };
+        let nfds_high = ((self.nfds >> 8) as u8) << NFDS_HIGH_SHIFT & NFDS_HIGH;
+        out[2] = if self.offloaded { FLAG_OFFLOADED } else { 0 } | if self.arena { FLAG_ARENA } else { 0 } | nfds_high;
         out[3] = self.nfds as u8;
         out[4..10].copy_from_slice(&self.len.to_le_bytes()[..6]);
         out[10..12].copy_from_slice(&self.cpu.to_le_bytes());
@@ -107,15 +112,15 @@ impl Header {
         }
         let kind =
             Kind::from_u8(bytes[1]).ok_or_else(|| WireError::corrupt(format!("unknown frame kind {}", bytes[1])))?;
-        let flags = bytes[2];
+        let flags = bytes[2] & !NFDS_HIGH;
         if flags & !(FLAG_OFFLOADED | FLAG_ARENA) != 0 || flags == FLAG_OFFLOADED | FLAG_ARENA {
             return Err(WireError::corrupt(format!("unknown frame flags {flags:#x}")));
         }
         let (offloaded, arena) = (flags & FLAG_OFFLOADED != 0, flags & FLAG_ARENA != 0);
-        let nfds = usize::from(bytes[3]);
-        if nfds > MAX_FDS_PER_MSG {
+        let nfds = usize::from(bytes[3]) | usize::from((bytes[2] & NFDS_HIGH) >> NFDS_HIGH_SHIFT) << 8;
+        if nfds > MAX_FDS_PER_FRAME {
             return Err(WireError::corrupt(format!(
-                "frame announces {nfds} descriptors, at most {MAX_FDS_PER_MSG} allowed"
+                "frame announces {nfds} descriptors, at most {MAX_FDS_PER_FRAME} allowed"
             )));
         }
         if (offloaded || arena) && nfds == 0 {
@@ -155,7 +160,7 @@ pub(crate) struct FrameDecoder {
     start: usize,
     fds: VecDeque<OwnedFd>,
     /// Header of the frame whose payload is being collected.
-    pending: Option<(Header, Vec<OwnedFd>)>,
+    pending: Option<Header>,
     /// Largest payload accepted (inline or out of band), when stricter than
     /// the protocol's: set while a peer is not yet authenticated.
     limit: Option<u64>,
@@ -200,7 +205,7 @@ impl FrameDecoder {
     /// True when a whole frame is buffered (so `next_frame` would return it or
     /// an error).
     pub(crate) fn peek_complete(&self) -> bool {
-        if let Some((h, _)) = &self.pending {
+        if let Some(h) = &self.pending {
             return self.buffered() as u64 >= h.inline_len();
         }
         if self.buffered() < HEADER_LEN {
@@ -230,25 +235,24 @@ impl FrameDecoder {
                     header.len
                 )));
             }
-            if self.fds.len() < header.nfds {
-                return Err(WireError::corrupt(format!(
-                    "frame announces {} descriptors but {} arrived",
-                    header.nfds,
-                    self.fds.len()
-                )));
-            }
             self.start += HEADER_LEN;
-            let fds = self.fds.drain(..header.nfds).collect();
-            self.pending = Some((header, fds));
+            self.pending = Some(header);
         }
-        let inline_len = match &self.pending {
-            Some((h, _)) => h.inline_len() as usize,
-            None => 0,
-        };
+        let inline_len = self.pending.as_ref().map_or(0, |h| h.inline_len() as usize);
         if self.buffered() < inline_len {
             return Ok(None);
         }
-        let (header, fds) = self.pending.take().expect("pending frame");
+        // The descriptors ride on the frame's first bytes (64 to a byte), so
+        // all of them have arrived once its bytes have.
+        let header = self.pending.take().expect("pending frame");
+        if self.fds.len() < header.nfds {
+            return Err(WireError::corrupt(format!(
+                "frame announces {} descriptors but {} arrived",
+                header.nfds,
+                self.fds.len()
+            )));
+        }
+        let fds = self.fds.drain(..header.nfds).collect();
         let payload = self.buf[self.start..self.start + inline_len].to_vec();
         self.start += inline_len;
         Ok(Some((header, payload, fds)))
@@ -283,6 +287,31 @@ mod test {
     fn header_round_trips() {
         let h = Header { kind: Kind::Data, offloaded: false, arena: false, nfds: 2, len: 77, cpu: 3 };
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn descriptor_counts_above_a_byte_round_trip_and_too_many_are_refused() {
+        for nfds in [1, 64, 255, 256, 700, MAX_FDS_PER_FRAME] {
+            let h = Header { kind: Kind::Data, offloaded: true, arena: false, nfds, len: 9, cpu: 0 };
+            assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+        }
+        let mut b = Header::new(Kind::Data, 0, 1).encode();
+        b[2] = NFDS_HIGH;
+        b[3] = 0xff;
+        assert!(matches!(Header::decode(&b), Err(WireError::Corrupt(_))), "1023 descriptors");
+    }
+
+    #[test]
+    fn descriptors_may_arrive_after_the_header_but_not_after_the_frame() {
+        let fd = || std::fs::File::open("/dev/null").unwrap().into();
+        let mut dec = FrameDecoder::default();
+        dec.push(&Header::new(Kind::Data, 2, 3).encode(), vec![fd()]);
+        assert!(dec.next_frame().unwrap().is_none());
+        dec.push(b"abc", vec![fd()]);
+        let (_, payload, fds) = dec.next_frame().unwrap().unwrap();
+        assert_eq!((payload.as_slice(), fds.len()), (&b"abc"[..], 2));
+        dec.push(&Header::new(Kind::Data, 1, 0).encode(), Vec::new());
+        assert!(matches!(dec.next_frame(), Err(WireError::Corrupt(_))));
     }
 
     #[test]

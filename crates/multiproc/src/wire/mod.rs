@@ -3,9 +3,10 @@
 //!
 //! A frame is a 12-byte header — protocol version, kind, flags, descriptor
 //! count, payload length (6 bytes), the sender's CPU (2 bytes) — followed by
-//! the payload. Descriptors travel with
-//! `SCM_RIGHTS` attached to the header's first byte. A payload larger than
-//! `OFFLOAD_THRESHOLD` (64 KiB) does not go through the socket: the sender
+//! the payload. Descriptors travel with `SCM_RIGHTS` attached to the
+//! header's first bytes, 64 to a byte (as many as one `sendmsg` carries), so
+//! a frame carries up to `MAX_FDS_PER_FRAME` (768); the count's two high
+//! bits are flag bits 2–3. A payload larger than `OFFLOAD_THRESHOLD` (64 KiB) does not go through the socket: the sender
 //! copies it into its reusable shared-memory arena for the channel (a memfd
 //! mapped once by both sides, see `arena.rs`) and sends a small frame with the
 //! arena's descriptor and the record's offset; the receiver copies it out and
@@ -31,6 +32,9 @@ pub(crate) use frame::{Frame, Kind};
 /// channel's arena, or a one-off sealed memfd) rather than the socket, when
 /// the channel can carry descriptors.
 pub(crate) const OFFLOAD_THRESHOLD: usize = 64 * 1024;
+
+/// Most descriptors one frame carries: 64 on each of the header's bytes.
+pub(crate) const MAX_FDS_PER_FRAME: usize = frame::HEADER_LEN * crate::sys::imp::MAX_FDS_PER_MSG;
 
 /// Largest payload a frame may announce (1 GiB inline, 16 GiB offloaded).
 pub(crate) const MAX_INLINE_LEN: u64 = 1 << 30;

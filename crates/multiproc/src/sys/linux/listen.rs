@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{self as unix, UnixListener};
 use std::path::Path;
 use std::time::Duration;
@@ -25,10 +25,44 @@ pub(crate) type FileId = (u64, u64);
 /// Listens on a Unix socket at `path`; returns the listener and the identity
 /// of the socket file it created.
 pub(crate) fn listen_unix(path: &Path) -> io::Result<(OwnedFd, FileId)> {
-    let listener = UnixListener::bind(path)?;
+    let listener = UnixListener::bind(path).map_err(|e| explain_in_use(e, path))?;
     listener.set_nonblocking(true)?;
     let id = file_id(path).ok_or_else(|| io::Error::other("the socket file vanished right after bind"))?;
     Ok((listener.into(), id))
+}
+
+/// An "address in use" at a path where nobody listens (a socket file left by
+/// a listener that was killed) says so, and what to do. Whether anyone
+/// listens is read from `/proc/net/unix` (connecting to find out would hand
+/// a live listener a bogus client); a listening socket whose path ends in
+/// the same file name counts as someone.
+fn explain_in_use(e: io::Error, path: &Path) -> io::Error {
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if e.kind() != io::ErrorKind::AddrInUse || !is_socket || someone_may_listen(path).unwrap_or(true) {
+        return e;
+    }
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{e}: a socket file is there but nobody listens on it (left by a listener that was killed?); remove \
+             the file if it is no longer needed, then bind again"
+        ),
+    )
+}
+
+/// True if some listening Unix socket is bound to a path with the file name
+/// of `path` (`None` if that cannot be told).
+fn someone_may_listen(path: &Path) -> Option<bool> {
+    /// `__SO_ACCEPTCON` in the flags column: the socket listens.
+    const LISTENING: u32 = 1 << 16;
+    let name = path.file_name()?.as_encoded_bytes();
+    let table = std::fs::read("/proc/net/unix").ok()?;
+    Some(table.split(|b| *b == b'\n').skip(1).any(|line| {
+        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').filter(|f| !f.is_empty()).collect();
+        let flags = fields.get(3).and_then(|f| u32::from_str_radix(std::str::from_utf8(f).ok()?, 16).ok());
+        let bound = fields.get(7).map(|p| p.rsplit(|b| *b == b'/').next().unwrap_or(p));
+        flags.is_some_and(|f| f & LISTENING != 0) && bound == Some(name)
+    }))
 }
 
 /// Listens on the Linux abstract Unix address `name` (no file is created).

@@ -26,6 +26,12 @@ unsafe impl Send for Mapping {}
 // SAFETY: as above; `&Mapping` only hands out raw pointers.
 unsafe impl Sync for Mapping {}
 
+/// Says which size the OS refused (its bare "Cannot allocate memory" or
+/// "Invalid argument" names none), keeping the error's kind.
+fn too_large(e: io::Error, len: usize) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot make a shared memory segment of {len} bytes: {e}"))
+}
+
 impl Mapping {
     /// A new zeroed anonymous segment of `len` bytes (at least 1), sealed
     /// against shrinking: no process that holds it can cut the file under
@@ -33,9 +39,9 @@ impl Mapping {
     /// still grow (the queue grows its sparse file).
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Mapping> {
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len.max(1) as u64)?;
+        rustix::fs::ftruncate(&fd, len.max(1) as u64).map_err(|e| too_large(e.into(), len))?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK)?;
-        Mapping::map(fd, len)
+        Mapping::map(fd, len).map_err(|e| too_large(e, len))
     }
 
     /// Maps an anonymous segment received from another process; its size
@@ -71,11 +77,13 @@ impl Mapping {
     /// `AlreadyExists` if it exists.
     pub(crate) fn create_named(name: &str, len: usize) -> io::Result<Mapping> {
         let fd = shm_open(name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR)?;
-        if let Err(e) = rustix::fs::ftruncate(&fd, len.max(1) as u64) {
+        // A segment that cannot be sized or mapped leaves no name behind.
+        let made =
+            rustix::fs::ftruncate(&fd, len.max(1) as u64).map_err(io::Error::from).and_then(|()| Mapping::map(fd, len));
+        made.map_err(|e| {
             let _ = unlink_named(name);
-            return Err(e.into());
-        }
-        Mapping::map(fd, len)
+            too_large(e, len)
+        })
     }
 
     /// Opens the named segment `/dev/shm/<name>`; fails with `NotFound` if it
@@ -134,6 +142,12 @@ impl Drop for Mapping {
 pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     let stat = rustix::fs::fstat(fd)?;
     Ok((stat.st_ino, u64::try_from(stat.st_size).unwrap_or(0)))
+}
+
+/// The inode of the file named `/dev/shm/<name>` now.
+pub(crate) fn named_inode(name: &str) -> io::Result<u64> {
+    let fd = shm_open(name, libc::O_RDONLY)?;
+    Ok(file_identity(fd.as_fd())?.0)
 }
 
 fn shm_path(name: &str) -> io::Result<CString> {

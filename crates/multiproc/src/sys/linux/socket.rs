@@ -3,7 +3,8 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Most descriptors one `sendmsg` may carry.
+/// Most descriptors one `sendmsg` carries (and one `recvmsg` takes: the
+/// kernel hands a stream reader the descriptors of one `sendmsg` at a time).
 pub(crate) const MAX_FDS_PER_MSG: usize = 64;
 
 /// A connected pair of close-on-exec Unix stream sockets.
@@ -17,26 +18,46 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((a, b))
 }
 
-/// Sends all of `bufs` on `sock`, with `fds` attached to the first byte.
-/// Blocks until everything is written. Retries on EINTR.
+/// Sends all of `bufs` on `sock`, with `fds` attached to its first bytes:
+/// the first [`MAX_FDS_PER_MSG`] to byte 0, the next ones to byte 1, and so
+/// on, so a reader has them all once it has read that many bytes (at most
+/// `MAX_FDS_PER_MSG` times the byte count). Blocks until everything is
+/// written. Retries on EINTR.
 pub(crate) fn send_all(sock: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    if fds.len() > MAX_FDS_PER_MSG {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many file descriptors in one message"));
-    }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let batches = fds.len().div_ceil(MAX_FDS_PER_MSG);
+    if batches > total {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} file descriptors cannot ride on {total} bytes", fds.len()),
+        ));
+    }
     let mut sent = 0;
-    let mut first = true;
-    while sent < total || first {
-        let slices = remaining_slices(bufs, sent);
-        let n = if first && !fds.is_empty() {
-            sendmsg_with_fds(sock, &slices, fds, 0)?
+    for (i, batch) in fds.chunks(MAX_FDS_PER_MSG).enumerate() {
+        let slices = if i + 1 < batches {
+            // One byte carries this batch; the next batch rides on the next byte.
+            vec![IoSlice::new(&bufs_at(bufs, sent)[..1])]
         } else {
-            sendmsg_plain(sock, &slices, 0)?
+            remaining_slices(bufs, sent)
         };
-        first = false;
-        sent += n;
+        sent += sendmsg_with_fds(sock, &slices, batch, 0)?;
+    }
+    while sent < total {
+        sent += sendmsg_plain(sock, &remaining_slices(bufs, sent), 0)?;
     }
     Ok(())
+}
+
+/// The rest of the buffer holding byte `at` of `bufs`, from that byte on
+/// (`at` must be below the total length).
+fn bufs_at<'a>(bufs: &[&'a [u8]], mut at: usize) -> &'a [u8] {
+    for buf in bufs {
+        if at < buf.len() {
+            return &buf[at..];
+        }
+        at -= buf.len();
+    }
+    &[]
 }
 
 /// Sends as much of `buf` as the socket takes without blocking, with `fds`
