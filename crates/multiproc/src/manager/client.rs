@@ -113,6 +113,9 @@ fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Resp
     let Some(idle) = with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) else {
         return fresh_exchange(endpoint, request);
     };
+    if idle.calls_back() {
+        return keep_unless_broken(endpoint, idle, Err(ManagerError::CallsItsOwnManager));
+    }
     let response = match &idle.lane {
         // Through a lane, a stale connection shows as a failed call, found
         // within a millisecond or two.
@@ -130,7 +133,7 @@ fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Resp
 
 fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Link, Response), ManagerError> {
     let link = open(endpoint)?;
-    let response = link.exchange(request);
+    let response = if link.calls_back() { Err(ManagerError::CallsItsOwnManager) } else { link.exchange(request) };
     keep_unless_broken(endpoint, link, response)
 }
 
@@ -145,7 +148,7 @@ fn keep_unless_broken(
     match response {
         Ok(response) => Ok((link, response)),
         Err(e) => {
-            if matches!(e, ManagerError::TooLarge { .. }) {
+            if matches!(e, ManagerError::TooLarge { .. } | ManagerError::CallsItsOwnManager) {
                 give_back(endpoint, link);
             }
             Err(e)
@@ -205,12 +208,12 @@ fn close_hung_up() {
 /// machine, opens a lane.
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
     close_hung_up();
-    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None };
-    match link.exchange(&hello())? {
-        Ok(Reply::Unit) => {}
+    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None, server: 0 };
+    link.server = match link.exchange(&hello())? {
+        Ok(Reply::Welcome { server }) => server,
         Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
         Err(e) => return Err(e.into()),
-    }
+    };
     if lane::possible(&endpoint.address) {
         link.lane = open_lane(&link.conn)?;
     }
@@ -243,7 +246,7 @@ pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), Man
     for request in [hello(), Request::Shutdown] {
         send(&conn, &request)?;
         match wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())? {
-            Ok(Reply::Unit) => {}
+            Ok(Reply::Unit | Reply::Welcome { .. }) => {}
             Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
             Err(e) => return Err(e.into()),
         }
@@ -274,9 +277,18 @@ fn open_lane(conn: &Connection<()>) -> Result<Option<Lane>, ManagerError> {
 struct Link {
     conn: Connection<()>,
     lane: Option<Lane>,
+    /// The id of the server at the other end (from its `Welcome`).
+    server: u64,
 }
 
 impl Link {
+    /// True when this thread runs a request of the very server this link
+    /// reaches: a call would wait for itself (see
+    /// [`ManagerError::CallsItsOwnManager`]).
+    fn calls_back(&self) -> bool {
+        super::server::serving() == Some(self.server)
+    }
+
     /// True when the manager ended this (idle) connection.
     fn hung_up(&self) -> bool {
         self.conn.poll(Duration::ZERO).unwrap_or(true)

@@ -36,7 +36,11 @@
 //! socket, and one dispatcher thread serves every lane's calls that cannot
 //! wait: a call then costs no system call while both sides are busy (see
 //! `lane.rs` and `dispatch.rs`). Functions given to `update` run on that
-//! thread: keep them short, as they hold the object anyway. A killed manager fails every pending and later call
+//! thread: keep them short, as they hold the object anyway. A function
+//! running in the manager (an `update`, a [`Shared`] type's `call`, a
+//! barrier's action) that calls a proxy of its own manager gets
+//! [`ManagerError::CallsItsOwnManager`] at once rather than waiting for
+//! itself. A killed manager fails every pending and later call
 //! with a connection error; a client killed while holding a manager lock
 //! leaves it to the next acquirer with [`AcquireError::OwnerDied`].
 //! Connections are authenticated both ways (HMAC-SHA256, as

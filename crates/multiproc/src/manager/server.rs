@@ -13,6 +13,7 @@
 //! session's last connection ends, the locks it held are freed (see
 //! `locks`).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +41,8 @@ pub(crate) struct Server {
 /// What every connection thread of one server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// This server's id, told to each client in its `Welcome`.
+    id: u64,
     store: Store,
     /// Live connections per client session.
     sessions: Mutex<HashMap<u64, usize>>,
@@ -100,6 +103,7 @@ impl Server {
         let listener = Listener::bind(address, authkey)?;
         let (wake_rx, wake_tx) = Pipe::<()>::one_way()?;
         let shared = Arc::new(Shared {
+            id: fresh_server_id(),
             store: Store::new(),
             sessions: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -184,6 +188,32 @@ impl Shared {
     }
 }
 
+/// A new server's id: random, and never 0 (`SERVING`'s "none"). Without
+/// random bytes, the pid and a count still tell this process's servers
+/// apart from each other, which is where it matters most.
+fn fresh_server_id() -> u64 {
+    static SERVERS: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // ORDERING: Relaxed: only uniqueness matters.
+        let count = SERVERS.fetch_add(1, Ordering::Relaxed);
+        bytes = (u64::from(std::process::id()) << 32 | count).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes) | 1
+}
+
+thread_local! {
+    /// The id of the server whose request this thread runs (0: none).
+    static SERVING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The id of the server whose request the calling thread runs, if any: a
+/// proxy call to that server from here (a user's function calling back)
+/// would wait for itself.
+pub(crate) fn serving() -> Option<u64> {
+    Some(SERVING.get()).filter(|&id| id != 0)
+}
+
 /// Serves one client from its handshake to its last request.
 fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
     let authenticated = pending.authenticate();
@@ -203,7 +233,7 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
     if shared.stopping() {
         conn.shutdown();
     }
-    if let Some((session, build)) = hello(&conn) {
+    if let Some((session, build)) = hello(shared, &conn) {
         *lock(&shared.sessions).entry(session).or_default() += 1;
         serve_requests(shared, &conn, id, &build);
         let last = {
@@ -220,11 +250,11 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
 }
 
 /// Reads the client's `Hello`: its session and build id.
-fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
+fn hello(shared: &Shared, conn: &Connection<()>) -> Option<(u64, String)> {
     let bytes = conn.recv_bytes().ok()?;
     match protocol::decode_request(&bytes) {
         Ok(Request::Hello { session, build_id, .. }) => {
-            answer(conn, &Ok(Reply::Unit)).ok()?;
+            answer(conn, &Ok(Reply::Welcome { server: shared.id })).ok()?;
             Some((session, build_id))
         }
         Ok(_) => {
@@ -280,7 +310,10 @@ fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &
 /// answer). A panic anywhere in a call (a user type's `Deserialize`, say)
 /// is that call's error; the connection and the manager go on.
 pub(crate) fn respond(shared: &Shared, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {
-    code::guarded(|| handle(&shared.store, last, request, caller)).and_then(|r| r)
+    let outer = SERVING.replace(shared.id);
+    let response = code::guarded(|| handle(&shared.store, last, request, caller)).and_then(|r| r);
+    SERVING.set(outer);
+    response
 }
 
 fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {
