@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use super::ManagerError;
 use super::lane::{self, Lane};
 use super::protocol::{self, MAX_REQUEST, MAX_RESPONSE, Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
-use crate::{Client, Connection, ConnectionError, WireError, thread_buffer, wire};
+use crate::{Address, Client, Connection, ConnectionError, WireError, thread_buffer, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +38,25 @@ pub(crate) struct Endpoint {
     /// The address in its `Display` form (`unix:…`, `abstract:…`, `tcp:…`).
     pub address: String,
     pub authkey: Option<ByteBuf>,
+}
+
+impl Endpoint {
+    /// The endpoint of the manager listening on `address`, as proxies carry
+    /// it. A manager bound on every interface (`0.0.0.0`, `::`) is reached
+    /// through loopback: an unspecified address is one to listen on, not
+    /// one to connect to, and a proxy handed to another process must name a
+    /// place it can connect to.
+    pub(crate) fn new(address: &Address, authkey: Option<&[u8]>) -> Endpoint {
+        let address = match address {
+            Address::Tcp(at) if at.ip().is_unspecified() => {
+                let loopback: IpAddr =
+                    if at.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+                Address::Tcp(SocketAddr::new(loopback, at.port())).to_string()
+            }
+            other => other.to_string(),
+        };
+        Endpoint { address, authkey: authkey.map(|k| ByteBuf::from(k.to_vec())) }
+    }
 }
 
 impl fmt::Debug for Endpoint {

@@ -100,7 +100,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_bytes::ByteBuf;
 
 pub use dict::{Dict, Namespace};
 pub use error::ManagerError;
@@ -191,13 +190,19 @@ impl Manager {
     /// ([`ManagerError::is_authentication_failed`]).
     pub fn connect(address: impl IntoAddress, authkey: Option<&[u8]>) -> Result<Manager, ManagerError> {
         let address = address.into_address().map_err(crate::ConnectionError::from)?;
-        let endpoint =
-            Arc::new(Endpoint { address: address.to_string(), authkey: authkey.map(|k| ByteBuf::from(k.to_vec())) });
+        let endpoint = Arc::new(Endpoint::new(&address, authkey));
         client::connect(&endpoint)?;
         Ok(Manager { endpoint, address, owned: Owned::Remote })
     }
 
-    /// The address the manager listens on.
+    /// The address the manager listens on. For a manager bound on every
+    /// interface (`tcp:0.0.0.0:…`, `tcp:[::]:…`) that is not an address to
+    /// connect to: the handle's proxies carry the loopback address with the
+    /// same port instead, which reaches the manager from this machine. A
+    /// process on another machine connects with the address it reaches the
+    /// manager at, and its proxies then carry that one; proxies made by
+    /// this handle and read there still name loopback, so to share them
+    /// across machines bind the manager on the address they use.
     pub fn address(&self) -> &Address {
         &self.address
     }
