@@ -25,10 +25,23 @@ use super::ManagerError;
 use super::lane::{self, Lane};
 use super::protocol::{self, MAX_REQUEST, MAX_RESPONSE, Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
+use crate::sys::imp::listen::TcpLiveness;
 use crate::{Address, Client, Connection, ConnectionError, WireError, thread_buffer, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How manager TCP connections (both ends) notice a peer that vanished
+/// without a word: probes after 10 s of silence, 5 s apart; the kernel
+/// gives up on the peer 30 s after it last heard from it, so a call
+/// pending on a dead link fails within about 35 s (see the module docs of
+/// `manager`).
+pub(crate) const TCP_LIVENESS: TcpLiveness = TcpLiveness {
+    idle: Duration::from_secs(10),
+    interval: Duration::from_secs(5),
+    probes: 4,
+    user_timeout: Duration::from_secs(30),
+};
 
 /// Where a manager listens and the key it wants. Travels inside every proxy
 /// (the key too, as Python's proxies carry theirs: whoever holds a proxy may
@@ -198,6 +211,12 @@ fn give_back(endpoint: &Endpoint, link: Link) {
     });
 }
 
+/// Runs `f` on each idle connection of this process to `endpoint`.
+#[cfg(test)]
+pub(crate) fn for_each_idle(endpoint: &Endpoint, mut f: impl FnMut(&Connection<()>)) {
+    with_clients(|c| c.idle_for(endpoint).into_iter().flatten().for_each(|link| f(&link.conn)));
+}
+
 /// Closes this process's idle connections to a manager that was shut down.
 pub(crate) fn forget_endpoint(endpoint: &Endpoint) {
     with_clients(|c| c.idle.retain(|(e, _)| e != endpoint));
@@ -245,7 +264,19 @@ fn connect_socket(endpoint: &Endpoint, timeout: Duration) -> Result<Connection<(
     let key = endpoint.authkey.as_deref().map(|k| &k[..]);
     let conn: Connection<()> = Client::connect_timeout(&endpoint.address, key, timeout)?;
     conn.set_recv_limit(Some(MAX_RESPONSE));
+    if endpoint.address.parse::<Address>().is_ok_and(|a| matches!(a, Address::Tcp(_))) {
+        watch_liveness(&conn);
+    }
     Ok(conn)
+}
+
+/// Sets [`TCP_LIVENESS`] on a manager TCP connection (either end). Without
+/// it the connection still works, only a vanished peer goes unnoticed:
+/// logged, not an error.
+pub(crate) fn watch_liveness(conn: &Connection<()>) {
+    if let Err(e) = crate::sys::imp::listen::set_tcp_liveness(std::os::fd::AsFd::as_fd(conn), TCP_LIVENESS) {
+        tracing::warn!("manager: cannot set keepalive on a TCP connection (a vanished peer goes unnoticed): {e}");
+    }
 }
 
 /// The first request of every connection: this process's session and build.

@@ -40,7 +40,12 @@
 //! running in the manager (an `update`, a [`Shared`] type's `call`, a
 //! barrier's action) that calls a proxy of its own manager gets
 //! [`ManagerError::CallsItsOwnManager`] at once rather than waiting for
-//! itself. A killed manager fails every pending and later call
+//! itself. Over TCP, a peer that vanishes without a word (its machine lost
+//! power, the network between went away) is found by keepalive probes
+//! (after 10 s of silence, 5 s apart; the kernel gives up 30 s after it
+//! last heard from the peer): a call pending on such a link fails with a
+//! connection error within about 35 s, and the manager treats such a
+//! client as gone (its locks are freed) as soon. A killed manager fails every pending and later call
 //! with a connection error; a client killed while holding a manager lock
 //! leaves it to the next acquirer with [`AcquireError::OwnerDied`].
 //! Connections are authenticated both ways (HMAC-SHA256, as

@@ -43,6 +43,8 @@ pub(crate) struct Server {
 pub(crate) struct Shared {
     /// This server's id, told to each client in its `Welcome`.
     id: u64,
+    /// It listens on TCP (its connections watch their peer's liveness).
+    tcp: bool,
     store: Store,
     /// Live connections per client session.
     sessions: Mutex<HashMap<u64, usize>>,
@@ -104,6 +106,7 @@ impl Server {
         let (wake_rx, wake_tx) = Pipe::<()>::one_way()?;
         let shared = Arc::new(Shared {
             id: fresh_server_id(),
+            tcp: matches!(listener.address(), Address::Tcp(_)),
             store: Store::new(),
             sessions: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -179,6 +182,12 @@ impl Shared {
         self.stopping.load(Ordering::Relaxed)
     }
 
+    /// Runs `f` on each authenticated connection.
+    #[cfg(test)]
+    pub(crate) fn for_each_live(&self, f: impl FnMut(&Connection<()>)) {
+        lock(&self.live).values().for_each(f);
+    }
+
     /// Stops the server: its accept loop ends and every connection is cut.
     pub(crate) fn stop(&self) {
         // ORDERING: Relaxed: see `stopping`.
@@ -227,6 +236,9 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
         }
     };
     conn.set_recv_limit(Some(MAX_REQUEST));
+    if shared.tcp {
+        super::client::watch_liveness(&conn);
+    }
     // ORDERING: Relaxed: ids only need to be unique.
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     lock(&shared.live).insert(id, conn.clone());
