@@ -131,3 +131,83 @@ fn a_manager_lock_makes_read_modify_write_exact_across_processes_and_threads() {
     assert_eq!(d.get(&0).unwrap(), Some(4 * 2 * 150));
     m.shutdown().unwrap();
 }
+
+/// An update that runs until the file `release` appears (a minute at
+/// most), after creating `started`.
+fn slow_update(_: &mut Option<u8>, (started, release): (String, String)) -> bool {
+    std::fs::write(&started, b"").unwrap();
+    let start = Instant::now();
+    while !std::path::Path::new(&release).exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Runs `f` on a thread; its result, if it comes within `LONG`.
+fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+#[test]
+fn a_slow_update_holds_its_own_object_only() {
+    let m = Manager::start().unwrap();
+    let (a, b, c) = (m.dict::<u8, u8>().unwrap(), m.dict::<u8, u8>().unwrap(), m.list::<u8>().unwrap());
+    a.insert(1, 1).unwrap();
+    let dir = std::env::temp_dir().join(format!("multiproc-slow-update-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (started, release) = (dir.join("started"), dir.join("release"));
+    let paths = (started.display().to_string(), release.display().to_string());
+    let slow = {
+        let a = a.clone();
+        on_thread(move || a.update_with(&1, paths, slow_update))
+    };
+    sync_support::wait_until("the update to start", || started.exists());
+    // Other clients (their own connections and lanes) go on with other objects…
+    let others = on_thread(move || {
+        b.insert(2, 2).unwrap();
+        c.push(3).unwrap();
+        (b.len().unwrap(), c.to_vec().unwrap())
+    });
+    let others = others.recv_timeout(LONG);
+    // …and a call on the object itself waits for the update.
+    let same = {
+        let a = a.clone();
+        on_thread(move || a.get(&1).unwrap())
+    };
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(others.expect("calls on other objects waited for a slow update"), (1, vec![3]));
+    assert!(slow.recv_timeout(LONG).unwrap().unwrap());
+    assert_eq!(same.recv_timeout(LONG).unwrap(), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+    m.shutdown().unwrap();
+}
+
+fn count_up(d: Dict<u8, u64>, n: u64) {
+    let add = |v: &mut Option<u64>, k: u64| *v.get_or_insert(0) += k;
+    for _ in 0..n {
+        d.update_with(&0, 1, add).unwrap();
+        d.insert(1, 1).unwrap();
+        assert!(d.get(&0).unwrap().is_some());
+    }
+}
+
+#[test]
+fn updates_and_plain_calls_on_one_object_from_many_clients_all_land() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u8, u64>().unwrap();
+    let kids: Vec<Kid<()>> = (0..3).map(|_| Kid::spawn(count_up, (d.clone(), 300))).collect();
+    let here = {
+        let d = d.clone();
+        on_thread(move || count_up(d, 300))
+    };
+    here.recv_timeout(LONG).unwrap();
+    for k in kids {
+        k.join();
+    }
+    assert_eq!(d.get(&0).unwrap(), Some(1200));
+    m.shutdown().unwrap();
+}

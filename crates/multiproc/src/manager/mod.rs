@@ -35,8 +35,10 @@
 //! [`Manager::start`] uses) calls through a shared-memory lane beside its
 //! socket, and one dispatcher thread serves every lane's calls that cannot
 //! wait: a call then costs no system call while both sides are busy (see
-//! `lane.rs` and `dispatch.rs`). Functions given to `update` run on that
-//! thread: keep them short, as they hold the object anyway. A function
+//! `lane.rs` and `dispatch.rs`). A function given to `update` runs on its
+//! caller's connection thread and holds its object while it runs: a slow
+//! one holds back the calls on that object only (the dispatcher leaves
+//! those to their connections' threads, and serves the others). A function
 //! running in the manager (an `update`, a [`Shared`] type's `call`, a
 //! barrier's action) that calls a proxy of its own manager gets
 //! [`ManagerError::CallsItsOwnManager`] at once rather than waiting for
