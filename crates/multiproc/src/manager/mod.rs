@@ -35,21 +35,25 @@
 //! [`Manager::start`] uses) calls through a shared-memory lane beside its
 //! socket, and one dispatcher thread serves every lane's calls that cannot
 //! wait: a call then costs no system call while both sides are busy (see
-//! `lane.rs` and `dispatch.rs`). A function given to `update` runs on its
-//! caller's connection thread and holds its object while it runs: a slow
-//! one holds back the calls on that object only (the dispatcher leaves
-//! those to their connections' threads, and serves the others). A function
-//! running in the manager (an `update`, a [`Shared`] type's `call`, a
-//! barrier's action) that calls a proxy of its own manager gets
-//! [`ManagerError::CallsItsOwnManager`] at once rather than waiting for
-//! itself. Over TCP, a peer that vanishes without a word (its machine lost
-//! power, the network between went away) is found by keepalive probes
-//! (after 10 s of silence, 5 s apart; the kernel gives up 30 s after it
-//! last heard from the peer): a call pending on such a link fails with a
-//! connection error within about 35 s, and the manager treats such a
-//! client as gone (its locks are freed) as soon. A killed manager fails every pending and later call
-//! with a connection error; a client killed while holding a manager lock
-//! leaves it to the next acquirer with [`AcquireError::OwnerDied`].
+//! `lane.rs` and `dispatch.rs`).
+//!
+//! A function given to `update` runs on its caller's connection thread and
+//! holds its object while it runs: a slow one holds back the calls on that
+//! object only (the dispatcher leaves those to their connections' threads,
+//! and serves the others). A function running in the manager (an
+//! `update`, a [`Shared`] type's `call`, a barrier's action) that calls a
+//! proxy of its own manager gets [`ManagerError::CallsItsOwnManager`] at
+//! once rather than waiting for itself.
+//!
+//! Over TCP, a peer that vanishes without a word (its machine lost power,
+//! the network between went away) is found by keepalive probes (after
+//! 10 s of silence, 5 s apart; the kernel gives up 30 s after it last
+//! heard from the peer): a call pending on such a link fails with a
+//! connection error within about 35 s, and the manager counts such a
+//! client gone (its locks are freed) as soon. A killed manager fails every
+//! pending and later call with a connection error; a client killed while
+//! holding a manager lock leaves it to the next acquirer with
+//! [`AcquireError::OwnerDied`].
 //! Connections are authenticated both ways (HMAC-SHA256, as
 //! [`Listener`](crate::Listener)); before that, a peer can make the manager
 //! read only a few hundred bytes.
