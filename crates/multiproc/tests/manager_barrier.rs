@@ -79,3 +79,45 @@ fn a_party_killed_while_waiting_breaks_the_pass_for_the_others() {
         p.join().unwrap().unwrap();
     }
 }
+
+/// A barrier action that takes its time.
+fn slow_action() {
+    thread::sleep(std::time::Duration::from_secs(8));
+}
+
+#[test]
+fn a_slow_barrier_action_holds_back_its_barrier_only() {
+    let m = Manager::start().unwrap();
+    let b = m.barrier_with_action(1, slow_action).unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    let (tx, done) = std::sync::mpsc::channel();
+    let on_thread = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            f();
+            tx.send(what).unwrap();
+        })
+    };
+    let pause = || thread::sleep(std::time::Duration::from_millis(300));
+    let b2 = b.clone();
+    let passing = on_thread("pass", Box::new(move || assert_eq!(b2.wait_timeout(LONG).unwrap(), 0)));
+    pause(); // the action runs
+    let b3 = b.clone();
+    let asking = on_thread("asked", Box::new(move || assert_eq!(b3.n_waiting().unwrap(), 0)));
+    pause(); // the question is in
+    let other = on_thread(
+        "other",
+        Box::new(move || {
+            d.insert(1, 1).unwrap();
+            assert_eq!(d.len().unwrap(), 1);
+        }),
+    );
+    assert_eq!(done.recv_timeout(LONG).unwrap(), "other", "a call on another object waited for a barrier's action");
+    let mut rest = [done.recv_timeout(LONG).unwrap(), done.recv_timeout(LONG).unwrap()];
+    rest.sort();
+    assert_eq!(rest, ["asked", "pass"]);
+    for t in [passing, asking, other] {
+        t.join().unwrap();
+    }
+    m.shutdown().unwrap();
+}
