@@ -75,8 +75,9 @@ pub(crate) struct Caller<'a> {
     client_build: &'a str,
     /// The call runs on the dispatcher, which must not wait.
     on_dispatcher: bool,
-    /// The call found its object held by an update: the dispatcher leaves
-    /// it to the connection's thread (its answer is not sent).
+    /// The call found its object held by a user's function (an update, a
+    /// barrier's action): the dispatcher leaves it to the connection's
+    /// thread (its answer here is not sent).
     left: Cell<bool>,
 }
 
@@ -98,7 +99,7 @@ impl<'a> Caller<'a> {
     }
 
     /// Marks the call as one for the connection's thread (its object is
-    /// held by an update); returns the error that ends it here, which is
+    /// held by a user's function); returns the error that ends it here, which is
     /// not sent.
     pub(crate) fn leave_to_connection(&self) -> RemoteError {
         self.left.set(true);

@@ -26,7 +26,9 @@ use super::proxy::{ObjectRef, encode, proxy};
 /// other): the manager would wait for itself, so such a call is refused at
 /// once with [`ManagerError::CallsItsOwnManager`] (the same holds for the
 /// functions given to `update` and a barrier's action). Keep what the type
-/// needs inside it, or make those calls in the client.
+/// needs inside it, or make those calls in the client. (The check sees
+/// calls from the thread that runs the function; a thread it starts and
+/// waits for is not seen, and would wait for ever on this very object.)
 ///
 /// The manager runs the type's code, so it must be the same build of the
 /// program as the client that creates the object (a manager started with
