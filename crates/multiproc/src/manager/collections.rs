@@ -12,12 +12,11 @@
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::code;
 use super::protocol::{Bytes, CodeRef, Kind, Op, RemoteError, Reply, Response};
 use super::server::Caller;
-use super::waiting::{self, lock_for};
 
 /// An object's data behind its mutex, with the count of updates that hold
 /// it or wait for it.
@@ -74,21 +73,38 @@ impl<T> Drop for Held<'_, T> {
     }
 }
 
-/// Locks `object` for `op` (see [`lock_for`]; an update counts itself
-/// before it waits, so that the dispatcher never queues behind it). A
-/// panic never happens while these are held (shipped code runs under
-/// catch_unwind), but a poisoned lock must not take the manager down.
+/// Locks `object` for `op`. A panic never happens while these are held
+/// (shipped code runs under catch_unwind), but a poisoned lock must not
+/// take the manager down.
 ///
 /// # Errors
 ///
-/// The call is left to its connection's thread.
+/// On the dispatcher, when an update holds or waits for the object: the
+/// caller is told to leave the call to the connection's thread.
 fn lock<'a, T>(object: &'a Guarded<T>, op: &Op, caller: &Caller<'_>) -> Result<Held<'a, T>, RemoteError> {
-    if !matches!(op, Op::Update { .. }) {
-        return Ok(Held { guard: lock_for(&object.data, &object.updates, caller)?, update: None });
+    if matches!(op, Op::Update { .. }) {
+        // Counted before it waits, so that the dispatcher never queues
+        // behind it.
+        // ORDERING: Relaxed: see `Held::drop`.
+        object.updates.fetch_add(1, Ordering::Relaxed);
+        let guard = object.data.lock().unwrap_or_else(|e| e.into_inner());
+        return Ok(Held { guard, update: Some(&object.updates) });
     }
-    // ORDERING: Relaxed: see `Held::drop`.
-    object.updates.fetch_add(1, Ordering::Relaxed);
-    Ok(Held { guard: waiting::lock(&object.data), update: Some(&object.updates) })
+    if !caller.is_on_dispatcher() {
+        return Ok(Held { guard: object.data.lock().unwrap_or_else(|e| e.into_inner()), update: None });
+    }
+    loop {
+        match object.data.try_lock() {
+            Ok(guard) => return Ok(Held { guard, update: None }),
+            Err(TryLockError::Poisoned(e)) => return Ok(Held { guard: e.into_inner(), update: None }),
+            // ORDERING: Relaxed: see `Held::drop`.
+            Err(TryLockError::WouldBlock) if object.updates.load(Ordering::Relaxed) > 0 => {
+                return Err(caller.leave_to_connection());
+            }
+            // Another connection's short call holds it: a moment.
+            Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+        }
+    }
 }
 
 /// Runs a shipped update function on `slot`.

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use super::lane::{Bell, Lane};
-use super::protocol::{self, Init, Op, RemoteError, Reply, Request, Response};
+use super::protocol::{self, Op, RemoteError, Reply, Request, Response};
 use super::server::{Caller, Last, Shared, respond};
 use super::waiting::lock;
 use crate::Connection;
@@ -249,10 +249,8 @@ enum Plan {
 fn plan(request: Request) -> Plan {
     let Request::Call { object, op } = &request else {
         // Shutdown stops the server after its answer: the connection's
-        // thread does that, as over a socket. Making a user type's object
-        // runs its code (its `Deserialize`), which may take its time.
-        let hand_off = matches!(request, Request::Shutdown | Request::Create { init: Init::User { .. }, .. });
-        return if hand_off { Plan::HandOff(request) } else { Plan::Now(request) };
+        // thread does that, as over a socket.
+        return if matches!(request, Request::Shutdown) { Plan::HandOff(request) } else { Plan::Now(request) };
     };
     let object = *object;
     let waits = |timeout: &Option<Duration>| *timeout != Some(Duration::ZERO);

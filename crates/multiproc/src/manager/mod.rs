@@ -40,8 +40,7 @@
 //! A function given to `update` runs on its caller's connection thread and
 //! holds its object while it runs: a slow one holds back the calls on that
 //! object only (the dispatcher leaves those to their connections' threads,
-//! and serves the others). So does a barrier's action, for its barrier,
-//! and a [`Shared`] type's `call`, for its object. A function running in the manager (an
+//! and serves the others). A function running in the manager (an
 //! `update`, a [`Shared`] type's `call`, a barrier's action) that calls a
 //! proxy of its own manager gets [`ManagerError::CallsItsOwnManager`] at
 //! once rather than waiting for itself.

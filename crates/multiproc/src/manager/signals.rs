@@ -2,13 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::code;
 use super::collections::wrong;
 use super::protocol::{Kind, Op, RemoteError, Reply, Response};
 use super::server::Caller;
-use super::waiting::{Waiters, lock, lock_for, wait_while};
+use super::waiting::{Waiters, lock, wait_while};
 
 /// An `Event`: a flag that waiters wait to see set.
 #[derive(Debug, Default)]
@@ -67,9 +66,6 @@ pub(crate) struct BarrierState {
     parties: u32,
     /// Runs once per pass, in the manager, when the last party arrives.
     action: Option<fn()>,
-    /// Actions running (with `inner` locked), for the dispatcher: see
-    /// `waiting::lock_for`.
-    acting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -110,13 +106,7 @@ impl BarrierInner {
 
 impl BarrierState {
     pub(crate) fn new(parties: u32, action: Option<fn()>) -> BarrierState {
-        BarrierState {
-            inner: Mutex::new(BarrierInner::default()),
-            changed: Waiters::default(),
-            parties,
-            action,
-            acting: AtomicUsize::new(0),
-        }
+        BarrierState { inner: Mutex::new(BarrierInner::default()), changed: Waiters::default(), parties, action }
     }
 
     /// Ends the calls waiting on this removed object.
@@ -124,17 +114,8 @@ impl BarrierState {
         self.changed.retire(&self.inner);
     }
 
-    /// Runs the action (the state locked), counted in `acting`.
-    fn act(&self, action: fn()) -> Result<(), RemoteError> {
-        // ORDERING: Relaxed: see `lock_for`.
-        self.acting.fetch_add(1, Ordering::Relaxed);
-        let done = code::guarded(action);
-        self.acting.fetch_sub(1, Ordering::Relaxed);
-        done
-    }
-
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {
-        let mut b = lock_for(&self.inner, &self.acting, caller)?;
+        let mut b = lock(&self.inner);
         Ok(match op {
             Op::BarrierWait { timeout } => {
                 if b.broken {
@@ -144,7 +125,7 @@ impl BarrierState {
                 b.count += 1;
                 if b.count >= self.parties {
                     if let Some(action) = self.action
-                        && let Err(e) = self.act(action)
+                        && let Err(e) = code::guarded(action)
                     {
                         // A failed action breaks the barrier for every party.
                         let others = b.count - 1;

@@ -9,7 +9,7 @@
 //! object (a queue item stays for the next taker).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::protocol::RemoteError;
@@ -22,37 +22,6 @@ const SLICE: Duration = Duration::from_millis(100);
 /// Locks an object's state, recovering it if a thread panicked holding it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Locks an object's state for `caller`. On the dispatcher, which must not
-/// wait for a user's function, a state that one holds or waits for
-/// (`busy` counts them) is not waited for: the call is left to its
-/// connection's thread ([`Caller::leave_to_connection`]); a state held by
-/// another connection's short call is waited for, polling.
-///
-/// # Errors
-///
-/// The call is left to its connection's thread.
-pub(crate) fn lock_for<'a, T>(
-    m: &'a Mutex<T>,
-    busy: &AtomicUsize,
-    caller: &Caller<'_>,
-) -> Result<MutexGuard<'a, T>, RemoteError> {
-    if !caller.is_on_dispatcher() {
-        return Ok(lock(m));
-    }
-    loop {
-        match m.try_lock() {
-            Ok(guard) => return Ok(guard),
-            Err(TryLockError::Poisoned(e)) => return Ok(e.into_inner()),
-            // ORDERING: Relaxed: a hint, read anew while the state is taken;
-            // its writers count themselves before they lock.
-            Err(TryLockError::WouldBlock) if busy.load(Ordering::Relaxed) > 0 => {
-                return Err(caller.leave_to_connection());
-            }
-            Err(TryLockError::WouldBlock) => std::thread::yield_now(),
-        }
-    }
 }
 
 /// What a call waiting on an object's state waits on: a condition variable
