@@ -10,7 +10,7 @@
 //!
 //! Only calls that cannot block run on the dispatcher. A call that may wait
 //! (a `get` on an empty queue, a held lock, a condition, a user type's
-//! method, an `update`) is first tried without waiting when it has a non-waiting form,
+//! method) is first tried without waiting when it has a non-waiting form,
 //! and otherwise handed to its connection's own thread, which runs it and
 //! answers through the lane: it blocks only its caller, as over a socket.
 //! That thread also watches the socket, so a client that dies is noticed at
@@ -192,26 +192,10 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
         Some(Ok(true)) => protocol::decode_request(buf).map_err(RemoteError::BadRequest),
         Some(Err(e)) => Err(RemoteError::BadRequest(e.to_string())),
     };
-    let caller = Caller::on_dispatcher(&entry.conn, shared, &entry.build);
+    let caller = Caller::new(&entry.conn, shared, &entry.build);
     let response = match request.map(plan) {
         Err(e) => Err(e),
-        Ok(Plan::Now(request)) => {
-            let response = respond(shared, last, request, &caller);
-            if !caller.was_left() {
-                response
-            } else {
-                // Its object is held by an update: the connection's thread
-                // waits for it instead (the request is decoded anew: this
-                // is rare, and the first decoding was moved into the call).
-                match protocol::decode_request(buf) {
-                    Ok(request) => {
-                        entry.hand_off(Job::Run(request));
-                        return true;
-                    }
-                    Err(e) => Err(RemoteError::BadRequest(e)),
-                }
-            }
-        }
+        Ok(Plan::Now(request)) => respond(shared, last, request, &caller),
         Ok(Plan::HandOff(request)) => {
             entry.hand_off(Job::Run(request));
             return true;
@@ -267,13 +251,9 @@ fn plan(request: Request) -> Plan {
             let first = now(Op::Acquire { owner: *owner, timeout: Some(Duration::ZERO) });
             Plan::TryFirst { now: first, later: request }
         }
-        // An update runs a user's function, which may take its time.
-        Op::Join { .. }
-        | Op::Wait { .. }
-        | Op::CondWait { .. }
-        | Op::BarrierWait { .. }
-        | Op::UserCall(_)
-        | Op::Update { .. } => Plan::HandOff(request),
+        Op::Join { .. } | Op::Wait { .. } | Op::CondWait { .. } | Op::BarrierWait { .. } | Op::UserCall(_) => {
+            Plan::HandOff(request)
+        }
         _ => Plan::Now(request),
     }
 }

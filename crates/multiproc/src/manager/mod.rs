@@ -37,10 +37,11 @@
 //! wait: a call then costs no system call while both sides are busy (see
 //! `lane.rs` and `dispatch.rs`).
 //!
-//! A function given to `update` runs on its caller's connection thread and
-//! holds its object while it runs: a slow one holds back the calls on that
-//! object only (the dispatcher leaves those to their connections' threads,
-//! and serves the others). A function running in the manager (an
+//! A function given to `update` runs where the call is served (for a local
+//! client, on the dispatcher thread, so that an update costs no thread
+//! hand-off) and holds its object while it runs: keep it short, as a slow
+//! one holds back every local client's lane calls meanwhile (calls over TCP
+//! and calls that may wait are served by their connections' threads). A function running in the manager (an
 //! `update`, a [`Shared`] type's `call`, a barrier's action) that calls a
 //! proxy of its own manager gets [`ManagerError::CallsItsOwnManager`] at
 //! once rather than waiting for itself.

@@ -73,42 +73,12 @@ pub(crate) struct Caller<'a> {
     conn: &'a Connection<()>,
     shared: &'a Shared,
     client_build: &'a str,
-    /// The call runs on the dispatcher, which must not wait.
-    on_dispatcher: bool,
-    /// The call found its object held by a user's function (an update, a
-    /// barrier's action): the dispatcher leaves it to the connection's
-    /// thread (its answer here is not sent).
-    left: Cell<bool>,
 }
 
 impl<'a> Caller<'a> {
-    /// The caller on `conn`, a client of build `client_build`, served by
-    /// its connection's thread.
+    /// The caller on `conn`, a client of build `client_build`.
     pub(crate) fn new(conn: &'a Connection<()>, shared: &'a Shared, client_build: &'a str) -> Caller<'a> {
-        Caller { conn, shared, client_build, on_dispatcher: false, left: Cell::new(false) }
-    }
-
-    /// As [`Caller::new`], for a call the dispatcher runs.
-    pub(crate) fn on_dispatcher(conn: &'a Connection<()>, shared: &'a Shared, client_build: &'a str) -> Caller<'a> {
-        Caller { on_dispatcher: true, ..Caller::new(conn, shared, client_build) }
-    }
-
-    /// True when the call runs on the dispatcher.
-    pub(crate) fn is_on_dispatcher(&self) -> bool {
-        self.on_dispatcher
-    }
-
-    /// Marks the call as one for the connection's thread (its object is
-    /// held by a user's function); returns the error that ends it here, which is
-    /// not sent.
-    pub(crate) fn leave_to_connection(&self) -> RemoteError {
-        self.left.set(true);
-        RemoteError::Timeout
-    }
-
-    /// True when the call was left to the connection's thread.
-    pub(crate) fn was_left(&self) -> bool {
-        self.left.get()
+        Caller { conn, shared, client_build }
     }
 
     /// True when the client hung up (or sent something mid-call, which a
@@ -317,7 +287,7 @@ fn hello(shared: &Shared, conn: &Connection<()>) -> Option<(u64, String)> {
 pub(crate) type Last = Option<(u64, Arc<Object>)>;
 
 fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &str) {
-    let caller = Caller::new(conn, shared, build);
+    let caller = Caller { conn, shared, client_build: build };
     let mut last: Last = None;
     while let Ok(bytes) = conn.recv_bytes() {
         let (response, stop) = match protocol::decode_request(&bytes) {

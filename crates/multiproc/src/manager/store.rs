@@ -125,11 +125,9 @@ impl Store {
     pub(crate) fn create(&self, init: Init, type_name: String, type_hash: u64, caller: &Caller<'_>) -> Response {
         let kind = init.kind();
         let state = match init {
-            Init::Dict | Init::Namespace => State::Map(collections::Guarded::default()),
-            Init::List(items) => {
-                State::List(collections::Guarded::new(items.into_iter().map(|b| b.into_vec()).collect()))
-            }
-            Init::Value(v) => State::Value(collections::Guarded::new(v.into_vec())),
+            Init::Dict | Init::Namespace => State::Map(Mutex::default()),
+            Init::List(items) => State::List(Mutex::new(items.into_iter().map(|b| b.into_vec()).collect())),
+            Init::Value(v) => State::Value(Mutex::new(v.into_vec())),
             Init::Queue { maxsize: Some(0), .. } => {
                 return Err(RemoteError::BadRequest(
                     "a bounded queue holds at least 1 item (use Manager::queue for an unbounded one)".into(),
