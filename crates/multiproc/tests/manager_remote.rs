@@ -345,3 +345,43 @@ fn dropping_a_connected_handle_keeps_the_locks_of_its_process() {
     holder.reap();
     assert!(matches!(lock.acquire_timeout(LONG), Err(multiproc::manager::AcquireError::OwnerDied(_))));
 }
+
+/// Where a proxy says its manager is.
+fn proxy_address<P: manager::Proxy>(proxy: &P) -> String {
+    format!("{:?}", proxy.object_ref())
+}
+
+fn insert_through(d: Dict<u8, String>) -> String {
+    d.insert(7, "from the child".into()).unwrap();
+    proxy_address(&d)
+}
+
+#[test]
+fn proxies_of_a_manager_bound_on_every_interface_carry_an_address_to_connect_to() {
+    for any in ["tcp:0.0.0.0:0", "tcp:[::]:0"] {
+        let m = match Manager::builder().address(any).authkey(KEY).start() {
+            Ok(m) => m,
+            Err(e) if any.contains("::") => {
+                eprintln!("no IPv6 here ({e}); skipped");
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let Address::Tcp(bound) = m.address().clone() else { panic!("{}", m.address()) };
+        // Nested: an object made by the manager's own handle, stored in another.
+        let (outer, inner) = (m.dict::<String, Dict<u8, String>>().unwrap(), m.dict::<u8, String>().unwrap());
+        outer.insert("inner".into(), inner.clone()).unwrap();
+        m.publish("outer", &outer).unwrap();
+        for p in [proxy_address(&outer), proxy_address(&inner)] {
+            assert!(!p.contains("0.0.0.0") && !p.contains("[::]"), "{p}");
+        }
+        // A client reaching it on loopback passes the nested proxy to a child.
+        let loopback = if bound.is_ipv4() { "127.0.0.1" } else { "[::1]" };
+        let client = Manager::connect(format!("tcp:{loopback}:{}", bound.port()), Some(KEY)).unwrap();
+        let nested = client.get::<Dict<String, Dict<u8, String>>>("outer").unwrap().get("inner").unwrap().unwrap();
+        let seen = Kid::spawn(insert_through, (nested,)).join();
+        assert!(!seen.contains("0.0.0.0") && !seen.contains("[::]"), "{seen}");
+        assert_eq!(inner.get(&7).unwrap().as_deref(), Some("from the child"));
+        m.shutdown().unwrap();
+    }
+}

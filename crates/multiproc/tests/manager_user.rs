@@ -155,3 +155,65 @@ fn a_panic_while_creating_a_user_object_is_that_calls_error() {
     }
     assert_eq!(m.create(Fragile(7)).unwrap().call(()).unwrap(), 7);
 }
+
+/// A user type whose method calls back into its own manager through a
+/// proxy it is handed.
+#[derive(Serialize, Deserialize)]
+struct Echo;
+
+#[derive(Serialize, Deserialize)]
+enum EchoCall {
+    Ping,
+    /// Calls `Ping` on this very object, from inside the manager.
+    CallSelf(SharedObject<Echo>),
+    /// Reads the length of another object of the same manager.
+    ReadOther(multiproc::manager::Dict<u8, u8>),
+}
+
+impl Shared for Echo {
+    type Request = EchoCall;
+    type Response = Result<u8, String>;
+    fn call(&mut self, request: EchoCall) -> Result<u8, String> {
+        match request {
+            EchoCall::Ping => Ok(1),
+            EchoCall::CallSelf(me) => me.call(EchoCall::Ping).map_err(|e| e.to_string())?,
+            EchoCall::ReadOther(d) => d.len().map(|n| n as u8).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Runs `f` on a thread and waits at most 30 s for it: a hang fails the test.
+fn within_30s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the call hung (a deadlock in the manager)")
+}
+
+#[test]
+fn code_running_in_the_manager_that_calls_the_manager_back_is_refused_not_a_hang() {
+    let m = Manager::start().unwrap();
+    let echo = m.create(Echo).unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let (e, dd) = (echo.clone(), d.clone());
+    let answers = within_30s(move || (e.call(EchoCall::CallSelf(e.clone())), e.call(EchoCall::ReadOther(dd))));
+    for answer in [answers.0, answers.1] {
+        let msg = answer.unwrap().unwrap_err();
+        assert!(msg.contains("calls its own manager"), "{msg}");
+    }
+    // An update (run by the manager's dispatcher) that calls the manager.
+    let (dd, other) = (d.clone(), m.dict::<u8, u8>().unwrap());
+    let answer = within_30s(move || {
+        dd.update_with(&1, other, |_: &mut Option<u8>, o: multiproc::manager::Dict<u8, u8>| {
+            o.len().map_err(|e| e.to_string())
+        })
+    });
+    let msg = answer.unwrap().unwrap_err();
+    assert!(msg.contains("calls its own manager"), "{msg}");
+    // The manager still serves.
+    assert_eq!(echo.call(EchoCall::Ping).unwrap(), Ok(1));
+    assert_eq!(d.len().unwrap(), 1);
+    m.shutdown().unwrap();
+}

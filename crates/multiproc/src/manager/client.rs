@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,10 +25,23 @@ use super::ManagerError;
 use super::lane::{self, Lane};
 use super::protocol::{self, MAX_REQUEST, MAX_RESPONSE, Owner, Reply, Request, Response};
 use crate::process_local::ProcessLocal;
-use crate::{Client, Connection, ConnectionError, WireError, thread_buffer, wire};
+use crate::sys::imp::listen::TcpLiveness;
+use crate::{Address, Client, Connection, ConnectionError, WireError, thread_buffer, wire};
 
 /// How long connecting and authenticating to a manager may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How manager TCP connections (both ends) notice a peer that vanished
+/// without a word: probes after 10 s of silence, 5 s apart; the kernel
+/// gives up on the peer 30 s after it last heard from it, so a call
+/// pending on a dead link fails within about 35 s (see the module docs of
+/// `manager`).
+pub(crate) const TCP_LIVENESS: TcpLiveness = TcpLiveness {
+    idle: Duration::from_secs(10),
+    interval: Duration::from_secs(5),
+    probes: 4,
+    user_timeout: Duration::from_secs(30),
+};
 
 /// Where a manager listens and the key it wants. Travels inside every proxy
 /// (the key too, as Python's proxies carry theirs: whoever holds a proxy may
@@ -37,6 +51,25 @@ pub(crate) struct Endpoint {
     /// The address in its `Display` form (`unix:…`, `abstract:…`, `tcp:…`).
     pub address: String,
     pub authkey: Option<ByteBuf>,
+}
+
+impl Endpoint {
+    /// The endpoint of the manager listening on `address`, as proxies carry
+    /// it. A manager bound on every interface (`0.0.0.0`, `::`) is reached
+    /// through loopback: an unspecified address is one to listen on, not
+    /// one to connect to, and a proxy handed to another process must name a
+    /// place it can connect to.
+    pub(crate) fn new(address: &Address, authkey: Option<&[u8]>) -> Endpoint {
+        let address = match address {
+            Address::Tcp(at) if at.ip().is_unspecified() => {
+                let loopback: IpAddr =
+                    if at.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+                Address::Tcp(SocketAddr::new(loopback, at.port())).to_string()
+            }
+            other => other.to_string(),
+        };
+        Endpoint { address, authkey: authkey.map(|k| ByteBuf::from(k.to_vec())) }
+    }
 }
 
 impl fmt::Debug for Endpoint {
@@ -113,6 +146,9 @@ fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Resp
     let Some(idle) = with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) else {
         return fresh_exchange(endpoint, request);
     };
+    if idle.calls_back() {
+        return keep_unless_broken(endpoint, idle, Err(ManagerError::CallsItsOwnManager));
+    }
     let response = match &idle.lane {
         // Through a lane, a stale connection shows as a failed call, found
         // within a millisecond or two.
@@ -130,7 +166,7 @@ fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Resp
 
 fn fresh_exchange(endpoint: &Endpoint, request: &Request) -> Result<(Link, Response), ManagerError> {
     let link = open(endpoint)?;
-    let response = link.exchange(request);
+    let response = if link.calls_back() { Err(ManagerError::CallsItsOwnManager) } else { link.exchange(request) };
     keep_unless_broken(endpoint, link, response)
 }
 
@@ -145,7 +181,7 @@ fn keep_unless_broken(
     match response {
         Ok(response) => Ok((link, response)),
         Err(e) => {
-            if matches!(e, ManagerError::TooLarge { .. }) {
+            if matches!(e, ManagerError::TooLarge { .. } | ManagerError::CallsItsOwnManager) {
                 give_back(endpoint, link);
             }
             Err(e)
@@ -173,6 +209,12 @@ fn give_back(endpoint: &Endpoint, link: Link) {
         Some(idle) => idle.push(link),
         None => c.idle.push((endpoint.clone(), vec![link])),
     });
+}
+
+/// Runs `f` on each idle connection of this process to `endpoint`.
+#[cfg(test)]
+pub(crate) fn for_each_idle(endpoint: &Endpoint, mut f: impl FnMut(&Connection<()>)) {
+    with_clients(|c| c.idle_for(endpoint).into_iter().flatten().for_each(|link| f(&link.conn)));
 }
 
 /// Closes this process's idle connections to a manager that was shut down.
@@ -205,12 +247,12 @@ fn close_hung_up() {
 /// machine, opens a lane.
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
     close_hung_up();
-    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None };
-    match link.exchange(&hello())? {
-        Ok(Reply::Unit) => {}
+    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None, server: 0 };
+    link.server = match link.exchange(&hello())? {
+        Ok(Reply::Welcome { server }) => server,
         Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
         Err(e) => return Err(e.into()),
-    }
+    };
     if lane::possible(&endpoint.address) {
         link.lane = open_lane(&link.conn)?;
     }
@@ -222,7 +264,19 @@ fn connect_socket(endpoint: &Endpoint, timeout: Duration) -> Result<Connection<(
     let key = endpoint.authkey.as_deref().map(|k| &k[..]);
     let conn: Connection<()> = Client::connect_timeout(&endpoint.address, key, timeout)?;
     conn.set_recv_limit(Some(MAX_RESPONSE));
+    if endpoint.address.parse::<Address>().is_ok_and(|a| matches!(a, Address::Tcp(_))) {
+        watch_liveness(&conn);
+    }
     Ok(conn)
+}
+
+/// Sets [`TCP_LIVENESS`] on a manager TCP connection (either end). Without
+/// it the connection still works, only a vanished peer goes unnoticed:
+/// logged, not an error.
+pub(crate) fn watch_liveness(conn: &Connection<()>) {
+    if let Err(e) = crate::sys::imp::listen::set_tcp_liveness(std::os::fd::AsFd::as_fd(conn), TCP_LIVENESS) {
+        tracing::warn!("manager: cannot set keepalive on a TCP connection (a vanished peer goes unnoticed): {e}");
+    }
 }
 
 /// The first request of every connection: this process's session and build.
@@ -243,7 +297,7 @@ pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), Man
     for request in [hello(), Request::Shutdown] {
         send(&conn, &request)?;
         match wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())? {
-            Ok(Reply::Unit) => {}
+            Ok(Reply::Unit | Reply::Welcome { .. }) => {}
             Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
             Err(e) => return Err(e.into()),
         }
@@ -274,9 +328,18 @@ fn open_lane(conn: &Connection<()>) -> Result<Option<Lane>, ManagerError> {
 struct Link {
     conn: Connection<()>,
     lane: Option<Lane>,
+    /// The id of the server at the other end (from its `Welcome`).
+    server: u64,
 }
 
 impl Link {
+    /// True when this thread runs a request of the very server this link
+    /// reaches: a call would wait for itself (see
+    /// [`ManagerError::CallsItsOwnManager`]).
+    fn calls_back(&self) -> bool {
+        super::server::serving() == Some(self.server)
+    }
+
     /// True when the manager ended this (idle) connection.
     fn hung_up(&self) -> bool {
         self.conn.poll(Duration::ZERO).unwrap_or(true)

@@ -87,6 +87,17 @@ pub enum ManagerError {
     /// (a protocol error).
     #[error("unexpected answer from the manager: {0}")]
     Protocol(String),
+    /// A function running in the manager (a [`Shared`](super::Shared)
+    /// type's `call`, an `update`, a barrier's action) called a proxy of
+    /// that same manager. Nothing was sent: the manager would wait for
+    /// itself (it holds the object, and runs `update`s on the thread that
+    /// would serve the call). Do that work in the client, or keep what the
+    /// function needs inside its own object.
+    #[error(
+        "a function running in the manager calls its own manager through a proxy: refused, as the manager \
+         would wait for itself (do that call in the client, or keep the data in the object itself)"
+    )]
+    CallsItsOwnManager,
 }
 
 impl ManagerError {

@@ -35,10 +35,26 @@
 //! [`Manager::start`] uses) calls through a shared-memory lane beside its
 //! socket, and one dispatcher thread serves every lane's calls that cannot
 //! wait: a call then costs no system call while both sides are busy (see
-//! `lane.rs` and `dispatch.rs`). Functions given to `update` run on that
-//! thread: keep them short, as they hold the object anyway. A killed manager fails every pending and later call
-//! with a connection error; a client killed while holding a manager lock
-//! leaves it to the next acquirer with [`AcquireError::OwnerDied`].
+//! `lane.rs` and `dispatch.rs`).
+//!
+//! A function given to `update` runs where the call is served (for a local
+//! client, on the dispatcher thread, so that an update costs no thread
+//! hand-off) and holds its object while it runs: keep it short, as a slow
+//! one holds back every local client's lane calls meanwhile (calls over TCP
+//! and calls that may wait are served by their connections' threads). A function running in the manager (an
+//! `update`, a [`Shared`] type's `call`, a barrier's action) that calls a
+//! proxy of its own manager gets [`ManagerError::CallsItsOwnManager`] at
+//! once rather than waiting for itself.
+//!
+//! Over TCP, a peer that vanishes without a word (its machine lost power,
+//! the network between went away) is found by keepalive probes (after
+//! 10 s of silence, 5 s apart; the kernel gives up 30 s after it last
+//! heard from the peer): a call pending on such a link fails with a
+//! connection error within about 35 s, and the manager counts such a
+//! client gone (its locks are freed) as soon. A killed manager fails every
+//! pending and later call with a connection error; a client killed while
+//! holding a manager lock leaves it to the next acquirer with
+//! [`AcquireError::OwnerDied`].
 //! Connections are authenticated both ways (HMAC-SHA256, as
 //! [`Listener`](crate::Listener)); before that, a peer can make the manager
 //! read only a few hundred bytes.
@@ -96,7 +112,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_bytes::ByteBuf;
 
 pub use dict::{Dict, Namespace};
 pub use error::ManagerError;
@@ -187,13 +202,19 @@ impl Manager {
     /// ([`ManagerError::is_authentication_failed`]).
     pub fn connect(address: impl IntoAddress, authkey: Option<&[u8]>) -> Result<Manager, ManagerError> {
         let address = address.into_address().map_err(crate::ConnectionError::from)?;
-        let endpoint =
-            Arc::new(Endpoint { address: address.to_string(), authkey: authkey.map(|k| ByteBuf::from(k.to_vec())) });
+        let endpoint = Arc::new(Endpoint::new(&address, authkey));
         client::connect(&endpoint)?;
         Ok(Manager { endpoint, address, owned: Owned::Remote })
     }
 
-    /// The address the manager listens on.
+    /// The address the manager listens on. For a manager bound on every
+    /// interface (`tcp:0.0.0.0:…`, `tcp:[::]:…`) that is not an address to
+    /// connect to: the handle's proxies carry the loopback address with the
+    /// same port instead, which reaches the manager from this machine. A
+    /// process on another machine connects with the address it reaches the
+    /// manager at, and its proxies then carry that one; proxies made by
+    /// this handle and read there still name loopback, so to share them
+    /// across machines bind the manager on the address they use.
     pub fn address(&self) -> &Address {
         &self.address
     }

@@ -241,6 +241,12 @@ pub(crate) enum Reply {
     /// The lane asked for with `OpenLane` is attached; from the next
     /// request on, calls go through it.
     Lane,
+    /// The answer to `Hello`: the server's id (random, fresh in every
+    /// server), by which a client in the manager's own process tells that
+    /// a call would go back to the server that runs it.
+    Welcome {
+        server: u64,
+    },
 }
 
 /// A failed call, as the manager reports it.

@@ -13,6 +13,7 @@
 //! session's last connection ends, the locks it held are freed (see
 //! `locks`).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +41,10 @@ pub(crate) struct Server {
 /// What every connection thread of one server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// This server's id, told to each client in its `Welcome`.
+    id: u64,
+    /// It listens on TCP (its connections watch their peer's liveness).
+    tcp: bool,
     store: Store,
     /// Live connections per client session.
     sessions: Mutex<HashMap<u64, usize>>,
@@ -100,6 +105,8 @@ impl Server {
         let listener = Listener::bind(address, authkey)?;
         let (wake_rx, wake_tx) = Pipe::<()>::one_way()?;
         let shared = Arc::new(Shared {
+            id: fresh_server_id(),
+            tcp: matches!(listener.address(), Address::Tcp(_)),
             store: Store::new(),
             sessions: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -175,6 +182,12 @@ impl Shared {
         self.stopping.load(Ordering::Relaxed)
     }
 
+    /// Runs `f` on each authenticated connection.
+    #[cfg(test)]
+    pub(crate) fn for_each_live(&self, f: impl FnMut(&Connection<()>)) {
+        lock(&self.live).values().for_each(f);
+    }
+
     /// Stops the server: its accept loop ends and every connection is cut.
     pub(crate) fn stop(&self) {
         // ORDERING: Relaxed: see `stopping`.
@@ -182,6 +195,32 @@ impl Shared {
         let _ = self.wake_tx.send_bytes(b"");
         self.dispatcher.wake();
     }
+}
+
+/// A new server's id: random, and never 0 (`SERVING`'s "none"). Without
+/// random bytes, the pid and a count still tell this process's servers
+/// apart from each other, which is where it matters most.
+fn fresh_server_id() -> u64 {
+    static SERVERS: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // ORDERING: Relaxed: only uniqueness matters.
+        let count = SERVERS.fetch_add(1, Ordering::Relaxed);
+        bytes = (u64::from(std::process::id()) << 32 | count).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes) | 1
+}
+
+thread_local! {
+    /// The id of the server whose request this thread runs (0: none).
+    static SERVING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The id of the server whose request the calling thread runs, if any: a
+/// proxy call to that server from here (a user's function calling back)
+/// would wait for itself.
+pub(crate) fn serving() -> Option<u64> {
+    Some(SERVING.get()).filter(|&id| id != 0)
 }
 
 /// Serves one client from its handshake to its last request.
@@ -197,13 +236,16 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
         }
     };
     conn.set_recv_limit(Some(MAX_REQUEST));
+    if shared.tcp {
+        super::client::watch_liveness(&conn);
+    }
     // ORDERING: Relaxed: ids only need to be unique.
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     lock(&shared.live).insert(id, conn.clone());
     if shared.stopping() {
         conn.shutdown();
     }
-    if let Some((session, build)) = hello(&conn) {
+    if let Some((session, build)) = hello(shared, &conn) {
         *lock(&shared.sessions).entry(session).or_default() += 1;
         serve_requests(shared, &conn, id, &build);
         let last = {
@@ -220,11 +262,11 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
 }
 
 /// Reads the client's `Hello`: its session and build id.
-fn hello(conn: &Connection<()>) -> Option<(u64, String)> {
+fn hello(shared: &Shared, conn: &Connection<()>) -> Option<(u64, String)> {
     let bytes = conn.recv_bytes().ok()?;
     match protocol::decode_request(&bytes) {
         Ok(Request::Hello { session, build_id, .. }) => {
-            answer(conn, &Ok(Reply::Unit)).ok()?;
+            answer(conn, &Ok(Reply::Welcome { server: shared.id })).ok()?;
             Some((session, build_id))
         }
         Ok(_) => {
@@ -280,7 +322,10 @@ fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &
 /// answer). A panic anywhere in a call (a user type's `Deserialize`, say)
 /// is that call's error; the connection and the manager go on.
 pub(crate) fn respond(shared: &Shared, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {
-    code::guarded(|| handle(&shared.store, last, request, caller)).and_then(|r| r)
+    let outer = SERVING.replace(shared.id);
+    let response = code::guarded(|| handle(&shared.store, last, request, caller)).and_then(|r| r);
+    SERVING.set(outer);
+    response
 }
 
 fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>) -> Response {

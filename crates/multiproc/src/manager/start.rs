@@ -97,7 +97,7 @@ impl ManagerBuilder {
             }
         };
         let address: Address = bound.parse().map_err(|e| ManagerError::Start(format!("{e}")))?;
-        let endpoint = Arc::new(Endpoint { address: bound, authkey: authkey.map(ByteBuf::from) });
+        let endpoint = Arc::new(Endpoint::new(&address, authkey.as_deref()));
         Ok(Manager { endpoint, address, owned: Owned::Process(Some(Box::new(process))) })
     }
 
@@ -115,7 +115,7 @@ impl ManagerBuilder {
             .name("multiproc-manager".into())
             .spawn(move || server.run())
             .map_err(|e| ManagerError::Start(format!("cannot start the server thread: {e}")))?;
-        let endpoint = Arc::new(Endpoint { address: address.to_string(), authkey: authkey.map(ByteBuf::from) });
+        let endpoint = Arc::new(Endpoint::new(&address, authkey.as_deref()));
         Ok(Manager { endpoint, address, owned: Owned::Thread { stopper, thread: Some(thread) } })
     }
 }

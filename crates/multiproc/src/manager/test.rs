@@ -113,3 +113,28 @@ fn random_and_mutated_requests_never_panic_the_decoders() {
         }
     }
 }
+
+#[test]
+fn tcp_connections_of_a_manager_notice_a_vanished_peer_on_both_ends() {
+    use crate::sys::imp::listen::tcp_liveness;
+    use std::os::fd::AsFd;
+
+    let server = serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let client = Manager::connect(server.address(), Some(KEY)).unwrap();
+    let d = client.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let mut seen = 0;
+    super::client::for_each_idle(&client.endpoint, |conn| {
+        assert_eq!(tcp_liveness(conn.as_fd()).unwrap(), Some(super::client::TCP_LIVENESS), "client side");
+        seen += 1;
+    });
+    assert!(seen > 0, "no idle client connection");
+    let super::Owned::Thread { stopper, .. } = &server.owned else { panic!("served on a thread") };
+    let mut served = 0;
+    stopper.for_each_live(|conn| {
+        assert_eq!(tcp_liveness(conn.as_fd()).unwrap(), Some(super::client::TCP_LIVENESS), "server side");
+        served += 1;
+    });
+    assert!(served > 0, "no live server connection");
+    server.shutdown().unwrap();
+}

@@ -22,6 +22,14 @@ use super::proxy::{ObjectRef, encode, proxy};
 /// this object and every other object go on (the object keeps whatever
 /// state the panicking call left).
 ///
+/// A call must not use a proxy of its own manager (to this object or any
+/// other): the manager would wait for itself, so such a call is refused at
+/// once with [`ManagerError::CallsItsOwnManager`] (the same holds for the
+/// functions given to `update` and a barrier's action). Keep what the type
+/// needs inside it, or make those calls in the client. (The check sees
+/// calls from the thread that runs the function; a thread it starts and
+/// waits for is not seen, and would wait for ever on this very object.)
+///
 /// The manager runs the type's code, so it must be the same build of the
 /// program as the client that creates the object (a manager started with
 /// [`Manager::start`](super::Manager::start) is); another build is refused

@@ -147,6 +147,46 @@ pub(crate) fn connect_tcp(addr: SocketAddr, deadline: Deadline) -> io::Result<Ow
     Ok(stream.into())
 }
 
+/// How a TCP connection notices a peer that vanished without a word (its
+/// machine lost power, the network between went away): keepalive probes
+/// after `idle` of silence, `interval` apart, `probes` of them; and data
+/// left unacknowledged for `user_timeout` ends the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcpLiveness {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub probes: u32,
+    pub user_timeout: Duration,
+}
+
+/// Sets `liveness` on the TCP socket `fd`: a blocked read or write on it
+/// then fails (`ETIMEDOUT`) once the peer is found gone.
+pub(crate) fn set_tcp_liveness(fd: BorrowedFd<'_>, liveness: TcpLiveness) -> io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(fd, true)?;
+    sockopt::set_tcp_keepidle(fd, liveness.idle)?;
+    sockopt::set_tcp_keepintvl(fd, liveness.interval)?;
+    sockopt::set_tcp_keepcnt(fd, liveness.probes)?;
+    let millis = u32::try_from(liveness.user_timeout.as_millis()).unwrap_or(u32::MAX);
+    sockopt::set_tcp_user_timeout(fd, millis)?;
+    Ok(())
+}
+
+/// The liveness settings of the TCP socket `fd`; `None` when keepalive is off.
+#[cfg(test)]
+pub(crate) fn tcp_liveness(fd: BorrowedFd<'_>) -> io::Result<Option<TcpLiveness>> {
+    use rustix::net::sockopt;
+    if !sockopt::socket_keepalive(fd)? {
+        return Ok(None);
+    }
+    Ok(Some(TcpLiveness {
+        idle: sockopt::tcp_keepidle(fd)?,
+        interval: sockopt::tcp_keepintvl(fd)?,
+        probes: sockopt::tcp_keepcnt(fd)?,
+        user_timeout: Duration::from_millis(u64::from(sockopt::tcp_user_timeout(fd)?)),
+    }))
+}
+
 /// Device and inode of the file at `path`, if it exists.
 pub(crate) fn file_id(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
