@@ -85,9 +85,19 @@ fn all_gone(dir: &std::path::Path) -> bool {
     wait_for(PATIENCE, || workers(dir).into_iter().all(|pid| !process_exists(pid)))
 }
 
+/// A directory removed when dropped, also when the test fails.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn unload_or_remove_racing_a_lazy_start_leaves_no_worker() {
-    let root = std::env::temp_dir().join(format!("multiproc-lazy-races-{}", std::process::id()));
+    let root = TempDir(std::env::temp_dir().join(format!("multiproc-lazy-races-{}", std::process::id())));
+    let root = &root.0;
     for round in 0..40 {
         let dir = root.join(round.to_string());
         std::fs::create_dir_all(&dir).unwrap();
@@ -107,5 +117,4 @@ fn unload_or_remove_racing_a_lazy_start_leaves_no_worker() {
         assert!(all_gone(&dir), "round {round}: workers left after remove: {:?}", workers(&dir));
         server.shutdown();
     }
-    let _ = std::fs::remove_dir_all(&root);
 }
