@@ -102,7 +102,14 @@ async fn connection(
             Ok::<_, Infallible>(response)
         }
     });
-    let mut conn = pin!(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+    // A client may shut down its write side once its request is sent and
+    // still wait for the answer (HTTP/1.0-style clients, some proxies);
+    // without half-close support hyper takes that EOF as the client gone
+    // and closes without answering. TCP cannot tell that EOF from a client
+    // gone for good, so a request whose client closed is now answered into
+    // the closed socket rather than cancelled (its deadline and the queue
+    // bound still hold). An idle connection still closes on EOF.
+    let mut conn = pin!(http1::Builder::new().half_close(true).serve_connection(TokioIo::new(stream), service));
     let mut stopping = pin!(stopped(stop));
     // Dropping the connection closes it.
     let mut idle = pin!(idle_for(&activity, header_timeout));

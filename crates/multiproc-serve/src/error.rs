@@ -79,7 +79,8 @@ impl ErrorKind {
 
 /// What went wrong with a request or a management call.
 ///
-/// Messages name the model and version and say what to do.
+/// Messages name the model and version (or the pipeline and its stage)
+/// and say what to do.
 ///
 /// ```
 /// use multiproc_serve::{ErrorKind, ServeError};
@@ -88,6 +89,16 @@ impl ErrorKind {
 /// assert_eq!(e.kind(), ErrorKind::WorkerLost);
 /// assert_eq!(e.http_status(), 500);
 /// assert!(e.to_string().contains("'m' version 2"));
+///
+/// // A pipeline's errors name the pipeline and the stage; their kinds (and
+/// // so their HTTP statuses) are those of the model's errors.
+/// let e = ServeError::PipelineOverloaded { pipeline: "p".into(), capacity: 8 };
+/// assert_eq!(e.kind(), ErrorKind::Overloaded);
+/// assert_eq!(e.http_status(), 503);
+/// assert!(e.retry_after().is_some());
+/// let e = ServeError::PipelineFailed { pipeline: "p".into(), stage: "preprocessing", message: "bad".into() };
+/// assert_eq!(e.to_string(), "pipeline 'p': preprocessing failed: bad");
+/// assert_eq!(e.http_status(), 500);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -206,6 +217,40 @@ pub enum ServeError {
         /// The model.
         model: String,
     },
+    /// A stage of a pipeline failed for this request (a model's failure
+    /// inside a pipeline is [`ServeError::ModelFailed`], naming the model).
+    #[error("pipeline '{pipeline}': {stage} failed: {message}")]
+    PipelineFailed {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage: "preprocessing", "postprocessing", "decoding the
+        /// model's output" or "encoding the postprocessing output".
+        stage: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// A process of a pipeline's pool died while it held this request.
+    #[error(
+        "pipeline '{pipeline}': {stage} process {pid} died while running this request ({status}); the pool replaces it, so a retry may succeed"
+    )]
+    PipelineWorkerLost {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage whose process died: "preprocessing".
+        stage: &'static str,
+        /// Pid of the dead process.
+        pid: i32,
+        /// How it ended.
+        status: String,
+    },
+    /// The pipeline holds as many requests as it may.
+    #[error("pipeline '{pipeline}' is overloaded: it holds {capacity} requests in its stages; retry later")]
+    PipelineOverloaded {
+        /// The pipeline.
+        pipeline: String,
+        /// How many requests it may hold.
+        capacity: usize,
+    },
     /// A management call or the server itself failed.
     #[error("{0}")]
     Internal(String),
@@ -223,11 +268,11 @@ impl ServeError {
             ServeError::UnknownVersion { .. } => ErrorKind::UnknownVersion,
             ServeError::BadInput { .. } => ErrorKind::BadInput,
             ServeError::NotReady { .. } => ErrorKind::NotReady,
-            ServeError::Overloaded { .. } => ErrorKind::Overloaded,
+            ServeError::Overloaded { .. } | ServeError::PipelineOverloaded { .. } => ErrorKind::Overloaded,
             ServeError::CrashLooping { .. } => ErrorKind::CrashLooping,
             ServeError::ShuttingDown => ErrorKind::ShuttingDown,
-            ServeError::ModelFailed { .. } => ErrorKind::ModelFailed,
-            ServeError::WorkerLost { .. } => ErrorKind::WorkerLost,
+            ServeError::ModelFailed { .. } | ServeError::PipelineFailed { .. } => ErrorKind::ModelFailed,
+            ServeError::WorkerLost { .. } | ServeError::PipelineWorkerLost { .. } => ErrorKind::WorkerLost,
             ServeError::CallTimeout { .. } => ErrorKind::CallTimeout,
             ServeError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             ServeError::Cancelled { .. } => ErrorKind::Cancelled,
@@ -243,7 +288,7 @@ impl ServeError {
     /// For 503 answers: how long the client should wait before retrying.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ServeError::Overloaded { .. } => Some(Duration::from_secs(1)),
+            ServeError::Overloaded { .. } | ServeError::PipelineOverloaded { .. } => Some(Duration::from_secs(1)),
             ServeError::CrashLooping { retry_in, .. } => Some((*retry_in).max(Duration::from_secs(1))),
             ServeError::NotReady { .. } | ServeError::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,

@@ -101,6 +101,7 @@ mod pipeline_spec;
 mod preprocess;
 mod registry;
 mod request;
+mod routing;
 mod server;
 mod settings;
 mod slot;

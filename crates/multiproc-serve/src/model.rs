@@ -9,6 +9,7 @@ use std::any::{TypeId, type_name};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use multiproc::{Process, ProcessBuilder};
 use serde::Serialize;
@@ -70,17 +71,21 @@ pub trait Model: Sized + 'static {
     /// Runs one batch: one result per input, in order.
     fn predict(&mut self, batch: Vec<Self::Input>) -> Vec<Result<Self::Output, String>>;
 
-    /// Whether the model can still answer, asked while its worker waits for
-    /// a batch (every 100 ms or so). `Err(why)` ends the worker process,
-    /// which the server restarts (logging `why`) before a request reaches
-    /// it. For a model that needs something outside its process that can
-    /// fail while idle, such as an external command. The default: `Ok(())`.
+    /// Whether the model can still answer, asked once its worker is ready,
+    /// then while it waits for a batch, as often as the answer says:
+    /// `Ok(Some(d))` asks again after `d` without a batch; `Ok(None)` never
+    /// again, so the idle worker sleeps until a batch comes (or its server
+    /// is gone). `Err(why)` ends the worker process, which the server
+    /// restarts (logging `why`) before a request reaches it. For a model that
+    /// needs something outside its process that can fail while idle, such
+    /// as an external command. The default: `Ok(None)`, a model in its own
+    /// process is alive as long as the process is.
     ///
     /// # Errors
     ///
     /// Why the model can no longer answer.
-    fn check_alive(&mut self) -> Result<(), String> {
-        Ok(())
+    fn check_alive(&mut self) -> Result<Option<Duration>, String> {
+        Ok(None)
     }
 }
 

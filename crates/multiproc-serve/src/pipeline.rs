@@ -151,8 +151,8 @@ where
     O: PipelineItem,
     P: PipelineItem,
 {
-    fn failed(&self, stage: &str, message: impl std::fmt::Display) -> ServeError {
-        ServeError::ModelFailed { model: self.name.clone(), version: 0, message: format!("{stage}: {message}") }
+    fn failed(&self, stage: &'static str, message: impl std::fmt::Display) -> ServeError {
+        ServeError::PipelineFailed { pipeline: self.name.clone(), stage, message: message.to_string() }
     }
 
     /// The error of a request the stopped pipeline will not answer (why it stopped).
@@ -245,11 +245,11 @@ where
                         // The process that died, by its pid; a task that
                         // failed otherwise is not a lost worker.
                         PoolError::Task { error: error @ TaskError::WorkerLost { pid, .. }, .. } => {
-                            ServeError::WorkerLost {
-                                model: err_self.name.clone(),
-                                version: 0,
+                            ServeError::PipelineWorkerLost {
+                                pipeline: err_self.name.clone(),
+                                stage: "preprocessing",
                                 pid: *pid,
-                                status: format!("preprocessing worker: {error}"),
+                                status: error.to_string(),
                             }
                         }
                         PoolError::Task { error: TaskError::Terminated, .. } => err_self.stopped_error(),
@@ -403,7 +403,7 @@ where
             let output: O = match postcard::from_bytes(answer.bytes.as_bytes()) {
                 Ok(o) => o,
                 Err(e) => {
-                    slot.complete(Err(this.failed("model output", e)));
+                    slot.complete(Err(this.failed("decoding the model's output", e)));
                     return;
                 }
             };
@@ -417,7 +417,7 @@ where
                         let result = match r {
                             Ok(p) => postcard::to_allocvec(p)
                                 .map(|bytes| Answer { bytes: Encoded::Own(bytes), answered: Instant::now(), ..meta })
-                                .map_err(|e| ok_this.failed("postprocessing output", e)),
+                                .map_err(|e| ok_this.failed("encoding the postprocessing output", e)),
                             Err(msg) => Err(ok_this.failed("postprocessing", msg)),
                         };
                         ok_slot.complete(result);
@@ -480,7 +480,7 @@ where
             return Err(self.stopped_error());
         }
         let Some((held, guard)) = self.gauge.admit(self.capacity) else {
-            return Err(ServeError::Overloaded { model: self.name.clone(), version: 0, capacity: self.capacity });
+            return Err(ServeError::PipelineOverloaded { pipeline: self.name.clone(), capacity: self.capacity });
         };
         let job = Job { slot, deadline, guard };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());

@@ -119,10 +119,25 @@ impl VersionGroup {
             && s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
     }
 
-    /// Starts the workers (lazy start, load, or a reload after unload).
+    /// Starts the workers (load, or a reload after unload or a failure).
     pub fn start(self: &Arc<Self>) {
+        self.start_if(|state| matches!(state, VersionState::NotStarted | VersionState::Stopped | VersionState::Failed));
+    }
+
+    /// Starts the workers of a version never started (the lazy start by a
+    /// first request). Decided under the lock: a request that saw the
+    /// version not started just before an unload, a remove or a failure
+    /// stopped it does not bring it back (its workers would serve a model
+    /// unloaded, or removed and out of reach, and the queue reopened under
+    /// a drain would keep the drained workers from ever quitting).
+    fn start_lazily(self: &Arc<Self>) {
+        self.start_if(|state| state == VersionState::NotStarted);
+    }
+
+    /// Starts the workers if the state now allows it.
+    fn start_if(self: &Arc<Self>, may_start: impl Fn(VersionState) -> bool) {
         let mut s = self.lock();
-        if !matches!(s.state, VersionState::NotStarted | VersionState::Stopped | VersionState::Failed) {
+        if !may_start(s.state) {
             return;
         }
         // Threads of an earlier life have quit; reap them.
@@ -144,9 +159,8 @@ impl VersionGroup {
 
     /// Queues a request, starting the version if it is lazy and not started.
     pub fn admit(self: &Arc<Self>, p: Pending, force: bool) -> Result<(), Box<(Pending, ServeError)>> {
-        let state = self.state();
-        match state {
-            VersionState::NotStarted => self.start(),
+        match self.state() {
+            VersionState::NotStarted => self.start_lazily(),
             VersionState::CrashLooping => {
                 let e = self.crash_looping_error();
                 return Err(Box::new((p, e)));
@@ -166,7 +180,9 @@ impl VersionGroup {
                     capacity: self.queue.capacity(),
                 },
             ))),
-            Err(Refused::Closed(p)) => Err(Box::new((p, self.not_ready(&format!("version is {}", state.as_str()))))),
+            Err(Refused::Closed(p)) => {
+                Err(Box::new((p, self.not_ready(&format!("version is {}", self.state().as_str())))))
+            }
         }
     }
 
@@ -174,7 +190,7 @@ impl VersionGroup {
     /// bounds what it holds).
     pub fn admit_many(self: &Arc<Self>, batch: Vec<Pending>) -> Result<(), (Vec<Pending>, ServeError)> {
         match self.state() {
-            VersionState::NotStarted => self.start(),
+            VersionState::NotStarted => self.start_lazily(),
             VersionState::CrashLooping => return Err((batch, self.crash_looping_error())),
             _ => {}
         }

@@ -138,12 +138,14 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     if replies.send(&FromWorker::Ready).is_err() {
         return;
     }
+    // How often the idle worker asks the model whether it can still answer.
+    let mut check_every = alive_or_exit(&mut model);
     // After answering a lone request, the next one is polled for a short
     // while instead of sleeping until it comes (see `crate::lone`).
     let mut next = NextLone::new();
     let arrived = || requests.poll(Duration::ZERO).unwrap_or(true);
     while let Ok(ToWorker::Batch { id, items, poll_after }) =
-        next.wait_next(arrived, || next_batch(&requests, &mut model))
+        next.wait_next(arrived, || next_batch(&requests, &mut model, &mut check_every))
     {
         let reply = run_batch(&mut model, id, items.into_items());
         if replies.send(&reply).is_err() {
@@ -155,22 +157,37 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     }
 }
 
-/// How often an idle worker asks its model whether it can still answer.
-const ALIVE_CHECK: Duration = Duration::from_millis(100);
-
-/// Waits for the next batch, checking meanwhile that the model can still
-/// answer; a model that cannot ends the worker while it is idle (the server
-/// then restarts it before a request is lost with it).
-fn next_batch<M: Model>(requests: &Connection<ToWorker>, model: &mut M) -> Result<ToWorker, ConnectionError> {
+/// Waits for the next batch, asking the model every `check_every` whether
+/// it can still answer (see [`Model::check_alive`], whose answer sets the
+/// next `check_every`); a model that cannot ends the worker while it is
+/// idle (the server then restarts it before a request is lost with it).
+/// With no check due the worker sleeps until a batch comes or the server is
+/// gone: the server's end of the pipe closing ends the wait, so a dead
+/// server never leaves its worker waiting.
+fn next_batch<M: Model>(
+    requests: &Connection<ToWorker>,
+    model: &mut M,
+    check_every: &mut Option<Duration>,
+) -> Result<ToWorker, ConnectionError> {
     loop {
-        match requests.recv_timeout(ALIVE_CHECK) {
-            Err(ConnectionError::Timeout) => {
-                if let Err(why) = model.check_alive() {
-                    log_to_server(&format!("the model can no longer answer: {why}"));
-                    std::process::exit(3);
-                }
-            }
+        let Some(every) = *check_every else {
+            return requests.recv();
+        };
+        match requests.recv_timeout(every) {
+            Err(ConnectionError::Timeout) => *check_every = alive_or_exit(model),
             other => return other,
+        }
+    }
+}
+
+/// When to ask the model again whether it can still answer; ends the
+/// worker if it cannot.
+fn alive_or_exit<M: Model>(model: &mut M) -> Option<Duration> {
+    match model.check_alive() {
+        Ok(again) => again,
+        Err(why) => {
+            log_to_server(&format!("the model can no longer answer: {why}"));
+            std::process::exit(3);
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on};
-use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, PipelineSpec, Request, Server};
+use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, PipelineSpec, Request, ServeError, Server};
 
 fn parse(text: String) -> Result<u64, String> {
     if text == "die" {
@@ -18,6 +18,14 @@ fn parse(text: String) -> Result<u64, String> {
 
 fn describe(t: Tagged) -> Result<String, String> {
     Ok(format!("{} (v{})", t.value, t.version))
+}
+
+/// A pipeline's error says it is the pipeline's (with its name), not a
+/// model's: a pipeline has no versions to name.
+fn assert_names_the_pipeline(err: &ServeError, pipeline: &str) {
+    let message = err.to_string();
+    assert!(message.contains(&format!("pipeline '{pipeline}'")), "{message}");
+    assert!(!message.contains("version"), "{message}");
 }
 
 fn server_with_pipeline(chunk: usize) -> Server {
@@ -48,6 +56,8 @@ fn every_result_reaches_its_request_through_the_stages() {
     let err = server.infer::<String, String>(Request::new("words", "seven".to_string())).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ModelFailed);
     assert!(err.to_string().contains("not a number"), "{err}");
+    assert!(err.to_string().contains("preprocessing"), "{err}");
+    assert_names_the_pipeline(&err, "words");
     let status = server.status();
     let p = status.model("words").unwrap();
     assert!(p.ready);
@@ -67,6 +77,7 @@ fn a_dead_preprocessing_worker_fails_only_its_own_request() {
     let err = results[20].as_ref().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WorkerLost, "{err}");
     assert!(err.to_string().contains("preprocessing"), "{err}");
+    assert_names_the_pipeline(err, "words");
     let ok = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(ok, 40, "{:?}", results.iter().filter(|r| r.is_err()).collect::<Vec<_>>());
     // The pool replaced its worker: the pipeline still serves.
@@ -91,6 +102,10 @@ fn a_full_pipeline_rejects_at_once_and_recovers() {
     let overloaded = results.iter().filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).count();
     assert_eq!(overloaded, 12, "the pipeline holds 8 requests; the other 12 are rejected");
     assert!(results[..8].iter().all(|r| r.is_ok()));
+    let rejected = results[19].as_ref().unwrap_err();
+    assert_names_the_pipeline(rejected, "slow");
+    assert_eq!(rejected.http_status(), 503);
+    assert!(rejected.retry_after().is_some(), "{rejected}");
     let in_flight = || server.status().model("slow").unwrap().pipeline.as_ref().unwrap().in_flight;
     assert!(common::wait_for(PATIENCE, || in_flight() == 0), "{} requests still counted", in_flight());
     let reply = server.infer::<String, Tagged>(Request::new("slow", "5".to_string())).unwrap();

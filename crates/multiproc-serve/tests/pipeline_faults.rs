@@ -146,7 +146,10 @@ fn a_dead_preprocessing_worker_is_named_in_the_error() {
     let pre_pid =
         (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
     let err = server.infer::<String, Tagged>(Request::new("p", "die".to_string())).unwrap_err();
-    assert!(matches!(&err, ServeError::WorkerLost { pid, .. } if *pid == pre_pid), "{err}");
+    assert!(
+        matches!(&err, ServeError::PipelineWorkerLost { pid, stage: "preprocessing", .. } if *pid == pre_pid),
+        "{err}"
+    );
     assert!(err.to_string().contains("exit code 7") || err.to_string().contains("code 7"), "{err}");
     server.shutdown();
 }

@@ -112,6 +112,9 @@ pub struct CommandModel {
 /// How long a failed command's stderr is waited for, to tell why it failed.
 const STDERR_GRACE: Duration = Duration::from_millis(500);
 
+/// How often an idle worker looks whether its command still runs.
+const ALIVE_CHECK: Duration = Duration::from_millis(100);
+
 impl CommandModel {
     /// How the command ended, waiting up to `grace` for it to exit; one
     /// still running then is killed.
@@ -243,15 +246,17 @@ impl Model for CommandModel {
     }
 
     /// A command that exited while idle (killed, out of memory) ends its
-    /// worker before a batch is written to it and fails.
-    fn check_alive(&mut self) -> Result<(), String> {
+    /// worker before a batch is written to it and fails. The command is
+    /// another process, whose end the worker's wait for a batch does not
+    /// see, so the idle worker looks every [`ALIVE_CHECK`].
+    fn check_alive(&mut self) -> Result<Option<Duration>, String> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(format!(
                 "[{}] the external command exited while idle ({status}){}",
                 self.label,
                 self.stderr.explain(STDERR_GRACE)
             )),
-            _ => Ok(()),
+            _ => Ok(Some(ALIVE_CHECK)),
         }
     }
 }
