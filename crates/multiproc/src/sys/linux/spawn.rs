@@ -98,7 +98,8 @@ impl Drop for FileActions {
 struct SpawnAttr(libc::posix_spawnattr_t);
 
 impl SpawnAttr {
-    /// Attributes that give the child an empty signal mask and default handlers.
+    /// Attributes that give the child an empty signal mask and default handlers
+    /// (but for an ignored SIGINT, which stays ignored).
     fn with_default_signals() -> io::Result<SpawnAttr> {
         let mut raw = std::mem::MaybeUninit::uninit();
         // SAFETY: init writes a valid object into `raw`.
@@ -110,6 +111,16 @@ impl SpawnAttr {
             let mut all: libc::sigset_t = std::mem::zeroed();
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
+            // An ignored SIGINT stays ignored, as across a plain exec: a
+            // program started in the background by a shell (which ignores
+            // SIGINT there) keeps that in its children, and the fork server
+            // passes it on to the children it forks.
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGINT, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+            {
+                libc::sigdelset(&mut all, libc::SIGINT);
+            }
             libc::sigemptyset(&mut none);
             check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &all))?;
             check(libc::posix_spawnattr_setsigmask(&mut attr.0, &none))?;
