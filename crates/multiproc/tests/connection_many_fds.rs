@@ -51,6 +51,7 @@ fn sum_over_pipe(conn: Connection<Vec<RawValue<u64>>>) -> u64 {
 
 #[test]
 fn a_message_on_a_pipe_may_carry_hundreds_of_descriptors_small_or_large() {
+    let _serial = serial();
     let (ours, theirs) = Pipe::<Vec<RawValue<u64>>>::duplex().unwrap();
     let child = Process::spawn(sum_over_pipe, (theirs,)).unwrap();
     ours.send(&values(500)).unwrap();
@@ -82,6 +83,9 @@ fn allow_open_files(want: u64) -> bool {
 
 #[test]
 fn too_many_descriptors_is_a_clear_error_and_the_connection_goes_on() {
+    // Counts this process's descriptors: no other test of this binary may
+    // open or close any meanwhile.
+    let _serial = serial();
     if !allow_open_files(4096) {
         eprintln!("skipped: the open-files limit is below 4096");
         return;
