@@ -90,22 +90,23 @@ pub(super) enum GetFail {
 /// consumers that died holding them (see [`Ring::reclaim_dead_takers`]).
 const RECLAIM_EVERY: Duration = Duration::from_millis(20);
 
-/// Paces [`Ring::reclaim_dead_takers`] in puts that do not wait, for all the
-/// threads of this process that use one queue: due at the first call, then
-/// at most every [`RECLAIM_EVERY`]. The look reads every slot of the head
-/// segment (up to thousands of cache lines that consumers are writing): a
-/// caller retrying `put_nowait` on a full queue would otherwise pay for it
-/// at every try, and slow down the consumers that make room.
+/// Paces [`Ring::reclaim_dead_takers`] for all the threads of this process
+/// that use one queue, whether they wait (for room, or in `join`) or not:
+/// due at the first call, then at most every [`RECLAIM_EVERY`]. The look
+/// reads every slot of the head segment (up to thousands of cache lines that
+/// consumers are writing): a caller retrying `put_nowait` on a full queue, or
+/// many threads waiting for room, would otherwise pay for it again and again,
+/// and slow down the consumers that make room.
 #[derive(Debug)]
-pub(super) struct NowaitReclaim {
+pub(super) struct ReclaimPacer {
     since: Instant,
     /// Nanoseconds after `since` when the next look is due.
     next: AtomicU64,
 }
 
-impl NowaitReclaim {
-    pub(super) fn new() -> NowaitReclaim {
-        NowaitReclaim { since: Instant::now(), next: AtomicU64::new(0) }
+impl ReclaimPacer {
+    pub(super) fn new() -> ReclaimPacer {
+        ReclaimPacer { since: Instant::now(), next: AtomicU64::new(0) }
     }
 
     /// True when this caller should look now (one caller per period).
@@ -115,22 +116,6 @@ impl NowaitReclaim {
         // one caller per period.
         let next = self.next.load(Relaxed);
         now >= next && self.next.compare_exchange(next, now + RECLAIM_EVERY.as_nanos() as u64, Relaxed, Relaxed).is_ok()
-    }
-}
-
-/// Paces [`Ring::reclaim_dead_takers`] in a wait: due every [`RECLAIM_EVERY`],
-/// counted from the first time it is asked.
-#[derive(Default)]
-struct Reclaim(Option<Instant>);
-
-impl Reclaim {
-    fn due(&mut self) -> bool {
-        let now = Instant::now();
-        let due = self.0.is_some_and(|at| now >= at);
-        if due || self.0.is_none() {
-            self.0 = Some(now + RECLAIM_EVERY);
-        }
-        due
     }
 }
 
@@ -400,12 +385,12 @@ impl Ring {
     /// For a put that does not wait, before its item is serialized (or a
     /// large one written): false when a bounded queue is full now and no
     /// room held by dead consumers was found (looked for as paced by
-    /// [`NowaitReclaim`]). A hint: the permit taken in `put` decides.
+    /// [`ReclaimPacer`]). A hint: the permit taken in `put` decides.
     pub(super) fn room_now(&self) -> io::Result<bool> {
         // ORDERING: Relaxed: a hint, as said.
         Ok(!self.bounded()
             || self.header().count.0.load(Relaxed) < self.maxsize()
-            || (self.nowait_reclaim().due() && self.reclaim_dead_takers()?))
+            || (self.reclaim_pacer().due() && self.reclaim_dead_takers()?))
     }
 
     fn acquire_permit(&self, timeout: Option<Duration>, block: bool) -> Result<(), PutFail> {
@@ -413,7 +398,6 @@ impl Ring {
         let max = self.maxsize();
         let mut backoff = Backoff::new();
         let mut deadline = None;
-        let mut reclaim = Reclaim::default();
         loop {
             if self.is_closed() {
                 return Err(PutFail::Closed);
@@ -435,7 +419,7 @@ impl Ring {
             }
             // Giving up, or now and then while waiting: is the room held by
             // consumers that died?
-            let look = if block { deadline.expired() || reclaim.due() } else { self.nowait_reclaim().due() };
+            let look = (block && deadline.expired()) || self.reclaim_pacer().due();
             if look && self.reclaim_dead_takers().map_err(PutFail::Io)? {
                 continue;
             }
@@ -527,7 +511,6 @@ impl Ring {
         // the count, and is the futex word.
         let epoch = joiners.seq.load(SeqCst);
         let done = || hdr.unfinished.0.load(SeqCst) == 0 || joiners.seq.load(SeqCst) != epoch;
-        let mut reclaim = Reclaim::default();
         loop {
             if done() {
                 return true;
@@ -535,7 +518,7 @@ impl Ring {
             // Now and then, and before giving up: tasks held by consumers
             // that died mid-get are given back.
             let expired = deadline.expired();
-            if (expired || reclaim.due()) && self.reclaim_dead_takers().unwrap_or(false) {
+            if (expired || self.reclaim_pacer().due()) && self.reclaim_dead_takers().unwrap_or(false) {
                 continue;
             }
             if expired {

@@ -30,7 +30,7 @@ use super::layout::{
     INLINE_MAX, ITEM_MAX, Line, MAGIC, MIXED_NAMESPACES, VERSION,
 };
 use super::states::{LapOrder, READY, SEALED, SKIP, Stamp, TAKING};
-use super::waits::NowaitReclaim;
+use super::waits::ReclaimPacer;
 use crate::sys::imp::shm::Mapping;
 use crate::sys::imp::sparse::{self, PAGE, Window};
 use crate::sys::imp::thread;
@@ -139,9 +139,8 @@ pub(super) struct Ring {
     geometry: Geometry,
     flags: u32,
     maxsize: u64,
-    /// Paces this process's looks for room held by dead consumers in puts
-    /// that do not wait.
-    nowait_reclaim: NowaitReclaim,
+    /// Paces this process's looks for room and tasks held by dead consumers.
+    reclaim_pacer: ReclaimPacer,
 }
 
 impl Ring {
@@ -213,7 +212,7 @@ impl Ring {
     fn from_parts(header: Mapping, geometry: Geometry, flags: u32, maxsize: u64) -> io::Result<Ring> {
         let tables = Window::map(header.as_fd(), HEADER_LEN as u64, geometry.meta_len() - HEADER_LEN)?;
         let windows = (0..geometry.frames).map(|_| OnceLock::new()).collect();
-        Ok(Ring { header, tables, windows, geometry, flags, maxsize, nowait_reclaim: NowaitReclaim::new() })
+        Ok(Ring { header, tables, windows, geometry, flags, maxsize, reclaim_pacer: ReclaimPacer::new() })
     }
 
     /// The memory file (sent to other processes).
@@ -239,8 +238,8 @@ impl Ring {
         self.maxsize
     }
 
-    pub(super) fn nowait_reclaim(&self) -> &NowaitReclaim {
-        &self.nowait_reclaim
+    pub(super) fn reclaim_pacer(&self) -> &ReclaimPacer {
+        &self.reclaim_pacer
     }
 
     /// The entry of `frame_of` for segment `seg`: the index of its frame.
