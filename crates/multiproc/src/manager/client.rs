@@ -48,8 +48,10 @@ pub(crate) const TCP_LIVENESS: TcpLiveness = TcpLiveness {
 /// use the manager).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Endpoint {
-    /// The address in its `Display` form (`unix:…`, `abstract:…`, `tcp:…`).
-    pub address: String,
+    /// The address, parsed once; it travels in its `Display` form
+    /// (`unix:…`, `abstract:…`, `tcp:…`).
+    #[serde(with = "address_text")]
+    pub address: Address,
     pub authkey: Option<ByteBuf>,
 }
 
@@ -64,11 +66,34 @@ impl Endpoint {
             Address::Tcp(at) if at.ip().is_unspecified() => {
                 let loopback: IpAddr =
                     if at.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
-                Address::Tcp(SocketAddr::new(loopback, at.port())).to_string()
+                Address::Tcp(SocketAddr::new(loopback, at.port()))
             }
-            other => other.to_string(),
+            other => other.clone(),
         };
         Endpoint { address, authkey: authkey.map(|k| ByteBuf::from(k.to_vec())) }
+    }
+}
+
+/// An [`Endpoint`]'s address in its `Display` form, as proxies carry it.
+mod address_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::Address;
+
+    pub(super) fn serialize<S: Serializer>(address: &Address, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(address)
+    }
+
+    /// Parses the address back. A TCP address must be an IP address and
+    /// port, as `Display` writes it: a host name in bytes from another
+    /// process is refused rather than looked up while decoding.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = match text.strip_prefix("tcp:") {
+            Some(at) => at.parse().map(Address::Tcp).map_err(|e| format!("invalid address {text:?} in a proxy: {e}")),
+            None => text.parse::<Address>().map_err(|e| format!("{e} (in a proxy)")),
+        };
+        parsed.map_err(serde::de::Error::custom)
     }
 }
 
@@ -264,7 +289,7 @@ fn connect_socket(endpoint: &Endpoint, timeout: Duration) -> Result<Connection<(
     let key = endpoint.authkey.as_deref().map(|k| &k[..]);
     let conn: Connection<()> = Client::connect_timeout(&endpoint.address, key, timeout)?;
     conn.set_recv_limit(Some(MAX_RESPONSE));
-    if endpoint.address.parse::<Address>().is_ok_and(|a| matches!(a, Address::Tcp(_))) {
+    if endpoint.address.is_tcp() {
         watch_liveness(&conn);
     }
     Ok(conn)

@@ -444,8 +444,8 @@ impl Manager {
         let object = proxy.object_ref();
         if object.endpoint.address != self.endpoint.address {
             return Err(ManagerError::ForeignProxy {
-                proxy: object.endpoint.address.clone(),
-                manager: self.endpoint.address.clone(),
+                proxy: object.endpoint.address.to_string(),
+                manager: self.endpoint.address.to_string(),
             });
         }
         Ok(object.id)
