@@ -213,8 +213,10 @@ impl Manager {
     /// same port instead, which reaches the manager from this machine. A
     /// process on another machine connects with the address it reaches the
     /// manager at, and its proxies then carry that one; proxies made by
-    /// this handle and read there still name loopback, so to share them
-    /// across machines bind the manager on the address they use.
+    /// this handle and read there (stored inside a shared object) still
+    /// name loopback, so to share them across machines give the manager an
+    /// [advertise address](ManagerBuilder::advertise_address), or bind it
+    /// on the address they use.
     pub fn address(&self) -> &Address {
         &self.address
     }
