@@ -272,12 +272,14 @@ fn close_hung_up() {
 /// machine, opens a lane.
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
     close_hung_up();
-    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None, server: 0 };
+    let mut link =
+        Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None, server: 0, in_its_manager: false };
     link.server = match link.exchange(&hello())? {
         Ok(Reply::Welcome { server }) => server,
         Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
         Err(e) => return Err(e.into()),
     };
+    link.in_its_manager = super::server::runs_in_this_process(link.server);
     if lane::possible(&endpoint.address) {
         link.lane = open_lane(&link.conn)?;
     }
@@ -355,14 +357,19 @@ struct Link {
     lane: Option<Lane>,
     /// The id of the server at the other end (from its `Welcome`).
     server: u64,
+    /// True when this process is that server's manager process.
+    in_its_manager: bool,
 }
 
 impl Link {
-    /// True when this thread runs a request of the very server this link
-    /// reaches: a call would wait for itself (see
-    /// [`ManagerError::CallsItsOwnManager`]).
+    /// True when a call on this link would come from the manager it
+    /// reaches, and could wait for itself (see
+    /// [`ManagerError::CallsItsOwnManager`]): this thread runs one of its
+    /// requests, or this process is its manager process (whose only
+    /// clients are code running in the manager and threads that code
+    /// started, which it may be waiting for).
     fn calls_back(&self) -> bool {
-        super::server::serving() == Some(self.server)
+        self.in_its_manager || super::server::serving() == Some(self.server)
     }
 
     /// True when the manager ended this (idle) connection.

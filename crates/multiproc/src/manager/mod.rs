@@ -44,7 +44,9 @@
 //! and calls that may wait are served by their connections' threads). A function running in the manager (an
 //! `update`, a [`Shared`] type's `call`, a barrier's action) that calls a
 //! proxy of its own manager gets [`ManagerError::CallsItsOwnManager`] at
-//! once rather than waiting for itself.
+//! once rather than waiting for itself; in a manager process, so does every
+//! thread of it (one such a function started; see [`Shared`] for a manager
+//! [`serve`]d on a thread of the program).
 //!
 //! Over TCP, a peer that vanishes without a word (its machine lost power,
 //! the network between went away) is found by keepalive probes (after

@@ -241,6 +241,7 @@ fn manager_main(address: String, authkey: Option<ByteBuf>, ready: Connection<Res
         return;
     }
     drop(ready);
+    server.dedicate_process();
     server.run();
 }
 
