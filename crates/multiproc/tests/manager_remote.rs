@@ -423,3 +423,32 @@ fn an_advertise_address_is_refused_where_it_cannot_apply() {
         Manager::builder().address("tcp:127.0.0.1:0").advertise_address([0, 0, 0, 0]).start().unwrap_err();
     assert!(matches!(&unspecified, ManagerError::Start(e) if e.contains("0.0.0.0")), "{unspecified}");
 }
+
+#[test]
+fn a_peer_that_authenticates_but_never_answers_hello_fails_the_connect_in_bounded_time() {
+    // Something that is not a manager listens with the same key (say, a
+    // plain `Listener` of the program): it passes the handshake, then
+    // reads and answers nothing.
+    for address in ["tcp:127.0.0.1:0".to_string(), format!("abstract:multiproc-mute-{}", std::process::id())] {
+        let mute = multiproc::Listener::bind(address.as_str(), Some(KEY)).unwrap();
+        let at = mute.address().clone();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let held = std::thread::spawn(move || {
+            let conn: Connection<()> = mute.accept_timeout(LONG).unwrap();
+            // Holds the connection, unread, until the client gave up on it.
+            let _ = released.recv_timeout(3 * LONG);
+            drop(conn);
+        });
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Manager::connect(&at, Some(KEY)).map(drop));
+        });
+        let outcome = rx.recv_timeout(3 * LONG).expect("Manager::connect hung on a peer that never answers");
+        let _ = release.send(());
+        let err = outcome.unwrap_err();
+        assert!(err.is_connection(), "{err}");
+        assert!(started.elapsed() < 2 * LONG, "{:?}", started.elapsed());
+        held.join().unwrap();
+    }
+}

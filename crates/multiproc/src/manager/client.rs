@@ -269,21 +269,24 @@ fn close_hung_up() {
 }
 
 /// Connects, authenticates, says hello and, with a manager on this
-/// machine, opens a lane.
+/// machine, opens a lane; each step within [`CONNECT_TIMEOUT`] (a peer
+/// that passed the handshake but is no manager may never answer).
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
     close_hung_up();
-    let mut link =
-        Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None, server: 0, in_its_manager: false };
-    link.server = match link.exchange(&hello())? {
-        Ok(Reply::Welcome { server }) => server,
-        Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
-        Err(e) => return Err(e.into()),
+    let conn = connect_socket(endpoint, CONNECT_TIMEOUT)?;
+    let server = match ask_within(&conn, &hello(), CONNECT_TIMEOUT)? {
+        Reply::Welcome { server } => server,
+        other => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
     };
-    link.in_its_manager = super::server::runs_in_this_process(link.server);
-    if lane::possible(&endpoint.address) {
-        link.lane = open_lane(&link.conn)?;
-    }
-    Ok(link)
+    let lane = if lane::possible(&endpoint.address) { open_lane(&conn, CONNECT_TIMEOUT)? } else { None };
+    Ok(Link { conn, lane, server, in_its_manager: super::server::runs_in_this_process(server) })
+}
+
+/// Sends `request` on a connection without a lane and waits at most
+/// `timeout` for the answer.
+fn ask_within(conn: &Connection<()>, request: &Request, timeout: Duration) -> Result<Reply, ManagerError> {
+    send(conn, request)?;
+    Ok(wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())??)
 }
 
 /// Connects and authenticates, within `timeout`.
@@ -322,20 +325,22 @@ fn hello() -> Request {
 pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
     let conn = connect_socket(endpoint, timeout)?;
     for request in [hello(), Request::Shutdown] {
-        send(&conn, &request)?;
-        match wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())? {
-            Ok(Reply::Unit | Reply::Welcome { .. }) => {}
-            Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
-            Err(e) => return Err(e.into()),
+        match ask_within(&conn, &request, timeout)? {
+            Reply::Unit | Reply::Welcome { .. } => {}
+            other => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
         }
     }
     Ok(())
 }
 
-/// Asks the manager for a lane; `None` when it cannot make one (the socket
-/// then carries the calls).
-fn open_lane(conn: &Connection<()>) -> Result<Option<Lane>, ManagerError> {
+/// Asks the manager for a lane, waiting at most `timeout` for its answer
+/// to begin; `None` when it cannot make one (the socket then carries the
+/// calls).
+fn open_lane(conn: &Connection<()>, timeout: Duration) -> Result<Option<Lane>, ManagerError> {
     send(conn, &Request::OpenLane)?;
+    if !conn.poll(timeout)? {
+        return Err(ConnectionError::Timeout.into());
+    }
     let (bytes, mut fds) = conn.recv_bytes_with_fds()?;
     match wire::decode::<Response>(&bytes, Vec::new())? {
         Ok(Reply::Lane) if fds.len() == 2 => {
