@@ -385,3 +385,70 @@ fn proxies_of_a_manager_bound_on_every_interface_carry_an_address_to_connect_to(
         m.shutdown().unwrap();
     }
 }
+
+/// A client elsewhere: connects by the listening address, reads the proxy
+/// nested in the published dict, and uses it.
+fn use_nested_proxy(address: String, key: Vec<u8>) -> String {
+    let remote = Manager::connect(&address, Some(&key)).unwrap();
+    let outer: Dict<String, Dict<u8, String>> = remote.get("outer").unwrap();
+    insert_through(outer.get("inner").unwrap().unwrap())
+}
+
+#[test]
+fn nested_proxies_of_a_manager_bound_on_every_interface_carry_its_advertise_address() {
+    // All of 127.0.0.0/8 reaches this machine's loopback, which a manager
+    // bound on 0.0.0.0 listens on: 127.0.0.2 stands for "this machine's
+    // address as other machines know it", and differs from the default.
+    let m = Manager::builder().address("tcp:0.0.0.0:0").advertise_address([127, 0, 0, 2]).authkey(KEY).start().unwrap();
+    let Address::Tcp(bound) = m.address().clone() else { panic!("{}", m.address()) };
+    assert!(bound.ip().is_unspecified(), "{bound}");
+    let advertised = format!("tcp:127.0.0.2:{}", bound.port());
+    let (outer, inner) = (m.dict::<String, Dict<u8, String>>().unwrap(), m.dict::<u8, String>().unwrap());
+    outer.insert("inner".into(), inner.clone()).unwrap();
+    m.publish("outer", &outer).unwrap();
+    assert!(proxy_address(&inner).contains(&advertised), "{}", proxy_address(&inner));
+    // Another process reaches the manager on 127.0.0.1; the proxy it reads
+    // inside the dict names the advertise address, and works.
+    let seen = Kid::spawn(use_nested_proxy, (format!("tcp:127.0.0.1:{}", bound.port()), KEY.to_vec())).join();
+    assert!(seen.contains(&advertised), "{seen}");
+    assert_eq!(inner.get(&7).unwrap().as_deref(), Some("from the child"));
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn an_advertise_address_is_refused_where_it_cannot_apply() {
+    let not_tcp = Manager::builder().advertise_address([127, 0, 0, 2]).serve().unwrap_err();
+    assert!(matches!(&not_tcp, ManagerError::Start(e) if e.contains("TCP")), "{not_tcp}");
+    let unspecified =
+        Manager::builder().address("tcp:127.0.0.1:0").advertise_address([0, 0, 0, 0]).start().unwrap_err();
+    assert!(matches!(&unspecified, ManagerError::Start(e) if e.contains("0.0.0.0")), "{unspecified}");
+}
+
+#[test]
+fn a_peer_that_authenticates_but_never_answers_hello_fails_the_connect_in_bounded_time() {
+    // Something that is not a manager listens with the same key (say, a
+    // plain `Listener` of the program): it passes the handshake, then
+    // reads and answers nothing.
+    for address in ["tcp:127.0.0.1:0".to_string(), format!("abstract:multiproc-mute-{}", std::process::id())] {
+        let mute = multiproc::Listener::bind(address.as_str(), Some(KEY)).unwrap();
+        let at = mute.address().clone();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let held = std::thread::spawn(move || {
+            let conn: Connection<()> = mute.accept_timeout(LONG).unwrap();
+            // Holds the connection, unread, until the client gave up on it.
+            let _ = released.recv_timeout(3 * LONG);
+            drop(conn);
+        });
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Manager::connect(&at, Some(KEY)).map(drop));
+        });
+        let outcome = rx.recv_timeout(3 * LONG).expect("Manager::connect hung on a peer that never answers");
+        let _ = release.send(());
+        let err = outcome.unwrap_err();
+        assert!(err.is_connection(), "{err}");
+        assert!(started.elapsed() < 2 * LONG, "{:?}", started.elapsed());
+        held.join().unwrap();
+    }
+}

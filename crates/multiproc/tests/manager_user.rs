@@ -168,6 +168,9 @@ enum EchoCall {
     CallSelf(SharedObject<Echo>),
     /// Reads the length of another object of the same manager.
     ReadOther(multiproc::manager::Dict<u8, u8>),
+    /// Calls `Ping` on this very object from a thread that the call starts
+    /// and waits for.
+    CallSelfFromThread(SharedObject<Echo>),
 }
 
 impl Shared for Echo {
@@ -178,8 +181,17 @@ impl Shared for Echo {
             EchoCall::Ping => Ok(1),
             EchoCall::CallSelf(me) => me.call(EchoCall::Ping).map_err(|e| e.to_string())?,
             EchoCall::ReadOther(d) => d.len().map(|n| n as u8).map_err(|e| e.to_string()),
+            EchoCall::CallSelfFromThread(me) => {
+                on_a_thread_of_its_own(move || me.call(EchoCall::Ping).map_err(|e| e.to_string())?)
+            }
         }
     }
+}
+
+/// Runs `f` on a thread started for it, and waits for it (no timeout: run
+/// inside the manager, which the test bounds with [`within_30s`]).
+fn on_a_thread_of_its_own<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().expect("the thread panicked")
 }
 
 /// Runs `f` on a thread and waits at most 30 s for it: a hang fails the test.
@@ -215,5 +227,30 @@ fn code_running_in_the_manager_that_calls_the_manager_back_is_refused_not_a_hang
     // The manager still serves.
     assert_eq!(echo.call(EchoCall::Ping).unwrap(), Ok(1));
     assert_eq!(d.len().unwrap(), 1);
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn a_thread_that_code_in_the_manager_starts_and_waits_for_is_refused_its_calls_back_not_a_hang() {
+    let m = Manager::start().unwrap();
+    let echo = m.create(Echo).unwrap();
+    // A user type's call waits for a thread that calls this very object.
+    let e = echo.clone();
+    let msg = within_30s(move || e.call(EchoCall::CallSelfFromThread(e.clone()))).unwrap().unwrap_err();
+    assert!(msg.contains("calls its own manager"), "{msg}");
+    // An update (run by the dispatcher, which serves every lane) waits for
+    // a thread that calls another object.
+    let (d, other) = (m.dict::<u8, u8>().unwrap(), m.dict::<u8, u8>().unwrap());
+    let dd = d.clone();
+    let answer = within_30s(move || {
+        dd.update_with(&1, other, |_: &mut Option<u8>, o: multiproc::manager::Dict<u8, u8>| {
+            on_a_thread_of_its_own(move || o.len().map_err(|e| e.to_string()))
+        })
+    });
+    let msg = answer.unwrap().unwrap_err();
+    assert!(msg.contains("calls its own manager"), "{msg}");
+    // The manager still serves.
+    assert_eq!(echo.call(EchoCall::Ping).unwrap(), Ok(1));
+    assert_eq!(d.len().unwrap(), 0);
     m.shutdown().unwrap();
 }

@@ -48,8 +48,10 @@ pub(crate) const TCP_LIVENESS: TcpLiveness = TcpLiveness {
 /// use the manager).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Endpoint {
-    /// The address in its `Display` form (`unix:…`, `abstract:…`, `tcp:…`).
-    pub address: String,
+    /// The address, parsed once; it travels in its `Display` form
+    /// (`unix:…`, `abstract:…`, `tcp:…`).
+    #[serde(with = "address_text")]
+    pub address: Address,
     pub authkey: Option<ByteBuf>,
 }
 
@@ -64,11 +66,34 @@ impl Endpoint {
             Address::Tcp(at) if at.ip().is_unspecified() => {
                 let loopback: IpAddr =
                     if at.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
-                Address::Tcp(SocketAddr::new(loopback, at.port())).to_string()
+                Address::Tcp(SocketAddr::new(loopback, at.port()))
             }
-            other => other.to_string(),
+            other => other.clone(),
         };
         Endpoint { address, authkey: authkey.map(|k| ByteBuf::from(k.to_vec())) }
+    }
+}
+
+/// An [`Endpoint`]'s address in its `Display` form, as proxies carry it.
+mod address_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::Address;
+
+    pub(super) fn serialize<S: Serializer>(address: &Address, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(address)
+    }
+
+    /// Parses the address back. A TCP address must be an IP address and
+    /// port, as `Display` writes it: a host name in bytes from another
+    /// process is refused rather than looked up while decoding.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = match text.strip_prefix("tcp:") {
+            Some(at) => at.parse().map(Address::Tcp).map_err(|e| format!("invalid address {text:?} in a proxy: {e}")),
+            None => text.parse::<Address>().map_err(|e| format!("{e} (in a proxy)")),
+        };
+        parsed.map_err(serde::de::Error::custom)
     }
 }
 
@@ -244,19 +269,24 @@ fn close_hung_up() {
 }
 
 /// Connects, authenticates, says hello and, with a manager on this
-/// machine, opens a lane.
+/// machine, opens a lane; each step within [`CONNECT_TIMEOUT`] (a peer
+/// that passed the handshake but is no manager may never answer).
 fn open(endpoint: &Endpoint) -> Result<Link, ManagerError> {
     close_hung_up();
-    let mut link = Link { conn: connect_socket(endpoint, CONNECT_TIMEOUT)?, lane: None, server: 0 };
-    link.server = match link.exchange(&hello())? {
-        Ok(Reply::Welcome { server }) => server,
-        Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
-        Err(e) => return Err(e.into()),
+    let conn = connect_socket(endpoint, CONNECT_TIMEOUT)?;
+    let server = match ask_within(&conn, &hello(), CONNECT_TIMEOUT)? {
+        Reply::Welcome { server } => server,
+        other => return Err(ManagerError::Protocol(format!("{other:?} in answer to hello"))),
     };
-    if lane::possible(&endpoint.address) {
-        link.lane = open_lane(&link.conn)?;
-    }
-    Ok(link)
+    let lane = if lane::possible(&endpoint.address) { open_lane(&conn, CONNECT_TIMEOUT)? } else { None };
+    Ok(Link { conn, lane, server, in_its_manager: super::server::runs_in_this_process(server) })
+}
+
+/// Sends `request` on a connection without a lane and waits at most
+/// `timeout` for the answer.
+fn ask_within(conn: &Connection<()>, request: &Request, timeout: Duration) -> Result<Reply, ManagerError> {
+    send(conn, request)?;
+    Ok(wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())??)
 }
 
 /// Connects and authenticates, within `timeout`.
@@ -264,7 +294,7 @@ fn connect_socket(endpoint: &Endpoint, timeout: Duration) -> Result<Connection<(
     let key = endpoint.authkey.as_deref().map(|k| &k[..]);
     let conn: Connection<()> = Client::connect_timeout(&endpoint.address, key, timeout)?;
     conn.set_recv_limit(Some(MAX_RESPONSE));
-    if endpoint.address.parse::<Address>().is_ok_and(|a| matches!(a, Address::Tcp(_))) {
+    if endpoint.address.is_tcp() {
         watch_liveness(&conn);
     }
     Ok(conn)
@@ -295,20 +325,22 @@ fn hello() -> Request {
 pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
     let conn = connect_socket(endpoint, timeout)?;
     for request in [hello(), Request::Shutdown] {
-        send(&conn, &request)?;
-        match wire::decode::<Response>(&conn.recv_bytes_timeout(timeout)?, Vec::new())? {
-            Ok(Reply::Unit | Reply::Welcome { .. }) => {}
-            Ok(other) => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
-            Err(e) => return Err(e.into()),
+        match ask_within(&conn, &request, timeout)? {
+            Reply::Unit | Reply::Welcome { .. } => {}
+            other => return Err(ManagerError::Protocol(format!("{other:?} in answer to {request:?}"))),
         }
     }
     Ok(())
 }
 
-/// Asks the manager for a lane; `None` when it cannot make one (the socket
-/// then carries the calls).
-fn open_lane(conn: &Connection<()>) -> Result<Option<Lane>, ManagerError> {
+/// Asks the manager for a lane, waiting at most `timeout` for its answer
+/// to begin; `None` when it cannot make one (the socket then carries the
+/// calls).
+fn open_lane(conn: &Connection<()>, timeout: Duration) -> Result<Option<Lane>, ManagerError> {
     send(conn, &Request::OpenLane)?;
+    if !conn.poll(timeout)? {
+        return Err(ConnectionError::Timeout.into());
+    }
     let (bytes, mut fds) = conn.recv_bytes_with_fds()?;
     match wire::decode::<Response>(&bytes, Vec::new())? {
         Ok(Reply::Lane) if fds.len() == 2 => {
@@ -330,14 +362,19 @@ struct Link {
     lane: Option<Lane>,
     /// The id of the server at the other end (from its `Welcome`).
     server: u64,
+    /// True when this process is that server's manager process.
+    in_its_manager: bool,
 }
 
 impl Link {
-    /// True when this thread runs a request of the very server this link
-    /// reaches: a call would wait for itself (see
-    /// [`ManagerError::CallsItsOwnManager`]).
+    /// True when a call on this link would come from the manager it
+    /// reaches, and could wait for itself (see
+    /// [`ManagerError::CallsItsOwnManager`]): this thread runs one of its
+    /// requests, or this process is its manager process (whose only
+    /// clients are code running in the manager and threads that code
+    /// started, which it may be waiting for).
     fn calls_back(&self) -> bool {
-        super::server::serving() == Some(self.server)
+        self.in_its_manager || super::server::serving() == Some(self.server)
     }
 
     /// True when the manager ended this (idle) connection.

@@ -89,10 +89,13 @@ pub enum ManagerError {
     Protocol(String),
     /// A function running in the manager (a [`Shared`](super::Shared)
     /// type's `call`, an `update`, a barrier's action) called a proxy of
-    /// that same manager. Nothing was sent: the manager would wait for
-    /// itself (it holds the object, and runs `update`s on the thread that
-    /// would serve the call). Do that work in the client, or keep what the
-    /// function needs inside its own object.
+    /// that same manager; in a manager process
+    /// ([`Manager::start`](super::Manager::start)), any thread of that
+    /// process did (a thread such a function started, and may wait for).
+    /// Nothing was sent: the manager would wait for itself (it holds the
+    /// object, and runs `update`s on the thread that would serve the call).
+    /// Do that work in the client, or keep what the function needs inside
+    /// its own object.
     #[error(
         "a function running in the manager calls its own manager through a proxy: refused, as the manager \
          would wait for itself (do that call in the client, or keep the data in the object itself)"

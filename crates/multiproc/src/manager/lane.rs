@@ -112,8 +112,8 @@ impl Way {
 
 /// True when lanes can be used with a manager at `address` (one on this
 /// machine, reached through a Unix socket, which carries the lane).
-pub(crate) fn possible(address: &str) -> bool {
-    address.parse::<Address>().is_ok_and(|a| !matches!(a, Address::Tcp(_)))
+pub(crate) fn possible(address: &Address) -> bool {
+    !address.is_tcp()
 }
 
 impl Lane {

@@ -44,7 +44,9 @@
 //! and calls that may wait are served by their connections' threads). A function running in the manager (an
 //! `update`, a [`Shared`] type's `call`, a barrier's action) that calls a
 //! proxy of its own manager gets [`ManagerError::CallsItsOwnManager`] at
-//! once rather than waiting for itself.
+//! once rather than waiting for itself; in a manager process, so does every
+//! thread of it (one such a function started; see [`Shared`] for a manager
+//! [`serve`]d on a thread of the program).
 //!
 //! Over TCP, a peer that vanishes without a word (its machine lost power,
 //! the network between went away) is found by keepalive probes (after
@@ -213,8 +215,10 @@ impl Manager {
     /// same port instead, which reaches the manager from this machine. A
     /// process on another machine connects with the address it reaches the
     /// manager at, and its proxies then carry that one; proxies made by
-    /// this handle and read there still name loopback, so to share them
-    /// across machines bind the manager on the address they use.
+    /// this handle and read there (stored inside a shared object) still
+    /// name loopback, so to share them across machines give the manager an
+    /// [advertise address](ManagerBuilder::advertise_address), or bind it
+    /// on the address they use.
     pub fn address(&self) -> &Address {
         &self.address
     }
@@ -444,8 +448,8 @@ impl Manager {
         let object = proxy.object_ref();
         if object.endpoint.address != self.endpoint.address {
             return Err(ManagerError::ForeignProxy {
-                proxy: object.endpoint.address.clone(),
-                manager: self.endpoint.address.clone(),
+                proxy: object.endpoint.address.to_string(),
+                manager: self.endpoint.address.to_string(),
             });
         }
         Ok(object.id)

@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use super::code;
@@ -124,6 +124,13 @@ impl Server {
         self.listener.address()
     }
 
+    /// Marks this process as one that exists to run this server (a manager
+    /// process): every client in it is code that runs in the manager, or a
+    /// thread such code started (see [`runs_in_this_process`]).
+    pub(crate) fn dedicate_process(&self) {
+        let _ = DEDICATED.set((std::process::id(), self.shared.id));
+    }
+
     /// A handle that stops the server from another thread.
     pub(crate) fn stopper(&self) -> Arc<Shared> {
         self.shared.clone()
@@ -214,6 +221,18 @@ fn fresh_server_id() -> u64 {
 thread_local! {
     /// The id of the server whose request this thread runs (0: none).
     static SERVING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The server a manager process runs, with that process's pid (a process
+/// forked from it inherits this, and is told apart by its pid).
+static DEDICATED: OnceLock<(u32, u64)> = OnceLock::new();
+
+/// True when this process is the manager process of `server`: a call to it
+/// from here comes from code running in the manager (or a thread that code
+/// started, which it may be waiting for), and would wait for itself. Asks
+/// the OS for the pid: for opening a connection, not for every call.
+pub(crate) fn runs_in_this_process(server: u64) -> bool {
+    DEDICATED.get().is_some_and(|&(pid, id)| id == server && pid == std::process::id())
 }
 
 /// The id of the server whose request the calling thread runs, if any: a

@@ -2,6 +2,7 @@
 //! process ([`ManagerBuilder::start`]) or on a thread of this process
 //! ([`ManagerBuilder::serve`], [`serve`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
@@ -10,8 +11,8 @@ use super::client::{self, Endpoint};
 use super::{Manager, ManagerError, Owned, SHUTDOWN_TIMEOUT, server};
 use crate::{Address, Connection, IntoAddress, Pipe, Process, StartMethod};
 
-/// Builds a [`Manager`]: its address, auth key, process name and start
-/// method.
+/// Builds a [`Manager`]: its address, the address its proxies name, its
+/// auth key, process name and start method.
 ///
 /// # Examples
 ///
@@ -26,6 +27,7 @@ pub struct ManagerBuilder {
     authkey: Option<Option<Vec<u8>>>,
     name: Option<String>,
     start_method: Option<StartMethod>,
+    advertise: Option<IpAddr>,
 }
 
 impl ManagerBuilder {
@@ -34,6 +36,43 @@ impl ManagerBuilder {
     /// Linux abstract name.
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
+        self
+    }
+
+    /// The IP address the proxies made by the returned handle name (with
+    /// the port the manager listens on), for a TCP manager reached from
+    /// other machines. A proxy carries its manager's address; one stored in
+    /// another object (a queue kept in a shared dict) is read as it was
+    /// written, so a process on another machine that reads it connects to
+    /// the address it names. By default that is the listening address, or
+    /// for a manager bound on every interface (`tcp:0.0.0.0:…`,
+    /// `tcp:[::]:…`) loopback, which another machine would take for itself:
+    /// advertise an address every user of the proxies can reach (this
+    /// process's calls go there too).
+    ///
+    /// [`start`](Self::start) and [`serve`](Self::serve) fail on an
+    /// address that is not TCP, and on an unspecified advertise address.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::manager::{Dict, Manager, Proxy, Queue};
+    ///
+    /// let manager = Manager::builder()
+    ///     .address("tcp:0.0.0.0:0")
+    ///     .advertise_address([127, 0, 0, 1])
+    ///     .authkey(b"key")
+    ///     .start()
+    ///     .unwrap();
+    /// let jobs = manager.queue::<u32>().unwrap();
+    /// let board = manager.dict::<String, Queue<u32>>().unwrap();
+    /// board.insert("jobs".into(), jobs).unwrap();
+    /// let nested = board.get("jobs").unwrap().unwrap();
+    /// assert!(format!("{:?}", nested.object_ref()).contains("127.0.0.1"));
+    /// manager.shutdown().unwrap();
+    /// ```
+    pub fn advertise_address(mut self, ip: impl Into<IpAddr>) -> Self {
+        self.advertise = Some(ip.into());
         self
     }
 
@@ -64,6 +103,20 @@ impl ManagerBuilder {
 
     fn endpoint_parts(&self) -> Result<(String, Option<Vec<u8>>), ManagerError> {
         let address = self.address.clone().unwrap_or_else(fresh_address);
+        if let Some(ip) = self.advertise {
+            // A string that does not parse is left to the bind to report.
+            if address.parse::<Address>().is_ok_and(|a| !a.is_tcp()) {
+                return Err(ManagerError::Start(format!(
+                    "an advertise address ({ip}) is for a TCP manager, and {address} is not one: \
+                     listen on tcp:HOST:PORT, or leave the advertise address out"
+                )));
+            }
+            if ip.is_unspecified() {
+                return Err(ManagerError::Start(format!(
+                    "advertise address {ip} names no machine: give one the manager's users can connect to"
+                )));
+            }
+        }
         let authkey = match &self.authkey {
             Some(key) => key.clone(),
             None => Some(random_key()?),
@@ -71,11 +124,23 @@ impl ManagerBuilder {
         Ok((address, authkey))
     }
 
+    /// The endpoint the handle's proxies carry, for a manager listening on
+    /// `bound` (a TCP address when an advertise address was given: see
+    /// `endpoint_parts`).
+    fn endpoint(&self, bound: &Address, authkey: Option<&[u8]>) -> Endpoint {
+        match (self.advertise, bound) {
+            (Some(ip), Address::Tcp(at)) => Endpoint::new(&Address::Tcp(SocketAddr::new(ip, at.port())), authkey),
+            _ => Endpoint::new(bound, authkey),
+        }
+    }
+
     /// Starts the manager process and waits until it listens.
     ///
     /// # Errors
     ///
-    /// The process could not start, or could not listen on the address.
+    /// The process could not start, or could not listen on the address; an
+    /// advertise address was given for an address that is not TCP, or is
+    /// unspecified (see [`advertise_address`](Self::advertise_address)).
     pub fn start(self) -> Result<Manager, ManagerError> {
         let (address, authkey) = self.endpoint_parts()?;
         let (ours, theirs) = Pipe::<Result<String, String>>::duplex()?;
@@ -97,7 +162,7 @@ impl ManagerBuilder {
             }
         };
         let address: Address = bound.parse().map_err(|e| ManagerError::Start(format!("{e}")))?;
-        let endpoint = Arc::new(Endpoint::new(&address, authkey.as_deref()));
+        let endpoint = Arc::new(self.endpoint(&address, authkey.as_deref()));
         Ok(Manager { endpoint, address, owned: Owned::Process(Some(Box::new(process))) })
     }
 
@@ -105,7 +170,8 @@ impl ManagerBuilder {
     ///
     /// # Errors
     ///
-    /// The address cannot be listened on.
+    /// The address cannot be listened on; the advertise address is refused
+    /// (as by [`start`](Self::start)).
     pub fn serve(self) -> Result<Manager, ManagerError> {
         let (address, authkey) = self.endpoint_parts()?;
         let server = server::Server::bind(address, authkey.as_deref())?;
@@ -115,7 +181,7 @@ impl ManagerBuilder {
             .name("multiproc-manager".into())
             .spawn(move || server.run())
             .map_err(|e| ManagerError::Start(format!("cannot start the server thread: {e}")))?;
-        let endpoint = Arc::new(Endpoint::new(&address, authkey.as_deref()));
+        let endpoint = Arc::new(self.endpoint(&address, authkey.as_deref()));
         Ok(Manager { endpoint, address, owned: Owned::Thread { stopper, thread: Some(thread) } })
     }
 }
@@ -175,6 +241,7 @@ fn manager_main(address: String, authkey: Option<ByteBuf>, ready: Connection<Res
         return;
     }
     drop(ready);
+    server.dedicate_process();
     server.run();
 }
 

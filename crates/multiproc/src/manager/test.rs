@@ -138,3 +138,18 @@ fn tcp_connections_of_a_manager_notice_a_vanished_peer_on_both_ends() {
     assert!(served > 0, "no live server connection");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_proxy_keeps_its_address_through_the_wire_and_names_no_host_to_look_up() {
+    use super::client::Endpoint;
+    for text in ["tcp:127.0.0.1:5000", "tcp:[::1]:7", "unix:/run/m.sock", "abstract:m-1"] {
+        let endpoint = Endpoint::new(&text.parse().unwrap(), Some(KEY));
+        let back: Endpoint = wire::decode(&wire::encode(&endpoint).unwrap().bytes, Vec::new()).unwrap();
+        assert_eq!(back, endpoint);
+        assert_eq!(back.address.to_string(), text);
+    }
+    // The address travels as its text; a host name in it (which `Display`
+    // never writes) is refused instead of looked up while decoding.
+    let forged = wire::encode(&("tcp:localhost:5000", Some(serde_bytes::ByteBuf::from(KEY)))).unwrap();
+    assert!(wire::decode::<Endpoint>(&forged.bytes, Vec::new()).is_err());
+}

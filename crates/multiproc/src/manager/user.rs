@@ -26,9 +26,14 @@ use super::proxy::{ObjectRef, encode, proxy};
 /// other): the manager would wait for itself, so such a call is refused at
 /// once with [`ManagerError::CallsItsOwnManager`] (the same holds for the
 /// functions given to `update` and a barrier's action). Keep what the type
-/// needs inside it, or make those calls in the client. (The check sees
-/// calls from the thread that runs the function; a thread it starts and
-/// waits for is not seen, and would wait for ever on this very object.)
+/// needs inside it, or make those calls in the client. In a manager
+/// process ([`Manager::start`](super::Manager::start)) every thread is
+/// checked, so a thread the call starts (and may wait for) is refused too.
+/// A manager [`serve`](super::serve)d on a thread of your program cannot
+/// tell such a thread from the program's own threads, which use it: there,
+/// a thread that the call starts and waits for must not use the manager
+/// (it would wait for ever, for this very object or, when the function is
+/// an `update` from a local client, for the dispatcher that serves lanes).
 ///
 /// The manager runs the type's code, so it must be the same build of the
 /// program as the client that creates the object (a manager started with
