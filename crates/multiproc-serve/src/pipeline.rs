@@ -277,13 +277,13 @@ where
         for (i, job) in jobs.into_iter().enumerate() {
             if expired(&job) {
                 let waited = job.slot.arrived.elapsed();
-                job.slot.complete(Err(ServeError::DeadlineExceeded {
-                    model: self.name.clone(),
+                job.slot.complete(Err(ServeError::PipelineDeadlineExceeded {
+                    pipeline: self.name.clone(),
                     waited,
                     stage: "queued",
                 }));
             } else if job.slot.is_cancelled() {
-                job.slot.complete(Err(ServeError::Cancelled { model: self.name.clone() }));
+                job.slot.complete(Err(ServeError::PipelineCancelled { pipeline: self.name.clone() }));
             } else {
                 match inputs.get(i) {
                     Some(Ok(bytes)) => kept_inputs.push_bytes(bytes),
