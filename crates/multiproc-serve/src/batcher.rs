@@ -386,6 +386,22 @@ impl BatchQueue {
         drop(s);
         bell.clear();
     }
+
+    /// A worker thread woken for work it will not take (its worker died)
+    /// passes the wake-up on to another idle worker thread, if work waits.
+    pub fn pass_on(&self) {
+        let mut s = self.lock();
+        if s.items.is_empty() {
+            return;
+        }
+        if s.waiting > 0 {
+            drop(s);
+            self.changed.notify_one();
+        } else if let Some(ringer) = s.rouse_one() {
+            drop(s);
+            ringer.ring();
+        }
+    }
 }
 
 impl State {
@@ -510,5 +526,43 @@ mod tests {
         let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()) else { panic!("no batch") };
         q.push_front(b);
         assert_eq!((q.arrivals(), q.len()), (4, 4), "a batch put back is not a new arrival");
+    }
+
+    /// Runs `sleep_while_empty` on a thread of its own with a bell of its
+    /// own; the thread returns whether the sleep ended within 10 s.
+    fn sleeper(q: &Arc<BatchQueue>) -> std::thread::JoinHandle<bool> {
+        let q = Arc::clone(q);
+        std::thread::spawn(move || {
+            let bell = Bell::new().unwrap();
+            let start = Instant::now();
+            q.sleep_while_empty(&bell, || bell.sleep(&[], Duration::from_secs(10)));
+            start.elapsed() < Duration::from_secs(9)
+        })
+    }
+
+    #[test]
+    fn a_push_rings_a_sleeper_and_a_sleeper_that_leaves_it_to_others_passes_it_on() {
+        let q = Arc::new(BatchQueue::new(4));
+        let sleepers = |q: &BatchQueue| q.lock().sleepers.len();
+        let first = sleeper(&q);
+        let second = sleeper(&q);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sleepers(&q) < 2 {
+            assert!(Instant::now() < deadline, "the sleepers never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+        // One of them is rung; say its worker died: it leaves the request
+        // to the other, which must hear of it.
+        while sleepers(&q) == 2 {
+            assert!(Instant::now() < deadline, "a push rang no sleeper");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        q.pass_on();
+        assert!(first.join().unwrap() && second.join().unwrap(), "a sleeper slept on with a request queued");
+        let q = BatchQueue::new(4);
+        q.close();
+        let bell = Bell::new().unwrap();
+        q.sleep_while_empty(&bell, || panic!("a closed queue let its worker thread sleep"));
     }
 }

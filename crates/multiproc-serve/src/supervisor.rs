@@ -292,6 +292,9 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker, bell: Optio
                         let watched: [&dyn multiproc::Waitable; 2] = [&worker.ends.replies, &worker.process];
                         group.queue.sleep_while_empty(bell, || bell.sleep(&watched, IDLE_BACKSTOP));
                         if let Err(gone) = look_at_idle(group, worker) {
+                            // A request that rang as the worker died is
+                            // for another idle worker.
+                            group.queue.pass_on();
                             return gone;
                         }
                     }
