@@ -254,6 +254,14 @@ pub enum ServeError {
         /// How many requests it may hold.
         capacity: usize,
     },
+    /// A request for a pipeline is malformed: the wrong types, or a version asked for.
+    #[error("bad input for pipeline '{pipeline}': {reason}")]
+    PipelineBadInput {
+        /// The pipeline.
+        pipeline: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The deadline of a request sent to a pipeline passed (once it left
     /// the pipeline for its model's queue and was dropped there, the error
     /// is [`ServeError::DeadlineExceeded`], naming the model).
@@ -288,7 +296,7 @@ impl ServeError {
         match self {
             ServeError::UnknownModel { .. } => ErrorKind::UnknownModel,
             ServeError::UnknownVersion { .. } => ErrorKind::UnknownVersion,
-            ServeError::BadInput { .. } => ErrorKind::BadInput,
+            ServeError::BadInput { .. } | ServeError::PipelineBadInput { .. } => ErrorKind::BadInput,
             ServeError::NotReady { .. } => ErrorKind::NotReady,
             ServeError::Overloaded { .. } | ServeError::PipelineOverloaded { .. } => ErrorKind::Overloaded,
             ServeError::CrashLooping { .. } => ErrorKind::CrashLooping,

@@ -456,8 +456,8 @@ where
         if input == TypeId::of::<R>() && output == TypeId::of::<P>() {
             return Ok(());
         }
-        Err(ServeError::BadInput {
-            model: self.name.clone(),
+        Err(ServeError::PipelineBadInput {
+            pipeline: self.name.clone(),
             reason: format!(
                 "the pipeline takes {} and returns {}",
                 std::any::type_name::<R>(),

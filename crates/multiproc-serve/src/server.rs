@@ -316,8 +316,9 @@ impl Server {
             }
             Endpoint::Pipeline(p) => {
                 if version.is_some() {
-                    let model = model.into();
-                    return Err(ServeError::BadInput { model, reason: "a pipeline has no versions".to_string() });
+                    let pipeline = model.into();
+                    let reason = "a pipeline has no versions: send the request without one".to_string();
+                    return Err(ServeError::PipelineBadInput { pipeline, reason });
                 }
                 p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
                 let deadline = timeout.map(|t| after(slot.arrived, t));
