@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::bell::{Bell, Ringer};
 use crate::deadline::after;
 use crate::gauge::InFlight;
 use crate::items::Encoded;
@@ -82,6 +83,12 @@ struct State {
     generation: u64,
     /// Worker threads waiting in `next_batch` (a push wakes one only if any).
     waiting: usize,
+    /// The bells of the worker threads asleep in `sleep_while_empty`: a
+    /// push with no thread waiting in `next_batch` rings one.
+    sleepers: Vec<Ringer>,
+    /// Sleepers rung and not awake yet: worker threads on their way to
+    /// `next_batch` (no batch is taken ahead for a busy worker meanwhile).
+    roused: usize,
     /// Requests taken ahead by [`BatchQueue::take_full`] that their worker
     /// has not started: they still count against the capacity, so taking
     /// ahead never lets more requests wait than the queue holds.
@@ -129,6 +136,8 @@ impl BatchQueue {
                 stopped: false,
                 generation: 0,
                 waiting: 0,
+                sleepers: Vec::new(),
+                roused: 0,
                 held: 0,
             }),
             changed: Condvar::new(),
@@ -161,10 +170,13 @@ impl BatchQueue {
         }
         s.items.push_back(p);
         let wake = s.waiting > 0;
+        let ring = if wake { None } else { s.rouse_one() };
         drop(s);
         self.arrived(1);
         if wake {
             self.changed.notify_one();
+        } else if let Some(ringer) = ring {
+            ringer.ring();
         }
         Ok(())
     }
@@ -180,11 +192,13 @@ impl BatchQueue {
         let n = batch.len();
         s.items.extend(batch);
         let wake = s.waiting > 0;
+        let rung = s.rouse_all();
         drop(s);
         self.arrived(n);
         if wake {
             self.changed.notify_all();
         }
+        rung.iter().for_each(Ringer::ring);
         Ok(())
     }
 
@@ -194,8 +208,10 @@ impl BatchQueue {
         for p in batch.into_iter().rev() {
             s.items.push_front(p);
         }
+        let rung = s.rouse_all();
         drop(s);
         self.changed.notify_all();
+        rung.iter().for_each(Ringer::ring);
     }
 
     fn arrived(&self, n: usize) {
@@ -224,8 +240,10 @@ impl BatchQueue {
         let mut s = self.lock();
         s.accepting = false;
         s.generation += 1;
+        let rung = s.rouse_all();
         drop(s);
         self.changed.notify_all();
+        rung.iter().for_each(Ringer::ring);
     }
 
     /// Accepts again (a drained version loaded anew).
@@ -242,8 +260,10 @@ impl BatchQueue {
         s.stopped = true;
         s.generation += 1;
         let left = s.items.drain(..).collect();
+        let rung = s.rouse_all();
         drop(s);
         self.changed.notify_all();
+        rung.iter().for_each(Ringer::ring);
         left
     }
 
@@ -259,7 +279,7 @@ impl BatchQueue {
     pub fn take_full(&self, settings: &ModelSettings, dropped: &mut Vec<Pending>) -> Option<Vec<Pending>> {
         let max = settings.max_batch_size;
         let mut s = self.lock();
-        if s.stopped || s.waiting > 0 || s.items.len() < max {
+        if s.stopped || s.waiting > 0 || s.roused > 0 || !s.sleepers.is_empty() || s.items.len() < max {
             return None;
         }
         sweep(&mut s, max, Instant::now(), dropped);
@@ -316,8 +336,14 @@ impl BatchQueue {
                 };
                 if let Some((size, reason)) = decision {
                     let batch: Vec<Pending> = s.items.drain(..size).collect();
-                    if !s.items.is_empty() && s.waiting > 0 {
-                        self.changed.notify_one();
+                    if !s.items.is_empty() {
+                        // More work: for another idle worker thread.
+                        if s.waiting > 0 {
+                            self.changed.notify_one();
+                        } else if let Some(ringer) = s.rouse_one() {
+                            drop(s);
+                            ringer.ring();
+                        }
                     }
                     return Next::Batch(batch, reason);
                 }
@@ -334,6 +360,62 @@ impl BatchQueue {
             s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
             s.waiting -= 1;
         }
+    }
+}
+
+impl BatchQueue {
+    /// Sleeps by `sleep` (on `bell` and whatever else the caller watches)
+    /// while nothing is queued: a request that comes, or the queue closing
+    /// or stopping, rings `bell`. Returns at once if a request is queued or
+    /// the queue no longer accepts requests. A ring that comes after the
+    /// sleep ended for another reason ends the next sleep early, no more.
+    pub fn sleep_while_empty(&self, bell: &Bell, sleep: impl FnOnce()) {
+        {
+            let mut s = self.lock();
+            if !s.items.is_empty() || !s.accepting || s.stopped {
+                return;
+            }
+            s.sleepers.push(bell.ringer());
+        }
+        sleep();
+        let mut s = self.lock();
+        match s.sleepers.iter().position(|r| r.rings(bell)) {
+            Some(i) => drop(s.sleepers.swap_remove(i)),
+            None => s.roused = s.roused.saturating_sub(1),
+        }
+        drop(s);
+        bell.clear();
+    }
+
+    /// A worker thread woken for work it will not take (its worker died)
+    /// passes the wake-up on to another idle worker thread, if work waits.
+    pub fn pass_on(&self) {
+        let mut s = self.lock();
+        if s.items.is_empty() {
+            return;
+        }
+        if s.waiting > 0 {
+            drop(s);
+            self.changed.notify_one();
+        } else if let Some(ringer) = s.rouse_one() {
+            drop(s);
+            ringer.ring();
+        }
+    }
+}
+
+impl State {
+    /// Takes one sleeper's bell, to ring (after the lock is released).
+    fn rouse_one(&mut self) -> Option<Ringer> {
+        let ringer = self.sleepers.pop()?;
+        self.roused += 1;
+        Some(ringer)
+    }
+
+    /// Takes every sleeper's bell, to ring (after the lock is released).
+    fn rouse_all(&mut self) -> Vec<Ringer> {
+        self.roused += self.sleepers.len();
+        std::mem::take(&mut self.sleepers)
     }
 }
 
@@ -444,5 +526,43 @@ mod tests {
         let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()) else { panic!("no batch") };
         q.push_front(b);
         assert_eq!((q.arrivals(), q.len()), (4, 4), "a batch put back is not a new arrival");
+    }
+
+    /// Runs `sleep_while_empty` on a thread of its own with a bell of its
+    /// own; the thread returns whether the sleep ended within 10 s.
+    fn sleeper(q: &Arc<BatchQueue>) -> std::thread::JoinHandle<bool> {
+        let q = Arc::clone(q);
+        std::thread::spawn(move || {
+            let bell = Bell::new().unwrap();
+            let start = Instant::now();
+            q.sleep_while_empty(&bell, || bell.sleep(&[], Duration::from_secs(10)));
+            start.elapsed() < Duration::from_secs(9)
+        })
+    }
+
+    #[test]
+    fn a_push_rings_a_sleeper_and_a_sleeper_that_leaves_it_to_others_passes_it_on() {
+        let q = Arc::new(BatchQueue::new(4));
+        let sleepers = |q: &BatchQueue| q.lock().sleepers.len();
+        let first = sleeper(&q);
+        let second = sleeper(&q);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sleepers(&q) < 2 {
+            assert!(Instant::now() < deadline, "the sleepers never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+        // One of them is rung; say its worker died: it leaves the request
+        // to the other, which must hear of it.
+        while sleepers(&q) == 2 {
+            assert!(Instant::now() < deadline, "a push rang no sleeper");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        q.pass_on();
+        assert!(first.join().unwrap() && second.join().unwrap(), "a sleeper slept on with a request queued");
+        let q = BatchQueue::new(4);
+        q.close();
+        let bell = Bell::new().unwrap();
+        q.sleep_while_empty(&bell, || panic!("a closed queue let its worker thread sleep"));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::ServeError;
+use crate::name::Target;
 use crate::slot::Slot;
 
 /// The instant `d` after `from`. A duration past what an `Instant` can
@@ -23,7 +23,7 @@ struct Entry {
     at: Instant,
     seq: u64,
     slot: Weak<Slot>,
-    model: String,
+    target: Target,
 }
 
 impl PartialEq for Entry {
@@ -76,7 +76,7 @@ impl Deadlines {
     }
 
     /// Fails `slot` with `DeadlineExceeded` at `at` unless answered first.
-    pub fn watch(&self, at: Instant, slot: &Arc<Slot>, model: String) {
+    pub fn watch(&self, at: Instant, slot: &Arc<Slot>, target: Target) {
         let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.stopped {
             return;
@@ -88,7 +88,7 @@ impl Deadlines {
             s.heap.retain(|Reverse(e)| e.slot.upgrade().is_some_and(|slot| !slot.is_done()));
             s.sweep_at = s.heap.len().saturating_mul(2);
         }
-        s.heap.push(Reverse(Entry { at, seq, slot: Arc::downgrade(slot), model }));
+        s.heap.push(Reverse(Entry { at, seq, slot: Arc::downgrade(slot), target }));
         if s.thread.is_none() {
             let shared = Arc::clone(&self.shared);
             s.thread = std::thread::Builder::new().name("serve-deadlines".into()).spawn(move || run(&shared)).ok();
@@ -124,7 +124,7 @@ fn run(shared: &Shared) {
                 {
                     slot.cancel();
                     let waited = slot.arrived.elapsed();
-                    slot.complete(Err(ServeError::DeadlineExceeded { model: e.model, waited, stage: "waiting" }));
+                    slot.complete(Err(e.target.deadline_exceeded(waited, "waiting")));
                 }
             }
             Some(at) => s = shared.changed.wait_timeout(s, at - now).unwrap_or_else(|e| e.into_inner()).0,
@@ -142,17 +142,18 @@ mod tests {
         let deadlines = Deadlines::new();
         let later = after(Instant::now(), Duration::from_secs(3600));
         let waiting: Vec<Arc<Slot>> = (0..10).map(|_| Slot::new()).collect();
-        waiting.iter().for_each(|slot| deadlines.watch(later, slot, "m".into()));
+        let m = || Target::model("m".into());
+        waiting.iter().for_each(|slot| deadlines.watch(later, slot, m()));
         for _ in 0..100_000 {
             // A request answered (and its slot gone) long before its deadline.
-            deadlines.watch(later, &Slot::new(), "m".into());
+            deadlines.watch(later, &Slot::new(), m());
         }
         let len = deadlines.shared.state.lock().unwrap().heap.len();
         assert!(len <= 2 * SWEEP_LEAST, "{len} deadlines kept for 10 waiting requests");
         // The requests still waiting keep theirs.
         let soon = after(Instant::now(), Duration::from_millis(50));
         let late = Slot::new();
-        deadlines.watch(soon, &late, "m".into());
+        deadlines.watch(soon, &late, m());
         assert!(late.wait_for(Duration::from_secs(30)).is_some_and(|r| r.is_err()));
         let s = deadlines.shared.state.lock().unwrap();
         assert!(s.heap.iter().filter(|Reverse(e)| e.slot.upgrade().is_some()).count() == 10);

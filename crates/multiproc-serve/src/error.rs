@@ -99,6 +99,9 @@ impl ErrorKind {
 /// let e = ServeError::PipelineFailed { pipeline: "p".into(), stage: "preprocessing", message: "bad".into() };
 /// assert_eq!(e.to_string(), "pipeline 'p': preprocessing failed: bad");
 /// assert_eq!(e.http_status(), 500);
+/// let e = ServeError::PipelineCancelled { pipeline: "p".into() };
+/// assert_eq!((e.kind(), e.http_status()), (ErrorKind::Cancelled, 499));
+/// assert_eq!(e.to_string(), "pipeline 'p': the request was cancelled by its caller");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -251,6 +254,33 @@ pub enum ServeError {
         /// How many requests it may hold.
         capacity: usize,
     },
+    /// A request for a pipeline is malformed: the wrong types, or a version asked for.
+    #[error("bad input for pipeline '{pipeline}': {reason}")]
+    PipelineBadInput {
+        /// The pipeline.
+        pipeline: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The deadline of a request sent to a pipeline passed (once it left
+    /// the pipeline for its model's queue and was dropped there, the error
+    /// is [`ServeError::DeadlineExceeded`], naming the model).
+    #[error("pipeline '{pipeline}': the request's deadline passed after {waited:?} ({stage})")]
+    PipelineDeadlineExceeded {
+        /// The pipeline.
+        pipeline: String,
+        /// How long the request waited.
+        waited: Duration,
+        /// Where it was: "queued" (in the pipeline's queue: it was never
+        /// preprocessed) or "waiting" (as for [`ServeError::DeadlineExceeded`]).
+        stage: &'static str,
+    },
+    /// The caller of a request sent to a pipeline gave up (dropped the future).
+    #[error("pipeline '{pipeline}': the request was cancelled by its caller")]
+    PipelineCancelled {
+        /// The pipeline.
+        pipeline: String,
+    },
     /// A management call or the server itself failed.
     #[error("{0}")]
     Internal(String),
@@ -266,7 +296,7 @@ impl ServeError {
         match self {
             ServeError::UnknownModel { .. } => ErrorKind::UnknownModel,
             ServeError::UnknownVersion { .. } => ErrorKind::UnknownVersion,
-            ServeError::BadInput { .. } => ErrorKind::BadInput,
+            ServeError::BadInput { .. } | ServeError::PipelineBadInput { .. } => ErrorKind::BadInput,
             ServeError::NotReady { .. } => ErrorKind::NotReady,
             ServeError::Overloaded { .. } | ServeError::PipelineOverloaded { .. } => ErrorKind::Overloaded,
             ServeError::CrashLooping { .. } => ErrorKind::CrashLooping,
@@ -274,8 +304,10 @@ impl ServeError {
             ServeError::ModelFailed { .. } | ServeError::PipelineFailed { .. } => ErrorKind::ModelFailed,
             ServeError::WorkerLost { .. } | ServeError::PipelineWorkerLost { .. } => ErrorKind::WorkerLost,
             ServeError::CallTimeout { .. } => ErrorKind::CallTimeout,
-            ServeError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
-            ServeError::Cancelled { .. } => ErrorKind::Cancelled,
+            ServeError::DeadlineExceeded { .. } | ServeError::PipelineDeadlineExceeded { .. } => {
+                ErrorKind::DeadlineExceeded
+            }
+            ServeError::Cancelled { .. } | ServeError::PipelineCancelled { .. } => ErrorKind::Cancelled,
             ServeError::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -87,6 +87,7 @@
 #![warn(missing_docs)]
 
 mod batcher;
+mod bell;
 pub mod command;
 mod deadline;
 mod error;

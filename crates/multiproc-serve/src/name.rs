@@ -3,8 +3,11 @@
 //! name is usually a word, and a request is sent a million times a second).
 
 use std::fmt;
+use std::time::Duration;
 
 use compact_str::CompactString;
+
+use crate::error::ServeError;
 
 /// A model's (or pipeline's) name as a [`Request`](crate::Request) holds
 /// it: made from whatever makes a `String` (`&str`, `&String`, `String`,
@@ -104,6 +107,38 @@ impl fmt::Debug for ModelName {
     }
 }
 
+/// What a request was sent to, for the errors that name it after it left
+/// the submitting call (its deadline): a model, or a pipeline, named as a
+/// pipeline and not as if it were a model.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Target {
+    name: ModelName,
+    pipeline: bool,
+}
+
+impl Target {
+    /// A model named `name`.
+    pub(crate) fn model(name: ModelName) -> Target {
+        Target { name, pipeline: false }
+    }
+
+    /// A pipeline named `name`.
+    pub(crate) fn pipeline(name: ModelName) -> Target {
+        Target { name, pipeline: true }
+    }
+
+    /// The error of a request to this target whose deadline passed after
+    /// `waited`, at `stage` (see [`ServeError::DeadlineExceeded`]).
+    pub(crate) fn deadline_exceeded(self, waited: Duration, stage: &'static str) -> ServeError {
+        let name = String::from(self.name);
+        if self.pipeline {
+            ServeError::PipelineDeadlineExceeded { pipeline: name, waited, stage }
+        } else {
+            ServeError::DeadlineExceeded { model: name, waited, stage }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +154,14 @@ mod tests {
             assert_eq!(ModelName::from(name.clone().into_boxed_str()).as_str(), name);
         }
         assert_eq!(format!("{:?} {}", ModelName::from("m"), ModelName::from("m")), "\"m\" m");
+    }
+
+    #[test]
+    fn a_deadline_names_a_pipeline_as_a_pipeline() {
+        let waited = Duration::from_millis(5);
+        let e = Target::pipeline("p".into()).deadline_exceeded(waited, "waiting");
+        assert_eq!(e.to_string(), "pipeline 'p': the request's deadline passed after 5ms (waiting)");
+        let e = Target::model("m".into()).deadline_exceeded(waited, "queued");
+        assert_eq!(e.to_string(), "model 'm': the request's deadline passed after 5ms (queued)");
     }
 }

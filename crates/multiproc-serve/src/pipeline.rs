@@ -277,13 +277,13 @@ where
         for (i, job) in jobs.into_iter().enumerate() {
             if expired(&job) {
                 let waited = job.slot.arrived.elapsed();
-                job.slot.complete(Err(ServeError::DeadlineExceeded {
-                    model: self.name.clone(),
+                job.slot.complete(Err(ServeError::PipelineDeadlineExceeded {
+                    pipeline: self.name.clone(),
                     waited,
                     stage: "queued",
                 }));
             } else if job.slot.is_cancelled() {
-                job.slot.complete(Err(ServeError::Cancelled { model: self.name.clone() }));
+                job.slot.complete(Err(ServeError::PipelineCancelled { pipeline: self.name.clone() }));
             } else {
                 match inputs.get(i) {
                     Some(Ok(bytes)) => kept_inputs.push_bytes(bytes),
@@ -456,8 +456,8 @@ where
         if input == TypeId::of::<R>() && output == TypeId::of::<P>() {
             return Ok(());
         }
-        Err(ServeError::BadInput {
-            model: self.name.clone(),
+        Err(ServeError::PipelineBadInput {
+            pipeline: self.name.clone(),
             reason: format!(
                 "the pipeline takes {} and returns {}",
                 std::any::type_name::<R>(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::ServeError;
-use crate::name::ModelName;
+use crate::name::{ModelName, Target};
 use crate::slot::{Answer, Slot};
 
 /// One request: the model, an optional version, the input and an optional
@@ -98,7 +98,8 @@ pub(crate) fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant
 /// Dropping it cancels the request if it has not reached a worker yet.
 #[must_use = "a future does nothing unless polled; dropping it cancels the request"]
 pub struct InferFuture<O> {
-    pub(crate) model: ModelName,
+    /// What the request went to, for its deadline's error.
+    pub(crate) target: Target,
     pub(crate) slot: Result<Arc<Slot>, Option<ServeError>>,
     pub(crate) _output: PhantomData<fn() -> O>,
 }
@@ -144,8 +145,8 @@ impl<O: DeserializeOwned> InferFuture<O> {
                     // blocking infer does): an answer that comes later goes
                     // nowhere and counts as the deadline its caller saw.
                     slot.cancel();
-                    let model = std::mem::take(&mut self.model).into();
-                    let e = ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" };
+                    let target = std::mem::take(&mut self.target);
+                    let e = target.deadline_exceeded(slot.arrived.elapsed(), "waiting");
                     slot.complete(Err(e.clone()));
                     Err(e)
                 }

@@ -15,7 +15,7 @@ use crate::items::Encoded;
 use crate::lone::LoneWait;
 use crate::metrics::MetricsSnapshot;
 use crate::model::{Model, ModelSpec};
-use crate::name::ModelName;
+use crate::name::Target;
 use crate::pipeline::PipelineDyn;
 use crate::pipeline_spec::{PipelineItem, PipelineSpec};
 use crate::registry::ModelEntry;
@@ -300,7 +300,7 @@ impl Server {
         &self,
         request: Request<I>,
         slot: &Arc<Slot>,
-    ) -> Result<(Option<Instant>, ModelName), ServeError> {
+    ) -> Result<(Option<Instant>, Target), ServeError> {
         self.check_running()?;
         let Request { model, version, input, timeout } = request;
         match self.endpoint(&model)? {
@@ -312,17 +312,18 @@ impl Server {
                     reason: format!("input does not encode: {e}"),
                 })?;
                 self.submit_bytes(&entry, version, Encoded::Own(bytes), Arc::clone(slot), deadline, None, false)?;
-                Ok((deadline, model))
+                Ok((deadline, Target::model(model)))
             }
             Endpoint::Pipeline(p) => {
                 if version.is_some() {
-                    let model = model.into();
-                    return Err(ServeError::BadInput { model, reason: "a pipeline has no versions".to_string() });
+                    let pipeline = model.into();
+                    let reason = "a pipeline has no versions: send the request without one".to_string();
+                    return Err(ServeError::PipelineBadInput { pipeline, reason });
                 }
                 p.check_types(std::any::TypeId::of::<I>(), std::any::TypeId::of::<O>())?;
                 let deadline = timeout.map(|t| after(slot.arrived, t));
                 p.submit(&mut Some(input), Arc::clone(slot), deadline)?;
-                Ok((deadline, model))
+                Ok((deadline, Target::pipeline(model)))
             }
         }
     }
@@ -341,14 +342,13 @@ impl Server {
         O: DeserializeOwned + 'static,
     {
         let slot = Slot::new();
-        let (deadline, model) = self.submit::<I, O>(request, &slot)?;
+        let (deadline, target) = self.submit::<I, O>(request, &slot)?;
         // A lone request polls for its answer a short while before it sleeps.
         match self.inner.lone.wait_blocking(|| slot.try_take().map(Some), || slot.wait(deadline)) {
             Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
             None => {
                 slot.cancel();
-                let model = model.into();
-                let e = ServeError::DeadlineExceeded { model, waited: slot.arrived.elapsed(), stage: "waiting" };
+                let e = target.deadline_exceeded(slot.arrived.elapsed(), "waiting");
                 slot.complete(Err(e.clone()));
                 Err(e)
             }
@@ -365,14 +365,14 @@ impl Server {
     {
         let slot = Slot::new();
         match self.submit::<I, O>(request, &slot) {
-            Ok((deadline, model)) => {
+            Ok((deadline, target)) => {
                 if let Some(d) = deadline {
-                    self.inner.deadlines.watch(d, &slot, model.to_string());
+                    self.inner.deadlines.watch(d, &slot, target.clone());
                 }
-                InferFuture { model, slot: Ok(slot), _output: PhantomData }
+                InferFuture { target, slot: Ok(slot), _output: PhantomData }
             }
-            // The error names the model; the future's name is for deadlines.
-            Err(e) => InferFuture { model: ModelName::default(), slot: Err(Some(e)), _output: PhantomData },
+            // The error names the model; the future's target is for deadlines.
+            Err(e) => InferFuture { target: Target::default(), slot: Err(Some(e)), _output: PhantomData },
         }
     }
 

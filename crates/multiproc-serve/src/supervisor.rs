@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use multiproc::{ConnectionError, Process, ProcessError};
 
 use crate::batcher::{BatchQueue, Next, Pending};
+use crate::bell::Bell;
 use crate::deadline::after;
 use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
@@ -20,8 +21,13 @@ use crate::slot::{Answer, Wakes};
 use crate::version::VersionGroup;
 use crate::worker::{FromWorker, ServerEnds, ToWorker, worker_pipes};
 
-/// How often an idle or waiting supervisor looks at its worker and its version.
+/// How often a waiting supervisor looks at its worker and its version; an
+/// idle one waits this long for a request before it sleeps (see [`Bell`]).
 const TICK: Duration = Duration::from_millis(100);
+
+/// Longest an idle supervisor sleeps: a backstop only, nothing relies on it
+/// (what it waits for wakes it).
+const IDLE_BACKSTOP: Duration = Duration::from_secs(10);
 
 /// How a worker process ended, for error messages: "killed by signal 9 (SIGKILL)".
 fn exit_status(process: &mut Process<()>) -> String {
@@ -80,6 +86,11 @@ enum Gone {
 
 /// The supervisor loop of instance `instance` of `group`.
 pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
+    let bell = Bell::new()
+        .inspect_err(|e| {
+            tracing::warn!(model = %group.model, version = group.version, "no bell, an idle supervisor polls: {e}");
+        })
+        .ok();
     let mut attempt = 0u32;
     loop {
         if group.winding_down() {
@@ -87,7 +98,7 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
         }
         let gone = match start(&group, instance) {
             Ok(mut worker) => {
-                let gone = serve(&group, instance, &mut worker);
+                let gone = serve(&group, instance, &mut worker, bell.as_ref());
                 // The backoff starts over after a healthy worker (it
                 // answered a batch, or lived past the crash window); one
                 // that loads and then dies at its first batch, again and
@@ -257,7 +268,7 @@ impl Sent {
 /// load it holds a second full batch in its pipe while it runs one, and
 /// when an answer comes with nothing else in its pipe, the next batch (by
 /// the batching rules) is sent before the answers are routed.
-fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
+fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker, bell: Option<&Bell>) -> Gone {
     let mut dropped = Vec::new();
     let mut next_id = 0u64;
     let mut sent: VecDeque<Sent> = VecDeque::with_capacity(BATCHES_PER_WORKER);
@@ -274,10 +285,18 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
             let (batch, reason) = match next {
                 Next::Quit => return Gone::Quit,
                 Next::Idle => {
-                    forward_logs(group, worker);
-                    if !worker.process.is_alive() {
-                        let status = exit_status(&mut worker.process);
-                        return Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid));
+                    if let Err(gone) = look_at_idle(group, worker) {
+                        return gone;
+                    }
+                    if let Some(bell) = bell {
+                        let watched: [&dyn multiproc::Waitable; 2] = [&worker.ends.replies, &worker.process];
+                        group.queue.sleep_while_empty(bell, || bell.sleep(&watched, IDLE_BACKSTOP));
+                        if let Err(gone) = look_at_idle(group, worker) {
+                            // A request that rang as the worker died is
+                            // for another idle worker.
+                            group.queue.pass_on();
+                            return gone;
+                        }
                     }
                     continue;
                 }
@@ -309,6 +328,16 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker) -> Gone {
             lone.answered_lone();
         }
     }
+}
+
+/// Passes on what an idle worker logged; its death if it died.
+fn look_at_idle(group: &VersionGroup, worker: &mut Worker) -> Result<(), Gone> {
+    forward_logs(group, worker);
+    if worker.process.is_alive() {
+        return Ok(());
+    }
+    let status = exit_status(&mut worker.process);
+    Err(Gone::Crashed(format!("worker {} died while idle: {status}", worker.pid)))
 }
 
 /// Passes on the log lines an idle worker sent (an external command's stderr).

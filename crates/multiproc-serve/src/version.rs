@@ -356,7 +356,7 @@ impl VersionGroup {
             match s.state {
                 VersionState::NotStarted | VersionState::Stopped | VersionState::Failed => {
                     self.queue.close();
-                    s.state = VersionState::Stopped;
+                    self.transition(&mut s, VersionState::Stopped, "drained: no worker was running");
                     return;
                 }
                 _ => self.transition(&mut s, VersionState::Draining, "draining"),

@@ -1,28 +1,41 @@
 //! An idle worker sleeps: with no request and nothing to watch, its
-//! process does not wake up until a batch comes or its server is gone.
+//! process does not wake up until a batch comes or its server is gone; nor
+//! does the server's thread that supervises it, until a request comes, the
+//! worker dies or sends something, or the version stops.
 
 mod common;
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::{Behaviour, Doubler, PATIENCE, Tagged};
-use multiproc_serve::{ModelSpec, Request, Server};
+use common::{Behaviour, Doubler, PATIENCE, Tagged, wait_for};
+use multiproc_serve::{ModelSettings, ModelSpec, Request, RestartPolicy, Server};
 
-/// Context switches of every thread of process `pid` so far (each wake-up
-/// from a sleep is one).
+/// Context switches of the thread whose /proc directory is `task` so far
+/// (each wake-up from a sleep is one).
+fn task_wake_ups(task: &Path) -> u64 {
+    let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Context switches of every thread of process `pid` so far.
 fn wake_ups(pid: i32) -> u64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the worker's threads");
+    tasks.flatten().map(|task| task_wake_ups(&task.path())).sum()
+}
+
+/// The /proc directory of this process's thread named `name`.
+fn own_thread(name: &str) -> std::path::PathBuf {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("this process's threads");
     tasks
         .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+        .map(|task| task.path())
+        .find(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == name))
+        .unwrap_or_else(|| panic!("no thread named {name}"))
 }
 
 #[test]
@@ -42,5 +55,59 @@ fn an_idle_worker_does_not_wake_up() {
     assert!(woke <= 4, "the idle worker woke up {woke} times in 2 s");
     // Asleep, it still answers at once.
     assert_eq!(server.infer::<u64, Tagged>(Request::new("m", 4).timeout(PATIENCE)).unwrap().output.value, 8);
+    server.shutdown();
+}
+
+#[test]
+fn an_idle_supervisor_thread_does_not_wake_up_yet_sees_its_worker_die_at_once() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
+        ..Default::default()
+    };
+    server.add(ModelSpec::<Doubler>::new("sup").version(1, Behaviour::default()).settings(settings)).unwrap();
+    let reply = server.infer::<u64, Tagged>(Request::new("sup", 1).timeout(PATIENCE)).unwrap();
+    let pid = i32::try_from(reply.output.pid).unwrap();
+    // The thread that supervises instance 0 of version 1 of "sup".
+    let supervisor = own_thread("serve-sup-v1-0");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = task_wake_ups(&supervisor);
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = task_wake_ups(&supervisor) - before;
+    // Looking at its worker every 100 ms would be about 20.
+    assert!(woke <= 4, "the idle supervisor woke up {woke} times in 2 s");
+    // Asleep, it still sees its worker die, and restarts it.
+    common::kill(pid);
+    let restarted = || {
+        let v = server.status().model("sup").unwrap().versions[0].clone();
+        v.ready && v.restarts == 1 && v.workers[0].pid.is_some_and(|p| p != pid)
+    };
+    assert!(wait_for(PATIENCE, restarted), "the worker killed while idle was not restarted");
+    let reply = server.infer::<u64, Tagged>(Request::new("sup", 5).timeout(PATIENCE)).unwrap();
+    assert_eq!(reply.output.value, 10);
+    // And it stops at once when the server shuts down.
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    server.shutdown();
+    assert!(start.elapsed() < Duration::from_secs(5), "shutdown took {:?}", start.elapsed());
+}
+
+#[test]
+fn requests_that_come_to_sleeping_supervisors_wake_as_many_as_they_need() {
+    let server = Server::new();
+    let settings = ModelSettings { instances: 2, max_batch_size: 1, ..Default::default() };
+    let slow = Behaviour { batch_ms: 400, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("pair").version(1, slow).settings(settings)).unwrap();
+    // Both supervisors fall asleep (past their wait for a first request).
+    std::thread::sleep(Duration::from_millis(500));
+    // Two requests at once: each wakes a supervisor of its own, so the two
+    // run side by side, one per worker.
+    let start = Instant::now();
+    let futures: Vec<_> =
+        (0..2).map(|x| server.infer_async::<u64, Tagged>(Request::new("pair", x).timeout(PATIENCE))).collect();
+    let pids: Vec<u32> = futures.into_iter().map(|f| common::block_on(f, PATIENCE).unwrap().output.pid).collect();
+    assert_ne!(pids[0], pids[1], "one worker ran both requests: the other slept on");
+    // (Well within the sleep's 10 s backstop: the requests woke them.)
+    assert!(start.elapsed() < Duration::from_secs(5), "answered after {:?}", start.elapsed());
     server.shutdown();
 }

@@ -63,7 +63,13 @@ fn every_result_reaches_its_request_through_the_stages() {
     assert!(p.ready);
     assert_eq!(p.pipeline.as_ref().unwrap().preprocess_processes, 2);
     // The caller's types are checked.
-    assert_eq!(server.infer::<u64, String>(Request::new("words", 1)).unwrap_err().kind(), ErrorKind::BadInput);
+    let err = server.infer::<u64, String>(Request::new("words", 1)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadInput);
+    assert_names_the_pipeline(&err, "words");
+    // A pipeline has no versions to ask for; the error says so of the pipeline.
+    let err = server.infer::<String, String>(Request::new("words", "1".to_string()).version(1)).unwrap_err();
+    assert_eq!((err.kind(), err.http_status()), (ErrorKind::BadInput, 400));
+    assert!(err.to_string().starts_with("bad input for pipeline 'words'"), "{err}");
     server.shutdown();
 }
 

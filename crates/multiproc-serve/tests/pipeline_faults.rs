@@ -263,3 +263,20 @@ fn requests_abandoned_before_preprocessing_are_not_preprocessed() {
     assert!(live.is_ok() && after == 1, "{live:?}, {after} preprocessed");
     server.shutdown();
 }
+
+#[test]
+fn a_pipeline_requests_deadline_names_the_pipeline_not_a_model() {
+    let server = server_with_pipeline();
+    let short = Duration::from_millis(100);
+    let slow = || Request::new("p", "slow".to_string()).timeout(short);
+    // Past its deadline in preprocessing: the blocking call, the future
+    // (the server's deadline timer) and the future's own timeout.
+    let blocking = server.infer::<String, Tagged>(slow()).unwrap_err();
+    let timed = block_on(server.infer_async::<String, Tagged>(slow()), PATIENCE).unwrap_err();
+    let waited = server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string())).wait_timeout(short);
+    for err in [blocking, timed, waited.unwrap_err()] {
+        assert_eq!((err.kind(), err.http_status()), (multiproc_serve::ErrorKind::DeadlineExceeded, 504), "{err}");
+        assert!(err.to_string().starts_with("pipeline 'p': the request's deadline passed"), "{err}");
+    }
+    server.shutdown();
+}

@@ -136,3 +136,22 @@ fn a_draining_version_that_cannot_reload_fails_its_queue_without_waiting_for_the
     assert_eq!((v.state, v.in_flight, v.queue_depth), (VersionState::Stopped, 0, 0), "{v:?}");
     server.shutdown();
 }
+
+#[test]
+fn unloading_a_version_never_started_logs_its_stop_as_every_transition() {
+    let log = common::capture_log();
+    let server = Server::new();
+    let settings = ModelSettings { start: multiproc_serve::StartMode::Lazy, ..Default::default() };
+    let spec = multiproc_serve::ModelSpec::<common::Doubler>::new("never-started").version(1, Default::default());
+    server.add(spec.settings(settings)).unwrap();
+    server.unload("never-started").unwrap();
+    let state = server.status().model("never-started").unwrap().versions[0].state;
+    assert_eq!(state, VersionState::Stopped);
+    let logged = log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|l| l.contains("model=never-started") && l.contains("from=not-started") && l.contains("to=stopped"));
+    assert!(logged, "the stop of a version never started was not logged");
+    server.shutdown();
+}
