@@ -10,7 +10,9 @@
 //! - it removes the name when its last handle is dropped (or on `unlink`);
 //! - if it dies first (even by `kill -9`), its tracker (a detached helper
 //!   process, one per creating process, see `tracker.rs`) removes every name
-//!   it still owns as soon as the creator's end of the tracker socket closes;
+//!   it still owns as soon as the creator's end of the tracker socket closes
+//!   (also a name whose file lost its trailer to another process that cut it
+//!   short: the tracker knows the file's inode);
 //! - should the tracker be gone as well, the next `create` of the same name
 //!   finds the creator dead (by pid and start time) and reclaims the name.
 //!
@@ -120,11 +122,26 @@ pub(crate) fn unlink_if_owned(name: &str, expected: Owner) -> bool {
     matches && shm::unlink_named(name).is_ok()
 }
 
-/// True if `/dev/shm/<name>` is the file `map` maps (same inode on the same
-/// file system).
+/// Removes `/dev/shm/<name>` for the tracker of its creator `(pid, start
+/// time)`, now gone: if the trailer names the creator, or if the name still
+/// names the file the creator made (`inode`) but its trailer is gone (another
+/// process cut the file short).
+pub(crate) fn unlink_for_creator(name: &str, (pid, start): (u32, u64), inode: Option<u64>) -> bool {
+    if unlink_if_owned(name, Owner::Process(pid, start)) {
+        return true;
+    }
+    inode.is_some_and(|inode| names_file(name, inode)) && shm::unlink_named(name).is_ok()
+}
+
+/// True if `/dev/shm/<name>` is the file with this inode (on the one
+/// file system of `/dev/shm`).
+fn names_file(name: &str, inode: u64) -> bool {
+    shm::named_inode(name).is_ok_and(|named| named == inode)
+}
+
+/// True if `/dev/shm/<name>` is the file `map` maps.
 fn is_our_file(name: &str, map: &Mapping) -> bool {
-    let ours = shm::file_identity(map.as_fd()).map(|(inode, _)| inode);
-    matches!((shm::named_inode(name), ours), (Ok(a), Ok(b)) if a == b)
+    shm::file_identity(map.as_fd()).is_ok_and(|(inode, _)| names_file(name, inode))
 }
 
 fn check_name(name: &str) -> Result<&str, SharedMemoryError> {
@@ -289,6 +306,11 @@ impl SharedMemory {
                 return Err(SharedMemoryError::from_create(e, &bare));
             }
         };
+        // Before the trailer: the tracker can then remove the file even if
+        // another process cuts the trailer away (or we die before writing it).
+        if let Ok((inode, _)) = shm::file_identity(map.as_fd()) {
+            tracker::record_inode(&bare, inode);
+        }
         let (pid, start) = this_process();
         let nonce = nonce();
         // SAFETY: the trailer offset is 8-aligned and within the mapping of
