@@ -32,6 +32,7 @@ use super::error::SharedMemoryError;
 use super::tracker;
 use crate::memory::plain;
 use crate::sys::imp::shm::{self, Mapping};
+use crate::sys::imp::sparse;
 use crate::sys::imp::{self, thread};
 use crate::wire::fd_serde;
 
@@ -395,12 +396,23 @@ impl SharedMemory {
     ///
     /// [`SharedMemoryError::OutOfRange`] if the range is not inside the
     /// segment; [`SharedMemoryError::Truncated`] if another process cut a
-    /// named segment's file short of it.
+    /// named segment's file short of it (also while the copy ran).
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), SharedMemoryError> {
-        self.check_range(offset, buf.len())?;
-        // SAFETY: the range is inside the mapping (checked); the shared bytes
-        // are only accessed atomically or through `unsafe` views whose users
-        // take responsibility; `buf` is private.
+        let end = self.check_range(offset, buf.len())?;
+        if let Some(name) = &self.inner.name {
+            // A named segment's file may be cut short at any moment, also in
+            // the middle of a copy through the mapping (a SIGBUS): copy
+            // through the file, where a cut ends the copy early instead.
+            let copied = shm::read_file_at(self.inner.map.as_fd(), buf, offset as u64)?;
+            if copied < buf.len() {
+                return Err(self.truncated(name, offset, end)?);
+            }
+            return Ok(());
+        }
+        // SAFETY: the range is inside the mapping (checked), whose anonymous
+        // file is sealed against shrinking; the shared bytes are only
+        // accessed atomically or through `unsafe` views whose users take
+        // responsibility; `buf` is private.
         unsafe { plain::copy_in(self.inner.map.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -409,30 +421,39 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// As for [`read_at`](SharedMemory::read_at).
+    /// As for [`read_at`](SharedMemory::read_at); a named segment's file cut
+    /// short while the copy runs is not an error: the write makes the file
+    /// long enough again, as a write to the file would.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), SharedMemoryError> {
-        self.check_range(offset, data.len())?;
+        let end = self.check_range(offset, data.len())?;
+        if let Some(name) = &self.inner.name {
+            // As in `read_at`: never through the mapping, which a cut makes
+            // a SIGBUS; a file already cut short is refused.
+            let (_, file_size) = shm::file_identity(self.inner.map.as_fd())?;
+            if end as u64 > file_size {
+                return Err(self.truncated(name, offset, end)?);
+            }
+            sparse::write_all_at(self.inner.map.as_fd(), data, offset as u64)?;
+            return Ok(());
+        }
         // SAFETY: as in `read_at`.
         unsafe { plain::copy_out(data.as_ptr(), self.inner.map.as_ptr().add(offset), data.len()) };
         Ok(())
     }
 
-    fn check_range(&self, start: usize, len: usize) -> Result<(), SharedMemoryError> {
-        let end = match start.checked_add(len) {
-            Some(end) if end <= self.size() => end,
-            end => {
-                return Err(SharedMemoryError::OutOfRange { start, end: end.unwrap_or(usize::MAX), size: self.size() });
-            }
-        };
-        // A named segment's file cannot be sealed: another process may have
-        // cut it short (an anonymous one is sealed against that).
-        if let Some(name) = &self.inner.name {
-            let (_, file_size) = shm::file_identity(self.inner.map.as_fd())?;
-            if end as u64 > file_size {
-                return Err(SharedMemoryError::Truncated { name: name.clone(), file_size, start, end });
-            }
+    /// Checks that `start..start + len` lies inside the segment; returns its end.
+    fn check_range(&self, start: usize, len: usize) -> Result<usize, SharedMemoryError> {
+        match start.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(end),
+            end => Err(SharedMemoryError::OutOfRange { start, end: end.unwrap_or(usize::MAX), size: self.size() }),
         }
-        Ok(())
+    }
+
+    /// The error for bytes `start..end` of the named segment `name`, past
+    /// the end of its file (cut short by another process).
+    fn truncated(&self, name: &str, start: usize, end: usize) -> io::Result<SharedMemoryError> {
+        let (_, file_size) = shm::file_identity(self.inner.map.as_fd())?;
+        Ok(SharedMemoryError::Truncated { name: name.to_string(), file_size, start, end })
     }
 
     /// The first byte (valid for [`size`](SharedMemory::size) bytes while
