@@ -140,6 +140,41 @@ fn a_named_segment_cut_short_during_a_copy_is_not_a_sigbus() {
     }
 }
 
+/// Opens `name` again and again until `stop` is set; returns how many
+/// opens succeeded (a SIGBUS would kill this process instead).
+fn open_until_stopped(name: String, ready: multiproc::Event, stop: multiproc::Event) -> usize {
+    let mut opened = 0;
+    ready.set();
+    while !stop.is_set() {
+        if SharedMemory::open(&name).is_ok() {
+            opened += 1;
+        }
+    }
+    opened
+}
+
+#[test]
+fn a_named_segment_cut_short_while_it_is_opened_is_not_a_sigbus() {
+    use std::time::{Duration, Instant};
+    let name = unique("cut-while-opened");
+    let shm = SharedMemory::create(&name, 4096).unwrap();
+    let (ready, stop) = (multiproc::Event::new().unwrap(), multiproc::Event::new().unwrap());
+    let kid = Kid::<usize>::spawn(open_until_stopped, (name.clone(), ready.clone(), stop.clone()));
+    assert!(ready.wait_timeout(sync_support::LONG));
+    let file = std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/{name}")).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        file.set_len(0).unwrap();
+        file.set_len(4096 + 40).unwrap();
+    }
+    stop.set();
+    // An opener killed by SIGBUS fails the join.
+    let opened = kid.join();
+    assert!(opened > 0);
+    drop(shm);
+    assert!(!exists(&name));
+}
+
 #[test]
 fn named_create_attach_exists_not_found_unlink() {
     let name = unique("named");
