@@ -8,7 +8,7 @@ mod process_support;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use multiproc::{Process, ProcessError, StartMethod};
+use multiproc::{ChildOutput, Process, ProcessError, StartMethod};
 use process_support::{JOIN, children_of, count_fds, count_zombie_children};
 
 fn nothing() {}
@@ -32,12 +32,19 @@ fn leave_free_descriptors(free: usize) -> Vec<OwnedFd> {
     fillers
 }
 
-/// Starts a fork-server child while only `free` descriptors are free, for
-/// `free` from 1 up until the fork server itself starts; for each start that
-/// failed before that: how many descriptors were free, the error, the
-/// children of this process left (running or not yet reaped) and the
-/// descriptors left open.
-fn fail_fork_server_starts() -> Vec<(usize, String, usize, usize)> {
+/// Starts a child (by the fork server or spawned; with its output captured
+/// and prefixed, or inherited) while only `free` descriptors are free, for
+/// `free` from 1 up until a start gets past its own set-up (with the fork
+/// server: until the server itself starts); for each start that failed
+/// before: how many descriptors were free, the error, the children of this
+/// process left (running or not yet reaped) and the descriptors left open.
+fn fail_starts(fork_server: bool, redirect: bool) -> Vec<(usize, String, usize, usize)> {
+    let method = if fork_server { StartMethod::ForkServer } else { StartMethod::Spawn };
+    let (stdout, stderr) = if redirect {
+        (ChildOutput::Capture, ChildOutput::Prefix)
+    } else {
+        (ChildOutput::Inherit, ChildOutput::Inherit)
+    };
     // The launcher thread and other lazy state, started before the counts.
     let mut warm = Process::builder().start_method(StartMethod::Spawn).spawn(nothing, ()).unwrap();
     warm.join_timeout(JOIN).unwrap();
@@ -46,12 +53,15 @@ fn fail_fork_server_starts() -> Vec<(usize, String, usize, usize)> {
     for free in 1..=16 {
         let before = count_fds();
         let fillers = leave_free_descriptors(free);
-        let started = Process::builder().start_method(StartMethod::ForkServer).spawn(nothing, ());
+        let started = Process::builder().start_method(method).stdout(stdout).stderr(stderr).spawn(nothing, ());
         drop(fillers);
         match started {
             Err(ProcessError::Start(e)) => {
+                // Counted at once: `start` has returned, everything it
+                // opened must be closed by now.
+                let more_fds = count_fds().saturating_sub(before);
                 let left = children_of(me).len() + count_zombie_children();
-                failures.push((free, e.to_string(), left, count_fds().saturating_sub(before)));
+                failures.push((free, e.to_string(), left, more_fds));
             }
             // The fork server started (and stays, with its spares): from
             // here on a failure is another story.
@@ -65,14 +75,36 @@ fn fail_fork_server_starts() -> Vec<(usize, String, usize, usize)> {
     failures
 }
 
-#[test]
-fn fork_server_starts_that_fail_midway_leave_no_process_and_no_descriptor() {
-    let mut p = Process::builder().start_method(StartMethod::Spawn).spawn(fail_fork_server_starts, ()).unwrap();
+/// [`fail_starts`] `rounds` times (a descriptor closed late by another
+/// thread shows in some rounds only).
+fn fail_starts_repeatedly(fork_server: bool, redirect: bool, rounds: usize) -> Vec<(usize, String, usize, usize)> {
+    (0..rounds).flat_map(|_| fail_starts(fork_server, redirect)).collect()
+}
+
+/// Runs [`fail_starts`] in a child (the limit and the fillers stay there),
+/// and checks that no failed start left a process or a descriptor behind.
+fn check_failed_starts(fork_server: bool, redirect: bool, rounds: usize, at_least: usize) {
+    let mut p = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .spawn(fail_starts_repeatedly, (fork_server, redirect, rounds))
+        .unwrap();
     let failures = p.join_timeout(Duration::from_secs(120)).unwrap();
-    // Fails at the control socket, then at each request for a spare.
-    assert!(failures.len() >= 3, "expected starts to fail for want of descriptors: {failures:?}");
+    assert!(failures.len() >= at_least, "expected starts to fail for want of descriptors: {failures:?}");
     for (free, error, left, more_fds) in &failures {
         assert_eq!(*left, 0, "{free} free: the failed start ({error}) left a process behind: {failures:?}");
         assert_eq!(*more_fds, 0, "{free} free: the failed start ({error}) left descriptors open: {failures:?}");
     }
+}
+
+#[test]
+fn fork_server_starts_that_fail_midway_leave_no_process_and_no_descriptor() {
+    // Fails at the control socket, then at each request for a spare (the
+    // server, once started, stays: one round).
+    check_failed_starts(true, false, 1, 3);
+}
+
+#[test]
+fn starts_with_redirected_output_that_fail_midway_leave_no_descriptor() {
+    // Fails at each output pipe, then at the channel.
+    check_failed_starts(false, true, 30, 3);
 }

@@ -251,7 +251,13 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
         });
         args.fds.truncate(own);
         args.bytes = std::mem::take(&mut start.args);
-        let launched = launched?;
+        let launched = match launched {
+            Ok(launched) => launched,
+            Err(e) => {
+                outputs.close_unused();
+                return Err(e);
+            }
+        };
         self.task = None;
         let child = ChildShared::register(launched.pid, self.name.clone(), self.config.daemon, launched.exit);
         lifecycle!(DEBUG, "started child {} (pid {}) with {method:?}", self.name, launched.pid);

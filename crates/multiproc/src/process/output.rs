@@ -92,19 +92,36 @@ impl Outputs {
     pub(crate) fn open(name: &str, stdout: ChildOutput, stderr: ChildOutput) -> io::Result<(Outputs, ChildEnds)> {
         let mut outputs = Outputs::default();
         let mut ends = ChildEnds::default();
-        if stdout != ChildOutput::Inherit {
-            let (read, write) = stdio::pipe()?;
-            outputs.stdout = Some(Reader::start(read, stdout, StdStream::Stdout, name)?);
-            ends.fds.push(write);
-            ends.bits |= STDOUT_SENT;
+        let opened = (|| {
+            if stdout != ChildOutput::Inherit {
+                let (read, write) = stdio::pipe()?;
+                outputs.stdout = Some(Reader::start(read, stdout, StdStream::Stdout, name)?);
+                ends.fds.push(write);
+                ends.bits |= STDOUT_SENT;
+            }
+            if stderr != ChildOutput::Inherit {
+                let (read, write) = stdio::pipe()?;
+                outputs.stderr = Some(Reader::start(read, stderr, StdStream::Stderr, name)?);
+                ends.fds.push(write);
+                ends.bits |= STDERR_SENT;
+            }
+            io::Result::Ok(())
+        })();
+        match opened {
+            Ok(()) => Ok((outputs, ends)),
+            Err(e) => {
+                drop(ends);
+                outputs.close_unused();
+                Err(e)
+            }
         }
-        if stderr != ChildOutput::Inherit {
-            let (read, write) = stdio::pipe()?;
-            outputs.stderr = Some(Reader::start(read, stderr, StdStream::Stderr, name)?);
-            ends.fds.push(write);
-            ends.bits |= STDERR_SENT;
-        }
-        Ok((outputs, ends))
+    }
+
+    /// After a start that failed, with the write ends closed: waits (a
+    /// little) for the readers to end, so that their read ends are closed
+    /// when `start` returns rather than some time later.
+    pub(crate) fn close_unused(self) {
+        self.drain(Deadline::after(DRAIN));
     }
 
     /// After the child exited: waits (a little) for the readers to reach the
