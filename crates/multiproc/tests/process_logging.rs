@@ -105,6 +105,75 @@ fn a_child_that_writes_a_lot_does_not_block_on_a_full_pipe() {
     assert!(out.ends_with("line 49999\n"));
 }
 
+/// Bytes `write_without_newline` writes: several MiB, no `'\n'` among them.
+const UNBROKEN: usize = 8 << 20;
+
+/// The longest piece of a line the parent buffers before copying it out
+/// (documented on `ChildOutput::Prefix`).
+const LONGEST_PIECE: usize = 64 << 10;
+
+fn unbroken_byte(i: usize) -> u8 {
+    b'a' + (i % 26) as u8
+}
+
+/// Writes [`UNBROKEN`] bytes without a newline, then stays alive until
+/// `release` is set (so the parent sees the output before the pipe's end);
+/// returns whether it was released (rather than timing out).
+fn write_without_newline(release: multiproc::Event) -> bool {
+    use std::io::Write;
+    let bytes: Vec<u8> = (0..UNBROKEN).map(unbroken_byte).collect();
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes).unwrap();
+    out.flush().unwrap();
+    drop(out);
+    release.wait_timeout(Duration::from_secs(120))
+}
+
+/// Starts `write_without_newline` with its stdout prefixed (into this
+/// process's stdout, which the test captures).
+fn unbroken_prefixing_parent(release: multiproc::Event) -> bool {
+    let mut p = Process::builder()
+        .name("unbroken")
+        .stdout(ChildOutput::Prefix)
+        .spawn(write_without_newline, (release,))
+        .unwrap();
+    p.join_timeout(Duration::from_secs(150)).unwrap()
+}
+
+#[test]
+fn a_line_without_end_is_copied_out_in_bounded_pieces_as_it_comes() {
+    let release = multiproc::Event::new().unwrap();
+    let mut p =
+        Process::builder().stdout(ChildOutput::Capture).spawn(unbroken_prefixing_parent, (release.clone(),)).unwrap();
+    // The writer is still alive (its pipe open): what arrives now was
+    // copied out before the end of its output, not buffered until then.
+    let start = std::time::Instant::now();
+    let mut before_end = 0;
+    while start.elapsed() < LONG {
+        before_end = p.captured_stdout().map_or(0, |out| out.len());
+        if before_end >= UNBROKEN / 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    release.set();
+    assert!(p.join_timeout(Duration::from_secs(180)).unwrap(), "the writer was not released in time");
+    let out = p.captured_stdout().expect("captured");
+    assert!(before_end >= UNBROKEN / 2, "only {before_end} bytes came out while the writer ran");
+
+    // Every piece is a line behind the prefix, none longer than the bound,
+    // and together they are the bytes written, in order.
+    let mut joined = Vec::with_capacity(UNBROKEN);
+    for piece in out.split_inclusive(|&b| b == b'\n') {
+        let piece = piece.strip_prefix(b"[unbroken] ").expect("each piece starts with the prefix");
+        let piece = piece.strip_suffix(b"\n").expect("each piece ends with a newline");
+        assert!(piece.len() <= LONGEST_PIECE, "a piece of {} bytes", piece.len());
+        joined.extend_from_slice(piece);
+    }
+    assert_eq!(joined.len(), UNBROKEN);
+    assert!(joined.iter().enumerate().all(|(i, &b)| b == unbroken_byte(i)), "bytes lost or out of order");
+}
+
 fn die(x: u64) -> u64 {
     if x == 1 {
         std::process::exit(3);

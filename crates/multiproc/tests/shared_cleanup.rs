@@ -168,3 +168,35 @@ fn a_name_recreated_after_unlink_is_still_removed_when_its_creator_is_killed() {
     wait_gone(&[name]);
     assert_eq!(ours(&prefix), before);
 }
+
+/// Creates `name`, says so, and waits to be killed holding it.
+fn create_and_linger(name: String, ready: Event) {
+    let _shm = SharedMemory::create(&name, 3 * 4096).unwrap();
+    ready.set();
+    linger();
+}
+
+#[test]
+fn a_segment_cut_short_by_another_process_is_still_removed_when_its_creator_is_killed() {
+    let prefix = prefix("cut");
+    let before = ours(&prefix);
+    let name = format!("{prefix}short");
+    let ready = Event::new().unwrap();
+    let kid = Kid::<()>::spawn(create_and_linger, (name.clone(), ready.clone()));
+    assert!(ready.wait_timeout(LONG));
+    // Any process that can open the name can cut the file (and its trailer).
+    std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/{name}")).unwrap().set_len(0).unwrap();
+    kid.kill();
+    assert_eq!(kid.reap(), Some(-9));
+    let start = Instant::now();
+    while exists(&name) && start.elapsed() < LONG {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let left = exists(&name);
+    if left {
+        // Leave nothing behind, whatever the outcome.
+        let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+    }
+    assert!(!left, "{name} was left in /dev/shm after its creator was killed");
+    assert_eq!(ours(&prefix), before);
+}

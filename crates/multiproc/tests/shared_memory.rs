@@ -93,6 +93,88 @@ fn a_named_segment_cut_short_by_another_process_is_an_error_not_a_sigbus() {
     assert!(!exists(&name));
 }
 
+/// Size of the segment `copy_until_stopped` copies whole, again and again:
+/// large, so that each copy takes a while and a cut lands during one.
+const LARGE: usize = 32 << 20;
+
+/// Opens `name` and copies all of it out (`write` false) or in (`write`
+/// true) until `stop` is set; returns how many copies failed (a SIGBUS
+/// would kill this process instead).
+fn copy_until_stopped(name: String, write: bool, ready: multiproc::Event, stop: multiproc::Event) -> usize {
+    let shm = SharedMemory::open(&name).unwrap();
+    let mut buf = vec![7u8; LARGE];
+    let mut failed = 0;
+    ready.set();
+    while !stop.is_set() {
+        let copied = if write { shm.write_at(0, &buf) } else { shm.read_at(0, &mut buf) };
+        match copied {
+            Ok(()) => {}
+            Err(SharedMemoryError::Truncated { .. }) => failed += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    failed
+}
+
+#[test]
+fn a_named_segment_cut_short_during_a_copy_is_not_a_sigbus() {
+    use std::time::Duration;
+    for write in [false, true] {
+        let name = unique("cut-during-copy");
+        let shm = SharedMemory::create(&name, LARGE).unwrap();
+        let (ready, stop) = (multiproc::Event::new().unwrap(), multiproc::Event::new().unwrap());
+        let kid = Kid::<usize>::spawn(copy_until_stopped, (name.clone(), write, ready.clone(), stop.clone()));
+        assert!(ready.wait_timeout(sync_support::LONG));
+        // The copier spends nearly all its time inside a copy: cut then.
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/{name}")).unwrap().set_len(0).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        stop.set();
+        // A copier killed by SIGBUS fails the join.
+        let failed = kid.join();
+        if !write {
+            assert!(failed > 0, "reads after the cut are refused");
+        }
+        drop(shm);
+        assert!(!exists(&name));
+    }
+}
+
+/// Opens `name` again and again until `stop` is set; returns how many
+/// opens succeeded (a SIGBUS would kill this process instead).
+fn open_until_stopped(name: String, ready: multiproc::Event, stop: multiproc::Event) -> usize {
+    let mut opened = 0;
+    ready.set();
+    while !stop.is_set() {
+        if SharedMemory::open(&name).is_ok() {
+            opened += 1;
+        }
+    }
+    opened
+}
+
+#[test]
+fn a_named_segment_cut_short_while_it_is_opened_is_not_a_sigbus() {
+    use std::time::{Duration, Instant};
+    let name = unique("cut-while-opened");
+    let shm = SharedMemory::create(&name, 4096).unwrap();
+    let (ready, stop) = (multiproc::Event::new().unwrap(), multiproc::Event::new().unwrap());
+    let kid = Kid::<usize>::spawn(open_until_stopped, (name.clone(), ready.clone(), stop.clone()));
+    assert!(ready.wait_timeout(sync_support::LONG));
+    let file = std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/{name}")).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        file.set_len(0).unwrap();
+        file.set_len(4096 + 40).unwrap();
+    }
+    stop.set();
+    // An opener killed by SIGBUS fails the join.
+    let opened = kid.join();
+    assert!(opened > 0);
+    drop(shm);
+    assert!(!exists(&name));
+}
+
 #[test]
 fn named_create_attach_exists_not_found_unlink() {
     let name = unique("named");

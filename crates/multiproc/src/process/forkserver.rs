@@ -221,6 +221,18 @@ fn greeting(channel: &Channel, deadline: Deadline) -> Option<Pidfd> {
     frame.fds.into_iter().next().map(Pidfd::from_fd)
 }
 
+/// Kills and reaps the spares asked for on `asked` once their server is gone
+/// or going: a spare the server forked greets us on its channel whether or
+/// not the server lived to report it; a channel whose request died with the
+/// server ends at once.
+fn reap_spares(asked: impl IntoIterator<Item = OwnedFd>) {
+    for channel in asked {
+        if let Some(pidfd) = greeting(&Channel::unix(channel), Deadline::after(Duration::from_secs(5))) {
+            pidfd.kill_and_reap();
+        }
+    }
+}
+
 /// A child forked by the server: ours to reap.
 #[derive(Debug)]
 pub(crate) struct Forked {
@@ -254,10 +266,16 @@ impl ForkServerClient {
         let env = super::launch::child_environment(&Vec::new());
         let cwd = std::env::current_dir().ok();
         let pid = super::launch::spawn_exe(theirs.as_fd(), super::bootstrap::Role::ForkServer, &Vec::new(), None)?;
-        let pidfd = Pidfd::open(pid)?;
+        drop(theirs);
+        // From here on a failure ends the server (and any spare it forked)
+        // and reaps it: it is our child, and no one else would.
+        let pidfd = Pidfd::open(pid).inspect_err(|_| imp::kill_and_reap(pid))?;
         let control = Channel::unix(ours);
         let mut client = ForkServerClient { control, pid, pidfd, env, cwd, asked: VecDeque::new(), next_pair: None };
-        client.ask_for_spare().map_err(io::Error::other)?;
+        if let Err(e) = client.ask_for_spare() {
+            client.stop();
+            return Err(io::Error::other(e));
+        }
         Ok(client)
     }
 
@@ -358,23 +376,18 @@ impl ForkServerClient {
 
     /// After the server died: reaps it, and the spare it may have forked
     /// for us before dying (its reply can still be buffered).
-    pub(crate) fn retire(mut self) {
+    pub(crate) fn retire(self) {
         let _ = self.pidfd.try_reap();
-        // A spare the server forked greets us on its channel whether or not
-        // the server lived to report it; a channel whose request died with
-        // the server ends at once.
-        for channel in self.asked.drain(..) {
-            if let Some(pidfd) = greeting(&Channel::unix(channel), Deadline::after(Duration::from_secs(5))) {
-                pidfd.kill_and_reap();
-            }
-        }
+        reap_spares(self.asked);
     }
 
     /// Ends a server that is no longer wanted: it exits when its control
-    /// socket closes, and is reaped here.
+    /// socket closes, and is reaped here with the spares it forked for us
+    /// meanwhile.
     pub(crate) fn stop(self) {
-        let ForkServerClient { control, pidfd, .. } = self;
+        let ForkServerClient { control, pidfd, asked, .. } = self;
         drop(control);
+        reap_spares(asked);
         let _ = imp::wait_readable(pidfd.as_fd(), Deadline::after(Duration::from_secs(5)));
         let _ = pidfd.try_reap();
     }

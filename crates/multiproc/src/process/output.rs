@@ -9,7 +9,7 @@
 //! a lot never blocks on a full pipe.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -29,7 +29,10 @@ pub enum ChildOutput {
     /// `captured_stderr`).
     Capture,
     /// Copied to the parent's stream line by line, each line starting with
-    /// `[process name] `.
+    /// `[process name] `. A line longer than 64 KiB is copied out in pieces
+    /// of 64 KiB as it comes, each a line of its own (so a child that never
+    /// writes a newline does not fill the parent's memory), and a last line
+    /// without a newline gets one.
     Prefix,
 }
 
@@ -89,19 +92,36 @@ impl Outputs {
     pub(crate) fn open(name: &str, stdout: ChildOutput, stderr: ChildOutput) -> io::Result<(Outputs, ChildEnds)> {
         let mut outputs = Outputs::default();
         let mut ends = ChildEnds::default();
-        if stdout != ChildOutput::Inherit {
-            let (read, write) = stdio::pipe()?;
-            outputs.stdout = Some(Reader::start(read, stdout, StdStream::Stdout, name)?);
-            ends.fds.push(write);
-            ends.bits |= STDOUT_SENT;
+        let opened = (|| {
+            if stdout != ChildOutput::Inherit {
+                let (read, write) = stdio::pipe()?;
+                outputs.stdout = Some(Reader::start(read, stdout, StdStream::Stdout, name)?);
+                ends.fds.push(write);
+                ends.bits |= STDOUT_SENT;
+            }
+            if stderr != ChildOutput::Inherit {
+                let (read, write) = stdio::pipe()?;
+                outputs.stderr = Some(Reader::start(read, stderr, StdStream::Stderr, name)?);
+                ends.fds.push(write);
+                ends.bits |= STDERR_SENT;
+            }
+            io::Result::Ok(())
+        })();
+        match opened {
+            Ok(()) => Ok((outputs, ends)),
+            Err(e) => {
+                drop(ends);
+                outputs.close_unused();
+                Err(e)
+            }
         }
-        if stderr != ChildOutput::Inherit {
-            let (read, write) = stdio::pipe()?;
-            outputs.stderr = Some(Reader::start(read, stderr, StdStream::Stderr, name)?);
-            ends.fds.push(write);
-            ends.bits |= STDERR_SENT;
-        }
-        Ok((outputs, ends))
+    }
+
+    /// After a start that failed, with the write ends closed: waits (a
+    /// little) for the readers to end, so that their read ends are closed
+    /// when `start` returns rather than some time later.
+    pub(crate) fn close_unused(self) {
+        self.drain(Deadline::after(DRAIN));
     }
 
     /// After the child exited: waits (a little) for the readers to reach the
@@ -178,27 +198,57 @@ fn copy_into(mut file: File, state: &Mutex<ReadState>) {
     }
 }
 
-/// Copies `file` to the parent's stream, each line behind `prefix`.
-fn copy_prefixed(file: File, prefix: &str, stream: StdStream) {
-    let mut lines = BufReader::new(file);
+/// The longest piece of a line [`copy_prefixed`] holds: a longer line is
+/// copied out in pieces of this size, so a child that never writes a newline
+/// cannot grow the parent's memory without bound.
+const LONGEST_PIECE: usize = 64 * 1024;
+
+/// Copies `file` to the parent's stream, each line behind `prefix`: a line
+/// longer than [`LONGEST_PIECE`] goes out in pieces, each a line of its own,
+/// and a last line without a newline gets one.
+fn copy_prefixed(mut file: File, prefix: &str, stream: StdStream) {
+    let mut chunk = [0u8; 8192];
+    // The current line's bytes not yet copied out: at most `LONGEST_PIECE`
+    // between reads.
     let mut line = Vec::new();
+    let mut out = Vec::new();
     loop {
-        line.clear();
-        match lines.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
-                }
-                let mut out = Vec::with_capacity(prefix.len() + line.len());
-                out.extend_from_slice(prefix.as_bytes());
-                out.extend_from_slice(&line);
-                // One write per line, so lines of several children do not mix.
-                let _ = match stream {
-                    StdStream::Stdout => io::stdout().lock().write_all(&out),
-                    StdStream::Stderr => io::stderr().lock().write_all(&out),
-                };
-            }
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let mut rest = &chunk[..n];
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&rest[..end]);
+            rest = &rest[end + 1..];
+            write_prefixed(&mut out, prefix, &line, stream);
+            line.clear();
+        }
+        line.extend_from_slice(rest);
+        // `>`, not `>=`: a line of exactly the size whose newline has not
+        // come yet stays whole (no empty line after it).
+        while line.len() > LONGEST_PIECE {
+            write_prefixed(&mut out, prefix, &line[..LONGEST_PIECE], stream);
+            line.drain(..LONGEST_PIECE);
         }
     }
+    if !line.is_empty() {
+        write_prefixed(&mut out, prefix, &line, stream);
+    }
+}
+
+/// Writes `prefix`, `text` and a newline to the parent's stream in one
+/// write, so the lines of several children do not mix (`out` is scratch
+/// space, kept between calls).
+fn write_prefixed(out: &mut Vec<u8>, prefix: &str, text: &[u8], stream: StdStream) {
+    out.clear();
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(text);
+    out.push(b'\n');
+    let _ = match stream {
+        StdStream::Stdout => io::stdout().lock().write_all(out),
+        StdStream::Stderr => io::stderr().lock().write_all(out),
+    };
 }

@@ -10,7 +10,9 @@
 //! - it removes the name when its last handle is dropped (or on `unlink`);
 //! - if it dies first (even by `kill -9`), its tracker (a detached helper
 //!   process, one per creating process, see `tracker.rs`) removes every name
-//!   it still owns as soon as the creator's end of the tracker socket closes;
+//!   it still owns as soon as the creator's end of the tracker socket closes
+//!   (also a name whose file lost its trailer to another process that cut it
+//!   short: the tracker knows the file's inode);
 //! - should the tracker be gone as well, the next `create` of the same name
 //!   finds the creator dead (by pid and start time) and reclaims the name.
 //!
@@ -20,9 +22,9 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -30,54 +32,72 @@ use super::error::SharedMemoryError;
 use super::tracker;
 use crate::memory::plain;
 use crate::sys::imp::shm::{self, Mapping};
+use crate::sys::imp::sparse;
 use crate::sys::imp::{self, thread};
 use crate::wire::fd_serde;
 
 const TRAILER_MAGIC: u64 = u64::from_le_bytes(*b"mpshm\x01\0\0");
 const TRAILER_LEN: usize = 40;
 
-/// The trailer of a named segment.
-#[repr(C)]
+/// The trailer of a named segment: at byte 0 a magic number, at 8 the
+/// creator's pid (4 bytes, then 4 of padding), at 16 its start time, at 24
+/// the user's size, at 32 a nonce, each in native byte order.
+///
+/// It is read and written through the file (`pread`/`pwrite`), never
+/// through a mapping: any process that can open the name can cut the file
+/// short at any moment, and touching a mapping past the file's end is a
+/// SIGBUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Trailer {
-    magic: AtomicU64,
-    pid: AtomicU32,
-    _pad: AtomicU32,
-    start: AtomicU64,
-    size: AtomicU64,
+    pid: u32,
+    start: u64,
+    size: u64,
     /// Random, per segment: tells this segment from a later one of the same
     /// name and creator.
-    nonce: AtomicU64,
+    nonce: u64,
+}
+
+impl Trailer {
+    /// Writes the trailer at `at` in the file: the fields first, then the
+    /// magic, so a reader racing with a creation finds no magic (and takes
+    /// the segment for a foreign one) until the fields are there.
+    fn write(&self, fd: BorrowedFd<'_>, at: usize) -> io::Result<()> {
+        let mut fields = [0u8; TRAILER_LEN - 8];
+        fields[0..4].copy_from_slice(&self.pid.to_ne_bytes());
+        fields[8..16].copy_from_slice(&self.start.to_ne_bytes());
+        fields[16..24].copy_from_slice(&self.size.to_ne_bytes());
+        fields[24..32].copy_from_slice(&self.nonce.to_ne_bytes());
+        sparse::write_all_at(fd, &fields, at as u64 + 8)?;
+        sparse::write_all_at(fd, &TRAILER_MAGIC.to_ne_bytes(), at as u64)
+    }
+
+    /// The trailer of the file `map` maps, if it has ours.
+    fn read(map: &Mapping) -> Option<Trailer> {
+        let len = map.len();
+        if len < TRAILER_LEN || !(len - TRAILER_LEN).is_multiple_of(8) {
+            return None;
+        }
+        let mut bytes = [0u8; TRAILER_LEN];
+        // A file cut short reads short: not ours (any more).
+        if shm::read_file_at(map.as_fd(), &mut bytes, (len - TRAILER_LEN) as u64).ok()? < TRAILER_LEN {
+            return None;
+        }
+        let u64_at = |i: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_ne_bytes(word)
+        };
+        let mut pid = [0u8; 4];
+        pid.copy_from_slice(&bytes[8..12]);
+        let t = Trailer { pid: u32::from_ne_bytes(pid), start: u64_at(16), size: u64_at(24), nonce: u64_at(32) };
+        (u64_at(0) == TRAILER_MAGIC && trailer_offset(t.size) == Some(len - TRAILER_LEN)).then_some(t)
+    }
 }
 
 /// Where the trailer starts for a segment of `size` user bytes (`None` if
 /// that is past `usize::MAX`: a size no segment has).
 fn trailer_offset(size: u64) -> Option<usize> {
     usize::try_from(size).ok()?.checked_next_multiple_of(8)
-}
-
-/// The trailer of a mapping, if it has ours.
-fn trailer(map: &Mapping) -> Option<&Trailer> {
-    let len = map.len();
-    if len < TRAILER_LEN || !(len - TRAILER_LEN).is_multiple_of(8) {
-        return None;
-    }
-    // SAFETY: the trailer lies within the mapping, at an 8-aligned offset of
-    // a page-aligned mapping; it is made of atomics, so shared references are
-    // sound while other processes access it; the mapping outlives the borrow.
-    let t = unsafe { &*map.as_ptr().add(len - TRAILER_LEN).cast::<Trailer>() };
-    // ORDERING: Relaxed: the creator writes the trailer right after creating
-    // the segment and never changes it; a reader racing with the creation
-    // sees no magic (or a size that does not fit) and treats the segment as
-    // foreign.
-    let size = t.size.load(Ordering::Relaxed);
-    let ok = t.magic.load(Ordering::Relaxed) == TRAILER_MAGIC && trailer_offset(size) == Some(len - TRAILER_LEN);
-    ok.then_some(t)
-}
-
-/// Creator identity in a trailer: (pid, start time).
-fn owner(t: &Trailer) -> (u32, u64) {
-    // ORDERING: Relaxed: see `trailer`.
-    (t.pid.load(Ordering::Relaxed), t.start.load(Ordering::Relaxed))
 }
 
 fn this_process() -> (u32, u64) {
@@ -106,25 +126,38 @@ pub(crate) fn unlink_if_owned(name: &str, expected: Owner) -> bool {
     let Ok(map) = Mapping::open_named(name) else {
         return false;
     };
-    let Some(t) = trailer(&map) else {
+    let Some(t) = Trailer::read(&map) else {
         return false;
     };
-    let (pid, start) = owner(t);
     let matches = match expected {
-        // ORDERING: Relaxed: see `trailer`.
-        Owner::Segment(nonce) => t.nonce.load(Ordering::Relaxed) == nonce,
-        Owner::Process(p, s) => pid == p && (s == 0 || start == 0 || s == start),
-        Owner::Dead => !thread::process_alive(pid, start),
+        Owner::Segment(nonce) => t.nonce == nonce,
+        Owner::Process(p, s) => t.pid == p && (s == 0 || t.start == 0 || s == t.start),
+        Owner::Dead => !thread::process_alive(t.pid, t.start),
     };
     drop(map);
     matches && shm::unlink_named(name).is_ok()
 }
 
-/// True if `/dev/shm/<name>` is the file `map` maps (same inode on the same
-/// file system).
+/// Removes `/dev/shm/<name>` for the tracker of its creator `(pid, start
+/// time)`, now gone: if the trailer names the creator, or if the name still
+/// names the file the creator made (`inode`) but its trailer is gone (another
+/// process cut the file short).
+pub(crate) fn unlink_for_creator(name: &str, (pid, start): (u32, u64), inode: Option<u64>) -> bool {
+    if unlink_if_owned(name, Owner::Process(pid, start)) {
+        return true;
+    }
+    inode.is_some_and(|inode| names_file(name, inode)) && shm::unlink_named(name).is_ok()
+}
+
+/// True if `/dev/shm/<name>` is the file with this inode (on the one
+/// file system of `/dev/shm`).
+fn names_file(name: &str, inode: u64) -> bool {
+    shm::named_inode(name).is_ok_and(|named| named == inode)
+}
+
+/// True if `/dev/shm/<name>` is the file `map` maps.
 fn is_our_file(name: &str, map: &Mapping) -> bool {
-    let ours = shm::file_identity(map.as_fd()).map(|(inode, _)| inode);
-    matches!((shm::named_inode(name), ours), (Ok(a), Ok(b)) if a == b)
+    shm::file_identity(map.as_fd()).is_ok_and(|(inode, _)| names_file(name, inode))
 }
 
 fn check_name(name: &str) -> Result<&str, SharedMemoryError> {
@@ -289,20 +322,19 @@ impl SharedMemory {
                 return Err(SharedMemoryError::from_create(e, &bare));
             }
         };
+        // Before the trailer: the tracker can then remove the file even if
+        // another process cuts the trailer away (or we die before writing it).
+        if let Ok((inode, _)) = shm::file_identity(map.as_fd()) {
+            tracker::record_inode(&bare, inode);
+        }
         let (pid, start) = this_process();
         let nonce = nonce();
-        // SAFETY: the trailer offset is 8-aligned and within the mapping of
-        // `total` bytes; its fields are atomics.
-        let t = unsafe { &*map.as_ptr().add(at).cast::<Trailer>() };
-        // ORDERING: Relaxed: openers check the magic and the size; a reader
-        // racing with this creation is refused (no magic yet) or sees it all
-        // (the mapping is coherent and these stores precede `open`'s fstat in
-        // any useful interleaving).
-        t.pid.store(pid, Ordering::Relaxed);
-        t.start.store(start, Ordering::Relaxed);
-        t.size.store(size as u64, Ordering::Relaxed);
-        t.nonce.store(nonce, Ordering::Relaxed);
-        t.magic.store(TRAILER_MAGIC, Ordering::Release);
+        let written = Trailer { pid, start, size: size as u64, nonce }.write(map.as_fd(), at);
+        if let Err(e) = written {
+            let _ = shm::unlink_named(&bare);
+            tracker::unregister(&bare);
+            return Err(e.into());
+        }
         Ok(SharedMemory::wrap(Inner {
             map,
             size,
@@ -330,8 +362,7 @@ impl SharedMemory {
         if map.len() == 0 {
             return Err(SharedMemoryError::InvalidSize);
         }
-        // ORDERING: Relaxed: see `trailer`.
-        let size = trailer(&map).map_or(map.len(), |t| t.size.load(Ordering::Relaxed) as usize);
+        let size = Trailer::read(&map).map_or(map.len(), |t| t.size as usize);
         Ok(SharedMemory::wrap(Inner { map, size, name: Some(bare), created: None, registered: AtomicBool::new(false) }))
     }
 
@@ -373,12 +404,23 @@ impl SharedMemory {
     ///
     /// [`SharedMemoryError::OutOfRange`] if the range is not inside the
     /// segment; [`SharedMemoryError::Truncated`] if another process cut a
-    /// named segment's file short of it.
+    /// named segment's file short of it (also while the copy ran).
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), SharedMemoryError> {
-        self.check_range(offset, buf.len())?;
-        // SAFETY: the range is inside the mapping (checked); the shared bytes
-        // are only accessed atomically or through `unsafe` views whose users
-        // take responsibility; `buf` is private.
+        let end = self.check_range(offset, buf.len())?;
+        if let Some(name) = &self.inner.name {
+            // A named segment's file may be cut short at any moment, also in
+            // the middle of a copy through the mapping (a SIGBUS): copy
+            // through the file, where a cut ends the copy early instead.
+            let copied = shm::read_file_at(self.inner.map.as_fd(), buf, offset as u64)?;
+            if copied < buf.len() {
+                return Err(self.truncated(name, offset, end)?);
+            }
+            return Ok(());
+        }
+        // SAFETY: the range is inside the mapping (checked), whose anonymous
+        // file is sealed against shrinking; the shared bytes are only
+        // accessed atomically or through `unsafe` views whose users take
+        // responsibility; `buf` is private.
         unsafe { plain::copy_in(self.inner.map.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -387,30 +429,39 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// As for [`read_at`](SharedMemory::read_at).
+    /// As for [`read_at`](SharedMemory::read_at); a named segment's file cut
+    /// short while the copy runs is not an error: the write makes the file
+    /// long enough again, as a write to the file would.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), SharedMemoryError> {
-        self.check_range(offset, data.len())?;
+        let end = self.check_range(offset, data.len())?;
+        if let Some(name) = &self.inner.name {
+            // As in `read_at`: never through the mapping, which a cut makes
+            // a SIGBUS; a file already cut short is refused.
+            let (_, file_size) = shm::file_identity(self.inner.map.as_fd())?;
+            if end as u64 > file_size {
+                return Err(self.truncated(name, offset, end)?);
+            }
+            sparse::write_all_at(self.inner.map.as_fd(), data, offset as u64)?;
+            return Ok(());
+        }
         // SAFETY: as in `read_at`.
         unsafe { plain::copy_out(data.as_ptr(), self.inner.map.as_ptr().add(offset), data.len()) };
         Ok(())
     }
 
-    fn check_range(&self, start: usize, len: usize) -> Result<(), SharedMemoryError> {
-        let end = match start.checked_add(len) {
-            Some(end) if end <= self.size() => end,
-            end => {
-                return Err(SharedMemoryError::OutOfRange { start, end: end.unwrap_or(usize::MAX), size: self.size() });
-            }
-        };
-        // A named segment's file cannot be sealed: another process may have
-        // cut it short (an anonymous one is sealed against that).
-        if let Some(name) = &self.inner.name {
-            let (_, file_size) = shm::file_identity(self.inner.map.as_fd())?;
-            if end as u64 > file_size {
-                return Err(SharedMemoryError::Truncated { name: name.clone(), file_size, start, end });
-            }
+    /// Checks that `start..start + len` lies inside the segment; returns its end.
+    fn check_range(&self, start: usize, len: usize) -> Result<usize, SharedMemoryError> {
+        match start.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(end),
+            end => Err(SharedMemoryError::OutOfRange { start, end: end.unwrap_or(usize::MAX), size: self.size() }),
         }
-        Ok(())
+    }
+
+    /// The error for bytes `start..end` of the named segment `name`, past
+    /// the end of its file (cut short by another process).
+    fn truncated(&self, name: &str, start: usize, end: usize) -> io::Result<SharedMemoryError> {
+        let (_, file_size) = shm::file_identity(self.inner.map.as_fd())?;
+        Ok(SharedMemoryError::Truncated { name: name.to_string(), file_size, start, end })
     }
 
     /// The first byte (valid for [`size`](SharedMemory::size) bytes while
@@ -504,12 +555,7 @@ mod test {
         let size = 16;
         let at = trailer_offset(size as u64).unwrap();
         let map = Mapping::create_named(name, at + TRAILER_LEN).unwrap();
-        // SAFETY: the trailer lies inside the mapping, 8-aligned.
-        let t = unsafe { &*map.as_ptr().add(at).cast::<Trailer>() };
-        t.pid.store(pid, Ordering::Relaxed);
-        t.size.store(size as u64, Ordering::Relaxed);
-        t.nonce.store(1, Ordering::Relaxed);
-        t.magic.store(TRAILER_MAGIC, Ordering::Relaxed);
+        Trailer { pid, start: 0, size: size as u64, nonce: 1 }.write(map.as_fd(), at).unwrap();
     }
 
     #[test]

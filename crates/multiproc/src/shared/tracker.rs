@@ -3,13 +3,15 @@
 //!
 //! Each process that creates a named segment starts one tracker (lazily, on
 //! its first `create`) and keeps a socket to it. It sends `R <name>` when it
-//! takes a name and `U <name>` when it gives it up. When the socket closes —
-//! the creator exited, crashed or was killed — the tracker removes every
-//! name still registered whose trailer names the creator, then exits. The
+//! takes a name, `I <inode> <name>` once it has made the file, and
+//! `U <name>` when it gives the name up. When the socket closes — the creator
+//! exited, crashed or was killed — the tracker removes every name still
+//! registered whose trailer names the creator, or that still names the file
+//! the creator made (its trailer cut away by another process), then exits. The
 //! tracker is detached (see `sys::imp::shm_tracker`): it is not a child of
 //! the creator, so it leaves no zombie and is not killed with it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -21,8 +23,17 @@ struct Connection {
     /// The process that started this tracker (a forked child starts its own).
     pid: i32,
     sock: OwnedFd,
-    /// Names this process owns, with how many handles claim each.
-    names: HashMap<String, usize>,
+    /// Names this process owns.
+    names: HashMap<String, Claim>,
+}
+
+/// This process's claim on one name.
+#[derive(Default)]
+struct Claim {
+    /// How many handles claim the name.
+    handles: usize,
+    /// The inode of the file made under the name, once made.
+    inode: Option<u64>,
 }
 
 /// This process's connection (reset in a forked child, see `ProcessLocal`).
@@ -44,6 +55,12 @@ fn send(conn: &Connection, op: char, name: &str) -> io::Result<()> {
     shm_tracker::send_line(&conn.sock, format!("{op} {name}\n").as_bytes())
 }
 
+/// Tells the tracker which file `name` names (so it can remove the file even
+/// if another process cut its trailer away).
+fn send_inode(conn: &Connection, name: &str, inode: u64) -> io::Result<()> {
+    send(conn, 'I', &format!("{inode} {name}"))
+}
+
 /// Records that this process owns `name`, starting the tracker if needed.
 pub(crate) fn register(name: &str) -> io::Result<()> {
     let mut guard = TRACKER.lock();
@@ -54,19 +71,38 @@ pub(crate) fn register(name: &str) -> io::Result<()> {
         *guard = Some(Connection { pid: me, sock: start()?, names: HashMap::new() });
     }
     let Some(conn) = guard.as_mut() else { unreachable!("set just above") };
-    let count = conn.names.entry(name.to_string()).or_insert(0);
-    *count += 1;
-    if *count > 1 {
+    let claim = conn.names.entry(name.to_string()).or_default();
+    claim.handles += 1;
+    if claim.handles > 1 {
         return Ok(());
     }
     if send(conn, 'R', name).is_err() {
         // The tracker died: start another and tell it everything again.
         conn.sock = start()?;
-        for owned in conn.names.keys() {
+        for (owned, claim) in &conn.names {
             send(conn, 'R', owned)?;
+            if let Some(inode) = claim.inode {
+                send_inode(conn, owned, inode)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Records that the file this process just made under the registered
+/// `name` is `inode`.
+pub(crate) fn record_inode(name: &str, inode: u64) {
+    let mut guard = TRACKER.lock();
+    let Some(conn) = guard.as_mut().filter(|c| c.pid == imp::getpid()) else {
+        return;
+    };
+    let Some(claim) = conn.names.get_mut(name) else {
+        return;
+    };
+    claim.inode = Some(inode);
+    // A tracker that is gone is restarted, and told again, by the next
+    // `register`.
+    let _ = send_inode(conn, name, inode);
 }
 
 /// Records that this process no longer owns `name` (removed, or the create
@@ -76,25 +112,26 @@ pub(crate) fn unregister(name: &str) {
     let Some(conn) = guard.as_mut().filter(|c| c.pid == imp::getpid()) else {
         return;
     };
-    let Some(count) = conn.names.get_mut(name) else {
+    let Some(claim) = conn.names.get_mut(name) else {
         return;
     };
-    *count -= 1;
-    if *count == 0 {
+    claim.handles -= 1;
+    if claim.handles == 0 {
         conn.names.remove(name);
         // A tracker that is gone cannot remove the name either: nothing to do.
         let _ = send(conn, 'U', name);
     }
 }
 
-/// The tracker process's loop: collect names until the creator's socket
-/// closes, then remove the ones the creator still owns.
+/// The tracker process's loop: collect names (with the inodes of their
+/// files, once known) until the creator's socket closes, then remove the
+/// ones the creator still owns.
 pub(crate) fn serve(sock: OwnedFd, creator: i32) {
     let creator_start = match thread::status(creator as u32) {
         thread::ThreadStatus::Alive { start } => start,
         thread::ThreadStatus::Dead => 0,
     };
-    let mut names: HashSet<String> = HashSet::new();
+    let mut names: HashMap<String, Option<u64>> = HashMap::new();
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -110,18 +147,25 @@ pub(crate) fn serve(sock: OwnedFd, creator: i32) {
             Err(_) => break,
         }
     }
-    for name in &names {
-        super::memory::unlink_if_owned(name, super::memory::Owner::Process(creator as u32, creator_start));
+    for (name, inode) in &names {
+        super::memory::unlink_for_creator(name, (creator as u32, creator_start), *inode);
     }
 }
 
-fn apply(names: &mut HashSet<String>, line: &[u8]) {
+fn apply(names: &mut HashMap<String, Option<u64>>, line: &[u8]) {
     let Ok(line) = std::str::from_utf8(line) else {
         return;
     };
     match line.split_once(' ') {
         Some(("R", name)) => {
-            names.insert(name.to_string());
+            names.entry(name.to_string()).or_insert(None);
+        }
+        Some(("I", rest)) => {
+            if let Some((inode, name)) = rest.split_once(' ')
+                && let (Ok(inode), Some(known)) = (inode.parse(), names.get_mut(name))
+            {
+                *known = Some(inode);
+            }
         }
         Some(("U", name)) => {
             names.remove(name);

@@ -150,6 +150,23 @@ pub(crate) fn named_inode(name: &str) -> io::Result<u64> {
     Ok(file_identity(fd.as_fd())?.0)
 }
 
+/// Copies bytes of a memory file starting at `offset` into `buf` (`pread`);
+/// returns how many: fewer than `buf.len()` where the file ends. Unlike a
+/// copy through a mapping, a file cut short by another process meanwhile
+/// ends the copy early instead of raising SIGBUS.
+pub(crate) fn read_file_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
 fn shm_path(name: &str) -> io::Result<CString> {
     let name = name.trim_start_matches('/');
     if name.is_empty() || name.contains('/') || name.len() > 250 {
