@@ -105,8 +105,10 @@ pub(crate) fn launch(
     let pid = pid.and_then(|r| r).map_err(ProcessError::Start)?;
     // The pidfd is opened before the task is sent: until then the child
     // cannot finish, so it cannot be gone already (a program that ignores
-    // SIGCHLD has its children reaped the moment they exit).
-    let exit = ExitWatch::child(pid).map_err(ProcessError::Start)?;
+    // SIGCHLD has its children reaped the moment they exit). If it cannot be
+    // opened (no descriptor left), the child is killed and reaped: nobody
+    // else would, and it would stay a zombie until this program exits.
+    let exit = ExitWatch::child(pid).inspect_err(|_| imp::kill_and_reap(pid)).map_err(ProcessError::Start)?;
     match task.send(&channel) {
         // A child that died before reading its task: `join` reports how.
         Ok(()) | Err(WireError::Closed) => Ok(Launched { pid, exit, channel }),
