@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 use multiproc::RemoteFn;
 use serde_bytes::ByteBuf;
 
+use crate::conn;
 use crate::dispatch::{Delivery, Pending, Shared};
+use crate::enqueue::{ChunkEntry, enqueue};
 use crate::error::{RedisPoolError, TaskFailure};
 use crate::schema::{self, Args, Outcome, TaskMsg};
 
 /// Chunks per pipeline.
 const PIPELINE: usize = 512;
+/// The longest a call takes to delete its queued chunks when it ends
+/// early (out of wait time, dropped, failed).
+pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The function of a call and how to run it.
 #[derive(Debug, Clone)]
@@ -126,7 +131,7 @@ impl<'a> Engine<'a> {
         let shared = &self.shared;
         let tasks_key = shared.keys.tasks();
         let ttl_ms = shared.options.result_ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
+        let mut batch = Vec::with_capacity(chunks.len());
         let mut ids = Vec::with_capacity(chunks.len());
         {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,18 +139,12 @@ impl<'a> Engine<'a> {
                 let task = shared.next_task.fetch_add(1, Ordering::Relaxed);
                 let n = items.len();
                 let size: usize = items.iter().map(|a| a.len() + 8).sum();
-                let args = if size > schema::BLOB_THRESHOLD {
+                let (args, blob) = if size > schema::BLOB_THRESHOLD {
                     let key = shared.keys.blob(&shared.caller, task);
                     let blob = schema::encode_blob(&items);
-                    let len = blob.len() as u64;
-                    pipe.cmd("SET").arg(&key).arg(blob).arg("PX").arg(ttl_ms).ignore();
-                    Args::Blob { key, len }
+                    (Args::Blob { key: key.clone(), len: blob.len() as u64 }, Some((key, blob)))
                 } else {
-                    Args::Inline(items)
-                };
-                let blob = match &args {
-                    Args::Blob { key, .. } => Some(key.clone()),
-                    Args::Inline(_) => None,
+                    (Args::Inline(items), None)
                 };
                 let msg = TaskMsg {
                     build_id: multiproc::build_id().to_string(),
@@ -160,18 +159,21 @@ impl<'a> Engine<'a> {
                     last_error: None,
                     args,
                 };
-                let fields = schema::task_fields(&msg, &shared.key);
-                pipe.cmd("XADD").arg(&tasks_key).arg("*").arg(&fields[..]);
-                pending.insert(task, Pending { sink: self.tx.clone(), blob });
+                let fields = Vec::from(schema::task_fields(&msg, &shared.key));
+                pending
+                    .insert(task, Pending { sink: self.tx.clone(), blob: blob.as_ref().map(|(key, _)| key.clone()) });
+                batch.push(ChunkEntry { fields, blob });
                 self.in_flight.insert(task, (first, n));
                 ids.push(task);
             }
         }
-        // Redis away: wait for it no longer than the call may wait.
-        let left = self.deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let patience = shared.options.reconnect_timeout.min(left.unwrap_or(Duration::MAX));
-        let sent =
-            shared.submit.lock().unwrap_or_else(|e| e.into_inner()).retry(patience, |c| pipe.query::<Vec<String>>(c));
+        // Redis away or not answering: wait for it no longer than the
+        // reconnect timeout, nor past the call's deadline.
+        let (patience, deadline) = (shared.options.reconnect_timeout, self.deadline);
+        let sent = match shared.submit_conn(deadline) {
+            Some(mut conn) => enqueue(&mut conn, &tasks_key, ttl_ms, &batch, patience, deadline),
+            None => Err(conn::deadline_passed()),
+        };
         match sent {
             Ok(entries) => {
                 self.entries.extend(ids.into_iter().zip(entries));
@@ -179,7 +181,12 @@ impl<'a> Engine<'a> {
             }
             Err(e) => {
                 // Each item of the chunks not queued fails (one outcome per item).
-                let reason = format!("could not queue tasks on {tasks_key}: {e}");
+                let fate = if conn::is_transient(&e) {
+                    "redis did not confirm them: they may run, their results are dropped"
+                } else {
+                    "none of them was queued"
+                };
+                let reason = format!("could not queue {} chunks on {tasks_key}: {e}; {fate}", ids.len());
                 let timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
                 let error = || match self.plan.wait_timeout {
                     Some(t) if timed_out => RedisPoolError::Timeout(t),
@@ -208,7 +215,9 @@ impl<'a> Engine<'a> {
             }
             if let Err(e) = self.top_up() {
                 // Input left unread fails as one more outcome, after the rest.
+                // The chunks queued before fail with it: nobody waits for them.
                 let unread = !self.exhausted;
+                self.cancel_queued();
                 self.fail_in_flight_with(|| same_error(&e));
                 if unread {
                     self.ready.push_back((self.next_index, Err(e)));
@@ -327,8 +336,13 @@ impl Engine<'_> {
         if !blobs.is_empty() {
             pipe.cmd("DEL").arg(&blobs).ignore();
         }
-        let mut conn = self.shared.submit.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = conn.run(|c| pipe.exec(c)) {
+        // A call out of time still withdraws its tasks, but briefly.
+        let deadline = Some(Instant::now() + CANCEL_TIMEOUT);
+        let Some(mut conn) = self.shared.submit_conn(deadline) else {
+            tracing::warn!("could not cancel {} queued chunks: the connection stayed busy", entries.len());
+            return;
+        };
+        if let Err(e) = conn.run_until(deadline, |c| pipe.exec(c)) {
             tracing::warn!("could not cancel {} queued chunks: {e}", entries.len());
         }
     }

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::streams::StreamReadOptions;
 
@@ -63,6 +63,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The submitting connection, waited for no later than `deadline`
+    /// (`None` when another call held it until then).
+    pub(crate) fn submit_conn(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, Conn>> {
+        let Some(deadline) = deadline else { return Some(self.submit.lock().unwrap_or_else(|e| e.into_inner())) };
+        loop {
+            match self.submit.try_lock() {
+                Ok(conn) => return Some(conn),
+                Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
+                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
     /// Forgets chunk `task` (its call no longer waits for it).
     pub(crate) fn forget(&self, task: u64) -> Option<Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&task)
@@ -135,6 +149,7 @@ fn run(shared: &Shared, mut conn: Conn) {
         let stopping = || shared.stop.load(Ordering::Acquire);
         let reply = conn.retry_while(
             shared.options.reconnect_timeout,
+            None,
             || !stopping(),
             |c| redis::cmd("XREAD").arg(&opts).arg("STREAMS").arg(key).arg(&last_id).query::<redis::Value>(c),
         );

@@ -75,6 +75,7 @@ mod call;
 mod conn;
 mod dispatch;
 mod endpoint;
+mod enqueue;
 mod error;
 mod inspect;
 mod pool;
