@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use redis::streams::StreamReadOptions;
 
-use crate::conn::Conn;
+use crate::conn::{self, Conn};
 use crate::schema::{self, Keys, Outcome};
 
 /// How long one `XREAD` blocks: also how long a dropped pool's thread may
@@ -162,10 +162,17 @@ fn run(shared: &Shared, mut conn: Conn) {
             }
             Err(_) if stopping() => break, // the pool was dropped
             Err(e) => {
-                let reason = format!(
-                    "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
-                    shared.options.reconnect_timeout
-                );
+                let reason = if conn::is_transient(&e) {
+                    format!(
+                        "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
+                        shared.options.reconnect_timeout
+                    )
+                } else {
+                    format!(
+                        "could not read the results stream {key}: {e}; the tasks may still run, but their results \
+                         cannot be read (another client may have written this key: delete it)"
+                    )
+                };
                 tracing::error!("{reason}");
                 shared.fail_all(&reason);
                 std::thread::sleep(Duration::from_millis(200));
