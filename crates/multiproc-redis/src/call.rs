@@ -20,7 +20,7 @@ use crate::schema::{self, Args, Outcome, TaskMsg};
 const PIPELINE: usize = 512;
 /// The longest a call takes to delete its queued chunks when it ends
 /// early (out of wait time, dropped, failed).
-pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The function of a call and how to run it.
 #[derive(Debug, Clone)]
@@ -331,18 +331,20 @@ impl Engine<'_> {
         if entries.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("XDEL").arg(self.shared.keys.tasks()).arg(&entries).ignore();
-        if !blobs.is_empty() {
-            pipe.cmd("DEL").arg(&blobs).ignore();
-        }
-        // A call out of time still withdraws its tasks, but briefly.
+        // A call out of time still withdraws its tasks, but briefly: one
+        // deadline for both commands (a pipeline would wait up to the
+        // deadline for each of its replies).
         let deadline = Some(Instant::now() + CANCEL_TIMEOUT);
         let Some(mut conn) = self.shared.submit_conn(deadline) else {
             tracing::warn!("could not cancel {} queued chunks: the connection stayed busy", entries.len());
             return;
         };
-        if let Err(e) = conn.run_until(deadline, |c| pipe.exec(c)) {
+        let tasks = self.shared.keys.tasks();
+        let mut done = conn.run_until(deadline, |c| redis::cmd("XDEL").arg(&tasks).arg(&entries).exec(c));
+        if !blobs.is_empty() {
+            done = done.and(conn.run_until(deadline, |c| redis::cmd("DEL").arg(&blobs).exec(c)));
+        }
+        if let Err(e) = done {
             tracing::warn!("could not cancel {} queued chunks: {e}", entries.len());
         }
     }
