@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisError, RedisResult};
+use redis::{Client, Connection, Pipeline, RedisError, RedisResult, Value};
 
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -17,8 +17,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Conn {
     client: Client,
     con: Option<Connection>,
-    /// The read and write timeout set on `con`.
-    reply_timeout: Option<Duration>,
     /// Connections made so far: a change means the last one was lost.
     connects: u64,
 }
@@ -69,7 +67,7 @@ impl Conn {
     }
 
     fn of(client: Client) -> RedisResult<Conn> {
-        let mut conn = Conn { client, con: None, reply_timeout: None, connects: 0 };
+        let mut conn = Conn { client, con: None, connects: 0 };
         conn.connection(Duration::MAX)?;
         Ok(conn)
     }
@@ -77,18 +75,15 @@ impl Conn {
     /// The connection (made now if there is none), with its connect and
     /// reply timeouts no longer than `limit`.
     fn connection(&mut self, limit: Duration) -> RedisResult<&mut Connection> {
-        let reply_timeout = Some(REPLY_TIMEOUT.min(limit));
         if self.con.is_none() {
             self.con = Some(self.client.get_connection_with_timeout(CONNECT_TIMEOUT.min(limit))?);
-            self.reply_timeout = None;
             self.connects += 1;
         }
         let con = self.con.as_mut().unwrap_or_else(|| unreachable!("set above"));
-        if self.reply_timeout != reply_timeout {
-            con.set_read_timeout(reply_timeout)?;
-            con.set_write_timeout(reply_timeout)?;
-            self.reply_timeout = reply_timeout;
-        }
+        // Set before each command: `exec_pipeline` changes it.
+        let reply_timeout = Some(REPLY_TIMEOUT.min(limit));
+        con.set_read_timeout(reply_timeout)?;
+        con.set_write_timeout(reply_timeout)?;
         Ok(con)
     }
 
@@ -119,7 +114,8 @@ impl Conn {
     ///
     /// The bound holds for one command per `f`: redis-rs reads every reply
     /// of a pipeline, each with the full reply timeout, even after one
-    /// timed out, so a pipeline of `n` commands may block `n` times longer.
+    /// timed out, so a pipeline of `n` commands may block `n` times longer
+    /// (run it with [`exec_pipeline`]).
     pub(crate) fn run_until<T>(
         &mut self,
         deadline: Option<Instant>,
@@ -175,4 +171,33 @@ impl Conn {
             }
         }
     }
+}
+
+/// Runs `pipe` on `con` and checks its replies for errors, waiting for all
+/// of them together no longer than one reply timeout, nor past `deadline`:
+/// redis-rs's own pipelines wait for each reply up to the read timeout,
+/// even after one timed out, so a server that stops answering would hold a
+/// pipeline of `n` commands `n` times the timeout. Use it inside
+/// [`Conn::run`] (a timeout drops the connection, whose replies are then
+/// out of step).
+pub(crate) fn exec_pipeline(con: &mut Connection, pipe: &Pipeline, deadline: Option<Instant>) -> RedisResult<()> {
+    let end = Instant::now() + REPLY_TIMEOUT;
+    let end = deadline.map_or(end, |d| d.min(end));
+    con.send_packed_command(&pipe.get_packed_pipeline())?;
+    // A transaction adds the replies of MULTI and EXEC.
+    let mut replies = pipe.len() + if pipe.is_transaction() { 2 } else { 0 };
+    let mut first_error = None;
+    while replies > 0 {
+        con.set_read_timeout(Some(time_left(Some(end))?))?;
+        match con.recv_response()? {
+            Value::Push { .. } => continue, // not a reply (RESP3)
+            reply => {
+                if let Err(e) = reply.extract_error() {
+                    first_error.get_or_insert(e);
+                }
+                replies -= 1;
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }

@@ -199,7 +199,7 @@ fn run(shared: &Shared, mut conn: Conn) {
             if !blobs.is_empty() {
                 pipe.cmd("DEL").arg(&blobs).ignore();
             }
-            if let Err(e) = conn.run(|c| pipe.exec(c)) {
+            if let Err(e) = conn.run(|c| conn::exec_pipeline(c, &pipe, None)) {
                 tracing::warn!("could not delete read results from {key}: {e} (they expire)");
             }
         }

@@ -74,3 +74,34 @@ fn a_call_whose_server_pauses_while_it_waits_returns_within_its_wait_timeout() {
     assert!(err.is_timeout(), "{err}");
     assert!(took < timeout + SLACK, "the call took {took:?} with a wait timeout of {timeout:?}");
 }
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// How long [`Worker::stop`](multiproc_redis::Worker::stop) may wait for
+/// the tasks it holds and their results.
+const STOP_BOUND: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_worker_holding_a_result_stops_within_its_bound_while_redis_is_paused() {
+    let server = server();
+    let worker = support::local_worker(&server, "paused-stop", 1);
+    let pool = pool(&server, "paused-stop").connect().unwrap();
+    let _call = pool.apply_async(nap, (3000,));
+    let holds_it = || {
+        let info = multiproc_redis::queue_info(&server.url(), "paused-stop", "default").unwrap();
+        info.hosts.iter().any(|h| h.pending == 1)
+    };
+    assert!(support::eventually(Duration::from_secs(30), holds_it));
+    let paused = Paused::new(&server);
+    // The task finishes while the server is paused: its result cannot be
+    // written (a transaction of several commands).
+    std::thread::sleep(Duration::from_secs(4));
+    let started = Instant::now();
+    worker.stop();
+    let took = started.elapsed();
+    drop(paused);
+    assert!(took < STOP_BOUND + SLACK, "the worker took {took:?} to stop");
+}
