@@ -17,6 +17,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Conn {
     client: Client,
     con: Option<Connection>,
+    /// How long a reply may take ([`REPLY_TIMEOUT`] unless set).
+    reply_timeout: Duration,
     /// Connections made so far: a change means the last one was lost.
     connects: u64,
 }
@@ -67,9 +69,17 @@ impl Conn {
     }
 
     fn of(client: Client) -> RedisResult<Conn> {
-        let mut conn = Conn { client, con: None, connects: 0 };
+        let mut conn = Conn { client, con: None, reply_timeout: REPLY_TIMEOUT, connects: 0 };
         conn.connection(Duration::MAX)?;
         Ok(conn)
+    }
+
+    /// This connection with replies waited for at most `timeout` (for a
+    /// connection whose commands all answer soon, so that it notices a
+    /// server that stopped answering soon too).
+    pub(crate) fn with_reply_timeout(mut self, timeout: Duration) -> Conn {
+        self.reply_timeout = timeout;
+        self
     }
 
     /// The connection (made now if there is none), with its connect and
@@ -81,7 +91,7 @@ impl Conn {
         }
         let con = self.con.as_mut().unwrap_or_else(|| unreachable!("set above"));
         // Set before each command: `exec_pipeline` changes it.
-        let reply_timeout = Some(REPLY_TIMEOUT.min(limit));
+        let reply_timeout = Some(self.reply_timeout.min(limit));
         con.set_read_timeout(reply_timeout)?;
         con.set_write_timeout(reply_timeout)?;
         Ok(con)

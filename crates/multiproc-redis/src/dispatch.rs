@@ -18,6 +18,12 @@ use crate::schema::{self, Keys, Outcome};
 /// How long one `XREAD` blocks: also how long a dropped pool's thread may
 /// take to notice.
 const BLOCK: Duration = Duration::from_millis(200);
+/// How long a reply on the result thread's connection may take: its
+/// `XREAD` answers within [`BLOCK`], so a server that stopped answering is
+/// noticed soon (and a dropped pool's thread ends soon).
+const REPLY_TIMEOUT: Duration = Duration::from_millis(BLOCK.as_millis() as u64 + 2000);
+/// How long a dropped pool waits to delete its results stream (it expires).
+const DROP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Entries read per `XREAD`.
 const READ_COUNT: usize = 1024;
 
@@ -102,6 +108,7 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     pub(crate) fn start(shared: Arc<Shared>, conn: Conn) -> std::io::Result<Dispatcher> {
         let s = shared.clone();
+        let conn = conn.with_reply_timeout(REPLY_TIMEOUT);
         let thread = std::thread::Builder::new().name("multiproc-redis results".into()).spawn(move || run(&s, conn))?;
         Ok(Dispatcher { shared, thread: Some(thread) })
     }
@@ -115,8 +122,10 @@ impl Drop for Dispatcher {
         }
         self.shared.fail_all("the pool was dropped");
         let key = self.shared.results_key.clone();
-        let mut conn = self.shared.submit.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = conn.run(|c| redis::cmd("DEL").arg(&key).exec(c));
+        let deadline = Some(Instant::now() + DROP_TIMEOUT);
+        if let Some(mut conn) = self.shared.submit_conn(deadline) {
+            let _ = conn.run_until(deadline, |c| redis::cmd("DEL").arg(&key).exec(c));
+        }
     }
 }
 
@@ -199,7 +208,8 @@ fn run(shared: &Shared, mut conn: Conn) {
             if !blobs.is_empty() {
                 pipe.cmd("DEL").arg(&blobs).ignore();
             }
-            if let Err(e) = conn.run(|c| conn::exec_pipeline(c, &pipe, None)) {
+            let deadline = Some(Instant::now() + REPLY_TIMEOUT);
+            if let Err(e) = conn.run(|c| conn::exec_pipeline(c, &pipe, deadline)) {
                 tracing::warn!("could not delete read results from {key}: {e} (they expire)");
             }
         }

@@ -105,3 +105,21 @@ fn a_worker_holding_a_result_stops_within_its_bound_while_redis_is_paused() {
     drop(paused);
     assert!(took < STOP_BOUND + SLACK, "the worker took {took:?} to stop");
 }
+
+/// How long dropping a pool may take while Redis does not answer: its
+/// result thread notices the drop, and it deletes its results stream
+/// (each waits a little for Redis).
+const DROP_BOUND: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_pool_drops_promptly_while_redis_is_paused() {
+    let server = server();
+    let pool = pool(&server, "paused-drop").connect().unwrap();
+    let paused = Paused::new(&server);
+    std::thread::sleep(Duration::from_millis(500)); // its result thread waits on Redis
+    let started = Instant::now();
+    drop(pool);
+    let took = started.elapsed();
+    drop(paused);
+    assert!(took < DROP_BOUND + SLACK, "dropping the pool took {took:?}");
+}
