@@ -48,6 +48,8 @@ fn entries_of_a_dead_host_behind_many_live_ones_are_reclaimed() {
 
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
+        // Ends the heartbeats however this scope ends (it joins them).
+        let _stop = StopOnDrop(&stop);
         // The live host's heartbeats keep its entries its own.
         s.spawn(|| {
             let mut con = raw(&server);
@@ -72,7 +74,15 @@ fn entries_of_a_dead_host_behind_many_live_ones_are_reclaimed() {
             .unwrap();
         let got = call.get_timeout(Duration::from_secs(40));
         worker.stop();
-        stop.store(true, Ordering::Release);
         assert_eq!(got.unwrap(), vec![0, 1, 4, 9]);
     });
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
