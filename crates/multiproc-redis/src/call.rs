@@ -1,6 +1,6 @@
-//! One call's engine: encodes the input into chunks, `XADD`s them in
-//! pipelined batches through a bounded window, and yields each item's
-//! outcome as its chunk's result arrives.
+//! One call's engine: encodes the input into chunks, queues them in
+//! batches (each whole or not at all, see `enqueue`) through a bounded
+//! window, and yields each item's outcome as its chunk's result arrives.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -16,8 +16,8 @@ use crate::enqueue::{ChunkEntry, enqueue};
 use crate::error::{RedisPoolError, TaskFailure};
 use crate::schema::{self, Args, Outcome, TaskMsg};
 
-/// Chunks per pipeline.
-const PIPELINE: usize = 512;
+/// Chunks per batch.
+const BATCH: usize = 512;
 /// The longest a call takes to delete its queued chunks when it ends
 /// early (out of wait time, dropped, failed).
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -94,7 +94,7 @@ impl<'a> Engine<'a> {
     /// Submits chunks until the window is full or the input ends.
     pub(crate) fn top_up(&mut self) -> Result<(), RedisPoolError> {
         while !self.exhausted && self.in_flight.len() < self.shared.options.window {
-            let room = (self.shared.options.window - self.in_flight.len()).min(PIPELINE);
+            let room = (self.shared.options.window - self.in_flight.len()).min(BATCH);
             let mut chunks = Vec::new();
             while chunks.len() < room && !self.exhausted {
                 let first = self.next_index;
