@@ -18,6 +18,10 @@ use crate::schema::{self, Args, Outcome, TaskMsg};
 
 /// Chunks per batch.
 const BATCH: usize = 512;
+/// Argument bytes per batch (roughly: the chunk that crosses it is the
+/// last): a batch is one command, which Redis holds whole, and its script
+/// copies.
+const BATCH_BYTES: usize = 16 << 20;
 /// The longest a call takes to delete its queued chunks when it ends
 /// early (out of wait time, dropped, failed).
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -95,8 +99,8 @@ impl<'a> Engine<'a> {
     pub(crate) fn top_up(&mut self) -> Result<(), RedisPoolError> {
         while !self.exhausted && self.in_flight.len() < self.shared.options.window {
             let room = (self.shared.options.window - self.in_flight.len()).min(BATCH);
-            let mut chunks = Vec::new();
-            while chunks.len() < room && !self.exhausted {
+            let (mut chunks, mut bytes) = (Vec::new(), 0usize);
+            while chunks.len() < room && bytes < BATCH_BYTES && !self.exhausted {
                 let first = self.next_index;
                 let mut args = Vec::new();
                 while args.len() < self.plan.chunksize {
@@ -115,6 +119,7 @@ impl<'a> Engine<'a> {
                     }
                 }
                 self.next_index += args.len();
+                bytes += args.iter().map(|a| a.len()).sum::<usize>();
                 if !args.is_empty() {
                     chunks.push((first, args));
                 }

@@ -60,3 +60,16 @@ fn a_batch_whose_third_entry_is_refused_queues_nothing() {
     let err = refused_and_nothing_left(&server, &server.url(), "exhausted", items);
     assert!(err.contains("exhausted"), "{err}");
 }
+
+#[test]
+fn a_map_larger_than_one_batch_is_queued_in_several_and_comes_back_whole() {
+    let server = server();
+    let worker = support::local_worker(&server, "several", 2);
+    let pool = support::pool(&server, "several").connect().unwrap();
+    // 24 MB of arguments kept in the entries (200 KB each): over one batch.
+    let items: Vec<Vec<u8>> = (0..120u8).map(|i| vec![i; 200 * 1024 + usize::from(i)]).collect();
+    let want: Vec<usize> = items.iter().map(Vec::len).collect();
+    assert_eq!(pool.with_chunksize(1).map(len, items).unwrap(), want);
+    drop(pool);
+    worker.stop();
+}
