@@ -289,6 +289,7 @@ fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
             }
         }
     }
+    host.release(&batch.done);
     *batch = Batch::default();
 }
 
@@ -368,6 +369,7 @@ fn reclaim(
             if running.contains_key(entry.id.as_str()) {
                 continue; // ours, still running
             }
+            host.hold(&Arc::from(entry.id.as_str()));
             match admit(host, &entry.fields) {
                 Ok(msg) => batch.reclaimed(&entry.id, msg, host.visibility),
                 Err(disposal) => batch.dispose(entry.id, disposal),
