@@ -42,7 +42,8 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
 /// The error of a command not sent (or not answered) because its
 /// deadline passed.
 pub(crate) fn deadline_passed() -> RedisError {
-    io::Error::new(io::ErrorKind::TimedOut, "redis did not answer before the call's deadline").into()
+    io::Error::new(io::ErrorKind::TimedOut, "redis did not answer in time (before the deadline of the call or command)")
+        .into()
 }
 
 /// The time left until `deadline` (`Duration::MAX` without one), or the
