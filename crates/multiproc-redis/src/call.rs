@@ -1,6 +1,6 @@
-//! One call's engine: encodes the input into chunks, `XADD`s them in
-//! pipelined batches through a bounded window, and yields each item's
-//! outcome as its chunk's result arrives.
+//! One call's engine: encodes the input into chunks, queues them in
+//! batches (each whole or not at all, see `enqueue`) through a bounded
+//! window, and yields each item's outcome as its chunk's result arrives.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -10,12 +10,21 @@ use std::time::{Duration, Instant};
 use multiproc::RemoteFn;
 use serde_bytes::ByteBuf;
 
+use crate::conn;
 use crate::dispatch::{Delivery, Pending, Shared};
+use crate::enqueue::{ChunkEntry, enqueue};
 use crate::error::{RedisPoolError, TaskFailure};
 use crate::schema::{self, Args, Outcome, TaskMsg};
 
-/// Chunks per pipeline.
-const PIPELINE: usize = 512;
+/// Chunks per batch.
+const BATCH: usize = 512;
+/// Argument bytes per batch (roughly: the chunk that crosses it is the
+/// last): a batch is one command, which Redis holds whole, and its script
+/// copies.
+const BATCH_BYTES: usize = 16 << 20;
+/// The longest a call takes to delete its queued chunks when it ends
+/// early (out of wait time, dropped, failed).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The function of a call and how to run it.
 #[derive(Debug, Clone)]
@@ -89,9 +98,9 @@ impl<'a> Engine<'a> {
     /// Submits chunks until the window is full or the input ends.
     pub(crate) fn top_up(&mut self) -> Result<(), RedisPoolError> {
         while !self.exhausted && self.in_flight.len() < self.shared.options.window {
-            let room = (self.shared.options.window - self.in_flight.len()).min(PIPELINE);
-            let mut chunks = Vec::new();
-            while chunks.len() < room && !self.exhausted {
+            let room = (self.shared.options.window - self.in_flight.len()).min(BATCH);
+            let (mut chunks, mut bytes) = (Vec::new(), 0usize);
+            while chunks.len() < room && bytes < BATCH_BYTES && !self.exhausted {
                 let first = self.next_index;
                 let mut args = Vec::new();
                 while args.len() < self.plan.chunksize {
@@ -110,6 +119,7 @@ impl<'a> Engine<'a> {
                     }
                 }
                 self.next_index += args.len();
+                bytes += args.iter().map(|a| a.len()).sum::<usize>();
                 if !args.is_empty() {
                     chunks.push((first, args));
                 }
@@ -126,7 +136,7 @@ impl<'a> Engine<'a> {
         let shared = &self.shared;
         let tasks_key = shared.keys.tasks();
         let ttl_ms = shared.options.result_ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
+        let mut batch = Vec::with_capacity(chunks.len());
         let mut ids = Vec::with_capacity(chunks.len());
         {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,18 +144,12 @@ impl<'a> Engine<'a> {
                 let task = shared.next_task.fetch_add(1, Ordering::Relaxed);
                 let n = items.len();
                 let size: usize = items.iter().map(|a| a.len() + 8).sum();
-                let args = if size > schema::BLOB_THRESHOLD {
+                let (args, blob) = if size > schema::BLOB_THRESHOLD {
                     let key = shared.keys.blob(&shared.caller, task);
                     let blob = schema::encode_blob(&items);
-                    let len = blob.len() as u64;
-                    pipe.cmd("SET").arg(&key).arg(blob).arg("PX").arg(ttl_ms).ignore();
-                    Args::Blob { key, len }
+                    (Args::Blob { key: key.clone(), len: blob.len() as u64 }, Some((key, blob)))
                 } else {
-                    Args::Inline(items)
-                };
-                let blob = match &args {
-                    Args::Blob { key, .. } => Some(key.clone()),
-                    Args::Inline(_) => None,
+                    (Args::Inline(items), None)
                 };
                 let msg = TaskMsg {
                     build_id: multiproc::build_id().to_string(),
@@ -160,18 +164,21 @@ impl<'a> Engine<'a> {
                     last_error: None,
                     args,
                 };
-                let fields = schema::task_fields(&msg, &shared.key);
-                pipe.cmd("XADD").arg(&tasks_key).arg("*").arg(&fields[..]);
-                pending.insert(task, Pending { sink: self.tx.clone(), blob });
+                let fields = Vec::from(schema::task_fields(&msg, &shared.key));
+                pending
+                    .insert(task, Pending { sink: self.tx.clone(), blob: blob.as_ref().map(|(key, _)| key.clone()) });
+                batch.push(ChunkEntry { fields, blob });
                 self.in_flight.insert(task, (first, n));
                 ids.push(task);
             }
         }
-        // Redis away: wait for it no longer than the call may wait.
-        let left = self.deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let patience = shared.options.reconnect_timeout.min(left.unwrap_or(Duration::MAX));
-        let sent =
-            shared.submit.lock().unwrap_or_else(|e| e.into_inner()).retry(patience, |c| pipe.query::<Vec<String>>(c));
+        // Redis away or not answering: wait for it no longer than the
+        // reconnect timeout, nor past the call's deadline.
+        let (patience, deadline) = (shared.options.reconnect_timeout, self.deadline);
+        let sent = match shared.submit_conn(deadline) {
+            Some(mut conn) => enqueue(&mut conn, &tasks_key, ttl_ms, &batch, patience, deadline),
+            None => Err(conn::deadline_passed()),
+        };
         match sent {
             Ok(entries) => {
                 self.entries.extend(ids.into_iter().zip(entries));
@@ -179,7 +186,12 @@ impl<'a> Engine<'a> {
             }
             Err(e) => {
                 // Each item of the chunks not queued fails (one outcome per item).
-                let reason = format!("could not queue tasks on {tasks_key}: {e}");
+                let fate = if conn::is_transient(&e) {
+                    "redis did not confirm them: they may run, their results are dropped"
+                } else {
+                    "none of them was queued"
+                };
+                let reason = format!("could not queue {} chunks on {tasks_key}: {e}; {fate}", ids.len());
                 let timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
                 let error = || match self.plan.wait_timeout {
                     Some(t) if timed_out => RedisPoolError::Timeout(t),
@@ -208,7 +220,9 @@ impl<'a> Engine<'a> {
             }
             if let Err(e) = self.top_up() {
                 // Input left unread fails as one more outcome, after the rest.
+                // The chunks queued before fail with it: nobody waits for them.
                 let unread = !self.exhausted;
+                self.cancel_queued();
                 self.fail_in_flight_with(|| same_error(&e));
                 if unread {
                     self.ready.push_back((self.next_index, Err(e)));
@@ -322,13 +336,20 @@ impl Engine<'_> {
         if entries.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("XDEL").arg(self.shared.keys.tasks()).arg(&entries).ignore();
+        // A call out of time still withdraws its tasks, but briefly: one
+        // deadline for both commands (a pipeline would wait up to the
+        // deadline for each of its replies).
+        let deadline = Some(Instant::now() + CANCEL_TIMEOUT);
+        let Some(mut conn) = self.shared.submit_conn(deadline) else {
+            tracing::warn!("could not cancel {} queued chunks: the connection stayed busy", entries.len());
+            return;
+        };
+        let tasks = self.shared.keys.tasks();
+        let mut done = conn.run_until(deadline, |c| redis::cmd("XDEL").arg(&tasks).arg(&entries).exec(c));
         if !blobs.is_empty() {
-            pipe.cmd("DEL").arg(&blobs).ignore();
+            done = done.and(conn.run_until(deadline, |c| redis::cmd("DEL").arg(&blobs).exec(c)));
         }
-        let mut conn = self.shared.submit.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = conn.run(|c| pipe.exec(c)) {
+        if let Err(e) = done {
             tracing::warn!("could not cancel {} queued chunks: {e}", entries.len());
         }
     }

@@ -3,9 +3,10 @@
 //! a new connection, until a deadline.
 
 use std::fmt;
+use std::io;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisError, RedisResult};
+use redis::{Client, Connection, Pipeline, RedisError, RedisResult, Value};
 
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -16,6 +17,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Conn {
     client: Client,
     con: Option<Connection>,
+    /// How long a reply may take ([`REPLY_TIMEOUT`] unless set).
+    reply_timeout: Duration,
     /// Connections made so far: a change means the last one was lost.
     connects: u64,
 }
@@ -36,31 +39,63 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
         || e.code() == Some("TRYAGAIN")
 }
 
+/// The error of a command not sent (or not answered) because its
+/// deadline passed.
+pub(crate) fn deadline_passed() -> RedisError {
+    io::Error::new(io::ErrorKind::TimedOut, "redis did not answer in time (before the deadline of the call or command)")
+        .into()
+}
+
+/// The time left until `deadline` (`Duration::MAX` without one), or the
+/// error of a deadline that has passed.
+fn time_left(deadline: Option<Instant>) -> RedisResult<Duration> {
+    match deadline {
+        None => Ok(Duration::MAX),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(deadline_passed()),
+        },
+    }
+}
+
 impl Conn {
     /// A connection to `url`, made now.
     pub(crate) fn open(url: &str) -> RedisResult<Conn> {
-        let client = Client::open(url)?;
-        let mut conn = Conn { client, con: None, connects: 0 };
-        conn.connection()?;
-        Ok(conn)
+        Conn::of(Client::open(url)?)
     }
 
     /// A second connection to the same server.
     pub(crate) fn another(&self) -> RedisResult<Conn> {
-        let mut conn = Conn { client: self.client.clone(), con: None, connects: 0 };
-        conn.connection()?;
+        Conn::of(self.client.clone())
+    }
+
+    fn of(client: Client) -> RedisResult<Conn> {
+        let mut conn = Conn { client, con: None, reply_timeout: REPLY_TIMEOUT, connects: 0 };
+        conn.connection(Duration::MAX)?;
         Ok(conn)
     }
 
-    fn connection(&mut self) -> RedisResult<&mut Connection> {
+    /// This connection with replies waited for at most `timeout` (for a
+    /// connection whose commands all answer soon, so that it notices a
+    /// server that stopped answering soon too).
+    pub(crate) fn with_reply_timeout(mut self, timeout: Duration) -> Conn {
+        self.reply_timeout = timeout;
+        self
+    }
+
+    /// The connection (made now if there is none), with its connect and
+    /// reply timeouts no longer than `limit`.
+    fn connection(&mut self, limit: Duration) -> RedisResult<&mut Connection> {
         if self.con.is_none() {
-            let con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-            con.set_read_timeout(Some(REPLY_TIMEOUT))?;
-            con.set_write_timeout(Some(REPLY_TIMEOUT))?;
-            self.con = Some(con);
+            self.con = Some(self.client.get_connection_with_timeout(CONNECT_TIMEOUT.min(limit))?);
             self.connects += 1;
         }
-        Ok(self.con.as_mut().unwrap_or_else(|| unreachable!("set above")))
+        let con = self.con.as_mut().unwrap_or_else(|| unreachable!("set above"));
+        // Set before each command: `exec_pipeline` changes it.
+        let reply_timeout = Some(self.reply_timeout.min(limit));
+        con.set_read_timeout(reply_timeout)?;
+        con.set_write_timeout(reply_timeout)?;
+        Ok(con)
     }
 
     /// How many connections were made so far (a new one after each loss).
@@ -81,7 +116,25 @@ impl Conn {
     /// Runs `f` once on the connection; a transient error drops the
     /// connection so the next call makes a new one.
     pub(crate) fn run<T>(&mut self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> RedisResult<T> {
-        let result = self.connection().and_then(f);
+        self.run_until(None, f)
+    }
+
+    /// As [`Conn::run`], connecting and waiting for the reply no later than
+    /// `deadline`: a server that stops answering (paused, cut off) costs the
+    /// caller no more than the time it has.
+    ///
+    /// The bound holds for one command per `f`: redis-rs reads every reply
+    /// of a pipeline, each with the full reply timeout, even after one
+    /// timed out, so a pipeline of `n` commands may block `n` times longer
+    /// (run it with [`exec_pipeline`]).
+    pub(crate) fn run_until<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        // A deadline already passed sends nothing and keeps the connection.
+        let limit = time_left(deadline)?;
+        let result = self.connection(limit).and_then(f);
         if let Err(e) = &result
             && is_transient(e)
         {
@@ -98,32 +151,64 @@ impl Conn {
         patience: Duration,
         f: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
-        self.retry_while(patience, || true, f)
+        self.retry_while(patience, None, || true, f)
     }
 
     /// As [`Conn::retry`], giving up early (with the last error) once
-    /// `keep_trying` says no.
+    /// `keep_trying` says no or `deadline` passes; no attempt waits past
+    /// `deadline`.
     pub(crate) fn retry_while<T>(
         &mut self,
         patience: Duration,
+        deadline: Option<Instant>,
         keep_trying: impl Fn() -> bool,
         mut f: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let mut first_failure: Option<Instant> = None;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.run(&mut f) {
+            match self.run_until(deadline, &mut f) {
                 Err(e) if is_transient(&e) => {
                     let since = *first_failure.get_or_insert_with(Instant::now);
+                    let Ok(left) = time_left(deadline) else { return Err(e) };
                     if since.elapsed() >= patience || !keep_trying() {
                         return Err(e);
                     }
                     tracing::warn!("redis unavailable ({e}); trying again in {pause:?}");
-                    std::thread::sleep(pause);
+                    std::thread::sleep(pause.min(left));
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 other => return other,
             }
         }
     }
+}
+
+/// Runs `pipe` on `con` and checks its replies for errors, waiting for all
+/// of them together no longer than one reply timeout, nor past `deadline`:
+/// redis-rs's own pipelines wait for each reply up to the read timeout,
+/// even after one timed out, so a server that stops answering would hold a
+/// pipeline of `n` commands `n` times the timeout. Use it inside
+/// [`Conn::run`] (a timeout drops the connection, whose replies are then
+/// out of step).
+pub(crate) fn exec_pipeline(con: &mut Connection, pipe: &Pipeline, deadline: Option<Instant>) -> RedisResult<()> {
+    let end = Instant::now() + REPLY_TIMEOUT;
+    let end = deadline.map_or(end, |d| d.min(end));
+    con.send_packed_command(&pipe.get_packed_pipeline())?;
+    // A transaction adds the replies of MULTI and EXEC.
+    let mut replies = pipe.len() + if pipe.is_transaction() { 2 } else { 0 };
+    let mut first_error = None;
+    while replies > 0 {
+        con.set_read_timeout(Some(time_left(Some(end))?))?;
+        match con.recv_response()? {
+            Value::Push { .. } => continue, // not a reply (RESP3)
+            reply => {
+                if let Err(e) = reply.extract_error() {
+                    first_error.get_or_insert(e);
+                }
+                replies -= 1;
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }

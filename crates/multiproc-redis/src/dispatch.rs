@@ -6,18 +6,24 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::streams::StreamReadOptions;
 
-use crate::conn::Conn;
+use crate::conn::{self, Conn};
 use crate::schema::{self, Keys, Outcome};
 
 /// How long one `XREAD` blocks: also how long a dropped pool's thread may
 /// take to notice.
 const BLOCK: Duration = Duration::from_millis(200);
+/// How long a reply on the result thread's connection may take: its
+/// `XREAD` answers within [`BLOCK`], so a server that stopped answering is
+/// noticed soon (and a dropped pool's thread ends soon).
+const REPLY_TIMEOUT: Duration = Duration::from_millis(BLOCK.as_millis() as u64 + 2000);
+/// How long a dropped pool waits to delete its results stream (it expires).
+const DROP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Entries read per `XREAD`.
 const READ_COUNT: usize = 1024;
 
@@ -63,6 +69,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The submitting connection, waited for no later than `deadline`
+    /// (`None` when another call held it until then).
+    pub(crate) fn submit_conn(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, Conn>> {
+        let Some(deadline) = deadline else { return Some(self.submit.lock().unwrap_or_else(|e| e.into_inner())) };
+        loop {
+            match self.submit.try_lock() {
+                Ok(conn) => return Some(conn),
+                Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
+                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
     /// Forgets chunk `task` (its call no longer waits for it).
     pub(crate) fn forget(&self, task: u64) -> Option<Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&task)
@@ -88,6 +108,7 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     pub(crate) fn start(shared: Arc<Shared>, conn: Conn) -> std::io::Result<Dispatcher> {
         let s = shared.clone();
+        let conn = conn.with_reply_timeout(REPLY_TIMEOUT);
         let thread = std::thread::Builder::new().name("multiproc-redis results".into()).spawn(move || run(&s, conn))?;
         Ok(Dispatcher { shared, thread: Some(thread) })
     }
@@ -101,8 +122,10 @@ impl Drop for Dispatcher {
         }
         self.shared.fail_all("the pool was dropped");
         let key = self.shared.results_key.clone();
-        let mut conn = self.shared.submit.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = conn.run(|c| redis::cmd("DEL").arg(&key).exec(c));
+        let deadline = Some(Instant::now() + DROP_TIMEOUT);
+        if let Some(mut conn) = self.shared.submit_conn(deadline) {
+            let _ = conn.run_until(deadline, |c| redis::cmd("DEL").arg(&key).exec(c));
+        }
     }
 }
 
@@ -135,6 +158,7 @@ fn run(shared: &Shared, mut conn: Conn) {
         let stopping = || shared.stop.load(Ordering::Acquire);
         let reply = conn.retry_while(
             shared.options.reconnect_timeout,
+            None,
             || !stopping(),
             |c| redis::cmd("XREAD").arg(&opts).arg("STREAMS").arg(key).arg(&last_id).query::<redis::Value>(c),
         );
@@ -147,10 +171,17 @@ fn run(shared: &Shared, mut conn: Conn) {
             }
             Err(_) if stopping() => break, // the pool was dropped
             Err(e) => {
-                let reason = format!(
-                    "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
-                    shared.options.reconnect_timeout
-                );
+                let reason = if conn::is_transient(&e) {
+                    format!(
+                        "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
+                        shared.options.reconnect_timeout
+                    )
+                } else {
+                    format!(
+                        "could not read the results stream {key}: {e}; the tasks may still run, but their results \
+                         cannot be read (another client may have written this key: delete it)"
+                    )
+                };
                 tracing::error!("{reason}");
                 shared.fail_all(&reason);
                 std::thread::sleep(Duration::from_millis(200));
@@ -177,7 +208,8 @@ fn run(shared: &Shared, mut conn: Conn) {
             if !blobs.is_empty() {
                 pipe.cmd("DEL").arg(&blobs).ignore();
             }
-            if let Err(e) = conn.run(|c| pipe.exec(c)) {
+            let deadline = Some(Instant::now() + REPLY_TIMEOUT);
+            if let Err(e) = conn.run(|c| conn::exec_pipeline(c, &pipe, deadline)) {
                 tracing::warn!("could not delete read results from {key}: {e} (they expire)");
             }
         }

@@ -61,8 +61,9 @@
 //!
 //! ## Layout
 //!
-//! Needs Redis 6.2 or newer (`XAUTOCLAIM`, `XGROUP CREATECONSUMER`); tested
-//! with Debian's 7.0.
+//! Needs Redis 6.2 or newer (`XAUTOCLAIM`, `XGROUP CREATECONSUMER`), and
+//! `EVAL` allowed to the pool's user (a batch of chunks is queued by one
+//! script, whole or not at all); tested with Debian's 7.0.
 //!
 //! The keys, streams, group and message schema are in [`schema`],
 //! versioned ([`schema::SCHEMA_VERSION`]). Nothing grows without bound:
@@ -75,6 +76,7 @@ mod call;
 mod conn;
 mod dispatch;
 mod endpoint;
+mod enqueue;
 mod error;
 mod inspect;
 mod pool;

@@ -52,7 +52,9 @@ impl RedisPoolBuilder {
     /// The longest a blocking call waits for its results before it fails with
     /// [`RedisPoolError::Timeout`] (with no worker running, a call would
     /// otherwise wait for one); its tasks still queued are then deleted, as
-    /// for a dropped call. Default: no limit.
+    /// for a dropped call (which may take up to 1 s more). It bounds the
+    /// whole call, queuing included, also when Redis stops answering.
+    /// Default: no limit.
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.options.wait_timeout = Some(timeout);
         self
@@ -303,7 +305,8 @@ impl<'p> Call<'p> {
         self
     }
 
-    /// The longest the call waits for its results.
+    /// The longest the call waits for its results (as
+    /// [`RedisPoolBuilder::wait_timeout`]).
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = Some(timeout);
         self

@@ -130,6 +130,12 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id, while it runs (for a test that pauses it
+    /// with `SIGSTOP`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's directory (its append-only file and log).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -89,11 +89,11 @@ fn a_long_task_on_a_live_host_is_not_taken_over() {
     let pool = pool(&server, "long").connect().unwrap();
     let log = std::env::temp_dir().join(format!("multiproc-redis-long-{}", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let path = log.to_str().unwrap().to_string();
+    let log = support::RemovedOnDrop(log);
+    let path = log.0.to_str().unwrap().to_string();
     let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 3000u64), (path.clone(), 3000)]).unwrap();
     assert_eq!(got, [3000, 3000]);
-    let runs = std::fs::read_to_string(&log).unwrap().lines().count();
-    std::fs::remove_file(&log).unwrap();
+    let runs = std::fs::read_to_string(&log.0).unwrap().lines().count();
     assert_eq!(runs, 2, "a task ran again on another host while its own was alive");
     let info = multiproc_redis::queue_info(&server.url(), "long", "default").unwrap();
     assert_eq!((info.tasks, info.dead_letters), (0, 0));

@@ -40,7 +40,7 @@ use sha2::Sha256;
 use crate::error::TaskFailure;
 
 mod reply;
-pub use reply::{StreamEntry, autoclaim_reply, read_reply};
+pub use reply::{Autoclaim, StreamEntry, autoclaim_reply, read_reply};
 
 /// The version of this layout and schema, in the `v` field of every entry.
 pub const SCHEMA_VERSION: &str = "1";

@@ -88,20 +88,32 @@ pub fn read_reply(v: Value) -> Result<Vec<StreamEntry>, String> {
     Ok(all)
 }
 
-/// The claimed entries of an `XAUTOCLAIM` reply, and the ids of the
-/// entries it found deleted.
+/// An `XAUTOCLAIM` reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autoclaim {
+    /// Where the next scan of the pending list starts (`0-0`: the scan
+    /// reached its end).
+    pub cursor: String,
+    /// The entries claimed.
+    pub claimed: Vec<StreamEntry>,
+    /// The ids of pending entries found deleted from the stream.
+    pub deleted: Vec<String>,
+}
+
+/// Reads an `XAUTOCLAIM` reply.
 ///
 /// # Errors
 ///
 /// A reply of another shape.
-pub fn autoclaim_reply(v: Value) -> Result<(Vec<StreamEntry>, Vec<String>), String> {
+pub fn autoclaim_reply(v: Value) -> Result<Autoclaim, String> {
     let Value::Array(parts) = v else { return Err(reply_error("XAUTOCLAIM reply")) };
-    let mut parts = parts.into_iter().skip(1); // the cursor
+    let mut parts = parts.into_iter();
+    let cursor = parts.next().as_ref().and_then(text).ok_or_else(|| reply_error("XAUTOCLAIM cursor"))?;
     let claimed = entries(parts.next().unwrap_or(Value::Nil))?;
     let deleted = match parts.next() {
         None | Some(Value::Nil) => Vec::new(),
         Some(Value::Array(ids)) => ids.iter().filter_map(text).collect(),
         Some(_) => return Err(reply_error("deleted id list")),
     };
-    Ok((claimed, deleted))
+    Ok(Autoclaim { cursor, claimed, deleted })
 }

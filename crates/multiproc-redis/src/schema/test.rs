@@ -61,8 +61,10 @@ fn stream_replies_of_both_protocols_read_with_any_field_names() {
     let resp3 = Value::Map(vec![(bulk(b"s"), Value::Array(vec![entry.clone()]))]);
     assert_eq!(read_reply(resp3).unwrap(), want);
     assert_eq!(read_reply(Value::Nil).unwrap(), vec![]);
-    let claimed = Value::Array(vec![bulk(b"0-0"), Value::Array(vec![entry]), Value::Array(vec![bulk(b"2-0")])]);
-    assert_eq!(autoclaim_reply(claimed).unwrap(), (want, vec!["2-0".to_string()]));
+    let cursor = "5-0".to_string();
+    let claimed = Value::Array(vec![bulk(b"5-0"), Value::Array(vec![entry]), Value::Array(vec![bulk(b"2-0")])]);
+    assert_eq!(autoclaim_reply(claimed).unwrap(), Autoclaim { cursor, claimed: want, deleted: vec!["2-0".into()] });
+    assert!(autoclaim_reply(Value::Array(vec![])).is_err());
     assert!(read_reply(Value::Int(3)).is_err());
     assert!(autoclaim_reply(Value::Array(vec![bulk(b"0-0"), Value::Int(1)])).is_err());
 }

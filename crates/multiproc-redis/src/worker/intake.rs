@@ -15,7 +15,7 @@ use super::outlet::{Disposal, Event};
 use super::{HostShared, admit};
 use crate::conn::{self, Conn};
 use crate::error::{RedisPoolError, TaskFailure};
-use crate::schema::{self, Args, GROUP, TaskMsg};
+use crate::schema::{self, Args, GROUP, StreamEntry, TaskMsg};
 
 /// How long one `XREADGROUP` blocks (also how soon a stop is noticed).
 const BLOCK: Duration = Duration::from_millis(100);
@@ -24,6 +24,8 @@ const BLOCK: Duration = Duration::from_millis(100);
 const AHEAD: Duration = Duration::from_millis(20);
 /// The most items in flight on one host.
 const MAX_IN_FLIGHT: usize = 16_384;
+/// Entries per read of the host's own pending list.
+const RECOVER_COUNT: usize = 1024;
 /// How long a stopping host waits for its items in flight.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -89,6 +91,7 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
     let mut pacer = Pacer { since: Instant::now(), done_then: 0, limit: 2 * host.processes };
     // Items per entry in the last read: entries are read, items counted.
     let mut per_entry = 1usize;
+    let mut connects = conn.connects();
     while !host.stopping() {
         let limit = pacer.limit(host);
         let in_flight = host.in_flight.load(Ordering::Acquire);
@@ -119,27 +122,75 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
                 continue;
             }
         };
-        let (mut entries, mut items) = (0usize, 0usize);
-        for entry in reply {
-            let fields = entry.fields;
-            match admit(host, &fields) {
-                Ok(msg) => {
-                    entries += 1;
-                    items += start(host, executors, &events, &mut conn, entry.id, msg);
-                }
-                Err(disposal) => {
-                    let _ = events.send(Event::Dispose { id: entry.id, disposal });
-                }
-            }
-        }
+        let (entries, items) = take(host, executors, &events, &mut conn, reply);
         if entries > 0 {
             per_entry = items.div_ceil(entries).max(1);
+        }
+        if conn.connects() != connects {
+            connects = conn.connects();
+            recover(host, executors, &events, &mut conn);
         }
     }
     host.set_intake_done();
     let deadline = Instant::now() + DRAIN;
     while host.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Takes entries read for this host: checks each and hands its items to
+/// the pools (or the entry to the outlet, to dispose of). Returns the
+/// entries and the items started.
+fn take(
+    host: &HostShared,
+    executors: &Executors,
+    events: &mpsc::Sender<Event>,
+    conn: &mut Conn,
+    entries: Vec<StreamEntry>,
+) -> (usize, usize) {
+    let (mut started, mut items) = (0usize, 0usize);
+    for entry in entries {
+        host.hold(&Arc::from(entry.id.as_str()));
+        match admit(host, &entry.fields) {
+            Ok(msg) => {
+                started += 1;
+                items += start(host, executors, events, conn, entry.id, msg);
+            }
+            Err(disposal) => {
+                let _ = events.send(Event::Dispose { id: entry.id, disposal });
+            }
+        }
+    }
+    (started, items)
+}
+
+/// Takes the entries delivered to this host that it never saw. After a
+/// reconnect the reply of a read may have been lost (Redis restarted, or
+/// answered too late): its entries are pending to this host, which does not
+/// run them nor send their heartbeats, and would wait for the visibility
+/// timeout and another delivery. They are read again from the host's own
+/// pending list (deleted ones are left to the reclaim scan).
+fn recover(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event>, conn: &mut Conn) {
+    let tasks = host.keys.tasks();
+    let mut after = "0-0".to_string();
+    loop {
+        let opts = StreamReadOptions::default().group(GROUP, &host.consumer).count(RECOVER_COUNT);
+        let reply = conn.run(|c| {
+            redis::cmd("XREADGROUP").arg(&opts).arg("STREAMS").arg(&tasks).arg(&after).query::<redis::Value>(c)
+        });
+        let entries = match reply.map(schema::read_reply) {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => return tracing::warn!("reading the entries pending to this host: {e}"),
+            Err(e) => return tracing::warn!("reading the entries pending to this host: {e}"),
+        };
+        let Some(last) = entries.last() else { return };
+        after.clone_from(&last.id);
+        let lost: Vec<StreamEntry> =
+            entries.into_iter().filter(|e| !e.fields.is_empty() && !host.holds(&e.id)).collect();
+        if !lost.is_empty() {
+            tracing::warn!("{} entries were delivered to this host while it was cut off; running them", lost.len());
+            take(host, executors, events, conn, lost);
+        }
     }
 }
 

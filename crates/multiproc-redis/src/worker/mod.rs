@@ -10,6 +10,7 @@ mod exec;
 mod intake;
 mod outlet;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -93,6 +94,7 @@ impl WorkerBuilder {
             in_flight: AtomicUsize::new(0),
             room: (Mutex::new(()), Condvar::new()),
             done_items: AtomicU64::new(0),
+            held: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -144,6 +146,10 @@ pub(crate) struct HostShared {
     pub room: (Mutex<()>, Condvar),
     /// Items finished since the start.
     pub done_items: AtomicU64,
+    /// The entries this host took (to run, dispose or reclaim) whose batch
+    /// is not written yet: any other entry pending to it was delivered
+    /// without it knowing (the reply of its read was lost).
+    held: Mutex<HashSet<Arc<str>>>,
 }
 
 impl HostShared {
@@ -159,6 +165,24 @@ impl HostShared {
 
     pub(crate) fn intake_done(&self) -> bool {
         self.intake_done.load(Ordering::Acquire)
+    }
+
+    /// Records that this host holds entry `id`.
+    pub(crate) fn hold(&self, id: &Arc<str>) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+    }
+
+    /// True if this host holds entry `id`.
+    pub(crate) fn holds(&self, id: &str) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
+
+    /// Forgets the entries of a batch written (or given up on).
+    pub(crate) fn release(&self, ids: &[String]) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            held.remove(id.as_str());
+        }
     }
 
     /// Marks `n` items finished and wakes the intake.

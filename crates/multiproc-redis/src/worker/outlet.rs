@@ -200,6 +200,7 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
     let heartbeat_every = host.visibility / 4;
     let mut next_heartbeat = Instant::now() + heartbeat_every;
     let mut next_reclaim = Instant::now();
+    let mut reclaim_cursor = START.to_string();
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     let mut batch = Batch::default();
     loop {
@@ -232,7 +233,7 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
             next_heartbeat = now + heartbeat_every;
         }
         if now >= next_reclaim && !host.stopping() {
-            reclaim(host, &mut conn, &running, &mut batch);
+            reclaim(host, &mut conn, &mut reclaim_cursor, &running, &mut batch);
             next_reclaim = now + heartbeat_every;
         }
         if now >= next_sweep && !host.stopping() {
@@ -277,7 +278,7 @@ fn handle(host: &HostShared, event: Event, running: &mut HashMap<Arc<str>, Runni
 fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
     let pipe = batch.pipeline(host);
     loop {
-        match conn.retry(Duration::from_secs(5), |c| pipe.exec(c)) {
+        match conn.retry(Duration::from_secs(5), |c| conn::exec_pipeline(c, &pipe, None)) {
             Ok(()) => break,
             Err(e) if conn::is_transient(&e) && !host.stopping() => {
                 tracing::warn!("could not write results yet ({e}); trying again");
@@ -288,6 +289,7 @@ fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
             }
         }
     }
+    host.release(&batch.done);
     *batch = Batch::default();
 }
 
@@ -312,49 +314,80 @@ fn heartbeat<'a>(host: &HostShared, conn: &mut Conn, ids: impl Iterator<Item = &
     }
 }
 
+/// Entries one `XAUTOCLAIM` claims at most (it looks at ten times as many
+/// pending entries).
+const RECLAIM_COUNT: usize = 64;
+/// `XAUTOCLAIM` calls per reclaim round at most: a round looks at up to
+/// 2560 pending entries, the next goes on from there.
+const RECLAIM_SCANS: usize = 4;
+
 /// Claims entries idle longer than the visibility timeout (their host died
-/// or lost Redis) and delivers them again (or dead-letters them).
-fn reclaim(host: &HostShared, conn: &mut Conn, running: &HashMap<Arc<str>, Running>, batch: &mut Batch) {
+/// or lost Redis) and delivers them again (or dead-letters them). The scan
+/// of the pending list goes on from `cursor`, where the last one stopped,
+/// and starts over once it reaches the end: each `XAUTOCLAIM` looks at a
+/// bounded part of the list, and a scan that always started at the
+/// beginning would never reach the entries behind the first few hundred
+/// held by live hosts.
+fn reclaim(
+    host: &HostShared,
+    conn: &mut Conn,
+    cursor: &mut String,
+    running: &HashMap<Arc<str>, Running>,
+    batch: &mut Batch,
+) {
     let min_idle = host.visibility.as_millis() as u64;
-    let reply = conn.run(|c| {
-        redis::cmd("XAUTOCLAIM")
-            .arg(host.keys.tasks())
-            .arg(schema::GROUP)
-            .arg(&host.consumer)
-            .arg(min_idle)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(64)
-            .query::<redis::Value>(c)
-    });
-    let (claimed, deleted) = match reply {
-        Ok(r) => match schema::autoclaim_reply(r) {
-            Ok(r) => r,
+    for _ in 0..RECLAIM_SCANS {
+        let reply = conn.run(|c| {
+            redis::cmd("XAUTOCLAIM")
+                .arg(host.keys.tasks())
+                .arg(schema::GROUP)
+                .arg(&host.consumer)
+                .arg(min_idle)
+                .arg(&*cursor)
+                .arg("COUNT")
+                .arg(RECLAIM_COUNT)
+                .query::<redis::Value>(c)
+        });
+        let reply = match reply {
+            Ok(r) => match schema::autoclaim_reply(r) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("reclaim failed: {e}");
+                    *cursor = START.to_string();
+                    return;
+                }
+            },
             Err(e) => {
-                tracing::warn!("reclaim failed: {e}");
+                if !conn::is_transient(&e) {
+                    tracing::warn!("reclaim failed: {e}");
+                    *cursor = START.to_string();
+                }
                 return;
             }
-        },
-        Err(e) => {
-            if !conn::is_transient(&e) {
-                tracing::warn!("reclaim failed: {e}");
+        };
+        for entry in reply.claimed {
+            if running.contains_key(entry.id.as_str()) {
+                continue; // ours, still running
             }
+            host.hold(&Arc::from(entry.id.as_str()));
+            match admit(host, &entry.fields) {
+                Ok(msg) => batch.reclaimed(&entry.id, msg, host.visibility),
+                Err(disposal) => batch.dispose(entry.id, disposal),
+            }
+        }
+        if !reply.deleted.is_empty() {
+            let deleted = &reply.deleted;
+            let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(deleted).exec(c));
+        }
+        *cursor = reply.cursor;
+        if *cursor == START || batch.is_full() {
             return;
         }
-    };
-    for entry in claimed {
-        if running.contains_key(entry.id.as_str()) {
-            continue; // ours, still running
-        }
-        match admit(host, &entry.fields) {
-            Ok(msg) => batch.reclaimed(&entry.id, msg, host.visibility),
-            Err(disposal) => batch.dispose(entry.id, disposal),
-        }
-    }
-    if !deleted.is_empty() {
-        let _ = conn.run(|c| redis::cmd("XACK").arg(host.keys.tasks()).arg(schema::GROUP).arg(&deleted).exec(c));
     }
 }
+
+/// The start of the pending list, where a reclaim scan begins.
+const START: &str = "0-0";
 
 /// Removes consumers that hold nothing and have been idle for longer than
 /// [`GONE_AFTER`] (hosts that died or left), so the group does not grow with

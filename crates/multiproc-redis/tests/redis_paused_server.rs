@@ -1,0 +1,125 @@
+//! A call's wait timeout bounds the whole call, also when Redis stops
+//! answering (a server paused with `SIGSTOP` accepts connections and never
+//! replies): no command may block past the call's deadline.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use multiproc_redis::RedisServer;
+use support::{pool, server};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// What a timed-out call may take beyond its timeout: withdrawing its
+/// queued tasks (at most 1 s) and a loaded machine.
+const SLACK: Duration = Duration::from_secs(4);
+
+/// Pauses the server (`SIGSTOP`) until dropped (`SIGCONT`); the server's own
+/// drop kills it either way.
+struct Paused(u32);
+
+impl Paused {
+    fn new(server: &RedisServer) -> Paused {
+        let pid = server.pid().expect("the server runs");
+        signal("-STOP", pid);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: u32) {
+    let status = Command::new("kill").arg(which).arg(pid.to_string()).status().expect("kill runs");
+    assert!(status.success(), "kill {which} {pid}: {status}");
+}
+
+#[test]
+fn a_call_on_a_paused_server_returns_within_its_wait_timeout() {
+    let server = server();
+    let timeout = Duration::from_secs(2);
+    let pool = pool(&server, "paused-submit").wait_timeout(timeout).connect().unwrap();
+    let paused = Paused::new(&server);
+    let started = Instant::now();
+    let err = pool.map(square, 0..8u64).unwrap_err();
+    let took = started.elapsed();
+    drop(paused);
+    assert!(err.is_timeout(), "{err}");
+    assert!(took < timeout + SLACK, "the call took {took:?} with a wait timeout of {timeout:?}");
+}
+
+#[test]
+fn a_call_whose_server_pauses_while_it_waits_returns_within_its_wait_timeout() {
+    let server = server();
+    let timeout = Duration::from_secs(2);
+    let pool = pool(&server, "paused-wait").wait_timeout(timeout).connect().unwrap();
+    // No worker: the tasks are queued, then the call waits for results.
+    let started = Instant::now();
+    let err = std::thread::scope(|s| {
+        let call = s.spawn(|| pool.map(square, 0..8u64).unwrap_err());
+        std::thread::sleep(Duration::from_millis(500));
+        let paused = Paused::new(&server);
+        let err = call.join().unwrap();
+        drop(paused);
+        err
+    });
+    let took = started.elapsed();
+    assert!(err.is_timeout(), "{err}");
+    assert!(took < timeout + SLACK, "the call took {took:?} with a wait timeout of {timeout:?}");
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// How long [`Worker::stop`](multiproc_redis::Worker::stop) may wait for
+/// the tasks it holds and their results.
+const STOP_BOUND: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_worker_holding_a_result_stops_within_its_bound_while_redis_is_paused() {
+    let server = server();
+    let worker = support::local_worker(&server, "paused-stop", 1);
+    let pool = pool(&server, "paused-stop").connect().unwrap();
+    let _call = pool.apply_async(nap, (3000,));
+    let holds_it = || {
+        let info = multiproc_redis::queue_info(&server.url(), "paused-stop", "default").unwrap();
+        info.hosts.iter().any(|h| h.pending == 1)
+    };
+    assert!(support::eventually(Duration::from_secs(30), holds_it));
+    let paused = Paused::new(&server);
+    // The task finishes while the server is paused: its result cannot be
+    // written (a transaction of several commands).
+    std::thread::sleep(Duration::from_secs(4));
+    let started = Instant::now();
+    worker.stop();
+    let took = started.elapsed();
+    drop(paused);
+    assert!(took < STOP_BOUND + SLACK, "the worker took {took:?} to stop");
+}
+
+/// How long dropping a pool may take while Redis does not answer: its
+/// result thread notices the drop, and it deletes its results stream
+/// (each waits a little for Redis).
+const DROP_BOUND: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_pool_drops_promptly_while_redis_is_paused() {
+    let server = server();
+    let pool = pool(&server, "paused-drop").connect().unwrap();
+    let paused = Paused::new(&server);
+    std::thread::sleep(Duration::from_millis(500)); // its result thread waits on Redis
+    let started = Instant::now();
+    drop(pool);
+    let took = started.elapsed();
+    drop(paused);
+    assert!(took < DROP_BOUND + SLACK, "dropping the pool took {took:?}");
+}
