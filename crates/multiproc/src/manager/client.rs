@@ -333,15 +333,12 @@ pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), Man
     Ok(())
 }
 
-/// Asks the manager for a lane, waiting at most `timeout` for its answer
-/// to begin; `None` when it cannot make one (the socket then carries the
+/// Asks the manager for a lane, waiting at most `timeout` for the whole of
+/// its answer; `None` when it cannot make one (the socket then carries the
 /// calls).
 fn open_lane(conn: &Connection<()>, timeout: Duration) -> Result<Option<Lane>, ManagerError> {
     send(conn, &Request::OpenLane)?;
-    if !conn.poll(timeout)? {
-        return Err(ConnectionError::Timeout.into());
-    }
-    let (bytes, mut fds) = conn.recv_bytes_with_fds()?;
+    let (bytes, mut fds) = conn.recv_bytes_with_fds_timeout(timeout)?;
     match wire::decode::<Response>(&bytes, Vec::new())? {
         Ok(Reply::Lane) if fds.len() == 2 => {
             let (lane, bell) = (fds.remove(0), fds.remove(0));
