@@ -236,6 +236,24 @@ fn give_back(endpoint: &Endpoint, link: Link) {
     });
 }
 
+/// The id of the server at `endpoint`, from the `Welcome` of one of this
+/// process's connections to it: an idle one that is still up, or a new one
+/// (then kept for later calls). Not a call's path: for telling whether two
+/// addresses reach the same manager.
+pub(crate) fn server_id(endpoint: &Endpoint) -> Result<u64, ManagerError> {
+    let link = loop {
+        match with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) {
+            // Its manager is gone (maybe replaced at the same address).
+            Some(link) if link.hung_up() => drop(link),
+            Some(link) => break link,
+            None => break open(endpoint)?,
+        }
+    };
+    let server = link.server;
+    give_back(endpoint, link);
+    Ok(server)
+}
+
 /// Runs `f` on each idle connection of this process to `endpoint`.
 #[cfg(test)]
 pub(crate) fn for_each_idle(endpoint: &Endpoint, mut f: impl FnMut(&Connection<()>)) {
