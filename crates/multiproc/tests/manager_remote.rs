@@ -452,3 +452,36 @@ fn a_peer_that_authenticates_but_never_answers_hello_fails_the_connect_in_bounde
         held.join().unwrap();
     }
 }
+
+#[test]
+fn a_proxy_naming_another_address_of_the_same_manager_is_its_own() {
+    // The handle's proxies name the advertise address (127.0.0.2); a client
+    // connected on 127.0.0.1 reads one nested in a dict: both name the same
+    // manager, each through an address the other's handle does not use.
+    let m = Manager::builder().address("tcp:0.0.0.0:0").advertise_address([127, 0, 0, 2]).authkey(KEY).serve().unwrap();
+    let Address::Tcp(bound) = m.address().clone() else { panic!("{}", m.address()) };
+    let (outer, inner) = (m.dict::<String, Dict<u8, String>>().unwrap(), m.dict::<u8, String>().unwrap());
+    outer.insert("inner".into(), inner.clone()).unwrap();
+    m.publish("outer", &outer).unwrap();
+    let client = Manager::connect(format!("tcp:127.0.0.1:{}", bound.port()), Some(KEY)).unwrap();
+    let through_client: Dict<String, Dict<u8, String>> = client.get("outer").unwrap();
+    let nested = through_client.get("inner").unwrap().unwrap();
+    assert!(proxy_address(&nested).contains("127.0.0.2"), "{}", proxy_address(&nested));
+    client.publish("inner", &nested).unwrap();
+    m.publish("outer again", &through_client).unwrap();
+    let again: Dict<u8, String> = m.get("inner").unwrap();
+    again.insert(1, "one".into()).unwrap();
+    assert!(client.remove(&nested).unwrap());
+    assert!(!m.remove(&inner).unwrap());
+    assert!(m.remove(&through_client).unwrap());
+    // A proxy of another manager is still refused.
+    let other = manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let foreign = other.event().unwrap();
+    let e = client.publish("foreign", &foreign).unwrap_err();
+    assert!(matches!(e, ManagerError::ForeignProxy { .. }), "{e}");
+    // So is one whose manager is gone: nothing tells it is this one.
+    other.shutdown().unwrap();
+    let e = m.remove(&foreign).unwrap_err();
+    assert!(matches!(e, ManagerError::ForeignProxy { .. }), "{e}");
+    m.shutdown().unwrap();
+}

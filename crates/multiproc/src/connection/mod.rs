@@ -385,7 +385,7 @@ impl<T> Connection<T> {
     }
 
     /// Sends one raw byte message with descriptors attached (a Unix
-    /// connection only; see [`Connection::recv_bytes_with_fds`]).
+    /// connection only; see [`Connection::recv_bytes_with_fds_timeout`]).
     pub(crate) fn send_bytes_with_fds(
         &self,
         bytes: &[u8],
@@ -394,9 +394,14 @@ impl<T> Connection<T> {
         Ok(self.writer()?.send(Kind::Data, bytes, fds)?)
     }
 
-    /// Receives one raw byte message and the descriptors that came with it.
-    pub(crate) fn recv_bytes_with_fds(&self) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), ConnectionError> {
-        let frame = self.recv_frame(Deadline::NEVER)?;
+    /// Receives one raw byte message and the descriptors that came with it,
+    /// waiting at most `timeout` for all of it ([`ConnectionError::Timeout`]
+    /// after that, also for a peer that stalls halfway through a message).
+    pub(crate) fn recv_bytes_with_fds_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), ConnectionError> {
+        let frame = self.recv_frame(Deadline::after(timeout))?;
         Ok((frame.payload, frame.fds))
     }
 

@@ -236,6 +236,24 @@ fn give_back(endpoint: &Endpoint, link: Link) {
     });
 }
 
+/// The id of the server at `endpoint`, from the `Welcome` of one of this
+/// process's connections to it: an idle one that is still up, or a new one
+/// (then kept for later calls). Not a call's path: for telling whether two
+/// addresses reach the same manager.
+pub(crate) fn server_id(endpoint: &Endpoint) -> Result<u64, ManagerError> {
+    let link = loop {
+        match with_clients(|c| c.idle_for(endpoint).and_then(Vec::pop)) {
+            // Its manager is gone (maybe replaced at the same address).
+            Some(link) if link.hung_up() => drop(link),
+            Some(link) => break link,
+            None => break open(endpoint)?,
+        }
+    };
+    let server = link.server;
+    give_back(endpoint, link);
+    Ok(server)
+}
+
 /// Runs `f` on each idle connection of this process to `endpoint`.
 #[cfg(test)]
 pub(crate) fn for_each_idle(endpoint: &Endpoint, mut f: impl FnMut(&Connection<()>)) {
@@ -333,15 +351,12 @@ pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), Man
     Ok(())
 }
 
-/// Asks the manager for a lane, waiting at most `timeout` for its answer
-/// to begin; `None` when it cannot make one (the socket then carries the
+/// Asks the manager for a lane, waiting at most `timeout` for the whole of
+/// its answer; `None` when it cannot make one (the socket then carries the
 /// calls).
 fn open_lane(conn: &Connection<()>, timeout: Duration) -> Result<Option<Lane>, ManagerError> {
     send(conn, &Request::OpenLane)?;
-    if !conn.poll(timeout)? {
-        return Err(ConnectionError::Timeout.into());
-    }
-    let (bytes, mut fds) = conn.recv_bytes_with_fds()?;
+    let (bytes, mut fds) = conn.recv_bytes_with_fds_timeout(timeout)?;
     match wire::decode::<Response>(&bytes, Vec::new())? {
         Ok(Reply::Lane) if fds.len() == 2 => {
             let (lane, bell) = (fds.remove(0), fds.remove(0));

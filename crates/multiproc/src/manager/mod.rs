@@ -443,16 +443,25 @@ impl Manager {
         }
     }
 
-    /// The id of a proxy's object, if it is one of this manager's.
+    /// The id of a proxy's object, if it is one of this manager's: the
+    /// proxy names the handle's address, or another address at which the
+    /// same server answers (a manager has several: its advertise address,
+    /// loopback and the machine's own for one bound on every interface…).
+    /// A proxy whose address this process cannot reach counts as another
+    /// manager's.
     fn own<P: Proxy>(&self, proxy: &P) -> Result<u64, ManagerError> {
         let object = proxy.object_ref();
-        if object.endpoint.address != self.endpoint.address {
-            return Err(ManagerError::ForeignProxy {
-                proxy: object.endpoint.address.to_string(),
-                manager: self.endpoint.address.to_string(),
-            });
+        if object.endpoint.address == self.endpoint.address {
+            return Ok(object.id);
         }
-        Ok(object.id)
+        let ours = client::server_id(&self.endpoint)?;
+        if client::server_id(&object.endpoint).is_ok_and(|theirs| theirs == ours) {
+            return Ok(object.id);
+        }
+        Err(ManagerError::ForeignProxy {
+            proxy: object.endpoint.address.to_string(),
+            manager: self.endpoint.address.to_string(),
+        })
     }
 
     /// The object published under `name`, as proxy type `P`.

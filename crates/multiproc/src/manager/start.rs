@@ -149,19 +149,7 @@ impl ManagerBuilder {
             builder = builder.start_method(method);
         }
         let mut process = builder.spawn(manager_main, (address, authkey.clone().map(ByteBuf::from), theirs))?;
-        let bound = match ours.recv_timeout(client::CONNECT_TIMEOUT) {
-            Ok(Ok(bound)) => bound,
-            Ok(Err(e)) => {
-                let _ = process.join_timeout(SHUTDOWN_TIMEOUT);
-                return Err(ManagerError::Start(e));
-            }
-            Err(e) => {
-                let _ = process.kill();
-                let _ = process.join_timeout(SHUTDOWN_TIMEOUT);
-                return Err(ManagerError::Start(format!("no word from the manager process: {e}")));
-            }
-        };
-        let address: Address = bound.parse().map_err(|e| ManagerError::Start(format!("{e}")))?;
+        let address = listening_address(&mut process, &ours)?;
         let endpoint = Arc::new(self.endpoint(&address, authkey.as_deref()));
         Ok(Manager { endpoint, address, owned: Owned::Process(Some(Box::new(process))) })
     }
@@ -223,6 +211,29 @@ pub fn serve(address: impl IntoAddress, authkey: Option<&[u8]>) -> Result<Manage
     .serve()
 }
 
+/// The address a manager process just started listens on, as it reports
+/// it through `ready`. On any failure (it could not listen, said nothing in
+/// time, or reported something that is not an address) the process is
+/// killed and reaped before the error returns: nothing else would stop it
+/// before the program exits.
+fn listening_address(
+    process: &mut Process<()>,
+    ready: &Connection<Result<String, String>>,
+) -> Result<Address, ManagerError> {
+    let reported = match ready.recv_timeout(client::CONNECT_TIMEOUT) {
+        Ok(Ok(bound)) => bound
+            .parse::<Address>()
+            .map_err(|e| format!("the manager process reported an address that does not parse ({e})")),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(format!("no word from the manager process: {e}")),
+    };
+    reported.map_err(|e| {
+        let _ = process.kill();
+        let _ = process.join_timeout(SHUTDOWN_TIMEOUT);
+        ManagerError::Start(e)
+    })
+}
+
 /// The manager process: listen, report the address, serve until shut down.
 fn manager_main(address: String, authkey: Option<ByteBuf>, ready: Connection<Result<String, String>>) {
     // As Python's manager process (bpo-36368): a terminal's Ctrl-C reaches
@@ -259,4 +270,28 @@ fn random_key() -> Result<Vec<u8>, ManagerError> {
     let mut key = vec![0u8; 32];
     getrandom::fill(&mut key).map_err(|e| ManagerError::Start(format!("no random bytes for the auth key: {e}")))?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A manager process that reports an address that is no address, then
+    /// stays up (as long as a test may take).
+    fn misreporting_manager(ready: Connection<Result<String, String>>) {
+        let _ = ready.send(&Ok("not an address".to_string()));
+        std::thread::sleep(Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_manager_process_that_reports_no_address_is_killed_and_reaped() {
+        let (ours, theirs) = Pipe::<Result<String, String>>::duplex().unwrap();
+        let mut process = Process::builder().daemon(true).spawn(misreporting_manager, (theirs,)).unwrap();
+        let err = listening_address(&mut process, &ours).unwrap_err();
+        assert!(err.to_string().contains("does not parse"), "{err}");
+        assert!(!process.is_alive(), "the manager process still runs after the failed start");
+        assert_eq!(process.exitcode(), Some(-9), "the manager process was not killed and reaped");
+    }
 }

@@ -153,3 +153,45 @@ fn a_proxy_keeps_its_address_through_the_wire_and_names_no_host_to_look_up() {
     let forged = wire::encode(&("tcp:localhost:5000", Some(serde_bytes::ByteBuf::from(KEY)))).unwrap();
     assert!(wire::decode::<Endpoint>(&forged.bytes, Vec::new()).is_err());
 }
+
+#[test]
+fn a_peer_that_stalls_inside_its_lane_answer_fails_the_connect_within_its_bound() {
+    use super::client::{CONNECT_TIMEOUT, Endpoint};
+    use super::protocol::Reply;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+
+    // The bytes of a whole lane answer as the wire frames it (without its
+    // descriptors), read raw from the far end of a pipe.
+    let (a, b) = crate::Pipe::<()>::duplex().unwrap();
+    a.send_bytes(&wire::encode(&Ok::<Reply, super::RemoteError>(Reply::Lane)).unwrap().bytes).unwrap();
+    let mut frame = vec![0u8; 4096];
+    let n = UnixStream::from(b.as_fd().try_clone_to_owned().unwrap()).read(&mut frame).unwrap();
+    frame.truncate(n - 1);
+
+    let listener = crate::Listener::bind(format!("@multiproc-stalled-lane-{}", std::process::id()), Some(KEY)).unwrap();
+    let endpoint = Endpoint::new(listener.address(), Some(KEY));
+    let (release, released) = mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let conn: Connection<()> = listener.accept_timeout(LONG).unwrap();
+        conn.recv_bytes_timeout(LONG).unwrap(); // hello
+        let welcome = Ok::<Reply, super::RemoteError>(Reply::Welcome { server: 0x5EED });
+        conn.send_bytes(&wire::encode(&welcome).unwrap().bytes).unwrap();
+        conn.recv_bytes_timeout(LONG).unwrap(); // the lane request
+        // All of the answer but its last byte, then nothing.
+        UnixStream::from(conn.as_fd().try_clone_to_owned().unwrap()).write_all(&frame).unwrap();
+        let _ = released.recv_timeout(4 * LONG);
+    });
+    let (done, outcome) = mpsc::channel();
+    std::thread::spawn(move || done.send(super::client::connect(&endpoint)));
+    let waited = outcome.recv_timeout(CONNECT_TIMEOUT + LONG);
+    release.send(()).unwrap();
+    peer.join().unwrap();
+    match waited {
+        Ok(Err(e)) => assert!(matches!(e, super::ManagerError::Connection(ref c) if c.is_timeout()), "{e:?}"),
+        Ok(Ok(())) => panic!("connected to a peer that never finished its lane answer"),
+        Err(_) => panic!("connect still waits for a lane answer that stalled {:?} ago", CONNECT_TIMEOUT + LONG),
+    }
+}
