@@ -68,6 +68,16 @@ pub(crate) async fn idle_for(activity: &Activity, limit: Duration) {
     }
 }
 
+/// Resolves once a request has started on `activity`'s connection. Used
+/// only while shutting down, for a second at most, on connections that
+/// had none when the shutdown came: it looks every few milliseconds,
+/// costing the requests nothing.
+pub(crate) async fn first_request(activity: &Activity) {
+    while activity.started.load(Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,10 @@
 //! Accepting connections and serving HTTP/1.1 on them with hyper, with
 //! graceful shutdown: stop accepting, let every connection finish the
-//! request it is on, then return.
+//! request it is on, then return. A request a client sent before it could
+//! know is one in flight too: the connections waiting in the listen backlog,
+//! and those accepted on which no request was read yet, each answer one
+//! request (or close after the header timeout) rather than being reset or
+//! closed with it unread.
 //!
 //! Inference requests go straight to their handler; everything else goes
 //! through the axum router. The router costs an allocation or three per
@@ -26,13 +30,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::idle::{Activity, InFlight, idle_for};
+use crate::idle::{Activity, InFlight, first_request, idle_for};
+
+/// How long a connection with no request started when the shutdown came
+/// is given for one to start: the request its client sent before it knew
+/// arrives well within it.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `router` (and, if `app` is given, its inference fast path) on
 /// `listener` until `stop` turns true; then stops accepting, lets every
 /// connection finish its request in flight, and returns once all are closed.
 /// A connection on which no request has started and none has been in
-/// flight for `header_timeout` is closed.
+/// flight for `header_timeout` is closed. The connections the kernel took
+/// and this loop had not accepted yet when `stop` came (their clients may
+/// have sent a request) are accepted then and answer one request each:
+/// closing the listener with them waiting would reset them.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
@@ -58,9 +70,41 @@ pub(crate) async fn serve(
         let front = Front { router: router.clone(), app: app.clone() };
         tokio::spawn(connection(stream, front, header_timeout, stop.clone(), open_rx.clone()));
     }
+    // Stopping: the connections waiting to be accepted each finish the
+    // request they came with, and close.
+    for stream in waiting(listener) {
+        let front = Front { router: router.clone(), app: app.clone() };
+        tokio::spawn(connection(stream, front, header_timeout, stop.clone(), open_rx.clone()));
+    }
     drop(open_rx);
-    drop(listener);
     open_tx.closed().await;
+}
+
+/// Closes `listener`, taking first the connections waiting in its backlog
+/// (all the kernel holds now: the reactor may not have seen them yet).
+fn waiting(listener: TcpListener) -> Vec<TcpStream> {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("cannot take the connections waiting to be accepted: {e}; they are reset");
+            return Vec::new();
+        }
+    };
+    let mut streams = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                Ok(stream) => streams.push(stream),
+                Err(e) => tracing::debug!("a connection waiting to be accepted is dropped: {e}"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return streams,
+            Err(e) => {
+                tracing::debug!("taking the connections waiting to be accepted stopped: {e}");
+                return streams;
+            }
+        }
+    }
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
@@ -115,23 +159,41 @@ async fn connection(
     let mut idle = pin!(idle_for(&activity, header_timeout));
     tokio::select! {
         biased;
-        done = conn.as_mut() => {
-            if let Err(e) = done {
-                tracing::trace!("connection ended: {e}");
-            }
-            return;
-        }
-        _ = &mut stopping => conn.as_mut().graceful_shutdown(),
+        done = conn.as_mut() => return ended(done),
+        _ = &mut stopping => {}
         _ = &mut idle => {
             tracing::debug!("closing a connection on which no request started for {header_timeout:?}");
             return;
         }
+    }
+    // Stopping. A connection on which no request has started yet may have
+    // come with one (its client sent it before it knew): that one is
+    // answered. Shut down before it is read, the connection would close
+    // with the request unread, and the client would see it reset. One that
+    // sends nothing (a browser's preconnect) holds the shutdown only
+    // briefly.
+    tokio::select! {
+        biased;
+        done = conn.as_mut() => return ended(done),
+        _ = first_request(&activity) => conn.as_mut().graceful_shutdown(),
+        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {
+            tracing::debug!("closing a connection on which no request started while shutting down");
+            return;
+        }
+        _ = &mut idle => return,
     }
     tokio::select! {
         done = conn => if let Err(e) = done {
             tracing::trace!("connection ended while shutting down: {e}");
         },
         _ = idle => tracing::debug!("closing an idle connection while shutting down"),
+    }
+}
+
+/// Logs how a connection ended.
+fn ended(done: Result<(), hyper::Error>) {
+    if let Err(e) = done {
+        tracing::trace!("connection ended: {e}");
     }
 }
 
@@ -207,5 +269,45 @@ mod tests {
         ] {
             assert_eq!(infer_route(&method, path), None, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn connections_waiting_to_be_accepted_at_shutdown_are_answered_not_reset() {
+        use std::io::{Read, Write};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            // Clients whose connections wait in the listen backlog, their
+            // requests sent, when the shutdown comes.
+            let clients: Vec<std::net::TcpStream> = (0..8)
+                .map(|_| {
+                    let mut client = std::net::TcpStream::connect(addr).unwrap();
+                    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    client.write_all(b"GET /live HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                    client
+                })
+                .collect();
+            // And one that sends nothing: it holds the shutdown only briefly.
+            let mut silent = std::net::TcpStream::connect(addr).unwrap();
+            silent.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let (stop_tx, stop_rx) = watch::channel(false);
+            stop_tx.send(true).unwrap();
+            let router = Router::new().route("/live", axum::routing::get(|| async { "live" }));
+            let served = serve(listener, router, None, Duration::from_secs(60), stop_rx);
+            let start = std::time::Instant::now();
+            tokio::time::timeout(Duration::from_secs(30), served).await.expect("the server did not stop");
+            // (The grace is 1 s; far less than the header timeout of 60 s.)
+            assert!(start.elapsed() < Duration::from_secs(20), "a silent connection held the shutdown");
+            for (i, mut client) in clients.into_iter().enumerate() {
+                let mut answer = String::new();
+                let read = client.read_to_string(&mut answer);
+                assert!(
+                    read.is_ok() && answer.starts_with("HTTP/1.1 200") && answer.ends_with("live"),
+                    "client {i}, waiting to be accepted at shutdown, got {read:?}: {answer:?}"
+                );
+            }
+            assert_eq!(silent.read(&mut [0; 16]).ok(), Some(0), "the silent connection was not closed");
+        });
     }
 }

@@ -66,3 +66,46 @@ pub(crate) fn raw_request(model: &str, config: &ModelConfig, body: Vec<u8>) -> R
         .map_err(|e| ProtocolError::new(format!("{raw}: input {e}")))?;
     Ok(DecodedRequest { id: None, inputs: vec![tensor], outputs: None, binary_output_default: true, timeout: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(datatype: &str, dims: &str, max_batch_size: usize) -> ModelConfig {
+        let text = format!(
+            "platform = \"onnx\"\nmax_batch_size = {max_batch_size}\n[[input]]\nname = \"x\"\ndatatype = \"{datatype}\"\n\
+             dims = {dims}\n[[output]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [1]\n"
+        );
+        ModelConfig::parse(&text).unwrap_or_else(|e| panic!("{datatype} {dims}: {e}"))
+    }
+
+    #[test]
+    fn any_body_against_any_shape_is_a_request_or_an_error_never_a_panic() {
+        let huge = i64::MAX.to_string();
+        let dims = [
+            "[]".to_string(),
+            "[-1]".into(),
+            "[3, -1]".into(),
+            "[-1, -1]".into(),
+            "[0]".into(),
+            "[0, -1]".into(),
+            format!("[{huge}, 2]"),
+            format!("[{huge}, -1]"),
+            "[4294967296, 4294967296, -1]".into(),
+            "[1, 1]".into(),
+        ];
+        for datatype in ["FP32", "BOOL", "UINT8", "FP64", "BYTES"] {
+            for dims in &dims {
+                for batch in [0, 4] {
+                    let config = config(datatype, dims, batch);
+                    for len in [0, 1, 2, 3, 4, 7, 8, 12, 24, 25] {
+                        if let Ok(request) = raw_request("m", &config, vec![1; len]) {
+                            let input = &request.inputs[0];
+                            assert_eq!(input.shape().len(), config.inputs[0].dims.len() + usize::from(batch > 0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

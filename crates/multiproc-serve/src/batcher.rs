@@ -86,6 +86,10 @@ struct State {
     /// The bells of the worker threads asleep in `sleep_while_empty`: a
     /// push with no thread waiting in `next_batch` rings one.
     sleepers: Vec<Ringer>,
+    /// The bells of the worker threads asleep in `sleep_unless_closing`
+    /// (a worker loading, a crash's backoff): rung when the queue closes or
+    /// stops, and when a closed queue runs empty (its version winds down).
+    watchers: Vec<Ringer>,
     /// Sleepers rung and not awake yet: worker threads on their way to
     /// `next_batch` (no batch is taken ahead for a busy worker meanwhile).
     roused: usize,
@@ -137,6 +141,7 @@ impl BatchQueue {
                 generation: 0,
                 waiting: 0,
                 sleepers: Vec::new(),
+                watchers: Vec::new(),
                 roused: 0,
                 held: 0,
             }),
@@ -240,7 +245,7 @@ impl BatchQueue {
         let mut s = self.lock();
         s.accepting = false;
         s.generation += 1;
-        let rung = s.rouse_all();
+        let rung = s.rouse_all_and_watchers();
         drop(s);
         self.changed.notify_all();
         rung.iter().for_each(Ringer::ring);
@@ -260,7 +265,7 @@ impl BatchQueue {
         s.stopped = true;
         s.generation += 1;
         let left = s.items.drain(..).collect();
-        let rung = s.rouse_all();
+        let rung = s.rouse_all_and_watchers();
         drop(s);
         self.changed.notify_all();
         rung.iter().for_each(Ringer::ring);
@@ -269,7 +274,12 @@ impl BatchQueue {
 
     /// Takes every queued request (to fail them: crash-looping).
     pub fn take_all(&self) -> Vec<Pending> {
-        self.lock().items.drain(..).collect()
+        let mut s = self.lock();
+        let all = s.items.drain(..).collect();
+        let rung = s.watchers_if_drained();
+        drop(s);
+        rung.iter().for_each(Ringer::ring);
+        all
     }
 
     /// A full batch at once, if one is queued and no worker thread waits for
@@ -287,7 +297,11 @@ impl BatchQueue {
             return None;
         }
         s.held += max;
-        Some(s.items.drain(..max).collect())
+        let batch = s.items.drain(..max).collect();
+        let rung = s.watchers_if_drained();
+        drop(s);
+        rung.iter().for_each(Ringer::ring);
+        Some(batch)
     }
 
     /// `n` requests taken ahead by [`BatchQueue::take_full`] started (or
@@ -312,6 +326,10 @@ impl BatchQueue {
             sweep(&mut s, settings.max_batch_size, now, dropped);
             let n = s.items.len();
             if n == 0 && !s.accepting {
+                // (Emptied by the sweep, maybe.)
+                let rung = s.watchers_if_drained();
+                drop(s);
+                rung.iter().for_each(Ringer::ring);
                 return Next::Quit;
             }
             let max = settings.max_batch_size;
@@ -344,6 +362,11 @@ impl BatchQueue {
                             drop(s);
                             ringer.ring();
                         }
+                    } else if !s.accepting {
+                        // The last request of a draining version.
+                        let rung = s.watchers_if_drained();
+                        drop(s);
+                        rung.iter().for_each(Ringer::ring);
                     }
                     return Next::Batch(batch, reason);
                 }
@@ -387,6 +410,26 @@ impl BatchQueue {
         bell.clear();
     }
 
+    /// Sleeps by `sleep` (on `bell` and whatever else the caller watches) a
+    /// worker thread that waits for no request (its worker loading, or a
+    /// crash's backoff) yet must see its version wind down at once: the
+    /// queue closing or stopping, or running empty once closed, rings
+    /// `bell` (a request coming does not). Returns at once if the queue is
+    /// stopped, or closed and empty. A ring that comes after the sleep
+    /// ended for another reason ends the next sleep early, no more.
+    pub fn sleep_unless_closing(&self, bell: &Bell, sleep: impl FnOnce()) {
+        {
+            let mut s = self.lock();
+            if s.stopped || (!s.accepting && s.items.is_empty()) {
+                return;
+            }
+            s.watchers.push(bell.ringer());
+        }
+        sleep();
+        self.lock().watchers.retain(|r| !r.rings(bell));
+        bell.clear();
+    }
+
     /// A worker thread woken for work it will not take (its worker died)
     /// passes the wake-up on to another idle worker thread, if work waits.
     pub fn pass_on(&self) {
@@ -417,6 +460,23 @@ impl State {
         self.roused += self.sleepers.len();
         std::mem::take(&mut self.sleepers)
     }
+
+    /// Takes every sleeper's and watcher's bell, to ring (the queue closes
+    /// or stops).
+    fn rouse_all_and_watchers(&mut self) -> Vec<Ringer> {
+        let mut rung = self.rouse_all();
+        rung.append(&mut self.watchers);
+        rung
+    }
+
+    /// Takes the watchers' bells if the queue is closed and empty (its
+    /// version winds down), to ring.
+    fn watchers_if_drained(&mut self) -> Vec<Ringer> {
+        if self.accepting || !self.items.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.watchers)
+    }
 }
 
 /// Drops the requests whose caller is gone or whose deadline passed into
@@ -435,134 +495,5 @@ fn sweep(s: &mut State, front: usize, now: Instant, dropped: &mut Vec<Pending>) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pending() -> Pending {
-        Pending { input: Encoded::default(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None }
-    }
-
-    fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {
-        match q.next_batch(s, Duration::from_secs(5), &mut Vec::new()) {
-            Next::Batch(b, r) => (b.len(), r),
-            other => panic!("no batch: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn batches_are_cut_by_size_preference_idleness_and_delay() {
-        let q = BatchQueue::new(100);
-        let mut s = ModelSettings { max_batch_size: 8, preferred_batch_sizes: vec![4, 6], ..Default::default() };
-        for _ in 0..13 {
-            q.push(pending(), false, &mut Vec::new()).unwrap();
-        }
-        assert_eq!(next(&q, &s), (8, BatchReason::Full));
-        assert_eq!(next(&q, &s), (4, BatchReason::Preferred));
-        assert_eq!(next(&q, &s), (1, BatchReason::IdleWorker));
-        s.dispatch_when_idle = false;
-        s.preferred_batch_sizes.clear();
-        s.max_queue_delay = Duration::from_millis(30);
-        q.push(pending(), false, &mut Vec::new()).unwrap();
-        let t = Instant::now();
-        assert_eq!(next(&q, &s), (1, BatchReason::Delay));
-        assert!(t.elapsed() >= Duration::from_millis(29));
-        q.close();
-        assert!(matches!(q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()), Next::Quit));
-    }
-
-    #[test]
-    fn a_full_queue_refuses_and_cancelled_requests_are_dropped() {
-        let q = BatchQueue::new(2);
-        q.push(pending(), false, &mut Vec::new()).unwrap();
-        let gone = pending();
-        gone.slot.cancel();
-        q.push(gone, false, &mut Vec::new()).unwrap();
-        // Full: the cancelled request makes room for a live one.
-        let mut dropped = Vec::new();
-        q.push(pending(), false, &mut dropped).unwrap();
-        assert_eq!(dropped.len(), 1);
-        assert!(matches!(q.push(pending(), false, &mut dropped), Err(Refused::Full(_))));
-        assert!(q.push(pending(), true, &mut dropped).is_ok(), "a pipeline's push skips the capacity");
-        let gone = pending();
-        gone.slot.cancel();
-        q.push(gone, true, &mut dropped).unwrap();
-        let s = ModelSettings { max_batch_size: 8, ..Default::default() };
-        let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped) else { panic!("no batch") };
-        assert_eq!((b.len(), dropped.len()), (3, 2));
-    }
-
-    #[test]
-    fn a_batch_taken_ahead_counts_against_the_capacity_until_it_starts() {
-        let q = BatchQueue::new(4);
-        let s = ModelSettings { max_batch_size: 2, ..Default::default() };
-        for _ in 0..3 {
-            q.push(pending(), false, &mut Vec::new()).unwrap();
-        }
-        assert_eq!(q.take_full(&s, &mut Vec::new()).map(|b| b.len()), Some(2));
-        assert!(q.take_full(&s, &mut Vec::new()).is_none(), "one request left: no full batch");
-        q.push(pending(), false, &mut Vec::new()).unwrap();
-        assert!(
-            matches!(q.push(pending(), false, &mut Vec::new()), Err(Refused::Full(_))),
-            "2 queued + 2 held = capacity"
-        );
-        q.release(2);
-        assert!(q.push(pending(), false, &mut Vec::new()).is_ok());
-    }
-
-    #[test]
-    fn arrivals_count_what_was_queued_not_what_came_back() {
-        let q = BatchQueue::new(4);
-        let s = ModelSettings { max_batch_size: 2, ..Default::default() };
-        assert_eq!(q.arrivals(), 0);
-        q.push(pending(), false, &mut Vec::new()).unwrap();
-        q.push_many(vec![pending(), pending()]).unwrap();
-        assert_eq!(q.arrivals(), 3);
-        assert!(matches!(q.push(pending(), false, &mut Vec::new()), Ok(())));
-        assert!(
-            matches!(q.push(pending(), false, &mut Vec::new()), Err(Refused::Full(_))),
-            "a refused request did not arrive"
-        );
-        assert_eq!(q.arrivals(), 4);
-        let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()) else { panic!("no batch") };
-        q.push_front(b);
-        assert_eq!((q.arrivals(), q.len()), (4, 4), "a batch put back is not a new arrival");
-    }
-
-    /// Runs `sleep_while_empty` on a thread of its own with a bell of its
-    /// own; the thread returns whether the sleep ended within 10 s.
-    fn sleeper(q: &Arc<BatchQueue>) -> std::thread::JoinHandle<bool> {
-        let q = Arc::clone(q);
-        std::thread::spawn(move || {
-            let bell = Bell::new().unwrap();
-            let start = Instant::now();
-            q.sleep_while_empty(&bell, || bell.sleep(&[], Duration::from_secs(10)));
-            start.elapsed() < Duration::from_secs(9)
-        })
-    }
-
-    #[test]
-    fn a_push_rings_a_sleeper_and_a_sleeper_that_leaves_it_to_others_passes_it_on() {
-        let q = Arc::new(BatchQueue::new(4));
-        let sleepers = |q: &BatchQueue| q.lock().sleepers.len();
-        let first = sleeper(&q);
-        let second = sleeper(&q);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sleepers(&q) < 2 {
-            assert!(Instant::now() < deadline, "the sleepers never slept");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        q.push(pending(), false, &mut Vec::new()).unwrap();
-        // One of them is rung; say its worker died: it leaves the request
-        // to the other, which must hear of it.
-        while sleepers(&q) == 2 {
-            assert!(Instant::now() < deadline, "a push rang no sleeper");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        q.pass_on();
-        assert!(first.join().unwrap() && second.join().unwrap(), "a sleeper slept on with a request queued");
-        let q = BatchQueue::new(4);
-        q.close();
-        let bell = Bell::new().unwrap();
-        q.sleep_while_empty(&bell, || panic!("a closed queue let its worker thread sleep"));
-    }
-}
+#[path = "batcher_tests.rs"]
+mod tests;

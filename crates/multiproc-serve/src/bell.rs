@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use multiproc::{Connection, ConnectionError, Pipe, Waitable};
 
+/// How long a failed sleep pauses (see [`Bell::sleep`]).
+const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(20);
+
 /// Gives each bell its identity.
 static NEXT_BELL: AtomicU64 = AtomicU64::new(0);
 
@@ -46,13 +49,16 @@ impl Bell {
     }
 
     /// Sleeps until the bell rings or one of `also` is ready, at most
-    /// `backstop`. Errors end the sleep: the caller looks at what it waits
-    /// for anyway when it wakes.
+    /// `backstop`. An error ends the sleep after a short pause (the caller
+    /// looks at what it waits for anyway when it wakes, and a wait that
+    /// keeps failing does not make it spin).
     pub(crate) fn sleep(&self, also: &[&dyn Waitable], backstop: Duration) {
         let mut objects: Vec<&dyn Waitable> = Vec::with_capacity(also.len() + 1);
         objects.push(&self.rings);
         objects.extend_from_slice(also);
-        let _ = multiproc::wait(&objects, Some(backstop));
+        if multiproc::wait(&objects, Some(backstop)).is_err() {
+            std::thread::sleep(backstop.min(PAUSE_AFTER_ERROR));
+        }
     }
 
     /// Takes the rings heard (and any that came late: a ring meant for a

@@ -106,6 +106,7 @@ mod routing;
 mod server;
 mod settings;
 mod slot;
+mod startup;
 mod status;
 mod supervisor;
 pub mod tensor;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use multiproc::{ConnectionError, Process, ProcessError};
+use multiproc::{ConnectionError, Process, ProcessError, Waitable};
 
 use crate::batcher::{BatchQueue, Next, Pending};
 use crate::bell::Bell;
@@ -16,10 +16,10 @@ use crate::error::ServeError;
 use crate::items::{Encoded, Inputs, Items};
 use crate::lone::{AnswerTimes, NextLone, poll_for};
 use crate::metrics::{BatchReason, Tally};
-use crate::model::WorkerContext;
 use crate::slot::{Answer, Wakes};
+use crate::startup::{Loaded, load, sleep_unless_stopping};
 use crate::version::VersionGroup;
-use crate::worker::{FromWorker, ServerEnds, ToWorker, worker_pipes};
+use crate::worker::{FromWorker, ServerEnds, ToWorker};
 
 /// How often a waiting supervisor looks at its worker and its version; an
 /// idle one waits this long for a request before it sleeps (see [`Bell`]).
@@ -30,7 +30,7 @@ const TICK: Duration = Duration::from_millis(100);
 const IDLE_BACKSTOP: Duration = Duration::from_secs(10);
 
 /// How a worker process ended, for error messages: "killed by signal 9 (SIGKILL)".
-fn exit_status(process: &mut Process<()>) -> String {
+pub(crate) fn exit_status(process: &mut Process<()>) -> String {
     match process.join_timeout(Duration::from_secs(2)) {
         Ok(()) => "exited without an error".to_string(),
         Err(ProcessError::Panicked(p)) => format!("panicked: {}", p.message),
@@ -77,7 +77,7 @@ impl Worker {
 }
 
 /// Why a worker is gone.
-enum Gone {
+pub(crate) enum Gone {
     /// It crashed or failed to load: restart after backoff.
     Crashed(String),
     /// The version is stopping: do not restart.
@@ -96,7 +96,7 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
         if group.winding_down() {
             break;
         }
-        let gone = match start(&group, instance) {
+        let gone = match start(&group, instance, bell.as_ref()) {
             Ok(mut worker) => {
                 let gone = serve(&group, instance, &mut worker, bell.as_ref());
                 // The backoff starts over after a healthy worker (it
@@ -118,7 +118,7 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
             Gone::Crashed(reason) => {
                 let backoff = group.worker_crashed(instance, reason, attempt);
                 attempt = attempt.saturating_add(1);
-                if !sleep_unless_stopping(&group, backoff) {
+                if !sleep_unless_stopping(&group, backoff, bell.as_ref()) {
                     break;
                 }
                 group.worker_restarting(instance);
@@ -128,96 +128,21 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
     group.worker_stopped(instance);
 }
 
-/// Sleeps `d`, waking early (false) if the version winds down.
-fn sleep_unless_stopping(group: &VersionGroup, d: Duration) -> bool {
-    let until = after(Instant::now(), d);
-    loop {
-        if group.winding_down() {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= until {
-            return true;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(20)));
-    }
+/// Spawns the worker and waits until it loaded its model.
+fn start(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -> Result<Worker, Gone> {
+    let Loaded { process, ends, pid } = load(group, instance, bell)?;
+    Ok(Worker {
+        process,
+        ends,
+        pid,
+        reply_times: AnswerTimes::new(REPLY_POLL_LIMIT, REPLY_POLL_LEAST),
+        answered: false,
+        ready_at: Instant::now(),
+    })
 }
 
-/// The load error a worker seen dead sent before it died, if any (its log
-/// lines on the way go to the log).
-fn last_load_error(group: &VersionGroup, ends: &ServerEnds) -> Option<String> {
-    loop {
-        match ends.replies.recv_timeout(Duration::ZERO) {
-            Ok(FromWorker::LoadFailed(reason)) => return Some(reason),
-            Ok(FromWorker::Log(line)) => log_line(group, &line),
-            Ok(_) | Err(_) => return None,
-        }
-    }
-}
-
-/// Spawns the worker and waits for its ready message.
-fn start(group: &VersionGroup, instance: usize) -> Result<Worker, Gone> {
-    let (ends, theirs) = worker_pipes().map_err(|e| Gone::Crashed(format!("could not create pipes: {e}")))?;
-    let ctx = WorkerContext { model: group.model.clone(), version: group.version, instance };
-    let builder = Process::builder().name(format!("{}-v{}-{instance}", group.model, group.version));
-    let mut process = (group.spawner)(builder, theirs, ctx).map_err(|e| Gone::Crashed(format!("spawn failed: {e}")))?;
-    let pid = process.pid().unwrap_or(0);
-    group.worker_starting(instance, Some(pid));
-    let deadline = after(Instant::now(), group.settings.startup_timeout);
-    loop {
-        if group.winding_down() {
-            let _ = process.kill();
-            let _ = process.join_timeout(Duration::from_secs(2));
-            return Err(Gone::Quit);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            let _ = process.kill();
-            let _ = process.join_timeout(Duration::from_secs(2));
-            return Err(Gone::Crashed(format!(
-                "worker {pid} did not load within the startup timeout of {:?}",
-                group.settings.startup_timeout
-            )));
-        }
-        match ends.replies.recv_timeout((deadline - now).min(TICK)) {
-            Ok(FromWorker::Ready) => {
-                group.worker_ready(instance);
-                return Ok(Worker {
-                    process,
-                    ends,
-                    pid,
-                    reply_times: AnswerTimes::new(REPLY_POLL_LIMIT, REPLY_POLL_LEAST),
-                    answered: false,
-                    ready_at: Instant::now(),
-                });
-            }
-            Ok(FromWorker::Log(line)) => log_line(group, &line),
-            Ok(FromWorker::LoadFailed(reason)) => {
-                let _ = process.join_timeout(Duration::from_secs(2));
-                return Err(Gone::Crashed(format!("load failed: {reason}")));
-            }
-            Ok(FromWorker::Batch { .. }) => {
-                let _ = process.kill();
-                let _ = process.join_timeout(Duration::from_secs(2));
-                return Err(Gone::Crashed("worker answered before it was ready".to_string()));
-            }
-            Err(ConnectionError::Timeout) if process.is_alive() => {}
-            Err(_) => {
-                // Seen dead: all it sent is in the pipe now. A load error
-                // sent just after this wait timed out, and the worker's exit
-                // right after it, are its reason, not a silent death.
-                if let Some(reason) = last_load_error(group, &ends) {
-                    let _ = process.join_timeout(Duration::from_secs(2));
-                    return Err(Gone::Crashed(format!("load failed: {reason}")));
-                }
-                let status = exit_status(&mut process);
-                return Err(Gone::Crashed(format!("worker {pid} died while loading: {status}")));
-            }
-        }
-    }
-}
-
-fn log_line(group: &VersionGroup, line: &str) {
+/// Passes on a line a worker logged.
+pub(crate) fn log_line(group: &VersionGroup, line: &str) {
     tracing::info!(target: "multiproc_serve::worker", "[{} v{}] {line}", group.model, group.version);
 }
 
@@ -289,7 +214,7 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker, bell: Optio
                         return gone;
                     }
                     if let Some(bell) = bell {
-                        let watched: [&dyn multiproc::Waitable; 2] = [&worker.ends.replies, &worker.process];
+                        let watched: [&dyn Waitable; 2] = [&worker.ends.replies, &worker.process];
                         group.queue.sleep_while_empty(bell, || bell.sleep(&watched, IDLE_BACKSTOP));
                         if let Err(gone) = look_at_idle(group, worker) {
                             // A request that rang as the worker died is

@@ -1,7 +1,10 @@
 //! An idle worker sleeps: with no request and nothing to watch, its
 //! process does not wake up until a batch comes or its server is gone; nor
 //! does the server's thread that supervises it, until a request comes, the
-//! worker dies or sends something, or the version stops.
+//! worker dies or sends something, or the version stops. A supervisor
+//! waiting for its worker to load, or backing off after a crash, sleeps
+//! too, until the worker answers or dies, the backoff ends, or the version
+//! stops.
 
 mod common;
 
@@ -9,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged, wait_for};
-use multiproc_serve::{ModelSettings, ModelSpec, Request, RestartPolicy, Server};
+use multiproc_serve::{ModelSettings, ModelSpec, Request, RestartPolicy, Server, StartMode, WorkerState};
 
 /// Context switches of the thread whose /proc directory is `task` so far
 /// (each wake-up from a sleep is one).
@@ -109,5 +112,74 @@ fn requests_that_come_to_sleeping_supervisors_wake_as_many_as_they_need() {
     assert_ne!(pids[0], pids[1], "one worker ran both requests: the other slept on");
     // (Well within the sleep's 10 s backstop: the requests woke them.)
     assert!(start.elapsed() < Duration::from_secs(5), "answered after {:?}", start.elapsed());
+    server.shutdown();
+}
+
+/// Context switches of this process's thread `name` over `d`.
+fn wake_ups_over(name: &str, d: Duration) -> u64 {
+    let thread = own_thread(name);
+    let before = task_wake_ups(&thread);
+    std::thread::sleep(d);
+    task_wake_ups(&thread) - before
+}
+
+#[test]
+fn a_supervisor_backing_off_after_a_crash_does_not_wake_up_yet_an_unload_ends_it_at_once() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: StartMode::Lazy,
+        restart: RestartPolicy {
+            initial_backoff: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(120),
+            crash_loop_threshold: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let broken = Behaviour { panic_on_load: Some("no weights".into()), ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("bo").version(1, broken).settings(settings)).unwrap();
+    // The first request starts the version; its worker panics on load and
+    // the request fails (one crash is a crash loop here).
+    assert!(server.infer::<u64, Tagged>(Request::new("bo", 1).timeout(PATIENCE)).is_err());
+    let backing_off = || server.status().model("bo").unwrap().versions[0].workers[0].state == WorkerState::BackingOff;
+    assert!(wait_for(PATIENCE, backing_off), "the worker that panicked on load is not backing off");
+    let woke = wake_ups_over("serve-bo-v1-0", Duration::from_secs(2));
+    // Looking at its version every 20 ms would be about 100.
+    assert!(woke <= 4, "the supervisor backing off woke up {woke} times in 2 s");
+    let start = Instant::now();
+    server.unload("bo").unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10), "unload during a backoff took {:?}", start.elapsed());
+    let start = Instant::now();
+    server.shutdown();
+    assert!(start.elapsed() < Duration::from_secs(10), "shutdown took {:?}", start.elapsed());
+}
+
+#[test]
+fn a_supervisor_waiting_for_a_slow_load_does_not_wake_up_yet_stops_when_its_version_does() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: StartMode::Lazy,
+        startup_timeout: Duration::from_secs(120),
+        drain_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let slow = Behaviour { load_ms: 120_000, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("sl").version(1, slow).settings(settings)).unwrap();
+    // A request starts the version; it waits in the queue while the worker loads.
+    let waiting = server.infer_async::<u64, Tagged>(Request::new("sl", 1).timeout(PATIENCE));
+    let pid = || server.status().model("sl").unwrap().versions[0].workers[0].pid;
+    assert!(wait_for(PATIENCE, || pid().is_some()), "the worker was not spawned");
+    let pid = pid().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let woke = wake_ups_over("serve-sl-v1-0", Duration::from_secs(2));
+    // Looking at its version every 100 ms would be about 20.
+    assert!(woke <= 4, "the supervisor waiting for the load woke up {woke} times in 2 s");
+    // The drain cannot finish the queued request: past its timeout the
+    // version stops hard, and the supervisor kills the loading worker.
+    let start = Instant::now();
+    server.unload("sl").unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10), "unload during a load took {:?}", start.elapsed());
+    assert!(common::block_on(waiting, PATIENCE).is_err());
+    assert!(wait_for(PATIENCE, || !common::process_exists(pid)), "the loading worker {pid} was left behind");
     server.shutdown();
 }

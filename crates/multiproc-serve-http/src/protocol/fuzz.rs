@@ -82,4 +82,13 @@ mod tests {
             binary_request(&mutate(&valid, &mut rng));
         }
     }
+
+    #[test]
+    fn header_lengths_past_what_two_bytes_hold_are_errors_not_panics() {
+        let body = br#"{"inputs":[{"name":"f","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        let n = body.len() as u64;
+        for length in [n + 1, u64::from(u16::MAX) + 1, u64::from(u32::MAX) + 1, u64::MAX / 2, u64::MAX] {
+            check(body, Some(length));
+        }
+    }
 }

@@ -1,0 +1,173 @@
+//! The batcher's own tests: batching rules, capacity, and the bells that
+//! wake sleeping worker threads.
+
+use super::*;
+
+fn pending() -> Pending {
+    Pending { input: Encoded::default(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None }
+}
+
+fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {
+    match q.next_batch(s, Duration::from_secs(5), &mut Vec::new()) {
+        Next::Batch(b, r) => (b.len(), r),
+        other => panic!("no batch: {other:?}"),
+    }
+}
+
+#[test]
+fn batches_are_cut_by_size_preference_idleness_and_delay() {
+    let q = BatchQueue::new(100);
+    let mut s = ModelSettings { max_batch_size: 8, preferred_batch_sizes: vec![4, 6], ..Default::default() };
+    for _ in 0..13 {
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+    }
+    assert_eq!(next(&q, &s), (8, BatchReason::Full));
+    assert_eq!(next(&q, &s), (4, BatchReason::Preferred));
+    assert_eq!(next(&q, &s), (1, BatchReason::IdleWorker));
+    s.dispatch_when_idle = false;
+    s.preferred_batch_sizes.clear();
+    s.max_queue_delay = Duration::from_millis(30);
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    let t = Instant::now();
+    assert_eq!(next(&q, &s), (1, BatchReason::Delay));
+    assert!(t.elapsed() >= Duration::from_millis(29));
+    q.close();
+    assert!(matches!(q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()), Next::Quit));
+}
+
+#[test]
+fn a_full_queue_refuses_and_cancelled_requests_are_dropped() {
+    let q = BatchQueue::new(2);
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    let gone = pending();
+    gone.slot.cancel();
+    q.push(gone, false, &mut Vec::new()).unwrap();
+    // Full: the cancelled request makes room for a live one.
+    let mut dropped = Vec::new();
+    q.push(pending(), false, &mut dropped).unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert!(matches!(q.push(pending(), false, &mut dropped), Err(Refused::Full(_))));
+    assert!(q.push(pending(), true, &mut dropped).is_ok(), "a pipeline's push skips the capacity");
+    let gone = pending();
+    gone.slot.cancel();
+    q.push(gone, true, &mut dropped).unwrap();
+    let s = ModelSettings { max_batch_size: 8, ..Default::default() };
+    let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped) else { panic!("no batch") };
+    assert_eq!((b.len(), dropped.len()), (3, 2));
+}
+
+#[test]
+fn a_batch_taken_ahead_counts_against_the_capacity_until_it_starts() {
+    let q = BatchQueue::new(4);
+    let s = ModelSettings { max_batch_size: 2, ..Default::default() };
+    for _ in 0..3 {
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+    }
+    assert_eq!(q.take_full(&s, &mut Vec::new()).map(|b| b.len()), Some(2));
+    assert!(q.take_full(&s, &mut Vec::new()).is_none(), "one request left: no full batch");
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    assert!(matches!(q.push(pending(), false, &mut Vec::new()), Err(Refused::Full(_))), "2 queued + 2 held = capacity");
+    q.release(2);
+    assert!(q.push(pending(), false, &mut Vec::new()).is_ok());
+}
+
+#[test]
+fn arrivals_count_what_was_queued_not_what_came_back() {
+    let q = BatchQueue::new(4);
+    let s = ModelSettings { max_batch_size: 2, ..Default::default() };
+    assert_eq!(q.arrivals(), 0);
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    q.push_many(vec![pending(), pending()]).unwrap();
+    assert_eq!(q.arrivals(), 3);
+    assert!(matches!(q.push(pending(), false, &mut Vec::new()), Ok(())));
+    assert!(
+        matches!(q.push(pending(), false, &mut Vec::new()), Err(Refused::Full(_))),
+        "a refused request did not arrive"
+    );
+    assert_eq!(q.arrivals(), 4);
+    let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()) else { panic!("no batch") };
+    q.push_front(b);
+    assert_eq!((q.arrivals(), q.len()), (4, 4), "a batch put back is not a new arrival");
+}
+
+/// Runs `sleep_while_empty` on a thread of its own with a bell of its
+/// own; the thread returns whether the sleep ended within 10 s.
+fn sleeper(q: &Arc<BatchQueue>) -> std::thread::JoinHandle<bool> {
+    let q = Arc::clone(q);
+    std::thread::spawn(move || {
+        let bell = Bell::new().unwrap();
+        let start = Instant::now();
+        q.sleep_while_empty(&bell, || bell.sleep(&[], Duration::from_secs(10)));
+        start.elapsed() < Duration::from_secs(9)
+    })
+}
+
+#[test]
+fn a_push_rings_a_sleeper_and_a_sleeper_that_leaves_it_to_others_passes_it_on() {
+    let q = Arc::new(BatchQueue::new(4));
+    let sleepers = |q: &BatchQueue| q.lock().sleepers.len();
+    let first = sleeper(&q);
+    let second = sleeper(&q);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sleepers(&q) < 2 {
+        assert!(Instant::now() < deadline, "the sleepers never slept");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    // One of them is rung; say its worker died: it leaves the request
+    // to the other, which must hear of it.
+    while sleepers(&q) == 2 {
+        assert!(Instant::now() < deadline, "a push rang no sleeper");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    q.pass_on();
+    assert!(first.join().unwrap() && second.join().unwrap(), "a sleeper slept on with a request queued");
+    let q = BatchQueue::new(4);
+    q.close();
+    let bell = Bell::new().unwrap();
+    q.sleep_while_empty(&bell, || panic!("a closed queue let its worker thread sleep"));
+}
+
+/// True if `bell` rings within a few seconds (false after 50 ms of silence
+/// when `expected` is false).
+fn rings(bell: &Bell, expected: bool) -> bool {
+    let start = Instant::now();
+    bell.sleep(&[], if expected { Duration::from_secs(20) } else { Duration::from_millis(50) });
+    start.elapsed() < Duration::from_millis(45)
+}
+
+#[test]
+fn a_watcher_wakes_when_the_queue_closes_stops_or_runs_empty_once_closed_not_for_a_request() {
+    let s = ModelSettings { max_batch_size: 1, ..Default::default() };
+    let bell = Bell::new().unwrap();
+    let q = BatchQueue::new(10);
+    q.sleep_unless_closing(&bell, || {
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+        assert!(!rings(&bell, false), "a request woke a thread that waits for none");
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+        q.close();
+        assert!(rings(&bell, true), "closing the queue did not wake its watcher");
+    });
+    // Closed with two requests left: the last one taken wakes the watcher.
+    q.sleep_unless_closing(&bell, || {
+        assert_eq!(next(&q, &s), (1, BatchReason::Full));
+        assert!(!rings(&bell, false), "a request taken with another left woke the watcher");
+        assert_eq!(next(&q, &s), (1, BatchReason::Full));
+        assert!(rings(&bell, true), "the closed queue ran empty and nobody woke");
+    });
+    q.sleep_unless_closing(&bell, || panic!("a closed empty queue let its watcher sleep"));
+    // Emptied by a crash loop's failing of the queue, or stopped.
+    let q = BatchQueue::new(10);
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    q.close();
+    q.sleep_unless_closing(&bell, || {
+        assert_eq!(q.take_all().len(), 1);
+        assert!(rings(&bell, true), "taking every request of a closed queue woke nobody");
+    });
+    let q = BatchQueue::new(10);
+    q.sleep_unless_closing(&bell, || {
+        q.stop();
+        assert!(rings(&bell, true), "stopping the queue did not wake its watcher");
+    });
+    q.sleep_unless_closing(&bell, || panic!("a stopped queue let its watcher sleep"));
+}
