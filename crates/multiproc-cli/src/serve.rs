@@ -98,6 +98,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(crate::stderr_is_terminal())
         .try_init();
     let demo = match &args.model_repository {
         Some(_) => None,
@@ -165,14 +166,20 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 
 /// Runs `multiproc infer`.
 pub fn infer(args: InferArgs) -> ExitCode {
-    let text = match args.inputs.as_str() {
-        "-" => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}")),
-        s if s.starts_with('@') => {
-            std::fs::read_to_string(&s[1..]).map_err(|e| format!("cannot read {}: {e}", &s[1..]))
-        }
-        s => Ok(s.to_string()),
+    let (source, text) = match args.inputs.as_str() {
+        "-" => ("the inputs on stdin".to_string(), std::io::read_to_string(std::io::stdin())),
+        s if s.starts_with('@') => (s[1..].to_string(), std::fs::read_to_string(&s[1..])),
+        s => ("the inputs".to_string(), Ok(s.to_string())),
     };
-    let given = text.and_then(|t| serde_json::from_str(&t).map_err(|e| format!("the inputs are not JSON: {e}")));
+    let text = text.map_err(|e| format!("cannot read {source}: {e}"));
+    let given = text.and_then(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            format!(
+                "cannot parse {source} as JSON ({e}); give the inputs as '{{\"input name\": [1, 2]}}' \
+                 (quote the whole argument in the shell), or as @FILE"
+            )
+        })
+    });
     let given = match given {
         Ok(g) => g,
         Err(e) => {

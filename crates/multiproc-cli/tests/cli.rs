@@ -145,3 +145,47 @@ fn a_different_program_refuses_the_task_with_build_mismatch() {
     assert!(matches!(err, ProcessError::BuildMismatch { .. }), "{err:?}");
     assert_eq!(p.exitcode(), Some(1));
 }
+
+#[test]
+fn serve_on_a_port_in_use_says_so_and_writes_no_colour_codes_into_a_pipe() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(&["serve", "--http-port", &port], Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("is another server using the port?"), "{stderr}");
+    // Its log lines go to a pipe here, not a terminal: plain text.
+    assert!(!stderr.contains('\x1b'), "terminal escape codes in piped stderr: {stderr:?}");
+}
+
+#[test]
+fn worker_that_cannot_reach_redis_says_what_to_check() {
+    let out = run(&["worker", "--redis", "redis://127.0.0.1:1/0", "--processes", "1"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot serve queue \"default\" on redis://127.0.0.1:1/0"), "{stderr}");
+    assert!(stderr.contains("check that a Redis server"), "no hint of what to do: {stderr}");
+    assert!(!stderr.contains('\x1b'), "terminal escape codes in piped stderr: {stderr:?}");
+}
+
+#[test]
+fn infer_with_inputs_that_are_not_json_names_them_and_shows_the_form() {
+    let file = std::env::temp_dir().join(format!("multiproc-cli-bad-inputs-{}.json", std::process::id()));
+    std::fs::write(&file, "{input: [1, 2]}").unwrap();
+    let at_file = format!("@{}", file.display());
+    for (inputs, names) in [("{bad", "the inputs"), (at_file.as_str(), file.to_str().unwrap())] {
+        let out = run(&["infer", "digits", inputs, "--url", "http://127.0.0.1:1"], Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{inputs}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("cannot parse {names} as JSON")), "{inputs}: {stderr}");
+        assert!(stderr.contains(r#"give the inputs as '{"input name": [1, 2]}'"#), "{inputs}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&file);
+
+    let missing = format!("@{}", std::env::temp_dir().join("multiproc-cli-no-such-inputs.json").display());
+    let out = run(&["infer", "digits", &missing], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read") && stderr.contains("No such file"), "{stderr}");
+}
