@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use multiproc_serve_http::app::HttpOptions;
+use multiproc_serve_http::client::ClientError;
 use multiproc_serve_http::demo::DemoRepository;
 use multiproc_serve_http::serve::{ServeOptions, start};
 
@@ -193,6 +194,15 @@ pub fn infer(args: InferArgs) -> ExitCode {
                 println!("{l}");
             }
             ExitCode::SUCCESS
+        }
+        // An answer with no OIP error message: not an OIP server, likely.
+        Err(ClientError::Server { status, message }) if message.is_empty() => {
+            eprintln!(
+                "multiproc infer: {} answered {status} without an Open Inference Protocol error; \
+                 is {} a `multiproc serve` (or other OIP) server?",
+                args.url, args.url
+            );
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("multiproc infer: {e}");

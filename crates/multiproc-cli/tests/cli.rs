@@ -189,3 +189,31 @@ fn infer_with_inputs_that_are_not_json_names_them_and_shows_the_form() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot read") && stderr.contains("No such file"), "{stderr}");
 }
+
+/// Answers every connection on a free local port with `response`, on a
+/// thread that ends when the test does (after at most `connections`).
+fn http_stub(response: &'static str, connections: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn infer_against_a_server_that_does_not_speak_the_protocol_says_so() {
+    let url = http_stub("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found", 1);
+    let out = run(&["infer", "digits", r#"{"input": [1]}"#, "--url", &url], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("answered 404 without an Open Inference Protocol error"), "{stderr}");
+    assert!(stderr.contains(&format!("is {url} a `multiproc serve`")), "{stderr}");
+}
