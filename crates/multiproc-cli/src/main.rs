@@ -129,7 +129,7 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
             {
                 eprintln!(
                     "multiproc worker: check that a Redis server (6.2 or newer) runs at {shown}, that this host \
-                     reaches it, and that its user may run stream commands and EVAL"
+                     reaches it, and that its user may run stream commands (XREADGROUP, XAUTOCLAIM)"
                 );
             }
             return ExitCode::FAILURE;
