@@ -73,6 +73,21 @@ async fn shutdown_signal() {
     }
 }
 
+/// Checks that `--model-repository` names a directory, so that a typo is
+/// told as such, with what to give, before anything starts.
+fn check_repository(repo: &std::path::Path) -> Result<(), String> {
+    let why = match std::fs::metadata(repo) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "not a directory".to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(format!(
+        "--model-repository {}: {why}; give a directory of models (<repo>/<model>/config.toml), \
+         or leave the option out to serve the built-in demo",
+        repo.display()
+    ))
+}
+
 /// Runs `multiproc serve` until SIGTERM or ctrl-c.
 pub fn serve(args: ServeArgs) -> ExitCode {
     if args.metrics_port.is_some_and(|p| p != 0 && p == args.http_port) {
@@ -80,6 +95,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             "multiproc serve: --metrics-port {} is the HTTP port too; leave it out (/metrics is on the HTTP port) or pick another",
             args.http_port
         );
+        return ExitCode::from(2);
+    }
+    if let Some(Err(e)) = args.model_repository.as_deref().map(check_repository) {
+        eprintln!("multiproc serve: {e}");
         return ExitCode::from(2);
     }
     // tract builds (and drops) an error on every call of a graph with a

@@ -217,3 +217,19 @@ fn infer_against_a_server_that_does_not_speak_the_protocol_says_so() {
     assert!(stderr.contains("answered 404 without an Open Inference Protocol error"), "{stderr}");
     assert!(stderr.contains(&format!("is {url} a `multiproc serve`")), "{stderr}");
 }
+
+#[test]
+fn serve_with_a_repository_that_is_not_a_directory_says_what_to_give() {
+    let file = std::env::temp_dir().join(format!("multiproc-cli-not-a-repo-{}", std::process::id()));
+    std::fs::write(&file, "not a directory").unwrap();
+    let missing = std::env::temp_dir().join("multiproc-cli-no-such-repo");
+    for path in [&file, &missing] {
+        let out =
+            run(&["serve", "--http-port", "0", "--model-repository", path.to_str().unwrap()], Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(2), "{path:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("--model-repository {}", path.display())), "{stderr}");
+        assert!(stderr.contains("give a directory of models"), "{stderr}");
+    }
+    let _ = std::fs::remove_file(&file);
+}
