@@ -160,16 +160,6 @@ fn serve_on_a_port_in_use_says_so_and_writes_no_colour_codes_into_a_pipe() {
 }
 
 #[test]
-fn worker_that_cannot_reach_redis_says_what_to_check() {
-    let out = run(&["worker", "--redis", "redis://127.0.0.1:1/0", "--processes", "1"], Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot serve queue \"default\" on redis://127.0.0.1:1/0"), "{stderr}");
-    assert!(stderr.contains("check that a Redis server"), "no hint of what to do: {stderr}");
-    assert!(!stderr.contains('\x1b'), "terminal escape codes in piped stderr: {stderr:?}");
-}
-
-#[test]
 fn infer_with_inputs_that_are_not_json_names_them_and_shows_the_form() {
     let file = std::env::temp_dir().join(format!("multiproc-cli-bad-inputs-{}.json", std::process::id()));
     std::fs::write(&file, "{input: [1, 2]}").unwrap();
