@@ -76,6 +76,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// True if standard error is a terminal: only then do log lines carry
+/// colour codes (in a pipe or a file they would be noise).
+fn stderr_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
 /// `url` as it may be printed: its user and password (`redis://user:pw@host`)
 /// replaced by `***`, so they stay out of the logs.
 fn without_password(url: &str) -> String {
@@ -108,12 +114,24 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
     if let Some(key) = std::env::var_os("MULTIPROC_REDIS_KEY") {
         b = b.auth_key(key.as_encoded_bytes());
     }
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr_is_terminal())
+        .with_max_level(tracing::Level::INFO)
+        .init();
     multiproc::process::catch_stop_signals();
     let worker = match b.start() {
         Ok(w) => w,
         Err(e) => {
             eprintln!("multiproc worker: cannot serve queue {queue:?} on {shown}: {e}");
+            if let multiproc_redis::RedisPoolError::Redis(why) = &e
+                && !why.starts_with("could not start the local pool")
+            {
+                eprintln!(
+                    "multiproc worker: check that a Redis server (6.2 or newer) runs at {shown}, that this host \
+                     reaches it, and that its user may run stream commands (XREADGROUP, XAUTOCLAIM)"
+                );
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use multiproc_serve_http::app::HttpOptions;
+use multiproc_serve_http::client::ClientError;
 use multiproc_serve_http::demo::DemoRepository;
 use multiproc_serve_http::serve::{ServeOptions, start};
 
@@ -72,6 +73,21 @@ async fn shutdown_signal() {
     }
 }
 
+/// Checks that `--model-repository` names a directory, so that a typo is
+/// told as such, with what to give, before anything starts.
+fn check_repository(repo: &std::path::Path) -> Result<(), String> {
+    let why = match std::fs::metadata(repo) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "not a directory".to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(format!(
+        "--model-repository {}: {why}; give a directory of models (<repo>/<model>/config.toml), \
+         or leave the option out to serve the built-in demo",
+        repo.display()
+    ))
+}
+
 /// Runs `multiproc serve` until SIGTERM or ctrl-c.
 pub fn serve(args: ServeArgs) -> ExitCode {
     if args.metrics_port.is_some_and(|p| p != 0 && p == args.http_port) {
@@ -79,6 +95,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             "multiproc serve: --metrics-port {} is the HTTP port too; leave it out (/metrics is on the HTTP port) or pick another",
             args.http_port
         );
+        return ExitCode::from(2);
+    }
+    if let Some(Err(e)) = args.model_repository.as_deref().map(check_repository) {
+        eprintln!("multiproc serve: {e}");
         return ExitCode::from(2);
     }
     // tract builds (and drops) an error on every call of a graph with a
@@ -98,6 +118,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(crate::stderr_is_terminal())
         .try_init();
     let demo = match &args.model_repository {
         Some(_) => None,
@@ -165,14 +186,20 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 
 /// Runs `multiproc infer`.
 pub fn infer(args: InferArgs) -> ExitCode {
-    let text = match args.inputs.as_str() {
-        "-" => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}")),
-        s if s.starts_with('@') => {
-            std::fs::read_to_string(&s[1..]).map_err(|e| format!("cannot read {}: {e}", &s[1..]))
-        }
-        s => Ok(s.to_string()),
+    let (source, text) = match args.inputs.as_str() {
+        "-" => ("the inputs on stdin".to_string(), std::io::read_to_string(std::io::stdin())),
+        s if s.starts_with('@') => (s[1..].to_string(), std::fs::read_to_string(&s[1..])),
+        s => ("the inputs".to_string(), Ok(s.to_string())),
     };
-    let given = text.and_then(|t| serde_json::from_str(&t).map_err(|e| format!("the inputs are not JSON: {e}")));
+    let text = text.map_err(|e| format!("cannot read {source}: {e}"));
+    let given = text.and_then(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            format!(
+                "cannot parse {source} as JSON ({e}); give the inputs as '{{\"input name\": [1, 2]}}' \
+                 (quote the whole argument in the shell), or as @FILE"
+            )
+        })
+    });
     let given = match given {
         Ok(g) => g,
         Err(e) => {
@@ -186,6 +213,15 @@ pub fn infer(args: InferArgs) -> ExitCode {
                 println!("{l}");
             }
             ExitCode::SUCCESS
+        }
+        // An answer with no OIP error message: not an OIP server, likely.
+        Err(ClientError::Server { status, message }) if message.is_empty() => {
+            eprintln!(
+                "multiproc infer: {} answered {status} without an Open Inference Protocol error; \
+                 is {} a `multiproc serve` (or other OIP) server?",
+                args.url, args.url
+            );
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("multiproc infer: {e}");

@@ -145,3 +145,81 @@ fn a_different_program_refuses_the_task_with_build_mismatch() {
     assert!(matches!(err, ProcessError::BuildMismatch { .. }), "{err:?}");
     assert_eq!(p.exitcode(), Some(1));
 }
+
+#[test]
+fn serve_on_a_port_in_use_says_so_and_writes_no_colour_codes_into_a_pipe() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(&["serve", "--http-port", &port], Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("is another server using the port?"), "{stderr}");
+    // Its log lines go to a pipe here, not a terminal: plain text.
+    assert!(!stderr.contains('\x1b'), "terminal escape codes in piped stderr: {stderr:?}");
+}
+
+#[test]
+fn infer_with_inputs_that_are_not_json_names_them_and_shows_the_form() {
+    let file = std::env::temp_dir().join(format!("multiproc-cli-bad-inputs-{}.json", std::process::id()));
+    std::fs::write(&file, "{input: [1, 2]}").unwrap();
+    let at_file = format!("@{}", file.display());
+    for (inputs, names) in [("{bad", "the inputs"), (at_file.as_str(), file.to_str().unwrap())] {
+        let out = run(&["infer", "digits", inputs, "--url", "http://127.0.0.1:1"], Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{inputs}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("cannot parse {names} as JSON")), "{inputs}: {stderr}");
+        assert!(stderr.contains(r#"give the inputs as '{"input name": [1, 2]}'"#), "{inputs}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&file);
+
+    let missing = format!("@{}", std::env::temp_dir().join("multiproc-cli-no-such-inputs.json").display());
+    let out = run(&["infer", "digits", &missing], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read") && stderr.contains("No such file"), "{stderr}");
+}
+
+/// Answers every connection on a free local port with `response`, on a
+/// thread that ends when the test does (after at most `connections`).
+fn http_stub(response: &'static str, connections: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn infer_against_a_server_that_does_not_speak_the_protocol_says_so() {
+    let url = http_stub("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found", 1);
+    let out = run(&["infer", "digits", r#"{"input": [1]}"#, "--url", &url], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("answered 404 without an Open Inference Protocol error"), "{stderr}");
+    assert!(stderr.contains(&format!("is {url} a `multiproc serve`")), "{stderr}");
+}
+
+#[test]
+fn serve_with_a_repository_that_is_not_a_directory_says_what_to_give() {
+    let file = std::env::temp_dir().join(format!("multiproc-cli-not-a-repo-{}", std::process::id()));
+    std::fs::write(&file, "not a directory").unwrap();
+    let missing = std::env::temp_dir().join("multiproc-cli-no-such-repo");
+    for path in [&file, &missing] {
+        let out =
+            run(&["serve", "--http-port", "0", "--model-repository", path.to_str().unwrap()], Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(2), "{path:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("--model-repository {}", path.display())), "{stderr}");
+        assert!(stderr.contains("give a directory of models"), "{stderr}");
+    }
+    let _ = std::fs::remove_file(&file);
+}

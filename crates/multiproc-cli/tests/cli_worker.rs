@@ -101,7 +101,9 @@ fn worker_stderr_for_unreachable(url: &str) -> String {
 #[test]
 fn the_worker_command_says_when_redis_is_unreachable() {
     let err = worker_stderr_for_unreachable("redis://127.0.0.1:1/");
-    assert!(err.contains("redis"), "{err}");
+    assert!(err.contains("cannot serve queue \"default\" on redis://127.0.0.1:1/"), "{err}");
+    assert!(err.contains("check that a Redis server"), "no word of what to do: {err}");
+    assert!(!err.contains('\x1b'), "terminal escape codes in piped stderr: {err:?}");
 }
 
 #[test]

@@ -50,7 +50,10 @@
 //! model, version and worker with its state ([`VersionState`]), restarts,
 //! queue depth and last failure; [`Server::metrics`] has the counters behind
 //! Triton's `nv_inference_*` metrics. Errors ([`ServeError`]) carry a kind
-//! that maps to an HTTP status.
+//! that maps to an HTTP status; a pipeline's own failures are the
+//! `Pipeline*` variants ([`ServeError::PipelineFailed`], …), which name the
+//! pipeline (and the stage), while a failure of the model inside it names
+//! the model.
 //!
 //! ## What a request costs
 //!

@@ -136,7 +136,10 @@
 //! them, `#[repr(C)]` structs) in shared memory behind a lock; [`RawValue`]
 //! and [`RawArray`] without one (with atomics for integers); and
 //! [`SharedMemory`] is a block of bytes, anonymous or named. New memory is
-//! zeroed, and no segment outlives its users, even after `kill -9`.
+//! zeroed, and no segment outlives its users, even after `kill -9`. A named
+//! segment's `read_at` and `write_at` go through its file, so another
+//! process cutting it short is an error ([`SharedMemoryError::Truncated`]),
+//! never a crash.
 //!
 //! ```
 //! use multiproc::{Array, Process, SharedMemory};
@@ -207,7 +210,9 @@
 //! and other machines, and `update` runs a plain `fn` on an entry inside the
 //! manager, atomically (Python's `d[k] += 1` through a proxy loses updates).
 //! [`manager::serve`] serves one over TCP with an auth key, and
-//! [`Manager::connect`] reaches it by address.
+//! [`Manager::connect`] reaches it by address; a manager listening on every
+//! interface tells its proxies the address other machines reach through
+//! [`ManagerBuilder::advertise_address`](manager::ManagerBuilder::advertise_address).
 //!
 //! ```
 //! use multiproc::manager::{Dict, Manager};

@@ -6,12 +6,17 @@
 //! `multiproc` and a `process` field holding the name of the process they
 //! happened in. Any `tracing` subscriber sees them.
 //!
-//! Without a subscriber, [`log_to_stderr`] prints them the way Python does,
-//! `[LEVEL/process name] message`, from every process: the level set in the
-//! parent travels to each child it starts (and on to theirs), and each child
-//! writes its records to its own standard error, which it shares with the
-//! parent unless the builder redirects it (see
-//! [`ProcessBuilder::stderr`](crate::ProcessBuilder::stderr)).
+//! No subscriber is needed to see them: [`log_to_stderr`] prints them the
+//! way Python does, `[LEVEL/process name] message` (a subscriber, if any, gets
+//! them too), from every process: the level set in the parent travels to
+//! each child it starts, under every start method (and on to theirs), and
+//! each child writes its records to its own standard error, which it shares
+//! with the parent unless the builder redirects it (see
+//! [`ProcessBuilder::stderr`](crate::ProcessBuilder::stderr)). Each record is
+//! one write, so records of several processes sharing a pipe never mix
+//! mid-line as long as each is under the pipe's atomic size (4 KiB on
+//! Linux). Levels are named as `tracing` names them: `WARN` where Python
+//! writes `WARNING`.
 //!
 //! # Examples
 //!

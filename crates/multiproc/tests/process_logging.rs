@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use multiproc::{ChildOutput, Level, Pool, Process, logger};
+use multiproc::{ChildOutput, Level, Pool, Process, StartMethod, logger};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -25,13 +25,23 @@ fn say_and_log() -> Option<String> {
     logger().level().map(|l| l.to_string())
 }
 
-/// Seed 003's program: `log_to_stderr(); logger.setLevel(INFO)`, then a child.
-/// Returns the child's captured stdout and stderr and the level it saw.
-fn parent_with_logging(level: String) -> (String, String, Option<String>) {
+/// Seed 003's program: `log_to_stderr(); logger.setLevel(INFO)`, then a child
+/// started with `method` ("spawn", "forkserver" or "fork"). Returns the
+/// child's captured stdout and stderr and the level it saw.
+fn parent_with_logging(level: String, method: String) -> (String, String, Option<String>) {
     let level: Level = level.parse().unwrap();
+    let method = match method.as_str() {
+        "spawn" => StartMethod::Spawn,
+        "forkserver" => StartMethod::ForkServer,
+        // SAFETY: this runs in a child of the test, whose only threads are
+        // this one and the library's own: none holds a lock the fork needs.
+        "fork" => unsafe { StartMethod::fork() },
+        other => panic!("no start method {other}"),
+    };
     multiproc::log_to_stderr(level);
     let mut p = Process::builder()
         .name("worker")
+        .start_method(method)
         .stdout(ChildOutput::Capture)
         .stderr(ChildOutput::Capture)
         .spawn(say_and_log, ())
@@ -42,19 +52,62 @@ fn parent_with_logging(level: String) -> (String, String, Option<String>) {
 
 #[test]
 fn the_level_carries_over_and_records_carry_the_process_name() {
-    let mut p = Process::spawn(parent_with_logging, ("INFO".to_string(),)).unwrap();
-    let (out, err, seen) = p.join_timeout(LONG).unwrap();
-    assert_eq!(out, "Doing some work\n");
-    assert_eq!(seen.as_deref(), Some("INFO"), "the child took the parent's level");
-    assert!(err.contains("[INFO/worker] child process started, running its task\n"), "{err}");
-    assert!(err.contains("[INFO/worker] an info record\n"), "{err}");
-    assert!(err.contains("[INFO/worker] process exiting with exitcode 0\n"), "{err}");
-    assert!(!err.contains("a debug record"), "below the level: {err}");
+    for method in ["spawn", "forkserver", "fork"] {
+        let mut p = Process::spawn(parent_with_logging, ("INFO".to_string(), method.to_string())).unwrap();
+        let (out, err, seen) = p.join_timeout(LONG).unwrap();
+        assert_eq!(out, "Doing some work\n", "{method}");
+        assert_eq!(seen.as_deref(), Some("INFO"), "{method}: the child took the parent's level");
+        assert!(err.contains("[INFO/worker] child process started, running its task\n"), "{method}: {err}");
+        assert!(err.contains("[INFO/worker] an info record\n"), "{method}: {err}");
+        assert!(err.contains("[INFO/worker] process exiting with exitcode 0\n"), "{method}: {err}");
+        assert!(!err.contains("a debug record"), "{method}: below the level: {err}");
+        assert!(err.lines().all(|l| l.starts_with("[INFO/worker] ")), "{method}: a line not a record: {err}");
+    }
 
-    let mut p = Process::spawn(parent_with_logging, ("WARN".to_string(),)).unwrap();
+    let mut p = Process::spawn(parent_with_logging, ("WARN".to_string(), "forkserver".to_string())).unwrap();
     let (_, err, seen) = p.join_timeout(LONG).unwrap();
     assert_eq!(seen.as_deref(), Some("WARN"));
     assert_eq!(err, "", "nothing at WARN or above happened");
+}
+
+/// Records of this length (under the 4 KiB a pipe writes whole) from
+/// several children at once must come out whole, one per line.
+const RECORD_BYTES: usize = 1000;
+
+fn log_many(records: u32) {
+    let body = "x".repeat(RECORD_BYTES);
+    for i in 0..records {
+        logger().info(format_args!("{i:04} {body}"));
+    }
+}
+
+/// Starts four children logging at once into this process's stderr (which
+/// the test captures).
+fn parent_of_chatty_children() {
+    multiproc::log_to_stderr(Level::INFO);
+    let mut children: Vec<_> =
+        (0..4).map(|k| Process::builder().name(format!("chatty-{k}")).spawn(log_many, (200u32,)).unwrap()).collect();
+    for c in &mut children {
+        c.join_timeout(LONG).unwrap();
+    }
+}
+
+#[test]
+fn records_of_children_logging_at_once_are_not_mixed_mid_line() {
+    let mut p = Process::builder().stderr(ChildOutput::Capture).spawn(parent_of_chatty_children, ()).unwrap();
+    p.join_timeout(LONG).unwrap();
+    let err = text(p.captured_stderr());
+    let body = "x".repeat(RECORD_BYTES);
+    let mut records = 0;
+    for line in err.lines() {
+        let (head, message) = line.split_once("] ").unwrap_or_else(|| panic!("not a record: {line:.80}"));
+        assert!(head.starts_with("[INFO/") && !head[1..].contains('['), "not a record: {line:.80}");
+        if head.starts_with("[INFO/chatty-") && message.len() == 5 + RECORD_BYTES {
+            assert_eq!(&message[5..], body, "a record cut by another: {line:.80}");
+            records += 1;
+        }
+    }
+    assert_eq!(records, 4 * 200, "records lost or broken");
 }
 
 #[test]

@@ -248,7 +248,7 @@ impl Model for CommandModel {
     /// A command that exited while idle (killed, out of memory) ends its
     /// worker before a batch is written to it and fails. The command is
     /// another process, whose end the worker's wait for a batch does not
-    /// see, so the idle worker looks every [`ALIVE_CHECK`].
+    /// see, so the idle worker looks every `ALIVE_CHECK` (100 ms).
     fn check_alive(&mut self) -> Result<Option<Duration>, String> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(format!(
