@@ -7,7 +7,7 @@ mod sync_support;
 use std::time::{Duration, Instant};
 
 use multiproc::{Barrier, BarrierError, RawArray, SharedMemory, current_process, parent_process};
-use sync_support::{Kid, LONG, assert_about, wait_until};
+use sync_support::{Kid, LONG, assert_about, wait_asleep, wait_until};
 
 /// The name of the segment where the barrier actions of a test count passes:
 /// per test process (children find it through their parent's pid) and test.
@@ -121,6 +121,51 @@ fn reset_while_a_party_waits_breaks_that_wait_only() {
     let kid = Kid::spawn(party, (b.clone(),));
     assert!(b.wait_timeout(LONG).is_ok());
     assert!(kid.join().is_ok());
+}
+
+/// Sends `signal` (`STOP` or `CONT`) to process `pid`.
+fn signal(pid: i32, signal: &str) {
+    let sent = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// Two parties of `b` (a thread and this one) pass it once.
+fn pass_with_a_thread(b: &Barrier) {
+    let b2 = b.clone();
+    let t = std::thread::spawn(move || b2.wait_timeout(LONG));
+    assert!(b.wait_timeout(LONG).is_ok());
+    assert!(t.join().unwrap().is_ok());
+}
+
+/// A party that sleeps through a reset and the next pass (it is stopped)
+/// must still learn that its own round was reset, not passed.
+#[test]
+fn a_party_asleep_through_a_reset_and_a_new_pass_gets_broken() {
+    let b = Barrier::new(2).unwrap();
+    let kid = Kid::spawn(party, (b.clone(),));
+    wait_until("the child to wait", || b.n_waiting() == 1);
+    wait_asleep(kid.pid());
+    signal(kid.pid(), "STOP");
+    b.reset();
+    pass_with_a_thread(&b);
+    signal(kid.pid(), "CONT");
+    assert_eq!(kid.join(), Err(BarrierError::Broken), "its round was reset");
+}
+
+/// A party that sleeps through its own pass, a reset and another pass must
+/// still learn that its round passed.
+#[test]
+fn a_party_asleep_through_its_pass_a_reset_and_a_new_pass_gets_its_index() {
+    let b = Barrier::new(2).unwrap();
+    let kid = Kid::spawn(party, (b.clone(),));
+    wait_until("the child to wait", || b.n_waiting() == 1);
+    wait_asleep(kid.pid());
+    signal(kid.pid(), "STOP");
+    assert_eq!(b.wait_timeout(LONG), Ok(1), "the last to arrive");
+    b.reset();
+    pass_with_a_thread(&b);
+    signal(kid.pid(), "CONT");
+    assert_eq!(kid.join(), Ok(0), "its round passed");
 }
 
 #[test]

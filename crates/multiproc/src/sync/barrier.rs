@@ -2,16 +2,21 @@
 //!
 //! # Algorithm (maintainer's notes)
 //!
-//! One futex word packs the arrivals of the current pass (bits 0–15), the
-//! pass generation (bits 16–30) and a broken flag (bit 31). An arriving
-//! party CASes the count up; the last one sets the count to `parties`
-//! (passing), runs the action, then CASes to the next generation with a
-//! count of 0 and wakes everyone. A pass adds 1 to the generation and
-//! `reset` adds 2, so a waiter that sees the generation move by an odd
-//! amount passed and by an even amount was reset (with exactly `parties`
-//! parties, no further pass can happen before that waiter looks, since it
-//! is one of them). A timeout or `abort` sets the broken flag, which fails
-//! every wait until `reset`.
+//! One futex word packs the arrivals of the current round (bits 0–15), the
+//! outcomes of the last [`HISTORY_LEN`] rounds (bits 16–22), the round's
+//! generation (bits 23–30) and a broken flag (bit 31). An arriving party
+//! CASes the count up; the last one sets the count to `parties` (passing),
+//! runs the action, then CASes to the next generation with a count of 0 and
+//! wakes everyone. Both a pass and a `reset` end the round: the generation
+//! goes up by 1 and the outcome (1: passed, 0: reset) is shifted into the
+//! history. A waiter that sees the generation move by `k` reads its own
+//! round's outcome `k − 1` places back in the history. It cannot rely on
+//! seeing only one move: after a `reset` it is no longer a party, so other
+//! parties may pass new rounds before it looks (and after its own pass, a
+//! `reset` and new rounds may follow). A waiter that slept through more
+//! than [`HISTORY_LEN`] rounds can no longer tell, and reports the barrier
+//! broken. A timeout or `abort` sets the broken flag, which fails every
+//! wait until `reset`.
 //!
 //! The action is never in shared memory (another process could point it
 //! anywhere): each handle carries it in its own process's memory, and it
@@ -35,17 +40,35 @@ use crate::sys::imp;
 use crate::sys::imp::futex::{self, FutexWait};
 
 const COUNT_MASK: u32 = 0xFFFF;
-const GEN_SHIFT: u32 = 16;
-const GEN_MASK: u32 = 0x7FFF;
+const HISTORY_SHIFT: u32 = 16;
+/// How many past rounds' outcomes the word remembers.
+const HISTORY_LEN: u32 = 7;
+const HISTORY_MASK: u32 = (1 << HISTORY_LEN) - 1;
+const GEN_SHIFT: u32 = HISTORY_SHIFT + HISTORY_LEN;
+const GEN_MASK: u32 = 0xFF;
 const BROKEN: u32 = 1 << 31;
 
 fn generation(w: u32) -> u32 {
     (w >> GEN_SHIFT) & GEN_MASK
 }
 
-/// A word for generation `generation(w) + steps` with no arrivals, not broken.
-fn advanced(w: u32, steps: u32) -> u32 {
-    ((generation(w) + steps) & GEN_MASK) << GEN_SHIFT
+/// The word that ends the round of `w` (passed or reset): the next
+/// generation, the outcome in the history, no arrivals, not broken.
+fn advanced(w: u32, passed: bool) -> u32 {
+    let history = (((w >> HISTORY_SHIFT) << 1) | u32::from(passed)) & HISTORY_MASK;
+    (((generation(w) + 1) & GEN_MASK) << GEN_SHIFT) | (history << HISTORY_SHIFT)
+}
+
+/// Whether round `generation_at_arrival` passed, seen from a later word `w`
+/// (`None` while it is still the current round).
+fn outcome(w: u32, generation_at_arrival: u32) -> Option<bool> {
+    let moved = generation(w).wrapping_sub(generation_at_arrival) & GEN_MASK;
+    match moved {
+        0 => None,
+        // Too long ago to remember: the caller cannot claim it passed.
+        k if k > HISTORY_LEN => Some(false),
+        k => Some((w >> (HISTORY_SHIFT + k - 1)) & 1 == 1),
+    }
 }
 
 /// The shared part of a [`Barrier`].
@@ -175,7 +198,10 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`BarrierError::Broken`] if the barrier is or becomes broken.
+    /// [`BarrierError::Broken`] if the barrier is or becomes broken, or
+    /// this party's round is [`reset`](Barrier::reset) before it passes
+    /// (also when the party wakes only after more than 7 later rounds, when
+    /// its own round's outcome is no longer known).
     pub fn wait(&self) -> Result<usize, BarrierError> {
         self.wait_until(Deadline::NEVER)
     }
@@ -238,7 +264,7 @@ impl Barrier {
             }
             // ORDERING: Release: the parties released by this change see the
             // action's effects.
-            match s.word.compare_exchange(cur, advanced(cur, 1), Ordering::Release, Ordering::Relaxed) {
+            match s.word.compare_exchange(cur, advanced(cur, true), Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => cur = now,
             }
@@ -252,9 +278,8 @@ impl Barrier {
         loop {
             // ORDERING: Acquire: pairs with the Release of `pass`.
             let w = s.word.load(Ordering::Acquire);
-            let moved = generation(w).wrapping_sub(generation_at_arrival) & GEN_MASK;
-            if moved != 0 {
-                return if moved % 2 == 1 { Ok(()) } else { Err(BarrierError::Broken) };
+            if let Some(passed) = outcome(w, generation_at_arrival) {
+                return if passed { Ok(()) } else { Err(BarrierError::Broken) };
             }
             if w & BROKEN != 0 {
                 return Err(BarrierError::Broken);
@@ -308,7 +333,7 @@ impl Barrier {
         let mut w = s.word.load(Ordering::Relaxed);
         loop {
             // ORDERING: Release: pairs with the waiters' Acquire loads.
-            match s.word.compare_exchange_weak(w, advanced(w, 2), Ordering::Release, Ordering::Relaxed) {
+            match s.word.compare_exchange_weak(w, advanced(w, false), Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => w = now,
             }
