@@ -97,9 +97,16 @@ where
 /// result panics with the input's panic, and the iterator ends (the input
 /// is read on the caller's thread a window ahead, so the panic's message is
 /// printed when it happens, before that call).
+///
+/// Dropping it before its end reads no more input, and its items that no
+/// worker has received yet are not sent (as Python's `Executor.map`
+/// cancels its futures when its iterator is closed); items already running
+/// finish, their results unread.
 pub struct Imap<'p, R> {
     shared: &'p Shared,
     job: Arc<ImapShared<R>>,
+    /// `job` as the scheduler names it (to abandon it on drop).
+    as_job: Arc<dyn Job>,
     pull: Puller<'p>,
     runner: RunnerRef,
     chunksize: usize,
@@ -143,9 +150,11 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
         progress: Option<Progress>,
     ) -> Imap<'p, R> {
         let chunksize = chunksize.max(1);
+        let job = Arc::new(ImapShared::new(ordered, chunksize));
         Imap {
             shared,
-            job: Arc::new(ImapShared::new(ordered, chunksize)),
+            as_job: job.clone(),
+            job,
             pull,
             runner,
             chunksize,
@@ -231,6 +240,9 @@ impl<R> Imap<'_, R> {
 impl<R> Drop for Imap<'_, R> {
     fn drop(&mut self) {
         self.release();
+        if !self.done && self.submitted > self.yielded {
+            self.shared.abandon(self.as_job.clone());
+        }
         // Dropped before its end: the bar ends where it is.
         if !self.done
             && let Some(p) = &self.progress
