@@ -6,7 +6,7 @@ mod sync_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Barrier, BarrierError, RawArray, SharedMemory, current_process, parent_process};
+use multiproc::{Barrier, BarrierError, Event, RawArray, SharedMemory, current_process, parent_process};
 use sync_support::{Kid, LONG, assert_about, wait_asleep, wait_until};
 
 /// The name of the segment where the barrier actions of a test count passes:
@@ -198,4 +198,66 @@ fn a_panicking_action_breaks_the_barrier() {
     assert_eq!(outcomes, ["Err(Broken)", "panicked"]);
     assert!(b.broken());
     assert!(Barrier::new(0).is_err());
+}
+
+/// Waits on `b` until `stop` is set; returns how many waits passed with
+/// each index. Any error but `Broken` (a timeout: a wait that never ended)
+/// is a failure.
+fn pass_until_stopped(b: Barrier, stop: Event) -> Result<[u64; 3], String> {
+    let mut by_index = [0; 3];
+    while !stop.is_set() {
+        match b.wait_timeout(LONG) {
+            Ok(i) => by_index[i] += 1,
+            Err(BarrierError::Broken) => std::thread::yield_now(),
+            Err(e) => return Err(format!("a wait failed with {e:?}")),
+        }
+    }
+    Ok(by_index)
+}
+
+/// Four processes pass a 3-party barrier, while this one resets it over
+/// and over if `resets`; returns the passes counted by index.
+fn four_processes_pass_three_party_rounds(resets: bool) -> [u64; 3] {
+    let b = Barrier::new(3).unwrap();
+    let stop = Event::new().unwrap();
+    let kids: Vec<Kid<Result<[u64; 3], String>>> =
+        (0..4).map(|_| Kid::spawn(pass_until_stopped, (b.clone(), stop.clone()))).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        if resets {
+            b.reset();
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    stop.set();
+    // Waits begun before are broken, later ones fail at once: all end.
+    b.abort();
+    let mut by_index = [0; 3];
+    for k in kids {
+        let theirs = k.join().expect("no wait hangs");
+        for (all, n) in by_index.iter_mut().zip(theirs) {
+            *all += n;
+        }
+    }
+    assert!(by_index[2] > 0, "no pass in 1.5 s");
+    by_index
+}
+
+/// More processes than parties: a party can sleep through many later
+/// rounds after its own passed; it still gets its index, so every pass
+/// releases one party with each index (the last, index 2, sees the pass
+/// complete).
+#[test]
+fn a_party_that_sleeps_through_later_rounds_still_passes() {
+    let by_index = four_processes_pass_three_party_rounds(false);
+    assert_eq!(by_index, [by_index[2]; 3], "each pass released one party with each index");
+}
+
+/// Resets racing with the waits: a party whose round was reset never passes
+/// (it may also get `Broken` after a pass it slept through, see `wait`),
+/// and no wait hangs.
+#[test]
+fn resets_racing_with_waits_never_let_a_reset_party_pass() {
+    let by_index = four_processes_pass_three_party_rounds(true);
+    assert!(by_index[0] <= by_index[2] && by_index[1] <= by_index[2], "more parties passed than passes: {by_index:?}");
 }

@@ -14,9 +14,13 @@
 //! seeing only one move: after a `reset` it is no longer a party, so other
 //! parties may pass new rounds before it looks (and after its own pass, a
 //! `reset` and new rounds may follow). A waiter that slept through more
-//! than [`HISTORY_LEN`] rounds can no longer tell, and reports the barrier
-//! broken. A timeout or `abort` sets the broken flag, which fails every
-//! wait until `reset`.
+//! than [`HISTORY_LEN`] rounds asks two counters instead: `reset` counts
+//! itself in `resets_begun` before its CAS and in `resets_done` after. A
+//! waiter reads `resets_done` before it arrives; if `resets_begun` still
+//! equals it when the waiter looks, no reset ended a round since it
+//! arrived, so its round passed. Otherwise it cannot tell, and reports the
+//! barrier broken. A timeout or `abort` sets the broken flag, which fails
+//! every wait until `reset`.
 //!
 //! The action is never in shared memory (another process could point it
 //! anywhere): each handle carries it in its own process's memory, and it
@@ -61,12 +65,13 @@ fn advanced(w: u32, passed: bool) -> u32 {
 
 /// Whether round `generation_at_arrival` passed, seen from a later word `w`
 /// (`None` while it is still the current round).
-fn outcome(w: u32, generation_at_arrival: u32) -> Option<bool> {
+/// `no_reset_since` tells, for a round too long ago to be in the history,
+/// whether any reset could have ended it.
+fn outcome(w: u32, generation_at_arrival: u32, no_reset_since: impl FnOnce() -> bool) -> Option<bool> {
     let moved = generation(w).wrapping_sub(generation_at_arrival) & GEN_MASK;
     match moved {
         0 => None,
-        // Too long ago to remember: the caller cannot claim it passed.
-        k if k > HISTORY_LEN => Some(false),
+        k if k > HISTORY_LEN => Some(no_reset_since()),
         k => Some((w >> (HISTORY_SHIFT + k - 1)) & 1 == 1),
     }
 }
@@ -78,6 +83,10 @@ pub(crate) struct BarrierState {
     tag: AtomicU64,
     word: AtomicU32,
     parties: AtomicU32,
+    /// Resets that began (counted before their CAS of `word`).
+    resets_begun: AtomicU32,
+    /// Resets that ended (counted after their CAS of `word`).
+    resets_done: AtomicU32,
 }
 
 // SAFETY: repr(C) atomics only; all-zero is a fresh barrier (its parties are
@@ -200,8 +209,8 @@ impl Barrier {
     ///
     /// [`BarrierError::Broken`] if the barrier is or becomes broken, or
     /// this party's round is [`reset`](Barrier::reset) before it passes
-    /// (also when the party wakes only after more than 7 later rounds, when
-    /// its own round's outcome is no longer known).
+    /// (also when the party wakes only after more than 7 later rounds and
+    /// resets happened meanwhile: its own round's outcome is then unknown).
     pub fn wait(&self) -> Result<usize, BarrierError> {
         self.wait_until(Deadline::NEVER)
     }
@@ -235,6 +244,9 @@ impl Barrier {
                 }
                 continue;
             }
+            // ORDERING: SeqCst, before the arrival: no reset that ends this
+            // party's round is counted here (see the module notes).
+            let resets_done = s.resets_done.load(Ordering::SeqCst);
             // ORDERING: AcqRel: an arrival publishes what this party did
             // before it (Release) and the last arrival sees what all did
             // (Acquire), so the action and the released parties see it too.
@@ -245,7 +257,7 @@ impl Barrier {
                 self.pass(w + 1)?;
                 return Ok(count as usize);
             }
-            return self.await_pass(generation(w), deadline).map(|()| count as usize);
+            return self.await_pass(generation(w), resets_done, deadline).map(|()| count as usize);
         }
     }
 
@@ -273,12 +285,16 @@ impl Barrier {
         Ok(())
     }
 
-    fn await_pass(&self, generation_at_arrival: u32, deadline: Deadline) -> Result<(), BarrierError> {
+    fn await_pass(&self, generation_at_arrival: u32, resets_done: u32, deadline: Deadline) -> Result<(), BarrierError> {
         let s = &*self.state;
         loop {
             // ORDERING: Acquire: pairs with the Release of `pass`.
             let w = s.word.load(Ordering::Acquire);
-            if let Some(passed) = outcome(w, generation_at_arrival) {
+            // ORDERING: SeqCst: the Acquire load of `word` above saw the CAS
+            // of any reset that ended this round, so its `resets_begun`
+            // increment (before that CAS) is visible here.
+            let no_reset_since = || s.resets_begun.load(Ordering::SeqCst) == resets_done;
+            if let Some(passed) = outcome(w, generation_at_arrival, no_reset_since) {
                 return if passed { Ok(()) } else { Err(BarrierError::Broken) };
             }
             if w & BROKEN != 0 {
@@ -329,15 +345,20 @@ impl Barrier {
     /// [`BarrierError::Broken`].
     pub fn reset(&self) {
         let s = &*self.state;
+        // ORDERING: SeqCst: see the module notes and `await_pass`.
+        s.resets_begun.fetch_add(1, Ordering::SeqCst);
         // ORDERING: Relaxed: steers the CAS.
         let mut w = s.word.load(Ordering::Relaxed);
         loop {
-            // ORDERING: Release: pairs with the waiters' Acquire loads.
-            match s.word.compare_exchange_weak(w, advanced(w, false), Ordering::Release, Ordering::Relaxed) {
+            // ORDERING: SeqCst: Release pairs with the waiters' Acquire
+            // loads; SeqCst orders it between the two counters.
+            match s.word.compare_exchange_weak(w, advanced(w, false), Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => w = now,
             }
         }
+        // ORDERING: SeqCst: see the module notes.
+        s.resets_done.fetch_add(1, Ordering::SeqCst);
         futex::wake_all(&s.word);
     }
 
