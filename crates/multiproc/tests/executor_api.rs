@@ -115,3 +115,29 @@ fn a_dropped_map_sends_no_more_of_its_items() {
     let n = ran.get(0).unwrap();
     assert!(n < 20, "{n} of 100 items ran though the map was dropped after the first");
 }
+
+/// As [`counted_sleep`], returning the worker's pid.
+fn counted_sleep_pid(item: (u64, RawArray<u32>)) -> u32 {
+    counted_sleep(item);
+    std::process::id()
+}
+
+#[test]
+fn a_dropped_maps_items_are_not_run_again_when_their_worker_dies() {
+    let _watchdog = pool_support::watchdog();
+    let ex = Executor::new(1).unwrap();
+    let ran = RawArray::<u32>::zeroed(1).unwrap();
+    let mut results = ex.map(counted_sleep_pid, (0..100u64).map(|x| (x, ran.clone()))).unwrap();
+    let worker = results.next_timeout(WAIT).unwrap().unwrap();
+    // Let the worker receive a few more chunks, then drop the map: those
+    // chunks are in flight, not queued.
+    std::thread::sleep(Duration::from_millis(20));
+    drop(results);
+    let before = ran.get(0).unwrap();
+    let killed = std::process::Command::new("kill").args(["-9", &worker.to_string()]).status().unwrap();
+    assert!(killed.success());
+    ex.shutdown(true, false);
+    let after = ran.get(0).unwrap();
+    // The item running when it was killed may just have counted itself.
+    assert!(after <= before + 1, "{} items ran again after the worker died", after - before);
+}

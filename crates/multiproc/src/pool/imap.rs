@@ -105,8 +105,6 @@ where
 pub struct Imap<'p, R> {
     shared: &'p Shared,
     job: Arc<ImapShared<R>>,
-    /// `job` as the scheduler names it (to abandon it on drop).
-    as_job: Arc<dyn Job>,
     pull: Puller<'p>,
     runner: RunnerRef,
     chunksize: usize,
@@ -150,11 +148,9 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
         progress: Option<Progress>,
     ) -> Imap<'p, R> {
         let chunksize = chunksize.max(1);
-        let job = Arc::new(ImapShared::new(ordered, chunksize));
         Imap {
             shared,
-            as_job: job.clone(),
-            job,
+            job: Arc::new(ImapShared::new(ordered, chunksize)),
             pull,
             runner,
             chunksize,
@@ -241,7 +237,9 @@ impl<R> Drop for Imap<'_, R> {
     fn drop(&mut self) {
         self.release();
         if !self.done && self.submitted > self.yielded {
-            self.shared.abandon(self.as_job.clone());
+            // ORDERING: Relaxed: published by the inbox lock in `abandon`.
+            self.job.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.shared.abandon();
         }
         // Dropped before its end: the bar ends where it is.
         if !self.done

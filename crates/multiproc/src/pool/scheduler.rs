@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::error::{PoolError, TaskError};
-use super::job::{Chunk, Job};
+use super::job::Chunk;
 use super::link::Worker;
 use super::protocol::{Batch, RunnerRef};
 use super::result::{TASK_CANCELLED, TASK_PENDING, TASK_TAKEN};
@@ -103,19 +103,8 @@ struct Inbox {
     /// `cancel_pending` was called (`Executor::shutdown(_, true)`): open
     /// calls submit nothing more either.
     cancelled: bool,
-    /// Jobs whose results nobody will read (a dropped `imap`): their queued
-    /// chunks are dropped unsent. Held, not just named, so that no new job
-    /// can reuse the address before the scheduler looks.
-    abandoned: Vec<Abandoned>,
-}
-
-/// A job in [`Inbox::abandoned`].
-struct Abandoned(Arc<dyn Job>);
-
-impl std::fmt::Debug for Abandoned {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Abandoned")
-    }
+    /// A job was abandoned (a dropped `imap`): drop its queued chunks.
+    abandoned: bool,
 }
 
 impl std::fmt::Debug for Chunk {
@@ -212,10 +201,10 @@ impl Shared {
         self.kick();
     }
 
-    /// Nobody will read `job`'s results (its `imap` was dropped): its
-    /// chunks that no worker has received yet are not sent.
-    pub(crate) fn abandon(&self, job: Arc<dyn Job>) {
-        self.lock().abandoned.push(Abandoned(job));
+    /// A job was abandoned (see [`Job::abandoned`](super::job::Job::abandoned)): its chunks that no
+    /// worker has received yet are not sent.
+    pub(crate) fn abandon(&self) {
+        self.lock().abandoned = true;
         self.kick();
     }
 
@@ -364,10 +353,8 @@ impl Scheduler {
         let abandoned = std::mem::take(&mut inbox.abandoned);
         let terminate = inbox.terminate;
         drop(inbox);
-        if !abandoned.is_empty() {
-            self.pending.retain(|chunk| {
-                !abandoned.iter().any(|job| std::ptr::addr_eq(Arc::as_ptr(&job.0), Arc::as_ptr(&chunk.job)))
-            });
+        if abandoned {
+            self.pending.retain(|chunk| !chunk.job.abandoned());
         }
         if cancel {
             for chunk in self.pending.drain(..) {
@@ -512,7 +499,7 @@ impl Scheduler {
             !inbox.chunks.is_empty()
                 || inbox.terminate
                 || inbox.cancel_pending
-                || !inbox.abandoned.is_empty()
+                || inbox.abandoned
                 || (inbox.closed && !self.closed && (!self.closing || inbox.open_calls == 0))
         };
         let deadline = if busy {
