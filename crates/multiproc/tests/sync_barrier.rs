@@ -200,6 +200,33 @@ fn a_panicking_action_breaks_the_barrier() {
     assert!(Barrier::new(0).is_err());
 }
 
+/// A party asleep (stopped) while the barrier's 8-bit generation goes
+/// round once (256 rounds end: a reset and passes, or only passes) must
+/// not take the generation it wakes to for its own round.
+#[test]
+fn a_party_asleep_through_256_rounds_learns_its_rounds_outcome() {
+    for reset_first in [true, false] {
+        let b = Barrier::new(2).unwrap();
+        let kid = Kid::spawn(party, (b.clone(),));
+        wait_until("the child to wait", || b.n_waiting() == 1);
+        wait_asleep(kid.pid());
+        signal(kid.pid(), "STOP");
+        if reset_first {
+            b.reset();
+        } else {
+            assert_eq!(b.wait_timeout(LONG), Ok(1), "the last to arrive");
+        }
+        for _ in 0..255 {
+            pass_with_a_thread(&b);
+        }
+        signal(kid.pid(), "CONT");
+        let start = Instant::now();
+        let expected = if reset_first { Err(BarrierError::Broken) } else { Ok(0) };
+        assert_eq!(kid.join(), expected, "reset first: {reset_first}");
+        assert!(start.elapsed() < LONG / 2, "the child waited for its timeout");
+    }
+}
+
 /// Waits on `b` until `stop` is set; returns how many waits passed with
 /// each index. Any error but `Broken` (a timeout: a wait that never ended)
 /// is a failure.

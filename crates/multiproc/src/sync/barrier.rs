@@ -19,8 +19,14 @@
 //! waiter reads `resets_done` before it arrives; if `resets_begun` still
 //! equals it when the waiter looks, no reset ended a round since it
 //! arrived, so its round passed. Otherwise it cannot tell, and reports the
-//! barrier broken. A timeout or `abort` sets the broken flag, which fails
-//! every wait until `reset`.
+//! barrier broken. The generation has only 8 bits: a waiter that slept
+//! through 256 rounds would find its own generation again, so every round's
+//! end is also counted in the 32-bit `rounds_ended` (after its CAS). A
+//! waiter reads it before it arrives; once it has moved by more than
+//! [`WRAP_SUSPECT`], the waiter's round is surely over (only threads caught
+//! between their CAS and their count can make the counter lag), and the
+//! waiter goes by the reset counters. A timeout or `abort` sets the broken
+//! flag, which fails every wait until `reset`.
 //!
 //! The action is never in shared memory (another process could point it
 //! anywhere): each handle carries it in its own process's memory, and it
@@ -63,13 +69,27 @@ fn advanced(w: u32, passed: bool) -> u32 {
     (((generation(w) + 1) & GEN_MASK) << GEN_SHIFT) | (history << HISTORY_SHIFT)
 }
 
-/// Whether round `generation_at_arrival` passed, seen from a later word `w`
-/// (`None` while it is still the current round).
-/// `no_reset_since` tells, for a round too long ago to be in the history,
-/// whether any reset could have ended it.
-fn outcome(w: u32, generation_at_arrival: u32, no_reset_since: impl FnOnce() -> bool) -> Option<bool> {
-    let moved = generation(w).wrapping_sub(generation_at_arrival) & GEN_MASK;
+/// More rounds ended since an arrival than this: the generation may have
+/// wrapped (see the module notes).
+const WRAP_SUSPECT: u32 = GEN_MASK / 2;
+
+/// What a waiter noted when it arrived.
+#[derive(Clone, Copy)]
+struct Arrival {
+    generation: u32,
+    resets_done: u32,
+    rounds_ended: u32,
+}
+
+/// Whether the round of `arrival` passed, seen from a later word `w`
+/// (`None` while it is still the current round). `long_ago` tells whether
+/// the round surely ended (the generation may have wrapped);
+/// `no_reset_since` whether a round out of the history could have been
+/// ended by a reset.
+fn outcome(w: u32, arrival: Arrival, long_ago: bool, no_reset_since: impl FnOnce() -> bool) -> Option<bool> {
+    let moved = generation(w).wrapping_sub(arrival.generation) & GEN_MASK;
     match moved {
+        _ if long_ago => Some(no_reset_since()),
         0 => None,
         k if k > HISTORY_LEN => Some(no_reset_since()),
         k => Some((w >> (HISTORY_SHIFT + k - 1)) & 1 == 1),
@@ -87,6 +107,8 @@ pub(crate) struct BarrierState {
     resets_begun: AtomicU32,
     /// Resets that ended (counted after their CAS of `word`).
     resets_done: AtomicU32,
+    /// Rounds that ended, by a pass or a reset (counted after their CAS).
+    rounds_ended: AtomicU32,
 }
 
 // SAFETY: repr(C) atomics only; all-zero is a fresh barrier (its parties are
@@ -95,6 +117,14 @@ unsafe impl SharedObject for BarrierState {
     const TAG: u64 = u64::from_le_bytes(*b"mp.Barr\0");
     fn tag(&self) -> &AtomicU64 {
         &self.tag
+    }
+}
+
+impl BarrierState {
+    /// Counts a round that just ended (after the CAS that ended it).
+    fn count_round_ended(&self) {
+        // ORDERING: SeqCst: see the module notes.
+        self.rounds_ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -247,6 +277,8 @@ impl Barrier {
             // ORDERING: SeqCst, before the arrival: no reset that ends this
             // party's round is counted here (see the module notes).
             let resets_done = s.resets_done.load(Ordering::SeqCst);
+            // ORDERING: SeqCst: as above (a count, compared later).
+            let rounds_ended = s.rounds_ended.load(Ordering::SeqCst);
             // ORDERING: AcqRel: an arrival publishes what this party did
             // before it (Release) and the last arrival sees what all did
             // (Acquire), so the action and the released parties see it too.
@@ -257,7 +289,8 @@ impl Barrier {
                 self.pass(w + 1)?;
                 return Ok(count as usize);
             }
-            return self.await_pass(generation(w), resets_done, deadline).map(|()| count as usize);
+            let arrival = Arrival { generation: generation(w), resets_done, rounds_ended };
+            return self.await_pass(arrival, deadline).map(|()| count as usize);
         }
     }
 
@@ -281,27 +314,33 @@ impl Barrier {
                 Err(now) => cur = now,
             }
         }
+        s.count_round_ended();
         futex::wake_all(&s.word);
         Ok(())
     }
 
-    fn await_pass(&self, generation_at_arrival: u32, resets_done: u32, deadline: Deadline) -> Result<(), BarrierError> {
+    fn await_pass(&self, arrival: Arrival, deadline: Deadline) -> Result<(), BarrierError> {
         let s = &*self.state;
+        // ORDERING: SeqCst: a count (see the module notes).
+        let long_ago = || s.rounds_ended.load(Ordering::SeqCst).wrapping_sub(arrival.rounds_ended) > WRAP_SUSPECT;
         loop {
             // ORDERING: Acquire: pairs with the Release of `pass`.
             let w = s.word.load(Ordering::Acquire);
             // ORDERING: SeqCst: the Acquire load of `word` above saw the CAS
             // of any reset that ended this round, so its `resets_begun`
             // increment (before that CAS) is visible here.
-            let no_reset_since = || s.resets_begun.load(Ordering::SeqCst) == resets_done;
-            if let Some(passed) = outcome(w, generation_at_arrival, no_reset_since) {
+            let no_reset_since = || s.resets_begun.load(Ordering::SeqCst) == arrival.resets_done;
+            if let Some(passed) = outcome(w, arrival, long_ago(), no_reset_since) {
                 return if passed { Ok(()) } else { Err(BarrierError::Broken) };
             }
             if w & BROKEN != 0 {
                 return Err(BarrierError::Broken);
             }
             if futex::wait(&s.word, w, deadline) == FutexWait::TimedOut {
-                match self.break_if_still(generation_at_arrival) {
+                if long_ago() {
+                    continue; // not this round any more, whatever its generation
+                }
+                match self.break_if_still(arrival.generation) {
                     // The pass happened just in time: look again.
                     Ok(()) => continue,
                     Err(e) => return Err(e),
@@ -359,6 +398,7 @@ impl Barrier {
         }
         // ORDERING: SeqCst: see the module notes.
         s.resets_done.fetch_add(1, Ordering::SeqCst);
+        s.count_round_ended();
         futex::wake_all(&s.word);
     }
 
