@@ -30,6 +30,17 @@
 //!   inputs are "the word still holds that dead thread's id" and the
 //!   kernel's word that the thread is gone (or a zombie, or another thread
 //!   under a recycled id).
+//! - **Owner killed before it recorded itself** (between its CAS and its
+//!   store of `meta`): the word names a thread that `meta` does not. A
+//!   waiter that sees that state unchanged for [`HALF_TAKEN_GRACE`] (a live
+//!   owner records itself a few instructions after its CAS) asks `/proc`
+//!   whether the thread exists; if not, it takes the lock as from a dead
+//!   owner (if another thread has the tid by then, the lock stays taken and
+//!   waits time out, as before). The owner's namespace is not known then, so this is skipped
+//!   when the lock's last recorded owner was in another namespace; the one
+//!   case it can get wrong is a lock shared across namespaces whose owner,
+//!   from another namespace, is stopped for that long between its CAS and
+//!   its store.
 //! - **Spinning only where it can pay**: a waiter does not busy-wait when
 //!   the holder is another thread on its own CPU, or when the last release
 //!   happened on its CPU (a hand-over partner sharing the CPU cannot run
@@ -40,18 +51,8 @@
 //! list cannot express); detection is by polling, bounded by [`SLICE`] (a
 //! waiter notices a dead owner within about 100 ms).
 //!
-//! - **Owner killed before it recorded itself** (between its CAS and its
-//!   store of `meta`): the word names a thread that `meta` does not. A
-//!   waiter that sees that state unchanged for [`HALF_TAKEN_GRACE`] (a live
-//!   owner records itself a few instructions after its CAS) asks `/proc`
-//!   whether the thread exists; if not, it takes the lock as from a dead
-//!   owner. The owner's namespace is not known then, so this is skipped
-//!   when the lock's last recorded owner was in another namespace; the one
-//!   case it can get wrong is a lock shared across namespaces whose owner,
-//!   from another namespace, is stopped for that long between its CAS and
-//!   its store.
-//!
-//! An owner is taken for dead only when that is certain: it recorded
+//! Apart from that half-taken case, an owner is taken for dead only when
+//! that is certain: it recorded
 //! itself (`meta` names it) in our pid namespace (`pidns`), and the kernel
 //! says its thread is gone (a `/proc` that hides it, `hidepid`, or cannot be
 //! read counts as alive). A lock shared across pid namespaces still works; a

@@ -201,7 +201,8 @@ impl Shared {
         self.kick();
     }
 
-    /// A job was abandoned (see [`Job::abandoned`](super::job::Job::abandoned)): its chunks that no
+    /// A job was abandoned (see
+    /// [`Job::abandoned`](super::job::Job::abandoned)): its chunks that no
     /// worker has received yet are not sent.
     pub(crate) fn abandon(&self) {
         self.lock().abandoned = true;
