@@ -266,7 +266,6 @@ fn four_processes_pass_three_party_rounds(resets: bool) -> [u64; 3] {
             *all += n;
         }
     }
-    assert!(by_index[2] > 0, "no pass in 1.5 s");
     by_index
 }
 
@@ -277,6 +276,7 @@ fn four_processes_pass_three_party_rounds(resets: bool) -> [u64; 3] {
 #[test]
 fn a_party_that_sleeps_through_later_rounds_still_passes() {
     let by_index = four_processes_pass_three_party_rounds(false);
+    assert!(by_index[2] > 0, "no pass in 1.5 s");
     assert_eq!(by_index, [by_index[2]; 3], "each pass released one party with each index");
 }
 
