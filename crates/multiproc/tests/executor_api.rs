@@ -5,7 +5,7 @@ mod pool_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Executor, PoolError, TaskError};
+use multiproc::{Executor, PoolError, RawArray, TaskError};
 use pool_support::{WAIT, sleep_ms, square};
 
 fn pid(_: u64) -> u32 {
@@ -78,4 +78,66 @@ fn dropping_an_executor_waits_for_its_work() {
     drop(ex);
     assert!(f.ready());
     assert_eq!(pool_support::get(f).unwrap(), 100);
+}
+
+/// Sleeps 50 ms, then counts itself in slot 0 (one worker: no race).
+fn counted_sleep(item: (u64, RawArray<u32>)) -> u64 {
+    std::thread::sleep(Duration::from_millis(50));
+    let (x, ran) = item;
+    ran.set(0, ran.get(0).unwrap() + 1);
+    x
+}
+
+#[test]
+fn shutdown_with_cancel_futures_cancels_the_queued_items_of_a_map() {
+    let _watchdog = pool_support::watchdog();
+    let ex = Executor::new(1).unwrap();
+    let ran = RawArray::<u32>::zeroed(1).unwrap();
+    let mut results = ex.map(counted_sleep, (0..100u64).map(|x| (x, ran.clone()))).unwrap();
+    assert_eq!(results.next_timeout(WAIT).unwrap().unwrap(), 0);
+    ex.shutdown(true, true);
+    let rest: Vec<_> = std::iter::from_fn(|| results.next_timeout(WAIT)).collect();
+    let cancelled =
+        rest.iter().filter(|r| matches!(r, Err(PoolError::Task { error: TaskError::Cancelled, .. }))).count();
+    assert!(ran.get(0).unwrap() < 20, "{} items ran after the shutdown", ran.get(0).unwrap());
+    assert!(cancelled >= 80, "{cancelled} cancelled of {}", rest.len());
+}
+
+#[test]
+fn a_dropped_map_sends_no_more_of_its_items() {
+    let _watchdog = pool_support::watchdog();
+    let ex = Executor::new(1).unwrap();
+    let ran = RawArray::<u32>::zeroed(1).unwrap();
+    let mut results = ex.map(counted_sleep, (0..100u64).map(|x| (x, ran.clone()))).unwrap();
+    assert_eq!(results.next_timeout(WAIT).unwrap().unwrap(), 0);
+    drop(results);
+    ex.shutdown(true, false);
+    let n = ran.get(0).unwrap();
+    assert!(n < 20, "{n} of 100 items ran though the map was dropped after the first");
+}
+
+/// As [`counted_sleep`], returning the worker's pid.
+fn counted_sleep_pid(item: (u64, RawArray<u32>)) -> u32 {
+    counted_sleep(item);
+    std::process::id()
+}
+
+#[test]
+fn a_dropped_maps_items_are_not_run_again_when_their_worker_dies() {
+    let _watchdog = pool_support::watchdog();
+    let ex = Executor::new(1).unwrap();
+    let ran = RawArray::<u32>::zeroed(1).unwrap();
+    let mut results = ex.map(counted_sleep_pid, (0..100u64).map(|x| (x, ran.clone()))).unwrap();
+    let worker = results.next_timeout(WAIT).unwrap().unwrap();
+    // Let the worker receive a few more chunks, then drop the map: those
+    // chunks are in flight, not queued.
+    std::thread::sleep(Duration::from_millis(20));
+    drop(results);
+    let before = ran.get(0).unwrap();
+    let killed = std::process::Command::new("kill").args(["-9", &worker.to_string()]).status().unwrap();
+    assert!(killed.success());
+    ex.shutdown(true, false);
+    let after = ran.get(0).unwrap();
+    // The item running when it was killed may just have counted itself.
+    assert!(after <= before + 1, "{} items ran again after the worker died", after - before);
 }

@@ -6,8 +6,8 @@ mod sync_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Barrier, BarrierError, RawArray, SharedMemory, current_process, parent_process};
-use sync_support::{Kid, LONG, assert_about, wait_until};
+use multiproc::{Barrier, BarrierError, Event, RawArray, SharedMemory, current_process, parent_process};
+use sync_support::{Kid, LONG, assert_about, wait_asleep, wait_until};
 
 /// The name of the segment where the barrier actions of a test count passes:
 /// per test process (children find it through their parent's pid) and test.
@@ -123,6 +123,51 @@ fn reset_while_a_party_waits_breaks_that_wait_only() {
     assert!(kid.join().is_ok());
 }
 
+/// Sends `signal` (`STOP` or `CONT`) to process `pid`.
+fn signal(pid: i32, signal: &str) {
+    let sent = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// Two parties of `b` (a thread and this one) pass it once.
+fn pass_with_a_thread(b: &Barrier) {
+    let b2 = b.clone();
+    let t = std::thread::spawn(move || b2.wait_timeout(LONG));
+    assert!(b.wait_timeout(LONG).is_ok());
+    assert!(t.join().unwrap().is_ok());
+}
+
+/// A party that sleeps through a reset and the next pass (it is stopped)
+/// must still learn that its own round was reset, not passed.
+#[test]
+fn a_party_asleep_through_a_reset_and_a_new_pass_gets_broken() {
+    let b = Barrier::new(2).unwrap();
+    let kid = Kid::spawn(party, (b.clone(),));
+    wait_until("the child to wait", || b.n_waiting() == 1);
+    wait_asleep(kid.pid());
+    signal(kid.pid(), "STOP");
+    b.reset();
+    pass_with_a_thread(&b);
+    signal(kid.pid(), "CONT");
+    assert_eq!(kid.join(), Err(BarrierError::Broken), "its round was reset");
+}
+
+/// A party that sleeps through its own pass, a reset and another pass must
+/// still learn that its round passed.
+#[test]
+fn a_party_asleep_through_its_pass_a_reset_and_a_new_pass_gets_its_index() {
+    let b = Barrier::new(2).unwrap();
+    let kid = Kid::spawn(party, (b.clone(),));
+    wait_until("the child to wait", || b.n_waiting() == 1);
+    wait_asleep(kid.pid());
+    signal(kid.pid(), "STOP");
+    assert_eq!(b.wait_timeout(LONG), Ok(1), "the last to arrive");
+    b.reset();
+    pass_with_a_thread(&b);
+    signal(kid.pid(), "CONT");
+    assert_eq!(kid.join(), Ok(0), "its round passed");
+}
+
 #[test]
 fn a_timeout_breaks_the_barrier_for_every_party() {
     let b = Barrier::new(3).unwrap();
@@ -153,4 +198,93 @@ fn a_panicking_action_breaks_the_barrier() {
     assert_eq!(outcomes, ["Err(Broken)", "panicked"]);
     assert!(b.broken());
     assert!(Barrier::new(0).is_err());
+}
+
+/// A party asleep (stopped) while the barrier's 8-bit generation goes
+/// round once (256 rounds end: a reset and passes, or only passes) must
+/// not take the generation it wakes to for its own round.
+#[test]
+fn a_party_asleep_through_256_rounds_learns_its_rounds_outcome() {
+    for reset_first in [true, false] {
+        let b = Barrier::new(2).unwrap();
+        let kid = Kid::spawn(party, (b.clone(),));
+        wait_until("the child to wait", || b.n_waiting() == 1);
+        wait_asleep(kid.pid());
+        signal(kid.pid(), "STOP");
+        if reset_first {
+            b.reset();
+        } else {
+            assert_eq!(b.wait_timeout(LONG), Ok(1), "the last to arrive");
+        }
+        for _ in 0..255 {
+            pass_with_a_thread(&b);
+        }
+        signal(kid.pid(), "CONT");
+        let start = Instant::now();
+        let expected = if reset_first { Err(BarrierError::Broken) } else { Ok(0) };
+        assert_eq!(kid.join(), expected, "reset first: {reset_first}");
+        assert!(start.elapsed() < LONG / 2, "the child waited for its timeout");
+    }
+}
+
+/// Waits on `b` until `stop` is set; returns how many waits passed with
+/// each index. Any error but `Broken` (a timeout: a wait that never ended)
+/// is a failure.
+fn pass_until_stopped(b: Barrier, stop: Event) -> Result<[u64; 3], String> {
+    let mut by_index = [0; 3];
+    while !stop.is_set() {
+        match b.wait_timeout(LONG) {
+            Ok(i) => by_index[i] += 1,
+            Err(BarrierError::Broken) => std::thread::yield_now(),
+            Err(e) => return Err(format!("a wait failed with {e:?}")),
+        }
+    }
+    Ok(by_index)
+}
+
+/// Four processes pass a 3-party barrier, while this one resets it over
+/// and over if `resets`; returns the passes counted by index.
+fn four_processes_pass_three_party_rounds(resets: bool) -> [u64; 3] {
+    let b = Barrier::new(3).unwrap();
+    let stop = Event::new().unwrap();
+    let kids: Vec<Kid<Result<[u64; 3], String>>> =
+        (0..4).map(|_| Kid::spawn(pass_until_stopped, (b.clone(), stop.clone()))).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        if resets {
+            b.reset();
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    stop.set();
+    // Waits begun before are broken, later ones fail at once: all end.
+    b.abort();
+    let mut by_index = [0; 3];
+    for k in kids {
+        let theirs = k.join().expect("no wait hangs");
+        for (all, n) in by_index.iter_mut().zip(theirs) {
+            *all += n;
+        }
+    }
+    by_index
+}
+
+/// More processes than parties: a party can sleep through many later
+/// rounds after its own passed; it still gets its index, so every pass
+/// releases one party with each index (the last, index 2, sees the pass
+/// complete).
+#[test]
+fn a_party_that_sleeps_through_later_rounds_still_passes() {
+    let by_index = four_processes_pass_three_party_rounds(false);
+    assert!(by_index[2] > 0, "no pass in 1.5 s");
+    assert_eq!(by_index, [by_index[2]; 3], "each pass released one party with each index");
+}
+
+/// Resets racing with the waits: a party whose round was reset never passes
+/// (it may also get `Broken` after a pass it slept through, see `wait`),
+/// and no wait hangs.
+#[test]
+fn resets_racing_with_waits_never_let_a_reset_party_pass() {
+    let by_index = four_processes_pass_three_party_rounds(true);
+    assert!(by_index[0] <= by_index[2] && by_index[1] <= by_index[2], "more parties passed than passes: {by_index:?}");
 }

@@ -30,6 +30,17 @@
 //!   inputs are "the word still holds that dead thread's id" and the
 //!   kernel's word that the thread is gone (or a zombie, or another thread
 //!   under a recycled id).
+//! - **Owner killed before it recorded itself** (between its CAS and its
+//!   store of `meta`): the word names a thread that `meta` does not. A
+//!   waiter that sees that state unchanged for [`HALF_TAKEN_GRACE`] (a live
+//!   owner records itself a few instructions after its CAS) asks `/proc`
+//!   whether the thread exists; if not, it takes the lock as from a dead
+//!   owner (if another thread has the tid by then, the lock stays taken and
+//!   waits time out, as before). The owner's namespace is not known then, so this is skipped
+//!   when the lock's last recorded owner was in another namespace; the one
+//!   case it can get wrong is a lock shared across namespaces whose owner,
+//!   from another namespace, is stopped for that long between its CAS and
+//!   its store.
 //! - **Spinning only where it can pay**: a waiter does not busy-wait when
 //!   the holder is another thread on its own CPU, or when the last release
 //!   happened on its CPU (a hand-over partner sharing the CPU cannot run
@@ -40,7 +51,8 @@
 //! list cannot express); detection is by polling, bounded by [`SLICE`] (a
 //! waiter notices a dead owner within about 100 ms).
 //!
-//! An owner is taken for dead only when that is certain: it recorded
+//! Apart from that half-taken case, an owner is taken for dead only when
+//! that is certain: it recorded
 //! itself (`meta` names it) in our pid namespace (`pidns`), and the kernel
 //! says its thread is gone (a `/proc` that hides it, `hidepid`, or cannot be
 //! read counts as alive). A lock shared across pid namespaces still works; a
@@ -57,6 +69,10 @@ use crate::sys::imp::thread::{self, ThreadIdentity, ThreadStatus};
 
 /// Longest futex sleep before a waiter checks that the owner lives.
 pub(crate) const SLICE: Duration = Duration::from_millis(100);
+/// How long a lock must stay taken by a thread that has not recorded
+/// itself before a waiter asks whether that thread died (see the module
+/// notes).
+const HALF_TAKEN_GRACE: Duration = Duration::from_secs(1);
 /// The busy-wait of a contended acquire (see [`crate::spin`]).
 ///
 /// A short critical section, or a hand-over from a process running on
@@ -195,6 +211,7 @@ impl RawMutex {
         if self.worth_spinning(me, self.word.load(Ordering::Relaxed)) && self.spin(me) {
             return Ok(Acquired::Clean);
         }
+        let mut half_taken = None;
         loop {
             // ORDERING: Relaxed: the value only steers the CAS below, which
             // carries the ordering.
@@ -224,6 +241,9 @@ impl RawMutex {
             let died = watched.is_some_and(|w| w.owner_died());
             if outcome == FutexWait::TimedOut || died {
                 if let Some(acquired) = self.take_from_dead(owner, me) {
+                    return Ok(acquired);
+                }
+                if let Some(acquired) = self.take_from_half_taken(owner, meta, me, &mut half_taken) {
                     return Ok(acquired);
                 }
                 if deadline.expired() {
@@ -275,6 +295,51 @@ impl RawMutex {
         // ORDERING: Acquire on success: whatever the dead owner wrote is as
         // visible as it will ever be (its stores before death reached memory
         // through the kernel's exit path).
+        self.word.compare_exchange(owner, me.tid, Ordering::Acquire, Ordering::Relaxed).ok()?;
+        self.set_meta(me);
+        Some(Acquired::OwnerDied)
+    }
+
+    /// If `owner` took the word but never recorded itself (`meta`, as read
+    /// before the wait, does not name it), and that has not changed for
+    /// [`HALF_TAKEN_GRACE`], and `owner` is dead: takes the lock from it.
+    /// `since` remembers when this waiter first saw that state.
+    #[cold]
+    fn take_from_half_taken(
+        &self,
+        owner: u32,
+        meta: u64,
+        me: ThreadIdentity,
+        since: &mut Option<(u32, u64, Deadline)>,
+    ) -> Option<Acquired> {
+        if (meta >> START_BITS) as u32 == owner {
+            return None; // recorded: `take_from_dead` decides
+        }
+        match *since {
+            Some((o, m, grace_over)) if o == owner && m == meta => {
+                if !grace_over.expired() {
+                    return None;
+                }
+            }
+            _ => {
+                *since = Some((owner, meta, Deadline::after(HALF_TAKEN_GRACE)));
+                return None;
+            }
+        }
+        // The owner's namespace is unknown: go by the last recorded owner's
+        // (none yet counts as ours), and never act on a lock known to be
+        // used from another namespace.
+        // ORDERING: Relaxed: advisory, see `set_meta`.
+        let recorded_ns = self.pidns.load(Ordering::Relaxed);
+        let mine = me.pidns;
+        if mine == 0 || (recorded_ns != 0 && recorded_ns != mine) {
+            return None;
+        }
+        // ORDERING: Relaxed: as in `take_from_dead`.
+        if thread::status(owner) != ThreadStatus::Dead || self.meta.load(Ordering::Relaxed) != meta {
+            return None;
+        }
+        // ORDERING: Acquire on success, as in `take_from_dead`.
         self.word.compare_exchange(owner, me.tid, Ordering::Acquire, Ordering::Relaxed).ok()?;
         self.set_meta(me);
         Some(Acquired::OwnerDied)
@@ -429,6 +494,60 @@ mod test {
         m.unlock();
         assert_eq!(m.lock(Deadline::NEVER), Ok(Acquired::Clean));
         m.unlock();
+    }
+
+    /// The identity of a thread that has exited (its tid gone from `/proc`).
+    fn dead_thread() -> ThreadIdentity {
+        let dead = std::thread::spawn(thread::current).join().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while thread::status(dead.tid) != ThreadStatus::Dead {
+            assert!(std::time::Instant::now() < deadline, "the exited thread's tid stays in /proc");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        dead
+    }
+
+    /// Forges a holder that took the word and died before `set_meta`:
+    /// the word holds its tid, `meta` still names the previous owner.
+    fn half_taken_by(m: &RawMutex, holder: u32) {
+        assert_eq!(m.lock(Deadline::NEVER), Ok(Acquired::Clean));
+        m.unlock();
+        m.word.store(holder, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_holder_killed_before_recording_itself_is_replaced() {
+        let m = fresh();
+        half_taken_by(&m, dead_thread().tid);
+        let start = std::time::Instant::now();
+        assert_eq!(m.lock(Deadline::after(Duration::from_secs(10))), Ok(Acquired::OwnerDied));
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+        assert!(m.is_owned_by_current());
+        m.unlock();
+    }
+
+    #[test]
+    fn the_first_holder_of_a_fresh_lock_killed_before_recording_itself_is_replaced() {
+        let m = fresh();
+        m.word.store(dead_thread().tid, Ordering::SeqCst);
+        assert_eq!(m.lock(Deadline::after(Duration::from_secs(10))), Ok(Acquired::OwnerDied));
+        m.unlock();
+    }
+
+    #[test]
+    fn a_live_holder_that_has_not_recorded_itself_yet_is_not_robbed() {
+        let m = fresh();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let live = std::thread::spawn(move || {
+            tx.send(thread::current()).unwrap();
+            let _ = stop_rx.recv_timeout(Duration::from_secs(30));
+        });
+        half_taken_by(&m, rx.recv().unwrap().tid);
+        let wait = HALF_TAKEN_GRACE + Duration::from_millis(500);
+        assert_eq!(m.lock(Deadline::after(wait)), Err(TimedOut));
+        stop_tx.send(()).unwrap();
+        live.join().unwrap();
     }
 
     #[test]

@@ -97,6 +97,11 @@ where
 /// result panics with the input's panic, and the iterator ends (the input
 /// is read on the caller's thread a window ahead, so the panic's message is
 /// printed when it happens, before that call).
+///
+/// Dropping it before its end reads no more input, and its items that no
+/// worker has received yet are not sent (as Python's `Executor.map`
+/// cancels its futures when its iterator is closed); items already running
+/// finish, their results unread.
 pub struct Imap<'p, R> {
     shared: &'p Shared,
     job: Arc<ImapShared<R>>,
@@ -231,6 +236,11 @@ impl<R> Imap<'_, R> {
 impl<R> Drop for Imap<'_, R> {
     fn drop(&mut self) {
         self.release();
+        if !self.done && self.submitted > self.yielded {
+            // ORDERING: Relaxed: published by the inbox lock in `abandon`.
+            self.job.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.shared.abandon();
+        }
         // Dropped before its end: the bar ends where it is.
         if !self.done
             && let Some(p) = &self.progress

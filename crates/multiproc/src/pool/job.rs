@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
@@ -49,6 +49,12 @@ impl ChunkResult<'_> {
 /// thread, once per chunk (results, or errors the scheduler made).
 pub(crate) trait Job: Send + Sync {
     fn deliver(&self, chunk: usize, items: usize, result: ChunkResult<'_>);
+
+    /// True once nobody will read the job's results (a dropped `imap`):
+    /// its chunks that no worker has received are not sent.
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
 /// A chunk of one job, as the scheduler keeps it until its results arrive
@@ -299,6 +305,8 @@ pub(crate) struct ImapShared<R> {
     pub cond: Condvar,
     pub ordered: bool,
     pub chunksize: usize,
+    /// Set when its `Imap` is dropped before its end (see [`Job::abandoned`]).
+    pub abandoned: AtomicBool,
 }
 
 /// One arrived item.
@@ -327,6 +335,7 @@ impl<R> ImapShared<R> {
             cond: Condvar::new(),
             ordered,
             chunksize,
+            abandoned: AtomicBool::new(false),
         }
     }
 
@@ -369,6 +378,12 @@ impl<R: DeserializeOwned> ImapShared<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Job for ImapShared<R> {
+    fn abandoned(&self) -> bool {
+        // ORDERING: Relaxed: a flag; the scheduler learns of it through the
+        // inbox lock (`Shared::abandon`), and a late look only runs a chunk.
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
     fn deliver(&self, chunk: usize, items: usize, result: ChunkResult<'_>) {
         let start = chunk * self.chunksize;
         let result = match result {

@@ -103,6 +103,8 @@ struct Inbox {
     /// `cancel_pending` was called (`Executor::shutdown(_, true)`): open
     /// calls submit nothing more either.
     cancelled: bool,
+    /// A job was abandoned (a dropped `imap`): drop its queued chunks.
+    abandoned: bool,
 }
 
 impl std::fmt::Debug for Chunk {
@@ -196,6 +198,14 @@ impl Shared {
             inbox.cancel_pending = true;
             inbox.cancelled = true;
         }
+        self.kick();
+    }
+
+    /// A job was abandoned (see
+    /// [`Job::abandoned`](super::job::Job::abandoned)): its chunks that no
+    /// worker has received yet are not sent.
+    pub(crate) fn abandon(&self) {
+        self.lock().abandoned = true;
         self.kick();
     }
 
@@ -341,8 +351,12 @@ impl Scheduler {
         self.closing |= inbox.closed;
         self.closed |= inbox.closed && inbox.open_calls == 0;
         let cancel = std::mem::take(&mut inbox.cancel_pending);
+        let abandoned = std::mem::take(&mut inbox.abandoned);
         let terminate = inbox.terminate;
         drop(inbox);
+        if abandoned {
+            self.pending.retain(|chunk| !chunk.job.abandoned());
+        }
         if cancel {
             for chunk in self.pending.drain(..) {
                 if let Some(state) = &chunk.cancel {
@@ -486,6 +500,7 @@ impl Scheduler {
             !inbox.chunks.is_empty()
                 || inbox.terminate
                 || inbox.cancel_pending
+                || inbox.abandoned
                 || (inbox.closed && !self.closed && (!self.closing || inbox.open_calls == 0))
         };
         let deadline = if busy {

@@ -2,16 +2,31 @@
 //!
 //! # Algorithm (maintainer's notes)
 //!
-//! One futex word packs the arrivals of the current pass (bits 0–15), the
-//! pass generation (bits 16–30) and a broken flag (bit 31). An arriving
-//! party CASes the count up; the last one sets the count to `parties`
-//! (passing), runs the action, then CASes to the next generation with a
-//! count of 0 and wakes everyone. A pass adds 1 to the generation and
-//! `reset` adds 2, so a waiter that sees the generation move by an odd
-//! amount passed and by an even amount was reset (with exactly `parties`
-//! parties, no further pass can happen before that waiter looks, since it
-//! is one of them). A timeout or `abort` sets the broken flag, which fails
-//! every wait until `reset`.
+//! One futex word packs the arrivals of the current round (bits 0–15), the
+//! outcomes of the last [`HISTORY_LEN`] rounds (bits 16–22), the round's
+//! generation (bits 23–30) and a broken flag (bit 31). An arriving party
+//! CASes the count up; the last one sets the count to `parties` (passing),
+//! runs the action, then CASes to the next generation with a count of 0 and
+//! wakes everyone. Both a pass and a `reset` end the round: the generation
+//! goes up by 1 and the outcome (1: passed, 0: reset) is shifted into the
+//! history. A waiter that sees the generation move by `k` reads its own
+//! round's outcome `k − 1` places back in the history. It cannot rely on
+//! seeing only one move: after a `reset` it is no longer a party, so other
+//! parties may pass new rounds before it looks (and after its own pass, a
+//! `reset` and new rounds may follow). A waiter that slept through more
+//! than [`HISTORY_LEN`] rounds asks two counters instead: `reset` counts
+//! itself in `resets_begun` before its CAS and in `resets_done` after. A
+//! waiter reads `resets_done` before it arrives; if `resets_begun` still
+//! equals it when the waiter looks, no reset ended a round since it
+//! arrived, so its round passed. Otherwise it cannot tell, and reports the
+//! barrier broken. The generation has only 8 bits: a waiter that slept
+//! through 256 rounds would find its own generation again, so every round's
+//! end is also counted in the 32-bit `rounds_ended` (after its CAS). A
+//! waiter reads it before it arrives; once it has moved by more than
+//! [`WRAP_SUSPECT`], the waiter's round is surely over (only threads caught
+//! between their CAS and their count can make the counter lag), and the
+//! waiter goes by the reset counters. A timeout or `abort` sets the broken
+//! flag, which fails every wait until `reset`.
 //!
 //! The action is never in shared memory (another process could point it
 //! anywhere): each handle carries it in its own process's memory, and it
@@ -35,17 +50,50 @@ use crate::sys::imp;
 use crate::sys::imp::futex::{self, FutexWait};
 
 const COUNT_MASK: u32 = 0xFFFF;
-const GEN_SHIFT: u32 = 16;
-const GEN_MASK: u32 = 0x7FFF;
+const HISTORY_SHIFT: u32 = 16;
+/// How many past rounds' outcomes the word remembers.
+const HISTORY_LEN: u32 = 7;
+const HISTORY_MASK: u32 = (1 << HISTORY_LEN) - 1;
+const GEN_SHIFT: u32 = HISTORY_SHIFT + HISTORY_LEN;
+const GEN_MASK: u32 = 0xFF;
 const BROKEN: u32 = 1 << 31;
 
 fn generation(w: u32) -> u32 {
     (w >> GEN_SHIFT) & GEN_MASK
 }
 
-/// A word for generation `generation(w) + steps` with no arrivals, not broken.
-fn advanced(w: u32, steps: u32) -> u32 {
-    ((generation(w) + steps) & GEN_MASK) << GEN_SHIFT
+/// The word that ends the round of `w` (passed or reset): the next
+/// generation, the outcome in the history, no arrivals, not broken.
+fn advanced(w: u32, passed: bool) -> u32 {
+    let history = (((w >> HISTORY_SHIFT) << 1) | u32::from(passed)) & HISTORY_MASK;
+    (((generation(w) + 1) & GEN_MASK) << GEN_SHIFT) | (history << HISTORY_SHIFT)
+}
+
+/// More rounds ended since an arrival than this: the generation may have
+/// wrapped (see the module notes).
+const WRAP_SUSPECT: u32 = GEN_MASK / 2;
+
+/// What a waiter noted when it arrived.
+#[derive(Clone, Copy)]
+struct Arrival {
+    generation: u32,
+    resets_done: u32,
+    rounds_ended: u32,
+}
+
+/// Whether the round of `arrival` passed, seen from a later word `w`
+/// (`None` while it is still the current round). `long_ago` tells whether
+/// the round surely ended (the generation may have wrapped);
+/// `no_reset_since` whether a round out of the history could have been
+/// ended by a reset.
+fn outcome(w: u32, arrival: Arrival, long_ago: bool, no_reset_since: impl FnOnce() -> bool) -> Option<bool> {
+    let moved = generation(w).wrapping_sub(arrival.generation) & GEN_MASK;
+    match moved {
+        _ if long_ago => Some(no_reset_since()),
+        0 => None,
+        k if k > HISTORY_LEN => Some(no_reset_since()),
+        k => Some((w >> (HISTORY_SHIFT + k - 1)) & 1 == 1),
+    }
 }
 
 /// The shared part of a [`Barrier`].
@@ -55,6 +103,12 @@ pub(crate) struct BarrierState {
     tag: AtomicU64,
     word: AtomicU32,
     parties: AtomicU32,
+    /// Resets that began (counted before their CAS of `word`).
+    resets_begun: AtomicU32,
+    /// Resets that ended (counted after their CAS of `word`).
+    resets_done: AtomicU32,
+    /// Rounds that ended, by a pass or a reset (counted after their CAS).
+    rounds_ended: AtomicU32,
 }
 
 // SAFETY: repr(C) atomics only; all-zero is a fresh barrier (its parties are
@@ -63,6 +117,14 @@ unsafe impl SharedObject for BarrierState {
     const TAG: u64 = u64::from_le_bytes(*b"mp.Barr\0");
     fn tag(&self) -> &AtomicU64 {
         &self.tag
+    }
+}
+
+impl BarrierState {
+    /// Counts a round that just ended (after the CAS that ended it).
+    fn count_round_ended(&self) {
+        // ORDERING: SeqCst: see the module notes.
+        self.rounds_ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -175,7 +237,10 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`BarrierError::Broken`] if the barrier is or becomes broken.
+    /// [`BarrierError::Broken`] if the barrier is or becomes broken, or
+    /// this party's round is [`reset`](Barrier::reset) before it passes
+    /// (also when the party wakes only after more than 7 later rounds and
+    /// resets happened meanwhile: its own round's outcome is then unknown).
     pub fn wait(&self) -> Result<usize, BarrierError> {
         self.wait_until(Deadline::NEVER)
     }
@@ -209,6 +274,11 @@ impl Barrier {
                 }
                 continue;
             }
+            // ORDERING: SeqCst, before the arrival: no reset that ends this
+            // party's round is counted here (see the module notes).
+            let resets_done = s.resets_done.load(Ordering::SeqCst);
+            // ORDERING: SeqCst: as above (a count, compared later).
+            let rounds_ended = s.rounds_ended.load(Ordering::SeqCst);
             // ORDERING: AcqRel: an arrival publishes what this party did
             // before it (Release) and the last arrival sees what all did
             // (Acquire), so the action and the released parties see it too.
@@ -219,7 +289,8 @@ impl Barrier {
                 self.pass(w + 1)?;
                 return Ok(count as usize);
             }
-            return self.await_pass(generation(w), deadline).map(|()| count as usize);
+            let arrival = Arrival { generation: generation(w), resets_done, rounds_ended };
+            return self.await_pass(arrival, deadline).map(|()| count as usize);
         }
     }
 
@@ -238,29 +309,38 @@ impl Barrier {
             }
             // ORDERING: Release: the parties released by this change see the
             // action's effects.
-            match s.word.compare_exchange(cur, advanced(cur, 1), Ordering::Release, Ordering::Relaxed) {
+            match s.word.compare_exchange(cur, advanced(cur, true), Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => cur = now,
             }
         }
+        s.count_round_ended();
         futex::wake_all(&s.word);
         Ok(())
     }
 
-    fn await_pass(&self, generation_at_arrival: u32, deadline: Deadline) -> Result<(), BarrierError> {
+    fn await_pass(&self, arrival: Arrival, deadline: Deadline) -> Result<(), BarrierError> {
         let s = &*self.state;
+        // ORDERING: SeqCst: a count (see the module notes).
+        let long_ago = || s.rounds_ended.load(Ordering::SeqCst).wrapping_sub(arrival.rounds_ended) > WRAP_SUSPECT;
         loop {
             // ORDERING: Acquire: pairs with the Release of `pass`.
             let w = s.word.load(Ordering::Acquire);
-            let moved = generation(w).wrapping_sub(generation_at_arrival) & GEN_MASK;
-            if moved != 0 {
-                return if moved % 2 == 1 { Ok(()) } else { Err(BarrierError::Broken) };
+            // ORDERING: SeqCst: the Acquire load of `word` above saw the CAS
+            // of any reset that ended this round, so its `resets_begun`
+            // increment (before that CAS) is visible here.
+            let no_reset_since = || s.resets_begun.load(Ordering::SeqCst) == arrival.resets_done;
+            if let Some(passed) = outcome(w, arrival, long_ago(), no_reset_since) {
+                return if passed { Ok(()) } else { Err(BarrierError::Broken) };
             }
             if w & BROKEN != 0 {
                 return Err(BarrierError::Broken);
             }
             if futex::wait(&s.word, w, deadline) == FutexWait::TimedOut {
-                match self.break_if_still(generation_at_arrival) {
+                if long_ago() {
+                    continue; // not this round any more, whatever its generation
+                }
+                match self.break_if_still(arrival.generation) {
                     // The pass happened just in time: look again.
                     Ok(()) => continue,
                     Err(e) => return Err(e),
@@ -304,15 +384,21 @@ impl Barrier {
     /// [`BarrierError::Broken`].
     pub fn reset(&self) {
         let s = &*self.state;
+        // ORDERING: SeqCst: see the module notes and `await_pass`.
+        s.resets_begun.fetch_add(1, Ordering::SeqCst);
         // ORDERING: Relaxed: steers the CAS.
         let mut w = s.word.load(Ordering::Relaxed);
         loop {
-            // ORDERING: Release: pairs with the waiters' Acquire loads.
-            match s.word.compare_exchange_weak(w, advanced(w, 2), Ordering::Release, Ordering::Relaxed) {
+            // ORDERING: SeqCst: Release pairs with the waiters' Acquire
+            // loads; SeqCst orders it between the two counters.
+            match s.word.compare_exchange_weak(w, advanced(w, false), Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => w = now,
             }
         }
+        // ORDERING: SeqCst: see the module notes.
+        s.resets_done.fetch_add(1, Ordering::SeqCst);
+        s.count_round_ended();
         futex::wake_all(&s.word);
     }
 

@@ -172,6 +172,9 @@ impl Scheduler {
         for (k, inflight) in w.inflight.drain(..).enumerate() {
             let seq = w.received + k as u64;
             let mut chunk = inflight.chunk;
+            if chunk.job.abandoned() {
+                continue; // nobody will read its results: do not run it again
+            }
             match w.timed_out {
                 // Killed for a task over the timeout: that task fails, the
                 // rest of its chunk runs again elsewhere.
