@@ -174,15 +174,8 @@ impl BatchQueue {
             }
         }
         s.items.push_back(p);
-        let wake = s.waiting > 0;
-        let ring = if wake { None } else { s.rouse_one() };
-        drop(s);
         self.arrived(1);
-        if wake {
-            self.changed.notify_one();
-        } else if let Some(ringer) = ring {
-            ringer.ring();
-        }
+        self.wake_one(s);
         Ok(())
     }
 
@@ -356,12 +349,7 @@ impl BatchQueue {
                     let batch: Vec<Pending> = s.items.drain(..size).collect();
                     if !s.items.is_empty() {
                         // More work: for another idle worker thread.
-                        if s.waiting > 0 {
-                            self.changed.notify_one();
-                        } else if let Some(ringer) = s.rouse_one() {
-                            drop(s);
-                            ringer.ring();
-                        }
+                        self.wake_one(s);
                     } else if !s.accepting {
                         // The last request of a draining version.
                         let rung = s.watchers_if_drained();
@@ -433,10 +421,16 @@ impl BatchQueue {
     /// A worker thread woken for work it will not take (its worker died)
     /// passes the wake-up on to another idle worker thread, if work waits.
     pub fn pass_on(&self) {
-        let mut s = self.lock();
-        if s.items.is_empty() {
-            return;
+        let s = self.lock();
+        if !s.items.is_empty() {
+            self.wake_one(s);
         }
+    }
+
+    /// Wakes one idle worker thread for queued work, after releasing the
+    /// lock `s`: one waiting in `next_batch` if any, else one asleep on its
+    /// bell.
+    fn wake_one(&self, mut s: MutexGuard<'_, State>) {
         if s.waiting > 0 {
             drop(s);
             self.changed.notify_one();
