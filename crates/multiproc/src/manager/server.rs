@@ -4,7 +4,10 @@
 //! A connection starts with the listener's handshake (on the connection's
 //! thread, so a peer that stalls delays nobody; until it succeeds only
 //! small messages are read), then a `Hello` naming the client process's
-//! session and build, then any number of request/answer exchanges (on the
+//! session and build (within [`HELLO_TIMEOUT`], as the client waits for the
+//! answer: a peer that stays silent is closed; and at most
+//! [`MAX_SETTING_UP`] connections are in these first two steps at once),
+//! then any number of request/answer exchanges (on the
 //! socket or, once the client asked for a lane, through it, served by the
 //! dispatcher: the connection's thread then runs only the calls that may
 //! wait, see `dispatch`). A
@@ -53,15 +56,23 @@ pub(crate) struct Shared {
     /// Every authenticated connection, to cut them when the server stops.
     live: Mutex<HashMap<u64, Connection<()>>>,
     next_conn: AtomicU64,
-    /// Connections accepted and not yet authenticated.
-    handshaking: AtomicUsize,
+    /// Connections accepted and not yet past their hello.
+    setting_up: AtomicUsize,
     /// Serves the connections that have a lane.
     pub(crate) dispatcher: Dispatcher,
 }
 
-/// Most connections that may be in their handshake at once; more are
-/// closed at once (each costs a thread for up to the handshake timeout).
-const MAX_HANDSHAKING: usize = 256;
+/// Most connections that may be in their handshake or waiting for their
+/// hello at once; more are closed at once (each costs a thread for up to
+/// the handshake timeout, then up to [`HELLO_TIMEOUT`]).
+const MAX_SETTING_UP: usize = 256;
+
+/// How long an authenticated client may take to send its `Hello`: as long
+/// as a client waits for the answer to it.
+const HELLO_TIMEOUT: Duration = super::client::CONNECT_TIMEOUT;
+
+/// The largest `Hello` read (a session, a pid and a build id).
+const MAX_HELLO: u64 = 4 << 10;
 
 /// How long the accept loop waits after a failed accept before it tries
 /// again.
@@ -113,7 +124,7 @@ impl Server {
             wake_tx,
             live: Mutex::default(),
             next_conn: AtomicU64::new(0),
-            handshaking: AtomicUsize::new(0),
+            setting_up: AtomicUsize::new(0),
             dispatcher: Dispatcher::new().map_err(|e| ConnectionError::from(WireError::Io(e)))?,
         });
         Ok(Server { listener, shared, wake_rx })
@@ -150,19 +161,19 @@ impl Server {
             }
             match self.listener.accept_unauthenticated(Deadline::after(Duration::ZERO)) {
                 // ORDERING: Relaxed: a counter bounding threads, nothing more.
-                Ok(_) if self.shared.handshaking.load(Ordering::Relaxed) >= MAX_HANDSHAKING => {
-                    tracing::warn!("manager: {MAX_HANDSHAKING} connections in their handshake; refusing another");
+                Ok(_) if self.shared.setting_up.load(Ordering::Relaxed) >= MAX_SETTING_UP => {
+                    tracing::warn!("manager: {MAX_SETTING_UP} connections not past their hello; refusing another");
                 }
                 Ok(pending) => {
                     // ORDERING: Relaxed: see above.
-                    self.shared.handshaking.fetch_add(1, Ordering::Relaxed);
+                    self.shared.setting_up.fetch_add(1, Ordering::Relaxed);
                     let shared = self.shared.clone();
                     let spawned = std::thread::Builder::new()
                         .name("multiproc-manager-conn".into())
                         .spawn(move || serve_connection(&shared, pending));
                     if let Err(e) = spawned {
                         // ORDERING: Relaxed: see above.
-                        self.shared.handshaking.fetch_sub(1, Ordering::Relaxed);
+                        self.shared.setting_up.fetch_sub(1, Ordering::Relaxed);
                         tracing::warn!("manager: cannot start a thread for a client: {e}");
                     }
                 }
@@ -244,17 +255,15 @@ pub(crate) fn serving() -> Option<u64> {
 
 /// Serves one client from its handshake to its last request.
 fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
-    let authenticated = pending.authenticate();
-    // ORDERING: Relaxed: see `Server::run`.
-    shared.handshaking.fetch_sub(1, Ordering::Relaxed);
-    let conn: Connection<()> = match authenticated {
+    let conn: Connection<()> = match pending.authenticate() {
         Ok(conn) => conn,
         Err(e) => {
+            // ORDERING: Relaxed: see `Server::run`.
+            shared.setting_up.fetch_sub(1, Ordering::Relaxed);
             tracing::info!("manager: refused a client: {e}");
             return;
         }
     };
-    conn.set_recv_limit(Some(MAX_REQUEST));
     if shared.tcp {
         super::client::watch_liveness(&conn);
     }
@@ -264,7 +273,11 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
     if shared.stopping() {
         conn.shutdown();
     }
-    if let Some((session, build)) = hello(shared, &conn) {
+    let greeted = hello(shared, &conn);
+    // ORDERING: Relaxed: see `Server::run`.
+    shared.setting_up.fetch_sub(1, Ordering::Relaxed);
+    if let Some((session, build)) = greeted {
+        conn.set_recv_limit(Some(MAX_REQUEST));
         *lock(&shared.sessions).entry(session).or_default() += 1;
         serve_requests(shared, &conn, id, &build);
         let last = {
@@ -280,9 +293,18 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
     lock(&shared.live).remove(&id);
 }
 
-/// Reads the client's `Hello`: its session and build id.
+/// Reads the client's `Hello`: its session and build id. `None` (the
+/// connection is to be closed) for anything else, including silence for
+/// [`HELLO_TIMEOUT`].
 fn hello(shared: &Shared, conn: &Connection<()>) -> Option<(u64, String)> {
-    let bytes = conn.recv_bytes().ok()?;
+    conn.set_recv_limit(Some(MAX_HELLO));
+    let bytes = match conn.recv_bytes_timeout(HELLO_TIMEOUT) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::info!("manager: closing a client that sent no hello: {e}");
+            return None;
+        }
+    };
     match protocol::decode_request(&bytes) {
         Ok(Request::Hello { session, build_id, .. }) => {
             answer(conn, &Ok(Reply::Welcome { server: shared.id })).ok()?;
