@@ -2,7 +2,8 @@
 //! completes the handshake, or authenticates and never sends its hello, is
 //! closed within the connect timeout (10 s), and meanwhile the manager
 //! serves everyone else; a flood of them costs the manager a bounded number
-//! of threads. Every wait is bounded.
+//! of threads, and a new client still gets through it (the oldest silent
+//! peer makes room). Every wait is bounded.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -33,6 +34,16 @@ fn closed_after(conn: &Connection<()>, since: Instant) -> Duration {
 /// The manager's thread count.
 fn threads(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+}
+
+/// The manager's thread count once it is at most `bound`, or after a
+/// bounded wait for that.
+fn settled_threads(pid: i32, bound: usize) -> usize {
+    let deadline = Instant::now() + CLOSED_WITHIN;
+    while threads(pid) > bound && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    threads(pid)
 }
 
 #[test]
@@ -69,18 +80,41 @@ fn a_flood_of_silent_authenticated_peers_costs_a_bounded_number_of_threads() {
     // More than the manager lets sit in their setup at once: the extra ones
     // are refused (their connect fails), the rest hold a thread each.
     let silent: Vec<Connection<()>> = (0..300).filter_map(|_| Client::connect(m.address(), Some(KEY)).ok()).collect();
-    let during = threads(pid);
+    let during = settled_threads(pid, before + 256);
     assert!(during <= before + 256, "{} silent peers hold {} manager threads", silent.len(), during - before);
     for conn in &silent {
         closed_after(conn, start);
     }
     // Their threads are gone and the manager serves on.
-    let deadline = Instant::now() + CLOSED_WITHIN;
-    while threads(pid) > before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(threads(pid) <= before, "{} threads left from the silent peers", threads(pid) - before);
+    let after = settled_threads(pid, before);
+    assert!(after <= before, "{} threads left from the silent peers", after - before);
     d.insert(1, 1).unwrap();
     Manager::connect(m.address(), Some(KEY)).unwrap().dict::<u8, u8>().unwrap();
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn a_new_client_gets_through_a_flood_of_silent_peers() {
+    let (m, at) = tcp_manager();
+    // More silent peers than the manager lets sit in their handshake; each
+    // read waits until the manager took the peer (its challenge came) or
+    // refused it (end of stream).
+    let silent: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut peer = std::net::TcpStream::connect(at).unwrap();
+            peer.set_read_timeout(Some(CLOSED_WITHIN)).unwrap();
+            let _ = peer.read(&mut [0; 64]);
+            peer
+        })
+        .collect();
+    let start = Instant::now();
+    let joined = Manager::connect(m.address(), Some(KEY)).and_then(|c| c.dict::<u8, u8>());
+    let d = match joined {
+        Ok(d) => d,
+        Err(e) => panic!("a new client was shut out by {} silent peers: {e}", silent.len()),
+    };
+    d.insert(1, 1).unwrap();
+    assert!(start.elapsed() < CLOSED_WITHIN / 2, "joining took {:?}", start.elapsed());
+    drop(silent);
     m.shutdown().unwrap();
 }
