@@ -118,3 +118,20 @@ fn a_new_client_gets_through_a_flood_of_silent_peers() {
     drop(silent);
     m.shutdown().unwrap();
 }
+
+#[test]
+fn a_served_manager_shut_down_closes_its_silent_peers_at_once() {
+    let m = multiproc::manager::serve("tcp:127.0.0.1:0", Some(KEY)).unwrap();
+    let Address::Tcp(at) = m.address().clone() else { panic!("not TCP") };
+    let silent: Connection<()> = Client::connect(m.address(), Some(KEY)).unwrap();
+    let mut unauthenticated = std::net::TcpStream::connect(at).unwrap();
+    unauthenticated.set_read_timeout(Some(CLOSED_WITHIN)).unwrap();
+    let _ = unauthenticated.read(&mut [0; 64]); // the challenge: it is in its handshake
+    let start = Instant::now();
+    m.shutdown().unwrap();
+    let mut rest = Vec::new();
+    let read = unauthenticated.read_to_end(&mut rest);
+    assert!(read.is_ok(), "a peer in its handshake outlived the manager: {read:?}");
+    let after = closed_after(&silent, start);
+    assert!(after < Duration::from_secs(5), "silent peers were closed {after:?} after the shutdown");
+}

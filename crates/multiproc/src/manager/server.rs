@@ -151,7 +151,8 @@ impl Server {
     }
 
     /// Accepts and serves clients until the server is stopped (a `Shutdown`
-    /// request or [`Shared::stop`]); then cuts every connection.
+    /// request or [`Shared::stop`]); then cuts every connection, also those
+    /// still in their handshake.
     pub(crate) fn run(self) {
         loop {
             let fds = [(self.listener.as_fd(), Interest::Read), (self.wake_rx.as_fd(), Interest::Read)];
@@ -185,6 +186,9 @@ impl Server {
                     let _ = imp::poll_fds(&fds[1..], Deadline::after(ACCEPT_BACKOFF));
                 }
             }
+        }
+        for (_, conn) in lock(&self.shared.setting_up).iter() {
+            conn.shutdown();
         }
         for conn in lock(&self.shared.live).values() {
             conn.shutdown();
