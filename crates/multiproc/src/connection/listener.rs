@@ -5,6 +5,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::address::{Address, IntoAddress};
@@ -212,14 +213,18 @@ impl Listener {
             .map_err(|e| ConnectionError::Wire(e.into()))?
             .ok_or(ConnectionError::Timeout)?;
         let channel = if tcp { Channel::stream(fd) } else { Channel::unix(fd) };
-        Ok(Unauthenticated { channel, authkey: self.authkey.clone(), handshake_timeout: self.handshake_timeout })
+        Ok(Unauthenticated {
+            channel: Arc::new(channel),
+            authkey: self.authkey.clone(),
+            handshake_timeout: self.handshake_timeout,
+        })
     }
 }
 
 /// An accepted connection whose handshake has not run yet.
 #[derive(Debug)]
 pub(crate) struct Unauthenticated {
-    channel: Channel,
+    channel: Arc<Channel>,
     authkey: Option<Vec<u8>>,
     handshake_timeout: Duration,
 }
@@ -229,13 +234,20 @@ impl Unauthenticated {
     /// handshake timeout, reading only small messages until it succeeds).
     pub(crate) fn authenticate<T>(self) -> Result<Connection<T>, ConnectionError> {
         match auth::serve(&self.channel, self.authkey.as_deref(), Deadline::after(self.handshake_timeout)) {
-            Ok(()) => Ok(Connection::from_channel(self.channel, true, true)),
+            Ok(()) => Ok(Connection::from_shared_channel(self.channel, true, true)),
             Err(ConnectionError::Timeout) => Err(ConnectionError::HandshakeFailed(format!(
                 "the client did not complete the handshake within {:?}",
                 self.handshake_timeout
             ))),
             Err(e) => Err(e),
         }
+    }
+
+    /// A handle that can only [`shutdown`](Connection::shutdown) this
+    /// connection (from another thread: its handshake then fails, or its
+    /// later receives end).
+    pub(crate) fn cutter(&self) -> Connection<()> {
+        Connection::from_shared_channel(self.channel.clone(), false, false)
     }
 }
 

@@ -161,7 +161,12 @@ impl<T> fmt::Debug for Connection<T> {
 
 impl<T> Connection<T> {
     pub(crate) fn from_channel(channel: Channel, readable: bool, writable: bool) -> Connection<T> {
-        Connection { inner: Some(Arc::new(channel)), readable, writable, closed: false, _type: PhantomData }
+        Connection::from_shared_channel(Arc::new(channel), readable, writable)
+    }
+
+    /// A connection on a channel that other handles share.
+    pub(crate) fn from_shared_channel(channel: Arc<Channel>, readable: bool, writable: bool) -> Connection<T> {
+        Connection { inner: Some(channel), readable, writable, closed: false, _type: PhantomData }
     }
 
     /// Refuses received frames announcing more than `limit` payload bytes

@@ -154,6 +154,12 @@ pub(crate) fn owner() -> Owner {
 /// connection breaks (the connection is then dropped, not reused);
 /// [`ManagerError::Remote`] with the manager's own error.
 pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, ManagerError> {
+    call_naming_server(endpoint, request).map(|(reply, _)| reply)
+}
+
+/// As [`call`], also naming the server that answered (its id, from the
+/// `Welcome` of the connection the call went on).
+pub(crate) fn call_naming_server(endpoint: &Endpoint, request: &Request) -> Result<(Reply, u64), ManagerError> {
     let exchanged = exchange_pooled(endpoint, request);
     if let Err(ManagerError::Connection(ConnectionError::Closed | ConnectionError::Connect { .. })) = &exchanged {
         // The manager is gone (or was replaced at its address): its other
@@ -163,8 +169,9 @@ pub(crate) fn call(endpoint: &Endpoint, request: &Request) -> Result<Reply, Mana
         forget_endpoint(endpoint);
     }
     let (link, response) = exchanged?;
+    let server = link.server;
     give_back(endpoint, link);
-    Ok(response?)
+    Ok((response?, server))
 }
 
 fn exchange_pooled(endpoint: &Endpoint, request: &Request) -> Result<(Link, Response), ManagerError> {

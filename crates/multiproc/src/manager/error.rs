@@ -69,8 +69,8 @@ pub enum ManagerError {
     },
     /// The proxy given to [`Manager::publish`](super::Manager::publish) or
     /// [`Manager::remove`](super::Manager::remove) belongs to another
-    /// manager than the handle's, or names an address (other than the
-    /// handle's) that this process cannot reach (nothing was sent).
+    /// manager than the handle's (or to an earlier one at the same address;
+    /// nothing was sent).
     #[error("the proxy belongs to the manager at {proxy}, not to this one at {manager}")]
     ForeignProxy {
         /// The address of the proxy's manager.

@@ -9,7 +9,8 @@
 //! sends each call to the manager and waits for its answer. A proxy is
 //! `Serialize`: pass it to a child, a pool task or a process on another
 //! machine, and it reaches the same object (it carries the manager's
-//! address, its auth key and the object's id, and connects on first use).
+//! address, its auth key, the manager's id and the object's id, and
+//! connects on first use).
 //!
 //! - [`Manager::start`] starts the server in a child process (it dies with
 //!   its parent; [`Manager::shutdown`] stops it with exit code 0).
@@ -444,18 +445,15 @@ impl Manager {
     }
 
     /// The id of a proxy's object, if it is one of this manager's: the
-    /// proxy names the handle's address, or another address at which the
-    /// same server answers (a manager has several: its advertise address,
-    /// loopback and the machine's own for one bound on every interface…).
-    /// A proxy whose address this process cannot reach counts as another
-    /// manager's.
+    /// proxy carries the id of the server that made its object. Whatever
+    /// address the proxy names (a manager has several: its advertise
+    /// address, loopback and the machine's own for one bound on every
+    /// interface…), nothing connects there: it may be one this process
+    /// cannot reach, or that never answers. A proxy of an earlier manager
+    /// at the same address is another manager's.
     fn own<P: Proxy>(&self, proxy: &P) -> Result<u64, ManagerError> {
         let object = proxy.object_ref();
-        if object.endpoint.address == self.endpoint.address {
-            return Ok(object.id);
-        }
-        let ours = client::server_id(&self.endpoint)?;
-        if client::server_id(&object.endpoint).is_ok_and(|theirs| theirs == ours) {
+        if object.server == client::server_id(&self.endpoint)? {
             return Ok(object.id);
         }
         Err(ManagerError::ForeignProxy {
@@ -472,8 +470,8 @@ impl Manager {
     /// object is not a `P` (another kind, or other element types); the
     /// manager cannot be reached.
     pub fn get<P: Proxy>(&self, name: &str) -> Result<P, ManagerError> {
-        match client::call(&self.endpoint, &Request::Lookup { name: name.to_string() })? {
-            Reply::Found { object, kind, type_name, type_hash } => {
+        match client::call_naming_server(&self.endpoint, &Request::Lookup { name: name.to_string() })? {
+            (Reply::Found { object, kind, type_name, type_hash }, server) => {
                 if kind != P::KIND || type_hash != proxy::type_hash::<P>() {
                     return Err(ManagerError::TypeMismatch {
                         name: name.to_string(),
@@ -483,9 +481,9 @@ impl Manager {
                         found: type_name,
                     });
                 }
-                Ok(P::from_object_ref(ObjectRef { endpoint: self.endpoint.clone(), id: object }))
+                Ok(P::from_object_ref(ObjectRef { endpoint: self.endpoint.clone(), id: object, server }))
             }
-            other => Err(unexpected(other)),
+            (other, _) => Err(unexpected(other)),
         }
     }
 

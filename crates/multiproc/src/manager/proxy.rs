@@ -1,5 +1,5 @@
 //! What every proxy is made of: an [`ObjectRef`] (the manager's address and
-//! key, and the object's id), and the [`Proxy`] trait that lets
+//! key, its server's id, and the object's id), and the [`Proxy`] trait that lets
 //! [`Manager::get`](super::Manager::get) check an object's type.
 
 use std::fmt;
@@ -21,6 +21,10 @@ use crate::wire;
 pub struct ObjectRef {
     pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) id: u64,
+    /// The id of the server that made the object (its `Welcome`): tells a
+    /// manager's proxies from another's without connecting to the address
+    /// they name, which may be one this process cannot reach.
+    pub(crate) server: u64,
 }
 
 impl fmt::Debug for ObjectRef {
@@ -39,14 +43,14 @@ impl Eq for ObjectRef {}
 
 impl Serialize for ObjectRef {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (&*self.endpoint, self.id).serialize(s)
+        (&*self.endpoint, self.id, self.server).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for ObjectRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ObjectRef, D::Error> {
-        let (endpoint, id) = <(Endpoint, u64)>::deserialize(d)?;
-        Ok(ObjectRef { endpoint: Arc::new(endpoint), id })
+        let (endpoint, id, server) = <(Endpoint, u64, u64)>::deserialize(d)?;
+        Ok(ObjectRef { endpoint: Arc::new(endpoint), id, server })
     }
 }
 
@@ -223,9 +227,9 @@ pub(crate) use proxy;
 pub(crate) fn create<P: Proxy>(endpoint: &Arc<Endpoint>, init: Init) -> Result<P, ManagerError> {
     debug_assert_eq!(init.kind(), P::KIND);
     let request = Request::Create { init, type_name: P::type_name().to_string(), type_hash: type_hash::<P>() };
-    match client::call(endpoint, &request)? {
-        Reply::Created(id) => Ok(P::from_object_ref(ObjectRef { endpoint: endpoint.clone(), id })),
-        other => Err(unexpected(other)),
+    match client::call_naming_server(endpoint, &request)? {
+        (Reply::Created(id), server) => Ok(P::from_object_ref(ObjectRef { endpoint: endpoint.clone(), id, server })),
+        (other, _) => Err(unexpected(other)),
     }
 }
 

@@ -4,7 +4,12 @@
 //! A connection starts with the listener's handshake (on the connection's
 //! thread, so a peer that stalls delays nobody; until it succeeds only
 //! small messages are read), then a `Hello` naming the client process's
-//! session and build, then any number of request/answer exchanges (on the
+//! session and build (within [`HELLO_TIMEOUT`], as the client waits for the
+//! answer: a peer that stays silent is closed; and at most
+//! [`MAX_SETTING_UP`] connections are in these first two steps at once: a
+//! new one cuts the oldest, so that a flood of silent peers delays a new
+//! client by no more than its own handshake),
+//! then any number of request/answer exchanges (on the
 //! socket or, once the client asked for a lane, through it, served by the
 //! dispatcher: the connection's thread then runs only the calls that may
 //! wait, see `dispatch`). A
@@ -14,9 +19,9 @@
 //! `locks`).
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -53,15 +58,24 @@ pub(crate) struct Shared {
     /// Every authenticated connection, to cut them when the server stops.
     live: Mutex<HashMap<u64, Connection<()>>>,
     next_conn: AtomicU64,
-    /// Connections accepted and not yet authenticated.
-    handshaking: AtomicUsize,
+    /// Connections accepted and not yet past their hello, oldest first,
+    /// each with a handle that cuts it.
+    setting_up: Mutex<VecDeque<(u64, Connection<()>)>>,
     /// Serves the connections that have a lane.
     pub(crate) dispatcher: Dispatcher,
 }
 
-/// Most connections that may be in their handshake at once; more are
-/// closed at once (each costs a thread for up to the handshake timeout).
-const MAX_HANDSHAKING: usize = 256;
+/// Most connections that may be in their handshake or waiting for their
+/// hello at once (each costs a thread for up to the handshake timeout,
+/// then up to [`HELLO_TIMEOUT`]); one more cuts the oldest.
+const MAX_SETTING_UP: usize = 256;
+
+/// How long an authenticated client may take to send its `Hello`: as long
+/// as a client waits for the answer to it.
+const HELLO_TIMEOUT: Duration = super::client::CONNECT_TIMEOUT;
+
+/// The largest `Hello` read (a session, a pid and a build id).
+const MAX_HELLO: u64 = 4 << 10;
 
 /// How long the accept loop waits after a failed accept before it tries
 /// again.
@@ -113,7 +127,7 @@ impl Server {
             wake_tx,
             live: Mutex::default(),
             next_conn: AtomicU64::new(0),
-            handshaking: AtomicUsize::new(0),
+            setting_up: Mutex::default(),
             dispatcher: Dispatcher::new().map_err(|e| ConnectionError::from(WireError::Io(e)))?,
         });
         Ok(Server { listener, shared, wake_rx })
@@ -137,7 +151,8 @@ impl Server {
     }
 
     /// Accepts and serves clients until the server is stopped (a `Shutdown`
-    /// request or [`Shared::stop`]); then cuts every connection.
+    /// request or [`Shared::stop`]); then cuts every connection, also those
+    /// still in their handshake.
     pub(crate) fn run(self) {
         loop {
             let fds = [(self.listener.as_fd(), Interest::Read), (self.wake_rx.as_fd(), Interest::Read)];
@@ -149,20 +164,16 @@ impl Server {
                 continue;
             }
             match self.listener.accept_unauthenticated(Deadline::after(Duration::ZERO)) {
-                // ORDERING: Relaxed: a counter bounding threads, nothing more.
-                Ok(_) if self.shared.handshaking.load(Ordering::Relaxed) >= MAX_HANDSHAKING => {
-                    tracing::warn!("manager: {MAX_HANDSHAKING} connections in their handshake; refusing another");
-                }
                 Ok(pending) => {
-                    // ORDERING: Relaxed: see above.
-                    self.shared.handshaking.fetch_add(1, Ordering::Relaxed);
+                    // ORDERING: Relaxed: ids only need to be unique.
+                    let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                    self.shared.enter_setup(id, pending.cutter());
                     let shared = self.shared.clone();
                     let spawned = std::thread::Builder::new()
                         .name("multiproc-manager-conn".into())
-                        .spawn(move || serve_connection(&shared, pending));
+                        .spawn(move || serve_connection(&shared, id, pending));
                     if let Err(e) = spawned {
-                        // ORDERING: Relaxed: see above.
-                        self.shared.handshaking.fetch_sub(1, Ordering::Relaxed);
+                        self.shared.leave_setup(id);
                         tracing::warn!("manager: cannot start a thread for a client: {e}");
                     }
                 }
@@ -175,6 +186,9 @@ impl Server {
                     let _ = imp::poll_fds(&fds[1..], Deadline::after(ACCEPT_BACKOFF));
                 }
             }
+        }
+        for (_, conn) in lock(&self.shared.setting_up).iter() {
+            conn.shutdown();
         }
         for conn in lock(&self.shared.live).values() {
             conn.shutdown();
@@ -193,6 +207,26 @@ impl Shared {
     #[cfg(test)]
     pub(crate) fn for_each_live(&self, f: impl FnMut(&Connection<()>)) {
         lock(&self.live).values().for_each(f);
+    }
+
+    /// Counts connection `id` as setting up (see [`MAX_SETTING_UP`]),
+    /// cutting the oldest such connection if there are that many already:
+    /// a flood of peers that stall then costs a bounded number of threads,
+    /// and cannot shut out a client that completes its setup in time.
+    fn enter_setup(&self, id: u64, cutter: Connection<()>) {
+        let mut setting_up = lock(&self.setting_up);
+        if setting_up.len() >= MAX_SETTING_UP
+            && let Some((_, oldest)) = setting_up.pop_front()
+        {
+            tracing::warn!("manager: {MAX_SETTING_UP} connections not past their hello; cutting the oldest");
+            oldest.shutdown();
+        }
+        setting_up.push_back((id, cutter));
+    }
+
+    /// Connection `id` is past its hello (or gone).
+    fn leave_setup(&self, id: u64) {
+        lock(&self.setting_up).retain(|(pending, _)| *pending != id);
     }
 
     /// Stops the server: its accept loop ends and every connection is cut.
@@ -242,29 +276,44 @@ pub(crate) fn serving() -> Option<u64> {
     Some(SERVING.get()).filter(|&id| id != 0)
 }
 
-/// Serves one client from its handshake to its last request.
-fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
-    let authenticated = pending.authenticate();
-    // ORDERING: Relaxed: see `Server::run`.
-    shared.handshaking.fetch_sub(1, Ordering::Relaxed);
-    let conn: Connection<()> = match authenticated {
+/// A connection counted as setting up until this is dropped (also when
+/// its thread panics).
+struct SettingUp<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for SettingUp<'_> {
+    fn drop(&mut self) {
+        self.shared.leave_setup(self.id);
+    }
+}
+
+/// Serves connection `id` from its handshake to its last request.
+fn serve_connection(shared: &Arc<Shared>, id: u64, pending: Unauthenticated) {
+    let setting_up = SettingUp { shared, id };
+    let conn: Connection<()> = match pending.authenticate() {
         Ok(conn) => conn,
         Err(e) => {
             tracing::info!("manager: refused a client: {e}");
             return;
         }
     };
-    conn.set_recv_limit(Some(MAX_REQUEST));
     if shared.tcp {
         super::client::watch_liveness(&conn);
     }
-    // ORDERING: Relaxed: ids only need to be unique.
-    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     lock(&shared.live).insert(id, conn.clone());
     if shared.stopping() {
         conn.shutdown();
     }
-    if let Some((session, build)) = hello(shared, &conn) {
+    let greeted = read_hello(&conn);
+    // From here on the connection is not cut to make room: if it was cut
+    // meanwhile, the welcome fails.
+    drop(setting_up);
+    if let Some((session, build)) = greeted
+        && answer(&conn, &Ok(Reply::Welcome { server: shared.id })).is_ok()
+    {
+        conn.set_recv_limit(Some(MAX_REQUEST));
         *lock(&shared.sessions).entry(session).or_default() += 1;
         serve_requests(shared, &conn, id, &build);
         let last = {
@@ -280,14 +329,20 @@ fn serve_connection(shared: &Arc<Shared>, pending: Unauthenticated) {
     lock(&shared.live).remove(&id);
 }
 
-/// Reads the client's `Hello`: its session and build id.
-fn hello(shared: &Shared, conn: &Connection<()>) -> Option<(u64, String)> {
-    let bytes = conn.recv_bytes().ok()?;
-    match protocol::decode_request(&bytes) {
-        Ok(Request::Hello { session, build_id, .. }) => {
-            answer(conn, &Ok(Reply::Welcome { server: shared.id })).ok()?;
-            Some((session, build_id))
+/// Reads the client's `Hello`: its session and build id. `None` (the
+/// connection is to be closed) for anything else, including silence for
+/// [`HELLO_TIMEOUT`].
+fn read_hello(conn: &Connection<()>) -> Option<(u64, String)> {
+    conn.set_recv_limit(Some(MAX_HELLO));
+    let bytes = match conn.recv_bytes_timeout(HELLO_TIMEOUT) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::info!("manager: closing a client that sent no hello: {e}");
+            return None;
         }
+    };
+    match protocol::decode_request(&bytes) {
+        Ok(Request::Hello { session, build_id, .. }) => Some((session, build_id)),
         Ok(_) => {
             let _ = answer(conn, &Err(RemoteError::BadRequest("the first request must be a hello".into())));
             None
