@@ -57,7 +57,8 @@
 //!     let server = tokio::spawn(running.run(async { let _ = stopped.await; }));
 //!     let lines = tokio::task::spawn_blocking(move || {
 //!         let text = serde_json::json!({"text": ["hello world"]});
-//!         multiproc_serve_http::client::infer(&base, "text", None, text).unwrap()
+//!         let timeout = multiproc_serve_http::client::DEFAULT_TIMEOUT;
+//!         multiproc_serve_http::client::infer(&base, "text", None, text, timeout).unwrap()
 //!     })
 //!     .await
 //!     .unwrap();
