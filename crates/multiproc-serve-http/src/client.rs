@@ -290,3 +290,17 @@ pub fn infer(
     }
     Ok(lines)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::quoted_start;
+
+    #[test]
+    fn the_start_of_an_answer_is_quoted_escaped_and_cut_short() {
+        assert_eq!(quoted_start(b"<h1>\x1b[31m\r\n", 80), r#""<h1>\u{1b}[31m\r\n""#);
+        assert_eq!(quoted_start(b"abcdef", 3), "\"abc\"…");
+        // Bytes that are not UTF-8 (or a character cut in two) print as U+FFFD.
+        assert_eq!(quoted_start("é".as_bytes(), 1), "\"\u{fffd}\"…");
+        assert_eq!(quoted_start(b"", 80), "\"\"");
+    }
+}
