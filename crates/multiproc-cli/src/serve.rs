@@ -55,6 +55,10 @@ pub struct InferArgs {
     /// A model version (default: the server's choice).
     #[arg(long)]
     model_version: Option<u64>,
+    /// Seconds to wait for each answer of the server (the model's metadata, then the inference) before giving up.
+    #[arg(long, value_name = "SECONDS", default_value_t = multiproc_serve_http::client::DEFAULT_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
 }
 
 async fn shutdown_signal() {
@@ -207,7 +211,13 @@ pub fn infer(args: InferArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match multiproc_serve_http::client::infer(&args.url, &args.model, args.model_version, given) {
+    match multiproc_serve_http::client::infer(
+        &args.url,
+        &args.model,
+        args.model_version,
+        given,
+        Duration::from_secs(args.timeout),
+    ) {
         Ok(lines) => {
             for l in lines {
                 println!("{l}");

@@ -209,6 +209,56 @@ fn infer_against_a_server_that_does_not_speak_the_protocol_says_so() {
 }
 
 #[test]
+fn infer_against_a_server_answering_200_with_no_json_says_what_came_back() {
+    let page = "<html><body>\x1b[31mwelcome</body></html>";
+    let response: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        )
+        .into_boxed_str(),
+    );
+    let url = http_stub(response, 1);
+    let out = run(&["infer", "digits", r#"{"input": [1]}"#, "--url", &url], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{url}/v2/models/digits answered 200")), "{stderr}");
+    assert!(stderr.contains("not JSON"), "{stderr}");
+    assert!(stderr.contains("<html><body>"), "what came back: {stderr}");
+    assert!(stderr.contains("is it an Open Inference Protocol server"), "{stderr}");
+    // The transport worked: not told as a server that cannot be reached.
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
+    // What came back is shown escaped, never as raw terminal codes.
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+#[test]
+fn infer_against_a_server_that_never_answers_gives_up_after_its_timeout() {
+    // The kernel accepts the connection into the listen backlog; nothing
+    // ever reads the request or answers it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let out = run(&["infer", "digits", r#"{"input": [1]}"#, "--url", &url, "--timeout", "1"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{url}/v2/models/digits accepted the connection")), "{stderr}");
+    assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
+    assert!(stderr.contains("--timeout"), "{stderr}");
+    // Well below the 60 s default (generous: the machine may be loaded).
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    drop(silent);
+}
+
+#[test]
+fn infer_refuses_a_zero_timeout() {
+    let out = run(&["infer", "digits", "{}", "--timeout", "0"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--timeout"), "{stderr}");
+}
+
+#[test]
 fn serve_with_a_repository_that_is_not_a_directory_says_what_to_give() {
     let file = std::env::temp_dir().join(format!("multiproc-cli-not-a-repo-{}", std::process::id()));
     std::fs::write(&file, "not a directory").unwrap();

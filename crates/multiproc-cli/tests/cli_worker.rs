@@ -112,6 +112,33 @@ fn the_worker_command_does_not_print_the_redis_password() {
     assert!(err.contains("127.0.0.1:1/0") && !err.contains("s3cret"), "{err}");
 }
 
+#[test]
+fn the_worker_command_tells_a_local_pool_that_cannot_start_apart_from_redis() {
+    use std::os::unix::process::CommandExt;
+    let server = RedisServer::start().expect("this test needs redis-server");
+    let mut command = Command::new(EXE);
+    command.args(["worker", "--redis", &server.url(), "--processes", "4"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    // Room for the Redis connections, none for the pool's worker processes.
+    let few_files = libc::rlimit { rlim_cur: 8, rlim_max: 8 };
+    // SAFETY: setrlimit(2) is async-signal-safe; it only lowers the limit
+    // of the child about to exec, from a value on the stack.
+    unsafe {
+        command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &few_files) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("could not start the local pool of worker processes"), "{err}");
+    // Redis is not at fault: neither named as the cause nor given advice for.
+    assert!(!err.contains("redis: could not start"), "{err}");
+    assert!(!err.contains("check that a Redis server"), "{err}");
+}
+
 /// The signals a process ignores (its `SigIgn` mask in `/proc`).
 fn ignored_signals(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -73,6 +73,11 @@ pub enum RedisPoolError {
     /// the pool's reconnect timeout.
     #[error("redis: {0}")]
     Redis(String),
+    /// A worker host could not start its local pool of worker processes
+    /// (this host's limits: processes, open files, memory); Redis is not
+    /// at fault.
+    #[error("could not start the local pool of worker processes: {0}")]
+    LocalPool(String),
     /// An argument could not be serialized (handles such as pipes and
     /// queues cannot leave the host).
     #[error("task {index}'s argument could not be serialized: {reason}")]

@@ -2,11 +2,19 @@
 //! `{"name": data, …}` (datatype and shape taken from the model's metadata
 //! and the nesting of `data`) or as a whole Open Inference Protocol request.
 
+use std::io::Read;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 use crate::protocol::ModelMetadata;
+
+/// How long [`infer`] waits by default for each answer (the model's
+/// metadata, then the inference) before giving up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many bytes of an answer that is not JSON an error shows.
+const SHOWN_BYTES: usize = 80;
 
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +35,37 @@ pub enum ClientError {
         /// Why.
         message: String,
     },
+    /// The server accepted the connection but sent no (whole) answer in time.
+    #[error(
+        "{url} accepted the connection but did not answer within {} s; the server may be overloaded or the \
+         model slow: try again, or allow more time (`multiproc infer --timeout SECONDS`)",
+        timeout.as_secs_f64()
+    )]
+    NoAnswer {
+        /// The URL.
+        url: String,
+        /// How long the client waited.
+        timeout: Duration,
+    },
+    /// The server answered with a success status but its body is not JSON:
+    /// likely not an Open Inference Protocol server (a web page, a proxy).
+    #[error(
+        "{url} answered {status} with a body that is not JSON ({content_type}, {size} bytes, beginning {start}); \
+         is it an Open Inference Protocol server (`multiproc serve`, Triton, KServe)? Check --url"
+    )]
+    NotJson {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// Its `Content-Type`, escaped (or "no Content-Type").
+        content_type: String,
+        /// The body's length in bytes.
+        size: usize,
+        /// The body's first bytes, quoted and escaped so that they print
+        /// safely (no terminal control codes).
+        start: String,
+    },
     /// The server's URL is not an `http://` or `https://` URL.
     #[error("{url} is not a server URL ({message}); give one like http://127.0.0.1:8000")]
     BadUrl {
@@ -40,24 +79,88 @@ pub enum ClientError {
     Input(String),
 }
 
-fn call(agent: &ureq::Agent, method: &str, url: &str, body: Option<&Value>) -> Result<Value, ClientError> {
-    let req = agent.request(method, url);
-    let res = match body {
-        Some(b) => req.send_json(b.clone()),
-        None => req.call(),
-    };
-    match res {
-        Ok(r) => r.into_json().map_err(|e| ClientError::Transport { url: url.into(), message: e.to_string() }),
-        Err(ureq::Error::Status(status, r)) => {
-            let message =
-                r.into_json::<Value>().ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or_default();
-            Err(ClientError::Server { status, message })
+/// `bytes` (at most `limit` of them) as a quoted string with every control
+/// character escaped, "…" after it when cut short.
+fn quoted_start(bytes: &[u8], limit: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(limit)]);
+    let more = if bytes.len() > limit { "…" } else { "" };
+    format!("\"{}\"{more}", text.escape_debug())
+}
+
+/// True if `error` (or what caused it) is an I/O time-out.
+fn is_time_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+        {
+            return true;
         }
-        Err(ureq::Error::Transport(t)) => {
-            // ureq's message starts with the URL, which ours already names.
-            let text = t.to_string();
-            let message = text.strip_prefix(&format!("{url}: ")).unwrap_or(&text).to_string();
-            Err(ClientError::Transport { url: url.into(), message })
+        cause = e.source();
+    }
+    false
+}
+
+/// A blocking HTTP client giving up on an answer after `timeout`.
+struct Client {
+    agent: ureq::Agent,
+    timeout: Duration,
+}
+
+impl Client {
+    fn new(timeout: Duration) -> Client {
+        Client { agent: ureq::AgentBuilder::new().timeout(timeout).build(), timeout }
+    }
+
+    /// An I/O error after the connection was made: the time-out, or the
+    /// transport failing.
+    fn io_failure(&self, url: &str, e: &std::io::Error) -> ClientError {
+        match is_time_out(e) {
+            true => ClientError::NoAnswer { url: url.into(), timeout: self.timeout },
+            false => ClientError::Transport { url: url.into(), message: e.to_string() },
+        }
+    }
+
+    fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let req = self.agent.request(method, url);
+        let res = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => {
+                let status = r.status();
+                let content_type = r
+                    .header("content-type")
+                    .map_or_else(|| "no Content-Type".to_string(), |t| quoted_start(t.as_bytes(), 60));
+                let mut bytes = Vec::new();
+                r.into_reader().read_to_end(&mut bytes).map_err(|e| self.io_failure(url, &e))?;
+                serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
+                    url: url.into(),
+                    status,
+                    content_type,
+                    size: bytes.len(),
+                    start: quoted_start(&bytes, SHOWN_BYTES),
+                })
+            }
+            Err(ureq::Error::Status(status, r)) => {
+                let message = r
+                    .into_json::<Value>()
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                Err(ClientError::Server { status, message })
+            }
+            // A time-out connecting is `ConnectionFailed`: not reached.
+            Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Io && is_time_out(&t) => {
+                Err(ClientError::NoAnswer { url: url.into(), timeout: self.timeout })
+            }
+            Err(ureq::Error::Transport(t)) => {
+                // ureq's message starts with the URL, which ours already names.
+                let text = t.to_string();
+                let message = text.strip_prefix(&format!("{url}: ")).unwrap_or(&text).to_string();
+                Err(ClientError::Transport { url: url.into(), message })
+            }
         }
     }
 }
@@ -143,14 +246,23 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Runs one inference and returns the response's outputs, one line each:
-/// `name DATATYPE [shape] data`.
+/// `name DATATYPE [shape] data`. Each of its two requests (the model's
+/// metadata, then the inference) gives up after `timeout` (see
+/// [`DEFAULT_TIMEOUT`]).
 ///
 /// # Errors
 ///
 /// `base_url` is not an `http://` or `https://` URL, the server cannot be
-/// reached or answers with an error, or the inputs do not fit the model.
-pub fn infer(base_url: &str, model: &str, version: Option<u64>, given: Value) -> Result<Vec<String>, ClientError> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+/// reached, does not answer within `timeout`, answers with an error or with
+/// something that is not JSON, or the inputs do not fit the model.
+pub fn infer(
+    base_url: &str,
+    model: &str,
+    version: Option<u64>,
+    given: Value,
+    timeout: Duration,
+) -> Result<Vec<String>, ClientError> {
+    let client = Client::new(timeout);
     let base = base_url.trim_end_matches('/');
     check_base_url(base)?;
     // A model is named after its directory, which may hold '#', '?', '%'…
@@ -159,10 +271,10 @@ pub fn infer(base_url: &str, model: &str, version: Option<u64>, given: Value) ->
         Some(v) => format!("{base}/v2/models/{model}/versions/{v}"),
         None => format!("{base}/v2/models/{model}"),
     };
-    let meta: ModelMetadata = serde_json::from_value(call(&agent, "GET", &model_url, None)?)
+    let meta: ModelMetadata = serde_json::from_value(client.call("GET", &model_url, None)?)
         .map_err(|e| ClientError::Input(format!("unexpected model metadata: {e}")))?;
     let request = build_request(&meta, given)?;
-    let response = call(&agent, "POST", &format!("{model_url}/infer"), Some(&request))?;
+    let response = client.call("POST", &format!("{model_url}/infer"), Some(&request))?;
     let outputs = response["outputs"].as_array().cloned().unwrap_or_default();
     let version = response["model_version"].as_str().unwrap_or("?").to_string();
     let mut lines = vec![format!("model {model} version {version}")];
@@ -177,4 +289,18 @@ pub fn infer(base_url: &str, model: &str, version: Option<u64>, given: Value) ->
         ));
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted_start;
+
+    #[test]
+    fn the_start_of_an_answer_is_quoted_escaped_and_cut_short() {
+        assert_eq!(quoted_start(b"<h1>\x1b[31m\r\n", 80), r#""<h1>\u{1b}[31m\r\n""#);
+        assert_eq!(quoted_start(b"abcdef", 3), "\"abc\"…");
+        // Bytes that are not UTF-8 (or a character cut in two) print as U+FFFD.
+        assert_eq!(quoted_start("é".as_bytes(), 1), "\"\u{fffd}\"…");
+        assert_eq!(quoted_start(b"", 80), "\"\"");
+    }
 }

@@ -14,7 +14,7 @@
 //! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
-//! | [`serve`] | load a repository, listen, drain on shutdown |
+//! | [`serve`] | bind the listeners, then load a repository; serve; drain on shutdown |
 //! | [`demo`] | the built-in demo repository (digits classifier, text model) |
 //! | [`client`] | the small blocking client behind `multiproc infer` |
 //!
@@ -57,7 +57,8 @@
 //!     let server = tokio::spawn(running.run(async { let _ = stopped.await; }));
 //!     let lines = tokio::task::spawn_blocking(move || {
 //!         let text = serde_json::json!({"text": ["hello world"]});
-//!         multiproc_serve_http::client::infer(&base, "text", None, text).unwrap()
+//!         let timeout = multiproc_serve_http::client::DEFAULT_TIMEOUT;
+//!         multiproc_serve_http::client::infer(&base, "text", None, text, timeout).unwrap()
 //!     })
 //!     .await
 //!     .unwrap();

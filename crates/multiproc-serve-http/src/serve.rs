@@ -1,6 +1,6 @@
-//! Running the front end: load the repository into a core server, listen,
-//! and on the shutdown signal stop accepting, finish the requests in
-//! flight, then stop the workers.
+//! Running the front end: bind the listeners, load the repository into a
+//! core server, serve, and on the shutdown signal stop accepting, finish
+//! the requests in flight, then stop the workers.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,13 +61,27 @@ pub struct Running {
     metrics_listener: Option<TcpListener>,
 }
 
-/// Loads every model of the repository (a bad one is listed with its
-/// reason and the others go on) and binds the listeners.
+/// Binds the listeners, then loads every model of the repository (a bad
+/// one is listed with its reason and the others go on). Binding comes
+/// first so that an address in use is reported at once, before any model
+/// loads; nothing is served until [`Running::run`], so readiness is never
+/// answered before the models are loaded (a connection made meanwhile waits
+/// in the listener's backlog).
 ///
 /// # Errors
 ///
-/// The repository cannot be read or an address cannot be bound.
+/// An address cannot be bound or the repository cannot be read.
 pub async fn start(options: ServeOptions) -> Result<Running, StartError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    };
+    let listener = bind(options.http_addr).await?;
+    let metrics_listener = match options.metrics_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: options.http_addr, source })?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let repo = options.repository.clone();
     let models = scan(&repo).map_err(|source| StartError::Repository { path: repo.clone(), source })?;
     let core = Server::new();
@@ -84,16 +98,6 @@ pub async fn start(options: ServeOptions) -> Result<Running, StartError> {
         }
     })
     .await;
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
-    };
-    let listener = bind(options.http_addr).await?;
-    let metrics_listener = match options.metrics_addr {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: options.http_addr, source })?;
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let app = App::new(core, repo, models, options.http);
     Ok(Running { http_addr, metrics_addr, app, listener, metrics_listener })
 }

@@ -72,7 +72,8 @@ impl WorkerBuilder {
     /// # Errors
     ///
     /// [`RedisPoolError::Redis`] if Redis cannot be reached or the consumer
-    /// group cannot be created; a local pool that cannot start.
+    /// group cannot be created; [`RedisPoolError::LocalPool`] if the local
+    /// pool of worker processes cannot start.
     pub fn start(self) -> Result<Worker, RedisPoolError> {
         let conn = Conn::open(&self.endpoint.url)?;
         let keys = self.endpoint.keys();
@@ -81,8 +82,7 @@ impl WorkerBuilder {
         let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
         let mut intake_conn = conn.another()?;
         intake::ensure_group(&mut intake_conn, &keys.tasks(), &consumer)?;
-        let executors = exec::Executors::new(self.processes)
-            .map_err(|e| RedisPoolError::Redis(format!("could not start the local pool: {e}")))?;
+        let executors = exec::Executors::new(self.processes).map_err(|e| RedisPoolError::LocalPool(e.to_string()))?;
         let host = Arc::new(HostShared {
             consumer,
             keys,
