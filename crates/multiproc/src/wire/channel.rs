@@ -513,6 +513,7 @@ fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Fr
 
 #[cfg(test)]
 mod test {
+    use super::super::frame::HEADER_LEN;
     use super::*;
 
     #[test]
@@ -529,6 +530,30 @@ mod test {
         assert!(a.poll(Deadline::after(Duration::from_secs(10))).unwrap());
         assert!(a.poll(Deadline::after(Duration::ZERO)).unwrap());
         assert_eq!(a.recv(Deadline::after(Duration::ZERO), None).unwrap().payload, b"abc");
+    }
+
+    #[test]
+    fn poll_refuses_a_frame_over_the_limit_from_its_header_without_buffering_it() {
+        let (a, b) = Channel::pair().unwrap();
+        a.set_recv_limit(Some(100));
+        // The header of a 1 MiB message and 128 KiB of it: more than the
+        // limit, less than the frame, so the frame never completes.
+        let header = Header::new(Kind::Data, 0, 1 << 20).encode();
+        let sender = std::thread::spawn(move || {
+            let _ = imp::send_all(b.as_fd(), &[&header, &vec![0u8; 128 << 10]], &[]);
+            b
+        });
+        // The frame is refused from its header: poll reports it ready (the
+        // receive fails at once) instead of waiting for bytes past the limit.
+        assert!(a.poll(Deadline::after(Duration::from_secs(2))).unwrap(), "a refused frame is ready");
+        let buffered = a.recv.lock().unwrap().decoder.buffered();
+        assert!(buffered <= 64 * 1024 + HEADER_LEN, "{buffered} bytes buffered past a limit of 100");
+        match a.recv(Deadline::after(Duration::ZERO), None) {
+            Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("100 allowed"), "{what}"),
+            other => panic!("an oversized frame is an error: {other:?}"),
+        }
+        drop(a);
+        drop(sender.join().unwrap());
     }
 
     #[test]

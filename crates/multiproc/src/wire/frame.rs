@@ -211,11 +211,28 @@ impl FrameDecoder {
         if self.buffered() < HEADER_LEN {
             return false;
         }
-        let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
-        match Header::decode(&bytes) {
+        // A header that `next_frame` refuses (by the limit too) is an error
+        // ready to be returned: waiting for its payload would buffer it.
+        match self.next_header() {
             Ok(h) => (self.buffered() - HEADER_LEN) as u64 >= h.inline_len(),
             Err(_) => true,
         }
+    }
+
+    /// Parses the buffered header (at least `HEADER_LEN` bytes are
+    /// buffered) and checks it against the protocol and [`Self::set_limit`].
+    fn next_header(&self) -> Result<Header, WireError> {
+        let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
+        let header = Header::decode(&bytes)?;
+        if let Some(limit) = self.limit
+            && header.len > limit
+        {
+            return Err(WireError::corrupt(format!(
+                "frame announces {} bytes, more than the {limit} allowed here",
+                header.len
+            )));
+        }
+        Ok(header)
     }
 
     /// Returns the next complete frame, `None` if more bytes are needed.
@@ -225,16 +242,7 @@ impl FrameDecoder {
             if self.buffered() < HEADER_LEN {
                 return Ok(None);
             }
-            let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
-            let header = Header::decode(&bytes)?;
-            if let Some(limit) = self.limit
-                && header.len > limit
-            {
-                return Err(WireError::corrupt(format!(
-                    "frame announces {} bytes, more than the {limit} allowed here",
-                    header.len
-                )));
-            }
+            let header = self.next_header()?;
             self.start += HEADER_LEN;
             self.pending = Some(header);
         }
