@@ -557,6 +557,27 @@ mod test {
     }
 
     #[test]
+    fn descriptors_that_no_frame_announces_are_an_error_not_handed_to_a_later_frame() {
+        let (a, b) = Channel::pair().unwrap();
+        let stray: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let (announced, _peer) = imp::socketpair().unwrap();
+        // A frame that announces no descriptor but carries one, then a
+        // frame that announces the one it carries.
+        let header = Header::new(Kind::Data, 0, 3).encode();
+        imp::send_all(b.as_fd(), &[&header, b"abc"], &[stray.as_fd()]).unwrap();
+        b.send(Kind::Data, b"def", &[announced]).unwrap();
+        let long = || Deadline::after(Duration::from_secs(10));
+        match a.recv(long(), None) {
+            Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("no frame announced"), "{what}"),
+            Ok(frame) => {
+                let next = a.recv(long(), None).map(|f| f.fds);
+                panic!("a stray descriptor was kept: first frame {:?}, then {next:?}", frame.payload)
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_peer_gone_right_after_a_header_cut_a_message_short_not_the_stream() {
         let (a, b) = Channel::pair().unwrap();
         // A whole message, then the header of a 3-byte one, and the peer dies.

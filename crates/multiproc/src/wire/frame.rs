@@ -263,6 +263,15 @@ impl FrameDecoder {
         let fds = self.fds.drain(..header.nfds).collect();
         let payload = self.buf[self.start..self.start + inline_len].to_vec();
         self.start += inline_len;
+        // With nothing after this frame buffered, descriptors still queued
+        // came with the bytes of frames already taken, which did not announce
+        // them: kept, they would be handed to the next frame instead of its own.
+        if !self.fds.is_empty() && self.buffered() == 0 {
+            return Err(WireError::corrupt(format!(
+                "the peer sent {} descriptors that no frame announced",
+                self.fds.len()
+            )));
+        }
         Ok(Some((header, payload, fds)))
     }
 }
