@@ -314,6 +314,30 @@ fn a_silent_or_foreign_peer_is_an_error_not_a_hang() {
 }
 
 #[test]
+fn a_peer_that_speaks_another_protocol_is_told_apart_from_another_multiproc_build() {
+    // A client that speaks HTTP to a listener.
+    let listener = Listener::bind("tcp:127.0.0.1:0", Some(b"k")).unwrap();
+    let Address::Tcp(addr) = *listener.address() else { unreachable!() };
+    let mut foreign = std::net::TcpStream::connect(addr).unwrap();
+    foreign.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let err = listener.accept_timeout::<()>(LONG).unwrap_err().to_string();
+    assert!(err.contains("does not speak the multiproc protocol") && err.contains("client"), "{err}");
+    drop(foreign);
+
+    // A listener that answers in HTTP.
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let speaker = std::thread::spawn(move || {
+        let (mut s, _) = raw.accept().unwrap();
+        s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+        s
+    });
+    let err = Client::connect_timeout::<()>(raw_addr, Some(b"k"), LONG).unwrap_err().to_string();
+    assert!(err.contains("does not speak the multiproc protocol") && err.contains("server"), "{err}");
+    drop(speaker.join().unwrap());
+}
+
+#[test]
 fn addresses_parse_from_their_documented_forms() {
     let unix: Address = "unix:/tmp/a.sock".parse().unwrap();
     assert_eq!(unix, Address::unix("/tmp/a.sock"));
