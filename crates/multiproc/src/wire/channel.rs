@@ -473,6 +473,9 @@ impl RecvState {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(RecvError::Timeout),
+            // The kernel dropped descriptors (MSG_CTRUNC) and with them the
+            // bytes read: the stream cannot be framed any more.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(self.decoder.fail(descriptors_lost()).into()),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 self.closed = true;
                 Ok(())
@@ -485,6 +488,15 @@ impl RecvState {
         // Peeking needs the header; a cheap re-parse without consuming.
         self.decoder.peek_complete()
     }
+}
+
+/// Why a read that lost descriptors ends the stream, and what to do.
+fn descriptors_lost() -> WireError {
+    WireError::Io(io::Error::other(
+        "descriptors that came with a message were lost on arrival: this process has too many open files (raise \
+         its limit, `ulimit -n`, or close some), or the peer sent more than 64 with one write; the connection can \
+         no longer be used",
+    ))
 }
 
 fn closed_error(decoder: &FrameDecoder) -> WireError {
@@ -560,15 +572,21 @@ mod test {
     fn descriptors_that_no_frame_announces_are_an_error_not_handed_to_a_later_frame() {
         let (a, b) = Channel::pair().unwrap();
         let stray: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        let (announced, _peer) = imp::socketpair().unwrap();
-        // A frame that announces no descriptor but carries one, then a
-        // frame that announces the one it carries.
+        // A frame that announces no descriptor but carries one, then two
+        // plain frames in one write (so a read takes both).
         let header = Header::new(Kind::Data, 0, 3).encode();
         imp::send_all(b.as_fd(), &[&header, b"abc"], &[stray.as_fd()]).unwrap();
-        b.send(Kind::Data, b"def", &[announced]).unwrap();
+        imp::send_all(b.as_fd(), &[&header, b"def", &header, b"ghi"], &[]).unwrap();
         let long = || Deadline::after(Duration::from_secs(10));
         match a.recv(long(), None) {
-            Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("no frame announced"), "{what}"),
+            Err(RecvError::Wire(WireError::Corrupt(what))) => {
+                assert!(what.contains("no frame announced"), "{what}");
+                // The stream stays failed: the next frame would get the stray.
+                match a.recv(long(), None) {
+                    Err(RecvError::Wire(WireError::Corrupt(again))) => assert_eq!(again, what),
+                    other => panic!("the stream went on after the error: {:?}", other.map(|f| f.fds)),
+                }
+            }
             Ok(frame) => {
                 let next = a.recv(long(), None).map(|f| f.fds);
                 panic!("a stray descriptor was kept: first frame {:?}, then {next:?}", frame.payload)

@@ -164,6 +164,9 @@ pub(crate) struct FrameDecoder {
     /// Largest payload accepted (inline or out of band), when stricter than
     /// the protocol's: set while a peer is not yet authenticated.
     limit: Option<u64>,
+    /// The error that ended the stream: every later call returns it again
+    /// (the bytes after a refused frame cannot be framed).
+    failed: Option<WireError>,
 }
 
 impl FrameDecoder {
@@ -205,6 +208,9 @@ impl FrameDecoder {
     /// True when a whole frame is buffered (so `next_frame` would return it or
     /// an error).
     pub(crate) fn peek_complete(&self) -> bool {
+        if self.failed.is_some() {
+            return true;
+        }
         if let Some(h) = &self.pending {
             return self.buffered() as u64 >= h.inline_len();
         }
@@ -236,8 +242,24 @@ impl FrameDecoder {
     }
 
     /// Returns the next complete frame, `None` if more bytes are needed.
-    /// After an error the stream is unusable.
+    /// After an error the stream is unusable: every later call returns the
+    /// same error.
     pub(crate) fn next_frame(&mut self) -> Result<Option<RawFrame>, WireError> {
+        if let Some(e) = &self.failed {
+            return Err(again(e));
+        }
+        self.take_frame().map_err(|e| self.fail(e))
+    }
+
+    /// Ends the stream with `e` (bytes were lost, or cannot be framed);
+    /// returns `e` for the caller to report.
+    pub(crate) fn fail(&mut self, e: WireError) -> WireError {
+        let first = again(&e);
+        self.failed = Some(e);
+        first
+    }
+
+    fn take_frame(&mut self) -> Result<Option<RawFrame>, WireError> {
         if self.pending.is_none() {
             if self.buffered() < HEADER_LEN {
                 return Ok(None);
@@ -273,6 +295,16 @@ impl FrameDecoder {
             )));
         }
         Ok(Some((header, payload, fds)))
+    }
+}
+
+/// The same error once more, for a stream that stays failed.
+fn again(e: &WireError) -> WireError {
+    match e {
+        WireError::Version { got, expected } => WireError::Version { got: *got, expected: *expected },
+        WireError::Corrupt(what) => WireError::Corrupt(what.clone()),
+        WireError::Io(io) => WireError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => WireError::Corrupt(other.to_string()),
     }
 }
 
@@ -329,6 +361,10 @@ mod test {
         assert_eq!((payload.as_slice(), fds.len()), (&b"abc"[..], 2));
         dec.push(&Header::new(Kind::Data, 1, 0).encode(), Vec::new());
         assert!(matches!(dec.next_frame(), Err(WireError::Corrupt(_))));
+        // The stream stays failed: what follows is not read as a frame.
+        dec.push(&Header::new(Kind::Data, 0, 0).encode(), Vec::new());
+        assert!(matches!(dec.next_frame(), Err(WireError::Corrupt(_))));
+        assert!(dec.peek_complete(), "the error is ready");
     }
 
     #[test]
