@@ -283,6 +283,38 @@ fn a_killed_peer_is_end_of_stream_not_a_hang() {
     assert!(ours.recv_timeout(LONG).unwrap_err().is_closed());
 }
 
+fn never_read(_conn: Connection<String>) {
+    std::thread::sleep(LONG);
+}
+
+#[test]
+fn a_send_blocked_on_a_full_pipe_fails_when_the_reader_is_killed() {
+    let (ours, theirs) = Pipe::<String>::duplex().unwrap();
+    let mut child = Process::spawn(never_read, (theirs,)).unwrap();
+    // Messages just under the size that travels through shared memory, so
+    // that they fill the socket.
+    let (progress, sends) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![7u8; 60 * 1024];
+        loop {
+            if let Err(e) = ours.send_bytes(&chunk) {
+                return e;
+            }
+            let _ = progress.send(());
+        }
+    });
+    // Blocked: no send has finished for a while.
+    while sends.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    child.kill().unwrap();
+    let _ = child.join_timeout(LONG);
+    let start = Instant::now();
+    while !sender.is_finished() {
+        assert!(start.elapsed() < LONG, "the send is still blocked after the reader was killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sender.join().unwrap().is_closed());
+}
+
 #[test]
 fn a_closed_end_or_the_wrong_direction_is_an_error() {
     let (mut a, b) = Pipe::<u8>::duplex().unwrap();
