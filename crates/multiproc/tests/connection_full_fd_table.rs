@@ -1,11 +1,12 @@
-//! A receiver whose descriptor table is full cannot take the descriptors a
-//! message brings (the kernel drops them): the receive fails and says why
-//! and what to do, and the connection stays failed rather than framing the
-//! rest of the stream from the middle of the lost message.
+//! A process whose descriptor table is full. A receiver cannot take the
+//! descriptors a message brings (the kernel drops them): the receive fails
+//! and says why and what to do, and the connection stays failed rather than
+//! framing the rest of the stream from the middle of the lost message. A
+//! listener cannot accept: the error says what failed, where, and why.
 
 use std::fs::File;
 
-use multiproc::{Connection, Pipe, Process, SendFd};
+use multiproc::{Connection, Listener, Pipe, Process, SendFd};
 
 mod process_support;
 
@@ -25,9 +26,8 @@ fn set_open_files_limit(limit: &libc::rlimit) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) }, 0);
 }
 
-/// Fills this process's descriptor table, says so, then receives twice and
-/// tells how each receive ended.
-fn receive_with_a_full_descriptor_table(conn: Connection<Msg>) -> Vec<String> {
+/// Runs `f` with this process's descriptor table full.
+fn with_a_full_descriptor_table<R>(f: impl FnOnce() -> R) -> R {
     let old = open_files_limit();
     set_open_files_limit(&libc::rlimit { rlim_cur: count_fds() as u64 + 32, ..old });
     let mut fillers = Vec::new();
@@ -35,6 +35,19 @@ fn receive_with_a_full_descriptor_table(conn: Connection<Msg>) -> Vec<String> {
         fillers.push(file);
         assert!(fillers.len() < 1000, "the descriptor table never filled");
     }
+    let result = f();
+    drop(fillers);
+    set_open_files_limit(&old);
+    result
+}
+
+/// Fills this process's descriptor table, says so, then receives twice and
+/// tells how each receive ended.
+fn receive_with_a_full_descriptor_table(conn: Connection<Msg>) -> Vec<String> {
+    with_a_full_descriptor_table(|| receive_twice(&conn))
+}
+
+fn receive_twice(conn: &Connection<Msg>) -> Vec<String> {
     conn.send(&(b"full".to_vec(), Vec::new())).unwrap();
     let outcomes = (0..2)
         .map(|_| match conn.recv_timeout(JOIN) {
@@ -42,8 +55,6 @@ fn receive_with_a_full_descriptor_table(conn: Connection<Msg>) -> Vec<String> {
             Err(e) => e.to_string(),
         })
         .collect();
-    drop(fillers);
-    set_open_files_limit(&old);
     outcomes
 }
 
@@ -61,4 +72,21 @@ fn descriptors_lost_to_a_full_table_fail_the_receive_and_the_connection() {
     for outcome in &outcomes {
         assert!(outcome.contains("open files") && outcome.contains("can no longer be used"), "{outcomes:?}");
     }
+}
+
+/// A client waits to be accepted while the table is full; how the accept ends.
+fn accept_with_a_full_descriptor_table() -> String {
+    let listener = Listener::bind("tcp:127.0.0.1:0", None).unwrap();
+    let multiproc::Address::Tcp(addr) = *listener.address() else { unreachable!() };
+    let _client = std::net::TcpStream::connect(addr).unwrap();
+    with_a_full_descriptor_table(|| match listener.accept_timeout::<()>(JOIN) {
+        Ok(_) => "accepted".to_string(),
+        Err(e) => e.to_string(),
+    })
+}
+
+#[test]
+fn an_accept_refused_by_a_full_table_says_what_failed_and_why() {
+    let outcome = join_or_kill(Process::spawn(accept_with_a_full_descriptor_table, ()).unwrap());
+    assert!(outcome.contains("cannot accept a connection on tcp:") && outcome.contains("open files"), "{outcome}");
 }
