@@ -49,13 +49,12 @@ fn receive_with_a_full_descriptor_table(conn: Connection<Msg>) -> Vec<String> {
 
 fn receive_twice(conn: &Connection<Msg>) -> Vec<String> {
     conn.send(&(b"full".to_vec(), Vec::new())).unwrap();
-    let outcomes = (0..2)
+    (0..2)
         .map(|_| match conn.recv_timeout(JOIN) {
             Ok((bytes, fds)) => format!("a message of {} bytes with {} descriptors", bytes.len(), fds.len()),
             Err(e) => e.to_string(),
         })
-        .collect();
-    outcomes
+        .collect()
 }
 
 #[test]
