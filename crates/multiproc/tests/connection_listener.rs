@@ -314,6 +314,34 @@ fn a_silent_or_foreign_peer_is_an_error_not_a_hang() {
 }
 
 #[test]
+fn a_client_stalled_in_the_handshake_delays_the_next_one_by_the_handshake_timeout_only() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    for address in addresses() {
+        let mut listener = Listener::bind(address.as_str(), Some(b"k")).unwrap();
+        let t = Duration::from_millis(300);
+        listener.set_handshake_timeout(t);
+        let bound = listener.address().clone();
+        // A client that connects and says nothing, then an honest one.
+        let silent: Box<dyn std::any::Any> = match &bound {
+            Address::Tcp(addr) => Box::new(std::net::TcpStream::connect(addr).unwrap()),
+            Address::Unix(path) => Box::new(UnixStream::connect(path).unwrap()),
+            Address::Abstract(name) => {
+                Box::new(UnixStream::connect_addr(&SocketAddr::from_abstract_name(name).unwrap()).unwrap())
+            }
+        };
+        let honest = std::thread::spawn(move || client_ping(bound.to_string(), Some(b"k".to_vec())));
+        let start = Instant::now();
+        let err = serve_one(&listener).unwrap_err();
+        assert!(matches!(err, ConnectionError::HandshakeFailed(_)), "{address}: {err}");
+        assert_about(start, t);
+        serve_one(&listener).unwrap();
+        assert!(matches!(honest.join().unwrap(), Outcome::Reply(_)), "{address}");
+        drop(silent);
+    }
+}
+
+#[test]
 fn a_peer_that_speaks_another_protocol_is_told_apart_from_another_multiproc_build() {
     // A client that speaks HTTP to a listener.
     let listener = Listener::bind("tcp:127.0.0.1:0", Some(b"k")).unwrap();
