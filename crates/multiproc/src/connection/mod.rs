@@ -536,8 +536,8 @@ impl<T> AsFd for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let ch = self.channel().map_err(|_| serde::ser::Error::custom("cannot send a closed connection"))?;
-        let index = fd_serde::push_fd(ch.as_fd()).map_err(serde::ser::Error::custom)?;
+        let ch = self.channel().map_err(|_| wire::ser_error("cannot send a closed connection"))?;
+        let index = fd_serde::push_fd(ch.as_fd()).map_err(wire::ser_error)?;
         (index, self.readable, self.writable, ch.can_pass_fds()).serialize(s)
     }
 }
@@ -545,7 +545,7 @@ impl<T> Serialize for Connection<T> {
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (index, readable, writable, can_pass_fds) = <(u32, bool, bool, bool)>::deserialize(d)?;
-        let fd = fd_serde::take_fd(index).map_err(serde::de::Error::custom)?;
+        let fd = fd_serde::take_fd(index).map_err(wire::de_error)?;
         let channel = if can_pass_fds { Channel::unix(fd) } else { Channel::stream(fd) };
         Ok(Connection::from_channel(channel, readable, writable))
     }
