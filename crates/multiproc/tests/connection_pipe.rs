@@ -283,6 +283,24 @@ fn a_killed_peer_is_end_of_stream_not_a_hang() {
     assert!(ours.recv_timeout(LONG).unwrap_err().is_closed());
 }
 
+fn recv_one(conn: Connection<String>) -> Result<String, String> {
+    conn.recv_timeout(Duration::from_secs(2)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_message_that_poll_already_took_in_is_not_lost_when_the_end_is_handed_on() {
+    let (a, b) = Pipe::<String>::duplex().unwrap();
+    a.send(&"first".to_string()).unwrap();
+    // poll (and wait) read the message into this process's buffer.
+    assert!(b.poll(LONG).unwrap());
+    match Process::spawn(recv_one, (b,)) {
+        // Handed on, the end must bring the message along...
+        Ok(child) => assert_eq!(join(child), Ok("first".to_string())),
+        // ...or refuse to go, saying why.
+        Err(e) => assert!(e.to_string().contains("already received"), "{e}"),
+    }
+}
+
 fn never_read(_conn: Connection<String>) {
     std::thread::sleep(LONG);
 }

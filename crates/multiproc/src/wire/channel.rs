@@ -105,6 +105,13 @@ impl Channel {
         self.recv.lock().unwrap_or_else(|e| e.into_inner()).decoder.set_limit(limit);
     }
 
+    /// True when bytes of a message (or all of one) have been read from the
+    /// socket into this process's buffer and not yet received, as `poll`
+    /// does; false when another thread is receiving (it takes them).
+    pub(crate) fn holds_received_bytes(&self) -> bool {
+        self.try_recv_state().is_some_and(|state| state.decoder.mid_frame())
+    }
+
     /// True when this channel can carry descriptors.
     pub(crate) fn can_pass_fds(&self) -> bool {
         self.can_pass_fds
