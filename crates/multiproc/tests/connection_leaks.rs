@@ -1,10 +1,13 @@
-//! Pipes, listeners, clients (with right and wrong keys) and `wait` leave no
-//! file descriptors, socket files or child processes behind. One test in its
-//! own binary, so that no other test opens descriptors meanwhile.
+//! Pipes, listeners, clients (with right and wrong keys, and handshakes that
+//! fail) and `wait` leave no file descriptors, socket files or child
+//! processes behind. One test in its own binary, so that no other test opens
+//! descriptors meanwhile.
 
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use multiproc::{Address, Client, Connection, Listener, Pipe, Process, wait};
+use multiproc::{Address, Client, Connection, ConnectionError, Listener, Pipe, Process, wait};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -62,6 +65,8 @@ fn cycle(i: u32) -> std::path::PathBuf {
         assert!(wrong.join().unwrap());
     }
 
+    failed_handshakes();
+
     // A pipe end given to a child; wait on the connection and the process.
     let (ours, theirs) = Pipe::<u32>::duplex().unwrap();
     let child = Process::spawn(pipe_echo, (theirs,)).unwrap();
@@ -72,6 +77,31 @@ fn cycle(i: u32) -> std::path::PathBuf {
     assert_eq!(wait(&[&child], Some(LONG)).unwrap(), [0]);
     join(child);
     path
+}
+
+/// Handshakes that fail on either side: a client that speaks another
+/// protocol, one that stalls, one that hangs up; a listener that never
+/// answers, and no listener at all.
+fn failed_handshakes() {
+    let mut listener = Listener::bind("tcp:127.0.0.1:0", Some(b"key")).unwrap();
+    listener.set_handshake_timeout(Duration::from_millis(50));
+    let Address::Tcp(addr) = *listener.address() else { unreachable!() };
+    let mut foreign = TcpStream::connect(addr).unwrap();
+    foreign.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let stalled = TcpStream::connect(addr).unwrap();
+    drop(TcpStream::connect(addr).unwrap());
+    for _ in 0..3 {
+        assert!(matches!(listener.accept_timeout::<u32>(LONG), Err(ConnectionError::HandshakeFailed(_))));
+    }
+    drop((foreign, stalled, listener));
+
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let err = Client::connect_timeout::<u32>(silent_addr, Some(b"key"), Duration::from_millis(50)).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    drop(silent);
+    let err = Client::connect_timeout::<u32>(silent_addr, Some(b"key"), LONG).unwrap_err();
+    assert!(matches!(err, ConnectionError::Connect { .. }), "{err}");
 }
 
 #[test]

@@ -257,8 +257,11 @@ fn accept_and_connect_time_out_and_report_missing_listeners() {
     let listener = Listener::bind("tcp:127.0.0.1:0", None).unwrap();
     let t = Duration::from_millis(300);
     let start = Instant::now();
-    assert!(listener.accept_timeout::<()>(t).unwrap_err().is_timeout());
+    let err = listener.accept_timeout::<()>(t).unwrap_err();
+    assert!(err.is_timeout());
     assert_about(start, t);
+    // The error's text fits an accept (and a connect), not only a receive.
+    assert!(err.to_string().contains("a client to accept"), "{err}");
 
     let [path, name, _] = addresses();
     for address in [path, name] {
@@ -310,6 +313,58 @@ fn a_silent_or_foreign_peer_is_an_error_not_a_hang() {
     });
     let err = Client::connect_timeout::<()>(raw_addr, Some(b"k"), LONG).unwrap_err();
     assert!(matches!(err, ConnectionError::HandshakeFailed(_)), "{err}");
+    drop(speaker.join().unwrap());
+}
+
+#[test]
+fn a_client_stalled_in_the_handshake_delays_the_next_one_by_the_handshake_timeout_only() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    for address in addresses() {
+        let mut listener = Listener::bind(address.as_str(), Some(b"k")).unwrap();
+        let t = Duration::from_millis(300);
+        listener.set_handshake_timeout(t);
+        let bound = listener.address().clone();
+        // A client that connects and says nothing, then an honest one.
+        let silent: Box<dyn std::any::Any> = match &bound {
+            Address::Tcp(addr) => Box::new(std::net::TcpStream::connect(addr).unwrap()),
+            Address::Unix(path) => Box::new(UnixStream::connect(path).unwrap()),
+            Address::Abstract(name) => {
+                Box::new(UnixStream::connect_addr(&SocketAddr::from_abstract_name(name).unwrap()).unwrap())
+            }
+        };
+        let honest = std::thread::spawn(move || client_ping(bound.to_string(), Some(b"k".to_vec())));
+        let start = Instant::now();
+        let err = serve_one(&listener).unwrap_err();
+        assert!(matches!(err, ConnectionError::HandshakeFailed(_)), "{address}: {err}");
+        assert_about(start, t);
+        serve_one(&listener).unwrap();
+        assert!(matches!(honest.join().unwrap(), Outcome::Reply(_)), "{address}");
+        drop(silent);
+    }
+}
+
+#[test]
+fn a_peer_that_speaks_another_protocol_is_told_apart_from_another_multiproc_build() {
+    // A client that speaks HTTP to a listener.
+    let listener = Listener::bind("tcp:127.0.0.1:0", Some(b"k")).unwrap();
+    let Address::Tcp(addr) = *listener.address() else { unreachable!() };
+    let mut foreign = std::net::TcpStream::connect(addr).unwrap();
+    foreign.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let err = listener.accept_timeout::<()>(LONG).unwrap_err().to_string();
+    assert!(err.contains("does not speak the multiproc protocol") && err.contains("client"), "{err}");
+    drop(foreign);
+
+    // A listener that answers in HTTP.
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let speaker = std::thread::spawn(move || {
+        let (mut s, _) = raw.accept().unwrap();
+        s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+        s
+    });
+    let err = Client::connect_timeout::<()>(raw_addr, Some(b"k"), LONG).unwrap_err().to_string();
+    assert!(err.contains("does not speak the multiproc protocol") && err.contains("server"), "{err}");
     drop(speaker.join().unwrap());
 }
 

@@ -283,6 +283,56 @@ fn a_killed_peer_is_end_of_stream_not_a_hang() {
     assert!(ours.recv_timeout(LONG).unwrap_err().is_closed());
 }
 
+fn recv_one(conn: Connection<String>) -> Result<String, String> {
+    conn.recv_timeout(Duration::from_secs(2)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_message_that_poll_already_took_in_is_not_lost_when_the_end_is_handed_on() {
+    let (a, b) = Pipe::<String>::duplex().unwrap();
+    a.send(&"first".to_string()).unwrap();
+    // poll (and wait) read the message into this process's buffer.
+    assert!(b.poll(LONG).unwrap());
+    match Process::spawn(recv_one, (b,)) {
+        // Handed on, the end must bring the message along...
+        Ok(child) => assert_eq!(join(child), Ok("first".to_string())),
+        // ...or refuse to go, saying why.
+        Err(e) => assert!(e.to_string().contains("already received"), "{e}"),
+    }
+}
+
+fn never_read(_conn: Connection<String>) {
+    std::thread::sleep(LONG);
+}
+
+#[test]
+fn a_send_blocked_on_a_full_pipe_fails_when_the_reader_is_killed() {
+    let (ours, theirs) = Pipe::<String>::duplex().unwrap();
+    let mut child = Process::spawn(never_read, (theirs,)).unwrap();
+    // Messages just under the size that travels through shared memory, so
+    // that they fill the socket.
+    let (progress, sends) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![7u8; 60 * 1024];
+        loop {
+            if let Err(e) = ours.send_bytes(&chunk) {
+                return e;
+            }
+            let _ = progress.send(());
+        }
+    });
+    // Blocked: no send has finished for a while.
+    while sends.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    child.kill().unwrap();
+    let _ = child.join_timeout(LONG);
+    let start = Instant::now();
+    while !sender.is_finished() {
+        assert!(start.elapsed() < LONG, "the send is still blocked after the reader was killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sender.join().unwrap().is_closed());
+}
+
 #[test]
 fn a_closed_end_or_the_wrong_direction_is_an_error() {
     let (mut a, b) = Pipe::<u8>::duplex().unwrap();

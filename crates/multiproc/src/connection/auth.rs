@@ -23,7 +23,7 @@ use sha2::Sha256;
 
 use super::ConnectionError;
 use crate::sys::Deadline;
-use crate::wire::{self, Channel, Kind, RecvError};
+use crate::wire::{self, Channel, Kind, RecvError, WireError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -224,8 +224,29 @@ fn handshake_error(e: ConnectionError, peer: &str) -> ConnectionError {
         ConnectionError::Closed => {
             ConnectionError::HandshakeFailed(format!("the {peer} closed the connection during the handshake"))
         }
+        // Bytes that are no frame of this build's protocol: most likely not
+        // a multiproc peer at all (an HTTP client, a port scanner…).
+        ConnectionError::Wire(WireError::Version { got, expected }) => ConnectionError::HandshakeFailed(format!(
+            "the {peer} does not speak the multiproc protocol of this build (its first byte is {got}, our \
+             protocol version is {expected}); check that it is a multiproc {} of the same build",
+            counterpart(peer)
+        )),
+        ConnectionError::Wire(WireError::Corrupt(what)) => ConnectionError::HandshakeFailed(format!(
+            "the {peer} does not speak the multiproc protocol ({what}); check that it is a multiproc {} of the \
+             same build",
+            counterpart(peer)
+        )),
         ConnectionError::Wire(w) => ConnectionError::HandshakeFailed(format!("handshake with the {peer} failed: {w}")),
         other => other,
+    }
+}
+
+/// What the peer named `peer` should be.
+fn counterpart(peer: &str) -> &'static str {
+    match peer {
+        "server" => "Listener",
+        "client" => "Client",
+        _ => "Listener or Client",
     }
 }
 

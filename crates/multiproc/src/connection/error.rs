@@ -23,8 +23,12 @@ pub enum ConnectionError {
     /// The peer closed its end and no message is left (end of stream).
     #[error("the other end of the connection is closed (end of stream)")]
     Closed,
-    /// Nothing arrived in time.
-    #[error("timed out waiting for a message")]
+    /// Nothing arrived in time: a message, a client to accept, or the
+    /// listener's answer to a connect.
+    #[error(
+        "timed out: nothing came in time (a message to receive, a client to accept, or the listener's answer to a \
+         connect: is it accepting?)"
+    )]
     Timeout,
     /// This end was closed with `close()`.
     #[error("this connection was closed with close(); it can no longer be used")]

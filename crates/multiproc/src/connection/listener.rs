@@ -210,7 +210,7 @@ impl Listener {
     pub(crate) fn accept_unauthenticated(&self, deadline: Deadline) -> Result<Unauthenticated, ConnectionError> {
         let tcp = self.address.is_tcp();
         let fd = listen::accept(self.fd.as_fd(), deadline, tcp)
-            .map_err(|e| ConnectionError::Wire(e.into()))?
+            .map_err(|e| ConnectionError::Wire(self.accept_error(e).into()))?
             .ok_or(ConnectionError::Timeout)?;
         let channel = if tcp { Channel::stream(fd) } else { Channel::unix(fd) };
         Ok(Unauthenticated {
@@ -218,6 +218,18 @@ impl Listener {
             authkey: self.authkey.clone(),
             handshake_timeout: self.handshake_timeout,
         })
+    }
+}
+
+impl Listener {
+    /// A failed `accept`, saying where (the OS error then says why, as "Too
+    /// many open files"), and that the client is not lost.
+    fn accept_error(&self, e: std::io::Error) -> std::io::Error {
+        let what = format!(
+            "cannot accept a connection on {}: {e}; the client stays queued, and a later accept may take it",
+            self.address
+        );
+        std::io::Error::new(e.kind(), what)
     }
 }
 

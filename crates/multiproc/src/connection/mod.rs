@@ -103,6 +103,10 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 /// cheap and refers to the same end. A connection is `Serialize`: send it to
 /// a child as a [`Process::spawn`](crate::Process::spawn) argument, or inside
 /// a message over another connection, and the receiver gets the same end.
+/// [`Connection::poll`] and [`wait`] read a waiting message into this
+/// process; an end that holds one (or part of one, after a receive timed out
+/// in its middle) cannot be sent until it is received here: the receiver
+/// would read on from the socket without it.
 ///
 /// Messages may hold handles ([`SendFd`](crate::SendFd), other connections…)
 /// when the connection is a Unix socket (a [`Pipe`], or a [`Listener`] on a
@@ -541,8 +545,16 @@ impl<T> AsFd for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let ch = self.channel().map_err(|_| serde::ser::Error::custom("cannot send a closed connection"))?;
-        let index = fd_serde::push_fd(ch.as_fd()).map_err(serde::ser::Error::custom)?;
+        let ch = self.channel().map_err(|_| wire::ser_error("cannot send a closed connection"))?;
+        // Those bytes live in this process only: the receiving process
+        // would read on from the socket without them, and lose the message.
+        if ch.holds_received_bytes() {
+            return Err(wire::ser_error(
+                "this connection end has a message (or part of one) already received into this process's buffer \
+                 (by poll, wait, or a receive that timed out); receive it here before handing the end on",
+            ));
+        }
+        let index = fd_serde::push_fd(ch.as_fd()).map_err(wire::ser_error)?;
         (index, self.readable, self.writable, ch.can_pass_fds()).serialize(s)
     }
 }
@@ -550,7 +562,7 @@ impl<T> Serialize for Connection<T> {
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (index, readable, writable, can_pass_fds) = <(u32, bool, bool, bool)>::deserialize(d)?;
-        let fd = fd_serde::take_fd(index).map_err(serde::de::Error::custom)?;
+        let fd = fd_serde::take_fd(index).map_err(wire::de_error)?;
         let channel = if can_pass_fds { Channel::unix(fd) } else { Channel::stream(fd) };
         Ok(Connection::from_channel(channel, readable, writable))
     }

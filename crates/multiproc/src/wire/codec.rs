@@ -17,6 +17,37 @@ thread_local! {
     static FDS_IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
     /// The buffer of [`encode_with`], kept between messages.
     static SEND_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The text of the last error made by [`ser_error`] or [`de_error`].
+    static CUSTOM_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// A serialization error saying `msg`. Postcard's own `Error::custom`
+/// drops the text (its errors are plain codes: "Serde Serialization Error"
+/// was all a caller saw), so the text is kept for the encoder to report.
+pub(crate) fn ser_error<E: serde::ser::Error>(msg: impl std::fmt::Display) -> E {
+    E::custom(keep_custom(msg))
+}
+
+/// A deserialization error saying `msg`; see [`ser_error`].
+pub(crate) fn de_error<E: serde::de::Error>(msg: impl std::fmt::Display) -> E {
+    E::custom(keep_custom(msg))
+}
+
+fn keep_custom(msg: impl std::fmt::Display) -> String {
+    let msg = msg.to_string();
+    let _ = CUSTOM_ERROR.try_with(|c| *c.borrow_mut() = Some(msg.clone()));
+    msg
+}
+
+/// What went wrong in postcard, with the text of a custom error kept by
+/// [`ser_error`] or [`de_error`].
+fn explain(e: postcard::Error) -> String {
+    match e {
+        postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom => {
+            CUSTOM_ERROR.try_with(|c| c.borrow_mut().take()).ok().flatten().unwrap_or_else(|| e.to_string())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Why a handle cannot travel from a thread-local's destructor.
@@ -56,7 +87,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, WireEr
     let (result, fds) = collecting_fds(|| postcard::to_allocvec(value));
     match result {
         Ok(bytes) => Ok(Encoded { bytes, fds }),
-        Err(e) => Err(WireError::Encode(e.to_string())),
+        Err(e) => Err(WireError::Encode(explain(e))),
     }
 }
 
@@ -89,7 +120,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -
         Ok(()) => Ok(fds),
         Err(e) => {
             out.truncate(start);
-            Err(WireError::Encode(e.to_string()))
+            Err(WireError::Encode(explain(e)))
         }
     }
 }
@@ -101,7 +132,7 @@ pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
     buf: &mut [u8],
 ) -> Result<(usize, Vec<OwnedFd>), WireError> {
     let (result, fds) = collecting_fds(|| postcard::serialize_with_flavor(value, IntoSlice { buf, pos: 0 }));
-    result.map(|n| (n, fds)).map_err(|e| WireError::Encode(e.to_string()))
+    result.map(|n| (n, fds)).map_err(|e| WireError::Encode(explain(e)))
 }
 
 /// A postcard output that fills a borrowed slice (and says how much it used).
@@ -173,7 +204,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 /// Descriptors that no handle claims are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, WireError> {
     let result = handing_out_fds(fds, || postcard::from_bytes(bytes));
-    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
+    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<T>(), reason: explain(e) })
 }
 
 /// As [`decode`], through a seed (to deserialize into existing storage).
@@ -183,7 +214,7 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
     fds: Vec<OwnedFd>,
 ) -> Result<S::Value, WireError> {
     let result = handing_out_fds(fds, || seed.deserialize(&mut postcard::Deserializer::from_bytes(bytes)));
-    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<S>(), reason: e.to_string() })
+    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<S>(), reason: explain(e) })
 }
 
 /// Serde helpers for types that hold a descriptor: `#[serde(with = "fd_serde")]`.
@@ -192,13 +223,13 @@ pub(crate) mod fd_serde {
 
     /// Duplicates the descriptor into the message's side channel and writes its index.
     pub(crate) fn serialize<S: Serializer>(fd: &impl AsFd, s: S) -> Result<S::Ok, S::Error> {
-        push_fd(fd.as_fd()).map_err(serde::ser::Error::custom)?.serialize(s)
+        push_fd(fd.as_fd()).map_err(ser_error)?.serialize(s)
     }
 
     /// Reads an index and takes the descriptor that arrived in that slot.
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
         let index = u32::deserialize(d)?;
-        take_fd(index).map_err(serde::de::Error::custom)
+        take_fd(index).map_err(de_error)
     }
 
     pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
@@ -304,10 +335,19 @@ mod test {
     }
 
     #[test]
-    fn missing_fd_is_an_error() {
+    fn missing_fd_is_an_error_that_says_so() {
         let (a, _b) = crate::sys::imp::socketpair().unwrap();
         let e = encode(&SendFd::from(a)).unwrap();
-        assert!(decode::<SendFd>(&e.bytes, Vec::new()).is_err());
+        let err = decode::<SendFd>(&e.bytes, Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("descriptor #0, which did not arrive"), "{err}");
+    }
+
+    #[test]
+    fn a_handle_serialized_outside_multiproc_is_an_error_that_says_so() {
+        let (a, _b) = crate::sys::imp::socketpair().unwrap();
+        let err = postcard::to_allocvec(&SendFd::from(a)).unwrap_err();
+        let err = WireError::Encode(explain(err)).to_string();
+        assert!(err.contains("can only be serialized by multiproc itself"), "{err}");
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub(crate) struct FrameDecoder {
     /// Largest payload accepted (inline or out of band), when stricter than
     /// the protocol's: set while a peer is not yet authenticated.
     limit: Option<u64>,
+    /// The error that ended the stream: every later call returns it again
+    /// (the bytes after a refused frame cannot be framed).
+    failed: Option<WireError>,
 }
 
 impl FrameDecoder {
@@ -205,36 +208,63 @@ impl FrameDecoder {
     /// True when a whole frame is buffered (so `next_frame` would return it or
     /// an error).
     pub(crate) fn peek_complete(&self) -> bool {
+        if self.failed.is_some() {
+            return true;
+        }
         if let Some(h) = &self.pending {
             return self.buffered() as u64 >= h.inline_len();
         }
         if self.buffered() < HEADER_LEN {
             return false;
         }
-        let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
-        match Header::decode(&bytes) {
+        // A header that `next_frame` refuses (by the limit too) is an error
+        // ready to be returned: waiting for its payload would buffer it.
+        match self.next_header() {
             Ok(h) => (self.buffered() - HEADER_LEN) as u64 >= h.inline_len(),
             Err(_) => true,
         }
     }
 
+    /// Parses the buffered header (at least `HEADER_LEN` bytes are
+    /// buffered) and checks it against the protocol and [`Self::set_limit`].
+    fn next_header(&self) -> Result<Header, WireError> {
+        let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
+        let header = Header::decode(&bytes)?;
+        if let Some(limit) = self.limit
+            && header.len > limit
+        {
+            return Err(WireError::corrupt(format!(
+                "frame announces {} bytes, more than the {limit} allowed here",
+                header.len
+            )));
+        }
+        Ok(header)
+    }
+
     /// Returns the next complete frame, `None` if more bytes are needed.
-    /// After an error the stream is unusable.
+    /// After an error the stream is unusable: every later call returns the
+    /// same error.
     pub(crate) fn next_frame(&mut self) -> Result<Option<RawFrame>, WireError> {
+        if let Some(e) = &self.failed {
+            return Err(again(e));
+        }
+        self.take_frame().map_err(|e| self.fail(e))
+    }
+
+    /// Ends the stream with `e` (bytes were lost, or cannot be framed);
+    /// returns `e` for the caller to report.
+    pub(crate) fn fail(&mut self, e: WireError) -> WireError {
+        let first = again(&e);
+        self.failed = Some(e);
+        first
+    }
+
+    fn take_frame(&mut self) -> Result<Option<RawFrame>, WireError> {
         if self.pending.is_none() {
             if self.buffered() < HEADER_LEN {
                 return Ok(None);
             }
-            let bytes: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header");
-            let header = Header::decode(&bytes)?;
-            if let Some(limit) = self.limit
-                && header.len > limit
-            {
-                return Err(WireError::corrupt(format!(
-                    "frame announces {} bytes, more than the {limit} allowed here",
-                    header.len
-                )));
-            }
+            let header = self.next_header()?;
             self.start += HEADER_LEN;
             self.pending = Some(header);
         }
@@ -255,7 +285,26 @@ impl FrameDecoder {
         let fds = self.fds.drain(..header.nfds).collect();
         let payload = self.buf[self.start..self.start + inline_len].to_vec();
         self.start += inline_len;
+        // With nothing after this frame buffered, descriptors still queued
+        // came with the bytes of frames already taken, which did not announce
+        // them: kept, they would be handed to the next frame instead of its own.
+        if !self.fds.is_empty() && self.buffered() == 0 {
+            return Err(WireError::corrupt(format!(
+                "the peer sent {} descriptors that no frame announced",
+                self.fds.len()
+            )));
+        }
         Ok(Some((header, payload, fds)))
+    }
+}
+
+/// The same error once more, for a stream that stays failed.
+fn again(e: &WireError) -> WireError {
+    match e {
+        WireError::Version { got, expected } => WireError::Version { got: *got, expected: *expected },
+        WireError::Corrupt(what) => WireError::Corrupt(what.clone()),
+        WireError::Io(io) => WireError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => WireError::Corrupt(other.to_string()),
     }
 }
 
@@ -312,6 +361,10 @@ mod test {
         assert_eq!((payload.as_slice(), fds.len()), (&b"abc"[..], 2));
         dec.push(&Header::new(Kind::Data, 1, 0).encode(), Vec::new());
         assert!(matches!(dec.next_frame(), Err(WireError::Corrupt(_))));
+        // The stream stays failed: what follows is not read as a frame.
+        dec.push(&Header::new(Kind::Data, 0, 0).encode(), Vec::new());
+        assert!(matches!(dec.next_frame(), Err(WireError::Corrupt(_))));
+        assert!(dec.peek_complete(), "the error is ready");
     }
 
     #[test]

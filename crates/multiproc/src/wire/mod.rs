@@ -24,7 +24,9 @@ mod frame;
 
 pub(crate) use channel::{Channel, Outbox, RecvError};
 pub use codec::SendFd;
-pub(crate) use codec::{Encoded, decode, decode_seed, encode, encode_into, encode_to_slice, encode_with, fd_serde};
+pub(crate) use codec::{
+    Encoded, de_error, decode, decode_seed, encode, encode_into, encode_to_slice, encode_with, fd_serde, ser_error,
+};
 pub use error::WireError;
 pub(crate) use frame::{Frame, Kind};
 

@@ -1,0 +1,86 @@
+//! Receive edge cases of `Channel` over real socket pairs.
+
+use super::super::frame::HEADER_LEN;
+use super::*;
+
+#[test]
+fn poll_sees_a_frame_completed_after_a_receive_timed_out_in_its_middle() {
+    let (a, b) = Channel::pair().unwrap();
+    // The header of a 3-byte message, its payload still missing: a
+    // receive with a deadline takes the header and gives up.
+    imp::send_all(b.as_fd(), &[&Header::new(Kind::Data, 0, 3).encode()], &[]).unwrap();
+    let short = Deadline::after(Duration::from_millis(20));
+    assert!(matches!(a.recv(short, None), Err(RecvError::Timeout)));
+    // The payload arrives: the frame is complete, with fewer bytes
+    // buffered than a header.
+    imp::send_all(b.as_fd(), &[b"abc"], &[]).unwrap();
+    assert!(a.poll(Deadline::after(Duration::from_secs(10))).unwrap());
+    assert!(a.poll(Deadline::after(Duration::ZERO)).unwrap());
+    assert_eq!(a.recv(Deadline::after(Duration::ZERO), None).unwrap().payload, b"abc");
+}
+
+#[test]
+fn poll_refuses_a_frame_over_the_limit_from_its_header_without_buffering_it() {
+    let (a, b) = Channel::pair().unwrap();
+    a.set_recv_limit(Some(100));
+    // The header of a 1 MiB message and 128 KiB of it: more than the
+    // limit, less than the frame, so the frame never completes.
+    let header = Header::new(Kind::Data, 0, 1 << 20).encode();
+    let sender = std::thread::spawn(move || {
+        let _ = imp::send_all(b.as_fd(), &[&header, &vec![0u8; 128 << 10]], &[]);
+        b
+    });
+    // The frame is refused from its header: poll reports it ready (the
+    // receive fails at once) instead of waiting for bytes past the limit.
+    assert!(a.poll(Deadline::after(Duration::from_secs(2))).unwrap(), "a refused frame is ready");
+    let buffered = a.recv.lock().unwrap().decoder.buffered();
+    assert!(buffered <= 64 * 1024 + HEADER_LEN, "{buffered} bytes buffered past a limit of 100");
+    match a.recv(Deadline::after(Duration::ZERO), None) {
+        Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("100 allowed"), "{what}"),
+        other => panic!("an oversized frame is an error: {other:?}"),
+    }
+    drop(a);
+    drop(sender.join().unwrap());
+}
+
+#[test]
+fn descriptors_that_no_frame_announces_are_an_error_not_handed_to_a_later_frame() {
+    let (a, b) = Channel::pair().unwrap();
+    let stray: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    // A frame that announces no descriptor but carries one, then two
+    // plain frames in one write (so a read takes both).
+    let header = Header::new(Kind::Data, 0, 3).encode();
+    imp::send_all(b.as_fd(), &[&header, b"abc"], &[stray.as_fd()]).unwrap();
+    imp::send_all(b.as_fd(), &[&header, b"def", &header, b"ghi"], &[]).unwrap();
+    let long = || Deadline::after(Duration::from_secs(10));
+    match a.recv(long(), None) {
+        Err(RecvError::Wire(WireError::Corrupt(what))) => {
+            assert!(what.contains("no frame announced"), "{what}");
+            // The stream stays failed: the next frame would get the stray.
+            match a.recv(long(), None) {
+                Err(RecvError::Wire(WireError::Corrupt(again))) => assert_eq!(again, what),
+                other => panic!("the stream went on after the error: {:?}", other.map(|f| f.fds)),
+            }
+        }
+        Ok(frame) => {
+            let next = a.recv(long(), None).map(|f| f.fds);
+            panic!("a stray descriptor was kept: first frame {:?}, then {next:?}", frame.payload)
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_peer_gone_right_after_a_header_cut_a_message_short_not_the_stream() {
+    let (a, b) = Channel::pair().unwrap();
+    // A whole message, then the header of a 3-byte one, and the peer dies.
+    b.send(Kind::Data, b"whole", &[]).unwrap();
+    imp::send_all(b.as_fd(), &[&Header::new(Kind::Data, 0, 3).encode()], &[]).unwrap();
+    drop(b);
+    let long = || Deadline::after(Duration::from_secs(10));
+    assert_eq!(a.recv(long(), None).unwrap().payload, b"whole");
+    match a.recv(long(), None) {
+        Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("middle of a frame"), "{what}"),
+        other => panic!("a cut message is not a clean end of stream: {other:?}"),
+    }
+}
