@@ -18,9 +18,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use super::super::Deadline;
 use super::fd::wait_readable;
 
-/// Identity of a file (device and inode), to tell our socket file from one
-/// that replaced it.
-pub(crate) type FileId = (u64, u64);
+pub(crate) use super::fd::FileId;
 
 /// Listens on a Unix socket at `path`; returns the listener and the identity
 /// of the socket file it created.
@@ -187,9 +185,10 @@ pub(crate) fn tcp_liveness(fd: BorrowedFd<'_>) -> io::Result<Option<TcpLiveness>
     }))
 }
 
-/// Device and inode of the file at `path`, if it exists.
+/// Identity of the file at `path` (to tell our socket file from one that
+/// replaced it), if it exists.
 pub(crate) fn file_id(path: &Path) -> Option<FileId> {
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path).ok().map(|m| FileId { dev: m.dev(), ino: m.ino() })
 }
 
 #[cfg(test)]
