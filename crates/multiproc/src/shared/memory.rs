@@ -35,7 +35,7 @@ use crate::sys::imp::FileId;
 use crate::sys::imp::shm::{self, Mapping};
 use crate::sys::imp::sparse;
 use crate::sys::imp::{self, thread};
-use crate::wire::fd_serde;
+use crate::wire::{de_error, fd_serde, ser_error};
 
 const TRAILER_MAGIC: u64 = u64::from_le_bytes(*b"mpshm\x01\0\0");
 const TRAILER_LEN: usize = 40;
@@ -520,27 +520,27 @@ impl fmt::Debug for SharedMemory {
 
 impl Serialize for SharedMemory {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let index = fd_serde::push_fd(self.inner.map.as_fd()).map_err(serde::ser::Error::custom)?;
+        let index = fd_serde::push_fd(self.inner.map.as_fd()).map_err(ser_error)?;
         (index, self.inner.map.len() as u64, self.size() as u64, self.name()).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let (index, len, size, name) = <(u32, u64, u64, Option<String>)>::deserialize(d)?;
-        let fd = fd_serde::take_fd(index).map_err(D::Error::custom)?;
-        let len = usize::try_from(len).map_err(D::Error::custom)?;
-        let size = usize::try_from(size).map_err(D::Error::custom)?;
+        let fd = fd_serde::take_fd(index).map_err(de_error)?;
+        let (Ok(len), Ok(size)) = (usize::try_from(len), usize::try_from(size)) else {
+            return Err(de_error("shared memory handle larger than this process can map"));
+        };
         if size == 0 || size > len {
-            return Err(D::Error::custom("shared memory handle with an impossible size"));
+            return Err(de_error("shared memory handle with an impossible size"));
         }
         let map = match name {
             // A named segment cannot be sealed (see `Mapping::from_unsealed_fd`).
             Some(_) => Mapping::from_unsealed_fd(fd, len),
             None => Mapping::from_fd(fd, len),
         }
-        .map_err(D::Error::custom)?;
+        .map_err(|e| de_error(format_args!("cannot map a shared memory handle's segment: {e}")))?;
         // The receiver does not own the name: only its creator removes it.
         Ok(SharedMemory::wrap(Inner { map, size, name, created: None, registered: AtomicBool::new(false) }))
     }

@@ -350,6 +350,26 @@ mod test {
         assert!(err.contains("can only be serialized by multiproc itself"), "{err}");
     }
 
+    /// Decodes `value`'s message as a `T`; the error's text.
+    fn refused_as<T: DeserializeOwned>(value: &impl Serialize) -> String {
+        let e = encode(value).unwrap();
+        decode::<T>(&e.bytes, e.fds).err().expect("decoded").to_string()
+    }
+
+    #[test]
+    fn handles_refused_on_arrival_say_why() {
+        let memfd = crate::sys::imp::shm::Mapping::anonymous("t", 4096).unwrap();
+        let fd = SendFd::from(memfd.as_fd().try_clone_to_owned().unwrap());
+        let err = refused_as::<crate::SharedMemory>(&(fd, 100u64, 200u64, None::<String>));
+        assert!(err.contains("impossible size"), "{err}");
+        let array = crate::Array::<u32>::zeroed(4).unwrap();
+        let err = refused_as::<crate::Value<u32>>(&array);
+        assert!(err.contains("of another kind"), "{err}");
+        let value = crate::Value::new(1u32).unwrap();
+        let err = refused_as::<crate::Value<u64>>(&value);
+        assert!(err.contains("another element type"), "{err}");
+    }
+
     #[test]
     fn truncated_bytes_are_an_error() {
         let e = encode(&"a longer string".to_string()).unwrap();
