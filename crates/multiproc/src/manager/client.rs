@@ -79,6 +79,7 @@ mod address_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::Address;
+    use crate::wire::de_error;
 
     pub(super) fn serialize<S: Serializer>(address: &Address, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(address)
@@ -93,7 +94,7 @@ mod address_text {
             Some(at) => at.parse().map(Address::Tcp).map_err(|e| format!("invalid address {text:?} in a proxy: {e}")),
             None => text.parse::<Address>().map_err(|e| format!("{e} (in a proxy)")),
         };
-        parsed.map_err(serde::de::Error::custom)
+        parsed.map_err(de_error)
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::sys::imp::shm::Mapping;
-use crate::wire::fd_serde;
+use crate::wire::{de_error, fd_serde, ser_error};
 
 /// A state object that may live in shared memory.
 ///
@@ -118,23 +118,24 @@ impl<S> fmt::Debug for Shared<S> {
 
 impl<S> Serialize for Shared<S> {
     fn serialize<Se: Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
-        let index = fd_serde::push_fd(self.map.as_fd()).map_err(serde::ser::Error::custom)?;
+        let index = fd_serde::push_fd(self.map.as_fd()).map_err(ser_error)?;
         (index, self.map.len() as u64, self.offset as u64).serialize(s)
     }
 }
 
 impl<'de, S: SharedObject> Deserialize<'de> for Shared<S> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let (index, len, offset) = <(u32, u64, u64)>::deserialize(d)?;
-        let fd = fd_serde::take_fd(index).map_err(D::Error::custom)?;
-        let len = usize::try_from(len).map_err(D::Error::custom)?;
-        let offset = usize::try_from(offset).map_err(D::Error::custom)?;
-        let map = Mapping::from_fd(fd, len).map_err(D::Error::custom)?;
-        let shared = Shared::<S>::view(Arc::new(map), offset).map_err(D::Error::custom)?;
+        let fd = fd_serde::take_fd(index).map_err(de_error)?;
+        let (Ok(len), Ok(offset)) = (usize::try_from(len), usize::try_from(offset)) else {
+            return Err(de_error("shared memory handle larger than this process can map"));
+        };
+        let map = Mapping::from_fd(fd, len)
+            .map_err(|e| de_error(format_args!("cannot map a shared object's segment: {e}")))?;
+        let shared = Shared::<S>::view(Arc::new(map), offset).map_err(de_error)?;
         // ORDERING: Relaxed: see `place`.
         if shared.tag().load(Ordering::Relaxed) != S::TAG {
-            return Err(D::Error::custom("the shared memory handle does not hold the expected kind of object"));
+            return Err(de_error("the shared memory handle does not hold the expected kind of object"));
         }
         Ok(shared)
     }

@@ -15,6 +15,7 @@ use super::progress::Progress;
 use super::protocol::{Format, RunnerRef};
 use super::result::Slot;
 use super::ring::Lease;
+use crate::wire::de_error;
 
 /// The results of one chunk, as the scheduler hands them to its job.
 pub(crate) enum ChunkResult<'a> {
@@ -223,7 +224,7 @@ impl<'de, R: serde::Deserialize<'de>> serde::de::Visitor<'de> for IntoSlots<'_, 
             if written == self.0.len() {
                 break match seq.next_element::<serde::de::IgnoredAny>() {
                     Ok(None) => Ok(()),
-                    Ok(Some(_)) => Err(serde::de::Error::custom("more results than items")),
+                    Ok(Some(_)) => Err(de_error("more results than items")),
                     Err(e) => Err(e),
                 };
             }
@@ -232,7 +233,7 @@ impl<'de, R: serde::Deserialize<'de>> serde::de::Visitor<'de> for IntoSlots<'_, 
                     self.0[written].write(v);
                     written += 1;
                 }
-                Ok(None) => break Err(serde::de::Error::custom("fewer results than items")),
+                Ok(None) => break Err(de_error("fewer results than items")),
                 Err(e) => break Err(e),
             }
         };

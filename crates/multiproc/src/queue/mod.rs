@@ -87,7 +87,7 @@ pub use ring::fuzz_slot_decode;
 pub use simple::SimpleQueue;
 
 use crate::connection::{ConnectionError, Waitable};
-use crate::wire::{WireError, fd_serde};
+use crate::wire::{WireError, de_error, fd_serde, ser_error};
 use item::{encode, with_buffer};
 use layout::type_hash;
 use ring::Ring;
@@ -497,7 +497,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 /// cannot be used to put wherever it goes). Shared by every queue type.
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let fd = fd_serde::push_fd(self.ring.fd()).map_err(serde::ser::Error::custom)?;
+        let fd = fd_serde::push_fd(self.ring.fd()).map_err(ser_error)?;
         // ORDERING: Relaxed: a per-handle flag.
         (fd, self.closed.load(Relaxed)).serialize(s)
     }
@@ -514,8 +514,8 @@ impl<T> Queue<T> {
     /// as for [`Ring::attach`].
     fn receive<'de, D: Deserializer<'de>>(d: D, require_joinable: bool) -> Result<Queue<T>, D::Error> {
         let (fd, closed) = <(u32, bool)>::deserialize(d)?;
-        let fd = fd_serde::take_fd(fd).map_err(serde::de::Error::custom)?;
-        let ring = Ring::attach(fd, require_joinable, type_hash::<T>()).map_err(serde::de::Error::custom)?;
+        let fd = fd_serde::take_fd(fd).map_err(de_error)?;
+        let ring = Ring::attach(fd, require_joinable, type_hash::<T>()).map_err(de_error)?;
         let queue = Queue::from_ring(ring);
         if closed {
             queue.close();

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::memory::plain::{Plain, type_tag};
 use crate::memory::raw_mutex::RawMutex;
 use crate::memory::segment::{Shared, SharedObject};
+use crate::wire::de_error;
 
 /// Where the elements start.
 pub(crate) const DATA_OFFSET: usize = 64;
@@ -126,7 +127,7 @@ impl<T: Plain> Data<T> {
     /// Deserializes and checks kind, element type and length.
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D, kind: Kind) -> Result<Data<T>, D::Error> {
         let header = Shared::<DataHeader>::deserialize(d)?;
-        Data::check(header, kind).map_err(serde::de::Error::custom)
+        Data::check(header, kind).map_err(de_error)
     }
 }
 

@@ -12,7 +12,7 @@
 //!   process, one per creating process, see `tracker.rs`) removes every name
 //!   it still owns as soon as the creator's end of the tracker socket closes
 //!   (also a name whose file lost its trailer to another process that cut it
-//!   short: the tracker knows the file's inode);
+//!   short: the tracker knows the file's device and inode);
 //! - should the tracker be gone as well, the next `create` of the same name
 //!   finds the creator dead (by pid and start time) and reclaims the name.
 //!
@@ -31,10 +31,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::error::SharedMemoryError;
 use super::tracker;
 use crate::memory::plain;
+use crate::sys::imp::FileId;
 use crate::sys::imp::shm::{self, Mapping};
 use crate::sys::imp::sparse;
 use crate::sys::imp::{self, thread};
-use crate::wire::fd_serde;
+use crate::wire::{de_error, fd_serde, ser_error};
 
 const TRAILER_MAGIC: u64 = u64::from_le_bytes(*b"mpshm\x01\0\0");
 const TRAILER_LEN: usize = 40;
@@ -140,24 +141,23 @@ pub(crate) fn unlink_if_owned(name: &str, expected: Owner) -> bool {
 
 /// Removes `/dev/shm/<name>` for the tracker of its creator `(pid, start
 /// time)`, now gone: if the trailer names the creator, or if the name still
-/// names the file the creator made (`inode`) but its trailer is gone (another
+/// names the file the creator made (`file`) but its trailer is gone (another
 /// process cut the file short).
-pub(crate) fn unlink_for_creator(name: &str, (pid, start): (u32, u64), inode: Option<u64>) -> bool {
+pub(crate) fn unlink_for_creator(name: &str, (pid, start): (u32, u64), file: Option<FileId>) -> bool {
     if unlink_if_owned(name, Owner::Process(pid, start)) {
         return true;
     }
-    inode.is_some_and(|inode| names_file(name, inode)) && shm::unlink_named(name).is_ok()
+    file.is_some_and(|file| names_file(name, file)) && shm::unlink_named(name).is_ok()
 }
 
-/// True if `/dev/shm/<name>` is the file with this inode (on the one
-/// file system of `/dev/shm`).
-fn names_file(name: &str, inode: u64) -> bool {
-    shm::named_inode(name).is_ok_and(|named| named == inode)
+/// True if `/dev/shm/<name>` is the file `file`.
+fn names_file(name: &str, file: FileId) -> bool {
+    shm::named_file_id(name).is_ok_and(|named| named == file)
 }
 
 /// True if `/dev/shm/<name>` is the file `map` maps.
 fn is_our_file(name: &str, map: &Mapping) -> bool {
-    shm::file_identity(map.as_fd()).is_ok_and(|(inode, _)| names_file(name, inode))
+    shm::file_identity(map.as_fd()).is_ok_and(|(file, _)| names_file(name, file))
 }
 
 fn check_name(name: &str) -> Result<&str, SharedMemoryError> {
@@ -324,8 +324,8 @@ impl SharedMemory {
         };
         // Before the trailer: the tracker can then remove the file even if
         // another process cuts the trailer away (or we die before writing it).
-        if let Ok((inode, _)) = shm::file_identity(map.as_fd()) {
-            tracker::record_inode(&bare, inode);
+        if let Ok((file, _)) = shm::file_identity(map.as_fd()) {
+            tracker::record_file(&bare, file);
         }
         let (pid, start) = this_process();
         let nonce = nonce();
@@ -520,27 +520,27 @@ impl fmt::Debug for SharedMemory {
 
 impl Serialize for SharedMemory {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let index = fd_serde::push_fd(self.inner.map.as_fd()).map_err(serde::ser::Error::custom)?;
+        let index = fd_serde::push_fd(self.inner.map.as_fd()).map_err(ser_error)?;
         (index, self.inner.map.len() as u64, self.size() as u64, self.name()).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let (index, len, size, name) = <(u32, u64, u64, Option<String>)>::deserialize(d)?;
-        let fd = fd_serde::take_fd(index).map_err(D::Error::custom)?;
-        let len = usize::try_from(len).map_err(D::Error::custom)?;
-        let size = usize::try_from(size).map_err(D::Error::custom)?;
+        let fd = fd_serde::take_fd(index).map_err(de_error)?;
+        let (Ok(len), Ok(size)) = (usize::try_from(len), usize::try_from(size)) else {
+            return Err(de_error("shared memory handle larger than this process can map"));
+        };
         if size == 0 || size > len {
-            return Err(D::Error::custom("shared memory handle with an impossible size"));
+            return Err(de_error("shared memory handle with an impossible size"));
         }
         let map = match name {
             // A named segment cannot be sealed (see `Mapping::from_unsealed_fd`).
             Some(_) => Mapping::from_unsealed_fd(fd, len),
             None => Mapping::from_fd(fd, len),
         }
-        .map_err(D::Error::custom)?;
+        .map_err(|e| de_error(format_args!("cannot map a shared memory handle's segment: {e}")))?;
         // The receiver does not own the name: only its creator removes it.
         Ok(SharedMemory::wrap(Inner { map, size, name, created: None, registered: AtomicBool::new(false) }))
     }

@@ -3,7 +3,7 @@
 //!
 //! Each process that creates a named segment starts one tracker (lazily, on
 //! its first `create`) and keeps a socket to it. It sends `R <name>` when it
-//! takes a name, `I <inode> <name>` once it has made the file, and
+//! takes a name, `I <dev>:<inode> <name>` once it has made the file, and
 //! `U <name>` when it gives the name up. When the socket closes — the creator
 //! exited, crashed or was killed — the tracker removes every name still
 //! registered whose trailer names the creator, or that still names the file
@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::process::bootstrap::Role;
 use crate::process_local::ProcessLocal;
-use crate::sys::imp::{self, shm_tracker, thread};
+use crate::sys::imp::{self, FileId, shm_tracker, thread};
 
 struct Connection {
     /// The process that started this tracker (a forked child starts its own).
@@ -32,8 +32,8 @@ struct Connection {
 struct Claim {
     /// How many handles claim the name.
     handles: usize,
-    /// The inode of the file made under the name, once made.
-    inode: Option<u64>,
+    /// The file made under the name, once made.
+    file: Option<FileId>,
 }
 
 /// This process's connection (reset in a forked child, see `ProcessLocal`).
@@ -57,8 +57,8 @@ fn send(conn: &Connection, op: char, name: &str) -> io::Result<()> {
 
 /// Tells the tracker which file `name` names (so it can remove the file even
 /// if another process cut its trailer away).
-fn send_inode(conn: &Connection, name: &str, inode: u64) -> io::Result<()> {
-    send(conn, 'I', &format!("{inode} {name}"))
+fn send_file(conn: &Connection, name: &str, file: FileId) -> io::Result<()> {
+    send(conn, 'I', &format!("{file} {name}"))
 }
 
 /// Records that this process owns `name`, starting the tracker if needed.
@@ -81,8 +81,8 @@ pub(crate) fn register(name: &str) -> io::Result<()> {
         conn.sock = start()?;
         for (owned, claim) in &conn.names {
             send(conn, 'R', owned)?;
-            if let Some(inode) = claim.inode {
-                send_inode(conn, owned, inode)?;
+            if let Some(file) = claim.file {
+                send_file(conn, owned, file)?;
             }
         }
     }
@@ -90,8 +90,8 @@ pub(crate) fn register(name: &str) -> io::Result<()> {
 }
 
 /// Records that the file this process just made under the registered
-/// `name` is `inode`.
-pub(crate) fn record_inode(name: &str, inode: u64) {
+/// `name` is `file`.
+pub(crate) fn record_file(name: &str, file: FileId) {
     let mut guard = TRACKER.lock();
     let Some(conn) = guard.as_mut().filter(|c| c.pid == imp::getpid()) else {
         return;
@@ -99,10 +99,10 @@ pub(crate) fn record_inode(name: &str, inode: u64) {
     let Some(claim) = conn.names.get_mut(name) else {
         return;
     };
-    claim.inode = Some(inode);
+    claim.file = Some(file);
     // A tracker that is gone is restarted, and told again, by the next
     // `register`.
-    let _ = send_inode(conn, name, inode);
+    let _ = send_file(conn, name, file);
 }
 
 /// Records that this process no longer owns `name` (removed, or the create
@@ -123,15 +123,15 @@ pub(crate) fn unregister(name: &str) {
     }
 }
 
-/// The tracker process's loop: collect names (with the inodes of their
-/// files, once known) until the creator's socket closes, then remove the
+/// The tracker process's loop: collect names (with the identities of
+/// their files, once known) until the creator's socket closes, then remove the
 /// ones the creator still owns.
 pub(crate) fn serve(sock: OwnedFd, creator: i32) {
     let creator_start = match thread::status(creator as u32) {
         thread::ThreadStatus::Alive { start } => start,
         thread::ThreadStatus::Dead => 0,
     };
-    let mut names: HashMap<String, Option<u64>> = HashMap::new();
+    let mut names: HashMap<String, Option<FileId>> = HashMap::new();
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -147,12 +147,12 @@ pub(crate) fn serve(sock: OwnedFd, creator: i32) {
             Err(_) => break,
         }
     }
-    for (name, inode) in &names {
-        super::memory::unlink_for_creator(name, (creator as u32, creator_start), *inode);
+    for (name, file) in &names {
+        super::memory::unlink_for_creator(name, (creator as u32, creator_start), *file);
     }
 }
 
-fn apply(names: &mut HashMap<String, Option<u64>>, line: &[u8]) {
+fn apply(names: &mut HashMap<String, Option<FileId>>, line: &[u8]) {
     let Ok(line) = std::str::from_utf8(line) else {
         return;
     };
@@ -161,15 +161,31 @@ fn apply(names: &mut HashMap<String, Option<u64>>, line: &[u8]) {
             names.entry(name.to_string()).or_insert(None);
         }
         Some(("I", rest)) => {
-            if let Some((inode, name)) = rest.split_once(' ')
-                && let (Ok(inode), Some(known)) = (inode.parse(), names.get_mut(name))
+            if let Some((file, name)) = rest.split_once(' ')
+                && let (Ok(file), Some(known)) = (file.parse(), names.get_mut(name))
             {
-                *known = Some(inode);
+                *known = Some(file);
             }
         }
         Some(("U", name)) => {
             names.remove(name);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn the_tracker_learns_a_files_device_and_inode() {
+        let mut names = HashMap::new();
+        let file = FileId { dev: 27, ino: 152_402 };
+        apply(&mut names, b"R a name with spaces");
+        apply(&mut names, format!("I {file} a name with spaces").as_bytes());
+        assert_eq!(names.get("a name with spaces"), Some(&Some(file)));
+        apply(&mut names, b"I 152402 a name with spaces");
+        assert_eq!(names.get("a name with spaces"), Some(&Some(file)), "a bare inode is not an identity");
     }
 }

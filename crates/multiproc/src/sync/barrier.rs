@@ -37,7 +37,6 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use serde::de::Error as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -48,6 +47,7 @@ use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
 use crate::sys::imp;
 use crate::sys::imp::futex::{self, FutexWait};
+use crate::wire::de_error;
 
 const COUNT_MASK: u32 = 0xFFFF;
 const HISTORY_SHIFT: u32 = 16;
@@ -194,7 +194,7 @@ impl<'de> Deserialize<'de> for Barrier {
                 Some(unsafe { std::mem::transmute::<*const (), fn()>(code_address(a.offset)) })
             }
             Some(_) => {
-                return Err(D::Error::custom("the barrier's action was set by a different build of this program"));
+                return Err(de_error("the barrier's action was set by a different build of this program"));
             }
         };
         Ok(Barrier { state, action })

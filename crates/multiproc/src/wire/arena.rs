@@ -14,7 +14,8 @@
 //! Layout: records are 64-byte aligned; each starts with a 64-byte header
 //! whose first word is the record state (`WRITTEN`, `CONSUMED`, plus the
 //! `SENDER_WAITS` bit), followed by the payload. Receivers map arenas by
-//! inode and keep a few mappings, so several receivers of one socket end and
+//! file identity (device and inode: an inode number alone can name files on
+//! two file systems) and keep a few mappings, so several receivers of one socket end and
 //! several senders (each with its own arena) all work.
 
 use std::collections::VecDeque;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use super::WireError;
 use crate::process_local::ProcessLocal;
 use crate::sys::Deadline;
+use crate::sys::imp::FileId;
 use crate::sys::imp::futex::{self, FutexWait};
 use crate::sys::imp::shm::Mapping;
 
@@ -172,10 +174,10 @@ fn record_size(len: usize) -> usize {
     (RECORD_HEADER + len).div_ceil(RECORD_HEADER) * RECORD_HEADER
 }
 
-/// The receiving side: mappings of the arenas seen recently, by inode.
+/// The receiving side: mappings of the arenas seen recently, by file identity.
 #[derive(Debug, Default)]
 pub(crate) struct InArenas {
-    maps: VecDeque<(u64, Mapping)>,
+    maps: VecDeque<(FileId, Mapping)>,
 }
 
 /// The arenas this process has received from, shared by all its channels (a
@@ -225,7 +227,7 @@ impl InArenas {
 
     fn mapping(&mut self, fd: OwnedFd) -> Result<&Mapping, WireError> {
         let (key, size) = crate::sys::imp::shm::file_identity(fd.as_fd())?;
-        if let Some(i) = self.maps.iter().position(|(ino, _)| *ino == key) {
+        if let Some(i) = self.maps.iter().position(|(id, _)| *id == key) {
             return Ok(&self.maps[i].1);
         }
         let len = usize::try_from(size).map_err(|_| WireError::corrupt("arena too large"))?;
@@ -268,6 +270,22 @@ mod test {
             assert!(written < 100);
         }
         assert!(written >= 4, "{written}");
+    }
+
+    #[test]
+    fn an_arena_is_not_mistaken_for_a_cached_one_with_the_same_inode_elsewhere() {
+        // Two files on different file systems can share an inode number. A
+        // real collision cannot be made on demand, so arena A's cache entry
+        // is relabelled as a file with B's inode number on another device.
+        let mut a = OutArena::for_payload(1000).unwrap().unwrap();
+        let mut b = OutArena::for_payload(1000).unwrap().unwrap();
+        let mut inn = InArenas::default();
+        let at = a.write(&[1; 100]).unwrap();
+        assert_eq!(inn.take(a.as_fd().try_clone_to_owned().unwrap(), at, 100).unwrap(), [1; 100]);
+        let (b_id, _) = crate::sys::imp::shm::file_identity(b.as_fd()).unwrap();
+        inn.maps[0].0 = FileId { dev: b_id.dev.wrapping_add(1), ino: b_id.ino };
+        let at = b.write(&[2; 100]).unwrap();
+        assert_eq!(inn.take(b.as_fd().try_clone_to_owned().unwrap(), at, 100).unwrap(), [2; 100]);
     }
 
     #[test]

@@ -203,7 +203,13 @@ impl Channel {
                     Err(e) => return Err(e),
                 }
             }
-            state.read_some(self.fd.as_fd(), !blocking)?;
+            match state.read_some(self.fd.as_fd(), !blocking) {
+                // Readable a moment ago, nothing now: another reader of the
+                // socket (a process sharing this end) took it. Wait again,
+                // until the deadline.
+                Ok(()) | Err(RecvError::Timeout) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 

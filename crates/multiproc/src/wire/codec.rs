@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::thread::LocalKey;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -11,42 +12,65 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::WireError;
 
 thread_local! {
-    /// Descriptors collected while serializing the current message.
-    static FDS_OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
-    /// Descriptors that arrived with the message being deserialized.
-    static FDS_IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// The message being serialized (see [`collecting_fds`]).
+    static FDS_OUT: RefCell<Option<Scope<OwnedFd>>> = const { RefCell::new(None) };
+    /// The message being deserialized (see [`handing_out_fds`]).
+    static FDS_IN: RefCell<Option<Scope<Option<OwnedFd>>>> = const { RefCell::new(None) };
     /// The buffer of [`encode_with`], kept between messages.
     static SEND_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// The text of the last error made by [`ser_error`] or [`de_error`].
-    static CUSTOM_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// What one message being serialized or deserialized keeps beside its
+/// bytes, for as long as that message is being worked on.
+struct Scope<F> {
+    /// Sent: the descriptors of the handles met so far. Received: those
+    /// that arrived, each taken by the handle that claims it.
+    fds: Vec<F>,
+    /// The text of a custom error raised in this message by [`ser_error`]
+    /// or [`de_error`] (postcard keeps only that there was one).
+    custom_error: Option<String>,
+}
+
+impl<F> Scope<F> {
+    fn new(fds: Vec<F>) -> Scope<F> {
+        Scope { fds, custom_error: None }
+    }
 }
 
 /// A serialization error saying `msg`. Postcard's own `Error::custom`
 /// drops the text (its errors are plain codes: "Serde Serialization Error"
-/// was all a caller saw), so the text is kept for the encoder to report.
+/// was all a caller saw), so the message being encoded keeps it, to be
+/// reported in place of postcard's code. Outside a message of multiproc's
+/// it is only the serializer's error.
 pub(crate) fn ser_error<E: serde::ser::Error>(msg: impl std::fmt::Display) -> E {
-    E::custom(keep_custom(msg))
+    E::custom(keep_custom(&FDS_OUT, msg))
 }
 
 /// A deserialization error saying `msg`; see [`ser_error`].
 pub(crate) fn de_error<E: serde::de::Error>(msg: impl std::fmt::Display) -> E {
-    E::custom(keep_custom(msg))
+    E::custom(keep_custom(&FDS_IN, msg))
 }
 
-fn keep_custom(msg: impl std::fmt::Display) -> String {
+/// Keeps `msg` in the message `scope` is working on, if any: kept beyond
+/// it, the text would be reported for a later message's unrelated error.
+fn keep_custom<F>(scope: &'static LocalKey<RefCell<Option<Scope<F>>>>, msg: impl std::fmt::Display) -> String {
     let msg = msg.to_string();
-    let _ = CUSTOM_ERROR.try_with(|c| *c.borrow_mut() = Some(msg.clone()));
+    let _ = scope.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut()
+            && let Some(s) = s.as_mut()
+        {
+            s.custom_error = Some(msg.clone());
+        }
+    });
     msg
 }
 
-/// What went wrong in postcard, with the text of a custom error kept by
-/// [`ser_error`] or [`de_error`].
-fn explain(e: postcard::Error) -> String {
-    match e {
-        postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom => {
-            CUSTOM_ERROR.try_with(|c| c.borrow_mut().take()).ok().flatten().unwrap_or_else(|| e.to_string())
-        }
-        _ => e.to_string(),
+/// What went wrong in postcard, with the text of the custom error the
+/// message kept (see [`ser_error`]), if any.
+fn explain(e: postcard::Error, custom_error: Option<String>) -> String {
+    match (e, custom_error) {
+        (postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom, Some(text)) => text,
+        (e, _) => e.to_string(),
     }
 }
 
@@ -55,24 +79,26 @@ const THREAD_ENDING: &str = "a multiproc handle cannot be sent or received from 
      thread's own state for descriptors is gone); send it before the thread ends";
 
 /// Runs `serialize` with a fresh list for the descriptors of the handles it
-/// meets (the outer message's list is put back after), and returns them.
-/// Once the thread's locals are gone there is no list: plain data still
-/// encodes, and a handle is an error.
-fn collecting_fds<R>(serialize: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let saved = FDS_OUT.try_with(|f| f.borrow_mut().replace(Vec::new())).ok().flatten();
+/// meets (the outer message's scope is put back after), and returns them;
+/// an error says what went wrong. Once the thread's locals are gone there
+/// is no list: plain data still encodes, and a handle is an error.
+fn collecting_fds<X>(serialize: impl FnOnce() -> postcard::Result<X>) -> (Result<X, String>, Vec<OwnedFd>) {
+    let saved = FDS_OUT.try_with(|f| f.borrow_mut().replace(Scope::new(Vec::new()))).ok().flatten();
     let result = serialize();
-    let fds = FDS_OUT.try_with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).ok().flatten();
-    (result, fds.unwrap_or_default())
+    let scope = FDS_OUT.try_with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).ok().flatten();
+    let scope = scope.unwrap_or(Scope::new(Vec::new()));
+    (result.map_err(|e| explain(e, scope.custom_error)), scope.fds)
 }
 
 /// Runs `deserialize` with `fds` available to the handles it builds (the
-/// outer message's are put back after); unclaimed descriptors are closed.
-fn handing_out_fds<R>(fds: Vec<OwnedFd>, deserialize: impl FnOnce() -> R) -> R {
-    let slots = fds.into_iter().map(Some).collect();
+/// outer message's scope is put back after); unclaimed descriptors are
+/// closed. An error says what went wrong.
+fn handing_out_fds<X>(fds: Vec<OwnedFd>, deserialize: impl FnOnce() -> postcard::Result<X>) -> Result<X, String> {
+    let slots = Scope::new(fds.into_iter().map(Some).collect());
     let saved = FDS_IN.try_with(|f| f.borrow_mut().replace(slots)).ok().flatten();
     let result = deserialize();
-    let _ = FDS_IN.try_with(|f| *f.borrow_mut() = saved);
-    result
+    let scope = FDS_IN.try_with(|f| std::mem::replace(&mut *f.borrow_mut(), saved)).ok().flatten();
+    result.map_err(|e| explain(e, scope.and_then(|s| s.custom_error)))
 }
 
 /// An encoded message: bytes plus the descriptors it refers to.
@@ -87,7 +113,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, WireEr
     let (result, fds) = collecting_fds(|| postcard::to_allocvec(value));
     match result {
         Ok(bytes) => Ok(Encoded { bytes, fds }),
-        Err(e) => Err(WireError::Encode(explain(e))),
+        Err(e) => Err(WireError::Encode(e)),
     }
 }
 
@@ -120,7 +146,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -
         Ok(()) => Ok(fds),
         Err(e) => {
             out.truncate(start);
-            Err(WireError::Encode(explain(e)))
+            Err(WireError::Encode(e))
         }
     }
 }
@@ -132,7 +158,7 @@ pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
     buf: &mut [u8],
 ) -> Result<(usize, Vec<OwnedFd>), WireError> {
     let (result, fds) = collecting_fds(|| postcard::serialize_with_flavor(value, IntoSlice { buf, pos: 0 }));
-    result.map(|n| (n, fds)).map_err(|e| WireError::Encode(explain(e)))
+    result.map(|n| (n, fds)).map_err(WireError::Encode)
 }
 
 /// A postcard output that fills a borrowed slice (and says how much it used).
@@ -204,7 +230,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 /// Descriptors that no handle claims are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, WireError> {
     let result = handing_out_fds(fds, || postcard::from_bytes(bytes));
-    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<T>(), reason: explain(e) })
+    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<T>(), reason: e })
 }
 
 /// As [`decode`], through a seed (to deserialize into existing storage).
@@ -214,7 +240,7 @@ pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
     fds: Vec<OwnedFd>,
 ) -> Result<S::Value, WireError> {
     let result = handing_out_fds(fds, || seed.deserialize(&mut postcard::Deserializer::from_bytes(bytes)));
-    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<S>(), reason: explain(e) })
+    result.map_err(|e| WireError::Decode { type_name: std::any::type_name::<S>(), reason: e })
 }
 
 /// Serde helpers for types that hold a descriptor: `#[serde(with = "fd_serde")]`.
@@ -236,9 +262,9 @@ pub(crate) mod fd_serde {
         let dup = fd.try_clone_to_owned().map_err(|e| format!("cannot duplicate a descriptor: {e}"))?;
         FDS_OUT
             .try_with(|f| match f.borrow_mut().as_mut() {
-                Some(list) => {
-                    list.push(dup);
-                    Ok(list.len() as u32 - 1)
+                Some(scope) => {
+                    scope.fds.push(dup);
+                    Ok(scope.fds.len() as u32 - 1)
                 }
                 None => {
                     Err("multiproc handles can only be serialized by multiproc itself (they carry file descriptors)"
@@ -252,8 +278,10 @@ pub(crate) mod fd_serde {
         FDS_IN
             .try_with(|f| {
                 let mut guard = f.borrow_mut();
-                let list = guard.as_mut().ok_or("multiproc handles can only be deserialized by multiproc itself")?;
-                list.get_mut(index as usize)
+                let scope = guard.as_mut().ok_or("multiproc handles can only be deserialized by multiproc itself")?;
+                scope
+                    .fds
+                    .get_mut(index as usize)
                     .and_then(Option::take)
                     .ok_or_else(|| format!("message refers to descriptor #{index}, which did not arrive"))
             })
@@ -345,9 +373,45 @@ mod test {
     #[test]
     fn a_handle_serialized_outside_multiproc_is_an_error_that_says_so() {
         let (a, _b) = crate::sys::imp::socketpair().unwrap();
-        let err = postcard::to_allocvec(&SendFd::from(a)).unwrap_err();
-        let err = WireError::Encode(explain(err)).to_string();
+        let err = fd_serde::push_fd(a.as_fd()).unwrap_err();
         assert!(err.contains("can only be serialized by multiproc itself"), "{err}");
+    }
+
+    /// Decodes `value`'s message as a `T`; the error's text.
+    fn refused_as<T: DeserializeOwned>(value: &impl Serialize) -> String {
+        let e = encode(value).unwrap();
+        decode::<T>(&e.bytes, e.fds).err().expect("decoded").to_string()
+    }
+
+    #[test]
+    fn handles_refused_on_arrival_say_why() {
+        let memfd = crate::sys::imp::shm::Mapping::anonymous("t", 4096).unwrap();
+        let fd = SendFd::from(memfd.as_fd().try_clone_to_owned().unwrap());
+        let err = refused_as::<crate::SharedMemory>(&(fd, 100u64, 200u64, None::<String>));
+        assert!(err.contains("impossible size"), "{err}");
+        let array = crate::Array::<u32>::zeroed(4).unwrap();
+        let err = refused_as::<crate::Value<u32>>(&array);
+        assert!(err.contains("of another kind"), "{err}");
+        let value = crate::Value::new(1u32).unwrap();
+        let err = refused_as::<crate::Value<u64>>(&value);
+        assert!(err.contains("another element type"), "{err}");
+    }
+
+    #[test]
+    fn a_kept_error_text_is_not_reported_for_a_later_message() {
+        // A queue first serializes an item with plain postcard: a handle in
+        // it fails there, outside any message of multiproc's.
+        let (a, _b) = crate::sys::imp::socketpair().unwrap();
+        assert!(postcard::to_allocvec(&SendFd::from(a)).is_err());
+        // A later message fails with a custom error whose text postcard drops.
+        struct Refuses;
+        impl Serialize for Refuses {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no way"))
+            }
+        }
+        let err = encode(&Refuses).unwrap_err().to_string();
+        assert!(!err.contains("multiproc handles"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,34 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Identity of a file: its device and inode. An inode number names a file
+/// only within one file system; files on two file systems (a memfd and a
+/// file in `/dev/shm`, say) can share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FileId {
+    /// The file system's device.
+    pub(crate) dev: u64,
+    /// The inode number within that file system.
+    pub(crate) ino: u64,
+}
+
+/// Written as `<dev>:<ino>` (how the shared-memory tracker is told of a file).
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
+/// Reads `<dev>:<ino>`, as written by `Display`.
+impl std::str::FromStr for FileId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<FileId, ()> {
+        let (dev, ino) = s.split_once(':').ok_or(())?;
+        Ok(FileId { dev: dev.parse().map_err(drop)?, ino: ino.parse().map_err(drop)? })
+    }
+}
+
 /// Readiness interest for [`poll_fds`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interest {

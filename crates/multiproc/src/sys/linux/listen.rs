@@ -18,9 +18,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use super::super::Deadline;
 use super::fd::wait_readable;
 
-/// Identity of a file (device and inode), to tell our socket file from one
-/// that replaced it.
-pub(crate) type FileId = (u64, u64);
+pub(crate) use super::fd::FileId;
 
 /// Listens on a Unix socket at `path`; returns the listener and the identity
 /// of the socket file it created.
@@ -94,15 +92,38 @@ pub(crate) fn accept(listener: BorrowedFd<'_>, deadline: Deadline, tcp: bool) ->
                 }
                 return Ok(Some(fd));
             }
-            // Another thread took the connection, or it was reset before we got it.
-            Err(e) if e == Errno::AGAIN || e == Errno::CONNABORTED => {}
             Err(e) if e == Errno::INTR => continue,
+            Err(e) if accept_waits_on(e) => {}
             Err(e) => return Err(e.into()),
         }
         if deadline.expired() || !wait_readable(listener, deadline)? {
             return Ok(None);
         }
     }
+}
+
+/// True when `accept` failing with `e` leaves the listener fine, so the
+/// caller's accept waits for the next connection (until its deadline):
+/// nothing is pending (another thread took the connection), or the pending
+/// connection failed before it was taken. Linux reports a connection that
+/// was reset (`ECONNABORTED`) or met a network error while it waited
+/// (accept(2), "Error handling": for TCP/IP `ENETDOWN`, `EPROTO`,
+/// `ENOPROTOOPT`, `EHOSTDOWN`, `ENONET`, `EHOSTUNREACH`, `EOPNOTSUPP`,
+/// `ENETUNREACH`) as accept's error; the listener is not at fault.
+fn accept_waits_on(e: Errno) -> bool {
+    [
+        Errno::AGAIN,
+        Errno::CONNABORTED,
+        Errno::NETDOWN,
+        Errno::PROTO,
+        Errno::NOPROTOOPT,
+        Errno::HOSTDOWN,
+        Errno::NONET,
+        Errno::HOSTUNREACH,
+        Errno::OPNOTSUPP,
+        Errno::NETUNREACH,
+    ]
+    .contains(&e)
 }
 
 /// Connects to the Unix socket at `path`, giving up at the deadline
@@ -187,15 +208,26 @@ pub(crate) fn tcp_liveness(fd: BorrowedFd<'_>) -> io::Result<Option<TcpLiveness>
     }))
 }
 
-/// Device and inode of the file at `path`, if it exists.
+/// Identity of the file at `path` (to tell our socket file from one that
+/// replaced it), if it exists.
 pub(crate) fn file_id(path: &Path) -> Option<FileId> {
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path).ok().map(|m| FileId { dev: m.dev(), ino: m.ino() })
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn network_errors_pending_on_a_connection_do_not_end_an_accept() {
+        for e in [Errno::CONNABORTED, Errno::NETDOWN, Errno::PROTO, Errno::HOSTUNREACH, Errno::NETUNREACH] {
+            assert!(accept_waits_on(e), "{e}");
+        }
+        for e in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::BADF, Errno::INVAL] {
+            assert!(!accept_waits_on(e), "{e}");
+        }
+    }
 
     #[test]
     fn a_connect_to_a_full_backlog_gives_up_at_the_deadline() {

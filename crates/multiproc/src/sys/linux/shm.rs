@@ -10,7 +10,7 @@ use std::ptr::NonNull;
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
-use super::fd::cvt;
+use super::fd::{FileId, cvt};
 
 /// A read-write shared mapping of a whole memory file.
 #[derive(Debug)]
@@ -138,14 +138,15 @@ impl Drop for Mapping {
     }
 }
 
-/// The identity (inode) and size of a memory file.
-pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+/// The identity (device and inode) and size of a memory file.
+pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(FileId, u64)> {
     let stat = rustix::fs::fstat(fd)?;
-    Ok((stat.st_ino, u64::try_from(stat.st_size).unwrap_or(0)))
+    let id = FileId { dev: stat.st_dev, ino: stat.st_ino };
+    Ok((id, u64::try_from(stat.st_size).unwrap_or(0)))
 }
 
-/// The inode of the file named `/dev/shm/<name>` now.
-pub(crate) fn named_inode(name: &str) -> io::Result<u64> {
+/// The identity of the file named `/dev/shm/<name>` now.
+pub(crate) fn named_file_id(name: &str) -> io::Result<FileId> {
     let fd = shm_open(name, libc::O_RDONLY)?;
     Ok(file_identity(fd.as_fd())?.0)
 }

@@ -84,3 +84,29 @@ fn a_peer_gone_right_after_a_header_cut_a_message_short_not_the_stream() {
         other => panic!("a cut message is not a clean end of stream: {other:?}"),
     }
 }
+
+#[test]
+fn a_receive_that_finds_its_message_taken_by_another_reader_waits_on_until_its_deadline() {
+    // Two receivers on one socket (as processes sharing a pipe end are):
+    // both wake for one message, one takes it, the other finds nothing.
+    let (a, b) = Channel::pair().unwrap();
+    let a = std::sync::Arc::new(a);
+    let a2 = std::sync::Arc::new(Channel::unix(a.fd.try_clone().unwrap()));
+    for round in 0..20u8 {
+        let receivers: Vec<_> = [a.clone(), a2.clone()]
+            .into_iter()
+            .map(|end| std::thread::spawn(move || end.recv(Deadline::after(Duration::from_secs(20)), None)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        b.send(Kind::Data, &[round], &[]).unwrap();
+        // Long enough for the loser of the race to give up, if it did.
+        std::thread::sleep(Duration::from_millis(100));
+        b.send(Kind::Data, &[round], &[]).unwrap();
+        for receiver in receivers {
+            match receiver.join().unwrap() {
+                Ok(frame) => assert_eq!(frame.payload, [round]),
+                Err(e) => panic!("round {round}: a receive with 20 s left gave up: {e}"),
+            }
+        }
+    }
+}
