@@ -2,13 +2,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use multiproc_serve_http::app::HttpOptions;
 use multiproc_serve_http::client::ClientError;
 use multiproc_serve_http::demo::DemoRepository;
-use multiproc_serve_http::serve::{ServeOptions, start};
+use multiproc_serve_http::serve::{ServeOptions, launch};
 
 /// Options of `multiproc serve`.
 #[derive(Debug, clap::Args)]
@@ -61,19 +62,25 @@ pub struct InferArgs {
     timeout: u64,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
-            let _ = ctrl_c.await;
-            return;
+/// Watches SIGTERM and SIGINT from now on (not from the first poll, as
+/// `tokio::signal::ctrl_c` would: a signal during the load must stop the
+/// server, not kill it); the future resolves at the first of them. Inside
+/// the runtime.
+fn shutdown_signal() -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut interrupt)) => Box::pin(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot watch SIGTERM and SIGINT: {e}; only ctrl-c stops the server");
+            Box::pin(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
     }
 }
 
@@ -161,25 +168,39 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     let is_demo = demo.is_some();
     let code = runtime.block_on(async move {
-        let running = match start(options).await {
+        let mut shutdown = shutdown_signal();
+        let running = match launch(options).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("multiproc serve: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let what = if is_demo { "the built-in demo repository".to_string() } else { repository.display().to_string() };
-        println!("multiproc serve: serving {what} on http://{}", running.http_addr);
-        if multiproc_serve_http::repository::scan(&repository).is_ok_and(|models| models.is_empty()) {
-            eprintln!(
-                "multiproc serve: {} holds no model directories (<repo>/<model>/config.toml); no model is served",
-                repository.display()
-            );
+        // Stdout's first line comes once the models are loaded (scripts wait
+        // for it); meanwhile the server answers: live, not ready.
+        eprintln!("multiproc serve: loading the models; meanwhile live, not ready, on http://{}", running.http_addr);
+        let stopped_while_loading = tokio::select! {
+            () = running.loaded() => false,
+            () = &mut shutdown => true,
+        };
+        if stopped_while_loading {
+            eprintln!("multiproc serve: stopping before the models were loaded");
+            shutdown = Box::pin(std::future::ready(()));
+        } else {
+            let what =
+                if is_demo { "the built-in demo repository".to_string() } else { repository.display().to_string() };
+            println!("multiproc serve: serving {what} on http://{}", running.http_addr);
+            if multiproc_serve_http::repository::scan(&repository).is_ok_and(|models| models.is_empty()) {
+                eprintln!(
+                    "multiproc serve: {} holds no model directories (<repo>/<model>/config.toml); no model is served",
+                    repository.display()
+                );
+            }
+            if let Some(m) = running.metrics_addr {
+                println!("multiproc serve: metrics on http://{m}/metrics");
+            }
         }
-        if let Some(m) = running.metrics_addr {
-            println!("multiproc serve: metrics on http://{m}/metrics");
-        }
-        running.run(shutdown_signal()).await;
+        running.run(shutdown).await;
         println!("multiproc serve: stopped");
         ExitCode::SUCCESS
     });

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use multiproc_serve::{Server, VersionState};
 
 use crate::error::ApiError;
+use crate::loading::InitialLoad;
 use crate::metrics::{HttpCounters, render};
 use crate::protocol::{EXTENSIONS, ModelMetadata, RepositoryEntry, ServerMetadata};
 use crate::repository::{ModelConfig, ModelDir, add_model, scan_model, settings};
@@ -56,11 +57,31 @@ pub struct App {
     pub(crate) http_counters: HttpCounters,
     pub(crate) options: HttpOptions,
     pub(crate) lone: multiproc_serve::LoneWait,
+    /// The repository's first load, which runs while the server answers.
+    pub(crate) initial_load: InitialLoad,
 }
 
 impl App {
-    /// An app over `core` serving the models of the repository at `root`.
+    /// An app over `core` serving the models of the repository at `root`,
+    /// loaded into `core` already.
     pub fn new(core: Server, root: PathBuf, models: Vec<ModelDir>, options: HttpOptions) -> Arc<App> {
+        App::with_load(core, root, models, options, InitialLoad::none())
+    }
+
+    /// An app over `core`, to which the models of the repository at `root`
+    /// are still to be loaded (see [`crate::loading`]).
+    pub(crate) fn loading(core: Server, root: PathBuf, models: Vec<ModelDir>, options: HttpOptions) -> Arc<App> {
+        let load = InitialLoad::of(&models);
+        App::with_load(core, root, models, options, load)
+    }
+
+    fn with_load(
+        core: Server,
+        root: PathBuf,
+        models: Vec<ModelDir>,
+        options: HttpOptions,
+        initial_load: InitialLoad,
+    ) -> Arc<App> {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
         Arc::new(App {
             core,
@@ -69,6 +90,7 @@ impl App {
             http_counters: HttpCounters::default(),
             options,
             lone: multiproc_serve::LoneWait::default(),
+            initial_load,
         })
     }
 
@@ -78,7 +100,8 @@ impl App {
     }
 
     /// The checked configuration of `name`: 404 if unknown, 503 with the
-    /// reason if its configuration is bad.
+    /// reason if its configuration is bad, 503 "loading" if the first load
+    /// of the repository has not been through it yet.
     pub(crate) fn config(&self, name: &str) -> Result<Arc<ModelConfig>, ApiError> {
         self.with_model(name, |config, _| Arc::clone(config))
     }
@@ -97,6 +120,7 @@ impl App {
             ApiError::not_found(format!("unknown model '{name}': POST /v2/repository/index lists the models"))
         })?;
         match &model.loaded {
+            Ok(_) if self.initial_load.is_waiting(name) => Err(InitialLoad::model_loading(name)),
             Ok((config, on_disk)) => Ok(f(config, on_disk)),
             Err(e) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -176,6 +200,9 @@ async fn live(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, Ap
 }
 
 async fn ready(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !app.initial_load.is_done() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the server is loading its models"));
+    }
     match app.core.is_ready() {
         true => Ok(Json(serde_json::json!({ "ready": true }))),
         false => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the server is not ready")),
@@ -289,12 +316,11 @@ async fn repository_index(
             continue;
         }
         let Some(model) = status.model(&name) else {
-            rows.push(RepositoryEntry {
-                name,
-                version: None,
-                state: "UNAVAILABLE".into(),
-                reason: "not loaded".into(),
-            });
+            let (state, reason) = match app.initial_load.is_waiting(&name) {
+                true => ("LOADING", "waiting for the models before it to load"),
+                false => ("UNAVAILABLE", "not loaded"),
+            };
+            rows.push(RepositoryEntry { name, version: None, state: state.into(), reason: reason.into() });
             continue;
         };
         for v in &model.versions {
@@ -332,6 +358,7 @@ async fn repository_load(
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
+    app.initial_load.check_done("load", &name)?;
     // Triton's load may carry a configuration (and files) to use instead of
     // the directory's; this server loads only what is on disk, so it says
     // so rather than load something else than asked.
@@ -379,6 +406,7 @@ async fn repository_unload(
     PathParams(name): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
     check_model_name(&name)?;
+    app.initial_load.check_done("unload", &name)?;
     app.config(&name)?;
     let core = app.core.clone();
     tokio::task::spawn_blocking(move || core.unload(&name)).await.map_err(|e| {

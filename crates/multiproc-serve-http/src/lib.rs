@@ -14,7 +14,7 @@
 //! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
-//! | [`serve`] | bind the listeners, then load a repository; serve; drain on shutdown |
+//! | [`serve`] | bind the listeners and answer while a repository loads (live, not ready); serve; drain on shutdown |
 //! | [`demo`] | the built-in demo repository (digits classifier, text model) |
 //! | [`client`] | the small blocking client behind `multiproc infer` |
 //!
@@ -33,8 +33,18 @@
 //! `{"name": …, "ready": true}`. Errors are `{"error": "..."}`: 400
 //! bad request, 404 unknown model or version, 413 body over the limit, 415
 //! a `Content-Encoding` other than gzip or deflate (the two tritonclient
-//! compresses requests with, read here), 503 not ready or overloaded (with
-//! `Retry-After`), 500 model failure.
+//! compresses requests with, read here), 503 not ready, loading or
+//! overloaded (with `Retry-After`), 500 model failure.
+//!
+//! The server answers while its repository loads, as Triton and KServe do
+//! (a Kubernetes liveness probe must not wait for big models to load):
+//! live at once, not ready (503) until every model has been through its
+//! load, a model not through it yet 503 "loading" (its metadata, readiness
+//! and inference; the repository index lists it `LOADING`), `/metrics`
+//! answered, and the repository's load and unload refused (503) until the
+//! load has ended. A model whose configuration is bad is unavailable with
+//! its reason throughout. [`serve::start`] returns once the load has
+//! ended; [`serve::launch`] at once.
 //!
 //! ## Serving a repository from Rust
 //!
@@ -91,6 +101,7 @@ pub mod error;
 mod idle;
 mod infer;
 mod listen;
+mod loading;
 pub mod metrics;
 pub mod onnx;
 pub mod protocol;

@@ -1,6 +1,6 @@
-//! Running the front end: bind the listeners, load the repository into a
-//! core server, serve, and on the shutdown signal stop accepting, finish
-//! the requests in flight, then stop the workers.
+//! Running the front end: bind the listeners, answer, load the repository
+//! into a core server meanwhile, and on the shutdown signal stop accepting,
+//! finish the requests in flight, then stop the workers.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,9 +10,11 @@ use std::sync::Arc;
 use multiproc_serve::Server;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::app::{App, HttpOptions, metrics_router, router};
-use crate::repository::{add_model, scan};
+use crate::loading::load_repository;
+use crate::repository::scan;
 
 /// What to serve and where.
 #[derive(Debug, Clone)]
@@ -48,7 +50,8 @@ pub enum StartError {
     },
 }
 
-/// A started server: its addresses, and the future that runs it.
+/// A started server: its addresses, answering; stopped by [`Running::run`]'s
+/// shutdown (or, less gracefully, when dropped).
 #[derive(Debug)]
 pub struct Running {
     /// The inference address actually bound (port 0 resolved).
@@ -57,21 +60,43 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// The shared state (core server, repository).
     pub app: Arc<App>,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    /// Turned true (or dropped) to stop the listeners and the first load.
+    stop: watch::Sender<bool>,
+    /// The listeners' tasks.
+    listeners: Vec<JoinHandle<()>>,
+    /// The first load of the repository (blocking).
+    loader: JoinHandle<()>,
 }
 
-/// Binds the listeners, then loads every model of the repository (a bad
-/// one is listed with its reason and the others go on). Binding comes
-/// first so that an address in use is reported at once, before any model
-/// loads; nothing is served until [`Running::run`], so readiness is never
-/// answered before the models are loaded (a connection made meanwhile waits
-/// in the listener's backlog).
+/// Binds the listeners, starts answering, then loads every model of the
+/// repository (a bad one is listed with its reason and the others go on),
+/// and returns once they are loaded: requests sent after it returns find
+/// them loaded. Binding comes first, so that an address in use is reported
+/// at once, before any model loads. While the models load, the server is
+/// live but not ready, and a model not loaded yet answers 503 "loading"
+/// (see [`launch`]).
 ///
 /// # Errors
 ///
 /// An address cannot be bound or the repository cannot be read.
 pub async fn start(options: ServeOptions) -> Result<Running, StartError> {
+    let running = launch(options).await?;
+    running.loaded().await;
+    Ok(running)
+}
+
+/// As [`start`], but returns as soon as the listeners answer, with the
+/// models still loading: for a caller that must stop promptly if told to
+/// during the load (a signal), or tell where it listens meanwhile. Await
+/// [`Running::loaded`] for the end of the load; [`Running::run`] may be
+/// called at once (a shutdown during the load stops it: the model loading
+/// then finishes or fails within its startup time-out, the others are not
+/// loaded).
+///
+/// # Errors
+///
+/// An address cannot be bound or the repository cannot be read.
+pub async fn launch(options: ServeOptions) -> Result<Running, StartError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
     };
@@ -84,45 +109,43 @@ pub async fn start(options: ServeOptions) -> Result<Running, StartError> {
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let repo = options.repository.clone();
     let models = scan(&repo).map_err(|source| StartError::Repository { path: repo.clone(), source })?;
-    let core = Server::new();
-    let loading = models.clone();
-    let loader = core.clone();
-    // Loading waits for the workers to be ready: off the async threads.
-    let _ = tokio::task::spawn_blocking(move || {
-        for m in &loading {
-            match (&m.loaded, add_model(&loader, m)) {
-                (Err(e), _) => tracing::warn!(model = %m.name, "unavailable: {e}"),
-                (Ok(_), Err(e)) => tracing::warn!(model = %m.name, "did not load: {e}"),
-                (Ok(_), Ok(())) => tracing::info!(model = %m.name, "ready"),
-            }
-        }
-    })
-    .await;
-    let app = App::new(core, repo, models, options.http);
-    Ok(Running { http_addr, metrics_addr, app, listener, metrics_listener })
+    let app = App::loading(Server::new(), repo, models.clone(), options.http);
+    let (stop, stopping) = watch::channel(false);
+    let header_timeout = app.options.header_timeout;
+    let mut listeners = Vec::new();
+    if let Some(l) = metrics_listener {
+        let router = metrics_router(Arc::clone(&app));
+        listeners.push(tokio::spawn(crate::listen::serve(l, router, None, header_timeout, stopping.clone())));
+    }
+    let router = router(Arc::clone(&app));
+    let fast_path = Some(Arc::clone(&app));
+    listeners.push(tokio::spawn(crate::listen::serve(listener, router, fast_path, header_timeout, stopping.clone())));
+    let loading = Arc::clone(&app);
+    let loader = tokio::task::spawn_blocking(move || load_repository(&loading, &models, &stopping));
+    Ok(Running { http_addr, metrics_addr, app, stop, listeners, loader })
 }
 
 impl Running {
+    /// Resolves once the first load of the repository has ended (every
+    /// model loaded or failed; or the server stopped first).
+    pub fn loaded(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.app.initial_load.ended()
+    }
+
     /// Serves until `shutdown` completes; then stops accepting, lets the
-    /// requests in flight finish, and stops every worker.
+    /// requests in flight finish, stops the first load if it is still on,
+    /// and stops every worker.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let header_timeout = self.app.options.header_timeout;
-        let metrics = self.metrics_listener.map(|l| {
-            let router = metrics_router(Arc::clone(&self.app));
-            tokio::spawn(crate::listen::serve(l, router, None, header_timeout, stop_rx.clone()))
-        });
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; finishing the requests in flight");
-            let _ = stop_tx.send(true);
-        });
-        let router = router(Arc::clone(&self.app));
-        crate::listen::serve(self.listener, router, Some(Arc::clone(&self.app)), header_timeout, stop_rx).await;
-        if let Some(m) = metrics {
-            let _ = m.await;
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing the requests in flight");
+        let _ = self.stop.send(true);
+        for listener in self.listeners {
+            let _ = listener.await;
         }
+        // Shutting the core down refuses the models the first load has not
+        // reached; it waits for the one loading (up to its startup time-out).
         let core = self.app.core.clone();
         let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
+        let _ = self.loader.await;
     }
 }
