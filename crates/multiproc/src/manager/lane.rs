@@ -165,6 +165,15 @@ impl Lane {
         self.take(conn, Way::Answer, answer)
     }
 
+    /// Test only: writes "the manager took a call" into the state word, as
+    /// a broken or hostile client can (the memory is writable from both
+    /// sides).
+    #[cfg(test)]
+    pub(crate) fn forge_taken(&self) {
+        // ORDERING: SeqCst: a test's write, seen by the server's next look.
+        self.state().store(TAKEN, Ordering::SeqCst);
+    }
+
     /// True when a message of `len` bytes travels in the lane (larger ones
     /// go on the socket).
     pub(crate) fn fits(len: usize) -> bool {
