@@ -160,7 +160,9 @@ impl Dispatcher {
         lock(&self.lanes).retain(|l| l.id != id);
         // ORDERING: SeqCst: as in `open`.
         let closed = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.bell.ring();
+        // Also ends a sleep that a client killed inside its ring left
+        // unwoken (that client's lane is the one most likely closed now).
+        self.bell.wake();
         let give_up = Instant::now() + CLOSE_WAIT;
         let mut serving = lock(&self.serving);
         while serving.running && serving.generation < closed {
@@ -182,7 +184,7 @@ impl Dispatcher {
 
     /// Wakes the dispatcher (to see that the server stops).
     pub(crate) fn wake(&self) {
-        self.bell.ring();
+        self.bell.wake();
     }
 }
 
