@@ -39,7 +39,9 @@ const IDLE_SPIN: Spin = crate::spin::PEER_SPIN;
 
 /// Longest sleep of an idle dispatcher. Nothing needs the timeout (a
 /// request rings the bell, and so does the server's stop); it only bounds
-/// the harm of a wake-up lost to a bug.
+/// the harm of a wake-up lost to a bug, or to a client (every client can
+/// write the bell: one that clears it while the dispatcher sleeps makes
+/// the others' rings wake nobody).
 const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
 /// How long a connection's thread waits for a hand-off without watching
@@ -49,8 +51,8 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 const SOCKET_RECHECK: Duration = Duration::from_millis(100);
 
 /// Longest wait of [`Dispatcher::close`] for the dispatcher to let go of
-/// the lane. It only runs calls that cannot block, so this is never
-/// reached but by a bug; it then bounds the harm.
+/// the lane. It only runs calls that do not wait, but an update runs the
+/// client's function, which may be slow: this bounds the harm.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Lanes checked between clock reads while polling.
@@ -168,7 +170,9 @@ impl Dispatcher {
         while serving.running && serving.generation < closed {
             let left = give_up.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::error!("manager: the dispatcher still serves a closed lane after {CLOSE_WAIT:?}");
+                tracing::warn!(
+                    "manager: the dispatcher still runs a call after {CLOSE_WAIT:?}; a closed lane is let go"
+                );
                 return;
             }
             serving = self.serving_changed.wait_timeout(serving, left).unwrap_or_else(|e| e.into_inner()).0;
