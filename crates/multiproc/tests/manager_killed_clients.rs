@@ -1,5 +1,6 @@
 //! A client process SIGKILLed at any point of its calls (holding a manager
-//! lock, waiting on a condition, waiting in a queue's get, mid-update)
+//! lock, or a reentrant one twice, waiting on a condition, waiting in a
+//! queue's get, mid-update)
 //! leaves nothing stuck in the manager: its locks are freed, its
 //! connections' threads end, and the objects go on serving. Every wait is
 //! bounded.
@@ -9,7 +10,7 @@ mod sync_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::manager::{AcquireError, Condition, Dict, Lock, Manager, Queue};
+use multiproc::manager::{AcquireError, Condition, Dict, Lock, Manager, Queue, RLock};
 use sync_support::{Kid, LONG, wait_until};
 
 /// How long a lock a killed client held may take to be freed (its death is
@@ -27,17 +28,19 @@ macro_rules! take {
     };
 }
 
-/// Calls without end from three threads: counts under `lock`, waits and
+/// Calls without end from three threads: counts under `lock` (and `rlock`,
+/// taken twice), waits and
 /// notifies on `cond`, and waits in `q.get` (handed to its connection's
 /// thread).
-fn busy_everywhere(lock: Lock, cond: Condition, d: Dict<u8, u64>, q: Queue<u8>) {
+fn busy_everywhere((lock, rlock): (Lock, RLock), cond: Condition, d: Dict<u8, u64>, q: Queue<u8>) {
     let counter = {
         let d = d.clone();
         move || {
             loop {
                 let guard = take!(lock);
+                let (outer, inner) = (take!(rlock), take!(rlock));
                 d.update(&0, |c: &mut Option<u64>| *c.get_or_insert(0) += 1).unwrap();
-                drop(guard);
+                drop((inner, outer, guard));
             }
         }
     };
@@ -66,13 +69,14 @@ fn threads_of(pid: i32) -> usize {
 #[test]
 fn a_client_killed_at_any_point_of_its_calls_leaves_nothing_stuck() {
     let m = Manager::start().unwrap();
-    let (lock, cond) = (m.lock().unwrap(), m.condition().unwrap());
+    let (lock, rlock, cond) = (m.lock().unwrap(), m.rlock().unwrap(), m.condition().unwrap());
     let (d, q) = (m.dict::<u8, u64>().unwrap(), m.queue::<u8>().unwrap());
     let pid = m.pid().unwrap();
     let before = threads_of(pid);
     for (round, delay_ms) in [0u64, 1, 3, 7, 15, 30].into_iter().enumerate() {
         d.insert(0, 0).unwrap();
-        let kid = Kid::<()>::spawn(busy_everywhere, (lock.clone(), cond.clone(), d.clone(), q.clone()));
+        let kid =
+            Kid::<()>::spawn(busy_everywhere, ((lock.clone(), rlock.clone()), cond.clone(), d.clone(), q.clone()));
         let start = Instant::now();
         while d.get(&0).unwrap() < Some(10) {
             assert!(start.elapsed() < LONG, "round {round}: the child never got going");
@@ -82,6 +86,7 @@ fn a_client_killed_at_any_point_of_its_calls_leaves_nothing_stuck() {
         kid.kill();
         kid.reap();
         drop(take!(lock));
+        drop(take!(rlock));
         drop(take!(cond));
         q.put(round as u8).unwrap();
         assert_eq!(q.get_timeout(LONG).unwrap(), round as u8);
