@@ -20,8 +20,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use super::lane::{Bell, Lane};
 use super::protocol::{self, Op, RemoteError, Reply, Request, Response};
@@ -39,13 +39,21 @@ const IDLE_SPIN: Spin = crate::spin::PEER_SPIN;
 
 /// Longest sleep of an idle dispatcher. Nothing needs the timeout (a
 /// request rings the bell, and so does the server's stop); it only bounds
-/// the harm of a wake-up lost to a bug.
+/// the harm of a wake-up lost to a bug, or to a client (every client can
+/// write the bell: one that clears it while the dispatcher sleeps makes
+/// the others' rings wake nobody).
 const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
 /// How long a connection's thread waits for a hand-off without watching
 /// its socket (see [`LaneConn::serve_hand_offs`]): bounds how late the end
-/// of a client that died mid-call is seen.
+/// of a client that dies while its request's bytes wait on the socket is
+/// seen.
 const SOCKET_RECHECK: Duration = Duration::from_millis(100);
+
+/// Longest wait of [`Dispatcher::close`] for the dispatcher to let go of
+/// the lane. It only runs calls that do not wait, but an update runs the
+/// client's function, which may be slow: this bounds the harm.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Lanes checked between clock reads while polling.
 const SCANS_PER_CLOCK_READ: u32 = 8;
@@ -57,7 +65,21 @@ pub(crate) struct Dispatcher {
     lanes: Mutex<Vec<Arc<LaneConn>>>,
     /// Bumped whenever `lanes` changes.
     generation: AtomicU64,
+    /// What the dispatcher's thread serves, for [`Dispatcher::close`].
+    serving: Mutex<Serving>,
+    /// Signalled when `serving` changes.
+    serving_changed: Condvar,
     started: Once,
+}
+
+/// The lanes the dispatcher's thread serves.
+#[derive(Debug, Default)]
+struct Serving {
+    /// The thread runs (it has started, and not ended).
+    running: bool,
+    /// The `generation` of the list of lanes it serves now: a lane closed
+    /// at or before it is no longer touched.
+    generation: u64,
 }
 
 /// A connection with a lane, shared by the dispatcher and the
@@ -92,6 +114,8 @@ impl Dispatcher {
             bell: Bell::create()?,
             lanes: Mutex::default(),
             generation: AtomicU64::new(0),
+            serving: Mutex::default(),
+            serving_changed: Condvar::new(),
             started: Once::new(),
         })
     }
@@ -130,22 +154,61 @@ impl Dispatcher {
         Ok(entry)
     }
 
-    /// Stops serving the lane of connection `id`.
+    /// Stops serving the lane of connection `id`, and returns once the
+    /// dispatcher no longer touches it: a call it took from that lane has
+    /// run (a lock it acquired for the client is held, to be freed with the
+    /// client's session), and no other will.
     pub(crate) fn close(&self, id: u64) {
         lock(&self.lanes).retain(|l| l.id != id);
         // ORDERING: SeqCst: as in `open`.
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let closed = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // Also ends a sleep that a client killed inside its ring left
+        // unwoken (that client's lane is the one most likely closed now).
+        self.bell.wake();
+        let give_up = Instant::now() + CLOSE_WAIT;
+        let mut serving = lock(&self.serving);
+        while serving.running && serving.generation < closed {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "manager: the dispatcher still runs a call after {CLOSE_WAIT:?}; a closed lane is let go"
+                );
+                return;
+            }
+            serving = self.serving_changed.wait_timeout(serving, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// The dispatcher's thread serves the lanes of `generation` now (or,
+    /// with `running` false, none any more).
+    fn now_serving(&self, running: bool, generation: u64) {
+        *lock(&self.serving) = Serving { running, generation };
+        self.serving_changed.notify_all();
     }
 
     /// Wakes the dispatcher (to see that the server stops).
     pub(crate) fn wake(&self) {
-        self.bell.ring();
+        self.bell.wake();
+    }
+}
+
+/// Tells [`Dispatcher::close`] that the dispatcher's thread ended (also
+/// when it panics): no lane is served any more.
+struct Ended<'a>(&'a Dispatcher);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.now_serving(false, u64::MAX);
     }
 }
 
 /// The dispatcher's thread: serves lanes until the server stops.
 fn run(shared: &Shared) {
     let dispatcher = &shared.dispatcher;
+    // Running before it first takes the lanes: a lane closed meanwhile is
+    // waited for until this thread has seen the list without it.
+    dispatcher.now_serving(true, 0);
+    let _ended = Ended(dispatcher);
     let mut lanes: Vec<Arc<LaneConn>> = Vec::new();
     let mut seen = u64::MAX;
     let mut last: Last = None;
@@ -156,6 +219,8 @@ fn run(shared: &Shared) {
         if generation() != seen {
             seen = generation();
             lanes = lock(&dispatcher.lanes).clone();
+            // Off the call path: only when a lane opens or closes.
+            dispatcher.now_serving(true, seen);
         }
         let mut served = false;
         for entry in &lanes {
@@ -292,18 +357,26 @@ impl LaneConn {
                 fds = &both;
             } else if !socket {
                 // Nothing ready after all (an interrupted poll).
-            } else if self.lane.request_pending() {
+            } else if self.lane.request_pending() && !self.client_hung_up() {
                 // The socket holds a request's bytes, and the dispatcher
-                // hands it over in a moment; or the client died during a
-                // call the dispatcher runs, which it answers in the lane
-                // without a word to this thread: so the socket is looked
-                // at again soon, and its end is seen once the call is done.
+                // hands it over in a moment: the socket is looked at again
+                // soon (to see its end should the client die meanwhile).
                 fds = &wake_only;
             } else {
-                // Nothing else is ever sent on the socket: its end.
+                // The client hung up (whatever its lane says: a call the
+                // dispatcher runs for it ends before `Dispatcher::close`
+                // returns, one not taken yet is dropped), or, no call being
+                // pending, the socket is readable, and nothing else is ever
+                // sent on it: its end.
                 break;
             }
         }
+    }
+
+    /// True when the client closed its socket (or died): bytes it sent may
+    /// still wait there, but nothing more comes.
+    fn client_hung_up(&self) -> bool {
+        imp::peer_hung_up(self.conn.as_fd()).unwrap_or(true)
     }
 
     /// Runs one job; false when the connection broke. Handed-off calls are

@@ -165,6 +165,33 @@ impl Lane {
         self.take(conn, Way::Answer, answer)
     }
 
+    /// Test only: writes "the manager took a call" into the state word, as
+    /// a broken or hostile client can (the memory is writable from both
+    /// sides).
+    #[cfg(test)]
+    pub(crate) fn forge_taken(&self) {
+        // ORDERING: SeqCst: a test's write, seen by the server's next look.
+        self.state().store(TAKEN, Ordering::SeqCst);
+    }
+
+    /// Test only: waits (at most `timeout`) until the manager's dispatcher
+    /// sleeps on the bell, then clears the bell as a ring does, without
+    /// its wake-up: what a client killed between the two leaves. False if
+    /// the dispatcher was not seen asleep.
+    #[cfg(test)]
+    pub(crate) fn cut_a_ring_short(&self, timeout: Duration) -> bool {
+        let Some(bell) = &self.bell else { return false };
+        let deadline = crate::sys::Deadline::after(timeout);
+        // ORDERING: Relaxed then AcqRel, as in `Bell::ring`.
+        while bell.word().load(Ordering::Relaxed) & SLEEPING == 0 {
+            if deadline.expired() {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        bell.word().swap(0, Ordering::AcqRel) & SLEEPING != 0
+    }
+
     /// True when a message of `len` bytes travels in the lane (larger ones
     /// go on the socket).
     pub(crate) fn fits(len: usize) -> bool {
@@ -322,6 +349,19 @@ impl Bell {
         // SAFETY: the first word of the mapping (page aligned, BELL_LEN
         // long), only ever accessed atomically.
         unsafe { &*self.0.as_ptr().cast::<AtomicU32>() }
+    }
+
+    /// Wakes the dispatcher if it sleeps on the bell, whatever the bell's
+    /// word says (any client can write it, and one killed inside `ring`
+    /// leaves it cleared with the dispatcher still asleep): a system call
+    /// for rare events (a lane closed, the server's stop), never a call's.
+    pub(crate) fn wake(&self) {
+        // ORDERING: SeqCst fence, as in `ring`; clearing the bit as `ring`
+        // does also ends a sleep that has not begun yet (its futex wait
+        // finds the word changed).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.word().swap(0, Ordering::AcqRel);
+        crate::sys::imp::futex::wake(self.word(), 1);
     }
 
     /// Wakes the dispatcher if it sleeps. Called after a request is posted.

@@ -107,6 +107,8 @@ mod store;
 mod sync;
 #[cfg(test)]
 mod test;
+#[cfg(test)]
+mod test_lane;
 mod user;
 mod waiting;
 

@@ -100,13 +100,26 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Resul
 /// (on loopback TCP, each read attempt took the socket's lock, and the
 /// sender's delivery spun on it).
 pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    Ok(poll_now(fd, libc::POLLIN)? != 0)
+}
+
+/// Whether the peer of the stream socket `fd` has closed it (or shut down
+/// its sending side), even while bytes it sent are still unread: unlike
+/// readability, this tells an end from a message.
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_now(fd, libc::POLLRDHUP)? & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+/// The events of `events` (and the hang-up and error ones) that `fd` shows
+/// now, without waiting. Retries on EINTR.
+fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<libc::c_short> {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
     loop {
         // SAFETY: `pfd` is one valid pollfd that lives across the call; its fd
         // is borrowed by the caller for the duration.
         let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
         if ret >= 0 {
-            return Ok(pfd.revents != 0);
+            return Ok(pfd.revents);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
