@@ -278,7 +278,7 @@ fn handle(host: &HostShared, event: Event, running: &mut HashMap<Arc<str>, Runni
 fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
     let pipe = batch.pipeline(host);
     loop {
-        match conn.retry(Duration::from_secs(5), |c| conn::exec_pipeline(c, &pipe, None)) {
+        match conn.retry(Duration::from_secs(5), |c| c.exec_pipeline(&pipe)) {
             Ok(()) => break,
             Err(e) if conn::is_transient(&e) && !host.stopping() => {
                 tracing::warn!("could not write results yet ({e}); trying again");
