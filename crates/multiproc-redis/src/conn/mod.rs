@@ -190,17 +190,22 @@ fn time_left(deadline: Option<Instant>) -> RedisResult<Duration> {
 impl Conn {
     /// A connection to `url`, made now.
     pub(crate) fn open(url: &str) -> RedisResult<Conn> {
-        Conn::of(Client::open(url)?)
+        Conn::open_until(url, None)
+    }
+
+    /// A connection to `url`, made now and no later than `deadline`.
+    pub(crate) fn open_until(url: &str, deadline: Option<Instant>) -> RedisResult<Conn> {
+        Conn::of(Client::open(url)?, deadline)
     }
 
     /// A second connection to the same server.
     pub(crate) fn another(&self) -> RedisResult<Conn> {
-        Conn::of(self.client.clone())
+        Conn::of(self.client.clone(), None)
     }
 
-    fn of(client: Client) -> RedisResult<Conn> {
+    fn of(client: Client, deadline: Option<Instant>) -> RedisResult<Conn> {
         let mut conn = Conn { client, link: None, reply_timeout: REPLY_TIMEOUT, connects: 0 };
-        conn.connection(Duration::MAX)?;
+        conn.connection(time_left(deadline)?)?;
         Ok(conn)
     }
 

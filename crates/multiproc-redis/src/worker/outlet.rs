@@ -394,7 +394,7 @@ const START: &str = "0-0";
 /// every host that ever ran.
 fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
     let tasks = host.keys.tasks();
-    let Ok(hosts) = crate::inspect::hosts(conn, &tasks) else { return };
+    let Ok(hosts) = crate::inspect::hosts(conn, &tasks, None) else { return };
     let gone_ms = gone_after_ms(host.visibility);
     for h in hosts.iter().filter(|h| h.name != host.consumer && h.pending == 0 && h.idle_ms > gone_ms) {
         // DELCONSUMER drops whatever the consumer holds: a delivery between
