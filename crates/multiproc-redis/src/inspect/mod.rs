@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use redis::{RedisResult, Value};
 
 use crate::conn::{Conn, is_transient};
-use crate::error::RedisPoolError;
+use crate::error::{RedisPoolError, explain};
 use crate::schema::{GROUP, Keys};
 
 /// One worker host of a queue, as the consumer group sees it.
@@ -71,15 +71,8 @@ pub fn queue_info_timeout(
     let info = Conn::open_until(url, deadline).and_then(|mut conn| look(&mut conn, &keys, deadline));
     info.map_err(|e| {
         let what = format!("could not look at queue {queue:?} under prefix {prefix:?}");
-        RedisPoolError::Redis(if is_transient(&e) {
-            let cause = if e.is_timeout() { "it stopped answering".to_string() } else { e.to_string() };
-            format!(
-                "{what}: no answer from redis within {timeout:?} ({cause}); check that the server is running and \
-                 reachable, or give queue_info_timeout a longer timeout"
-            )
-        } else {
-            format!("{what}: {e}")
-        })
+        let hint = if is_transient(&e) { ", or give queue_info_timeout a longer timeout" } else { "" };
+        RedisPoolError::Redis(format!("{}{hint}", explain(&what, &e, Some(timeout))))
     })
 }
 

@@ -14,7 +14,7 @@ use super::exec::Executors;
 use super::outlet::{Disposal, Event};
 use super::{HostShared, admit};
 use crate::conn::{self, Conn};
-use crate::error::{RedisPoolError, TaskFailure};
+use crate::error::{RedisPoolError, TaskFailure, explain};
 use crate::schema::{self, Args, GROUP, StreamEntry, TaskMsg};
 
 /// How long one `XREADGROUP` blocks (also how soon a stop is noticed).
@@ -39,15 +39,19 @@ pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str, consumer: &str) -> Resu
     if let Err(e) = r
         && e.code() != Some("BUSYGROUP")
     {
-        return Err(RedisPoolError::Redis(format!("could not create consumer group {GROUP} on {tasks}: {e}")));
+        return Err(RedisPoolError::Redis(explain(
+            &format!("could not create consumer group {GROUP} on {tasks}"),
+            &e,
+            None,
+        )));
     }
     conn.retry(Duration::from_secs(10), |c| {
         redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c)
     })
     .map_err(|e| {
-        RedisPoolError::Redis(format!(
-            "could not join consumer group {GROUP} on {tasks}: {e} (this needs Redis 6.2 or newer)"
-        ))
+        let what = format!("could not join consumer group {GROUP} on {tasks}");
+        let hint = if conn::is_transient(&e) { "" } else { " (this needs Redis 6.2 or newer)" };
+        RedisPoolError::Redis(format!("{}{hint}", explain(&what, &e, None)))
     })
 }
 

@@ -21,7 +21,7 @@ use redis::Value;
 
 use crate::conn::Conn;
 use crate::endpoint::{Endpoint, endpoint_setters};
-use crate::error::{RedisPoolError, TaskFailure};
+use crate::error::{RedisPoolError, TaskFailure, cannot_connect};
 use crate::schema::{self, Keys, TaskMsg};
 use outlet::Disposal;
 
@@ -74,12 +74,12 @@ impl WorkerBuilder {
     /// [`RedisPoolError::Redis`] if Redis cannot be reached or the consumer
     /// group cannot be created; a local pool that cannot start.
     pub fn start(self) -> Result<Worker, RedisPoolError> {
-        let conn = Conn::open(&self.endpoint.url)?;
+        let conn = Conn::open(&self.endpoint.url).map_err(cannot_connect)?;
         let keys = self.endpoint.keys();
         let mut id = [0u8; 4];
         let _ = getrandom::fill(&mut id);
         let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
-        let mut intake_conn = conn.another()?;
+        let mut intake_conn = conn.another().map_err(cannot_connect)?;
         intake::ensure_group(&mut intake_conn, &keys.tasks(), &consumer)?;
         let executors = exec::Executors::new(self.processes)
             .map_err(|e| RedisPoolError::Redis(format!("could not start the local pool: {e}")))?;
