@@ -26,8 +26,6 @@ const AHEAD: Duration = Duration::from_millis(20);
 const MAX_IN_FLIGHT: usize = 16_384;
 /// Entries per read of the host's own pending list.
 const RECOVER_COUNT: usize = 1024;
-/// How long a stopping host waits for its items in flight.
-const DRAIN: Duration = Duration::from_secs(30);
 
 /// Creates the consumer group (and the stream) if they do not exist, and
 /// this host's consumer in it, so the host is visible before its first
@@ -136,7 +134,9 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
         }
     }
     host.set_intake_done();
-    let deadline = Instant::now() + DRAIN;
+    // The drain's deadline counts from the stop, not from the end of the
+    // read that was blocked then (on a paused Redis, its reply timeout).
+    let deadline = host.drain_deadline().unwrap_or_else(Instant::now);
     while host.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
