@@ -62,7 +62,10 @@ impl RedisPoolBuilder {
 
     /// How long Redis may be unreachable (a restart, a network cut) before
     /// the calls waiting on it fail with [`RedisPoolError::Redis`]. Default
-    /// 30 s.
+    /// 30 s. A server that stops answering (rather than refusing
+    /// connections) counts as unreachable once a reply is 10 s late, so a
+    /// call without a [`wait_timeout`](Self::wait_timeout) notices it up to
+    /// 10 s later.
     pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
         self.options.reconnect_timeout = timeout;
         self

@@ -60,3 +60,20 @@ fn a_url_that_is_not_redis_says_so() {
     let err = RedisPool::builder("http://127.0.0.1:1/").connect().expect_err("not a redis url");
     assert!(err.to_string().contains("redis://"), "{err}");
 }
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn a_call_that_cannot_queue_its_tasks_says_what_to_do() {
+    let mut server = server();
+    let pool = RedisPool::builder(&server.url()).reconnect_timeout(Duration::from_secs(1)).connect().unwrap();
+    server.kill();
+    let started = Instant::now();
+    let err = pool.map(square, 0..4u64).expect_err("no redis, no call");
+    assert!(started.elapsed() < BOUND, "the call took {:?}", started.elapsed());
+    let text = err.to_string();
+    assert!(text.contains("could not queue"), "{text}");
+    assert!(text.contains("check that the server is running"), "{text}");
+}
