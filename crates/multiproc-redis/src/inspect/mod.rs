@@ -57,6 +57,19 @@ pub fn queue_info(url: &str, prefix: &str, queue: &str) -> Result<QueueInfo, Red
 /// (to connect, for each reply, and to try again after a lost connection):
 /// a server that hangs or is cut off costs the caller no more than that.
 ///
+/// ```
+/// use std::time::Duration;
+/// use multiproc_redis::{RedisServer, queue_info_timeout};
+///
+/// let server = RedisServer::start().unwrap();
+/// let info = queue_info_timeout(&server.url(), "multiproc", "default", Duration::from_secs(5)).unwrap();
+/// assert_eq!((info.tasks, info.dead_letters, info.hosts.len()), (0, 0, 0));
+/// let paused = server.pause().unwrap(); // answers nothing until dropped
+/// let err = queue_info_timeout(&server.url(), "multiproc", "default", Duration::from_millis(200)).unwrap_err();
+/// assert!(err.to_string().contains("no answer from redis"), "{err}");
+/// drop(paused);
+/// ```
+///
 /// # Errors
 ///
 /// As for [`queue_info`].
