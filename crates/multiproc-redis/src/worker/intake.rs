@@ -27,13 +27,21 @@ const MAX_IN_FLIGHT: usize = 16_384;
 /// Entries per read of the host's own pending list.
 const RECOVER_COUNT: usize = 1024;
 
+/// How long joining the consumer group waits for Redis in all (a restart
+/// that is loading its data, a server that stopped answering).
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Creates the consumer group (and the stream) if they do not exist, and
 /// this host's consumer in it, so the host is visible before its first
-/// entry.
+/// entry. Waits for Redis no longer than [`JOIN_PATIENCE`].
 pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str, consumer: &str) -> Result<(), RedisPoolError> {
-    let r = conn.retry(Duration::from_secs(10), |c| {
-        redis::cmd("XGROUP").arg("CREATE").arg(tasks).arg(GROUP).arg("0").arg("MKSTREAM").exec(c)
-    });
+    let deadline = Instant::now().checked_add(JOIN_PATIENCE);
+    let r = conn.retry_while(
+        JOIN_PATIENCE,
+        deadline,
+        || true,
+        |c| redis::cmd("XGROUP").arg("CREATE").arg(tasks).arg(GROUP).arg("0").arg("MKSTREAM").exec(c),
+    );
     if let Err(e) = r
         && e.code() != Some("BUSYGROUP")
     {
@@ -43,9 +51,12 @@ pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str, consumer: &str) -> Resu
             None,
         )));
     }
-    conn.retry(Duration::from_secs(10), |c| {
-        redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c)
-    })
+    conn.retry_while(
+        JOIN_PATIENCE,
+        deadline,
+        || true,
+        |c| redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c),
+    )
     .map_err(|e| {
         let what = format!("could not join consumer group {GROUP} on {tasks}");
         let hint = if conn::is_transient(&e) { "" } else { " (this needs Redis 6.2 or newer)" };

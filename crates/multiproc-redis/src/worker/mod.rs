@@ -71,8 +71,10 @@ impl WorkerBuilder {
     ///
     /// # Errors
     ///
-    /// [`RedisPoolError::Redis`] if Redis cannot be reached or the consumer
-    /// group cannot be created; a local pool that cannot start.
+    /// [`RedisPoolError::Redis`] if Redis cannot be reached (it may take
+    /// 10 s to join the consumer group while Redis restarts or does not
+    /// answer), or the group cannot be created; a local pool that cannot
+    /// start.
     pub fn start(self) -> Result<Worker, RedisPoolError> {
         let conn = Conn::open(&self.endpoint.url).map_err(cannot_connect)?;
         let keys = self.endpoint.keys();
@@ -311,3 +313,6 @@ pub(crate) fn admit(host: &HostShared, fields: &[(String, Value)]) -> Result<Tas
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "host".into())
 }
+
+#[cfg(test)]
+mod test;

@@ -1,0 +1,26 @@
+//! A host joining its queue's consumer group waits for Redis a bounded time.
+
+use std::time::{Duration, Instant};
+
+use super::intake::ensure_group;
+use crate::conn::Conn;
+use crate::server::RedisServer;
+
+/// What joining may take beyond its 10 s bound on a loaded machine.
+const SLACK: Duration = Duration::from_secs(4);
+
+#[test]
+fn joining_the_group_on_a_server_that_stopped_answering_fails_within_its_bound() {
+    let server = RedisServer::start_in_memory().unwrap_or_else(|e| panic!("this test needs redis-server: {e}"));
+    let mut conn = Conn::open(&server.url()).unwrap();
+    let paused = server.pause().unwrap();
+    let started = Instant::now();
+    let result = ensure_group(&mut conn, "joining:default:tasks", "host-1-0");
+    let took = started.elapsed();
+    drop(paused);
+    let err = result.expect_err("a paused server creates no group");
+    assert!(took < Duration::from_secs(10) + SLACK, "joining took {took:?}");
+    assert!(err.to_string().contains("check that the server is running"), "{err}");
+    // Resumed, it answers again.
+    ensure_group(&mut conn, "joining:default:tasks", "host-1-0").unwrap();
+}
