@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use redis::RedisResult;
 use redis::streams::StreamReadOptions;
 use serde_bytes::ByteBuf;
 
@@ -219,9 +220,17 @@ fn start(
     msg: TaskMsg,
 ) -> usize {
     let items = match load_args(conn, &msg.args) {
-        Ok(items) => items,
-        Err(failure) => {
+        Ok(Ok(items)) => items,
+        Ok(Err(failure)) => {
             let _ = events.send(Event::Dispose { id, disposal: Disposal::Fail { msg: Box::new(msg), failure } });
+            return 0;
+        }
+        Err(e) => {
+            // Redis is away: the entry stays pending to this host, which
+            // lets go of it, and takes it again once it has reconnected
+            // (see `recover`), or another host after the visibility timeout.
+            tracing::warn!("could not read the arguments of entry {id} ({e}); it runs once redis is back");
+            host.release(&[id]);
             return 0;
         }
     };
@@ -238,19 +247,22 @@ fn start(
     n
 }
 
-/// The items of a chunk, from the entry or its blob key.
-fn load_args(conn: &mut Conn, args: &Args) -> Result<Vec<ByteBuf>, TaskFailure> {
-    match args {
-        Args::Inline(items) => Ok(items.clone()),
-        Args::Blob { key, len } => {
-            if *len > schema::MAX_MESSAGE as u64 {
-                return Err(TaskFailure::Unserializable(format!("arguments of {len} bytes are over the limit")));
-            }
-            let bytes: Option<Vec<u8>> = conn
-                .retry(Duration::from_secs(10), |c| redis::cmd("GET").arg(key).query(c))
-                .map_err(|e| TaskFailure::ArgumentsLost(format!("reading {key}: {e}")))?;
-            let bytes = bytes.ok_or_else(|| TaskFailure::ArgumentsLost(format!("{key} does not exist")))?;
-            schema::decode_blob(&bytes).map_err(|e| TaskFailure::Unserializable(format!("arguments in {key}: {e}")))
-        }
+/// The items of a chunk, from the entry or its blob key; the error of a
+/// Redis that stayed away (transient) as the outer error: the arguments may
+/// well be there once it is back.
+pub(super) fn load_args(conn: &mut Conn, args: &Args) -> RedisResult<Result<Vec<ByteBuf>, TaskFailure>> {
+    let (key, len) = match args {
+        Args::Inline(items) => return Ok(Ok(items.clone())),
+        Args::Blob { key, len } => (key, len),
+    };
+    if *len > schema::MAX_MESSAGE as u64 {
+        return Ok(Err(TaskFailure::Unserializable(format!("arguments of {len} bytes are over the limit"))));
     }
+    let bytes: Option<Vec<u8>> = match conn.retry(Duration::from_secs(10), |c| redis::cmd("GET").arg(key).query(c)) {
+        Ok(bytes) => bytes,
+        Err(e) if conn::is_transient(&e) => return Err(e),
+        Err(e) => return Ok(Err(TaskFailure::ArgumentsLost(format!("reading {key}: {e}")))),
+    };
+    let Some(bytes) = bytes else { return Ok(Err(TaskFailure::ArgumentsLost(format!("{key} does not exist")))) };
+    Ok(schema::decode_blob(&bytes).map_err(|e| TaskFailure::Unserializable(format!("arguments in {key}: {e}"))))
 }
