@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 use crate::conn;
 use crate::dispatch::{Delivery, Pending, Shared};
 use crate::enqueue::{ChunkEntry, enqueue};
-use crate::error::{RedisPoolError, TaskFailure};
+use crate::error::{RedisPoolError, TaskFailure, explain};
 use crate::schema::{self, Args, Outcome, TaskMsg};
 
 /// Chunks per batch.
@@ -186,12 +186,15 @@ impl<'a> Engine<'a> {
             }
             Err(e) => {
                 // Each item of the chunks not queued fails (one outcome per item).
-                let fate = if conn::is_transient(&e) {
-                    "redis did not confirm them: they may run, their results are dropped"
+                let what = explain(&format!("could not queue {} chunks on {tasks_key}", ids.len()), &e, None);
+                let reason = if conn::is_transient(&e) {
+                    format!(
+                        "{what}, then start the call again (redis did not confirm the chunks: they may run, their \
+                         results are dropped)"
+                    )
                 } else {
-                    "none of them was queued"
+                    format!("{what}; none of them was queued")
                 };
-                let reason = format!("could not queue {} chunks on {tasks_key}: {e}; {fate}", ids.len());
                 let timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
                 let error = || match self.plan.wait_timeout {
                     Some(t) if timed_out => RedisPoolError::Timeout(t),

@@ -208,8 +208,7 @@ fn run(shared: &Shared, mut conn: Conn) {
             if !blobs.is_empty() {
                 pipe.cmd("DEL").arg(&blobs).ignore();
             }
-            let deadline = Some(Instant::now() + REPLY_TIMEOUT);
-            if let Err(e) = conn.run(|c| conn::exec_pipeline(c, &pipe, deadline)) {
+            if let Err(e) = conn.run(|c| c.exec_pipeline(&pipe)) {
                 tracing::warn!("could not delete read results from {key}: {e} (they expire)");
             }
         }

@@ -114,6 +114,30 @@ impl RedisPoolError {
     }
 }
 
+/// What went wrong when doing `what` ("could not connect to redis") failed
+/// with `e`, and what to do about it: fix the URL, or see to the server
+/// (one that did not answer within `waited`, if given).
+pub(crate) fn explain(what: &str, e: &redis::RedisError, waited: Option<Duration>) -> String {
+    if e.kind() == redis::ErrorKind::InvalidClientConfig {
+        return format!("{what}: {e}; give a URL like redis://127.0.0.1:6379/0 or unix:///path/to/redis.sock");
+    }
+    if !crate::conn::is_transient(e) {
+        return format!("{what}: {e}");
+    }
+    let cause = if e.is_timeout() {
+        let within = waited.map(|w| format!(" within {w:?}")).unwrap_or_default();
+        format!("no answer from redis{within} (it stopped answering)")
+    } else {
+        e.to_string()
+    };
+    format!("{what}: {cause}; check that the server is running and reachable")
+}
+
+/// The error of a connection to Redis not made.
+pub(crate) fn cannot_connect(e: redis::RedisError) -> RedisPoolError {
+    RedisPoolError::Redis(explain("could not connect to redis", &e, None))
+}
+
 impl From<redis::RedisError> for RedisPoolError {
     fn from(e: redis::RedisError) -> Self {
         RedisPoolError::Redis(e.to_string())

@@ -87,8 +87,8 @@ mod worker;
 
 pub use endpoint::{DEFAULT_PREFIX, DEFAULT_QUEUE};
 pub use error::{RedisPoolError, TaskFailure};
-pub use inspect::{HostInfo, QueueInfo, queue_info};
+pub use inspect::{HostInfo, QUEUE_INFO_TIMEOUT, QueueInfo, queue_info, queue_info_timeout};
 pub use pool::{Call, RedisPool, RedisPoolBuilder};
 pub use results::{RedisAsync, RedisImap};
-pub use server::{INSTALL_HINT, RedisServer};
+pub use server::{INSTALL_HINT, PausedServer, RedisServer};
 pub use worker::{Worker, WorkerBuilder};

@@ -13,7 +13,7 @@ use crate::call::{EncodedItem, Engine, Plan};
 use crate::conn::Conn;
 use crate::dispatch::{Dispatcher, Options, Shared};
 use crate::endpoint::{Endpoint, endpoint_setters};
-use crate::error::RedisPoolError;
+use crate::error::{RedisPoolError, cannot_connect};
 use crate::results::{RedisAsync, RedisImap};
 
 /// The longest result time to live: its milliseconds fit an expiry.
@@ -62,7 +62,10 @@ impl RedisPoolBuilder {
 
     /// How long Redis may be unreachable (a restart, a network cut) before
     /// the calls waiting on it fail with [`RedisPoolError::Redis`]. Default
-    /// 30 s.
+    /// 30 s. A server that stops answering (rather than refusing
+    /// connections) counts as unreachable once a reply is 10 s late, so a
+    /// call without a [`wait_timeout`](Self::wait_timeout) notices it up to
+    /// 10 s later.
     pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
         self.options.reconnect_timeout = timeout;
         self
@@ -90,8 +93,8 @@ impl RedisPoolBuilder {
     /// [`RedisPoolError::Redis`] if the URL is bad or the server cannot be
     /// reached.
     pub fn connect(self) -> Result<RedisPool, RedisPoolError> {
-        let submit = Conn::open(&self.endpoint.url)?;
-        let reader = submit.another()?;
+        let submit = Conn::open(&self.endpoint.url).map_err(cannot_connect)?;
+        let reader = submit.another().map_err(cannot_connect)?;
         let mut id = [0u8; 12];
         getrandom::fill(&mut id).map_err(|e| RedisPoolError::Redis(format!("no randomness for a caller id: {e}")))?;
         let caller: String = id.iter().map(|b| format!("{b:02x}")).collect();

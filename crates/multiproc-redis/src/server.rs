@@ -136,6 +136,20 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Pauses the server (`SIGSTOP`) until the guard is dropped
+    /// (`SIGCONT`): it still accepts connections (the kernel does) and
+    /// answers nothing, as a server that hangs or is cut off. For tests of
+    /// what a client does then.
+    ///
+    /// # Errors
+    ///
+    /// The server is not running, or `kill` could not signal it.
+    pub fn pause(&self) -> io::Result<PausedServer<'_>> {
+        let pid = self.pid().ok_or_else(|| io::Error::other("the redis-server is not running"))?;
+        signal("-STOP", pid)?;
+        Ok(PausedServer { server: self, pid })
+    }
+
     /// The server's directory (its append-only file and log).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -159,6 +173,34 @@ impl RedisServer {
         self.kill();
         self.launch()
     }
+}
+
+/// A paused [`RedisServer`], resumed on drop (see [`RedisServer::pause`]).
+#[derive(Debug)]
+pub struct PausedServer<'a> {
+    server: &'a RedisServer,
+    pid: u32,
+}
+
+impl PausedServer<'_> {
+    /// The paused server.
+    pub fn server(&self) -> &RedisServer {
+        self.server
+    }
+}
+
+impl Drop for PausedServer<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = signal("-CONT", self.pid) {
+            tracing::error!("could not resume redis-server {}: {e}", self.pid);
+        }
+    }
+}
+
+/// Sends signal `which` (`-STOP`, `-CONT`) to process `pid` with `kill`.
+fn signal(which: &str, pid: u32) -> io::Result<()> {
+    let status = Command::new("kill").arg(which).arg(pid.to_string()).stdin(Stdio::null()).status()?;
+    if status.success() { Ok(()) } else { Err(io::Error::other(format!("kill {which} {pid}: {status}"))) }
 }
 
 impl Drop for RedisServer {

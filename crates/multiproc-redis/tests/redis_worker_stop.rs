@@ -37,3 +37,29 @@ fn a_task_read_as_the_host_stops_is_not_stranded() {
         assert_eq!(got.unwrap(), (round + 10) * (round + 10), "round {round}");
     }
 }
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_task_still_running_when_the_stop_gives_up_goes_back_to_the_queue_at_once() {
+    let server = server();
+    let host = local_worker(&server, "outlived", 1);
+    let consumer = host.consumer().to_string();
+    let pool = pool(&server, "outlived").connect().unwrap();
+    let _call = pool.apply_async(nap, (120_000,));
+    let info = || multiproc_redis::queue_info(&server.url(), "outlived", "default").unwrap();
+    assert!(support::eventually(Duration::from_secs(30), || info().hosts.iter().any(|h| h.pending == 1)));
+    let started = Instant::now();
+    host.stop();
+    let took = started.elapsed();
+    // 30 s for the task, 2 s to write, and a loaded machine.
+    assert!(took < Duration::from_secs(36), "stop took {took:?}");
+    // Its entry was queued again (one more delivery), not left pending.
+    let after = info();
+    let stopped = after.hosts.iter().find(|h| h.name == consumer).expect("the stopped host is still in the group");
+    assert_eq!(stopped.pending, 0, "{after:?}");
+    assert_eq!(after.tasks, 1, "{after:?}");
+}

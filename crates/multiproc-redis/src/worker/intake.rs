@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use redis::RedisResult;
 use redis::streams::StreamReadOptions;
 use serde_bytes::ByteBuf;
 
@@ -14,7 +15,7 @@ use super::exec::Executors;
 use super::outlet::{Disposal, Event};
 use super::{HostShared, admit};
 use crate::conn::{self, Conn};
-use crate::error::{RedisPoolError, TaskFailure};
+use crate::error::{RedisPoolError, TaskFailure, explain};
 use crate::schema::{self, Args, GROUP, StreamEntry, TaskMsg};
 
 /// How long one `XREADGROUP` blocks (also how soon a stop is noticed).
@@ -26,28 +27,41 @@ const AHEAD: Duration = Duration::from_millis(20);
 const MAX_IN_FLIGHT: usize = 16_384;
 /// Entries per read of the host's own pending list.
 const RECOVER_COUNT: usize = 1024;
-/// How long a stopping host waits for its items in flight.
-const DRAIN: Duration = Duration::from_secs(30);
+
+/// How long joining the consumer group waits for Redis in all (a restart
+/// that is loading its data, a server that stopped answering).
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Creates the consumer group (and the stream) if they do not exist, and
 /// this host's consumer in it, so the host is visible before its first
-/// entry.
+/// entry. Waits for Redis no longer than [`JOIN_PATIENCE`].
 pub(crate) fn ensure_group(conn: &mut Conn, tasks: &str, consumer: &str) -> Result<(), RedisPoolError> {
-    let r = conn.retry(Duration::from_secs(10), |c| {
-        redis::cmd("XGROUP").arg("CREATE").arg(tasks).arg(GROUP).arg("0").arg("MKSTREAM").exec(c)
-    });
+    let deadline = Instant::now().checked_add(JOIN_PATIENCE);
+    let r = conn.retry_while(
+        JOIN_PATIENCE,
+        deadline,
+        || true,
+        |c| redis::cmd("XGROUP").arg("CREATE").arg(tasks).arg(GROUP).arg("0").arg("MKSTREAM").exec(c),
+    );
     if let Err(e) = r
         && e.code() != Some("BUSYGROUP")
     {
-        return Err(RedisPoolError::Redis(format!("could not create consumer group {GROUP} on {tasks}: {e}")));
+        return Err(RedisPoolError::Redis(explain(
+            &format!("could not create consumer group {GROUP} on {tasks}"),
+            &e,
+            None,
+        )));
     }
-    conn.retry(Duration::from_secs(10), |c| {
-        redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c)
-    })
+    conn.retry_while(
+        JOIN_PATIENCE,
+        deadline,
+        || true,
+        |c| redis::cmd("XGROUP").arg("CREATECONSUMER").arg(tasks).arg(GROUP).arg(consumer).exec(c),
+    )
     .map_err(|e| {
-        RedisPoolError::Redis(format!(
-            "could not join consumer group {GROUP} on {tasks}: {e} (this needs Redis 6.2 or newer)"
-        ))
+        let what = format!("could not join consumer group {GROUP} on {tasks}");
+        let hint = if conn::is_transient(&e) { "" } else { " (this needs Redis 6.2 or newer)" };
+        RedisPoolError::Redis(format!("{}{hint}", explain(&what, &e, None)))
     })
 }
 
@@ -132,7 +146,9 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
         }
     }
     host.set_intake_done();
-    let deadline = Instant::now() + DRAIN;
+    // The drain's deadline counts from the stop, not from the end of the
+    // read that was blocked then (on a paused Redis, its reply timeout).
+    let deadline = host.drain_deadline().unwrap_or_else(Instant::now);
     while host.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -204,9 +220,17 @@ fn start(
     msg: TaskMsg,
 ) -> usize {
     let items = match load_args(conn, &msg.args) {
-        Ok(items) => items,
-        Err(failure) => {
+        Ok(Ok(items)) => items,
+        Ok(Err(failure)) => {
             let _ = events.send(Event::Dispose { id, disposal: Disposal::Fail { msg: Box::new(msg), failure } });
+            return 0;
+        }
+        Err(e) => {
+            // Redis is away: the entry stays pending to this host, which
+            // lets go of it, and takes it again once it has reconnected
+            // (see `recover`), or another host after the visibility timeout.
+            tracing::warn!("could not read the arguments of entry {id} ({e}); it runs once redis is back");
+            host.release(&[id]);
             return 0;
         }
     };
@@ -223,19 +247,22 @@ fn start(
     n
 }
 
-/// The items of a chunk, from the entry or its blob key.
-fn load_args(conn: &mut Conn, args: &Args) -> Result<Vec<ByteBuf>, TaskFailure> {
-    match args {
-        Args::Inline(items) => Ok(items.clone()),
-        Args::Blob { key, len } => {
-            if *len > schema::MAX_MESSAGE as u64 {
-                return Err(TaskFailure::Unserializable(format!("arguments of {len} bytes are over the limit")));
-            }
-            let bytes: Option<Vec<u8>> = conn
-                .retry(Duration::from_secs(10), |c| redis::cmd("GET").arg(key).query(c))
-                .map_err(|e| TaskFailure::ArgumentsLost(format!("reading {key}: {e}")))?;
-            let bytes = bytes.ok_or_else(|| TaskFailure::ArgumentsLost(format!("{key} does not exist")))?;
-            schema::decode_blob(&bytes).map_err(|e| TaskFailure::Unserializable(format!("arguments in {key}: {e}")))
-        }
+/// The items of a chunk, from the entry or its blob key; the error of a
+/// Redis that stayed away (transient) as the outer error: the arguments may
+/// well be there once it is back.
+pub(super) fn load_args(conn: &mut Conn, args: &Args) -> RedisResult<Result<Vec<ByteBuf>, TaskFailure>> {
+    let (key, len) = match args {
+        Args::Inline(items) => return Ok(Ok(items.clone())),
+        Args::Blob { key, len } => (key, len),
+    };
+    if *len > schema::MAX_MESSAGE as u64 {
+        return Ok(Err(TaskFailure::Unserializable(format!("arguments of {len} bytes are over the limit"))));
     }
+    let bytes: Option<Vec<u8>> = match conn.retry(Duration::from_secs(10), |c| redis::cmd("GET").arg(key).query(c)) {
+        Ok(bytes) => bytes,
+        Err(e) if conn::is_transient(&e) => return Err(e),
+        Err(e) => return Ok(Err(TaskFailure::ArgumentsLost(format!("reading {key}: {e}")))),
+    };
+    let Some(bytes) = bytes else { return Ok(Err(TaskFailure::ArgumentsLost(format!("{key} does not exist")))) };
+    Ok(schema::decode_blob(&bytes).map_err(|e| TaskFailure::Unserializable(format!("arguments in {key}: {e}"))))
 }

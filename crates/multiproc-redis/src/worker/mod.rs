@@ -13,15 +13,15 @@ mod outlet;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
 use crate::conn::Conn;
 use crate::endpoint::{Endpoint, endpoint_setters};
-use crate::error::{RedisPoolError, TaskFailure};
+use crate::error::{RedisPoolError, TaskFailure, cannot_connect};
 use crate::schema::{self, Keys, TaskMsg};
 use outlet::Disposal;
 
@@ -71,16 +71,17 @@ impl WorkerBuilder {
     ///
     /// # Errors
     ///
-    /// [`RedisPoolError::Redis`] if Redis cannot be reached or the consumer
-    /// group cannot be created; [`RedisPoolError::LocalPool`] if the local
-    /// pool of worker processes cannot start.
+    /// [`RedisPoolError::Redis`] if Redis cannot be reached (it may take
+    /// 10 s to join the consumer group while Redis restarts or does not
+    /// answer), or the group cannot be created; [`RedisPoolError::LocalPool`]
+    /// if the local pool of worker processes cannot start.
     pub fn start(self) -> Result<Worker, RedisPoolError> {
-        let conn = Conn::open(&self.endpoint.url)?;
+        let conn = Conn::open(&self.endpoint.url).map_err(cannot_connect)?;
         let keys = self.endpoint.keys();
         let mut id = [0u8; 4];
         let _ = getrandom::fill(&mut id);
         let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
-        let mut intake_conn = conn.another()?;
+        let mut intake_conn = conn.another().map_err(cannot_connect)?;
         intake::ensure_group(&mut intake_conn, &keys.tasks(), &consumer)?;
         let executors = exec::Executors::new(self.processes).map_err(|e| RedisPoolError::LocalPool(e.to_string()))?;
         let host = Arc::new(HostShared {
@@ -90,6 +91,7 @@ impl WorkerBuilder {
             processes: self.processes,
             visibility: self.visibility,
             stop: AtomicBool::new(false),
+            stop_deadline: OnceLock::new(),
             intake_done: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             room: (Mutex::new(()), Condvar::new()),
@@ -137,6 +139,9 @@ pub(crate) struct HostShared {
     pub processes: usize,
     pub visibility: Duration,
     stop: AtomicBool,
+    /// Set when the host is told to stop: until when the tasks in hand may
+    /// run ([`DRAIN`] after the stop).
+    stop_deadline: OnceLock<Instant>,
     /// Set by the intake once it has stopped reading and handed over its
     /// last chunks: the outlet may end after that, not before.
     intake_done: AtomicBool,
@@ -152,9 +157,36 @@ pub(crate) struct HostShared {
     held: Mutex<HashSet<Arc<str>>>,
 }
 
+/// How long a stopping host waits for the tasks in hand to finish.
+const DRAIN: Duration = Duration::from_secs(30);
+/// How long after [`DRAIN`] a stopping host may take to write what it has
+/// (results, tasks to deliver again): Redis may not answer.
+const LAST_WRITES: Duration = Duration::from_secs(2);
+
 impl HostShared {
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Tells the host to stop, keeping the tasks in hand for [`DRAIN`].
+    fn request_stop(&self) {
+        let _ = self.stop_deadline.set(Instant::now() + DRAIN);
+        // ORDERING: Release pairs with the Acquire of `stopping`: a thread
+        // that sees the stop sees its deadline.
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Until when a stopping host waits for the tasks in hand (`None`
+    /// while it runs).
+    pub(crate) fn drain_deadline(&self) -> Option<Instant> {
+        if self.stopping() { self.stop_deadline.get().copied() } else { None }
+    }
+
+    /// The deadline of a command sent now: none while the host runs; once
+    /// it stops, [`LAST_WRITES`] after its drain deadline, so that a Redis
+    /// that does not answer cannot hold the stop longer.
+    pub(crate) fn command_deadline(&self) -> Option<Instant> {
+        self.drain_deadline().map(|d| d + LAST_WRITES)
     }
 
     pub(crate) fn set_intake_done(&self) {
@@ -233,16 +265,18 @@ impl Worker {
         &self.host.consumer
     }
 
-    /// Stops the host and waits for its threads: it reads no more tasks and
-    /// waits up to 30 s for those it holds to finish and their results to be
-    /// written. A task still running then is killed, and its entry goes back
-    /// to the queue for another host (one more of its deliveries).
+    /// Stops the host and waits for its threads: it reads no more tasks,
+    /// waits up to 30 s for those it holds to finish, and up to 2 s more
+    /// for their results to be written (also when Redis does not answer).
+    /// A task still running then is killed, and its entry goes back to the
+    /// queue for another host (one more of its deliveries): at once if
+    /// Redis answers, else after the visibility timeout.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        self.host.stop.store(true, Ordering::Release);
+        self.host.request_stop();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -278,3 +312,6 @@ pub(crate) fn admit(host: &HostShared, fields: &[(String, Value)]) -> Result<Tas
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "host".into())
 }
+
+#[cfg(test)]
+mod test;

@@ -278,7 +278,8 @@ fn handle(host: &HostShared, event: Event, running: &mut HashMap<Arc<str>, Runni
 fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
     let pipe = batch.pipeline(host);
     loop {
-        match conn.retry(Duration::from_secs(5), |c| conn::exec_pipeline(c, &pipe, None)) {
+        let deadline = host.command_deadline();
+        match conn.retry_while(Duration::from_secs(5), deadline, || true, |c| c.exec_pipeline(&pipe)) {
             Ok(()) => break,
             Err(e) if conn::is_transient(&e) && !host.stopping() => {
                 tracing::warn!("could not write results yet ({e}); trying again");
@@ -298,7 +299,7 @@ fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
 fn heartbeat<'a>(host: &HostShared, conn: &mut Conn, ids: impl Iterator<Item = &'a Arc<str>>) {
     let ids: Vec<&str> = ids.map(|s| &**s).collect();
     for part in ids.chunks(1000) {
-        let r = conn.run(|c| {
+        let r = conn.run_until(host.command_deadline(), |c| {
             redis::cmd("XCLAIM")
                 .arg(host.keys.tasks())
                 .arg(schema::GROUP)
@@ -394,7 +395,7 @@ const START: &str = "0-0";
 /// every host that ever ran.
 fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
     let tasks = host.keys.tasks();
-    let Ok(hosts) = crate::inspect::hosts(conn, &tasks) else { return };
+    let Ok(hosts) = crate::inspect::hosts(conn, &tasks, None) else { return };
     let gone_ms = gone_after_ms(host.visibility);
     for h in hosts.iter().filter(|h| h.name != host.consumer && h.pending == 0 && h.idle_ms > gone_ms) {
         // DELCONSUMER drops whatever the consumer holds: a delivery between

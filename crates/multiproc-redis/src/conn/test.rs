@@ -1,0 +1,71 @@
+//! The socket timeouts of a connection are set when they change, not
+//! before every command.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::server::RedisServer;
+
+fn server() -> RedisServer {
+    RedisServer::start_in_memory().unwrap_or_else(|e| panic!("this test needs redis-server: {e}"))
+}
+
+/// Timeouts set on the socket of `conn`'s connection so far.
+fn timeout_sets(conn: &Conn) -> u64 {
+    conn.link.as_ref().expect("connected").timeout_sets
+}
+
+fn ping(c: &mut Link) -> RedisResult<String> {
+    redis::cmd("PING").query(c)
+}
+
+#[test]
+fn commands_set_the_socket_timeouts_only_when_they_change() {
+    let server = server();
+    let mut conn = Conn::open(&server.url()).unwrap();
+    // Connecting set the read and write timeouts once.
+    assert_eq!(timeout_sets(&conn), 2);
+    for _ in 0..100 {
+        assert_eq!(conn.run(ping).unwrap(), "PONG");
+    }
+    assert_eq!(timeout_sets(&conn), 2, "commands with the same bound set nothing");
+
+    // A nearer deadline bounds the next command by it: both timeouts are
+    // set, and set back for the command after it.
+    let deadline = Some(Instant::now() + Duration::from_secs(1));
+    assert_eq!(conn.run_until(deadline, ping).unwrap(), "PONG");
+    assert_eq!(timeout_sets(&conn), 4);
+    assert_eq!(conn.run(ping).unwrap(), "PONG");
+    assert_eq!(timeout_sets(&conn), 6);
+}
+
+#[test]
+fn pipelines_answered_at_once_set_no_timeout() {
+    let server = server();
+    let mut conn = Conn::open(&server.url()).unwrap();
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("SET").arg("k").arg(1).ignore().cmd("INCR").arg("k").ignore().cmd("DEL").arg("k").ignore();
+    let rounds = 100;
+    for _ in 0..rounds {
+        conn.run(|c| c.exec_pipeline(&pipe)).unwrap();
+        assert_eq!(conn.run(ping).unwrap(), "PONG");
+    }
+    // Each reply may set the read timeout again if it comes later than the
+    // slack (a loaded machine), and the command after it sets it back:
+    // the test asks only that most rounds set nothing (before, each round
+    // made 2 + 5 settings for the pipeline and 2 for the command).
+    let sets = timeout_sets(&conn) - 2;
+    assert!(sets < rounds, "{sets} timeouts set in {rounds} rounds of a pipeline and a command");
+}
+
+#[test]
+fn a_pipeline_that_gets_an_error_reply_fails_with_it() {
+    let server = server();
+    let mut conn = Conn::open(&server.url()).unwrap();
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET").arg("s").arg("text").ignore().cmd("INCR").arg("s").ignore();
+    let err = conn.run(|c| c.exec_pipeline(&pipe)).unwrap_err();
+    assert!(err.to_string().contains("not an integer"), "{err}");
+    // The connection is still in step.
+    assert_eq!(conn.run(ping).unwrap(), "PONG");
+}
