@@ -101,3 +101,36 @@ fn unload_while_a_model_loads_cancels_the_load_at_once_and_load_brings_it_back()
     assert!(!process_exists(again), "the loading worker {again} outlived the shutdown");
     assert!(!supervisor_left("slowb"), "a supervisor thread outlived the shutdown");
 }
+
+#[test]
+fn unload_during_a_switch_cancels_it_and_stops_both_versions() {
+    let server = Server::new();
+    let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("slowc").version(1, Behaviour::default()).version(2, slow);
+    let settings = ModelSettings {
+        startup_timeout: Duration::from_secs(180),
+        version_policy: multiproc_serve::VersionPolicy::Specific(vec![1]),
+        ..Default::default()
+    };
+    server.add(spec.settings(settings)).unwrap();
+    let old = server.status().model("slowc").unwrap().versions[0].workers[0].pid.unwrap();
+    let switching = {
+        let server = server.clone();
+        std::thread::spawn(move || server.switch("slowc", 2))
+    };
+    let new = || server.status().model("slowc").and_then(|m| m.versions[1].workers[0].pid);
+    assert!(wait_for(PATIENCE, || new().is_some()), "version 2 did not start loading");
+    let new = new().unwrap();
+    let unloading = server.clone();
+    promptly("unload", move || unloading.unload("slowc")).unwrap();
+    let err = promptly("the switch", move || switching.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("cancelled") && err.to_string().contains("unloaded"), "{err}");
+    let model = server.status().model("slowc").unwrap().clone();
+    assert!(model.unloaded, "{model:?}");
+    for v in &model.versions {
+        assert_eq!(v.state, VersionState::Stopped, "{model:?}");
+    }
+    assert!(!process_exists(old) && !process_exists(new), "a worker outlived the unload");
+    assert!(!supervisor_left("slowc"), "a supervisor thread outlived the unload");
+    server.shutdown();
+}
