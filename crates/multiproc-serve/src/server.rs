@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -47,6 +47,9 @@ impl Endpoint {
 pub(crate) struct Inner {
     endpoints: RwLock<BTreeMap<String, Endpoint>>,
     shutting_down: AtomicBool,
+    /// New entries of models being reloaded, loading before they are
+    /// registered: shutdown cancels their loads too.
+    reloading: Mutex<Vec<Arc<ModelEntry>>>,
     deadlines: Deadlines,
     /// Blocking callers that are alone poll for their answer.
     lone: LoneWait,
@@ -88,6 +91,7 @@ impl Server {
             inner: Arc::new(Inner {
                 endpoints: RwLock::new(BTreeMap::new()),
                 shutting_down: AtomicBool::new(false),
+                reloading: Mutex::new(Vec::new()),
                 deadlines: Deadlines::new(),
                 lone: LoneWait::default(),
             }),
@@ -145,7 +149,7 @@ impl Server {
             Some(Endpoint::Model(old)) => {
                 // No request reached the new versions: stop them all, or
                 // their workers would go on restarting unseen.
-                if let Err(e) = entry.load() {
+                if let Err(e) = self.load_reload(&entry) {
                     entry.stop(&e.to_string());
                     return Err(e);
                 }
@@ -167,6 +171,21 @@ impl Server {
                 entry.load_if_eager()
             }
         }
+    }
+
+    /// Loads `entry`, the new entry of a model reloaded (not registered
+    /// until it is ready), where a shutdown finds and cancels it. Refused
+    /// once shutdown began: the check is made under the lock that
+    /// `shutdown` takes to cancel the reloads.
+    fn load_reload(&self, entry: &Arc<ModelEntry>) -> Result<(), ServeError> {
+        {
+            let mut reloading = self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_running()?;
+            reloading.push(Arc::clone(entry));
+        }
+        let loaded = entry.load();
+        self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| !Arc::ptr_eq(e, entry));
+        loaded
     }
 
     /// Registers `endpoint` under `name` and gives back the endpoint it
@@ -474,6 +493,11 @@ impl Server {
             return;
         }
         tracing::info!("server shutting down");
+        // Reloads first: they serve nothing yet (their `add` stops them).
+        let reloading = std::mem::take(&mut *self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner()));
+        for entry in reloading {
+            entry.unload(UnloadCause::ShuttingDown);
+        }
         // Pipelines first, while their models still serve: the requests
         // they hold are answered (each up to its model's drain timeout).
         let pipelines: Vec<Arc<dyn PipelineDyn>> = self

@@ -49,14 +49,9 @@ fn add_result(adding: JoinHandle<Result<(), ServeError>>) -> Result<(), ServeErr
     promptly("the load", move || adding.join().expect("the add panicked"))
 }
 
-/// True while a thread of this process is a supervisor of `name` (threads
-/// are named `serve-<model>-v<version>-<instance>`, cut to 15 bytes).
+/// True while a thread of this process supervises `name`.
 fn supervisor_left(name: &str) -> bool {
-    let prefix: String = format!("serve-{name}-v1").chars().take(15).collect();
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().starts_with(&prefix)))
+    supervisors(name) > 0
 }
 
 #[test]
@@ -133,4 +128,38 @@ fn unload_during_a_switch_cancels_it_and_stops_both_versions() {
     assert!(!process_exists(old) && !process_exists(new), "a worker outlived the unload");
     assert!(!supervisor_left("slowc"), "a supervisor thread outlived the unload");
     server.shutdown();
+}
+
+/// Threads of this process that supervise `name` now (threads are named
+/// `serve-<model>-v<version>-<instance>`, cut to 15 bytes).
+fn supervisors(name: &str) -> usize {
+    let prefix: String = format!("serve-{name}-v1").chars().take(15).collect();
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().starts_with(&prefix)))
+        .count()
+}
+
+#[test]
+fn shutdown_during_a_reload_cancels_the_new_versions_load() {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("slowd").version(1, Behaviour::default())).unwrap();
+    let old = server.status().model("slowd").unwrap().versions[0].workers[0].pid.unwrap();
+    let reloading = {
+        let server = server.clone();
+        let settings = ModelSettings { startup_timeout: Duration::from_secs(180), ..Default::default() };
+        let behaviour = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+        std::thread::spawn(move || {
+            server.add(ModelSpec::<Doubler>::new("slowd").version(1, behaviour).settings(settings))
+        })
+    };
+    // The new entry is not listed until it is ready: its supervisor shows it.
+    assert!(wait_for(PATIENCE, || supervisors("slowd") == 2), "the reload did not start");
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = promptly("the reload", move || reloading.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("cancelled") && err.to_string().contains("shutting down"), "{err}");
+    assert!(!process_exists(old), "the old worker outlived the shutdown");
+    assert_eq!(supervisors("slowd"), 0, "a supervisor thread outlived the shutdown");
 }
