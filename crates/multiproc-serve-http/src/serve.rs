@@ -89,9 +89,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, StartError> {
 /// models still loading: for a caller that must stop promptly if told to
 /// during the load (a signal), or tell where it listens meanwhile. Await
 /// [`Running::loaded`] for the end of the load; [`Running::run`] may be
-/// called at once (a shutdown during the load stops it: the model loading
-/// then finishes or fails within its startup time-out, the others are not
-/// loaded).
+/// called at once (a shutdown during the load stops it: the load of the
+/// model loading then is cancelled at once and its workers stop, the
+/// others are not loaded).
 ///
 /// # Errors
 ///
@@ -143,7 +143,8 @@ impl Running {
             let _ = listener.await;
         }
         // Shutting the core down refuses the models the first load has not
-        // reached; it waits for the one loading (up to its startup time-out).
+        // reached and cancels the load of the one loading (it does not
+        // wait for it).
         let core = self.app.core.clone();
         let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
         let _ = self.loader.await;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::error::ServeError;
 use crate::metrics::VersionMetrics;
@@ -11,6 +11,39 @@ use crate::model::{ErasedSpec, IoTypes};
 use crate::settings::{ModelSettings, StartMode};
 use crate::status::{EndpointKind, ModelStatus, VersionState};
 use crate::version::VersionGroup;
+
+/// Why a model is unloaded: said by the error of a load it cancels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnloadCause {
+    /// `Server::unload`.
+    Unloaded,
+    /// The model was removed, or replaced by a reload.
+    Removed,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl UnloadCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            UnloadCause::Unloaded => "the model was unloaded",
+            UnloadCause::Removed => "the model was removed or replaced",
+            UnloadCause::ShuttingDown => "the server is shutting down",
+        }
+    }
+}
+
+/// The unloads waiting for a model's `admin` lock, and whether the model
+/// is retired.
+#[derive(Debug, Default)]
+struct WaitingUnloads {
+    count: usize,
+    /// The cause of the latest.
+    cause: Option<UnloadCause>,
+    /// Removed or shut down: it loads no more (a load that took the
+    /// entry before would start workers nothing stops).
+    retired: Option<UnloadCause>,
+}
 
 /// A model and its versions.
 pub(crate) struct ModelEntry {
@@ -22,8 +55,15 @@ pub(crate) struct ModelEntry {
     /// The versions requests may go to, ascending; swapped atomically.
     served: RwLock<Vec<u64>>,
     unloaded: AtomicBool,
-    /// Serializes load, unload and switch.
+    /// Serializes load, unload and switch: each reads and sets `served`
+    /// and `unloaded` and starts or drains versions, which must not
+    /// interleave (a drain under a start, a version served but stopped).
     admin: Mutex<()>,
+    /// Unloads waiting for `admin`: a load holding it (`load`,
+    /// `load_version`, `switch`) gives up for them at once, rather than
+    /// keep them (a shutdown) waiting up to its startup timeout. The
+    /// unload then stops the versions it was loading.
+    waiting_unloads: Mutex<WaitingUnloads>,
 }
 
 impl ModelEntry {
@@ -44,6 +84,7 @@ impl ModelEntry {
             served: RwLock::new(served),
             unloaded: AtomicBool::new(false),
             admin: Mutex::new(()),
+            waiting_unloads: Mutex::new(WaitingUnloads::default()),
         })
     }
 
@@ -104,9 +145,59 @@ impl ModelEntry {
         if self.is_eager() { self.load() } else { Ok(()) }
     }
 
+    /// Takes `admin` for a load of `version` (or of the model): refused,
+    /// as cancelled, while an unload waits for it.
+    fn admin_to_load(&self, version: Option<u64>) -> Result<MutexGuard<'_, ()>, ServeError> {
+        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        match self.cancelled() {
+            Some(why) => Err(ServeError::NotReady {
+                model: self.name.clone(),
+                version,
+                reason: format!("the load was cancelled: {why}"),
+            }),
+            None => Ok(admin),
+        }
+    }
+
+    /// Takes `admin` for an unload: a load holding it gives up first.
+    fn admin_to_unload(&self, cause: UnloadCause) -> MutexGuard<'_, ()> {
+        {
+            let mut waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
+            waiting.count += 1;
+            waiting.cause = Some(cause);
+            if cause != UnloadCause::Unloaded {
+                waiting.retired = Some(cause);
+            }
+        }
+        for g in self.groups.values() {
+            g.wake_waiters();
+        }
+        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.count -= 1;
+        if waiting.count == 0 {
+            waiting.cause = None;
+        }
+        admin
+    }
+
+    /// Why a load holding `admin` gives up now: an unload waits for it
+    /// (and will stop what the load started), or the model is retired.
+    fn cancelled(&self) -> Option<String> {
+        let waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
+        let cause = waiting.cause.filter(|_| waiting.count > 0).or(waiting.retired);
+        cause.map(|c| c.as_str().to_string())
+    }
+
+    /// Waits until `group` is ready, up to the startup timeout, unless an
+    /// unload cancels the wait.
+    fn wait_ready(&self, group: &VersionGroup) -> Result<(), ServeError> {
+        group.wait_ready(self.settings.startup_timeout, || self.cancelled())
+    }
+
     /// Starts the served versions and waits until each is ready.
     pub fn load(&self) -> Result<(), ServeError> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = self.admin_to_load(None)?;
         self.unloaded.store(false, Ordering::Release);
         let served = self.served();
         let served = if served.is_empty() {
@@ -122,16 +213,18 @@ impl ModelEntry {
         }
         let mut first_error = None;
         for v in &served {
-            if let Err(e) = self.groups[v].wait_ready(self.settings.startup_timeout) {
+            if let Err(e) = self.wait_ready(&self.groups[v]) {
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Drains and stops every version; requests fail with `NotReady` until `load`.
-    pub fn unload(&self) {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+    /// Drains and stops every version; requests fail with `NotReady` until
+    /// `load`. A load in progress is cancelled (it fails, saying `cause`),
+    /// and the versions it started stop with the others.
+    pub fn unload(&self, cause: UnloadCause) {
+        let _admin = self.admin_to_unload(cause);
         self.unloaded.store(true, Ordering::Release);
         tracing::info!(model = %self.name, "unload");
         for g in self.groups.values() {
@@ -149,11 +242,14 @@ impl ModelEntry {
     }
 
     pub fn load_version(&self, version: u64) -> Result<(), ServeError> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let group = Arc::clone(self.group(version)?);
+        let _admin = self.admin_to_load(Some(version))?;
         group.start();
-        if let Err(e) = group.wait_ready(self.settings.startup_timeout) {
-            group.stop_hard(VersionState::Failed, &e.to_string());
+        if let Err(e) = self.wait_ready(&group) {
+            // Cancelled: the unload that waits stops it.
+            if self.cancelled().is_none() {
+                group.stop_hard(VersionState::Failed, &e.to_string());
+            }
             return Err(e);
         }
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
@@ -179,14 +275,15 @@ impl ModelEntry {
 
     /// Loads `to`, swaps all traffic to it, drains the others.
     pub fn switch(&self, to: u64) -> Result<(), ServeError> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let group = Arc::clone(self.group(to)?);
+        let _admin = self.admin_to_load(Some(to))?;
         let old = self.served();
         tracing::info!(model = %self.name, from = ?old, to, "switch: loading the new version");
         group.start();
-        if let Err(e) = group.wait_ready(self.settings.startup_timeout) {
+        if let Err(e) = self.wait_ready(&group) {
             tracing::warn!(model = %self.name, to, "switch failed; the old versions keep serving: {e}");
-            if !old.contains(&to) {
+            // Cancelled: the unload that waits stops it.
+            if !old.contains(&to) && self.cancelled().is_none() {
                 group.stop_hard(VersionState::Failed, &e.to_string());
             }
             return Err(e);

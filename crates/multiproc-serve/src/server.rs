@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -18,7 +18,7 @@ use crate::model::{Model, ModelSpec};
 use crate::name::Target;
 use crate::pipeline::PipelineDyn;
 use crate::pipeline_spec::{PipelineItem, PipelineSpec};
-use crate::registry::ModelEntry;
+use crate::registry::{ModelEntry, UnloadCause};
 use crate::request::decode_reply;
 use crate::request::{InferFuture, Reply, Request};
 use crate::settings::ModelSettings;
@@ -34,10 +34,11 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    /// Stops an endpoint no longer registered: a model drains, a pipeline stops.
-    fn retire(self) {
+    /// Stops an endpoint no longer registered: a model drains (a load in
+    /// progress is cancelled, saying `cause`), a pipeline stops.
+    fn retire(self, cause: UnloadCause) {
         match self {
-            Endpoint::Model(m) => m.unload(),
+            Endpoint::Model(m) => m.unload(cause),
             Endpoint::Pipeline(p) => p.stop(ServeError::ShuttingDown),
         }
     }
@@ -46,6 +47,9 @@ impl Endpoint {
 pub(crate) struct Inner {
     endpoints: RwLock<BTreeMap<String, Endpoint>>,
     shutting_down: AtomicBool,
+    /// New entries of models being reloaded, loading before they are
+    /// registered: shutdown cancels their loads too.
+    reloading: Mutex<Vec<Arc<ModelEntry>>>,
     deadlines: Deadlines,
     /// Blocking callers that are alone poll for their answer.
     lone: LoneWait,
@@ -87,6 +91,7 @@ impl Server {
             inner: Arc::new(Inner {
                 endpoints: RwLock::new(BTreeMap::new()),
                 shutting_down: AtomicBool::new(false),
+                reloading: Mutex::new(Vec::new()),
                 deadlines: Deadlines::new(),
                 lone: LoneWait::default(),
             }),
@@ -144,7 +149,7 @@ impl Server {
             Some(Endpoint::Model(old)) => {
                 // No request reached the new versions: stop them all, or
                 // their workers would go on restarting unseen.
-                if let Err(e) = entry.load() {
+                if let Err(e) = self.load_reload(&entry) {
                     entry.stop(&e.to_string());
                     return Err(e);
                 }
@@ -152,7 +157,7 @@ impl Server {
                 // the entry of another add that swapped in meanwhile.
                 let replaced = self.register(name, Endpoint::Model(entry), true)?;
                 tracing::info!(model = %old.name, "switch: reloaded model; draining the old versions");
-                replaced.into_iter().for_each(Endpoint::retire);
+                replaced.into_iter().for_each(|e| e.retire(UnloadCause::Removed));
                 Ok(())
             }
             Some(Endpoint::Pipeline(_)) => Err(ServeError::Internal(format!(
@@ -161,10 +166,26 @@ impl Server {
             None => {
                 // Another add of the name may have come first: this one
                 // replaces it, as a reload.
-                self.register(name, Endpoint::Model(Arc::clone(&entry)), true)?.into_iter().for_each(Endpoint::retire);
+                let replaced = self.register(name, Endpoint::Model(Arc::clone(&entry)), true)?;
+                replaced.into_iter().for_each(|e| e.retire(UnloadCause::Removed));
                 entry.load_if_eager()
             }
         }
+    }
+
+    /// Loads `entry`, the new entry of a model reloaded (not registered
+    /// until it is ready), where a shutdown finds and cancels it. Refused
+    /// once shutdown began: the check is made under the lock that
+    /// `shutdown` takes to cancel the reloads.
+    fn load_reload(&self, entry: &Arc<ModelEntry>) -> Result<(), ServeError> {
+        {
+            let mut reloading = self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_running()?;
+            reloading.push(Arc::clone(entry));
+        }
+        let loaded = entry.load();
+        self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| !Arc::ptr_eq(e, entry));
+        loaded
     }
 
     /// Registers `endpoint` under `name` and gives back the endpoint it
@@ -175,15 +196,15 @@ impl Server {
     /// is stopped.
     fn register(&self, name: String, endpoint: Endpoint, replace: bool) -> Result<Option<Endpoint>, ServeError> {
         let mut endpoints = self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
-        let refused = if self.inner.shutting_down.load(Ordering::Acquire) {
-            ServeError::ShuttingDown
+        let (refused, cause) = if self.inner.shutting_down.load(Ordering::Acquire) {
+            (ServeError::ShuttingDown, UnloadCause::ShuttingDown)
         } else if replace || !endpoints.contains_key(&name) {
             return Ok(endpoints.insert(name, endpoint));
         } else {
-            ServeError::Internal(format!("'{name}' is already registered"))
+            (ServeError::Internal(format!("'{name}' is already registered")), UnloadCause::Removed)
         };
         drop(endpoints);
-        endpoint.retire();
+        endpoint.retire(cause);
         Err(refused)
     }
 
@@ -232,7 +253,7 @@ impl Server {
                 let reason = "the pipeline was removed".to_string();
                 p.stop(ServeError::NotReady { model: name.to_string(), version: None, reason });
             }
-            model => model.retire(),
+            model => model.retire(UnloadCause::Removed),
         }
         Ok(())
     }
@@ -251,12 +272,15 @@ impl Server {
     /// Unloads a model: its versions drain and stop; requests then fail
     /// with `NotReady` until [`Server::load`] (or a version is loaded with
     /// [`Server::load_version`] or [`Server::switch`]). It stays listed.
+    /// A load of the model in progress (`load`, `load_version`, `switch`,
+    /// an eager `add`) does not hold it up: that load fails at once, saying
+    /// it was cancelled, and the workers it started stop with the others.
     ///
     /// # Errors
     ///
     /// Unknown model.
     pub fn unload(&self, model: &str) -> Result<(), ServeError> {
-        self.model_entry(model)?.unload();
+        self.model_entry(model)?.unload(UnloadCause::Unloaded);
         Ok(())
     }
 
@@ -461,12 +485,19 @@ impl Server {
 
     /// Stops taking requests, drains every pipeline and then every model
     /// (each up to its model's drain timeout) and stops every worker.
+    /// A model still loading does not hold it up: its load fails at once,
+    /// saying it was cancelled by the shutdown, and its workers stop.
     /// Idempotent.
     pub fn shutdown(&self) {
         if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
         tracing::info!("server shutting down");
+        // Reloads first: they serve nothing yet (their `add` stops them).
+        let reloading = std::mem::take(&mut *self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner()));
+        for entry in reloading {
+            entry.unload(UnloadCause::ShuttingDown);
+        }
         // Pipelines first, while their models still serve: the requests
         // they hold are answered (each up to its model's drain timeout).
         let pipelines: Vec<Arc<dyn PipelineDyn>> = self
@@ -492,7 +523,7 @@ impl Server {
         }
         for e in &endpoints {
             if let Endpoint::Model(m) = e {
-                m.unload();
+                m.unload(UnloadCause::ShuttingDown);
             }
         }
         self.inner.deadlines.stop();
@@ -502,7 +533,7 @@ impl Server {
 impl Drop for Inner {
     fn drop(&mut self) {
         let endpoints = std::mem::take(self.endpoints.get_mut().unwrap_or_else(|e| e.into_inner()));
-        endpoints.into_values().for_each(Endpoint::retire);
+        endpoints.into_values().for_each(|e| e.retire(UnloadCause::ShuttingDown));
         self.deadlines.stop();
     }
 }

@@ -322,11 +322,18 @@ impl VersionGroup {
         }
     }
 
-    /// Waits until the version is ready, or fails, up to `timeout`.
-    pub fn wait_ready(&self, timeout: Duration) -> Result<(), ServeError> {
+    /// Waits until the version is ready, or fails, up to `timeout`; gives
+    /// up at once when `cancelled` says why (looked at each time the
+    /// version changes and on [`VersionGroup::wake_waiters`]).
+    pub fn wait_ready(&self, timeout: Duration, cancelled: impl Fn() -> Option<String>) -> Result<(), ServeError> {
         let deadline = after(Instant::now(), timeout);
         let mut s = self.lock();
         loop {
+            // Looked at under the lock that `wake_waiters` takes: a
+            // cancel that comes after this look wakes the wait below.
+            if let Some(why) = cancelled() {
+                return Err(self.not_ready(&format!("the load was cancelled: {why}")));
+            }
             let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
             match s.state {
                 VersionState::Ready if live => return Ok(()),
@@ -346,6 +353,13 @@ impl VersionGroup {
             }
             s = self.changed.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+
+    /// Wakes whoever waits in [`VersionGroup::wait_ready`] to look again
+    /// whether its wait is cancelled.
+    pub fn wake_waiters(&self) {
+        let _s = self.lock();
+        self.changed.notify_all();
     }
 
     /// Stops taking requests and finishes the queued and running ones, up to

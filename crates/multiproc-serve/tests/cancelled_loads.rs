@@ -1,0 +1,165 @@
+//! A shutdown or an unload that comes while a version still loads does not
+//! wait for the load (up to its startup timeout): the load gives up at
+//! once with an error that says it was cancelled and why, its worker
+//! process is stopped and reaped, and no supervisor thread is left.
+
+mod common;
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Behaviour, Doubler, PATIENCE, process_exists, wait_for};
+use multiproc_serve::{ModelSettings, ModelSpec, ServeError, Server, VersionState};
+
+/// How long the model's load sleeps: far longer than any stop may take.
+const LOAD_MS: u64 = 90_000;
+
+/// The longest a stop may take here (a loaded machine included).
+const PROMPT: Duration = Duration::from_secs(20);
+
+/// Adds model `name` (eager, its load sleeping [`LOAD_MS`]) on a thread,
+/// and waits until its worker process is loading. Returns the thread
+/// (whose result is the add's) and the worker's pid.
+fn add_loading(server: &Server, name: &'static str) -> (JoinHandle<Result<(), ServeError>>, i32) {
+    let adding = {
+        let server = server.clone();
+        let settings = ModelSettings { startup_timeout: Duration::from_secs(180), ..Default::default() };
+        let behaviour = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+        std::thread::spawn(move || server.add(ModelSpec::<Doubler>::new(name).version(1, behaviour).settings(settings)))
+    };
+    let pid = || server.status().model(name).and_then(|m| m.versions[0].workers[0].pid);
+    assert!(wait_for(PATIENCE, || pid().is_some()), "no worker started loading '{name}'");
+    assert_eq!(server.status().model(name).unwrap().versions[0].state, VersionState::Loading);
+    (adding, pid().unwrap())
+}
+
+/// Runs `stop` on a thread; fails if it does not return within [`PROMPT`].
+fn promptly<T: Send + 'static>(what: &str, stop: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, returned) = mpsc::channel();
+    let began = Instant::now();
+    std::thread::spawn(move || done.send(stop()));
+    let out = returned.recv_timeout(PROMPT).unwrap_or_else(|_| panic!("{what} still waits after {PROMPT:?}"));
+    eprintln!("{what} took {:?}", began.elapsed());
+    out
+}
+
+/// The add's result, which must come promptly now.
+fn add_result(adding: JoinHandle<Result<(), ServeError>>) -> Result<(), ServeError> {
+    promptly("the load", move || adding.join().expect("the add panicked"))
+}
+
+/// True while a thread of this process supervises `name`.
+fn supervisor_left(name: &str) -> bool {
+    supervisors(name) > 0
+}
+
+#[test]
+fn shutdown_while_a_model_loads_cancels_the_load_at_once() {
+    let server = Server::new();
+    let (adding, pid) = add_loading(&server, "slowa");
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = add_result(adding).expect_err("a load cancelled by shutdown succeeded");
+    let message = err.to_string();
+    assert!(message.contains("cancelled") && message.contains("shutting down"), "{message}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
+    assert!(!supervisor_left("slowa"), "a supervisor thread outlived the shutdown");
+}
+
+#[test]
+fn unload_while_a_model_loads_cancels_the_load_at_once_and_load_brings_it_back() {
+    let server = Server::new();
+    let (adding, pid) = add_loading(&server, "slowb");
+    let unloading = server.clone();
+    promptly("unload", move || unloading.unload("slowb")).unwrap();
+    let err = add_result(adding).expect_err("a load cancelled by unload succeeded");
+    let message = err.to_string();
+    assert!(message.contains("cancelled") && message.contains("unloaded"), "{message}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the unload");
+    assert!(!supervisor_left("slowb"), "a supervisor thread outlived the unload");
+    let model = server.status().model("slowb").unwrap().clone();
+    assert!(model.unloaded, "{model:?}");
+    assert_eq!(model.versions[0].state, VersionState::Stopped, "{model:?}");
+    // The model loads again (and that load, cancelled by shutdown, stops too).
+    let loading = {
+        let server = server.clone();
+        std::thread::spawn(move || server.load("slowb"))
+    };
+    let worker = || server.status().model("slowb").and_then(|m| m.versions[0].workers[0].pid);
+    assert!(wait_for(PATIENCE, || worker().is_some_and(|p| p != pid)), "the model did not load again");
+    let again = worker().unwrap();
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = promptly("the second load", move || loading.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    assert!(!process_exists(again), "the loading worker {again} outlived the shutdown");
+    assert!(!supervisor_left("slowb"), "a supervisor thread outlived the shutdown");
+}
+
+#[test]
+fn unload_during_a_switch_cancels_it_and_stops_both_versions() {
+    let server = Server::new();
+    let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("slowc").version(1, Behaviour::default()).version(2, slow);
+    let settings = ModelSettings {
+        startup_timeout: Duration::from_secs(180),
+        version_policy: multiproc_serve::VersionPolicy::Specific(vec![1]),
+        ..Default::default()
+    };
+    server.add(spec.settings(settings)).unwrap();
+    let old = server.status().model("slowc").unwrap().versions[0].workers[0].pid.unwrap();
+    let switching = {
+        let server = server.clone();
+        std::thread::spawn(move || server.switch("slowc", 2))
+    };
+    let new = || server.status().model("slowc").and_then(|m| m.versions[1].workers[0].pid);
+    assert!(wait_for(PATIENCE, || new().is_some()), "version 2 did not start loading");
+    let new = new().unwrap();
+    let unloading = server.clone();
+    promptly("unload", move || unloading.unload("slowc")).unwrap();
+    let err = promptly("the switch", move || switching.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("cancelled") && err.to_string().contains("unloaded"), "{err}");
+    let model = server.status().model("slowc").unwrap().clone();
+    assert!(model.unloaded, "{model:?}");
+    for v in &model.versions {
+        assert_eq!(v.state, VersionState::Stopped, "{model:?}");
+    }
+    assert!(!process_exists(old) && !process_exists(new), "a worker outlived the unload");
+    assert!(!supervisor_left("slowc"), "a supervisor thread outlived the unload");
+    server.shutdown();
+}
+
+/// Threads of this process that supervise `name` now (threads are named
+/// `serve-<model>-v<version>-<instance>`, cut to 15 bytes).
+fn supervisors(name: &str) -> usize {
+    let prefix: String = format!("serve-{name}-v1").chars().take(15).collect();
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().starts_with(&prefix)))
+        .count()
+}
+
+#[test]
+fn shutdown_during_a_reload_cancels_the_new_versions_load() {
+    let server = Server::new();
+    server.add(ModelSpec::<Doubler>::new("slowd").version(1, Behaviour::default())).unwrap();
+    let old = server.status().model("slowd").unwrap().versions[0].workers[0].pid.unwrap();
+    let reloading = {
+        let server = server.clone();
+        let settings = ModelSettings { startup_timeout: Duration::from_secs(180), ..Default::default() };
+        let behaviour = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+        std::thread::spawn(move || {
+            server.add(ModelSpec::<Doubler>::new("slowd").version(1, behaviour).settings(settings))
+        })
+    };
+    // The new entry is not listed until it is ready: its supervisor shows it.
+    assert!(wait_for(PATIENCE, || supervisors("slowd") == 2), "the reload did not start");
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = promptly("the reload", move || reloading.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("cancelled") && err.to_string().contains("shutting down"), "{err}");
+    assert!(!process_exists(old), "the old worker outlived the shutdown");
+    assert_eq!(supervisors("slowd"), 0, "a supervisor thread outlived the shutdown");
+}
