@@ -49,6 +49,17 @@
 //! thread of it (one such a function started; see [`Shared`] for a manager
 //! [`serve`]d on a thread of the program).
 //!
+//! **The auth key is the whole of a manager's security.** A peer without it
+//! gets no further than the handshake (at most 256 connections in their
+//! first steps at once, each for at most 10 s). A peer with it is trusted
+//! as a process of the same program: the functions it ships (`update`, a
+//! [`Shared`] type's `call`, a barrier's action) travel as code offsets
+//! into the manager's binary, checked against the build id the client
+//! states, so a peer that lies about its build can make the manager run
+//! any code of it — as a Python manager unpickles whatever an
+//! authenticated peer sends. Keep the key secret, and serve over TCP only
+//! on loopback or a network you trust.
+//!
 //! Over TCP, a peer that vanishes without a word (its machine lost power,
 //! the network between went away) is found by keepalive probes (after
 //! 10 s of silence, 5 s apart; the kernel gives up 30 s after it last
