@@ -228,7 +228,7 @@ impl ModelEntry {
         self.unloaded.store(true, Ordering::Release);
         tracing::info!(model = %self.name, "unload");
         for g in self.groups.values() {
-            g.drain();
+            g.unload(cause.as_str());
         }
     }
 

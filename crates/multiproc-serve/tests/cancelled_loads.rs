@@ -163,3 +163,33 @@ fn shutdown_during_a_reload_cancels_the_new_versions_load() {
     assert!(!process_exists(old), "the old worker outlived the shutdown");
     assert_eq!(supervisors("slowd"), 0, "a supervisor thread outlived the shutdown");
 }
+
+/// A request queued on a version still loading, then `stop`: the stop
+/// returns promptly (not after the drain timeout) and the request fails at
+/// once with an error that says the version was stopped before it was
+/// ready, and `says` why.
+fn queued_request_fails_when_the_load_is_cancelled(name: &'static str, stop: fn(&Server), says: &str) {
+    let server = Server::new();
+    let (adding, pid) = add_loading(&server, name);
+    let queued = server.infer_async::<u64, common::Tagged>(multiproc_serve::Request::new(name, 7));
+    assert_eq!(server.status().model(name).unwrap().versions[0].queue_depth, 1);
+    let stopping = server.clone();
+    promptly("the stop", move || stop(&stopping));
+    let err = queued.wait_timeout(PROMPT).expect_err("a request on a cancelled load was answered");
+    let message = err.to_string();
+    assert!(message.contains("before") && message.contains("ready") && message.contains(says), "{message}");
+    assert!(add_result(adding).is_err(), "a cancelled load succeeded");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the stop");
+    assert!(!supervisor_left(name), "a supervisor thread outlived the stop");
+    server.shutdown();
+}
+
+#[test]
+fn shutdown_fails_a_request_queued_on_a_loading_version_at_once() {
+    queued_request_fails_when_the_load_is_cancelled("slowe", |s| s.shutdown(), "shutting down");
+}
+
+#[test]
+fn unload_fails_a_request_queued_on_a_loading_version_at_once() {
+    queued_request_fails_when_the_load_is_cancelled("slowf", |s| s.unload("slowf").unwrap(), "unloaded");
+}
