@@ -193,3 +193,63 @@ fn shutdown_fails_a_request_queued_on_a_loading_version_at_once() {
 fn unload_fails_a_request_queued_on_a_loading_version_at_once() {
     queued_request_fails_when_the_load_is_cancelled("slowf", |s| s.unload("slowf").unwrap(), "unloaded");
 }
+
+/// Model `name` serving version 1, with version 2 declared, whose load
+/// sleeps [`LOAD_MS`]; `load_version(2)` runs on the returned thread,
+/// whose worker (the returned pid) is loading.
+fn loading_version_two(server: &Server, name: &'static str) -> (JoinHandle<Result<(), ServeError>>, i32) {
+    let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new(name).version(1, Behaviour::default()).version(2, slow);
+    let settings = ModelSettings {
+        startup_timeout: Duration::from_secs(180),
+        version_policy: multiproc_serve::VersionPolicy::Specific(vec![1]),
+        ..Default::default()
+    };
+    server.add(spec.settings(settings)).unwrap();
+    let loading = {
+        let server = server.clone();
+        std::thread::spawn(move || server.load_version(name, 2))
+    };
+    let pid = || server.status().model(name).and_then(|m| m.versions[1].workers[0].pid);
+    assert!(wait_for(PATIENCE, || pid().is_some()), "version 2 did not start loading");
+    (loading, pid().unwrap())
+}
+
+#[test]
+fn unload_version_cancels_that_versions_load_at_once() {
+    let server = Server::new();
+    let (loading, pid) = loading_version_two(&server, "slowg");
+    let unloading = server.clone();
+    promptly("unload_version", move || unloading.unload_version("slowg", 2)).unwrap();
+    let err = promptly("the load", move || loading.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("cancelled") && err.to_string().contains("version 2 was unloaded"), "{err}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the unload");
+    let model = server.status().model("slowg").unwrap().clone();
+    assert_eq!(model.versions[1].state, VersionState::Stopped, "{model:?}");
+    // Version 1 serves on.
+    let reply = server.infer::<u64, common::Tagged>(multiproc_serve::Request::new("slowg", 4).timeout(PATIENCE));
+    assert_eq!(reply.unwrap().output.version, 1);
+    server.shutdown();
+    assert!(!supervisor_left("slowg"), "a supervisor thread outlived the shutdown");
+}
+
+#[test]
+fn unload_version_does_not_cancel_another_versions_load() {
+    let server = Server::new();
+    let (loading, pid) = loading_version_two(&server, "slowh");
+    let unloading = {
+        let server = server.clone();
+        std::thread::spawn(move || server.unload_version("slowh", 1))
+    };
+    // A cancel would come at once; a second is plenty to see none came.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!loading.is_finished(), "unloading version 1 cancelled the load of version 2");
+    assert_eq!(server.status().model("slowh").unwrap().versions[1].state, VersionState::Loading);
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = promptly("the load", move || loading.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    promptly("unload_version", move || unloading.join().unwrap()).unwrap();
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
+    assert!(!supervisor_left("slowh"), "a supervisor thread outlived the shutdown");
+}
