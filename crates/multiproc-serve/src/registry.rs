@@ -324,10 +324,21 @@ impl ModelEntry {
         tracing::info!(model = %self.name, from = ?old, to, "switch: loading the new version");
         group.start();
         if let Err(e) = self.wait_ready(&group) {
-            tracing::warn!(model = %self.name, to, "switch failed; the old versions keep serving: {e}");
-            // Cancelled: the unload that waits stops it.
-            if !old.contains(&to) && self.cancelled(Some(to)).is_none() {
-                group.stop_hard(VersionState::Failed, &e.to_string());
+            // Cancelled: the unload that waits stops it (and, an unload of
+            // the model, the old versions too).
+            match (self.cancelled(None), self.cancelled(Some(to))) {
+                (Some(why), _) => {
+                    tracing::info!(model = %self.name, to, "switch cancelled: {why}; every version stops");
+                }
+                (None, Some(why)) => {
+                    tracing::info!(model = %self.name, to, "switch cancelled: {why}; the old versions keep serving");
+                }
+                (None, None) => {
+                    tracing::warn!(model = %self.name, to, "switch failed; the old versions keep serving: {e}");
+                    if !old.contains(&to) {
+                        group.stop_hard(VersionState::Failed, &e.to_string());
+                    }
+                }
             }
             return Err(e);
         }

@@ -99,6 +99,7 @@ fn unload_while_a_model_loads_cancels_the_load_at_once_and_load_brings_it_back()
 
 #[test]
 fn unload_during_a_switch_cancels_it_and_stops_both_versions() {
+    let log = common::capture_log();
     let server = Server::new();
     let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
     let spec = ModelSpec::<Doubler>::new("slowc").version(1, Behaviour::default()).version(2, slow);
@@ -128,6 +129,12 @@ fn unload_during_a_switch_cancels_it_and_stops_both_versions() {
     assert!(!process_exists(old) && !process_exists(new), "a worker outlived the unload");
     assert!(!supervisor_left("slowc"), "a supervisor thread outlived the unload");
     server.shutdown();
+    // The log says the switch was cancelled, not that it failed with the old
+    // versions serving on (they were unloaded).
+    let lines = log.lock().unwrap().clone();
+    let switch: Vec<&String> = lines.iter().filter(|l| l.contains("slowc") && l.contains("switch")).collect();
+    assert!(!switch.iter().any(|l| l.contains("keep serving")), "{switch:#?}");
+    assert!(switch.iter().any(|l| l.contains("switch cancelled") && l.contains("unloaded")), "{switch:#?}");
 }
 
 /// Threads of this process that supervise `name` now (threads are named
