@@ -351,6 +351,14 @@ impl ModelEntry {
         Ok(())
     }
 
+    /// True while no served version has been ready since it started (each
+    /// loads, or was never started): what waits for the model waits for a
+    /// load, which an unload cancels.
+    pub fn still_loading(&self) -> bool {
+        let served = self.served.read().unwrap_or_else(|e| e.into_inner());
+        served.iter().all(|v| matches!(self.groups[v].state(), VersionState::NotStarted | VersionState::Loading))
+    }
+
     pub fn is_ready(&self, version: Option<u64>) -> Result<bool, ServeError> {
         match version {
             Some(v) => {

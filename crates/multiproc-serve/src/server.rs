@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -508,9 +508,13 @@ impl Server {
                 Endpoint::Model(_) => None,
             })
             .collect();
+        // A pipeline whose model is still loading could answer only after
+        // the load, which this shutdown cancels: it stops at once.
         for p in pipelines {
             let model = self.model_entry(&p.status().model);
-            p.drain(model.map_or(ModelSettings::default().drain_timeout, |m| m.settings.drain_timeout));
+            p.drain(model.map_or(ModelSettings::default().drain_timeout, |m| {
+                if m.still_loading() { Duration::ZERO } else { m.settings.drain_timeout }
+            }));
         }
         let endpoints: Vec<Endpoint> =
             std::mem::take(&mut *self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()))

@@ -260,3 +260,29 @@ fn unload_version_does_not_cancel_another_versions_load() {
     assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
     assert!(!supervisor_left("slowh"), "a supervisor thread outlived the shutdown");
 }
+
+#[test]
+fn shutdown_does_not_wait_for_a_pipeline_request_on_a_model_still_loading() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        startup_timeout: Duration::from_secs(180),
+        ..Default::default()
+    };
+    let behaviour = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("slowi").version(1, behaviour).settings(settings)).unwrap();
+    let parse = |text: String| text.trim().parse::<u64>().map_err(|e| e.to_string());
+    let spec = multiproc_serve::PipelineSpec::new("slowi-words", "slowi", parse, 1)
+        .postprocess(|t: common::Tagged| Ok::<u64, String>(t.value), 1);
+    server.add_pipeline(spec).unwrap();
+    let queued = server.infer_async::<String, u64>(multiproc_serve::Request::new("slowi-words", "3".to_string()));
+    let pid = || server.status().model("slowi").and_then(|m| m.versions[0].workers[0].pid);
+    assert!(wait_for(PATIENCE, || pid().is_some()), "the request did not start the model's load");
+    let pid = pid().unwrap();
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = queued.wait_timeout(PROMPT).expect_err("a request on a cancelled load was answered");
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
+    assert!(!supervisor_left("slowi"), "a supervisor thread outlived the shutdown");
+}
