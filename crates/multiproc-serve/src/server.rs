@@ -274,7 +274,8 @@ impl Server {
     /// [`Server::load_version`] or [`Server::switch`]). It stays listed.
     /// A load of the model in progress (`load`, `load_version`, `switch`,
     /// an eager `add`) does not hold it up: that load fails at once, saying
-    /// it was cancelled, and the workers it started stop with the others.
+    /// it was cancelled, and the workers it started stop with the others;
+    /// requests queued on a version that never became ready fail at once.
     ///
     /// # Errors
     ///
@@ -296,7 +297,11 @@ impl Server {
         self.model_entry(model)?.load_version(version)
     }
 
-    /// Drains and stops one version.
+    /// Drains and stops one version. A load of that version in progress
+    /// (`load_version`, `switch`) does not hold it up: the load fails at
+    /// once, saying the version was unloaded, and requests queued on the
+    /// version, which never became ready, fail at once too. A load of
+    /// another version is not cancelled (this waits for it).
     ///
     /// # Errors
     ///
@@ -486,8 +491,9 @@ impl Server {
     /// Stops taking requests, drains every pipeline and then every model
     /// (each up to its model's drain timeout) and stops every worker.
     /// A model still loading does not hold it up: its load fails at once,
-    /// saying it was cancelled by the shutdown, and its workers stop.
-    /// Idempotent.
+    /// saying it was cancelled by the shutdown, its workers stop, and the
+    /// requests waiting for it (directly or through a pipeline) fail at
+    /// once, saying so. Idempotent.
     pub fn shutdown(&self) {
         if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
             return;
