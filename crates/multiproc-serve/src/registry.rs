@@ -33,13 +33,22 @@ impl UnloadCause {
     }
 }
 
+/// Why a load of `version` is cancelled by `unload_version`.
+fn version_unloaded(version: u64) -> String {
+    format!("version {version} was unloaded")
+}
+
 /// The unloads waiting for a model's `admin` lock, and whether the model
 /// is retired.
 #[derive(Debug, Default)]
 struct WaitingUnloads {
+    /// Unloads of the model.
     count: usize,
     /// The cause of the latest.
     cause: Option<UnloadCause>,
+    /// The versions of `unload_version` calls (one entry each): they
+    /// cancel the loads of those versions only.
+    versions: Vec<u64>,
     /// Removed or shut down: it loads no more (a load that took the
     /// entry before would start workers nothing stops).
     retired: Option<UnloadCause>,
@@ -149,7 +158,7 @@ impl ModelEntry {
     /// as cancelled, while an unload waits for it.
     fn admin_to_load(&self, version: Option<u64>) -> Result<MutexGuard<'_, ()>, ServeError> {
         let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        match self.cancelled() {
+        match self.cancelled(version) {
             Some(why) => Err(ServeError::NotReady {
                 model: self.name.clone(),
                 version,
@@ -161,38 +170,70 @@ impl ModelEntry {
 
     /// Takes `admin` for an unload: a load holding it gives up first.
     fn admin_to_unload(&self, cause: UnloadCause) -> MutexGuard<'_, ()> {
-        {
-            let mut waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
+        let enter = |waiting: &mut WaitingUnloads| {
             waiting.count += 1;
             waiting.cause = Some(cause);
             if cause != UnloadCause::Unloaded {
                 waiting.retired = Some(cause);
             }
-        }
-        for g in self.groups.values() {
+        };
+        let leave = |waiting: &mut WaitingUnloads| {
+            waiting.count -= 1;
+            if waiting.count == 0 {
+                waiting.cause = None;
+            }
+        };
+        self.admin_while_waiting(self.groups.values(), enter, leave)
+    }
+
+    /// Takes `admin` for an unload of `group`: a load of that version
+    /// holding it gives up first (a load of other versions does not).
+    fn admin_to_unload_version(&self, group: &Arc<VersionGroup>) -> MutexGuard<'_, ()> {
+        let version = group.version;
+        let enter = |waiting: &mut WaitingUnloads| waiting.versions.push(version);
+        let leave = |waiting: &mut WaitingUnloads| {
+            if let Some(i) = waiting.versions.iter().position(|v| *v == version) {
+                waiting.versions.swap_remove(i);
+            }
+        };
+        self.admin_while_waiting([group], enter, leave)
+    }
+
+    /// Takes `admin`, said (by `enter`, undone by `leave`) in
+    /// `waiting_unloads` while it waits, after waking the loads of
+    /// `groups` to look at it.
+    fn admin_while_waiting<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a Arc<VersionGroup>>,
+        enter: impl FnOnce(&mut WaitingUnloads),
+        leave: impl FnOnce(&mut WaitingUnloads),
+    ) -> MutexGuard<'_, ()> {
+        enter(&mut self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner()));
+        for g in groups {
             g.wake_waiters();
         }
         let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let mut waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.count -= 1;
-        if waiting.count == 0 {
-            waiting.cause = None;
-        }
+        leave(&mut self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner()));
         admin
     }
 
-    /// Why a load holding `admin` gives up now: an unload waits for it
-    /// (and will stop what the load started), or the model is retired.
-    fn cancelled(&self) -> Option<String> {
+    /// Why a load (of `version`, or of the model) holding `admin` gives up
+    /// now: an unload of the model or of that version waits for it (and
+    /// will stop what the load started), or the model is retired.
+    fn cancelled(&self, version: Option<u64>) -> Option<String> {
         let waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
         let cause = waiting.cause.filter(|_| waiting.count > 0).or(waiting.retired);
-        cause.map(|c| c.as_str().to_string())
+        match (cause, version) {
+            (Some(c), _) => Some(c.as_str().to_string()),
+            (None, Some(v)) if waiting.versions.contains(&v) => Some(version_unloaded(v)),
+            (None, _) => None,
+        }
     }
 
     /// Waits until `group` is ready, up to the startup timeout, unless an
-    /// unload cancels the wait.
+    /// unload of the model or of that version cancels the wait.
     fn wait_ready(&self, group: &VersionGroup) -> Result<(), ServeError> {
-        group.wait_ready(self.settings.startup_timeout, || self.cancelled())
+        group.wait_ready(self.settings.startup_timeout, || self.cancelled(Some(group.version)))
     }
 
     /// Starts the served versions and waits until each is ready.
@@ -228,7 +269,7 @@ impl ModelEntry {
         self.unloaded.store(true, Ordering::Release);
         tracing::info!(model = %self.name, "unload");
         for g in self.groups.values() {
-            g.drain();
+            g.unload(cause.as_str());
         }
     }
 
@@ -247,7 +288,7 @@ impl ModelEntry {
         group.start();
         if let Err(e) = self.wait_ready(&group) {
             // Cancelled: the unload that waits stops it.
-            if self.cancelled().is_none() {
+            if self.cancelled(Some(version)).is_none() {
                 group.stop_hard(VersionState::Failed, &e.to_string());
             }
             return Err(e);
@@ -265,11 +306,13 @@ impl ModelEntry {
         Ok(())
     }
 
+    /// Stops serving `version` and stops it; a load of that version in
+    /// progress is cancelled (it fails, saying so), a load of others is not.
     pub fn unload_version(&self, version: u64) -> Result<(), ServeError> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let group = Arc::clone(self.group(version)?);
+        let _admin = self.admin_to_unload_version(&group);
         self.served.write().unwrap_or_else(|e| e.into_inner()).retain(|v| *v != version);
-        group.drain();
+        group.unload(&version_unloaded(version));
         Ok(())
     }
 
@@ -281,10 +324,21 @@ impl ModelEntry {
         tracing::info!(model = %self.name, from = ?old, to, "switch: loading the new version");
         group.start();
         if let Err(e) = self.wait_ready(&group) {
-            tracing::warn!(model = %self.name, to, "switch failed; the old versions keep serving: {e}");
-            // Cancelled: the unload that waits stops it.
-            if !old.contains(&to) && self.cancelled().is_none() {
-                group.stop_hard(VersionState::Failed, &e.to_string());
+            // Cancelled: the unload that waits stops it (and, an unload of
+            // the model, the old versions too).
+            match (self.cancelled(None), self.cancelled(Some(to))) {
+                (Some(why), _) => {
+                    tracing::info!(model = %self.name, to, "switch cancelled: {why}; every version stops");
+                }
+                (None, Some(why)) => {
+                    tracing::info!(model = %self.name, to, "switch cancelled: {why}; the old versions keep serving");
+                }
+                (None, None) => {
+                    tracing::warn!(model = %self.name, to, "switch failed; the old versions keep serving: {e}");
+                    if !old.contains(&to) {
+                        group.stop_hard(VersionState::Failed, &e.to_string());
+                    }
+                }
             }
             return Err(e);
         }
@@ -295,6 +349,14 @@ impl ModelEntry {
             self.groups[v].drain();
         }
         Ok(())
+    }
+
+    /// True while no served version has been ready since it started (each
+    /// loads, or was never started): what waits for the model waits for a
+    /// load, which an unload cancels.
+    pub fn still_loading(&self) -> bool {
+        let served = self.served.read().unwrap_or_else(|e| e.into_inner());
+        served.iter().all(|v| matches!(self.groups[v].state(), VersionState::NotStarted | VersionState::Loading))
     }
 
     pub fn is_ready(&self, version: Option<u64>) -> Result<bool, ServeError> {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -274,7 +274,8 @@ impl Server {
     /// [`Server::load_version`] or [`Server::switch`]). It stays listed.
     /// A load of the model in progress (`load`, `load_version`, `switch`,
     /// an eager `add`) does not hold it up: that load fails at once, saying
-    /// it was cancelled, and the workers it started stop with the others.
+    /// it was cancelled, and the workers it started stop with the others;
+    /// requests queued on a version that never became ready fail at once.
     ///
     /// # Errors
     ///
@@ -296,7 +297,11 @@ impl Server {
         self.model_entry(model)?.load_version(version)
     }
 
-    /// Drains and stops one version.
+    /// Drains and stops one version. A load of that version in progress
+    /// (`load_version`, `switch`) does not hold it up: the load fails at
+    /// once, saying the version was unloaded, and requests queued on the
+    /// version, which never became ready, fail at once too. A load of
+    /// another version is not cancelled (this waits for it).
     ///
     /// # Errors
     ///
@@ -486,8 +491,9 @@ impl Server {
     /// Stops taking requests, drains every pipeline and then every model
     /// (each up to its model's drain timeout) and stops every worker.
     /// A model still loading does not hold it up: its load fails at once,
-    /// saying it was cancelled by the shutdown, and its workers stop.
-    /// Idempotent.
+    /// saying it was cancelled by the shutdown, its workers stop, and the
+    /// requests waiting for it (directly or through a pipeline) fail at
+    /// once, saying so. Idempotent.
     pub fn shutdown(&self) {
         if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
             return;
@@ -508,9 +514,13 @@ impl Server {
                 Endpoint::Model(_) => None,
             })
             .collect();
+        // A pipeline whose model is still loading could answer only after
+        // the load, which this shutdown cancels: it stops at once.
         for p in pipelines {
             let model = self.model_entry(&p.status().model);
-            p.drain(model.map_or(ModelSettings::default().drain_timeout, |m| m.settings.drain_timeout));
+            p.drain(model.map_or(ModelSettings::default().drain_timeout, |m| {
+                if m.still_loading() { Duration::ZERO } else { m.settings.drain_timeout }
+            }));
         }
         let endpoints: Vec<Endpoint> =
             std::mem::take(&mut *self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner()))

@@ -365,7 +365,22 @@ impl VersionGroup {
     /// Stops taking requests and finishes the queued and running ones, up to
     /// the drain timeout; then stops hard. Blocks until the workers are gone.
     pub fn drain(&self) {
-        {
+        self.drain_unless_loading(None);
+    }
+
+    /// Stops the version for an unload (or a shutdown), saying `why`: as
+    /// [`VersionGroup::drain`] if it serves, but if it is still loading
+    /// (never ready since it started) its load is cancelled and its queued
+    /// requests fail at once, rather than keep the unload waiting for the
+    /// load (up to the drain timeout) to answer them.
+    pub fn unload(&self, why: &str) {
+        self.drain_unless_loading(Some(why));
+    }
+
+    /// [`VersionGroup::drain`]; with `cancel_load`, a version still loading
+    /// fails its queue at once, saying why.
+    fn drain_unless_loading(&self, cancel_load: Option<&str>) {
+        let loading = {
             let mut s = self.lock();
             match s.state {
                 VersionState::NotStarted | VersionState::Stopped | VersionState::Failed => {
@@ -373,10 +388,19 @@ impl VersionGroup {
                     self.transition(&mut s, VersionState::Stopped, "drained: no worker was running");
                     return;
                 }
-                _ => self.transition(&mut s, VersionState::Draining, "draining"),
+                state => {
+                    self.transition(&mut s, VersionState::Draining, "draining");
+                    state == VersionState::Loading
+                }
             }
-        }
+        };
         self.queue.close();
+        if let Some(why) = cancel_load.filter(|_| loading) {
+            // A worker that became ready meanwhile may have taken some:
+            // it answers those. The empty queue lets the loading ones quit.
+            let why = format!("the load was cancelled before the version was ready ({why}); the request did not run");
+            self.fail_requests(self.queue.take_all(), &self.not_ready(&why));
+        }
         let deadline = after(Instant::now(), self.settings.drain_timeout);
         let mut s = self.lock();
         while !s.workers.iter().all(|w| w.state == WorkerState::Stopped) {

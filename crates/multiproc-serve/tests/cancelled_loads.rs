@@ -99,6 +99,7 @@ fn unload_while_a_model_loads_cancels_the_load_at_once_and_load_brings_it_back()
 
 #[test]
 fn unload_during_a_switch_cancels_it_and_stops_both_versions() {
+    let log = common::capture_log();
     let server = Server::new();
     let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
     let spec = ModelSpec::<Doubler>::new("slowc").version(1, Behaviour::default()).version(2, slow);
@@ -128,6 +129,12 @@ fn unload_during_a_switch_cancels_it_and_stops_both_versions() {
     assert!(!process_exists(old) && !process_exists(new), "a worker outlived the unload");
     assert!(!supervisor_left("slowc"), "a supervisor thread outlived the unload");
     server.shutdown();
+    // The log says the switch was cancelled, not that it failed with the old
+    // versions serving on (they were unloaded).
+    let lines = log.lock().unwrap().clone();
+    let switch: Vec<&String> = lines.iter().filter(|l| l.contains("slowc") && l.contains("switch")).collect();
+    assert!(!switch.iter().any(|l| l.contains("keep serving")), "{switch:#?}");
+    assert!(switch.iter().any(|l| l.contains("switch cancelled") && l.contains("unloaded")), "{switch:#?}");
 }
 
 /// Threads of this process that supervise `name` now (threads are named
@@ -162,4 +169,120 @@ fn shutdown_during_a_reload_cancels_the_new_versions_load() {
     assert!(err.to_string().contains("cancelled") && err.to_string().contains("shutting down"), "{err}");
     assert!(!process_exists(old), "the old worker outlived the shutdown");
     assert_eq!(supervisors("slowd"), 0, "a supervisor thread outlived the shutdown");
+}
+
+/// A request queued on a version still loading, then `stop`: the stop
+/// returns promptly (not after the drain timeout) and the request fails at
+/// once with an error that says the version was stopped before it was
+/// ready, and `says` why.
+fn queued_request_fails_when_the_load_is_cancelled(name: &'static str, stop: fn(&Server), says: &str) {
+    let server = Server::new();
+    let (adding, pid) = add_loading(&server, name);
+    let queued = server.infer_async::<u64, common::Tagged>(multiproc_serve::Request::new(name, 7));
+    assert_eq!(server.status().model(name).unwrap().versions[0].queue_depth, 1);
+    let stopping = server.clone();
+    promptly("the stop", move || stop(&stopping));
+    let err = queued.wait_timeout(PROMPT).expect_err("a request on a cancelled load was answered");
+    let message = err.to_string();
+    assert!(message.contains("before") && message.contains("ready") && message.contains(says), "{message}");
+    assert!(add_result(adding).is_err(), "a cancelled load succeeded");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the stop");
+    assert!(!supervisor_left(name), "a supervisor thread outlived the stop");
+    server.shutdown();
+}
+
+#[test]
+fn shutdown_fails_a_request_queued_on_a_loading_version_at_once() {
+    queued_request_fails_when_the_load_is_cancelled("slowe", |s| s.shutdown(), "shutting down");
+}
+
+#[test]
+fn unload_fails_a_request_queued_on_a_loading_version_at_once() {
+    queued_request_fails_when_the_load_is_cancelled("slowf", |s| s.unload("slowf").unwrap(), "unloaded");
+}
+
+/// Model `name` serving version 1, with version 2 declared, whose load
+/// sleeps [`LOAD_MS`]; `load_version(2)` runs on the returned thread,
+/// whose worker (the returned pid) is loading.
+fn loading_version_two(server: &Server, name: &'static str) -> (JoinHandle<Result<(), ServeError>>, i32) {
+    let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new(name).version(1, Behaviour::default()).version(2, slow);
+    let settings = ModelSettings {
+        startup_timeout: Duration::from_secs(180),
+        version_policy: multiproc_serve::VersionPolicy::Specific(vec![1]),
+        ..Default::default()
+    };
+    server.add(spec.settings(settings)).unwrap();
+    let loading = {
+        let server = server.clone();
+        std::thread::spawn(move || server.load_version(name, 2))
+    };
+    let pid = || server.status().model(name).and_then(|m| m.versions[1].workers[0].pid);
+    assert!(wait_for(PATIENCE, || pid().is_some()), "version 2 did not start loading");
+    (loading, pid().unwrap())
+}
+
+#[test]
+fn unload_version_cancels_that_versions_load_at_once() {
+    let server = Server::new();
+    let (loading, pid) = loading_version_two(&server, "slowg");
+    let unloading = server.clone();
+    promptly("unload_version", move || unloading.unload_version("slowg", 2)).unwrap();
+    let err = promptly("the load", move || loading.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("cancelled") && err.to_string().contains("version 2 was unloaded"), "{err}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the unload");
+    let model = server.status().model("slowg").unwrap().clone();
+    assert_eq!(model.versions[1].state, VersionState::Stopped, "{model:?}");
+    // Version 1 serves on.
+    let reply = server.infer::<u64, common::Tagged>(multiproc_serve::Request::new("slowg", 4).timeout(PATIENCE));
+    assert_eq!(reply.unwrap().output.version, 1);
+    server.shutdown();
+    assert!(!supervisor_left("slowg"), "a supervisor thread outlived the shutdown");
+}
+
+#[test]
+fn unload_version_does_not_cancel_another_versions_load() {
+    let server = Server::new();
+    let (loading, pid) = loading_version_two(&server, "slowh");
+    let unloading = {
+        let server = server.clone();
+        std::thread::spawn(move || server.unload_version("slowh", 1))
+    };
+    // A cancel would come at once; a second is plenty to see none came.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!loading.is_finished(), "unloading version 1 cancelled the load of version 2");
+    assert_eq!(server.status().model("slowh").unwrap().versions[1].state, VersionState::Loading);
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = promptly("the load", move || loading.join().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    promptly("unload_version", move || unloading.join().unwrap()).unwrap();
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
+    assert!(!supervisor_left("slowh"), "a supervisor thread outlived the shutdown");
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_pipeline_request_on_a_model_still_loading() {
+    let server = Server::new();
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        startup_timeout: Duration::from_secs(180),
+        ..Default::default()
+    };
+    let behaviour = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("slowi").version(1, behaviour).settings(settings)).unwrap();
+    let parse = |text: String| text.trim().parse::<u64>().map_err(|e| e.to_string());
+    let spec = multiproc_serve::PipelineSpec::new("slowi-words", "slowi", parse, 1)
+        .postprocess(|t: common::Tagged| Ok::<u64, String>(t.value), 1);
+    server.add_pipeline(spec).unwrap();
+    let queued = server.infer_async::<String, u64>(multiproc_serve::Request::new("slowi-words", "3".to_string()));
+    let pid = || server.status().model("slowi").and_then(|m| m.versions[0].workers[0].pid);
+    assert!(wait_for(PATIENCE, || pid().is_some()), "the request did not start the model's load");
+    let pid = pid().unwrap();
+    let stopping = server.clone();
+    promptly("shutdown", move || stopping.shutdown());
+    let err = queued.wait_timeout(PROMPT).expect_err("a request on a cancelled load was answered");
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
+    assert!(!supervisor_left("slowi"), "a supervisor thread outlived the shutdown");
 }
