@@ -306,10 +306,21 @@ impl BatchQueue {
 
     /// Waits up to `patience` for a batch by the rules of `settings`.
     /// Expired and cancelled requests found on the way are returned in
-    /// `dropped` for the caller to fail.
-    pub fn next_batch(&self, settings: &ModelSettings, patience: Duration, dropped: &mut Vec<Pending>) -> Next {
+    /// `dropped` for the caller to fail. `roused`: the caller was rung
+    /// awake in [`BatchQueue::sleep_while_empty`] (which said so) and comes
+    /// for work now; until then no batch was taken ahead for a busy worker.
+    pub fn next_batch(
+        &self,
+        settings: &ModelSettings,
+        patience: Duration,
+        dropped: &mut Vec<Pending>,
+        roused: bool,
+    ) -> Next {
         let give_up = after(Instant::now(), patience);
         let mut s = self.lock();
+        if roused {
+            s.roused = s.roused.saturating_sub(1);
+        }
         let generation = s.generation;
         loop {
             if s.stopped {
@@ -380,22 +391,33 @@ impl BatchQueue {
     /// or stopping, rings `bell`. Returns at once if a request is queued or
     /// the queue no longer accepts requests. A ring that comes after the
     /// sleep ended for another reason ends the next sleep early, no more.
-    pub fn sleep_while_empty(&self, bell: &Bell, sleep: impl FnOnce()) {
+    ///
+    /// Returns true if the queue rang `bell`: the caller then counts as on
+    /// its way to the work that rang it (a busy worker takes no batch ahead
+    /// meanwhile, see [`BatchQueue::take_full`]) until it says it came,
+    /// with `roused` to [`BatchQueue::next_batch`] or
+    /// [`BatchQueue::pass_on`].
+    #[must_use = "a rung thread must say it came (next_batch or pass_on)"]
+    pub fn sleep_while_empty(&self, bell: &Bell, sleep: impl FnOnce()) -> bool {
         {
             let mut s = self.lock();
             if !s.items.is_empty() || !s.accepting || s.stopped {
-                return;
+                return false;
             }
             s.sleepers.push(bell.ringer());
         }
         sleep();
         let mut s = self.lock();
-        match s.sleepers.iter().position(|r| r.rings(bell)) {
-            Some(i) => drop(s.sleepers.swap_remove(i)),
-            None => s.roused = s.roused.saturating_sub(1),
-        }
+        let rung = match s.sleepers.iter().position(|r| r.rings(bell)) {
+            Some(i) => {
+                drop(s.sleepers.swap_remove(i));
+                false
+            }
+            None => true,
+        };
         drop(s);
         bell.clear();
+        rung
     }
 
     /// Sleeps by `sleep` (on `bell` and whatever else the caller watches) a
@@ -420,8 +442,12 @@ impl BatchQueue {
 
     /// A worker thread woken for work it will not take (its worker died)
     /// passes the wake-up on to another idle worker thread, if work waits.
-    pub fn pass_on(&self) {
-        let s = self.lock();
+    /// `roused`: as for [`BatchQueue::next_batch`].
+    pub fn pass_on(&self, roused: bool) {
+        let mut s = self.lock();
+        if roused {
+            s.roused = s.roused.saturating_sub(1);
+        }
         if !s.items.is_empty() {
             self.wake_one(s);
         }

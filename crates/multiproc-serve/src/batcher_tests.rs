@@ -8,7 +8,7 @@ fn pending() -> Pending {
 }
 
 fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {
-    match q.next_batch(s, Duration::from_secs(5), &mut Vec::new()) {
+    match q.next_batch(s, Duration::from_secs(5), &mut Vec::new(), false) {
         Next::Batch(b, r) => (b.len(), r),
         other => panic!("no batch: {other:?}"),
     }
@@ -32,7 +32,7 @@ fn batches_are_cut_by_size_preference_idleness_and_delay() {
     assert_eq!(next(&q, &s), (1, BatchReason::Delay));
     assert!(t.elapsed() >= Duration::from_millis(29));
     q.close();
-    assert!(matches!(q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()), Next::Quit));
+    assert!(matches!(q.next_batch(&s, Duration::from_secs(5), &mut Vec::new(), false), Next::Quit));
 }
 
 #[test]
@@ -52,7 +52,7 @@ fn a_full_queue_refuses_and_cancelled_requests_are_dropped() {
     gone.slot.cancel();
     q.push(gone, true, &mut dropped).unwrap();
     let s = ModelSettings { max_batch_size: 8, ..Default::default() };
-    let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped) else { panic!("no batch") };
+    let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped, false) else { panic!("no batch") };
     assert_eq!((b.len(), dropped.len()), (3, 2));
 }
 
@@ -85,7 +85,9 @@ fn arrivals_count_what_was_queued_not_what_came_back() {
         "a refused request did not arrive"
     );
     assert_eq!(q.arrivals(), 4);
-    let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new()) else { panic!("no batch") };
+    let Next::Batch(b, _) = q.next_batch(&s, Duration::from_secs(5), &mut Vec::new(), false) else {
+        panic!("no batch")
+    };
     q.push_front(b);
     assert_eq!((q.arrivals(), q.len()), (4, 4), "a batch put back is not a new arrival");
 }
@@ -97,7 +99,8 @@ fn sleeper(q: &Arc<BatchQueue>) -> std::thread::JoinHandle<bool> {
     std::thread::spawn(move || {
         let bell = Bell::new().unwrap();
         let start = Instant::now();
-        q.sleep_while_empty(&bell, || bell.sleep(&[], Duration::from_secs(10)));
+        // Whether it was rung is for the test to act on.
+        let _rung = q.sleep_while_empty(&bell, || bell.sleep(&[], Duration::from_secs(10)));
         start.elapsed() < Duration::from_secs(9)
     })
 }
@@ -120,12 +123,39 @@ fn a_push_rings_a_sleeper_and_a_sleeper_that_leaves_it_to_others_passes_it_on() 
         assert!(Instant::now() < deadline, "a push rang no sleeper");
         std::thread::sleep(Duration::from_millis(1));
     }
-    q.pass_on();
+    q.pass_on(true);
     assert!(first.join().unwrap() && second.join().unwrap(), "a sleeper slept on with a request queued");
     let q = BatchQueue::new(4);
     q.close();
     let bell = Bell::new().unwrap();
-    q.sleep_while_empty(&bell, || panic!("a closed queue let its worker thread sleep"));
+    assert!(!q.sleep_while_empty(&bell, || panic!("a closed queue let its worker thread sleep")));
+}
+
+#[test]
+fn no_batch_is_taken_ahead_while_a_rung_worker_thread_is_on_its_way() {
+    let q = Arc::new(BatchQueue::new(4));
+    let s = ModelSettings { max_batch_size: 1, ..Default::default() };
+    let waker = Arc::clone(&q);
+    let woken = std::thread::spawn(move || {
+        let bell = Bell::new().unwrap();
+        waker.sleep_while_empty(&bell, || bell.sleep(&[], Duration::from_secs(20)))
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while q.lock().sleepers.is_empty() {
+        assert!(Instant::now() < deadline, "the worker thread never slept");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    let rung = woken.join().unwrap();
+    assert!(rung, "the request did not ring the sleeping worker thread");
+    // Awake, on its way back to the queue (a busy worker of the same
+    // version then looks for a batch to take ahead): the request is its.
+    assert!(q.take_full(&s, &mut Vec::new()).is_none(), "a busy worker took the request its idle peer was woken for");
+    let Next::Batch(b, _) = q.next_batch(&s, Duration::ZERO, &mut Vec::new(), rung) else { panic!("no batch") };
+    assert_eq!(b.len(), 1);
+    // Back at the queue: a later full batch may be taken ahead again.
+    q.push(pending(), false, &mut Vec::new()).unwrap();
+    assert!(q.take_full(&s, &mut Vec::new()).is_some(), "taking ahead stayed off");
 }
 
 /// True if `bell` rings within a few seconds (false after 50 ms of silence

@@ -202,10 +202,14 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker, bell: Optio
     // Whether the last batch answered was a request alone: the worker then
     // polls for the next one too.
     let mut last_alone = false;
+    // Rung awake for a request, and not yet back at the queue for it.
+    let mut roused = false;
     loop {
         if sent.is_empty() {
-            let next = lone
-                .wait_next(|| group.queue.len() > 0, || group.queue.next_batch(&group.settings, TICK, &mut dropped));
+            let next = lone.wait_next(
+                || group.queue.len() > 0,
+                || group.queue.next_batch(&group.settings, TICK, &mut dropped, std::mem::take(&mut roused)),
+            );
             group.fail_dropped(&mut dropped);
             let (batch, reason) = match next {
                 Next::Quit => return Gone::Quit,
@@ -215,11 +219,11 @@ fn serve(group: &VersionGroup, instance: usize, worker: &mut Worker, bell: Optio
                     }
                     if let Some(bell) = bell {
                         let watched: [&dyn Waitable; 2] = [&worker.ends.replies, &worker.process];
-                        group.queue.sleep_while_empty(bell, || bell.sleep(&watched, IDLE_BACKSTOP));
+                        roused = group.queue.sleep_while_empty(bell, || bell.sleep(&watched, IDLE_BACKSTOP));
                         if let Err(gone) = look_at_idle(group, worker) {
                             // A request that rang as the worker died is
                             // for another idle worker.
-                            group.queue.pass_on();
+                            group.queue.pass_on(roused);
                             return gone;
                         }
                     }
@@ -346,7 +350,8 @@ fn answer_oldest(
             group.worker_busy(instance, false);
             if !sent.is_empty() {
                 group.worker_busy(instance, true);
-            } else if let Next::Batch(batch, reason) = group.queue.next_batch(&group.settings, Duration::ZERO, dropped)
+            } else if let Next::Batch(batch, reason) =
+                group.queue.next_batch(&group.settings, Duration::ZERO, dropped, false)
             {
                 *next_id += 1;
                 send_batch(group, instance, worker, Sent::new(*next_id, batch, &group.queue), reason, false, sent);
