@@ -209,6 +209,22 @@ fn infer_against_a_server_that_does_not_speak_the_protocol_says_so() {
 }
 
 #[test]
+fn infer_against_a_server_whose_answer_breaks_off_says_so() {
+    // A 200 announcing 100 bytes of JSON, cut after 6: the server was
+    // reached, its answer broke off.
+    let url = http_stub(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"id\":",
+        1,
+    );
+    let out = run(&["infer", "digits", r#"{"input": [1]}"#, "--url", &url], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{url}/v2/models/digits answered 200")), "{stderr}");
+    assert!(stderr.contains("broke off after 6 bytes"), "{stderr}");
+    assert!(!stderr.contains("cannot reach"), "the server was reached: {stderr}");
+}
+
+#[test]
 fn infer_against_a_server_answering_200_with_no_json_says_what_came_back() {
     let page = "<html><body>\x1b[31mwelcome</body></html>";
     let response: &'static str = Box::leak(

@@ -66,6 +66,22 @@ pub enum ClientError {
         /// safely (no terminal control codes).
         start: String,
     },
+    /// The server answered with a success status, then its body broke off
+    /// (the connection closed or failed before the announced length).
+    #[error(
+        "{url} answered {status}, then its answer broke off after {received} bytes ({message}); the server may \
+         have stopped or restarted: try again"
+    )]
+    BrokenAnswer {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The bytes of the body received before it broke off.
+        received: usize,
+        /// Why it broke off.
+        message: String,
+    },
     /// The server's URL is not an `http://` or `https://` URL.
     #[error("{url} is not a server URL ({message}); give one like http://127.0.0.1:8000")]
     BadUrl {
@@ -112,12 +128,13 @@ impl Client {
         Client { agent: ureq::AgentBuilder::new().timeout(timeout).build(), timeout }
     }
 
-    /// An I/O error after the connection was made: the time-out, or the
-    /// transport failing.
-    fn io_failure(&self, url: &str, e: &std::io::Error) -> ClientError {
+    /// An I/O error while reading the body of an answer with `status`,
+    /// after `received` bytes of it: the time-out, or the answer breaking
+    /// off (the server was reached: not a transport failure).
+    fn body_failure(&self, url: &str, status: u16, received: usize, e: &std::io::Error) -> ClientError {
         match is_time_out(e) {
             true => ClientError::NoAnswer { url: url.into(), timeout: self.timeout },
-            false => ClientError::Transport { url: url.into(), message: e.to_string() },
+            false => ClientError::BrokenAnswer { url: url.into(), status, received, message: e.to_string() },
         }
     }
 
@@ -134,7 +151,9 @@ impl Client {
                     .header("content-type")
                     .map_or_else(|| "no Content-Type".to_string(), |t| quoted_start(t.as_bytes(), 60));
                 let mut bytes = Vec::new();
-                r.into_reader().read_to_end(&mut bytes).map_err(|e| self.io_failure(url, &e))?;
+                if let Err(e) = r.into_reader().read_to_end(&mut bytes) {
+                    return Err(self.body_failure(url, status, bytes.len(), &e));
+                }
                 serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
                     url: url.into(),
                     status,
