@@ -18,7 +18,7 @@ fn a_request_too_large_is_refused_and_the_callers_locks_stay_held() {
         lock.acquire().unwrap().leak();
         let err = d.insert(1, vec![7; TOO_BIG]).unwrap_err();
         assert!(!err.is_connection(), "a request too large broke the connection: {err}");
-        assert!(err.to_string().contains("too large"), "{err}");
+        assert!(err.to_string().contains("too large") && err.to_string().contains("smaller parts"), "{err}");
         // The caller is still the holder: nobody else may take the lock.
         assert!(held_by_someone(&lock), "the caller's lock was freed");
         // And the manager goes on.
@@ -55,7 +55,10 @@ fn an_answer_too_large_is_an_error_and_the_callers_locks_stay_held() {
     }
     lock.acquire().unwrap().leak();
     match l.to_vec() {
-        Err(ManagerError::Remote(RemoteError::AnswerTooLarge { size, limit })) => assert!(size > limit),
+        Err(e @ ManagerError::Remote(RemoteError::AnswerTooLarge { size, limit })) => {
+            assert!(size > limit);
+            assert!(e.to_string().contains("read the object in parts"), "the error says what to do: {e}");
+        }
         Err(e) => panic!("{e}"),
         Ok(v) => panic!("{} items read", v.len()),
     }

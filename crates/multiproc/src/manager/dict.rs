@@ -121,7 +121,10 @@ where
     ///
     /// # Errors
     ///
-    /// As [`Dict::get`].
+    /// As [`Dict::get`], or the copy is larger than a client reads in one
+    /// answer (256 MiB:
+    /// [`RemoteError::AnswerTooLarge`](super::RemoteError::AnswerTooLarge);
+    /// read it by key instead).
     pub fn keys(&self) -> Result<Vec<K>, ManagerError> {
         self.object.many(Op::Keys)
     }
@@ -130,7 +133,10 @@ where
     ///
     /// # Errors
     ///
-    /// As [`Dict::get`].
+    /// As [`Dict::get`], or the copy is larger than a client reads in one
+    /// answer (256 MiB:
+    /// [`RemoteError::AnswerTooLarge`](super::RemoteError::AnswerTooLarge);
+    /// read it by key instead).
     pub fn values(&self) -> Result<Vec<V>, ManagerError> {
         self.object.many(Op::Values)
     }
@@ -139,7 +145,10 @@ where
     ///
     /// # Errors
     ///
-    /// As [`Dict::get`].
+    /// As [`Dict::get`], or the copy is larger than a client reads in one
+    /// answer (256 MiB:
+    /// [`RemoteError::AnswerTooLarge`](super::RemoteError::AnswerTooLarge);
+    /// read it by key instead).
     pub fn items(&self) -> Result<Vec<(K, V)>, ManagerError> {
         self.object.pairs(Op::Items)
     }

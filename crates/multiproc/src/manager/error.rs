@@ -58,9 +58,13 @@ pub enum ManagerError {
         /// The type asked for.
         asked: String,
     },
-    /// The request is larger than a manager reads in one message; nothing
-    /// was sent (store the value in smaller parts).
-    #[error("the request is too large for a manager: {size} bytes, at most {limit}; nothing was sent")]
+    /// The request is larger than a manager reads in one message (64 MiB);
+    /// nothing was sent (store the value in smaller parts).
+    #[error(
+        "the request is too large for a manager: {size} bytes, at most {limit}; nothing was sent: send the \
+         value in smaller parts, or keep bulk data in shared memory (`multiproc::shared`) and only its name \
+         in the manager"
+    )]
     TooLarge {
         /// The encoded request's size.
         size: usize,

@@ -127,7 +127,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// # Errors
     ///
-    /// The manager cannot be reached.
+    /// The manager cannot be reached, or the copy is larger than a client
+    /// reads in one answer (256 MiB:
+    /// [`RemoteError::AnswerTooLarge`](super::RemoteError::AnswerTooLarge);
+    /// read it by index instead).
     pub fn to_vec(&self) -> Result<Vec<T>, ManagerError> {
         self.object.many(Op::ToVec)
     }

@@ -328,7 +328,11 @@ pub enum RemoteError {
     OwnerDied,
     /// The answer is larger than a client reads in one message (read the
     /// object in parts: items one at a time, say).
-    #[error("the answer is too large for a client: {size} bytes, at most {limit}")]
+    #[error(
+        "the answer is too large for a client: {size} bytes, at most {limit}; read the object in parts \
+         (a list by index, a dict by key) or keep bulk data in shared memory (`multiproc::shared`) and \
+         only its name in the manager"
+    )]
     AnswerTooLarge {
         /// The encoded answer's size.
         size: u64,
