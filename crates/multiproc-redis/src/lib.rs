@@ -28,7 +28,10 @@
 //! `multiproc worker --redis URL` command for the functions built into it.
 //! A task names its function by a stable name and the build id: a worker
 //! of another build refuses it with [`TaskFailure::Refused`] rather than run
-//! other code.
+//! other code: the task fails at once, naming both builds (it is not left
+//! for another host), so hosts of one queue must all be the caller's build;
+//! during a rolling upgrade, give each build a queue of its own
+//! (`.queue(name)` on both builders).
 //!
 //! ## Delivery
 //!
