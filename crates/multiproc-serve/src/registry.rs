@@ -44,7 +44,7 @@ fn version_unloaded(version: u64) -> String {
 struct WaitingUnloads {
     /// Unloads of the model.
     count: usize,
-    /// The cause of the latest.
+    /// The cause of the latest; `None` when none waits (`count` is 0).
     cause: Option<UnloadCause>,
     /// The versions of `unload_version` calls (one entry each): they
     /// cancel the loads of those versions only.
@@ -222,7 +222,7 @@ impl ModelEntry {
     /// will stop what the load started), or the model is retired.
     fn cancelled(&self, version: Option<u64>) -> Option<String> {
         let waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
-        let cause = waiting.cause.filter(|_| waiting.count > 0).or(waiting.retired);
+        let cause = waiting.cause.or(waiting.retired);
         match (cause, version) {
             (Some(c), _) => Some(c.as_str().to_string()),
             (None, Some(v)) if waiting.versions.contains(&v) => Some(version_unloaded(v)),
