@@ -316,7 +316,8 @@ impl ModelEntry {
         Ok(())
     }
 
-    /// Loads `to`, swaps all traffic to it, drains the others.
+    /// Loads `to`, swaps all traffic to it, drains the others (one still
+    /// loading fails its queued requests at once, see [`VersionGroup::unload`]).
     pub fn switch(&self, to: u64) -> Result<(), ServeError> {
         let group = Arc::clone(self.group(to)?);
         let _admin = self.admin_to_load(Some(to))?;
@@ -345,8 +346,12 @@ impl ModelEntry {
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = vec![to];
         self.unloaded.store(false, Ordering::Release);
         tracing::info!(model = %self.name, from = ?old, to, "switch: traffic moved; draining the old versions");
+        // An old version still loading never served: its queued requests
+        // fail at once, as on an unload (it could answer them only after
+        // its load, up to the drain timeout), and say where to send them.
+        let why = format!("the model switched to version {to}; send the request again");
         for v in old.iter().filter(|v| **v != to) {
-            self.groups[v].drain();
+            self.groups[v].unload(&why);
         }
         Ok(())
     }

@@ -313,6 +313,10 @@ impl Server {
     /// Zero-downtime switch: starts `version`, waits until it is ready,
     /// moves all traffic to it at once, then drains and stops every other
     /// version. If `version` fails to load, the old versions keep serving.
+    /// An old version that was still loading (never ready) is not waited
+    /// for: its load is cancelled and the requests queued on it fail at
+    /// once (`NotReady`, saying the model switched to `version` and to send
+    /// them again), as an [unload](Server::unload) fails them.
     ///
     /// # Errors
     ///

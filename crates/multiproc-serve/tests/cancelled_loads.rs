@@ -286,3 +286,36 @@ fn shutdown_does_not_wait_for_a_pipeline_request_on_a_model_still_loading() {
     assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
     assert!(!supervisor_left("slowi"), "a supervisor thread outlived the shutdown");
 }
+
+/// A switch away from a version still loading (never ready) that has a
+/// request queued: the switch returns once the new version is ready, not
+/// after the old one's drain timeout, and the request fails at once, saying
+/// the model switched to the new version and to send it again.
+#[test]
+fn switch_away_from_a_loading_version_fails_its_queued_requests_at_once() {
+    let server = Server::new();
+    let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("slowj").version(1, slow).version(2, Behaviour::default());
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        startup_timeout: Duration::from_secs(180),
+        drain_timeout: Duration::from_secs(180),
+        version_policy: multiproc_serve::VersionPolicy::Specific(vec![1]),
+        ..Default::default()
+    };
+    server.add(spec.settings(settings)).unwrap();
+    let queued = server.infer_async::<u64, common::Tagged>(multiproc_serve::Request::new("slowj", 7));
+    let pid = || server.status().model("slowj").and_then(|m| m.versions[0].workers[0].pid);
+    assert!(wait_for(PATIENCE, || pid().is_some()), "the request did not start version 1's load");
+    let pid = pid().unwrap();
+    let switching = server.clone();
+    promptly("the switch", move || switching.switch("slowj", 2)).unwrap();
+    let err = queued.wait_timeout(PROMPT).expect_err("a request on a version never ready was answered");
+    let message = err.to_string();
+    assert!(message.contains("switched to version 2") && message.contains("again"), "{message}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the switch");
+    assert!(!supervisor_left("slowj"), "version 1's supervisor outlived the switch");
+    let reply = server.infer::<u64, common::Tagged>(multiproc_serve::Request::new("slowj", 4).timeout(PATIENCE));
+    assert_eq!(reply.unwrap().output.version, 2);
+    server.shutdown();
+}
