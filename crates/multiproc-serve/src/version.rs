@@ -155,6 +155,13 @@ impl VersionGroup {
                 Err(e) => s.last_failure = Some(format!("could not start a supervisor thread: {e}")),
             }
         }
+        // With no supervisor, nothing would ever load it: a wait for it
+        // (a load, a queued request) fails now, not at its timeout.
+        if s.threads.is_empty() {
+            let why = s.last_failure.clone().unwrap_or_default();
+            drop(s);
+            self.stop_hard(VersionState::Failed, &format!("{why}; the version cannot load: retry later"));
+        }
     }
 
     /// Queues a request, starting the version if it is lazy and not started.
