@@ -227,3 +227,7 @@ impl AdminLock {
         self.state().unloads.versions.contains(&version)
     }
 }
+
+#[cfg(test)]
+#[path = "admin_tests.rs"]
+mod tests;
