@@ -151,9 +151,10 @@ impl ModelEntry {
         admin.only_waits(Vec::new());
         let waits: Vec<(u64, Result<(), ServeError>)> =
             served.iter().map(|v| (*v, self.wait_ready(&self.groups[v]))).collect();
+        // A wait that failed because its version was unloaded is left out.
         let still = self.served();
-        let (kept, unloaded): (Vec<_>, Vec<_>) =
-            waits.into_iter().partition(|(v, _)| still.contains(v) && !self.admin.unloading_version(*v));
+        let gone = |v: u64| !still.contains(&v) || self.admin.unloading_version(v);
+        let (unloaded, kept): (Vec<_>, Vec<_>) = waits.into_iter().partition(|(v, w)| w.is_err() && gone(*v));
         if kept.is_empty() && !unloaded.is_empty() {
             let versions: Vec<u64> = unloaded.iter().map(|(v, _)| *v).collect();
             return Err(ServeError::NotReady {
