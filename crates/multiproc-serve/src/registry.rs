@@ -160,7 +160,9 @@ impl ModelEntry {
             return Err(ServeError::NotReady {
                 model: self.name.clone(),
                 version: None,
-                reason: format!("the load was cancelled: every version it loaded was unloaded ({versions:?})"),
+                reason: format!(
+                    "the load was cancelled: every version it loaded was unloaded ({versions:?}); load the model again to serve it"
+                ),
             });
         }
         kept.into_iter().find_map(|(_, waited)| waited.err()).map_or(Ok(()), Err)

@@ -368,3 +368,19 @@ fn switch_away_from_a_loading_version_fails_its_queued_requests_at_once() {
     assert_eq!(reply.unwrap().output.version, 2);
     server.shutdown();
 }
+
+/// `unload_version` of the one version a load of the model waits for: the
+/// load fails at once, saying every version it loaded was unloaded.
+#[test]
+fn unload_version_of_every_version_a_model_load_waits_for_fails_it() {
+    let server = Server::new();
+    let (adding, pid) = add_loading(&server, "slowl");
+    let unloading = server.clone();
+    promptly("unload_version", move || unloading.unload_version("slowl", 1)).unwrap();
+    let err = add_result(adding).expect_err("a load of a version unloaded succeeded");
+    let message = err.to_string();
+    assert!(message.contains("cancelled") && message.contains("every version it loaded was unloaded"), "{message}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the unload");
+    assert!(!supervisor_left("slowl"), "a supervisor thread outlived the unload");
+    server.shutdown();
+}
