@@ -89,6 +89,7 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod batcher;
 mod bell;
 pub mod command;

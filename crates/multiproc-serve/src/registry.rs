@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 
+use crate::admin::{AdminLock, Held, version_unloaded};
 use crate::error::ServeError;
 use crate::metrics::VersionMetrics;
 use crate::model::{ErasedSpec, IoTypes};
@@ -12,47 +13,7 @@ use crate::settings::{ModelSettings, StartMode};
 use crate::status::{EndpointKind, ModelStatus, VersionState};
 use crate::version::VersionGroup;
 
-/// Why a model is unloaded: said by the error of a load it cancels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum UnloadCause {
-    /// `Server::unload`.
-    Unloaded,
-    /// The model was removed, or replaced by a reload.
-    Removed,
-    /// The server is shutting down.
-    ShuttingDown,
-}
-
-impl UnloadCause {
-    fn as_str(self) -> &'static str {
-        match self {
-            UnloadCause::Unloaded => "the model was unloaded",
-            UnloadCause::Removed => "the model was removed or replaced",
-            UnloadCause::ShuttingDown => "the server is shutting down",
-        }
-    }
-}
-
-/// Why a load of `version` is cancelled by `unload_version`.
-fn version_unloaded(version: u64) -> String {
-    format!("version {version} was unloaded")
-}
-
-/// The unloads waiting for a model's `admin` lock, and whether the model
-/// is retired.
-#[derive(Debug, Default)]
-struct WaitingUnloads {
-    /// Unloads of the model.
-    count: usize,
-    /// The cause of the latest.
-    cause: Option<UnloadCause>,
-    /// The versions of `unload_version` calls (one entry each): they
-    /// cancel the loads of those versions only.
-    versions: Vec<u64>,
-    /// Removed or shut down: it loads no more (a load that took the
-    /// entry before would start workers nothing stops).
-    retired: Option<UnloadCause>,
-}
+pub(crate) use crate::admin::UnloadCause;
 
 /// A model and its versions.
 pub(crate) struct ModelEntry {
@@ -64,15 +25,8 @@ pub(crate) struct ModelEntry {
     /// The versions requests may go to, ascending; swapped atomically.
     served: RwLock<Vec<u64>>,
     unloaded: AtomicBool,
-    /// Serializes load, unload and switch: each reads and sets `served`
-    /// and `unloaded` and starts or drains versions, which must not
-    /// interleave (a drain under a start, a version served but stopped).
-    admin: Mutex<()>,
-    /// Unloads waiting for `admin`: a load holding it (`load`,
-    /// `load_version`, `switch`) gives up for them at once, rather than
-    /// keep them (a shutdown) waiting up to its startup timeout. The
-    /// unload then stops the versions it was loading.
-    waiting_unloads: Mutex<WaitingUnloads>,
+    /// Serializes load, unload and switch (see [`AdminLock`]).
+    admin: AdminLock,
 }
 
 impl ModelEntry {
@@ -92,8 +46,7 @@ impl ModelEntry {
             groups,
             served: RwLock::new(served),
             unloaded: AtomicBool::new(false),
-            admin: Mutex::new(()),
-            waiting_unloads: Mutex::new(WaitingUnloads::default()),
+            admin: AdminLock::default(),
         })
     }
 
@@ -156,78 +109,18 @@ impl ModelEntry {
 
     /// Takes `admin` for a load of `version` (or of the model): refused,
     /// as cancelled, while an unload waits for it.
-    fn admin_to_load(&self, version: Option<u64>) -> Result<MutexGuard<'_, ()>, ServeError> {
-        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        match self.cancelled(version) {
-            Some(why) => Err(ServeError::NotReady {
-                model: self.name.clone(),
-                version,
-                reason: format!("the load was cancelled: {why}"),
-            }),
-            None => Ok(admin),
-        }
-    }
-
-    /// Takes `admin` for an unload: a load holding it gives up first.
-    fn admin_to_unload(&self, cause: UnloadCause) -> MutexGuard<'_, ()> {
-        let enter = |waiting: &mut WaitingUnloads| {
-            waiting.count += 1;
-            waiting.cause = Some(cause);
-            if cause != UnloadCause::Unloaded {
-                waiting.retired = Some(cause);
-            }
-        };
-        let leave = |waiting: &mut WaitingUnloads| {
-            waiting.count -= 1;
-            if waiting.count == 0 {
-                waiting.cause = None;
-            }
-        };
-        self.admin_while_waiting(self.groups.values(), enter, leave)
-    }
-
-    /// Takes `admin` for an unload of `group`: a load of that version
-    /// holding it gives up first (a load of other versions does not).
-    fn admin_to_unload_version(&self, group: &Arc<VersionGroup>) -> MutexGuard<'_, ()> {
-        let version = group.version;
-        let enter = |waiting: &mut WaitingUnloads| waiting.versions.push(version);
-        let leave = |waiting: &mut WaitingUnloads| {
-            if let Some(i) = waiting.versions.iter().position(|v| *v == version) {
-                waiting.versions.swap_remove(i);
-            }
-        };
-        self.admin_while_waiting([group], enter, leave)
-    }
-
-    /// Takes `admin`, said (by `enter`, undone by `leave`) in
-    /// `waiting_unloads` while it waits, after waking the loads of
-    /// `groups` to look at it.
-    fn admin_while_waiting<'a>(
-        &self,
-        groups: impl IntoIterator<Item = &'a Arc<VersionGroup>>,
-        enter: impl FnOnce(&mut WaitingUnloads),
-        leave: impl FnOnce(&mut WaitingUnloads),
-    ) -> MutexGuard<'_, ()> {
-        enter(&mut self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner()));
-        for g in groups {
-            g.wake_waiters();
-        }
-        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        leave(&mut self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner()));
-        admin
+    fn admin_to_load(&self, version: Option<u64>) -> Result<Held<'_>, ServeError> {
+        self.admin.to_load(version).map_err(|why| ServeError::NotReady {
+            model: self.name.clone(),
+            version,
+            reason: format!("the load was cancelled: {why}"),
+        })
     }
 
     /// Why a load (of `version`, or of the model) holding `admin` gives up
-    /// now: an unload of the model or of that version waits for it (and
-    /// will stop what the load started), or the model is retired.
+    /// now (see [`AdminLock::cancelled`]).
     fn cancelled(&self, version: Option<u64>) -> Option<String> {
-        let waiting = self.waiting_unloads.lock().unwrap_or_else(|e| e.into_inner());
-        let cause = waiting.cause.filter(|_| waiting.count > 0).or(waiting.retired);
-        match (cause, version) {
-            (Some(c), _) => Some(c.as_str().to_string()),
-            (None, Some(v)) if waiting.versions.contains(&v) => Some(version_unloaded(v)),
-            (None, _) => None,
-        }
+        self.admin.cancelled(version)
     }
 
     /// Waits until `group` is ready, up to the startup timeout, unless an
@@ -236,9 +129,12 @@ impl ModelEntry {
         group.wait_ready(self.settings.startup_timeout, || self.cancelled(Some(group.version)))
     }
 
-    /// Starts the served versions and waits until each is ready.
+    /// Starts the served versions and waits until each is ready. A version
+    /// unloaded meanwhile (`unload_version`, which goes ahead at once) is
+    /// left out, as if it was unloaded just after the load; if every one
+    /// was, the load fails, saying so.
     pub fn load(&self) -> Result<(), ServeError> {
-        let _admin = self.admin_to_load(None)?;
+        let admin = self.admin_to_load(None)?;
         self.unloaded.store(false, Ordering::Release);
         let served = self.served();
         let served = if served.is_empty() {
@@ -252,20 +148,31 @@ impl ModelEntry {
         for v in &served {
             self.groups[v].start();
         }
-        let mut first_error = None;
-        for v in &served {
-            if let Err(e) = self.wait_ready(&self.groups[v]) {
-                first_error.get_or_insert(e);
-            }
+        admin.only_waits(Vec::new());
+        let waits: Vec<(u64, Result<(), ServeError>)> =
+            served.iter().map(|v| (*v, self.wait_ready(&self.groups[v]))).collect();
+        // A wait that failed because its version was unloaded is left out.
+        let still = self.served();
+        let gone = |v: u64| !still.contains(&v) || self.admin.unloading_version(v);
+        let (unloaded, kept): (Vec<_>, Vec<_>) = waits.into_iter().partition(|(v, w)| w.is_err() && gone(*v));
+        if kept.is_empty() && !unloaded.is_empty() {
+            let versions: Vec<u64> = unloaded.iter().map(|(v, _)| *v).collect();
+            return Err(ServeError::NotReady {
+                model: self.name.clone(),
+                version: None,
+                reason: format!(
+                    "the load was cancelled: every version it loaded was unloaded ({versions:?}); load the model again to serve it"
+                ),
+            });
         }
-        first_error.map_or(Ok(()), Err)
+        kept.into_iter().find_map(|(_, waited)| waited.err()).map_or(Ok(()), Err)
     }
 
     /// Drains and stops every version; requests fail with `NotReady` until
     /// `load`. A load in progress is cancelled (it fails, saying `cause`),
     /// and the versions it started stop with the others.
     pub fn unload(&self, cause: UnloadCause) {
-        let _admin = self.admin_to_unload(cause);
+        let _admin = self.admin.to_unload(cause, || self.groups.values().for_each(|g| g.wake_waiters()));
         self.unloaded.store(true, Ordering::Release);
         tracing::info!(model = %self.name, "unload");
         for g in self.groups.values() {
@@ -276,7 +183,7 @@ impl ModelEntry {
     /// Stops every version at once, ending in `Failed` with `why` (a new
     /// entry that failed to load and was never routed to).
     pub fn stop(&self, why: &str) {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = self.admin.lock();
         for g in self.groups.values() {
             g.stop_hard(VersionState::Failed, why);
         }
@@ -284,8 +191,9 @@ impl ModelEntry {
 
     pub fn load_version(&self, version: u64) -> Result<(), ServeError> {
         let group = Arc::clone(self.group(version)?);
-        let _admin = self.admin_to_load(Some(version))?;
+        let admin = self.admin_to_load(Some(version))?;
         group.start();
+        admin.only_waits(vec![version]);
         if let Err(e) = self.wait_ready(&group) {
             // Cancelled: the unload that waits stops it.
             if self.cancelled(Some(version)).is_none() {
@@ -307,22 +215,25 @@ impl ModelEntry {
     }
 
     /// Stops serving `version` and stops it; a load of that version in
-    /// progress is cancelled (it fails, saying so), a load of others is not.
+    /// progress is cancelled (it fails, saying so), a load of others is
+    /// not, nor waited for (this goes ahead beside it).
     pub fn unload_version(&self, version: u64) -> Result<(), ServeError> {
         let group = Arc::clone(self.group(version)?);
-        let _admin = self.admin_to_unload_version(&group);
+        let _admin = self.admin.to_unload_version(version, || group.wake_waiters());
         self.served.write().unwrap_or_else(|e| e.into_inner()).retain(|v| *v != version);
         group.unload(&version_unloaded(version));
         Ok(())
     }
 
-    /// Loads `to`, swaps all traffic to it, drains the others.
+    /// Loads `to`, swaps all traffic to it, drains the others (one still
+    /// loading fails its queued requests at once, see [`VersionGroup::unload`]).
     pub fn switch(&self, to: u64) -> Result<(), ServeError> {
         let group = Arc::clone(self.group(to)?);
-        let _admin = self.admin_to_load(Some(to))?;
+        let admin = self.admin_to_load(Some(to))?;
         let old = self.served();
         tracing::info!(model = %self.name, from = ?old, to, "switch: loading the new version");
         group.start();
+        admin.only_waits(vec![to]);
         if let Err(e) = self.wait_ready(&group) {
             // Cancelled: the unload that waits stops it (and, an unload of
             // the model, the old versions too).
@@ -345,8 +256,12 @@ impl ModelEntry {
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = vec![to];
         self.unloaded.store(false, Ordering::Release);
         tracing::info!(model = %self.name, from = ?old, to, "switch: traffic moved; draining the old versions");
+        // An old version still loading never served: its queued requests
+        // fail at once, as on an unload (it could answer them only after
+        // its load, up to the drain timeout), and say where to send them.
+        let why = format!("the model switched to version {to}; send the request again");
         for v in old.iter().filter(|v| **v != to) {
-            self.groups[v].drain();
+            self.groups[v].unload(&why);
         }
         Ok(())
     }

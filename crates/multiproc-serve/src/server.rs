@@ -261,9 +261,16 @@ impl Server {
     /// Loads a model's versions by its policy (again, after `unload`) and
     /// waits until they are ready.
     ///
+    /// A version [unloaded](Server::unload_version) while this waits is
+    /// left out: its load is cancelled at once, the other versions go on
+    /// loading, and this succeeds if they become ready, as if that version
+    /// was unloaded just after the load (the model serves what is left).
+    ///
     /// # Errors
     ///
-    /// Unknown model, or a version did not become ready.
+    /// Unknown model, or a version did not become ready, or every version
+    /// was unloaded while this waited (the load was cancelled), or the
+    /// model was unloaded, removed or the server shut down meanwhile.
     pub fn load(&self, model: &str) -> Result<(), ServeError> {
         self.check_running()?;
         self.model_entry(model)?.load()
@@ -297,11 +304,13 @@ impl Server {
         self.model_entry(model)?.load_version(version)
     }
 
-    /// Drains and stops one version. A load of that version in progress
-    /// (`load_version`, `switch`) does not hold it up: the load fails at
-    /// once, saying the version was unloaded, and requests queued on the
-    /// version, which never became ready, fail at once too. A load of
-    /// another version is not cancelled (this waits for it).
+    /// Drains and stops one version. A load in progress does not hold it
+    /// up: a load of that version (`load_version`, `switch`) fails at once,
+    /// saying the version was unloaded; a [`Server::load`] of the model
+    /// leaves that version out and goes on with the others (see there);
+    /// requests queued on the version, which never became ready, fail at
+    /// once. A load of another version is neither cancelled nor waited
+    /// for: this goes ahead beside it.
     ///
     /// # Errors
     ///
@@ -313,6 +322,10 @@ impl Server {
     /// Zero-downtime switch: starts `version`, waits until it is ready,
     /// moves all traffic to it at once, then drains and stops every other
     /// version. If `version` fails to load, the old versions keep serving.
+    /// An old version that was still loading (never ready) is not waited
+    /// for: its load is cancelled and the requests queued on it fail at
+    /// once (`NotReady`, saying the model switched to `version` and to send
+    /// them again), as an [unload](Server::unload) fails them.
     ///
     /// # Errors
     ///

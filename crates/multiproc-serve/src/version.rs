@@ -155,6 +155,13 @@ impl VersionGroup {
                 Err(e) => s.last_failure = Some(format!("could not start a supervisor thread: {e}")),
             }
         }
+        // With no supervisor, nothing would ever load it: a wait for it
+        // (a load, a queued request) fails now, not at its timeout.
+        if s.threads.is_empty() {
+            let why = s.last_failure.clone().unwrap_or_default();
+            drop(s);
+            self.stop_hard(VersionState::Failed, &format!("{why}; the version cannot load: retry later"));
+        }
     }
 
     /// Queues a request, starting the version if it is lazy and not started.
@@ -362,24 +369,15 @@ impl VersionGroup {
         self.changed.notify_all();
     }
 
-    /// Stops taking requests and finishes the queued and running ones, up to
-    /// the drain timeout; then stops hard. Blocks until the workers are gone.
-    pub fn drain(&self) {
-        self.drain_unless_loading(None);
-    }
-
-    /// Stops the version for an unload (or a shutdown), saying `why`: as
-    /// [`VersionGroup::drain`] if it serves, but if it is still loading
-    /// (never ready since it started) its load is cancelled and its queued
-    /// requests fail at once, rather than keep the unload waiting for the
-    /// load (up to the drain timeout) to answer them.
+    /// Stops the version (an unload, a shutdown, or a switch to another
+    /// version), saying `why`. A version that serves stops taking requests
+    /// and finishes the queued and running ones, up to the drain timeout,
+    /// then stops hard. One still loading (never ready since it started)
+    /// has its load cancelled and its queued requests fail at once, saying
+    /// `why`: they could run only after that load, which nothing waits for
+    /// now (rather than keep the caller waiting up to the drain timeout).
+    /// Blocks until the workers are gone.
     pub fn unload(&self, why: &str) {
-        self.drain_unless_loading(Some(why));
-    }
-
-    /// [`VersionGroup::drain`]; with `cancel_load`, a version still loading
-    /// fails its queue at once, saying why.
-    fn drain_unless_loading(&self, cancel_load: Option<&str>) {
         let loading = {
             let mut s = self.lock();
             match s.state {
@@ -395,7 +393,7 @@ impl VersionGroup {
             }
         };
         self.queue.close();
-        if let Some(why) = cancel_load.filter(|_| loading) {
+        if loading {
             // A worker that became ready meanwhile may have taken some:
             // it answers those. The empty queue lets the loading ones quit.
             let why = format!("the load was cancelled before the version was ready ({why}); the request did not run");

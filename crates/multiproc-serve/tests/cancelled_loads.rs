@@ -36,10 +36,15 @@ fn add_loading(server: &Server, name: &'static str) -> (JoinHandle<Result<(), Se
 
 /// Runs `stop` on a thread; fails if it does not return within [`PROMPT`].
 fn promptly<T: Send + 'static>(what: &str, stop: impl FnOnce() -> T + Send + 'static) -> T {
+    within(PROMPT, what, stop)
+}
+
+/// Runs `stop` on a thread; fails if it does not return within `limit`.
+fn within<T: Send + 'static>(limit: Duration, what: &str, stop: impl FnOnce() -> T + Send + 'static) -> T {
     let (done, returned) = mpsc::channel();
     let began = Instant::now();
     std::thread::spawn(move || done.send(stop()));
-    let out = returned.recv_timeout(PROMPT).unwrap_or_else(|_| panic!("{what} still waits after {PROMPT:?}"));
+    let out = returned.recv_timeout(limit).unwrap_or_else(|_| panic!("{what} still waits after {limit:?}"));
     eprintln!("{what} took {:?}", began.elapsed());
     out
 }
@@ -240,25 +245,69 @@ fn unload_version_cancels_that_versions_load_at_once() {
     assert!(!supervisor_left("slowg"), "a supervisor thread outlived the shutdown");
 }
 
+/// Unloading version 1 while version 2 loads neither cancels that load
+/// nor waits for it: version 1 stops at once, version 2 goes on loading.
 #[test]
-fn unload_version_does_not_cancel_another_versions_load() {
+fn unload_version_neither_cancels_nor_waits_for_another_versions_load() {
     let server = Server::new();
     let (loading, pid) = loading_version_two(&server, "slowh");
-    let unloading = {
-        let server = server.clone();
-        std::thread::spawn(move || server.unload_version("slowh", 1))
-    };
+    let old = server.status().model("slowh").unwrap().versions[0].workers[0].pid.unwrap();
+    let unloading = server.clone();
+    promptly("unload_version", move || unloading.unload_version("slowh", 1)).unwrap();
+    assert!(!process_exists(old), "version 1's worker {old} outlived its unload");
     // A cancel would come at once; a second is plenty to see none came.
     std::thread::sleep(Duration::from_secs(1));
     assert!(!loading.is_finished(), "unloading version 1 cancelled the load of version 2");
-    assert_eq!(server.status().model("slowh").unwrap().versions[1].state, VersionState::Loading);
+    let model = server.status().model("slowh").unwrap().clone();
+    assert_eq!(model.versions[0].state, VersionState::Stopped, "{model:?}");
+    assert_eq!(model.versions[1].state, VersionState::Loading, "{model:?}");
     let stopping = server.clone();
     promptly("shutdown", move || stopping.shutdown());
     let err = promptly("the load", move || loading.join().unwrap()).unwrap_err();
     assert!(err.to_string().contains("shutting down"), "{err}");
-    promptly("unload_version", move || unloading.join().unwrap()).unwrap();
     assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
     assert!(!supervisor_left("slowh"), "a supervisor thread outlived the shutdown");
+}
+
+/// `unload_version(1)` while a load of the whole model waits for versions
+/// 1 and 2: it returns at once (not when version 2 is ready), version 1's
+/// load is cancelled and its worker stopped, version 2 goes on loading, and
+/// the load succeeds once version 2 is ready, which then serves alone.
+#[test]
+fn unload_version_during_a_model_load_leaves_that_version_out_at_once() {
+    /// Version 2's load: longer than the unload may take.
+    const SECOND_LOAD_MS: u64 = 12_000;
+    let server = Server::new();
+    let spec = ModelSpec::<Doubler>::new("slowk")
+        .version(1, Behaviour { load_ms: LOAD_MS, ..Default::default() })
+        .version(2, Behaviour { load_ms: SECOND_LOAD_MS, ..Default::default() });
+    let settings = ModelSettings {
+        startup_timeout: Duration::from_secs(180),
+        version_policy: multiproc_serve::VersionPolicy::Specific(vec![1, 2]),
+        ..Default::default()
+    };
+    let adding = {
+        let server = server.clone();
+        std::thread::spawn(move || server.add(spec.settings(settings)))
+    };
+    let pids = || {
+        let model = server.status().model("slowk")?.clone();
+        Some((model.versions[0].workers[0].pid?, model.versions[1].workers[0].pid?))
+    };
+    assert!(wait_for(PATIENCE, || pids().is_some()), "the versions did not start loading");
+    let (first, second) = pids().unwrap();
+    let unloading = server.clone();
+    within(Duration::from_secs(5), "unload_version", move || unloading.unload_version("slowk", 1)).unwrap();
+    assert!(!process_exists(first), "version 1's loading worker {first} outlived its unload");
+    let model = server.status().model("slowk").unwrap().clone();
+    assert_eq!(model.versions[0].state, VersionState::Stopped, "{model:?}");
+    assert!(process_exists(second), "version 2's load was stopped too: {model:?}");
+    let loaded = within(PATIENCE + Duration::from_millis(SECOND_LOAD_MS), "the load", move || adding.join().unwrap());
+    loaded.expect("the load of the versions left failed");
+    let reply = server.infer::<u64, common::Tagged>(multiproc_serve::Request::new("slowk", 4).timeout(PATIENCE));
+    assert_eq!(reply.unwrap().output.version, 2);
+    server.shutdown();
+    assert!(!supervisor_left("slowk"), "a supervisor thread outlived the shutdown");
 }
 
 #[test]
@@ -285,4 +334,53 @@ fn shutdown_does_not_wait_for_a_pipeline_request_on_a_model_still_loading() {
     assert!(err.to_string().contains("shutting down"), "{err}");
     assert!(!process_exists(pid), "the loading worker {pid} outlived the shutdown");
     assert!(!supervisor_left("slowi"), "a supervisor thread outlived the shutdown");
+}
+
+/// A switch away from a version still loading (never ready) that has a
+/// request queued: the switch returns once the new version is ready, not
+/// after the old one's drain timeout, and the request fails at once, saying
+/// the model switched to the new version and to send it again.
+#[test]
+fn switch_away_from_a_loading_version_fails_its_queued_requests_at_once() {
+    let server = Server::new();
+    let slow = Behaviour { load_ms: LOAD_MS, ..Default::default() };
+    let spec = ModelSpec::<Doubler>::new("slowj").version(1, slow).version(2, Behaviour::default());
+    let settings = ModelSettings {
+        start: multiproc_serve::StartMode::Lazy,
+        startup_timeout: Duration::from_secs(180),
+        drain_timeout: Duration::from_secs(180),
+        version_policy: multiproc_serve::VersionPolicy::Specific(vec![1]),
+        ..Default::default()
+    };
+    server.add(spec.settings(settings)).unwrap();
+    let queued = server.infer_async::<u64, common::Tagged>(multiproc_serve::Request::new("slowj", 7));
+    let pid = || server.status().model("slowj").and_then(|m| m.versions[0].workers[0].pid);
+    assert!(wait_for(PATIENCE, || pid().is_some()), "the request did not start version 1's load");
+    let pid = pid().unwrap();
+    let switching = server.clone();
+    promptly("the switch", move || switching.switch("slowj", 2)).unwrap();
+    let err = queued.wait_timeout(PROMPT).expect_err("a request on a version never ready was answered");
+    let message = err.to_string();
+    assert!(message.contains("switched to version 2") && message.contains("again"), "{message}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the switch");
+    assert!(!supervisor_left("slowj"), "version 1's supervisor outlived the switch");
+    let reply = server.infer::<u64, common::Tagged>(multiproc_serve::Request::new("slowj", 4).timeout(PATIENCE));
+    assert_eq!(reply.unwrap().output.version, 2);
+    server.shutdown();
+}
+
+/// `unload_version` of the one version a load of the model waits for: the
+/// load fails at once, saying every version it loaded was unloaded.
+#[test]
+fn unload_version_of_every_version_a_model_load_waits_for_fails_it() {
+    let server = Server::new();
+    let (adding, pid) = add_loading(&server, "slowl");
+    let unloading = server.clone();
+    promptly("unload_version", move || unloading.unload_version("slowl", 1)).unwrap();
+    let err = add_result(adding).expect_err("a load of a version unloaded succeeded");
+    let message = err.to_string();
+    assert!(message.contains("cancelled") && message.contains("every version it loaded was unloaded"), "{message}");
+    assert!(!process_exists(pid), "the loading worker {pid} outlived the unload");
+    assert!(!supervisor_left("slowl"), "a supervisor thread outlived the unload");
+    server.shutdown();
 }
