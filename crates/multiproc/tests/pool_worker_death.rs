@@ -371,3 +371,60 @@ fn results_outstanding_when_the_pool_is_terminated_or_dropped_fail_at_once() {
         assert!(t.elapsed() < SLACK, "drop {drop_it}: the results failed after {:?}", t.elapsed());
     }
 }
+
+/// Task: ignores SIGTERM, reports its pid, then sleeps.
+fn deaf_then_sleep(pids: Queue<i32>, ms: u64) -> u64 {
+    // SAFETY: sets a signal disposition, nothing else.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    report_then_sleep(pids, ms)
+}
+
+#[test]
+fn terminate_and_drop_end_workers_that_are_stopped_or_ignore_sigterm() {
+    let _watchdog = pool_support::watchdog();
+    let _serial = serial();
+    for (how, drop_it) in [("stop", false), ("stop", true), ("deaf", false), ("deaf", true)] {
+        let pool = Pool::new(1).unwrap();
+        let pids = Queue::new().unwrap();
+        let mut r = pool.apply_async(deaf_then_sleep, (pids.clone(), 20_000));
+        let worker = pids.get_timeout(WAIT).unwrap();
+        if how == "stop" {
+            // SAFETY: kill(2) on our own worker.
+            unsafe { libc::kill(worker, libc::SIGSTOP) };
+        }
+        let t = Instant::now();
+        if drop_it {
+            drop(pool);
+        } else {
+            pool.terminate();
+            pool.join_timeout(SLACK).unwrap();
+        }
+        assert!(t.elapsed() < SLACK, "{how}, drop {drop_it}: took {:?}", t.elapsed());
+        assert!(r.get_timeout(SLACK).is_err_and(|e| !e.is_timeout()), "{how}, drop {drop_it}");
+        let gone = || !std::path::Path::new(&format!("/proc/{worker}")).exists();
+        while !gone() && t.elapsed() < SLACK {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone(), "{how}, drop {drop_it}: the worker is still there");
+    }
+}
+
+#[test]
+fn a_worker_killed_after_close_fails_its_task_and_join_still_returns() {
+    let _watchdog = pool_support::watchdog();
+    let _serial = serial();
+    let pool = Pool::new(1).unwrap();
+    let pids = Queue::new().unwrap();
+    let mut running = pool.apply_async(report_then_sleep, (pids.clone(), 20_000));
+    let queued: Vec<_> = (0..5u64).map(|x| pool.apply_async(square, (x,))).collect();
+    let worker = pids.get_timeout(WAIT).unwrap();
+    pool.close();
+    kill(worker);
+    let t = Instant::now();
+    pool.join_timeout(SLACK).unwrap();
+    assert!(t.elapsed() < SLACK);
+    assert!(running.get_timeout(SLACK).is_err_and(|e| e.task_error().is_some_and(|t| t.is_worker_lost())));
+    for (x, r) in (0..5u64).zip(queued) {
+        assert_eq!(pool_support::get(r).unwrap(), x * x, "queued task {x} ran on a replacement");
+    }
+}
