@@ -1,9 +1,11 @@
 //! Workers SIGKILLed at bad moments: in an initializer, in the middle of a
 //! chunk of `imap`/`starmap` with an initializer and `max_tasks_per_child`,
-//! while writing a large result, all at once. Each call ends within a
-//! bounded time with the tasks of the dead worker failed as `WorkerLost`,
-//! and the pool then works, closes and joins, and leaves no descriptor,
-//! process or `/dev/shm` handle behind.
+//! while writing a large result, all at once, after `close`, with a
+//! grandchild holding their descriptors; and workers SIGSTOPped or deaf to
+//! SIGTERM. Each call ends within a bounded time with the tasks of the dead
+//! worker failed as `WorkerLost`, and the pool then works, terminates,
+//! closes and joins, and leaves no descriptor, process or `/dev/shm` handle
+//! behind, even after many dead workers.
 
 mod pool_support;
 #[path = "shm_support/mod.rs"]
@@ -206,6 +208,21 @@ fn every_worker_killed_at_once_fails_the_map_and_the_pool_recovers() {
     assert_eq!(pool.map(square, 0..6u64).unwrap(), vec![0, 1, 4, 9, 16, 25]);
 }
 
+/// This process's open descriptors once their count held still for 100 ms
+/// (a dropped pool's threads close theirs shortly after the drop).
+fn settled_fds() -> usize {
+    let t = Instant::now();
+    let mut last = pool_support::open_fds();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = pool_support::open_fds();
+        if now == last || t.elapsed() > SLACK {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Serializes the tests of this file, so that the leak counts of one do not
 /// see another's pool.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -272,7 +289,7 @@ fn killed_workers_leave_no_descriptor_process_or_shm_handle_behind() {
     let warm = Pool::new(1).unwrap();
     assert_eq!(warm.apply(square, (2,)).unwrap(), 4);
     drop(warm);
-    let before = (pool_support::open_fds(), shm_support::own_dev_shm_handles());
+    let before = (settled_fds(), shm_support::own_dev_shm_handles());
     let mut workers = std::collections::BTreeSet::new();
     for kind in ["apply_async", "map_async", "imap", "imap_unordered"] {
         for close in [true, false] {
@@ -301,7 +318,7 @@ fn killed_workers_leave_no_descriptor_process_or_shm_handle_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(left().is_empty(), "workers left behind (alive or unreaped): {:?}", left());
-    let after = (pool_support::open_fds(), shm_support::own_dev_shm_handles());
+    let after = (settled_fds(), shm_support::own_dev_shm_handles());
     assert_eq!(after, before, "descriptors and /dev/shm handles");
 }
 
@@ -427,4 +444,72 @@ fn a_worker_killed_after_close_fails_its_task_and_join_still_returns() {
     for (x, r) in (0..5u64).zip(queued) {
         assert_eq!(pool_support::get(r).unwrap(), x * x, "queued task {x} ran on a replacement");
     }
+}
+
+/// Task: reports its pid, sleeps, and echoes its (large) argument back.
+fn report_then_echo(pids: Queue<i32>, b: ByteBuf, ms: u64) -> ByteBuf {
+    pids.put(std::process::id() as i32).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    b
+}
+
+#[test]
+fn a_long_lived_pool_keeps_no_descriptor_per_dead_worker() {
+    let _watchdog = pool_support::watchdog();
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let pids = Queue::new().unwrap();
+    let big = ByteBuf::from(vec![5u8; 1 << 20]);
+    let use_both = |pool: &Pool| {
+        // Large arguments and results on both workers: slabs and rings exist.
+        let mut rs: Vec<_> =
+            (0..4).map(|_| pool.apply_async(report_then_echo, (pids.clone(), big.clone(), 30))).collect();
+        for r in &mut rs {
+            assert_eq!(r.get_timeout(WAIT).unwrap().len(), big.len());
+        }
+        while pids.get_nowait().is_ok() {}
+    };
+    use_both(&pool);
+    let fds = settled_fds();
+    for _ in 0..10 {
+        let mut r = pool.apply_async(report_then_echo, (pids.clone(), big.clone(), 20_000));
+        kill(pids.get_timeout(WAIT).unwrap());
+        assert!(r.get_timeout(WAIT).is_err_and(|e| e.task_error().is_some_and(|t| t.is_worker_lost())));
+        use_both(&pool);
+    }
+    // (At most: a pool of an earlier test may still be closing its own.)
+    let now = settled_fds();
+    assert!(now <= fds, "descriptors after ten dead workers: {now}, {fds} before");
+}
+
+fn byte_len(b: ByteBuf) -> usize {
+    b.len()
+}
+
+#[test]
+fn a_stopped_worker_does_not_hold_up_the_others_or_terminate() {
+    let _watchdog = pool_support::watchdog();
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let pids = Queue::new().unwrap();
+    let mut stuck = pool.apply_async(report_then_sleep, (pids.clone(), 100));
+    let worker = pids.get_timeout(WAIT).unwrap();
+    // SAFETY: kill(2) on our own worker.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    // Arguments just under the shared-memory threshold go through the
+    // sockets: many of them would fill the stopped worker's.
+    let arg = ByteBuf::from(vec![1u8; 60 << 10]);
+    let rs: Vec<_> = (0..200).map(|_| pool.apply_async(byte_len, (arg.clone(),))).collect();
+    let t = Instant::now();
+    let ready = || rs.iter().filter(|r| r.ready()).count();
+    while ready() < 150 && t.elapsed() < SLACK {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let done = ready();
+    assert!(done >= 150, "only {done} of 200 tasks ran on the worker that is not stopped");
+    let t = Instant::now();
+    pool.terminate();
+    pool.join_timeout(SLACK).unwrap();
+    assert!(t.elapsed() < SLACK, "terminate took {:?}", t.elapsed());
+    assert!(stuck.get_timeout(SLACK).is_err_and(|e| !e.is_timeout()));
 }
