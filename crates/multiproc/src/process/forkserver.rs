@@ -371,7 +371,13 @@ impl ForkServerClient {
 
     /// True while the server process runs.
     pub(crate) fn is_alive(&self) -> bool {
-        !imp::wait_readable(self.pidfd.as_fd(), Deadline::after(Duration::ZERO)).unwrap_or(true)
+        !self.exited_within(Duration::ZERO)
+    }
+
+    /// True once the server process has exited, waiting at most `limit` for
+    /// it.
+    pub(crate) fn exited_within(&self, limit: Duration) -> bool {
+        imp::wait_readable(self.pidfd.as_fd(), Deadline::after(limit)).unwrap_or(true)
     }
 
     /// After the server died: reaps it, and the spare it may have forked

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use super::bootstrap::{ROLE_ENV, Role};
 use super::child::ExitWatch;
@@ -255,7 +256,7 @@ fn fork_via_server(
                 drop(server);
                 return launch(StartMethod::Spawn, task, env, cwd, exe);
             }
-            Err(WireError::Closed) | Err(WireError::Io(_)) if !client.is_alive() => {
+            Err(e @ (WireError::Closed | WireError::Io(_))) if server_died(client, &e) => {
                 tracing::debug!(pid = client.pid(), "fork server died; restarting it");
                 last_error = Some(io::Error::other("the fork server died"));
             }
@@ -264,6 +265,22 @@ fn fork_via_server(
     }
     let error = last_error.unwrap_or_else(|| io::Error::other("the fork server could not start a child"));
     Err(ProcessError::Start(error))
+}
+
+/// How long a start waits for a fork server whose control socket closed to
+/// show its exit.
+const DYING_SERVER: Duration = Duration::from_secs(2);
+
+/// Whether the fork server died, given the error its control socket gave. A
+/// killed server's socket closes while the kernel tears the process down, a
+/// moment before its exit shows on the pidfd; the server closes it in no
+/// other way. So after `Closed` wait (briefly) for the exit instead of taking
+/// a dying server for a live one and failing the start.
+fn server_died(client: &ForkServerClient, error: &WireError) -> bool {
+    match error {
+        WireError::Closed => client.exited_within(DYING_SERVER),
+        _ => !client.is_alive(),
+    }
 }
 
 /// The child's working directory as an absolute path (relative ones are

@@ -1,0 +1,30 @@
+//! A start under the fork server just as the server is killed (its socket
+//! already closed, its exit not yet visible) restarts the server and
+//! succeeds, instead of failing with a closed connection. (Its own binary: it
+//! kills this process's fork server, which no other test may share.)
+
+mod process_support;
+
+use multiproc::{Process, StartMethod};
+use process_support::{JOIN, count_zombie_children, fork_server_pid, wait_until};
+
+fn triple(x: u32) -> u32 {
+    x * 3
+}
+
+#[test]
+fn a_start_racing_the_fork_servers_death_restarts_it() {
+    for round in 0..40u32 {
+        let server = fork_server_pid();
+        // SAFETY: kill(2) on our own fork server.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+        // At once: the kill may still be under way.
+        let started = Process::builder().start_method(StartMethod::ForkServer).spawn(triple, (round,));
+        let mut p = started.unwrap_or_else(|e| panic!("round {round}: a start as the fork server died failed: {e}"));
+        assert_eq!(p.join_timeout(JOIN).unwrap(), 3 * round);
+    }
+    // The last server killed is reaped by the next start (as after any
+    // kill of the server); by then none is left a zombie.
+    fork_server_pid();
+    assert!(wait_until(JOIN, || count_zombie_children() == 0).is_some(), "dead fork servers left as zombies");
+}

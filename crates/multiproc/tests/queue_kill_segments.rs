@@ -1,0 +1,92 @@
+//! Producers and consumers SIGKILLed together while segments of two slots
+//! turn over every other item, so that kills land while a process holds the
+//! frame lock, creates or retires a segment, or is between claim and
+//! commit: the survivors' `get_timeout` keeps its bound and the queue,
+//! bounded or not, then works at full speed.
+
+mod queue_support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use multiproc::{GetError, Process, Queue};
+use queue_support::{Child, LONG, SLACK};
+
+/// Puts numbers for ever (until killed).
+fn flood(q: Queue<u64>) {
+    let mut i = 0u64;
+    loop {
+        q.put(i).unwrap();
+        i += 1;
+    }
+}
+
+/// Gets for ever (until killed).
+fn drain(q: Queue<u64>) {
+    loop {
+        let _ = q.get_timeout(LONG);
+    }
+}
+
+/// A few random microseconds, from the clock (no rand dependency).
+fn jitter(round: u32, max_micros: u64) -> Duration {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let mut x = nanos ^ (u64::from(round) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    Duration::from_micros(x % max_micros)
+}
+
+#[test]
+fn kills_while_two_slot_segments_turn_over_leave_the_queue_working() {
+    for bounded in [false, true] {
+        let b = Queue::<u64>::builder().segment_slots(2);
+        let q = if bounded { b.maxsize(6).build().unwrap() } else { b.build().unwrap() };
+        for round in 0..15 {
+            let mut producers: Vec<_> = (0..2).map(|_| Child(Process::spawn(flood, (q.clone(),)).unwrap())).collect();
+            let mut consumer = Child(Process::spawn(drain, (q.clone(),)).unwrap());
+            let t = Instant::now();
+            let mut got = 0;
+            while got < 200 {
+                assert!(t.elapsed() < SLACK, "round {round}: only {got} items came");
+                match q.get_timeout(Duration::from_millis(200)) {
+                    Ok(_) => got += 1,
+                    Err(GetError::Timeout) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            std::thread::sleep(jitter(round, 3000));
+            for p in &mut producers {
+                p.0.kill().unwrap();
+            }
+            consumer.0.kill().unwrap();
+            for p in &mut producers {
+                let _ = p.0.join_timeout(LONG);
+            }
+            let _ = consumer.0.join_timeout(LONG);
+            // What is left comes out, and then a timeout on time.
+            loop {
+                let s = Instant::now();
+                match q.get_timeout(Duration::from_millis(100)) {
+                    Ok(_) => {}
+                    Err(GetError::Timeout) => {
+                        assert!(
+                            s.elapsed() < Duration::from_millis(100) + SLACK,
+                            "round {round}: get_timeout took {:?}",
+                            s.elapsed()
+                        );
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let s = Instant::now();
+            for i in 0..20u64 {
+                q.put_timeout(i, SLACK)
+                    .unwrap_or_else(|e| panic!("bounded {bounded} round {round}: put {i}: {e:?} qsize {}", q.qsize()));
+                assert_eq!(q.get_timeout(SLACK).unwrap(), i);
+            }
+            assert!(s.elapsed() < SLACK, "round {round}: slow after kill: {:?}", s.elapsed());
+        }
+    }
+}
