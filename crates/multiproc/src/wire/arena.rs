@@ -8,8 +8,8 @@
 //! the arena's descriptor and the record's offset, and copied out by the
 //! receiver. The receiver marks the record consumed; the sender reuses the
 //! space. When the arena is full the sender waits a little for the receiver,
-//! then falls back to a one-off sealed memfd, so it never blocks for long on a
-//! receiver that is not reading.
+//! then sends the payload inline through the socket (see `Channel`), so a
+//! receiver that is not reading pins no more than the arena.
 //!
 //! Layout: records are 64-byte aligned; each starts with a 64-byte header
 //! whose first word is the record state (`WRITTEN`, `CONSUMED`, plus the
@@ -42,7 +42,7 @@ const RECORD_HEADER: usize = 64;
 /// Smallest and largest arena.
 const MIN_ARENA: usize = 8 << 20;
 const MAX_ARENA: usize = 64 << 20;
-/// How long a sender waits for space before using a one-off memfd.
+/// How long a sender waits for space before sending a payload inline.
 const SPACE_WAIT: Duration = Duration::from_millis(50);
 /// Receiver-side mappings kept per channel.
 const RECEIVER_CACHE: usize = 16;
