@@ -105,6 +105,13 @@ impl Channel {
         self.recv.lock().unwrap_or_else(|e| e.into_inner()).decoder.set_limit(limit);
     }
 
+    /// Refuses received frames that carry descriptors or shared memory (an
+    /// unauthenticated peer's cannot make this process hold its files or
+    /// map its memory), or accepts them again.
+    pub(crate) fn set_refuse_fds(&self, refuse: bool) {
+        self.recv.lock().unwrap_or_else(|e| e.into_inner()).decoder.set_refuse_fds(refuse);
+    }
+
     /// True when bytes of a message (or all of one) have been read from the
     /// socket into this process's buffer and not yet received, as `poll`
     /// does; false when another thread is receiving (it takes them).
