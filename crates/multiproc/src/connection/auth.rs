@@ -94,11 +94,16 @@ pub(super) fn connect(channel: &Channel, key: Option<&[u8]>, deadline: Deadline)
 }
 
 /// Runs a handshake with the channel's receive limit lowered to
-/// [`MAX_HANDSHAKE_MESSAGE`], lifted again after success.
+/// [`MAX_HANDSHAKE_MESSAGE`] and frames with descriptors refused (no
+/// handshake message has any: a peer that sent an arena reference would have
+/// this process map its memory, and keep the mapping after the handshake
+/// failed), both lifted again after success.
 fn bounded(channel: &Channel, handshake: impl FnOnce() -> Result<(), ConnectionError>) -> Result<(), ConnectionError> {
     channel.set_recv_limit(Some(MAX_HANDSHAKE_MESSAGE));
+    channel.set_refuse_fds(true);
     handshake()?;
     channel.set_recv_limit(None);
+    channel.set_refuse_fds(false);
     Ok(())
 }
 
@@ -311,6 +316,46 @@ mod test {
         let (r, _a) = server.join().unwrap();
         let err = r.unwrap_err().to_string();
         assert!(err.contains("more than the 256 allowed"), "{err}");
+    }
+
+    /// True if this process has a descriptor open on the file `id`.
+    fn holds_file(id: (u64, u64)) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .any(|entry| std::fs::metadata(entry.path()).is_ok_and(|m| (m.dev(), m.ino()) == id))
+    }
+
+    #[test]
+    fn an_unauthenticated_peer_cannot_make_the_listener_keep_its_shared_memory() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        // A real arena frame (a large message through a channel pair),
+        // caught raw and relabelled as a small handshake message.
+        let (c, d) = Channel::pair().unwrap();
+        d.send(Kind::Data, &vec![7u8; 100_000], &[]).unwrap();
+        let (mut buf, mut fds) = ([0u8; 64], Vec::new());
+        let n = crate::sys::imp::recv_with_fds(c.as_fd(), &mut buf, &mut fds, false).unwrap();
+        assert_eq!((n, fds.len()), (20, 1), "an arena frame: header, offset and the arena");
+        drop((c, d));
+        let arena = fds.pop().unwrap();
+        let meta = std::fs::File::from(arena.try_clone().unwrap()).metadata().unwrap();
+        let id = (meta.dev(), meta.ino());
+        buf[1] = Kind::Control as u8;
+        buf[4..10].copy_from_slice(&100u64.to_le_bytes()[..6]);
+
+        let (a, b) = Channel::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let r = serve(&a, Some(b"k"), Deadline::after(Duration::from_secs(5)));
+            (r, a)
+        });
+        crate::sys::imp::send_all(b.as_fd(), &[&buf[..n]], &[arena.as_fd()]).unwrap();
+        drop(arena);
+        let (r, a) = server.join().unwrap();
+        assert!(r.is_err(), "an arena frame is no handshake message");
+        drop((a, b));
+        assert!(!holds_file(id), "the failed handshake left the peer's memory mapped (and its descriptor open)");
     }
 
     #[test]

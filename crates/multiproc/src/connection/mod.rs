@@ -243,7 +243,12 @@ impl<T> Connection<T> {
     }
 
     /// Sends one raw byte message (any length, including zero). Payloads over
-    /// 64 KiB travel through shared memory on Unix connections.
+    /// 64 KiB travel through shared memory on Unix connections. As with an OS
+    /// pipe, a send blocks while the connection is full: a peer that stops
+    /// reading stops the sender once its shared memory for the connection
+    /// (8 MiB for 1 MiB messages, at most 64 MiB) and the socket buffer are
+    /// full. (A message of about 16 MiB or more travels in memory of its
+    /// own, held until the peer reads it.)
     ///
     /// # Examples
     ///

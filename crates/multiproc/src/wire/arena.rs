@@ -8,8 +8,8 @@
 //! the arena's descriptor and the record's offset, and copied out by the
 //! receiver. The receiver marks the record consumed; the sender reuses the
 //! space. When the arena is full the sender waits a little for the receiver,
-//! then falls back to a one-off sealed memfd, so it never blocks for long on a
-//! receiver that is not reading.
+//! then sends the payload inline through the socket (see `Channel`), so a
+//! receiver that is not reading pins no more than the arena.
 //!
 //! Layout: records are 64-byte aligned; each starts with a 64-byte header
 //! whose first word is the record state (`WRITTEN`, `CONSUMED`, plus the
@@ -42,7 +42,7 @@ const RECORD_HEADER: usize = 64;
 /// Smallest and largest arena.
 const MIN_ARENA: usize = 8 << 20;
 const MAX_ARENA: usize = 64 << 20;
-/// How long a sender waits for space before using a one-off memfd.
+/// How long a sender waits for space before sending a payload inline.
 const SPACE_WAIT: Duration = Duration::from_millis(50);
 /// Receiver-side mappings kept per channel.
 const RECEIVER_CACHE: usize = 16;
@@ -93,12 +93,9 @@ impl OutArena {
                 return None;
             }
         };
-        // SAFETY: [at, at + need) lies inside the mapping (checked by `allocate`)
-        // and belongs to no in-flight record, so no other process touches it.
-        unsafe {
-            let base = self.map.as_ptr().add(at);
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), base.add(RECORD_HEADER), payload.len());
-        }
+        // [at, at + need) lies inside the mapping (`allocate`) and belongs to
+        // no in-flight record, so no honest receiver reads it meanwhile.
+        self.map.write_at(at + RECORD_HEADER, payload).expect("`allocate` keeps records inside the arena");
         // ORDERING: Release publishes the payload bytes to the receiver that
         // loads the state with Acquire (the socket also orders them).
         self.state(at).store(WRITTEN, Ordering::Release);
@@ -108,9 +105,7 @@ impl OutArena {
     }
 
     fn state(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is a 64-byte aligned record offset inside the mapping, and
-        // the state word is only accessed atomically by every process.
-        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+        self.map.atomic_u32_at(at).expect("record offsets are 64-byte aligned and inside the arena")
     }
 
     /// Drops consumed records from the front of the in-flight list.
@@ -195,28 +190,18 @@ impl InArenas {
     /// marks its record consumed. Validates everything the sender claimed.
     pub(crate) fn take(&mut self, fd: OwnedFd, offset: u64, len: u64) -> Result<Vec<u8>, WireError> {
         let map = self.mapping(fd)?;
-        let (offset, len) = (offset as usize, len as usize);
-        let in_bounds = offset >= RECORD_HEADER
-            && offset % RECORD_HEADER == 0
-            && offset.checked_add(len).is_some_and(|end| end <= map.len());
-        if !in_bounds {
-            return Err(WireError::corrupt("arena record out of bounds"));
-        }
-        // SAFETY: the record header lies inside the mapping (checked above), is
-        // 64-byte aligned, and its state word is only accessed atomically.
-        let state = unsafe { &*map.as_ptr().add(offset - RECORD_HEADER).cast::<AtomicU32>() };
+        let out_of_bounds = || WireError::corrupt("arena record out of bounds");
+        let offset = usize::try_from(offset).map_err(|_| out_of_bounds())?;
+        let len = usize::try_from(len).map_err(|_| out_of_bounds())?;
+        let header_at = offset.checked_sub(RECORD_HEADER).filter(|at| at % RECORD_HEADER == 0);
+        let state = header_at.and_then(|at| map.atomic_u32_at(at)).ok_or_else(out_of_bounds)?;
         // ORDERING: Acquire pairs with the sender's Release of WRITTEN.
         if state.load(Ordering::Acquire) & !SENDER_WAITS != WRITTEN {
             return Err(WireError::corrupt("arena record is not in the written state"));
         }
-        let mut out = Vec::with_capacity(len);
-        // SAFETY: [offset, offset + len) lies inside the mapping; the sender does
-        // not touch a WRITTEN record until we mark it CONSUMED below; `out` has
-        // capacity `len` and the copy initialises exactly `len` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(map.as_ptr().add(offset), out.as_mut_ptr(), len);
-            out.set_len(len);
-        }
+        // An honest sender does not touch a WRITTEN record until we mark it
+        // CONSUMED below; `read_at` checks the bounds the sender claimed.
+        let out = map.read_at(offset, len).ok_or_else(out_of_bounds)?;
         // ORDERING: Release orders our reads of the payload before the sender's
         // reuse (it loads with Acquire).
         if state.swap(CONSUMED, Ordering::AcqRel) & SENDER_WAITS != 0 {

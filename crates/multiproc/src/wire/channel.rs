@@ -105,6 +105,13 @@ impl Channel {
         self.recv.lock().unwrap_or_else(|e| e.into_inner()).decoder.set_limit(limit);
     }
 
+    /// Refuses received frames that carry descriptors or shared memory (an
+    /// unauthenticated peer's cannot make this process hold its files or
+    /// map its memory), or accepts them again.
+    pub(crate) fn set_refuse_fds(&self, refuse: bool) {
+        self.recv.lock().unwrap_or_else(|e| e.into_inner()).decoder.set_refuse_fds(refuse);
+    }
+
     /// True when bytes of a message (or all of one) have been read from the
     /// socket into this process's buffer and not yet received, as `poll`
     /// does; false when another thread is receiving (it takes them).
@@ -136,21 +143,27 @@ impl Channel {
             )));
         }
         let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = if out_of_band {
-            self.send_out_of_band(kind, payload, fds)
-        } else {
-            let header = Header::new(kind, fds.len(), payload.len());
-            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-            imp::send_all(self.fd.as_fd(), &[&header.encode(), payload], &borrowed)
-        };
+        let result =
+            if out_of_band { self.send_out_of_band(kind, payload, fds) } else { self.send_inline(kind, payload, fds) };
         result.map_err(|e| match e.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => WireError::Closed,
             _ => WireError::Io(e),
         })
     }
 
-    /// Sends a large payload through this process's arena for the channel, or
-    /// through a one-off sealed memfd when the arena has no room.
+    /// Sends a frame with its payload in the socket's byte stream.
+    fn send_inline(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+        let header = Header::new(kind, fds.len(), payload.len());
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        imp::send_all(self.fd.as_fd(), &[&header.encode(), payload], &borrowed)
+    }
+
+    /// Sends a large payload through this process's arena for the channel.
+    /// When the arena has no room (the receiver is behind), the payload goes
+    /// inline through the socket, so a receiver that stops reading pins at
+    /// most one arena and a socket buffer of this process's memory, and the
+    /// sender blocks like any writer to a full socket. Only a payload too
+    /// large for any arena goes in a one-off sealed memfd.
     fn send_out_of_band(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
         let mut arena = self.out_arena.lock().unwrap_or_else(|e| e.into_inner());
         if !arena.as_ref().is_some_and(|a| a.fits(payload.len()))
@@ -158,23 +171,25 @@ impl Channel {
         {
             *arena = Some(bigger);
         }
+        let mut all: Vec<BorrowedFd<'_>> = Vec::with_capacity(fds.len() + 1);
         let mut header = Header::new(kind, fds.len() + 1, payload.len());
-        let offset = arena.as_mut().filter(|a| a.fits(payload.len())).and_then(|a| a.write(payload));
         let memfd;
-        let (first, inline) = match (offset, arena.as_ref()) {
-            (Some(offset), Some(a)) => {
+        let body = match arena.as_mut().filter(|a| a.fits(payload.len())).map(|a| a.write(payload)) {
+            Some(None) => return self.send_inline(kind, payload, fds),
+            Some(Some(offset)) => {
                 header.arena = true;
-                (a.as_fd(), offset.to_le_bytes().to_vec())
+                all.push(arena.as_ref().expect("the arena just written").as_fd());
+                offset.to_le_bytes().to_vec()
             }
-            _ => {
+            None => {
                 header.offloaded = true;
                 memfd = imp::memfd::sealed_with("multiproc-payload", payload)?;
-                (memfd.as_fd(), Vec::new())
+                all.push(memfd.as_fd());
+                Vec::new()
             }
         };
-        let mut all: Vec<BorrowedFd<'_>> = vec![first];
         all.extend(fds.iter().map(AsFd::as_fd));
-        imp::send_all(self.fd.as_fd(), &[&header.encode(), &inline], &all)
+        imp::send_all(self.fd.as_fd(), &[&header.encode(), &body], &all)
     }
 
     /// Receives one frame, waiting until the deadline. When `watch` becomes

@@ -164,6 +164,10 @@ pub(crate) struct FrameDecoder {
     /// Largest payload accepted (inline or out of band), when stricter than
     /// the protocol's: set while a peer is not yet authenticated.
     limit: Option<u64>,
+    /// Refuses frames that carry descriptors or an out-of-band payload: set
+    /// while a peer is not yet authenticated, so it cannot make this process
+    /// hold its files or map its memory.
+    refuse_fds: bool,
     /// The error that ended the stream: every later call returns it again
     /// (the bytes after a refused frame cannot be framed).
     failed: Option<WireError>,
@@ -192,6 +196,12 @@ impl FrameDecoder {
     /// payload is buffered.
     pub(crate) fn set_limit(&mut self, limit: Option<u64>) {
         self.limit = limit;
+    }
+
+    /// Refuses (or accepts again) frames that carry descriptors or an
+    /// out-of-band payload, from their header.
+    pub(crate) fn set_refuse_fds(&mut self, refuse: bool) {
+        self.refuse_fds = refuse;
     }
 
     /// Bytes buffered but not yet consumed.
@@ -237,6 +247,9 @@ impl FrameDecoder {
                 "frame announces {} bytes, more than the {limit} allowed here",
                 header.len
             )));
+        }
+        if self.refuse_fds && (header.nfds > 0 || header.offloaded || header.arena) {
+            return Err(WireError::corrupt("a frame carries descriptors or shared memory where none is allowed"));
         }
         Ok(header)
     }

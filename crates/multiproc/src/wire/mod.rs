@@ -10,11 +10,15 @@
 //! copies it into its reusable shared-memory arena for the channel (a memfd
 //! mapped once by both sides, see `arena.rs`) and sends a small frame with the
 //! arena's descriptor and the record's offset; the receiver copies it out and
-//! frees the record. Only when no room frees up within a short wait, or when
-//! the payload is too large for any arena (about 16 MiB and up), does it go in a
-//! one-off sealed memfd. Either way a
-//! 1 MiB message is one copy in and one copy out, with no socket wake-ups per
-//! 64 KiB. Every decoder here returns an error on bad input; none panics.
+//! frees the record. When no room frees up within a short wait (the receiver
+//! is behind, or stopped reading), the payload goes inline through the
+//! socket instead, so a receiver that never reads pins one arena (at most 64
+//! MiB; 8 MiB for 1 MiB messages) and a socket buffer of the sender's memory,
+//! and the sender then blocks as on any full socket. A payload too large for
+//! any arena (about 16 MiB and up) goes in a one-off sealed memfd. Through
+//! the arena, a 1 MiB message is one copy in and one copy out, with no socket
+//! wake-ups per 64 KiB. Every decoder here returns an error on bad input;
+//! none panics.
 
 mod arena;
 mod channel;

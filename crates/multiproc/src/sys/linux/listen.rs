@@ -88,7 +88,7 @@ pub(crate) fn accept(listener: BorrowedFd<'_>, deadline: Deadline, tcp: bool) ->
         match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
             Ok(fd) => {
                 if tcp {
-                    rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
+                    nodelay_or_warn(&fd);
                 }
                 return Ok(Some(fd));
             }
@@ -99,6 +99,17 @@ pub(crate) fn accept(listener: BorrowedFd<'_>, deadline: Deadline, tcp: bool) ->
         if deadline.expired() || !wait_readable(listener, deadline)? {
             return Ok(None);
         }
+    }
+}
+
+/// Turns Nagle's algorithm off on an accepted TCP socket. A failure is the
+/// connection's business, not the listener's: the connection is kept (it
+/// works, small frames may just wait for a round trip) and a warning is
+/// logged. (On Linux this does not fail even for a peer that reset the
+/// connection before the accept; a dead peer shows up in the handshake.)
+fn nodelay_or_warn(fd: &OwnedFd) {
+    if let Err(e) = rustix::net::sockopt::set_tcp_nodelay(fd, true) {
+        tracing::warn!("cannot turn off Nagle's algorithm on an accepted TCP connection (kept, may be slower): {e}");
     }
 }
 
@@ -217,6 +228,7 @@ pub(crate) fn file_id(path: &Path) -> Option<FileId> {
 #[cfg(test)]
 mod test {
     use super::*;
+    use std::os::fd::AsFd;
     use std::time::Instant;
 
     #[test]
@@ -227,6 +239,25 @@ mod test {
         for e in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::BADF, Errno::INVAL] {
             assert!(!accept_waits_on(e), "{e}");
         }
+    }
+
+    #[test]
+    fn a_tcp_peer_that_resets_before_the_accept_does_not_fail_the_accept() {
+        let (listener, addr) = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let deadline = || Deadline::after(Duration::from_secs(5));
+        let rude = connect_tcp(addr, deadline()).unwrap();
+        // SO_LINGER 0: closing sends a reset instead of a FIN.
+        rustix::net::sockopt::set_socket_linger(&rude, Some(Duration::ZERO)).unwrap();
+        drop(rude);
+        std::thread::sleep(Duration::from_millis(50));
+        // Linux still hands out the reset connection (setting TCP_NODELAY on
+        // it succeeds); what matters is that accept does not fail.
+        let reset = accept(listener.as_fd(), deadline(), true).unwrap().expect("the reset connection");
+        assert_eq!(rustix::net::sockopt::socket_error(&reset).unwrap(), Err(Errno::CONNRESET));
+        let honest = connect_tcp(addr, deadline()).unwrap();
+        let accepted = accept(listener.as_fd(), deadline(), true).unwrap().expect("the next connection");
+        assert!(rustix::net::sockopt::tcp_nodelay(&accepted).unwrap());
+        drop(honest);
     }
 
     #[test]

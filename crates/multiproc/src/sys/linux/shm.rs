@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -120,6 +121,55 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+
+    /// The 4-byte aligned word at `offset` as an atomic; `None` when it is
+    /// misaligned or not inside the mapping. Every process must access that
+    /// word only atomically.
+    pub(crate) fn atomic_u32_at(&self, offset: usize) -> Option<&AtomicU32> {
+        let in_bounds = offset.checked_add(size_of::<u32>()).is_some_and(|end| end <= self.len);
+        if !in_bounds || !offset.is_multiple_of(align_of::<AtomicU32>()) {
+            return None;
+        }
+        // SAFETY: inside the mapping (checked), aligned (the mapping is page
+        // aligned and `offset` checked), and valid as long as `&self`; an
+        // AtomicU32 tolerates writes from other processes.
+        Some(unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() })
+    }
+
+    /// Copies `bytes` into the mapping at `offset`; `None` (nothing copied)
+    /// when they would not fit inside it.
+    ///
+    /// The copy is a plain `memcpy`: the caller's protocol must keep every
+    /// other process away from those bytes meanwhile (the large-payload hot
+    /// path cannot afford per-word atomic copies).
+    pub(crate) fn write_at(&self, offset: usize, bytes: &[u8]) -> Option<()> {
+        offset.checked_add(bytes.len()).filter(|end| *end <= self.len)?;
+        // SAFETY: [offset, offset + len) lies inside the mapping (checked); the
+        // source is a private slice, so the two do not overlap. No Rust
+        // reference to the shared bytes is made.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(offset), bytes.len()) };
+        Some(())
+    }
+
+    /// Copies `len` bytes at `offset` out of the mapping; `None` when they
+    /// are not all inside it (so lengths and offsets announced by another
+    /// process can be passed as they came).
+    ///
+    /// A plain `memcpy`, as for [`Mapping::write_at`]: bytes that a
+    /// misbehaving process writes meanwhile arrive torn (any bit pattern is a
+    /// valid `u8`), and the caller must treat them as untrusted.
+    pub(crate) fn read_at(&self, offset: usize, len: usize) -> Option<Vec<u8>> {
+        offset.checked_add(len).filter(|end| *end <= self.len)?;
+        let mut out = Vec::with_capacity(len);
+        // SAFETY: [offset, offset + len) lies inside the mapping (checked);
+        // `out` is private, has capacity `len`, and the copy initialises
+        // exactly `len` bytes before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+        Some(out)
+    }
 }
 
 impl AsFd for Mapping {
@@ -214,6 +264,21 @@ mod test {
         let unsealed = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&unsealed, 4096).unwrap();
         assert!(Mapping::from_fd(unsealed, 4096).is_err());
+    }
+
+    #[test]
+    fn checked_copies_refuse_anything_outside_the_mapping() {
+        let m = Mapping::anonymous("t", 4096).unwrap();
+        assert_eq!(m.write_at(4090, &[1; 6]), Some(()));
+        assert_eq!(m.read_at(4090, 6).unwrap(), [1; 6]);
+        assert_eq!(m.write_at(4091, &[1; 6]), None);
+        assert_eq!(m.read_at(4091, 6), None);
+        assert_eq!(m.read_at(usize::MAX, 2), None);
+        assert_eq!(m.read_at(1, usize::MAX), None);
+        assert!(m.atomic_u32_at(4092).is_some());
+        assert!(m.atomic_u32_at(4093).is_none(), "misaligned");
+        assert!(m.atomic_u32_at(4096).is_none(), "past the end");
+        assert!(m.atomic_u32_at(usize::MAX - 3).is_none());
     }
 
     #[test]

@@ -110,3 +110,38 @@ fn a_receive_that_finds_its_message_taken_by_another_reader_waits_on_until_its_d
         }
     }
 }
+
+#[test]
+fn a_receiver_that_does_not_read_pins_one_arena_not_a_megabyte_per_message() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    const MESSAGES: usize = 100;
+    let (a, b) = Channel::pair().unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            for i in 0..MESSAGES {
+                b.send(Kind::Data, &vec![i as u8; 1 << 20], &[]).unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            b
+        })
+    };
+    // Nobody reads. A sender that offloaded each message to a fresh memfd
+    // got through all of them (100 MiB pinned by the socket); now it blocks
+    // once the arena (8 MiB for 1 MiB messages) and the socket buffer are full.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) && sent.load(Ordering::Relaxed) < MESSAGES {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pinned = sent.load(Ordering::Relaxed);
+    assert!(pinned < 16, "{pinned} messages of 1 MiB went out to a receiver that reads nothing");
+    // Once the receiver reads, everything arrives, in order.
+    for i in 0..MESSAGES {
+        let frame = a.recv(Deadline::after(Duration::from_secs(20)), None).unwrap();
+        assert_eq!(frame.payload.len(), 1 << 20, "message {i}");
+        assert!(frame.payload.iter().all(|b| *b == i as u8), "message {i}");
+    }
+    drop(sender.join().unwrap());
+}
