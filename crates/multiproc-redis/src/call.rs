@@ -226,7 +226,7 @@ impl<'a> Engine<'a> {
                 // The chunks queued before fail with it: nobody waits for them.
                 let unread = !self.exhausted;
                 self.cancel_queued();
-                self.fail_in_flight_with(|| same_error(&e));
+                self.fail_in_flight_with(|| e.same());
                 if unread {
                     self.ready.push_back((self.next_index, Err(e)));
                 }
@@ -303,16 +303,6 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-    }
-}
-
-/// Another error like `e` (a call's failure that its items in flight
-/// share): the same variant and message.
-fn same_error(e: &RedisPoolError) -> RedisPoolError {
-    match e {
-        RedisPoolError::Timeout(t) => RedisPoolError::Timeout(*t),
-        RedisPoolError::Redis(reason) => RedisPoolError::Redis(reason.clone()),
-        other => RedisPoolError::Redis(other.to_string()),
     }
 }
 
