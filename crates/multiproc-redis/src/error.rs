@@ -182,6 +182,14 @@ pub(crate) fn explain(what: &str, e: &redis::RedisError, waited: Option<Duration
     if e.kind() == redis::ErrorKind::InvalidClientConfig {
         return format!("{what}: {e}; give a URL like redis://127.0.0.1:6379/0 or unix:///path/to/redis.sock");
     }
+    // A command of a script refused by an ACL has no NOPERM code of its own.
+    let script_refused = e.detail().is_some_and(|d| d.contains("user executing the script can't run"));
+    if e.code() == Some("NOPERM") || script_refused {
+        return format!(
+            "{what}: {e}; let the pool's Redis user run the commands of multiproc-redis on its keys (ACL \
+             SETUSER <user> +@stream +@string +@keyspace +@scripting +info +ping ~<prefix>:*)"
+        );
+    }
     if !crate::conn::is_transient(e) {
         return format!("{what}: {e}");
     }
