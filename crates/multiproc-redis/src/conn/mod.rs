@@ -106,7 +106,11 @@ impl Link {
         let mut replies = pipe.len() + if pipe.is_transaction() { 2 } else { 0 };
         let mut first_error = None;
         while replies > 0 {
-            // Replies that come soon (within the slack) set nothing.
+            // Set again only once the deadline is nearer than the socket's
+            // bound by more than the slack: at most once per slack of the
+            // pipeline's time, however many replies. A bound set once for
+            // the whole pipeline would let a read that starts late block
+            // past the deadline by as much as the pipeline had taken.
             self.bound_reads(time_left(Some(end))?)?;
             match self.con.recv_response()? {
                 Value::Push { .. } => continue, // not a reply (RESP3)
