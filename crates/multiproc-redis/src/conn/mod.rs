@@ -282,19 +282,10 @@ impl Conn {
     }
 
     /// Runs `f` until it succeeds, fails with an error that is not
-    /// transient, or `patience` has passed since the first failure
-    /// (then the last error). Waits 50 ms, doubling up to 1 s, between tries.
-    pub(crate) fn retry<T>(
-        &mut self,
-        patience: Duration,
-        f: impl FnMut(&mut Link) -> RedisResult<T>,
-    ) -> RedisResult<T> {
-        self.retry_while(patience, None, || true, f)
-    }
-
-    /// As [`Conn::retry`], giving up early (with the last error) once
-    /// `keep_trying` says no or `deadline` passes; no attempt waits past
-    /// `deadline`.
+    /// transient, or `patience` has passed since the first failure (then
+    /// the last error); gives up early (with the last error) once
+    /// `keep_trying` says no or `deadline` passes, and no attempt waits
+    /// past `deadline`. Waits 50 ms, doubling up to 1 s, between tries.
     pub(crate) fn retry_while<T>(
         &mut self,
         patience: Duration,
