@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use multiproc_redis::TaskFailure;
-use support::{local_worker, pool, server};
+use support::{RemovedOnDrop, local_worker, pool, server};
 
 /// On its first run, writes its process id to `marker` and sleeps (until
 /// killed); on a later run, returns at once.
@@ -23,27 +22,27 @@ fn first_run_waits(marker: String) -> u32 {
 }
 
 /// A marker path of its own for each test, removed on drop.
-struct Marker(PathBuf);
+struct Marker(RemovedOnDrop);
 
 impl Marker {
     fn new(name: &str) -> Marker {
         let p = std::env::temp_dir().join(format!("multiproc-redis-{name}-{}", std::process::id()));
         let _ = std::fs::remove_file(&p);
-        Marker(p)
+        Marker(RemovedOnDrop(p))
     }
 
     fn path(&self) -> String {
-        self.0.to_string_lossy().into_owned()
+        self.0.0.to_string_lossy().into_owned()
     }
 
     /// Waits for the task to start, then sends `signal` to the process
     /// running it; returns its pid.
     fn signal_its_process(&self, signal: &str) -> String {
         let found = support::eventually(Duration::from_secs(30), || {
-            std::fs::read_to_string(&self.0).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+            std::fs::read_to_string(&self.0.0).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
         });
         assert!(found, "the task never started");
-        let pid = std::fs::read_to_string(&self.0).unwrap().trim().to_string();
+        let pid = std::fs::read_to_string(&self.0.0).unwrap().trim().to_string();
         let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
         pid
@@ -51,12 +50,6 @@ impl Marker {
 
     fn kill_its_process(&self) {
         self.signal_its_process("-KILL");
-    }
-}
-
-impl Drop for Marker {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
