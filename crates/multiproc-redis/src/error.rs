@@ -125,9 +125,7 @@ impl RedisPoolError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, RedisPoolError::Timeout(_))
     }
-}
 
-impl RedisPoolError {
     /// The error of a thread that could not be started (by
     /// [`std::thread::Builder::spawn`]), for `what` ("could not start the
     /// result thread").
