@@ -124,14 +124,8 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
         Ok(w) => w,
         Err(e) => {
             eprintln!("multiproc worker: cannot serve queue {queue:?} on {shown}: {e}");
-            // Only a Redis failure gets Redis advice: a local pool that cannot
-            // start (RedisPoolError::LocalPool) is this host's doing.
-            if let multiproc_redis::RedisPoolError::Redis(_) = &e {
-                eprintln!(
-                    "multiproc worker: check that a Redis server (6.2 or newer) runs at {shown}, that this host \
-                     reaches it, and that its user may run stream commands (XREADGROUP, XAUTOCLAIM)"
-                );
-            }
+            // The error says what to do (see to the server, the URL, the
+            // user's rights, or this host's limits): nothing to add.
             return ExitCode::FAILURE;
         }
     };

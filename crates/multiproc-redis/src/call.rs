@@ -138,8 +138,12 @@ impl<'a> Engine<'a> {
         let ttl_ms = shared.options.result_ttl.as_millis() as u64;
         let mut batch = Vec::with_capacity(chunks.len());
         let mut ids = Vec::with_capacity(chunks.len());
-        {
+        let dropped = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // ORDERING: the pool's drop sets `stop` before it fails the
+            // chunks pending (under this lock): a chunk registered after
+            // that would wait forever, with no result thread to deliver it.
+            let dropped = shared.stop.load(Ordering::Acquire);
             for (first, items) in chunks {
                 let task = shared.next_task.fetch_add(1, Ordering::Relaxed);
                 let n = items.len();
@@ -165,12 +169,19 @@ impl<'a> Engine<'a> {
                     args,
                 };
                 let fields = Vec::from(schema::task_fields(&msg, &shared.key));
-                pending
-                    .insert(task, Pending { sink: self.tx.clone(), blob: blob.as_ref().map(|(key, _)| key.clone()) });
+                if !dropped {
+                    let blob_key = blob.as_ref().map(|(key, _)| key.clone());
+                    pending.insert(task, Pending { sink: self.tx.clone(), blob: blob_key });
+                }
                 batch.push(ChunkEntry { fields, blob });
                 self.in_flight.insert(task, (first, n));
                 ids.push(task);
             }
+            dropped
+        };
+        if dropped {
+            self.fail_chunks(ids, || RedisPoolError::Redis("the pool was dropped".into()));
+            return Ok(());
         }
         // Redis away or not answering: wait for it no longer than the
         // reconnect timeout, nor past the call's deadline.
@@ -196,20 +207,27 @@ impl<'a> Engine<'a> {
                     format!("{what}; none of them was queued")
                 };
                 let timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
-                let error = || match self.plan.wait_timeout {
+                let wait_timeout = self.plan.wait_timeout;
+                let error = || match wait_timeout {
                     Some(t) if timed_out => RedisPoolError::Timeout(t),
                     _ => RedisPoolError::Redis(reason.clone()),
                 };
-                for task in ids {
-                    shared.forget(task);
-                    let Some((first, n)) = self.in_flight.remove(&task) else { continue };
-                    for index in first..first + n {
-                        if !self.skip.remove(&index) {
-                            self.ready.push_back((index, Err(error())));
-                        }
-                    }
-                }
+                self.fail_chunks(ids, error);
                 Err(error())
+            }
+        }
+    }
+
+    /// Fails each item of the chunks `ids` (one outcome per item); their
+    /// call no longer waits for them.
+    fn fail_chunks(&mut self, ids: Vec<u64>, error: impl Fn() -> RedisPoolError) {
+        for task in ids {
+            self.shared.forget(task);
+            let Some((first, n)) = self.in_flight.remove(&task) else { continue };
+            for index in first..first + n {
+                if !self.skip.remove(&index) {
+                    self.ready.push_back((index, Err(error())));
+                }
             }
         }
     }
@@ -226,11 +244,14 @@ impl<'a> Engine<'a> {
                 // The chunks queued before fail with it: nobody waits for them.
                 let unread = !self.exhausted;
                 self.cancel_queued();
-                self.fail_in_flight_with(|| same_error(&e));
+                self.fail_in_flight_with(|| e.same());
                 if unread {
                     self.ready.push_back((self.next_index, Err(e)));
                 }
                 continue;
+            }
+            if !self.ready.is_empty() {
+                continue; // chunks failed as they were submitted
             }
             if self.in_flight.is_empty() {
                 return None;
@@ -303,16 +324,6 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-    }
-}
-
-/// Another error like `e` (a call's failure that its items in flight
-/// share): the same variant and message.
-fn same_error(e: &RedisPoolError) -> RedisPoolError {
-    match e {
-        RedisPoolError::Timeout(t) => RedisPoolError::Timeout(*t),
-        RedisPoolError::Redis(reason) => RedisPoolError::Redis(reason.clone()),
-        other => RedisPoolError::Redis(other.to_string()),
     }
 }
 

@@ -20,7 +20,7 @@ for i = 2, #ARGV, per do
   local id = redis.pcall(unpack(xadd))
   if type(id) == 'table' and id.err then
     if #ids > 0 then redis.call('XDEL', KEYS[1], unpack(ids)) end
-    return redis.error_reply(id.err .. ' (none of the ' .. ((#ARGV - 1) / per) .. ' chunks of the batch was queued)')
+    return redis.error_reply(id.err)
   end
   ids[#ids + 1] = id
 end

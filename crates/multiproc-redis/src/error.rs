@@ -1,5 +1,6 @@
 //! Errors of distributed tasks and of pool calls.
 
+use std::io;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,18 @@ pub enum RedisPoolError {
     /// at fault.
     #[error("could not start the local pool of worker processes: {0}")]
     LocalPool(String),
+    /// Something on this host failed, not Redis: a thread could not be
+    /// started (the host's limit of threads or memory), the OS's source of
+    /// randomness failed, or a call's own thread ended without its result.
+    #[error("{what}: {source}; {remedy}")]
+    Local {
+        /// What could not be done.
+        what: &'static str,
+        /// The OS's error.
+        source: io::Error,
+        /// What to do about it.
+        remedy: &'static str,
+    },
     /// An argument could not be serialized (handles such as pipes and
     /// queues cannot leave the host).
     #[error("task {index}'s argument could not be serialized: {reason}")]
@@ -112,6 +125,52 @@ impl RedisPoolError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, RedisPoolError::Timeout(_))
     }
+
+    /// The error of a thread that could not be started (by
+    /// [`std::thread::Builder::spawn`]), for `what` ("could not start the
+    /// result thread").
+    pub(crate) fn no_thread(what: &'static str, source: io::Error) -> RedisPoolError {
+        RedisPoolError::Local {
+            what,
+            source,
+            remedy: "this host is out of threads or memory: raise its limits (ulimit -u, ulimit -v, the \
+                     cgroup's pids.max) or run fewer calls at once",
+        }
+    }
+
+    /// The error of the OS's source of randomness failing, for `what`.
+    pub(crate) fn no_randomness(what: &'static str, e: getrandom::Error) -> RedisPoolError {
+        let source = e.raw_os_error().map_or_else(|| io::Error::other(e.to_string()), io::Error::from_raw_os_error);
+        RedisPoolError::Local {
+            what,
+            source,
+            remedy: "the OS gave no random bytes (getrandom(2), /dev/urandom): see to this host's kernel and /dev",
+        }
+    }
+
+    /// The error of a call whose own thread ended without sending its
+    /// result (it panicked).
+    pub(crate) fn call_thread_died() -> RedisPoolError {
+        RedisPoolError::Local {
+            what: "the call's thread ended without its result",
+            source: io::Error::other("it panicked"),
+            remedy: "its panic message (on stderr) says where: a Deserialize of the result type, or a bug in \
+                     multiproc-redis to report",
+        }
+    }
+
+    /// Another error like this one (a call's failure that its items in
+    /// flight share): the same variant and message.
+    pub(crate) fn same(&self) -> RedisPoolError {
+        match self {
+            RedisPoolError::Timeout(t) => RedisPoolError::Timeout(*t),
+            RedisPoolError::Redis(reason) => RedisPoolError::Redis(reason.clone()),
+            RedisPoolError::Local { what, source, remedy } => {
+                RedisPoolError::Local { what, source: io::Error::new(source.kind(), source.to_string()), remedy }
+            }
+            other => RedisPoolError::Redis(other.to_string()),
+        }
+    }
 }
 
 /// What went wrong when doing `what` ("could not connect to redis") failed
@@ -120,6 +179,14 @@ impl RedisPoolError {
 pub(crate) fn explain(what: &str, e: &redis::RedisError, waited: Option<Duration>) -> String {
     if e.kind() == redis::ErrorKind::InvalidClientConfig {
         return format!("{what}: {e}; give a URL like redis://127.0.0.1:6379/0 or unix:///path/to/redis.sock");
+    }
+    // A command of a script refused by an ACL has no NOPERM code of its own.
+    let script_refused = e.detail().is_some_and(|d| d.contains("user executing the script can't run"));
+    if e.code() == Some("NOPERM") || script_refused {
+        return format!(
+            "{what}: {e}; let the pool's Redis user run the commands of multiproc-redis on its keys (ACL \
+             SETUSER <user> +@stream +@string +@keyspace +@scripting +info +ping ~<prefix>:*)"
+        );
     }
     if !crate::conn::is_transient(e) {
         return format!("{what}: {e}");

@@ -57,6 +57,9 @@
 //!   append-only file, nothing is lost); a restart that lost the data, or a
 //!   Redis gone longer than [`RedisPoolBuilder::reconnect_timeout`], fails
 //!   the waiting calls with [`RedisPoolError::Redis`] saying so;
+//! - a failure of the caller's or the worker's own host (a thread that
+//!   cannot start, no randomness from the OS) is [`RedisPoolError::Local`],
+//!   which says what to do; Redis is not blamed for it;
 //! - garbage in the task stream is logged, acknowledged and moved to the
 //!   dead-letter stream; a task signed with another key
 //!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its

@@ -91,12 +91,13 @@ impl RedisPoolBuilder {
     /// # Errors
     ///
     /// [`RedisPoolError::Redis`] if the URL is bad or the server cannot be
-    /// reached.
+    /// reached; [`RedisPoolError::Local`] if this host cannot start the
+    /// pool's result thread or gives no randomness for its caller id.
     pub fn connect(self) -> Result<RedisPool, RedisPoolError> {
         let submit = Conn::open(&self.endpoint.url).map_err(cannot_connect)?;
         let reader = submit.another().map_err(cannot_connect)?;
         let mut id = [0u8; 12];
-        getrandom::fill(&mut id).map_err(|e| RedisPoolError::Redis(format!("no randomness for a caller id: {e}")))?;
+        getrandom::fill(&mut id).map_err(|e| RedisPoolError::no_randomness("could not make a caller id", e))?;
         let caller: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let keys = self.endpoint.keys();
         let shared = Arc::new(Shared {
@@ -111,7 +112,7 @@ impl RedisPoolBuilder {
             stop: AtomicBool::new(false),
         });
         let dispatcher = Dispatcher::start(shared.clone(), reader)
-            .map_err(|e| RedisPoolError::Redis(format!("could not start the result thread: {e}")))?;
+            .map_err(|e| RedisPoolError::no_thread("could not start the pool's result thread", e))?;
         Ok(RedisPool { shared, _dispatcher: dispatcher })
     }
 }

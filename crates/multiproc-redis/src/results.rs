@@ -96,7 +96,7 @@ impl<T: Send + 'static> RedisAsync<T> {
         let started = std::thread::Builder::new().name("multiproc-redis call".into()).spawn(move || {
             let _ = tx.send(work());
         });
-        let value = started.err().map(|e| Err(RedisPoolError::Redis(format!("could not start a call thread: {e}"))));
+        let value = started.err().map(|e| Err(RedisPoolError::no_thread("could not start the call's thread", e)));
         RedisAsync { rx, value, taken: false }
     }
 
@@ -121,7 +121,7 @@ impl<T: Send + 'static> RedisAsync<T> {
         }
         match self.value {
             Some(v) => v,
-            None => self.rx.recv().unwrap_or_else(|_| Err(RedisPoolError::Redis("the call thread died".into()))),
+            None => self.rx.recv().unwrap_or_else(|_| Err(RedisPoolError::call_thread_died())),
         }
     }
 
@@ -140,7 +140,7 @@ impl<T: Send + 'static> RedisAsync<T> {
             None => match self.rx.recv_timeout(timeout) {
                 Ok(v) => v,
                 Err(mpsc::RecvTimeoutError::Timeout) => return Err(RedisPoolError::Timeout(timeout)),
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(RedisPoolError::Redis("the call thread died".into())),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(RedisPoolError::call_thread_died()),
             },
         };
         self.taken = true;

@@ -243,3 +243,16 @@ fn durations_past_u64_milliseconds_do_not_wrap() {
     assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 1 << 20);
     assert_eq!(pool.with_task_timeout(huge).apply(nap, (1000,)).unwrap(), 1000);
 }
+
+#[test]
+fn a_background_call_whose_pool_is_dropped_fails_saying_so() {
+    let server = server();
+    // No worker: nothing would ever answer these calls.
+    let pool = multiproc_redis::RedisPool::builder(&server.url()).prefix("dropped").connect().unwrap();
+    let mut calls: Vec<_> = (0..64u64).map(|i| pool.apply_async(square, (i,))).collect();
+    drop(pool);
+    for call in &mut calls {
+        let err = call.get_timeout(Duration::from_secs(10)).expect_err("no pool, no result");
+        assert!(err.to_string().contains("the pool was dropped"), "{err}");
+    }
+}

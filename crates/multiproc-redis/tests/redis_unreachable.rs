@@ -77,3 +77,16 @@ fn a_call_that_cannot_queue_its_tasks_says_what_to_do() {
     assert!(text.contains("could not queue"), "{text}");
     assert!(text.contains("check that the server is running"), "{text}");
 }
+
+#[test]
+fn starting_on_a_paused_server_with_a_database_and_a_password_says_what_to_do() {
+    let server = server();
+    let paused = server.pause().unwrap();
+    // The connection's handshake (AUTH, SELECT) waits for the server too.
+    let url = server.url().replace("redis://", "redis://user:pw@") + "3";
+    let errors = start_both(&url);
+    drop(paused);
+    for err in errors {
+        says_what_to_do(&err);
+    }
+}

@@ -106,7 +106,11 @@ impl Link {
         let mut replies = pipe.len() + if pipe.is_transaction() { 2 } else { 0 };
         let mut first_error = None;
         while replies > 0 {
-            // Replies that come soon (within the slack) set nothing.
+            // Set again only once the deadline is nearer than the socket's
+            // bound by more than the slack: at most once per slack of the
+            // pipeline's time, however many replies. A bound set once for
+            // the whole pipeline would let a read that starts late block
+            // past the deadline by as much as the pipeline had taken.
             self.bound_reads(time_left(Some(end))?)?;
             match self.con.recv_response()? {
                 Value::Push { .. } => continue, // not a reply (RESP3)
@@ -278,19 +282,10 @@ impl Conn {
     }
 
     /// Runs `f` until it succeeds, fails with an error that is not
-    /// transient, or `patience` has passed since the first failure
-    /// (then the last error). Waits 50 ms, doubling up to 1 s, between tries.
-    pub(crate) fn retry<T>(
-        &mut self,
-        patience: Duration,
-        f: impl FnMut(&mut Link) -> RedisResult<T>,
-    ) -> RedisResult<T> {
-        self.retry_while(patience, None, || true, f)
-    }
-
-    /// As [`Conn::retry`], giving up early (with the last error) once
-    /// `keep_trying` says no or `deadline` passes; no attempt waits past
-    /// `deadline`.
+    /// transient, or `patience` has passed since the first failure (then
+    /// the last error); gives up early (with the last error) once
+    /// `keep_trying` says no or `deadline` passes, and no attempt waits
+    /// past `deadline`. Waits 50 ms, doubling up to 1 s, between tries.
     pub(crate) fn retry_while<T>(
         &mut self,
         patience: Duration,

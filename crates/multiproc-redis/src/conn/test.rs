@@ -69,3 +69,46 @@ fn a_pipeline_that_gets_an_error_reply_fails_with_it() {
     // The connection is still in step.
     assert_eq!(conn.run(ping).unwrap(), "PONG");
 }
+
+#[test]
+fn a_pipeline_to_a_server_that_stopped_answering_fails_by_its_deadline() {
+    let server = server();
+    let mut conn = Conn::open(&server.url()).unwrap();
+    let mut pipe = redis::pipe();
+    for _ in 0..50 {
+        pipe.cmd("PING").ignore();
+    }
+    let paused = server.pause().unwrap();
+    // redis-rs's own pipelines wait for each reply the full read timeout:
+    // 50 × 300 ms here. The whole pipeline must end by its deadline.
+    let started = Instant::now();
+    let deadline = Some(started + Duration::from_millis(300));
+    let err = conn.run_until(deadline, |c| c.exec_pipeline(&pipe)).unwrap_err();
+    let took = started.elapsed();
+    drop(paused);
+    assert!(err.is_timeout(), "{err}");
+    assert!(took < Duration::from_secs(3), "the pipeline took {took:?}");
+    // The connection whose replies are out of step was dropped; the next
+    // command makes a new one.
+    assert_eq!(conn.run(ping).unwrap(), "PONG");
+    assert_eq!(conn.connects(), 2);
+}
+
+#[test]
+fn a_long_pipeline_sets_its_read_timeout_at_most_once_per_slack() {
+    let server = server();
+    let mut conn = Conn::open(&server.url()).unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..20_000 {
+        pipe.cmd("SET").arg("k").arg(i).ignore();
+    }
+    let before = timeout_sets(&conn);
+    let started = Instant::now();
+    conn.run(|c| c.exec_pipeline(&pipe)).unwrap();
+    let took = started.elapsed();
+    // Not once per reply: once each time the deadline comes nearer than
+    // the socket's bound by more than the slack.
+    let most = (took.as_millis() / TIMEOUT_SLACK.as_millis()) as u64 + 1;
+    let sets = timeout_sets(&conn) - before;
+    assert!(sets <= most, "{sets} timeouts set for 20000 replies in {took:?}");
+}

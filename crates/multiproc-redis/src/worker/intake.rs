@@ -165,12 +165,23 @@ fn take(
     entries: Vec<StreamEntry>,
 ) -> (usize, usize) {
     let (mut started, mut items) = (0usize, 0usize);
+    let mut redis_away = false;
     for entry in entries {
+        if redis_away {
+            // Not tried: each would wait for Redis in turn (a reply timeout
+            // or two), with the host's stop unheard. Pending to this host,
+            // they are taken again once it has reconnected (see `recover`),
+            // or by another host after the visibility timeout.
+            continue;
+        }
         host.hold(&Arc::from(entry.id.as_str()));
         match admit(host, &entry.fields) {
             Ok(msg) => {
                 started += 1;
-                items += start(host, executors, events, conn, entry.id, msg);
+                match start(host, executors, events, conn, entry.id, msg) {
+                    Some(n) => items += n,
+                    None => redis_away = true,
+                }
             }
             Err(disposal) => {
                 let _ = events.send(Event::Dispose { id: entry.id, disposal });
@@ -210,7 +221,8 @@ fn recover(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event
     }
 }
 
-/// Hands the items of an admitted chunk to the pools; returns how many.
+/// Hands the items of an admitted chunk to the pools; returns how many,
+/// or `None` if Redis did not give its arguments (it is away).
 fn start(
     host: &HostShared,
     executors: &Executors,
@@ -218,12 +230,12 @@ fn start(
     conn: &mut Conn,
     id: String,
     msg: TaskMsg,
-) -> usize {
-    let items = match load_args(conn, &msg.args) {
+) -> Option<usize> {
+    let items = match load_args(conn, &msg.args, || !host.stopping()) {
         Ok(Ok(items)) => items,
         Ok(Err(failure)) => {
             let _ = events.send(Event::Dispose { id, disposal: Disposal::Fail { msg: Box::new(msg), failure } });
-            return 0;
+            return Some(0);
         }
         Err(e) => {
             // Redis is away: the entry stays pending to this host, which
@@ -231,7 +243,7 @@ fn start(
             // (see `recover`), or another host after the visibility timeout.
             tracing::warn!("could not read the arguments of entry {id} ({e}); it runs once redis is back");
             host.release(&[id]);
-            return 0;
+            return None;
         }
     };
     let id: Arc<str> = id.into();
@@ -244,13 +256,18 @@ fn start(
             let _ = tx.send(Event::Item { id, index, result });
         });
     }
-    n
+    Some(n)
 }
 
 /// The items of a chunk, from the entry or its blob key; the error of a
 /// Redis that stayed away (transient) as the outer error: the arguments may
-/// well be there once it is back.
-pub(super) fn load_args(conn: &mut Conn, args: &Args) -> RedisResult<Result<Vec<ByteBuf>, TaskFailure>> {
+/// well be there once it is back. Tries Redis again only while
+/// `keep_trying` says so.
+pub(super) fn load_args(
+    conn: &mut Conn,
+    args: &Args,
+    keep_trying: impl Fn() -> bool,
+) -> RedisResult<Result<Vec<ByteBuf>, TaskFailure>> {
     let (key, len) = match args {
         Args::Inline(items) => return Ok(Ok(items.clone())),
         Args::Blob { key, len } => (key, len),
@@ -258,7 +275,8 @@ pub(super) fn load_args(conn: &mut Conn, args: &Args) -> RedisResult<Result<Vec<
     if *len > schema::MAX_MESSAGE as u64 {
         return Ok(Err(TaskFailure::Unserializable(format!("arguments of {len} bytes are over the limit"))));
     }
-    let bytes: Option<Vec<u8>> = match conn.retry(Duration::from_secs(10), |c| redis::cmd("GET").arg(key).query(c)) {
+    let get = |c: &mut conn::Link| redis::cmd("GET").arg(key).query(c);
+    let bytes: Option<Vec<u8>> = match conn.retry_while(Duration::from_secs(10), None, keep_trying, get) {
         Ok(bytes) => bytes,
         Err(e) if conn::is_transient(&e) => return Err(e),
         Err(e) => return Ok(Err(TaskFailure::ArgumentsLost(format!("reading {key}: {e}")))),

@@ -74,12 +74,16 @@ impl WorkerBuilder {
     /// [`RedisPoolError::Redis`] if Redis cannot be reached (it may take
     /// 10 s to join the consumer group while Redis restarts or does not
     /// answer), or the group cannot be created; [`RedisPoolError::LocalPool`]
-    /// if the local pool of worker processes cannot start.
+    /// if the local pool of worker processes cannot start;
+    /// [`RedisPoolError::Local`] if the host's threads cannot start (or
+    /// the OS gives no randomness for its consumer name).
     pub fn start(self) -> Result<Worker, RedisPoolError> {
         let conn = Conn::open(&self.endpoint.url).map_err(cannot_connect)?;
         let keys = self.endpoint.keys();
         let mut id = [0u8; 4];
-        let _ = getrandom::fill(&mut id);
+        // Hosts in containers may share a host name and a pid: the random
+        // part keeps their consumer names apart.
+        getrandom::fill(&mut id).map_err(|e| RedisPoolError::no_randomness("could not make a consumer name", e))?;
         let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
         let mut intake_conn = conn.another().map_err(cannot_connect)?;
         intake::ensure_group(&mut intake_conn, &keys.tasks(), &consumer)?;
@@ -103,12 +107,21 @@ impl WorkerBuilder {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
-                .map_err(|e| RedisPoolError::Redis(format!("could not start a worker thread: {e}")))
+                .map_err(|e| RedisPoolError::no_thread("could not start a thread of the worker host", e))
         };
         let h = host.clone();
         let outlet = spawn("multiproc-redis outlet", Box::new(move || outlet::run(&h, rx, conn)))?;
         let h = host.clone();
-        let intake = spawn("multiproc-redis intake", Box::new(move || intake::run(&h, &executors, tx, intake_conn)))?;
+        let intake =
+            match spawn("multiproc-redis intake", Box::new(move || intake::run(&h, &executors, tx, intake_conn))) {
+                Ok(intake) => intake,
+                Err(e) => {
+                    // The intake's end of the channel went with it: the outlet
+                    // ends at once.
+                    let _ = outlet.join();
+                    return Err(e);
+                }
+            };
         tracing::info!("worker host {} serving {} with {} processes", host.consumer, host.keys.tasks(), host.processes);
         Ok(Worker { host, threads: vec![intake, outlet] })
     }

@@ -311,6 +311,9 @@ fn heartbeat<'a>(host: &HostShared, conn: &mut Conn, ids: impl Iterator<Item = &
         });
         if let Err(e) = r {
             tracing::warn!("heartbeat failed: {e}");
+            if conn::is_transient(&e) {
+                return; // Redis is away: each part would wait for it in turn
+            }
         }
     }
 }
@@ -406,7 +409,12 @@ fn sweep_consumers(host: &HostShared, conn: &mut Conn) {
             conn.run(|c| redis::cmd("XGROUP").arg("DELCONSUMER").arg(&tasks).arg(GROUP).arg(&h.name).query::<i64>(c));
         match r {
             Ok(_) => tracing::info!("removed consumer {} (idle {} s, nothing pending)", h.name, h.idle_ms / 1000),
-            Err(e) => tracing::warn!("could not remove consumer {}: {e}", h.name),
+            Err(e) => {
+                tracing::warn!("could not remove consumer {}: {e}", h.name);
+                if conn::is_transient(&e) {
+                    return; // Redis is away: each removal would wait for it in turn
+                }
+            }
         }
     }
 }

@@ -33,6 +33,6 @@ fn arguments_that_cannot_be_read_while_redis_is_away_are_not_taken_for_lost() {
     server.kill();
     // Not a task failure (it would be dead-lettered, and its caller told
     // to submit it again): the error of a Redis away.
-    let e = super::intake::load_args(&mut conn, &args).expect_err("redis is away");
+    let e = super::intake::load_args(&mut conn, &args, || true).expect_err("redis is away");
     assert!(crate::conn::is_transient(&e), "{e}");
 }
