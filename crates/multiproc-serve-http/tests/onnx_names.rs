@@ -2,8 +2,8 @@
 //! graph by name, never by position: tables in another order than the
 //! graph's serve correctly, a subset of the outputs answers those outputs,
 //! and a name or datatype the graph does not have keeps the version from
-//! loading, with the field of `config.toml` named. The digits demo still
-//! serves.
+//! loading, with the field of `config.toml` named. Only the versions the
+//! version policy serves need a `model.onnx`. The digits demo still serves.
 //!
 //! The test graph is written here with tract's ONNX protobuf types:
 //! inputs `a`, `b` (FP32, `[batch, 2]`); outputs `label` = `Cast<INT64>(a - b)`
@@ -126,6 +126,12 @@ impl Repository {
             repository.write(&format!("{name}/config.toml"), text.as_bytes());
             repository.write(&format!("{name}/1/model.onnx"), &onnx);
         }
+        // Version 3 served (latest = 1); version 1 an empty directory.
+        let policy = "[version_policy]\nlatest = 1\n";
+        let text = format!("{}{policy}", config(&[("a", "FP32"), ("b", "FP32")], &both, ""));
+        repository.write("old_version_empty/config.toml", text.as_bytes());
+        std::fs::create_dir_all(repository.0.join("old_version_empty/1")).expect("create a version directory");
+        repository.write("old_version_empty/3/model.onnx", &onnx);
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/repository/digits");
         for file in ["config.toml", "1/model.onnx"] {
             let bytes = std::fs::read(demo.join(file)).expect("read the digits demo");
@@ -279,6 +285,15 @@ fn inputs_and_outputs_are_matched_by_name_and_checked_at_load() {
     assert!(error.contains("shape [1, 3], which does not fit field `output[0].dims` = [2]"), "{body}");
     let (status, answer) = ask(&base, "POST", "/v2/models/dims_at_run/infer", Some(&a_and_b()));
     assert_eq!(status, 200, "the shape it was configured for: {answer}");
+
+    // Version 1, not served, has no model.onnx: version 3 serves.
+    let (state, reason) = index_entry(&base, "old_version_empty", Some("3"));
+    assert_eq!(state, "READY", "{reason}");
+    let (status, body) = ask(&base, "GET", "/v2/models/old_version_empty/ready", None);
+    assert_eq!(status, 200, "{body}");
+    let (status, answer) = ask(&base, "POST", "/v2/models/old_version_empty/infer", Some(&a_and_b()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_version"], "3", "{answer}");
 
     // The digits demo: eight held-out images, classified as in its docs.
     let test: Value =
