@@ -11,7 +11,7 @@
 //! |---|---|
 //! | [`protocol`] | request/response bodies, JSON and binary tensors: no HTTP in it (a gRPC front end would reuse it) |
 //! | [`repository`] | `<repo>/<model>/config.toml` + `<repo>/<model>/<N>/`, checked field by field |
-//! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch |
+//! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch; inputs and outputs matched to the graph's by name and datatype at load |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
 //! | [`serve`] | bind the listeners and answer while a repository loads (live, not ready); serve; drain on shutdown |

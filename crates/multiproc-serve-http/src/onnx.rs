@@ -2,13 +2,14 @@
 //! are joined along their first dimension into one call (Triton's dynamic
 //! batching), and the outputs split back by each request's row count.
 //!
-//! The configuration's inputs and outputs are the graph's by **name** (see
-//! [`graph`]): the `[[input]]` and `[[output]]` tables may list them in any
-//! order; every input of the graph must be listed, and a listed output must
-//! be one of the graph's (those not listed are left out of the answer); a
-//! datatype must be the graph's own, and a dimension the graph fixes the
-//! same. A version that breaks these does not load, and says which field
-//! of its `config.toml` to correct.
+//! The configuration's inputs and outputs are the graph's by **name** (the
+//! private `graph` module): the `[[input]]` and `[[output]]` tables may list
+//! them in any order; every input of the graph must be listed, and a listed
+//! output must be one of the graph's (those not listed are left out of the
+//! answer); a datatype must be the graph's own (never cast), and a
+//! dimension the graph fixes the same. A version that breaks these does
+//! not load, and says which field of its `config.toml` to correct. An
+//! output shape the configuration does not allow fails the request.
 
 mod graph;
 
