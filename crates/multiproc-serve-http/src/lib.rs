@@ -41,7 +41,7 @@
 //! | 408 | the request body did not arrive within `--body-timeout-secs` ([`app::HttpOptions`]`::body_timeout`) |
 //! | 413 | the body (or, compressed, its decompressed size) is over `--max-body-bytes` |
 //! | 415 | a `Content-Encoding` other than gzip or deflate (the two tritonclient compresses requests with, read here) |
-//! | 499 | the request was cancelled (its client went away): seen only in the failure metrics, as nginx logs it |
+//! | 499 | the request was dropped before its answer (its connection was closed under it): no client sees it, the failure metrics count it (reason `cancelled`, as nginx logs 499) |
 //! | 500 | the model failed, its worker died, or its call ran over `timeouts.call_ms` |
 //! | 503 | the server or model is not ready, is loading, is unavailable (a bad configuration, with the reason), is overloaded, crash-looping or shutting down; all but "unavailable" and the health and readiness probes come with `Retry-After` |
 //! | 504 | the request waited longer than its model's `timeouts.request_ms` |
