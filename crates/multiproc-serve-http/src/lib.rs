@@ -11,7 +11,7 @@
 //! |---|---|
 //! | [`protocol`] | request/response bodies, JSON and binary tensors: no HTTP in it (a gRPC front end would reuse it) |
 //! | [`repository`] | `<repo>/<model>/config.toml` + `<repo>/<model>/<N>/`, checked field by field |
-//! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch |
+//! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch; inputs and outputs matched to the graph's by name and datatype at load |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
 //! | [`serve`] | bind the listeners and answer while a repository loads (live, not ready); serve; drain on shutdown |
@@ -30,11 +30,21 @@
 //! input's bytes alone, its shape deduced from their size, every output
 //! binary). Health and readiness answer the
 //! protocol's `{"live": true}`, `{"ready": true}` and
-//! `{"name": …, "ready": true}`. Errors are `{"error": "..."}`: 400
-//! bad request, 404 unknown model or version, 413 body over the limit, 415
-//! a `Content-Encoding` other than gzip or deflate (the two tritonclient
-//! compresses requests with, read here), 503 not ready, loading or
-//! overloaded (with `Retry-After`), 500 model failure.
+//! `{"name": …, "ready": true}`. Errors are `{"error": "..."}` with
+//! these statuses:
+//!
+//! | status | when |
+//! |---|---|
+//! | 400 | a malformed request: bad JSON, a tensor that does not match the model's configuration |
+//! | 404 | an unknown endpoint, model or version (also a version on disk that the version policy does not serve) |
+//! | 405 | a method the endpoint does not take (`GET …/infer`) |
+//! | 408 | the request body did not arrive within `--body-timeout-secs` ([`app::HttpOptions`]`::body_timeout`) |
+//! | 413 | the body (or, compressed, its decompressed size) is over `--max-body-bytes` |
+//! | 415 | a `Content-Encoding` other than gzip or deflate (the two tritonclient compresses requests with, read here) |
+//! | 499 | the request was dropped before its answer (its connection was closed under it): no client sees it, the failure metrics count it (reason `cancelled`, as nginx logs 499) |
+//! | 500 | the model failed, its worker died, or its call ran over `timeouts.call_ms` |
+//! | 503 | the server or model is not ready, is loading, is unavailable (a bad configuration, with the reason), is overloaded, crash-looping or shutting down; all but "unavailable" and the health and readiness probes come with `Retry-After` |
+//! | 504 | the request waited longer than its model's `timeouts.request_ms` |
 //!
 //! The server answers while its repository loads, as Triton and KServe do
 //! (a Kubernetes liveness probe must not wait for big models to load):

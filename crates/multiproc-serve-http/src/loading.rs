@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use tokio::sync::watch;
@@ -14,6 +15,10 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::repository::{ModelDir, add_model};
+
+/// The `Retry-After` of a 503 "loading" (the core's "not ready" sends the
+/// same).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Which models the first load has not been through yet, and whether it
 /// has ended.
@@ -85,13 +90,17 @@ impl InitialLoad {
         }
     }
 
-    /// The answer about `name` while the first load has not been through it.
+    /// The answer about `name` while the first load has not been through
+    /// it: 503 with `Retry-After`, as the core's own "not ready".
     pub(crate) fn model_loading(name: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "loading",
-            format!("model '{name}' is loading (the server is loading its repository); retry later"),
-        )
+        ApiError {
+            retry_after: Some(RETRY_AFTER),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "loading",
+                format!("model '{name}' is loading (the server is loading its repository); retry later"),
+            )
+        }
     }
 
     /// Refuses a repository `action` (load, unload) until the first load
@@ -99,14 +108,17 @@ impl InitialLoad {
     pub(crate) fn check_done(&self, action: &str, name: &str) -> Result<(), ApiError> {
         match self.is_done() {
             true => Ok(()),
-            false => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "loading",
-                format!(
-                    "cannot {action} model '{name}' yet: the server is still loading its repository; \
-                     retry once GET /v2/health/ready answers 200"
-                ),
-            )),
+            false => Err(ApiError {
+                retry_after: Some(RETRY_AFTER),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "loading",
+                    format!(
+                        "cannot {action} model '{name}' yet: the server is still loading its repository; \
+                         retry once GET /v2/health/ready answers 200"
+                    ),
+                )
+            }),
         }
     }
 }

@@ -1,6 +1,17 @@
 //! ONNX models run by tract inside the worker process. Requests of a batch
 //! are joined along their first dimension into one call (Triton's dynamic
 //! batching), and the outputs split back by each request's row count.
+//!
+//! The configuration's inputs and outputs are the graph's by **name** (the
+//! private `graph` module): the `[[input]]` and `[[output]]` tables may list
+//! them in any order; every input of the graph must be listed, and a listed
+//! output must be one of the graph's (those not listed are left out of the
+//! answer); a datatype must be the graph's own (never cast), and a
+//! dimension the graph fixes the same. A version that breaks these does
+//! not load, and says which field of its `config.toml` to correct. An
+//! output shape the configuration does not allow fails the request.
+
+mod graph;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -32,9 +43,9 @@ pub struct OnnxTensorSpec {
 pub struct OnnxConfig {
     /// The `model.onnx` file.
     pub path: PathBuf,
-    /// The inputs, in the graph's order.
+    /// The inputs, matched to the graph's by name, in any order.
     pub inputs: Vec<OnnxTensorSpec>,
-    /// The outputs, in the graph's order.
+    /// The outputs answered, matched to the graph's by name, in any order.
     pub outputs: Vec<OnnxTensorSpec>,
     /// 0: the graph has no batch dimension; n > 0: the first dimension is
     /// the batch dimension and the server sends batches of up to n requests.
@@ -103,12 +114,15 @@ fn datum(dt: DataType) -> Result<DatumType, String> {
 }
 
 impl OnnxRunner {
-    /// Loads and optimizes the graph, with the input shapes of the
-    /// configuration (a symbolic batch dimension first when batched).
+    /// Loads and optimizes the graph, its inputs and outputs matched to the
+    /// configuration's by name, with the input shapes of the configuration
+    /// (a symbolic batch dimension first when batched).
     ///
     /// # Errors
     ///
-    /// The file cannot be read or tract cannot type or optimize the graph.
+    /// The file cannot be read, the configuration's names, datatypes or
+    /// fixed dimensions are not the graph's (the error names the field), or
+    /// tract cannot type or optimize the graph.
     pub fn load(config: OnnxConfig) -> Result<OnnxRunner, String> {
         let what = config.path.display().to_string();
         let mut model = tract_onnx::onnx().model_for_path(&config.path).map_err(|e| format!("{what}: {e:#}"))?;
@@ -117,6 +131,7 @@ impl OnnxRunner {
         let file_bytes = std::fs::metadata(&config.path).map_or(u64::MAX, |m| m.len());
         let small = file_bytes <= CONCRETE_MAX_FILE;
         let concrete_capacity = plan_capacity(file_bytes, config.max_batch_size);
+        graph::bind(&mut model, &config)?;
         for (i, spec) in config.inputs.iter().enumerate() {
             let mut shape: Vec<TDim> = Vec::new();
             if config.batched() {
@@ -130,6 +145,7 @@ impl OnnxRunner {
         }
         let prepare = |e: tract_onnx::prelude::TractError| format!("{what}: cannot prepare the graph: {e:#}");
         let typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(prepare)?;
+        graph::check_outputs(&typed, &config)?;
         let plan = typed.clone().into_optimized().and_then(|m| m.into_runnable()).map_err(prepare)?;
         let batch = batch.filter(|_| small);
         Ok(OnnxRunner { config, plan, typed, batch, concrete: RefCell::new(Vec::new()), concrete_capacity })
@@ -206,6 +222,7 @@ impl OnnxRunner {
             None => self.plan.run(values),
         }
         .map_err(|e| format!("model failed: {e:#}"))?;
+        graph::check_run(&outputs, &self.config)?;
         outputs
             .iter()
             .zip(&self.config.outputs)

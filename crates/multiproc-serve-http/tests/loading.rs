@@ -62,6 +62,16 @@ fn free_addr() -> SocketAddr {
 /// Status and body of `method path` (with `body`, if any), whatever the
 /// status; `Err` (why) when no answer came (connection refused, time-out).
 fn call(base: &str, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
+    call_with_retry_after(base, method, path, body).map(|(status, body, _)| (status, body))
+}
+
+/// As [`call`], with the answer's `Retry-After` header, if any.
+fn call_with_retry_after(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String, Option<String>), String> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
     let request = agent.request(method, &format!("{base}{path}"));
     let answer = match body {
@@ -73,7 +83,8 @@ fn call(base: &str, method: &str, path: &str, body: Option<&str>) -> Result<(u16
         Err(e) => return Err(e.to_string()),
     };
     let status = response.status();
-    Ok((status, response.into_string().unwrap_or_default()))
+    let retry_after = response.header("Retry-After").map(str::to_string);
+    Ok((status, response.into_string().unwrap_or_default(), retry_after))
 }
 
 /// As [`call`], panicking when no answer came.
@@ -125,9 +136,11 @@ fn the_server_answers_while_its_models_load_and_start_returns_once_they_are_load
 
     let (status, body) = ask(&base, "GET", "/v2/health/ready", None);
     assert_eq!(status, 503, "ready while loading: {body}");
-    let (status, body) = ask(&base, "POST", "/v2/models/slow/infer", Some(INFER));
+    let (status, body, retry_after) = call_with_retry_after(&base, "POST", "/v2/models/slow/infer", Some(INFER))
+        .unwrap_or_else(|e| panic!("inference while loading: no answer: {e}"));
     assert_eq!(status, 503, "inference while loading: {body}");
     assert!(body.contains("loading"), "inference while loading does not say so: {body}");
+    assert_eq!(retry_after.as_deref(), Some("1"), "a 503 \"loading\" says when to retry: {body}");
     for path in ["/v2/models/slow", "/v2/models/slow/ready", "/v2/models/slow/versions/1/ready"] {
         let (status, body) = ask(&base, "GET", path, None);
         assert_eq!(status, 503, "{path} while loading: {body}");

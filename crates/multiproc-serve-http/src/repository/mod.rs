@@ -84,8 +84,10 @@ fn read_model(dir: &Path) -> Result<(Arc<ModelConfig>, Vec<u64>), ConfigError> {
             ),
         });
     }
+    // Only the versions the policy serves need a model: an old version
+    // directory left empty (or half copied) does not stop the others.
     if config.platform == Platform::Onnx {
-        for v in &versions {
+        for v in &settings(&config).version_policy.select(&versions) {
             let onnx = dir.join(v.to_string()).join("model.onnx");
             if !onnx.is_file() {
                 return Err(err(format!("version {v}: {} is missing", onnx.display())));
