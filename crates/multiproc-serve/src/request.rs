@@ -100,7 +100,7 @@ pub struct Reply<O> {
     pub output: O,
     /// Time the request waited for its batch.
     pub queue_time: Duration,
-    /// Size of the batch it ran in.
+    /// Size of the batch it ran in, in requests.
     pub batch_size: usize,
     /// Time from the call to the moment its answer was ready (not when the
     /// caller looked at it).
