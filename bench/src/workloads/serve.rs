@@ -294,13 +294,8 @@ fn overload() -> Result<serde_json::Value, BenchError> {
     const MODEL_US: u64 = 2000;
     let delay = Duration::from_millis(2);
     let server = Server::new();
-    let settings = ModelSettings {
-        max_batch_size: 32,
-        max_queue_delay: delay,
-        dispatch_when_idle: false,
-        queue_capacity: 32,
-        ..Default::default()
-    };
+    let settings =
+        ModelSettings { max_batch_size: 32, max_queue_delay: delay, queue_capacity: 32, ..Default::default() };
     server.add(ModelSpec::<Timed>::new("timed").version(1, MODEL_US).settings(settings)).map_err(serve_err)?;
     // Capacity: closed loop, 64 in flight, for half a second.
     let mut in_flight = VecDeque::new();

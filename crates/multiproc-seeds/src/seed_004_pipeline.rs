@@ -22,7 +22,7 @@
 //!
 //! Rebuilt on `multiproc-serve`: a [`PipelineSpec`] with a preprocessing
 //! pool of 2 processes, a model batched at 128 items or 1 s
-//! (`max_queue_delay`, no dispatch on idle, as the seed's cache), the model
+//! (`max_queue_delay`, as the seed's cache), the model
 //! built in its worker process, and each result routed back to the request
 //! it answers. The producer sends 300 requests in one burst, then 5 more a
 //! little later: the burst leaves as full batches of 128, the tail of the
@@ -125,7 +125,6 @@ pub fn inference_pipeline() -> Result<Report<PipelineOutcome>, Error> {
     let settings = ModelSettings {
         max_batch_size: 128,
         max_queue_delay: Duration::from_secs(1),
-        dispatch_when_idle: false,
         queue_capacity: 10_000,
         request_timeout: Some(PATIENCE),
         ..Default::default()

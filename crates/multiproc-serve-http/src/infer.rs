@@ -186,14 +186,15 @@ where
             names(&config.outputs)
         )));
     }
-    let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 } as u64;
-    let mut request = Request::new(name, inputs).maybe_version(version);
+    // The batcher counts rows, so one model call gets at most max_batch_size.
+    let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 };
+    let mut request = Request::new(name, inputs).maybe_version(version).rows(rows);
     if let Some(t) = timeout {
         request = request.timeout(t);
     }
     let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(request);
     let reply = app.lone.wait(answer).await?;
-    app.http_counters.rows(name, reply.version, rows);
+    app.http_counters.rows(name, reply.version, rows as u64);
     let encoded =
         encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0))?;

@@ -3,9 +3,13 @@
 //!
 //! A worker thread that is free asks for the next batch. The batch leaves
 //! when it is full, when it reaches a preferred size, when its oldest request
-//! has waited `max_queue_delay`, or at once if `dispatch_when_idle` (the
+//! has waited `max_queue_delay`, or, with no delay set (0), at once (the
 //! asking worker is idle by definition). Requests whose caller is gone or
 //! whose deadline passed are dropped before they reach a worker.
+//!
+//! Sizes count rows, not requests: each request weighs its `rows` (1 for a
+//! typed request, the batch dimension of a tensor request), and a batch is
+//! cut before the next request would take it past `max_batch_size` rows.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,12 +65,16 @@ pub(crate) struct Pending {
     pub deadline: Option<Instant>,
     /// For a pipeline request: the next stage.
     pub then: Option<Continuation>,
+    /// The rows it adds to a batch (at least 1): what `max_batch_size` and
+    /// the preferred sizes count.
+    pub rows: usize,
 }
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
             .field("bytes", &self.input.as_bytes().len())
+            .field("rows", &self.rows)
             .field("enqueued", &self.enqueued)
             .finish()
     }
@@ -278,19 +286,25 @@ impl BatchQueue {
     /// A full batch at once, if one is queued and no worker thread waits for
     /// work (an idle worker should have it): lets a busy worker keep its next
     /// batch in its pipe, so the model starts it as soon as it is done with
-    /// the current one. Dropped requests go to `dropped` as in `next_batch`.
+    /// the current one. Full: `max_batch_size` rows, or as many as fit
+    /// before a request that would not. Dropped requests go to `dropped` as
+    /// in `next_batch`.
     pub fn take_full(&self, settings: &ModelSettings, dropped: &mut Vec<Pending>) -> Option<Vec<Pending>> {
         let max = settings.max_batch_size;
         let mut s = self.lock();
-        if s.stopped || s.waiting > 0 || s.roused > 0 || !s.sleepers.is_empty() || s.items.len() < max {
+        if s.stopped || s.waiting > 0 || s.roused > 0 || !s.sleepers.is_empty() || s.items.is_empty() {
+            return None;
+        }
+        if !cut(&s.items, max, &[]).full {
             return None;
         }
         sweep(&mut s, max, Instant::now(), dropped);
-        if s.items.len() < max {
+        let c = cut(&s.items, max, &[]);
+        if !c.full {
             return None;
         }
-        s.held += max;
-        let batch = s.items.drain(..max).collect();
+        s.held += c.take;
+        let batch = s.items.drain(..c.take).collect();
         let rung = s.watchers_if_drained();
         drop(s);
         rung.iter().for_each(Ringer::ring);
@@ -336,21 +350,21 @@ impl BatchQueue {
                 rung.iter().for_each(Ringer::ring);
                 return Next::Quit;
             }
-            let max = settings.max_batch_size;
             let mut wait_until = give_up;
             if n > 0 {
-                let decision = if n >= max {
-                    Some((max, BatchReason::Full))
+                let c = cut(&s.items, settings.max_batch_size, &settings.preferred_batch_sizes);
+                let decision = if c.full {
+                    Some((c.take, BatchReason::Full))
                 } else if !s.accepting {
-                    Some((n, BatchReason::Drain))
-                } else if let Some(p) = settings.preferred_batch_sizes.iter().copied().filter(|p| *p <= n).max() {
+                    Some((c.take, BatchReason::Drain))
+                } else if let Some(p) = c.preferred {
                     Some((p, BatchReason::Preferred))
-                } else if settings.dispatch_when_idle {
-                    Some((n, BatchReason::IdleWorker))
+                } else if settings.max_queue_delay.is_zero() {
+                    Some((c.take, BatchReason::IdleWorker))
                 } else {
                     let due = after(s.items[0].enqueued, settings.max_queue_delay);
                     if due <= now {
-                        Some((n, BatchReason::Delay))
+                        Some((c.take, BatchReason::Delay))
                     } else {
                         wait_until = wait_until.min(due);
                         None
@@ -497,6 +511,39 @@ impl State {
         }
         std::mem::take(&mut self.watchers)
     }
+}
+
+/// How the front of a queue packs into one batch of at most `max` rows.
+#[derive(Debug, PartialEq, Eq)]
+struct Cut {
+    /// The requests the batch takes: those that fit (at least one).
+    take: usize,
+    /// The batch cannot grow: it holds `max` rows, or the next request
+    /// would take it past `max`.
+    full: bool,
+    /// The most requests whose rows add up to a preferred size, if any do.
+    preferred: Option<usize>,
+}
+
+/// Packs the front of `items` into a batch of at most `max` rows (a first
+/// request over `max` goes alone), noting where its rows meet a size of
+/// `preferred`. Walks no further than the batch reaches.
+fn cut(items: &VecDeque<Pending>, max: usize, preferred: &[usize]) -> Cut {
+    let (mut take, mut rows, mut at_preferred) = (0, 0usize, None);
+    for p in items {
+        if take > 0 && rows.saturating_add(p.rows) > max {
+            return Cut { take, full: true, preferred: at_preferred };
+        }
+        take += 1;
+        rows = rows.saturating_add(p.rows);
+        if preferred.contains(&rows) {
+            at_preferred = Some(take);
+        }
+        if rows >= max {
+            return Cut { take, full: true, preferred: at_preferred };
+        }
+    }
+    Cut { take, full: false, preferred: at_preferred }
 }
 
 /// Drops the requests whose caller is gone or whose deadline passed into

@@ -4,7 +4,12 @@
 use super::*;
 
 fn pending() -> Pending {
-    Pending { input: Encoded::default(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None }
+    rows(1)
+}
+
+/// A request of `rows` rows.
+fn rows(rows: usize) -> Pending {
+    Pending { input: Encoded::default(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None, rows }
 }
 
 fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {
@@ -24,7 +29,6 @@ fn batches_are_cut_by_size_preference_idleness_and_delay() {
     assert_eq!(next(&q, &s), (8, BatchReason::Full));
     assert_eq!(next(&q, &s), (4, BatchReason::Preferred));
     assert_eq!(next(&q, &s), (1, BatchReason::IdleWorker));
-    s.dispatch_when_idle = false;
     s.preferred_batch_sizes.clear();
     s.max_queue_delay = Duration::from_millis(30);
     q.push(pending(), false, &mut Vec::new()).unwrap();
@@ -33,6 +37,93 @@ fn batches_are_cut_by_size_preference_idleness_and_delay() {
     assert!(t.elapsed() >= Duration::from_millis(29));
     q.close();
     assert!(matches!(q.next_batch(&s, Duration::from_secs(5), &mut Vec::new(), false), Next::Quit));
+}
+
+/// Asks for a batch on a thread of its own (a free worker), once it waits
+/// in `next_batch` runs `push`, and returns the batch's rows, its reason and
+/// how long after the first push it left.
+fn batch_for_a_waiting_worker(
+    s: ModelSettings,
+    push: impl FnOnce(&BatchQueue, &mut Option<Instant>),
+) -> (Vec<usize>, BatchReason, Duration) {
+    let q = Arc::new(BatchQueue::new(100));
+    let worker = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || match q.next_batch(&s, Duration::from_secs(10), &mut Vec::new(), false) {
+            Next::Batch(b, r) => (b.iter().map(|p| p.rows).collect::<Vec<_>>(), r, Instant::now()),
+            other => panic!("no batch: {other:?}"),
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while q.lock().waiting == 0 {
+        assert!(Instant::now() < deadline, "the worker thread never waited");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut first = None;
+    push(&q, &mut first);
+    let (batch, reason, left) = worker.join().unwrap();
+    (batch, reason, left.saturating_duration_since(first.expect("nothing was pushed")))
+}
+
+#[test]
+fn with_a_delay_a_free_worker_waits_for_it_and_without_one_takes_a_lone_request_at_once() {
+    let delay = Duration::from_millis(50);
+    let s = ModelSettings { max_batch_size: 8, max_queue_delay: delay, ..Default::default() };
+    let (batch, reason, waited) = batch_for_a_waiting_worker(s, |q, first| {
+        for _ in 0..4 {
+            q.push(pending(), false, &mut Vec::new()).unwrap();
+            first.get_or_insert_with(Instant::now);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    assert_eq!((batch.len(), reason), (4, BatchReason::Delay), "a free worker did not wait for the delay");
+    assert!(waited >= delay - Duration::from_millis(1), "left {waited:?} after the first request");
+    let s = ModelSettings { max_batch_size: 8, ..Default::default() };
+    let (batch, reason, waited) = batch_for_a_waiting_worker(s, |q, first| {
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+        *first = Some(Instant::now());
+    });
+    assert_eq!((batch.len(), reason), (1, BatchReason::IdleWorker));
+    // Generous for a loaded machine: the point is that it does not wait.
+    assert!(waited < Duration::from_secs(2), "a lone request waited {waited:?} with no delay set");
+}
+
+#[test]
+fn max_batch_size_and_preferred_sizes_count_rows() {
+    let s = ModelSettings { max_batch_size: 8, ..Default::default() };
+    let q = BatchQueue::new(100);
+    for _ in 0..16 {
+        q.push(rows(8), false, &mut Vec::new()).unwrap();
+    }
+    for _ in 0..16 {
+        assert_eq!(next(&q, &s), (1, BatchReason::Full), "a batch of more than 8 rows");
+    }
+    let sizes =
+        |q: &BatchQueue, s: &ModelSettings| match q.next_batch(s, Duration::from_secs(5), &mut Vec::new(), false) {
+            Next::Batch(b, r) => (b.iter().map(|p| p.rows).collect::<Vec<_>>(), r),
+            other => panic!("no batch: {other:?}"),
+        };
+    for r in [3, 5, 3, 3, 5, 5] {
+        q.push(rows(r), false, &mut Vec::new()).unwrap();
+    }
+    assert_eq!(sizes(&q, &s), (vec![3, 5], BatchReason::Full));
+    assert_eq!(sizes(&q, &s), (vec![3, 3], BatchReason::Full), "the next 5 rows would not fit");
+    assert_eq!(sizes(&q, &s), (vec![5], BatchReason::Full));
+    assert_eq!(sizes(&q, &s), (vec![5], BatchReason::IdleWorker));
+    // Taken ahead for a busy worker: as full as it gets.
+    for r in [5, 5] {
+        q.push(rows(r), false, &mut Vec::new()).unwrap();
+    }
+    assert_eq!(q.take_full(&s, &mut Vec::new()).map(|b| b.len()), Some(1));
+    assert!(q.take_full(&s, &mut Vec::new()).is_none(), "5 of 8 rows taken ahead");
+    q.release(1);
+    assert_eq!(sizes(&q, &s), (vec![5], BatchReason::IdleWorker));
+    let s = ModelSettings { max_batch_size: 8, preferred_batch_sizes: vec![6], ..Default::default() };
+    for r in [2, 2, 2, 1] {
+        q.push(rows(r), false, &mut Vec::new()).unwrap();
+    }
+    assert_eq!(sizes(&q, &s), (vec![2, 2, 2], BatchReason::Preferred));
+    assert_eq!(sizes(&q, &s), (vec![1], BatchReason::IdleWorker));
 }
 
 #[test]

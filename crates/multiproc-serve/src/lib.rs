@@ -43,8 +43,11 @@
 //!
 //! ## Batching, supervision, status
 //!
-//! [`ModelSettings`] holds what a deployment tunes: `max_batch_size`,
-//! `max_queue_delay`, preferred sizes, instances per version, the version
+//! [`ModelSettings`] holds what a deployment tunes: `max_batch_size` (in
+//! rows: a request says how many it carries with [`Request::rows`], 1 by
+//! default), `max_queue_delay` (how long a partial batch waits for more
+//! requests; 0 sends it to an idle worker at once), preferred sizes,
+//! instances per version, the version
 //! policy, queue capacity, startup and call timeouts, request deadline,
 //! eager or lazy start, and the restart policy. [`Server::status`] lists every
 //! model, version and worker with its state ([`VersionState`]), restarts,

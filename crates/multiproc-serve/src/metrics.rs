@@ -13,13 +13,15 @@ use crate::error::ErrorKind;
 /// Why a batch left the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum BatchReason {
-    /// It reached `max_batch_size`.
+    /// It reached `max_batch_size` rows, or the next request would have
+    /// taken it past them.
     Full,
     /// It reached a preferred batch size.
     Preferred,
-    /// Its oldest request waited `max_queue_delay`.
+    /// Its oldest request waited `max_queue_delay` (a non-zero one).
     Delay,
-    /// A worker was idle and the queue was not empty.
+    /// No `max_queue_delay` is set and a worker was idle: what was queued
+    /// went at once.
     IdleWorker,
     /// The version is draining: what is left goes.
     Drain,

@@ -364,6 +364,7 @@ where
                     enqueued: now,
                     deadline,
                     then: Some(self.continuation(guard)),
+                    rows: 1,
                 }),
                 Err(e) => {
                     drop(guard);

@@ -13,8 +13,9 @@ use crate::error::ServeError;
 use crate::name::{ModelName, Target};
 use crate::slot::{Answer, Slot};
 
-/// One request: the model, an optional version, the input and an optional
-/// deadline.
+/// One request: the model, an optional version, the input, an optional
+/// deadline and, for a model whose input has a batch dimension, the rows it
+/// carries.
 ///
 /// ```
 /// use multiproc_serve::Request;
@@ -29,12 +30,13 @@ pub struct Request<I> {
     pub(crate) version: Option<u64>,
     pub(crate) input: I,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) rows: usize,
 }
 
 impl<I> Request<I> {
     /// A request for the default version of `model`.
     pub fn new(model: impl Into<ModelName>, input: I) -> Request<I> {
-        Request { model: model.into(), version: None, input, timeout: None }
+        Request { model: model.into(), version: None, input, timeout: None, rows: 1 }
     }
 
     /// Asks for a specific version.
@@ -56,6 +58,31 @@ impl<I> Request<I> {
         self
     }
 
+    /// Says the input carries `rows` rows of the model's batch dimension
+    /// (default 1; 0 counts as 1). The batcher counts `max_batch_size` and
+    /// the preferred batch sizes in rows, so one model call never gets more
+    /// than `max_batch_size` rows: requests of 3 and 5 rows share a batch
+    /// of 8, two of 8 rows do not. A pipeline's requests count 1 each.
+    ///
+    /// A request of more rows than the model's `max_batch_size` fails with
+    /// [`ErrorKind::BadInput`](crate::ErrorKind::BadInput).
+    ///
+    /// ```
+    /// use multiproc_serve::Request;
+    ///
+    /// let r = Request::new("classifier", vec![[0.5f32; 4]; 3]).rows(3);
+    /// assert_eq!(r.row_count(), 3);
+    /// ```
+    pub fn rows(mut self, rows: usize) -> Self {
+        self.rows = rows.max(1);
+        self
+    }
+
+    /// The rows it carries (see [`Request::rows`]).
+    pub fn row_count(&self) -> usize {
+        self.rows
+    }
+
     /// The model named.
     pub fn model(&self) -> &str {
         self.model.as_str()
@@ -73,7 +100,7 @@ pub struct Reply<O> {
     pub output: O,
     /// Time the request waited for its batch.
     pub queue_time: Duration,
-    /// Size of the batch it ran in.
+    /// Size of the batch it ran in, in requests.
     pub batch_size: usize,
     /// Time from the call to the moment its answer was ready (not when the
     /// caller looked at it).

@@ -4,29 +4,22 @@
 //! new entry under its name) after the request looked it up.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::batcher::{Continuation, Pending};
+use crate::batcher::Pending;
 use crate::error::ServeError;
-use crate::items::Encoded;
 use crate::registry::ModelEntry;
 use crate::server::Server;
-use crate::slot::Slot;
 
 impl Server {
-    /// Queues encoded input for a model version (also the pipelines' way in).
-    #[allow(clippy::too_many_arguments)]
+    /// Queues a request for a model version (also the pipelines' way in).
     pub(crate) fn submit_bytes(
         &self,
         entry: &Arc<ModelEntry>,
         version: Option<u64>,
-        input: Encoded,
-        slot: Arc<Slot>,
-        deadline: Option<Instant>,
-        then: Option<Continuation>,
+        pending: Pending,
         force: bool,
     ) -> Result<(), ServeError> {
-        let mut pending = Pending { input, slot, enqueued: Instant::now(), deadline, then };
+        let mut pending = pending;
         let mut entry = Arc::clone(entry);
         // A model reloaded with new versions (`add` under a taken name) is a
         // new entry; a request that looked up the old one just before the

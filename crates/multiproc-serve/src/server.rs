@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::batcher::Pending;
 use crate::deadline::{Deadlines, after};
 use crate::error::ServeError;
 use crate::items::Encoded;
@@ -344,16 +345,28 @@ impl Server {
         slot: &Arc<Slot>,
     ) -> Result<(Option<Instant>, Target), ServeError> {
         self.check_running()?;
-        let Request { model, version, input, timeout } = request;
+        let Request { model, version, input, timeout, rows } = request;
         match self.endpoint(&model)? {
             Endpoint::Model(entry) => {
                 entry.io.check::<I, O>(&model)?;
+                if rows > entry.settings.max_batch_size {
+                    return Err(ServeError::BadInput {
+                        model: model.to_string(),
+                        reason: format!(
+                            "a request of {rows} rows is over the model's max_batch_size of {}: split it",
+                            entry.settings.max_batch_size
+                        ),
+                    });
+                }
                 let deadline = timeout.or(entry.settings.request_timeout).map(|t| after(slot.arrived, t));
                 let bytes = postcard::to_allocvec(&input).map_err(|e| ServeError::BadInput {
                     model: model.to_string(),
                     reason: format!("input does not encode: {e}"),
                 })?;
-                self.submit_bytes(&entry, version, Encoded::Own(bytes), Arc::clone(slot), deadline, None, false)?;
+                let input = Encoded::Own(bytes);
+                let pending =
+                    Pending { input, slot: Arc::clone(slot), enqueued: Instant::now(), deadline, then: None, rows };
+                self.submit_bytes(&entry, version, pending, false)?;
                 Ok((deadline, Target::model(model)))
             }
             Endpoint::Pipeline(p) => {

@@ -3,8 +3,9 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::batcher::Pending;
 use crate::items::Encoded;
 use crate::name::Target;
 use crate::request::InferFuture;
@@ -42,7 +43,9 @@ fn a_request_that_looked_up_a_replaced_model_goes_to_its_successor() {
 
     let slot = Slot::new();
     let input = Encoded::Own(postcard::to_allocvec(&7u64).unwrap());
-    server.submit_bytes(&looked_up, None, input, Arc::clone(&slot), None, None, false).unwrap();
+    let pending =
+        Pending { input, slot: Arc::clone(&slot), enqueued: Instant::now(), deadline: None, then: None, rows: 1 };
+    server.submit_bytes(&looked_up, None, pending, false).unwrap();
     let future = InferFuture::<u64> { target: Target::model("m".into()), slot: Ok(slot), _output: PhantomData };
     let reply = future.wait_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!((reply.version, reply.output), (2, 2007));

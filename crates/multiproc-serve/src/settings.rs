@@ -108,16 +108,22 @@ impl RestartPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ModelSettings {
-    /// Largest batch sent to a worker (1 = no batching).
+    /// Largest batch sent to a worker, in rows (1 = no batching). A typed
+    /// request is one row; a request with a batch dimension says how many
+    /// it carries ([`Request::rows`](crate::Request::rows)), and a batch is
+    /// cut before the next request would take it past this many rows.
     pub max_batch_size: usize,
-    /// How long the oldest queued request may wait for a batch to fill.
+    /// How long a partial batch waits for more requests (Triton's
+    /// `max_queue_delay_microseconds`): an idle worker takes a batch that
+    /// is neither full nor at a preferred size only once its oldest request
+    /// has waited this long (or the version drains). Zero (the default):
+    /// an idle worker takes what is queued at once, so a lone request never
+    /// waits for company.
     pub max_queue_delay: Duration,
-    /// Batch sizes the model prefers: a partial batch is cut to the largest
-    /// preferred size that the queue can fill.
+    /// Batch sizes the model prefers, in rows: a partial batch leaves at
+    /// once, without waiting for `max_queue_delay`, cut at the most requests
+    /// whose rows add up to a preferred size.
     pub preferred_batch_sizes: Vec<usize>,
-    /// Send a batch at once when a worker is idle and the queue is not empty
-    /// (Triton's default); when false, wait for a full batch or the delay.
-    pub dispatch_when_idle: bool,
     /// Worker processes per version.
     pub instances: usize,
     /// Which versions are served.
@@ -144,7 +150,6 @@ impl Default for ModelSettings {
             max_batch_size: 1,
             max_queue_delay: Duration::ZERO,
             preferred_batch_sizes: Vec::new(),
-            dispatch_when_idle: true,
             instances: 1,
             version_policy: VersionPolicy::default(),
             queue_capacity: 1024,

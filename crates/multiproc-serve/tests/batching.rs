@@ -1,12 +1,13 @@
 //! Dynamic batching: full batches at high load, a lone request waits at
-//! most `max_queue_delay`, a full queue rejects at once, deadlines.
+//! most `max_queue_delay`, `max_batch_size` counts rows, a full queue
+//! rejects at once, deadlines.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on};
-use multiproc_serve::{ErrorKind, ModelSettings, ModelSpec, Request, Server};
+use multiproc_serve::{ErrorKind, Model, ModelSettings, ModelSpec, Request, Server, WorkerContext};
 
 #[test]
 fn at_high_load_batches_are_full() {
@@ -35,8 +36,7 @@ fn at_high_load_batches_are_full() {
 fn at_low_load_a_lone_request_waits_at_most_max_queue_delay() {
     let server = Server::new();
     let delay = Duration::from_millis(80);
-    let settings =
-        ModelSettings { max_batch_size: 32, max_queue_delay: delay, dispatch_when_idle: false, ..Default::default() };
+    let settings = ModelSettings { max_batch_size: 32, max_queue_delay: delay, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("quiet").version(1, Behaviour::default()).settings(settings)).unwrap();
     for i in 0..3u64 {
         let started = Instant::now();
@@ -50,6 +50,47 @@ fn at_low_load_a_lone_request_waits_at_most_max_queue_delay() {
     }
     let metrics = server.metrics();
     assert_eq!(metrics.get("quiet", 1).unwrap().batch_reasons.get("delay"), Some(&3));
+    server.shutdown();
+}
+
+/// Takes a request's rows as its input and answers every request with the
+/// rows of the model call it ran in, after 20 ms (the queue fills meanwhile).
+struct RowCounter;
+
+impl Model for RowCounter {
+    type Config = ();
+    type Input = u64;
+    type Output = u64;
+
+    fn load((): (), _: &WorkerContext) -> Result<Self, String> {
+        Ok(RowCounter)
+    }
+
+    fn predict(&mut self, batch: Vec<u64>) -> Vec<Result<u64, String>> {
+        std::thread::sleep(Duration::from_millis(20));
+        let rows: u64 = batch.iter().sum();
+        batch.iter().map(|_| Ok(rows)).collect()
+    }
+}
+
+#[test]
+fn max_batch_size_caps_the_rows_of_one_model_call_not_the_requests() {
+    let server = Server::new();
+    let settings = ModelSettings { max_batch_size: 8, queue_capacity: 100, ..Default::default() };
+    server.add(ModelSpec::<RowCounter>::new("rows").version(1, ()).settings(settings)).unwrap();
+    let calls = |sizes: &[u64]| -> Vec<u64> {
+        let futures: Vec<_> =
+            sizes.iter().map(|&n| server.infer_async::<u64, u64>(Request::new("rows", n).rows(n as usize))).collect();
+        futures.into_iter().map(|f| block_on(f, PATIENCE).unwrap().output).collect()
+    };
+    let eights = calls(&[8; 16]);
+    assert!(eights.iter().all(|&rows| rows == 8), "model calls of {eights:?} rows for a max_batch_size of 8");
+    let mixed = calls(&[3, 5, 3, 5, 3, 5, 3, 5, 3, 5]);
+    assert!(mixed.iter().all(|&rows| rows <= 8), "model calls of {mixed:?} rows for a max_batch_size of 8");
+    assert!(mixed.contains(&8), "3- and 5-row requests queued together were not packed to 8: {mixed:?}");
+    let err = server.infer::<u64, u64>(Request::new("rows", 9).rows(9)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
+    assert!(err.to_string().contains("max_batch_size"), "{err}");
     server.shutdown();
 }
 

@@ -30,7 +30,7 @@ fn duration_max_everywhere_means_no_limit() {
     let f = server.infer_async::<u64, Tagged>(Request::new("m", 3).timeout(Duration::MAX));
     assert_eq!(block_on(f, PATIENCE).unwrap().output.value, 6);
     // A batch that waits for its delay: the longest delay waits for a full batch.
-    let full_batches_only = ModelSettings { dispatch_when_idle: false, max_queue_delay: Duration::MAX, ..settings };
+    let full_batches_only = ModelSettings { max_queue_delay: Duration::MAX, ..settings };
     server.add(ModelSpec::<Doubler>::new("full").version(1, Behaviour::default()).settings(full_batches_only)).unwrap();
     let futures: Vec<_> = (0..4u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("full", i))).collect();
     for (i, f) in futures.into_iter().enumerate() {

@@ -30,12 +30,8 @@ fn assert_names_the_pipeline(err: &ServeError, pipeline: &str) {
 
 fn server_with_pipeline(chunk: usize) -> Server {
     let server = Server::new();
-    let settings = ModelSettings {
-        max_batch_size: 128,
-        max_queue_delay: Duration::from_millis(5),
-        dispatch_when_idle: false,
-        ..Default::default()
-    };
+    let settings =
+        ModelSettings { max_batch_size: 128, max_queue_delay: Duration::from_millis(5), ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default()).settings(settings)).unwrap();
     let spec = PipelineSpec::new("words", "double", parse, 2).postprocess(describe, 1).chunk(chunk).capacity(1000);
     server.add_pipeline(spec).unwrap();

@@ -17,7 +17,6 @@ fn sigkill_with_50_requests_in_flight_fails_them_at_once_and_the_rest_succeed() 
     let settings = ModelSettings {
         max_batch_size: 50,
         max_queue_delay: Duration::from_secs(2),
-        dispatch_when_idle: false,
         restart: RestartPolicy { initial_backoff: Duration::from_millis(20), ..Default::default() },
         ..Default::default()
     };

@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! platform = "onnx"            # or "command": an executable speaking multiproc-serve's protocol
-//! max_batch_size = 32          # 0: the model has no batch dimension; n > 0: requests are batched
+//! max_batch_size = 32          # 0: no batch dimension; n > 0: requests are batched, n rows per model call at most
 //! instances = 1                # worker processes per version
 //! start = "eager"              # or "lazy": start workers on the first request
 //! # command = ["python3", "model.py"]   # platform = "command": run in the version directory
@@ -20,10 +20,9 @@
 //! dims = [10]
 //!
 //! [batching]
-//! max_queue_delay_us = 500
-//! preferred_batch_sizes = [8, 16]
+//! max_queue_delay_us = 500     # a partial batch waits up to this long for more rows; 0: an idle worker takes it at once
+//! preferred_batch_sizes = [8, 16]   # in rows: a batch that reaches one leaves without waiting
 //! max_queue_size = 1024        # requests waiting; more are refused with 503
-//! dispatch_when_idle = true
 //!
 //! [version_policy]
 //! latest = 1                   # or: all = true, or: specific = [1, 3]
@@ -32,10 +31,24 @@
 //! startup_ms = 60000
 //! call_ms = 10000              # a worker past it is killed and restarted
 //! request_ms = 30000           # a request waiting longer fails
+//! drain_ms = 30000             # an unloaded version's time to finish what it holds
+//!
+//! [restart]                    # after a worker crash
+//! initial_backoff_ms = 50      # the first restart waits this long, each next one twice as long...
+//! max_backoff_ms = 10000       # ...up to this
+//! crash_loop_threshold = 3     # this many crashes within crash_window_ms: the version is
+//! crash_window_ms = 60000      # crash-looping and fails its requests at once
 //! ```
+//!
+//! `batching.dispatch_when_idle` (Triton-style, optional) only restates
+//! what `max_queue_delay_us` says: `true` (an idle worker takes a partial
+//! batch at once) needs a delay of 0, `false` a delay above 0; a pair that
+//! contradicts itself is refused, naming the field.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use multiproc_serve::RestartPolicy;
 use serde::Deserialize;
 
 use crate::protocol::{DataType, TensorMetadata};
@@ -88,7 +101,8 @@ pub enum VersionChoice {
 pub struct ModelConfig {
     /// How its versions run.
     pub platform: Platform,
-    /// 0: no batch dimension; otherwise the most requests in one batch.
+    /// 0: no batch dimension; otherwise the most rows (the batch dimension
+    /// of the inputs, summed over a batch's requests) in one model call.
     pub max_batch_size: usize,
     /// Worker processes per version.
     pub instances: usize,
@@ -98,14 +112,12 @@ pub struct ModelConfig {
     pub inputs: Vec<TensorConfig>,
     /// The outputs.
     pub outputs: Vec<TensorConfig>,
-    /// Longest wait for a fuller batch, in µs.
+    /// Longest wait of a partial batch for more rows, in µs (0: none).
     pub max_queue_delay_us: u64,
-    /// Batch sizes to prefer.
+    /// Batch sizes to prefer, in rows.
     pub preferred_batch_sizes: Vec<usize>,
     /// Requests that may wait; more are refused.
     pub max_queue_size: usize,
-    /// Send a batch at once when a worker is idle.
-    pub dispatch_when_idle: bool,
     /// Which versions are served.
     pub version_policy: VersionChoice,
     /// Longest load, in ms.
@@ -114,6 +126,10 @@ pub struct ModelConfig {
     pub call_ms: Option<u64>,
     /// Longest wait of a request, in ms.
     pub request_ms: Option<u64>,
+    /// Time an unloaded version has to finish its requests, in ms.
+    pub drain_ms: u64,
+    /// Restart backoff and crash-loop limit.
+    pub restart: RestartPolicy,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +154,8 @@ struct RawConfig {
     version_policy: RawPolicy,
     #[serde(default)]
     timeouts: RawTimeouts,
+    #[serde(default)]
+    restart: RawRestart,
 }
 
 fn one() -> usize {
@@ -161,8 +179,8 @@ struct RawBatching {
     preferred_batch_sizes: Vec<usize>,
     #[serde(default = "default_queue")]
     max_queue_size: usize,
-    #[serde(default = "yes")]
-    dispatch_when_idle: bool,
+    #[serde(default)]
+    dispatch_when_idle: Option<bool>,
 }
 
 impl Default for RawBatching {
@@ -171,17 +189,13 @@ impl Default for RawBatching {
             max_queue_delay_us: 0,
             preferred_batch_sizes: Vec::new(),
             max_queue_size: default_queue(),
-            dispatch_when_idle: true,
+            dispatch_when_idle: None,
         }
     }
 }
 
 fn default_queue() -> usize {
     1024
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Deserialize, Default)]
@@ -198,6 +212,44 @@ struct RawTimeouts {
     startup_ms: Option<u64>,
     call_ms: Option<u64>,
     request_ms: Option<u64>,
+    drain_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    crash_loop_threshold: Option<u32>,
+    crash_window_ms: Option<u64>,
+}
+
+impl RawRestart {
+    /// The checked policy; unset fields keep [`RestartPolicy::default`].
+    fn policy(self) -> Result<RestartPolicy, String> {
+        let d = RestartPolicy::default();
+        let ms = |v: Option<u64>, default| v.map_or(default, Duration::from_millis);
+        let policy = RestartPolicy {
+            initial_backoff: ms(self.initial_backoff_ms, d.initial_backoff),
+            max_backoff: ms(self.max_backoff_ms, d.max_backoff),
+            crash_loop_threshold: self.crash_loop_threshold.unwrap_or(d.crash_loop_threshold),
+            crash_window: ms(self.crash_window_ms, d.crash_window),
+        };
+        if policy.crash_loop_threshold == 0 {
+            return Err("field `restart.crash_loop_threshold`: 0; expected at least 1 crash".into());
+        }
+        if policy.crash_window.is_zero() {
+            return Err("field `restart.crash_window_ms`: 0; expected a positive number of milliseconds".into());
+        }
+        if policy.initial_backoff > policy.max_backoff {
+            return Err(format!(
+                "field `restart.initial_backoff_ms`: {} is over restart.max_backoff_ms ({}); expected at most that",
+                policy.initial_backoff.as_millis(),
+                policy.max_backoff.as_millis()
+            ));
+        }
+        Ok(policy)
+    }
 }
 
 impl ModelConfig {
@@ -258,6 +310,22 @@ impl ModelConfig {
         if b.max_queue_size == 0 {
             return Err("field `batching.max_queue_size`: 0; expected at least 1".into());
         }
+        match (b.dispatch_when_idle, b.max_queue_delay_us) {
+            (Some(true), delay) if delay > 0 => {
+                return Err(format!(
+                    "field `batching.dispatch_when_idle`: true, but max_queue_delay_us = {delay} holds a partial batch \
+                     that long for more rows; expected one of them: max_queue_delay_us = 0 to send it to an idle \
+                     worker at once, or no dispatch_when_idle to honour the delay"
+                ));
+            }
+            (Some(false), 0) => {
+                return Err("field `batching.dispatch_when_idle`: false, but max_queue_delay_us = 0 sends a partial \
+                     batch to an idle worker at once; expected max_queue_delay_us > 0, how long a partial batch \
+                     waits for more rows"
+                    .into());
+            }
+            _ => {}
+        }
         let p = raw.version_policy;
         let version_policy = match (p.latest, p.all, p.specific) {
             (None, None | Some(false), None) => VersionChoice::Latest(1),
@@ -273,7 +341,13 @@ impl ModelConfig {
             }
         };
         let t = raw.timeouts;
-        for (field, v) in [("startup_ms", t.startup_ms), ("call_ms", t.call_ms), ("request_ms", t.request_ms)] {
+        let timeouts = [
+            ("startup_ms", t.startup_ms),
+            ("call_ms", t.call_ms),
+            ("request_ms", t.request_ms),
+            ("drain_ms", t.drain_ms),
+        ];
+        for (field, v) in timeouts {
             if v == Some(0) {
                 return Err(format!("field `timeouts.{field}`: 0; expected a positive number of milliseconds"));
             }
@@ -288,11 +362,12 @@ impl ModelConfig {
             max_queue_delay_us: b.max_queue_delay_us,
             preferred_batch_sizes: b.preferred_batch_sizes,
             max_queue_size: b.max_queue_size,
-            dispatch_when_idle: b.dispatch_when_idle,
             version_policy,
             startup_ms: t.startup_ms.unwrap_or(60_000),
             call_ms: t.call_ms,
             request_ms: t.request_ms,
+            drain_ms: t.drain_ms.unwrap_or(30_000),
+            restart: raw.restart.policy()?,
         })
     }
 
@@ -372,5 +447,53 @@ dims = [3]
         assert_eq!(e, "field `output[0].dims`: -3; expected sizes >= 0, or -1 for a variable size");
         let e = ModelConfig::parse(&format!("{GOOD}\nbogus = 1\n")).unwrap_err();
         assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn dispatch_when_idle_must_agree_with_the_delay() {
+        let with = |batching: &str| ModelConfig::parse(&format!("{GOOD}[batching]\n{batching}\n"));
+        let e = with("max_queue_delay_us = 500\ndispatch_when_idle = true").unwrap_err();
+        assert!(e.starts_with("field `batching.dispatch_when_idle`: true, but max_queue_delay_us = 500"), "{e}");
+        let e = with("dispatch_when_idle = false").unwrap_err();
+        assert!(e.starts_with("field `batching.dispatch_when_idle`: false, but max_queue_delay_us = 0"), "{e}");
+        for agreeing in [
+            "max_queue_delay_us = 500",
+            "max_queue_delay_us = 500\ndispatch_when_idle = false",
+            "dispatch_when_idle = true",
+        ] {
+            assert!(with(agreeing).is_ok(), "{agreeing}");
+        }
+        let delayed = crate::repository::settings(&with("max_queue_delay_us = 500").unwrap());
+        assert_eq!(delayed.max_queue_delay, Duration::from_micros(500));
+    }
+
+    #[test]
+    fn restart_and_drain_are_set_and_checked() {
+        let c = ModelConfig::parse(GOOD).unwrap();
+        assert_eq!((c.restart.clone(), c.drain_ms), (RestartPolicy::default(), 30_000));
+        let text = format!(
+            "{GOOD}[timeouts]\ndrain_ms = 1500\n[restart]\ninitial_backoff_ms = 10\nmax_backoff_ms = 400\n\
+             crash_loop_threshold = 5\ncrash_window_ms = 2000\n"
+        );
+        let s = crate::repository::settings(&ModelConfig::parse(&text).unwrap());
+        assert_eq!(s.drain_timeout, Duration::from_millis(1500));
+        let expected = RestartPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(400),
+            crash_loop_threshold: 5,
+            crash_window: Duration::from_secs(2),
+        };
+        assert_eq!(s.restart, expected);
+        assert!(s.validate().is_ok());
+        let bad = |table: &str| ModelConfig::parse(&format!("{GOOD}{table}\n")).unwrap_err();
+        let e = bad("[restart]\ninitial_backoff_ms = 500\nmax_backoff_ms = 100");
+        assert_eq!(
+            e,
+            "field `restart.initial_backoff_ms`: 500 is over restart.max_backoff_ms (100); expected at most that"
+        );
+        assert!(bad("[restart]\ncrash_loop_threshold = 0").starts_with("field `restart.crash_loop_threshold`: 0"));
+        assert!(bad("[restart]\ncrash_window_ms = 0").starts_with("field `restart.crash_window_ms`: 0"));
+        assert!(bad("[timeouts]\ndrain_ms = 0").starts_with("field `timeouts.drain_ms`: 0"));
+        assert!(bad("[restart]\nbackoff_ms = 5").contains("unknown field `backoff_ms`"));
     }
 }

@@ -103,7 +103,6 @@ pub fn settings(config: &ModelConfig) -> ModelSettings {
         max_batch_size: config.max_batch_size.max(1),
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
         preferred_batch_sizes: config.preferred_batch_sizes.clone(),
-        dispatch_when_idle: config.dispatch_when_idle,
         instances: config.instances,
         version_policy: match &config.version_policy {
             VersionChoice::Latest(n) => VersionPolicy::Latest(*n),
@@ -115,7 +114,8 @@ pub fn settings(config: &ModelConfig) -> ModelSettings {
         call_timeout: config.call_ms.map(Duration::from_millis),
         request_timeout: config.request_ms.map(Duration::from_millis),
         start: if config.lazy { StartMode::Lazy } else { StartMode::Eager },
-        ..ModelSettings::default()
+        restart: config.restart.clone(),
+        drain_timeout: Duration::from_millis(config.drain_ms),
     }
 }
 
