@@ -97,6 +97,23 @@ pub enum RedisPoolError {
     /// The value was already taken by an earlier `get`.
     #[error("the result was already taken by an earlier get")]
     Taken,
+    /// The pool was closed ([`RedisPool::close`](crate::RedisPool::close))
+    /// or terminated: it takes no new calls.
+    #[error("the pool is closed and takes no new calls; connect a new pool")]
+    Closed,
+    /// The pool was terminated
+    /// ([`RedisPool::terminate`](crate::RedisPool::terminate)) before the
+    /// result arrived; the task may still run on a worker host.
+    #[error("the pool was terminated before the result arrived")]
+    Terminated,
+    /// [`RedisPool::join`](crate::RedisPool::join) before `close` or
+    /// `terminate`.
+    #[error("join() needs close() or terminate() first, or it would wait forever")]
+    NotClosed,
+    /// [`RedisAsync::successful`](crate::RedisAsync::successful) before the
+    /// result arrived.
+    #[error("the result is not ready yet; wait() first")]
+    NotReady,
 }
 
 impl RedisPoolError {

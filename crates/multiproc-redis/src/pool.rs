@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc::{RemoteFn, Task};
 use serde::Serialize;
@@ -14,6 +14,7 @@ use crate::conn::Conn;
 use crate::dispatch::{Dispatcher, Options, Shared};
 use crate::endpoint::{Endpoint, endpoint_setters};
 use crate::error::{RedisPoolError, cannot_connect};
+use crate::life::Life;
 use crate::results::{RedisAsync, RedisImap};
 
 /// The longest result time to live: its milliseconds fit an expiry.
@@ -109,6 +110,7 @@ impl RedisPoolBuilder {
             pending: Mutex::default(),
             next_task: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            life: Life::default(),
         });
         let dispatcher = Dispatcher::start(shared.clone(), reader)
             .map_err(|e| RedisPoolError::Redis(format!("could not start the result thread: {e}")))?;
@@ -121,7 +123,10 @@ impl RedisPoolBuilder {
 /// The calls are those of [`multiproc::Pool`], for the same plain `fn`
 /// items and `serde` arguments; the workers must run this same build of
 /// the program (see [`crate::Worker`]). Every result arrives exactly once.
-/// Dropping the pool stops its result thread and deletes its result stream.
+/// Dropping the pool stops its result thread and deletes its result stream;
+/// the calls still waiting fail. To let the calls in flight finish first,
+/// call [`RedisPool::close`] then [`RedisPool::join`], as with the local
+/// pool; [`RedisPool::terminate`] ends them at once.
 pub struct RedisPool {
     shared: Arc<Shared>,
     _dispatcher: Dispatcher,
@@ -176,6 +181,59 @@ impl RedisPool {
     /// This pool's caller id (its results arrive on `P:results:<id>`).
     pub fn caller_id(&self) -> &str {
         &self.shared.caller
+    }
+
+    /// No new calls: later calls fail with [`RedisPoolError::Closed`]
+    /// (Python's `close()`). The calls begun before go on to their end;
+    /// an `imap` begun before goes on reading its input. The worker hosts
+    /// are not this pool's to stop: they go on serving other callers (stop
+    /// them with [`Worker::stop`](crate::Worker::stop)).
+    pub fn close(&self) {
+        self.shared.life.close();
+    }
+
+    /// Closes the pool and ends every call in flight now (Python's
+    /// `terminate()`): they fail with [`RedisPoolError::Terminated`], and
+    /// their tasks still queued in Redis are deleted. Unlike the local
+    /// pool, it cannot kill the worker processes: a task a worker host has
+    /// already taken runs to its end there, and its result is dropped.
+    pub fn terminate(&self) {
+        self.shared.life.terminate();
+        self.shared.wake_all();
+    }
+
+    /// Waits until every call begun before [`RedisPool::close`] (or
+    /// [`RedisPool::terminate`]) has ended, callbacks included. A call ends
+    /// when its results are all in or it failed; an `imap` ends when it is
+    /// read to its end or dropped, so join after reading or dropping it
+    /// (or use [`RedisPool::join_timeout`]). Unlike the local pool's, it
+    /// does not wait for worker processes: they belong to the hosts.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisPoolError::NotClosed`] before `close` or `terminate`.
+    pub fn join(&self) -> Result<(), RedisPoolError> {
+        self.join_until(None, Duration::MAX)
+    }
+
+    /// As [`RedisPool::join`], giving up after `timeout` (the calls go on).
+    ///
+    /// # Errors
+    ///
+    /// [`RedisPoolError::NotClosed`], or [`RedisPoolError::Timeout`] after
+    /// ≈`timeout`.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), RedisPoolError> {
+        self.join_until(Instant::now().checked_add(timeout), timeout)
+    }
+
+    fn join_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<(), RedisPoolError> {
+        if !self.shared.life.is_closed() {
+            return Err(RedisPoolError::NotClosed);
+        }
+        match self.shared.life.wait_idle(deadline) {
+            true => Ok(()),
+            false => Err(RedisPoolError::Timeout(timeout)),
+        }
     }
 
     fn call(&self) -> Call<'_> {
@@ -362,7 +420,7 @@ impl<'p> Call<'p> {
         /// As [`RedisPool::apply_async`].
         fn apply_async<F, A, R>(self, f: F, args: A) -> RedisAsync<R> where [F: Task<A, R>] {
             let engine = self.engine::<F, A, R>(f, 1, std::iter::once(encode_one(&args)));
-            RedisAsync::spawn(move || {
+            RedisAsync::spawn(engine.hold(), move || {
                 let mut it = RedisImap::<R>::new(engine, true);
                 it.next().unwrap_or_else(|| unreachable!("one item in, one result out"))
             })
@@ -386,7 +444,7 @@ impl<'p> Call<'p> {
         fn map_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
         where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
             let engine = self.whole::<F, (A,), R>(f, items.into_iter().map(|x| encode_one(&(x,))).collect());
-            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+            RedisAsync::spawn(engine.hold(), move || RedisImap::new(engine, true).collect())
         }
     }
 
@@ -408,7 +466,7 @@ impl<'p> Call<'p> {
         fn starmap_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
         where [F: Task<A, R>, I: IntoIterator<Item = A>] {
             let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
-            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+            RedisAsync::spawn(engine.hold(), move || RedisImap::new(engine, true).collect())
         }
     }
 
