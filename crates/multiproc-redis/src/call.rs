@@ -226,12 +226,13 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The next item outcome in the order they arrive, `None` when the call
-    /// is done.
-    pub(crate) fn next_outcome(&mut self) -> Option<ItemOutcome> {
+    /// The next item outcome in the order they arrive (`Some(None)` when
+    /// the call is done), waiting no later than `until`: `None` when it
+    /// passed first (the call goes on).
+    pub(crate) fn next_outcome_until(&mut self, until: Option<Instant>) -> Option<Option<ItemOutcome>> {
         loop {
             if let Some(o) = self.ready.pop_front() {
-                return Some(o);
+                return Some(Some(o));
             }
             if self.shared.life.is_terminated() && !(self.exhausted && self.in_flight.is_empty()) {
                 self.end_terminated();
@@ -249,9 +250,9 @@ impl<'a> Engine<'a> {
                 continue;
             }
             if self.in_flight.is_empty() {
-                return None;
+                return Some(None);
             }
-            let wait = match self.deadline {
+            let mut wait = match self.deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) => left.min(Duration::from_secs(1)),
                     None => {
@@ -264,6 +265,13 @@ impl<'a> Engine<'a> {
                 },
                 None => Duration::from_secs(1),
             };
+            if let Some(until) = until {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                wait = wait.min(left);
+            }
             match self.rx.recv_timeout(wait) {
                 Ok(d) => self.accept(d),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -57,24 +57,64 @@ impl<R: DeserializeOwned> Iterator for RedisImap<'_, R> {
     type Item = Result<R, RedisPoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_until(None).unwrap_or_else(|| unreachable!("no deadline"))
+    }
+}
+
+impl<R: DeserializeOwned> RedisImap<'_, R> {
+    /// The next result, waiting at most `timeout` for it (Python's
+    /// `IMapIterator.next(timeout)`, the local
+    /// [`Imap::next_timeout`](multiproc::Imap::next_timeout)). On a timeout
+    /// it returns `Some(Err(RedisPoolError::Timeout))` and the iteration
+    /// goes on: the result comes with a later call. `None` at the end, as
+    /// [`Iterator::next`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc_redis::{RedisPool, RedisServer, Worker};
+    ///
+    /// fn slow(x: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(if x == 0 { 500 } else { 0 }));
+    ///     x
+    /// }
+    ///
+    /// let server = RedisServer::start().unwrap();
+    /// let worker = Worker::builder(&server.url()).processes(1).start().unwrap();
+    /// let pool = RedisPool::builder(&server.url()).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+    /// let mut results = pool.imap(slow, 0..2u64);
+    /// assert!(results.next_timeout(Duration::from_millis(10)).unwrap().unwrap_err().is_timeout());
+    /// assert_eq!(results.next_timeout(Duration::from_secs(60)).unwrap().unwrap(), 0);
+    /// assert_eq!(results.next_timeout(Duration::from_secs(60)).unwrap().unwrap(), 1);
+    /// assert!(results.next_timeout(Duration::from_secs(60)).is_none());
+    /// drop(results);
+    /// worker.stop();
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, RedisPoolError>> {
+        self.next_until(Instant::now().checked_add(timeout)).unwrap_or(Some(Err(RedisPoolError::Timeout(timeout))))
+    }
+
+    /// The next result, waiting no later than `until`: `None` when it
+    /// passed first.
+    fn next_until(&mut self, until: Option<Instant>) -> Option<Option<Result<R, RedisPoolError>>> {
         if !self.ordered {
-            let (index, r) = self.engine.next_outcome()?;
-            return Some(Self::decode(index, r));
+            return Some(self.engine.next_outcome_until(until)?.map(|(index, r)| Self::decode(index, r)));
         }
         loop {
             if let Some(r) = self.early.remove(&self.next) {
                 self.next += 1;
-                return Some(Self::decode(self.next - 1, r));
+                return Some(Some(Self::decode(self.next - 1, r)));
             }
-            match self.engine.next_outcome() {
+            match self.engine.next_outcome_until(until)? {
                 Some((index, r)) => {
                     self.early.insert(index, r);
                 }
                 None => {
                     // Only after a failure of the whole call: the rest in order.
-                    let (index, r) = self.early.pop_first()?;
+                    let Some((index, r)) = self.early.pop_first() else { return Some(None) };
                     self.next = index + 1;
-                    return Some(Self::decode(index, r));
+                    return Some(Some(Self::decode(index, r)));
                 }
             }
         }
