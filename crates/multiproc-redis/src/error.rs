@@ -110,6 +110,15 @@ pub enum RedisPoolError {
     /// `terminate`.
     #[error("join() needs close() or terminate() first, or it would wait forever")]
     NotClosed,
+    /// The input iterator of a `try_imap` failed at `index`; the tasks
+    /// before it ran.
+    #[error("the input iterator failed at item {index}: {message}")]
+    Input {
+        /// Position of the failed item.
+        index: usize,
+        /// The iterator's error, as text.
+        message: String,
+    },
     /// [`RedisAsync::successful`](crate::RedisAsync::successful) before the
     /// result arrived.
     #[error("the result is not ready yet; wait() first")]

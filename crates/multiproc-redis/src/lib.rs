@@ -35,7 +35,9 @@
 //! `apply_async`, `map_async` and `starmap_async` give a [`RedisAsync`]
 //! with the calls of the local [`AsyncResult`](multiproc::AsyncResult):
 //! `ready`, `wait`, `wait_timeout`, `successful`, `get`, `get_timeout`,
-//! `callback`, `error_callback`, and `.await` (it is a [`Future`]).
+//! `callback`, `error_callback`, and `.await` (it is a [`Future`]);
+//! `imap` gives a [`RedisImap`] with `next_timeout`, and `try_imap` takes
+//! an input that can fail, as on the local pool.
 //! [`RedisPool::close`], [`RedisPool::terminate`] and [`RedisPool::join`]
 //! end a pool as on the local one, on the caller's side: the worker hosts
 //! serve any number of callers and stop only when told

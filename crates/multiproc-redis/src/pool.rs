@@ -15,7 +15,7 @@ use crate::dispatch::{Dispatcher, Options, Shared};
 use crate::endpoint::{Endpoint, endpoint_setters};
 use crate::error::{RedisPoolError, cannot_connect};
 use crate::life::Life;
-use crate::results::{RedisAsync, RedisImap};
+use crate::results::{InputFault, RedisAsync, RedisImap};
 
 /// The longest result time to live: its milliseconds fit an expiry.
 const MAX_RESULT_TTL: Duration = Duration::from_secs(u32::MAX as u64);
@@ -329,6 +329,22 @@ impl RedisPool {
             self.call().imap_unordered(f, items)
         }
     }
+    serde_call! {
+        /// As [`RedisPool::imap`] over an input that can fail: at its first
+        /// `Err`, the input is read no further; the results before it are
+        /// yielded, then [`RedisPoolError::Input`].
+        fn try_imap<'a, F, A, R, I, E>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.call().try_imap(f, items)
+        }
+    }
+    serde_call! {
+        /// As [`RedisPool::try_imap`], yielded in the order they finish.
+        fn try_imap_unordered<'a, F, A, R, I, E>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.call().try_imap_unordered(f, items)
+        }
+    }
 }
 
 /// A call with options ([`RedisPool::with_chunksize`] and friends); it has
@@ -496,6 +512,38 @@ impl<'p> Call<'p> {
         where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
             self.lazy(f, items, false)
         }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::try_imap`].
+        fn try_imap<'a, F, A, R, I, E>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.try_lazy(f, items, true)
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::try_imap_unordered`].
+        fn try_imap_unordered<'a, F, A, R, I, E>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.try_lazy(f, items, false)
+        }
+    }
+
+    /// `imap` over an input that can fail: read up to its first error,
+    /// which the results yield last.
+    fn try_lazy<'a, F, A, R, I, E>(self, f: F, items: I, ordered: bool) -> RedisImap<'a, R>
+    where
+        F: Task<(A,), R>,
+        I: IntoIterator<Item = Result<A, E>>,
+        I::IntoIter: Send + 'a,
+        E: fmt::Display + 'a,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let fault = InputFault::default();
+        let items = fault.clone().cut(items.into_iter());
+        self.lazy(f, items, ordered).with_fault(fault)
     }
 
     /// `imap` in input order or not; the input read lazily, one item per

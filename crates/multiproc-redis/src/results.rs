@@ -8,7 +8,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,31 @@ pub struct RedisImap<'a, R> {
     ordered: bool,
     early: BTreeMap<usize, Result<Vec<u8>, RedisPoolError>>,
     next: usize,
+    /// Where a `try_imap` input's first error lands (yielded last).
+    fault: Option<InputFault>,
     _result: PhantomData<fn() -> R>,
+}
+
+/// The first error of a `try_imap` input: its index and message, set by
+/// the input adapter (which then ends the input).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InputFault(Arc<Mutex<Option<(usize, String)>>>);
+
+impl InputFault {
+    /// `items` up to their first error, which is kept here.
+    pub(crate) fn cut<A, E: fmt::Display, I: Iterator<Item = Result<A, E>>>(self, items: I) -> impl Iterator<Item = A> {
+        items
+            .enumerate()
+            .map_while(move |(index, item)| {
+                item.map_err(|e| *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((index, e.to_string()))).ok()
+            })
+            .fuse()
+    }
+
+    fn take(&self) -> Option<RedisPoolError> {
+        let (index, message) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some(RedisPoolError::Input { index, message })
+    }
 }
 
 impl<R> fmt::Debug for RedisImap<'_, R> {
@@ -38,7 +62,13 @@ impl<R> fmt::Debug for RedisImap<'_, R> {
 
 impl<'a, R: DeserializeOwned> RedisImap<'a, R> {
     pub(crate) fn new(engine: Engine<'a>, ordered: bool) -> Self {
-        RedisImap { engine, ordered, early: BTreeMap::new(), next: 0, _result: PhantomData }
+        RedisImap { engine, ordered, early: BTreeMap::new(), next: 0, fault: None, _result: PhantomData }
+    }
+
+    /// Yields `fault`'s error, if any, after the last result.
+    pub(crate) fn with_fault(mut self, fault: InputFault) -> Self {
+        self.fault = Some(fault);
+        self
     }
 
     fn decode(index: usize, r: Result<Vec<u8>, RedisPoolError>) -> Result<R, RedisPoolError> {
@@ -98,6 +128,12 @@ impl<R: DeserializeOwned> RedisImap<'_, R> {
     /// The next result, waiting no later than `until`: `None` when it
     /// passed first.
     fn next_until(&mut self, until: Option<Instant>) -> Option<Option<Result<R, RedisPoolError>>> {
+        let next = self.next_result_until(until)?;
+        Some(next.or_else(|| self.fault.as_ref().and_then(InputFault::take).map(Err)))
+    }
+
+    /// As `next_until`, without the input's error.
+    fn next_result_until(&mut self, until: Option<Instant>) -> Option<Option<Result<R, RedisPoolError>>> {
         if !self.ordered {
             return Some(self.engine.next_outcome_until(until)?.map(|(index, r)| Self::decode(index, r)));
         }
