@@ -34,8 +34,9 @@ fn close_then_join_lets_calls_in_flight_finish() {
     assert!(matches!(pool.join(), Err(RedisPoolError::NotClosed)));
     let called = Arc::new(AtomicUsize::new(0));
     let c = called.clone();
+    // The callback outlasts the slow task: join must wait for it too.
     let r = pool.map_async(sleep_ms, vec![20u64; 20]).callback(move |_| {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(2_500));
         c.fetch_add(1, Ordering::SeqCst);
     });
     let slow = pool.apply_async(sleep_ms, (1_500,));
