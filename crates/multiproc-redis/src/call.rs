@@ -14,6 +14,7 @@ use crate::conn;
 use crate::dispatch::{Delivery, Pending, Shared};
 use crate::enqueue::{ChunkEntry, enqueue};
 use crate::error::{RedisPoolError, TaskFailure, explain};
+use crate::life::CallGuard;
 use crate::schema::{self, Args, Outcome, TaskMsg};
 
 /// Chunks per batch.
@@ -60,6 +61,8 @@ pub(crate) struct Engine<'a> {
     /// Items that failed to encode (their outcome is already in `ready`).
     skip: HashSet<usize>,
     deadline: Option<Instant>,
+    /// Counts this call for `RedisPool::join` (`None`: refused, closed pool).
+    call: Option<CallGuard>,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -79,7 +82,9 @@ impl<'a> Engine<'a> {
     ) -> Engine<'a> {
         let (tx, rx) = mpsc::channel();
         let deadline = plan.wait_timeout.and_then(|t| Instant::now().checked_add(t));
-        Engine {
+        let call = CallGuard::begin(&shared);
+        let refused = call.is_none();
+        let mut engine = Engine {
             shared,
             plan,
             items: Box::new(items),
@@ -92,7 +97,14 @@ impl<'a> Engine<'a> {
             ready: VecDeque::new(),
             skip: HashSet::new(),
             deadline,
+            call,
+        };
+        if refused {
+            // A closed pool: the call fails whole, its input unread.
+            engine.exhausted = true;
+            engine.ready.push_back((0, Err(RedisPoolError::Closed)));
         }
+        engine
     }
 
     /// Submits chunks until the window is full or the input ends.
@@ -232,12 +244,17 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The next item outcome in the order they arrive, `None` when the call
-    /// is done.
-    pub(crate) fn next_outcome(&mut self) -> Option<ItemOutcome> {
+    /// The next item outcome in the order they arrive (`Some(None)` when
+    /// the call is done), waiting no later than `until`: `None` when it
+    /// passed first (the call goes on).
+    pub(crate) fn next_outcome_until(&mut self, until: Option<Instant>) -> Option<Option<ItemOutcome>> {
         loop {
             if let Some(o) = self.ready.pop_front() {
-                return Some(o);
+                return Some(Some(o));
+            }
+            if self.shared.life.is_terminated() && !(self.exhausted && self.in_flight.is_empty()) {
+                self.end_terminated();
+                continue;
             }
             if let Err(e) = self.top_up() {
                 // Input left unread fails as one more outcome, after the rest.
@@ -254,9 +271,9 @@ impl<'a> Engine<'a> {
                 continue; // chunks failed as they were submitted
             }
             if self.in_flight.is_empty() {
-                return None;
+                return Some(None);
             }
-            let wait = match self.deadline {
+            let mut wait = match self.deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) => left.min(Duration::from_secs(1)),
                     None => {
@@ -269,6 +286,13 @@ impl<'a> Engine<'a> {
                 },
                 None => Duration::from_secs(1),
             };
+            if let Some(until) = until {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                wait = wait.min(left);
+            }
             match self.rx.recv_timeout(wait) {
                 Ok(d) => self.accept(d),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -281,6 +305,7 @@ impl<'a> Engine<'a> {
         let (task, outcome) = match delivery {
             Delivery::Done { task, outcome } => (task, Ok(outcome)),
             Delivery::Lost { task, reason } => (task, Err(reason)),
+            Delivery::Wake => return,
         };
         let Some((first, n)) = self.in_flight.remove(&task) else { return };
         self.entries.remove(&task);
@@ -308,6 +333,25 @@ impl<'a> Engine<'a> {
             Err(reason) => {
                 (first..first + n).for_each(|index| push(index, Err(RedisPoolError::Redis(reason.clone()))));
             }
+        }
+    }
+
+    /// One more hold on this call for `RedisPool::join`, to keep past the
+    /// engine (while a background call runs its callback); `None` for a
+    /// call the closed pool refused.
+    pub(crate) fn hold(&self) -> Option<CallGuard> {
+        self.call.as_ref().map(|_| CallGuard::hold(&self.shared))
+    }
+
+    /// The pool was terminated: the chunks still queued are deleted, those
+    /// in flight and the input left unread fail with
+    /// [`RedisPoolError::Terminated`].
+    fn end_terminated(&mut self) {
+        let unread = !self.exhausted;
+        self.cancel_queued();
+        self.fail_in_flight_with(|| RedisPoolError::Terminated);
+        if unread {
+            self.ready.push_back((self.next_index, Err(RedisPoolError::Terminated)));
         }
     }
 

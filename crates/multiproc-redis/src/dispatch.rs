@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redis::streams::StreamReadOptions;
 
 use crate::conn::{self, Conn};
+use crate::life::Life;
 use crate::schema::{self, Keys, Outcome};
 
 /// How long one `XREAD` blocks: also how long a dropped pool's thread may
@@ -34,6 +35,8 @@ pub(crate) enum Delivery {
     Done { task: u64, outcome: Outcome },
     /// Redis stayed away; no outcome will come.
     Lost { task: u64, reason: String },
+    /// No outcome: the pool was terminated, the call is to look at it.
+    Wake,
 }
 
 /// A chunk in flight.
@@ -66,6 +69,8 @@ pub(crate) struct Shared {
     pub pending: Mutex<HashMap<u64, Pending>>,
     pub next_task: AtomicU64,
     pub stop: AtomicBool,
+    /// Open, closed or terminated, and the calls in flight.
+    pub life: Life,
 }
 
 impl Shared {
@@ -86,6 +91,13 @@ impl Shared {
     /// Forgets chunk `task` (its call no longer waits for it).
     pub(crate) fn forget(&self, task: u64) -> Option<Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&task)
+    }
+
+    /// Wakes every call waiting for a chunk (after `terminate`).
+    pub(crate) fn wake_all(&self) {
+        for p in self.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = p.sink.send(Delivery::Wake);
+        }
     }
 
     /// Fails every chunk in flight with `reason`.

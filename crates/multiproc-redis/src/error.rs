@@ -110,6 +110,32 @@ pub enum RedisPoolError {
     /// The value was already taken by an earlier `get`.
     #[error("the result was already taken by an earlier get")]
     Taken,
+    /// The pool was closed ([`RedisPool::close`](crate::RedisPool::close))
+    /// or terminated: it takes no new calls.
+    #[error("the pool is closed and takes no new calls; connect a new pool")]
+    Closed,
+    /// The pool was terminated
+    /// ([`RedisPool::terminate`](crate::RedisPool::terminate)) before the
+    /// result arrived; the task may still run on a worker host.
+    #[error("the pool was terminated before the result arrived")]
+    Terminated,
+    /// [`RedisPool::join`](crate::RedisPool::join) before `close` or
+    /// `terminate`.
+    #[error("join() needs close() or terminate() first, or it would wait forever")]
+    NotClosed,
+    /// The input iterator of a `try_imap` failed at `index`; the tasks
+    /// before it ran.
+    #[error("the input iterator failed at item {index}: {message}")]
+    Input {
+        /// Position of the failed item.
+        index: usize,
+        /// The iterator's error, as text.
+        message: String,
+    },
+    /// [`RedisAsync::successful`](crate::RedisAsync::successful) before the
+    /// result arrived.
+    #[error("the result is not ready yet; wait() first")]
+    NotReady,
 }
 
 impl RedisPoolError {

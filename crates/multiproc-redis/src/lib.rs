@@ -33,6 +33,39 @@
 //! during a rolling upgrade, give each build a queue of its own
 //! (`.queue(name)` on both builders).
 //!
+//! ## Background calls and the pool's end
+//!
+//! `apply_async`, `map_async` and `starmap_async` give a [`RedisAsync`]
+//! with the calls of the local [`AsyncResult`](multiproc::AsyncResult):
+//! `ready`, `wait`, `wait_timeout`, `successful`, `get`, `get_timeout`,
+//! `callback`, `error_callback`, and `.await` (it is a [`Future`]);
+//! `imap` gives a [`RedisImap`] with `next_timeout`, and `try_imap` takes
+//! an input that can fail, as on the local pool.
+//! [`RedisPool::close`], [`RedisPool::terminate`] and [`RedisPool::join`]
+//! end a pool as on the local one, on the caller's side: the worker hosts
+//! serve any number of callers and stop only when told
+//! ([`Worker::stop`]), so `terminate` cannot kill a task a host already
+//! runs (its result is dropped), and a queued task cannot be cancelled on
+//! its own (there is no `cancel`).
+//!
+//! ```
+//! use std::time::Duration;
+//! use multiproc_redis::{RedisPool, RedisServer, Worker};
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! let server = RedisServer::start().unwrap();
+//! let worker = Worker::builder(&server.url()).processes(1).start().unwrap();
+//! let pool = RedisPool::builder(&server.url()).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let r = pool.apply_async(square, (4,)).callback(move |v| tx.send(*v).unwrap());
+//! pool.close();
+//! pool.join_timeout(Duration::from_secs(60)).unwrap(); // the callback ran
+//! assert_eq!(rx.try_recv().unwrap(), 16);
+//! assert!(r.successful().unwrap());
+//! worker.stop();
+//! ```
+//!
 //! ## Delivery
 //!
 //! Each chunk of tasks is one entry of a stream read by a consumer group;
@@ -85,10 +118,12 @@ mod endpoint;
 mod enqueue;
 mod error;
 mod inspect;
+mod life;
 mod pool;
 mod results;
 pub mod schema;
 mod server;
+mod slot;
 mod worker;
 
 pub use endpoint::{DEFAULT_PREFIX, DEFAULT_QUEUE};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc::{RemoteFn, Task};
 use serde::Serialize;
@@ -14,7 +14,8 @@ use crate::conn::Conn;
 use crate::dispatch::{Dispatcher, Options, Shared};
 use crate::endpoint::{Endpoint, endpoint_setters};
 use crate::error::{RedisPoolError, cannot_connect};
-use crate::results::{RedisAsync, RedisImap};
+use crate::life::Life;
+use crate::results::{InputFault, RedisAsync, RedisImap};
 
 /// The longest result time to live: its milliseconds fit an expiry.
 const MAX_RESULT_TTL: Duration = Duration::from_secs(u32::MAX as u64);
@@ -110,6 +111,7 @@ impl RedisPoolBuilder {
             pending: Mutex::default(),
             next_task: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            life: Life::default(),
         });
         let dispatcher = Dispatcher::start(shared.clone(), reader)
             .map_err(|e| RedisPoolError::no_thread("could not start the pool's result thread", e))?;
@@ -122,7 +124,10 @@ impl RedisPoolBuilder {
 /// The calls are those of [`multiproc::Pool`], for the same plain `fn`
 /// items and `serde` arguments; the workers must run this same build of
 /// the program (see [`crate::Worker`]). Every result arrives exactly once.
-/// Dropping the pool stops its result thread and deletes its result stream.
+/// Dropping the pool stops its result thread and deletes its result stream;
+/// the calls still waiting fail. To let the calls in flight finish first,
+/// call [`RedisPool::close`] then [`RedisPool::join`], as with the local
+/// pool; [`RedisPool::terminate`] ends them at once.
 pub struct RedisPool {
     shared: Arc<Shared>,
     _dispatcher: Dispatcher,
@@ -177,6 +182,59 @@ impl RedisPool {
     /// This pool's caller id (its results arrive on `P:results:<id>`).
     pub fn caller_id(&self) -> &str {
         &self.shared.caller
+    }
+
+    /// No new calls: later calls fail with [`RedisPoolError::Closed`]
+    /// (Python's `close()`). The calls begun before go on to their end;
+    /// an `imap` begun before goes on reading its input. The worker hosts
+    /// are not this pool's to stop: they go on serving other callers (stop
+    /// them with [`Worker::stop`](crate::Worker::stop)).
+    pub fn close(&self) {
+        self.shared.life.close();
+    }
+
+    /// Closes the pool and ends every call in flight now (Python's
+    /// `terminate()`): they fail with [`RedisPoolError::Terminated`], and
+    /// their tasks still queued in Redis are deleted. Unlike the local
+    /// pool, it cannot kill the worker processes: a task a worker host has
+    /// already taken runs to its end there, and its result is dropped.
+    pub fn terminate(&self) {
+        self.shared.life.terminate();
+        self.shared.wake_all();
+    }
+
+    /// Waits until every call begun before [`RedisPool::close`] (or
+    /// [`RedisPool::terminate`]) has ended, callbacks included. A call ends
+    /// when its results are all in or it failed; an `imap` ends when it is
+    /// read to its end or dropped, so join after reading or dropping it
+    /// (or use [`RedisPool::join_timeout`]). Unlike the local pool's, it
+    /// does not wait for worker processes: they belong to the hosts.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisPoolError::NotClosed`] before `close` or `terminate`.
+    pub fn join(&self) -> Result<(), RedisPoolError> {
+        self.join_until(None, Duration::MAX)
+    }
+
+    /// As [`RedisPool::join`], giving up after `timeout` (the calls go on).
+    ///
+    /// # Errors
+    ///
+    /// [`RedisPoolError::NotClosed`], or [`RedisPoolError::Timeout`] after
+    /// ≈`timeout`.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), RedisPoolError> {
+        self.join_until(Instant::now().checked_add(timeout), timeout)
+    }
+
+    fn join_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<(), RedisPoolError> {
+        if !self.shared.life.is_closed() {
+            return Err(RedisPoolError::NotClosed);
+        }
+        match self.shared.life.wait_idle(deadline) {
+            true => Ok(()),
+            false => Err(RedisPoolError::Timeout(timeout)),
+        }
     }
 
     fn call(&self) -> Call<'_> {
@@ -272,6 +330,22 @@ impl RedisPool {
             self.call().imap_unordered(f, items)
         }
     }
+    serde_call! {
+        /// As [`RedisPool::imap`] over an input that can fail: at its first
+        /// `Err`, the input is read no further; the results before it are
+        /// yielded, then [`RedisPoolError::Input`].
+        fn try_imap<'a, F, A, R, I, E>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.call().try_imap(f, items)
+        }
+    }
+    serde_call! {
+        /// As [`RedisPool::try_imap`], yielded in the order they finish.
+        fn try_imap_unordered<'a, F, A, R, I, E>(&'a self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.call().try_imap_unordered(f, items)
+        }
+    }
 }
 
 /// A call with options ([`RedisPool::with_chunksize`] and friends); it has
@@ -363,7 +437,7 @@ impl<'p> Call<'p> {
         /// As [`RedisPool::apply_async`].
         fn apply_async<F, A, R>(self, f: F, args: A) -> RedisAsync<R> where [F: Task<A, R>] {
             let engine = self.engine::<F, A, R>(f, 1, std::iter::once(encode_one(&args)));
-            RedisAsync::spawn(move || {
+            RedisAsync::spawn(engine.hold(), move || {
                 let mut it = RedisImap::<R>::new(engine, true);
                 it.next().unwrap_or_else(|| unreachable!("one item in, one result out"))
             })
@@ -387,7 +461,7 @@ impl<'p> Call<'p> {
         fn map_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
         where [F: Task<(A,), R>, I: IntoIterator<Item = A>] {
             let engine = self.whole::<F, (A,), R>(f, items.into_iter().map(|x| encode_one(&(x,))).collect());
-            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+            RedisAsync::spawn(engine.hold(), move || RedisImap::new(engine, true).collect())
         }
     }
 
@@ -409,7 +483,7 @@ impl<'p> Call<'p> {
         fn starmap_async<F, A, R, I>(self, f: F, items: I) -> RedisAsync<Vec<R>>
         where [F: Task<A, R>, I: IntoIterator<Item = A>] {
             let engine = self.whole::<F, A, R>(f, items.into_iter().map(|a| encode_one(&a)).collect());
-            RedisAsync::spawn(move || RedisImap::new(engine, true).collect())
+            RedisAsync::spawn(engine.hold(), move || RedisImap::new(engine, true).collect())
         }
     }
 
@@ -439,6 +513,38 @@ impl<'p> Call<'p> {
         where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
             self.lazy(f, items, false)
         }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::try_imap`].
+        fn try_imap<'a, F, A, R, I, E>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.try_lazy(f, items, true)
+        }
+    }
+
+    serde_call! {
+        /// As [`RedisPool::try_imap_unordered`].
+        fn try_imap_unordered<'a, F, A, R, I, E>(self, f: F, items: I) -> RedisImap<'a, R>
+        where [F: Task<(A,), R>, I: IntoIterator<Item = Result<A, E>>, I::IntoIter: Send + 'a, E: fmt::Display + 'a] {
+            self.try_lazy(f, items, false)
+        }
+    }
+
+    /// `imap` over an input that can fail: read up to its first error,
+    /// which the results yield last.
+    fn try_lazy<'a, F, A, R, I, E>(self, f: F, items: I, ordered: bool) -> RedisImap<'a, R>
+    where
+        F: Task<(A,), R>,
+        I: IntoIterator<Item = Result<A, E>>,
+        I::IntoIter: Send + 'a,
+        E: fmt::Display + 'a,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let fault = InputFault::default();
+        let items = fault.clone().cut(items.into_iter());
+        self.lazy(f, items, ordered).with_fault(fault)
     }
 
     /// `imap` in input order or not; the input read lazily, one item per

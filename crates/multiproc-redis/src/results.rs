@@ -4,14 +4,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use crate::call::Engine;
 use crate::error::{RedisPoolError, TaskFailure};
+use crate::life::CallGuard;
+use crate::slot::Slot;
 
 /// The results of an `imap` call, one `Result` per item: in input order
 /// ([`RedisPool::imap`](crate::RedisPool::imap)) or as they finish
@@ -21,7 +27,31 @@ pub struct RedisImap<'a, R> {
     ordered: bool,
     early: BTreeMap<usize, Result<Vec<u8>, RedisPoolError>>,
     next: usize,
+    /// Where a `try_imap` input's first error lands (yielded last).
+    fault: Option<InputFault>,
     _result: PhantomData<fn() -> R>,
+}
+
+/// The first error of a `try_imap` input: its index and message, set by
+/// the input adapter (which then ends the input).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InputFault(Arc<Mutex<Option<(usize, String)>>>);
+
+impl InputFault {
+    /// `items` up to their first error, which is kept here.
+    pub(crate) fn cut<A, E: fmt::Display, I: Iterator<Item = Result<A, E>>>(self, items: I) -> impl Iterator<Item = A> {
+        items
+            .enumerate()
+            .map_while(move |(index, item)| {
+                item.map_err(|e| *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((index, e.to_string()))).ok()
+            })
+            .fuse()
+    }
+
+    fn take(&self) -> Option<RedisPoolError> {
+        let (index, message) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some(RedisPoolError::Input { index, message })
+    }
 }
 
 impl<R> fmt::Debug for RedisImap<'_, R> {
@@ -32,7 +62,13 @@ impl<R> fmt::Debug for RedisImap<'_, R> {
 
 impl<'a, R: DeserializeOwned> RedisImap<'a, R> {
     pub(crate) fn new(engine: Engine<'a>, ordered: bool) -> Self {
-        RedisImap { engine, ordered, early: BTreeMap::new(), next: 0, _result: PhantomData }
+        RedisImap { engine, ordered, early: BTreeMap::new(), next: 0, fault: None, _result: PhantomData }
+    }
+
+    /// Yields `fault`'s error, if any, after the last result.
+    pub(crate) fn with_fault(mut self, fault: InputFault) -> Self {
+        self.fault = Some(fault);
+        self
     }
 
     fn decode(index: usize, r: Result<Vec<u8>, RedisPoolError>) -> Result<R, RedisPoolError> {
@@ -51,24 +87,70 @@ impl<R: DeserializeOwned> Iterator for RedisImap<'_, R> {
     type Item = Result<R, RedisPoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_until(None).unwrap_or_else(|| unreachable!("no deadline"))
+    }
+}
+
+impl<R: DeserializeOwned> RedisImap<'_, R> {
+    /// The next result, waiting at most `timeout` for it (Python's
+    /// `IMapIterator.next(timeout)`, the local
+    /// [`Imap::next_timeout`](multiproc::Imap::next_timeout)). On a timeout
+    /// it returns `Some(Err(RedisPoolError::Timeout))` and the iteration
+    /// goes on: the result comes with a later call. `None` at the end, as
+    /// [`Iterator::next`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc_redis::{RedisPool, RedisServer, Worker};
+    ///
+    /// fn slow(x: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(if x == 0 { 500 } else { 0 }));
+    ///     x
+    /// }
+    ///
+    /// let server = RedisServer::start().unwrap();
+    /// let worker = Worker::builder(&server.url()).processes(1).start().unwrap();
+    /// let pool = RedisPool::builder(&server.url()).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+    /// let mut results = pool.imap(slow, 0..2u64);
+    /// assert!(results.next_timeout(Duration::from_millis(10)).unwrap().unwrap_err().is_timeout());
+    /// assert_eq!(results.next_timeout(Duration::from_secs(60)).unwrap().unwrap(), 0);
+    /// assert_eq!(results.next_timeout(Duration::from_secs(60)).unwrap().unwrap(), 1);
+    /// assert!(results.next_timeout(Duration::from_secs(60)).is_none());
+    /// drop(results);
+    /// worker.stop();
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, RedisPoolError>> {
+        self.next_until(Instant::now().checked_add(timeout)).unwrap_or(Some(Err(RedisPoolError::Timeout(timeout))))
+    }
+
+    /// The next result, waiting no later than `until`: `None` when it
+    /// passed first.
+    fn next_until(&mut self, until: Option<Instant>) -> Option<Option<Result<R, RedisPoolError>>> {
+        let next = self.next_result_until(until)?;
+        Some(next.or_else(|| self.fault.as_ref().and_then(InputFault::take).map(Err)))
+    }
+
+    /// As `next_until`, without the input's error.
+    fn next_result_until(&mut self, until: Option<Instant>) -> Option<Option<Result<R, RedisPoolError>>> {
         if !self.ordered {
-            let (index, r) = self.engine.next_outcome()?;
-            return Some(Self::decode(index, r));
+            return Some(self.engine.next_outcome_until(until)?.map(|(index, r)| Self::decode(index, r)));
         }
         loop {
             if let Some(r) = self.early.remove(&self.next) {
                 self.next += 1;
-                return Some(Self::decode(self.next - 1, r));
+                return Some(Some(Self::decode(self.next - 1, r)));
             }
-            match self.engine.next_outcome() {
+            match self.engine.next_outcome_until(until)? {
                 Some((index, r)) => {
                     self.early.insert(index, r);
                 }
                 None => {
                     // Only after a failure of the whole call: the rest in order.
-                    let (index, r) = self.early.pop_first()?;
+                    let Some((index, r)) = self.early.pop_first() else { return Some(None) };
                     self.next = index + 1;
-                    return Some(Self::decode(index, r));
+                    return Some(Some(Self::decode(index, r)));
                 }
             }
         }
@@ -77,73 +159,158 @@ impl<R: DeserializeOwned> Iterator for RedisImap<'_, R> {
 
 /// A result that arrives in the background
 /// ([`RedisPool::apply_async`](crate::RedisPool::apply_async),
-/// [`RedisPool::map_async`](crate::RedisPool::map_async)).
+/// [`RedisPool::map_async`](crate::RedisPool::map_async)): the calls of
+/// [`multiproc::AsyncResult`], also a [`Future`].
+///
+/// Each background call runs on a thread of its own in the caller's
+/// process, which waits for the results from Redis. Exactly one of the
+/// callbacks runs per call: [`RedisAsync::callback`] with the value, or
+/// [`RedisAsync::error_callback`] with the error. They run on that call's
+/// thread (or at once, on the caller's thread, if the result is already
+/// there) before the result counts as ready. A callback attached after
+/// the outcome was taken out (by [`RedisAsync::get_timeout`] or by
+/// awaiting) does not run: there is nothing left to give it.
+///
+/// Unlike the local pool's, a task on its way to a worker host cannot be
+/// cancelled one by one (there is no `cancel`): a call whose wait timeout
+/// passes, or [`RedisPool::terminate`](crate::RedisPool::terminate),
+/// deletes the tasks still queued.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc_redis::{RedisPool, RedisServer, Worker};
+///
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+///
+/// let server = RedisServer::start().unwrap();
+/// let worker = Worker::builder(&server.url()).processes(1).start().unwrap();
+/// let pool = RedisPool::builder(&server.url()).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+/// let r = pool.apply_async(add, (2, 3));
+/// assert!(r.wait_timeout(Duration::from_secs(60)));
+/// assert!(r.ready());
+/// assert!(r.successful().unwrap());
+/// assert_eq!(r.get().unwrap(), 5);
+/// worker.stop();
+/// ```
 pub struct RedisAsync<T> {
-    rx: mpsc::Receiver<Result<T, RedisPoolError>>,
-    value: Option<Result<T, RedisPoolError>>,
-    taken: bool,
+    slot: Arc<Slot<T>>,
 }
 
 impl<T> fmt::Debug for RedisAsync<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisAsync").field("arrived", &self.value.is_some()).field("taken", &self.taken).finish()
+        f.debug_struct("RedisAsync").field("ready", &self.ready()).finish()
     }
 }
 
 impl<T: Send + 'static> RedisAsync<T> {
-    pub(crate) fn spawn(work: impl FnOnce() -> Result<T, RedisPoolError> + Send + 'static) -> RedisAsync<T> {
-        let (tx, rx) = mpsc::sync_channel(1);
+    /// Runs `work` on a call thread; `held` (the call's count for
+    /// `RedisPool::join`) is let go once the outcome is in, callbacks run.
+    pub(crate) fn spawn(
+        held: Option<CallGuard>,
+        work: impl FnOnce() -> Result<T, RedisPoolError> + Send + 'static,
+    ) -> RedisAsync<T> {
+        let slot = Arc::new(Slot::new());
+        let s = slot.clone();
         let started = std::thread::Builder::new().name("multiproc-redis call".into()).spawn(move || {
-            let _ = tx.send(work());
+            let outcome =
+                panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| Err(RedisPoolError::call_thread_died()));
+            s.complete(outcome);
+            drop(held);
         });
         let value = started.err().map(|e| Err(RedisPoolError::no_thread("could not start the call's thread", e)));
-        RedisAsync { rx, value, taken: false }
-    }
-
-    /// True once the result has arrived.
-    pub fn ready(&mut self) -> bool {
-        if self.value.is_none()
-            && let Ok(v) = self.rx.try_recv()
-        {
-            self.value = Some(v);
+        if let Some(v) = value {
+            slot.complete(v);
         }
-        self.value.is_some()
+        RedisAsync { slot }
+    }
+}
+
+impl<T> RedisAsync<T> {
+    /// True once the outcome is known (Python's `ready()`).
+    pub fn ready(&self) -> bool {
+        self.slot.lock().settled()
     }
 
-    /// Waits for the result.
+    /// Whether the call succeeded (Python's `successful()`).
     ///
     /// # Errors
     ///
-    /// As for the call that made it.
-    pub fn get(self) -> Result<T, RedisPoolError> {
-        if self.taken {
-            return Err(RedisPoolError::Taken);
+    /// [`RedisPoolError::NotReady`] before the outcome is known, or
+    /// [`RedisPoolError::Taken`] after `get_timeout` took it.
+    pub fn successful(&self) -> Result<bool, RedisPoolError> {
+        let st = self.slot.lock();
+        if !st.settled() {
+            return Err(RedisPoolError::NotReady);
         }
-        match self.value {
-            Some(v) => v,
-            None => self.rx.recv().unwrap_or_else(|_| Err(RedisPoolError::call_thread_died())),
-        }
+        st.outcome.as_ref().map(Result::is_ok).ok_or(RedisPoolError::Taken)
     }
 
-    /// Waits at most `timeout` for the result.
+    /// Waits until the outcome is known. Bounded by the call's wait
+    /// timeout ([`RedisPoolBuilder::wait_timeout`](crate::RedisPoolBuilder::wait_timeout)),
+    /// if it has one.
+    pub fn wait(&self) {
+        let _ = self.slot.wait_until(None);
+    }
+
+    /// Waits at most `timeout`; true when the outcome is known. The call
+    /// goes on either way.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.slot.wait_until(Instant::now().checked_add(timeout)).is_some()
+    }
+
+    /// Waits for the outcome and returns it.
+    ///
+    /// # Errors
+    ///
+    /// As for the call that made it, or [`RedisPoolError::Taken`] after an
+    /// earlier successful `get_timeout`.
+    pub fn get(self) -> Result<T, RedisPoolError> {
+        let Some(mut st) = self.slot.wait_until(None) else { unreachable!("no deadline") };
+        st.outcome.take().unwrap_or(Err(RedisPoolError::Taken))
+    }
+
+    /// Waits at most `timeout` for the outcome. On timeout the call goes on
+    /// and this result can be asked again; once the outcome is returned, it
+    /// is gone from here.
     ///
     /// # Errors
     ///
     /// [`RedisPoolError::Timeout`] (ask again later), [`RedisPoolError::Taken`]
     /// after an earlier successful wait, or as for the call.
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, RedisPoolError> {
-        if self.taken {
-            return Err(RedisPoolError::Taken);
+        match self.slot.wait_until(Instant::now().checked_add(timeout)) {
+            Some(mut st) => st.outcome.take().unwrap_or(Err(RedisPoolError::Taken)),
+            None => Err(RedisPoolError::Timeout(timeout)),
         }
-        let v = match self.value.take() {
-            Some(v) => v,
-            None => match self.rx.recv_timeout(timeout) {
-                Ok(v) => v,
-                Err(mpsc::RecvTimeoutError::Timeout) => return Err(RedisPoolError::Timeout(timeout)),
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(RedisPoolError::call_thread_died()),
-            },
-        };
-        self.taken = true;
-        v
+    }
+
+    /// Runs `callback` with the value if the call succeeds (Python's
+    /// `callback=`), on the call's thread.
+    pub fn callback(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
+        self.slot.attach(Some(Box::new(callback)), None);
+        self
+    }
+
+    /// Runs `callback` with the error if the call fails (Python's
+    /// `error_callback=`), on the call's thread.
+    pub fn error_callback(self, callback: impl FnOnce(&RedisPoolError) + Send + 'static) -> Self {
+        self.slot.attach(None, Some(Box::new(callback)));
+        self
+    }
+}
+
+impl<T> Future for RedisAsync<T> {
+    type Output = Result<T, RedisPoolError>;
+
+    /// Ready with the outcome; polling again after that gives
+    /// [`RedisPoolError::Taken`]. The call's thread wakes the task when the
+    /// outcome arrives (no polling loop).
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.slot.poll(cx.waker()) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
     }
 }
