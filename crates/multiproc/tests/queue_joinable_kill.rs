@@ -9,10 +9,10 @@
 
 mod queue_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use multiproc::{GetError, JoinableQueue, Process, Queue};
-use queue_support::{Child, LONG, SLACK};
+use queue_support::{Child, LONG, SLACK, jitter};
 use serde_bytes::ByteBuf;
 
 /// Puts items of `size` bytes for ever (until killed).
@@ -20,16 +20,6 @@ fn flood(q: JoinableQueue<ByteBuf>, size: usize) {
     loop {
         q.put(ByteBuf::from(vec![7u8; size])).unwrap();
     }
-}
-
-/// A few random microseconds, from the clock (no rand dependency).
-fn jitter(round: u32, max_micros: u64) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-    let mut x = nanos ^ (u64::from(round) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    Duration::from_micros(x % max_micros)
 }
 
 #[test]

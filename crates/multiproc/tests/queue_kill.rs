@@ -13,10 +13,10 @@ mod shm_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use multiproc::{GetError, Process, Queue};
-use queue_support::{Child, LONG, SLACK};
+use queue_support::{Child, LONG, SLACK, jitter};
 use serde_bytes::ByteBuf;
 use shm_support::own_dev_shm_handles;
 
@@ -71,16 +71,6 @@ fn put_some(q: Queue<ByteBuf>, size: usize, first: u64, n: u64) {
     for seq in first..first + n {
         q.put(make(seq, size)).unwrap();
     }
-}
-
-/// A few random microseconds, from the clock (no rand dependency).
-fn jitter(round: u32, max_micros: u64) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-    let mut x = nanos ^ (u64::from(round) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    Duration::from_micros(x % max_micros)
 }
 
 fn kill_producers_mid_put(q: Queue<ByteBuf>, size: usize) {

@@ -6,10 +6,10 @@
 
 mod queue_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use multiproc::{GetError, Process, Queue};
-use queue_support::{Child, LONG, SLACK};
+use queue_support::{Child, LONG, SLACK, jitter};
 
 /// Puts numbers for ever (until killed).
 fn flood(q: Queue<u64>) {
@@ -25,16 +25,6 @@ fn drain(q: Queue<u64>) {
     loop {
         let _ = q.get_timeout(LONG);
     }
-}
-
-/// A few random microseconds, from the clock (no rand dependency).
-fn jitter(round: u32, max_micros: u64) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-    let mut x = nanos ^ (u64::from(round) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    Duration::from_micros(x % max_micros)
 }
 
 #[test]

@@ -65,3 +65,14 @@ pub fn queue_blocks() -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// A few random microseconds (less than `max_micros`), from the clock and
+/// the round (no rand dependency): where a kill lands.
+pub fn jitter(round: u32, max_micros: u64) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let mut x = nanos ^ (u64::from(round) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    Duration::from_micros(x % max_micros)
+}
