@@ -5,13 +5,10 @@
 //! model whose configuration is bad is unavailable with its reason, as
 //! after loading. `start` itself still returns once the models are loaded.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod support;
 
-use multiproc_serve_http::app::HttpOptions;
-use multiproc_serve_http::serve::{ServeOptions, start};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// How long the slow model's load sleeps: long enough for a handful of
 /// requests on a loaded machine to be answered within it.
@@ -54,11 +51,6 @@ impl Drop for Repository {
     }
 }
 
-/// A free port on loopback (bound, then released for the server).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("find a free port")
-}
-
 /// Status and body of `method path` (with `body`, if any), whatever the
 /// status; `Err` (why) when no answer came (connection refused, time-out).
 fn call(base: &str, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
@@ -97,30 +89,8 @@ const INFER: &str = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[2],"dat
 #[test]
 fn the_server_answers_while_its_models_load_and_start_returns_once_they_are_loaded() {
     let repository = Repository::new();
-    let addr = free_addr();
-    let base = format!("http://{addr}");
-    let options = ServeOptions {
-        repository: repository.0.clone(),
-        http_addr: addr,
-        metrics_addr: None,
-        http: HttpOptions::default(),
-    };
-    let (started_tx, started) = mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (done_tx, done) = mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let running = start(options).await.expect("the server starts");
-            let _ = started_tx.send(Instant::now());
-            running
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        let _ = done_tx.send(());
-    });
+    let server = support::InProcess::start(repository.0.clone());
+    let base = server.base.clone();
 
     // Live answers at once, long before the slow model has loaded.
     let began = Instant::now();
@@ -132,7 +102,7 @@ fn the_server_answers_while_its_models_load_and_start_returns_once_they_are_load
         }
     };
     assert_eq!(live.0, 200, "{live:?}");
-    assert!(started.try_recv().is_err(), "live answered only once the models were loaded");
+    assert!(server.started.try_recv().is_err(), "live answered only once the models were loaded");
 
     let (status, body) = ask(&base, "GET", "/v2/health/ready", None);
     assert_eq!(status, 503, "ready while loading: {body}");
@@ -161,12 +131,12 @@ fn the_server_answers_while_its_models_load_and_start_returns_once_they_are_load
         assert!(body.contains("loading"), "{action} while loading does not say why: {body}");
     }
     assert!(
-        started.try_recv().is_err(),
+        server.started.try_recv().is_err(),
         "the load ended before the checks did: the machine is too slow for this test, raise LOAD_SECONDS"
     );
 
     // `start` returns once the models are loaded: ready at once then.
-    started.recv_timeout(PATIENCE).expect("start did not return");
+    server.started.recv_timeout(PATIENCE).expect("start did not return");
     let (status, body) = ask(&base, "GET", "/v2/health/ready", None);
     assert_eq!(status, 200, "ready once start returned: {body}");
     let (status, body) = ask(&base, "POST", "/v2/models/slow/infer", Some(INFER));
@@ -175,7 +145,5 @@ fn the_server_answers_while_its_models_load_and_start_returns_once_they_are_load
     let (status, body) = ask(&base, "GET", "/v2/models/slow/ready", None);
     assert_eq!(status, 200, "{body}");
 
-    stop.send(()).unwrap();
-    done.recv_timeout(PATIENCE).expect("the server did not stop");
-    server.join().unwrap();
+    server.stop(PATIENCE);
 }

@@ -10,17 +10,14 @@
 //! then `diff` = `a - b` (FP32), the order skl2onnx gives a classifier's
 //! label and probabilities.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use prost::Message;
 use serde_json::{Value, json};
 use tract_onnx::pb;
-
-use multiproc_serve_http::app::HttpOptions;
-use multiproc_serve_http::serve::{ServeOptions, start};
 
 /// How long anything may take at most (a request, the load, the stop).
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -153,11 +150,6 @@ impl Drop for Repository {
     }
 }
 
-/// A free port on loopback (bound, then released for the server).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("find a free port")
-}
-
 /// Status and JSON body of `method path` (with `body`, if any).
 fn ask(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
@@ -207,31 +199,9 @@ fn index_entry(base: &str, model: &str, version: Option<&str>) -> (String, Strin
 #[test]
 fn inputs_and_outputs_are_matched_by_name_and_checked_at_load() {
     let repository = Repository::new();
-    let addr = free_addr();
-    let base = format!("http://{addr}");
-    let options = ServeOptions {
-        repository: repository.0.clone(),
-        http_addr: addr,
-        metrics_addr: None,
-        http: HttpOptions::default(),
-    };
-    let (started_tx, started) = mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (done_tx, done) = mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let running = start(options).await.expect("the server starts");
-            let _ = started_tx.send(());
-            running
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        let _ = done_tx.send(());
-    });
-    started.recv_timeout(PATIENCE).expect("start did not return");
+    let server = support::InProcess::start(repository.0.clone());
+    let base = server.base.clone();
+    server.started.recv_timeout(PATIENCE).expect("start did not return");
 
     // Listed in another order than the graph's: each tensor by its name.
     let (status, answer) = ask(&base, "POST", "/v2/models/swapped/infer", Some(&a_and_b()));
@@ -318,7 +288,5 @@ fn inputs_and_outputs_are_matched_by_name_and_checked_at_load() {
         .count();
     assert!(right >= 7, "{right} of 8 digits right (the model's test accuracy is 97%): {answer}");
 
-    stop.send(()).unwrap();
-    done.recv_timeout(PATIENCE).expect("the server did not stop");
-    server.join().unwrap();
+    server.stop(PATIENCE);
 }
