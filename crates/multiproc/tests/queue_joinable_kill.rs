@@ -1,11 +1,10 @@
 //! A `JoinableQueue` whose producers or consumers are SIGKILLed: a producer
-//! killed in the middle of `put` leaves at most its one task unfinished (only
-//! a kill in the narrow window between counting the task and claiming the
-//! item's place leaves it; otherwise it is given back with its slot), and a
-//! consumer killed
-//! after `get` but before `task_done` leaves `join_timeout` returning on
-//! time with the task it owed counted as unfinished; one killed in the middle
-//! of a large `get` owes at most that one task.
+//! killed at any point of `put` leaves no task unfinished once the items it
+//! did put are done (its item is in the queue with its task, or neither is),
+//! and a consumer killed after `get` but before `task_done` leaves
+//! `join_timeout` returning on time with the task it owed counted as
+//! unfinished; one killed in the middle of a large `get` owes at most that
+//! one task.
 
 mod queue_support;
 
@@ -22,47 +21,87 @@ fn flood(q: JoinableQueue<ByteBuf>, size: usize) {
     }
 }
 
+/// A queue a producer floods, and how often it is killed.
+struct Case {
+    size: usize,
+    bounded: bool,
+    /// Slots per segment (`None`: the default).
+    segment_slots: Option<usize>,
+    rounds: u32,
+}
+
+impl Case {
+    fn queue(&self) -> JoinableQueue<ByteBuf> {
+        let mut b = Queue::<ByteBuf>::builder();
+        if self.bounded {
+            b = b.maxsize(4);
+        }
+        if let Some(slots) = self.segment_slots {
+            b = b.segment_slots(slots);
+        }
+        b.build_joinable().unwrap()
+    }
+}
+
+const CASES: [Case; 5] = [
+    // Large items: the kill mostly lands while the blob is written.
+    Case { size: 1 << 20, bounded: false, segment_slots: None, rounds: 6 },
+    // Arena items: a segment's arena fills every 16 items, then the put
+    // seals it and prepares the next one.
+    Case { size: 60 << 10, bounded: false, segment_slots: None, rounds: 10 },
+    Case { size: 60 << 10, bounded: true, segment_slots: None, rounds: 6 },
+    Case { size: 16, bounded: true, segment_slots: None, rounds: 6 },
+    // Two slots a segment: nearly every put seals a segment and prepares the
+    // next (the frame lock, retiring frames, mapping a new one), the longest
+    // stretch of a put between taking its permit and claiming its slot.
+    Case { size: 16, bounded: false, segment_slots: Some(2), rounds: 60 },
+];
+
 #[test]
 fn a_producer_killed_mid_put_leaves_join_nothing_to_wait_for() {
-    for (size, bounded) in [(1 << 20, false), (60 << 10, false), (60 << 10, true), (16, true)] {
-        for round in 0..6 {
-            let q = if bounded { JoinableQueue::bounded(4).unwrap() } else { JoinableQueue::new().unwrap() };
+    for case in &CASES {
+        let size = case.size;
+        for round in 0..case.rounds {
+            let what = format!("size {size}, bounded {}, slots {:?}, round {round}", case.bounded, case.segment_slots);
+            let q = case.queue();
             let mut producer = Child(Process::spawn(flood, (q.clone(), size)).unwrap());
-            // Take the first item, so the producer is well into its puts.
-            let first = q.get_timeout(LONG).unwrap();
-            assert_eq!(first.len(), size);
-            q.task_done().unwrap();
-            std::thread::sleep(jitter(round, 2000));
+            // Take items while the producer puts, and kill it at a random point
+            // of a put.
+            let until = Instant::now() + Duration::from_millis(1) + jitter(round, 3000);
+            loop {
+                let item = q.get_timeout(LONG).unwrap();
+                assert_eq!(item.len(), size, "{what}");
+                q.task_done().unwrap();
+                if Instant::now() >= until {
+                    break;
+                }
+            }
             producer.0.kill().unwrap();
             let _ = producer.0.join_timeout(LONG);
             loop {
                 match q.get_timeout(Duration::from_millis(100)) {
                     Ok(item) => {
-                        assert_eq!(item.len(), size);
+                        assert_eq!(item.len(), size, "{what}");
                         q.task_done().unwrap();
                     }
                     Err(GetError::Timeout) => break,
-                    Err(e) => panic!("{e}"),
+                    Err(e) => panic!("{what}: {e}"),
                 }
             }
-            // The kill may land in the put's window between counting the task
-            // and claiming the item's place (documented on `JoinableQueue`):
-            // that one task stays, never more.
+            // Wherever the kill landed, the killed put either queued its item
+            // (got and done above) or left no task.
             let left = q.unfinished_tasks();
-            let what = format!("size {size}, bounded {bounded}, round {round}");
-            assert!(left <= 1, "{what}: {left} tasks unfinished after one killed producer");
+            assert_eq!(left, 0, "{what}: {left} tasks unfinished after one killed producer");
+            let t = Instant::now();
+            assert!(q.join_timeout(SLACK).is_ok(), "{what}: {} tasks unfinished", q.unfinished_tasks());
+            assert!(t.elapsed() < SLACK);
             // Still usable; a claim the dead producer left half made is given
             // back by this put.
             q.put(ByteBuf::from(vec![1u8; size])).unwrap();
             assert_eq!(q.get_timeout(LONG).unwrap().len(), size);
             q.task_done().unwrap();
-            let after = q.unfinished_tasks();
-            assert!(after <= left, "{what}: {after} tasks unfinished after a put and its task_done ({left} before)");
-            if after == 0 {
-                let t = Instant::now();
-                assert!(q.join_timeout(SLACK).is_ok(), "{what}: {} tasks unfinished", q.unfinished_tasks());
-                assert!(t.elapsed() < SLACK);
-            }
+            assert_eq!(q.unfinished_tasks(), 0, "{what}: after a put and its task_done");
+            q.join_timeout(SLACK).unwrap();
         }
     }
 }

@@ -21,14 +21,18 @@ use crate::sys::Deadline;
 /// It dereferences to a [`Queue`] for `put`, `get` and the rest; a `Queue`
 /// handle made from it (by cloning through the deref) still counts tasks.
 ///
-/// A process killed while it holds a task leaves it unfinished, as in
-/// Python: a consumer killed after its `get` and before its `task_done`,
-/// or, in a narrow window, a producer killed inside `put` (between counting
-/// the task and claiming the item's place, which may map a new segment of
-/// the queue; the item is then never delivered). Each such kill leaves at
-/// most one task; [`join`](JoinableQueue::join) would wait for it for
-/// ever, so wait with [`join_timeout`](JoinableQueue::join_timeout) where
-/// processes may be killed.
+/// A producer killed anywhere inside `put` leaves either its item in the
+/// queue with its task, or neither: never a task without an item, so `join`
+/// does not wait for it. A consumer killed while it holds a task leaves it
+/// unfinished, as in Python: one killed after its `get` and before its
+/// `task_done`, or in the middle of a `get` once it has claimed the item
+/// (the item is then lost with it). Each such kill leaves at most one task;
+/// [`join`](JoinableQueue::join) would wait for it for ever, so wait with
+/// [`join_timeout`](JoinableQueue::join_timeout) where consumers may be
+/// killed.
+///
+/// As in Python, `task_done` may be called before the `get` of its item;
+/// it fails only when called more times than items were put.
 ///
 /// # Examples
 ///

@@ -21,7 +21,7 @@ use crate::sys::imp::sparse::PAGE;
 /// "mpqueue1", little-endian.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mpqueue1");
 /// Layout version; a mismatch is refused at attach.
-pub(super) const VERSION: u32 = 2;
+pub(super) const VERSION: u32 = 3;
 /// Bytes of the main header (one page).
 pub(super) const HEADER_LEN: usize = PAGE as usize;
 /// Bytes of a frame's header (one page: every field a claim is validated
@@ -179,10 +179,13 @@ pub(super) struct Header {
     pub not_full: Line<Sleepers>,
     /// Items holding a permit (bounded queues): put, not yet taken.
     pub count: Line<AtomicU64>,
-    /// Tasks put and not yet marked done (joinable queues).
-    pub unfinished: Line<AtomicU32>,
-    /// Threads sleeping in `join`; their `seq` is bumped each time
-    /// `unfinished` reaches zero, and is the futex word they sleep on.
+    /// Joinable queues: tasks of items taken (by `get`) and not yet marked
+    /// done, less the `task_done` calls made for items still queued (so it
+    /// may be negative, as an `i32`). The tasks of queued items are their
+    /// positions in the segments: unfinished tasks = this + queued positions.
+    pub taken_tasks: Line<AtomicU32>,
+    /// Threads sleeping in `join`; their `seq` is bumped each time the
+    /// unfinished tasks reach zero, and is the futex word they sleep on.
     pub joiners: Line<Sleepers>,
     /// Next free blob offset, relative to `BLOB_BASE`.
     pub blob_tail: Line<AtomicU64>,

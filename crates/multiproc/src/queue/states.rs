@@ -2,10 +2,10 @@
 //! ring the slot is on, what state it is in, and who owns it right now.
 //!
 //! ```text
-//!  63                         26 25              4   3    2..0
-//! +-----------------------------+-----------------+-------+-------+
-//! | lap (38 bits, wrapping)     | tid (22 bits)   | owed  | state |
-//! +-----------------------------+-----------------+-------+-------+
+//!  63                        27 26              5   4      3    2..0
+//! +----------------------------+----------------+------+------+-------+
+//! | lap (37 bits, wrapping)    | tid (22 bits)  | task | owed | state |
+//! +----------------------------+----------------+------+------+-------+
 //! ```
 //!
 //! A slot of a fresh (all-zero) segment reads as `FREE` on lap 0, so a segment
@@ -28,10 +28,11 @@ pub(super) const TAKING: u64 = 4;
 
 const STATE_BITS: u32 = 3;
 const OWED_SHIFT: u32 = 3;
-const TID_SHIFT: u32 = 4;
+const TASK_SHIFT: u32 = 4;
+const TID_SHIFT: u32 = 5;
 const TID_BITS: u32 = 22;
 const LAP_SHIFT: u32 = TID_SHIFT + TID_BITS;
-/// Laps wrap at this many bits; they are compared modulo 2^38.
+/// Laps wrap at this many bits; they are compared modulo 2^37.
 const LAP_BITS: u32 = 64 - LAP_SHIFT;
 const LAP_MASK: u64 = (1 << LAP_BITS) - 1;
 
@@ -41,7 +42,7 @@ pub(super) const MAX_TID: u32 = (1 << TID_BITS) - 1;
 /// A decoded stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stamp {
-    /// Ring lap, modulo 2^38.
+    /// Ring lap, modulo 2^37.
     pub lap: u64,
     /// One of the state constants above.
     pub state: u64,
@@ -49,6 +50,10 @@ pub(super) struct Stamp {
     /// accounting (a bounded-queue permit, a joinable-queue task) that the
     /// consumer who frees the slot gives back.
     pub owed: bool,
+    /// For `TAKING` (joinable queues): the consumer took an item and has
+    /// counted its task among the taken ones (`Header::taken_tasks`), so
+    /// whoever frees the slot for a dead consumer marks that task done.
+    pub task: bool,
     /// Thread id of the owner while `WRITING` or `TAKING`, else 0.
     pub tid: u32,
 }
@@ -56,18 +61,19 @@ pub(super) struct Stamp {
 impl Stamp {
     /// A stamp with no owner.
     pub(super) fn new(lap: u64, state: u64) -> Stamp {
-        Stamp { lap: lap & LAP_MASK, state, owed: false, tid: 0 }
+        Stamp { lap: lap & LAP_MASK, state, owed: false, task: false, tid: 0 }
     }
 
     /// A stamp owned by thread `tid`.
     pub(super) fn owned(lap: u64, state: u64, tid: u32, owed: bool) -> Stamp {
-        Stamp { lap: lap & LAP_MASK, state, owed, tid: tid & MAX_TID }
+        Stamp { lap: lap & LAP_MASK, state, owed, task: false, tid: tid & MAX_TID }
     }
 
     /// The packed word.
     pub(super) fn pack(self) -> u64 {
         (self.lap & LAP_MASK) << LAP_SHIFT
             | u64::from(self.tid & MAX_TID) << TID_SHIFT
+            | u64::from(self.task) << TASK_SHIFT
             | u64::from(self.owed) << OWED_SHIFT
             | (self.state & ((1 << STATE_BITS) - 1))
     }
@@ -78,11 +84,12 @@ impl Stamp {
             lap: (word >> LAP_SHIFT) & LAP_MASK,
             state: word & ((1 << STATE_BITS) - 1),
             owed: (word >> OWED_SHIFT) & 1 == 1,
+            task: (word >> TASK_SHIFT) & 1 == 1,
             tid: ((word >> TID_SHIFT) & u64::from(MAX_TID)) as u32,
         }
     }
 
-    /// Where this stamp's lap stands relative to `lap` (both modulo 2^38).
+    /// Where this stamp's lap stands relative to `lap` (both modulo 2^37).
     pub(super) fn lap_vs(self, lap: u64) -> LapOrder {
         let diff = self.lap.wrapping_sub(lap & LAP_MASK) & LAP_MASK;
         if diff == 0 {
@@ -122,6 +129,7 @@ mod test {
             Stamp::owned(123_456, WRITING, MAX_TID, false),
             Stamp::owned(LAP_MASK, TAKING, 77, true),
             Stamp::owned(5, SKIP, 0, true),
+            Stamp { task: true, ..Stamp::owned(9, TAKING, 12, true) },
         ] {
             assert_eq!(Stamp::unpack(s.pack()), s);
         }

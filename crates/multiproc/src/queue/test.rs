@@ -280,12 +280,10 @@ fn forge_dead_producer(q: &Queue<u64>, include: bool) {
     let word = slot.stamp.load(SeqCst);
     let dead = Stamp::owned(f.lap(t), WRITING, dead_tid(), true).pack();
     slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
-    // The dead producer held a permit and a task.
+    // The dead producer held a permit; its task (joinable queues) is counted
+    // by the position, once included.
     if ring.bounded() {
         ring.header().count.0.fetch_add(1, SeqCst);
-    }
-    if ring.joinable() {
-        ring.header().unfinished.0.fetch_add(1, SeqCst);
     }
     if include {
         f.header().tail.0.fetch_add(1, SeqCst);
@@ -376,6 +374,41 @@ fn producer_withdraws_a_dead_unincluded_claim() {
     assert_eq!(q.get_nowait().unwrap(), 5);
 }
 
+/// A producer killed at any step of `put` leaves its task counted only with
+/// its item's position: before the tail move (a bare claim) no task at all,
+/// after it one that goes when consumers skip the position.
+#[test]
+fn a_dead_producers_task_goes_with_its_position() {
+    let q = JoinableQueue::<u64>::bounded(4).unwrap();
+    forge_dead_producer(&q, false);
+    assert_eq!(q.unfinished_tasks(), 0);
+    q.join_timeout(Duration::from_secs(5)).unwrap();
+    q.put_timeout(5, LONG).unwrap(); // withdraws the dead claim
+    forge_dead_producer(&q, true);
+    assert_eq!(q.unfinished_tasks(), 2);
+    assert_eq!(q.get_timeout(LONG).unwrap(), 5);
+    q.task_done().unwrap();
+    assert!(q.get_timeout(Duration::from_millis(50)).unwrap_err().is_timeout());
+    assert_eq!(q.unfinished_tasks(), 0, "the skipped position took its task");
+    q.join_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(q.qsize(), 0, "and the permit came back");
+}
+
+/// As in Python, `task_done` may come before the `get` of its item, but
+/// never once more than items were put.
+#[test]
+fn task_done_may_precede_the_get() {
+    let q = JoinableQueue::<u64>::new().unwrap();
+    q.put(1).unwrap();
+    q.task_done().unwrap();
+    assert_eq!(q.unfinished_tasks(), 0);
+    assert!(q.task_done().is_err());
+    q.join_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(q.get_nowait().unwrap(), 1);
+    assert_eq!(q.unfinished_tasks(), 0);
+    assert!(q.task_done().is_err());
+}
+
 #[test]
 fn consumer_completes_a_dead_consumers_claim() {
     let q = Queue::<u64>::bounded(4).unwrap();
@@ -397,8 +430,14 @@ fn forge_dead_taker<T>(q: &Queue<T>, moved_head: bool) {
     let slot = f.slot(h);
     let word = slot.stamp.load(SeqCst);
     assert_eq!(Stamp::unpack(word).state, READY);
-    let dead = Stamp::owned(f.lap(h), TAKING, dead_tid(), true).pack();
+    // As `take_once` does: the claim, then (joinable queues) the item's task
+    // counted among the taken ones, then the head move.
+    let task = ring.joinable();
+    let dead = Stamp { task, ..Stamp::owned(f.lap(h), TAKING, dead_tid(), true) }.pack();
     slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
+    if task {
+        ring.count_taken_task(1);
+    }
     if moved_head {
         f.header().head.0.fetch_add(1, SeqCst);
     }

@@ -227,9 +227,11 @@ impl Ring {
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
-        // A large item is written first, before the permit and the task are
-        // taken: a producer killed while writing it then holds nothing that
-        // others wait for (only the blob's pages, freed with the queue).
+        // A large item is written first, before the permit is taken: a
+        // producer killed while writing it then holds nothing that others
+        // wait for (only the blob's pages, freed with the queue). Its task
+        // (joinable queues) is counted by `push` in the step that includes
+        // the item in the queue, so no kill leaves a task without its item.
         let payload = match Payload::for_bytes(bytes) {
             Some(payload) => payload,
             None => self.write_blob(bytes).map_err(PutFail::Io)?,
@@ -247,15 +249,10 @@ impl Ring {
             discard();
             return Err(e);
         }
-        if self.joinable() && !self.add_task() {
-            self.release_permit();
-            discard();
-            return Err(PutFail::Io(io::Error::other("more than 4 billion unfinished tasks")));
-        }
         // A shutdown while the blob was written ends this put too: after an
         // immediate one, nobody could take the item (or finish its task).
         if self.is_closed() {
-            self.give_back(true);
+            self.release_permit();
             discard();
             return Err(PutFail::Closed);
         }
@@ -265,7 +262,7 @@ impl Ring {
                 Ok(Pushed::Done) => break,
                 Ok(Pushed::Lost) => self.retake(),
                 Err(e) => {
-                    self.give_back(true);
+                    self.release_permit();
                     discard();
                     return Err(PutFail::Io(e));
                 }
@@ -442,63 +439,66 @@ impl Ring {
         }
     }
 
-    /// Gives back what an item that will never be delivered held: its permit
-    /// and its task.
-    pub(super) fn give_back(&self, owed: bool) {
-        if owed {
-            self.release_permit();
-            if self.joinable() {
-                let _ = self.task_done();
-            }
-        }
-    }
-
-    /// Takes a permit and a task again for an item that is put once more
-    /// (see [`Pushed::Lost`]).
+    /// Takes a permit again for an item that is put once more (see
+    /// [`Pushed::Lost`]; its task is counted again when it is included).
     fn retake(&self) {
-        let hdr = self.header();
         if self.bounded() {
             // ORDERING: Relaxed: a counter; the put that follows publishes the item.
-            hdr.count.0.fetch_add(1, Relaxed);
-        }
-        if self.joinable() {
-            // ORDERING: Relaxed: as above.
-            hdr.unfinished.0.fetch_add(1, Relaxed);
+            self.header().count.0.fetch_add(1, Relaxed);
         }
     }
 
-    fn add_task(&self) -> bool {
-        // ORDERING: SeqCst: the unfinished count is the join handshake's state.
-        self.header().unfinished.0.fetch_update(SeqCst, SeqCst, |u| u.checked_add(1)).is_ok()
+    /// Adds `delta` to the tasks of taken items (`Header::taken_tasks`, an
+    /// `i32`): +1 by a consumer that claimed an item, before it moves the head
+    /// past it; -1 when that claim is withdrawn.
+    pub(super) fn count_taken_task(&self, delta: i32) {
+        // ORDERING: AcqRel: the consumer's head move that follows (Release)
+        // publishes it to whoever sees the head moved (`Ring::positions`); a
+        // rise of the count never completes a join, so it wakes nobody.
+        self.header().taken_tasks.0.fetch_add(delta as u32, AcqRel);
     }
 
     /// Marks one task done; false if none was unfinished.
     pub(super) fn task_done(&self) -> bool {
         let hdr = self.header();
-        // ORDERING: SeqCst: the waker half of the join handshake.
-        match hdr.unfinished.0.fetch_update(SeqCst, SeqCst, |u| u.checked_sub(1)) {
-            Ok(1) => {
-                // The count reached zero: a new epoch for the joiners, always
-                // (one that has read the old epoch and not yet registered
-                // returns when it sees the new one, even if a put raised
-                // the count again meanwhile, as Python's `join` does).
-                let joiners = &hdr.joiners.0;
-                // ORDERING: SeqCst: the waker half of the join handshake.
-                joiners.seq.fetch_add(1, SeqCst);
-                if joiners.occupied.load(SeqCst) != 0 && futex::wake_all(&joiners.seq) == 0 {
-                    futile(hdr, joiners);
-                }
-                true
+        let taken = &hdr.taken_tasks.0;
+        // ORDERING: SeqCst (load and CAS): the waker half of the join handshake.
+        let mut was = taken.load(SeqCst) as i32;
+        loop {
+            // The task of a taken item, or else of one still queued (Python
+            // lets `task_done` come before the `get`); none: too many calls.
+            if was <= 0 && i64::from(was) + self.positions() as i64 <= 0 {
+                return false;
             }
-            Ok(_) => true,
-            Err(_) => false,
+            match taken.compare_exchange_weak(was as u32, was.wrapping_sub(1) as u32, SeqCst, SeqCst) {
+                Ok(_) => break,
+                Err(now) => was = now as i32,
+            }
         }
+        if was <= 1 && self.unfinished() == 0 {
+            // The count reached zero: a new epoch for the joiners, always
+            // (one that has read the old epoch and not yet registered
+            // returns when it sees the new one, even if a put raised
+            // the count again meanwhile, as Python's `join` does).
+            let joiners = &hdr.joiners.0;
+            // ORDERING: SeqCst: the waker half of the join handshake.
+            joiners.seq.fetch_add(1, SeqCst);
+            if joiners.occupied.load(SeqCst) != 0 && futex::wake_all(&joiners.seq) == 0 {
+                futile(hdr, joiners);
+            }
+        }
+        true
     }
 
-    /// Unfinished tasks.
+    /// Unfinished tasks: those of the items queued (their positions, see
+    /// [`Ring::positions`]; read first, so that an item a consumer takes
+    /// meanwhile is found in the taken count) and of the items taken and not
+    /// yet marked done.
     pub(super) fn unfinished(&self) -> u32 {
-        // ORDERING: Acquire: a snapshot.
-        self.header().unfinished.0.load(Acquire)
+        let queued = self.positions();
+        // ORDERING: SeqCst: part of the join handshake's condition.
+        let taken = self.header().taken_tasks.0.load(SeqCst) as i32;
+        (i64::from(taken) + queued as i64).clamp(0, i64::from(u32::MAX)) as u32
     }
 
     /// Waits until every task is done, or the count reached zero once since
@@ -510,7 +510,7 @@ impl Ring {
         // epoch (bumped by each task_done that reaches zero) is read before
         // the count, and is the futex word.
         let epoch = joiners.seq.load(SeqCst);
-        let done = || hdr.unfinished.0.load(SeqCst) == 0 || joiners.seq.load(SeqCst) != epoch;
+        let done = || self.unfinished() == 0 || joiners.seq.load(SeqCst) != epoch;
         loop {
             if done() {
                 return true;
@@ -524,6 +524,9 @@ impl Ring {
             if expired {
                 return false;
             }
+            // Sleep in slices: the count may also reach zero without a
+            // task_done (a consumer moving past the position of an item
+            // whose producer died writing it), which wakes nobody.
             let until = deadline.at_most(RECLAIM_EVERY);
             sleep_on(joiners, &joiners.seq, until, done);
         }

@@ -40,16 +40,30 @@ impl Ring {
                 (LapOrder::Same, READY | SKIP) => {
                     let ready = s.state == READY;
                     let owed = ready || s.owed;
-                    let mine = Stamp::owned(lap, TAKING, me, owed).pack();
+                    // A joinable queue's item carries its task in its position
+                    // until the head moves past it; from then on the task is
+                    // among the taken ones. It is counted there first, so the
+                    // unfinished count never dips in between (a consumer killed
+                    // in the two steps after its claim may leave it counted).
+                    let task = ready && self.joinable();
+                    let mine = Stamp { task, ..Stamp::owned(lap, TAKING, me, owed) }.pack();
                     // ORDERING: AcqRel: Acquire re-reads the committed item; Release
                     // publishes our claim.
                     if slot.stamp.compare_exchange(word, mine, AcqRel, Relaxed).is_err() {
                         continue;
                     }
+                    if task {
+                        self.count_taken_task(1);
+                    }
                     // ORDERING: Acquire / AcqRel: validate the frame, then move the
-                    // head (only the owner of the head slot moves it).
+                    // head (only the owner of the head slot moves it). The head
+                    // move's Release publishes the task count above to anyone who
+                    // sees the head moved (see `Ring::positions`).
                     if fh.seg.0.load(Acquire) != n + 1 || fh.head.0.compare_exchange(h, h + 1, AcqRel, Relaxed).is_err()
                     {
+                        if task {
+                            self.count_taken_task(-1);
+                        }
                         Self::withdraw(slot, mine, word);
                         continue;
                     }
@@ -59,10 +73,8 @@ impl Ring {
                     // load below (a retirement scan either sees this release or is
                     // retried by us).
                     slot.stamp.store(Stamp::new(lap + 1, FREE).pack(), SeqCst);
-                    if ready {
+                    if owed {
                         self.release_permit();
-                    } else if owed {
-                        self.give_back(true);
                     }
                     // ORDERING: SeqCst: see the release above.
                     if hdr.seg_head.0.load(SeqCst) != n {
@@ -167,14 +179,21 @@ impl Ring {
     }
 
     /// Frees a slot whose owner died holding it (its stamp read as `word`)
-    /// by stamping it `free`, and gives back the permit and task its claim
-    /// held; true if this thread did it (another may have first).
+    /// by stamping it `free`, and gives back what its claim held (the permit
+    /// if `owed`, the taken task if `task`); true if this thread did it
+    /// (another may have first).
     pub(in crate::queue) fn free_dead_claim(&self, slot: &Slot, word: u64, free: u64) -> bool {
         // ORDERING: AcqRel: only one thread frees the slot and gives back what
         // the dead owner held; Release hands the slot to the next lap's producer.
         let won = slot.stamp.compare_exchange(word, free, AcqRel, Relaxed).is_ok();
         if won {
-            self.give_back(Stamp::unpack(word).owed);
+            let s = Stamp::unpack(word);
+            if s.owed {
+                self.release_permit();
+            }
+            if s.task {
+                let _ = self.task_done();
+            }
         }
         won
     }
@@ -215,9 +234,23 @@ impl Ring {
                 Ok(slot.stamp.compare_exchange(blocked.word, skip, AcqRel, Relaxed).is_ok())
             }
             TAKING => {
+                // It died before moving the head, maybe before counting its
+                // task among the taken ones: that task stays counted if it
+                // was (at most one, as for a consumer killed after its get).
+                // The claim forgets it first, so that nobody gives it back
+                // once the head has moved past the slot.
+                let mut word = blocked.word;
+                if s.task {
+                    let kept = Stamp { task: false, ..s }.pack();
+                    // ORDERING: AcqRel: as below, the CAS decides who resolves it.
+                    if slot.stamp.compare_exchange(word, kept, AcqRel, Relaxed).is_err() {
+                        return Ok(false);
+                    }
+                    word = kept;
+                }
                 // ORDERING: AcqRel: the head moves past the dead claim once.
                 let _ = fh.head.0.compare_exchange(blocked.pos, blocked.pos + 1, AcqRel, Relaxed);
-                Ok(self.free_dead_claim(slot, blocked.word, Stamp::new(s.lap + 1, FREE).pack()))
+                Ok(self.free_dead_claim(slot, word, Stamp::new(s.lap + 1, FREE).pack()))
             }
             _ => Ok(false),
         }

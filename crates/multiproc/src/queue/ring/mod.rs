@@ -123,7 +123,8 @@ pub(super) enum Pushed {
     /// The item is in the queue.
     Done,
     /// A consumer took this producer for dead and skipped its slot, giving
-    /// back its permit and task: the caller takes them again and retries.
+    /// back its permit (and its task went with the skipped position): the
+    /// caller takes the permit again and retries.
     Lost,
 }
 
@@ -383,8 +384,23 @@ impl Ring {
             // ORDERING: Relaxed: a snapshot.
             return hdr.count.0.load(Relaxed);
         }
-        // ORDERING: Acquire: a snapshot of the segments, each re-validated.
-        let (first, last) = (hdr.seg_head.0.load(Acquire), hdr.seg_tail.0.load(Acquire));
+        self.positions()
+    }
+
+    /// Positions between head and tail over the live segments: items queued
+    /// (including ones being written, or whose producer died writing them,
+    /// until consumers skip them). Never less than the positions queued when
+    /// the call began that no consumer has taken since: `seg_head` and each
+    /// segment's head are read before the tails (which only grow), and a
+    /// consumer counts a taken item's task before it moves the head past it,
+    /// so `taken_tasks` read after this covers the items it missed (the
+    /// unfinished-task count relies on it, see `waits.rs`).
+    pub(super) fn positions(&self) -> u64 {
+        let hdr = self.header();
+        // ORDERING: Acquire: a snapshot of the segments, each re-validated;
+        // pairs with the consumers' AcqRel head moves (see above).
+        let first = hdr.seg_head.0.load(Acquire);
+        let last = hdr.seg_tail.0.load(Acquire);
         let mut total = 0u64;
         for seg in first..=last.max(first).min(first + self.geometry.frames) {
             let Ok(f) = self.frame(seg) else { continue };
@@ -392,8 +408,9 @@ impl Ring {
             if fh.seg.0.load(Acquire) != seg + 1 {
                 continue;
             }
+            let head = fh.head.0.load(Acquire);
             let tail = fh.tail.0.load(Acquire) & !SEALED;
-            total += tail.saturating_sub(fh.head.0.load(Acquire));
+            total += tail.saturating_sub(head);
         }
         total
     }

@@ -11,7 +11,10 @@ use crate::queue::waits::Backoff;
 
 impl Ring {
     /// Puts one item into the tail segment. The caller holds the item's permit
-    /// and task (when the queue counts them).
+    /// (bounded queues). In a joinable queue, the move of the tail that
+    /// includes the item's position is what counts its task: a producer
+    /// killed before it leaves no task, one killed after it leaves a position
+    /// that consumers skip, and the task goes with the position.
     pub(in crate::queue) fn push(&self, payload: Payload<'_>, me: u32) -> io::Result<Pushed> {
         let hdr = self.header();
         let mut backoff = Backoff::new();
@@ -65,10 +68,11 @@ impl Ring {
                         && fh.tail.0.load(Acquire) & !SEALED == t
                     {
                         // It died between its claim and its tail move: withdraw
-                        // the claim and give back what it held.
+                        // the claim and give back the permit it held (its task
+                        // was never counted: a task is counted by the tail move).
                         // ORDERING: AcqRel: only one thread may withdraw it.
                         if slot.stamp.compare_exchange(word, Stamp::new(lap, FREE).pack(), AcqRel, Relaxed).is_ok() {
-                            self.give_back(true);
+                            self.release_permit();
                         }
                     }
                     backoff.wait();
@@ -110,7 +114,7 @@ impl Ring {
                 Payload::Inline(_) | Payload::Blob { .. } => 0,
             };
             // Include the claim in the segment: only we (or a sealer) can move the
-            // tail from `t`.
+            // tail from `t`. This also counts the item's task (joinable queues).
             // ORDERING: AcqRel: pairs with consumers' Acquire loads of the tail.
             if fh.tail.0.compare_exchange(t, t + 1, AcqRel, Relaxed).is_err() {
                 Self::withdraw(slot, mine, word); // sealed at `t` meanwhile
