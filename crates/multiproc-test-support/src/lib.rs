@@ -9,6 +9,10 @@
 //! [`NoRoomForThreads`] makes thread starts fail (EAGAIN) until dropped, to
 //! test what the code does when the host is out of threads.
 //!
+//! [`model_calls`] counts the model calls that ran a set of requests, from
+//! the rows each request learned its call had, to check the metrics exactly
+//! under dynamic batching.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use multiproc_test_support::{in_fresh_copy, run_in_fresh_copy, NoRoomForThreads};
@@ -116,4 +120,33 @@ pub fn run_in_fresh_copy(test: &str, marker: &str, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "the test's copy failed: {status}");
+}
+
+/// How many model calls ran a set of requests, from what each request
+/// learned: `(its rows, the rows of the call it ran in)`. A call of `c`
+/// rows answers requests whose rows add up to `c`, so the calls of `c`
+/// rows are the rows answered `c`, divided by `c`.
+///
+/// ```
+/// // A call of 8 (3 + 5), a call of 6 (3 + 3), a call of 5 alone.
+/// let answers = [(3, 8), (5, 8), (3, 6), (3, 6), (5, 5)];
+/// assert_eq!(multiproc_test_support::model_calls(&answers), 3);
+/// ```
+///
+/// # Panics
+///
+/// If the rows answered some call size are not a multiple of it: the
+/// answers cannot come from whole calls.
+pub fn model_calls(answers: &[(u64, u64)]) -> u64 {
+    let mut rows_by_call = std::collections::BTreeMap::<u64, u64>::new();
+    for &(rows, call) in answers {
+        *rows_by_call.entry(call).or_default() += rows;
+    }
+    rows_by_call
+        .into_iter()
+        .map(|(call, rows)| {
+            assert!(call > 0 && rows % call == 0, "{rows} rows answered calls of {call} rows: {answers:?}");
+            rows / call
+        })
+        .sum()
 }
