@@ -106,6 +106,8 @@ fn max_batch_size_caps_the_rows_of_one_model_call_not_the_requests() {
     let batches: u64 = m.batch_sizes.iter().map(|(_, n)| n).sum();
     let batch_rows: u64 = m.batch_sizes.iter().map(|(rows, n)| *rows as u64 * n).sum();
     assert_eq!((batches, batch_rows), (executions, m.inference_count), "{m:?}");
+    let failures: Vec<_> = m.request_failure.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(failures, [("bad_input", 1)], "{m:?}");
     server.shutdown();
 }
 
