@@ -394,7 +394,7 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     )?;
     let [sa, sb, sf] = <[Stats; 3]>::try_from(stats).expect("three subjects");
     let batch = mean_batch_size(ours.server.addr, "digits")?;
-    eprintln!("  digits batched: {batch:.1} requests per model call on average");
+    eprintln!("  digits batched: {batch:.1} rows per model call on average");
     let latency = json!({"batched": a.latency_json(), "max_batch_size_1": b.latency_json()});
     let cpu = json!({"batched": a.cpu_json(), "max_batch_size_1": b.cpu_json(), "floor": f.cpu_json()});
     eprintln!("  CPU µs per request (client, server, model workers) and CPUs busy, medians: {cpu}");
@@ -412,8 +412,10 @@ fn http_batching(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
     ])
 }
 
-/// Requests per model call of `model` over the server's life so far, from
-/// its `/metrics` (`nv_inference_count` ÷ `nv_inference_exec_count`).
+/// Rows per model call of `model` over the server's life so far, from its
+/// `/metrics` (`nv_inference_count`, rows, ÷ `nv_inference_exec_count`,
+/// model calls). The driver's requests carry one row each, so this is
+/// also requests per model call.
 fn mean_batch_size(addr: SocketAddr, model: &str) -> Result<f64, BenchError> {
     let text = runtime()?.block_on(async {
         let mut c = Conn::open(addr).await?;

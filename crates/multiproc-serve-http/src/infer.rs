@@ -194,7 +194,6 @@ where
     }
     let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(request);
     let reply = app.lone.wait(answer).await?;
-    app.http_counters.rows(name, reply.version, rows as u64);
     let encoded =
         encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0))?;

@@ -21,15 +21,11 @@ use prometheus_client::registry::Registry;
 
 /// What the HTTP layer counts itself: failures before a request reached a
 /// model (a body that is not the protocol, an unknown output…), by model,
-/// version and reason; and the rows (batch-dimension entries) of successful
-/// requests, which Triton's `nv_inference_count` counts (the core counts
-/// requests, and one request may carry several rows).
+/// version and reason. (Rows, executions and the requests that reached a
+/// model are counted by multiproc-serve, as Triton counts them.)
 #[derive(Debug, Default)]
 pub struct HttpCounters {
     failures: Mutex<BTreeMap<(String, String, String), u64>>,
-    /// Rows by model, then version (looked up by `&str`: no allocation
-    /// per request once a model has been counted).
-    rows: Mutex<BTreeMap<String, BTreeMap<u64, u64>>>,
 }
 
 impl HttpCounters {
@@ -38,29 +34,11 @@ impl HttpCounters {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry((model.to_string(), version.to_string(), reason.to_string())).or_default() += 1;
     }
-
-    /// Counts the rows of a successful request.
-    pub fn rows(&self, model: &str, version: u64, rows: u64) {
-        let mut map = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        let versions = match map.get_mut(model) {
-            Some(v) => v,
-            None => map.entry(model.to_string()).or_default(),
-        };
-        *versions.entry(version).or_default() += rows;
-    }
 }
 
 /// Renders the metrics as Prometheus/OpenMetrics text.
 pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters) -> String {
-    let mut versions = snapshot.versions;
-    {
-        let rows = http.rows.lock().unwrap_or_else(|e| e.into_inner());
-        for m in &mut versions {
-            if let Some(n) = rows.get(&m.model).and_then(|v| v.get(&m.version)) {
-                m.inference_count = *n;
-            }
-        }
-    }
+    let versions = snapshot.versions;
     let failures = http.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot { versions, http: failures }));
@@ -79,7 +57,7 @@ struct Snapshot {
 type Field = fn(&VersionMetrics) -> u64;
 
 const CUMULATIVE: &[(&str, &str, Field)] = &[
-    ("nv_inference_request_success", "Number of successful inference requests", |m| m.request_success),
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", |m| m.request_success),
     ("nv_inference_count", "Number of inferences performed (rows: a request of batch n counts n)", |m| {
         m.inference_count
     }),
@@ -168,7 +146,7 @@ impl Collector for Snapshot {
         }
         let mut failures = self.keyed(|m| &m.request_failure);
         failures.extend(self.http.iter().map(|((m, v, r), n)| (m.clone(), v.clone(), r.clone(), *n)));
-        let failure_help = "Number of failed inference requests, by reason";
+        let failure_help = "Number of failed inference requests, all batch sizes, by reason";
         keyed(&mut encoder, "nv_inference_request_failure", failure_help, MetricType::Unknown, "reason", failures)?;
         let mut pending = encoder.encode_descriptor(
             "nv_inference_pending_request_count",
@@ -181,7 +159,7 @@ impl Collector for Snapshot {
         }
         let mut hist = encoder.encode_descriptor(
             "multiproc_inference_batch_size",
-            "Requests per batch sent to a worker",
+            "Rows per batch sent to a worker (what max_batch_size counts)",
             None,
             MetricType::Histogram,
         )?;

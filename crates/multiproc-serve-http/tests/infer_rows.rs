@@ -2,7 +2,9 @@
 //! request's batch dimension counts in the batcher, so requests of 8 rows
 //! under a `max_batch_size` of 8 each run alone, and 3- and 5-row requests
 //! share a call of 8. The model answers every row with the rows of the call
-//! it ran in.
+//! it ran in. `/metrics` counts as Triton does: `nv_inference_count` the
+//! rows, `nv_inference_exec_count` the model calls, the request counters
+//! the requests.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,21 +72,26 @@ fn serve(repository: &Path) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, st
 /// Sends one request of each of `sizes` rows at once; for each, the rows
 /// of the model call it ran in.
 fn calls(addr: SocketAddr, sizes: &[usize]) -> Vec<usize> {
+    calls_status(addr, sizes).into_iter().map(|c| c.expect("an answer")).collect()
+}
+
+/// As [`calls`], but a request refused gives its HTTP status.
+fn calls_status(addr: SocketAddr, sizes: &[usize]) -> Vec<Result<usize, u16>> {
     let threads: Vec<_> = sizes
         .iter()
         .map(|&n| {
             std::thread::spawn(move || {
                 let body = serde_json::json!({"inputs": [{"name": "x", "shape": [n, 1], "datatype": "FP32", "data": vec![1.0; n]}]});
                 let agent = ureq::AgentBuilder::new().timeout(PATIENCE).build();
-                let answer: serde_json::Value = agent
-                    .post(&format!("http://{addr}/v2/models/rows/infer"))
-                    .send_json(body)
-                    .expect("an answer")
-                    .into_json()
-                    .expect("a JSON answer");
+                let answer: serde_json::Value =
+                    match agent.post(&format!("http://{addr}/v2/models/rows/infer")).send_json(body) {
+                        Ok(r) => r.into_json().expect("a JSON answer"),
+                        Err(ureq::Error::Status(status, _)) => return Err(status),
+                        Err(e) => panic!("no answer: {e}"),
+                    };
                 let data = answer["outputs"][0]["data"].as_array().cloned().unwrap_or_default();
                 assert_eq!(data.len(), n, "{answer}");
-                data[0].as_f64().expect("a number") as usize
+                Ok(data[0].as_f64().expect("a number") as usize)
             })
         })
         .collect();
@@ -92,14 +99,53 @@ fn calls(addr: SocketAddr, sizes: &[usize]) -> Vec<usize> {
 }
 
 #[test]
-fn one_model_call_gets_at_most_max_batch_size_rows() {
+fn one_model_call_gets_at_most_max_batch_size_rows_and_the_metrics_count_them() {
     let repository = Repository::new();
     let (addr, stop, server) = serve(&repository.0);
     let eights = calls(addr, &[8; 16]);
-    let mixed = calls(addr, &[3, 5, 3, 5, 3, 5, 3, 5, 3, 5]);
+    let mixed_sizes = [3, 5, 3, 5, 3, 5, 3, 5, 3, 5];
+    let mixed = calls(addr, &mixed_sizes);
+    let too_many = calls_status(addr, &[9]);
+    let metrics = scrape(addr);
     let _ = stop.send(());
     server.join().expect("the server thread panicked");
     assert!(eights.iter().all(|&rows| rows == 8), "model calls of {eights:?} rows for a max_batch_size of 8");
     assert!(mixed.iter().all(|&rows| rows <= 8), "model calls of {mixed:?} rows for a max_batch_size of 8");
     assert!(mixed.contains(&8), "3- and 5-row requests queued together were not packed to 8: {mixed:?}");
+    assert_eq!(too_many, [Err(400)], "a request of 9 rows for a max_batch_size of 8");
+
+    // Each counter counts what its Triton namesake counts.
+    let answers: Vec<(u64, u64)> = [8; 16]
+        .iter()
+        .chain(&mixed_sizes)
+        .zip(eights.iter().chain(&mixed))
+        .map(|(&n, &c)| (n as u64, c as u64))
+        .collect();
+    let executions = multiproc_test_support::model_calls(&answers);
+    let rows: u64 = answers.iter().map(|(n, _)| n).sum();
+    let series = |name: &str| -> u64 {
+        let key = format!("{name}{{model=\"rows\",version=\"1\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("no {key}in\n{metrics}"));
+        // A histogram's sum is written as a float ("168.0").
+        let value: f64 = line[key.len()..].trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(value.fract() == 0.0 && value >= 0.0, "{line}");
+        value as u64
+    };
+    assert_eq!(series("nv_inference_request_success"), 26, "{metrics}");
+    assert_eq!(series("nv_inference_count"), rows, "{metrics}");
+    assert_eq!(rows, 16 * 8 + 5 * (3 + 5));
+    assert_eq!(series("nv_inference_exec_count"), executions, "{answers:?}\n{metrics}");
+    assert_eq!(series("multiproc_inference_batch_size_count"), executions, "{metrics}");
+    assert_eq!(series("multiproc_inference_batch_size_sum"), rows, "{metrics}");
+    // The request of 9 rows counts one failure (the HTTP layer refuses it
+    // before it reaches a version, as a bad request).
+    let failure = "nv_inference_request_failure{model=\"rows\",version=\"default\",reason=\"bad_request\"} 1";
+    assert!(metrics.lines().any(|l| l == failure), "no {failure} in\n{metrics}");
+}
+
+/// The text of `/metrics`.
+fn scrape(addr: SocketAddr) -> String {
+    let agent = ureq::AgentBuilder::new().timeout(PATIENCE).build();
+    let response = agent.get(&format!("http://{addr}/metrics")).call().expect("/metrics answers");
+    response.into_string().expect("/metrics is text")
 }

@@ -46,20 +46,26 @@ impl BatchReason {
 /// `request_failure` → `nv_inference_request_failure{reason}`,
 /// `inference_count` → `nv_inference_count`, `execution_count` →
 /// `nv_inference_exec_count`, the durations → `nv_inference_*_duration_us`,
-/// `pending_requests` → `nv_inference_pending_request_count`.
+/// `pending_requests` → `nv_inference_pending_request_count`. As in
+/// Triton, the request counters and durations count requests, the
+/// inference count counts rows (batch entries) and the execution count
+/// counts model calls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionMetrics {
     /// The model.
     pub model: String,
     /// The version.
     pub version: u64,
-    /// Requests answered with an output.
+    /// Requests answered with an output (a request counts one, whatever
+    /// its rows).
     pub request_success: u64,
-    /// Failed requests by reason ([`ErrorKind::as_str`]).
+    /// Failed requests by reason ([`ErrorKind::as_str`]); a request counts
+    /// one, whatever its rows.
     pub request_failure: BTreeMap<String, u64>,
-    /// Items run by the model (requests in executed batches).
+    /// Inferences the model ran: the rows of the batches it executed (a
+    /// request of [`rows`](crate::Request::rows) `n` counts `n`).
     pub inference_count: u64,
-    /// Batches run.
+    /// Model executions: batches run, whatever their rows.
     pub execution_count: u64,
     /// Sum of request durations, arrival to answer (successes), µs.
     pub request_duration_us: u64,
@@ -73,7 +79,8 @@ pub struct VersionMetrics {
     pub compute_output_duration_us: u64,
     /// Requests queued or running now.
     pub pending_requests: u64,
-    /// Batches by size: `(size, count)`, ascending.
+    /// Batches by size in rows (what `max_batch_size` counts):
+    /// `(rows, count)`, ascending.
     pub batch_sizes: Vec<(usize, u64)>,
     /// Batches by close reason ([`BatchReason::as_str`]).
     pub batch_reasons: BTreeMap<String, u64>,
@@ -151,18 +158,20 @@ impl Counters {
         *self.failures.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
     }
 
-    pub fn batch(&self, size: usize, reason: BatchReason) {
+    /// A batch of `rows` rows left the queue, closed for `reason`.
+    pub fn batch(&self, rows: usize, reason: BatchReason) {
         let mut b = self.batches.lock().unwrap_or_else(|e| e.into_inner());
-        *b.0.entry(size).or_default() += 1;
+        *b.0.entry(rows).or_default() += 1;
         *b.1.entry(reason).or_default() += 1;
     }
 
-    /// A batch came back: `size` items, with the worker's timings (per batch,
-    /// counted once per request as Triton does).
-    pub fn executed(&self, size: usize, input_us: u64, infer_us: u64, output_us: u64) {
-        let n = size as u64;
+    /// A batch came back: `requests` requests carrying `rows` rows, with
+    /// the worker's timings (per batch, counted once per request as Triton
+    /// does). An execution counts one, and its inferences are its rows.
+    pub fn executed(&self, requests: usize, rows: usize, input_us: u64, infer_us: u64, output_us: u64) {
+        let n = requests as u64;
         self.execution.fetch_add(1, Relaxed);
-        self.inference.fetch_add(n, Relaxed);
+        self.inference.fetch_add(rows as u64, Relaxed);
         self.input_us.fetch_add(input_us.saturating_mul(n), Relaxed);
         self.infer_us.fetch_add(infer_us.saturating_mul(n), Relaxed);
         self.output_us.fetch_add(output_us.saturating_mul(n), Relaxed);

@@ -102,6 +102,18 @@ impl ModelEntry {
         })
     }
 
+    /// Counts `e`, a request refused before it reached a queue (a bad
+    /// input), on the version it was for (as a failure in a queue is
+    /// counted), and gives it back. Nothing is counted when no version
+    /// would take it: a version number the model does not serve gets no
+    /// series.
+    pub fn refused(&self, version: Option<u64>, e: ServeError) -> ServeError {
+        if let Ok(group) = self.resolve(version) {
+            group.counters.failure(e.kind());
+        }
+        e
+    }
+
     /// Starts the policy's versions if the model starts eagerly, and waits.
     pub fn load_if_eager(&self) -> Result<(), ServeError> {
         if self.is_eager() { self.load() } else { Ok(()) }

@@ -63,6 +63,9 @@ impl<I> Request<I> {
     /// the preferred batch sizes in rows, so one model call never gets more
     /// than `max_batch_size` rows: requests of 3 and 5 rows share a batch
     /// of 8, two of 8 rows do not. A pipeline's requests count 1 each.
+    /// The metrics count them too: a request of `n` rows that runs adds `n`
+    /// to [`inference_count`](crate::VersionMetrics::inference_count), and
+    /// one to the request counters.
     ///
     /// A request of more rows than the model's `max_batch_size` fails with
     /// [`ErrorKind::BadInput`](crate::ErrorKind::BadInput).

@@ -350,18 +350,21 @@ impl Server {
             Endpoint::Model(entry) => {
                 entry.io.check::<I, O>(&model)?;
                 if rows > entry.settings.max_batch_size {
-                    return Err(ServeError::BadInput {
-                        model: model.to_string(),
-                        reason: format!(
-                            "a request of {rows} rows is over the model's max_batch_size of {}: split it",
-                            entry.settings.max_batch_size
-                        ),
-                    });
+                    return Err(entry.refused(
+                        version,
+                        ServeError::BadInput {
+                            model: model.to_string(),
+                            reason: format!(
+                                "a request of {rows} rows is over the model's max_batch_size of {}: split it",
+                                entry.settings.max_batch_size
+                            ),
+                        },
+                    ));
                 }
                 let deadline = timeout.or(entry.settings.request_timeout).map(|t| after(slot.arrived, t));
-                let bytes = postcard::to_allocvec(&input).map_err(|e| ServeError::BadInput {
-                    model: model.to_string(),
-                    reason: format!("input does not encode: {e}"),
+                let bytes = postcard::to_allocvec(&input).map_err(|e| {
+                    let reason = format!("input does not encode: {e}");
+                    entry.refused(version, ServeError::BadInput { model: model.to_string(), reason })
                 })?;
                 let input = Encoded::Own(bytes);
                 let pending =

@@ -177,6 +177,11 @@ impl Sent {
         Sent { id, batch, sent_at: now, started: now, arrivals: queue.arrivals() }
     }
 
+    /// The rows it carries (what `max_batch_size` counts).
+    fn rows(&self) -> usize {
+        self.batch.iter().map(|p| p.rows).sum()
+    }
+
     /// A single request with no other batch in flight and none arrived
     /// since it was sent: a request alone, for which polling pays. (Among
     /// concurrent callers — max_batch_size 1 under load, say — a batch of
@@ -295,7 +300,7 @@ fn send_batch(
     sent: &mut VecDeque<Sent>,
 ) {
     let n = batch.batch.len();
-    group.counters.batch(n, reason);
+    group.counters.batch(batch.rows(), reason);
     group.in_flight.fetch_add(n, Ordering::Relaxed);
     group.worker_busy(instance, true);
     let inputs = batch.batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
@@ -327,7 +332,7 @@ fn answer_oldest(
     dropped: &mut Vec<Pending>,
 ) -> Result<bool, Gone> {
     let Some(oldest) = sent.front() else { return Ok(false) };
-    let n = oldest.batch.len();
+    let (n, rows) = (oldest.batch.len(), oldest.rows());
     // A lone request polls; a batch's wait leaves the CPU to the threads
     // bringing the next requests.
     let alone = oldest.alone(sent.len(), &group.queue).then_some(oldest.arrivals);
@@ -346,7 +351,7 @@ fn answer_oldest(
             }
             worker.reply_times.note(now.saturating_duration_since(started));
             worker.answered = true;
-            group.counters.executed(n, timing.input_us, timing.infer_us, timing.output_us);
+            group.counters.executed(n, rows, timing.input_us, timing.infer_us, timing.output_us);
             group.worker_busy(instance, false);
             if !sent.is_empty() {
                 group.worker_busy(instance, true);

@@ -78,10 +78,13 @@ fn max_batch_size_caps_the_rows_of_one_model_call_not_the_requests() {
     let server = Server::new();
     let settings = ModelSettings { max_batch_size: 8, queue_capacity: 100, ..Default::default() };
     server.add(ModelSpec::<RowCounter>::new("rows").version(1, ()).settings(settings)).unwrap();
-    let calls = |sizes: &[u64]| -> Vec<u64> {
+    let mut answers = Vec::new();
+    let mut calls = |sizes: &[u64]| -> Vec<u64> {
         let futures: Vec<_> =
             sizes.iter().map(|&n| server.infer_async::<u64, u64>(Request::new("rows", n).rows(n as usize))).collect();
-        futures.into_iter().map(|f| block_on(f, PATIENCE).unwrap().output).collect()
+        let calls: Vec<u64> = futures.into_iter().map(|f| block_on(f, PATIENCE).unwrap().output).collect();
+        answers.extend(sizes.iter().copied().zip(calls.iter().copied()));
+        calls
     };
     let eights = calls(&[8; 16]);
     assert!(eights.iter().all(|&rows| rows == 8), "model calls of {eights:?} rows for a max_batch_size of 8");
@@ -91,6 +94,20 @@ fn max_batch_size_caps_the_rows_of_one_model_call_not_the_requests() {
     let err = server.infer::<u64, u64>(Request::new("rows", 9).rows(9)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
     assert!(err.to_string().contains("max_batch_size"), "{err}");
+
+    // The counters count as Triton's do: requests (success, failure),
+    // inferences (rows), executions (model calls), batch sizes in rows.
+    let executions = multiproc_test_support::model_calls(&answers);
+    let metrics = server.metrics();
+    let m = metrics.get("rows", 1).unwrap();
+    assert_eq!(m.request_success, 26, "{m:?}");
+    assert_eq!(m.inference_count, 16 * 8 + 5 * (3 + 5), "{m:?}");
+    assert_eq!(m.execution_count, executions, "{answers:?} {m:?}");
+    let batches: u64 = m.batch_sizes.iter().map(|(_, n)| n).sum();
+    let batch_rows: u64 = m.batch_sizes.iter().map(|(rows, n)| *rows as u64 * n).sum();
+    assert_eq!((batches, batch_rows), (executions, m.inference_count), "{m:?}");
+    let failures: Vec<_> = m.request_failure.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(failures, [("bad_input", 1)], "{m:?}");
     server.shutdown();
 }
 
