@@ -127,7 +127,9 @@ impl Executor {
     }
 
     /// `f(x)` for every item, yielded in order (one task per item, as
-    /// Python's default `chunksize=1`); the input is read lazily.
+    /// Python's default `chunksize=1`); the input is read a bounded window
+    /// ahead, the first window at once, so the tasks start before the first
+    /// `next` (see [`Imap`]).
     ///
     /// # Errors
     ///

@@ -1,4 +1,5 @@
-//! `imap` and `imap_unordered`: results as they finish, input pulled lazily.
+//! `imap` and `imap_unordered`: results as they finish, input pulled a
+//! bounded window ahead (the first window when the call is made).
 
 use std::any::Any;
 use std::fmt;
@@ -89,7 +90,14 @@ where
 ///
 /// The input is read only as far as a bounded window ahead of what has been
 /// yielded — at most 8,192 items (or 4 chunks per worker, if more) and about
-/// 8 MiB of encoded input — so an endless input is fine. When the input
+/// 8 MiB of encoded input — so an endless input is fine. The first window is
+/// read and submitted by the call that makes the iterator, so the tasks start
+/// at once, before the first `next` (as Python's, whose task handler reads
+/// the input in the background). The input runs on the caller's thread (it
+/// need not be `Send`): the call returns once that first window is read, and
+/// an input that blocks keeps it waiting; later windows are read by `next`,
+/// as results are yielded, so results never pile up beyond the window while
+/// nobody reads them. When the input
 /// yields an `Err` (see [`Pool::try_imap`](super::Pool::try_imap)), the
 /// results before it are yielded, then one [`PoolError::Input`], then the
 /// iterator ends. When the input panics, the results before the panic are
@@ -168,9 +176,13 @@ impl<'p, R: serde::de::DeserializeOwned + Send + 'static> Imap<'p, R> {
         }
     }
 
-    /// An iteration registered with the pool (see `Shared::open_call`).
+    /// An iteration registered with the pool (see `Shared::open_call`). It
+    /// submits its first window at once, so the work starts before the
+    /// first `next` (as Python's, whose task handler reads the input in the
+    /// background); later windows are read as results are yielded.
     pub(crate) fn opened(mut self) -> Self {
         self.open = true;
+        self.top_up();
         self
     }
 

@@ -293,7 +293,9 @@ impl<S: 'static> Pool<S> {
     }
     forward! {
         /// `f(x)` for every item, yielded in order as they finish; the input is
-        /// read lazily, a bounded window ahead. If the input panics, the
+        /// read lazily, a bounded window ahead, and the first window is
+        /// submitted at once, so the work starts before the first `next`
+        /// (see [`Imap`]). If the input panics, the
         /// results before it are yielded, then the `next` call at the panic's
         /// position panics with it (see [`Imap`]).
         imap<'a>(f: F, items: I) -> Imap<'a, R> where [F: Task<(A,), R>, I: IntoIterator<Item = A>, A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned + Send + 'static] [I::IntoIter: 'a]

@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::bootstrap;
 use super::launch::Task;
@@ -212,6 +212,14 @@ impl Spare {
 /// Measured on 2 vCPUs (with the server's yield): 256 µs per start + join
 /// with one ahead, 204 with two, 195 with three.
 const SPARES_AHEAD: usize = 2;
+/// How long a start waits for the server's reply at most.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may stay stopped before a start gives up on it (a
+/// brief stop, such as a profiler's, is waited out).
+const STOPPED_GRACE: Duration = Duration::from_secs(1);
+/// How often a start waiting for the server's reply checks whether the
+/// server is stopped.
+const STOPPED_POLL: Duration = Duration::from_millis(100);
 
 /// The pidfd a spare sends first on its channel; `None` if the channel ends
 /// (or the deadline passes) first.
@@ -342,16 +350,7 @@ impl ForkServerClient {
     /// forking); `None` if it died before greeting us (it is reaped).
     fn take_spare(&mut self) -> Result<Option<Spare>, WireError> {
         self.ask_for_spare()?;
-        let frame = match self.control.recv(Deadline::after(Duration::from_secs(30)), None) {
-            Ok(f) => f,
-            Err(RecvError::Wire(e)) => return Err(e),
-            Err(_) => {
-                return Err(WireError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the fork server did not answer in 30 s",
-                )));
-            }
-        };
+        let frame = self.answer()?;
         let channel = Channel::unix(self.asked.pop_front().expect("a spare was asked for"));
         match wire::decode::<SpareReply>(&frame.payload, Vec::new())? {
             SpareReply::Ready { pid } => match greeting(&channel, Deadline::after(Duration::from_secs(30))) {
@@ -366,6 +365,44 @@ impl ForkServerClient {
                 Err(WireError::Io(io::Error::other(format!("the fork server could not fork a child: {e}"))))
             }
             SpareReply::Unsupported(e) => Err(WireError::Io(io::Error::new(io::ErrorKind::Unsupported, e))),
+        }
+    }
+
+    /// The server's next reply, waiting at most [`ANSWER_TIMEOUT`]; fails
+    /// sooner when the server is stopped (SIGSTOP, a debugger) for
+    /// [`STOPPED_GRACE`], as a stopped server answers nothing until it is
+    /// continued. Both failures are `TimedOut` errors. The reply is not lost
+    /// either way: it is read (for the same spare, still first in `asked`) by
+    /// the next start.
+    fn answer(&self) -> Result<wire::Frame, WireError> {
+        let deadline = Deadline::after(ANSWER_TIMEOUT);
+        let mut stopped_since = None;
+        loop {
+            match self.control.recv(deadline.at_most(STOPPED_POLL), None) {
+                Ok(frame) => return Ok(frame),
+                Err(RecvError::Wire(e)) => return Err(e),
+                Err(_) if deadline.expired() => {
+                    return Err(WireError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the fork server (pid {}) did not answer in {ANSWER_TIMEOUT:?}", self.pid),
+                    )));
+                }
+                Err(_) => {}
+            }
+            let stopped = matches!(imp::proc::lookup(self.pid as u32), imp::proc::Lookup::Found(s) if s.is_stopped());
+            if !stopped {
+                stopped_since = None;
+            } else if stopped_since.get_or_insert_with(Instant::now).elapsed() >= STOPPED_GRACE {
+                return Err(WireError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the fork server (pid {pid}) is stopped (SIGSTOP, SIGTSTP or a debugger) and forks no child \
+                         until it is continued: continue it (`kill -CONT {pid}`) and start again, or use another \
+                         start method",
+                        pid = self.pid
+                    ),
+                )));
+            }
         }
     }
 

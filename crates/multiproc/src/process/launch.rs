@@ -260,6 +260,9 @@ fn fork_via_server(
                 tracing::debug!(pid = client.pid(), "fork server died; restarting it");
                 last_error = Some(io::Error::other("the fork server died"));
             }
+            // The server did not answer (it is stopped, or hangs): the start
+            // failed, not a connection to the child.
+            Err(WireError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(ProcessError::Start(e)),
             Err(e) => return Err(e.into()),
         }
     }

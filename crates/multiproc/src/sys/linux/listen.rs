@@ -22,11 +22,33 @@ pub(crate) use super::fd::FileId;
 
 /// Listens on a Unix socket at `path`; returns the listener and the identity
 /// of the socket file it created.
+///
+/// The steps are done one by one (not with `UnixListener::bind`, which binds
+/// and listens in one call) so that a failure after the bind is known to come
+/// after it: then the socket file this call created is removed again (only if
+/// the file at `path` is still that one), so a failed bind leaves no file
+/// behind to make the next bind fail with "address in use".
 pub(crate) fn listen_unix(path: &Path) -> io::Result<(OwnedFd, FileId)> {
-    let listener = UnixListener::bind(path).map_err(|e| explain_in_use(e, path))?;
-    listener.set_nonblocking(true)?;
+    let addr = SocketAddrUnix::new(path)?;
+    // Non-blocking from the start (so `accept` can honour a deadline): no
+    // step that can fail is left between bind and listen but listen itself.
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::bind(&fd, &addr).map_err(|e| explain_in_use(e.into(), path))?;
+    // The file exists from here on: it is ours.
     let id = file_id(path).ok_or_else(|| io::Error::other("the socket file vanished right after bind"))?;
-    Ok((listener.into(), id))
+    // Backlog -1: the kernel's maximum (`somaxconn`), as std's `bind`.
+    if let Err(e) = rustix::net::listen(&fd, -1) {
+        if file_id(path) == Some(id) {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e.into());
+    }
+    Ok((fd, id))
 }
 
 /// An "address in use" at a path where nobody listens (a socket file left by

@@ -26,6 +26,12 @@ impl Stat {
     pub(crate) fn is_zombie(&self) -> bool {
         matches!(self.state, b'Z' | b'X' | b'x')
     }
+
+    /// Stopped by a signal (`T`: SIGSTOP, SIGTSTP…) or by a tracer (`t`):
+    /// it runs nothing until it is continued.
+    pub(crate) fn is_stopped(&self) -> bool {
+        matches!(self.state, b'T' | b't')
+    }
 }
 
 /// What a look at `/proc/<pid>/stat` found.
