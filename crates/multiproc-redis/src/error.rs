@@ -52,6 +52,13 @@ pub enum TaskFailure {
         /// The last delivery's error.
         last_error: String,
     },
+    /// The task ran, but Redis refused to store its result (out of memory
+    /// under `maxmemory` with `noeviction`): the worker host wrote this
+    /// small failure in its place.
+    #[error(
+        "the task ran but redis refused to store its result ({0}); give redis room (maxmemory) or return less, and submit it again"
+    )]
+    ResultRefused(String),
     /// The task's arguments were no longer in Redis (their key expired or
     /// Redis lost them).
     #[error("the task's arguments are gone from redis ({0}); submit it again")]
