@@ -192,7 +192,7 @@ impl<'a> Engine<'a> {
             dropped
         };
         if dropped {
-            self.fail_chunks(ids, || RedisPoolError::Redis("the pool was dropped".into()));
+            self.fail_chunks(ids, || RedisPoolError::Dropped);
             return Ok(());
         }
         // Redis away or not answering: wait for it no longer than the
@@ -304,7 +304,7 @@ impl<'a> Engine<'a> {
     fn accept(&mut self, delivery: Delivery) {
         let (task, outcome) = match delivery {
             Delivery::Done { task, outcome } => (task, Ok(outcome)),
-            Delivery::Lost { task, reason } => (task, Err(reason)),
+            Delivery::Lost { task, error } => (task, Err(error)),
             Delivery::Wake => return,
         };
         let Some((first, n)) = self.in_flight.remove(&task) else { return };
@@ -330,8 +330,8 @@ impl<'a> Engine<'a> {
                 (first..first + n)
                     .for_each(|index| push(index, Err(RedisPoolError::Task { index, error: error.clone() })));
             }
-            Err(reason) => {
-                (first..first + n).for_each(|index| push(index, Err(RedisPoolError::Redis(reason.clone()))));
+            Err(error) => {
+                (first..first + n).for_each(|index| push(index, Err(error.same())));
             }
         }
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redis::streams::StreamReadOptions;
 
 use crate::conn::{self, Conn};
+use crate::error::RedisPoolError;
 use crate::life::Life;
 use crate::schema::{self, Keys, Outcome};
 
@@ -33,8 +34,9 @@ const READ_COUNT: usize = 1024;
 pub(crate) enum Delivery {
     /// The chunk's outcome.
     Done { task: u64, outcome: Outcome },
-    /// Redis stayed away; no outcome will come.
-    Lost { task: u64, reason: String },
+    /// No outcome will come (Redis stayed away, the pool was dropped):
+    /// the call's items fail with `error`.
+    Lost { task: u64, error: RedisPoolError },
     /// No outcome: the pool was terminated, the call is to look at it.
     Wake,
 }
@@ -101,10 +103,10 @@ impl Shared {
     }
 
     /// Fails every chunk in flight with `reason`.
-    fn fail_all(&self, reason: &str) {
+    fn fail_all(&self, error: impl Fn() -> RedisPoolError) {
         let lost: Vec<(u64, Pending)> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         for (task, p) in lost {
-            let _ = p.sink.send(Delivery::Lost { task, reason: reason.to_string() });
+            let _ = p.sink.send(Delivery::Lost { task, error: error() });
         }
     }
 }
@@ -132,7 +134,7 @@ impl Drop for Dispatcher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.shared.fail_all("the pool was dropped");
+        self.shared.fail_all(|| RedisPoolError::Dropped);
         let key = self.shared.results_key.clone();
         let deadline = Some(Instant::now() + DROP_TIMEOUT);
         if let Some(mut conn) = self.shared.submit_conn(deadline) {
@@ -156,7 +158,7 @@ fn check_restart(shared: &Shared, conn: &mut Conn, run_id: &mut String) {
         let reason = "redis restarted without append-only persistence (appendonly no), so the queued tasks and \
                       their results are gone; run redis with appendonly yes, and start the call again";
         tracing::error!("{reason}");
-        shared.fail_all(reason);
+        shared.fail_all(|| RedisPoolError::Redis(reason.into()));
     }
 }
 
@@ -195,7 +197,7 @@ fn run(shared: &Shared, mut conn: Conn) {
                     )
                 };
                 tracing::error!("{reason}");
-                shared.fail_all(&reason);
+                shared.fail_all(|| RedisPoolError::Redis(reason.clone()));
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }

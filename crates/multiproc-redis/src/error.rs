@@ -52,6 +52,13 @@ pub enum TaskFailure {
         /// The last delivery's error.
         last_error: String,
     },
+    /// The task ran, but Redis refused to store its result (out of memory
+    /// under `maxmemory` with `noeviction`): the worker host wrote this
+    /// small failure in its place.
+    #[error(
+        "the task ran but redis refused to store its result ({0}); give redis room (maxmemory) or return less, and submit it again"
+    )]
+    ResultRefused(String),
     /// The task's arguments were no longer in Redis (their key expired or
     /// Redis lost them).
     #[error("the task's arguments are gone from redis ({0}); submit it again")]
@@ -119,6 +126,16 @@ pub enum RedisPoolError {
     /// result arrived; the task may still run on a worker host.
     #[error("the pool was terminated before the result arrived")]
     Terminated,
+    /// The [`RedisPool`](crate::RedisPool) was dropped while this call (a
+    /// background call, an `imap` iterator) still waited for results: no
+    /// result can arrive any more. The tasks may still run on a worker
+    /// host. Keep the pool alive until its calls are done (or `close()`
+    /// and `join()` it first).
+    #[error(
+        "the pool was dropped before the result arrived (the task may still run on a worker host); keep the RedisPool \
+         alive until its calls are done, or close() and join() it first"
+    )]
+    Dropped,
     /// [`RedisPool::join`](crate::RedisPool::join) before `close` or
     /// `terminate`.
     #[error("join() needs close() or terminate() first, or it would wait forever")]
@@ -191,6 +208,7 @@ impl RedisPoolError {
         match self {
             RedisPoolError::Timeout(t) => RedisPoolError::Timeout(*t),
             RedisPoolError::Redis(reason) => RedisPoolError::Redis(reason.clone()),
+            RedisPoolError::Dropped => RedisPoolError::Dropped,
             RedisPoolError::Local { what, source, remedy } => {
                 RedisPoolError::Local { what, source: io::Error::new(source.kind(), source.to_string()), remedy }
             }

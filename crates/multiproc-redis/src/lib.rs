@@ -93,6 +93,12 @@
 //! - a failure of the caller's or the worker's own host (a thread that
 //!   cannot start, no randomness from the OS) is [`RedisPoolError::Local`],
 //!   which says what to do; Redis is not blamed for it;
+//! - a result Redis refuses to store (out of memory under `maxmemory` with
+//!   `noeviction`) fails its items with [`TaskFailure::ResultRefused`],
+//!   written by the host in its place, so the caller does not wait out its
+//!   timeout;
+//! - a pool dropped while a background call or an iterator still waits
+//!   fails that call with [`RedisPoolError::Dropped`] (not a Redis error);
 //! - garbage in the task stream is logged, acknowledged and moved to the
 //!   dead-letter stream; a task signed with another key
 //!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its

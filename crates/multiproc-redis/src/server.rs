@@ -2,12 +2,20 @@
 //! a free loopback port in a temporary directory, with append-only
 //! persistence, and killed, reaped and removed on drop (and killed with its
 //! parent, should the parent die first).
+//!
+//! A process that dies without dropping its server (killed, `exit`, a
+//! `mem::forget`) leaves the server's directory behind; the next
+//! [`RedisServer::start`] on the host removes every such directory whose
+//! owner is gone.
 
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The start of a server directory's name, followed by `<owner pid>-<hex>`.
+const DIR_PREFIX: &str = "multiproc-redis-";
 
 /// How to install the server when it is missing.
 pub const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server` (Debian, Ubuntu)";
@@ -66,7 +74,9 @@ impl RedisServer {
         let mut id = [0u8; 6];
         getrandom::fill(&mut id).map_err(|e| io::Error::other(e.to_string()))?;
         let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("multiproc-redis-{}-{name}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        remove_orphaned_dirs(&tmp);
+        let dir = tmp.join(format!("{DIR_PREFIX}{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut server = RedisServer { child: None, dir, port, persistent };
         server.launch()?;
@@ -207,5 +217,27 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the server directories in `tmp` whose owner process is gone: it
+/// died without dropping its [`RedisServer`] (its redis-server died with
+/// it). Only where `/proc` shows which processes live; a directory whose
+/// owner's pid was reused by another process waits for a later sweep.
+fn remove_orphaned_dirs(tmp: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let owner = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)).and_then(|rest| rest.split_once('-'));
+        let Some(pid) = owner.and_then(|(pid, _)| pid.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
+            // Another process may sweep it at the same time: its errors
+            // (already gone) do not matter.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }

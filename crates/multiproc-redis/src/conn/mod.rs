@@ -236,6 +236,13 @@ impl Conn {
         Ok(link)
     }
 
+    /// Closes the connection; the next command makes a new one. The server
+    /// then frees what it kept for the old one (the query buffer of a
+    /// huge command it refused, which counts toward its `maxmemory`).
+    pub(crate) fn reconnect(&mut self) {
+        self.link = None;
+    }
+
     /// How many connections were made so far (a new one after each loss).
     pub(crate) fn connects(&self) -> u64 {
         self.connects

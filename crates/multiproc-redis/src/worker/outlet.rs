@@ -159,6 +159,23 @@ impl Batch {
         self.done.push(id);
     }
 
+    /// The batch that tells the callers that Redis refused this one
+    /// (`why`): each chunk's result is a small
+    /// [`TaskFailure::ResultRefused`], dead letters keep their reason only.
+    fn refused(&self, why: &str) -> Batch {
+        let failure = TaskFailure::ResultRefused(why.to_string());
+        let dead = self.dead.iter().map(|(id, reason, _)| (id.clone(), reason.clone(), None)).collect();
+        let mut b = Batch { done: self.done.clone(), requeue: self.requeue.clone(), dead, ..Batch::default() };
+        for (caller, (ttl, messages)) in &self.results {
+            let chunks = messages
+                .iter()
+                .flatten()
+                .map(|r| ChunkResult { task: r.task, outcome: Outcome::Failed(failure.clone()) });
+            b.results.insert(caller.clone(), (*ttl, vec![chunks.collect()]));
+        }
+        b
+    }
+
     /// Writes the batch in one transaction.
     fn pipeline(&self, host: &HostShared) -> redis::Pipeline {
         let keys = &host.keys;
@@ -286,12 +303,31 @@ fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
             }
             Err(e) => {
                 tracing::error!("could not write {} results: {e}", batch.done.len());
+                if !conn::is_transient(&e) && !batch.results.is_empty() {
+                    tell_refused(host, conn, batch, &e);
+                }
                 break;
             }
         }
     }
     host.release(&batch.done);
     *batch = Batch::default();
+}
+
+/// Redis refused the batch (`e`: out of memory, ...): writes small
+/// failures in place of its results, so that each caller learns why
+/// rather than wait out its timeout. When Redis refuses that too (a
+/// read-only replica refuses every write), the entries stay pending and
+/// are delivered again later, and the caller waits out its timeout.
+fn tell_refused(host: &HostShared, conn: &mut Conn, batch: &Batch, e: &redis::RedisError) {
+    let pipe = batch.refused(&e.to_string()).pipeline(host);
+    // A new connection: the refused batch's buffer on the server, which
+    // may be what filled its memory, goes with the old one.
+    conn.reconnect();
+    match conn.run_until(host.command_deadline(), |c| c.exec_pipeline(&pipe)) {
+        Ok(()) => tracing::warn!("told the callers of {} chunk(s) that redis refused their results", batch.done.len()),
+        Err(e) => tracing::error!("could not tell the callers that redis refused their results either: {e}"),
+    }
 }
 
 /// Resets the idle time of the entries in flight (`XCLAIM … JUSTID`), so
