@@ -45,6 +45,12 @@ const EOF_GRACE: Duration = Duration::from_secs(1);
 /// After this many workers in a row failed in their initializer, the pool
 /// gives up and fails its tasks instead of starting workers forever.
 const INIT_FAILURE_LIMIT: u32 = 3;
+/// Workers killed in their initializer by a signal usually sent from outside
+/// (SIGKILL, SIGTERM, ...) do not count as the initializer failing: they are
+/// replaced, as Python replaces them. Only after this many such deaths in a
+/// row per worker slot does the pool give up (an initializer that SIGKILLs
+/// its own worker would otherwise have it start workers forever).
+const INIT_KILLS_PER_WORKER_LIMIT: u32 = 5;
 /// After a worker could not be started, the next attempt comes this much later.
 const RESPAWN_DELAY: Duration = Duration::from_millis(100);
 
@@ -269,6 +275,7 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
         drained: false,
         broken: None,
         init_failures: 0,
+        init_kills: 0,
         respawn_at: None,
         shared: shared.clone(),
         config,
@@ -299,7 +306,11 @@ struct Scheduler {
     /// What `Finish::drained` was last set to.
     drained: bool,
     broken: Option<String>,
+    /// Workers in a row that failed in their initializer (its fault).
     init_failures: u32,
+    /// Workers in a row killed in their initializer by a signal usually sent
+    /// from outside (see [`INIT_KILLS_PER_WORKER_LIMIT`]).
+    init_kills: u32,
     /// A worker could not be started: when to try again (nothing else may
     /// wake the scheduler if no worker is left).
     respawn_at: Option<Instant>,

@@ -90,6 +90,23 @@ impl Scheduler {
         }
     }
 
+    /// A worker was killed by `signal` in its initializer: replaced, unless
+    /// every worker slot saw [`INIT_KILLS_PER_WORKER_LIMIT`] such deaths in
+    /// a row.
+    fn init_killed(&mut self, signal: i32) {
+        self.init_kills += 1;
+        let limit = INIT_KILLS_PER_WORKER_LIMIT.saturating_mul(self.config.processes.max(1) as u32);
+        if self.init_kills >= limit && self.broken.is_none() {
+            self.broken = Some(format!(
+                "{} workers in a row were killed by signal {signal} ({}) while running the initializer: \
+                 either the initializer kills its own worker, or something outside the pool (kill, the OOM \
+                 killer) kills every new worker; the pool stopped starting workers, build a new one",
+                self.init_kills,
+                imp::signal_name(signal)
+            ));
+        }
+    }
+
     fn init_failed(&mut self, message: String) {
         self.init_failures += 1;
         if self.init_failures >= INIT_FAILURE_LIMIT {
@@ -150,13 +167,16 @@ impl Scheduler {
         }
         let st = w.status.read();
         if st.phase == PHASE_INIT && w.received == 0 && !w.stopping {
-            let message = w
-                .init_message
-                .take()
-                .unwrap_or_else(|| format!("a worker died while running the initializer ({})", describe(code)));
-            self.init_failed(message);
+            match (w.init_message.take(), code) {
+                (Some(message), _) => self.init_failed(message),
+                (None, Some(c)) if c < 0 && imp::usually_sent_from_outside(-c) => self.init_killed(-c),
+                (None, _) => {
+                    self.init_failed(format!("a worker died while running the initializer ({})", describe(code)))
+                }
+            }
         } else if w.received > 0 || st.phase != PHASE_INIT {
             self.init_failures = 0;
+            self.init_kills = 0;
         }
         if w.inflight.is_empty() {
             return;
