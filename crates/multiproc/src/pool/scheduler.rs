@@ -53,6 +53,10 @@ const INIT_FAILURE_LIMIT: u32 = 3;
 const INIT_KILLS_PER_WORKER_LIMIT: u32 = 5;
 /// After a worker could not be started, the next attempt comes this much later.
 const RESPAWN_DELAY: Duration = Duration::from_millis(100);
+/// While the pool is broken because workers could not be started (not
+/// through the initializer's fault), it tries again this often, and works
+/// again once a worker starts.
+const BROKEN_RETRY: Duration = Duration::from_secs(1);
 
 /// How the pool was configured.
 #[derive(Debug)]
@@ -274,6 +278,7 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
         closing: false,
         drained: false,
         broken: None,
+        start_broken: false,
         init_failures: 0,
         init_kills: 0,
         respawn_at: None,
@@ -306,6 +311,9 @@ struct Scheduler {
     /// What `Finish::drained` was last set to.
     drained: bool,
     broken: Option<String>,
+    /// `broken` because workers could not be started (a passing cause: out
+    /// of descriptors, a stopped fork server): the pool keeps trying.
+    start_broken: bool,
     /// Workers in a row that failed in their initializer (its fault).
     init_failures: u32,
     /// Workers in a row killed in their initializer by a signal usually sent

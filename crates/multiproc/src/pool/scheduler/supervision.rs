@@ -66,7 +66,7 @@ impl Scheduler {
         let active =
             self.workers.iter().filter(|w| !w.retiring && !w.stopping && !w.killed && w.eof_at.is_none()).count();
         let wanted = !self.closed || !self.pending.is_empty();
-        if !wanted || self.broken.is_some() {
+        if !wanted || (self.broken.is_some() && !self.start_broken) {
             self.respawn_at = None;
             return;
         }
@@ -79,11 +79,19 @@ impl Scheduler {
                 Ok(w) => {
                     lifecycle!(INFO, "pool worker replaced: started {} (pid {})", w.process.name(), w.pid);
                     self.workers.push(w);
+                    if self.start_broken {
+                        lifecycle!(INFO, "pool workers can be started again: the pool takes tasks again");
+                        self.start_broken = false;
+                        self.broken = None;
+                        self.init_failures = 0;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("could not start a pool worker: {e}");
                     self.init_failed(format!("a worker could not be started: {e}"));
-                    self.respawn_at = Some(Instant::now() + RESPAWN_DELAY);
+                    self.start_broken |= self.broken.is_some();
+                    let delay = if self.start_broken { BROKEN_RETRY } else { RESPAWN_DELAY };
+                    self.respawn_at = Some(Instant::now() + delay);
                     break;
                 }
             }
