@@ -53,6 +53,11 @@ fn an_initializer_that_kills_its_worker_fails_the_tasks_instead_of_respawning_fo
             got.map_err(|e| e.to_string()),
             t.elapsed()
         );
+        if kind == "kill" {
+            // SIGKILL may come from outside: the error says both causes.
+            let message = got.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("SIGKILL") && message.contains("outside the pool"), "{message}");
+        }
         pool.close();
         pool.join_timeout(SLACK).unwrap();
     }

@@ -77,9 +77,16 @@ impl PoolBuilder<()> {
     /// which the `*_with_state` calls receive as `&mut S`. An initializer
     /// that returns `()` just prepares the process.
     ///
-    /// If the initializer fails (panics or kills the worker) three times in a
-    /// row, the pool stops starting workers and every task fails with
-    /// [`TaskError::Initializer`](super::TaskError::Initializer).
+    /// If the initializer fails (panics, returns an error or ends the
+    /// worker) three times in a row, the pool stops starting workers and
+    /// every task fails with
+    /// [`TaskError::Initializer`](super::TaskError::Initializer). A worker
+    /// killed while initializing by a signal that usually comes from outside
+    /// (SIGKILL, SIGTERM, SIGINT, SIGHUP: kill(1), the OOM killer) is not
+    /// counted as such a failure: it is replaced, as Python replaces it. Only
+    /// after five such deaths in a row per worker does the pool give up (the
+    /// error then names the signal), so that an initializer that SIGKILLs
+    /// its own worker does not have the pool start workers forever.
     pub fn initializer<F, A, S>(self, f: F, args: A) -> PoolBuilder<S>
     where
         F: Task<A, S>,

@@ -45,8 +45,18 @@ const EOF_GRACE: Duration = Duration::from_secs(1);
 /// After this many workers in a row failed in their initializer, the pool
 /// gives up and fails its tasks instead of starting workers forever.
 const INIT_FAILURE_LIMIT: u32 = 3;
+/// Workers killed in their initializer by a signal usually sent from outside
+/// (SIGKILL, SIGTERM, ...) do not count as the initializer failing: they are
+/// replaced, as Python replaces them. Only after this many such deaths in a
+/// row per worker slot does the pool give up (an initializer that SIGKILLs
+/// its own worker would otherwise have it start workers forever).
+const INIT_KILLS_PER_WORKER_LIMIT: u32 = 5;
 /// After a worker could not be started, the next attempt comes this much later.
 const RESPAWN_DELAY: Duration = Duration::from_millis(100);
+/// While the pool is broken because workers could not be started (not
+/// through the initializer's fault), it tries again this often, and works
+/// again once a worker starts.
+const BROKEN_RETRY: Duration = Duration::from_secs(1);
 
 /// How the pool was configured.
 #[derive(Debug)]
@@ -268,7 +278,9 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
         closing: false,
         drained: false,
         broken: None,
+        start_broken: false,
         init_failures: 0,
+        init_kills: 0,
         respawn_at: None,
         shared: shared.clone(),
         config,
@@ -299,7 +311,14 @@ struct Scheduler {
     /// What `Finish::drained` was last set to.
     drained: bool,
     broken: Option<String>,
+    /// `broken` because workers could not be started (a passing cause: out
+    /// of descriptors, a stopped fork server): the pool keeps trying.
+    start_broken: bool,
+    /// Workers in a row that failed in their initializer (its fault).
     init_failures: u32,
+    /// Workers in a row killed in their initializer by a signal usually sent
+    /// from outside (see [`INIT_KILLS_PER_WORKER_LIMIT`]).
+    init_kills: u32,
     /// A worker could not be started: when to try again (nothing else may
     /// wake the scheduler if no worker is left).
     respawn_at: Option<Instant>,

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use super::bootstrap;
 use super::launch::Task;
 use super::protocol::{ForkRequest, SpareHello, SpareReply, SpareRequest};
+use crate::log::lifecycle;
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Pid, forkserver_sys::SiblingFork, pidfd::Pidfd, spawn::CHILD_CHANNEL_FD};
 use crate::wire::{self, Channel, Kind, RecvError, WireError};
@@ -221,12 +222,44 @@ const STOPPED_GRACE: Duration = Duration::from_secs(1);
 /// server is stopped.
 const STOPPED_POLL: Duration = Duration::from_millis(100);
 
+/// How long a start waits at most for a spare the server reported forked to
+/// greet it.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The pidfd a spare sends first on its channel; `None` if the channel ends
 /// (or the deadline passes) first.
 fn greeting(channel: &Channel, deadline: Deadline) -> Option<Pidfd> {
     let frame = channel.recv(deadline, None).ok()?;
+    hello_pidfd(frame)
+}
+
+fn hello_pidfd(frame: wire::Frame) -> Option<Pidfd> {
     wire::decode::<SpareHello>(&frame.payload, Vec::new()).ok()?;
     frame.fds.into_iter().next().map(Pidfd::from_fd)
+}
+
+/// The greeting of spare `pid`, waiting at most [`GREETING_TIMEOUT`];
+/// `None` at once if the spare is stopped (SIGSTOP, SIGTSTP, a debugger):
+/// a stopped spare neither greets nor runs a task until it is continued, and
+/// another spare serves as well.
+fn spare_greeting(channel: &Channel, pid: Pid) -> Option<Pidfd> {
+    let deadline = Deadline::after(GREETING_TIMEOUT);
+    loop {
+        match channel.recv(deadline.at_most(STOPPED_POLL), None) {
+            Ok(frame) => return hello_pidfd(frame),
+            Err(RecvError::Wire(_)) => return None,
+            Err(_) if deadline.expired() => return None,
+            Err(_) => {}
+        }
+        if is_stopped(pid) {
+            return None;
+        }
+    }
+}
+
+/// True if process `pid` is stopped (job control or a tracer).
+fn is_stopped(pid: Pid) -> bool {
+    matches!(imp::proc::lookup(pid as u32), imp::proc::Lookup::Found(s) if s.is_stopped())
 }
 
 /// Kills and reaps the spares asked for on `asked` once their server is gone
@@ -300,8 +333,8 @@ impl ForkServerClient {
     /// the next spare before returning. An error of kind `Unsupported` means
     /// this system cannot fork children through the server.
     pub(crate) fn fork(&mut self, setup: Option<&ForkRequest>, task: Task<'_>) -> Result<Forked, WireError> {
-        // A spare can only fail to take its task if someone killed it: try
-        // another. All those asked for ahead may be dead (a kill of the whole
+        // A spare can only fail to take its task if someone killed or
+        // stopped it: try another. All those asked for ahead may be dead (a kill of the whole
         // group): the one asked for meanwhile is new.
         let mut last_error = None;
         for _attempt in 0..=SPARES_AHEAD {
@@ -347,20 +380,26 @@ impl ForkServerClient {
     }
 
     /// The oldest spare asked for (waiting for it if the server is still
-    /// forking); `None` if it died before greeting us (it is reaped).
+    /// forking); `None` if it died before greeting us, or is stopped (it is
+    /// killed and reaped: a stopped spare would hold its child up until
+    /// someone continued it).
     fn take_spare(&mut self) -> Result<Option<Spare>, WireError> {
         self.ask_for_spare()?;
         let frame = self.answer()?;
         let channel = Channel::unix(self.asked.pop_front().expect("a spare was asked for"));
         match wire::decode::<SpareReply>(&frame.payload, Vec::new())? {
-            SpareReply::Ready { pid } => match greeting(&channel, Deadline::after(Duration::from_secs(30))) {
-                Some(pidfd) => Ok(Some(Spare { pid, pidfd, channel })),
-                None => {
-                    // Our unreaped child: its pid cannot have been reused.
-                    imp::kill_and_reap(pid);
-                    Ok(None)
+            SpareReply::Ready { pid } => {
+                let pidfd = spare_greeting(&channel, pid);
+                // It may have greeted before it was stopped.
+                if is_stopped(pid) {
+                    lifecycle!(WARN, "fork server spare (pid {pid}) is stopped; killing it and using another");
+                } else if let Some(pidfd) = pidfd {
+                    return Ok(Some(Spare { pid, pidfd, channel }));
                 }
-            },
+                // Our unreaped child: its pid cannot have been reused.
+                imp::kill_and_reap(pid);
+                Ok(None)
+            }
             SpareReply::Failed(e) => {
                 Err(WireError::Io(io::Error::other(format!("the fork server could not fork a child: {e}"))))
             }
@@ -389,8 +428,7 @@ impl ForkServerClient {
                 }
                 Err(_) => {}
             }
-            let stopped = matches!(imp::proc::lookup(self.pid as u32), imp::proc::Lookup::Found(s) if s.is_stopped());
-            if !stopped {
+            if !is_stopped(self.pid) {
                 stopped_since = None;
             } else if stopped_since.get_or_insert_with(Instant::now).elapsed() >= STOPPED_GRACE {
                 return Err(WireError::Io(io::Error::new(

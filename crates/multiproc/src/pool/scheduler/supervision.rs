@@ -66,7 +66,7 @@ impl Scheduler {
         let active =
             self.workers.iter().filter(|w| !w.retiring && !w.stopping && !w.killed && w.eof_at.is_none()).count();
         let wanted = !self.closed || !self.pending.is_empty();
-        if !wanted || self.broken.is_some() {
+        if !wanted || (self.broken.is_some() && !self.start_broken) {
             self.respawn_at = None;
             return;
         }
@@ -79,14 +79,39 @@ impl Scheduler {
                 Ok(w) => {
                     lifecycle!(INFO, "pool worker replaced: started {} (pid {})", w.process.name(), w.pid);
                     self.workers.push(w);
+                    if self.start_broken {
+                        lifecycle!(INFO, "pool workers can be started again: the pool takes tasks again");
+                        self.start_broken = false;
+                        self.broken = None;
+                        self.init_failures = 0;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("could not start a pool worker: {e}");
                     self.init_failed(format!("a worker could not be started: {e}"));
-                    self.respawn_at = Some(Instant::now() + RESPAWN_DELAY);
+                    self.start_broken |= self.broken.is_some();
+                    let delay = if self.start_broken { BROKEN_RETRY } else { RESPAWN_DELAY };
+                    self.respawn_at = Some(Instant::now() + delay);
                     break;
                 }
             }
+        }
+    }
+
+    /// A worker was killed by `signal` in its initializer: replaced, unless
+    /// every worker slot saw [`INIT_KILLS_PER_WORKER_LIMIT`] such deaths in
+    /// a row.
+    fn init_killed(&mut self, signal: i32) {
+        self.init_kills += 1;
+        let limit = INIT_KILLS_PER_WORKER_LIMIT.saturating_mul(self.config.processes.max(1) as u32);
+        if self.init_kills >= limit && self.broken.is_none() {
+            self.broken = Some(format!(
+                "{} workers in a row were killed by signal {signal} ({}) while running the initializer: \
+                 either the initializer kills its own worker, or something outside the pool (kill, the OOM \
+                 killer) kills every new worker; the pool stopped starting workers, build a new one",
+                self.init_kills,
+                imp::signal_name(signal)
+            ));
         }
     }
 
@@ -150,13 +175,16 @@ impl Scheduler {
         }
         let st = w.status.read();
         if st.phase == PHASE_INIT && w.received == 0 && !w.stopping {
-            let message = w
-                .init_message
-                .take()
-                .unwrap_or_else(|| format!("a worker died while running the initializer ({})", describe(code)));
-            self.init_failed(message);
+            match (w.init_message.take(), code) {
+                (Some(message), _) => self.init_failed(message),
+                (None, Some(c)) if c < 0 && imp::usually_sent_from_outside(-c) => self.init_killed(-c),
+                (None, _) => {
+                    self.init_failed(format!("a worker died while running the initializer ({})", describe(code)))
+                }
+            }
         } else if w.received > 0 || st.phase != PHASE_INIT {
             self.init_failures = 0;
+            self.init_kills = 0;
         }
         if w.inflight.is_empty() {
             return;

@@ -35,6 +35,15 @@ pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 /// SIGKILL.
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 
+/// True for the signals that other processes send to end one (kill(1) and
+/// the OOM killer's SIGKILL, a service manager's SIGTERM, a terminal's
+/// SIGINT and SIGHUP), as opposed to those a process usually brings on
+/// itself (SIGABRT, SIGSEGV, SIGBUS, ...). A hint only: the wait status does
+/// not say who sent the signal.
+pub(crate) fn usually_sent_from_outside(signal: i32) -> bool {
+    matches!(signal, libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP)
+}
+
 /// Arranges for SIGKILL when the parent dies, then checks that the parent is
 /// still `expected_parent`; if it already died, exits at once.
 pub(crate) fn die_with_parent(expected_parent: Pid) {
