@@ -168,3 +168,41 @@ fn a_send_waiting_for_a_peer_that_dies_unread_fails_instead_of_hanging() {
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     child.join();
 }
+
+fn never_read(_data: Connection, ctl: Connection<usize>) {
+    let _ = ctl.recv_timeout(LONG);
+}
+
+#[test]
+fn a_mid_size_send_with_a_timeout_gives_up_when_the_shared_memory_is_full() {
+    let _serial = serial();
+    let (data, their_data) = Pipe::duplex().unwrap();
+    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
+    let child = Child(Some(Process::spawn(never_read, (their_data.clone(), their_ctl)).unwrap()));
+    drop(their_data);
+    // 1 MiB messages go through the connection's 8 MiB of shared memory;
+    // once it is full, a send without a timeout goes through the socket
+    // (and blocks there for good), one with a timeout gives up.
+    let sender = std::thread::spawn(move || {
+        let message = vec![1u8; 1 << 20];
+        for sent in 0..64 {
+            match data.send_bytes_timeout(&message, Duration::from_millis(200)) {
+                Ok(()) => {}
+                Err(e) => return Ok((sent, e.is_timeout())),
+            }
+        }
+        Err(data)
+    });
+    let start = Instant::now();
+    while !sender.is_finished() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The child exits: a sender still blocked in the socket fails then.
+    drop(ctl);
+    child.join();
+    match sender.join().unwrap() {
+        Ok((sent, timed_out)) => assert!(timed_out && (4..16).contains(&sent), "{sent} sent, then {timed_out}"),
+        Err(_) => panic!("64 messages of 1 MiB went to a peer that reads nothing"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(10), "the timed send blocked for {:?}", start.elapsed());
+}

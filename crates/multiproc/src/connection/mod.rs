@@ -217,11 +217,11 @@ impl<T> Connection<T> {
 
     /// As [`Connection::send_bytes`], but waits at most `timeout` for room
     /// before the message starts to go out: for the peer to read large
-    /// messages (the bound described at `send_bytes`) and for the socket to
-    /// take bytes. `Duration::ZERO` sends only what can start at once. A
-    /// message that has started is sent whole (it cannot be taken back): a
-    /// message between 64 KiB and 16 MiB that finds its shared memory full
-    /// goes through the socket and may wait for the peer past `timeout`.
+    /// messages (the bound described at `send_bytes`), for room in the
+    /// connection's shared memory (messages over 64 KiB; a send without a
+    /// timeout would go through the socket instead) or for the socket to
+    /// take bytes. `Duration::ZERO` sends only what can go at once. A
+    /// timed-out send sent nothing.
     ///
     /// # Examples
     ///

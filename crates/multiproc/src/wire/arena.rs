@@ -77,16 +77,22 @@ impl OutArena {
     /// Copies `payload` into the arena and returns the payload's offset, or
     /// `None` if no space freed up within a short wait.
     pub(crate) fn write(&mut self, payload: &[u8]) -> Option<u64> {
+        let wait = if self.starved { Duration::ZERO } else { SPACE_WAIT };
+        let at = self.write_until(payload, Deadline::after(wait));
+        self.starved = at.is_none();
+        at
+    }
+
+    /// As [`Self::write`], waiting for space until `deadline` (for a send
+    /// with a deadline, which times out rather than go through the socket).
+    pub(crate) fn write_until(&mut self, payload: &[u8], deadline: Deadline) -> Option<u64> {
         let need = record_size(payload.len());
-        let deadline = Deadline::after(SPACE_WAIT);
         let at = loop {
             self.reclaim();
             if let Some(at) = self.allocate(need) {
-                self.starved = false;
                 break at;
             }
-            if self.starved || !self.wait_for_oldest(deadline) {
-                self.starved = true;
+            if deadline.expired() || !self.wait_for_oldest(deadline) {
                 return None;
             }
         };

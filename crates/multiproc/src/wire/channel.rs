@@ -151,9 +151,10 @@ impl Channel {
 
     /// Sends one frame, waiting until `deadline` for room before anything
     /// is sent: for the peer to read one-off payloads (see `budget.rs`), and
-    /// (with a deadline) for the socket to take bytes. A frame once begun is
-    /// written whole: a mid-size payload whose arena is full goes inline,
-    /// and that write may wait for the peer past the deadline.
+    /// (with a deadline) for room in the arena or for the socket to take
+    /// bytes. A frame once begun is written whole (under 64 KiB, a socket
+    /// that takes bytes normally takes all of it: `poll` reports it
+    /// writable with three quarters of its buffer free).
     pub(crate) fn send_until(
         &self,
         kind: Kind,
@@ -234,7 +235,15 @@ impl Channel {
         let mut all: Vec<BorrowedFd<'_>> = Vec::with_capacity(fds.len() + 2);
         let mut header = Header::new(kind, fds.len() + 1, payload.len());
         let memfd;
-        let body = match arena.as_mut().filter(|a| a.fits(payload.len())).map(|a| a.write(payload)) {
+        let timed = deadline.remaining().is_some();
+        let written = arena
+            .as_mut()
+            .filter(|a| a.fits(payload.len()))
+            .map(|a| if timed { a.write_until(payload, deadline) } else { a.write(payload) });
+        let body = match written {
+            // With a deadline, a full arena is a timeout: inline, the
+            // payload could wait for the peer past the deadline.
+            Some(None) if timed => return Ok(false),
             Some(None) => return self.send_inline(kind, payload, fds).map(|()| true),
             Some(Some(offset)) => {
                 header.arena = true;
