@@ -24,10 +24,11 @@ pub enum ConnectionError {
     #[error("the other end of the connection is closed (end of stream)")]
     Closed,
     /// Nothing arrived in time: a message, a client to accept, or the
-    /// listener's answer to a connect.
+    /// listener's answer to a connect; or a send with a timeout found no
+    /// room in time (the peer is not reading; nothing was sent).
     #[error(
         "timed out: nothing came in time (a message to receive, a client to accept, or the listener's answer to a \
-         connect: is it accepting?)"
+         connect: is it accepting?), or a send found no room in time (is the peer reading? nothing was sent)"
     )]
     Timeout,
     /// This end was closed with `close()`.

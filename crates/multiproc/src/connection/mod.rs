@@ -18,6 +18,7 @@ mod auth;
 mod closed_fd;
 mod error;
 mod listener;
+mod pipe;
 mod wait;
 
 use std::fmt;
@@ -33,68 +34,11 @@ pub use address::{Address, AddressError, IntoAddress};
 pub use error::ConnectionError;
 pub(crate) use listener::Unauthenticated;
 pub use listener::{Client, HANDSHAKE_TIMEOUT, Listener};
+pub use pipe::Pipe;
 pub use wait::{Waitable, wait};
 
 use crate::sys::Deadline;
-use crate::wire::{self, Channel, Kind, RecvError, WireError, fd_serde};
-
-/// Makes pairs of connected [`Connection`]s (Python's `Pipe`). `T` is the
-/// message type of [`Connection::send`] and [`Connection::recv`]; raw byte
-/// messages work with any `T`.
-///
-/// # Examples
-///
-/// ```
-/// use multiproc::Pipe;
-///
-/// let (a, b) = Pipe::<(u32, String)>::duplex().unwrap();
-/// a.send(&(7, "seven".to_string())).unwrap();
-/// assert_eq!(b.recv().unwrap(), (7, "seven".to_string()));
-/// ```
-#[derive(Debug)]
-pub struct Pipe<T = Vec<u8>>(PhantomData<fn() -> T>);
-
-impl<T: Serialize + DeserializeOwned> Pipe<T> {
-    /// Two ends that can both send and receive (Python's `Pipe()`).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (a, b) = multiproc::Pipe::<u32>::duplex().unwrap();
-    /// a.send(&1).unwrap();
-    /// b.send(&2).unwrap();
-    /// assert_eq!(b.recv().unwrap(), 1);
-    /// assert_eq!(a.recv().unwrap(), 2);
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// The OS could not create the socket pair.
-    pub fn duplex() -> Result<(Connection<T>, Connection<T>), ConnectionError> {
-        let (a, b) = Channel::pair().map_err(WireError::Io)?;
-        Ok((Connection::from_channel(a, true, true), Connection::from_channel(b, true, true)))
-    }
-
-    /// A receive-only end and a send-only end, in that order (Python's
-    /// `Pipe(duplex=False)`).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (rx, tx) = multiproc::Pipe::<String>::one_way().unwrap();
-    /// tx.send(&"hi".to_string()).unwrap();
-    /// assert_eq!(rx.recv().unwrap(), "hi");
-    /// assert!(rx.send(&"no".to_string()).is_err());
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// The OS could not create the socket pair.
-    pub fn one_way() -> Result<(Connection<T>, Connection<T>), ConnectionError> {
-        let (a, b) = Channel::pair().map_err(WireError::Io)?;
-        Ok((Connection::from_channel(a, true, false), Connection::from_channel(b, false, true)))
-    }
-}
+use crate::wire::{self, Channel, Kind, RecvError, SendError, WireError, fd_serde};
 
 /// One end of a pipe or of a [`Listener`] connection, carrying messages of
 /// type `T` (any `serde` type) and raw byte messages.
@@ -247,8 +191,11 @@ impl<T> Connection<T> {
     /// pipe, a send blocks while the connection is full: a peer that stops
     /// reading stops the sender once its shared memory for the connection
     /// (8 MiB for 1 MiB messages, at most 64 MiB) and the socket buffer are
-    /// full. (A message of about 16 MiB or more travels in memory of its
-    /// own, held until the peer reads it.)
+    /// full. A message of about 16 MiB or more travels in memory of its own,
+    /// held until the peer reads it: a send waits while the peer has 8 such
+    /// messages or 256 MiB of them unread (one larger message goes when
+    /// nothing else is unread). [`Connection::send_bytes_timeout`] gives up
+    /// instead.
     ///
     /// # Examples
     ///
@@ -266,6 +213,32 @@ impl<T> Connection<T> {
     /// receive-only, or the OS failed.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), ConnectionError> {
         Ok(self.writer()?.send(Kind::Data, bytes, &[])?)
+    }
+
+    /// As [`Connection::send_bytes`], but waits at most `timeout` for room
+    /// before the message starts to go out: for the peer to read large
+    /// messages (the bound described at `send_bytes`), for room in the
+    /// connection's shared memory (messages over 64 KiB; a send without a
+    /// timeout would go through the socket instead) or for the socket to
+    /// take bytes. `Duration::ZERO` sends only what can go at once. A
+    /// timed-out send sent nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = multiproc::Pipe::<()>::duplex().unwrap();
+    /// a.send_bytes_timeout(b"quick", Duration::from_secs(1)).unwrap();
+    /// assert_eq!(b.recv_bytes().unwrap(), b"quick");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Timeout`] when there was no room in time (nothing
+    /// was sent: the peer is not reading), or as [`Connection::send_bytes`].
+    pub fn send_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), ConnectionError> {
+        send_result(self.writer()?.send_until(Kind::Data, bytes, &[], Deadline::after(timeout)))
     }
 
     /// Receives one raw byte message, waiting as long as it takes.
@@ -489,6 +462,41 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         Ok(wire::encode_with(value, |bytes, fds| writer.send(Kind::Data, bytes, &fds))?)
     }
 
+    /// Sends one message, waiting at most `timeout` for room before it
+    /// starts to go out (see [`Connection::send_bytes_timeout`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = multiproc::Pipe::<u32>::duplex().unwrap();
+    /// a.send_timeout(&7, Duration::from_secs(1)).unwrap();
+    /// assert_eq!(b.recv().unwrap(), 7);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectionError::Timeout`] when there was no room in time (nothing
+    /// was sent), or as [`Connection::send`].
+    pub fn send_timeout(&self, value: &T, timeout: Duration) -> Result<(), ConnectionError> {
+        let writer = self.writer()?;
+        let deadline = Deadline::after(timeout);
+        let mut timed_out = false;
+        let sent = wire::encode_with(value, |bytes, fds| match writer.send_until(Kind::Data, bytes, &fds, deadline) {
+            Ok(()) => Ok(()),
+            Err(SendError::Timeout) => {
+                timed_out = true;
+                Ok(())
+            }
+            Err(SendError::Wire(e)) => Err(e),
+        });
+        if timed_out {
+            return Err(ConnectionError::Timeout);
+        }
+        Ok(sent?)
+    }
+
     /// Receives one message, waiting as long as it takes.
     ///
     /// # Examples
@@ -532,6 +540,15 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     fn recv_until(&self, deadline: Deadline) -> Result<T, ConnectionError> {
         let frame = self.recv_frame(deadline)?;
         Ok(wire::decode(&frame.payload, frame.fds)?)
+    }
+}
+
+/// A send's outcome as the connection reports it.
+fn send_result(result: Result<(), SendError>) -> Result<(), ConnectionError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(SendError::Timeout) => Err(ConnectionError::Timeout),
+        Err(SendError::Wire(e)) => Err(e.into()),
     }
 }
 

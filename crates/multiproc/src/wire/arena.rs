@@ -32,13 +32,13 @@ use crate::sys::imp::futex::{self, FutexWait};
 use crate::sys::imp::shm::Mapping;
 
 /// Record state: the payload is written and announced.
-const WRITTEN: u32 = 1;
+pub(super) const WRITTEN: u32 = 1;
 /// Record state: a receiver copied the payload out; the space is free.
-const CONSUMED: u32 = 2;
+pub(super) const CONSUMED: u32 = 2;
 /// Bit set by a sender that sleeps until this record is consumed.
-const SENDER_WAITS: u32 = 1 << 31;
+pub(super) const SENDER_WAITS: u32 = 1 << 31;
 /// Bytes before each payload (keeps payloads cache-line aligned).
-const RECORD_HEADER: usize = 64;
+pub(super) const RECORD_HEADER: usize = 64;
 /// Smallest and largest arena.
 const MIN_ARENA: usize = 8 << 20;
 const MAX_ARENA: usize = 64 << 20;
@@ -64,10 +64,7 @@ impl OutArena {
     /// An arena big enough for several payloads of `len` bytes, or `None` if
     /// such payloads are too large for any arena.
     pub(crate) fn for_payload(len: usize) -> io::Result<Option<OutArena>> {
-        let cap = (len + RECORD_HEADER).saturating_mul(4).next_power_of_two().max(MIN_ARENA);
-        if cap > MAX_ARENA {
-            return Ok(None);
-        }
+        let Some(cap) = arena_size(len) else { return Ok(None) };
         let map = Mapping::anonymous("multiproc-arena", cap)?;
         Ok(Some(OutArena { map, in_flight: VecDeque::new(), head: 0, starved: false }))
     }
@@ -80,16 +77,22 @@ impl OutArena {
     /// Copies `payload` into the arena and returns the payload's offset, or
     /// `None` if no space freed up within a short wait.
     pub(crate) fn write(&mut self, payload: &[u8]) -> Option<u64> {
+        let wait = if self.starved { Duration::ZERO } else { SPACE_WAIT };
+        let at = self.write_until(payload, Deadline::after(wait));
+        self.starved = at.is_none();
+        at
+    }
+
+    /// As [`Self::write`], waiting for space until `deadline` (for a send
+    /// with a deadline, which times out rather than go through the socket).
+    pub(crate) fn write_until(&mut self, payload: &[u8], deadline: Deadline) -> Option<u64> {
         let need = record_size(payload.len());
-        let deadline = Deadline::after(SPACE_WAIT);
         let at = loop {
             self.reclaim();
             if let Some(at) = self.allocate(need) {
-                self.starved = false;
                 break at;
             }
-            if self.starved || !self.wait_for_oldest(deadline) {
-                self.starved = true;
+            if deadline.expired() || !self.wait_for_oldest(deadline) {
                 return None;
             }
         };
@@ -163,6 +166,19 @@ impl AsFd for OutArena {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.map.as_fd()
     }
+}
+
+/// Size of an arena for payloads of `len` bytes; `None` when they are too
+/// large for any (they go in one-off memfds).
+fn arena_size(len: usize) -> Option<usize> {
+    let cap = len.saturating_add(RECORD_HEADER).saturating_mul(4).checked_next_power_of_two()?.max(MIN_ARENA);
+    (cap <= MAX_ARENA).then_some(cap)
+}
+
+/// True when payloads of `len` bytes go through an arena, false when they
+/// are too large for any.
+pub(crate) fn fits_an_arena(len: usize) -> bool {
+    arena_size(len).is_some()
 }
 
 fn record_size(len: usize) -> usize {

@@ -1,6 +1,5 @@
 //! A framed, thread-safe message channel over one stream socket.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,11 +7,15 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use super::arena::{self, OutArena};
+use super::budget::LargeBudget;
 use super::frame::{FrameDecoder, Header};
 use super::{Frame, Kind, MAX_FDS_PER_FRAME, OFFLOAD_THRESHOLD, WireError};
 use crate::spin::{PEER_SPIN, Spin};
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
+
+mod outbox;
+pub(crate) use outbox::Outbox;
 
 /// Why a receive returned without a frame.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,18 @@ pub(crate) enum RecvError {
     #[error("watched descriptor ready")]
     WatchReady,
     /// The stream failed or ended.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Why a send returned without sending.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The deadline passed before anything was sent: the peer did not read
+    /// enough (large payloads) or the socket stayed full.
+    #[error("timed out")]
+    Timeout,
+    /// Nothing could be sent, or the stream failed.
     #[error(transparent)]
     Wire(#[from] WireError),
 }
@@ -45,7 +60,9 @@ const CONTENDED_RECHECK: Duration = Duration::from_millis(1);
 pub(crate) struct Channel {
     fd: OwnedFd,
     can_pass_fds: bool,
-    send_lock: Mutex<()>,
+    /// Held while a frame is written; the bound on one-off payloads the
+    /// peer has not read (used only for those).
+    send_lock: Mutex<LargeBudget>,
     /// Where this process puts this channel's large payloads.
     out_arena: Mutex<Option<OutArena>>,
     recv: Mutex<RecvState>,
@@ -84,7 +101,7 @@ impl Channel {
         Channel {
             fd,
             can_pass_fds,
-            send_lock: Mutex::new(()),
+            send_lock: Mutex::new(LargeBudget::default()),
             out_arena: Mutex::new(None),
             recv: Mutex::new(recv),
             peer_cpu: AtomicU32::new(0),
@@ -126,29 +143,65 @@ impl Channel {
 
     /// Sends one frame. Large payloads go through the arena (or a sealed memfd).
     pub(crate) fn send(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> Result<(), WireError> {
+        self.send_until(kind, payload, fds, Deadline::NEVER).map_err(|e| match e {
+            SendError::Wire(e) => e,
+            SendError::Timeout => WireError::Io(io::ErrorKind::TimedOut.into()),
+        })
+    }
+
+    /// Sends one frame, waiting until `deadline` for room before anything
+    /// is sent: for the peer to read one-off payloads (see `budget.rs`), and
+    /// (with a deadline) for room in the arena or for the socket to take
+    /// bytes. A frame once begun is written whole (under 64 KiB, a socket
+    /// that takes bytes normally takes all of it: `poll` reports it
+    /// writable with three quarters of its buffer free).
+    pub(crate) fn send_until(
+        &self,
+        kind: Kind,
+        payload: &[u8],
+        fds: &[OwnedFd],
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
         if !fds.is_empty() && !self.can_pass_fds {
             return Err(WireError::Encode(
                 "this message carries handles (file descriptors), which cannot travel over a TCP connection".into(),
-            ));
+            )
+            .into());
         }
         let out_of_band = self.can_pass_fds && payload.len() > OFFLOAD_THRESHOLD;
         Header::check_len(payload.len(), out_of_band)?;
-        // An out-of-band payload takes one descriptor of its own.
-        let max_fds = MAX_FDS_PER_FRAME - usize::from(out_of_band);
+        // An out-of-band payload takes one descriptor of its own, a one-off
+        // memfd one more (its ticket ring, see `budget.rs`).
+        let one_off = out_of_band && !arena::fits_an_arena(payload.len());
+        let max_fds = MAX_FDS_PER_FRAME - usize::from(out_of_band) - usize::from(one_off);
         if fds.len() > max_fds {
             return Err(WireError::Encode(format!(
                 "this message carries {} handles (file descriptors: shared objects, connections, SendFds), \
                  more than the {max_fds} one message can carry; send them in several messages",
                 fds.len()
-            )));
+            ))
+            .into());
         }
-        let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result =
-            if out_of_band { self.send_out_of_band(kind, payload, fds) } else { self.send_inline(kind, payload, fds) };
-        result.map_err(|e| match e.kind() {
+        let mut budget = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let closed = |e: io::Error| match e.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => WireError::Closed,
             _ => WireError::Io(e),
-        })
+        };
+        if deadline.remaining().is_some()
+            && !imp::poll_fds(&[(self.fd.as_fd(), Interest::Write)], deadline).map_err(closed)?[0]
+        {
+            return Err(SendError::Timeout);
+        }
+        let result = if out_of_band {
+            self.send_out_of_band(kind, payload, fds, &mut budget, deadline)
+        } else {
+            self.send_inline(kind, payload, fds).map(|()| true)
+        };
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SendError::Timeout),
+            Err(e) => Err(closed(e).into()),
+        }
     }
 
     /// Sends a frame with its payload in the socket's byte stream.
@@ -163,33 +216,61 @@ impl Channel {
     /// inline through the socket, so a receiver that stops reading pins at
     /// most one arena and a socket buffer of this process's memory, and the
     /// sender blocks like any writer to a full socket. Only a payload too
-    /// large for any arena goes in a one-off sealed memfd.
-    fn send_out_of_band(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+    /// large for any arena goes in a one-off sealed memfd, with a ticket
+    /// of `budget`, once the budget has room (false: not by `deadline`).
+    fn send_out_of_band(
+        &self,
+        kind: Kind,
+        payload: &[u8],
+        fds: &[OwnedFd],
+        budget: &mut LargeBudget,
+        deadline: Deadline,
+    ) -> io::Result<bool> {
         let mut arena = self.out_arena.lock().unwrap_or_else(|e| e.into_inner());
         if !arena.as_ref().is_some_and(|a| a.fits(payload.len()))
             && let Some(bigger) = OutArena::for_payload(payload.len())?
         {
             *arena = Some(bigger);
         }
-        let mut all: Vec<BorrowedFd<'_>> = Vec::with_capacity(fds.len() + 1);
+        let mut all: Vec<BorrowedFd<'_>> = Vec::with_capacity(fds.len() + 2);
         let mut header = Header::new(kind, fds.len() + 1, payload.len());
         let memfd;
-        let body = match arena.as_mut().filter(|a| a.fits(payload.len())).map(|a| a.write(payload)) {
-            Some(None) => return self.send_inline(kind, payload, fds),
+        let timed = deadline.remaining().is_some();
+        let written = arena
+            .as_mut()
+            .filter(|a| a.fits(payload.len()))
+            .map(|a| if timed { a.write_until(payload, deadline) } else { a.write(payload) });
+        let body = match written {
+            // With a deadline, a full arena is a timeout: inline, the
+            // payload could wait for the peer past the deadline.
+            Some(None) if timed => return Ok(false),
+            Some(None) => return self.send_inline(kind, payload, fds).map(|()| true),
             Some(Some(offset)) => {
                 header.arena = true;
                 all.push(arena.as_ref().expect("the arena just written").as_fd());
-                offset.to_le_bytes().to_vec()
+                offset.to_le_bytes()
             }
             None => {
-                header.offloaded = true;
+                if !budget.wait_for_room(payload.len(), self.fd.as_fd(), deadline)? {
+                    return Ok(false);
+                }
                 memfd = imp::memfd::sealed_with("multiproc-payload", payload)?;
-                all.push(memfd.as_fd());
-                Vec::new()
+                let (ring, ticket) = budget.issue(payload.len())?;
+                // `ring` borrows `budget`, which `withdraw` needs again if
+                // the send fails: the frame goes here, `all` dropped first.
+                (header.offloaded, header.arena, header.nfds) = (true, true, fds.len() + 2);
+                all.extend([memfd.as_fd(), ring]);
+                all.extend(fds.iter().map(AsFd::as_fd));
+                let sent = imp::send_all(self.fd.as_fd(), &[&header.encode(), &ticket.to_le_bytes()], &all);
+                drop(all);
+                if sent.is_err() {
+                    budget.withdraw();
+                }
+                return sent.map(|()| true);
             }
         };
         all.extend(fds.iter().map(AsFd::as_fd));
-        imp::send_all(self.fd.as_fd(), &[&header.encode(), &body], &all)
+        imp::send_all(self.fd.as_fd(), &[&header.encode(), &body], &all).map(|()| true)
     }
 
     /// Receives one frame, waiting until the deadline. When `watch` becomes
@@ -381,96 +462,10 @@ impl Channel {
         }
     }
 
-    /// Writes as much of `outbox` as the socket takes without blocking; true
-    /// once the outbox is empty. Each frame's descriptors go with its first byte.
-    pub(crate) fn flush_nonblocking(&self, outbox: &mut Outbox) -> Result<bool, WireError> {
-        let _guard = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        while outbox.written < outbox.bytes.len() {
-            let (end, attach) = match outbox.marks.front() {
-                Some((at, _)) if *at == outbox.written => {
-                    (outbox.marks.get(1).map_or(outbox.bytes.len(), |m| m.0), true)
-                }
-                Some((at, _)) => (*at, false),
-                None => (outbox.bytes.len(), false),
-            };
-            let chunk = &outbox.bytes[outbox.written..end];
-            let result = if attach {
-                let fds: Vec<BorrowedFd<'_>> = outbox.marks[0].1.iter().map(AsFd::as_fd).collect();
-                imp::send_nonblocking(self.fd.as_fd(), chunk, &fds)
-            } else {
-                imp::send_nonblocking(self.fd.as_fd(), chunk, &[])
-            };
-            match result {
-                Ok(n) => {
-                    outbox.written += n;
-                    if attach {
-                        outbox.marks.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) => {
-                    return Err(WireError::Closed);
-                }
-                Err(e) => return Err(WireError::Io(e)),
-            }
-        }
-        outbox.compact();
-        Ok(outbox.is_empty())
-    }
-
     /// Shuts the socket down so the peer sees end of stream, even if copies of
     /// this end live in other processes.
     pub(crate) fn shutdown(&self) {
         imp::shutdown(self.fd.as_fd());
-    }
-}
-
-/// Frames queued for [`Channel::flush_nonblocking`], for a writer that must
-/// never block on a full socket (the pool's scheduler).
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    bytes: Vec<u8>,
-    written: usize,
-    /// Byte offset of each frame that carries descriptors, with them.
-    marks: VecDeque<(usize, Vec<OwnedFd>)>,
-}
-
-impl Outbox {
-    /// Queues one frame (payloads are never offloaded here: keep them small).
-    pub(crate) fn push(&mut self, kind: Kind, payload: &[u8], fds: Vec<OwnedFd>) -> Result<(), WireError> {
-        if fds.len() > imp::MAX_FDS_PER_MSG {
-            return Err(WireError::Encode(format!(
-                "a frame may carry at most {} descriptors, not {}",
-                imp::MAX_FDS_PER_MSG,
-                fds.len()
-            )));
-        }
-        Header::check_len(payload.len(), false)?;
-        let header = Header::new(kind, fds.len(), payload.len());
-        if !fds.is_empty() {
-            self.marks.push_back((self.bytes.len(), fds));
-        }
-        self.bytes.extend_from_slice(&header.encode());
-        self.bytes.extend_from_slice(payload);
-        Ok(())
-    }
-
-    /// True when everything queued has been written.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.written == self.bytes.len()
-    }
-
-    fn compact(&mut self) {
-        if self.written == self.bytes.len() {
-            self.bytes.clear();
-            self.written = 0;
-        } else if self.written > 1 << 20 {
-            self.bytes.drain(..self.written);
-            for mark in &mut self.marks {
-                mark.0 -= self.written;
-            }
-            self.written = 0;
-        }
     }
 }
 
@@ -541,12 +536,22 @@ fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Fr
         return Ok(Frame { kind: header.kind, payload, fds });
     }
     let memory = fds.remove(0);
-    let payload = if header.arena {
-        let offset = u64::from_le_bytes(payload.try_into().map_err(|_| WireError::corrupt("bad arena reference"))?);
-        arena::take(memory, offset, header.len)?
+    let offset = || -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(payload.as_slice().try_into().map_err(|_| WireError::corrupt("bad arena reference"))?))
+    };
+    let payload = if header.offloaded {
+        let read = imp::memfd::read_sealed(memory.as_fd(), header.len as usize)
+            .map_err(|e| WireError::corrupt(format!("offloaded payload unreadable: {e}")));
+        // The memory goes before the ticket does: once the ticket is
+        // consumed, the sender may make the next memfd.
+        drop(memory);
+        if header.arena {
+            let ring = fds.remove(0);
+            arena::take(ring, offset()?, 0)?;
+        }
+        read?
     } else {
-        imp::memfd::read_sealed(memory.as_fd(), header.len as usize)
-            .map_err(|e| WireError::corrupt(format!("offloaded payload unreadable: {e}")))?
+        arena::take(memory, offset()?, header.len)?
     };
     Ok(Frame { kind: header.kind, payload, fds })
 }

@@ -292,7 +292,7 @@ pub(crate) mod fd_serde {
 /// A file descriptor that can be sent to another process inside any message.
 ///
 /// One message (a task's arguments, a result, a value on a connection)
-/// carries at most 767 descriptors: every `SendFd` and every shared object
+/// carries at most 767 descriptors (766 in a message of 16 MiB or more): every `SendFd` and every shared object
 /// (`Lock`, `Value`, `SharedMemory`, `Connection`, …) in it counts as one.
 /// Sending more is an error that changes nothing; split them over several
 /// messages.

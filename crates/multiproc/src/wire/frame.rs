@@ -14,7 +14,11 @@ pub(crate) const HEADER_LEN: usize = 12;
 /// Flag: the payload is in the first attached memfd, not inline.
 pub(crate) const FLAG_OFFLOADED: u8 = 1;
 /// Flag: the payload is a record in the sender's arena (the first attached
-/// descriptor); the inline part is the record's 8-byte offset.
+/// descriptor); the inline part is the record's 8-byte offset. With
+/// [`FLAG_OFFLOADED`] too: the payload is in the first memfd, and the second
+/// descriptor is the sender's ticket ring, with the ticket's 8-byte offset
+/// inline (the receiver marks it consumed once it has read the payload, see
+/// `budget.rs`).
 pub(crate) const FLAG_ARENA: u8 = 2;
 /// Flag bits holding bits 8–9 of the descriptor count.
 const NFDS_HIGH: u8 = 0b1100;
@@ -113,7 +117,7 @@ impl Header {
         let kind =
             Kind::from_u8(bytes[1]).ok_or_else(|| WireError::corrupt(format!("unknown frame kind {}", bytes[1])))?;
         let flags = bytes[2] & !NFDS_HIGH;
-        if flags & !(FLAG_OFFLOADED | FLAG_ARENA) != 0 || flags == FLAG_OFFLOADED | FLAG_ARENA {
+        if flags & !(FLAG_OFFLOADED | FLAG_ARENA) != 0 {
             return Err(WireError::corrupt(format!("unknown frame flags {flags:#x}")));
         }
         let (offloaded, arena) = (flags & FLAG_OFFLOADED != 0, flags & FLAG_ARENA != 0);
@@ -123,8 +127,8 @@ impl Header {
                 "frame announces {nfds} descriptors, at most {MAX_FDS_PER_FRAME} allowed"
             )));
         }
-        if (offloaded || arena) && nfds == 0 {
-            return Err(WireError::corrupt("out-of-band frame without its memory file"));
+        if (offloaded || arena) && nfds < 1 + usize::from(offloaded && arena) {
+            return Err(WireError::corrupt("out-of-band frame without its memory file (or ticket ring)"));
         }
         let mut len = [0u8; 8];
         len[..6].copy_from_slice(&bytes[4..10]);
@@ -378,6 +382,15 @@ mod test {
         dec.push(&Header::new(Kind::Data, 0, 0).encode(), Vec::new());
         assert!(matches!(dec.next_frame(), Err(WireError::Corrupt(_))));
         assert!(dec.peek_complete(), "the error is ready");
+    }
+
+    #[test]
+    fn an_offloaded_frame_with_a_ticket_carries_its_offset_and_needs_two_descriptors() {
+        let h = Header { kind: Kind::Data, offloaded: true, arena: true, nfds: 2, len: 17 << 20, cpu: 0 };
+        assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+        assert_eq!(h.inline_len(), ARENA_REF_LEN as u64);
+        let without_ring = Header { nfds: 1, ..h };
+        assert!(matches!(Header::decode(&without_ring.encode()), Err(WireError::Corrupt(_))));
     }
 
     #[test]

@@ -15,18 +15,21 @@
 //! socket instead, so a receiver that never reads pins one arena (at most 64
 //! MiB; 8 MiB for 1 MiB messages) and a socket buffer of the sender's memory,
 //! and the sender then blocks as on any full socket. A payload too large for
-//! any arena (about 16 MiB and up) goes in a one-off sealed memfd. Through
+//! any arena (about 16 MiB and up) goes in a one-off sealed memfd, with a
+//! ticket the receiver marks once it has read it: a sender waits while 8 such
+//! payloads or 256 MiB of them are unread (see `budget.rs`). Through
 //! the arena, a 1 MiB message is one copy in and one copy out, with no socket
 //! wake-ups per 64 KiB. Every decoder here returns an error on bad input;
 //! none panics.
 
 mod arena;
+mod budget;
 mod channel;
 mod codec;
 mod error;
 mod frame;
 
-pub(crate) use channel::{Channel, Outbox, RecvError};
+pub(crate) use channel::{Channel, Outbox, RecvError, SendError};
 pub use codec::SendFd;
 pub(crate) use codec::{
     Encoded, de_error, decode, decode_seed, encode, encode_into, encode_to_slice, encode_with, fd_serde, ser_error,

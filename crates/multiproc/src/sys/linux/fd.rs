@@ -110,6 +110,13 @@ pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(poll_now(fd, libc::POLLRDHUP)? & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
 }
 
+/// Whether the stream socket `fd` can carry nothing more either way (its
+/// peer closed it, or both directions were shut down): a send would fail.
+/// Unlike [`peer_hung_up`], a peer that only stopped sending does not count.
+pub(crate) fn closed_both_ways(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(poll_now(fd, 0)? & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
 /// The events of `events` (and the hang-up and error ones) that `fd` shows
 /// now, without waiting. Retries on EINTR.
 fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<libc::c_short> {

@@ -145,3 +145,21 @@ fn a_receiver_that_does_not_read_pins_one_arena_not_a_megabyte_per_message() {
     }
     drop(sender.join().unwrap());
 }
+
+#[test]
+fn a_forged_ticket_is_an_error_not_a_panic() {
+    let (a, b) = Channel::pair().unwrap();
+    let ring = imp::shm::Mapping::anonymous("t", 4096).unwrap();
+    let mut header = Header::new(Kind::Data, 2, 5);
+    (header.offloaded, header.arena) = (true, true);
+    // Misaligned, out of the ring, and never issued.
+    for offset in [12_345u64, 1 << 40, 64] {
+        let memfd = imp::memfd::sealed_with("t", b"hello").unwrap();
+        let fds = [memfd.as_fd(), ring.as_fd()];
+        imp::send_all(b.as_fd(), &[&header.encode(), &offset.to_le_bytes()], &fds).unwrap();
+        match a.recv(Deadline::after(Duration::from_secs(10)), None) {
+            Err(RecvError::Wire(WireError::Corrupt(what))) => assert!(what.contains("arena record"), "{what}"),
+            other => panic!("offset {offset}: {:?}", other.map(|f| f.payload)),
+        }
+    }
+}
