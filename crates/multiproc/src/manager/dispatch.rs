@@ -44,9 +44,9 @@ const IDLE_SPIN: Spin = crate::spin::PEER_SPIN;
 
 /// Longest sleep of an idle dispatcher. Nothing needs the timeout (a
 /// request rings the bell, and so does the server's stop); it only bounds
-/// the harm of a wake-up lost to a bug, or to a client (every client can
-/// write the bell: one that clears it while the dispatcher sleeps makes
-/// the others' rings wake nobody).
+/// the harm of a wake-up lost to a bug, or a client's own lost to its
+/// writing garbage into its lane (no client can lose another's: see
+/// `Bell`).
 const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
 /// How long a connection's thread waits for a hand-off without watching
@@ -145,9 +145,11 @@ impl Dispatcher {
         let entry =
             Arc::new(LaneConn { id, lane, conn: conn.clone(), build: build.to_string(), job: Mutex::new(None), wake });
         lock(&self.lanes).push(entry.clone());
-        // ORDERING: SeqCst: a sleeping dispatcher's last check sees the new
-        // lane or its first request rings the bell (see `Bell`).
+        // ORDERING: SeqCst: a dispatcher about to sleep sees the new lane,
+        // or is woken by the ring below (the new lane does not say yet
+        // that it sleeps, so its client's first request may not ring).
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.bell.ring();
         self.started.call_once(|| {
             let shared = shared.clone();
             let spawned =
@@ -167,9 +169,9 @@ impl Dispatcher {
         lock(&self.lanes).retain(|l| l.id != id);
         // ORDERING: SeqCst: as in `open`.
         let closed = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        // Also ends a sleep that a client killed inside its ring left
-        // unwoken (that client's lane is the one most likely closed now).
-        self.bell.wake();
+        // A sleeping dispatcher lets go of the lane at once, rather than at
+        // its next wake-up.
+        self.bell.ring();
         let give_up = Instant::now() + CLOSE_WAIT;
         let mut serving = lock(&self.serving);
         while serving.running && serving.generation < closed {
@@ -193,7 +195,7 @@ impl Dispatcher {
 
     /// Wakes the dispatcher (to see that the server stops).
     pub(crate) fn wake(&self) {
-        self.bell.wake();
+        self.bell.ring();
     }
 }
 
@@ -242,7 +244,7 @@ fn run(shared: &Shared) {
             if last.as_ref().is_some_and(|(_, object)| object.is_removed()) {
                 last = None;
             }
-            dispatcher.bell.sleep(IDLE_SLEEP, || {
+            dispatcher.bell.sleep(IDLE_SLEEP, lanes.iter().map(|l| &l.lane), || {
                 shared.stopping() || generation() != seen || lanes.iter().any(|l| l.lane.has_request())
             });
         }
