@@ -103,7 +103,7 @@ fn a_client_that_dies_with_a_call_marked_taken_in_its_lane_is_counted_gone() {
 }
 
 #[test]
-fn a_client_killed_inside_a_ring_stalls_the_others_only_until_its_death_is_seen() {
+fn a_client_killed_inside_a_ring_stalls_no_other_client() {
     let m = Manager::builder().authkey(KEY).start().unwrap();
     let d = m.dict::<u8, u8>().unwrap();
     // Without a wake-up, the dispatcher sleeps on until its own timeout
