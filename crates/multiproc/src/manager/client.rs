@@ -346,8 +346,8 @@ fn hello() -> Request {
 
 /// Asks the manager at `endpoint` to stop, waiting at most about `timeout`
 /// for each step. It goes on a connection of its own, without a lane: its
-/// connection's thread serves it, not the dispatcher, which may be stuck in
-/// a user's function (an `update` that never returns).
+/// connection's thread serves it, whatever the other connections' threads
+/// and the dispatcher are doing.
 pub(crate) fn shutdown(endpoint: &Endpoint, timeout: Duration) -> Result<(), ManagerError> {
     let conn = connect_socket(endpoint, timeout)?;
     for request in [hello(), Request::Shutdown] {

@@ -20,12 +20,6 @@ fn bytes(v: &[u8]) -> Bytes {
     Bytes::from(v.to_vec())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic never happens while these are held (shipped code runs under
-    // catch_unwind), but a poisoned lock must not take the manager down.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Runs a shipped update function on `slot`.
 fn run_update(caller: &Caller<'_>, code: CodeRef, slot: &mut Option<Vec<u8>>, args: &[u8]) -> Response {
     caller.check_build()?;
@@ -37,7 +31,7 @@ fn run_update(caller: &Caller<'_>, code: CodeRef, slot: &mut Option<Vec<u8>>, ar
 
 /// A dict or namespace operation.
 pub(crate) fn map_call(map: &Map, kind: Kind, op: Op, caller: &Caller<'_>) -> Response {
-    let mut m = lock(map);
+    let mut m = caller.lock(map)?;
     Ok(match op {
         Op::Get(k) => Reply::MaybeBytes(m.get(k.as_slice()).map(|v| bytes(v))),
         Op::Insert(k, v) => Reply::MaybeBytes(m.insert(k.into_vec(), v.into_vec()).map(Bytes::from)),
@@ -70,7 +64,7 @@ pub(crate) fn map_call(map: &Map, kind: Kind, op: Op, caller: &Caller<'_>) -> Re
 
 /// A list operation.
 pub(crate) fn list_call(list: &List, op: Op, caller: &Caller<'_>) -> Response {
-    let mut l = lock(list);
+    let mut l = caller.lock(list)?;
     let len = l.len() as u64;
     let check = |i: u64, limit: u64| {
         if i < limit { Ok(i as usize) } else { Err(RemoteError::IndexOutOfRange { index: i, len }) }
@@ -118,7 +112,7 @@ pub(crate) fn list_call(list: &List, op: Op, caller: &Caller<'_>) -> Response {
 
 /// A value operation.
 pub(crate) fn value_call(value: &Value, op: Op, caller: &Caller<'_>) -> Response {
-    let mut v = lock(value);
+    let mut v = caller.lock(value)?;
     Ok(match op {
         Op::Load => Reply::Bytes(bytes(&v)),
         Op::Store(new) => {

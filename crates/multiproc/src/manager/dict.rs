@@ -182,6 +182,10 @@ where
     /// Python's `d[k] += 1` through a proxy is a get and a set: two calls
     /// that lose updates when processes race. This is one call.
     ///
+    /// `f` runs on the manager's thread for this client's connection: a
+    /// slow `f` holds back the other calls on this dict (they wait for it),
+    /// and no call on any other object.
+    ///
     /// # Examples
     ///
     /// ```

@@ -9,10 +9,15 @@
 //! answer ready (or polls for it, see [`crate::spin`]) never sleeps either.
 //!
 //! Only calls that cannot block run on the dispatcher. A call that may wait
-//! (a `get` on an empty queue, a held lock, a condition, a user type's
-//! method) is first tried without waiting when it has a non-waiting form,
-//! and otherwise handed to its connection's own thread, which runs it and
-//! answers through the lane: it blocks only its caller, as over a socket.
+//! (a `get` on an empty queue, a held lock, a condition) is first tried
+//! without waiting when it has a non-waiting form, and otherwise handed to
+//! its connection's own thread, which runs it and answers through the lane:
+//! it blocks only its caller, as over a socket. So is every call that runs
+//! a function of the client's (an `update`, a user type's method, a user
+//! type's creation), which may be slow or never return, and a call whose
+//! object such a function holds on another thread (the dispatcher only
+//! tries the object's lock, see `Caller::lock`): a slow function holds back
+//! the calls on its own object, never the dispatcher.
 //! That thread also watches the socket, so a client that dies is noticed at
 //! once (and its locks are freed), and it carries the rare message too
 //! large for the lane.
@@ -24,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use super::lane::{Bell, Lane};
-use super::protocol::{self, Op, RemoteError, Reply, Request, Response};
+use super::protocol::{self, Init, Op, RemoteError, Reply, Request, Response};
 use super::server::{Caller, Last, Shared, respond};
 use super::waiting::lock;
 use crate::Connection;
@@ -39,9 +44,9 @@ const IDLE_SPIN: Spin = crate::spin::PEER_SPIN;
 
 /// Longest sleep of an idle dispatcher. Nothing needs the timeout (a
 /// request rings the bell, and so does the server's stop); it only bounds
-/// the harm of a wake-up lost to a bug, or to a client (every client can
-/// write the bell: one that clears it while the dispatcher sleeps makes
-/// the others' rings wake nobody).
+/// the harm of a wake-up lost to a bug, or a client's own lost to its
+/// writing garbage into its lane (no client can lose another's: see
+/// `Bell`).
 const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
 /// How long a connection's thread waits for a hand-off without watching
@@ -51,8 +56,8 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 const SOCKET_RECHECK: Duration = Duration::from_millis(100);
 
 /// Longest wait of [`Dispatcher::close`] for the dispatcher to let go of
-/// the lane. It only runs calls that do not wait, but an update runs the
-/// client's function, which may be slow: this bounds the harm.
+/// the lane. It only runs calls that neither wait nor run a client's
+/// function: this bounds the harm of a bug.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Lanes checked between clock reads while polling.
@@ -140,9 +145,11 @@ impl Dispatcher {
         let entry =
             Arc::new(LaneConn { id, lane, conn: conn.clone(), build: build.to_string(), job: Mutex::new(None), wake });
         lock(&self.lanes).push(entry.clone());
-        // ORDERING: SeqCst: a sleeping dispatcher's last check sees the new
-        // lane or its first request rings the bell (see `Bell`).
+        // ORDERING: SeqCst: a dispatcher about to sleep sees the new lane,
+        // or is woken by the ring below (the new lane does not say yet
+        // that it sleeps, so its client's first request may not ring).
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.bell.ring();
         self.started.call_once(|| {
             let shared = shared.clone();
             let spawned =
@@ -162,9 +169,9 @@ impl Dispatcher {
         lock(&self.lanes).retain(|l| l.id != id);
         // ORDERING: SeqCst: as in `open`.
         let closed = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        // Also ends a sleep that a client killed inside its ring left
-        // unwoken (that client's lane is the one most likely closed now).
-        self.bell.wake();
+        // A sleeping dispatcher lets go of the lane at once, rather than at
+        // its next wake-up.
+        self.bell.ring();
         let give_up = Instant::now() + CLOSE_WAIT;
         let mut serving = lock(&self.serving);
         while serving.running && serving.generation < closed {
@@ -188,7 +195,7 @@ impl Dispatcher {
 
     /// Wakes the dispatcher (to see that the server stops).
     pub(crate) fn wake(&self) {
-        self.bell.wake();
+        self.bell.ring();
     }
 }
 
@@ -237,7 +244,7 @@ fn run(shared: &Shared) {
             if last.as_ref().is_some_and(|(_, object)| object.is_removed()) {
                 last = None;
             }
-            dispatcher.bell.sleep(IDLE_SLEEP, || {
+            dispatcher.bell.sleep(IDLE_SLEEP, lanes.iter().map(|l| &l.lane), || {
                 shared.stopping() || generation() != seen || lanes.iter().any(|l| l.lane.has_request())
             });
         }
@@ -257,15 +264,28 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
         Some(Ok(true)) => protocol::decode_request(buf).map_err(RemoteError::BadRequest),
         Some(Err(e)) => Err(RemoteError::BadRequest(e.to_string())),
     };
-    let caller = Caller::new(&entry.conn, shared, &entry.build);
+    let caller = Caller::on_dispatcher(&entry.conn, shared, &entry.build);
     let response = match request.map(plan) {
         Err(e) => Err(e),
-        Ok(Plan::Now(request)) => respond(shared, last, request, &caller),
+        Ok(Plan::Now(request)) => match respond(shared, last, request, &caller) {
+            // Its object is held (by an update running on another thread):
+            // the call did nothing, and waits for it on its connection's
+            // thread. The request was consumed; its bytes are still here.
+            _ if caller.busy() => match protocol::decode_request(buf) {
+                Ok(request) => {
+                    entry.hand_off(Job::Run(request));
+                    return true;
+                }
+                Err(e) => Err(RemoteError::BadRequest(e)),
+            },
+            done => done,
+        },
         Ok(Plan::HandOff(request)) => {
             entry.hand_off(Job::Run(request));
             return true;
         }
         Ok(Plan::TryFirst { now, later }) => match respond(shared, last, now, &caller) {
+            // `busy` answers `Timeout`, handed off as well.
             Err(RemoteError::Full | RemoteError::Empty | RemoteError::Timeout) => {
                 entry.hand_off(Job::Run(later));
                 return true;
@@ -298,8 +318,10 @@ enum Plan {
 fn plan(request: Request) -> Plan {
     let Request::Call { object, op } = &request else {
         // Shutdown stops the server after its answer: the connection's
-        // thread does that, as over a socket.
-        return if matches!(request, Request::Shutdown) { Plan::HandOff(request) } else { Plan::Now(request) };
+        // thread does that, as over a socket. A user type's state is
+        // decoded by its own `Deserialize`, which may be slow.
+        let elsewhere = matches!(request, Request::Shutdown | Request::Create { init: Init::User { .. }, .. });
+        return if elsewhere { Plan::HandOff(request) } else { Plan::Now(request) };
     };
     let object = *object;
     let waits = |timeout: &Option<Duration>| *timeout != Some(Duration::ZERO);
@@ -316,9 +338,15 @@ fn plan(request: Request) -> Plan {
             let first = now(Op::Acquire { owner: *owner, timeout: Some(Duration::ZERO) });
             Plan::TryFirst { now: first, later: request }
         }
-        Op::Join { .. } | Op::Wait { .. } | Op::CondWait { .. } | Op::BarrierWait { .. } | Op::UserCall(_) => {
-            Plan::HandOff(request)
-        }
+        // An update and a user type's call run a function of the client's,
+        // which may be slow (or never return): on the connection's thread,
+        // it holds back only the calls on its object.
+        Op::Join { .. }
+        | Op::Wait { .. }
+        | Op::CondWait { .. }
+        | Op::BarrierWait { .. }
+        | Op::UserCall(_)
+        | Op::Update { .. } => Plan::HandOff(request),
         _ => Plan::Now(request),
     }
 }

@@ -98,7 +98,7 @@ pub enum ManagerError {
     /// ([`Manager::start`](super::Manager::start)), any thread of that
     /// process did (a thread such a function started, and may wait for).
     /// Nothing was sent: the manager would wait for itself (it holds the
-    /// object, and runs `update`s on the thread that would serve the call).
+    /// object the function runs on, which the call may need).
     /// Do that work in the client, or keep what the function needs inside
     /// its own object.
     #[error(

@@ -10,8 +10,9 @@
 //! asleep makes one futex wake.
 //!
 //! Layout: a 64-byte header — the state word, the request's length, the
-//! answer's length, 1 + the CPU the last message was written from — then
-//! the request area and the answer area. The state
+//! answer's length, 1 + the CPU the last message was written from, the
+//! manager's "my dispatcher sleeps" word (see [`Bell`]) — then the request
+//! area and the answer area. The state
 //! alternates: the client writes a request and sets `REQUEST`; the server
 //! reads it, writes the answer and sets `ANSWER`. Whoever sleeps waiting
 //! sets the `SLEEPING` bit first. A message too large for its area is
@@ -51,6 +52,11 @@ const ON_SOCKET: u32 = u32::MAX;
 /// Offset of the header word holding 1 + the CPU the last message was
 /// written from (0: unknown).
 const WRITER_CPU: usize = 12;
+/// Offset of the header word the manager's dispatcher sets (non-zero)
+/// while it sleeps on its [`Bell`]: the lane's client then rings the bell
+/// after posting a request. Only this lane's client and the manager write
+/// it, so another client cannot make this one's rings wake nobody.
+const DISPATCHER_ASLEEP: usize = 16;
 
 /// Bytes before the request area.
 const HEADER: usize = 64;
@@ -65,6 +71,9 @@ pub(crate) const LANE_LEN: usize = HEADER + 2 * AREA;
 /// connection (its manager gone) fails a call within a millisecond or two,
 /// a killed manager fails a pending call within 100 ms.
 const CHECKS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+
+/// Most attempts of [`Lane::take_request`] to take a request in one scan.
+const TAKE_TRIES: u32 = 64;
 
 /// Waits for the other side (a call's answer, a client's next request);
 /// the budget adapts per lane and side.
@@ -135,9 +144,9 @@ impl Lane {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is 0, 4, 8 or 12: a 4-byte aligned word inside the
-        // mapping's header (the mapping is page aligned and LANE_LEN long),
-        // and the header's words are only accessed atomically.
+        // SAFETY: `at` is 0, 4, 8, 12 or 16: a 4-byte aligned word inside
+        // the mapping's header (the mapping is page aligned and LANE_LEN
+        // long), and the header's words are only accessed atomically.
         unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
     }
 
@@ -159,7 +168,14 @@ impl Lane {
     ) -> Result<(), ConnectionError> {
         self.put(conn, Way::Request, request)?;
         if let Some(bell) = &self.bell {
-            bell.ring();
+            // ORDERING: SeqCst fence, then SeqCst load: either the
+            // dispatcher's check of the lanes (after it set this word and
+            // fenced, see `Bell::sleep`) sees our request, or we see the
+            // word set and ring (a store-load pair on both sides).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.word(DISPATCHER_ASLEEP).load(Ordering::SeqCst) != 0 {
+                bell.ring();
+            }
         }
         self.wait_for(conn, Way::Answer)?;
         self.take(conn, Way::Answer, answer)
@@ -175,21 +191,57 @@ impl Lane {
     }
 
     /// Test only: waits (at most `timeout`) until the manager's dispatcher
-    /// sleeps on the bell, then clears the bell as a ring does, without
-    /// its wake-up: what a client killed between the two leaves. False if
-    /// the dispatcher was not seen asleep.
+    /// sleeps on the bell, then changes the bell's word as a ring does,
+    /// without its wake-up: what a client killed between the two leaves.
+    /// False if the dispatcher was not seen asleep.
     #[cfg(test)]
     pub(crate) fn cut_a_ring_short(&self, timeout: Duration) -> bool {
         let Some(bell) = &self.bell else { return false };
         let deadline = crate::sys::Deadline::after(timeout);
-        // ORDERING: Relaxed then AcqRel, as in `Bell::ring`.
-        while bell.word().load(Ordering::Relaxed) & SLEEPING == 0 {
+        // ORDERING: SeqCst, as in `call`.
+        while self.word(DISPATCHER_ASLEEP).load(Ordering::SeqCst) == 0 {
             if deadline.expired() {
                 return false;
             }
             std::thread::yield_now();
         }
-        bell.word().swap(0, Ordering::AcqRel) & SLEEPING != 0
+        bell.word().fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Test only: writes pseudo-random garbage (from `seed`) over the whole
+    /// lane, header included, and over the bell's word (0, most times: a
+    /// bell cleared), as a broken or hostile client can.
+    #[cfg(test)]
+    pub(crate) fn scribble(&self, seed: u64) {
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for at in (0..HEADER).step_by(4) {
+            // ORDERING: Relaxed: garbage.
+            self.word(at).store(next() as u32, Ordering::Relaxed);
+        }
+        // Now and then a request the manager takes: a length in the area,
+        // past it, or "on the socket" (where nothing comes).
+        if seed.is_multiple_of(3) {
+            let len = [next() as u32 % (AREA as u32 + 1), AREA as u32 + 1, ON_SOCKET][(seed / 3 % 3) as usize];
+            self.word(Way::Request.len_word()).store(len, Ordering::Relaxed);
+            self.state().store(REQUEST, Ordering::Release);
+        }
+        for at in (HEADER..LANE_LEN).step_by(8 * 64) {
+            // SAFETY: a 64-bit write inside the mapping (8-aligned, below
+            // LANE_LEN); the manager reads these bytes only as untrusted.
+            unsafe { self.map.as_ptr().add(at).cast::<u64>().write_volatile(next()) };
+        }
+        if let Some(bell) = &self.bell {
+            let garbage = next() as u32;
+            // ORDERING: Relaxed: garbage.
+            bell.word().store(if seed.is_multiple_of(8) { garbage } else { 0 }, Ordering::Relaxed);
+        }
     }
 
     /// True when a message of `len` bytes travels in the lane (larger ones
@@ -224,8 +276,10 @@ impl Lane {
         let state = self.state();
         // ORDERING: Acquire pairs with the client's release of REQUEST.
         let mut seen = state.load(Ordering::Acquire);
-        loop {
-            if seen & !SLEEPING != REQUEST {
+        // A client flipping its state word as fast as it can could fail
+        // every exchange: after a few, the request waits for the next scan.
+        for tries in 0.. {
+            if seen & !SLEEPING != REQUEST || tries == TAKE_TRIES {
                 return None;
             }
             // ORDERING: AcqRel: the client may set SLEEPING meanwhile (kept).
@@ -255,13 +309,12 @@ impl Lane {
     fn put(&self, conn: &Connection<()>, way: Way, message: &[u8]) -> Result<(), ConnectionError> {
         let fits = Lane::fits(message.len());
         if fits {
-            // SAFETY: [area, area + len) lies inside the mapping (len ≤ AREA);
-            // it is ours until the state changes below (the other side reads
-            // it only after that, and a misbehaving peer writing meanwhile
-            // only garbles bytes that are decoded as untrusted anyway).
-            unsafe {
-                std::ptr::copy_nonoverlapping(message.as_ptr(), self.map.as_ptr().add(way.area()), message.len())
-            };
+            // SAFETY: the area starts 8-aligned (a multiple of 8 into a page
+            // aligned mapping) and [area, area + len) lies inside the
+            // mapping (len ≤ AREA); it is ours until the state changes below
+            // (a misbehaving peer writing meanwhile only garbles bytes that
+            // are decoded as untrusted anyway).
+            unsafe { copy_to_shared(message, self.map.as_ptr().add(way.area())) };
         }
         let len = if fits { message.len() as u32 } else { ON_SOCKET };
         // ORDERING: Relaxed: published by the state's release in `wake_word`
@@ -311,17 +364,59 @@ impl Lane {
         if len > AREA {
             return Err(WireError::corrupt(format!("a lane message of {len} bytes (at most {AREA})")).into());
         }
-        out.clear();
-        out.reserve(len);
-        // SAFETY: [area, area + len) lies inside the mapping (len ≤ AREA) and
-        // `out` has room for len bytes, all initialised by the copy. The
-        // other side does not write the area until we hand the turn back (a
-        // misbehaving one only garbles its own message, decoded as untrusted).
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(way.area()), out.as_mut_ptr(), len);
-            out.set_len(len);
-        }
+        // SAFETY: the area starts 8-aligned and [area, area + len) lies
+        // inside the mapping (len ≤ AREA). The other side does not write the
+        // area until we hand the turn back (a misbehaving one only garbles
+        // its own message, decoded as untrusted).
+        unsafe { copy_from_shared(self.map.as_ptr().add(way.area()), len, out) };
         Ok(())
+    }
+}
+
+// The areas are read and written with volatile accesses: the memory is
+// outside every allocation of this program, and the other process may
+// write it at any time (a peer that breaks the turns): a plain copy from
+// memory changing under it is a data race, which volatile accesses to
+// such memory are not. Word by word, for speed.
+
+/// Writes `message` into shared memory at `dst`.
+///
+/// # Safety
+///
+/// `dst` is 8-aligned and `[dst, dst + message.len())` lies inside a live
+/// mapping of shared memory.
+pub(super) unsafe fn copy_to_shared(message: &[u8], dst: *mut u8) {
+    let mut words = message.chunks_exact(8);
+    for (i, word) in words.by_ref().enumerate() {
+        let word = u64::from_ne_bytes(word.try_into().expect("chunks of 8"));
+        // SAFETY: word i lies inside [dst, dst + len) and is 8-aligned.
+        unsafe { dst.cast::<u64>().add(i).write_volatile(word) };
+    }
+    let tail = words.remainder();
+    let base = message.len() - tail.len();
+    for (i, &byte) in tail.iter().enumerate() {
+        // SAFETY: inside [dst, dst + len).
+        unsafe { dst.add(base + i).write_volatile(byte) };
+    }
+}
+
+/// Replaces `out` with the `len` bytes of shared memory at `src`.
+///
+/// # Safety
+///
+/// `src` is 8-aligned and `[src, src + len)` lies inside a live mapping of
+/// shared memory.
+pub(super) unsafe fn copy_from_shared(src: *const u8, len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(len);
+    for i in 0..len / 8 {
+        // SAFETY: word i lies inside [src, src + len) and is 8-aligned.
+        let word = unsafe { src.cast::<u64>().add(i).read_volatile() };
+        out.extend_from_slice(&word.to_ne_bytes());
+    }
+    for i in len / 8 * 8..len {
+        // SAFETY: inside [src, src + len).
+        out.push(unsafe { src.add(i).read_volatile() });
     }
 }
 
@@ -331,6 +426,14 @@ const BELL_LEN: usize = 64;
 /// The manager's doorbell, shared by every lane's client: the manager's
 /// dispatcher sleeps on it when no lane has a request, and a client that
 /// posts a request rings it if (and only if) the dispatcher sleeps.
+///
+/// Every client can write the bell's word, so nothing a ringer decides
+/// rests on it: the dispatcher says it sleeps in each lane (a word only
+/// that lane's client and the manager write, `DISPATCHER_ASLEEP`), and
+/// the word is a counter a ring bumps before its futex wake, so that a
+/// sleep that has not begun yet finds it changed. A client that writes
+/// garbage into it wakes the dispatcher early, or not at all for its own
+/// calls; another client's ring still wakes it.
 #[derive(Debug)]
 pub(crate) struct Bell(Mapping);
 
@@ -351,43 +454,39 @@ impl Bell {
         unsafe { &*self.0.as_ptr().cast::<AtomicU32>() }
     }
 
-    /// Wakes the dispatcher if it sleeps on the bell, whatever the bell's
-    /// word says (any client can write it, and one killed inside `ring`
-    /// leaves it cleared with the dispatcher still asleep): a system call
-    /// for rare events (a lane closed, the server's stop), never a call's.
-    pub(crate) fn wake(&self) {
-        // ORDERING: SeqCst fence, as in `ring`; clearing the bit as `ring`
-        // does also ends a sleep that has not begun yet (its futex wait
-        // finds the word changed).
-        std::sync::atomic::fence(Ordering::SeqCst);
-        self.word().swap(0, Ordering::AcqRel);
+    /// Wakes the dispatcher if it sleeps, or ends its next sleep before it
+    /// begins: a system call. A client rings after posting a request when
+    /// its lane says the dispatcher sleeps; the server rings for its rare
+    /// events (a lane opened or closed, its stop).
+    pub(crate) fn ring(&self) {
+        // ORDERING: SeqCst: a sleep that read the word before this bump
+        // finds it changed (see `sleep`).
+        self.word().fetch_add(1, Ordering::SeqCst);
         crate::sys::imp::futex::wake(self.word(), 1);
     }
 
-    /// Wakes the dispatcher if it sleeps. Called after a request is posted.
-    pub(crate) fn ring(&self) {
-        // ORDERING: SeqCst fence: either the dispatcher's check of the
-        // lanes (after its own fence) sees our request, or we see its
-        // SLEEPING here (a store-load pair on both sides).
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let word = self.word();
-        // ORDERING: Relaxed then AcqRel: only one ringer wakes it.
-        if word.load(Ordering::Relaxed) & SLEEPING != 0 && word.swap(0, Ordering::AcqRel) & SLEEPING != 0 {
-            crate::sys::imp::futex::wake(word, 1);
-        }
-    }
-
     /// Dispatcher: sleeps until rung or `timeout` passes, unless `work()`
-    /// finds something to do once the bell is armed.
-    pub(crate) fn sleep(&self, timeout: Duration, work: impl Fn() -> bool) {
+    /// finds something to do once the bell is armed. `lanes` are the lanes
+    /// served: each is told the dispatcher sleeps, for the time it does.
+    pub(crate) fn sleep<'l>(
+        &self,
+        timeout: Duration,
+        lanes: impl Iterator<Item = &'l Lane> + Clone,
+        work: impl Fn() -> bool,
+    ) {
         let word = self.word();
-        // ORDERING: SeqCst store and fence: see `ring`.
-        word.store(SLEEPING, Ordering::SeqCst);
+        // ORDERING: SeqCst load, SeqCst stores, fence: a client that sees
+        // its lane's word set bumps the bell after this load (its load of
+        // the word follows our store in the single order), so the futex
+        // wait below finds the bell changed, or is woken; a client that
+        // does not see it set posted its request before our check.
+        let seen = word.load(Ordering::SeqCst);
+        lanes.clone().for_each(|l| l.word(DISPATCHER_ASLEEP).store(1, Ordering::SeqCst));
         std::sync::atomic::fence(Ordering::SeqCst);
         if !work() {
-            crate::sys::imp::futex::wait(word, SLEEPING, crate::sys::Deadline::after(timeout));
+            crate::sys::imp::futex::wait(word, seen, crate::sys::Deadline::after(timeout));
         }
-        // ORDERING: Relaxed: the next ring needs the bit set anew.
-        word.store(0, Ordering::Relaxed);
+        // ORDERING: Relaxed: a stale "asleep" only costs a client a ring.
+        lanes.for_each(|l| l.word(DISPATCHER_ASLEEP).store(0, Ordering::Relaxed));
     }
 }

@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Duration;
 
 use super::code;
@@ -81,18 +81,63 @@ const MAX_HELLO: u64 = 4 << 10;
 /// again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Tries of [`Caller::lock`] on the dispatcher before it gives a held
+/// object up (an object is held for a few microseconds by a plain call,
+/// for as long as a user's function runs by an update).
+const DISPATCHER_LOCK_TRIES: u32 = 64;
+
 /// The client a request comes from, as the objects see it.
 #[derive(Debug)]
 pub(crate) struct Caller<'a> {
     conn: &'a Connection<()>,
     shared: &'a Shared,
     client_build: &'a str,
+    /// The call runs on the dispatcher, which must not wait for an object.
+    on_dispatcher: bool,
+    /// On the dispatcher: the call found its object held, and did nothing.
+    busy: Cell<bool>,
 }
 
 impl<'a> Caller<'a> {
-    /// The caller on `conn`, a client of build `client_build`.
+    /// The caller on `conn`, a client of build `client_build`, served by
+    /// its connection's own thread.
     pub(crate) fn new(conn: &'a Connection<()>, shared: &'a Shared, client_build: &'a str) -> Caller<'a> {
-        Caller { conn, shared, client_build }
+        Caller { conn, shared, client_build, on_dispatcher: false, busy: Cell::new(false) }
+    }
+
+    /// As [`Caller::new`], for a call the dispatcher runs: it takes no
+    /// object that another thread holds (see [`Caller::lock`]).
+    pub(crate) fn on_dispatcher(conn: &'a Connection<()>, shared: &'a Shared, client_build: &'a str) -> Caller<'a> {
+        Caller { on_dispatcher: true, ..Caller::new(conn, shared, client_build) }
+    }
+
+    /// Locks the state of an object that a user's function may hold while
+    /// it runs (a dict's, list's or value's during an update, a barrier's
+    /// during its action), before the call changes anything. On the
+    /// dispatcher, an object held by another thread is not waited for: the
+    /// call fails at once and is marked [busy](Caller::busy), for the
+    /// dispatcher to hand it to the connection's thread, so that one slow
+    /// function holds back only the calls on its own object.
+    pub(crate) fn lock<'m, T>(&self, m: &'m Mutex<T>) -> Result<MutexGuard<'m, T>, RemoteError> {
+        if !self.on_dispatcher {
+            return Ok(lock(m));
+        }
+        for _ in 0..DISPATCHER_LOCK_TRIES {
+            match m.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(TryLockError::Poisoned(e)) => return Ok(e.into_inner()),
+                Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
+            }
+        }
+        self.busy.set(true);
+        // Never sent: the dispatcher sees `busy` and hands the call off.
+        Err(RemoteError::Timeout)
+    }
+
+    /// True when the call found its object held by another thread and did
+    /// nothing (only on the dispatcher; see [`Caller::lock`]).
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.get()
     }
 
     /// True when the client hung up (or sent something mid-call, which a
@@ -361,7 +406,7 @@ fn read_hello(conn: &Connection<()>) -> Option<(u64, String)> {
 pub(crate) type Last = Option<(u64, Arc<Object>)>;
 
 fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &str) {
-    let caller = Caller { conn, shared, client_build: build };
+    let caller = Caller::new(conn, shared, build);
     let mut last: Last = None;
     while let Ok(bytes) = conn.recv_bytes() {
         let (response, stop) = match protocol::decode_request(&bytes) {

@@ -115,7 +115,7 @@ impl BarrierState {
     }
 
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {
-        let mut b = lock(&self.inner);
+        let mut b = caller.lock(&self.inner)?;
         Ok(match op {
             Op::BarrierWait { timeout } => {
                 if b.broken {

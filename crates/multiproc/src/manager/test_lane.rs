@@ -55,6 +55,20 @@ fn cut_a_ring_short(address: String, ready: Connection<bool>) {
     std::thread::sleep(LONG);
 }
 
+/// A client process: opens a lane, tells the test, and writes garbage over
+/// its lane and the manager's bell every millisecond until killed.
+fn scribble(address: String, ready: Connection<bool>) {
+    let (_conn, lane) = raw_lane_client(&address, |_| {});
+    ready.send(&true).unwrap();
+    let start = Instant::now();
+    let mut seed = u64::from(std::process::id());
+    while start.elapsed() < LONG {
+        lane.scribble(seed);
+        seed += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn threads_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map(Iterator::count).unwrap_or(0)
 }
@@ -89,7 +103,7 @@ fn a_client_that_dies_with_a_call_marked_taken_in_its_lane_is_counted_gone() {
 }
 
 #[test]
-fn a_client_killed_inside_a_ring_stalls_the_others_only_until_its_death_is_seen() {
+fn a_client_killed_inside_a_ring_stalls_no_other_client() {
     let m = Manager::builder().authkey(KEY).start().unwrap();
     let d = m.dict::<u8, u8>().unwrap();
     // Without a wake-up, the dispatcher sleeps on until its own timeout
@@ -107,4 +121,54 @@ fn a_client_killed_inside_a_ring_stalls_the_others_only_until_its_death_is_seen(
     }
     assert!(quickest < Duration::from_millis(400), "a call waited {quickest:?} for a dispatcher left asleep");
     m.shutdown().unwrap();
+}
+
+/// Kills and reaps its process when dropped (also when the test fails).
+struct KillOnDrop(Process<()>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.join_timeout(LONG);
+    }
+}
+
+#[test]
+fn a_client_scribbling_over_its_lane_and_the_bell_holds_back_no_other_client() {
+    let m = Manager::builder().authkey(KEY).start().unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let (ours, theirs) = Pipe::<bool>::duplex().unwrap();
+    let scribbler = KillOnDrop(Process::builder().spawn(scribble, (m.address().to_string(), theirs)).unwrap());
+    assert!(ours.recv_timeout(LONG).unwrap(), "the scribbler did not get going");
+    // Calls spaced so that the dispatcher goes to sleep between them: with
+    // a bell cleared under it, it slept on for up to a second.
+    for i in 0..30u8 {
+        std::thread::sleep(Duration::from_millis(20));
+        let start = Instant::now();
+        assert_eq!(d.insert(2, i).unwrap(), i.checked_sub(1));
+        assert_eq!(d.get(&1).unwrap(), Some(1));
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(400), "two calls took {took:?} beside a scribbling client");
+    }
+    assert!(scribbler.0.exitcode().is_none(), "the scribbler ended early");
+    drop(scribbler);
+    assert_eq!(d.len().unwrap(), 2);
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn messages_of_every_length_round_trip_through_shared_memory_copies() {
+    let mut memory = vec![0u64; (super::lane::LANE_LEN / 8) + 1];
+    let at = memory.as_mut_ptr().cast::<u8>();
+    let mut out = vec![9u8; 3];
+    for len in [0, 1, 7, 8, 9, 15, 16, 1000, 64 << 10] {
+        let message: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        // SAFETY: `memory` is 8-aligned and longer than any message here.
+        unsafe {
+            super::lane::copy_to_shared(&message, at);
+            super::lane::copy_from_shared(at, len, &mut out);
+        }
+        assert_eq!(out, message, "a message of {len} bytes");
+    }
 }

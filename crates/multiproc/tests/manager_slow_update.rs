@@ -1,0 +1,130 @@
+//! A slow or panicking `update` (a function of the client's, run in the
+//! manager) holds back only the calls on its own object: other local
+//! clients' calls on other objects are served meanwhile, also while a
+//! third client waits for the object the update holds; a panic is that
+//! call's error and the manager goes on. The manager and the clients are
+//! processes of their own; every wait is bounded.
+
+#[path = "sync_support/mod.rs"]
+mod sync_support;
+
+use std::time::{Duration, Instant};
+
+use multiproc::manager::{Barrier, Dict, Manager, ManagerError, RemoteError};
+use multiproc::{Connection, Pipe};
+use sync_support::{Kid, LONG};
+
+/// How long the slow update runs.
+const SLOW: Duration = Duration::from_secs(2);
+/// The longest a call on another object may take meanwhile (it takes
+/// microseconds; before, it waited for the whole update).
+const PROMPT: Duration = Duration::from_millis(500);
+
+fn sleep_for(slot: &mut Option<u64>, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    *slot.get_or_insert(0) += 1;
+    ms
+}
+
+/// A client process: tells the test it starts a slow update of `d`, then
+/// runs it.
+fn slow_update(d: Dict<u8, u64>, started: Connection<bool>) -> u64 {
+    d.insert(0, 0).unwrap(); // connected, with a lane, before the signal
+    started.send(&true).unwrap();
+    d.update_with(&0, SLOW.as_millis() as u64, sleep_for).unwrap()
+}
+
+/// A client process: an update that panics fails with the panic's message;
+/// its next call works.
+fn panicking_update(d: Dict<u8, u64>, n: u64) -> bool {
+    let before = d.get(&1).unwrap();
+    let failed = d.update(&1, |v: &mut Option<u64>| -> u64 {
+        *v = Some(7);
+        panic!("update boom")
+    });
+    let said_so = matches!(&failed, Err(ManagerError::Remote(RemoteError::Panicked(m))) if m.contains("update boom"));
+    said_so && d.get(&1).unwrap() == before && d.insert(1, n).unwrap() == before
+}
+
+/// A barrier's action: slow.
+fn slow_action() {
+    std::thread::sleep(SLOW);
+}
+
+/// A client process: tells the test, then passes `b` (one party), which
+/// runs its slow action.
+fn pass(b: Barrier, started: Connection<bool>) -> u64 {
+    b.parties().unwrap(); // connected, with a lane, before the signal
+    started.send(&true).unwrap();
+    b.wait_timeout(LONG).unwrap() as u64
+}
+
+/// Calls `other` until `start` + [`SLOW`] − 0.5 s; panics if one of them
+/// takes [`PROMPT`] or more.
+fn calls_stay_prompt(other: &Dict<u8, u64>, start: Instant) {
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < SLOW - Duration::from_millis(500) {
+        let call = Instant::now();
+        assert_eq!(other.get(&1).unwrap(), Some(1));
+        slowest = slowest.max(call.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(slowest < PROMPT, "a call on another object waited {slowest:?} for a slow function of a client's");
+}
+
+#[test]
+fn a_slow_update_holds_back_no_call_on_another_object() {
+    let m = Manager::start().unwrap();
+    let (slow, other) = (m.dict::<u8, u64>().unwrap(), m.dict::<u8, u64>().unwrap());
+    other.insert(1, 1).unwrap();
+    let (ours, theirs) = Pipe::<bool>::duplex().unwrap();
+    let updater = Kid::spawn(slow_update, (slow.clone(), theirs));
+    assert!(ours.recv_timeout(LONG).unwrap(), "the updating client did not get going");
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(200)); // its update runs now
+    // Another client waits for the object the update holds.
+    let waiter = {
+        let slow = slow.clone();
+        std::thread::spawn(move || slow.get(&0))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    calls_stay_prompt(&other, start);
+    assert_eq!(updater.join(), SLOW.as_millis() as u64);
+    assert_eq!(waiter.join().unwrap().unwrap(), Some(1), "the waiting get saw the update's result");
+    assert_eq!(slow.get(&0).unwrap(), Some(1));
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn a_panicking_update_fails_its_call_and_the_manager_goes_on() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u8, u64>().unwrap();
+    for n in [1, 2] {
+        assert!(Kid::spawn(panicking_update, (d.clone(), n)).join(), "the panicking client saw no clean error");
+    }
+    assert_eq!(d.get(&1).unwrap(), Some(2));
+    assert_eq!(d.update(&1, |v: &mut Option<u64>| v.map(|n| n * 10)).unwrap(), Some(20));
+    m.shutdown().unwrap();
+}
+
+#[test]
+fn a_slow_barrier_action_holds_back_no_call_on_another_object() {
+    let m = Manager::start().unwrap();
+    let (b, other) = (m.barrier_with_action(1, slow_action).unwrap(), m.dict::<u8, u64>().unwrap());
+    other.insert(1, 1).unwrap();
+    let (ours, theirs) = Pipe::<bool>::duplex().unwrap();
+    let passer = Kid::spawn(pass, (b.clone(), theirs));
+    assert!(ours.recv_timeout(LONG).unwrap(), "the passing client did not get going");
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(200)); // its action runs now
+    // Another client asks the barrier, which the action holds.
+    let asker = {
+        let b = b.clone();
+        std::thread::spawn(move || b.n_waiting())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    calls_stay_prompt(&other, start);
+    assert_eq!(passer.join(), 0);
+    assert_eq!(asker.join().unwrap().unwrap(), 0);
+    m.shutdown().unwrap();
+}
