@@ -29,7 +29,7 @@ pub(crate) fn sleep_unless_stopping(group: &VersionGroup, d: Duration, bell: Opt
         if now >= until {
             return true;
         }
-        sleep_on(group, bell, &[], until - now);
+        sleep_on(group, bell, &[], group.nap(until - now));
     }
 }
 
@@ -102,7 +102,7 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
         }
         // Sleeps until the worker sends something or dies, or the version
         // may be winding down; then reads without waiting.
-        sleep_on(group, bell, &[&ends.replies, &process], deadline - now);
+        sleep_on(group, bell, &[&ends.replies, &process], group.nap(deadline - now));
         match ends.replies.recv_timeout(Duration::ZERO) {
             Ok(FromWorker::Ready) => {
                 group.worker_ready(instance);

@@ -517,15 +517,31 @@ impl VersionGroup {
     }
 
     /// True once the version should not (re)start workers: it stopped, or
-    /// it drains and nothing is left queued (a worker lost while its version
-    /// drains is replaced, to finish the requests it never started).
+    /// it drains and nothing is left queued that may still run (a worker
+    /// lost while its version drains is replaced, to finish the requests it
+    /// never started; those past their deadline or given up fail now, and
+    /// keep nothing waiting for a restart).
     pub fn winding_down(&self) -> bool {
         let state = self.lock().state;
         match state {
             VersionState::Stopped | VersionState::Failed => true,
-            VersionState::Draining => self.queue.len() == 0,
+            VersionState::Draining => {
+                let mut dropped = Vec::new();
+                let live = self.queue.live_len(&mut dropped);
+                self.fail_dropped(&mut dropped);
+                live == 0
+            }
             _ => false,
         }
+    }
+
+    /// How long a supervisor that waits (a backoff, a worker loading) may
+    /// sleep before it looks at [`VersionGroup::winding_down`] again: `d`,
+    /// or, while the version drains, a short while (a request left queued
+    /// may pass its deadline meanwhile, and nothing else wakes it then).
+    pub fn nap(&self, d: Duration) -> Duration {
+        const DRAINING_LOOK: Duration = Duration::from_millis(50);
+        if self.state() == VersionState::Draining { d.min(DRAINING_LOOK) } else { d }
     }
 
     /// The version's status.
