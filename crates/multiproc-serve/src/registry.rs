@@ -205,6 +205,18 @@ impl ModelEntry {
         }
     }
 
+    /// Retires the model now, before its [`ModelEntry::unload`]: a load in
+    /// progress gives up, and it can no more be registered (a reload's new
+    /// entry, when the model is removed meanwhile).
+    pub fn retire(&self, cause: UnloadCause) {
+        self.admin.retire(cause, || self.groups.values().for_each(|g| g.wake_waiters()));
+    }
+
+    /// True once the model is retired: removed, replaced or shut down.
+    pub fn is_retired(&self) -> bool {
+        self.admin.is_retired()
+    }
+
     /// Stops every version at once, ending in `Failed` with `why` (a new
     /// entry that failed to load and was never routed to).
     pub fn stop(&self, why: &str) {

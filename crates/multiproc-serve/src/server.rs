@@ -134,12 +134,18 @@ impl Server {
     /// replaced (only with `replace`; otherwise a name taken is an error).
     /// Refused once shutdown began: the check is made under the lock that
     /// `shutdown` takes to empty the endpoints, so an endpoint registered
-    /// after that, which nothing would stop, cannot be. A refused endpoint
-    /// is stopped.
+    /// after that, which nothing would stop, cannot be; so is a retired
+    /// model (see [`Server::remove`]). A refused endpoint is stopped.
     fn register(&self, name: String, endpoint: Endpoint, replace: bool) -> Result<Option<Endpoint>, ServeError> {
         let mut endpoints = self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
         let (refused, cause) = if self.inner.shutting_down.load(Ordering::Acquire) {
             (ServeError::ShuttingDown, UnloadCause::ShuttingDown)
+        } else if let Endpoint::Model(m) = &endpoint
+            && m.is_retired()
+        {
+            // A reload's entry, the model removed while it loaded.
+            let reason = "the reload was cancelled: the model was removed meanwhile".to_string();
+            (ServeError::NotReady { model: name.clone(), version: None, reason }, UnloadCause::Removed)
         } else if replace || !endpoints.contains_key(&name) {
             return Ok(endpoints.insert(name, endpoint));
         } else {
@@ -177,12 +183,21 @@ impl Server {
     }
 
     /// Removes a model or pipeline: drains its versions and stops them; the
-    /// name becomes unknown.
+    /// name becomes unknown. A reload in progress (an `add` under the name)
+    /// is cancelled: it fails, saying the model was removed, and does not
+    /// bring the name back.
     ///
     /// # Errors
     ///
     /// Unknown name.
     pub fn remove(&self, name: &str) -> Result<(), ServeError> {
+        // Retired before the name goes: a reload that registers after
+        // that is refused (see `register`), one before is what is removed.
+        let reloads = self.reloads_of(name);
+        reloads.iter().for_each(|r| r.retire(UnloadCause::Removed));
+        for reload in &reloads {
+            reload.unload(UnloadCause::Removed);
+        }
         let endpoint = self
             .inner
             .endpoints

@@ -175,3 +175,17 @@ fn a_reload_leaves_out_a_version_unloaded_meanwhile() {
     server.shutdown();
     assert_eq!(left_behind(&pids), Vec::<i32>::new(), "workers outlived the server's shutdown");
 }
+
+#[test]
+fn a_remove_during_a_reload_cancels_the_reload() {
+    let pids = Pids::new("remove-reload");
+    let server = Server::new();
+    server.add(pids.spec("m", 1, 0)).unwrap();
+    let reload = reload_under_way(&server, &pids, pids.spec("m", 1, 1_500), 2);
+    server.remove("m").unwrap();
+    let e = reload.join().unwrap().expect_err("the reload brought a removed model back");
+    assert!(e.to_string().contains("removed"), "{e}");
+    assert!(server.status().models.is_empty(), "{:?}", server.status());
+    server.shutdown();
+    assert_eq!(left_behind(&pids), Vec::<i32>::new(), "workers outlived the server's shutdown");
+}
