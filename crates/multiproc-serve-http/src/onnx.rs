@@ -8,7 +8,9 @@
 //! output must be one of the graph's (those not listed are left out of the
 //! answer); a datatype must be the graph's own (never cast), and a
 //! dimension the graph fixes the same. A version that breaks these does
-//! not load, and says which field of its `config.toml` to correct. An
+//! not load, and says which field of its `config.toml` to correct; such a
+//! load is not retried ([`LoadError::permanent`]): the version is
+//! unavailable with that reason until it is loaded again. An
 //! output shape the configuration does not allow fails the request.
 
 mod graph;
@@ -23,7 +25,7 @@ use tract_onnx::prelude::{
     Tensor as TractTensor, TypedModel, TypedRunnableModel,
 };
 
-use multiproc_serve::{Model, WorkerContext};
+use multiproc_serve::{LoadError, Model, WorkerContext};
 
 use crate::protocol::{DataType, Tensor};
 
@@ -121,9 +123,10 @@ impl OnnxRunner {
     /// # Errors
     ///
     /// The file cannot be read, the configuration's names, datatypes or
-    /// fixed dimensions are not the graph's (the error names the field), or
+    /// fixed dimensions are not the graph's (the error names the field; it
+    /// is [permanent](LoadError::permanent): no retry can fix it), or
     /// tract cannot type or optimize the graph.
-    pub fn load(config: OnnxConfig) -> Result<OnnxRunner, String> {
+    pub fn load(config: OnnxConfig) -> Result<OnnxRunner, LoadError> {
         let what = config.path.display().to_string();
         let mut model = tract_onnx::onnx().model_for_path(&config.path).map_err(|e| format!("{what}: {e:#}"))?;
         let scope = model.symbols.clone();
@@ -131,7 +134,7 @@ impl OnnxRunner {
         let file_bytes = std::fs::metadata(&config.path).map_or(u64::MAX, |m| m.len());
         let small = file_bytes <= CONCRETE_MAX_FILE;
         let concrete_capacity = plan_capacity(file_bytes, config.max_batch_size);
-        graph::bind(&mut model, &config)?;
+        graph::bind(&mut model, &config).map_err(LoadError::permanent)?;
         for (i, spec) in config.inputs.iter().enumerate() {
             let mut shape: Vec<TDim> = Vec::new();
             if config.batched() {
@@ -140,12 +143,12 @@ impl OnnxRunner {
             for (j, &d) in spec.dims.iter().enumerate() {
                 shape.push(if d < 0 { scope.sym(&format!("{}_{j}", spec.name)).into() } else { (d as usize).into() });
             }
-            let fact = InferenceFact::dt_shape(datum(spec.datatype)?, shape);
+            let fact = InferenceFact::dt_shape(datum(spec.datatype).map_err(LoadError::permanent)?, shape);
             model.set_input_fact(i, fact).map_err(|e| format!("{what}: input {}: {e:#}", spec.name))?;
         }
         let prepare = |e: tract_onnx::prelude::TractError| format!("{what}: cannot prepare the graph: {e:#}");
         let typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(prepare)?;
-        graph::check_outputs(&typed, &config)?;
+        graph::check_outputs(&typed, &config).map_err(LoadError::permanent)?;
         let plan = typed.clone().into_optimized().and_then(|m| m.into_runnable()).map_err(prepare)?;
         let batch = batch.filter(|_| small);
         Ok(OnnxRunner { config, plan, typed, batch, concrete: RefCell::new(Vec::new()), concrete_capacity })
@@ -295,6 +298,11 @@ impl Model for OnnxRunner {
     type Output = Vec<Tensor>;
 
     fn load(config: OnnxConfig, _: &WorkerContext) -> Result<Self, String> {
+        OnnxRunner::load(config).map_err(LoadError::into_reason)
+    }
+
+    /// A configuration that does not match the graph fails for good.
+    fn try_load(config: OnnxConfig, _: &WorkerContext) -> Result<Self, LoadError> {
         OnnxRunner::load(config)
     }
 

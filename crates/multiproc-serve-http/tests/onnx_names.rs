@@ -234,6 +234,8 @@ fn inputs_and_outputs_are_matched_by_name_and_checked_at_load() {
         assert_ne!(status, 200, "{model} answered: {body}");
         let (state, reason) = index_entry(&base, model, None);
         assert_ne!(state, "READY", "{model}: {reason}");
+        // No retry can fix the configuration: failed at once, not retried.
+        assert!(reason.starts_with("failed: ") && reason.contains("not retried"), "{model}: {reason}");
         let config = repository.0.join(model).join("config.toml");
         assert!(
             reason.contains(&config.display().to_string()),

@@ -214,6 +214,19 @@ impl AdminLock {
         }
     }
 
+    /// Retires the model at once (it is removed): no load starts after
+    /// this, and one in progress gives up (`wake` wakes its waits); the
+    /// unload that follows stops what it started.
+    pub fn retire(&self, cause: UnloadCause, wake: impl FnOnce()) {
+        self.state().unloads.retired = Some(cause);
+        wake();
+    }
+
+    /// True once the model is retired (removed, replaced or shut down).
+    pub fn is_retired(&self) -> bool {
+        self.state().unloads.retired.is_some()
+    }
+
     /// Why a load (of `version`, or of the model) holding the lock gives up
     /// now: an unload of the model or of that version waits for it (and
     /// will stop what the load started), or the model is retired.

@@ -236,6 +236,15 @@ impl BatchQueue {
         self.lock().items.len()
     }
 
+    /// Requests waiting that may still run: those whose caller is gone or
+    /// whose deadline passed go to `dropped` first (for the caller to fail).
+    pub fn live_len(&self, dropped: &mut Vec<Pending>) -> usize {
+        let mut s = self.lock();
+        let all = s.items.len();
+        sweep(&mut s, all, Instant::now(), dropped);
+        s.items.len()
+    }
+
     /// The capacity.
     pub fn capacity(&self) -> usize {
         self.capacity

@@ -4,7 +4,9 @@
 //! named, versioned models, each version a group of worker processes that
 //! load the model once (inside the worker) and are then called with batches
 //! formed by a dynamic batcher. Workers that die fail their in-flight
-//! requests at once and are restarted with backoff; versions switch without
+//! requests at once and are restarted with backoff (a load that fails for
+//! good, a [`LoadError::permanent`], is not: the version fails at once,
+//! saying why, until it is loaded again); versions switch without
 //! downtime; pipelines chain a preprocessing pool, the batched model and
 //! postprocessing (seed 004); external commands in any language serve
 //! through a small framed protocol ([`command`]).
@@ -124,7 +126,7 @@ pub use command::{CommandConfig, CommandModel};
 pub use error::{ErrorKind, ServeError};
 pub use lone::LoneWait;
 pub use metrics::{BatchReason, MetricsSnapshot, VersionMetrics};
-pub use model::{Model, ModelSpec, WorkerContext};
+pub use model::{LoadError, Model, ModelSpec, WorkerContext};
 pub use name::ModelName;
 pub use pipeline_spec::{PipelineItem, PipelineSpec};
 pub use request::{InferFuture, Reply, Request};

@@ -68,6 +68,26 @@ pub trait Model: Sized + 'static {
     /// Why the model cannot load (the version is then reported as failing).
     fn load(config: Self::Config, context: &WorkerContext) -> Result<Self, String>;
 
+    /// Loads the model, saying whether a failure is for good: a
+    /// [`LoadError::permanent`] (a configuration that does not match the
+    /// model file, a format it cannot read) is not retried: the version
+    /// ends `Failed` with the reason at once, its queued requests and the
+    /// load waiting for it fail saying why, and it stays so until it is
+    /// loaded again ([`Server::load`](crate::Server::load),
+    /// [`Server::load_version`](crate::Server::load_version)…). Any other
+    /// failure restarts the worker with backoff, as a crash does.
+    ///
+    /// The default calls [`Model::load`], every failure of which is retried;
+    /// a model with failures no retry can fix overrides this (and makes
+    /// `load` call it).
+    ///
+    /// # Errors
+    ///
+    /// Why the model cannot load, and whether trying again may help.
+    fn try_load(config: Self::Config, context: &WorkerContext) -> Result<Self, LoadError> {
+        Self::load(config, context).map_err(LoadError::retry)
+    }
+
     /// Runs one batch: one result per input, in order.
     fn predict(&mut self, batch: Vec<Self::Input>) -> Vec<Result<Self::Output, String>>;
 
@@ -88,6 +108,67 @@ pub trait Model: Sized + 'static {
         Ok(None)
     }
 }
+
+/// Why a model did not load ([`Model::try_load`]), and whether loading it
+/// again may help.
+///
+/// ```
+/// use multiproc_serve::LoadError;
+///
+/// let e = LoadError::permanent("input 'x' is FP32 in the graph; set datatype = \"FP32\"");
+/// assert!(e.is_permanent());
+/// assert!(!LoadError::from("the GPU is busy".to_string()).is_permanent());
+/// assert_eq!(e.reason(), "input 'x' is FP32 in the graph; set datatype = \"FP32\"");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    reason: String,
+    permanent: bool,
+}
+
+impl LoadError {
+    /// A failure a later try may not have (a crash, a resource busy or not
+    /// there yet): the worker is restarted with backoff.
+    pub fn retry(reason: impl Into<String>) -> LoadError {
+        LoadError { reason: reason.into(), permanent: false }
+    }
+
+    /// A failure every try would have: the version fails at once, without
+    /// retries, until it is loaded again.
+    pub fn permanent(reason: impl Into<String>) -> LoadError {
+        LoadError { reason: reason.into(), permanent: true }
+    }
+
+    /// True for [`LoadError::permanent`].
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// Why the model did not load.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The reason, without the kind.
+    pub fn into_reason(self) -> String {
+        self.reason
+    }
+}
+
+impl From<String> for LoadError {
+    /// A failure retried ([`LoadError::retry`]), as [`Model::load`]'s.
+    fn from(reason: String) -> LoadError {
+        LoadError::retry(reason)
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for LoadError {}
 
 /// Starts one worker process of a model version (type-erased).
 pub(crate) type Spawner =

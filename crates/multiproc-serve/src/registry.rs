@@ -146,7 +146,20 @@ impl ModelEntry {
     /// left out, as if it was unloaded just after the load; if every one
     /// was, the load fails, saying so.
     pub fn load(&self) -> Result<(), ServeError> {
-        let admin = self.admin_to_load(None)?;
+        self.load_holding(self.lock_to_load()?)
+    }
+
+    /// Takes the admin lock for a [`ModelEntry::load_holding`]: from then
+    /// on an unload of the model or of a version cancels that load or
+    /// leaves the version out (a reload takes it before the entry can be
+    /// found, so no unload comes between and is missed).
+    pub fn lock_to_load(&self) -> Result<Held<'_>, ServeError> {
+        self.admin_to_load(None)
+    }
+
+    /// [`ModelEntry::load`] with the lock taken by
+    /// [`ModelEntry::lock_to_load`].
+    pub fn load_holding(&self, admin: Held<'_>) -> Result<(), ServeError> {
         self.unloaded.store(false, Ordering::Release);
         let served = self.served();
         let served = if served.is_empty() {
@@ -190,6 +203,18 @@ impl ModelEntry {
         for g in self.groups.values() {
             g.unload(cause.as_str());
         }
+    }
+
+    /// Retires the model now, before its [`ModelEntry::unload`]: a load in
+    /// progress gives up, and it can no more be registered (a reload's new
+    /// entry, when the model is removed meanwhile).
+    pub fn retire(&self, cause: UnloadCause) {
+        self.admin.retire(cause, || self.groups.values().for_each(|g| g.wake_waiters()));
+    }
+
+    /// True once the model is retired: removed, replaced or shut down.
+    pub fn is_retired(&self) -> bool {
+        self.admin.is_retired()
     }
 
     /// Stops every version at once, ending in `Failed` with `why` (a new

@@ -15,7 +15,6 @@ use crate::error::ServeError;
 use crate::items::Encoded;
 use crate::lone::LoneWait;
 use crate::metrics::MetricsSnapshot;
-use crate::model::{Model, ModelSpec};
 use crate::name::Target;
 use crate::pipeline::PipelineDyn;
 use crate::pipeline_spec::{PipelineItem, PipelineSpec};
@@ -26,6 +25,8 @@ use crate::settings::ModelSettings;
 use crate::slot::Slot;
 use crate::status::{EndpointKind, ModelStatus, ServerStatus};
 use crate::tensor::Tensor;
+
+mod reload;
 
 /// A registered endpoint.
 #[derive(Clone)]
@@ -129,76 +130,22 @@ impl Server {
         if self.inner.shutting_down.load(Ordering::Acquire) { Err(ServeError::ShuttingDown) } else { Ok(()) }
     }
 
-    /// Adds a model. With [`StartMode::Eager`](crate::StartMode::Eager) its
-    /// versions (by the version policy) start now and this waits until they
-    /// are ready (up to the startup timeout). Adding a name that exists
-    /// reloads it without downtime: the new workers start, traffic moves
-    /// when they are ready, the old ones drain; if the new ones fail, the
-    /// old ones keep serving and the error says why.
-    ///
-    /// # Errors
-    ///
-    /// Invalid settings, no version, or (eager) the model did not become
-    /// ready; it stays registered and `status()` shows why.
-    pub fn add<M: Model>(&self, spec: ModelSpec<M>) -> Result<(), ServeError> {
-        self.check_running()?;
-        let spec = spec.erase()?;
-        let name = spec.name.clone();
-        let entry = ModelEntry::new(spec);
-        let old = self.endpoints().get(&name).cloned();
-        match old {
-            Some(Endpoint::Model(old)) => {
-                // No request reached the new versions: stop them all, or
-                // their workers would go on restarting unseen.
-                if let Err(e) = self.load_reload(&entry) {
-                    entry.stop(&e.to_string());
-                    return Err(e);
-                }
-                // What is replaced is what is registered now: `old`, or
-                // the entry of another add that swapped in meanwhile.
-                let replaced = self.register(name, Endpoint::Model(entry), true)?;
-                tracing::info!(model = %old.name, "switch: reloaded model; draining the old versions");
-                replaced.into_iter().for_each(|e| e.retire(UnloadCause::Removed));
-                Ok(())
-            }
-            Some(Endpoint::Pipeline(_)) => Err(ServeError::Internal(format!(
-                "'{name}' is a pipeline; remove it before adding a model of that name"
-            ))),
-            None => {
-                // Another add of the name may have come first: this one
-                // replaces it, as a reload.
-                let replaced = self.register(name, Endpoint::Model(Arc::clone(&entry)), true)?;
-                replaced.into_iter().for_each(|e| e.retire(UnloadCause::Removed));
-                entry.load_if_eager()
-            }
-        }
-    }
-
-    /// Loads `entry`, the new entry of a model reloaded (not registered
-    /// until it is ready), where a shutdown finds and cancels it. Refused
-    /// once shutdown began: the check is made under the lock that
-    /// `shutdown` takes to cancel the reloads.
-    fn load_reload(&self, entry: &Arc<ModelEntry>) -> Result<(), ServeError> {
-        {
-            let mut reloading = self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner());
-            self.check_running()?;
-            reloading.push(Arc::clone(entry));
-        }
-        let loaded = entry.load();
-        self.inner.reloading.lock().unwrap_or_else(|e| e.into_inner()).retain(|e| !Arc::ptr_eq(e, entry));
-        loaded
-    }
-
     /// Registers `endpoint` under `name` and gives back the endpoint it
     /// replaced (only with `replace`; otherwise a name taken is an error).
     /// Refused once shutdown began: the check is made under the lock that
     /// `shutdown` takes to empty the endpoints, so an endpoint registered
-    /// after that, which nothing would stop, cannot be. A refused endpoint
-    /// is stopped.
+    /// after that, which nothing would stop, cannot be; so is a retired
+    /// model (see [`Server::remove`]). A refused endpoint is stopped.
     fn register(&self, name: String, endpoint: Endpoint, replace: bool) -> Result<Option<Endpoint>, ServeError> {
         let mut endpoints = self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
         let (refused, cause) = if self.inner.shutting_down.load(Ordering::Acquire) {
             (ServeError::ShuttingDown, UnloadCause::ShuttingDown)
+        } else if let Endpoint::Model(m) = &endpoint
+            && m.is_retired()
+        {
+            // A reload's entry, the model removed while it loaded.
+            let reason = "the reload was cancelled: the model was removed meanwhile".to_string();
+            (ServeError::NotReady { model: name.clone(), version: None, reason }, UnloadCause::Removed)
         } else if replace || !endpoints.contains_key(&name) {
             return Ok(endpoints.insert(name, endpoint));
         } else {
@@ -236,12 +183,21 @@ impl Server {
     }
 
     /// Removes a model or pipeline: drains its versions and stops them; the
-    /// name becomes unknown.
+    /// name becomes unknown. A reload in progress (an `add` under the name)
+    /// is cancelled: it fails, saying the model was removed, and does not
+    /// bring the name back.
     ///
     /// # Errors
     ///
     /// Unknown name.
     pub fn remove(&self, name: &str) -> Result<(), ServeError> {
+        // Retired before the name goes: a reload that registers after
+        // that is refused (see `register`), one before is what is removed.
+        let reloads = self.reloads_of(name);
+        reloads.iter().for_each(|r| r.retire(UnloadCause::Removed));
+        for reload in &reloads {
+            reload.unload(UnloadCause::Removed);
+        }
         let endpoint = self
             .inner
             .endpoints
@@ -284,12 +240,20 @@ impl Server {
     /// an eager `add`) does not hold it up: that load fails at once, saying
     /// it was cancelled, and the workers it started stop with the others;
     /// requests queued on a version that never became ready fail at once.
+    /// A reload in progress (an `add` under the name) is cancelled the
+    /// same way: once this returns, nothing of the model is served.
     ///
     /// # Errors
     ///
     /// Unknown model.
     pub fn unload(&self, model: &str) -> Result<(), ServeError> {
-        self.model_entry(model)?.unload(UnloadCause::Unloaded);
+        // The reloads first: one that ends meanwhile is registered then.
+        let reloads = self.reloads_of(model);
+        let entry = self.model_entry(model)?;
+        for reload in reloads.iter().filter(|r| !Arc::ptr_eq(r, &entry)) {
+            reload.unload(UnloadCause::Unloaded);
+        }
+        entry.unload(UnloadCause::Unloaded);
         Ok(())
     }
 
@@ -311,13 +275,28 @@ impl Server {
     /// leaves that version out and goes on with the others (see there);
     /// requests queued on the version, which never became ready, fail at
     /// once. A load of another version is neither cancelled nor waited
-    /// for: this goes ahead beside it.
+    /// for: this goes ahead beside it. A reload in progress (an `add`
+    /// under the name) leaves the version out as a `load` does: once this
+    /// returns, the version is not served.
     ///
     /// # Errors
     ///
-    /// Unknown model or version.
+    /// Unknown model or version (known if the served entry or a reload
+    /// in progress declares it).
     pub fn unload_version(&self, model: &str, version: u64) -> Result<(), ServeError> {
-        self.model_entry(model)?.unload_version(version)
+        // The reloads first: one that ends meanwhile is registered then.
+        let reloads = self.reloads_of(model);
+        let entry = self.model_entry(model)?;
+        // A reload may declare versions the served entry does not: the
+        // version is known if either has it.
+        let mut unloaded = false;
+        for reload in reloads.iter().filter(|r| !Arc::ptr_eq(r, &entry)) {
+            unloaded |= reload.unload_version(version).is_ok();
+        }
+        match entry.unload_version(version) {
+            Err(ServeError::UnknownVersion { .. }) if unloaded => Ok(()),
+            done => done,
+        }
     }
 
     /// Zero-downtime switch: starts `version`, waits until it is ready,

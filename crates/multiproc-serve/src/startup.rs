@@ -29,7 +29,7 @@ pub(crate) fn sleep_unless_stopping(group: &VersionGroup, d: Duration, bell: Opt
         if now >= until {
             return true;
         }
-        sleep_on(group, bell, &[], until - now);
+        sleep_on(group, bell, &[], group.nap(until - now));
     }
 }
 
@@ -46,12 +46,23 @@ fn sleep_on(group: &VersionGroup, bell: Option<&Bell>, watched: &[&dyn Waitable]
     }
 }
 
+/// How a worker that sent why it did not load is gone: retried, or
+/// refused for good.
+fn load_failed(reason: &str, permanent: bool) -> Gone {
+    if permanent {
+        Gone::Refused(format!("load failed for good (not retried): {reason}"))
+    } else {
+        Gone::Crashed(format!("load failed: {reason}"))
+    }
+}
+
 /// The load error a worker seen dead sent before it died, if any (its log
 /// lines on the way go to the log).
-fn last_load_error(group: &VersionGroup, ends: &ServerEnds) -> Option<String> {
+fn last_load_error(group: &VersionGroup, ends: &ServerEnds) -> Option<Gone> {
     loop {
         match ends.replies.recv_timeout(Duration::ZERO) {
-            Ok(FromWorker::LoadFailed(reason)) => return Some(reason),
+            Ok(FromWorker::LoadFailed(reason)) => return Some(load_failed(&reason, false)),
+            Ok(FromWorker::LoadRefused(reason)) => return Some(load_failed(&reason, true)),
             Ok(FromWorker::Log(line)) => log_line(group, &line),
             Ok(_) | Err(_) => return None,
         }
@@ -91,7 +102,7 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
         }
         // Sleeps until the worker sends something or dies, or the version
         // may be winding down; then reads without waiting.
-        sleep_on(group, bell, &[&ends.replies, &process], deadline - now);
+        sleep_on(group, bell, &[&ends.replies, &process], group.nap(deadline - now));
         match ends.replies.recv_timeout(Duration::ZERO) {
             Ok(FromWorker::Ready) => {
                 group.worker_ready(instance);
@@ -100,7 +111,11 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
             Ok(FromWorker::Log(line)) => log_line(group, &line),
             Ok(FromWorker::LoadFailed(reason)) => {
                 let _ = process.join_timeout(Duration::from_secs(2));
-                return Err(Gone::Crashed(format!("load failed: {reason}")));
+                return Err(load_failed(&reason, false));
+            }
+            Ok(FromWorker::LoadRefused(reason)) => {
+                let _ = process.join_timeout(Duration::from_secs(2));
+                return Err(load_failed(&reason, true));
             }
             Ok(FromWorker::Batch { .. }) => {
                 let _ = process.kill();
@@ -112,9 +127,9 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
                 // Seen dead: all it sent is in the pipe now. A load error
                 // sent just after this wait timed out, and the worker's exit
                 // right after it, are its reason, not a silent death.
-                if let Some(reason) = last_load_error(group, &ends) {
+                if let Some(gone) = last_load_error(group, &ends) {
                     let _ = process.join_timeout(Duration::from_secs(2));
-                    return Err(Gone::Crashed(format!("load failed: {reason}")));
+                    return Err(gone);
                 }
                 let status = exit_status(&mut process);
                 return Err(Gone::Crashed(format!("worker {pid} died while loading: {status}")));

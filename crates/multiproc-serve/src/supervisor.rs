@@ -80,6 +80,9 @@ impl Worker {
 pub(crate) enum Gone {
     /// It crashed or failed to load: restart after backoff.
     Crashed(String),
+    /// Its load failed for good ([`crate::LoadError::permanent`]): no
+    /// restart; the version fails (see [`VersionGroup::load_refused`]).
+    Refused(String),
     /// The version is stopping: do not restart.
     Quit,
 }
@@ -115,6 +118,10 @@ pub(crate) fn run(group: Arc<VersionGroup>, instance: usize) {
         };
         match gone {
             Gone::Quit => break,
+            Gone::Refused(reason) => {
+                group.load_refused(instance, reason);
+                break;
+            }
             Gone::Crashed(reason) => {
                 let backoff = group.worker_crashed(instance, reason, attempt);
                 attempt = attempt.saturating_add(1);

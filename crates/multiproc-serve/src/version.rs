@@ -187,9 +187,7 @@ impl VersionGroup {
                     capacity: self.queue.capacity(),
                 },
             ))),
-            Err(Refused::Closed(p)) => {
-                Err(Box::new((p, self.not_ready(&format!("version is {}", self.state().as_str())))))
-            }
+            Err(Refused::Closed(p)) => Err(Box::new((p, self.closed_error()))),
         }
     }
 
@@ -202,6 +200,16 @@ impl VersionGroup {
             _ => {}
         }
         self.queue.push_many(batch).map_err(|b| (b, self.not_ready("the version no longer takes requests")))
+    }
+
+    /// Why the closed queue takes no request: the version's state, and
+    /// why it failed if it did.
+    fn closed_error(&self) -> ServeError {
+        let s = self.lock();
+        match (&s.last_failure, s.state) {
+            (Some(why), VersionState::Failed) => self.not_ready(&format!("version is failed: {why}")),
+            (_, state) => self.not_ready(&format!("version is {}", state.as_str())),
+        }
     }
 
     pub fn not_ready(&self, reason: &str) -> ServeError {
@@ -296,6 +304,37 @@ impl VersionGroup {
             self.fail_requests(self.queue.take_all(), &e);
         }
         backoff
+    }
+
+    /// A worker's load failed for good ([`crate::LoadError::permanent`]):
+    /// it is not restarted. Unless another worker serves, the version
+    /// fails now with `reason` (its queued requests and a load waiting for
+    /// it fail saying so, its other workers stop) and stays failed until
+    /// it is started again.
+    pub fn load_refused(&self, instance: usize, reason: String) {
+        let pids = {
+            let mut s = self.lock();
+            let pid = s.workers[instance].pid;
+            tracing::warn!(model = %self.model, version = self.version, instance, pid, "worker not restarted: {reason}");
+            let w = &mut s.workers[instance];
+            w.pid = None;
+            w.last_failure = Some(reason.clone());
+            let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
+            if live || !matches!(s.state, VersionState::Loading | VersionState::Ready | VersionState::CrashLooping) {
+                return;
+            }
+            let why = format!("{reason}; correct it, then load the version again");
+            s.last_failure = Some(why.clone());
+            self.transition(&mut s, VersionState::Failed, &why);
+            s.workers.iter().filter_map(|w| w.pid).collect::<Vec<i32>>()
+        };
+        // The other workers, loading, see the version failed and quit.
+        let left = self.queue.stop();
+        let why = self.lock().last_failure.clone().unwrap_or_default();
+        self.fail_requests(left, &self.not_ready(&format!("the version failed to load: {why}")));
+        for pid in pids {
+            let _ = multiproc::process::kill_pid(pid);
+        }
     }
 
     /// A worker is being restarted.
@@ -478,15 +517,31 @@ impl VersionGroup {
     }
 
     /// True once the version should not (re)start workers: it stopped, or
-    /// it drains and nothing is left queued (a worker lost while its version
-    /// drains is replaced, to finish the requests it never started).
+    /// it drains and nothing is left queued that may still run (a worker
+    /// lost while its version drains is replaced, to finish the requests it
+    /// never started; those past their deadline or given up fail now, and
+    /// keep nothing waiting for a restart).
     pub fn winding_down(&self) -> bool {
         let state = self.lock().state;
         match state {
             VersionState::Stopped | VersionState::Failed => true,
-            VersionState::Draining => self.queue.len() == 0,
+            VersionState::Draining => {
+                let mut dropped = Vec::new();
+                let live = self.queue.live_len(&mut dropped);
+                self.fail_dropped(&mut dropped);
+                live == 0
+            }
             _ => false,
         }
+    }
+
+    /// How long a supervisor that waits (a backoff, a worker loading) may
+    /// sleep before it looks at [`VersionGroup::winding_down`] again: `d`,
+    /// or, while the version drains, a short while (a request left queued
+    /// may pass its deadline meanwhile, and nothing else wakes it then).
+    pub fn nap(&self, d: Duration) -> Duration {
+        const DRAINING_LOOK: Duration = Duration::from_millis(50);
+        if self.state() == VersionState::Draining { d.min(DRAINING_LOOK) } else { d }
     }
 
     /// The version's status.

@@ -50,6 +50,9 @@ pub(crate) enum FromWorker {
     Ready,
     /// The model did not load; the worker exits.
     LoadFailed(String),
+    /// The model did not load and never will with this configuration
+    /// ([`crate::LoadError::permanent`]); the worker exits.
+    LoadRefused(String),
     /// The answers to a batch, one per item, in order.
     Batch {
         /// The batch's id.
@@ -128,10 +131,13 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     // Batches of large tensors are allocated and freed over and over: keep
     // freed memory instead of faulting fresh pages in each time.
     multiproc::keep_freed_memory();
-    let mut model = match M::load(config, &context) {
+    let mut model = match M::try_load(config, &context) {
         Ok(m) => m,
-        Err(reason) => {
-            let _ = replies.send(&FromWorker::LoadFailed(reason));
+        Err(e) => {
+            let permanent = e.is_permanent();
+            let reason = e.into_reason();
+            let _ =
+                replies.send(&if permanent { FromWorker::LoadRefused(reason) } else { FromWorker::LoadFailed(reason) });
             return;
         }
     };

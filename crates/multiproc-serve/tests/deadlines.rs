@@ -81,3 +81,43 @@ fn futures_waited_past_their_timeout_count_as_the_deadlines_their_callers_saw() 
     assert_eq!(failures, [(&"deadline_exceeded".to_string(), &3)], "{m:?}");
     server.shutdown();
 }
+
+#[test]
+fn requests_queued_while_every_worker_restarts_fail_at_their_deadline_and_hold_up_no_unload() {
+    use multiproc_serve::{RestartPolicy, WorkerState};
+    let server = Server::new();
+    // The worker, once killed, comes back only after 20 s.
+    let restart = RestartPolicy {
+        initial_backoff: Duration::from_secs(20),
+        max_backoff: Duration::from_secs(20),
+        crash_loop_threshold: 100,
+        crash_window: Duration::from_secs(60),
+    };
+    let timeout = Duration::from_millis(300);
+    let settings = ModelSettings { restart, request_timeout: Some(timeout), queue_capacity: 2, ..Default::default() };
+    server.add(ModelSpec::<Doubler>::new("m").version(1, Behaviour::default()).settings(settings)).unwrap();
+    let worker = || server.status().model("m").unwrap().versions[0].workers[0].clone();
+    common::kill(worker().pid.unwrap());
+    assert!(wait_for(PATIENCE, || worker().state == WorkerState::BackingOff), "{:?}", worker());
+    let asked = Instant::now();
+    // The model's request_timeout, and a request's own timeout.
+    let by_settings = server.infer_async::<u64, Tagged>(Request::new("m", 1));
+    let own = {
+        let server = server.clone();
+        std::thread::spawn(move || server.infer::<u64, Tagged>(Request::new("m", 2).timeout(timeout)))
+    };
+    let err = block_on(by_settings, PATIENCE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    let err = own.join().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "queued requests waited {:?} for the restart", asked.elapsed());
+    // The two past their deadline fill the queue until a worker is back:
+    // they make room for the next one, which is not refused as overload.
+    let err = server.infer::<u64, Tagged>(Request::new("m", 3)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    // They keep no drain waiting for the worker's restart either.
+    let started = Instant::now();
+    server.unload("m").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "the unload waited {:?} for the backoff", started.elapsed());
+    server.shutdown();
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{PATIENCE, process_exists, wait_for};
-use multiproc_serve::{Model, ModelSpec, Request, Server, WorkerContext};
+use multiproc_serve::{Model, ModelSettings, ModelSpec, Request, Server, VersionPolicy, WorkerContext};
 
 /// Doubles its inputs; its load notes the worker's pid in the file of its
 /// config, then takes the config's milliseconds.
@@ -106,4 +106,86 @@ fn a_reload_that_ends_after_shutdown_leaves_no_worker_behind() {
     let _ = reload.join().unwrap();
     assert_eq!(left_behind(&pids), Vec::<i32>::new(), "the reloaded entry's worker outlived the shutdown");
     assert!(server.status().models.is_empty(), "{:?}", server.status());
+}
+
+/// Starts a reload of "m" (`spec`) and waits until its new worker loads
+/// (the `noted`-th pid), so an unload lands while the reload is under way.
+fn reload_under_way(
+    server: &Server,
+    pids: &Pids,
+    spec: ModelSpec<NotesItsPid>,
+    noted: usize,
+) -> std::thread::JoinHandle<Result<(), multiproc_serve::ServeError>> {
+    let reload = {
+        let server = server.clone();
+        std::thread::spawn(move || server.add(spec))
+    };
+    assert!(wait_for(PATIENCE, || pids.all().len() >= noted), "the reload's worker never started");
+    reload
+}
+
+#[test]
+fn an_unload_during_a_reload_cancels_the_reload() {
+    let pids = Pids::new("unload-reload");
+    let server = Server::new();
+    server.add(pids.spec("m", 1, 0)).unwrap();
+    // The same version again: a fresh entry loading beside the served one.
+    let reload = reload_under_way(&server, &pids, pids.spec("m", 1, 1_500), 2);
+    server.unload("m").unwrap();
+    let reloaded = reload.join().unwrap();
+    let e = reloaded.expect_err("the reload went on after the model was unloaded");
+    assert!(e.to_string().contains("unloaded"), "{e}");
+    let served = server.infer::<u64, u64>(Request::new("m", 4).timeout(PATIENCE));
+    assert!(served.is_err(), "the model serves after an unload that returned Ok: {served:?}");
+    assert!(server.status().models[0].unloaded, "{:?}", server.status());
+    server.shutdown();
+    assert_eq!(left_behind(&pids), Vec::<i32>::new(), "workers outlived the server's shutdown");
+}
+
+#[test]
+fn an_unload_of_the_version_during_a_reload_cancels_the_reload() {
+    let pids = Pids::new("unload-version-reload");
+    let server = Server::new();
+    server.add(pids.spec("m", 1, 0)).unwrap();
+    let reload = reload_under_way(&server, &pids, pids.spec("m", 1, 1_500), 2);
+    server.unload_version("m", 1).unwrap();
+    let reloaded = reload.join().unwrap();
+    let e = reloaded.expect_err("the reload went on after its version was unloaded");
+    assert!(e.to_string().contains("unloaded"), "{e}");
+    let served = server.infer::<u64, u64>(Request::new("m", 4).version(1).timeout(PATIENCE));
+    assert!(served.is_err(), "version 1 serves after an unload that returned Ok: {served:?}");
+    server.shutdown();
+    assert_eq!(left_behind(&pids), Vec::<i32>::new(), "workers outlived the server's shutdown");
+}
+
+#[test]
+fn a_reload_leaves_out_a_version_unloaded_meanwhile() {
+    let pids = Pids::new("unload-one-of-reload");
+    let server = Server::new();
+    let all = ModelSettings { version_policy: VersionPolicy::All, ..ModelSettings::default() };
+    server.add(pids.spec("m", 1, 0).settings(all.clone())).unwrap();
+    let spec = pids.spec("m", 1, 1_500).version(2, (pids.0.display().to_string(), 1_500)).settings(all);
+    let reload = reload_under_way(&server, &pids, spec, 3);
+    server.unload_version("m", 1).unwrap();
+    reload.join().unwrap().expect("the reload's other version loads");
+    let served = server.infer::<u64, u64>(Request::new("m", 4).version(1).timeout(PATIENCE));
+    assert!(served.is_err(), "version 1 serves after an unload that returned Ok: {served:?}");
+    let reply = server.infer::<u64, u64>(Request::new("m", 4).timeout(PATIENCE)).unwrap();
+    assert_eq!((reply.version, reply.output), (2, 8));
+    server.shutdown();
+    assert_eq!(left_behind(&pids), Vec::<i32>::new(), "workers outlived the server's shutdown");
+}
+
+#[test]
+fn a_remove_during_a_reload_cancels_the_reload() {
+    let pids = Pids::new("remove-reload");
+    let server = Server::new();
+    server.add(pids.spec("m", 1, 0)).unwrap();
+    let reload = reload_under_way(&server, &pids, pids.spec("m", 1, 1_500), 2);
+    server.remove("m").unwrap();
+    let e = reload.join().unwrap().expect_err("the reload brought a removed model back");
+    assert!(e.to_string().contains("removed"), "{e}");
+    assert!(server.status().models.is_empty(), "{:?}", server.status());
+    server.shutdown();
+    assert_eq!(left_behind(&pids), Vec::<i32>::new(), "workers outlived the server's shutdown");
 }
