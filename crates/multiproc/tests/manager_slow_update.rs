@@ -1,7 +1,9 @@
-//! A slow or panicking `update` (a function of the client's, run in the
-//! manager) holds back only the calls on its own object: other local
-//! clients' calls on other objects are served meanwhile, also while a
-//! third client waits for the object the update holds; a panic is that
+//! A slow function of a client's that runs on its connection's thread (a
+//! barrier's action; an `update` whose request is too large for the lane,
+//! or from a client over TCP) holds back only the calls on its own object:
+//! other local clients' calls on other objects are served meanwhile, also
+//! while a third client's lane call waits for the object it holds (the
+//! dispatcher only tries that object's lock). A panicking `update` is that
 //! call's error and the manager goes on. The manager and the clients are
 //! processes of their own; every wait is bounded.
 
@@ -20,18 +22,23 @@ const SLOW: Duration = Duration::from_secs(2);
 /// microseconds; before, it waited for the whole update).
 const PROMPT: Duration = Duration::from_millis(500);
 
-fn sleep_for(slot: &mut Option<u64>, ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
+/// Sleeps `ms` (the first word of `arg`), then counts one.
+fn sleep_for(slot: &mut Option<u64>, arg: Vec<u64>) -> u64 {
+    std::thread::sleep(Duration::from_millis(arg[0]));
     *slot.get_or_insert(0) += 1;
-    ms
+    arg[0]
 }
 
 /// A client process: tells the test it starts a slow update of `d`, then
-/// runs it.
+/// runs it, with an argument too large for the lane (1 MiB), so that the
+/// update runs on its connection's thread (a small one runs on the
+/// dispatcher, which it would hold back: keep those short).
 fn slow_update(d: Dict<u8, u64>, started: Connection<bool>) -> u64 {
     d.insert(0, 0).unwrap(); // connected, with a lane, before the signal
     started.send(&true).unwrap();
-    d.update_with(&0, SLOW.as_millis() as u64, sleep_for).unwrap()
+    let mut arg = vec![0u64; 128 << 10];
+    arg[0] = SLOW.as_millis() as u64;
+    d.update_with(&0, arg, sleep_for).unwrap()
 }
 
 /// A client process: an update that panics fails with the panic's message;
@@ -73,7 +80,7 @@ fn calls_stay_prompt(other: &Dict<u8, u64>, start: Instant) {
 }
 
 #[test]
-fn a_slow_update_holds_back_no_call_on_another_object() {
+fn a_slow_update_off_the_lane_holds_back_no_call_on_another_object() {
     let m = Manager::start().unwrap();
     let (slow, other) = (m.dict::<u8, u64>().unwrap(), m.dict::<u8, u64>().unwrap());
     other.insert(1, 1).unwrap();

@@ -182,9 +182,9 @@ where
     /// Python's `d[k] += 1` through a proxy is a get and a set: two calls
     /// that lose updates when processes race. This is one call.
     ///
-    /// `f` runs on the manager's thread for this client's connection: a
-    /// slow `f` holds back the other calls on this dict (they wait for it),
-    /// and no call on any other object.
+    /// `f` runs in the manager while it holds this dict: for a local client,
+    /// on the thread that serves every local client's quick calls, so keep
+    /// it short (a slow `f` holds those calls back while it runs).
     ///
     /// # Examples
     ///

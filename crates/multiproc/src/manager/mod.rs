@@ -38,13 +38,16 @@
 //! wait: a call then costs no system call while both sides are busy (see
 //! `lane.rs` and `dispatch.rs`).
 //!
-//! A function of yours that runs in the manager (an `update`, a [`Shared`]
-//! type's `call`, a barrier's action) runs on its caller's connection
-//! thread, never on the dispatcher, and holds its object while it runs: a
-//! slow one holds back the calls on that object only (they wait for it, as
-//! an update is atomic), and every other object is served meanwhile. One
-//! that panics fails its call with [`RemoteError::Panicked`] and leaves its
-//! object as it was; the manager goes on. A function running in the manager (an
+//! A function given to `update` runs where the call is served (for a local
+//! client, on the dispatcher thread, so that an update costs no thread
+//! hand-off) and holds its object while it runs: keep it short, as a slow
+//! one holds back every local client's lane calls meanwhile. A [`Shared`]
+//! type's `call` and a barrier's action run on their caller's connection
+//! thread and hold back only the calls on their own object; so does an
+//! update from a client over TCP (the dispatcher never waits for an
+//! object another thread holds). A function that panics fails its call
+//! with [`RemoteError::Panicked`] and leaves its object as it was; the
+//! manager goes on. A function running in the manager (an
 //! `update`, a [`Shared`] type's `call`, a barrier's action) that calls a
 //! proxy of its own manager gets [`ManagerError::CallsItsOwnManager`] at
 //! once rather than waiting for itself; in a manager process, so does every
