@@ -201,6 +201,15 @@ pub(crate) fn take(fd: OwnedFd, offset: u64, len: u64) -> Result<Vec<u8>, WireEr
     RECEIVED.lock().take(fd, offset, len)
 }
 
+/// Marks the ticket of a one-off payload consumed (see `budget.rs`): its
+/// ring, mapped for this call only. Kept with the arenas, each sending
+/// channel's ring would hold a descriptor and a mapping here after its
+/// sender is gone (until pushed out of the cache); a one-off payload is
+/// 16 MiB or more, next to which a map and unmap of 4 KiB costs nothing.
+pub(crate) fn consume_ticket(ring: OwnedFd, offset: u64) -> Result<(), WireError> {
+    InArenas::default().take(ring, offset, 0).map(drop)
+}
+
 impl InArenas {
     /// Copies the `len`-byte payload at `offset` out of the arena `fd` and
     /// marks its record consumed. Validates everything the sender claimed.

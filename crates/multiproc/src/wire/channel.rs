@@ -547,7 +547,7 @@ fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Fr
         drop(memory);
         if header.arena {
             let ring = fds.remove(0);
-            arena::take(ring, offset()?, 0)?;
+            arena::consume_ticket(ring, offset()?)?;
         }
         read?
     } else {
