@@ -244,6 +244,29 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Submits the first window at once, so that the tasks run before the
+    /// first result is asked for (as `Pool::imap` does, and Python's).
+    pub(crate) fn start(&mut self) {
+        if !self.shared.life.is_terminated() {
+            self.fill();
+        }
+    }
+
+    /// Submits chunks until the window is full or the input ends; false if
+    /// that failed: the input left unread then fails as one more outcome,
+    /// after the rest, and the chunks queued before fail with it (nobody
+    /// waits for them).
+    fn fill(&mut self) -> bool {
+        let Err(e) = self.top_up() else { return true };
+        let unread = !self.exhausted;
+        self.cancel_queued();
+        self.fail_in_flight_with(|| e.same());
+        if unread {
+            self.ready.push_back((self.next_index, Err(e)));
+        }
+        false
+    }
+
     /// The next item outcome in the order they arrive (`Some(None)` when
     /// the call is done), waiting no later than `until`: `None` when it
     /// passed first (the call goes on).
@@ -256,15 +279,7 @@ impl<'a> Engine<'a> {
                 self.end_terminated();
                 continue;
             }
-            if let Err(e) = self.top_up() {
-                // Input left unread fails as one more outcome, after the rest.
-                // The chunks queued before fail with it: nobody waits for them.
-                let unread = !self.exhausted;
-                self.cancel_queued();
-                self.fail_in_flight_with(|| e.same());
-                if unread {
-                    self.ready.push_back((self.next_index, Err(e)));
-                }
+            if !self.fill() {
                 continue;
             }
             if !self.ready.is_empty() {

@@ -81,7 +81,7 @@ impl RedisPoolBuilder {
     }
 
     /// At most this many chunks of one call are queued at a time (default
-    /// 4096): a long `imap` input is read lazily.
+    /// 4096): a long `imap` input is read a window ahead of its results.
     pub fn window(mut self, chunks: usize) -> Self {
         self.options.window = chunks.max(1);
         self
@@ -317,7 +317,10 @@ impl RedisPool {
         }
     }
     serde_call! {
-        /// `f(x)` for every item, yielded in order; the input is read lazily.
+        /// `f(x)` for every item, yielded in order. The input is read a window
+        /// ahead (see [`RedisPoolBuilder::window`]): the first window is queued
+        /// by this call, so the tasks run before the first `next`, as
+        /// `Pool::imap`'s; the rest as results are yielded.
         fn imap<'a, F, A, R, I>(&'a self, f: F, items: I) -> RedisImap<'a, R>
         where [F: Task<(A,), R>, I: IntoIterator<Item = A>, I::IntoIter: Send + 'a] {
             self.call().imap(f, items)
@@ -547,8 +550,8 @@ impl<'p> Call<'p> {
         self.lazy(f, items, ordered).with_fault(fault)
     }
 
-    /// `imap` in input order or not; the input read lazily, one item per
-    /// entry unless a chunk size was given.
+    /// `imap` in input order or not; the input read a window ahead (the
+    /// first at once), one item per entry unless a chunk size was given.
     fn lazy<'a, F, A, R, I>(self, f: F, items: I, ordered: bool) -> RedisImap<'a, R>
     where
         F: Task<(A,), R>,

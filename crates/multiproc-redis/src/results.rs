@@ -61,7 +61,9 @@ impl<R> fmt::Debug for RedisImap<'_, R> {
 }
 
 impl<'a, R: DeserializeOwned> RedisImap<'a, R> {
-    pub(crate) fn new(engine: Engine<'a>, ordered: bool) -> Self {
+    /// The results of `engine`'s call, whose first window is submitted now.
+    pub(crate) fn new(mut engine: Engine<'a>, ordered: bool) -> Self {
+        engine.start();
         RedisImap { engine, ordered, early: BTreeMap::new(), next: 0, fault: None, _result: PhantomData }
     }
 
