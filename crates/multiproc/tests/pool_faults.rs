@@ -261,7 +261,9 @@ fn a_failing_initializer_fails_the_tasks_instead_of_hanging() {
     let mut r = pool.apply_async(square, (3,));
     let err = r.get_timeout(WAIT).unwrap_err();
     match err.task_error() {
-        Some(TaskError::Initializer(m)) => assert!(m.contains("no model file"), "{m}"),
+        Some(TaskError::Initializer(m)) => {
+            assert!(m.contains("no model file") && m.contains("the initializer failed"), "{m}");
+        }
         other => panic!("{other:?}"),
     }
 }

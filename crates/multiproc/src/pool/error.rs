@@ -41,10 +41,11 @@ pub enum TaskError {
     /// The task's argument or result could not be serialized or deserialized.
     #[error("the task's {0}")]
     Unserializable(String),
-    /// The worker's initializer failed, so the pool cannot run tasks; or
-    /// workers could not be started (the message says which). In the second
-    /// case the pool keeps trying, and takes tasks again once a worker starts.
-    #[error("the pool's initializer failed, so no worker can run tasks: {0}")]
+    /// No worker of the pool can run tasks: the worker's initializer failed
+    /// (or its workers were killed while running it), or workers could not
+    /// be started (the message says which). In the last case the pool keeps
+    /// trying, and takes tasks again once a worker starts.
+    #[error("no worker of the pool can run tasks: {0}")]
     Initializer(String),
     /// The pool was terminated (or dropped) before the task finished.
     #[error("the pool was terminated before the task finished")]

@@ -176,7 +176,7 @@ impl Scheduler {
         let st = w.status.read();
         if st.phase == PHASE_INIT && w.received == 0 && !w.stopping {
             match (w.init_message.take(), code) {
-                (Some(message), _) => self.init_failed(message),
+                (Some(message), _) => self.init_failed(format!("the initializer failed: {message}")),
                 (None, Some(c)) if c < 0 && imp::usually_sent_from_outside(-c) => self.init_killed(-c),
                 (None, _) => {
                     self.init_failed(format!("a worker died while running the initializer ({})", describe(code)))
