@@ -149,8 +149,8 @@ fn stream_garbage(address: &Address, header: bool, total: usize) -> usize {
     let mut sent = 0;
     if header {
         let len = (total as u64).to_le_bytes();
-        // version 2, kind Control, no flags, no descriptors, 6-byte length, CPU 0.
-        let h = [2, 4, 0, 0, len[0], len[1], len[2], len[3], len[4], len[5], 0, 0];
+        // version 3, kind Control, no flags, no descriptors, 6-byte length, CPU 0.
+        let h = [3, 4, 0, 0, len[0], len[1], len[2], len[3], len[4], len[5], 0, 0];
         if s.write_all(&h).is_err() {
             return 0;
         }

@@ -308,10 +308,11 @@ mod test {
             let r = serve(&a, Some(b"k"), Deadline::after(Duration::from_secs(5)));
             (r, a)
         });
-        // The header of a 1 GiB "handshake message" (version 2, kind
+        // The header of a 1 GiB "handshake message" (this version, kind
         // Control, 6-byte length), and a little of it.
         let len = (1u64 << 30).to_le_bytes();
-        let header = [2, 4, 0, 0, len[0], len[1], len[2], len[3], len[4], len[5], 0, 0];
+        let v = crate::wire::PROTOCOL_VERSION;
+        let header = [v, 4, 0, 0, len[0], len[1], len[2], len[3], len[4], len[5], 0, 0];
         crate::sys::imp::send_all(b.as_fd(), &[&header, &[0u8; 4096]], &[]).unwrap();
         let (r, _a) = server.join().unwrap();
         let err = r.unwrap_err().to_string();

@@ -7,8 +7,10 @@ use super::{MAX_FDS_PER_FRAME, MAX_INLINE_LEN, MAX_OFFLOAD_LEN, WireError};
 use crate::sys::imp;
 
 /// Protocol version written in every frame header (2: the sender's CPU
-/// takes the top two bytes of the length field).
-pub(crate) const PROTOCOL_VERSION: u8 = 2;
+/// takes the top two bytes of the length field; 3: a one-off payload's frame
+/// may carry a ticket ring, see [`FLAG_ARENA`], so that a peer of an older
+/// build fails at the handshake, saying so, not at its first large message).
+pub(crate) const PROTOCOL_VERSION: u8 = 3;
 /// Size of the fixed frame header.
 pub(crate) const HEADER_LEN: usize = 12;
 /// Flag: the payload is in the first attached memfd, not inline.
@@ -398,6 +400,9 @@ mod test {
         let mut b = Header::new(Kind::Data, 0, 1).encode();
         b[0] = 9;
         assert!(matches!(Header::decode(&b), Err(WireError::Version { got: 9, .. })));
+        // A peer of a build before ticket frames is refused by version.
+        b[0] = 2;
+        assert!(matches!(Header::decode(&b), Err(WireError::Version { got: 2, expected: 3 })));
         b[0] = PROTOCOL_VERSION;
         b[1] = 200;
         assert!(matches!(Header::decode(&b), Err(WireError::Corrupt(_))));

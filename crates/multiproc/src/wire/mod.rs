@@ -35,6 +35,8 @@ pub(crate) use codec::{
     Encoded, de_error, decode, decode_seed, encode, encode_into, encode_to_slice, encode_with, fd_serde, ser_error,
 };
 pub use error::WireError;
+#[cfg(test)]
+pub(crate) use frame::PROTOCOL_VERSION;
 pub(crate) use frame::{Frame, Kind};
 
 /// Payloads above this many bytes travel through shared memory (the
