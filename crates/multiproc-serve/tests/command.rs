@@ -82,6 +82,29 @@ fn the_python_reference_worker_serves_tensors_in_batches() {
 }
 
 #[test]
+fn a_program_that_does_not_exist_fails_the_version_at_once_without_retries() {
+    let server = Server::new();
+    // Quick retries: a retried load would be seen crash-looping well within the bound.
+    let restart = multiproc_serve::RestartPolicy {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+        crash_loop_threshold: 3,
+        crash_window: Duration::from_secs(60),
+    };
+    let settings = ModelSettings { startup_timeout: Duration::from_secs(20), restart, ..Default::default() };
+    let missing = CommandConfig::new("/nonexistent/multiproc-model-program");
+    let started = std::time::Instant::now();
+    let err = server.add(ModelSpec::<CommandModel>::new("gone").version(1, missing).settings(settings)).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "the add took {:?}", started.elapsed());
+    assert!(err.to_string().contains("set the program to an executable file"), "{err}");
+    let status = server.status();
+    let version = &status.model("gone").unwrap().versions[0];
+    assert_eq!(version.state, VersionState::Failed, "{version:?}");
+    assert_eq!(version.restarts, 0, "the load was retried: {version:?}");
+    server.shutdown();
+}
+
+#[test]
 fn a_python_worker_that_cannot_load_or_dies_is_supervised() {
     let server = Server::new();
     let settings = ModelSettings { startup_timeout: Duration::from_secs(20), ..Default::default() };

@@ -37,7 +37,7 @@
 pub mod protocol;
 mod stderr;
 
-use std::io::{BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Model, WorkerContext};
+use crate::model::{LoadError, Model, WorkerContext};
 use crate::tensor::Tensor;
 use protocol::{Header, RequestRef, get_tensors, put_tensors, read_frame, write_frame};
 use stderr::StderrTail;
@@ -155,6 +155,13 @@ impl Model for CommandModel {
     type Output = Vec<Tensor>;
 
     fn load(config: CommandConfig, ctx: &WorkerContext) -> Result<Self, String> {
+        Self::try_load(config, ctx).map_err(LoadError::into_reason)
+    }
+
+    /// As [`Model::load`]; a program that does not exist or may not be run
+    /// is a permanent failure (no retry fixes it: correct the program and
+    /// load again), anything else is retried.
+    fn try_load(config: CommandConfig, ctx: &WorkerContext) -> Result<Self, LoadError> {
         let mut cmd = Command::new(&config.program);
         cmd.args(&config.args)
             .envs(config.env.iter().map(|(k, v)| (k, v)))
@@ -171,11 +178,19 @@ impl Model for CommandModel {
         // the worker does: see `worker_main`).
         multiproc::process::kill_command_with_parent(&mut cmd);
         multiproc::process::command_ignores_stop_signals(&mut cmd);
-        let mut child = cmd.spawn().map_err(|e| format!("could not start {}: {e}", config.program.display()))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            let reason = format!("could not start {}: {e}", config.program.display());
+            match e.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
+                    LoadError::permanent(format!("{reason}; set the program to an executable file"))
+                }
+                _ => LoadError::retry(reason),
+            }
+        })?;
         let label = format!("{} v{}", ctx.model, ctx.version);
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return Err("the command's pipes are missing".to_string());
+            return Err(LoadError::retry("the command's pipes are missing"));
         };
         let tail = StderrTail::forward(stderr, label.clone());
         let mut model = CommandModel {
@@ -192,23 +207,23 @@ impl Model for CommandModel {
             Ok(Some((Header::Error { message }, _))) => {
                 // It should exit now; one that lingers must not hold the load up.
                 let _ = model.child.kill();
-                Err(format!("the command could not load: {message}"))
+                Err(LoadError::retry(format!("the command could not load: {message}")))
             }
             Ok(Some((other, _))) => {
                 let _ = model.child.kill();
-                Err(format!("the command sent {other:?} before ready"))
+                Err(LoadError::retry(format!("the command sent {other:?} before ready")))
             }
             Ok(None) => {
                 // It should be exiting; one that lives on (its stdout sent
                 // elsewhere) must not hold the load up.
                 let status = model.exit_status(STDERR_GRACE);
                 let why = model.stderr.explain(STDERR_GRACE);
-                Err(format!("the command closed its stdout before it was ready ({status}){why}"))
+                Err(LoadError::retry(format!("the command closed its stdout before it was ready ({status}){why}")))
             }
             Err(e) => {
                 let _ = model.child.kill();
                 let why = model.stderr.explain(STDERR_GRACE);
-                Err(format!("the command broke the protocol: {e}{why}"))
+                Err(LoadError::retry(format!("the command broke the protocol: {e}{why}")))
             }
         }
     }
