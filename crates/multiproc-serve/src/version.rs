@@ -271,6 +271,15 @@ impl VersionGroup {
         let backoff = self.settings.restart.backoff(attempt);
         let now = Instant::now();
         let mut s = self.lock();
+        if matches!(s.state, VersionState::Failed | VersionState::Stopped) {
+            // The version stopped its workers itself (it failed, or was
+            // unloaded): this death is not a crash, and the version's
+            // reason stays the one it failed with.
+            let w = &mut s.workers[instance];
+            w.pid = None;
+            w.last_failure = Some(reason);
+            return Duration::ZERO;
+        }
         let window = self.settings.restart.crash_window;
         s.crashes.push_back(now);
         while s.crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
