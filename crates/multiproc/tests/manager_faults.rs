@@ -13,7 +13,10 @@ use multiproc::manager::{
 };
 use sync_support::{Kid, LONG};
 
-const WITHIN: Duration = Duration::from_secs(1);
+/// How soon a death must be seen: a lane client sees its manager gone
+/// within 100 ms, a manager sees a client gone at once; the rest is room
+/// for a loaded machine (these tests run beside each other's processes).
+const WITHIN: Duration = Duration::from_secs(3);
 
 fn sigkill(pid: i32) {
     let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
@@ -58,7 +61,7 @@ fn blocked_client(
 }
 
 #[test]
-fn sigkilled_manager_fails_four_blocked_clients_within_1s() {
+fn sigkilled_manager_fails_four_blocked_clients_promptly() {
     let m = Manager::start().unwrap();
     let (q, lock, cond, barrier, ready) =
         (m.queue().unwrap(), m.lock().unwrap(), m.condition().unwrap(), m.barrier(2).unwrap(), m.queue().unwrap());

@@ -209,7 +209,7 @@ fn a_served_manager_shut_down_cuts_its_clients() {
     server.shutdown().unwrap();
     let r = blocked.join().unwrap();
     assert!(r.is_err());
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(q.put(1).unwrap_err().is_connection());
 }
 
@@ -302,7 +302,7 @@ fn shutdown_fails_blocked_calls_as_connection_errors(address: &str) {
     for call in calls {
         assert_eq!(call.join().unwrap(), "connection error");
     }
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 #[test]

@@ -10,20 +10,44 @@
 #[path = "sync_support/mod.rs"]
 mod sync_support;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use multiproc::manager::{Barrier, Dict, Manager, ManagerError, RemoteError};
 use multiproc::{Connection, Pipe};
-use sync_support::{Kid, LONG};
+use sync_support::{Kid, LONG, wait_until};
 
 /// How long the slow update runs.
-const SLOW: Duration = Duration::from_secs(2);
+const SLOW: Duration = Duration::from_secs(4);
 /// The longest a call on another object may take meanwhile (it takes
-/// microseconds; before, it waited for the whole update).
-const PROMPT: Duration = Duration::from_millis(500);
+/// microseconds, but a loaded machine may stall it; before, the first one
+/// waited for the rest of the update, more than 3 s).
+const PROMPT: Duration = Duration::from_secs(2);
 
-/// Sleeps `ms` (the first word of `arg`), then counts one.
+/// Where the slow function of the test named `what` says it started: a
+/// file named after the test process (the manager's parent).
+fn started_marker(what: &str, test_pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("multiproc-slow-{what}-started-{test_pid}"))
+}
+
+/// In the manager: says the slow function `what` started (see
+/// [`started_marker`]).
+fn mark_started(what: &str) {
+    let test_pid = multiproc::parent_process().expect("runs in the manager process").pid;
+    std::fs::write(started_marker(what, test_pid as u32), b"started").unwrap();
+}
+
+/// Waits (bounded) until the slow function `what` runs in the manager;
+/// removes its marker.
+fn wait_started(what: &str) {
+    let marker = started_marker(what, std::process::id());
+    wait_until("the slow function to start in the manager", || marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+}
+
+/// Says it started, sleeps `ms` (the first word of `arg`), then counts one.
 fn sleep_for(slot: &mut Option<u64>, arg: Vec<u64>) -> u64 {
+    mark_started("update");
     std::thread::sleep(Duration::from_millis(arg[0]));
     *slot.get_or_insert(0) += 1;
     arg[0]
@@ -53,8 +77,9 @@ fn panicking_update(d: Dict<u8, u64>, n: u64) -> bool {
     said_so && d.get(&1).unwrap() == before && d.insert(1, n).unwrap() == before
 }
 
-/// A barrier's action: slow.
+/// A barrier's action: says it started, and is slow.
 fn slow_action() {
+    mark_started("action");
     std::thread::sleep(SLOW);
 }
 
@@ -87,8 +112,8 @@ fn a_slow_update_off_the_lane_holds_back_no_call_on_another_object() {
     let (ours, theirs) = Pipe::<bool>::duplex().unwrap();
     let updater = Kid::spawn(slow_update, (slow.clone(), theirs));
     assert!(ours.recv_timeout(LONG).unwrap(), "the updating client did not get going");
+    wait_started("update");
     let start = Instant::now();
-    std::thread::sleep(Duration::from_millis(200)); // its update runs now
     // Another client waits for the object the update holds.
     let waiter = {
         let slow = slow.clone();
@@ -122,8 +147,8 @@ fn a_slow_barrier_action_holds_back_no_call_on_another_object() {
     let (ours, theirs) = Pipe::<bool>::duplex().unwrap();
     let passer = Kid::spawn(pass, (b.clone(), theirs));
     assert!(ours.recv_timeout(LONG).unwrap(), "the passing client did not get going");
+    wait_started("action");
     let start = Instant::now();
-    std::thread::sleep(Duration::from_millis(200)); // its action runs now
     // Another client asks the barrier, which the action holds.
     let asker = {
         let b = b.clone();
