@@ -13,6 +13,9 @@
 //! the rows each request learned its call had, to check the metrics exactly
 //! under dynamic batching.
 //!
+//! [`mark`], [`marker_dir`], [`markers`] and [`all_marked`] let a test see
+//! that tasks ran in other processes before their results were asked for.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use multiproc_test_support::{in_fresh_copy, run_in_fresh_copy, NoRoomForThreads};
@@ -32,6 +35,10 @@
 //! ```
 
 #![warn(missing_docs)]
+
+mod markers;
+
+pub use markers::{all_marked, mark, marker_dir, markers};
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -144,10 +144,9 @@ impl Lane {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is 0, 4, 8, 12 or 16: a 4-byte aligned word inside
-        // the mapping's header (the mapping is page aligned and LANE_LEN
-        // long), and the header's words are only accessed atomically.
-        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+        // `at` is 0, 4, 8, 12 or 16: a 4-byte aligned word inside the
+        // mapping's header, whose words are only accessed atomically.
+        self.map.atomic_u32_at(at).expect("a word of the lane's header")
     }
 
     fn state(&self) -> &AtomicU32 {
@@ -233,9 +232,8 @@ impl Lane {
             self.state().store(REQUEST, Ordering::Release);
         }
         for at in (HEADER..LANE_LEN).step_by(8 * 64) {
-            // SAFETY: a 64-bit write inside the mapping (8-aligned, below
-            // LANE_LEN); the manager reads these bytes only as untrusted.
-            unsafe { self.map.as_ptr().add(at).cast::<u64>().write_volatile(next()) };
+            // The manager reads these bytes only as untrusted.
+            self.map.write_volatile_at(at, &next().to_ne_bytes()).expect("inside the lane's mapping");
         }
         if let Some(bell) = &self.bell {
             let garbage = next() as u32;
@@ -309,12 +307,11 @@ impl Lane {
     fn put(&self, conn: &Connection<()>, way: Way, message: &[u8]) -> Result<(), ConnectionError> {
         let fits = Lane::fits(message.len());
         if fits {
-            // SAFETY: the area starts 8-aligned (a multiple of 8 into a page
-            // aligned mapping) and [area, area + len) lies inside the
-            // mapping (len ≤ AREA); it is ours until the state changes below
-            // (a misbehaving peer writing meanwhile only garbles bytes that
-            // are decoded as untrusted anyway).
-            unsafe { copy_to_shared(message, self.map.as_ptr().add(way.area())) };
+            // Volatile: the area is ours until the state changes below, but a
+            // misbehaving peer may write it meanwhile (that only garbles bytes
+            // decoded as untrusted anyway). The area lies inside the mapping
+            // (len ≤ AREA).
+            self.map.write_volatile_at(way.area(), message).expect("the lane's area lies inside its mapping");
         }
         let len = if fits { message.len() as u32 } else { ON_SOCKET };
         // ORDERING: Relaxed: published by the state's release in `wake_word`
@@ -364,59 +361,12 @@ impl Lane {
         if len > AREA {
             return Err(WireError::corrupt(format!("a lane message of {len} bytes (at most {AREA})")).into());
         }
-        // SAFETY: the area starts 8-aligned and [area, area + len) lies
-        // inside the mapping (len ≤ AREA). The other side does not write the
-        // area until we hand the turn back (a misbehaving one only garbles
-        // its own message, decoded as untrusted).
-        unsafe { copy_from_shared(self.map.as_ptr().add(way.area()), len, out) };
+        // Volatile: the other side does not write the area until we hand the
+        // turn back, but a misbehaving one may (it only garbles its own
+        // message, decoded as untrusted). The area lies inside the mapping
+        // (len ≤ AREA, checked).
+        self.map.read_volatile_into(way.area(), len, out).expect("the lane's area lies inside its mapping");
         Ok(())
-    }
-}
-
-// The areas are read and written with volatile accesses: the memory is
-// outside every allocation of this program, and the other process may
-// write it at any time (a peer that breaks the turns): a plain copy from
-// memory changing under it is a data race, which volatile accesses to
-// such memory are not. Word by word, for speed.
-
-/// Writes `message` into shared memory at `dst`.
-///
-/// # Safety
-///
-/// `dst` is 8-aligned and `[dst, dst + message.len())` lies inside a live
-/// mapping of shared memory.
-pub(super) unsafe fn copy_to_shared(message: &[u8], dst: *mut u8) {
-    let mut words = message.chunks_exact(8);
-    for (i, word) in words.by_ref().enumerate() {
-        let word = u64::from_ne_bytes(word.try_into().expect("chunks of 8"));
-        // SAFETY: word i lies inside [dst, dst + len) and is 8-aligned.
-        unsafe { dst.cast::<u64>().add(i).write_volatile(word) };
-    }
-    let tail = words.remainder();
-    let base = message.len() - tail.len();
-    for (i, &byte) in tail.iter().enumerate() {
-        // SAFETY: inside [dst, dst + len).
-        unsafe { dst.add(base + i).write_volatile(byte) };
-    }
-}
-
-/// Replaces `out` with the `len` bytes of shared memory at `src`.
-///
-/// # Safety
-///
-/// `src` is 8-aligned and `[src, src + len)` lies inside a live mapping of
-/// shared memory.
-pub(super) unsafe fn copy_from_shared(src: *const u8, len: usize, out: &mut Vec<u8>) {
-    out.clear();
-    out.reserve(len);
-    for i in 0..len / 8 {
-        // SAFETY: word i lies inside [src, src + len) and is 8-aligned.
-        let word = unsafe { src.cast::<u64>().add(i).read_volatile() };
-        out.extend_from_slice(&word.to_ne_bytes());
-    }
-    for i in len / 8 * 8..len {
-        // SAFETY: inside [src, src + len).
-        out.push(unsafe { src.add(i).read_volatile() });
     }
 }
 
@@ -449,9 +399,8 @@ impl Bell {
     }
 
     fn word(&self) -> &AtomicU32 {
-        // SAFETY: the first word of the mapping (page aligned, BELL_LEN
-        // long), only ever accessed atomically.
-        unsafe { &*self.0.as_ptr().cast::<AtomicU32>() }
+        // The first word of the mapping, only ever accessed atomically.
+        self.0.atomic_u32_at(0).expect("the bell's word")
     }
 
     /// Wakes the dispatcher if it sleeps, or ends its next sleep before it

@@ -243,16 +243,40 @@ fn hello_pidfd(frame: wire::Frame) -> Option<Pidfd> {
 /// a stopped spare neither greets nor runs a task until it is continued, and
 /// another spare serves as well.
 fn spare_greeting(channel: &Channel, pid: Pid) -> Option<Pidfd> {
-    let deadline = Deadline::after(GREETING_TIMEOUT);
+    recv_watching(channel, pid, GREETING_TIMEOUT, Duration::ZERO).ok().and_then(hello_pidfd)
+}
+
+/// Why [`recv_watching`] returned no frame.
+#[derive(Debug)]
+enum Watched {
+    /// The channel failed or ended.
+    Wire(WireError),
+    /// Nothing came before the timeout.
+    TimedOut,
+    /// The sender stayed stopped for the grace.
+    Stopped,
+}
+
+/// The next frame on `channel`, sent by process `pid`, waiting at most
+/// `timeout`; checks every [`STOPPED_POLL`] whether `pid` is stopped
+/// (SIGSTOP, SIGTSTP, a debugger), as a stopped process sends nothing until
+/// it is continued, and gives up once it has stayed stopped for `grace`
+/// (at its first check for `Duration::ZERO`). A stop that ends within the
+/// grace is waited out.
+fn recv_watching(channel: &Channel, pid: Pid, timeout: Duration, grace: Duration) -> Result<wire::Frame, Watched> {
+    let deadline = Deadline::after(timeout);
+    let mut stopped_since = None;
     loop {
         match channel.recv(deadline.at_most(STOPPED_POLL), None) {
-            Ok(frame) => return hello_pidfd(frame),
-            Err(RecvError::Wire(_)) => return None,
-            Err(_) if deadline.expired() => return None,
+            Ok(frame) => return Ok(frame),
+            Err(RecvError::Wire(e)) => return Err(Watched::Wire(e)),
+            Err(_) if deadline.expired() => return Err(Watched::TimedOut),
             Err(_) => {}
         }
-        if is_stopped(pid) {
-            return None;
+        if !is_stopped(pid) {
+            stopped_since = None;
+        } else if stopped_since.get_or_insert_with(Instant::now).elapsed() >= grace {
+            return Err(Watched::Stopped);
         }
     }
 }
@@ -414,34 +438,17 @@ impl ForkServerClient {
     /// either way: it is read (for the same spare, still first in `asked`) by
     /// the next start.
     fn answer(&self) -> Result<wire::Frame, WireError> {
-        let deadline = Deadline::after(ANSWER_TIMEOUT);
-        let mut stopped_since = None;
-        loop {
-            match self.control.recv(deadline.at_most(STOPPED_POLL), None) {
-                Ok(frame) => return Ok(frame),
-                Err(RecvError::Wire(e)) => return Err(e),
-                Err(_) if deadline.expired() => {
-                    return Err(WireError::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the fork server (pid {}) did not answer in {ANSWER_TIMEOUT:?}", self.pid),
-                    )));
-                }
-                Err(_) => {}
-            }
-            if !is_stopped(self.pid) {
-                stopped_since = None;
-            } else if stopped_since.get_or_insert_with(Instant::now).elapsed() >= STOPPED_GRACE {
-                return Err(WireError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the fork server (pid {pid}) is stopped (SIGSTOP, SIGTSTP or a debugger) and forks no child \
-                         until it is continued: continue it (`kill -CONT {pid}`) and start again, or use another \
-                         start method",
-                        pid = self.pid
-                    ),
-                )));
-            }
-        }
+        let pid = self.pid;
+        let why = match recv_watching(&self.control, pid, ANSWER_TIMEOUT, STOPPED_GRACE) {
+            Ok(frame) => return Ok(frame),
+            Err(Watched::Wire(e)) => return Err(e),
+            Err(Watched::TimedOut) => format!("the fork server (pid {pid}) did not answer in {ANSWER_TIMEOUT:?}"),
+            Err(Watched::Stopped) => format!(
+                "the fork server (pid {pid}) is stopped (SIGSTOP, SIGTSTP or a debugger) and forks no child until it \
+                 is continued: continue it (`kill -CONT {pid}`) and start again, or use another start method"
+            ),
+        };
+        Err(WireError::Io(io::Error::new(io::ErrorKind::TimedOut, why)))
     }
 
     /// True while the server process runs.

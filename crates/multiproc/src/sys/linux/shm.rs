@@ -139,9 +139,11 @@ impl Mapping {
     /// Copies `bytes` into the mapping at `offset`; `None` (nothing copied)
     /// when they would not fit inside it.
     ///
-    /// The copy is a plain `memcpy`: the caller's protocol must keep every
-    /// other process away from those bytes meanwhile (the large-payload hot
-    /// path cannot afford per-word atomic copies).
+    /// The copy is a plain `memcpy`, the fastest: use it where the caller's
+    /// protocol keeps every other process away from those bytes meanwhile
+    /// (the large-payload arena). Where another process may write the same
+    /// bytes concurrently (a peer breaking the protocol), use
+    /// [`Mapping::write_volatile_at`] instead.
     pub(crate) fn write_at(&self, offset: usize, bytes: &[u8]) -> Option<()> {
         offset.checked_add(bytes.len()).filter(|end| *end <= self.len)?;
         // SAFETY: [offset, offset + len) lies inside the mapping (checked); the
@@ -157,7 +159,9 @@ impl Mapping {
     ///
     /// A plain `memcpy`, as for [`Mapping::write_at`]: bytes that a
     /// misbehaving process writes meanwhile arrive torn (any bit pattern is a
-    /// valid `u8`), and the caller must treat them as untrusted.
+    /// valid `u8`), and the caller must treat them as untrusted. Where
+    /// another process may write the bytes while they are read, use
+    /// [`Mapping::read_volatile_into`] instead.
     pub(crate) fn read_at(&self, offset: usize, len: usize) -> Option<Vec<u8>> {
         offset.checked_add(len).filter(|end| *end <= self.len)?;
         let mut out = Vec::with_capacity(len);
@@ -169,6 +173,67 @@ impl Mapping {
             out.set_len(len);
         }
         Some(out)
+    }
+
+    // The volatile pair below is for memory another process may write at any
+    // time (a peer that breaks the turns of the protocol): the memory is
+    // outside every allocation of this program, and a plain copy from or to
+    // memory changing under it is a data race, which volatile accesses to
+    // such memory are not. Word by word where `offset` is 8-aligned (the
+    // mapping is page aligned), for speed; byte by byte otherwise.
+
+    /// Copies `bytes` into the mapping at `offset` with volatile writes;
+    /// `None` (nothing copied) when they would not fit inside it.
+    ///
+    /// Use it where another process may touch those bytes concurrently (the
+    /// manager's lanes); where the protocol keeps it away, the plain
+    /// [`Mapping::write_at`] is faster.
+    pub(crate) fn write_volatile_at(&self, offset: usize, bytes: &[u8]) -> Option<()> {
+        offset.checked_add(bytes.len()).filter(|end| *end <= self.len)?;
+        // SAFETY: [offset, offset + len) lies inside the mapping (checked).
+        let dst = unsafe { self.ptr.as_ptr().add(offset) };
+        let (words, tail) =
+            if offset.is_multiple_of(8) { bytes.split_at(bytes.len() / 8 * 8) } else { (&[][..], bytes) };
+        for (i, word) in words.chunks_exact(8).enumerate() {
+            let word = u64::from_ne_bytes(word.try_into().expect("chunks of 8"));
+            // SAFETY: word i lies inside [dst, dst + len) and is 8-aligned
+            // (the mapping is page aligned and `offset` a multiple of 8).
+            unsafe { dst.cast::<u64>().add(i).write_volatile(word) };
+        }
+        let base = words.len();
+        for (i, &byte) in tail.iter().enumerate() {
+            // SAFETY: inside [dst, dst + len).
+            unsafe { dst.add(base + i).write_volatile(byte) };
+        }
+        Some(())
+    }
+
+    /// Replaces `out` with the `len` bytes at `offset`, read with volatile
+    /// reads; `None` (and `out` untouched) when they are not all inside the
+    /// mapping, so lengths announced by another process can be passed as
+    /// they came.
+    ///
+    /// Use it where another process may write those bytes concurrently (the
+    /// manager's lanes): they may then arrive torn and are untrusted; where
+    /// the protocol keeps it away, the plain [`Mapping::read_at`] is faster.
+    pub(crate) fn read_volatile_into(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> Option<()> {
+        offset.checked_add(len).filter(|end| *end <= self.len)?;
+        // SAFETY: [offset, offset + len) lies inside the mapping (checked).
+        let src = unsafe { self.ptr.as_ptr().add(offset) }.cast_const();
+        let words = if offset.is_multiple_of(8) { len / 8 } else { 0 };
+        out.clear();
+        out.reserve(len);
+        for i in 0..words {
+            // SAFETY: word i lies inside [src, src + len) and is 8-aligned
+            // (the mapping is page aligned and `offset` a multiple of 8).
+            let word = unsafe { src.cast::<u64>().add(i).read_volatile() };
+            out.extend_from_slice(&word.to_ne_bytes());
+        }
+        for i in words * 8..len {
+            // SAFETY: inside [src, src + len).
+            out.push(unsafe { src.add(i).read_volatile() });
+        }
+        Some(())
     }
 }
 
@@ -279,6 +344,29 @@ mod test {
         assert!(m.atomic_u32_at(4093).is_none(), "misaligned");
         assert!(m.atomic_u32_at(4096).is_none(), "past the end");
         assert!(m.atomic_u32_at(usize::MAX - 3).is_none());
+    }
+
+    #[test]
+    fn volatile_copies_round_trip_every_length_and_refuse_anything_outside() {
+        let m = Mapping::anonymous("t", (64 << 10) + 16).unwrap();
+        let mut out = vec![9u8; 3];
+        for offset in [0, 8, 3] {
+            for len in [0, 1, 7, 8, 9, 15, 16, 1000, 64 << 10] {
+                let message: Vec<u8> = (0..len).map(|i| (i * 7 + len + offset) as u8).collect();
+                assert_eq!(m.write_volatile_at(offset, &message), Some(()));
+                assert_eq!(m.read_volatile_into(offset, len, &mut out), Some(()));
+                assert_eq!(out, message, "a message of {len} bytes at {offset}");
+                assert_eq!(m.read_at(offset, len).unwrap(), message, "the plain copy sees the same bytes");
+            }
+        }
+        let end = m.len();
+        assert_eq!(m.write_volatile_at(end - 6, &[1; 6]), Some(()));
+        assert_eq!(m.write_volatile_at(end - 5, &[1; 6]), None);
+        assert_eq!(m.write_volatile_at(usize::MAX, &[1; 2]), None);
+        assert_eq!(m.read_volatile_into(end - 5, 6, &mut out), None);
+        assert_eq!(m.read_volatile_into(usize::MAX, 2, &mut out), None);
+        assert_eq!(m.read_volatile_into(1, usize::MAX, &mut out), None);
+        assert_eq!(out.len(), 64 << 10, "a refused read leaves `out` as it was");
     }
 
     #[test]
