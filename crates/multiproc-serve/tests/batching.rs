@@ -19,8 +19,7 @@ fn at_high_load_batches_are_full() {
     for (i, f) in futures.into_iter().enumerate() {
         assert_eq!(block_on(f, PATIENCE).unwrap().output.value, 2 * i as u64);
     }
-    let metrics = server.metrics();
-    let m = metrics.get("busy", 1).unwrap();
+    let m = &common::metrics_when(&server, "busy", 1, |m| m.request_success == 400);
     let full = m.batch_reasons.get("full").copied().unwrap_or(0);
     eprintln!("batches: {:?}, reasons {:?}", m.batch_sizes, m.batch_reasons);
     assert_eq!(m.inference_count, 400);
@@ -98,8 +97,7 @@ fn max_batch_size_caps_the_rows_of_one_model_call_not_the_requests() {
     // The counters count as Triton's do: requests (success, failure),
     // inferences (rows), executions (model calls), batch sizes in rows.
     let executions = multiproc_test_support::model_calls(&answers);
-    let metrics = server.metrics();
-    let m = metrics.get("rows", 1).unwrap();
+    let m = &common::metrics_when(&server, "rows", 1, |m| common::requests_counted(m) == 27);
     assert_eq!(m.request_success, 26, "{m:?}");
     assert_eq!(m.inference_count, 16 * 8 + 5 * (3 + 5), "{m:?}");
     assert_eq!(m.execution_count, executions, "{answers:?} {m:?}");
@@ -167,8 +165,7 @@ fn a_request_whose_caller_is_gone_never_reaches_a_worker() {
     let after = server.infer_async::<u64, Tagged>(Request::new("m", 3));
     assert_eq!(busy.wait_timeout(PATIENCE).unwrap().output.value, 2);
     assert_eq!(after.wait_timeout(PATIENCE).unwrap().output.value, 6);
-    let metrics = server.metrics();
-    let m = metrics.get("m", 1).unwrap();
+    let m = &common::metrics_when(&server, "m", 1, |m| common::requests_counted(m) == 3);
     assert_eq!(m.inference_count, 2, "the dropped request ran");
     assert_eq!(m.request_failure.get("cancelled"), Some(&1));
     server.shutdown();
@@ -199,8 +196,7 @@ fn requests_whose_callers_gave_up_do_not_hold_a_full_queue() {
     let reply = server.infer::<u64, Tagged>(Request::new("m", 5).timeout(PATIENCE));
     assert_eq!(reply.map(|r| r.output.value), Ok(10), "a queue of abandoned requests refused a live one");
     assert_eq!(block_on(busy, PATIENCE).unwrap().output.value, 0);
-    let metrics = server.metrics();
-    let m = metrics.get("m", 1).unwrap();
+    let m = &common::metrics_when(&server, "m", 1, |m| common::requests_counted(m) == 6);
     assert_eq!((m.request_success, m.inference_count), (2, 2), "{m:?}");
     let failures: Vec<_> = m.request_failure.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(failures, [("cancelled", 2), ("deadline_exceeded", 2)], "{m:?}");
