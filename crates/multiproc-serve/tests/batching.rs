@@ -175,15 +175,16 @@ fn a_request_whose_caller_is_gone_never_reaches_a_worker() {
 fn requests_whose_callers_gave_up_do_not_hold_a_full_queue() {
     let server = Server::new();
     let settings = ModelSettings { max_batch_size: 1, queue_capacity: 4, ..Default::default() };
-    // Input 0 takes 2 s; the others are quick.
-    let behaviour = Behaviour { batch_ms: 2_000, slow_below: Some(1), ..Default::default() };
+    // Input 0 takes 6 s; the others are quick.
+    let behaviour = Behaviour { batch_ms: 6_000, slow_below: Some(1), ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
     let status = || server.status().model("m").unwrap().versions[0].clone();
     let busy = server.infer_async::<u64, Tagged>(Request::new("m", 0));
     assert!(common::wait_for(PATIENCE, || status().in_flight == 1), "{:?}", status());
     // The queue fills with requests whose callers then give up: two time
-    // out, two are dropped.
-    let short = Duration::from_millis(100);
+    // out, two are dropped. (Long enough that the four are surely queued
+    // when counted below; well before input 0 is done.)
+    let short = Duration::from_secs(2);
     let timing_out: Vec<_> =
         (1..3u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i).timeout(short))).collect();
     let dropped: Vec<_> = (3..5u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).collect();
