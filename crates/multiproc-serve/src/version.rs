@@ -2,7 +2,7 @@
 //! Every state transition happens in [`VersionGroup::transition`], which
 //! logs it once through `tracing`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use crate::batcher::{BatchQueue, Pending, Refused};
 use crate::deadline::after;
 use crate::error::ServeError;
-use crate::metrics::{Counters, VersionMetrics};
+use crate::metrics::Counters;
 use crate::model::Spawner;
 use crate::name::ModelName;
 use crate::settings::ModelSettings;
-use crate::status::{VersionState, VersionStatus, WorkerState, WorkerStatus};
+use crate::status::{VersionState, WorkerState, WorkerStatus};
+
+mod snapshot;
 
 #[derive(Debug)]
 struct Shared {
@@ -593,50 +595,5 @@ impl VersionGroup {
     pub fn nap(&self, d: Duration) -> Duration {
         const DRAINING_LOOK: Duration = Duration::from_millis(50);
         if self.state() == VersionState::Draining { d.min(DRAINING_LOOK) } else { d }
-    }
-
-    /// The version's status.
-    pub fn status(&self) -> VersionStatus {
-        let s = self.lock();
-        let now = Instant::now();
-        let workers: Vec<WorkerStatus> = s
-            .workers
-            .iter()
-            .zip(&s.backoff_until)
-            .map(|(w, until)| WorkerStatus { backoff: until.map(|t| t.saturating_duration_since(now)), ..w.clone() })
-            .collect();
-        let live = workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
-        VersionStatus {
-            version: self.version,
-            state: s.state,
-            ready: s.state == VersionState::Ready && live,
-            queue_depth: self.queue.len(),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            restarts: workers.iter().map(|w| w.restarts).sum(),
-            recent_crashes: s
-                .crashes
-                .iter()
-                .filter(|t| now.duration_since(**t) <= self.settings.restart.crash_window)
-                .count() as u32,
-            last_failure: s.last_failure.clone(),
-            workers,
-        }
-    }
-
-    /// The version's counters.
-    pub fn metrics(&self) -> VersionMetrics {
-        let mut workers = BTreeMap::new();
-        for w in &self.lock().workers {
-            let label = match w.state {
-                WorkerState::Starting => "starting",
-                WorkerState::Idle => "idle",
-                WorkerState::Busy => "busy",
-                WorkerState::BackingOff => "backing_off",
-                WorkerState::Stopped => "stopped",
-            };
-            *workers.entry(label.to_string()).or_insert(0u64) += 1;
-        }
-        let pending = (self.queue.len() + self.in_flight.load(Ordering::Relaxed)) as u64;
-        self.counters.snapshot(&self.model, self.version, pending, workers)
     }
 }
