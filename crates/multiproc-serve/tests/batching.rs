@@ -44,8 +44,8 @@ fn at_low_load_a_lone_request_waits_at_most_max_queue_delay() {
         assert_eq!(reply.batch_size, 1);
         assert!(reply.queue_time >= delay, "left the queue after {:?}, before the delay", reply.queue_time);
         // Slack for a loaded 2-core machine; the bench measures it tightly.
-        assert!(reply.queue_time < delay + Duration::from_millis(400), "waited {:?}", reply.queue_time);
-        assert!(took < delay + Duration::from_secs(1), "took {took:?}");
+        assert!(reply.queue_time < delay + Duration::from_secs(2), "waited {:?}", reply.queue_time);
+        assert!(took < delay + Duration::from_secs(3), "took {took:?}");
     }
     let metrics = server.metrics();
     assert_eq!(metrics.get("quiet", 1).unwrap().batch_reasons.get("delay"), Some(&3));
@@ -113,23 +113,30 @@ fn max_batch_size_caps_the_rows_of_one_model_call_not_the_requests() {
 fn a_full_queue_rejects_at_once_and_deadlines_fail_waiting_requests() {
     let server = Server::new();
     let settings = ModelSettings { max_batch_size: 1, queue_capacity: 10, ..Default::default() };
-    let behaviour = Behaviour { batch_ms: 300, ..Default::default() };
+    // Input 0 takes 3 s: no batch ends while the 30 requests are sent.
+    let behaviour = Behaviour { batch_ms: 3_000, slow_below: Some(1), ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("small").version(1, behaviour).settings(settings)).unwrap();
     let started = Instant::now();
     let futures: Vec<_> = (0..30u64).map(|i| server.infer_async::<u64, Tagged>(Request::new("small", i))).collect();
     let submitted = started.elapsed();
-    // One request in the worker, ten queued; the rest are rejected before a poll.
+    // One request in the worker, one in its pipe, ten queued; the rest are
+    // rejected before a poll: their first poll has the error.
     let mut outcomes = Vec::new();
     for f in futures {
-        let asked = Instant::now();
-        let r = block_on(f, PATIENCE);
-        outcomes.push((r, asked.elapsed()));
+        let mut f = std::pin::pin!(f);
+        let first = f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        let at_once = first.is_ready();
+        let r = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => block_on(f, PATIENCE),
+        };
+        outcomes.push((r, at_once));
     }
     let rejected: Vec<_> =
         outcomes.iter().filter(|(r, _)| matches!(r, Err(e) if e.kind() == ErrorKind::Overloaded)).collect();
     assert!(rejected.len() >= 18, "only {} rejected", rejected.len());
-    assert!(rejected.iter().all(|(_, waited)| *waited < Duration::from_millis(50)));
-    assert!(submitted < Duration::from_secs(1));
+    assert!(rejected.iter().all(|(_, at_once)| *at_once), "a rejection waited");
+    assert!(submitted < Duration::from_secs(2), "30 requests took {submitted:?} to send");
     let err = rejected[0].0.as_ref().unwrap_err();
     assert_eq!((err.http_status(), err.retry_after().is_some()), (503, true));
     assert_eq!(outcomes.iter().filter(|(r, _)| r.is_ok()).count(), 30 - rejected.len());
