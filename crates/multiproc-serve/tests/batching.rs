@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on};
-use multiproc_serve::{ErrorKind, Model, ModelSettings, ModelSpec, Request, Server, WorkerContext};
+use multiproc_serve::{ErrorKind, Model, ModelSettings, ModelSpec, Request, Server, StartMode, WorkerContext};
 
 #[test]
 fn at_high_load_batches_are_full() {
@@ -181,13 +181,18 @@ fn a_request_whose_caller_is_gone_never_reaches_a_worker() {
 #[test]
 fn requests_whose_callers_gave_up_do_not_hold_a_full_queue() {
     let server = Server::new();
-    let settings = ModelSettings { max_batch_size: 1, queue_capacity: 4, ..Default::default() };
-    // Input 0 takes 6 s; the others are quick.
-    let behaviour = Behaviour { batch_ms: 6_000, slow_below: Some(1), ..Default::default() };
+    let settings = ModelSettings { max_batch_size: 1, queue_capacity: 5, start: StartMode::Lazy, ..Default::default() };
+    // Input 0 takes 6 s; the others are quick. The load takes 2 s.
+    let behaviour = Behaviour { batch_ms: 6_000, slow_below: Some(1), load_ms: 2_000, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
     let status = || server.status().model("m").unwrap().versions[0].clone();
-    let busy = server.infer_async::<u64, Tagged>(Request::new("m", 0));
-    assert!(common::wait_for(PATIENCE, || status().in_flight == 1), "{:?}", status());
+    // Sent while the worker loads, so that once ready it runs input 0 and
+    // holds input 6 in its pipe (which counts in the queue's capacity of
+    // 5): it takes no more until input 0 is done. (Sent to a worker
+    // running input 0, input 6 might be held or left queued, as the
+    // worker's thread is quick or not to look.)
+    let busy: Vec<_> = [0, 6].map(|i| server.infer_async::<u64, Tagged>(Request::new("m", i))).into();
+    assert!(common::wait_for(PATIENCE, || status().in_flight == 2), "{:?}", status());
     // The queue fills with requests whose callers then give up: two time
     // out, two are dropped. (Long enough that the four are surely queued
     // when counted below; well before input 0 is done.)
@@ -203,9 +208,11 @@ fn requests_whose_callers_gave_up_do_not_hold_a_full_queue() {
     // Nobody waits for what is queued: a new request is taken, not rejected.
     let reply = server.infer::<u64, Tagged>(Request::new("m", 5).timeout(PATIENCE));
     assert_eq!(reply.map(|r| r.output.value), Ok(10), "a queue of abandoned requests refused a live one");
-    assert_eq!(block_on(busy, PATIENCE).unwrap().output.value, 0);
-    let m = &common::metrics_when(&server, "m", 1, |m| common::requests_counted(m) == 6);
-    assert_eq!((m.request_success, m.inference_count), (2, 2), "{m:?}");
+    for (f, x) in busy.into_iter().zip([0, 6]) {
+        assert_eq!(block_on(f, PATIENCE).unwrap().output.value, 2 * x);
+    }
+    let m = &common::metrics_when(&server, "m", 1, |m| common::requests_counted(m) == 7);
+    assert_eq!((m.request_success, m.inference_count), (3, 3), "{m:?}");
     let failures: Vec<_> = m.request_failure.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(failures, [("cancelled", 2), ("deadline_exceeded", 2)], "{m:?}");
     server.shutdown();
