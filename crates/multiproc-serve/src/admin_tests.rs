@@ -33,8 +33,7 @@ fn a_version_unload_goes_beside_a_load_that_only_waits_for_other_versions() {
         (beside.held.is_none(), released.recv_timeout(GOES).is_ok())
     });
     // Still starting its versions: the unload waits (and is seen).
-    std::thread::sleep(BLOCKED);
-    assert!(lock.unloading_version(1));
+    assert!(wait_until(|| lock.unloading_version(1)), "the unload was never seen");
     assert_eq!(lock.cancelled(Some(1)).as_deref(), Some("version 1 was unloaded"));
     assert_eq!(lock.cancelled(Some(2)), None);
     // Only waiting for version 2: the unload goes beside while it holds the lock.
@@ -68,6 +67,7 @@ fn a_version_unload_waits_for_a_load_that_keeps_that_version() {
     let load = lock.to_load(Some(1)).unwrap();
     load.only_waits(vec![1]);
     let unload = on_thread(&lock, |l| drop(l.to_unload_version(1, || {})));
+    assert!(wait_until(|| lock.unloading_version(1)), "the unload was never seen");
     std::thread::sleep(BLOCKED);
     // The load sees it is cancelled, and gives up.
     assert_eq!(lock.cancelled(Some(1)).as_deref(), Some("version 1 was unloaded"));
@@ -82,7 +82,7 @@ fn a_model_unload_cancels_every_load_and_a_retired_model_loads_no_more() {
     let lock = Arc::new(AdminLock::default());
     let load = lock.to_load(None).unwrap();
     let unload = on_thread(&lock, |l| drop(l.to_unload(UnloadCause::Unloaded, || {})));
-    std::thread::sleep(BLOCKED);
+    assert!(wait_until(|| lock.cancelled(None).is_some()), "the unload was never seen");
     assert_eq!(lock.cancelled(None).as_deref(), Some("the model was unloaded"));
     drop(load);
     unload.recv_timeout(GOES).unwrap();

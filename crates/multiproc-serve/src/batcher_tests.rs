@@ -31,8 +31,9 @@ fn batches_are_cut_by_size_preference_idleness_and_delay() {
     assert_eq!(next(&q, &s), (1, BatchReason::IdleWorker));
     s.preferred_batch_sizes.clear();
     s.max_queue_delay = Duration::from_millis(30);
-    q.push(pending(), false, &mut Vec::new()).unwrap();
+    // Read before the push: the delay runs from a moment after it.
     let t = Instant::now();
+    q.push(pending(), false, &mut Vec::new()).unwrap();
     assert_eq!(next(&q, &s), (1, BatchReason::Delay));
     assert!(t.elapsed() >= Duration::from_millis(29));
     q.close();
@@ -67,12 +68,14 @@ fn batch_for_a_waiting_worker(
 
 #[test]
 fn with_a_delay_a_free_worker_waits_for_it_and_without_one_takes_a_lone_request_at_once() {
-    let delay = Duration::from_millis(50);
+    // Far longer than the 15 ms the four pushes take, held up or not.
+    let delay = Duration::from_secs(1);
     let s = ModelSettings { max_batch_size: 8, max_queue_delay: delay, ..Default::default() };
     let (batch, reason, waited) = batch_for_a_waiting_worker(s, |q, first| {
         for _ in 0..4 {
-            q.push(pending(), false, &mut Vec::new()).unwrap();
+            // Read before the push: the delay runs from a moment after it.
             first.get_or_insert_with(Instant::now);
+            q.push(pending(), false, &mut Vec::new()).unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
     });
@@ -250,11 +253,17 @@ fn no_batch_is_taken_ahead_while_a_rung_worker_thread_is_on_its_way() {
 }
 
 /// True if `bell` rings within a few seconds (false after 50 ms of silence
-/// when `expected` is false).
+/// when `expected` is false). A ring expected has come already: the sleep
+/// returns at once, and only a thread held up for seconds would miss it.
 fn rings(bell: &Bell, expected: bool) -> bool {
+    let (wait, within) = if expected {
+        (Duration::from_secs(20), Duration::from_secs(10))
+    } else {
+        (Duration::from_millis(50), Duration::from_millis(45))
+    };
     let start = Instant::now();
-    bell.sleep(&[], if expected { Duration::from_secs(20) } else { Duration::from_millis(50) });
-    start.elapsed() < Duration::from_millis(45)
+    bell.sleep(&[], wait);
+    start.elapsed() < within
 }
 
 #[test]

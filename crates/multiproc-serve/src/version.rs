@@ -2,7 +2,7 @@
 //! Every state transition happens in [`VersionGroup::transition`], which
 //! logs it once through `tracing`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use crate::batcher::{BatchQueue, Pending, Refused};
 use crate::deadline::after;
 use crate::error::ServeError;
-use crate::metrics::{Counters, VersionMetrics};
+use crate::metrics::Counters;
 use crate::model::Spawner;
 use crate::name::ModelName;
 use crate::settings::ModelSettings;
-use crate::status::{VersionState, VersionStatus, WorkerState, WorkerStatus};
+use crate::status::{VersionState, WorkerState, WorkerStatus};
+
+mod snapshot;
 
 #[derive(Debug)]
 struct Shared {
@@ -25,6 +27,8 @@ struct Shared {
     crashes: VecDeque<Instant>,
     last_failure: Option<String>,
     threads: Vec<JoinHandle<()>>,
+    /// While the version drains: when the drain times out.
+    drain_until: Option<Instant>,
 }
 
 /// One version of one model.
@@ -80,6 +84,7 @@ impl VersionGroup {
                 crashes: VecDeque::new(),
                 last_failure: None,
                 threads: Vec::new(),
+                drain_until: None,
             }),
             changed: Condvar::new(),
         })
@@ -146,6 +151,7 @@ impl VersionGroup {
         }
         self.queue.reopen();
         s.crashes.clear();
+        s.drain_until = None;
         self.transition(&mut s, VersionState::Loading, "load: starting workers");
         for instance in 0..self.settings.instances {
             let group = Arc::clone(self);
@@ -296,7 +302,7 @@ impl VersionGroup {
         w.backoff = Some(backoff);
         let live = s.workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
         let crashes = s.crashes.len() as u32;
-        if crashes >= self.settings.restart.crash_loop_threshold && !live {
+        let e = if crashes >= self.settings.restart.crash_loop_threshold && !live {
             match s.state {
                 VersionState::Loading | VersionState::Ready => {
                     let why = format!("{crashes} crashes within {window:?}; failing requests fast");
@@ -309,10 +315,39 @@ impl VersionGroup {
                 _ => return backoff,
             }
             drop(s);
-            let e = self.crash_looping_error();
-            self.fail_requests(self.queue.take_all(), &e);
-        }
+            self.crash_looping_error()
+        } else {
+            let none_back = self.none_back_before_the_drain_ends(&s);
+            drop(s);
+            match none_back {
+                Some(e) => e,
+                None => return backoff,
+            }
+        };
+        self.fail_requests(self.queue.take_all(), &e);
         backoff
+    }
+
+    /// While the version drains with no worker serving or loading, and
+    /// none back from its backoff before the drain times out: the error
+    /// for its queued requests, which could only fail at that timeout
+    /// (they fail now, saying why, and the workers, with nothing queued,
+    /// stop). `None` while a worker may still run them.
+    fn none_back_before_the_drain_ends(&self, s: &Shared) -> Option<ServeError> {
+        let end = s.drain_until.filter(|_| s.state == VersionState::Draining)?;
+        let none_back = s.workers.iter().zip(&s.backoff_until).all(|(w, until)| match w.state {
+            WorkerState::Stopped => true,
+            WorkerState::BackingOff => until.is_some_and(|t| t >= end),
+            WorkerState::Starting | WorkerState::Idle | WorkerState::Busy => false,
+        });
+        let why = s.last_failure.as_deref().unwrap_or("none recorded");
+        none_back.then(|| {
+            self.not_ready(&format!(
+                "the version is draining and no worker can be back before its drain timeout of {:?} \
+                 (they crashed; last failure: {why}); the request did not run",
+                self.settings.drain_timeout
+            ))
+        })
     }
 
     /// A worker's load failed for good ([`crate::LoadError::permanent`]):
@@ -420,12 +455,16 @@ impl VersionGroup {
     /// Stops the version (an unload, a shutdown, or a switch to another
     /// version), saying `why`. A version that serves stops taking requests
     /// and finishes the queued and running ones, up to the drain timeout,
-    /// then stops hard. One still loading (never ready since it started)
-    /// has its load cancelled and its queued requests fail at once, saying
-    /// `why`: they could run only after that load, which nothing waits for
-    /// now (rather than keep the caller waiting up to the drain timeout).
-    /// Blocks until the workers are gone.
+    /// then stops hard. Its queued requests fail at once, saying why, as
+    /// soon as every worker has crashed (before or during the drain) and
+    /// none is back from its backoff before that timeout. One still
+    /// loading (never ready since it started) has its load cancelled and
+    /// its queued requests fail at once, saying `why`: they could run only
+    /// after that load, which nothing waits for now (rather than keep the
+    /// caller waiting up to the drain timeout). Blocks until the workers
+    /// are gone.
     pub fn unload(&self, why: &str) {
+        let deadline = after(Instant::now(), self.settings.drain_timeout);
         let loading = {
             let mut s = self.lock();
             match s.state {
@@ -436,6 +475,7 @@ impl VersionGroup {
                 }
                 state => {
                     self.transition(&mut s, VersionState::Draining, "draining");
+                    s.drain_until = Some(deadline);
                     state == VersionState::Loading
                 }
             }
@@ -447,7 +487,11 @@ impl VersionGroup {
             let why = format!("the load was cancelled before the version was ready ({why}); the request did not run");
             self.fail_requests(self.queue.take_all(), &self.not_ready(&why));
         }
-        let deadline = after(Instant::now(), self.settings.drain_timeout);
+        // Every worker crashed and backs off past the drain timeout.
+        let none_back = self.none_back_before_the_drain_ends(&self.lock());
+        if let Some(e) = none_back {
+            self.fail_requests(self.queue.take_all(), &e);
+        }
         let mut s = self.lock();
         while !s.workers.iter().all(|w| w.state == WorkerState::Stopped) {
             let now = Instant::now();
@@ -551,50 +595,5 @@ impl VersionGroup {
     pub fn nap(&self, d: Duration) -> Duration {
         const DRAINING_LOOK: Duration = Duration::from_millis(50);
         if self.state() == VersionState::Draining { d.min(DRAINING_LOOK) } else { d }
-    }
-
-    /// The version's status.
-    pub fn status(&self) -> VersionStatus {
-        let s = self.lock();
-        let now = Instant::now();
-        let workers: Vec<WorkerStatus> = s
-            .workers
-            .iter()
-            .zip(&s.backoff_until)
-            .map(|(w, until)| WorkerStatus { backoff: until.map(|t| t.saturating_duration_since(now)), ..w.clone() })
-            .collect();
-        let live = workers.iter().any(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy));
-        VersionStatus {
-            version: self.version,
-            state: s.state,
-            ready: s.state == VersionState::Ready && live,
-            queue_depth: self.queue.len(),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            restarts: workers.iter().map(|w| w.restarts).sum(),
-            recent_crashes: s
-                .crashes
-                .iter()
-                .filter(|t| now.duration_since(**t) <= self.settings.restart.crash_window)
-                .count() as u32,
-            last_failure: s.last_failure.clone(),
-            workers,
-        }
-    }
-
-    /// The version's counters.
-    pub fn metrics(&self) -> VersionMetrics {
-        let mut workers = BTreeMap::new();
-        for w in &self.lock().workers {
-            let label = match w.state {
-                WorkerState::Starting => "starting",
-                WorkerState::Idle => "idle",
-                WorkerState::Busy => "busy",
-                WorkerState::BackingOff => "backing_off",
-                WorkerState::Stopped => "stopped",
-            };
-            *workers.entry(label.to_string()).or_insert(0u64) += 1;
-        }
-        let pending = (self.queue.len() + self.in_flight.load(Ordering::Relaxed)) as u64;
-        self.counters.snapshot(&self.model, self.version, pending, workers)
     }
 }

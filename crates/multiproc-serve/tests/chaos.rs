@@ -137,14 +137,11 @@ fn a_worker_killed_at_random_under_lone_requests_loses_at_most_the_request_it_ra
 }
 
 /// The counters of "m" v1 once they show `ok` successes and `lost`
-/// failures, as the callers saw, or a failure after `PATIENCE`. A batch's
-/// successes are added once its answers are set: a caller polling for its
-/// answer may have it a moment before it is counted.
+/// failures, as the callers saw, or a failure after `PATIENCE` (see
+/// [`common::metrics_when`]).
 fn counted(server: &Server, ok: u64, lost: u64) -> multiproc_serve::VersionMetrics {
-    let now = || server.metrics().get("m", 1).cloned().unwrap();
     let seen = |m: &multiproc_serve::VersionMetrics| (m.request_success, m.request_failure.values().sum::<u64>());
-    wait_for(PATIENCE, || seen(&now()) == (ok, lost));
-    let m = now();
+    let m = common::metrics_when(server, "m", 1, |m| seen(m) == (ok, lost));
     assert_eq!(seen(&m), (ok, lost), "{m:?}");
     m
 }

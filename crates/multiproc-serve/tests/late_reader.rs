@@ -12,10 +12,11 @@ use multiproc_serve::{CommandConfig, CommandModel, ModelSettings, ModelSpec, Ser
 
 #[test]
 fn an_answer_that_came_in_time_is_not_taken_for_a_call_timeout() {
-    // A log subscriber that takes 1.5 s over any event mentioning "stall".
+    // A log subscriber that takes 3 s over any event mentioning "stall"
+    // (the answer, 100 ms behind the log line, is surely there by then).
     let slow_on_stall = common::OnEvent(|line: String| {
         if line.contains("stall") {
-            std::thread::sleep(Duration::from_millis(1_500));
+            std::thread::sleep(Duration::from_millis(3_000));
         }
     });
     tracing::subscriber::set_global_default(slow_on_stall).unwrap();

@@ -155,3 +155,81 @@ fn unloading_a_version_never_started_logs_its_stop_as_every_transition() {
     assert!(logged, "the stop of a version never started was not logged");
     server.shutdown();
 }
+
+/// Model "m": one worker, batches of one; input 0 runs 20 s. Once
+/// crashed, its worker comes back only after 120 s, past the drain
+/// timeout of 60 s (and past `PATIENCE`).
+fn backs_off_past_the_drain_timeout(server: &Server) -> i32 {
+    let settings = ModelSettings {
+        drain_timeout: Duration::from_secs(60),
+        restart: multiproc_serve::RestartPolicy {
+            initial_backoff: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(120),
+            crash_loop_threshold: 100,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let slow_zero = common::Behaviour { batch_ms: 20_000, slow_below: Some(1), ..Default::default() };
+    server
+        .add(multiproc_serve::ModelSpec::<common::Doubler>::new("m").version(1, slow_zero).settings(settings))
+        .unwrap();
+    server.status().model("m").unwrap().versions[0].workers[0].pid.unwrap()
+}
+
+/// Requests without a deadline fail with `NotReady`, saying why the
+/// worker is gone and that no worker is back before the drain timeout.
+fn fail_as_no_worker_back(futures: Vec<multiproc_serve::InferFuture<common::Tagged>>) {
+    for f in futures {
+        let err = block_on(f, PATIENCE).expect_err("a request ran on a version whose worker is gone");
+        assert_eq!(err.kind(), multiproc_serve::ErrorKind::NotReady, "{err}");
+        let message = err.to_string();
+        assert!(message.contains("drain timeout") && message.contains("signal 9"), "{err}");
+    }
+}
+
+#[test]
+fn an_unload_while_the_worker_backs_off_past_the_drain_timeout_fails_the_queue_at_once() {
+    let server = Server::new();
+    let pid = backs_off_past_the_drain_timeout(&server);
+    kill(pid);
+    let worker = || server.status().model("m").unwrap().versions[0].workers[0].clone();
+    let backing_off = || worker().state == multiproc_serve::WorkerState::BackingOff;
+    assert!(wait_for(PATIENCE, backing_off), "{:?}", worker());
+    // No deadline: before, only the drain timeout ended their wait.
+    let queued: Vec<_> =
+        (1..3u64).map(|i| server.infer_async::<u64, common::Tagged>(multiproc_serve::Request::new("m", i))).collect();
+    let started = std::time::Instant::now();
+    server.unload("m").unwrap();
+    fail_as_no_worker_back(queued);
+    assert!(started.elapsed() < Duration::from_secs(20), "the unload took {:?}", started.elapsed());
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.queue_depth), (VersionState::Stopped, 0), "{v:?}");
+    server.shutdown();
+}
+
+#[test]
+fn a_worker_killed_while_its_version_drains_and_backing_off_past_the_drain_timeout_fails_the_queue_at_once() {
+    let server = Server::new();
+    let pid = backs_off_past_the_drain_timeout(&server);
+    let running = server.infer_async::<u64, common::Tagged>(multiproc_serve::Request::new("m", 0));
+    assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1));
+    // One held in the worker's pipe, one queued.
+    let queued: Vec<_> =
+        (1..3u64).map(|i| server.infer_async::<u64, common::Tagged>(multiproc_serve::Request::new("m", i))).collect();
+    let unloading = {
+        let server = server.clone();
+        std::thread::spawn(move || server.unload("m"))
+    };
+    assert!(wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].state == VersionState::Draining));
+    kill(pid);
+    let started = std::time::Instant::now();
+    let err = block_on(running, PATIENCE).unwrap_err();
+    assert!(matches!(&err, ServeError::WorkerLost { pid: p, .. } if *p == pid), "{err}");
+    fail_as_no_worker_back(queued);
+    unloading.join().unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "the drain ended after {:?}", started.elapsed());
+    let v = server.status().model("m").unwrap().versions[0].clone();
+    assert_eq!((v.state, v.in_flight, v.queue_depth), (VersionState::Stopped, 0, 0), "{v:?}");
+    server.shutdown();
+}

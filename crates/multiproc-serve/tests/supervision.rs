@@ -190,8 +190,7 @@ fn a_call_timeout_fails_the_batch_that_ran_and_the_batch_held_behind_it_runs_on_
     );
     let v = server.status().model("m").unwrap().versions[0].clone();
     assert_eq!((v.in_flight, v.queue_depth, v.restarts), (0, 0, 1), "{v:?}");
-    let m = server.metrics();
-    let m = m.get("m", 1).unwrap();
+    let m = common::metrics_when(&server, "m", 1, |m| common::requests_counted(m) == 8);
     assert_eq!((m.request_success, m.request_failure.get("call_timeout")), (6, Some(&2)), "{m:?}");
     assert!(!common::process_exists(pid));
     server.shutdown();
@@ -235,8 +234,7 @@ fn a_worker_killed_mid_batch_with_a_second_batch_in_its_pipe_fails_only_the_batc
     });
     let v = server.status().model("m").unwrap().versions[0].clone();
     assert_eq!((v.state, v.in_flight, v.queue_depth, v.restarts), (VersionState::Ready, 0, 0, 1), "{v:?}");
-    let m = server.metrics();
-    let m = m.get("m", 1).unwrap();
+    let m = common::metrics_when(&server, "m", 1, |m| common::requests_counted(m) == 8);
     assert_eq!((m.request_success, m.request_failure.get("worker_lost")), (6, Some(&2)), "{m:?}");
     assert_eq!(m.pending_requests, 0);
     server.shutdown();

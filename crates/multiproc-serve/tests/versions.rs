@@ -151,7 +151,8 @@ fn lazy_start_unload_and_load() {
     let m = server.status().model("lazy").unwrap().clone();
     assert!(m.unloaded && !m.ready);
     assert_eq!(m.versions[0].state, VersionState::Stopped);
-    assert!(wait_for(PATIENCE, || m.versions[0].workers.iter().all(|w| w.pid.is_none())));
+    // The unload returned once its workers were gone.
+    assert!(m.versions[0].workers.iter().all(|w| w.pid.is_none()), "{m:?}");
     let err = server.infer::<u64, Tagged>(Request::new("lazy", 1)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotReady);
     server.load("lazy").unwrap();

@@ -9,7 +9,8 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use multiproc_serve::{
-    InferFuture, Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode, WorkerContext,
+    InferFuture, Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode,
+    VersionMetrics, WorkerContext,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,29 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The counters of `model` version `version` once `settled` holds for
+/// them, or as they are after [`PATIENCE`]; the test then asserts on them.
+/// Counts lag a moment behind what callers see: a batch's answers are set
+/// before its successes are added (a caller polling has its answer first),
+/// and a late answer or a request dropped from the queue is counted just
+/// after `in_flight` or `queue_depth` went down.
+pub fn metrics_when(
+    server: &Server,
+    model: &str,
+    version: u64,
+    settled: impl Fn(&VersionMetrics) -> bool,
+) -> VersionMetrics {
+    let now =
+        || server.metrics().get(model, version).cloned().unwrap_or_else(|| panic!("no metrics for {model} v{version}"));
+    wait_for(PATIENCE, || settled(&now()));
+    now()
+}
+
+/// Requests counted by `m`, answered or failed.
+pub fn requests_counted(m: &VersionMetrics) -> u64 {
+    m.request_success + m.request_failure.values().sum::<u64>()
+}
 
 /// A `tracing` subscriber that hands every event, as one line of
 /// `field=value` pairs, to its function.
