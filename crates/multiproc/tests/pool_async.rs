@@ -19,14 +19,16 @@ fn fail(x: u64) -> u64 {
 fn get_timeout_expires_after_about_t_and_the_task_goes_on() {
     let _watchdog = pool_support::watchdog();
     let pool = Pool::new(1).unwrap();
-    let mut r = pool.apply_async(sleep_ms, (800,));
+    // Far longer than the timeout: still running when `get_timeout` returns,
+    // however late this thread is scheduled then.
+    let mut r = pool.apply_async(sleep_ms, (2_000,));
     let t = Instant::now();
     let err = r.get_timeout(Duration::from_millis(200)).unwrap_err();
     let took = t.elapsed();
     assert!(err.is_timeout(), "{err:?}");
     assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(200) + SLACK, "{took:?}");
     assert!(!r.ready());
-    assert_eq!(r.get_timeout(WAIT).unwrap(), 800, "the task went on");
+    assert_eq!(r.get_timeout(WAIT).unwrap(), 2_000, "the task went on");
     assert!(matches!(r.get_timeout(WAIT), Err(PoolError::Taken)));
 }
 
@@ -34,7 +36,8 @@ fn get_timeout_expires_after_about_t_and_the_task_goes_on() {
 fn wait_ready_and_successful() {
     let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
-    let slow = pool.apply_async(sleep_ms, (300,));
+    // Far longer than the 50 ms wait below, however late this thread runs.
+    let slow = pool.apply_async(sleep_ms, (2_000,));
     assert!(!slow.ready());
     assert!(matches!(slow.successful(), Err(PoolError::NotReady)));
     assert!(!slow.wait_timeout(Duration::from_millis(50)));
