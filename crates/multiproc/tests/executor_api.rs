@@ -5,7 +5,7 @@ mod pool_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Executor, PoolError, RawArray, TaskError};
+use multiproc::{Event, Executor, PoolError, RawArray, TaskError};
 use pool_support::{WAIT, sleep_ms, square};
 
 fn pid(_: u64) -> u32 {
@@ -33,19 +33,29 @@ fn submit_after_shutdown_is_an_error() {
     assert!(matches!(ex.map(square, 0..2u64), Err(PoolError::ShutDown)));
 }
 
+/// Sets `started`, then sleeps `ms`.
+fn say_started_then_sleep(started: Event, ms: u64) -> u64 {
+    started.set();
+    sleep_ms(ms)
+}
+
 #[test]
 fn shutdown_waits_for_running_work_or_cancels_pending_work() {
     let _watchdog = pool_support::watchdog();
     let ex = Executor::new(1).unwrap();
-    let futs: Vec<_> = (0..5).map(|_| ex.submit(sleep_ms, (50,)).unwrap()).collect();
+    // Timed from before the submits: the five run one after the other, so
+    // 250 ms pass before the last is done, however late this thread runs.
     let t = Instant::now();
+    let futs: Vec<_> = (0..5).map(|_| ex.submit(sleep_ms, (50,)).unwrap()).collect();
     ex.shutdown(true, false);
-    assert!(t.elapsed() >= Duration::from_millis(150), "waited for the work");
+    assert!(t.elapsed() >= Duration::from_millis(250), "waited for the work");
     assert!(futs.into_iter().all(|f| f.ready() && pool_support::get(f).is_ok()));
 
     let ex = Executor::new(1).unwrap();
-    let running = ex.submit(sleep_ms, (300,)).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let started = Event::new().unwrap();
+    let running = ex.submit(say_started_then_sleep, (started.clone(), 300)).unwrap();
+    // Running (so not cancellable) once it says so, not after a guess.
+    assert!(started.wait_timeout(WAIT), "the first task did not start");
     let pending: Vec<_> = (0..200).map(|_| ex.submit(sleep_ms, (300,)).unwrap()).collect();
     let t = Instant::now();
     ex.shutdown(true, true);
