@@ -143,11 +143,26 @@ fn a_dropped_maps_items_are_not_run_again_when_their_worker_dies() {
     // chunks are in flight, not queued.
     std::thread::sleep(Duration::from_millis(20));
     drop(results);
-    let before = ran.get(0).unwrap();
     let killed = std::process::Command::new("kill").args(["-9", &worker.to_string()]).status().unwrap();
     assert!(killed.success());
+    // Counted once the worker is dead: until the kill lands (starting `kill`
+    // takes a while on a loaded machine) it goes on running the items it
+    // holds, which is not running them again.
+    let t = Instant::now();
+    while !is_dead(worker) && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(is_dead(worker), "the worker survived SIGKILL");
+    let before = ran.get(0).unwrap();
     ex.shutdown(true, false);
     let after = ran.get(0).unwrap();
-    // The item running when it was killed may just have counted itself.
-    assert!(after <= before + 1, "{} items ran again after the worker died", after - before);
+    assert_eq!(after, before, "{} items ran again after the worker died", after - before);
+}
+
+/// True once process `pid` no longer runs (a zombie, or reaped).
+fn is_dead(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    // The state follows the command name, which may hold spaces and ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
 }
