@@ -5,7 +5,7 @@ mod pool_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Executor, PoolError, RawArray, TaskError};
+use multiproc::{Event, Executor, PoolError, RawArray, TaskError};
 use pool_support::{WAIT, sleep_ms, square};
 
 fn pid(_: u64) -> u32 {
@@ -33,19 +33,29 @@ fn submit_after_shutdown_is_an_error() {
     assert!(matches!(ex.map(square, 0..2u64), Err(PoolError::ShutDown)));
 }
 
+/// Sets `started`, then sleeps `ms`.
+fn say_started_then_sleep(started: Event, ms: u64) -> u64 {
+    started.set();
+    sleep_ms(ms)
+}
+
 #[test]
 fn shutdown_waits_for_running_work_or_cancels_pending_work() {
     let _watchdog = pool_support::watchdog();
     let ex = Executor::new(1).unwrap();
-    let futs: Vec<_> = (0..5).map(|_| ex.submit(sleep_ms, (50,)).unwrap()).collect();
+    // Timed from before the submits: the five run one after the other, so
+    // 250 ms pass before the last is done, however late this thread runs.
     let t = Instant::now();
+    let futs: Vec<_> = (0..5).map(|_| ex.submit(sleep_ms, (50,)).unwrap()).collect();
     ex.shutdown(true, false);
-    assert!(t.elapsed() >= Duration::from_millis(150), "waited for the work");
+    assert!(t.elapsed() >= Duration::from_millis(250), "waited for the work");
     assert!(futs.into_iter().all(|f| f.ready() && pool_support::get(f).is_ok()));
 
     let ex = Executor::new(1).unwrap();
-    let running = ex.submit(sleep_ms, (300,)).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let started = Event::new().unwrap();
+    let running = ex.submit(say_started_then_sleep, (started.clone(), 300)).unwrap();
+    // Running (so not cancellable) once it says so, not after a guess.
+    assert!(started.wait_timeout(WAIT), "the first task did not start");
     let pending: Vec<_> = (0..200).map(|_| ex.submit(sleep_ms, (300,)).unwrap()).collect();
     let t = Instant::now();
     ex.shutdown(true, true);
@@ -133,11 +143,26 @@ fn a_dropped_maps_items_are_not_run_again_when_their_worker_dies() {
     // chunks are in flight, not queued.
     std::thread::sleep(Duration::from_millis(20));
     drop(results);
-    let before = ran.get(0).unwrap();
     let killed = std::process::Command::new("kill").args(["-9", &worker.to_string()]).status().unwrap();
     assert!(killed.success());
+    // Counted once the worker is dead: until the kill lands (starting `kill`
+    // takes a while on a loaded machine) it goes on running the items it
+    // holds, which is not running them again.
+    let t = Instant::now();
+    while !is_dead(worker) && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(is_dead(worker), "the worker survived SIGKILL");
+    let before = ran.get(0).unwrap();
     ex.shutdown(true, false);
     let after = ran.get(0).unwrap();
-    // The item running when it was killed may just have counted itself.
-    assert!(after <= before + 1, "{} items ran again after the worker died", after - before);
+    assert_eq!(after, before, "{} items ran again after the worker died", after - before);
+}
+
+/// True once process `pid` no longer runs (a zombie, or reaped).
+fn is_dead(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    // The state follows the command name, which may hold spaces and ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use multiproc::{Pool, PoolError, TaskError};
+use multiproc::{Event, Pool, PoolError, TaskError};
 use pool_support::{SLACK, WAIT, add, get, sleep_ms, square};
 
 fn fail(x: u64) -> u64 {
@@ -19,14 +19,16 @@ fn fail(x: u64) -> u64 {
 fn get_timeout_expires_after_about_t_and_the_task_goes_on() {
     let _watchdog = pool_support::watchdog();
     let pool = Pool::new(1).unwrap();
-    let mut r = pool.apply_async(sleep_ms, (800,));
+    // Far longer than the timeout: still running when `get_timeout` returns,
+    // however late this thread is scheduled then.
+    let mut r = pool.apply_async(sleep_ms, (2_000,));
     let t = Instant::now();
     let err = r.get_timeout(Duration::from_millis(200)).unwrap_err();
     let took = t.elapsed();
     assert!(err.is_timeout(), "{err:?}");
     assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(200) + SLACK, "{took:?}");
     assert!(!r.ready());
-    assert_eq!(r.get_timeout(WAIT).unwrap(), 800, "the task went on");
+    assert_eq!(r.get_timeout(WAIT).unwrap(), 2_000, "the task went on");
     assert!(matches!(r.get_timeout(WAIT), Err(PoolError::Taken)));
 }
 
@@ -34,7 +36,8 @@ fn get_timeout_expires_after_about_t_and_the_task_goes_on() {
 fn wait_ready_and_successful() {
     let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();
-    let slow = pool.apply_async(sleep_ms, (300,));
+    // Far longer than the 50 ms wait below, however late this thread runs.
+    let slow = pool.apply_async(sleep_ms, (2_000,));
     assert!(!slow.ready());
     assert!(matches!(slow.successful(), Err(PoolError::NotReady)));
     assert!(!slow.wait_timeout(Duration::from_millis(50)));
@@ -97,13 +100,23 @@ fn exactly_one_callback_runs_per_call() {
     assert_eq!(get(m).unwrap().len(), 100);
 }
 
+/// Sets `started`, then sleeps `ms`.
+fn say_started_then_sleep(started: Event, ms: u64) -> u64 {
+    started.set();
+    sleep_ms(ms)
+}
+
 #[test]
 fn a_queued_task_can_be_cancelled_a_running_one_cannot() {
     let _watchdog = pool_support::watchdog();
     let pool = Pool::new(1).unwrap();
-    let running = pool.apply_async(sleep_ms, (500,));
+    let started = Event::new().unwrap();
+    // Runs long enough that the tasks queued behind it are still queued
+    // when this thread cancels one, however late it is scheduled.
+    let running = pool.apply_async(say_started_then_sleep, (started.clone(), 2_000));
     let queued: Vec<_> = (0..50).map(|_| pool.apply_async(sleep_ms, (1,))).collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // Running (so handed to the worker) once it says so, not after a guess.
+    assert!(started.wait_timeout(WAIT), "the first task did not start");
     assert!(!running.cancel());
     let last = queued.last().unwrap();
     assert!(last.cancel());
@@ -112,7 +125,7 @@ fn a_queued_task_can_be_cancelled_a_running_one_cannot() {
     let last = outcomes.pop().unwrap();
     assert!(matches!(last, Err(PoolError::Task { error: TaskError::Cancelled, .. })), "{last:?}");
     assert!(outcomes.iter().all(|o| o.is_ok()));
-    assert_eq!(get(running).unwrap(), 500);
+    assert_eq!(get(running).unwrap(), 2_000);
 }
 
 #[test]

@@ -248,7 +248,9 @@ fn kill_one_during(kind: &str, pool: &Pool, pids: &Queue<i32>, victims: &mut Vec
     let many = || (0..9).map(|_| pids.clone());
     match kind {
         "apply_async" => {
-            let mut r = pool.apply_async(report_then_nap, (pids.clone(),));
+            // Long enough that the kill always finds it running, however
+            // late this thread is scheduled (the kill ends it at once).
+            let mut r = pool.apply_async(report_then_sleep, (pids.clone(), 20_000));
             victims.push(pids.get_timeout(WAIT).unwrap());
             kill(victims[0]);
             lost(&r.get_timeout(WAIT))
@@ -497,7 +499,9 @@ fn a_stopped_worker_does_not_hold_up_the_others_or_terminate() {
     let _serial = serial();
     let pool = Pool::new(2).unwrap();
     let pids = Queue::new().unwrap();
-    let mut stuck = pool.apply_async(report_then_sleep, (pids.clone(), 100));
+    // Still running when it is stopped, however late this thread is
+    // scheduled (terminate ends it).
+    let mut stuck = pool.apply_async(report_then_sleep, (pids.clone(), 20_000));
     let worker = pids.get_timeout(WAIT).unwrap();
     // SAFETY: kill(2) on our own worker.
     unsafe { libc::kill(worker, libc::SIGSTOP) };

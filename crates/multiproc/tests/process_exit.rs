@@ -142,7 +142,8 @@ fn join_timeout_returns_after_about_t_and_leaves_the_child_running() {
         let took = start.elapsed();
         assert!(err.is_timeout(), "{method:?}: {err:?}");
         assert!(matches!(err, ProcessError::Timeout(d) if d == t));
-        assert!(took >= t && took < t + Duration::from_secs(1), "{method:?}: took {took:?}");
+        // (Upper bound: far above ≈t, for a loaded machine; far below the child's 30 s.)
+        assert!(took >= t && took < t + Duration::from_secs(5), "{method:?}: took {took:?}");
         assert!(p.is_alive(), "{method:?}: still running after the timeout");
         assert_eq!(p.exitcode(), None);
         // A second timed join times out again, and the child still answers signals.
