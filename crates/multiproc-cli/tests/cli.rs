@@ -7,19 +7,12 @@ use multiproc::{Process, ProcessError};
 
 const EXE: &str = env!("CARGO_BIN_EXE_multiproc");
 
-/// Runs the binary with `args`, killing it if it takes longer than `limit`.
+mod support;
+
+/// Runs the binary with `args`, killing it if it takes longer than `limit`
+/// (its output read meanwhile: the tour writes more than a pipe holds).
 fn run(args: &[&str], limit: Duration) -> Output {
-    let mut child =
-        Command::new(EXE).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start multiproc");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("multiproc {args:?} did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    support::run_with_limit(Command::new(EXE).args(args), limit)
 }
 
 #[test]

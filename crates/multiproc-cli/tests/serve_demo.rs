@@ -92,8 +92,16 @@ fn ctrl_c_to_the_whole_group_with_requests_in_flight_loses_none_and_exits_zero()
     stop_with_requests_in_flight("ctrl-c", Served::start_in_own_group, Served::interrupt_group);
 }
 
-/// Starts a server with 8 requests of 300 ms for 2 workers, stops it with
-/// `stop` 250 ms later, and checks every request was answered.
+/// The value of `series{model="slow",version="1"}` in the `/metrics` text.
+fn slow_series(text: &str, series: &str) -> u64 {
+    let key = format!("{series}{{model=\"slow\",version=\"1\"}} ");
+    let line = text.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("no {key}in\n{text}"));
+    line[key.len()..].trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+/// Starts a server with 8 requests of 1 s for 2 workers, stops it with
+/// `stop` once all of them have reached it, and checks every request was
+/// answered.
 fn stop_with_requests_in_flight(
     tag: &str,
     start: impl FnOnce(&[&str]) -> Served,
@@ -102,7 +110,7 @@ fn stop_with_requests_in_flight(
     let repo = TempDir::new(tag);
     write(
         &repo.0.join("slow/config.toml"),
-        echo_config_for(0.3, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes(),
+        echo_config_for(1.0, &["INT64"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2").as_bytes(),
     );
     std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
     let mut s = start(&["--model-repository", repo.0.to_str().unwrap()]);
@@ -115,8 +123,21 @@ fn stop_with_requests_in_flight(
             })
         })
         .collect();
-    // 8 requests, 2 workers, 300 ms each: about 1.2 s of work is in flight.
-    std::thread::sleep(Duration::from_millis(250));
+    // 8 requests, 2 workers, 1 s each: about 4 s of work. Stop once every
+    // request has reached the server (a fixed sleep could stop it before
+    // a slow client thread has connected, and its request be refused).
+    let waiting = std::time::Instant::now();
+    let in_flight = loop {
+        let (_, text, _) = call(agent().get(&s.url("/metrics")), None);
+        let text = String::from_utf8(text).unwrap();
+        let pending = slow_series(&text, "nv_inference_pending_request_count");
+        if pending + slow_series(&text, "nv_inference_request_success") == 8 {
+            break pending;
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(60), "the 8 requests did not reach the server in 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(in_flight > 0, "every request was answered before the stop: nothing was in flight");
     let status = stop(&mut s);
     for (i, c) in clients.into_iter().enumerate() {
         let (st, r) = c.join().unwrap();

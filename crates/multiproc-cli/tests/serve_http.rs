@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 use support::*;
 
@@ -333,29 +335,48 @@ fn repository_load_unload_and_a_new_version_switch_without_failures() {
 
     // Version 2 appears on disk; loading it switches traffic with no failed request.
     std::fs::create_dir_all(echo_dir.join("2")).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Traffic runs before, during and after the switch; each answer is
+    // noted with whether its request was sent after the load had returned.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let (stop, switched, answered) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let load = {
-        let (stop, url, request) = (stop.clone(), infer_url.clone(), request.clone());
+        let (stop, switched, answered) = (stop.clone(), switched.clone(), answered.clone());
+        let (url, request) = (infer_url.clone(), request.clone());
         std::thread::spawn(move || {
             let mut seen = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(SeqCst) {
+                let after = switched.load(SeqCst);
                 let (st, r) = post_json(&url, &request);
                 assert_eq!(st, 200, "a request failed during the switch: {r}");
                 assert_eq!(r["outputs"][0]["data"], json!([4, 5]));
-                seen.push(r["model_version"].as_str().unwrap().to_string());
+                seen.push((r["model_version"].as_str().unwrap().to_string(), after));
+                answered.fetch_add(1, SeqCst);
             }
             seen
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Bounded waits for answers (the machine may be slow), not fixed sleeps.
+    let answers_reach = |n: usize| {
+        let t = std::time::Instant::now();
+        while answered.load(SeqCst) < n && !load.is_finished() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(60), "{} answers in 60 s", answered.load(SeqCst));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    answers_reach(3);
     let (st, b) = post_json(&s.url("/v2/repository/models/echo/load"), &json!({}));
     assert_eq!(st, 200, "{b}");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    switched.store(true, SeqCst);
+    let before_switch = answered.load(SeqCst);
+    // At least 3 requests sent after the load returned have been answered.
+    answers_reach(before_switch + 4);
+    stop.store(true, SeqCst);
     let seen = load.join().unwrap();
-    assert_eq!(seen.last().map(String::as_str), Some("2"), "traffic moved to version 2");
-    let first_two = seen.iter().position(|v| v == "2").unwrap();
-    assert!(seen[first_two..].iter().all(|v| v == "2"), "once switched, every answer is from version 2: {seen:?}");
+    assert!(seen.iter().all(|(v, after)| !after || v == "2"), "a request sent after the load answered: {seen:?}");
+    assert_eq!(seen.last().map(|(v, _)| v.as_str()), Some("2"), "traffic moved to version 2");
+    let first_two = seen.iter().position(|(v, _)| v == "2").unwrap();
+    assert!(seen[first_two..].iter().all(|(v, _)| v == "2"), "once switched, every answer is from version 2: {seen:?}");
     assert_eq!(get_json(&s.url("/v2/models/echo")).1["versions"], json!(["2"]));
 
     // Loading what is not there, or a bad configuration: precise errors.

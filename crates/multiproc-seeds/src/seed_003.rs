@@ -89,8 +89,11 @@ pub struct DaemonJoin {
     pub daemon_exitcode: Option<i32>,
 }
 
-/// How long the daemon works, and how long the parent waits for it.
-const DAEMON_WORK: Duration = Duration::from_secs(2);
+/// How long the daemon works (the Python program's 2 s would do; 10 s
+/// leaves a loaded machine room to see it still alive after the join
+/// timed out, and costs nothing: it is terminated before), and how long
+/// the parent waits for it.
+const DAEMON_WORK: Duration = Duration::from_secs(10);
 const DAEMON_WAIT: Duration = Duration::from_millis(500);
 
 /// The daemon: says it started (over the pipe, since it will not return),

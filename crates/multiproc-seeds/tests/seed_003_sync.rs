@@ -12,7 +12,10 @@ fn event_wait_blocks_one_child_and_times_out_the_other() {
     assert!(o.block_saw_set, "the child without a timeout returns once the parent sets the event");
     assert!(!o.nonblock_saw_set, "the child with a timeout gives up before the event is set");
     assert!(o.nonblock_waited >= o.timeout, "waited {:?}, less than its timeout", o.nonblock_waited);
-    assert!(o.nonblock_waited < o.timeout + Duration::from_secs(1), "waited {:?}", o.nonblock_waited);
+    // Not until the event was set: the parent sets it only after this
+    // child has returned, so any bound is about slack (generous: a loaded
+    // machine may be slow to wake the child).
+    assert!(o.nonblock_waited < o.timeout + Duration::from_secs(3), "waited {:?}", o.nonblock_waited);
     assert_eq!(
         report.lines,
         [

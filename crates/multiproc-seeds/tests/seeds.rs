@@ -67,7 +67,9 @@ fn daemon_outlives_join_timeout_and_non_daemon_finishes() {
     let report = seed_003::daemon_join_timeout().unwrap();
     let o = &report.outcome;
     assert!(o.timed_out);
-    assert!(o.waited >= Duration::from_millis(500) && o.waited < Duration::from_millis(1500), "{:?}", o.waited);
+    // At least the 500 ms asked for; well under the daemon's 10 s of work
+    // (room for a loaded machine).
+    assert!(o.waited >= Duration::from_millis(500) && o.waited < Duration::from_secs(5), "{:?}", o.waited);
     assert!(o.alive_after_timeout);
     assert_eq!(o.non_daemon_exitcode, Some(0));
     assert_eq!(o.daemon_exitcode, Some(-15));

@@ -223,33 +223,64 @@ pub fn get_json(url: &str) -> (u16, serde_json::Value) {
     (s, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
 }
 
-/// Runs `cmd` to its end, killing it (and failing) after `limit`.
+/// Runs `cmd` to its end, killing it (and failing) after `limit`. Its
+/// stdout and stderr are read while it runs, so that a child writing more
+/// than a pipe holds (pip's error output may) is not blocked until `limit`.
 pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             panic!("{cmd:?} took more than {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// The Python of the virtual environment `target/py-venvs/<name>`, created
 /// (`python3 -m venv`, then `pip install <packages>` from PyPI) unless
-/// `check` already runs in it; later runs reuse it.
+/// `check` already runs in it; later runs reuse it. Test processes
+/// running at once (two test binaries, or the bench) take turns through a
+/// lock file next to it, rather than both installing into it.
 pub fn python_venv(name: &str, packages: &[&str], check: &str) -> PathBuf {
-    let dir = manifest().join("../../target/py-venvs").join(name);
+    let venvs = manifest().join("../../target/py-venvs");
+    std::fs::create_dir_all(&venvs).unwrap();
+    let lock = std::fs::File::create(venvs.join(format!("{name}.lock"))).unwrap();
+    let waiting = Instant::now();
+    // (File::try_lock is newer than the workspace's MSRV.)
+    // SAFETY: flock(2) on a file descriptor `lock` owns and keeps open; the
+    // lock goes with it when `lock` is dropped at the end of this function.
+    while unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK), "cannot lock the {name} venv: {e}");
+        assert!(waiting.elapsed() < Duration::from_secs(900), "another process held the {name} venv for 15 min");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dir = venvs.join(name);
     let python = dir.join("bin/python");
     let ok = |p: &PathBuf| Command::new(p).args(["-c", check]).status().is_ok_and(|s| s.success());
     if !ok(&python) {
         let out = run_with_limit(Command::new("python3").args(["-m", "venv"]).arg(&dir), Duration::from_secs(120));
         assert!(out.status.success(), "python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr));
         let out = run_with_limit(
-            Command::new(dir.join("bin/pip")).args(["install", "-q"]).args(packages),
+            Command::new(dir.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check", "--timeout", "60"])
+                .args(packages),
             Duration::from_secs(600),
         );
         assert!(out.status.success(), "pip install {packages:?} failed: {}", String::from_utf8_lossy(&out.stderr));
