@@ -374,6 +374,40 @@ fn producer_withdraws_a_dead_unincluded_claim() {
     assert_eq!(q.get_nowait().unwrap(), 5);
 }
 
+/// A producer of a bounded queue that must wait before it can claim a slot
+/// (another producer's claim at the tail, or a new segment to prepare)
+/// holds no permit meanwhile, so a kill there loses none; before, it took
+/// its permit first and a kill leaked it (the queue stayed "full" after
+/// enough of them).
+#[test]
+fn a_producer_waiting_to_claim_holds_no_permit() {
+    let q = Queue::<u64>::bounded(2).unwrap();
+    let ring = &q.ring;
+    // A live producer (this thread) has claimed the tail slot and not yet
+    // moved the tail.
+    let n = ring.header().seg_tail.0.load(SeqCst);
+    let f = ring.frame(n).unwrap();
+    let t = f.header().tail.0.load(SeqCst);
+    let slot = f.slot(t);
+    let free = slot.stamp.load(SeqCst);
+    let busy = Stamp::owned(f.lap(t), WRITING, crate::sys::imp::thread::current_tid(), false).pack();
+    slot.stamp.compare_exchange(free, busy, SeqCst, SeqCst).unwrap();
+    let waiting = {
+        let q = q.clone();
+        thread::spawn(move || q.put_timeout(7, LONG).is_ok())
+    };
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        assert_eq!(q.qsize(), 0, "a producer waiting to claim a slot took a permit");
+        thread::sleep(Duration::from_millis(5));
+    }
+    slot.stamp.compare_exchange(busy, free, SeqCst, SeqCst).unwrap();
+    assert!(waiting.join().unwrap());
+    assert_eq!(q.qsize(), 1);
+    assert_eq!(q.get_timeout(LONG).unwrap(), 7);
+    assert_eq!(q.qsize(), 0);
+}
+
 /// A producer killed at any step of `put` leaves its task counted only with
 /// its item's position: before the tail move (a bare claim) no task at all,
 /// after it one that goes when consumers skip the position.

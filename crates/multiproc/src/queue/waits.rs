@@ -241,28 +241,31 @@ impl Ring {
                 self.discard_blob(offset, len);
             }
         };
-        // From here to the slot claim in `push` there are only a few
-        // instructions: the window in which a kill would leak the permit.
-        if self.bounded()
-            && let Err(e) = self.acquire_permit(timeout, block)
-        {
-            discard();
-            return Err(e);
-        }
-        // A shutdown while the blob was written ends this put too: after an
-        // immediate one, nobody could take the item (or finish its task).
-        if self.is_closed() {
-            self.release_permit();
-            discard();
-            return Err(PutFail::Closed);
-        }
         let me = current_tid();
+        let mut deadline = None;
         loop {
+            // A bounded queue's permit is taken in `push`, once a slot is
+            // claimed, so that a producer killed on the way (while a new
+            // segment is prepared, say) holds none. Here we only wait until
+            // there is room.
+            if self.bounded()
+                && let Err(e) = self.wait_for_room(&mut deadline, timeout, block)
+            {
+                discard();
+                return Err(e);
+            }
+            // A shutdown while the blob was written ends this put too: after
+            // an immediate one, nobody could take the item (or finish its task).
+            if self.is_closed() {
+                discard();
+                return Err(PutFail::Closed);
+            }
             match self.push(payload, me) {
                 Ok(Pushed::Done) => break,
-                Ok(Pushed::Lost) => self.retake(),
+                // Taken for dead and skipped (its permit given back), or the
+                // room was taken by another producer: wait for room again.
+                Ok(Pushed::Lost | Pushed::Full) => {}
                 Err(e) => {
-                    self.release_permit();
                     discard();
                     return Err(PutFail::Io(e));
                 }
@@ -390,25 +393,26 @@ impl Ring {
             || (self.reclaim_pacer().due() && self.reclaim_dead_takers()?))
     }
 
-    fn acquire_permit(&self, timeout: Option<Duration>, block: bool) -> Result<(), PutFail> {
+    /// Waits until a bounded queue has room (a permit free), without taking
+    /// it: `push` takes it once it holds a slot. `deadline` is set the first
+    /// time the queue is found full and kept across calls of one put.
+    fn wait_for_room(
+        &self,
+        deadline: &mut Option<Deadline>,
+        timeout: Option<Duration>,
+        block: bool,
+    ) -> Result<(), PutFail> {
         let hdr = self.header();
         let max = self.maxsize();
         let mut backoff = Backoff::new();
-        let mut deadline = None;
         loop {
             if self.is_closed() {
                 return Err(PutFail::Closed);
             }
             // ORDERING: SeqCst: part of the not_full handshake (the sleeper's
             // condition).
-            let count = hdr.count.0.load(SeqCst);
-            if count < max {
-                // ORDERING: AcqRel: permits are a counter; SeqCst is not needed
-                // for taking one.
-                if hdr.count.0.compare_exchange(count, count + 1, AcqRel, Relaxed).is_ok() {
-                    return Ok(());
-                }
-                continue;
+            if hdr.count.0.load(SeqCst) < max {
+                return Ok(());
             }
             let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
             if block && backoff.snooze() {
@@ -429,6 +433,23 @@ impl Ring {
         }
     }
 
+    /// Takes a permit of a bounded queue if one is free, without waiting
+    /// (`push`, holding a claimed slot); false when the queue is full.
+    pub(super) fn try_permit(&self) -> bool {
+        let count = &self.header().count.0;
+        let max = self.maxsize();
+        // ORDERING: SeqCst load: as in `wait_for_room`; AcqRel CAS: permits
+        // are a counter, SeqCst is not needed for taking one.
+        let mut now = count.load(SeqCst);
+        while now < max {
+            match count.compare_exchange_weak(now, now + 1, AcqRel, Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => now = seen,
+            }
+        }
+        false
+    }
+
     /// Gives back the permit of an item that left the queue.
     pub(super) fn release_permit(&self) {
         if self.bounded() {
@@ -436,15 +457,6 @@ impl Ring {
             // ORDERING: SeqCst: the waker half of the not_full handshake.
             let _ = hdr.count.0.fetch_update(SeqCst, SeqCst, |c| c.checked_sub(1));
             wake(hdr, &hdr.not_full.0, 1);
-        }
-    }
-
-    /// Takes a permit again for an item that is put once more (see
-    /// [`Pushed::Lost`]; its task is counted again when it is included).
-    fn retake(&self) {
-        if self.bounded() {
-            // ORDERING: Relaxed: a counter; the put that follows publishes the item.
-            self.header().count.0.fetch_add(1, Relaxed);
         }
     }
 

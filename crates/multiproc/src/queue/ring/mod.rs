@@ -124,8 +124,11 @@ pub(super) enum Pushed {
     Done,
     /// A consumer took this producer for dead and skipped its slot, giving
     /// back its permit (and its task went with the skipped position): the
-    /// caller takes the permit again and retries.
+    /// caller retries (a bounded queue's permit is taken again).
     Lost,
+    /// A bounded queue had no permit free when the slot was claimed: the
+    /// claim was withdrawn; the caller waits for room and retries.
+    Full,
 }
 
 /// The queue's shared memory as seen from one process.
