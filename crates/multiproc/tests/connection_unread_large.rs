@@ -206,3 +206,46 @@ fn a_mid_size_send_with_a_timeout_gives_up_when_the_shared_memory_is_full() {
     }
     assert!(start.elapsed() < Duration::from_secs(10), "the timed send blocked for {:?}", start.elapsed());
 }
+
+#[test]
+fn a_timed_send_behind_another_threads_blocked_send_gives_up_on_time() {
+    let _serial = serial();
+    let (data, their_data) = Pipe::duplex().unwrap();
+    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
+    let child = Child(Some(Process::spawn(read_when_told, (their_data.clone(), their_ctl)).unwrap()));
+    drop(their_data);
+    for i in 0..UNREAD {
+        data.send_bytes_timeout(&payload(i), LONG).unwrap();
+    }
+    // Another thread's send waits for the peer to read, holding the
+    // connection's send side meanwhile.
+    let data = Arc::new(data);
+    let blocked = {
+        let data = Arc::clone(&data);
+        std::thread::spawn(move || data.send_bytes_timeout(&payload(UNREAD), LONG))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // A timed send waits for it only until its own deadline (whichever of
+    // the two got there first, the peer reads nothing: a timeout either way).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let timed = {
+        let data = Arc::clone(&data);
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let outcome = data.send_bytes_timeout(&payload(UNREAD), Duration::from_millis(200));
+            let _ = tx.send((outcome.map_err(|e| e.is_timeout()), start.elapsed()));
+        })
+    };
+    let seen = rx.recv_timeout(Duration::from_secs(10));
+    // The peer reads the nine messages: the blocked send goes, and so would
+    // a timed send still waiting behind it.
+    ctl.send(&(UNREAD + 1)).unwrap();
+    assert_eq!(ctl.recv_timeout(LONG).unwrap(), UNREAD + 1);
+    blocked.join().unwrap().unwrap();
+    timed.join().unwrap();
+    let (outcome, took) = seen.expect("the timed send waited past its deadline for the other thread's send");
+    assert_eq!(outcome, Err(true), "the timed send did not time out");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop((data, ctl));
+    child.join();
+}

@@ -220,7 +220,9 @@ impl<T> Connection<T> {
     /// messages (the bound described at `send_bytes`), for room in the
     /// connection's shared memory (messages over 64 KiB; a send without a
     /// timeout would go through the socket instead) or for the socket to
-    /// take bytes. `Duration::ZERO` sends only what can go at once. A
+    /// take bytes; and, when another thread of this process is sending on
+    /// the same connection (a send waiting for the peer, say), for that
+    /// send to finish. `Duration::ZERO` sends only what can go at once. A
     /// timed-out send sent nothing.
     ///
     /// # Examples

@@ -182,7 +182,11 @@ impl Channel {
             ))
             .into());
         }
-        let mut budget = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Another thread's send may hold the send side for a long time (its
+        // peer not reading): a timed send waits for it only until its deadline.
+        let Some(mut budget) = lock_until(&self.send_lock, deadline) else {
+            return Err(SendError::Timeout);
+        };
         let closed = |e: io::Error| match e.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => WireError::Closed,
             _ => WireError::Io(e),
@@ -311,28 +315,13 @@ impl Channel {
 
     /// The receive state, if no other thread holds it.
     fn try_recv_state(&self) -> Option<MutexGuard<'_, RecvState>> {
-        match self.recv.try_lock() {
-            Ok(state) => Some(state),
-            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
+        try_lock(&self.recv)
     }
 
     /// The receive state, waiting for another thread's receive (which may
     /// sleep until a message comes) only until `deadline`.
     fn recv_state_until(&self, deadline: Deadline) -> Result<MutexGuard<'_, RecvState>, RecvError> {
-        if deadline.remaining().is_none() {
-            return Ok(self.recv.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        loop {
-            if let Some(state) = self.try_recv_state() {
-                return Ok(state);
-            }
-            match deadline.remaining() {
-                Some(left) if !left.is_zero() => std::thread::sleep(left.min(CONTENDED_RECHECK)),
-                _ => return Err(RecvError::Timeout),
-            }
-        }
+        lock_until(&self.recv, deadline).ok_or(RecvError::Timeout)
     }
 
     /// Sleeps until the Unix socket is readable. A read blocked in the
@@ -554,6 +543,35 @@ fn resolve(header: Header, payload: Vec<u8>, mut fds: Vec<OwnedFd>) -> Result<Fr
         arena::take(memory, offset()?, header.len)?
     };
     Ok(Frame { kind: header.kind, payload, fds })
+}
+
+/// `lock`, if no other thread holds it (a poisoned one is taken as it is,
+/// as everywhere in this file).
+fn try_lock<T>(lock: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match lock.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// `lock`, waiting for the thread that holds it (which may be blocked until
+/// the peer reads or writes) only until `deadline`: `None` then. Without a
+/// deadline, an ordinary lock; with one, the wait rechecks every
+/// [`CONTENDED_RECHECK`] (only contended timed calls pay for it).
+fn lock_until<T>(lock: &Mutex<T>, deadline: Deadline) -> Option<MutexGuard<'_, T>> {
+    if deadline.remaining().is_none() {
+        return Some(lock.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    loop {
+        if let Some(guard) = try_lock(lock) {
+            return Some(guard);
+        }
+        match deadline.remaining() {
+            Some(left) if !left.is_zero() => std::thread::sleep(left.min(CONTENDED_RECHECK)),
+            _ => return None,
+        }
+    }
 }
 
 #[cfg(test)]
