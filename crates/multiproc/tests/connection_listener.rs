@@ -268,7 +268,8 @@ fn accept_and_connect_time_out_and_report_missing_listeners() {
         let start = Instant::now();
         let err = Client::connect_timeout::<()>(&address, None, LONG).unwrap_err();
         assert!(matches!(err, ConnectionError::Connect { .. }), "{address}: {err}");
-        assert!(start.elapsed() < Duration::from_secs(1));
+        // Refused at once, not after the timeout (LONG): room for a loaded machine.
+        assert!(start.elapsed() < Duration::from_secs(5), "{address}: took {:?}", start.elapsed());
     }
     // A TCP port that nothing listens on: bind one, note it, close it.
     let closed = Listener::bind("tcp:127.0.0.1:0", None).unwrap().address().clone();
