@@ -392,20 +392,21 @@ fn addresses_parse_from_their_documented_forms() {
     assert!(matches!(Listener::bind("nonsense", None), Err(ConnectionError::Address(_))));
 }
 
-/// Listens on `path` and is killed before it can remove the socket file.
-fn listen_and_wait(path: std::path::PathBuf) {
+/// Listens on `path`, says so, and is killed before it can remove the socket file.
+fn listen_and_wait(path: std::path::PathBuf, listening: multiproc::Event) {
     let _listener = Listener::bind(Address::unix(&path), None).unwrap();
+    listening.set();
     std::thread::sleep(LONG);
 }
 
 #[test]
 fn binding_over_a_socket_file_left_by_a_killed_listener_says_so() {
     let path = std::env::temp_dir().join(format!("multiproc-test-{}-stale.sock", std::process::id()));
-    let mut child = Process::spawn(listen_and_wait, (path.clone(),)).unwrap();
-    let start = Instant::now();
-    while !path.exists() && start.elapsed() < LONG {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let listening = multiproc::Event::new().unwrap();
+    let mut child = Process::spawn(listen_and_wait, (path.clone(), listening.clone())).unwrap();
+    // Not merely until the file exists: between its bind and its listen,
+    // the child's socket is a file that nobody listens on yet.
+    assert!(listening.wait_timeout(LONG), "the child never listened");
     // While it listens, the address is in use as before.
     let live = Listener::bind(Address::unix(&path), None).unwrap_err().to_string();
     assert!(live.contains("in use") && !live.contains("nobody listens"), "{live}");
