@@ -10,8 +10,11 @@ use multiproc::{Address, Client, Connection, ConnectionError, Listener, Pipe, Pr
 use serde::{Deserialize, Serialize};
 
 mod process_support;
+// For `assert_about` (with room for a loaded machine: t + 3 s).
+mod sync_support;
 
-use process_support::{JOIN as LONG, assert_about, join_or_kill as join};
+use process_support::{JOIN as LONG, join_or_kill as join};
+use sync_support::assert_about;
 
 /// A fresh address of each kind, unique to this test process and call.
 fn addresses() -> [String; 3] {

@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use multiproc::{Connection, ConnectionError, Pipe, Process, Waitable, wait};
 
 mod process_support;
+// For `assert_about` (with room for a loaded machine: t + 3 s).
+mod sync_support;
 
-use process_support::{JOIN as LONG, assert_about, join_or_kill as join};
+use process_support::{JOIN as LONG, join_or_kill as join};
+use sync_support::assert_about;
 
 /// On "go" over `control`, sends on the second and third connections, then
 /// waits for `control` to close.

@@ -1,4 +1,5 @@
-//! Helpers shared by the `sync_*` and `shared_*` integration tests.
+//! Helpers shared by the `sync_*` and `shared_*` integration tests (and
+//! `assert_about` by `connection_listener` and `connection_wait`).
 
 #![allow(dead_code)] // each test file uses a different subset
 
