@@ -189,7 +189,7 @@ fn poll_waits_about_the_timeout_then_sees_the_message() {
     let start = Instant::now();
     assert!(!ours.poll(t).unwrap());
     let took = start.elapsed();
-    assert!(took >= t && took < t + Duration::from_secs(1), "poll({t:?}) took {took:?}");
+    assert!(took >= t && took < t + Duration::from_secs(3), "poll({t:?}) took {took:?}");
 
     ours.send(&"q".to_string()).unwrap();
     assert!(ours.poll(LONG).unwrap());
@@ -205,7 +205,7 @@ fn recv_timeout_waits_about_the_timeout() {
     let start = Instant::now();
     assert!(b.recv_timeout(t).unwrap_err().is_timeout());
     let took = start.elapsed();
-    assert!(took >= t && took < t + Duration::from_secs(1), "recv_timeout({t:?}) took {took:?}");
+    assert!(took >= t && took < t + Duration::from_secs(3), "recv_timeout({t:?}) took {took:?}");
 }
 
 /// A 16 MiB pattern that reveals any lost, duplicated or reordered chunk.
@@ -260,7 +260,8 @@ fn after_the_peer_exits_recv_is_end_of_stream_and_poll_is_true() {
     assert!(ours.recv_timeout(LONG).unwrap_err().is_closed());
     assert!(ours.recv_bytes_timeout(LONG).unwrap_err().is_closed());
     assert!(ours.recv().unwrap_err().is_closed());
-    assert!(start.elapsed() < Duration::from_secs(1));
+    // At once, not after a timeout (LONG): room for a loaded machine.
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     assert!(ours.poll(LONG).unwrap());
     // Sending to a peer that is gone is an error too.
     assert!(matches!(ours.send(&"hello?".to_string()), Err(ConnectionError::Closed)));

@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use multiproc::{Connection, ConnectionError, Pipe, Process, Waitable, wait};
 
 mod process_support;
+// For `assert_about` (with room for a loaded machine: t + 3 s).
+mod sync_support;
 
-use process_support::{JOIN as LONG, assert_about, join_or_kill as join};
+use process_support::{JOIN as LONG, join_or_kill as join};
+use sync_support::assert_about;
 
 /// On "go" over `control`, sends on the second and third connections, then
 /// waits for `control` to close.
@@ -131,7 +134,8 @@ fn a_closed_peer_makes_a_connection_ready_at_once() {
     drop(a);
     let start = Instant::now();
     assert_eq!(wait(&[&b], Some(LONG)).unwrap(), [0]);
-    assert!(start.elapsed() < Duration::from_secs(1));
+    // At once, not after the timeout (LONG): room for a loaded machine.
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
 }
 
 #[test]
@@ -156,7 +160,7 @@ fn an_empty_list_waits_the_timeout_or_returns_at_once() {
 
     let start = Instant::now();
     assert!(wait(&[], None).unwrap().is_empty());
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
 }
 
 /// A waitable with no descriptor: ready once a flag is set.

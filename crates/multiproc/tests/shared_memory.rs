@@ -98,9 +98,15 @@ fn a_named_segment_cut_short_by_another_process_is_an_error_not_a_sigbus() {
 const LARGE: usize = 32 << 20;
 
 /// Opens `name` and copies all of it out (`write` false) or in (`write`
-/// true) until `stop` is set; returns how many copies failed (a SIGBUS
-/// would kill this process instead).
-fn copy_until_stopped(name: String, write: bool, ready: multiproc::Event, stop: multiproc::Event) -> usize {
+/// true) until `stop` is set, counting the copies done in `copies`; returns
+/// how many copies failed (a SIGBUS would kill this process instead).
+fn copy_until_stopped(
+    name: String,
+    write: bool,
+    ready: multiproc::Event,
+    stop: multiproc::Event,
+    copies: multiproc::RawValue<u64>,
+) -> usize {
     let shm = SharedMemory::open(&name).unwrap();
     let mut buf = vec![7u8; LARGE];
     let mut failed = 0;
@@ -112,6 +118,7 @@ fn copy_until_stopped(name: String, write: bool, ready: multiproc::Event, stop: 
             Err(SharedMemoryError::Truncated { .. }) => failed += 1,
             Err(e) => panic!("{e}"),
         }
+        copies.as_atomic().fetch_add(1, Ordering::SeqCst);
     }
     failed
 }
@@ -123,12 +130,17 @@ fn a_named_segment_cut_short_during_a_copy_is_not_a_sigbus() {
         let name = unique("cut-during-copy");
         let shm = SharedMemory::create(&name, LARGE).unwrap();
         let (ready, stop) = (multiproc::Event::new().unwrap(), multiproc::Event::new().unwrap());
-        let kid = Kid::<usize>::spawn(copy_until_stopped, (name.clone(), write, ready.clone(), stop.clone()));
+        let copies = multiproc::RawValue::new(0u64).unwrap();
+        let args = (name.clone(), write, ready.clone(), stop.clone(), copies.clone());
+        let kid = Kid::<usize>::spawn(copy_until_stopped, args);
         assert!(ready.wait_timeout(sync_support::LONG));
         // The copier spends nearly all its time inside a copy: cut then.
         std::thread::sleep(Duration::from_millis(100));
         std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/{name}")).unwrap().set_len(0).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        // Two more copies ended: the second began after the cut (however
+        // slowly the copier is scheduled).
+        let at_cut = copies.get();
+        sync_support::wait_until("a copy begun after the cut", || copies.get() >= at_cut + 2);
         stop.set();
         // A copier killed by SIGBUS fails the join.
         let failed = kid.join();

@@ -6,7 +6,7 @@ mod sync_support;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Barrier, BarrierError, Event, RawArray, SharedMemory, current_process, parent_process};
+use multiproc::{Barrier, BarrierError, Event, RawArray, RawValue, SharedMemory, current_process, parent_process};
 use sync_support::{Kid, LONG, assert_about, wait_asleep, wait_until};
 
 /// The name of the segment where the barrier actions of a test count passes:
@@ -228,13 +228,19 @@ fn a_party_asleep_through_256_rounds_learns_its_rounds_outcome() {
 }
 
 /// Waits on `b` until `stop` is set; returns how many waits passed with
-/// each index. Any error but `Broken` (a timeout: a wait that never ended)
-/// is a failure.
-fn pass_until_stopped(b: Barrier, stop: Event) -> Result<[u64; 3], String> {
+/// each index (and counts the passes seen with index 2 in `passes` as they
+/// happen). Any error but `Broken` (a timeout: a wait that never ended) is
+/// a failure.
+fn pass_until_stopped(b: Barrier, stop: Event, passes: RawValue<u64>) -> Result<[u64; 3], String> {
     let mut by_index = [0; 3];
     while !stop.is_set() {
         match b.wait_timeout(LONG) {
-            Ok(i) => by_index[i] += 1,
+            Ok(i) => {
+                by_index[i] += 1;
+                if i == 2 {
+                    passes.as_atomic().fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
             Err(BarrierError::Broken) => std::thread::yield_now(),
             Err(e) => return Err(format!("a wait failed with {e:?}")),
         }
@@ -243,14 +249,18 @@ fn pass_until_stopped(b: Barrier, stop: Event) -> Result<[u64; 3], String> {
 }
 
 /// Four processes pass a 3-party barrier, while this one resets it over
-/// and over if `resets`; returns the passes counted by index.
+/// and over if `resets`, for 1.5 s (and without resets, until at least one
+/// pass, however slowly the processes start); returns the passes counted
+/// by index.
 fn four_processes_pass_three_party_rounds(resets: bool) -> [u64; 3] {
     let b = Barrier::new(3).unwrap();
     let stop = Event::new().unwrap();
+    let passes = RawValue::new(0u64).unwrap();
     let kids: Vec<Kid<Result<[u64; 3], String>>> =
-        (0..4).map(|_| Kid::spawn(pass_until_stopped, (b.clone(), stop.clone()))).collect();
+        (0..4).map(|_| Kid::spawn(pass_until_stopped, (b.clone(), stop.clone(), passes.clone()))).collect();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1500) {
+    while start.elapsed() < Duration::from_millis(1500) || (!resets && passes.get() == 0) {
+        assert!(start.elapsed() < LONG, "no pass of the barrier");
         if resets {
             b.reset();
         }
@@ -276,7 +286,7 @@ fn four_processes_pass_three_party_rounds(resets: bool) -> [u64; 3] {
 #[test]
 fn a_party_that_sleeps_through_later_rounds_still_passes() {
     let by_index = four_processes_pass_three_party_rounds(false);
-    assert!(by_index[2] > 0, "no pass in 1.5 s");
+    assert!(by_index[2] > 0, "no pass");
     assert_eq!(by_index, [by_index[2]; 3], "each pass released one party with each index");
 }
 

@@ -6,7 +6,7 @@ mod sync_support;
 use std::time::{Duration, Instant};
 
 use multiproc::{Event, Lock, RawValue, ReleaseError, TryLockError};
-use sync_support::{Kid, LONG, assert_about};
+use sync_support::{Kid, LONG, PROMPT, assert_about};
 
 /// Adds 1 to `total` `n` times under the lock, with a non-atomic
 /// read-modify-write that loses updates without mutual exclusion.
@@ -56,7 +56,8 @@ fn timeouts_and_try_while_another_process_holds_it() {
 
     let start = Instant::now();
     assert!(matches!(lock.try_acquire(), Err(TryLockError::WouldBlock)));
-    assert!(start.elapsed() < Duration::from_millis(100), "try_acquire must not wait");
+    // The holder lets go only when told: a try_acquire that waited would wait for ever.
+    assert!(start.elapsed() < PROMPT, "try_acquire must not wait");
 
     let t = Duration::from_millis(300);
     let start = Instant::now();
@@ -121,5 +122,5 @@ fn a_waiter_is_woken_by_release_in_another_thread() {
     let acquired = waiter.join().unwrap();
     assert!(acquired >= released, "the waiter got the lock before it was released");
     let took = acquired - released;
-    assert!(took < Duration::from_secs(1), "woken {took:?} after the release");
+    assert!(took < PROMPT, "woken {took:?} after the release");
 }

@@ -16,9 +16,6 @@ use std::time::Duration;
 use multiproc::{Event, Lock, TryLockError};
 use sync_support::{Kid, LONG, wait_until};
 
-/// How long the owner in the other namespace holds the lock.
-const HOLD: Duration = Duration::from_secs(4);
-
 /// The smallest pid from 2 up with no `/proc` entry in our namespace.
 fn free_pid_here() -> u32 {
     (2..10_000).find(|pid| std::fs::metadata(format!("/proc/{pid}")).is_err()).expect("a free pid")
@@ -26,9 +23,9 @@ fn free_pid_here() -> u32 {
 
 /// In the child: enters a new pid namespace and forks its init, which holds
 /// `lock` on a thread whose id (there) is `target`, free in the parent's
-/// namespace. Returns false (and sets `refused`) if namespaces are not
-/// allowed here.
-fn hold_from_another_namespace(lock: Lock, holding: Event, refused: Event, target: u32) -> bool {
+/// namespace, until `release` is set. Returns false (and sets `refused`) if
+/// namespaces are not allowed here.
+fn hold_from_another_namespace(lock: Lock, holding: Event, release: Event, refused: Event, target: u32) -> bool {
     // SAFETY: unshare takes flags only.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         refused.set();
@@ -39,7 +36,7 @@ fn hold_from_another_namespace(lock: Lock, holding: Event, refused: Event, targe
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        grandchild(lock, holding, target);
+        grandchild(lock, holding, release, target);
     }
     let mut status = 0;
     // SAFETY: waits for our own child.
@@ -48,11 +45,11 @@ fn hold_from_another_namespace(lock: Lock, holding: Event, refused: Event, targe
     true
 }
 
-fn grandchild(lock: Lock, holding: Event, target: u32) -> ! {
+fn grandchild(lock: Lock, holding: Event, release: Event, target: u32) -> ! {
     // Thread ids in a fresh namespace count up from 1 (us): spawn threads
     // until one gets `target`, which takes the lock and holds it.
     for _ in 0..10_000 {
-        let (lock, holding) = (lock.clone(), holding.clone());
+        let (lock, holding, release) = (lock.clone(), holding.clone(), release.clone());
         let got = std::thread::spawn(move || {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
@@ -61,7 +58,9 @@ fn grandchild(lock: Lock, holding: Event, target: u32) -> ! {
             }
             let guard = lock.acquire().unwrap();
             holding.set();
-            std::thread::sleep(HOLD);
+            // Held until the test is done (not for a fixed time, which a
+            // slow test might outlast).
+            let _ = release.wait_timeout(LONG);
             drop(guard);
             true
         })
@@ -80,22 +79,25 @@ fn grandchild(lock: Lock, holding: Event, target: u32) -> ! {
 #[test]
 fn an_owner_in_another_pid_namespace_is_never_taken_for_dead() {
     let (lock, holding, refused) = (Lock::new().unwrap(), Event::new().unwrap(), Event::new().unwrap());
+    let release = Event::new().unwrap();
     let target = free_pid_here();
-    let kid = Kid::spawn(hold_from_another_namespace, (lock.clone(), holding.clone(), refused.clone(), target));
+    let args = (lock.clone(), holding.clone(), release.clone(), refused.clone(), target);
+    let kid = Kid::spawn(hold_from_another_namespace, args);
     wait_until("the owner to take the lock (or namespaces to be refused)", || holding.is_set() || refused.is_set());
     if refused.is_set() {
         assert!(!kid.join());
         eprintln!("skipped: no permission to create a pid namespace here");
         return;
     }
-    // The owner is alive and holds the lock for HOLD: waiting less than that
-    // must time out, not "recover" the lock.
+    // The owner is alive and holds the lock until released: waiting must
+    // time out, not "recover" the lock.
     match lock.acquire_timeout(Duration::from_secs(2)) {
         Err(TryLockError::Timeout) => {}
         Err(TryLockError::OwnerDied(_)) => panic!("took the lock from a live owner in another pid namespace"),
         Err(TryLockError::WouldBlock) => panic!("a timed acquisition reported WouldBlock"),
         Ok(_) => panic!("acquired a lock that a live owner holds"),
     }
+    release.set();
     assert!(kid.join());
     // Released properly by its owner: free again.
     assert!(lock.acquire_timeout(LONG).is_ok());

@@ -6,7 +6,7 @@ mod sync_support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use multiproc::{BoundedSemaphore, RawValue, ReleaseError, Semaphore};
+use multiproc::{Barrier, BoundedSemaphore, RawValue, ReleaseError, Semaphore};
 use sync_support::{Kid, LONG, assert_about};
 
 #[test]
@@ -85,9 +85,13 @@ fn a_child_releases_what_the_parent_waits_for() {
     assert_eq!(b.value(), 1);
 }
 
-/// Enters the semaphore-guarded section `rounds` times, tracking how many
-/// processes are inside at once.
-fn crowd(s: Semaphore, inside: RawValue<u32>, most: RawValue<u32>, rounds: u32) {
+/// Once every crowd process has started (`start`), enters the
+/// semaphore-guarded section `rounds` times, tracking how many processes
+/// are inside at once.
+fn crowd(s: Semaphore, inside: RawValue<u32>, most: RawValue<u32>, rounds: u32, start: Barrier) {
+    // Without this, a slow spawn on a loaded machine could start each
+    // process after the previous one finished: never two inside at once.
+    start.wait_timeout(LONG).expect("every crowd process starts");
     for _ in 0..rounds {
         assert!(s.acquire_timeout(LONG));
         let now = inside.as_atomic().fetch_add(1, Ordering::SeqCst) + 1;
@@ -103,8 +107,9 @@ fn at_most_value_holders_at_once_across_processes() {
     let s = Semaphore::new(2).unwrap();
     let inside = RawValue::new(0u32).unwrap();
     let most = RawValue::new(0u32).unwrap();
+    let start = Barrier::new(4).unwrap();
     let kids: Vec<Kid<()>> =
-        (0..4).map(|_| Kid::spawn(crowd, (s.clone(), inside.clone(), most.clone(), 40u32))).collect();
+        (0..4).map(|_| Kid::spawn(crowd, (s.clone(), inside.clone(), most.clone(), 40u32, start.clone()))).collect();
     for k in kids {
         k.join();
     }
