@@ -173,12 +173,6 @@ pub fn join_or_kill<R: serde::Serialize + serde::de::DeserializeOwned>(mut p: mu
     }
 }
 
-/// Asserts that a call took about `t`: at least `t`, less than `t` + 1 s.
-pub fn assert_about(start: Instant, t: Duration) {
-    let took = start.elapsed();
-    assert!(took >= t && took < t + Duration::from_secs(1), "expected ≈{t:?}, took {took:?}");
-}
-
 /// A thread receiving on a clone of `conn` for at most `limit`, given
 /// 100 ms to block in its receive before this returns.
 pub fn blocked_receiver(
