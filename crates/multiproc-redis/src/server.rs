@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// The start of a server directory's name, followed by `<owner pid>-<hex>`.
 const DIR_PREFIX: &str = "multiproc-redis-";
 
+/// How many ports [`RedisServer::start`] tries (each chosen free; one may
+/// be taken before the server binds it).
+const START_ATTEMPTS: u32 = 3;
+
 /// How to install the server when it is missing.
 pub const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server` (Debian, Ubuntu)";
 
@@ -70,17 +74,33 @@ impl RedisServer {
     }
 
     fn start_with(persistent: bool) -> io::Result<RedisServer> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        remove_orphaned_dirs(&std::env::temp_dir());
+        let mut attempt = 1;
+        loop {
+            // The port is free when chosen, but another process (a server
+            // started at the same time, a client's ephemeral port) may take
+            // it before the server binds it: then it exits, and a new port
+            // is tried.
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let mut server = RedisServer::new(port, persistent)?;
+            match server.launch() {
+                Ok(()) => return Ok(server),
+                Err(e) if attempt < START_ATTEMPTS && server.child.is_none() && e.kind() != io::ErrorKind::NotFound => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A server to launch on `port`, in a new directory of its own.
+    fn new(port: u16, persistent: bool) -> io::Result<RedisServer> {
         let mut id = [0u8; 6];
         getrandom::fill(&mut id).map_err(|e| io::Error::other(e.to_string()))?;
         let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = std::env::temp_dir();
-        remove_orphaned_dirs(&tmp);
-        let dir = tmp.join(format!("{DIR_PREFIX}{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut server = RedisServer { child: None, dir, port, persistent };
-        server.launch()?;
-        Ok(server)
+        Ok(RedisServer { child: None, dir, port, persistent })
     }
 
     fn launch(&mut self) -> io::Result<()> {
@@ -106,12 +126,16 @@ impl RedisServer {
         self.wait_ready(Duration::from_secs(10))
     }
 
+    /// Waits until the server answers on its port. Only an answer from
+    /// this server counts: another server on the same port (ours then
+    /// fails to bind it, and exits) is not ours to use.
     fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(client) = redis::Client::open(self.url())
                 && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200))
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+                && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c)
+                && self.child.as_ref().is_some_and(|child| server_pid(&info) == Some(child.id()))
             {
                 return Ok(());
             }
@@ -207,6 +231,11 @@ impl Drop for PausedServer<'_> {
     }
 }
 
+/// The `process_id` of an `INFO server` reply.
+fn server_pid(info: &str) -> Option<u32> {
+    info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|pid| pid.trim().parse().ok())
+}
+
 /// Sends signal `which` (`-STOP`, `-CONT`) to process `pid` with `kill`.
 fn signal(which: &str, pid: u32) -> io::Result<()> {
     let status = Command::new("kill").arg(which).arg(pid.to_string()).stdin(Stdio::null()).status()?;
@@ -239,5 +268,26 @@ fn remove_orphaned_dirs(tmp: &Path) {
             // (already gone) do not matter.
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_server_whose_port_another_server_holds_is_not_ready() {
+        let other = RedisServer::start().unwrap();
+        // Launched on the port the other server holds: it cannot bind it.
+        let mut late = RedisServer::new(other.port(), false).unwrap();
+        let err = late.launch().expect_err("the other server's answer does not make this one ready");
+        assert!(err.to_string().contains("redis-server exited"), "{err}");
+        assert!(late.pid().is_none());
+    }
+
+    #[test]
+    fn the_process_id_of_an_info_reply() {
+        assert_eq!(server_pid("# Server\r\nredis_version:7.0.15\r\nprocess_id:4242\r\n"), Some(4242));
+        assert_eq!(server_pid("# Server\r\n"), None);
     }
 }

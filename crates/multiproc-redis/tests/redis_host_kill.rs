@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use support::{host_process, pool, server};
 
 /// Sleeps, then names the item and the host (the pool worker's parent).
+/// 60 items on four processes then take seconds: host A still holds some
+/// when the test looks, however slowly a loaded machine runs the test.
 fn slow(i: u64) -> (u64, u32) {
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(300));
     (i, std::os::unix::process::parent_id())
 }
 
@@ -80,10 +82,10 @@ fn long(log: String, ms: u64) -> u64 {
 fn a_long_task_on_a_live_host_is_not_taken_over() {
     let server = server();
     // Tasks run 3× the visibility timeout; heartbeats (every quarter of it)
-    // keep them with their host. A second of visibility leaves a host's
-    // heartbeat thread 750 ms of slack on a loaded machine (with 500 ms,
+    // keep them with their host. Two seconds of visibility leave a host's
+    // heartbeat thread 1.5 s of slack on a loaded machine (with 500 ms,
     // a full test run beside other work once saw a takeover).
-    let visibility = Duration::from_millis(1000);
+    let visibility = Duration::from_millis(2000);
     let _a = host_process(&server, "long", 1, visibility);
     let _b = host_process(&server, "long", 1, visibility);
     let pool = pool(&server, "long").connect().unwrap();
@@ -91,8 +93,8 @@ fn a_long_task_on_a_live_host_is_not_taken_over() {
     let _ = std::fs::remove_file(&log);
     let log = support::RemovedOnDrop(log);
     let path = log.0.to_str().unwrap().to_string();
-    let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 3000u64), (path.clone(), 3000)]).unwrap();
-    assert_eq!(got, [3000, 3000]);
+    let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 6000u64), (path.clone(), 6000)]).unwrap();
+    assert_eq!(got, [6000, 6000]);
     let runs = std::fs::read_to_string(&log.0).unwrap().lines().count();
     assert_eq!(runs, 2, "a task ran again on another host while its own was alive");
     let info = multiproc_redis::queue_info(&server.url(), "long", "default").unwrap();

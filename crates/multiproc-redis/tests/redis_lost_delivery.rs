@@ -25,8 +25,10 @@ fn entries_delivered_to_a_host_that_never_saw_them_run_after_it_reconnects() {
         .start()
         .unwrap();
     let pool = pool(&server, "lostread").connect().unwrap();
-    // Two long tasks fill the host (two items per process): it reads no more.
-    let mut busy = pool.with_chunksize(1).map_async(nap, [3000u64, 3000]);
+    // Two long tasks fill the host (two items per process): it reads no more
+    // until they end, long after the test has read the next entries itself
+    // (however slowly a loaded machine runs it).
+    let mut busy = pool.with_chunksize(1).map_async(nap, [6_000u64, 6_000]);
     let mut con = raw(&server);
     let pending = |con: &mut redis::Connection| -> usize {
         let summary: redis::Value = redis::cmd("XPENDING").arg(tasks).arg("workers").query(con).unwrap();
@@ -48,7 +50,7 @@ fn entries_delivered_to_a_host_that_never_saw_them_run_after_it_reconnects() {
     drop(con);
     server.restart().unwrap();
     let started = Instant::now();
-    assert_eq!(busy.get_timeout(Duration::from_secs(60)).unwrap(), [3000, 3000]);
+    assert_eq!(busy.get_timeout(Duration::from_secs(60)).unwrap(), [6_000, 6_000]);
     // Well before the 120 s visibility timeout.
     assert_eq!(call.get_timeout(Duration::from_secs(40)).unwrap(), [1, 2, 3], "after {:?}", started.elapsed());
     drop(pool);

@@ -205,13 +205,20 @@ fn an_abandoned_call_cancels_its_queued_tasks() {
 fn a_stopped_worker_finishes_what_it_holds() {
     let server = server();
     let first = local_worker(&server, "stop", 2);
+    let consumer = first.consumer().to_string();
     let pool = pool(&server, "stop").connect().unwrap();
     let mut call = pool.with_chunksize(1).map_async(nap, vec![300u64; 8]);
-    std::thread::sleep(Duration::from_millis(150));
+    let info = || multiproc_redis::queue_info(&server.url(), "stop", "default").unwrap();
+    let held_by_first = || info().hosts.iter().filter(|h| h.name == consumer).map(|h| h.pending).sum::<u64>();
+    // Stopped once it holds tasks (a fixed sleep may end before a loaded
+    // host has read any).
+    assert!(support::eventually(Duration::from_secs(30), || held_by_first() > 0), "the host took nothing");
     let t = std::time::Instant::now();
     first.stop(); // finishes and writes the tasks it took
-    let held = t.elapsed();
-    assert!(held >= Duration::from_millis(100), "stop returned at once ({held:?}): nothing was in hand");
+    // What it held was finished: acknowledged and deleted, not left pending.
+    let after = info();
+    assert_eq!(held_by_first(), 0, "the stopped host still holds entries: {after:?}");
+    assert!(after.tasks < 8, "stop returned with nothing finished: {after:?}");
     // The rest is still queued, not held by a stopped host: a new host runs it
     // at once (the visibility timeout is 30 s).
     let _second = local_worker(&server, "stop", 2);

@@ -47,14 +47,16 @@ fn get_timeout_expires_after_about_t_and_the_task_goes_on() {
     let server = server();
     let _w = local_worker(&server, "gto", 1);
     let pool = pool(&server, "gto").connect().unwrap();
-    let mut r = pool.apply_async(sleep_ms, (800,));
+    // Long enough that the result cannot be in before the checks below
+    // that it is not, however slowly a loaded machine runs them.
+    let mut r = pool.apply_async(sleep_ms, (5_000,));
     let t = Instant::now();
     let err = r.get_timeout(Duration::from_millis(200)).unwrap_err();
     let took = t.elapsed();
     assert!(err.is_timeout(), "{err:?}");
     assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(200) + SLACK, "{took:?}");
     assert!(!r.ready());
-    assert_eq!(r.get_timeout(WAIT).unwrap(), 800, "the task went on");
+    assert_eq!(r.get_timeout(WAIT).unwrap(), 5_000, "the task went on");
     assert!(matches!(r.get_timeout(WAIT), Err(RedisPoolError::Taken)));
     assert!(matches!(r.successful(), Err(RedisPoolError::Taken)));
 }
@@ -64,7 +66,8 @@ fn wait_ready_and_successful() {
     let server = server();
     let _w = local_worker(&server, "wrs", 2);
     let pool = pool(&server, "wrs").connect().unwrap();
-    let slow = pool.apply_async(sleep_ms, (300,));
+    // Not ready for a while, however slowly a loaded machine runs the checks.
+    let slow = pool.apply_async(sleep_ms, (3_000,));
     assert!(!slow.ready());
     assert!(matches!(slow.successful(), Err(RedisPoolError::NotReady)));
     assert!(!slow.wait_timeout(Duration::from_millis(50)));

@@ -79,14 +79,20 @@ fn terminate_fails_the_calls_in_flight_at_once_and_deletes_their_tasks() {
     let server = server();
     // No worker: every task stays queued, and without terminate each call
     // would wait its full 60 s wait timeout.
-    let pool = pool(&server, "term").connect().unwrap();
+    // Chunk sizes and the window set, so the entries queued can be counted.
+    let pool = pool(&server, "term").window(200).connect().unwrap();
     let results: Vec<_> = (0..100).map(|x| pool.apply_async(square, (x,))).collect();
-    let m = pool.map_async(square, 0..1_000u64);
-    let endless = pool.imap(square, 0u64..);
+    let m = pool.with_chunksize(10).map_async(square, 0..1_000u64);
+    let endless = pool.with_chunksize(1).imap(square, 0u64..);
+    let queued = || multiproc_redis::queue_info(&server.url(), "term", "default").unwrap().tasks;
     std::thread::scope(|s| {
-        let blocked = s.spawn(|| pool.map(square, 0..10u64));
+        let blocked = s.spawn(|| pool.with_chunksize(1).map(square, 0..10u64));
         let lazy = s.spawn(move || endless.collect::<Vec<_>>());
-        std::thread::sleep(Duration::from_millis(300));
+        // Every call has queued its tasks (100 + 100 + a window of 200 + 10),
+        // so the blocking map is in flight when the pool is terminated (after
+        // a fixed sleep, a loaded machine may not have run its thread yet:
+        // the map would then fail as Closed, not Terminated).
+        assert!(support::eventually(WAIT, || queued() == 410), "queued {}", queued());
         let t = Instant::now();
         pool.terminate();
         pool.join_timeout(WAIT).unwrap();
