@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use multiproc::process::Task;
 use multiproc::{Connection, Pipe, Process};
 
 mod process_support;
@@ -61,13 +62,28 @@ fn payload(i: usize) -> Vec<u8> {
     vec![i as u8; LARGE]
 }
 
+/// A child running `peer` on the far ends of a data and a control
+/// connection: our ends, and the child.
+fn with_peer<F: Task<(Connection, Connection<usize>), ()>>(peer: F) -> (Connection, Connection<usize>, Child) {
+    let (data, their_data) = Pipe::duplex().unwrap();
+    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
+    let child = Child(Some(Process::spawn(peer, (their_data.clone(), their_ctl)).unwrap()));
+    drop(their_data);
+    (data, ctl, child)
+}
+
+/// Sends the [`UNREAD`] large messages a peer may leave unread (message `i`
+/// is all `i`).
+fn send_the_unread(data: &Connection) {
+    for i in 0..UNREAD {
+        data.send_bytes_timeout(&payload(i), LONG).unwrap();
+    }
+}
+
 #[test]
 fn a_peer_that_does_not_read_pins_a_bounded_number_of_large_messages() {
     let _serial = serial();
-    let (data, their_data) = Pipe::duplex().unwrap();
-    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
-    let child = Child(Some(Process::spawn(read_when_told, (their_data.clone(), their_ctl)).unwrap()));
-    drop(their_data);
+    let (data, ctl, child) = with_peer(read_when_told);
     // A sender thread with plain blocking sends. Before the bound, each
     // send went out at once, pinning 17 MiB more (until the socket held
     // 278 of them): capped here at 24, so the test stays within memory.
@@ -131,13 +147,8 @@ fn payload_memfds() -> usize {
 #[test]
 fn a_send_with_a_timeout_gives_up_while_the_peer_does_not_read_and_resumes_when_it_does() {
     let _serial = serial();
-    let (data, their_data) = Pipe::duplex().unwrap();
-    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
-    let child = Child(Some(Process::spawn(read_when_told, (their_data.clone(), their_ctl)).unwrap()));
-    drop(their_data);
-    for i in 0..UNREAD {
-        data.send_bytes_timeout(&payload(i), LONG).unwrap();
-    }
+    let (data, ctl, child) = with_peer(read_when_told);
+    send_the_unread(&data);
     // The peer has read none of them: no room, at once or after a wait.
     let start = Instant::now();
     assert!(data.send_bytes_timeout(&payload(UNREAD), Duration::ZERO).unwrap_err().is_timeout());
@@ -171,10 +182,7 @@ fn exit_when_told(_data: Connection, ctl: Connection<usize>) {
 #[test]
 fn a_send_waiting_for_a_peer_that_dies_unread_fails_instead_of_hanging() {
     let _serial = serial();
-    let (data, their_data) = Pipe::duplex().unwrap();
-    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
-    let child = Child(Some(Process::spawn(exit_when_told, (their_data.clone(), their_ctl)).unwrap()));
-    drop(their_data);
+    let (data, ctl, child) = with_peer(exit_when_told);
     for i in 0..UNREAD {
         data.send_bytes(&payload(i)).unwrap();
     }
@@ -199,10 +207,7 @@ fn never_read(_data: Connection, ctl: Connection<usize>) {
 #[test]
 fn a_mid_size_send_with_a_timeout_gives_up_when_the_shared_memory_is_full() {
     let _serial = serial();
-    let (data, their_data) = Pipe::duplex().unwrap();
-    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
-    let child = Child(Some(Process::spawn(never_read, (their_data.clone(), their_ctl)).unwrap()));
-    drop(their_data);
+    let (data, ctl, child) = with_peer(never_read);
     // 1 MiB messages go through the connection's 8 MiB of shared memory;
     // once it is full, a send without a timeout goes through the socket
     // (and blocks there for good), one with a timeout gives up.
@@ -233,13 +238,8 @@ fn a_mid_size_send_with_a_timeout_gives_up_when_the_shared_memory_is_full() {
 #[test]
 fn a_timed_send_behind_another_threads_blocked_send_gives_up_on_time() {
     let _serial = serial();
-    let (data, their_data) = Pipe::duplex().unwrap();
-    let (ctl, their_ctl) = Pipe::<usize>::duplex().unwrap();
-    let child = Child(Some(Process::spawn(read_when_told, (their_data.clone(), their_ctl)).unwrap()));
-    drop(their_data);
-    for i in 0..UNREAD {
-        data.send_bytes_timeout(&payload(i), LONG).unwrap();
-    }
+    let (data, ctl, child) = with_peer(read_when_told);
+    send_the_unread(&data);
     // Another thread's send waits for the peer to read, holding the
     // connection's send side meanwhile.
     let data = Arc::new(data);
