@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, Symbol, SymbolValues, TDim, TValue, TVec,
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, Symbol, TDim, TValue, TVec,
     Tensor as TractTensor, TypedModel, TypedRunnableModel,
 };
 
@@ -89,10 +89,10 @@ fn plan_capacity(file_bytes: u64, max_batch_size: usize) -> usize {
 #[derive(Debug)]
 pub struct OnnxRunner {
     config: OnnxConfig,
-    plan: TypedRunnableModel<TypedModel>,
+    plan: Arc<TypedRunnableModel>,
     typed: TypedModel,
     batch: Option<Symbol>,
-    concrete: RefCell<Vec<(usize, Arc<TypedRunnableModel<TypedModel>>)>>,
+    concrete: RefCell<Vec<(usize, Arc<TypedRunnableModel>)>>,
     /// How many plans `concrete` keeps.
     concrete_capacity: usize,
 }
@@ -240,7 +240,7 @@ impl OnnxRunner {
 
     /// The plan for batches of exactly `rows`, made on first use (`None`
     /// if the graph has no batch dimension or cannot be made concrete).
-    fn concrete_plan(&self, rows: usize) -> Option<Arc<TypedRunnableModel<TypedModel>>> {
+    fn concrete_plan(&self, rows: usize) -> Option<Arc<TypedRunnableModel>> {
         let batch = self.batch.as_ref()?;
         let mut cache = self.concrete.borrow_mut();
         if let Some(i) = cache.iter().position(|(n, _)| *n == rows) {
@@ -249,14 +249,9 @@ impl OnnxRunner {
             cache.insert(0, hit);
             return Some(plan);
         }
-        let values = SymbolValues::default().with(batch, i64::try_from(rows).ok()?);
-        let plan = self
-            .typed
-            .concretize_dims(&values)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .ok()?;
-        let plan = Arc::new(plan);
+        let values = std::collections::HashMap::from([(batch.clone(), TDim::Val(i64::try_from(rows).ok()?))]);
+        let plan =
+            self.typed.set_symbols(&values).and_then(|m| m.into_optimized()).and_then(|m| m.into_runnable()).ok()?;
         cache.insert(0, (rows, Arc::clone(&plan)));
         cache.truncate(self.concrete_capacity);
         Some(plan)

@@ -124,7 +124,7 @@ pub(super) fn bind(model: &mut InferenceModel, config: &OnnxConfig) -> Result<()
         outputs.push(outlet);
     }
     model.set_input_outlets(&inputs).map_err(|e| format!("{e:#}"))?;
-    model.set_output_outlets(&outputs).map_err(|e| format!("{e:#}"))
+    model.select_output_outlets(&outputs).map_err(|e| format!("{e:#}"))
 }
 
 /// Checks the typed graph's outputs (in the configuration's order, as
