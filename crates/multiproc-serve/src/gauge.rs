@@ -87,7 +87,7 @@ impl Gauge {
     }
 
     /// Whether `queued` waiting requests are worth a chunk of their own
-    /// while no chunk is being preprocessed: when they are a good share of
+    /// while a preprocessing process has none: when they are a good share of
     /// everything in the pipeline (at least half; all of it when the rest
     /// is done). Under load, answers come back a model batch at a time and
     /// their callers send the next requests a batch at a time: a chunk per

@@ -5,13 +5,13 @@
 //! The pipeline holds at most `capacity` requests in all its stages; one
 //! more is rejected at once (`Overloaded`). Preprocessing takes what is
 //! queued, up to `chunk` requests (whole model batches when more than one),
-//! as one pool task when the pool holds no chunk and the queue holds half of
-//! the pipeline's requests (or a full chunk, up to two per process), so
-//! chunks grow with the load; a lone request at low load goes to the pool at
-//! once from the caller's thread. The pool process encodes the chunk's outputs for the
-//! model into one buffer, so an item crosses to the model as the bytes it
-//! came back as, with no allocation per request on the way. If a
-//! preprocessing process dies, only the requests of its chunk fail
+//! as one pool task when the pool holds fewer chunks than it has processes
+//! and the queue holds half of the pipeline's requests (or a full chunk, up
+//! to two per process), so chunks grow with the load; a lone request at low
+//! load goes to the pool at once from the caller's thread. The pool process
+//! encodes the chunk's outputs for the model into one buffer, so an item
+//! crosses to the model as the bytes it came back as, with no allocation
+//! per request on the way. If a preprocessing process dies, only the requests of its chunk fail
 //! (`WorkerLost`), the pool replaces it, and the others go on.
 
 use std::any::TypeId;
@@ -161,11 +161,11 @@ where
     }
 
     /// The feeder: cuts the queue into chunks for the preprocessing pool.
-    /// A chunk leaves when the pool holds none and the queue is worth one
-    /// ([`Gauge::worth_a_chunk`]), or when it is full and the pool holds less
-    /// than two per process; meanwhile requests gather, so that chunks grow
-    /// with the load instead of a round trip through the pool for each few
-    /// requests.
+    /// A chunk leaves when the pool has a process without one and the queue
+    /// is worth one ([`Gauge::worth_a_chunk`]), or when it is full and the
+    /// pool holds less than two per process; meanwhile requests gather, so
+    /// that chunks grow with the load instead of a round trip through the
+    /// pool for each few requests.
     fn feed(self: Arc<Self>) {
         loop {
             let (jobs, inputs) = {
@@ -203,7 +203,7 @@ where
         if n >= self.chunk {
             return q.chunks_out < 2 * self.pre_processes;
         }
-        q.chunks_out == 0 && self.gauge.worth_a_chunk(n)
+        q.chunks_out < self.pre_processes && self.gauge.worth_a_chunk(n)
     }
 
     /// Sends a chunk to the pool: `inputs` holds the encoded input of each
