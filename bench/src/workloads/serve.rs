@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use multiproc_serve::{
-    ErrorKind, InferFuture, Model, ModelSettings, ModelSpec, PipelineSpec, Request, Server, WorkerContext,
+    ErrorKind, InferFuture, LoadError, Model, ModelSettings, ModelSpec, PipelineSpec, Request, Server, WorkerContext,
 };
 use serde_json::json;
 
@@ -55,7 +55,7 @@ impl Model for Prefix {
     type Input = String;
     type Output = String;
 
-    fn load(_: u64, _: &WorkerContext) -> Result<Self, String> {
+    fn load(_: u64, _: &WorkerContext) -> Result<Self, LoadError> {
         Ok(Prefix)
     }
 
@@ -72,7 +72,7 @@ impl Model for Timed {
     type Input = String;
     type Output = String;
 
-    fn load(micros: u64, _: &WorkerContext) -> Result<Self, String> {
+    fn load(micros: u64, _: &WorkerContext) -> Result<Self, LoadError> {
         Ok(Timed(Duration::from_micros(micros)))
     }
 

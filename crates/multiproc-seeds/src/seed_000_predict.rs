@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use multiproc_serve::{
-    Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode, VersionPolicy,
+    LoadError, Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode, VersionPolicy,
     VersionState, WorkerContext, WorkerState,
 };
 use serde::{Deserialize, Serialize};
@@ -91,7 +91,7 @@ impl Model for Sentiment {
 
     /// "Loads" the version: weights from a generator seeded by it; positive
     /// words lean positive, negative words negative.
-    fn load((): (), ctx: &WorkerContext) -> Result<Self, String> {
+    fn load((): (), ctx: &WorkerContext) -> Result<Self, LoadError> {
         let version = u32::try_from(ctx.version).map_err(|_| format!("no weights for version {}", ctx.version))?;
         let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(version).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         let mut next = || {

@@ -30,7 +30,9 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc_serve::{Model, ModelSettings, ModelSpec, PipelineSpec, Request, ServeError, Server, WorkerContext};
+use multiproc_serve::{
+    LoadError, Model, ModelSettings, ModelSpec, PipelineSpec, Request, ServeError, Server, WorkerContext,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, PATIENCE, Report};
@@ -62,7 +64,7 @@ impl Model for Prefixer {
     type Input = (String, u32);
     type Output = Predicted;
 
-    fn load((): (), _: &WorkerContext) -> Result<Self, String> {
+    fn load((): (), _: &WorkerContext) -> Result<Self, LoadError> {
         Ok(Prefixer { pid: std::process::id(), batches: 0 })
     }
 

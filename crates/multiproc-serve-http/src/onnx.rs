@@ -292,12 +292,8 @@ impl Model for OnnxRunner {
     type Input = Vec<Tensor>;
     type Output = Vec<Tensor>;
 
-    fn load(config: OnnxConfig, _: &WorkerContext) -> Result<Self, String> {
-        OnnxRunner::load(config).map_err(LoadError::into_reason)
-    }
-
     /// A configuration that does not match the graph fails for good.
-    fn try_load(config: OnnxConfig, _: &WorkerContext) -> Result<Self, LoadError> {
+    fn load(config: OnnxConfig, _: &WorkerContext) -> Result<Self, LoadError> {
         OnnxRunner::load(config)
     }
 

@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use multiproc_serve::{InferFuture, Model, ModelSettings, ModelSpec, PipelineSpec, Request, Server, WorkerContext};
+use multiproc_serve::{
+    InferFuture, LoadError, Model, ModelSettings, ModelSpec, PipelineSpec, Request, Server, WorkerContext,
+};
 
 struct Prefix;
 
@@ -13,7 +15,7 @@ impl Model for Prefix {
     type Config = ();
     type Input = String;
     type Output = String;
-    fn load((): (), _: &WorkerContext) -> Result<Self, String> {
+    fn load((): (), _: &WorkerContext) -> Result<Self, LoadError> {
         Ok(Prefix)
     }
     fn predict(&mut self, batch: Vec<String>) -> Vec<Result<String, String>> {

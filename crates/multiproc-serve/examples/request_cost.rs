@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc_serve::{Model, ModelSpec, Server, Tensor, WorkerContext};
+use multiproc_serve::{LoadError, Model, ModelSpec, Server, Tensor, WorkerContext};
 
 struct Identity;
 
@@ -13,7 +13,7 @@ impl Model for Identity {
     type Config = ();
     type Input = Vec<Tensor>;
     type Output = Vec<Tensor>;
-    fn load((): (), _: &WorkerContext) -> Result<Self, String> {
+    fn load((): (), _: &WorkerContext) -> Result<Self, LoadError> {
         Ok(Identity)
     }
     fn predict(&mut self, batch: Vec<Vec<Tensor>>) -> Vec<Result<Vec<Tensor>, String>> {

@@ -14,7 +14,7 @@
 //! ## A model in ten lines
 //!
 //! ```
-//! use multiproc_serve::{Model, ModelSpec, Request, Server, WorkerContext};
+//! use multiproc_serve::{LoadError, Model, ModelSpec, Request, Server, WorkerContext};
 //!
 //! struct Scale(f64);
 //!
@@ -22,7 +22,7 @@
 //!     type Config = f64;          // per version, known at run time
 //!     type Input = f64;
 //!     type Output = f64;
-//!     fn load(factor: f64, _: &WorkerContext) -> Result<Self, String> {
+//!     fn load(factor: f64, _: &WorkerContext) -> Result<Self, LoadError> {
 //!         Ok(Scale(factor))       // runs once, in the worker process
 //!     }
 //!     fn predict(&mut self, batch: Vec<f64>) -> Vec<Result<f64, String>> {

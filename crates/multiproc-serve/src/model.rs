@@ -34,7 +34,7 @@ pub struct WorkerContext {
 /// A model: built once inside its worker process, then called with batches.
 ///
 /// ```
-/// use multiproc_serve::{Model, WorkerContext};
+/// use multiproc_serve::{LoadError, Model, WorkerContext};
 ///
 /// struct Doubler { factor: f64 }
 ///
@@ -42,7 +42,7 @@ pub struct WorkerContext {
 ///     type Config = f64;
 ///     type Input = f64;
 ///     type Output = f64;
-///     fn load(factor: f64, _: &WorkerContext) -> Result<Self, String> {
+///     fn load(factor: f64, _: &WorkerContext) -> Result<Self, LoadError> {
 ///         Ok(Doubler { factor })
 ///     }
 ///     fn predict(&mut self, batch: Vec<f64>) -> Vec<Result<f64, String>> {
@@ -63,30 +63,21 @@ pub trait Model: Sized + 'static {
 
     /// Loads the model; runs once, in the worker process.
     ///
-    /// # Errors
-    ///
-    /// Why the model cannot load (the version is then reported as failing).
-    fn load(config: Self::Config, context: &WorkerContext) -> Result<Self, String>;
-
-    /// Loads the model, saying whether a failure is for good: a
-    /// [`LoadError::permanent`] (a configuration that does not match the
-    /// model file, a format it cannot read) is not retried: the version
-    /// ends `Failed` with the reason at once, its queued requests and the
-    /// load waiting for it fail saying why, and it stays so until it is
-    /// loaded again ([`Server::load`](crate::Server::load),
+    /// A failure says whether it is for good: a [`LoadError::permanent`] (a
+    /// configuration that does not match the model file, a format it cannot
+    /// read) is not retried: the version ends `Failed` with the reason at
+    /// once, its queued requests and the load waiting for it fail saying
+    /// why, and it stays so until it is loaded again
+    /// ([`Server::load`](crate::Server::load),
     /// [`Server::load_version`](crate::Server::load_version)…). Any other
-    /// failure restarts the worker with backoff, as a crash does.
-    ///
-    /// The default calls [`Model::load`], every failure of which is retried;
-    /// a model with failures no retry can fix overrides this (and makes
-    /// `load` call it).
+    /// failure ([`LoadError::retry`], which a `String` or `&str` converts
+    /// to, so `?` on a `Result<_, String>` and `Err("…".into())` both
+    /// work) restarts the worker with backoff, as a crash does.
     ///
     /// # Errors
     ///
     /// Why the model cannot load, and whether trying again may help.
-    fn try_load(config: Self::Config, context: &WorkerContext) -> Result<Self, LoadError> {
-        Self::load(config, context).map_err(LoadError::retry)
-    }
+    fn load(config: Self::Config, context: &WorkerContext) -> Result<Self, LoadError>;
 
     /// Runs one batch: one result per input, in order.
     fn predict(&mut self, batch: Vec<Self::Input>) -> Vec<Result<Self::Output, String>>;
@@ -109,7 +100,7 @@ pub trait Model: Sized + 'static {
     }
 }
 
-/// Why a model did not load ([`Model::try_load`]), and whether loading it
+/// Why a model did not load ([`Model::load`]), and whether loading it
 /// again may help.
 ///
 /// ```
@@ -156,8 +147,15 @@ impl LoadError {
 }
 
 impl From<String> for LoadError {
-    /// A failure retried ([`LoadError::retry`]), as [`Model::load`]'s.
+    /// A failure retried ([`LoadError::retry`]).
     fn from(reason: String) -> LoadError {
+        LoadError::retry(reason)
+    }
+}
+
+impl From<&str> for LoadError {
+    /// A failure retried ([`LoadError::retry`]).
+    fn from(reason: &str) -> LoadError {
         LoadError::retry(reason)
     }
 }
@@ -177,14 +175,14 @@ pub(crate) type Spawner =
 /// A model to serve: its name, settings and versions with their configurations.
 ///
 /// ```
-/// use multiproc_serve::{Model, ModelSpec, ModelSettings, WorkerContext};
+/// use multiproc_serve::{LoadError, Model, ModelSpec, ModelSettings, WorkerContext};
 ///
 /// struct Echo;
 /// impl Model for Echo {
 ///     type Config = ();
 ///     type Input = String;
 ///     type Output = String;
-///     fn load(_: (), _: &WorkerContext) -> Result<Self, String> { Ok(Echo) }
+///     fn load(_: (), _: &WorkerContext) -> Result<Self, LoadError> { Ok(Echo) }
 ///     fn predict(&mut self, batch: Vec<String>) -> Vec<Result<String, String>> {
 ///         batch.into_iter().map(Ok).collect()
 ///     }

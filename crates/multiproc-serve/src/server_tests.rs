@@ -10,7 +10,7 @@ use crate::items::Encoded;
 use crate::name::Target;
 use crate::request::InferFuture;
 use crate::slot::Slot;
-use crate::{Model, ModelSettings, ModelSpec, Server, StartMode, WorkerContext};
+use crate::{LoadError, Model, ModelSettings, ModelSpec, Server, StartMode, WorkerContext};
 
 /// Answers `x + 1000 × version`.
 struct Versioned(u64);
@@ -20,7 +20,7 @@ impl Model for Versioned {
     type Input = u64;
     type Output = u64;
 
-    fn load(_: u64, ctx: &WorkerContext) -> Result<Self, String> {
+    fn load(_: u64, ctx: &WorkerContext) -> Result<Self, LoadError> {
         Ok(Versioned(ctx.version))
     }
 

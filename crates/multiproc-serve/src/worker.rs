@@ -131,7 +131,7 @@ pub(crate) fn worker_main<M: Model>(ends: WorkerEnds, config: M::Config, context
     // Batches of large tensors are allocated and freed over and over: keep
     // freed memory instead of faulting fresh pages in each time.
     multiproc::keep_freed_memory();
-    let mut model = match M::try_load(config, &context) {
+    let mut model = match M::load(config, &context) {
         Ok(m) => m,
         Err(e) => {
             let permanent = e.is_permanent();

@@ -7,7 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on};
-use multiproc_serve::{ErrorKind, Model, ModelSettings, ModelSpec, Request, Server, StartMode, WorkerContext};
+use multiproc_serve::{
+    ErrorKind, LoadError, Model, ModelSettings, ModelSpec, Request, Server, StartMode, WorkerContext,
+};
 
 #[test]
 fn at_high_load_batches_are_full() {
@@ -61,7 +63,7 @@ impl Model for RowCounter {
     type Input = u64;
     type Output = u64;
 
-    fn load((): (), _: &WorkerContext) -> Result<Self, String> {
+    fn load((): (), _: &WorkerContext) -> Result<Self, LoadError> {
         Ok(RowCounter)
     }
 

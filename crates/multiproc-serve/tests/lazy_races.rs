@@ -10,7 +10,9 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::{PATIENCE, block_on, process_exists, wait_for};
-use multiproc_serve::{Model, ModelSettings, ModelSpec, Request, Server, StartMode, VersionState, WorkerContext};
+use multiproc_serve::{
+    LoadError, Model, ModelSettings, ModelSpec, Request, Server, StartMode, VersionState, WorkerContext,
+};
 
 /// Requests each round sends from each of its threads.
 const REQUESTS: usize = 4;
@@ -25,7 +27,7 @@ impl Model for Recorded {
     type Input = u64;
     type Output = u64;
 
-    fn load(dir: PathBuf, _: &WorkerContext) -> Result<Self, String> {
+    fn load(dir: PathBuf, _: &WorkerContext) -> Result<Self, LoadError> {
         std::fs::write(dir.join(std::process::id().to_string()), b"").map_err(|e| e.to_string())?;
         Ok(Recorded)
     }

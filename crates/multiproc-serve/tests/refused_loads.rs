@@ -22,11 +22,7 @@ impl Model for Mismatched {
     type Input = u64;
     type Output = u64;
 
-    fn load(tries: String, ctx: &WorkerContext) -> Result<Self, String> {
-        Self::try_load(tries, ctx).map_err(LoadError::into_reason)
-    }
-
-    fn try_load(tries: String, _: &WorkerContext) -> Result<Self, LoadError> {
+    fn load(tries: String, _: &WorkerContext) -> Result<Self, LoadError> {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().append(true).create(true).open(tries).map_err(|e| e.to_string())?;
         writeln!(file, "{}", std::process::id()).map_err(|e| e.to_string())?;

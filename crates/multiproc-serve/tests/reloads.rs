@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{PATIENCE, process_exists, wait_for};
-use multiproc_serve::{Model, ModelSettings, ModelSpec, Request, Server, VersionPolicy, WorkerContext};
+use multiproc_serve::{LoadError, Model, ModelSettings, ModelSpec, Request, Server, VersionPolicy, WorkerContext};
 
 /// Doubles its inputs; its load notes the worker's pid in the file of its
 /// config, then takes the config's milliseconds.
@@ -19,7 +19,7 @@ impl Model for NotesItsPid {
     type Input = u64;
     type Output = u64;
 
-    fn load((pids, load_ms): (String, u64), _: &WorkerContext) -> Result<Self, String> {
+    fn load((pids, load_ms): (String, u64), _: &WorkerContext) -> Result<Self, LoadError> {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().append(true).create(true).open(pids).map_err(|e| e.to_string())?;
         writeln!(file, "{}", std::process::id()).map_err(|e| e.to_string())?;

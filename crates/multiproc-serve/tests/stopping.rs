@@ -83,9 +83,9 @@ impl multiproc_serve::Model for LoadsUntilMarked {
     type Input = u64;
     type Output = u64;
 
-    fn load(marker: String, _: &multiproc_serve::WorkerContext) -> Result<Self, String> {
+    fn load(marker: String, _: &multiproc_serve::WorkerContext) -> Result<Self, multiproc_serve::LoadError> {
         if std::path::Path::new(&marker).exists() {
-            return Err("the weights are gone".to_string());
+            return Err("the weights are gone".into());
         }
         Ok(LoadsUntilMarked)
     }

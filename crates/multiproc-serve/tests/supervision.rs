@@ -278,7 +278,7 @@ impl multiproc_serve::Model for DiesOnEveryBatch {
     type Input = u64;
     type Output = u64;
 
-    fn load(_: (), _: &multiproc_serve::WorkerContext) -> Result<Self, String> {
+    fn load(_: (), _: &multiproc_serve::WorkerContext) -> Result<Self, multiproc_serve::LoadError> {
         Ok(DiesOnEveryBatch)
     }
 

@@ -199,11 +199,11 @@ impl multiproc_serve::Model for NeverLoads {
     type Input = u64;
     type Output = Tagged;
 
-    fn load(attempts: String, _: &multiproc_serve::WorkerContext) -> Result<Self, String> {
+    fn load(attempts: String, _: &multiproc_serve::WorkerContext) -> Result<Self, multiproc_serve::LoadError> {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().append(true).create(true).open(attempts).unwrap();
         writeln!(file, "{}", std::process::id()).unwrap();
-        Err("the weights are missing".to_string())
+        Err("the weights are missing".into())
     }
 
     fn predict(&mut self, _: Vec<u64>) -> Vec<Result<Tagged, String>> {

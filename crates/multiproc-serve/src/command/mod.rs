@@ -154,14 +154,11 @@ impl Model for CommandModel {
     type Input = Vec<Tensor>;
     type Output = Vec<Tensor>;
 
-    fn load(config: CommandConfig, ctx: &WorkerContext) -> Result<Self, String> {
-        Self::try_load(config, ctx).map_err(LoadError::into_reason)
-    }
-
-    /// As [`Model::load`]; a program that does not exist or may not be run
-    /// is a permanent failure (no retry fixes it: correct the program and
-    /// load again), anything else is retried.
-    fn try_load(config: CommandConfig, ctx: &WorkerContext) -> Result<Self, LoadError> {
+    /// Starts the command and waits for its ready message. A program that
+    /// does not exist or may not be run is a permanent failure (no retry
+    /// fixes it: correct the program and load again), anything else is
+    /// retried.
+    fn load(config: CommandConfig, ctx: &WorkerContext) -> Result<Self, LoadError> {
         let mut cmd = Command::new(&config.program);
         cmd.args(&config.args)
             .envs(config.env.iter().map(|(k, v)| (k, v)))

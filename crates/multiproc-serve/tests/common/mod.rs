@@ -9,7 +9,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use multiproc_serve::{
-    InferFuture, Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode,
+    InferFuture, LoadError, Model, ModelSettings, ModelSpec, Request, RestartPolicy, ServeError, Server, StartMode,
     VersionMetrics, WorkerContext,
 };
 use serde::{Deserialize, Serialize};
@@ -47,7 +47,7 @@ impl Model for Doubler {
     type Input = u64;
     type Output = Tagged;
 
-    fn load(behaviour: Behaviour, ctx: &WorkerContext) -> Result<Self, String> {
+    fn load(behaviour: Behaviour, ctx: &WorkerContext) -> Result<Self, LoadError> {
         std::thread::sleep(Duration::from_millis(behaviour.load_ms));
         if let Some(msg) = &behaviour.panic_on_load {
             panic!("{msg}");
