@@ -261,7 +261,7 @@ fn a_failing_initializer_fails_the_tasks_instead_of_hanging() {
     let mut r = pool.apply_async(square, (3,));
     let err = r.get_timeout(WAIT).unwrap_err();
     match err.task_error() {
-        Some(TaskError::Initializer(m)) => {
+        Some(TaskError::NoWorkers(m)) => {
             assert!(m.contains("no model file") && m.contains("the initializer failed"), "{m}");
         }
         other => panic!("{other:?}"),

@@ -35,10 +35,10 @@ fn a_task_queued_when_no_worker_can_be_started_does_not_wait_for_ever() {
     set_open_files_limit(old);
     match outcome {
         Ok(v) => assert_eq!(v, 9),
-        Err(PoolError::Task { error: TaskError::Initializer(message), .. }) => {
+        Err(PoolError::Task { error: TaskError::NoWorkers(message), .. }) => {
             assert!(message.contains("could not be started"), "{message}");
             // Said as it is: nothing to do with an initializer (there is none).
-            let shown = TaskError::Initializer(message.clone()).to_string();
+            let shown = TaskError::NoWorkers(message.clone()).to_string();
             assert!(!shown.contains("initializer"), "{shown}");
         }
         Err(e) => panic!("the task was left waiting with no worker to run it: {e} (after {WAIT:?})"),

@@ -80,7 +80,7 @@ impl PoolBuilder<()> {
     /// If the initializer fails (panics, returns an error or ends the
     /// worker) three times in a row, the pool stops starting workers and
     /// every task fails with
-    /// [`TaskError::Initializer`](super::TaskError::Initializer). A worker
+    /// [`TaskError::NoWorkers`](super::TaskError::NoWorkers). A worker
     /// killed while initializing by a signal that usually comes from outside
     /// (SIGKILL, SIGTERM, SIGINT, SIGHUP: kill(1), the OOM killer) is not
     /// counted as such a failure: it is replaced, as Python replaces it. Only

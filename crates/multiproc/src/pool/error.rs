@@ -46,7 +46,7 @@ pub enum TaskError {
     /// be started (the message says which). In the last case the pool keeps
     /// trying, and takes tasks again once a worker starts.
     #[error("no worker of the pool can run tasks: {0}")]
-    Initializer(String),
+    NoWorkers(String),
     /// The pool was terminated (or dropped) before the task finished.
     #[error("the pool was terminated before the task finished")]
     Terminated,

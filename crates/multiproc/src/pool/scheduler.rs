@@ -404,7 +404,7 @@ impl Scheduler {
     /// Hands queued chunks to workers with room, then writes the batches.
     fn assign(&mut self) {
         if let Some(message) = &self.broken {
-            let error = TaskError::Initializer(message.clone());
+            let error = TaskError::NoWorkers(message.clone());
             for chunk in self.pending.drain(..) {
                 chunk.fail(error.clone());
             }
