@@ -17,16 +17,35 @@ pub(crate) trait Feeder: Send + Sync {
 /// consistent atomics: the feeder announces that it sleeps, then reads the
 /// counts; a thread releasing a request writes the count, then reads
 /// whether the feeder sleeps; so one of the two always sees the other.
+///
+/// The counts that different threads write each sit on lines of their own
+/// (and apart from the `Arc`'s reference counts, which every request's
+/// [`InFlight`] also changes): a caller admitting a request and the thread
+/// answering another then do not take each other's lines for the counts
+/// they do not share.
 pub(crate) struct Gauge {
-    in_flight: AtomicUsize,
+    in_flight: OwnLine<AtomicUsize>,
     /// Requests waiting for preprocessing (the feeder's queue length,
     /// written under the queue's lock).
-    queued: AtomicUsize,
+    queued: OwnLine<AtomicUsize>,
     /// The feeder sleeps (written under the queue's lock).
-    feeder_sleeps: AtomicBool,
+    feeder_sleeps: OwnLine<AtomicBool>,
     feeder: OnceLock<Weak<dyn Feeder>>,
     /// The model's largest batch (0 until the first chunk reached it).
     model_batch: AtomicUsize,
+}
+
+/// A value alone on its cache lines: 128 bytes, as x86 processors fetch
+/// lines in adjacent pairs.
+#[repr(align(128))]
+struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// Waiting requests leave as a chunk once they are this share (1/N) of all
@@ -37,9 +56,9 @@ const SHARE: usize = 2;
 impl Gauge {
     pub fn new() -> Arc<Gauge> {
         Arc::new(Gauge {
-            in_flight: AtomicUsize::new(0),
-            queued: AtomicUsize::new(0),
-            feeder_sleeps: AtomicBool::new(false),
+            in_flight: OwnLine(AtomicUsize::new(0)),
+            queued: OwnLine(AtomicUsize::new(0)),
+            feeder_sleeps: OwnLine(AtomicBool::new(false)),
             feeder: OnceLock::new(),
             model_batch: AtomicUsize::new(0),
         })
