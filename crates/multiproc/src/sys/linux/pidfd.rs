@@ -3,14 +3,21 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use rustix::process::{Pid as RustixPid, PidfdFlags, WaitId, WaitIdOptions};
 
+use super::super::Deadline;
 use super::signal::Pid;
 
 /// What [`Pidfd::try_reap`] returns for a child that ended but whose exit
 /// status someone else collected: no real exit code or `-signal` is this.
 pub(crate) const STATUS_LOST: i32 = i32::MIN;
+
+/// How long a kill of our child waits for it to end. SIGKILL ends a process
+/// at once unless it sleeps uninterruptibly (on a hung disk or network
+/// mount, until that wait ends); its killer does not hang with it.
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// An owned pidfd for one of our children.
 #[derive(Debug)]
@@ -34,10 +41,21 @@ impl Pidfd {
         self.0
     }
 
-    /// Kills the child and reaps it (waiting for it to die).
+    /// Kills the child and reaps it, waiting for it to end at most
+    /// [`KILL_WAIT`] (then it is left unreaped, and a warning says so).
     pub(crate) fn kill_and_reap(&self) {
         let _ = send_signal(self, libc::SIGKILL);
-        let _ = rustix::process::waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED);
+        if !self.reap_within(KILL_WAIT) {
+            tracing::warn!("a killed child did not end within {KILL_WAIT:?}; it is left unreaped");
+        }
+    }
+
+    /// Waits up to `timeout` for the child to end and reaps it; false if it
+    /// has not ended.
+    fn reap_within(&self, timeout: Duration) -> bool {
+        // Readable once the child has ended (and stays so until reaped).
+        let _ = super::fd::wait_readable(self.0.as_fd(), Deadline::after(timeout));
+        matches!(self.try_reap(), Ok(Some(_)))
     }
 
     /// Reaps the child if it has exited; returns its Python-style exit code
@@ -70,5 +88,42 @@ pub(crate) fn send_signal(pidfd: &Pidfd, signal: i32) -> io::Result<()> {
     match rustix::process::pidfd_send_signal(pidfd.as_fd(), sig) {
         Err(rustix::io::Errno::SRCH) | Ok(()) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A child that would run for 5 s (so one that a failed test leaves
+    /// behind ends soon by itself). The tests reap it themselves.
+    #[allow(clippy::zombie_processes)]
+    fn sleeper() -> Pid {
+        let child = std::process::Command::new("sleep").arg("5").spawn().expect("sleep(1) starts");
+        i32::try_from(child.id()).expect("a pid fits an i32")
+    }
+
+    #[test]
+    fn the_wait_for_a_child_to_end_is_bounded_and_a_kill_reaps_it() {
+        let pid = sleeper();
+        let pidfd = Pidfd::open(pid).expect("pidfd of our child");
+        let t = Instant::now();
+        assert!(!pidfd.reap_within(Duration::from_millis(100)), "a running child is not reaped");
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(3), "waited {waited:?}");
+        pidfd.kill_and_reap();
+        // Reaped: no status is left to collect.
+        assert_eq!(pidfd.try_reap().ok(), Some(Some(STATUS_LOST)));
+    }
+
+    #[test]
+    fn a_kill_by_pid_reaps_the_child() {
+        let pid = sleeper();
+        let t = Instant::now();
+        super::super::signal::kill_and_reap(pid);
+        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+        let gone = rustix::process::waitpid(RustixPid::from_raw(pid), rustix::process::WaitOptions::NOHANG);
+        assert_eq!(gone.err(), Some(rustix::io::Errno::CHILD), "the child was reaped");
     }
 }

@@ -15,12 +15,28 @@ pub(crate) fn getppid() -> Pid {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
 }
 
-/// Kills our unreaped child `pid` and reaps it. (A child's pid cannot be
-/// reused before it is reaped, so this cannot hit another process.)
+/// Kills our unreaped child `pid` and reaps it, waiting for it to end at
+/// most [`super::pidfd::KILL_WAIT`] (then it is left unreaped, and a warning
+/// says so). A child's pid cannot be reused before it is reaped, so this
+/// cannot hit another process. (For a child without a pidfd: it is polled.)
 pub(crate) fn kill_and_reap(pid: Pid) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
+    let until = std::time::Instant::now() + super::pidfd::KILL_WAIT;
+    let mut pause = std::time::Duration::from_micros(50);
+    loop {
+        match rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            // Reaped, or not ours to reap (someone else did).
+            Ok(Some(_)) | Err(_) => return,
+        }
+        if std::time::Instant::now() >= until {
+            tracing::warn!("killed child {pid} did not end within {:?}; it is left unreaped", super::pidfd::KILL_WAIT);
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Waits for our child `pid` to exit and reaps it (retrying on EINTR).
