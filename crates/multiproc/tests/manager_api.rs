@@ -258,6 +258,32 @@ fn joinable_queue_join_waits_for_task_done_from_children() {
     assert!(matches!(q.task_done(), Err(ManagerError::Remote(RemoteError::TooManyTaskDone))));
 }
 
+#[test]
+fn waiting_calls_counts_the_calls_blocked_in_the_manager_while_they_wait() {
+    let m = Manager::start().unwrap();
+    let (q, lock) = (m.queue::<u32>().unwrap(), m.lock().unwrap());
+    assert_eq!(m.waiting_calls().unwrap(), 0);
+    let held = lock.acquire().unwrap();
+    let getter = {
+        let q = q.clone();
+        std::thread::spawn(move || q.get_timeout(LONG).unwrap())
+    };
+    let acquirer = {
+        let l = lock.clone();
+        std::thread::spawn(move || l.acquire_timeout(LONG).map(drop).is_ok())
+    };
+    sync_support::until_calls_wait(&m, 2);
+    // A call that times out is counted while it waits, not after.
+    assert!(q.get_timeout(SHORT).unwrap_err().is_timeout());
+    assert_eq!(m.waiting_calls().unwrap(), 2);
+    q.put(5).unwrap();
+    assert_eq!(getter.join().unwrap(), 5);
+    drop(held);
+    assert!(acquirer.join().unwrap());
+    assert_eq!(m.waiting_calls().unwrap(), 0);
+    m.shutdown().unwrap();
+}
+
 fn blocked_get(q: Queue<u32>) -> u32 {
     q.get_timeout(LONG).unwrap()
 }
@@ -271,7 +297,7 @@ fn a_blocking_call_blocks_only_its_caller() {
     let kids: Vec<Kid<u32>> = (0..2).map(|_| Kid::spawn(blocked_get, (q.clone(),))).collect();
     let q2 = q.clone();
     let thread = std::thread::spawn(move || q2.get_timeout(LONG).unwrap());
-    std::thread::sleep(SHORT);
+    sync_support::until_calls_wait(&m, 3);
     let t = Instant::now();
     for i in 0..50 {
         d.insert(i, i).unwrap();
@@ -338,7 +364,7 @@ fn event_set_by_the_parent_wakes_children() {
     let m = Manager::start().unwrap();
     let e = m.event().unwrap();
     let kids: Vec<Kid<bool>> = (0..3).map(|_| Kid::spawn(wait_event, (e.clone(),))).collect();
-    std::thread::sleep(SHORT);
+    sync_support::until_calls_wait(&m, 3);
     e.set().unwrap();
     assert!(kids.into_iter().all(Kid::join));
 }
@@ -355,14 +381,9 @@ fn each_notify_wakes_exactly_that_many_waiters() {
     let c = m.condition().unwrap();
     let d = m.dict::<u8, u32>().unwrap();
     let kids: Vec<Kid<bool>> = (0..3).map(|_| Kid::spawn(notified_waiter, (c.clone(), d.clone()))).collect();
-    let deadline = Instant::now() + LONG;
-    // All three are waiting once each counted itself and the lock is free.
-    while d.get(&0).unwrap() != Some(3) || c.acquire_timeout(LONG).map(drop).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // The loop held the lock once and released it: every waiter is waiting.
-    std::thread::sleep(SHORT);
+    // Each waits for a notify in the manager now (and released the lock).
+    sync_support::until_calls_wait(&m, 3);
+    assert_eq!(d.get(&0).unwrap(), Some(3));
     assert_eq!(c.notify(2).unwrap(), 2);
     assert_eq!(c.notify_all().unwrap(), 1);
     assert_eq!(c.notify_all().unwrap(), 0);

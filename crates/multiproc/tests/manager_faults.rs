@@ -72,7 +72,7 @@ fn sigkilled_manager_fails_four_blocked_clients_promptly() {
     for _ in 0..4 {
         ready.get_timeout(LONG).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(200)); // each is now waiting in the manager
+    sync_support::until_calls_wait(&m, 4);
     let killed_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
     sigkill(m.pid().unwrap());
     for kid in kids {
@@ -120,7 +120,7 @@ fn sigkilled_lock_holder_next_acquirer_gets_owner_died() {
         let died = owner_died(l2.acquire_timeout(LONG));
         (died, Instant::now())
     });
-    std::thread::sleep(Duration::from_millis(100));
+    sync_support::until_calls_wait(&m, 1);
     assert!(lock.is_locked().unwrap());
     holder.kill();
     let killed = Instant::now();
@@ -146,7 +146,7 @@ fn a_client_killed_mid_get_takes_nothing() {
     let started = m.event().unwrap();
     let taker = Kid::spawn(take_one, (q.clone(), started.clone()));
     assert!(started.wait_timeout(LONG).unwrap());
-    std::thread::sleep(Duration::from_millis(100));
+    sync_support::until_calls_wait(&m, 1);
     taker.kill();
     assert_eq!(taker.reap(), Some(-9));
     // Put right away: the dead client's wait must not take it.
@@ -168,7 +168,7 @@ fn a_client_killed_mid_put_on_a_full_queue_puts_nothing() {
     let started = m.event().unwrap();
     let putter = Kid::<()>::spawn(put_one, (q.clone(), started.clone()));
     assert!(started.wait_timeout(LONG).unwrap());
-    std::thread::sleep(Duration::from_millis(100));
+    sync_support::until_calls_wait(&m, 1);
     putter.kill();
     assert_eq!(putter.reap(), Some(-9));
     // Make room right away: the dead client's wait must not fill it.
@@ -221,7 +221,7 @@ fn a_waiter_killed_before_its_turn_never_takes_the_lock() {
     let guard = lock.acquire().unwrap();
     let waiter = Kid::<()>::spawn(wait_for_lock, (lock.clone(), waiting.clone()));
     assert!(waiting.wait_timeout(LONG).unwrap());
-    std::thread::sleep(Duration::from_millis(100)); // it waits in the manager now
+    sync_support::until_calls_wait(&m, 1);
     waiter.kill();
     waiter.reap();
     drop(guard); // release right away: the dead waiter must not take it
@@ -361,7 +361,7 @@ fn shutdown_fails_every_blocked_call_promptly_and_exits_zero() {
     for _ in 0..5 {
         ready.get_timeout(LONG).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(200)); // each is now waiting in the manager
+    sync_support::until_calls_wait(&m, 5);
     let t = Instant::now();
     m.shutdown().unwrap(); // exit code 0, or an error
     for kid in kids {

@@ -2,12 +2,16 @@
 //! later calls through any proxy (any connection, over a lane or TCP) say
 //! so, and calls waiting on it end instead of waiting for ever.
 
+#[path = "sync_support/mod.rs"]
+mod sync_support;
+
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use multiproc::manager::{self, AcquireError, Dict, Manager, ManagerError, Queue, RemoteError, Shared};
 use serde::{Deserialize, Serialize};
+use sync_support::until_calls_wait;
 
 /// Bounds every wait of these tests.
 const LONG: Duration = Duration::from_secs(10);
@@ -108,8 +112,7 @@ fn calls_waiting_on_a_removed_object_end_with_removed() {
             })
         }),
     ];
-    // Let every call reach the manager and wait there.
-    thread::sleep(Duration::from_millis(300));
+    until_calls_wait(&manager, 6);
     assert!(manager.remove(&queue).unwrap());
     assert!(manager.remove(&lock).unwrap());
     assert!(manager.remove(&event).unwrap());
@@ -173,7 +176,7 @@ fn puts_joins_and_condition_retakes_waiting_on_a_removed_object_end_with_removed
             on_a_thread(move || format!("{:?}", q.join()))
         }),
     ];
-    thread::sleep(Duration::from_millis(300)); // each waits in the manager now
+    until_calls_wait(&manager, 3);
     assert!(manager.remove(&full).unwrap());
     assert!(manager.remove(&joinable).unwrap());
     assert!(manager.remove(&condition).unwrap());

@@ -462,6 +462,42 @@ impl Manager {
         }
     }
 
+    /// How many calls wait in the manager now: a `get` on an empty queue,
+    /// an `acquire` of a held lock or semaphore, a wait on an event,
+    /// condition or barrier, a `join`… from any client. For monitoring, and
+    /// for a program that must know its clients wait before it acts (a
+    /// call counted here sleeps on its object, so a change made after the
+    /// count was read wakes it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::manager::Manager;
+    ///
+    /// let manager = Manager::start().unwrap();
+    /// let q = manager.queue::<u32>().unwrap();
+    /// assert_eq!(manager.waiting_calls().unwrap(), 0);
+    /// let taker = std::thread::spawn({
+    ///     let q = q.clone();
+    ///     move || q.get_timeout(Duration::from_secs(10))
+    /// });
+    /// let until = std::time::Instant::now() + Duration::from_secs(10);
+    /// while manager.waiting_calls().unwrap() == 0 && std::time::Instant::now() < until {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// q.put(7).unwrap();
+    /// assert_eq!(taker.join().unwrap().unwrap(), 7);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The manager cannot be reached.
+    pub fn waiting_calls(&self) -> Result<usize, ManagerError> {
+        match client::call(&self.endpoint, &Request::Waiting)? {
+            Reply::Count(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The id of a proxy's object, if it is one of this manager's: the
     /// proxy carries the id of the server that made its object. Whatever
     /// address the proxy names (a manager has several: its advertise

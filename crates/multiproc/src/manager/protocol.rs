@@ -45,6 +45,8 @@ pub(crate) enum Request {
     OpenLane,
     /// Forget an object (and the names it was published under).
     Remove { object: u64 },
+    /// How many calls wait in the manager now (answered with a count).
+    Waiting,
 }
 
 /// The kind and initial state of a new object.

@@ -21,7 +21,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// Live connections per client session.
     sessions: Mutex<HashMap<u64, usize>>,
     stopping: AtomicBool,
+    /// Calls waiting on an object now (see [`Caller::waiting`]).
+    waiting: AtomicUsize,
     wake_tx: Connection<()>,
     /// Every authenticated connection, to cut them when the server stops.
     live: Mutex<HashMap<u64, Connection<()>>>,
@@ -109,6 +111,17 @@ impl<'a> Caller<'a> {
     /// object that another thread holds (see [`Caller::lock`]).
     pub(crate) fn on_dispatcher(conn: &'a Connection<()>, shared: &'a Shared, client_build: &'a str) -> Caller<'a> {
         Caller { on_dispatcher: true, ..Caller::new(conn, shared, client_build) }
+    }
+
+    /// Counts the call as waiting on an object until the guard is dropped
+    /// (what [`Request::Waiting`] reports).
+    pub(crate) fn waiting(&self) -> WaitingCall<'a> {
+        // ORDERING: Relaxed: a count read for reports; a waiter counts
+        // itself before it sleeps, with its object's mutex held, so a
+        // client that saw it counted and then changes the object (taking
+        // that mutex) finds it asleep on the object, ready to be woken.
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        WaitingCall(&self.shared.waiting)
     }
 
     /// Locks the state of an object that a user's function may hold while
@@ -169,6 +182,7 @@ impl Server {
             store: Store::new(),
             sessions: Mutex::default(),
             stopping: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
             wake_tx,
             live: Mutex::default(),
             next_conn: AtomicU64::new(0),
@@ -471,6 +485,18 @@ fn handle(store: &Store, last: &mut Last, request: Request, caller: &Caller<'_>)
         Request::Hello { .. } => Err(RemoteError::BadRequest("hello twice".into())),
         Request::OpenLane => Err(RemoteError::BadRequest("this connection has a lane already".into())),
         Request::Shutdown => Err(RemoteError::BadRequest("shutdown is not a call".into())),
+        // ORDERING: Relaxed: see `Caller::waiting`.
+        Request::Waiting => Ok(Reply::Count(caller.shared.waiting.load(Ordering::Relaxed) as u64)),
+    }
+}
+
+/// A call counted as waiting (see [`Caller::waiting`]).
+pub(crate) struct WaitingCall<'a>(&'a AtomicUsize);
+
+impl Drop for WaitingCall<'_> {
+    fn drop(&mut self) {
+        // ORDERING: Relaxed: see `Caller::waiting`.
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

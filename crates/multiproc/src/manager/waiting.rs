@@ -81,6 +81,7 @@ pub(crate) fn wait_while<'a, S>(
     let deadline = Deadline::from_timeout(timeout);
     // ORDERING: Relaxed: counted with the mutex held (see `Waiters::count`).
     waiters.count.fetch_add(1, Ordering::Relaxed);
+    let _counted = caller.waiting();
     let outcome = loop {
         // ORDERING: Relaxed: the mutex is held (see `Waiters::retire`).
         if waiters.removed.load(Ordering::Relaxed) {

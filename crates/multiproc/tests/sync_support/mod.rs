@@ -102,6 +102,12 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until at least `n` calls wait in manager `m` (each then sleeps on
+/// its object: a change made now wakes it); panics after [`LONG`].
+pub fn until_calls_wait(m: &multiproc::manager::Manager, n: usize) {
+    wait_until(&format!("{n} calls to wait in the manager"), || m.waiting_calls().unwrap() >= n);
+}
+
 /// Waits until the main thread of process `pid` sleeps on a futex (where
 /// the kernel names the wait channel; elsewhere, until it sleeps at all).
 pub fn wait_asleep(pid: i32) {
