@@ -43,9 +43,10 @@ enum Command {
     /// and refuses others: to run your own program's functions, start your
     /// program as the worker (`multiproc_redis::Worker`). The key that signs tasks is read
     /// from MULTIPROC_REDIS_KEY if set. SIGTERM or SIGINT stops it once the
-    /// tasks it holds are done and their results written, waiting at most 30 s:
-    /// a task still running then is killed and goes back to the queue for
-    /// another host (which counts as one of its deliveries).
+    /// tasks it holds are done and their results written, waiting at most
+    /// --drain-timeout (30 s): a task still running then is killed and goes
+    /// back to the queue for another host (which counts as one of its
+    /// deliveries).
     Worker {
         /// The Redis server, e.g. redis://127.0.0.1:6379/0.
         #[arg(long, value_name = "URL")]
@@ -62,6 +63,9 @@ enum Command {
         /// Seconds a host may go without a heartbeat before its tasks are taken over.
         #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
         visibility_timeout: f64,
+        /// Seconds a stop waits for the tasks in hand to finish (0: none).
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        drain_timeout: f64,
     },
 }
 
@@ -70,8 +74,8 @@ fn main() -> ExitCode {
         Command::Tour { names, list } => tour(&names, list),
         Command::Serve(args) => serve::serve(args),
         Command::Infer(args) => serve::infer(args),
-        Command::Worker { redis, processes, queue, prefix, visibility_timeout } => {
-            worker(&redis, processes, &queue, &prefix, visibility_timeout)
+        Command::Worker { redis, processes, queue, prefix, visibility_timeout, drain_timeout } => {
+            worker(&redis, processes, &queue, &prefix, (visibility_timeout, drain_timeout))
         }
     }
 }
@@ -93,10 +97,15 @@ fn without_password(url: &str) -> String {
     }
 }
 
-fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibility: f64) -> ExitCode {
+/// `multiproc worker`; `timeouts`: the visibility and drain timeouts, in seconds.
+fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, timeouts: (f64, f64)) -> ExitCode {
     let shown = without_password(url);
-    let Some(visibility) = Duration::try_from_secs_f64(visibility).ok().filter(|v| !v.is_zero()) else {
+    let Some(visibility) = Duration::try_from_secs_f64(timeouts.0).ok().filter(|v| !v.is_zero()) else {
         eprintln!("multiproc worker: --visibility-timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    };
+    let Ok(drain) = Duration::try_from_secs_f64(timeouts.1) else {
+        eprintln!("multiproc worker: --drain-timeout must be a number of seconds, 0 or more");
         return ExitCode::from(2);
     };
     if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s)) {
@@ -107,7 +116,11 @@ fn worker(url: &str, processes: Option<usize>, queue: &str, prefix: &str, visibi
         eprintln!("multiproc worker: --processes must be at least 1");
         return ExitCode::from(2);
     }
-    let mut b = multiproc_redis::Worker::builder(url).queue(queue).prefix(prefix).visibility_timeout(visibility);
+    let mut b = multiproc_redis::Worker::builder(url)
+        .queue(queue)
+        .prefix(prefix)
+        .visibility_timeout(visibility)
+        .drain_timeout(drain);
     if let Some(n) = processes {
         b = b.processes(n);
     }

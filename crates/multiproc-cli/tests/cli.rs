@@ -55,11 +55,16 @@ fn serve_refuses_a_metrics_port_that_is_the_http_port() {
 }
 
 #[test]
-fn worker_refuses_a_zero_visibility_timeout_and_a_url_that_is_not_redis() {
+fn worker_refuses_a_zero_visibility_timeout_a_negative_drain_and_a_url_that_is_not_redis() {
     let out = run(&["worker", "--redis", "redis://127.0.0.1:1", "--visibility-timeout", "0"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--visibility-timeout must be a positive number"), "{stderr}");
+
+    let out = run(&["worker", "--redis", "redis://127.0.0.1:1", "--drain-timeout=-1"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--drain-timeout must be a number of seconds, 0 or more"), "{stderr}");
 
     let out = run(&["worker", "--redis", "127.0.0.1:6379"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));

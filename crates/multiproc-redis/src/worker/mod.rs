@@ -36,6 +36,7 @@ pub struct WorkerBuilder {
     endpoint: Endpoint,
     processes: usize,
     visibility: Duration,
+    drain: Duration,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -44,6 +45,7 @@ impl fmt::Debug for WorkerBuilder {
             .field("endpoint", &self.endpoint)
             .field("processes", &self.processes)
             .field("visibility", &self.visibility)
+            .field("drain", &self.drain)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +66,23 @@ impl WorkerBuilder {
     /// too) means never.
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.visibility = timeout.clamp(Duration::from_millis(100), MAX_VISIBILITY);
+        self
+    }
+
+    /// How long a stopping host waits for the tasks it holds to finish
+    /// (default 30 s): see [`Worker::stop`]. Set it under the time the
+    /// host's supervisor allows for a stop (Kubernetes' grace period is
+    /// 30 s by default, and the stop takes up to 2 s more to write its
+    /// results), or longer for tasks that should rather finish than run
+    /// again elsewhere. `Duration::ZERO` gives up at once: the tasks in
+    /// hand go back to the queue. At most a day.
+    ///
+    /// While Redis does not answer, the commands the host sent before the
+    /// stop (a heartbeat, results) wait for their replies first, up to 10 s
+    /// each: such a stop can take longer than the drain timeout + 2 s (with
+    /// a drain of 3 s, 10–17 s here; the default drain covers them).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain = timeout.min(MAX_DRAIN);
         self
     }
 
@@ -94,6 +113,7 @@ impl WorkerBuilder {
             key: self.endpoint.key,
             processes: self.processes,
             visibility: self.visibility,
+            drain: self.drain,
             stop: AtomicBool::new(false),
             stop_deadline: OnceLock::new(),
             intake_done: AtomicBool::new(false),
@@ -151,9 +171,11 @@ pub(crate) struct HostShared {
     pub key: Vec<u8>,
     pub processes: usize,
     pub visibility: Duration,
+    /// How long a stop waits for the tasks in hand.
+    drain: Duration,
     stop: AtomicBool,
     /// Set when the host is told to stop: until when the tasks in hand may
-    /// run ([`DRAIN`] after the stop).
+    /// run (the drain timeout after the stop).
     stop_deadline: OnceLock<Instant>,
     /// Set by the intake once it has stopped reading and handed over its
     /// last chunks: the outlet may end after that, not before.
@@ -170,10 +192,13 @@ pub(crate) struct HostShared {
     held: Mutex<HashSet<Arc<str>>>,
 }
 
-/// How long a stopping host waits for the tasks in hand to finish.
+/// How long a stopping host waits for the tasks in hand to finish, unless
+/// told otherwise ([`WorkerBuilder::drain_timeout`]).
 const DRAIN: Duration = Duration::from_secs(30);
-/// How long after [`DRAIN`] a stopping host may take to write what it has
-/// (results, tasks to deliver again): Redis may not answer.
+/// The longest drain timeout (a deadline computed from it stays in range).
+const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
+/// How long after the drain timeout a stopping host may take to write what
+/// it has (results, tasks to deliver again): Redis may not answer.
 const LAST_WRITES: Duration = Duration::from_secs(2);
 
 impl HostShared {
@@ -181,9 +206,9 @@ impl HostShared {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Tells the host to stop, keeping the tasks in hand for [`DRAIN`].
+    /// Tells the host to stop, keeping the tasks in hand for the drain timeout.
     fn request_stop(&self) {
-        let _ = self.stop_deadline.set(Instant::now() + DRAIN);
+        let _ = self.stop_deadline.set(Instant::now() + self.drain);
         // ORDERING: Release pairs with the Acquire of `stopping`: a thread
         // that sees the stop sees its deadline.
         self.stop.store(true, Ordering::Release);
@@ -270,6 +295,7 @@ impl Worker {
             endpoint: Endpoint::new(url),
             processes: multiproc::cpu_count(),
             visibility: Duration::from_secs(30),
+            drain: DRAIN,
         }
     }
 
@@ -279,8 +305,10 @@ impl Worker {
     }
 
     /// Stops the host and waits for its threads: it reads no more tasks,
-    /// waits up to 30 s for those it holds to finish, and up to 2 s more
-    /// for their results to be written (also when Redis does not answer).
+    /// waits up to its drain timeout (30 s unless set with
+    /// [`WorkerBuilder::drain_timeout`]) for those it holds to finish, and
+    /// up to 2 s more for their results to be written (also when Redis does
+    /// not answer; but see [`WorkerBuilder::drain_timeout`] for a short one).
     /// A task still running then is killed, and its entry goes back to the
     /// queue for another host (one more of its deliveries): at once if
     /// Redis answers, else after the visibility timeout.

@@ -23,6 +23,12 @@ pub fn local_worker(server: &RedisServer, prefix: &str, processes: usize) -> Wor
     Worker::builder(&server.url()).prefix(prefix).processes(processes).start().unwrap()
 }
 
+/// A worker host in this process whose stop waits at most `drain` for the
+/// tasks it holds.
+pub fn draining_worker(server: &RedisServer, prefix: &str, processes: usize, drain: Duration) -> Worker {
+    Worker::builder(&server.url()).prefix(prefix).processes(processes).drain_timeout(drain).start().unwrap()
+}
+
 /// Runs a worker host until killed: the body of a host process.
 pub fn host_main(url: String, prefix: String, processes: usize, visibility_ms: u64) {
     Worker::builder(&url)
