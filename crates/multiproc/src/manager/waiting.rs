@@ -81,7 +81,9 @@ pub(crate) fn wait_while<'a, S>(
     let deadline = Deadline::from_timeout(timeout);
     // ORDERING: Relaxed: counted with the mutex held (see `Waiters::count`).
     waiters.count.fetch_add(1, Ordering::Relaxed);
-    let _counted = caller.waiting();
+    // Counted among the manager's waiting calls once it sleeps (a try
+    // without waiting, as the dispatcher makes first, is not a wait).
+    let mut counted = None;
     let outcome = loop {
         // ORDERING: Relaxed: the mutex is held (see `Waiters::retire`).
         if waiters.removed.load(Ordering::Relaxed) {
@@ -92,6 +94,7 @@ pub(crate) fn wait_while<'a, S>(
             Some(left) if !left.is_zero() => left.min(SLICE),
             Some(_) => break Err(RemoteError::Timeout),
         };
+        counted.get_or_insert_with(|| caller.waiting());
         guard = waiters.cv.wait_timeout(guard, slice).unwrap_or_else(|e| e.into_inner()).0;
         let ready = !blocked(&mut guard);
         // The slow path only: a wait that ends checks its caller once more,
