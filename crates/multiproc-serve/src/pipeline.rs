@@ -11,8 +11,9 @@
 //! load goes to the pool at once from the caller's thread. The pool process
 //! encodes the chunk's outputs for the model into one buffer, so an item
 //! crosses to the model as the bytes it came back as, with no allocation
-//! per request on the way. If a preprocessing process dies, only the requests of its chunk fail
-//! (`WorkerLost`), the pool replaces it, and the others go on.
+//! per request on the way. If a preprocessing process dies, only the
+//! requests of its chunk fail (`WorkerLost`), the pool replaces it, and the
+//! others go on.
 
 use std::any::TypeId;
 use std::collections::VecDeque;
