@@ -125,7 +125,7 @@ mod worker;
 pub use command::{CommandConfig, CommandModel};
 pub use error::{ErrorKind, ServeError};
 pub use lone::LoneWait;
-pub use metrics::{BatchReason, MetricsSnapshot, VersionMetrics};
+pub use metrics::{BatchReason, BatchStats, MetricsSnapshot, VersionMetrics};
 pub use model::{LoadError, Model, ModelSpec, WorkerContext};
 pub use name::ModelName;
 pub use pipeline_spec::{PipelineItem, PipelineSpec};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,12 @@ pub struct VersionMetrics {
     /// Failed requests by reason ([`ErrorKind::as_str`]); a request counts
     /// one, whatever its rows.
     pub request_failure: BTreeMap<String, u64>,
+    /// Sum of failed requests' durations, arrival to failure, µs (a request
+    /// refused before it was queued counts no time).
+    pub request_failure_duration_us: u64,
+    /// When the model last answered a batch, in milliseconds since the Unix
+    /// epoch (0: never). Triton's `last_inference`.
+    pub last_inference_ms: u64,
     /// Inferences the model ran: the rows of the batches it executed (a
     /// request of [`rows`](crate::Request::rows) `n` counts `n`).
     pub inference_count: u64,
@@ -71,6 +77,9 @@ pub struct VersionMetrics {
     pub request_duration_us: u64,
     /// Sum of queue waits, µs.
     pub queue_duration_us: u64,
+    /// Requests the model computed (what the three compute durations
+    /// below count, one per request of each batch run).
+    pub compute_count: u64,
     /// Sum of input decoding time in the workers, per request, µs.
     pub compute_input_duration_us: u64,
     /// Sum of `predict` time, per request, µs.
@@ -84,10 +93,29 @@ pub struct VersionMetrics {
     pub batch_sizes: Vec<(usize, u64)>,
     /// Batches by close reason ([`BatchReason::as_str`]).
     pub batch_reasons: BTreeMap<String, u64>,
+    /// Batches the model ran, by size in rows, with the worker's time for
+    /// them: Triton's `batch_stats`. Ascending by size.
+    pub batch_stats: Vec<BatchStats>,
     /// Worker restarts.
     pub restarts: u64,
     /// Workers by state (`"idle"`, `"busy"`, `"starting"`, `"backing_off"`, `"stopped"`).
     pub workers: BTreeMap<String, u64>,
+}
+
+/// The batches of one size that a model version ran, and the worker's
+/// time for them (summed per batch, not per request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStats {
+    /// The batches' size in rows.
+    pub batch_size: usize,
+    /// Batches of this size run.
+    pub count: u64,
+    /// Sum of the time spent decoding their inputs, µs.
+    pub compute_input_us: u64,
+    /// Sum of the time spent in `predict`, µs.
+    pub compute_infer_us: u64,
+    /// Sum of the time spent encoding their outputs, µs.
+    pub compute_output_us: u64,
 }
 
 /// Every version's counters.
@@ -116,12 +144,17 @@ pub(crate) struct Counters {
     execution: AtomicU64,
     request_us: AtomicU64,
     queue_us: AtomicU64,
+    failure_us: AtomicU64,
+    last_inference_ms: AtomicU64,
+    computed: AtomicU64,
     input_us: AtomicU64,
     infer_us: AtomicU64,
     output_us: AtomicU64,
     pub restarts: AtomicU64,
     failures: Mutex<BTreeMap<ErrorKind, u64>>,
     batches: Mutex<(BTreeMap<usize, u64>, BTreeMap<BatchReason, u64>)>,
+    /// Batches run, by rows: (count, input, infer, output µs).
+    executed: Mutex<BTreeMap<usize, [u64; 4]>>,
 }
 
 /// A batch's successful requests, added to the counters once for the
@@ -154,8 +187,10 @@ impl Counters {
         self.queue_us.fetch_add(us(tally.queued), Relaxed);
     }
 
-    pub fn failure(&self, kind: ErrorKind) {
+    /// A request failed with `kind`, `took` after it arrived.
+    pub fn failure(&self, kind: ErrorKind, took: Duration) {
         *self.failures.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
+        self.failure_us.fetch_add(us(took), Relaxed);
     }
 
     /// A batch of `rows` rows left the queue, closed for `reason`.
@@ -172,31 +207,87 @@ impl Counters {
         let n = requests as u64;
         self.execution.fetch_add(1, Relaxed);
         self.inference.fetch_add(rows as u64, Relaxed);
+        self.computed.fetch_add(n, Relaxed);
         self.input_us.fetch_add(input_us.saturating_mul(n), Relaxed);
         self.infer_us.fetch_add(infer_us.saturating_mul(n), Relaxed);
         self.output_us.fetch_add(output_us.saturating_mul(n), Relaxed);
+        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        self.last_inference_ms.fetch_max(u64::try_from(now_ms).unwrap_or(u64::MAX), Relaxed);
+        let mut executed = self.executed.lock().unwrap_or_else(|e| e.into_inner());
+        let [count, input, infer, output] = executed.entry(rows).or_default();
+        *count += 1;
+        *input = input.saturating_add(input_us);
+        *infer = infer.saturating_add(infer_us);
+        *output = output.saturating_add(output_us);
     }
 
     pub fn snapshot(&self, model: &str, version: u64, pending: u64, workers: BTreeMap<String, u64>) -> VersionMetrics {
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let executed = self.executed.lock().unwrap_or_else(|e| e.into_inner());
         VersionMetrics {
             model: model.to_string(),
             version,
             request_success: self.success.load(Relaxed),
             request_failure: failures.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+            request_failure_duration_us: self.failure_us.load(Relaxed),
+            last_inference_ms: self.last_inference_ms.load(Relaxed),
             inference_count: self.inference.load(Relaxed),
             execution_count: self.execution.load(Relaxed),
             request_duration_us: self.request_us.load(Relaxed),
             queue_duration_us: self.queue_us.load(Relaxed),
+            compute_count: self.computed.load(Relaxed),
             compute_input_duration_us: self.input_us.load(Relaxed),
             compute_infer_duration_us: self.infer_us.load(Relaxed),
             compute_output_duration_us: self.output_us.load(Relaxed),
             pending_requests: pending,
             batch_sizes: batches.0.iter().map(|(k, v)| (*k, *v)).collect(),
             batch_reasons: batches.1.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+            batch_stats: executed
+                .iter()
+                .map(|(&batch_size, &[count, compute_input_us, compute_infer_us, compute_output_us])| BatchStats {
+                    batch_size,
+                    count,
+                    compute_input_us,
+                    compute_infer_us,
+                    compute_output_us,
+                })
+                .collect(),
             restarts: self.restarts.load(Relaxed),
             workers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executions_are_counted_per_batch_size_and_failures_with_their_time() {
+        let c = Counters::default();
+        let before = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+        c.executed(3, 4, 10, 100, 1);
+        c.executed(1, 4, 20, 200, 2);
+        c.executed(2, 2, 5, 50, 0);
+        c.failure(ErrorKind::ModelFailed, Duration::from_millis(3));
+        c.failure(ErrorKind::ModelFailed, Duration::from_micros(250));
+        c.failure(ErrorKind::BadInput, Duration::ZERO);
+        let m = c.snapshot("m", 1, 0, BTreeMap::new());
+        let stats = |batch_size, count, compute_input_us, compute_infer_us, compute_output_us| BatchStats {
+            batch_size,
+            count,
+            compute_input_us,
+            compute_infer_us,
+            compute_output_us,
+        };
+        assert_eq!(m.batch_stats, vec![stats(2, 1, 5, 50, 0), stats(4, 2, 30, 300, 3)], "per batch, by rows");
+        assert_eq!((m.execution_count, m.inference_count, m.compute_count), (3, 10, 6));
+        assert_eq!(m.compute_infer_duration_us, 3 * 100 + 200 + 2 * 50, "per request");
+        assert_eq!(m.request_failure_duration_us, 3_250);
+        assert_eq!(m.request_failure.values().sum::<u64>(), 3);
+        let after = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!((before..=after).contains(&m.last_inference_ms), "{before} ≤ {} ≤ {after}", m.last_inference_ms);
+        assert_eq!(Counters::default().snapshot("m", 1, 0, BTreeMap::new()).last_inference_ms, 0, "never: 0");
     }
 }

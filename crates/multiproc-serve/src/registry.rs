@@ -109,7 +109,7 @@ impl ModelEntry {
     /// series.
     pub fn refused(&self, version: Option<u64>, e: ServeError) -> ServeError {
         if let Ok(group) = self.resolve(version) {
-            group.counters.failure(e.kind());
+            group.counters.failure(e.kind(), std::time::Duration::ZERO);
         }
         e
     }

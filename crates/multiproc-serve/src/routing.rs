@@ -67,7 +67,7 @@ impl Server {
                 Err(refused) => {
                     let (p, e) = *refused;
                     if version.is_some() || e.kind() != crate::ErrorKind::NotReady {
-                        group.counters.failure(e.kind());
+                        group.counters.failure(e.kind(), p.slot.arrived.elapsed());
                         return Err(Box::new((p, e)));
                     }
                     pending = p;
@@ -116,7 +116,7 @@ impl Server {
                 Err((b, e)) if e.kind() == crate::ErrorKind::NotReady => batch = b,
                 Err((b, e)) => {
                     // Counted as a request sent to the version itself is (see `admit`).
-                    b.iter().for_each(|_| group.counters.failure(e.kind()));
+                    b.iter().for_each(|p| group.counters.failure(e.kind(), p.slot.arrived.elapsed()));
                     return Err((b, e));
                 }
             }

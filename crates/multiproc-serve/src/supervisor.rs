@@ -519,12 +519,12 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
             if delivered {
                 d.tally.add(total, queued);
             } else {
-                group.counters.failure(crate::ErrorKind::DeadlineExceeded);
+                group.counters.failure(crate::ErrorKind::DeadlineExceeded, total);
             }
         }
         Err(message) => {
             let e = ServeError::ModelFailed { model: group.model.clone(), version: group.version, message };
-            group.counters.failure(e.kind());
+            group.counters.failure(e.kind(), d.now.saturating_duration_since(p.slot.arrived));
             p.slot.complete_later(Err(e), &mut d.wakes);
         }
     }
