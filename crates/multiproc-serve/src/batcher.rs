@@ -70,6 +70,15 @@ pub(crate) struct Pending {
     pub rows: usize,
 }
 
+impl Pending {
+    /// How long its caller waited for a failure known `now`: until now, or
+    /// until its deadline if that came first (the caller had its error then).
+    pub fn failed_after(&self, now: Instant) -> Duration {
+        let until = self.deadline.map_or(now, |d| d.min(now));
+        until.saturating_duration_since(self.slot.arrived)
+    }
+}
+
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")

@@ -62,8 +62,9 @@ pub struct VersionMetrics {
     /// Failed requests by reason ([`ErrorKind::as_str`]); a request counts
     /// one, whatever its rows.
     pub request_failure: BTreeMap<String, u64>,
-    /// Sum of failed requests' durations, arrival to failure, µs (a request
-    /// refused before it was queued counts no time).
+    /// Sum of failed requests' durations, µs: arrival to failure, or to the
+    /// deadline that failed the request first (as its caller saw it); a
+    /// request refused before it was queued counts no time.
     pub request_failure_duration_us: u64,
     /// When the model last answered a batch, in milliseconds since the Unix
     /// epoch (0: never). Triton's `last_inference`.

@@ -67,7 +67,7 @@ impl Server {
                 Err(refused) => {
                     let (p, e) = *refused;
                     if version.is_some() || e.kind() != crate::ErrorKind::NotReady {
-                        group.counters.failure(e.kind(), p.slot.arrived.elapsed());
+                        group.counters.failure(e.kind(), p.failed_after(std::time::Instant::now()));
                         return Err(Box::new((p, e)));
                     }
                     pending = p;
@@ -116,7 +116,8 @@ impl Server {
                 Err((b, e)) if e.kind() == crate::ErrorKind::NotReady => batch = b,
                 Err((b, e)) => {
                     // Counted as a request sent to the version itself is (see `admit`).
-                    b.iter().for_each(|p| group.counters.failure(e.kind(), p.slot.arrived.elapsed()));
+                    let now = std::time::Instant::now();
+                    b.iter().for_each(|p| group.counters.failure(e.kind(), p.failed_after(now)));
                     return Err((b, e));
                 }
             }

@@ -502,6 +502,7 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
     match answer {
         Ok(bytes) => {
             let total = d.now.saturating_duration_since(p.slot.arrived);
+            let p_failed_after = p.failed_after(d.now);
             let answer = Answer {
                 bytes,
                 model: group.model_name.clone(),
@@ -519,12 +520,12 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
             if delivered {
                 d.tally.add(total, queued);
             } else {
-                group.counters.failure(crate::ErrorKind::DeadlineExceeded, total);
+                group.counters.failure(crate::ErrorKind::DeadlineExceeded, p_failed_after);
             }
         }
         Err(message) => {
             let e = ServeError::ModelFailed { model: group.model.clone(), version: group.version, message };
-            group.counters.failure(e.kind(), d.now.saturating_duration_since(p.slot.arrived));
+            group.counters.failure(e.kind(), p.failed_after(d.now));
             p.slot.complete_later(Err(e), &mut d.wakes);
         }
     }

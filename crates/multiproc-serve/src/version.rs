@@ -540,7 +540,7 @@ impl VersionGroup {
     pub fn fail_requests(&self, items: Vec<Pending>, e: &ServeError) {
         for p in items {
             let seen = if p.slot.complete(Err(e.clone())) { e.kind() } else { crate::ErrorKind::DeadlineExceeded };
-            self.counters.failure(seen, p.slot.arrived.elapsed());
+            self.counters.failure(seen, p.failed_after(Instant::now()));
         }
     }
 
@@ -565,7 +565,7 @@ impl VersionGroup {
             // A caller that already had its error (its wait timed out) saw a deadline.
             let kind = e.kind();
             let seen = if p.slot.complete(Err(e)) { kind } else { crate::ErrorKind::DeadlineExceeded };
-            self.counters.failure(seen, p.slot.arrived.elapsed());
+            self.counters.failure(seen, p.failed_after(now));
         }
     }
 
