@@ -1,6 +1,6 @@
 //! Triton's own Python HTTP client (`tritonclient[http]`) against
 //! `multiproc serve`: metadata, inference with JSON and with binary tensors
-//! (FP32 and BYTES), gzip and deflate request bodies, errors.
+//! (FP32 and BYTES), gzip and deflate request bodies, statistics, errors.
 //!
 //! The client is installed on first use into a virtual environment under
 //! `target/py-venvs/tritonclient` (`python3 -m venv`, then `pip install
@@ -31,9 +31,14 @@ fn tritons_python_client_infers_with_json_and_binary_tensors() {
     let out = run_with_limit(Command::new(python).arg(script).arg(&hostport).arg(&set_path), Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "tritonclient script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for line in
-        ["metadata ok", "digits json == binary bit for bit", "digits deflate request ok", "text binary=True ok", "OK"]
-    {
+    for line in [
+        "metadata ok",
+        "digits json == binary bit for bit",
+        "digits deflate request ok",
+        "statistics ok",
+        "text binary=True ok",
+        "OK",
+    ] {
         assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
     }
     assert_eq!(s.terminate().code(), Some(0));

@@ -1,5 +1,6 @@
-//! The router and the thin handlers of everything but inference: health,
-//! metadata, readiness, the repository extension and `/metrics`.
+//! The router and the thin handlers of everything but inference and
+//! statistics: health, metadata, readiness, the repository extension and
+//! `/metrics`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -160,10 +161,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
+        .route("/v2/models/stats", get(crate::stats::all_models))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/versions/{version}", get(model_version_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/versions/{version}/ready", get(model_version_ready))
+        .route("/v2/models/{name}/stats", get(crate::stats::model))
+        .route("/v2/models/{name}/versions/{version}/stats", get(crate::stats::model_version))
         .route("/v2/models/{name}/infer", post(crate::infer::infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(crate::infer::infer_version))
         .route("/v2/repository/index", post(repository_index))

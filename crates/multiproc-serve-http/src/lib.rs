@@ -14,6 +14,7 @@
 //! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch; inputs and outputs matched to the graph's by name and datatype at load |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
+//! | [`stats`] | Triton's statistics extension: the same counts as JSON, with executions by batch size |
 //! | [`serve`] | bind the listeners and answer while a repository loads (live, not ready); serve; drain on shutdown |
 //! | [`demo`] | the built-in demo repository (digits classifier, text model) |
 //! | [`client`] | the small blocking client behind `multiproc infer` |
@@ -25,7 +26,9 @@
 //! `POST /v2/repository/index`, `POST /v2/repository/models/{m}/load` and
 //! `/unload` (a load of a model already served is a zero-downtime reload:
 //! a new version directory is started, traffic moves when it is ready, the
-//! old version drains), `GET /metrics`. An inference body may also be
+//! old version drains), `GET /v2/models[/{m}[/versions/{v}]]/stats`
+//! (Triton's statistics extension, see [`stats`]), `GET /metrics`. An
+//! inference body may also be
 //! Triton's raw binary request (`Inference-Header-Content-Length: 0`: the one
 //! input's bytes alone, its shape deduced from their size, every output
 //! binary). Health and readiness answer the
@@ -118,3 +121,4 @@ pub mod protocol;
 mod raw;
 pub mod repository;
 pub mod serve;
+pub mod stats;

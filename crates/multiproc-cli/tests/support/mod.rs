@@ -70,9 +70,7 @@ pub fn echo_config_for(delay: f64, datatypes: &[&str]) -> String {
 /// A repository: `digits` (the demo ONNX model), `echo` (every datatype),
 /// `slow` (echo taking 300 ms per batch) and `broken` (a bad config).
 pub fn test_repository(dir: &Path) {
-    let demo = manifest().join("../multiproc-serve-http/demo/repository/digits");
-    write(&dir.join("digits/config.toml"), &std::fs::read(demo.join("config.toml")).unwrap());
-    write(&dir.join("digits/1/model.onnx"), &std::fs::read(demo.join("1/model.onnx")).unwrap());
+    digits_model(dir);
     write(&dir.join("echo/config.toml"), echo_config(0.0).as_bytes());
     std::fs::create_dir_all(dir.join("echo/1")).unwrap();
     write(
@@ -82,6 +80,14 @@ pub fn test_repository(dir: &Path) {
     std::fs::create_dir_all(dir.join("slow/1")).unwrap();
     write(&dir.join("broken/config.toml"), b"platform = \"onnx\"\nmax_batch_size = -4\n");
     std::fs::create_dir_all(dir.join("broken/1")).unwrap();
+}
+
+/// The demo's `digits` (an ONNX classifier of 8×8 images: `input` FP32
+/// `[-1, 64]`, `probabilities` FP32 `[-1, 10]`) in the repository `dir`.
+pub fn digits_model(dir: &Path) {
+    let demo = manifest().join("../multiproc-serve-http/demo/repository/digits");
+    write(&dir.join("digits/config.toml"), &std::fs::read(demo.join("config.toml")).unwrap());
+    write(&dir.join("digits/1/model.onnx"), &std::fs::read(demo.join("1/model.onnx")).unwrap());
 }
 
 /// A running `multiproc serve`, stopped (SIGKILL) on drop if still running.

@@ -3,6 +3,7 @@ HTTP client, with JSON and with binary tensors. argv: host:port, path of the
 digits test set. Prints one line per check; exits non-zero on a failure."""
 
 import sys
+import time
 
 import digits_set
 import numpy as np
@@ -40,6 +41,21 @@ for algorithm in ("gzip", "deflate"):
                           response_compression_algorithm=algorithm)
     assert np.array_equal(result.as_numpy("probabilities").view(np.uint32), probs[True].view(np.uint32)), algorithm
     print("digits %s request ok" % algorithm)
+
+# Statistics: the four digits requests above, counted (the counters trail an
+# answer by the rest of its batch's delivery: polled, 20 s at most).
+assert "statistics" in client.get_server_metadata()["extensions"]
+deadline = time.monotonic() + 20
+while True:
+    (entry,) = client.get_inference_statistics("digits")["model_stats"]
+    if entry["inference_stats"]["success"]["count"] == 4 or time.monotonic() > deadline:
+        break
+    time.sleep(0.02)
+assert (entry["name"], entry["version"]) == ("digits", "1"), entry
+assert entry["inference_stats"]["success"]["count"] == 4, entry
+assert entry["inference_count"] == 4 * len(x) and entry["last_inference"] > 0, entry
+assert sum(b["compute_infer"]["count"] for b in entry["batch_stats"]) == entry["execution_count"], entry
+print("statistics ok")
 
 for binary in (False, True):
     inp = httpclient.InferInput("text", [2], "BYTES")

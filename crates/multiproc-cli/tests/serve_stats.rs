@@ -1,0 +1,121 @@
+//! `multiproc serve`'s statistics extension (Triton's `GET
+//! /v2/models[/{name}[/versions/{v}]]/stats`): per model version, the
+//! requests answered and failed with their time, the stages' time, the
+//! executions by batch size and the last inference's time.
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use support::*;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A digits request of `rows` images.
+fn digits(rows: usize) -> Value {
+    json!({"inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": vec![0.5f32; rows * 64]}]})
+}
+
+/// The statistics at `path` once `settled` holds for them (the counters
+/// trail an answer by the rest of its batch's delivery), within 20 s.
+fn stats_once(s: &Served, path: &str, settled: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get_json(&s.url(path));
+        assert_eq!(status, 200, "{path}: {body}");
+        if settled(&body) {
+            return body;
+        }
+        assert!(Instant::now() < until, "{path} never settled: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count(stat: &Value) -> u64 {
+    stat["count"].as_u64().unwrap()
+}
+
+#[test]
+fn statistics_count_requests_batches_and_failures_per_model_version() {
+    let repo = TempDir::new("stats");
+    digits_model(&repo.0);
+    // One worker taking 400 ms per batch: a request with a 50 ms timeout fails.
+    write(&repo.0.join("slow/config.toml"), echo_config_for(0.4, &["INT8"]).as_bytes());
+    std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (_, meta) = get_json(&s.url("/v2"));
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("statistics")), "{meta}");
+
+    // A served version that has not run yet: listed, all zero.
+    let (status, fresh) = get_json(&s.url("/v2/models/digits/stats"));
+    assert_eq!(status, 200, "{fresh}");
+    let f = &fresh["model_stats"];
+    assert_eq!(f.as_array().unwrap().len(), 1, "{fresh}");
+    assert_eq!([&f[0]["name"], &f[0]["version"]], [&json!("digits"), &json!("1")]);
+    assert_eq!(
+        [&f[0]["last_inference"], &f[0]["execution_count"], &f[0]["batch_stats"]],
+        [&json!(0), &json!(0), &json!([])]
+    );
+    assert_eq!(f[0]["inference_stats"]["success"], json!({"count": 0, "ns": 0}));
+
+    // One at a time, so each is a batch of its own: three of 1 row, two of 2.
+    let before = now_ms();
+    for rows in [1, 2, 1, 2, 1] {
+        let (status, body) = post_json(&s.url("/v2/models/digits/infer"), &digits(rows));
+        assert_eq!(status, 200, "{body}");
+    }
+    let after = now_ms();
+    let body =
+        stats_once(&s, "/v2/models/digits/stats", |b| count(&b["model_stats"][0]["inference_stats"]["success"]) == 5);
+    let m = &body["model_stats"][0];
+    assert_eq!((m["inference_count"].as_u64(), m["execution_count"].as_u64()), (Some(7), Some(5)), "{m}");
+    let last = m["last_inference"].as_u64().unwrap();
+    assert!((before..=after).contains(&last), "last inference at {last} ms, requests between {before} and {after}");
+    let stages = &m["inference_stats"];
+    for stage in ["success", "queue", "compute_input", "compute_infer", "compute_output"] {
+        assert_eq!(count(&stages[stage]), 5, "{stage}: {stages}");
+    }
+    let ns = |stage: &str| stages[stage]["ns"].as_u64().unwrap();
+    assert!(ns("success") > 0 && ns("success") >= ns("queue") + ns("compute_infer"), "{stages}");
+    for none in ["fail", "cache_hit", "cache_miss"] {
+        assert_eq!(stages[none], json!({"count": 0, "ns": 0}), "{none}");
+    }
+    let by_size: Vec<[u64; 4]> = m["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let c = |stage: &str| count(&b[stage]);
+            [b["batch_size"].as_u64().unwrap(), c("compute_input"), c("compute_infer"), c("compute_output")]
+        })
+        .collect();
+    assert_eq!(by_size, [[1, 3, 3, 3], [2, 2, 2, 2]], "executions by batch size: {m}");
+    // The version's own URL gives the same entry.
+    let one = stats_once(&s, "/v2/models/digits/versions/1/stats", |_| true);
+    assert_eq!(one["model_stats"], body["model_stats"]);
+
+    // A request cut off by its 50 ms timeout: failed, for the 50 ms its
+    // caller waited (not the 400 ms the model took to answer after).
+    let slow = json!({"parameters": {"timeout": 50_000},
+        "inputs": [{"name": "in_INT8", "shape": [1], "datatype": "INT8", "data": [1]}]});
+    let (status, e) = post_json(&s.url("/v2/models/slow/infer"), &slow);
+    assert_eq!(status, 504, "{e}");
+    let body = stats_once(&s, "/v2/models/slow/stats", |b| count(&b["model_stats"][0]["inference_stats"]["fail"]) == 1);
+    let failed = &body["model_stats"][0]["inference_stats"];
+    assert_eq!(failed["fail"]["ns"], 50_000_000, "{failed}");
+    assert_eq!(count(&failed["success"]), 0, "{failed}");
+
+    // Every model at once; unknown names and versions are 404s.
+    let all = stats_once(&s, "/v2/models/stats", |_| true);
+    let names: Vec<&str> = all["model_stats"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["digits", "slow"], "{all}");
+    for path in ["/v2/models/nope/stats", "/v2/models/digits/versions/9/stats"] {
+        let (status, e) = get_json(&s.url(path));
+        assert_eq!(status, 404, "{path}: {e}");
+    }
+    assert_eq!(get_json(&s.url("/v2/models/digits/versions/x/stats")).0, 400);
+    assert_eq!(s.terminate().code(), Some(0));
+}
