@@ -1,6 +1,7 @@
 //! Triton's own Python HTTP client (`tritonclient[http]`) against
 //! `multiproc serve`: metadata, inference with JSON and with binary tensors
-//! (FP32 and BYTES), gzip and deflate request bodies, statistics, errors.
+//! (FP32 and BYTES), gzip and deflate request bodies, the model configuration,
+//! statistics, errors.
 //!
 //! The client is installed on first use into a virtual environment under
 //! `target/py-venvs/tritonclient` (`python3 -m venv`, then `pip install

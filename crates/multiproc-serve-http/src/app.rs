@@ -1,6 +1,6 @@
-//! The router and the thin handlers of everything but inference and
-//! statistics: health, metadata, readiness, the repository extension and
-//! `/metrics`.
+//! The router and the thin handlers of everything but inference,
+//! statistics and model configurations: health, metadata, readiness, the
+//! repository extension and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -166,6 +166,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/models/{name}/versions/{version}", get(model_version_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/versions/{version}/ready", get(model_version_ready))
+        .route("/v2/models/{name}/config", get(crate::model_config::model))
+        .route("/v2/models/{name}/versions/{version}/config", get(crate::model_config::model_version))
         .route("/v2/models/{name}/stats", get(crate::stats::model))
         .route("/v2/models/{name}/versions/{version}/stats", get(crate::stats::model_version))
         .route("/v2/models/{name}/infer", post(crate::infer::infer))

@@ -14,6 +14,7 @@
 //! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch; inputs and outputs matched to the graph's by name and datatype at load |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
+//! | [`model_config`] | Triton's model configuration extension: `config.toml` as Triton's `ModelConfig` JSON |
 //! | [`stats`] | Triton's statistics extension: the same counts as JSON, with executions by batch size |
 //! | [`serve`] | bind the listeners and answer while a repository loads (live, not ready); serve; drain on shutdown |
 //! | [`demo`] | the built-in demo repository (digits classifier, text model) |
@@ -27,7 +28,9 @@
 //! `/unload` (a load of a model already served is a zero-downtime reload:
 //! a new version directory is started, traffic moves when it is ready, the
 //! old version drains), `GET /v2/models[/{m}[/versions/{v}]]/stats`
-//! (Triton's statistics extension, see [`stats`]), `GET /metrics`. An
+//! (Triton's statistics extension, see [`stats`]),
+//! `GET /v2/models/{m}[/versions/{v}]/config` (Triton's model configuration
+//! extension, see [`model_config`]), `GET /metrics`. An
 //! inference body may also be
 //! Triton's raw binary request (`Inference-Header-Content-Length: 0`: the one
 //! input's bytes alone, its shape deduced from their size, every output
@@ -116,6 +119,7 @@ mod infer;
 mod listen;
 mod loading;
 pub mod metrics;
+pub mod model_config;
 pub mod onnx;
 pub mod protocol;
 mod raw;

@@ -16,6 +16,8 @@ assert client.is_model_ready("digits") and client.is_model_ready("text"), "model
 meta = client.get_model_metadata("digits")
 assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], meta
 assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+config = client.get_model_config("digits")
+assert (config["max_batch_size"], config["input"][0]["dims"], config["input"][0]["data_type"]) == (64, [64], "TYPE_FP32"), config
 print("metadata ok")
 
 x, labels = digits_set.load(test_set)

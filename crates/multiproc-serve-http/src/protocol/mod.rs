@@ -47,4 +47,4 @@ impl ProtocolError {
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
 /// The extensions `GET /v2` lists.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "statistics"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "model_repository", "statistics"];

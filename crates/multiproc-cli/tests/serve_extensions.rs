@@ -1,7 +1,9 @@
-//! `multiproc serve`'s statistics extension (Triton's `GET
-//! /v2/models[/{name}[/versions/{v}]]/stats`): per model version, the
-//! requests answered and failed with their time, the stages' time, the
-//! executions by batch size and the last inference's time.
+//! `multiproc serve`'s statistics and model configuration extensions.
+//! Statistics (Triton's `GET /v2/models[/{name}[/versions/{v}]]/stats`):
+//! per model version, the requests answered and failed with their time, the
+//! stages' time, the executions by batch size and the last inference's
+//! time. Configuration (`GET /v2/models/{name}[/versions/{v}]/config`):
+//! `config.toml` as Triton's `ModelConfig` JSON.
 
 mod support;
 
@@ -117,5 +119,59 @@ fn statistics_count_requests_batches_and_failures_per_model_version() {
         assert_eq!(status, 404, "{path}: {e}");
     }
     assert_eq!(get_json(&s.url("/v2/models/digits/versions/x/stats")).0, 400);
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_models_configuration_is_given_as_tritons_model_config() {
+    let repo = TempDir::new("config");
+    digits_model(&repo.0);
+    let echo =
+        echo_config_for(0.0, &["INT8", "BYTES"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2");
+    write(&repo.0.join("echo/config.toml"), format!("{echo}[version_policy]\nall = true\n").as_bytes());
+    std::fs::create_dir_all(repo.0.join("echo/1")).unwrap();
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (_, meta) = get_json(&s.url("/v2"));
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("model_configuration")), "{meta}");
+
+    let (status, digits) = get_json(&s.url("/v2/models/digits/config"));
+    assert_eq!(status, 200, "{digits}");
+    for (field, value) in [
+        ("name", json!("digits")),
+        ("platform", json!("onnxruntime_onnx")),
+        ("backend", json!("onnxruntime")),
+        ("max_batch_size", json!(64)),
+        ("version_policy", json!({"latest": {"num_versions": 1}})),
+        ("default_model_filename", json!("model.onnx")),
+        ("instance_group", json!([{"name": "digits_0", "kind": "KIND_CPU", "count": 1}])),
+    ] {
+        assert_eq!(digits[field], value, "{field}: {digits}");
+    }
+    // Dims without the batch dimension, as in config.toml and in Triton.
+    assert_eq!(
+        [&digits["input"][0]["name"], &digits["input"][0]["data_type"], &digits["input"][0]["dims"]],
+        [&json!("input"), &json!("TYPE_FP32"), &json!([64])]
+    );
+    assert_eq!([&digits["output"][0]["data_type"], &digits["output"][0]["dims"]], [&json!("TYPE_FP32"), &json!([10])]);
+    let batching = &digits["dynamic_batching"];
+    assert_eq!(
+        [&batching["max_queue_delay_microseconds"], &batching["default_queue_policy"]["max_queue_size"]],
+        [&json!(0), &json!(4096)],
+        "{digits}"
+    );
+    assert_eq!(get_json(&s.url("/v2/models/digits/versions/1/config")).1, digits);
+
+    let (status, echo) = get_json(&s.url("/v2/models/echo/config"));
+    assert_eq!(status, 200, "{echo}");
+    let types: Vec<&Value> = echo["input"].as_array().unwrap().iter().map(|t| &t["data_type"]).collect();
+    assert_eq!(types, [&json!("TYPE_INT8"), &json!("TYPE_STRING")], "BYTES is Triton's TYPE_STRING: {echo}");
+    assert_eq!(echo["input"][0]["dims"], json!([-1]));
+    assert_eq!([&echo["max_batch_size"], &echo["version_policy"]], [&json!(0), &json!({"all": {}})]);
+    assert_eq!(echo["instance_group"][0]["count"], 2);
+    assert!(echo.get("dynamic_batching").is_none(), "no batching without a batch dimension: {echo}");
+
+    for path in ["/v2/models/nope/config", "/v2/models/digits/versions/9/config"] {
+        assert_eq!(get_json(&s.url(path)).0, 404, "{path}");
+    }
     assert_eq!(s.terminate().code(), Some(0));
 }
