@@ -273,15 +273,10 @@ fn parameters_of_triton_extensions_not_offered_are_refused_not_silently_ignored(
     let (_, meta) = get_json(&s.url("/v2"));
     let offered = meta["extensions"].as_array().unwrap();
     // What tritonclient sends for Triton extensions GET /v2 does not list:
-    // InferRequestedOutput(class_count=3) (classification), set_shared_memory
-    // on an input or output (system/CUDA shared memory), infer(sequence_id=…)
-    // (sequence). Ignoring them answers something else than asked.
+    // set_shared_memory on an input or output (system/CUDA shared memory),
+    // infer(sequence_id=…) (sequence). Ignoring them answers something else
+    // than asked.
     for (extension, body, names) in [
-        (
-            "classification",
-            json!({"inputs": [input], "outputs": [{"name": "out_INT8", "parameters": {"classification": 3}}]}),
-            "'classification'",
-        ),
         (
             "system_shared_memory",
             json!({"inputs": [input], "outputs": [{"name": "out_INT8",

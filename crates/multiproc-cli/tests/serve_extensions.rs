@@ -1,9 +1,11 @@
-//! `multiproc serve`'s statistics and model configuration extensions.
+//! `multiproc serve`'s Triton extensions: statistics, model configuration
+//! and classification.
 //! Statistics (Triton's `GET /v2/models[/{name}[/versions/{v}]]/stats`):
 //! per model version, the requests answered and failed with their time, the
 //! stages' time, the executions by batch size and the last inference's
 //! time. Configuration (`GET /v2/models/{name}[/versions/{v}]/config`):
-//! `config.toml` as Triton's `ModelConfig` JSON.
+//! `config.toml` as Triton's `ModelConfig` JSON. Classification (an
+//! output's parameter `classification`): its highest values, as strings.
 
 mod support;
 
@@ -173,5 +175,93 @@ fn a_models_configuration_is_given_as_tritons_model_config() {
     for path in ["/v2/models/nope/config", "/v2/models/digits/versions/9/config"] {
         assert_eq!(get_json(&s.url(path)).0, 404, "{path}");
     }
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+/// The strings of a BYTES output given as JSON.
+fn strings(output: &Value) -> Vec<String> {
+    output["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings() {
+    let repo = TempDir::new("classify");
+    digits_model(&repo.0);
+    write(&repo.0.join("echo/config.toml"), echo_config_for(0.0, &["INT8", "BYTES"]).as_bytes());
+    std::fs::create_dir_all(repo.0.join("echo/1")).unwrap();
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (_, meta) = get_json(&s.url("/v2"));
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("classification")), "{meta}");
+
+    // Three images: their top 3 classes against the raw probabilities.
+    let pixels: Vec<f32> = (0..3 * 64).map(|i| ((i * 37) % 17) as f32 / 16.0).collect();
+    let input = json!({"name": "input", "shape": [3, 64], "datatype": "FP32", "data": pixels});
+    let url = s.url("/v2/models/digits/infer");
+    let (status, raw) = post_json(&url, &json!({"inputs": [input]}));
+    assert_eq!(status, 200, "{raw}");
+    let probs: Vec<f32> =
+        raw["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let (status, top) = post_json(
+        &url,
+        &json!({"inputs": [input], "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]}),
+    );
+    assert_eq!(status, 200, "{top}");
+    let out = &top["outputs"][0];
+    assert_eq!(
+        [&out["name"], &out["datatype"], &out["shape"]],
+        [&json!("probabilities"), &json!("BYTES"), &json!([3, 3])]
+    );
+    for (row, classes) in strings(out).chunks(3).enumerate() {
+        let row_probs = &probs[row * 10..row * 10 + 10];
+        let mut expected: Vec<usize> = (0..10).collect();
+        expected.sort_by(|&a, &b| row_probs[b].total_cmp(&row_probs[a]));
+        let got: Vec<(f32, usize)> = classes
+            .iter()
+            .map(|c| {
+                let (value, index) = c.split_once(':').unwrap();
+                (value.parse().unwrap(), index.parse().unwrap())
+            })
+            .collect();
+        let want: Vec<(f32, usize)> = expected[..3].iter().map(|&i| (row_probs[i], i)).collect();
+        assert_eq!(got, want, "row {row}: {classes:?}");
+    }
+    // As binary: the same strings, 4-byte-length-prefixed after the JSON.
+    let (status, body, header) = call(
+        agent().post(&url).set("Content-Type", "application/json"),
+        Some(
+            json!({"inputs": [input], "outputs": [{"name": "probabilities",
+            "parameters": {"classification": 3, "binary_data": true}}]})
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(status, 200);
+    let n: usize = header.expect("Inference-Header-Content-Length").parse().unwrap();
+    let mut binary = Vec::new();
+    for s in strings(out) {
+        binary.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        binary.extend_from_slice(s.as_bytes());
+    }
+    assert_eq!(&body[n..], &binary[..]);
+
+    // No batch dimension: the whole output is one row, cut to its size.
+    let echo = s.url("/v2/models/echo/infer");
+    let int8 = json!({"name": "in_INT8", "shape": [3], "datatype": "INT8", "data": [-4, 9, 3]});
+    let text = json!({"name": "in_BYTES", "shape": [1], "datatype": "BYTES", "data": ["a"]});
+    let ask = |output: &str, classes: Value| {
+        post_json(
+            &echo,
+            &json!({"inputs": [int8, text], "outputs": [{"name": output, "parameters": {"classification": classes}}]}),
+        )
+    };
+    let (status, top) = ask("out_INT8", json!(5));
+    assert_eq!((status, &top["outputs"][0]["shape"]), (200, &json!([3])), "{top}");
+    assert_eq!(strings(&top["outputs"][0]), ["9:1", "3:2", "-4:0"]);
+    let (status, e) = ask("out_BYTES", json!(1));
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("not numeric"), "{e}");
+    let (status, e) = ask("out_INT8", json!("three"));
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("'classification'"), "{e}");
     assert_eq!(s.terminate().code(), Some(0));
 }

@@ -1,7 +1,7 @@
 //! Triton's own Python HTTP client (`tritonclient[http]`) against
 //! `multiproc serve`: metadata, inference with JSON and with binary tensors
 //! (FP32 and BYTES), gzip and deflate request bodies, the model configuration,
-//! statistics, errors.
+//! statistics, classification, errors.
 //!
 //! The client is installed on first use into a virtual environment under
 //! `target/py-venvs/tritonclient` (`python3 -m venv`, then `pip install
@@ -37,6 +37,7 @@ fn tritons_python_client_infers_with_json_and_binary_tensors() {
         "digits json == binary bit for bit",
         "digits deflate request ok",
         "statistics ok",
+        "classification ok",
         "text binary=True ok",
         "OK",
     ] {

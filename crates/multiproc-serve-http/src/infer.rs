@@ -14,7 +14,10 @@ use multiproc_serve::Request;
 use crate::app::{App, PathParams, parse_version};
 use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
-use crate::protocol::{DecodedRequest, HEADER_CONTENT_LENGTH, Tensor, decode_request, encode_response};
+use crate::protocol::{
+    DataType, DecodedRequest, HEADER_CONTENT_LENGTH, OutputWanted, ProtocolError, Tensor, classify, decode_request,
+    encode_response,
+};
 use crate::raw::raw_request;
 use crate::repository::{ModelConfig, TensorConfig};
 
@@ -186,6 +189,15 @@ where
             names(&config.outputs)
         )));
     }
+    if let Some(w) = outputs.iter().flatten().find(|w| {
+        w.classification.is_some()
+            && config.outputs.iter().any(|o| o.name == w.name && matches!(o.datatype, DataType::Bool | DataType::Bytes))
+    }) {
+        return Err(ApiError::bad_request(format!(
+            "output '{}' of model '{name}' is not numeric: it cannot be classified",
+            w.name
+        )));
+    }
     // The batcher counts rows, so one model call gets at most max_batch_size.
     let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 };
     let mut request = Request::new(name, inputs).maybe_version(version).rows(rows);
@@ -194,9 +206,11 @@ where
     }
     let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(request);
     let reply = app.lone.wait(answer).await?;
+    let model_failed = |e: ProtocolError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0);
+    let produced = classified(reply.output, outputs.as_deref(), config.max_batch_size > 0).map_err(model_failed)?;
     let encoded =
-        encode_response(name, &reply.version.to_string(), id, reply.output, outputs.as_deref(), binary_output_default)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0))?;
+        encode_response(name, &reply.version.to_string(), id, produced, outputs.as_deref(), binary_output_default)
+            .map_err(model_failed)?;
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();
     match encoded.header_length {
@@ -209,6 +223,23 @@ where
         }
     }
     Ok(response)
+}
+
+/// The model's outputs with those asked for with a `classification`
+/// replaced by their classes (see [`classify`]).
+fn classified(
+    outputs: Vec<Tensor>,
+    wanted: Option<&[OutputWanted]>,
+    batched: bool,
+) -> Result<Vec<Tensor>, ProtocolError> {
+    let Some(wanted) = wanted.filter(|w| w.iter().any(|w| w.classification.is_some())) else { return Ok(outputs) };
+    outputs
+        .into_iter()
+        .map(|t| match wanted.iter().find(|w| w.name == t.name()).and_then(|w| w.classification) {
+            Some(n) => classify(&t, n, batched),
+            None => Ok(t),
+        })
+        .collect()
 }
 
 fn names(list: &[TensorConfig]) -> String {

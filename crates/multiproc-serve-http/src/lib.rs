@@ -30,11 +30,13 @@
 //! old version drains), `GET /v2/models[/{m}[/versions/{v}]]/stats`
 //! (Triton's statistics extension, see [`stats`]),
 //! `GET /v2/models/{m}[/versions/{v}]/config` (Triton's model configuration
-//! extension, see [`model_config`]), `GET /metrics`. An
-//! inference body may also be
-//! Triton's raw binary request (`Inference-Header-Content-Length: 0`: the one
-//! input's bytes alone, its shape deduced from their size, every output
-//! binary). Health and readiness answer the
+//! extension, see [`model_config`]), `GET /metrics`. An output asked for
+//! with the parameter `"classification": n` comes back as its `n` highest
+//! values (Triton's classification extension, see
+//! [`protocol::classify`]). An inference body may also be Triton's raw
+//! binary request (`Inference-Header-Content-Length: 0`: the one input's
+//! bytes alone, its shape deduced from their size, every output binary).
+//! Health and readiness answer the
 //! protocol's `{"live": true}`, `{"ready": true}` and
 //! `{"name": …, "ready": true}`. Errors are `{"error": "..."}` with
 //! these statuses:

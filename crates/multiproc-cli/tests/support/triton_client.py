@@ -59,6 +59,19 @@ assert entry["inference_count"] == 4 * len(x) and entry["last_inference"] > 0, e
 assert sum(b["compute_infer"]["count"] for b in entry["batch_stats"]) == entry["execution_count"], entry
 print("statistics ok")
 
+# Classification: the top 3 classes of each image, "<value>:<index>", against the probabilities.
+for binary in (False, True):
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+    top = client.infer("digits", [inp], outputs=[out]).as_numpy("probabilities")
+    assert top.shape == (len(x), 3), top.shape
+    for row, classes in zip(probs[True], top):
+        pairs = [(c if isinstance(c, bytes) else c.encode()).decode().split(":") for c in classes]
+        assert [int(i) for _, i in pairs] == list(np.argsort(-row, kind="stable")[:3]), (row, classes)
+        assert [np.float32(v) for v, _ in pairs] == [row[int(i)] for _, i in pairs], (row, classes)
+print("classification ok")
+
 for binary in (False, True):
     inp = httpclient.InferInput("text", [2], "BYTES")
     inp.set_data_from_numpy(np.array([b"hello big world", "h\u00e9 x".encode()], dtype=np.object_), binary_data=binary)

@@ -8,6 +8,7 @@
 //! arithmetic before anything is allocated or sliced, and every failure is a
 //! [`ProtocolError`] saying which input or output and what was wrong.
 
+pub mod classification;
 pub mod fuzz;
 pub mod json_data;
 pub mod messages;
@@ -21,6 +22,7 @@ pub mod tensor {
     pub use multiproc_serve::{DataType, Tensor};
 }
 
+pub use classification::classify;
 pub use messages::{
     ErrorBody, InferRequestBody, InferResponseBody, ModelMetadata, RepositoryEntry, RequestInput, RequestOutput,
     ResponseOutput, ServerMetadata, TensorMetadata,
@@ -47,4 +49,5 @@ impl ProtocolError {
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
 /// The extensions `GET /v2` lists.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "model_repository", "statistics"];
+pub const EXTENSIONS: &[&str] =
+    &["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"];

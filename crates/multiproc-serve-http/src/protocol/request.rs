@@ -9,13 +9,16 @@ use super::messages::InferRequestBody;
 use super::tensor::{DataType, Tensor, element_count};
 use super::{ProtocolError, json_data};
 
-/// An output the client asked for, and whether it wants it as binary data.
+/// An output the client asked for, and how it wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputWanted {
     /// The output's name.
     pub name: String,
     /// Send it after the JSON as binary data.
     pub binary: bool,
+    /// Its `n` highest values instead of its data (Triton's classification
+    /// extension, see [`super::classify`]).
+    pub classification: Option<usize>,
 }
 
 /// A checked inference request.
@@ -208,10 +211,26 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
                     return Err(ProtocolError::new(format!("output '{}' is asked for twice", o.name)));
                 }
                 let whose = format!("output '{}'", o.name);
-                let unoffered = [("classification", "classification"), ("shared_memory_region", "shared memory")];
-                refuse_unoffered(&o.parameters, &unoffered, || whose.clone())?;
+                refuse_unoffered(&o.parameters, &[("shared_memory_region", "shared memory")], || whose.clone())?;
                 let binary = bool_param(&o.parameters, "binary_data", &whose)?;
-                wanted.push(OutputWanted { name: o.name, binary: binary.unwrap_or(binary_output_default) });
+                // 0 is no classification, as tritonclient's class_count=0.
+                let classification = match o.parameters.as_ref().and_then(|p| p.get("classification")) {
+                    None => None,
+                    Some(v) => match v.as_u64().map(usize::try_from) {
+                        Some(Ok(0)) => None,
+                        Some(Ok(n)) => Some(n),
+                        _ => {
+                            return Err(ProtocolError::new(format!(
+                                "{whose}: parameter 'classification' is {v}, expected a whole number of classes"
+                            )));
+                        }
+                    },
+                };
+                wanted.push(OutputWanted {
+                    name: o.name,
+                    binary: binary.unwrap_or(binary_output_default),
+                    classification,
+                });
             }
             Some(wanted)
         }
