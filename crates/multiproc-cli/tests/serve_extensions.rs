@@ -161,6 +161,7 @@ fn a_models_configuration_is_given_as_tritons_model_config() {
         [&json!(0), &json!(4096)],
         "{digits}"
     );
+    assert_eq!(digits["output"][0]["label_filename"], "", "no label file");
     assert_eq!(get_json(&s.url("/v2/models/digits/versions/1/config")).1, digits);
 
     let (status, echo) = get_json(&s.url("/v2/models/echo/config"));
@@ -187,6 +188,12 @@ fn strings(output: &Value) -> Vec<String> {
 fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings() {
     let repo = TempDir::new("classify");
     digits_model(&repo.0);
+    // Digits names its classes (a label file beside config.toml).
+    let config = std::fs::read_to_string(repo.0.join("digits/config.toml")).unwrap();
+    let labelled = config.replace("dims = [10]", "dims = [10]\nlabels = \"labels.txt\"");
+    write(&repo.0.join("digits/config.toml"), labelled.as_bytes());
+    let names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+    write(&repo.0.join("digits/labels.txt"), names.join("\n").as_bytes());
     write(&repo.0.join("echo/config.toml"), echo_config_for(0.0, &["INT8", "BYTES"]).as_bytes());
     std::fs::create_dir_all(repo.0.join("echo/1")).unwrap();
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
@@ -215,14 +222,14 @@ fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings()
         let row_probs = &probs[row * 10..row * 10 + 10];
         let mut expected: Vec<usize> = (0..10).collect();
         expected.sort_by(|&a, &b| row_probs[b].total_cmp(&row_probs[a]));
-        let got: Vec<(f32, usize)> = classes
+        let got: Vec<(f32, usize, &str)> = classes
             .iter()
             .map(|c| {
-                let (value, index) = c.split_once(':').unwrap();
-                (value.parse().unwrap(), index.parse().unwrap())
+                let [value, index, label] = c.split(':').collect::<Vec<_>>()[..] else { panic!("{c}") };
+                (value.parse().unwrap(), index.parse().unwrap(), label)
             })
             .collect();
-        let want: Vec<(f32, usize)> = expected[..3].iter().map(|&i| (row_probs[i], i)).collect();
+        let want: Vec<(f32, usize, &str)> = expected[..3].iter().map(|&i| (row_probs[i], i, names[i])).collect();
         assert_eq!(got, want, "row {row}: {classes:?}");
     }
     // As binary: the same strings, 4-byte-length-prefixed after the JSON.
@@ -243,6 +250,9 @@ fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings()
         binary.extend_from_slice(s.as_bytes());
     }
     assert_eq!(&body[n..], &binary[..]);
+
+    let (_, config) = get_json(&s.url("/v2/models/digits/config"));
+    assert_eq!(config["output"][0]["label_filename"], "labels.txt", "{config}");
 
     // No batch dimension: the whole output is one row, cut to its size.
     let echo = s.url("/v2/models/echo/infer");

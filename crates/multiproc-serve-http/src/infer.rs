@@ -207,7 +207,7 @@ where
     let answer = app.core.infer_async::<Vec<Tensor>, Vec<Tensor>>(request);
     let reply = app.lone.wait(answer).await?;
     let model_failed = |e: ProtocolError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0);
-    let produced = classified(reply.output, outputs.as_deref(), config.max_batch_size > 0).map_err(model_failed)?;
+    let produced = classified(reply.output, outputs.as_deref(), &config).map_err(model_failed)?;
     let encoded =
         encode_response(name, &reply.version.to_string(), id, produced, outputs.as_deref(), binary_output_default)
             .map_err(model_failed)?;
@@ -226,17 +226,22 @@ where
 }
 
 /// The model's outputs with those asked for with a `classification`
-/// replaced by their classes (see [`classify`]).
+/// replaced by their classes (see [`classify`]), named by the labels of
+/// their configuration.
 fn classified(
     outputs: Vec<Tensor>,
     wanted: Option<&[OutputWanted]>,
-    batched: bool,
+    config: &ModelConfig,
 ) -> Result<Vec<Tensor>, ProtocolError> {
     let Some(wanted) = wanted.filter(|w| w.iter().any(|w| w.classification.is_some())) else { return Ok(outputs) };
+    let labels = |name: &str| {
+        let configured = config.outputs.iter().find(|o| o.name == name).and_then(|o| o.labels.as_ref());
+        configured.map_or(&[][..], |l| &l.names[..])
+    };
     outputs
         .into_iter()
         .map(|t| match wanted.iter().find(|w| w.name == t.name()).and_then(|w| w.classification) {
-            Some(n) => classify(&t, n, batched),
+            Some(n) => classify(&t, n, config.max_batch_size > 0, labels(t.name())),
             None => Ok(t),
         })
         .collect()

@@ -44,7 +44,8 @@ pub fn triton_config(name: &str, c: &ModelConfig) -> Value {
         .outputs
         .iter()
         .map(|t| {
-            json!({"name": t.name, "data_type": triton_type(t), "dims": t.dims, "label_filename": "",
+            let label_filename = t.labels.as_ref().map_or("", |l| l.file.as_str());
+            json!({"name": t.name, "data_type": triton_type(t), "dims": t.dims, "label_filename": label_filename,
                 "is_shape_tensor": false})
         })
         .collect::<Vec<_>>();

@@ -1,13 +1,15 @@
 //! Triton's classification extension: an output asked for with the
 //! parameter `"classification": n` comes back as its `n` highest values
 //! instead of its raw data, each as the string `"<value>:<index>"` in a
-//! BYTES tensor, highest first (equal values: the lower index first).
+//! BYTES tensor, highest first (equal values: the lower index first), or
+//! `"<value>:<index>:<label>"` when the output's configuration names its
+//! classes (a label file) and the index has a name.
 //!
 //! For a model with a batch dimension each row of the batch is classified
 //! on its own, and the answer's shape is `[rows, n]`; without one the whole
 //! output is one row, and the shape is `[n]`. `n` is cut to the number of
 //! values a row has. Only numeric outputs classify; NaN ranks below every
-//! number. This server has no label files, so no string carries a label.
+//! number.
 
 use super::ProtocolError;
 use super::tensor::{DataType, Tensor};
@@ -76,22 +78,25 @@ fn text(dt: DataType, v: Value) -> String {
 }
 
 /// The `count` highest values of each row of `t` (see the module docs);
-/// `batched`: the model has a batch dimension, `t`'s first.
+/// `batched`: the model has a batch dimension, `t`'s first; `labels`: the
+/// name of each class, by index (empty: none).
 ///
 /// ```
 /// use multiproc_serve_http::protocol::{DataType, Tensor, classify};
 /// let probs: Vec<u8> = [0.1f32, 0.7, 0.2, 0.5, 0.25, 0.25].iter().flat_map(|v| v.to_le_bytes()).collect();
 /// let t = Tensor::new("p", DataType::Fp32, vec![2, 3], probs).unwrap();
-/// let top = classify(&t, 2, true).unwrap();
+/// let top = classify(&t, 2, true, &[]).unwrap();
 /// assert_eq!((top.datatype(), top.shape()), (DataType::Bytes, &[2, 2][..]));
 /// let strings: Vec<String> = top.items().unwrap().into_iter().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect();
 /// assert_eq!(strings, ["0.7:1", "0.2:2", "0.5:0", "0.25:1"]);
+/// let named = classify(&t, 1, true, &["cat".into(), "dog".into()]).unwrap();
+/// assert_eq!(named.items().unwrap(), [&b"0.7:1:dog"[..], b"0.5:0:cat"]);
 /// ```
 ///
 /// # Errors
 ///
 /// A BOOL or BYTES output.
-pub fn classify(t: &Tensor, count: usize, batched: bool) -> Result<Tensor, ProtocolError> {
+pub fn classify(t: &Tensor, count: usize, batched: bool, labels: &[String]) -> Result<Tensor, ProtocolError> {
     let values = values(t)?;
     let rows = if batched { t.shape().first().copied().unwrap_or(1) } else { 1 };
     let per_row = values.len().checked_div(rows).unwrap_or(0);
@@ -103,7 +108,10 @@ pub fn classify(t: &Tensor, count: usize, batched: bool) -> Result<Tensor, Proto
         order.extend(0..row.len());
         // Stable: equal values keep the lower index first.
         order.sort_by(|&a, &b| Value::rank(&row[a], &row[b]));
-        strings.extend(order[..n].iter().map(|&i| format!("{}:{i}", text(t.datatype(), row[i]))));
+        strings.extend(order[..n].iter().map(|&i| match labels.get(i) {
+            Some(label) => format!("{}:{i}:{label}", text(t.datatype(), row[i])),
+            None => format!("{}:{i}", text(t.datatype(), row[i])),
+        }));
     }
     let shape = if batched { vec![rows, n] } else { vec![n] };
     Tensor::from_items(t.name(), shape, strings.iter().map(String::as_bytes))
@@ -122,22 +130,22 @@ mod tests {
     fn integers_rank_exactly_and_nan_ranks_last() {
         let big: Vec<u8> = [i64::MAX, i64::MAX - 1, -5].iter().flat_map(|v| v.to_le_bytes()).collect();
         let t = Tensor::new("x", DataType::Int64, vec![3], big).unwrap();
-        let top = classify(&t, 5, false).unwrap();
+        let top = classify(&t, 5, false, &[]).unwrap();
         assert_eq!(top.shape(), [3], "cut to the values there are");
         assert_eq!(strings(&top), [format!("{}:0", i64::MAX), format!("{}:1", i64::MAX - 1), "-5:2".into()]);
         let f: Vec<u8> = [f64::NAN, 1.5, f64::NEG_INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect();
         let t = Tensor::new("y", DataType::Fp64, vec![3], f).unwrap();
-        assert_eq!(strings(&classify(&t, 3, false).unwrap()), ["1.5:1", "-inf:2", "NaN:0"]);
+        assert_eq!(strings(&classify(&t, 3, false, &[]).unwrap()), ["1.5:1", "-inf:2", "NaN:0"]);
         let u: Vec<u8> = vec![3, 200, 200, 7];
         let t = Tensor::new("z", DataType::Uint8, vec![2, 2], u).unwrap();
-        assert_eq!(strings(&classify(&t, 1, true).unwrap()), ["200:1", "200:0"], "one row each");
+        assert_eq!(strings(&classify(&t, 1, true, &[]).unwrap()), ["200:1", "200:0"], "one row each");
         let empty = Tensor::new("e", DataType::Fp32, vec![0, 4], vec![]).unwrap();
-        assert_eq!(classify(&empty, 2, true).unwrap().shape(), [0, 0]);
+        assert_eq!(classify(&empty, 2, true, &[]).unwrap().shape(), [0, 0]);
     }
 
     #[test]
     fn bool_and_bytes_outputs_do_not_classify() {
         let t = Tensor::new("b", DataType::Bool, vec![2], vec![1, 0]).unwrap();
-        assert!(classify(&t, 1, false).unwrap_err().0.contains("numeric"));
+        assert!(classify(&t, 1, false, &[]).unwrap_err().0.contains("numeric"));
     }
 }

@@ -18,6 +18,8 @@
 //! name = "probabilities"
 //! datatype = "FP32"
 //! dims = [10]
+//! labels = "labels.txt"        # optional, a file beside config.toml: the name of class i on line i + 1,
+//!                              # added to the answers of Triton's classification extension
 //!
 //! [batching]
 //! max_queue_delay_us = 500     # a partial batch waits up to this long for more rows; 0: an idle worker takes it at once
@@ -83,6 +85,19 @@ pub struct TensorConfig {
     pub datatype: DataType,
     /// The dimensions after the batch dimension; -1 = any size.
     pub dims: Vec<i64>,
+    /// An output's class names (see [`Labels`]).
+    pub labels: Option<Labels>,
+}
+
+/// The class names of an output, from a file beside `config.toml` (Triton's
+/// `label_filename`): line `i + 1` names class `i`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// The file's name, in the model's directory.
+    pub file: String,
+    /// The names, one per line of the file (empty until
+    /// [`ModelConfig::load`] reads it; [`ModelConfig::parse`] does not).
+    pub names: Vec<String>,
 }
 
 /// Which versions are served.
@@ -168,6 +183,8 @@ struct RawTensor {
     name: String,
     datatype: String,
     dims: Vec<i64>,
+    #[serde(default)]
+    labels: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,9 +277,18 @@ impl ModelConfig {
     /// The file cannot be read, is not TOML, or a field is missing, unknown
     /// or out of range.
     pub fn load(file: &Path) -> Result<ModelConfig, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError { file: file.to_path_buf(), reason: format!("cannot read: {e}") })?;
-        ModelConfig::parse(&text).map_err(|reason| ConfigError { file: file.to_path_buf(), reason })
+        let error = |reason| ConfigError { file: file.to_path_buf(), reason };
+        let text = std::fs::read_to_string(file).map_err(|e| error(format!("cannot read: {e}")))?;
+        let mut config = ModelConfig::parse(&text).map_err(error)?;
+        let dir = file.parent().unwrap_or(Path::new("."));
+        for (i, output) in config.outputs.iter_mut().enumerate() {
+            let Some(labels) = &mut output.labels else { continue };
+            let path = dir.join(&labels.file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| error(format!("field `output[{i}].labels`: cannot read {}: {e}", path.display())))?;
+            labels.names = text.lines().map(str::to_string).collect();
+        }
+        Ok(config)
     }
 
     /// Parses and checks configuration text; the error names the field.
@@ -410,7 +436,20 @@ fn tensors(kind: &str, raw: Vec<RawTensor>) -> Result<Vec<TensorConfig>, String>
         if let Some(d) = t.dims.iter().find(|&&d| d < -1) {
             return Err(format!("field `{field}.dims`: {d}; expected sizes >= 0, or -1 for a variable size"));
         }
-        out.push(TensorConfig { name: t.name, datatype, dims: t.dims });
+        let labels = match t.labels {
+            None => None,
+            Some(_) if kind == "input" => return Err(format!("field `{field}.labels`: only an output has labels")),
+            Some(_) if matches!(datatype, DataType::Bool | DataType::Bytes) => {
+                return Err(format!("field `{field}.labels`: a {datatype} output has no classes to name"));
+            }
+            Some(file) if file.is_empty() || file.starts_with('.') || file.contains(['/', '\\']) => {
+                return Err(format!(
+                    "field `{field}.labels`: {file:?}; expected the name of a file beside config.toml"
+                ));
+            }
+            Some(file) => Some(Labels { file, names: Vec::new() }),
+        };
+        out.push(TensorConfig { name: t.name, datatype, dims: t.dims, labels });
     }
     Ok(out)
 }
@@ -495,5 +534,38 @@ dims = [3]
         assert!(bad("[restart]\ncrash_window_ms = 0").starts_with("field `restart.crash_window_ms`: 0"));
         assert!(bad("[timeouts]\ndrain_ms = 0").starts_with("field `timeouts.drain_ms`: 0"));
         assert!(bad("[restart]\nbackoff_ms = 5").contains("unknown field `backoff_ms`"));
+    }
+
+    #[test]
+    fn an_outputs_labels_are_read_from_beside_the_config_and_checked() {
+        let labelled = GOOD.replace("dims = [3]", "dims = [3]\nlabels = \"classes.txt\"");
+        // Removed however the test ends.
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let scratch = Scratch(std::env::temp_dir().join(format!("multiproc-labels-{}", std::process::id())));
+        let dir = &scratch.0;
+        std::fs::create_dir_all(dir).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(&file, &labelled).unwrap();
+        let missing = ModelConfig::load(&file).unwrap_err();
+        assert!(missing.reason.starts_with("field `output[0].labels`: cannot read"), "{missing}");
+        std::fs::write(dir.join("classes.txt"), "cat\ndog\r\nbird\n").unwrap();
+        let labels = ModelConfig::load(&file).unwrap().outputs[0].labels.clone().unwrap();
+        assert_eq!(
+            (labels.file.as_str(), &labels.names[..]),
+            ("classes.txt", &["cat", "dog", "bird"].map(String::from)[..])
+        );
+        let bad = |from: &str, to: &str| ModelConfig::parse(&GOOD.replace(from, to)).unwrap_err();
+        assert!(bad("dims = [-1, 3]", "dims = [-1, 3]\nlabels = \"l.txt\"").contains("only an output has labels"));
+        let e = ModelConfig::parse(&labelled.replace("\"FP32\"\ndims = [3]", "\"BYTES\"\ndims = [3]")).unwrap_err();
+        assert!(e.contains("a BYTES output has no classes to name"), "{e}");
+        for path in ["../up.txt", "sub/l.txt", ".hidden", ""] {
+            let e = bad("dims = [3]", &format!("dims = [3]\nlabels = {path:?}"));
+            assert!(e.contains("expected the name of a file beside config.toml"), "{path}: {e}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use multiproc_serve::command::{CommandConfig, CommandModel};
 use multiproc_serve::{ModelSettings, ModelSpec, ServeError, Server, StartMode, VersionPolicy};
 
-pub use config::{ConfigError, ModelConfig, Platform, TensorConfig, VersionChoice};
+pub use config::{ConfigError, Labels, ModelConfig, Platform, TensorConfig, VersionChoice};
 
 use crate::onnx::{OnnxConfig, OnnxRunner, OnnxTensorSpec};
 
