@@ -60,6 +60,9 @@ pub struct InferArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = multiproc_serve_http::client::DEFAULT_TIMEOUT.as_secs(),
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
+    /// Print each output's N highest values, as `value:index[:label]`, instead of its data (Triton's classification).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    classification: Option<u64>,
 }
 
 /// Watches SIGTERM and SIGINT from now on (not from the first poll, as
@@ -237,6 +240,7 @@ pub fn infer(args: InferArgs) -> ExitCode {
         &args.model,
         args.model_version,
         given,
+        args.classification.and_then(|n| usize::try_from(n).ok()),
         Duration::from_secs(args.timeout),
     ) {
         Ok(lines) => {

@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -250,6 +251,21 @@ fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings()
         binary.extend_from_slice(s.as_bytes());
     }
     assert_eq!(&body[n..], &binary[..]);
+
+    // `multiproc infer --classification 2` on the first image: its top two
+    // classes, printed (values aside: a batch of one may round differently).
+    let first = json!({"input": pixels[..64]}).to_string();
+    let run = run_with_limit(
+        Command::new(EXE).args(["infer", "digits", &first, "--classification", "2", "--url", &s.base]),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout} {}", String::from_utf8_lossy(&run.stderr));
+    let line = stdout.lines().find_map(|l| l.strip_prefix("probabilities BYTES [1,2] ")).expect(&stdout);
+    let printed: Vec<String> = serde_json::from_str(line).unwrap();
+    let without_value = |c: &String| c.split_once(':').unwrap().1.to_string();
+    let batched: Vec<String> = strings(out)[..2].iter().map(without_value).collect();
+    assert_eq!(printed.iter().map(without_value).collect::<Vec<_>>(), batched, "{stdout}");
 
     let (_, config) = get_json(&s.url("/v2/models/digits/config"));
     assert_eq!(config["output"][0]["label_filename"], "labels.txt", "{config}");

@@ -264,10 +264,38 @@ pub fn build_request(meta: &ModelMetadata, given: Value) -> Result<Value, Client
 const PATH_SEGMENT: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
+/// Asks for the `n` highest values of each output the request lists (of
+/// each numeric output of the model when it lists none) instead of their
+/// data: Triton's classification extension.
+///
+/// # Errors
+///
+/// The model has no numeric output.
+pub fn ask_classification(meta: &ModelMetadata, request: &mut Value, n: usize) -> Result<(), ClientError> {
+    let parameters = json!({"classification": n});
+    match request.get_mut("outputs").and_then(Value::as_array_mut).filter(|o| !o.is_empty()) {
+        Some(listed) => listed.iter_mut().for_each(|o| o["parameters"]["classification"] = json!(n)),
+        None => {
+            let numeric: Vec<Value> = meta
+                .outputs
+                .iter()
+                .filter(|o| !matches!(o.datatype.as_str(), "BOOL" | "BYTES"))
+                .map(|o| json!({"name": o.name, "parameters": parameters}))
+                .collect();
+            if numeric.is_empty() {
+                return Err(ClientError::Input(format!("model '{}' has no numeric output to classify", meta.name)));
+            }
+            request["outputs"] = Value::Array(numeric);
+        }
+    }
+    Ok(())
+}
+
 /// Runs one inference and returns the response's outputs, one line each:
-/// `name DATATYPE [shape] data`. Each of its two requests (the model's
-/// metadata, then the inference) gives up after `timeout` (see
-/// [`DEFAULT_TIMEOUT`]).
+/// `name DATATYPE [shape] data`; with `classification`, each output as its
+/// that many highest values (see [`ask_classification`]). Each of its two
+/// requests (the model's metadata, then the inference) gives up after
+/// `timeout` (see [`DEFAULT_TIMEOUT`]).
 ///
 /// # Errors
 ///
@@ -279,6 +307,7 @@ pub fn infer(
     model: &str,
     version: Option<u64>,
     given: Value,
+    classification: Option<usize>,
     timeout: Duration,
 ) -> Result<Vec<String>, ClientError> {
     let client = Client::new(timeout);
@@ -292,7 +321,10 @@ pub fn infer(
     };
     let meta: ModelMetadata = serde_json::from_value(client.call("GET", &model_url, None)?)
         .map_err(|e| ClientError::Input(format!("unexpected model metadata: {e}")))?;
-    let request = build_request(&meta, given)?;
+    let mut request = build_request(&meta, given)?;
+    if let Some(n) = classification {
+        ask_classification(&meta, &mut request, n)?;
+    }
     let response = client.call("POST", &format!("{model_url}/infer"), Some(&request))?;
     let outputs = response["outputs"].as_array().cloned().unwrap_or_default();
     let version = response["model_version"].as_str().unwrap_or("?").to_string();
@@ -312,7 +344,35 @@ pub fn infer(
 
 #[cfg(test)]
 mod tests {
-    use super::quoted_start;
+    use super::{ask_classification, quoted_start};
+    use crate::protocol::{ModelMetadata, TensorMetadata};
+    use serde_json::json;
+
+    #[test]
+    fn classification_is_asked_of_the_listed_outputs_or_of_every_numeric_one() {
+        let tensor = |name: &str, datatype: &str| TensorMetadata {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: vec![-1],
+        };
+        let meta = ModelMetadata {
+            name: "m".into(),
+            versions: vec![],
+            platform: String::new(),
+            inputs: vec![],
+            outputs: vec![tensor("p", "FP32"), tensor("s", "BYTES"), tensor("q", "INT64")],
+        };
+        let mut request = json!({"inputs": []});
+        ask_classification(&meta, &mut request, 3).unwrap();
+        let c = json!({"classification": 3});
+        assert_eq!(request["outputs"], json!([{"name": "p", "parameters": c}, {"name": "q", "parameters": c}]));
+        let mut listed = json!({"inputs": [], "outputs": [{"name": "q", "parameters": {"binary_data": true}}]});
+        ask_classification(&meta, &mut listed, 2).unwrap();
+        assert_eq!(listed["outputs"], json!([{"name": "q", "parameters": {"binary_data": true, "classification": 2}}]));
+        let text = ModelMetadata { outputs: vec![tensor("s", "BYTES")], ..meta };
+        let e = ask_classification(&text, &mut json!({"inputs": []}), 1).unwrap_err();
+        assert!(e.to_string().contains("no numeric output"), "{e}");
+    }
 
     #[test]
     fn the_start_of_an_answer_is_quoted_escaped_and_cut_short() {
