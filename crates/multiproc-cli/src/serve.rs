@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// Threads handling HTTP (default: one per CPU).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     http_threads: Option<u16>,
+    /// Let clients register shared memory regions and pass tensors through them (Triton's system shared memory
+    /// extension). Only for clients this machine trusts: they may read and write any shared memory object this
+    /// server's user can open.
+    #[arg(long)]
+    allow_client_shm: bool,
 }
 
 /// Options of `multiproc infer`.
@@ -156,6 +161,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             body_limit: args.max_body_bytes,
             body_timeout: Duration::from_secs(args.body_timeout_secs),
             header_timeout: Duration::from_secs(args.header_timeout_secs),
+            allow_client_shm: args.allow_client_shm,
         },
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -291,3 +291,98 @@ fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings()
     assert!(e["error"].as_str().unwrap().contains("'classification'"), "{e}");
     assert_eq!(s.terminate().code(), Some(0));
 }
+
+#[test]
+fn tensors_pass_through_client_shared_memory_regions_only_when_allowed() {
+    let repo = TempDir::new("shm");
+    write(&repo.0.join("echo/config.toml"), echo_config_for(0.0, &["INT8", "BYTES"]).as_bytes());
+    std::fs::create_dir_all(repo.0.join("echo/1")).unwrap();
+    let name = format!("multiproc-test-shm-{}", std::process::id());
+    // Removed by its creator's drop, however the test ends.
+    let shm = multiproc::SharedMemory::create(&name, 256).unwrap();
+    let key = format!("/{name}");
+    let text = json!({"name": "in_BYTES", "shape": [1], "datatype": "BYTES", "data": ["hi"]});
+    let int8_at = |offset: u64, size: u64| {
+        json!({"name": "in_INT8", "shape": [3], "datatype": "INT8", "parameters":
+            {"shared_memory_region": "io", "shared_memory_byte_size": size, "shared_memory_offset": offset}})
+    };
+
+    // Off unless asked for: not listed, registration and use refused.
+    let mut off = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let (_, meta) = get_json(&off.url("/v2"));
+    assert!(!meta["extensions"].as_array().unwrap().contains(&json!("system_shared_memory")), "{meta}");
+    let (status, e) = post_json(
+        &off.url("/v2/systemsharedmemory/region/io/register"),
+        &json!({"key": key, "offset": 0, "byte_size": 8}),
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("--allow-client-shm"), "{e}");
+    let (status, e) = post_json(&off.url("/v2/models/echo/infer"), &json!({"inputs": [int8_at(0, 3), text]}));
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("not supported"), "{e}");
+    assert_eq!(off.terminate().code(), Some(0));
+
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--allow-client-shm"]);
+    let (_, meta) = get_json(&s.url("/v2"));
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("system_shared_memory")), "{meta}");
+    let register = |region: &str, body: Value| {
+        post_json(&s.url(&format!("/v2/systemsharedmemory/region/{region}/register")), &body)
+    };
+    // The region is bytes 8..208 of the object; offsets in requests count from its start.
+    assert_eq!(register("io", json!({"key": key, "offset": 8, "byte_size": 200})).0, 200);
+    let refused = [
+        ("io", json!({"key": key, "offset": 0, "byte_size": 8}), "already registered"),
+        ("big", json!({"key": key, "offset": 100, "byte_size": 200}), "outside"),
+        ("gone", json!({"key": "/multiproc-test-shm-none", "byte_size": 8}), "cannot open"),
+        ("nosize", json!({"key": key}), "'byte_size'"),
+    ];
+    for (region, body, says) in refused {
+        let (status, e) = register(region, body);
+        assert_eq!(status, 400, "{region}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{region}: {e}");
+    }
+    let (status, listed) = get_json(&s.url("/v2/systemsharedmemory/status"));
+    assert_eq!((status, listed), (200, json!([{"name": "io", "key": key, "offset": 8, "byte_size": 200}])));
+
+    // INT8 input at region bytes 8..11 (object 16..19); its output to region 56.. (object 64..).
+    shm.write_at(16, &[5, 0xff, 7]).unwrap();
+    let url = s.url("/v2/models/echo/infer");
+    let out_at = |size: u64| {
+        json!({"name": "out_INT8", "parameters":
+        {"shared_memory_region": "io", "shared_memory_byte_size": size, "shared_memory_offset": 56}})
+    };
+    let (status, r) =
+        post_json(&url, &json!({"inputs": [int8_at(8, 3), text], "outputs": [out_at(16), {"name": "out_BYTES"}]}));
+    assert_eq!(status, 200, "{r}");
+    let params = json!({"shared_memory_region": "io", "shared_memory_byte_size": 3, "shared_memory_offset": 56});
+    assert_eq!((&r["outputs"][0]["parameters"], r["outputs"][0].get("data")), (&params, None), "{r}");
+    assert_eq!(r["outputs"][1]["data"], json!(["hi"]), "the other output as usual");
+    let mut written = [0u8; 3];
+    shm.read_at(64, &mut written).unwrap();
+    assert_eq!(written, [5, 0xff, 7]);
+
+    let bad = [
+        (json!({"inputs": [int8_at(8, 3), text], "outputs": [out_at(2)]}), "more than the 2"),
+        (json!({"inputs": [int8_at(199, 3), text]}), "outside shared memory region 'io'"),
+        (json!({"inputs": [int8_at(8, 2), text]}), "in_INT8"),
+        (
+            json!({"inputs": [{"name": "in_INT8", "shape": [3], "datatype": "INT8",
+                "parameters": {"shared_memory_region": "io"}}, text]}),
+            "go together",
+        ),
+    ];
+    for (body, says) in bad {
+        let (status, e) = post_json(&url, &body);
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{says}: {e}");
+    }
+    let unregister = s.url("/v2/systemsharedmemory/region/io/unregister");
+    assert_eq!(call(agent().post(&unregister), Some(b"")).0, 200);
+    assert_eq!(get_json(&s.url("/v2/systemsharedmemory/region/io/status")).0, 400);
+    let (status, e) = post_json(&url, &json!({"inputs": [int8_at(8, 3), text]}));
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("no shared memory region 'io'"), "{e}");
+    assert_eq!(call(agent().post(&s.url("/v2/systemsharedmemory/unregister")), Some(b"")).0, 200);
+    assert_eq!(get_json(&s.url("/v2/systemsharedmemory/status")).1, json!([]));
+    assert_eq!(s.terminate().code(), Some(0));
+}

@@ -1,7 +1,8 @@
 //! Triton's own Python HTTP client (`tritonclient[http]`) against
 //! `multiproc serve`: metadata, inference with JSON and with binary tensors
 //! (FP32 and BYTES), gzip and deflate request bodies, the model configuration,
-//! statistics, classification, errors.
+//! statistics, classification, errors; and tensors passed through system
+//! shared memory.
 //!
 //! The client is installed on first use into a virtual environment under
 //! `target/py-venvs/tritonclient` (`python3 -m venv`, then `pip install
@@ -41,6 +42,21 @@ fn tritons_python_client_infers_with_json_and_binary_tensors() {
         "text binary=True ok",
         "OK",
     ] {
+        assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
+    }
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+#[test]
+fn tritons_python_client_passes_tensors_through_system_shared_memory() {
+    let python = venv();
+    let mut s = Served::start(&["--allow-client-shm"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/triton_shm.py");
+    let hostport = s.base.trim_start_matches("http://").to_string();
+    let out = run_with_limit(Command::new(python).arg(script).arg(&hostport), Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tritonclient script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for line in ["registered ok", "shared memory == plain bit for bit", "OK"] {
         assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
     }
     assert_eq!(s.terminate().code(), Some(0));

@@ -1,6 +1,6 @@
 //! The router and the thin handlers of everything but inference,
-//! statistics and model configurations: health, metadata, readiness, the
-//! repository extension and `/metrics`.
+//! statistics, model configurations and shared memory: health, metadata,
+//! readiness, the repository extension and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +37,11 @@ pub struct HttpOptions {
     /// (slowloris), connected and silent, idle on a kept-alive connection,
     /// or not reading its answer, holds its connection no longer than this.
     pub header_timeout: Duration,
+    /// Clients may register shared memory regions and pass tensors through
+    /// them (Triton's system shared memory extension, see [`crate::shm`]).
+    /// Off by default: a client that may do so may read and write every
+    /// shared memory object this server's user can open.
+    pub allow_client_shm: bool,
 }
 
 impl Default for HttpOptions {
@@ -45,6 +50,7 @@ impl Default for HttpOptions {
             body_limit: 64 << 20,
             body_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
+            allow_client_shm: false,
         }
     }
 }
@@ -60,6 +66,8 @@ pub struct App {
     pub(crate) lone: multiproc_serve::LoneWait,
     /// The repository's first load, which runs while the server answers.
     pub(crate) initial_load: InitialLoad,
+    /// Clients' shared memory regions.
+    pub(crate) shm: crate::shm::Regions,
 }
 
 impl App {
@@ -84,6 +92,7 @@ impl App {
         initial_load: InitialLoad,
     ) -> Arc<App> {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
+        let shm = crate::shm::Regions::new(options.allow_client_shm);
         Arc::new(App {
             core,
             root,
@@ -92,6 +101,7 @@ impl App {
             options,
             lone: multiproc_serve::LoneWait::default(),
             initial_load,
+            shm,
         })
     }
 
@@ -175,6 +185,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{name}/load", post(repository_load))
         .route("/v2/repository/models/{name}/unload", post(repository_unload))
+        .route("/v2/systemsharedmemory/status", get(crate::shm::status_all))
+        .route("/v2/systemsharedmemory/region/{name}/status", get(crate::shm::status))
+        .route("/v2/systemsharedmemory/region/{name}/register", post(crate::shm::register))
+        .route("/v2/systemsharedmemory/unregister", post(crate::shm::unregister_all))
+        .route("/v2/systemsharedmemory/region/{name}/unregister", post(crate::shm::unregister))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -215,12 +230,12 @@ async fn ready(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, A
     }
 }
 
-async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
-        name: "multiproc".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-    })
+async fn server_metadata(State(app): State<Arc<App>>) -> Json<ServerMetadata> {
+    let mut extensions: Vec<String> = EXTENSIONS.iter().map(|s| s.to_string()).collect();
+    if app.shm.allowed() {
+        extensions.push("system_shared_memory".into());
+    }
+    Json(ServerMetadata { name: "multiproc".into(), version: env!("CARGO_PKG_VERSION").into(), extensions })
 }
 
 /// The configuration of `name` and the versions it serves; 404 if
@@ -293,9 +308,9 @@ fn state_name(state: VersionState) -> &'static str {
     }
 }
 
-/// The JSON body of a repository request (`what` names the request in
-/// errors), read within the body limits; an empty body is `{}`.
-async fn repository_request(app: &App, request: Request, what: &str) -> Result<serde_json::Value, ApiError> {
+/// The JSON body of a request other than inference (`what` names the
+/// request in errors), read within the body limits; an empty body is `{}`.
+pub(crate) async fn json_request(app: &App, request: Request, what: &str) -> Result<serde_json::Value, ApiError> {
     let declared = crate::infer::content_length(request.headers());
     let body = crate::infer::read_body(app, declared, request.into_body()).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -308,7 +323,7 @@ async fn repository_index(
     State(app): State<Arc<App>>,
     request: Request,
 ) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
-    let ready_only = match repository_request(&app, request, "index").await?.get("ready") {
+    let ready_only = match json_request(&app, request, "index").await?.get("ready") {
         None => false,
         Some(serde_json::Value::Bool(b)) => *b,
         Some(other) => return Err(ApiError::bad_request(format!("'ready' is {other}, expected true or false"))),
@@ -368,7 +383,7 @@ async fn repository_load(
     // Triton's load may carry a configuration (and files) to use instead of
     // the directory's; this server loads only what is on disk, so it says
     // so rather than load something else than asked.
-    let load = repository_request(&app, request, "load").await?;
+    let load = json_request(&app, request, "load").await?;
     if let Some(params) = load.get("parameters").and_then(serde_json::Value::as_object)
         && let Some(key) = params.keys().find(|k| *k == "config" || k.starts_with("file:"))
     {

@@ -15,8 +15,8 @@ use crate::app::{App, PathParams, parse_version};
 use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{
-    DataType, DecodedRequest, HEADER_CONTENT_LENGTH, OutputWanted, ProtocolError, Tensor, classify, decode_request,
-    encode_response,
+    DataType, DecodedRequest, HEADER_CONTENT_LENGTH, OutputWanted, ProtocolError, SharedMemoryRef, ShmReader, Tensor,
+    classify, decode_request_with, encode_response,
 };
 use crate::raw::raw_request;
 use crate::repository::{ModelConfig, TensorConfig};
@@ -174,7 +174,9 @@ where
     let DecodedRequest { id, inputs, outputs, binary_output_default, timeout } = match header_length {
         Some(0) => raw_request(name, &config, Vec::from(body))?,
         _ => {
-            let decoded = decode_request(&body, header_length)?;
+            let read = |at: &SharedMemoryRef| app.shm.read(at);
+            let shm: Option<ShmReader<'_>> = if app.shm.allowed() { Some(&read) } else { None };
+            let decoded = decode_request_with(&body, header_length, shm)?;
             drop(body);
             decoded
         }
@@ -208,6 +210,11 @@ where
     let reply = app.lone.wait(answer).await?;
     let model_failed = |e: ProtocolError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_failed", e.0);
     let produced = classified(reply.output, outputs.as_deref(), &config).map_err(model_failed)?;
+    for w in outputs.iter().flatten() {
+        if let (Some(at), Some(t)) = (&w.shared_memory, produced.iter().find(|t| t.name() == w.name)) {
+            app.shm.write(at, t.data()).map_err(|e| ApiError::bad_request(format!("output '{}': {}", w.name, e.0)))?;
+        }
+    }
     let encoded =
         encode_response(name, &reply.version.to_string(), id, produced, outputs.as_deref(), binary_output_default)
             .map_err(model_failed)?;

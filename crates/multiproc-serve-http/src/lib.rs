@@ -15,6 +15,7 @@
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
 //! | [`model_config`] | Triton's model configuration extension: `config.toml` as Triton's `ModelConfig` JSON |
+//! | [`shm`] | Triton's system shared memory extension: tensors read from and written to clients' regions (opt-in) |
 //! | [`stats`] | Triton's statistics extension: the same counts as JSON, with executions by batch size |
 //! | [`serve`] | bind the listeners and answer while a repository loads (live, not ready); serve; drain on shutdown |
 //! | [`demo`] | the built-in demo repository (digits classifier, text model) |
@@ -30,7 +31,9 @@
 //! old version drains), `GET /v2/models[/{m}[/versions/{v}]]/stats`
 //! (Triton's statistics extension, see [`stats`]),
 //! `GET /v2/models/{m}[/versions/{v}]/config` (Triton's model configuration
-//! extension, see [`model_config`]), `GET /metrics`. An output asked for
+//! extension, see [`model_config`]), with `--allow-client-shm` Triton's
+//! system shared memory extension (`/v2/systemsharedmemory/…`, see
+//! [`shm`]), `GET /metrics`. An output asked for
 //! with the parameter `"classification": n` comes back as its `n` highest
 //! values (Triton's classification extension, see
 //! [`protocol::classify`]). An inference body may also be Triton's raw
@@ -86,7 +89,7 @@
 //!     let lines = tokio::task::spawn_blocking(move || {
 //!         let text = serde_json::json!({"text": ["hello world"]});
 //!         let timeout = multiproc_serve_http::client::DEFAULT_TIMEOUT;
-//!         multiproc_serve_http::client::infer(&base, "text", None, text, timeout).unwrap()
+//!         multiproc_serve_http::client::infer(&base, "text", None, text, None, timeout).unwrap()
 //!     })
 //!     .await
 //!     .unwrap();
@@ -127,4 +130,5 @@ pub mod protocol;
 mod raw;
 pub mod repository;
 pub mod serve;
+pub mod shm;
 pub mod stats;

@@ -9,6 +9,51 @@ use super::messages::InferRequestBody;
 use super::tensor::{DataType, Tensor, element_count};
 use super::{ProtocolError, json_data};
 
+/// Bytes in a client's shared memory region (Triton's system shared memory
+/// extension, see [`crate::shm`]): an input's data, or where an output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMemoryRef {
+    /// The region's registered name.
+    pub region: String,
+    /// Where the bytes start in the region.
+    pub offset: usize,
+    /// How many bytes (for an output: the room for it).
+    pub byte_size: usize,
+}
+
+/// Reads an input's bytes from a shared memory region.
+pub type ShmReader<'a> = &'a dyn Fn(&SharedMemoryRef) -> Result<Vec<u8>, ProtocolError>;
+
+/// The shared memory parameters of an input or output, if any: both
+/// `shared_memory_region` and `shared_memory_byte_size`, and
+/// `shared_memory_offset` if not 0.
+fn shared_memory(params: &Option<Map<String, Value>>, whose: &str) -> Result<Option<SharedMemoryRef>, ProtocolError> {
+    let Some(params) = params else { return Ok(None) };
+    let (region, size) = (params.get("shared_memory_region"), params.get("shared_memory_byte_size"));
+    let region = match (region, size) {
+        (None, None) => return Ok(None),
+        (Some(Value::String(r)), Some(_)) if !r.is_empty() => r.clone(),
+        (Some(_), Some(_)) => {
+            return Err(ProtocolError::new(format!("{whose}: 'shared_memory_region' is not a region's name")));
+        }
+        _ => {
+            return Err(ProtocolError::new(format!(
+                "{whose}: 'shared_memory_region' and 'shared_memory_byte_size' go together"
+            )));
+        }
+    };
+    let count = |key: &str, v: Option<&Value>| match v {
+        None => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| ProtocolError::new(format!("{whose}: parameter '{key}' is {v}, expected a byte count"))),
+    };
+    let byte_size = count("shared_memory_byte_size", size)?;
+    let offset = count("shared_memory_offset", params.get("shared_memory_offset"))?;
+    Ok(Some(SharedMemoryRef { region, offset, byte_size }))
+}
+
 /// An output the client asked for, and how it wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputWanted {
@@ -19,6 +64,8 @@ pub struct OutputWanted {
     /// Its `n` highest values instead of its data (Triton's classification
     /// extension, see [`super::classify`]).
     pub classification: Option<usize>,
+    /// Write it to this shared memory instead of the answer.
+    pub shared_memory: Option<SharedMemoryRef>,
 }
 
 /// A checked inference request.
@@ -95,6 +142,21 @@ fn refuse_unoffered(
 /// Any way the body disagrees with the protocol, with a message naming the
 /// input or field.
 pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<DecodedRequest, ProtocolError> {
+    decode_request_with(body, header_length, None)
+}
+
+/// Decodes `body` as [`decode_request`] does; with `shm`, inputs may be read
+/// from and outputs sent to shared memory regions through it (without,
+/// such parameters are refused: the extension is off).
+///
+/// # Errors
+///
+/// As [`decode_request`], and what `shm` says of the regions named.
+pub fn decode_request_with(
+    body: &[u8],
+    header_length: Option<u64>,
+    shm: Option<ShmReader<'_>>,
+) -> Result<DecodedRequest, ProtocolError> {
     let (json, mut binary) = match header_length {
         None => (body, &[][..]),
         Some(n) => match usize::try_from(n).ok().filter(|&n| n <= body.len()) {
@@ -124,9 +186,15 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
     refuse_unoffered(&req.parameters, &[("sequence_id", "sequence")], || "request".into())?;
     for input in req.inputs {
         let name = input.name;
-        refuse_unoffered(&input.parameters, &[("shared_memory_region", "shared memory")], || {
-            format!("input '{name}'")
-        })?;
+        let in_shm = match shm {
+            Some(_) => shared_memory(&input.parameters, &format!("input '{name}'"))?,
+            None => {
+                refuse_unoffered(&input.parameters, &[("shared_memory_region", "shared memory")], || {
+                    format!("input '{name}'")
+                })?;
+                None
+            }
+        };
         if inputs.iter().any(|t| t.name() == name) {
             return Err(ProtocolError::new(format!("input '{name}' is given twice")));
         }
@@ -143,6 +211,12 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
             })?),
         };
         let data = match (binary_size, input.data) {
+            (_, _) if in_shm.is_some() && (binary_size.is_some() || input.data.is_some()) => {
+                return Err(ProtocolError::new(format!(
+                    "input '{name}' has shared memory parameters and also 'data' or binary_data_size"
+                )));
+            }
+            (None, None) if let (Some(at), Some(read)) = (&in_shm, shm) => read(at)?,
             (Some(_), Some(_)) => {
                 return Err(ProtocolError::new(format!("input '{name}' has both 'data' and binary_data_size")));
             }
@@ -211,7 +285,15 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
                     return Err(ProtocolError::new(format!("output '{}' is asked for twice", o.name)));
                 }
                 let whose = format!("output '{}'", o.name);
-                refuse_unoffered(&o.parameters, &[("shared_memory_region", "shared memory")], || whose.clone())?;
+                let out_shm = match shm {
+                    Some(_) => shared_memory(&o.parameters, &whose)?,
+                    None => {
+                        refuse_unoffered(&o.parameters, &[("shared_memory_region", "shared memory")], || {
+                            whose.clone()
+                        })?;
+                        None
+                    }
+                };
                 let binary = bool_param(&o.parameters, "binary_data", &whose)?;
                 // 0 is no classification, as tritonclient's class_count=0.
                 let classification = match o.parameters.as_ref().and_then(|p| p.get("classification")) {
@@ -230,6 +312,7 @@ pub fn decode_request(body: &[u8], header_length: Option<u64>) -> Result<Decoded
                     name: o.name,
                     binary: binary.unwrap_or(binary_output_default),
                     classification,
+                    shared_memory: out_shm,
                 });
             }
             Some(wanted)

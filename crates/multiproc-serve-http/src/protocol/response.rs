@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::ProtocolError;
 use super::json_data::JsonData;
 use super::messages::{InferResponseBody, ResponseOutput};
-use super::request::OutputWanted;
+use super::request::{OutputWanted, SharedMemoryRef};
 use super::tensor::Tensor;
 
 /// A response body, and the JSON part's length when binary data follows it
@@ -20,7 +20,9 @@ pub struct EncodedResponse {
 }
 
 /// Encodes the outputs of a request: those in `wanted`, in its order (all of
-/// them, each binary as `binary_default` says, when `wanted` is `None`).
+/// them, each binary as `binary_default` says, when `wanted` is `None`). An
+/// output wanted in shared memory is written there by the caller first: the
+/// answer gives only its region and size.
 ///
 /// ```
 /// use multiproc_serve_http::protocol::{DataType, Tensor, encode_response};
@@ -44,8 +46,10 @@ pub fn encode_response(
     wanted: Option<&[OutputWanted]>,
     binary_default: bool,
 ) -> Result<EncodedResponse, ProtocolError> {
-    let chosen: Vec<(Tensor, bool)> = match wanted {
-        None => outputs.into_iter().map(|t| (t, binary_default)).collect(),
+    // Each output, how it goes (false: JSON data, true: binary), and the
+    // shared memory it was written to instead (see `crate::shm`).
+    let chosen: Vec<(Tensor, bool, Option<&SharedMemoryRef>)> = match wanted {
+        None => outputs.into_iter().map(|t| (t, binary_default, None)).collect(),
         Some(wanted) => {
             let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
             let mut chosen = Vec::with_capacity(wanted.len());
@@ -54,7 +58,7 @@ pub fn encode_response(
                 let tensor = slot
                     .and_then(Option::take)
                     .ok_or_else(|| ProtocolError::new(format!("model '{model_name}' has no output '{}'", w.name)))?;
-                chosen.push((tensor, w.binary));
+                chosen.push((tensor, w.binary, w.shared_memory.as_ref()));
             }
             chosen
         }
@@ -62,15 +66,23 @@ pub fn encode_response(
     // Room for the whole body at once: JSON elements take about 3 characters
     // per byte of data (an FP32 is 4 bytes, up to ~12 characters).
     let size: usize =
-        chosen.iter().map(|(t, binary)| 64 + t.name().len() + t.data().len() * if *binary { 1 } else { 3 }).sum();
+        chosen.iter().map(|(t, binary, _)| 64 + t.name().len() + t.data().len() * if *binary { 1 } else { 3 }).sum();
     let mut body = Vec::with_capacity(128 + model_name.len() + size);
     let mut tail = Vec::new();
     let mut any_binary = false;
     let outputs = chosen
         .into_iter()
-        .map(|(t, binary)| {
+        .map(|(t, binary, shm)| {
             let (name, datatype, shape) = (t.name().to_string(), t.datatype().as_str(), t.shape().to_vec());
-            if binary {
+            if let Some(at) = shm {
+                let mut params = Map::new();
+                params.insert("shared_memory_region".into(), Value::from(at.region.clone()));
+                params.insert("shared_memory_byte_size".into(), Value::from(t.data().len()));
+                if at.offset > 0 {
+                    params.insert("shared_memory_offset".into(), Value::from(at.offset));
+                }
+                ResponseOutput { name, datatype, shape, parameters: Some(params), data: None }
+            } else if binary {
                 any_binary = true;
                 let mut params = Map::new();
                 params.insert("binary_data_size".into(), Value::from(t.data().len()));
