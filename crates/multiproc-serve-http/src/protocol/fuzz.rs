@@ -2,7 +2,7 @@
 //! (cargo-fuzz, nightly), also run on stable by the unit tests below with
 //! pseudo-random mutations of valid requests.
 
-use super::{decode_request, encode_response};
+use super::{ProtocolError, SharedMemoryRef, classify, decode_request, decode_request_with, encode_response};
 
 /// Decodes `data` as a JSON inference request body; if it decodes, encodes
 /// its inputs back as a response (JSON and binary). Must never panic.
@@ -26,6 +26,21 @@ fn check(body: &[u8], header_length: Option<u64>) {
             assert!(encoded.is_ok(), "decoded inputs always encode");
         }
     }
+    // With shared memory on (a region of zeros, up to 1 MiB), the inputs
+    // classified, and the outputs asked for encoded as asked: errors at
+    // most, never a panic.
+    let zeros = |at: &SharedMemoryRef| match at.byte_size <= 1 << 20 {
+        true => Ok(vec![0; at.byte_size]),
+        false => Err(ProtocolError::new("no such region")),
+    };
+    if let Ok(req) = decode_request_with(body, header_length, Some(&zeros)) {
+        for t in &req.inputs {
+            for batched in [false, true] {
+                let _ = classify(t, 3, batched, &["a".to_string()]);
+            }
+        }
+        let _ = encode_response("m", "1", req.id, req.inputs, req.outputs.as_deref(), req.binary_output_default);
+    }
 }
 
 #[cfg(test)]
@@ -36,6 +51,7 @@ mod tests {
         r#"{"id":"1","inputs":[{"name":"x","shape":[2,2],"datatype":"FP16","data":[[1,2],[3,4]]}],"outputs":[{"name":"x"}]}"#,
         r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","data":["a","bc"]},{"name":"b","shape":[1],"datatype":"BOOL","data":[true]}]}"#,
         r#"{"parameters":{"binary_data_output":true},"inputs":[{"name":"u","shape":[3],"datatype":"UINT64","data":[0,1,18446744073709551615]}]}"#,
+        r#"{"inputs":[{"name":"p","shape":[2,2],"datatype":"FP32","parameters":{"shared_memory_region":"r","shared_memory_byte_size":16,"shared_memory_offset":4}}],"outputs":[{"name":"p","parameters":{"classification":2,"shared_memory_region":"o","shared_memory_byte_size":64}}]}"#,
     ];
 
     fn xorshift(state: &mut u64) -> u64 {
@@ -68,6 +84,16 @@ mod tests {
             let seed = SEEDS[(xorshift(&mut rng) % SEEDS.len() as u64) as usize];
             json_request(&mutate(seed.as_bytes(), &mut rng));
         }
+    }
+
+    #[test]
+    fn the_shared_memory_seed_reaches_the_shared_memory_and_classification_paths() {
+        let zeros = |at: &SharedMemoryRef| Ok(vec![0; at.byte_size]);
+        let req = decode_request_with(SEEDS[3].as_bytes(), None, Some(&zeros)).unwrap();
+        assert_eq!(req.inputs[0].data(), [0; 16]);
+        let out = &req.outputs.unwrap()[0];
+        assert_eq!((out.classification, out.shared_memory.as_ref().map(|m| m.byte_size)), (Some(2), Some(64)));
+        assert!(decode_request(SEEDS[3].as_bytes(), None).unwrap_err().0.contains("not supported"), "off: refused");
     }
 
     #[test]
