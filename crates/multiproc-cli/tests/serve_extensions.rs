@@ -39,6 +39,18 @@ fn stats_once(s: &Served, path: &str, settled: impl Fn(&Value) -> bool) -> Value
     }
 }
 
+/// A model `name` in `repo`: its config.toml and an empty version 1.
+fn model(repo: &TempDir, name: &str, config: &str) {
+    write(&repo.0.join(name).join("config.toml"), config.as_bytes());
+    std::fs::create_dir_all(repo.0.join(name).join("1")).unwrap();
+}
+
+/// Whether `GET /v2` lists `extension`.
+fn offers(s: &Served, extension: &str) -> bool {
+    let (_, meta) = get_json(&s.url("/v2"));
+    meta["extensions"].as_array().unwrap().contains(&json!(extension))
+}
+
 fn count(stat: &Value) -> u64 {
     stat["count"].as_u64().unwrap()
 }
@@ -48,11 +60,9 @@ fn statistics_count_requests_batches_and_failures_per_model_version() {
     let repo = TempDir::new("stats");
     digits_model(&repo.0);
     // One worker taking 400 ms per batch: a request with a 50 ms timeout fails.
-    write(&repo.0.join("slow/config.toml"), echo_config_for(0.4, &["INT8"]).as_bytes());
-    std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
+    model(&repo, "slow", &echo_config_for(0.4, &["INT8"]));
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
-    let (_, meta) = get_json(&s.url("/v2"));
-    assert!(meta["extensions"].as_array().unwrap().contains(&json!("statistics")), "{meta}");
+    assert!(offers(&s, "statistics"));
 
     // A served version that has not run yet: listed, all zero.
     let (status, fresh) = get_json(&s.url("/v2/models/digits/stats"));
@@ -131,11 +141,9 @@ fn a_models_configuration_is_given_as_tritons_model_config() {
     digits_model(&repo.0);
     let echo =
         echo_config_for(0.0, &["INT8", "BYTES"]).replace("max_batch_size = 0", "max_batch_size = 0\ninstances = 2");
-    write(&repo.0.join("echo/config.toml"), format!("{echo}[version_policy]\nall = true\n").as_bytes());
-    std::fs::create_dir_all(repo.0.join("echo/1")).unwrap();
+    model(&repo, "echo", &format!("{echo}[version_policy]\nall = true\n"));
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
-    let (_, meta) = get_json(&s.url("/v2"));
-    assert!(meta["extensions"].as_array().unwrap().contains(&json!("model_configuration")), "{meta}");
+    assert!(offers(&s, "model_configuration"));
 
     let (status, digits) = get_json(&s.url("/v2/models/digits/config"));
     assert_eq!(status, 200, "{digits}");
@@ -195,11 +203,9 @@ fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings()
     write(&repo.0.join("digits/config.toml"), labelled.as_bytes());
     let names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
     write(&repo.0.join("digits/labels.txt"), names.join("\n").as_bytes());
-    write(&repo.0.join("echo/config.toml"), echo_config_for(0.0, &["INT8", "BYTES"]).as_bytes());
-    std::fs::create_dir_all(repo.0.join("echo/1")).unwrap();
+    model(&repo, "echo", &echo_config_for(0.0, &["INT8", "BYTES"]));
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
-    let (_, meta) = get_json(&s.url("/v2"));
-    assert!(meta["extensions"].as_array().unwrap().contains(&json!("classification")), "{meta}");
+    assert!(offers(&s, "classification"));
 
     // Three images: their top 3 classes against the raw probabilities.
     let pixels: Vec<f32> = (0..3 * 64).map(|i| ((i * 37) % 17) as f32 / 16.0).collect();
@@ -295,8 +301,7 @@ fn an_output_asked_for_with_classification_gives_its_highest_values_as_strings()
 #[test]
 fn tensors_pass_through_client_shared_memory_regions_only_when_allowed() {
     let repo = TempDir::new("shm");
-    write(&repo.0.join("echo/config.toml"), echo_config_for(0.0, &["INT8", "BYTES"]).as_bytes());
-    std::fs::create_dir_all(repo.0.join("echo/1")).unwrap();
+    model(&repo, "echo", &echo_config_for(0.0, &["INT8", "BYTES"]));
     let name = format!("multiproc-test-shm-{}", std::process::id());
     // Removed by its creator's drop, however the test ends.
     let shm = multiproc::SharedMemory::create(&name, 256).unwrap();
@@ -309,8 +314,7 @@ fn tensors_pass_through_client_shared_memory_regions_only_when_allowed() {
 
     // Off unless asked for: not listed, registration and use refused.
     let mut off = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
-    let (_, meta) = get_json(&off.url("/v2"));
-    assert!(!meta["extensions"].as_array().unwrap().contains(&json!("system_shared_memory")), "{meta}");
+    assert!(!offers(&off, "system_shared_memory"));
     let (status, e) = post_json(
         &off.url("/v2/systemsharedmemory/region/io/register"),
         &json!({"key": key, "offset": 0, "byte_size": 8}),
@@ -323,8 +327,7 @@ fn tensors_pass_through_client_shared_memory_regions_only_when_allowed() {
     assert_eq!(off.terminate().code(), Some(0));
 
     let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--allow-client-shm"]);
-    let (_, meta) = get_json(&s.url("/v2"));
-    assert!(meta["extensions"].as_array().unwrap().contains(&json!("system_shared_memory")), "{meta}");
+    assert!(offers(&s, "system_shared_memory"));
     let register = |region: &str, body: Value| {
         post_json(&s.url(&format!("/v2/systemsharedmemory/region/{region}/register")), &body)
     };
