@@ -157,16 +157,13 @@ pub(crate) async fn register(
     let body = crate::app::json_request(&app, request, "register").await?;
     let field = |f: &str| body.get(f).ok_or_else(|| ApiError::bad_request(format!("register: no '{f}' field")));
     let key = field("key")?.as_str().ok_or_else(|| ApiError::bad_request("register: 'key' is not a string"))?;
-    let number = |f: &str| -> Result<usize, ApiError> {
-        let v = match f {
-            "offset" => body.get(f).unwrap_or(&Value::from(0)).clone(),
-            _ => field(f)?.clone(),
-        };
+    let count = |v: &Value, f: &str| {
         v.as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| ApiError::bad_request(format!("register: '{f}' is {v}, expected a byte count")))
     };
-    let (offset, byte_size) = (number("offset")?, number("byte_size")?);
+    let offset = body.get("offset").map_or(Ok(0), |v| count(v, "offset"))?;
+    let byte_size = count(field("byte_size")?, "byte_size")?;
     let memory = SharedMemory::open(key)
         .map_err(|e| ApiError::bad_request(format!("cannot open shared memory object '{key}': {e}")))?;
     if offset.checked_add(byte_size).is_none_or(|end| end > memory.size()) {
