@@ -49,16 +49,16 @@ pub struct ModelStats {
 
 /// A count and its cumulative duration in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Duration {
+pub struct DurationStat {
     /// How many.
     pub count: u64,
     /// Their total time, ns.
     pub ns: u64,
 }
 
-impl Duration {
-    fn of(count: u64, us: u64) -> Duration {
-        Duration { count, ns: us.saturating_mul(1000) }
+impl DurationStat {
+    fn of(count: u64, us: u64) -> DurationStat {
+        DurationStat { count, ns: us.saturating_mul(1000) }
     }
 }
 
@@ -66,22 +66,22 @@ impl Duration {
 #[derive(Debug, Clone, Serialize)]
 pub struct InferenceStats {
     /// Requests answered, arrival to answer.
-    pub success: Duration,
+    pub success: DurationStat,
     /// Requests failed, arrival to failure or to the deadline that failed
     /// them (refused before queueing: no time).
-    pub fail: Duration,
+    pub fail: DurationStat,
     /// Time the answered requests waited for their batch.
-    pub queue: Duration,
+    pub queue: DurationStat,
     /// Decoding inputs in the worker.
-    pub compute_input: Duration,
+    pub compute_input: DurationStat,
     /// The model's `predict`.
-    pub compute_infer: Duration,
+    pub compute_infer: DurationStat,
     /// Encoding outputs in the worker.
-    pub compute_output: Duration,
+    pub compute_output: DurationStat,
     /// Always zero: no response cache.
-    pub cache_hit: Duration,
+    pub cache_hit: DurationStat,
     /// Always zero: no response cache.
-    pub cache_miss: Duration,
+    pub cache_miss: DurationStat,
 }
 
 /// The executions of one batch size.
@@ -90,16 +90,16 @@ pub struct BatchStatsEntry {
     /// Rows per batch.
     pub batch_size: usize,
     /// Decoding the batches' inputs (count: batches).
-    pub compute_input: Duration,
+    pub compute_input: DurationStat,
     /// Running them.
-    pub compute_infer: Duration,
+    pub compute_infer: DurationStat,
     /// Encoding their outputs.
-    pub compute_output: Duration,
+    pub compute_output: DurationStat,
 }
 
 impl From<&VersionMetrics> for ModelStats {
     fn from(m: &VersionMetrics) -> ModelStats {
-        let compute = |us| Duration::of(m.compute_count, us);
+        let compute = |us| DurationStat::of(m.compute_count, us);
         ModelStats {
             name: m.model.clone(),
             version: m.version.to_string(),
@@ -107,23 +107,23 @@ impl From<&VersionMetrics> for ModelStats {
             inference_count: m.inference_count,
             execution_count: m.execution_count,
             inference_stats: InferenceStats {
-                success: Duration::of(m.request_success, m.request_duration_us),
-                fail: Duration::of(m.request_failure.values().sum(), m.request_failure_duration_us),
-                queue: Duration::of(m.request_success, m.queue_duration_us),
+                success: DurationStat::of(m.request_success, m.request_duration_us),
+                fail: DurationStat::of(m.request_failure.values().sum(), m.request_failure_duration_us),
+                queue: DurationStat::of(m.request_success, m.queue_duration_us),
                 compute_input: compute(m.compute_input_duration_us),
                 compute_infer: compute(m.compute_infer_duration_us),
                 compute_output: compute(m.compute_output_duration_us),
-                cache_hit: Duration::default(),
-                cache_miss: Duration::default(),
+                cache_hit: DurationStat::default(),
+                cache_miss: DurationStat::default(),
             },
             batch_stats: m
                 .batch_stats
                 .iter()
                 .map(|b| BatchStatsEntry {
                     batch_size: b.batch_size,
-                    compute_input: Duration::of(b.count, b.compute_input_us),
-                    compute_infer: Duration::of(b.count, b.compute_infer_us),
-                    compute_output: Duration::of(b.count, b.compute_output_us),
+                    compute_input: DurationStat::of(b.count, b.compute_input_us),
+                    compute_infer: DurationStat::of(b.count, b.compute_infer_us),
+                    compute_output: DurationStat::of(b.count, b.compute_output_us),
                 })
                 .collect(),
         }
