@@ -15,8 +15,8 @@ use crate::app::{App, PathParams, parse_version};
 use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{
-    DataType, DecodedRequest, HEADER_CONTENT_LENGTH, OutputWanted, ProtocolError, SharedMemoryRef, ShmReader, Tensor,
-    classify, decode_request_with, encode_response,
+    DecodedRequest, HEADER_CONTENT_LENGTH, OutputWanted, ProtocolError, SharedMemoryRef, ShmReader, Tensor, classify,
+    decode_request_with, encode_response,
 };
 use crate::raw::raw_request;
 use crate::repository::{ModelConfig, TensorConfig};
@@ -192,8 +192,7 @@ where
         )));
     }
     if let Some(w) = outputs.iter().flatten().find(|w| {
-        w.classification.is_some()
-            && config.outputs.iter().any(|o| o.name == w.name && matches!(o.datatype, DataType::Bool | DataType::Bytes))
+        w.classification.is_some() && config.outputs.iter().any(|o| o.name == w.name && !o.datatype.is_numeric())
     }) {
         return Err(ApiError::bad_request(format!(
             "output '{}' of model '{name}' is not numeric: it cannot be classified",

@@ -82,6 +82,11 @@ impl DataType {
         }
     }
 
+    /// A number type (integers and floats; not BOOL or BYTES).
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, DataType::Bool | DataType::Bytes)
+    }
+
     /// The protocol's name: `"FP32"`, `"BYTES"`…
     pub fn as_str(self) -> &'static str {
         match self {

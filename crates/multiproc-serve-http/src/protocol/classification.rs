@@ -40,14 +40,14 @@ impl Value {
 /// The value of each element of `t` (its elements are whole, checked by `Tensor`).
 fn values(t: &Tensor) -> Result<Vec<Value>, ProtocolError> {
     let dt = t.datatype();
-    let size = match (dt, dt.size()) {
-        (DataType::Bool | DataType::Bytes, _) | (_, None) => {
+    let size = match dt.size() {
+        Some(size) if dt.is_numeric() => size,
+        _ => {
             return Err(ProtocolError::new(format!(
                 "output '{}' is {dt}: classification needs a numeric output",
                 t.name()
             )));
         }
-        (_, Some(size)) => size,
     };
     let value = |b: &[u8]| -> Value {
         let mut le = [0u8; 8];

@@ -207,7 +207,7 @@ fn push_one(dt: DataType, v: &Scalar<'_>, out: &mut Vec<u8>) -> Result<(), &'sta
 /// exponents, long numbers, a bad element, malformed text): the general
 /// path then decodes it or says what is wrong.
 fn decode_flat_numbers(dt: DataType, text: &str, out: &mut Vec<u8>) -> Option<u64> {
-    if matches!(dt, DataType::Bool | DataType::Bytes) {
+    if !dt.is_numeric() {
         return None;
     }
     let b = text.as_bytes();

@@ -439,7 +439,7 @@ fn tensors(kind: &str, raw: Vec<RawTensor>) -> Result<Vec<TensorConfig>, String>
         let labels = match t.labels {
             None => None,
             Some(_) if kind == "input" => return Err(format!("field `{field}.labels`: only an output has labels")),
-            Some(_) if matches!(datatype, DataType::Bool | DataType::Bytes) => {
+            Some(_) if !datatype.is_numeric() => {
                 return Err(format!("field `{field}.labels`: a {datatype} output has no classes to name"));
             }
             Some(file) if file.is_empty() || file.starts_with('.') || file.contains(['/', '\\']) => {
