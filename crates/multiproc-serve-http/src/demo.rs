@@ -1,8 +1,8 @@
 //! The demo repository built into the binary, so `multiproc serve` works on
-//! a fresh machine: `digits`, an MLP trained on scikit-learn's 8×8 digits
-//! (test accuracy 0.9694 on 360 held-out images, see `demo/train_digits.py`),
-//! run by tract; and `text`, a Python standard-library script served through
-//! the external-command protocol.
+//! a fresh machine: `digits`, an MLP (64 → 1024 → 1024 → 10) trained on
+//! scikit-learn's 8×8 digits (test accuracy 0.9833 on 360 held-out images,
+//! see `demo/train_digits.py`), run by tract; and `text`, a Python
+//! standard-library script served through the external-command protocol.
 
 use std::path::{Path, PathBuf};
 
