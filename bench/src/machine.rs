@@ -66,3 +66,29 @@ fn command_line(program: &str, args: &[&str]) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
 }
+
+/// The machine's CPU time so far, from `/proc/stat`, in clock ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuTicks {
+    /// Time the hypervisor ran something else while this VM's CPUs wanted
+    /// to run ("steal").
+    steal: u64,
+    /// All time, busy, idle and stolen.
+    total: u64,
+}
+
+impl CpuTicks {
+    /// Reads the counters now (`None` without `/proc/stat`).
+    pub fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> =
+            stat.lines().next()?.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
+        Some(CpuTicks { steal: *fields.get(7)?, total: fields.iter().sum() })
+    }
+
+    /// The share of the CPUs' time stolen since `earlier`, in percent.
+    pub fn steal_percent_since(&self, earlier: &CpuTicks) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 { 0.0 } else { 100.0 * self.steal.saturating_sub(earlier.steal) as f64 / total as f64 }
+    }
+}
