@@ -27,7 +27,7 @@ pub struct ServeArgs {
     /// The IP address to listen on (0.0.0.0: every IPv4 interface; a host name is not accepted).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
-    /// Largest request body accepted (413 above it).
+    /// Largest request body accepted (413 above it); inputs read from client shared memory count as part of it.
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
     /// Longest time a request body may take to arrive, in seconds (408 after it).

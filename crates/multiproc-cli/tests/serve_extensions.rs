@@ -389,3 +389,41 @@ fn tensors_pass_through_client_shared_memory_regions_only_when_allowed() {
     assert_eq!(get_json(&s.url("/v2/systemsharedmemory/status")).1, json!([]));
     assert_eq!(s.terminate().code(), Some(0));
 }
+
+#[test]
+fn shared_memory_inputs_count_against_the_body_limit() {
+    let repo = TempDir::new("shm-limit");
+    model(&repo, "echo", &echo_config_for(0.0, &["INT8"]));
+    let name = format!("multiproc-test-shm-limit-{}", std::process::id());
+    // Removed by its creator's drop, however the test ends.
+    let shm = multiproc::SharedMemory::create(&name, 8192).unwrap();
+    shm.write_at(0, &[3; 8192]).unwrap();
+    let limit = 2048;
+    let mut s = Served::start(&[
+        "--model-repository",
+        repo.0.to_str().unwrap(),
+        "--allow-client-shm",
+        "--max-body-bytes",
+        &limit.to_string(),
+    ]);
+    let register = s.url("/v2/systemsharedmemory/region/all/register");
+    assert_eq!(post_json(&register, &json!({"key": format!("/{name}"), "byte_size": 8192})).0, 200);
+    let request = |bytes: usize| {
+        json!({"inputs": [{"name": "in_INT8", "shape": [bytes], "datatype": "INT8", "parameters":
+            {"shared_memory_region": "all", "shared_memory_byte_size": bytes}}],
+            "outputs": [{"name": "out_INT8", "parameters": {"binary_data": false}}]})
+    };
+    let url = s.url("/v2/models/echo/infer");
+    // A body of under 300 bytes and 1,000 from the region: within 2,048.
+    let (status, r) = post_json(&url, &request(1000));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["outputs"][0]["data"].as_array().unwrap().len(), 1000, "{r}");
+    // 8,000 from the region: refused before it is read, naming the limit.
+    let (status, e) = post_json(&url, &request(8000));
+    assert_eq!(status, 400, "{e}");
+    let says = e["error"].as_str().unwrap();
+    assert!(says.contains("region 'all'") && says.contains("2048") && says.contains("--max-body-bytes"), "{e}");
+    // The server goes on serving.
+    assert_eq!(post_json(&url, &request(10)).0, 200);
+    assert_eq!(s.terminate().code(), Some(0));
+}

@@ -25,7 +25,8 @@ use crate::repository::{ModelConfig, ModelDir, add_model, scan_model, settings};
 /// Limits of the HTTP front end.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
-    /// Largest request body accepted (413 above it).
+    /// Largest request body accepted (413 above it). Inputs read from
+    /// client shared memory count as part of the body (400 above it).
     pub body_limit: usize,
     /// Longest time a request body may take to arrive (408 after it). The
     /// body is read whole before anything is queued, so a slow client holds

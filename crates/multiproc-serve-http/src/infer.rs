@@ -174,7 +174,21 @@ where
     let DecodedRequest { id, inputs, outputs, binary_output_default, timeout } = match header_length {
         Some(0) => raw_request(name, &config, Vec::from(body))?,
         _ => {
-            let read = |at: &SharedMemoryRef| app.shm.read(at);
+            // Inputs read from shared memory count against the body's
+            // limit, as if they had come in the body.
+            let read_so_far = std::cell::Cell::new(body.len());
+            let read = |at: &SharedMemoryRef| {
+                let total = read_so_far.get().saturating_add(at.byte_size);
+                if total > app.options.body_limit {
+                    return Err(ProtocolError::new(format!(
+                        "shared memory region '{}': its {} bytes would bring the request to {total} bytes, more \
+                         than the server's limit of {} (multiproc serve --max-body-bytes)",
+                        at.region, at.byte_size, app.options.body_limit
+                    )));
+                }
+                read_so_far.set(total);
+                app.shm.read(at)
+            };
             let shm: Option<ShmReader<'_>> = if app.shm.allowed() { Some(&read) } else { None };
             let decoded = decode_request_with(&body, header_length, shm)?;
             drop(body);
