@@ -39,8 +39,9 @@ pub(crate) struct RunnerRef {
 /// Where a payload's bytes are.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Payload<'a> {
-    /// In the record itself.
-    Inline(#[serde(borrow)] &'a [u8]),
+    /// In the record itself (as one byte string: serde's own `&[u8]` goes
+    /// through its serializer a byte at a time).
+    Inline(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
     /// In the sender's ring.
     Ring { at: u64, len: u64 },
     /// In a sealed memory file: the record's first descriptor.
@@ -104,7 +105,7 @@ pub(crate) enum FromWorker<'a> {
 pub(crate) enum Framed<'a> {
     /// The item's bytes and how many descriptors it owns.
     Value {
-        #[serde(borrow)]
+        #[serde(borrow, with = "serde_bytes")]
         bytes: &'a [u8],
         nfds: u32,
     },
