@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::bell::{Bell, Ringer};
 use crate::deadline::after;
-use crate::gauge::InFlight;
+use crate::gauge::{InFlight, Releases};
 use crate::items::Encoded;
 use crate::metrics::BatchReason;
 use crate::settings::ModelSettings;
@@ -34,12 +34,13 @@ pub(crate) enum Continuation {
 }
 
 impl Continuation {
-    /// Hands the model's answer on (a caller's wake-up goes to `wakes`);
-    /// false if the caller already had its answer (its deadline passed).
-    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes) -> bool {
+    /// Hands the model's answer on (a caller's wake-up goes to `wakes`,
+    /// the request's place in its pipeline to `releases`); false if the
+    /// caller already had its answer (its deadline passed).
+    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes, releases: &mut Releases) -> bool {
         match self {
             Continuation::Answer(guard) => {
-                drop(guard);
+                releases.add(guard);
                 slot.complete_later(Ok(answer), wakes)
             }
             // A caller already answered (its deadline passed) gets no

@@ -13,6 +13,7 @@ use crate::batcher::{BatchQueue, Next, Pending};
 use crate::bell::Bell;
 use crate::deadline::after;
 use crate::error::ServeError;
+use crate::gauge::Releases;
 use crate::items::{Encoded, Inputs, Items};
 use crate::lone::{AnswerTimes, NextLone, poll_for};
 use crate::metrics::{BatchReason, Tally};
@@ -370,12 +371,19 @@ fn answer_oldest(
             }
             group.fail_dropped(dropped);
             let answers = Arc::new(answers);
-            let mut delivery =
-                Delivery { sent_at, now, batch_size: n, wakes: Wakes::default(), tally: Tally::default() };
+            let mut delivery = Delivery {
+                sent_at,
+                now,
+                batch_size: n,
+                wakes: Wakes::default(),
+                releases: Releases::default(),
+                tally: Tally::default(),
+            };
             for (i, p) in batch.into_iter().enumerate() {
                 deliver(group, p, Encoded::item(&answers, i), &mut delivery);
             }
             group.counters.success(&delivery.tally);
+            delivery.releases.flush();
             delivery.wakes.wake();
             Ok(sent.is_empty() && alone.is_some_and(|a| group.queue.arrivals() == a))
         }
@@ -493,6 +501,9 @@ struct Delivery {
     now: Instant,
     batch_size: usize,
     wakes: Wakes,
+    /// The pipeline places of the requests answered (released before the
+    /// wake-ups, so a woken caller finds room).
+    releases: Releases,
     tally: Tally,
 }
 
@@ -512,7 +523,7 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
                 batch_size: d.batch_size,
             };
             let delivered = match p.then {
-                Some(then) => then.run(answer, p.slot, &mut d.wakes),
+                Some(then) => then.run(answer, p.slot, &mut d.wakes, &mut d.releases),
                 None => p.slot.complete_later(Ok(answer), &mut d.wakes),
             };
             // An answer that comes after its request's deadline answered
