@@ -174,6 +174,7 @@ where
                 // Says it sleeps before it looks (see `Gauge`): a request
                 // leaving meanwhile nudges it.
                 while !self.stopped.load(Ordering::Acquire) {
+                    self.gauge.set_queued(q.jobs.len());
                     self.gauge.set_feeder_sleeps(true);
                     if self.chunk_ready(&q) {
                         break;
@@ -514,7 +515,11 @@ where
         // too); an input that does not encode is its request's error.
         q.inputs.push_output(Ok(&input));
         q.jobs.push_back(job);
-        self.gauge.set_queued(q.jobs.len());
+        // Only a sleeping feeder's queue is read by releases (see `Gauge`),
+        // and a feeder notes its queue as it goes to sleep.
+        if self.gauge.feeder_sleeps() {
+            self.gauge.set_queued(q.jobs.len());
+        }
         self.wake_feeder(q);
         Ok(())
     }
