@@ -20,6 +20,8 @@
 //! written through its file, never through a mapping another process can
 //! cut short (see [`multiproc::SharedMemory::read_at`]), so a client that
 //! shrinks or removes its object meanwhile gets an error, not a crash.
+//! The inputs a request reads from shared memory count against the body
+//! limit (`--max-body-bytes`), as if they had come in the body.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
