@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::protocol::ModelMetadata;
+use crate::protocol::{DataType, ModelMetadata};
 
 /// How long [`infer`] waits by default for each answer (the model's
 /// metadata, then the inference) before giving up.
@@ -279,7 +279,8 @@ pub fn ask_classification(meta: &ModelMetadata, request: &mut Value, n: usize) -
             let numeric: Vec<Value> = meta
                 .outputs
                 .iter()
-                .filter(|o| !matches!(o.datatype.as_str(), "BOOL" | "BYTES"))
+                // A datatype this build does not know is left to the server to judge.
+                .filter(|o| o.datatype.parse::<DataType>().map_or(true, DataType::is_numeric))
                 .map(|o| json!({"name": o.name, "parameters": parameters}))
                 .collect();
             if numeric.is_empty() {
