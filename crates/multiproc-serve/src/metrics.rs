@@ -154,8 +154,8 @@ pub(crate) struct Counters {
     pub restarts: AtomicU64,
     failures: Mutex<BTreeMap<ErrorKind, u64>>,
     batches: Mutex<(BTreeMap<usize, u64>, BTreeMap<BatchReason, u64>)>,
-    /// Batches run, by rows: (count, input, infer, output µs).
-    executed: Mutex<BTreeMap<usize, [u64; 4]>>,
+    /// Batches run, by rows.
+    executed: Mutex<BTreeMap<usize, BatchStats>>,
 }
 
 /// A batch's successful requests, added to the counters once for the
@@ -215,11 +215,11 @@ impl Counters {
         let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         self.last_inference_ms.fetch_max(u64::try_from(now_ms).unwrap_or(u64::MAX), Relaxed);
         let mut executed = self.executed.lock().unwrap_or_else(|e| e.into_inner());
-        let [count, input, infer, output] = executed.entry(rows).or_default();
-        *count += 1;
-        *input = input.saturating_add(input_us);
-        *infer = infer.saturating_add(infer_us);
-        *output = output.saturating_add(output_us);
+        let stats = executed.entry(rows).or_insert(BatchStats { batch_size: rows, ..BatchStats::default() });
+        stats.count += 1;
+        stats.compute_input_us = stats.compute_input_us.saturating_add(input_us);
+        stats.compute_infer_us = stats.compute_infer_us.saturating_add(infer_us);
+        stats.compute_output_us = stats.compute_output_us.saturating_add(output_us);
     }
 
     pub fn snapshot(&self, model: &str, version: u64, pending: u64, workers: BTreeMap<String, u64>) -> VersionMetrics {
@@ -244,16 +244,7 @@ impl Counters {
             pending_requests: pending,
             batch_sizes: batches.0.iter().map(|(k, v)| (*k, *v)).collect(),
             batch_reasons: batches.1.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
-            batch_stats: executed
-                .iter()
-                .map(|(&batch_size, &[count, compute_input_us, compute_infer_us, compute_output_us])| BatchStats {
-                    batch_size,
-                    count,
-                    compute_input_us,
-                    compute_infer_us,
-                    compute_output_us,
-                })
-                .collect(),
+            batch_stats: executed.values().copied().collect(),
             restarts: self.restarts.load(Relaxed),
             workers,
         }
