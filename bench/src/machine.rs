@@ -83,7 +83,9 @@ impl CpuTicks {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let fields: Vec<u64> =
             stat.lines().next()?.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
-        Some(CpuTicks { steal: *fields.get(7)?, total: fields.iter().sum() })
+        // user, nice, system, idle, iowait, irq, softirq, steal; the guest
+        // times after them are counted in user and nice already.
+        Some(CpuTicks { steal: *fields.get(7)?, total: fields.get(..8)?.iter().sum() })
     }
 
     /// The share of the CPUs' time stolen since `earlier`, in percent.
