@@ -2,14 +2,15 @@
 //! turn over every other item, so that kills land while a process holds the
 //! frame lock, creates or retires a segment, or is between claim and
 //! commit: the survivors' `get_timeout` keeps its bound and the queue,
-//! bounded or not, then works at full speed.
+//! bounded or not, then works at full speed; a bounded one holds exactly
+//! `maxsize` items again.
 
 mod queue_support;
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-use multiproc::{GetError, Process, PutError, Queue};
+use multiproc::{GetError, Process, PutError, Queue, TryPutError};
 use queue_support::{Child, LONG, SLACK, jitter};
 
 /// Puts numbers for ever (until killed). The unbounded queue holds at most
@@ -78,6 +79,23 @@ fn kills_while_two_slot_segments_turn_over_leave_the_queue_working() {
                         break;
                     }
                     Err(e) => panic!("{e}"),
+                }
+            }
+            if bounded {
+                // Exactly `maxsize` items fit: no kill took room with it
+                // (room is a position, taken and given back in one atomic
+                // step each).
+                for i in 0..6u64 {
+                    q.put_timeout(i, SLACK).unwrap_or_else(|e| {
+                        panic!("round {round}: put {i} of 6 into the emptied queue: {e:?} qsize {}", q.qsize())
+                    });
+                }
+                assert!(
+                    matches!(q.put_nowait(6), Err(TryPutError::Full(_))),
+                    "round {round}: a seventh item fit in a queue of maxsize 6"
+                );
+                for i in 0..6u64 {
+                    assert_eq!(q.get_timeout(SLACK).unwrap(), i);
                 }
             }
             let s = Instant::now();

@@ -177,8 +177,6 @@ pub(super) struct Header {
     pub not_empty: Line<Sleepers>,
     /// Producers waiting for room (bounded queues).
     pub not_full: Line<Sleepers>,
-    /// Items holding a permit (bounded queues): put, not yet taken.
-    pub count: Line<AtomicU64>,
     /// Joinable queues: tasks of items taken (by `get`) and not yet marked
     /// done, less the `task_done` calls made for items still queued (so it
     /// may be negative, as an `i32`). The tasks of queued items are their

@@ -20,6 +20,10 @@
 //!   middle of `put` leaves at most a half-written slot, which consumers skip
 //!   as soon as they see its thread is gone (within a few milliseconds), and
 //!   the queue stays usable.
+//! - **A dead process takes no room with it**: a bounded queue counts its
+//!   items by their positions in the ring, admitted and given back in single
+//!   atomic steps, so a producer or consumer killed at any instruction leaves
+//!   room for `maxsize` items once the queue is emptied.
 //! - **Unbounded means unbounded**: [`Queue::new`] never blocks `put`; when
 //!   the ring is full, items spill into further segments of shared memory.
 //!   [`Queue::bounded`] limits the number of items (Python's `maxsize`).
@@ -397,12 +401,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
         // A put that does not wait fails on a full queue before serializing
         // its item (and writing a large one): a caller may retry it often.
-        if !block {
-            match self.ring.room_now() {
-                Ok(true) => {}
-                Ok(false) => return Err(TryPutError::Full(value)),
-                Err(e) => return Err(TryPutError::Io(value, e)),
-            }
+        if !block && !self.ring.room_now() {
+            return Err(TryPutError::Full(value));
         }
         with_buffer(|buf| {
             if let Err(e) = encode(&value, buf) {

@@ -4,13 +4,15 @@
 //! ```text
 //!  63                        27 26              5   4      3    2..0
 //! +----------------------------+----------------+------+------+-------+
-//! | lap (37 bits, wrapping)    | tid (22 bits)  | task | owed | state |
+//! | lap (37 bits, wrapping)    | tid (22 bits)  | task | 0    | state |
 //! +----------------------------+----------------+------+------+-------+
 //! ```
 //!
 //! A slot of a fresh (all-zero) segment reads as `FREE` on lap 0, so a segment
 //! needs no initialisation beyond its number. See `README.md` for the life of
-//! a slot.
+//! a slot. Bit 3 is unused: it once marked a bounded queue's permit held by
+//! the slot, before bounded queues admitted items by position (`README.md`,
+//! "Accounting"); it is always 0.
 
 /// Empty and claimable by the producer of position `lap * slots + index`.
 pub(super) const FREE: u64 = 0;
@@ -27,7 +29,6 @@ pub(super) const SKIP: u64 = 3;
 pub(super) const TAKING: u64 = 4;
 
 const STATE_BITS: u32 = 3;
-const OWED_SHIFT: u32 = 3;
 const TASK_SHIFT: u32 = 4;
 const TID_SHIFT: u32 = 5;
 const TID_BITS: u32 = 22;
@@ -46,10 +47,6 @@ pub(super) struct Stamp {
     pub lap: u64,
     /// One of the state constants above.
     pub state: u64,
-    /// For `SKIP` and `TAKING`: the item holds a place in the queue's
-    /// accounting (a bounded-queue permit, a joinable-queue task) that the
-    /// consumer who frees the slot gives back.
-    pub owed: bool,
     /// For `TAKING` (joinable queues): the consumer took an item and has
     /// counted its task among the taken ones (`Header::taken_tasks`), so
     /// whoever frees the slot for a dead consumer marks that task done.
@@ -61,12 +58,12 @@ pub(super) struct Stamp {
 impl Stamp {
     /// A stamp with no owner.
     pub(super) fn new(lap: u64, state: u64) -> Stamp {
-        Stamp { lap: lap & LAP_MASK, state, owed: false, task: false, tid: 0 }
+        Stamp { lap: lap & LAP_MASK, state, task: false, tid: 0 }
     }
 
     /// A stamp owned by thread `tid`.
-    pub(super) fn owned(lap: u64, state: u64, tid: u32, owed: bool) -> Stamp {
-        Stamp { lap: lap & LAP_MASK, state, owed, task: false, tid: tid & MAX_TID }
+    pub(super) fn owned(lap: u64, state: u64, tid: u32) -> Stamp {
+        Stamp { lap: lap & LAP_MASK, state, task: false, tid: tid & MAX_TID }
     }
 
     /// The packed word.
@@ -74,7 +71,6 @@ impl Stamp {
         (self.lap & LAP_MASK) << LAP_SHIFT
             | u64::from(self.tid & MAX_TID) << TID_SHIFT
             | u64::from(self.task) << TASK_SHIFT
-            | u64::from(self.owed) << OWED_SHIFT
             | (self.state & ((1 << STATE_BITS) - 1))
     }
 
@@ -83,7 +79,6 @@ impl Stamp {
         Stamp {
             lap: (word >> LAP_SHIFT) & LAP_MASK,
             state: word & ((1 << STATE_BITS) - 1),
-            owed: (word >> OWED_SHIFT) & 1 == 1,
             task: (word >> TASK_SHIFT) & 1 == 1,
             tid: ((word >> TID_SHIFT) & u64::from(MAX_TID)) as u32,
         }
@@ -126,10 +121,10 @@ mod test {
         assert_eq!(Stamp::unpack(0), Stamp::new(0, FREE));
         for s in [
             Stamp::new(0, READY),
-            Stamp::owned(123_456, WRITING, MAX_TID, false),
-            Stamp::owned(LAP_MASK, TAKING, 77, true),
-            Stamp::owned(5, SKIP, 0, true),
-            Stamp { task: true, ..Stamp::owned(9, TAKING, 12, true) },
+            Stamp::owned(123_456, WRITING, MAX_TID),
+            Stamp::owned(LAP_MASK, TAKING, 77),
+            Stamp::owned(5, SKIP, 0),
+            Stamp { task: true, ..Stamp::owned(9, TAKING, 12) },
         ] {
             assert_eq!(Stamp::unpack(s.pack()), s);
         }

@@ -154,6 +154,61 @@ fn threads_bounded_tiny_geometry_exact_multiset() {
     stress(q, 3, 3, 1000);
 }
 
+/// Bounded queues admit an item by the move of the tail that includes it:
+/// producers racing to fill one whose items span several segments (two
+/// slots each) get exactly `maxsize` in, round after round, and while a
+/// consumer takes, the queue never holds more.
+#[test]
+fn racing_producers_fill_a_bounded_queue_exactly() {
+    let q = Queue::<u64>::builder().maxsize(5).segment_slots(2).max_segments(64).build().unwrap();
+    for round in 0..50 {
+        let got: usize = (0..4)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || (0..20).filter(|_| q.put_nowait(round).is_ok()).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(got, 5, "round {round}: puts that got in");
+        assert_eq!(q.qsize(), 5);
+        for _ in 0..5 {
+            assert_eq!(q.get_nowait().unwrap(), round);
+        }
+        assert!(q.get_nowait().is_err());
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..3)
+        .map(|_| {
+            let q = q.clone();
+            thread::spawn(move || {
+                for i in 0..2000 {
+                    q.put_timeout(i, LONG).unwrap();
+                }
+            })
+        })
+        .collect();
+    let watcher = {
+        let (q, stop) = (q.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(SeqCst) {
+                most = most.max(q.qsize());
+            }
+            most
+        })
+    };
+    for _ in 0..6000 {
+        q.get_timeout(LONG).unwrap();
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
+    stop.store(true, SeqCst);
+    assert!(watcher.join().unwrap() <= 5, "the queue held more than maxsize");
+}
+
 #[test]
 fn threads_default_geometry_exact_multiset() {
     stress(Queue::new().unwrap(), 2, 2, 2000);
@@ -278,13 +333,10 @@ fn forge_dead_producer(q: &Queue<u64>, include: bool) {
     assert_eq!(t & SEALED, 0);
     let slot = f.slot(t);
     let word = slot.stamp.load(SeqCst);
-    let dead = Stamp::owned(f.lap(t), WRITING, dead_tid(), true).pack();
+    let dead = Stamp::owned(f.lap(t), WRITING, dead_tid()).pack();
     slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
-    // The dead producer held a permit; its task (joinable queues) is counted
-    // by the position, once included.
-    if ring.bounded() {
-        ring.header().count.0.fetch_add(1, SeqCst);
-    }
+    // Its room (bounded queues) and its task (joinable queues) are its
+    // position, once included.
     if include {
         f.header().tail.0.fetch_add(1, SeqCst);
     }
@@ -301,7 +353,7 @@ fn consumer_skips_a_dead_producers_slot() {
     let t = Instant::now();
     assert_eq!(q.get_timeout(LONG).unwrap(), 2);
     assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
-    // The dead producer's permit and task were given back.
+    // The dead producer's room and task went with its skipped position.
     assert_eq!(q.qsize(), 0);
     assert_eq!(q.unfinished_tasks(), 2);
     for v in 3..6 {
@@ -376,11 +428,10 @@ fn producer_withdraws_a_dead_unincluded_claim() {
 
 /// A producer of a bounded queue that must wait before it can claim a slot
 /// (another producer's claim at the tail, or a new segment to prepare)
-/// holds no permit meanwhile, so a kill there loses none; before, it took
-/// its permit first and a kill leaked it (the queue stayed "full" after
-/// enough of them).
+/// holds no room meanwhile, so a kill there loses none (a permit taken
+/// first once leaked so: the queue stayed "full" after enough kills).
 #[test]
-fn a_producer_waiting_to_claim_holds_no_permit() {
+fn a_producer_waiting_to_claim_holds_no_room() {
     let q = Queue::<u64>::bounded(2).unwrap();
     let ring = &q.ring;
     // A live producer (this thread) has claimed the tail slot and not yet
@@ -390,7 +441,7 @@ fn a_producer_waiting_to_claim_holds_no_permit() {
     let t = f.header().tail.0.load(SeqCst);
     let slot = f.slot(t);
     let free = slot.stamp.load(SeqCst);
-    let busy = Stamp::owned(f.lap(t), WRITING, crate::sys::imp::thread::current_tid(), false).pack();
+    let busy = Stamp::owned(f.lap(t), WRITING, crate::sys::imp::thread::current_tid()).pack();
     slot.stamp.compare_exchange(free, busy, SeqCst, SeqCst).unwrap();
     let waiting = {
         let q = q.clone();
@@ -398,7 +449,7 @@ fn a_producer_waiting_to_claim_holds_no_permit() {
     };
     let until = Instant::now() + Duration::from_millis(300);
     while Instant::now() < until {
-        assert_eq!(q.qsize(), 0, "a producer waiting to claim a slot took a permit");
+        assert_eq!(q.qsize(), 0, "a producer waiting to claim a slot took room");
         thread::sleep(Duration::from_millis(5));
     }
     slot.stamp.compare_exchange(busy, free, SeqCst, SeqCst).unwrap();
@@ -425,7 +476,7 @@ fn a_dead_producers_task_goes_with_its_position() {
     assert!(q.get_timeout(Duration::from_millis(50)).unwrap_err().is_timeout());
     assert_eq!(q.unfinished_tasks(), 0, "the skipped position took its task");
     q.join_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(q.qsize(), 0, "and the permit came back");
+    assert_eq!(q.qsize(), 0, "and its room came back");
 }
 
 /// As in Python, `task_done` may come before the `get` of its item, but
@@ -449,7 +500,7 @@ fn consumer_completes_a_dead_consumers_claim() {
     q.put(1).unwrap();
     q.put(2).unwrap();
     forge_dead_taker(&q, false);
-    // Item 1 is lost with the dead consumer; 2 comes next, and its permit is back.
+    // Item 1 is lost with the dead consumer; 2 comes next, and its room is back.
     assert_eq!(q.get_timeout(LONG).unwrap(), 2);
     assert_eq!(q.qsize(), 0);
 }
@@ -467,7 +518,7 @@ fn forge_dead_taker<T>(q: &Queue<T>, moved_head: bool) {
     // As `take_once` does: the claim, then (joinable queues) the item's task
     // counted among the taken ones, then the head move.
     let task = ring.joinable();
-    let dead = Stamp { task, ..Stamp::owned(f.lap(h), TAKING, dead_tid(), true) }.pack();
+    let dead = Stamp { task, ..Stamp::owned(f.lap(h), TAKING, dead_tid()) }.pack();
     slot.stamp.compare_exchange(word, dead, SeqCst, SeqCst).unwrap();
     if task {
         ring.count_taken_task(1);
@@ -478,7 +529,7 @@ fn forge_dead_taker<T>(q: &Queue<T>, moved_head: bool) {
 }
 
 #[test]
-fn a_consumer_that_died_mid_copy_gives_back_its_permit_and_task() {
+fn a_consumer_that_died_mid_copy_leaves_its_room_and_gives_back_its_task() {
     // Its item is lost with it; what the item held must come back, or a
     // bounded(1) queue stays full for ever and `join` never returns.
     let q = Queue::<u64>::bounded(1).unwrap();
@@ -493,20 +544,16 @@ fn a_consumer_that_died_mid_copy_gives_back_its_permit_and_task() {
 }
 
 #[test]
-fn put_nowait_finds_room_held_by_dead_consumers() {
-    // The first put_nowait that finds the queue full looks for such room
-    // (later ones at most every RECLAIM_EVERY): a caller that retries gets
-    // in, and none is ever told Full for good.
+fn put_nowait_finds_the_room_of_dead_consumers_at_once() {
+    // A consumer that died copying its item out had moved the head past
+    // it: the room is free from then on, with nothing to look for.
     let q = Queue::<u64>::bounded(1).unwrap();
     q.put(1).unwrap();
     forge_dead_taker(&q, true);
     q.put_nowait(2).unwrap();
     forge_dead_taker(&q, true);
-    let deadline = Instant::now() + LONG;
-    while q.put_nowait(3).is_err() {
-        assert!(Instant::now() < deadline, "put_nowait never found the room of the dead consumer");
-        thread::sleep(Duration::from_millis(1));
-    }
+    q.put_nowait(3).unwrap();
+    assert!(matches!(q.put_nowait(4), Err(TryPutError::Full(4))), "bounded(1) holds one item");
     assert_eq!(q.get_timeout(LONG).unwrap(), 3);
 }
 

@@ -1,5 +1,5 @@
 //! Blocking on top of the lock-free ring: spinning, futex sleeps and wake-ups,
-//! bounded-queue permits and joinable-queue task counts.
+//! bounded-queue room and joinable-queue task counts.
 //!
 //! Sleeping follows one protocol everywhere (a Dekker handshake through
 //! SeqCst operations): a sleeper registers (an entry with its thread id and
@@ -86,17 +86,17 @@ pub(super) enum GetFail {
     Io(io::Error),
 }
 
-/// How often a thread waiting for room or in `join` looks for slots of
-/// consumers that died holding them (see [`Ring::reclaim_dead_takers`]).
+/// How often a thread in `join` looks for slots of consumers that died
+/// holding them (see [`Ring::reclaim_dead_takers`]), and how long a thread
+/// waiting for room sleeps before it looks at the room again.
 const RECLAIM_EVERY: Duration = Duration::from_millis(20);
 
 /// Paces [`Ring::reclaim_dead_takers`] for all the threads of this process
-/// that use one queue, whether they wait (for room, or in `join`) or not:
-/// due at the first call, then at most every [`RECLAIM_EVERY`]. The look
-/// reads every slot of the head segment (up to thousands of cache lines that
-/// consumers are writing): a caller retrying `put_nowait` on a full queue, or
-/// many threads waiting for room, would otherwise pay for it again and again,
-/// and slow down the consumers that make room.
+/// that wait in `join` on one queue: due at the first call, then at most
+/// every [`RECLAIM_EVERY`]. The look reads every slot of the head segment
+/// (up to thousands of cache lines that consumers are writing): many
+/// threads waiting would otherwise pay for it again and again, and slow down
+/// the consumers.
 #[derive(Debug)]
 pub(super) struct ReclaimPacer {
     since: Instant,
@@ -227,11 +227,12 @@ impl Ring {
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
-        // A large item is written first, before the permit is taken: a
-        // producer killed while writing it then holds nothing that others
-        // wait for (only the blob's pages, freed with the queue). Its task
-        // (joinable queues) is counted by `push` in the step that includes
-        // the item in the queue, so no kill leaves a task without its item.
+        // A large item is written first, before it takes room: a producer
+        // killed while writing it then holds nothing that others wait for
+        // (only the blob's pages, freed with the queue). Its room (bounded
+        // queues) and its task (joinable queues) are taken by `push` in the
+        // step that includes the item in the queue, so no kill leaves room
+        // or a task without an item.
         let payload = match Payload::for_bytes(bytes) {
             Some(payload) => payload,
             None => self.write_blob(bytes).map_err(PutFail::Io)?,
@@ -244,10 +245,8 @@ impl Ring {
         let me = current_tid();
         let mut deadline = None;
         loop {
-            // A bounded queue's permit is taken in `push`, once a slot is
-            // claimed, so that a producer killed on the way (while a new
-            // segment is prepared, say) holds none. Here we only wait until
-            // there is room.
+            // A bounded queue's room is taken in `push`, by the include of
+            // the item's position. Here we only wait until there is room.
             if self.bounded()
                 && let Err(e) = self.wait_for_room(&mut deadline, timeout, block)
             {
@@ -262,8 +261,8 @@ impl Ring {
             }
             match self.push(payload, me) {
                 Ok(Pushed::Done) => break,
-                // Taken for dead and skipped (its permit given back), or the
-                // room was taken by another producer: wait for room again.
+                // Taken for dead and skipped (its room went with the skip), or
+                // the room was taken by another producer: wait for room again.
                 Ok(Pushed::Lost | Pushed::Full) => {}
                 Err(e) => {
                     discard();
@@ -383,19 +382,21 @@ impl Ring {
     }
 
     /// For a put that does not wait, before its item is serialized (or a
-    /// large one written): false when a bounded queue is full now and no
-    /// room held by dead consumers was found (looked for as paced by
-    /// [`ReclaimPacer`]). A hint: the permit taken in `put` decides.
-    pub(super) fn room_now(&self) -> io::Result<bool> {
-        // ORDERING: Relaxed: a hint, as said.
-        Ok(!self.bounded()
-            || self.header().count.0.load(Relaxed) < self.maxsize()
-            || (self.reclaim_pacer().due() && self.reclaim_dead_takers()?))
+    /// large one written): false when a bounded queue is full now. A hint:
+    /// the include in `push` decides.
+    pub(super) fn room_now(&self) -> bool {
+        !self.bounded() || self.has_room()
     }
 
-    /// Waits until a bounded queue has room (a permit free), without taking
-    /// it: `push` takes it once it holds a slot. `deadline` is set the first
-    /// time the queue is found full and kept across calls of one put.
+    /// True when a bounded queue holds fewer positions than `maxsize` (see
+    /// [`Ring::positions`]; its loads are part of the not_full handshake).
+    fn has_room(&self) -> bool {
+        self.positions() < self.maxsize()
+    }
+
+    /// Waits until a bounded queue has room, without taking it: `push` takes
+    /// it when it includes the item. `deadline` is set the first time the
+    /// queue is found full and kept across calls of one put.
     fn wait_for_room(
         &self,
         deadline: &mut Option<Deadline>,
@@ -403,59 +404,36 @@ impl Ring {
         block: bool,
     ) -> Result<(), PutFail> {
         let hdr = self.header();
-        let max = self.maxsize();
         let mut backoff = Backoff::new();
         loop {
             if self.is_closed() {
                 return Err(PutFail::Closed);
             }
-            // ORDERING: SeqCst: part of the not_full handshake (the sleeper's
-            // condition).
-            if hdr.count.0.load(SeqCst) < max {
+            if self.has_room() {
                 return Ok(());
             }
             let deadline = *deadline.get_or_insert_with(|| Deadline::from_timeout(timeout));
             if block && backoff.snooze() {
                 continue;
             }
-            // Giving up, or now and then while waiting: is the room held by
-            // consumers that died?
-            let look = (block && deadline.expired()) || self.reclaim_pacer().due();
-            if look && self.reclaim_dead_takers().map_err(PutFail::Io)? {
-                continue;
-            }
+            // Room held by a consumer that died comes back without help: a
+            // consumer's room goes with its head move, before which it holds
+            // the item's position (and the next get resolves its claim).
             if !block || deadline.expired() {
                 return Err(PutFail::Full);
             }
-            // ORDERING: SeqCst: as above.
-            let until = deadline.at_most(RECLAIM_EVERY);
-            sleep(&hdr.not_full.0, until, || hdr.count.0.load(SeqCst) < max || self.is_closed());
+            // In slices: a consumer killed between its head move and its
+            // wake-up wakes nobody.
+            sleep(&hdr.not_full.0, deadline.at_most(RECLAIM_EVERY), || self.has_room() || self.is_closed());
         }
     }
 
-    /// Takes a permit of a bounded queue if one is free, without waiting
-    /// (`push`, holding a claimed slot); false when the queue is full.
-    pub(super) fn try_permit(&self) -> bool {
-        let count = &self.header().count.0;
-        let max = self.maxsize();
-        // ORDERING: SeqCst load: as in `wait_for_room`; AcqRel CAS: permits
-        // are a counter, SeqCst is not needed for taking one.
-        let mut now = count.load(SeqCst);
-        while now < max {
-            match count.compare_exchange_weak(now, now + 1, AcqRel, Relaxed) {
-                Ok(_) => return true,
-                Err(seen) => now = seen,
-            }
-        }
-        false
-    }
-
-    /// Gives back the permit of an item that left the queue.
-    pub(super) fn release_permit(&self) {
+    /// A consumer's head move made room in the queue (or it freed a slot
+    /// behind the head): wakes a producer waiting for room, if any. The
+    /// waker half of the not_full handshake, after the SeqCst head move.
+    pub(super) fn room_freed(&self) {
         if self.bounded() {
             let hdr = self.header();
-            // ORDERING: SeqCst: the waker half of the not_full handshake.
-            let _ = hdr.count.0.fetch_update(SeqCst, SeqCst, |c| c.checked_sub(1));
             wake(hdr, &hdr.not_full.0, 1);
         }
     }

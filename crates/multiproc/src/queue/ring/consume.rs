@@ -39,14 +39,13 @@ impl Ring {
                 (LapOrder::Newer, _) => continue, // `h` is stale
                 (LapOrder::Same, READY | SKIP) => {
                     let ready = s.state == READY;
-                    let owed = ready || s.owed;
                     // A joinable queue's item carries its task in its position
                     // until the head moves past it; from then on the task is
                     // among the taken ones. It is counted there first, so the
                     // unfinished count never dips in between (a consumer killed
                     // in the two steps after its claim may leave it counted).
                     let task = ready && self.joinable();
-                    let mine = Stamp { task, ..Stamp::owned(lap, TAKING, me, owed) }.pack();
+                    let mine = Stamp { task, ..Stamp::owned(lap, TAKING, me) }.pack();
                     // ORDERING: AcqRel: Acquire re-reads the committed item; Release
                     // publishes our claim.
                     if slot.stamp.compare_exchange(word, mine, AcqRel, Relaxed).is_err() {
@@ -55,11 +54,14 @@ impl Ring {
                     if task {
                         self.count_taken_task(1);
                     }
-                    // ORDERING: Acquire / AcqRel: validate the frame, then move the
+                    // ORDERING: Acquire / SeqCst: validate the frame, then move the
                     // head (only the owner of the head slot moves it). The head
                     // move's Release publishes the task count above to anyone who
-                    // sees the head moved (see `Ring::positions`).
-                    if fh.seg.0.load(Acquire) != n + 1 || fh.head.0.compare_exchange(h, h + 1, AcqRel, Relaxed).is_err()
+                    // sees the head moved (see `Ring::positions`); it is SeqCst
+                    // because it makes room in a bounded queue, the state change
+                    // of the not_full handshake (`room_freed` below checks for
+                    // sleepers).
+                    if fh.seg.0.load(Acquire) != n + 1 || fh.head.0.compare_exchange(h, h + 1, SeqCst, Relaxed).is_err()
                     {
                         if task {
                             self.count_taken_task(-1);
@@ -73,9 +75,10 @@ impl Ring {
                     // load below (a retirement scan either sees this release or is
                     // retried by us).
                     slot.stamp.store(Stamp::new(lap + 1, FREE).pack(), SeqCst);
-                    if owed {
-                        self.release_permit();
-                    }
+                    // The room was made by the head move; producers are woken
+                    // once the slot is free as well (a producer whose position
+                    // wraps to it would otherwise find it still taken).
+                    self.room_freed();
                     // ORDERING: SeqCst: see the release above.
                     if hdr.seg_head.0.load(SeqCst) != n {
                         self.try_retire(n)?;
@@ -142,10 +145,10 @@ impl Ring {
     /// Frees the slots behind the head of the head segment that consumers
     /// claimed and died holding: they had moved the head but not released
     /// the slot (they were copying the item out). Their items are lost with
-    /// them; what the items held (a permit, a task) is given back. Otherwise
-    /// only the segment's retirement frees them, which may never come (a
-    /// bounded(1) queue cannot take the items that would fill the segment).
-    /// For threads that wait for room or in `join`; true if it freed any.
+    /// them; a task they held is given back (their room went with the head
+    /// move). Otherwise only the segment's retirement frees them, which may
+    /// never come (a joinable queue's `join` would wait for the task).
+    /// For threads in `join`; true if it freed any.
     pub(in crate::queue) fn reclaim_dead_takers(&self) -> io::Result<bool> {
         let hdr = self.header();
         // ORDERING: Acquire: as in take_once.
@@ -179,21 +182,17 @@ impl Ring {
     }
 
     /// Frees a slot whose owner died holding it (its stamp read as `word`)
-    /// by stamping it `free`, and gives back what its claim held (the permit
-    /// if `owed`, the taken task if `task`); true if this thread did it
-    /// (another may have first).
+    /// by stamping it `free`, and marks done the taken task its claim held
+    /// (`task`); true if this thread did it (another may have first).
     pub(in crate::queue) fn free_dead_claim(&self, slot: &Slot, word: u64, free: u64) -> bool {
         // ORDERING: AcqRel: only one thread frees the slot and gives back what
         // the dead owner held; Release hands the slot to the next lap's producer.
         let won = slot.stamp.compare_exchange(word, free, AcqRel, Relaxed).is_ok();
         if won {
-            let s = Stamp::unpack(word);
-            if s.owed {
-                self.release_permit();
-            }
-            if s.task {
+            if Stamp::unpack(word).task {
                 let _ = self.task_done();
             }
+            self.room_freed();
         }
         won
     }
@@ -248,8 +247,9 @@ impl Ring {
                     }
                     word = kept;
                 }
-                // ORDERING: AcqRel: the head moves past the dead claim once.
-                let _ = fh.head.0.compare_exchange(blocked.pos, blocked.pos + 1, AcqRel, Relaxed);
+                // ORDERING: SeqCst: the head moves past the dead claim once; as
+                // in take_once, the move makes room (free_dead_claim wakes).
+                let _ = fh.head.0.compare_exchange(blocked.pos, blocked.pos + 1, SeqCst, Relaxed);
                 Ok(self.free_dead_claim(slot, word, Stamp::new(s.lap + 1, FREE).pack()))
             }
             _ => Ok(false),

@@ -122,12 +122,11 @@ struct HeadSlot<'a> {
 pub(super) enum Pushed {
     /// The item is in the queue.
     Done,
-    /// A consumer took this producer for dead and skipped its slot, giving
-    /// back its permit (and its task went with the skipped position): the
-    /// caller retries (a bounded queue's permit is taken again).
+    /// A consumer took this producer for dead and skipped its slot (its
+    /// position, and its task, went with the skip): the caller retries.
     Lost,
-    /// A bounded queue had no permit free when the slot was claimed: the
-    /// claim was withdrawn; the caller waits for room and retries.
+    /// A bounded queue had no room for the claim when it was to be included:
+    /// the claim was withdrawn; the caller waits for room and retries.
     Full,
 }
 
@@ -382,11 +381,6 @@ impl Ring {
 
     /// Items in the queue (approximate while others put and get).
     pub(super) fn len(&self) -> u64 {
-        let hdr = self.header();
-        if self.bounded() {
-            // ORDERING: Relaxed: a snapshot.
-            return hdr.count.0.load(Relaxed);
-        }
         self.positions()
     }
 
@@ -397,24 +391,67 @@ impl Ring {
     /// segment's head are read before the tails (which only grow), and a
     /// consumer counts a taken item's task before it moves the head past it,
     /// so `taken_tasks` read after this covers the items it missed (the
-    /// unfinished-task count relies on it, see `waits.rs`).
+    /// unfinished-task count relies on it, see `waits.rs`). A bounded
+    /// queue's room is `maxsize` minus this (see [`Ring::positions_with`]).
     pub(super) fn positions(&self) -> u64 {
         let hdr = self.header();
-        // ORDERING: Acquire: a snapshot of the segments, each re-validated;
-        // pairs with the consumers' AcqRel head moves (see above).
-        let first = hdr.seg_head.0.load(Acquire);
+        // ORDERING: SeqCst (seg_head here, the heads in `positions_in`): the
+        // condition of a producer waiting for room re-checks it after it
+        // registers as a sleeper, and a consumer's head move (SeqCst) is
+        // followed by its check for sleepers (the not_full handshake of
+        // waits.rs). Acquire (seg_tail): a snapshot, pairing with the Release
+        // CAS that moved it.
+        let first = hdr.seg_head.0.load(SeqCst);
         let last = hdr.seg_tail.0.load(Acquire);
-        let mut total = 0u64;
+        let mut total = 0;
         for seg in first..=last.max(first).min(first + self.geometry.frames) {
-            let Ok(f) = self.frame(seg) else { continue };
-            let fh = f.header();
-            if fh.seg.0.load(Acquire) != seg + 1 {
-                continue;
-            }
-            let head = fh.head.0.load(Acquire);
-            let tail = fh.tail.0.load(Acquire) & !SEALED;
-            total += tail.saturating_sub(head);
+            // A frame this process cannot map is left out: a snapshot.
+            total += self.positions_in(seg, None).unwrap_or(0);
         }
         total
+    }
+
+    /// The positions a bounded queue holds once the claim at position `t` of
+    /// segment `n` is included: those of the live segments before `n`, those
+    /// of `n` up to `t`, and one. `n` must be the tail segment and `t` its
+    /// tail as the caller read it; the caller then moves the tail from `t`
+    /// (the include CAS), which fails if any producer included or sealed
+    /// anything since. So no other position can appear meanwhile, and since
+    /// heads only grow and the tails before `n` are sealed, a stale read only
+    /// overstates the count: admitting an item when this is at most
+    /// `maxsize` never lets the queue hold more. The admission and the
+    /// include are then one atomic step, with nothing to leak if the
+    /// producer dies (README, "Accounting").
+    pub(super) fn positions_with(&self, n: u64, t: u64) -> io::Result<u64> {
+        // ORDERING: SeqCst: as in `positions`.
+        let first = self.header().seg_head.0.load(SeqCst);
+        if first > n {
+            // Consumers left `n`: it is sealed, and the include CAS fails.
+            return Ok(1);
+        }
+        let mut total = 1;
+        // A frame that cannot be mapped is an error here: leaving it out
+        // could admit an item too many.
+        for seg in first..n.min(first + self.geometry.frames) {
+            total += self.positions_in(seg, None)?;
+        }
+        Ok(total + self.positions_in(n, Some(t))?)
+    }
+
+    /// Tail − head of segment `seg`, with `tail` standing for its tail if
+    /// given; 0 once its frame no longer holds it (it was retired).
+    fn positions_in(&self, seg: u64, tail: Option<u64>) -> io::Result<u64> {
+        let f = self.frame(seg)?;
+        let fh = f.header();
+        // ORDERING: Acquire: validation, pairing with the Release store in
+        // `prepare`.
+        if fh.seg.0.load(Acquire) != seg + 1 {
+            return Ok(0);
+        }
+        // ORDERING: SeqCst: see `positions`.
+        let head = fh.head.0.load(SeqCst);
+        // ORDERING: Acquire: tails only grow, and sealed ones are final.
+        let tail = tail.unwrap_or_else(|| fh.tail.0.load(Acquire) & !SEALED);
+        Ok(tail.saturating_sub(head))
     }
 }

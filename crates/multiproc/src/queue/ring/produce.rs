@@ -10,16 +10,13 @@ use crate::queue::states::{FREE, LapOrder, READY, SEALED, Stamp, WRITING};
 use crate::queue::waits::Backoff;
 
 impl Ring {
-    /// Puts one item into the tail segment. In a bounded queue the item's
-    /// permit is taken here, once a slot is claimed and validated (`Full` if
-    /// there is none), and recorded in the claim at once (its `owed` bit):
-    /// from then on whoever finishes a dead producer's slot gives it back, and
-    /// a producer killed before the claim holds none. Only a kill between the
-    /// two adjacent atomic steps (permit, `owed` bit) can leak a permit. In a
-    /// joinable queue, the move of the tail that
-    /// includes the item's position is what counts its task: a producer
-    /// killed before it leaves no task, one killed after it leaves a position
-    /// that consumers skip, and the task goes with the position.
+    /// Puts one item into the tail segment. The move of the tail that
+    /// includes the item's position is what admits it into a bounded queue
+    /// (`Full` if the positions queued would pass `maxsize`, see
+    /// [`Ring::positions_with`]) and counts its task in a joinable one: a
+    /// producer killed before it holds no room and leaves no task, one killed
+    /// after it leaves a position that consumers skip, and the room and the
+    /// task go with the position.
     pub(in crate::queue) fn push(&self, payload: Payload<'_>, me: u32) -> io::Result<Pushed> {
         let hdr = self.header();
         let mut backoff = Backoff::new();
@@ -73,23 +70,16 @@ impl Ring {
                         && fh.tail.0.load(Acquire) & !SEALED == t
                     {
                         // It died between its claim and its tail move: withdraw
-                        // the claim and give back the permit it held, if it had
-                        // taken one (its task was never counted: a task is
-                        // counted by the tail move).
+                        // the claim (it held no room and no task: both come
+                        // with the tail move).
                         // ORDERING: AcqRel: only one thread may withdraw it.
-                        if slot.stamp.compare_exchange(word, Stamp::new(lap, FREE).pack(), AcqRel, Relaxed).is_ok()
-                            && s.owed
-                        {
-                            self.release_permit();
-                        }
+                        let _ = slot.stamp.compare_exchange(word, Stamp::new(lap, FREE).pack(), AcqRel, Relaxed);
                     }
                     backoff.wait();
                     continue;
                 }
             }
-            // A bounded queue's claim owes nothing until its permit is taken.
-            let bounded = self.bounded();
-            let mut mine = Stamp::owned(lap, WRITING, me, !bounded).pack();
+            let mine = Stamp::owned(lap, WRITING, me).pack();
             // ORDERING: AcqRel: claiming the slot acquires the previous lap's
             // release and makes the claim (our tid) visible to everyone who checks.
             if slot.stamp.compare_exchange(word, mine, AcqRel, Relaxed).is_err() {
@@ -101,21 +91,16 @@ impl Ring {
                 Self::withdraw(slot, mine, word);
                 continue;
             }
-            if bounded {
-                if !self.try_permit() {
-                    Self::withdraw(slot, mine, word);
-                    return Ok(Pushed::Full);
+            // A bounded queue admits the item by the include below; first
+            // check that there is room for it (exact: see `positions_with`).
+            if self.bounded() {
+                match self.positions_with(n, t) {
+                    Ok(held) if held <= self.maxsize() => {}
+                    full_or_error => {
+                        Self::withdraw(slot, mine, word);
+                        return full_or_error.map(|_| Pushed::Full);
+                    }
                 }
-                let owed = Stamp::owned(lap, WRITING, me, true).pack();
-                // ORDERING: AcqRel: as for the claim; nobody else changes a
-                // live producer's unincluded claim in a frame that still holds
-                // segment `n` (it cannot be retired under the claim), so this
-                // only fails if the frame was reset all the same.
-                if slot.stamp.compare_exchange(mine, owed, AcqRel, Relaxed).is_err() {
-                    self.release_permit();
-                    continue;
-                }
-                mine = owed;
             }
             // An arena item reserves its bytes before its claim is included: if
             // the arena is used up, the claim is withdrawn and the segment sealed
@@ -126,9 +111,6 @@ impl Ring {
                     Some(offset) => offset,
                     None => {
                         Self::withdraw(slot, mine, word);
-                        // The permit goes back before the next segment is
-                        // prepared (a kill there must not take it along).
-                        self.release_permit();
                         // ORDERING: AcqRel: as for the seal above.
                         let _ = fh.tail.0.compare_exchange(t, t | SEALED, AcqRel, Relaxed);
                         self.advance_tail(n, &f)?;
@@ -143,11 +125,12 @@ impl Ring {
                 Payload::Inline(_) | Payload::Blob { .. } => 0,
             };
             // Include the claim in the segment: only we (or a sealer) can move the
-            // tail from `t`. This also counts the item's task (joinable queues).
+            // tail from `t`. This admits the item (bounded queues: checked above,
+            // and no other position appeared if the tail is still `t`) and counts
+            // its task (joinable queues).
             // ORDERING: AcqRel: pairs with consumers' Acquire loads of the tail.
             if fh.tail.0.compare_exchange(t, t + 1, AcqRel, Relaxed).is_err() {
                 Self::withdraw(slot, mine, word); // sealed at `t` meanwhile
-                self.release_permit();
                 // Our claim may have been all that kept the segment from being
                 // retired (consumers may be done with it already).
                 // ORDERING: Acquire: a hint; try_retire re-checks under the lock.
