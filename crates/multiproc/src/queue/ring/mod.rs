@@ -403,10 +403,10 @@ impl Ring {
         // CAS that moved it.
         let first = hdr.seg_head.0.load(SeqCst);
         let last = hdr.seg_tail.0.load(Acquire);
-        let mut total = 0;
+        let mut total = 0u64;
         for seg in first..=last.max(first).min(first + self.geometry.frames) {
             // A frame this process cannot map is left out: a snapshot.
-            total += self.positions_in(seg, None).unwrap_or(0);
+            total = total.saturating_add(self.positions_in(seg, None).unwrap_or(0));
         }
         total
     }
@@ -429,13 +429,13 @@ impl Ring {
             // Consumers left `n`: it is sealed, and the include CAS fails.
             return Ok(1);
         }
-        let mut total = 1;
+        let mut total = 1u64;
         // A frame that cannot be mapped is an error here: leaving it out
         // could admit an item too many.
         for seg in first..n.min(first + self.geometry.frames) {
-            total += self.positions_in(seg, None)?;
+            total = total.saturating_add(self.positions_in(seg, None)?);
         }
-        Ok(total + self.positions_in(n, Some(t))?)
+        Ok(total.saturating_add(self.positions_in(n, Some(t))?))
     }
 
     /// Tail − head of segment `seg`, with `tail` standing for its tail if
