@@ -56,7 +56,9 @@ pub enum StartMethod {
     /// still this program's own (its parent pid is ours, we reap it), and a
     /// `fork`ed child ends as Python's do: without the exit handlers of the
     /// image it was forked from. If the fork server dies, the next start
-    /// restarts it; the children it forked run on.
+    /// restarts it; the children it forked run on. (Up to two starts right
+    /// after its death may still be served by children it forked ahead of
+    /// time; the first start that finds it dead reaps it.)
     #[default]
     ForkServer,
     /// Fork the parent itself (made only by the `unsafe` [`StartMethod::fork`];
