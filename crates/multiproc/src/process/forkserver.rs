@@ -484,4 +484,10 @@ impl ForkServerClient {
     pub(crate) fn pid(&self) -> Pid {
         self.pid
     }
+
+    /// A pidfd of the server of its own, for a thread that waits for its
+    /// exit (see `launch::watch_server`).
+    pub(crate) fn exit_watch(&self) -> io::Result<Pidfd> {
+        Ok(Pidfd::from_fd(self.pidfd.as_fd().try_clone_to_owned()?))
+    }
 }

@@ -237,7 +237,9 @@ fn fork_via_server(
                 dead.retire();
             }
             let started = on_launcher_thread(ForkServerClient::start).and_then(|r| r);
-            *server = Some(started.map_err(ProcessError::Start)?);
+            let started = started.map_err(ProcessError::Start)?;
+            watch_server(&started);
+            *server = Some(started);
         }
         let client = server.as_mut().expect("fork server just started");
         let setup = client.setup_for(&child_environment(env), absolute_dir(cwd).as_deref());
@@ -268,6 +270,33 @@ fn fork_via_server(
     }
     let error = last_error.unwrap_or_else(|| io::Error::other("the fork server could not start a child"));
     Err(ProcessError::Start(error))
+}
+
+/// Reaps the fork server `client` as soon as it dies, from a thread that
+/// waits for its exit. Starts find a dead server too, but one served by a
+/// spare the server forked before it died does not look at it, so without
+/// this a killed server could stay a zombie until a later start (or for
+/// good, in a program that starts nothing more). If the thread cannot be
+/// started, starts still reap the server when they find it dead.
+fn watch_server(client: &ForkServerClient) {
+    let (pid, Ok(exit)) = (client.pid(), client.exit_watch()) else { return };
+    let watch = move || {
+        if !imp::wait_readable(exit.as_fd(), crate::sys::Deadline::NEVER).unwrap_or(false) {
+            return;
+        }
+        let mut server = FORK_SERVER.lock();
+        // The same server, dead (not one started since under a pid reused
+        // after a start reaped this one).
+        if server.as_ref().is_some_and(|c| c.pid() == pid && !c.is_alive())
+            && let Some(dead) = server.take()
+        {
+            tracing::debug!(pid, "fork server died; reaped by its watcher");
+            dead.retire();
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("multiproc-fs-watch".into()).spawn(watch) {
+        tracing::debug!("no thread to watch the fork server ({e}); starts reap it when they find it dead");
+    }
 }
 
 /// How long a start waits for a fork server whose control socket closed to

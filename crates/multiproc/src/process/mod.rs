@@ -55,10 +55,10 @@ pub enum StartMethod {
     /// once by re-execution — to fork the child. Fast and safe. The child is
     /// still this program's own (its parent pid is ours, we reap it), and a
     /// `fork`ed child ends as Python's do: without the exit handlers of the
-    /// image it was forked from. If the fork server dies, the next start
-    /// restarts it; the children it forked run on. (Up to two starts right
-    /// after its death may still be served by children it forked ahead of
-    /// time; the first start that finds it dead reaps it.)
+    /// image it was forked from. If the fork server dies, it is reaped at
+    /// once (a thread waits for its exit) and the next start restarts it;
+    /// the children it forked run on. (Up to two starts right after its
+    /// death may still be served by children it forked ahead of time.)
     #[default]
     ForkServer,
     /// Fork the parent itself (made only by the `unsafe` [`StartMethod::fork`];
