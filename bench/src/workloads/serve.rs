@@ -15,6 +15,7 @@
 //!   (the median of five one-second windows, each window's p99 listed).
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -62,7 +63,8 @@ impl Model for Prefix {
     }
 
     fn predict(&mut self, batch: Vec<String>) -> Vec<Result<String, String>> {
-        batch.into_iter().map(|e| Ok(format!("modelpredict_{e}"))).collect()
+        // One allocation of the exact size, like the seed's `+`.
+        batch.into_iter().map(|e| Ok(["modelpredict_", &e].concat())).collect()
     }
 }
 
@@ -86,7 +88,7 @@ impl Model for Timed {
 
 /// The seed's `receive`, in the preprocessing pool.
 fn receive(info: String) -> Result<String, String> {
-    Ok(format!("receive_{info}"))
+    Ok(["receive_", &info].concat())
 }
 
 fn serve_err(e: multiproc_serve::ServeError) -> BenchError {
@@ -118,6 +120,21 @@ fn wait<O: serde::de::DeserializeOwned>(f: InferFuture<O>) -> Result<multiproc_s
     f.wait_timeout(Duration::from_secs(60)).map_err(serve_err)
 }
 
+/// Request `id`'s input, `msg{id}`, allocated once at its final size.
+fn message(id: usize) -> String {
+    let mut s = String::with_capacity(24);
+    write!(s, "msg{id}").expect("a String takes any write");
+    s
+}
+
+/// Whether `output` is the seed's answer to request `id`, written into
+/// `expected` (reused: the check allocates nothing per request).
+fn is_answer(output: &str, id: usize, expected: &mut String) -> bool {
+    expected.clear();
+    write!(expected, "modelpredict_receive_msg{id}").expect("a String takes any write");
+    output == expected
+}
+
 /// `n` requests through the pipeline with `window` in flight: million
 /// requests/s; keeps each sample's latency percentiles.
 struct Throughput {
@@ -131,19 +148,18 @@ impl Subject for Throughput {
     fn sample(&mut self) -> Result<f64, BenchError> {
         let mut in_flight: VecDeque<(usize, InferFuture<String>)> = VecDeque::with_capacity(WINDOW);
         let mut latencies = Vec::with_capacity(REQUESTS);
+        let mut expected = String::new();
         let (first, end) = (self.next, self.next + REQUESTS);
         let t = Instant::now();
         while self.next < end || !in_flight.is_empty() {
             while self.next < end && in_flight.len() < WINDOW {
                 let id = self.next;
                 self.next += 1;
-                in_flight.push_back((id, self.server.infer_async(Request::new("pipeline", format!("msg{id}")))));
+                in_flight.push_back((id, self.server.infer_async(Request::new("pipeline", message(id)))));
             }
             if let Some((id, f)) = in_flight.pop_front() {
                 let reply = wait(f)?;
-                ensure(reply.output == format!("modelpredict_receive_msg{id}"), || {
-                    format!("request {id} got {:?}", reply.output)
-                })?;
+                ensure(is_answer(&reply.output, id, &mut expected), || format!("request {id} got {:?}", reply.output))?;
                 latencies.push(micros(reply.latency));
             }
         }
