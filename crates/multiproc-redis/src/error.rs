@@ -155,6 +155,22 @@ pub enum RedisPoolError {
     NotReady,
 }
 
+impl multiproc::pool::OutcomeError for RedisPoolError {
+    fn not_ready() -> Self {
+        RedisPoolError::NotReady
+    }
+
+    fn taken() -> Self {
+        RedisPoolError::Taken
+    }
+
+    fn timeout(timeout: Duration) -> Self {
+        RedisPoolError::Timeout(timeout)
+    }
+
+    const CALLBACK_PANICKED: &'static str = "a redis pool result callback panicked; the panic was ignored";
+}
+
 impl RedisPoolError {
     /// The task failure, when a task failed.
     pub fn task_failure(&self) -> Option<&TaskFailure> {

@@ -129,7 +129,6 @@ mod pool;
 mod results;
 pub mod schema;
 mod server;
-mod slot;
 mod worker;
 
 pub use endpoint::{DEFAULT_PREFIX, DEFAULT_QUEUE};

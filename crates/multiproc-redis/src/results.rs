@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use multiproc::pool::OutcomeSlot;
 use serde::de::DeserializeOwned;
 
 use crate::call::Engine;
 use crate::error::{RedisPoolError, TaskFailure};
 use crate::life::CallGuard;
-use crate::slot::Slot;
 
 /// The results of an `imap` call, one `Result` per item: in input order
 /// ([`RedisPool::imap`](crate::RedisPool::imap)) or as they finish
@@ -197,7 +197,7 @@ impl<R: DeserializeOwned> RedisImap<'_, R> {
 /// worker.stop();
 /// ```
 pub struct RedisAsync<T> {
-    slot: Arc<Slot<T>>,
+    slot: Arc<OutcomeSlot<T, RedisPoolError>>,
 }
 
 impl<T> fmt::Debug for RedisAsync<T> {
@@ -213,7 +213,7 @@ impl<T: Send + 'static> RedisAsync<T> {
         held: Option<CallGuard>,
         work: impl FnOnce() -> Result<T, RedisPoolError> + Send + 'static,
     ) -> RedisAsync<T> {
-        let slot = Arc::new(Slot::new());
+        let slot = Arc::new(OutcomeSlot::new());
         let s = slot.clone();
         let started = std::thread::Builder::new().name("multiproc-redis call".into()).spawn(move || {
             let outcome =
@@ -232,7 +232,7 @@ impl<T: Send + 'static> RedisAsync<T> {
 impl<T> RedisAsync<T> {
     /// True once the outcome is known (Python's `ready()`).
     pub fn ready(&self) -> bool {
-        self.slot.lock().settled()
+        self.slot.ready()
     }
 
     /// Whether the call succeeded (Python's `successful()`).
@@ -242,24 +242,20 @@ impl<T> RedisAsync<T> {
     /// [`RedisPoolError::NotReady`] before the outcome is known, or
     /// [`RedisPoolError::Taken`] after `get_timeout` took it.
     pub fn successful(&self) -> Result<bool, RedisPoolError> {
-        let st = self.slot.lock();
-        if !st.settled() {
-            return Err(RedisPoolError::NotReady);
-        }
-        st.outcome.as_ref().map(Result::is_ok).ok_or(RedisPoolError::Taken)
+        self.slot.successful()
     }
 
     /// Waits until the outcome is known. Bounded by the call's wait
     /// timeout ([`RedisPoolBuilder::wait_timeout`](crate::RedisPoolBuilder::wait_timeout)),
     /// if it has one.
     pub fn wait(&self) {
-        let _ = self.slot.wait_until(None);
+        self.slot.wait();
     }
 
     /// Waits at most `timeout`; true when the outcome is known. The call
     /// goes on either way.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.slot.wait_until(Instant::now().checked_add(timeout)).is_some()
+        self.slot.wait_timeout(timeout)
     }
 
     /// Waits for the outcome and returns it.
@@ -269,8 +265,7 @@ impl<T> RedisAsync<T> {
     /// As for the call that made it, or [`RedisPoolError::Taken`] after an
     /// earlier successful `get_timeout`.
     pub fn get(self) -> Result<T, RedisPoolError> {
-        let Some(mut st) = self.slot.wait_until(None) else { unreachable!("no deadline") };
-        st.outcome.take().unwrap_or(Err(RedisPoolError::Taken))
+        self.slot.get()
     }
 
     /// Waits at most `timeout` for the outcome. On timeout the call goes on
@@ -282,10 +277,7 @@ impl<T> RedisAsync<T> {
     /// [`RedisPoolError::Timeout`] (ask again later), [`RedisPoolError::Taken`]
     /// after an earlier successful wait, or as for the call.
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, RedisPoolError> {
-        match self.slot.wait_until(Instant::now().checked_add(timeout)) {
-            Some(mut st) => st.outcome.take().unwrap_or(Err(RedisPoolError::Taken)),
-            None => Err(RedisPoolError::Timeout(timeout)),
-        }
+        self.slot.get_timeout(timeout)
     }
 
     /// Runs `callback` with the value if the call succeeds (Python's
@@ -310,9 +302,6 @@ impl<T> Future for RedisAsync<T> {
     /// [`RedisPoolError::Taken`]. The call's thread wakes the task when the
     /// outcome arrives (no polling loop).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.slot.poll(cx.waker()) {
-            Some(outcome) => Poll::Ready(outcome),
-            None => Poll::Pending,
-        }
+        self.slot.poll_take(cx.waker())
     }
 }

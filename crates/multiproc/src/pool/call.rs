@@ -60,7 +60,7 @@ impl<'p, S: 'static> Call<'p, S> {
     where
         R: DeserializeOwned + Send + 'static,
     {
-        let slot = Slot::new();
+        let slot = Arc::new(Slot::new());
         let cancel = Arc::new(AtomicU8::new(TASK_PENDING));
         let job: Arc<dyn Job> = Arc::new(ApplyJob { slot: slot.clone() });
         let mut chunk = Chunk::new(job, 0, runner, 1, encode_chunk(std::slice::from_ref(args), &self.pool.buffers, 0));
@@ -99,7 +99,7 @@ impl<'p, S: 'static> Call<'p, S> {
     where
         R: DeserializeOwned + Send + 'static,
     {
-        let slot = Slot::new();
+        let slot = Arc::new(Slot::new());
         if n == 0 {
             // Nothing to submit: a closed pool refuses it all the same. The
             // bar shows 0 of 0 done, as imap's does.

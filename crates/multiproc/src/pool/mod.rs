@@ -95,6 +95,7 @@ mod executor;
 mod imap;
 mod job;
 mod link;
+mod outcome;
 mod progress;
 mod protocol;
 mod result;
@@ -119,6 +120,7 @@ pub use error::{PoolError, TaskError};
 pub use executor::{Executor, ExecutorBuilder};
 pub use imap::Imap;
 pub use indicatif::{ProgressBar, ProgressStyle};
+pub use outcome::{ErrCallback, OkCallback, OutcomeError, OutcomeSlot};
 #[doc(hidden)]
 pub use protocol::fuzz_protocol;
 pub use result::AsyncResult;

@@ -2,94 +2,17 @@
 
 use std::fmt;
 use std::future::Future;
-use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use super::error::{PoolError, TaskError};
+use super::outcome::OutcomeSlot;
 
-type OkCallback<T> = Box<dyn FnOnce(&T) + Send>;
-type ErrCallback = Box<dyn FnOnce(&PoolError) + Send>;
-
-/// Where a background call's outcome lands.
-pub(crate) struct Slot<T> {
-    state: Mutex<SlotState<T>>,
-    cond: Condvar,
-}
-
-struct SlotState<T> {
-    outcome: Option<Result<T, PoolError>>,
-    done: bool,
-    /// A `complete` call owns the outcome (later ones are ignored).
-    claimed: bool,
-    /// A callback attached late is running with the outcome taken out.
-    in_callback: bool,
-    waker: Option<Waker>,
-    on_ok: Option<OkCallback<T>>,
-    on_err: Option<ErrCallback>,
-}
-
-impl<T> Slot<T> {
-    pub(crate) fn new() -> Arc<Slot<T>> {
-        Arc::new(Slot {
-            state: Mutex::new(SlotState {
-                outcome: None,
-                done: false,
-                claimed: false,
-                in_callback: false,
-                waker: None,
-                on_ok: None,
-                on_err: None,
-            }),
-            cond: Condvar::new(),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, SlotState<T>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sets the outcome (the first one wins), runs the matching callback,
-    /// then wakes every waiter. As in Python, the result is ready only after
-    /// its callback returned.
-    pub(crate) fn complete(&self, outcome: Result<T, PoolError>) {
-        let (on_ok, on_err) = {
-            let mut st = self.lock();
-            if st.claimed {
-                return;
-            }
-            st.claimed = true;
-            (st.on_ok.take(), st.on_err.take())
-        };
-        run_callback(&outcome, on_ok, on_err);
-        let waker = {
-            let mut st = self.lock();
-            st.outcome = Some(outcome);
-            st.done = true;
-            st.waker.take()
-        };
-        self.cond.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
-
-/// Runs the callback that matches the outcome; a panicking callback is
-/// reported on stderr and otherwise ignored (it must not stop the pool).
-fn run_callback<T>(outcome: &Result<T, PoolError>, on_ok: Option<OkCallback<T>>, on_err: Option<ErrCallback>) {
-    let run = || match (outcome, on_ok, on_err) {
-        (Ok(v), Some(cb), _) => cb(v),
-        (Err(e), _, Some(cb)) => cb(e),
-        _ => {}
-    };
-    if panic::catch_unwind(AssertUnwindSafe(run)).is_err() {
-        tracing::error!("a pool result callback panicked; the panic was ignored");
-    }
-}
+/// Where a pool call's outcome lands.
+pub(crate) type Slot<T> = OutcomeSlot<T, PoolError>;
 
 /// States of a task that can be cancelled until the scheduler takes it.
 pub(crate) const TASK_PENDING: u8 = 0;
@@ -139,15 +62,14 @@ impl<T> AsyncResult<T> {
 
     /// An already failed result (a call refused by a closed pool).
     pub(crate) fn failed(error: PoolError) -> AsyncResult<T> {
-        let slot = Slot::new();
+        let slot = Arc::new(Slot::new());
         slot.complete(Err(error));
         AsyncResult { slot, cancel: None }
     }
 
     /// True once the outcome is known (Python's `ready()`).
     pub fn ready(&self) -> bool {
-        let st = self.slot.lock();
-        st.done && !st.in_callback
+        self.slot.ready()
     }
 
     /// Whether the call succeeded (Python's `successful()`).
@@ -157,44 +79,17 @@ impl<T> AsyncResult<T> {
     /// [`PoolError::NotReady`] before the outcome is known, or
     /// [`PoolError::Taken`] after `get` took it.
     pub fn successful(&self) -> Result<bool, PoolError> {
-        let st = self.slot.lock();
-        if !st.done || st.in_callback {
-            return Err(PoolError::NotReady);
-        }
-        st.outcome.as_ref().map(Result::is_ok).ok_or(PoolError::Taken)
+        self.slot.successful()
     }
 
     /// Waits until the outcome is known.
     pub fn wait(&self) {
-        let mut st = self.slot.lock();
-        while !st.done || st.in_callback {
-            st = self.slot.cond.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        self.slot.wait();
     }
 
     /// Waits at most `timeout`; true when the outcome is known.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(Instant::now().checked_add(timeout)).is_some()
-    }
-
-    /// Waits until done or `deadline`; the guard when done.
-    fn wait_until(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, SlotState<T>>> {
-        let mut st = self.slot.lock();
-        loop {
-            if st.done && !st.in_callback {
-                return Some(st);
-            }
-            match deadline {
-                None => st = self.slot.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    st = self.slot.cond.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
-                }
-            }
-        }
+        self.slot.wait_timeout(timeout)
     }
 
     /// Waits for the outcome and returns it.
@@ -204,7 +99,7 @@ impl<T> AsyncResult<T> {
     /// The call failed ([`PoolError::Task`] with what happened to the task),
     /// or the value was taken by an earlier `get_timeout`.
     pub fn get(self) -> Result<T, PoolError> {
-        self.wait_until(None).expect("no deadline").outcome.take().unwrap_or(Err(PoolError::Taken))
+        self.slot.get()
     }
 
     /// Waits at most `timeout` for the outcome. On timeout the call goes on
@@ -215,22 +110,21 @@ impl<T> AsyncResult<T> {
     ///
     /// [`PoolError::Timeout`] after ≈`timeout`, or as for [`AsyncResult::get`].
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, PoolError> {
-        match self.wait_until(Instant::now().checked_add(timeout)) {
-            Some(mut st) => st.outcome.take().unwrap_or(Err(PoolError::Taken)),
-            None => Err(PoolError::Timeout(timeout)),
-        }
+        self.slot.get_timeout(timeout)
     }
 
     /// Runs `callback` with the value if the call succeeds (Python's
     /// `callback=`).
     pub fn callback(self, callback: impl FnOnce(&T) + Send + 'static) -> Self {
-        self.attach(Some(Box::new(callback)), None)
+        self.slot.attach(Some(Box::new(callback)), None);
+        self
     }
 
     /// Runs `callback` with the error if the call fails (Python's
     /// `error_callback=`).
     pub fn error_callback(self, callback: impl FnOnce(&PoolError) + Send + 'static) -> Self {
-        self.attach(None, Some(Box::new(callback)))
+        self.slot.attach(None, Some(Box::new(callback)));
+        self
     }
 
     /// Old name of [`AsyncResult::callback`].
@@ -243,37 +137,6 @@ impl<T> AsyncResult<T> {
     #[deprecated(since = "0.1.0", note = "use `error_callback`, Python's name")]
     pub fn on_error(self, callback: impl FnOnce(&PoolError) + Send + 'static) -> Self {
         self.error_callback(callback)
-    }
-
-    fn attach(self, on_ok: Option<OkCallback<T>>, on_err: Option<ErrCallback>) -> Self {
-        let mut st = self.slot.lock();
-        if !st.claimed {
-            if on_ok.is_some() {
-                st.on_ok = on_ok;
-            }
-            if on_err.is_some() {
-                st.on_err = on_err;
-            }
-            drop(st);
-            return self;
-        }
-        // Done or finishing: run it here, with the outcome lent out of the slot.
-        while !st.done || st.in_callback {
-            st = self.slot.cond.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        let Some(outcome) = st.outcome.take() else {
-            drop(st);
-            return self;
-        };
-        st.in_callback = true;
-        drop(st);
-        run_callback(&outcome, on_ok, on_err);
-        let mut st = self.slot.lock();
-        st.outcome = Some(outcome);
-        st.in_callback = false;
-        drop(st);
-        self.slot.cond.notify_all();
-        self
     }
 
     /// Cancels the task if it has not been handed to a worker yet; true when
@@ -304,14 +167,6 @@ impl<T> Future for AsyncResult<T> {
     /// Ready with the outcome; polling again after that gives
     /// [`PoolError::Taken`].
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.slot.lock();
-        if st.done && !st.in_callback {
-            return Poll::Ready(st.outcome.take().unwrap_or(Err(PoolError::Taken)));
-        }
-        match &mut st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        self.slot.poll_take(cx.waker())
     }
 }
