@@ -138,10 +138,17 @@ impl<T, E: OutcomeError> OutcomeSlot<T, E> {
             (st.on_ok.take(), st.on_err.take())
         };
         run_callback(&outcome, on_ok, on_err);
+        self.publish(outcome);
+    }
+
+    /// Puts the outcome in (first from `complete`, or back from a late
+    /// callback) and wakes every waiter and the future.
+    fn publish(&self, outcome: Result<T, E>) {
         let waker = {
             let mut st = self.lock();
             st.outcome = Some(outcome);
             st.done = true;
+            st.in_callback = false;
             st.waker.take()
         };
         self.cond.notify_all();
@@ -261,16 +268,7 @@ impl<T, E: OutcomeError> OutcomeSlot<T, E> {
             return;
         };
         run_callback(&outcome, on_ok, on_err);
-        let waker = {
-            let mut st = self.lock();
-            st.outcome = Some(outcome);
-            st.in_callback = false;
-            st.waker.take()
-        };
-        self.cond.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.publish(outcome);
     }
 }
 
@@ -289,5 +287,92 @@ fn run_callback<T, E: OutcomeError>(
     };
     if panic::catch_unwind(AssertUnwindSafe(run)).is_err() {
         tracing::error!("{}", E::CALLBACK_PANICKED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+    use std::time::Duration;
+
+    use super::*;
+
+    type Slot = OutcomeSlot<u32, PoolError>;
+
+    /// Counts its wake-ups.
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_first_outcome_wins_and_is_taken_once() {
+        let slot = Slot::new();
+        assert!(matches!(slot.successful(), Err(PoolError::NotReady)));
+        assert!(matches!(slot.get_timeout(Duration::from_millis(10)), Err(PoolError::Timeout(_))));
+        slot.complete(Err(PoolError::Closed));
+        slot.complete(Ok(1));
+        assert!(slot.ready());
+        assert!(!slot.successful().unwrap());
+        assert!(matches!(slot.get_timeout(Duration::ZERO), Err(PoolError::Closed)));
+        assert!(matches!(slot.successful(), Err(PoolError::Taken)));
+        assert!(matches!(slot.get(), Err(PoolError::Taken)));
+    }
+
+    #[test]
+    fn callbacks_run_before_the_outcome_is_ready_and_once() {
+        let slot = Arc::new(Slot::new());
+        // A callback's panic is caught and logged: what must not happen is
+        // counted instead.
+        let (runs, wrong) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (r, s, w) = (runs.clone(), slot.clone(), wrong.clone());
+        // Runs on the completing thread, before anyone can see the outcome.
+        slot.attach(
+            Some(Box::new(move |v| {
+                // Not ready before its callback returned.
+                r.fetch_add(*v as usize + usize::from(s.ready()) * 100, Ordering::SeqCst);
+            })),
+            Some(Box::new(move |_| _ = w.fetch_add(1, Ordering::SeqCst))),
+        );
+        let s = slot.clone();
+        let t = std::thread::spawn(move || s.complete(Ok(5)));
+        assert!(slot.wait_timeout(Duration::from_secs(10)));
+        assert_eq!(runs.load(Ordering::SeqCst), 5);
+        t.join().unwrap();
+        // Attached late: runs at once with the outcome lent out, which stays.
+        let r = runs.clone();
+        slot.attach(Some(Box::new(move |v| _ = r.fetch_add(*v as usize, Ordering::SeqCst))), None);
+        assert_eq!(runs.load(Ordering::SeqCst), 10);
+        assert_eq!(slot.get_timeout(Duration::ZERO).unwrap(), 5);
+        // Attached after the outcome was taken: nothing to give it.
+        let w = wrong.clone();
+        slot.attach(Some(Box::new(move |_| _ = w.fetch_add(1, Ordering::SeqCst))), None);
+        assert_eq!(wrong.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_keep_the_outcome() {
+        let slot = Slot::new();
+        slot.attach(None, Some(Box::new(|_| panic!("a callback that panics"))));
+        slot.complete(Err(PoolError::Closed));
+        assert!(matches!(slot.get_timeout(Duration::ZERO), Err(PoolError::Closed)));
+    }
+
+    #[test]
+    fn a_polled_future_is_woken_once_the_outcome_is_in() {
+        let slot = Slot::new();
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        assert!(slot.poll_take(&waker).is_pending());
+        assert!(slot.poll_take(&waker).is_pending(), "the same waker is kept, not stacked");
+        slot.complete(Ok(3));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(slot.poll_take(&waker), Poll::Ready(Ok(3))));
+        assert!(matches!(slot.poll_take(&waker), Poll::Ready(Err(PoolError::Taken))));
     }
 }
