@@ -53,20 +53,15 @@ impl Life {
 
     /// Waits until no call is in flight, or `deadline`; true when none is.
     pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
-        let mut st = self.lock();
-        while st.calls > 0 {
-            match deadline {
-                None => st = self.idle.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    st = self.idle.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
-                }
+        let st = self.lock();
+        let st = match deadline {
+            None => self.idle.wait_while(st, |s| s.calls > 0).unwrap_or_else(|e| e.into_inner()),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                self.idle.wait_timeout_while(st, left, |s| s.calls > 0).unwrap_or_else(|e| e.into_inner()).0
             }
-        }
-        true
+        };
+        st.calls == 0
     }
 }
 

@@ -179,22 +179,15 @@ impl<T, E: OutcomeError> OutcomeSlot<T, E> {
     /// Waits until the outcome is known or `deadline` (none: for ever);
     /// the guard when known.
     fn wait_until(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, State<T, E>>> {
-        let mut st = self.lock();
-        loop {
-            if st.settled() {
-                return Some(st);
+        let st = self.lock();
+        let st = match deadline {
+            None => self.cond.wait_while(st, |s| !s.settled()).unwrap_or_else(|e| e.into_inner()),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                self.cond.wait_timeout_while(st, left, |s| !s.settled()).unwrap_or_else(|e| e.into_inner()).0
             }
-            match deadline {
-                None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    st = self.cond.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
-                }
-            }
-        }
+        };
+        st.settled().then_some(st)
     }
 
     /// Waits until the outcome is known.

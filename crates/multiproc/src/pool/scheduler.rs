@@ -228,20 +228,16 @@ impl Shared {
     /// work submitted so far is done: see [`Finish`]), or the deadline; true
     /// if it did.
     pub(crate) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
-        let mut done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        while !done.ended && !done.drained {
-            match deadline {
-                None => done = self.finished_cond.wait(done).unwrap_or_else(|e| e.into_inner()),
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    done = self.finished_cond.wait_timeout(done, left).unwrap_or_else(|e| e.into_inner()).0;
-                }
+        let done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = |d: &mut Finish| !d.ended && !d.drained;
+        let done = match deadline {
+            None => self.finished_cond.wait_while(done, waiting).unwrap_or_else(|e| e.into_inner()),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                self.finished_cond.wait_timeout_while(done, left, waiting).unwrap_or_else(|e| e.into_inner()).0
             }
-        }
-        true
+        };
+        done.ended || done.drained
     }
 
     /// True once the scheduler thread ended.
