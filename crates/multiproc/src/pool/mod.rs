@@ -106,7 +106,7 @@ mod worker;
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,24 @@ pub fn keep_freed_memory() {
 use scheduler::Shared;
 
 use crate::process::Task;
+
+/// Waits on `cond` while `waiting` holds, until `deadline` (none: for
+/// ever); the guard either way (the caller reads the outcome from it).
+/// Spurious wake-ups and a deadline already past are handled by std.
+fn wait_while_until<'a, S>(
+    cond: &Condvar,
+    guard: MutexGuard<'a, S>,
+    deadline: Option<Instant>,
+    waiting: impl FnMut(&mut S) -> bool,
+) -> MutexGuard<'a, S> {
+    match deadline {
+        None => cond.wait_while(guard, waiting).unwrap_or_else(|e| e.into_inner()),
+        Some(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            cond.wait_timeout_while(guard, left, waiting).unwrap_or_else(|e| e.into_inner()).0
+        }
+    }
+}
 
 /// A pool of worker processes. `S` is the workers' state, built by the
 /// initializer (`()` without one).

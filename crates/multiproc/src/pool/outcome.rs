@@ -8,6 +8,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::error::PoolError;
+use super::wait_while_until;
 
 /// A callback run with the value of a call that succeeded.
 pub type OkCallback<T> = Box<dyn FnOnce(&T) + Send>;
@@ -179,14 +180,7 @@ impl<T, E: OutcomeError> OutcomeSlot<T, E> {
     /// Waits until the outcome is known or `deadline` (none: for ever);
     /// the guard when known.
     fn wait_until(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, State<T, E>>> {
-        let st = self.lock();
-        let st = match deadline {
-            None => self.cond.wait_while(st, |s| !s.settled()).unwrap_or_else(|e| e.into_inner()),
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                self.cond.wait_timeout_while(st, left, |s| !s.settled()).unwrap_or_else(|e| e.into_inner()).0
-            }
-        };
+        let st = wait_while_until(&self.cond, self.lock(), deadline, |s| !s.settled());
         st.settled().then_some(st)
     }
 

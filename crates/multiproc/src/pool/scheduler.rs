@@ -24,6 +24,7 @@ use super::link::Worker;
 use super::protocol::{Batch, RunnerRef};
 use super::result::{TASK_CANCELLED, TASK_PENDING, TASK_TAKEN};
 use super::ring::{self, PHASE_CHUNK, PHASE_INIT, PHASE_ITEM, StatusPage};
+use super::wait_while_until;
 use super::worker::{InitSpec, WorkerConfig, worker_main};
 use crate::log::lifecycle;
 use crate::process::{Process, StartMethod};
@@ -229,14 +230,7 @@ impl Shared {
     /// if it did.
     pub(crate) fn wait_finished(&self, deadline: Option<Instant>) -> bool {
         let done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        let waiting = |d: &mut Finish| !d.ended && !d.drained;
-        let done = match deadline {
-            None => self.finished_cond.wait_while(done, waiting).unwrap_or_else(|e| e.into_inner()),
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                self.finished_cond.wait_timeout_while(done, left, waiting).unwrap_or_else(|e| e.into_inner()).0
-            }
-        };
+        let done = wait_while_until(&self.finished_cond, done, deadline, |d| !d.ended && !d.drained);
         done.ended || done.drained
     }
 
