@@ -22,7 +22,7 @@ use crate::gauge::{InFlight, Releases};
 use crate::items::Encoded;
 use crate::metrics::BatchReason;
 use crate::settings::ModelSettings;
-use crate::slot::{Answer, Slot, Wakes};
+use crate::slot::{Answer, Claimed, Slot};
 
 /// What happens after the model answered a pipeline request.
 pub(crate) enum Continuation {
@@ -34,14 +34,15 @@ pub(crate) enum Continuation {
 }
 
 impl Continuation {
-    /// Hands the model's answer on (a caller's wake-up goes to `wakes`,
-    /// the request's place in its pipeline to `releases`); false if the
+    /// Hands the model's answer on (an answer for the caller is claimed
+    /// in `claimed`, to be published after its batch is counted; the
+    /// request's place in its pipeline goes to `releases`); false if the
     /// caller already had its answer (its deadline passed).
-    pub fn run(self, answer: Answer, slot: Arc<Slot>, wakes: &mut Wakes, releases: &mut Releases) -> bool {
+    pub fn run(self, answer: Answer, slot: Arc<Slot>, claimed: &mut Claimed, releases: &mut Releases) -> bool {
         match self {
             Continuation::Answer(guard) => {
                 releases.add(guard);
-                slot.complete_later(Ok(answer), wakes)
+                claimed.claim(slot, answer)
             }
             // A caller already answered (its deadline passed) gets no
             // postprocessing: nobody would read it.

@@ -50,6 +50,10 @@ impl BatchReason {
 /// Triton, the request counters and durations count requests, the
 /// inference count counts rows (batch entries) and the execution count
 /// counts model calls.
+///
+/// A caller that holds its answer finds it counted: a batch's successes
+/// and its execution are added before any of its answers can be read. A
+/// failure may be counted a moment after its caller saw it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionMetrics {
     /// The model.

@@ -173,12 +173,15 @@ impl<O: DeserializeOwned> InferFuture<O> {
                 None => {
                     // The caller's error is set in the slot too (as a
                     // blocking infer does): an answer that comes later goes
-                    // nowhere and counts as the deadline its caller saw.
+                    // nowhere and counts as the deadline its caller saw. An
+                    // answer that claimed the slot just before is the reply.
                     slot.cancel();
                     let target = std::mem::take(&mut self.target);
                     let e = target.deadline_exceeded(slot.arrived.elapsed(), "waiting");
-                    slot.complete(Err(e.clone()));
-                    Err(e)
+                    if slot.complete(Err(e.clone())) {
+                        return Err(e);
+                    }
+                    slot.after_claimed().map_or(Err(e), |r| r.and_then(|a| decode_reply(a, slot.arrived)))
                 }
             },
         }

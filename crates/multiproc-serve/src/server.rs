@@ -386,8 +386,11 @@ impl Server {
             None => {
                 slot.cancel();
                 let e = target.deadline_exceeded(slot.arrived.elapsed(), "waiting");
-                slot.complete(Err(e.clone()));
-                Err(e)
+                if slot.complete(Err(e.clone())) {
+                    return Err(e);
+                }
+                // An answer claimed the slot just before: it is the reply.
+                slot.after_claimed().map_or(Err(e), |r| r.and_then(|a| decode_reply(a, slot.arrived)))
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Where one request's answer lands: a slot that a blocking caller waits on
-//! (condvar) or an async caller polls (waker). The first completion wins;
-//! a slot whose caller is gone is marked cancelled, and the batcher drops it
-//! before it reaches a worker.
+//! (condvar) or an async caller polls (waker). The first completion wins:
+//! it claims the slot, then publishes its answer (a batch's answers are all
+//! claimed, then counted, then published, so that a caller holding its
+//! answer finds it in the counters). A slot whose caller is gone is marked
+//! cancelled, and the batcher drops it before it reaches a worker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -11,6 +13,11 @@ use std::time::{Duration, Instant};
 use crate::error::ServeError;
 use crate::items::Encoded;
 use crate::name::ModelName;
+
+/// How long a caller whose wait ran out waits for an answer that claimed
+/// its slot just before (only a preempted deliverer makes this more than
+/// microseconds).
+const PUBLISH_GRACE: Duration = Duration::from_secs(1);
 
 /// A successful answer, still encoded.
 #[derive(Debug)]
@@ -33,17 +40,14 @@ pub(crate) struct Answer {
 struct State {
     result: Option<Result<Answer, ServeError>>,
     waker: Option<Waker>,
-    taken: bool,
     /// A thread waits in `wait` (a notify costs a system call: only then).
     waiting: bool,
 }
 
 impl State {
-    /// Takes the answer if it is there (once: it is marked taken).
+    /// Takes the answer if it is there (once: the slot stays claimed).
     fn take(&mut self) -> Option<Result<Answer, ServeError>> {
-        let r = self.result.take();
-        self.taken |= r.is_some();
-        r
+        self.result.take()
     }
 }
 
@@ -73,11 +77,43 @@ impl Drop for Wakes {
     }
 }
 
+/// Answers whose slots are claimed, published together once their batch
+/// is counted (or when dropped, so that no claimed slot is left empty).
+#[derive(Default)]
+pub(crate) struct Claimed(Vec<(Arc<Slot>, Answer)>);
+
+impl Claimed {
+    /// Claims `slot` for `answer`; false if it was answered or claimed
+    /// before (the answer is dropped).
+    pub fn claim(&mut self, slot: Arc<Slot>, answer: Answer) -> bool {
+        let won = slot.claim();
+        if won {
+            self.0.push((slot, answer));
+        }
+        won
+    }
+
+    /// Publishes every claimed answer, leaving their callers' wake-ups in `wakes`.
+    pub fn publish(&mut self, wakes: &mut Wakes) {
+        for (slot, answer) in self.0.drain(..) {
+            slot.publish_later(Ok(answer), wakes);
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        self.publish(&mut Wakes::default());
+    }
+}
+
 /// One request's answer, set once.
 #[derive(Debug)]
 pub(crate) struct Slot {
     state: Mutex<State>,
     ready: Condvar,
+    /// An answer is set or about to be (see [`Slot::claim`]).
+    claimed: AtomicBool,
     cancelled: AtomicBool,
     /// When the request arrived.
     pub arrived: Instant,
@@ -88,6 +124,7 @@ impl Slot {
         Arc::new(Slot {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
+            claimed: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             arrived: Instant::now(),
         })
@@ -107,11 +144,27 @@ impl Slot {
     /// one there instead of sleeping again (and being woken again) per
     /// answer.
     pub fn complete_later(self: &Arc<Self>, result: Result<Answer, ServeError>, wakes: &mut Wakes) -> bool {
+        let won = self.claim();
+        if won {
+            self.publish_later(result, wakes);
+        }
+        won
+    }
+
+    /// Makes the caller the one to answer, unless an answer was set or
+    /// claimed before; true if it is. Whoever claims the slot must then
+    /// [publish](Slot::publish_later) its answer, soon: a caller whose
+    /// wait ran out meanwhile waits for it (see [`Slot::after_claimed`]).
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Sets the answer of a slot this caller [claimed](Slot::claim),
+    /// leaving its caller's wake-up in `wakes`.
+    pub fn publish_later(self: &Arc<Self>, result: Result<Answer, ServeError>, wakes: &mut Wakes) {
+        debug_assert!(self.claimed.load(Ordering::Relaxed), "an answer published without a claim");
         let (waker, waiting) = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if s.result.is_some() || s.taken {
-                return false;
-            }
             s.result = Some(result);
             (s.waker.take(), s.waiting)
         };
@@ -121,13 +174,19 @@ impl Slot {
         if let Some(w) = waker {
             wakes.tasks.push(w);
         }
-        true
     }
 
-    /// True once answered.
+    /// For a caller whose wait ran out and whose own error could not be
+    /// set (`complete` said false): the answer that claimed the slot first,
+    /// waited for at most [`PUBLISH_GRACE`] (it is published right after
+    /// its batch is counted), or `None`.
+    pub fn after_claimed(&self) -> Option<Result<Answer, ServeError>> {
+        self.wait_for(PUBLISH_GRACE)
+    }
+
+    /// True once answered, or about to be (claimed).
     pub fn is_done(&self) -> bool {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.result.is_some() || s.taken
+        self.claimed.load(Ordering::Acquire)
     }
 
     /// The caller is gone: nobody will read the answer.

@@ -17,7 +17,7 @@ use crate::gauge::Releases;
 use crate::items::{Encoded, Inputs, Items};
 use crate::lone::{AnswerTimes, NextLone, poll_for};
 use crate::metrics::{BatchReason, Tally};
-use crate::slot::{Answer, Wakes};
+use crate::slot::{Answer, Claimed, Wakes};
 use crate::startup::{Loaded, load, sleep_unless_stopping};
 use crate::version::VersionGroup;
 use crate::worker::{FromWorker, ServerEnds, ToWorker};
@@ -376,13 +376,16 @@ fn answer_oldest(
                 now,
                 batch_size: n,
                 wakes: Wakes::default(),
+                claimed: Claimed::default(),
                 releases: Releases::default(),
                 tally: Tally::default(),
             };
             for (i, p) in batch.into_iter().enumerate() {
                 deliver(group, p, Encoded::item(&answers, i), &mut delivery);
             }
+            // Counted before any caller can read its answer.
             group.counters.success(&delivery.tally);
+            delivery.claimed.publish(&mut delivery.wakes);
             delivery.releases.flush();
             delivery.wakes.wake();
             Ok(sent.is_empty() && alone.is_some_and(|a| group.queue.arrivals() == a))
@@ -501,6 +504,8 @@ struct Delivery {
     now: Instant,
     batch_size: usize,
     wakes: Wakes,
+    /// The answers for callers, published once the batch is counted.
+    claimed: Claimed,
     /// The pipeline places of the requests answered (released before the
     /// wake-ups, so a woken caller finds room).
     releases: Releases,
@@ -523,8 +528,8 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
                 batch_size: d.batch_size,
             };
             let delivered = match p.then {
-                Some(then) => then.run(answer, p.slot, &mut d.wakes, &mut d.releases),
-                None => p.slot.complete_later(Ok(answer), &mut d.wakes),
+                Some(then) => then.run(answer, p.slot, &mut d.claimed, &mut d.releases),
+                None => d.claimed.claim(p.slot, answer),
             };
             // An answer that comes after its request's deadline answered
             // the caller goes nowhere: the caller saw a failure.
