@@ -51,9 +51,11 @@ impl BatchReason {
 /// inference count counts rows (batch entries) and the execution count
 /// counts model calls.
 ///
-/// A caller that holds its answer finds it counted: a batch's successes
-/// and its execution are added before any of its answers can be read. A
-/// failure may be counted a moment after its caller saw it.
+/// A caller that holds its answer or its error finds it counted: a batch's
+/// outcomes and its execution are added before any of them can be read.
+/// The exception is a deadline: a caller whose deadline passed has its
+/// error at once, and the request is counted when the server next handles
+/// it (drops it from the queue, or its late answer comes back).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionMetrics {
     /// The model.

@@ -52,7 +52,7 @@ impl State {
 }
 
 /// Wake-ups owed to callers whose answers were set with
-/// [`Slot::complete_later`]; given by [`Wakes::wake`] (or when dropped).
+/// [`Slot::publish_later`]; given by [`Wakes::wake`] (or when dropped).
 #[derive(Default)]
 pub(crate) struct Wakes {
     threads: Vec<Arc<Slot>>,
@@ -132,21 +132,9 @@ impl Slot {
 
     /// Sets the answer unless one is already set; true if this one was.
     pub fn complete(self: &Arc<Self>, result: Result<Answer, ServeError>) -> bool {
-        let mut wakes = Wakes::default();
-        let done = self.complete_later(result, &mut wakes);
-        wakes.wake();
-        done
-    }
-
-    /// Sets the answer like [`Slot::complete`], but leaves the wake-up of
-    /// its caller in `wakes`: a batch's answers are all set before any
-    /// caller wakes, so a caller that reads them in order finds the next
-    /// one there instead of sleeping again (and being woken again) per
-    /// answer.
-    pub fn complete_later(self: &Arc<Self>, result: Result<Answer, ServeError>, wakes: &mut Wakes) -> bool {
         let won = self.claim();
         if won {
-            self.publish_later(result, wakes);
+            self.publish(result);
         }
         won
     }
@@ -159,8 +147,19 @@ impl Slot {
         !self.claimed.swap(true, Ordering::AcqRel)
     }
 
+    /// Sets the answer of a slot this caller [claimed](Slot::claim) and
+    /// wakes its caller.
+    pub fn publish(self: &Arc<Self>, result: Result<Answer, ServeError>) {
+        let mut wakes = Wakes::default();
+        self.publish_later(result, &mut wakes);
+        wakes.wake();
+    }
+
     /// Sets the answer of a slot this caller [claimed](Slot::claim),
-    /// leaving its caller's wake-up in `wakes`.
+    /// leaving its caller's wake-up in `wakes`: a batch's answers are all
+    /// set before any caller wakes, so a caller that reads them in order
+    /// finds the next one there instead of sleeping again (and being woken
+    /// again) per answer.
     pub fn publish_later(self: &Arc<Self>, result: Result<Answer, ServeError>, wakes: &mut Wakes) {
         debug_assert!(self.claimed.load(Ordering::Relaxed), "an answer published without a claim");
         let (waker, waiting) = {

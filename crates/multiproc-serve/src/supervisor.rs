@@ -541,8 +541,7 @@ fn deliver(group: &VersionGroup, p: Pending, answer: Result<Encoded, String>, d:
         }
         Err(message) => {
             let e = ServeError::ModelFailed { model: group.model.clone(), version: group.version, message };
-            group.counters.failure(e.kind(), p.failed_after(d.now));
-            p.slot.complete_later(Err(e), &mut d.wakes);
+            group.fail_counted(&p, e, d.now);
         }
     }
 }

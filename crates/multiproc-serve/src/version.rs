@@ -539,8 +539,7 @@ impl VersionGroup {
     /// already answered it counts as a deadline).
     pub fn fail_requests(&self, items: Vec<Pending>, e: &ServeError) {
         for p in items {
-            let seen = if p.slot.complete(Err(e.clone())) { e.kind() } else { crate::ErrorKind::DeadlineExceeded };
-            self.counters.failure(seen, p.failed_after(Instant::now()));
+            self.fail_counted(&p, e.clone(), Instant::now());
         }
     }
 
@@ -562,10 +561,19 @@ impl VersionGroup {
             } else {
                 ServeError::Cancelled { model: self.model.clone() }
             };
-            // A caller that already had its error (its wait timed out) saw a deadline.
-            let kind = e.kind();
-            let seen = if p.slot.complete(Err(e)) { kind } else { crate::ErrorKind::DeadlineExceeded };
-            self.counters.failure(seen, p.failed_after(now));
+            self.fail_counted(&p, e, now);
+        }
+    }
+
+    /// Fails `p` with `e` (known `now`), counted before its caller can see
+    /// it; a caller that already had its error (its deadline passed, or
+    /// its wait timed out) saw a deadline, and it counts as one.
+    pub(crate) fn fail_counted(&self, p: &Pending, e: ServeError, now: Instant) {
+        let won = p.slot.claim();
+        let seen = if won { e.kind() } else { crate::ErrorKind::DeadlineExceeded };
+        self.counters.failure(seen, p.failed_after(now));
+        if won {
+            p.slot.publish(Err(e));
         }
     }
 

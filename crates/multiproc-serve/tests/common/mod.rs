@@ -114,10 +114,10 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The counters of `model` version `version` once `settled` holds for
 /// them, or as they are after [`PATIENCE`]; the test then asserts on them.
-/// A caller's own answers are counted before it can read them, but a late
-/// answer or a request dropped from the queue is counted just after
-/// `in_flight` or `queue_depth` went down, and other callers' answers may
-/// still be on their way.
+/// A caller's own outcomes are counted before it can read them, but a
+/// request whose deadline passed is counted when the server next handles
+/// it (just after `in_flight` or `queue_depth` went down), and other
+/// callers' answers may still be on their way.
 pub fn metrics_when(
     server: &Server,
     model: &str,
