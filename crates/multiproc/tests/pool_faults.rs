@@ -236,6 +236,29 @@ fn an_unserializable_argument_or_result_fails_only_that_task() {
 }
 
 #[test]
+fn a_panic_inside_a_chunk_fails_only_its_item_and_the_items_around_it_keep_their_results() {
+    let _watchdog = pool_support::watchdog();
+    fn boom(x: u64) -> u64 {
+        if x % 6 == 2 || x == 9 {
+            panic!("bad item {x}");
+        }
+        x * 10
+    }
+    let pool = Pool::new(2).unwrap();
+    let got: Vec<_> = pool.with_chunksize(6).imap(boom, 0..12u64).collect();
+    assert_eq!(got.len(), 12);
+    for (i, r) in got.iter().enumerate() {
+        if i % 6 == 2 || i == 9 {
+            let Some(TaskError::Panicked(p)) = r.as_ref().unwrap_err().task_error() else { panic!("item {i}: {r:?}") };
+            assert_eq!(p.message, format!("bad item {i}"));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), 10 * i as u64, "item {i}");
+        }
+    }
+    assert_eq!(pool.map(square, 0..3u64).unwrap(), vec![0, 1, 4], "pool still usable");
+}
+
+#[test]
 fn a_failing_input_stops_the_call_after_the_earlier_results() {
     let _watchdog = pool_support::watchdog();
     let pool = Pool::new(2).unwrap();

@@ -237,6 +237,14 @@ enum Outs<R> {
 
 impl<R> Outs<R> {
     #[inline]
+    fn push_ok(&mut self, r: R) {
+        match self {
+            Outs::Ok(v) => v.push(r),
+            Outs::Mixed(v) => v.push(Ok(r)),
+        }
+    }
+
+    #[inline]
     fn push(&mut self, result: Result<R, TaskError>) {
         match (self, result) {
             (Outs::Ok(v), Ok(r)) => v.push(r),
@@ -280,6 +288,16 @@ where
         if skip.is_empty() && !timed {
             // The common case: nothing to skip and no timeout, so the status
             // page only needs to say "in a chunk" (set by the caller).
+            if let Args::Bulk(items) = args {
+                // Every argument decoded: no `Result` per item until one panics.
+                for a in items {
+                    match panic::catch_unwind(AssertUnwindSafe(|| call(&mut *state, a))) {
+                        Ok(r) => outs.push_ok(r),
+                        Err(payload) => outs.push(Err(caught(payload))),
+                    }
+                }
+                return;
+            }
             for arg in args {
                 outs.push(match arg {
                     Ok(a) => panic::catch_unwind(AssertUnwindSafe(|| call(&mut *state, a))).map_err(caught),
