@@ -124,6 +124,19 @@ pub(crate) fn decode_reply<O: DeserializeOwned>(answer: Answer, arrived: Instant
     })
 }
 
+/// The outcome for a caller whose wait for `slot` ran out: its deadline
+/// error, set in the slot too, so that an answer that comes later goes
+/// nowhere and counts as the deadline its caller saw; or the answer that
+/// claimed the slot just before, which is the reply.
+pub(crate) fn gave_up<O: DeserializeOwned>(slot: &Arc<Slot>, target: Target) -> Result<Reply<O>, ServeError> {
+    slot.cancel();
+    let e = target.deadline_exceeded(slot.arrived.elapsed(), "waiting");
+    if slot.complete(Err(e.clone())) {
+        return Err(e);
+    }
+    slot.after_claimed().map_or(Err(e), |r| r.and_then(|a| decode_reply(a, slot.arrived)))
+}
+
 /// A reply still to come; runtime-agnostic (works on tokio or any executor).
 /// Dropping it cancels the request if it has not reached a worker yet.
 #[must_use = "a future does nothing unless polled; dropping it cancels the request"]
@@ -170,19 +183,7 @@ impl<O: DeserializeOwned> InferFuture<O> {
             Err(e) => Err(e.unwrap_or_else(|| ServeError::Internal("the reply was already taken".into()))),
             Ok(slot) => match slot.wait_for(timeout) {
                 Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
-                None => {
-                    // The caller's error is set in the slot too (as a
-                    // blocking infer does): an answer that comes later goes
-                    // nowhere and counts as the deadline its caller saw. An
-                    // answer that claimed the slot just before is the reply.
-                    slot.cancel();
-                    let target = std::mem::take(&mut self.target);
-                    let e = target.deadline_exceeded(slot.arrived.elapsed(), "waiting");
-                    if slot.complete(Err(e.clone())) {
-                        return Err(e);
-                    }
-                    slot.after_claimed().map_or(Err(e), |r| r.and_then(|a| decode_reply(a, slot.arrived)))
-                }
+                None => gave_up(&slot, std::mem::take(&mut self.target)),
             },
         }
     }

@@ -19,8 +19,8 @@ use crate::name::Target;
 use crate::pipeline::PipelineDyn;
 use crate::pipeline_spec::{PipelineItem, PipelineSpec};
 use crate::registry::{ModelEntry, UnloadCause};
-use crate::request::decode_reply;
 use crate::request::{InferFuture, Reply, Request};
+use crate::request::{decode_reply, gave_up};
 use crate::settings::ModelSettings;
 use crate::slot::Slot;
 use crate::status::{EndpointKind, ModelStatus, ServerStatus};
@@ -383,15 +383,7 @@ impl Server {
         // A lone request polls for its answer a short while before it sleeps.
         match self.inner.lone.wait_blocking(|| slot.try_take().map(Some), || slot.wait(deadline)) {
             Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
-            None => {
-                slot.cancel();
-                let e = target.deadline_exceeded(slot.arrived.elapsed(), "waiting");
-                if slot.complete(Err(e.clone())) {
-                    return Err(e);
-                }
-                // An answer claimed the slot just before: it is the reply.
-                slot.after_claimed().map_or(Err(e), |r| r.and_then(|a| decode_reply(a, slot.arrived)))
-            }
+            None => gave_up(&slot, target),
         }
     }
 

@@ -254,3 +254,61 @@ impl Slot {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(bytes: &[u8]) -> Answer {
+        Answer {
+            bytes: Encoded::Own(bytes.to_vec()),
+            model: ModelName::from("m"),
+            answered: Instant::now(),
+            version: 1,
+            queued: Duration::ZERO,
+            batch_size: 1,
+        }
+    }
+
+    #[test]
+    fn a_claimed_slot_takes_no_other_answer_and_its_caller_reads_the_published_one() {
+        let slot = Slot::new();
+        assert!(slot.claim());
+        assert!(slot.is_done(), "a claimed slot is done for the batcher and the deadline watcher");
+        assert!(!slot.claim());
+        assert!(!slot.complete(Err(ServeError::ShuttingDown)), "a claimed slot took a second answer");
+        assert!(slot.try_take().is_none(), "an answer readable before it was published");
+        slot.publish(Ok(answer(b"first")));
+        let got = slot.try_take().expect("the published answer").expect("an answer, not an error");
+        assert_eq!(got.bytes.as_bytes(), b"first");
+        assert!(slot.try_take().is_none(), "an answer read twice");
+    }
+
+    #[test]
+    fn a_caller_whose_wait_ran_out_after_a_claim_waits_for_the_claimed_answer() {
+        let slot = Slot::new();
+        let mut claimed = Claimed::default();
+        assert!(claimed.claim(Arc::clone(&slot), answer(b"late")));
+        // The caller's wait ran out: its own error cannot be set.
+        assert!(!slot.complete(Err(ServeError::ShuttingDown)));
+        let publisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut wakes = Wakes::default();
+            claimed.publish(&mut wakes);
+            wakes.wake();
+        });
+        let got = slot.after_claimed().expect("the claimed answer within the grace").expect("an answer");
+        assert_eq!(got.bytes.as_bytes(), b"late");
+        publisher.join().expect("the publisher thread");
+    }
+
+    #[test]
+    fn claimed_answers_dropped_unpublished_are_published() {
+        let slot = Slot::new();
+        let mut claimed = Claimed::default();
+        assert!(claimed.claim(Arc::clone(&slot), answer(b"kept")));
+        drop(claimed);
+        let got = slot.wait_for(Duration::from_secs(5)).expect("the answer").expect("an answer");
+        assert_eq!(got.bytes.as_bytes(), b"kept");
+    }
+}
