@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged};
@@ -67,11 +68,17 @@ fn answers_held_are_counted(server: &Server, n: u64, send: impl Fn(u64) -> Infer
     assert_eq!((m.request_success + m.request_failure["model_failed"], m.request_failure.len()), (n, 1), "{m:?}");
 }
 
-#[test]
-fn callers_with_batches_in_flight_find_every_answer_they_hold_counted() {
+/// A server with the model `double`, batches of up to 64, room for 4,096 queued.
+fn batched_doubler() -> Server {
     let server = Server::new();
     let settings = ModelSettings { max_batch_size: 64, queue_capacity: 1 << 12, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default()).settings(settings)).unwrap();
+    server
+}
+
+#[test]
+fn callers_with_batches_in_flight_find_every_answer_they_hold_counted() {
+    let server = batched_doubler();
     answers_held_are_counted(&server, 40_000, |x| server.infer_async(Request::new("double", x)));
     server.shutdown();
 }
@@ -83,9 +90,7 @@ fn parse(text: String) -> Result<u64, String> {
 
 #[test]
 fn a_pipelines_answers_are_counted_at_its_model_before_they_are_read() {
-    let server = Server::new();
-    let settings = ModelSettings { max_batch_size: 64, queue_capacity: 1 << 12, ..Default::default() };
-    server.add(ModelSpec::<Doubler>::new("double").version(1, Behaviour::default()).settings(settings)).unwrap();
+    let server = batched_doubler();
     server.add_pipeline(PipelineSpec::<String, u64, Tagged, Tagged>::new("pipeline", "double", parse, 2)).unwrap();
     answers_held_are_counted(&server, 20_000, |x| server.infer_async(Request::new("pipeline", x.to_string())));
     server.shutdown();
@@ -96,15 +101,14 @@ fn a_lost_batch_is_counted_before_its_callers_see_it() {
     let server = Server::new();
     let (futures, pid) = common::two_batches_held_and_four_queued(&server, 20_000, ModelSettings::default());
     common::kill(pid);
-    let mut futures = futures.into_iter();
-    for lost in 1..=2 {
-        let e = common::block_on(futures.next().expect("a request of the batch that ran"), PATIENCE).unwrap_err();
+    // Each caller of the lost batch finds its own error, and those before it, counted.
+    let lost = Cell::new(0);
+    common::only_the_batch_that_ran_fails(futures, pid, |e| {
         assert_eq!(e.kind(), ErrorKind::WorkerLost, "{e}");
+        lost.set(lost.get() + 1);
         let m = counters(&server, "m");
-        assert!(m.request_failure.get("worker_lost").is_some_and(|n| *n >= lost), "{m:?}");
-    }
-    for f in futures {
-        assert!(common::block_on(f, PATIENCE).is_ok(), "a request the lost worker never started failed");
-    }
+        assert!(m.request_failure.get("worker_lost").is_some_and(|n| *n >= lost.get()), "{m:?}");
+        true
+    });
     server.shutdown();
 }
