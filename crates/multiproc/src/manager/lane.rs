@@ -232,8 +232,16 @@ impl Lane {
             self.state().store(REQUEST, Ordering::Release);
         }
         for at in (HEADER..LANE_LEN).step_by(8 * 64) {
+            let mut bytes = next().to_ne_bytes();
+            // Garbage that reads as a shutdown request is one, and any client
+            // may stop its manager: the request area never starts with one.
+            if at == Way::Request.area()
+                && matches!(super::protocol::decode_request(&bytes), Ok(super::protocol::Request::Shutdown))
+            {
+                bytes[0] = u8::MAX;
+            }
             // The manager reads these bytes only as untrusted.
-            self.map.write_volatile_at(at, &next().to_ne_bytes()).expect("inside the lane's mapping");
+            self.map.write_volatile_at(at, &bytes).expect("inside the lane's mapping");
         }
         if let Some(bell) = &self.bell {
             let garbage = next() as u32;
