@@ -298,12 +298,12 @@ impl Channel {
                 // A Unix socket: sleep in poll, not in a blocking read (see
                 // `wait_for_data`), then read what came without blocking.
                 self.wait_for_data()?;
-                match state.read_some(self.fd.as_fd(), true) {
+                match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
                     Ok(()) | Err(RecvError::Timeout) => continue,
                     Err(e) => return Err(e),
                 }
             }
-            match state.read_some(self.fd.as_fd(), !blocking) {
+            match state.read_some(self.fd.as_fd(), self.can_pass_fds, !blocking) {
                 // Readable a moment ago, nothing now: another reader of the
                 // socket (a process sharing this end) took it. Wait again,
                 // until the deadline.
@@ -367,7 +367,7 @@ impl Channel {
             if ask_first && !imp::is_readable(self.fd.as_fd()).map_err(WireError::Io)? {
                 continue;
             }
-            match state.read_some(self.fd.as_fd(), true) {
+            match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
                 Ok(()) => break true,
                 Err(RecvError::Timeout) => {}
                 Err(e) => return Err(e),
@@ -418,7 +418,7 @@ impl Channel {
             if !imp::wait_readable(self.fd.as_fd(), deadline)? {
                 return Ok(false);
             }
-            match state.read_some(self.fd.as_fd(), true) {
+            match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
                 Ok(()) => {}
                 Err(RecvError::Timeout) => {}
                 Err(RecvError::Wire(WireError::Closed)) => return Ok(true),
@@ -442,7 +442,7 @@ impl Channel {
             if state.closed {
                 return Err(closed_error(&state.decoder));
             }
-            match state.read_some(self.fd.as_fd(), true) {
+            match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
                 Ok(()) => {}
                 Err(RecvError::Timeout) => return Ok(None),
                 Err(RecvError::Wire(e)) => return Err(e),
@@ -465,13 +465,19 @@ impl AsFd for Channel {
 }
 
 impl RecvState {
-    /// One read from the socket into the decoder.
-    fn read_some(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<(), RecvError> {
+    /// One read from the socket into the decoder; `with_fds` on a socket
+    /// that can carry descriptors (a TCP socket reads with a plain `recv`).
+    fn read_some(&mut self, fd: BorrowedFd<'_>, with_fds: bool, nonblocking: bool) -> Result<(), RecvError> {
         if self.scratch.is_empty() {
             self.scratch.resize(FIRST_READ_CHUNK, 0);
         }
         let mut fds = Vec::new();
-        match imp::recv_with_fds(fd, &mut self.scratch, &mut fds, nonblocking) {
+        let read = if with_fds {
+            imp::recv_with_fds(fd, &mut self.scratch, &mut fds, nonblocking)
+        } else {
+            imp::recv_plain(fd, &mut self.scratch, nonblocking)
+        };
+        match read {
             Ok(0) => {
                 self.closed = true;
                 self.decoder.push(&[], fds);

@@ -176,6 +176,22 @@ pub(crate) fn recv_with_fds(
     Ok(n)
 }
 
+/// Receives up to `buf.len()` bytes from a socket that carries no
+/// descriptors (TCP): a plain `recv`, without the message header and
+/// control buffer of [`recv_with_fds`]. Returns 0 at end of stream. Blocks
+/// unless `nonblocking`; a non-blocking call with nothing to read returns
+/// `WouldBlock`. Retries on EINTR.
+pub(crate) fn recv_plain(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> io::Result<usize> {
+    let flags = if nonblocking { rustix::net::RecvFlags::DONTWAIT } else { rustix::net::RecvFlags::empty() };
+    loop {
+        match rustix::net::recv(sock, &mut *buf, flags) {
+            Ok((n, _)) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn collect_fds(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
     // SAFETY: the kernel filled `msg.msg_control` with well-formed cmsg headers up
     // to `msg_controllen`; CMSG_* walk them without reading past that.
