@@ -23,9 +23,7 @@ impl Model for Mismatched {
     type Output = u64;
 
     fn load(tries: String, _: &WorkerContext) -> Result<Self, LoadError> {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(tries).map_err(|e| e.to_string())?;
-        writeln!(file, "{}", std::process::id()).map_err(|e| e.to_string())?;
+        common::note_pid(&tries).map_err(|e| e.to_string())?;
         Err(LoadError::permanent(WHY))
     }
 

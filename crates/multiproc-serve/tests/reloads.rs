@@ -20,9 +20,7 @@ impl Model for NotesItsPid {
     type Output = u64;
 
     fn load((pids, load_ms): (String, u64), _: &WorkerContext) -> Result<Self, LoadError> {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(pids).map_err(|e| e.to_string())?;
-        writeln!(file, "{}", std::process::id()).map_err(|e| e.to_string())?;
+        common::note_pid(&pids).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(load_ms));
         Ok(NotesItsPid)
     }

@@ -184,6 +184,16 @@ pub fn capture_log() -> Arc<std::sync::Mutex<Vec<String>>> {
     }))
 }
 
+/// Appends this process's pid and a newline to the file at `path` in one
+/// write, so that processes noting theirs at the same moment never mix
+/// their lines (`writeln!` with an argument writes the pid and the newline
+/// separately, and two workers loading at once interleaved them).
+pub fn note_pid(path: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let line = format!("{}\n", std::process::id());
+    std::fs::OpenOptions::new().append(true).create(true).open(path)?.write_all(line.as_bytes())
+}
+
 /// True while a process with this pid exists (a zombie counts: it was not reaped).
 pub fn process_exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
