@@ -298,12 +298,12 @@ impl Channel {
                 // A Unix socket: sleep in poll, not in a blocking read (see
                 // `wait_for_data`), then read what came without blocking.
                 self.wait_for_data()?;
-                match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
+                match self.read_into(&mut state, true) {
                     Ok(()) | Err(RecvError::Timeout) => continue,
                     Err(e) => return Err(e),
                 }
             }
-            match state.read_some(self.fd.as_fd(), self.can_pass_fds, !blocking) {
+            match self.read_into(&mut state, !blocking) {
                 // Readable a moment ago, nothing now: another reader of the
                 // socket (a process sharing this end) took it. Wait again,
                 // until the deadline.
@@ -350,6 +350,12 @@ impl Channel {
         peer != 0 && peer != imp::thread::current_cpu()
     }
 
+    /// One read from this channel's socket into `state`: with room for
+    /// descriptors on a socket that can carry them (see [`RecvState::read_some`]).
+    fn read_into(&self, state: &mut RecvState, nonblocking: bool) -> Result<(), RecvError> {
+        state.read_some(self.fd.as_fd(), self.can_pass_fds, nonblocking)
+    }
+
     /// Polls the socket within the adaptive budget; true if data came.
     /// On TCP it asks whether the socket is readable before it reads: a TCP
     /// read attempt takes the socket's lock, which the peer's delivery then
@@ -367,7 +373,7 @@ impl Channel {
             if ask_first && !imp::is_readable(self.fd.as_fd()).map_err(WireError::Io)? {
                 continue;
             }
-            match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
+            match self.read_into(state, true) {
                 Ok(()) => break true,
                 Err(RecvError::Timeout) => {}
                 Err(e) => return Err(e),
@@ -418,7 +424,7 @@ impl Channel {
             if !imp::wait_readable(self.fd.as_fd(), deadline)? {
                 return Ok(false);
             }
-            match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
+            match self.read_into(&mut state, true) {
                 Ok(()) => {}
                 Err(RecvError::Timeout) => {}
                 Err(RecvError::Wire(WireError::Closed)) => return Ok(true),
@@ -442,7 +448,7 @@ impl Channel {
             if state.closed {
                 return Err(closed_error(&state.decoder));
             }
-            match state.read_some(self.fd.as_fd(), self.can_pass_fds, true) {
+            match self.read_into(&mut state, true) {
                 Ok(()) => {}
                 Err(RecvError::Timeout) => return Ok(None),
                 Err(RecvError::Wire(e)) => return Err(e),
