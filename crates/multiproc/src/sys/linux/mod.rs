@@ -10,6 +10,7 @@ pub(crate) mod malloc;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
 pub(crate) mod proc;
+pub(crate) mod relro;
 pub(crate) mod shm;
 pub(crate) mod shm_tracker;
 pub(crate) mod signal;
