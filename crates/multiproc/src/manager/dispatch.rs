@@ -334,6 +334,13 @@ fn plan(request: Request) -> Plan {
         Op::Take { timeout } if waits(timeout) => {
             Plan::TryFirst { now: now(Op::Take { timeout: Some(Duration::ZERO) }), later: request }
         }
+        Op::PutMany { items, timeout } if waits(timeout) => {
+            let first = now(Op::PutMany { items: items.clone(), timeout: Some(Duration::ZERO) });
+            Plan::TryFirst { now: first, later: request }
+        }
+        Op::TakeMany { max, timeout } if waits(timeout) => {
+            Plan::TryFirst { now: now(Op::TakeMany { max: *max, timeout: Some(Duration::ZERO) }), later: request }
+        }
         Op::Acquire { owner, timeout } if waits(timeout) => {
             let first = now(Op::Acquire { owner: *owner, timeout: Some(Duration::ZERO) });
             Plan::TryFirst { now: first, later: request }

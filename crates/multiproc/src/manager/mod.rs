@@ -19,6 +19,12 @@
 //!   objects are found by name ([`Manager::publish`], [`Manager::get`], with
 //!   a type check).
 //!
+//! Each call is one round trip to the manager: over a network, the round
+//! trips are the cost. A [`Queue`] moves many items per round trip with
+//! [`Queue::put_many`] (a batch goes in whole, with no other client's item
+//! between) and [`Queue::get_many`] (what is there, up to a maximum), which
+//! Python's proxies lack.
+//!
 //! Values read through a proxy are **copies** ([`Dict::get`] returns the
 //! value, not a reference into the manager); change an entry in place with
 //! `update`, which runs a plain `fn` inside the manager, atomically. A proxy

@@ -214,6 +214,19 @@ pub(crate) enum Op {
     IsBroken,
     // User types.
     UserCall(Bytes),
+    // Queue and JoinableQueue, many items per call (last: the variants
+    // above keep their numbers on the wire).
+    /// Puts every item at once, when the queue has room for all of them.
+    PutMany {
+        items: Vec<Bytes>,
+        timeout: Option<Duration>,
+    },
+    /// Takes the oldest items, at least one (waiting for it as `timeout`
+    /// says) and at most `max`, as many as are there and fit one answer.
+    TakeMany {
+        max: u64,
+        timeout: Option<Duration>,
+    },
 }
 
 /// What the manager answers.
@@ -351,6 +364,12 @@ pub(crate) const MAX_REQUEST: u64 = 64 << 20;
 /// Largest answer frame a client reads (256 MiB): the manager answers
 /// [`RemoteError::AnswerTooLarge`] instead of a larger one.
 pub(crate) const MAX_RESPONSE: u64 = 256 << 20;
+
+/// The most item bytes one `TakeMany` answer carries (a MiB under
+/// [`MAX_RESPONSE`], room for the answer's own framing): items past it stay
+/// in the queue for the next call, instead of being taken into an answer
+/// too large to send.
+pub(crate) const MANY_ITEMS_BUDGET: u64 = MAX_RESPONSE - (1 << 20);
 
 /// Encodes `response` into this thread's buffer and runs `f` on the bytes;
 /// a response larger than a client reads is replaced by the error saying

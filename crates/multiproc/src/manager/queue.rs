@@ -110,6 +110,95 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.get_inner(Some(Duration::ZERO))
     }
 
+    /// Puts every item of `values`, in order and at once, waiting as long
+    /// as it takes for room for all of them: one round trip to the manager
+    /// for the lot, where a `put` each costs one per item (over a network,
+    /// the round trips are the cost). No other client's item comes between
+    /// them.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` (nothing was put); [`RemoteError::BadRequest`] for more
+    /// items than a bounded queue ever holds; a request over 64 MiB
+    /// ([`ManagerError::TooLarge`]: put them in parts); or as [`Queue::put`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let manager = multiproc::manager::Manager::start().unwrap();
+    /// let q = manager.queue::<u32>().unwrap();
+    /// q.put_many(1..=5).unwrap();
+    /// assert_eq!(q.get_many(3).unwrap(), [1, 2, 3]);
+    /// assert_eq!(q.get_many_timeout(10, Duration::from_secs(5)).unwrap(), [4, 5]);
+    /// ```
+    pub fn put_many<I: IntoIterator<Item = T>>(&self, values: I) -> Result<(), ManagerError> {
+        self.put_many_inner(values, None)
+    }
+
+    /// As [`Queue::put_many`], waiting at most `timeout` for room for all
+    /// of them (on `Timeout` none was put).
+    ///
+    /// # Errors
+    ///
+    /// `Timeout`, or as [`Queue::put_many`].
+    pub fn put_many_timeout<I: IntoIterator<Item = T>>(
+        &self,
+        values: I,
+        timeout: Duration,
+    ) -> Result<(), ManagerError> {
+        self.put_many_inner(values, Some(timeout)).map_err(timed_out)
+    }
+
+    /// As [`Queue::put_many`], if there is room for all of them now.
+    ///
+    /// # Errors
+    ///
+    /// `Full` (none was put), or as [`Queue::put_many`].
+    pub fn put_many_nowait<I: IntoIterator<Item = T>>(&self, values: I) -> Result<(), ManagerError> {
+        self.put_many_inner(values, Some(Duration::ZERO))
+    }
+
+    fn put_many_inner<I: IntoIterator<Item = T>>(
+        &self,
+        values: I,
+        timeout: Option<Duration>,
+    ) -> Result<(), ManagerError> {
+        let items = values.into_iter().map(|v| encode(&v)).collect::<Result<Vec<_>, _>>()?;
+        self.object.unit(Op::PutMany { items, timeout })
+    }
+
+    /// Takes the oldest items, waiting as long as it takes for the first:
+    /// then as many as are there, at most `max` (and as many as fit one
+    /// answer, 256 MiB; the rest stay queued). One round trip for the lot.
+    /// `max` 0 takes nothing and returns at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::get`].
+    pub fn get_many(&self, max: usize) -> Result<Vec<T>, ManagerError> {
+        self.object.many(Op::TakeMany { max: max as u64, timeout: None })
+    }
+
+    /// As [`Queue::get_many`], waiting at most `timeout` for the first item.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout`, or as [`Queue::get`].
+    pub fn get_many_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<T>, ManagerError> {
+        self.object.many(Op::TakeMany { max: max as u64, timeout: Some(timeout) }).map_err(timed_out)
+    }
+
+    /// As [`Queue::get_many`], if there is an item now.
+    ///
+    /// # Errors
+    ///
+    /// `Empty`, or as [`Queue::get`].
+    pub fn get_many_nowait(&self, max: usize) -> Result<Vec<T>, ManagerError> {
+        self.object.many(Op::TakeMany { max: max as u64, timeout: Some(Duration::ZERO) })
+    }
+
     /// The number of items in the queue.
     ///
     /// # Errors

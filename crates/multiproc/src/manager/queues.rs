@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use super::collections::wrong;
-use super::protocol::{Bytes, Kind, Op, RemoteError, Reply, Response};
+use super::protocol::{Bytes, Kind, MANY_ITEMS_BUDGET, Op, RemoteError, Reply, Response};
 use super::server::Caller;
 use super::waiting::{Waiters, lock, wait_while};
 
@@ -77,6 +77,59 @@ impl QueueState {
                 };
                 self.changed.notify_all();
                 Reply::Bytes(Bytes::from(item))
+            }
+            Op::PutMany { items, timeout } => {
+                if g.closed {
+                    return Err(RemoteError::Closed);
+                }
+                let n = items.len() as u64;
+                if n > maxsize {
+                    return Err(RemoteError::BadRequest(format!(
+                        "{n} items never fit at once in a queue of at most {maxsize}: put them in parts"
+                    )));
+                }
+                let (mut g, waited) = wait_while(&self.changed, g, timeout, caller, |q| {
+                    !q.closed && (q.items.len() as u64).saturating_add(n) > maxsize
+                });
+                match waited {
+                    Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => return Err(RemoteError::Full),
+                    Err(e) => return Err(e),
+                    Ok(()) if g.closed => return Err(RemoteError::Closed),
+                    Ok(()) => {}
+                }
+                g.items.extend(items.into_iter().map(Bytes::into_vec));
+                g.unfinished += n;
+                self.changed.notify_all();
+                Reply::Unit
+            }
+            Op::TakeMany { max: 0, .. } => Reply::Many(Vec::new()),
+            Op::TakeMany { max, timeout } => {
+                let (mut g, waited) =
+                    wait_while(&self.changed, g, timeout, caller, |q| !q.closed && q.items.is_empty());
+                match waited {
+                    Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => {
+                        return Err(RemoteError::Empty);
+                    }
+                    Err(e) => return Err(e),
+                    Ok(()) => {}
+                }
+                if g.items.is_empty() {
+                    return Err(RemoteError::Closed);
+                }
+                // At least one item (a put item always fits an answer), then
+                // as many as fit the answer's budget.
+                let (mut taken, mut bytes) = (Vec::new(), 0u64);
+                while (taken.len() as u64) < max
+                    && let Some(front) = g.items.front()
+                {
+                    bytes = bytes.saturating_add(front.len() as u64 + 10);
+                    if !taken.is_empty() && bytes > MANY_ITEMS_BUDGET {
+                        break;
+                    }
+                    taken.extend(g.items.pop_front().map(Bytes::from));
+                }
+                self.changed.notify_all();
+                Reply::Many(taken)
             }
             Op::Len => Reply::Count(g.items.len() as u64),
             Op::Full => Reply::Bool(g.items.len() as u64 >= maxsize),
