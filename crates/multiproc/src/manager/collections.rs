@@ -129,9 +129,47 @@ pub(crate) fn value_call(value: &Value, op: Op, caller: &Caller<'_>) -> Response
     })
 }
 
-/// The error for an operation that does not apply to `kind`.
+/// The error for an operation that does not apply to `kind`, naming the
+/// operation by its variant (the start of its `Debug` form; the formatting
+/// stops there, as an operation may carry megabytes of items).
 pub(crate) fn wrong(op: &Op, kind: Kind) -> RemoteError {
-    let name = format!("{op:?}");
-    let name = name.split(['(', ' ', '{']).next().unwrap_or("?").to_string();
-    RemoteError::WrongOperation { op: name, kind }
+    let mut name = VariantName(String::new());
+    let _ = std::fmt::Write::write_fmt(&mut name, format_args!("{op:?}"));
+    RemoteError::WrongOperation { op: name.0, kind }
+}
+
+/// Keeps what is written up to the first `(`, ` ` or `{`, then refuses the
+/// rest (which ends the formatting).
+struct VariantName(String);
+
+impl std::fmt::Write for VariantName {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        match s.find(['(', ' ', '{']) {
+            Some(end) => {
+                self.0.push_str(&s[..end]);
+                Err(std::fmt::Error)
+            }
+            None => {
+                self.0.push_str(s);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_operation_is_named_by_its_variant_alone() {
+        let named = |op| match wrong(&op, Kind::Dict) {
+            RemoteError::WrongOperation { op, kind: Kind::Dict } => op,
+            other => panic!("{other:?}"),
+        };
+        let items = vec![Bytes::from(vec![7; 1 << 20]); 64];
+        assert_eq!(named(Op::PutMany { items, timeout: None }), "PutMany");
+        assert_eq!(named(Op::Pop), "Pop");
+        assert_eq!(named(Op::Push(Bytes::from(vec![1]))), "Push");
+    }
 }
