@@ -3,7 +3,8 @@
 //! tasks.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::collections::wrong;
 use super::protocol::{Bytes, Kind, MANY_ITEMS_BUDGET, Op, RemoteError, Reply, Response};
@@ -41,62 +42,75 @@ impl QueueState {
         if self.joinable { Kind::JoinableQueue } else { Kind::Queue }
     }
 
+    /// Waits (as `timeout` says) until the open queue has room for `n`
+    /// more items: `Closed` when it is closed (before or meanwhile), `Full`
+    /// when a put that may not wait finds no room, or the wait's error.
+    fn room_for<'a>(
+        &self,
+        g: MutexGuard<'a, Inner>,
+        n: u64,
+        timeout: Option<Duration>,
+        caller: &Caller<'_>,
+    ) -> Result<MutexGuard<'a, Inner>, RemoteError> {
+        if g.closed {
+            return Err(RemoteError::Closed);
+        }
+        let maxsize = self.maxsize.unwrap_or(u64::MAX);
+        let (g, waited) = wait_while(&self.changed, g, timeout, caller, |q| {
+            !q.closed && (q.items.len() as u64).saturating_add(n) > maxsize
+        });
+        match waited {
+            Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => Err(RemoteError::Full),
+            Err(e) => Err(e),
+            Ok(()) if g.closed => Err(RemoteError::Closed),
+            Ok(()) => Ok(g),
+        }
+    }
+
+    /// Waits (as `timeout` says) until the queue holds an item: `Closed`
+    /// when it is closed and empty, `Empty` when a get that may not wait
+    /// finds none, or the wait's error.
+    fn an_item<'a>(
+        &self,
+        g: MutexGuard<'a, Inner>,
+        timeout: Option<Duration>,
+        caller: &Caller<'_>,
+    ) -> Result<MutexGuard<'a, Inner>, RemoteError> {
+        let (g, waited) = wait_while(&self.changed, g, timeout, caller, |q| !q.closed && q.items.is_empty());
+        match waited {
+            Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => Err(RemoteError::Empty),
+            Err(e) => Err(e),
+            Ok(()) if g.items.is_empty() => Err(RemoteError::Closed),
+            Ok(()) => Ok(g),
+        }
+    }
+
     pub(crate) fn call(&self, op: Op, caller: &Caller<'_>) -> Response {
         let maxsize = self.maxsize.unwrap_or(u64::MAX);
         let g = lock(&self.inner);
         Ok(match op {
             Op::Put { item, timeout } => {
-                if g.closed {
-                    return Err(RemoteError::Closed);
-                }
-                let (mut g, waited) =
-                    wait_while(&self.changed, g, timeout, caller, |q| !q.closed && q.items.len() as u64 >= maxsize);
-                match waited {
-                    Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => return Err(RemoteError::Full),
-                    Err(e) => return Err(e),
-                    Ok(()) if g.closed => return Err(RemoteError::Closed),
-                    Ok(()) => {}
-                }
+                let mut g = self.room_for(g, 1, timeout, caller)?;
                 g.items.push_back(item.into_vec());
                 g.unfinished += 1;
                 self.changed.notify_all();
                 Reply::Unit
             }
             Op::Take { timeout } => {
-                let (mut g, waited) =
-                    wait_while(&self.changed, g, timeout, caller, |q| !q.closed && q.items.is_empty());
-                match waited {
-                    Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => {
-                        return Err(RemoteError::Empty);
-                    }
-                    Err(e) => return Err(e),
-                    Ok(()) => {}
-                }
-                let Some(item) = g.items.pop_front() else {
-                    return Err(RemoteError::Closed);
-                };
+                let mut g = self.an_item(g, timeout, caller)?;
+                let item = g.items.pop_front().expect("an_item waits for one");
                 self.changed.notify_all();
                 Reply::Bytes(Bytes::from(item))
             }
             Op::PutMany { items, timeout } => {
-                if g.closed {
-                    return Err(RemoteError::Closed);
-                }
                 let n = items.len() as u64;
-                if n > maxsize {
+                // (A closed queue says so first, in `room_for`.)
+                if n > maxsize && !g.closed {
                     return Err(RemoteError::BadRequest(format!(
                         "{n} items never fit at once in a queue of at most {maxsize}: put them in parts"
                     )));
                 }
-                let (mut g, waited) = wait_while(&self.changed, g, timeout, caller, |q| {
-                    !q.closed && (q.items.len() as u64).saturating_add(n) > maxsize
-                });
-                match waited {
-                    Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => return Err(RemoteError::Full),
-                    Err(e) => return Err(e),
-                    Ok(()) if g.closed => return Err(RemoteError::Closed),
-                    Ok(()) => {}
-                }
+                let mut g = self.room_for(g, n, timeout, caller)?;
                 g.items.extend(items.into_iter().map(Bytes::into_vec));
                 g.unfinished += n;
                 self.changed.notify_all();
@@ -104,18 +118,7 @@ impl QueueState {
             }
             Op::TakeMany { max: 0, .. } => Reply::Many(Vec::new()),
             Op::TakeMany { max, timeout } => {
-                let (mut g, waited) =
-                    wait_while(&self.changed, g, timeout, caller, |q| !q.closed && q.items.is_empty());
-                match waited {
-                    Err(RemoteError::Timeout) if timeout.is_some_and(|t| t.is_zero()) => {
-                        return Err(RemoteError::Empty);
-                    }
-                    Err(e) => return Err(e),
-                    Ok(()) => {}
-                }
-                if g.items.is_empty() {
-                    return Err(RemoteError::Closed);
-                }
+                let mut g = self.an_item(g, timeout, caller)?;
                 // At least one item (a put item always fits an answer), then
                 // as many as fit the answer's budget.
                 let (mut taken, mut bytes) = (Vec::new(), 0u64);
