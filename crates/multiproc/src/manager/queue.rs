@@ -114,7 +114,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// as it takes for room for all of them: one round trip to the manager
     /// for the lot, where a `put` each costs one per item (over a network,
     /// the round trips are the cost). No other client's item comes between
-    /// them.
+    /// them. On a bounded queue the batch goes in only when there is room
+    /// for all of it, so single puts that keep the queue nearly full can
+    /// make it wait: bound the wait with [`Queue::put_many_timeout`].
     ///
     /// # Errors
     ///
