@@ -132,7 +132,9 @@ fn die(how: String) -> u64 {
             let limit = libc::rlimit { rlim_cur: 256 << 20, rlim_max: 256 << 20 };
             // SAFETY: setrlimit with a valid struct.
             unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
-            let v = vec![1u8; 1 << 30];
+            // Through `black_box`: an optimised build would otherwise see
+            // that one byte is read and make no allocation at all.
+            let v = std::hint::black_box(vec![1u8; 1 << 30]);
             return v[12345] as u64;
         }
         _ => {}
