@@ -53,25 +53,25 @@ fn batches_keep_their_order_over_tcp_and_take_at_most_their_maximum() {
 fn a_batch_goes_in_whole_or_not_at_all() {
     let m = Manager::start().unwrap();
     let q = m.bounded_queue::<char>(4).unwrap();
-    q.put_many(['a', 'b']).unwrap();
+    q.put_many_nowait(['a', 'b']).unwrap();
     assert_eq!(remote(q.put_many_nowait(['c', 'd', 'e'])), RemoteError::Full);
     let t = Instant::now();
     assert_eq!(remote(q.put_many_timeout(['c', 'd', 'e'], Duration::from_millis(50))), RemoteError::Timeout);
     assert!(t.elapsed() >= Duration::from_millis(50));
     assert!(
-        matches!(remote(q.put_many(['1', '2', '3', '4', '5'])), RemoteError::BadRequest(m) if m.contains("never fit"))
+        matches!(remote(q.put_many_timeout(['1', '2', '3', '4', '5'], LONG)), RemoteError::BadRequest(why) if why.contains("never fit"))
     );
     assert_eq!(q.qsize().unwrap(), 2, "nothing of the refused batches went in");
 
     // A batch waits until there is room for all of it.
     let waiting = {
         let q = q.clone();
-        std::thread::spawn(move || q.put_many(['c', 'd', 'e']))
+        std::thread::spawn(move || q.put_many_timeout(['c', 'd', 'e'], LONG))
     };
     until_calls_wait(&m, 1);
-    assert_eq!(q.get_many(1).unwrap(), ['a']);
+    assert_eq!(q.get_many_nowait(1).unwrap(), ['a']);
     waiting.join().unwrap().unwrap();
-    assert_eq!(q.get_many(10).unwrap(), ['b', 'c', 'd', 'e']);
+    assert_eq!(q.get_many_nowait(10).unwrap(), ['b', 'c', 'd', 'e']);
     m.shutdown().unwrap();
 }
 
@@ -91,7 +91,7 @@ fn a_get_many_waits_for_the_first_item_and_takes_what_is_there() {
     let t = Instant::now();
     assert_eq!(remote(q.get_many_timeout(5, Duration::from_millis(50))), RemoteError::Timeout);
     assert!(t.elapsed() >= Duration::from_millis(50));
-    assert_eq!(q.get_many(0).unwrap(), Vec::<u32>::new(), "a maximum of 0 takes nothing, at once");
+    assert_eq!(q.get_many_timeout(0, LONG).unwrap(), Vec::<u32>::new(), "a maximum of 0 takes nothing, at once");
 
     let kid = Kid::spawn(put_later, (m.address().to_string(), KEY.to_vec()));
     let t = Instant::now();
@@ -108,8 +108,8 @@ fn a_closed_queue_gives_what_is_left_then_says_closed() {
     q.put_many([1, 2]).unwrap();
     q.close().unwrap();
     assert_eq!(remote(q.put_many([3])), RemoteError::Closed);
-    assert_eq!(q.get_many(10).unwrap(), [1, 2]);
-    assert_eq!(remote(q.get_many(10)), RemoteError::Closed);
+    assert_eq!(q.get_many_timeout(10, LONG).unwrap(), [1, 2]);
+    assert_eq!(remote(q.get_many_timeout(10, LONG)), RemoteError::Closed);
     m.shutdown().unwrap();
 }
 
@@ -119,7 +119,7 @@ fn a_joinable_queue_counts_every_item_of_a_batch() {
     let q: JoinableQueue<u32> = m.joinable_queue().unwrap();
     q.put_many([1, 2, 3]).unwrap();
     assert_eq!(q.unfinished_tasks().unwrap(), 3);
-    assert_eq!(q.get_many(10).unwrap(), [1, 2, 3]);
+    assert_eq!(q.get_many_nowait(10).unwrap(), [1, 2, 3]);
     q.task_done().unwrap();
     q.task_done().unwrap();
     assert!(q.join_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
@@ -137,9 +137,9 @@ fn a_get_many_takes_only_what_fits_one_answer_and_leaves_the_rest_queued() {
     for i in 0..5u8 {
         q.put(serde_bytes::ByteBuf::from(vec![i; 60 << 20])).unwrap();
     }
-    let first = q.get_many(10).unwrap();
+    let first = q.get_many_nowait(10).unwrap();
     assert_eq!(first.len(), 4, "four fit one answer");
-    let rest = q.get_many(10).unwrap();
+    let rest = q.get_many_nowait(10).unwrap();
     assert_eq!(rest.len(), 1, "the fifth waited for the next call");
     for (i, item) in first.iter().chain(&rest).enumerate() {
         assert!(item.len() == 60 << 20 && item.iter().all(|&b| b == i as u8), "item {i} whole");
