@@ -180,7 +180,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// As [`Queue::get`].
     pub fn get_many(&self, max: usize) -> Result<Vec<T>, ManagerError> {
-        self.object.many(Op::TakeMany { max: max as u64, timeout: None })
+        self.get_many_inner(max, None)
     }
 
     /// As [`Queue::get_many`], waiting at most `timeout` for the first item.
@@ -189,7 +189,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// `Timeout`, or as [`Queue::get`].
     pub fn get_many_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<T>, ManagerError> {
-        self.object.many(Op::TakeMany { max: max as u64, timeout: Some(timeout) }).map_err(timed_out)
+        self.get_many_inner(max, Some(timeout)).map_err(timed_out)
     }
 
     /// As [`Queue::get_many`], if there is an item now.
@@ -198,7 +198,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// `Empty`, or as [`Queue::get`].
     pub fn get_many_nowait(&self, max: usize) -> Result<Vec<T>, ManagerError> {
-        self.object.many(Op::TakeMany { max: max as u64, timeout: Some(Duration::ZERO) })
+        self.get_many_inner(max, Some(Duration::ZERO))
+    }
+
+    fn get_many_inner(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<T>, ManagerError> {
+        self.object.many(Op::TakeMany { max: max as u64, timeout })
     }
 
     /// The number of items in the queue.
