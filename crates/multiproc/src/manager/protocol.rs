@@ -371,6 +371,10 @@ pub(crate) const MAX_RESPONSE: u64 = 256 << 20;
 /// too large to send.
 pub(crate) const MANY_ITEMS_BUDGET: u64 = MAX_RESPONSE - (1 << 20);
 
+/// The most bytes an item of a `TakeMany` answer adds beside its own: its
+/// length, encoded as a varint of at most 10 bytes.
+pub(crate) const MANY_ITEM_PREFIX: u64 = 10;
+
 /// Encodes `response` into this thread's buffer and runs `f` on the bytes;
 /// a response larger than a client reads is replaced by the error saying
 /// so (sending it would end the connection, and with the client's last

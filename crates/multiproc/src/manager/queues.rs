@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::collections::wrong;
-use super::protocol::{Bytes, Kind, MANY_ITEMS_BUDGET, Op, RemoteError, Reply, Response};
+use super::protocol::{Bytes, Kind, MANY_ITEM_PREFIX, MANY_ITEMS_BUDGET, Op, RemoteError, Reply, Response};
 use super::server::Caller;
 use super::waiting::{Waiters, lock, wait_while};
 
@@ -125,7 +125,7 @@ impl QueueState {
                 while (taken.len() as u64) < max
                     && let Some(front) = g.items.front()
                 {
-                    bytes = bytes.saturating_add(front.len() as u64 + 10);
+                    bytes = bytes.saturating_add(front.len() as u64 + MANY_ITEM_PREFIX);
                     if !taken.is_empty() && bytes > MANY_ITEMS_BUDGET {
                         break;
                     }
