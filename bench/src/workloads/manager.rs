@@ -269,7 +269,7 @@ fn manager_queue_tcp(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
             .with_extra("params", json!({ "pairs_per_sample": QUEUE_BATCH }))
             .with_extra(
                 "batched",
-                json!({ "api": format!("q.put_many(100 items); q.get_many({MANY})"),
+                json!({ "api": format!("q.put_many({MANY} items); q.get_many({MANY})"),
                         "thousand_items_per_s": batched.value() }),
             ),
     ])
