@@ -270,13 +270,10 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
         Ok(Plan::Now(request)) => match respond(shared, last, request, &caller) {
             // Its object is held (by an update running on another thread):
             // the call did nothing, and waits for it on its connection's
-            // thread. The request was consumed; its bytes are still here.
-            _ if caller.busy() => match protocol::decode_request(buf) {
-                Ok(request) => {
-                    entry.hand_off(Job::Run(request));
-                    return true;
-                }
-                Err(e) => Err(RemoteError::BadRequest(e)),
+            // thread.
+            _ if caller.busy() => match hand_off_again(entry, buf) {
+                Ok(()) => return true,
+                Err(e) => Err(e),
             },
             done => done,
         },
@@ -284,12 +281,12 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
             entry.hand_off(Job::Run(request));
             return true;
         }
-        Ok(Plan::TryFirst { now, later }) => match respond(shared, last, now, &caller) {
-            // `busy` answers `Timeout`, handed off as well.
-            Err(RemoteError::Full | RemoteError::Empty | RemoteError::Timeout) => {
-                entry.hand_off(Job::Run(later));
-                return true;
-            }
+        // `busy` answers `Timeout`, handed off as well.
+        Ok(Plan::TryFirst(now)) => match respond(shared, last, now, &caller) {
+            Err(RemoteError::Full | RemoteError::Empty | RemoteError::Timeout) => match hand_off_again(entry, buf) {
+                Ok(()) => return true,
+                Err(e) => Err(e),
+            },
             done => done,
         },
     };
@@ -304,46 +301,46 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
     true
 }
 
+/// Hands the request whose bytes are in `buf` to its connection's thread,
+/// decoded again: the dispatcher's try consumed the decoded one. Only a
+/// call that must wait is decoded twice; every other call is spared the
+/// copy of its items that a second request, made up front, would take.
+fn hand_off_again(entry: &LaneConn, buf: &[u8]) -> Result<(), RemoteError> {
+    let request = protocol::decode_request(buf).map_err(RemoteError::BadRequest)?;
+    entry.hand_off(Job::Run(request));
+    Ok(())
+}
+
 /// Where a request runs.
 enum Plan {
     /// On the dispatcher: it cannot wait.
     Now(Request),
     /// On the connection's thread: it may wait.
     HandOff(Request),
-    /// `now` (the non-waiting form of `later`) on the dispatcher; `later`
-    /// on the connection's thread if `now` found it would have to wait.
-    TryFirst { now: Request, later: Request },
+    /// Its non-waiting form (the request with its timeout cut to zero) on
+    /// the dispatcher; the request as sent on the connection's thread if
+    /// that found it would have to wait.
+    TryFirst(Request),
 }
 
-fn plan(request: Request) -> Plan {
-    let Request::Call { object, op } = &request else {
+fn plan(mut request: Request) -> Plan {
+    let Request::Call { op, .. } = &mut request else {
         // Shutdown stops the server after its answer: the connection's
         // thread does that, as over a socket. A user type's state is
         // decoded by its own `Deserialize`, which may be slow.
         let elsewhere = matches!(request, Request::Shutdown | Request::Create { init: Init::User { .. }, .. });
         return if elsewhere { Plan::HandOff(request) } else { Plan::Now(request) };
     };
-    let object = *object;
-    let waits = |timeout: &Option<Duration>| *timeout != Some(Duration::ZERO);
-    let now = |op| Request::Call { object, op };
     match op {
-        Op::Put { item, timeout } if waits(timeout) => {
-            let first = now(Op::Put { item: item.clone(), timeout: Some(Duration::ZERO) });
-            Plan::TryFirst { now: first, later: request }
-        }
-        Op::Take { timeout } if waits(timeout) => {
-            Plan::TryFirst { now: now(Op::Take { timeout: Some(Duration::ZERO) }), later: request }
-        }
-        Op::PutMany { items, timeout } if waits(timeout) => {
-            let first = now(Op::PutMany { items: items.clone(), timeout: Some(Duration::ZERO) });
-            Plan::TryFirst { now: first, later: request }
-        }
-        Op::TakeMany { max, timeout } if waits(timeout) => {
-            Plan::TryFirst { now: now(Op::TakeMany { max: *max, timeout: Some(Duration::ZERO) }), later: request }
-        }
-        Op::Acquire { owner, timeout } if waits(timeout) => {
-            let first = now(Op::Acquire { owner: *owner, timeout: Some(Duration::ZERO) });
-            Plan::TryFirst { now: first, later: request }
+        Op::Put { timeout, .. }
+        | Op::Take { timeout }
+        | Op::PutMany { timeout, .. }
+        | Op::TakeMany { timeout, .. }
+        | Op::Acquire { timeout, .. }
+            if *timeout != Some(Duration::ZERO) =>
+        {
+            *timeout = Some(Duration::ZERO);
+            Plan::TryFirst(request)
         }
         // A user type's call runs a method of the client's type, which may
         // wait: on the connection's thread, it holds back only the calls on
