@@ -77,6 +77,9 @@ impl Attempt {
 pub(crate) struct WaitPlan {
     /// Yield the CPU between polls (see [`Attempt::keep_polling`]).
     pub may_yield: bool,
+    /// Yield the CPU once before the first poll: the other side is known to
+    /// share this CPU, and needs it to answer.
+    pub yield_at_once: bool,
     /// The first and the longest sleep between checks of the other side.
     pub slices: (Duration, Duration),
 }
@@ -176,6 +179,9 @@ impl Spin {
         mut between: impl FnMut() -> Result<(), E>,
     ) -> Result<u32, E> {
         let mut value = 0;
+        if how.yield_at_once {
+            std::thread::yield_now();
+        }
         let polled = self.poll(budget_ns, how.may_yield, LOADS_PER_CLOCK_READ, || {
             // ORDERING: Acquire pairs with the waker's release in
             // `wake_word`: what it wrote before is visible after.
