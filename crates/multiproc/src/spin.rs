@@ -75,8 +75,6 @@ impl Attempt {
 /// How [`Spin::wait_word`] polls and sleeps.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WaitPlan {
-    /// Yield the CPU between polls (see [`Attempt::keep_polling`]).
-    pub may_yield: bool,
     /// Yield the CPU once before the first poll: the other side is known to
     /// share this CPU, and needs it to answer.
     pub yield_at_once: bool,
@@ -161,8 +159,8 @@ impl Spin {
 
     /// Waits until `ready(word)`: polls the word within the adaptive budget
     /// kept in `budget_ns` (yielding the CPU between polls after the first
-    /// microseconds if `how.may_yield`, see [`Attempt::keep_polling`]), then
-    /// sleeps on it as a futex. Before sleeping it sets `sleeping` (a bit
+    /// microseconds, see [`Attempt::keep_polling`], and once before the first
+    /// poll if `how.yield_at_once`), then sleeps on it as a futex. Before sleeping it sets `sleeping` (a bit
     /// `ready` ignores) in the word, so the other side, which makes the word
     /// ready with [`wake_word`], knows to wake it.
     /// The sleep is cut into slices, from `how.slices.0` doubling up to
@@ -182,7 +180,7 @@ impl Spin {
         if how.yield_at_once {
             std::thread::yield_now();
         }
-        let polled = self.poll(budget_ns, how.may_yield, LOADS_PER_CLOCK_READ, || {
+        let polled = self.poll(budget_ns, true, LOADS_PER_CLOCK_READ, || {
             // ORDERING: Acquire pairs with the waker's release in
             // `wake_word`: what it wrote before is visible after.
             value = word.load(Ordering::Acquire);

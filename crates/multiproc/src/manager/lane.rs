@@ -356,7 +356,7 @@ impl Lane {
         // in 8 alternated runs; one client alone unchanged).
         // ORDERING: Relaxed: a hint.
         let peer = self.peer_cpu.load(Ordering::Relaxed);
-        let how = WaitPlan { may_yield: true, yield_at_once: peer != 0 && peer == here, slices: CHECKS };
+        let how = WaitPlan { yield_at_once: peer != 0 && peer == here, slices: CHECKS };
         LANE_SPIN.wait_word(&self.spin_ns, self.state(), ready, SLEEPING, how, || {
             // Nothing is sent on the socket before the turn changes, so a
             // readable socket here is its end (`wait_word` re-checks the turn).
