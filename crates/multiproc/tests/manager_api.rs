@@ -18,6 +18,12 @@ fn dict_operations_match_a_hashmap() {
     let d = m.dict::<String, u32>().unwrap();
     assert_eq!(d.insert("a".into(), 1).unwrap(), None);
     assert_eq!(d.insert("a".into(), 2).unwrap(), Some(1));
+    // `set` replaces or adds, answering nothing (the key borrowed as `str`).
+    d.set("a", &20).unwrap();
+    assert_eq!(d.get("a").unwrap(), Some(20));
+    d.set("z", &26).unwrap();
+    assert_eq!(d.insert("a".into(), 2).unwrap(), Some(20));
+    assert_eq!(d.remove("z").unwrap(), Some(26));
     d.extend([("b".to_string(), 3), ("c".to_string(), 4)]).unwrap();
     assert_eq!(d.get("a").unwrap(), Some(2));
     assert_eq!(d.get("zz").unwrap(), None);

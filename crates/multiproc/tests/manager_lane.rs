@@ -17,6 +17,9 @@ const BIG: usize = 300 << 10;
 fn big_round_trip(d: Dict<u8, Vec<u8>>, l: List<Vec<u8>>) -> usize {
     let value = d.get(&1).unwrap().unwrap();
     d.insert(2, value.iter().map(|b| b.wrapping_add(1)).collect()).unwrap();
+    // Replaced with no answer but `Unit`, large value or not.
+    d.set(&3, &value[..]).unwrap();
+    d.set(&3, &value[1..]).unwrap();
     l.push(vec![9; BIG]).unwrap();
     value.len()
 }
@@ -34,6 +37,7 @@ fn messages_larger_than_the_lane_go_on_the_socket_both_ways() {
     assert_eq!(Kid::spawn(big_round_trip, (d.clone(), l.clone())).join(), BIG);
     let plus_one: Vec<u8> = value.iter().map(|b| b.wrapping_add(1)).collect();
     assert_eq!(d.get(&2).unwrap(), Some(plus_one));
+    assert_eq!(d.get(&3).unwrap().as_deref(), Some(&value[1..]));
     // An answer too large for the lane (many items at once).
     for _ in 0..3 {
         l.push(vec![7; BIG]).unwrap();

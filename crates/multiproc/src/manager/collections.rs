@@ -35,6 +35,10 @@ pub(crate) fn map_call(map: &Map, kind: Kind, op: Op, caller: &Caller<'_>) -> Re
     Ok(match op {
         Op::Get(k) => Reply::MaybeBytes(m.get(k.as_slice()).map(|v| bytes(v))),
         Op::Insert(k, v) => Reply::MaybeBytes(m.insert(k.into_vec(), v.into_vec()).map(Bytes::from)),
+        Op::Assign(k, v) => {
+            m.insert(k.into_vec(), v.into_vec());
+            Reply::Unit
+        }
         Op::Remove(k) => Reply::MaybeBytes(m.remove(k.as_slice()).map(Bytes::from)),
         Op::ContainsKey(k) => Reply::Bool(m.contains_key(k.as_slice())),
         Op::Len => Reply::Count(m.len() as u64),

@@ -227,6 +227,9 @@ pub(crate) enum Op {
         max: u64,
         timeout: Option<Duration>,
     },
+    /// Dict and Namespace: sets the entry as `Insert` does, answering
+    /// `Unit` instead of sending the replaced value back.
+    Assign(Bytes, Bytes),
 }
 
 /// What the manager answers.
