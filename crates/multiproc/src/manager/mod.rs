@@ -42,7 +42,10 @@
 //! [`Manager::start`] uses) calls through a shared-memory lane beside its
 //! socket, and one dispatcher thread serves every lane's calls that cannot
 //! wait: a call then costs no system call while both sides are busy (see
-//! `lane.rs` and `dispatch.rs`).
+//! `lane.rs` and `dispatch.rs`). Larger messages go on the socket, through
+//! shared memory. Moving large values tunes the allocator of each process
+//! involved, as a pool does (see [`allow_allocator_tuning`]); [`Dict::set`]
+//! does not send back the value it replaces, as [`Dict::insert`] does.
 //!
 //! A function given to `update` runs where the call is served (for a local
 //! client, on the dispatcher thread, so that an update costs no thread
@@ -143,7 +146,7 @@ use serde::Serialize;
 pub use dict::{Dict, Namespace};
 pub use error::ManagerError;
 pub use list::{List, Value};
-pub use protocol::{Kind, RemoteError, fuzz_request};
+pub use protocol::{Kind, RemoteError, allow_allocator_tuning, fuzz_request};
 pub use proxy::{ObjectRef, Proxy};
 pub use queue::{JoinableQueue, Queue};
 pub use signals_proxy::{Barrier, Condition, ConditionGuard, Event};
