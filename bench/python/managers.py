@@ -19,6 +19,11 @@ manager_update --batch N --clients C
     ``with lock: d['count'] = d['count'] + 1`` with a Manager().Lock(). The
     final count must equal the increments made.
 
+manager_dict_1mib --batch N --size S
+    set+get pairs per second of an S-byte ``bytes`` value on a
+    Manager().dict(), from this process: ``d[k] = v; d[k]`` for N keys per
+    sample, each get compared with the value set (a new value per sample).
+
 Children use the default start method (fork on Linux with 3.11).
 """
 
@@ -191,14 +196,46 @@ def manager_update(args):
     common.serve(sample, finish)
 
 
+def manager_dict_1mib(args):
+    batch, size = args.batch, args.size
+    manager = mp.Manager()
+    d = manager.dict()
+    body = bytes(i % 251 for i in range(size))
+    state = {"round": 0, "done": 0}
+
+    def sample():
+        state["round"] += 1
+        value = bytes([state["round"] % 256]) + body[1:]
+        t0 = time.perf_counter()
+        for k in range(batch):
+            d[k] = value
+            if d[k] != value:
+                common.fail("a get did not return the value just set")
+        elapsed = time.perf_counter() - t0
+        state["done"] += batch
+        return batch / elapsed
+
+    def finish():
+        if len(d) != batch:
+            common.fail("keys are missing from the dict")
+        manager.shutdown()
+        return state["done"]
+
+    common.serve(sample, finish)
+
+
 def main():
     p = common.parser(__doc__)
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--size", type=int, default=1 << 20)
     args = p.parse_args()
-    {"manager_dict": manager_dict, "manager_queue_tcp": manager_queue_tcp, "manager_update": manager_update}[
-        args.workload
-    ](args)
+    {
+        "manager_dict": manager_dict,
+        "manager_queue_tcp": manager_queue_tcp,
+        "manager_update": manager_update,
+        "manager_dict_1mib": manager_dict_1mib,
+    }[args.workload](args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use crate::report::Row;
 
 pub mod http;
 pub mod manager;
+pub mod manager_large;
 pub mod pipe;
 pub mod pool;
 pub mod process;
@@ -47,6 +48,7 @@ pub const ALL: &[Workload] = &[
     manager::MANAGER_DICT,
     manager::MANAGER_QUEUE_TCP,
     manager::MANAGER_UPDATE,
+    manager_large::MANAGER_DICT_1MIB,
     redis_pool::REDIS_POOL,
 ];
 
