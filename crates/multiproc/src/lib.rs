@@ -53,6 +53,12 @@
 //! p.join().unwrap();
 //! ```
 //!
+//! Messages, task arguments and shared objects are any serde type. Hold a
+//! byte buffer as `serde_bytes::ByteBuf` (or mark the field
+//! `#[serde(with = "serde_bytes")]`): serde sees a `Vec<u8>` as a sequence,
+//! which the codec goes through a byte at a time. Encoding and decoding
+//! 1 MiB took 1.75 ms as a `Vec<u8>`, 0.05 ms as a `ByteBuf`.
+//!
 //! ## Listeners, clients and `wait`
 //!
 //! Unrelated processes meet at an [`Address`] (a Unix socket file, a Linux
