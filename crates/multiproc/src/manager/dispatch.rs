@@ -294,7 +294,9 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
         if Lane::fits(bytes.len()) {
             entry.lane.answer(&entry.conn, bytes)
         } else {
-            entry.hand_off(Job::Send(bytes.to_vec()));
+            // Taken, not copied: this thread encodes its next answer into
+            // a new buffer (an allocation, against a copy of this one).
+            entry.hand_off(Job::Send(std::mem::take(bytes)));
             Ok(())
         }
     });

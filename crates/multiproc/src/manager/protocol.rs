@@ -383,10 +383,10 @@ pub(crate) const MANY_ITEM_PREFIX: u64 = 10;
 /// Encodes `response` into this thread's buffer and runs `f` on the bytes;
 /// a response larger than a client reads is replaced by the error saying
 /// so (sending it would end the connection, and with the client's last
-/// one, the locks it holds).
+/// one, the locks it holds). `f` may take the buffer (see [`with_encoded`]).
 pub(crate) fn with_encoded_answer<R>(
     response: &Response,
-    mut f: impl FnMut(&[u8]) -> Result<R, crate::ConnectionError>,
+    mut f: impl FnMut(&mut Vec<u8>) -> Result<R, crate::ConnectionError>,
 ) -> Result<R, crate::ConnectionError> {
     let mut size = 0;
     let sent = with_encoded(response, |bytes| {
@@ -403,9 +403,11 @@ pub(crate) fn with_encoded_answer<R>(
 const KEPT_REQUEST: usize = 1 << 20;
 
 /// Encodes `message` into this thread's buffer and runs `f` on the bytes.
+/// `f` may take the buffer (`std::mem::take`) to keep the message, rather
+/// than copy it; the thread's next message then starts a new buffer.
 pub(crate) fn with_encoded<T: Serialize, R>(
     message: &T,
-    f: impl FnOnce(&[u8]) -> Result<R, crate::ConnectionError>,
+    f: impl FnOnce(&mut Vec<u8>) -> Result<R, crate::ConnectionError>,
 ) -> Result<R, crate::ConnectionError> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
