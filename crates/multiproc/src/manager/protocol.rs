@@ -449,7 +449,7 @@ pub(crate) fn moved(len: usize) {
 }
 
 /// Whether manager calls in this process may tune its C allocator (default
-/// `true`). The first call that sends or receives 64 KiB or more then does
+/// `true`). The first call that sends or receives 16 KiB or more then does
 /// what [`keep_freed_memory`](crate::keep_freed_memory) does, as a pool
 /// does the first time it moves a large buffer: each large value moved
 /// allocates buffers of its size, and with glibc's defaults their pages go
