@@ -252,6 +252,7 @@
 
 #![warn(missing_docs)]
 
+pub(crate) mod allocator;
 pub(crate) mod code;
 pub mod connection;
 pub mod log;
@@ -270,6 +271,7 @@ mod test_bytes;
 pub(crate) mod thread_buffer;
 pub mod wire;
 
+pub use allocator::allow_allocator_tuning;
 pub use connection::{
     Address, AddressError, Client, Connection, ConnectionError, IntoAddress, Listener, Pipe, Waitable, wait,
 };

@@ -426,7 +426,7 @@ fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result
     // socket: it is not kept.
     thread_buffer::with_kept(&ANSWER, lane::LANE_LEN, |answer| {
         with_request(request, |bytes| lane.call(conn, bytes, answer))?;
-        protocol::moved(answer.len());
+        crate::allocator::moved(answer.len());
         Ok(wire::decode::<Response>(answer, Vec::new())?)
     })
 }
@@ -449,6 +449,6 @@ fn with_request<R>(request: &Request, f: impl FnOnce(&[u8]) -> Result<R, Connect
 
 fn receive(conn: &Connection<()>) -> Result<Response, ManagerError> {
     let bytes = conn.recv_bytes()?;
-    protocol::moved(bytes.len());
+    crate::allocator::moved(bytes.len());
     Ok(wire::decode::<Response>(&bytes, Vec::new())?)
 }

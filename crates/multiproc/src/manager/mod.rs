@@ -44,7 +44,7 @@
 //! wait: a call then costs no system call while both sides are busy (see
 //! `lane.rs` and `dispatch.rs`). Larger messages go on the socket, through
 //! shared memory. Moving large values tunes the allocator of each process
-//! involved, as a pool does (see [`allow_allocator_tuning`]); [`Dict::set`]
+//! involved, as a pool does (see [`crate::allow_allocator_tuning`]); [`Dict::set`]
 //! does not send back the value it replaces, as [`Dict::insert`] does.
 //!
 //! A function given to `update` runs where the call is served (for a local
@@ -146,7 +146,7 @@ use serde::Serialize;
 pub use dict::{Dict, Namespace};
 pub use error::ManagerError;
 pub use list::{List, Value};
-pub use protocol::{Kind, RemoteError, allow_allocator_tuning, fuzz_request};
+pub use protocol::{Kind, RemoteError, fuzz_request};
 pub use proxy::{ObjectRef, Proxy};
 pub use queue::{JoinableQueue, Queue};
 pub use signals_proxy::{Barrier, Condition, ConditionGuard, Event};

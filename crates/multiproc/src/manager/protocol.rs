@@ -7,8 +7,6 @@
 //! only shipped functions ([`CodeRef`]) decode them, inside the manager.
 //! Every decoder here returns an error on bad bytes (see [`fuzz_request`]).
 
-use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -414,57 +412,15 @@ pub(crate) fn with_encoded<T: Serialize, R>(
     }
     crate::thread_buffer::with_kept(&BUF, KEPT_REQUEST, |buf| {
         crate::wire::encode_into(message, buf)?;
-        moved(buf.len());
+        crate::allocator::moved(buf.len());
         f(buf)
     })
 }
 
 /// Decodes a request frame; an error for bytes that are not one.
 pub(crate) fn decode_request(bytes: &[u8]) -> Result<Request, String> {
-    moved(bytes.len());
+    crate::allocator::moved(bytes.len());
     crate::wire::decode::<Request>(bytes, Vec::new()).map_err(|e| e.to_string())
-}
-
-/// Messages of at least this many bytes make the process keep freed memory
-/// (see [`moved`]).
-const LARGE_MESSAGE: usize = 16 << 10;
-
-/// Whether [`moved`] may tune this process's allocator (see
-/// [`allow_allocator_tuning`]).
-static MAY_TUNE: AtomicBool = AtomicBool::new(true);
-
-/// Notes a message of `len` bytes sent or received in this process: the
-/// first large one makes the C allocator keep freed memory
-/// ([`crate::keep_freed_memory`]), unless the program said not to. Each
-/// large value moved allocates buffers of its size on both sides, and with
-/// glibc's defaults their pages went back to the kernel between calls: a
-/// 1 MiB `Dict::insert` + `get` took 2.9 ms (CPython: 1.3 ms), 0.96 ms with
-/// both processes tuned, 980 against 4 page faults per pair.
-pub(crate) fn moved(len: usize) {
-    // ORDERING: Relaxed: a setting read once, with no data behind it.
-    if len >= LARGE_MESSAGE && MAY_TUNE.load(Ordering::Relaxed) {
-        static TUNED: Once = Once::new();
-        TUNED.call_once(crate::sys::imp::malloc::keep_freed_memory);
-    }
-}
-
-/// Whether manager calls in this process may tune its C allocator (default
-/// `true`). The first call that sends or receives 16 KiB or more then does
-/// what [`keep_freed_memory`](crate::keep_freed_memory) does, as a pool
-/// does the first time it moves a large buffer: each large value moved
-/// allocates buffers of its size, and with glibc's defaults their pages go
-/// back to the kernel between calls and fault in again (a 1 MiB
-/// `Dict::insert` + `get` took 2.9 ms untuned, 0.96 ms tuned). A manager
-/// process started by [`Manager::start`](super::Manager::start) is tuned
-/// from the start. Call with `false` before the first large call to leave
-/// the allocator alone; the setting is for the whole process.
-///
-/// ```
-/// multiproc::manager::allow_allocator_tuning(false);
-/// ```
-pub fn allow_allocator_tuning(allow: bool) {
-    // ORDERING: as in `moved`.
-    MAY_TUNE.store(allow, Ordering::Relaxed);
 }
 
 /// Feeds arbitrary bytes to the request and response decoders; for the

@@ -242,7 +242,7 @@ fn manager_main(address: String, authkey: Option<ByteBuf>, ready: Connection<Res
     // program, and stops on `shutdown`.
     crate::sys::imp::signal::ignore_sigint();
     // Its objects' values are allocated and freed call after call: their
-    // pages are kept for reuse (see `allow_allocator_tuning`).
+    // pages are kept for reuse (see `crate::allow_allocator_tuning`).
     crate::sys::imp::malloc::keep_freed_memory();
     let server = match server::Server::bind(address, authkey.as_deref().map(|k| &k[..])) {
         Ok(server) => server,

@@ -30,7 +30,7 @@ impl Buffers {
     /// Called with the size of each encoded chunk: the first large one tunes
     /// the allocator, if the pool may.
     pub(super) fn saw_encoded(&self, len: usize) {
-        if self.tune_allocator && len >= SLAB_MIN {
+        if self.tune_allocator && len >= SLAB_MIN && crate::allocator::tuning_allowed() {
             static TUNED: std::sync::Once = std::sync::Once::new();
             TUNED.call_once(crate::sys::imp::malloc::keep_freed_batches);
         }

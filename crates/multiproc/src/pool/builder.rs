@@ -149,7 +149,9 @@ impl<S: 'static> PoolBuilder<S> {
 
     /// Whether the pool may tune this process's C allocator the first time
     /// it moves a large buffer (default `true`); see [`keep_freed_memory`](super::keep_freed_memory),
-    /// which it calls then. `false` leaves the allocator alone.
+    /// which it calls then. `false` leaves the allocator alone, as does
+    /// [`allow_allocator_tuning(false)`](crate::allow_allocator_tuning) for
+    /// the whole process.
     ///
     /// Measured with `pool_1mib` (1 MiB buffers through `imap`): glibc hands
     /// the pages of the consumed inputs back to the kernel in the middle of

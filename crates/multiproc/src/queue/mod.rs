@@ -408,6 +408,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             if let Err(e) = encode(&value, buf) {
                 return Err(TryPutError::Unserializable(value, e));
             }
+            crate::allocator::moved(buf.len());
             match self.ring.put(buf, timeout, block) {
                 Ok(()) => Ok(()),
                 Err(PutFail::Full) => Err(TryPutError::Full(value)),
@@ -485,6 +486,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 GetFail::Closed => GetError::Closed,
                 GetFail::Io(e) => GetError::Io(e),
             })?;
+            crate::allocator::moved(buf.len());
             postcard::from_bytes(buf).map_err(|e| {
                 GetError::Decode(WireError::Decode { type_name: std::any::type_name::<T>(), reason: e.to_string() })
             })
