@@ -4,7 +4,7 @@
 mod queue_support;
 
 use multiproc::{Process, Queue};
-use queue_support::{Child, queue_blocks};
+use queue_support::{Child, LONG, queue_blocks};
 use serde_bytes::ByteBuf;
 
 /// Where the queue's file starts holding large items (1 TiB; see
@@ -35,5 +35,35 @@ fn a_large_put_that_fails_midway_leaves_no_memory_behind() {
     let (failed, before, after) = child.join();
     assert!(failed, "the put past the file size limit succeeded");
     assert!(after < before + (1 << 20), "{} KiB left in the queue's memory", (after - before) >> 10);
+    assert!(q.empty());
+}
+
+/// In a child: moves `rounds` items of 20–60 KB (kept in a segment's arena)
+/// through the queue one at a time, each of its own bytes, so that segment
+/// after segment reuses the kept arenas; returns the items that came back
+/// wrong and the queue file's bytes in memory afterwards.
+fn arena_items_through(q: Queue<ByteBuf>, rounds: u32) -> (u32, u64) {
+    let mut wrong = 0;
+    for round in 0..rounds {
+        let len = 20_000 + (round as usize * 7_919) % 40_000;
+        let item: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+        q.put(ByteBuf::from(item.clone())).unwrap();
+        if q.get_timeout(LONG).unwrap().into_vec() != item {
+            wrong += 1;
+        }
+    }
+    (wrong, queue_blocks())
+}
+
+#[test]
+fn arena_items_reuse_two_kept_arenas_and_come_back_whole() {
+    let q = Queue::new().unwrap();
+    // About 25 items fill a 1 MiB arena: 400 go through 16 segments or so.
+    let mut child = Child(Process::spawn(arena_items_through, (q.clone(), 400)).unwrap());
+    let (wrong, blocks) = child.join();
+    assert_eq!(wrong, 0, "items came back with other items' bytes");
+    // The two kept arenas (1 MiB each), the warm frames' slots and the
+    // headers: far below the 16 MiB that 400 items' arenas would hold.
+    assert!(blocks <= 4 << 20, "{} KiB left in the queue's memory", blocks >> 10);
     assert!(q.empty());
 }

@@ -17,6 +17,8 @@ use crate::sys::imp::thread;
 const FRAME_WAIT: Duration = Duration::from_millis(200);
 /// Frames with a lower index are retired warm (see `retire_locked`).
 const WARM_FRAMES: u32 = 4;
+/// Frames with a lower index keep their arena too (see `retire_locked`).
+const WARM_ARENAS: u32 = 2;
 
 impl Ring {
     /// Finds a frame for segment `next` (reusing a free one, lowest index
@@ -166,7 +168,10 @@ impl Ring {
             }
         }
         let offset = self.geometry.frame_offset(index);
-        if index < WARM_FRAMES {
+        if index < WARM_ARENAS {
+            // ORDERING: Release: validation loads see the frame is no longer `seg`.
+            fh.seg.0.number.store(0, Release);
+        } else if index < WARM_FRAMES {
             // ORDERING: Relaxed: a snapshot of the bump allocator, which no one
             // moves any more (the segment is sealed and finished).
             let used = fh.arena.0.load(Relaxed).min(f.arena_len());
