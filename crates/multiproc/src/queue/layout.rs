@@ -21,7 +21,7 @@ use crate::sys::imp::sparse::PAGE;
 /// "mpqueue1", little-endian.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mpqueue1");
 /// Layout version; a mismatch is refused at attach.
-pub(super) const VERSION: u32 = 3;
+pub(super) const VERSION: u32 = 4;
 /// Bytes of the main header (one page).
 pub(super) const HEADER_LEN: usize = PAGE as usize;
 /// Bytes of a frame's header (one page: every field a claim is validated
@@ -31,8 +31,9 @@ pub(super) const FRAME_HEADER_LEN: u64 = PAGE;
 pub(super) const SLOT_LEN: u64 = 64;
 /// Largest item stored in the slot itself.
 pub(super) const INLINE_MAX: usize = 48;
-/// Largest item stored in a segment's arena; larger ones are blobs.
-pub(super) const ARENA_ITEM_MAX: usize = 64 * 1024;
+/// Largest item stored in a segment's arena; larger ones are blobs. A 1 MiB
+/// buffer, encoded with its length, is an arena item (see README.md).
+pub(super) const ARENA_ITEM_MAX: usize = (1 << 20) + 4096;
 /// File offset where blobs start.
 pub(super) const BLOB_BASE: u64 = 1 << 40;
 /// Largest item the queue accepts (a blob), 64 GiB.

@@ -101,8 +101,8 @@ use waits::{GetFail, PutFail};
 const DEFAULT_SLOTS: u64 = 4096;
 /// Default number of frames (segments alive at once).
 const DEFAULT_FRAMES: u64 = 1024;
-/// Default arena per segment.
-const DEFAULT_ARENA: u64 = 1 << 20;
+/// Default arena per segment: two of the largest arena items.
+const DEFAULT_ARENA: u64 = 2 * layout::ARENA_ITEM_MAX as u64;
 
 /// A FIFO queue between processes and threads (Python's
 /// `multiprocessing.Queue`). See the [module docs](self) for the guarantees.
