@@ -11,6 +11,14 @@ queue_2to2 --items N --pairs 2
     a sentinel (None) after its items and each consumer stops at its first
     sentinel. The parent checks the count and the sum of the items got.
 
+queue_1mib --items N --size S
+    GB/s of S-byte ``bytes`` items through one ``multiprocessing.Queue()``
+    from this process to one consumer process. One sample: the consumer is
+    asked for N items, this process puts N items (each a copy of one buffer
+    with its number in its first 8 bytes, little-endian, and 0x5a last), the
+    consumer checks each item's length, number and last byte and answers;
+    timed from the request to the answer.
+
 Children use the default start method (fork on Linux with 3.11); the start
 method does not enter the timed part.
 """
@@ -128,13 +136,71 @@ def flow(args):
     common.serve(sample, finish)
 
 
+def large_consumer(ctl, q, size):
+    expected = 0
+    total = 0
+    while True:
+        n = ctl.recv()
+        if n is None:
+            ctl.send(total)
+            return
+        answer = n
+        for _ in range(n):
+            item = q.get()
+            if len(item) != size or int.from_bytes(item[:8], "little") != expected or item[-1] != 0x5A:
+                answer = -1
+            expected += 1
+        total += n
+        ctl.send(answer)
+
+
+def large(args):
+    items, size = args.items, args.size
+    q = mp.Queue()
+    ours, theirs = mp.Pipe()
+    p = mp.Process(target=large_consumer, args=(theirs, q, size), daemon=True)
+    p.start()
+    body = bytearray(i % 251 for i in range(size))
+    body[-1] = 0x5A
+    state = {"sent": 0}
+
+    def sample():
+        t0 = time.perf_counter()
+        ours.send(items)
+        for _ in range(items):
+            item = bytearray(body)
+            item[:8] = state["sent"].to_bytes(8, "little")
+            q.put(bytes(item))
+            state["sent"] += 1
+        answer = ours.recv()
+        elapsed = time.perf_counter() - t0
+        if answer != items:
+            common.fail("the consumer got a wrong item")
+        return items * size / elapsed / 1e9
+
+    def finish():
+        ours.send(None)
+        got = ours.recv()
+        p.join(60)
+        if p.exitcode != 0:
+            common.fail(f"child exited with {p.exitcode}")
+        if got != state["sent"]:
+            common.fail(f"the consumer got {got} items, {state['sent']} were put")
+        return got
+
+    common.serve(sample, finish)
+
+
 def main():
     p = common.parser(__doc__)
     p.add_argument("--items", type=int, default=200_000, help="items per sample, all producers together")
     p.add_argument("--pairs", type=int, default=1, help="producer processes (and as many consumers)")
+    p.add_argument("--size", type=int, default=1 << 20, help="bytes per item (queue_1mib)")
     args = p.parse_args()
     if args.workload in ("queue_1to1", "queue_2to2"):
         flow(args)
+    elif args.workload == "queue_1mib":
+        large(args)
     else:
         p.error(f"unknown workload {args.workload!r}")
 

@@ -22,6 +22,7 @@ pub mod pipe;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod queue_large;
 pub mod redis_pool;
 pub mod serve;
 pub mod sync;
@@ -38,6 +39,7 @@ pub const ALL: &[Workload] = &[
     pool::POOL_WORKER_LOST,
     queue::QUEUE_1TO1,
     queue::QUEUE_2TO2,
+    queue_large::QUEUE_1MIB,
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
