@@ -28,7 +28,10 @@
 //!   the ring is full, items spill into further segments of shared memory.
 //!   [`Queue::bounded`] limits the number of items (Python's `maxsize`).
 //! - **Large items** (up to 64 GiB) travel out of the ring, in the queue's
-//!   memory file, so they need no large ring.
+//!   memory file, so they need no large ring. Items up to 1 MiB (and a few
+//!   bytes) go in memory the queue keeps for reuse, up to 4 MiB of it once
+//!   it carried such items; larger ones in pages of their own. Hold bytes as
+//!   `serde_bytes::ByteBuf` (see the crate docs).
 //!
 //! Ending a queue follows Python 3.13: [`Queue::close`] closes one handle
 //! (its later puts and gets fail with `Closed`; other handles go on), and
