@@ -53,19 +53,16 @@ impl Attempt {
     }
 
     /// Checks the allowance (call it every few dozen polls): false once it
-    /// is spent. Past [`YIELD_AFTER`], and if `may_yield`, it also yields
-    /// the CPU: when the thread we wait for is runnable on this very CPU (a
-    /// machine with more runnable threads than CPUs), it runs now instead
-    /// of after our budget; when nothing else is runnable, the yield
-    /// returns at once. (When the thread waited for is known to run on
-    /// another CPU, a yield would only hand ours to a stranger for a whole
-    /// time slice: pass false.)
-    pub(crate) fn keep_polling(&self, may_yield: bool) -> bool {
+    /// is spent. Past [`YIELD_AFTER`] it also yields the CPU: when the
+    /// thread we wait for is runnable on this very CPU (a machine with more
+    /// runnable threads than CPUs), it runs now instead of after our
+    /// budget; when nothing else is runnable, the yield returns at once.
+    pub(crate) fn keep_polling(&self) -> bool {
         let elapsed = self.start.elapsed();
         if elapsed >= self.limit {
             return false;
         }
-        if may_yield && elapsed >= YIELD_AFTER {
+        if elapsed >= YIELD_AFTER {
             std::thread::yield_now();
         }
         true
@@ -131,16 +128,10 @@ const LOADS_PER_CLOCK_READ: u32 = 32;
 impl Spin {
     /// Polls until `found()` within the adaptive budget kept in `budget_ns`,
     /// reading the clock once every `per_clock_read` polls (yielding the CPU
-    /// between polls after the first microseconds if `may_yield`, see
+    /// between polls after the first microseconds, see
     /// [`Attempt::keep_polling`]), and adapts the budget. True if `found()`
     /// came true.
-    pub(crate) fn poll(
-        &self,
-        budget_ns: &AtomicU32,
-        may_yield: bool,
-        per_clock_read: u32,
-        mut found: impl FnMut() -> bool,
-    ) -> bool {
+    pub(crate) fn poll(&self, budget_ns: &AtomicU32, per_clock_read: u32, mut found: impl FnMut() -> bool) -> bool {
         let attempt = self.begin(budget_ns);
         let mut polls = 0u32;
         let won = loop {
@@ -148,7 +139,7 @@ impl Spin {
                 break true;
             }
             polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(per_clock_read) && !attempt.keep_polling(may_yield) {
+            if polls.is_multiple_of(per_clock_read) && !attempt.keep_polling() {
                 break false;
             }
             std::hint::spin_loop();
@@ -160,9 +151,10 @@ impl Spin {
     /// Waits until `ready(word)`: polls the word within the adaptive budget
     /// kept in `budget_ns` (yielding the CPU between polls after the first
     /// microseconds, see [`Attempt::keep_polling`], and once before the first
-    /// poll if `how.yield_at_once`), then sleeps on it as a futex. Before sleeping it sets `sleeping` (a bit
-    /// `ready` ignores) in the word, so the other side, which makes the word
-    /// ready with [`wake_word`], knows to wake it.
+    /// poll if `how.yield_at_once`), then sleeps on it as a futex. Before
+    /// sleeping it sets `sleeping` (a bit `ready` ignores) in the word, so the
+    /// other side, which makes the word ready with [`wake_word`], knows to
+    /// wake it.
     /// The sleep is cut into slices, from `how.slices.0` doubling up to
     /// `how.slices.1`; after each one, `between` may end the wait with an error
     /// (the other side died, say) — unless the word became ready meanwhile.
@@ -180,7 +172,7 @@ impl Spin {
         if how.yield_at_once {
             std::thread::yield_now();
         }
-        let polled = self.poll(budget_ns, true, LOADS_PER_CLOCK_READ, || {
+        let polled = self.poll(budget_ns, LOADS_PER_CLOCK_READ, || {
             // ORDERING: Acquire pairs with the waker's release in
             // `wake_word`: what it wrote before is visible after.
             value = word.load(Ordering::Acquire);

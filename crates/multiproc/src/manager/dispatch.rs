@@ -236,9 +236,8 @@ fn run(shared: &Shared) {
         if served {
             continue;
         }
-        let found = IDLE_SPIN.poll(&budget, true, SCANS_PER_CLOCK_READ, || {
-            lanes.iter().any(|l| l.lane.has_request()) || generation() != seen
-        });
+        let found = IDLE_SPIN
+            .poll(&budget, SCANS_PER_CLOCK_READ, || lanes.iter().any(|l| l.lane.has_request()) || generation() != seen);
         if !found {
             // An object removed through another connection goes now.
             if last.as_ref().is_some_and(|(_, object)| object.is_removed()) {
