@@ -115,8 +115,9 @@ impl Ring {
     /// finished — consumers moved past it, and every slot is free for the lap
     /// after its last position — frees the frame and returns true. Frames
     /// below [`WARM_FRAMES`] keep their slots (no page faults when reused) and
-    /// give back only their arena; the others are punched out whole. Slots
-    /// owned by dead threads are freed on the way.
+    /// give back only their arena, and those below [`WARM_ARENAS`] keep that
+    /// too; the others are punched out whole. Slots owned by dead threads are
+    /// freed on the way.
     fn retire_locked(&self, index: u32, seg: u64) -> io::Result<bool> {
         let hdr = self.header();
         let f = self.frame_at(index)?;
@@ -168,15 +169,14 @@ impl Ring {
             }
         }
         let offset = self.geometry.frame_offset(index);
-        if index < WARM_ARENAS {
-            // ORDERING: Release: validation loads see the frame is no longer `seg`.
-            fh.seg.0.number.store(0, Release);
-        } else if index < WARM_FRAMES {
-            // ORDERING: Relaxed: a snapshot of the bump allocator, which no one
-            // moves any more (the segment is sealed and finished).
-            let used = fh.arena.0.load(Relaxed).min(f.arena_len());
-            let arena = offset + self.geometry.arena_offset();
-            sparse::punch_hole(self.fd(), arena, used.next_multiple_of(PAGE))?;
+        if index < WARM_FRAMES {
+            if index >= WARM_ARENAS {
+                // ORDERING: Relaxed: a snapshot of the bump allocator, which no
+                // one moves any more (the segment is sealed and finished).
+                let used = fh.arena.0.load(Relaxed).min(f.arena_len());
+                let arena = offset + self.geometry.arena_offset();
+                sparse::punch_hole(self.fd(), arena, used.next_multiple_of(PAGE))?;
+            }
             // ORDERING: Release: validation loads see the frame is no longer `seg`.
             fh.seg.0.number.store(0, Release);
         } else {
