@@ -66,7 +66,8 @@ const FLOOR_TCP_ECHO: &str = "raw TCP echo between two processes, both polling, 
 /// The auth key of `manager_queue_tcp`.
 const AUTHKEY: &[u8] = b"multiproc-bench";
 
-fn plan(ctx: &Ctx) -> Plan {
+/// The sampling plan of every manager workload.
+pub(super) fn plan(ctx: &Ctx) -> Plan {
     ctx.plan(Plan::new(1, 5.0, 8, 1_000_000, 100), Plan::new(1, 1.5, 4, 1_000_000, 100))
 }
 

@@ -17,7 +17,7 @@ use serde_bytes::ByteBuf;
 use serde_json::json;
 
 use super::{Ctx, Workload};
-use crate::measure::{Plan, Stats};
+use crate::measure::Stats;
 use crate::report::{Row, Unit};
 use crate::{BenchError, ensure};
 
@@ -34,7 +34,7 @@ const SIZE: usize = 1 << 20;
 const BATCH: u64 = 50;
 
 fn manager_dict_1mib(ctx: &Ctx) -> Result<Vec<Row>, BenchError> {
-    let plan = ctx.plan(Plan::new(1, 5.0, 8, 1_000_000, 100), Plan::new(1, 1.5, 4, 1_000_000, 100));
+    let plan = super::manager::plan(ctx);
     let manager = Manager::start()?;
     let d = manager.dict::<u64, ByteBuf>()?;
     let mut value = ByteBuf::from((0..SIZE).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
