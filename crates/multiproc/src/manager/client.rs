@@ -427,6 +427,11 @@ fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result
     thread_buffer::with_kept(&ANSWER, lane::LANE_LEN, |answer| {
         with_request(request, |bytes| lane.call(conn, bytes, answer))?;
         crate::allocator::moved(answer.len());
+        if answer.len() > lane::LANE_LEN {
+            // It came on the socket, in a buffer of its own: a large value
+            // in it keeps the buffer rather than being copied out.
+            return Ok(decode_response(std::mem::take(answer))?);
+        }
         Ok(wire::decode::<Response>(answer, Vec::new())?)
     })
 }
@@ -450,5 +455,10 @@ fn with_request<R>(request: &Request, f: impl FnOnce(&[u8]) -> Result<R, Connect
 fn receive(conn: &Connection<()>) -> Result<Response, ManagerError> {
     let bytes = conn.recv_bytes()?;
     crate::allocator::moved(bytes.len());
-    Ok(wire::decode::<Response>(&bytes, Vec::new())?)
+    Ok(decode_response(bytes)?)
+}
+
+/// Decodes an answer frame, which it takes (see `blob`).
+fn decode_response(frame: Vec<u8>) -> Result<Response, WireError> {
+    super::blob::decode_framed::<Response>(frame)
 }

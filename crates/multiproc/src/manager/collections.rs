@@ -9,12 +9,13 @@ use super::code;
 use super::protocol::{Bytes, CodeRef, Kind, Op, RemoteError, Reply, Response};
 use super::server::Caller;
 
-/// A dict's or a namespace's entries: encoded key → encoded value.
-pub(crate) type Map = Mutex<HashMap<Vec<u8>, Vec<u8>>>;
+/// A dict's or a namespace's entries: encoded key → encoded value (large
+/// values are kept shared, see [`Bytes::kept`], and read without a copy).
+pub(crate) type Map = Mutex<HashMap<Vec<u8>, Bytes>>;
 /// A list's items, encoded.
-pub(crate) type List = Mutex<Vec<Vec<u8>>>;
+pub(crate) type List = Mutex<Vec<Bytes>>;
 /// A value, encoded.
-pub(crate) type Value = Mutex<Vec<u8>>;
+pub(crate) type Value = Mutex<Bytes>;
 
 fn bytes(v: &[u8]) -> Bytes {
     Bytes::from(v.to_vec())
@@ -33,20 +34,20 @@ fn run_update(caller: &Caller<'_>, code: CodeRef, slot: &mut Option<Vec<u8>>, ar
 pub(crate) fn map_call(map: &Map, kind: Kind, op: Op, caller: &Caller<'_>) -> Response {
     let mut m = caller.lock(map)?;
     Ok(match op {
-        Op::Get(k) => Reply::MaybeBytes(m.get(k.as_slice()).map(|v| bytes(v))),
-        Op::Insert(k, v) => Reply::MaybeBytes(m.insert(k.into_vec(), v.into_vec()).map(Bytes::from)),
+        Op::Get(k) => Reply::MaybeBytes(m.get(k.as_slice()).cloned()),
+        Op::Insert(k, v) => Reply::MaybeBytes(m.insert(k.into_vec(), v.kept())),
         Op::Assign(k, v) => {
-            m.insert(k.into_vec(), v.into_vec());
+            m.insert(k.into_vec(), v.kept());
             Reply::Unit
         }
-        Op::Remove(k) => Reply::MaybeBytes(m.remove(k.as_slice()).map(Bytes::from)),
+        Op::Remove(k) => Reply::MaybeBytes(m.remove(k.as_slice())),
         Op::ContainsKey(k) => Reply::Bool(m.contains_key(k.as_slice())),
         Op::Len => Reply::Count(m.len() as u64),
         Op::Keys => Reply::Many(m.keys().map(|k| bytes(k)).collect()),
-        Op::Values => Reply::Many(m.values().map(|v| bytes(v)).collect()),
-        Op::Items => Reply::Pairs(m.iter().map(|(k, v)| (bytes(k), bytes(v))).collect()),
+        Op::Values => Reply::Many(m.values().cloned().collect()),
+        Op::Items => Reply::Pairs(m.iter().map(|(k, v)| (bytes(k), v.clone())).collect()),
         Op::Extend(pairs) => {
-            m.extend(pairs.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+            m.extend(pairs.into_iter().map(|(k, v)| (k.into_vec(), v.kept())));
             Reply::Unit
         }
         Op::Clear => {
@@ -54,10 +55,10 @@ pub(crate) fn map_call(map: &Map, kind: Kind, op: Op, caller: &Caller<'_>) -> Re
             Reply::Unit
         }
         Op::Update { key: Some(k), index: None, code, args } => {
-            let mut slot = m.get(k.as_slice()).cloned();
+            let mut slot = m.get(k.as_slice()).map(|v| v.as_slice().to_vec());
             let reply = run_update(caller, code, &mut slot, &args)?;
             match slot {
-                Some(v) => m.insert(k.into_vec(), v),
+                Some(v) => m.insert(k.into_vec(), Bytes::from(v).kept()),
                 None => m.remove(k.as_slice()),
             };
             reply
@@ -75,39 +76,39 @@ pub(crate) fn list_call(list: &List, op: Op, caller: &Caller<'_>) -> Response {
     };
     Ok(match op {
         Op::Push(v) => {
-            l.push(v.into_vec());
+            l.push(v.kept());
             Reply::Unit
         }
         Op::ExtendList(items) => {
-            l.extend(items.into_iter().map(Bytes::into_vec));
+            l.extend(items.into_iter().map(Bytes::kept));
             Reply::Unit
         }
-        Op::GetIndex(i) => Reply::Bytes(bytes(&l[check(i, len)?])),
+        Op::GetIndex(i) => Reply::Bytes(l[check(i, len)?].clone()),
         Op::SetIndex(i, v) => {
             let i = check(i, len)?;
-            l[i] = v.into_vec();
+            l[i] = v.kept();
             Reply::Unit
         }
         Op::InsertAt(i, v) => {
-            l.insert(check(i, len + 1)?, v.into_vec());
+            l.insert(check(i, len + 1)?, v.kept());
             Reply::Unit
         }
-        Op::RemoveAt(i) => Reply::Bytes(Bytes::from(l.remove(check(i, len)?))),
-        Op::Pop => Reply::MaybeBytes(l.pop().map(Bytes::from)),
+        Op::RemoveAt(i) => Reply::Bytes(l.remove(check(i, len)?)),
+        Op::Pop => Reply::MaybeBytes(l.pop()),
         Op::Len => Reply::Count(len),
-        Op::ToVec => Reply::Many(l.iter().map(|v| bytes(v)).collect()),
+        Op::ToVec => Reply::Many(l.to_vec()),
         Op::Clear => {
             l.clear();
             Reply::Unit
         }
         Op::Update { key: None, index: Some(i), code, args } => {
             let i = check(i, len)?;
-            let mut slot = Some(std::mem::take(&mut l[i]));
+            let mut slot = Some(std::mem::take(&mut l[i]).into_vec());
             let result = run_update(caller, code, &mut slot, &args);
             // The trampoline leaves the slot as it was on failure; a function
             // that emptied the slot of a list item is refused by the proxy's
             // types (it only sees `&mut T`).
-            l[i] = slot.unwrap_or_default();
+            l[i] = Bytes::from(slot.unwrap_or_default()).kept();
             result?
         }
         other => return Err(wrong(&other, Kind::List)),
@@ -118,15 +119,15 @@ pub(crate) fn list_call(list: &List, op: Op, caller: &Caller<'_>) -> Response {
 pub(crate) fn value_call(value: &Value, op: Op, caller: &Caller<'_>) -> Response {
     let mut v = caller.lock(value)?;
     Ok(match op {
-        Op::Load => Reply::Bytes(bytes(&v)),
+        Op::Load => Reply::Bytes(v.clone()),
         Op::Store(new) => {
-            *v = new.into_vec();
+            *v = new.kept();
             Reply::Unit
         }
         Op::Update { key: None, index: None, code, args } => {
-            let mut slot = Some(std::mem::take(&mut *v));
+            let mut slot = Some(std::mem::take(&mut *v).into_vec());
             let result = run_update(caller, code, &mut slot, &args);
-            *v = slot.unwrap_or_default();
+            *v = Bytes::from(slot.unwrap_or_default()).kept();
             result?
         }
         other => return Err(wrong(&other, Kind::Value)),

@@ -419,7 +419,7 @@ impl LaneConn {
             Job::Send(answer) => return self.lane.answer(&self.conn, &answer).is_ok(),
             Job::Run(request) => request,
             Job::OnSocket => match self.conn.recv_bytes() {
-                Ok(bytes) => match protocol::decode_request(&bytes) {
+                Ok(bytes) => match protocol::decode_request_frame(bytes) {
                     Ok(request) => request,
                     Err(e) => return self.answer(&Err(RemoteError::BadRequest(e))),
                 },

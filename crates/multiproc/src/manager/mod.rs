@@ -111,6 +111,7 @@
 //! manager.shutdown().unwrap();
 //! ```
 
+mod blob;
 mod client;
 mod code;
 mod collections;

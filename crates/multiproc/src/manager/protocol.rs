@@ -10,10 +10,10 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
-/// Bytes of one encoded key, value or item.
-pub(crate) type Bytes = ByteBuf;
+/// Bytes of one encoded key, value or item (a large value may share the
+/// buffer of the frame it came in).
+pub(crate) type Bytes = super::blob::Blob;
 
 /// A function shipped to the manager (same build): a code offset and a
 /// hash of its types (see `code.rs`).
@@ -421,6 +421,13 @@ pub(crate) fn with_encoded<T: Serialize, R>(
 pub(crate) fn decode_request(bytes: &[u8]) -> Result<Request, String> {
     crate::allocator::moved(bytes.len());
     crate::wire::decode::<Request>(bytes, Vec::new()).map_err(|e| e.to_string())
+}
+
+/// As [`decode_request`], taking the frame: a large value in it keeps the
+/// frame's buffer instead of being copied out (see `blob`).
+pub(crate) fn decode_request_frame(bytes: Vec<u8>) -> Result<Request, String> {
+    crate::allocator::moved(bytes.len());
+    super::blob::decode_framed::<Request>(bytes).map_err(|e| e.to_string())
 }
 
 /// Feeds arbitrary bytes to the request and response decoders; for the

@@ -23,7 +23,7 @@ pub(crate) struct QueueState {
 
 #[derive(Debug, Default)]
 struct Inner {
-    items: VecDeque<Vec<u8>>,
+    items: VecDeque<Bytes>,
     closed: bool,
     unfinished: u64,
 }
@@ -91,7 +91,7 @@ impl QueueState {
         Ok(match op {
             Op::Put { item, timeout } => {
                 let mut g = self.room_for(g, 1, timeout, caller)?;
-                g.items.push_back(item.into_vec());
+                g.items.push_back(item);
                 g.unfinished += 1;
                 self.changed.notify_all();
                 Reply::Unit
@@ -100,7 +100,7 @@ impl QueueState {
                 let mut g = self.an_item(g, timeout, caller)?;
                 let item = g.items.pop_front().expect("an_item waits for one");
                 self.changed.notify_all();
-                Reply::Bytes(Bytes::from(item))
+                Reply::Bytes(item)
             }
             Op::PutMany { items, timeout } => {
                 let n = items.len() as u64;
@@ -111,7 +111,7 @@ impl QueueState {
                     )));
                 }
                 let mut g = self.room_for(g, n, timeout, caller)?;
-                g.items.extend(items.into_iter().map(Bytes::into_vec));
+                g.items.extend(items);
                 g.unfinished += n;
                 self.changed.notify_all();
                 Reply::Unit
@@ -129,7 +129,7 @@ impl QueueState {
                     if !taken.is_empty() && bytes > MANY_ITEMS_BUDGET {
                         break;
                     }
-                    taken.extend(g.items.pop_front().map(Bytes::from));
+                    taken.extend(g.items.pop_front());
                 }
                 self.changed.notify_all();
                 Reply::Many(taken)

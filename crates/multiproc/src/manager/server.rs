@@ -423,7 +423,7 @@ fn serve_requests(shared: &Arc<Shared>, conn: &Connection<()>, id: u64, build: &
     let caller = Caller::new(conn, shared, build);
     let mut last: Last = None;
     while let Ok(bytes) = conn.recv_bytes() {
-        let (response, stop) = match protocol::decode_request(&bytes) {
+        let (response, stop) = match protocol::decode_request_frame(bytes) {
             Err(e) => (Err(RemoteError::BadRequest(e)), false),
             Ok(Request::Shutdown) => (Ok(Reply::Unit), true),
             Ok(Request::OpenLane) => match shared.dispatcher.open(shared, id, conn, build) {

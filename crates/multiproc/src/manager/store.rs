@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::code::{self, DispatchFn, UserCall, UserState};
 use super::collections::{self, wrong};
 use super::locks::{ConditionState, LockState, SemaphoreState};
-use super::protocol::{Init, Kind, Op, RemoteError, Reply, Response};
+use super::protocol::{Bytes, Init, Kind, Op, RemoteError, Reply, Response};
 use super::queues::QueueState;
 use super::server::Caller;
 use super::signals::{BarrierState, EventState};
@@ -126,8 +126,8 @@ impl Store {
         let kind = init.kind();
         let state = match init {
             Init::Dict | Init::Namespace => State::Map(Mutex::default()),
-            Init::List(items) => State::List(Mutex::new(items.into_iter().map(|b| b.into_vec()).collect())),
-            Init::Value(v) => State::Value(Mutex::new(v.into_vec())),
+            Init::List(items) => State::List(Mutex::new(items.into_iter().map(Bytes::kept).collect())),
+            Init::Value(v) => State::Value(Mutex::new(v.kept())),
             Init::Queue { maxsize: Some(0), .. } => {
                 return Err(RemoteError::BadRequest(
                     "a bounded queue holds at least 1 item (use Manager::queue for an unbounded one)".into(),
