@@ -14,8 +14,13 @@
 //! its frame shares it, so a stored value holds at most about twice its
 //! size (a frame of many smaller values, an `extend` of a dict say, is
 //! copied apart as before and frees each value's memory with the value).
+//!
+//! The other way, [`Gathered`] encodes a message with its large shared
+//! values left out of the encoding buffer: the message goes out as parts
+//! (see `Connection::send_bytes_parts`), so a value read from the manager,
+//! or a large value a client sends, is not first copied into the buffer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -118,6 +123,14 @@ impl fmt::Debug for Blob {
 
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Repr::Shared { len, .. } = self.0
+            && len >= SHARE_MIN
+            && GATHERING.try_with(Cell::get).unwrap_or(false)
+        {
+            // Offered to the `Gather` output that receives these very
+            // bytes next, which keeps this share instead of copying them.
+            let _ = OFFERED.try_with(|o| o.replace(Some(self.clone())));
+        }
         s.serialize_bytes(self.as_slice())
     }
 }
@@ -155,6 +168,11 @@ impl<'de> Visitor<'de> for BlobVisitor {
 thread_local! {
     /// The frame [`decode_framed`] decodes on this thread, if any.
     static FRAME: RefCell<Option<Arc<Vec<u8>>>> = const { RefCell::new(None) };
+    /// True while [`Gathered::encode`] runs on this thread.
+    static GATHERING: Cell<bool> = const { Cell::new(false) };
+    /// The shared value whose bytes the encoder writes next (see
+    /// `Blob::serialize`).
+    static OFFERED: RefCell<Option<Blob>> = const { RefCell::new(None) };
 }
 
 /// `bytes` as a share of the frame being decoded on this thread, when they
@@ -187,10 +205,101 @@ pub(crate) fn decode_framed<T: DeserializeOwned>(frame: Vec<u8>) -> Result<T, Wi
         return wire::decode(&frame, Vec::new());
     }
     let frame = Arc::new(frame);
-    let before = FRAME.with(|f| f.replace(Some(Arc::clone(&frame))));
+    // (Without this thread's locals, in a thread-local's destructor, the
+    // values are copied out as usual.)
+    let before = FRAME.try_with(|f| f.replace(Some(Arc::clone(&frame)))).ok().flatten();
     let decoded = wire::decode(&frame, Vec::new());
-    FRAME.with(|f| f.replace(before));
+    let _ = FRAME.try_with(|f| f.replace(before));
     decoded
+}
+
+/// A message encoded with its large shared values left out: `bytes` holds
+/// the rest, and each hole says where in it a value's bytes go. Sent as
+/// [`Gathered::parts`].
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    pub bytes: Vec<u8>,
+    holes: Vec<(usize, Blob)>,
+}
+
+impl Gathered {
+    /// Encodes `message` into `bytes` (which it clears first), leaving its
+    /// large shared values out; on error, `bytes` is left empty.
+    pub(crate) fn encode<T: Serialize + ?Sized>(message: &T, bytes: Vec<u8>) -> Result<Gathered, WireError> {
+        let mut out = Gathered { bytes, holes: Vec::new() };
+        out.bytes.clear();
+        // (`try_with`: in a thread-local's destructor, as the thread ends,
+        // this thread's locals may be gone; the message is then whole.)
+        let before = GATHERING.try_with(|g| g.replace(true)).unwrap_or(false);
+        let result = postcard::serialize_with_flavor(message, Gather(&mut out));
+        let _ = GATHERING.try_with(|g| g.set(before));
+        let _ = OFFERED.try_with(|o| o.replace(None));
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                out.bytes.clear();
+                out.holes.clear();
+                Err(WireError::Encode(e.to_string()))
+            }
+        }
+    }
+
+    /// The encoding's length.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() + self.holes.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+
+    /// Runs `f` on the encoding's parts ([`Gathered::parts`]; no
+    /// allocation when there is only `bytes`).
+    pub(crate) fn with_parts<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        if self.holes.is_empty() { f(&[&self.bytes]) } else { f(&self.parts()) }
+    }
+
+    /// The encoding, in order: pieces of `bytes` and the values between
+    /// them.
+    pub(crate) fn parts(&self) -> Vec<&[u8]> {
+        let mut parts = Vec::with_capacity(2 * self.holes.len() + 1);
+        let mut from = 0;
+        for (at, blob) in &self.holes {
+            parts.push(&self.bytes[from..*at]);
+            parts.push(blob.as_slice());
+            from = *at;
+        }
+        parts.push(&self.bytes[from..]);
+        parts
+    }
+}
+
+/// The postcard output of [`Gathered::encode`].
+struct Gather<'a>(&'a mut Gathered);
+
+impl postcard::ser_flavors::Flavor for Gather<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() >= SHARE_MIN
+            && let Some(blob) = OFFERED.try_with(|o| o.take()).ok().flatten()
+            // The same bytes (by address and length) as the value offered.
+            && blob.as_ptr() == data.as_ptr()
+            && blob.len() == data.len()
+        {
+            self.0.holes.push((self.0.bytes.len(), blob));
+            return Ok(());
+        }
+        self.0.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.bytes.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +350,30 @@ mod tests {
         });
         assert!(blob.is_shared() && !nested.1.is_shared());
         assert_eq!(nested.1.as_slice(), &big[..]);
+    }
+
+    #[test]
+    fn a_gathered_message_is_its_encoding_in_parts() {
+        let big: Vec<u8> = (0..SHARE_MIN * 3).map(|i| (i * 13) as u8).collect();
+        let shared = Blob::from(big.clone()).kept();
+        let message = (
+            7u32,
+            shared.clone(),
+            Blob::from(vec![1u8; 10]),
+            Blob::from(big.clone()), // owned: copied into the buffer
+            shared,
+            Some(5u64),
+        );
+        let whole = wire::encode(&message).unwrap().bytes;
+        let gathered = Gathered::encode(&message, vec![9; 3]).unwrap();
+        assert_eq!(gathered.holes.len(), 2, "the two shares of the kept value");
+        assert_eq!(gathered.len(), whole.len());
+        assert_eq!(gathered.parts().concat(), whole);
+        // Nothing is left offered once the encoding is done.
+        assert!(OFFERED.with(|o| o.borrow().is_none()) && !GATHERING.with(Cell::get));
+        let plain = wire::encode(&(Blob::from(big.clone()).kept(),)).unwrap().bytes;
+        assert!(OFFERED.with(|o| o.borrow().is_none()), "a plain encoding offers nothing");
+        assert_eq!(&plain[3..], &big[..]);
     }
 
     #[test]

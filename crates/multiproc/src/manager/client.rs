@@ -425,7 +425,7 @@ fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result
     // A buffer grown past the lane's size held an answer that came on the
     // socket: it is not kept.
     thread_buffer::with_kept(&ANSWER, lane::LANE_LEN, |answer| {
-        with_request(request, |bytes| lane.call(conn, bytes, answer))?;
+        with_request(request, |parts| lane.call(conn, parts, answer))?;
         crate::allocator::moved(answer.len());
         if answer.len() > lane::LANE_LEN {
             // It came on the socket, in a buffer of its own: a large value
@@ -437,17 +437,20 @@ fn through_lane(conn: &Connection<()>, lane: &Lane, request: &Request) -> Result
 }
 
 fn send(conn: &Connection<()>, request: &Request) -> Result<(), ManagerError> {
-    with_request(request, |bytes| conn.send_bytes(bytes))
+    with_request(request, |parts| conn.send_bytes_parts(parts))
 }
 
-/// Encodes `request` and runs `f` on its bytes, unless it is larger than
-/// the manager reads ([`ManagerError::TooLarge`]: it would end the
-/// connection; nothing is sent).
-fn with_request<R>(request: &Request, f: impl FnOnce(&[u8]) -> Result<R, ConnectionError>) -> Result<R, ManagerError> {
+/// Encodes `request` and runs `f` on its parts (see `Gathered`), unless it
+/// is larger than the manager reads ([`ManagerError::TooLarge`]: it would
+/// end the connection; nothing is sent).
+fn with_request<R>(
+    request: &Request,
+    f: impl FnOnce(&[&[u8]]) -> Result<R, ConnectionError>,
+) -> Result<R, ManagerError> {
     let mut size = 0;
-    let done = protocol::with_encoded(request, |bytes| {
-        size = bytes.len();
-        if size as u64 > MAX_REQUEST { Ok(None) } else { f(bytes).map(Some) }
+    let done = protocol::with_encoded(request, |message| {
+        size = message.len();
+        if size as u64 > MAX_REQUEST { Ok(None) } else { message.with_parts(f).map(Some) }
     })?;
     done.ok_or(ManagerError::TooLarge { size, limit: MAX_REQUEST })
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use super::lane::{Bell, Lane};
-use super::protocol::{self, Init, Op, RemoteError, Reply, Request, Response};
+use super::protocol::{self, Gathered, Init, Op, RemoteError, Reply, Request, Response};
 use super::server::{Caller, Last, Shared, respond};
 use super::waiting::lock;
 use crate::Connection;
@@ -109,7 +109,7 @@ enum Job {
     OnSocket,
     /// Send this encoded answer (too large for the lane: it goes on the
     /// socket, which could block).
-    Send(Vec<u8>),
+    Send(Gathered),
 }
 
 impl Dispatcher {
@@ -140,8 +140,10 @@ impl Dispatcher {
         let memory = [lane.memory(), self.bell.memory()].map(|fd| fd.try_clone_to_owned());
         let [Ok(memory), Ok(bell)] = memory else { return Err(cannot(&"cannot duplicate its memory")) };
         // Over TCP the handles cannot travel: nothing is sent, the error is the answer.
-        protocol::with_encoded(&Ok::<_, RemoteError>(Reply::Lane), |b| conn.send_bytes_with_fds(b, &[memory, bell]))
-            .map_err(|e| cannot(&e))?;
+        protocol::with_encoded(&Ok::<_, RemoteError>(Reply::Lane), |m| {
+            conn.send_bytes_with_fds(&m.bytes, &[memory, bell])
+        })
+        .map_err(|e| cannot(&e))?;
         let entry =
             Arc::new(LaneConn { id, lane, conn: conn.clone(), build: build.to_string(), job: Mutex::new(None), wake });
         lock(&self.lanes).push(entry.clone());
@@ -289,13 +291,13 @@ fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) 
             done => done,
         },
     };
-    let _ = protocol::with_encoded_answer(&response, |bytes| {
-        if Lane::fits(bytes.len()) {
-            entry.lane.answer(&entry.conn, bytes)
+    let _ = protocol::with_encoded_answer(&response, |message| {
+        if Lane::fits(message.len()) {
+            message.with_parts(|parts| entry.lane.answer(&entry.conn, parts))
         } else {
             // Taken, not copied: this thread encodes its next answer into
             // a new buffer (an allocation, against a copy of this one).
-            entry.hand_off(Job::Send(std::mem::take(bytes)));
+            entry.hand_off(Job::Send(std::mem::take(message)));
             Ok(())
         }
     });
@@ -416,7 +418,7 @@ impl LaneConn {
     /// idle connection would keep a removed one's memory).
     fn run(&self, shared: &Shared, job: Job) -> bool {
         let request = match job {
-            Job::Send(answer) => return self.lane.answer(&self.conn, &answer).is_ok(),
+            Job::Send(answer) => return answer.with_parts(|parts| self.lane.answer(&self.conn, parts)).is_ok(),
             Job::Run(request) => request,
             Job::OnSocket => match self.conn.recv_bytes() {
                 Ok(bytes) => match protocol::decode_request_frame(bytes) {
@@ -441,6 +443,6 @@ impl LaneConn {
     }
 
     fn answer(&self, response: &Response) -> bool {
-        protocol::with_encoded_answer(response, |bytes| self.lane.answer(&self.conn, bytes)).is_ok()
+        protocol::with_encoded_answer(response, |m| m.with_parts(|parts| self.lane.answer(&self.conn, parts))).is_ok()
     }
 }

@@ -170,7 +170,7 @@ impl Lane {
     pub(crate) fn call(
         &self,
         conn: &Connection<()>,
-        request: &[u8],
+        request: &[&[u8]],
         answer: &mut Vec<u8>,
     ) -> Result<(), ConnectionError> {
         let here = self.put(conn, Way::Request, request)?;
@@ -314,22 +314,27 @@ impl Lane {
     /// # Errors
     ///
     /// The socket failed (for an answer too large for the lane).
-    pub(crate) fn answer(&self, conn: &Connection<()>, answer: &[u8]) -> Result<(), ConnectionError> {
+    pub(crate) fn answer(&self, conn: &Connection<()>, answer: &[&[u8]]) -> Result<(), ConnectionError> {
         self.put(conn, Way::Answer, answer).map(drop)
     }
 
     /// Writes a message (or announces it on the socket), hands the turn over
     /// and wakes the other side if it sleeps.
-    fn put(&self, conn: &Connection<()>, way: Way, message: &[u8]) -> Result<u32, ConnectionError> {
-        let fits = Lane::fits(message.len());
+    fn put(&self, conn: &Connection<()>, way: Way, message: &[&[u8]]) -> Result<u32, ConnectionError> {
+        let total: usize = message.iter().map(|p| p.len()).sum();
+        let fits = Lane::fits(total);
         if fits {
             // Volatile: the area is ours until the state changes below, but a
             // misbehaving peer may write it meanwhile (that only garbles bytes
-            // decoded as untrusted anyway). The area lies inside the mapping
-            // (len ≤ AREA).
-            self.map.write_volatile_at(way.area(), message).expect("the lane's area lies inside its mapping");
+            // decoded as untrusted anyway). The parts lie inside the mapping
+            // (together ≤ AREA).
+            let mut at = way.area();
+            for part in message {
+                self.map.write_volatile_at(at, part).expect("the lane's area lies inside its mapping");
+                at += part.len();
+            }
         }
-        let len = if fits { message.len() as u32 } else { ON_SOCKET };
+        let len = if fits { total as u32 } else { ON_SOCKET };
         // ORDERING: Relaxed: published by the state's release in `wake_word`
         // (the CPU is a hint).
         self.word(way.len_word()).store(len, Ordering::Relaxed);
@@ -337,7 +342,7 @@ impl Lane {
         self.word(WRITER_CPU).store(cpu, Ordering::Relaxed);
         spin::wake_word(self.state(), way.state(), SLEEPING);
         if !fits {
-            conn.send_bytes(message)?;
+            conn.send_bytes_parts(message)?;
         }
         Ok(cpu)
     }

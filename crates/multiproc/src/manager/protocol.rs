@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use super::blob::Gathered;
+
 /// Bytes of one encoded key, value or item (a large value may share the
 /// buffer of the frame it came in).
 pub(crate) type Bytes = super::blob::Blob;
@@ -378,18 +380,19 @@ pub(crate) const MANY_ITEMS_BUDGET: u64 = MAX_RESPONSE - (1 << 20);
 /// length, encoded as a varint of at most 10 bytes.
 pub(crate) const MANY_ITEM_PREFIX: u64 = 10;
 
-/// Encodes `response` into this thread's buffer and runs `f` on the bytes;
-/// a response larger than a client reads is replaced by the error saying
-/// so (sending it would end the connection, and with the client's last
-/// one, the locks it holds). `f` may take the buffer (see [`with_encoded`]).
+/// Encodes `response` into this thread's buffer and runs `f` on the
+/// encoding; a response larger than a client reads is replaced by the
+/// error saying so (sending it would end the connection, and with the
+/// client's last one, the locks it holds). `f` may take the encoding (see
+/// [`with_encoded`]).
 pub(crate) fn with_encoded_answer<R>(
     response: &Response,
-    mut f: impl FnMut(&mut Vec<u8>) -> Result<R, crate::ConnectionError>,
+    mut f: impl FnMut(&mut Gathered) -> Result<R, crate::ConnectionError>,
 ) -> Result<R, crate::ConnectionError> {
     let mut size = 0;
-    let sent = with_encoded(response, |bytes| {
-        size = bytes.len() as u64;
-        if size > MAX_RESPONSE { Ok(None) } else { f(bytes).map(Some) }
+    let sent = with_encoded(response, |message| {
+        size = message.len() as u64;
+        if size > MAX_RESPONSE { Ok(None) } else { f(message).map(Some) }
     })?;
     match sent {
         Some(done) => Ok(done),
@@ -400,20 +403,23 @@ pub(crate) fn with_encoded_answer<R>(
 /// The largest encoding buffer a thread keeps for its next message.
 const KEPT_REQUEST: usize = 1 << 20;
 
-/// Encodes `message` into this thread's buffer and runs `f` on the bytes.
-/// `f` may take the buffer (`std::mem::take`) to keep the message, rather
-/// than copy it; the thread's next message then starts a new buffer.
+/// Encodes `message` into this thread's buffer, its large shared values
+/// left out (see [`Gathered`]), and runs `f` on the encoding. `f` may take
+/// it (`std::mem::take`) to keep the message, rather than copy it; the
+/// thread's next message then starts a new buffer.
 pub(crate) fn with_encoded<T: Serialize, R>(
     message: &T,
-    f: impl FnOnce(&mut Vec<u8>) -> Result<R, crate::ConnectionError>,
+    f: impl FnOnce(&mut Gathered) -> Result<R, crate::ConnectionError>,
 ) -> Result<R, crate::ConnectionError> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     crate::thread_buffer::with_kept(&BUF, KEPT_REQUEST, |buf| {
-        crate::wire::encode_into(message, buf)?;
-        crate::allocator::moved(buf.len());
-        f(buf)
+        let mut encoded = Gathered::encode(message, std::mem::take(buf))?;
+        crate::allocator::moved(encoded.len());
+        let done = f(&mut encoded);
+        *buf = encoded.bytes;
+        done
     })
 }
 

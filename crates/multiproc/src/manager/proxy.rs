@@ -255,9 +255,10 @@ pub(crate) fn value_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, M
     Ok(encoded.bytes)
 }
 
-/// [`value_bytes`] as the protocol's byte buffer.
+/// [`value_bytes`] as the protocol's byte buffer (a large one shared, so
+/// that the request carrying it is sent without copying it again).
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, ManagerError> {
-    value_bytes(value).map(Bytes::from)
+    value_bytes(value).map(|v| Bytes::from(v).kept())
 }
 
 /// Decodes bytes from the manager as a `T`.

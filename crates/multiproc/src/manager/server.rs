@@ -501,5 +501,5 @@ impl Drop for WaitingCall<'_> {
 }
 
 fn answer(conn: &Connection<()>, response: &Response) -> Result<(), ConnectionError> {
-    protocol::with_encoded_answer(response, |bytes| conn.send_bytes(bytes))
+    protocol::with_encoded_answer(response, |m| m.with_parts(|parts| conn.send_bytes_parts(parts)))
 }

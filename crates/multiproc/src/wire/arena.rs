@@ -74,9 +74,10 @@ impl OutArena {
         record_size(len) * 2 <= self.map.len()
     }
 
-    /// Copies `payload` into the arena and returns the payload's offset, or
-    /// `None` if no space freed up within a short wait.
-    pub(crate) fn write(&mut self, payload: &[u8]) -> Option<u64> {
+    /// Copies `payload` (the concatenation of its parts) into the arena and
+    /// returns the payload's offset, or `None` if no space freed up within
+    /// a short wait.
+    pub(crate) fn write(&mut self, payload: &[&[u8]]) -> Option<u64> {
         let wait = if self.starved { Duration::ZERO } else { SPACE_WAIT };
         let at = self.write_until(payload, Deadline::after(wait));
         self.starved = at.is_none();
@@ -85,8 +86,9 @@ impl OutArena {
 
     /// As [`Self::write`], waiting for space until `deadline` (for a send
     /// with a deadline, which times out rather than go through the socket).
-    pub(crate) fn write_until(&mut self, payload: &[u8], deadline: Deadline) -> Option<u64> {
-        let need = record_size(payload.len());
+    pub(crate) fn write_until(&mut self, payload: &[&[u8]], deadline: Deadline) -> Option<u64> {
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        let need = record_size(len);
         let at = loop {
             self.reclaim();
             if let Some(at) = self.allocate(need) {
@@ -98,7 +100,11 @@ impl OutArena {
         };
         // [at, at + need) lies inside the mapping (`allocate`) and belongs to
         // no in-flight record, so no honest receiver reads it meanwhile.
-        self.map.write_at(at + RECORD_HEADER, payload).expect("`allocate` keeps records inside the arena");
+        let mut to = at + RECORD_HEADER;
+        for part in payload {
+            self.map.write_at(to, part).expect("`allocate` keeps records inside the arena");
+            to += part.len();
+        }
         // ORDERING: Release publishes the payload bytes to the receiver that
         // loads the state with Acquire (the socket also orders them).
         self.state(at).store(WRITTEN, Ordering::Release);
@@ -262,8 +268,11 @@ mod test {
         let mut out = OutArena::for_payload(1 << 20).unwrap().unwrap();
         let mut inn = InArenas::default();
         for round in 0..64u8 {
-            let payload = vec![round; 1 << 20];
-            let at = out.write(&payload).expect("space");
+            let payload: Vec<u8> = (0..1 << 20).map(|i: usize| (i as u8).wrapping_add(round)).collect();
+            // In parts (the last one empty): written as their concatenation.
+            let (a, rest) = payload.split_at(1000);
+            let (b, c) = rest.split_at(500_000);
+            let at = out.write(&[a, b, c, &[]]).expect("space");
             let fd = out.as_fd().try_clone_to_owned().unwrap();
             assert_eq!(inn.take(fd, at, payload.len() as u64).unwrap(), payload);
         }
@@ -275,7 +284,7 @@ mod test {
         let mut out = OutArena::for_payload(1 << 20).unwrap().unwrap();
         let payload = vec![1u8; 1 << 20];
         let mut written = 0;
-        while out.write(&payload).is_some() {
+        while out.write(&[&payload]).is_some() {
             written += 1;
             assert!(written < 100);
         }
@@ -290,11 +299,11 @@ mod test {
         let mut a = OutArena::for_payload(1000).unwrap().unwrap();
         let mut b = OutArena::for_payload(1000).unwrap().unwrap();
         let mut inn = InArenas::default();
-        let at = a.write(&[1; 100]).unwrap();
+        let at = a.write(&[&[1; 100]]).unwrap();
         assert_eq!(inn.take(a.as_fd().try_clone_to_owned().unwrap(), at, 100).unwrap(), [1; 100]);
         let (b_id, _) = crate::sys::imp::shm::file_identity(b.as_fd()).unwrap();
         inn.maps[0].0 = FileId { dev: b_id.dev.wrapping_add(1), ino: b_id.ino };
-        let at = b.write(&[2; 100]).unwrap();
+        let at = b.write(&[&[2; 100]]).unwrap();
         assert_eq!(inn.take(b.as_fd().try_clone_to_owned().unwrap(), at, 100).unwrap(), [2; 100]);
     }
 
@@ -334,7 +343,7 @@ mod concurrent_test {
         let mut out = OutArena::for_payload(1 << 20).unwrap().unwrap();
         for round in 0..200u32 {
             let payload = vec![round as u8; 1 << 20];
-            let offset = out.write(&payload);
+            let offset = out.write(&[&payload]);
             tx.send((out.as_fd().try_clone_to_owned().unwrap(), offset, round as u8)).unwrap();
         }
         drop(tx);

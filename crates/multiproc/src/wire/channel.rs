@@ -14,7 +14,9 @@ use crate::spin::{PEER_SPIN, Spin};
 use crate::sys::Deadline;
 use crate::sys::imp::{self, Interest};
 
+mod offload;
 mod outbox;
+use offload::Payload;
 pub(crate) use outbox::Outbox;
 
 /// Why a receive returned without a frame.
@@ -162,6 +164,20 @@ impl Channel {
         fds: &[OwnedFd],
         deadline: Deadline,
     ) -> Result<(), SendError> {
+        self.send_parts_until(kind, &[payload], fds, deadline)
+    }
+
+    /// As [`Channel::send_until`], for a payload held in parts (sent as
+    /// their concatenation, each copied once on its way: into the arena or
+    /// the socket).
+    pub(crate) fn send_parts_until(
+        &self,
+        kind: Kind,
+        parts: &[&[u8]],
+        fds: &[OwnedFd],
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
+        let payload = Payload(parts);
         if !fds.is_empty() && !self.can_pass_fds {
             return Err(WireError::Encode(
                 "this message carries handles (file descriptors), which cannot travel over a TCP connection".into(),
@@ -209,72 +225,16 @@ impl Channel {
     }
 
     /// Sends a frame with its payload in the socket's byte stream.
-    fn send_inline(&self, kind: Kind, payload: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
-        let header = Header::new(kind, fds.len(), payload.len());
+    fn send_inline(&self, kind: Kind, payload: Payload<'_>, fds: &[OwnedFd]) -> io::Result<()> {
+        let header = Header::new(kind, fds.len(), payload.len()).encode();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        imp::send_all(self.fd.as_fd(), &[&header.encode(), payload], &borrowed)
-    }
-
-    /// Sends a large payload through this process's arena for the channel.
-    /// When the arena has no room (the receiver is behind), the payload goes
-    /// inline through the socket, so a receiver that stops reading pins at
-    /// most one arena and a socket buffer of this process's memory, and the
-    /// sender blocks like any writer to a full socket. Only a payload too
-    /// large for any arena goes in a one-off sealed memfd, with a ticket
-    /// of `budget`, once the budget has room (false: not by `deadline`).
-    fn send_out_of_band(
-        &self,
-        kind: Kind,
-        payload: &[u8],
-        fds: &[OwnedFd],
-        budget: &mut LargeBudget,
-        deadline: Deadline,
-    ) -> io::Result<bool> {
-        let mut arena = self.out_arena.lock().unwrap_or_else(|e| e.into_inner());
-        if !arena.as_ref().is_some_and(|a| a.fits(payload.len()))
-            && let Some(bigger) = OutArena::for_payload(payload.len())?
-        {
-            *arena = Some(bigger);
+        match payload.0 {
+            [one] => imp::send_all(self.fd.as_fd(), &[&header, one], &borrowed),
+            parts => {
+                let bufs: Vec<&[u8]> = std::iter::once(&header[..]).chain(parts.iter().copied()).collect();
+                imp::send_all(self.fd.as_fd(), &bufs, &borrowed)
+            }
         }
-        let mut all: Vec<BorrowedFd<'_>> = Vec::with_capacity(fds.len() + 2);
-        let mut header = Header::new(kind, fds.len() + 1, payload.len());
-        let memfd;
-        let timed = deadline.remaining().is_some();
-        let written = arena
-            .as_mut()
-            .filter(|a| a.fits(payload.len()))
-            .map(|a| if timed { a.write_until(payload, deadline) } else { a.write(payload) });
-        let body = match written {
-            // With a deadline, a full arena is a timeout: inline, the
-            // payload could wait for the peer past the deadline.
-            Some(None) if timed => return Ok(false),
-            Some(None) => return self.send_inline(kind, payload, fds).map(|()| true),
-            Some(Some(offset)) => {
-                header.arena = true;
-                all.push(arena.as_ref().expect("the arena just written").as_fd());
-                offset.to_le_bytes()
-            }
-            None => {
-                if !budget.wait_for_room(payload.len(), self.fd.as_fd(), deadline)? {
-                    return Ok(false);
-                }
-                memfd = imp::memfd::sealed_with("multiproc-payload", payload)?;
-                let (ring, ticket) = budget.issue(payload.len())?;
-                // `ring` borrows `budget`, which `withdraw` needs again if
-                // the send fails: the frame goes here, `all` dropped first.
-                (header.offloaded, header.arena, header.nfds) = (true, true, fds.len() + 2);
-                all.extend([memfd.as_fd(), ring]);
-                all.extend(fds.iter().map(AsFd::as_fd));
-                let sent = imp::send_all(self.fd.as_fd(), &[&header.encode(), &ticket.to_le_bytes()], &all);
-                drop(all);
-                if sent.is_err() {
-                    budget.withdraw();
-                }
-                return sent.map(|()| true);
-            }
-        };
-        all.extend(fds.iter().map(AsFd::as_fd));
-        imp::send_all(self.fd.as_fd(), &[&header.encode(), &body], &all).map(|()| true)
     }
 
     /// Receives one frame, waiting until the deadline. When `watch` becomes

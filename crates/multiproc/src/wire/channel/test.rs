@@ -163,3 +163,37 @@ fn a_forged_ticket_is_an_error_not_a_panic() {
         }
     }
 }
+
+#[test]
+fn a_payload_in_parts_arrives_as_their_concatenation_on_every_path() {
+    let long = || Deadline::after(Duration::from_secs(10));
+    let in_parts = |size: usize| {
+        let whole: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let cut = [size / 3, size / 2];
+        (
+            whole.clone(),
+            [whole[..cut[0]].to_vec(), Vec::new(), whole[cut[0]..cut[1]].to_vec(), whole[cut[1]..].to_vec()],
+        )
+    };
+    // Inline (small), through the arena (1 MiB), in a one-off memfd (past
+    // the largest arena's share).
+    let (a, b) = Channel::pair().unwrap();
+    for size in [10, 1 << 20, 17 << 20] {
+        let (whole, parts) = in_parts(size);
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        b.send_parts_until(Kind::Data, &parts, &[], Deadline::NEVER).unwrap();
+        assert!(a.recv(long(), None).unwrap().payload == whole, "{size} bytes");
+    }
+    // Over TCP, a large payload goes inline, read while it is written.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (a, b) = (Channel::stream(OwnedFd::from(server)), Channel::stream(OwnedFd::from(client)));
+    let (whole, parts) = in_parts(1 << 20);
+    let sender = std::thread::spawn(move || {
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        b.send_parts_until(Kind::Data, &parts, &[], long()).map_err(|e| format!("{e:?}"))
+    });
+    assert!(a.recv(long(), None).unwrap().payload == whole, "over TCP");
+    sender.join().unwrap().unwrap();
+}
