@@ -4,7 +4,7 @@
 mod queue_support;
 
 use multiproc::{Process, Queue};
-use queue_support::{Child, LONG, queue_blocks};
+use queue_support::{Child, LONG, queue_blocks, queue_file_len};
 use serde_bytes::ByteBuf;
 
 /// Where the queue's file starts holding large items (1 TiB; see
@@ -66,4 +66,65 @@ fn arena_items_reuse_two_kept_arenas_and_come_back_whole() {
     // headers: far below the 32 MiB that 800 items' arenas would hold.
     assert!(blocks <= 6 << 20, "{} KiB left in the queue's memory", blocks >> 10);
     assert!(q.empty());
+}
+
+/// Item `round` of [`blob_items_through`], a blob with bytes of its own:
+/// 2 MB and a few KB more or less (`varied` false: as a stream of arrays of
+/// one shape), or anything from 1.2 to 3 MB.
+fn blob_item(round: u32, varied: bool) -> Vec<u8> {
+    let len = if varied {
+        1_200_000 + (round as usize * 611_953) % 1_800_000
+    } else {
+        2_000_000 + (round as usize % 7) * 1_000
+    };
+    (0..len).map(|i| (i as u32 ^ round.wrapping_mul(2_654_435_761)) as u8).collect()
+}
+
+/// In a child: moves `rounds` blob items through the queue with `ahead`
+/// of them queued before each get, then one item too large to be kept;
+/// returns the items that came back wrong, the queue file's bytes in
+/// memory after the blob items and after the large one, and how far past
+/// the start of the blobs writes reached.
+fn blob_items_through(q: Queue<ByteBuf>, rounds: u32, ahead: u32, varied: bool) -> (u32, u64, u64, u64) {
+    let mut wrong = 0;
+    for round in 0..rounds + ahead {
+        if round < rounds {
+            q.put(ByteBuf::from(blob_item(round, varied))).unwrap();
+        }
+        if round >= ahead && q.get_timeout(LONG).unwrap().into_vec() != blob_item(round - ahead, varied) {
+            wrong += 1;
+        }
+    }
+    let (after_blobs, reach) = (queue_blocks(), queue_file_len().saturating_sub(BLOB_BASE));
+    let large = vec![5u8; 12 << 20];
+    q.put(ByteBuf::from(large.clone())).unwrap();
+    if q.get_timeout(LONG).unwrap().into_vec() != large {
+        wrong += 1;
+    }
+    (wrong, after_blobs, queue_blocks(), reach)
+}
+
+#[test]
+fn blob_items_reuse_two_kept_blobs_and_come_back_whole() {
+    for (ahead, varied) in [(0, false), (4, false), (0, true), (4, true)] {
+        let q = Queue::new().unwrap();
+        let mut child = Child(Process::spawn(blob_items_through, (q.clone(), 40, ahead, varied)).unwrap());
+        let (wrong, after_blobs, after_large, reach) = child.join();
+        let case = format!("{ahead} ahead, sizes varied: {varied}");
+        assert_eq!(wrong, 0, "{case}: items came back with other items' bytes");
+        // At most two kept blobs of at most 3 MB each, and the headers and
+        // slots: 40 items' blobs would hold 80 MB.
+        assert!(after_blobs <= 8 << 20, "{case}: {} KiB in the queue's memory", after_blobs >> 10);
+        // A 12 MiB blob is freed once read, not kept.
+        assert!(after_large <= after_blobs + (1 << 20), "{case}: {} KiB after a 12 MiB item", after_large >> 10);
+        // Items of one size reuse the blobs of those before them: writes
+        // reach no further than the blobs in flight at once, the two kept
+        // and one more (the first items, growing by a few KB, each needed a
+        // blob of its own), each 2 MB and a few KB: not 40 blobs further.
+        if !varied {
+            let most = (u64::from(ahead) + 4) * 2_100_000;
+            assert!(reach <= most, "{case}: writes reached {} KiB into the blob area", reach >> 10);
+        }
+        assert!(q.empty());
+    }
 }

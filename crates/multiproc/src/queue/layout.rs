@@ -21,7 +21,7 @@ use crate::sys::imp::sparse::PAGE;
 /// "mpqueue1", little-endian.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mpqueue1");
 /// Layout version; a mismatch is refused at attach.
-pub(super) const VERSION: u32 = 4;
+pub(super) const VERSION: u32 = 5;
 /// Bytes of the main header (one page).
 pub(super) const HEADER_LEN: usize = PAGE as usize;
 /// Bytes of a frame's header (one page: every field a claim is validated
@@ -38,6 +38,11 @@ pub(super) const ARENA_ITEM_MAX: usize = (1 << 20) + 4096;
 pub(super) const BLOB_BASE: u64 = 1 << 40;
 /// Largest item the queue accepts (a blob), 64 GiB.
 pub(super) const ITEM_MAX: u64 = 1 << 36;
+/// Blobs a queue keeps, read, for later ones (see `Header::kept_blobs`).
+pub(super) const KEPT_BLOBS: usize = 2;
+/// The largest blob kept (an 8 MiB buffer and its few bytes of encoding):
+/// larger ones are freed once read.
+pub(super) const KEPT_BLOB_MAX: u64 = (8 << 20) + 4096;
 
 /// Flag: the queue counts unfinished tasks (JoinableQueue).
 pub(super) const FLAG_JOINABLE: u32 = 1;
@@ -188,6 +193,9 @@ pub(super) struct Header {
     pub joiners: Line<Sleepers>,
     /// Next free blob offset, relative to `BLOB_BASE`.
     pub blob_tail: Line<AtomicU64>,
+    /// Blobs read and kept for a later blob of their size, their pages
+    /// still in memory (0: none; see `ring::kept_blob`).
+    pub kept_blobs: Line<[AtomicU64; KEPT_BLOBS]>,
     /// Thread id holding the frame lock (0: free). Preparing and retiring
     /// frames happen under it.
     pub frame_lock: Line<AtomicU32>,

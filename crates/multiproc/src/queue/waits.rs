@@ -238,8 +238,8 @@ impl Ring {
             None => self.write_blob(bytes).map_err(PutFail::Io)?,
         };
         let discard = || {
-            if let Payload::Blob { offset, len } = payload {
-                self.discard_blob(offset, len);
+            if let Payload::Blob { offset, capacity, .. } = payload {
+                self.discard_blob(offset, capacity);
             }
         };
         let me = current_tid();
@@ -315,12 +315,12 @@ impl Ring {
                 Step::Item(Got::Bytes) => return Ok(()),
                 // Drained items are thrown away: a large one is not read
                 // (which could fail for want of memory and end the drain).
-                Step::Item(Got::Blob { offset, len }) if drain => {
-                    self.discard_blob(offset, len);
+                Step::Item(Got::Blob { offset, capacity, .. }) if drain => {
+                    self.discard_blob(offset, capacity);
                     return Ok(());
                 }
-                Step::Item(Got::Blob { offset, len }) => {
-                    *buf = self.read_blob(offset, len).map_err(GetFail::Io)?;
+                Step::Item(Got::Blob { offset, len, capacity }) => {
+                    *buf = self.read_blob(offset, len, capacity).map_err(GetFail::Io)?;
                     return Ok(());
                 }
                 Step::Empty => {

@@ -66,6 +66,18 @@ pub fn queue_blocks() -> u64 {
         .unwrap_or(0)
 }
 
+/// The apparent length of this process's queue memory file (the largest,
+/// if it has several): how far into the file writes reached.
+pub fn queue_file_len() -> u64 {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap();
+    fds.filter_map(Result::ok)
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("multiproc-queue")))
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
 /// A few random microseconds (less than `max_micros`), from the clock and
 /// the round (no rand dependency): where a kill lands.
 pub fn jitter(round: u32, max_micros: u64) -> Duration {

@@ -137,7 +137,7 @@ impl Ring {
                 // retired.
                 buf.extend_from_slice(unsafe { std::slice::from_raw_parts(f.arena_ptr(offset), len) });
             }
-            SlotItem::Blob { offset, len } => return Ok(Got::Blob { offset, len }),
+            SlotItem::Blob { offset, len, capacity } => return Ok(Got::Blob { offset, len, capacity }),
         }
         Ok(Got::Bytes)
     }

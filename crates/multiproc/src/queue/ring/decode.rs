@@ -16,8 +16,10 @@ pub(in crate::queue) enum SlotItem<'a> {
     Inline(&'a [u8]),
     /// `len` bytes at `offset` in the segment's arena (in bounds).
     Arena { offset: u64, len: usize },
-    /// A blob, to be read with [`Ring::read_blob`] (which checks its range).
-    Blob { offset: u64, len: u64 },
+    /// A blob of `len` bytes in a range of `capacity` (whole pages, at
+    /// least `len`), to be read with [`Ring::read_blob`] (which checks the
+    /// range).
+    Blob { offset: u64, len: u64, capacity: u64 },
 }
 
 /// Decodes a slot's `meta` word and data (written by another process): an
@@ -36,7 +38,14 @@ pub(in crate::queue) fn decode_slot(meta: u64, data: &[u8; INLINE_MAX], arena_le
             }
             Ok(SlotItem::Arena { offset, len: len as usize })
         }
-        KIND_BLOB if len <= ITEM_MAX => Ok(SlotItem::Blob { offset: offset(), len }),
+        KIND_BLOB if len <= ITEM_MAX => {
+            let capacity = u64::from_ne_bytes(data[8..16].try_into().expect("8 bytes"));
+            let whole_pages = capacity.is_multiple_of(PAGE) && capacity >= len.next_multiple_of(PAGE);
+            if !whole_pages || capacity > ITEM_MAX {
+                return Err(corrupt());
+            }
+            Ok(SlotItem::Blob { offset: offset(), len, capacity })
+        }
         _ => Err(corrupt()),
     }
 }
@@ -79,8 +88,9 @@ pub fn fuzz_slot_decode(data: &[u8]) {
     match decode_slot(word(0), &slot, arena_len) {
         Ok(SlotItem::Inline(bytes)) => assert!(bytes.len() <= INLINE_MAX),
         Ok(SlotItem::Arena { offset, len }) => assert!(offset + len as u64 <= arena_len),
-        Ok(SlotItem::Blob { offset, len }) => {
-            if let Ok((start, pages)) = blob_range(offset, len) {
+        Ok(SlotItem::Blob { offset, len, capacity }) => {
+            assert!(capacity >= len && capacity.is_multiple_of(PAGE));
+            if let Ok((start, pages)) = blob_range(offset, capacity) {
                 assert!(start >= BLOB_BASE && start.checked_add(pages).is_some());
             }
         }

@@ -16,6 +16,7 @@
 mod consume;
 mod decode;
 mod frames;
+mod kept_blob;
 mod liveness;
 mod produce;
 
@@ -45,8 +46,10 @@ pub(super) enum Payload<'a> {
     Inline(&'a [u8]),
     /// Stored in the segment's arena (at most `ARENA_ITEM_MAX` bytes).
     Arena(&'a [u8]),
-    /// Already written to the blob area at `BLOB_BASE + offset`.
-    Blob { offset: u64, len: u64 },
+    /// Already written to the blob area at `BLOB_BASE + offset`, in a
+    /// range of `capacity` bytes (whole pages, `len` or more: a kept blob
+    /// reused, see `kept_blob`).
+    Blob { offset: u64, len: u64, capacity: u64 },
 }
 
 impl<'a> Payload<'a> {
@@ -68,7 +71,7 @@ pub(super) enum Got {
     /// The item's bytes are in the caller's buffer.
     Bytes,
     /// The item is a blob, still to be read (see [`Ring::read_blob`]).
-    Blob { offset: u64, len: u64 },
+    Blob { offset: u64, len: u64, capacity: u64 },
 }
 
 /// One step of a consumer.
@@ -301,28 +304,38 @@ impl Ring {
         }
         // ORDERING: Relaxed: a unique offset is all that is needed; the bytes are
         // published by the slot's stamp (Release) that refers to them.
-        let offset = self.header().blob_tail.0.fetch_add(len.next_multiple_of(PAGE), Relaxed);
+        let (offset, capacity) = self.take_kept_blob(len).unwrap_or_else(|| {
+            let capacity = len.next_multiple_of(PAGE);
+            (self.header().blob_tail.0.fetch_add(capacity, Relaxed), capacity)
+        });
         if let Err(e) = sparse::write_all_at(self.fd(), bytes, BLOB_BASE + offset) {
             // Whatever was written before the failure (memory running out
             // mid-write) would stay until the queue is dropped.
-            self.discard_blob(offset, len);
+            self.discard_blob(offset, capacity);
             return Err(e);
         }
-        Ok(Payload::Blob { offset, len })
+        Ok(Payload::Blob { offset, len, capacity })
     }
 
-    /// Reads a blob and frees its memory. `offset` and `len` come from a
-    /// slot another process wrote: a range outside the blob area is an error.
-    pub(super) fn read_blob(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let start = blob_range(offset, len)?.0;
+    /// Reads a blob (`len` bytes in a range of `capacity`), then keeps it
+    /// for a later blob or frees its memory (see `kept_blob`). The numbers
+    /// come from a slot another process wrote: a range outside the blob
+    /// area is an error.
+    pub(super) fn read_blob(&self, offset: u64, len: u64, capacity: u64) -> io::Result<Vec<u8>> {
+        let start = blob_range(offset, capacity)?.0;
         let bytes = sparse::read_exact_at(self.fd(), len as usize, start);
-        self.discard_blob(offset, len);
+        if bytes.is_ok() {
+            self.keep_or_free_blob(offset, capacity);
+        } else {
+            self.discard_blob(offset, capacity);
+        }
         bytes
     }
 
-    /// Frees a blob's memory without reading it.
-    pub(super) fn discard_blob(&self, offset: u64, len: u64) {
-        if let Ok((start, pages)) = blob_range(offset, len) {
+    /// Frees the memory of a blob's range (`capacity` bytes) without
+    /// reading it.
+    pub(super) fn discard_blob(&self, offset: u64, capacity: u64) {
+        if let Ok((start, pages)) = blob_range(offset, capacity) {
             let _ = sparse::punch_hole(self.fd(), start, pages);
         }
     }

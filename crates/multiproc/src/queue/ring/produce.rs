@@ -189,9 +189,12 @@ impl Ring {
                 }
                 (KIND_ARENA, bytes.len() as u64)
             }
-            Payload::Blob { offset, len } => {
-                // SAFETY: the slot is ours as above.
-                unsafe { data.cast::<u64>().write_unaligned(offset) };
+            Payload::Blob { offset, len, capacity } => {
+                // SAFETY: the slot is ours as above, and holds 16 bytes and more.
+                unsafe {
+                    data.cast::<u64>().write_unaligned(offset);
+                    data.add(8).cast::<u64>().write_unaligned(capacity);
+                }
                 (KIND_BLOB, len)
             }
         };
