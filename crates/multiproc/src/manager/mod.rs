@@ -43,9 +43,15 @@
 //! socket, and one dispatcher thread serves every lane's calls that cannot
 //! wait: a call then costs no system call while both sides are busy (see
 //! `lane.rs` and `dispatch.rs`). Larger messages go on the socket, through
-//! shared memory. Moving large values tunes the allocator of each process
-//! involved, as a pool does (see [`crate::allow_allocator_tuning`]); [`Dict::set`]
-//! does not send back the value it replaces, as [`Dict::insert`] does.
+//! shared memory. A value of 64 KiB or more is copied as few times as the
+//! trust between processes allows: the manager keeps it in the buffer it
+//! arrived in and answers reads with that buffer, written straight into
+//! the shared memory (see `blob.rs`), so a 1 MiB value set and read back
+//! is copied 6 times, where it was 11. Hold byte buffers as
+//! `serde_bytes::ByteBuf` (a `Vec<u8>` is encoded a byte at a time). Moving
+//! large values tunes the allocator of each process involved, as a pool
+//! does (see [`crate::allow_allocator_tuning`]); [`Dict::set`] does not send
+//! back the value it replaces, as [`Dict::insert`] does.
 //!
 //! A function given to `update` runs where the call is served (for a local
 //! client, on the dispatcher thread, so that an update costs no thread
