@@ -12,6 +12,7 @@ queue_2to2 --items N --pairs 2
     sentinel. The parent checks the count and the sum of the items got.
 
 queue_1mib --items N --size S
+queue_4mib --items N --size S
     GB/s of S-byte ``bytes`` items through one ``multiprocessing.Queue()``
     from this process to one consumer process. One sample: the consumer is
     asked for N items, this process puts N items (each a copy of one buffer
@@ -195,11 +196,11 @@ def main():
     p = common.parser(__doc__)
     p.add_argument("--items", type=int, default=200_000, help="items per sample, all producers together")
     p.add_argument("--pairs", type=int, default=1, help="producer processes (and as many consumers)")
-    p.add_argument("--size", type=int, default=1 << 20, help="bytes per item (queue_1mib)")
+    p.add_argument("--size", type=int, default=1 << 20, help="bytes per item (queue_1mib, queue_4mib)")
     args = p.parse_args()
     if args.workload in ("queue_1to1", "queue_2to2"):
         flow(args)
-    elif args.workload == "queue_1mib":
+    elif args.workload in ("queue_1mib", "queue_4mib"):
         large(args)
     else:
         p.error(f"unknown workload {args.workload!r}")

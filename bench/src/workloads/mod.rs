@@ -40,6 +40,7 @@ pub const ALL: &[Workload] = &[
     queue::QUEUE_1TO1,
     queue::QUEUE_2TO2,
     queue_large::QUEUE_1MIB,
+    queue_large::QUEUE_4MIB,
     sync::LOCK_HANDOFF,
     sync::VALUE_INCR,
     sync::LOCK_CREATE,
