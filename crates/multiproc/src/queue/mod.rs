@@ -30,7 +30,9 @@
 //! - **Large items** (up to 64 GiB) travel out of the ring, in the queue's
 //!   memory file, so they need no large ring. Items up to 1 MiB (and a few
 //!   bytes) go in memory the queue keeps for reuse, up to 4 MiB of it once
-//!   it carried such items; larger ones in pages of their own. Hold bytes as
+//!   it carried such items; larger ones in pages of their own, of which the
+//!   queue keeps up to two of 8 MiB (and a few bytes) or less for later
+//!   items, 16 MiB at most; larger ones are freed once read. Hold bytes as
 //!   `serde_bytes::ByteBuf` (see the crate docs).
 //!
 //! Ending a queue follows Python 3.13: [`Queue::close`] closes one handle
