@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::protocol::{Bytes, CodeRef, Init, Op, Request, Response, fuzz_request};
+use super::blob::SHARE_MIN;
+use super::protocol::{Bytes, CodeRef, Init, Op, Reply, Request, Response, fuzz_request};
 use super::{Manager, Proxy, serve};
 use crate::{Client, Connection, wire};
 
@@ -87,10 +88,14 @@ fn random_and_mutated_requests_never_panic_the_decoders() {
             op: Op::Put { item: Bytes::from(vec![1]), timeout: Some(Duration::from_millis(5)) },
         },
         Request::Lookup { name: "tasks".into() },
+        // Large enough to share their frame in the framed decoders.
+        Request::Call { object: 4, op: Op::Put { item: Bytes::from(vec![7; SHARE_MIN + 9]), timeout: None } },
     ]
     .iter()
     .map(|r| wire::encode(r).unwrap().bytes)
     .collect();
+    let answer: Response = Ok(Reply::Pairs(vec![(Bytes::from(vec![1]), Bytes::from(vec![2; SHARE_MIN + 1]))]));
+    seeds.push(wire::encode(&answer).unwrap().bytes);
     let mut state = 0x9E3779B97F4A7C15u64;
     let mut next = || {
         state ^= state << 13;
