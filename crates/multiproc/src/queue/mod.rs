@@ -75,6 +75,8 @@ mod waits;
 
 #[cfg(test)]
 mod test;
+#[cfg(test)]
+mod test_dead;
 
 use std::fmt;
 use std::io;
