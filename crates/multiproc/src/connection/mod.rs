@@ -373,8 +373,6 @@ impl<T> Connection<T> {
         }
     }
 
-    /// Sends one raw byte message with descriptors attached (a Unix
-    /// connection only; see [`Connection::recv_bytes_with_fds_timeout`]).
     /// As [`Connection::send_bytes`], for a message held in parts: the
     /// peer receives their concatenation as one message, and each part is
     /// copied once on its way (no joined copy is made first).
@@ -382,6 +380,8 @@ impl<T> Connection<T> {
         send_result(self.writer()?.send_parts_until(Kind::Data, parts, &[], Deadline::NEVER))
     }
 
+    /// Sends one raw byte message with descriptors attached (a Unix
+    /// connection only; see [`Connection::recv_bytes_with_fds_timeout`]).
     pub(crate) fn send_bytes_with_fds(
         &self,
         bytes: &[u8],
