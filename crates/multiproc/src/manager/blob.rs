@@ -293,20 +293,12 @@ impl postcard::ser_flavors::Flavor for Gather<'_> {
             self.0.holes.push((self.0.bytes.len(), blob));
             return Ok(());
         }
-        // Varints and short strings: a byte loop beats a call to memcpy
-        // (as in `wire::codec`'s output).
-        if data.len() <= 16 {
-            self.0.bytes.extend(data.iter().copied());
-        } else {
-            self.0.bytes.extend_from_slice(data);
-        }
-        Ok(())
+        wire::Append(&mut self.0.bytes).try_extend(data)
     }
 
     #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.bytes.push(data);
-        Ok(())
+        wire::Append(&mut self.0.bytes).try_push(data)
     }
 
     fn finalize(self) -> postcard::Result<()> {

@@ -199,7 +199,7 @@ impl postcard::ser_flavors::Flavor for IntoSlice<'_> {
 }
 
 /// A postcard output that appends to a borrowed buffer.
-struct Append<'a>(&'a mut Vec<u8>);
+pub(crate) struct Append<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();

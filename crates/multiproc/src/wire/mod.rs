@@ -32,7 +32,8 @@ mod frame;
 pub(crate) use channel::{Channel, Outbox, RecvError, SendError};
 pub use codec::SendFd;
 pub(crate) use codec::{
-    Encoded, de_error, decode, decode_seed, encode, encode_into, encode_to_slice, encode_with, fd_serde, ser_error,
+    Append, Encoded, de_error, decode, decode_seed, encode, encode_into, encode_to_slice, encode_with, fd_serde,
+    ser_error,
 };
 pub use error::WireError;
 #[cfg(test)]
