@@ -91,7 +91,7 @@ impl QueueState {
         Ok(match op {
             Op::Put { item, timeout } => {
                 let mut g = self.room_for(g, 1, timeout, caller)?;
-                g.items.push_back(item);
+                g.items.push_back(item.kept());
                 g.unfinished += 1;
                 self.changed.notify_all();
                 Reply::Unit
@@ -111,7 +111,10 @@ impl QueueState {
                     )));
                 }
                 let mut g = self.room_for(g, n, timeout, caller)?;
-                g.items.extend(items);
+                // Kept as the other objects keep values (see `Bytes::kept`):
+                // a large item from a batch, copied out of its frame, then
+                // leaves in its answer without another copy.
+                g.items.extend(items.into_iter().map(Bytes::kept));
                 g.unfinished += n;
                 self.changed.notify_all();
                 Reply::Unit
