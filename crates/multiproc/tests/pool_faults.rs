@@ -237,6 +237,51 @@ fn an_unserializable_argument_or_result_fails_only_that_task() {
     assert_eq!(pool.map(square, 0..3u64).unwrap(), vec![0, 1, 4], "pool still usable");
 }
 
+/// A result whose `Deserialize` panics on 13 (in the caller's process,
+/// where the pool decodes results).
+#[derive(Debug, Serialize)]
+struct Fragile(u64);
+
+impl<'de> Deserialize<'de> for Fragile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        assert_ne!(v, 13, "Fragile cannot hold 13");
+        Ok(Fragile(v))
+    }
+}
+
+fn fragile(x: u64) -> Fragile {
+    Fragile(x)
+}
+
+#[test]
+fn a_result_whose_decoding_panics_fails_its_chunk_and_the_pool_goes_on() {
+    let _watchdog = pool_support::watchdog();
+    let is_decoding_panic = |e: &PoolError| {
+        let Some(TaskError::Unserializable(m)) = e.task_error() else { return false };
+        m.contains("decoding panicked") && m.contains("Fragile cannot hold 13")
+    };
+    let pool = Pool::new(2).unwrap();
+    let e = pool.apply_async(fragile, (13,)).get_timeout(WAIT).unwrap_err();
+    assert!(is_decoding_panic(&e), "{e}");
+    assert_eq!(pool.apply_async(fragile, (12,)).get_timeout(WAIT).unwrap().0, 12, "the pool goes on");
+    // imap: the items of 13's chunk fail (the chunk decodes as one), the
+    // other chunks keep their results.
+    let mut it = pool.with_chunksize(4).imap(fragile, 0..20u64);
+    for i in 0..20u64 {
+        let r = it.next_timeout(WAIT).expect("an item for each input");
+        if (12..16).contains(&i) {
+            assert!(is_decoding_panic(r.as_ref().unwrap_err()), "item {i}: {r:?}");
+        } else {
+            assert_eq!(r.unwrap().0, i);
+        }
+    }
+    assert!(it.next_timeout(WAIT).is_none());
+    let e = pool.with_chunksize(4).map_async(fragile, 0..20u64).get_timeout(WAIT).unwrap_err();
+    assert!(is_decoding_panic(&e), "{e}");
+    assert_eq!(pool.map(square, 0..3u64).unwrap(), vec![0, 1, 4], "pool still usable");
+}
+
 #[test]
 fn a_panic_inside_a_chunk_fails_only_its_item_and_the_items_around_it_keep_their_results() {
     let _watchdog = pool_support::watchdog();

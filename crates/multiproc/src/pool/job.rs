@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -77,6 +78,21 @@ pub(crate) struct Chunk {
 impl Chunk {
     pub(crate) fn new(job: Arc<dyn Job>, index: usize, runner: RunnerRef, items: usize, input: EncodedChunk) -> Chunk {
         Chunk { job, index, runner, items: items as u32, input, skip: Vec::new(), lost: 0, cancel: None }
+    }
+
+    /// Hands the chunk's results to its job. A panic while they are decoded
+    /// (a result type whose `Deserialize` panics) fails the chunk's items
+    /// instead of the scheduler thread, which would take the whole pool down
+    /// and leave this chunk's caller waiting.
+    pub(crate) fn deliver(self, result: ChunkResult<'_>) {
+        let items = self.items as usize;
+        let delivered = catch_unwind(AssertUnwindSafe(|| self.job.deliver(self.index, items, result)));
+        if let Err(payload) = delivered {
+            let panic = crate::process::bootstrap::take_panic(payload.as_ref());
+            let error =
+                TaskError::Unserializable(format!("result could not be deserialized: its decoding panicked: {panic}"));
+            self.job.deliver(self.index, items, ChunkResult::Failed(vec![error; items]));
+        }
     }
 
     /// Fails every item of the chunk with `error`.

@@ -162,46 +162,47 @@ impl Worker {
                     let memfd =
                         if matches!(output, Payload::Memfd { .. }) { Some(self.take_fds(1)?.remove(0)) } else { None };
                     let fds = self.take_fds(nfds as usize)?;
-                    let inflight = match self.inflight.front() {
-                        Some(f) if f.id == id => self.inflight.pop_front().expect("front exists"),
-                        _ => return Err(WireError::corrupt("a worker answered a chunk it was not running")),
-                    };
-                    self.received += 1;
-                    let mut chunk = inflight.chunk;
+                    if self.inflight.front().is_none_or(|f| f.id != id) {
+                        return Err(WireError::corrupt("a worker answered a chunk it was not running"));
+                    }
+                    // The answer is checked before its chunk leaves
+                    // `inflight`: after a bad one (the worker is killed for
+                    // it) the chunk is still there, and the worker's exit
+                    // decides its fate as for any answer that never came.
                     let owned;
-                    let bytes: &[u8] = match output {
-                        Payload::Inline(b) => b,
+                    let result = match output {
+                        Payload::Inline(bytes) => ChunkResult::Encoded { format, bytes, fds },
                         Payload::Ring { at, len } => {
                             let ring =
                                 self.output_ring.as_ref().ok_or_else(|| WireError::corrupt("ring before ring"))?;
                             let lease = ring
                                 .lease(at, len as usize)
                                 .ok_or_else(|| WireError::corrupt("ring region out of bounds"))?;
-                            let result = ChunkResult::Leased { format, lease, fds };
-                            chunk.job.deliver(chunk.index, chunk.items as usize, result);
-                            continue;
+                            ChunkResult::Leased { format, lease, fds }
                         }
                         Payload::Slab { id, len } => {
-                            let lease = chunk
-                                .input
+                            let input = &mut self.inflight.front_mut().expect("checked above").chunk.input;
+                            let at = input
                                 .slab
-                                .take()
-                                .filter(|loan| loan.slab.as_ref().is_some_and(|s| s.id == id))
+                                .as_ref()
                                 .and_then(|loan| {
+                                    let slab = loan.slab.as_ref().filter(|s| s.id == id)?;
                                     let at = slab::output_at(loan.len)?;
-                                    Lease::in_slab(loan, at, len as usize)
+                                    slab.region(at, len as usize).map(|_| at)
                                 })
                                 .ok_or_else(|| WireError::corrupt("a worker answered in a slab it was not given"))?;
-                            let result = ChunkResult::Leased { format, lease, fds };
-                            chunk.job.deliver(chunk.index, chunk.items as usize, result);
-                            continue;
+                            let loan = input.slab.take().expect("checked above");
+                            let lease = Lease::in_slab(loan, at, len as usize).expect("checked above");
+                            ChunkResult::Leased { format, lease, fds }
                         }
                         Payload::Memfd { len } => {
                             owned = imp::memfd::read_sealed(memfd.as_ref().expect("taken").as_fd(), len as usize)?;
-                            &owned
+                            ChunkResult::Encoded { format, bytes: &owned, fds }
                         }
                     };
-                    chunk.job.deliver(chunk.index, chunk.items as usize, ChunkResult::Encoded { format, bytes, fds });
+                    let chunk = self.inflight.pop_front().expect("checked above").chunk;
+                    self.received += 1;
+                    chunk.deliver(result);
                 }
                 FromWorker::OutputRing { cap } => {
                     let fd = self.take_fds(1)?.remove(0);
