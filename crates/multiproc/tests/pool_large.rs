@@ -3,6 +3,9 @@
 
 mod pool_support;
 
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
 use multiproc::Pool;
 use pool_support::WAIT;
 use serde_bytes::ByteBuf;
@@ -66,7 +69,7 @@ fn many_large_buffers_stream_through_a_reused_ring_and_slabs() {
 /// is created then, so the retry runs).
 fn transform_slowly_or_die_once((b, k, marker): (ByteBuf, u32, String)) -> ByteBuf {
     if k == 0 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     if k == 4 && std::fs::create_dir(&marker).is_ok() {
         std::process::abort();
@@ -94,4 +97,59 @@ fn a_worker_dying_among_large_chunks_loses_nothing_with_retries() {
     assert_eq!(n, 40);
     assert!(marker.exists(), "the worker died once");
     std::fs::remove_dir(&marker).unwrap();
+}
+
+/// Item 0 waits (up to two minutes) until `dir/go` exists; every other item
+/// appends a byte to `dir/done`. Each returns 100 KiB of its number, a result
+/// that travels in its worker's output ring.
+fn held_up_behind_item_0((i, dir): (u32, String)) -> ByteBuf {
+    let dir = std::path::Path::new(&dir);
+    if i == 0 {
+        let give_up = Instant::now() + Duration::from_secs(120);
+        while !dir.join("go").exists() && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    } else {
+        let mut done = std::fs::OpenOptions::new().append(true).create(true).open(dir.join("done")).unwrap();
+        done.write_all(&[1]).unwrap();
+    }
+    ByteBuf::from(vec![i as u8; 100 << 10])
+}
+
+/// Removes its directory when dropped (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn an_ordered_imap_held_up_by_a_slow_item_does_not_hold_up_the_other_worker() {
+    let _watchdog = pool_support::watchdog();
+    // The results after item 0 wait for it in the other worker's output
+    // ring (16 MiB: about 160 of them), which then fills. The worker must
+    // then send its results another way at once, not wait for room in the
+    // ring for each (that took 2 s a result: this run would take minutes).
+    let dir = TempDir(std::env::temp_dir().join(format!("multiproc-held-up-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.display().to_string();
+    let n = 600u32;
+    let pool = Pool::new(2).unwrap();
+    let mut results = pool.with_chunksize(1).imap(held_up_behind_item_0, (0..n).map(|i| (i, path.clone())));
+    // A few items may wait in item 0's worker's queue; all the others run.
+    let others = u64::from(n) - 1 - 64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = || std::fs::metadata(dir.0.join("done")).map_or(0, |m| m.len());
+    while done() < others && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(done() >= others, "only {} of {others} items ran in 60 s behind the slow item", done());
+    std::fs::write(dir.0.join("go"), b"").unwrap();
+    for i in 0..n {
+        let out = results.next_timeout(WAIT).expect("a result per item").unwrap();
+        assert!(out.len() == 100 << 10 && out.iter().all(|&b| b == i as u8), "result {i}");
+    }
+    assert!(results.next_timeout(WAIT).is_none());
 }

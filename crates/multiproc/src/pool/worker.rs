@@ -34,8 +34,12 @@ const MAX_HOLD: Duration = Duration::from_millis(1);
 /// the previous chunk's).
 const DIRECT_MIN: usize = 64 * 1024;
 /// How long a result waits for room in the output ring before it takes a
-/// memory file of its own.
-const RING_WAIT: Duration = Duration::from_secs(1);
+/// memory file of its own. The scheduler frees room as soon as it has read
+/// a result (microseconds), so a longer wait means a consumer holds results
+/// in the ring: an ordered `imap` waiting for a slow item ahead of them.
+/// After one such wait runs out, results take memory files at once until
+/// the ring has room again ([`Worker::ring_held`]).
+const RING_WAIT: Duration = Duration::from_millis(100);
 
 /// Everything a worker needs, sent as its process argument.
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +101,7 @@ pub(crate) fn worker_main(config: WorkerConfig) {
         last_chunk: Duration::ZERO,
         last_output: 0,
         unanswered: false,
+        ring_held: false,
     };
     // An error here means the parent is gone or sent garbage: exit either way.
     let _ = worker.serve();
@@ -128,6 +133,10 @@ struct Worker {
     last_output: usize,
     /// The current chunk began and its answer is not in the batch yet.
     unanswered: bool,
+    /// The last wait for room in the output ring ran out, and the ring has
+    /// had no room since: results do not wait for it again (each would wait
+    /// [`RING_WAIT`] while the consumer holds the ring's results).
+    ring_held: bool,
 }
 
 impl Worker {
@@ -350,7 +359,8 @@ impl Worker {
 impl Worker {
     /// A region of `len` bytes in the output ring (made on first use). When
     /// the ring is full, sends what is pending (so the scheduler can release
-    /// space) and waits a little; `None` if no space came.
+    /// space) and waits up to [`RING_WAIT`], unless the last wait ran out
+    /// and the ring has had no room since; `None` if no space came.
     fn ring_space(&mut self, len: usize) -> Result<Option<u64>, WireError> {
         if self.output_ring.is_none() {
             let ring = Ring::new(RING_CAPACITY)?;
@@ -361,7 +371,11 @@ impl Worker {
             self.output_ring = Some(ring);
         }
         if let Some(at) = self.output_ring.as_mut().and_then(|r| r.alloc(len)) {
+            self.ring_held = false;
             return Ok(Some(at));
+        }
+        if self.ring_held {
+            return Ok(None);
         }
         self.flush()?;
         let give_up = Instant::now() + RING_WAIT;
@@ -373,6 +387,7 @@ impl Worker {
                 return Ok(Some(at));
             }
         }
+        self.ring_held = true;
         Ok(None)
     }
 }
