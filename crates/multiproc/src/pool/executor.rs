@@ -111,7 +111,9 @@ impl Executor {
     }
 
     /// Schedules `f(args…)`; the future can be waited on, polled, awaited or
-    /// cancelled while it has not started.
+    /// cancelled until the task is handed to a worker (a worker takes a few
+    /// tasks ahead of the one it runs, as Python's executor queues a few
+    /// calls ahead: see [`AsyncResult::cancel`]).
     ///
     /// # Errors
     ///
