@@ -237,6 +237,41 @@ fn an_unserializable_argument_or_result_fails_only_that_task() {
     assert_eq!(pool.map(square, 0..3u64).unwrap(), vec![0, 1, 4], "pool still usable");
 }
 
+/// A result whose `Serialize` panics on 13 (in the worker).
+#[derive(Debug, Deserialize)]
+struct Panicky(u64);
+
+impl Serialize for Panicky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert_ne!(self.0, 13, "Panicky cannot send 13");
+        s.serialize_u64(self.0)
+    }
+}
+
+#[test]
+fn a_result_whose_serialize_panics_fails_only_that_task_and_the_worker_survives() {
+    let _watchdog = pool_support::watchdog();
+    fn make(x: u64) -> Panicky {
+        Panicky(x)
+    }
+    fn pid() -> u32 {
+        std::process::id()
+    }
+    let pool = Pool::new(1).unwrap();
+    let before = pool.apply_async(pid, ()).get_timeout(WAIT).unwrap();
+    let mut results = pool.with_chunksize(6).imap(make, 10..16u64);
+    for i in 0..6u64 {
+        let r = results.next_timeout(WAIT).expect("a result per item");
+        if i == 3 {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("its Serialize panicked") && e.contains("Panicky cannot send 13"), "{e}");
+        } else {
+            assert_eq!(r.unwrap().0, 10 + i);
+        }
+    }
+    assert_eq!(pool.apply_async(pid, ()).get_timeout(WAIT).unwrap(), before, "the same worker");
+}
+
 /// A result whose `Deserialize` panics on 13 (in the caller's process,
 /// where the pool decodes results).
 #[derive(Debug, Serialize)]

@@ -383,26 +383,32 @@ fn decode_args<A: DeserializeOwned>(input: &[u8], mut fds: Vec<OwnedFd>, framed:
     Args::Items(out.into_iter())
 }
 
+/// Runs `f`, a serializer of values whose `Serialize` may panic; a panic is
+/// caught, quietly (the caller reports it per item).
+fn catch_serialize<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    crate::process::bootstrap::quiet_panics(|| panic::catch_unwind(AssertUnwindSafe(f)))
+}
+
 /// Encodes results into `out` (cleared first): bulk if possible, item by item
-/// if some result cannot be serialized.
+/// if some result cannot be serialized (its `Serialize` fails or panics).
 fn encode_outs<R: Serialize>(cx: &mut RunCx<'_>, outs: Outs<R>) -> (Format, Vec<OwnedFd>) {
     if let Some(buf) = cx.direct.take() {
-        let direct = match &outs {
+        let direct = catch_serialize(|| match &outs {
             Outs::Ok(v) => wire::encode_to_slice(v, buf).map(|(n, fds)| (Format::AllOk, n, fds)),
             Outs::Mixed(v) => wire::encode_to_slice(v, buf).map(|(n, fds)| (Format::Mixed, n, fds)),
-        };
-        if let Ok((format, n, fds)) = direct {
+        });
+        if let Ok(Ok((format, n, fds))) = direct {
             cx.placed = Some(n);
             return (format, fds);
         }
     }
     let out = &mut *cx.out;
     out.clear();
-    let bulk = match &outs {
+    let bulk = catch_serialize(|| match &outs {
         Outs::Ok(v) => encode_into(v, out).map(|fds| (Format::AllOk, fds)),
         Outs::Mixed(v) => encode_into(v, out).map(|fds| (Format::Mixed, fds)),
-    };
-    if let Ok(done) = bulk {
+    });
+    if let Ok(Ok(done)) = bulk {
         return done;
     }
     let results = outs.into_results();
@@ -542,7 +548,7 @@ pub(crate) fn decode_results<R: DeserializeOwned>(
 
 /// The codec's own words for a serialization failure.
 /// Encodes each value on its own, so that one that cannot be serialized
-/// becomes a `Framed::Unserializable` message ("{what} could not be
+/// (its `Serialize` fails or panics) becomes a `Framed::Unserializable` message ("{what} could not be
 /// serialized (…)") instead of failing the whole batch, then encodes the
 /// framed list into `out` (cleared first). Returns the descriptors of every
 /// value, in order.
@@ -552,9 +558,13 @@ fn encode_framed<T: Serialize>(values: &[T], what: &str, out: &mut Vec<u8>) -> R
         .iter()
         .map(|v| {
             let mut body = Vec::new();
-            match encode_into(v, &mut body) {
-                Ok(fds) => Ok((body, fds)),
-                Err(e) => Err(format!("{what} could not be serialized ({})", reason(&e))),
+            match catch_serialize(|| encode_into(v, &mut body)) {
+                Ok(Ok(fds)) => Ok((body, fds)),
+                Ok(Err(e)) => Err(format!("{what} could not be serialized ({})", reason(&e))),
+                Err(payload) => Err(format!(
+                    "{what} could not be serialized (its Serialize panicked: {})",
+                    crate::process::bootstrap::take_panic(payload.as_ref())
+                )),
             }
         })
         .collect();
