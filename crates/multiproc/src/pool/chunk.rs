@@ -546,7 +546,6 @@ pub(crate) fn decode_results<R: DeserializeOwned>(
     }
 }
 
-/// The codec's own words for a serialization failure.
 /// Encodes each value on its own, so that one that cannot be serialized
 /// (its `Serialize` fails or panics) becomes a `Framed::Unserializable` message ("{what} could not be
 /// serialized (…)") instead of failing the whole batch, then encodes the
@@ -585,6 +584,7 @@ fn encode_framed<T: Serialize>(values: &[T], what: &str, out: &mut Vec<u8>) -> R
     Ok(all_fds)
 }
 
+/// The codec's own words for a serialization failure.
 fn reason(e: &wire::WireError) -> String {
     match e {
         wire::WireError::Encode(m) => m.clone(),
