@@ -107,13 +107,16 @@
 //! ## Layout
 //!
 //! Needs Redis 6.2 or newer (`XAUTOCLAIM`, `XGROUP CREATECONSUMER`), and
-//! `EVAL` allowed to the pool's user (a batch of chunks is queued by one
-//! script, whole or not at all); tested with Debian's 7.0.
+//! `EVAL` allowed to the users of the pool and of the worker hosts (a batch
+//! of chunks is queued by one script, whole or not at all; a host declares
+//! its visibility timeout by another); tested with Debian's 7.0.
 //!
 //! The keys, streams, group and message schema are in [`schema`],
 //! versioned ([`schema::SCHEMA_VERSION`]). Nothing grows without bound:
 //! finished task entries are deleted, read results are deleted, result
-//! streams and large-argument keys expire, the dead-letter stream is capped.
+//! streams, large-argument keys and the queue's visibility timeout expire,
+//! the dead-letter stream is capped in length and keeps at most a few KiB
+//! of each entry.
 
 #![warn(missing_docs)]
 

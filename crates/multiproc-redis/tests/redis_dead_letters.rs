@@ -45,6 +45,40 @@ fn a_poisoned_task_is_dead_lettered_after_n_deliveries() {
     assert_eq!(len, 0);
 }
 
+fn poison_large(_: Vec<u8>) -> u64 {
+    std::process::abort()
+}
+
+#[test]
+fn a_dead_lettered_task_with_a_large_argument_keeps_a_bounded_entry() {
+    let server = server();
+    let _w = local_worker(&server, "poisonlarge", 1);
+    let pool = pool(&server, "poisonlarge").connect().unwrap();
+    // Under `BLOB_THRESHOLD`: the argument stays in the task entry.
+    let large = vec![1u8; 200 << 10];
+    let err = pool.with_retries(0).apply(poison_large, (large,)).unwrap_err();
+    assert!(matches!(err.task_failure(), Some(TaskFailure::DeadLettered { attempts: 1, .. })), "{err}");
+
+    let mut con = raw(&server);
+    let dead = entries(&mut con, &Keys::new("poisonlarge", "default").dead_letters());
+    assert_eq!(dead.len(), 1);
+    let fields = &dead[0].1;
+    assert!(schema::bytes_field(fields, schema::field::MESSAGE).is_err(), "the whole task was kept");
+    let head = schema::bytes_field(fields, schema::field::HEAD).unwrap();
+    assert_eq!(head.len(), schema::DEAD_LETTER_MESSAGE_MAX);
+    // The head names the task (the function's name precedes its arguments).
+    assert!(String::from_utf8_lossy(head).contains("poison_large"));
+    let size: usize =
+        std::str::from_utf8(schema::bytes_field(fields, schema::field::SIZE).unwrap()).unwrap().parse().unwrap();
+    assert!(size > 200 << 10, "size {size}");
+    let value_len = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => b.len(),
+        other => panic!("a field that is not bytes: {other:?}"),
+    };
+    let stored: usize = fields.iter().map(|(k, v)| k.len() + value_len(v)).sum();
+    assert!(stored < 9 << 10, "the dead letter holds {stored} bytes");
+}
+
 #[test]
 fn a_task_of_another_build_is_refused() {
     let server = server();

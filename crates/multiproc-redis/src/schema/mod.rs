@@ -9,22 +9,29 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `P:Q:tasks` | stream, group [`GROUP`] | one entry per chunk of tasks; workers read it with `XREADGROUP`, and `XACK` + `XDEL` an entry once its result is written, so it holds only unfinished work |
-//! | `P:Q:dead` | stream, capped at [`DEAD_LETTER_MAXLEN`] (approximately) | dead letters: tasks that failed [`TaskMsg::max_attempts`] deliveries, tasks of another build, garbage entries; each with a `reason` |
+//! | `P:Q:dead` | stream, capped at [`DEAD_LETTER_MAXLEN`] (approximately), no expiry | dead letters: tasks that failed [`TaskMsg::max_attempts`] deliveries, tasks of another build, garbage entries; each with a `reason`; an entry holds under 9 KiB ([`DeadMessage`]), so the stream stays under about 90 MB |
 //! | `P:Q:blob:C:T` | string, with expiry | the arguments of chunk `T` of caller `C` when they are too large for an entry ([`BLOB_THRESHOLD`]) |
+//! | `P:Q:visibility` | string, with expiry | the longest visibility timeout (ms) a live worker host of the queue declared: each host sets it when its own is at least the value held, and renews it every quarter of its timeout; it expires twice that host's timeout after the last renewal; hosts reclaim entries idle longer than this value (or their own timeout, if longer) |
 //! | `P:results:C` | stream, with expiry | the results for caller `C`; the caller deletes what it has read, and the key expires [`TaskMsg::result_ttl_ms`] after the last write if the caller is gone |
 //!
 //! Each worker host is a consumer of [`GROUP`] named `hostname-pid-random`;
 //! it joins at start (`XGROUP CREATECONSUMER`), keeps the entries it holds
-//! with heartbeats (`XCLAIM … JUSTID` every quarter of the visibility
-//! timeout), and removes consumers that hold nothing and have been idle for
-//! an hour (hosts that are gone).
+//! with heartbeats (`XCLAIM … JUSTID` every quarter of its visibility
+//! timeout), reclaims (`XAUTOCLAIM`) entries idle longer than the queue's
+//! visibility timeout (`P:Q:visibility`), and removes consumers that hold
+//! nothing and have been idle for an hour (hosts that are gone).
 //!
 //! # Entries
 //!
 //! A task entry has the fields `v` ([`SCHEMA_VERSION`]), `m` (a [`TaskMsg`]
 //! in postcard) and `mac` (HMAC-SHA256 of `m` under the pool's key). A result
-//! entry has `v` and `m` (a [`ResultMsg`]). A dead letter has `reason`,
-//! `id` (the task entry's id) and, when there was one, `m`.
+//! entry has `v` and `m` (a [`ResultMsg`]). A dead letter has `reason`
+//! (at most [`DEAD_LETTER_REASON_MAX`] bytes), `id` (the task entry's id)
+//! and, when the entry had an `m`, either that `m` whole (at most
+//! [`DEAD_LETTER_MESSAGE_MAX`] bytes) or, for a larger one, its first
+//! [`DEAD_LETTER_MESSAGE_MAX`] bytes in `head` and its length in `size`
+//! (see [`DeadMessage`]). Nothing reads dead letters back to run them
+//! again: they are kept for inspection only.
 //!
 //! Everything read from Redis is untrusted: a decoder here returns an error
 //! on any input, sizes are checked before allocation, and a task's function
@@ -48,6 +55,15 @@ pub const SCHEMA_VERSION: &str = "1";
 pub const GROUP: &str = "workers";
 /// The approximate length cap of a dead-letter stream.
 pub const DEAD_LETTER_MAXLEN: usize = 10_000;
+/// The largest message a dead letter keeps whole (field `m`); of a larger
+/// one it keeps only the first this many bytes (field `head`) and its
+/// length (field `size`). A task's arguments stay in its entry up to
+/// [`BLOB_THRESHOLD`], so without this bound a full dead-letter stream
+/// could hold gigabytes.
+pub const DEAD_LETTER_MESSAGE_MAX: usize = 4096;
+/// The longest `reason` of a dead letter in bytes: a longer one (the last
+/// error of a task may be long) is cut.
+pub const DEAD_LETTER_REASON_MAX: usize = 4096;
 /// Chunks whose encoded arguments are larger than this travel in a separate
 /// key (`P:Q:blob:C:T`) rather than in the entry.
 pub const BLOB_THRESHOLD: usize = 256 * 1024;
@@ -66,6 +82,10 @@ pub mod field {
     pub const REASON: &str = "reason";
     /// The id of the task entry a dead letter was.
     pub const ID: &str = "id";
+    /// The first bytes of a dead letter's message too large to keep whole.
+    pub const HEAD: &str = "head";
+    /// The length in bytes (in decimal) of that message.
+    pub const SIZE: &str = "size";
 }
 
 /// The key names of one queue under one prefix.
@@ -84,6 +104,7 @@ impl Keys {
     /// assert_eq!(k.dead_letters(), "mp:q:dead");
     /// assert_eq!(k.results("c1"), "mp:results:c1");
     /// assert_eq!(k.blob("c1", 7), "mp:q:blob:c1:7");
+    /// assert_eq!(k.visibility(), "mp:q:visibility");
     /// ```
     pub fn new(prefix: &str, queue: &str) -> Keys {
         Keys { prefix: prefix.to_string(), queue: queue.to_string() }
@@ -102,6 +123,12 @@ impl Keys {
     /// The results stream of caller `caller`.
     pub fn results(&self, caller: &str) -> String {
         format!("{}:results:{caller}", self.prefix)
+    }
+
+    /// The key holding the longest visibility timeout a live worker host of
+    /// the queue declared.
+    pub fn visibility(&self) -> String {
+        format!("{}:{}:visibility", self.prefix, self.queue)
     }
 
     /// The key holding the arguments of chunk `task` of caller `caller`.
@@ -319,6 +346,70 @@ pub fn result_fields(results: &[ChunkResult]) -> [(&'static str, Vec<u8>); 2] {
 /// The postcard encoding of a chunk's arguments, for a blob key.
 pub fn encode_blob(items: &[ByteBuf]) -> Vec<u8> {
     postcard::to_allocvec(items).unwrap_or_else(|e| unreachable!("bytes always encode: {e}"))
+}
+
+/// What a dead letter keeps of the message (the `m` field) of the entry it
+/// was: the whole message when it is small, else its head and its length.
+///
+/// The head of a large task's message still names the task: its fields are
+/// encoded in order, and all but the arguments ([`TaskMsg::args`], the
+/// last) usually fit in [`DEAD_LETTER_MESSAGE_MAX`] bytes. It does not
+/// decode as a [`TaskMsg`], and the task cannot be run again from it.
+///
+/// ```
+/// use multiproc_redis::schema::{DEAD_LETTER_MESSAGE_MAX, DeadMessage, field};
+///
+/// assert_eq!(DeadMessage::of(b"small"), DeadMessage::Whole(b"small".to_vec()));
+/// let large = vec![7u8; 1 << 20];
+/// let kept = DeadMessage::of(&large);
+/// assert_eq!(kept, DeadMessage::Head { head: vec![7; DEAD_LETTER_MESSAGE_MAX], size: 1 << 20 });
+/// let fields = kept.fields();
+/// assert_eq!((fields[0].0, fields[1].0), (field::HEAD, field::SIZE));
+/// assert_eq!(fields[1].1, b"1048576");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadMessage {
+    /// A message of at most [`DEAD_LETTER_MESSAGE_MAX`] bytes (field `m`).
+    Whole(Vec<u8>),
+    /// The first [`DEAD_LETTER_MESSAGE_MAX`] bytes of a larger message
+    /// (field `head`) and its length in bytes (field `size`).
+    Head {
+        /// The first bytes.
+        head: Vec<u8>,
+        /// The length of the whole message.
+        size: usize,
+    },
+}
+
+impl DeadMessage {
+    /// What a dead letter keeps of message `m`.
+    pub fn of(m: &[u8]) -> DeadMessage {
+        if m.len() <= DEAD_LETTER_MESSAGE_MAX {
+            DeadMessage::Whole(m.to_vec())
+        } else {
+            DeadMessage::Head { head: m[..DEAD_LETTER_MESSAGE_MAX].to_vec(), size: m.len() }
+        }
+    }
+
+    /// Its fields in a dead letter.
+    pub fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        match self {
+            DeadMessage::Whole(m) => vec![(field::MESSAGE, m.clone())],
+            DeadMessage::Head { head, size } => {
+                vec![(field::HEAD, head.clone()), (field::SIZE, size.to_string().into_bytes())]
+            }
+        }
+    }
+}
+
+/// `reason` cut to at most [`DEAD_LETTER_REASON_MAX`] bytes (at a
+/// character boundary), for the `reason` field of a dead letter.
+pub fn dead_letter_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(DEAD_LETTER_REASON_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// The default key of a pool and its workers: derived from the build id,

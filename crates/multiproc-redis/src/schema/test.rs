@@ -68,3 +68,14 @@ fn stream_replies_of_both_protocols_read_with_any_field_names() {
     assert!(read_reply(Value::Int(3)).is_err());
     assert!(autoclaim_reply(Value::Array(vec![bulk(b"0-0"), Value::Int(1)])).is_err());
 }
+
+#[test]
+fn a_dead_letter_reason_is_cut_at_a_character_boundary() {
+    assert_eq!(dead_letter_reason("short"), "short");
+    // Two-byte characters: the cut cannot fall inside one.
+    let long = "é".repeat(DEAD_LETTER_REASON_MAX);
+    let cut = dead_letter_reason(&long);
+    assert_eq!(cut.len(), DEAD_LETTER_REASON_MAX);
+    let odd = format!("x{long}");
+    assert_eq!(dead_letter_reason(&odd).len(), DEAD_LETTER_REASON_MAX - 1);
+}

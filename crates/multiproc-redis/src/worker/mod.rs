@@ -9,6 +9,7 @@
 mod exec;
 mod intake;
 mod outlet;
+mod visibility;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -21,7 +22,7 @@ use redis::Value;
 
 use crate::conn::Conn;
 use crate::endpoint::{Endpoint, endpoint_setters};
-use crate::error::{RedisPoolError, TaskFailure, cannot_connect};
+use crate::error::{RedisPoolError, TaskFailure, cannot_connect, explain};
 use crate::schema::{self, Keys, TaskMsg};
 use outlet::Disposal;
 
@@ -64,6 +65,13 @@ impl WorkerBuilder {
     /// every quarter of it, so a long task is never taken from a live host.
     /// At least 100 ms; anything over about 136 years (`Duration::MAX`
     /// too) means never.
+    ///
+    /// Hosts of one queue may set different timeouts: each declares its own
+    /// in the queue's `P:Q:visibility` key (see [`crate::schema`]), and a
+    /// host takes over entries only after the longest timeout a live host
+    /// declared (or its own, if longer). So a host with a short timeout
+    /// does not take long tasks from a live host with a long one. A
+    /// declaration lapses twice its timeout after its host is gone.
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.visibility = timeout.clamp(Duration::from_millis(100), MAX_VISIBILITY);
         self
@@ -106,6 +114,13 @@ impl WorkerBuilder {
         let consumer = format!("{}-{}-{:08x}", hostname(), std::process::id(), u32::from_ne_bytes(id));
         let mut intake_conn = conn.another().map_err(cannot_connect)?;
         intake::ensure_group(&mut intake_conn, &keys.tasks(), &consumer)?;
+        // Declared before the host takes any entry: from then on, no host
+        // takes this host's entries before its timeout.
+        let declared = Instant::now().checked_add(DECLARE_PATIENCE);
+        visibility::declare(&mut intake_conn, &keys.visibility(), self.visibility, declared).map_err(|e| {
+            let what = format!("could not declare the visibility timeout in {}", keys.visibility());
+            RedisPoolError::Redis(explain(&what, &e, Some(DECLARE_PATIENCE)))
+        })?;
         let executors = exec::Executors::new(self.processes).map_err(|e| RedisPoolError::LocalPool(e.to_string()))?;
         let host = Arc::new(HostShared {
             consumer,
@@ -192,6 +207,8 @@ pub(crate) struct HostShared {
     held: Mutex<HashSet<Arc<str>>>,
 }
 
+/// How long a starting host waits for Redis to take its visibility timeout.
+const DECLARE_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a stopping host waits for the tasks in hand to finish, unless
 /// told otherwise ([`WorkerBuilder::drain_timeout`]).
 const DRAIN: Duration = Duration::from_secs(30);
@@ -335,7 +352,7 @@ impl Drop for Worker {
 pub(crate) fn admit(host: &HostShared, fields: &[(String, Value)]) -> Result<TaskMsg, Disposal> {
     let garbage = |reason: String| Disposal::Garbage {
         reason,
-        message: schema::bytes_field(fields, schema::field::MESSAGE).ok().map(|m| m[..m.len().min(4096)].to_vec()),
+        message: schema::bytes_field(fields, schema::field::MESSAGE).ok().map(schema::DeadMessage::of),
     };
     let msg = schema::decode_task(fields).map_err(|e| garbage(e.to_string()))?;
     let own = multiproc::build_id();

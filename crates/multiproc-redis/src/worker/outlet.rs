@@ -11,10 +11,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::exec::ItemResult;
-use super::{HostShared, admit};
+use super::{HostShared, admit, visibility};
 use crate::conn::{self, Conn};
 use crate::error::TaskFailure;
-use crate::schema::{self, ChunkResult, GROUP, Outcome, TaskMsg};
+use crate::schema::{self, ChunkResult, DeadMessage, GROUP, Outcome, TaskMsg};
 
 /// How often a host removes the group's long-gone consumers.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -44,7 +44,7 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) enum Disposal {
     /// Not a task of ours: acknowledged, deleted, dead-lettered.
-    Garbage { reason: String, message: Option<Vec<u8>> },
+    Garbage { reason: String, message: Option<DeadMessage> },
     /// A task that fails as a whole: the caller is told, and it is
     /// dead-lettered.
     Fail { msg: Box<TaskMsg>, failure: TaskFailure },
@@ -67,7 +67,8 @@ struct Batch {
     last_bytes: HashMap<String, usize>,
     done: Vec<String>,
     requeue: Vec<TaskMsg>,
-    dead: Vec<(String, String, Option<Vec<u8>>)>,
+    /// Dead letters: the entry's id, why, what is kept of its message.
+    dead: Vec<(String, String, Option<DeadMessage>)>,
 }
 
 impl Batch {
@@ -97,7 +98,7 @@ impl Batch {
     }
 
     fn dead_letter(&mut self, id: &str, reason: String, msg: Option<&TaskMsg>) {
-        self.dead.push((id.to_string(), reason, msg.map(schema::encode_task)));
+        self.dead.push((id.to_string(), reason, msg.map(|m| DeadMessage::of(&schema::encode_task(m)))));
     }
 
     /// A finished chunk: its result, or another delivery.
@@ -197,9 +198,9 @@ impl Batch {
             let dead = keys.dead_letters();
             let cap = schema::DEAD_LETTER_MAXLEN;
             let c = pipe.cmd("XADD").arg(&dead).arg("MAXLEN").arg("~").arg(cap).arg("*");
-            c.arg(schema::field::ID).arg(id).arg(schema::field::REASON).arg(reason);
-            if let Some(m) = m {
-                c.arg(schema::field::MESSAGE).arg(m);
+            c.arg(schema::field::ID).arg(id).arg(schema::field::REASON).arg(schema::dead_letter_reason(reason));
+            for (name, value) in m.iter().flat_map(DeadMessage::fields) {
+                c.arg(name).arg(value);
             }
             c.ignore();
         }
@@ -217,6 +218,9 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
     let heartbeat_every = host.visibility / 4;
     let mut next_heartbeat = Instant::now() + heartbeat_every;
     let mut next_reclaim = Instant::now();
+    // The queue's visibility timeout, renewed with this host's declaration.
+    let mut queue_visibility = host.visibility;
+    let mut next_declare = Instant::now();
     let mut reclaim_cursor = START.to_string();
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     let mut batch = Batch::default();
@@ -249,8 +253,17 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
             heartbeat(host, &mut conn, running.keys());
             next_heartbeat = now + heartbeat_every;
         }
+        // Also while the host drains its last tasks: their heartbeats
+        // keep them only while no host reclaims after a shorter timeout.
+        if now >= next_declare {
+            match visibility::declare(&mut conn, &host.keys.visibility(), host.visibility, host.command_deadline()) {
+                Ok(v) => queue_visibility = v,
+                Err(e) => tracing::warn!("could not declare the visibility timeout: {e}"),
+            }
+            next_declare = now + heartbeat_every;
+        }
         if now >= next_reclaim && !host.stopping() {
-            reclaim(host, &mut conn, &mut reclaim_cursor, &running, &mut batch);
+            reclaim(host, &mut conn, &mut reclaim_cursor, &running, &mut batch, queue_visibility);
             next_reclaim = now + heartbeat_every;
         }
         if now >= next_sweep && !host.stopping() {
@@ -361,21 +374,22 @@ const RECLAIM_COUNT: usize = 64;
 /// 2560 pending entries, the next goes on from there.
 const RECLAIM_SCANS: usize = 4;
 
-/// Claims entries idle longer than the visibility timeout (their host died
-/// or lost Redis) and delivers them again (or dead-letters them). The scan
-/// of the pending list goes on from `cursor`, where the last one stopped,
-/// and starts over once it reaches the end: each `XAUTOCLAIM` looks at a
-/// bounded part of the list, and a scan that always started at the
-/// beginning would never reach the entries behind the first few hundred
-/// held by live hosts.
+/// Claims entries idle longer than `visibility`, the queue's visibility
+/// timeout (their host died or lost Redis), and delivers them again (or
+/// dead-letters them). The scan of the pending list goes on from `cursor`,
+/// where the last one stopped, and starts over once it reaches the end:
+/// each `XAUTOCLAIM` looks at a bounded part of the list, and a scan that
+/// always started at the beginning would never reach the entries behind
+/// the first few hundred held by live hosts.
 fn reclaim(
     host: &HostShared,
     conn: &mut Conn,
     cursor: &mut String,
     running: &HashMap<Arc<str>, Running>,
     batch: &mut Batch,
+    visibility: Duration,
 ) {
-    let min_idle = host.visibility.as_millis() as u64;
+    let min_idle = u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX);
     for _ in 0..RECLAIM_SCANS {
         let reply = conn.run(|c| {
             redis::cmd("XAUTOCLAIM")
@@ -411,7 +425,7 @@ fn reclaim(
             }
             host.hold(&Arc::from(entry.id.as_str()));
             match admit(host, &entry.fields) {
-                Ok(msg) => batch.reclaimed(&entry.id, msg, host.visibility),
+                Ok(msg) => batch.reclaimed(&entry.id, msg, visibility),
                 Err(disposal) => batch.dispose(entry.id, disposal),
             }
         }

@@ -1,0 +1,54 @@
+//! Hosts of one queue with different visibility timeouts: a host with a
+//! short timeout does not take a long task from a live host with a long
+//! one (it reclaims only after the longest timeout a live host declared).
+
+mod support;
+
+use std::time::Duration;
+
+use support::{RemovedOnDrop, eventually, host_process, pool, raw, server};
+
+/// Appends a line to `log` when it starts (so the test can count how many
+/// times it ran), then runs for `ms`.
+fn long(log: String, ms: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
+    writeln!(f, "started").unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn pending_of(server: &multiproc_redis::RedisServer, host_pid: i32) -> u64 {
+    let info = multiproc_redis::queue_info(&server.url(), "mixed", "default").unwrap();
+    info.hosts.iter().filter(|h| h.is_pid(host_pid as u32)).map(|h| h.pending).sum()
+}
+
+#[test]
+fn a_short_timeout_host_does_not_take_a_long_task_from_a_live_long_timeout_host() {
+    let server = server();
+    // The long host heartbeats every 2 s: its entry's idle time reaches
+    // 2 s between heartbeats, twice the short host's own timeout.
+    let (long_timeout, short_timeout) = (Duration::from_secs(8), Duration::from_secs(1));
+    let long_host = host_process(&server, "mixed", 1, long_timeout);
+    let pool = pool(&server, "mixed").connect().unwrap();
+    let log = std::env::temp_dir().join(format!("multiproc-redis-mixed-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let log = RemovedOnDrop(log);
+    let path = log.0.to_str().unwrap().to_string();
+    let mut call = pool.apply_async(long, (path, 5000u64));
+    let pid = long_host.pid();
+    assert!(eventually(Duration::from_secs(30), || pending_of(&server, pid) == 1), "the long host took nothing");
+
+    let _short_host = host_process(&server, "mixed", 1, short_timeout);
+    let both = eventually(Duration::from_secs(30), || {
+        multiproc_redis::queue_info(&server.url(), "mixed", "default").unwrap().hosts.len() == 2
+    });
+    assert!(both, "the short host did not start");
+    let declared: u64 = redis::cmd("GET").arg("mixed:default:visibility").query(&mut raw(&server)).unwrap();
+    assert_eq!(declared, 8000);
+
+    assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 5000);
+    let runs = std::fs::read_to_string(&log.0).unwrap().lines().count();
+    assert_eq!(runs, 1, "the short host took the task from the live long host");
+}
