@@ -47,6 +47,11 @@ pub(crate) struct VersionGroup {
     pub in_flight: AtomicUsize,
     shared: Mutex<Shared>,
     changed: Condvar,
+    /// Held through a start (see [`VersionGroup::start_if`]): one start at
+    /// a time, so that none starts new supervisors while another still
+    /// joins the threads of an earlier life. Taken before `shared`, never
+    /// while holding it; supervisor threads never take it.
+    starting: Mutex<()>,
 }
 
 impl std::fmt::Debug for VersionGroup {
@@ -88,6 +93,7 @@ impl VersionGroup {
                 drain_until: None,
             }),
             changed: Condvar::new(),
+            starting: Mutex::new(()),
         })
     }
 
@@ -142,13 +148,26 @@ impl VersionGroup {
 
     /// Starts the workers if the state now allows it.
     fn start_if(self: &Arc<Self>, may_start: impl Fn(VersionState) -> bool) {
+        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
         let mut s = self.lock();
         if !may_start(s.state) {
             return;
         }
-        // Threads of an earlier life have quit; reap them.
-        for t in s.threads.drain(..) {
-            let _ = t.join();
+        // Threads of an earlier life may still be quitting (after a load
+        // refused for good, the version fails before they end), and the
+        // last thing each does, `worker_stopped`, takes the lock: they are
+        // joined without it. Then the state is looked at again, as it may
+        // have changed meanwhile.
+        while !s.threads.is_empty() {
+            let earlier: Vec<JoinHandle<()>> = s.threads.drain(..).collect();
+            drop(s);
+            for t in earlier {
+                let _ = t.join();
+            }
+            s = self.lock();
+            if !may_start(s.state) {
+                return;
+            }
         }
         self.queue.reopen();
         s.crashes.clear();

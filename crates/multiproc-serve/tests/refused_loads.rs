@@ -109,3 +109,35 @@ fn a_lazy_version_that_refuses_to_load_fails_its_queued_request_with_the_reason(
     assert_eq!(tries.count(), 1, "the load was retried");
     server.shutdown();
 }
+
+/// A load retried at once after a refused one, while the supervisors of
+/// the refused load may still be quitting, fails the same way and never
+/// hangs (it once joined those supervisors holding the lock their last
+/// step needs). Each retry runs under a watchdog: a hung one fails the
+/// test instead of hanging it.
+#[test]
+fn a_load_retried_at_once_after_a_refused_load_fails_again_and_never_hangs() {
+    const RETRIES: usize = 20;
+    const WATCHDOG: Duration = Duration::from_secs(10);
+    let tries = Tries::new("retried");
+    let server = Server::new();
+    let spec = ModelSpec::<Mismatched>::new("m").version(1, tries.0.display().to_string()).settings(settings(2));
+    let e = server.add(spec).expect_err("a model that never loads was added as ready");
+    assert!(e.to_string().contains(WHY), "{e}");
+    for i in 0..RETRIES {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let retry = server.clone();
+        std::thread::spawn(move || {
+            let outcome = if i % 2 == 0 { retry.load("m") } else { retry.load_version("m", 1) };
+            let _ = tx.send(outcome);
+        });
+        let outcome = rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| panic!("retry {i} hung for {WATCHDOG:?}"));
+        let again = outcome.expect_err("the model loaded");
+        assert!(again.to_string().contains(WHY), "retry {i}: {again}");
+    }
+    let version = &server.status().models[0].versions[0];
+    assert_eq!(version.state, VersionState::Failed, "{version:?}");
+    // Each retry loaded each instance at most once.
+    assert!(tries.count() <= 2 * (RETRIES + 1), "{} tries", tries.count());
+    server.shutdown();
+}
