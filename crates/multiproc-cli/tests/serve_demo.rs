@@ -1,12 +1,13 @@
 //! `multiproc serve` with no repository serves the built-in demo: the digits
 //! classifier's accuracy on its held-out images through the HTTP API, the
 //! text model through the external-command path, `multiproc infer`,
-//! and SIGTERM with requests in flight.
+//! and SIGTERM with requests in flight (answered, or, when the model
+//! hangs, failed once the drain timeout has passed).
 
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::*;
@@ -147,4 +148,77 @@ fn stop_with_requests_in_flight(
     assert_eq!(status.code(), Some(0), "exit status after {tag}");
     // New connections are refused once it has stopped.
     assert!(agent().get(&s.url("/v2/health/live")).call().is_err());
+}
+
+/// How long the hung model's batch sleeps: distinctive, to find its
+/// process, and far past the test.
+const HUNG_SECONDS: &str = "3599.25";
+
+/// True while a process runs the test model with [`HUNG_SECONDS`].
+fn hung_model_running() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("echo.py") && c.contains(HUNG_SECONDS)
+        })
+    })
+}
+
+/// A model that hangs (no call timeout) holds SIGTERM up for about its
+/// drain timeout, not forever: its request gets an error answer, and the
+/// server exits, leaving no model process behind.
+#[test]
+fn sigterm_with_a_hung_request_exits_after_the_drain_timeout_and_answers_it() {
+    const DRAIN: Duration = Duration::from_millis(500);
+    // The listeners' wait and the core's drain (one drain timeout each),
+    // then the hard stop: a few seconds are plenty on a loaded machine.
+    const EXIT_WITHIN: Duration = Duration::from_secs(10);
+    let repo = TempDir::new("hung");
+    let config = echo_config_for(0.0, &["INT64"]).replace("\"0\"]", &format!("\"{HUNG_SECONDS}\"]"));
+    assert!(config.contains(HUNG_SECONDS), "{config}");
+    let config = format!("{config}[timeouts]\ndrain_ms = {}\n", DRAIN.as_millis());
+    write(&repo.0.join("slow/config.toml"), config.as_bytes());
+    std::fs::create_dir_all(repo.0.join("slow/1")).unwrap();
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap()]);
+    let url = s.url("/v2/models/slow/infer");
+    let (answer_tx, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let body = json!({"inputs": [{"name": "in_INT64", "shape": [1], "datatype": "INT64", "data": [7]}]});
+        let _ = answer_tx.send(post_json(&url, &body));
+    });
+    let waiting = Instant::now();
+    loop {
+        let (_, text, _) = call(agent().get(&s.url("/metrics")), None);
+        if slow_series(&String::from_utf8(text).unwrap(), "nv_inference_pending_request_count") == 1 {
+            break;
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(30), "the request did not reach the model in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(hung_model_running(), "the model's process is not running");
+
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        // (Dropping `s` kills the server.)
+        assert!(signalled.elapsed() < EXIT_WITHIN, "multiproc serve did not exit {EXIT_WITHIN:?} after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    assert!(took >= DRAIN, "it exited {took:?} after SIGTERM, before the drain timeout");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let (st, body) = answer.recv_timeout(Duration::from_secs(10)).expect("no answer to the hung request");
+    assert!(st == 500 || st == 503, "the hung request: {st} {body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("slow")), "the hung request: {st} {body}");
+    eprintln!("exited {took:?} after SIGTERM; the hung request got {st} {body}");
+    let gone = Instant::now();
+    while hung_model_running() {
+        assert!(gone.elapsed() < Duration::from_secs(10), "the hung model's process outlived the server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -35,7 +35,7 @@ use crate::idle::{Activity, InFlight, first_request, idle_for};
 /// How long a connection with no request started when the shutdown came
 /// is given for one to start: the request its client sent before it knew
 /// arrives well within it.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `router` (and, if `app` is given, its inference fast path) on
 /// `listener` until `stop` turns true; then stops accepting, lets every

@@ -1,18 +1,21 @@
 //! Running the front end: bind the listeners, answer, load the repository
 //! into a core server meanwhile, and on the shutdown signal stop accepting,
-//! finish the requests in flight, then stop the workers.
+//! finish the requests in flight (up to the longest drain timeout of the
+//! models; those still running then fail), then stop the workers.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use multiproc_serve::Server;
+use multiproc_serve::{ModelSettings, Server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{App, HttpOptions, metrics_router, router};
+use crate::listen::FIRST_REQUEST_GRACE;
 use crate::loading::load_repository;
 use crate::repository::scan;
 
@@ -135,18 +138,70 @@ impl Running {
     /// Serves until `shutdown` completes; then stops accepting, lets the
     /// requests in flight finish, stops the first load if it is still on,
     /// and stops every worker.
+    ///
+    /// The requests in flight are given the longest drain timeout of the
+    /// repository's models (`drain_ms`), and at least the time a connection
+    /// accepted with no request yet is given for its first one (see
+    /// [`crate::listen`]). Those still running after it (a model that
+    /// hangs, with no call timeout) do not hold the shutdown up: the core
+    /// server then stops, as it does on its own at the end of a drain, and
+    /// they are answered with the error that stop gives them.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing the requests in flight");
         let _ = self.stop.send(true);
-        for listener in self.listeners {
-            let _ = listener.await;
-        }
+        let mut listeners = self.listeners;
+        let drain = drain_timeout(&self.app).max(FIRST_REQUEST_GRACE);
         // Shutting the core down refuses the models the first load has not
         // reached and cancels the load of the one loading (it does not
         // wait for it).
         let core = self.app.core.clone();
-        let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
+        if !all_ended(&mut listeners, drain).await {
+            tracing::warn!(
+                "requests still in flight {drain:?} after the shutdown began (the longest drain timeout); \
+                 stopping the models: those requests fail"
+            );
+            let stopping = tokio::task::spawn_blocking(move || core.shutdown());
+            let _ = stopping.await;
+            if !all_ended(&mut listeners, AFTER_THE_CORE_STOPPED).await {
+                tracing::warn!(
+                    "connections still open {AFTER_THE_CORE_STOPPED:?} after the models stopped; closing them"
+                );
+                listeners.iter().for_each(JoinHandle::abort);
+            }
+        } else {
+            let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
+        }
         let _ = self.loader.await;
     }
+}
+
+/// How long the connections are given to send their answers once the core
+/// server has stopped (every request it held has its answer by then).
+const AFTER_THE_CORE_STOPPED: Duration = Duration::from_secs(5);
+
+/// The longest drain timeout (`drain_ms`) among the repository's models
+/// with a good configuration; the core server's default without any.
+fn drain_timeout(app: &App) -> Duration {
+    let models = app.models.read().unwrap_or_else(|e| e.into_inner());
+    models
+        .values()
+        .filter_map(|m| m.loaded.as_ref().ok())
+        .map(|(config, _)| Duration::from_millis(config.drain_ms))
+        .max()
+        .unwrap_or(ModelSettings::default().drain_timeout)
+}
+
+/// Waits up to `limit` for every task in `tasks` to end, taking those that
+/// did out of it; true if all did.
+async fn all_ended(tasks: &mut Vec<JoinHandle<()>>, limit: Duration) -> bool {
+    let waited = tokio::time::timeout(limit, async {
+        // A task is taken out right after it ended, with no await between:
+        // one the time limit cuts short is still in `tasks`, unended.
+        while let Some(task) = tasks.last_mut() {
+            let _ = task.await;
+            tasks.pop();
+        }
+    });
+    waited.await.is_ok()
 }
