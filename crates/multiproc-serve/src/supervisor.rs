@@ -149,7 +149,8 @@ fn start(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -> Result<W
     })
 }
 
-/// Passes on a line a worker logged.
+/// Passes on a line a worker logged, prefixed with its model and version
+/// (`[m v1] text`): the one place that prefix is added.
 pub(crate) fn log_line(group: &VersionGroup, line: &str) {
     tracing::info!(target: "multiproc_serve::worker", "[{} v{}] {line}", group.model, group.version);
 }

@@ -64,10 +64,15 @@ fn the_python_reference_worker_serves_tensors_in_batches() {
     assert_eq!(err.kind(), ErrorKind::ModelFailed);
     assert!(err.to_string().contains("does not take BOOL"), "{err}");
 
-    // The command's stderr reached the log, prefixed with model and version;
-    // load, ready and the version's state changes are logged too.
+    // The command's stderr reached the log, prefixed with model and version
+    // exactly once; load, ready and the version's state changes are logged too.
     let lines = log.lock().unwrap().clone();
-    assert!(lines.iter().any(|l| l.contains("[py v3] demo model py loaded version 3")), "{lines:#?}");
+    let loaded: Vec<&String> = lines.iter().filter(|l| l.contains("demo model py loaded version 3")).collect();
+    assert!(!loaded.is_empty(), "{lines:#?}");
+    for line in loaded {
+        assert_eq!(line.matches("[py v3]").count(), 1, "{line}");
+        assert!(line.contains("[py v3] demo model py loaded version 3"), "{line}");
+    }
     assert!(lines.iter().any(|l| l.contains("worker ready") && l.contains("model=py")), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("to=ready") && l.contains("version=3")), "{lines:#?}");
 

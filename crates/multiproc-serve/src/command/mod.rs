@@ -104,7 +104,6 @@ pub struct CommandModel {
     stdout: BufReader<ChildStdout>,
     max_frame: usize,
     next_id: u64,
-    label: String,
     /// The last line of its stderr, for the errors that say why it failed.
     stderr: Arc<StderrTail>,
 }
@@ -141,10 +140,8 @@ impl CommandModel {
             "still running; killed".to_string()
         });
         let why = self.stderr.explain(STDERR_GRACE);
-        crate::worker::log_to_server(&format!(
-            "[{}] external command failed: {what} (command {status}){why}",
-            self.label
-        ));
+        // The server prefixes the line with the model and version.
+        crate::worker::log_to_server(&format!("external command failed: {what} (command {status}){why}"));
         std::process::exit(3);
     }
 }
@@ -184,19 +181,17 @@ impl Model for CommandModel {
                 _ => LoadError::retry(reason),
             }
         })?;
-        let label = format!("{} v{}", ctx.model, ctx.version);
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(LoadError::retry("the command's pipes are missing"));
         };
-        let tail = StderrTail::forward(stderr, label.clone());
+        let tail = StderrTail::forward(stderr);
         let mut model = CommandModel {
             child,
             stdin: BufWriter::new(stdin),
             stdout: BufReader::new(stdout),
             max_frame: config.max_frame_bytes,
             next_id: 0,
-            label,
             stderr: tail,
         };
         match read_frame(&mut model.stdout, model.max_frame) {
@@ -263,11 +258,9 @@ impl Model for CommandModel {
     /// see, so the idle worker looks every `ALIVE_CHECK` (100 ms).
     fn check_alive(&mut self) -> Result<Option<Duration>, String> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Err(format!(
-                "[{}] the external command exited while idle ({status}){}",
-                self.label,
-                self.stderr.explain(STDERR_GRACE)
-            )),
+            Ok(Some(status)) => {
+                Err(format!("the external command exited while idle ({status}){}", self.stderr.explain(STDERR_GRACE)))
+            }
             _ => Ok(Some(ALIVE_CHECK)),
         }
     }

@@ -25,14 +25,15 @@ struct Tail {
 }
 
 impl StderrTail {
-    /// Starts the thread that forwards `stderr` to the log, each line
-    /// prefixed with `[prefix]`.
-    pub fn forward(stderr: impl Read + Send + 'static, prefix: String) -> Arc<StderrTail> {
+    /// Starts the thread that forwards `stderr` to the log, line by line
+    /// (the server prefixes each line with the model and version, see
+    /// `supervisor::log_line`).
+    pub fn forward(stderr: impl Read + Send + 'static) -> Arc<StderrTail> {
         let tail = Arc::new(StderrTail::default());
         let forwarding = Arc::clone(&tail);
         std::thread::spawn(move || {
             forward_lines(stderr, |line| {
-                crate::worker::log_to_server(&format!("[{prefix}] {line}"));
+                crate::worker::log_to_server(line);
                 forwarding.lock().last = Some(line.to_string());
             });
             forwarding.lock().closed = true;
