@@ -136,6 +136,70 @@ fn a_worker_past_its_call_timeout_is_killed_and_restarted() {
     server.shutdown();
 }
 
+/// The startup timeout bounds a load; the call timeout bounds a batch, not
+/// a load. Both set, the call timeout shorter than the load.
+fn timeouts(startup_ms: u64, call_ms: u64) -> ModelSettings {
+    ModelSettings {
+        startup_timeout: Duration::from_millis(startup_ms),
+        call_timeout: Some(Duration::from_millis(call_ms)),
+        restart: RestartPolicy {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(40),
+            crash_loop_threshold: 1_000,
+            crash_window: Duration::from_secs(60),
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_worker_that_does_not_load_within_the_startup_timeout_is_killed_and_restarted() {
+    let server = Server::new();
+    let never_in_time = Behaviour { load_ms: 5_000, ..Default::default() };
+    let started = Instant::now();
+    let spec = ModelSpec::<Doubler>::new("late").version(1, never_in_time).settings(timeouts(300, 100));
+    let err = server.add(spec).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "the add waited {:?}", started.elapsed());
+    // Each worker is killed at the startup timeout and replaced.
+    let mut pids = Vec::new();
+    let restarted = wait_for(Duration::from_secs(5), || {
+        let v = server.status().model("late").unwrap().versions[0].clone();
+        if let Some(pid) = v.workers[0].pid.filter(|p| !pids.contains(p)) {
+            pids.push(pid);
+        }
+        v.restarts >= 2
+    });
+    let v = server.status().model("late").unwrap().versions[0].clone();
+    assert!(restarted, "{v:?}");
+    assert!(!v.ready && v.state == VersionState::Loading, "{v:?}");
+    let why = v.last_failure.as_deref().unwrap_or_default();
+    assert!(why.contains("did not load within the startup timeout of 300ms"), "{v:?}");
+    assert!(!why.contains("call timeout"), "{v:?}");
+    assert!(server.metrics().get("late", 1).unwrap().restarts >= 2);
+    // The workers killed at their startup timeout are gone (reaped).
+    let replaced = &pids[..pids.len() - 1];
+    assert!(!replaced.is_empty() && replaced.iter().all(|p| !common::process_exists(*p)), "{pids:?}");
+    server.shutdown();
+    assert!(wait_for(Duration::from_secs(5), || pids.iter().all(|p| !common::process_exists(*p))), "{pids:?}");
+}
+
+#[test]
+fn a_load_longer_than_the_call_timeout_but_within_the_startup_timeout_serves() {
+    let server = Server::new();
+    let loads_slowly = Behaviour { load_ms: 600, ..Default::default() };
+    let started = Instant::now();
+    let spec = ModelSpec::<Doubler>::new("slow_load").version(1, loads_slowly).settings(timeouts(5_000, 100));
+    server.add(spec).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(600), "loaded in {:?}", started.elapsed());
+    let reply = server.infer::<u64, Tagged>(Request::new("slow_load", 21).timeout(Duration::from_secs(5))).unwrap();
+    assert_eq!(reply.output.value, 42);
+    let v = server.status().model("slow_load").unwrap().versions[0].clone();
+    assert!(v.ready && v.state == VersionState::Ready, "{v:?}");
+    assert_eq!((v.restarts, v.last_failure.as_deref()), (0, None), "{v:?}");
+    server.shutdown();
+}
+
 #[test]
 fn the_models_own_errors_fail_only_their_request() {
     let server = Server::new();
