@@ -308,7 +308,12 @@ impl Ring {
             let capacity = len.next_multiple_of(PAGE);
             (self.header().blob_tail.0.fetch_add(capacity, Relaxed), capacity)
         });
-        if let Err(e) = sparse::write_all_at(self.fd(), bytes, BLOB_BASE + offset) {
+        // Checked: the offset comes from shared memory (blob_tail), which any
+        // process with the queue can write.
+        let at = BLOB_BASE
+            .checked_add(offset)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the queue's blob area is corrupt"))?;
+        if let Err(e) = sparse::write_all_at(self.fd(), bytes, at) {
             // Whatever was written before the failure (memory running out
             // mid-write) would stay until the queue is dropped.
             self.discard_blob(offset, capacity);
@@ -417,7 +422,7 @@ impl Ring {
         let first = hdr.seg_head.0.load(SeqCst);
         let last = hdr.seg_tail.0.load(Acquire);
         let mut total = 0u64;
-        for seg in first..=last.max(first).min(first + self.geometry.frames) {
+        for seg in first..=last.max(first).min(first.saturating_add(self.geometry.frames)) {
             // A frame this process cannot map is left out: a snapshot.
             total = total.saturating_add(self.positions_in(seg, None).unwrap_or(0));
         }
@@ -445,7 +450,7 @@ impl Ring {
         let mut total = 1u64;
         // A frame that cannot be mapped is an error here: leaving it out
         // could admit an item too many.
-        for seg in first..n.min(first + self.geometry.frames) {
+        for seg in first..n.min(first.saturating_add(self.geometry.frames)) {
             total = total.saturating_add(self.positions_in(seg, None)?);
         }
         Ok(total.saturating_add(self.positions_in(n, Some(t))?))

@@ -164,7 +164,9 @@ impl Ring {
         // ORDERING: Relaxed: a unique range is all that is needed; the bytes are
         // published by the stamp (Release) of the slot that refers to them.
         let offset = f.header().arena.0.fetch_add(need, Relaxed);
-        (offset + need <= f.arena_len()).then_some(offset)
+        // Checked: the counter is in shared memory, which any process with
+        // the queue can write; a wrapped sum would pass a plain comparison.
+        offset.checked_add(need).is_some_and(|end| end <= f.arena_len()).then_some(offset)
     }
 
     /// Writes the item into a claimed slot; an arena item goes to `arena`,
@@ -224,5 +226,32 @@ impl Ring {
         // number) to threads that Acquire-load seg_tail.
         let _ = hdr.seg_tail.0.compare_exchange(n, n + 1, AcqRel, Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+
+    use serde_bytes::ByteBuf;
+
+    use crate::queue::Queue;
+
+    #[test]
+    fn an_arena_counter_near_the_top_of_u64_costs_no_item() {
+        let q = Queue::<ByteBuf>::new().unwrap();
+        q.put(ByteBuf::from(vec![1u8; 1000])).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(20)).unwrap().len(), 1000);
+        // Another process may write anything in the shared frame header: a
+        // counter whose sum with the next item's size wraps past zero.
+        let tail = q.ring.header().seg_tail.0.load(SeqCst);
+        q.ring.frame(tail).unwrap().header().arena.0.store(u64::MAX - 7, SeqCst);
+        for seed in 0..3u8 {
+            let item = ByteBuf::from(vec![seed; 1000]);
+            q.put(item.clone()).unwrap();
+            assert_eq!(q.get_timeout(Duration::from_secs(20)).unwrap(), item);
+        }
+        assert!(q.empty());
     }
 }
