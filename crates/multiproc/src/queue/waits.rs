@@ -90,6 +90,9 @@ pub(super) enum GetFail {
 /// holding them (see [`Ring::reclaim_dead_takers`]), and how long a thread
 /// waiting for room sleeps before it looks at the room again.
 const RECLAIM_EVERY: Duration = Duration::from_millis(20);
+/// Longest sleep of a consumer waiting for an item: the one consumer a
+/// `put` woke may be killed before it takes the item.
+const LOST_WAKE_EVERY: Duration = Duration::from_millis(250);
 
 /// Paces [`Ring::reclaim_dead_takers`] for all the threads of this process
 /// that wait in `join` on one queue: due at the first call, then at most
@@ -337,7 +340,10 @@ impl Ring {
                     if deadline.expired() {
                         return Err(GetFail::Timeout);
                     }
-                    sleep(&hdr.not_empty.0, deadline, || self.has_work());
+                    // Bounded: `put` wakes one consumer, and if that one is
+                    // killed before it takes the item, nobody else would wake
+                    // this one.
+                    sleep(&hdr.not_empty.0, deadline.at_most(LOST_WAKE_EVERY), || self.has_work());
                 }
                 Step::Blocked(blocked) => {
                     // Another thread owns the head slot. If it stays put, check
