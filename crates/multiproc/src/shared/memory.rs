@@ -311,7 +311,10 @@ impl SharedMemory {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // A dead owner's leftover is reclaimed; a live owner's is not.
                 if unlink_if_owned(&bare, Owner::Dead) {
-                    Mapping::create_named(&bare, total).map_err(|e| SharedMemoryError::from_create(e, &bare))?
+                    Mapping::create_named(&bare, total).map_err(|e| {
+                        tracker::unregister(&bare);
+                        SharedMemoryError::from_create(e, &bare)
+                    })?
                 } else {
                     tracker::unregister(&bare);
                     return Err(SharedMemoryError::FileExists { name: bare });
