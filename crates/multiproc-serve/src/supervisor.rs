@@ -297,8 +297,8 @@ fn forward_logs(group: &VersionGroup, worker: &Worker) {
 }
 
 /// Sends a batch to the worker and adds it to `sent`. A batch that could
-/// not be sent is added all the same: the worker is gone, and waiting for
-/// the answer finds that out.
+/// not be sent is added all the same: waiting for the answer finds the
+/// worker gone (it is killed if it was not: see below).
 fn send_batch(
     group: &VersionGroup,
     instance: usize,
@@ -315,7 +315,22 @@ fn send_batch(
     let inputs = batch.batch.iter_mut().map(|p| std::mem::take(&mut p.input)).collect();
     let message = ToWorker::Batch { id: batch.id, items: Inputs::Outgoing(inputs), poll_after: poll_after && n == 1 };
     if let Err(e) = worker.ends.requests.send(&message) {
-        tracing::debug!(model = %group.model, version = group.version, "could not send a batch: {e}");
+        if e.is_closed() {
+            tracing::debug!(model = %group.model, version = group.version, "could not send a batch: {e}");
+        } else {
+            // The worker may be alive (the send failed for want of memory
+            // or descriptors, perhaps partway through the message): it
+            // would never answer, and its stream may be out of step. It is
+            // killed, so the wait for the answer fails the batch at once
+            // and the worker is restarted.
+            tracing::warn!(
+                model = %group.model,
+                version = group.version,
+                "could not send a batch to worker {}: {e}; killing it",
+                worker.pid
+            );
+            let _ = worker.process.kill();
+        }
     }
     // The inputs go back to their requests: a batch the worker never
     // started goes back to the queue whole.
