@@ -345,6 +345,12 @@ where
             return;
         };
         let server = Server::from_inner(inner);
+        self.submit_to_model(&server, jobs, outputs);
+        // This runs on the pool's thread: the server must not stop here.
+        server.release_elsewhere();
+    }
+
+    fn submit_to_model(self: &Arc<Self>, server: &Server, jobs: Vec<Job>, outputs: Items) {
         let entry = match server.model_entry(&self.model) {
             Ok(e) => e,
             Err(e) => {

@@ -103,6 +103,21 @@ impl Server {
         Server { inner }
     }
 
+    /// Lets go of this handle where stopping the server may not run: if it
+    /// is the last handle (its owner dropped theirs meanwhile), the server
+    /// stops on a thread of its own. For handles taken on a pipeline pool's
+    /// thread, where stopping the server would drop that pool from one of
+    /// its own threads.
+    pub(crate) fn release_elsewhere(self) {
+        // Atomic: of two handles let go at once, exactly one is the last.
+        if let Some(inner) = Arc::into_inner(self.inner) {
+            let stopping = std::thread::Builder::new().name("serve-stop".into()).spawn(move || drop(inner));
+            if let Err(e) = stopping {
+                tracing::error!("could not start a thread to stop the server: {e}");
+            }
+        }
+    }
+
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
     }
