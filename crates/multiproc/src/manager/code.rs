@@ -5,10 +5,11 @@
 //! of a monomorphic trampoline from the crate's anchor, plus a hash of its
 //! types, checked on arrival (`process::task`).
 //!
-//! A trampoline decodes the stored bytes into the user's type, runs the
-//! function under `catch_unwind`, and encodes the result; the stored bytes
-//! change only when everything succeeded, so a panic or a decode error
-//! leaves the object as it was.
+//! An update's trampoline decodes the stored bytes into the user's type,
+//! runs the function, and encodes the result, all under `catch_unwind`; the
+//! stored bytes change only when everything succeeded, so a panic (of the
+//! function, or of the type's `Serialize` or `Deserialize`) or a decode
+//! error leaves the object as it was.
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
@@ -203,13 +204,18 @@ where
     if hash != type_hash::<F, (V, A), R>() {
         return Err(RemoteError::BadRequest("the update function's types do not match its entry point".into()));
     }
-    let mut value: Option<V> = slot.as_deref().map(decode).transpose()?;
-    let args: A = decode(args)?;
-    let result = guarded(|| conjure::<F>()(&mut value, args))?;
-    let stored = value.as_ref().map(encode).transpose()?;
-    let result = encode(&result)?;
-    *slot = stored;
-    Ok(result)
+    // Guarded as a whole: the user's `Deserialize` and `Serialize` may panic
+    // as well as the function. The slot is assigned last, so a panic
+    // anywhere leaves it as it was.
+    guarded(|| {
+        let mut value: Option<V> = slot.as_deref().map(decode).transpose()?;
+        let args: A = decode(args)?;
+        let result = conjure::<F>()(&mut value, args);
+        let stored = value.as_ref().map(encode).transpose()?;
+        let result = encode(&result)?;
+        *slot = stored;
+        Ok(result)
+    })?
 }
 
 fn dispatch_trampoline<S: super::Shared>(call: UserCall<'_>, hash: u64) -> Result<Vec<u8>, RemoteError> {

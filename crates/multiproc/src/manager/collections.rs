@@ -105,8 +105,10 @@ pub(crate) fn list_call(list: &List, op: Op, caller: &Caller<'_>) -> Response {
             let i = check(i, len)?;
             let mut slot = Some(std::mem::take(&mut l[i]).into_vec());
             let result = run_update(caller, code, &mut slot, &args);
-            // The trampoline leaves the slot as it was on failure; a function
-            // that emptied the slot of a list item is refused by the proxy's
+            // The trampoline leaves the slot as it was on failure, a panic
+            // included (of the function or of the type's `Serialize` or
+            // `Deserialize`: see `code::update_trampoline`); a function that
+            // emptied the slot of a list item is refused by the proxy's
             // types (it only sees `&mut T`).
             l[i] = Bytes::from(slot.unwrap_or_default()).kept();
             result?
