@@ -24,8 +24,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::lane::{Bell, Lane};
@@ -57,8 +57,12 @@ const SOCKET_RECHECK: Duration = Duration::from_millis(100);
 
 /// Longest wait of [`Dispatcher::close`] for the dispatcher to let go of
 /// the lane. It only runs calls that do not wait, but an update runs the
-/// client's function, which may be slow: this bounds the harm.
+/// client's function, which may be slow: this bounds the harm. Shorter in
+/// unit tests, so that a test can outlast it (see `test_lane`).
+#[cfg(not(test))]
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+#[cfg(test)]
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Lanes checked between clock reads while polling.
 const SCANS_PER_CLOCK_READ: u32 = 8;
@@ -74,7 +78,9 @@ pub(crate) struct Dispatcher {
     serving: Mutex<Serving>,
     /// Signalled when `serving` changes.
     serving_changed: Condvar,
-    started: Once,
+    /// True once the dispatcher's thread was started; false after a failed
+    /// start too, so that the next lane tries again.
+    started: Mutex<bool>,
 }
 
 /// The lanes the dispatcher's thread serves.
@@ -98,6 +104,9 @@ pub(crate) struct LaneConn {
     /// Work handed to the connection's thread.
     job: Mutex<Option<Job>>,
     wake: WakeFd,
+    /// Set by [`Dispatcher::close`]: the dispatcher takes no more requests
+    /// from this lane, even from an old copy of the list of lanes.
+    closed: AtomicBool,
 }
 
 /// What the dispatcher hands to a connection's thread.
@@ -121,7 +130,7 @@ impl Dispatcher {
             generation: AtomicU64::new(0),
             serving: Mutex::default(),
             serving_changed: Condvar::new(),
-            started: Once::new(),
+            started: Mutex::new(false),
         })
     }
 
@@ -135,6 +144,15 @@ impl Dispatcher {
         build: &str,
     ) -> Result<Arc<LaneConn>, RemoteError> {
         let cannot = |e: &dyn std::fmt::Display| RemoteError::BadRequest(format!("no lane: {e}"));
+        // Started before the lane is sent: a client given a lane that no
+        // thread serves would wait for ever (it only checks that the socket
+        // is alive). If the start fails, the error is the answer, and the
+        // client calls through the socket (its connection's thread serves
+        // it); the next lane tries again.
+        self.start(shared).map_err(|e| {
+            tracing::error!("manager: cannot start the dispatcher: {e}");
+            cannot(&format_args!("cannot start the dispatcher: {e}"))
+        })?;
         let lane = Lane::create().map_err(|e| cannot(&e))?;
         let wake = WakeFd::new().map_err(|e| cannot(&e))?;
         let memory = [lane.memory(), self.bell.memory()].map(|fd| fd.try_clone_to_owned());
@@ -144,31 +162,56 @@ impl Dispatcher {
             conn.send_bytes_with_fds(&m.bytes, &[memory, bell])
         })
         .map_err(|e| cannot(&e))?;
-        let entry =
-            Arc::new(LaneConn { id, lane, conn: conn.clone(), build: build.to_string(), job: Mutex::new(None), wake });
+        let entry = Arc::new(LaneConn {
+            id,
+            lane,
+            conn: conn.clone(),
+            build: build.to_string(),
+            job: Mutex::new(None),
+            wake,
+            closed: AtomicBool::new(false),
+        });
         lock(&self.lanes).push(entry.clone());
         // ORDERING: SeqCst: a dispatcher about to sleep sees the new lane,
         // or is woken by the ring below (the new lane does not say yet
         // that it sleeps, so its client's first request may not ring).
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.bell.ring();
-        self.started.call_once(|| {
-            let shared = shared.clone();
-            let spawned =
-                std::thread::Builder::new().name("multiproc-manager-dispatch".into()).spawn(move || run(&shared));
-            if let Err(e) = spawned {
-                tracing::error!("manager: cannot start the dispatcher: {e}");
-            }
-        });
         Ok(entry)
+    }
+
+    /// Starts the dispatcher's thread, unless it was started before.
+    fn start(&self, shared: &Arc<Shared>) -> io::Result<()> {
+        let mut started = lock(&self.started);
+        if !*started {
+            let shared = shared.clone();
+            std::thread::Builder::new().name("multiproc-manager-dispatch".into()).spawn(move || run(&shared))?;
+            *started = true;
+        }
+        Ok(())
     }
 
     /// Stops serving the lane of connection `id`, and returns once the
     /// dispatcher no longer touches it: a call it took from that lane has
     /// run (a lock it acquired for the client is held, to be freed with the
     /// client's session), and no other will.
+    ///
+    /// After [`CLOSE_WAIT`] it returns anyway (the dispatcher may be running
+    /// a slow update, of this client or another); the lane is marked closed
+    /// first, so the dispatcher takes no request from it afterwards: a lock
+    /// acquired then would belong to a session already gone, and stay held.
+    /// Only a call taken before the lane was marked may still run then: in
+    /// practice a slow update of this client's, which acquires nothing.
     pub(crate) fn close(&self, id: u64) {
-        lock(&self.lanes).retain(|l| l.id != id);
+        {
+            let mut lanes = lock(&self.lanes);
+            if let Some(at) = lanes.iter().position(|l| l.id == id) {
+                // ORDERING: SeqCst: set before `generation` is bumped, so a
+                // dispatcher that sees the new list, or serves the old one
+                // after this, sees the lane closed.
+                lanes.remove(at).closed.store(true, Ordering::SeqCst);
+            }
+        }
         // ORDERING: SeqCst: as in `open`.
         let closed = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         // A sleeping dispatcher lets go of the lane at once, rather than at
@@ -256,6 +299,11 @@ fn run(shared: &Shared) {
 /// without waiting, or hands it to the connection's thread. True if there
 /// was one.
 fn serve(shared: &Shared, entry: &LaneConn, buf: &mut Vec<u8>, last: &mut Last) -> bool {
+    // ORDERING: SeqCst: see `Dispatcher::close`. A closed lane's request
+    // is left there: its client is gone.
+    if entry.closed.load(Ordering::SeqCst) {
+        return false;
+    }
     let request = match entry.lane.take_request(buf) {
         None => return false,
         Some(Ok(false)) => {

@@ -1,13 +1,15 @@
 //! Lane tests with a client that breaks the lane's rules: whatever its
 //! lane says, a client whose socket closes is gone (its locks freed, its
-//! connection's thread ended). The manager is a process of its own, the
+//! connection's thread ended), also when it dies while the dispatcher runs
+//! another client's slow update. The manager is a process of its own, the
 //! client a child process killed by the test; every wait is bounded.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::lane::Lane;
 use super::protocol::{Op, Owner, Reply, Request, Response};
-use super::{AcquireError, Manager, Proxy};
+use super::{AcquireError, Dict, Lock, Manager, Proxy};
 use crate::{Client, Connection, Pipe, Process, wire};
 
 const KEY: &[u8] = b"lane test key";
@@ -154,5 +156,112 @@ fn a_client_scribbling_over_its_lane_and_the_bell_holds_back_no_other_client() {
     assert!(scribbler.0.exitcode().is_none(), "the scribbler ended early");
     drop(scribbler);
     assert_eq!(d.len().unwrap(), 2);
+    m.shutdown().unwrap();
+}
+
+/// Where the slow update run for the test process `test_pid` says it
+/// started (`what` = "started"), or learns it may end ("release").
+fn marker(what: &str, test_pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("multiproc-lane-close-{what}-{test_pid}"))
+}
+
+/// Removes both markers when dropped (also when the test fails).
+struct Markers;
+
+impl Drop for Markers {
+    fn drop(&mut self) {
+        for what in ["started", "release"] {
+            let _ = std::fs::remove_file(marker(what, std::process::id()));
+        }
+    }
+}
+
+/// An update, run on the dispatcher: says it started, then holds the
+/// dispatcher until the test releases it (at most [`LONG`]).
+fn hold_the_dispatcher(slot: &mut Option<u64>) -> u64 {
+    let test_pid = crate::parent_process().expect("runs in the manager process").pid as u32;
+    std::fs::write(marker("started", test_pid), b"").unwrap();
+    let start = Instant::now();
+    while !marker("release", test_pid).exists() && start.elapsed() < LONG {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    *slot.get_or_insert(0) += 1;
+    start.elapsed().as_millis() as u64
+}
+
+/// A client process: opens its lane (with a first call), tells the test,
+/// and on its word runs the slow update.
+fn update_slowly(d: Dict<u8, u64>, go: Connection<bool>) {
+    d.insert(0, 0).unwrap();
+    go.send(&true).unwrap();
+    assert!(go.recv_timeout(LONG).unwrap());
+    d.update(&0, hold_the_dispatcher).unwrap();
+}
+
+/// A client process: opens its lane (with a first call), tells the test,
+/// and on its word acquires `lock` through its lane (the request waits
+/// there while the dispatcher is held).
+fn acquire_through_the_lane(lock: Lock, go: Connection<bool>) {
+    assert!(!lock.is_locked().unwrap());
+    go.send(&true).unwrap();
+    assert!(go.recv_timeout(LONG).unwrap());
+    let _ = lock.acquire_timeout(LONG);
+}
+
+/// True when the main thread of process `pid` sleeps on a futex (as a
+/// client waiting for its lane's answer does).
+fn asleep_on_a_futex(pid: u32) -> bool {
+    let task = format!("/proc/{pid}/task/{pid}");
+    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+    let sleeping = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S'));
+    sleeping && std::fs::read_to_string(format!("{task}/wchan")).unwrap_or_default().contains("futex")
+}
+
+/// Polls `done` every 5 ms; panics after [`LONG`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_lock_request_left_in_a_dead_clients_lane_is_never_granted() {
+    let _markers = Markers;
+    let m = Manager::builder().authkey(KEY).start().unwrap();
+    let (d, lock) = (m.dict::<u8, u64>().unwrap(), m.lock().unwrap());
+    let manager_pid = m.pid().unwrap();
+    // Both clients open their lanes first, in this order: the dispatcher
+    // serves the acquirer's lane after the updater's, from the copy of the
+    // list it took before the update.
+    let (to_updater, theirs) = Pipe::<bool>::duplex().unwrap();
+    let mut updater = KillOnDrop(Process::builder().spawn(update_slowly, (d.clone(), theirs)).unwrap());
+    assert!(to_updater.recv_timeout(LONG).unwrap(), "the updating client did not get going");
+    let before = threads_of(manager_pid);
+    let (to_acquirer, theirs) = Pipe::<bool>::duplex().unwrap();
+    let acquirer = KillOnDrop(Process::builder().spawn(acquire_through_the_lane, (lock.clone(), theirs)).unwrap());
+    assert!(to_acquirer.recv_timeout(LONG).unwrap(), "the acquiring client did not get going");
+    assert!(threads_of(manager_pid) > before, "the acquiring client has no connection thread");
+    to_updater.send(&true).unwrap();
+    wait_until("the slow update to start", || marker("started", std::process::id()).exists());
+    to_acquirer.send(&true).unwrap();
+    let acquirer_pid = acquirer.0.pid().expect("started") as u32;
+    wait_until("the acquiring client to wait in its lane", || asleep_on_a_futex(acquirer_pid));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(acquirer);
+    // Its connection's thread ends once `close` gave up waiting for the
+    // dispatcher (after `CLOSE_WAIT`) and its session is gone.
+    wait_until("the dead client's connection thread to end", || threads_of(manager_pid) <= before);
+    std::fs::write(marker("release", std::process::id()), b"").unwrap();
+    updater.0.join_timeout(LONG).unwrap();
+    assert_eq!(updater.0.exitcode(), Some(0), "the slow update failed");
+    // Before, the dispatcher went on to the dead client's request after
+    // the update, and granted it the lock, which stayed held.
+    match lock.acquire_timeout(Duration::from_secs(2)) {
+        Ok(guard) => drop(guard),
+        Err(e) => panic!("the lock was granted to the dead client: {e:?}"),
+    }
+    assert_eq!(d.get(&0).unwrap(), Some(1));
     m.shutdown().unwrap();
 }
