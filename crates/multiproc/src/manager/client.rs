@@ -86,13 +86,17 @@ mod address_text {
     }
 
     /// Parses the address back. A TCP address must be an IP address and
-    /// port, as `Display` writes it: a host name in bytes from another
-    /// process is refused rather than looked up while decoding.
+    /// port, as `Display` writes it (with or without `tcp:`): a host name
+    /// in bytes from another process is refused rather than looked up
+    /// while decoding.
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
         let text = String::deserialize(d)?;
-        let parsed = match text.strip_prefix("tcp:") {
-            Some(at) => at.parse().map(Address::Tcp).map_err(|e| format!("invalid address {text:?} in a proxy: {e}")),
-            None => text.parse::<Address>().map_err(|e| format!("{e} (in a proxy)")),
+        let local = ["unix:", "abstract:", "@", "/", "./", "../"].iter().any(|form| text.starts_with(form));
+        let parsed = if local {
+            text.parse::<Address>().map_err(|e| format!("{e} (in a proxy)"))
+        } else {
+            let at = text.strip_prefix("tcp:").unwrap_or(&text);
+            at.parse().map(Address::Tcp).map_err(|e| format!("invalid address {text:?} in a proxy: {e}"))
         };
         parsed.map_err(de_error)
     }

@@ -155,8 +155,14 @@ fn a_proxy_keeps_its_address_through_the_wire_and_names_no_host_to_look_up() {
     }
     // The address travels as its text; a host name in it (which `Display`
     // never writes) is refused instead of looked up while decoding.
-    let forged = wire::encode(&("tcp:localhost:5000", Some(serde_bytes::ByteBuf::from(KEY)))).unwrap();
-    assert!(wire::decode::<Endpoint>(&forged.bytes, Vec::new()).is_err());
+    for host in ["tcp:localhost:5000", "localhost:5000"] {
+        let forged = wire::encode(&(host, Some(serde_bytes::ByteBuf::from(KEY)))).unwrap();
+        assert!(wire::decode::<Endpoint>(&forged.bytes, Vec::new()).is_err(), "{host}");
+    }
+    // An IP address without the prefix is still an address.
+    let plain = wire::encode(&("127.0.0.1:5000", Some(serde_bytes::ByteBuf::from(KEY)))).unwrap();
+    let back = wire::decode::<Endpoint>(&plain.bytes, Vec::new()).unwrap();
+    assert_eq!(back.address.to_string(), "tcp:127.0.0.1:5000");
 }
 
 #[test]
