@@ -131,7 +131,7 @@ pub use name::ModelName;
 pub use pipeline_spec::{PipelineItem, PipelineSpec};
 pub use request::{InferFuture, Reply, Request};
 pub use server::Server;
-pub use settings::{ModelSettings, RestartPolicy, SettingsError, StartMode, VersionPolicy};
+pub use settings::{MAX_INSTANCES, ModelSettings, RestartPolicy, SettingsError, StartMode, VersionPolicy};
 pub use status::{
     EndpointKind, ModelStatus, PipelineStatus, ServerStatus, VersionState, VersionStatus, WorkerState, WorkerStatus,
 };

@@ -94,16 +94,23 @@ impl RestartPolicy {
     }
 }
 
+/// The most worker processes a version may have ([`ModelSettings::instances`]):
+/// far more than a machine runs usefully, and a bound on what a typo in a
+/// configuration can ask for.
+pub const MAX_INSTANCES: usize = 1024;
+
 /// Per-model settings (Triton's `config.pbtxt`, the parts that apply).
 ///
 /// ```
-/// use multiproc_serve::ModelSettings;
+/// use multiproc_serve::{MAX_INSTANCES, ModelSettings};
 /// use std::time::Duration;
 ///
 /// let s = ModelSettings { max_batch_size: 128, max_queue_delay: Duration::from_secs(1), ..Default::default() };
 /// assert!(s.validate().is_ok());
-/// let bad = ModelSettings { instances: 0, ..Default::default() };
-/// assert_eq!(bad.validate().unwrap_err().field, "instances");
+/// for instances in [0, MAX_INSTANCES + 1] {
+///     let bad = ModelSettings { instances, ..Default::default() };
+///     assert_eq!(bad.validate().unwrap_err().field, "instances");
+/// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -124,7 +131,7 @@ pub struct ModelSettings {
     /// once, without waiting for `max_queue_delay`, cut at the most requests
     /// whose rows add up to a preferred size.
     pub preferred_batch_sizes: Vec<usize>,
-    /// Worker processes per version.
+    /// Worker processes per version (1 to [`MAX_INSTANCES`]).
     pub instances: usize,
     /// Which versions are served.
     pub version_policy: VersionPolicy,
@@ -186,6 +193,12 @@ impl ModelSettings {
         }
         if self.instances == 0 {
             return err("instances", "must be at least 1");
+        }
+        if self.instances > MAX_INSTANCES {
+            return Err(SettingsError {
+                field: "instances",
+                reason: format!("{} is over the limit of {MAX_INSTANCES} worker processes per version", self.instances),
+            });
         }
         if self.queue_capacity == 0 {
             return err("queue_capacity", "must be at least 1");

@@ -50,7 +50,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use multiproc_serve::RestartPolicy;
+use multiproc_serve::{MAX_INSTANCES, RestartPolicy};
 use serde::Deserialize;
 
 use crate::protocol::{DataType, TensorMetadata};
@@ -318,8 +318,8 @@ impl ModelConfig {
             Some("lazy") => true,
             Some(other) => return Err(format!("field `start`: {other:?}; expected \"eager\" or \"lazy\"")),
         };
-        if raw.instances == 0 {
-            return Err("field `instances`: 0; expected at least 1".into());
+        if raw.instances == 0 || raw.instances > MAX_INSTANCES {
+            return Err(format!("field `instances`: {}; expected 1 to {MAX_INSTANCES}", raw.instances));
         }
         let inputs = tensors("input", raw.input)?;
         let outputs = tensors("output", raw.output)?;
@@ -486,6 +486,11 @@ dims = [3]
         assert_eq!(e, "field `output[0].dims`: -3; expected sizes >= 0, or -1 for a variable size");
         let e = ModelConfig::parse(&format!("{GOOD}\nbogus = 1\n")).unwrap_err();
         assert!(e.contains("unknown field `bogus`"), "{e}");
+        for n in [0u64, 1025, i64::MAX as u64] {
+            let e = ModelConfig::parse(&format!("instances = {n}\n{GOOD}")).unwrap_err();
+            assert_eq!(e, format!("field `instances`: {n}; expected 1 to 1024"));
+        }
+        assert!(ModelConfig::parse(&format!("instances = 1024\n{GOOD}")).is_ok());
     }
 
     #[test]
