@@ -44,12 +44,26 @@ pub struct ModelDir {
 pub fn scan(root: &Path) -> std::io::Result<Vec<ModelDir>> {
     let mut names: Vec<String> = std::fs::read_dir(root)?
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(is_dir)
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
     Ok(names.into_iter().map(|n| scan_model(root, &n)).collect())
+}
+
+/// True for a directory, or a symbolic link to one (as Triton follows them:
+/// a version directory is often a link to a release).
+fn is_dir(entry: &std::fs::DirEntry) -> bool {
+    std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir())
+}
+
+/// The version a directory's name gives, if it is a version number written
+/// as the server writes it back (`1`, not `01` or `+1`: the paths of a
+/// version are made from its number, so another spelling would name a
+/// directory that does not exist).
+fn version_number(name: &str) -> Option<u64> {
+    name.parse::<u64>().ok().filter(|v| v.to_string() == name)
 }
 
 /// Reads one model directory of `root`.
@@ -66,8 +80,8 @@ fn read_model(dir: &Path) -> Result<(Arc<ModelConfig>, Vec<u64>), ConfigError> {
     let mut versions: Vec<u64> = std::fs::read_dir(dir)
         .map_err(|e| err(format!("cannot list the version directories: {e}")))?
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .filter(is_dir)
+        .filter_map(|e| e.file_name().to_str().and_then(version_number))
         .collect();
     versions.sort_unstable();
     if versions.is_empty() {
@@ -162,5 +176,41 @@ pub fn add_model(server: &Server, model: &ModelDir) -> Result<(), ServeError> {
             });
             server.add(spec.settings(settings))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory removed however the test ends.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const CONFIG: &str = "platform = \"command\"\ncommand = [\"true\"]\nmax_batch_size = 0\n\
+                          [[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [-1]\n\
+                          [[output]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [-1]\n";
+
+    #[test]
+    fn versions_are_canonical_numbers_and_links_to_directories_count() {
+        let root = Scratch(std::env::temp_dir().join(format!("multiproc-scan-{}", std::process::id())));
+        let (repo, releases) = (root.0.join("repo"), root.0.join("releases"));
+        for dir in ["repo/plain/01", "repo/plain/+3", "repo/plain/2", "releases/m/4", "releases/v5"] {
+            std::fs::create_dir_all(root.0.join(dir)).unwrap();
+        }
+        std::fs::write(repo.join("plain/config.toml"), CONFIG).unwrap();
+        std::fs::write(releases.join("m/config.toml"), CONFIG).unwrap();
+        // A model directory and a version directory that are links.
+        std::os::unix::fs::symlink(releases.join("m"), repo.join("linked")).unwrap();
+        std::os::unix::fs::symlink(releases.join("v5"), repo.join("plain/5")).unwrap();
+        let models = scan(&repo).unwrap();
+        let found: Vec<(&str, &[u64])> =
+            models.iter().map(|m| (m.name.as_str(), m.loaded.as_ref().unwrap().1.as_slice())).collect();
+        assert_eq!(found, [("linked", &[4][..]), ("plain", &[2, 5][..])]);
     }
 }
