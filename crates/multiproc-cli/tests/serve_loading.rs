@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{EXE, Served, TempDir, agent, call, worker_dir, write};
+use support::{EXE, Served, TempDir, agent, call, get_json, post_json, worker_dir, write};
 
 /// How long each model's load sleeps: long enough for two requests on a
 /// loaded machine to be answered within half of it, and for a stop that
@@ -19,11 +19,16 @@ const LOAD_SECONDS: u64 = 30;
 
 /// A command model whose load sleeps [`LOAD_SECONDS`].
 fn slow_loading_config() -> String {
+    loading_config(LOAD_SECONDS, "x")
+}
+
+/// A command model whose load sleeps `seconds`, with one input named `input`.
+fn loading_config(seconds: u64, input: &str) -> String {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../multiproc-serve-http/tests/support/slow_load.py");
     format!(
-        "platform = \"command\"\ncommand = [\"python3\", {:?}, \"{LOAD_SECONDS}\", {:?}]\nmax_batch_size = 0\n\
-         [[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [-1]\n\
+        "platform = \"command\"\ncommand = [\"python3\", {:?}, \"{seconds}\", {:?}]\nmax_batch_size = 0\n\
+         [[input]]\nname = \"{input}\"\ndatatype = \"FP32\"\ndims = [-1]\n\
          [[output]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [-1]\n\
          [timeouts]\nstartup_ms = 120000\n",
         script.display().to_string(),
@@ -116,4 +121,33 @@ fn sigterm_while_the_models_load_stops_the_server_promptly_and_cleanly() {
     }
     assert!(!stdout.iter().any(|l| l.contains("serving")), "said serving although stopped while loading: {stdout:?}");
     assert!(stdout.iter().any(|l| l.contains("stopped")), "{stdout:?}\n{stderr}");
+}
+
+#[test]
+fn of_two_loads_of_a_model_through_the_api_the_one_asked_last_is_left_serving() {
+    let repository = TempDir::new("serve-two-loads");
+    let config = repository.0.join("m").join("config.toml");
+    write(&config, loading_config(0, "first").as_bytes());
+    std::fs::create_dir_all(repository.0.join("m").join("1")).unwrap();
+    let mut served = Served::start(&["--model-repository", repository.0.to_str().unwrap()]);
+    let load = served.url("/v2/repository/models/m/load");
+    // A slow load (4 s), then, while it runs, a fast one of a newer
+    // configuration: the newer must be the one left serving, though its
+    // workers would be ready first.
+    write(&config, loading_config(4, "slow").as_bytes());
+    let slow = {
+        let load = load.clone();
+        std::thread::spawn(move || post_json(&load, &serde_json::json!({})))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    write(&config, loading_config(0, "last").as_bytes());
+    let (status, body) = post_json(&load, &serde_json::json!({}));
+    assert_eq!(status, 200, "{body}");
+    // The slow load's request is bounded by the agent's 30 s timeout.
+    let (status, body) = slow.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, metadata) = get_json(&served.url("/v2/models/m"));
+    assert_eq!(status, 200, "{metadata}");
+    assert_eq!(metadata["inputs"][0]["name"], "last", "{metadata}");
+    assert_eq!(served.terminate().code(), Some(0));
 }

@@ -2,9 +2,9 @@
 //! statistics, model configurations and shared memory: health, metadata,
 //! readiness, the repository extension and `/metrics`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Json;
@@ -69,6 +69,9 @@ pub struct App {
     pub(crate) initial_load: InitialLoad,
     /// Clients' shared memory regions.
     pub(crate) shm: crate::shm::Regions,
+    /// One repository change (load or unload) at a time per model, so that
+    /// of two loads the one asked last is the one left serving.
+    changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl App {
@@ -103,7 +106,18 @@ impl App {
             lone: multiproc_serve::LoneWait::default(),
             initial_load,
             shm,
+            changes: Mutex::default(),
         })
+    }
+
+    /// Waits for the repository changes of model `name` asked before this
+    /// one to end; holds the next ones back until the guard is dropped.
+    async fn change_of(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(changes.entry(name.to_string()).or_default())
+        };
+        lock.lock_owned().await
     }
 
     /// The core server.
@@ -400,6 +414,9 @@ async fn repository_load(
             app.root.display()
         )));
     }
+    // The directory is read under the model's turn: a load asked later
+    // reads it later, and ends later.
+    let _turn = app.change_of(&name).await;
     let dir = scan_model(&app.root, &name);
     let put = |dir: ModelDir| app.models.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), dir);
     // A failed load keeps what was serving: while the new configuration is
@@ -430,6 +447,7 @@ async fn repository_unload(
     check_model_name(&name)?;
     app.initial_load.check_done("unload", &name)?;
     app.config(&name)?;
+    let _turn = app.change_of(&name).await;
     let core = app.core.clone();
     tokio::task::spawn_blocking(move || core.unload(&name)).await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unload task failed: {e}"))
