@@ -130,3 +130,29 @@ fn a_model_name_with_url_characters_is_percent_encoded_in_the_path() {
     assert!(out.status.success(), "{stdout} {} {lines:?}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("y FP32 [1] [1.0]"), "{stdout}");
 }
+
+#[test]
+fn a_full_request_asking_for_binary_outputs_is_sent_asking_for_json_which_the_client_prints() {
+    let metadata = serde_json::json!({
+        "name": "m",
+        "platform": "",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+    });
+    let response = serde_json::json!({
+        "model_name": "m",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": [2.0, 4.0]}],
+    });
+    let (base, seen) = stand_in(vec![("GET /v2/models/m ", metadata), ("POST /v2/models/m/infer ", response)], 2);
+    let request = r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}],
+                      "parameters": {"binary_data_output": true},
+                      "outputs": [{"name": "y", "parameters": {"binary_data": true}}]}"#;
+    let out = run_with_limit(Command::new(EXE).args(["infer", "m", request, "--url", &base]), Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("y FP32 [2] [2.0,4.0]"), "{stdout}");
+    let requests: Vec<(String, Value)> = seen.try_iter().collect();
+    let infer = requests.iter().find(|(line, _)| line.starts_with("POST")).expect("an inference request");
+    assert_eq!(infer.1["parameters"], serde_json::json!({}), "{:?}", infer.1);
+    assert_eq!(infer.1["outputs"][0], serde_json::json!({"name": "y", "parameters": {}}), "{:?}", infer.1);
+}

@@ -217,10 +217,38 @@ fn nested_shape(v: &Value) -> Vec<usize> {
     }
 }
 
+/// Asks for every output as JSON: a full request given to `multiproc infer`
+/// may ask for binary outputs (Triton's extension: `binary_data_output`, or
+/// an output's `binary_data`), which the client could not print; it prints
+/// outputs as JSON, so it drops those flags.
+///
+/// ```
+/// use multiproc_serve_http::client::outputs_as_json;
+/// let mut req = serde_json::json!({
+///     "inputs": [],
+///     "parameters": {"binary_data_output": true, "other": 1},
+///     "outputs": [{"name": "y", "parameters": {"binary_data": true}}],
+/// });
+/// outputs_as_json(&mut req);
+/// assert_eq!(req["parameters"], serde_json::json!({"other": 1}));
+/// assert_eq!(req["outputs"][0]["parameters"], serde_json::json!({}));
+/// ```
+pub fn outputs_as_json(request: &mut Value) {
+    if let Some(parameters) = request.get_mut("parameters").and_then(Value::as_object_mut) {
+        parameters.remove("binary_data_output");
+    }
+    for output in request.get_mut("outputs").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(parameters) = output.get_mut("parameters").and_then(Value::as_object_mut) {
+            parameters.remove("binary_data");
+        }
+    }
+}
+
 /// Builds an inference request from `{"input name": data}` and the model's
 /// metadata: the datatype is the input's, the shape the nesting of `data`
 /// (with a batch dimension of 1 added when the model has one and it is
-/// missing). A value that already has `"inputs"` is sent as it is.
+/// missing). A value that already has `"inputs"` is sent as it is (by
+/// [`infer`], with [`outputs_as_json`]).
 ///
 /// ```
 /// use multiproc_serve_http::client::build_request;
@@ -323,6 +351,7 @@ pub fn infer(
     let meta: ModelMetadata = serde_json::from_value(client.call("GET", &model_url, None)?)
         .map_err(|e| ClientError::Input(format!("unexpected model metadata: {e}")))?;
     let mut request = build_request(&meta, given)?;
+    outputs_as_json(&mut request);
     if let Some(n) = classification {
         ask_classification(&meta, &mut request, n)?;
     }
