@@ -71,3 +71,46 @@ fn daemons_are_terminated_and_others_joined_at_normal_exit() {
         assert_eq!(count_zombie_children(), 0, "{method:?}: zombies of ours");
     }
 }
+
+/// A daemon that ignores SIGTERM (as pool workers built with
+/// `ignore_stop_signals` do), and says so on `ready`: would write its file
+/// after 30 s.
+fn stubborn_daemon(path: PathBuf, ready: Connection<()>) {
+    multiproc::process::ignore_stop_signals();
+    ready.send(&()).unwrap();
+    std::thread::sleep(Duration::from_secs(30));
+    std::fs::write(path, "stubborn daemon finished").unwrap();
+}
+
+fn middle_with_a_stubborn_daemon(dir: PathBuf, report: Connection<i32>) {
+    let (ready, theirs) = Pipe::<()>::duplex().unwrap();
+    let d =
+        Process::builder().name("stubborn").daemon(true).spawn(stubborn_daemon, (dir.join("daemon"), theirs)).unwrap();
+    // Its SIGTERM comes only once it ignores it.
+    ready.recv_timeout(JOIN).unwrap();
+    report.send(&d.pid().unwrap()).unwrap();
+}
+
+#[test]
+fn a_daemon_that_ignores_sigterm_is_killed_at_exit_rather_than_waited_for() {
+    let _serial = serial();
+    let dir = TempDir::new("stubborn-daemon-exit");
+    let (ours, theirs) = Pipe::<i32>::duplex().unwrap();
+    let start = Instant::now();
+    let mut mid =
+        Process::builder().name("middle").spawn(middle_with_a_stubborn_daemon, (dir.0.clone(), theirs)).unwrap();
+    let daemon = ours.recv_timeout(JOIN).expect("the middle process reports its daemon");
+    let result = mid.join_timeout(JOIN);
+    let took = start.elapsed();
+    if result.is_err() {
+        kill_quietly(daemon);
+    }
+    result.unwrap_or_else(|e| panic!("the middle process did not exit: {e}"));
+    assert_eq!(mid.exitcode(), Some(0));
+    // Killed after the grace the exit gives a daemon (1 s), not waited for.
+    assert!(took >= Duration::from_secs(1), "exit took {took:?}: the daemon did not ignore its SIGTERM");
+    assert!(took < Duration::from_secs(10), "exit took {took:?}: the daemon was waited for");
+    assert!(!dir.0.join("daemon").exists(), "the daemon ran to the end");
+    assert_eq!(stat(daemon), None, "the daemon is still there");
+    assert_eq!(count_zombie_children(), 0, "zombies of ours");
+}

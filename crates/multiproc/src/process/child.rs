@@ -167,9 +167,11 @@ extern "C" fn at_exit() {
 }
 
 /// Terminates daemon children, then waits for the others (Python's rule), so
-/// nothing is left running or unreaped. Runs at exit, and in a forked child
-/// that ends without exit handlers; does nothing in a process that never
-/// started a child.
+/// nothing is left running or unreaped. A daemon child still running
+/// [`DAEMON_GRACE`] after its SIGTERM (one that ignores it, as pool workers
+/// started with `ignore_stop_signals` do) is killed: the exit does not wait
+/// for it for ever. Runs at exit, and in a forked child that ends without
+/// exit handlers; does nothing in a process that never started a child.
 pub(crate) fn end_children() {
     // ORDERING: see HANDLER_OWNER.
     if HANDLER_OWNER.load(Ordering::Relaxed) != imp::getpid() {
@@ -184,8 +186,17 @@ pub(crate) fn end_children() {
         lifecycle!(DEBUG, "calling terminate() for daemon {}", child.name);
         let _ = child.signal(imp::SIGTERM);
     }
+    let grace = Deadline::after(DAEMON_GRACE);
     for child in &children {
         lifecycle!(DEBUG, "calling join() for process {}", child.name);
+        if child.daemon && child.wait(grace).is_none() {
+            lifecycle!(DEBUG, "daemon {} outlived its SIGTERM by {DAEMON_GRACE:?}: killing it", child.name);
+            let _ = child.signal(imp::SIGKILL);
+        }
         child.wait(Deadline::NEVER);
     }
 }
+
+/// How long the exit waits for daemon children after their SIGTERM before
+/// it kills them.
+const DAEMON_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
