@@ -72,15 +72,22 @@ pub(crate) fn die_with_parent(expected_parent: Pid) {
 }
 
 /// Makes the program that `cmd` starts receive SIGKILL when the thread that
-/// spawns it ends (`PR_SET_PDEATHSIG`, set between fork and exec).
+/// spawns it ends (`PR_SET_PDEATHSIG`, set between fork and exec); if the
+/// parent died before that (the signal would never come), the child exits
+/// before it runs the program.
 pub(crate) fn kill_command_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec the closure calls only prctl, which is
-    // async-signal-safe, takes plain integers and allocates nothing.
+    let parent = getpid();
+    // SAFETY: between fork and exec the closure calls only prctl, getppid
+    // and _exit, which are async-signal-safe, take plain integers and
+    // allocate nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
             }
             Ok(())
         });
