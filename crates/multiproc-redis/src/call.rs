@@ -388,8 +388,10 @@ impl<'a> Engine<'a> {
 
 /// A call dropped before it finished (an `imap` abandoned, a `map` that
 /// stopped at its first failure) cancels its chunks still in the task
-/// stream: their entries and argument keys are deleted. A chunk already
-/// running finishes, and its result is dropped.
+/// stream: their entries and argument keys are deleted, and the chunks are
+/// marked withdrawn, so that a host drops unrun a chunk delivered again
+/// under an entry id the call does not know. A chunk already running
+/// finishes, and its result is dropped.
 impl Drop for Engine<'_> {
     fn drop(&mut self) {
         self.cancel_queued();
@@ -397,31 +399,44 @@ impl Drop for Engine<'_> {
 }
 
 impl Engine<'_> {
-    /// Forgets the chunks in flight and deletes those still in the task
-    /// stream, with their argument keys.
+    /// Forgets the chunks in flight, deletes those still in the task
+    /// stream with their argument keys, and adds them all to the caller's
+    /// withdrawn set (`P:Q:withdrawn:C`, see [`crate::schema`]): a chunk
+    /// delivered again after its host died has an entry the call does not
+    /// know, and the host that reads it drops it unrun.
     fn cancel_queued(&mut self) {
         let mut blobs = Vec::new();
         let mut entries = Vec::new();
+        let mut tasks = Vec::with_capacity(self.in_flight.len());
         for task in self.in_flight.keys() {
             blobs.extend(self.shared.forget(*task).and_then(|p| p.blob));
             entries.extend(self.entries.remove(task));
+            tasks.push(*task);
         }
         if entries.is_empty() {
             return;
         }
         // A call out of time still withdraws its tasks, but briefly: one
-        // deadline for both commands (a pipeline would wait up to the
-        // deadline for each of its replies).
+        // deadline for all the commands.
         let deadline = Some(Instant::now() + CANCEL_TIMEOUT);
         let Some(mut conn) = self.shared.submit_conn(deadline) else {
             tracing::warn!("could not cancel {} queued chunks: the connection stayed busy", entries.len());
             return;
         };
-        let tasks = self.shared.keys.tasks();
-        let mut done = conn.run_until(deadline, |c| redis::cmd("XDEL").arg(&tasks).arg(&entries).exec(c));
+        let stream = self.shared.keys.tasks();
+        let mut done = conn.run_until(deadline, |c| redis::cmd("XDEL").arg(&stream).arg(&entries).exec(c));
         if !blobs.is_empty() {
             done = done.and(conn.run_until(deadline, |c| redis::cmd("DEL").arg(&blobs).exec(c)));
         }
+        // The set lives as long as the results could: a chunk still
+        // delivered after that has no caller to report to anyway. One
+        // transaction, so the set never stays without its expiry.
+        let withdrawn = self.shared.keys.withdrawn(&self.shared.caller);
+        let ttl_ms = self.shared.options.result_ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SADD").arg(&withdrawn).arg(&tasks).ignore();
+        pipe.cmd("PEXPIRE").arg(&withdrawn).arg(ttl_ms).ignore();
+        done = done.and(conn.run_until(deadline, |c| c.exec_pipeline(&pipe)));
         if let Err(e) = done {
             tracing::warn!("could not cancel {} queued chunks: {e}", entries.len());
         }

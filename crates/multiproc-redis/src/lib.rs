@@ -46,7 +46,8 @@
 //! serve any number of callers and stop only when told
 //! ([`Worker::stop`]), so `terminate` cannot kill a task a host already
 //! runs (its result is dropped), and a queued task cannot be cancelled on
-//! its own (there is no `cancel`).
+//! its own (there is no `cancel`). Its tasks not yet running are deleted,
+//! also those queued again after their host died (see Delivery below).
 //!
 //! ```
 //! use std::time::Duration;
@@ -79,8 +80,13 @@
 //! A task may run more than once; its result reaches the caller exactly
 //! once (the caller drops duplicates by chunk id).
 //! A call dropped before it finishes (an `imap` left unread, a `map`
-//! stopped by its first failure) or out of wait time deletes its chunks
-//! still queued.
+//! stopped by its first failure), out of wait time or terminated deletes
+//! its chunks still queued, and marks all its chunks in flight withdrawn
+//! (in its set `P:Q:withdrawn:C`, see [`schema`]): a chunk delivered again
+//! after its host died is a new entry the caller cannot delete, and the
+//! host that takes it acknowledges and deletes it unrun, with no result
+//! and no dead letter. A chunk a host is already running finishes there,
+//! and its result is dropped.
 //!
 //! ## Faults
 //!
@@ -114,7 +120,8 @@
 //! The keys, streams, group and message schema are in [`schema`],
 //! versioned ([`schema::SCHEMA_VERSION`]). Nothing grows without bound:
 //! finished task entries are deleted, read results are deleted, result
-//! streams, large-argument keys and the queue's visibility timeout expire,
+//! streams, large-argument keys, withdrawn sets and the queue's visibility
+//! timeout expire,
 //! the dead-letter stream is capped in length and keeps at most a few KiB
 //! of each entry.
 

@@ -197,7 +197,11 @@ impl RedisPool {
     /// `terminate()`): they fail with [`RedisPoolError::Terminated`], and
     /// their tasks still queued in Redis are deleted. Unlike the local
     /// pool, it cannot kill the worker processes: a task a worker host has
-    /// already taken runs to its end there, and its result is dropped.
+    /// already taken runs to its end there, and its result is dropped. A
+    /// task queued again after its host died has a new entry, which the
+    /// pool cannot delete: the pool marks it withdrawn (see
+    /// [`crate::schema`]), and the host that takes it deletes it unrun. A
+    /// dropped call and one out of wait time do the same.
     pub fn terminate(&self) {
         self.shared.life.terminate();
         self.shared.wake_all();

@@ -222,7 +222,9 @@ fn recover(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event
 }
 
 /// Hands the items of an admitted chunk to the pools; returns how many,
-/// or `None` if Redis did not give its arguments (it is away).
+/// or `None` if Redis did not say whether its caller withdrew it or did
+/// not give its arguments (it is away). A chunk its caller withdrew is
+/// handed to the outlet to drop.
 fn start(
     host: &HostShared,
     executors: &Executors,
@@ -231,6 +233,20 @@ fn start(
     id: String,
     msg: TaskMsg,
 ) -> Option<usize> {
+    match withdrawn(host, conn, &msg) {
+        Ok(false) => {}
+        Ok(true) => {
+            let disposal = Disposal::Withdrawn { caller: msg.caller, task: msg.task };
+            let _ = events.send(Event::Dispose { id, disposal });
+            return Some(0);
+        }
+        Err(e) => {
+            // As for the arguments below: the entry stays pending.
+            tracing::warn!("could not check whether entry {id} was withdrawn ({e}); it runs once redis is back");
+            host.release(&[id]);
+            return None;
+        }
+    }
     let items = match load_args(conn, &msg.args, || !host.stopping()) {
         Ok(Ok(items)) => items,
         Ok(Err(failure)) => {
@@ -257,6 +273,27 @@ fn start(
         });
     }
     Some(n)
+}
+
+/// True if the caller of chunk `msg` withdrew it (see
+/// [`crate::schema::Keys::withdrawn`]). Only a delivery after the first is
+/// looked up: the caller deletes a first delivery's entry itself, by the id
+/// it knows, so a first delivery costs no command. The error of a Redis
+/// that stayed away (transient); any other error counts as not withdrawn
+/// (the chunk runs, as it did before withdrawals existed).
+fn withdrawn(host: &HostShared, conn: &mut Conn, msg: &TaskMsg) -> RedisResult<bool> {
+    if msg.attempt <= 1 {
+        return Ok(false);
+    }
+    let key = host.keys.withdrawn(&msg.caller);
+    let check = |c: &mut conn::Link| redis::cmd("SISMEMBER").arg(&key).arg(msg.task).query::<bool>(c);
+    match conn.retry_while(Duration::from_secs(10), None, || !host.stopping(), check) {
+        Err(e) if !conn::is_transient(&e) => {
+            tracing::warn!("could not check whether chunk {} of {} was withdrawn: {e}", msg.task, msg.caller);
+            Ok(false)
+        }
+        r => r,
+    }
 }
 
 /// The items of a chunk, from the entry or its blob key; the error of a

@@ -48,6 +48,9 @@ pub(crate) enum Disposal {
     /// A task that fails as a whole: the caller is told, and it is
     /// dead-lettered.
     Fail { msg: Box<TaskMsg>, failure: TaskFailure },
+    /// A chunk its caller withdrew (see `Keys::withdrawn`): acknowledged
+    /// and deleted, with no result and no dead letter.
+    Withdrawn { caller: String, task: u64 },
 }
 
 struct Running {
@@ -155,6 +158,9 @@ impl Batch {
                 tracing::error!("chunk {} of {} ({}): {failure}", msg.task, msg.caller, msg.function);
                 self.dead_letter(&id, failure.to_string(), Some(&msg));
                 self.result(&msg, Outcome::Failed(failure));
+            }
+            Disposal::Withdrawn { caller, task } => {
+                tracing::debug!("dropping entry {id}: chunk {task} of {caller} was withdrawn by its caller");
             }
         }
         self.done.push(id);
@@ -390,6 +396,8 @@ fn reclaim(
     visibility: Duration,
 ) {
     let min_idle = u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX);
+    // Whether withdrawals are looked up: not after Redis failed one.
+    let mut look = true;
     for _ in 0..RECLAIM_SCANS {
         let reply = conn.run(|c| {
             redis::cmd("XAUTOCLAIM")
@@ -425,6 +433,10 @@ fn reclaim(
             }
             host.hold(&Arc::from(entry.id.as_str()));
             match admit(host, &entry.fields) {
+                Ok(msg) if withdrawn(host, conn, &msg, &mut look) => {
+                    let disposal = Disposal::Withdrawn { caller: msg.caller, task: msg.task };
+                    batch.dispose(entry.id, disposal);
+                }
                 Ok(msg) => batch.reclaimed(&entry.id, msg, visibility),
                 Err(disposal) => batch.dispose(entry.id, disposal),
             }
@@ -438,6 +450,28 @@ fn reclaim(
             return;
         }
     }
+}
+
+/// True if the caller of reclaimed chunk `msg` withdrew it (see
+/// [`crate::schema::Keys::withdrawn`]), so that it is neither delivered
+/// again nor dead-lettered. Only a delivery after the first is looked up
+/// (the caller deletes a first delivery's entry itself), and only while
+/// `look` holds. On an error the chunk counts as not withdrawn: it is
+/// delivered again, and the host that reads it looks again; after an error
+/// of a Redis that is away, `look` is cleared, so that the other entries
+/// of the round do not each wait for it.
+fn withdrawn(host: &HostShared, conn: &mut Conn, msg: &TaskMsg, look: &mut bool) -> bool {
+    if !*look || msg.attempt <= 1 {
+        return false;
+    }
+    let key = host.keys.withdrawn(&msg.caller);
+    let r =
+        conn.run_until(host.command_deadline(), |c| redis::cmd("SISMEMBER").arg(&key).arg(msg.task).query::<bool>(c));
+    r.unwrap_or_else(|e| {
+        tracing::warn!("could not check whether chunk {} of {} was withdrawn: {e}", msg.task, msg.caller);
+        *look = !conn::is_transient(&e);
+        false
+    })
 }
 
 /// The start of the pending list, where a reclaim scan begins.
