@@ -9,7 +9,7 @@
 //! a lot never blocks on a full pipe.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -241,14 +241,12 @@ fn copy_prefixed(mut file: File, prefix: &str, stream: StdStream) {
 
 /// Writes `prefix`, `text` and a newline to the parent's stream in one
 /// write, so the lines of several children do not mix (`out` is scratch
-/// space, kept between calls).
+/// space, kept between calls). Without std's lock on the stream: a child
+/// forked while this thread held it would inherit it held for ever.
 fn write_prefixed(out: &mut Vec<u8>, prefix: &str, text: &[u8], stream: StdStream) {
     out.clear();
     out.extend_from_slice(prefix.as_bytes());
     out.extend_from_slice(text);
     out.push(b'\n');
-    let _ = match stream {
-        StdStream::Stdout => io::stdout().lock().write_all(out),
-        StdStream::Stderr => io::stderr().lock().write_all(out),
-    };
+    let _ = stdio::write_unlocked(stream, out);
 }
