@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiproc::RemoteFn;
 use serde_bytes::ByteBuf;
@@ -431,10 +431,20 @@ impl Engine<'_> {
         // The set lives as long as the results could: a chunk still
         // delivered after that has no caller to report to anyway. One
         // transaction, so the set never stays without its expiry.
+        // Scored with the time each is forgotten, and the ones past it are
+        // removed: a pool that withdraws more often than once a TTL keeps
+        // the key alive, and it must not grow for ever.
         let withdrawn = self.shared.keys.withdrawn(&self.shared.caller);
-        let ttl_ms = self.shared.options.result_ttl.as_millis() as u64;
+        let ttl_ms = u64::try_from(self.shared.options.result_ttl.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let forget_at = now_ms.saturating_add(ttl_ms);
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("SADD").arg(&withdrawn).arg(&tasks).ignore();
+        pipe.atomic().cmd("ZREMRANGEBYSCORE").arg(&withdrawn).arg("-inf").arg(now_ms).ignore();
+        let add = pipe.cmd("ZADD").arg(&withdrawn);
+        for task in &tasks {
+            add.arg(forget_at).arg(*task);
+        }
+        add.ignore();
         pipe.cmd("PEXPIRE").arg(&withdrawn).arg(ttl_ms).ignore();
         done = done.and(conn.run_until(deadline, |c| c.exec_pipeline(&pipe)));
         if let Err(e) = done {

@@ -245,7 +245,7 @@ pub(crate) fn explain(what: &str, e: &redis::RedisError, waited: Option<Duration
     if e.code() == Some("NOPERM") || script_refused {
         return format!(
             "{what}: {e}; let the pool's Redis user run the commands of multiproc-redis on its keys (ACL \
-             SETUSER <user> +@stream +@string +@set +@keyspace +@scripting +info +ping ~<prefix>:*)"
+             SETUSER <user> +@stream +@string +@sortedset +@keyspace +@scripting +info +ping ~<prefix>:*)"
         );
     }
     if !crate::conn::is_transient(e) {

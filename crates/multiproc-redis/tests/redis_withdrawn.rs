@@ -86,7 +86,8 @@ fn a_cancelled_chunk_queued_again_after_its_host_died_does_not_run_again() {
 
     // The caller gives up on the call: its chunk is withdrawn.
     drop(call);
-    let withdrawn: Vec<u64> = redis::cmd("SMEMBERS").arg(keys.withdrawn(caller.caller_id())).query(&mut con).unwrap();
+    let withdrawn: Vec<u64> =
+        redis::cmd("ZRANGE").arg(keys.withdrawn(caller.caller_id())).arg(0).arg(-1).query(&mut con).unwrap();
     assert_eq!(withdrawn.len(), 1, "the chunk was not marked withdrawn");
     let ttl: i64 = redis::cmd("PTTL").arg(keys.withdrawn(caller.caller_id())).query(&mut con).unwrap();
     assert!(ttl > 0, "the withdrawn set has no expiry ({ttl})");

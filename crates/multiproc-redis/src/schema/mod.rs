@@ -11,7 +11,7 @@
 //! | `P:Q:tasks` | stream, group [`GROUP`] | one entry per chunk of tasks; workers read it with `XREADGROUP`, and `XACK` + `XDEL` an entry once its result is written, so it holds only unfinished work |
 //! | `P:Q:dead` | stream, capped at [`DEAD_LETTER_MAXLEN`] (approximately), no expiry | dead letters: tasks that failed [`TaskMsg::max_attempts`] deliveries, tasks of another build, garbage entries; each with a `reason`; an entry holds under 9 KiB ([`DeadMessage`]), so the stream stays under about 90 MB |
 //! | `P:Q:blob:C:T` | string, with expiry | the arguments of chunk `T` of caller `C` when they are too large for an entry ([`BLOB_THRESHOLD`]) |
-//! | `P:Q:withdrawn:C` | set, with expiry | the ids ([`TaskMsg::task`]) of the chunks caller `C` withdrew while they were in flight (a call terminated, out of wait time or dropped): a worker host checks it before it runs a delivery after the first (an entry whose id the caller does not know), and deletes a withdrawn chunk's entry unrun, with no result and no dead letter; each withdrawal sets its expiry to [`TaskMsg::result_ttl_ms`] |
+//! | `P:Q:withdrawn:C` | sorted set, with expiry | the ids ([`TaskMsg::task`]) of the chunks caller `C` withdrew while they were in flight (a call terminated, out of wait time or dropped), each scored with the time (ms since the Unix epoch, the caller's clock) after which it is forgotten: a worker host checks it before it runs a delivery after the first (an entry whose id the caller does not know), and deletes a withdrawn chunk's entry unrun, with no result and no dead letter; each withdrawal removes the ids past their time and sets the key's expiry to [`TaskMsg::result_ttl_ms`], so the set holds only the withdrawals of the last TTL |
 //! | `P:Q:visibility` | string, with expiry | the longest visibility timeout (ms) a live worker host of the queue declared: each host sets it when its own is at least the value held, and renews it every quarter of its timeout; it expires twice that host's timeout after the last renewal; hosts reclaim entries idle longer than this value (or their own timeout, if longer) |
 //! | `P:results:C` | stream, with expiry | the results for caller `C`; the caller deletes what it has read, and the key expires [`TaskMsg::result_ttl_ms`] after the last write if the caller is gone |
 //!
@@ -133,8 +133,9 @@ impl Keys {
         format!("{}:{}:visibility", self.prefix, self.queue)
     }
 
-    /// The set of the chunks caller `caller` withdrew while they were in
-    /// flight: a worker host drops a later delivery of any of them unrun.
+    /// The sorted set of the chunks caller `caller` withdrew while they
+    /// were in flight: a worker host drops a later delivery of any of them
+    /// unrun.
     pub fn withdrawn(&self, caller: &str) -> String {
         format!("{}:{}:withdrawn:{caller}", self.prefix, self.queue)
     }

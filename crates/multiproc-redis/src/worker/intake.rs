@@ -286,7 +286,9 @@ fn withdrawn(host: &HostShared, conn: &mut Conn, msg: &TaskMsg) -> RedisResult<b
         return Ok(false);
     }
     let key = host.keys.withdrawn(&msg.caller);
-    let check = |c: &mut conn::Link| redis::cmd("SISMEMBER").arg(&key).arg(msg.task).query::<bool>(c);
+    let check = |c: &mut conn::Link| {
+        redis::cmd("ZSCORE").arg(&key).arg(msg.task).query::<Option<f64>>(c).map(|score| score.is_some())
+    };
     match conn.retry_while(Duration::from_secs(10), None, || !host.stopping(), check) {
         Err(e) if !conn::is_transient(&e) => {
             tracing::warn!("could not check whether chunk {} of {} was withdrawn: {e}", msg.task, msg.caller);

@@ -465,8 +465,9 @@ fn withdrawn(host: &HostShared, conn: &mut Conn, msg: &TaskMsg, look: &mut bool)
         return false;
     }
     let key = host.keys.withdrawn(&msg.caller);
-    let r =
-        conn.run_until(host.command_deadline(), |c| redis::cmd("SISMEMBER").arg(&key).arg(msg.task).query::<bool>(c));
+    let r = conn.run_until(host.command_deadline(), |c| {
+        redis::cmd("ZSCORE").arg(&key).arg(msg.task).query::<Option<f64>>(c).map(|score| score.is_some())
+    });
     r.unwrap_or_else(|e| {
         tracing::warn!("could not check whether chunk {} of {} was withdrawn: {e}", msg.task, msg.caller);
         *look = !conn::is_transient(&e);
