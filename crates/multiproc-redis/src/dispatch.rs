@@ -202,7 +202,13 @@ fn run(shared: &Shared, mut conn: Conn) {
                 continue;
             }
         };
-        if conn.connects() != connects {
+        // After a reconnect the stream is read again from its start, once:
+        // a Redis that restarted may number new entries below `last_id`
+        // (its clock behind the old one's), which reading on from it would
+        // skip. Entries read are deleted, and a result read twice is
+        // dropped as a duplicate.
+        let reconnected = conn.connects() != connects;
+        if reconnected {
             connects = conn.connects();
             check_restart(shared, &mut conn, &mut run_id);
         }
@@ -225,6 +231,9 @@ fn run(shared: &Shared, mut conn: Conn) {
             if let Err(e) = conn.run(|c| c.exec_pipeline(&pipe)) {
                 tracing::warn!("could not delete read results from {key}: {e} (they expire)");
             }
+        }
+        if reconnected {
+            last_id = "0-0".to_string();
         }
     }
 }
