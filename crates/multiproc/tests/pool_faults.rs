@@ -191,6 +191,22 @@ fn a_task_over_the_timeout_fails_and_its_worker_is_replaced() {
     assert!(pool.apply(nap, (1,)).is_ok(), "pool still usable");
 }
 
+#[test]
+fn a_task_timeout_too_long_to_represent_is_no_limit() {
+    let _watchdog = pool_support::watchdog();
+    fn nap(ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+    // Duration::MAX once overflowed the scheduler's deadline (a panic that
+    // terminated the pool), and 2^64 ns + 0.3 s wrapped to a 0.3 s limit.
+    for limit in [Duration::MAX, Duration::from_nanos(u64::MAX) + Duration::from_millis(300)] {
+        let pool = Pool::builder().processes(2).task_timeout(limit).build().unwrap();
+        let r = pool.with_chunksize(1).map_async(nap, [500u64, 1, 2, 3]).get_timeout(WAIT);
+        assert_eq!(r.unwrap(), vec![500, 1, 2, 3], "{limit:?}");
+    }
+}
+
 /// A value whose serialization fails.
 #[derive(Debug, Clone, Deserialize)]
 struct Unsendable(u64);

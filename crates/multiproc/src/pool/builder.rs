@@ -134,7 +134,7 @@ impl<S: 'static> PoolBuilder<S> {
 
     /// The longest one task may run. A task over it fails with
     /// [`TaskError::Timeout`](super::TaskError::Timeout); its worker is killed and replaced. Default:
-    /// no limit.
+    /// no limit (as is a limit of centuries, `Duration::MAX` included).
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

@@ -126,7 +126,9 @@ impl Scheduler {
     /// to look again.
     pub(super) fn check_timeouts(&mut self) -> Option<Instant> {
         let limit = self.config.timeout?;
-        let limit_ns = limit.as_nanos() as u64;
+        // Saturating: a limit past what a u64 of nanoseconds (or an
+        // `Instant`) holds, `Duration::MAX` for one, is no limit at all.
+        let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
         let now_ns = ring::monotonic_ns();
         let now = Instant::now();
         let mut next: Option<Instant> = None;
@@ -142,10 +144,11 @@ impl Scheduler {
                     w.kill();
                     continue;
                 }
-                now + Duration::from_nanos(limit_ns - ran)
+                now.checked_add(Duration::from_nanos(limit_ns - ran))
             } else {
-                now + limit
+                now.checked_add(limit)
             };
+            let Some(at) = at else { continue };
             next = Some(next.map_or(at, |n| n.min(at)));
         }
         next
