@@ -287,6 +287,21 @@ pub(crate) fn start(config: PoolConfig) -> Result<(Arc<Shared>, JoinHandle<()>),
     Ok((shared, thread))
 }
 
+/// A scheduler that ends with workers still running (its start failed part
+/// way, or its thread could not be started) kills and reaps them: nothing
+/// else would, and they would run their initializer, then wait for work
+/// that never comes until the program exits. At a normal end none is left.
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            if w.process.is_alive() {
+                w.kill();
+                let _ = w.process.join_timeout(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 struct Scheduler {
     config: PoolConfig,
     shared: Arc<Shared>,
