@@ -166,3 +166,25 @@ fn is_dead(pid: u32) -> bool {
     let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
     matches!(state, Some("Z" | "X"))
 }
+
+#[test]
+fn an_executor_whose_last_handle_is_dropped_in_a_result_callback_ends_without_hanging() {
+    let _watchdog = pool_support::watchdog();
+    // The callback runs on the pool's own thread; dropping the executor
+    // there (its shutdown joins the pool) once waited there for itself.
+    let ex = std::sync::Arc::new(Executor::new(2).unwrap());
+    let held = std::sync::Arc::clone(&ex);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut later = ex.submit(sleep_ms, (400,)).unwrap();
+    // 100 ms: the callback is attached before the result comes, so it runs
+    // on the pool's thread.
+    let first = ex.submit(sleep_ms, (100,)).unwrap().callback(move |v| {
+        drop(held);
+        tx.send(*v).unwrap();
+    });
+    drop(ex); // the callback holds the last handle
+    assert_eq!(rx.recv_timeout(WAIT).expect("the callback ended"), 100);
+    drop(first);
+    // Work submitted before the drop still finishes, as a shutdown waits for it.
+    assert_eq!(later.get_timeout(WAIT).unwrap(), 400);
+}

@@ -119,6 +119,12 @@ pub enum PoolError {
     /// `join` before `close` or `terminate`.
     #[error("join() needs close() or terminate() first, or it would wait forever")]
     NotClosed,
+    /// `join` on the pool's own thread: in a result callback (which runs
+    /// there), it would wait for itself.
+    #[error(
+        "join() was called in a result callback, on the pool's own thread, and would wait for itself; join from another thread"
+    )]
+    OnPoolThread,
     /// `successful` before the result is ready.
     #[error("the result is not ready yet; wait() first")]
     NotReady,

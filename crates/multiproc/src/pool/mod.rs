@@ -401,9 +401,18 @@ impl<S: 'static> Pool<S> {
         self.join_until(Instant::now().checked_add(timeout), timeout)
     }
 
+    /// True on the pool's own thread (in a result callback).
+    fn on_own_thread(&self) -> bool {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        thread.as_ref().is_some_and(|t| t.thread().id() == std::thread::current().id())
+    }
+
     fn join_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<(), PoolError> {
         if !self.shared.is_closed() {
             return Err(PoolError::NotClosed);
+        }
+        if self.on_own_thread() {
+            return Err(PoolError::OnPoolThread);
         }
         if !self.shared.wait_finished(deadline) {
             return Err(PoolError::Timeout(timeout));
@@ -422,6 +431,17 @@ impl<S> Drop for Pool<S> {
     fn drop(&mut self) {
         let thread = self.thread.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
+            if thread.thread().id() == std::thread::current().id() {
+                // Dropped in a result callback (its last handle was there),
+                // on the pool's own thread, which cannot wait for itself: it
+                // ends by itself once the callback returns, and reaps the
+                // workers; a closed pool (an executor's shutdown) after the
+                // work already submitted, as a join would have waited for.
+                if !self.shared.is_closed() {
+                    self.shared.terminate();
+                }
+                return;
+            }
             self.shared.terminate();
             let _ = thread.join();
         }
