@@ -141,8 +141,8 @@ impl Running {
     ///
     /// The requests in flight are given the longest drain timeout of the
     /// repository's models (`drain_ms`), and at least the time a connection
-    /// accepted with no request yet is given for its first one (see
-    /// [`crate::listen`]). Those still running after it (a model that
+    /// accepted with no request yet is given for its first one (1 s).
+    /// Those still running after it (a model that
     /// hangs, with no call timeout) do not hold the shutdown up: the core
     /// server then stops, as it does on its own at the end of a drain, and
     /// they are answered with the error that stop gives them.
