@@ -77,9 +77,9 @@ fn stand_in(answers: Vec<(&'static str, Value)>, requests: usize) -> (String, mp
     (base, rx)
 }
 
-#[test]
-fn model_metadata_without_the_optional_versions_field_is_read() {
-    // The protocol marks "versions" optional in model metadata.
+/// A stand-in for model `m` (x → y, FP32), whose metadata has no
+/// "versions" (the protocol marks it optional) and whose answer is y = [2, 4].
+fn stand_in_for_m() -> (String, mpsc::Receiver<(String, Value)>) {
     let metadata = serde_json::json!({
         "name": "m",
         "platform": "",
@@ -90,7 +90,12 @@ fn model_metadata_without_the_optional_versions_field_is_read() {
         "model_name": "m",
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": [2.0, 4.0]}],
     });
-    let (base, seen) = stand_in(vec![("GET /v2/models/m ", metadata), ("POST /v2/models/m/infer ", response)], 2);
+    stand_in(vec![("GET /v2/models/m ", metadata), ("POST /v2/models/m/infer ", response)], 2)
+}
+
+#[test]
+fn model_metadata_without_the_optional_versions_field_is_read() {
+    let (base, seen) = stand_in_for_m();
     let out = run_with_limit(
         Command::new(EXE).args(["infer", "m", r#"{"x": [1, 2]}"#, "--url", &base]),
         Duration::from_secs(60),
@@ -133,17 +138,7 @@ fn a_model_name_with_url_characters_is_percent_encoded_in_the_path() {
 
 #[test]
 fn a_full_request_asking_for_binary_outputs_is_sent_asking_for_json_which_the_client_prints() {
-    let metadata = serde_json::json!({
-        "name": "m",
-        "platform": "",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
-    });
-    let response = serde_json::json!({
-        "model_name": "m",
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": [2.0, 4.0]}],
-    });
-    let (base, seen) = stand_in(vec![("GET /v2/models/m ", metadata), ("POST /v2/models/m/infer ", response)], 2);
+    let (base, seen) = stand_in_for_m();
     let request = r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}],
                       "parameters": {"binary_data_output": true},
                       "outputs": [{"name": "y", "parameters": {"binary_data": true}}]}"#;
