@@ -69,9 +69,6 @@ use crate::sys::imp::thread::{self, ThreadIdentity, ThreadStatus};
 
 /// Longest futex sleep before a waiter checks that the owner lives.
 pub(crate) const SLICE: Duration = Duration::from_millis(100);
-/// Longest futex sleep of a waiter whose owner is watched: the lock may
-/// have been freed while the one sleeper its release woke was killed.
-const LOST_WAKE_SLICE: Duration = Duration::from_secs(1);
 /// How long a lock must stay taken by a thread that has not recorded
 /// itself before a waiter asks whether that thread died (see the module
 /// notes).
@@ -233,10 +230,7 @@ impl RawMutex {
                 None // the owner has not recorded itself yet
             };
             let until = match watched {
-                // The watch wakes us if the owner dies. Bounded all the same:
-                // `unlock` wakes one sleeper, and if that one is killed before
-                // it takes the lock, nobody else would wake us.
-                Some(_) => deadline.at_most(LOST_WAKE_SLICE),
+                Some(_) => deadline,
                 None => Deadline::after(deadline.remaining().map_or(SLICE, |left| left.min(SLICE))),
             };
             // ORDERING: SeqCst, paired with `unlock`: see the module notes.
