@@ -10,6 +10,12 @@
 //! without a timeout; the watch thread looks at every sleeping slot each
 //! [`SLICE`], and when the owner is dead it flags the slot and wakes the word.
 //!
+//! A sleeper can also miss its wake-up when the owner is alive: `unlock`
+//! wakes one sleeper, and if that one is killed before it takes the lock,
+//! the others sleep on a free lock. So the watch also wakes the word of a
+//! slot asleep for [`NUDGE_TICKS`] slices in a row; a sleeper woken for
+//! nothing looks at the lock and sleeps again.
+//!
 //! The watch starts with the first sleep and ends after [`IDLE_TICKS`] slices
 //! with nobody asleep; a forked child starts its own. If the thread cannot be
 //! started, [`watch`] returns `None` and the caller falls back to timed sleeps.
@@ -23,6 +29,9 @@ use crate::sys::imp::futex;
 
 /// Slices with no sleeper after which the watch thread ends.
 const IDLE_TICKS: u32 = 10;
+/// Slices a slot sleeps in a row before the watch wakes its word anyway
+/// (one second): a wake-up lost with a killed waiter costs at most that.
+const NUDGE_TICKS: u32 = 10;
 
 /// What one thread is asleep on (`word` is 0 while it is awake).
 #[derive(Debug, Default)]
@@ -35,6 +44,8 @@ struct Slot {
     meta: AtomicU64,
     /// Set by the watch: the owner is dead, try to take the lock over.
     died: AtomicBool,
+    /// Slices the watch has seen this sleep go on (reset at each sleep).
+    ticks: AtomicU32,
 }
 
 /// The slots of this process's threads and whether the watch runs.
@@ -99,6 +110,7 @@ pub(crate) fn watch(word: &AtomicU32, owner: u32, meta: u64) -> Option<Watched> 
         slot.owner.store(owner, Ordering::Relaxed);
         slot.meta.store(meta, Ordering::Relaxed);
         slot.died.store(false, Ordering::Relaxed);
+        slot.ticks.store(0, Ordering::Relaxed);
         slot.word.store(word.as_ptr() as usize, Ordering::Release);
         if !registry.running {
             let started = std::thread::Builder::new().name("multiproc-owner-watch".into()).spawn(run_watch);
@@ -137,7 +149,8 @@ fn run_watch() {
 }
 
 /// Looks at one slot: false if its thread is awake; otherwise wakes it if
-/// the owner it waits for is dead.
+/// the owner it waits for is dead, or if it has slept [`NUDGE_TICKS`]
+/// slices in a row.
 fn check(slot: &Slot) -> bool {
     // ORDERING: Acquire pairs with the Release store in `watch`: the owner
     // and meta written before it are visible.
@@ -153,6 +166,12 @@ fn check(slot: &Slot) -> bool {
         // The sleeper may have woken and unmapped the word meanwhile: the
         // wake-up goes by address and the kernel checks it (a stale address
         // gets EFAULT or a spurious wake-up, which futex sleepers tolerate).
+        futex::wake_address(word, i32::MAX as u32);
+    // ORDERING: Relaxed: a count kept by this thread's scans.
+    } else if slot.ticks.fetch_add(1, Ordering::Relaxed) + 1 >= NUDGE_TICKS {
+        slot.ticks.store(0, Ordering::Relaxed);
+        // By address, as above. The lock may be free with the one waiter
+        // its release woke killed: every sleeper on the word looks again.
         futex::wake_address(word, i32::MAX as u32);
     }
     true
