@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{host_process, pool, server};
+use support::{host_process, pending_of, pool, server};
 
 /// Sleeps, then names the item and the host (the pool worker's parent).
 /// 60 items on four processes then take seconds: host A still holds some
@@ -15,11 +15,6 @@ use support::{host_process, pool, server};
 fn slow(i: u64) -> (u64, u32) {
     std::thread::sleep(Duration::from_millis(300));
     (i, std::os::unix::process::parent_id())
-}
-
-fn pending_of(server: &multiproc_redis::RedisServer, host_pid: i32) -> u64 {
-    let info = multiproc_redis::queue_info(&server.url(), "kill", "default").unwrap();
-    info.hosts.iter().filter(|h| h.is_pid(host_pid as u32)).map(|h| h.pending).sum()
 }
 
 #[test]
@@ -46,7 +41,10 @@ fn a_killed_host_loses_nothing_and_nothing_arrives_twice() {
         assert!(started.elapsed() < Duration::from_secs(60));
     }
     let a_pid = a.pid();
-    assert!(support::eventually(Duration::from_secs(10), || pending_of(&server, a_pid) > 0), "host A holds nothing");
+    assert!(
+        support::eventually(Duration::from_secs(10), || pending_of(&server, "kill", a_pid) > 0),
+        "host A holds nothing"
+    );
     a.kill();
     let killed_at = Instant::now();
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{RemovedOnDrop, eventually, host_process, pool, raw, server};
+use support::{RemovedOnDrop, eventually, host_process, pending_of, pool, raw, server};
 
 /// Appends a line to `log` when it starts (so the test can count how many
 /// times it ran), then runs for `ms`.
@@ -17,11 +17,6 @@ fn long(log: String, ms: u64) -> u64 {
     drop(f);
     std::thread::sleep(Duration::from_millis(ms));
     ms
-}
-
-fn pending_of(server: &multiproc_redis::RedisServer, host_pid: i32) -> u64 {
-    let info = multiproc_redis::queue_info(&server.url(), "mixed", "default").unwrap();
-    info.hosts.iter().filter(|h| h.is_pid(host_pid as u32)).map(|h| h.pending).sum()
 }
 
 #[test]
@@ -38,7 +33,10 @@ fn a_short_timeout_host_does_not_take_a_long_task_from_a_live_long_timeout_host(
     let path = log.0.to_str().unwrap().to_string();
     let mut call = pool.apply_async(long, (path, 5000u64));
     let pid = long_host.pid();
-    assert!(eventually(Duration::from_secs(30), || pending_of(&server, pid) == 1), "the long host took nothing");
+    assert!(
+        eventually(Duration::from_secs(30), || pending_of(&server, "mixed", pid) == 1),
+        "the long host took nothing"
+    );
 
     let _short_host = host_process(&server, "mixed", 1, short_timeout);
     let both = eventually(Duration::from_secs(30), || {

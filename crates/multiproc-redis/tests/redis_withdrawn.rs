@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use multiproc_redis::schema::{self, Keys};
-use support::{RemovedOnDrop, host_process, pool, raw, server};
+use support::{RemovedOnDrop, host_process, pending_of, pool, raw, server};
 
 const PREFIX: &str = "withdrawn";
 
@@ -32,11 +32,6 @@ fn gate(gate: String) -> bool {
 
 fn starts(log: &Path) -> usize {
     std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
-}
-
-fn pending_of(server: &multiproc_redis::RedisServer, pid: i32) -> u64 {
-    let info = multiproc_redis::queue_info(&server.url(), PREFIX, "default").unwrap();
-    info.hosts.iter().filter(|h| h.is_pid(pid as u32)).map(|h| h.pending).sum()
 }
 
 fn hosts(server: &multiproc_redis::RedisServer) -> usize {
@@ -64,7 +59,10 @@ fn a_cancelled_chunk_queued_again_after_its_host_died_does_not_run_again() {
     let blockers = pool(&server, PREFIX).connect().unwrap();
     let mut gated = blockers.with_chunksize(2).map_async(gate, vec![gate_path.clone(), gate_path.clone()]);
     let b_pid = b.pid();
-    assert!(support::eventually(Duration::from_secs(30), || pending_of(&server, b_pid) > 0), "host B took nothing");
+    assert!(
+        support::eventually(Duration::from_secs(30), || pending_of(&server, PREFIX, b_pid) > 0),
+        "host B took nothing"
+    );
 
     // Host A runs the call's one chunk; it is killed once the task started.
     let mut a = host_process(&server, PREFIX, 1, visibility);
@@ -72,7 +70,7 @@ fn a_cancelled_chunk_queued_again_after_its_host_died_does_not_run_again() {
     let caller = pool(&server, PREFIX).connect().unwrap();
     let call = caller.imap(started, vec![log_path]);
     assert!(support::eventually(Duration::from_secs(30), || starts(&log.0) == 1), "the task did not start");
-    assert!(pending_of(&server, a.pid()) > 0, "host A does not hold the task");
+    assert!(pending_of(&server, PREFIX, a.pid()) > 0, "host A does not hold the task");
     a.kill();
 
     // B reclaims it after the visibility timeout and queues it again: a
@@ -104,7 +102,7 @@ fn a_cancelled_chunk_queued_again_after_its_host_died_does_not_run_again() {
     assert_eq!(starts(&log.0), 1, "the withdrawn chunk ran again");
     let info = multiproc_redis::queue_info(&server.url(), PREFIX, "default").unwrap();
     assert_eq!((info.tasks, info.dead_letters), (0, 0));
-    assert_eq!(pending_of(&server, b_pid), 0, "host B still holds an entry");
+    assert_eq!(pending_of(&server, PREFIX, b_pid), 0, "host B still holds an entry");
 }
 
 #[test]

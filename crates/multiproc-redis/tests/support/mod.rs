@@ -106,3 +106,10 @@ impl Drop for RemovedOnDrop {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// The entries pending to the worker host process `host_pid` on queue
+/// `default` under `prefix`.
+pub fn pending_of(server: &RedisServer, prefix: &str, host_pid: i32) -> u64 {
+    let info = multiproc_redis::queue_info(&server.url(), prefix, "default").unwrap();
+    info.hosts.iter().filter(|h| h.is_pid(host_pid as u32)).map(|h| h.pending).sum()
+}
