@@ -167,8 +167,10 @@ fn check(slot: &Slot) -> bool {
         // wake-up goes by address and the kernel checks it (a stale address
         // gets EFAULT or a spurious wake-up, which futex sleepers tolerate).
         futex::wake_address(word, i32::MAX as u32);
-    // ORDERING: Relaxed: a count kept by this thread's scans.
     } else if slot.ticks.fetch_add(1, Ordering::Relaxed) + 1 >= NUDGE_TICKS {
+        // ORDERING: Relaxed (here and above): a count only this thread's
+        // scans keep; the sleeper's reset at its next sleep is published by
+        // the Release store of `word`.
         slot.ticks.store(0, Ordering::Relaxed);
         // By address, as above. The lock may be free with the one waiter
         // its release woke killed: every sleeper on the word looks again.
