@@ -63,6 +63,10 @@ pub(crate) struct Engine<'a> {
     deadline: Option<Instant>,
     /// Counts this call for `RedisPool::join` (`None`: refused, closed pool).
     call: Option<CallGuard>,
+    /// For an ordered `imap`: the index of the next result its reader
+    /// yields. The input is read at most a window of items ahead of it, so
+    /// that results held behind a slow item stay bounded.
+    yielded: Option<usize>,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -98,6 +102,7 @@ impl<'a> Engine<'a> {
             skip: HashSet::new(),
             deadline,
             call,
+            yielded: None,
         };
         if refused {
             // A closed pool: the call fails whole, its input unread.
@@ -107,12 +112,24 @@ impl<'a> Engine<'a> {
         engine
     }
 
+    /// Notes that an ordered reader's next result is item `index`.
+    pub(crate) fn yielded_up_to(&mut self, index: usize) {
+        self.yielded = Some(index);
+    }
+
+    /// Whether the input may be read further: always, unless an ordered
+    /// reader is a window of items behind (its results held in memory).
+    fn may_read_ahead(&self) -> bool {
+        let ahead = self.shared.options.window.saturating_mul(self.plan.chunksize);
+        self.yielded.is_none_or(|y| self.next_index < y.saturating_add(ahead))
+    }
+
     /// Submits chunks until the window is full or the input ends.
     pub(crate) fn top_up(&mut self) -> Result<(), RedisPoolError> {
-        while !self.exhausted && self.in_flight.len() < self.shared.options.window {
+        while !self.exhausted && self.in_flight.len() < self.shared.options.window && self.may_read_ahead() {
             let room = (self.shared.options.window - self.in_flight.len()).min(BATCH);
             let (mut chunks, mut bytes) = (Vec::new(), 0usize);
-            while chunks.len() < room && bytes < BATCH_BYTES && !self.exhausted {
+            while chunks.len() < room && bytes < BATCH_BYTES && !self.exhausted && self.may_read_ahead() {
                 let first = self.next_index;
                 let mut args = Vec::new();
                 while args.len() < self.plan.chunksize {

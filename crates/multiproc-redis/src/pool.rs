@@ -81,7 +81,10 @@ impl RedisPoolBuilder {
     }
 
     /// At most this many chunks of one call are queued at a time (default
-    /// 4096): a long `imap` input is read a window ahead of its results.
+    /// 4096): a long `imap` input is read a window ahead of its results. An
+    /// ordered `imap` also reads at most a window of items (this many
+    /// chunks' worth) ahead of the next result it yields, so that the
+    /// results held behind a slow item stay bounded.
     pub fn window(mut self, chunks: usize) -> Self {
         self.options.window = chunks.max(1);
         self

@@ -144,6 +144,9 @@ impl<R: DeserializeOwned> RedisImap<'_, R> {
                 self.next += 1;
                 return Some(Some(Self::decode(self.next - 1, r)));
             }
+            // Results behind a slow item wait here: the input is read at
+            // most a window ahead of the next one to yield.
+            self.engine.yielded_up_to(self.next);
             match self.engine.next_outcome_until(until)? {
                 Some((index, r)) => {
                     self.early.insert(index, r);
