@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{host_process, pending_of, pool, server};
+use support::{host_process, logged_run, pending_of, pool, server, starts};
 
 /// Sleeps, then names the item and the host (the pool worker's parent).
 /// 60 items on four processes then take seconds: host A still holds some
@@ -65,17 +65,6 @@ fn a_killed_host_loses_nothing_and_nothing_arrives_twice() {
     assert_eq!(dead, 0);
 }
 
-/// Runs for `ms`, appending a line to `log` when it starts (so the test can
-/// count how many times it ran).
-fn long(log: String, ms: u64) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
-    writeln!(f, "started").unwrap();
-    drop(f);
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
-
 #[test]
 fn a_long_task_on_a_live_host_is_not_taken_over() {
     let server = server();
@@ -91,9 +80,9 @@ fn a_long_task_on_a_live_host_is_not_taken_over() {
     let _ = std::fs::remove_file(&log);
     let log = support::RemovedOnDrop(log);
     let path = log.0.to_str().unwrap().to_string();
-    let got = pool.with_chunksize(1).starmap(long, vec![(path.clone(), 6000u64), (path.clone(), 6000)]).unwrap();
+    let got = pool.with_chunksize(1).starmap(logged_run, vec![(path.clone(), 6000u64), (path.clone(), 6000)]).unwrap();
     assert_eq!(got, [6000, 6000]);
-    let runs = std::fs::read_to_string(&log.0).unwrap().lines().count();
+    let runs = starts(&log.0);
     assert_eq!(runs, 2, "a task ran again on another host while its own was alive");
     let info = multiproc_redis::queue_info(&server.url(), "long", "default").unwrap();
     assert_eq!((info.tasks, info.dead_letters), (0, 0));

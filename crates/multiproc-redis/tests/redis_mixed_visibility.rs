@@ -6,18 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{RemovedOnDrop, eventually, host_process, pending_of, pool, raw, server};
-
-/// Appends a line to `log` when it starts (so the test can count how many
-/// times it ran), then runs for `ms`.
-fn long(log: String, ms: u64) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
-    writeln!(f, "started").unwrap();
-    drop(f);
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
+use support::{RemovedOnDrop, eventually, host_process, logged_run, pending_of, pool, raw, server, starts};
 
 #[test]
 fn a_short_timeout_host_does_not_take_a_long_task_from_a_live_long_timeout_host() {
@@ -31,7 +20,7 @@ fn a_short_timeout_host_does_not_take_a_long_task_from_a_live_long_timeout_host(
     let _ = std::fs::remove_file(&log);
     let log = RemovedOnDrop(log);
     let path = log.0.to_str().unwrap().to_string();
-    let mut call = pool.apply_async(long, (path, 5000u64));
+    let mut call = pool.apply_async(logged_run, (path, 5000u64));
     let pid = long_host.pid();
     assert!(
         eventually(Duration::from_secs(30), || pending_of(&server, "mixed", pid) == 1),
@@ -47,6 +36,6 @@ fn a_short_timeout_host_does_not_take_a_long_task_from_a_live_long_timeout_host(
     assert_eq!(declared, 8000);
 
     assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 5000);
-    let runs = std::fs::read_to_string(&log.0).unwrap().lines().count();
+    let runs = starts(&log.0);
     assert_eq!(runs, 1, "the short host took the task from the live long host");
 }

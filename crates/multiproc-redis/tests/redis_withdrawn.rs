@@ -9,18 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use multiproc_redis::schema::{self, Keys};
-use support::{RemovedOnDrop, host_process, pending_of, pool, raw, server};
+use support::{RemovedOnDrop, host_process, pending_of, pool, raw, server, starts};
 
 const PREFIX: &str = "withdrawn";
 
 /// Appends a line to `log` when it starts (so the test can count its
 /// runs), then sleeps long: its host is killed meanwhile.
 fn started(log: String) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
-    writeln!(f, "started").unwrap();
-    drop(f);
-    std::thread::sleep(Duration::from_secs(20));
+    support::logged_run(log, 20_000);
     1
 }
 
@@ -28,10 +24,6 @@ fn started(log: String) -> u64 {
 /// that its intake reads nothing until the test opens the gate.
 fn gate(gate: String) -> bool {
     support::eventually(Duration::from_secs(60), || Path::new(&gate).exists())
-}
-
-fn starts(log: &Path) -> usize {
-    std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
 }
 
 fn hosts(server: &multiproc_redis::RedisServer) -> usize {

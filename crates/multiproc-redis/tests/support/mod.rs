@@ -113,3 +113,19 @@ pub fn pending_of(server: &RedisServer, prefix: &str, host_pid: i32) -> u64 {
     let info = multiproc_redis::queue_info(&server.url(), prefix, "default").unwrap();
     info.hosts.iter().filter(|h| h.is_pid(host_pid as u32)).map(|h| h.pending).sum()
 }
+
+/// A task that appends a line to `log` when it starts (so that a test can
+/// count its runs with [`starts`]), then runs for `ms`.
+pub fn logged_run(log: String, ms: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log).unwrap();
+    writeln!(f, "started").unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// How many times tasks logging to `log` (see [`logged_run`]) started.
+pub fn starts(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
+}
