@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 
 use super::exec::Executors;
 use super::outlet::{Disposal, Event};
-use super::{HostShared, admit};
+use super::{HostShared, admit, withdrawn_lookup};
 use crate::conn::{self, Conn};
 use crate::error::{RedisPoolError, TaskFailure, explain};
 use crate::schema::{self, Args, GROUP, StreamEntry, TaskMsg};
@@ -275,21 +275,13 @@ fn start(
     Some(n)
 }
 
-/// True if the caller of chunk `msg` withdrew it (see
-/// [`crate::schema::Keys::withdrawn`]). Only a delivery after the first is
-/// looked up: the caller deletes a first delivery's entry itself, by the id
-/// it knows, so a first delivery costs no command. The error of a Redis
-/// that stayed away (transient); any other error counts as not withdrawn
-/// (the chunk runs, as it did before withdrawals existed).
+/// True if the caller of chunk `msg` withdrew it (see [`withdrawn_lookup`]).
+/// The error of a Redis that stayed away (transient); any other error
+/// counts as not withdrawn (the chunk runs, as it did before withdrawals
+/// existed).
 fn withdrawn(host: &HostShared, conn: &mut Conn, msg: &TaskMsg) -> RedisResult<bool> {
-    if msg.attempt <= 1 {
-        return Ok(false);
-    }
-    let key = host.keys.withdrawn(&msg.caller);
-    let check = |c: &mut conn::Link| {
-        redis::cmd("ZSCORE").arg(&key).arg(msg.task).query::<Option<f64>>(c).map(|score| score.is_some())
-    };
-    match conn.retry_while(Duration::from_secs(10), None, || !host.stopping(), check) {
+    let Some(lookup) = withdrawn_lookup(host, msg) else { return Ok(false) };
+    match conn.retry_while(Duration::from_secs(10), None, || !host.stopping(), lookup) {
         Err(e) if !conn::is_transient(&e) => {
             tracing::warn!("could not check whether chunk {} of {} was withdrawn: {e}", msg.task, msg.caller);
             Ok(false)

@@ -347,6 +347,22 @@ impl Drop for Worker {
     }
 }
 
+/// The lookup of whether the caller of chunk `msg` withdrew it (see
+/// [`crate::schema::Keys::withdrawn`]), to run on a connection; `None` for
+/// a first delivery, which is never looked up: the caller deletes a first
+/// delivery's entry itself, by the id it knows, so it costs no command.
+pub(crate) fn withdrawn_lookup<'m>(
+    host: &HostShared,
+    msg: &'m TaskMsg,
+) -> Option<impl Fn(&mut crate::conn::Link) -> redis::RedisResult<bool> + 'm> {
+    (msg.attempt > 1).then(|| {
+        let key = host.keys.withdrawn(&msg.caller);
+        move |c: &mut crate::conn::Link| {
+            redis::cmd("ZSCORE").arg(&key).arg(msg.task).query::<Option<f64>>(c).map(|score| score.is_some())
+        }
+    })
+}
+
 /// Checks a task entry: schema, build, MAC. A task that fails a check
 /// becomes a [`Disposal`].
 pub(crate) fn admit(host: &HostShared, fields: &[(String, Value)]) -> Result<TaskMsg, Disposal> {

@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::exec::ItemResult;
-use super::{HostShared, admit, visibility};
+use super::{HostShared, admit, visibility, withdrawn_lookup};
 use crate::conn::{self, Conn};
 use crate::error::TaskFailure;
 use crate::schema::{self, ChunkResult, DeadMessage, GROUP, Outcome, TaskMsg};
@@ -453,22 +453,14 @@ fn reclaim(
 }
 
 /// True if the caller of reclaimed chunk `msg` withdrew it (see
-/// [`crate::schema::Keys::withdrawn`]), so that it is neither delivered
-/// again nor dead-lettered. Only a delivery after the first is looked up
-/// (the caller deletes a first delivery's entry itself), and only while
-/// `look` holds. On an error the chunk counts as not withdrawn: it is
-/// delivered again, and the host that reads it looks again; after an error
-/// of a Redis that is away, `look` is cleared, so that the other entries
-/// of the round do not each wait for it.
+/// [`withdrawn_lookup`]), so that it is neither delivered again nor
+/// dead-lettered; looked up only while `look` holds. On an error the chunk
+/// counts as not withdrawn: it is delivered again, and the host that reads
+/// it looks again; after an error of a Redis that is away, `look` is
+/// cleared, so that the other entries of the round do not each wait for it.
 fn withdrawn(host: &HostShared, conn: &mut Conn, msg: &TaskMsg, look: &mut bool) -> bool {
-    if !*look || msg.attempt <= 1 {
-        return false;
-    }
-    let key = host.keys.withdrawn(&msg.caller);
-    let r = conn.run_until(host.command_deadline(), |c| {
-        redis::cmd("ZSCORE").arg(&key).arg(msg.task).query::<Option<f64>>(c).map(|score| score.is_some())
-    });
-    r.unwrap_or_else(|e| {
+    let Some(lookup) = withdrawn_lookup(host, msg).filter(|_| *look) else { return false };
+    conn.run_until(host.command_deadline(), lookup).unwrap_or_else(|e| {
         tracing::warn!("could not check whether chunk {} of {} was withdrawn: {e}", msg.task, msg.caller);
         *look = !conn::is_transient(&e);
         false
