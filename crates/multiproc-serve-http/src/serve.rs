@@ -156,21 +156,17 @@ impl Running {
         // reached and cancels the load of the one loading (it does not
         // wait for it).
         let core = self.app.core.clone();
-        if !all_ended(&mut listeners, drain).await {
+        let drained = all_ended(&mut listeners, drain).await;
+        if !drained {
             tracing::warn!(
                 "requests still in flight {drain:?} after the shutdown began (the longest drain timeout); \
                  stopping the models: those requests fail"
             );
-            let stopping = tokio::task::spawn_blocking(move || core.shutdown());
-            let _ = stopping.await;
-            if !all_ended(&mut listeners, AFTER_THE_CORE_STOPPED).await {
-                tracing::warn!(
-                    "connections still open {AFTER_THE_CORE_STOPPED:?} after the models stopped; closing them"
-                );
-                listeners.iter().for_each(JoinHandle::abort);
-            }
-        } else {
-            let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
+        if !drained && !all_ended(&mut listeners, AFTER_THE_CORE_STOPPED).await {
+            tracing::warn!("connections still open {AFTER_THE_CORE_STOPPED:?} after the models stopped; closing them");
+            listeners.iter().for_each(JoinHandle::abort);
         }
         let _ = self.loader.await;
     }
