@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use super::job::{Chunk, ChunkResult};
 use super::protocol::{Batch, FromWorker, Payload, RING_CAPACITY, RING_THRESHOLD, ToWorker, records};
-use super::ring::{Lease, Ring, RingReader, StatusPage};
+use super::ring::{Lease, Ring, RingReader};
 use super::scheduler::{MAX_DEPTH, MIN_DEPTH, TARGET_QUEUE};
 use super::slab;
+use super::status::StatusPage;
 use crate::process::Process;
 use crate::sys::imp;
 use crate::wire::{Channel, Frame, Kind, Outbox, WireError};
@@ -41,6 +42,9 @@ pub(super) struct Worker {
     pub(super) killed: bool,
     /// Set when we killed it for a task over the timeout: (chunk number, item).
     pub(super) timed_out: Option<(u64, u32)>,
+    /// Since when every look at its status page caught it inside an update
+    /// (see `Scheduler::check_timeouts`).
+    pub(super) status_unread_since: Option<Instant>,
     pub(super) init_message: Option<String>,
     /// Estimated time per chunk, nanoseconds.
     pub(super) per_chunk_ns: f64,

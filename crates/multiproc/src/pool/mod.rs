@@ -102,6 +102,7 @@ mod result;
 mod ring;
 mod scheduler;
 mod slab;
+mod status;
 mod worker;
 
 use std::fmt;

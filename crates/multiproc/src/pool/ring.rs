@@ -1,126 +1,16 @@
-//! Shared memory between the scheduler and one worker: the status page the
-//! worker writes as it runs (which chunk and item, since when), and the byte
-//! rings that carry large payloads without a copy through the socket or a
-//! fresh memory file (whose pages would have to be faulted in every time).
+//! Shared memory between the scheduler and one worker: the byte rings that
+//! carry large payloads without a copy through the socket or a fresh memory
+//! file (whose pages would have to be faulted in every time). The status page
+//! the worker writes as it runs is in [`super::status`].
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::slab::SlabLoan;
 use crate::sys::imp::shm::Mapping;
-
-/// The worker is starting or running its initializer.
-pub(crate) const PHASE_INIT: u32 = 0;
-/// The worker waits for work, reads it, or writes results.
-pub(crate) const PHASE_IDLE: u32 = 1;
-/// The worker decodes a chunk or encodes its results.
-pub(crate) const PHASE_CHUNK: u32 = 2;
-/// The worker runs one item of a chunk (the user's code).
-pub(crate) const PHASE_ITEM: u32 = 3;
-
-#[repr(C)]
-struct StatusWords {
-    phase: AtomicU32,
-    item: AtomicU32,
-    /// Chunks started since the worker started.
-    started: AtomicU64,
-    /// CLOCK_MONOTONIC nanoseconds when the current item started (only kept
-    /// when the pool has a task timeout).
-    item_started_ns: AtomicU64,
-}
-
-/// What the worker was doing, as the scheduler reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Status {
-    pub phase: u32,
-    pub item: u32,
-    pub started: u64,
-    pub item_started_ns: u64,
-}
-
-/// One page the worker writes and the scheduler reads.
-#[derive(Debug)]
-pub(crate) struct StatusPage {
-    map: Mapping,
-}
-
-impl StatusPage {
-    /// A new page (phase `INIT`), made by the scheduler.
-    pub(crate) fn new() -> io::Result<StatusPage> {
-        Ok(StatusPage { map: Mapping::anonymous("multiproc-pool-status", 4096)? })
-    }
-
-    /// The page received by a worker.
-    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<StatusPage> {
-        Ok(StatusPage { map: Mapping::from_fd(fd, 4096)? })
-    }
-
-    #[inline]
-    fn words(&self) -> &StatusWords {
-        // SAFETY: the mapping is 4096 bytes, page-aligned and zero-initialised,
-        // which is a valid `StatusWords` (atomics of zero); it lives as long as
-        // `self`, and other processes touch it only through the same atomics.
-        unsafe { &*self.map.as_ptr().cast::<StatusWords>() }
-    }
-
-    /// Worker: a new chunk begins.
-    pub(crate) fn begin_chunk(&self) {
-        let w = self.words();
-        // ORDERING: the scheduler reads `started` after the worker died (no
-        // race with a live writer) or as a hint; Release keeps the phase
-        // store after it for readers that Acquire the phase.
-        w.started.fetch_add(1, Ordering::Release);
-        w.phase.store(PHASE_CHUNK, Ordering::Release);
-    }
-
-    /// Worker: item `item` of the current chunk begins.
-    #[inline]
-    pub(crate) fn begin_item(&self, item: u32, now_ns: Option<u64>) {
-        let w = self.words();
-        w.item.store(item, Ordering::Relaxed);
-        if let Some(ns) = now_ns {
-            w.item_started_ns.store(ns, Ordering::Relaxed);
-        }
-        // ORDERING: Release publishes `item` and the start time with the phase.
-        w.phase.store(PHASE_ITEM, Ordering::Release);
-    }
-
-    /// Worker: the current item ended; the chunk goes on.
-    #[inline]
-    pub(crate) fn end_item(&self) {
-        // ORDERING: Release, paired with the scheduler's Acquire of the phase.
-        self.words().phase.store(PHASE_CHUNK, Ordering::Release);
-    }
-
-    /// Worker: between chunks.
-    pub(crate) fn set_idle(&self) {
-        // ORDERING: as in `end_item`.
-        self.words().phase.store(PHASE_IDLE, Ordering::Release);
-    }
-
-    /// Scheduler: what the worker is doing (or was doing when it died).
-    pub(crate) fn read(&self) -> Status {
-        let w = self.words();
-        // ORDERING: Acquire on the phase makes the item and time written
-        // before it visible.
-        let phase = w.phase.load(Ordering::Acquire);
-        Status {
-            phase,
-            item: w.item.load(Ordering::Relaxed),
-            started: w.started.load(Ordering::Relaxed),
-            item_started_ns: w.item_started_ns.load(Ordering::Relaxed),
-        }
-    }
-}
-
-impl AsFd for StatusPage {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
-    }
-}
 
 /// Offset of the data area in a ring's mapping (the first page holds the
 /// consumer's position).

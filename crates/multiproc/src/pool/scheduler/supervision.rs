@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// When a worker's status page could not be read consistently (it was
+/// inside an update), the next look comes this much later.
+const STATUS_RETRY: Duration = Duration::from_millis(5);
+
 impl Scheduler {
     pub(super) fn spawn_worker(&mut self) -> Result<Worker, PoolError> {
         let number = self.next_number;
@@ -54,6 +58,7 @@ impl Scheduler {
             eof_at: None,
             killed: false,
             timed_out: None,
+            status_unread_since: None,
             init_message: None,
             per_chunk_ns: 0.0,
             depth: FIRST_DEPTH,
@@ -134,9 +139,32 @@ impl Scheduler {
         let mut next: Option<Instant> = None;
         for w in &mut self.workers {
             if w.inflight.is_empty() || w.killed {
+                w.status_unread_since = None;
                 continue;
             }
-            let st = w.status.read();
+            let Some(st) = w.status.read() else {
+                // Caught inside an update of its status page at every try:
+                // descheduled there (look again soon), or stopped. One stuck
+                // there for a whole timeout is killed, and its running chunk
+                // counts as lost: no timeout is charged to an item that a
+                // half-written page cannot name for sure.
+                let since = *w.status_unread_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= limit {
+                    lifecycle!(
+                        WARN,
+                        "pool worker {} (pid {}) was stuck for {limit:?} inside an update of its status page \
+                         (stopped?); killing it",
+                        w.process.name(),
+                        w.pid
+                    );
+                    w.kill();
+                    continue;
+                }
+                let Some(at) = now.checked_add(STATUS_RETRY.min(limit)) else { continue };
+                next = Some(next.map_or(at, |n| n.min(at)));
+                continue;
+            };
+            w.status_unread_since = None;
             let at = if st.phase == PHASE_ITEM {
                 let ran = now_ns.saturating_sub(st.item_started_ns);
                 if ran >= limit_ns {
@@ -176,7 +204,7 @@ impl Scheduler {
                 w.inflight.len()
             );
         }
-        let st = w.status.read();
+        let st = w.status.read_after_exit();
         if st.phase == PHASE_INIT && w.received == 0 && !w.stopping {
             match (w.init_message.take(), code) {
                 (Some(message), _) => self.init_failed(format!("the initializer failed: {message}")),
