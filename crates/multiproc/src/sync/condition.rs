@@ -23,6 +23,11 @@
 //! follows notify's Release), so it never leaves behind a permit that was
 //! counted for it.
 //!
+//! A waiter sleeps at most `LOST_WAKE_EVERY` at a time and then looks at
+//! the permits again: the sleeper a notify woke may be killed before it
+//! takes its permit, and the permit then goes to another waiter that the
+//! notify covered, instead of leaving it asleep for ever.
+//!
 //! Known limit: a waiter killed while it waits stays counted, so a later
 //! `notify(n)` may hand one of its permits to nobody (and wake one live
 //! waiter fewer). Python's `Condition` has the same limit; the lock itself
@@ -35,6 +40,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::LOST_WAKE_EVERY;
 use super::error::{LockResult, OwnerDied, TryLockError, TryLockResult};
 use super::lock::{Lock, LockGuard, LockState};
 use crate::memory::raw_mutex::Acquired;
@@ -216,7 +222,9 @@ impl Condition {
                 }
                 continue;
             }
-            futex::wait(&state.seq, seen, deadline);
+            // In slices: a sleeper woken by a notify may die before it takes
+            // its permit, and no other wake would come for the permit.
+            futex::wait(&state.seq, seen, deadline.at_most(LOST_WAKE_EVERY));
         }
     }
 
@@ -372,5 +380,53 @@ impl<'a> ConditionGuard<'a> {
 impl fmt::Debug for ConditionGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ConditionGuard { .. }")
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use std::time::Instant;
+
+    use super::super::test::{LONG, PROMPT, spawn_asleep};
+    use super::*;
+
+    /// Registers as a waiter of `cond`, sleeps until woken, and vanishes
+    /// without taking a permit (still counted, as a killed process would
+    /// be).
+    fn vanishing_waiter(cond: Condition) {
+        let guard = cond.acquire().unwrap();
+        // ORDERING: as in `ConditionGuard::wait_until`.
+        cond.state.counts.fetch_add(ONE_WAITER, Ordering::AcqRel);
+        let seen = cond.state.seq.load(Ordering::Acquire);
+        drop(guard);
+        let _ = futex::wait(&cond.state.seq, seen, Deadline::after(LONG));
+    }
+
+    #[test]
+    fn a_notified_waiter_that_vanishes_does_not_strand_its_permit() {
+        let cond = Condition::new().unwrap();
+        let first = {
+            let cond = cond.clone();
+            spawn_asleep(move || vanishing_waiter(cond))
+        };
+        let second = {
+            let cond = cond.clone();
+            spawn_asleep(move || {
+                let (guard, notified) = cond.acquire().unwrap().wait_timeout(LONG).unwrap();
+                drop(guard);
+                (notified, Instant::now())
+            })
+        };
+        let notified_at = Instant::now();
+        assert_eq!(cond.acquire().unwrap().notify(1), 1);
+        let (notified, at) = second.join().unwrap();
+        // The first waiter is out of the futex queue if the notify woke it;
+        // if not, the test did not provoke the lost wake-up.
+        let still_asleep = futex::wake_all(&cond.state.seq);
+        first.join().unwrap();
+        assert_eq!(still_asleep, 0, "the notify woke the second waiter, not the first");
+        assert!(notified, "the second waiter was never notified");
+        let took = at - notified_at;
+        assert!(took < PROMPT, "the permit waited {took:?} for a live waiter");
     }
 }

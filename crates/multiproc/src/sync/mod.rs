@@ -18,6 +18,11 @@
 //! gets the lock together with [`OwnerDied`], an `Err` that carries the
 //! guard, within about 100 ms of waiting, instead of waiting for ever.
 //!
+//! A process killed right after a [`Semaphore::release`] or a
+//! [`ConditionGuard::notify`] woke it, before it took the unit or the
+//! notification, does not strand it: another waiter takes it within about
+//! 250 ms.
+//!
 //! # Examples
 //!
 //! ```
@@ -38,6 +43,8 @@
 //! }
 //! ```
 
+use std::time::Duration;
+
 mod barrier;
 mod condition;
 mod error;
@@ -53,3 +60,13 @@ pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore};
+
+#[cfg(test)]
+mod test;
+
+/// Longest sleep of a waiter that a single wake-up is meant for (a
+/// `Semaphore` acquirer, a `Condition` waiter) before it looks again: the
+/// one sleeper a `release` or `notify` woke may be killed before it acts,
+/// and nothing else would wake the others. Only sleepers pay for it; the
+/// uncontended paths make no system call and set no timer.
+const LOST_WAKE_EVERY: Duration = Duration::from_millis(250);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::LOST_WAKE_EVERY;
 use super::error::ReleaseError;
 use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
@@ -51,10 +52,12 @@ impl SemState {
             // releaser sees our registration and wakes us, or its increment
             // is visible to the futex check (which then does not sleep).
             self.waiters.fetch_add(1, Ordering::SeqCst);
-            let outcome = futex::wait(&self.value, 0, deadline);
+            // In slices: the one sleeper a `release` wakes may die before it
+            // takes the unit, and no other wake would come for it.
+            let outcome = futex::wait(&self.value, 0, deadline.at_most(LOST_WAKE_EVERY));
             // ORDERING: Relaxed: only a hint for releasers.
             self.waiters.fetch_sub(1, Ordering::Relaxed);
-            if outcome == FutexWait::TimedOut {
+            if outcome == FutexWait::TimedOut && deadline.expired() {
                 // A last look: a unit released right at the deadline is ours.
                 // ORDERING: Acquire on success, as above.
                 let v = self.value.load(Ordering::Relaxed);
@@ -244,5 +247,53 @@ impl BoundedSemaphore {
 impl fmt::Debug for BoundedSemaphore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoundedSemaphore").field("value", &self.value()).field("max", &self.max_value()).finish()
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use std::time::Instant;
+
+    use super::super::test::{LONG, PROMPT, spawn_asleep};
+    use super::*;
+
+    /// Registers as a sleeper on `state`, sleeps until woken, and vanishes
+    /// without taking a unit (its registration stays, as a killed
+    /// process's would).
+    fn vanishing_acquirer(state: Shared<SemState>) {
+        // ORDERING: SeqCst: as in `SemState::acquire`.
+        state.waiters.fetch_add(1, Ordering::SeqCst);
+        let _ = futex::wait(&state.value, 0, Deadline::after(LONG));
+    }
+
+    #[test]
+    fn a_woken_acquirer_that_vanishes_does_not_strand_the_unit() {
+        for bounded in [false, true] {
+            let state =
+                if bounded { BoundedSemaphore::new(1).unwrap().state } else { Semaphore::new(0).unwrap().state };
+            if bounded {
+                assert!(state.acquire(Deadline::NEVER));
+            }
+            let first = {
+                let state = state.clone();
+                spawn_asleep(move || vanishing_acquirer(state))
+            };
+            let second = {
+                let state = state.clone();
+                spawn_asleep(move || (state.acquire(Deadline::after(LONG)), Instant::now()))
+            };
+            let released = Instant::now();
+            state.release().unwrap();
+            let (got, at) = second.join().unwrap();
+            // The first sleeper is out of the futex queue if the release
+            // woke it; if not, the test did not provoke the lost wake-up.
+            let still_asleep = futex::wake_all(&state.value);
+            first.join().unwrap();
+            assert_eq!(still_asleep, 0, "bounded: {bounded}: the release woke the second acquirer, not the first");
+            assert!(got, "bounded: {bounded}: the second acquirer never got the unit");
+            let took = at - released;
+            assert!(took < PROMPT, "bounded: {bounded}: the unit waited {took:?} for a live acquirer");
+            assert_eq!(state.value(), 0);
+        }
     }
 }
