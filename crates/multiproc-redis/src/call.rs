@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use multiproc::RemoteFn;
 use serde_bytes::ByteBuf;
@@ -16,6 +16,7 @@ use crate::enqueue::{ChunkEntry, enqueue};
 use crate::error::{RedisPoolError, TaskFailure, explain};
 use crate::life::CallGuard;
 use crate::schema::{self, Args, Outcome, TaskMsg};
+use crate::withdraw::Withdrawal;
 
 /// Chunks per batch.
 const BATCH: usize = 512;
@@ -55,8 +56,6 @@ pub(crate) struct Engine<'a> {
     rx: mpsc::Receiver<Delivery>,
     /// chunk id → (first index, item count)
     in_flight: HashMap<u64, (usize, usize)>,
-    /// chunk id → its entry in the task stream (to cancel it on drop)
-    entries: HashMap<u64, String>,
     ready: VecDeque<ItemOutcome>,
     /// Items that failed to encode (their outcome is already in `ready`).
     skip: HashSet<usize>,
@@ -97,7 +96,6 @@ impl<'a> Engine<'a> {
             tx,
             rx,
             in_flight: HashMap::new(),
-            entries: HashMap::new(),
             ready: VecDeque::new(),
             skip: HashSet::new(),
             deadline,
@@ -200,7 +198,7 @@ impl<'a> Engine<'a> {
                 let fields = Vec::from(schema::task_fields(&msg, &shared.key));
                 if !dropped {
                     let blob_key = blob.as_ref().map(|(key, _)| key.clone());
-                    pending.insert(task, Pending { sink: self.tx.clone(), blob: blob_key });
+                    pending.insert(task, Pending { sink: self.tx.clone(), blob: blob_key, entry: None });
                 }
                 batch.push(ChunkEntry { fields, blob });
                 self.in_flight.insert(task, (first, n));
@@ -215,15 +213,28 @@ impl<'a> Engine<'a> {
         // Redis away or not answering: wait for it no longer than the
         // reconnect timeout, nor past the call's deadline.
         let (patience, deadline) = (shared.options.reconnect_timeout, self.deadline);
+        let batch_key = shared.keys.batch(&shared.caller, ids[0]);
         let sent = match shared.submit_conn(deadline) {
-            Some(mut conn) => enqueue(&mut conn, &tasks_key, ttl_ms, &batch, patience, deadline),
-            None => Err(conn::deadline_passed()),
+            // ORDERING: the pool's drop sets `stop`, then takes this
+            // connection to withdraw the chunks pending: a batch queued
+            // before it took the connection has its entries noted (below,
+            // still under it) and is withdrawn; none may be queued after.
+            Some(_) if shared.stop.load(Ordering::Acquire) => None,
+            Some(mut conn) => {
+                let mut spent = shared.spent_batches.lock().unwrap_or_else(|e| e.into_inner());
+                Some(
+                    enqueue(&mut conn, &tasks_key, &batch_key, &mut spent, ttl_ms, &batch, patience, deadline)
+                        .map(|entries| shared.note_entries(&ids, entries)),
+                )
+            }
+            None => Some(Err(conn::deadline_passed())),
+        };
+        let Some(sent) = sent else {
+            self.fail_chunks(ids, || RedisPoolError::Dropped);
+            return Ok(());
         };
         match sent {
-            Ok(entries) => {
-                self.entries.extend(ids.into_iter().zip(entries));
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
                 // Each item of the chunks not queued fails (one outcome per item).
                 let what = explain(&format!("could not queue {} chunks on {tasks_key}", ids.len()), &e, None);
@@ -340,7 +351,6 @@ impl<'a> Engine<'a> {
             Delivery::Wake => return,
         };
         let Some((first, n)) = self.in_flight.remove(&task) else { return };
-        self.entries.remove(&task);
         let mut push = |index: usize, r: Result<Vec<u8>, RedisPoolError>| {
             if !self.skip.remove(&index) {
                 self.ready.push_back((index, r));
@@ -389,7 +399,7 @@ impl<'a> Engine<'a> {
 
     fn fail_in_flight_with(&mut self, error: impl Fn() -> RedisPoolError) {
         self.exhausted = true;
-        self.entries.clear(); // they go on in the workers
+        // Forgotten with their entries: they go on in the workers.
         let mut lost: Vec<(u64, (usize, usize))> = self.in_flight.drain().collect();
         lost.sort_by_key(|(_, (first, _))| *first);
         for (task, (first, n)) in lost {
@@ -418,54 +428,26 @@ impl Drop for Engine<'_> {
 impl Engine<'_> {
     /// Forgets the chunks in flight, deletes those still in the task
     /// stream with their argument keys, and adds them all to the caller's
-    /// withdrawn set (`P:Q:withdrawn:C`, see [`crate::schema`]): a chunk
-    /// delivered again after its host died has an entry the call does not
-    /// know, and the host that reads it drops it unrun.
+    /// withdrawn set (see [`crate::withdraw`]).
     fn cancel_queued(&mut self) {
-        let mut blobs = Vec::new();
-        let mut entries = Vec::new();
-        let mut tasks = Vec::with_capacity(self.in_flight.len());
+        let mut withdrawal = Withdrawal::default();
         for task in self.in_flight.keys() {
-            blobs.extend(self.shared.forget(*task).and_then(|p| p.blob));
-            entries.extend(self.entries.remove(task));
-            tasks.push(*task);
+            if let Some(p) = self.shared.forget(*task) {
+                withdrawal.add(*task, &p);
+            }
         }
-        if entries.is_empty() {
+        if withdrawal.entries() == 0 {
             return;
         }
         // A call out of time still withdraws its tasks, but briefly: one
         // deadline for all the commands.
         let deadline = Some(Instant::now() + CANCEL_TIMEOUT);
         let Some(mut conn) = self.shared.submit_conn(deadline) else {
-            tracing::warn!("could not cancel {} queued chunks: the connection stayed busy", entries.len());
+            tracing::warn!("could not cancel {} queued chunks: the connection stayed busy", withdrawal.entries());
             return;
         };
-        let stream = self.shared.keys.tasks();
-        let mut done = conn.run_until(deadline, |c| redis::cmd("XDEL").arg(&stream).arg(&entries).exec(c));
-        if !blobs.is_empty() {
-            done = done.and(conn.run_until(deadline, |c| redis::cmd("DEL").arg(&blobs).exec(c)));
-        }
-        // The set lives as long as the results could: a chunk still
-        // delivered after that has no caller to report to anyway. One
-        // transaction, so the set never stays without its expiry.
-        // Scored with the time each is forgotten, and the ones past it are
-        // removed: a pool that withdraws more often than once a TTL keeps
-        // the key alive, and it must not grow for ever.
-        let withdrawn = self.shared.keys.withdrawn(&self.shared.caller);
-        let ttl_ms = u64::try_from(self.shared.options.result_ttl.as_millis()).unwrap_or(u64::MAX);
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let forget_at = now_ms.saturating_add(ttl_ms);
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("ZREMRANGEBYSCORE").arg(&withdrawn).arg("-inf").arg(now_ms).ignore();
-        let add = pipe.cmd("ZADD").arg(&withdrawn);
-        for task in &tasks {
-            add.arg(forget_at).arg(*task);
-        }
-        add.ignore();
-        pipe.cmd("PEXPIRE").arg(&withdrawn).arg(ttl_ms).ignore();
-        done = done.and(conn.run_until(deadline, |c| c.exec_pipeline(&pipe)));
-        if let Err(e) = done {
-            tracing::warn!("could not cancel {} queued chunks: {e}", entries.len());
+        if let Err(e) = withdrawal.run(&mut conn, &self.shared, deadline) {
+            tracing::warn!("could not cancel {} queued chunks: {e}", withdrawal.entries());
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::conn::{self, Conn};
 use crate::error::RedisPoolError;
 use crate::life::Life;
 use crate::schema::{self, Keys, Outcome};
+use crate::withdraw::Withdrawal;
 
 /// How long one `XREAD` blocks: also how long a dropped pool's thread may
 /// take to notice.
@@ -24,7 +25,9 @@ const BLOCK: Duration = Duration::from_millis(200);
 /// `XREAD` answers within [`BLOCK`], so a server that stopped answering is
 /// noticed soon (and a dropped pool's thread ends soon).
 const REPLY_TIMEOUT: Duration = Duration::from_millis(BLOCK.as_millis() as u64 + 2000);
-/// How long a dropped pool waits to delete its results stream (it expires).
+/// How long a dropped pool waits for Redis (at most; no longer than its
+/// reconnect timeout) to withdraw the chunks of its calls still in flight
+/// and to delete its results stream (it expires).
 const DROP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Entries read per `XREAD`.
 const READ_COUNT: usize = 1024;
@@ -44,8 +47,13 @@ pub(crate) enum Delivery {
 /// A chunk in flight.
 #[derive(Debug)]
 pub(crate) struct Pending {
+    /// Where its outcome goes.
     pub sink: mpsc::Sender<Delivery>,
+    /// The key of its arguments, if they are in a key of their own.
     pub blob: Option<String>,
+    /// Its entry in the task stream, once Redis confirmed it (to withdraw
+    /// it).
+    pub entry: Option<String>,
 }
 
 /// Options fixed when the pool is built.
@@ -68,6 +76,10 @@ pub(crate) struct Shared {
     pub key: Vec<u8>,
     pub options: Options,
     pub submit: Mutex<Conn>,
+    /// Keys of batches queued at their script's first try, to be deleted by
+    /// the next batch's script (see [`crate::enqueue::enqueue`]). Taken and
+    /// given back only while holding `submit`.
+    pub spent_batches: Mutex<Vec<String>>,
     pub pending: Mutex<HashMap<u64, Pending>>,
     pub next_task: AtomicU64,
     pub stop: AtomicBool,
@@ -95,6 +107,17 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&task)
     }
 
+    /// Notes the entries of the chunks `tasks` (in order), queued, of
+    /// those still pending.
+    pub(crate) fn note_entries(&self, tasks: &[u64], entries: Vec<String>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (task, entry) in tasks.iter().zip(entries) {
+            if let Some(p) = pending.get_mut(task) {
+                p.entry = Some(entry);
+            }
+        }
+    }
+
     /// Wakes every call waiting for a chunk (after `terminate`).
     pub(crate) fn wake_all(&self) {
         for p in self.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
@@ -111,8 +134,9 @@ impl Shared {
     }
 }
 
-/// The result thread; stopped and joined on drop, which also deletes the
-/// caller's result stream.
+/// The result thread; stopped and joined on drop, which also fails the
+/// calls in flight with [`RedisPoolError::Dropped`], withdraws their chunks
+/// (see [`crate::withdraw`]) and deletes the caller's result stream.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
@@ -130,15 +154,44 @@ impl Dispatcher {
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        let shared = &self.shared;
+        shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.shared.fail_all(|| RedisPoolError::Dropped);
-        let key = self.shared.results_key.clone();
-        let deadline = Some(Instant::now() + DROP_TIMEOUT);
-        if let Some(mut conn) = self.shared.submit_conn(deadline) {
-            let _ = conn.run_until(deadline, |c| redis::cmd("DEL").arg(&key).exec(c));
+        // Nobody will read the results of the calls still in flight (their
+        // background threads, or iterators that outlive the pool): their
+        // chunks are withdrawn as a terminated call's, and they fail.
+        let deadline = Instant::now().checked_add(DROP_TIMEOUT.min(shared.options.reconnect_timeout));
+        // ORDERING: `stop` is set first: a call that takes the connection
+        // after this queues nothing more, and one that queued a batch
+        // before has noted its entries under it (see `Engine::submit`).
+        let conn = shared.submit_conn(deadline);
+        let lost: Vec<(u64, Pending)> = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let mut withdrawal = Withdrawal::default();
+        for (task, p) in lost {
+            withdrawal.add(task, &p);
+            let _ = p.sink.send(Delivery::Lost { task, error: RedisPoolError::Dropped });
+        }
+        let Some(mut conn) = conn else {
+            tracing::warn!(
+                "dropping the pool: the connection stayed busy, so {} queued chunks were not withdrawn (they may \
+                 run, their results expire unread) and the results stream {} was not deleted (it expires)",
+                withdrawal.entries(),
+                shared.results_key
+            );
+            return;
+        };
+        if let Err(e) = withdrawal.run(&mut conn, shared, deadline) {
+            tracing::warn!(
+                "dropping the pool: could not withdraw {} queued chunks ({e}); they may run, their results expire \
+                 unread",
+                withdrawal.entries()
+            );
+        }
+        let key = &shared.results_key;
+        if let Err(e) = conn.run_until(deadline, |c| redis::cmd("DEL").arg(key).exec(c)) {
+            tracing::warn!("dropping the pool: could not delete the results stream {key} ({e}); it expires");
         }
     }
 }

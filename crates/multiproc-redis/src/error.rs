@@ -128,9 +128,11 @@ pub enum RedisPoolError {
     Terminated,
     /// The [`RedisPool`](crate::RedisPool) was dropped while this call (a
     /// background call, an `imap` iterator) still waited for results: no
-    /// result can arrive any more. The tasks may still run on a worker
-    /// host. Keep the pool alive until its calls are done (or `close()`
-    /// and `join()` it first).
+    /// result can arrive any more. Its tasks still queued were withdrawn,
+    /// as by [`RedisPool::terminate`](crate::RedisPool::terminate); one a
+    /// worker host already ran finishes there (or, if Redis did not answer
+    /// the drop, the others may run too). Keep the pool alive until its
+    /// calls are done (or `close()` and `join()` it first).
     #[error(
         "the pool was dropped before the result arrived (the task may still run on a worker host); keep the RedisPool \
          alive until its calls are done, or close() and join() it first"

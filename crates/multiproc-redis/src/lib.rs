@@ -48,6 +48,11 @@
 //! runs (its result is dropped), and a queued task cannot be cancelled on
 //! its own (there is no `cancel`). Its tasks not yet running are deleted,
 //! also those queued again after their host died (see Delivery below).
+//! Dropping the pool does the same to the background calls and iterators
+//! still in flight, which fail with [`RedisPoolError::Dropped`]: nobody
+//! could read their results any more. It waits for Redis at most a second
+//! for this (a Redis that does not answer leaves those tasks to run, and
+//! says so in a `tracing` warning), so a drop never hangs.
 //!
 //! ```
 //! use std::time::Duration;
@@ -80,7 +85,8 @@
 //! A task may run more than once; its result reaches the caller exactly
 //! once (the caller drops duplicates by chunk id).
 //! A call dropped before it finishes (an `imap` left unread, a `map`
-//! stopped by its first failure), out of wait time or terminated deletes
+//! stopped by its first failure), out of wait time, terminated or whose
+//! pool was dropped deletes
 //! its chunks still queued, and marks all its chunks in flight withdrawn
 //! (in its set `P:Q:withdrawn:C`, see [`schema`]): a chunk delivered again
 //! after its host died is a new entry the caller cannot delete, and the
@@ -104,7 +110,12 @@
 //!   written by the host in its place, so the caller does not wait out its
 //!   timeout;
 //! - a pool dropped while a background call or an iterator still waits
-//!   fails that call with [`RedisPoolError::Dropped`] (not a Redis error);
+//!   fails that call with [`RedisPoolError::Dropped`] (not a Redis error),
+//!   and withdraws its tasks as [`RedisPool::terminate`] does;
+//! - a batch of chunks whose reply was lost after Redis queued it (a
+//!   network cut, a reply later than the reply timeout) is sent again and
+//!   queued once: its script marks the batch queued (see [`schema`]), so
+//!   its tasks do not run twice;
 //! - garbage in the task stream is logged, acknowledged and moved to the
 //!   dead-letter stream; a task signed with another key
 //!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its
@@ -114,14 +125,15 @@
 //!
 //! Needs Redis 6.2 or newer (`XAUTOCLAIM`, `XGROUP CREATECONSUMER`), and
 //! `EVAL` allowed to the users of the pool and of the worker hosts (a batch
-//! of chunks is queued by one script, whole or not at all; a host declares
-//! its visibility timeout by another); tested with Debian's 7.0.
+//! of chunks is queued by one script, whole or not at all, and once however
+//! often it is sent; a host declares its visibility timeout by another);
+//! tested with Debian's 7.0.
 //!
 //! The keys, streams, group and message schema are in [`schema`],
 //! versioned ([`schema::SCHEMA_VERSION`]). Nothing grows without bound:
 //! finished task entries are deleted, read results are deleted, result
-//! streams, large-argument keys, withdrawn sets and the queue's visibility
-//! timeout expire,
+//! streams, large-argument keys, withdrawn sets, the markers of queued
+//! batches and the queue's visibility timeout expire,
 //! the dead-letter stream is capped in length and keeps at most a few KiB
 //! of each entry.
 
@@ -139,6 +151,7 @@ mod pool;
 mod results;
 pub mod schema;
 mod server;
+mod withdraw;
 mod worker;
 
 pub use endpoint::{DEFAULT_PREFIX, DEFAULT_QUEUE};

@@ -111,6 +111,7 @@ impl RedisPoolBuilder {
             key: self.endpoint.key,
             options: self.options,
             submit: Mutex::new(submit),
+            spent_batches: Mutex::new(Vec::new()),
             pending: Mutex::default(),
             next_task: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -127,10 +128,23 @@ impl RedisPoolBuilder {
 /// The calls are those of [`multiproc::Pool`], for the same plain `fn`
 /// items and `serde` arguments; the workers must run this same build of
 /// the program (see [`crate::Worker`]). Every result arrives exactly once.
-/// Dropping the pool stops its result thread and deletes its result stream;
-/// the calls still waiting fail. To let the calls in flight finish first,
-/// call [`RedisPool::close`] then [`RedisPool::join`], as with the local
-/// pool; [`RedisPool::terminate`] ends them at once.
+///
+/// Dropping the pool ends the calls still in flight (background calls,
+/// iterators that outlive it) as [`RedisPool::terminate`] does, failing
+/// them with [`RedisPoolError::Dropped`]: their tasks still queued are
+/// deleted, and all their tasks are marked withdrawn, so that none starts
+/// later (a task a host already runs finishes there, its result dropped).
+/// Then it deletes its result stream. To let the calls in flight finish
+/// first, call [`RedisPool::close`] then [`RedisPool::join`], as with the
+/// local pool.
+///
+/// A drop never hangs: its result thread stops within about 2 s (its
+/// reply timeout, on a Redis that stopped answering), then it waits for
+/// Redis at most 1 s (or the [reconnect
+/// timeout](RedisPoolBuilder::reconnect_timeout), if shorter) to withdraw
+/// the tasks and delete the stream. What it could not do is logged as a
+/// `tracing` warning: those tasks may then run, and their results expire
+/// unread.
 pub struct RedisPool {
     shared: Arc<Shared>,
     _dispatcher: Dispatcher,
@@ -204,7 +218,8 @@ impl RedisPool {
     /// task queued again after its host died has a new entry, which the
     /// pool cannot delete: the pool marks it withdrawn (see
     /// [`crate::schema`]), and the host that takes it deletes it unrun. A
-    /// dropped call and one out of wait time do the same.
+    /// dropped call, one out of wait time, and dropping the pool do the
+    /// same.
     pub fn terminate(&self) {
         self.shared.life.terminate();
         self.shared.wake_all();

@@ -178,8 +178,8 @@ impl<R: DeserializeOwned> RedisImap<'_, R> {
 ///
 /// Unlike the local pool's, a task on its way to a worker host cannot be
 /// cancelled one by one (there is no `cancel`): a call whose wait timeout
-/// passes, or [`RedisPool::terminate`](crate::RedisPool::terminate),
-/// deletes the tasks still queued.
+/// passes, [`RedisPool::terminate`](crate::RedisPool::terminate), or
+/// dropping the pool deletes the tasks still queued.
 ///
 /// # Examples
 ///

@@ -1,5 +1,5 @@
 //! Nothing grows without bound: a caller's results stream and its argument
-//! keys carry an expiry, a dropped pool deletes its results stream, a
+//! keys carry an expiry, a batch's key is deleted once it is of no use, a dropped pool deletes its results stream, a
 //! caller killed with SIGKILL leaves only keys that expire (besides the
 //! queue's task and dead-letter streams), and the dead-letter stream stays
 //! capped.
@@ -66,6 +66,27 @@ fn a_calls_keys_expire_and_a_dropped_pool_deletes_its_results() {
 
     drop(pool);
     assert_eq!(pttl(&mut con, &results), -2, "the dropped pool's results stream is still there");
+}
+
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+#[test]
+fn the_key_of_a_batch_answered_at_once_is_deleted_by_the_next_batch() {
+    let server = server();
+    let mut con = raw(&server);
+    let pool = pool(&server, "batches").result_ttl(TTL).connect().unwrap();
+    let worker = local_worker(&server, "batches", 1);
+    for x in 0..20u64 {
+        assert_eq!(pool.apply(double, (x,)).unwrap(), 2 * x);
+    }
+    // Each call is a batch with a key that makes its script's second run
+    // queue nothing; answered at the first try, it is of no more use.
+    let left = keys(&mut con, &format!("batches:default:batch:{}:*", pool.caller_id()));
+    assert_eq!(left.len(), 1, "the keys of answered batches stay: {left:?}");
+    assert_expires(&mut con, &left[0]);
+    worker.stop();
 }
 
 /// The body of a caller process: queues a chunk with a large argument and

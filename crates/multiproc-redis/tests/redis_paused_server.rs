@@ -103,8 +103,9 @@ fn a_worker_running_a_long_task_stops_within_its_bound_while_redis_is_paused() {
 }
 
 /// How long dropping a pool may take while Redis does not answer: its
-/// result thread notices the drop, and it deletes its results stream
-/// (each waits a little for Redis).
+/// result thread notices the drop (within its reply timeout), then it
+/// withdraws the chunks of its calls in flight and deletes its results
+/// stream (both within one second).
 const DROP_BOUND: Duration = Duration::from_secs(5);
 
 #[test]
@@ -118,6 +119,28 @@ fn a_pool_drops_promptly_while_redis_is_paused() {
     let took = started.elapsed();
     drop(paused);
     assert!(took < DROP_BOUND + SLACK, "dropping the pool took {took:?}");
+}
+
+#[test]
+fn a_pool_with_calls_in_flight_drops_promptly_while_redis_is_paused() {
+    let server = server();
+    let tasks = multiproc_redis::schema::Keys::new("paused-drop-calls", "default").tasks();
+    let pool = pool(&server, "paused-drop-calls").connect().unwrap();
+    // No host: the chunks wait in the task stream, to be withdrawn.
+    let mut calls: Vec<_> = (0..4u64).map(|i| pool.apply_async(square, (i,))).collect();
+    let mut con = support::raw(&server);
+    assert!(support::eventually(Duration::from_secs(30), || support::xlen(&mut con, &tasks) == 4));
+    let paused = server.pause().unwrap();
+    let started = Instant::now();
+    drop(pool);
+    let took = started.elapsed();
+    let outcomes: Vec<_> = calls.iter_mut().map(|c| c.get_timeout(Duration::from_secs(10))).collect();
+    drop(paused);
+    assert!(took < DROP_BOUND + SLACK, "dropping the pool took {took:?}");
+    for outcome in outcomes {
+        let err = outcome.expect_err("a dropped pool gives no result");
+        assert!(matches!(err, multiproc_redis::RedisPoolError::Dropped), "{err:?}");
+    }
 }
 
 /// How long a look at a queue may wait for Redis by default.

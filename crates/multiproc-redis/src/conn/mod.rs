@@ -243,6 +243,15 @@ impl Conn {
         self.link = None;
     }
 
+    /// The longest one attempt of a command may wait for Redis: a connect
+    /// and a reply.
+    pub(crate) fn attempt_bound(&self) -> Duration {
+        CONNECT_TIMEOUT.saturating_add(self.reply_timeout)
+    }
+
+    /// The longest [`Conn::retry_while`] waits between two tries.
+    pub(crate) const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
     /// How many connections were made so far (a new one after each loss).
     pub(crate) fn connects(&self) -> u64 {
         self.connects
@@ -312,7 +321,7 @@ impl Conn {
                     }
                     tracing::warn!("redis unavailable ({e}); trying again in {pause:?}");
                     std::thread::sleep(pause.min(left));
-                    pause = (pause * 2).min(Duration::from_secs(1));
+                    pause = (pause * 2).min(Conn::MAX_RETRY_PAUSE);
                 }
                 other => return other,
             }

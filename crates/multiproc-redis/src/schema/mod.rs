@@ -11,6 +11,7 @@
 //! | `P:Q:tasks` | stream, group [`GROUP`] | one entry per chunk of tasks; workers read it with `XREADGROUP`, and `XACK` + `XDEL` an entry once its result is written, so it holds only unfinished work |
 //! | `P:Q:dead` | stream, capped at [`DEAD_LETTER_MAXLEN`] (approximately), no expiry | dead letters: tasks that failed [`TaskMsg::max_attempts`] deliveries, tasks of another build, garbage entries; each with a `reason`; an entry holds under 9 KiB ([`DeadMessage`]), so the stream stays under about 90 MB |
 //! | `P:Q:blob:C:T` | string, with expiry | the arguments of chunk `T` of caller `C` when they are too large for an entry ([`BLOB_THRESHOLD`]) |
+//! | `P:Q:batch:C:T` | string, with expiry | the entry ids (space-separated) of the batch of chunks caller `C` queued in one script, `T` being the batch's first chunk id: the script sets it when it queues the batch, and queues nothing when it is set already (the caller sent it again after its reply was lost), returning these ids; the caller's next batch script deletes it when this batch's script was answered at its first try (no copy of it can run again); otherwise it expires once the caller can no longer send the batch again: its reconnect timeout plus two command attempts and a pause after the batch (about a minute by default) |
 //! | `P:Q:withdrawn:C` | sorted set, with expiry | the ids ([`TaskMsg::task`]) of the chunks caller `C` withdrew while they were in flight (a call terminated, out of wait time or dropped), each scored with the time (ms since the Unix epoch, the caller's clock) after which it is forgotten: a worker host checks it before it runs a delivery after the first (an entry whose id the caller does not know), and deletes a withdrawn chunk's entry unrun, with no result and no dead letter; each withdrawal removes the ids past their time and sets the key's expiry to [`TaskMsg::result_ttl_ms`], so the set holds only the withdrawals of the last TTL |
 //! | `P:Q:visibility` | string, with expiry | the longest visibility timeout (ms) a live worker host of the queue declared: each host sets it when its own is at least the value held, and renews it every quarter of its timeout; it expires twice that host's timeout after the last renewal; hosts reclaim entries idle longer than this value (or their own timeout, if longer) |
 //! | `P:results:C` | stream, with expiry | the results for caller `C`; the caller deletes what it has read, and the key expires [`TaskMsg::result_ttl_ms`] after the last write if the caller is gone |
@@ -107,6 +108,7 @@ impl Keys {
     /// assert_eq!(k.blob("c1", 7), "mp:q:blob:c1:7");
     /// assert_eq!(k.visibility(), "mp:q:visibility");
     /// assert_eq!(k.withdrawn("c1"), "mp:q:withdrawn:c1");
+    /// assert_eq!(k.batch("c1", 7), "mp:q:batch:c1:7");
     /// ```
     pub fn new(prefix: &str, queue: &str) -> Keys {
         Keys { prefix: prefix.to_string(), queue: queue.to_string() }
@@ -138,6 +140,13 @@ impl Keys {
     /// unrun.
     pub fn withdrawn(&self, caller: &str) -> String {
         format!("{}:{}:withdrawn:{caller}", self.prefix, self.queue)
+    }
+
+    /// The key marking queued the batch of chunks of caller `caller` whose
+    /// first chunk is `first_task` (it holds their entry ids): sending the
+    /// batch again queues nothing more.
+    pub fn batch(&self, caller: &str, first_task: u64) -> String {
+        format!("{}:{}:batch:{caller}:{first_task}", self.prefix, self.queue)
     }
 
     /// The key holding the arguments of chunk `task` of caller `caller`.

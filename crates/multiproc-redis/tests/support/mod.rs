@@ -1,7 +1,10 @@
 //! Shared by the integration tests: a private redis-server, a prefix per
-//! test, worker hosts in their own processes, and raw stream reads.
+//! test, worker hosts in their own processes, raw stream reads, task start
+//! logs, and a proxy that loses replies ([`proxy`]).
 
 #![allow(dead_code)]
+
+pub mod proxy;
 
 use std::time::{Duration, Instant};
 
@@ -128,4 +131,17 @@ pub fn logged_run(log: String, ms: u64) -> u64 {
 /// How many times tasks logging to `log` (see [`logged_run`]) started.
 pub fn starts(log: &std::path::Path) -> usize {
     std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+/// A start log for [`logged_run`] in the temporary directory, named after
+/// `name` and this process, empty, and removed when dropped.
+pub fn start_log(name: &str) -> RemovedOnDrop {
+    let log = RemovedOnDrop(std::env::temp_dir().join(format!("multiproc-redis-{name}-{}", std::process::id())));
+    let _ = std::fs::remove_file(&log.0);
+    log
+}
+
+/// The length of stream `key` (0 if there is none).
+pub fn xlen(con: &mut redis::Connection, key: &str) -> i64 {
+    redis::cmd("XLEN").arg(key).query(con).unwrap()
 }
