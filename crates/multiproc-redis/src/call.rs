@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 
 use crate::conn;
 use crate::dispatch::{Delivery, Pending, Shared};
-use crate::enqueue::{ChunkEntry, enqueue};
+use crate::enqueue::{BatchKeys, ChunkEntry, enqueue};
 use crate::error::{RedisPoolError, TaskFailure, explain};
 use crate::life::CallGuard;
 use crate::schema::{self, Args, Outcome, TaskMsg};
@@ -223,8 +223,15 @@ impl<'a> Engine<'a> {
             Some(mut conn) => {
                 let mut spent = shared.spent_batches.lock().unwrap_or_else(|e| e.into_inner());
                 Some(
-                    enqueue(&mut conn, &tasks_key, &batch_key, &mut spent, ttl_ms, &batch, patience, deadline)
-                        .map(|entries| shared.note_entries(&ids, entries)),
+                    enqueue(
+                        &mut conn,
+                        BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent },
+                        ttl_ms,
+                        &batch,
+                        patience,
+                        deadline,
+                    )
+                    .map(|entries| shared.note_entries(&ids, entries)),
                 )
             }
             None => Some(Err(conn::deadline_passed())),

@@ -71,6 +71,17 @@ fn batch_ttl(patience: Duration, attempt: Duration) -> Duration {
     patience.saturating_add(Conn::MAX_RETRY_PAUSE).saturating_add(attempt.saturating_mul(2))
 }
 
+/// Where [`enqueue`] queues a batch: the task stream, the batch's key, and
+/// the keys of earlier batches that are of no more use.
+pub(crate) struct BatchKeys<'a> {
+    /// The task stream.
+    pub tasks: &'a str,
+    /// The batch's key ([`crate::schema::Keys::batch`]).
+    pub batch: &'a str,
+    /// The keys the script deletes (see [`enqueue`]).
+    pub spent: &'a mut Vec<String>,
+}
+
 /// Queues `chunks` on the stream `tasks`: their blobs first (one command
 /// each, expiring after `ttl_ms`), then every entry in one script, which
 /// marks the batch queued in the key `batch` (unique to the batch, see
@@ -97,9 +108,7 @@ fn batch_ttl(patience: Duration, attempt: Duration) -> Duration {
 // still find the key gone and queue the batch again.
 pub(crate) fn enqueue(
     conn: &mut Conn,
-    tasks: &str,
-    batch: &str,
-    spent: &mut Vec<String>,
+    BatchKeys { tasks, batch, spent }: BatchKeys<'_>,
     ttl_ms: u64,
     chunks: &[ChunkEntry],
     patience: Duration,
