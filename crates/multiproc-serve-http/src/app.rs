@@ -16,9 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use multiproc_serve::{Server, VersionState};
 
+use crate::body::{BodyHead, read_body};
+use crate::budget::BodyBudget;
 use crate::error::ApiError;
 use crate::loading::InitialLoad;
-use crate::metrics::{HttpCounters, render};
+use crate::metrics::{BodyMemory, HttpCounters, render};
 use crate::protocol::{EXTENSIONS, ModelMetadata, RepositoryEntry, ServerMetadata};
 use crate::repository::{ModelConfig, ModelDir, add_model, scan_model, settings};
 
@@ -38,6 +40,15 @@ pub struct HttpOptions {
     /// (slowloris), connected and silent, idle on a kept-alive connection,
     /// or not reading its answer, holds its connection no longer than this.
     pub header_timeout: Duration,
+    /// Most bytes of request bodies the server holds at once, all requests
+    /// together: bodies read or being read and not yet answered (what
+    /// counts: the crate docs, "Memory held by request bodies"). A request that would take it
+    /// over is refused at once with 503 and `Retry-After`, before its body
+    /// is read when its `Content-Length` says its size, else as soon as
+    /// what has arrived is over; one larger than the whole budget, 413.
+    /// The default, 1 GiB, holds sixteen bodies of the largest default
+    /// size (64 MiB).
+    pub body_budget: usize,
     /// Clients may register shared memory regions and pass tensors through
     /// them (Triton's system shared memory extension, see [`crate::shm`]).
     /// Off by default: a client that may do so may read and write every
@@ -49,6 +60,7 @@ impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
             body_limit: 64 << 20,
+            body_budget: 1 << 30,
             body_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
             allow_client_shm: false,
@@ -63,6 +75,8 @@ pub struct App {
     pub(crate) root: PathBuf,
     pub(crate) models: RwLock<BTreeMap<String, ModelDir>>,
     pub(crate) http_counters: HttpCounters,
+    /// The bytes of request bodies held now, at most `options.body_budget`.
+    pub(crate) body_budget: BodyBudget,
     pub(crate) options: HttpOptions,
     pub(crate) lone: multiproc_serve::LoneWait,
     /// The repository's first load, which runs while the server answers.
@@ -97,11 +111,13 @@ impl App {
     ) -> Arc<App> {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
         let shm = crate::shm::Regions::new(options.allow_client_shm);
+        let body_budget = BodyBudget::new(options.body_budget);
         Arc::new(App {
             core,
             root,
             models: RwLock::new(models),
             http_counters: HttpCounters::default(),
+            body_budget,
             options,
             lone: multiproc_serve::LoneWait::default(),
             initial_load,
@@ -324,10 +340,11 @@ fn state_name(state: VersionState) -> &'static str {
 }
 
 /// The JSON body of a request other than inference (`what` names the
-/// request in errors), read within the body limits; an empty body is `{}`.
+/// request in errors), read within the body limits (its bytes held in the
+/// body budget until it is parsed); an empty body is `{}`.
 pub(crate) async fn json_request(app: &App, request: Request, what: &str) -> Result<serde_json::Value, ApiError> {
-    let declared = crate::infer::content_length(request.headers());
-    let body = crate::infer::read_body(app, declared, request.into_body()).await?;
+    let head = BodyHead::of(request.headers());
+    let (body, _lease) = read_body(app, head, request.into_body()).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Value::Object(serde_json::Map::new()));
     }
@@ -456,6 +473,8 @@ async fn repository_unload(
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = render(app.core.metrics(), &app.http_counters);
+    let budget = &app.body_budget;
+    let bodies = BodyMemory { budget: budget.limit(), held: budget.held(), refused: budget.refused() };
+    let text = render(app.core.metrics(), &app.http_counters, &bodies);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

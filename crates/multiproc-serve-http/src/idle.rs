@@ -2,7 +2,7 @@
 //! and none has been in flight for a while. A client that trickles its
 //! request headers (slowloris), or connects and sends nothing, or keeps a
 //! connection idle, or does not read its answer, holds it no longer than
-//! that. (Bodies have their own limit, in `infer::read_body`.)
+//! that. (Bodies have their own limits, in `body::read_body`.)
 //!
 //! It costs a request two uncontended atomic additions and a reference
 //! count, not a timer: one interval per connection looks at the counts.

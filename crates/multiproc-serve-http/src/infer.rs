@@ -8,10 +8,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::{self, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use multiproc_serve::Request;
 
 use crate::app::{App, PathParams, parse_version};
+use crate::body::{BodyHead, read_body};
 use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{
@@ -52,7 +52,7 @@ pub(crate) async fn answer<B>(
     request: axum::http::Request<B>,
 ) -> Response
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let version = match version.map(parse_version).transpose() {
@@ -81,7 +81,7 @@ where
             // Failures inside the core are counted by the core. A version
             // the model does not serve gets no series: any number in the
             // path would otherwise add one to /metrics, for ever.
-            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding")
+            if matches!(e.reason, "bad_request" | "too_large" | "body_timeout" | "unsupported_encoding" | "body_budget")
                 && version.is_none_or(|v| app.model(&name).is_ok_and(|(_, served)| served.contains(&v)))
             {
                 let v = version.map_or_else(|| "default".to_string(), |v| v.to_string());
@@ -94,8 +94,8 @@ where
 
 /// The request headers inference needs.
 struct Lengths {
-    /// `Content-Length`, if present and a number.
-    body: Option<u64>,
+    /// What they say of the body.
+    body: BodyHead,
     /// `Inference-Header-Content-Length`: absent, a number, or the error
     /// for a value that is not one (answered after the body is read).
     json_header: Result<Option<u64>, ApiError>,
@@ -105,7 +105,7 @@ struct Lengths {
 
 impl Lengths {
     fn of(headers: &HeaderMap) -> Lengths {
-        let body = content_length(headers);
+        let body = BodyHead::of(headers);
         let json_header = match headers.get(HEADER_CONTENT_LENGTH) {
             None => Ok(None),
             Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
@@ -113,45 +113,6 @@ impl Lengths {
             }),
         };
         Lengths { body, json_header, encoding: ContentEncoding::of(headers) }
-    }
-}
-
-/// `Content-Length`, if present and a number.
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-}
-
-/// Reads a request body whole, bounded by the app's size limit (413; at
-/// once if `declared`, the `Content-Length`, is over it) and time limit
-/// (408): a slow client holds only its own connection.
-pub(crate) async fn read_body<B>(app: &App, declared: Option<u64>, body: B) -> Result<Bytes, ApiError>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: Into<axum::BoxError>,
-{
-    let limit = app.options.body_limit;
-    // `what`: the body, with its size when it was announced.
-    let too_large = |what: String| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("{what} is over the limit of {limit} bytes (--max-body-bytes)"),
-        )
-    };
-    if let Some(n) = declared
-        && n > limit as u64
-    {
-        return Err(too_large(format!("request body of {n} bytes")));
-    }
-    match tokio::time::timeout(app.options.body_timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!("the request body did not arrive within {:?}", app.options.body_timeout),
-        )),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large("the request body".into())),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 
@@ -163,20 +124,26 @@ async fn infer_inner<B>(
     body: B,
 ) -> Result<Response, ApiError>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let config = app.config(name)?;
     let encoding = lengths.encoding?;
-    let body = encoding.decode(read_body(app, lengths.body, body).await?, app.options.body_limit)?;
+    // The lease holds the body's bytes (then its inputs') in the server's
+    // body budget until the request is answered or fails.
+    let (body, mut lease) = read_body(app, lengths.body, body).await?;
+    let body = encoding.decode(body, app.options.body_limit, &mut lease)?;
     let header_length = lengths.json_header?;
     // The body is gone (moved or dropped) before the model runs.
     let DecodedRequest { id, inputs, outputs, binary_output_default, timeout } = match header_length {
         Some(0) => raw_request(name, &config, Vec::from(body))?,
         _ => {
             // Inputs read from shared memory count against the body's
-            // limit, as if they had come in the body.
+            // limit, as if they had come in the body, and are held in the
+            // budget as the body is.
             let read_so_far = std::cell::Cell::new(body.len());
+            let over_budget = std::cell::Cell::new(None);
+            let held = std::cell::RefCell::new(&mut lease);
             let read = |at: &SharedMemoryRef| {
                 let total = read_so_far.get().saturating_add(at.byte_size);
                 if total > app.options.body_limit {
@@ -186,15 +153,24 @@ where
                         at.region, at.byte_size, app.options.body_limit
                     )));
                 }
+                if let Err(refusal) = held.borrow_mut().reserve_total(total) {
+                    over_budget.set(Some(refusal));
+                    return Err(ProtocolError::new("over the request body budget"));
+                }
                 read_so_far.set(total);
                 app.shm.read(at)
             };
             let shm: Option<ShmReader<'_>> = if app.shm.allowed() { Some(&read) } else { None };
-            let decoded = decode_request_with(&body, header_length, shm)?;
+            let decoded = decode_request_with(&body, header_length, shm);
             drop(body);
-            decoded
+            match (decoded, over_budget.take()) {
+                (_, Some(refusal)) => return Err(refusal.into()),
+                (decoded, None) => decoded?,
+            }
         }
     };
+    // Held while the request waits and runs: its inputs.
+    lease.resize(inputs.iter().map(|t| t.data().len()).fold(0, usize::saturating_add))?;
     check_inputs(name, &config, &inputs)?;
     if let Some(wanted) = &outputs
         && let Some(w) = wanted.iter().find(|w| !config.outputs.iter().any(|o| o.name == w.name))

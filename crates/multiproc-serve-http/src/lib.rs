@@ -14,6 +14,7 @@
 //! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch; inputs and outputs matched to the graph's by name and datatype at load |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
+//! | `body`, `budget` (private) | reading a request body within its limits and the server's byte budget of bodies held |
 //! | [`model_config`] | Triton's model configuration extension: `config.toml` as Triton's `ModelConfig` JSON |
 //! | [`shm`] | Triton's system shared memory extension: tensors read from and written to clients' regions (opt-in) |
 //! | [`stats`] | Triton's statistics extension: the same counts as JSON, with executions by batch size |
@@ -50,11 +51,11 @@
 //! | 404 | an unknown endpoint, model or version (also a version on disk that the version policy does not serve) |
 //! | 405 | a method the endpoint does not take (`GET …/infer`) |
 //! | 408 | the request body did not arrive within `--body-timeout-secs` ([`app::HttpOptions`]`::body_timeout`) |
-//! | 413 | the body (or, compressed, its decompressed size) is over `--max-body-bytes` |
+//! | 413 | the body (or, compressed, its decompressed size) is over `--max-body-bytes`, or alone over the whole body budget (`--body-budget-bytes`) |
 //! | 415 | a `Content-Encoding` other than gzip or deflate (the two tritonclient compresses requests with, read here) |
 //! | 499 | the request was dropped before its answer (its connection was closed under it): no client sees it, the failure metrics count it (reason `cancelled`, as nginx logs 499) |
 //! | 500 | the model failed, its worker died, or its call ran over `timeouts.call_ms` |
-//! | 503 | the server or model is not ready, is loading, is unavailable (a bad configuration, with the reason), is overloaded, crash-looping or shutting down; all but "unavailable" and the health and readiness probes come with `Retry-After` |
+//! | 503 | the server or model is not ready, is loading, is unavailable (a bad configuration, with the reason), is overloaded (its queue is full, or the request bodies held use the server's whole body budget, `--body-budget-bytes`), crash-looping or shutting down; all but "unavailable" and the health and readiness probes come with `Retry-After` |
 //! | 504 | the request waited longer than its model's `timeouts.request_ms` |
 //!
 //! The server answers while its repository loads, as Triton and KServe do
@@ -111,10 +112,52 @@
 //! configuration, and handed to multiproc-serve, whose costs its own docs
 //! state. Outputs are written to JSON straight from their bytes, or appended
 //! as binary after the JSON.
+//!
+//! ## Memory held by request bodies
+//!
+//! The queues bound how many requests wait and `--max-body-bytes` how big
+//! each body is, but not their product: 1024 queued bodies of 64 MiB are
+//! 64 GiB. The server also holds at most `--body-budget-bytes`
+//! ([`app::HttpOptions`]`::body_budget`, default 1 GiB) of request bodies
+//! at once, all requests together. A request holds its share from the
+//! moment its body starts to arrive until it is answered, fails, or its
+//! client goes away (a guard given back on every path, a panic included):
+//!
+//! - a body announced by its `Content-Length` counts whole from the start,
+//!   so one that would go over the budget is refused before any of it is
+//!   read; a chunked body counts as it arrives and is refused as soon as it
+//!   goes over;
+//! - a compressed body counts with what it inflates to while it inflates,
+//!   then as inflated; inputs read from client shared memory count as if
+//!   they had come in the body;
+//! - once decoded, while the request waits and runs, it counts its inputs'
+//!   bytes.
+//!
+//! A request over the budget is answered at once with 503, `Retry-After: 1`
+//! and `{"error": "the server is overloaded: request bodies already hold …
+//! bytes of its request body budget of … bytes (multiproc serve
+//! --body-budget-bytes), and this request needs … more; retry later, or send
+//! smaller requests"}`, as for a full queue: Triton's and KServe's clients
+//! retry it as an overload. What the client still sends of that body is
+//! read and thrown away, within the body's size and time limits (a client
+//! busy sending would otherwise see its connection reset instead of the
+//! answer); a client that sent `Expect: 100-continue` is never asked for
+//! it. A body that alone is larger than the whole budget is 413: it can
+//! never be held. A fixed default rather than a share of the machine's
+//! memory: in a container the memory the kernel reports is the host's, not
+//! the container's limit, and a bound that changes with the host is one an
+//! operator cannot plan with; 1 GiB holds sixteen bodies of the largest
+//! default size. `/metrics` shows `multiproc_http_body_held_bytes` (held
+//! now), `multiproc_http_body_budget_bytes` (the budget) and
+//! `multiproc_http_body_budget_refused` (refusals since the start); a
+//! refused inference request also counts in `nv_inference_request_failure`
+//! with reason `body_budget`.
 
 #![warn(missing_docs)]
 
 pub mod app;
+mod body;
+mod budget;
 pub mod client;
 pub mod demo;
 mod encoding;

@@ -36,12 +36,24 @@ impl HttpCounters {
     }
 }
 
+/// The server's request body budget (`--body-budget-bytes`) at one time,
+/// exposed as `multiproc_http_body_*`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyMemory {
+    /// The most bytes of request bodies held at once.
+    pub budget: usize,
+    /// The bytes of request bodies held now (read or being read, not yet answered).
+    pub held: usize,
+    /// Requests refused (503) since the start because the budget was spent.
+    pub refused: u64,
+}
+
 /// Renders the metrics as Prometheus/OpenMetrics text.
-pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters) -> String {
+pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters, bodies: &BodyMemory) -> String {
     let versions = snapshot.versions;
     let failures = http.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot { versions, http: failures }));
+    registry.register_collector(Box::new(Snapshot { versions, http: failures, bodies: *bodies }));
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -52,6 +64,7 @@ pub fn render(snapshot: MetricsSnapshot, http: &HttpCounters) -> String {
 struct Snapshot {
     versions: Vec<VersionMetrics>,
     http: BTreeMap<(String, String, String), u64>,
+    bodies: BodyMemory,
 }
 
 type Field = fn(&VersionMetrics) -> u64;
@@ -182,6 +195,37 @@ impl Collector for Snapshot {
             "state",
             states,
         )?;
+        self.encode_bodies(&mut encoder)
+    }
+}
+
+impl Snapshot {
+    /// The server-wide series of the request body budget.
+    fn encode_bodies(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let series: [(&str, &str, MetricType, u64); 3] = [
+            (
+                "multiproc_http_body_held_bytes",
+                "Bytes of request bodies held now: read or being read, not yet answered",
+                MetricType::Gauge,
+                self.bodies.held as u64,
+            ),
+            (
+                "multiproc_http_body_budget_bytes",
+                "Most bytes of request bodies held at once (--body-budget-bytes)",
+                MetricType::Gauge,
+                self.bodies.budget as u64,
+            ),
+            (
+                "multiproc_http_body_budget_refused",
+                "Requests refused (503) because request bodies held the whole budget",
+                MetricType::Unknown,
+                self.bodies.refused,
+            ),
+        ];
+        for (name, help, metric_type, value) in series {
+            ConstGauge::new(as_i64(value)).encode(encoder.encode_descriptor(name, help, None, metric_type)?)?;
+        }
         Ok(())
     }
 }
@@ -198,7 +242,7 @@ mod tests {
             batch_sizes: vec![(1, 5), (3, 2), (64, 7), (300, 1)],
             ..VersionMetrics::default()
         };
-        let text = render(MetricsSnapshot { versions: vec![m] }, &HttpCounters::default());
+        let text = render(MetricsSnapshot { versions: vec![m] }, &HttpCounters::default(), &BodyMemory::default());
         let bucket = |le: &str| {
             let key = format!("multiproc_inference_batch_size_bucket{{le=\"{le}\",model=\"m\",version=\"1\"}} ");
             let line = text.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("no {key} in {text}"));
@@ -207,5 +251,20 @@ mod tests {
         assert_eq!([bucket("1.0"), bucket("2.0"), bucket("4.0"), bucket("32.0")], [5, 5, 7, 7]);
         assert_eq!([bucket("64.0"), bucket("256.0"), bucket("+Inf")], [14, 14, 15]);
         assert!(text.contains("multiproc_inference_batch_size_count{model=\"m\",version=\"1\"} 15"), "{text}");
+    }
+
+    #[test]
+    fn the_body_budget_is_three_server_wide_series() {
+        let bodies = BodyMemory { budget: 1 << 30, held: 4096, refused: 3 };
+        let text = render(MetricsSnapshot::default(), &HttpCounters::default(), &bodies);
+        for line in [
+            "# TYPE multiproc_http_body_held_bytes gauge",
+            "multiproc_http_body_held_bytes 4096",
+            "multiproc_http_body_budget_bytes 1073741824",
+            "# TYPE multiproc_http_body_budget_refused unknown",
+            "multiproc_http_body_budget_refused 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in {text}");
+        }
     }
 }

@@ -64,19 +64,12 @@ fn call_with_retry_after(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String, Option<String>), String> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
-    let request = agent.request(method, &format!("{base}{path}"));
-    let answer = match body {
-        Some(b) => request.set("Content-Type", "application/json").send_string(b),
-        None => request.call(),
+    let (headers, body) = match body {
+        Some(b) => (&[("Content-Type", "application/json")][..], support::Body::Sized(b.as_bytes())),
+        None => (&[][..], support::Body::Empty),
     };
-    let response = match answer {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(e.to_string()),
-    };
-    let status = response.status();
-    let retry_after = response.header("Retry-After").map(str::to_string);
-    Ok((status, response.into_string().unwrap_or_default(), retry_after))
+    let answer = support::call(base, method, path, headers, body)?;
+    Ok((answer.status, answer.body, answer.retry_after))
 }
 
 /// As [`call`], panicking when no answer came.
