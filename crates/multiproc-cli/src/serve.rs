@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Largest request body accepted (413 above it); inputs read from client shared memory count as part of it.
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
+    /// Most bytes of request bodies held at once, all requests together (503 with Retry-After above it; 413 for one body larger than it).
+    #[arg(long, default_value_t = 1 << 30)]
+    body_budget_bytes: usize,
     /// Longest time a request body may take to arrive, in seconds (408 after it).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     body_timeout_secs: u64,
@@ -159,6 +162,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         metrics_addr: args.metrics_port.map(|p| SocketAddr::new(args.host, p)),
         http: HttpOptions {
             body_limit: args.max_body_bytes,
+            body_budget: args.body_budget_bytes,
             body_timeout: Duration::from_secs(args.body_timeout_secs),
             header_timeout: Duration::from_secs(args.header_timeout_secs),
             allow_client_shm: args.allow_client_shm,

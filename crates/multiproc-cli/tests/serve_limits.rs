@@ -217,3 +217,17 @@ fn a_chunked_body_over_the_limit_is_413_with_a_message_that_reads() {
     assert!(answer.contains("\"the request body is over the limit of 1000 bytes (--max-body-bytes)\""), "{answer}");
     assert_eq!(s.terminate().code(), Some(0));
 }
+
+#[test]
+fn a_body_alone_over_the_body_budget_is_413_naming_the_flag() {
+    let repo = TempDir::new("budget");
+    slow_repo(&repo.0, 0.4);
+    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--body-budget-bytes", "1000"]);
+    let mut request =
+        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1500\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b' '; 1500]);
+    let answer = raw_exchange(&s.base, &request);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("budget of 1000 bytes (multiproc serve --body-budget-bytes)"), "{answer}");
+    assert_eq!(s.terminate().code(), Some(0));
+}
