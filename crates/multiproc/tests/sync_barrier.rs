@@ -1,13 +1,14 @@
 //! `Barrier` across processes: distinct indices, an action once per pass,
-//! abort, reset, timeouts breaking it for every party, and 5 processes ×
-//! 1000 passes in lockstep. SPEC.md, "Locks and friends".
+//! abort, reset, timeouts breaking it for every party, a completer killed
+//! in its action breaking it, and 5 processes × 1000 passes in lockstep.
+//! SPEC.md, "Locks and friends".
 
 mod sync_support;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use multiproc::{Barrier, BarrierError, Event, RawArray, RawValue, SharedMemory, current_process, parent_process};
-use sync_support::{Kid, LONG, assert_about, wait_asleep, wait_until};
+use sync_support::{Kid, LONG, assert_about, linger, wait_asleep, wait_until};
 
 /// The name of the segment where the barrier actions of a test count passes:
 /// per test process (children find it through their parent's pid) and test.
@@ -297,4 +298,74 @@ fn a_party_that_sleeps_through_later_rounds_still_passes() {
 fn resets_racing_with_waits_never_let_a_reset_party_pass() {
     let by_index = four_processes_pass_three_party_rounds(true);
     assert!(by_index[0] <= by_index[2] && by_index[1] <= by_index[2], "more parties passed than passes: {by_index:?}");
+}
+
+/// The action of `a_completer_killed_in_its_action_breaks_the_barrier`: the
+/// first one shows (in the counter) that it runs, then lingers until the
+/// test kills its process; later ones only count.
+fn action_lingers_the_first_time() {
+    bump("killed");
+    let counter = SharedMemory::open(&counter_name("killed")).expect("the test's counter segment");
+    if count(&counter) == 1 {
+        linger();
+    }
+}
+
+/// The wall clock in ns (comparable between processes, unlike `Instant`).
+fn now_ns() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("a clock after 1970");
+    u64::try_from(since_epoch.as_nanos()).expect("before 2554")
+}
+
+/// A party in an untimed `wait`; returns its outcome and when it got it.
+fn untimed_party(b: Barrier) -> (Result<usize, BarrierError>, u64) {
+    let r = b.wait();
+    (r, now_ns())
+}
+
+/// A party in a timed wait (for far longer than the test); as `untimed_party`.
+fn timed_party(b: Barrier) -> (Result<usize, BarrierError>, u64) {
+    let r = b.wait_timeout(LONG);
+    (r, now_ns())
+}
+
+/// The party completing a pass is killed in the barrier's action: the
+/// others (waiting for that pass, untimed or timed, or arriving during it
+/// for the next) learn within 2 s that the barrier is broken, and a reset
+/// mends it. (Without the fix, the waits end only when the timed one times
+/// out, after `LONG`.)
+#[test]
+fn a_completer_killed_in_its_action_breaks_the_barrier() {
+    const NOTICED: Duration = Duration::from_secs(2);
+    let counter = SharedMemory::create(&counter_name("killed"), 8).unwrap();
+    let b = Barrier::with_action(3, action_lingers_the_first_time).unwrap();
+    let waiters = [Kid::spawn(untimed_party, (b.clone(),)), Kid::spawn(timed_party, (b.clone(),))];
+    wait_until("two parties to wait", || b.n_waiting() == 2);
+    let completer = Kid::spawn(party, (b.clone(),));
+    wait_until("the completer to run the action", || count(&counter) == 1);
+    let late = Kid::spawn(untimed_party, (b.clone(),));
+    wait_asleep(late.pid());
+    completer.kill();
+    let killed_at = now_ns();
+    assert_eq!(completer.reap(), Some(-9));
+    for (i, kid) in waiters.into_iter().chain([late]).enumerate() {
+        let (r, at) = kid.join();
+        assert_eq!(r, Err(BarrierError::Broken), "party {i}");
+        let took = Duration::from_nanos(at.saturating_sub(killed_at));
+        assert!(took < NOTICED, "party {i} learned of the death after {took:?}");
+        eprintln!("party {i} learned of the death after {took:?}");
+    }
+    assert!(b.broken());
+    b.reset();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || b.wait_timeout(LONG))
+        })
+        .collect();
+    assert!(b.wait_timeout(LONG).is_ok(), "a reset barrier passes");
+    for t in threads {
+        assert!(t.join().unwrap().is_ok());
+    }
+    assert_eq!(count(&counter), 2, "the pass ran the action");
 }

@@ -28,6 +28,27 @@
 //! waiter goes by the reset counters. A timeout or `abort` sets the broken
 //! flag, which fails every wait until `reset`.
 //!
+//! A pass in progress (count ≥ parties, not broken) has a completer that
+//! nobody else can finish for: if it dies, nothing would ever advance or
+//! wake the word. So a party that may arrive last (it sees `parties − 1`
+//! arrivals) first takes `passing`, a robust mutex ([`RawMutex`], which
+//! records its holder's tid and start time), and holds it until its pass is
+//! over (advanced, or found broken or reset). Only a holder of `passing`
+//! can bring the count to `parties`, and a live holder cannot lose it:
+//! while a pass is in progress, its completer holds `passing` or died
+//! holding it. Waiters sleep at most [`LOST_WAKE_EVERY`] at a time; after a
+//! slice without a change during a pass, a waiter tries to take `passing`
+//! without waiting (a free one, or one whose holder is gone, a zombie, or
+//! a recycled tid; see `RawMutex`). If it gets it and a pass is still in
+//! progress, the completer is dead, and the waiter breaks the barrier. A
+//! party killed inside `RawMutex::lock` has not arrived: no pass is in
+//! progress, and the next candidate takes `passing` over by the mutex's own
+//! rules. Serialising completers also means an action never starts while
+//! the action of a reset or aborted round still runs (in Python, too, the
+//! action runs under the barrier's lock). What stays unnoticed (a party
+//! that dies before it arrives or while it waits for the others) is listed
+//! in `Barrier`'s docs.
+//!
 //! The action is never in shared memory (another process could point it
 //! anywhere): each handle carries it in its own process's memory, and it
 //! travels to another process inside the handle's message, as a code offset
@@ -41,8 +62,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::LOST_WAKE_EVERY;
 use super::error::BarrierError;
 use crate::code::{code_address, code_offset};
+use crate::memory::raw_mutex::RawMutex;
 use crate::memory::segment::{Shared, SharedObject};
 use crate::sys::Deadline;
 use crate::sys::imp;
@@ -109,10 +132,14 @@ pub(crate) struct BarrierState {
     resets_done: AtomicU32,
     /// Rounds that ended, by a pass or a reset (counted after their CAS).
     rounds_ended: AtomicU32,
+    /// Held by the party that may complete the current round, until its
+    /// pass is over (see the module notes).
+    passing: RawMutex,
 }
 
-// SAFETY: repr(C) atomics only; all-zero is a fresh barrier (its parties are
-// set at creation); `tag` is a field.
+// SAFETY: repr(C) atomics only (`RawMutex` is atomics too, unlocked when
+// all-zero); all-zero is a fresh barrier (its parties are set at creation);
+// `tag` is a field.
 unsafe impl SharedObject for BarrierState {
     const TAG: u64 = u64::from_le_bytes(*b"mp.Barr\0");
     fn tag(&self) -> &AtomicU64 {
@@ -141,6 +168,29 @@ fn build_hash() -> u64 {
 /// per pass, in the last party to arrive, before the others are released.
 /// A timeout, [`abort`](Barrier::abort) or a panicking action breaks the
 /// barrier for every party until [`reset`](Barrier::reset).
+///
+/// **Robust to a completing party that dies**: if the last party to arrive
+/// dies (killed, crashed, or its thread ends) before its pass is over, for
+/// instance while it runs the action, the barrier breaks. Every party
+/// waiting for that pass, or arriving meanwhile, gets
+/// [`BarrierError::Broken`] within about half a second, from
+/// [`wait`](Barrier::wait) as from [`wait_timeout`](Barrier::wait_timeout).
+/// Actions never overlap: the action of a round that was reset or aborted
+/// while it ran delays the next pass until it returns (as in Python).
+///
+/// **Not promised**: a barrier knows its parties only when they arrive.
+/// - A party that dies before it arrives leaves the others waiting (use
+///   [`wait_timeout`](Barrier::wait_timeout)).
+/// - A party that dies after it arrived, while it waits for the others,
+///   still counts as arrived: the round passes when the others arrive,
+///   without it (as in Python; a [`manager::Barrier`](crate::manager::Barrier),
+///   whose manager sees its client go, breaks instead); the next round
+///   then lacks it.
+/// - A completer in another pid namespace, or hidden from this process's
+///   `/proc` (`hidepid`), is never taken for dead: waits then end only at
+///   their timeout.
+/// - The action must not wait on its own barrier: that wait would wait for
+///   its own pass to end.
 ///
 /// # Examples
 ///
@@ -237,9 +287,9 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`BarrierError::Broken`] if the barrier is or becomes broken, or
-    /// this party's round is [`reset`](Barrier::reset) before it passes
-    /// (also when the party wakes only after more than 7 later rounds and
+    /// [`BarrierError::Broken`] if the barrier is or becomes broken (also
+    /// when the party completing the pass dies before it is over), or this
+    /// party's round is [`reset`](Barrier::reset) before it passes (also when the party wakes only after more than 7 later rounds and
     /// resets happened meanwhile: its own round's outcome is then unknown).
     pub fn wait(&self) -> Result<usize, BarrierError> {
         self.wait_until(Deadline::NEVER)
@@ -257,7 +307,10 @@ impl Barrier {
 
     fn wait_until(&self, deadline: Deadline) -> Result<usize, BarrierError> {
         let s = &*self.state;
-        let parties = self.parties() as u32;
+        let parties = self.checked_parties()?;
+        // `passing`, held while this party may be the last to arrive
+        // (released by dropping it).
+        let mut held = None;
         loop {
             // ORDERING: Acquire: pairs with the Release of the word changes
             // made by other parties (arrivals, passes, breaks).
@@ -267,12 +320,20 @@ impl Barrier {
             }
             let count = w & COUNT_MASK;
             if count >= parties {
+                held = None;
                 // The action of a pass is running; the next pass starts after it.
-                if futex::wait(&s.word, w, deadline) == FutexWait::TimedOut {
+                if self.sleep(w, parties, deadline) {
                     // Still passing: break it; passed meanwhile: arrive in the next pass.
                     self.break_if_still(generation(w))?;
                 }
                 continue;
+            }
+            let last = count + 1 == parties;
+            if !last {
+                held = None;
+            } else if held.is_none() {
+                held = self.lock_passing(w, deadline)?;
+                continue; // look again, holding it
             }
             // ORDERING: SeqCst, before the arrival: no reset that ends this
             // party's round is counted here (see the module notes).
@@ -285,16 +346,47 @@ impl Barrier {
             if s.word.compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 continue;
             }
-            if count + 1 == parties {
+            if last {
+                // `held` is `passing`, released when this returns.
                 self.pass(w + 1)?;
                 return Ok(count as usize);
             }
             let arrival = Arrival { generation: generation(w), resets_done, rounds_ended };
-            return self.await_pass(arrival, deadline).map(|()| count as usize);
+            return self.await_pass(arrival, parties, deadline).map(|()| count as usize);
         }
     }
 
-    /// The last arrival: run the action, open the next generation, wake all.
+    /// The number of parties, as the shared state says; a value that
+    /// `create` cannot have written breaks every wait.
+    fn checked_parties(&self) -> Result<u32, BarrierError> {
+        // ORDERING: Relaxed: set once at creation.
+        let parties = self.state.parties.load(Ordering::Relaxed);
+        if parties == 0 || parties > COUNT_MASK { Err(BarrierError::Broken) } else { Ok(parties) }
+    }
+
+    /// Takes `passing` before arriving last, from the word `w`. `Ok(None)`
+    /// if the deadline passed first while the round moved on (the caller
+    /// looks again).
+    ///
+    /// # Errors
+    ///
+    /// [`BarrierError::Timeout`] (the barrier is then broken) or
+    /// [`BarrierError::Broken`], as [`Barrier::break_if_still`].
+    fn lock_passing(&self, w: u32, deadline: Deadline) -> Result<Option<PassingHeld<'_>>, BarrierError> {
+        let passing = &self.state.passing;
+        match passing.lock(deadline) {
+            // A dead previous holder is no concern here: if its pass is
+            // still in progress, the caller sees it and waits like the
+            // others, who break the barrier.
+            Ok(_) => Ok(Some(PassingHeld(passing))),
+            // Held all along: by the completer of a round reset or aborted
+            // while its action runs (or by a dead one the lock cannot tell).
+            Err(_) => self.break_if_still(generation(w)).map(|()| None),
+        }
+    }
+
+    /// The last arrival (holding `passing`): run the action, open the next
+    /// generation, wake all.
     fn pass(&self, full: u32) -> Result<(), BarrierError> {
         let s = &*self.state;
         if let Some(action) = self.action {
@@ -319,7 +411,7 @@ impl Barrier {
         Ok(())
     }
 
-    fn await_pass(&self, arrival: Arrival, deadline: Deadline) -> Result<(), BarrierError> {
+    fn await_pass(&self, arrival: Arrival, parties: u32, deadline: Deadline) -> Result<(), BarrierError> {
         let s = &*self.state;
         // ORDERING: SeqCst: a count (see the module notes).
         let long_ago = || s.rounds_ended.load(Ordering::SeqCst).wrapping_sub(arrival.rounds_ended) > WRAP_SUSPECT;
@@ -336,7 +428,7 @@ impl Barrier {
             if w & BROKEN != 0 {
                 return Err(BarrierError::Broken);
             }
-            if futex::wait(&s.word, w, deadline) == FutexWait::TimedOut {
+            if self.sleep(w, parties, deadline) {
                 if long_ago() {
                     continue; // not this round any more, whatever its generation
                 }
@@ -347,6 +439,51 @@ impl Barrier {
                 }
             }
         }
+    }
+
+    /// Sleeps while the word is `w`, for at most [`LOST_WAKE_EVERY`]: if the
+    /// completer of a pass dies, nothing wakes its waiters. After a slice
+    /// in which `w`, a pass in progress, did not change, breaks the barrier
+    /// if its completer died. Returns true once `deadline` has passed.
+    fn sleep(&self, w: u32, parties: u32, deadline: Deadline) -> bool {
+        let s = &*self.state;
+        if futex::wait(&s.word, w, deadline.at_most(LOST_WAKE_EVERY)) == FutexWait::Retry {
+            return false;
+        }
+        // ORDERING: Relaxed: a hint; `break_if_completer_died` decides.
+        if w & COUNT_MASK >= parties && s.word.load(Ordering::Relaxed) == w {
+            self.break_if_completer_died(parties);
+        }
+        deadline.expired()
+    }
+
+    /// Breaks the barrier if a pass is in progress and its completer is
+    /// dead: then `passing` is free or held by a dead thread (see the
+    /// module notes). Never waits for a live holder.
+    #[cold]
+    fn break_if_completer_died(&self, parties: u32) {
+        let s = &*self.state;
+        // An expired deadline: `RawMutex::lock` takes a free lock, or one
+        // whose holder is dead, and otherwise gives up at once.
+        if s.passing.lock(Deadline::after(Duration::ZERO)).is_err() {
+            return; // the completer lives (its action runs)
+        }
+        let _held = PassingHeld(&s.passing);
+        // ORDERING: Relaxed: steers the CAS. Taking `passing` (Acquire)
+        // made a live completer's whole pass, which ends before it releases
+        // `passing`, visible: a pass in progress seen now is a dead one's.
+        let mut w = s.word.load(Ordering::Relaxed);
+        loop {
+            if w & BROKEN != 0 || w & COUNT_MASK < parties {
+                return; // no pass in progress (any more)
+            }
+            // ORDERING: Release: pairs with the waiters' Acquire loads.
+            match s.word.compare_exchange(w, w | BROKEN, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        futex::wake_all(&s.word);
     }
 
     /// On a timeout: breaks the barrier unless generation `g` has passed
@@ -425,6 +562,18 @@ impl Barrier {
     #[deprecated(since = "0.1.0", note = "use `broken`, Python's name")]
     pub fn is_broken(&self) -> bool {
         self.broken()
+    }
+}
+
+/// Holds a barrier's `passing` lock; releases it when dropped (also when
+/// the action panics).
+struct PassingHeld<'a>(&'a RawMutex);
+
+impl Drop for PassingHeld<'_> {
+    fn drop(&mut self) {
+        // Only this thread's own hold: a hold taken over meanwhile (which
+        // takes this thread's death) is left alone.
+        self.0.unlock_if_owned();
     }
 }
 

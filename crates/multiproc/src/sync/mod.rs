@@ -23,6 +23,12 @@
 //! notification, does not strand it: another waiter takes it within about
 //! 250 ms.
 //!
+//! A [`Barrier`] whose completing party (the last to arrive, which runs the
+//! action) dies before its pass is over breaks within about half a second:
+//! the others get [`BarrierError::Broken`] instead of waiting for ever. A
+//! party that dies before it arrives, or while it waits for the others, is
+//! not noticed (see [`Barrier`]).
+//!
 //! # Examples
 //!
 //! ```
