@@ -42,9 +42,10 @@ pub(super) struct Worker {
     pub(super) killed: bool,
     /// Set when we killed it for a task over the timeout: (chunk number, item).
     pub(super) timed_out: Option<(u64, u32)>,
-    /// Since when every look at its status page caught it inside an update
-    /// (see `Scheduler::check_timeouts`).
-    pub(super) status_unread_since: Option<Instant>,
+    /// The odd sequence word of its status page seen at every look since
+    /// the instant given, none of which could read the page (it is inside
+    /// that one update; see `Scheduler::check_timeouts`).
+    pub(super) status_stuck: Option<(u64, Instant)>,
     pub(super) init_message: Option<String>,
     /// Estimated time per chunk, nanoseconds.
     pub(super) per_chunk_ns: f64,

@@ -36,8 +36,11 @@ pub(crate) const PHASE_CHUNK: u32 = 2;
 pub(crate) const PHASE_ITEM: u32 = 3;
 
 /// How many times [`StatusPage::read`] tries for a consistent snapshot. An
-/// update takes a few nanoseconds, so a live, running worker is almost
-/// never caught in one this many times in a row; a stopped one may be.
+/// update takes a few nanoseconds, but a worker running tiny items updates
+/// the page every hundred nanoseconds or so, and one descheduled inside an
+/// update stays there for a time slice: a live worker can be caught this
+/// many times in a row (the scheduler then looks again later, and takes a
+/// worker for stuck only when its sequence word stays the same odd value).
 const READ_TRIES: u32 = 64;
 
 #[repr(C)]
@@ -180,6 +183,14 @@ impl StatusPage {
             std::hint::spin_loop();
         }
         None
+    }
+
+    /// The sequence word as it is now: odd while the worker is inside an
+    /// update. A worker caught in the same odd value look after look is
+    /// stuck in one update (stopped there); one that changes is alive.
+    pub(crate) fn seq(&self) -> u64 {
+        // ORDERING: Relaxed: only compared with earlier values of itself.
+        self.words().seq.load(Ordering::Relaxed)
     }
 
     /// Scheduler, once the worker has exited: what it was doing when it

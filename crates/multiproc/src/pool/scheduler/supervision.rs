@@ -11,6 +11,12 @@ use super::*;
 /// inside an update), the next look comes this much later.
 const STATUS_RETRY: Duration = Duration::from_millis(5);
 
+/// The least time a worker must stay inside one update of its status page
+/// to be taken for stuck, however short the task timeout: a live worker can
+/// be descheduled inside an update for a time slice or more on a busy
+/// machine.
+const STUCK_FLOOR: Duration = Duration::from_secs(1);
+
 impl Scheduler {
     pub(super) fn spawn_worker(&mut self) -> Result<Worker, PoolError> {
         let number = self.next_number;
@@ -58,7 +64,7 @@ impl Scheduler {
             eof_at: None,
             killed: false,
             timed_out: None,
-            status_unread_since: None,
+            status_stuck: None,
             init_message: None,
             per_chunk_ns: 0.0,
             depth: FIRST_DEPTH,
@@ -139,20 +145,31 @@ impl Scheduler {
         let mut next: Option<Instant> = None;
         for w in &mut self.workers {
             if w.inflight.is_empty() || w.killed {
-                w.status_unread_since = None;
+                w.status_stuck = None;
                 continue;
             }
             let Some(st) = w.status.read() else {
                 // Caught inside an update of its status page at every try:
-                // descheduled there (look again soon), or stopped. One stuck
-                // there for a whole timeout is killed, and its running chunk
-                // counts as lost: no timeout is charged to an item that a
-                // half-written page cannot name for sure.
-                let since = *w.status_unread_since.get_or_insert(now);
-                if now.saturating_duration_since(since) >= limit {
+                // a live worker between two quick updates, one descheduled
+                // inside an update (look again soon), or one stopped there.
+                // Only a worker inside the same update (the same odd
+                // sequence word) at every look for the timeout, and at
+                // least `STUCK_FLOOR`, is taken for stuck and killed; its
+                // running chunk counts as lost: no timeout is charged to an
+                // item that a half-written page cannot name for sure.
+                let seq = w.status.seq();
+                let since = match w.status_stuck {
+                    Some((stuck, since)) if stuck == seq => since,
+                    _ => {
+                        w.status_stuck = (seq & 1 == 1).then_some((seq, now));
+                        now
+                    }
+                };
+                let stuck_for = limit.max(STUCK_FLOOR);
+                if w.status_stuck.is_some() && now.saturating_duration_since(since) >= stuck_for {
                     lifecycle!(
                         WARN,
-                        "pool worker {} (pid {}) was stuck for {limit:?} inside an update of its status page \
+                        "pool worker {} (pid {}) was stuck for {stuck_for:?} inside an update of its status page \
                          (stopped?); killing it",
                         w.process.name(),
                         w.pid
@@ -164,7 +181,7 @@ impl Scheduler {
                 next = Some(next.map_or(at, |n| n.min(at)));
                 continue;
             };
-            w.status_unread_since = None;
+            w.status_stuck = None;
             let at = if st.phase == PHASE_ITEM {
                 let ran = now_ns.saturating_sub(st.item_started_ns);
                 if ran >= limit_ns {
