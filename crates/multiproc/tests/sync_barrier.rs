@@ -300,15 +300,24 @@ fn resets_racing_with_waits_never_let_a_reset_party_pass() {
     assert!(by_index[0] <= by_index[2] && by_index[1] <= by_index[2], "more parties passed than passes: {by_index:?}");
 }
 
-/// The action of `a_completer_killed_in_its_action_breaks_the_barrier`: the
-/// first one shows (in the counter) that it runs, then lingers until the
-/// test kills its process; later ones only count.
-fn action_lingers_the_first_time() {
-    bump("killed");
-    let counter = SharedMemory::open(&counter_name("killed")).expect("the test's counter segment");
+/// An action that shows (in `test`'s counter) that it runs, and the first
+/// time lingers until the test kills its process.
+fn linger_the_first_time(test: &str) {
+    bump(test);
+    let counter = SharedMemory::open(&counter_name(test)).expect("the test's counter segment");
     if count(&counter) == 1 {
         linger();
     }
+}
+
+/// The action of `a_completer_killed_in_its_action_breaks_the_barrier`.
+fn action_lingers_the_first_time() {
+    linger_the_first_time("killed");
+}
+
+/// The action of `abort_reaches_a_party_waiting_for_a_lingering_action_to_end`.
+fn action_lingers_when_aborted() {
+    linger_the_first_time("aborted");
 }
 
 /// The wall clock in ns (comparable between processes, unlike `Instant`).
@@ -368,4 +377,35 @@ fn a_completer_killed_in_its_action_breaks_the_barrier() {
         assert!(t.join().unwrap().is_ok());
     }
     assert_eq!(count(&counter), 2, "the pass ran the action");
+}
+
+/// A round is reset while its completer's action still runs; a party that
+/// would complete the next round waits for that action to end (actions
+/// never overlap). An `abort` reaches it at once, as it reaches the others,
+/// instead of when the action returns (here: never).
+#[test]
+fn abort_reaches_a_party_waiting_for_a_lingering_action_to_end() {
+    const NOTICED: Duration = Duration::from_secs(2);
+    let counter = SharedMemory::create(&counter_name("aborted"), 8).unwrap();
+    let b = Barrier::with_action(2, action_lingers_when_aborted).unwrap();
+    let first = Kid::spawn(timed_party, (b.clone(),));
+    wait_until("a party to wait", || b.n_waiting() == 1);
+    let completer = Kid::spawn(party, (b.clone(),));
+    wait_until("the completer to run the action", || count(&counter) == 1);
+    b.reset();
+    assert_eq!(first.join().0, Err(BarrierError::Broken), "the reset round's party");
+    let next = [Kid::spawn(untimed_party, (b.clone(),)), Kid::spawn(untimed_party, (b.clone(),))];
+    for kid in &next {
+        wait_asleep(kid.pid());
+    }
+    let aborted_at = now_ns();
+    b.abort();
+    for (i, kid) in next.into_iter().enumerate() {
+        let (r, at) = kid.join();
+        assert_eq!(r, Err(BarrierError::Broken), "party {i}");
+        let took = Duration::from_nanos(at.saturating_sub(aborted_at));
+        assert!(took < NOTICED, "party {i} learned of the abort after {took:?}");
+    }
+    completer.kill();
+    assert_eq!(completer.reap(), Some(-9));
 }

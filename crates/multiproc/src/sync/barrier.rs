@@ -3,7 +3,7 @@
 //! # Algorithm (maintainer's notes)
 //!
 //! One futex word packs the arrivals of the current round (bits 0–15), the
-//! outcomes of the last [`HISTORY_LEN`] rounds (bits 16–22), the round's
+//! outcomes of the last [`HISTORY_LEN`](word::HISTORY_LEN) rounds (bits 16–22), the round's
 //! generation (bits 23–30) and a broken flag (bit 31). An arriving party
 //! CASes the count up; the last one sets the count to `parties` (passing),
 //! runs the action, then CASes to the next generation with a count of 0 and
@@ -14,7 +14,7 @@
 //! seeing only one move: after a `reset` it is no longer a party, so other
 //! parties may pass new rounds before it looks (and after its own pass, a
 //! `reset` and new rounds may follow). A waiter that slept through more
-//! than [`HISTORY_LEN`] rounds asks two counters instead: `reset` counts
+//! than [`HISTORY_LEN`](word::HISTORY_LEN) rounds asks two counters instead: `reset` counts
 //! itself in `resets_begun` before its CAS and in `resets_done` after. A
 //! waiter reads `resets_done` before it arrives; if `resets_begun` still
 //! equals it when the waiter looks, no reset ended a round since it
@@ -72,52 +72,9 @@ use crate::sys::imp;
 use crate::sys::imp::futex::{self, FutexWait};
 use crate::wire::de_error;
 
-const COUNT_MASK: u32 = 0xFFFF;
-const HISTORY_SHIFT: u32 = 16;
-/// How many past rounds' outcomes the word remembers.
-const HISTORY_LEN: u32 = 7;
-const HISTORY_MASK: u32 = (1 << HISTORY_LEN) - 1;
-const GEN_SHIFT: u32 = HISTORY_SHIFT + HISTORY_LEN;
-const GEN_MASK: u32 = 0xFF;
-const BROKEN: u32 = 1 << 31;
+mod word;
 
-fn generation(w: u32) -> u32 {
-    (w >> GEN_SHIFT) & GEN_MASK
-}
-
-/// The word that ends the round of `w` (passed or reset): the next
-/// generation, the outcome in the history, no arrivals, not broken.
-fn advanced(w: u32, passed: bool) -> u32 {
-    let history = (((w >> HISTORY_SHIFT) << 1) | u32::from(passed)) & HISTORY_MASK;
-    (((generation(w) + 1) & GEN_MASK) << GEN_SHIFT) | (history << HISTORY_SHIFT)
-}
-
-/// More rounds ended since an arrival than this: the generation may have
-/// wrapped (see the module notes).
-const WRAP_SUSPECT: u32 = GEN_MASK / 2;
-
-/// What a waiter noted when it arrived.
-#[derive(Clone, Copy)]
-struct Arrival {
-    generation: u32,
-    resets_done: u32,
-    rounds_ended: u32,
-}
-
-/// Whether the round of `arrival` passed, seen from a later word `w`
-/// (`None` while it is still the current round). `long_ago` tells whether
-/// the round surely ended (the generation may have wrapped);
-/// `no_reset_since` whether a round out of the history could have been
-/// ended by a reset.
-fn outcome(w: u32, arrival: Arrival, long_ago: bool, no_reset_since: impl FnOnce() -> bool) -> Option<bool> {
-    let moved = generation(w).wrapping_sub(arrival.generation) & GEN_MASK;
-    match moved {
-        _ if long_ago => Some(no_reset_since()),
-        0 => None,
-        k if k > HISTORY_LEN => Some(no_reset_since()),
-        k => Some((w >> (HISTORY_SHIFT + k - 1)) & 1 == 1),
-    }
-}
+use word::{Arrival, BROKEN, COUNT_MASK, WRAP_SUSPECT, advanced, generation, outcome};
 
 /// The shared part of a [`Barrier`].
 #[derive(Debug)]
@@ -374,14 +331,29 @@ impl Barrier {
     /// [`BarrierError::Broken`], as [`Barrier::break_if_still`].
     fn lock_passing(&self, w: u32, deadline: Deadline) -> Result<Option<PassingHeld<'_>>, BarrierError> {
         let passing = &self.state.passing;
-        match passing.lock(deadline) {
-            // A dead previous holder is no concern here: if its pass is
-            // still in progress, the caller sees it and waits like the
-            // others, who break the barrier.
-            Ok(_) => Ok(Some(PassingHeld(passing))),
-            // Held all along: by the completer of a round reset or aborted
-            // while its action runs (or by a dead one the lock cannot tell).
-            Err(_) => self.break_if_still(generation(w)).map(|()| None),
+        loop {
+            // In slices: an `abort` or a reset wakes the word, not this
+            // lock, and must not wait for the holder's action to return.
+            match passing.lock(deadline.at_most(LOST_WAKE_EVERY)) {
+                // A dead previous holder is no concern here: if its pass is
+                // still in progress, the caller sees it and waits like the
+                // others, who break the barrier.
+                Ok(_) => return Ok(Some(PassingHeld(passing))),
+                // Held all along: by the completer of a round reset or
+                // aborted while its action runs (or by a dead one the lock
+                // cannot tell).
+                Err(_) if deadline.expired() => return self.break_if_still(generation(w)).map(|()| None),
+                Err(_) => {
+                    // ORDERING: Acquire: as the word's loads in `wait_until`.
+                    let now = self.state.word.load(Ordering::Acquire);
+                    if now & BROKEN != 0 {
+                        return Err(BarrierError::Broken);
+                    }
+                    if now != w {
+                        return Ok(None); // the round moved on: look again
+                    }
+                }
+            }
         }
     }
 
