@@ -30,7 +30,7 @@ pub struct ServeArgs {
     /// Largest request body accepted (413 above it); inputs read from client shared memory count as part of it.
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
-    /// Most bytes of request bodies held at once, all requests together (503 with Retry-After above it; 413 for one body larger than it).
+    /// Most bytes of request bodies held at once, all requests together (503 with Retry-After above it; 413 for one body larger than it); at least --max-body-bytes.
     #[arg(long, default_value_t = 1 << 30)]
     body_budget_bytes: usize,
     /// Longest time a request body may take to arrive, in seconds (408 after it).
@@ -110,8 +110,31 @@ fn check_repository(repo: &std::path::Path) -> Result<(), String> {
     ))
 }
 
+/// Checks that `--body-budget-bytes` can hold any body `--max-body-bytes`
+/// lets in: a budget below it would answer every body in between 413, for
+/// ever, which is a mistake to tell before anything starts.
+fn check_body_budget(budget: usize, max_body: usize) -> Result<(), String> {
+    if budget == 0 {
+        return Err(format!(
+            "--body-budget-bytes 0 would hold no request body at all; give at least --max-body-bytes ({max_body}), \
+             or leave it out for the default (1 GiB)"
+        ));
+    }
+    if budget < max_body {
+        return Err(format!(
+            "--body-budget-bytes {budget} is below --max-body-bytes {max_body}: a body in between would always be \
+             refused (413); raise --body-budget-bytes to at least {max_body}, or lower --max-body-bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `multiproc serve` until SIGTERM or ctrl-c.
 pub fn serve(args: ServeArgs) -> ExitCode {
+    if let Err(e) = check_body_budget(args.body_budget_bytes, args.max_body_bytes) {
+        eprintln!("multiproc serve: {e}");
+        return ExitCode::from(2);
+    }
     if args.metrics_port.is_some_and(|p| p != 0 && p == args.http_port) {
         eprintln!(
             "multiproc serve: --metrics-port {} is the HTTP port too; leave it out (/metrics is on the HTTP port) or pick another",

@@ -222,12 +222,48 @@ fn a_chunked_body_over_the_limit_is_413_with_a_message_that_reads() {
 fn a_body_alone_over_the_body_budget_is_413_naming_the_flag() {
     let repo = TempDir::new("budget");
     slow_repo(&repo.0, 0.4);
-    let mut s = Served::start(&["--model-repository", repo.0.to_str().unwrap(), "--body-budget-bytes", "1000"]);
-    let mut request =
-        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1500\r\n\r\n".to_vec();
-    request.extend_from_slice(&[b' '; 1500]);
+    let dir = repo.0.to_str().unwrap();
+    let mut s = Served::start(&["--model-repository", dir, "--max-body-bytes", "1000", "--body-budget-bytes", "1000"]);
+    // The budget is at least the body limit (see below), so only a body
+    // and what it inflates to together can be over it: 1000 bytes
+    // inflated, plus the compressed body, cannot be held at once.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&[b' '; 1000]).unwrap();
+    let gzipped = encoder.finish().unwrap();
+    let mut request = format!(
+        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\n\
+         Content-Length: {}\r\n\r\n",
+        gzipped.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&gzipped);
     let answer = raw_exchange(&s.base, &request);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("budget of 1000 bytes (multiproc serve --body-budget-bytes)"), "{answer}");
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_body_budget_of_zero_or_below_the_body_limit_is_refused_before_anything_starts() {
+    let repo = TempDir::new("budgetflag");
+    slow_repo(&repo.0, 0.4);
+    let dir = repo.0.to_str().unwrap();
+    let refused: [(&[&str], &str); 3] = [
+        (&["--body-budget-bytes", "0"], "--body-budget-bytes 0 would hold no request body at all"),
+        // Below the default body limit (64 MiB).
+        (&["--body-budget-bytes", "1000"], "--body-budget-bytes 1000 is below --max-body-bytes 67108864"),
+        (&["--max-body-bytes", "2000", "--body-budget-bytes", "1999"], "raise --body-budget-bytes to at least 2000"),
+    ];
+    for (flags, says) in refused {
+        let mut command = std::process::Command::new(EXE);
+        command.args(["serve", "--http-port", "0", "--model-repository", dir]).args(flags);
+        let out = run_with_limit(&mut command, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{flags:?}: nothing is served: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    // Equal is enough.
+    let mut s = Served::start(&["--model-repository", dir, "--max-body-bytes", "2000", "--body-budget-bytes", "2000"]);
     assert_eq!(s.terminate().code(), Some(0));
 }

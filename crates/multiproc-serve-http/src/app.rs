@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use multiproc_serve::{Server, VersionState};
 
-use crate::body::{BodyHead, read_body};
 use crate::budget::BodyBudget;
+use crate::control::{IndexRequest, LoadRequest, Overrides, json_request};
 use crate::error::ApiError;
 use crate::loading::InitialLoad;
 use crate::metrics::{BodyMemory, HttpCounters, render};
@@ -41,13 +41,15 @@ pub struct HttpOptions {
     /// or not reading its answer, holds its connection no longer than this.
     pub header_timeout: Duration,
     /// Most bytes of request bodies the server holds at once, all requests
-    /// together: bodies read or being read and not yet answered (what
-    /// counts: the crate docs, "Memory held by request bodies"). A request that would take it
-    /// over is refused at once with 503 and `Retry-After`, before its body
-    /// is read when its `Content-Length` says its size, else as soon as
-    /// what has arrived is over; one larger than the whole budget, 413.
-    /// The default, 1 GiB, holds sixteen bodies of the largest default
-    /// size (64 MiB).
+    /// together: bodies being read, and the inputs of requests read and not
+    /// yet answered or dropped (what counts: the crate docs, "Memory held
+    /// by request bodies"). A request that would take it over is refused at
+    /// once with 503 and `Retry-After`: before its body is read when its
+    /// `Content-Length` is over what is free, else as soon as what has
+    /// arrived is over; one larger than the whole budget, 413. Should be
+    /// at least `body_limit` (`multiproc serve` refuses to start with
+    /// less): a body in between could never be held. The default, 1 GiB,
+    /// holds sixteen bodies of the largest default size (64 MiB).
     pub body_budget: usize,
     /// Clients may register shared memory regions and pass tensors through
     /// them (Triton's system shared memory extension, see [`crate::shm`]).
@@ -75,8 +77,10 @@ pub struct App {
     pub(crate) root: PathBuf,
     pub(crate) models: RwLock<BTreeMap<String, ModelDir>>,
     pub(crate) http_counters: HttpCounters,
-    /// The bytes of request bodies held now, at most `options.body_budget`.
-    pub(crate) body_budget: BodyBudget,
+    /// The bytes of request bodies held now, at most `options.body_budget`
+    /// (shared with the leases, which may outlive a handler: a queued
+    /// request's goes with it into the core).
+    pub(crate) body_budget: Arc<BodyBudget>,
     pub(crate) options: HttpOptions,
     pub(crate) lone: multiproc_serve::LoneWait,
     /// The repository's first load, which runs while the server answers.
@@ -111,7 +115,7 @@ impl App {
     ) -> Arc<App> {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
         let shm = crate::shm::Regions::new(options.allow_client_shm);
-        let body_budget = BodyBudget::new(options.body_budget);
+        let body_budget = Arc::new(BodyBudget::new(options.body_budget));
         Arc::new(App {
             core,
             root,
@@ -339,27 +343,12 @@ fn state_name(state: VersionState) -> &'static str {
     }
 }
 
-/// The JSON body of a request other than inference (`what` names the
-/// request in errors), read within the body limits (its bytes held in the
-/// body budget until it is parsed); an empty body is `{}`.
-pub(crate) async fn json_request(app: &App, request: Request, what: &str) -> Result<serde_json::Value, ApiError> {
-    let head = BodyHead::of(request.headers());
-    let (body, _lease) = read_body(app, head, request.into_body()).await?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Object(serde_json::Map::new()));
-    }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed {what} request JSON: {e}")))
-}
-
 async fn repository_index(
     State(app): State<Arc<App>>,
     request: Request,
 ) -> Result<Json<Vec<RepositoryEntry>>, ApiError> {
-    let ready_only = match json_request(&app, request, "index").await?.get("ready") {
-        None => false,
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(other) => return Err(ApiError::bad_request(format!("'ready' is {other}, expected true or false"))),
-    };
+    let index: IndexRequest = json_request(&app, request, "index", r#"{"ready": true or false}"#).await?;
+    let ready_only = index.ready;
     let status = app.core.status();
     let models = app.models.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut rows = Vec::new();
@@ -414,11 +403,12 @@ async fn repository_load(
     app.initial_load.check_done("load", &name)?;
     // Triton's load may carry a configuration (and files) to use instead of
     // the directory's; this server loads only what is on disk, so it says
-    // so rather than load something else than asked.
-    let load = json_request(&app, request, "load").await?;
-    if let Some(params) = load.get("parameters").and_then(serde_json::Value::as_object)
-        && let Some(key) = params.keys().find(|k| *k == "config" || k.starts_with("file:"))
-    {
+    // so rather than load something else than asked. The request is read
+    // whole, and its body dropped, before the load waits its turn: what is
+    // kept of it is the name of an override it asks for, if any.
+    let expected = r#"{"parameters": {...}}, or an empty body"#;
+    let load: LoadRequest = json_request(&app, request, "load", expected).await?;
+    if let Overrides(Some(key)) = load.parameters {
         return Err(ApiError::bad_request(format!(
             "load parameter '{key}' is not supported: a model loads from {}, its config.toml and version \
              directories; change them there and load again",

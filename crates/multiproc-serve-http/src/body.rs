@@ -2,7 +2,9 @@
 //! time (`--body-timeout-secs`) and, with every other body held, in bytes
 //! (`--body-budget-bytes`, see [`crate::budget`]).
 //!
-//! A body refused for the budget is not read: the answer (503) is sent at
+//! A body refused for the budget (before any of it is read when its
+//! `Content-Length` is over what the budget has free, else as soon as what
+//! has arrived crosses it) is read no further: the answer (503) is sent at
 //! once, and what the client sends of the body after it is read and thrown
 //! away, chunk by chunk, within the body's time and size limits, so that a
 //! client busy sending it still reads the answer (a connection closed with
@@ -42,14 +44,19 @@ impl BodyHead {
 
 /// Reads a request body whole, with the lease of the budget that holds it.
 ///
+/// A body announced by its `Content-Length` is checked against what the
+/// budget has free (and refused at once if it is over), but held only as
+/// it arrives, as a chunked body is: a client that announces a body and
+/// sends none of it holds nothing.
+///
 /// # Errors
 ///
 /// 413 if it is over the size limit (at once if its `Content-Length` is),
 /// 408 if it does not arrive in time, 503 if the budget cannot hold it (at
-/// once if its `Content-Length` is known; else as soon as what has arrived
-/// is over it), 413 if it is over the whole budget, 400 if it cannot be
-/// read (the client went away).
-pub(crate) async fn read_body<B>(app: &App, head: BodyHead, body: B) -> Result<(Bytes, BodyLease<'_>), ApiError>
+/// once if its `Content-Length` is over what is free; else as soon as what
+/// has arrived is over it), 413 if it is over the whole budget, 400 if it
+/// cannot be read (the client went away).
+pub(crate) async fn read_body<B>(app: &App, head: BodyHead, body: B) -> Result<(Bytes, BodyLease), ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
@@ -68,31 +75,35 @@ where
     {
         return Err(too_large(format!("request body of {n} bytes")));
     }
-    let deadline = Instant::now() + app.options.body_timeout;
-    let mut lease = app.body_budget.lease();
-    let mut body = body;
     // Under the size limit, so it fits a usize.
-    if let Some(n) = head.declared.and_then(|n| usize::try_from(n).ok())
-        && let Err(refusal) = lease.reserve_total(n)
+    let declared = head.declared.and_then(|n| usize::try_from(n).ok());
+    let deadline = Instant::now() + app.options.body_timeout;
+    let mut body = body;
+    if let Some(n) = declared
+        && let Err(refusal) = app.body_budget.check(n)
     {
         return Err(refused(app, head, refusal, body, deadline));
     }
+    let mut lease = app.body_budget.lease();
+    // The buffer never grows past what the body may be.
+    let most = declared.unwrap_or(limit).min(limit);
     let mut gathered = Gathered::default();
     let read = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Failure::Read(e.into()))?;
             let Ok(data) = frame.into_data() else { continue };
-            let total = gathered.len().saturating_add(data.len());
-            if total > limit {
+            if gathered.len().saturating_add(data.len()) > limit {
                 return Err(Failure::TooLarge);
             }
-            lease.reserve_total(total).map_err(Failure::Budget)?;
-            gathered.push(data, head.declared);
+            gathered.push(data, most, &mut lease).map_err(Failure::Budget)?;
         }
         Ok(())
     };
     match tokio::time::timeout_at(deadline, read).await {
-        Ok(Ok(())) => Ok((gathered.into_bytes(), lease)),
+        Ok(Ok(())) => {
+            let bytes = gathered.into_bytes(&mut lease);
+            Ok((bytes, lease))
+        }
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
@@ -154,7 +165,10 @@ where
 }
 
 /// The chunks of a body read so far: most bodies come in one, which is
-/// then the body itself, uncopied.
+/// then the body itself, uncopied; more are gathered in a buffer that
+/// doubles as it fills, up to the most the body may be (its
+/// `Content-Length`, else the size limit). The lease holds what the
+/// buffer takes (its capacity), reserved before it grows.
 #[derive(Default)]
 enum Gathered {
     #[default]
@@ -172,29 +186,106 @@ impl Gathered {
         }
     }
 
-    /// Adds `data`; `declared`, the body's `Content-Length`, sizes the
-    /// buffer once (the body is under the size limit when it is given).
-    fn push(&mut self, data: Bytes, declared: Option<u64>) {
+    /// Adds `data`, holding in `lease` the bytes it takes first; `most`:
+    /// the most bytes the body may be (the caller checked that it is no
+    /// more with `data`).
+    fn push(&mut self, data: Bytes, most: usize, lease: &mut BodyLease) -> Result<(), Refusal> {
+        let now = self.len() + data.len();
+        // Doubles, within what the body may be and the whole budget (over
+        // that, the reservation is refused as such), and at least `now`.
+        let ceiling = most.min(lease.budget_limit());
+        let grown = |capacity: usize| capacity.saturating_mul(2).min(ceiling).max(now);
         match self {
             _ if data.is_empty() => {}
-            Gathered::Empty => *self = Gathered::One(data),
+            Gathered::Empty => {
+                lease.reserve_total(now)?;
+                *self = Gathered::One(data);
+            }
             Gathered::One(first) => {
-                let now = first.len() + data.len();
-                let mut all =
-                    Vec::with_capacity(declared.and_then(|n| usize::try_from(n).ok()).unwrap_or(now).max(now));
+                let capacity = grown(first.len());
+                lease.reserve_total(capacity)?;
+                let mut all = Vec::with_capacity(capacity);
                 all.extend_from_slice(first);
                 all.extend_from_slice(&data);
                 *self = Gathered::Many(all);
             }
-            Gathered::Many(all) => all.extend_from_slice(&data),
+            Gathered::Many(all) => {
+                if now > all.capacity() {
+                    let capacity = grown(all.capacity());
+                    lease.reserve_total(capacity)?;
+                    all.reserve_exact(capacity - all.len());
+                }
+                all.extend_from_slice(&data);
+            }
         }
+        Ok(())
     }
 
-    fn into_bytes(self) -> Bytes {
+    /// The body; `lease` then holds what it takes (a buffer much larger
+    /// than the body is shrunk to it first).
+    fn into_bytes(self, lease: &mut BodyLease) -> Bytes {
         match self {
             Gathered::Empty => Bytes::new(),
             Gathered::One(b) => b,
-            Gathered::Many(v) => Bytes::from(v),
+            Gathered::Many(mut v) => {
+                shrink_if_loose(&mut v);
+                lease.release_to(v.capacity());
+                Bytes::from(v)
+            }
         }
+    }
+}
+
+/// Shrinks `v` to its length if its capacity is over it by more than a
+/// quarter (a buffer grown by doubling), so that the bytes a lease counts
+/// for it are about those it holds. (`Bytes::from` keeps the capacity.)
+pub(crate) fn shrink_if_loose(v: &mut Vec<u8>) {
+    if v.capacity() > v.len().saturating_add(v.len() / 4) {
+        v.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::budget::BodyBudget;
+
+    #[test]
+    fn a_gathered_body_is_held_by_its_buffer_which_doubles_within_its_size_and_is_shrunk_when_loose() {
+        let budget = Arc::new(BodyBudget::new(10_000));
+        let mut lease = budget.lease();
+        let mut gathered = Gathered::default();
+        gathered.push(Bytes::from(vec![1; 300]), 1000, &mut lease).unwrap();
+        assert_eq!(budget.held(), 300, "one chunk: itself");
+        gathered.push(Bytes::from(vec![2; 200]), 1000, &mut lease).unwrap();
+        assert_eq!(budget.held(), 600, "a buffer twice the first chunk");
+        gathered.push(Bytes::from(vec![3; 400]), 1000, &mut lease).unwrap();
+        assert_eq!(budget.held(), 1000, "doubled, but no more than the body may be");
+        let body = gathered.into_bytes(&mut lease);
+        assert_eq!((body.len(), budget.held()), (900, 1000), "not loose: kept as it is");
+        drop((body, lease));
+
+        let mut lease = budget.lease();
+        let mut gathered = Gathered::default();
+        for _ in 0..3 {
+            gathered.push(Bytes::from(vec![4; 1000]), 8000, &mut lease).unwrap();
+        }
+        assert_eq!(budget.held(), 4000);
+        let body = gathered.into_bytes(&mut lease);
+        assert_eq!(body.len(), 3000);
+        assert!(budget.held() < 3750, "shrunk: {}", budget.held());
+        drop((body, lease));
+
+        // A buffer that would be over the budget is refused before it grows.
+        let mut lease = budget.lease();
+        let mut gathered = Gathered::default();
+        gathered.push(Bytes::from(vec![5; 6000]), 20_000, &mut lease).unwrap();
+        let refused = gathered.push(Bytes::from(vec![6; 4001]), 20_000, &mut lease).unwrap_err();
+        assert!(refused.is_too_large());
+        assert_eq!(gathered.len(), 6000);
+        drop(lease);
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -5,16 +5,24 @@
 //! operator can give a machine; this is.
 //!
 //! A request takes a [`BodyLease`] before its body is read and holds it
-//! until it is answered: the lease is part of the handler's future, so it
-//! is given back when the answer is made, when the request fails, when the
+//! as long as anything of its body is held: the lease is part of the
+//! handler's future, so it is given back when the request fails, when the
 //! client goes away (hyper drops the future), and when a handler panics
-//! (the future is dropped while unwinding). What it counts: a body
-//! announced by its `Content-Length` whole from the start (so it is refused
-//! before any of it is read), a body without one as it arrives, a
-//! compressed body and what it inflates to while it is inflated, then the
-//! decoded inputs' bytes (inputs read from client shared memory included)
-//! while the request waits and runs.
+//! (the future is dropped while unwinding); the share of a queued request
+//! (its inputs, which the core holds encoded) moves with the request into
+//! the core ([`multiproc_serve::Request::hold`]) and is given back when the
+//! core drops the request (answered, failed, dropped from its queue after
+//! its client went away or its deadline passed, drained), not when the
+//! handler gives up. What it counts: a body as it arrives (the buffer it
+//! is gathered in; its `Content-Length` is only checked against what is
+//! free, not reserved, so that a client announcing a body and sending none
+//! holds nothing), a compressed body and the buffer it inflates into while
+//! it inflates, then the decoded inputs' bytes (inputs read from client
+//! shared memory included) while the request waits and runs, and what the
+//! handler keeps of the body until it answers (the request `id`, the
+//! outputs asked for).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -56,19 +64,56 @@ impl BodyBudget {
     }
 
     /// A lease of no bytes yet, to grow as the body is read.
-    pub(crate) fn lease(&self) -> BodyLease<'_> {
-        BodyLease { budget: self, bytes: 0 }
+    pub(crate) fn lease(self: &Arc<Self>) -> BodyLease {
+        BodyLease { budget: Arc::clone(self), bytes: 0 }
+    }
+
+    /// Checks that a body of `n` bytes could be held now, without holding
+    /// anything: a body announced by its `Content-Length` is refused
+    /// before any of it is read if it could not, and held as it arrives if
+    /// it could.
+    ///
+    /// # Errors
+    ///
+    /// `n` is over what is free (counted as a refusal) or over the whole
+    /// budget.
+    pub(crate) fn check(&self, n: usize) -> Result<(), Refusal> {
+        let held = self.held();
+        if n > self.limit {
+            return Err(Refusal { needed: n, more: n, held, limit: self.limit });
+        }
+        if held.saturating_add(n) > self.limit {
+            self.refused.fetch_add(1, Relaxed);
+            return Err(Refusal { needed: n, more: n, held, limit: self.limit });
+        }
+        Ok(())
     }
 }
 
-/// The bytes one request holds of a [`BodyBudget`], given back when dropped.
+/// The bytes one request holds of a [`BodyBudget`], given back when dropped
+/// (it owns its hold on the budget, so it may outlive the handler: see
+/// [`BodyLease::split_off`]).
 #[derive(Debug)]
-pub(crate) struct BodyLease<'a> {
-    budget: &'a BodyBudget,
+pub(crate) struct BodyLease {
+    budget: Arc<BodyBudget>,
     bytes: usize,
 }
 
-impl BodyLease<'_> {
+impl BodyLease {
+    /// The most bytes any lease may hold: the whole budget.
+    pub(crate) fn budget_limit(&self) -> usize {
+        self.budget.limit
+    }
+
+    /// Moves `bytes` of this lease (at most all it holds) into a new one,
+    /// which gives them back when it is dropped: for bytes held by someone
+    /// else from now on (a queued request's, by the core).
+    pub(crate) fn split_off(&mut self, bytes: usize) -> BodyLease {
+        let moved = bytes.min(self.bytes);
+        self.bytes -= moved;
+        BodyLease { budget: Arc::clone(&self.budget), bytes: moved }
+    }
+
     /// Grows the lease to `total` bytes (nothing if it holds that many
     /// already).
     ///
@@ -77,7 +122,7 @@ impl BodyLease<'_> {
     /// The budget cannot cover them: the lease is left as it was.
     pub(crate) fn reserve_total(&mut self, total: usize) -> Result<(), Refusal> {
         let Some(more) = total.checked_sub(self.bytes).filter(|&more| more > 0) else { return Ok(()) };
-        let budget = self.budget;
+        let budget = &*self.budget;
         if total > budget.limit {
             return Err(Refusal { needed: total, more, held: budget.held(), limit: budget.limit });
         }
@@ -114,7 +159,7 @@ impl BodyLease<'_> {
     }
 }
 
-impl Drop for BodyLease<'_> {
+impl Drop for BodyLease {
     fn drop(&mut self) {
         self.release_to(0);
     }
@@ -180,7 +225,7 @@ mod tests {
 
     #[test]
     fn leases_hold_at_most_the_budget_and_give_it_back_when_dropped() {
-        let budget = BodyBudget::new(100);
+        let budget = Arc::new(BodyBudget::new(100));
         let mut a = budget.lease();
         a.reserve_total(60).unwrap();
         let mut b = budget.lease();
@@ -204,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_503_naming_the_budget_or_413_when_it_can_never_fit() {
-        let budget = BodyBudget::new(1000);
+        let budget = Arc::new(BodyBudget::new(1000));
         let _held = {
             let mut l = budget.lease();
             l.reserve_total(900).unwrap();
@@ -221,13 +266,33 @@ mod tests {
 
     #[test]
     fn a_panic_while_a_lease_is_held_gives_it_back() {
-        let budget = BodyBudget::new(100);
+        let budget = Arc::new(BodyBudget::new(100));
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut lease = budget.lease();
             lease.reserve_total(70).unwrap();
             panic!("a handler panics");
         }));
         assert!(unwound.is_err());
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_size_is_checked_without_being_held_and_a_split_lease_gives_its_part_back_alone() {
+        let budget = Arc::new(BodyBudget::new(100));
+        budget.check(100).unwrap();
+        assert_eq!(budget.held(), 0, "a check holds nothing");
+        let mut a = budget.lease();
+        a.reserve_total(70).unwrap();
+        let refused = budget.check(31).unwrap_err();
+        assert!(!refused.is_too_large());
+        assert_eq!(budget.refused(), 1);
+        assert!(budget.check(101).unwrap_err().is_too_large());
+        assert_eq!(budget.refused(), 1, "a body over the whole budget is not an overload");
+        let b = a.split_off(50);
+        assert_eq!(budget.held(), 70);
+        drop(a);
+        assert_eq!(budget.held(), 50, "the part split off is held until it is dropped");
+        drop(b);
         assert_eq!(budget.held(), 0);
     }
 }

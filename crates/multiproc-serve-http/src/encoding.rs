@@ -12,8 +12,8 @@ use flate2::read::{MultiGzDecoder, ZlibDecoder};
 use crate::budget::BodyLease;
 use crate::error::ApiError;
 
-/// How much is inflated at a time between two looks at the budget.
-const INFLATE_STEP: u64 = 64 << 10;
+/// The first buffer a body is inflated into; it doubles as it fills.
+const FIRST_BUFFER: usize = 64 << 10;
 
 /// How a request body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,31 +50,53 @@ impl ContentEncoding {
 
     /// The body decoded: 413 if it inflates past `limit` bytes, 400 if it is
     /// not in the encoding announced, 503 (or 413) as soon as the body and
-    /// what it inflates to are over what `lease` can hold (it holds the
-    /// inflated body's bytes once decoded).
-    pub(crate) fn decode(self, body: Bytes, limit: usize, lease: &mut BodyLease<'_>) -> Result<Bytes, ApiError> {
+    /// the buffer it inflates into are over what `lease` can hold (it holds
+    /// the inflated body's buffer once decoded). The buffer doubles as it
+    /// fills, each time reserved in `lease` before it grows, and is shrunk
+    /// to the body at the end if it is much larger.
+    pub(crate) fn decode(self, body: Bytes, limit: usize, lease: &mut BodyLease) -> Result<Bytes, ApiError> {
         let (name, reader): (&str, Box<dyn Read + '_>) = match self {
             ContentEncoding::Identity => return Ok(body),
             ContentEncoding::Gzip => ("gzip", Box::new(MultiGzDecoder::new(&body[..]))),
             ContentEncoding::Deflate => ("deflate", Box::new(ZlibDecoder::new(&body[..]))),
         };
+        let invalid = |e: std::io::Error| {
+            ApiError::bad_request(format!("the request body is not valid {name} (Content-Encoding: {name}): {e}"))
+        };
         // One byte past the limit tells a body over it from one exactly at it.
-        let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-        let mut reader = reader.take(bound);
+        let bound = limit.saturating_add(1);
+        let mut reader = reader.take(u64::try_from(bound).unwrap_or(u64::MAX));
+        // No buffer is worth more than the bound, nor more than the budget
+        // leaves beside the compressed body (over it, growing is refused).
+        let ceiling = bound.min(lease.budget_limit().saturating_sub(body.len()));
         let mut out = Vec::new();
         loop {
-            let read = (&mut reader).take(INFLATE_STEP).read_to_end(&mut out).map_err(|e| {
-                ApiError::bad_request(format!("the request body is not valid {name} (Content-Encoding: {name}): {e}"))
-            })?;
-            if read == 0 {
+            if out.len() == out.capacity() {
+                // Full: a little more is read first, so that a body that
+                // ends exactly at the buffer's end does not grow it.
+                let mut probe = [0u8; 64];
+                let n = read_some(&mut reader, &mut probe).map_err(invalid)?;
+                if n == 0 {
+                    break;
+                }
+                let wanted = out.len() + n;
+                let capacity = out.capacity().saturating_mul(2).max(FIRST_BUFFER).min(ceiling).max(wanted);
+                // Both are held while it inflates.
+                lease.reserve_total(body.len().saturating_add(capacity))?;
+                out.reserve_exact(capacity - out.len());
+                out.extend_from_slice(&probe[..n]);
+            }
+            // Into the room reserved, never past it: `read_to_end` stops
+            // when the room is full (its probe then reads nothing more), or
+            // at the end of the body, with room left.
+            let room = (out.capacity() - out.len()) as u64;
+            (&mut reader).take(room).read_to_end(&mut out).map_err(invalid)?;
+            if out.len() < out.capacity() {
                 break;
             }
-            // Both are held while it inflates.
-            lease.reserve_total(body.len().saturating_add(out.len()))?;
         }
         drop(reader);
         drop(body);
-        lease.release_to(out.len());
         if out.len() > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,7 +104,20 @@ impl ContentEncoding {
                 format!("the {name} request body inflates to more than the limit of {limit} bytes (--max-body-bytes)"),
             ));
         }
+        crate::body::shrink_if_loose(&mut out);
+        lease.release_to(out.capacity());
         Ok(Bytes::from(out))
+    }
+}
+
+/// Reads what `reader` gives into `buf` (retrying an interrupted read):
+/// how many bytes, 0 at its end.
+fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
     }
 }
 
@@ -92,6 +127,8 @@ mod tests {
 
     use flate2::Compression;
     use flate2::write::GzEncoder;
+
+    use std::sync::Arc;
 
     use super::*;
     use crate::budget::BodyBudget;
@@ -105,7 +142,7 @@ mod tests {
     #[test]
     fn a_compressed_body_is_held_in_the_budget_by_what_it_inflates_to() {
         let body = gzip(&[0; 300_000]);
-        let budget = BodyBudget::new(1 << 20);
+        let budget = Arc::new(BodyBudget::new(1 << 20));
         let mut lease = budget.lease();
         lease.reserve_total(body.len()).unwrap();
         let inflated = ContentEncoding::Gzip.decode(body, 64 << 20, &mut lease).unwrap();
@@ -113,7 +150,7 @@ mod tests {
 
         // Over what is left of the budget: refused while it inflates, and
         // the bytes it held given back.
-        let small = BodyBudget::new(200_000);
+        let small = Arc::new(BodyBudget::new(200_000));
         let _other = {
             let mut l = small.lease();
             l.reserve_total(50_000).unwrap();
@@ -129,5 +166,34 @@ mod tests {
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.message);
         drop(lease);
         assert_eq!((small.held(), small.refused()), (50_000, 1));
+    }
+
+    #[test]
+    fn the_inflated_buffer_is_held_as_it_grows_and_a_body_that_fits_exactly_is_taken() {
+        // Ends exactly where the first buffer does: it does not grow.
+        let budget = Arc::new(BodyBudget::new(1 << 20));
+        let mut lease = budget.lease();
+        let inflated = ContentEncoding::Gzip.decode(gzip(&[1; FIRST_BUFFER]), 64 << 20, &mut lease).unwrap();
+        assert_eq!((inflated.len(), budget.held()), (FIRST_BUFFER, FIRST_BUFFER));
+        drop((inflated, lease));
+
+        // The compressed body and what it inflates to are exactly the budget.
+        let body = gzip(&[2; 100_000]);
+        let budget = Arc::new(BodyBudget::new(body.len() + 100_000));
+        let mut lease = budget.lease();
+        lease.reserve_total(body.len()).unwrap();
+        let inflated = ContentEncoding::Gzip.decode(body, 64 << 20, &mut lease).unwrap();
+        assert_eq!((inflated.len(), budget.held()), (100_000, 100_000));
+        drop((inflated, lease));
+
+        // One byte more is over the whole budget: 413.
+        let body = gzip(&[2; 100_001]);
+        let budget = Arc::new(BodyBudget::new(body.len() + 100_000));
+        let mut lease = budget.lease();
+        lease.reserve_total(body.len()).unwrap();
+        let e = ContentEncoding::Gzip.decode(body, 64 << 20, &mut lease).map(|b| b.len()).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.message);
+        drop(lease);
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -129,8 +129,8 @@ where
 {
     let config = app.config(name)?;
     let encoding = lengths.encoding?;
-    // The lease holds the body's bytes (then its inputs') in the server's
-    // body budget until the request is answered or fails.
+    // The lease holds the body's bytes in the server's body budget, then
+    // (see below) its inputs' and what is kept of it for the answer.
     let (body, mut lease) = read_body(app, lengths.body, body).await?;
     let body = encoding.decode(body, app.options.body_limit, &mut lease)?;
     let header_length = lengths.json_header?;
@@ -169,8 +169,11 @@ where
             }
         }
     };
-    // Held while the request waits and runs: its inputs.
-    lease.resize(inputs.iter().map(|t| t.data().len()).fold(0, usize::saturating_add))?;
+    // Held while the request waits and runs: its inputs (by the core, which
+    // holds them encoded until it drops the request), and what the handler
+    // keeps of the body until it answers.
+    let queued = inputs.iter().map(|t| t.data().len()).fold(0, usize::saturating_add);
+    lease.resize(queued.saturating_add(kept_bytes(id.as_deref(), outputs.as_deref())))?;
     check_inputs(name, &config, &inputs)?;
     if let Some(wanted) = &outputs
         && let Some(w) = wanted.iter().find(|w| !config.outputs.iter().any(|o| o.name == w.name))
@@ -191,7 +194,10 @@ where
     }
     // The batcher counts rows, so one model call gets at most max_batch_size.
     let rows = if config.max_batch_size > 0 { inputs[0].shape().first().copied().unwrap_or(1) } else { 1 };
-    let mut request = Request::new(name, inputs).maybe_version(version).rows(rows);
+    // The inputs' share goes with the request: the core gives it back when
+    // it drops the request, not when this handler stops waiting for it.
+    let held_by_core = lease.split_off(queued);
+    let mut request = Request::new(name, inputs).maybe_version(version).rows(rows).hold(held_by_core);
     if let Some(t) = timeout {
         request = request.timeout(t);
     }
@@ -219,6 +225,18 @@ where
         }
     }
     Ok(response)
+}
+
+/// The bytes of a request the handler keeps from its body until it answers,
+/// besides its inputs: its `id` (echoed in the answer) and the outputs it
+/// asks for (their names and shared memory regions).
+fn kept_bytes(id: Option<&str>, outputs: Option<&[OutputWanted]>) -> usize {
+    let output = |w: &OutputWanted| {
+        let region = w.shared_memory.as_ref().map_or(0, |at| at.region.len());
+        size_of::<OutputWanted>().saturating_add(w.name.len()).saturating_add(region)
+    };
+    let outputs = outputs.unwrap_or_default().iter().map(output).fold(0, usize::saturating_add);
+    id.map_or(0, str::len).saturating_add(outputs)
 }
 
 /// The model's outputs with those asked for with a `classification`

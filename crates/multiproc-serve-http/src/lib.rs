@@ -14,7 +14,7 @@
 //! | [`onnx`] | ONNX versions run by tract inside the worker process, requests joined into one batch; inputs and outputs matched to the graph's by name and datatype at load |
 //! | [`app`] | the axum router and its thin handlers; [`error::ApiError`] maps every failure to a status |
 //! | [`metrics`] | `nv_inference_*` and `multiproc_*` series via `prometheus-client` |
-//! | `body`, `budget` (private) | reading a request body within its limits and the server's byte budget of bodies held |
+//! | `body`, `budget`, `control` (private) | reading a request body within its limits and the server's byte budget of bodies held; the typed bodies of the requests other than inference |
 //! | [`model_config`] | Triton's model configuration extension: `config.toml` as Triton's `ModelConfig` JSON |
 //! | [`shm`] | Triton's system shared memory extension: tensors read from and written to clients' regions (opt-in) |
 //! | [`stats`] | Triton's statistics extension: the same counts as JSON, with executions by batch size |
@@ -120,18 +120,31 @@
 //! 64 GiB. The server also holds at most `--body-budget-bytes`
 //! ([`app::HttpOptions`]`::body_budget`, default 1 GiB) of request bodies
 //! at once, all requests together. A request holds its share from the
-//! moment its body starts to arrive until it is answered, fails, or its
-//! client goes away (a guard given back on every path, a panic included):
+//! moment its body's bytes arrive (what has arrived, not what its
+//! `Content-Length` announces) until nothing of it is held any more (a
+//! guard given back on every path, a panic included):
 //!
-//! - a body announced by its `Content-Length` counts whole from the start,
-//!   so one that would go over the budget is refused before any of it is
-//!   read; a chunked body counts as it arrives and is refused as soon as it
-//!   goes over;
+//! - a body counts as it arrives, announced or chunked (by the buffer it
+//!   is gathered in, which doubles as it fills), and is refused as soon
+//!   as what has arrived goes over; a body announced by its
+//!   `Content-Length` is also refused before any of it is read if it is
+//!   over what the budget has free then, but holds nothing until it
+//!   arrives (a client that announces a body and sends none holds no
+//!   share: it is cut off by `--body-timeout-secs`);
 //! - a compressed body counts with what it inflates to while it inflates,
 //!   then as inflated; inputs read from client shared memory count as if
 //!   they had come in the body;
 //! - once decoded, while the request waits and runs, it counts its inputs'
-//!   bytes.
+//!   bytes and what the server keeps of the body for the answer (the
+//!   request `id`, the outputs asked for). The inputs' share goes with the
+//!   request into multiproc-serve's queue ([`multiproc_serve::Request::hold`])
+//!   and is given back when the queue drops the request: answered, failed,
+//!   or dropped after its client went away or its deadline passed (when
+//!   the queue is next swept: as its next batch leaves, or when it is
+//!   full; not when the client got its 504 or closed its connection, for
+//!   the queued input is held until then);
+//! - the body of a request other than inference (repository, shared
+//!   memory) counts while it is read and parsed.
 //!
 //! A request over the budget is answered at once with 503, `Retry-After: 1`
 //! and `{"error": "the server is overloaded: request bodies already hold …
@@ -143,7 +156,9 @@
 //! busy sending would otherwise see its connection reset instead of the
 //! answer); a client that sent `Expect: 100-continue` is never asked for
 //! it. A body that alone is larger than the whole budget is 413: it can
-//! never be held. A fixed default rather than a share of the machine's
+//! never be held (`multiproc serve` refuses a budget below
+//! `--max-body-bytes`, so that this is only a compressed body with what
+//! it inflates to). A fixed default rather than a share of the machine's
 //! memory: in a container the memory the kernel reports is the host's, not
 //! the container's limit, and a bound that changes with the host is one an
 //! operator cannot plan with; 1 GiB holds sixteen bodies of the largest
@@ -159,6 +174,7 @@ pub mod app;
 mod body;
 mod budget;
 pub mod client;
+mod control;
 pub mod demo;
 mod encoding;
 pub mod error;

@@ -31,7 +31,6 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use multiproc::SharedMemory;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::app::{App, PathParams};
 use crate::error::ApiError;
@@ -149,6 +148,15 @@ impl Regions {
     }
 }
 
+/// The body of a registration (Triton's): the shared memory object and
+/// the bytes of it the region is.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RegisterRequest {
+    key: Option<String>,
+    offset: Option<u64>,
+    byte_size: Option<u64>,
+}
+
 /// `POST /v2/systemsharedmemory/region/{name}/register`.
 pub(crate) async fn register(
     State(app): State<Arc<App>>,
@@ -156,16 +164,16 @@ pub(crate) async fn register(
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     app.shm.check_allowed()?;
-    let body = crate::app::json_request(&app, request, "register").await?;
-    let field = |f: &str| body.get(f).ok_or_else(|| ApiError::bad_request(format!("register: no '{f}' field")));
-    let key = field("key")?.as_str().ok_or_else(|| ApiError::bad_request("register: 'key' is not a string"))?;
-    let count = |v: &Value, f: &str| {
-        v.as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| ApiError::bad_request(format!("register: '{f}' is {v}, expected a byte count")))
+    let expected = r#"{"key": "<shared memory object>", "byte_size": <bytes>, "offset": <bytes, optional>}"#;
+    let body: RegisterRequest = crate::control::json_request(&app, request, "register", expected).await?;
+    let no_field = |f: &str| ApiError::bad_request(format!("register: no '{f}' field; expected {expected}"));
+    let key = body.key.ok_or_else(|| no_field("key"))?;
+    let key = key.as_str();
+    let count = |n: u64, f: &str| {
+        usize::try_from(n).map_err(|_| ApiError::bad_request(format!("register: '{f}' is {n}, expected a byte count")))
     };
-    let offset = body.get("offset").map_or(Ok(0), |v| count(v, "offset"))?;
-    let byte_size = count(field("byte_size")?, "byte_size")?;
+    let offset = count(body.offset.unwrap_or(0), "offset")?;
+    let byte_size = count(body.byte_size.ok_or_else(|| no_field("byte_size"))?, "byte_size")?;
     let memory = SharedMemory::open(key)
         .map_err(|e| ApiError::bad_request(format!("cannot open shared memory object '{key}': {e}")))?;
     if offset.checked_add(byte_size).is_none_or(|end| end > memory.size()) {

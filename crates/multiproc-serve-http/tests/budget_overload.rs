@@ -2,10 +2,14 @@
 //! --body-budget-bytes`) bounds the bytes of request bodies the server
 //! holds, whatever the number of requests: with a budget of 1 MiB and one
 //! request of 600 KiB held by a model that does not answer yet, a second
-//! one is refused with 503 (before its body is read when its size is
-//! announced, as soon as it crosses the budget when it is chunked) and the
-//! answer names the budget; once the first is answered, the same request
-//! is served. A client that goes away mid-body gives its bytes back.
+//! one is refused with 503 (before its body is read when its announced
+//! size is over what is free, as soon as it crosses the budget when it is
+//! chunked) and the answer names the budget; once the first is answered,
+//! the same request is served. A client that goes away mid-body gives its
+//! bytes back. A body counts as it arrives, not as announced (a client
+//! announcing a body and sending none holds nothing); a request holds what
+//! the server keeps of it until its answer (its `id`), and its inputs
+//! until the core drops it, even after its client was answered 504.
 //! `/metrics` shows the bytes held and the refusals.
 
 mod support;
@@ -17,7 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use multiproc_serve_http::app::HttpOptions;
-use support::{Body, call, metric, wait_for};
+use support::{Answer, Body, call, metric, wait_for};
 
 /// How long anything may take at most (a request, the load, the stop).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -29,6 +33,8 @@ const LARGE: usize = 600 << 10;
 const HELD: &str = "multiproc_http_body_held_bytes";
 /// The count of refusals.
 const REFUSED: &str = "multiproc_http_body_budget_refused";
+/// The requests of `hold` queued or running.
+const PENDING: &str = "nv_inference_pending_request_count{model=\"hold\",version=\"1\"}";
 
 /// A repository in a temporary directory holding `hold`
 /// (`tests/support/hold.py`: a call waits until the release file exists),
@@ -38,8 +44,9 @@ struct Repository {
 }
 
 impl Repository {
-    fn new() -> Repository {
-        let dir = multiproc_test_support::marker_dir("body-budget", "repository");
+    /// A repository of its own for the test `case`.
+    fn new(case: &str) -> Repository {
+        let dir = multiproc_test_support::marker_dir("body-budget", case);
         let here = Path::new(env!("CARGO_MANIFEST_DIR"));
         let repository = Repository { dir };
         let config = format!(
@@ -72,7 +79,8 @@ impl Repository {
 
 impl Drop for Repository {
     fn drop(&mut self) {
-        self.release();
+        // No panic here: it may run while a failed test unwinds.
+        let _ = std::fs::write(self.release_file(), b"go");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -134,22 +142,52 @@ fn assert_refused_for_the_budget(what: &str, status: u16, retry_after: Option<&s
     );
 }
 
-#[test]
-fn bodies_over_the_budget_are_refused_until_the_held_ones_are_answered() {
-    let repository = Repository::new();
+/// Serves `repository` with a body budget of [`BUDGET`]; returns once its
+/// model is loaded.
+fn serve(repository: &Repository) -> support::InProcess {
     let http = HttpOptions { body_budget: BUDGET, ..HttpOptions::default() };
     let server = support::InProcess::start_with(repository.models(), http);
-    let base = server.base.clone();
     server.started.recv_timeout(PATIENCE).expect("start did not return");
+    server
+}
+
+/// A request sent from a thread of its own (the model may hold it): its
+/// answer comes through the receiver.
+struct InFlight {
+    answer: mpsc::Receiver<Result<Answer, String>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl InFlight {
+    /// POSTs `body` to [`INFER`] on `base` with `headers`, announced.
+    fn send(base: &str, headers: &[(&str, &str)], body: Vec<u8>) -> InFlight {
+        let (tx, answer) = mpsc::channel();
+        let (base, headers) = (base.to_string(), headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let headers: Vec<(String, String)> = headers.collect();
+        let thread = std::thread::spawn(move || {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let _ = tx.send(call(&base, "POST", INFER, &headers, Body::Sized(&body)));
+        });
+        InFlight { answer, thread }
+    }
+
+    /// Its answer, within [`PATIENCE`]; `what` names it in failures.
+    fn answer(self, what: &str) -> Answer {
+        let answer = self.answer.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("{what}: no answer in time"));
+        self.thread.join().unwrap();
+        answer.unwrap_or_else(|e| panic!("{what}: no answer: {e}"))
+    }
+}
+
+#[test]
+fn bodies_over_the_budget_are_refused_until_the_held_ones_are_answered() {
+    let repository = Repository::new("overload");
+    let server = serve(&repository);
+    let base = server.base.clone();
     let large = vec![7u8; LARGE];
 
     // The first request is held by the model, its bytes by the budget.
-    let (first_tx, first) = mpsc::channel();
-    let first_base = base.clone();
-    let first_body = large.clone();
-    let first_thread = std::thread::spawn(move || {
-        let _ = first_tx.send(call(&first_base, "POST", INFER, RAW, Body::Sized(&first_body)));
-    });
+    let first = InFlight::send(&base, RAW, large.clone());
     wait_for(PATIENCE, "the first request to be held", || metric(&base, HELD) == LARGE as f64);
 
     // A second is refused: announced, before any of its body is sent.
@@ -168,14 +206,12 @@ fn bodies_over_the_budget_are_refused_until_the_held_ones_are_answered() {
     }
     assert_eq!(metric(&base, REFUSED), 3.0);
     assert_eq!(metric(&base, HELD), LARGE as f64, "a refused request holds nothing");
-    assert!(first.try_recv().is_err(), "the first request was answered before it was released");
+    assert!(first.answer.try_recv().is_err(), "the first request was answered before it was released");
 
     // Once the first is answered, its bytes are given back: the same
     // requests are served.
     repository.release();
-    let answer = first.recv_timeout(PATIENCE).expect("the first request was not answered");
-    first_thread.join().unwrap();
-    let answer = answer.unwrap_or_else(|e| panic!("the first request: no answer: {e}"));
+    let answer = first.answer("the first request");
     assert_eq!(answer.status, 200, "{}", answer.body);
     wait_for(PATIENCE, "the first request's bytes to be given back", || metric(&base, HELD) == 0.0);
     for (what, body) in [("announced", Body::Sized(&large)), ("chunked", Body::Chunked(&large))] {
@@ -184,23 +220,101 @@ fn bodies_over_the_budget_are_refused_until_the_held_ones_are_answered() {
     }
     assert_eq!(metric(&base, HELD), 0.0);
 
-    // A client that goes away mid-body gives its bytes back: announced (held
-    // whole from the start), or chunked (held as it arrives).
+    // A client that goes away mid-body gives its bytes back, announced or
+    // chunked: held as they arrive (by the buffer they are gathered in,
+    // which doubles as it fills; an announced body's, to its announced size
+    // at most).
+    let half = LARGE / 2;
     let mut request = raw_head(&format!("Content-Length: {LARGE}")).into_bytes();
-    request.extend_from_slice(&large[..LARGE / 2]);
+    request.extend_from_slice(&large[..half]);
     let stream = connect_and_send(&base, &request);
-    wait_for(PATIENCE, "the announced body to be held", || metric(&base, HELD) == LARGE as f64);
+    let held = |most: usize| {
+        let base = &base;
+        move || (half as f64..=most as f64).contains(&metric(base, HELD))
+    };
+    wait_for(PATIENCE, "the announced body's half to be held", held(LARGE));
     drop(stream);
     wait_for(PATIENCE, "the announced body's bytes to be given back", || metric(&base, HELD) == 0.0);
-    let half = LARGE / 2;
     let mut request = raw_head("Transfer-Encoding: chunked").into_bytes();
     request.extend_from_slice(format!("{LARGE:x}\r\n").as_bytes());
     request.extend_from_slice(&large[..half]);
     let stream = connect_and_send(&base, &request);
-    wait_for(PATIENCE, "the chunked body to be held", || metric(&base, HELD) == half as f64);
+    wait_for(PATIENCE, "the chunked body's half to be held", held(2 * half));
     drop(stream);
     wait_for(PATIENCE, "the chunked body's bytes to be given back", || metric(&base, HELD) == 0.0);
     assert_eq!(metric(&base, REFUSED), 3.0, "nothing was refused since");
 
+    server.stop(PATIENCE);
+}
+
+#[test]
+fn a_request_holds_its_id_until_it_is_answered() {
+    let repository = Repository::new("id");
+    let server = serve(&repository);
+    let base = server.base.clone();
+    // A large id, a one-byte input: the id is echoed in the answer, so it
+    // is held as long as the input is.
+    const ID: usize = 300 << 10;
+    let id = "i".repeat(ID);
+    let body = format!(r#"{{"id":"{id}","inputs":[{{"name":"x","shape":[1],"datatype":"UINT8","data":[7]}}]}}"#);
+    let request = InFlight::send(&base, &[("Content-Type", "application/json")], body.into_bytes());
+    wait_for(PATIENCE, "the request to be queued", || metric(&base, PENDING) == 1.0);
+    assert_eq!(metric(&base, HELD), (ID + 1) as f64, "held while it waits: its id and its input's byte");
+    repository.release();
+    let answer = request.answer("the request");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body.contains(&id), "the id is echoed");
+    wait_for(PATIENCE, "the bytes to be given back", || metric(&base, HELD) == 0.0);
+    server.stop(PATIENCE);
+}
+
+#[test]
+fn a_request_that_timed_out_holds_its_input_until_the_core_drops_it() {
+    let repository = Repository::new("timeout");
+    let server = serve(&repository);
+    let base = server.base.clone();
+    // The model holds a one-byte request; behind it, one of 300 KiB that
+    // may wait 1 µs is answered 504, but its input stays queued (the queue
+    // drops it when its next batch leaves), and held.
+    let first = InFlight::send(&base, RAW, vec![7]);
+    wait_for(PATIENCE, "the first request to be queued", || metric(&base, PENDING) == 1.0);
+    const INPUT: usize = 300 << 10;
+    let input =
+        format!(r#"{{"name":"x","shape":[{INPUT}],"datatype":"UINT8","parameters":{{"binary_data_size":{INPUT}}}}}"#);
+    let json = format!(r#"{{"inputs":[{input}],"parameters":{{"timeout":1}}}}"#);
+    let json_length = json.len().to_string();
+    let mut body = json.into_bytes();
+    body.resize(body.len() + INPUT, 9);
+    let headers =
+        [("Inference-Header-Content-Length", json_length.as_str()), ("Content-Type", "application/octet-stream")];
+    let late = InFlight::send(&base, &headers, body).answer("the request that may wait 1 µs");
+    assert_eq!(late.status, 504, "{}", late.body);
+    assert_eq!(metric(&base, HELD), (INPUT + 1) as f64, "its input is still queued: still held");
+    // Once the model answers the first, the queue drops the second.
+    repository.release();
+    assert_eq!(first.answer("the first request").status, 200);
+    wait_for(PATIENCE, "the queued input's bytes to be given back", || metric(&base, HELD) == 0.0);
+    server.stop(PATIENCE);
+}
+
+#[test]
+fn a_body_announced_and_not_sent_holds_nothing() {
+    let repository = Repository::new("announced");
+    repository.release();
+    let server = serve(&repository);
+    let base = server.base.clone();
+    // A client announces a body of the whole budget and sends none of it;
+    // the go-ahead it asked for (`100-continue`) says that its handler is
+    // reading the body, past the budget's check.
+    let head = raw_head(&format!("Content-Length: {BUDGET}\r\nExpect: 100-continue"));
+    let mut silent = connect_and_send(&base, head.as_bytes());
+    let go_ahead = read_answer(&mut silent);
+    assert!(go_ahead.starts_with("HTTP/1.1 100"), "{go_ahead}");
+    // Another client's small request is served: the announced bytes are
+    // not held until they arrive.
+    let answer = call(&base, "POST", INFER, RAW, Body::Sized(&[7])).expect("an answer");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(metric(&base, HELD), 0.0);
+    drop(silent);
     server.stop(PATIENCE);
 }

@@ -70,6 +70,10 @@ pub(crate) struct Pending {
     /// The rows it adds to a batch (at least 1): what `max_batch_size` and
     /// the preferred sizes count.
     pub rows: usize,
+    /// What its caller asked the server to keep while it holds the
+    /// request ([`crate::Request::hold`]): dropped with it, whichever way
+    /// it leaves (answered, failed, swept, drained), never kept apart.
+    pub held: Option<crate::request::Held>,
 }
 
 impl Pending {
@@ -87,6 +91,7 @@ impl std::fmt::Debug for Pending {
             .field("bytes", &self.input.as_bytes().len())
             .field("rows", &self.rows)
             .field("enqueued", &self.enqueued)
+            .field("held", &self.held.is_some())
             .finish()
     }
 }

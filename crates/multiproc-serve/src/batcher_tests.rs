@@ -9,7 +9,8 @@ fn pending() -> Pending {
 
 /// A request of `rows` rows.
 fn rows(rows: usize) -> Pending {
-    Pending { input: Encoded::default(), slot: Slot::new(), enqueued: Instant::now(), deadline: None, then: None, rows }
+    let slot = Slot::new();
+    Pending { input: Encoded::default(), slot, enqueued: Instant::now(), deadline: None, then: None, rows, held: None }
 }
 
 fn next(q: &BatchQueue, s: &ModelSettings) -> (usize, BatchReason) {
@@ -300,4 +301,48 @@ fn a_watcher_wakes_when_the_queue_closes_stops_or_runs_empty_once_closed_not_for
         assert!(rings(&bell, true), "stopping the queue did not wake its watcher");
     });
     q.sleep_unless_closing(&bell, || panic!("a stopped queue let its watcher sleep"));
+}
+
+/// Counts the guards alive (see [`crate::Request::hold`]).
+struct Guard(Arc<AtomicU64>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request holding a guard counted in `alive`.
+fn holding(alive: &Arc<AtomicU64>) -> Pending {
+    alive.fetch_add(1, Ordering::Relaxed);
+    let request = crate::Request::new("m", ()).hold(Guard(Arc::clone(alive)));
+    Pending { held: request.held, ..pending() }
+}
+
+#[test]
+fn what_a_request_holds_stays_queued_with_it_and_goes_when_it_is_swept() {
+    let alive = Arc::new(AtomicU64::new(0));
+    let q = BatchQueue::new(4);
+    let s = ModelSettings { max_batch_size: 1, ..Default::default() };
+    let (gone, expired) = (holding(&alive), holding(&alive));
+    gone.slot.cancel();
+    let expired = Pending { deadline: Some(Instant::now()), ..expired };
+    q.push(gone, false, &mut Vec::new()).unwrap();
+    q.push(expired, false, &mut Vec::new()).unwrap();
+    q.push(holding(&alive), false, &mut Vec::new()).unwrap();
+    // Given up and past its deadline, but queued: still held.
+    assert_eq!(alive.load(Ordering::Relaxed), 3);
+    let mut dropped = Vec::new();
+    let Next::Batch(batch, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped, false) else {
+        panic!("no batch")
+    };
+    assert_eq!((batch.len(), dropped.len()), (1, 2));
+    dropped.clear();
+    assert_eq!(alive.load(Ordering::Relaxed), 1, "the swept requests dropped what they held");
+    drop(batch);
+    assert_eq!(alive.load(Ordering::Relaxed), 0);
+    // Drained at a stop: dropped with the requests.
+    q.push(holding(&alive), false, &mut Vec::new()).unwrap();
+    drop(q.stop());
+    assert_eq!(alive.load(Ordering::Relaxed), 0);
 }

@@ -373,6 +373,7 @@ where
                     deadline,
                     then: Some(self.continuation(guard)),
                     rows: 1,
+                    held: None,
                 }),
                 Err(e) => {
                     drop(guard);

@@ -1,5 +1,6 @@
 //! A request, its reply, and the future that brings the reply.
 
+use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -31,12 +32,68 @@ pub struct Request<I> {
     pub(crate) input: I,
     pub(crate) timeout: Option<Duration>,
     pub(crate) rows: usize,
+    pub(crate) held: Option<Held>,
+}
+
+/// A value a request keeps for its caller while the server holds the
+/// request (see [`Request::hold`]); no allocation when none is given.
+#[derive(Clone)]
+pub(crate) struct Held {
+    // Only ever dropped: what it is does not matter to the server.
+    _guard: Arc<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 impl<I> Request<I> {
     /// A request for the default version of `model`.
     pub fn new(model: impl Into<ModelName>, input: I) -> Request<I> {
-        Request { model: model.into(), version: None, input, timeout: None, rows: 1 }
+        Request { model: model.into(), version: None, input, timeout: None, rows: 1, held: None }
+    }
+
+    /// Gives the server `guard` to keep as long as it holds the request,
+    /// and to drop when it is done with it: once the request is answered,
+    /// has failed (its batch failed, its worker was lost), was dropped from
+    /// its queue because its caller gave up or its deadline passed (which
+    /// may be well after the caller had its error: a queue is swept when
+    /// its batches leave), or its version was drained, unloaded or shut
+    /// down; at once if it is refused when sent. A request given to a
+    /// pipeline drops it once the pipeline has taken the request in.
+    ///
+    /// What for: to account for the memory a queued request holds (its
+    /// encoded input) for exactly as long as it is held, with a guard that
+    /// gives its share back when dropped; a front end that counts request
+    /// bytes against a budget moves its lease in here, so that a caller who
+    /// goes away (or whose deadline passes) does not give the share back
+    /// while the request still waits in the queue. A second call replaces
+    /// the first guard (dropping it); clones of a request share the guard,
+    /// which is dropped when the server is done with all of them.
+    ///
+    /// ```
+    /// use multiproc_serve::Request;
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// struct Lease(Arc<AtomicUsize>);
+    /// impl Drop for Lease {
+    ///     fn drop(&mut self) {
+    ///         self.0.fetch_sub(1, Ordering::Relaxed);
+    ///     }
+    /// }
+    ///
+    /// let held = Arc::new(AtomicUsize::new(1));
+    /// let r = Request::new("classifier", 7u32).hold(Lease(Arc::clone(&held)));
+    /// assert_eq!(held.load(Ordering::Relaxed), 1);
+    /// drop(r); // a request never sent drops its guard with it
+    /// assert_eq!(held.load(Ordering::Relaxed), 0);
+    /// ```
+    pub fn hold(mut self, guard: impl Any + Send + Sync) -> Self {
+        self.held = Some(Held { _guard: Arc::new(guard) });
+        self
     }
 
     /// Asks for a specific version.

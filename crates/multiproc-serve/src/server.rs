@@ -338,7 +338,9 @@ impl Server {
         slot: &Arc<Slot>,
     ) -> Result<(Option<Instant>, Target), ServeError> {
         self.check_running()?;
-        let Request { model, version, input, timeout, rows } = request;
+        // `held` (see `Request::hold`) stays with the queued request, or is
+        // dropped here if it is refused or goes to a pipeline.
+        let Request { model, version, input, timeout, rows, held } = request;
         match self.endpoint(&model)? {
             Endpoint::Model(entry) => {
                 entry.io.check::<I, O>(&model)?;
@@ -360,8 +362,8 @@ impl Server {
                     entry.refused(version, ServeError::BadInput { model: model.to_string(), reason })
                 })?;
                 let input = Encoded::Own(bytes);
-                let pending =
-                    Pending { input, slot: Arc::clone(slot), enqueued: Instant::now(), deadline, then: None, rows };
+                let enqueued = Instant::now();
+                let pending = Pending { input, slot: Arc::clone(slot), enqueued, deadline, then: None, rows, held };
                 self.submit_bytes(&entry, version, pending, false)?;
                 Ok((deadline, Target::model(model)))
             }
