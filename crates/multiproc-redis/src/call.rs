@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use multiproc::RemoteFn;
 use serde_bytes::ByteBuf;
 
-use crate::conn;
+use crate::conn::{self, Conn};
 use crate::dispatch::{Delivery, Pending, Shared};
-use crate::enqueue::{BatchKeys, ChunkEntry, enqueue};
+use crate::enqueue::{BatchKeys, ChunkEntry, NotQueued, Queued, enqueue};
 use crate::error::{RedisPoolError, TaskFailure, explain};
 use crate::life::CallGuard;
 use crate::schema::{self, Args, Outcome, TaskMsg};
@@ -208,6 +208,7 @@ impl<'a> Engine<'a> {
         };
         if dropped {
             self.fail_chunks(ids, || RedisPoolError::Dropped);
+            self.end_now(|| RedisPoolError::Dropped);
             return Ok(());
         }
         // Redis away or not answering: wait for it no longer than the
@@ -222,37 +223,37 @@ impl<'a> Engine<'a> {
             Some(_) if shared.stop.load(Ordering::Acquire) => None,
             Some(mut conn) => {
                 let mut spent = shared.spent_batches.lock().unwrap_or_else(|e| e.into_inner());
-                Some(
-                    enqueue(
-                        &mut conn,
-                        BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent },
-                        ttl_ms,
-                        &batch,
-                        patience,
-                        deadline,
-                    )
-                    .map(|entries| shared.note_entries(&ids, entries)),
-                )
+                let keys = BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent };
+                Some(match enqueue(&mut conn, keys, ttl_ms, &batch, patience, deadline) {
+                    Ok(entries) => {
+                        shared.note_entries(&ids, entries);
+                        Ok(())
+                    }
+                    Err(NotQueued { error, queued }) => {
+                        let fate = match queued {
+                            Queued::No => "; none of them was queued".to_string(),
+                            Queued::Maybe => ", then start the call again (redis did not confirm the chunks: they \
+                                              may run, their results are dropped)"
+                                .to_string(),
+                            Queued::Yes(entries) => withdraw_batch(shared, &mut conn, &ids, entries, &batch),
+                        };
+                        Err((error, fate))
+                    }
+                })
             }
-            None => Some(Err(conn::deadline_passed())),
+            None => Some(Err((conn::deadline_passed(), "; none of them was queued".to_string()))),
         };
         let Some(sent) = sent else {
             self.fail_chunks(ids, || RedisPoolError::Dropped);
+            self.end_now(|| RedisPoolError::Dropped);
             return Ok(());
         };
         match sent {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err((e, fate)) => {
                 // Each item of the chunks not queued fails (one outcome per item).
                 let what = explain(&format!("could not queue {} chunks on {tasks_key}", ids.len()), &e, None);
-                let reason = if conn::is_transient(&e) {
-                    format!(
-                        "{what}, then start the call again (redis did not confirm the chunks: they may run, their \
-                         results are dropped)"
-                    )
-                } else {
-                    format!("{what}; none of them was queued")
-                };
+                let reason = format!("{what}{fate}");
                 let timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
                 let wait_timeout = self.plan.wait_timeout;
                 let error = || match wait_timeout {
@@ -396,11 +397,19 @@ impl<'a> Engine<'a> {
     /// in flight and the input left unread fail with
     /// [`RedisPoolError::Terminated`].
     fn end_terminated(&mut self) {
+        self.end_now(|| RedisPoolError::Terminated);
+    }
+
+    /// Ends the call now, its input read no further (the pool was
+    /// terminated or dropped): the chunks still queued are deleted, and
+    /// those in flight and the input left unread (as one more outcome)
+    /// fail with `error`.
+    fn end_now(&mut self, error: impl Fn() -> RedisPoolError) {
         let unread = !self.exhausted;
         self.cancel_queued();
-        self.fail_in_flight_with(|| RedisPoolError::Terminated);
+        self.fail_in_flight_with(&error);
         if unread {
-            self.ready.push_back((self.next_index, Err(RedisPoolError::Terminated)));
+            self.ready.push_back((self.next_index, Err(error())));
         }
     }
 
@@ -417,6 +426,25 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+    }
+}
+
+/// Withdraws the chunks `ids` of `batch`, which a try of its script whose
+/// reply was lost queued under `entries` before a later try failed (see
+/// [`Queued::Yes`]), on the submitting connection `conn`; says what became
+/// of them, for the call's error.
+fn withdraw_batch(shared: &Shared, conn: &mut Conn, ids: &[u64], entries: Vec<String>, batch: &[ChunkEntry]) -> String {
+    let mut withdrawal = Withdrawal::default();
+    for ((task, entry), chunk) in ids.iter().zip(entries).zip(batch) {
+        shared.forget(*task);
+        withdrawal.add_parts(*task, Some(entry), chunk.blob.as_ref().map(|(key, _)| key.clone()));
+    }
+    let lost = "; redis had queued them at an earlier try whose reply was lost";
+    match withdrawal.run(conn, shared, Some(Instant::now() + CANCEL_TIMEOUT)) {
+        Ok(()) => {
+            format!("{lost}, and they were withdrawn (one a worker host took meanwhile runs there, its result dropped)")
+        }
+        Err(e) => format!("{lost}, and withdrawing them failed ({e}): they may run, their results are dropped"),
     }
 }
 

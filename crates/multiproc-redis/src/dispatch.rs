@@ -26,9 +26,14 @@ const BLOCK: Duration = Duration::from_millis(200);
 /// noticed soon (and a dropped pool's thread ends soon).
 const REPLY_TIMEOUT: Duration = Duration::from_millis(BLOCK.as_millis() as u64 + 2000);
 /// How long a dropped pool waits for Redis (at most; no longer than its
-/// reconnect timeout) to withdraw the chunks of its calls still in flight
-/// and to delete its results stream (it expires).
+/// reconnect timeout, but at least [`DROP_TIMEOUT_FLOOR`]) to withdraw the
+/// chunks of its calls still in flight and to delete its results stream
+/// (it expires).
 const DROP_TIMEOUT: Duration = Duration::from_secs(1);
+/// The least a dropped pool waits for Redis, however short its reconnect
+/// timeout (`Duration::ZERO` too): time enough for a Redis that answers to
+/// take the few commands of the drop.
+const DROP_TIMEOUT_FLOOR: Duration = Duration::from_millis(250);
 /// Entries read per `XREAD`.
 const READ_COUNT: usize = 1024;
 
@@ -162,7 +167,8 @@ impl Drop for Dispatcher {
         // Nobody will read the results of the calls still in flight (their
         // background threads, or iterators that outlive the pool): their
         // chunks are withdrawn as a terminated call's, and they fail.
-        let deadline = Instant::now().checked_add(DROP_TIMEOUT.min(shared.options.reconnect_timeout));
+        let budget = DROP_TIMEOUT.min(shared.options.reconnect_timeout).max(DROP_TIMEOUT_FLOOR);
+        let deadline = Instant::now().checked_add(budget);
         // ORDERING: `stop` is set first: a call that takes the connection
         // after this queues nothing more, and one that queued a batch
         // before has noted its entries under it (see `Engine::submit`).
@@ -175,8 +181,9 @@ impl Drop for Dispatcher {
         }
         let Some(mut conn) = conn else {
             tracing::warn!(
-                "dropping the pool: the connection stayed busy, so {} queued chunks were not withdrawn (they may \
-                 run, their results expire unread) and the results stream {} was not deleted (it expires)",
+                "dropping the pool: the connection stayed busy (a call queuing a batch of chunks, which may still be \
+                 queued), so {} queued chunks were not withdrawn, nor was that batch (they may run, their results \
+                 expire unread), and the results stream {} was not deleted (it expires)",
                 withdrawal.entries(),
                 shared.results_key
             );
@@ -255,6 +262,12 @@ fn run(shared: &Shared, mut conn: Conn) {
                 continue;
             }
         };
+        if stopping() {
+            // The pool is being dropped: it fails the calls in flight and
+            // deletes the stream, so what was read is neither delivered nor
+            // deleted, and no more command (`INFO`, `XDEL`) delays the drop.
+            break;
+        }
         // After a reconnect the stream is read again from its start, once:
         // a Redis that restarted may number new entries below `last_id`
         // (its clock behind the old one's), which reading on from it would
@@ -274,6 +287,9 @@ fn run(shared: &Shared, mut conn: Conn) {
                 Err(e) => tracing::error!("skipping result entry {} of {key}: {e}", entry.id),
             }
             read.push(entry.id);
+        }
+        if stopping() {
+            break; // as above (the argument keys of what was read expire)
         }
         if !read.is_empty() {
             let mut pipe = redis::pipe();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::RedisResult;
+use redis::RedisError;
 
 use crate::conn::{self, Conn};
 
@@ -13,16 +13,23 @@ use crate::conn::{self, Conn};
 /// it, and the whole script runs before any worker reads. Then it sets the
 /// batch's key to the entry ids; a batch whose key is set was queued
 /// already (the reply was lost and the command sent again), and the script
-/// returns the ids it holds, queuing nothing. First of all it deletes the
-/// keys of earlier batches that no command can queue again. `KEYS[1]`: the
-/// task stream; `KEYS[2]`: the batch's key; `KEYS[3..]`: the keys to
-/// delete; `ARGV[1]`: values per entry (field-value pairs); `ARGV[2]`: the
-/// key's time to live in ms; then the entries. Returns the entry ids in
-/// order.
+/// returns the ids it holds, queuing nothing. Last, it deletes the keys of
+/// earlier batches that no command can queue again. `KEYS[1]`: the task
+/// stream; `KEYS[2]`: the batch's key; `KEYS[3..]`: the keys to delete;
+/// `ARGV[1]`: values per entry (field-value pairs); `ARGV[2]`: the key's
+/// time to live in ms; then the entries. Returns the entry ids in order.
+///
+/// The first write must be the first `XADD`: Redis refuses a script's
+/// write for want of memory (`maxmemory` with `noeviction`) only while the
+/// script has written nothing, since it cannot undo what it wrote. A
+/// `DEL` first, even of keys that do not exist, would let every `XADD`
+/// after it through a full server. So the spent keys are deleted last (or,
+/// for a batch queued already, after the `GET`, with nothing written
+/// after them).
 const QUEUE_SCRIPT: &str = r"
-if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
 local done = redis.call('GET', KEYS[2])
 if done then
+  if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
   local ids = {}
   for id in string.gmatch(done, '%S+') do ids[#ids + 1] = id end
   return ids
@@ -43,6 +50,7 @@ if type(set) == 'table' and set.err then
   if #ids > 0 then redis.call('XDEL', KEYS[1], unpack(ids)) end
   return redis.error_reply(set.err)
 end
+if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
 return ids
 ";
 
@@ -58,17 +66,28 @@ pub(crate) struct ChunkEntry {
 /// delete (they expire anyway).
 const CLEANUP_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long [`enqueue`] may ask Redis whether an earlier try of a batch's
+/// script queued it, after a later try failed (see [`Queued`]).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The longest a batch's key lives, whatever the reconnect timeout (a
+/// longer one, such as `Duration::MAX`, would overflow the expiry Redis
+/// takes): a script sent again more than this after its first try (a
+/// reconnect timeout of over a day) could queue its batch a second time.
+pub(crate) const MAX_BATCH_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// How long the key of a batch lives: longer than the retries of its
-/// script may go on. The first try starts before the script first runs
-/// and fails within one attempt (`attempt`: a connect and a reply); the
-/// tries go on until `patience` after that failure, the last one starting
-/// at most one pause later and reaching Redis within another attempt.
+/// script may go on, at most [`MAX_BATCH_TTL`]. The first try starts
+/// before the script first runs and fails within one attempt (`attempt`:
+/// a connect and a reply); the tries go on until `patience` after that
+/// failure, the last one starting at most one pause later and reaching
+/// Redis within another attempt.
 ///
 /// ```text
 /// first run ≥ t0;  last run ≤ t0 + attempt + patience + pause + attempt
 /// ```
 fn batch_ttl(patience: Duration, attempt: Duration) -> Duration {
-    patience.saturating_add(Conn::MAX_RETRY_PAUSE).saturating_add(attempt.saturating_mul(2))
+    patience.saturating_add(Conn::MAX_RETRY_PAUSE).saturating_add(attempt.saturating_mul(2)).min(MAX_BATCH_TTL)
 }
 
 /// Where [`enqueue`] queues a batch: the task stream, the batch's key, and
@@ -80,6 +99,32 @@ pub(crate) struct BatchKeys<'a> {
     pub batch: &'a str,
     /// The keys the script deletes (see [`enqueue`]).
     pub spent: &'a mut Vec<String>,
+}
+
+/// Whether the entries of a batch that [`enqueue`] failed to queue are in
+/// the task stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// None is, and none will be: the script was refused, or never sent,
+    /// or Redis said that no earlier try ran (and marked the batch so that
+    /// none runs later). Its argument keys were deleted.
+    No,
+    /// Perhaps: a try of the script may have run (its reply was lost), and
+    /// Redis could not be asked. Its argument keys are kept.
+    Maybe,
+    /// An earlier try, whose reply was lost, queued them under these entry
+    /// ids (in order); a later try then failed. The caller is to withdraw
+    /// them (and their argument keys, which are kept).
+    Yes(Vec<String>),
+}
+
+/// Why [`enqueue`] returned no entry ids, and what became of the batch.
+#[derive(Debug)]
+pub(crate) struct NotQueued {
+    /// The last error.
+    pub error: RedisError,
+    /// Whether the batch is in the task stream.
+    pub queued: Queued,
 }
 
 /// Queues `chunks` on the stream `tasks`: their blobs first (one command
@@ -100,8 +145,13 @@ pub(crate) struct BatchKeys<'a> {
 ///
 /// # Errors
 ///
-/// A Redis error; none of the entries is queued then, unless the error
-/// is transient (the reply was lost: the script may have run).
+/// A Redis error, with whether the batch is queued ([`Queued`]). When a
+/// try of the script went unanswered (its reply lost: it may have run)
+/// and a later one failed for good (`BUSY`, `NOPERM`, `READONLY`…), Redis
+/// is asked, briefly, whether the batch's key is set: if it is, an
+/// earlier try queued the batch ([`Queued::Yes`]); if not, the key is set
+/// empty, so that a try still on its way queues nothing, and none is
+/// queued ([`Queued::No`]).
 //
 // A command Redis reads only after its sender gave up on it (a server that
 // stopped answering for longer than the key lives, then came back) may
@@ -113,9 +163,11 @@ pub(crate) fn enqueue(
     chunks: &[ChunkEntry],
     patience: Duration,
     deadline: Option<Instant>,
-) -> RedisResult<Vec<String>> {
+) -> Result<Vec<String>, NotQueued> {
     let blobs: Vec<&(String, Vec<u8>)> = chunks.iter().filter_map(|c| c.blob.as_ref()).collect();
     let batch_ttl_ms = u64::try_from(batch_ttl(patience, conn.attempt_bound()).as_millis()).unwrap_or(u64::MAX);
+    // Whether a try of the script was sent and not answered (it may have run).
+    let mut unanswered = false;
     let result = blobs
         .iter()
         .try_for_each(|(key, bytes)| {
@@ -136,31 +188,86 @@ pub(crate) fn enqueue(
                     script.arg(*name).arg(value);
                 }
             }
-            let mut tries = 0u32;
             let ids = conn.retry_while(
                 patience,
                 deadline,
                 || true,
                 |c| {
-                    tries += 1;
-                    script.query::<Vec<String>>(c)
+                    let reply = script.query::<Vec<String>>(c);
+                    unanswered |= reply.as_ref().is_err_and(conn::is_transient);
+                    reply
                 },
             )?;
             spent.clear();
-            if tries == 1 {
+            if !unanswered {
                 spent.push(batch.to_string());
             }
             Ok(ids)
         });
-    if let Err(e) = &result
-        && !conn::is_transient(e)
-        && !blobs.is_empty()
-    {
+    let error = match result {
+        Ok(ids) => return Ok(ids),
+        Err(e) => e,
+    };
+    let queued = match (unanswered, conn::is_transient(&error)) {
+        (false, _) => Queued::No,
+        (true, true) => Queued::Maybe,
+        (true, false) => probe(conn, batch, batch_ttl_ms, chunks.len()),
+    };
+    if queued == Queued::No && !conn::is_transient(&error) && !blobs.is_empty() {
         let keys: Vec<&String> = blobs.iter().map(|(key, _)| key).collect();
         let cleanup = Some(Instant::now() + CLEANUP_TIMEOUT);
         if let Err(e) = conn.run_until(cleanup, |c| redis::cmd("DEL").arg(&keys).exec(c)) {
             tracing::warn!("could not delete the argument keys of a batch not queued: {e} (they expire)");
         }
     }
-    result
+    Err(NotQueued { error, queued })
+}
+
+/// Whether an earlier try of a batch's script queued its `count` entries,
+/// asked of Redis within [`PROBE_TIMEOUT`] after a later try failed for
+/// good. The batch's key is set empty unless it is set already (`SET NX`,
+/// which any Redis version takes): set already, it holds the entry ids of
+/// the try that ran; set now, no try ran, and a try still on its way (sent
+/// on a connection since lost) finds it set and queues nothing. Two plain
+/// commands rather than a script: the failure may be a refused `EVAL`.
+fn probe(conn: &mut Conn, batch: &str, batch_ttl_ms: u64, count: usize) -> Queued {
+    let deadline = Some(Instant::now() + PROBE_TIMEOUT);
+    let marked = conn.run_until(deadline, |c| {
+        redis::cmd("SET").arg(batch).arg("").arg("NX").arg("PX").arg(batch_ttl_ms).query::<Option<String>>(c)
+    });
+    match marked {
+        Ok(Some(_)) => return Queued::No,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!("could not ask redis whether a batch whose reply was lost was queued: {e}");
+            return Queued::Maybe;
+        }
+    }
+    match conn.run_until(deadline, |c| redis::cmd("GET").arg(batch).query::<Option<String>>(c)) {
+        Ok(Some(ids)) => {
+            let ids: Vec<String> = ids.split_whitespace().map(String::from).collect();
+            if ids.len() == count { Queued::Yes(ids) } else { Queued::Maybe }
+        }
+        Ok(None) => Queued::Maybe,
+        Err(e) => {
+            tracing::warn!("could not read which entries of a batch whose reply was lost were queued: {e}");
+            Queued::Maybe
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_batch_key_lives_longer_than_the_retries_of_its_script_up_to_a_day() {
+        let attempt = Duration::from_secs(12);
+        let ttl = batch_ttl(Duration::from_secs(30), attempt);
+        assert_eq!(ttl, Duration::from_secs(30 + 1 + 24));
+        // Patience without end (`reconnect_timeout(Duration::MAX)`) must
+        // not overflow the expiry Redis takes.
+        assert_eq!(batch_ttl(Duration::MAX, attempt), MAX_BATCH_TTL);
+        assert_eq!(batch_ttl(Duration::ZERO, Duration::MAX), MAX_BATCH_TTL);
+    }
 }

@@ -115,7 +115,11 @@
 //! - a batch of chunks whose reply was lost after Redis queued it (a
 //!   network cut, a reply later than the reply timeout) is sent again and
 //!   queued once: its script marks the batch queued (see [`schema`]), so
-//!   its tasks do not run twice;
+//!   its tasks do not run twice; should the batch sent again fail for
+//!   good (`BUSY`, `NOPERM`, `READONLY`), the caller asks Redis whether an
+//!   earlier try queued it, withdraws it if so, and otherwise marks it so
+//!   that no try still on its way queues it; its call's error says which
+//!   (or, when Redis could not be asked, that the tasks may run);
 //! - garbage in the task stream is logged, acknowledged and moved to the
 //!   dead-letter stream; a task signed with another key
 //!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its

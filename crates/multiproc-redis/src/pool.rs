@@ -66,7 +66,9 @@ impl RedisPoolBuilder {
     /// 30 s. A server that stops answering (rather than refusing
     /// connections) counts as unreachable once a reply is 10 s late, so a
     /// call without a [`wait_timeout`](Self::wait_timeout) notices it up to
-    /// 10 s later.
+    /// 10 s later. A batch of tasks whose reply was lost is sent again
+    /// meanwhile, and queued once if within a day (its mark in Redis, see
+    /// [`crate::schema`], lives no longer).
     pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
         self.options.reconnect_timeout = timeout;
         self
@@ -138,13 +140,14 @@ impl RedisPoolBuilder {
 /// first, call [`RedisPool::close`] then [`RedisPool::join`], as with the
 /// local pool.
 ///
-/// A drop never hangs: its result thread stops within about 2 s (its
-/// reply timeout, on a Redis that stopped answering), then it waits for
-/// Redis at most 1 s (or the [reconnect
-/// timeout](RedisPoolBuilder::reconnect_timeout), if shorter) to withdraw
-/// the tasks and delete the stream. What it could not do is logged as a
-/// `tracing` warning: those tasks may then run, and their results expire
-/// unread.
+/// A drop never hangs: its result thread stops once its command under way
+/// ends, within about 2 s on a Redis that stopped answering (its reply
+/// timeout; about 4 s should it be reconnecting then: a connect and a
+/// reply), then the drop waits for Redis at most 1 s (or the [reconnect
+/// timeout](RedisPoolBuilder::reconnect_timeout), if shorter, but at least
+/// 250 ms) to withdraw the tasks and delete the stream: about 5 s at
+/// worst. What it could not do is logged as a `tracing` warning: those
+/// tasks may then run, and their results expire unread.
 pub struct RedisPool {
     shared: Arc<Shared>,
     _dispatcher: Dispatcher,

@@ -25,9 +25,15 @@ impl Withdrawal {
     /// Adds chunk `task`, whose record (taken out of the pool's pending
     /// chunks) is `pending`.
     pub(crate) fn add(&mut self, task: u64, pending: &Pending) {
+        self.add_parts(task, pending.entry.clone(), pending.blob.clone());
+    }
+
+    /// Adds chunk `task`, queued under `entry` (if it is known to be), its
+    /// arguments in the key `blob` (if they have one of their own).
+    pub(crate) fn add_parts(&mut self, task: u64, entry: Option<String>, blob: Option<String>) {
         self.tasks.push(task);
-        self.entries.extend(pending.entry.iter().cloned());
-        self.blobs.extend(pending.blob.iter().cloned());
+        self.entries.extend(entry);
+        self.blobs.extend(blob);
     }
 
     /// How many entries it deletes: none when no chunk was queued (a batch

@@ -1,10 +1,14 @@
 //! A pool dropped while its background calls are in flight withdraws
 //! them as `terminate` does: their tasks still queued never run, a task a
 //! host already runs finishes there (its result dropped), and the calls
-//! fail with `RedisPoolError::Dropped`.
+//! fail with `RedisPoolError::Dropped`. An iterator that outlives its pool
+//! reads its input no further: it yields `Dropped`, then ends.
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use multiproc_redis::RedisPoolError;
@@ -72,4 +76,42 @@ fn dropping_a_pool_withdraws_the_tasks_of_its_background_calls() {
     let ttl: i64 = redis::cmd("PTTL").arg(keys.withdrawn(&caller)).query(&mut con).unwrap();
     assert!(ttl > 0, "the withdrawn set has no expiry ({ttl})");
     worker.stop();
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// How far an iterator may read its endless input before the test calls
+/// it endless: the input panics there (so that a reader going on for ever
+/// fails the test instead of filling memory).
+const READ_LIMIT: usize = 10_000;
+
+#[test]
+fn an_unordered_iterator_that_outlives_its_pool_ends() {
+    let server = server();
+    let window = 4;
+    let pool = pool(&server, "drop-endless").window(window).connect().unwrap();
+    let read = Arc::new(AtomicUsize::new(0));
+    let counter = read.clone();
+    let input = (0u64..).inspect(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        assert!(n < READ_LIMIT, "the input was read {n} items deep after the pool was dropped");
+    });
+    // No host: the first window waits in the task stream.
+    let it = pool.with_chunksize(1).imap_unordered(square, input);
+    drop(pool);
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let outcomes: Vec<_> = it.take(READ_LIMIT).collect();
+        let _ = tx.send(outcomes);
+    });
+    let outcomes = rx.recv_timeout(Duration::from_secs(30)).expect("the iterator did not end (or its input panicked)");
+    reader.join().unwrap();
+    assert!(!outcomes.is_empty() && outcomes.len() <= window + 2, "{} outcomes", outcomes.len());
+    for outcome in outcomes {
+        assert_dropped(outcome);
+    }
+    let read = read.load(Ordering::SeqCst);
+    assert!(read <= window + 1, "the input was read {read} items deep");
 }

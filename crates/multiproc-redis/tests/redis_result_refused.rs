@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use multiproc_redis::{RedisPoolError, TaskFailure};
-use support::{local_worker, pool, raw, server};
+use support::{local_worker, pool, raw, server, used_memory};
 
 fn blob(n: u64) -> Vec<u8> {
     vec![7; n as usize]
@@ -21,9 +21,7 @@ fn a_result_redis_refuses_to_store_fails_its_call_saying_why() {
     let pool = pool(&server, "oom").wait_timeout(Duration::from_secs(20)).connect().unwrap();
     assert_eq!(pool.apply(blob, (3,)).unwrap(), vec![7; 3]);
     // Room for the small writes, none for a 32 MB result.
-    let info: String = redis::cmd("INFO").arg("memory").query(&mut con).unwrap();
-    let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
-    let limit = used + (4 << 20);
+    let limit = used_memory(&mut con) + (4 << 20);
     redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").exec(&mut con).unwrap();
     redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(limit).exec(&mut con).unwrap();
 

@@ -13,6 +13,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a reply may take (longer than any `BLOCK` this crate asks for).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often [`Conn::retry_while`] asks whether to keep trying while it
+/// waits between two tries.
+const RETRY_POLL: Duration = Duration::from_millis(50);
+
 /// How far the wait bound on the socket may be above the one a command
 /// asks for before it is set again (each setting is a system call): every
 /// bound of this crate holds to within this, less than a few ticks of the
@@ -302,6 +306,11 @@ impl Conn {
     /// the last error); gives up early (with the last error) once
     /// `keep_trying` says no or `deadline` passes, and no attempt waits
     /// past `deadline`. Waits 50 ms, doubling up to 1 s, between tries.
+    ///
+    /// `keep_trying` is asked after each failure, every
+    /// [`RETRY_POLL`] of the wait, and before each new attempt: once it
+    /// says no, at most the attempt under way (one connect and one reply)
+    /// and one poll pass before this returns.
     pub(crate) fn retry_while<T>(
         &mut self,
         patience: Duration,
@@ -320,7 +329,17 @@ impl Conn {
                         return Err(e);
                     }
                     tracing::warn!("redis unavailable ({e}); trying again in {pause:?}");
-                    std::thread::sleep(pause.min(left));
+                    let wake = Instant::now() + pause.min(left);
+                    loop {
+                        let now = Instant::now();
+                        if now >= wake || !keep_trying() {
+                            break;
+                        }
+                        std::thread::sleep((wake - now).min(RETRY_POLL));
+                    }
+                    if !keep_trying() {
+                        return Err(e);
+                    }
                     pause = (pause * 2).min(Conn::MAX_RETRY_PAUSE);
                 }
                 other => return other,

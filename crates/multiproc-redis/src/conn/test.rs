@@ -112,3 +112,36 @@ fn a_long_pipeline_sets_its_read_timeout_at_most_once_per_slack() {
     let sets = timeout_sets(&conn) - before;
     assert!(sets <= most, "{sets} timeouts set for 20000 replies in {took:?}");
 }
+
+#[test]
+fn a_retry_told_to_stop_in_its_pause_makes_no_more_attempt() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let server = server();
+    let mut conn = Conn::open(&server.url()).unwrap();
+    let (attempts, stop) = (AtomicU32::new(0), AtomicBool::new(false));
+    // Every attempt fails as a lost reply does; the pauses after them are
+    // 50, 100, 200, 400 and 800 ms, then 1 s.
+    let lost = |_: &mut Link| -> RedisResult<()> {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        Err(io::Error::new(io::ErrorKind::TimedOut, "lost").into())
+    };
+    let (told, ended) = std::thread::scope(|s| {
+        let retry = s.spawn(|| {
+            let r = conn.retry_while(Duration::from_secs(60), None, || !stop.load(Ordering::SeqCst), lost);
+            (r, Instant::now())
+        });
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while attempts.load(Ordering::SeqCst) < 6 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100)); // in the 1 s pause
+        let told = Instant::now();
+        stop.store(true, Ordering::SeqCst);
+        let (r, ended) = retry.join().unwrap();
+        assert!(r.is_err_and(|e| is_transient(&e)));
+        (told, ended)
+    });
+    assert_eq!(attempts.load(Ordering::SeqCst), 6, "an attempt was made after the retry was told to stop");
+    let took = ended - told;
+    assert!(took < Duration::from_millis(500), "the retry ended {took:?} after it was told to stop");
+}

@@ -145,3 +145,9 @@ pub fn start_log(name: &str) -> RemovedOnDrop {
 pub fn xlen(con: &mut redis::Connection, key: &str) -> i64 {
     redis::cmd("XLEN").arg(key).query(con).unwrap()
 }
+
+/// The memory Redis counts against its `maxmemory` (`used_memory`), in bytes.
+pub fn used_memory(con: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(con).unwrap();
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+}

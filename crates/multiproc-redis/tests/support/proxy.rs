@@ -2,7 +2,9 @@
 //! it forwards a chosen command to the server, waits for the reply (so
 //! the server has run the command), and cuts the client's connection
 //! instead of passing the reply on — a reply lost after Redis acted on
-//! the command, as on a network cut.
+//! the command, as on a network cut. It can also change the server (run
+//! a hook) after it ran the command and before the client hears of the
+//! cut, so that the client's next try meets a server that refuses it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,10 @@ use multiproc_redis::RedisServer;
 
 /// How long the proxy waits to connect to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the proxy runs when it loses a reply (see
+/// [`LossyProxy::lose_next_reply_to_then`]).
+type Hook = Box<dyn FnOnce() + Send>;
 
 /// A proxy on a free loopback port; stopped, with every connection
 /// through it closed and its threads joined, on drop.
@@ -29,6 +35,8 @@ struct State {
     stop: AtomicBool,
     /// The command (as sent: a RESP bulk string) whose next reply is lost.
     trigger: Mutex<Option<Vec<u8>>>,
+    /// Run once the server replied to the trigger, before the cut.
+    on_loss: Mutex<Option<Hook>>,
     /// Replies lost so far.
     lost: AtomicUsize,
     /// Both sockets of every connection, to close on drop.
@@ -47,6 +55,7 @@ impl LossyProxy {
             server: SocketAddr::from(([127, 0, 0, 1], server.port())),
             stop: AtomicBool::new(false),
             trigger: Mutex::new(None),
+            on_loss: Mutex::new(None),
             lost: AtomicUsize::new(0),
             sockets: Mutex::default(),
             threads: Mutex::default(),
@@ -67,6 +76,14 @@ impl LossyProxy {
     pub fn lose_next_reply_to(&self, command: &str) {
         let bulk = format!("${}\r\n{command}\r\n", command.len()).into_bytes();
         *self.state.trigger.lock().unwrap() = Some(bulk);
+    }
+
+    /// As [`LossyProxy::lose_next_reply_to`], running `hook` once the
+    /// server replied and before the client's connection is cut (the
+    /// client's next try finds the server as `hook` left it).
+    pub fn lose_next_reply_to_then(&self, command: &str, hook: impl FnOnce() + Send + 'static) {
+        *self.state.on_loss.lock().unwrap() = Some(Box::new(hook));
+        self.lose_next_reply_to(command);
     }
 
     /// How many replies the proxy lost so far.
@@ -158,6 +175,10 @@ fn server_to_client(state: &State, lose: &AtomicBool, mut server: TcpStream, mut
         };
         if lose.load(Ordering::SeqCst) {
             // The server ran the command; its client never hears of it.
+            let hook = state.on_loss.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
             state.lost.fetch_add(1, Ordering::SeqCst);
             break;
         }
