@@ -1,6 +1,7 @@
 //! Decoding an inference request body: the JSON part and, with Triton's
 //! binary tensor extension, the binary tensors after it.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -183,6 +184,9 @@ pub fn decode_request_with(
         return Err(ProtocolError::new("the request has no inputs"));
     }
     let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
+    // Names seen, in a set: a body of millions of tensors must not cost a
+    // look at every earlier one each.
+    let mut input_names: HashSet<String> = HashSet::with_capacity(req.inputs.len());
     refuse_unoffered(&req.parameters, &[("sequence_id", "sequence")], || "request".into())?;
     for input in req.inputs {
         let name = input.name;
@@ -195,7 +199,7 @@ pub fn decode_request_with(
                 None
             }
         };
-        if inputs.iter().any(|t| t.name() == name) {
+        if !input_names.insert(name.clone()) {
             return Err(ProtocolError::new(format!("input '{name}' is given twice")));
         }
         let datatype: DataType =
@@ -280,8 +284,9 @@ pub fn decode_request_with(
         Some(list) if list.is_empty() => None,
         Some(list) => {
             let mut wanted: Vec<OutputWanted> = Vec::with_capacity(list.len());
+            let mut names: HashSet<String> = HashSet::with_capacity(list.len());
             for o in list {
-                if wanted.iter().any(|w| w.name == o.name) {
+                if !names.insert(o.name.clone()) {
                     return Err(ProtocolError::new(format!("output '{}' is asked for twice", o.name)));
                 }
                 let whose = format!("output '{}'", o.name);
@@ -364,5 +369,19 @@ mod tests {
         let req = decode_request(body, None).unwrap();
         let outs = req.outputs.unwrap();
         assert!(outs[0].binary && !outs[1].binary);
+    }
+
+    #[test]
+    fn a_name_given_twice_is_refused_among_many() {
+        let inputs: Vec<String> =
+            (0..3).map(|i| format!(r#"{{"name":"x{i}","shape":[1],"datatype":"BOOL","data":[true]}}"#)).collect();
+        let mut outputs: Vec<String> = (0..50_000).map(|i| format!(r#"{{"name":"y{i}"}}"#)).collect();
+        let body = format!(r#"{{"inputs":[{}],"outputs":[{}]}}"#, inputs.join(","), outputs.join(","));
+        assert_eq!(decode_request(body.as_bytes(), None).unwrap().outputs.unwrap().len(), 50_000);
+        outputs.push(r#"{"name":"y777"}"#.to_string());
+        let body = format!(r#"{{"inputs":[{}],"outputs":[{}]}}"#, inputs.join(","), outputs.join(","));
+        assert!(decode_request(body.as_bytes(), None).unwrap_err().0.contains("'y777' is asked for twice"));
+        let body = format!(r#"{{"inputs":[{},{}]}}"#, inputs.join(","), inputs[1]);
+        assert!(decode_request(body.as_bytes(), None).unwrap_err().0.contains("input 'x1' is given twice"));
     }
 }
