@@ -224,10 +224,25 @@ impl<'a> Engine<'a> {
             Some(mut conn) => {
                 let mut spent = shared.spent_batches.lock().unwrap_or_else(|e| e.into_inner());
                 let keys = BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent };
-                Some(match enqueue(&mut conn, keys, ttl_ms, &batch, patience, deadline) {
+                match enqueue(&mut conn, keys, ttl_ms, &batch, patience, deadline) {
+                    // The pool's drop began while the batch was being
+                    // queued, and may have given up waiting for this
+                    // connection (its chunks then pending no more, with no
+                    // entry to withdraw): withdraw the batch here, as the
+                    // drop would have.
+                    Ok(entries) if shared.stop.load(Ordering::Acquire) => {
+                        if let Err(e) = withdraw_batch(shared, &mut conn, &ids, entries, &batch) {
+                            tracing::warn!(
+                                "could not withdraw {} chunks queued while their pool was dropped: {e} (they may \
+                                 run; their results are dropped)",
+                                ids.len()
+                            );
+                        }
+                        None
+                    }
                     Ok(entries) => {
                         shared.note_entries(&ids, entries);
-                        Ok(())
+                        Some(Ok(()))
                     }
                     Err(NotQueued { error, queued }) => {
                         let fate = match queued {
@@ -235,11 +250,23 @@ impl<'a> Engine<'a> {
                             Queued::Maybe => ", then start the call again (redis did not confirm the chunks: they \
                                               may run, their results are dropped)"
                                 .to_string(),
-                            Queued::Yes(entries) => withdraw_batch(shared, &mut conn, &ids, entries, &batch),
+                            Queued::Yes(entries) => {
+                                let lost = "; redis had queued them at an earlier try whose reply was lost";
+                                match withdraw_batch(shared, &mut conn, &ids, entries, &batch) {
+                                    Ok(()) => format!(
+                                        "{lost}, and they were withdrawn (one a worker host took meanwhile runs \
+                                         there, its result dropped)"
+                                    ),
+                                    Err(e) => format!(
+                                        "{lost}, and withdrawing them failed ({e}): they may run, their results are \
+                                         dropped"
+                                    ),
+                                }
+                            }
                         };
-                        Err((error, fate))
+                        Some(Err((error, fate)))
                     }
-                })
+                }
             }
             None => Some(Err((conn::deadline_passed(), "; none of them was queued".to_string()))),
         };
@@ -429,23 +456,23 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// Withdraws the chunks `ids` of `batch`, which a try of its script whose
-/// reply was lost queued under `entries` before a later try failed (see
-/// [`Queued::Yes`]), on the submitting connection `conn`; says what became
-/// of them, for the call's error.
-fn withdraw_batch(shared: &Shared, conn: &mut Conn, ids: &[u64], entries: Vec<String>, batch: &[ChunkEntry]) -> String {
+/// Withdraws the chunks `ids` of `batch`, queued under `entries` (by a try
+/// of its script whose reply was lost before a later try failed, see
+/// [`Queued::Yes`], or while the pool was being dropped), on the
+/// submitting connection `conn`.
+fn withdraw_batch(
+    shared: &Shared,
+    conn: &mut Conn,
+    ids: &[u64],
+    entries: Vec<String>,
+    batch: &[ChunkEntry],
+) -> redis::RedisResult<()> {
     let mut withdrawal = Withdrawal::default();
     for ((task, entry), chunk) in ids.iter().zip(entries).zip(batch) {
         shared.forget(*task);
         withdrawal.add_parts(*task, Some(entry), chunk.blob.as_ref().map(|(key, _)| key.clone()));
     }
-    let lost = "; redis had queued them at an earlier try whose reply was lost";
-    match withdrawal.run(conn, shared, Some(Instant::now() + CANCEL_TIMEOUT)) {
-        Ok(()) => {
-            format!("{lost}, and they were withdrawn (one a worker host took meanwhile runs there, its result dropped)")
-        }
-        Err(e) => format!("{lost}, and withdrawing them failed ({e}): they may run, their results are dropped"),
-    }
+    withdrawal.run(conn, shared, Some(Instant::now() + CANCEL_TIMEOUT))
 }
 
 /// A call dropped before it finished (an `imap` abandoned, a `map` that
