@@ -223,7 +223,7 @@ impl<'a> Engine<'a> {
             Some(_) if shared.stop.load(Ordering::Acquire) => None,
             Some(mut conn) => {
                 let mut spent = shared.spent_batches.lock().unwrap_or_else(|e| e.into_inner());
-                let keys = BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent };
+                let keys = BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent, stop: &shared.stop };
                 match enqueue(&mut conn, keys, ttl_ms, &batch, patience, deadline) {
                     // The pool's drop began while the batch was being
                     // queued, and may have given up waiting for this
@@ -264,7 +264,9 @@ impl<'a> Engine<'a> {
                                 }
                             }
                         };
-                        Some(Err((error, fate)))
+                        // ORDERING: Acquire: as above. Tries stop when the
+                        // pool is dropped: the call ends as dropped.
+                        if shared.stop.load(Ordering::Acquire) { None } else { Some(Err((error, fate))) }
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //! command (one reply to wait for, so a call's deadline bounds it), and at
 //! most once, however often that command is sent again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::RedisError;
@@ -25,11 +26,26 @@ use crate::conn::{self, Conn};
 /// `DEL` first, even of keys that do not exist, would let every `XADD`
 /// after it through a full server. So the spent keys are deleted last (or,
 /// for a batch queued already, after the `GET`, with nothing written
-/// after them).
+/// after them). Deleting them is a courtesy (they expire): a refused `DEL`
+/// (an ACL without it) must not fail a batch already queued, so it is a
+/// `pcall` whose error is ignored; so is the `XDEL` that undoes a batch,
+/// whose failure the script reports as [`PARTIAL`].
 const QUEUE_SCRIPT: &str = r"
+local function forget_spent()
+  if #KEYS > 2 then redis.pcall('DEL', unpack(KEYS, 3)) end
+end
+local function undo(ids, err)
+  if #ids > 0 then
+    local undone = redis.pcall('XDEL', KEYS[1], unpack(ids))
+    if type(undone) == 'table' and undone.err then
+      return redis.error_reply('PARTIAL ' .. err .. ' (and the entries queued before it could not be deleted: ' .. undone.err .. ')')
+    end
+  end
+  return redis.error_reply(err)
+end
 local done = redis.call('GET', KEYS[2])
 if done then
-  if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
+  forget_spent()
   local ids = {}
   for id in string.gmatch(done, '%S+') do ids[#ids + 1] = id end
   return ids
@@ -39,20 +55,19 @@ for i = 3, #ARGV, per do
   local xadd = {'XADD', KEYS[1], '*'}
   for j = i, i + per - 1 do xadd[#xadd + 1] = ARGV[j] end
   local id = redis.pcall(unpack(xadd))
-  if type(id) == 'table' and id.err then
-    if #ids > 0 then redis.call('XDEL', KEYS[1], unpack(ids)) end
-    return redis.error_reply(id.err)
-  end
+  if type(id) == 'table' and id.err then return undo(ids, id.err) end
   ids[#ids + 1] = id
 end
 local set = redis.pcall('SET', KEYS[2], table.concat(ids, ' '), 'PX', ARGV[2])
-if type(set) == 'table' and set.err then
-  if #ids > 0 then redis.call('XDEL', KEYS[1], unpack(ids)) end
-  return redis.error_reply(set.err)
-end
-if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
+if type(set) == 'table' and set.err then return undo(ids, set.err) end
+forget_spent()
 return ids
 ";
+
+/// The start of the error a script returns when it could not delete the
+/// entries it had queued before a later write failed: some of the batch
+/// may be queued ([`Queued::Maybe`]).
+const PARTIAL: &str = "PARTIAL";
 
 /// One chunk to queue: the fields of its entry and, for large arguments,
 /// the key and bytes of its blob.
@@ -91,7 +106,8 @@ fn batch_ttl(patience: Duration, attempt: Duration) -> Duration {
 }
 
 /// Where [`enqueue`] queues a batch: the task stream, the batch's key, and
-/// the keys of earlier batches that are of no more use.
+/// the keys of earlier batches that are of no more use; and until when it
+/// tries.
 pub(crate) struct BatchKeys<'a> {
     /// The task stream.
     pub tasks: &'a str,
@@ -99,6 +115,8 @@ pub(crate) struct BatchKeys<'a> {
     pub batch: &'a str,
     /// The keys the script deletes (see [`enqueue`]).
     pub spent: &'a mut Vec<String>,
+    /// Set when the pool is dropped: tries stop then.
+    pub stop: &'a AtomicBool,
 }
 
 /// Whether the entries of a batch that [`enqueue`] failed to queue are in
@@ -158,7 +176,7 @@ pub(crate) struct NotQueued {
 // still find the key gone and queue the batch again.
 pub(crate) fn enqueue(
     conn: &mut Conn,
-    BatchKeys { tasks, batch, spent }: BatchKeys<'_>,
+    BatchKeys { tasks, batch, spent, stop }: BatchKeys<'_>,
     ttl_ms: u64,
     chunks: &[ChunkEntry],
     patience: Duration,
@@ -168,15 +186,14 @@ pub(crate) fn enqueue(
     let batch_ttl_ms = u64::try_from(batch_ttl(patience, conn.attempt_bound()).as_millis()).unwrap_or(u64::MAX);
     // Whether a try of the script was sent and not answered (it may have run).
     let mut unanswered = false;
+    // ORDERING: Acquire: pairs with the drop's Release store.
+    let keep_trying = || !stop.load(Ordering::Acquire);
     let result = blobs
         .iter()
         .try_for_each(|(key, bytes)| {
-            conn.retry_while(
-                patience,
-                deadline,
-                || true,
-                |c| redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(ttl_ms).exec(c),
-            )
+            conn.retry_while(patience, deadline, keep_trying, |c| {
+                redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(ttl_ms).exec(c)
+            })
         })
         .and_then(|()| {
             let per = chunks.first().map_or(0, |c| 2 * c.fields.len());
@@ -188,16 +205,11 @@ pub(crate) fn enqueue(
                     script.arg(*name).arg(value);
                 }
             }
-            let ids = conn.retry_while(
-                patience,
-                deadline,
-                || true,
-                |c| {
-                    let reply = script.query::<Vec<String>>(c);
-                    unanswered |= reply.as_ref().is_err_and(conn::is_transient);
-                    reply
-                },
-            )?;
+            let ids = conn.retry_while(patience, deadline, keep_trying, |c| {
+                let reply = script.query::<Vec<String>>(c);
+                unanswered |= reply.as_ref().is_err_and(conn::is_transient);
+                reply
+            })?;
             spent.clear();
             if !unanswered {
                 spent.push(batch.to_string());
@@ -205,10 +217,21 @@ pub(crate) fn enqueue(
             Ok(ids)
         });
     let error = match result {
-        Ok(ids) => return Ok(ids),
+        Ok(ids) if ids.len() == chunks.len() => return Ok(ids),
+        // Only a try that meets the mark `probe` leaves gets other than one
+        // id per chunk: no try of this call can (probe is its last word).
+        Ok(ids) => {
+            let what = format!("the batch's key holds {} entry ids for {} chunks", ids.len(), chunks.len());
+            return Err(NotQueued {
+                error: (redis::ErrorKind::Client, "unexpected reply", what).into(),
+                queued: Queued::Maybe,
+            });
+        }
         Err(e) => e,
     };
+    let partial = error.code() == Some(PARTIAL);
     let queued = match (unanswered, conn::is_transient(&error)) {
+        _ if partial => Queued::Maybe,
         (false, _) => Queued::No,
         (true, true) => Queued::Maybe,
         (true, false) => probe(conn, batch, batch_ttl_ms, chunks.len()),
