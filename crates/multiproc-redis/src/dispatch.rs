@@ -85,6 +85,11 @@ pub(crate) struct Shared {
     /// the next batch's script (see [`crate::enqueue::enqueue`]). Taken and
     /// given back only while holding `submit`.
     pub spent_batches: Mutex<Vec<String>>,
+    /// What the pool's drop could not do because a call held the submitting
+    /// connection (queuing a batch): the chunks to withdraw, and the
+    /// results stream to delete. That call does it before it lets the
+    /// connection go (see [`Shared::finish_drop`]).
+    pub left_by_drop: Mutex<Option<Withdrawal>>,
     pub pending: Mutex<HashMap<u64, Pending>>,
     pub next_task: AtomicU64,
     pub stop: AtomicBool,
@@ -93,6 +98,30 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Withdraws what the pool's drop left to the call that held the
+    /// connection, if it left anything (see [`Shared::left_by_drop`]);
+    /// called with the connection held, once the pool is stopping.
+    pub(crate) fn finish_drop(&self, conn: &mut Conn) {
+        let Some(withdrawal) = self.left_by_drop.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        self.run_drop(conn, &withdrawal, Instant::now().checked_add(DROP_TIMEOUT));
+    }
+
+    /// The pool's drop on Redis: withdraws the chunks of `withdrawal` and
+    /// deletes the results stream, waiting no later than `deadline`.
+    fn run_drop(&self, conn: &mut Conn, withdrawal: &Withdrawal, deadline: Option<Instant>) {
+        if let Err(e) = withdrawal.run(conn, self, deadline) {
+            tracing::warn!(
+                "dropping the pool: could not withdraw {} queued chunks ({e}); they may run, their results expire \
+                 unread",
+                withdrawal.entries()
+            );
+        }
+        let key = &self.results_key;
+        if let Err(e) = conn.run_until(deadline, |c| redis::cmd("DEL").arg(key).exec(c)) {
+            tracing::warn!("dropping the pool: could not delete the results stream {key} ({e}); it expires");
+        }
+    }
+
     /// The submitting connection, waited for no later than `deadline`
     /// (`None` when another call held it until then).
     pub(crate) fn submit_conn(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, Conn>> {
@@ -180,26 +209,16 @@ impl Drop for Dispatcher {
             let _ = p.sink.send(Delivery::Lost { task, error: RedisPoolError::Dropped });
         }
         let Some(mut conn) = conn else {
-            tracing::warn!(
-                "dropping the pool: the connection stayed busy (a call queuing a batch of chunks, which may still be \
-                 queued), so {} queued chunks were not withdrawn, nor was that batch (they may run, their results \
-                 expire unread), and the results stream {} was not deleted (it expires)",
-                withdrawal.entries(),
-                shared.results_key
-            );
+            // A call holds the connection, queuing a batch: it withdraws
+            // these chunks (and its own batch) when it is done. Unless it let
+            // the connection go meanwhile: then it is free now.
+            *shared.left_by_drop.lock().unwrap_or_else(|e| e.into_inner()) = Some(withdrawal);
+            if let Some(mut conn) = shared.submit_conn(Some(Instant::now())) {
+                shared.finish_drop(&mut conn);
+            }
             return;
         };
-        if let Err(e) = withdrawal.run(&mut conn, shared, deadline) {
-            tracing::warn!(
-                "dropping the pool: could not withdraw {} queued chunks ({e}); they may run, their results expire \
-                 unread",
-                withdrawal.entries()
-            );
-        }
-        let key = &shared.results_key;
-        if let Err(e) = conn.run_until(deadline, |c| redis::cmd("DEL").arg(key).exec(c)) {
-            tracing::warn!("dropping the pool: could not delete the results stream {key} ({e}); it expires");
-        }
+        shared.run_drop(&mut conn, &withdrawal, deadline);
     }
 }
 

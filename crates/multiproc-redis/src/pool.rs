@@ -114,6 +114,7 @@ impl RedisPoolBuilder {
             options: self.options,
             submit: Mutex::new(submit),
             spent_batches: Mutex::new(Vec::new()),
+            left_by_drop: Mutex::new(None),
             pending: Mutex::default(),
             next_task: AtomicU64::new(1),
             stop: AtomicBool::new(false),
