@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::bell::{Bell, Ringer};
+use crate::bell::Ringer;
 use crate::deadline::after;
 use crate::gauge::{InFlight, Releases};
 use crate::items::Encoded;
@@ -114,6 +114,9 @@ struct State {
     /// (a worker loading, a crash's backoff): rung when the queue closes or
     /// stops, and when a closed queue runs empty (its version winds down).
     watchers: Vec<Ringer>,
+    /// The watchers asleep while no queued request held anything: a push
+    /// of one that does rings them (they then sweep the queue as they wait).
+    lookouts: Vec<Ringer>,
     /// Sleepers rung and not awake yet: worker threads on their way to
     /// `next_batch` (no batch is taken ahead for a busy worker meanwhile).
     roused: usize,
@@ -166,6 +169,7 @@ impl BatchQueue {
                 waiting: 0,
                 sleepers: Vec::new(),
                 watchers: Vec::new(),
+                lookouts: Vec::new(),
                 roused: 0,
                 held: 0,
             }),
@@ -184,7 +188,8 @@ impl BatchQueue {
     /// A full queue first drops the requests whose caller is gone or whose
     /// deadline passed into `dropped` (for the caller to fail): they hold
     /// no room a live request is refused for (only then: a queue with room
-    /// is swept as its batches leave).
+    /// is swept as its batches leave, or by a supervisor that waits: see
+    /// [`BatchQueue::sleep_unless_closing`], whose lookouts it rings).
     pub fn push(&self, p: Pending, force: bool, dropped: &mut Vec<Pending>) -> Result<(), Refused> {
         let mut s = self.lock();
         if !s.accepting || s.stopped {
@@ -197,9 +202,11 @@ impl BatchQueue {
                 return Err(Refused::Full(p));
             }
         }
+        let lookouts = (p.held.is_some() && !s.lookouts.is_empty()).then(|| std::mem::take(&mut s.lookouts));
         s.items.push_back(p);
         self.arrived(1);
         self.wake_one(s);
+        lookouts.iter().flatten().for_each(Ringer::ring);
         Ok(())
     }
 
@@ -424,120 +431,6 @@ impl BatchQueue {
     }
 }
 
-impl BatchQueue {
-    /// Sleeps by `sleep` (on `bell` and whatever else the caller watches)
-    /// while nothing is queued: a request that comes, or the queue closing
-    /// or stopping, rings `bell`. Returns at once if a request is queued or
-    /// the queue no longer accepts requests. A ring that comes after the
-    /// sleep ended for another reason ends the next sleep early, no more.
-    ///
-    /// Returns true if the queue rang `bell`: the caller then counts as on
-    /// its way to the work that rang it (a busy worker takes no batch ahead
-    /// meanwhile, see [`BatchQueue::take_full`]) until it says it came,
-    /// with `roused` to [`BatchQueue::next_batch`] or
-    /// [`BatchQueue::pass_on`].
-    #[must_use = "a rung thread must say it came (next_batch or pass_on)"]
-    pub fn sleep_while_empty(&self, bell: &Bell, sleep: impl FnOnce()) -> bool {
-        {
-            let mut s = self.lock();
-            if !s.items.is_empty() || !s.accepting || s.stopped {
-                return false;
-            }
-            s.sleepers.push(bell.ringer());
-        }
-        sleep();
-        let mut s = self.lock();
-        let rung = match s.sleepers.iter().position(|r| r.rings(bell)) {
-            Some(i) => {
-                drop(s.sleepers.swap_remove(i));
-                false
-            }
-            None => true,
-        };
-        drop(s);
-        bell.clear();
-        rung
-    }
-
-    /// Sleeps by `sleep` (on `bell` and whatever else the caller watches) a
-    /// worker thread that waits for no request (its worker loading, or a
-    /// crash's backoff) yet must see its version wind down at once: the
-    /// queue closing or stopping, or running empty once closed, rings
-    /// `bell` (a request coming does not). Returns at once if the queue is
-    /// stopped, or closed and empty. A ring that comes after the sleep
-    /// ended for another reason ends the next sleep early, no more.
-    pub fn sleep_unless_closing(&self, bell: &Bell, sleep: impl FnOnce()) {
-        {
-            let mut s = self.lock();
-            if s.stopped || (!s.accepting && s.items.is_empty()) {
-                return;
-            }
-            s.watchers.push(bell.ringer());
-        }
-        sleep();
-        self.lock().watchers.retain(|r| !r.rings(bell));
-        bell.clear();
-    }
-
-    /// A worker thread woken for work it will not take (its worker died)
-    /// passes the wake-up on to another idle worker thread, if work waits.
-    /// `roused`: as for [`BatchQueue::next_batch`].
-    pub fn pass_on(&self, roused: bool) {
-        let mut s = self.lock();
-        if roused {
-            s.roused = s.roused.saturating_sub(1);
-        }
-        if !s.items.is_empty() {
-            self.wake_one(s);
-        }
-    }
-
-    /// Wakes one idle worker thread for queued work, after releasing the
-    /// lock `s`: one waiting in `next_batch` if any, else one asleep on its
-    /// bell.
-    fn wake_one(&self, mut s: MutexGuard<'_, State>) {
-        if s.waiting > 0 {
-            drop(s);
-            self.changed.notify_one();
-        } else if let Some(ringer) = s.rouse_one() {
-            drop(s);
-            ringer.ring();
-        }
-    }
-}
-
-impl State {
-    /// Takes one sleeper's bell, to ring (after the lock is released).
-    fn rouse_one(&mut self) -> Option<Ringer> {
-        let ringer = self.sleepers.pop()?;
-        self.roused += 1;
-        Some(ringer)
-    }
-
-    /// Takes every sleeper's bell, to ring (after the lock is released).
-    fn rouse_all(&mut self) -> Vec<Ringer> {
-        self.roused += self.sleepers.len();
-        std::mem::take(&mut self.sleepers)
-    }
-
-    /// Takes every sleeper's and watcher's bell, to ring (the queue closes
-    /// or stops).
-    fn rouse_all_and_watchers(&mut self) -> Vec<Ringer> {
-        let mut rung = self.rouse_all();
-        rung.append(&mut self.watchers);
-        rung
-    }
-
-    /// Takes the watchers' bells if the queue is closed and empty (its
-    /// version winds down), to ring.
-    fn watchers_if_drained(&mut self) -> Vec<Ringer> {
-        if self.accepting || !self.items.is_empty() {
-            return Vec::new();
-        }
-        std::mem::take(&mut self.watchers)
-    }
-}
-
 /// How the front of a queue packs into one batch of at most `max` rows.
 #[derive(Debug, PartialEq, Eq)]
 struct Cut {
@@ -585,6 +478,8 @@ fn sweep(s: &mut State, front: usize, now: Instant, dropped: &mut Vec<Pending>) 
         dropped.extend(gone);
     }
 }
+
+mod wake;
 
 #[cfg(test)]
 #[path = "batcher_tests.rs"]

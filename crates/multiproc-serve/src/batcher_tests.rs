@@ -2,6 +2,7 @@
 //! wake sleeping worker threads.
 
 use super::*;
+use crate::bell::Bell;
 
 fn pending() -> Pending {
     rows(1)
@@ -272,7 +273,7 @@ fn a_watcher_wakes_when_the_queue_closes_stops_or_runs_empty_once_closed_not_for
     let s = ModelSettings { max_batch_size: 1, ..Default::default() };
     let bell = Bell::new().unwrap();
     let q = BatchQueue::new(10);
-    q.sleep_unless_closing(&bell, || {
+    q.sleep_unless_closing(&bell, |_| {
         q.push(pending(), false, &mut Vec::new()).unwrap();
         assert!(!rings(&bell, false), "a request woke a thread that waits for none");
         q.push(pending(), false, &mut Vec::new()).unwrap();
@@ -280,27 +281,27 @@ fn a_watcher_wakes_when_the_queue_closes_stops_or_runs_empty_once_closed_not_for
         assert!(rings(&bell, true), "closing the queue did not wake its watcher");
     });
     // Closed with two requests left: the last one taken wakes the watcher.
-    q.sleep_unless_closing(&bell, || {
+    q.sleep_unless_closing(&bell, |_| {
         assert_eq!(next(&q, &s), (1, BatchReason::Full));
         assert!(!rings(&bell, false), "a request taken with another left woke the watcher");
         assert_eq!(next(&q, &s), (1, BatchReason::Full));
         assert!(rings(&bell, true), "the closed queue ran empty and nobody woke");
     });
-    q.sleep_unless_closing(&bell, || panic!("a closed empty queue let its watcher sleep"));
+    q.sleep_unless_closing(&bell, |_| panic!("a closed empty queue let its watcher sleep"));
     // Emptied by a crash loop's failing of the queue, or stopped.
     let q = BatchQueue::new(10);
     q.push(pending(), false, &mut Vec::new()).unwrap();
     q.close();
-    q.sleep_unless_closing(&bell, || {
+    q.sleep_unless_closing(&bell, |_| {
         assert_eq!(q.take_all().len(), 1);
         assert!(rings(&bell, true), "taking every request of a closed queue woke nobody");
     });
     let q = BatchQueue::new(10);
-    q.sleep_unless_closing(&bell, || {
+    q.sleep_unless_closing(&bell, |_| {
         q.stop();
         assert!(rings(&bell, true), "stopping the queue did not wake its watcher");
     });
-    q.sleep_unless_closing(&bell, || panic!("a stopped queue let its watcher sleep"));
+    q.sleep_unless_closing(&bell, |_| panic!("a stopped queue let its watcher sleep"));
 }
 
 /// Counts the guards alive (see [`crate::Request::hold`]).
@@ -313,10 +314,32 @@ impl Drop for Guard {
 }
 
 /// A request holding a guard counted in `alive`.
-fn holding(alive: &Arc<AtomicU64>) -> Pending {
+fn holding_one(alive: &Arc<AtomicU64>) -> Pending {
     alive.fetch_add(1, Ordering::Relaxed);
     let request = crate::Request::new("m", ()).hold(Guard(Arc::clone(alive)));
     Pending { held: request.held, ..pending() }
+}
+
+#[test]
+fn a_watcher_is_told_of_requests_that_hold_something_and_rung_by_the_first() {
+    let alive = Arc::new(AtomicU64::new(0));
+    let bell = Bell::new().unwrap();
+    let q = BatchQueue::new(10);
+    q.sleep_unless_closing(&bell, |holding| {
+        assert!(!holding);
+        q.push(pending(), false, &mut Vec::new()).unwrap();
+        assert!(!rings(&bell, false), "a request that holds nothing woke the watcher");
+        q.push(holding_one(&alive), false, &mut Vec::new()).unwrap();
+        assert!(rings(&bell, true), "the first request that holds something did not wake the watcher");
+    });
+    // One is queued: told so, and the next does not ring (it sweeps anyway).
+    q.sleep_unless_closing(&bell, |holding| {
+        assert!(holding);
+        q.push(holding_one(&alive), false, &mut Vec::new()).unwrap();
+        assert!(!rings(&bell, false), "a watcher told of a request that holds something was woken again");
+    });
+    drop(q.stop());
+    assert_eq!(alive.load(Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -324,12 +347,12 @@ fn what_a_request_holds_stays_queued_with_it_and_goes_when_it_is_swept() {
     let alive = Arc::new(AtomicU64::new(0));
     let q = BatchQueue::new(4);
     let s = ModelSettings { max_batch_size: 1, ..Default::default() };
-    let (gone, expired) = (holding(&alive), holding(&alive));
+    let (gone, expired) = (holding_one(&alive), holding_one(&alive));
     gone.slot.cancel();
     let expired = Pending { deadline: Some(Instant::now()), ..expired };
     q.push(gone, false, &mut Vec::new()).unwrap();
     q.push(expired, false, &mut Vec::new()).unwrap();
-    q.push(holding(&alive), false, &mut Vec::new()).unwrap();
+    q.push(holding_one(&alive), false, &mut Vec::new()).unwrap();
     // Given up and past its deadline, but queued: still held.
     assert_eq!(alive.load(Ordering::Relaxed), 3);
     let mut dropped = Vec::new();
@@ -342,7 +365,7 @@ fn what_a_request_holds_stays_queued_with_it_and_goes_when_it_is_swept() {
     drop(batch);
     assert_eq!(alive.load(Ordering::Relaxed), 0);
     // Drained at a stop: dropped with the requests.
-    q.push(holding(&alive), false, &mut Vec::new()).unwrap();
+    q.push(holding_one(&alive), false, &mut Vec::new()).unwrap();
     drop(q.stop());
     assert_eq!(alive.load(Ordering::Relaxed), 0);
 }

@@ -58,10 +58,12 @@ impl<I> Request<I> {
     /// Gives the server `guard` to keep as long as it holds the request,
     /// and to drop when it is done with it: once the request is answered,
     /// has failed (its batch failed, its worker was lost), was dropped from
-    /// its queue because its caller gave up or its deadline passed (which
-    /// may be well after the caller had its error: a queue is swept when
-    /// its batches leave), or its version was drained, unloaded or shut
-    /// down; at once if it is refused when sent. A request given to a
+    /// its queue because its caller gave up or its deadline passed (after
+    /// the caller had its error: a queue is swept as its batches leave
+    /// and, while none leaves because its workers load, back off after a
+    /// crash or run a long batch, about every 100 ms, so within about
+    /// 200 ms then), or its version was drained, unloaded or shut down; at
+    /// once if it is refused when sent. A request given to a
     /// pipeline drops it once the pipeline has taken the request in.
     ///
     /// What for: to account for the memory a queued request holds (its

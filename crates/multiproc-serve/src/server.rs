@@ -357,11 +357,12 @@ impl Server {
                     ));
                 }
                 let deadline = timeout.or(entry.settings.request_timeout).map(|t| after(slot.arrived, t));
-                let bytes = postcard::to_allocvec(&input).map_err(|e| {
+                // The input is dropped once encoded, and a large encoding
+                // kept at its length (see `Encoded::input`).
+                let input = Encoded::input(input).map_err(|e| {
                     let reason = format!("input does not encode: {e}");
                     entry.refused(version, ServeError::BadInput { model: model.to_string(), reason })
                 })?;
-                let input = Encoded::Own(bytes);
                 let enqueued = Instant::now();
                 let pending = Pending { input, slot: Arc::clone(slot), enqueued, deadline, then: None, rows, held };
                 self.submit_bytes(&entry, version, pending, false)?;

@@ -2,6 +2,13 @@
 //! to load, and through the backoff after a crash. It sleeps until what it
 //! waits for happens (the worker answers or dies, the backoff ends) or its
 //! version may be winding down (see `BatchQueue::sleep_unless_closing`).
+//! While a queued request holds something for its caller
+//! ([`crate::Request::hold`]: a front end's share of its byte budget), it
+//! wakes every [`SWEEP_EVERY`] too, to drop the queued requests whose
+//! caller went away or whose deadline passed (nothing takes batches from
+//! the queue meanwhile, which would drop them; see
+//! [`VersionGroup::sweep_abandoned`]); such a request arriving wakes it
+//! for that. Without one, it does not wake up for them.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +18,7 @@ use crate::bell::Bell;
 use crate::deadline::after;
 use crate::model::WorkerContext;
 use crate::supervisor::{Gone, exit_status, log_line};
-use crate::version::VersionGroup;
+use crate::version::{SWEEP_EVERY, Sweeps, VersionGroup};
 use crate::worker::{FromWorker, ServerEnds, worker_pipes};
 
 /// How often a supervisor without a bell (it could not make one) looks at its
@@ -21,10 +28,12 @@ const NO_BELL_POLL: Duration = Duration::from_millis(20);
 /// Sleeps `d`, waking early (false) if the version winds down.
 pub(crate) fn sleep_unless_stopping(group: &VersionGroup, d: Duration, bell: Option<&Bell>) -> bool {
     let until = after(Instant::now(), d);
+    let mut sweeps = Sweeps::new();
     loop {
         if group.winding_down() {
             return false;
         }
+        sweeps.due(group);
         let now = Instant::now();
         if now >= until {
             return true;
@@ -35,10 +44,14 @@ pub(crate) fn sleep_unless_stopping(group: &VersionGroup, d: Duration, bell: Opt
 
 /// Sleeps up to `d` until one of `watched` is ready or the version may be
 /// winding down (its queue closing, stopping or running empty once closed
-/// rings `bell`); without a bell, wakes every [`NO_BELL_POLL`] to look.
+/// rings `bell`), and at most [`SWEEP_EVERY`] while a queued request holds
+/// something (one arriving rings `bell`); without a bell, wakes every
+/// [`NO_BELL_POLL`] to look.
 fn sleep_on(group: &VersionGroup, bell: Option<&Bell>, watched: &[&dyn Waitable], d: Duration) {
     match bell {
-        Some(bell) => group.queue.sleep_unless_closing(bell, || bell.sleep(watched, d)),
+        Some(bell) => group.queue.sleep_unless_closing(bell, |holding| {
+            bell.sleep(watched, if holding { d.min(SWEEP_EVERY) } else { d });
+        }),
         None if watched.is_empty() => std::thread::sleep(d.min(NO_BELL_POLL)),
         None => {
             let _ = multiproc::wait(watched, Some(d.min(NO_BELL_POLL)));
@@ -85,12 +98,14 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
     let pid = process.pid().unwrap_or(0);
     group.worker_starting(instance, Some(pid));
     let deadline = after(Instant::now(), group.settings.startup_timeout);
+    let mut sweeps = Sweeps::new();
     loop {
         if group.winding_down() {
             let _ = process.kill();
             let _ = process.join_timeout(Duration::from_secs(2));
             return Err(Gone::Quit);
         }
+        sweeps.due(group);
         let now = Instant::now();
         if now >= deadline {
             let _ = process.kill();

@@ -19,7 +19,7 @@ use crate::lone::{AnswerTimes, NextLone, poll_for};
 use crate::metrics::{BatchReason, Tally};
 use crate::slot::{Answer, Claimed, Wakes};
 use crate::startup::{Loaded, load, sleep_unless_stopping};
-use crate::version::VersionGroup;
+use crate::version::{Sweeps, VersionGroup};
 use crate::worker::{FromWorker, ServerEnds, ToWorker};
 
 /// How often a waiting supervisor looks at its worker and its version; an
@@ -470,6 +470,9 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
     };
     let mut late_reads = 0;
     let mut seen_dead = false;
+    // A long batch: nothing takes batches from the queue meanwhile (unless
+    // another worker does), so its abandoned requests are dropped here.
+    let mut sweeps = Sweeps::new();
     loop {
         let slice = match deadline {
             _ if seen_dead => Duration::ZERO,
@@ -499,6 +502,7 @@ fn await_reply(group: &VersionGroup, worker: &mut Worker, id: u64, started: Inst
             }
             Ok(other) => return Err(Lost::Died(format!("unexpected message from the worker: {other:?}"))),
             Err(ConnectionError::Timeout) => {
+                sweeps.due(group);
                 // Seen dead: what it sent before dying is in the pipe now
                 // (an answer sent just after this wait timed out); one
                 // more read without waiting takes it before the verdict.

@@ -444,8 +444,49 @@ impl VersionGroup {
     /// sleep before it looks at [`VersionGroup::winding_down`] again: `d`,
     /// or, while the version drains, a short while (a request left queued
     /// may pass its deadline meanwhile, and nothing else wakes it then).
+    /// (While a queued request holds something, it sleeps at most
+    /// [`SWEEP_EVERY`]: see `startup::sleep_on`.)
     pub fn nap(&self, d: Duration) -> Duration {
         const DRAINING_LOOK: Duration = Duration::from_millis(50);
         if self.state() == VersionState::Draining { d.min(DRAINING_LOOK) } else { d }
+    }
+
+    /// Fails and drops the queued requests whose caller is gone or whose
+    /// deadline passed, wherever they are in the queue: what they hold
+    /// ([`crate::Request::hold`]) is given back now, not when a batch
+    /// next leaves. For a supervisor that waits without taking batches
+    /// (its worker loads, backs off after a crash, or runs a long batch),
+    /// every [`SWEEP_EVERY`] at most (see [`Sweeps`]); it walks the queue.
+    pub fn sweep_abandoned(&self) {
+        let mut dropped = Vec::new();
+        self.queue.live_len(&mut dropped);
+        self.fail_dropped(&mut dropped);
+    }
+}
+
+/// How often a supervisor that takes no batches sweeps its version's queue
+/// ([`VersionGroup::sweep_abandoned`]).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// The sweeps of one wait without batches: [`Sweeps::due`] sweeps the
+/// queue when [`SWEEP_EVERY`] has passed since the last, however often the
+/// wait wakes (a worker that logs as it loads, say).
+pub(crate) struct Sweeps {
+    next: Instant,
+}
+
+impl Sweeps {
+    /// The first sweep is due [`SWEEP_EVERY`] from now.
+    pub fn new() -> Sweeps {
+        Sweeps { next: after(Instant::now(), SWEEP_EVERY) }
+    }
+
+    /// Sweeps `group`'s queue if it is time.
+    pub fn due(&mut self, group: &VersionGroup) {
+        let now = Instant::now();
+        if now >= self.next {
+            group.sweep_abandoned();
+            self.next = after(now, SWEEP_EVERY);
+        }
     }
 }
