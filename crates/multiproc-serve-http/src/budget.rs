@@ -17,10 +17,11 @@
 //! is gathered in; its `Content-Length` is only checked against what is
 //! free, not reserved, so that a client announcing a body and sending none
 //! holds nothing), a compressed body and the buffer it inflates into while
-//! it inflates, then the decoded inputs' bytes (inputs read from client
-//! shared memory included) while the request waits and runs, and what the
-//! handler keeps of the body until it answers (the request `id`, the
-//! outputs asked for).
+//! it inflates, the body and the inputs decoded from it while they are
+//! decoded (each input's buffer reserved before it is allocated), then the
+//! decoded inputs' bytes (inputs read from client shared memory included)
+//! while the request waits and runs, and what the handler keeps of the
+//! body until it answers (the request `id`, the outputs asked for).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -103,6 +104,11 @@ impl BodyLease {
     /// The most bytes any lease may hold: the whole budget.
     pub(crate) fn budget_limit(&self) -> usize {
         self.budget.limit
+    }
+
+    /// The bytes it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Moves `bytes` of this lease (at most all it holds) into a new one,

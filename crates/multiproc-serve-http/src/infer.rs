@@ -16,7 +16,7 @@ use crate::encoding::ContentEncoding;
 use crate::error::ApiError;
 use crate::protocol::{
     DecodedRequest, HEADER_CONTENT_LENGTH, OutputWanted, ProtocolError, SharedMemoryRef, ShmReader, Tensor, classify,
-    decode_request_with, encode_response,
+    decode_request_reserving, encode_response,
 };
 use crate::raw::raw_request;
 use crate::repository::{ModelConfig, TensorConfig};
@@ -138,12 +138,25 @@ where
     let DecodedRequest { id, inputs, outputs, binary_output_default, timeout } = match header_length {
         Some(0) => raw_request(name, &config, Vec::from(body))?,
         _ => {
-            // Inputs read from shared memory count against the body's
-            // limit, as if they had come in the body, and are held in the
-            // budget as the body is.
-            let read_so_far = std::cell::Cell::new(body.len());
-            let over_budget = std::cell::Cell::new(None);
+            // What decoding allocates for the inputs is held in the budget
+            // before it is allocated, on top of the body (dropped once
+            // decoded): a request whose inputs the budget cannot hold is
+            // refused before they take any memory.
             let held = std::cell::RefCell::new(&mut lease);
+            let reserved = std::cell::Cell::new(held.borrow().bytes());
+            let over_budget = std::cell::Cell::new(None);
+            let reserve = |more: usize| {
+                let total = reserved.get().saturating_add(more);
+                if let Err(refusal) = held.borrow_mut().reserve_total(total) {
+                    over_budget.set(Some(refusal));
+                    return Err(ProtocolError::new("over the request body budget"));
+                }
+                reserved.set(total);
+                Ok(())
+            };
+            // Inputs read from shared memory also count against the
+            // body's limit, as if they had come in the body.
+            let read_so_far = std::cell::Cell::new(body.len());
             let read = |at: &SharedMemoryRef| {
                 let total = read_so_far.get().saturating_add(at.byte_size);
                 if total > app.options.body_limit {
@@ -153,15 +166,12 @@ where
                         at.region, at.byte_size, app.options.body_limit
                     )));
                 }
-                if let Err(refusal) = held.borrow_mut().reserve_total(total) {
-                    over_budget.set(Some(refusal));
-                    return Err(ProtocolError::new("over the request body budget"));
-                }
+                reserve(at.byte_size)?;
                 read_so_far.set(total);
                 app.shm.read(at)
             };
             let shm: Option<ShmReader<'_>> = if app.shm.allowed() { Some(&read) } else { None };
-            let decoded = decode_request_with(&body, header_length, shm);
+            let decoded = decode_request_reserving(&body, header_length, shm, &reserve);
             drop(body);
             match (decoded, over_budget.take()) {
                 (_, Some(refusal)) => return Err(refusal.into()),
@@ -171,7 +181,9 @@ where
     };
     // Held while the request waits and runs: its inputs (by the core, which
     // holds them encoded until it drops the request), and what the handler
-    // keeps of the body until it answers.
+    // keeps of the body until it answers. The lease is set to that, not
+    // grown by it: what it held for the body and for decoding is
+    // replaced.
     let queued = inputs.iter().map(|t| t.data().len()).fold(0, usize::saturating_add);
     lease.resize(queued.saturating_add(kept_bytes(id.as_deref(), outputs.as_deref())))?;
     check_inputs(name, &config, &inputs)?;

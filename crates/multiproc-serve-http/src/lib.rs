@@ -140,9 +140,14 @@
 //!   request into multiproc-serve's queue ([`multiproc_serve::Request::hold`])
 //!   and is given back when the queue drops the request: answered, failed,
 //!   or dropped after its client went away or its deadline passed (when
-//!   the queue is next swept: as its next batch leaves, or when it is
-//!   full; not when the client got its 504 or closed its connection, for
-//!   the queued input is held until then);
+//!   the queue is next swept: as its next batch leaves, when it is full,
+//!   and, while no batch leaves because the model's workers load, back off
+//!   after a crash or run a long batch, within about 200 ms; not at the
+//!   moment the client got its 504 or closed its connection, for the
+//!   queued input is held until then). Decoded inputs are held before
+//!   they are made, with the body they come from: a request whose tensors
+//!   the budget cannot hold beside its body is refused before it is
+//!   decoded (a JSON tensor may take 4 to 8 times its text);
 //! - the body of a request other than inference (repository, shared
 //!   memory) counts while it is read and parsed.
 //!

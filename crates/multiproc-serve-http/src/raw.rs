@@ -50,15 +50,17 @@ pub(crate) fn raw_request(model: &str, config: &ModelConfig, body: Vec<u8>) -> R
     if config.max_batch_size > 0 {
         shape.insert(0, 1);
     }
-    // A BYTES element is the whole body: its length goes before it.
+    // A BYTES element is the whole body: its length goes before it, in
+    // the body's own buffer (grown by those 4 bytes, not copied into a
+    // second one while the body is held).
     let data = match input.datatype.size() {
         Some(_) => body,
         None => {
             let length = u32::try_from(body.len())
                 .map_err(|_| ProtocolError::new(format!("{raw}: a BYTES element is at most 4 GiB")))?;
-            let mut data = Vec::with_capacity(body.len() + 4);
-            data.extend_from_slice(&length.to_le_bytes());
-            data.extend_from_slice(&body);
+            let mut data = body;
+            data.reserve_exact(4);
+            data.splice(0..0, length.to_le_bytes());
             data
         }
     };

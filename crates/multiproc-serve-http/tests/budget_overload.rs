@@ -9,8 +9,11 @@
 //! bytes back. A body counts as it arrives, not as announced (a client
 //! announcing a body and sending none holds nothing); a request holds what
 //! the server keeps of it until its answer (its `id`), and its inputs
-//! until the core drops it, even after its client was answered 504.
-//! `/metrics` shows the bytes held and the refusals.
+//! until the core drops it, which it does soon after its client was
+//! answered 504 even while the model is busy. Decoded inputs are held
+//! before they are made: a JSON request whose tensor would take much more
+//! than its text is refused before it is decoded when the budget cannot
+//! hold both. `/metrics` shows the bytes held and the refusals.
 
 mod support;
 
@@ -44,23 +47,27 @@ struct Repository {
 }
 
 impl Repository {
-    /// A repository of its own for the test `case`.
+    /// A repository of its own for the test `case`, with `hold`.
     fn new(case: &str) -> Repository {
-        let dir = multiproc_test_support::marker_dir("body-budget", case);
+        let repository = Repository { dir: multiproc_test_support::marker_dir("body-budget", case) };
+        repository.add("hold", "UINT8");
+        repository
+    }
+
+    /// Adds a model `name` like `hold`, its input `x` of `datatype`.
+    fn add(&self, name: &str, datatype: &str) {
         let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let repository = Repository { dir };
         let config = format!(
             "platform = \"command\"\ncommand = [\"python3\", {:?}, {:?}, {:?}]\nmax_batch_size = 0\n\
-             [[input]]\nname = \"x\"\ndatatype = \"UINT8\"\ndims = [-1]\n\
+             [[input]]\nname = \"x\"\ndatatype = \"{datatype}\"\ndims = [-1]\n\
              [[output]]\nname = \"y\"\ndatatype = \"UINT8\"\ndims = [1]\n",
             here.join("tests/support/hold.py").display().to_string(),
-            repository.release_file().display().to_string(),
+            self.release_file().display().to_string(),
             here.join("../multiproc-serve/python").display().to_string(),
         );
-        let model = repository.models().join("hold");
+        let model = self.models().join(name);
         std::fs::create_dir_all(model.join("1")).expect("create the repository");
         std::fs::write(model.join("config.toml"), config).expect("write the config");
-        repository
     }
 
     fn models(&self) -> PathBuf {
@@ -269,13 +276,13 @@ fn a_request_holds_its_id_until_it_is_answered() {
 }
 
 #[test]
-fn a_request_that_timed_out_holds_its_input_until_the_core_drops_it() {
+fn a_request_that_timed_out_gives_its_input_back_soon_though_the_model_is_busy() {
     let repository = Repository::new("timeout");
     let server = serve(&repository);
     let base = server.base.clone();
     // The model holds a one-byte request; behind it, one of 300 KiB that
-    // may wait 1 µs is answered 504, but its input stays queued (the queue
-    // drops it when its next batch leaves), and held.
+    // may wait 1 µs is answered 504. Its input, queued, is dropped from the
+    // queue (and given back) within about 200 ms, though no batch leaves.
     let first = InFlight::send(&base, RAW, vec![7]);
     wait_for(PATIENCE, "the first request to be queued", || metric(&base, PENDING) == 1.0);
     const INPUT: usize = 300 << 10;
@@ -289,11 +296,51 @@ fn a_request_that_timed_out_holds_its_input_until_the_core_drops_it() {
         [("Inference-Header-Content-Length", json_length.as_str()), ("Content-Type", "application/octet-stream")];
     let late = InFlight::send(&base, &headers, body).answer("the request that may wait 1 µs");
     assert_eq!(late.status, 504, "{}", late.body);
-    assert_eq!(metric(&base, HELD), (INPUT + 1) as f64, "its input is still queued: still held");
-    // Once the model answers the first, the queue drops the second.
+    wait_for(Duration::from_secs(1), "the late request's input to be given back", || metric(&base, HELD) == 1.0);
+    assert!(first.answer.try_recv().is_err(), "the first request was answered before it was released");
     repository.release();
     assert_eq!(first.answer("the first request").status, 200);
-    wait_for(PATIENCE, "the queued input's bytes to be given back", || metric(&base, HELD) == 0.0);
+    wait_for(PATIENCE, "the first request's bytes to be given back", || metric(&base, HELD) == 0.0);
+    server.stop(PATIENCE);
+}
+
+#[test]
+fn a_json_request_whose_tensor_the_budget_cannot_hold_is_refused_before_it_is_decoded() {
+    let repository = Repository::new("decoded");
+    repository.add("hold64", "FP64");
+    let server = serve(&repository);
+    let base = server.base.clone();
+    // 600 KiB held by the model leaves 424 KiB free. An FP64 tensor of
+    // 50,000 zeros is 100 KB of text and 400 KB decoded: the text fits,
+    // and so would the tensor alone, but not both while it is decoded.
+    let first = InFlight::send(&base, RAW, vec![7u8; LARGE]);
+    wait_for(PATIENCE, "the first request to be held", || metric(&base, HELD) == LARGE as f64);
+    const N: usize = 50_000;
+    let zeros = vec!["0"; N].join(",");
+    // (A request that is not refused waits at most 1 s for its answer.)
+    let input = format!(r#"{{"name":"x","shape":[{N}],"datatype":"FP64","data":[{zeros}]}}"#);
+    let body = format!(r#"{{"inputs":[{input}],"parameters":{{"timeout":1000000}}}}"#);
+    assert!(body.len() < BUDGET - LARGE && body.len() + 8 * N > BUDGET - LARGE && 8 * N < BUDGET - LARGE);
+    let json = [("Content-Type", "application/json")];
+    let path = "/v2/models/hold64/infer";
+    let answer = call(&base, "POST", path, &json, Body::Sized(body.as_bytes())).expect("an answer");
+    assert_refused_for_the_budget(
+        "a tensor larger than its text",
+        answer.status,
+        answer.retry_after.as_deref(),
+        &answer.body,
+    );
+    assert_eq!(metric(&base, REFUSED), 1.0, "refused once");
+    assert_eq!(metric(&base, HELD), LARGE as f64, "a refused request holds nothing");
+    // Once the first is answered, the same request is served, and what it
+    // held (its text, then its tensor) is all given back.
+    repository.release();
+    assert_eq!(first.answer("the first request").status, 200);
+    wait_for(PATIENCE, "the first request's bytes to be given back", || metric(&base, HELD) == 0.0);
+    let answer = call(&base, "POST", path, &json, Body::Sized(body.as_bytes())).expect("an answer");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    wait_for(PATIENCE, "the tensor's bytes to be given back", || metric(&base, HELD) == 0.0);
+    assert_eq!(metric(&base, REFUSED), 1.0);
     server.stop(PATIENCE);
 }
 

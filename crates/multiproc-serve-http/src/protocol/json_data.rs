@@ -10,8 +10,8 @@ use serde::de::{self, DeserializeSeed, Visitor};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::Value;
 
-use super::ProtocolError;
 use super::tensor::{DataType, Tensor};
+use super::{ProtocolError, Reserve};
 
 /// Decodes the JSON text `data` (the `data` of input `name`) into
 /// little-endian bytes of `datatype` (BYTES elements length-prefixed),
@@ -19,21 +19,69 @@ use super::tensor::{DataType, Tensor};
 /// flattened in row-major order; a lone scalar is one element. `expected` is
 /// the element count the shape asks for: only a hint for the buffer's size
 /// (bounded by the text's length, so a hostile shape allocates nothing).
+///
+/// # Errors
+///
+/// The text is not JSON, or an element is not one of `datatype`.
 pub fn decode(name: &str, datatype: DataType, data: &str, expected: usize) -> Result<(Vec<u8>, u64), ProtocolError> {
-    // Every element takes at least one byte of text.
-    let elements = expected.min(data.len());
-    let mut out = Vec::with_capacity(elements.saturating_mul(datatype.size().unwrap_or(8)));
-    if let Some(count) = decode_flat_numbers(datatype, data, &mut out) {
+    decode_reserving(name, datatype, data, expected, &|_| Ok(()))
+}
+
+/// [`decode`], holding through `reserve` every byte the tensor's buffer
+/// takes before it is allocated: first what `expected` elements take
+/// (at most what the text can hold: an element takes at least a byte of
+/// it, and a comma or a bracket; so, for a valid request, exactly the
+/// tensor's size when it is numeric), then what the buffer grows by if
+/// the text holds more.
+///
+/// # Errors
+///
+/// As [`decode`], and the first error of `reserve` (nothing more is
+/// allocated then).
+pub fn decode_reserving(
+    name: &str,
+    datatype: DataType,
+    data: &str,
+    expected: usize,
+    reserve: Reserve<'_>,
+) -> Result<(Vec<u8>, u64), ProtocolError> {
+    let elements = expected.min(data.len().div_ceil(2));
+    let capacity = match datatype.size() {
+        Some(size) => elements.saturating_mul(size),
+        // A length before each, and the strings, no longer than their text.
+        None => elements.saturating_mul(4).saturating_add(data.len()),
+    };
+    reserve(capacity)?;
+    let mut out = Vec::with_capacity(capacity);
+    if let Some(count) = decode_flat_numbers(datatype, data, &mut out, reserve)? {
         return Ok((out, count));
     }
     out.clear();
-    decode_general(name, datatype, data, out)
+    decode_general(name, datatype, data, out, reserve)
+}
+
+/// Makes room in `out` for `more` bytes, holding what its buffer grows
+/// by (it doubles) through `reserve` first.
+fn room(out: &mut Vec<u8>, more: usize, reserve: Reserve<'_>) -> Result<(), ProtocolError> {
+    if out.capacity() - out.len() >= more {
+        return Ok(());
+    }
+    let capacity = out.capacity().saturating_mul(2).max(out.len().saturating_add(more));
+    reserve(capacity - out.capacity())?;
+    out.reserve_exact(capacity - out.len());
+    Ok(())
 }
 
 /// [`decode`] by serde_json's parser: any nesting, any number, and the
 /// message for whatever is wrong.
-fn decode_general(name: &str, datatype: DataType, data: &str, out: Vec<u8>) -> Result<(Vec<u8>, u64), ProtocolError> {
-    let mut sink = Sink { name, datatype, out, count: 0, failure: None };
+fn decode_general(
+    name: &str,
+    datatype: DataType,
+    data: &str,
+    out: Vec<u8>,
+    reserve: Reserve<'_>,
+) -> Result<(Vec<u8>, u64), ProtocolError> {
+    let mut sink = Sink { name, datatype, out, count: 0, failure: None, reserve };
     let mut de = serde_json::Deserializer::from_str(data);
     let parsed = (&mut sink).deserialize(&mut de).and_then(|()| de.end());
     match (parsed, sink.failure) {
@@ -51,6 +99,8 @@ struct Sink<'n> {
     out: Vec<u8>,
     count: u64,
     failure: Option<ProtocolError>,
+    /// Holds what `out` grows by first.
+    reserve: Reserve<'n>,
 }
 
 /// One scalar as the parser hands it over.
@@ -102,6 +152,14 @@ impl Scalar<'_> {
 impl Sink<'_> {
     /// Appends one element, or keeps the error and stops the parse.
     fn push<E: de::Error>(&mut self, v: Scalar<'_>) -> Result<(), E> {
+        let more = match (&v, self.datatype.size()) {
+            (Scalar::Str(s), None) => s.len().saturating_add(4),
+            (_, size) => size.unwrap_or(0),
+        };
+        if let Err(refused) = room(&mut self.out, more, self.reserve) {
+            self.failure = Some(refused);
+            return Err(E::custom("not reserved"));
+        }
         match push_one(self.datatype, &v, &mut self.out) {
             Ok(()) => {
                 self.count += 1;
@@ -205,30 +263,37 @@ fn push_one(dt: DataType, v: &Scalar<'_>, out: &mut Vec<u8>) -> Result<(), &'sta
 /// one correctly rounded result any conforming parser gives) and is
 /// converted by the same [`push_one`]. `None` for anything else (nesting,
 /// exponents, long numbers, a bad element, malformed text): the general
-/// path then decodes it or says what is wrong.
-fn decode_flat_numbers(dt: DataType, text: &str, out: &mut Vec<u8>) -> Option<u64> {
-    if !dt.is_numeric() {
-        return None;
-    }
+/// path then decodes it or says what is wrong. What `out` grows by is
+/// held through `reserve` first (its error is the decode's).
+fn decode_flat_numbers(
+    dt: DataType,
+    text: &str,
+    out: &mut Vec<u8>,
+    reserve: Reserve<'_>,
+) -> Result<Option<u64>, ProtocolError> {
+    let Some(size) = dt.size().filter(|_| dt.is_numeric()) else { return Ok(None) };
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'[') {
-        return None;
+        return Ok(None);
     }
     i = skip_ws(b, i + 1);
     let mut count = 0u64;
     if b.get(i) == Some(&b']') {
-        return (skip_ws(b, i + 1) == b.len()).then_some(0);
+        return Ok((skip_ws(b, i + 1) == b.len()).then_some(0));
     }
     loop {
-        let (scalar, next) = plain_number(b, i)?;
-        push_one(dt, &scalar, out).ok()?;
+        let Some((scalar, next)) = plain_number(b, i) else { return Ok(None) };
+        room(out, size, reserve)?;
+        if push_one(dt, &scalar, out).is_err() {
+            return Ok(None);
+        }
         count += 1;
         i = skip_ws(b, next);
-        match b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b']' => return (skip_ws(b, i + 1) == b.len()).then_some(count),
-            _ => return None,
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b']') => return Ok((skip_ws(b, i + 1) == b.len()).then_some(count)),
+            _ => return Ok(None),
         }
     }
 }
@@ -375,6 +440,9 @@ impl Serialize for JsonData {
 mod tests {
     use super::*;
 
+    /// No budget: every reservation is granted.
+    const NO_BUDGET: Reserve<'static> = &|_| Ok(());
+
     #[test]
     fn the_flat_number_path_agrees_with_the_general_parser() {
         use DataType::*;
@@ -444,8 +512,8 @@ mod tests {
                     [format!("[{}]", pair.join(", ")), format!(" [ {} ] ", pair.join(",\n")), format!("[{}]", pair[0])]
                 {
                     let mut out = Vec::new();
-                    let general = decode_general("x", dt, &text, Vec::new());
-                    if let Some(n) = decode_flat_numbers(dt, &text, &mut out) {
+                    let general = decode_general("x", dt, &text, Vec::new(), NO_BUDGET);
+                    if let Some(n) = decode_flat_numbers(dt, &text, &mut out, NO_BUDGET).unwrap() {
                         fast += 1;
                         assert_eq!(general.as_ref().ok(), Some(&(out, n)), "{dt} {text}");
                     }
@@ -454,11 +522,11 @@ mod tests {
         }
         assert!(fast > 10_000, "the fast path took only {fast} texts");
         let mut out = Vec::new();
-        assert_eq!(decode_flat_numbers(Fp32, "[0.0625, 1.0, -0.5]", &mut out), Some(3));
+        assert_eq!(decode_flat_numbers(Fp32, "[0.0625, 1.0, -0.5]", &mut out, NO_BUDGET), Ok(Some(3)));
         assert_eq!(out, [0.0625f32, 1.0, -0.5].iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<_>>());
-        assert_eq!(decode_flat_numbers(Fp32, "[]", &mut Vec::new()), Some(0));
+        assert_eq!(decode_flat_numbers(Fp32, "[]", &mut Vec::new(), NO_BUDGET), Ok(Some(0)));
         for refused in ["[[1]]", "[1,]", "[1 2]", "[1] x", "1", "[1e2]", "[true]"] {
-            assert_eq!(decode_flat_numbers(Int32, refused, &mut Vec::new()), None, "{refused}");
+            assert_eq!(decode_flat_numbers(Int32, refused, &mut Vec::new(), NO_BUDGET), Ok(None), "{refused}");
         }
     }
 

@@ -27,7 +27,10 @@ pub use messages::{
     ErrorBody, InferRequestBody, InferResponseBody, ModelMetadata, RepositoryEntry, RequestInput, RequestOutput,
     ResponseOutput, ServerMetadata, TensorMetadata,
 };
-pub use request::{DecodedRequest, OutputWanted, SharedMemoryRef, ShmReader, decode_request, decode_request_with};
+pub use request::{
+    DecodedRequest, OutputWanted, Reserve, SharedMemoryRef, ShmReader, decode_request, decode_request_reserving,
+    decode_request_with,
+};
 pub use response::{EncodedResponse, encode_response};
 pub use tensor::{DataType, Tensor};
 

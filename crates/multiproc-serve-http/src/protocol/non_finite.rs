@@ -7,9 +7,10 @@
 //! for it.
 //!
 //! ```
-//! use multiproc_serve_http::protocol::non_finite::{as_strings, parse};
+//! use multiproc_serve_http::protocol::non_finite::{as_strings, parse, rewritten_len};
 //! let text = br#"{"data": [NaN, -Infinity, 1], "s": "NaN Infinity"}"#;
 //! assert_eq!(as_strings(text).unwrap(), br#"{"data": ["NaN", "-Infinity", 1], "s": "NaN Infinity"}"#);
+//! assert_eq!(rewritten_len(text), Some(text.len() + 4));
 //! assert_eq!(as_strings(br#"{"data": [1]}"#), None);
 //! assert!(parse("NaN").unwrap().is_nan() && parse("-Infinity") == Some(f64::NEG_INFINITY));
 //! assert_eq!(parse("nan"), None);
@@ -19,11 +20,34 @@
 const TOKENS: [&[u8]; 5] = [b"-Infinity", b"Infinity", b"-Inf", b"Inf", b"NaN"];
 
 /// `json` with every `NaN`, `Infinity`, `-Infinity` (and rapidjson's `Inf`,
-/// `-Inf`) outside a string turned into a string of itself; `None` if there
-/// is none.
+/// `-Inf`) outside a string turned into a string of itself, in a buffer
+/// of exactly its length ([`rewritten_len`]); `None` if there is none.
 pub fn as_strings(json: &[u8]) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    let (mut i, mut copied, mut in_string) = (0, 0, false);
+    let mut out = Vec::with_capacity(rewritten_len(json)?);
+    let mut copied = 0;
+    tokens(json, |i, token| {
+        out.extend_from_slice(&json[copied..i]);
+        out.push(b'"');
+        out.extend_from_slice(token);
+        out.push(b'"');
+        copied = i + token.len();
+    });
+    out.extend_from_slice(&json[copied..]);
+    Some(out)
+}
+
+/// The length of [`as_strings`]`(json)` (two quotes more for each token),
+/// without making it; `None` if there is no token.
+pub fn rewritten_len(json: &[u8]) -> Option<usize> {
+    let mut count = 0usize;
+    tokens(json, |_, _| count += 1);
+    (count > 0).then(|| json.len().saturating_add(count.saturating_mul(2)))
+}
+
+/// Calls `found` with the place and the text of every token outside a
+/// string, in order.
+fn tokens(json: &[u8], mut found: impl FnMut(usize, &'static [u8])) {
+    let (mut i, mut in_string) = (0, false);
     while i < json.len() {
         let c = json[i];
         if in_string {
@@ -42,20 +66,12 @@ pub fn as_strings(json: &[u8]) -> Option<Vec<u8>> {
         }
         match TOKENS.iter().find(|t| json[i..].starts_with(t)) {
             Some(token) => {
-                let out = out.get_or_insert_with(|| Vec::with_capacity(json.len() + 16));
-                out.extend_from_slice(&json[copied..i]);
-                out.push(b'"');
-                out.extend_from_slice(token);
-                out.push(b'"');
+                found(i, token);
                 i += token.len();
-                copied = i;
             }
             None => i += 1,
         }
     }
-    let mut out = out?;
-    out.extend_from_slice(&json[copied..]);
-    Some(out)
 }
 
 /// The value of a non-finite token, as [`as_strings`] leaves it in a string.

@@ -25,6 +25,31 @@ pub struct SharedMemoryRef {
 /// Reads an input's bytes from a shared memory region.
 pub type ShmReader<'a> = &'a dyn Fn(&SharedMemoryRef) -> Result<Vec<u8>, ProtocolError>;
 
+/// Holds `n` more bytes (in a front end's byte budget) before decoding
+/// allocates them; an error refuses the request, and nothing more is
+/// allocated. Called for every input's bytes (see
+/// [`decode_request_reserving`]).
+pub type Reserve<'a> = &'a dyn Fn(usize) -> Result<(), ProtocolError>;
+
+/// Up to this many names are checked for one given twice by a look at
+/// each earlier one; more go into a set (a body of millions of tensors
+/// must not cost a look at every earlier one each).
+const SCAN_NAMES: usize = 16;
+
+/// The first name of `items` (by `name`) that an earlier one has already;
+/// nothing allocated for up to [`SCAN_NAMES`] of them, names borrowed.
+fn given_twice<T>(items: &[T], name: impl Fn(&T) -> &str) -> Option<&str> {
+    if items.len() <= SCAN_NAMES {
+        return items
+            .iter()
+            .map(&name)
+            .enumerate()
+            .find_map(|(i, n)| items[..i].iter().any(|earlier| name(earlier) == n).then_some(n));
+    }
+    let mut seen: HashSet<&str> = HashSet::with_capacity(items.len());
+    items.iter().map(name).find(|n| !seen.insert(n))
+}
+
 /// The shared memory parameters of an input or output, if any: both
 /// `shared_memory_region` and `shared_memory_byte_size`, and
 /// `shared_memory_offset` if not 0.
@@ -158,6 +183,25 @@ pub fn decode_request_with(
     header_length: Option<u64>,
     shm: Option<ShmReader<'_>>,
 ) -> Result<DecodedRequest, ProtocolError> {
+    decode_request_reserving(body, header_length, shm, &|_| Ok(()))
+}
+
+/// Decodes `body` as [`decode_request_with`] does, holding through
+/// `reserve` the bytes it allocates for the inputs before it allocates
+/// them: each input's data (a binary one's, a JSON one's buffer as it is
+/// sized and as it grows; see [`super::json_data::decode_reserving`]),
+/// and the JSON rewritten for non-finite numbers (see
+/// [`super::non_finite`]). Not those `shm` reads, which it holds itself.
+///
+/// # Errors
+///
+/// As [`decode_request_with`], and the first error of `reserve`.
+pub fn decode_request_reserving(
+    body: &[u8],
+    header_length: Option<u64>,
+    shm: Option<ShmReader<'_>>,
+    reserve: Reserve<'_>,
+) -> Result<DecodedRequest, ProtocolError> {
     let (json, mut binary) = match header_length {
         None => (body, &[][..]),
         Some(n) => match usize::try_from(n).ok().filter(|&n| n <= body.len()) {
@@ -176,17 +220,19 @@ pub fn decode_request_with(
     let req: InferRequestBody = match serde_json::from_slice(json) {
         Ok(req) => req,
         Err(e) => {
-            rewritten = super::non_finite::as_strings(json).ok_or_else(|| malformed(e))?;
+            let length = super::non_finite::rewritten_len(json).ok_or_else(|| malformed(e))?;
+            reserve(length)?;
+            rewritten = super::non_finite::as_strings(json).unwrap_or_default();
             serde_json::from_slice(&rewritten).map_err(malformed)?
         }
     };
     if req.inputs.is_empty() {
         return Err(ProtocolError::new("the request has no inputs"));
     }
+    if let Some(name) = given_twice(&req.inputs, |i| i.name.as_str()) {
+        return Err(ProtocolError::new(format!("input '{name}' is given twice")));
+    }
     let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
-    // Names seen, in a set: a body of millions of tensors must not cost a
-    // look at every earlier one each.
-    let mut input_names: HashSet<String> = HashSet::with_capacity(req.inputs.len());
     refuse_unoffered(&req.parameters, &[("sequence_id", "sequence")], || "request".into())?;
     for input in req.inputs {
         let name = input.name;
@@ -199,9 +245,6 @@ pub fn decode_request_with(
                 None
             }
         };
-        if !input_names.insert(name.clone()) {
-            return Err(ProtocolError::new(format!("input '{name}' is given twice")));
-        }
         let datatype: DataType =
             input.datatype.parse().map_err(|e| ProtocolError::new(format!("input '{name}': {e}")))?;
         let shape =
@@ -241,13 +284,14 @@ pub fn decode_request_with(
                 })?;
                 let (chunk, rest) = binary.split_at(taken);
                 binary = rest;
+                reserve(taken)?;
                 chunk.to_vec()
             }
             (None, Some(value)) => {
                 let count = element_count(&shape).ok_or_else(|| {
                     ProtocolError::new(format!("input '{name}': shape {shape:?} has too many elements"))
                 })?;
-                let (bytes, got) = json_data::decode(&name, datatype, value.get(), count)?;
+                let (bytes, got) = json_data::decode_reserving(&name, datatype, value.get(), count, reserve)?;
                 if got != count as u64 {
                     return Err(ProtocolError::new(format!(
                         "input '{name}': shape {shape:?} needs {count} elements but 'data' has {got}"
@@ -283,12 +327,11 @@ pub fn decode_request_with(
         None => None,
         Some(list) if list.is_empty() => None,
         Some(list) => {
+            if let Some(name) = given_twice(&list, |o| o.name.as_str()) {
+                return Err(ProtocolError::new(format!("output '{name}' is asked for twice")));
+            }
             let mut wanted: Vec<OutputWanted> = Vec::with_capacity(list.len());
-            let mut names: HashSet<String> = HashSet::with_capacity(list.len());
             for o in list {
-                if !names.insert(o.name.clone()) {
-                    return Err(ProtocolError::new(format!("output '{}' is asked for twice", o.name)));
-                }
                 let whose = format!("output '{}'", o.name);
                 let out_shm = match shm {
                     Some(_) => shared_memory(&o.parameters, &whose)?,
@@ -383,5 +426,55 @@ mod tests {
         assert!(decode_request(body.as_bytes(), None).unwrap_err().0.contains("'y777' is asked for twice"));
         let body = format!(r#"{{"inputs":[{},{}]}}"#, inputs.join(","), inputs[1]);
         assert!(decode_request(body.as_bytes(), None).unwrap_err().0.contains("input 'x1' is given twice"));
+    }
+
+    #[test]
+    fn what_decoding_allocates_for_the_inputs_is_reserved_first() {
+        use std::cell::{Cell, RefCell};
+        // The reservations granted, in order; refused past `budget` bytes.
+        let granted = RefCell::new(Vec::<usize>::new());
+        let budget = Cell::new(usize::MAX);
+        let reserve = |n: usize| {
+            if granted.borrow().iter().sum::<usize>() + n > budget.get() {
+                return Err(ProtocolError::new(format!("refused {n}")));
+            }
+            granted.borrow_mut().push(n);
+            Ok(())
+        };
+        let decode = |json: &str, tail: &[u8], limit: usize| {
+            granted.borrow_mut().clear();
+            budget.set(limit);
+            let (body, len) = binary_body(json, tail);
+            decode_request_reserving(&body, len, None, &reserve)
+        };
+        // FP64 from "0,": 8 bytes an element from 2 of text, reserved
+        // exactly before the buffer is made; then a binary input's 3.
+        let n = 10_000;
+        let zeros = vec!["0"; n].join(",");
+        let json = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[{n}],"datatype":"FP64","data":[{zeros}]}},
+            {{"name":"b","shape":[3],"datatype":"UINT8","parameters":{{"binary_data_size":3}}}}]}}"#
+        );
+        let req = decode(&json, &[1, 2, 3], usize::MAX).unwrap();
+        assert_eq!((req.inputs[0].data().len(), req.inputs[1].data()), (8 * n, &[1, 2, 3][..]));
+        assert_eq!(*granted.borrow(), [8 * n, 3]);
+        // Refused before either is allocated: the refusal is the error.
+        assert_eq!(decode(&json, &[1, 2, 3], 8 * n - 1).unwrap_err().0, format!("refused {}", 8 * n));
+        assert!(granted.borrow().is_empty());
+        assert_eq!(decode(&json, &[1, 2, 3], 8 * n + 2).unwrap_err().0, "refused 3");
+        // The JSON rewritten for a NaN is reserved first, then the tensor.
+        let json = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[NaN,1]}]}"#;
+        decode(json, &[], usize::MAX).unwrap();
+        assert_eq!(*granted.borrow(), [json.len() + 2, 8]);
+        // More elements than the shape says: the buffer grows, reserved first.
+        let json = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","data":[1,2,3,4,5]}]}"#;
+        assert!(decode(json, &[], usize::MAX).unwrap_err().0.contains("needs 2 elements but 'data' has 5"));
+        assert!(granted.borrow().iter().sum::<usize>() >= 20, "{:?}", granted.borrow());
+        assert_eq!(decode(json, &[], 8).unwrap_err().0, "refused 8");
+        // Strings: their lengths and bytes, at most what the text holds.
+        let json = r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","data":["ab","c"]}]}"#;
+        let req = decode(json, &[], usize::MAX).unwrap();
+        assert_eq!(req.inputs[0].data(), [2, 0, 0, 0, b'a', b'b', 1, 0, 0, 0, b'c']);
+        assert!(granted.borrow().iter().sum::<usize>() >= 11, "{:?}", granted.borrow());
     }
 }
