@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::layout::{Header, SLEEPER_SLOTS, Sleepers};
 use super::ring::{Got, LIVENESS_DELAY, Payload, Pushed, Ring, Step, Watch, owner_gone};
+use crate::sync::LOST_WAKE_EVERY;
 use crate::sys::Deadline;
 use crate::sys::imp::futex::{self, FutexWait};
 use crate::sys::imp::thread::current_tid;
@@ -90,9 +91,6 @@ pub(super) enum GetFail {
 /// holding them (see [`Ring::reclaim_dead_takers`]), and how long a thread
 /// waiting for room sleeps before it looks at the room again.
 const RECLAIM_EVERY: Duration = Duration::from_millis(20);
-/// Longest sleep of a consumer waiting for an item: the one consumer a
-/// `put` woke may be killed before it takes the item.
-const LOST_WAKE_EVERY: Duration = Duration::from_millis(250);
 
 /// Paces [`Ring::reclaim_dead_takers`] for all the threads of this process
 /// that wait in `join` on one queue: due at the first call, then at most

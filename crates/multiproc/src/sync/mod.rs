@@ -71,8 +71,9 @@ pub use semaphore::{BoundedSemaphore, Semaphore};
 mod test;
 
 /// Longest sleep of a waiter that a single wake-up is meant for (a
-/// `Semaphore` acquirer, a `Condition` waiter) before it looks again: the
-/// one sleeper a `release` or `notify` woke may be killed before it acts,
-/// and nothing else would wake the others. Only sleepers pay for it; the
-/// uncontended paths make no system call and set no timer.
-const LOST_WAKE_EVERY: Duration = Duration::from_millis(250);
+/// `Semaphore` acquirer, a `Condition` waiter, a queue consumer) before it
+/// looks again: the one sleeper a `release`, `notify` or `put` woke may be
+/// killed before it acts, and nothing else would wake the others. Only
+/// sleepers pay for it; the uncontended paths make no system call and set
+/// no timer.
+pub(crate) const LOST_WAKE_EVERY: Duration = Duration::from_millis(250);
