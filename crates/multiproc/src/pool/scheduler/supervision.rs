@@ -166,7 +166,7 @@ impl Scheduler {
                     }
                 };
                 let stuck_for = limit.max(STUCK_FLOOR);
-                if w.status_stuck.is_some() && now.saturating_duration_since(since) >= stuck_for {
+                if now.saturating_duration_since(since) >= stuck_for {
                     lifecycle!(
                         WARN,
                         "pool worker {} (pid {}) was stuck for {stuck_for:?} inside an update of its status page \
