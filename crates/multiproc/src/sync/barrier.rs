@@ -441,35 +441,33 @@ impl Barrier {
             return; // the completer lives (its action runs)
         }
         let _held = PassingHeld(&s.passing);
-        // ORDERING: Relaxed: steers the CAS. Taking `passing` (Acquire)
-        // made a live completer's whole pass, which ends before it releases
-        // `passing`, visible: a pass in progress seen now is a dead one's.
-        let mut w = s.word.load(Ordering::Relaxed);
-        loop {
-            if w & BROKEN != 0 || w & COUNT_MASK < parties {
-                return; // no pass in progress (any more)
-            }
-            // ORDERING: Release: pairs with the waiters' Acquire loads.
-            match s.word.compare_exchange(w, w | BROKEN, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(now) => w = now,
-            }
-        }
-        futex::wake_all(&s.word);
+        // Taking `passing` (Acquire) made a live completer's whole pass,
+        // which ends before it releases `passing`, visible: a pass in
+        // progress seen now is a dead one's. No pass in progress (any
+        // more): the word is left as it is.
+        let _ = self.break_unless(|w| w & BROKEN != 0 || w & COUNT_MASK < parties);
     }
 
     /// On a timeout: breaks the barrier unless generation `g` has passed
     /// (then `Ok`, and the caller looks again).
     fn break_if_still(&self, g: u32) -> Result<(), BarrierError> {
+        match self.break_unless(|w| generation(w) != g || w & BROKEN != 0) {
+            Ok(()) => Err(BarrierError::Timeout),
+            Err(w) if generation(w) != g => Ok(()),
+            Err(_) => Err(BarrierError::Broken),
+        }
+    }
+
+    /// Sets the broken flag and wakes every waiter, unless `leave` says to
+    /// leave the word as it is (asked of each value the exchange finds):
+    /// `Ok` if it broke the barrier, else `Err` with the word it left.
+    fn break_unless(&self, leave: impl Fn(u32) -> bool) -> Result<(), u32> {
         let s = &*self.state;
         // ORDERING: Relaxed: steers the CAS.
         let mut w = s.word.load(Ordering::Relaxed);
         loop {
-            if generation(w) != g {
-                return Ok(());
-            }
-            if w & BROKEN != 0 {
-                return Err(BarrierError::Broken);
+            if leave(w) {
+                return Err(w);
             }
             // ORDERING: Release: pairs with the waiters' Acquire loads.
             match s.word.compare_exchange(w, w | BROKEN, Ordering::Release, Ordering::Relaxed) {
@@ -478,7 +476,7 @@ impl Barrier {
             }
         }
         futex::wake_all(&s.word);
-        Err(BarrierError::Timeout)
+        Ok(())
     }
 
     /// Breaks the barrier: every current and future wait fails with
