@@ -430,12 +430,7 @@ impl VersionGroup {
         let state = self.lock().state;
         match state {
             VersionState::Stopped | VersionState::Failed => true,
-            VersionState::Draining => {
-                let mut dropped = Vec::new();
-                let live = self.queue.live_len(&mut dropped);
-                self.fail_dropped(&mut dropped);
-                live == 0
-            }
+            VersionState::Draining => self.sweep_abandoned() == 0,
             _ => false,
         }
     }
@@ -457,10 +452,12 @@ impl VersionGroup {
     /// next leaves. For a supervisor that waits without taking batches
     /// (its worker loads, backs off after a crash, or runs a long batch),
     /// every [`SWEEP_EVERY`] at most (see [`Sweeps`]); it walks the queue.
-    pub fn sweep_abandoned(&self) {
+    /// Returns how many requests are left queued.
+    pub fn sweep_abandoned(&self) -> usize {
         let mut dropped = Vec::new();
-        self.queue.live_len(&mut dropped);
+        let live = self.queue.live_len(&mut dropped);
         self.fail_dropped(&mut dropped);
+        live
     }
 }
 
