@@ -143,15 +143,13 @@ where
             // decoded): a request whose inputs the budget cannot hold is
             // refused before they take any memory.
             let held = std::cell::RefCell::new(&mut lease);
-            let reserved = std::cell::Cell::new(held.borrow().bytes());
             let over_budget = std::cell::Cell::new(None);
             let reserve = |more: usize| {
-                let total = reserved.get().saturating_add(more);
+                let total = held.borrow().bytes().saturating_add(more);
                 if let Err(refusal) = held.borrow_mut().reserve_total(total) {
                     over_budget.set(Some(refusal));
                     return Err(ProtocolError::new("over the request body budget"));
                 }
-                reserved.set(total);
                 Ok(())
             };
             // Inputs read from shared memory also count against the

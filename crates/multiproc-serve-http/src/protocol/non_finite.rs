@@ -23,7 +23,13 @@ const TOKENS: [&[u8]; 5] = [b"-Infinity", b"Infinity", b"-Inf", b"Inf", b"NaN"];
 /// `-Inf`) outside a string turned into a string of itself, in a buffer
 /// of exactly its length ([`rewritten_len`]); `None` if there is none.
 pub fn as_strings(json: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(rewritten_len(json)?);
+    rewritten_len(json).map(|len| rewrite(json, len))
+}
+
+/// [`as_strings`]`(json)` for a `json` whose [`rewritten_len`] is `len`
+/// (known already: the tokens are not counted again).
+pub(crate) fn rewrite(json: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
     let mut copied = 0;
     tokens(json, |i, token| {
         out.extend_from_slice(&json[copied..i]);
@@ -33,7 +39,7 @@ pub fn as_strings(json: &[u8]) -> Option<Vec<u8>> {
         copied = i + token.len();
     });
     out.extend_from_slice(&json[copied..]);
-    Some(out)
+    out
 }
 
 /// The length of [`as_strings`]`(json)` (two quotes more for each token),

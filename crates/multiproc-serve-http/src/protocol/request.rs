@@ -222,7 +222,7 @@ pub fn decode_request_reserving(
         Err(e) => {
             let length = super::non_finite::rewritten_len(json).ok_or_else(|| malformed(e))?;
             reserve(length)?;
-            rewritten = super::non_finite::as_strings(json).unwrap_or_default();
+            rewritten = super::non_finite::rewrite(json, length);
             serde_json::from_slice(&rewritten).map_err(malformed)?
         }
     };
