@@ -224,7 +224,9 @@ impl<'a> Engine<'a> {
             Some(mut conn) => {
                 let mut spent = shared.spent_batches.lock().unwrap_or_else(|e| e.into_inner());
                 let keys = BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent, stop: &shared.stop };
-                let outcome = match enqueue(&mut conn, keys, ttl_ms, &batch, patience, deadline) {
+                // Letting the connection go at the end of this block does
+                // what the drop may have left to this call (see `SubmitConn`).
+                match enqueue(&mut conn, keys, ttl_ms, &batch, patience, deadline) {
                     // The pool's drop began while the batch was being
                     // queued, and may have given up waiting for this
                     // connection (its chunks then pending no more, with no
@@ -268,13 +270,7 @@ impl<'a> Engine<'a> {
                         // pool is dropped: the call ends as dropped.
                         if shared.stop.load(Ordering::Acquire) { None } else { Some(Err((error, fate))) }
                     }
-                };
-                // ORDERING: Acquire: as above. The drop may have left its
-                // withdrawal to this call, which held the connection.
-                if shared.stop.load(Ordering::Acquire) {
-                    shared.finish_drop(&mut conn);
                 }
-                outcome
             }
             None => Some(Err((conn::deadline_passed(), "; none of them was queued".to_string()))),
         };
@@ -518,10 +514,6 @@ impl Engine<'_> {
         };
         if let Err(e) = withdrawal.run(&mut conn, &self.shared, deadline) {
             tracing::warn!("could not cancel {} queued chunks: {e}", withdrawal.entries());
-        }
-        // ORDERING: Acquire: pairs with the drop's Release store.
-        if self.shared.stop.load(Ordering::Acquire) {
-            self.shared.finish_drop(&mut conn);
         }
     }
 }

@@ -124,12 +124,13 @@ impl Shared {
 
     /// The submitting connection, waited for no later than `deadline`
     /// (`None` when another call held it until then).
-    pub(crate) fn submit_conn(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, Conn>> {
-        let Some(deadline) = deadline else { return Some(self.submit.lock().unwrap_or_else(|e| e.into_inner())) };
+    pub(crate) fn submit_conn(&self, deadline: Option<Instant>) -> Option<SubmitConn<'_>> {
+        let held = |conn| Some(SubmitConn { shared: self, conn });
+        let Some(deadline) = deadline else { return held(self.submit.lock().unwrap_or_else(|e| e.into_inner())) };
         loop {
             match self.submit.try_lock() {
-                Ok(conn) => return Some(conn),
-                Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+                Ok(conn) => return held(conn),
+                Err(TryLockError::Poisoned(e)) => return held(e.into_inner()),
                 Err(TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
                 Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
             }
@@ -159,11 +160,43 @@ impl Shared {
         }
     }
 
-    /// Fails every chunk in flight with `reason`.
-    fn fail_all(&self, error: impl Fn() -> RedisPoolError) {
+    /// Fails every chunk in flight with `reason`; gives back their records.
+    fn fail_all(&self, error: impl Fn() -> RedisPoolError) -> Vec<(u64, Pending)> {
         let lost: Vec<(u64, Pending)> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-        for (task, p) in lost {
-            let _ = p.sink.send(Delivery::Lost { task, error: error() });
+        for (task, p) in &lost {
+            let _ = p.sink.send(Delivery::Lost { task: *task, error: error() });
+        }
+        lost
+    }
+}
+
+/// The submitting connection, held ([`Shared::submit_conn`]). Once the
+/// pool is stopping, letting it go first does what the pool's drop left to
+/// its holder ([`Shared::finish_drop`]): whoever held the connection while
+/// the drop waited for it.
+pub(crate) struct SubmitConn<'a> {
+    shared: &'a Shared,
+    conn: MutexGuard<'a, Conn>,
+}
+
+impl std::ops::Deref for SubmitConn<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for SubmitConn<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+impl Drop for SubmitConn<'_> {
+    fn drop(&mut self) {
+        // ORDERING: Acquire: pairs with the drop's Release store of `stop`.
+        if self.shared.stop.load(Ordering::Acquire) {
+            self.shared.finish_drop(&mut self.conn);
         }
     }
 }
@@ -202,20 +235,17 @@ impl Drop for Dispatcher {
         // after this queues nothing more, and one that queued a batch
         // before has noted its entries under it (see `Engine::submit`).
         let conn = shared.submit_conn(deadline);
-        let lost: Vec<(u64, Pending)> = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         let mut withdrawal = Withdrawal::default();
-        for (task, p) in lost {
+        for (task, p) in shared.fail_all(|| RedisPoolError::Dropped) {
             withdrawal.add(task, &p);
-            let _ = p.sink.send(Delivery::Lost { task, error: RedisPoolError::Dropped });
         }
         let Some(mut conn) = conn else {
             // A call holds the connection, queuing a batch: it withdraws
-            // these chunks (and its own batch) when it is done. Unless it let
-            // the connection go meanwhile: then it is free now.
+            // these chunks (and its own batch) when it lets the connection
+            // go. Unless it let it go meanwhile: then it is free now, and
+            // taking it and letting it go does the same.
             *shared.left_by_drop.lock().unwrap_or_else(|e| e.into_inner()) = Some(withdrawal);
-            if let Some(mut conn) = shared.submit_conn(Some(Instant::now())) {
-                shared.finish_drop(&mut conn);
-            }
+            drop(shared.submit_conn(Some(Instant::now())));
             return;
         };
         shared.run_drop(&mut conn, &withdrawal, deadline);
