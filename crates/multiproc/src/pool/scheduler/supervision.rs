@@ -157,16 +157,8 @@ impl Scheduler {
                 // least `STUCK_FLOOR`, is taken for stuck and killed; its
                 // running chunk counts as lost: no timeout is charged to an
                 // item that a half-written page cannot name for sure.
-                let seq = w.status.seq();
-                let since = match w.status_stuck {
-                    Some((stuck, since)) if stuck == seq => since,
-                    _ => {
-                        w.status_stuck = (seq & 1 == 1).then_some((seq, now));
-                        now
-                    }
-                };
-                let stuck_for = limit.max(STUCK_FLOOR);
-                if now.saturating_duration_since(since) >= stuck_for {
+                if stuck_in_update(&mut w.status_stuck, w.status.seq(), now, limit) {
+                    let stuck_for = limit.max(STUCK_FLOOR);
                     lifecycle!(
                         WARN,
                         "pool worker {} (pid {}) was stuck for {stuck_for:?} inside an update of its status page \
@@ -300,10 +292,113 @@ impl Scheduler {
     }
 }
 
+/// Whether a worker whose status page could not be read is stuck inside
+/// one update of it, given `seq`, its sequence word seen at this look, at
+/// `now`, with the task timeout `limit`. `stuck` holds the odd word seen at
+/// every look since the instant paired with it, and is updated here: a
+/// different word (the worker moved on, to another update or out of one)
+/// restarts the clock, an even one clears it. Stuck only when the same odd
+/// word stayed for `limit`, and at least [`STUCK_FLOOR`].
+fn stuck_in_update(stuck: &mut Option<(u64, Instant)>, seq: u64, now: Instant, limit: Duration) -> bool {
+    let since = match *stuck {
+        Some((held, since)) if held == seq => since,
+        _ => {
+            *stuck = (seq & 1 == 1).then_some((seq, now));
+            now
+        }
+    };
+    now.saturating_duration_since(since) >= limit.max(STUCK_FLOOR)
+}
+
+/// Says how a worker ended, from its exit code (negative: the signal).
 fn describe(code: Option<i32>) -> String {
     match code {
         Some(c) if c < 0 => format!("signal {} ({})", -c, imp::signal_name(-c)),
         Some(c) => format!("exit code {c}"),
         None => "unknown status".into(),
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// An odd sequence word: a worker inside an update of its page.
+    const INSIDE: u64 = 41;
+
+    /// Looks at a page holding each word of `looks`, at its offset from
+    /// `t0`, with the task timeout `limit`; whether each look found the
+    /// worker stuck, and what was held after the last.
+    fn look(looks: &[(u64, u64)], limit: Duration) -> (Vec<bool>, Option<(u64, Instant)>) {
+        let t0 = Instant::now();
+        let mut stuck = None;
+        let seen = looks
+            .iter()
+            .map(|&(seq, ms)| stuck_in_update(&mut stuck, seq, t0 + Duration::from_millis(ms), limit))
+            .collect();
+        (seen, stuck)
+    }
+
+    /// Held the same odd word for less than the floor (and past a short
+    /// timeout): not stuck yet.
+    #[test]
+    fn the_same_odd_word_for_less_than_the_timeout_and_floor_is_not_stuck() {
+        let (seen, held) = look(&[(INSIDE, 0), (INSIDE, 300), (INSIDE, 999)], Duration::from_millis(100));
+        assert_eq!(seen, [false, false, false]);
+        assert_eq!(held.map(|(seq, _)| seq), Some(INSIDE));
+        // Under a timeout longer than the floor, the timeout is what counts.
+        let (seen, _) = look(&[(INSIDE, 0), (INSIDE, 1_500), (INSIDE, 4_999)], Duration::from_secs(5));
+        assert_eq!(seen, [false, false, false]);
+    }
+
+    /// Held the same odd word for the timeout (over the floor): stuck.
+    #[test]
+    fn the_same_odd_word_held_for_the_timeout_is_stuck() {
+        let (seen, _) = look(&[(INSIDE, 0), (INSIDE, 2_000), (INSIDE, 5_000)], Duration::from_secs(5));
+        assert_eq!(seen, [false, false, true]);
+        let (seen, _) = look(&[(INSIDE, 0), (INSIDE, 1_000)], Duration::from_millis(100));
+        assert_eq!(seen, [false, true]);
+    }
+
+    /// A live worker caught inside a different update at each look: the
+    /// clock starts again each time, so it is never stuck.
+    #[test]
+    fn an_odd_word_that_changes_between_looks_restarts_the_clock() {
+        let looks = [(INSIDE, 0), (INSIDE + 2, 600), (INSIDE + 4, 1_200), (INSIDE + 6, 1_800), (INSIDE + 6, 2_700)];
+        let (seen, held) = look(&looks, Duration::from_millis(1));
+        assert_eq!(seen, [false; 5]);
+        assert_eq!(held.map(|(seq, _)| seq), Some(INSIDE + 6));
+        // Held since t0, another odd word long after: held since that look.
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3);
+        let mut stuck = Some((INSIDE, t0));
+        assert!(!stuck_in_update(&mut stuck, INSIDE + 2, later, Duration::from_millis(1)));
+        assert_eq!(stuck, Some((INSIDE + 2, later)));
+    }
+
+    /// An even word (out of any update) clears what was held, and is never
+    /// stuck however long it stays.
+    #[test]
+    fn an_even_word_clears_the_clock_and_is_never_stuck() {
+        let (seen, held) = look(&[(INSIDE, 0), (INSIDE + 1, 2_000)], Duration::from_millis(1));
+        assert_eq!(seen, [false, false]);
+        assert_eq!(held, None);
+        let (seen, held) = look(&[(INSIDE + 1, 0), (INSIDE + 1, 10_000)], Duration::from_millis(1));
+        assert_eq!(seen, [false, false]);
+        assert_eq!(held, None);
+        // The same odd word seen again after an even one starts over.
+        let (seen, _) = look(&[(INSIDE, 0), (INSIDE + 1, 900), (INSIDE, 1_000), (INSIDE, 1_999)], Duration::ZERO);
+        assert_eq!(seen, [false; 4]);
+    }
+
+    /// A tiny task timeout does not shorten the floor: a worker must stay
+    /// inside the same update for a whole second.
+    #[test]
+    fn a_tiny_timeout_still_needs_the_one_second_floor() {
+        for limit in [Duration::ZERO, Duration::from_nanos(1), Duration::from_millis(1)] {
+            let (seen, _) = look(&[(INSIDE, 0), (INSIDE, 5), (INSIDE, 500), (INSIDE, 999), (INSIDE, 1_000)], limit);
+            assert_eq!(seen, [false, false, false, false, true], "timeout {limit:?}");
+        }
+        assert_eq!(STUCK_FLOOR, Duration::from_secs(1));
     }
 }
