@@ -194,7 +194,6 @@ impl Gathered {
         // Doubles, within what the body may be and the whole budget (over
         // that, the reservation is refused as such), and at least `now`.
         let ceiling = most.min(lease.budget_limit());
-        let grown = |capacity: usize| capacity.saturating_mul(2).min(ceiling).max(now);
         match self {
             _ if data.is_empty() => {}
             Gathered::Empty => {
@@ -202,18 +201,16 @@ impl Gathered {
                 *self = Gathered::One(data);
             }
             Gathered::One(first) => {
-                let capacity = grown(first.len());
-                lease.reserve_total(capacity)?;
-                let mut all = Vec::with_capacity(capacity);
+                // Twice the first chunk (an empty buffer's double is none).
+                let mut all = Vec::new();
+                lease.grow(&mut all, now, first.len().saturating_mul(2), ceiling, 0)?;
                 all.extend_from_slice(first);
                 all.extend_from_slice(&data);
                 *self = Gathered::Many(all);
             }
             Gathered::Many(all) => {
                 if now > all.capacity() {
-                    let capacity = grown(all.capacity());
-                    lease.reserve_total(capacity)?;
-                    all.reserve_exact(capacity - all.len());
+                    lease.grow(all, now, 0, ceiling, 0)?;
                 }
                 all.extend_from_slice(&data);
             }

@@ -146,6 +146,30 @@ impl BodyLease {
         }
     }
 
+    /// Grows `buf` to hold at least `wanted` bytes, holding its new
+    /// capacity in the lease first: the capacity doubles, is at least
+    /// `floor`, then no more than `ceiling` (unless `wanted` is more); the
+    /// lease is grown to that capacity plus `beside` (bytes held alongside
+    /// the buffer), and only then is the buffer grown to it.
+    ///
+    /// # Errors
+    ///
+    /// As [`BodyLease::reserve_total`]: the lease and `buf` are left as
+    /// they were.
+    pub(crate) fn grow(
+        &mut self,
+        buf: &mut Vec<u8>,
+        wanted: usize,
+        floor: usize,
+        ceiling: usize,
+        beside: usize,
+    ) -> Result<(), Refusal> {
+        let capacity = buf.capacity().saturating_mul(2).max(floor).min(ceiling).max(wanted);
+        self.reserve_total(beside.saturating_add(capacity))?;
+        buf.reserve_exact(capacity - buf.len());
+        Ok(())
+    }
+
     /// Shrinks the lease to `total` bytes (nothing if it holds no more).
     pub(crate) fn release_to(&mut self, total: usize) {
         if let Some(less) = self.bytes.checked_sub(total).filter(|&less| less > 0) {
@@ -268,6 +292,33 @@ mod tests {
         let never = ApiError::from(budget.lease().reserve_total(1001).unwrap_err());
         assert_eq!(never.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(never.retry_after, None);
+    }
+
+    #[test]
+    fn a_buffer_grows_by_doubling_within_its_ceiling_held_first_with_what_is_beside_it() {
+        let budget = Arc::new(BodyBudget::new(1000));
+        let mut lease = budget.lease();
+        let mut buf = Vec::new();
+        lease.grow(&mut buf, 10, 64, 500, 100).unwrap();
+        assert_eq!((buf.capacity(), budget.held()), (64, 164), "the floor, and what is beside it");
+        buf.resize(64, 0);
+        lease.grow(&mut buf, 65, 64, 500, 100).unwrap();
+        assert_eq!((buf.capacity(), budget.held()), (128, 228), "doubled");
+        buf.resize(128, 0);
+        lease.grow(&mut buf, 129, 0, 200, 100).unwrap();
+        assert_eq!((buf.capacity(), budget.held()), (200, 300), "no more than the ceiling");
+        buf.resize(200, 0);
+        lease.grow(&mut buf, 250, 0, 200, 100).unwrap();
+        assert_eq!((buf.capacity(), budget.held()), (250, 350), "but at least what is wanted");
+        // Over what another lease leaves free: refused, the buffer and the
+        // lease as they were.
+        let mut other = budget.lease();
+        other.reserve_total(600).unwrap();
+        let refused = lease.grow(&mut buf, 251, 0, 2000, 100).unwrap_err();
+        assert!(!refused.is_too_large());
+        assert_eq!((buf.capacity(), lease.bytes(), budget.held()), (250, 350, 950));
+        drop((lease, other));
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

@@ -80,10 +80,9 @@ impl ContentEncoding {
                     break;
                 }
                 let wanted = out.len() + n;
-                let capacity = out.capacity().saturating_mul(2).max(FIRST_BUFFER).min(ceiling).max(wanted);
-                // Both are held while it inflates.
-                lease.reserve_total(body.len().saturating_add(capacity))?;
-                out.reserve_exact(capacity - out.len());
+                // The compressed body is held beside the buffer while it
+                // inflates.
+                lease.grow(&mut out, wanted, FIRST_BUFFER, ceiling, body.len())?;
                 out.extend_from_slice(&probe[..n]);
             }
             // Into the room reserved, never past it: `read_to_end` stops
