@@ -222,11 +222,12 @@ impl<'a> Engine<'a> {
             // still under it) and is withdrawn; none may be queued after.
             Some(_) if shared.stop.load(Ordering::Acquire) => None,
             Some(mut conn) => {
-                let mut spent = shared.spent_batches.lock().unwrap_or_else(|e| e.into_inner());
-                let keys = BatchKeys { tasks: &tasks_key, batch: &batch_key, spent: &mut spent, stop: &shared.stop };
+                // The spent batch keys are guarded by the connection's lock.
+                let (submit, spent) = conn.with_spent();
+                let keys = BatchKeys { tasks: &tasks_key, batch: &batch_key, spent, stop: &shared.stop };
                 // Letting the connection go at the end of this block does
                 // what the drop may have left to this call (see `SubmitConn`).
-                match enqueue(&mut conn, keys, ttl_ms, &batch, patience, deadline) {
+                match enqueue(submit, keys, ttl_ms, &batch, patience, deadline) {
                     // The pool's drop began while the batch was being
                     // queued, and may have given up waiting for this
                     // connection (its chunks then pending no more, with no

@@ -72,6 +72,24 @@ pub(crate) struct Options {
     pub window: usize,
 }
 
+/// What the submitting connection's lock guards: the connection, and the
+/// state only its holder reads or writes.
+#[derive(Debug)]
+pub(crate) struct Submitter {
+    /// The connection that queues and withdraws chunks.
+    conn: Conn,
+    /// Keys of batches queued at their script's first try, to be deleted by
+    /// the next batch's script (see [`crate::enqueue::enqueue`]).
+    spent_batches: Vec<String>,
+}
+
+impl Submitter {
+    /// The submitting connection `conn`, with no spent batch key yet.
+    pub(crate) fn new(conn: Conn) -> Submitter {
+        Submitter { conn, spent_batches: Vec::new() }
+    }
+}
+
 /// The state a pool's calls and its result thread share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -80,11 +98,8 @@ pub(crate) struct Shared {
     pub results_key: String,
     pub key: Vec<u8>,
     pub options: Options,
-    pub submit: Mutex<Conn>,
-    /// Keys of batches queued at their script's first try, to be deleted by
-    /// the next batch's script (see [`crate::enqueue::enqueue`]). Taken and
-    /// given back only while holding `submit`.
-    pub spent_batches: Mutex<Vec<String>>,
+    /// The submitting connection, and what only its holder touches.
+    pub submit: Mutex<Submitter>,
     /// What the pool's drop could not do because a call held the submitting
     /// connection (queuing a batch): the chunks to withdraw, and the
     /// results stream to delete. That call does it before it lets the
@@ -125,7 +140,7 @@ impl Shared {
     /// The submitting connection, waited for no later than `deadline`
     /// (`None` when another call held it until then).
     pub(crate) fn submit_conn(&self, deadline: Option<Instant>) -> Option<SubmitConn<'_>> {
-        let held = |conn| Some(SubmitConn { shared: self, conn });
+        let held = |held| Some(SubmitConn { shared: self, held });
         let Some(deadline) = deadline else { return held(self.submit.lock().unwrap_or_else(|e| e.into_inner())) };
         loop {
             match self.submit.try_lock() {
@@ -176,19 +191,28 @@ impl Shared {
 /// the drop waited for it.
 pub(crate) struct SubmitConn<'a> {
     shared: &'a Shared,
-    conn: MutexGuard<'a, Conn>,
+    held: MutexGuard<'a, Submitter>,
+}
+
+impl SubmitConn<'_> {
+    /// The connection and the keys of the spent batches (see
+    /// [`Submitter`]), both under the one lock held.
+    pub(crate) fn with_spent(&mut self) -> (&mut Conn, &mut Vec<String>) {
+        let held = &mut *self.held;
+        (&mut held.conn, &mut held.spent_batches)
+    }
 }
 
 impl std::ops::Deref for SubmitConn<'_> {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        &self.conn
+        &self.held.conn
     }
 }
 
 impl std::ops::DerefMut for SubmitConn<'_> {
     fn deref_mut(&mut self) -> &mut Conn {
-        &mut self.conn
+        &mut self.held.conn
     }
 }
 
@@ -196,7 +220,7 @@ impl Drop for SubmitConn<'_> {
     fn drop(&mut self) {
         // ORDERING: Acquire: pairs with the drop's Release store of `stop`.
         if self.shared.stop.load(Ordering::Acquire) {
-            self.shared.finish_drop(&mut self.conn);
+            self.shared.finish_drop(&mut self.held.conn);
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::call::{EncodedItem, Engine, Plan};
 use crate::conn::Conn;
-use crate::dispatch::{Dispatcher, Options, Shared};
+use crate::dispatch::{Dispatcher, Options, Shared, Submitter};
 use crate::endpoint::{Endpoint, endpoint_setters};
 use crate::error::{RedisPoolError, cannot_connect};
 use crate::life::Life;
@@ -112,8 +112,7 @@ impl RedisPoolBuilder {
             caller,
             key: self.endpoint.key,
             options: self.options,
-            submit: Mutex::new(submit),
-            spent_batches: Mutex::new(Vec::new()),
+            submit: Mutex::new(Submitter::new(submit)),
             left_by_drop: Mutex::new(None),
             pending: Mutex::default(),
             next_task: AtomicU64::new(1),
