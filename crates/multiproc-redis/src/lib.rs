@@ -119,7 +119,8 @@
 //!   good (`BUSY`, `NOPERM`, `READONLY`), the caller asks Redis whether an
 //!   earlier try queued it, withdraws it if so, and otherwise marks it so
 //!   that no try still on its way queues it; its call's error says which
-//!   (or, when Redis could not be asked, that the tasks may run);
+//!   (or, when Redis could not be asked, that the tasks may run: so it is
+//!   after `BUSY`, as a Redis running a script refuses the question too);
 //! - garbage in the task stream is logged, acknowledged and moved to the
 //!   dead-letter stream; a task signed with another key
 //!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its
