@@ -1,6 +1,8 @@
 //! Requests per second through a pipeline (preprocessing pool of 2 →
-//! batches of up to 128 → a trivial model process), 1024 in flight.
-//! `cargo run --release -p multiproc-serve --example pipeline_throughput [SECONDS]`
+//! batches of up to 128 → a trivial model process), 1024 in flight; with
+//! `model` as the second argument, straight to the model (no
+//! preprocessing: the request is what the pool would have made of it).
+//! `cargo run --release -p multiproc-serve --example pipeline_throughput [SECONDS] [pipeline|model]`
 //!
 //! Each request costs the client what it costs in the bench's
 //! `serve_pipeline` loop: one allocation for its input, and its answer
@@ -39,6 +41,12 @@ fn wait(f: InferFuture<String>) -> String {
 
 fn main() {
     let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let endpoint = std::env::args().nth(2).unwrap_or_else(|| "pipeline".into());
+    let prefix = match endpoint.as_str() {
+        "pipeline" => "",
+        "model" => "receive_",
+        other => panic!("no endpoint {other:?}: pipeline or model"),
+    };
     let server = Server::new();
     let settings = ModelSettings { max_batch_size: 128, queue_capacity: 1 << 16, ..Default::default() };
     server.add(ModelSpec::<Prefix>::new("model").version(1, ()).settings(settings)).unwrap();
@@ -54,8 +62,8 @@ fn main() {
     while done % 1024 != 0 || start.elapsed().as_secs_f64() < seconds {
         while in_flight.len() < 1024 {
             let mut input = String::with_capacity(24);
-            write!(input, "msg{next}").expect("a String takes any write");
-            in_flight.push_back((next, server.infer_async::<String, String>(Request::new("pipeline", input))));
+            write!(input, "{prefix}msg{next}").expect("a String takes any write");
+            in_flight.push_back((next, server.infer_async::<String, String>(Request::new(endpoint.as_str(), input))));
             next += 1;
         }
         let (id, f) = in_flight.pop_front().unwrap();
