@@ -357,8 +357,8 @@ impl Server {
                     ));
                 }
                 let deadline = timeout.or(entry.settings.request_timeout).map(|t| after(slot.arrived, t));
-                // The input is dropped once encoded, into a buffer of the
-                // encoding's exact length (see `Encoded::input`).
+                // The input is dropped once encoded, and a large encoding
+                // kept at its length (see `Encoded::input`).
                 let input = Encoded::input(input).map_err(|e| {
                     let reason = format!("input does not encode: {e}");
                     entry.refused(version, ServeError::BadInput { model: model.to_string(), reason })
