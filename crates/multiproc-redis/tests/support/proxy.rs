@@ -246,6 +246,8 @@ fn client_to_server(state: &State, armed: &Mutex<Option<Fate>>, mut client: TcpS
             && tail.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t))
         {
             *armed.lock().unwrap() = trigger.take().map(|(_, fate)| fate);
+            // Matched once: a trigger armed later looks at bytes sent after.
+            tail.clear();
         }
         drop(trigger);
         let keep = tail.len().min(64);
