@@ -164,6 +164,7 @@ impl BodyLease {
         ceiling: usize,
         beside: usize,
     ) -> Result<(), Refusal> {
+        debug_assert!(wanted >= buf.len(), "a buffer grows to hold at least what it holds");
         let capacity = buf.capacity().saturating_mul(2).max(floor).min(ceiling).max(wanted);
         self.reserve_total(beside.saturating_add(capacity))?;
         buf.reserve_exact(capacity - buf.len());
