@@ -214,9 +214,42 @@ fn recover(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event
         after.clone_from(&last.id);
         let lost: Vec<StreamEntry> =
             entries.into_iter().filter(|e| !e.fields.is_empty() && !host.holds(&e.id)).collect();
+        let lost = still_pending(host, conn, lost);
         if !lost.is_empty() {
             tracing::warn!("{} entries were delivered to this host while it was cut off; running them", lost.len());
             take(host, executors, events, conn, lost);
+        }
+    }
+}
+
+/// Those of `entries` still pending to this host. An entry the host held
+/// when its pending list was read may have been answered since (its
+/// results written and acknowledged, then let go): it is not held any more,
+/// but not lost either, and must not run again. Each entry is let go only
+/// after it was acknowledged, so asking Redis after looking at the holds
+/// finds such an entry gone from the list (`XCLAIM … JUSTID` to this host,
+/// which already owns them, gives the ones still there). If Redis cannot
+/// say, all of them run (at least once).
+fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) -> Vec<StreamEntry> {
+    if entries.is_empty() {
+        return entries;
+    }
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let pending = conn.run(|c| {
+        redis::cmd("XCLAIM")
+            .arg(host.keys.tasks())
+            .arg(GROUP)
+            .arg(&host.consumer)
+            .arg(0)
+            .arg(&ids)
+            .arg("JUSTID")
+            .query::<std::collections::HashSet<String>>(c)
+    });
+    match pending {
+        Ok(pending) => entries.into_iter().filter(|e| pending.contains(&e.id)).collect(),
+        Err(e) => {
+            tracing::warn!("could not check which entries are still pending to this host ({e}); running them all");
+            entries
         }
     }
 }
