@@ -165,7 +165,7 @@ pub(crate) struct NotQueued {
 ///
 /// A Redis error, with whether the batch is queued ([`Queued`]). When a
 /// try of the script went unanswered (its reply lost: it may have run)
-/// and a later one failed for good (`BUSY`, `NOPERM`, `READONLY`…), Redis
+/// and a later one failed for good (`NOPERM`, `READONLY`…), Redis
 /// is asked, briefly, whether the batch's key is set: if it is, an
 /// earlier try queued the batch ([`Queued::Yes`]); if not, the key is set
 /// empty, so that a try still on its way queues nothing, and none is

@@ -253,6 +253,12 @@ pub(crate) fn explain(what: &str, e: &redis::RedisError, waited: Option<Duration
     if !crate::conn::is_transient(e) {
         return format!("{what}: {e}");
     }
+    if e.code() == Some("BUSY") {
+        return format!(
+            "{what}: {e}; a script has kept redis busy for longer than the pool waits \
+             (RedisPoolBuilder::reconnect_timeout): let it end or SCRIPT KILL it, then start the call again"
+        );
+    }
     let cause = if e.is_timeout() {
         let within = waited.map(|w| format!(" within {w:?}")).unwrap_or_default();
         format!("no answer from redis{within} (it stopped answering)")

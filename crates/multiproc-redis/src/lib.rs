@@ -102,6 +102,10 @@
 //!   append-only file, nothing is lost); a restart that lost the data, or a
 //!   Redis gone longer than [`RedisPoolBuilder::reconnect_timeout`], fails
 //!   the waiting calls with [`RedisPoolError::Redis`] saying so;
+//! - a Redis that refuses every command for a while (`LOADING` its data
+//!   after a restart, or `BUSY` with another client's script running past
+//!   `busy-reply-threshold`) is waited out as a Redis gone is, by calls and
+//!   workers alike, for as long;
 //! - a failure of the caller's or the worker's own host (a thread that
 //!   cannot start, no randomness from the OS) is [`RedisPoolError::Local`],
 //!   which says what to do; Redis is not blamed for it;
@@ -116,11 +120,10 @@
 //!   network cut, a reply later than the reply timeout) is sent again and
 //!   queued once: its script marks the batch queued (see [`schema`]), so
 //!   its tasks do not run twice; should the batch sent again fail for
-//!   good (`BUSY`, `NOPERM`, `READONLY`), the caller asks Redis whether an
-//!   earlier try queued it, withdraws it if so, and otherwise marks it so
-//!   that no try still on its way queues it; its call's error says which
-//!   (or, when Redis could not be asked, that the tasks may run: so it is
-//!   after `BUSY`, as a Redis running a script refuses the question too);
+//!   good (`NOPERM`, `READONLY`), the caller asks Redis whether an earlier
+//!   try queued it, withdraws it if so, and otherwise marks it so that no
+//!   try still on its way queues it; its call's error says which (or,
+//!   when Redis could not be asked, that the tasks may run);
 //! - garbage in the task stream is logged, acknowledged and moved to the
 //!   dead-letter stream; a task signed with another key
 //!   ([`RedisPoolBuilder::auth_key`]) is refused the same way, and its

@@ -166,14 +166,16 @@ impl fmt::Debug for Conn {
     }
 }
 
-/// True for errors that a new connection (a little later) may cure.
+/// True for errors that a new connection (a little later) may cure; with
+/// them, a server that refuses every command for a while: still loading
+/// its data (`LOADING`), or running a script past `busy-reply-threshold`
+/// (`BUSY`: until it ends, or is killed).
 pub(crate) fn is_transient(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
-        || e.code() == Some("LOADING")
-        || e.code() == Some("TRYAGAIN")
+        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "BUSY"))
 }
 
 /// The error of a command not sent (or not answered) because its
