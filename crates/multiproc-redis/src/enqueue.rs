@@ -207,7 +207,8 @@ pub(crate) fn enqueue(
             }
             let ids = conn.retry_while(patience, deadline, keep_trying, |c| {
                 let reply = script.query::<Vec<String>>(c);
-                unanswered |= reply.as_ref().is_err_and(conn::is_transient);
+                // A refusal is an answer: that try did not run.
+                unanswered |= reply.as_ref().is_err_and(|e| conn::is_transient(e) && !conn::is_refusal(e));
                 reply
             })?;
             spent.clear();

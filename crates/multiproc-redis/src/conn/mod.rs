@@ -167,15 +167,19 @@ impl fmt::Debug for Conn {
 }
 
 /// True for errors that a new connection (a little later) may cure; with
-/// them, a server that refuses every command for a while: still loading
-/// its data (`LOADING`), or running a script past `busy-reply-threshold`
-/// (`BUSY`: until it ends, or is killed).
+/// them, the refusals of a server that refuses every command for a while
+/// (see [`is_refusal`]).
 pub(crate) fn is_transient(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "BUSY"))
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || is_refusal(e)
+}
+
+/// True for the answer of a server that did not run the command and will
+/// run it later: still loading its data (`LOADING`), running a script past
+/// `busy-reply-threshold` (`BUSY`: until it ends, or is killed), or asking
+/// to try again (`TRYAGAIN`). Unlike a lost reply, it says for sure that
+/// the command did not run.
+pub(crate) fn is_refusal(e: &RedisError) -> bool {
+    matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "BUSY"))
 }
 
 /// The error of a command not sent (or not answered) because its
