@@ -2,6 +2,7 @@
 //! as the host can keep busy, checks each entry and hands its items to the
 //! local pools.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -212,9 +213,8 @@ fn recover(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event
         };
         let Some(last) = entries.last() else { return };
         after.clone_from(&last.id);
-        let lost: Vec<StreamEntry> =
-            entries.into_iter().filter(|e| !e.fields.is_empty() && !host.holds(&e.id)).collect();
-        let lost = still_pending(host, conn, lost);
+        let unknown: Vec<StreamEntry> = entries.into_iter().filter(|e| !e.fields.is_empty()).collect();
+        let Some(lost) = still_pending(host, conn, unknown) else { return };
         if !lost.is_empty() {
             tracing::warn!("{} entries were delivered to this host while it was cut off; running them", lost.len());
             take(host, executors, events, conn, lost);
@@ -222,36 +222,52 @@ fn recover(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event
     }
 }
 
-/// Those of `entries` still pending to this host. An entry the host held
-/// when its pending list was read may have been answered since (its
-/// results written and acknowledged, then let go): it is not held any more,
-/// but not lost either, and must not run again. Each entry is let go only
-/// after it was acknowledged, so asking Redis after looking at the holds
-/// finds such an entry gone from the list (`XCLAIM … JUSTID` to this host,
-/// which already owns them, gives the ones still there). If Redis cannot
-/// say, all of them run (at least once).
-fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) -> Vec<StreamEntry> {
-    if entries.is_empty() {
-        return entries;
-    }
-    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+/// The most entries pending to this host that [`still_pending`] lists in
+/// the span of one page of [`recover`] (the page's and any reclaimed since).
+const PENDING_COUNT: usize = 4 * RECOVER_COUNT;
+
+/// Those of `entries` (read from this host's pending list, in order) that
+/// it does not hold and that are still pending to it, now held. An entry
+/// held when the list was read may have been answered since (its results
+/// written and acknowledged, then let go): not held any more, but not lost
+/// either, and it must not run again. Each entry is let go only after it
+/// was acknowledged, so asking Redis (`XPENDING`, which changes nothing)
+/// after taking the holds finds such an entry gone from the list. The holds
+/// are taken first so that the outlet's reclaim, which may claim these
+/// same entries, leaves them alone. `None` when Redis is away (a recovery
+/// runs again after the reconnect); if Redis refuses the question
+/// otherwise, all of them run (at least once).
+fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) -> Option<Vec<StreamEntry>> {
+    let entries: Vec<StreamEntry> = entries.into_iter().filter(|e| host.try_hold(&Arc::from(e.id.as_str()))).collect();
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Some(entries) };
     let pending = conn.run(|c| {
-        redis::cmd("XCLAIM")
+        redis::cmd("XPENDING")
             .arg(host.keys.tasks())
             .arg(GROUP)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(PENDING_COUNT)
             .arg(&host.consumer)
-            .arg(0)
-            .arg(&ids)
-            .arg("JUSTID")
-            .query::<std::collections::HashSet<String>>(c)
+            .query::<Vec<(String, String, u64, u64)>>(c)
     });
-    match pending {
-        Ok(pending) => entries.into_iter().filter(|e| pending.contains(&e.id)).collect(),
+    let pending: HashSet<String> = match pending {
+        Ok(list) => list.into_iter().map(|(id, ..)| id).collect(),
+        Err(e) if conn::is_transient(&e) => {
+            tracing::warn!(
+                "could not check which entries are still pending to this host ({e}); again after the reconnect"
+            );
+            host.release(&entries.into_iter().map(|e| e.id).collect::<Vec<_>>());
+            return None;
+        }
         Err(e) => {
             tracing::warn!("could not check which entries are still pending to this host ({e}); running them all");
-            entries
+            return Some(entries);
         }
-    }
+    };
+    let (lost, answered): (Vec<StreamEntry>, Vec<StreamEntry>) =
+        entries.into_iter().partition(|e| pending.contains(&e.id));
+    host.release(&answered.into_iter().map(|e| e.id).collect::<Vec<_>>());
+    Some(lost)
 }
 
 /// Hands the items of an admitted chunk to the pools; returns how many,

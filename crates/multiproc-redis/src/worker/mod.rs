@@ -259,9 +259,10 @@ impl HostShared {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
     }
 
-    /// True if this host holds entry `id`.
-    pub(crate) fn holds(&self, id: &str) -> bool {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
+    /// Records that this host holds entry `id`, unless it did already;
+    /// whether it did not (the caller now holds it).
+    pub(crate) fn try_hold(&self, id: &Arc<str>) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone())
     }
 
     /// Forgets the entries of a batch written (or given up on).

@@ -269,7 +269,7 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
             next_declare = now + heartbeat_every;
         }
         if now >= next_reclaim && !host.stopping() {
-            reclaim(host, &mut conn, &mut reclaim_cursor, &running, &mut batch, queue_visibility);
+            reclaim(host, &mut conn, &mut reclaim_cursor, &mut batch, queue_visibility);
             next_reclaim = now + heartbeat_every;
         }
         if now >= next_sweep && !host.stopping() {
@@ -387,14 +387,7 @@ const RECLAIM_SCANS: usize = 4;
 /// each `XAUTOCLAIM` looks at a bounded part of the list, and a scan that
 /// always started at the beginning would never reach the entries behind
 /// the first few hundred held by live hosts.
-fn reclaim(
-    host: &HostShared,
-    conn: &mut Conn,
-    cursor: &mut String,
-    running: &HashMap<Arc<str>, Running>,
-    batch: &mut Batch,
-    visibility: Duration,
-) {
+fn reclaim(host: &HostShared, conn: &mut Conn, cursor: &mut String, batch: &mut Batch, visibility: Duration) {
     let min_idle = u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX);
     // Whether withdrawals are looked up: not after Redis failed one.
     let mut look = true;
@@ -427,11 +420,11 @@ fn reclaim(
                 return;
             }
         };
-        for entry in reply.claimed {
-            if running.contains_key(entry.id.as_str()) {
-                continue; // ours, still running
-            }
-            host.hold(&Arc::from(entry.id.as_str()));
+        // All held at once, before any lookup: an entry this host holds
+        // (running, or taken by the intake's recovery) is left alone, and
+        // the recovery leaves alone what is held here.
+        let claimed: Vec<_> = reply.claimed.into_iter().filter(|e| host.try_hold(&Arc::from(e.id.as_str()))).collect();
+        for entry in claimed {
             match admit(host, &entry.fields) {
                 Ok(msg) if withdrawn(host, conn, &msg, &mut look) => {
                     let disposal = Disposal::Withdrawn { caller: msg.caller, task: msg.task };
