@@ -318,7 +318,12 @@ fn run(shared: &Shared, mut conn: Conn) {
             }
             Err(_) if stopping() => break, // the pool was dropped
             Err(e) => {
-                let reason = if conn::is_transient(&e) {
+                let reason = if conn::is_refusal(&e) {
+                    format!(
+                        "redis refused every command for over {:?} ({e}); the tasks may still run, start the call again once redis answers",
+                        shared.options.reconnect_timeout
+                    )
+                } else if conn::is_transient(&e) {
                     format!(
                         "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
                         shared.options.reconnect_timeout

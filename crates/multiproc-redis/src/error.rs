@@ -255,8 +255,7 @@ pub(crate) fn explain(what: &str, e: &redis::RedisError, waited: Option<Duration
     }
     if e.code() == Some("BUSY") {
         return format!(
-            "{what}: {e}; a script has kept redis busy for longer than the pool waits \
-             (RedisPoolBuilder::reconnect_timeout): let it end or SCRIPT KILL it, then start the call again"
+            "{what}: {e}; a script kept redis busy for longer than this waits: let it end, or SCRIPT KILL it"
         );
     }
     let cause = if e.is_timeout() {

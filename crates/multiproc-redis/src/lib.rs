@@ -104,8 +104,9 @@
 //!   the waiting calls with [`RedisPoolError::Redis`] saying so;
 //! - a Redis that refuses every command for a while (`LOADING` its data
 //!   after a restart, or `BUSY` with another client's script running past
-//!   `busy-reply-threshold`) is waited out as a Redis gone is, by calls and
-//!   workers alike, for as long;
+//!   `busy-reply-threshold`) is waited out as a Redis gone is: by calls up
+//!   to [`RedisPoolBuilder::reconnect_timeout`], by a running worker host
+//!   until it answers again (a starting one, 10 s);
 //! - a failure of the caller's or the worker's own host (a thread that
 //!   cannot start, no randomness from the OS) is [`RedisPoolError::Local`],
 //!   which says what to do; Redis is not blamed for it;
