@@ -2,7 +2,7 @@
 //! as the host can keep busy, checks each entry and hands its items to the
 //! local pools.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -172,7 +172,9 @@ fn take(
             // Not tried: each would wait for Redis in turn (a reply timeout
             // or two), with the host's stop unheard. Pending to this host,
             // they are taken again once it has reconnected (see `recover`),
-            // or by another host after the visibility timeout.
+            // or by another host after the visibility timeout; so they are
+            // let go (a recovered one came here held).
+            host.release(&[entry.id]);
             continue;
         }
         host.hold(&Arc::from(entry.id.as_str()));
@@ -227,20 +229,25 @@ fn recover(host: &HostShared, executors: &Executors, events: &mpsc::Sender<Event
 const PENDING_COUNT: usize = 4 * RECOVER_COUNT;
 
 /// Those of `entries` (read from this host's pending list, in order) that
-/// it does not hold and that are still pending to it, now held. An entry
-/// held when the list was read may have been answered since (its results
-/// written and acknowledged, then let go): not held any more, but not lost
-/// either, and it must not run again. Each entry is let go only after it
-/// was acknowledged, so asking Redis (`XPENDING`, which changes nothing)
-/// after taking the holds finds such an entry gone from the list. The holds
-/// are taken first so that the outlet's reclaim, which may claim these
-/// same entries, leaves them alone. `None` when Redis is away (a recovery
-/// runs again after the reconnect); if Redis refuses the question
-/// otherwise, all of them run (at least once).
+/// it does not hold and that are still pending to it, now held and their
+/// idle time reset. An entry held when the list was read may have been
+/// answered since (its results written and acknowledged, then let go): not
+/// held any more, but not lost either, and it must not run again. Each
+/// entry is let go only after it was acknowledged, so asking Redis
+/// (`XPENDING`, which changes nothing) after taking the holds finds such an
+/// entry gone from the list. The holds are taken first so that the outlet's
+/// reclaim, which may claim these same entries, leaves them alone. An entry
+/// idle for half the visibility timeout or more is left to the reclaim
+/// scans: another host's may take it at any moment, so this one must not
+/// run it too; the others are claimed again by this host with their idle
+/// time reset (`XCLAIM … JUSTID`), which no other host can have claimed in
+/// between. `None` when Redis is away (a recovery runs again after the
+/// reconnect); if Redis refuses the question otherwise, all of them run
+/// (at least once).
 fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) -> Option<Vec<StreamEntry>> {
     let entries: Vec<StreamEntry> = entries.into_iter().filter(|e| host.try_hold(&Arc::from(e.id.as_str()))).collect();
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Some(entries) };
-    let pending = conn.run(|c| {
+    let listed = conn.run(|c| {
         redis::cmd("XPENDING")
             .arg(host.keys.tasks())
             .arg(GROUP)
@@ -250,24 +257,44 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
             .arg(&host.consumer)
             .query::<Vec<(String, String, u64, u64)>>(c)
     });
-    let pending: HashSet<String> = match pending {
-        Ok(list) => list.into_iter().map(|(id, ..)| id).collect(),
-        Err(e) if conn::is_transient(&e) => {
-            tracing::warn!(
-                "could not check which entries are still pending to this host ({e}); again after the reconnect"
-            );
-            host.release(&entries.into_iter().map(|e| e.id).collect::<Vec<_>>());
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!("could not check which entries are still pending to this host ({e}); running them all");
-            return Some(entries);
-        }
+    let idle: HashMap<String, u64> = match listed {
+        Ok(list) => list.into_iter().map(|(id, _, idle_ms, _)| (id, idle_ms)).collect(),
+        Err(e) => return give_up_checking(host, entries, &e),
     };
-    let (lost, answered): (Vec<StreamEntry>, Vec<StreamEntry>) =
-        entries.into_iter().partition(|e| pending.contains(&e.id));
-    host.release(&answered.into_iter().map(|e| e.id).collect::<Vec<_>>());
-    Some(lost)
+    let fresh = |e: &StreamEntry| idle.get(&e.id).is_some_and(|&ms| u128::from(ms) < host.visibility.as_millis() / 2);
+    let (lost, left): (Vec<StreamEntry>, Vec<StreamEntry>) = entries.into_iter().partition(fresh);
+    host.release(&left.into_iter().map(|e| e.id).collect::<Vec<_>>());
+    if lost.is_empty() {
+        return Some(lost);
+    }
+    let ids: Vec<&str> = lost.iter().map(|e| e.id.as_str()).collect();
+    let claimed = conn.run(|c| {
+        redis::cmd("XCLAIM")
+            .arg(host.keys.tasks())
+            .arg(GROUP)
+            .arg(&host.consumer)
+            .arg(0)
+            .arg(&ids)
+            .arg("JUSTID")
+            .exec(c)
+    });
+    match claimed {
+        Ok(()) => Some(lost),
+        Err(e) => give_up_checking(host, lost, &e),
+    }
+}
+
+/// What [`still_pending`] does with `entries` (held) when Redis failed it
+/// with `e`: lets them go and waits for the next reconnect if Redis is
+/// away, else runs them all.
+fn give_up_checking(host: &HostShared, entries: Vec<StreamEntry>, e: &redis::RedisError) -> Option<Vec<StreamEntry>> {
+    if conn::is_transient(e) {
+        tracing::warn!("could not check which entries are still pending to this host ({e}); again after the reconnect");
+        host.release(&entries.into_iter().map(|e| e.id).collect::<Vec<_>>());
+        return None;
+    }
+    tracing::warn!("could not check which entries are still pending to this host ({e}); running them all");
+    Some(entries)
 }
 
 /// Hands the items of an admitted chunk to the pools; returns how many,
