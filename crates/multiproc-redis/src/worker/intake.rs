@@ -2,7 +2,7 @@
 //! as the host can keep busy, checks each entry and hands its items to the
 //! local pools.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -137,6 +137,9 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
                 continue;
             }
         };
+        // Held at once, before any lookup of `take`'s: the outlet's reclaim
+        // leaves them alone, and heartbeats keep them while they wait.
+        let reply: Vec<StreamEntry> = reply.into_iter().filter(|e| host.try_hold(&Arc::from(e.id.as_str()))).collect();
         let (entries, items) = take(host, executors, &events, &mut conn, reply);
         if entries > 0 {
             per_entry = items.div_ceil(entries).max(1);
@@ -155,9 +158,10 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
     }
 }
 
-/// Takes entries read for this host: checks each and hands its items to
-/// the pools (or the entry to the outlet, to dispose of). Returns the
-/// entries and the items started.
+/// Takes entries read for this host, each held by it: checks each and
+/// hands its items to the pools (or the entry to the outlet, to dispose
+/// of); lets go of those it does not start. Returns the entries and the
+/// items started.
 fn take(
     host: &HostShared,
     executors: &Executors,
@@ -173,11 +177,10 @@ fn take(
             // or two), with the host's stop unheard. Pending to this host,
             // they are taken again once it has reconnected (see `recover`),
             // or by another host after the visibility timeout; so they are
-            // let go (a recovered one came here held).
+            // let go.
             host.release(&[entry.id]);
             continue;
         }
-        host.hold(&Arc::from(entry.id.as_str()));
         match admit(host, &entry.fields) {
             Ok(msg) => {
                 started += 1;
@@ -276,10 +279,16 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
             .arg(0)
             .arg(&ids)
             .arg("JUSTID")
-            .exec(c)
+            .query::<HashSet<String>>(c)
     });
     match claimed {
-        Ok(()) => Some(lost),
+        // One answered or deleted since the look is not claimed: let go.
+        Ok(claimed) => {
+            let (lost, gone): (Vec<StreamEntry>, Vec<StreamEntry>) =
+                lost.into_iter().partition(|e| claimed.contains(&e.id));
+            host.release(&gone.into_iter().map(|e| e.id).collect::<Vec<_>>());
+            Some(lost)
+        }
         Err(e) => give_up_checking(host, lost, &e),
     }
 }

@@ -254,15 +254,16 @@ impl HostShared {
         self.intake_done.load(Ordering::Acquire)
     }
 
-    /// Records that this host holds entry `id`.
-    pub(crate) fn hold(&self, id: &Arc<str>) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
-    }
-
     /// Records that this host holds entry `id`, unless it did already;
     /// whether it did not (the caller now holds it).
     pub(crate) fn try_hold(&self, id: &Arc<str>) -> bool {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone())
+    }
+
+    /// The entries this host holds now (running, waiting to start, or to
+    /// have their results written).
+    pub(crate) fn held_ids(&self) -> Vec<Arc<str>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// Forgets the entries of a batch written (or given up on).

@@ -255,8 +255,13 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
             flush(host, &mut conn, &mut batch);
         }
         let now = Instant::now();
-        if now >= next_heartbeat && !running.is_empty() {
-            heartbeat(host, &mut conn, running.keys());
+        if now >= next_heartbeat {
+            // Every entry held, not only those running: one read, or a
+            // recovery's page, may wait long for its turn to start.
+            let held = host.held_ids();
+            if !held.is_empty() {
+                heartbeat(host, &mut conn, held.iter());
+            }
             next_heartbeat = now + heartbeat_every;
         }
         // Also while the host drains its last tasks: their heartbeats
@@ -349,8 +354,8 @@ fn tell_refused(host: &HostShared, conn: &mut Conn, batch: &Batch, e: &redis::Re
     }
 }
 
-/// Resets the idle time of the entries in flight (`XCLAIM … JUSTID`), so
-/// no live host reclaims them however long they run.
+/// Resets the idle time of the entries this host holds (`XCLAIM …
+/// JUSTID`), so no live host reclaims them however long they wait or run.
 fn heartbeat<'a>(host: &HostShared, conn: &mut Conn, ids: impl Iterator<Item = &'a Arc<str>>) {
     let ids: Vec<&str> = ids.map(|s| &**s).collect();
     for part in ids.chunks(1000) {
