@@ -139,7 +139,8 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
         };
         // Held at once, before any lookup of `take`'s: the outlet's reclaim
         // leaves them alone, and heartbeats keep them while they wait.
-        let reply: Vec<StreamEntry> = reply.into_iter().filter(|e| host.try_hold(&Arc::from(e.id.as_str()))).collect();
+        let reply: Vec<StreamEntry> =
+            reply.into_iter().filter(|e| host.held.try_hold(&Arc::from(e.id.as_str()))).collect();
         let (entries, items) = take(host, executors, &events, &mut conn, reply);
         if entries > 0 {
             per_entry = items.div_ceil(entries).max(1);
@@ -178,7 +179,7 @@ fn take(
             // they are taken again once it has reconnected (see `recover`),
             // or by another host after the visibility timeout; so they are
             // let go.
-            host.release(&[entry.id]);
+            host.held.release(&[entry.id]);
             continue;
         }
         match admit(host, &entry.fields) {
@@ -248,7 +249,8 @@ const PENDING_COUNT: usize = 4 * RECOVER_COUNT;
 /// reconnect); if Redis refuses the question otherwise, all of them run
 /// (at least once).
 fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) -> Option<Vec<StreamEntry>> {
-    let entries: Vec<StreamEntry> = entries.into_iter().filter(|e| host.try_hold(&Arc::from(e.id.as_str()))).collect();
+    let entries: Vec<StreamEntry> =
+        entries.into_iter().filter(|e| host.held.try_hold_unconfirmed(&Arc::from(e.id.as_str()))).collect();
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Some(entries) };
     let listed = conn.run(|c| {
         redis::cmd("XPENDING")
@@ -266,7 +268,7 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
     };
     let fresh = |e: &StreamEntry| idle.get(&e.id).is_some_and(|&ms| u128::from(ms) < host.visibility.as_millis() / 2);
     let (lost, left): (Vec<StreamEntry>, Vec<StreamEntry>) = entries.into_iter().partition(fresh);
-    host.release(&left.into_iter().map(|e| e.id).collect::<Vec<_>>());
+    host.held.release(&left.into_iter().map(|e| e.id).collect::<Vec<_>>());
     if lost.is_empty() {
         return Some(lost);
     }
@@ -286,7 +288,8 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
         Ok(claimed) => {
             let (lost, gone): (Vec<StreamEntry>, Vec<StreamEntry>) =
                 lost.into_iter().partition(|e| claimed.contains(&e.id));
-            host.release(&gone.into_iter().map(|e| e.id).collect::<Vec<_>>());
+            host.held.release(&gone.into_iter().map(|e| e.id).collect::<Vec<_>>());
+            host.held.confirm(lost.iter().map(|e| e.id.as_str()));
             Some(lost)
         }
         Err(e) => give_up_checking(host, lost, &e),
@@ -299,10 +302,11 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
 fn give_up_checking(host: &HostShared, entries: Vec<StreamEntry>, e: &redis::RedisError) -> Option<Vec<StreamEntry>> {
     if conn::is_transient(e) {
         tracing::warn!("could not check which entries are still pending to this host ({e}); again after the reconnect");
-        host.release(&entries.into_iter().map(|e| e.id).collect::<Vec<_>>());
+        host.held.release(&entries.into_iter().map(|e| e.id).collect::<Vec<_>>());
         return None;
     }
     tracing::warn!("could not check which entries are still pending to this host ({e}); running them all");
+    host.held.confirm(entries.iter().map(|e| e.id.as_str()));
     Some(entries)
 }
 
@@ -328,7 +332,7 @@ fn start(
         Err(e) => {
             // As for the arguments below: the entry stays pending.
             tracing::warn!("could not check whether entry {id} was withdrawn ({e}); it runs once redis is back");
-            host.release(&[id]);
+            host.held.release(&[id]);
             return None;
         }
     }
@@ -343,7 +347,7 @@ fn start(
             // lets go of it, and takes it again once it has reconnected
             // (see `recover`), or another host after the visibility timeout.
             tracing::warn!("could not read the arguments of entry {id} ({e}); it runs once redis is back");
-            host.release(&[id]);
+            host.held.release(&[id]);
             return None;
         }
     };

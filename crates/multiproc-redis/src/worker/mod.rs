@@ -7,11 +7,11 @@
 //! entries).
 
 mod exec;
+mod holds;
 mod intake;
 mod outlet;
 mod visibility;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
@@ -24,6 +24,7 @@ use crate::conn::Conn;
 use crate::endpoint::{Endpoint, endpoint_setters};
 use crate::error::{RedisPoolError, TaskFailure, cannot_connect, explain};
 use crate::schema::{self, Keys, TaskMsg};
+use holds::Holds;
 use outlet::Disposal;
 
 /// The longest visibility timeout: the host's arithmetic on it (its
@@ -135,7 +136,7 @@ impl WorkerBuilder {
             in_flight: AtomicUsize::new(0),
             room: (Mutex::new(()), Condvar::new()),
             done_items: AtomicU64::new(0),
-            held: Mutex::default(),
+            held: Holds::default(),
         });
         let (tx, rx) = mpsc::channel();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -201,10 +202,8 @@ pub(crate) struct HostShared {
     pub room: (Mutex<()>, Condvar),
     /// Items finished since the start.
     pub done_items: AtomicU64,
-    /// The entries this host took (to run, dispose or reclaim) whose batch
-    /// is not written yet: any other entry pending to it was delivered
-    /// without it knowing (the reply of its read was lost).
-    held: Mutex<HashSet<Arc<str>>>,
+    /// The entries this host holds (see [`Holds`]).
+    pub held: Holds,
 }
 
 /// How long a starting host waits for Redis to take its visibility timeout.
@@ -252,26 +251,6 @@ impl HostShared {
 
     pub(crate) fn intake_done(&self) -> bool {
         self.intake_done.load(Ordering::Acquire)
-    }
-
-    /// Records that this host holds entry `id`, unless it did already;
-    /// whether it did not (the caller now holds it).
-    pub(crate) fn try_hold(&self, id: &Arc<str>) -> bool {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone())
-    }
-
-    /// The entries this host holds now (running, waiting to start, or to
-    /// have their results written).
-    pub(crate) fn held_ids(&self) -> Vec<Arc<str>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
-    }
-
-    /// Forgets the entries of a batch written (or given up on).
-    pub(crate) fn release(&self, ids: &[String]) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
-            held.remove(id.as_str());
-        }
     }
 
     /// Marks `n` items finished and wakes the intake.

@@ -234,7 +234,14 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
         let first = match events.recv_timeout(Duration::from_millis(20)) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                // What the last reclaim took is written, not left to wait
+                // for another host's reclaim.
+                if !batch.is_empty() {
+                    flush(host, &mut conn, &mut batch);
+                }
+                return;
+            }
         };
         if let Some(event) = first {
             handle(host, event, &mut running, &mut batch);
@@ -258,7 +265,7 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
         if now >= next_heartbeat {
             // Every entry held, not only those running: one read, or a
             // recovery's page, may wait long for its turn to start.
-            let held = host.held_ids();
+            let held = host.held.ids();
             if !held.is_empty() {
                 heartbeat(host, &mut conn, held.iter());
             }
@@ -334,7 +341,7 @@ fn flush(host: &HostShared, conn: &mut Conn, batch: &mut Batch) {
             }
         }
     }
-    host.release(&batch.done);
+    host.held.release(&batch.done);
     *batch = Batch::default();
 }
 
@@ -428,7 +435,8 @@ fn reclaim(host: &HostShared, conn: &mut Conn, cursor: &mut String, batch: &mut 
         // All held at once, before any lookup: an entry this host holds
         // (running, or taken by the intake's recovery) is left alone, and
         // the recovery leaves alone what is held here.
-        let claimed: Vec<_> = reply.claimed.into_iter().filter(|e| host.try_hold(&Arc::from(e.id.as_str()))).collect();
+        let claimed: Vec<_> =
+            reply.claimed.into_iter().filter(|e| host.held.try_hold(&Arc::from(e.id.as_str()))).collect();
         for entry in claimed {
             match admit(host, &entry.fields) {
                 Ok(msg) if withdrawn(host, conn, &msg, &mut look) => {
