@@ -225,8 +225,7 @@ impl Gathered {
             Gathered::Empty => Bytes::new(),
             Gathered::One(b) => b,
             Gathered::Many(mut v) => {
-                shrink_if_loose(&mut v);
-                lease.release_to(v.capacity());
+                shrink_into_lease(&mut v, lease);
                 Bytes::from(v)
             }
         }
@@ -234,12 +233,14 @@ impl Gathered {
 }
 
 /// Shrinks `v` to its length if its capacity is over it by more than a
-/// quarter (a buffer grown by doubling), so that the bytes a lease counts
-/// for it are about those it holds. (`Bytes::from` keeps the capacity.)
-pub(crate) fn shrink_if_loose(v: &mut Vec<u8>) {
+/// quarter (a buffer grown by doubling), then shrinks `lease` to what `v`
+/// takes, so that the bytes the lease counts for it are about those it
+/// holds. (`Bytes::from` keeps the capacity.)
+pub(crate) fn shrink_into_lease(v: &mut Vec<u8>, lease: &mut BodyLease) {
     if v.capacity() > v.len().saturating_add(v.len() / 4) {
         v.shrink_to_fit();
     }
+    lease.release_to(v.capacity());
 }
 
 #[cfg(test)]

@@ -80,12 +80,13 @@ impl BodyBudget {
     /// budget.
     pub(crate) fn check(&self, n: usize) -> Result<(), Refusal> {
         let held = self.held();
+        let refusal = Refusal { needed: n, more: n, held, limit: self.limit };
         if n > self.limit {
-            return Err(Refusal { needed: n, more: n, held, limit: self.limit });
+            return Err(refusal);
         }
         if held.saturating_add(n) > self.limit {
             self.refused.fetch_add(1, Relaxed);
-            return Err(Refusal { needed: n, more: n, held, limit: self.limit });
+            return Err(refusal);
         }
         Ok(())
     }

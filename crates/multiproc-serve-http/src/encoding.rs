@@ -103,8 +103,7 @@ impl ContentEncoding {
                 format!("the {name} request body inflates to more than the limit of {limit} bytes (--max-body-bytes)"),
             ));
         }
-        crate::body::shrink_if_loose(&mut out);
-        lease.release_to(out.capacity());
+        crate::body::shrink_into_lease(&mut out, lease);
         Ok(Bytes::from(out))
     }
 }
