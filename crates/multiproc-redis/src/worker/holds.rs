@@ -7,6 +7,8 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crate::schema::StreamEntry;
+
 /// The held entries, each with whether it is confirmed as the host's own:
 /// an entry a recovery holds while it asks Redis whether it is still the
 /// host's is not, and the heartbeats leave it out (see [`Holds::ids`]).
@@ -14,33 +16,28 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct Holds(Mutex<HashMap<Arc<str>, bool>>);
 
 impl Holds {
-    /// Holds entry `id` as the host's own, unless it is held already;
-    /// whether it was not (the caller now holds it).
-    pub fn try_hold(&self, id: &Arc<str>) -> bool {
-        self.hold_as(id, true)
-    }
-
-    /// As [`Holds::try_hold`], for an entry that may not be the host's any
-    /// more (a recovery asks Redis, then confirms or releases it): held, so
-    /// that no other part of the host takes it, but left out of the
-    /// heartbeats, which would take it back from a host that reclaimed it
-    /// meanwhile.
-    pub fn try_hold_unconfirmed(&self, id: &Arc<str>) -> bool {
-        self.hold_as(id, false)
-    }
-
-    fn hold_as(&self, id: &Arc<str>, confirmed: bool) -> bool {
-        match self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(id.clone()) {
-            Entry::Vacant(v) => {
-                v.insert(confirmed);
-                true
-            }
-            Entry::Occupied(_) => false,
-        }
+    /// Those of `entries` that nobody holds, now held; the others are left
+    /// out. Held as the host's own if `confirmed`; if not (an entry that
+    /// may not be the host's any more: a recovery asks Redis, then
+    /// confirms or releases it), held so that no other part of the host
+    /// takes it, but left out of the heartbeats, which would take it back
+    /// from a host that reclaimed it meanwhile. One lock for all of them.
+    pub fn take_unheld(&self, entries: Vec<StreamEntry>, confirmed: bool) -> Vec<StreamEntry> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .into_iter()
+            .filter(|e| match held.entry(Arc::from(e.id.as_str())) {
+                Entry::Vacant(v) => {
+                    v.insert(confirmed);
+                    true
+                }
+                Entry::Occupied(_) => false,
+            })
+            .collect()
     }
 
     /// Confirms held entries as the host's own (see
-    /// [`Holds::try_hold_unconfirmed`]); ids not held are ignored.
+    /// [`Holds::take_unheld`]); ids not held are ignored.
     pub fn confirm<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
@@ -58,10 +55,10 @@ impl Holds {
     }
 
     /// Lets go of the entries `ids` (written, or given up on).
-    pub fn release(&self, ids: &[String]) {
+    pub fn release(&self, ids: impl IntoIterator<Item = impl AsRef<str>>) {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
-            held.remove(id.as_str());
+            held.remove(id.as_ref());
         }
     }
 }
@@ -70,35 +67,38 @@ impl Holds {
 mod tests {
     use super::*;
 
-    fn id(s: &str) -> Arc<str> {
-        Arc::from(s)
+    fn entries(ids: &[&str]) -> Vec<StreamEntry> {
+        ids.iter().map(|id| StreamEntry { id: id.to_string(), fields: Vec::new() }).collect()
+    }
+
+    fn taken(holds: &Holds, ids: &[&str], confirmed: bool) -> Vec<String> {
+        holds.take_unheld(entries(ids), confirmed).into_iter().map(|e| e.id).collect()
     }
 
     #[test]
     fn an_entry_is_taken_by_one_part_of_the_host_until_it_is_released() {
         let holds = Holds::default();
-        assert!(holds.try_hold(&id("1-0")));
-        assert!(!holds.try_hold(&id("1-0")), "held twice");
-        assert!(!holds.try_hold_unconfirmed(&id("1-0")), "held twice");
-        holds.release(&["1-0".to_string()]);
-        assert!(holds.try_hold_unconfirmed(&id("1-0")), "not let go");
-        assert!(!holds.try_hold(&id("1-0")), "an unconfirmed hold is a hold");
+        assert_eq!(taken(&holds, &["1-0", "2-0"], true), ["1-0", "2-0"]);
+        assert_eq!(taken(&holds, &["1-0", "3-0"], true), ["3-0"], "held twice");
+        assert!(taken(&holds, &["1-0"], false).is_empty(), "held twice");
+        holds.release(["1-0"]);
+        assert_eq!(taken(&holds, &["1-0", "2-0"], false), ["1-0"], "not let go");
+        assert!(taken(&holds, &["1-0"], true).is_empty(), "an unconfirmed hold is a hold");
     }
 
     #[test]
     fn heartbeats_cover_only_entries_confirmed_as_the_hosts_own() {
         let holds = Holds::default();
-        holds.try_hold(&id("1-0"));
-        holds.try_hold_unconfirmed(&id("2-0"));
-        holds.try_hold_unconfirmed(&id("3-0"));
-        assert_eq!(holds.ids(), [id("1-0")]);
+        taken(&holds, &["1-0"], true);
+        taken(&holds, &["2-0", "3-0"], false);
+        assert_eq!(holds.ids(), [Arc::<str>::from("1-0")]);
         holds.confirm(["2-0", "9-0"]);
         let mut ids = holds.ids();
         ids.sort();
-        assert_eq!(ids, [id("1-0"), id("2-0")]);
-        holds.release(&["1-0".to_string(), "2-0".to_string(), "3-0".to_string()]);
+        assert_eq!(ids, [Arc::<str>::from("1-0"), Arc::from("2-0")]);
+        holds.release(["1-0", "2-0", "3-0"]);
         assert!(holds.ids().is_empty());
         holds.confirm(["3-0"]);
-        assert!(holds.try_hold(&id("3-0")), "confirming an entry not held holds it");
+        assert_eq!(taken(&holds, &["3-0"], true), ["3-0"], "confirming an entry not held holds it");
     }
 }

@@ -139,8 +139,7 @@ pub(crate) fn run(host: &HostShared, executors: &Executors, events: mpsc::Sender
         };
         // Held at once, before any lookup of `take`'s: the outlet's reclaim
         // leaves them alone, and heartbeats keep them while they wait.
-        let reply: Vec<StreamEntry> =
-            reply.into_iter().filter(|e| host.held.try_hold(&Arc::from(e.id.as_str()))).collect();
+        let reply = host.held.take_unheld(reply, true);
         let (entries, items) = take(host, executors, &events, &mut conn, reply);
         if entries > 0 {
             per_entry = items.div_ceil(entries).max(1);
@@ -249,8 +248,7 @@ const PENDING_COUNT: usize = 4 * RECOVER_COUNT;
 /// reconnect); if Redis refuses the question otherwise, all of them run
 /// (at least once).
 fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) -> Option<Vec<StreamEntry>> {
-    let entries: Vec<StreamEntry> =
-        entries.into_iter().filter(|e| host.held.try_hold_unconfirmed(&Arc::from(e.id.as_str()))).collect();
+    let entries = host.held.take_unheld(entries, false);
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Some(entries) };
     let listed = conn.run(|c| {
         redis::cmd("XPENDING")
@@ -268,7 +266,7 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
     };
     let fresh = |e: &StreamEntry| idle.get(&e.id).is_some_and(|&ms| u128::from(ms) < host.visibility.as_millis() / 2);
     let (lost, left): (Vec<StreamEntry>, Vec<StreamEntry>) = entries.into_iter().partition(fresh);
-    host.held.release(&left.into_iter().map(|e| e.id).collect::<Vec<_>>());
+    host.held.release(left.into_iter().map(|e| e.id));
     if lost.is_empty() {
         return Some(lost);
     }
@@ -288,7 +286,7 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
         Ok(claimed) => {
             let (lost, gone): (Vec<StreamEntry>, Vec<StreamEntry>) =
                 lost.into_iter().partition(|e| claimed.contains(&e.id));
-            host.held.release(&gone.into_iter().map(|e| e.id).collect::<Vec<_>>());
+            host.held.release(gone.into_iter().map(|e| e.id));
             host.held.confirm(lost.iter().map(|e| e.id.as_str()));
             Some(lost)
         }
@@ -302,7 +300,7 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
 fn give_up_checking(host: &HostShared, entries: Vec<StreamEntry>, e: &redis::RedisError) -> Option<Vec<StreamEntry>> {
     if conn::is_transient(e) {
         tracing::warn!("could not check which entries are still pending to this host ({e}); again after the reconnect");
-        host.held.release(&entries.into_iter().map(|e| e.id).collect::<Vec<_>>());
+        host.held.release(entries.into_iter().map(|e| e.id));
         return None;
     }
     tracing::warn!("could not check which entries are still pending to this host ({e}); running them all");

@@ -435,8 +435,7 @@ fn reclaim(host: &HostShared, conn: &mut Conn, cursor: &mut String, batch: &mut 
         // All held at once, before any lookup: an entry this host holds
         // (running, or taken by the intake's recovery) is left alone, and
         // the recovery leaves alone what is held here.
-        let claimed: Vec<_> =
-            reply.claimed.into_iter().filter(|e| host.held.try_hold(&Arc::from(e.id.as_str()))).collect();
+        let claimed = host.held.take_unheld(reply.claimed, true);
         for entry in claimed {
             match admit(host, &entry.fields) {
                 Ok(msg) if withdrawn(host, conn, &msg, &mut look) => {
