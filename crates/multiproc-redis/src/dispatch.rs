@@ -318,14 +318,14 @@ fn run(shared: &Shared, mut conn: Conn) {
             }
             Err(_) if stopping() => break, // the pool was dropped
             Err(e) => {
-                let reason = if conn::is_refusal(&e) {
+                let reason = if conn::is_transient(&e) {
+                    let (state, until) = if conn::is_refusal(&e) {
+                        ("refused every command", "answers")
+                    } else {
+                        ("unreachable", "is back")
+                    };
                     format!(
-                        "redis refused every command for over {:?} ({e}); the tasks may still run, start the call again once redis answers",
-                        shared.options.reconnect_timeout
-                    )
-                } else if conn::is_transient(&e) {
-                    format!(
-                        "redis unreachable for over {:?} ({e}); the tasks may still run, start the call again once redis is back",
+                        "redis {state} for over {:?} ({e}); the tasks may still run, start the call again once redis {until}",
                         shared.options.reconnect_timeout
                     )
                 } else {

@@ -125,7 +125,8 @@ pub(crate) struct BatchKeys<'a> {
 pub(crate) enum Queued {
     /// None is, and none will be: the script was refused, or never sent,
     /// or Redis said that no earlier try ran (and marked the batch so that
-    /// none runs later). Its argument keys were deleted.
+    /// none runs later). Its argument keys were deleted, unless Redis was
+    /// away then (they expire).
     No,
     /// Perhaps: a try of the script may have run (its reply was lost), and
     /// Redis could not be asked. Its argument keys are kept.
