@@ -11,10 +11,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use multiproc_redis::RedisPool;
 use multiproc_redis::schema::Keys;
-use multiproc_redis::{RedisPool, RedisPoolError};
 use support::proxy::LossyProxy;
-use support::{eventually, local_worker, raw, server, xlen};
+use support::{assert_dropped, eventually, exists, local_worker, raw, server, xlen, zcard};
 
 /// The queue prefix of this test.
 const PREFIX: &str = "drop-handover";
@@ -29,22 +29,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// The task of every call here.
 fn square(x: u64) -> u64 {
     x * x
-}
-
-/// Asserts that `outcome` is the failure of a call of a dropped pool.
-fn assert_dropped(outcome: Result<impl std::fmt::Debug, RedisPoolError>) {
-    let err = outcome.expect_err("a dropped pool gives no result");
-    assert!(matches!(err, RedisPoolError::Dropped), "{err:?}");
-}
-
-/// The number of members of the sorted set `key` (0 if there is none).
-fn zcard(con: &mut redis::Connection, key: &str) -> i64 {
-    redis::cmd("ZCARD").arg(key).query(con).unwrap()
-}
-
-/// Whether `key` exists.
-fn exists(con: &mut redis::Connection, key: &str) -> bool {
-    redis::cmd("EXISTS").arg(key).query::<i64>(con).unwrap() == 1
 }
 
 /// The drop meets the connection held by a call whose queuing reply the

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use multiproc_redis::RedisPoolError;
 use multiproc_redis::schema::Keys;
-use support::{eventually, local_worker, logged_run, pool, raw, server, start_log, starts, xlen};
+use support::{assert_dropped, eventually, local_worker, logged_run, pool, raw, server, start_log, starts, xlen};
 
 const PREFIX: &str = "pool-drop";
 
@@ -23,11 +22,6 @@ const DROP_BOUND: Duration = Duration::from_secs(5);
 
 /// How long each item of the chunk the host runs at the drop takes.
 const RUN_MS: u64 = 2000;
-
-fn assert_dropped(outcome: Result<impl std::fmt::Debug, RedisPoolError>) {
-    let err = outcome.expect_err("a dropped pool gives no result");
-    assert!(matches!(err, RedisPoolError::Dropped), "{err:?}");
-}
 
 #[test]
 fn dropping_a_pool_withdraws_the_tasks_of_its_background_calls() {

@@ -7,9 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use multiproc_redis::RedisPoolError;
 use multiproc_redis::schema::Keys;
-use support::{eventually, local_worker, pool, raw, server, xlen};
+use support::{assert_dropped, eventually, exists, local_worker, pool, raw, server, xlen, zcard};
 
 /// The longest a batch key lives, in ms: a day.
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -48,19 +47,16 @@ fn a_pool_that_never_waits_for_redis_withdraws_its_tasks_when_dropped() {
     assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
     worker.stop();
     let results = keys.results(&caller);
-    let exists = |con: &mut redis::Connection| redis::cmd("EXISTS").arg(&results).query::<u64>(con).unwrap();
-    assert_eq!(exists(&mut con), 1, "the results stream is not there");
+    assert!(exists(&mut con, &results), "the results stream is not there");
 
     // No host now: the background calls' chunks wait in the task stream.
     let mut calls: Vec<_> = (0..3u64).map(|i| pool.apply_async(square, (i,))).collect();
     assert!(eventually(Duration::from_secs(30), || xlen(&mut con, &keys.tasks()) == 3), "the calls did not queue");
     drop(pool);
     for call in &mut calls {
-        let err = call.get_timeout(Duration::from_secs(10)).expect_err("a dropped pool gives no result");
-        assert!(matches!(err, RedisPoolError::Dropped), "{err:?}");
+        assert_dropped(call.get_timeout(Duration::from_secs(10)));
     }
     assert_eq!(xlen(&mut con, &keys.tasks()), 0, "the dropped pool left its tasks queued");
-    let withdrawn: u64 = redis::cmd("ZCARD").arg(keys.withdrawn(&caller)).query(&mut con).unwrap();
-    assert_eq!(withdrawn, 3, "the dropped pool did not mark its tasks withdrawn");
-    assert_eq!(exists(&mut con), 0, "the dropped pool did not delete its results stream");
+    assert_eq!(zcard(&mut con, &keys.withdrawn(&caller)), 3, "the dropped pool did not mark its tasks withdrawn");
+    assert!(!exists(&mut con, &results), "the dropped pool did not delete its results stream");
 }

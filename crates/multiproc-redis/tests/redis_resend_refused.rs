@@ -12,7 +12,7 @@ use std::time::Duration;
 use multiproc_redis::RedisPool;
 use multiproc_redis::schema::Keys;
 use support::proxy::LossyProxy;
-use support::{raw, server, xlen};
+use support::{raw, server, xlen, zcard};
 
 fn len(v: Vec<u8>) -> usize {
     v.len()
@@ -64,8 +64,7 @@ fn a_batch_queued_then_refused_when_sent_again_is_withdrawn() {
     assert_eq!(xlen(&mut con, &keys.tasks()), 0, "the first try's entries were left queued: {err}");
     let caller: Vec<String> = redis::cmd("KEYS").arg(keys.withdrawn("*")).query(&mut con).unwrap();
     assert_eq!(caller.len(), 1, "{caller:?}");
-    let withdrawn: u64 = redis::cmd("ZCARD").arg(&caller[0]).query(&mut con).unwrap();
-    assert_eq!(withdrawn, 3, "the chunks were not marked withdrawn");
+    assert_eq!(zcard(&mut con, &caller[0]), 3, "the chunks were not marked withdrawn");
     let blobs: Vec<String> = redis::cmd("KEYS").arg(format!("{PREFIX}:default:blob:*")).query(&mut con).unwrap();
     assert!(blobs.is_empty(), "argument keys left: {blobs:?}");
 }

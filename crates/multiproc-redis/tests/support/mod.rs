@@ -9,7 +9,7 @@ pub mod proxy;
 use std::time::{Duration, Instant};
 
 use multiproc::{Process, StartMethod};
-use multiproc_redis::{RedisPool, RedisPoolBuilder, RedisServer, Worker};
+use multiproc_redis::{RedisPool, RedisPoolBuilder, RedisPoolError, RedisServer, Worker};
 
 /// A private server; fails with the install hint when there is none.
 pub fn server() -> RedisServer {
@@ -144,6 +144,22 @@ pub fn start_log(name: &str) -> RemovedOnDrop {
 /// The length of stream `key` (0 if there is none).
 pub fn xlen(con: &mut redis::Connection, key: &str) -> i64 {
     redis::cmd("XLEN").arg(key).query(con).unwrap()
+}
+
+/// The number of members of the sorted set `key` (0 if there is none).
+pub fn zcard(con: &mut redis::Connection, key: &str) -> i64 {
+    redis::cmd("ZCARD").arg(key).query(con).unwrap()
+}
+
+/// Whether `key` exists.
+pub fn exists(con: &mut redis::Connection, key: &str) -> bool {
+    redis::cmd("EXISTS").arg(key).query::<i64>(con).unwrap() == 1
+}
+
+/// Asserts that `outcome` is the failure of a call of a dropped pool.
+pub fn assert_dropped(outcome: Result<impl std::fmt::Debug, RedisPoolError>) {
+    let err = outcome.expect_err("a dropped pool gives no result");
+    assert!(matches!(err, RedisPoolError::Dropped), "{err:?}");
 }
 
 /// The memory Redis counts against its `maxmemory` (`used_memory`), in bytes.
