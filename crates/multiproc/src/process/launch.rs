@@ -180,7 +180,16 @@ fn spawn_exe_at(
         Some(e) => e.to_path_buf(),
         None => current_exe()?,
     };
-    let mut full: Vec<OsString> = child_environment(env)
+    let mut vars = child_environment(env);
+    if crate::allocator::tuning_allowed() {
+        // See `allow_allocator_tuning`: the child's threads keep more freed blocks.
+        let current = vars.iter().find(|(k, _)| k == TUNABLES_ENV).map(|(_, v)| v.as_os_str());
+        if let Some(tunables) = imp::malloc::child_tunables(current) {
+            vars.retain(|(k, _)| k != TUNABLES_ENV);
+            vars.push((TUNABLES_ENV.into(), tunables));
+        }
+    }
+    let mut full: Vec<OsString> = vars
         .into_iter()
         .map(|(k, v)| {
             let mut kv = k;
@@ -192,6 +201,9 @@ fn spawn_exe_at(
     full.push(format!("{ROLE_ENV}={}:{}", role.name(), imp::getpid()).into());
     imp::spawn::spawn(&SpawnRequest { exe: &exe, env: full, cwd, channel })
 }
+
+/// The variable glibc reads its allocator settings from at start-up.
+const TUNABLES_ENV: &str = "GLIBC_TUNABLES";
 
 fn current_exe() -> io::Result<PathBuf> {
     // /proc/self/exe names this very binary even if it was moved; fall back to

@@ -1,5 +1,8 @@
 //! Allocator tuning for processes that move large buffers (pool workers,
-//! and callers that ask for it with `pool::keep_freed_memory`).
+//! and callers that ask for it with `pool::keep_freed_memory`), and for the
+//! processes multiproc starts, which handle many small blocks at a time.
+
+use std::ffi::{OsStr, OsString};
 
 /// Blocks up to this size come from the heap rather than their own mapping.
 #[cfg(target_env = "gnu")]
@@ -37,4 +40,69 @@ fn keep_free_heap(trim_threshold: i32) {
     }
     #[cfg(not(target_env = "gnu"))]
     let _ = trim_threshold;
+}
+
+/// The glibc tunable that sizes each thread's cache of freed blocks.
+#[cfg(target_env = "gnu")]
+const TCACHE_COUNT: &str = "glibc.malloc.tcache_count";
+
+/// Freed blocks of each size that a thread of a started process keeps for
+/// reuse: glibc keeps 7, and a worker that frees a batch's hundred-odd
+/// inputs of one size sends the rest to its "fast bins", which the batch's
+/// next large allocation (any of 1 KiB or more, such as the vector of its
+/// outputs) then merges back, block by block, only for the next batch to
+/// split them up again. With room for 256, the blocks a batch frees are the
+/// ones its successor allocates: `serve_pipeline` ran 2.07 M requests/s
+/// against 1.90 (its model and preprocessing processes spent a quarter of
+/// their time in malloc). At most 256 blocks of each size up to 1 KiB per
+/// thread stay cached.
+#[cfg(target_env = "gnu")]
+const TCACHE_BLOCKS: u32 = 256;
+
+/// The `GLIBC_TUNABLES` value a re-executed child starts with, given the
+/// one it would inherit (`current`): the per-thread cache raised to
+/// [`TCACHE_BLOCKS`] blocks per size, unless the program set its own size;
+/// `None` to leave the variable as it is.
+pub(crate) fn child_tunables(current: Option<&OsStr>) -> Option<OsString> {
+    #[cfg(target_env = "gnu")]
+    {
+        let ours = format!("{TCACHE_COUNT}={TCACHE_BLOCKS}");
+        match current {
+            None => Some(ours.into()),
+            Some(v) if v.is_empty() => Some(ours.into()),
+            Some(v) if v.to_string_lossy().split(':').any(|t| t.starts_with(&format!("{TCACHE_COUNT}="))) => None,
+            Some(v) => {
+                let mut joined = v.to_os_string();
+                joined.push(":");
+                joined.push(ours);
+                Some(joined)
+            }
+        }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = current;
+        None
+    }
+}
+
+#[cfg(all(test, target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_size_is_added_to_what_the_child_inherits() {
+        assert_eq!(child_tunables(None).unwrap(), "glibc.malloc.tcache_count=256");
+        assert_eq!(child_tunables(Some(OsStr::new(""))).unwrap(), "glibc.malloc.tcache_count=256");
+        let joined = child_tunables(Some(OsStr::new("glibc.malloc.check=3"))).unwrap();
+        assert_eq!(joined, "glibc.malloc.check=3:glibc.malloc.tcache_count=256");
+    }
+
+    #[test]
+    fn a_cache_size_the_program_set_is_left_alone() {
+        assert_eq!(child_tunables(Some(OsStr::new("glibc.malloc.tcache_count=7"))), None);
+        assert_eq!(child_tunables(Some(OsStr::new("glibc.malloc.check=3:glibc.malloc.tcache_count=0"))), None);
+        // A tunable whose name only starts like it is another one.
+        assert!(child_tunables(Some(OsStr::new("glibc.malloc.tcache_count_x=1"))).is_some());
+    }
 }
