@@ -218,8 +218,50 @@ impl LoneWait {
     }
 }
 
+/// A limit on how many threads poll at once: each poller takes a CPU
+/// from the threads that bring the answers it polls for.
+#[derive(Debug)]
+pub(crate) struct PollerLimit {
+    polling: AtomicUsize,
+}
+
+impl PollerLimit {
+    pub(crate) const fn new() -> PollerLimit {
+        PollerLimit { polling: AtomicUsize::new(0) }
+    }
+
+    /// A turn to poll, while it is held, if fewer than `most` threads hold one.
+    pub(crate) fn enter(&self, most: usize) -> Option<PollerTurn<'_>> {
+        // ORDERING: Relaxed: a count that bounds polling, with no data behind it.
+        let turn = PollerTurn(&self.polling);
+        (self.polling.fetch_add(1, Ordering::Relaxed) < most).then_some(turn)
+    }
+}
+
+/// A thread's turn to poll (see [`PollerLimit`]); given back when dropped.
+pub(crate) struct PollerTurn<'a>(&'a AtomicUsize);
+
+impl Drop for PollerTurn<'_> {
+    fn drop(&mut self) {
+        // ORDERING: as in `PollerLimit::enter`.
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn at_most_the_limit_of_threads_poll_at_once() {
+        let limit = PollerLimit::new();
+        let first = limit.enter(2).expect("the first of two turns");
+        let second = limit.enter(2).expect("the second of two turns");
+        assert!(limit.enter(2).is_none(), "a third poller over a limit of two");
+        drop(first);
+        let third = limit.enter(2).expect("a turn given back is taken again");
+        drop((second, third));
+        assert!(limit.enter(1).is_some(), "every turn was given back");
+    }
+
     use super::*;
 
     /// Runs a future on this thread (the test needs no runtime).

@@ -4,14 +4,14 @@ use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use crate::error::ServeError;
-use crate::lone::poll_for;
+use crate::lone::{PollerLimit, poll_for};
 use crate::name::{ModelName, Target};
 use crate::slot::{Answer, Slot};
 
@@ -201,6 +201,21 @@ pub(crate) fn gave_up<O: DeserializeOwned>(slot: &Arc<Slot>, target: Target) -> 
 /// thread sleeps.
 const BLOCKING_POLL: Duration = Duration::from_micros(50);
 
+/// Threads polling in [`InferFuture::wait_timeout`] now: at most half the
+/// CPUs (at least one) do at once, so that many threads waiting for
+/// replies do not take the CPUs from the threads answering them.
+static BLOCKING_POLLERS: PollerLimit = PollerLimit::new();
+
+/// Polls for `slot`'s answer for at most `budget`, when few enough other
+/// threads are polling (see [`BLOCKING_POLLERS`]).
+fn poll_briefly(slot: &Slot, budget: Duration) {
+    static MOST: OnceLock<usize> = OnceLock::new();
+    let most = *MOST.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)));
+    if let Some(_turn) = BLOCKING_POLLERS.enter(most) {
+        poll_for(budget, || slot.is_done().then_some(()), || true);
+    }
+}
+
 /// A reply still to come; runtime-agnostic (works on tokio or any executor).
 /// Dropping it cancels the request if it has not reached a worker yet.
 #[must_use = "a future does nothing unless polled; dropping it cancels the request"]
@@ -238,7 +253,8 @@ impl<O: DeserializeOwned> InferFuture<O> {
     /// Waits for the reply on this thread, without an async runtime, at
     /// most `timeout`; past it the request is cancelled and the error is
     /// `DeadlineExceeded`. A reply not there yet is first polled for, up to
-    /// 50 µs (yielding the CPU between looks), before the thread sleeps: a
+    /// 50 µs (yielding the CPU between looks; by at most one thread per two
+    /// CPUs at a time), before the thread sleeps: a
     /// caller that keeps many requests in flight and waits for each in turn
     /// finds most replies coming within that, and a sleeping thread woken
     /// costs several µs of CPU and tens of µs of delay on a VM
@@ -254,7 +270,7 @@ impl<O: DeserializeOwned> InferFuture<O> {
                 let mut left = timeout;
                 if !slot.is_done() {
                     let start = Instant::now();
-                    poll_for(timeout.min(BLOCKING_POLL), || slot.is_done().then_some(()), || true);
+                    poll_briefly(&slot, timeout.min(BLOCKING_POLL));
                     left = timeout.saturating_sub(start.elapsed());
                 }
                 match slot.wait_for(left) {
