@@ -338,7 +338,7 @@ impl ForkServerClient {
     /// first spare.
     pub(crate) fn start() -> io::Result<ForkServerClient> {
         let (ours, theirs) = imp::socketpair()?;
-        let env = super::launch::child_environment(&Vec::new());
+        let env = super::launch::exe_environment(&Vec::new());
         let cwd = std::env::current_dir().ok();
         let pid = super::launch::spawn_exe(theirs.as_fd(), super::bootstrap::Role::ForkServer, &Vec::new(), None)?;
         drop(theirs);

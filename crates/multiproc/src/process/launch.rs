@@ -180,16 +180,7 @@ fn spawn_exe_at(
         Some(e) => e.to_path_buf(),
         None => current_exe()?,
     };
-    let mut vars = child_environment(env);
-    if crate::allocator::tuning_allowed() {
-        // See `allow_allocator_tuning`: the child's threads keep more freed blocks.
-        let current = vars.iter().find(|(k, _)| k == TUNABLES_ENV).map(|(_, v)| v.as_os_str());
-        if let Some(tunables) = imp::malloc::child_tunables(current) {
-            vars.retain(|(k, _)| k != TUNABLES_ENV);
-            vars.push((TUNABLES_ENV.into(), tunables));
-        }
-    }
-    let mut full: Vec<OsString> = vars
+    let mut full: Vec<OsString> = exe_environment(env)
         .into_iter()
         .map(|(k, v)| {
             let mut kv = k;
@@ -212,8 +203,27 @@ fn current_exe() -> io::Result<PathBuf> {
     if proc_path.exists() { Ok(proc_path) } else { std::env::current_exe() }
 }
 
+/// The environment of a child that runs this program again: this process's
+/// with `changes` applied, and (see
+/// [`allow_allocator_tuning`](crate::allow_allocator_tuning)) the C
+/// allocator's per-thread cache raised, unless the program set its size
+/// or `changes` removes `GLIBC_TUNABLES`. A fork server's children are
+/// compared with it too, so that theirs is the same as a spawned child's.
+pub(crate) fn exe_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
+    let mut vars = child_environment(changes);
+    let removed = changes.iter().any(|(k, v)| k == TUNABLES_ENV && v.is_none());
+    if crate::allocator::tuning_allowed() && !removed {
+        let current = vars.iter().find(|(k, _)| k == TUNABLES_ENV).map(|(_, v)| v.as_os_str());
+        if let Some(tunables) = imp::malloc::child_tunables(current) {
+            vars.retain(|(k, _)| k != TUNABLES_ENV);
+            vars.push((TUNABLES_ENV.into(), tunables));
+        }
+    }
+    vars
+}
+
 /// This process's environment with `changes` applied (without our role token).
-pub(crate) fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
+fn child_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(k, _)| k != ROLE_ENV).collect();
     for (key, value) in changes {
         vars.retain(|(k, _)| k != key);
@@ -254,7 +264,7 @@ fn fork_via_server(
             *server = Some(started);
         }
         let client = server.as_mut().expect("fork server just started");
-        let setup = client.setup_for(&child_environment(env), absolute_dir(cwd).as_deref());
+        let setup = client.setup_for(&exe_environment(env), absolute_dir(cwd).as_deref());
         match client.fork(setup.as_ref(), task) {
             Ok(forked) => {
                 let exit = ExitWatch::child_with(forked.pidfd);
