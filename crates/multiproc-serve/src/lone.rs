@@ -233,8 +233,8 @@ impl PollerLimit {
     /// A turn to poll, while it is held, if fewer than `most` threads hold one.
     pub(crate) fn enter(&self, most: usize) -> Option<PollerTurn<'_>> {
         // ORDERING: Relaxed: a count that bounds polling, with no data behind it.
-        let turn = PollerTurn(&self.polling);
-        (self.polling.fetch_add(1, Ordering::Relaxed) < most).then_some(turn)
+        let taken = self.polling.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < most).then_some(n + 1));
+        taken.ok().map(|_| PollerTurn(&self.polling))
     }
 }
 
@@ -250,6 +250,8 @@ impl Drop for PollerTurn<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn at_most_the_limit_of_threads_poll_at_once() {
         let limit = PollerLimit::new();
@@ -261,8 +263,6 @@ mod tests {
         drop((second, third));
         assert!(limit.enter(1).is_some(), "every turn was given back");
     }
-
-    use super::*;
 
     /// Runs a future on this thread (the test needs no runtime).
     fn block_on<F: Future>(f: F) -> F::Output {

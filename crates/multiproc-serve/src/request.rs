@@ -207,13 +207,15 @@ const BLOCKING_POLL: Duration = Duration::from_micros(50);
 static BLOCKING_POLLERS: PollerLimit = PollerLimit::new();
 
 /// Polls for `slot`'s answer for at most `budget`, when few enough other
-/// threads are polling (see [`BLOCKING_POLLERS`]).
-fn poll_briefly(slot: &Slot, budget: Duration) {
+/// threads are polling (see [`BLOCKING_POLLERS`]); the answer if it came.
+/// Polls until the answer is there, not only claimed: a batch's answers
+/// are all claimed before any is published.
+fn poll_briefly(slot: &Slot, budget: Duration) -> Option<Result<Answer, ServeError>> {
     static MOST: OnceLock<usize> = OnceLock::new();
     let most = *MOST.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)));
-    if let Some(_turn) = BLOCKING_POLLERS.enter(most) {
-        poll_for(budget, || slot.is_done().then_some(()), || true);
-    }
+    let _turn = BLOCKING_POLLERS.enter(most)?;
+    // The flag is one load; the slot's lock is taken once it is claimed.
+    poll_for(budget, || if slot.is_done() { slot.try_take() } else { None }, || true)
 }
 
 /// A reply still to come; runtime-agnostic (works on tokio or any executor).
@@ -253,8 +255,8 @@ impl<O: DeserializeOwned> InferFuture<O> {
     /// Waits for the reply on this thread, without an async runtime, at
     /// most `timeout`; past it the request is cancelled and the error is
     /// `DeadlineExceeded`. A reply not there yet is first polled for, up to
-    /// 50 µs (yielding the CPU between looks; by at most one thread per two
-    /// CPUs at a time), before the thread sleeps: a
+    /// 50 µs (yielding the CPU between looks; by at most half the CPUs'
+    /// worth of threads at a time, at least one), before the thread sleeps: a
     /// caller that keeps many requests in flight and waits for each in turn
     /// finds most replies coming within that, and a sleeping thread woken
     /// costs several µs of CPU and tens of µs of delay on a VM
@@ -268,12 +270,13 @@ impl<O: DeserializeOwned> InferFuture<O> {
             Err(e) => Err(e.unwrap_or_else(|| ServeError::Internal("the reply was already taken".into()))),
             Ok(slot) => {
                 let mut left = timeout;
-                if !slot.is_done() {
+                let mut found = slot.try_take();
+                if found.is_none() {
                     let start = Instant::now();
-                    poll_briefly(&slot, timeout.min(BLOCKING_POLL));
+                    found = poll_briefly(&slot, timeout.min(BLOCKING_POLL));
                     left = timeout.saturating_sub(start.elapsed());
                 }
-                match slot.wait_for(left) {
+                match found.or_else(|| slot.wait_for(left)) {
                     Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
                     None => gave_up(&slot, std::mem::take(&mut self.target)),
                 }
