@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::bell::Bell;
+use crate::test_support::Alive;
 
 fn pending() -> Pending {
     rows(1)
@@ -304,25 +305,15 @@ fn a_watcher_wakes_when_the_queue_closes_stops_or_runs_empty_once_closed_not_for
     q.sleep_unless_closing(&bell, |_| panic!("a stopped queue let its watcher sleep"));
 }
 
-/// Counts the guards alive (see [`crate::Request::hold`]).
-struct Guard(Arc<AtomicU64>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A request holding a guard counted in `alive`.
-fn holding_one(alive: &Arc<AtomicU64>) -> Pending {
-    alive.fetch_add(1, Ordering::Relaxed);
-    let request = crate::Request::new("m", ()).hold(Guard(Arc::clone(alive)));
+fn holding_one(alive: &Alive) -> Pending {
+    let request = crate::Request::new("m", ()).hold(alive.guard());
     Pending { held: request.held, ..pending() }
 }
 
 #[test]
 fn a_watcher_is_told_of_requests_that_hold_something_and_rung_by_the_first() {
-    let alive = Arc::new(AtomicU64::new(0));
+    let alive = Alive::default();
     let bell = Bell::new().unwrap();
     let q = BatchQueue::new(10);
     q.sleep_unless_closing(&bell, |holding| {
@@ -339,12 +330,12 @@ fn a_watcher_is_told_of_requests_that_hold_something_and_rung_by_the_first() {
         assert!(!rings(&bell, false), "a watcher told of a request that holds something was woken again");
     });
     drop(q.stop());
-    assert_eq!(alive.load(Ordering::Relaxed), 0);
+    assert_eq!(alive.count(), 0);
 }
 
 #[test]
 fn what_a_request_holds_stays_queued_with_it_and_goes_when_it_is_swept() {
-    let alive = Arc::new(AtomicU64::new(0));
+    let alive = Alive::default();
     let q = BatchQueue::new(4);
     let s = ModelSettings { max_batch_size: 1, ..Default::default() };
     let (gone, expired) = (holding_one(&alive), holding_one(&alive));
@@ -354,18 +345,18 @@ fn what_a_request_holds_stays_queued_with_it_and_goes_when_it_is_swept() {
     q.push(expired, false, &mut Vec::new()).unwrap();
     q.push(holding_one(&alive), false, &mut Vec::new()).unwrap();
     // Given up and past its deadline, but queued: still held.
-    assert_eq!(alive.load(Ordering::Relaxed), 3);
+    assert_eq!(alive.count(), 3);
     let mut dropped = Vec::new();
     let Next::Batch(batch, _) = q.next_batch(&s, Duration::from_secs(5), &mut dropped, false) else {
         panic!("no batch")
     };
     assert_eq!((batch.len(), dropped.len()), (1, 2));
     dropped.clear();
-    assert_eq!(alive.load(Ordering::Relaxed), 1, "the swept requests dropped what they held");
+    assert_eq!(alive.count(), 1, "the swept requests dropped what they held");
     drop(batch);
-    assert_eq!(alive.load(Ordering::Relaxed), 0);
+    assert_eq!(alive.count(), 0);
     // Drained at a stop: dropped with the requests.
     q.push(holding_one(&alive), false, &mut Vec::new()).unwrap();
     drop(q.stop());
-    assert_eq!(alive.load(Ordering::Relaxed), 0);
+    assert_eq!(alive.count(), 0);
 }

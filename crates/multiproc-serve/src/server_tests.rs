@@ -52,37 +52,25 @@ fn a_request_that_looked_up_a_replaced_model_goes_to_its_successor() {
     server.shutdown();
 }
 
-/// Counts the guards alive (see [`crate::Request::hold`]).
-struct Guard(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// What a request holds is dropped once it is answered, and at once when
 /// it is refused; a pipeline-free request never keeps it past its answer.
 #[test]
 fn what_a_request_holds_is_dropped_when_it_is_answered_or_refused() {
     use crate::Request;
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use crate::test_support::Alive;
     let server = Server::new();
     let eager = ModelSettings { start: StartMode::Eager, ..Default::default() };
     server.add(ModelSpec::<Versioned>::new("m").version(1, 0).settings(eager)).unwrap();
-    let alive = Arc::new(AtomicUsize::new(0));
-    let guard = || {
-        alive.fetch_add(1, Relaxed);
-        Guard(Arc::clone(&alive))
-    };
+    let alive = Alive::default();
+    let guard = || alive.guard();
     let reply = server.infer::<u64, u64>(Request::new("m", 7u64).hold(guard())).unwrap();
     assert_eq!(reply.output, 1007);
-    assert_eq!(alive.load(Relaxed), 0, "dropped before the answer was published");
+    assert_eq!(alive.count(), 0, "dropped before the answer was published");
     let future = server.infer_async::<u64, u64>(Request::new("m", 8u64).hold(guard()));
     assert_eq!(future.wait_timeout(Duration::from_secs(60)).unwrap().output, 1008);
-    assert_eq!(alive.load(Relaxed), 0);
+    assert_eq!(alive.count(), 0);
     assert!(server.infer::<u64, u64>(Request::new("none", 1u64).hold(guard())).is_err());
     assert!(server.infer::<u64, u64>(Request::new("m", 1u64).version(9).hold(guard())).is_err());
-    assert_eq!(alive.load(Relaxed), 0, "refused: dropped at once");
+    assert_eq!(alive.count(), 0, "refused: dropped at once");
     server.shutdown();
 }
