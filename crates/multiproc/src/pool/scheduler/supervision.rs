@@ -157,8 +157,7 @@ impl Scheduler {
                 // least `STUCK_FLOOR`, is taken for stuck and killed; its
                 // running chunk counts as lost: no timeout is charged to an
                 // item that a half-written page cannot name for sure.
-                if stuck_in_update(&mut w.status_stuck, w.status.seq(), now, limit) {
-                    let stuck_for = limit.max(STUCK_FLOOR);
+                if let Some(stuck_for) = stuck_in_update(&mut w.status_stuck, w.status.seq(), now, limit) {
                     lifecycle!(
                         WARN,
                         "pool worker {} (pid {}) was stuck for {stuck_for:?} inside an update of its status page \
@@ -298,8 +297,9 @@ impl Scheduler {
 /// every look since the instant paired with it, and is updated here: a
 /// different word (the worker moved on, to another update or out of one)
 /// restarts the clock, an even one clears it. Stuck only when the same odd
-/// word stayed for `limit`, and at least [`STUCK_FLOOR`].
-fn stuck_in_update(stuck: &mut Option<(u64, Instant)>, seq: u64, now: Instant, limit: Duration) -> bool {
+/// word stayed for `limit`, and at least [`STUCK_FLOOR`]; then how long it
+/// stayed.
+fn stuck_in_update(stuck: &mut Option<(u64, Instant)>, seq: u64, now: Instant, limit: Duration) -> Option<Duration> {
     let since = match *stuck {
         Some((held, since)) if held == seq => since,
         _ => {
@@ -307,7 +307,8 @@ fn stuck_in_update(stuck: &mut Option<(u64, Instant)>, seq: u64, now: Instant, l
             now
         }
     };
-    now.saturating_duration_since(since) >= limit.max(STUCK_FLOOR)
+    let held = now.saturating_duration_since(since);
+    (held >= limit.max(STUCK_FLOOR)).then_some(held)
 }
 
 /// Says how a worker ended, from its exit code (negative: the signal).
@@ -334,7 +335,7 @@ mod test {
         let mut stuck = None;
         let seen = looks
             .iter()
-            .map(|&(seq, ms)| stuck_in_update(&mut stuck, seq, t0 + Duration::from_millis(ms), limit))
+            .map(|&(seq, ms)| stuck_in_update(&mut stuck, seq, t0 + Duration::from_millis(ms), limit).is_some())
             .collect();
         (seen, stuck)
     }
@@ -358,6 +359,11 @@ mod test {
         assert_eq!(seen, [false, false, true]);
         let (seen, _) = look(&[(INSIDE, 0), (INSIDE, 1_000)], Duration::from_millis(100));
         assert_eq!(seen, [false, true]);
+        // Stuck: for as long as the word was held (what the warning says).
+        let t0 = Instant::now();
+        let mut stuck = Some((INSIDE, t0));
+        let held = stuck_in_update(&mut stuck, INSIDE, t0 + Duration::from_millis(1_500), Duration::from_millis(100));
+        assert_eq!(held, Some(Duration::from_millis(1_500)));
     }
 
     /// A live worker caught inside a different update at each look: the
@@ -372,7 +378,7 @@ mod test {
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(3);
         let mut stuck = Some((INSIDE, t0));
-        assert!(!stuck_in_update(&mut stuck, INSIDE + 2, later, Duration::from_millis(1)));
+        assert_eq!(stuck_in_update(&mut stuck, INSIDE + 2, later, Duration::from_millis(1)), None);
         assert_eq!(stuck, Some((INSIDE + 2, later)));
     }
 
