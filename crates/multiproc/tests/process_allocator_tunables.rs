@@ -9,7 +9,7 @@
 mod process_support;
 
 use multiproc::{Process, StartMethod};
-use process_support::{JOIN, serial};
+use process_support::{join_or_kill, serial};
 
 /// Blocks freed by the probe; each is a 48-byte chunk, in fast-bin range.
 const FREED: usize = 100;
@@ -48,8 +48,7 @@ impl Drop for TuningBackOn {
 }
 
 fn probe_in(builder: multiproc::ProcessBuilder) -> usize {
-    let mut child = builder.spawn(fast_bin_bytes_after_freeing, ()).unwrap();
-    child.join_timeout(JOIN).unwrap()
+    join_or_kill(builder.spawn(fast_bin_bytes_after_freeing, ()).unwrap())
 }
 
 /// Most of the blocks went to the fast bins (glibc's default cache of 7).
@@ -129,8 +128,7 @@ fn every_started_child_sees_the_tunables_it_runs_with() {
         ),
     ];
     for (how, builder) in builders {
-        let mut child = builder.spawn(tunables_seen, ()).unwrap();
-        let seen = child.join_timeout(JOIN).unwrap();
+        let seen = join_or_kill(builder.spawn(tunables_seen, ()).unwrap());
         assert_eq!(seen.as_deref(), Some("glibc.malloc.tcache_count=256"), "{how}");
     }
 }
