@@ -106,6 +106,23 @@ fn a_child_whose_environment_removes_the_tunables_gets_none() {
     assert!(untuned(bytes), "only {bytes} bytes went to the fast bins: the child was tuned");
 }
 
+#[test]
+fn a_child_whose_environment_removes_then_sets_the_tunables_is_tuned() {
+    let _serial = serial();
+    if !default_allocator_here() {
+        return;
+    }
+    let builder = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .env_remove("GLIBC_TUNABLES")
+        .env("GLIBC_TUNABLES", "glibc.malloc.check=0");
+    let bytes = probe_in(builder);
+    assert!(
+        bytes < 8 * CHUNK,
+        "{bytes} bytes went to the fast bins: the last change (a value) was taken for a removal"
+    );
+}
+
 fn tunables_seen() -> Option<String> {
     std::env::var("GLIBC_TUNABLES").ok()
 }
