@@ -151,8 +151,8 @@ impl Default for LoneWait {
     }
 }
 
-/// Counts a request in flight until dropped.
-struct Counted<'a>(&'a AtomicUsize);
+/// Counts one more until dropped: a request in flight, or a poller's turn.
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
@@ -230,21 +230,12 @@ impl PollerLimit {
         PollerLimit { polling: AtomicUsize::new(0) }
     }
 
-    /// A turn to poll, while it is held, if fewer than `most` threads hold one.
-    pub(crate) fn enter(&self, most: usize) -> Option<PollerTurn<'_>> {
+    /// A turn to poll, given back when dropped, if fewer than `most`
+    /// threads hold one.
+    pub(crate) fn enter(&self, most: usize) -> Option<Counted<'_>> {
         // ORDERING: Relaxed: a count that bounds polling, with no data behind it.
         let taken = self.polling.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < most).then_some(n + 1));
-        taken.ok().map(|_| PollerTurn(&self.polling))
-    }
-}
-
-/// A thread's turn to poll (see [`PollerLimit`]); given back when dropped.
-pub(crate) struct PollerTurn<'a>(&'a AtomicUsize);
-
-impl Drop for PollerTurn<'_> {
-    fn drop(&mut self) {
-        // ORDERING: as in `PollerLimit::enter`.
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        taken.ok().map(|_| Counted(&self.polling))
     }
 }
 

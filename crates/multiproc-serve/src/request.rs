@@ -214,7 +214,7 @@ static BLOCKING_POLLERS: PollerLimit = PollerLimit::new();
 /// the answer was there ran `serve_pipeline` about 5 % slower).
 fn poll_briefly(slot: &Slot, budget: Duration) {
     static MOST: OnceLock<usize> = OnceLock::new();
-    let most = *MOST.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)));
+    let most = *MOST.get_or_init(|| (multiproc::cpu_count() / 2).max(1));
     if let Some(_turn) = BLOCKING_POLLERS.enter(most) {
         poll_for(budget, || slot.is_done().then_some(()), || true);
     }
@@ -271,13 +271,14 @@ impl<O: DeserializeOwned> InferFuture<O> {
         match std::mem::replace(&mut self.slot, Err(None)) {
             Err(e) => Err(e.unwrap_or_else(|| ServeError::Internal("the reply was already taken".into()))),
             Ok(slot) => {
-                let mut left = timeout;
-                if !slot.is_done() {
-                    let start = Instant::now();
+                let answer = if slot.is_done() {
+                    slot.wait_for(timeout)
+                } else {
+                    let deadline = Instant::now().checked_add(timeout);
                     poll_briefly(&slot, timeout.min(BLOCKING_POLL));
-                    left = timeout.saturating_sub(start.elapsed());
-                }
-                match slot.wait_for(left) {
+                    slot.wait(deadline)
+                };
+                match answer {
                     Some(result) => result.and_then(|a| decode_reply(a, slot.arrived)),
                     None => gave_up(&slot, std::mem::take(&mut self.target)),
                 }
