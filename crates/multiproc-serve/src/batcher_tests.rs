@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::bell::Bell;
-use crate::test_support::Alive;
+use multiproc_test_support::Alive;
 
 fn pending() -> Pending {
     rows(1)

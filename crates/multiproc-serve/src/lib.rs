@@ -119,8 +119,6 @@ mod startup;
 mod status;
 mod supervisor;
 pub mod tensor;
-#[cfg(test)]
-mod test_support;
 mod version;
 mod worker;
 

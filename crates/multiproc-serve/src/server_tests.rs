@@ -57,20 +57,19 @@ fn a_request_that_looked_up_a_replaced_model_goes_to_its_successor() {
 #[test]
 fn what_a_request_holds_is_dropped_when_it_is_answered_or_refused() {
     use crate::Request;
-    use crate::test_support::Alive;
+    use multiproc_test_support::Alive;
     let server = Server::new();
     let eager = ModelSettings { start: StartMode::Eager, ..Default::default() };
     server.add(ModelSpec::<Versioned>::new("m").version(1, 0).settings(eager)).unwrap();
     let alive = Alive::default();
-    let guard = || alive.guard();
-    let reply = server.infer::<u64, u64>(Request::new("m", 7u64).hold(guard())).unwrap();
+    let reply = server.infer::<u64, u64>(Request::new("m", 7u64).hold(alive.guard())).unwrap();
     assert_eq!(reply.output, 1007);
     assert_eq!(alive.count(), 0, "dropped before the answer was published");
-    let future = server.infer_async::<u64, u64>(Request::new("m", 8u64).hold(guard()));
+    let future = server.infer_async::<u64, u64>(Request::new("m", 8u64).hold(alive.guard()));
     assert_eq!(future.wait_timeout(Duration::from_secs(60)).unwrap().output, 1008);
     assert_eq!(alive.count(), 0);
-    assert!(server.infer::<u64, u64>(Request::new("none", 1u64).hold(guard())).is_err());
-    assert!(server.infer::<u64, u64>(Request::new("m", 1u64).version(9).hold(guard())).is_err());
+    assert!(server.infer::<u64, u64>(Request::new("none", 1u64).hold(alive.guard())).is_err());
+    assert!(server.infer::<u64, u64>(Request::new("m", 1u64).version(9).hold(alive.guard())).is_err());
     assert_eq!(alive.count(), 0, "refused: dropped at once");
     server.shutdown();
 }

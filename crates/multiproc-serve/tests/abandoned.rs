@@ -7,44 +7,16 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::{Behaviour, Doubler, PATIENCE, Tagged, block_on, wait_for};
 use multiproc_serve::{
     ErrorKind, ModelSettings, ModelSpec, Request, RestartPolicy, Server, StartMode, VersionState, WorkerState,
 };
+use multiproc_test_support::Alive;
 
 /// How soon an abandoned request must give back what it holds.
 const SOON: Duration = Duration::from_millis(1000);
-
-/// Counts the guards alive.
-struct Guard(Arc<AtomicUsize>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// The guards alive, and a way to make one more.
-struct Held(Arc<AtomicUsize>);
-
-impl Held {
-    fn new() -> Held {
-        Held(Arc::new(AtomicUsize::new(0)))
-    }
-
-    fn guard(&self) -> Guard {
-        self.0.fetch_add(1, Relaxed);
-        Guard(Arc::clone(&self.0))
-    }
-
-    fn alive(&self) -> usize {
-        self.0.load(Relaxed)
-    }
-}
 
 /// The state of model "m" version 1 and of its worker.
 fn states(server: &Server) -> (VersionState, WorkerState) {
@@ -60,7 +32,7 @@ fn states(server: &Server) -> (VersionState, WorkerState) {
 /// request's future.
 fn two_abandoned_give_back_soon(
     server: &Server,
-    held: &Held,
+    held: &Alive,
     still: impl Fn((VersionState, WorkerState)) -> bool,
 ) -> multiproc_serve::InferFuture<Tagged> {
     let live = server.infer_async::<u64, Tagged>(Request::new("m", 1).hold(held.guard()));
@@ -70,9 +42,9 @@ fn two_abandoned_give_back_soon(
     let late = server.infer_async::<u64, Tagged>(Request::new("m", 3).timeout(deadline).hold(held.guard()));
     assert_eq!(block_on(late, PATIENCE).unwrap_err().kind(), ErrorKind::DeadlineExceeded);
     assert!(
-        wait_for(deadline + SOON, || held.alive() == 1),
+        wait_for(deadline + SOON, || held.count() == 1),
         "{} guards alive {:?} after the deadline; {:?}",
-        held.alive(),
+        held.count(),
         sent.elapsed().saturating_sub(deadline),
         states(server)
     );
@@ -87,13 +59,13 @@ fn abandoned_requests_give_back_what_they_hold_while_their_worker_loads() {
     let settings = ModelSettings { start: StartMode::Lazy, ..Default::default() };
     let behaviour = Behaviour { load_ms: 20_000, ..Default::default() };
     server.add(ModelSpec::<Doubler>::new("m").version(1, behaviour).settings(settings)).unwrap();
-    let held = Held::new();
+    let held = Alive::default();
     let live =
         two_abandoned_give_back_soon(&server, &held, |(v, w)| v == VersionState::Loading && w == WorkerState::Starting);
     drop(live);
     // The load is cancelled, the live request fails with it.
     server.shutdown();
-    assert_eq!(held.alive(), 0);
+    assert_eq!(held.count(), 0);
 }
 
 #[test]
@@ -112,11 +84,11 @@ fn abandoned_requests_give_back_what_they_hold_while_their_worker_backs_off() {
     let first = server.infer_async::<u64, Tagged>(Request::new("m", 0));
     assert!(wait_for(PATIENCE, || states(&server).1 == WorkerState::BackingOff), "{:?}", states(&server));
     drop(first);
-    let held = Held::new();
+    let held = Alive::default();
     let live = two_abandoned_give_back_soon(&server, &held, |(_, w)| w == WorkerState::BackingOff);
     drop(live);
     server.shutdown();
-    assert_eq!(held.alive(), 0);
+    assert_eq!(held.count(), 0);
 }
 
 #[test]
@@ -132,10 +104,10 @@ fn abandoned_requests_give_back_what_they_hold_while_their_worker_runs_a_long_ba
         wait_for(PATIENCE, || server.status().model("m").unwrap().versions[0].in_flight == 1),
         "the first request never ran"
     );
-    let held = Held::new();
+    let held = Alive::default();
     let live = two_abandoned_give_back_soon(&server, &held, |(_, w)| w == WorkerState::Busy);
     assert_eq!(block_on(running, PATIENCE).unwrap().output.value, 0);
     assert_eq!(block_on(live, PATIENCE).unwrap().output.value, 2);
-    assert_eq!(held.alive(), 0);
+    assert_eq!(held.count(), 0);
     server.shutdown();
 }

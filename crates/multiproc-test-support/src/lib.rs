@@ -16,6 +16,8 @@
 //! [`mark`], [`marker_dir`], [`markers`] and [`all_marked`] let a test see
 //! that tasks ran in other processes before their results were asked for.
 //!
+//! [`Alive`] counts the guards a test handed out that are still alive.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use multiproc_test_support::{in_fresh_copy, run_in_fresh_copy, NoRoomForThreads};
@@ -36,7 +38,10 @@
 
 #![warn(missing_docs)]
 
+mod alive;
 mod markers;
+
+pub use alive::Alive;
 
 pub use markers::{all_marked, mark, marker_dir, markers};
 

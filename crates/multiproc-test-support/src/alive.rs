@@ -1,16 +1,17 @@
-//! Helpers shared by the crate's unit tests.
+//! Counting values alive: what a test hands to code that should drop it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Counts the guards it handed out that are still alive: what a request
-/// holds (see [`crate::Request::hold`]), to see when it is dropped.
-#[derive(Clone, Default)]
-pub(crate) struct Alive(Arc<AtomicUsize>);
+/// Counts the guards it handed out that are still alive, to see when the
+/// code a test gave them to drops them (what a serving request holds, for
+/// one).
+#[derive(Clone, Debug, Default)]
+pub struct Alive(Arc<AtomicUsize>);
 
 impl Alive {
     /// A guard, counted until it is dropped.
-    pub fn guard(&self) -> impl std::any::Any + Send + Sync {
+    pub fn guard(&self) -> impl std::any::Any + Send + Sync + use<> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Guard(Arc::clone(&self.0))
     }
