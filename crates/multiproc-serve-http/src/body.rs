@@ -191,9 +191,8 @@ impl Gathered {
     /// more with `data`).
     fn push(&mut self, data: Bytes, most: usize, lease: &mut BodyLease) -> Result<(), Refusal> {
         let now = self.len() + data.len();
-        // Doubles, within what the body may be and the whole budget (over
-        // that, the reservation is refused as such), and at least `now`.
-        let ceiling = most.min(lease.budget_limit());
+        // Doubles, within what the body may be (and the whole budget: see
+        // `BodyLease::grow`), and at least `now`.
         match self {
             _ if data.is_empty() => {}
             Gathered::Empty => {
@@ -203,14 +202,14 @@ impl Gathered {
             Gathered::One(first) => {
                 // Twice the first chunk (an empty buffer's double is none).
                 let mut all = Vec::new();
-                lease.grow(&mut all, now, first.len().saturating_mul(2), ceiling, 0)?;
+                lease.grow(&mut all, now, first.len().saturating_mul(2), most, 0)?;
                 all.extend_from_slice(first);
                 all.extend_from_slice(&data);
                 *self = Gathered::Many(all);
             }
             Gathered::Many(all) => {
                 if now > all.capacity() {
-                    lease.grow(all, now, 0, ceiling, 0)?;
+                    lease.grow(all, now, 0, most, 0)?;
                 }
                 all.extend_from_slice(&data);
             }

@@ -102,11 +102,6 @@ pub(crate) struct BodyLease {
 }
 
 impl BodyLease {
-    /// The most bytes any lease may hold: the whole budget.
-    pub(crate) fn budget_limit(&self) -> usize {
-        self.budget.limit
-    }
-
     /// The bytes it holds.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
@@ -149,9 +144,11 @@ impl BodyLease {
 
     /// Grows `buf` to hold at least `wanted` bytes, holding its new
     /// capacity in the lease first: the capacity doubles, is at least
-    /// `floor`, then no more than `ceiling` (unless `wanted` is more); the
-    /// lease is grown to that capacity plus `beside` (bytes held alongside
-    /// the buffer), and only then is the buffer grown to it.
+    /// `floor`, then no more than `ceiling` nor than what the whole budget
+    /// leaves beside `beside` (unless `wanted` is more: then the reservation
+    /// is refused as such); the lease is grown to that capacity plus
+    /// `beside` (bytes held alongside the buffer), and only then is the
+    /// buffer grown to it.
     ///
     /// # Errors
     ///
@@ -166,7 +163,8 @@ impl BodyLease {
         beside: usize,
     ) -> Result<(), Refusal> {
         debug_assert!(wanted >= buf.len(), "a buffer grows to hold at least what it holds");
-        let capacity = buf.capacity().saturating_mul(2).max(floor).min(ceiling).max(wanted);
+        let most = ceiling.min(self.budget.limit.saturating_sub(beside));
+        let capacity = buf.capacity().saturating_mul(2).max(floor).min(most).max(wanted);
         self.reserve_total(beside.saturating_add(capacity))?;
         buf.reserve_exact(capacity - buf.len());
         Ok(())

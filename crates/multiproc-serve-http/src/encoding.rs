@@ -66,9 +66,8 @@ impl ContentEncoding {
         // One byte past the limit tells a body over it from one exactly at it.
         let bound = limit.saturating_add(1);
         let mut reader = reader.take(u64::try_from(bound).unwrap_or(u64::MAX));
-        // No buffer is worth more than the bound, nor more than the budget
-        // leaves beside the compressed body (over it, growing is refused).
-        let ceiling = bound.min(lease.budget_limit().saturating_sub(body.len()));
+        // No buffer is worth more than the bound (nor than the budget leaves
+        // beside the compressed body: see `BodyLease::grow`).
         let mut out = Vec::new();
         loop {
             if out.len() == out.capacity() {
@@ -82,7 +81,7 @@ impl ContentEncoding {
                 let wanted = out.len() + n;
                 // The compressed body is held beside the buffer while it
                 // inflates.
-                lease.grow(&mut out, wanted, FIRST_BUFFER, ceiling, body.len())?;
+                lease.grow(&mut out, wanted, FIRST_BUFFER, bound, body.len())?;
                 out.extend_from_slice(&probe[..n]);
             }
             // Into the room reserved, never past it: `read_to_end` stops
