@@ -170,23 +170,23 @@ fn take(
     entries: Vec<StreamEntry>,
 ) -> (usize, usize) {
     let (mut started, mut items) = (0usize, 0usize);
-    let mut redis_away = false;
-    for entry in entries {
-        if redis_away {
-            // Not tried: each would wait for Redis in turn (a reply timeout
-            // or two), with the host's stop unheard. Pending to this host,
-            // they are taken again once it has reconnected (see `recover`),
-            // or by another host after the visibility timeout; so they are
-            // let go.
-            host.held.release(&[entry.id]);
-            continue;
-        }
+    let mut entries = entries.into_iter();
+    while let Some(entry) = entries.next() {
         match admit(host, &entry.fields) {
             Ok(msg) => {
                 started += 1;
                 match start(host, executors, events, conn, entry.id, msg) {
                     Some(n) => items += n,
-                    None => redis_away = true,
+                    None => {
+                        // Redis is away. The rest are not tried: each would
+                        // wait for Redis in turn (a reply timeout or two),
+                        // with the host's stop unheard. Pending to this host,
+                        // they are taken again once it has reconnected (see
+                        // `recover`), or by another host after the visibility
+                        // timeout; so they are let go.
+                        host.held.release(entries.by_ref().map(|e| e.id));
+                        break;
+                    }
                 }
             }
             Err(disposal) => {
@@ -271,16 +271,7 @@ fn still_pending(host: &HostShared, conn: &mut Conn, entries: Vec<StreamEntry>) 
         return Some(lost);
     }
     let ids: Vec<&str> = lost.iter().map(|e| e.id.as_str()).collect();
-    let claimed = conn.run(|c| {
-        redis::cmd("XCLAIM")
-            .arg(host.keys.tasks())
-            .arg(GROUP)
-            .arg(&host.consumer)
-            .arg(0)
-            .arg(&ids)
-            .arg("JUSTID")
-            .query::<HashSet<String>>(c)
-    });
+    let claimed = conn.run(|c| host.claim_again(&ids).query::<HashSet<String>>(c));
     match claimed {
         // One answered or deleted since the look is not claimed: let go.
         Ok(claimed) => {

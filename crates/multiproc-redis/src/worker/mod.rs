@@ -243,6 +243,15 @@ impl HostShared {
         self.drain_deadline().map(|d| d + LAST_WRITES)
     }
 
+    /// `XCLAIM … 0 <ids> JUSTID`: claims `ids` for this host again with
+    /// their idle time reset (heartbeats, and taking back recovered entries);
+    /// its reply names the entries claimed.
+    pub(crate) fn claim_again(&self, ids: &[&str]) -> redis::Cmd {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(self.keys.tasks()).arg(schema::GROUP).arg(&self.consumer).arg(0).arg(ids).arg("JUSTID");
+        cmd
+    }
+
     pub(crate) fn set_intake_done(&self) {
         // ORDERING: Release pairs with the outlet's Acquire: the events the
         // intake sent before are in the channel by then.

@@ -267,7 +267,7 @@ pub(crate) fn run(host: &HostShared, events: mpsc::Receiver<Event>, mut conn: Co
             // recovery's page, may wait long for its turn to start.
             let held = host.held.ids();
             if !held.is_empty() {
-                heartbeat(host, &mut conn, held.iter());
+                heartbeat(host, &mut conn, &held);
             }
             next_heartbeat = now + heartbeat_every;
         }
@@ -363,19 +363,10 @@ fn tell_refused(host: &HostShared, conn: &mut Conn, batch: &Batch, e: &redis::Re
 
 /// Resets the idle time of the entries this host holds (`XCLAIM …
 /// JUSTID`), so no live host reclaims them however long they wait or run.
-fn heartbeat<'a>(host: &HostShared, conn: &mut Conn, ids: impl Iterator<Item = &'a Arc<str>>) {
-    let ids: Vec<&str> = ids.map(|s| &**s).collect();
+fn heartbeat(host: &HostShared, conn: &mut Conn, ids: &[Arc<str>]) {
+    let ids: Vec<&str> = ids.iter().map(|s| &**s).collect();
     for part in ids.chunks(1000) {
-        let r = conn.run_until(host.command_deadline(), |c| {
-            redis::cmd("XCLAIM")
-                .arg(host.keys.tasks())
-                .arg(schema::GROUP)
-                .arg(&host.consumer)
-                .arg(0)
-                .arg(part)
-                .arg("JUSTID")
-                .exec(c)
-        });
+        let r = conn.run_until(host.command_deadline(), |c| host.claim_again(part).exec(c));
         if let Err(e) = r {
             tracing::warn!("heartbeat failed: {e}");
             if conn::is_transient(&e) {
