@@ -11,10 +11,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use multiproc_redis::RedisPool;
 use multiproc_redis::schema::Keys;
 use support::proxy::LossyProxy;
-use support::{assert_dropped, eventually, exists, local_worker, raw, server, xlen, zcard};
+use support::{assert_dropped, eventually, exists, local_worker, pool_at, raw, server, xlen, zcard};
 
 /// The queue prefix of this test.
 const PREFIX: &str = "drop-handover";
@@ -39,7 +38,7 @@ fn a_drop_that_meets_a_call_holding_the_connection_leaves_its_work_to_that_call(
     let mut con = raw(&server);
     let keys = Keys::new(PREFIX, "default");
     let proxy = LossyProxy::start(&server);
-    let pool = RedisPool::builder(&proxy.url()).prefix(PREFIX).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+    let pool = pool_at(&proxy.url(), PREFIX).connect().unwrap();
     let results = keys.results(pool.caller_id());
     let withdrawn = keys.withdrawn(pool.caller_id());
 

@@ -5,10 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use multiproc_redis::RedisPool;
 use multiproc_redis::schema::Keys;
 use support::proxy::LossyProxy;
-use support::{eventually, local_worker, logged_run, raw, server, start_log, starts, xlen};
+use support::{eventually, local_worker, logged_run, pool_at, raw, server, start_log, starts, xlen};
 
 const PREFIX: &str = "enqueue-retry";
 
@@ -22,7 +21,7 @@ fn a_batch_sent_again_after_its_reply_was_lost_is_queued_once() {
 
     // The caller talks to Redis through the proxy; the host does not.
     let proxy = LossyProxy::start(&server);
-    let pool = RedisPool::builder(&proxy.url()).prefix(PREFIX).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+    let pool = pool_at(&proxy.url(), PREFIX).connect().unwrap();
     let worker = local_worker(&server, PREFIX, 2);
 
     // One batch of four chunks, one script: Redis runs it, its reply is

@@ -10,10 +10,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use multiproc_redis::RedisPool;
 use multiproc_redis::schema::Keys;
 use support::proxy::LossyProxy;
-use support::{eventually, local_worker, logged_run, raw, server, start_log, starts, xlen};
+use support::{eventually, local_worker, logged_run, pool_at, raw, server, start_log, starts, xlen};
 
 /// How long the other client's script keeps Redis busy.
 const BUSY_FOR: Duration = Duration::from_millis(1500);
@@ -64,7 +63,7 @@ fn a_batch_sent_again_into_a_busy_redis_waits_the_script_out_and_is_queued_once(
     let log_path = log.0.to_str().unwrap().to_string();
     // The caller talks to Redis through the proxy; the host does not.
     let proxy = LossyProxy::start(&server);
-    let pool = RedisPool::builder(&proxy.url()).prefix(PREFIX).wait_timeout(Duration::from_secs(30)).connect().unwrap();
+    let pool = pool_at(&proxy.url(), PREFIX).wait_timeout(Duration::from_secs(30)).connect().unwrap();
     let worker = local_worker(&server, PREFIX, 2);
     // Once Redis ran the batch's script, its reply is lost and another
     // client's script keeps Redis busy: the try sent again meets BUSY.

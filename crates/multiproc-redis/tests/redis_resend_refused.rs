@@ -9,10 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use multiproc_redis::RedisPool;
 use multiproc_redis::schema::Keys;
 use support::proxy::LossyProxy;
-use support::{raw, server, xlen, zcard};
+use support::{pool_at, raw, server, xlen, zcard};
 
 fn len(v: Vec<u8>) -> usize {
     v.len()
@@ -39,7 +38,7 @@ fn refused_after_a_lost_reply(
     refuse: impl FnOnce() + Send + 'static,
 ) -> String {
     let proxy = LossyProxy::start(server);
-    let pool = RedisPool::builder(&proxy.url()).prefix(prefix).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+    let pool = pool_at(&proxy.url(), prefix).connect().unwrap();
     proxy.lose_next_reply_to_then("EVAL", refuse);
     let err = pool.with_chunksize(1).map(len, items()).unwrap_err().to_string();
     assert_eq!(proxy.replies_lost(), 1, "no reply was lost: the batch was not sent again ({err})");

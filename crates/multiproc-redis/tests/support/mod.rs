@@ -18,7 +18,12 @@ pub fn server() -> RedisServer {
 
 /// A pool on `server` under `prefix`, whose calls give up after 60 s.
 pub fn pool(server: &RedisServer, prefix: &str) -> RedisPoolBuilder {
-    RedisPool::builder(&server.url()).prefix(prefix).wait_timeout(Duration::from_secs(60))
+    pool_at(&server.url(), prefix)
+}
+
+/// As [`pool`], for the Redis at `url` (a proxy in front of the server).
+pub fn pool_at(url: &str, prefix: &str) -> RedisPoolBuilder {
+    RedisPool::builder(url).prefix(prefix).wait_timeout(Duration::from_secs(60))
 }
 
 /// A worker host in this process.
