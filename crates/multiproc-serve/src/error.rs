@@ -232,9 +232,9 @@ pub enum ServeError {
         /// What went wrong.
         message: String,
     },
-    /// A process of a pipeline's pool died while it held this request.
+    /// A process of a pipeline's stage died while it held this request.
     #[error(
-        "pipeline '{pipeline}': {stage} process {pid} died while running this request ({status}); the pool replaces it, so a retry may succeed"
+        "pipeline '{pipeline}': {stage} process {pid} died while running this request ({status}); the pipeline replaces it, so a retry may succeed"
     )]
     PipelineWorkerLost {
         /// The pipeline.

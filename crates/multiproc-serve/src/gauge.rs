@@ -1,15 +1,15 @@
 //! What a pipeline holds: its requests in flight (bounded by its capacity)
 //! and how many of them still wait for preprocessing, so that its feeder
-//! can cut the queue into chunks of a useful size (see
+//! (the lanes that feed its preprocessing processes) can cut the queue into chunks of a useful size (see
 //! [`Gauge::worth_a_chunk`]) and be told when answers leaving the pipeline
 //! make the waiting ones worth a chunk.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-/// The part of a pipeline that a gauge can wake: its feeder.
+/// The part of a pipeline that a gauge can wake: its feeder (a lane).
 pub(crate) trait Feeder: Send + Sync {
-    /// Wakes the feeder if it sleeps and a chunk may leave now.
+    /// Wakes a sleeping lane if a chunk may leave now.
     fn nudge(&self);
 }
 
@@ -28,7 +28,8 @@ pub(crate) struct Gauge {
     /// Requests waiting for preprocessing (the feeder's queue length,
     /// written under the queue's lock).
     queued: OwnLine<AtomicUsize>,
-    /// The feeder sleeps (written under the queue's lock).
+    /// The feeder sleeps: a lane sleeps that nobody woke yet (written under
+    /// the queue's lock).
     feeder_sleeps: OwnLine<AtomicBool>,
     feeder: OnceLock<Weak<dyn Feeder>>,
     /// The model's largest batch (0 until the first chunk reached it).
@@ -49,8 +50,9 @@ impl<T> std::ops::Deref for OwnLine<T> {
 }
 
 /// Waiting requests leave as a chunk once they are this share (1/N) of all
-/// the requests in the pipeline: half, so that under a steady load the pool
-/// prepares one half while the model answers the other.
+/// the requests in the pipeline: half, so that under a steady load the
+/// preprocessing processes prepare one half while the model answers the
+/// other (a third measured 15 % slower).
 const SHARE: usize = 2;
 
 impl Gauge {
@@ -110,8 +112,8 @@ impl Gauge {
     /// everything in the pipeline (at least half; all of it when the rest
     /// is done). Under load, answers come back a model batch at a time and
     /// their callers send the next requests a batch at a time: a chunk per
-    /// such group would cost a round trip through the pool, and a model
-    /// batch cut short, per group; half of what is in flight keeps the pool
+    /// such group would cost a round trip through a process, and a model
+    /// batch cut short, per group; half of what is in flight keeps the processes
     /// and the model busy side by side, in few, full steps.
     pub fn worth_a_chunk(&self, queued: usize) -> bool {
         queued > 0 && queued.saturating_mul(SHARE) >= self.in_flight()

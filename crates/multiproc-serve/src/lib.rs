@@ -7,7 +7,7 @@
 //! requests at once and are restarted with backoff (a load that fails for
 //! good, a [`LoadError::permanent`], is not: the version fails at once,
 //! saying why, until it is loaded again); versions switch without
-//! downtime; pipelines chain a preprocessing pool, the batched model and
+//! downtime; pipelines chain preprocessing processes, the batched model and
 //! postprocessing (seed 004); external commands in any language serve
 //! through a small framed protocol ([`command`]).
 //!
@@ -76,7 +76,7 @@
 //! answer slot and its encoded input, nothing more (a short model name is
 //! kept inline); a batch's answers are all set before any caller is woken,
 //! so a caller reading its replies in order sleeps at most once per batch.
-//! A pipeline sends its preprocessing pool chunks of about half the requests
+//! A pipeline sends its preprocessing processes chunks of about half the requests
 //! it holds, cut to whole model batches. At low load a lone request does
 //! not sleep at each hand-off: its blocking caller polls for the answer
 //! ([`LoneWait`]), and after a lone answer the model's supervisor and worker
@@ -102,6 +102,7 @@ mod deadline;
 mod error;
 mod gauge;
 mod items;
+mod lane;
 mod lone;
 mod metrics;
 mod model;

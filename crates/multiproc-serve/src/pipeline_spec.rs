@@ -5,15 +5,13 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use multiproc::{AsyncResult, Pool, Task};
+use multiproc::{AsyncResult, Pool, ProcessBuilder, Task};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::items::Items;
-use crate::preprocess::{PreprocessChunk, Preprocessed};
+use crate::lane::LaneSpawner;
+use crate::preprocess::{LaneEnds, PreprocessLoop};
 
-/// Runs preprocessing on a chunk of requests in the pool.
-pub(crate) type PreFn = Arc<dyn Fn(&Pool, Items) -> AsyncResult<Preprocessed> + Send + Sync>;
 /// Runs postprocessing on one model output in the pool.
 pub(crate) type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
 
@@ -28,12 +26,13 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> PipelineItem for T {}
 /// preprocessed into the model's input `I`; the model answers `O`; an
 /// optional postprocessing step turns it into `P` (without one, `P` is `O`).
 ///
-/// The steps are plain `fn` items (or non-capturing closures), run in pools
-/// of worker processes of this same binary.
+/// The steps are plain `fn` items (or non-capturing closures), run in
+/// worker processes of this same binary: preprocessing in processes of its
+/// own, postprocessing in a pool.
 pub struct PipelineSpec<R, I, O, P> {
     pub(crate) name: String,
     pub(crate) model: String,
-    pub(crate) preprocess: PreFn,
+    pub(crate) preprocess: LaneSpawner,
     pub(crate) preprocess_processes: usize,
     pub(crate) postprocess: Option<(PostFn<O, P>, usize)>,
     pub(crate) capacity: usize,
@@ -61,14 +60,16 @@ where
     I: PipelineItem,
     O: PipelineItem,
 {
-    /// A pipeline called `name`: `preprocess` runs in a pool of `processes`
-    /// processes, its outputs go to the default version of `model`.
+    /// A pipeline called `name`: `preprocess` runs in `processes` processes
+    /// (each fed chunks of requests by a thread of its own), its outputs go
+    /// to the default version of `model`.
     pub fn new<F>(name: impl Into<String>, model: impl Into<String>, preprocess: F, processes: usize) -> Self
     where
         F: Task<(R,), Result<I, String>>,
     {
-        let pre: PreFn = Arc::new(move |pool: &Pool, chunk: Items| {
-            pool.apply_async(PreprocessChunk(preprocess, PhantomData::<fn(R) -> I>), (chunk,))
+        let pre: LaneSpawner = Arc::new(move |builder: ProcessBuilder, ends: LaneEnds| {
+            let body = PreprocessLoop(preprocess, PhantomData::<fn(R) -> I>);
+            builder.spawn(body, (ends,)).map_err(|e| e.to_string())
         });
         PipelineSpec {
             name: name.into(),

@@ -1,6 +1,7 @@
-//! The preprocessing task of a pipeline, run in its pool's processes: a
-//! chunk of requests in, the step's outputs out, each encoded for the model
-//! into one buffer ([`Items`]).
+//! A pipeline's preprocessing process, its own side: chunks of requests
+//! in from its lane in the server (`lane.rs`), the step's outputs out, each
+//! encoded for the model into one buffer ([`Items`]), until the lane closes
+//! its pipe.
 //!
 //! The requests travel encoded in one buffer too (each encoded by its
 //! caller as it was queued), and the process decodes
@@ -12,74 +13,113 @@
 
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Mutex;
 
-use multiproc::Task;
-use serde::Serialize;
+use multiproc::{Connection, ConnectionError, Pipe, Task};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::items::{ITEM_BYTES_GUESS, Items};
 use crate::worker::panic_message;
 
-/// A preprocessed chunk: each input already encoded for the model by the
-/// preprocessing process (or its error), so that it reaches the model's
-/// batch as it came: never decoded and encoded again here. The pool lends
-/// the result to its callback; the lock lets the callback take it out
-/// instead of copying it.
-pub(crate) struct Preprocessed(Mutex<Option<Items>>);
-
-impl Preprocessed {
-    /// Takes the chunk's items out (none if already taken).
-    pub fn take(&self) -> Items {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
-    }
+/// One end of the two pipes between a lane and its process: chunks go one
+/// way, their outputs the other.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct LaneEnds {
+    pub chunks: Connection<Items>,
+    pub outputs: Connection<Items>,
 }
 
-impl Serialize for Preprocessed {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).serialize(s)
-    }
+/// The lane's ends and the process's ends of two new pipes.
+pub(crate) fn lane_pipes() -> Result<(LaneEnds, LaneEnds), ConnectionError> {
+    let (their_chunks, our_chunks) = Pipe::<Items>::one_way()?;
+    let (our_outputs, their_outputs) = Pipe::<Items>::one_way()?;
+    Ok((
+        LaneEnds { chunks: our_chunks, outputs: our_outputs },
+        LaneEnds { chunks: their_chunks, outputs: their_outputs },
+    ))
 }
 
-impl<'de> serde::Deserialize<'de> for Preprocessed {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Option::deserialize(d).map(|v| Preprocessed(Mutex::new(v)))
-    }
-}
+/// The body of a preprocessing process running the step `F` from `R` to
+/// `I` (zero-sized, like `F`): it leaves stopping to the server, as model
+/// workers do.
+pub(crate) struct PreprocessLoop<F, R, I>(pub F, pub PhantomData<fn(R) -> I>);
 
-/// The preprocessing step `F` from `R` to `I` over a chunk of encoded
-/// requests, each output encoded for the model, as one pool task
-/// (zero-sized, like `F`).
-pub(crate) struct PreprocessChunk<F, R, I>(pub F, pub PhantomData<fn(R) -> I>);
-
-impl<F: Copy, R, I> Clone for PreprocessChunk<F, R, I> {
+impl<F: Copy, R, I> Clone for PreprocessLoop<F, R, I> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<F: Copy, R, I> Copy for PreprocessChunk<F, R, I> {}
+impl<F: Copy, R, I> Copy for PreprocessLoop<F, R, I> {}
 
-impl<F, R, I> Task<(Items,), Preprocessed> for PreprocessChunk<F, R, I>
+impl<F, R, I> Task<(LaneEnds,), ()> for PreprocessLoop<F, R, I>
 where
     F: Task<(R,), Result<I, String>>,
     R: DeserializeOwned + 'static,
     I: Serialize + 'static,
 {
-    fn call(self, (chunk,): (Items,)) -> Preprocessed {
-        let n = chunk.len();
-        let mut items = Items::with_capacity(n, chunk.byte_len().saturating_add(n.saturating_mul(ITEM_BYTES_GUESS)));
-        for i in 0..n {
-            match chunk.decode::<R>(i, "request") {
-                // A panic is that request's error: the chunk's other
-                // requests (up to `chunk` of them) are not its.
-                Ok(r) => match catch_unwind(AssertUnwindSafe(|| self.0.call((r,)))) {
-                    Ok(output) => items.push_output(output),
-                    Err(panic) => items.push_error(&format!("preprocessing panicked: {}", panic_message(&*panic))),
-                },
-                Err(message) => items.push_error(&message),
+    fn call(self, (ends,): (LaneEnds,)) {
+        multiproc::process::ignore_stop_signals();
+        // Ends when the lane closes its pipe (or is gone).
+        while let Ok(chunk) = ends.chunks.recv() {
+            let outputs = preprocess_chunk(self.0, &chunk);
+            drop(chunk);
+            if ends.outputs.send(&outputs).is_err() {
+                break;
             }
         }
-        Preprocessed(Mutex::new(Some(items)))
+    }
+}
+
+/// The step `f` over a chunk of encoded requests, each output encoded for
+/// the model (or its request's error).
+fn preprocess_chunk<F, R, I>(f: F, chunk: &Items) -> Items
+where
+    F: Task<(R,), Result<I, String>>,
+    R: DeserializeOwned,
+    I: Serialize,
+{
+    let n = chunk.len();
+    let mut items = Items::with_capacity(n, chunk.byte_len().saturating_add(n.saturating_mul(ITEM_BYTES_GUESS)));
+    for i in 0..n {
+        match chunk.decode::<R>(i, "request") {
+            // A panic is that request's error: the chunk's other requests
+            // (up to `chunk` of them) are not its.
+            Ok(r) => match catch_unwind(AssertUnwindSafe(|| f.call((r,)))) {
+                Ok(output) => items.push_output(output),
+                Err(panic) => items.push_error(&format!("preprocessing panicked: {}", panic_message(&*panic))),
+            },
+            Err(message) => items.push_error(&message),
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shout(s: String) -> Result<String, String> {
+        match s.as_str() {
+            "panic" => panic!("told to"),
+            "refuse" => Err("refused".to_string()),
+            _ => Ok(s.to_uppercase()),
+        }
+    }
+
+    #[test]
+    fn each_request_gets_its_output_or_its_own_error() {
+        let mut chunk = Items::default();
+        for s in ["a", "panic", "refuse", "b"] {
+            chunk.push_output(Ok(&s.to_string()));
+        }
+        chunk.push_bytes(&[0xff]);
+        let out = preprocess_chunk(shout, &chunk);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out.decode::<String>(0, "output").unwrap(), "A");
+        assert!(matches!(out.get(1), Some(Err(m)) if m.contains("panicked: told to")), "{:?}", out.get(1));
+        assert!(matches!(out.get(2), Some(Err("refused"))), "{:?}", out.get(2));
+        assert_eq!(out.decode::<String>(3, "output").unwrap(), "B");
+        assert!(matches!(out.get(4), Some(Err(_))), "an input that does not decode is its request's error");
     }
 }

@@ -170,7 +170,7 @@ impl Server {
         Err(refused)
     }
 
-    /// Adds a pipeline: a preprocessing pool feeding a model already added,
+    /// Adds a pipeline: preprocessing processes feeding a model already added,
     /// then optional postprocessing.
     ///
     /// # Errors

@@ -109,7 +109,7 @@ pub struct VersionStatus {
 pub enum EndpointKind {
     /// A model with versions.
     Model,
-    /// A pipeline: preprocessing pool → a model → optional postprocessing.
+    /// A pipeline: preprocessing processes → a model → optional postprocessing.
     Pipeline,
 }
 

@@ -1,4 +1,4 @@
-//! Pipelines (seed 004): preprocessing pool → batched model → postprocessing,
+//! Pipelines (seed 004): preprocessing processes → batched model → postprocessing,
 //! every result back to its request; a dead preprocessing worker fails only
 //! its own requests.
 

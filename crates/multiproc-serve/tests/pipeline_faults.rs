@@ -155,6 +155,21 @@ fn a_dead_preprocessing_worker_is_named_in_the_error() {
 }
 
 #[test]
+fn a_preprocessing_process_that_died_idle_is_replaced_and_the_next_request_is_served() {
+    let server = server_with_pipeline();
+    let first = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+    let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
+    common::kill(pre_pid);
+    assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the killed process still runs");
+    // Its lane finds it dead when it hands it the next chunk: the chunk
+    // goes to a new process instead of failing.
+    let next = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+    let reply = server.infer::<String, Tagged>(next).expect("the request after an idle process died");
+    assert_ne!((reply.output.value / 2) as i32, pre_pid, "answered by the dead process");
+    server.shutdown();
+}
+
+#[test]
 fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
     let server = server_with_pipeline();
     let pre_pid =
@@ -176,7 +191,7 @@ fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
 }
 
 /// A request that passed the pipeline's stopped check just before a stop,
-/// and queued just after it, was never answered: the feeder had emptied the
+/// and queued just after it, was never answered: the feeder (now the lanes) had emptied the
 /// queue and ended. The window is nanoseconds wide; this test did not catch
 /// it before the fix (found by reading), but it shows every request racing
 /// a removal answered, each way.

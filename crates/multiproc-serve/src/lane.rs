@@ -1,0 +1,99 @@
+//! One preprocessing process of a pipeline as its lane (a thread of the
+//! server) drives it: started, handed a chunk, waited on until it answers,
+//! dies or the pipeline stops, and stopped.
+//!
+//! A lane talks to its process alone, over two pipes: a chunk costs a
+//! message each way and no other thread's wake-up (a shared pool cost its
+//! scheduler thread's two, and the feeder thread's that handed it the
+//! chunk).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use multiproc::{ConnectionError, Process, ProcessBuilder};
+
+use crate::items::Items;
+use crate::preprocess::{LaneEnds, lane_pipes};
+use crate::supervisor::exit_status;
+
+/// Starts a preprocessing process with its ends of the pipes.
+pub(crate) type LaneSpawner = Arc<dyn Fn(ProcessBuilder, LaneEnds) -> Result<Process<()>, String> + Send + Sync>;
+
+/// How often a lane waiting for its process's answer looks whether the
+/// pipeline stopped (a process that dies closes its pipe at once).
+const STOP_LOOK: Duration = Duration::from_millis(20);
+
+/// How long a process whose pipe was closed gets to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a chunk got no outputs.
+#[derive(Debug)]
+pub(crate) enum ChunkError {
+    /// The process died: its pid, how it ended, and whether it had taken
+    /// the chunk (a process that died idle could not).
+    Lost { pid: i32, status: String, took_chunk: bool },
+    /// The pipeline stopped meanwhile; the process was killed.
+    Stopped,
+}
+
+/// A live preprocessing process and the lane's ends of its pipes; stopped
+/// when dropped.
+pub(crate) struct LaneProcess {
+    process: Process<()>,
+    ends: LaneEnds,
+    pid: i32,
+}
+
+impl LaneProcess {
+    /// Starts a process called `name`.
+    pub fn start(spawner: &LaneSpawner, name: String) -> Result<LaneProcess, String> {
+        let (ends, theirs) = lane_pipes().map_err(|e| format!("could not create its pipes: {e}"))?;
+        let process = spawner(Process::builder().name(name), theirs)?;
+        let pid = process.pid().unwrap_or(0);
+        Ok(LaneProcess { process, ends, pid })
+    }
+
+    /// Hands `chunk` to the process and waits for its outputs. The process
+    /// is gone after an error: reaped if it died, killed if the pipeline
+    /// stopped.
+    pub fn run(&mut self, chunk: &Items, stopped: &AtomicBool) -> Result<Items, ChunkError> {
+        if self.ends.chunks.send(chunk).is_err() {
+            return Err(self.lost(false));
+        }
+        loop {
+            match self.ends.outputs.recv_timeout(STOP_LOOK) {
+                Ok(outputs) => return Ok(outputs),
+                Err(ConnectionError::Timeout) if stopped.load(Ordering::Acquire) => {
+                    self.kill();
+                    return Err(ChunkError::Stopped);
+                }
+                // A process gone without closing the pipe (a child of its
+                // own holds it) is seen here.
+                Err(ConnectionError::Timeout) if self.process.is_alive() => {}
+                Err(_) => return Err(self.lost(true)),
+            }
+        }
+    }
+
+    /// The process died: how, once reaped.
+    fn lost(&mut self, took_chunk: bool) -> ChunkError {
+        ChunkError::Lost { pid: self.pid, status: exit_status(&mut self.process), took_chunk }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.join_timeout(EXIT_GRACE);
+    }
+}
+
+impl Drop for LaneProcess {
+    /// Lets the process finish: closes its pipe (its loop ends), waits,
+    /// kills it if it does not exit (a process already reaped returns at once).
+    fn drop(&mut self) {
+        self.ends.chunks.close();
+        if self.process.join_timeout(EXIT_GRACE).is_err() && self.process.is_alive() {
+            self.kill();
+        }
+    }
+}
