@@ -1,7 +1,7 @@
-//! Requests per second through a pipeline (preprocessing pool of 2 →
+//! Requests per second through a pipeline (2 preprocessing processes →
 //! batches of up to 128 → a trivial model process), 1024 in flight; with
 //! `model` as the second argument, straight to the model (no
-//! preprocessing: the request is what the pool would have made of it).
+//! preprocessing: the request is what preprocessing would have made of it).
 //! `cargo run --release -p multiproc-serve --example pipeline_throughput [SECONDS] [pipeline|model]`
 //!
 //! Each request costs the client what it costs in the bench's

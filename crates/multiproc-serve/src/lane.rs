@@ -1,11 +1,7 @@
 //! One preprocessing process of a pipeline as its lane (a thread of the
-//! server) drives it: started, handed a chunk, waited on until it answers,
-//! dies or the pipeline stops, and stopped.
-//!
-//! A lane talks to its process alone, over two pipes: a chunk costs a
-//! message each way and no other thread's wake-up (a shared pool cost its
-//! scheduler thread's two, and the feeder thread's that handed it the
-//! chunk).
+//! server, see `pipeline.rs`) drives it: started, handed a chunk, waited on
+//! until it answers, dies or the pipeline stops, and stopped. A lane talks
+//! to its process alone, over two pipes: a chunk is a message each way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +31,10 @@ pub(crate) enum ChunkError {
     Lost { pid: i32, status: String, took_chunk: bool },
     /// The pipeline stopped meanwhile; the process was killed.
     Stopped,
+    /// The chunk could not be exchanged with a live process (it did not
+    /// encode, its outputs did not decode, or the system refused): what
+    /// happened. The process was killed, its pipes being out of step.
+    Failed(String),
 }
 
 /// A live preprocessing process and the lane's ends of its pipes; stopped
@@ -46,10 +46,10 @@ pub(crate) struct LaneProcess {
 }
 
 impl LaneProcess {
-    /// Starts a process called `name`.
-    pub fn start(spawner: &LaneSpawner, name: String) -> Result<LaneProcess, String> {
+    /// Starts lane `lane`'s process for pipeline `pipeline`.
+    pub fn start(spawner: &LaneSpawner, pipeline: &str, lane: usize) -> Result<LaneProcess, String> {
         let (ends, theirs) = lane_pipes().map_err(|e| format!("could not create its pipes: {e}"))?;
-        let process = spawner(Process::builder().name(name), theirs)?;
+        let process = spawner(Process::builder().name(format!("{pipeline}-pre-{lane}")), theirs)?;
         let pid = process.pid().unwrap_or(0);
         Ok(LaneProcess { process, ends, pid })
     }
@@ -58,8 +58,10 @@ impl LaneProcess {
     /// is gone after an error: reaped if it died, killed if the pipeline
     /// stopped.
     pub fn run(&mut self, chunk: &Items, stopped: &AtomicBool) -> Result<Items, ChunkError> {
-        if self.ends.chunks.send(chunk).is_err() {
-            return Err(self.lost(false));
+        match self.ends.chunks.send(chunk) {
+            Ok(()) => {}
+            Err(ConnectionError::Closed) => return Err(self.lost(false)),
+            Err(e) => return Err(self.failed(format!("could not hand it the chunk: {e}"))),
         }
         loop {
             match self.ends.outputs.recv_timeout(STOP_LOOK) {
@@ -68,10 +70,18 @@ impl LaneProcess {
                     self.kill();
                     return Err(ChunkError::Stopped);
                 }
-                // A process gone without closing the pipe (a child of its
-                // own holds it) is seen here.
                 Err(ConnectionError::Timeout) if self.process.is_alive() => {}
-                Err(_) => return Err(self.lost(true)),
+                // A process gone without closing the pipe (a child of its
+                // own holds it) is seen here; its outputs, sent just
+                // before it died, may be in the pipe.
+                Err(ConnectionError::Timeout) => {
+                    return match self.ends.outputs.recv_timeout(Duration::ZERO) {
+                        Ok(outputs) => Ok(outputs),
+                        Err(_) => Err(self.lost(true)),
+                    };
+                }
+                Err(ConnectionError::Closed) => return Err(self.lost(true)),
+                Err(e) => return Err(self.failed(format!("could not read the chunk's outputs: {e}"))),
             }
         }
     }
@@ -79,6 +89,12 @@ impl LaneProcess {
     /// The process died: how, once reaped.
     fn lost(&mut self, took_chunk: bool) -> ChunkError {
         ChunkError::Lost { pid: self.pid, status: exit_status(&mut self.process), took_chunk }
+    }
+
+    /// The exchange failed with the process alive: it is killed.
+    fn failed(&mut self, what: String) -> ChunkError {
+        self.kill();
+        ChunkError::Failed(what)
     }
 
     fn kill(&mut self) {

@@ -116,7 +116,7 @@ where
         self
     }
 
-    /// The most requests per preprocessing task (default 256).
+    /// The most requests per chunk handed to a preprocessing process (default 256).
     pub fn chunk(mut self, chunk: usize) -> Self {
         self.chunk = chunk.max(1);
         self

@@ -105,9 +105,9 @@ impl Server {
 
     /// Lets go of this handle where stopping the server may not run: if it
     /// is the last handle (its owner dropped theirs meanwhile), the server
-    /// stops on a thread of its own. For handles taken on a pipeline pool's
-    /// thread, where stopping the server would drop that pool from one of
-    /// its own threads.
+    /// stops on a thread of its own. For handles taken on a pipeline's lane
+    /// thread, where stopping the server would stop that pipeline, which
+    /// waits for its lanes to end, from one of them.
     pub(crate) fn release_elsewhere(self) {
         // Atomic: of two handles let go at once, exactly one is the last.
         if let Some(inner) = Arc::into_inner(self.inner) {

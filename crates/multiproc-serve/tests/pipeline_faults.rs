@@ -45,7 +45,7 @@ fn in_flight(server: &Server) -> usize {
 }
 
 #[test]
-fn a_pipeline_removed_with_requests_in_preprocessing_answers_them_all_and_stops_its_pool() {
+fn a_pipeline_removed_with_requests_in_preprocessing_answers_them_all_and_stops_its_processes() {
     let server = server_with_pipeline();
     let pre_pid =
         (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
@@ -191,7 +191,7 @@ fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
 }
 
 /// A request that passed the pipeline's stopped check just before a stop,
-/// and queued just after it, was never answered: the feeder (now the lanes) had emptied the
+/// and queued just after it, was never answered: the lanes had emptied the
 /// queue and ended. The window is nanoseconds wide; this test did not catch
 /// it before the fix (found by reading), but it shows every request racing
 /// a removal answered, each way.
