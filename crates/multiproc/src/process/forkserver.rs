@@ -340,7 +340,10 @@ impl ForkServerClient {
         let (ours, theirs) = imp::socketpair()?;
         let env = super::launch::exe_environment(&Vec::new());
         let cwd = std::env::current_dir().ok();
-        let pid = super::launch::spawn_exe(theirs.as_fd(), super::bootstrap::Role::ForkServer, &Vec::new(), None)?;
+        // Started with that very environment: built once, so that the copy
+        // kept is what the server got.
+        let role = super::bootstrap::Role::ForkServer;
+        let pid = super::launch::spawn_exe_at(theirs.as_fd(), role, env.clone(), None, None)?;
         drop(theirs);
         // From here on a failure ends the server (and any spare it forked)
         // and reaps it: it is our child, and no one else would.

@@ -99,7 +99,9 @@ pub(crate) fn launch(
     let cwd = cwd.map(Path::to_path_buf);
     let pid = if method == StartMethod::Spawn {
         let exe = exe.map(Path::to_path_buf);
-        on_launcher_thread(move || spawn_exe_at(theirs.as_fd(), Role::Child, &env, cwd.as_deref(), exe.as_deref()))
+        on_launcher_thread(move || {
+            spawn_exe_at(theirs.as_fd(), Role::Child, exe_environment(&env), cwd.as_deref(), exe.as_deref())
+        })
     } else {
         on_launcher_thread(move || fork_here(theirs, &env, cwd.as_deref()))
     };
@@ -166,13 +168,16 @@ fn check_options(env: &EnvChanges, cwd: Option<&Path>, exe: Option<&Path>) -> io
 /// or `ForkServer` must be started on the launcher thread (its parent-death
 /// signal follows the starting thread).
 pub(crate) fn spawn_exe(channel: BorrowedFd<'_>, role: Role, env: &EnvChanges, cwd: Option<&Path>) -> io::Result<Pid> {
-    spawn_exe_at(channel, role, env, cwd, None)
+    spawn_exe_at(channel, role, exe_environment(env), cwd, None)
 }
 
-fn spawn_exe_at(
+/// As [`spawn_exe`], with the child's whole environment `vars` already
+/// built by [`exe_environment`] (the fork server keeps a copy of its own to
+/// compare its children's with), and `exe` run instead of this program.
+pub(crate) fn spawn_exe_at(
     channel: BorrowedFd<'_>,
     role: Role,
-    env: &EnvChanges,
+    vars: Vec<(OsString, OsString)>,
     cwd: Option<&Path>,
     exe: Option<&Path>,
 ) -> io::Result<Pid> {
@@ -180,7 +185,7 @@ fn spawn_exe_at(
         Some(e) => e.to_path_buf(),
         None => current_exe()?,
     };
-    let mut full: Vec<OsString> = exe_environment(env)
+    let mut full: Vec<OsString> = vars
         .into_iter()
         .map(|(k, v)| {
             let mut kv = k;
