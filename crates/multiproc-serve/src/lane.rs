@@ -1,20 +1,20 @@
 //! One preprocessing process of a pipeline as its lane (a thread of the
 //! server, see `pipeline.rs`) drives it: started, handed a chunk, waited on
 //! until it answers, dies or the pipeline stops, and stopped. A lane talks
-//! to its process alone, over two pipes: a chunk is a message each way.
+//! to its process alone, over a pipe of their own: a chunk is a message each way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use multiproc::{ConnectionError, Process, ProcessBuilder};
+use multiproc::{Connection, ConnectionError, Pipe, Process, ProcessBuilder};
 
 use crate::items::Items;
-use crate::preprocess::{LaneEnds, lane_pipes};
 use crate::supervisor::exit_status;
 
-/// Starts a preprocessing process with its ends of the pipes.
-pub(crate) type LaneSpawner = Arc<dyn Fn(ProcessBuilder, LaneEnds) -> Result<Process<()>, String> + Send + Sync>;
+/// Starts a preprocessing process with its end of the lane's pipe.
+pub(crate) type LaneSpawner =
+    Arc<dyn Fn(ProcessBuilder, Connection<Items>) -> Result<Process<()>, String> + Send + Sync>;
 
 /// How often a lane waiting for its process's answer looks whether the
 /// pipeline stopped (a process that dies closes its pipe at once).
@@ -33,38 +33,39 @@ pub(crate) enum ChunkError {
     Stopped,
     /// The chunk could not be exchanged with a live process (it did not
     /// encode, its outputs did not decode, or the system refused): what
-    /// happened. The process was killed, its pipes being out of step.
+    /// happened. The process was killed, its pipe being out of step.
     Failed(String),
 }
 
-/// A live preprocessing process and the lane's ends of its pipes; stopped
+/// A live preprocessing process and the lane's end of its pipe; stopped
 /// when dropped.
 pub(crate) struct LaneProcess {
     process: Process<()>,
-    ends: LaneEnds,
+    /// Chunks go one way, their outputs the other.
+    pipe: Connection<Items>,
     pid: i32,
 }
 
 impl LaneProcess {
     /// Starts lane `lane`'s process for pipeline `pipeline`.
     pub fn start(spawner: &LaneSpawner, pipeline: &str, lane: usize) -> Result<LaneProcess, String> {
-        let (ends, theirs) = lane_pipes().map_err(|e| format!("could not create its pipes: {e}"))?;
+        let (pipe, theirs) = Pipe::<Items>::duplex().map_err(|e| format!("could not create its pipe: {e}"))?;
         let process = spawner(Process::builder().name(format!("{pipeline}-pre-{lane}")), theirs)?;
         let pid = process.pid().unwrap_or(0);
-        Ok(LaneProcess { process, ends, pid })
+        Ok(LaneProcess { process, pipe, pid })
     }
 
     /// Hands `chunk` to the process and waits for its outputs. The process
     /// is gone after an error: reaped if it died, killed if the pipeline
     /// stopped.
     pub fn run(&mut self, chunk: &Items, stopped: &AtomicBool) -> Result<Items, ChunkError> {
-        match self.ends.chunks.send(chunk) {
+        match self.pipe.send(chunk) {
             Ok(()) => {}
             Err(ConnectionError::Closed) => return Err(self.lost(false)),
             Err(e) => return Err(self.failed(format!("could not hand it the chunk: {e}"))),
         }
         loop {
-            match self.ends.outputs.recv_timeout(STOP_LOOK) {
+            match self.pipe.recv_timeout(STOP_LOOK) {
                 Ok(outputs) => return Ok(outputs),
                 Err(ConnectionError::Timeout) if stopped.load(Ordering::Acquire) => {
                     self.kill();
@@ -75,7 +76,7 @@ impl LaneProcess {
                 // own holds it) is seen here; its outputs, sent just
                 // before it died, may be in the pipe.
                 Err(ConnectionError::Timeout) => {
-                    return match self.ends.outputs.recv_timeout(Duration::ZERO) {
+                    return match self.pipe.recv_timeout(Duration::ZERO) {
                         Ok(outputs) => Ok(outputs),
                         Err(_) => Err(self.lost(true)),
                     };
@@ -107,7 +108,7 @@ impl Drop for LaneProcess {
     /// Lets the process finish: closes its pipe (its loop ends), waits,
     /// kills it if it does not exit (a process already reaped returns at once).
     fn drop(&mut self) {
-        self.ends.chunks.close();
+        self.pipe.close();
         if self.process.join_timeout(EXIT_GRACE).is_err() && self.process.is_alive() {
             self.kill();
         }

@@ -5,12 +5,13 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use multiproc::{AsyncResult, Pool, ProcessBuilder, Task};
+use multiproc::{AsyncResult, Connection, Pool, ProcessBuilder, Task};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::items::Items;
 use crate::lane::LaneSpawner;
-use crate::preprocess::{LaneEnds, PreprocessLoop};
+use crate::preprocess::PreprocessLoop;
 
 /// Runs postprocessing on one model output in the pool.
 pub(crate) type PostFn<O, P> = Arc<dyn Fn(&Pool, O) -> AsyncResult<Result<P, String>> + Send + Sync>;
@@ -67,9 +68,9 @@ where
     where
         F: Task<(R,), Result<I, String>>,
     {
-        let pre: LaneSpawner = Arc::new(move |builder: ProcessBuilder, ends: LaneEnds| {
+        let pre: LaneSpawner = Arc::new(move |builder: ProcessBuilder, lane: Connection<Items>| {
             let body = PreprocessLoop(preprocess, PhantomData::<fn(R) -> I>);
-            builder.spawn(body, (ends,)).map_err(|e| e.to_string())
+            builder.spawn(body, (lane,)).map_err(|e| e.to_string())
         });
         PipelineSpec {
             name: name.into(),

@@ -14,30 +14,12 @@
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use multiproc::{Connection, ConnectionError, Pipe, Task};
+use multiproc::{Connection, Task};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::items::{ITEM_BYTES_GUESS, Items};
 use crate::worker::panic_message;
-
-/// One end of the two pipes between a lane and its process: chunks go one
-/// way, their outputs the other.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct LaneEnds {
-    pub chunks: Connection<Items>,
-    pub outputs: Connection<Items>,
-}
-
-/// The lane's ends and the process's ends of two new pipes.
-pub(crate) fn lane_pipes() -> Result<(LaneEnds, LaneEnds), ConnectionError> {
-    let (their_chunks, our_chunks) = Pipe::<Items>::one_way()?;
-    let (our_outputs, their_outputs) = Pipe::<Items>::one_way()?;
-    Ok((
-        LaneEnds { chunks: our_chunks, outputs: our_outputs },
-        LaneEnds { chunks: their_chunks, outputs: their_outputs },
-    ))
-}
 
 /// The body of a preprocessing process running the step `F` from `R` to
 /// `I` (zero-sized, like `F`): it leaves stopping to the server, as model
@@ -52,19 +34,19 @@ impl<F: Copy, R, I> Clone for PreprocessLoop<F, R, I> {
 
 impl<F: Copy, R, I> Copy for PreprocessLoop<F, R, I> {}
 
-impl<F, R, I> Task<(LaneEnds,), ()> for PreprocessLoop<F, R, I>
+impl<F, R, I> Task<(Connection<Items>,), ()> for PreprocessLoop<F, R, I>
 where
     F: Task<(R,), Result<I, String>>,
     R: DeserializeOwned + 'static,
     I: Serialize + 'static,
 {
-    fn call(self, (ends,): (LaneEnds,)) {
+    fn call(self, (lane,): (Connection<Items>,)) {
         multiproc::process::ignore_stop_signals();
         // Ends when the lane closes its pipe (or is gone).
-        while let Ok(chunk) = ends.chunks.recv() {
+        while let Ok(chunk) = lane.recv() {
             let outputs = preprocess_chunk(self.0, &chunk);
             drop(chunk);
-            if ends.outputs.send(&outputs).is_err() {
+            if lane.send(&outputs).is_err() {
                 break;
             }
         }
