@@ -10,7 +10,7 @@ use std::time::Duration;
 use multiproc::{Connection, ConnectionError, Pipe, Process, ProcessBuilder};
 
 use crate::items::Items;
-use crate::supervisor::exit_status;
+use crate::supervisor::{exit_status, kill_and_reap, reap_or_kill};
 
 /// Starts a preprocessing process with its end of the lane's pipe.
 pub(crate) type LaneSpawner =
@@ -68,7 +68,7 @@ impl LaneProcess {
             match self.pipe.recv_timeout(STOP_LOOK) {
                 Ok(outputs) => return Ok(outputs),
                 Err(ConnectionError::Timeout) if stopped.load(Ordering::Acquire) => {
-                    self.kill();
+                    kill_and_reap(&mut self.process, EXIT_GRACE);
                     return Err(ChunkError::Stopped);
                 }
                 Err(ConnectionError::Timeout) if self.process.is_alive() => {}
@@ -94,13 +94,8 @@ impl LaneProcess {
 
     /// The exchange failed with the process alive: it is killed.
     fn failed(&mut self, what: String) -> ChunkError {
-        self.kill();
+        kill_and_reap(&mut self.process, EXIT_GRACE);
         ChunkError::Failed(what)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.join_timeout(EXIT_GRACE);
     }
 }
 
@@ -109,8 +104,6 @@ impl Drop for LaneProcess {
     /// kills it if it does not exit (a process already reaped returns at once).
     fn drop(&mut self) {
         self.pipe.close();
-        if self.process.join_timeout(EXIT_GRACE).is_err() && self.process.is_alive() {
-            self.kill();
-        }
+        reap_or_kill(&mut self.process, EXIT_GRACE, EXIT_GRACE);
     }
 }

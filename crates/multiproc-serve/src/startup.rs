@@ -17,7 +17,7 @@ use multiproc::{ConnectionError, Process, Waitable};
 use crate::bell::Bell;
 use crate::deadline::after;
 use crate::model::WorkerContext;
-use crate::supervisor::{Gone, exit_status, log_line};
+use crate::supervisor::{Gone, KILL_WAIT, exit_status, kill_and_reap, log_line};
 use crate::version::{SWEEP_EVERY, Sweeps, VersionGroup};
 use crate::worker::{FromWorker, ServerEnds, worker_pipes};
 
@@ -101,15 +101,13 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
     let mut sweeps = Sweeps::new();
     loop {
         if group.winding_down() {
-            let _ = process.kill();
-            let _ = process.join_timeout(Duration::from_secs(2));
+            kill_and_reap(&mut process, KILL_WAIT);
             return Err(Gone::Quit);
         }
         sweeps.due(group);
         let now = Instant::now();
         if now >= deadline {
-            let _ = process.kill();
-            let _ = process.join_timeout(Duration::from_secs(2));
+            kill_and_reap(&mut process, KILL_WAIT);
             return Err(Gone::Crashed(format!(
                 "worker {pid} did not load within the startup timeout of {:?}",
                 group.settings.startup_timeout
@@ -133,8 +131,7 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
                 return Err(load_failed(&reason, true));
             }
             Ok(FromWorker::Batch { .. }) => {
-                let _ = process.kill();
-                let _ = process.join_timeout(Duration::from_secs(2));
+                kill_and_reap(&mut process, KILL_WAIT);
                 return Err(Gone::Crashed("worker answered before it was ready".to_string()));
             }
             Err(ConnectionError::Timeout) if process.is_alive() => {}

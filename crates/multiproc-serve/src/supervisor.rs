@@ -30,14 +30,31 @@ const TICK: Duration = Duration::from_millis(100);
 /// (what it waits for wakes it).
 const IDLE_BACKSTOP: Duration = Duration::from_secs(10);
 
+/// How long a worker process killed is waited for (reaped in milliseconds;
+/// only an unkillable process takes longer).
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Kills `process` and reaps it, waiting at most `wait`.
+pub(crate) fn kill_and_reap(process: &mut Process<()>, wait: Duration) {
+    let _ = process.kill();
+    let _ = process.join_timeout(wait);
+}
+
+/// Gives `process`, told to finish (its pipe closed), `grace` to exit,
+/// then kills it and waits at most `wait` more.
+pub(crate) fn reap_or_kill(process: &mut Process<()>, grace: Duration, wait: Duration) {
+    if process.join_timeout(grace).is_err() && process.is_alive() {
+        kill_and_reap(process, wait);
+    }
+}
+
 /// How a worker process ended, for error messages: "killed by signal 9 (SIGKILL)".
 pub(crate) fn exit_status(process: &mut Process<()>) -> String {
     match process.join_timeout(Duration::from_secs(2)) {
         Ok(()) => "exited without an error".to_string(),
         Err(ProcessError::Panicked(p)) => format!("panicked: {}", p.message),
         Err(ProcessError::Timeout(_)) => {
-            let _ = process.kill();
-            let _ = process.join_timeout(Duration::from_secs(2));
+            kill_and_reap(process, KILL_WAIT);
             "stopped answering and was killed".to_string()
         }
         Err(e) => e.to_string().trim_start_matches("the child was ").to_string(),
@@ -163,10 +180,7 @@ pub(crate) fn log_line(group: &VersionGroup, line: &str) {
 fn stop_worker(worker: Worker) {
     let Worker { mut process, ends, .. } = worker;
     drop(ends);
-    if process.join_timeout(Duration::from_secs(5)).is_err() && process.is_alive() {
-        let _ = process.kill();
-        let _ = process.join_timeout(Duration::from_secs(2));
-    }
+    reap_or_kill(&mut process, Duration::from_secs(5), KILL_WAIT);
 }
 
 /// Most batches a worker holds at once: the one it runs and, under load,
@@ -435,8 +449,7 @@ fn fail_batch(group: &VersionGroup, worker: &mut Worker, batch: Vec<Pending>, lo
             (e, reason)
         }
         Lost::Timeout(timeout) => {
-            let _ = worker.process.kill();
-            let _ = worker.process.join_timeout(Duration::from_secs(2));
+            kill_and_reap(&mut worker.process, KILL_WAIT);
             let reason = format!("worker {} exceeded the call timeout of {timeout:?}; killed", worker.pid);
             let e = ServeError::CallTimeout {
                 model: group.model.clone(),
