@@ -50,29 +50,21 @@ impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> Pipelin
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             ServeError::Internal(format!("pipeline '{name}': {what} did not start: {e}"))
         };
-        let mut processes = Vec::with_capacity(self.preprocess_processes);
-        for lane in 0..self.preprocess_processes {
-            match LaneProcess::start(&self.preprocess, &self.name, lane) {
-                Ok(p) => processes.push(p),
-                Err(e) => {
-                    drop(processes);
-                    return Err(failed("a preprocessing process", &e));
-                }
-            }
-        }
-        let (post, post_pool) = match self.postprocess {
-            Some((f, n)) => {
-                // Its workers leave stopping to the server, as model workers do.
-                let ignoring = Pool::builder().initializer(multiproc::process::ignore_stop_signals, ());
-                match ignoring.processes(n).build() {
-                    Ok(pool) => (Some((f, n)), Some(pool)),
-                    Err(e) => {
-                        drop(processes);
-                        return Err(failed("the postprocessing pool", &e));
-                    }
-                }
-            }
-            None => (None, None),
+        // On an error, the processes started so far are stopped as they drop.
+        let processes = (0..self.preprocess_processes)
+            .map(|lane| LaneProcess::start(&self.preprocess, &self.name, lane))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| failed("a preprocessing process", &e))?;
+        let post_pool = match &self.postprocess {
+            // Its workers leave stopping to the server, as model workers do.
+            Some((_, n)) => Some(
+                Pool::builder()
+                    .initializer(multiproc::process::ignore_stop_signals, ())
+                    .processes(*n)
+                    .build()
+                    .map_err(|e| failed("the postprocessing pool", &e))?,
+            ),
+            None => None,
         };
         let runtime = Arc::new(Runtime {
             name: self.name,
@@ -80,7 +72,7 @@ impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> Pipelin
             spawner: self.preprocess,
             post_pool: RwLock::new(post_pool),
             pre_processes: self.preprocess_processes,
-            post,
+            post: self.postprocess,
             queue: Mutex::new(Feed { jobs: VecDeque::new(), inputs: Items::default(), sleeping: 0, woken: 0 }),
             changed: Condvar::new(),
             gauge: Gauge::new(),
