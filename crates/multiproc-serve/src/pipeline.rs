@@ -16,10 +16,11 @@
 //!
 //! Lanes replaced a shared pool fed by a feeder thread, which cost per
 //! chunk the feeder's wake-up and two of the pool's scheduler thread, and
-//! ran most chunks on one of the two processes. Under a steady load the
-//! pipeline example (`examples/pipeline_throughput.rs`) runs 7–10 % more
-//! requests per second with lanes; the bench's `serve_pipeline` row, whose
-//! samples each start from an idle pipeline, measured the same.
+//! ran most chunks on one of the two processes. Under a steady load a
+//! variant of the pipeline example (`examples/pipeline_throughput.rs`)
+//! ran 4–13 % more requests per second with lanes; the bench's
+//! `serve_pipeline` row, whose samples each start from an idle pipeline,
+//! measured about the same.
 
 use std::any::TypeId;
 use std::collections::VecDeque;
@@ -244,13 +245,6 @@ where
             };
             tracing::warn!(pipeline = %self.name, pid, "preprocessing process died ({status}); starting another");
             *process = None;
-            if !took_chunk && replaced {
-                let message = format!(
-                    "a new process ({pid}) died before it took the chunk ({status}): the step's processes may not \
-                     be able to start; see the log"
-                );
-                return Err(self.failed("preprocessing", message));
-            }
             if took_chunk {
                 // Started now, so that the next chunk does not wait for it.
                 *process = self.start_process(lane).inspect_err(|e| tracing::warn!(pipeline = %self.name, "{e}")).ok();
@@ -260,6 +254,13 @@ where
                     pid,
                     status,
                 });
+            }
+            if replaced {
+                let message = format!(
+                    "a new process ({pid}) died before it took the chunk ({status}): the step's processes may not \
+                     be able to start; see the log"
+                );
+                return Err(self.failed("preprocessing", message));
             }
             replaced = true;
         }
@@ -302,7 +303,8 @@ where
                 self.note_sleepers(&q);
                 // A full chunk left behind (a chunk is cut to `chunk`
                 // requests) is another lane's at once. (Waking one for any
-                // rest worth a chunk made small chunks: 4 % slower.)
+                // rest worth a chunk made small chunks, and measured no
+                // faster: 4 % slower, at the edge of the noise.)
                 if q.jobs.len() >= self.chunk {
                     self.wake_lane(q);
                 }
