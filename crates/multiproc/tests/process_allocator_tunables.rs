@@ -38,6 +38,13 @@ fn default_allocator_here() -> bool {
     outside.is_none()
 }
 
+/// The tests' turn (they run one at a time), if the probe means something
+/// in this process; `None`: the test is skipped.
+fn serial_with_default_allocator() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let serial = serial();
+    default_allocator_here().then_some(serial)
+}
+
 /// Turns allocator tuning back on when dropped (even if the test fails).
 struct TuningBackOn;
 
@@ -51,6 +58,11 @@ fn probe_in(builder: multiproc::ProcessBuilder) -> usize {
     join_or_kill(builder.spawn(fast_bin_bytes_after_freeing, ()).unwrap())
 }
 
+/// Almost none of the blocks went to the fast bins (the raised cache took them).
+fn tuned(bytes: usize) -> bool {
+    bytes < 8 * CHUNK
+}
+
 /// Most of the blocks went to the fast bins (glibc's default cache of 7).
 fn untuned(bytes: usize) -> bool {
     bytes >= (FREED - 10) * CHUNK
@@ -58,25 +70,19 @@ fn untuned(bytes: usize) -> bool {
 
 #[test]
 fn started_children_keep_freed_blocks_in_their_cache() {
-    let _serial = serial();
-    if !default_allocator_here() {
-        return;
-    }
+    let Some(_serial) = serial_with_default_allocator() else { return };
     // That the probe sees glibc's default in an untuned child is shown by
     // `a_cache_size_the_program_set_is_kept` (not in this process, whose
     // other threads may share the arena and merge its fast bins meanwhile).
     for method in [StartMethod::Spawn, StartMethod::ForkServer] {
         let bytes = probe_in(Process::builder().start_method(method));
-        assert!(bytes < 8 * CHUNK, "{method:?}: {bytes} bytes of freed blocks went to the fast bins");
+        assert!(tuned(bytes), "{method:?}: {bytes} bytes of freed blocks went to the fast bins");
     }
 }
 
 #[test]
 fn a_cache_size_the_program_set_is_kept() {
-    let _serial = serial();
-    if !default_allocator_here() {
-        return;
-    }
+    let Some(_serial) = serial_with_default_allocator() else { return };
     let builder =
         Process::builder().start_method(StartMethod::Spawn).env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7");
     let bytes = probe_in(builder);
@@ -85,10 +91,7 @@ fn a_cache_size_the_program_set_is_kept() {
 
 #[test]
 fn no_tuning_leaves_the_childs_allocator_alone() {
-    let _serial = serial();
-    if !default_allocator_here() {
-        return;
-    }
+    let Some(_serial) = serial_with_default_allocator() else { return };
     let _back_on = TuningBackOn;
     multiproc::allow_allocator_tuning(false);
     let bytes = probe_in(Process::builder().start_method(StartMethod::Spawn));
@@ -97,10 +100,7 @@ fn no_tuning_leaves_the_childs_allocator_alone() {
 
 #[test]
 fn a_child_whose_environment_removes_the_tunables_gets_none() {
-    let _serial = serial();
-    if !default_allocator_here() {
-        return;
-    }
+    let Some(_serial) = serial_with_default_allocator() else { return };
     let builder = Process::builder().start_method(StartMethod::Spawn).env_remove("GLIBC_TUNABLES");
     let bytes = probe_in(builder);
     assert!(untuned(bytes), "only {bytes} bytes went to the fast bins: the child was tuned");
@@ -108,19 +108,13 @@ fn a_child_whose_environment_removes_the_tunables_gets_none() {
 
 #[test]
 fn a_child_whose_environment_removes_then_sets_the_tunables_is_tuned() {
-    let _serial = serial();
-    if !default_allocator_here() {
-        return;
-    }
+    let Some(_serial) = serial_with_default_allocator() else { return };
     let builder = Process::builder()
         .start_method(StartMethod::Spawn)
         .env_remove("GLIBC_TUNABLES")
         .env("GLIBC_TUNABLES", "glibc.malloc.check=0");
     let bytes = probe_in(builder);
-    assert!(
-        bytes < 8 * CHUNK,
-        "{bytes} bytes went to the fast bins: the last change (a value) was taken for a removal"
-    );
+    assert!(tuned(bytes), "{bytes} bytes went to the fast bins: the last change (a value) was taken for a removal");
 }
 
 fn tunables_seen() -> Option<String> {
@@ -132,10 +126,7 @@ fn tunables_seen() -> Option<String> {
 /// the variable its server started with).
 #[test]
 fn every_started_child_sees_the_tunables_it_runs_with() {
-    let _serial = serial();
-    if !default_allocator_here() {
-        return;
-    }
+    let Some(_serial) = serial_with_default_allocator() else { return };
     let builders = [
         ("spawn", Process::builder().start_method(StartMethod::Spawn)),
         ("fork server", Process::builder().start_method(StartMethod::ForkServer)),
