@@ -3,10 +3,8 @@
 
 mod support;
 
-use std::time::Duration;
-
-use multiproc_redis::{RedisPool, RedisServer};
-use support::{raw, server};
+use multiproc_redis::RedisServer;
+use support::{pool_at, raw, server, xlen};
 
 fn len(v: Vec<u8>) -> usize {
     v.len()
@@ -16,12 +14,11 @@ fn len(v: Vec<u8>) -> usize {
 /// saying nothing was queued, and the task stream must hold nothing (an
 /// entry left would run later, for nobody). Returns the error.
 fn refused_and_nothing_left(server: &RedisServer, url: &str, prefix: &str, items: Vec<Vec<u8>>) -> String {
-    let pool = RedisPool::builder(url).prefix(prefix).wait_timeout(Duration::from_secs(60)).connect().unwrap();
+    let pool = pool_at(url, prefix).connect().unwrap();
     let err = pool.with_chunksize(1).map(len, items).unwrap_err().to_string();
     assert!(err.contains("none of them was queued"), "{err}");
     let tasks = format!("{prefix}:default:tasks");
-    let left: u64 = redis::cmd("XLEN").arg(&tasks).query(&mut raw(server)).unwrap();
-    assert_eq!(left, 0, "chunks left queued after the call failed with: {err}");
+    assert_eq!(xlen(&mut raw(server), &tasks), 0, "chunks left queued after the call failed with: {err}");
     err
 }
 
