@@ -26,8 +26,8 @@ static ALLOWED: AtomicBool = AtomicBool::new(true);
 /// from their start.
 ///
 /// When it may, the processes it starts by running this program again (the
-/// `Spawn` start method, and the fork server that `ForkServer` children come
-/// from) also start with glibc's cache of freed blocks raised from 7 to 256
+/// `Spawn` start method, the fork server that `ForkServer` children come
+/// from, and the shared-memory tracker) also start with glibc's cache of freed blocks raised from 7 to 256
 /// blocks of each size per thread: `glibc.malloc.tcache_count` is added to
 /// their `GLIBC_TUNABLES`, which their environment, and so what they run in
 /// turn, carries. A worker that frees a batch of small values and then
