@@ -107,3 +107,63 @@ impl Drop for LaneProcess {
         reap_or_kill(&mut self.process, EXIT_GRACE, EXIT_GRACE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that takes a chunk and answers with bytes that are not
+    /// outputs, then waits (bounded) for the lane to kill it.
+    fn answers_garbage(lane: Connection<Items>) {
+        let _ = lane.recv_timeout(Duration::from_secs(30));
+        let _ = lane.send_bytes(&[0xff; 4]);
+        let _ = lane.recv_timeout(Duration::from_secs(30));
+    }
+
+    /// A process that takes a chunk and never answers (for 30 s).
+    fn never_answers(lane: Connection<Items>) {
+        let _ = lane.recv_timeout(Duration::from_secs(30));
+        let _ = lane.recv_timeout(Duration::from_secs(30));
+    }
+
+    fn spawner<F: multiproc::Task<(Connection<Items>,), ()> + Send + Sync + 'static>(body: F) -> LaneSpawner {
+        Arc::new(move |builder: ProcessBuilder, lane: Connection<Items>| {
+            builder.spawn(body, (lane,)).map_err(|e| e.to_string())
+        })
+    }
+
+    fn chunk() -> Items {
+        let mut chunk = Items::default();
+        chunk.push_output(Ok(&"request".to_string()));
+        chunk
+    }
+
+    fn gone(pid: i32) -> bool {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn outputs_that_do_not_decode_fail_the_chunk_and_the_live_process_is_killed() {
+        let mut lane = LaneProcess::start(&spawner(answers_garbage), "garbled", 0).unwrap();
+        let pid = lane.pid;
+        let started = std::time::Instant::now();
+        match lane.run(&chunk(), &AtomicBool::new(false)) {
+            Err(ChunkError::Failed(what)) => assert!(what.contains("could not read the chunk's outputs"), "{what}"),
+            other => panic!("expected a failed exchange, got {other:?}"),
+        }
+        // Killed at once, not waited on as a process that might answer.
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(gone(pid), "the process whose pipe is out of step still runs");
+    }
+
+    #[test]
+    fn a_lane_waiting_on_its_process_when_the_pipeline_stops_kills_it() {
+        let mut lane = LaneProcess::start(&spawner(never_answers), "stopping", 0).unwrap();
+        let pid = lane.pid;
+        let started = std::time::Instant::now();
+        let result = lane.run(&chunk(), &AtomicBool::new(true));
+        assert!(matches!(result, Err(ChunkError::Stopped)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(gone(pid), "the process outlived its stopped pipeline");
+    }
+}
