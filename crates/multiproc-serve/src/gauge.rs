@@ -1,22 +1,22 @@
 //! What a pipeline holds: its requests in flight (bounded by its capacity)
-//! and how many of them still wait for preprocessing, so that its feeder
-//! (the lanes that feed its preprocessing processes) can cut the queue into chunks of a useful size (see
+//! and how many of them still wait for preprocessing, so that its lanes
+//! (the threads that feed its preprocessing processes) can cut the queue into chunks of a useful size (see
 //! [`Gauge::worth_a_chunk`]) and be told when answers leaving the pipeline
 //! make the waiting ones worth a chunk.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-/// The part of a pipeline that a gauge can wake: its feeder (a lane).
-pub(crate) trait Feeder: Send + Sync {
+/// The part of a pipeline that a gauge can wake: its lanes.
+pub(crate) trait Lanes: Send + Sync {
     /// Wakes a sleeping lane if a chunk may leave now.
     fn nudge(&self);
 }
 
 /// A pipeline's counts. Every count is read and written with sequentially
-/// consistent atomics: the feeder announces that it sleeps, then reads the
+/// consistent atomics: a lane announces that it sleeps, then reads the
 /// counts; a thread releasing a request writes the count, then reads
-/// whether the feeder sleeps; so one of the two always sees the other.
+/// whether a lane sleeps; so one of the two always sees the other.
 ///
 /// The counts that different threads write each sit on lines of their own
 /// (and apart from the `Arc`'s reference counts, which every request's
@@ -25,13 +25,13 @@ pub(crate) trait Feeder: Send + Sync {
 /// they do not share.
 pub(crate) struct Gauge {
     in_flight: OwnLine<AtomicUsize>,
-    /// Requests waiting for preprocessing (the feeder's queue length,
+    /// Requests waiting for preprocessing (the lanes' queue length,
     /// written under the queue's lock).
     queued: OwnLine<AtomicUsize>,
-    /// The feeder sleeps: a lane sleeps that nobody woke yet (written under
+    /// A lane sleeps that nobody woke yet (written under
     /// the queue's lock).
-    feeder_sleeps: OwnLine<AtomicBool>,
-    feeder: OnceLock<Weak<dyn Feeder>>,
+    lane_sleeps: OwnLine<AtomicBool>,
+    lanes: OnceLock<Weak<dyn Lanes>>,
     /// The model's largest batch (0 until the first chunk reached it).
     model_batch: AtomicUsize,
 }
@@ -60,15 +60,15 @@ impl Gauge {
         Arc::new(Gauge {
             in_flight: OwnLine(AtomicUsize::new(0)),
             queued: OwnLine(AtomicUsize::new(0)),
-            feeder_sleeps: OwnLine(AtomicBool::new(false)),
-            feeder: OnceLock::new(),
+            lane_sleeps: OwnLine(AtomicBool::new(false)),
+            lanes: OnceLock::new(),
             model_batch: AtomicUsize::new(0),
         })
     }
 
-    /// Sets the feeder that releases nudge.
-    pub fn set_feeder(&self, feeder: Weak<dyn Feeder>) {
-        let _ = self.feeder.set(feeder);
+    /// Sets the lanes that releases nudge.
+    pub fn set_lanes(&self, lanes: Weak<dyn Lanes>) {
+        let _ = self.lanes.set(lanes);
     }
 
     /// Requests in the pipeline.
@@ -83,7 +83,7 @@ impl Gauge {
         // swap loop retried under the answers' releases): concurrent callers
         // each see their own count before, so no more than `capacity` are
         // ever admitted. Taking it back is a release like an answer's, so
-        // a feeder that saw the passing count is still nudged.
+        // a lane that saw the passing count is still nudged.
         let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
         if before >= capacity {
             self.release(1);
@@ -97,14 +97,14 @@ impl Gauge {
         self.queued.store(n, Ordering::SeqCst);
     }
 
-    /// Notes whether the feeder sleeps (under the queue's lock).
-    pub fn set_feeder_sleeps(&self, sleeps: bool) {
-        self.feeder_sleeps.store(sleeps, Ordering::SeqCst);
+    /// Notes whether a lane sleeps that nobody woke yet (under the queue's lock).
+    pub fn set_lane_sleeps(&self, sleeps: bool) {
+        self.lane_sleeps.store(sleeps, Ordering::SeqCst);
     }
 
-    /// Whether the feeder sleeps.
-    pub fn feeder_sleeps(&self) -> bool {
-        self.feeder_sleeps.load(Ordering::SeqCst)
+    /// Whether a lane sleeps that nobody woke yet.
+    pub fn lane_sleeps(&self) -> bool {
+        self.lane_sleeps.load(Ordering::SeqCst)
     }
 
     /// Whether `queued` waiting requests are worth a chunk of their own
@@ -140,15 +140,15 @@ impl Gauge {
         }
     }
 
-    /// `n` requests left the pipeline: nudges the feeder if the waiting
+    /// `n` requests left the pipeline: nudges a lane if the waiting
     /// requests just became worth a chunk.
     fn release(&self, n: usize) {
         self.in_flight.fetch_sub(n, Ordering::SeqCst);
-        if self.feeder_sleeps()
+        if self.lane_sleeps()
             && self.worth_a_chunk(self.queued.load(Ordering::SeqCst))
-            && let Some(feeder) = self.feeder.get().and_then(Weak::upgrade)
+            && let Some(lanes) = self.lanes.get().and_then(Weak::upgrade)
         {
-            feeder.nudge();
+            lanes.nudge();
         }
     }
 }
@@ -167,7 +167,7 @@ impl Drop for InFlight {
 
 /// The requests of one batch's delivery leaving their pipeline, released
 /// together when dropped or flushed: one change of the count and one look
-/// at the feeder, instead of one of each per request on a line the
+/// at the lanes, instead of one of each per request on a line the
 /// pipeline's callers write too. (Requests of another pipeline in the same
 /// batch flush the ones gathered before them.)
 #[derive(Default)]
@@ -207,28 +207,28 @@ mod tests {
 
     struct Bell(Mutex<usize>);
 
-    impl Feeder for Bell {
+    impl Lanes for Bell {
         fn nudge(&self) {
             *self.0.lock().unwrap() += 1;
         }
     }
 
     #[test]
-    fn answers_leaving_nudge_a_sleeping_feeder_once_the_queue_is_worth_a_chunk() {
+    fn answers_leaving_nudge_a_sleeping_lane_once_the_queue_is_worth_a_chunk() {
         let gauge = Gauge::new();
         let bell = Arc::new(Bell(Mutex::new(0)));
-        let weak: Weak<dyn Feeder> = Arc::downgrade(&(Arc::clone(&bell) as Arc<dyn Feeder>));
-        gauge.set_feeder(weak);
+        let weak: Weak<dyn Lanes> = Arc::downgrade(&(Arc::clone(&bell) as Arc<dyn Lanes>));
+        gauge.set_lanes(weak);
         let mut held: Vec<InFlight> = (0..9).map(|_| gauge.admit(100).unwrap().1).collect();
         assert!(gauge.admit(9).is_none(), "a full pipeline admits no more");
         gauge.set_queued(4);
         assert!(!gauge.worth_a_chunk(4), "4 waiting of 9 is less than half");
-        gauge.set_feeder_sleeps(true);
+        gauge.set_lane_sleeps(true);
         held.truncate(8);
-        assert_eq!(*bell.0.lock().unwrap(), 1, "4 of 8: worth a chunk, the feeder is nudged");
-        gauge.set_feeder_sleeps(false);
+        assert_eq!(*bell.0.lock().unwrap(), 1, "4 of 8: worth a chunk, a lane is nudged");
+        gauge.set_lane_sleeps(false);
         held.clear();
-        assert_eq!(*bell.0.lock().unwrap(), 1, "an awake feeder is not nudged");
+        assert_eq!(*bell.0.lock().unwrap(), 1, "awake lanes are not nudged");
         assert_eq!(gauge.in_flight(), 0);
     }
 

@@ -34,7 +34,7 @@ use multiproc::{Pool, PoolError};
 
 use crate::batcher::{Continuation, Pending};
 use crate::error::ServeError;
-use crate::gauge::{Feeder, Gauge, InFlight};
+use crate::gauge::{Gauge, InFlight, Lanes};
 use crate::items::{Encoded, Items};
 use crate::lane::{ChunkError, LaneProcess, LaneSpawner};
 use crate::pipeline_spec::{PipelineItem, PipelineSpec, PostFn};
@@ -86,8 +86,8 @@ impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> Pipelin
             _request: PhantomData,
         });
         let weak: Weak<Runtime<R, O, P>> = Arc::downgrade(&runtime);
-        let weak: Weak<dyn Feeder> = weak;
-        runtime.gauge.set_feeder(weak);
+        let weak: Weak<dyn Lanes> = weak;
+        runtime.gauge.set_lanes(weak);
         for (lane, process) in processes.into_iter().enumerate() {
             let driver = Arc::clone(&runtime);
             let spawned = std::thread::Builder::new()
@@ -319,7 +319,7 @@ where
 
     /// Tells the gauge whether a lane may be woken (under the queue's lock).
     fn note_sleepers(&self, q: &Feed) {
-        self.gauge.set_feeder_sleeps(q.sleeping > q.woken);
+        self.gauge.set_lane_sleeps(q.sleeping > q.woken);
     }
 
     /// Whether the queue should leave as a chunk now (see
@@ -486,7 +486,7 @@ where
     }
 }
 
-impl<R, O, P> Feeder for Runtime<R, O, P>
+impl<R, O, P> Lanes for Runtime<R, O, P>
 where
     R: PipelineItem,
     O: PipelineItem,
@@ -551,7 +551,7 @@ where
         q.jobs.push_back(job);
         // Only a sleeping lane's queue is read by releases (see `Gauge`),
         // and a lane notes its queue as it goes to sleep.
-        if self.gauge.feeder_sleeps() {
+        if self.gauge.lane_sleeps() {
             self.gauge.set_queued(q.jobs.len());
         }
         self.wake_lane(q);
