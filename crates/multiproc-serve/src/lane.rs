@@ -87,6 +87,16 @@ impl LaneProcess {
         }
     }
 
+    /// The process's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// How the process ended, if it did (it is reaped); `None` while it runs.
+    pub fn ended(&mut self) -> Option<String> {
+        (!self.process.is_alive()).then(|| exit_status(&mut self.process))
+    }
+
     /// The process died: how, once reaped.
     fn lost(&mut self, took_chunk: bool) -> ChunkError {
         ChunkError::Lost { pid: self.pid, status: exit_status(&mut self.process), took_chunk }

@@ -12,7 +12,9 @@
 //! chunk's outputs for the model into one buffer, so an item crosses to the
 //! model as the bytes it came back as, with no allocation per request on
 //! the way. If a preprocessing process dies, only the requests of its chunk
-//! fail (`WorkerLost`), its lane starts another, and the others go on.
+//! fail (`WorkerLost`), its lane starts another, and the others go on; one
+//! that dies idle is replaced within about half a second, before a request
+//! needs it.
 //!
 //! Lanes replaced a shared pool fed by a feeder thread, which cost per
 //! chunk the feeder's wake-up and two of the pool's scheduler thread, and
@@ -134,6 +136,18 @@ fn fail_all(jobs: Vec<Job>, error: &ServeError) {
     }
 }
 
+/// How long a lane sleeps without a chunk before it looks whether its
+/// process died meanwhile (and replaces it, before a request needs it).
+const IDLE_LOOK: Duration = Duration::from_millis(500);
+
+/// What a lane gets from the queue.
+enum Next {
+    /// Requests to preprocess, with their inputs.
+    Chunk(Vec<Job>, Items),
+    /// Nothing for [`IDLE_LOOK`].
+    Idle,
+}
+
 /// A request waiting for preprocessing (its input is in [`Feed::inputs`]).
 struct Job {
     slot: Arc<Slot>,
@@ -206,7 +220,11 @@ where
     /// short beside preprocessing.)
     fn lane(self: Arc<Self>, lane: usize, process: LaneProcess) {
         let mut process = Some(process);
-        while let Some((jobs, inputs)) = self.next_chunk() {
+        while let Some(next) = self.next_chunk() {
+            let Next::Chunk(jobs, inputs) = next else {
+                self.replace_if_died_idle(lane, &mut process);
+                continue;
+            };
             let (jobs, inputs) = self.without_abandoned(jobs, inputs);
             if jobs.is_empty() {
                 continue;
@@ -266,6 +284,17 @@ where
         }
     }
 
+    /// Replaces the lane's process if it died while the lane slept (a lane
+    /// whose last start failed starts one at its next chunk instead).
+    fn replace_if_died_idle(&self, lane: usize, process: &mut Option<LaneProcess>) {
+        let Some((pid, status)) = process.as_mut().and_then(|p| p.ended().map(|status| (p.pid(), status))) else {
+            return;
+        };
+        tracing::warn!(pipeline = %self.name, pid, "preprocessing process died while idle ({status}); starting another");
+        *process = None;
+        *process = self.start_process(lane).inspect_err(|e| tracing::warn!(pipeline = %self.name, "{e}")).ok();
+    }
+
     /// A new preprocessing process for lane `lane`, unless the pipeline
     /// stopped.
     fn start_process(&self, lane: usize) -> Result<LaneProcess, ServeError> {
@@ -276,13 +305,15 @@ where
             .map_err(|e| self.failed("preprocessing", format!("no process to run it: {e}")))
     }
 
-    /// Waits until a chunk is worth taking and takes it; `None` once the
-    /// pipeline stopped (the requests still queued are answered with why).
-    /// A chunk leaves when the queue is worth one ([`Gauge::worth_a_chunk`])
+    /// Waits until a chunk is worth taking and takes it, or [`Next::Idle`]
+    /// after [`IDLE_LOOK`] without one; `None` once the pipeline stopped
+    /// (the requests still queued are answered with why).
+    /// A chunk leaves when the queue is worth one ([`Gauge::worth_a_chunk`](crate::gauge::Gauge::worth_a_chunk))
     /// or full; meanwhile requests gather, so that chunks grow with the load
     /// instead of a round trip through a process for each few requests.
-    fn next_chunk(&self) -> Option<(Vec<Job>, Items)> {
+    fn next_chunk(&self) -> Option<Next> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = false;
         loop {
             if self.stopped.load(Ordering::Acquire) {
                 let left: Vec<Job> = q.jobs.drain(..).collect();
@@ -299,7 +330,7 @@ where
             self.note_sleepers(&q);
             if self.chunk_ready(&q) {
                 q.sleeping -= 1;
-                let chunk = self.take_chunk(&mut q);
+                let (jobs, inputs) = self.take_chunk(&mut q);
                 self.note_sleepers(&q);
                 // A full chunk left behind (a chunk is cut to `chunk`
                 // requests) is another lane's at once. (Waking one for any
@@ -308,12 +339,22 @@ where
                 if q.jobs.len() >= self.chunk {
                     self.wake_lane(q);
                 }
-                return Some(chunk);
+                return Some(Next::Chunk(jobs, inputs));
             }
-            q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+            if idle {
+                q.sleeping -= 1;
+                self.note_sleepers(&q);
+                return Some(Next::Idle);
+            }
+            let (guard, waited) = self.changed.wait_timeout(q, IDLE_LOOK).unwrap_or_else(|e| e.into_inner());
+            q = guard;
             q.sleeping -= 1;
+            // A wait that timed out counts as woken too, in case a wake-up
+            // raced the timeout and found no lane waiting: at worst one
+            // more lane is woken than needed, never one less.
             q.woken = q.woken.saturating_sub(1);
             self.note_sleepers(&q);
+            idle = waited.timed_out();
         }
     }
 
@@ -323,7 +364,7 @@ where
     }
 
     /// Whether the queue should leave as a chunk now (see
-    /// [`Runtime::next_chunk`] and [`Gauge::worth_a_chunk`]).
+    /// [`Runtime::next_chunk`] and [`Gauge::worth_a_chunk`](crate::gauge::Gauge::worth_a_chunk)).
     fn chunk_ready(&self, q: &Feed) -> bool {
         let n = q.jobs.len();
         n >= self.chunk || self.gauge.worth_a_chunk(n)

@@ -170,6 +170,27 @@ fn a_preprocessing_process_that_died_idle_is_replaced_and_the_next_request_is_se
 }
 
 #[test]
+fn a_preprocessing_process_that_dies_idle_is_replaced_before_a_request_comes() {
+    let log = common::capture_log();
+    let server = server_with_pipeline();
+    let first = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+    let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
+    common::kill(pre_pid);
+    // No request is sent until its lane has noticed, on its own.
+    let noticed = |lines: &[String]| {
+        lines.iter().any(|l| l.contains("died while idle") && l.contains(&format!("pid={pre_pid} ")))
+    };
+    assert!(
+        wait_for(PATIENCE, || noticed(&log.lock().unwrap_or_else(|e| e.into_inner()))),
+        "no lane replaced the process that died idle"
+    );
+    let next = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+    let reply = server.infer::<String, Tagged>(next).expect("the request after the process was replaced");
+    assert_ne!((reply.output.value / 2) as i32, pre_pid, "answered by the dead process");
+    server.shutdown();
+}
+
+#[test]
 fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
     let server = server_with_pipeline();
     let pre_pid =
