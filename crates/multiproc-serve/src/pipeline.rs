@@ -44,6 +44,9 @@ use crate::server::{Inner, Server};
 use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
 
+mod feed;
+use feed::{Feed, Job, Next};
+
 // Starting is the runtime's part of a spec (it builds a `Runtime`).
 impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> PipelineSpec<R, I, O, P> {
     /// Starts the preprocessing processes with their lanes, and the
@@ -134,40 +137,6 @@ fn fail_all(jobs: Vec<Job>, error: &ServeError) {
     for job in jobs {
         job.slot.complete(Err(error.clone()));
     }
-}
-
-/// How long a lane sleeps without a chunk before it looks whether its
-/// process died meanwhile (and replaces it, before a request needs it).
-const IDLE_LOOK: Duration = Duration::from_millis(500);
-
-/// What a lane gets from the queue.
-enum Next {
-    /// Requests to preprocess, with their inputs.
-    Chunk(Vec<Job>, Items),
-    /// Nothing for [`IDLE_LOOK`].
-    Idle,
-}
-
-/// A request waiting for preprocessing (its input is in [`Feed::inputs`]).
-struct Job {
-    slot: Arc<Slot>,
-    deadline: Option<Instant>,
-    guard: InFlight,
-}
-
-/// Requests waiting for preprocessing, and the lanes waiting for them
-/// (whether one may be woken is also in the gauge, written under this lock).
-/// Each request's input is encoded by its caller into `inputs` (item `i`
-/// is the input of `jobs[i]`), so that a chunk leaves as the buffer it
-/// will cross in, and each input is freed by the thread that made it.
-struct Feed {
-    jobs: VecDeque<Job>,
-    inputs: Items,
-    /// Lanes asleep on `changed`.
-    sleeping: usize,
-    /// Of those, lanes woken that have not run yet (each waker wakes one
-    /// more than this, so that a burst of requests costs one wake-up).
-    woken: usize,
 }
 
 struct Runtime<R, O, P> {
@@ -303,127 +272,6 @@ where
         }
         LaneProcess::start(&self.spawner, &self.name, lane)
             .map_err(|e| self.failed("preprocessing", format!("no process to run it: {e}")))
-    }
-
-    /// Waits until a chunk is worth taking and takes it, or [`Next::Idle`]
-    /// after [`IDLE_LOOK`] without one; `None` once the pipeline stopped
-    /// (the requests still queued are answered with why).
-    /// A chunk leaves when the queue is worth one ([`Gauge::worth_a_chunk`](crate::gauge::Gauge::worth_a_chunk))
-    /// or full; meanwhile requests gather, so that chunks grow with the load
-    /// instead of a round trip through a process for each few requests.
-    fn next_chunk(&self) -> Option<Next> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let mut idle = false;
-        loop {
-            if self.stopped.load(Ordering::Acquire) {
-                let left: Vec<Job> = q.jobs.drain(..).collect();
-                q.inputs = Items::default();
-                self.gauge.set_queued(0);
-                drop(q);
-                fail_all(left, &self.stopped_error());
-                return None;
-            }
-            // Says it sleeps before it looks (see `Gauge`): a request
-            // leaving meanwhile nudges it.
-            self.gauge.set_queued(q.jobs.len());
-            q.sleeping += 1;
-            self.note_sleepers(&q);
-            if self.chunk_ready(&q) {
-                q.sleeping -= 1;
-                let (jobs, inputs) = self.take_chunk(&mut q);
-                self.note_sleepers(&q);
-                // A full chunk left behind (a chunk is cut to `chunk`
-                // requests) is another lane's at once. (Waking one for any
-                // rest worth a chunk made small chunks, and measured no
-                // faster: 4 % slower, at the edge of the noise.)
-                if q.jobs.len() >= self.chunk {
-                    self.wake_lane(q);
-                }
-                return Some(Next::Chunk(jobs, inputs));
-            }
-            if idle {
-                q.sleeping -= 1;
-                self.note_sleepers(&q);
-                return Some(Next::Idle);
-            }
-            let (guard, waited) = self.changed.wait_timeout(q, IDLE_LOOK).unwrap_or_else(|e| e.into_inner());
-            q = guard;
-            q.sleeping -= 1;
-            // A wait that timed out counts as woken too, in case a wake-up
-            // raced the timeout and found no lane waiting: at worst one
-            // more lane is woken than needed, never one less.
-            q.woken = q.woken.saturating_sub(1);
-            self.note_sleepers(&q);
-            idle = waited.timed_out();
-        }
-    }
-
-    /// Tells the gauge whether a lane may be woken (under the queue's lock).
-    fn note_sleepers(&self, q: &Feed) {
-        self.gauge.set_lane_sleeps(q.sleeping > q.woken);
-    }
-
-    /// Whether the queue should leave as a chunk now (see
-    /// [`Runtime::next_chunk`] and [`Gauge::worth_a_chunk`](crate::gauge::Gauge::worth_a_chunk)).
-    fn chunk_ready(&self, q: &Feed) -> bool {
-        let n = q.jobs.len();
-        n >= self.chunk || self.gauge.worth_a_chunk(n)
-    }
-
-    /// Answers the requests of a chunk whose callers gave up (gone, or past
-    /// their deadline) instead of preprocessing them; gives back the others
-    /// with their inputs. Costs a clock read per chunk and a look at each
-    /// request; the inputs are copied only when one was given up.
-    fn without_abandoned(&self, jobs: Vec<Job>, inputs: Items) -> (Vec<Job>, Items) {
-        let now = Instant::now();
-        let expired = |j: &Job| j.deadline.is_some_and(|d| d <= now);
-        if !jobs.iter().any(|j| j.slot.is_cancelled() || expired(j)) {
-            return (jobs, inputs);
-        }
-        let mut kept = Vec::with_capacity(jobs.len());
-        let mut kept_inputs = Items::with_capacity(jobs.len(), inputs.byte_len());
-        for (i, job) in jobs.into_iter().enumerate() {
-            if expired(&job) {
-                let waited = job.slot.arrived.elapsed();
-                job.slot.complete(Err(ServeError::PipelineDeadlineExceeded {
-                    pipeline: self.name.clone(),
-                    waited,
-                    stage: "queued",
-                }));
-            } else if job.slot.is_cancelled() {
-                job.slot.complete(Err(ServeError::PipelineCancelled { pipeline: self.name.clone() }));
-            } else {
-                match inputs.get(i) {
-                    Some(Ok(bytes)) => kept_inputs.push_bytes(bytes),
-                    Some(Err(message)) => kept_inputs.push_error(message),
-                    None => kept_inputs.push_error("the request's input is missing"),
-                }
-                kept.push(job);
-            }
-        }
-        (kept, kept_inputs)
-    }
-
-    /// Takes the next chunk off the queue, with its inputs.
-    fn take_chunk(&self, q: &mut Feed) -> (Vec<Job>, Items) {
-        let n = self.gauge.chunk_len(q.jobs.len(), self.chunk);
-        let chunk = q.jobs.drain(..n).collect();
-        let inputs = q.inputs.split_front(n);
-        self.gauge.set_queued(q.jobs.len());
-        (chunk, inputs)
-    }
-
-    /// Wakes a sleeping lane not woken yet if a chunk may leave.
-    fn wake_lane(&self, mut q: std::sync::MutexGuard<'_, Feed>) {
-        let wake = q.sleeping > q.woken && self.chunk_ready(&q);
-        if wake {
-            q.woken += 1;
-            self.note_sleepers(&q);
-        }
-        drop(q);
-        if wake {
-            self.changed.notify_one();
-        }
     }
 
     /// Hands preprocessed inputs to the model's batcher.
