@@ -13,7 +13,7 @@
 //! model as the bytes it came back as, with no allocation per request on
 //! the way. If a preprocessing process dies, only the requests of its chunk
 //! fail (`WorkerLost`), its lane starts another, and the others go on; one
-//! that dies idle is replaced within about half a second, before a request
+//! that dies idle is replaced within about a second, before a request
 //! needs it.
 //!
 //! Lanes replaced a shared pool fed by a feeder thread, which cost per

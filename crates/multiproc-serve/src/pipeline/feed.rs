@@ -16,7 +16,13 @@ use crate::slot::Slot;
 
 /// How long a lane sleeps without a chunk before it looks whether its
 /// process died meanwhile (and replaces it, before a request needs it).
-pub(super) const IDLE_LOOK: Duration = Duration::from_millis(500);
+/// An idle lane so wakes once a second; a model's idle supervisor, which
+/// sleeps on its worker's exit itself, every ten. (A lane sleeps on a
+/// condition variable, which a caller wakes with one futex call; a
+/// supervisor's `Bell`, which can wait on the process too, costs a socket
+/// write and a read per wake-up, and lanes are woken thousands of times a
+/// second under load.)
+pub(super) const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// What a lane gets from the queue.
 pub(super) enum Next {
