@@ -167,6 +167,25 @@ mod tests {
     }
 
     #[test]
+    fn a_process_that_died_idle_is_found_lost_before_it_took_the_chunk() {
+        let mut lane = LaneProcess::start(&spawner(never_answers), "died", 0).unwrap();
+        let pid = lane.pid;
+        assert!(lane.process.kill().is_ok());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while lane.process.is_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match lane.run(&chunk(), &AtomicBool::new(false)) {
+            Err(ChunkError::Lost { pid: lost, took_chunk: false, status }) => {
+                assert_eq!(lost, pid);
+                assert!(status.contains("signal") || status.contains('9'), "{status}");
+            }
+            other => panic!("expected the process lost before the chunk, got {other:?}"),
+        }
+        assert!(gone(pid), "the dead process was not reaped");
+    }
+
+    #[test]
     fn a_lane_waiting_on_its_process_when_the_pipeline_stops_kills_it() {
         let mut lane = LaneProcess::start(&spawner(never_answers), "stopping", 0).unwrap();
         let pid = lane.pid;

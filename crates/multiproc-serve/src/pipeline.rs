@@ -13,8 +13,9 @@
 //! model as the bytes it came back as, with no allocation per request on
 //! the way. If a preprocessing process dies, only the requests of its chunk
 //! fail (`WorkerLost`), its lane starts another, and the others go on; one
-//! that dies idle is replaced within about a second, before a request
-//! needs it.
+//! that dies while its lane has had no chunk for a second is replaced then,
+//! before a request needs it (otherwise its lane's next chunk finds it dead
+//! and goes to a new one).
 //!
 //! Lanes replaced a shared pool fed by a feeder thread, which cost per
 //! chunk the feeder's wake-up and two of the pool's scheduler thread, and
@@ -189,15 +190,18 @@ where
     /// short beside preprocessing.)
     fn lane(self: Arc<Self>, lane: usize, process: LaneProcess) {
         let mut process = Some(process);
+        // The process was started by `replace_if_died_idle` and took no chunk since.
+        let mut fresh = false;
         while let Some(next) = self.next_chunk() {
             let Next::Chunk(jobs, inputs) = next else {
-                self.replace_if_died_idle(lane, &mut process);
+                self.replace_if_died_idle(lane, &mut process, &mut fresh);
                 continue;
             };
             let (jobs, inputs) = self.without_abandoned(jobs, inputs);
             if jobs.is_empty() {
                 continue;
             }
+            fresh = false;
             match self.preprocess(lane, &mut process, &inputs) {
                 Ok(outputs) => self.to_model(jobs, outputs),
                 Err(error) => fail_all(jobs, &error),
@@ -253,15 +257,33 @@ where
         }
     }
 
-    /// Replaces the lane's process if it died while the lane slept (a lane
-    /// whose last start failed starts one at its next chunk instead).
-    fn replace_if_died_idle(&self, lane: usize, process: &mut Option<LaneProcess>) {
+    /// Replaces the lane's process if it died while the lane slept. A
+    /// replacement that dies idle too (`fresh`: started here, no chunk
+    /// since) is not replaced again, so that a step whose processes cannot
+    /// start is not restarted every second: the next chunk starts one and
+    /// reports what happens. So does a lane whose last start failed.
+    fn replace_if_died_idle(&self, lane: usize, process: &mut Option<LaneProcess>, fresh: &mut bool) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let Some((pid, status)) = process.as_mut().and_then(|p| p.ended().map(|status| (p.pid(), status))) else {
             return;
         };
-        tracing::warn!(pipeline = %self.name, pid, "preprocessing process died while idle ({status}); starting another");
         *process = None;
-        *process = self.start_process(lane).inspect_err(|e| tracing::warn!(pipeline = %self.name, "{e}")).ok();
+        if std::mem::take(fresh) {
+            tracing::warn!(pipeline = %self.name, pid, "preprocessing process died idle ({status}) before it took a chunk; the next chunk starts another");
+            return;
+        }
+        match self.start_process(lane) {
+            Ok(replacement) => {
+                tracing::warn!(pipeline = %self.name, pid, replacement = replacement.pid(), "preprocessing process died while idle ({status}); replaced");
+                *process = Some(replacement);
+                *fresh = true;
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %self.name, pid, "preprocessing process died while idle ({status}); {e}")
+            }
+        }
     }
 
     /// A new preprocessing process for lane `lane`, unless the pipeline

@@ -161,8 +161,10 @@ fn a_preprocessing_process_that_died_idle_is_replaced_and_the_next_request_is_se
     let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
     common::kill(pre_pid);
     assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the killed process still runs");
-    // Its lane finds it dead when it hands it the next chunk: the chunk
-    // goes to a new process instead of failing.
+    // Its lane finds it dead when it hands it the next chunk (unless a
+    // second passed first, and the lane replaced it while idle; the unit
+    // tests of `lane.rs` cover the finding either way): the chunk goes to a
+    // new process instead of failing.
     let next = Request::new("p", "fast".to_string()).timeout(PATIENCE);
     let reply = server.infer::<String, Tagged>(next).expect("the request after an idle process died");
     assert_ne!((reply.output.value / 2) as i32, pre_pid, "answered by the dead process");
@@ -176,17 +178,51 @@ fn a_preprocessing_process_that_dies_idle_is_replaced_before_a_request_comes() {
     let first = Request::new("p", "fast".to_string()).timeout(PATIENCE);
     let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
     common::kill(pre_pid);
-    // No request is sent until its lane has noticed, on its own.
-    let noticed = |lines: &[String]| {
-        lines.iter().any(|l| l.contains("died while idle") && l.contains(&format!("pid={pre_pid} ")))
+    // No request is sent until its lane has replaced it, on its own, and
+    // said with what.
+    let replacement = || {
+        let lines = log.lock().unwrap_or_else(|e| e.into_inner());
+        let line = lines.iter().find(|l| l.contains("died while idle") && l.contains(&format!("pid={pre_pid} ")))?;
+        line.split("replacement=").nth(1)?.split(' ').next()?.parse::<i32>().ok()
     };
-    assert!(
-        wait_for(PATIENCE, || noticed(&log.lock().unwrap_or_else(|e| e.into_inner()))),
-        "no lane replaced the process that died idle"
-    );
+    assert!(wait_for(PATIENCE, || replacement().is_some()), "no lane replaced the process that died idle");
+    let new_pid = replacement().unwrap();
+    assert!(process_exists(new_pid), "the replacement {new_pid} does not run");
     let next = Request::new("p", "fast".to_string()).timeout(PATIENCE);
     let reply = server.infer::<String, Tagged>(next).expect("the request after the process was replaced");
-    assert_ne!((reply.output.value / 2) as i32, pre_pid, "answered by the dead process");
+    assert_eq!((reply.output.value / 2) as i32, new_pid, "not answered by the replacement started while idle");
+    server.shutdown();
+}
+
+/// A replacement started while idle that dies idle too is left for the
+/// next chunk to replace: a step whose processes cannot live is not
+/// restarted every second.
+#[test]
+fn a_replacement_that_dies_idle_too_is_left_for_the_next_chunk() {
+    let log = common::capture_log();
+    let server = server_with_pipeline();
+    let first = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+    let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
+    let lines = || log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let replacement_of = |pid: i32| {
+        lines()
+            .iter()
+            .find(|l| l.contains("died while idle") && l.contains(&format!("pid={pid} ")))
+            .and_then(|l| l.split("replacement=").nth(1)?.split(' ').next()?.parse::<i32>().ok())
+    };
+    common::kill(pre_pid);
+    assert!(wait_for(PATIENCE, || replacement_of(pre_pid).is_some()), "the first death was not replaced");
+    let second = replacement_of(pre_pid).unwrap();
+    common::kill(second);
+    let left = |l: &String| l.contains("before it took a chunk") && l.contains(&format!("pid={second} "));
+    assert!(wait_for(PATIENCE, || lines().iter().any(left)), "the second death was not noticed");
+    // Two more looks go by: nothing is started while nothing comes.
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(replacement_of(second).is_none(), "the replacement's death was replaced while idle");
+    let next = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+    let reply = server.infer::<String, Tagged>(next).expect("the request after both deaths");
+    let pid = (reply.output.value / 2) as i32;
+    assert!(pid != pre_pid && pid != second, "answered by a dead process");
     server.shutdown();
 }
 

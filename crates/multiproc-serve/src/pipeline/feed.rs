@@ -68,6 +68,9 @@ where
     /// instead of a round trip through a process for each few requests.
     pub(super) fn next_chunk(&self) -> Option<Next> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Idle once a whole `IDLE_LOOK` passed without a chunk, whatever
+        // woke the lane meanwhile.
+        let until = Instant::now() + IDLE_LOOK;
         let mut idle = false;
         loop {
             if self.stopped.load(Ordering::Acquire) {
@@ -101,7 +104,8 @@ where
                 self.note_sleepers(&q);
                 return Some(Next::Idle);
             }
-            let (guard, waited) = self.changed.wait_timeout(q, IDLE_LOOK).unwrap_or_else(|e| e.into_inner());
+            let left = until.saturating_duration_since(Instant::now());
+            let (guard, _) = self.changed.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner());
             q = guard;
             q.sleeping -= 1;
             // A wait that timed out counts as woken too, in case a wake-up
@@ -109,7 +113,7 @@ where
             // more lane is woken than needed, never one less.
             q.woken = q.woken.saturating_sub(1);
             self.note_sleepers(&q);
-            idle = waited.timed_out();
+            idle = Instant::now() >= until;
         }
     }
 
