@@ -40,6 +40,31 @@ fn server_with_pipeline() -> Server {
     server
 }
 
+/// The pid of the preprocessing process that answers a request now.
+fn preprocessing_pid(server: &Server) -> i32 {
+    let request = Request::new("p", "fast".to_string()).timeout(PATIENCE);
+    (server.infer::<String, Tagged>(request).expect("a request through the pipeline").output.value / 2) as i32
+}
+
+/// Kills the idle preprocessing process `pid` and waits until its lane has
+/// replaced it, on its own (no request is sent); the replacement's pid, as
+/// the lane's log line names it.
+fn killed_and_replaced(log: &std::sync::Mutex<Vec<String>>, pid: i32) -> i32 {
+    common::kill(pid);
+    assert!(wait_for(PATIENCE, || replacement_of(log, pid).is_some()), "no lane replaced {pid}, which died idle");
+    let replacement = replacement_of(log, pid).unwrap();
+    assert!(process_exists(replacement), "the replacement {replacement} does not run");
+    replacement
+}
+
+/// The process a lane started while idle in place of `pid`, as its log
+/// line names it.
+fn replacement_of(log: &std::sync::Mutex<Vec<String>>, pid: i32) -> Option<i32> {
+    let lines = log.lock().unwrap_or_else(|e| e.into_inner());
+    let line = lines.iter().find(|l| l.contains("died while idle") && l.contains(&format!("pid={pid} ")))?;
+    line.split("replacement=").nth(1)?.split(' ').next()?.parse().ok()
+}
+
 fn in_flight(server: &Server) -> usize {
     server.status().model("p").unwrap().pipeline.as_ref().unwrap().in_flight
 }
@@ -175,22 +200,8 @@ fn a_preprocessing_process_that_died_idle_is_replaced_and_the_next_request_is_se
 fn a_preprocessing_process_that_dies_idle_is_replaced_before_a_request_comes() {
     let log = common::capture_log();
     let server = server_with_pipeline();
-    let first = Request::new("p", "fast".to_string()).timeout(PATIENCE);
-    let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
-    common::kill(pre_pid);
-    // No request is sent until its lane has replaced it, on its own, and
-    // said with what.
-    let replacement = || {
-        let lines = log.lock().unwrap_or_else(|e| e.into_inner());
-        let line = lines.iter().find(|l| l.contains("died while idle") && l.contains(&format!("pid={pre_pid} ")))?;
-        line.split("replacement=").nth(1)?.split(' ').next()?.parse::<i32>().ok()
-    };
-    assert!(wait_for(PATIENCE, || replacement().is_some()), "no lane replaced the process that died idle");
-    let new_pid = replacement().unwrap();
-    assert!(process_exists(new_pid), "the replacement {new_pid} does not run");
-    let next = Request::new("p", "fast".to_string()).timeout(PATIENCE);
-    let reply = server.infer::<String, Tagged>(next).expect("the request after the process was replaced");
-    assert_eq!((reply.output.value / 2) as i32, new_pid, "not answered by the replacement started while idle");
+    let new_pid = killed_and_replaced(&log, preprocessing_pid(&server));
+    assert_eq!(preprocessing_pid(&server), new_pid, "not answered by the replacement started while idle");
     server.shutdown();
 }
 
@@ -201,27 +212,16 @@ fn a_preprocessing_process_that_dies_idle_is_replaced_before_a_request_comes() {
 fn a_replacement_that_dies_idle_too_is_left_for_the_next_chunk() {
     let log = common::capture_log();
     let server = server_with_pipeline();
-    let first = Request::new("p", "fast".to_string()).timeout(PATIENCE);
-    let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
-    let lines = || log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let replacement_of = |pid: i32| {
-        lines()
-            .iter()
-            .find(|l| l.contains("died while idle") && l.contains(&format!("pid={pid} ")))
-            .and_then(|l| l.split("replacement=").nth(1)?.split(' ').next()?.parse::<i32>().ok())
-    };
-    common::kill(pre_pid);
-    assert!(wait_for(PATIENCE, || replacement_of(pre_pid).is_some()), "the first death was not replaced");
-    let second = replacement_of(pre_pid).unwrap();
+    let pre_pid = preprocessing_pid(&server);
+    let second = killed_and_replaced(&log, pre_pid);
     common::kill(second);
     let left = |l: &String| l.contains("before it took a chunk") && l.contains(&format!("pid={second} "));
-    assert!(wait_for(PATIENCE, || lines().iter().any(left)), "the second death was not noticed");
+    let noticed = || log.lock().unwrap_or_else(|e| e.into_inner()).iter().any(left);
+    assert!(wait_for(PATIENCE, noticed), "the second death was not noticed");
     // Two more looks go by: nothing is started while nothing comes.
     std::thread::sleep(Duration::from_millis(2_500));
-    assert!(replacement_of(second).is_none(), "the replacement's death was replaced while idle");
-    let next = Request::new("p", "fast".to_string()).timeout(PATIENCE);
-    let reply = server.infer::<String, Tagged>(next).expect("the request after both deaths");
-    let pid = (reply.output.value / 2) as i32;
+    assert!(replacement_of(&log, second).is_none(), "the replacement's death was replaced while idle");
+    let pid = preprocessing_pid(&server);
     assert!(pid != pre_pid && pid != second, "answered by a dead process");
     server.shutdown();
 }
