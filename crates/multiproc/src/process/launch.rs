@@ -216,14 +216,15 @@ fn current_exe() -> io::Result<PathBuf> {
 /// compared with it too, so that theirs is the same as a spawned child's.
 pub(crate) fn exe_environment(changes: &EnvChanges) -> Vec<(OsString, OsString)> {
     let mut vars = child_environment(changes);
-    // The last change of the variable is the one that counts, as in `child_environment`.
-    let removed = changes.iter().rev().find(|(k, _)| k == TUNABLES_ENV).is_some_and(|(_, v)| v.is_none());
-    if crate::allocator::tuning_allowed() && !removed {
-        let current = vars.iter().find(|(k, _)| k == TUNABLES_ENV).map(|(_, v)| v.as_os_str());
-        if let Some(tunables) = imp::malloc::child_tunables(current) {
-            vars.retain(|(k, _)| k != TUNABLES_ENV);
-            vars.push((TUNABLES_ENV.into(), tunables));
-        }
+    let current = vars.iter().find(|(k, _)| k == TUNABLES_ENV).map(|(_, v)| v.as_os_str());
+    // Missing though a change names it: the last change removed it.
+    let removed = current.is_none() && changes.iter().any(|(k, _)| k == TUNABLES_ENV);
+    if crate::allocator::tuning_allowed()
+        && !removed
+        && let Some(tunables) = imp::malloc::child_tunables(current)
+    {
+        vars.retain(|(k, _)| k != TUNABLES_ENV);
+        vars.push((TUNABLES_ENV.into(), tunables));
     }
     vars
 }

@@ -66,19 +66,19 @@ const TCACHE_BLOCKS: u32 = 256;
 pub(crate) fn child_tunables(current: Option<&OsStr>) -> Option<OsString> {
     #[cfg(target_env = "gnu")]
     {
-        let ours = || format!("{TCACHE_COUNT}={TCACHE_BLOCKS}");
+        let ours = format!("{TCACHE_COUNT}={TCACHE_BLOCKS}");
         let set_already = |v: &OsStr| {
             v.to_string_lossy()
                 .split(':')
                 .any(|t| t.strip_prefix(TCACHE_COUNT).is_some_and(|rest| rest.starts_with('=')))
         };
         match current.filter(|v| !v.is_empty()) {
-            None => Some(ours().into()),
+            None => Some(ours.into()),
             Some(v) if set_already(v) => None,
             Some(v) => {
                 let mut joined = v.to_os_string();
                 joined.push(":");
-                joined.push(ours());
+                joined.push(ours);
                 Some(joined)
             }
         }
