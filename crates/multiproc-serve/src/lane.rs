@@ -121,6 +121,7 @@ impl Drop for LaneProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use multiproc_test_support::process_exists;
 
     /// A process that takes a chunk and answers with bytes that are not
     /// outputs, then waits (bounded) for the lane to kill it.
@@ -148,10 +149,6 @@ mod tests {
         chunk
     }
 
-    fn gone(pid: i32) -> bool {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    }
-
     #[test]
     fn outputs_that_do_not_decode_fail_the_chunk_and_the_live_process_is_killed() {
         let mut lane = LaneProcess::start(&spawner(answers_garbage), "garbled", 0).unwrap();
@@ -163,7 +160,7 @@ mod tests {
         }
         // Killed at once, not waited on as a process that might answer.
         assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-        assert!(gone(pid), "the process whose pipe is out of step still runs");
+        assert!(!process_exists(pid), "the process whose pipe is out of step still runs");
     }
 
     #[test]
@@ -182,7 +179,7 @@ mod tests {
             }
             other => panic!("expected the process lost before the chunk, got {other:?}"),
         }
-        assert!(gone(pid), "the dead process was not reaped");
+        assert!(!process_exists(pid), "the dead process was not reaped");
     }
 
     #[test]
@@ -193,6 +190,6 @@ mod tests {
         let result = lane.run(&chunk(), &AtomicBool::new(true));
         assert!(matches!(result, Err(ChunkError::Stopped)), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-        assert!(gone(pid), "the process outlived its stopped pipeline");
+        assert!(!process_exists(pid), "the process outlived its stopped pipeline");
     }
 }

@@ -9,8 +9,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Behaviour, Doubler, PATIENCE, process_exists, wait_for};
+use common::{Behaviour, Doubler, PATIENCE, wait_for};
 use multiproc_serve::{ModelSettings, ModelSpec, ServeError, Server, VersionState};
+use multiproc_test_support::process_exists;
 
 /// How long the model's load sleeps: far longer than any stop may take.
 const LOAD_MS: u64 = 90_000;

@@ -180,6 +180,9 @@ fn a_supervisor_waiting_for_a_slow_load_does_not_wake_up_yet_stops_when_its_vers
     server.unload("sl").unwrap();
     assert!(start.elapsed() < Duration::from_secs(10), "unload during a load took {:?}", start.elapsed());
     assert!(common::block_on(waiting, PATIENCE).is_err());
-    assert!(wait_for(PATIENCE, || !common::process_exists(pid)), "the loading worker {pid} was left behind");
+    assert!(
+        wait_for(PATIENCE, || !multiproc_test_support::process_exists(pid)),
+        "the loading worker {pid} was left behind"
+    );
     server.shutdown();
 }

@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{PATIENCE, block_on, process_exists, wait_for};
+use common::{PATIENCE, block_on, wait_for};
 use multiproc_serve::{
     LoadError, Model, ModelSettings, ModelSpec, Request, Server, StartMode, VersionState, WorkerContext,
 };
+use multiproc_test_support::process_exists;
 
 /// Requests each round sends from each of its threads.
 const REQUESTS: usize = 4;

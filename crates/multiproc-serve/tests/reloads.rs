@@ -7,8 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{PATIENCE, process_exists, wait_for};
+use common::{PATIENCE, wait_for};
 use multiproc_serve::{LoadError, Model, ModelSettings, ModelSpec, Request, Server, VersionPolicy, WorkerContext};
+use multiproc_test_support::process_exists;
 
 /// Doubles its inputs; its load notes the worker's pid in the file of its
 /// config, then takes the config's milliseconds.

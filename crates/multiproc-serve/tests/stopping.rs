@@ -7,8 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, block_on, kill, process_exists, two_batches_held_and_four_queued, wait_for};
+use common::{PATIENCE, block_on, kill, two_batches_held_and_four_queued, wait_for};
 use multiproc_serve::{ModelSettings, ServeError, Server, VersionState};
+use multiproc_test_support::process_exists;
 
 #[test]
 fn a_worker_killed_while_its_version_drains_fails_its_batch_and_the_rest_are_still_answered() {

@@ -179,9 +179,12 @@ fn a_worker_that_does_not_load_within_the_startup_timeout_is_killed_and_restarte
     assert!(server.metrics().get("late", 1).unwrap().restarts >= 2);
     // The workers killed at their startup timeout are gone (reaped).
     let replaced = &pids[..pids.len() - 1];
-    assert!(!replaced.is_empty() && replaced.iter().all(|p| !common::process_exists(*p)), "{pids:?}");
+    assert!(!replaced.is_empty() && replaced.iter().all(|p| !multiproc_test_support::process_exists(*p)), "{pids:?}");
     server.shutdown();
-    assert!(wait_for(Duration::from_secs(5), || pids.iter().all(|p| !common::process_exists(*p))), "{pids:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || pids.iter().all(|p| !multiproc_test_support::process_exists(*p))),
+        "{pids:?}"
+    );
 }
 
 #[test]
@@ -256,7 +259,7 @@ fn a_call_timeout_fails_the_batch_that_ran_and_the_batch_held_behind_it_runs_on_
     assert_eq!((v.in_flight, v.queue_depth, v.restarts), (0, 0, 1), "{v:?}");
     let m = common::metrics_when(&server, "m", 1, |m| common::requests_counted(m) == 8);
     assert_eq!((m.request_success, m.request_failure.get("call_timeout")), (6, Some(&2)), "{m:?}");
-    assert!(!common::process_exists(pid));
+    assert!(!multiproc_test_support::process_exists(pid));
     server.shutdown();
 }
 

@@ -16,7 +16,8 @@
 //! [`mark`], [`marker_dir`], [`markers`] and [`all_marked`] let a test see
 //! that tasks ran in other processes before their results were asked for.
 //!
-//! [`Alive`] counts the guards a test handed out that are still alive.
+//! [`Alive`] counts the guards a test handed out that are still alive;
+//! [`process_exists`] says whether a process has not been reaped yet.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -44,6 +45,11 @@ mod markers;
 pub use alive::Alive;
 
 pub use markers::{all_marked, mark, marker_dir, markers};
+
+/// True while a process with this pid exists (a zombie counts: it was not reaped).
+pub fn process_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use multiproc::{Pool, PoolError, TaskError};
+use multiproc_test_support::process_exists;
 use pool_support::{WAIT, sleep_ms, square};
 
 #[test]
@@ -41,14 +42,13 @@ fn dropping_a_running_pool_terminates_it() {
     }
     let pool = Pool::new(1).unwrap();
     let worker = pool.apply(pid, ()).unwrap();
-    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-    assert!(alive(worker));
+    assert!(process_exists(worker));
     let mut slow = pool.apply_async(sleep_ms, (60_000,));
     let t = Instant::now();
     drop(pool);
     assert!(t.elapsed() < pool_support::SLACK);
     assert!(matches!(slow.get_timeout(WAIT), Err(PoolError::Task { error: TaskError::Terminated, .. })));
-    assert!(!alive(worker), "the worker was killed and reaped");
+    assert!(!process_exists(worker), "the worker was killed and reaped");
 }
 
 #[test]

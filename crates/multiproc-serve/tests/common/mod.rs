@@ -194,11 +194,6 @@ pub fn note_pid(path: &str) -> std::io::Result<()> {
     std::fs::OpenOptions::new().append(true).create(true).open(path)?.write_all(line.as_bytes())
 }
 
-/// True while a process with this pid exists (a zombie counts: it was not reaped).
-pub fn process_exists(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// Model "m", version 1: one worker, batches of 2; a batch holding an input
 /// below 2 sleeps `slow_ms`. Started lazily by 8 requests sent while it
 /// loads, so that when it is ready it takes batch {0, 1} (slow) and holds
