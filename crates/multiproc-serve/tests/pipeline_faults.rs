@@ -72,8 +72,7 @@ fn in_flight(server: &Server) -> usize {
 #[test]
 fn a_pipeline_removed_with_requests_in_preprocessing_answers_them_all_and_stops_its_processes() {
     let server = server_with_pipeline();
-    let pre_pid =
-        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let pre_pid = preprocessing_pid(&server);
     assert!(process_exists(pre_pid));
     let futures: Vec<_> =
         (0..4).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string()))).collect();
@@ -168,8 +167,7 @@ fn a_preprocessing_step_that_panics_fails_only_its_own_request() {
 #[test]
 fn a_dead_preprocessing_worker_is_named_in_the_error() {
     let server = server_with_pipeline();
-    let pre_pid =
-        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let pre_pid = preprocessing_pid(&server);
     let err = server.infer::<String, Tagged>(Request::new("p", "die".to_string())).unwrap_err();
     assert!(
         matches!(&err, ServeError::PipelineWorkerLost { pid, stage: "preprocessing", .. } if *pid == pre_pid),
@@ -182,8 +180,7 @@ fn a_dead_preprocessing_worker_is_named_in_the_error() {
 #[test]
 fn a_preprocessing_process_that_died_idle_is_replaced_and_the_next_request_is_served() {
     let server = server_with_pipeline();
-    let first = Request::new("p", "fast".to_string()).timeout(PATIENCE);
-    let pre_pid = (server.infer::<String, Tagged>(first).unwrap().output.value / 2) as i32;
+    let pre_pid = preprocessing_pid(&server);
     common::kill(pre_pid);
     assert!(wait_for(PATIENCE, || !process_exists(pre_pid)), "the killed process still runs");
     // Its lane finds it dead when it hands it the next chunk (unless a
@@ -229,8 +226,7 @@ fn a_replacement_that_dies_idle_too_is_left_for_the_next_chunk() {
 #[test]
 fn a_server_dropped_with_requests_in_its_pipeline_answers_them_and_stops() {
     let server = server_with_pipeline();
-    let pre_pid =
-        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let pre_pid = preprocessing_pid(&server);
     let mut futures: Vec<_> =
         (0..50).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "fast".to_string()))).collect();
     futures.extend((0..2).map(|_| server.infer_async::<String, Tagged>(Request::new("p", "slow".to_string()))));
@@ -285,8 +281,7 @@ fn requests_racing_the_removal_of_their_pipeline_are_all_answered() {
 #[test]
 fn shutdown_answers_the_requests_inside_a_pipeline() {
     let server = server_with_pipeline();
-    let pre_pid =
-        (server.infer::<String, Tagged>(Request::new("p", "fast".to_string())).unwrap().output.value / 2) as i32;
+    let pre_pid = preprocessing_pid(&server);
     // One request in preprocessing, two waiting for it.
     let futures: Vec<_> = ["slow", "fast", "fast"]
         .map(|text| server.infer_async::<String, Tagged>(Request::new("p", text.to_string())))
