@@ -217,25 +217,26 @@ where
     fn preprocess(&self, lane: usize, process: &mut Option<LaneProcess>, inputs: &Items) -> Result<Items, ServeError> {
         let mut replaced = false;
         loop {
-            let running = match process {
+            // Out of the lane's hands while it runs the chunk: given back
+            // if it answers; after an error it is gone (reaped or killed).
+            let mut running = match process.take() {
                 Some(p) => p,
-                None => process.insert(self.start_process(lane)?),
+                None => self.start_process(lane)?,
             };
             let (pid, status, took_chunk) = match running.run(inputs, &self.stopped) {
-                Ok(outputs) => return Ok(outputs),
-                Err(ChunkError::Stopped) => {
-                    *process = None;
-                    return Err(self.stopped_error());
+                Ok(outputs) => {
+                    *process = Some(running);
+                    return Ok(outputs);
                 }
+                Err(ChunkError::Stopped) => return Err(self.stopped_error()),
                 Err(ChunkError::Failed(what)) => {
                     tracing::warn!(pipeline = %self.name, "preprocessing process killed: {what}");
-                    *process = None;
                     return Err(self.failed("preprocessing", what));
                 }
                 Err(ChunkError::Lost { pid, status, took_chunk }) => (pid, status, took_chunk),
             };
             tracing::warn!(pipeline = %self.name, pid, "preprocessing process died ({status}); starting another");
-            *process = None;
+            drop(running);
             if took_chunk {
                 // Started now, so that the next chunk does not wait for it.
                 *process = self.start_process(lane).inspect_err(|e| tracing::warn!(pipeline = %self.name, "{e}")).ok();
