@@ -185,14 +185,22 @@ impl Items {
     }
 }
 
-/// One encoded value: bytes of its own, or an item of shared [`Items`].
+/// One encoded value: bytes of its own, a copy of a small one, or an item
+/// of shared [`Items`].
 #[derive(Debug, Clone)]
 pub(crate) enum Encoded {
     /// Its own bytes.
     Own(Vec<u8>),
+    /// A small item's bytes (see [`Encoded::item`]): its length, then room
+    /// for [`INLINE`] bytes.
+    Inline(u8, [u8; INLINE]),
     /// Item `.1` of shared items (an encoded value, not an error).
     Shared(Arc<Items>, usize),
 }
+
+/// The largest item [`Encoded::item`] copies instead of sharing: 38 bytes,
+/// so that an `Encoded` takes 40 (a short string, a number, a class label).
+pub(crate) const INLINE: usize = 38;
 
 impl Default for Encoded {
     fn default() -> Self {
@@ -234,9 +242,20 @@ impl Encoded {
         Ok(Encoded::Own(bytes))
     }
 
-    /// Item `i` of `items` if it is a value, else its error.
+    /// Item `i` of `items` if it is a value, else its error. A small value
+    /// (up to [`INLINE`] bytes) is copied: a shared one costs a change of
+    /// the items' reference count where it is made and another where it is
+    /// dropped, on a line that the threads making and dropping a batch's
+    /// items pass back and forth, once per item (the batch's answers are
+    /// made by the model's supervisor and dropped by their callers).
     pub fn item(items: &Arc<Items>, i: usize) -> Result<Encoded, String> {
         match items.get(i) {
+            Some(Ok(bytes)) if bytes.len() <= INLINE => {
+                let mut inline = [0; INLINE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                // At most INLINE (38): fits a u8.
+                Ok(Encoded::Inline(bytes.len() as u8, inline))
+            }
             Some(Ok(_)) => Ok(Encoded::Shared(Arc::clone(items), i)),
             Some(Err(message)) => Err(message.to_string()),
             None => Err(format!("no answer for item {i} of {}", items.len())),
@@ -247,6 +266,7 @@ impl Encoded {
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Encoded::Own(v) => v,
+            Encoded::Inline(len, bytes) => &bytes[..usize::from(*len)],
             Encoded::Shared(items, i) => match items.get(*i) {
                 Some(Ok(bytes)) => bytes,
                 _ => &[],
@@ -380,6 +400,7 @@ mod tests {
         assert_eq!(back.get(1).unwrap(), Err("bad"));
         let shared = Arc::new(back);
         assert_eq!(postcard::from_bytes::<u32>(Encoded::item(&shared, 2).unwrap().as_bytes()).unwrap(), 7);
+        assert_eq!(postcard::from_bytes::<String>(Encoded::item(&shared, 0).unwrap().as_bytes()).unwrap(), "a");
         assert_eq!(Encoded::item(&shared, 1).unwrap_err(), "bad");
         assert!(Encoded::item(&shared, 3).is_err());
     }
@@ -394,6 +415,23 @@ mod tests {
         assert_eq!(items.get(1).unwrap().unwrap(), [0u8; 0]);
         assert_eq!(items.get(2).unwrap().unwrap(), [4]);
         assert_eq!(postcard::to_allocvec(&Inputs::Received(items)).unwrap(), wire, "the same bytes either way");
+    }
+
+    #[test]
+    fn an_item_of_up_to_inline_bytes_is_copied_and_a_longer_one_shared() {
+        let mut items = Items::with_capacity(3, 0);
+        for len in [0, INLINE, INLINE + 1] {
+            items.push_bytes(&vec![7; len]);
+        }
+        let items = Arc::new(items);
+        let got: Vec<Encoded> = (0..3).map(|i| Encoded::item(&items, i).unwrap()).collect();
+        assert!(matches!(got[0], Encoded::Inline(0, _)));
+        assert!(matches!(got[1], Encoded::Inline(len, _) if usize::from(len) == INLINE));
+        assert!(matches!(got[2], Encoded::Shared(_, 2)));
+        assert_eq!(Arc::strong_count(&items), 2, "only the long item holds the items");
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e.as_bytes(), items.get(i).unwrap().unwrap(), "item {i}");
+        }
     }
 
     #[test]
