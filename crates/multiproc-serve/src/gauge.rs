@@ -19,10 +19,9 @@ pub(crate) trait Lanes: Send + Sync {
 /// whether a lane sleeps; so one of the two always sees the other.
 ///
 /// The counts that different threads write each sit on lines of their own
-/// (and apart from the `Arc`'s reference counts, which every request's
-/// [`InFlight`] also changes): a caller admitting a request and the thread
-/// answering another then do not take each other's lines for the counts
-/// they do not share.
+/// (and apart from the `Arc`'s reference counts): a caller admitting a
+/// request and the thread answering another then do not take each other's
+/// lines for the counts they do not share.
 pub(crate) struct Gauge {
     in_flight: OwnLine<AtomicUsize>,
     /// Requests waiting for preprocessing (the lanes' queue length,
@@ -78,7 +77,7 @@ impl Gauge {
 
     /// Counts one more request in, unless `capacity` are in already;
     /// gives the count before it (0: the pipeline was empty).
-    pub fn admit(self: &Arc<Self>, capacity: usize) -> Option<(usize, InFlight)> {
+    pub fn admit(&self, capacity: usize) -> Option<(usize, Admitted<'_>)> {
         // One add, taken back if it went past the capacity (a compare-and-
         // swap loop retried under the answers' releases): concurrent callers
         // each see their own count before, so no more than `capacity` are
@@ -89,7 +88,14 @@ impl Gauge {
             self.release(1);
             return None;
         }
-        Some((before, InFlight(Some(Arc::clone(self)))))
+        Some((before, Admitted(Some(self))))
+    }
+
+    /// The counts of `n` queued requests leaving the queue (see
+    /// [`Admitted::queued`]), one per request, sharing one hold on the gauge.
+    pub fn take_queued(self: &Arc<Self>, n: usize) -> impl Iterator<Item = InFlight> {
+        let hold = Arc::new(Hold(Arc::clone(self)));
+        (0..n).map(move |_| InFlight(Some(Arc::clone(&hold))))
     }
 
     /// Notes the queue's length (under the queue's lock).
@@ -153,14 +159,42 @@ impl Gauge {
     }
 }
 
-/// Counts a request as inside its pipeline until dropped (or handed to
-/// [`Releases`]).
-pub(crate) struct InFlight(Option<Arc<Gauge>>);
+/// A request counted in its pipeline on its way to the queue: given back
+/// when dropped, unless the queue took it ([`Admitted::queued`]). It holds
+/// no reference count: a caller sends a request as often as a million
+/// times a second, and a count changed by every caller and by the thread
+/// answering them moves its line between their CPUs twice per request.
+pub(crate) struct Admitted<'a>(Option<&'a Gauge>);
 
-impl Drop for InFlight {
+impl Admitted<'_> {
+    /// The request is in the queue, which keeps its count: the queue holds
+    /// one per request, taken out with them by [`Gauge::take_queued`].
+    pub fn queued(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if let Some(gauge) = self.0.take() {
             gauge.release(1);
+        }
+    }
+}
+
+/// The gauge, held by the requests of one chunk ([`Gauge::take_queued`]):
+/// their holds are changed by the lane that makes them, then by the thread
+/// that answers them, not by every caller.
+struct Hold(Arc<Gauge>);
+
+/// Counts a request as inside its pipeline until dropped (or handed to
+/// [`Releases`]).
+pub(crate) struct InFlight(Option<Arc<Hold>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(hold) = self.0.take() {
+            hold.0.release(1);
         }
     }
 }
@@ -171,25 +205,25 @@ impl Drop for InFlight {
 /// pipeline's callers write too. (Requests of another pipeline in the same
 /// batch flush the ones gathered before them.)
 #[derive(Default)]
-pub(crate) struct Releases(Option<(Arc<Gauge>, usize)>);
+pub(crate) struct Releases(Option<(Arc<Hold>, usize)>);
 
 impl Releases {
     /// Takes over `guard`'s request, to be released with the others.
     pub fn add(&mut self, mut guard: InFlight) {
-        let Some(gauge) = guard.0.take() else { return };
+        let Some(hold) = guard.0.take() else { return };
         match &mut self.0 {
-            Some((same, n)) if Arc::ptr_eq(same, &gauge) => *n += 1,
+            Some((same, n)) if Arc::ptr_eq(&same.0, &hold.0) => *n += 1,
             _ => {
                 self.flush();
-                self.0 = Some((gauge, 1));
+                self.0 = Some((hold, 1));
             }
         }
     }
 
     /// Releases the requests gathered so far.
     pub fn flush(&mut self) {
-        if let Some((gauge, n)) = self.0.take() {
-            gauge.release(n);
+        if let Some((hold, n)) = self.0.take() {
+            hold.0.release(n);
         }
     }
 }
@@ -219,8 +253,11 @@ mod tests {
         let bell = Arc::new(Bell(Mutex::new(0)));
         let weak: Weak<dyn Lanes> = Arc::downgrade(&(Arc::clone(&bell) as Arc<dyn Lanes>));
         gauge.set_lanes(weak);
-        let mut held: Vec<InFlight> = (0..9).map(|_| gauge.admit(100).unwrap().1).collect();
+        for _ in 0..9 {
+            gauge.admit(100).unwrap().1.queued();
+        }
         assert!(gauge.admit(9).is_none(), "a full pipeline admits no more");
+        let mut held: Vec<InFlight> = gauge.take_queued(9).collect();
         gauge.set_queued(4);
         assert!(!gauge.worth_a_chunk(4), "4 waiting of 9 is less than half");
         gauge.set_lane_sleeps(true);
@@ -230,6 +267,30 @@ mod tests {
         held.clear();
         assert_eq!(*bell.0.lock().unwrap(), 1, "awake lanes are not nudged");
         assert_eq!(gauge.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_request_not_queued_gives_its_count_back_and_a_queued_one_keeps_it_until_its_guard_goes() {
+        let gauge = Gauge::new();
+        let (before, admitted) = gauge.admit(10).unwrap();
+        assert_eq!(before, 0);
+        drop(admitted);
+        assert_eq!(gauge.in_flight(), 0, "a request the queue did not take is not counted");
+        for _ in 0..4 {
+            gauge.admit(10).unwrap().1.queued();
+        }
+        assert_eq!(gauge.in_flight(), 4, "the queue holds the counts");
+        let first: Vec<InFlight> = gauge.take_queued(2).collect();
+        let second: Vec<InFlight> = gauge.take_queued(2).collect();
+        assert_eq!(Arc::strong_count(&gauge), 3, "one hold per chunk, not one per request");
+        let mut releases = Releases::default();
+        for guard in first.into_iter().chain(second) {
+            releases.add(guard);
+        }
+        assert_eq!(gauge.in_flight(), 4, "gathered, not released yet");
+        releases.flush();
+        assert_eq!(gauge.in_flight(), 0, "two chunks of one pipeline released together");
+        assert_eq!(Arc::strong_count(&gauge), 1, "no hold left");
     }
 
     #[test]

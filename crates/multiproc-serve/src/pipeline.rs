@@ -46,7 +46,7 @@ use crate::slot::{Answer, Slot};
 use crate::status::PipelineStatus;
 
 mod feed;
-use feed::{Feed, Job, Next};
+use feed::{Feed, Job, Next, Queued};
 
 // Starting is the runtime's part of a spec (it builds a `Runtime`).
 impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> PipelineSpec<R, I, O, P> {
@@ -446,10 +446,9 @@ where
         if self.stopped.load(Ordering::Acquire) {
             return Err(self.stopped_error());
         }
-        let Some((_, guard)) = self.gauge.admit(self.capacity) else {
+        let Some((_, admitted)) = self.gauge.admit(self.capacity) else {
             return Err(ServeError::PipelineOverloaded { pipeline: self.name.clone(), capacity: self.capacity });
         };
-        let job = Job { slot, deadline, guard };
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         // Again under the lock: a stop between the check above and here has
         // let the lanes empty the queue and end, so nobody would answer a
@@ -460,7 +459,8 @@ where
         // Encoded here, by the thread that made the input (which frees it
         // too); an input that does not encode is its request's error.
         q.inputs.push_output(Ok(&input));
-        q.jobs.push_back(job);
+        q.jobs.push_back(Queued { slot, deadline });
+        admitted.queued();
         // Only a sleeping lane's queue is read by releases (see `Gauge`),
         // and a lane notes its queue as it goes to sleep.
         if self.gauge.lane_sleeps() {

@@ -33,6 +33,15 @@ pub(super) enum Next {
 }
 
 /// A request waiting for preprocessing (its input is in [`Feed::inputs`]).
+/// It is counted in the pipeline: the queue holds the count for it (see
+/// [`Admitted::queued`](crate::gauge::Admitted::queued)) until it leaves
+/// as a [`Job`].
+pub(super) struct Queued {
+    pub(super) slot: Arc<Slot>,
+    pub(super) deadline: Option<Instant>,
+}
+
+/// A request out of the queue, with its count in the pipeline.
 pub(super) struct Job {
     pub(super) slot: Arc<Slot>,
     pub(super) deadline: Option<Instant>,
@@ -45,7 +54,7 @@ pub(super) struct Job {
 /// is the input of `jobs[i]`), so that a chunk leaves as the buffer it
 /// will cross in, and each input is freed by the thread that made it.
 pub(super) struct Feed {
-    pub(super) jobs: VecDeque<Job>,
+    pub(super) jobs: VecDeque<Queued>,
     pub(super) inputs: Items,
     /// Lanes asleep on `changed`.
     pub(super) sleeping: usize,
@@ -74,7 +83,8 @@ where
         let mut idle = false;
         loop {
             if self.stopped.load(Ordering::Acquire) {
-                let left: Vec<Job> = q.jobs.drain(..).collect();
+                let all = q.jobs.len();
+                let left = self.take_jobs(&mut q, all);
                 q.inputs = Items::default();
                 self.gauge.set_queued(0);
                 drop(q);
@@ -166,10 +176,20 @@ where
     /// Takes the next chunk off the queue, with its inputs.
     pub(super) fn take_chunk(&self, q: &mut Feed) -> (Vec<Job>, Items) {
         let n = self.gauge.chunk_len(q.jobs.len(), self.chunk);
-        let chunk = q.jobs.drain(..n).collect();
+        let chunk = self.take_jobs(q, n);
         let inputs = q.inputs.split_front(n);
         self.gauge.set_queued(q.jobs.len());
         (chunk, inputs)
+    }
+
+    /// Takes the first `n` requests off the queue, each with the count the
+    /// queue held for it.
+    fn take_jobs(&self, q: &mut Feed, n: usize) -> Vec<Job> {
+        q.jobs
+            .drain(..n)
+            .zip(self.gauge.take_queued(n))
+            .map(|(Queued { slot, deadline }, guard)| Job { slot, deadline, guard })
+            .collect()
     }
 
     /// Wakes a sleeping lane not woken yet if a chunk may leave.
