@@ -126,13 +126,14 @@ struct State {
     held: usize,
 }
 
-/// Why a push was refused; the request is handed back.
+/// Why a push was refused; the request is handed back (boxed: a refusal is
+/// rare, and a request is a few cache lines long).
 #[derive(Debug)]
 pub(crate) enum Refused {
     /// The queue is full.
-    Full(Pending),
+    Full(Box<Pending>),
     /// The version no longer accepts requests (draining or stopped).
-    Closed(Pending),
+    Closed(Box<Pending>),
 }
 
 /// A bounded queue of requests with its batching rules.
@@ -193,13 +194,13 @@ impl BatchQueue {
     pub fn push(&self, p: Pending, force: bool, dropped: &mut Vec<Pending>) -> Result<(), Refused> {
         let mut s = self.lock();
         if !s.accepting || s.stopped {
-            return Err(Refused::Closed(p));
+            return Err(Refused::Closed(Box::new(p)));
         }
         if !force && s.items.len() + s.held >= self.capacity {
             let all = s.items.len();
             sweep(&mut s, all, Instant::now(), dropped);
             if s.items.len() + s.held >= self.capacity {
-                return Err(Refused::Full(p));
+                return Err(Refused::Full(Box::new(p)));
             }
         }
         let lookouts = (p.held.is_some() && !s.lookouts.is_empty()).then(|| std::mem::take(&mut s.lookouts));

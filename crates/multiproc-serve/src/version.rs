@@ -206,14 +206,14 @@ impl VersionGroup {
         match pushed {
             Ok(()) => Ok(()),
             Err(Refused::Full(p)) => Err(Box::new((
-                p,
+                *p,
                 ServeError::Overloaded {
                     model: self.model.clone(),
                     version: self.version,
                     capacity: self.queue.capacity(),
                 },
             ))),
-            Err(Refused::Closed(p)) => Err(Box::new((p, self.closed_error()))),
+            Err(Refused::Closed(p)) => Err(Box::new((*p, self.closed_error()))),
         }
     }
 
