@@ -140,7 +140,8 @@ pub use tensor::{DataType, Element, Tensor, TensorError};
 
 /// Feeds arbitrary bytes to every decoder of untrusted input in this crate:
 /// the external-command frame reader (and the tensors a frame describes),
-/// and tensors and batches' items as the workers' wire carries them. Used by the fuzz target
+/// and tensors and batches' items as the workers' wire carries them (and
+/// each item as it is handed to its request). Used by the fuzz target
 /// (`crates/multiproc-serve/fuzz`) and by a unit test. Never panics.
 #[doc(hidden)]
 pub fn fuzz_decode(data: &[u8]) {
@@ -156,6 +157,9 @@ pub fn fuzz_decode(data: &[u8]) {
     }
     if let Ok(items) = postcard::from_bytes::<items::Items>(data) {
         (0..=items.len()).for_each(|i| _ = items.get(i));
+        // As a worker's answers are handed to their requests.
+        let shared = std::sync::Arc::new(items);
+        (0..=shared.len()).for_each(|i| _ = items::Encoded::item(&shared, i).map(|e| e.as_bytes().len()));
     }
     if let Ok(inputs) = postcard::from_bytes::<items::Inputs>(data) {
         let items = inputs.into_items();
