@@ -291,6 +291,10 @@ impl Conn {
     /// of a pipeline, each with the full reply timeout, even after one
     /// timed out, so a pipeline of `n` commands may block `n` times longer
     /// (run it with [`Link::exec_pipeline`]).
+    ///
+    /// A transient error drops the connection (the next command connects
+    /// anew), but for a refusal ([`is_refusal`]): the server answered, so
+    /// the connection is there and in step, and it is kept.
     pub(crate) fn run_until<T>(
         &mut self,
         deadline: Option<Instant>,
@@ -301,6 +305,7 @@ impl Conn {
         let result = self.connection(limit).and_then(f);
         if let Err(e) = &result
             && is_transient(e)
+            && !is_refusal(e)
         {
             self.link = None;
         }

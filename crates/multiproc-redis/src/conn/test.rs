@@ -145,3 +145,43 @@ fn a_retry_told_to_stop_in_its_pause_makes_no_more_attempt() {
     let took = ended - told;
     assert!(took < Duration::from_millis(500), "the retry ended {took:?} after it was told to stop");
 }
+
+/// Runs for `ARGV[1]` ms by the server's clock, then returns 1: Redis
+/// answers other clients `BUSY` meanwhile, once past `busy-reply-threshold`.
+const BUSY_SCRIPT: &str = r"
+local function ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+local until_ms = ms() + tonumber(ARGV[1])
+repeat until ms() >= until_ms
+return 1
+";
+
+#[test]
+fn a_refusal_keeps_the_connection() {
+    let server = server();
+    let mut conn = Conn::open(&server.url()).unwrap();
+    let client_id = |c: &mut Link| -> RedisResult<i64> { redis::cmd("CLIENT").arg("ID").query(c) };
+    let before = conn.run(client_id).unwrap();
+    conn.run(|c| redis::cmd("CONFIG").arg("SET").arg("busy-reply-threshold").arg(50).exec(c)).unwrap();
+    // Another client keeps Redis busy for 800 ms.
+    let url = server.url();
+    let script = std::thread::spawn(move || -> RedisResult<i64> {
+        let mut con = redis::Client::open(url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))?;
+        con.set_read_timeout(Some(Duration::from_secs(10)))?;
+        redis::cmd("EVAL").arg(BUSY_SCRIPT).arg(0).arg(800).query(&mut con)
+    });
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        match conn.run_until(Some(Instant::now() + Duration::from_secs(2)), ping) {
+            Err(e) if is_refusal(&e) => break true,
+            _ if Instant::now() >= give_up => break false,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    assert!(refused, "redis never answered BUSY while the script ran");
+    assert!(conn.link.is_some(), "the refusal dropped the connection");
+    assert_eq!(script.join().expect("the script's thread panicked").unwrap(), 1);
+    assert_eq!(conn.run(client_id).unwrap(), before, "the connection was replaced");
+}
