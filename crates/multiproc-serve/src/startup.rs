@@ -17,7 +17,7 @@ use multiproc::{ConnectionError, Process, Waitable};
 use crate::bell::Bell;
 use crate::deadline::after;
 use crate::model::WorkerContext;
-use crate::supervisor::{Gone, KILL_WAIT, exit_status, kill_and_reap, log_line};
+use crate::supervisor::{EXIT_WAIT, Gone, KILL_WAIT, exit_status, kill_and_reap, log_line};
 use crate::version::{SWEEP_EVERY, Sweeps, VersionGroup};
 use crate::worker::{FromWorker, ServerEnds, worker_pipes};
 
@@ -123,11 +123,11 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
             }
             Ok(FromWorker::Log(line)) => log_line(group, &line),
             Ok(FromWorker::LoadFailed(reason)) => {
-                let _ = process.join_timeout(Duration::from_secs(2));
+                let _ = process.join_timeout(EXIT_WAIT);
                 return Err(load_failed(&reason, false));
             }
             Ok(FromWorker::LoadRefused(reason)) => {
-                let _ = process.join_timeout(Duration::from_secs(2));
+                let _ = process.join_timeout(EXIT_WAIT);
                 return Err(load_failed(&reason, true));
             }
             Ok(FromWorker::Batch { .. }) => {
@@ -140,7 +140,7 @@ pub(crate) fn load(group: &VersionGroup, instance: usize, bell: Option<&Bell>) -
                 // sent just after this wait timed out, and the worker's exit
                 // right after it, are its reason, not a silent death.
                 if let Some(gone) = last_load_error(group, &ends) {
-                    let _ = process.join_timeout(Duration::from_secs(2));
+                    let _ = process.join_timeout(EXIT_WAIT);
                     return Err(gone);
                 }
                 let status = exit_status(&mut process);

@@ -34,6 +34,10 @@ const IDLE_BACKSTOP: Duration = Duration::from_secs(10);
 /// only an unkillable process takes longer).
 pub(crate) const KILL_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a worker process that is ending anyway (it sent why its load
+/// failed, or was seen dead) is given to exit and be reaped.
+pub(crate) const EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// Kills `process` and reaps it, waiting at most `wait`.
 pub(crate) fn kill_and_reap(process: &mut Process<()>, wait: Duration) {
     let _ = process.kill();
@@ -50,7 +54,7 @@ pub(crate) fn reap_or_kill(process: &mut Process<()>, grace: Duration, wait: Dur
 
 /// How a worker process ended, for error messages: "killed by signal 9 (SIGKILL)".
 pub(crate) fn exit_status(process: &mut Process<()>) -> String {
-    match process.join_timeout(Duration::from_secs(2)) {
+    match process.join_timeout(EXIT_WAIT) {
         Ok(()) => "exited without an error".to_string(),
         Err(ProcessError::Panicked(p)) => format!("panicked: {}", p.message),
         Err(ProcessError::Timeout(_)) => {
