@@ -11,23 +11,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use multiproc_redis::schema::Keys;
+use multiproc_test_support::REDIS_BUSY_SCRIPT;
 use support::proxy::LossyProxy;
 use support::{eventually, local_worker, logged_run, pool_at, raw, server, start_log, starts, xlen};
 
 /// How long the other client's script keeps Redis busy.
 const BUSY_FOR: Duration = Duration::from_millis(1500);
-
-/// A script that spins for `ARGV[1]` ms by the server's clock, then
-/// returns 1.
-const SPIN: &str = r"
-local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local stop = now() + tonumber(ARGV[1]) * 1000
-while now() < stop do end
-return 1
-";
 
 /// A connection to `url` whose replies are waited for at most `timeout`.
 fn connect(url: &str, timeout: Duration) -> redis::RedisResult<redis::Connection> {
@@ -37,14 +26,14 @@ fn connect(url: &str, timeout: Duration) -> redis::RedisResult<redis::Connection
     Ok(con)
 }
 
-/// Starts [`SPIN`] for [`BUSY_FOR`] on a connection of its own to `url`,
+/// Starts [`REDIS_BUSY_SCRIPT`] for [`BUSY_FOR`] on a connection of its own to `url`,
 /// and waits (at most 3 s) until Redis answers another client `BUSY`.
 /// Returns the script's thread and whether `BUSY` was seen.
 fn keep_busy(url: &str) -> redis::RedisResult<(JoinHandle<redis::RedisResult<i64>>, bool)> {
     let mut probe = connect(url, Duration::from_secs(2))?;
     let mut spinner = connect(url, BUSY_FOR + Duration::from_secs(5))?;
     let script = std::thread::spawn(move || {
-        redis::cmd("EVAL").arg(SPIN).arg(0).arg(BUSY_FOR.as_millis() as u64).query::<i64>(&mut spinner)
+        redis::cmd("EVAL").arg(REDIS_BUSY_SCRIPT).arg(0).arg(BUSY_FOR.as_millis() as u64).query::<i64>(&mut spinner)
     });
     let busy = eventually(Duration::from_secs(3), || {
         redis::cmd("PING").query::<String>(&mut probe).is_err_and(|e| e.code() == Some("BUSY"))

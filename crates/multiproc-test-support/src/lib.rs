@@ -19,6 +19,9 @@
 //! [`Alive`] counts the guards a test handed out that are still alive;
 //! [`process_exists`] says whether a process has not been reaped yet.
 //!
+//! [`REDIS_BUSY_SCRIPT`] keeps a Redis server busy, so that it answers
+//! other clients `BUSY`.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use multiproc_test_support::{in_fresh_copy, run_in_fresh_copy, NoRoomForThreads};
@@ -45,6 +48,19 @@ mod markers;
 pub use alive::Alive;
 
 pub use markers::{all_marked, mark, marker_dir, markers};
+
+/// A Lua script that spins for `ARGV[1]` ms by the server's clock, then
+/// returns 1: run with `EVAL script 0 ms`, it makes Redis answer other
+/// clients `BUSY` once it has run past `busy-reply-threshold`.
+pub const REDIS_BUSY_SCRIPT: &str = r"
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local stop = now() + tonumber(ARGV[1]) * 1000
+while now() < stop do end
+return 1
+";
 
 /// True while a process with this pid exists (a zombie counts: it was not reaped).
 pub fn process_exists(pid: i32) -> bool {

@@ -146,18 +146,6 @@ fn a_retry_told_to_stop_in_its_pause_makes_no_more_attempt() {
     assert!(took < Duration::from_millis(500), "the retry ended {took:?} after it was told to stop");
 }
 
-/// Runs for `ARGV[1]` ms by the server's clock, then returns 1: Redis
-/// answers other clients `BUSY` meanwhile, once past `busy-reply-threshold`.
-const BUSY_SCRIPT: &str = r"
-local function ms()
-  local t = redis.call('TIME')
-  return t[1] * 1000 + math.floor(t[2] / 1000)
-end
-local until_ms = ms() + tonumber(ARGV[1])
-repeat until ms() >= until_ms
-return 1
-";
-
 #[test]
 fn a_refusal_keeps_the_connection() {
     let server = server();
@@ -170,7 +158,7 @@ fn a_refusal_keeps_the_connection() {
     let script = std::thread::spawn(move || -> RedisResult<i64> {
         let mut con = redis::Client::open(url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))?;
         con.set_read_timeout(Some(Duration::from_secs(10)))?;
-        redis::cmd("EVAL").arg(BUSY_SCRIPT).arg(0).arg(800).query(&mut con)
+        redis::cmd("EVAL").arg(multiproc_test_support::REDIS_BUSY_SCRIPT).arg(0).arg(800).query(&mut con)
     });
     let give_up = Instant::now() + Duration::from_secs(5);
     let refused = loop {
