@@ -8,7 +8,9 @@
 //! requests (whole model batches when more than one), once the queue holds
 //! half of the pipeline's requests or a full chunk, so chunks grow with the
 //! load (a lone request at low load leaves at once); it hands the chunk to
-//! its process and the outputs to the model. The process encodes the
+//! its process and the outputs to the model. Under load the thread that
+//! delivers the model's answers wakes the lanes, not the callers (see
+//! `Runtime::wake_lane_for`). The process encodes the
 //! chunk's outputs for the model into one buffer, so an item crosses to the
 //! model as the bytes it came back as, with no allocation per request on
 //! the way. If a preprocessing process dies, only the requests of its chunk
@@ -47,12 +49,19 @@ use crate::status::PipelineStatus;
 
 mod feed;
 use feed::{Feed, Job, Next, Queued};
+#[cfg(test)]
+mod tests;
 
 // Starting is the runtime's part of a spec (it builds a `Runtime`).
 impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> PipelineSpec<R, I, O, P> {
     /// Starts the preprocessing processes with their lanes, and the
     /// postprocessing pool.
     pub(crate) fn start(self, server: Weak<Inner>) -> Result<Arc<dyn PipelineDyn>, ServeError> {
+        Ok(self.start_runtime(server)?)
+    }
+
+    /// [`PipelineSpec::start`], keeping the pipeline's types.
+    fn start_runtime(self, server: Weak<Inner>) -> Result<Arc<Runtime<R, O, P>>, ServeError> {
         let name = self.name.clone();
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             ServeError::Internal(format!("pipeline '{name}': {what} did not start: {e}"))
@@ -80,7 +89,13 @@ impl<R: PipelineItem, I: PipelineItem, O: PipelineItem, P: PipelineItem> Pipelin
             post_pool: RwLock::new(post_pool),
             pre_processes: self.preprocess_processes,
             post: self.postprocess,
-            queue: Mutex::new(Feed { jobs: VecDeque::new(), inputs: Items::default(), sleeping: 0, woken: 0 }),
+            queue: Mutex::new(Feed {
+                jobs: VecDeque::new(),
+                inputs: Items::default(),
+                sleeping: 0,
+                woken: 0,
+                short_sleepers: 0,
+            }),
             changed: Condvar::new(),
             gauge: Gauge::new(),
             capacity: self.capacity,
@@ -449,6 +464,7 @@ where
         let Some((_, admitted)) = self.gauge.admit(self.capacity) else {
             return Err(ServeError::PipelineOverloaded { pipeline: self.name.clone(), capacity: self.capacity });
         };
+        let arrived = slot.arrived;
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         // Again under the lock: a stop between the check above and here has
         // let the lanes empty the queue and end, so nobody would answer a
@@ -466,7 +482,7 @@ where
         if self.gauge.lane_sleeps() {
             self.gauge.set_queued(q.jobs.len());
         }
-        self.wake_lane(q);
+        self.wake_lane_for(q, arrived);
         Ok(())
     }
 

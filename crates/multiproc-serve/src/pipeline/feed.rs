@@ -24,6 +24,11 @@ use crate::slot::Slot;
 /// second under load.)
 pub(super) const IDLE_LOOK: Duration = Duration::from_secs(1);
 
+/// How long a lane sleeps at most while requests are past the queue
+/// (in preprocessing or further on): a caller may leave its wake-up to
+/// their release, which may be slow to come (see [`Runtime::wake_lane_for`]).
+pub(super) const BACKSTOP: Duration = Duration::from_millis(2);
+
 /// What a lane gets from the queue.
 pub(super) enum Next {
     /// Requests to preprocess, with their inputs.
@@ -61,6 +66,8 @@ pub(super) struct Feed {
     /// Of those, lanes woken that have not run yet (each waker wakes one
     /// more than this, so that a burst of requests costs one wake-up).
     pub(super) woken: usize,
+    /// Of the sleeping lanes, those that look again within [`BACKSTOP`].
+    pub(super) short_sleepers: usize,
 }
 
 impl<R, O, P> Runtime<R, O, P>
@@ -114,10 +121,18 @@ where
                 self.note_sleepers(&q);
                 return Some(Next::Idle);
             }
-            let left = until.saturating_duration_since(Instant::now());
+            let mut left = until.saturating_duration_since(Instant::now());
+            let short = self.gauge.in_flight() > q.jobs.len();
+            if short {
+                left = left.min(BACKSTOP);
+                q.short_sleepers += 1;
+            }
             let (guard, _) = self.changed.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner());
             q = guard;
             q.sleeping -= 1;
+            if short {
+                q.short_sleepers -= 1;
+            }
             // A wait that timed out counts as woken too, in case a wake-up
             // raced the timeout and found no lane waiting: at worst one
             // more lane is woken than needed, never one less.
@@ -190,6 +205,21 @@ where
             .zip(self.gauge.take_queued(n))
             .map(|(Queued { slot, deadline }, guard)| Job { slot, deadline, guard })
             .collect()
+    }
+
+    /// After a caller queued a request (which arrived at `arrived`): wakes
+    /// a lane as [`Runtime::wake_lane`] does, unless the next release can
+    /// do it. That is when answers are streaming out with requests past
+    /// the queue (see [`Gauge::release_will_wake`](crate::gauge::Gauge::release_will_wake))
+    /// and a lane sleeps that looks again within [`BACKSTOP`] anyway, in
+    /// case the stream stopped. A caller's wake-up costs its thread a
+    /// system call and, on a VM, an interrupt sent to the other CPU: a
+    /// loaded pipeline's callers so leave most wake-ups to the thread
+    /// delivering the model's answers, and chunks leave with deliveries.
+    pub(super) fn wake_lane_for(&self, q: MutexGuard<'_, Feed>, arrived: Instant) {
+        if q.short_sleepers == 0 || !self.gauge.release_will_wake(q.jobs.len(), arrived) {
+            self.wake_lane(q);
+        }
     }
 
     /// Wakes a sleeping lane not woken yet if a chunk may leave.

@@ -1,0 +1,63 @@
+//! The lanes' sleep, seen from inside a running pipeline (its processes
+//! are real; it has no server, so a chunk's requests fail on their way to
+//! the model, which tells when a lane took them).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::feed::{BACKSTOP, IDLE_LOOK, Queued};
+use crate::error::ServeError;
+use crate::gauge::InFlight;
+use crate::pipeline_spec::PipelineSpec;
+use crate::slot::Slot;
+
+fn echo(text: String) -> Result<String, String> {
+    Ok(text)
+}
+
+/// Waits (bounded) until `done` holds.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_lane_asleep_while_requests_are_past_the_queue_looks_again_within_the_backstop() {
+    let spec = PipelineSpec::<String, String, String, String>::new("backstop", "model", echo, 1);
+    let runtime = spec.start_runtime(Weak::new()).unwrap();
+    // A request past the queue (as if in the model) whose release does not
+    // come while the test runs.
+    let (_, admitted) = runtime.gauge.admit(10).unwrap();
+    admitted.queued();
+    let past: Vec<InFlight> = runtime.gauge.take_queued(1).collect();
+    // The lane fell asleep in an empty pipeline, for `IDLE_LOOK`; woken, it
+    // finds nothing to take and sleeps again, now for `BACKSTOP` at most.
+    {
+        let _q = runtime.queue.lock().unwrap();
+        runtime.changed.notify_all();
+    }
+    wait_until("the lane sleeps short", || runtime.queue.lock().unwrap().short_sleepers == 1);
+    // A request queued and nobody woken, as by a caller that left the
+    // wake-up to the release of the one past the queue.
+    let slot = Slot::new();
+    let queued_at = Instant::now();
+    {
+        let (_, admitted) = runtime.gauge.admit(10).unwrap();
+        let mut q = runtime.queue.lock().unwrap();
+        q.inputs.push_output(Ok(&"request".to_string()));
+        q.jobs.push_back(Queued { slot: Arc::clone(&slot), deadline: None });
+        admitted.queued();
+    }
+    // Taken and preprocessed, then failed for want of a server: long
+    // before the lane's idle look would have come.
+    let answer = slot.wait_for(Duration::from_secs(30)).expect("the request was not taken");
+    let took = queued_at.elapsed();
+    assert!(matches!(answer, Err(ServeError::ShuttingDown)), "{answer:?}");
+    assert!(took < IDLE_LOOK / 2, "taken after {took:?}; the backstop is {BACKSTOP:?}");
+    drop(past);
+    super::PipelineDyn::stop(&*runtime, ServeError::ShuttingDown);
+    assert_eq!(runtime.gauge.in_flight(), 0);
+}
