@@ -145,13 +145,14 @@ impl Gauge {
         queued > 0 && queued.saturating_mul(SHARE) >= self.in_flight()
     }
 
-    /// Whether a caller that just queued a request (which arrived at
-    /// `arrived`, leaving `queued` waiting) may leave waking a lane to the
-    /// next release: true when requests are past the queue (so a release
-    /// will come, and it nudges a sleeping lane if the queue is worth a
-    /// chunk then, see `release`) and answers are streaming out (so it
-    /// comes soon). The caller also needs a lane that looks again soon in
-    /// case the stream stopped (see `Runtime::wake_lane_for`).
+    /// Whether, at `at`, with `queued` requests waiting, the next release
+    /// may be left to wake a lane: true when requests are past the queue
+    /// (so a release will come, and it nudges a sleeping lane if the queue
+    /// is worth a chunk then, see `release`) and answers are streaming out
+    /// (so it comes soon). A caller that just queued a request asks with
+    /// the request's arrival; it also needs a lane that looks again soon,
+    /// in case the stream stopped: a lane that goes to sleep while this
+    /// holds does (see `Runtime::wake_lane_for`).
     ///
     /// Under load this moved the wake-ups off the callers' thread and made
     /// chunks leave with the model's deliveries. Measured against the code
@@ -160,14 +161,14 @@ impl Gauge {
     /// 2.03–2.20 M requests/s in the bench's `serve_pipeline` (4 pairs).
     /// The latency of a request under that load moved the other way: its
     /// median from about 170 to 340 µs, its p99 little (1,024 in flight).
-    pub fn release_will_wake(&self, queued: usize, arrived: Instant) -> bool {
+    pub fn release_will_wake(&self, queued: usize, at: Instant) -> bool {
         if self.in_flight() <= queued {
             return false;
         }
         // ORDERING: Relaxed: a hint; that a release comes at all rests on
         // the in-flight count, read above in the gauge's order.
         let answered = self.answered_at.load(Ordering::Relaxed);
-        answered != 0 && self.since_epoch(arrived) <= answered.saturating_add(nanos(STREAMING))
+        answered != 0 && self.since_epoch(at) <= answered.saturating_add(nanos(STREAMING))
     }
 
     /// `at` in ns since the gauge was made (at least 1, so that 0 can mean never).

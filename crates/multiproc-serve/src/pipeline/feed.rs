@@ -24,9 +24,10 @@ use crate::slot::Slot;
 /// second under load.)
 pub(super) const IDLE_LOOK: Duration = Duration::from_secs(1);
 
-/// How long a lane sleeps at most while requests are past the queue
-/// (in preprocessing or further on): a caller may leave its wake-up to
-/// their release, which may be slow to come (see [`Runtime::wake_lane_for`]).
+/// How long a lane sleeps at most while answers are streaming out with
+/// requests past the queue: a caller may then leave its wake-up to their
+/// next release, which may be slow to come after all (see
+/// [`Runtime::wake_lane_for`]).
 pub(super) const BACKSTOP: Duration = Duration::from_millis(2);
 
 /// What a lane gets from the queue.
@@ -121,8 +122,12 @@ where
                 self.note_sleepers(&q);
                 return Some(Next::Idle);
             }
-            let mut left = until.saturating_duration_since(Instant::now());
-            let short = self.gauge.in_flight() > q.jobs.len();
+            let now = Instant::now();
+            let mut left = until.saturating_duration_since(now);
+            // Short while a caller may leave the wake-up to a release (see
+            // `wake_lane_for`); a lane asleep in a pipeline whose answers
+            // come slowly, or not at all, is woken by its callers.
+            let short = self.gauge.release_will_wake(q.jobs.len(), now);
             if short {
                 left = left.min(BACKSTOP);
                 q.short_sleepers += 1;

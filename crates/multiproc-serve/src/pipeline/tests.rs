@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::feed::{BACKSTOP, IDLE_LOOK, Queued};
 use crate::error::ServeError;
-use crate::gauge::InFlight;
+use crate::gauge::{InFlight, Releases};
 use crate::pipeline_spec::PipelineSpec;
 use crate::slot::Slot;
 
@@ -33,24 +33,37 @@ fn a_lane_asleep_while_requests_are_past_the_queue_looks_again_within_the_backst
     let (_, admitted) = runtime.gauge.admit(10).unwrap();
     admitted.queued();
     let past: Vec<InFlight> = runtime.gauge.take_queued(1).collect();
-    // The lane fell asleep in an empty pipeline, for `IDLE_LOOK`; woken, it
-    // finds nothing to take and sleeps again, now for `BACKSTOP` at most.
-    {
-        let _q = runtime.queue.lock().unwrap();
-        runtime.changed.notify_all();
-    }
-    wait_until("the lane sleeps short", || runtime.queue.lock().unwrap().short_sleepers == 1);
-    // A request queued and nobody woken, as by a caller that left the
-    // wake-up to the release of the one past the queue.
+    // The lane fell asleep in an empty pipeline, for `IDLE_LOOK`. An answer
+    // leaves, and the lane is woken: it finds nothing to take and sleeps
+    // again, now for `BACKSTOP` at most, answers streaming. Then a request
+    // is queued and nobody woken, as by a caller that left the wake-up to
+    // the release of the one past the queue (under the queue's lock, so
+    // that the lane is still in that sleep). Again if the lane came to
+    // look only after the answer was no longer recent.
     let slot = Slot::new();
-    let queued_at = Instant::now();
-    {
+    let mut queued_at = Instant::now();
+    wait_until("the lane sleeps short", || {
         let (_, admitted) = runtime.gauge.admit(10).unwrap();
+        admitted.queued();
+        let mut releases = Releases::default();
+        runtime.gauge.take_queued(1).for_each(|g| releases.add(g));
+        releases.flush();
+        {
+            let _q = runtime.queue.lock().unwrap();
+            runtime.changed.notify_all();
+        }
+        std::thread::sleep(Duration::from_millis(1));
         let mut q = runtime.queue.lock().unwrap();
+        if q.short_sleepers != 1 {
+            return false;
+        }
+        let (_, admitted) = runtime.gauge.admit(10).unwrap();
         q.inputs.push_output(Ok(&"request".to_string()));
         q.jobs.push_back(Queued { slot: Arc::clone(&slot), deadline: None });
         admitted.queued();
-    }
+        queued_at = Instant::now();
+        true
+    });
     // Taken and preprocessed, then failed for want of a server: long
     // before the lane's idle look would have come.
     let answer = slot.wait_for(Duration::from_secs(30)).expect("the request was not taken");
