@@ -17,7 +17,8 @@
 //! that tasks ran in other processes before their results were asked for.
 //!
 //! [`Alive`] counts the guards a test handed out that are still alive;
-//! [`process_exists`] says whether a process has not been reaped yet.
+//! [`process_exists`] says whether a process has not been reaped yet;
+//! [`wait_until`] waits, bounded, for a condition.
 //!
 //! [`REDIS_BUSY_SCRIPT`] keeps a Redis server busy, so that it answers
 //! other clients `BUSY`.
@@ -61,6 +62,16 @@ local stop = now() + tonumber(ARGV[1]) * 1000
 while now() < stop do end
 return 1
 ";
+
+/// Looks at `done` every millisecond until it holds; panics naming `what`
+/// once `limit` has passed.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 /// True while a process with this pid exists (a zombie counts: it was not reaped).
 pub fn process_exists(pid: i32) -> bool {

@@ -5,7 +5,10 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use multiproc_test_support::wait_until;
+
 use super::feed::{BACKSTOP, IDLE_LOOK, Queued};
+use super::{PipelineDyn, Runtime};
 use crate::error::ServeError;
 use crate::gauge::{InFlight, Releases};
 use crate::pipeline_spec::PipelineSpec;
@@ -15,19 +18,22 @@ fn echo(text: String) -> Result<String, String> {
     Ok(text)
 }
 
-/// Waits (bounded) until `done` holds.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(1));
+/// Stops the pipeline when the test ends, even one that fails (its lane
+/// and process end with it).
+struct Stops(Arc<Runtime<String, String, String>>);
+
+impl Drop for Stops {
+    fn drop(&mut self) {
+        PipelineDyn::stop(&*self.0, ServeError::ShuttingDown);
     }
 }
 
 #[test]
-fn a_lane_asleep_while_requests_are_past_the_queue_looks_again_within_the_backstop() {
+fn a_lane_asleep_while_answers_stream_looks_again_within_the_backstop() {
     let spec = PipelineSpec::<String, String, String, String>::new("backstop", "model", echo, 1);
-    let runtime = spec.start_runtime(Weak::new()).unwrap();
+    let stops = Stops(spec.start_runtime(Weak::new()).unwrap());
+    let runtime = &stops.0;
+    let gauge = Arc::clone(&runtime.gauge);
     // A request past the queue (as if in the model) whose release does not
     // come while the test runs.
     let (_, admitted) = runtime.gauge.admit(10).unwrap();
@@ -42,7 +48,7 @@ fn a_lane_asleep_while_requests_are_past_the_queue_looks_again_within_the_backst
     // look only after the answer was no longer recent.
     let slot = Slot::new();
     let mut queued_at = Instant::now();
-    wait_until("the lane sleeps short", || {
+    wait_until("the lane sleeps short", Duration::from_secs(10), || {
         let (_, admitted) = runtime.gauge.admit(10).unwrap();
         admitted.queued();
         let mut releases = Releases::default();
@@ -71,6 +77,6 @@ fn a_lane_asleep_while_requests_are_past_the_queue_looks_again_within_the_backst
     assert!(matches!(answer, Err(ServeError::ShuttingDown)), "{answer:?}");
     assert!(took < IDLE_LOOK / 2, "taken after {took:?}; the backstop is {BACKSTOP:?}");
     drop(past);
-    super::PipelineDyn::stop(&*runtime, ServeError::ShuttingDown);
-    assert_eq!(runtime.gauge.in_flight(), 0);
+    drop(stops);
+    assert_eq!(gauge.in_flight(), 0, "every request left the stopped pipeline");
 }
