@@ -24,7 +24,8 @@ pub(crate) trait Lanes: Send + Sync {
 /// A pipeline's counts. Every count is read and written with sequentially
 /// consistent atomics: a lane announces that it sleeps, then reads the
 /// counts; a thread releasing a request writes the count, then reads
-/// whether a lane sleeps; so one of the two always sees the other.
+/// whether a lane sleeps; so one of the two always sees the other. (The
+/// model's batch size and the time answers last left are hints, relaxed.)
 ///
 /// The counts that different threads write each sit on lines of their own
 /// (and apart from the `Arc`'s reference counts): a caller admitting a
@@ -65,11 +66,15 @@ impl<T> std::ops::Deref for OwnLine<T> {
 /// other (a third measured 15 % slower).
 const SHARE: usize = 2;
 
-/// Answers that left the pipeline this recently are taken to be streaming
-/// out (a loaded pipeline delivers a model batch every 50–100 µs on the
-/// 2-CPU VM): the next release is near, and a caller leaves the lanes'
+/// Answers that left the pipeline at most this long before a moment (a
+/// request's arrival, or a lane going to sleep) are taken to be streaming
+/// out then (a loaded pipeline delivers a model batch every 50–100 µs on
+/// the 2-CPU VM): the next release is near, and a caller leaves the lanes'
 /// wake-up to it. A pipeline whose answers come slower wakes its lanes
-/// from the caller, as when it is idle.
+/// from the caller, as when it is idle. Only answers delivered by the
+/// model's supervisor count (see [`Releases`]): a pipeline with
+/// postprocessing releases its requests from the pool's callbacks, one at
+/// a time, and its callers wake the lanes as before.
 const STREAMING: Duration = Duration::from_micros(500);
 
 impl Gauge {
@@ -148,8 +153,9 @@ impl Gauge {
     /// Whether, at `at`, with `queued` requests waiting, the next release
     /// may be left to wake a lane: true when requests are past the queue
     /// (so a release will come, and it nudges a sleeping lane if the queue
-    /// is worth a chunk then, see `release`) and answers are streaming out
-    /// (so it comes soon). A caller that just queued a request asks with
+    /// is worth a chunk then, see `release`; or the count is a request on
+    /// its way into the queue, whose caller looks again once it is in) and
+    /// answers are streaming out (so it comes soon). A caller that just queued a request asks with
     /// the request's arrival; it also needs a lane that looks again soon,
     /// in case the stream stopped: a lane that goes to sleep while this
     /// holds does (see `Runtime::wake_lane_for`).
@@ -369,15 +375,17 @@ mod tests {
         assert!(!gauge.release_will_wake(3, now), "all three are queued: no release is coming");
         let past: Vec<InFlight> = gauge.take_queued(2).collect();
         assert!(!gauge.release_will_wake(1, now), "two past the queue, but no answer has left yet");
-        // One answer leaves: answers are streaming now.
+        // One answer leaves: answers are streaming for a request that
+        // arrived just before (a moment before the answer, so that no
+        // preemption of this test can make it old).
         queue(1);
         let mut releases = Releases::default();
         gauge.take_queued(1).for_each(|g| releases.add(g));
+        let arrived = Instant::now();
         releases.flush();
-        let now = Instant::now();
-        assert!(gauge.release_will_wake(1, now), "two past the queue and an answer just left");
-        assert!(!gauge.release_will_wake(3, now), "nothing past a queue of three");
-        let later = now + STREAMING * 3;
+        assert!(gauge.release_will_wake(1, arrived), "two past the queue and an answer just left");
+        assert!(!gauge.release_will_wake(3, arrived), "nothing past a queue of three");
+        let later = Instant::now() + STREAMING * 3;
         assert!(!gauge.release_will_wake(1, later), "the last answer is too old to count as a stream");
         drop(past);
         assert_eq!(gauge.in_flight(), 1);

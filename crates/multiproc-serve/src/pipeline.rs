@@ -10,7 +10,7 @@
 //! load (a lone request at low load leaves at once); it hands the chunk to
 //! its process and the outputs to the model. Under load the thread that
 //! delivers the model's answers wakes the lanes, not the callers (see
-//! `Runtime::wake_lane_for`). The process encodes the
+//! `Runtime::wake_lane_for`; with postprocessing, the callers still do). The process encodes the
 //! chunk's outputs for the model into one buffer, so an item crosses to the
 //! model as the bytes it came back as, with no allocation per request on
 //! the way. If a preprocessing process dies, only the requests of its chunk

@@ -80,3 +80,38 @@ fn a_lane_asleep_while_answers_stream_looks_again_within_the_backstop() {
     drop(stops);
     assert_eq!(gauge.in_flight(), 0, "every request left the stopped pipeline");
 }
+
+#[test]
+fn a_caller_wakes_a_lane_that_sleeps_long_even_with_answers_streaming() {
+    let spec = PipelineSpec::<String, String, String, String>::new("no-short-sleeper", "model", echo, 1);
+    let stops = Stops(spec.start_runtime(Weak::new()).unwrap());
+    let runtime = &stops.0;
+    let gauge = Arc::clone(&runtime.gauge);
+    // The lane is asleep in an empty pipeline, for `IDLE_LOOK`.
+    wait_until("the lane sleeps", Duration::from_secs(10), || {
+        let q = runtime.queue.lock().unwrap();
+        q.sleeping == 1 && q.short_sleepers == 0
+    });
+    // A request past the queue, and an answer just after the next request
+    // arrived: a release is coming, and soon.
+    let (_, admitted) = gauge.admit(10).unwrap();
+    admitted.queued();
+    let past: Vec<InFlight> = gauge.take_queued(1).collect();
+    let slot = Slot::new();
+    let (_, admitted) = gauge.admit(10).unwrap();
+    admitted.queued();
+    let mut releases = Releases::default();
+    gauge.take_queued(1).for_each(|g| releases.add(g));
+    releases.flush();
+    assert!(gauge.release_will_wake(0, slot.arrived), "the release would be left to wake the lane");
+    // No lane looks again soon of itself, so the caller wakes it.
+    let queued_at = Instant::now();
+    PipelineDyn::submit(&**runtime, &mut Some("request".to_string()), Arc::clone(&slot), None).unwrap();
+    let answer = slot.wait_for(Duration::from_secs(30)).expect("the request was not taken");
+    let took = queued_at.elapsed();
+    assert!(matches!(answer, Err(ServeError::ShuttingDown)), "{answer:?}");
+    assert!(took < IDLE_LOOK / 2, "taken after {took:?}: the caller left the wake-up to a lane asleep for long");
+    drop(past);
+    drop(stops);
+    assert_eq!(gauge.in_flight(), 0, "every request left the stopped pipeline");
+}
