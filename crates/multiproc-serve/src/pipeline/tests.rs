@@ -10,7 +10,7 @@ use multiproc_test_support::wait_until;
 use super::feed::{BACKSTOP, IDLE_LOOK, Queued};
 use super::{PipelineDyn, Runtime};
 use crate::error::ServeError;
-use crate::gauge::{InFlight, Releases};
+use crate::gauge::{Gauge, InFlight, Releases};
 use crate::pipeline_spec::PipelineSpec;
 use crate::slot::Slot;
 
@@ -18,9 +18,25 @@ fn echo(text: String) -> Result<String, String> {
     Ok(text)
 }
 
-/// Stops the pipeline when the test ends, even one that fails (its lane
-/// and process end with it).
+/// A pipeline of one preprocessing process, stopped when the test ends,
+/// even one that fails (its lane and process end with it).
 struct Stops(Arc<Runtime<String, String, String>>);
+
+impl Stops {
+    fn start(name: &str) -> Stops {
+        let spec = PipelineSpec::<String, String, String, String>::new(name, "model", echo, 1);
+        Stops(spec.start_runtime(Weak::new()).unwrap())
+    }
+
+    /// Stops the pipeline, after the requests made to stand past the
+    /// queue leave: then nothing is left in it.
+    fn stop_empty(self, past: Vec<InFlight>) {
+        let gauge = Arc::clone(&self.0.gauge);
+        drop(past);
+        drop(self);
+        assert_eq!(gauge.in_flight(), 0, "every request left the stopped pipeline");
+    }
+}
 
 impl Drop for Stops {
     fn drop(&mut self) {
@@ -28,17 +44,35 @@ impl Drop for Stops {
     }
 }
 
+/// A request standing past the queue (as if in the model), whose release
+/// does not come while its guard lives.
+fn past_the_queue(gauge: &Arc<Gauge>) -> Vec<InFlight> {
+    let (_, admitted) = gauge.admit(10).unwrap();
+    admitted.queued();
+    gauge.take_queued(1).collect()
+}
+
+/// An answer leaves the pipeline now, as the model's supervisor delivers it.
+fn an_answer_leaves(gauge: &Arc<Gauge>) {
+    let mut releases = Releases::default();
+    past_the_queue(gauge).into_iter().for_each(|g| releases.add(g));
+    releases.flush();
+}
+
+/// The request of `slot`, queued at `queued_at`, is taken, preprocessed,
+/// then failed for want of a server, long before the lane's idle look.
+fn taken_soon(slot: &Slot, queued_at: Instant, why_late: &str) {
+    let answer = slot.wait_for(Duration::from_secs(30)).expect("the request was not taken");
+    let took = queued_at.elapsed();
+    assert!(matches!(answer, Err(ServeError::ShuttingDown)), "{answer:?}");
+    assert!(took < IDLE_LOOK / 2, "taken after {took:?}: {why_late}");
+}
+
 #[test]
 fn a_lane_asleep_while_answers_stream_looks_again_within_the_backstop() {
-    let spec = PipelineSpec::<String, String, String, String>::new("backstop", "model", echo, 1);
-    let stops = Stops(spec.start_runtime(Weak::new()).unwrap());
+    let stops = Stops::start("backstop");
     let runtime = &stops.0;
-    let gauge = Arc::clone(&runtime.gauge);
-    // A request past the queue (as if in the model) whose release does not
-    // come while the test runs.
-    let (_, admitted) = runtime.gauge.admit(10).unwrap();
-    admitted.queued();
-    let past: Vec<InFlight> = runtime.gauge.take_queued(1).collect();
+    let past = past_the_queue(&runtime.gauge);
     // The lane fell asleep in an empty pipeline, for `IDLE_LOOK`. An answer
     // leaves, and the lane is woken: it finds nothing to take and sleeps
     // again, now for `BACKSTOP` at most, answers streaming. Then a request
@@ -49,11 +83,7 @@ fn a_lane_asleep_while_answers_stream_looks_again_within_the_backstop() {
     let slot = Slot::new();
     let mut queued_at = Instant::now();
     wait_until("the lane sleeps short", Duration::from_secs(10), || {
-        let (_, admitted) = runtime.gauge.admit(10).unwrap();
-        admitted.queued();
-        let mut releases = Releases::default();
-        runtime.gauge.take_queued(1).for_each(|g| releases.add(g));
-        releases.flush();
+        an_answer_leaves(&runtime.gauge);
         {
             let _q = runtime.queue.lock().unwrap();
             runtime.changed.notify_all();
@@ -70,23 +100,14 @@ fn a_lane_asleep_while_answers_stream_looks_again_within_the_backstop() {
         queued_at = Instant::now();
         true
     });
-    // Taken and preprocessed, then failed for want of a server: long
-    // before the lane's idle look would have come.
-    let answer = slot.wait_for(Duration::from_secs(30)).expect("the request was not taken");
-    let took = queued_at.elapsed();
-    assert!(matches!(answer, Err(ServeError::ShuttingDown)), "{answer:?}");
-    assert!(took < IDLE_LOOK / 2, "taken after {took:?}; the backstop is {BACKSTOP:?}");
-    drop(past);
-    drop(stops);
-    assert_eq!(gauge.in_flight(), 0, "every request left the stopped pipeline");
+    taken_soon(&slot, queued_at, &format!("the backstop is {BACKSTOP:?}"));
+    stops.stop_empty(past);
 }
 
 #[test]
 fn a_caller_wakes_a_lane_that_sleeps_long_even_with_answers_streaming() {
-    let spec = PipelineSpec::<String, String, String, String>::new("no-short-sleeper", "model", echo, 1);
-    let stops = Stops(spec.start_runtime(Weak::new()).unwrap());
+    let stops = Stops::start("no-short-sleeper");
     let runtime = &stops.0;
-    let gauge = Arc::clone(&runtime.gauge);
     // The lane is asleep in an empty pipeline, for `IDLE_LOOK`.
     wait_until("the lane sleeps", Duration::from_secs(10), || {
         let q = runtime.queue.lock().unwrap();
@@ -94,24 +115,13 @@ fn a_caller_wakes_a_lane_that_sleeps_long_even_with_answers_streaming() {
     });
     // A request past the queue, and an answer just after the next request
     // arrived: a release is coming, and soon.
-    let (_, admitted) = gauge.admit(10).unwrap();
-    admitted.queued();
-    let past: Vec<InFlight> = gauge.take_queued(1).collect();
+    let past = past_the_queue(&runtime.gauge);
     let slot = Slot::new();
-    let (_, admitted) = gauge.admit(10).unwrap();
-    admitted.queued();
-    let mut releases = Releases::default();
-    gauge.take_queued(1).for_each(|g| releases.add(g));
-    releases.flush();
-    assert!(gauge.release_will_wake(0, slot.arrived), "the release would be left to wake the lane");
+    an_answer_leaves(&runtime.gauge);
+    assert!(runtime.gauge.release_will_wake(0, slot.arrived), "the release would be left to wake the lane");
     // No lane looks again soon of itself, so the caller wakes it.
     let queued_at = Instant::now();
     PipelineDyn::submit(&**runtime, &mut Some("request".to_string()), Arc::clone(&slot), None).unwrap();
-    let answer = slot.wait_for(Duration::from_secs(30)).expect("the request was not taken");
-    let took = queued_at.elapsed();
-    assert!(matches!(answer, Err(ServeError::ShuttingDown)), "{answer:?}");
-    assert!(took < IDLE_LOOK / 2, "taken after {took:?}: the caller left the wake-up to a lane asleep for long");
-    drop(past);
-    drop(stops);
-    assert_eq!(gauge.in_flight(), 0, "every request left the stopped pipeline");
+    taken_soon(&slot, queued_at, "the caller left the wake-up to a lane asleep for long");
+    stops.stop_empty(past);
 }
