@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use multiproc_test_support::wait_until;
+
 use super::*;
 use crate::server::RedisServer;
 
@@ -160,15 +162,11 @@ fn a_refusal_keeps_the_connection() {
         con.set_read_timeout(Some(Duration::from_secs(10)))?;
         redis::cmd("EVAL").arg(multiproc_test_support::REDIS_BUSY_SCRIPT).arg(0).arg(800).query(&mut con)
     });
-    let give_up = Instant::now() + Duration::from_secs(5);
-    let refused = loop {
-        match conn.run_until(Some(Instant::now() + Duration::from_secs(2)), ping) {
-            Err(e) if is_refusal(&e) => break true,
-            _ if Instant::now() >= give_up => break false,
-            _ => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    assert!(refused, "redis never answered BUSY while the script ran");
+    wait_until(
+        "redis answers BUSY while the script runs",
+        Duration::from_secs(5),
+        || matches!(conn.run_until(Some(Instant::now() + Duration::from_secs(2)), ping), Err(e) if is_refusal(&e)),
+    );
     assert!(conn.link.is_some(), "the refusal dropped the connection");
     assert_eq!(script.join().expect("the script's thread panicked").unwrap(), 1);
     assert_eq!(conn.run(client_id).unwrap(), before, "the connection was replaced");
