@@ -155,10 +155,10 @@ impl Gauge {
     /// (so a release will come, and it nudges a sleeping lane if the queue
     /// is worth a chunk then, see `release`; or the count is a request on
     /// its way into the queue, whose caller looks again once it is in) and
-    /// answers are streaming out (so it comes soon). A caller that just queued a request asks with
-    /// the request's arrival; it also needs a lane that looks again soon,
-    /// in case the stream stopped: a lane that goes to sleep while this
-    /// holds does (see `Runtime::wake_lane_for`).
+    /// answers are streaming out (so it comes soon). A caller that just
+    /// queued a request asks with the request's arrival; it also needs a
+    /// lane that looks again soon, in case the stream stopped: a lane that
+    /// goes to sleep while this holds does (see `Runtime::wake_lane_for`).
     ///
     /// Under load this moved the wake-ups off the callers' thread and made
     /// chunks leave with the model's deliveries. Measured against the code

@@ -10,10 +10,10 @@
 //! load (a lone request at low load leaves at once); it hands the chunk to
 //! its process and the outputs to the model. Under load the thread that
 //! delivers the model's answers wakes the lanes, not the callers (see
-//! `Runtime::wake_lane_for`; with postprocessing, the callers still do). The process encodes the
-//! chunk's outputs for the model into one buffer, so an item crosses to the
-//! model as the bytes it came back as, with no allocation per request on
-//! the way. If a preprocessing process dies, only the requests of its chunk
+//! `Runtime::wake_lane_for`; with postprocessing, the callers still do).
+//! The process encodes the chunk's outputs for the model into one buffer,
+//! so an item crosses to the model as the bytes it came back as, with no
+//! allocation per request on the way. If a preprocessing process dies, only the requests of its chunk
 //! fail (`WorkerLost`), its lane starts another, and the others go on; one
 //! that dies while its lane has had no chunk for a second is replaced then,
 //! before a request needs it (otherwise its lane's next chunk finds it dead
